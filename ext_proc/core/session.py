@@ -1,0 +1,388 @@
+"""The per-request state machine.
+
+Theory of operation. Envoy opens one processing stream per HTTP request and sends, in order:
+the request headers, the buffered request body, the response headers, then the response body
+(buffered, or chunk by chunk once we switched a successful stream to STREAMED). The session
+answers each with one action:
+
+``REQUEST_HEADERS``  recognise the client API from the path; unknown endpoints and requests
+                     without a body are answered at once. Ask the provider for an uncompressed
+                     response (we must read it), and drop routing headers a client may forge.
+``REQUEST_BODY``     decode and check the JSON (bad input is answered with a 400 in the
+                     client's error format, the provider is never contacted), make OpenAI
+                     streams report usage, choose the provider and label the request so that
+                     Envoy re-matches the route to that provider's cluster.
+``RESPONSE_HEADERS`` note the status; switch the body to STREAMED only for a successful SSE
+                     response, so errors stay buffered and readable.
+``RESPONSE_BODY``    read usage (JSON, OpenAI SSE, Anthropic SSE); in a stream whose usage we
+                     asked for, remove the extra usage chunk the client did not ask for. Give
+                     Envoy's own plain-text error replies the client's JSON error format.
+``DONE``             the record of the request is emitted once, as an effect, when the response
+                     ends or the stream closes early (client gone, upstream reset).
+
+An event that cannot happen in the current phase raises :class:`ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from ext_proc.core.actions import CONTINUE, Action, Continue, Effect, EmitRecord, Respond
+from ext_proc.core.errors import ClientError
+from ext_proc.core.events import (
+    Event,
+    RequestBody,
+    RequestHeaders,
+    ResponseBody,
+    ResponseHeaders,
+    StreamClosed,
+)
+from ext_proc.llm import apis
+from ext_proc.llm.sse import SSEDecoder, SSEEvent
+from ext_proc.llm.usage import Usage, apply_anthropic, apply_openai
+
+ROUTE_HEADER = "x-tollway-provider"
+REQUEST_ID_HEADER = "x-tollway-request-id"
+# Headers only Tollway may set on the way to the provider; a client's copy is dropped.
+_UNTRUSTED = ("accept-encoding", ROUTE_HEADER)
+MAX_DECODED_BODY = 64 * 1024 * 1024
+
+
+class Phase(enum.Enum):
+    REQUEST_HEADERS = "request_headers"
+    REQUEST_BODY = "request_body"
+    RESPONSE_HEADERS = "response_headers"
+    RESPONSE_BODY = "response_body"
+    DONE = "done"
+
+
+class ProtocolError(Exception):
+    """Envoy sent a message that cannot happen in the session's phase (an internal fault)."""
+
+
+class Session:
+    """One HTTP request's processing: feed it events, send Envoy the actions it returns.
+
+    ``effects`` collects what the server must do after answering (drain it after each event).
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_gunzip_request",
+        "_stream_reader",
+        "_strip_usage_chunk",
+        "api",
+        "complete",
+        "effects",
+        "error",
+        "model",
+        "outcome",
+        "phase",
+        "provider",
+        "request_id",
+        "served_model",
+        "started",
+        "status",
+        "stream",
+        "ttft",
+        "usage",
+    )
+
+    def __init__(self) -> None:
+        self.phase = Phase.REQUEST_HEADERS
+        self.effects: list[Effect] = []
+        self.api: apis.ClientAPI | None = None
+        self.request_id: str | None = None
+        self.model: str | None = None
+        self.served_model: str | None = None
+        self.provider: str | None = None
+        self.stream = False
+        self.status: int | None = None
+        self.started = 0
+        self.ttft: int | None = None
+        self.usage = Usage()
+        self.outcome: str | None = None
+        self.error: str | None = None
+        self.complete = False
+        self._gunzip_request = False
+        self._strip_usage_chunk = False
+        self._decoder: SSEDecoder | None = None
+        self._stream_reader: Callable[[SSEEvent], bool] | None = None
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> Action | None:
+        """Process one event; returns the answer for Envoy (None for :class:`StreamClosed`)."""
+        phase = self.phase
+        if isinstance(event, RequestHeaders) and phase is Phase.REQUEST_HEADERS:
+            return self._request_headers(event)
+        if isinstance(event, RequestBody) and phase is Phase.REQUEST_BODY:
+            return self._request_body(event)
+        if isinstance(event, ResponseHeaders) and phase in (Phase.RESPONSE_HEADERS, Phase.REQUEST_BODY):
+            # Envoy may answer before the request body was processed (e.g. its own 413).
+            return self._response_headers(event)
+        if isinstance(event, ResponseBody) and phase is Phase.RESPONSE_BODY:
+            return self._response_body(event)
+        if isinstance(event, StreamClosed):
+            if phase is not Phase.DONE:
+                self._finish(event.at, "incomplete")
+            return None
+        raise ProtocolError(f"unexpected {type(event).__name__} in phase {phase.value}")
+
+    # -- request ----------------------------------------------------------------------------
+
+    def _request_headers(self, event: RequestHeaders) -> Action:
+        headers = event.headers
+        self.started = event.at
+        self.request_id = headers.get("x-request-id")
+        path = headers.get(":path", "")
+        api = apis.match(path) if headers.get(":method") == "POST" else None
+        if api is None:
+            method = headers.get(":method", "?")
+            shown = path.partition("?")[0][:200]
+            error = ClientError(404, "unknown_endpoint", f"Tollway does not serve {method} {shown}.")
+            return self._reject(error, apis.error_style(path), event.at)
+        self.api = api
+        if event.end_of_stream:
+            error = ClientError(400, "invalid_body", "The request body is empty; expected a JSON object.")
+            return self._reject(error, api.style, event.at)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            self._gunzip_request = True
+        elif encoding != "identity":
+            error = ClientError(415, "unsupported_encoding", f"Unsupported content-encoding {encoding!r}.")
+            return self._reject(error, api.style, event.at)
+        self.phase = Phase.REQUEST_BODY
+        return Continue(remove_headers=_UNTRUSTED)
+
+    def _request_body(self, event: RequestBody) -> Action:
+        api = self.api
+        assert api is not None
+        body = event.body
+        replaced = False
+        try:
+            if self._gunzip_request:
+                body = _gunzip(body)
+                replaced = True
+            request = apis.parse_request(api, body)
+        except ClientError as error:
+            return self._reject(error, api.style, event.at)
+        self.model = request.model
+        self.stream = request.stream
+        if request.stream and api.stream_usage_option:
+            try:
+                self._strip_usage_chunk = apis.ensure_stream_usage(request)
+            except ClientError as error:
+                return self._reject(error, api.style, event.at)
+            replaced = replaced or self._strip_usage_chunk
+        self.provider = api.provider
+        self.phase = Phase.RESPONSE_HEADERS
+        headers: list[tuple[str, str]] = [(ROUTE_HEADER, self.provider)]
+        if not replaced:
+            return Continue(set_headers=tuple(headers), clear_route_cache=True)
+        body = orjson.dumps(request.payload) if self._strip_usage_chunk else body
+        headers.append(("content-length", str(len(body))))
+        return Continue(
+            set_headers=tuple(headers),
+            remove_headers=("content-encoding",) if self._gunzip_request else (),
+            body=body,
+            clear_route_cache=True,
+        )
+
+    # -- response ---------------------------------------------------------------------------
+
+    def _response_headers(self, event: ResponseHeaders) -> Action:
+        headers = event.headers
+        try:
+            self.status = int(headers.get(":status", ""))
+        except ValueError:
+            self.status = None
+        tag = ((REQUEST_ID_HEADER, self.request_id),) if self.request_id else ()
+        if event.end_of_stream:
+            self._finish(event.at, "ok" if self.status and self.status < 400 else "error")
+            return Continue(set_headers=tag)
+        self.phase = Phase.RESPONSE_BODY
+        content_type = headers.get("content-type", "")
+        if (
+            self.stream
+            and self.status is not None
+            and 200 <= self.status < 300
+            and content_type.startswith("text/event-stream")
+        ):
+            self._decoder = SSEDecoder()
+            style = self.api.style if self.api else "openai"
+            self._stream_reader = self._read_anthropic_event if style == "anthropic" else self._read_openai_event
+            return Continue(set_headers=tag, stream_response=True)
+        return Continue(set_headers=tag)
+
+    def _response_body(self, event: ResponseBody) -> Action:
+        if self._decoder is not None:
+            return self._stream_chunk(event)
+        # Buffered: the whole body in one message.
+        action = self._read_buffered(event.body)
+        self._finish(event.at, "ok" if self.status and self.status < 400 else "error")
+        return action
+
+    def _read_buffered(self, body: bytes) -> Action:
+        status = self.status or 0
+        style = self.api.style if self.api else "openai"
+        try:
+            payload = orjson.loads(_gunzip(body) if body[:2] == b"\x1f\x8b" else body)
+        except (orjson.JSONDecodeError, ClientError):
+            payload = None
+        if status >= 400:
+            if not isinstance(payload, dict):
+                # Envoy's own plain-text reply (no healthy upstream, connect failure, timeout):
+                # give the client its SDK's error format, keeping the status.
+                text = body[:300].decode("utf-8", "replace").strip() or "no response body"
+                error = ClientError(status, "provider_unavailable", f"The provider did not answer: {text}")
+                self.error = error.code
+                new = error.body(style)
+                return Continue(
+                    set_headers=(("content-type", "application/json"), ("content-length", str(len(new)))),
+                    body=new,
+                )
+            self.error = _error_code(payload)
+            return CONTINUE
+        if isinstance(payload, dict):
+            if isinstance(payload.get("model"), str):
+                self.served_model = payload["model"]
+            if style == "anthropic":
+                apply_anthropic(self.usage, payload.get("usage"))
+            else:
+                apply_openai(self.usage, payload.get("usage"))
+        return CONTINUE
+
+    def _stream_chunk(self, event: ResponseBody) -> Action:
+        decoder = self._decoder
+        reader = self._stream_reader
+        assert decoder is not None and reader is not None
+        if self.ttft is None and event.body:
+            self.ttft = event.at - self.started
+        events = decoder.feed(event.body)
+        if event.end_of_stream:
+            events += decoder.flush()
+        kept = [sse.raw for sse in events if not reader(sse)]
+        action = CONTINUE
+        if self._strip_usage_chunk:
+            # Complete events pass; the bytes of an unfinished one wait for the next chunk.
+            out = b"".join(kept)
+            if out != event.body:
+                action = Continue(body=out)
+        if event.end_of_stream:
+            self._finish(event.at, "ok" if self.complete else "incomplete")
+        return action
+
+    def _read_openai_event(self, sse: SSEEvent) -> bool:
+        """Read one OpenAI stream event; True when it is the usage chunk we must hide."""
+        data = sse.data
+        if not data:
+            return False
+        if data == b"[DONE]":
+            self.complete = True
+            return False
+        first = self.served_model is None
+        if not first and (b'"usage"' not in data or b'"usage":null' in data) and b'"error"' not in data:
+            return False
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(chunk, dict):
+            return False
+        if first and isinstance(chunk.get("model"), str):
+            self.served_model = chunk["model"]
+        if "error" in chunk:
+            self.error = _error_code(chunk)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            apply_openai(self.usage, usage)
+            return self._strip_usage_chunk and chunk.get("choices") == []
+        return False
+
+    def _read_anthropic_event(self, sse: SSEEvent) -> bool:
+        """Read one Anthropic stream event (usage lives in message_start and message_delta)."""
+        name = sse.event
+        if name == "message_stop":
+            self.complete = True
+            return False
+        if name not in ("message_start", "message_delta", "error") or not sse.data:
+            return False
+        try:
+            payload = orjson.loads(sse.data)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(payload, dict):
+            return False
+        if name == "message_start":
+            message = payload.get("message")
+            if isinstance(message, dict):
+                if isinstance(message.get("model"), str):
+                    self.served_model = message["model"]
+                apply_anthropic(self.usage, message.get("usage"))
+        elif name == "message_delta":
+            apply_anthropic(self.usage, payload.get("usage"))
+        else:
+            self.error = _error_code(payload)
+        return False
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def _reject(self, error: ClientError, style: str, at: int) -> Respond:
+        self.status = error.status
+        self.error = error.code
+        self._finish(at, "rejected")
+        return Respond(error.status, error.body(style))
+
+    def _finish(self, at: int, outcome: str) -> None:
+        self.phase = Phase.DONE
+        self.outcome = outcome
+        self.effects.append(EmitRecord(self.record(at)))
+
+    def record(self, at: int) -> dict[str, Any]:
+        """The request's log record as of monotonic time ``at`` (nanoseconds)."""
+        usage = self.usage
+        return {
+            "request_id": self.request_id,
+            "api": self.api.name if self.api else None,
+            "model": self.model,
+            "served_model": self.served_model,
+            "provider": self.provider,
+            "stream": self.stream,
+            "status": self.status,
+            "outcome": self.outcome,
+            "error": self.error,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "latency_ms": round((at - self.started) / 1e6, 3),
+            "ttft_ms": round(self.ttft / 1e6, 3) if self.ttft is not None else None,
+        }
+
+
+def _error_code(payload: dict[str, Any]) -> str | None:
+    error = payload.get("error")
+    if isinstance(error, dict):
+        for key in ("code", "type"):
+            if isinstance(error.get(key), str):
+                return str(error[key])
+    return "provider_error"
+
+
+def _gunzip(body: bytes) -> bytes:
+    """Decompress a gzip body, refusing bombs past :data:`MAX_DECODED_BODY`."""
+    try:
+        inflater = zlib.decompressobj(wbits=31)
+        out = inflater.decompress(body, MAX_DECODED_BODY)
+    except zlib.error:
+        raise ClientError(400, "invalid_body", "The gzip-encoded request body is corrupt.") from None
+    if inflater.unconsumed_tail:
+        raise ClientError(413, "body_too_large", "The decompressed request body is too large.")
+    return out

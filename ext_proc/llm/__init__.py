@@ -1,0 +1,1 @@
+"""LLM wire formats: the client APIs Tollway understands, their usage fields, and SSE. Pure."""

@@ -1,0 +1,88 @@
+"""An incremental Server-Sent Events decoder that keeps each event's exact bytes.
+
+``feed(chunk)`` returns the events completed by ``chunk``; bytes of an unfinished event wait
+for the next chunk, whatever the split point (inside a field, inside a ``\\r\\n`` pair).
+``flush()`` is called at end of stream and returns what was left. Each event keeps ``raw``,
+its bytes as received up to and including the blank line that ends it, so a caller can drop
+one event from a stream and pass every other byte through unchanged. Line endings follow the
+SSE specification: ``\\r\\n``, ``\\n`` or ``\\r``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# A blank line: two line terminators in a row. ``\r(?!\n)`` is a lone CR terminator.
+_BOUNDARY = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+_LINE = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One event block: its ``event`` name ("" when absent) and joined ``data`` lines.
+
+    A block of blank lines or comments only has empty ``data``; SSE clients dispatch nothing
+    for it, and neither should callers.
+    """
+
+    event: str
+    data: bytes
+    raw: bytes
+
+
+def parse_event(raw: bytes) -> SSEEvent:
+    """Parse the fields of one complete event block (terminator included or not)."""
+    if raw.startswith(b"data: ") and b"\r" not in raw:
+        # The common shape (one ``data:`` line, LF endings) without the general loop.
+        body = raw.rstrip(b"\n")
+        if b"\n" not in body:
+            return SSEEvent("", body[6:], raw)
+    name = ""
+    data: list[bytes] = []
+    for line in _LINE.split(raw):
+        if not line or line[0] == 0x3A:  # blank line or ":" comment
+            continue
+        field, sep, value = line.partition(b":")
+        if sep and value[:1] == b" ":
+            value = value[1:]
+        if field == b"data":
+            data.append(value)
+        elif field == b"event":
+            name = value.decode("utf-8", "replace")
+    return SSEEvent(name, b"\n".join(data), raw)
+
+
+class SSEDecoder:
+    """Feed bytes, get complete events; see the module docstring."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes received that do not yet form a complete event."""
+        return self._buf
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buf = self._buf + chunk if self._buf else chunk
+        # A trailing CR may be the first half of CRLF: decide once the next byte is known.
+        end = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
+        events: list[SSEEvent] = []
+        start = 0
+        while True:
+            match = _BOUNDARY.search(buf, start, end)
+            if match is None:
+                break
+            stop = match.end()
+            events.append(parse_event(buf[start:stop]))
+            start = stop
+        self._buf = buf[start:]
+        return events
+
+    def flush(self) -> list[SSEEvent]:
+        """End of stream: an unterminated last event is returned (a cut stream still counts)."""
+        rest, self._buf = self._buf, b""
+        return [parse_event(rest)] if rest else []

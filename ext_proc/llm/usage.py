@@ -1,0 +1,75 @@
+"""Token usage as providers report it, normalised; ``None`` means "not reported", never zero.
+
+Normalisation: ``input_tokens`` is every prompt token the provider processed, including cache
+reads and cache writes (OpenAI's ``prompt_tokens`` already counts cached tokens; Anthropic's
+``input_tokens`` does not, so its cache fields are added). ``cached_tokens`` are cache reads,
+``cache_write_tokens`` cache creation (Anthropic), ``reasoning_tokens`` are part of
+``output_tokens`` (OpenAI's ``completion_tokens_details.reasoning_tokens``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens of one request; each field ``None`` until the provider reported it."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    def as_dict(self) -> dict[str, int | None]:
+        return asdict(self)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _get(obj: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def apply_openai(usage: Usage, raw: Any) -> None:
+    """Fill ``usage`` from an OpenAI ``usage`` object (chat, completions, embeddings)."""
+    if not isinstance(raw, dict):
+        return
+    usage.input_tokens = _int(raw.get("prompt_tokens"))
+    completion = _int(raw.get("completion_tokens"))
+    if completion is None and "completion_tokens" not in raw and usage.input_tokens is not None:
+        # Embeddings report prompt tokens only: they produce no output tokens at all.
+        completion = 0 if "total_tokens" in raw else None
+    usage.output_tokens = completion
+    usage.cached_tokens = _int(_get(raw, "prompt_tokens_details", "cached_tokens"))
+    usage.reasoning_tokens = _int(_get(raw, "completion_tokens_details", "reasoning_tokens"))
+
+
+def apply_anthropic(usage: Usage, raw: Any) -> None:
+    """Merge an Anthropic ``usage`` object (``message`` / ``message_start`` / ``message_delta``).
+
+    Fields absent from ``raw`` keep their earlier values: ``message_delta`` carries the final,
+    cumulative ``output_tokens`` and may omit the input side.
+    """
+    if not isinstance(raw, dict):
+        return
+    base = _int(raw.get("input_tokens"))
+    read = _int(raw.get("cache_read_input_tokens"))
+    write = _int(raw.get("cache_creation_input_tokens"))
+    if base is not None:
+        usage.input_tokens = base + (read or 0) + (write or 0)
+    if read is not None:
+        usage.cached_tokens = read
+    if write is not None:
+        usage.cache_write_tokens = write
+    out = _int(raw.get("output_tokens"))
+    if out is not None:
+        usage.output_tokens = out

@@ -1,0 +1,1 @@
+"""The I/O shell around the core: gRPC servicer, protobuf codec, effects, worker processes."""

@@ -1,0 +1,133 @@
+"""``tollway serve``: the ext_proc gRPC server, its workers and its lifecycle.
+
+One process per worker, all bound to the same port with ``SO_REUSEPORT`` (the kernel spreads
+Envoy's HTTP/2 connections over them); with ``--workers 1`` the server runs in this process.
+Each worker runs a ``grpc.aio`` server on uvloop with the ext_proc servicer and the standard
+gRPC health service. SIGTERM or SIGINT: health turns NOT_SERVING, the port stops accepting,
+in-flight streams get ``--grace`` seconds to finish, buffered request records are flushed.
+A worker that dies unexpectedly is restarted by the parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ext_proc.server.records import RecordWriter
+from ext_proc.server.servicer import SERVICE, Processor
+
+log = logging.getLogger("tollway.serve")
+
+MAX_MESSAGE = 64 * 1024 * 1024  # request bodies of many MB travel inside one gRPC message
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str
+    port: int
+    workers: int
+    log_file: str | None
+    grace: float
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=50051, help="gRPC port Envoy calls (default 50051)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
+    parser.add_argument("--log-file", default=None, help="request log, JSON lines (default: stdout)")
+    parser.add_argument("--grace", type=float, default=20.0, help="seconds in-flight streams get on shutdown")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = ServeConfig(args.host, args.port, max(1, args.workers), args.log_file, args.grace)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if config.workers == 1:
+        _worker(config)
+        return 0
+    return _supervise(config)
+
+
+def _worker(config: ServeConfig) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
+        pass
+    asyncio.run(_serve(config))
+
+
+async def _serve(config: ServeConfig) -> None:
+    records = RecordWriter(config.log_file)
+    records.start()
+    processor = Processor(records)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.http2.max_pings_without_data", 0),
+        ],
+    )
+    server.add_generic_rpc_handlers((processor.handler(),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{config.host}:{config.port}"
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"tollway serve: cannot listen on {address}")
+    await server.start()
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("ext_proc listening on %s (pid %d)", address, os.getpid())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (pid %d): finishing in-flight streams", os.getpid())
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(config.grace)
+    await records.close()
+
+
+def _supervise(config: ServeConfig) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start(index: int) -> multiprocessing.process.BaseProcess:
+        proc = ctx.Process(target=_worker, args=(config,), name=f"tollway-worker-{index}", daemon=False)
+        proc.start()
+        return proc
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+
+    procs = [start(i) for i in range(config.workers)]
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while True:
+        for i, proc in enumerate(procs):
+            proc.join(timeout=0.2 / len(procs))
+            if proc.exitcode is not None and not stopping:
+                log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
+                time.sleep(0.5)
+                procs[i] = start(i)
+        if stopping and all(p.exitcode is not None for p in procs):
+            return 0
