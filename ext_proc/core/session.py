@@ -47,7 +47,6 @@ from ext_proc.llm.sse import SSEDecoder, SSEEvent
 from ext_proc.llm.usage import Usage, apply_anthropic, apply_openai
 
 ROUTE_HEADER = "x-tollway-provider"
-REQUEST_ID_HEADER = "x-tollway-request-id"
 # Headers only Tollway may set on the way to the provider; a client's copy is dropped.
 _UNTRUSTED = ("accept-encoding", ROUTE_HEADER)
 MAX_DECODED_BODY = 64 * 1024 * 1024
@@ -202,10 +201,9 @@ class Session:
             self.status = int(headers.get(":status", ""))
         except ValueError:
             self.status = None
-        tag = ((REQUEST_ID_HEADER, self.request_id),) if self.request_id else ()
         if event.end_of_stream:
             self._finish(event.at, "ok" if self.status and self.status < 400 else "error")
-            return Continue(set_headers=tag)
+            return CONTINUE
         self.phase = Phase.RESPONSE_BODY
         content_type = headers.get("content-type", "")
         if (
@@ -217,8 +215,8 @@ class Session:
             self._decoder = SSEDecoder()
             style = self.api.style if self.api else "openai"
             self._stream_reader = self._read_anthropic_event if style == "anthropic" else self._read_openai_event
-            return Continue(set_headers=tag, stream_response=True)
-        return Continue(set_headers=tag)
+            return Continue(stream_response=True)
+        return CONTINUE
 
     def _response_body(self, event: ResponseBody) -> Action:
         if self._decoder is not None:

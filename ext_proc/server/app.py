@@ -51,14 +51,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = ServeConfig(args.host, args.port, max(1, args.workers), args.log_file, args.grace)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _configure_logging()
     if config.workers == 1:
         _worker(config)
         return 0
     return _supervise(config)
 
 
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
 def _worker(config: ServeConfig) -> None:
+    _configure_logging()
     try:
         import uvloop
 

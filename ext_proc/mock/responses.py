@@ -1,0 +1,505 @@
+"""Response bodies, SSE events and error bodies of the fake provider; pure, no I/O.
+
+Theory of operation: one request becomes one :class:`Generation` (what the fake model "said":
+id, model, prompt tokens and the reply split into pieces), and every renderer below (OpenAI chat
+and completions, Anthropic messages; JSON or SSE) is a function of that single value. JSON and
+streaming answers to the same request therefore carry the same text and the same usage by
+construction.
+
+Token counting rule (deterministic, not a real tokenizer):
+
+- ``words(s)`` is the number of whitespace-separated words in ``s``.
+- Text of a message ``content``: the string itself, or the ``text`` of each part of a content
+  list (OpenAI ``{"type": "text"}`` parts, Anthropic ``text`` blocks, nested ``content``);
+  images, audio and tool calls count nothing.
+- Chat prompt tokens = 3 + Σ over messages (3 + words(text of content)).
+- Anthropic ``input_tokens`` = 3 + words(text of ``system``) + Σ over messages (3 + words(text)).
+- Completions prompt tokens = Σ over prompts of max(1, words(prompt)), or the length of a token
+  array; embeddings the same over ``input`` (``total_tokens`` = ``prompt_tokens``).
+- The reply is ``chunks`` words (``--chunks`` / ``x-mock-chunks``, default 8), cut to
+  ``max_completion_tokens`` / ``max_tokens`` when smaller (then ``finish_reason: length``,
+  Anthropic ``stop_reason: max_tokens``). Completion tokens = words in the reply (× number of
+  prompts for batched completions). A stream sends one word per content delta.
+- Cached, cache-creation and reasoning tokens are always 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+DEFAULT_MODEL = "mock-model"
+
+# The fake model's vocabulary; replies cycle through it.
+_VOCAB = (
+    "Tollway mock reply: the quick brown fox jumps over the lazy dog while every token "
+    "flows through Envoy and gets metered exactly once."
+).split()
+
+
+# ---------------------------------------------------------------------------------------------
+# Token counting
+
+
+def words(text: str) -> int:
+    """Whitespace-separated words in ``text``."""
+    return len(text.split())
+
+
+def content_text(content: Any) -> str:
+    """The text carried by an OpenAI or Anthropic ``content`` value (string or list of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict):
+                text = part.get("text")
+                if isinstance(text, str):
+                    texts.append(text)
+                elif "content" in part:  # Anthropic tool_result blocks nest content
+                    texts.append(content_text(part["content"]))
+        return " ".join(texts)
+    return ""
+
+
+def chat_prompt_tokens(messages: Any, system: Any = None) -> int:
+    """Prompt tokens of a chat / messages request: 3 + Σ (3 + words) (+ words of ``system``)."""
+    total = 3 + words(content_text(system))
+    if isinstance(messages, list):
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            total += 3 + words(content_text(content))
+    return total
+
+
+def input_tokens(value: Any) -> list[int]:
+    """Tokens per input of a completions ``prompt`` or embeddings ``input`` (one entry per item).
+
+    Accepted shapes, as in the OpenAI API: a string, a list of strings, a token array (list of
+    ints) or a list of token arrays.
+    """
+    if isinstance(value, str):
+        return [max(1, words(value))]
+    if isinstance(value, list):
+        if not value:
+            return [1]
+        if all(isinstance(item, int) for item in value):
+            return [len(value)]
+        out = []
+        for item in value:
+            if isinstance(item, str):
+                out.append(max(1, words(item)))
+            elif isinstance(item, list):
+                out.append(max(1, len(item)))
+            else:
+                out.append(1)
+        return out
+    return [1]
+
+
+# ---------------------------------------------------------------------------------------------
+# What the fake model generates
+
+
+@lru_cache(maxsize=512)
+def reply_pieces(count: int) -> tuple[str, ...]:
+    """``count`` words of the fake reply, as stream deltas: the first bare, the others with a space."""
+    return tuple(_VOCAB[i % len(_VOCAB)] if i == 0 else " " + _VOCAB[i % len(_VOCAB)] for i in range(count))
+
+
+def max_tokens_of(body: dict[str, Any]) -> int | None:
+    """The request's output limit (``max_completion_tokens`` before ``max_tokens``), if any."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """One fake completion; every renderer of the same request reads only this."""
+
+    id: str
+    created: int
+    model: str
+    prompt_tokens: int
+    pieces: tuple[str, ...]  # content deltas; "".join(pieces) is the reply text
+    truncated: bool = False  # stopped by the request's max tokens
+    choices: int = 1  # batched completions answer each prompt
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.pieces) * self.choices
+
+
+def generate(
+    body: dict[str, Any], *, id: str, created: int, chunks: int, prompt_tokens: int, choices: int = 1
+) -> Generation:
+    """The :class:`Generation` for a request ``body``: ``chunks`` words, cut to its max tokens."""
+    limit = max_tokens_of(body)
+    count = chunks if limit is None else min(chunks, limit)
+    model = body.get("model")
+    return Generation(
+        id=id,
+        created=created,
+        model=model if isinstance(model, str) and model else DEFAULT_MODEL,
+        prompt_tokens=prompt_tokens,
+        pieces=reply_pieces(count),
+        truncated=count < chunks,
+        choices=choices,
+    )
+
+
+@lru_cache(maxsize=512)
+def _encoded(pieces: tuple[str, ...]) -> tuple[bytes, ...]:
+    """Each piece as a JSON string literal."""
+    return tuple(orjson.dumps(piece) for piece in pieces)
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI chat completions
+
+
+def openai_chat_usage(gen: Generation) -> dict[str, Any]:
+    """The ``usage`` object of a chat completion."""
+    return {
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": gen.completion_tokens,
+        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def _finish(gen: Generation) -> str:
+    return "length" if gen.truncated else "stop"
+
+
+def openai_chat_json(gen: Generation) -> bytes:
+    """A ``chat.completion`` body."""
+    return orjson.dumps(
+        {
+            "id": gen.id,
+            "object": "chat.completion",
+            "created": gen.created,
+            "model": gen.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": gen.text, "refusal": None, "annotations": []},
+                    "logprobs": None,
+                    "finish_reason": _finish(gen),
+                }
+            ],
+            "usage": openai_chat_usage(gen),
+            "service_tier": "default",
+            "system_fingerprint": None,
+        }
+    )
+
+
+def openai_chat_events(gen: Generation, include_usage: bool) -> list[bytes]:
+    """``chat.completion.chunk`` SSE events: role delta, one delta per piece, finish, [usage], [DONE].
+
+    Like OpenAI, usage appears only with ``stream_options.include_usage``: then every chunk has
+    ``"usage": null`` and one last chunk with empty ``choices`` carries it. The per-piece chunks
+    are spliced from pre-encoded bytes (they dominate the cost of a stream).
+    """
+    head: dict[str, Any] = {
+        "id": gen.id,
+        "object": "chat.completion.chunk",
+        "created": gen.created,
+        "model": gen.model,
+        "service_tier": "default",
+        "system_fingerprint": None,
+    }
+    prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":[{"index":0,"delta":'
+    tail = b',"logprobs":null,"finish_reason":%s}]' + (b',"usage":null}\n\n' if include_usage else b"}\n\n")
+    no_finish = tail % b"null"
+    events = [prefix + b'{"role":"assistant","content":"","refusal":null}' + no_finish]
+    events.extend(prefix + b'{"content":' + piece + b"}" + no_finish for piece in _encoded(gen.pieces))
+    events.append(prefix + b"{}" + tail % orjson.dumps(_finish(gen)))
+    if include_usage:
+        events.append(_sse({**head, "choices": [], "usage": openai_chat_usage(gen)}))
+    events.append(SSE_DONE)
+    return events
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI (legacy) completions
+
+
+def openai_completion_usage(gen: Generation) -> dict[str, int]:
+    """The ``usage`` object of a text completion (the API reports no details here)."""
+    return {
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": gen.completion_tokens,
+        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+    }
+
+
+def openai_completion_json(gen: Generation) -> bytes:
+    """A ``text_completion`` body with one choice per prompt."""
+    text, finish = gen.text, _finish(gen)
+    return orjson.dumps(
+        {
+            "id": gen.id,
+            "object": "text_completion",
+            "created": gen.created,
+            "model": gen.model,
+            "choices": [
+                {"text": text, "index": i, "logprobs": None, "finish_reason": finish} for i in range(gen.choices)
+            ],
+            "usage": openai_completion_usage(gen),
+            "system_fingerprint": None,
+        }
+    )
+
+
+def openai_completion_events(gen: Generation, include_usage: bool) -> list[bytes]:
+    """``text_completion`` SSE events: one per piece and prompt, the last piece with finish_reason."""
+    head: dict[str, Any] = {"id": gen.id, "object": "text_completion", "created": gen.created}
+    finish = _finish(gen)
+    pieces = gen.pieces or ("",)
+    last = len(pieces) - 1
+    events = []
+    for index in range(gen.choices):
+        for i, piece in enumerate(pieces):
+            obj = {
+                **head,
+                "choices": [
+                    {"text": piece, "index": index, "logprobs": None, "finish_reason": finish if i == last else None}
+                ],
+                "model": gen.model,
+            }
+            if include_usage:
+                obj["usage"] = None
+            events.append(_sse(obj))
+    if include_usage:
+        events.append(_sse({**head, "model": gen.model, "usage": openai_completion_usage(gen), "choices": []}))
+    events.append(SSE_DONE)
+    return events
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI embeddings
+
+
+def _unit_vector(seed: int, dimensions: int) -> list[float]:
+    """A deterministic pseudo-random unit vector (xorshift32 from ``seed``)."""
+    state = seed or 0x9E3779B9
+    values = []
+    for _ in range(dimensions):
+        state ^= (state << 13) & 0xFFFFFFFF
+        state ^= state >> 17
+        state ^= (state << 5) & 0xFFFFFFFF
+        values.append(state / 0x80000000 - 1.0)
+    norm = sum(v * v for v in values) ** 0.5 or 1.0
+    return [round(v / norm, 8) for v in values]
+
+
+def _input_items(value: Any) -> list[Any]:
+    if isinstance(value, list) and value and not all(isinstance(item, int) for item in value):
+        return value
+    return [value]
+
+
+def embeddings_json(body: dict[str, Any], *, default_dimensions: int = 8) -> bytes:
+    """A ``list`` of ``embedding`` objects, one per input, floats or base64 float32 vectors.
+
+    Vectors are a deterministic function of the input; ``dimensions`` (1..4096) overrides the
+    default size.
+    """
+    raw = body.get("input")
+    items = _input_items(raw)
+    tokens = sum(input_tokens(raw))
+    dims = body.get("dimensions")
+    if not (isinstance(dims, int) and not isinstance(dims, bool) and 1 <= dims <= 4096):
+        dims = default_dimensions
+    as_base64 = body.get("encoding_format") == "base64"
+    data = []
+    for index, item in enumerate(items):
+        vector = _unit_vector(zlib.crc32(orjson.dumps(item)), dims)
+        embedding: Any = vector
+        if as_base64:
+            embedding = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    model = body.get("model")
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": data,
+            "model": model if isinstance(model, str) and model else DEFAULT_MODEL,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Anthropic messages
+
+
+def _stop_reason(gen: Generation) -> str:
+    return "max_tokens" if gen.truncated else "end_turn"
+
+
+def anthropic_usage(gen: Generation) -> dict[str, int]:
+    """The ``usage`` object of a complete Anthropic message."""
+    return {
+        "input_tokens": gen.prompt_tokens,
+        "output_tokens": gen.completion_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
+
+
+def anthropic_message_json(gen: Generation) -> bytes:
+    """A ``message`` body."""
+    return orjson.dumps(
+        {
+            "id": gen.id,
+            "type": "message",
+            "role": "assistant",
+            "model": gen.model,
+            "content": [{"type": "text", "text": gen.text}],
+            "stop_reason": _stop_reason(gen),
+            "stop_sequence": None,
+            "usage": anthropic_usage(gen),
+        }
+    )
+
+
+_DELTA_PREFIX = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
+)
+
+
+def _event(name: bytes, obj: Any) -> bytes:
+    return b"event: " + name + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+def anthropic_message_events(gen: Generation) -> list[bytes]:
+    """Anthropic stream: message_start, content_block_start, ping, deltas, stops, message_delta.
+
+    ``message_start`` reports the input tokens and ``output_tokens: 1`` (as Anthropic does);
+    ``message_delta`` carries the final, cumulative ``output_tokens``.
+    """
+    start_usage = {**anthropic_usage(gen), "output_tokens": 1}
+    message = {
+        "id": gen.id,
+        "type": "message",
+        "role": "assistant",
+        "model": gen.model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": start_usage,
+    }
+    events = [
+        _event(b"message_start", {"type": "message_start", "message": message}),
+        _event(
+            b"content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        b'event: ping\ndata: {"type": "ping"}\n\n',
+    ]
+    events.extend(_DELTA_PREFIX + piece + b"}}\n\n" for piece in _encoded(gen.pieces))
+    events.append(_event(b"content_block_stop", {"type": "content_block_stop", "index": 0}))
+    events.append(
+        _event(
+            b"message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": _stop_reason(gen), "stop_sequence": None},
+                "usage": {"output_tokens": gen.completion_tokens},
+            },
+        )
+    )
+    events.append(_event(b"message_stop", {"type": "message_stop"}))
+    return events
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+# status -> (type, code, message) as OpenAI sends them.
+_OPENAI_ERRORS: dict[int, tuple[str, str | None, str]] = {
+    400: ("invalid_request_error", None, "Invalid request."),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    403: ("invalid_request_error", "unsupported_country_region_territory", "Country, region, or territory not supported."),
+    404: ("invalid_request_error", "model_not_found", "The model does not exist or you do not have access to it."),
+    429: (
+        "requests",
+        "rate_limit_exceeded",
+        "Rate limit reached for requests per min (RPM): Limit 3, Used 3, Requested 1. "
+        "Please try again in 20s.",
+    ),
+    500: ("server_error", None, "The server had an error while processing your request. Sorry about that!"),
+    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+}
+
+# status -> (type, message) as Anthropic sends them (529 is Anthropic's "overloaded").
+_ANTHROPIC_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "Invalid request."),
+    401: ("authentication_error", "invalid x-api-key"),
+    403: ("permission_error", "Your API key does not have permission to use the specified resource."),
+    404: ("not_found_error", "Not found."),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "Number of requests has exceeded your per-minute rate limit."),
+    500: ("api_error", "Internal server error"),
+    529: ("overloaded_error", "Overloaded"),
+}
+
+
+def openai_error(status: int, message: str | None = None, *, code: str | None = None, param: str | None = None) -> bytes:
+    """``{"error": {"message", "type", "param", "code"}}`` for ``status``."""
+    kind, default_code, default_message = _OPENAI_ERRORS.get(
+        status,
+        ("server_error", None, "The server had an error while processing your request.")
+        if status >= 500
+        else ("invalid_request_error", None, "Invalid request."),
+    )
+    return orjson.dumps(
+        {
+            "error": {
+                "message": message or default_message,
+                "type": kind,
+                "param": param,
+                "code": code if code is not None else default_code,
+            }
+        }
+    )
+
+
+def anthropic_error(status: int, message: str | None = None) -> bytes:
+    """``{"type": "error", "error": {"type", "message"}}`` for ``status``."""
+    kind, default_message = _ANTHROPIC_ERRORS.get(
+        status, ("api_error", "Internal server error") if status >= 500 else ("invalid_request_error", "Invalid request.")
+    )
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message or default_message}})

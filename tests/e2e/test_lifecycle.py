@@ -1,0 +1,114 @@
+"""Process lifecycle: graceful shutdown, workers, fail-closed, and `tollway up` (what `make run` runs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from ext_proc.stack import Stack, free_port
+
+pytestmark = pytest.mark.e2e
+
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def test_sigterm_lets_in_flight_streams_finish(tmp_path: Path) -> None:
+    with Stack(tmp_path, workers=1) as stack:
+        client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="x", max_retries=0)
+        chunks: list[object] = []
+        errors: list[BaseException] = []
+
+        def consume() -> None:
+            try:
+                stream = client.chat.completions.create(
+                    **BODY, stream=True,
+                    extra_headers={"x-mock-chunks": "10", "x-mock-inter-chunk-ms": "100"},
+                )
+                chunks.extend(stream)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        time.sleep(0.4)  # the stream is now in flight
+        service = stack.procs["tollway"]
+        service.send_signal(signal.SIGTERM)
+        thread.join(15)
+        assert not errors, errors
+        assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) == 10  # type: ignore[attr-defined]
+        assert service.wait(10) == 0
+        records = stack.record_log.read_text().splitlines()
+        assert len(records) == 1 and '"outcome":"ok"' in records[0]
+
+
+def test_service_down_fails_closed_with_a_json_error(tmp_path: Path) -> None:
+    with Stack(tmp_path, workers=1) as stack:
+        stack.procs["tollway"].kill()
+        stack.procs["tollway"].wait()
+        response = httpx.post(stack.base_url + "/v1/chat/completions", json=BODY)
+        assert response.status_code == 500
+        assert "Tollway gateway error" in response.json()["error"]["message"]
+        mock_seen = httpx.get(f"http://127.0.0.1:{stack.mock_port}/_mock/requests").json()
+        assert mock_seen == [], "a request went to the provider while Tollway was down"
+
+
+def test_workers_share_the_port(tmp_path: Path) -> None:
+    with Stack(tmp_path, workers=2) as stack:
+        parent = stack.procs["tollway"].pid
+        children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
+        workers = [pid for pid in children if "serve" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+                   or "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+        assert len(workers) >= 2
+        with httpx.Client() as http:
+            for _ in range(20):
+                assert http.post(stack.base_url + "/v1/chat/completions", json=BODY).status_code == 200
+
+
+def test_tollway_up_serves_the_sdk_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("port", "admin", "ext", "mock")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ext_proc.cli", "up", "--port", str(ports["port"]), "--admin-port", str(ports["admin"]),
+         "--ext-proc-port", str(ports["ext"]), "--mock-port", str(ports["mock"]), "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        started = time.monotonic()
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        assert any("Tollway is up" in line for line in lines), "".join(lines)
+        assert time.monotonic() - started < 20
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports['port']}/v1", api_key="x", max_retries=0)
+        assert client.chat.completions.create(**BODY).choices[0].message.content
+        patterns = [str(tmp_path), f"mock-provider --port {ports['mock']}"]
+
+        def running() -> list[str]:
+            found = []
+            for pattern in patterns:
+                found += subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+            return found
+
+        assert len(running()) >= 3  # envoy, the service, the fake provider
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+        deadline = time.monotonic() + 10
+        while running():
+            assert time.monotonic() < deadline, f"processes left running after Ctrl-C: {running()}"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            subprocess.run(["pkill", "-KILL", "-f", str(tmp_path)])
