@@ -71,9 +71,16 @@ def render_envoy(
     (listener,) = resources["listeners"]
     listener["address"]["socket_address"]["port_value"] = listen_port
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     if not ext_proc:
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
-    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        # Plain Envoy: route by path, as an application calling the provider directly would.
+        labelled = {r["route"]["cluster"]: r["route"] for r in routes if "route" in r}
+        routes[:] = [
+            {"match": {"prefix": "/v1/messages"}, "route": labelled["anthropic"]},
+            {"match": {"prefix": "/"}, "route": labelled["openai"]},
+        ]
+    for route in routes:
         target = route.get("route", {})
         if target.get("cluster") in mocked:
             target["cluster"] = "mock"
@@ -114,7 +121,7 @@ class Stack:
     def _spawn(self, name: str, argv: list[str]) -> None:
         out: Any = subprocess.DEVNULL if self.quiet else None
         err = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.procs[name] = subprocess.Popen(argv, stdout=out, stderr=err, start_new_session=True)
+        self.procs[name] = subprocess.Popen(argv, stdout=out, stderr=err, cwd=ROOT, start_new_session=True)
         err.close()
 
     def start(self) -> Stack:

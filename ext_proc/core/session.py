@@ -3,7 +3,9 @@
 Theory of operation. Envoy opens one processing stream per HTTP request and sends, in order:
 the request headers, the buffered request body, the response headers, then the response body
 (buffered, or chunk by chunk once we switched a successful stream to STREAMED). The session
-answers each with one action:
+answers each with one action. The shipped Envoy config skips the request headers message (one
+gRPC round trip less per request): the body then carries the few header values Tollway needs
+as attributes, and the session does the REQUEST_HEADERS work when the body arrives.
 
 ``REQUEST_HEADERS``  recognise the client API from the path; unknown endpoints and requests
                      without a body are answered at once. Ask the provider for an uncompressed
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import enum
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -120,9 +122,11 @@ class Session:
         phase = self.phase
         if isinstance(event, RequestHeaders) and phase is Phase.REQUEST_HEADERS:
             return self._request_headers(event)
-        if isinstance(event, RequestBody) and phase is Phase.REQUEST_BODY:
+        if isinstance(event, RequestBody) and (
+            phase is Phase.REQUEST_BODY or (phase is Phase.REQUEST_HEADERS and event.headers is not None)
+        ):
             return self._request_body(event)
-        if isinstance(event, ResponseHeaders) and phase in (Phase.RESPONSE_HEADERS, Phase.REQUEST_BODY):
+        if isinstance(event, ResponseHeaders) and phase is not Phase.RESPONSE_BODY and phase is not Phase.DONE:
             # Envoy may answer before the request body was processed (e.g. its own 413).
             return self._response_headers(event)
         if isinstance(event, ResponseBody) and phase is Phase.RESPONSE_BODY:
@@ -136,8 +140,15 @@ class Session:
     # -- request ----------------------------------------------------------------------------
 
     def _request_headers(self, event: RequestHeaders) -> Action:
-        headers = event.headers
-        self.started = event.at
+        rejected = self._open(event.headers, event.at, event.end_of_stream)
+        if rejected is not None:
+            return rejected
+        self.phase = Phase.REQUEST_BODY
+        return Continue(remove_headers=_UNTRUSTED)
+
+    def _open(self, headers: Mapping[str, str], at: int, end_of_stream: bool) -> Respond | None:
+        """Recognise the request from its head; a :class:`Respond` when it must be refused."""
+        self.started = at
         self.request_id = headers.get("x-request-id")
         path = headers.get(":path", "")
         api = apis.match(path) if headers.get(":method") == "POST" else None
@@ -145,21 +156,27 @@ class Session:
             method = headers.get(":method", "?")
             shown = path.partition("?")[0][:200]
             error = ClientError(404, "unknown_endpoint", f"Tollway does not serve {method} {shown}.")
-            return self._reject(error, apis.error_style(path), event.at)
+            return self._reject(error, apis.error_style(path), at)
         self.api = api
-        if event.end_of_stream:
+        if end_of_stream:
             error = ClientError(400, "invalid_body", "The request body is empty; expected a JSON object.")
-            return self._reject(error, api.style, event.at)
+            return self._reject(error, api.style, at)
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding == "gzip":
             self._gunzip_request = True
         elif encoding != "identity":
             error = ClientError(415, "unsupported_encoding", f"Unsupported content-encoding {encoding!r}.")
-            return self._reject(error, api.style, event.at)
-        self.phase = Phase.REQUEST_BODY
-        return Continue(remove_headers=_UNTRUSTED)
+            return self._reject(error, api.style, at)
+        return None
 
     def _request_body(self, event: RequestBody) -> Action:
+        remove: tuple[str, ...] = ()
+        if self.phase is Phase.REQUEST_HEADERS:
+            # Headers were skipped: their attributes came with the body.
+            rejected = self._open(event.headers or {}, event.at, False)
+            if rejected is not None:
+                return rejected
+            remove = _UNTRUSTED
         api = self.api
         assert api is not None
         body = event.body
@@ -183,20 +200,19 @@ class Session:
         self.phase = Phase.RESPONSE_HEADERS
         headers: list[tuple[str, str]] = [(ROUTE_HEADER, self.provider)]
         if not replaced:
-            return Continue(set_headers=tuple(headers), clear_route_cache=True)
+            return Continue(set_headers=tuple(headers), remove_headers=remove, clear_route_cache=True)
         body = orjson.dumps(request.payload) if self._strip_usage_chunk else body
         headers.append(("content-length", str(len(body))))
-        return Continue(
-            set_headers=tuple(headers),
-            remove_headers=("content-encoding",) if self._gunzip_request else (),
-            body=body,
-            clear_route_cache=True,
-        )
+        if self._gunzip_request:
+            remove += ("content-encoding",)
+        return Continue(set_headers=tuple(headers), remove_headers=remove, body=body, clear_route_cache=True)
 
     # -- response ---------------------------------------------------------------------------
 
     def _response_headers(self, event: ResponseHeaders) -> Action:
         headers = event.headers
+        if not self.started:  # Envoy answered before Tollway saw the request (e.g. its own 413)
+            self.started = event.at
         try:
             self.status = int(headers.get(":status", ""))
         except ValueError:

@@ -114,13 +114,22 @@ def _status_line(status: int) -> bytes:
     return line
 
 
-def wire(reply: Reply, keep_alive: bool) -> tuple[list[tuple[float, bytes]], bool]:
+_CONNECTION_HEADER = {
+    (True, False): b"",
+    (True, True): b"connection: keep-alive\r\n",
+    (False, False): b"connection: close\r\n",
+    (False, True): b"connection: close\r\n",
+}
+
+
+def wire(reply: Reply, keep_alive: bool, *, http10: bool = False) -> tuple[list[tuple[float, bytes]], bool]:
     """The bytes of ``reply`` as ``(pause_seconds, data)`` segments, and whether to close after.
 
     Segments with no pause are merged into the one before, so a reply without delays is a single
     segment. Truncated replies (``cut_after``) always close and never send the final chunk.
+    HTTP/1.0 clients asking for keep-alive are told so explicitly.
     """
-    connection = b"" if keep_alive else b"connection: close\r\n"
+    connection = _CONNECTION_HEADER[keep_alive, http10]
     ctype = b"content-type: " + reply.content_type + b"\r\n" if reply.content_type else b""
     if reply.events is None:
         body = reply.body
@@ -128,17 +137,16 @@ def wire(reply: Reply, keep_alive: bool) -> tuple[list[tuple[float, bytes]], boo
         if reply.cut_after is not None:
             return [(reply.latency, _status_line(reply.status) + head + body[: len(body) // 2])], True
         return [(reply.latency, _status_line(reply.status) + head + body)], not keep_alive
-    segments = [
-        [
-            0.0,
-            _status_line(reply.status)
-            + ctype
-            + b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n"
-            + reply.headers
-            + connection
-            + b"\r\n",
-        ]
-    ]
+    head = (
+        _status_line(reply.status)
+        + ctype
+        + b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n"
+        + reply.headers
+        + connection
+        + b"\r\n"
+    )
+    segments: list[tuple[float, bytes]] = []
+    pending, pending_pause = head, 0.0  # the segment being built
     cut = reply.cut_after
     for i, event in enumerate(reply.events):
         if cut is not None and i >= cut:
@@ -146,13 +154,14 @@ def wire(reply: Reply, keep_alive: bool) -> tuple[list[tuple[float, bytes]], boo
         pause = reply.ttft if i == 0 else reply.inter_chunk
         frame = b"%x\r\n%s\r\n" % (len(event), event)
         if pause > 0:
-            segments.append([pause, frame])
+            segments.append((pending_pause, pending))
+            pending, pending_pause = frame, pause
         else:
-            segments[-1][1] += frame
-    if cut is not None:
-        return [(p, d) for p, d in segments], True
-    segments[-1][1] += b"0\r\n\r\n"
-    return [(p, d) for p, d in segments], not keep_alive
+            pending += frame
+    if cut is None:
+        pending += b"0\r\n\r\n"
+    segments.append((pending_pause, pending))
+    return segments, cut is not None or not keep_alive
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +202,12 @@ class MockProvider:
             cassettes = load_cassettes(self.options.cassettes) if self.options.cassettes else {}
         self.cassettes: dict[str, Cassette] = dict(cassettes)
         self._by_request = cassette_index(self.cassettes)
+        # (method, path, model) of the recordings: most requests skip freezing their body
+        self._recorded = {
+            (c.method, c.path, c.request_json.get("model"))
+            for c in self.cassettes.values()
+            if isinstance(c.request_json, dict)
+        }
         self._cassette_headers = {name: _header_lines(c) for name, c in self.cassettes.items()}
         size = self.options.record_requests
         self.requests: deque[Request] | None = deque(maxlen=size) if size > 0 else None
@@ -217,7 +232,7 @@ class MockProvider:
                 "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in req.headers],
                 "body": req.body.decode("utf-8", "replace"),
             }
-            for req in (self.requests or ())
+            for req in list(self.requests or ())  # a snapshot: other threads may read it
         ]
 
     # -- dispatch
@@ -249,16 +264,16 @@ class MockProvider:
         body: Any = _NOT_JSON
         if self._by_request:
             body = _loads(req.body)
-            if body is not _NOT_JSON:
+            if body is not _NOT_JSON and (
+                not isinstance(body, dict) or (req.method, path, body.get("model")) in self._recorded
+            ):
                 cassette = self._by_request.get(match_key(req.method, path, body))
                 if cassette is not None:
                     return self._replay(cassette, knobs)
 
         route = self._routes.get(path)
         if route is None:
-            return self._error(
-                "openai", 404, knobs, message=f"Invalid URL ({req.method} {path})", code="unknown_url"
-            )
+            return self._error("openai", 404, knobs, message=f"Invalid URL ({req.method} {path})", code="unknown_url")
         if req.method != "POST":
             return self._error(style, 405, knobs, message=f"Method {req.method} not allowed on {path}")
         if body is _NOT_JSON:
@@ -452,8 +467,7 @@ def _header_lines(cassette: Cassette) -> bytes:
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _BAD_REQUEST = (
-    b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    b"content-length: %d\r\n\r\n%s"
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
 )
 _MAX_QUEUED = 32  # pipelined replies waiting before the connection stops reading
 
@@ -564,7 +578,7 @@ class _Connection(asyncio.Protocol):
             reply = self._provider.handle(request)
         except Exception as exc:  # a bug here must not kill the connection silently
             reply = Reply(500, r.openai_error(500, f"mock provider error: {exc!r}"))
-        segments, close = wire(reply, keep_alive)
+        segments, close = wire(reply, keep_alive, http10=self._parser.get_http_version() == "1.0")
         if self._task is None and not self._queue and len(segments) == 1 and segments[0][0] <= 0:
             self._transport.write(segments[0][1])  # type: ignore[union-attr]
             if close:
@@ -651,7 +665,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         import uvloop
     except ImportError:
         return asyncio.new_event_loop()
-    return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    return uvloop.new_event_loop()
 
 
 @dataclass

@@ -38,9 +38,9 @@ DEFAULT_MODEL = "mock-model"
 
 # The fake model's vocabulary; replies cycle through it.
 _VOCAB = (
-    "Tollway mock reply: the quick brown fox jumps over the lazy dog while every token "
-    "flows through Envoy and gets metered exactly once."
-).split()
+    *("Tollway", "mock", "reply:", "the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"),
+    *("while", "every", "token", "flows", "through", "Envoy", "and", "gets", "metered", "exactly", "once."),
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,7 +411,7 @@ def anthropic_message_events(gen: Generation) -> list[bytes]:
     ``message_delta`` carries the final, cumulative ``output_tokens``.
     """
     start_usage = {**anthropic_usage(gen), "output_tokens": 1}
-    message = {
+    message: dict[str, Any] = {
         "id": gen.id,
         "type": "message",
         "role": "assistant",
@@ -452,13 +452,16 @@ def anthropic_message_events(gen: Generation) -> list[bytes]:
 _OPENAI_ERRORS: dict[int, tuple[str, str | None, str]] = {
     400: ("invalid_request_error", None, "Invalid request."),
     401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
-    403: ("invalid_request_error", "unsupported_country_region_territory", "Country, region, or territory not supported."),
+    403: (
+        "invalid_request_error",
+        "unsupported_country_region_territory",
+        "Country, region, or territory not supported.",
+    ),
     404: ("invalid_request_error", "model_not_found", "The model does not exist or you do not have access to it."),
     429: (
         "requests",
         "rate_limit_exceeded",
-        "Rate limit reached for requests per min (RPM): Limit 3, Used 3, Requested 1. "
-        "Please try again in 20s.",
+        "Rate limit reached for requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s.",
     ),
     500: ("server_error", None, "The server had an error while processing your request. Sorry about that!"),
     503: ("server_error", None, "The engine is currently overloaded, please try again later."),
@@ -477,7 +480,9 @@ _ANTHROPIC_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-def openai_error(status: int, message: str | None = None, *, code: str | None = None, param: str | None = None) -> bytes:
+def openai_error(
+    status: int, message: str | None = None, *, code: str | None = None, param: str | None = None
+) -> bytes:
     """``{"error": {"message", "type", "param", "code"}}`` for ``status``."""
     kind, default_code, default_message = _OPENAI_ERRORS.get(
         status,
@@ -500,6 +505,7 @@ def openai_error(status: int, message: str | None = None, *, code: str | None = 
 def anthropic_error(status: int, message: str | None = None) -> bytes:
     """``{"type": "error", "error": {"type", "message"}}`` for ``status``."""
     kind, default_message = _ANTHROPIC_ERRORS.get(
-        status, ("api_error", "Internal server error") if status >= 500 else ("invalid_request_error", "Invalid request.")
+        status,
+        ("api_error", "Internal server error") if status >= 500 else ("invalid_request_error", "Invalid request."),
     )
     return orjson.dumps({"type": "error", "error": {"type": kind, "message": message or default_message}})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -32,19 +33,18 @@ class Processor:
     def __init__(self, records: RecordWriter) -> None:
         self.records = records
 
-    async def process(self, _requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def process(
+        self, requests: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ProcessingResponse]:
         session = Session()
         clock = time.monotonic_ns
         decode, encode, handle = codec.decode, codec.encode, session.handle
         try:
-            while True:
-                request = await context.read()
-                if request is grpc.aio.EOF:
-                    break
+            async for request in requests:
                 kind, event = decode(request, clock())
                 action = handle(event)
                 assert action is not None
-                await context.write(encode(kind, action))
+                yield encode(kind, action)
                 if session.effects:
                     self._run_effects(session)
         except Exception:
