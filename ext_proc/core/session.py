@@ -391,12 +391,18 @@ def _error_code(payload: dict[str, Any]) -> str | None:
 
 
 def _gunzip(body: bytes) -> bytes:
-    """Decompress a gzip body, refusing bombs past :data:`MAX_DECODED_BODY`."""
+    """Decompress a gzip body (every member), refusing bombs past :data:`MAX_DECODED_BODY`."""
+    out = bytearray()
+    data = body
     try:
-        inflater = zlib.decompressobj(wbits=31)
-        out = inflater.decompress(body, MAX_DECODED_BODY)
+        while data:
+            inflater = zlib.decompressobj(wbits=31)
+            out += inflater.decompress(data, MAX_DECODED_BODY - len(out) + 1)
+            if len(out) > MAX_DECODED_BODY or inflater.unconsumed_tail:
+                raise ClientError(413, "body_too_large", "The decompressed request body is too large.")
+            if not inflater.eof:
+                raise ClientError(400, "invalid_body", "The gzip-encoded request body is truncated.")
+            data = inflater.unused_data
     except zlib.error:
         raise ClientError(400, "invalid_body", "The gzip-encoded request body is corrupt.") from None
-    if inflater.unconsumed_tail:
-        raise ClientError(413, "body_too_large", "The decompressed request body is too large.")
-    return out
+    return bytes(out)

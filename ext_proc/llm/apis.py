@@ -26,7 +26,7 @@ class ClientAPI:
     style: str  # "openai" | "anthropic"
     provider: str  # the provider kind that serves it when no routing policy says otherwise
     stream_usage_option: bool  # OpenAI streams report usage only with stream_options.include_usage
-    required_list: str | None  # a field that must be a JSON array when present
+    required_list: str | None  # a field that must be a JSON array when present (the provider requires it)
 
 
 CHAT_COMPLETIONS = ClientAPI("openai.chat.completions", "openai", "openai", True, "messages")
@@ -80,8 +80,8 @@ def parse_request(api: ClientAPI, body: bytes) -> ParsedRequest:
     if not isinstance(stream, bool):
         raise ClientError(400, "invalid_type", "'stream' must be a boolean.", "stream")
     field = api.required_list
-    if field is not None:
-        value = payload.get(field)
+    if field is not None and field in payload:
+        value = payload[field]
         if not isinstance(value, list):
             raise ClientError(400, "invalid_type", f"'{field}' must be an array of messages.", field)
     return ParsedRequest(payload, model, stream)

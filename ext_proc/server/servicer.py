@@ -1,20 +1,24 @@
-"""The ext_proc gRPC servicer: a thin loop between Envoy's stream and a core Session.
+"""The ext_proc servicer: a thin loop between Envoy's stream and a core Session.
 
 For each message: decode it into an event, let the session answer, encode the answer, send it,
 then carry out the session's effects. Faults inside the core are logged and end the stream
 with a gRPC error, so Envoy fails the request closed (or open, if its filter is configured so);
 the client never sees a Python traceback.
+
+Two transports carry it: :class:`ExtProcCall` for Tollway's own HTTP/2 server
+(:mod:`ext_proc.server.h2`, the default) and :class:`Processor` for ``grpcio``'s asyncio server.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from grpc_health.v1 import health_pb2
 
 from ext_proc.core.actions import EmitRecord
 from ext_proc.core.events import StreamClosed
@@ -25,10 +29,68 @@ from ext_proc.server.records import RecordWriter
 log = logging.getLogger("tollway.servicer")
 
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+PROCESS_PATH = f"/{SERVICE}/Process"
+HEALTH_PATH = "/grpc.health.v1.Health/Check"
+
+
+def _run_effects(session: Session, records: RecordWriter) -> None:
+    for effect in session.effects:
+        if isinstance(effect, EmitRecord):
+            records.emit(effect.record)
+    session.effects.clear()
+
+
+class ExtProcCall:
+    """One ext_proc stream on :mod:`ext_proc.server.h2`: serialized messages in and out."""
+
+    __slots__ = ("records", "session")
+
+    def __init__(self, records: RecordWriter) -> None:
+        self.records = records
+        self.session = Session()
+
+    def message(self, data: bytes) -> list[bytes]:
+        session = self.session
+        kind, event = codec.decode(pb.ProcessingRequest.FromString(data), time.monotonic_ns())
+        action = session.handle(event)
+        assert action is not None
+        reply = codec.encode(kind, action).SerializeToString()
+        if session.effects:
+            _run_effects(session, self.records)
+        return [reply]
+
+    def end(self) -> tuple[int, str]:
+        self.reset()
+        return 0, ""
+
+    def reset(self) -> None:
+        session = self.session
+        if session.phase is not Phase.DONE:
+            session.handle(StreamClosed(time.monotonic_ns()))
+            _run_effects(session, self.records)
+
+
+class HealthCall:
+    """``grpc.health.v1.Health/Check``: SERVING until shutdown begins."""
+
+    __slots__ = ("serving",)
+
+    def __init__(self, serving: Callable[[], bool]) -> None:
+        self.serving = serving
+
+    def message(self, data: bytes) -> list[bytes]:
+        status = health_pb2.HealthCheckResponse.SERVING if self.serving() else health_pb2.HealthCheckResponse.NOT_SERVING
+        return [health_pb2.HealthCheckResponse(status=status).SerializeToString()]
+
+    def end(self) -> tuple[int, str]:
+        return 0, ""
+
+    def reset(self) -> None:
+        pass
 
 
 class Processor:
-    """Serves ``ExternalProcessor.Process``; one :class:`Session` per stream."""
+    """Serves ``ExternalProcessor.Process`` on grpcio; one :class:`Session` per stream."""
 
     def __init__(self, records: RecordWriter) -> None:
         self.records = records
@@ -46,20 +108,14 @@ class Processor:
                 assert action is not None
                 yield encode(kind, action)
                 if session.effects:
-                    self._run_effects(session)
+                    _run_effects(session, self.records)
         except Exception:
             log.exception("ext_proc stream failed (request_id=%s)", session.request_id)
             await context.abort(grpc.StatusCode.INTERNAL, "tollway: internal error")
         finally:
             if session.phase is not Phase.DONE:
                 session.handle(StreamClosed(clock()))
-                self._run_effects(session)
-
-    def _run_effects(self, session: Session) -> None:
-        for effect in session.effects:
-            if isinstance(effect, EmitRecord):
-                self.records.emit(effect.record)
-        session.effects.clear()
+                _run_effects(session, self.records)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler registering ``Process`` with upb (de)serializers."""

@@ -1,0 +1,201 @@
+"""Tollway's HTTP/2 gRPC server against a real gRPC client (grpcio) as the conformance peer."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import orjson
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ext_proc.server import h2
+from ext_proc.server.records import RecordWriter
+from ext_proc.server.servicer import HEALTH_PATH, PROCESS_PATH, ExtProcCall, HealthCall
+
+
+class Running:
+    """An h2.Server on its own event loop thread, with a RecordWriter to a file."""
+
+    def __init__(self, log: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.log = log
+        self.records = RecordWriter(str(log))
+        self.server = h2.Server({
+            PROCESS_PATH: lambda: ExtProcCall(self.records),
+            HEALTH_PATH: lambda: HealthCall(lambda: not self.server.draining),
+        })
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.run(self.server.start("127.0.0.1", self.port))
+
+    def run(self, coro, timeout: float = 30):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def records_written(self) -> list[dict]:
+        self.loop.call_soon_threadsafe(self.records.flush)
+        time.sleep(0.05)
+        return [orjson.loads(line) for line in self.log.read_bytes().splitlines()] if self.log.exists() else []
+
+    def stop(self) -> None:
+        self.run(self.server.shutdown(1.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture()
+def running(tmp_path: Path) -> Iterator[Running]:
+    server = Running(tmp_path / "records.jsonl")
+    yield server
+    server.stop()
+
+
+def channel(port: int) -> grpc.Channel:
+    return grpc.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+    )
+
+
+def headers(*pairs: tuple[str, str]) -> pb.HttpHeaders:
+    return pb.HttpHeaders(headers=base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]))
+
+
+def exchange(body: bytes, response: bytes, *, stream: bool = False) -> list[pb.ProcessingRequest]:
+    return [
+        pb.ProcessingRequest(request_headers=headers((":method", "POST"), (":path", "/v1/chat/completions"),
+                                                     ("x-request-id", "req-1"))),
+        pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)),
+        pb.ProcessingRequest(response_headers=headers(
+            (":status", "200"), ("content-type", "text/event-stream" if stream else "application/json"))),
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=response, end_of_stream=True)),
+    ]
+
+
+CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+REPLY = orjson.dumps({"model": "gpt-4o-mini", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}})
+
+
+def test_ext_proc_stream_round_trip(running: Running) -> None:
+    with channel(running.port) as ch:
+        replies = list(pb_grpc.ExternalProcessorStub(ch).Process(iter(exchange(CHAT, REPLY))))
+    assert [r.WhichOneof("response") for r in replies] == [
+        "request_headers", "request_body", "response_headers", "response_body"]
+    assert replies[1].request_body.response.clear_route_cache
+    (record,) = running.records_written()
+    assert record["request_id"] == "req-1" and (record["input_tokens"], record["output_tokens"]) == (9, 4)
+
+
+def test_health_check(running: Running) -> None:
+    with channel(running.port) as ch:
+        answer = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_unknown_method_is_unimplemented(running: Running) -> None:
+    with channel(running.port) as ch, pytest.raises(grpc.RpcError) as caught:
+        health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest()).next()
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_multi_megabyte_messages_respect_flow_control_both_ways(running: Running) -> None:
+    # A 12 MB streaming request: Tollway re-encodes it (adding stream_options), so 12 MB go back too,
+    # far beyond the client's initial 64 KiB windows.
+    big = orjson.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "x" * 12_000_000}]})
+    with channel(running.port) as ch:
+        replies = list(pb_grpc.ExternalProcessorStub(ch).Process(iter(exchange(big, b"data: [DONE]\n\n",
+                                                                               stream=True)[:2])))
+    mutated = orjson.loads(replies[1].request_body.response.body_mutation.body)
+    assert mutated["stream_options"] == {"include_usage": True}
+    assert len(mutated["messages"][0]["content"]) == 12_000_000
+
+
+def test_concurrent_streams(running: Running) -> None:
+    with channel(running.port) as ch:
+        stub = pb_grpc.ExternalProcessorStub(ch)
+        futures = []
+        results: list[int] = []
+
+        def one() -> None:
+            results.append(len(list(stub.Process(iter(exchange(CHAT, REPLY))))))
+
+        futures = [threading.Thread(target=one) for _ in range(40)]
+        for thread in futures:
+            thread.start()
+        for thread in futures:
+            thread.join(20)
+    assert results == [4] * 40
+    assert len(running.records_written()) == 40
+
+
+def test_cancelled_stream_is_recorded_incomplete(running: Running) -> None:
+    gate = threading.Event()
+
+    def requests() -> Iterator[pb.ProcessingRequest]:
+        yield from exchange(CHAT, REPLY)[:3]
+        gate.wait(5)
+
+    with channel(running.port) as ch:
+        call = pb_grpc.ExternalProcessorStub(ch).Process(requests())
+        for _ in range(3):
+            next(call)
+        call.cancel()
+        gate.set()
+    deadline = time.monotonic() + 5
+    while not running.records_written():
+        assert time.monotonic() < deadline, "no record for the cancelled stream"
+    (record,) = running.records_written()
+    assert record["outcome"] == "incomplete" and record["status"] == 200
+
+
+def test_graceful_shutdown_lets_open_streams_finish(running: Running) -> None:
+    gate = threading.Event()
+    messages = exchange(CHAT, REPLY)
+
+    def requests() -> Iterator[pb.ProcessingRequest]:
+        yield from messages[:2]
+        gate.wait(5)
+        yield from messages[2:]
+
+    with channel(running.port) as ch:
+        call = pb_grpc.ExternalProcessorStub(ch).Process(requests())
+        next(call), next(call)
+        shutdown = asyncio.run_coroutine_threadsafe(running.server.shutdown(5), running.loop)
+        time.sleep(0.2)
+        assert not shutdown.done(), "shutdown did not wait for the open stream"
+        gate.set()
+        rest = list(call)
+        shutdown.result(5)
+    assert len(rest) == 2
+    assert running.records_written()[0]["outcome"] == "ok"
+
+
+def test_garbage_is_not_http2(running: Running) -> None:
+    with socket.create_connection(("127.0.0.1", running.port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(5)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    # The server answers with its SETTINGS and a GOAWAY(PROTOCOL_ERROR), then closes.
+    frames = []
+    pos = 0
+    while pos + 9 <= len(data):
+        length = int.from_bytes(data[pos : pos + 3], "big")
+        frames.append((data[pos + 3], data[pos + 9 : pos + 9 + length]))
+        pos += 9 + length
+    assert frames[0][0] == h2.SETTINGS
+    kind, payload = frames[-1]
+    assert kind == h2.GOAWAY and int.from_bytes(payload[4:8], "big") == h2.PROTOCOL_ERROR

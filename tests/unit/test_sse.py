@@ -1,0 +1,182 @@
+"""SSEDecoder: the same events and the same bytes whatever the chunking of the stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from ext_proc.llm.sse import SSEDecoder, SSEEvent
+
+EOLS = {"LF": b"\n", "CRLF": b"\r\n", "CR": b"\r"}
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(cut, len(data)) for cut in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def decode(chunks: list[bytes]) -> list[SSEEvent]:
+    decoder = SSEDecoder()
+    events = [event for part in chunks for event in decoder.feed(part)]
+    return events + decoder.flush()
+
+
+# -- generated streams ------------------------------------------------------------------------
+
+value_text = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=12)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One generated event block: its lines (field, value) and what a client must decode."""
+
+    lines: tuple[tuple[str, str], ...]  # field "" is a comment
+
+    @property
+    def expected(self) -> tuple[str, bytes]:
+        names = [value for field, value in self.lines if field == "event"]
+        data = [value for field, value in self.lines if field == "data"]
+        return (names[-1] if names else "", "\n".join(data).encode())
+
+
+@st.composite
+def blocks(draw: st.DrawFn) -> Block:
+    data = [("data", value) for value in draw(st.lists(value_text, max_size=3))]
+    extra = draw(
+        st.lists(
+            st.tuples(st.sampled_from(["event", "id", "retry", ""]), value_text),
+            max_size=3,
+        )
+    )
+    # Data lines keep their order; the other lines fall anywhere around them.
+    lines = list(data)
+    for item in extra:
+        lines.insert(draw(st.integers(0, len(lines))), item)
+    if not lines:
+        lines = [("", "keep-alive")]
+    return Block(tuple(lines))
+
+
+def render_line(field: str, value: str, style: int) -> bytes:
+    """A field line; ``style`` picks among the spellings SSE allows for the same field."""
+    if field == "":
+        return b":" + value.encode()
+    if style == 1 and not value.startswith(" "):
+        return field.encode() + b":" + value.encode()  # no space after the colon
+    if style == 2 and value == "":
+        return field.encode()  # a bare field name means an empty value
+    return field.encode() + b": " + value.encode()
+
+
+@st.composite
+def streams(draw: st.DrawFn, eol: str | None = None) -> tuple[bytes, list[Block]]:
+    """A serialized stream and its blocks; ``eol`` None mixes LF, CRLF and CR line by line."""
+    events = draw(st.lists(blocks(), min_size=1, max_size=5))
+    out = b""
+    previous = b""
+    for block in events:
+        for field, value in block.lines:
+            ending = EOLS[eol] if eol else draw(st.sampled_from(list(EOLS.values())))
+            out += render_line(field, value, draw(st.integers(0, 2))) + ending
+            previous = ending
+        blank = EOLS[eol] if eol else draw(st.sampled_from(list(EOLS.values())))
+        if previous == b"\r" and blank == b"\n":
+            blank = b"\r"  # CR then LF would read as one CRLF: not the stream we mean
+        out += blank
+    return out, events
+
+
+cut_lists = st.lists(st.integers(0, 400), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(stream=streams(), cuts=cut_lists)
+def test_any_split_gives_the_same_events_and_bytes(stream: tuple[bytes, list[Block]], cuts: list[int]) -> None:
+    data, _ = stream
+    whole = decode([data])
+    pieces = decode(split(data, cuts))
+    assert pieces == whole  # names, data and raw bytes of every event
+    assert b"".join(event.raw for event in pieces) == data
+
+
+@settings(max_examples=150, deadline=None)
+@given(stream=st.sampled_from(sorted(EOLS)).flatmap(streams), cuts=cut_lists)
+def test_generated_events_decode_as_sent(stream: tuple[bytes, list[Block]], cuts: list[int]) -> None:
+    data, blocks_sent = stream
+    decoded = decode(split(data, cuts))
+    assert [(event.event, event.data) for event in decoded] == [block.expected for block in blocks_sent]
+
+
+@settings(max_examples=150, deadline=None)
+@given(stream=streams(eol=None), cuts=cut_lists)
+def test_mixed_line_endings_decode_as_sent(stream: tuple[bytes, list[Block]], cuts: list[int]) -> None:
+    data, blocks_sent = stream
+    decoded = decode(split(data, cuts))
+    assert [(event.event, event.data) for event in decoded] == [block.expected for block in blocks_sent]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"data:", b" ", b"x", b":", b"event: e"]), max_size=40).map(
+        b"".join
+    ),
+    cuts=st.lists(st.integers(0, 200), max_size=15),
+)
+@example(data=b"data: a\r\r\n\r\n", cuts=[8])
+@example(data=b"data: a\n\r\n", cuts=[9])
+def test_arbitrary_bytes_split_anywhere(data: bytes, cuts: list[int]) -> None:
+    assert decode(split(data, cuts)) == decode([data])
+    assert b"".join(event.raw for event in decode(split(data, cuts))) == data
+
+
+# -- examples ---------------------------------------------------------------------------------
+
+
+def test_cr_at_chunk_end_waits_for_a_possible_lf() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r\n\r") == []  # "\r" may be half of "\r\n"
+    assert decoder.pending == b"data: a\r\n\r"
+    assert decoder.feed(b"\ndata: b") == [SSEEvent("", b"a", b"data: a\r\n\r\n")]
+    assert decoder.pending == b"data: b"
+
+
+def test_lone_cr_ends_lines_once_the_next_byte_shows_it() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r\r") == []
+    assert decoder.feed(b"data: b\r\r") == [SSEEvent("", b"a", b"data: a\r\r")]
+    assert decoder.flush() == [SSEEvent("", b"b", b"data: b\r\r")]
+
+
+def test_comments_and_keepalives_carry_no_data() -> None:
+    events = decode([b": keep-alive\n\n", b"data: x\n: note\n\n"])
+    assert [(e.event, e.data, e.raw) for e in events] == [
+        ("", b"", b": keep-alive\n\n"),
+        ("", b"x", b"data: x\n: note\n\n"),
+    ]
+
+
+def test_multi_line_data_is_joined_with_lf() -> None:
+    (event,) = decode([b"event: message_delta\r\ndata: {\r\ndata:  \"a\": 1\r\ndata:}\r\n\r\n"])
+    assert (event.event, event.data) == ("message_delta", b'{\n "a": 1\n}')
+
+
+def test_field_spellings() -> None:
+    events = decode([b"data:x\n\ndata\n\ndata:  two spaces\n\nid: 7\nretry: 10\ndata: y\n\n"])
+    assert [e.data for e in events] == [b"x", b"", b" two spaces", b"y"]
+
+
+def test_flush_returns_the_unterminated_last_event() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b'data: {"a": 1}\n\ndata: [DO') == [SSEEvent("", b'{"a": 1}', b'data: {"a": 1}\n\n')]
+    assert decoder.feed(b"NE]\n") == []
+    assert decoder.flush() == [SSEEvent("", b"[DONE]", b"data: [DONE]\n")]
+    assert decoder.pending == b""
+    assert decoder.flush() == []
+
+
+def test_flush_of_a_trailing_cr() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: x\r") == []
+    assert decoder.flush() == [SSEEvent("", b"x", b"data: x\r")]
