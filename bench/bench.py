@@ -11,12 +11,12 @@ processes) and the fake provider, measured from the kernel's per-thread run time
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,10 +74,8 @@ def cpu_ns(pids: list[int]) -> int:
         except OSError:
             continue
         for tid in tids:
-            try:
+            with contextlib.suppress(OSError):  # the thread ended meanwhile
                 total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-            except OSError:
-                pass
     return total
 
 

@@ -132,6 +132,8 @@ class Session:
         if isinstance(event, ResponseBody) and phase is Phase.RESPONSE_BODY:
             return self._response_body(event)
         if isinstance(event, StreamClosed):
+            if not self.started:
+                self.started = event.at
             if phase is not Phase.DONE:
                 self._finish(event.at, "incomplete")
             return None
@@ -226,7 +228,7 @@ class Session:
             self.stream
             and self.status is not None
             and 200 <= self.status < 300
-            and content_type.startswith("text/event-stream")
+            and content_type.lower().startswith("text/event-stream")
         ):
             self._decoder = SSEDecoder()
             style = self.api.style if self.api else "openai"
@@ -245,20 +247,23 @@ class Session:
     def _read_buffered(self, body: bytes) -> Action:
         status = self.status or 0
         style = self.api.style if self.api else "openai"
+        compressed = body[:2] == b"\x1f\x8b"
         try:
-            payload = orjson.loads(_gunzip(body) if body[:2] == b"\x1f\x8b" else body)
+            if compressed:
+                body = _gunzip(body)
+            payload = orjson.loads(body)
         except (orjson.JSONDecodeError, ClientError):
             payload = None
         if status >= 400:
             if not isinstance(payload, dict):
-                # Envoy's own plain-text reply (no healthy upstream, connect failure, timeout):
+                # Envoy's own plain-text reply (no healthy upstream, connect failure, timeout, 413):
                 # give the client its SDK's error format, keeping the status.
-                text = body[:300].decode("utf-8", "replace").strip() or "no response body"
-                error = ClientError(status, "provider_unavailable", f"The provider did not answer: {text}")
+                error = _plain_error(status, body)
                 self.error = error.code
                 new = error.body(style)
                 return Continue(
                     set_headers=(("content-type", "application/json"), ("content-length", str(len(new)))),
+                    remove_headers=("content-encoding",) if compressed else (),
                     body=new,
                 )
             self.error = _error_code(payload)
@@ -379,6 +384,16 @@ class Session:
             "latency_ms": round((at - self.started) / 1e6, 3),
             "ttft_ms": round(self.ttft / 1e6, 3) if self.ttft is not None else None,
         }
+
+
+def _plain_error(status: int, body: bytes) -> ClientError:
+    """A JSON error for a non-JSON error response (Envoy's own replies are plain text)."""
+    text = body[:300].decode("utf-8", "replace").strip() or "no response body"
+    if status == 413:
+        return ClientError(413, "request_too_large", f"The request is too large for the gateway: {text}")
+    if status >= 500:
+        return ClientError(status, "provider_unavailable", f"The provider did not answer: {text}")
+    return ClientError(status, "gateway_error", f"The request failed at the gateway: {text}")
 
 
 def _error_code(payload: dict[str, Any]) -> str | None:

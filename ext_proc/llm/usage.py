@@ -64,12 +64,13 @@ def apply_anthropic(usage: Usage, raw: Any) -> None:
     base = _int(raw.get("input_tokens"))
     read = _int(raw.get("cache_read_input_tokens"))
     write = _int(raw.get("cache_creation_input_tokens"))
-    if base is not None:
-        usage.input_tokens = base + (read or 0) + (write or 0)
     if read is not None:
         usage.cached_tokens = read
     if write is not None:
         usage.cache_write_tokens = write
+    if base is not None:
+        # A later event may repeat input_tokens with null cache fields: the earlier ones still count.
+        usage.input_tokens = base + (usage.cached_tokens or 0) + (usage.cache_write_tokens or 0)
     out = _int(raw.get("output_tokens"))
     if out is not None:
         usage.output_tokens = out

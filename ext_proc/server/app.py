@@ -4,8 +4,9 @@ One process per worker, all bound to the same port with ``SO_REUSEPORT`` (the ke
 Envoy's HTTP/2 connections over them); with ``--workers 1`` the server runs in this process.
 Each worker runs, on uvloop, the ext_proc servicer and the standard gRPC health check, on
 Tollway's own HTTP/2 server (``--server h2``, the default: see :mod:`ext_proc.server.h2` for
-why) or on ``grpcio``'s asyncio server (``--server grpcio``). SIGTERM or SIGINT: health turns NOT_SERVING, the port stops accepting,
-in-flight streams get ``--grace`` seconds to finish, buffered request records are flushed.
+why) or on ``grpcio``'s asyncio server (``--server grpcio``). SIGTERM or SIGINT: health turns
+NOT_SERVING, the port stops accepting, in-flight streams get ``--grace`` seconds to finish,
+buffered request records are flushed.
 A worker that dies unexpectedly is restarted by the parent.
 """
 

@@ -79,8 +79,9 @@ class HealthCall:
         self.serving = serving
 
     def message(self, data: bytes) -> list[bytes]:
-        status = health_pb2.HealthCheckResponse.SERVING if self.serving() else health_pb2.HealthCheckResponse.NOT_SERVING
-        return [health_pb2.HealthCheckResponse(status=status).SerializeToString()]
+        answer = health_pb2.HealthCheckResponse
+        status = answer.SERVING if self.serving() else answer.NOT_SERVING
+        return [answer(status=status).SerializeToString()]
 
     def end(self) -> tuple[int, str]:
         return 0, ""

@@ -26,7 +26,8 @@ def test_message_usage_is_recorded(gateway: Gateway, client: anthropic.Anthropic
     assert record["api"] == "anthropic.messages" and record["provider"] == "anthropic"
     assert record["status"] == 200 and record["outcome"] == "ok"
     usage = message.usage
-    expected_input = usage.input_tokens + (usage.cache_read_input_tokens or 0) + (usage.cache_creation_input_tokens or 0)
+    cache = (usage.cache_read_input_tokens or 0) + (usage.cache_creation_input_tokens or 0)
+    expected_input = usage.input_tokens + cache
     assert record["input_tokens"] == expected_input
     assert record["output_tokens"] == usage.output_tokens
 

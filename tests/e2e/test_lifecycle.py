@@ -34,7 +34,7 @@ def test_sigterm_lets_in_flight_streams_finish(tmp_path: Path) -> None:
                     extra_headers={"x-mock-chunks": "10", "x-mock-inter-chunk-ms": "100"},
                 )
                 chunks.extend(stream)
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         thread = threading.Thread(target=consume)

@@ -114,7 +114,7 @@ def test_stream_cut_by_the_provider_is_recorded_incomplete(gateway: Gateway, cli
         extra_headers={"x-mock-cut-after": "3", "x-mock-inter-chunk-ms": "30"},
     )
     received = []
-    with pytest.raises(Exception):  # noqa: B017, PT011 - the SDK's transport error class varies by version
+    with pytest.raises(Exception):  # noqa: B017 - the SDK's transport error class varies by version
         for chunk in raw.parse():
             received.append(chunk)
     assert len(received) <= 3

@@ -81,7 +81,8 @@ def test_request_headers() -> None:
 
 
 def test_request_headers_end_of_stream() -> None:
-    message = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=header_map((":method", b"GET")), end_of_stream=True))
+    head = pb.HttpHeaders(headers=header_map((":method", b"GET")), end_of_stream=True)
+    message = pb.ProcessingRequest(request_headers=head)
     assert codec.decode(wire(message), AT) == ("request_headers", RequestHeaders({":method": "GET"}, True, AT))
 
 
@@ -116,7 +117,12 @@ def test_request_body_with_attributes_carries_the_skipped_head() -> None:
             b"{}",
             True,
             AT,
-            {":path": "/v1/messages?beta=true", ":method": "POST", "x-request-id": "6f0e-req", "content-encoding": "gzip"},
+            {
+                ":path": "/v1/messages?beta=true",
+                ":method": "POST",
+                "x-request-id": "6f0e-req",
+                "content-encoding": "gzip",
+            },
         ),
     )
 

@@ -9,7 +9,6 @@ arrival into one.
 from __future__ import annotations
 
 import gzip
-import zlib
 from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
@@ -54,7 +53,9 @@ def request(body: Any, *, at: float = 1) -> RequestBody:
     return RequestBody(body if isinstance(body, bytes) else orjson.dumps(body), True, ms(at))
 
 
-def response(status: int, content_type: str = "application/json", *, at: float = 200, end_of_stream: bool = False) -> ResponseHeaders:
+def response(
+    status: int, content_type: str = "application/json", *, at: float = 200, end_of_stream: bool = False
+) -> ResponseHeaders:
     return ResponseHeaders({":status": str(status), "content-type": content_type}, end_of_stream, ms(at))
 
 
@@ -75,7 +76,9 @@ def routed(provider: str = "openai") -> Continue:
     return Continue(set_headers=(("x-tollway-provider", provider),), clear_route_cache=True)
 
 
-def openai_error(message: Any, code: str, *, type: str = "invalid_request_error", param: str | None = None) -> dict[str, Any]:
+def openai_error(
+    message: Any, code: str, *, type: str = "invalid_request_error", param: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -83,7 +86,9 @@ def anthropic_error(message: Any, *, type: str = "invalid_request_error") -> dic
     return {"type": "error", "error": {"type": type, "message": message}}
 
 
-NO_USAGE = dict(input_tokens=None, output_tokens=None, cached_tokens=None, cache_write_tokens=None, reasoning_tokens=None)
+NO_USAGE: dict[str, Any] = dict.fromkeys(
+    ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
+)
 
 
 # -- recorded data ----------------------------------------------------------------------------
@@ -151,7 +156,9 @@ ANTHROPIC_STREAM_EVENTS = [
     b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
 ]
 ANTHROPIC_STREAM = b"".join(ANTHROPIC_STREAM_EVENTS)
-ANTHROPIC_STREAM_USAGE = dict(input_tokens=2112, output_tokens=15, cached_tokens=2000, cache_write_tokens=100, reasoning_tokens=None)
+ANTHROPIC_STREAM_USAGE = dict(
+    input_tokens=2112, output_tokens=15, cached_tokens=2000, cache_write_tokens=100, reasoning_tokens=None
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,23 +472,31 @@ def test_streamed_only_for_successful_sse_answers_to_stream_requests(
 # ---------------------------------------------------------------------------------------------
 # Bad requests are answered at once, in the client's error format
 
+NAME_A_MODEL = "The request must name a model (a string)."
+NOT_A_BOOL = "'stream' must be a boolean."
+NOT_A_LIST = "'messages' must be an array of messages."
 BAD_BODIES = [
     ("empty", b"", "invalid_body", "The request body is empty; expected a JSON object.", None),
     ("blank", b" \r\n\t", "invalid_body", "The request body is empty; expected a JSON object.", None),
     ("not-json", b'{"model": "m",', "invalid_json", ANY, None),
     ("json-array", b'[{"model": "m"}]', "invalid_body", "The request body must be a JSON object.", None),
     ("json-string", b'"hello"', "invalid_body", "The request body must be a JSON object.", None),
-    ("no-model", {"messages": []}, "missing_model", "The request must name a model (a string).", "model"),
-    ("model-number", {"model": 4, "messages": []}, "missing_model", "The request must name a model (a string).", "model"),
-    ("model-empty", {"model": "", "messages": []}, "missing_model", "The request must name a model (a string).", "model"),
-    ("stream-string", {"model": "m", "messages": [], "stream": "yes"}, "invalid_type", "'stream' must be a boolean.", "stream"),
-    ("stream-number", {"model": "m", "messages": [], "stream": 1}, "invalid_type", "'stream' must be a boolean.", "stream"),
-    ("messages-object", {"model": "m", "messages": {"role": "user"}}, "invalid_type", "'messages' must be an array of messages.", "messages"),
-    ("messages-string", {"model": "m", "messages": "hi"}, "invalid_type", "'messages' must be an array of messages.", "messages"),
+    ("no-model", {"messages": []}, "missing_model", NAME_A_MODEL, "model"),
+    ("model-number", {"model": 4, "messages": []}, "missing_model", NAME_A_MODEL, "model"),
+    ("model-empty", {"model": "", "messages": []}, "missing_model", NAME_A_MODEL, "model"),
+    ("stream-string", {"model": "m", "messages": [], "stream": "yes"}, "invalid_type", NOT_A_BOOL, "stream"),
+    ("stream-number", {"model": "m", "messages": [], "stream": 1}, "invalid_type", NOT_A_BOOL, "stream"),
+    ("messages-object", {"model": "m", "messages": {"role": "user"}}, "invalid_type", NOT_A_LIST, "messages"),
+    ("messages-string", {"model": "m", "messages": "hi"}, "invalid_type", NOT_A_LIST, "messages"),
 ]
 
 
-@pytest.mark.parametrize(("body", "code", "message", "param"), [case[1:] for case in BAD_BODIES], ids=[c[0] for c in BAD_BODIES])
+bad_bodies = pytest.mark.parametrize(
+    ("body", "code", "message", "param"), [case[1:] for case in BAD_BODIES], ids=[case[0] for case in BAD_BODIES]
+)
+
+
+@bad_bodies
 def test_bad_chat_body_gets_openai_400(body: Any, code: str, message: Any, param: str | None) -> None:
     assert (
         Transcript()
@@ -489,11 +504,13 @@ def test_bad_chat_body_gets_openai_400(body: Any, code: str, message: Any, param
         << HEADERS_OK
         >> request(body, at=3)
         << Responds(400, openai_error(message, code, param=param), headers=CONTENT_TYPE_JSON)
-        << Record(outcome="rejected", status=400, error=code, provider=None, api="openai.chat.completions", latency_ms=3.0)
+        << Record(
+            outcome="rejected", status=400, error=code, provider=None, api="openai.chat.completions", latency_ms=3.0
+        )
     )
 
 
-@pytest.mark.parametrize(("body", "code", "message", "param"), [case[1:] for case in BAD_BODIES], ids=[c[0] for c in BAD_BODIES])
+@bad_bodies
 def test_bad_messages_body_gets_anthropic_400(body: Any, code: str, message: Any, param: str | None) -> None:
     assert (
         Transcript()
@@ -538,7 +555,10 @@ def test_missing_messages_is_left_to_the_provider() -> None:
             "POST", "/v1/messages/batches",
             anthropic_error("Tollway does not serve POST /v1/messages/batches.", type="not_found_error"),
         ),
-        ("GET", "/v1/messages?beta=true", anthropic_error("Tollway does not serve GET /v1/messages.", type="not_found_error")),
+        (
+            "GET", "/v1/messages?beta=true",
+            anthropic_error("Tollway does not serve GET /v1/messages.", type="not_found_error"),
+        ),
     ],
     ids=["unknown-path", "get", "query-not-echoed", "anthropic-style", "anthropic-get"],
 )
@@ -623,7 +643,10 @@ CORRUPT = "The gzip-encoded request body is corrupt."
         (gzip.compress(PLAIN)[:-12], "The gzip-encoded request body is truncated."),
         (gzip.compress(PLAIN)[:-4], "The gzip-encoded request body is truncated."),
     ],
-    ids=["bad-deflate", "cut-in-the-header", "no-gzip-header", "trailing-garbage", "cut-in-the-data", "cut-in-the-trailer"],
+    ids=[
+        "bad-deflate", "cut-in-the-header", "no-gzip-header", "trailing-garbage", "cut-in-the-data",
+        "cut-in-the-trailer",
+    ],
 )
 def test_corrupt_gzip_gets_400(compressed: bytes, message: str) -> None:
     assert (
@@ -695,14 +718,14 @@ def test_unsupported_content_encoding_gets_415(path: str, expected: dict[str, An
 # Error answers: Envoy's plain text rewritten, the provider's JSON passed through
 
 
+NO_UPSTREAM = "The provider did not answer: no healthy upstream"
+
+
 @pytest.mark.parametrize(
     ("path", "body", "expected"),
     [
-        (
-            CHAT, {"model": "m", "messages": []},
-            openai_error("The provider did not answer: no healthy upstream", "provider_unavailable", type="server_error"),
-        ),
-        (MESSAGES, ANTHROPIC_REQUEST, anthropic_error("The provider did not answer: no healthy upstream", type="api_error")),
+        (CHAT, {"model": "m", "messages": []}, openai_error(NO_UPSTREAM, "provider_unavailable", type="server_error")),
+        (MESSAGES, ANTHROPIC_REQUEST, anthropic_error(NO_UPSTREAM, type="api_error")),
     ],
 )
 def test_envoy_plain_text_error_becomes_client_json(path: str, body: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -720,12 +743,6 @@ def test_envoy_plain_text_error_becomes_client_json(path: str, body: dict[str, A
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Session._read_buffered rewrites a gzip-compressed non-JSON error body without decompressing "
-    "it (the message quotes the compressed bytes) and without removing the response's content-encoding: gzip, "
-    "so the client tries to gunzip the plain JSON it now receives",
-)
 def test_compressed_plain_text_error_is_read_and_sent_uncompressed() -> None:
     page = b"<html><body>502 Bad Gateway</body></html>"
     assert (
@@ -824,7 +841,7 @@ def test_envoy_answer_before_the_request_body_was_processed() -> None:
         << CONTINUE
         >> chunk(b"Payload Too Large", at=3)
         << Replaces(
-            openai_error("The provider did not answer: Payload Too Large", "provider_unavailable"),
+            openai_error("The request is too large for the gateway: Payload Too Large", "request_too_large"),
             set_headers=CONTENT_TYPE_JSON,
         )
         << Record(api="openai.chat.completions", model=None, provider=None, status=413, outcome="error", latency_ms=3.0)
@@ -927,6 +944,21 @@ def test_never_more_than_one_record(stop: int, ends: str, closes: int) -> None:
         session.handle(StreamClosed(ms(900 + i)))
     assert len(records(session)) == 1
     assert session.phase is Phase.DONE
+
+
+def test_latency_and_ttft_come_from_event_times() -> None:
+    """Milliseconds from the request's arrival, to the microsecond; ttft is the first streamed byte."""
+    session = stream_started({**ANTHROPIC_REQUEST, "stream": True}, MESSAGES)
+    assert (
+        Transcript(session)
+        >> ResponseBody(b"", False, ms(100))  # an empty chunk is no first token
+        << CONTINUE
+        >> ResponseBody(ANTHROPIC_STREAM, False, T0 + 250_123_456)
+        << CONTINUE
+        >> ResponseBody(b"", True, T0 + 1_000_000_499)
+        << CONTINUE
+        << Record(outcome="ok", ttft_ms=250.123, latency_ms=1000.0)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1051,7 +1083,10 @@ def test_skipped_headers_body_does_the_headers_work_too() -> None:
         << CONTINUE
         >> chunk(b'{"model": "gpt-4o-mini", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}', at=130)
         << CONTINUE
-        << Record(request_id="req-fast", api="openai.chat.completions", outcome="ok", input_tokens=3, output_tokens=4, latency_ms=130.0)
+        << Record(
+            request_id="req-fast", api="openai.chat.completions", outcome="ok", input_tokens=3, output_tokens=4,
+            latency_ms=130.0,
+        )
     )
 
 
@@ -1085,9 +1120,15 @@ def test_skipped_headers_stream_asks_for_usage() -> None:
 @pytest.mark.parametrize(
     ("head", "body", "status", "expected"),
     [
-        ({":path": "/v1/models"}, {"model": "m"}, 404, openai_error("Tollway does not serve POST /v1/models.", "unknown_endpoint")),
-        ({":path": MESSAGES}, {"model": ANTHROPIC_MODEL, "messages": "hi"}, 400, anthropic_error("'messages' must be an array of messages.")),
-        ({":path": MESSAGES, "content-encoding": "br"}, ANTHROPIC_REQUEST, 415, anthropic_error("Unsupported content-encoding 'br'.", type="api_error")),
+        (
+            {":path": "/v1/models"}, {"model": "m"},
+            404, openai_error("Tollway does not serve POST /v1/models.", "unknown_endpoint"),
+        ),
+        ({":path": MESSAGES}, {"model": ANTHROPIC_MODEL, "messages": "hi"}, 400, anthropic_error(NOT_A_LIST)),
+        (
+            {":path": MESSAGES, "content-encoding": "br"}, ANTHROPIC_REQUEST,
+            415, anthropic_error("Unsupported content-encoding 'br'.", type="api_error"),
+        ),
         ({}, b"not json", 400, openai_error(ANY, "invalid_json")),
     ],
     ids=["unknown-endpoint", "bad-body", "bad-encoding", "not-json"],
@@ -1108,7 +1149,10 @@ def test_envoy_answer_before_any_request_message() -> None:
         >> response(413, "text/plain", at=40)
         << CONTINUE
         >> chunk(b"Payload Too Large", at=41)
-        << Replaces(openai_error("The provider did not answer: Payload Too Large", "provider_unavailable"), set_headers=CONTENT_TYPE_JSON)
+        << Replaces(
+            openai_error("The request is too large for the gateway: Payload Too Large", "request_too_large"),
+            set_headers=CONTENT_TYPE_JSON,
+        )
         << Record(api=None, request_id=None, status=413, outcome="error", latency_ms=1.0)
     )
 

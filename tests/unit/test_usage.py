@@ -9,6 +9,9 @@ import pytest
 from ext_proc.llm.usage import Usage, apply_anthropic, apply_openai
 
 UNKNOWN = Usage()
+CACHED_START = {
+    "input_tokens": 12, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 2000, "output_tokens": 1
+}
 
 
 def openai(raw: Any, start: Usage | None = None) -> Usage:
@@ -101,27 +104,27 @@ def test_anthropic_zero_cache_fields_are_reported_zeros() -> None:
 
 
 def test_anthropic_message_delta_keeps_earlier_fields() -> None:
-    start = {"input_tokens": 12, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 2000, "output_tokens": 1}
     delta = {"output_tokens": 15}
-    assert anthropic(start, delta) == Usage(input_tokens=2112, output_tokens=15, cached_tokens=2000, cache_write_tokens=100)
+    assert anthropic(CACHED_START, delta) == Usage(
+        input_tokens=2112, output_tokens=15, cached_tokens=2000, cache_write_tokens=100
+    )
 
 
-def test_anthropic_cumulative_message_delta_replaces_all_fields() -> None:
-    start = {"input_tokens": 12, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 2000, "output_tokens": 1}
-    delta = {"input_tokens": 12, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 2000, "output_tokens": 80}
-    assert anthropic(start, delta) == Usage(input_tokens=2112, output_tokens=80, cached_tokens=2000, cache_write_tokens=100)
+def test_anthropic_cumulative_message_delta_is_not_counted_twice() -> None:
+    delta = {**CACHED_START, "output_tokens": 80}
+    assert anthropic(CACHED_START, delta) == Usage(
+        input_tokens=2112, output_tokens=80, cached_tokens=2000, cache_write_tokens=100
+    )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: apply_anthropic recomputes input_tokens from a message_delta's input_tokens alone when "
-    "the delta omits (or nulls) the cache fields, dropping the cache reads/writes kept from message_start "
-    "(input_tokens 5 < cached_tokens 100); absent fields should keep their earlier values in the sum too",
-)
 def test_anthropic_delta_with_input_but_no_cache_fields_keeps_the_cache_in_the_input() -> None:
     start = {"input_tokens": 5, "cache_creation_input_tokens": 20, "cache_read_input_tokens": 100, "output_tokens": 1}
-    delta = {"input_tokens": 5, "cache_creation_input_tokens": None, "cache_read_input_tokens": None, "output_tokens": 30}
-    assert anthropic(start, delta) == Usage(input_tokens=125, output_tokens=30, cached_tokens=100, cache_write_tokens=20)
+    delta = {
+        "input_tokens": 5, "cache_creation_input_tokens": None, "cache_read_input_tokens": None, "output_tokens": 30
+    }
+    assert anthropic(start, delta) == Usage(
+        input_tokens=125, output_tokens=30, cached_tokens=100, cache_write_tokens=20
+    )
 
 
 @pytest.mark.parametrize("raw", [None, "usage", [], {}])
@@ -131,7 +134,8 @@ def test_anthropic_missing_usage_is_unknown_not_zero(raw: Any) -> None:
 
 @pytest.mark.parametrize("bad", [True, False, -3, 2.0, "9"])
 def test_anthropic_bools_negatives_and_non_integers_are_unknown(bad: Any) -> None:
-    raw = {"input_tokens": bad, "cache_creation_input_tokens": bad, "cache_read_input_tokens": bad, "output_tokens": bad}
+    fields = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+    raw = dict.fromkeys(fields, bad)
     assert anthropic(raw) == UNKNOWN
 
 

@@ -126,7 +126,7 @@ class Transcript:
         if not self.pending:
             self._fail(f"expected {_show(expected)}\n   but the session produced nothing more")
         actual = self.pending.pop(0)
-        if not expected == actual:
+        if expected != actual:
             self._fail(f"expected {_show(expected)}\n   actual {_show(actual)}")
         self.log.append(f"<< {_show(actual)}")
         return self
