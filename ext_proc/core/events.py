@@ -21,17 +21,11 @@ class RequestHeaders:
 
 @dataclass(frozen=True, slots=True)
 class RequestBody:
-    """The client's whole request body (buffered by Envoy).
-
-    When Envoy skips the request headers message (the fast configuration), ``headers`` holds
-    the request attributes it sent along with the body instead: ``:method``, ``:path``,
-    ``x-request-id`` and the individual headers the configuration asks for.
-    """
+    """The client's whole request body (buffered by Envoy)."""
 
     body: bytes
     end_of_stream: bool
     at: int
-    headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

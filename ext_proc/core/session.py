@@ -3,9 +3,8 @@
 Theory of operation. Envoy opens one processing stream per HTTP request and sends, in order:
 the request headers, the buffered request body, the response headers, then the response body
 (buffered, or chunk by chunk once we switched a successful stream to STREAMED). The session
-answers each with one action. The shipped Envoy config skips the request headers message (one
-gRPC round trip less per request): the body then carries the few header values Tollway needs
-as attributes, and the session does the REQUEST_HEADERS work when the body arrives.
+answers each with one action. (The request headers message cannot be skipped to save a round
+trip: Envoy would then choose the route before Tollway has read the body.)
 
 ``REQUEST_HEADERS``  recognise the client API from the path; unknown endpoints and requests
                      without a body are answered at once. Ask the provider for an uncompressed
@@ -122,9 +121,7 @@ class Session:
         phase = self.phase
         if isinstance(event, RequestHeaders) and phase is Phase.REQUEST_HEADERS:
             return self._request_headers(event)
-        if isinstance(event, RequestBody) and (
-            phase is Phase.REQUEST_BODY or (phase is Phase.REQUEST_HEADERS and event.headers is not None)
-        ):
+        if isinstance(event, RequestBody) and phase is Phase.REQUEST_BODY:
             return self._request_body(event)
         if isinstance(event, ResponseHeaders) and phase is not Phase.RESPONSE_BODY and phase is not Phase.DONE:
             # Envoy may answer before the request body was processed (e.g. its own 413).
@@ -172,13 +169,6 @@ class Session:
         return None
 
     def _request_body(self, event: RequestBody) -> Action:
-        remove: tuple[str, ...] = ()
-        if self.phase is Phase.REQUEST_HEADERS:
-            # Headers were skipped: their attributes came with the body.
-            rejected = self._open(event.headers or {}, event.at, False)
-            if rejected is not None:
-                return rejected
-            remove = _UNTRUSTED
         api = self.api
         assert api is not None
         body = event.body
@@ -202,11 +192,10 @@ class Session:
         self.phase = Phase.RESPONSE_HEADERS
         headers: list[tuple[str, str]] = [(ROUTE_HEADER, self.provider)]
         if not replaced:
-            return Continue(set_headers=tuple(headers), remove_headers=remove, clear_route_cache=True)
+            return Continue(set_headers=tuple(headers), clear_route_cache=True)
         body = orjson.dumps(request.payload) if self._strip_usage_chunk else body
         headers.append(("content-length", str(len(body))))
-        if self._gunzip_request:
-            remove += ("content-encoding",)
+        remove = ("content-encoding",) if self._gunzip_request else ()
         return Continue(set_headers=tuple(headers), remove_headers=remove, body=body, clear_route_cache=True)
 
     # -- response ---------------------------------------------------------------------------

@@ -30,26 +30,6 @@ def _headers(message: pb.HttpHeaders) -> dict[str, str]:
     return out
 
 
-# Envoy request attributes (``request_attributes`` in the filter config) to header names.
-_ATTRIBUTES = {"request.path": ":path", "request.method": ":method", "request.id": "x-request-id"}
-_HEADER_ATTRIBUTE = "request.headers['"
-
-
-def _attributes(request: pb.ProcessingRequest) -> dict[str, str] | None:
-    """The request head carried as attributes by the first body message (headers skipped)."""
-    if not len(request.attributes):
-        return None
-    out: dict[str, str] = {}
-    for struct in request.attributes.values():
-        for key, value in struct.fields.items():
-            name = _ATTRIBUTES.get(key)
-            if name is None and key.startswith(_HEADER_ATTRIBUTE):
-                name = key[len(_HEADER_ATTRIBUTE):-2]
-            if name is not None:
-                out[name] = value.string_value
-    return out
-
-
 def decode(request: pb.ProcessingRequest, at: int) -> tuple[str, Event]:
     """The oneof kind of ``request`` and its event; ``ValueError`` for kinds we never ask for."""
     kind = request.WhichOneof("request")
@@ -58,7 +38,7 @@ def decode(request: pb.ProcessingRequest, at: int) -> tuple[str, Event]:
         return kind, RequestHeaders(_headers(msg), msg.end_of_stream, at)
     if kind == "request_body":
         body = request.request_body
-        return kind, RequestBody(body.body, body.end_of_stream, at, _attributes(request))
+        return kind, RequestBody(body.body, body.end_of_stream, at)
     if kind == "response_headers":
         msg = request.response_headers
         return kind, ResponseHeaders(_headers(msg), msg.end_of_stream, at)

@@ -99,32 +99,8 @@ def test_response_headers() -> None:
 def test_bodies() -> None:
     request = pb.ProcessingRequest(request_body=pb.HttpBody(body=b'{"model": "m"}', end_of_stream=True))
     response = pb.ProcessingRequest(response_body=pb.HttpBody(body=b"data: {}\n\n", end_of_stream=False))
-    assert codec.decode(wire(request), AT) == ("request_body", RequestBody(b'{"model": "m"}', True, AT, None))
+    assert codec.decode(wire(request), AT) == ("request_body", RequestBody(b'{"model": "m"}', True, AT))
     assert codec.decode(wire(response), AT) == ("response_body", ResponseBody(b"data: {}\n\n", False, AT))
-
-
-def test_request_body_with_attributes_carries_the_skipped_head() -> None:
-    message = pb.ProcessingRequest(request_body=pb.HttpBody(body=b"{}", end_of_stream=True))
-    fields = message.attributes["envoy.filters.http.ext_proc"].fields
-    fields["request.path"].string_value = "/v1/messages?beta=true"
-    fields["request.method"].string_value = "POST"
-    fields["request.id"].string_value = "6f0e-req"
-    fields["request.headers['content-encoding']"].string_value = "gzip"
-    fields["source.address"].string_value = "10.0.0.7:5000"  # not a header: ignored
-    assert codec.decode(wire(message), AT) == (
-        "request_body",
-        RequestBody(
-            b"{}",
-            True,
-            AT,
-            {
-                ":path": "/v1/messages?beta=true",
-                ":method": "POST",
-                "x-request-id": "6f0e-req",
-                "content-encoding": "gzip",
-            },
-        ),
-    )
 
 
 @pytest.mark.parametrize("kind", ["request_trailers", "response_trailers"])

@@ -1058,92 +1058,8 @@ def test_recorded_exchange_yields_recorded_usage(name: str) -> None:
     assert record["cache_write_tokens"] is None
 
 
-# ---------------------------------------------------------------------------------------------
-# The fast configuration: Envoy skips the request headers, their attributes come with the body
-
-ATTRIBUTES = {":method": "POST", ":path": CHAT, "x-request-id": "req-fast"}
-
-
-def body_with_head(body: Any, *, at: float = 1, **head: str) -> RequestBody:
-    """The first message of a stream whose headers Envoy skipped: the body plus request attributes."""
-    attributes = {**ATTRIBUTES, **{name.replace("_", "-"): value for name, value in head.items()}}
-    return RequestBody(body if isinstance(body, bytes) else orjson.dumps(body), True, ms(at), attributes)
-
-
-def test_skipped_headers_body_does_the_headers_work_too() -> None:
-    assert (
-        Transcript()
-        >> body_with_head({"model": "gpt-4o-mini", "messages": []}, at=0)
-        << Continue(
-            set_headers=(("x-tollway-provider", "openai"),),
-            remove_headers=("accept-encoding", "x-tollway-provider"),
-            clear_route_cache=True,
-        )
-        >> response(200, at=120)
-        << CONTINUE
-        >> chunk(b'{"model": "gpt-4o-mini", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}', at=130)
-        << CONTINUE
-        << Record(
-            request_id="req-fast", api="openai.chat.completions", outcome="ok", input_tokens=3, output_tokens=4,
-            latency_ms=130.0,
-        )
-    )
-
-
-def test_skipped_headers_gzip_body() -> None:
-    assert (
-        Transcript()
-        >> body_with_head(gzip.compress(PLAIN), content_encoding="gzip")
-        << Continue(
-            set_headers=(("x-tollway-provider", "openai"), ("content-length", str(len(PLAIN)))),
-            remove_headers=("accept-encoding", "x-tollway-provider", "content-encoding"),
-            body=PLAIN,
-            clear_route_cache=True,
-        )
-    )
-
-
-def test_skipped_headers_stream_asks_for_usage() -> None:
-    body = {"model": "gpt-4o-mini", "messages": [], "stream": True}
-    assert (
-        Transcript()
-        >> body_with_head(body)
-        << Replaces(
-            {**body, "stream_options": {"include_usage": True}},
-            set_headers=(("x-tollway-provider", "openai"),),
-            remove_headers=("accept-encoding", "x-tollway-provider"),
-            clear_route_cache=True,
-        )
-    )
-
-
-@pytest.mark.parametrize(
-    ("head", "body", "status", "expected"),
-    [
-        (
-            {":path": "/v1/models"}, {"model": "m"},
-            404, openai_error("Tollway does not serve POST /v1/models.", "unknown_endpoint"),
-        ),
-        ({":path": MESSAGES}, {"model": ANTHROPIC_MODEL, "messages": "hi"}, 400, anthropic_error(NOT_A_LIST)),
-        (
-            {":path": MESSAGES, "content-encoding": "br"}, ANTHROPIC_REQUEST,
-            415, anthropic_error("Unsupported content-encoding 'br'.", type="api_error"),
-        ),
-        ({}, b"not json", 400, openai_error(ANY, "invalid_json")),
-    ],
-    ids=["unknown-endpoint", "bad-body", "bad-encoding", "not-json"],
-)
-def test_skipped_headers_rejections(head: dict[str, str], body: Any, status: int, expected: dict[str, Any]) -> None:
-    assert (
-        Transcript()
-        >> body_with_head(body, at=2, **head)
-        << Responds(status, expected)
-        << Record(request_id="req-fast", status=status, outcome="rejected", latency_ms=0.0)
-    )
-
-
 def test_envoy_answer_before_any_request_message() -> None:
-    """Envoy's 413 when the body outgrew its buffer and the headers message was skipped."""
+    """A local reply from Envoy is the first message Tollway sees (e.g. a filter before ext_proc answered)."""
     assert (
         Transcript()
         >> response(413, "text/plain", at=40)
@@ -1157,6 +1073,6 @@ def test_envoy_answer_before_any_request_message() -> None:
     )
 
 
-def test_body_without_attributes_still_needs_the_headers_first() -> None:
+def test_a_body_before_the_headers_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="unexpected RequestBody in phase request_headers"):
         Session().handle(request({"model": "m", "messages": []}))
