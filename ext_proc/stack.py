@@ -101,6 +101,7 @@ class Stack:
     ext_proc_port: int = field(default_factory=free_port)
     mock_port: int = field(default_factory=free_port)
     workers: int = 1
+    server: str = "h2"  # tollway serve --server
     envoy_concurrency: int = 1
     ext_proc: bool = True
     mock: bool = True
@@ -132,7 +133,7 @@ class Stack:
             if self.ext_proc:
                 self._spawn("tollway", [
                     *tollway, "serve", "--port", str(self.ext_proc_port), "--workers", str(self.workers),
-                    "--log-file", str(self.record_log),
+                    "--log-file", str(self.record_log), "--server", self.server,
                 ])
             template = yaml.safe_load(ENVOY_CONFIG.read_text())
             config = render_envoy(

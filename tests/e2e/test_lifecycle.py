@@ -50,6 +50,23 @@ def test_sigterm_lets_in_flight_streams_finish(tmp_path: Path) -> None:
         assert len(records) == 1 and '"outcome":"ok"' in records[0]
 
 
+@pytest.mark.parametrize("server", ["h2", "grpcio"])
+def test_both_grpc_servers_serve_the_sdk_and_never_log_secrets(tmp_path: Path, server: str) -> None:
+    secret = "sk-proj-SECRET1234567890abcdefghijklmnop"
+    with Stack(tmp_path, workers=1, server=server) as stack:
+        client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key=secret, max_retries=0)
+        assert client.chat.completions.create(**BODY).choices[0].message.content
+        assert len(list(client.chat.completions.create(**BODY, stream=True))) > 1
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="m", messages="bad")  # type: ignore[arg-type]
+        time.sleep(0.3)
+    assert len(stack.record_log.read_text().splitlines()) == 3
+    for log in tmp_path.glob("*.log*"):
+        if log.name != "mock.log":  # the fake provider stands for OpenAI, which does see the key
+            assert secret not in log.read_text(errors="replace"), f"the client's key leaked into {log.name}"
+    assert secret not in stack.record_log.read_text()
+
+
 def test_service_down_fails_closed_with_a_json_error(tmp_path: Path) -> None:
     with Stack(tmp_path, workers=1) as stack:
         stack.procs["tollway"].kill()

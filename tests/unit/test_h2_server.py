@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 import time
@@ -16,6 +17,9 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hpack import Decoder, Encoder
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ext_proc.server import h2
 from ext_proc.server.records import RecordWriter
@@ -199,3 +203,80 @@ def test_garbage_is_not_http2(running: Running) -> None:
     assert frames[0][0] == h2.SETTINGS
     kind, payload = frames[-1]
     assert kind == h2.GOAWAY and int.from_bytes(payload[4:8], "big") == h2.PROTOCOL_ERROR
+
+
+# -- TCP may cut the byte stream anywhere: the parser must not care ------------------------------
+
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def client_bytes() -> bytes:
+    encoder = Encoder()
+    block = encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", PROCESS_PATH),
+                            (":authority", "tollway"), ("content-type", "application/grpc"), ("te", "trailers")])
+    out = h2.PREFACE + h2._frame(h2.SETTINGS, 0, 0, b"")
+    # The header block split over HEADERS + CONTINUATION, with padding on HEADERS.
+    out += h2._frame(h2.HEADERS, h2.PADDED, 1, bytes([3]) + block[:5] + b"\0\0\0")
+    out += h2._frame(h2.CONTINUATION, h2.END_HEADERS, 1, block[5:])
+    out += h2._frame(h2.PING, 0, 0, b"12345678")
+    messages = b"".join(b"\0" + len(m).to_bytes(4, "big") + m for m in
+                        (r.SerializeToString() for r in exchange(CHAT, REPLY)))
+    # gRPC messages cut across DATA frames at arbitrary points, END_STREAM on the last one.
+    for i in range(0, len(messages), 37):
+        last = i + 37 >= len(messages)
+        out += h2._frame(h2.DATA, h2.END_STREAM if last else 0, 1, messages[i : i + 37])
+    return out
+
+
+def server_output(data: bytes) -> tuple[list[str], dict[str, str], bool]:
+    """The response kinds, the trailers and whether the PING was answered."""
+    decoder, pos, payload, trailers, pinged = Decoder(), 0, b"", {}, False
+    while pos + 9 <= len(data):
+        length, kind, flags = int.from_bytes(data[pos : pos + 3], "big"), data[pos + 3], data[pos + 4]
+        body = data[pos + 9 : pos + 9 + length]
+        pos += 9 + length
+        if kind == h2.DATA:
+            payload += body
+        elif kind == h2.HEADERS and flags & h2.END_STREAM:
+            trailers = dict(decoder.decode(body))
+        elif kind == h2.HEADERS:
+            decoder.decode(body)
+        elif kind == h2.PING and flags & h2.ACK:
+            pinged = body == b"12345678"
+    kinds = []
+    while payload:
+        size = int.from_bytes(payload[1:5], "big")
+        kinds.append(pb.ProcessingResponse.FromString(payload[5 : 5 + size]).WhichOneof("response"))
+        payload = payload[5 + size :]
+    return kinds, trailers, pinged
+
+
+STREAM = client_bytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
+def test_any_segmentation_of_the_client_bytes(cuts: list[int]) -> None:
+    writer = RecordWriter(None)
+    writer.emit = lambda record: None  # type: ignore[method-assign]
+    server = h2.Server({PROCESS_PATH: lambda: ExtProcCall(writer)})
+    connection = h2.Connection(server)
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    points = sorted({0, *cuts, len(STREAM)})
+    for start, end in itertools.pairwise(points):
+        connection.data_received(STREAM[start:end])
+    kinds, trailers, pinged = server_output(bytes(transport.data))
+    assert kinds == ["request_headers", "request_body", "response_headers", "response_body"]
+    assert trailers == {"grpc-status": "0"} and pinged and not transport.closed
