@@ -11,6 +11,8 @@ COMMANDS = {
     "up": ("ext_proc.stack", "run Envoy, the service and (without provider keys) the fake provider"),
     "serve": ("ext_proc.server.app", "run the ext_proc gRPC service that Envoy calls"),
     "mock-provider": ("ext_proc.mock.provider", "run the fake OpenAI/Anthropic provider"),
+    "policy": ("ext_proc.policy.cli_policy", "check policy files, print the policy's JSON Schema"),
+    "keys": ("ext_proc.policy.cli_keys", "create virtual keys for the policy"),
 }
 
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _point_at_mock(cluster: dict[str, Any], mock_port: int) -> None:
+    cluster["type"] = "STATIC"
+    for key in ("dns_lookup_family", "transport_socket"):
+        cluster.pop(key, None)
+    endpoint = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": mock_port}}}
+    endpoints = [{"lb_endpoints": [{"endpoint": endpoint}]}]
+    cluster["load_assignment"] = {"cluster_name": cluster["name"], "endpoints": endpoints}
+
+
 def render_envoy(
     template: dict[str, Any],
     *,
@@ -56,13 +66,14 @@ def render_envoy(
     admin_port: int,
     ext_proc_port: int,
     mock_port: int,
-    mocked: frozenset[str] = frozenset(PROVIDER_KEYS),
+    mocked: Iterable[str] = ("openai", "anthropic"),
     ext_proc: bool = True,
 ) -> dict[str, Any]:
-    """A copy of the Envoy config with these ports; ``mocked`` providers go to the fake provider.
+    """A copy of the Envoy config with these ports; the ``mocked`` clusters reach the fake provider.
 
-    ``ext_proc=False`` removes the Tollway filter: the same listener and routes as plain Envoy,
-    the baseline the benchmark compares against.
+    A mocked cluster the config does not define (a policy's self-hosted or Azure provider) is
+    added. ``ext_proc=False`` removes the Tollway filter: the same listener and path routes as
+    plain Envoy, the baseline the benchmark compares against.
     """
     config = copy.deepcopy(template)
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
@@ -70,24 +81,19 @@ def render_envoy(
     (listener,) = resources["listeners"]
     listener["address"]["socket_address"]["port_value"] = listen_port
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     if not ext_proc:
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
-        # Plain Envoy: route by path, as an application calling the provider directly would.
-        labelled = {r["route"]["cluster"]: r["route"] for r in routes if "route" in r}
-        routes[:] = [
-            {"match": {"prefix": "/v1/messages"}, "route": labelled["anthropic"]},
-            {"match": {"prefix": "/"}, "route": labelled["openai"]},
-        ]
-    for route in routes:
-        target = route.get("route", {})
-        if target.get("cluster") in mocked:
-            target["cluster"] = "mock"
-    for cluster in resources["clusters"]:
-        if cluster["name"] in ("mock", "tollway_ext_proc"):
-            port = mock_port if cluster["name"] == "mock" else ext_proc_port
-            endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-            endpoint["address"]["socket_address"]["port_value"] = port
+        routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+        routes[:] = [r for r in routes if "cluster_header" not in r.get("route", {})]
+    clusters = {cluster["name"]: cluster for cluster in resources["clusters"]}
+    for name in mocked:
+        if name not in clusters:
+            clusters[name] = {"name": name, "connect_timeout": "1s"}
+            resources["clusters"].append(clusters[name])
+        _point_at_mock(clusters[name], mock_port)
+    _point_at_mock(clusters["mock"], mock_port)
+    ext = clusters["tollway_ext_proc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    ext["address"]["socket_address"]["port_value"] = ext_proc_port
     return config
 
 
@@ -100,13 +106,17 @@ class Stack:
     admin_port: int = field(default_factory=free_port)
     ext_proc_port: int = field(default_factory=free_port)
     mock_port: int = field(default_factory=free_port)
+    service_admin_port: int = field(default_factory=free_port)
     workers: int = 1
     server: str = "h2"  # tollway serve --server
     envoy_concurrency: int = 1
     ext_proc: bool = True
+    policy: Path | None = None  # tollway serve --policy (None: open mode)
+    workload: str | None = None  # tollway serve --workload (the sidecar's identity)
+    service_env: dict[str, str] = field(default_factory=dict)  # e.g. provider keys for the service
     mock: bool = True
     mock_args: tuple[str, ...] = ()
-    mocked: frozenset[str] = frozenset(PROVIDER_KEYS)
+    mocked: frozenset[str] = frozenset(PROVIDER_KEYS)  # Envoy clusters served by the fake provider
     quiet: bool = True
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -118,10 +128,13 @@ class Stack:
     def record_log(self) -> Path:
         return self.workdir / "requests.jsonl"
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         out: Any = subprocess.DEVNULL if self.quiet else None
         err = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.procs[name] = subprocess.Popen(argv, stdout=out, stderr=err, cwd=ROOT, start_new_session=True)
+        environ = {**os.environ, **env} if env else None
+        self.procs[name] = subprocess.Popen(
+            argv, stdout=out, stderr=err, cwd=ROOT, env=environ, start_new_session=True
+        )
         err.close()
 
     def start(self) -> Stack:
@@ -131,10 +144,16 @@ class Stack:
             if self.mock:
                 self._spawn("mock", [*tollway, "mock-provider", "--port", str(self.mock_port), *self.mock_args])
             if self.ext_proc:
-                self._spawn("tollway", [
+                serve = [
                     *tollway, "serve", "--port", str(self.ext_proc_port), "--workers", str(self.workers),
                     "--log-file", str(self.record_log), "--server", self.server,
-                ])
+                    "--admin-port", str(self.service_admin_port),
+                ]
+                if self.policy is not None:
+                    serve += ["--policy", str(self.policy)]
+                if self.workload is not None:
+                    serve += ["--workload", self.workload]
+                self._spawn("tollway", serve, {"TOLLWAY_POLICY": "", "TOLLWAY_WORKLOAD": "", **self.service_env})
             template = yaml.safe_load(ENVOY_CONFIG.read_text())
             config = render_envoy(
                 template, listen_port=self.listen_port, admin_port=self.admin_port,
@@ -159,7 +178,7 @@ class Stack:
         if self.mock:
             checks.append(("mock", lambda: _http_ok(f"http://127.0.0.1:{self.mock_port}/healthz")))
         if self.ext_proc:
-            checks.append(("tollway", lambda: _tcp_open(self.ext_proc_port)))
+            checks.append(("tollway", lambda: _http_ok(f"http://127.0.0.1:{self.service_admin_port}/readyz")))
         checks.append(("envoy", lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/ready")))
         for name, check in checks:
             while not check():
@@ -210,28 +229,66 @@ def _tcp_open(port: int) -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", default=str(ROOT / "policies" / "example.yaml"),
+                        help="policy YAML (default policies/example.yaml)")
+    parser.add_argument("--workload", default="local-dev",
+                        help="this sidecar's workload identity, for calls without a key (default local-dev)")
     parser.add_argument("--port", type=int, default=10000, help="gateway listener (default 10000)")
     parser.add_argument("--admin-port", type=int, default=9901, help="Envoy admin (default 9901)")
     parser.add_argument("--ext-proc-port", type=int, default=50051, help="Tollway gRPC (default 50051)")
+    parser.add_argument("--service-admin-port", type=int, default=9902,
+                        help="Tollway /readyz and /metrics (default 9902)")
     parser.add_argument("--mock-port", type=int, default=18080, help="fake provider (default 18080)")
     parser.add_argument("--workers", type=int, default=2, help="Tollway worker processes (default 2)")
     parser.add_argument("--workdir", default=".tollway", help="configs, logs and the request log (default .tollway)")
 
 
+def mock_plan(policy_path: Path, environ: dict[str, str]) -> tuple[frozenset[str], dict[str, str], list[str]]:
+    """Which clusters the fake provider must serve: those of providers whose key is not available.
+
+    Returns the mocked clusters, the environment to give the service (a stand-in key for each
+    mocked provider whose key comes from a variable, so key injection still happens) and a line
+    per provider saying where its traffic goes.
+    """
+    from ext_proc.policy.compile import compile_policy
+
+    policy = compile_policy(policy_path.read_text(), str(policy_path))
+    mocked: set[str] = set()
+    env: dict[str, str] = {}
+    lines = []
+    for provider in policy.providers.values():
+        source = provider.credential
+        available = source is None or (
+            bool(environ.get(source.env)) if source.env else Path(source.file or "").is_file()
+        )
+        real = available and provider.kind in ("openai", "anthropic")
+        if not real:
+            mocked.add(provider.cluster)
+            if source is not None and source.env:
+                env[source.env] = f"tollway-mock-key-{provider.name}"
+        lines.append(f"    {provider.name:<18} {provider.kind:<18} -> {'real API' if real else 'fake provider'}")
+    return frozenset(mocked), env, lines
+
+
 def run(args: argparse.Namespace) -> int:
-    mocked = frozenset(name for name, var in PROVIDER_KEYS.items() if not os.environ.get(var))
+    policy = Path(args.policy).resolve()
+    mocked, service_env, plan = mock_plan(policy, dict(os.environ))
     stack = Stack(
         Path(args.workdir).resolve(), listen_port=args.port, admin_port=args.admin_port,
-        ext_proc_port=args.ext_proc_port, mock_port=args.mock_port, workers=args.workers,
+        ext_proc_port=args.ext_proc_port, mock_port=args.mock_port, service_admin_port=args.service_admin_port,
+        workers=args.workers, policy=policy, workload=args.workload, service_env=service_env,
         mock=bool(mocked), mocked=mocked, quiet=True,
     )
     stack.start()
-    served = {name: ("fake provider" if name in mocked else "real API") for name in PROVIDER_KEYS}
-    print(f"""Tollway is up.
-  OpenAI-compatible:   {stack.base_url}/v1   (openai: {served['openai']})
-  Anthropic-compatible: {stack.base_url}      (anthropic: {served['anthropic']})
-  Envoy admin:         http://127.0.0.1:{stack.admin_port}
-  Request log:         {stack.record_log}
+    providers = "\n".join(plan)
+    print(f"""Tollway is up (policy {policy}, workload {args.workload!r}).
+  OpenAI-compatible:    {stack.base_url}/v1
+  Anthropic-compatible: {stack.base_url}
+  Envoy admin:          http://127.0.0.1:{stack.admin_port}
+  Tollway /readyz, /metrics: http://127.0.0.1:{stack.service_admin_port}
+  Request log:          {stack.record_log}
+  Providers:
+{providers}
 Try:
   curl -s {stack.base_url}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello!"}}]}}'

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ext_proc.policy.compiled import Provider
+
 Headers = tuple[tuple[str, str], ...]
 
 
@@ -19,6 +21,8 @@ class Continue:
     ``body`` replaces the message's body (the whole buffered body, or this chunk of a streamed
     one). ``clear_route_cache`` asks Envoy to match the route again after header changes.
     ``stream_response`` switches the response body from buffered to streamed (successful SSE).
+    ``credential`` names the provider whose API key the server must add to the request: the
+    core never sees secrets, the server resolves and injects them while encoding.
     """
 
     set_headers: Headers = ()
@@ -26,6 +30,7 @@ class Continue:
     body: bytes | None = None
     clear_route_cache: bool = False
     stream_response: bool = False
+    credential: Provider | None = None
 
 
 @dataclass(frozen=True, slots=True)

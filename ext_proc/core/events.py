@@ -7,16 +7,17 @@ Header names are lower-case; pseudo-headers (``:method``, ``:path``, ``:status``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class RequestHeaders:
-    """The client's request head."""
+    """The client's request head, and Envoy attributes of the connection (e.g. the peer's SPIFFE ID)."""
 
     headers: Mapping[str, str]
     end_of_stream: bool
     at: int
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,9 +46,12 @@ from ext_proc.core.events import (
 from ext_proc.llm import apis
 from ext_proc.llm.sse import SSEDecoder, SSEEvent
 from ext_proc.llm.usage import Usage, apply_anthropic, apply_openai
+from ext_proc.policy import decide
+from ext_proc.policy.compiled import CompiledPolicy, Principal
 
-ROUTE_HEADER = "x-tollway-provider"
-# Headers only Tollway may set on the way to the provider; a client's copy is dropped.
+ROUTE_HEADER = "x-tollway-cluster"  # Envoy routes to the cluster this header names
+# Headers only Tollway may set on the way to the provider; a client's copy is dropped, as is
+# any other x-tollway-* header the client sent (identity is Tollway's to establish).
 _UNTRUSTED = ("accept-encoding", ROUTE_HEADER)
 MAX_DECODED_BODY = 64 * 1024 * 1024
 
@@ -74,6 +77,9 @@ class Session:
     __slots__ = (
         "_decoder",
         "_gunzip_request",
+        "_path",
+        "_policy",
+        "_sidecar_workload",
         "_stream_reader",
         "_strip_usage_chunk",
         "api",
@@ -83,6 +89,7 @@ class Session:
         "model",
         "outcome",
         "phase",
+        "principal",
         "provider",
         "request_id",
         "served_model",
@@ -93,7 +100,11 @@ class Session:
         "usage",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, policy: CompiledPolicy | None = None, workload: str | None = None) -> None:
+        self._policy = policy  # None: open mode, no identity or access control (issue-3 behaviour)
+        self._sidecar_workload = workload
+        self._path = ""
+        self.principal: Principal | None = None
         self.phase = Phase.REQUEST_HEADERS
         self.effects: list[Effect] = []
         self.api: apis.ClientAPI | None = None
@@ -139,17 +150,26 @@ class Session:
     # -- request ----------------------------------------------------------------------------
 
     def _request_headers(self, event: RequestHeaders) -> Action:
-        rejected = self._open(event.headers, event.at, event.end_of_stream)
+        headers = event.headers
+        rejected = self._open(headers, event.at, event.end_of_stream)
         if rejected is not None:
             return rejected
+        assert self.api is not None
+        remove = _UNTRUSTED + tuple(h for h in headers if h.startswith("x-tollway-") and h != ROUTE_HEADER)
+        if self._policy is not None:
+            try:
+                self.principal = decide.identify(self._policy, headers, event.attributes, self._sidecar_workload)
+            except ClientError as error:
+                return self._reject(error, self.api.style, event.at)
+            remove += tuple(h for h in decide.CREDENTIAL_HEADERS if h in headers)
         self.phase = Phase.REQUEST_BODY
-        return Continue(remove_headers=_UNTRUSTED)
+        return Continue(remove_headers=remove)
 
     def _open(self, headers: Mapping[str, str], at: int, end_of_stream: bool) -> Respond | None:
         """Recognise the request from its head; a :class:`Respond` when it must be refused."""
         self.started = at
         self.request_id = headers.get("x-request-id")
-        path = headers.get(":path", "")
+        path = self._path = headers.get(":path", "")
         api = apis.match(path) if headers.get(":method") == "POST" else None
         if api is None:
             method = headers.get(":method", "?")
@@ -188,15 +208,36 @@ class Session:
             except ClientError as error:
                 return self._reject(error, api.style, event.at)
             replaced = replaced or self._strip_usage_chunk
-        self.provider = api.provider
+        headers: list[tuple[str, str]] = []
+        credential = None
+        if self._policy is None:
+            self.provider = api.provider
+            cluster = api.provider
+        else:
+            assert self.principal is not None
+            try:
+                target = decide.target_for(self._policy, self.principal, api, request.model)
+            except ClientError as error:
+                return self._reject(error, api.style, event.at)
+            provider = target.provider
+            self.provider, cluster, credential = provider.name, provider.cluster, provider
+            path = decide.upstream_path(api, target, self._path)
+            if path is not None:
+                headers.append((":path", path))
+            elif target.upstream_model != request.model:
+                request.payload["model"] = target.upstream_model
+                replaced = True
         self.phase = Phase.RESPONSE_HEADERS
-        headers: list[tuple[str, str]] = [(ROUTE_HEADER, self.provider)]
+        headers.insert(0, (ROUTE_HEADER, cluster))
         if not replaced:
-            return Continue(set_headers=tuple(headers), clear_route_cache=True)
-        body = orjson.dumps(request.payload) if self._strip_usage_chunk else body
+            return Continue(set_headers=tuple(headers), clear_route_cache=True, credential=credential)
+        if request.payload.get("model") != request.model or self._strip_usage_chunk:
+            body = orjson.dumps(request.payload)
         headers.append(("content-length", str(len(body))))
         remove = ("content-encoding",) if self._gunzip_request else ()
-        return Continue(set_headers=tuple(headers), remove_headers=remove, body=body, clear_route_cache=True)
+        return Continue(
+            set_headers=tuple(headers), remove_headers=remove, body=body, clear_route_cache=True, credential=credential
+        )
 
     # -- response ---------------------------------------------------------------------------
 
@@ -355,8 +396,12 @@ class Session:
     def record(self, at: int) -> dict[str, Any]:
         """The request's log record as of monotonic time ``at`` (nanoseconds)."""
         usage = self.usage
+        principal = self.principal
         return {
             "request_id": self.request_id,
+            "team": principal.team if principal else None,
+            "key_id": principal.key_id if principal else None,
+            "workload": principal.workload if principal else None,
             "api": self.api.name if self.api else None,
             "model": self.model,
             "served_model": self.served_model,

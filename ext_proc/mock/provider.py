@@ -1,4 +1,4 @@
-"""The fake provider's HTTP/1.1 server: OpenAI and Anthropic endpoints, error injection, replay.
+"""The fake provider's HTTP/1.1 server: OpenAI, Azure OpenAI and Anthropic endpoints, errors, replay.
 
 Theory of operation. Three layers, each handing plain data to the next:
 
@@ -12,8 +12,17 @@ Theory of operation. Three layers, each handing plain data to the next:
    request order.
 
 Endpoints: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` (OpenAI),
-``POST /v1/messages`` (Anthropic), ``GET /healthz``, ``GET|DELETE /_mock/requests`` (the log of
-received requests, newest last). Unknown paths get an OpenAI-style 404.
+``POST /v1/messages`` (Anthropic), ``POST /openai/deployments/{deployment}/chat/completions``,
+``.../completions``, ``.../embeddings`` (Azure OpenAI: the OpenAI answer with the deployment as
+``model``; a missing or malformed ``api-version`` query parameter is Azure's 404), ``GET /healthz``,
+``GET|DELETE /_mock/requests`` (the log of received requests, exactly as received, newest last).
+Unknown paths get an OpenAI-style 404 (Azure-style under ``/openai/``).
+
+Like the real APIs, ``/v1/messages`` without an ``anthropic-version`` header is a 400. With
+``--api-key`` (repeatable), every request but ``/healthz`` and ``/_mock/*`` must carry one of the
+keys where the real provider expects it (``Authorization: Bearer``; Anthropic ``x-api-key`` or
+``Authorization: Bearer``; Azure ``api-key``), else it gets that provider's 401; a wrong key is
+never echoed beyond its last 4 characters.
 
 Per-request control headers (each falls back to the CLI option of the same name):
 
@@ -26,8 +35,10 @@ Per-request control headers (each falls back to the CLI option of the same name)
                                 chunk; non-streaming: close after sending half of the body
 - ``x-mock-cassette: NAME``     replay that cassette whatever the request
 
-Order of precedence: ``x-mock-cassette``, ``x-mock-status``, a cassette whose recorded request
-matches (method, path, parsed JSON body), then the generated answer.
+Order of precedence: the API key (401), ``anthropic-version`` (400), bad ``x-mock-*`` values
+(400), ``x-mock-cassette``, ``x-mock-status``, a cassette whose recorded request matches (method,
+path, parsed JSON body; the query is ignored), then the route: unknown path or Azure
+``api-version`` (404), method (405), JSON body (400), and the generated answer.
 """
 
 from __future__ import annotations
@@ -36,10 +47,12 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import re
 import signal
 import sys
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +80,7 @@ class Options:
     chunks: int = 8
     cassettes: str | None = None  # directory of go-vcr cassettes to replay
     record_requests: int = 1000  # size of the received-request ring buffer (0: off)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # accepted keys; () accepts any request
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +201,14 @@ _STYLE = {
     "/v1/embeddings": "openai",
     "/v1/messages": "anthropic",
 }
+_AZURE = "/openai/"
+_AZURE_DEPLOYMENTS = "/openai/deployments/"
+_AZURE_OPERATIONS = {  # what follows /openai/deployments/{deployment}/ -> the OpenAI route
+    "chat/completions": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
+_API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
 
 _JSON_CT = b"application/json"
 _SSE_CT = b"text/event-stream; charset=utf-8"
@@ -198,6 +220,10 @@ class MockProvider:
 
     def __init__(self, options: Options | None = None, cassettes: Mapping[str, Cassette] | None = None):
         self.options = options or Options()
+        for key in self.options.api_keys:
+            if not key or key != key.strip() or not key.isprintable():
+                raise ValueError("--api-key: a key is empty or has spaces or control characters")
+        self._keys = frozenset(key.encode() for key in self.options.api_keys)
         if cassettes is None:
             cassettes = load_cassettes(self.options.cassettes) if self.options.cassettes else {}
         self.cassettes: dict[str, Cassette] = dict(cassettes)
@@ -246,7 +272,13 @@ class MockProvider:
             return self._log_endpoint(req)
         if self.requests is not None:
             self.requests.append(req)
-        style = _STYLE.get(path, "openai")
+        style = _STYLE.get(path) or ("azure" if path.startswith(_AZURE) else "openai")
+        if self._keys and not path.startswith("/_mock/"):
+            denied = self._check_key(style, req.headers)
+            if denied is not None:
+                return denied
+        if style == "anthropic" and not _header(req.headers, b"anthropic-version"):
+            return self._error(style, 400, None, message="anthropic-version: header is required")
         try:
             knobs = _Knobs.parse(req.controls, self.options)
         except BadControl as exc:
@@ -272,8 +304,16 @@ class MockProvider:
                     return self._replay(cassette, knobs)
 
         route = self._routes.get(path)
+        deployment = None
         if route is None:
-            return self._error("openai", 404, knobs, message=f"Invalid URL ({req.method} {path})", code="unknown_url")
+            if style != "azure":
+                return self._error(
+                    "openai", 404, knobs, message=f"Invalid URL ({req.method} {path})", code="unknown_url"
+                )
+            deployment, target = _azure_route(req)
+            if target is None:
+                return self._error(style, 404, knobs)
+            route = self._routes[target]
         if req.method != "POST":
             return self._error(style, 405, knobs, message=f"Method {req.method} not allowed on {path}")
         if body is _NOT_JSON:
@@ -285,7 +325,39 @@ class MockProvider:
                 knobs,
                 message="We could not parse the JSON body of your request. The body must be a JSON object.",
             )
+        if deployment is not None:
+            body["model"] = deployment  # Azure serves the deployment, whatever the body says
         return route(body, knobs)
+
+    def _check_key(self, style: str, headers: list[tuple[bytes, bytes]]) -> Reply | None:
+        """None when ``headers`` carry an accepted key where ``style``'s API reads it, else its 401.
+
+        OpenAI: ``Authorization: Bearer``; Azure: ``api-key``; Anthropic: ``x-api-key`` or
+        ``Authorization: Bearer`` (recent ``anthropic`` SDKs send API keys as the latter).
+        """
+        if style == "azure":
+            if _header(headers, b"api-key") in self._keys:
+                return None
+            return self._error(style, 401, None)
+        key = _bearer(headers)
+        if key in self._keys:
+            return None
+        if style == "anthropic":
+            key = _header(headers, b"x-api-key") or key
+            if key in self._keys:
+                return None
+            return self._error(style, 401, None, message=None if key else "x-api-key header is required")
+        if not key:
+            message = (
+                "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+        else:
+            message = (
+                f"Incorrect API key provided: {r.masked_key(key.decode('utf-8', 'replace'))}. "
+                "You can find your API key at https://platform.openai.com/account/api-keys."
+            )
+        return self._error(style, 401, None, message=message, code="invalid_api_key")
 
     def _log_endpoint(self, req: Request) -> Reply:
         if req.method == "GET":
@@ -307,6 +379,9 @@ class MockProvider:
         if style == "anthropic":
             body = r.anthropic_error(status, message)
             headers = b"request-id: req_mock%016x\r\n" % n
+        elif style == "azure" and r.is_azure_gateway_error(status):
+            body = r.azure_error(status, message)
+            headers = b"apim-request-id: req_mock%016x\r\n" % n
         else:
             body = r.openai_error(status, message, code=code)
             headers = b"x-request-id: req_mock%016x\r\n" % n
@@ -440,6 +515,36 @@ def _defaults(options: Options) -> _Knobs:
             None, options.latency_ms / 1000, options.ttft_ms / 1000, options.inter_chunk_ms / 1000, options.chunks, None
         )
     return knobs
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The stripped value of the first header ``name`` (lower case), if any."""
+    size = len(name)
+    for key, value in headers:
+        if len(key) == size and key.lower() == name:
+            return value.strip()
+    return None
+
+
+def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The token of an ``Authorization: Bearer`` header, if any."""
+    value = _header(headers, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(b" ")
+    return (token.strip() or None) if scheme.lower() == b"bearer" else None
+
+
+def _azure_route(req: Request) -> tuple[str | None, str | None]:
+    """``(deployment, OpenAI path)`` of an Azure OpenAI request; no path: unknown path or api-version."""
+    if not req.path.startswith(_AZURE_DEPLOYMENTS):
+        return None, None
+    deployment, _, operation = req.path[len(_AZURE_DEPLOYMENTS) :].partition("/")
+    target = _AZURE_OPERATIONS.get(operation)
+    version = urllib.parse.parse_qs(req.query).get("api-version", ())
+    if not deployment or target is None or len(version) != 1 or not _API_VERSION.fullmatch(version[0]):
+        return None, None
+    return urllib.parse.unquote(deployment), target
 
 
 def _loads(body: bytes) -> Any:
@@ -731,6 +836,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--record-requests", metavar="N", type=int, default=1000, help="requests kept for GET /_mock/requests"
     )
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        dest="api_keys",
+        action="append",
+        default=None,
+        help="accept only requests carrying this key, in each API's own header (repeatable; default: any)",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -742,6 +855,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         chunks=args.chunks,
         cassettes=args.cassettes,
         record_requests=args.record_requests,
+        api_keys=tuple(args.api_keys or ()),
     )
 
 

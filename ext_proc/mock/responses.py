@@ -21,6 +21,10 @@ Token counting rule (deterministic, not a real tokenizer):
   Anthropic ``stop_reason: max_tokens``). Completion tokens = words in the reply (× number of
   prompts for batched completions). A stream sends one word per content delta.
 - Cached, cache-creation and reasoning tokens are always 0.
+
+Errors come in three formats: OpenAI's ``{"error": {"message", "type", "param", "code"}}``,
+Anthropic's ``{"type": "error", "error": {"type", "message"}}`` and, for the statuses Azure
+OpenAI's gateway answers itself (401, 403, 404, 429), Azure's ``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
@@ -502,6 +506,33 @@ def openai_error(
     )
 
 
+# status -> message as Azure OpenAI's gateway sends them, in its own format (the backend's
+# errors, such as a 400 for a bad body, come in the OpenAI format instead).
+_AZURE_ERRORS: dict[int, str] = {
+    401: (
+        "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key "
+        "for an active subscription and use a correct regional API endpoint for your resource."
+    ),
+    403: "Access denied due to Virtual Network/Firewall rules.",
+    404: "Resource not found",
+    429: (
+        "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded "
+        "call rate limit of your current OpenAI S0 pricing tier. Please retry after 1 second."
+    ),
+}
+
+
+def is_azure_gateway_error(status: int) -> bool:
+    """Whether Azure OpenAI answers ``status`` in its own ``{"error": {"code", "message"}}`` format."""
+    return status in _AZURE_ERRORS
+
+
+def masked_key(key: str) -> str:
+    """``key`` with all but its last 4 characters starred, as OpenAI shows it; all starred if short."""
+    visible = key[-4:] if len(key) > 8 else ""
+    return "*" * (len(key) - len(visible)) + visible
+
+
 def anthropic_error(status: int, message: str | None = None) -> bytes:
     """``{"type": "error", "error": {"type", "message"}}`` for ``status``."""
     kind, default_message = _ANTHROPIC_ERRORS.get(
@@ -509,3 +540,8 @@ def anthropic_error(status: int, message: str | None = None) -> bytes:
         ("api_error", "Internal server error") if status >= 500 else ("invalid_request_error", "Invalid request."),
     )
     return orjson.dumps({"type": "error", "error": {"type": kind, "message": message or default_message}})
+
+
+def azure_error(status: int, message: str | None = None) -> bytes:
+    """``{"error": {"code": "<status>", "message"}}``, Azure OpenAI's gateway format."""
+    return orjson.dumps({"error": {"code": str(status), "message": message or _AZURE_ERRORS.get(status, "Error")}})

@@ -25,10 +25,21 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from ext_proc.server import h2
+from ext_proc.server.admin import AdminServer
 from ext_proc.server.records import RecordWriter
-from ext_proc.server.servicer import HEALTH_PATH, PROCESS_PATH, SERVICE, ExtProcCall, HealthCall, Processor
+from ext_proc.server.reload import PolicyHolder
+from ext_proc.server.servicer import (
+    HEALTH_PATH,
+    PROCESS_PATH,
+    SERVICE,
+    ExtProcCall,
+    HealthCall,
+    Processor,
+    Service,
+)
 
 log = logging.getLogger("tollway.serve")
 
@@ -43,6 +54,10 @@ class ServeConfig:
     log_file: str | None
     grace: float
     server: str = "h2"
+    policy: str | None = None
+    workload: str | None = None
+    admin_port: int = 0
+    reload_interval: float = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,11 +68,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grace", type=float, default=20.0, help="seconds in-flight streams get on shutdown")
     parser.add_argument("--server", choices=("h2", "grpcio"), default="h2",
                         help="gRPC server implementation (default h2: Tollway's own, ~5x less CPU)")
+    parser.add_argument("--policy", default=os.environ.get("TOLLWAY_POLICY"),
+                        help="policy YAML, watched and reloaded on change (env TOLLWAY_POLICY; "
+                             "without one Tollway runs open: no identity, access control or key injection)")
+    parser.add_argument("--workload", default=os.environ.get("TOLLWAY_WORKLOAD"),
+                        help="this sidecar's workload identity, for callers without a Tollway key "
+                             "(env TOLLWAY_WORKLOAD)")
+    parser.add_argument("--admin-port", type=int, default=9902,
+                        help="/healthz, /readyz and /metrics on the same host (default 9902, 0: off)")
+    parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between policy checks")
 
 
 def run(args: argparse.Namespace) -> int:
-    config = ServeConfig(args.host, args.port, max(1, args.workers), args.log_file, args.grace, args.server)
+    config = ServeConfig(
+        args.host, args.port, max(1, args.workers), args.log_file, args.grace, args.server,
+        args.policy, args.workload, args.admin_port, args.reload_interval,
+    )
     _configure_logging()
+    if config.policy:
+        # Refuse to start on a broken policy: say why once, before any worker is spawned.
+        check = PolicyHolder(config.policy, CollectorRegistry())
+        if not check.load():
+            return 2
+    else:
+        log.warning("no --policy: running OPEN (no identity, access control or provider key injection)")
     if config.workers == 1:
         _worker(config)
         return 0
@@ -80,16 +114,35 @@ def _worker(config: ServeConfig) -> None:
 
 
 async def _serve(config: ServeConfig) -> None:
+    registry = CollectorRegistry()
     records = RecordWriter(config.log_file)
     records.start()
+    holder = PolicyHolder(config.policy, registry) if config.policy else None
+    if holder is not None and not holder.load():
+        raise SystemExit(2)
+    service = Service(records, holder, config.workload)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = loop.create_task(holder.watch(config.reload_interval)) if holder else None
+    draining = False
+
+    def ready() -> tuple[bool, dict[str, object]]:
+        details: dict[str, object] = {"draining": draining, "workload": config.workload}
+        if holder is not None:
+            details["policy"] = holder.details()
+            if holder.current is not None:
+                details["credentials"] = service.credentials.status(holder.current.providers)
+        return (not draining and (holder is None or holder.current is not None)), details
+
+    admin = AdminServer(registry, ready)
+    if config.admin_port:
+        await admin.start(config.host, config.admin_port)
     address = f"{config.host}:{config.port}"
     if config.server == "h2":
         server = h2.Server({
-            PROCESS_PATH: lambda: ExtProcCall(records),
+            PROCESS_PATH: lambda: ExtProcCall(service),
             HEALTH_PATH: lambda: HealthCall(lambda: not server.draining),
         })
         try:
@@ -98,14 +151,18 @@ async def _serve(config: ServeConfig) -> None:
             raise SystemExit(f"tollway serve: cannot listen on {address}: {exc}") from None
         log.info("ext_proc listening on %s (pid %d, h2)", address, os.getpid())
         await stop.wait()
+        draining = True
         log.info("shutting down (pid %d): finishing in-flight streams", os.getpid())
         await server.shutdown(config.grace)
     else:
-        await _serve_grpcio(config, records, address, stop)
+        await _serve_grpcio(config, service, address, stop)
+    if watcher is not None:
+        watcher.cancel()
+    await admin.close()
     await records.close()
 
 
-async def _serve_grpcio(config: ServeConfig, records: RecordWriter, address: str, stop: asyncio.Event) -> None:
+async def _serve_grpcio(config: ServeConfig, service: Service, address: str, stop: asyncio.Event) -> None:
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),
@@ -113,7 +170,7 @@ async def _serve_grpcio(config: ServeConfig, records: RecordWriter, address: str
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ],
     )
-    server.add_generic_rpc_handlers((Processor(records).handler(),))
+    server.add_generic_rpc_handlers((Processor(service).handler(),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if server.add_insecure_port(address) == 0:

@@ -7,6 +7,8 @@ repeated header names are joined with ", ".
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -14,6 +16,9 @@ from envoy.type.v3 import http_status_pb2
 
 from ext_proc.core.actions import Action, Continue, Respond
 from ext_proc.core.events import Event, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
+from ext_proc.policy.compiled import Provider
+
+Credentials = Callable[[Provider], tuple[tuple[str, str], ...]]
 
 _STREAMED = processing_mode_pb2.ProcessingMode(response_body_mode=processing_mode_pb2.ProcessingMode.STREAMED)
 _EMPTY = {kind: pb.ProcessingResponse(**{kind: {}}) for kind in (
@@ -30,11 +35,23 @@ def _headers(message: pb.HttpHeaders) -> dict[str, str]:
     return out
 
 
+def _attributes(request: pb.ProcessingRequest) -> dict[str, str]:
+    """Envoy attributes sent with the request headers (``request_attributes`` in the filter config)."""
+    out: dict[str, str] = {}
+    for struct in request.attributes.values():
+        for key, value in struct.fields.items():
+            if value.HasField("string_value"):
+                out[key] = value.string_value
+    return out
+
+
 def decode(request: pb.ProcessingRequest, at: int) -> tuple[str, Event]:
     """The oneof kind of ``request`` and its event; ``ValueError`` for kinds we never ask for."""
     kind = request.WhichOneof("request")
     if kind == "request_headers":
         msg = request.request_headers
+        if len(request.attributes):
+            return kind, RequestHeaders(_headers(msg), msg.end_of_stream, at, _attributes(request))
         return kind, RequestHeaders(_headers(msg), msg.end_of_stream, at)
     if kind == "request_body":
         body = request.request_body
@@ -58,8 +75,11 @@ def _header_options(pairs: tuple[tuple[str, str], ...]) -> list[base_pb2.HeaderV
     ]
 
 
-def encode(kind: str, action: Action) -> pb.ProcessingResponse:
-    """The ``ProcessingResponse`` answering a message of ``kind`` with ``action``."""
+def encode(kind: str, action: Action, credentials: Credentials | None = None) -> pb.ProcessingResponse:
+    """The ``ProcessingResponse`` answering a message of ``kind`` with ``action``.
+
+    ``credentials`` turns the provider named by ``action.credential`` into its key headers.
+    """
     if isinstance(action, Respond):
         return pb.ProcessingResponse(
             immediate_response=pb.ImmediateResponse(
@@ -70,13 +90,16 @@ def encode(kind: str, action: Action) -> pb.ProcessingResponse:
         )
     assert isinstance(action, Continue)
     if not (action.set_headers or action.remove_headers or action.body is not None
-            or action.clear_route_cache or action.stream_response):
+            or action.clear_route_cache or action.stream_response or action.credential):
         return _EMPTY[kind]
     common = pb.CommonResponse(clear_route_cache=action.clear_route_cache)
-    if action.set_headers or action.remove_headers:
+    set_headers = action.set_headers
+    if action.credential is not None and credentials is not None:
+        set_headers += credentials(action.credential)
+    if set_headers or action.remove_headers:
         common.header_mutation.CopyFrom(
             pb.HeaderMutation(
-                set_headers=_header_options(action.set_headers),
+                set_headers=_header_options(set_headers),
                 remove_headers=list(action.remove_headers),
             )
         )

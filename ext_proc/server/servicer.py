@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -24,13 +25,29 @@ from ext_proc.core.actions import EmitRecord
 from ext_proc.core.events import StreamClosed
 from ext_proc.core.session import Phase, Session
 from ext_proc.server import codec
+from ext_proc.server.credentials import CredentialStore
 from ext_proc.server.records import RecordWriter
+from ext_proc.server.reload import PolicyHolder
 
 log = logging.getLogger("tollway.servicer")
 
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 PROCESS_PATH = f"/{SERVICE}/Process"
 HEALTH_PATH = "/grpc.health.v1.Health/Check"
+
+
+@dataclass
+class Service:
+    """What every stream of one worker shares: the request log, the policy, the credentials."""
+
+    records: RecordWriter
+    policy: PolicyHolder | None = None  # None: open mode (no identity, access control or key injection)
+    workload: str | None = None  # the sidecar's own workload identity
+    credentials: CredentialStore = field(default_factory=CredentialStore)
+
+    def session(self) -> Session:
+        """A new request's session, bound to the policy current at this moment."""
+        return Session(self.policy.current if self.policy else None, self.workload)
 
 
 def _run_effects(session: Session, records: RecordWriter) -> None:
@@ -43,20 +60,20 @@ def _run_effects(session: Session, records: RecordWriter) -> None:
 class ExtProcCall:
     """One ext_proc stream on :mod:`ext_proc.server.h2`: serialized messages in and out."""
 
-    __slots__ = ("records", "session")
+    __slots__ = ("service", "session")
 
-    def __init__(self, records: RecordWriter) -> None:
-        self.records = records
-        self.session = Session()
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.session = service.session()
 
     def message(self, data: bytes) -> list[bytes]:
         session = self.session
         kind, event = codec.decode(pb.ProcessingRequest.FromString(data), time.monotonic_ns())
         action = session.handle(event)
         assert action is not None
-        reply = codec.encode(kind, action).SerializeToString()
+        reply = codec.encode(kind, action, self.service.credentials.headers).SerializeToString()
         if session.effects:
-            _run_effects(session, self.records)
+            _run_effects(session, self.service.records)
         return [reply]
 
     def end(self) -> tuple[int, str]:
@@ -67,7 +84,7 @@ class ExtProcCall:
         session = self.session
         if session.phase is not Phase.DONE:
             session.handle(StreamClosed(time.monotonic_ns()))
-            _run_effects(session, self.records)
+            _run_effects(session, self.service.records)
 
 
 class HealthCall:
@@ -93,13 +110,14 @@ class HealthCall:
 class Processor:
     """Serves ``ExternalProcessor.Process`` on grpcio; one :class:`Session` per stream."""
 
-    def __init__(self, records: RecordWriter) -> None:
-        self.records = records
+    def __init__(self, service: Service) -> None:
+        self.service = service
 
     async def process(
         self, requests: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        session = Session()
+        session = self.service.session()
+        records, credentials = self.service.records, self.service.credentials.headers
         clock = time.monotonic_ns
         decode, encode, handle = codec.decode, codec.encode, session.handle
         try:
@@ -107,16 +125,16 @@ class Processor:
                 kind, event = decode(request, clock())
                 action = handle(event)
                 assert action is not None
-                yield encode(kind, action)
+                yield encode(kind, action, credentials)
                 if session.effects:
-                    _run_effects(session, self.records)
+                    _run_effects(session, records)
         except Exception:
             log.exception("ext_proc stream failed (request_id=%s)", session.request_id)
             await context.abort(grpc.StatusCode.INTERNAL, "tollway: internal error")
         finally:
             if session.phase is not Phase.DONE:
                 session.handle(StreamClosed(clock()))
-                _run_effects(session, self.records)
+                _run_effects(session, records)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler registering ``Process`` with upb (de)serializers."""

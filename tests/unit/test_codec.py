@@ -114,22 +114,22 @@ def test_messages_never_asked_for_are_refused(kind: str) -> None:
 
 
 def test_headers_set_and_removed() -> None:
-    action = Continue(remove_headers=("accept-encoding", "x-tollway-provider"))
+    action = Continue(remove_headers=("accept-encoding", "x-tollway-cluster"))
     assert wire_out(codec.encode("request_headers", action)) == pb.ProcessingResponse(
         request_headers=pb.HeadersResponse(
             response=pb.CommonResponse(
-                header_mutation=pb.HeaderMutation(remove_headers=["accept-encoding", "x-tollway-provider"])
+                header_mutation=pb.HeaderMutation(remove_headers=["accept-encoding", "x-tollway-cluster"])
             )
         )
     )
 
 
 def test_route_label_with_clear_route_cache() -> None:
-    action = Continue(set_headers=(("x-tollway-provider", "openai"),), clear_route_cache=True)
+    action = Continue(set_headers=(("x-tollway-cluster", "openai"),), clear_route_cache=True)
     assert wire_out(codec.encode("request_body", action)) == pb.ProcessingResponse(
         request_body=pb.BodyResponse(
             response=pb.CommonResponse(
-                header_mutation=pb.HeaderMutation(set_headers=[option("x-tollway-provider", "openai")]),
+                header_mutation=pb.HeaderMutation(set_headers=[option("x-tollway-cluster", "openai")]),
                 clear_route_cache=True,
             )
         )
@@ -139,7 +139,7 @@ def test_route_label_with_clear_route_cache() -> None:
 def test_body_replaced_with_its_length() -> None:
     body = b'{"model":"m","stream":true,"stream_options":{"include_usage":true}}'
     action = Continue(
-        set_headers=(("x-tollway-provider", "openai"), ("content-length", str(len(body)))),
+        set_headers=(("x-tollway-cluster", "openai"), ("content-length", str(len(body)))),
         remove_headers=("content-encoding",),
         body=body,
         clear_route_cache=True,
@@ -148,7 +148,7 @@ def test_body_replaced_with_its_length() -> None:
         request_body=pb.BodyResponse(
             response=pb.CommonResponse(
                 header_mutation=pb.HeaderMutation(
-                    set_headers=[option("x-tollway-provider", "openai"), option("content-length", "67")],
+                    set_headers=[option("x-tollway-cluster", "openai"), option("content-length", "67")],
                     remove_headers=["content-encoding"],
                 ),
                 body_mutation=pb.BodyMutation(body=body),

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from ext_proc.server import h2
 from ext_proc.server.records import RecordWriter
-from ext_proc.server.servicer import HEALTH_PATH, PROCESS_PATH, ExtProcCall, HealthCall
+from ext_proc.server.servicer import HEALTH_PATH, PROCESS_PATH, ExtProcCall, HealthCall, Service
 
 
 class Running:
@@ -34,7 +34,7 @@ class Running:
         self.log = log
         self.records = RecordWriter(str(log))
         self.server = h2.Server({
-            PROCESS_PATH: lambda: ExtProcCall(self.records),
+            PROCESS_PATH: lambda: ExtProcCall(Service(self.records)),
             HEALTH_PATH: lambda: HealthCall(lambda: not self.server.draining),
         })
         with socket.socket() as sock:
@@ -270,7 +270,7 @@ STREAM = client_bytes()
 def test_any_segmentation_of_the_client_bytes(cuts: list[int]) -> None:
     writer = RecordWriter(None)
     writer.emit = lambda record: None  # type: ignore[method-assign]
-    server = h2.Server({PROCESS_PATH: lambda: ExtProcCall(writer)})
+    server = h2.Server({PROCESS_PATH: lambda: ExtProcCall(Service(writer))})
     connection = h2.Connection(server)
     transport = FakeTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ from ext_proc.mock.provider import (
     _Connection,
     add_arguments,
     background,
+    options_from_args,
     wire,
 )
 
@@ -170,6 +171,7 @@ def sse_data(body: bytes) -> list[Any]:
 
 
 CHAT = orjson.dumps({"model": "gpt-test", "messages": MESSAGES})
+ANTHROPIC_VERSION = {"anthropic-version": "2023-06-01"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +360,7 @@ def test_messages_stream_events_and_usage(ant):
 
 def test_messages_raw_stream_has_ping_and_event_lines(srv):
     body = orjson.dumps({"model": "c", "max_tokens": 2, "stream": True, "messages": [{"role": "user", "content": "x"}]})
-    resp, _ = raw_exchange(srv.port, post("/v1/messages", body), 1)
+    resp, _ = raw_exchange(srv.port, post("/v1/messages", body, ANTHROPIC_VERSION), 1)
     blocks = split_events(resp.done[0]["body"])
     names = [b.split(b"\n", 1)[0] for b in blocks]
     assert names[:3] == [b"event: message_start", b"event: content_block_start", b"event: ping"]
@@ -398,7 +400,7 @@ def test_health_unknown_path_and_bad_json(srv):
         b"GET /healthz HTTP/1.1\r\nHost: m\r\n\r\n"
         + post("/v1/nope", b"{}")
         + post("/v1/chat/completions", b"not json")
-        + post("/v1/messages", b"[1, 2]")
+        + post("/v1/messages", b"[1, 2]", ANTHROPIC_VERSION)
         + b"GET /v1/chat/completions HTTP/1.1\r\nHost: m\r\n\r\n",
         5,
     )
@@ -408,7 +410,7 @@ def test_health_unknown_path_and_bad_json(srv):
     assert orjson.loads(unknown["body"])["error"]["type"] == "invalid_request_error"
     assert bad_openai["status"] == 400 and "error" in orjson.loads(bad_openai["body"])
     assert bad_anthropic["status"] == 400
-    assert orjson.loads(bad_anthropic["body"])["type"] == "error"
+    assert orjson.loads(bad_anthropic["body"])["error"]["message"].startswith("We could not parse the JSON body")
     assert wrong_method["status"] == 405
 
 
@@ -532,6 +534,271 @@ def test_request_log_ring_buffer(srv):
     for i in range(5):
         small.handle(Request("POST", "/v1/embeddings", "", [], b'{"input": "%d"}' % i))
     assert [e["body"] for e in small.logged_requests()] == ['{"input": "2"}', '{"input": "3"}', '{"input": "4"}']
+
+
+# ---------------------------------------------------------------------------------------------
+# Anthropic version, Azure OpenAI, API keys
+
+API_VERSION = "2024-10-21"
+
+
+def _azure(url: str, **kwargs: Any) -> openai.AzureOpenAI:
+    return openai.AzureOpenAI(
+        azure_endpoint=url, api_version=API_VERSION, max_retries=0, timeout=10, **{"api_key": "az-key", **kwargs}
+    )
+
+
+def test_messages_require_anthropic_version(srv):
+    body = orjson.dumps({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+    resp, _ = raw_exchange(
+        srv.port,
+        post("/v1/messages", body)
+        + post("/v1/messages", body, {"x-mock-status": "529"})
+        + post("/v1/messages", body, {"anthropic-version": " "})
+        + post("/v1/messages", body, ANTHROPIC_VERSION),
+        4,
+    )
+    missing, with_status, blank, ok = resp.done
+    expected = {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "anthropic-version: header is required"},
+    }
+    for answer in (missing, with_status, blank):
+        assert answer["status"] == 400
+        assert orjson.loads(answer["body"]) == expected
+    assert ok["status"] == 200 and orjson.loads(ok["body"])["type"] == "message"
+
+
+def test_azure_chat_completions_embeddings_answer_as_the_deployment(srv):
+    client = _azure(srv.url, azure_deployment="dep-a")
+    try:
+        completion = client.chat.completions.create(model="gpt-other", messages=MESSAGES)
+        assert completion.model == "dep-a"
+        assert completion.usage.prompt_tokens == MESSAGES_TOKENS
+        chunks = list(
+            client.chat.completions.create(
+                model="gpt-other", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        assert {c.model for c in chunks} == {"dep-a"} and chunks[-1].usage == completion.usage
+        done = client.completions.create(model="gpt-other", prompt="def fib(n):")
+        assert done.model == "dep-a" and done.usage.prompt_tokens == 2
+        vectors = client.embeddings.create(model="gpt-other", input=["hello world", "bye"], encoding_format="float")
+        assert vectors.model == "dep-a" and len(vectors.data) == 2 and vectors.usage.prompt_tokens == 3
+    finally:
+        client.close()
+    # without azure_deployment the SDK puts the body's model in the path
+    client = _azure(srv.url)
+    try:
+        assert client.chat.completions.create(model="dep-b", messages=MESSAGES).model == "dep-b"
+    finally:
+        client.close()
+
+
+def test_azure_unknown_path_or_api_version_is_azure_404(srv):
+    not_found = {"error": {"code": "404", "message": "Resource not found"}}
+    for target in (
+        "/openai/deployments/d/chat/completions",  # no api-version
+        "/openai/deployments/d/chat/completions?api-version=",
+        "/openai/deployments/d/chat/completions?api-version=banana",
+        f"/openai/deployments/d/chat/completions?api-version={API_VERSION}&api-version={API_VERSION}",
+        f"/openai/deployments//chat/completions?api-version={API_VERSION}",
+        f"/openai/deployments/d/messages?api-version={API_VERSION}",
+        f"/openai/deployments/d/chat/completions/extra?api-version={API_VERSION}",
+        f"/openai/v1/chat/completions?api-version={API_VERSION}",
+    ):
+        resp, _ = raw_exchange(srv.port, post(target, CHAT), 1)
+        assert (resp.done[0]["status"], orjson.loads(resp.done[0]["body"])) == (404, not_found), target
+    preview = f"/openai/deployments/d%2Dx/embeddings?foo=1&api-version={API_VERSION}-preview"
+    resp, _ = raw_exchange(srv.port, post(preview, b'{"input": "x"}'), 1)
+    assert resp.done[0]["status"] == 200 and orjson.loads(resp.done[0]["body"])["model"] == "d-x"
+
+
+def test_azure_errors_gateway_statuses_in_azure_format(srv):
+    target = f"/openai/deployments/d/chat/completions?api-version={API_VERSION}"
+    resp, _ = raw_exchange(
+        srv.port,
+        post(target, CHAT, {"x-mock-status": "429"})
+        + post(target, CHAT, {"x-mock-status": "500"})
+        + post(target, b"not json"),
+        3,
+    )
+    limited, failed, bad = resp.done
+    assert limited["status"] == 429 and limited["headers"]["retry-after"] == "1"
+    assert orjson.loads(limited["body"])["error"]["code"] == "429"
+    assert set(orjson.loads(limited["body"])["error"]) == {"code", "message"}
+    # what the model backend answers comes in the OpenAI format, as on Azure
+    assert orjson.loads(failed["body"])["error"]["type"] == "server_error"
+    assert bad["status"] == 400 and orjson.loads(bad["body"])["error"]["type"] == "invalid_request_error"
+
+
+def test_request_log_keeps_path_query_headers_and_body_as_received(srv):
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    conn.request("DELETE", "/_mock/requests")
+    conn.getresponse().read()
+    body = '{ "messages" : [{"role": "user", "content": "hi"}],\n  "model":"alias-\u00e9" }'.encode()
+    target = f"/openai/deployments/dep-z/chat/completions?api-version={API_VERSION}"
+    conn.request("POST", target, body, {"api-key": "az-log-key", "Content-Type": "application/json"})
+    assert orjson.loads(conn.getresponse().read())["model"] == "dep-z"
+    conn.request("GET", "/_mock/requests")
+    (entry,) = orjson.loads(conn.getresponse().read())
+    conn.close()
+    assert (entry["path"], entry["query"]) == (
+        "/openai/deployments/dep-z/chat/completions",
+        f"api-version={API_VERSION}",
+    )
+    assert ["api-key", "az-log-key"] in entry["headers"]
+    assert entry["body"] == body.decode()  # exactly as sent, not re-serialised
+    assert orjson.loads(entry["body"])["model"] == "alias-é"
+
+
+GOOD, OTHER = "sk-good-openai-0001", "second-key-abcd"
+
+
+@pytest.fixture(scope="module")
+def keyed():
+    with background(Options(api_keys=(GOOD, OTHER), cassettes=str(CASSETTES) if CASSETTES else None)) as server:
+        yield server
+
+
+def test_api_keys_accepted_in_each_providers_header(keyed):
+    for key in (GOOD, OTHER):
+        with openai.OpenAI(base_url=keyed.url + "/v1", api_key=key, max_retries=0) as client:
+            assert client.chat.completions.create(model="m", messages=MESSAGES).model == "m"
+        with anthropic.Anthropic(base_url=keyed.url, api_key=key, max_retries=0) as client:
+            message = client.messages.create(model="c", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+            assert message.model == "c"
+        with _azure(keyed.url, api_key=key, azure_deployment="dep") as client:
+            assert client.embeddings.create(model="m", input="x", encoding_format="float").model == "dep"
+    # health and the request log need no key
+    resp, _ = raw_exchange(
+        keyed.port, b"GET /healthz HTTP/1.1\r\nHost: m\r\n\r\nGET /_mock/requests HTTP/1.1\r\n\r\n", 2
+    )
+    assert [d["status"] for d in resp.done] == [200, 200]
+
+
+def test_wrong_or_missing_openai_key_is_openai_401(keyed):
+    wrong = "sk-wrong-key-987654wxyz"
+    with (
+        openai.OpenAI(base_url=keyed.url + "/v1", api_key=wrong, max_retries=0) as client,
+        pytest.raises(openai.AuthenticationError) as info,
+    ):
+        client.chat.completions.create(model="m", messages=MESSAGES)
+    assert info.value.status_code == 401
+    assert info.value.body == {
+        "message": "Incorrect API key provided: *******************wxyz. "
+        "You can find your API key at https://platform.openai.com/account/api-keys.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_api_key",
+    }
+    chat = "/v1/chat/completions"
+    resp, _ = raw_exchange(
+        keyed.port,
+        post(chat, CHAT)
+        + post(chat, CHAT, {"Authorization": f"Basic {GOOD}"})
+        + post(chat, CHAT, {"api-key": GOOD})  # Azure's header on an OpenAI path
+        + post(chat, CHAT, {"Authorization": "Bearer short"})
+        + post(chat, CHAT, {"Authorization": f"bearer  {GOOD} "})
+        + post("/v1/nope", CHAT),
+        6,
+    )
+    missing, basic, azure_header, short, ok, unknown = resp.done
+    for answer in (missing, basic, azure_header, unknown):
+        assert answer["status"] == 401
+        error = orjson.loads(answer["body"])["error"]
+        assert error["message"].startswith("You didn't provide an API key.")
+        assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_api_key")
+        assert answer["headers"]["x-request-id"].startswith("req_mock")
+    assert "Incorrect API key provided: *****." in orjson.loads(short["body"])["error"]["message"]
+    assert ok["status"] == 200
+
+
+def test_wrong_or_missing_anthropic_key_is_anthropic_401(keyed):
+    with (
+        anthropic.Anthropic(base_url=keyed.url, api_key="sk-ant-wrong", max_retries=0) as client,
+        pytest.raises(anthropic.AuthenticationError) as info,
+    ):
+        client.messages.create(model="c", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 401
+    assert info.value.body == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "invalid x-api-key"},
+    }
+    body = orjson.dumps({"model": "c", "max_tokens": 5, "messages": []})
+    resp, _ = raw_exchange(
+        keyed.port,
+        post("/v1/messages", body, {**ANTHROPIC_VERSION, "x-api-key": GOOD})
+        + post("/v1/messages", body, {**ANTHROPIC_VERSION, "x-api-key": "wrong", "Authorization": f"Bearer {OTHER}"})
+        + post("/v1/messages", body, {**ANTHROPIC_VERSION, "x-api-key": "wrong"})
+        + post("/v1/messages", body, {**ANTHROPIC_VERSION, "api-key": GOOD})  # Azure's header
+        + post("/v1/messages", body, ANTHROPIC_VERSION)
+        + post("/v1/messages", body, {"x-api-key": GOOD})  # the key is checked first, then the version
+        + post("/v1/messages", body),
+        7,
+    )
+    statuses = [d["status"] for d in resp.done]
+    assert statuses == [200, 200, 401, 401, 401, 400, 401]
+    messages = [orjson.loads(d["body"])["error"]["message"] for d in resp.done[2:]]
+    assert messages[:3] == ["invalid x-api-key", "x-api-key header is required", "x-api-key header is required"]
+    assert all(d["headers"]["request-id"].startswith("req_mock") for d in resp.done[2:])
+
+
+def test_wrong_or_missing_azure_key_is_azure_401(keyed):
+    denied = {
+        "code": "401",
+        "message": "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a "
+        "valid key for an active subscription and use a correct regional API endpoint for your resource.",
+    }
+    with (
+        _azure(keyed.url, api_key="az-wrong", azure_deployment="dep") as client,
+        pytest.raises(openai.AuthenticationError) as info,
+    ):
+        client.chat.completions.create(model="m", messages=MESSAGES)
+    assert info.value.status_code == 401 and info.value.body == denied
+    target = f"/openai/deployments/d/chat/completions?api-version={API_VERSION}"
+    resp, _ = raw_exchange(
+        keyed.port,
+        post(target, CHAT) + post(target, CHAT, {"Authorization": f"Bearer {GOOD}"}),
+        2,
+    )
+    assert [(d["status"], orjson.loads(d["body"])["error"]) for d in resp.done] == [(401, denied)] * 2
+
+
+def test_key_check_comes_before_controls_and_cassettes(keyed):
+    resp, _ = raw_exchange(
+        keyed.port,
+        post("/v1/chat/completions", CHAT, {"x-mock-status": "500"})
+        + post("/v1/chat/completions", b"{}", {"x-mock-cassette": "chat-basic"})
+        + post("/v1/chat/completions", CHAT, {"x-mock-latency-ms": "soon"})
+        + post("/v1/chat/completions", CHAT, {"x-mock-status": "500", "Authorization": f"Bearer {GOOD}"}),
+        4,
+    )
+    assert [d["status"] for d in resp.done] == [401, 401, 401, 500]
+
+
+@pytest.mark.parametrize("header", ["Authorization", "x-api-key", "api-key"])
+def test_wrong_key_is_never_echoed(keyed, header):
+    secret = "sk-THIS-MUST-NOT-LEAK-1234567890"
+    value = f"Bearer {secret}" if header == "Authorization" else secret
+    resp = b""
+    for target in (
+        "/v1/chat/completions",
+        "/v1/messages",
+        f"/openai/deployments/d/embeddings?api-version={API_VERSION}",
+    ):
+        with socket.create_connection(("127.0.0.1", keyed.port), timeout=5) as sock:
+            sock.sendall(post(target, CHAT, {header: value, **ANTHROPIC_VERSION, "Connection": "close"}))
+            while chunk := sock.recv(65536):
+                resp += chunk
+    assert resp.count(b"HTTP/1.1 401 ") == 3
+    assert secret.encode() not in resp and secret[:-4].encode() not in resp
+
+
+def test_masked_key():
+    assert r.masked_key("sk-abcdefgh1234") == "***********1234"
+    assert r.masked_key("12345678") == "********"
+    assert r.masked_key("") == ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -730,10 +997,11 @@ _PIPELINE = (
     + post(
         "/v1/messages",
         orjson.dumps({"model": "c", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}),
+        ANTHROPIC_VERSION,
         chunked=True,
     )
     + b"GET /healthz HTTP/1.1\r\nHost: m\r\n\r\n"
-    + post("/v1/messages", b'{"model":"c","stream":true,"messages":[]}', {"Connection": "close"})
+    + post("/v1/messages", b'{"model":"c","stream":true,"messages":[]}', {**ANTHROPIC_VERSION, "Connection": "close"})
 )
 
 
@@ -776,6 +1044,17 @@ def test_add_arguments_defaults():
     args = parser.parse_args([])
     assert (args.host, args.port, args.latency_ms, args.ttft_ms, args.inter_chunk_ms) == ("127.0.0.1", 18080, 0, 0, 0)
     assert (args.chunks, args.cassettes, args.record_requests) == (8, None, 1000)
+    assert options_from_args(args).api_keys == ()
+    keyed = options_from_args(parser.parse_args(["--api-key", "k-one-secret", "--api-key", "k-two"]))
+    assert keyed.api_keys == ("k-one-secret", "k-two")
+    assert "k-one-secret" not in repr(keyed)
+
+
+@pytest.mark.parametrize("key", ["", " k-padded", "k\tsecret"])
+def test_bad_api_key_is_refused_without_echo(key):
+    with pytest.raises(ValueError, match="--api-key") as info:
+        MockProvider(Options(api_keys=("good-key", key)))
+    assert key.strip() not in str(info.value) or not key.strip()
 
 
 def test_run_prints_listening_line_and_stops_on_sigterm():

@@ -66,14 +66,14 @@ def chunk(body: bytes | str, *, at: float = 300, end_of_stream: bool = True) -> 
 # -- expected actions -------------------------------------------------------------------------
 
 # Request headers: ask for an uncompressed answer, drop the routing header a client may forge.
-HEADERS_OK = Continue(remove_headers=("accept-encoding", "x-tollway-provider"))
+HEADERS_OK = Continue(remove_headers=("accept-encoding", "x-tollway-cluster"))
 STREAMED = Continue(stream_response=True)
 CONTENT_TYPE_JSON = (("content-type", "application/json"),)
 
 
 def routed(provider: str = "openai") -> Continue:
     """The request body passes unchanged; the route is re-matched for the provider's label."""
-    return Continue(set_headers=(("x-tollway-provider", provider),), clear_route_cache=True)
+    return Continue(set_headers=(("x-tollway-cluster", provider),), clear_route_cache=True)
 
 
 def openai_error(
@@ -252,7 +252,8 @@ def test_record_has_exactly_the_documented_fields() -> None:
     session.handle(post(EMBEDDINGS, end_of_stream=True))
     (record,) = records(session)
     assert sorted(record) == sorted([
-        "request_id", "api", "model", "served_model", "provider", "stream", "status", "outcome", "error",
+        "request_id", "team", "key_id", "workload",
+        "api", "model", "served_model", "provider", "stream", "status", "outcome", "error",
         "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
         "latency_ms", "ttft_ms",
     ])
@@ -316,7 +317,7 @@ def test_stream_without_client_usage_asks_for_it_in_the_request_body() -> None:
         >> request(PLAIN_REQUEST)
         << Replaces(
             {**PLAIN_REQUEST, "stream_options": {"include_usage": True}},
-            set_headers=(("x-tollway-provider", "openai"),),
+            set_headers=(("x-tollway-cluster", "openai"),),
             clear_route_cache=True,
         )
     )
@@ -382,7 +383,7 @@ def test_stream_options_kept_and_usage_turned_on(options: dict[str, Any] | None)
         >> request(body)
         << Replaces(
             {**body, "stream_options": {**(options or {}), "include_usage": True}},
-            set_headers=(("x-tollway-provider", "openai"),),
+            set_headers=(("x-tollway-cluster", "openai"),),
             clear_route_cache=True,
         )
     )
@@ -606,7 +607,7 @@ def test_gzip_request_body_is_forwarded_decoded(encoding: str) -> None:
         << HEADERS_OK
         >> request(gzip.compress(PLAIN))
         << Continue(
-            set_headers=(("x-tollway-provider", "openai"), ("content-length", str(len(PLAIN)))),
+            set_headers=(("x-tollway-cluster", "openai"), ("content-length", str(len(PLAIN)))),
             remove_headers=("content-encoding",),
             body=PLAIN,  # byte for byte: not re-encoded when nothing changed
             clear_route_cache=True,
@@ -623,7 +624,7 @@ def test_gzip_stream_request_is_decoded_and_asks_for_usage() -> None:
         >> request(gzip.compress(orjson.dumps(body)))
         << Replaces(
             {**body, "stream_options": {"include_usage": True}},
-            set_headers=(("x-tollway-provider", "openai"),),
+            set_headers=(("x-tollway-cluster", "openai"),),
             remove_headers=("content-encoding",),
             clear_route_cache=True,
         )
@@ -691,7 +692,7 @@ def test_multi_member_gzip_is_decoded_whole() -> None:
     assert gzip.decompress(compressed) == PLAIN
     transcript = Transcript() >> post(CHAT, content_encoding="gzip") << HEADERS_OK >> request(compressed)
     assert transcript << Continue(
-        set_headers=(("x-tollway-provider", "openai"), ("content-length", str(len(PLAIN)))),
+        set_headers=(("x-tollway-cluster", "openai"), ("content-length", str(len(PLAIN)))),
         remove_headers=("content-encoding",),
         body=PLAIN,
         clear_route_cache=True,

@@ -1,0 +1,57 @@
+"""``tollway keys create --team T [--id ID]``: make a virtual key and the policy line that admits it.
+
+The key is random (``tw-`` and 43 URL-safe characters, 256 bits), printed once and never stored:
+the policy holds only its sha256 (:func:`~ext_proc.policy.compiled.key_digest`). Adding the
+printed line under ``teams.T.keys`` and shipping the policy is what makes the key work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import secrets
+import sys
+import time
+
+from .compiled import KEY_PREFIX, key_digest
+from .schema import NAME_PATTERN, PATTERN_MEANINGS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``tollway keys`` subcommands."""
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser(
+        "create", help="make a new virtual key for a team", description="Make a new virtual key for a team."
+    )
+    create.add_argument("--team", required=True, help="the team the key belongs to (a key of 'teams')")
+    create.add_argument("--id", dest="key_id", help="the key's id in logs and records (default TEAM-YYYYMMDD-XXXX)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Create the key; the exit status (2 for a bad team or id)."""
+    key_id = args.key_id or default_key_id(args.team)
+    for what, value in (("--team", args.team), ("--id", key_id)):
+        if not re.fullmatch(NAME_PATTERN, value):
+            print(f"tollway keys create: {what} {value!r} {PATTERN_MEANINGS[NAME_PATTERN]}", file=sys.stderr)
+            return 2
+    key = new_key()
+    print(f"""New virtual key for team {args.team} (id {key_id}):
+
+    {key}
+
+This is the only time the key is shown: store it now (e.g. in your secret manager).
+Tollway keeps only its sha256. To admit it, add this line under teams.{args.team}.keys
+in the policy and ship the policy:
+
+    - {{id: {key_id}, sha256: {key_digest(key)}}}""")
+    return 0
+
+
+def new_key() -> str:
+    """A new random virtual key: ``tw-`` and 43 URL-safe characters (32 random bytes)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def default_key_id(team: str) -> str:
+    """``TEAM-YYYYMMDD-XXXX``: the team, today's UTC date and 4 random hex digits."""
+    return f"{team}-{time.strftime('%Y%m%d', time.gmtime())}-{secrets.token_hex(2)}"

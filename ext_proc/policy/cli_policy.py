@@ -1,0 +1,69 @@
+"""``tollway policy check FILE...`` and ``tollway policy schema``: the policy file's tooling.
+
+``check`` compiles each file as the server would and prints either a one-line summary or every
+issue (``file:line:column: path: message``); the exit status is 0 only when every file is good,
+so it fits a pre-commit hook or a CI step. ``schema`` prints the JSON Schema of the file for
+editors (yaml-language-server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .compile import PolicyError, compile_policy
+from .schema import json_schema
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``tollway policy`` subcommands."""
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser("check", help="validate policy files", description="Validate policy files.")
+    check.add_argument("files", nargs="+", metavar="FILE", help="policy YAML ('-' for standard input)")
+    actions.add_parser(
+        "schema", help="print the policy's JSON Schema", description="Print the policy's JSON Schema (for editors)."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen action; the exit status."""
+    if args.action == "schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    return 0 if all([check_file(name) for name in args.files]) else 1
+
+
+def check_file(name: str) -> bool:
+    """Compile one file and print the verdict; True when it is good."""
+    source = "<stdin>" if name == "-" else name
+    try:
+        if name == "-":
+            text = sys.stdin.read()
+        else:
+            with open(name, encoding="utf-8") as handle:
+                text = handle.read()
+    except OSError as exc:
+        print(f"{source}: cannot read: {exc.strerror or exc}")
+        return False
+    except UnicodeDecodeError as exc:
+        print(f"{source}: cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})")
+        return False
+    try:
+        policy = compile_policy(text, source)
+    except PolicyError as exc:
+        for issue in exc.errors:
+            print(issue)
+        count = len(exc.errors)
+        print(f"{source}: FAILED ({count} error{'s' if count != 1 else ''})")
+        return False
+    canonical = len({target.public for target in policy.models.values()})
+    print(
+        f"{source}: OK (version {policy.version}; {_count(len(policy.providers), 'provider')}, "
+        f"{_count(canonical, 'model')}, {_count(len(policy.teams), 'team')})"
+    )
+    return True
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -1,0 +1,98 @@
+"""The compiled policy: what the per-request core asks of the policy, answered by dict lookups.
+
+A :class:`CompiledPolicy` is immutable. The server swaps the whole object when the file changes,
+so a request sees one policy from start to end. Secrets are not in it: a provider's credential
+is a *source* (an environment variable or a file); the server resolves it when a request needs it.
+Virtual keys appear only as sha256 hex digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+PROVIDER_KINDS = ("openai", "anthropic", "azure-openai", "openai-compatible")
+KEY_PREFIX = "tw-"  # every Tollway virtual key starts with it; other bearer values are not Tollway keys
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialSource:
+    """Where a provider's API key comes from: exactly one of ``env`` or ``file``."""
+
+    env: str | None = None
+    file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """An upstream: its kind decides the wire format and the credential header."""
+
+    name: str
+    kind: str  # one of PROVIDER_KINDS
+    cluster: str  # the Envoy cluster that reaches it
+    credential: CredentialSource | None  # None: no key is injected (e.g. a local model server)
+    anthropic_version: str = "2023-06-01"  # anthropic: the anthropic-version header
+    api_version: str | None = None  # azure-openai: the api-version query parameter
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A public model name resolved: which provider serves it, under which upstream name."""
+
+    public: str  # the canonical public name (aliases resolve to it)
+    provider: Provider
+    upstream_model: str  # the provider's model name; for azure-openai, the deployment name
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a team, through a virtual key or a workload identity."""
+
+    team: str
+    key_id: str | None = None
+    workload: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    name: str
+    models: frozenset[str]  # public model names this team may use
+    all_models: bool = False  # the team's models list was "*"
+
+
+def key_digest(secret: str) -> str:
+    """The sha256 hex digest under which a virtual key is stored in the policy."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    """Everything the core reads from the policy, indexed for the hot path."""
+
+    version: str  # short content hash of the source text, shown in logs, /readyz and metrics
+    source: str  # file path (or "<memory>")
+    providers: Mapping[str, Provider]
+    models: Mapping[str, Target]  # public names AND aliases -> target
+    teams: Mapping[str, Team]
+    keys: Mapping[str, tuple[str, str]]  # sha256 hex -> (team, key id)
+    workloads: Mapping[str, str]  # workload identity (e.g. a SPIFFE ID) -> team
+    sections: Mapping[str, object] = field(default_factory=dict)  # later work: budgets, routing, ...
+
+    def authenticate(self, secret: str) -> Principal | None:
+        """The principal holding virtual key ``secret``, or None for an unknown key."""
+        found = self.keys.get(key_digest(secret))
+        return Principal(found[0], key_id=found[1]) if found else None
+
+    def workload(self, identity: str) -> Principal | None:
+        """The principal for a workload identity (sidecar mode), or None."""
+        team = self.workloads.get(identity)
+        return Principal(team, workload=identity) if team else None
+
+    def resolve(self, model: str) -> Target | None:
+        """The target serving public model name (or alias) ``model``."""
+        return self.models.get(model)
+
+    def may_use(self, team: str, target: Target) -> bool:
+        entry = self.teams.get(team)
+        return entry is not None and (entry.all_models or target.public in entry.models)

@@ -1,0 +1,182 @@
+"""The policy file's shape: strict pydantic models of the YAML, and nothing else.
+
+Every model forbids unknown keys and coerces nothing (``strict=True``): ``443`` is not a cluster
+name and ``yes`` is not a team name (YAML reads them as a number and a boolean). Whatever needs
+more than one entry to decide (does a model's provider exist, is a key listed twice) is checked
+by :mod:`ext_proc.policy.compile`, which also turns pydantic's errors into file, line and field.
+``tollway policy schema`` prints :class:`PolicySpec`'s JSON Schema for editors.
+
+Names (of providers, models, teams, virtual keys, and Envoy clusters) are 1 to 128 characters:
+letters, digits and ``. - _ : /``, starting with a letter or a digit. That keeps them safe in
+logs, metrics labels, headers and the paths of error messages.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from .compiled import PROVIDER_KINDS
+
+API_VERSION = "tollway/v1"
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+TEXT_PATTERN = r"^\S(.*\S)?$"  # non-empty, no surrounding whitespace
+URL_PATTERN = r"^https?://\S+$"
+VERSION_PATTERN = r"^\S+$"
+MODEL_REF_PATTERN = r"^(\*|[A-Za-z0-9][A-Za-z0-9._:/-]{0,127})$"  # a name or "*"
+
+# What each pattern means, in the words an error message uses (compile.py reads this).
+PATTERN_MEANINGS = {
+    NAME_PATTERN: "must be 1-128 letters, digits or '.-_:/', starting with a letter or digit",
+    SHA256_PATTERN: "must be 64 lowercase hex characters (the sha256 of the key; see 'tollway keys create')",
+    ENV_PATTERN: "must be an environment variable name (letters, digits, '_'; not starting with a digit)",
+    TEXT_PATTERN: "must not be empty or start or end with whitespace",
+    URL_PATTERN: "must be an http:// or https:// URL",
+    VERSION_PATTERN: "must be a non-empty version string without spaces",
+    MODEL_REF_PATTERN: 'must be a model name, an alias, or "*"',
+}
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
+EnvName = Annotated[str, StringConstraints(pattern=ENV_PATTERN)]
+Text = Annotated[str, StringConstraints(pattern=TEXT_PATTERN)]
+Url = Annotated[str, StringConstraints(pattern=URL_PATTERN)]
+Version = Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
+ModelRef = Annotated[str, StringConstraints(pattern=MODEL_REF_PATTERN)]
+ProviderKind = Literal["openai", "anthropic", "azure-openai", "openai-compatible"]
+assert get_args(ProviderKind) == PROVIDER_KINDS, "schema and compiled.PROVIDER_KINDS disagree"
+
+
+class Strict(BaseModel):
+    """Base of every policy model: unknown keys are errors, no type coercion, immutable.
+
+    A key written with no value (``credential:``) is an error rather than "use the default":
+    a half-written entry must not silently mean "no credential".
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_empty_values(cls, value: object) -> object:
+        if value is None:
+            raise PydanticCustomError("empty", "has no value (give one, or remove the line for the default)")
+        return value
+
+
+class CredentialSpec(Strict):
+    """Where the provider's API key comes from: exactly one of ``env`` or ``file``."""
+
+    env: EnvName | None = Field(None, description="environment variable holding the key")
+    file: Text | None = Field(None, description="file holding the key, e.g. a mounted Kubernetes secret")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CredentialSpec:
+        if (self.env is None) == (self.file is None):
+            raise PydanticCustomError("credential", "needs exactly one of 'env' or 'file'")
+        return self
+
+
+class ProviderSpec(Strict):
+    """An upstream LLM API."""
+
+    kind: ProviderKind = Field(description="the wire format and credential header")
+    cluster: Name | None = Field(None, description="the Envoy cluster that reaches it (default: the provider's name)")
+    endpoint: Url | None = Field(None, description="informational: the base URL behind the cluster")
+    credential: CredentialSpec | None = Field(None, description="omit when no key is injected (a local server)")
+    anthropic_version: Version | None = Field(None, description="kind anthropic only (default 2023-06-01)")
+    api_version: Version | None = Field(None, description="kind azure-openai only, and required there")
+
+
+class ModelSpec(Strict):
+    """A public model name, the provider that serves it and its name there."""
+
+    provider: Name = Field(description="a key of 'providers'")
+    model: Text | None = Field(
+        None, description="the provider's model name (default: the public name); azure-openai: the deployment"
+    )
+    aliases: list[Name] = Field(default_factory=list, description="other public names for this model")
+
+
+class KeySpec(Strict):
+    """A virtual key, stored only as the sha256 of its secret."""
+
+    id: Name = Field(description="names the key in logs and records; unique within the team")
+    sha256: Sha256 = Field(description="sha256 hex of the key (see 'tollway keys create')")
+
+
+class TeamSpec(Strict):
+    """Who may call, and which models they may use."""
+
+    keys: list[KeySpec] = Field(default_factory=list, description="virtual keys of this team")
+    workloads: list[Text] = Field(
+        default_factory=list, description="workload identities (e.g. SPIFFE IDs) calling through the sidecar"
+    )
+    models: list[ModelRef] = Field(description='public model names or aliases; ["*"] for every model')
+
+
+class BudgetsSpec(Strict):
+    """Reserved: spending limits. Takes no settings yet."""
+
+
+class RateLimitsSpec(Strict):
+    """Reserved: request and token rate limits. Takes no settings yet."""
+
+
+class GuardrailsSpec(Strict):
+    """Reserved: content checks. Takes no settings yet."""
+
+
+class RoutingSpec(Strict):
+    """Reserved: fallback and load balancing. Takes no settings yet."""
+
+
+RESERVED_SECTIONS = ("budgets", "rate_limits", "guardrails", "routing")
+
+
+class PolicySpec(Strict):
+    """A Tollway policy file (apiVersion tollway/v1)."""
+
+    model_config = ConfigDict(title="Tollway policy")
+
+    api_version: Literal["tollway/v1"] = Field(alias="apiVersion", description="always tollway/v1")
+    providers: dict[Name, ProviderSpec] = Field(default_factory=dict, description="name -> upstream")
+    models: dict[Name, ModelSpec] = Field(default_factory=dict, description="public model name -> model")
+    teams: dict[Name, TeamSpec] = Field(default_factory=dict, description="team name -> team")
+    budgets: BudgetsSpec = Field(default_factory=BudgetsSpec, description="reserved")
+    rate_limits: RateLimitsSpec = Field(default_factory=RateLimitsSpec, description="reserved")
+    guardrails: GuardrailsSpec = Field(default_factory=GuardrailsSpec, description="reserved")
+    routing: RoutingSpec = Field(default_factory=RoutingSpec, description="reserved")
+
+
+def json_schema() -> dict[str, Any]:
+    """:class:`PolicySpec`'s JSON Schema, as editors (yaml-language-server) read it.
+
+    Optional fields are typed ``X | None`` in Python, but an explicit null is an error in the file
+    (see :class:`Strict`), so the ``null`` alternatives are dropped here.
+    """
+    schema = _drop_null(PolicySpec.model_json_schema(by_alias=True))
+    assert isinstance(schema, dict)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def _drop_null(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_drop_null(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _drop_null(value) for key, value in node.items()}
+    alternatives = out.get("anyOf")
+    if isinstance(alternatives, list):
+        kept = [alt for alt in alternatives if alt != {"type": "null"}]
+        if len(kept) == 1 and len(kept) < len(alternatives):
+            del out["anyOf"]
+            out = {**kept[0], **out}
+    if out.get("default", 0) is None:
+        del out["default"]
+    return out

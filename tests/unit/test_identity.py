@@ -1,0 +1,133 @@
+"""Identity, access and credentials: decide.py against a hand-built CompiledPolicy, and the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ext_proc.core.errors import ClientError
+from ext_proc.llm import apis
+from ext_proc.policy import decide
+from ext_proc.policy.compiled import (
+    CompiledPolicy,
+    CredentialSource,
+    Principal,
+    Provider,
+    Target,
+    Team,
+    key_digest,
+)
+from ext_proc.server.credentials import CredentialStore, credential_headers
+
+OPENAI = Provider("openai", "openai", "openai", CredentialSource(env="OPENAI_KEY"))
+ANTHROPIC = Provider("anthropic", "anthropic", "anthropic", CredentialSource(env="ANT_KEY"))
+AZURE = Provider("azure", "azure-openai", "azure", CredentialSource(env="AZ_KEY"), api_version="2024-10-21")
+GPT = Target("gpt-4o", OPENAI, "gpt-4o-2024-08-06")
+CLAUDE = Target("claude", ANTHROPIC, "claude-opus-4-5")
+AZ = Target("azure-gpt", AZURE, "prod-deploy")
+KEY = "tw-team-a-key"
+POLICY = CompiledPolicy(
+    version="v1",
+    source="<test>",
+    providers={"openai": OPENAI, "anthropic": ANTHROPIC, "azure": AZURE},
+    models={"gpt-4o": GPT, "gpt4o": GPT, "claude": CLAUDE, "azure-gpt": AZ},
+    teams={"a": Team("a", frozenset({"gpt-4o", "azure-gpt"})), "all": Team("all", frozenset(), all_models=True)},
+    keys={key_digest(KEY): ("a", "a-1")},
+    workloads={"spiffe://x/ns/all/sa/app": "all", "local-dev": "a"},
+)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"authorization": "Bearer tw-x"}, "tw-x"),
+        ({"authorization": "bearer   tw-x  "}, "tw-x"),
+        ({"x-api-key": "tw-y"}, "tw-y"),
+        ({"authorization": "Basic abc", "x-api-key": "k"}, "k"),
+        ({"authorization": "Bearer "}, None),
+        ({}, None),
+    ],
+)
+def test_presented_key(headers: dict[str, str], expected: str | None) -> None:
+    assert decide.presented_key(headers) == expected
+
+
+def test_a_tollway_key_identifies_its_team() -> None:
+    principal = decide.identify(POLICY, {"authorization": f"Bearer {KEY}"}, {}, "local-dev")
+    assert principal == Principal("a", key_id="a-1")
+
+
+def test_an_unknown_tollway_key_is_401_even_with_a_workload() -> None:
+    with pytest.raises(ClientError) as caught:
+        decide.identify(POLICY, {"x-api-key": "tw-wrong"}, {}, "local-dev")
+    assert caught.value.status == 401 and "tw-wrong" not in caught.value.message
+
+
+def test_other_keys_are_ignored_in_favour_of_the_workload() -> None:
+    principal = decide.identify(POLICY, {"authorization": "Bearer sk-real-openai"}, {}, "local-dev")
+    assert principal == Principal("a", workload="local-dev")
+
+
+def test_the_peer_certificate_spiffe_id_wins_over_the_sidecar_default() -> None:
+    attributes = {decide.SPIFFE_ATTRIBUTE: "spiffe://x/ns/all/sa/app"}
+    assert decide.identify(POLICY, {}, attributes, "local-dev").team == "all"
+
+
+@pytest.mark.parametrize(("headers", "code"), [({}, "missing_api_key"), ({"x-api-key": "sk-1"}, "invalid_api_key")])
+def test_no_identity_is_401(headers: dict[str, str], code: str) -> None:
+    with pytest.raises(ClientError) as caught:
+        decide.identify(POLICY, headers, {}, None)
+    assert (caught.value.status, caught.value.code) == (401, code)
+
+
+def test_targets_and_access() -> None:
+    a = Principal("a")
+    assert decide.target_for(POLICY, a, apis.CHAT_COMPLETIONS, "gpt4o") is GPT
+    with pytest.raises(ClientError) as caught:
+        decide.target_for(POLICY, a, apis.MESSAGES, "claude")
+    assert caught.value.status == 403 and caught.value.message == "Team 'a' may not use model 'claude'."
+    with pytest.raises(ClientError) as caught:
+        decide.target_for(POLICY, a, apis.CHAT_COMPLETIONS, "nope")
+    assert caught.value.status == 404 and caught.value.code == "model_not_found"
+    with pytest.raises(ClientError) as caught:  # an OpenAI client asking for an Anthropic-served model
+        decide.target_for(POLICY, Principal("all"), apis.CHAT_COMPLETIONS, "claude")
+    assert caught.value.status == 400 and caught.value.code == "api_mismatch"
+
+
+def test_azure_path() -> None:
+    assert decide.upstream_path(apis.CHAT_COMPLETIONS, AZ, "/v1/chat/completions?x=1") == (
+        "/openai/deployments/prod-deploy/chat/completions?api-version=2024-10-21")
+    assert decide.upstream_path(apis.EMBEDDINGS, AZ, "/v1/embeddings") == (
+        "/openai/deployments/prod-deploy/embeddings?api-version=2024-10-21")
+    assert decide.upstream_path(apis.CHAT_COMPLETIONS, GPT, "/v1/chat/completions") is None
+
+
+def test_credential_headers_per_kind() -> None:
+    assert credential_headers(OPENAI, "k") == (("authorization", "Bearer k"),)
+    assert credential_headers(ANTHROPIC, "k") == (("x-api-key", "k"), ("anthropic-version", "2023-06-01"))
+    assert credential_headers(AZURE, "k") == (("api-key", "k"),)
+
+
+def test_store_reads_env_and_rereads_changed_files(tmp_path: Path) -> None:
+    now = [0.0]
+    path = tmp_path / "key"
+    path.write_text("first\n")
+    store = CredentialStore(environ={"OPENAI_KEY": "sk-env"}, clock=lambda: now[0], recheck=1.0)
+    assert store.headers(OPENAI) == (("authorization", "Bearer sk-env"),)
+    source = CredentialSource(file=str(path))
+    assert store.key(source) == "first"
+    path.write_text("second-and-longer\n")
+    assert store.key(source) == "first"  # within the recheck interval: cached
+    now[0] = 2.0
+    assert store.key(source) == "second-and-longer"
+    path.unlink()
+    now[0] = 4.0
+    assert store.key(source) is None
+
+
+def test_store_missing_key_injects_nothing_and_reports_the_source_only(caplog: pytest.LogCaptureFixture) -> None:
+    store = CredentialStore(environ={})
+    assert store.headers(ANTHROPIC) == ()
+    assert "ANT_KEY" in caplog.text
+    assert store.status({"openai": OPENAI}) == {"openai": False}

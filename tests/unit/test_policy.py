@@ -1,0 +1,558 @@
+"""The policy compiler: the shipped policies, every error with its file, line and field, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ext_proc.cli import main
+from ext_proc.policy.compile import PolicyError, PolicyIssue, compile_policy
+from ext_proc.policy.compiled import CompiledPolicy, Principal, key_digest
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+EXAMPLE = (POLICIES / "example.yaml").read_text()
+MINIMAL = (POLICIES / "minimal.yaml").read_text()
+DEMO_KEY = "tw-local-demo-key-not-secret"
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+def issues(text: str) -> list[str]:
+    """Every issue of a policy that must not compile, as printed."""
+    with pytest.raises(PolicyError) as caught:
+        compile_policy(textwrap.dedent(text), "p.yaml")
+    assert caught.value.errors, "a PolicyError carries at least one issue"
+    assert str(caught.value) == "\n".join(str(issue) for issue in caught.value.errors)
+    return [str(issue) for issue in caught.value.errors]
+
+
+def compiles(text: str) -> CompiledPolicy:
+    return compile_policy(textwrap.dedent(text), "p.yaml")
+
+
+HEAD = """\
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: OPENAI_API_KEY}}
+models:
+  gpt-4o: {provider: openai, aliases: [gpt-4o-latest]}
+  gpt-4o-mini: {provider: openai}
+"""  # lines 1-6; the snippets below add teams from line 7
+
+
+# -- the shipped policies -----------------------------------------------------------------------
+
+
+def test_example_compiles_with_its_lookups() -> None:
+    policy = compile_policy(EXAMPLE, "policies/example.yaml")
+    assert policy.version == hashlib.sha256(EXAMPLE.encode()).hexdigest()[:12]
+    assert policy.source == "policies/example.yaml"
+    assert set(policy.providers) == {"openai", "anthropic", "azure-eu", "local-llm"}
+
+    # the README's key-based call and `make run`'s key-less one
+    assert policy.authenticate(DEMO_KEY) == Principal("demo", key_id="demo-readme")
+    assert policy.authenticate("tw-not-a-known-key") is None
+    assert policy.workload("local-dev") == Principal("platform", workload="local-dev")
+    assert policy.workload("spiffe://cluster.local/ns/search/sa/search-api") == Principal(
+        "search", workload="spiffe://cluster.local/ns/search/sa/search-api"
+    )
+    assert policy.workload("spiffe://cluster.local/ns/other/sa/x") is None
+
+    # aliases resolve to the very same target as the canonical name
+    sonnet = policy.resolve("claude-sonnet-4-5")
+    assert sonnet is not None and policy.resolve("claude-sonnet") is sonnet
+    assert policy.resolve("claude-sonnet-latest") is sonnet
+    assert (sonnet.public, sonnet.upstream_model, sonnet.provider.kind) == (
+        "claude-sonnet-4-5",
+        "claude-sonnet-4-5-20250929",
+        "anthropic",
+    )
+    mini = policy.resolve("gpt-4o-mini")
+    assert mini is not None and mini.upstream_model == "gpt-4o-mini"  # defaults to the public name
+    assert policy.resolve("gpt-5") is None
+
+    # teams hold canonical names; "*" is every model
+    assert policy.teams["search"].models == {"gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5"}
+    assert policy.may_use("search", sonnet)
+    assert policy.may_use("demo", mini) and not policy.may_use("demo", sonnet)
+    assert policy.teams["platform"].all_models
+    assert all(policy.may_use("platform", target) for target in policy.models.values())
+    assert not policy.may_use("nobody", mini)
+
+    openai, anthropic = policy.providers["openai"], policy.providers["anthropic"]
+    assert openai.credential is not None and openai.credential.env == "OPENAI_API_KEY"
+    assert anthropic.anthropic_version == "2023-06-01"
+    azure = policy.providers["azure-eu"]
+    assert (azure.kind, azure.cluster, azure.api_version) == ("azure-openai", "azure-openai-eu", "2024-10-21")
+    assert azure.credential is not None and azure.credential.file == "/var/run/secrets/tollway/azure-eu/api-key"
+    assert policy.providers["local-llm"].credential is None
+    assert set(policy.sections) == {"budgets", "rate_limits", "guardrails", "routing"}
+
+
+def test_example_keys_are_indexed_by_digest() -> None:
+    policy = compile_policy(EXAMPLE)
+    assert policy.keys[key_digest(DEMO_KEY)] == ("demo", "demo-readme")
+    assert {team for team, _ in policy.keys.values()} == {"demo", "search", "support"}
+
+
+def test_minimal_compiles() -> None:
+    policy = compile_policy(MINIMAL, "policies/minimal.yaml")
+    assert list(policy.providers) == ["openai"]
+    assert policy.providers["openai"].cluster == "openai"  # defaults to the provider's name
+    target = policy.resolve("gpt-4o-mini")
+    assert target is not None and target.provider is policy.providers["openai"]
+    principal = policy.workload("local-dev")
+    assert principal is not None and policy.may_use(principal.team, target)
+    assert policy.keys == {}
+
+
+def test_compiled_policy_is_immutable() -> None:
+    policy = compile_policy(MINIMAL)
+    with pytest.raises(TypeError):
+        policy.models["x"] = policy.models["gpt-4o-mini"]  # type: ignore[index]
+
+
+def test_unquoted_dates_stay_version_strings() -> None:
+    policy = compiles("""\
+        apiVersion: tollway/v1
+        providers:
+          claude: {kind: anthropic, anthropic_version: 2023-06-01}
+          azure: {kind: azure-openai, api_version: 2024-10-21}
+        """)
+    assert policy.providers["claude"].anthropic_version == "2023-06-01"
+    assert policy.providers["azure"].api_version == "2024-10-21"
+    assert policy.providers["claude"].credential is None
+
+
+# -- the file as a whole ------------------------------------------------------------------------
+
+
+def test_issue_format() -> None:
+    issue = PolicyIssue("policies/example.yaml", 42, 9, "teams.search.keys[0].sha256", "must be 64 lowercase hex")
+    assert str(issue) == "policies/example.yaml:42:9: teams.search.keys[0].sha256: must be 64 lowercase hex"
+    assert str(PolicyIssue("p.yaml", 1, 1, "", "the policy is empty")) == "p.yaml:1:1: the policy is empty"
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# nothing but a comment\n", "---\n"])
+def test_empty_file(text: str) -> None:
+    assert issues(text) == ["p.yaml:1:1: the policy is empty (a policy starts with 'apiVersion: tollway/v1')"]
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_top_level_must_be_a_mapping(text: str) -> None:
+    assert issues(text) == ["p.yaml:1:1: the top level must be a mapping (apiVersion, providers, models, teams)"]
+
+
+def test_yaml_syntax_error_at_its_mark() -> None:
+    assert issues("""\
+        apiVersion: tollway/v1
+        providers:
+          openai: {kind: openai
+        models: {}
+        """) == ["p.yaml:4:7: invalid YAML: while parsing a flow mapping, expected ',' or '}', but got ':'"]
+
+
+def test_bad_indentation_is_a_syntax_error() -> None:
+    [issue] = issues("""\
+        apiVersion: tollway/v1
+        teams:
+          a:
+            models: []
+           b: {models: []}
+        """)
+    assert issue.startswith("p.yaml:5:4: invalid YAML:")
+
+
+def test_several_documents() -> None:
+    assert issues("apiVersion: tollway/v1\n---\napiVersion: tollway/v1\n") == [
+        "p.yaml:2:1: invalid YAML: expected a single document in the stream, but found another document"
+    ]
+
+
+def test_control_character() -> None:
+    [issue] = issues("apiVersion: tollway/v1\nteams: {\x07}\n")
+    assert issue.startswith("p.yaml:2:9: invalid YAML: unacceptable character #x0007")
+
+
+def test_unsafe_tags_are_refused() -> None:
+    [issue] = issues("apiVersion: !!python/name:os.system tollway/v1\n")
+    assert issue.startswith("p.yaml:1:13: invalid YAML:") and "could not determine a constructor" in issue
+
+
+def test_duplicate_keys_are_found_in_the_node_tree() -> None:
+    assert issues("""\
+        apiVersion: tollway/v1
+        teams:
+          a: {models: []}
+          b: {models: [], models: ["*"]}
+          a: {models: []}
+        teams: {}
+        """) == [
+        "p.yaml:4:19: teams.b: duplicate key 'models' (first at line 4; YAML would silently keep only the last)",
+        "p.yaml:5:3: teams: duplicate key 'a' (first at line 3; YAML would silently keep only the last)",
+        "p.yaml:6:1: duplicate key 'teams' (first at line 2; YAML would silently keep only the last)",
+    ]
+
+
+def test_merge_keys_are_not_duplicates() -> None:
+    policy = compiles("""\
+        apiVersion: tollway/v1
+        providers:
+          openai: &openai {kind: openai, cluster: openai}
+          openai-eu: {<<: *openai, cluster: openai-eu}
+        """)
+    assert policy.providers["openai-eu"].cluster == "openai-eu"
+
+
+def test_wrong_api_version() -> None:
+    assert issues("apiVersion: tollway/v2\n") == ["p.yaml:1:13: apiVersion: must be tollway/v1 (not 'tollway/v2')"]
+
+
+def test_missing_api_version() -> None:
+    assert issues("teams: {}\n") == ["p.yaml:1:1: apiVersion: required field missing"]
+
+
+# -- schema errors, in the policy's words --------------------------------------------------------
+
+
+def test_unknown_field_with_a_suggestion() -> None:
+    assert issues(HEAD + "teams:\n  search:\n    modles: [gpt-4o]\n") == [
+        "p.yaml:8:3: teams.search.models: required field missing",
+        "p.yaml:9:5: teams.search: unknown field 'modles' (did you mean 'models'?)",
+    ]
+
+
+def test_unknown_field_without_a_close_match_lists_the_fields() -> None:
+    assert issues(HEAD + "colour: blue\n") == [
+        "p.yaml:7:1: unknown field 'colour' (expected one of: apiVersion, providers, models, teams, budgets, "
+        "rate_limits, guardrails, routing)"
+    ]
+
+
+@pytest.mark.parametrize("section", ["budgets", "rate_limits", "guardrails", "routing"])
+def test_reserved_sections_take_nothing_yet(section: str) -> None:
+    compiles(HEAD + f"{section}: {{}}\n")
+    assert issues(HEAD + f"{section}:\n  monthly_usd: 100\n") == [
+        f"p.yaml:8:3: {section}: unknown field 'monthly_usd' (this section is reserved and takes no settings yet)"
+    ]
+
+
+def test_provider_kind_must_be_known() -> None:
+    assert issues("apiVersion: tollway/v1\nproviders:\n  a: {kind: openia}\n") == [
+        "p.yaml:3:13: providers.a.kind: must be one of openai, anthropic, azure-openai, openai-compatible "
+        "(not 'openia'; did you mean 'openai'?)"
+    ]
+
+
+def test_sha256_must_be_lowercase_hex() -> None:
+    assert issues(
+        HEAD
+        + """\
+teams:
+  search:
+    keys:
+      - id: search-prod
+        sha256: 9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08
+    models: [gpt-4o]
+"""
+    ) == [
+        "p.yaml:11:17: teams.search.keys[0].sha256: must be 64 lowercase hex characters "
+        "(the sha256 of the key; see 'tollway keys create')"
+    ]
+
+
+def test_names_are_limited_to_a_sane_charset() -> None:
+    assert issues("apiVersion: tollway/v1\nteams:\n  search team: {models: []}\n  ok: {models: [-x]}\n") == [
+        "p.yaml:3:3: teams: team name 'search team': must be 1-128 letters, digits or '.-_:/', "
+        "starting with a letter or digit",
+        'p.yaml:4:17: teams.ok.models[0]: must be a model name, an alias, or "*"',
+    ]
+    compiles("apiVersion: tollway/v1\nteams:\n  ns/team.a_b-c:1: {models: []}\n")
+
+
+def test_yaml_booleans_and_numbers_are_not_strings() -> None:
+    assert issues(
+        "apiVersion: tollway/v1\nproviders:\n  a: {kind: openai, cluster: 443}\nteams:\n  no: {models: []}\n"
+    ) == [
+        "p.yaml:3:30: providers.a.cluster: must be a string (YAML reads 443 as a number; put it in quotes)",
+        "p.yaml:5:3: teams: team name 'no': must be a string (YAML reads no as a boolean; put it in quotes)",
+    ]
+
+
+def test_wrong_container_types() -> None:
+    assert issues("apiVersion: tollway/v1\nproviders: [openai]\nteams:\n  a: {models: gpt-4o}\n") == [
+        "p.yaml:2:1: providers: must be a mapping, not a list",
+        "p.yaml:4:15: teams.a.models: must be a list, not a string",
+    ]
+
+
+def test_a_key_without_a_value_is_not_a_default() -> None:
+    assert issues("apiVersion: tollway/v1\nproviders:\n  openai:\n    kind: openai\n    credential:\n") == [
+        "p.yaml:5:5: providers.openai.credential: has no value (give one, or remove the line for the default)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "credential", ["{}", "{env: OPENAI_API_KEY, file: /var/run/secrets/openai}"], ids=["neither", "both"]
+)
+def test_credential_needs_exactly_one_source(credential: str) -> None:
+    text = f"apiVersion: tollway/v1\nproviders:\n  openai:\n    kind: openai\n    credential: {credential}\n"
+    assert issues(text) == ["p.yaml:5:5: providers.openai.credential: needs exactly one of 'env' or 'file'"]
+
+
+def test_credential_env_must_be_a_variable_name() -> None:
+    assert issues("apiVersion: tollway/v1\nproviders:\n  a: {kind: openai, credential: {env: sk-123}}\n") == [
+        "p.yaml:3:39: providers.a.credential.env: must be an environment variable name "
+        "(letters, digits, '_'; not starting with a digit)"
+    ]
+
+
+# -- references ---------------------------------------------------------------------------------
+
+
+def test_model_provider_must_exist() -> None:
+    assert issues(HEAD + "  o1:\n    provider: opnai\n") == [
+        "p.yaml:8:15: models.o1.provider: unknown provider 'opnai' (did you mean 'openai'?)"
+    ]
+
+
+def test_team_models_must_exist() -> None:
+    assert issues(HEAD + "teams:\n  search: {models: [gpt-4o-latest, gpt-4o-mni]}\n") == [
+        "p.yaml:8:36: teams.search.models[1]: unknown model 'gpt-4o-mni' (did you mean 'gpt-4o-mini'?)"
+    ]
+
+
+def test_star_must_be_alone() -> None:
+    assert issues(HEAD + 'teams:\n  search: {models: [gpt-4o, "*"]}\n') == [
+        'p.yaml:8:29: teams.search.models[1]: "*" (every model) must be the only entry'
+    ]
+
+
+def test_team_models_hold_canonical_names() -> None:
+    policy = compiles(HEAD + "teams:\n  search: {models: [gpt-4o-latest]}\n")
+    assert policy.teams["search"].models == {"gpt-4o"}
+    assert not policy.teams["search"].all_models
+    target = policy.resolve("gpt-4o")
+    assert target is not None and policy.may_use("search", target)
+
+
+def test_an_alias_may_not_take_another_models_name_or_alias() -> None:
+    assert issues(
+        HEAD
+        + """\
+  o1:
+    provider: openai
+    aliases: [gpt-4o-mini, gpt-4o-latest, o1-latest, o1-latest, o1]
+"""
+    ) == [
+        "p.yaml:9:15: models.o1.aliases[0]: alias 'gpt-4o-mini' is already the name of model 'gpt-4o-mini'",
+        "p.yaml:9:28: models.o1.aliases[1]: alias 'gpt-4o-latest' is already an alias of model 'gpt-4o'",
+        "p.yaml:9:54: models.o1.aliases[3]: alias 'o1-latest' is already an alias of model 'o1'",
+        "p.yaml:9:65: models.o1.aliases[4]: alias 'o1' is the model's own name",
+    ]
+
+
+def test_a_key_may_appear_only_once() -> None:
+    assert issues(
+        HEAD
+        + f"""\
+teams:
+  a:
+    keys: [{{id: k1, sha256: {SHA_A}}}]
+    models: []
+  b:
+    keys:
+      - {{id: k2, sha256: {SHA_B}}}
+      - {{id: k3, sha256: {SHA_A}}}
+    models: []
+"""
+    ) == ["p.yaml:14:26: teams.b.keys[1].sha256: the same key is already listed at teams.a.keys[0]"]
+
+
+def test_key_ids_are_unique_within_a_team() -> None:
+    text = HEAD + f"teams:\n  a:\n    keys:\n      - {{id: k, sha256: {SHA_A}}}\n      - {{id: k, sha256: {SHA_B}}}\n"
+    assert issues(text + "    models: []\n") == [
+        "p.yaml:11:14: teams.a.keys[1].id: key id 'k' is already used by keys[0] of this team"
+    ]
+    compiles(
+        HEAD + f"teams:\n  a: {{keys: [{{id: k, sha256: {SHA_A}}}], models: []}}\n"
+        f"  b: {{keys: [{{id: k, sha256: {SHA_B}}}], models: []}}\n"
+    )  # other teams may reuse an id
+
+
+def test_a_workload_belongs_to_one_team() -> None:
+    assert issues(HEAD + "teams:\n  a: {workloads: [w, x, x], models: []}\n  b: {workloads: [w], models: []}\n") == [
+        "p.yaml:8:25: teams.a.workloads[2]: workload 'x' is listed twice in this team",
+        "p.yaml:9:19: teams.b.workloads[0]: workload 'w' is already in team 'a'",
+    ]
+
+
+def test_kind_specific_provider_fields() -> None:
+    assert issues(
+        """\
+apiVersion: tollway/v1
+providers:
+  azure:
+    kind: azure-openai
+  openai:
+    kind: openai
+    api_version: "2024-10-21"
+    anthropic_version: "2023-06-01"
+"""
+    ) == [
+        'p.yaml:3:3: providers.azure.api_version: required for kind azure-openai (e.g. "2024-10-21")',
+        "p.yaml:7:5: providers.openai.api_version: only for kind azure-openai",
+        "p.yaml:8:5: providers.openai.anthropic_version: only for kind anthropic",
+    ]
+
+
+# -- everything at once -------------------------------------------------------------------------
+
+
+def test_every_error_is_reported_at_once() -> None:
+    """Schema errors do not hide reference errors elsewhere, nor are they reported twice."""
+    found = issues(
+        f"""\
+apiVersion: tollway/v1
+providers:
+  openai: {{kind: openai, credential: {{env: OPENAI_API_KEY}}, colour: red}}
+  broken: {{kind: nope}}
+models:
+  gpt-4o: {{provider: openai}}
+  o1: {{provider: broken}}
+  o3: {{provider: missing}}
+teams:
+  a: {{keys: [{{id: k, sha256: {SHA_A}}}], models: [gpt-4o, o1, gpt-5]}}
+  b: {{keys: [{{id: k, sha256: {SHA_A}}}], models: [o3]}}
+  c: {{models: [gpt-4o], workload: [w]}}
+"""
+    )
+    assert found == [
+        "p.yaml:3:61: providers.openai: unknown field 'colour' (expected one of: kind, cluster, endpoint, "
+        "credential, anthropic_version, api_version)",
+        "p.yaml:4:18: providers.broken.kind: must be one of openai, anthropic, azure-openai, openai-compatible "
+        "(not 'nope')",
+        # o1's provider is broken, not missing: not reported twice
+        "p.yaml:8:18: models.o3.provider: unknown provider 'missing'",
+        "p.yaml:10:119: teams.a.models[2]: unknown model 'gpt-5' (did you mean 'gpt-4o'?)",
+        "p.yaml:11:30: teams.b.keys[0].sha256: the same key is already listed at teams.a.keys[0]",
+        "p.yaml:12:25: teams.c: unknown field 'workload' (did you mean 'workloads'?)",
+    ]
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def test_policy_check_good_files(capsys: pytest.CaptureFixture[str]) -> None:
+    example, minimal = str(POLICIES / "example.yaml"), str(POLICIES / "minimal.yaml")
+    assert main(["policy", "check", example, minimal]) == 0
+    out = capsys.readouterr().out.splitlines()
+    version = compile_policy(EXAMPLE).version
+    assert out == [
+        f"{example}: OK (version {version}; 4 providers, 8 models, 4 teams)",
+        f"{minimal}: OK (version {compile_policy(MINIMAL).version}; 1 provider, 1 model, 1 team)",
+    ]
+
+
+def test_policy_check_reports_every_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: tollway/v2\nteams:\n  a: {modles: []}\n")
+    good = str(POLICIES / "minimal.yaml")
+    assert main(["policy", "check", str(bad), good, str(tmp_path / "missing.yaml")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{bad}:1:13: apiVersion: must be tollway/v1 (not 'tollway/v2')",
+        f"{bad}:3:3: teams.a.models: required field missing",
+        f"{bad}:3:7: teams.a: unknown field 'modles' (did you mean 'models'?)",
+        f"{bad}: FAILED (3 errors)",
+        f"{good}: OK (version {compile_policy(MINIMAL).version}; 1 provider, 1 model, 1 team)",
+        f"{tmp_path / 'missing.yaml'}: cannot read: No such file or directory",
+    ]
+
+
+def test_policy_check_needs_a_file(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["policy", "check"])
+    assert exited.value.code == 2
+    assert "FILE" in capsys.readouterr().err
+
+
+def test_policy_schema_is_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "schema"]) == 0
+    out = capsys.readouterr().out
+    schema = json.loads(out)
+    assert out.startswith('{\n  "')  # indent 2
+    assert set(schema["properties"]) >= {"apiVersion", "providers", "models", "teams", "budgets"}
+    assert schema["required"] == ["apiVersion"]
+    assert schema["additionalProperties"] is False
+    provider = schema["$defs"]["ProviderSpec"]
+    assert provider["properties"]["kind"]["enum"] == ["openai", "anthropic", "azure-openai", "openai-compatible"]
+    assert "anyOf" not in provider["properties"]["cluster"]  # an explicit null is not allowed
+
+
+def _created_key(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, str, str]:
+    """Run ``keys create``: the printed output, key and policy line."""
+    assert main(["keys", "create", *args]) == 0
+    out = capsys.readouterr().out
+    [key] = re.findall(r"^    (tw-\S+)$", out, re.MULTILINE)
+    [line] = re.findall(r"^    (- \{id: .*\})$", out, re.MULTILINE)
+    return out, key, line
+
+
+def test_keys_create_prints_the_key_once_and_its_digest(capsys: pytest.CaptureFixture[str]) -> None:
+    out, key, line = _created_key(capsys, "--team", "dev", "--id", "dev-laptop")
+    assert re.fullmatch(r"tw-[A-Za-z0-9_-]{43}", key)
+    assert line == f"- {{id: dev-laptop, sha256: {key_digest(key)}}}"
+    assert "only time the key is shown" in out and "teams.dev.keys" in out
+    assert out.count(key) == 1
+
+
+def test_keys_create_line_pasted_into_a_policy_authenticates(capsys: pytest.CaptureFixture[str]) -> None:
+    _, key, line = _created_key(capsys, "--team", "dev")
+    assert re.fullmatch(r"- \{id: dev-\d{8}-[0-9a-f]{4}, sha256: [0-9a-f]{64}\}", line)
+    policy = compile_policy(MINIMAL + f"    keys:\n      {line}\n")
+    principal = policy.authenticate(key)
+    assert principal is not None and principal.team == "dev"
+    assert principal.key_id == re.findall(r"id: (\S+),", line)[0]
+    _, other, _ = _created_key(capsys, "--team", "dev")
+    assert other != key and policy.authenticate(other) is None
+
+
+def test_keys_create_refuses_bad_names(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "create", "--team", "my team"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "--team 'my team' must be 1-128 letters" in captured.err
+
+
+# -- robustness ---------------------------------------------------------------------------------
+
+EXAMPLE_LINES = EXAMPLE.splitlines(keepends=True)
+
+
+def _compiles_or_policy_error(text: str) -> None:
+    try:
+        compile_policy(text, "fuzz.yaml")
+    except PolicyError as exc:
+        assert exc.errors
+        for issue in exc.errors:
+            assert issue.line >= 1 and issue.column >= 1 and issue.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, len(EXAMPLE_LINES) - 1), min_size=1, max_size=4, unique=True))
+def test_deleting_lines_never_crashes(deleted: list[int]) -> None:
+    _compiles_or_policy_error("".join(line for i, line in enumerate(EXAMPLE_LINES) if i not in deleted))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, len(EXAMPLE)), st.sampled_from(["", " ", "\n", ":", "- ", "{", "]", "&a ", "*a", "'", "\t", "~"]))
+def test_splicing_text_never_crashes(offset: int, insert: str) -> None:
+    _compiles_or_policy_error(EXAMPLE[:offset] + insert + EXAMPLE[offset:])
