@@ -1,6 +1,7 @@
 """``make bench``: plain Envoy against the Tollway gateway, same load, same fake provider, one run.
 
-For each case (non-streaming and streaming chat completions) and each connection count, ``wrk``
+The gateway runs the whole policy of ``policies/example.yaml``: the demo key is authenticated,
+the model checked against the team's list, the provider's key injected. For each case (non-streaming and streaming chat completions) and each connection count, ``wrk``
 drives first plain Envoy (the same listener and routes, without the ext_proc filter) and then
 the gateway. Reported per run: requests/s, p50/p99 latency, the latency the gateway adds over
 plain Envoy, and CPU microseconds per request for Envoy, the Tollway service (all its worker
@@ -22,7 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ext_proc.stack import Stack  # noqa: E402
+from ext_proc.stack import Stack, mock_plan  # noqa: E402
+
+POLICY = ROOT / "policies" / "example.yaml"
+DEMO_KEY = "tw-local-demo-key-not-secret"  # the example policy's public demo key (team demo)
 
 BODIES = {
     "chat": {"model": "gpt-4o-mini", "messages": [
@@ -35,7 +39,7 @@ BODIES["chat-stream"] = {**BODIES["chat"], "stream": True}
 LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer bench"
+wrk.headers["Authorization"] = "Bearer {key}"
 wrk.body = [==[{body}]==]
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -109,9 +113,11 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
-    plain = Stack(work / "plain", ext_proc=False, envoy_concurrency=args.envoy_concurrency)
+    mocked, service_env, _ = mock_plan(POLICY, {})
+    plain = Stack(work / "plain", ext_proc=False, envoy_concurrency=args.envoy_concurrency, mocked=mocked)
     gateway = Stack(work / "gateway", mock=False, mock_port=plain.mock_port, workers=args.workers,
-                    envoy_concurrency=args.envoy_concurrency)
+                    envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=POLICY,
+                    service_env=service_env)
     results = []
     with plain, gateway:
         mock_pids = _descendants(plain.procs["mock"].pid)
@@ -122,7 +128,7 @@ def main() -> int:
         }
         for case in args.cases.split(","):
             script = work / f"{case}.lua"
-            script.write_text(LUA.format(body=json.dumps(BODIES[case])))
+            script.write_text(LUA.format(body=json.dumps(BODIES[case]), key=DEMO_KEY))
             for connections in (int(c) for c in args.connections.split(",")):
                 for target, (stack, groups) in targets.items():
                     result = measure(stack, groups, script, connections, args.seconds)

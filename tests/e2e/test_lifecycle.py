@@ -109,8 +109,15 @@ def test_tollway_up_serves_the_sdk_and_stops_everything_on_ctrl_c(tmp_path: Path
                 break
         assert any("Tollway is up" in line for line in lines), "".join(lines)
         assert time.monotonic() - started < 20
+        # No key: the local sidecar's workload identity (team platform in the example policy).
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports['port']}/v1", api_key="x", max_retries=0)
         assert client.chat.completions.create(**BODY).choices[0].message.content
+        # The README's demo key (team demo), and a model that team may not use.
+        demo = openai.OpenAI(base_url=f"http://127.0.0.1:{ports['port']}/v1",
+                             api_key="tw-local-demo-key-not-secret", max_retries=0)
+        assert demo.chat.completions.create(**BODY).choices[0].message.content
+        with pytest.raises(openai.PermissionDeniedError):
+            demo.chat.completions.create(model="gpt-4o", messages=BODY["messages"])
         patterns = [str(tmp_path), f"mock-provider --port {ports['mock']}"]
 
         def running() -> list[str]:
