@@ -1,8 +1,9 @@
 """``make bench``: plain Envoy against the Tollway gateway, same load, same fake provider, one run.
 
 The gateway runs the whole policy of ``policies/example.yaml``: the demo key is authenticated,
-the model checked against the team's list, the provider's key injected. For each case (non-streaming and streaming chat completions) and each connection count, ``wrk``
-drives first plain Envoy (the same listener and routes, without the ext_proc filter) and then
+the model checked against the team's list, the provider's key injected. For each case
+(non-streaming and streaming chat completions) and each connection count, ``wrk`` drives first
+plain Envoy (the same listener and routes, without the ext_proc filter) and then
 the gateway. Reported per run: requests/s, p50/p99 latency, the latency the gateway adds over
 plain Envoy, and CPU microseconds per request for Envoy, the Tollway service (all its worker
 processes) and the fake provider, measured from the kernel's per-thread run time
