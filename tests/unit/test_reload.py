@@ -1,0 +1,67 @@
+"""PolicyHolder: atomic swaps, broken edits keep the running policy, ConfigMap symlink swaps."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from ext_proc.server.reload import PolicyHolder
+
+GOOD = """apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: OPENAI_API_KEY}}
+models:
+  gpt-4o: {provider: openai}
+teams:
+  search: {workloads: [w1], models: [gpt-4o]}
+"""
+
+
+def test_load_change_and_broken_edit(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(GOOD)
+    registry = CollectorRegistry()
+    holder = PolicyHolder(str(path), registry)
+    assert holder.load()
+    first = holder.current
+    assert first is not None and holder.check() is False  # unchanged: nothing to do
+    path.write_text(GOOD.replace("gpt-4o: {provider: openai}", "gpt-4o: {provider: openai, aliases: [g4]}"))
+    assert holder.check() is True
+    assert holder.current is not first and holder.current.resolve("g4") is not None
+    second = holder.current
+    path.write_text(GOOD.replace("kind: openai", "kind: openia"))
+    assert holder.check() is False
+    assert holder.current is second  # the running policy stays
+    assert holder.last_error is not None and f"{path}:3:" in holder.last_error and "openia" in holder.last_error
+    metrics = generate_latest(registry).decode()
+    assert 'tollway_policy_reloads_total{result="error"} 1.0' in metrics
+    assert f'tollway_policy_info{{version="{second.version}"}} 1.0' in metrics
+    assert first.version not in metrics  # the old version's series is gone
+    path.write_text(GOOD)
+    assert holder.check() is True and holder.last_error is None
+
+
+def test_configmap_style_symlink_swap(tmp_path: Path) -> None:
+    # Kubernetes mounts a ConfigMap as policy.yaml -> ..data/policy.yaml, ..data -> ..2026_11_01_x;
+    # an update writes a new timestamped directory and swaps the ..data link atomically.
+    def version_dir(name: str, text: str) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "policy.yaml").write_text(text)
+
+    version_dir("..v1", GOOD)
+    os.symlink("..v1", tmp_path / "..data")
+    os.symlink("..data/policy.yaml", tmp_path / "policy.yaml")
+    holder = PolicyHolder(str(tmp_path / "policy.yaml"), CollectorRegistry())
+    assert holder.load()
+    version_dir("..v2", GOOD.replace("models: [gpt-4o]", 'models: ["*"]'))
+    os.symlink("..v2", tmp_path / "..tmp")
+    os.replace(tmp_path / "..tmp", tmp_path / "..data")
+    assert holder.check() is True
+    assert holder.current is not None and holder.current.teams["search"].all_models
+
+
+def test_missing_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    holder = PolicyHolder(str(tmp_path / "absent.yaml"), CollectorRegistry())
+    assert holder.load() is False and holder.current is None and "absent.yaml" in (holder.last_error or "")
