@@ -13,6 +13,7 @@ COMMANDS = {
     "mock-provider": ("ext_proc.mock.provider", "run the fake OpenAI/Anthropic provider"),
     "policy": ("ext_proc.policy.cli_policy", "check policy files, print the policy's JSON Schema"),
     "keys": ("ext_proc.policy.cli_keys", "create virtual keys for the policy"),
+    "report": ("ext_proc.ledger.cli", "spend, tokens and latency by team, model, key or provider"),
 }
 
 

@@ -1,23 +1,36 @@
-"""The service's own small HTTP endpoint: ``/healthz``, ``/readyz`` (JSON details), ``/metrics``.
+"""The service's own small HTTP endpoint: ``/healthz``, ``/readyz`` (JSON details), ``/metrics``
+and ``/v1/report`` (the spend report of ``tollway report``, as JSON).
 
 One per worker process, all sharing the port with ``SO_REUSEPORT``; every worker watches the
-same policy file, so any of them answers for the service. Bound to loopback by default.
+same policy file and reads the same request log, so any of them answers for the service.
+Bound to loopback by default.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.parse
 from collections.abc import Callable
+from datetime import timedelta
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ext_proc.ledger.log import log_files, read_records
+from ext_proc.ledger.report import GROUPS, aggregate, month_window, parse_day
+
 
 class AdminServer:
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], tuple[bool, dict[str, object]]]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        ready: Callable[[], tuple[bool, dict[str, object]]],
+        log_path: str | None = None,
+    ) -> None:
         self.registry = registry
         self.ready = ready
+        self.log_path = log_path
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -27,6 +40,24 @@ class AdminServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    def report(self, query: str) -> tuple[int, str, bytes]:
+        """``/v1/report?by=team&since=YYYY-MM-DD&until=YYYY-MM-DD&team=T``: rows as JSON."""
+        params = dict(urllib.parse.parse_qsl(query))
+        try:
+            by = params.get("by", "team")
+            if by not in GROUPS:
+                raise ValueError(f"by must be one of {', '.join(sorted(GROUPS))}")
+            since = parse_day(params["since"]) if "since" in params else None
+            until = parse_day(params["until"]) + timedelta(days=1) if "until" in params else None
+            if "month" in params:
+                since, until = month_window(params["month"])
+        except (ValueError, KeyError) as exc:
+            return 400, "application/json", orjson.dumps({"error": {"message": str(exc), "type": "invalid_request"}})
+        where = {"team": params["team"]} if "team" in params else None
+        records = read_records(log_files(self.log_path)) if self.log_path else iter(())
+        rows = [row.as_dict() for row in aggregate(records, by, since, until, where)]
+        return 200, "application/json", orjson.dumps({"by": by, "rows": rows})
 
     def route(self, path: str) -> tuple[int, str, bytes]:
         if path == "/healthz":
@@ -43,9 +74,16 @@ class AdminServer:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             parts = head.split(b" ", 2)
             method = parts[0].decode("latin-1")
-            path = parts[1].decode("latin-1").partition("?")[0] if len(parts) > 1 else "/"
-            status, content_type, body = self.route(path) if method in ("GET", "HEAD") else (405, "text/plain", b"")
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}[status]
+            target = parts[1].decode("latin-1") if len(parts) > 1 else "/"
+            path, _, query = target.partition("?")
+            if method not in ("GET", "HEAD"):
+                status, content_type, body = 405, "text/plain", b""
+            elif path == "/v1/report":  # reads the log: off the event loop
+                status, content_type, body = await asyncio.get_running_loop().run_in_executor(None, self.report, query)
+            else:
+                status, content_type, body = self.route(path)
+            reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                      503: "Service Unavailable"}[status]
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\n"
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()

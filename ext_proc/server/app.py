@@ -136,7 +136,7 @@ async def _serve(config: ServeConfig) -> None:
                 details["credentials"] = service.credentials.status(holder.current.providers)
         return (not draining and (holder is None or holder.current is not None)), details
 
-    admin = AdminServer(registry, ready)
+    admin = AdminServer(registry, ready, config.log_file)
     if config.admin_port:
         await admin.start(config.host, config.admin_port)
     address = f"{config.host}:{config.port}"

@@ -4,6 +4,11 @@ Sessions emit records as effects; :class:`RecordWriter` stamps the wall-clock ti
 them and writes in batches (every ``interval`` seconds, or sooner when the buffer is large), and
 flushes everything on shutdown. Each batch is a single ``write`` to a file opened in append mode,
 so the lines of several worker processes sharing one file never interleave mid-line.
+
+Rotation: when the file passes ``max_bytes`` the worker that notices renames it to
+``<path>.<UTC timestamp>`` and opens a new one; the other workers notice the new inode at their
+next flush and reopen, so nothing is lost (their last batch may land in the renamed file). The
+newest ``keep`` rotated files are kept. ``tollway report`` reads them all.
 """
 
 from __future__ import annotations
@@ -13,17 +18,30 @@ import contextlib
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from ext_proc.ledger.log import log_files
 
 
 class RecordWriter:
     """Batching JSON-lines writer for request records (``path=None`` writes to stdout)."""
 
-    def __init__(self, path: str | None, interval: float = 0.05, max_buffer: int = 256 * 1024) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640) if path else sys.stdout.fileno()
+    def __init__(
+        self,
+        path: str | None,
+        interval: float = 0.05,
+        max_buffer: int = 256 * 1024,
+        max_bytes: int = 64 * 1024 * 1024,
+        keep: int = 20,
+    ) -> None:
+        self._path = path
+        self._fd = self._open() if path else sys.stdout.fileno()
         self._owns_fd = path is not None
+        self._max_bytes = max_bytes
+        self._keep = keep
         self._chunks: list[bytes] = []
         self._size = 0
         self._interval = interval
@@ -44,10 +62,43 @@ class RecordWriter:
         data = b"".join(self._chunks)
         self._chunks.clear()
         self._size = 0
+        if self._owns_fd:
+            self._follow_rotation()
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
+        if self._owns_fd and os.fstat(self._fd).st_size > self._max_bytes:
+            self._rotate()
+
+    def _open(self) -> int:
+        assert self._path is not None
+        return os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    def _follow_rotation(self) -> None:
+        """Reopen when another worker rotated the file away from under our descriptor."""
+        try:
+            current = os.stat(self._path).st_ino  # type: ignore[arg-type]
+        except FileNotFoundError:
+            current = None
+        if current != os.fstat(self._fd).st_ino:
+            os.close(self._fd)
+            self._fd = self._open()
+
+    def _rotate(self) -> None:
+        path = self._path
+        assert path is not None
+        try:
+            if os.stat(path).st_ino == os.fstat(self._fd).st_ino:
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+                os.rename(path, f"{path}.{stamp}")
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = self._open()
+        for old in log_files(path)[: -1 - self._keep]:
+            with contextlib.suppress(OSError):
+                os.remove(old)
 
     def start(self) -> None:
         """Start the periodic flush on the running event loop."""

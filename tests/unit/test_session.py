@@ -255,7 +255,7 @@ def test_record_has_exactly_the_documented_fields() -> None:
         "request_id", "team", "key_id", "workload",
         "api", "model", "served_model", "provider", "stream", "status", "outcome", "error",
         "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
-        "latency_ms", "ttft_ms",
+        "guardrails", "latency_ms", "ttft_ms",
     ])
 
 

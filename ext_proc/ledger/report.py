@@ -1,0 +1,164 @@
+"""Aggregate request records into spend reports. Pure: records in, rows and sentences out.
+
+A record is one line of the request log (see README, "The request record"). Grouping is by
+``team``, ``model`` (the public name asked for), ``key`` (the virtual key id) or ``provider``.
+Tokens are input + output; cost is the sum of ``cost_usd_micros`` (integer micro-dollars), and
+records whose usage or price is unknown are *counted* as such rather than added as zero, so a
+report can say "at least".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+GROUPS = {"team": "team", "model": "model", "key": "key_id", "provider": "provider"}
+
+
+@dataclass
+class Row:
+    """Totals of one group over the reporting window."""
+
+    group: str
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd_micros: int = 0
+    unknown_usage: int = 0  # requests whose provider reported no usage
+    unknown_cost: int = 0  # requests with usage but no known price
+    guardrail_triggers: int = 0  # requests on which at least one guardrail fired
+    guardrails: dict[str, int] = field(default_factory=dict)  # guardrail name -> requests it fired on
+    latencies: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def avg_latency_ms(self) -> float | None:
+        return sum(self.latencies) / len(self.latencies) if self.latencies else None
+
+    @property
+    def p95_latency_ms(self) -> float | None:
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["latencies"]
+        avg, p95 = self.avg_latency_ms, self.p95_latency_ms
+        out.update(
+            tokens=self.tokens,
+            cost_usd=self.cost_usd_micros / 1e6,
+            avg_latency_ms=round(avg, 3) if avg is not None else None,
+            p95_latency_ms=round(p95, 3) if p95 is not None else None,
+        )
+        return out
+
+
+def parse_day(text: str) -> date:
+    """``YYYY-MM-DD``, as given on the command line."""
+    return date.fromisoformat(text)
+
+
+def month_window(month: str) -> tuple[date, date]:
+    """``YYYY-MM`` → [first day, first day of the next month)."""
+    year, mon = (int(part) for part in month.split("-"))
+    start = date(year, mon, 1)
+    end = date(year + (mon == 12), 1 if mon == 12 else mon + 1, 1)
+    return start, end
+
+
+def record_day(record: dict[str, Any]) -> date | None:
+    ts = record.get("ts")
+    return datetime.fromtimestamp(ts, UTC).date() if isinstance(ts, (int, float)) else None
+
+
+def aggregate(
+    records: Iterable[dict[str, Any]],
+    by: str,
+    since: date | None = None,
+    until: date | None = None,
+    where: dict[str, str] | None = None,
+) -> list[Row]:
+    """Totals per group for records in [since, until) matching ``where``; most expensive first."""
+    field_name = GROUPS[by]
+    rows: dict[str, Row] = {}
+    for record in records:
+        day = record_day(record)
+        if day is None or (since and day < since) or (until and day >= until):
+            continue
+        if where and any(record.get(GROUPS.get(k, k)) != v for k, v in where.items()):
+            continue
+        key = str(record.get(field_name) or "(none)")
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = Row(key)
+        row.requests += 1
+        inp, out = record.get("input_tokens"), record.get("output_tokens")
+        if inp is None and out is None:
+            row.unknown_usage += 1
+        row.input_tokens += inp or 0
+        row.output_tokens += out or 0
+        row.cached_tokens += record.get("cached_tokens") or 0
+        row.reasoning_tokens += record.get("reasoning_tokens") or 0
+        cost = record.get("cost_usd_micros")
+        if cost is None:
+            if inp is not None or out is not None:
+                row.unknown_cost += 1
+        else:
+            row.cost_usd_micros += cost
+        fired = record.get("guardrails")
+        if fired:
+            row.guardrail_triggers += 1
+            for name in set(fired):
+                row.guardrails[name] = row.guardrails.get(name, 0) + 1
+        latency = record.get("latency_ms")
+        if isinstance(latency, (int, float)):
+            row.latencies.append(float(latency))
+    return sorted(rows.values(), key=lambda r: (-r.cost_usd_micros, -r.tokens, r.group))
+
+
+def human_count(n: int) -> str:
+    """4200000 → "4.2M", 12345 → "12.3K", 950 → "950"."""
+    for size, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
+        if n >= size:
+            return f"{n / size:.1f}".rstrip("0").rstrip(".") + suffix
+    return str(n)
+
+
+def dollars(micros: int) -> str:
+    cents = (micros + 5_000) // 10_000  # round half up to the cent
+    return f"${cents // 100:,}.{cents % 100:02d}"
+
+
+def sentence(team: str, row: Row) -> str:
+    """One plain-English line per (team, model) row, in the form the platform team asked for."""
+    cost = dollars(row.cost_usd_micros)
+    if row.unknown_cost:
+        cost = f"at least {cost} ({row.unknown_cost} requests had no known price)"
+    avg = row.avg_latency_ms
+    latency = f"{avg:.0f}ms" if avg is not None else "unknown"
+    if not row.guardrails:
+        guard = "no request triggered a guardrail"
+    else:
+        parts = [
+            f"{count} request{'s' if count != 1 else ''} triggered the {_guardrail_name(name)} guardrail"
+            for name, count in sorted(row.guardrails.items(), key=lambda item: (-item[1], item[0]))
+        ]
+        guard = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+    return (
+        f"Team {team} sent {human_count(row.tokens)} tokens to {row.group} at a cost of {cost}, "
+        f"with an average latency of {latency}, and {guard}."
+    )
+
+
+def _guardrail_name(name: str) -> str:
+    return name.upper() if len(name) <= 3 else name.replace("_", " ")
