@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from ext_proc.ledger.log import log_files, read_records
-from ext_proc.ledger.report import GROUPS, aggregate, dollars, month_window, parse_day, sentence
+from ext_proc.ledger.report import GROUPS, Row, aggregate, dollars, month_window, parse_day, sentence
 
 DEFAULT_LOG = os.environ.get("TOLLWAY_LOG", ".tollway/requests.jsonl")
 
@@ -27,15 +27,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--month", help="YYYY-MM: the whole month (instead of --since/--until)")
     parser.add_argument("--team", help="only this team; with --month, print one sentence per model")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument("--redis", default=os.environ.get("TOLLWAY_REDIS_URL"),
+                        help="read the aggregates every sidecar adds to Redis instead of a local log")
 
 
-def report_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _rows(args: argparse.Namespace, by: str) -> list[Row]:
     since, until = args.since, (args.until + timedelta(days=1)) if args.until else None
     if args.month:
         since, until = month_window(args.month)
     where = {"team": args.team} if args.team else None
-    rows = aggregate(read_records(log_files(args.log)), args.by, since, until, where)
-    return [row.as_dict() for row in rows]
+    if args.redis:
+        import redis
+
+        from ext_proc.state.ledger import RedisLedger
+
+        return RedisLedger(redis.Redis.from_url(args.redis)).rows(by, since, until, where)
+    return aggregate(read_records(log_files(args.log)), by, since, until, where)
+
+
+def report_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    return [row.as_dict() for row in _rows(args, args.by)]
 
 
 COLUMNS = ("group", "requests", "tokens", "input_tokens", "output_tokens", "cost_usd", "avg_latency_ms",
@@ -44,8 +55,7 @@ COLUMNS = ("group", "requests", "tokens", "input_tokens", "output_tokens", "cost
 
 def run(args: argparse.Namespace) -> int:
     if args.team and args.month and args.format == "table" and args.by == "team":
-        since, until = month_window(args.month)
-        rows = aggregate(read_records(log_files(args.log)), "model", since, until, {"team": args.team})
+        rows = _rows(args, "model")
         if not rows:
             print(f"Team {args.team} sent no requests in {args.month}.")
         for row in rows:

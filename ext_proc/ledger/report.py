@@ -33,7 +33,10 @@ class Row:
     unknown_cost: int = 0  # requests with usage but no known price
     guardrail_triggers: int = 0  # requests on which at least one guardrail fired
     guardrails: dict[str, int] = field(default_factory=dict)  # guardrail name -> requests it fired on
-    latencies: list[float] = field(default_factory=list, repr=False)
+    latency_sum_ms: float = 0.0
+    latency_count: int = 0
+    latencies: list[float] = field(default_factory=list, repr=False)  # every latency (reports from the log)
+    p95_bound_ms: float | None = None  # p95 as a histogram bound (reports from aggregates)
 
     @property
     def tokens(self) -> int:
@@ -41,18 +44,19 @@ class Row:
 
     @property
     def avg_latency_ms(self) -> float | None:
-        return sum(self.latencies) / len(self.latencies) if self.latencies else None
+        return self.latency_sum_ms / self.latency_count if self.latency_count else None
 
     @property
     def p95_latency_ms(self) -> float | None:
         if not self.latencies:
-            return None
+            return self.p95_bound_ms
         ordered = sorted(self.latencies)
         return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        del out["latencies"]
+        for internal in ("latencies", "latency_sum_ms", "latency_count", "p95_bound_ms"):
+            del out[internal]
         avg, p95 = self.avg_latency_ms, self.p95_latency_ms
         out.update(
             tokens=self.tokens,
@@ -123,6 +127,8 @@ def aggregate(
         latency = record.get("latency_ms")
         if isinstance(latency, (int, float)):
             row.latencies.append(float(latency))
+            row.latency_sum_ms += latency
+            row.latency_count += 1
     return sorted(rows.values(), key=lambda r: (-r.cost_usd_micros, -r.tokens, r.group))
 
 

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from ext_proc.ledger.log import log_files, read_records
 from ext_proc.ledger.report import GROUPS, aggregate, month_window, parse_day
+from ext_proc.state.ledger import Ledger
 
 
 class AdminServer:
@@ -27,10 +28,12 @@ class AdminServer:
         registry: CollectorRegistry,
         ready: Callable[[], tuple[bool, dict[str, object]]],
         log_path: str | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
         self.log_path = log_path
+        self.ledger = ledger  # shared aggregates (Redis); without them the report reads the log
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -55,9 +58,14 @@ class AdminServer:
         except (ValueError, KeyError) as exc:
             return 400, "application/json", orjson.dumps({"error": {"message": str(exc), "type": "invalid_request"}})
         where = {"team": params["team"]} if "team" in params else None
-        records = read_records(log_files(self.log_path)) if self.log_path else iter(())
-        rows = [row.as_dict() for row in aggregate(records, by, since, until, where)]
-        return 200, "application/json", orjson.dumps({"by": by, "rows": rows})
+        if self.ledger is not None:
+            found = self.ledger.rows(by, since, until, where)
+            source = "redis"
+        else:
+            records = read_records(log_files(self.log_path)) if self.log_path else iter(())
+            found, source = aggregate(records, by, since, until, where), "log"
+        rows = [row.as_dict() for row in found]
+        return 200, "application/json", orjson.dumps({"by": by, "source": source, "rows": rows})
 
     def route(self, path: str) -> tuple[int, str, bytes]:
         if path == "/healthz":

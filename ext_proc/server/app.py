@@ -40,6 +40,7 @@ from ext_proc.server.servicer import (
     Processor,
     Service,
 )
+from ext_proc.state.ledger import Ledger, MemoryLedger, RedisLedger
 
 log = logging.getLogger("tollway.serve")
 
@@ -58,6 +59,7 @@ class ServeConfig:
     workload: str | None = None
     admin_port: int = 0
     reload_interval: float = 1.0
+    redis_url: str | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,12 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-port", type=int, default=9902,
                         help="/healthz, /readyz and /metrics on the same host (default 9902, 0: off)")
     parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between policy checks")
+    parser.add_argument("--redis", dest="redis_url", default=os.environ.get("TOLLWAY_REDIS_URL"),
+                        help="Redis URL for shared spend aggregates (env TOLLWAY_REDIS_URL; default: in-process)")
 
 
 def run(args: argparse.Namespace) -> int:
     config = ServeConfig(
         args.host, args.port, max(1, args.workers), args.log_file, args.grace, args.server,
-        args.policy, args.workload, args.admin_port, args.reload_interval,
+        args.policy, args.workload, args.admin_port, args.reload_interval, args.redis_url,
     )
     _configure_logging()
     if config.policy:
@@ -96,6 +100,15 @@ def run(args: argparse.Namespace) -> int:
         _worker(config)
         return 0
     return _supervise(config)
+
+
+def open_ledger(redis_url: str | None) -> Ledger:
+    """Spend aggregates: in Redis when a URL is given (shared by every sidecar), else in-process."""
+    if not redis_url:
+        return MemoryLedger()
+    import redis
+
+    return RedisLedger(redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2))
 
 
 def _configure_logging() -> None:
@@ -115,7 +128,8 @@ def _worker(config: ServeConfig) -> None:
 
 async def _serve(config: ServeConfig) -> None:
     registry = CollectorRegistry()
-    records = RecordWriter(config.log_file)
+    ledger = open_ledger(config.redis_url)
+    records = RecordWriter(config.log_file, ledger=ledger)
     records.start()
     holder = PolicyHolder(config.policy, registry) if config.policy else None
     if holder is not None and not holder.load():
@@ -136,7 +150,7 @@ async def _serve(config: ServeConfig) -> None:
                 details["credentials"] = service.credentials.status(holder.current.providers)
         return (not draining and (holder is None or holder.current is not None)), details
 
-    admin = AdminServer(registry, ready, config.log_file)
+    admin = AdminServer(registry, ready, config.log_file, ledger if config.redis_url else None)
     if config.admin_port:
         await admin.start(config.host, config.admin_port)
     address = f"{config.host}:{config.port}"

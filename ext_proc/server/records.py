@@ -9,12 +9,18 @@ Rotation: when the file passes ``max_bytes`` the worker that notices renames it 
 ``<path>.<UTC timestamp>`` and opens a new one; the other workers notice the new inode at their
 next flush and reopen, so nothing is lost (their last batch may land in the renamed file). The
 newest ``keep`` rotated files are kept. ``tollway report`` reads them all.
+
+Aggregates: each batch is also added to a :class:`~ext_proc.state.ledger.Ledger` (in-process,
+or Redis through a worker thread so the event loop never waits on the network). A batch Redis
+refused is kept and retried at the next flush (up to ``MAX_PENDING`` records); the log file
+holds every record either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -24,6 +30,10 @@ from typing import Any
 import orjson
 
 from ext_proc.ledger.log import log_files
+from ext_proc.state.ledger import Ledger, MemoryLedger
+
+log = logging.getLogger("tollway.records")
+MAX_PENDING = 100_000
 
 
 class RecordWriter:
@@ -36,8 +46,11 @@ class RecordWriter:
         max_buffer: int = 256 * 1024,
         max_bytes: int = 64 * 1024 * 1024,
         keep: int = 20,
+        ledger: Ledger | None = None,
     ) -> None:
         self._path = path
+        self._ledger = ledger
+        self._pending: list[dict[str, Any]] = []
         self._fd = self._open() if path else sys.stdout.fileno()
         self._owns_fd = path is not None
         self._max_bytes = max_bytes
@@ -50,6 +63,8 @@ class RecordWriter:
 
     def emit(self, record: dict[str, Any]) -> None:
         record["ts"] = time.time()
+        if self._ledger is not None:
+            self._pending.append(record)
         line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         self._chunks.append(line)
         self._size += len(line)
@@ -108,6 +123,20 @@ class RecordWriter:
         while True:
             await asyncio.sleep(self._interval)
             self.flush()
+            await self._add_to_ledger()
+
+    async def _add_to_ledger(self) -> None:
+        if not self._pending or self._ledger is None:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            if isinstance(self._ledger, MemoryLedger):
+                self._ledger.add(batch)
+            else:
+                await asyncio.get_running_loop().run_in_executor(None, self._ledger.add, batch)
+        except Exception as exc:  # Redis down: keep the batch (bounded) and retry next time
+            log.warning("ledger store refused %d records (%s); will retry", len(batch), type(exc).__name__)
+            self._pending = (batch + self._pending)[-MAX_PENDING:]
 
     async def close(self) -> None:
         if self._task is not None:
@@ -115,5 +144,6 @@ class RecordWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.flush()
+        await self._add_to_ledger()
         if self._owns_fd:
             os.close(self._fd)

@@ -1,0 +1,1 @@
+"""Shared state behind one small interface: in-process by default, Redis for many sidecars."""

@@ -1,0 +1,178 @@
+"""Spend aggregates per day, team, model, key and provider: in-process or in Redis.
+
+Each finished request adds to one bucket, keyed by (UTC day, team, model, key id, provider):
+request count, input/output/cached/reasoning tokens, cost in integer micro-dollars, counts of
+unknown usage and unknown cost, guardrail triggers, and latency as a sum plus a fixed histogram
+(so averages are exact and p95 is read from the histogram, to its bucket's upper bound).
+
+:class:`MemoryLedger` keeps the buckets in this process (one sidecar, one worker); the request
+log stays the complete record either way. :class:`RedisLedger` adds the same buckets with
+``HINCRBY`` in one pipeline per batch (atomic per field, so any number of sidecars can add to
+one Redis), and indexes buckets per day in a set. Both answer :meth:`rows` with the report's
+:class:`~ext_proc.ledger.report.Row`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+
+from ext_proc.ledger.report import GROUPS, Row
+
+# Latency histogram upper bounds in ms (the last bucket is open-ended).
+LATENCY_BOUNDS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000)
+DIMENSIONS = ("team", "model", "key_id", "provider")
+SEP = "\x1f"  # between dimension values in a bucket key (never in names the policy allows)
+
+Bucket = tuple[str, str, str, str, str]  # day, team, model, key id, provider
+
+
+def bucket_of(record: dict[str, Any]) -> Bucket | None:
+    ts = record.get("ts")
+    if not isinstance(ts, (int, float)):
+        return None
+    day = datetime.fromtimestamp(ts, UTC).date().isoformat()
+    team, model, key, provider = (str(record.get(d) or "") for d in DIMENSIONS)
+    return day, team, model, key, provider
+
+
+def increments(record: dict[str, Any]) -> dict[str, int]:
+    """The counters one record adds to its bucket."""
+    inp, out = record.get("input_tokens"), record.get("output_tokens")
+    cost = record.get("cost_usd_micros")
+    fields = {
+        "requests": 1,
+        "input_tokens": inp or 0,
+        "output_tokens": out or 0,
+        "cached_tokens": record.get("cached_tokens") or 0,
+        "reasoning_tokens": record.get("reasoning_tokens") or 0,
+        "cost_usd_micros": cost or 0,
+        "unknown_usage": int(inp is None and out is None),
+        "unknown_cost": int(cost is None and (inp is not None or out is not None)),
+    }
+    for name in set(record.get("guardrails") or ()):
+        fields[f"guardrail:{name}"] = 1
+    if record.get("guardrails"):
+        fields["guardrail_triggers"] = 1
+    latency = record.get("latency_ms")
+    if isinstance(latency, (int, float)):
+        fields["latency_us_sum"] = round(latency * 1000)
+        fields["latency_n"] = 1
+        fields[f"latency_le:{bisect.bisect_left(LATENCY_BOUNDS, latency)}"] = 1
+    return {k: v for k, v in fields.items() if v}
+
+
+def _rows(buckets: Iterable[tuple[Bucket, dict[str, int]]], by: str, since: date | None, until: date | None,
+          where: dict[str, str] | None) -> list[Row]:
+    index = DIMENSIONS.index(GROUPS[by]) + 1
+    wanted = {DIMENSIONS.index(GROUPS[k]) + 1: v for k, v in (where or {}).items()}
+    rows: dict[str, Row] = {}
+    histograms: dict[str, list[int]] = {}
+    sums: dict[str, tuple[int, int]] = {}
+    for bucket, counters in buckets:
+        day = date.fromisoformat(bucket[0])
+        if (since and day < since) or (until and day >= until):
+            continue
+        if any(bucket[i] != v for i, v in wanted.items()):
+            continue
+        group = bucket[index] or "(none)"
+        row = rows.setdefault(group, Row(group))
+        for name in ("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
+                     "cost_usd_micros", "unknown_usage", "unknown_cost", "guardrail_triggers"):
+            setattr(row, name, getattr(row, name) + counters.get(name, 0))
+        for name, value in counters.items():
+            if name.startswith("guardrail:"):
+                row.guardrails[name[10:]] = row.guardrails.get(name[10:], 0) + value
+        total, n = sums.get(group, (0, 0))
+        sums[group] = (total + counters.get("latency_us_sum", 0), n + counters.get("latency_n", 0))
+        hist = histograms.setdefault(group, [0] * (len(LATENCY_BOUNDS) + 1))
+        for i in range(len(hist)):
+            hist[i] += counters.get(f"latency_le:{i}", 0)
+    for group, row in rows.items():
+        total, n = sums[group]
+        row.latency_sum_ms, row.latency_count = total / 1000, n
+        row.p95_bound_ms = _p95_bound(histograms[group]) if n else None
+    return sorted(rows.values(), key=lambda r: (-r.cost_usd_micros, -r.tokens, r.group))
+
+
+def _p95_bound(histogram: list[int]) -> float:
+    """The upper bound of the histogram bucket holding the 95th percentile (open last bucket: its floor)."""
+    target = -(-95 * sum(histogram) // 100)
+    seen = 0
+    for i, count in enumerate(histogram):
+        seen += count
+        if seen >= target:
+            return float(LATENCY_BOUNDS[min(i, len(LATENCY_BOUNDS) - 1)])
+    return float(LATENCY_BOUNDS[-1])
+
+
+class Ledger(Protocol):
+    def add(self, records: list[dict[str, Any]]) -> None: ...
+
+    def rows(self, by: str, since: date | None = None, until: date | None = None,
+             where: dict[str, str] | None = None) -> list[Row]: ...
+
+
+class MemoryLedger:
+    """Buckets in this process."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[Bucket, dict[str, int]] = {}
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            bucket = bucket_of(record)
+            if bucket is None:
+                continue
+            counters = self.buckets.setdefault(bucket, {})
+            for name, value in increments(record).items():
+                counters[name] = counters.get(name, 0) + value
+
+    def rows(self, by: str, since: date | None = None, until: date | None = None,
+             where: dict[str, str] | None = None) -> list[Row]:
+        return _rows(self.buckets.items(), by, since, until, where)
+
+
+class RedisLedger:
+    """Buckets in Redis (``redis.Redis``, synchronous: call it off the event loop)."""
+
+    def __init__(self, client: Any, prefix: str = "tollway:ledger") -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def _key(self, bucket: Bucket) -> str:
+        return f"{self.prefix}:b:{SEP.join(bucket)}"
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for record in records:
+            bucket = bucket_of(record)
+            if bucket is None:
+                continue
+            key = self._key(bucket)
+            pipe.sadd(f"{self.prefix}:day:{bucket[0]}", key)
+            for name, value in increments(record).items():
+                pipe.hincrby(key, name, value)
+        pipe.execute()
+
+    def rows(self, by: str, since: date | None = None, until: date | None = None,
+             where: dict[str, str] | None = None) -> list[Row]:
+        if since is None:
+            days = sorted(k.decode().rsplit(":", 1)[1] for k in self.client.scan_iter(f"{self.prefix}:day:*"))
+            since = date.fromisoformat(days[0]) if days else date.today()
+        until = until or (datetime.now(UTC).date() + timedelta(days=1))
+        keys: list[str] = []
+        day = since
+        while day < until:
+            keys += [k.decode() for k in self.client.smembers(f"{self.prefix}:day:{day.isoformat()}")]
+            day += timedelta(days=1)
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        buckets = []
+        for key, counters in zip(keys, pipe.execute(), strict=True):
+            bucket = tuple(key.split(":b:", 1)[1].split(SEP))
+            buckets.append((bucket, {k.decode(): int(v) for k, v in counters.items()}))
+        return _rows(buckets, by, since, until, where)  # type: ignore[arg-type]
