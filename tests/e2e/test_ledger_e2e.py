@@ -1,0 +1,94 @@
+"""The ledger under load: every request that reached the provider is accounted for exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from ext_proc.cli import main
+from ext_proc.ledger.log import log_files, read_records
+from ext_proc.stack import ROOT, Stack, mock_plan
+
+pytestmark = pytest.mark.e2e
+
+POLICY = ROOT / "policies" / "example.yaml"
+DEMO = {"authorization": "Bearer tw-local-demo-key-not-secret"}
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "count the toll booths"}]}
+MESSAGES = {"model": "claude-haiku", "max_tokens": 64, "messages": [{"role": "user", "content": "hello there"}]}
+TOTAL = 500
+
+
+async def one(http: httpx.AsyncClient, kind: str) -> str:
+    if kind == "anthropic":
+        response = await http.post("/v1/messages", json=MESSAGES, headers={**DEMO, "anthropic-version": "2023-06-01"})
+        return f"anthropic:{response.status_code}"
+    if kind == "json":
+        response = await http.post("/v1/chat/completions", json=CHAT, headers=DEMO)
+        return f"json:{response.status_code}"
+    extra = {
+        "stream": {},
+        "cut": {"x-mock-cut-after": "3", "x-mock-inter-chunk-ms": "5"},
+        "disconnect": {"x-mock-inter-chunk-ms": "40", "x-mock-chunks": "20"},
+    }[kind]
+    async with http.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True},
+                           headers={**DEMO, **extra}) as response:
+        try:
+            async for _ in response.aiter_raw():
+                if kind == "disconnect":
+                    break  # the client walks away mid-stream
+        except httpx.HTTPError:
+            pass  # a cut stream ends with a transport error
+        return f"{kind}:{response.status_code}"
+
+
+async def load(base_url: str) -> Counter[str]:
+    rng = random.Random(7)
+    kinds = rng.choices(["json", "stream", "cut", "disconnect", "anthropic"], weights=[4, 3, 1, 1, 1], k=TOTAL)
+    limits = httpx.Limits(max_connections=50)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http:
+        results = await asyncio.gather(*(one(http, kind) for kind in kinds))
+    return Counter(results)
+
+
+def test_500_mixed_requests_one_record_each_and_report_totals_add_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mocked, service_env, _ = mock_plan(POLICY, {})
+    stack = Stack(tmp_path, workers=2, policy=POLICY, service_env=service_env, mocked=mocked,
+                  mock_args=("--record-requests", "5000"))
+    with stack:
+        outcomes = asyncio.run(load(stack.base_url))
+        assert sum(outcomes.values()) == TOTAL
+        assert all(key.endswith(":200") for key in outcomes), outcomes
+        reached = [dict((k.lower(), v) for k, v in r["headers"]).get("x-request-id")
+                   for r in httpx.get(f"http://127.0.0.1:{stack.mock_port}/_mock/requests").json()]
+        assert len(reached) == TOTAL and None not in reached
+
+        def records() -> list[dict[str, Any]]:
+            return list(read_records(log_files(str(stack.record_log))))
+
+        deadline = time.monotonic() + 15
+        while len(records()) < TOTAL and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.3)  # anything late would show up as an extra record below
+        found = records()
+    ids = Counter(r["request_id"] for r in found)
+    assert len(found) == TOTAL, f"{len(found)} records for {TOTAL} requests"
+    assert set(ids) == set(reached) and set(ids.values()) == {1}, "a request was recorded twice or never"
+    by_outcome = Counter(r["outcome"] for r in found)
+    assert by_outcome["incomplete"] >= outcomes["cut:200"] + outcomes["disconnect:200"] > 0, by_outcome
+    assert all(r["team"] == "demo" for r in found)
+
+    assert main(["report", "--log", str(stack.record_log), "--by", "model", "--format", "json"]) == 0
+    rows = orjson.loads(capsys.readouterr().out)
+    assert sum(r["requests"] for r in rows) == TOTAL
+    for field in ("input_tokens", "output_tokens", "cost_usd_micros"):
+        assert sum(r[field] for r in rows) == sum(rec.get(field) or 0 for rec in found), field
