@@ -2,5 +2,6 @@
 
 - ``responses``  pure builders: token counts, response bodies, SSE events, error bodies.
 - ``cassettes``  loading recorded go-vcr exchanges and matching requests against them.
-- ``provider``   the asyncio/httptools HTTP/1.1 server and the ``mock-provider`` CLI entry point.
+- ``http``       the asyncio/httptools HTTP/1.1 plumbing: parsing, keep-alive, pipelining, writing replies.
+- ``provider``   what the fake provider answers (routes, knobs, keys, replay) and the ``mock-provider`` CLI.
 """

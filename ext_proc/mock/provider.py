@@ -1,15 +1,10 @@
-"""The fake provider's HTTP/1.1 server: OpenAI, Azure OpenAI and Anthropic endpoints, errors, replay.
+"""The fake provider's behaviour: OpenAI, Azure OpenAI and Anthropic endpoints, errors, replay.
 
-Theory of operation. Three layers, each handing plain data to the next:
-
-1. :class:`_Connection` (asyncio ``Protocol`` + ``httptools``) parses bytes into
-   :class:`Request` values: keep-alive, pipelining, content-length and chunked request bodies.
-2. :meth:`MockProvider.handle` turns a ``Request`` into a :class:`Reply` (status, body or SSE
-   events, pauses, truncation). It does no I/O; bodies come from ``responses`` and ``cassettes``.
-3. :func:`wire` turns a ``Reply`` into ``(pause, bytes)`` segments plus "close afterwards". The
-   connection writes a reply with no pause at once, in one ``write``; otherwise a per-connection
-   task sleeps and writes, and later pipelined requests wait their turn, so responses stay in
-   request order.
+:meth:`MockProvider.handle` turns a ``Request`` into a ``Reply`` (status, body or SSE events,
+pauses, truncation) and does no I/O; bodies come from ``responses`` and ``cassettes``. The HTTP/1.1
+plumbing that feeds it requests and writes its replies is :mod:`ext_proc.mock.http`. Also here:
+:class:`Options` (the server-wide defaults), the ``background`` helpers for tests, and the
+``tollway mock-provider`` CLI (:func:`add_arguments`, :func:`run`).
 
 Endpoints: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` (OpenAI),
 ``POST /v1/messages`` (Anthropic), ``POST /openai/deployments/{deployment}/chat/completions``,
@@ -48,23 +43,25 @@ import asyncio
 import contextlib
 import itertools
 import re
-import signal
 import sys
-import threading
 import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 
-import httptools
 import orjson
 
 from ext_proc.mock import responses as r
 from ext_proc.mock.cassettes import Cassette, load_cassettes, match_key
 from ext_proc.mock.cassettes import index as cassette_index
+from ext_proc.mock.http import BackgroundServer, Reply, Request, listen, serve_in_thread, serve_until_signalled
+from ext_proc.mock.http import Connection as _Connection
+
+# Plumbing re-exported for the callers that import it from here.
+from ext_proc.mock.http import stop_server as stop_server
+from ext_proc.mock.http import wire as wire
 
 # ---------------------------------------------------------------------------------------------
 # Plain data
@@ -83,99 +80,8 @@ class Options:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # accepted keys; () accepts any request
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One parsed HTTP request."""
-
-    method: str
-    path: str  # without the query string
-    query: str
-    headers: list[tuple[bytes, bytes]]  # as received, in order
-    body: bytes  # de-chunked
-    controls: dict[str, str] = field(default_factory=dict)  # x-mock-* headers, prefix stripped
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """What to answer: a body (``events is None``) or a stream of SSE events, and how."""
-
-    status: int
-    body: bytes = b""
-    content_type: bytes = b"application/json"
-    headers: bytes = b""  # extra header lines, each ending in CRLF
-    events: tuple[bytes, ...] | list[bytes] | None = None
-    latency: float = 0.0  # seconds before the head (non-streaming)
-    ttft: float = 0.0  # seconds before the first event
-    inter_chunk: float = 0.0  # seconds between events
-    cut_after: int | None = None  # truncate (see module docstring)
-
-
 class BadControl(ValueError):
     """An ``x-mock-*`` header with a value that is not a number in range."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Reply -> bytes (pure)
-
-_REASONS = {s.value: s.phrase for s in HTTPStatus} | {529: "Site is overloaded"}
-_STATUS_LINES: dict[int, bytes] = {}
-
-
-def _status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n".encode()
-    return line
-
-
-_CONNECTION_HEADER = {
-    (True, False): b"",
-    (True, True): b"connection: keep-alive\r\n",
-    (False, False): b"connection: close\r\n",
-    (False, True): b"connection: close\r\n",
-}
-
-
-def wire(reply: Reply, keep_alive: bool, *, http10: bool = False) -> tuple[list[tuple[float, bytes]], bool]:
-    """The bytes of ``reply`` as ``(pause_seconds, data)`` segments, and whether to close after.
-
-    Segments with no pause are merged into the one before, so a reply without delays is a single
-    segment. Truncated replies (``cut_after``) always close and never send the final chunk.
-    HTTP/1.0 clients asking for keep-alive are told so explicitly.
-    """
-    connection = _CONNECTION_HEADER[keep_alive, http10]
-    ctype = b"content-type: " + reply.content_type + b"\r\n" if reply.content_type else b""
-    if reply.events is None:
-        body = reply.body
-        head = b"%scontent-length: %d\r\n%s%s\r\n" % (ctype, len(body), reply.headers, connection)
-        if reply.cut_after is not None:
-            return [(reply.latency, _status_line(reply.status) + head + body[: len(body) // 2])], True
-        return [(reply.latency, _status_line(reply.status) + head + body)], not keep_alive
-    head = (
-        _status_line(reply.status)
-        + ctype
-        + b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n"
-        + reply.headers
-        + connection
-        + b"\r\n"
-    )
-    segments: list[tuple[float, bytes]] = []
-    pending, pending_pause = head, 0.0  # the segment being built
-    cut = reply.cut_after
-    for i, event in enumerate(reply.events):
-        if cut is not None and i >= cut:
-            break
-        pause = reply.ttft if i == 0 else reply.inter_chunk
-        frame = b"%x\r\n%s\r\n" % (len(event), event)
-        if pause > 0:
-            segments.append((pending_pause, pending))
-            pending, pending_pause = frame, pause
-        else:
-            pending += frame
-    if cut is None:
-        pending += b"0\r\n\r\n"
-    segments.append((pending_pause, pending))
-    return segments, cut is not None or not keep_alive
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,246 +474,21 @@ def _header_lines(cassette: Cassette) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------
-# The connection (I/O)
-
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_BAD_REQUEST = (
-    b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
-)
-_MAX_QUEUED = 32  # pipelined replies waiting before the connection stops reading
-
-
-class _Connection(asyncio.Protocol):
-    """One client connection: httptools callbacks build requests, replies go out in order."""
-
-    __slots__ = (
-        "_body",
-        "_closed",
-        "_controls",
-        "_expect",
-        "_headers",
-        "_in_message",
-        "_parser",
-        "_paused",
-        "_provider",
-        "_queue",
-        "_shutdown",
-        "_task",
-        "_transport",
-        "_url",
-    )
-
-    def __init__(self, provider: MockProvider):
-        self._provider = provider
-        self._parser = httptools.HttpRequestParser(self)
-        self._transport: asyncio.Transport | None = None
-        self._queue: deque[tuple[list[tuple[float, bytes]], bool]] = deque()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-        self._paused = False
-        self._shutdown = False
-        self._in_message = False
-        self._reset()
-
-    def _reset(self) -> None:
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._controls: dict[str, str] = {}
-        self._body: list[bytes] = []
-        self._expect = False
-
-    # -- asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        self._provider.connections.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        self._provider.connections.discard(self)
-        if self._task is not None:
-            self._task.cancel()
-
-    def data_received(self, data: bytes) -> None:
-        if self._closed:
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._shutdown = True  # no protocol switch here: finish what was asked, then close
-            self._maybe_close_idle()
-        except httptools.HttpParserError as exc:
-            if self._task is None and not self._closed:
-                body = r.openai_error(400, f"Malformed HTTP request: {exc}")
-                self._transport.write(_BAD_REQUEST % (len(body), body))  # type: ignore[union-attr]
-            self._close()
-
-    # -- httptools callbacks
-
-    def on_message_begin(self) -> None:
-        self._in_message = True
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-        first = name[0] | 0x20
-        if first == 0x78:  # "x"
-            if name[:7].lower() == b"x-mock-":
-                self._controls[name[7:].lower().decode("latin-1")] = value.decode("latin-1").strip()
-        elif first == 0x65 and name.lower() == b"expect" and value.strip().lower() == b"100-continue":  # "e"
-            self._expect = True
-
-    def on_headers_complete(self) -> None:
-        if self._expect:
-            self._transport.write(_CONTINUE)  # type: ignore[union-attr]
-
-    def on_body(self, body: bytes) -> None:
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        self._in_message = False
-        path, _, query = self._url.decode("latin-1").partition("?")
-        request = Request(
-            self._parser.get_method().decode("latin-1"),
-            path,
-            query,
-            self._headers,
-            b"".join(self._body),
-            self._controls,
-        )
-        keep_alive = self._parser.should_keep_alive() and not self._shutdown
-        self._reset()
-        try:
-            reply = self._provider.handle(request)
-        except Exception as exc:  # a bug here must not kill the connection silently
-            reply = Reply(500, r.openai_error(500, f"mock provider error: {exc!r}"))
-        segments, close = wire(reply, keep_alive, http10=self._parser.get_http_version() == "1.0")
-        if self._task is None and not self._queue and len(segments) == 1 and segments[0][0] <= 0:
-            self._transport.write(segments[0][1])  # type: ignore[union-attr]
-            if close:
-                self._close()
-            return
-        self._queue.append((segments, close))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._drain())
-        if len(self._queue) > _MAX_QUEUED and not self._paused:
-            self._paused = True
-            self._transport.pause_reading()  # type: ignore[union-attr]
-
-    # -- writing
-
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                segments, close = self._queue.popleft()
-                if self._paused and len(self._queue) <= _MAX_QUEUED // 2:
-                    self._paused = False
-                    self._transport.resume_reading()  # type: ignore[union-attr]
-                for pause, data in segments:
-                    if pause > 0:
-                        await asyncio.sleep(pause)
-                    if self._closed:
-                        return
-                    self._transport.write(data)  # type: ignore[union-attr]
-                if close:
-                    self._close()
-                    return
-        finally:
-            self._task = None
-        self._maybe_close_idle()
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._queue.clear()
-            self._transport.close()  # type: ignore[union-attr]  # flushes what was written, then FIN
-
-    def _maybe_close_idle(self) -> None:
-        if self._shutdown and self._task is None and not self._queue and not self._in_message:
-            self._close()
-
-    def shutdown(self) -> None:
-        """Close now if idle, else after the replies under way (server stopping)."""
-        self._shutdown = True
-        self._maybe_close_idle()
-
-    def abort(self) -> None:
-        self._closed = True
-        if self._transport is not None:
-            self._transport.abort()
-
-
-# ---------------------------------------------------------------------------------------------
-# Starting and stopping
+# Serving a provider (the plumbing is ``ext_proc.mock.http``)
 
 
 async def start_server(
     host: str = "127.0.0.1", port: int = 0, options: Options | None = None, *, provider: MockProvider | None = None
 ) -> asyncio.Server:
     """Listen on ``host:port`` (0: a free port; see ``server.sockets``) and serve ``provider``."""
-    provider = provider or MockProvider(options)
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _Connection(provider), host, port, reuse_address=True, backlog=1024)
-
-
-async def stop_server(server: asyncio.Server, provider: MockProvider, grace: float = 2.0) -> None:
-    """Stop accepting, let replies under way finish (up to ``grace`` seconds), close the rest."""
-    server.close()
-    for conn in list(provider.connections):
-        conn.shutdown()
-    deadline = time.monotonic() + grace
-    while provider.connections and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    for conn in list(provider.connections):
-        conn.abort()
-    await server.wait_closed()
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-@dataclass
-class BackgroundServer:
-    """A provider served from a daemon thread with its own event loop (for tests)."""
-
-    provider: MockProvider
-    host: str
-    port: int
-    _loop: asyncio.AbstractEventLoop
-    _server: asyncio.Server
-    _thread: threading.Thread
-
-    @property
-    def url(self) -> str:
-        """``http://host:port`` (no trailing slash)."""
-        return f"http://{self.host}:{self.port}"
-
-    def close(self) -> None:
-        future = asyncio.run_coroutine_threadsafe(stop_server(self._server, self.provider, 0.5), self._loop)
-        future.result(timeout=5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
+    return await listen(provider or MockProvider(options), host, port)
 
 
 def serve_in_background(
     options: Options | None = None, *, host: str = "127.0.0.1", port: int = 0, provider: MockProvider | None = None
 ) -> BackgroundServer:
     """Start a provider on a daemon thread; call ``.close()`` when done."""
-    provider = provider or MockProvider(options)
-    loop = _new_loop()
-    server = loop.run_until_complete(start_server(host, port, provider=provider))
-    thread = threading.Thread(target=loop.run_forever, name="mock-provider", daemon=True)
-    thread.start()
-    bound = server.sockets[0].getsockname()
-    return BackgroundServer(provider, bound[0], bound[1], loop, server, thread)
+    return serve_in_thread(provider or MockProvider(options), host=host, port=port)
 
 
 @contextlib.contextmanager
@@ -859,28 +540,17 @@ def options_from_args(args: argparse.Namespace) -> Options:
     )
 
 
-async def _serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT, then stop gracefully; the process exit code."""
     try:
         provider = MockProvider(options_from_args(args))
     except ValueError as exc:  # CassetteError
         print(f"mock-provider: {exc}", file=sys.stderr)
         return 2
-    server = await start_server(args.host, args.port, provider=provider)
-    host, port = server.sockets[0].getsockname()[:2]
-    print(f"mock-provider listening on http://{host}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await stop_server(server, provider)
+    serve_until_signalled(
+        provider, args.host, args.port, lambda url: print(f"mock-provider listening on {url}", flush=True)
+    )
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM/SIGINT, then stop gracefully; the process exit code."""
-    with asyncio.Runner(loop_factory=_new_loop) as runner:
-        return runner.run(_serve(args))
 
 
 if __name__ == "__main__":  # python -m ext_proc.mock.provider
