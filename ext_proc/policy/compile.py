@@ -31,12 +31,13 @@ import hashlib
 import types
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from .compiled import CompiledPolicy, CredentialSource, Provider, Target, Team
+from .compiled import CompiledPolicy, CredentialSource, ModelPrice, Provider, Target, Team
 from .issues import (
     SECTION_NOUNS,
     Loc,
@@ -248,7 +249,14 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
     }
     models: dict[str, Target] = {}
     for name, m in spec.models.items():
-        target = Target(public=name, provider=providers[m.provider], upstream_model=m.model or name)
+        price = None
+        if m.price is not None:
+            price = ModelPrice(
+                Decimal(m.price.input), Decimal(m.price.output),
+                Decimal(m.price.cache_read) if m.price.cache_read else None,
+                Decimal(m.price.cache_write) if m.price.cache_write else None,
+            )
+        target = Target(public=name, provider=providers[m.provider], upstream_model=m.model or name, price=price)
         models.update(dict.fromkeys([name, *m.aliases], target))
     teams = {}
     for name, t in spec.teams.items():

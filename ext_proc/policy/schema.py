@@ -48,6 +48,9 @@ Text = Annotated[str, StringConstraints(pattern=TEXT_PATTERN)]
 Url = Annotated[str, StringConstraints(pattern=URL_PATTERN)]
 Version = Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
 ModelRef = Annotated[str, StringConstraints(pattern=MODEL_REF_PATTERN)]
+# A price as an exact decimal string (USD per million tokens): "2.50", not 2.5 (a float).
+DECIMAL_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,9})?$"
+Dec = Annotated[str, StringConstraints(pattern=DECIMAL_PATTERN)]
 ProviderKind = Literal["openai", "anthropic", "azure-openai", "openai-compatible"]
 assert get_args(ProviderKind) == PROVIDER_KINDS, "schema and compiled.PROVIDER_KINDS disagree"
 
@@ -93,6 +96,15 @@ class ProviderSpec(Strict):
     api_version: Version | None = Field(None, description="kind azure-openai only, and required there")
 
 
+class PriceSpec(Strict):
+    """Negotiated or self-hosted prices in USD per million tokens, quoted: "2.50" (exact decimals)."""
+
+    input: Dec = Field(description="uncached input tokens")
+    output: Dec = Field(description="output tokens (reasoning tokens included)")
+    cache_read: Dec | None = Field(None, description="cached input tokens (default: the input price)")
+    cache_write: Dec | None = Field(None, description="cache-creation tokens (default: the input price)")
+
+
 class ModelSpec(Strict):
     """A public model name, the provider that serves it and its name there."""
 
@@ -101,6 +113,9 @@ class ModelSpec(Strict):
         None, description="the provider's model name (default: the public name); azure-openai: the deployment"
     )
     aliases: list[Name] = Field(default_factory=list, description="other public names for this model")
+    price: PriceSpec | None = Field(
+        None, description="overrides the price table for this model (negotiated or self-hosted prices)"
+    )
 
 
 class KeySpec(Strict):

@@ -556,3 +556,22 @@ def test_deleting_lines_never_crashes(deleted: list[int]) -> None:
 @given(st.integers(0, len(EXAMPLE)), st.sampled_from(["", " ", "\n", ":", "- ", "{", "]", "&a ", "*a", "'", "\t", "~"]))
 def test_splicing_text_never_crashes(offset: int, insert: str) -> None:
     _compiles_or_policy_error(EXAMPLE[:offset] + insert + EXAMPLE[offset:])
+
+
+def test_price_overrides_are_exact_decimals() -> None:
+    from decimal import Decimal
+
+    from ext_proc.policy.compile import PolicyError, compile_policy
+
+    text = """apiVersion: tollway/v1
+providers: {local: {kind: openai-compatible}}
+models:
+  llama: {provider: local, price: {input: "0.10", output: "0.20", cache_read: "0.05"}}
+teams: {t: {workloads: [w], models: [llama]}}
+"""
+    price = compile_policy(text).resolve("llama").price  # type: ignore[union-attr]
+    assert price is not None and (price.input, price.output, price.cache_read, price.cache_write) == (
+        Decimal("0.10"), Decimal("0.20"), Decimal("0.05"), None)
+    with pytest.raises(PolicyError) as caught:
+        compile_policy(text.replace('input: "0.10"', "input: 0.1"))
+    assert "models.llama.price.input: must be a string" in str(caught.value)
