@@ -43,11 +43,12 @@ from ext_proc.core.events import (
     ResponseHeaders,
     StreamClosed,
 )
+from ext_proc.core.meter import Accountant, Meter
 from ext_proc.llm import apis
 from ext_proc.llm.sse import SSEDecoder, SSEEvent
 from ext_proc.llm.usage import Usage, apply_anthropic, apply_openai
 from ext_proc.policy import decide
-from ext_proc.policy.compiled import CompiledPolicy, Principal
+from ext_proc.policy.compiled import CompiledPolicy, Principal, Target
 
 ROUTE_HEADER = "x-tollway-cluster"  # Envoy routes to the cluster this header names
 # Headers only Tollway may set on the way to the provider; a client's copy is dropped, as is
@@ -82,10 +83,12 @@ class Session:
         "_sidecar_workload",
         "_stream_reader",
         "_strip_usage_chunk",
+        "_target",
         "api",
         "complete",
         "effects",
         "error",
+        "meter",
         "model",
         "outcome",
         "phase",
@@ -100,9 +103,13 @@ class Session:
         "usage",
     )
 
-    def __init__(self, policy: CompiledPolicy | None = None, workload: str | None = None) -> None:
+    def __init__(
+        self, policy: CompiledPolicy | None = None, workload: str | None = None, accountant: Accountant | None = None
+    ) -> None:
         self._policy = policy  # None: open mode, no identity or access control (issue-3 behaviour)
         self._sidecar_workload = workload
+        self._target: Target | None = None
+        self.meter = Meter(accountant)
         self._path = ""
         self.principal: Principal | None = None
         self.phase = Phase.REQUEST_HEADERS
@@ -221,12 +228,15 @@ class Session:
                 return self._reject(error, api.style, event.at)
             provider = target.provider
             self.provider, cluster, credential = provider.name, provider.cluster, provider
+            self._target = target
             path = decide.upstream_path(api, target, self._path)
             if path is not None:
                 headers.append((":path", path))
             elif target.upstream_model != request.model:
                 request.payload["model"] = target.upstream_model
                 replaced = True
+        counted_as = self._target.upstream_model if self._target else request.model
+        self.meter.before_send(api.name, request.payload, counted_as)
         self.phase = Phase.RESPONSE_HEADERS
         headers.insert(0, (ROUTE_HEADER, cluster))
         if not replaced:
@@ -335,6 +345,7 @@ class Session:
         if data == b"[DONE]":
             self.complete = True
             return False
+        self.meter.keep(data)
         first = self.served_model is None
         if not first and (b'"usage"' not in data or b'"usage":null' in data) and b'"error"' not in data:
             return False
@@ -359,6 +370,9 @@ class Session:
         name = sse.event
         if name == "message_stop":
             self.complete = True
+            return False
+        if name == "content_block_delta":
+            self.meter.keep(sse.data)
             return False
         if name not in ("message_start", "message_delta", "error") or not sse.data:
             return False
@@ -391,7 +405,20 @@ class Session:
     def _finish(self, at: int, outcome: str) -> None:
         self.phase = Phase.DONE
         self.outcome = outcome
-        self.effects.append(EmitRecord(self.record(at)))
+        record = self.record(at)
+        if outcome != "rejected":
+            target = self._target
+            kind = target.provider.kind if target else (self.api.provider if self.api else None)
+            model = self.served_model or (target.upstream_model if target else self.model)
+            style = self.api.style if self.api else "openai"
+            price = target.price if target else None
+            record.update(self.meter.settle(self.usage, style, self.stream, kind, model, price))
+            for name in ("input_tokens", "output_tokens"):
+                record[name] = getattr(self.usage, name)
+        else:
+            record.update(estimated_input_tokens=None, input_estimated=False, output_estimated=False,
+                          cost_usd_micros=None, price_version=None)
+        self.effects.append(EmitRecord(record))
 
     def record(self, at: int) -> dict[str, Any]:
         """The request's log record as of monotonic time ``at`` (nanoseconds)."""

@@ -1,0 +1,100 @@
+"""Metering in the session: pre-send estimates, estimated usage of cut streams, cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
+from ext_proc.core.meter import Estimate
+from ext_proc.core.session import Session
+from ext_proc.llm.usage import Usage
+from ext_proc.policy.compiled import ModelPrice
+
+
+class FakeAccountant:
+    """Counts words and charges 1 micro-dollar per token: easy to check by hand."""
+
+    def __init__(self) -> None:
+        self.priced: list[tuple[str, str, ModelPrice | None]] = []
+
+    def count_request(self, api: str, payload: dict[str, Any], model: str) -> Estimate | None:
+        words = sum(len(str(m.get("content", "")).split()) for m in payload.get("messages", []))
+        return Estimate(words, False, "words")
+
+    def count_text(self, text: str, model: str) -> int | None:
+        return len(text.split())
+
+    def cost(
+        self, provider_kind: str, model: str, usage: Usage, override: ModelPrice | None
+    ) -> tuple[int | None, str | None]:
+        self.priced.append((provider_kind, model, override))
+        if usage.input_tokens is None or usage.output_tokens is None:
+            return None, "fake-1"
+        return usage.input_tokens + usage.output_tokens, "fake-1"
+
+
+def chunk(content: str) -> bytes:
+    event = {"model": "gpt-x", "choices": [{"index": 0, "delta": {"content": content}}]}
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def run(session: Session, events: list[Any]) -> dict[str, Any]:
+    for event in events:
+        session.handle(event)
+    (effect,) = session.effects
+    return effect.record  # type: ignore[no-any-return]
+
+
+def head() -> RequestHeaders:
+    return RequestHeaders({":method": "POST", ":path": "/v1/chat/completions"}, False, 0)
+
+
+def body(stream: bool) -> RequestBody:
+    payload = {"model": "gpt-x", "stream": stream, "messages": [{"role": "user", "content": "one two three four"}]}
+    return RequestBody(orjson.dumps(payload), True, 1)
+
+
+def test_a_cut_stream_is_billed_on_what_was_seen_and_marked_estimated() -> None:
+    accountant = FakeAccountant()
+    record = run(Session(accountant=accountant), [
+        head(), body(True),
+        ResponseHeaders({":status": "200", "content-type": "text/event-stream"}, False, 2),
+        ResponseBody(chunk("hello there") + chunk(" toll road"), False, 3),
+        StreamClosed(4),  # the provider broke off: no usage chunk, no [DONE]
+    ])
+    assert record["outcome"] == "incomplete"
+    assert (record["input_tokens"], record["input_estimated"]) == (4, True)
+    assert (record["output_tokens"], record["output_estimated"]) == (4, True)
+    assert (record["cost_usd_micros"], record["price_version"]) == (8, "fake-1")
+    assert record["estimated_input_tokens"] == 4
+    assert accountant.priced == [("openai", "gpt-x", None)]
+
+
+def test_reported_usage_wins_and_nothing_is_marked_estimated() -> None:
+    reply = orjson.dumps({"model": "gpt-x-2026", "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
+    record = run(Session(accountant=FakeAccountant()), [
+        head(), body(False),
+        ResponseHeaders({":status": "200", "content-type": "application/json"}, False, 2),
+        ResponseBody(reply, True, 3),
+    ])
+    assert (record["input_tokens"], record["output_tokens"], record["cost_usd_micros"]) == (10, 5, 15)
+    assert not record["input_estimated"] and not record["output_estimated"]
+    assert record["estimated_input_tokens"] == 4
+
+
+def test_without_an_accountant_unknown_stays_unknown() -> None:
+    record = run(Session(), [
+        head(), body(True),
+        ResponseHeaders({":status": "200", "content-type": "text/event-stream"}, False, 2),
+        ResponseBody(chunk("hello"), False, 3),
+        StreamClosed(4),
+    ])
+    assert (record["input_tokens"], record["output_tokens"], record["cost_usd_micros"]) == (None, None, None)
+
+
+def test_a_refused_request_costs_nothing_and_is_not_priced() -> None:
+    accountant = FakeAccountant()
+    record = run(Session(accountant=accountant), [head(), RequestBody(b"not json", True, 1)])
+    assert record["outcome"] == "rejected" and record["cost_usd_micros"] is None and accountant.priced == []
