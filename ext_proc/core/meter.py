@@ -39,8 +39,10 @@ class Accountant(Protocol):
     def count_text(self, text: str, model: str) -> int | None: ...
 
     def cost(
-        self, provider_kind: str, model: str, usage: Usage, override: ModelPrice | None
-    ) -> tuple[int | None, str | None]: ...
+        self, provider_kind: str, model: str, aliases: tuple[str, ...], usage: Usage, override: ModelPrice | None
+    ) -> tuple[int | None, str | None]:
+        """Micro-dollars and the price version; ``aliases`` are other names of the same model."""
+        ...
 
 
 class Meter:
@@ -69,7 +71,7 @@ class Meter:
 
     def settle(
         self, usage: Usage, style: str, stream: bool, provider_kind: str | None, model: str | None,
-        override: ModelPrice | None,
+        aliases: tuple[str, ...], override: ModelPrice | None,
     ) -> dict[str, Any]:
         """Fill what the provider did not report (marked estimated) and price the usage."""
         input_estimated = output_estimated = False
@@ -88,7 +90,7 @@ class Meter:
         cost, version = None, None
         if self.accountant is not None and provider_kind is not None and model is not None:
             try:
-                cost, version = self.accountant.cost(provider_kind, model, usage, override)
+                cost, version = self.accountant.cost(provider_kind, model, aliases, usage, override)
             except Exception:
                 cost, version = None, None
         return {

