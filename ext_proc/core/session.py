@@ -84,6 +84,7 @@ class Session:
         "_stream_reader",
         "_strip_usage_chunk",
         "_target",
+        "_usage_headers",
         "api",
         "complete",
         "effects",
@@ -104,8 +105,13 @@ class Session:
     )
 
     def __init__(
-        self, policy: CompiledPolicy | None = None, workload: str | None = None, accountant: Accountant | None = None
+        self,
+        policy: CompiledPolicy | None = None,
+        workload: str | None = None,
+        accountant: Accountant | None = None,
+        usage_headers: bool = False,
     ) -> None:
+        self._usage_headers = usage_headers  # add x-tollway-*-tokens / -cost-usd to buffered answers
         self._policy = policy  # None: open mode, no identity or access control (issue-3 behaviour)
         self._sidecar_workload = workload
         self._target: Target | None = None
@@ -281,7 +287,17 @@ class Session:
             return self._stream_chunk(event)
         # Buffered: the whole body in one message.
         action = self._read_buffered(event.body)
-        self._finish(event.at, "ok" if self.status and self.status < 400 else "error")
+        ok = bool(self.status and self.status < 400)
+        self._finish(event.at, "ok" if ok else "error")
+        if self._usage_headers and ok and action is CONTINUE:
+            # The response head is still held (buffered body): tell the client its usage and cost.
+            record = self.effects[-1].record
+            cost = record["cost_usd_micros"]
+            headers = [(f"x-tollway-{name.replace('_', '-')}", str(record[name]))
+                       for name in ("input_tokens", "output_tokens") if record[name] is not None]
+            if cost is not None:
+                headers.append(("x-tollway-cost-usd", f"{cost // 1_000_000}.{cost % 1_000_000:06d}"))
+            return Continue(set_headers=tuple(headers)) if headers else action
         return action
 
     def _read_buffered(self, body: bytes) -> Action:

@@ -61,6 +61,7 @@ class ServeConfig:
     admin_port: int = 0
     reload_interval: float = 1.0
     redis_url: str | None = None
+    usage_headers: bool = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,12 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between policy checks")
     parser.add_argument("--redis", dest="redis_url", default=os.environ.get("TOLLWAY_REDIS_URL"),
                         help="Redis URL for shared spend aggregates (env TOLLWAY_REDIS_URL; default: in-process)")
+    parser.add_argument("--no-usage-headers", dest="usage_headers", action="store_false",
+                        help="do not add x-tollway-input-tokens/-output-tokens/-cost-usd to non-streamed answers")
 
 
 def run(args: argparse.Namespace) -> int:
     config = ServeConfig(
         args.host, args.port, max(1, args.workers), args.log_file, args.grace, args.server,
-        args.policy, args.workload, args.admin_port, args.reload_interval, args.redis_url,
+        args.policy, args.workload, args.admin_port, args.reload_interval, args.redis_url, args.usage_headers,
     )
     _configure_logging()
     if config.policy:
@@ -135,7 +138,7 @@ async def _serve(config: ServeConfig) -> None:
     holder = PolicyHolder(config.policy, registry) if config.policy else None
     if holder is not None and not holder.load():
         raise SystemExit(2)
-    service = Service(records, holder, config.workload, accountant=warm_up())
+    service = Service(records, holder, config.workload, accountant=warm_up(), usage_headers=config.usage_headers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

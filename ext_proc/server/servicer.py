@@ -46,10 +46,11 @@ class Service:
     workload: str | None = None  # the sidecar's own workload identity
     credentials: CredentialStore = field(default_factory=CredentialStore)
     accountant: Accountant | None = None  # token counts and prices (None: usage only, no cost)
+    usage_headers: bool = True  # tell clients their tokens and cost in response headers
 
     def session(self) -> Session:
         """A new request's session, bound to the policy current at this moment."""
-        return Session(self.policy.current if self.policy else None, self.workload, self.accountant)
+        return Session(self.policy.current if self.policy else None, self.workload, self.accountant, self.usage_headers)
 
 
 def _run_effects(session: Session, records: RecordWriter) -> None:

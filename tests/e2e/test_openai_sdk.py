@@ -32,6 +32,11 @@ def test_chat_completion_usage_is_recorded(gateway: Gateway, client: openai.Open
     assert record["input_tokens"] == completion.usage.prompt_tokens
     assert record["output_tokens"] == completion.usage.completion_tokens
     assert record["latency_ms"] > 0 and record["ttft_ms"] is None
+    # The answer tells the client its own tokens and cost.
+    assert raw.headers["x-tollway-input-tokens"] == str(completion.usage.prompt_tokens)
+    assert raw.headers["x-tollway-output-tokens"] == str(completion.usage.completion_tokens)
+    cost = record["cost_usd_micros"]
+    assert cost is not None and raw.headers["x-tollway-cost-usd"] == f"{cost // 10**6}.{cost % 10**6:06d}"
 
 
 def test_stream_without_usage_option_is_metered_but_looks_untouched(gateway: Gateway, client: openai.OpenAI) -> None:

@@ -98,3 +98,18 @@ def test_a_refused_request_costs_nothing_and_is_not_priced() -> None:
     accountant = FakeAccountant()
     record = run(Session(accountant=accountant), [head(), RequestBody(b"not json", True, 1)])
     assert record["outcome"] == "rejected" and record["cost_usd_micros"] is None and accountant.priced == []
+
+
+def test_buffered_answers_can_tell_the_client_its_usage_and_cost() -> None:
+    from ext_proc.core.actions import Continue
+
+    reply = orjson.dumps({"model": "gpt-x", "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 234_567}})
+    session = Session(accountant=FakeAccountant(), usage_headers=True)
+    json_head = ResponseHeaders({":status": "200", "content-type": "application/json"}, False, 2)
+    for event in (head(), body(False), json_head):
+        session.handle(event)
+    action = session.handle(ResponseBody(reply, True, 3))
+    assert action == Continue(set_headers=(
+        ("x-tollway-input-tokens", "1000000"), ("x-tollway-output-tokens", "234567"),
+        ("x-tollway-cost-usd", "1.234567"),
+    ))
