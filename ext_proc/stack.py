@@ -114,6 +114,7 @@ class Stack:
     policy: Path | None = None  # tollway serve --policy (None: open mode)
     workload: str | None = None  # tollway serve --workload (the sidecar's identity)
     service_env: dict[str, str] = field(default_factory=dict)  # e.g. provider keys for the service
+    serve_args: tuple[str, ...] = ()  # more `tollway serve` flags (e.g. --redis URL)
     mock: bool = True
     mock_args: tuple[str, ...] = ()
     mocked: frozenset[str] = frozenset(PROVIDER_KEYS)  # Envoy clusters served by the fake provider
@@ -153,6 +154,7 @@ class Stack:
                     serve += ["--policy", str(self.policy)]
                 if self.workload is not None:
                     serve += ["--workload", self.workload]
+                serve += self.serve_args
                 self._spawn("tollway", serve, {"TOLLWAY_POLICY": "", "TOLLWAY_WORKLOAD": "", **self.service_env})
             template = yaml.safe_load(ENVOY_CONFIG.read_text())
             config = render_envoy(

@@ -92,3 +92,32 @@ def test_500_mixed_requests_one_record_each_and_report_totals_add_up(
     assert sum(r["requests"] for r in rows) == TOTAL
     for field in ("input_tokens", "output_tokens", "cost_usd_micros"):
         assert sum(r[field] for r in rows) == sum(rec.get(field) or 0 for rec in found), field
+
+
+def test_two_sidecars_add_to_one_redis_and_the_report_agrees_with_their_logs(
+    tmp_path: Path, redis_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import redis
+
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    redis.Redis(port=redis_port).flushall()
+    mocked, service_env, _ = mock_plan(POLICY, {})
+    common = dict(policy=POLICY, service_env=service_env, mocked=mocked, serve_args=("--redis", url))
+    with Stack(tmp_path / "a", **common) as a, Stack(tmp_path / "b", workload="local-dev", **common) as b:
+        for stack, headers in ((a, DEMO), (b, {})):  # team demo by key, team platform by workload
+            with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+                for i in range(20):
+                    body = {**CHAT, "stream": bool(i % 2)}
+                    assert http.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
+        time.sleep(0.5)  # batches reach Redis within one flush interval
+        admin = httpx.get(f"http://127.0.0.1:{a.service_admin_port}/v1/report?by=team").json()
+    logged = [*read_records(log_files(str(a.record_log))), *read_records(log_files(str(b.record_log)))]
+    assert len(logged) == 40
+    assert main(["report", "--redis", url, "--by", "team", "--format", "json"]) == 0
+    from_redis = {r["group"]: r for r in orjson.loads(capsys.readouterr().out)}
+    assert {team: r["requests"] for team, r in from_redis.items()} == {"demo": 20, "platform": 20}
+    for team, row in from_redis.items():
+        mine = [r for r in logged if r["team"] == team]
+        for field in ("input_tokens", "output_tokens", "cost_usd_micros"):
+            assert row[field] == sum(r[field] or 0 for r in mine), (team, field)
+    assert admin["source"] == "redis" and {r["group"] for r in admin["rows"]} == {"demo", "platform"}
