@@ -63,3 +63,13 @@ class ClientError(Exception):
 def internal_error() -> ClientError:
     """The error a client sees when Tollway itself failed; details stay in Tollway's logs."""
     return ClientError(500, "gateway_internal_error", "Tollway failed to process this request.")
+
+
+def plain_error(status: int, body: bytes) -> ClientError:
+    """A JSON error for a non-JSON error response (Envoy's own replies are plain text)."""
+    text = body[:300].decode("utf-8", "replace").strip() or "no response body"
+    if status == 413:
+        return ClientError(413, "request_too_large", f"The request is too large for the gateway: {text}")
+    if status >= 500:
+        return ClientError(status, "provider_unavailable", f"The provider did not answer: {text}")
+    return ClientError(status, "gateway_error", f"The request failed at the gateway: {text}")

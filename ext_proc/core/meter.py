@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from ext_proc.llm.prices import Price
 from ext_proc.llm.usage import Usage
-from ext_proc.policy.compiled import ModelPrice
 
 MAX_STREAM_TEXT = 4 * 1024 * 1024  # bytes of stream events kept for estimating a cut stream
 
@@ -39,7 +39,7 @@ class Accountant(Protocol):
     def count_text(self, text: str, model: str) -> int | None: ...
 
     def cost(
-        self, provider_kind: str, model: str, aliases: tuple[str, ...], usage: Usage, override: ModelPrice | None
+        self, provider_kind: str, model: str, aliases: tuple[str, ...], usage: Usage, override: Price | None
     ) -> tuple[int | None, str | None]:
         """Micro-dollars and the price version; ``aliases`` are other names of the same model."""
         ...
@@ -71,7 +71,7 @@ class Meter:
 
     def settle(
         self, usage: Usage, style: str, stream: bool, provider_kind: str | None, model: str | None,
-        aliases: tuple[str, ...], override: ModelPrice | None,
+        aliases: tuple[str, ...], override: Price | None,
     ) -> dict[str, Any]:
         """Fill what the provider did not report (marked estimated) and price the usage."""
         input_estimated = output_estimated = False

@@ -27,14 +27,13 @@ An event that cannot happen in the current phase raises :class:`ProtocolError`.
 from __future__ import annotations
 
 import enum
-import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
 from ext_proc.core.actions import CONTINUE, Action, Continue, Effect, EmitRecord, Respond
-from ext_proc.core.errors import ClientError
+from ext_proc.core.errors import ClientError, plain_error
 from ext_proc.core.events import (
     Event,
     RequestBody,
@@ -54,7 +53,6 @@ ROUTE_HEADER = "x-tollway-cluster"  # Envoy routes to the cluster this header na
 # Headers only Tollway may set on the way to the provider; a client's copy is dropped, as is
 # any other x-tollway-* header the client sent (identity is Tollway's to establish).
 _UNTRUSTED = ("accept-encoding", ROUTE_HEADER)
-MAX_DECODED_BODY = 64 * 1024 * 1024
 
 
 class Phase(enum.Enum):
@@ -208,7 +206,7 @@ class Session:
         replaced = False
         try:
             if self._gunzip_request:
-                body = _gunzip(body)
+                body = apis.gunzip(body)
                 replaced = True
             request = apis.parse_request(api, body)
         except ClientError as error:
@@ -306,7 +304,7 @@ class Session:
         compressed = body[:2] == b"\x1f\x8b"
         try:
             if compressed:
-                body = _gunzip(body)
+                body = apis.gunzip(body)
             payload = orjson.loads(body)
         except (orjson.JSONDecodeError, ClientError):
             payload = None
@@ -314,7 +312,7 @@ class Session:
             if not isinstance(payload, dict):
                 # Envoy's own plain-text reply (no healthy upstream, connect failure, timeout, 413):
                 # give the client its SDK's error format, keeping the status.
-                error = _plain_error(status, body)
+                error = plain_error(status, body)
                 self.error = error.code
                 new = error.body(style)
                 return Continue(
@@ -465,16 +463,6 @@ class Session:
         }
 
 
-def _plain_error(status: int, body: bytes) -> ClientError:
-    """A JSON error for a non-JSON error response (Envoy's own replies are plain text)."""
-    text = body[:300].decode("utf-8", "replace").strip() or "no response body"
-    if status == 413:
-        return ClientError(413, "request_too_large", f"The request is too large for the gateway: {text}")
-    if status >= 500:
-        return ClientError(status, "provider_unavailable", f"The provider did not answer: {text}")
-    return ClientError(status, "gateway_error", f"The request failed at the gateway: {text}")
-
-
 def _error_code(payload: dict[str, Any]) -> str | None:
     error = payload.get("error")
     if isinstance(error, dict):
@@ -482,21 +470,3 @@ def _error_code(payload: dict[str, Any]) -> str | None:
             if isinstance(error.get(key), str):
                 return str(error[key])
     return "provider_error"
-
-
-def _gunzip(body: bytes) -> bytes:
-    """Decompress a gzip body (every member), refusing bombs past :data:`MAX_DECODED_BODY`."""
-    out = bytearray()
-    data = body
-    try:
-        while data:
-            inflater = zlib.decompressobj(wbits=31)
-            out += inflater.decompress(data, MAX_DECODED_BODY - len(out) + 1)
-            if len(out) > MAX_DECODED_BODY or inflater.unconsumed_tail:
-                raise ClientError(413, "body_too_large", "The decompressed request body is too large.")
-            if not inflater.eof:
-                raise ClientError(400, "invalid_body", "The gzip-encoded request body is truncated.")
-            data = inflater.unused_data
-    except zlib.error:
-        raise ClientError(400, "invalid_body", "The gzip-encoded request body is corrupt.") from None
-    return bytes(out)

@@ -10,6 +10,7 @@ schema to the provider, whose own error the client then sees unchanged.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,3 +104,24 @@ def ensure_stream_usage(request: ParsedRequest) -> bool:
         raise ClientError(400, "invalid_type", "'stream_options' must be an object.", "stream_options")
     request.payload["stream_options"] = {"include_usage": True}
     return True
+
+
+MAX_DECODED_BODY = 64 * 1024 * 1024
+
+
+def gunzip(body: bytes) -> bytes:
+    """Decompress a gzip body (every member), refusing bombs past :data:`MAX_DECODED_BODY`."""
+    out = bytearray()
+    data = body
+    try:
+        while data:
+            inflater = zlib.decompressobj(wbits=31)
+            out += inflater.decompress(data, MAX_DECODED_BODY - len(out) + 1)
+            if len(out) > MAX_DECODED_BODY or inflater.unconsumed_tail:
+                raise ClientError(413, "body_too_large", "The decompressed request body is too large.")
+            if not inflater.eof:
+                raise ClientError(400, "invalid_body", "The gzip-encoded request body is truncated.")
+            data = inflater.unused_data
+    except zlib.error:
+        raise ClientError(400, "invalid_body", "The gzip-encoded request body is corrupt.") from None
+    return bytes(out)

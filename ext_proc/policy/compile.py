@@ -37,7 +37,9 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from .compiled import CompiledPolicy, CredentialSource, ModelPrice, Provider, Target, Team
+from ext_proc.llm.prices import Price
+
+from .compiled import CompiledPolicy, CredentialSource, Provider, Target, Team
 from .issues import (
     SECTION_NOUNS,
     Loc,
@@ -251,10 +253,11 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
     for name, m in spec.models.items():
         price = None
         if m.price is not None:
-            price = ModelPrice(
-                Decimal(m.price.input), Decimal(m.price.output),
-                Decimal(m.price.cache_read) if m.price.cache_read else None,
-                Decimal(m.price.cache_write) if m.price.cache_write else None,
+            price = Price(
+                input=Decimal(m.price.input), output=Decimal(m.price.output),
+                cache_read=Decimal(m.price.cache_read) if m.price.cache_read else None,
+                cache_write=Decimal(m.price.cache_write) if m.price.cache_write else None,
+                source="policy",
             )
         target = Target(public=name, provider=providers[m.provider], upstream_model=m.model or name, price=price)
         models.update(dict.fromkeys([name, *m.aliases], target))

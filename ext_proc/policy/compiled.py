@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+
+from ext_proc.llm.prices import Price
 
 PROVIDER_KINDS = ("openai", "anthropic", "azure-openai", "openai-compatible")
 KEY_PREFIX = "tw-"  # every Tollway virtual key starts with it; other bearer values are not Tollway keys
@@ -38,23 +39,13 @@ class Provider:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelPrice:
-    """A price set in the policy, USD per million tokens (None: the input price applies)."""
-
-    input: Decimal
-    output: Decimal
-    cache_read: Decimal | None = None
-    cache_write: Decimal | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Target:
     """A public model name resolved: which provider serves it, under which upstream name."""
 
     public: str  # the canonical public name (aliases resolve to it)
     provider: Provider
     upstream_model: str  # the provider's model name; for azure-openai, the deployment name
-    price: ModelPrice | None = None  # the policy's override of the price table
+    price: Price | None = None  # the policy's price for this model, overriding the price table
 
 
 @dataclass(frozen=True, slots=True)

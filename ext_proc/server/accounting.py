@@ -14,7 +14,6 @@ from typing import Any
 from ext_proc.core.meter import Estimate
 from ext_proc.llm import prices, tokens
 from ext_proc.llm.usage import Usage
-from ext_proc.policy.compiled import ModelPrice
 
 log = logging.getLogger("tollway.accounting")
 
@@ -33,15 +32,9 @@ class ServiceAccountant:
         return tokens.count_text(text, model)
 
     def cost(
-        self, provider_kind: str, model: str, aliases: tuple[str, ...], usage: Usage, override: ModelPrice | None
+        self, provider_kind: str, model: str, aliases: tuple[str, ...], usage: Usage, override: prices.Price | None
     ) -> tuple[int | None, str | None]:
-        if override is not None:
-            price: prices.Price | None = prices.Price(
-                input=override.input, output=override.output, cache_read=override.cache_read,
-                cache_write=override.cache_write, source="policy",
-            )
-        else:
-            price = self.table.price(provider_kind, model, aliases=aliases)
+        price = override if override is not None else self.table.price(provider_kind, model, aliases=aliases)
         if price is None:
             return None, None
         return prices.cost_micros(price, usage), price.source

@@ -9,15 +9,15 @@ import orjson
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
 from ext_proc.core.meter import Estimate
 from ext_proc.core.session import Session
+from ext_proc.llm.prices import Price
 from ext_proc.llm.usage import Usage
-from ext_proc.policy.compiled import ModelPrice
 
 
 class FakeAccountant:
     """Counts words and charges 1 micro-dollar per token: easy to check by hand."""
 
     def __init__(self) -> None:
-        self.priced: list[tuple[str, str, ModelPrice | None]] = []
+        self.priced: list[tuple[str, str, Price | None]] = []
 
     def count_request(self, api: str, payload: dict[str, Any], model: str) -> Estimate | None:
         words = sum(len(str(m.get("content", "")).split()) for m in payload.get("messages", []))
@@ -27,7 +27,7 @@ class FakeAccountant:
         return len(text.split())
 
     def cost(
-        self, provider_kind: str, model: str, aliases: tuple[str, ...], usage: Usage, override: ModelPrice | None
+        self, provider_kind: str, model: str, aliases: tuple[str, ...], usage: Usage, override: Price | None
     ) -> tuple[int | None, str | None]:
         self.priced.append((provider_kind, model, override))
         if usage.input_tokens is None or usage.output_tokens is None:

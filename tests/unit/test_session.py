@@ -20,10 +20,10 @@ import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ext_proc.core import session as session_module
 from ext_proc.core.actions import CONTINUE, Continue, EmitRecord
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
 from ext_proc.core.session import Phase, ProtocolError, Session
+from ext_proc.llm import apis
 from tests.unit.transcript import Record, Replaces, Responds, Transcript
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
@@ -663,7 +663,7 @@ def test_corrupt_gzip_gets_400(compressed: bytes, message: str) -> None:
 
 @pytest.mark.parametrize(("size", "accepted"), [(1023, True), (1024, True), (1025, False)])
 def test_decoded_size_limit_is_exact(monkeypatch: pytest.MonkeyPatch, size: int, accepted: bool) -> None:
-    monkeypatch.setattr(session_module, "MAX_DECODED_BODY", 1024)
+    monkeypatch.setattr(apis, "MAX_DECODED_BODY", 1024)
     plain = PLAIN + b" " * (size - len(PLAIN))
     half = len(plain) // 2
     for compressed in (gzip.compress(plain), gzip.compress(plain[:half]) + gzip.compress(plain[half:])):
@@ -676,7 +676,7 @@ def test_decoded_size_limit_is_exact(monkeypatch: pytest.MonkeyPatch, size: int,
 
 
 def test_gzip_bomb_gets_413(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(session_module, "MAX_DECODED_BODY", 1024)
+    monkeypatch.setattr(apis, "MAX_DECODED_BODY", 1024)
     assert (
         Transcript()
         >> post(CHAT, content_encoding="gzip")
