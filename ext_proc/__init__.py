@@ -6,9 +6,11 @@ usage and decides what happens next.
 
 Layout (data flows top to bottom):
 
-- ``ext_proc.core``   per-request session: events in, actions out. Pure, no I/O.
-- ``ext_proc.llm``    client APIs (OpenAI, Anthropic), usage extraction, the SSE decoder. Pure.
-- ``ext_proc.server`` the gRPC servicer, the protobuf codec, the effects runner, workers.
+- ``ext_proc.core``   per-request session and metering: events in, actions out. Pure, no I/O.
+- ``ext_proc.llm``    client APIs, usage, the SSE decoder, token counting, prices. Pure.
+- ``ext_proc.policy`` the policy schema and compiler, identity and access decisions. Pure.
+- ``ext_proc.server`` the HTTP/2 gRPC server, the protobuf codec, effects, credentials, reload.
+- ``ext_proc.ledger`` the request log and spend reports; ``ext_proc.state`` shared aggregates.
 - ``ext_proc.mock``   the fake OpenAI/Anthropic provider used by tests, ``make run`` and benches.
 - ``ext_proc.stack``  starts and supervises Envoy + service + fake provider (``tollway up``).
 """

@@ -55,10 +55,10 @@ COLUMNS = ("group", "requests", "tokens", "input_tokens", "output_tokens", "cost
 
 def run(args: argparse.Namespace) -> int:
     if args.team and args.month and args.format == "table" and args.by == "team":
-        rows = _rows(args, "model")
-        if not rows:
+        per_model = _rows(args, "model")
+        if not per_model:
             print(f"Team {args.team} sent no requests in {args.month}.")
-        for row in rows:
+        for row in per_model:
             print(sentence(args.team, row))
         return 0
     rows = report_rows(args)
