@@ -13,28 +13,18 @@ stays unknown: no usage and nothing to count leaves the fields ``None``, and so 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
 from ext_proc.llm.prices import Price
-from ext_proc.llm.usage import Usage
+from ext_proc.llm.usage import TokenEstimate, Usage
 
 MAX_STREAM_TEXT = 4 * 1024 * 1024  # bytes of stream events kept for estimating a cut stream
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """A token count and whether it is exact (tokenizer and rules known) or an estimate."""
-
-    tokens: int
-    exact: bool
-    method: str
-
-
 class Accountant(Protocol):
-    def count_request(self, api: str, payload: dict[str, Any], model: str) -> Estimate | None: ...
+    def count_request(self, api: str, payload: dict[str, Any], model: str) -> TokenEstimate | None: ...
 
     def count_text(self, text: str, model: str) -> int | None: ...
 
@@ -52,7 +42,7 @@ class Meter:
 
     def __init__(self, accountant: Accountant | None) -> None:
         self.accountant = accountant
-        self.estimate: Estimate | None = None
+        self.estimate: TokenEstimate | None = None
         self.stream_events: list[bytes] = []  # data of content events, for cut streams only
         self._kept = 0
 

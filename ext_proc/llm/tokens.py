@@ -76,6 +76,7 @@ from .media import (
     image_tiles,
     openai_image_tokens,
 )
+from .usage import TokenEstimate
 
 __all__ = [
     "CL100K",
@@ -109,15 +110,6 @@ __all__ = [
 # run at 3-5 bytes per token, so the estimate is close there and cruder for other scripts.
 MAX_TOKENIZED_BYTES = 200_000
 BYTES_PER_TOKEN = 4
-
-
-@dataclass(frozen=True, slots=True)
-class TokenEstimate:
-    """Prompt tokens of one request, whether they follow a rule known to match, and which rule."""
-
-    tokens: int
-    exact: bool
-    method: str
 
 
 def count_text(text: str, model: str) -> int:

@@ -74,3 +74,12 @@ def apply_anthropic(usage: Usage, raw: Any) -> None:
     out = _int(raw.get("output_tokens"))
     if out is not None:
         usage.output_tokens = out
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEstimate:
+    """Prompt tokens of one request, whether they follow a rule known to match, and which rule."""
+
+    tokens: int
+    exact: bool
+    method: str

@@ -11,7 +11,6 @@ import logging
 import time
 from typing import Any
 
-from ext_proc.core.meter import Estimate
 from ext_proc.llm import prices, tokens
 from ext_proc.llm.usage import Usage
 
@@ -24,9 +23,8 @@ class ServiceAccountant:
     def __init__(self, table: prices.PriceTable | None = None) -> None:
         self.table = table if table is not None else prices.default_table()
 
-    def count_request(self, api: str, payload: dict[str, Any], model: str) -> Estimate | None:
-        found = tokens.count_request(api, payload, model)
-        return Estimate(found.tokens, found.exact, found.method)
+    def count_request(self, api: str, payload: dict[str, Any], model: str) -> tokens.TokenEstimate | None:
+        return tokens.count_request(api, payload, model)
 
     def count_text(self, text: str, model: str) -> int | None:
         return tokens.count_text(text, model)

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from ext_proc.server import h2
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.servicer import HEALTH_PATH, PROCESS_PATH, ExtProcCall, HealthCall, Service
+from tests.fakes import FakeTransport
 
 
 class Running:
@@ -206,19 +207,6 @@ def test_garbage_is_not_http2(running: Running) -> None:
 
 
 # -- TCP may cut the byte stream anywhere: the parser must not care ------------------------------
-
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def client_bytes() -> bytes:

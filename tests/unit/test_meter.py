@@ -7,10 +7,9 @@ from typing import Any
 import orjson
 
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
-from ext_proc.core.meter import Estimate
 from ext_proc.core.session import Session
 from ext_proc.llm.prices import Price
-from ext_proc.llm.usage import Usage
+from ext_proc.llm.usage import TokenEstimate, Usage
 
 
 class FakeAccountant:
@@ -19,9 +18,9 @@ class FakeAccountant:
     def __init__(self) -> None:
         self.priced: list[tuple[str, str, Price | None]] = []
 
-    def count_request(self, api: str, payload: dict[str, Any], model: str) -> Estimate | None:
+    def count_request(self, api: str, payload: dict[str, Any], model: str) -> TokenEstimate | None:
         words = sum(len(str(m.get("content", "")).split()) for m in payload.get("messages", []))
-        return Estimate(words, False, "words")
+        return TokenEstimate(words, False, "words")
 
     def count_text(self, text: str, model: str) -> int | None:
         return len(text.split())

@@ -41,6 +41,7 @@ from ext_proc.mock.provider import (
     options_from_args,
     wire,
 )
+from tests.fakes import FakeTransport
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -968,24 +969,11 @@ def test_wire_framing():
     assert close and segments[-1][1].endswith(b"9\r\ndata: b\n\n\r\n")
 
 
-class _FakeTransport:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        raise AssertionError("no backpressure expected")
 
 
 def _feed(pieces: list[bytes]) -> tuple[bytes, bool]:
     connection = _Connection(MockProvider(Options(record_requests=0)))
-    transport = _FakeTransport()
+    transport = FakeTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
     for piece in pieces:
         connection.data_received(piece)
