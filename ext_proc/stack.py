@@ -26,6 +26,9 @@ from typing import Any
 
 import yaml
 
+from ext_proc.envoy_config import add_chains
+from ext_proc.policy.compiled import CompiledPolicy
+
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIG = ROOT / "envoy" / "tollway.yaml"
 PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
@@ -68,12 +71,17 @@ def render_envoy(
     mock_port: int,
     mocked: Iterable[str] = ("openai", "anthropic"),
     ext_proc: bool = True,
+    policy: CompiledPolicy | None = None,
+    first_byte_timeouts: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """A copy of the Envoy config with these ports; the ``mocked`` clusters reach the fake provider.
 
     A mocked cluster the config does not define (a policy's self-hosted or Azure provider) is
     added. ``ext_proc=False`` removes the Tollway filter: the same listener and path routes as
-    plain Envoy, the baseline the benchmark compares against.
+    plain Envoy, the baseline the benchmark compares against. With a ``policy``, the fallback
+    clusters of its aliases are added (after mocking, so they reach the same endpoints).
+    ``first_byte_timeouts`` replaces the per-try idle timeouts of the streaming and buffered
+    routes (e.g. ``("1s", "2s")`` in tests of stalled providers).
     """
     config = copy.deepcopy(template)
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
@@ -94,6 +102,13 @@ def render_envoy(
     _point_at_mock(clusters["mock"], mock_port)
     ext = clusters["tollway_ext_proc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     ext["address"]["socket_address"]["port_value"] = ext_proc_port
+    if first_byte_timeouts is not None:
+        labelled = [r for r in hcm["route_config"]["virtual_hosts"][0]["routes"] if "cluster_header" in r["route"]]
+        for route in labelled:
+            streaming = any(h["name"] == "x-tollway-stream" for h in route["match"].get("headers", ()))
+            route["route"]["retry_policy"]["per_try_idle_timeout"] = first_byte_timeouts[0 if streaming else 1]
+    if policy is not None and ext_proc:
+        add_chains(config, policy)
     return config
 
 
@@ -117,6 +132,7 @@ class Stack:
     serve_args: tuple[str, ...] = ()  # more `tollway serve` flags (e.g. --redis URL)
     mock: bool = True
     mock_args: tuple[str, ...] = ()
+    first_byte_timeouts: tuple[str, str] | None = None  # per-try idle timeouts (streaming, buffered)
     mocked: frozenset[str] = frozenset(PROVIDER_KEYS)  # Envoy clusters served by the fake provider
     quiet: bool = True
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -157,10 +173,16 @@ class Stack:
                 serve += self.serve_args
                 self._spawn("tollway", serve, {"TOLLWAY_POLICY": "", "TOLLWAY_WORKLOAD": "", **self.service_env})
             template = yaml.safe_load(ENVOY_CONFIG.read_text())
+            compiled = None
+            if self.policy is not None:
+                from ext_proc.policy.compile import compile_policy
+
+                compiled = compile_policy(self.policy.read_text(), str(self.policy))
             config = render_envoy(
                 template, listen_port=self.listen_port, admin_port=self.admin_port,
                 ext_proc_port=self.ext_proc_port, mock_port=self.mock_port,
-                mocked=self.mocked, ext_proc=self.ext_proc,
+                mocked=self.mocked, ext_proc=self.ext_proc, policy=compiled,
+                first_byte_timeouts=self.first_byte_timeouts,
             )
             path = self.workdir / "envoy.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))

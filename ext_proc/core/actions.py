@@ -22,7 +22,9 @@ class Continue:
     one). ``clear_route_cache`` asks Envoy to match the route again after header changes.
     ``stream_response`` switches the response body from buffered to streamed (successful SSE).
     ``credential`` names the provider whose API key the server must add to the request: the
-    core never sees secrets, the server resolves and injects them while encoding.
+    core never sees secrets, the server resolves and injects them while encoding. ``metadata``
+    is set as Envoy dynamic metadata (namespace ``tollway``), which the per-attempt filter of a
+    fallback cluster receives (see :mod:`ext_proc.core.upstream`).
     """
 
     set_headers: Headers = ()
@@ -31,6 +33,7 @@ class Continue:
     clear_route_cache: bool = False
     stream_response: bool = False
     credential: Provider | None = None
+    metadata: Headers = ()
 
 
 @dataclass(frozen=True, slots=True)

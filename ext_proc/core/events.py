@@ -31,11 +31,16 @@ class RequestBody:
 
 @dataclass(frozen=True, slots=True)
 class ResponseHeaders:
-    """The response head: from the provider, or a local reply made by Envoy."""
+    """The response head: from the provider, or a local reply made by Envoy.
+
+    ``attributes``: which endpoint answered and after how many attempts (see
+    :mod:`ext_proc.core.upstream`).
+    """
 
     headers: Mapping[str, str]
     end_of_stream: bool
     at: int
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

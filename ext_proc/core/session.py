@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from ext_proc.core import upstream
 from ext_proc.core.actions import CONTINUE, Action, Continue, Effect, EmitRecord, Respond
 from ext_proc.core.errors import ClientError, plain_error
 from ext_proc.core.events import (
@@ -45,14 +46,17 @@ from ext_proc.core.events import (
 from ext_proc.core.meter import Accountant, Meter
 from ext_proc.llm import apis
 from ext_proc.llm.sse import SSEDecoder, SSEEvent
+from ext_proc.llm.translate import anthropic_to_openai, openai_to_anthropic
 from ext_proc.llm.usage import Usage, apply_anthropic, apply_openai
 from ext_proc.policy import decide
 from ext_proc.policy.compiled import CompiledPolicy, Principal, Target
 
 ROUTE_HEADER = "x-tollway-cluster"  # Envoy routes to the cluster this header names
+STREAM_HEADER = "x-tollway-stream"  # Envoy picks the streaming route (its first-byte timeout)
 # Headers only Tollway may set on the way to the provider; a client's copy is dropped, as is
 # any other x-tollway-* header the client sent (identity is Tollway's to establish).
 _UNTRUSTED = ("accept-encoding", ROUTE_HEADER)
+_INTERRUPTED = ClientError(502, "stream_interrupted", "The provider's stream ended before the response was complete.")
 
 
 class Phase(enum.Enum):
@@ -74,19 +78,24 @@ class Session:
     """
 
     __slots__ = (
+        "_chain",
         "_decoder",
         "_gunzip_request",
         "_path",
         "_policy",
+        "_served_style",
         "_sidecar_workload",
         "_stream_reader",
         "_strip_usage_chunk",
         "_target",
+        "_translator",
         "_usage_headers",
         "api",
+        "attempts",
         "complete",
         "effects",
         "error",
+        "fallback",
         "meter",
         "model",
         "outcome",
@@ -112,7 +121,12 @@ class Session:
         self._usage_headers = usage_headers  # add x-tollway-*-tokens / -cost-usd to buffered answers
         self._policy = policy  # None: open mode, no identity or access control (issue-3 behaviour)
         self._sidecar_workload = workload
-        self._target: Target | None = None
+        self._target: Target | None = None  # the target that serves (for a chain: once known)
+        self._chain: tuple[Target, ...] = ()  # the targets Envoy may try, in order
+        self._served_style = "openai"  # the wire format of the provider's answer
+        self._translator: openai_to_anthropic.StreamTranslator | anthropic_to_openai.StreamTranslator | None = None
+        self.attempts: int | None = None
+        self.fallback = False
         self.meter = Meter(accountant)
         self._path = ""
         self.principal: Principal | None = None
@@ -166,7 +180,9 @@ class Session:
         if rejected is not None:
             return rejected
         assert self.api is not None
-        remove = _UNTRUSTED + tuple(h for h in headers if h.startswith("x-tollway-") and h != ROUTE_HEADER)
+        remove = _UNTRUSTED + tuple(
+            h for h in headers if (h.startswith("x-tollway-") and h != ROUTE_HEADER) or h == upstream.RETRIES_HEADER
+        )
         if self._policy is not None:
             try:
                 self.principal = decide.identify(self._policy, headers, event.attributes, self._sidecar_workload)
@@ -220,38 +236,68 @@ class Session:
                 return self._reject(error, api.style, event.at)
             replaced = replaced or self._strip_usage_chunk
         headers: list[tuple[str, str]] = []
+        metadata: tuple[tuple[str, str], ...] = ()
         credential = None
+        payload = request.payload
         if self._policy is None:
             self.provider = api.provider
+            self._served_style = api.style
             cluster = api.provider
+            self.meter.before_send(api.name, payload, request.model)
         else:
-            assert self.principal is not None
             try:
-                target = decide.target_for(self._policy, self.principal, api, request.model)
+                chain = self._route(api, request)
             except ClientError as error:
                 return self._reject(error, api.style, event.at)
-            provider = target.provider
-            self.provider, cluster, credential = provider.name, provider.cluster, provider
-            self._target = target
-            path = decide.upstream_path(api, target, self._path)
-            if path is not None:
-                headers.append((":path", path))
-            elif target.upstream_model != request.model:
-                request.payload["model"] = target.upstream_model
-                replaced = True
-        counted_as = self._target.upstream_model if self._target else request.model
-        self.meter.before_send(api.name, request.payload, counted_as)
+            self._chain = chain
+            first = self._target = chain[0]
+            self._served_style = "anthropic" if first.provider.kind == "anthropic" else "openai"
+            self.provider = first.provider.name
+            cluster = decide.cluster_name(chain)
+            if len(chain) == 1:
+                # One target: this filter rewrites the request for it and adds its key.
+                credential = first.provider
+                try:
+                    payload, path = upstream.prepare(api, request.payload, first, self._path)
+                except ClientError as error:
+                    return self._reject(error, api.style, event.at)
+                if path is not None:
+                    headers.append((":path", path))
+                replaced = replaced or payload is not request.payload or payload.get("model") != request.model
+            else:
+                # A chain: each attempt's own filter rewrites the request for the target Envoy picked.
+                metadata = ((upstream.TARGETS, upstream.encode_chain(chain)), (upstream.CLIENT_PATH, self._path))
+                headers.append((upstream.RETRIES_HEADER, str(len(chain) - 1)))
         self.phase = Phase.RESPONSE_HEADERS
         headers.insert(0, (ROUTE_HEADER, cluster))
+        if request.stream:
+            headers.append((STREAM_HEADER, "1"))
         if not replaced:
-            return Continue(set_headers=tuple(headers), clear_route_cache=True, credential=credential)
-        if request.payload.get("model") != request.model or self._strip_usage_chunk:
-            body = orjson.dumps(request.payload)
+            return Continue(
+                set_headers=tuple(headers), clear_route_cache=True, credential=credential, metadata=metadata
+            )
+        if payload is not request.payload or payload.get("model") != request.model or self._strip_usage_chunk:
+            body = orjson.dumps(payload)
         headers.append(("content-length", str(len(body))))
         remove = ("content-encoding",) if self._gunzip_request else ()
         return Continue(
-            set_headers=tuple(headers), remove_headers=remove, body=body, clear_route_cache=True, credential=credential
+            set_headers=tuple(headers), remove_headers=remove, body=body, clear_route_cache=True, credential=credential,
+            metadata=metadata,
         )
+
+    def _route(self, api: apis.ClientAPI, request: apis.ParsedRequest) -> tuple[Target, ...]:
+        """Count the prompt, then choose the targets (one, or a fallback chain for an alias)."""
+        policy, principal = self._policy, self.principal
+        assert policy is not None and principal is not None
+        alias = policy.alias(request.model)
+        if alias is None:
+            target = decide.target_for(policy, principal, api, request.model)
+            self.meter.before_send(api.name, request.payload, target.upstream_model)
+            return (target,)
+        counted_as = alias.plan_for(principal.team).targets[0].upstream_model
+        self.meter.before_send(api.name, request.payload, counted_as)
+        estimate = self.meter.estimate
+        return decide.route(policy, principal, api, request.model, estimate.tokens if estimate else None)
 
     # -- response ---------------------------------------------------------------------------
 
@@ -263,9 +309,10 @@ class Session:
             self.status = int(headers.get(":status", ""))
         except ValueError:
             self.status = None
+        told = self._served(event.attributes)
         if event.end_of_stream:
             self._finish(event.at, "ok" if self.status and self.status < 400 else "error")
-            return CONTINUE
+            return Continue(set_headers=told) if told else CONTINUE
         self.phase = Phase.RESPONSE_BODY
         content_type = headers.get("content-type", "")
         if (
@@ -275,10 +322,39 @@ class Session:
             and content_type.lower().startswith("text/event-stream")
         ):
             self._decoder = SSEDecoder()
-            style = self.api.style if self.api else "openai"
-            self._stream_reader = self._read_anthropic_event if style == "anthropic" else self._read_openai_event
-            return Continue(stream_response=True)
-        return CONTINUE
+            served, client = self._served_style, self.api.style if self.api else "openai"
+            self._stream_reader = self._read_anthropic_event if served == "anthropic" else self._read_openai_event
+            if served != client:
+                model = self._target.upstream_model if self._target else None
+                self._translator = (
+                    openai_to_anthropic.StreamTranslator(model=model, include_usage=not self._strip_usage_chunk)
+                    if client == "openai"
+                    else anthropic_to_openai.StreamTranslator(model=model)
+                )
+            return Continue(set_headers=told, stream_response=True)
+        return Continue(set_headers=told) if told else CONTINUE
+
+    def _served(self, attributes: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        """Learn which target answered (and after how many attempts); the headers telling the client."""
+        chain = self._chain
+        count = attributes.get(upstream.ATTEMPTS_ATTRIBUTE)
+        if count is not None and count.isdigit():
+            self.attempts = int(count)
+        if len(chain) > 1:
+            position = upstream.slot(attributes)
+            if position is not None and position < len(chain):
+                self._target = chain[position]
+                self.provider = chain[position].provider.name
+                self.fallback = position > 0
+        target = self._target
+        if target is None:
+            self._served_style = self.api.style if self.api else "openai"
+            return ()
+        self._served_style = "anthropic" if target.provider.kind == "anthropic" else "openai"
+        told = [("x-tollway-provider", target.provider.name), ("x-tollway-model", target.upstream_model)]
+        if self.attempts is not None:
+            told.append(("x-tollway-attempts", str(self.attempts)))
+        return tuple(told)
 
     def _response_body(self, event: ResponseBody) -> Action:
         if self._decoder is not None:
@@ -287,7 +363,7 @@ class Session:
         action = self._read_buffered(event.body)
         ok = bool(self.status and self.status < 400)
         self._finish(event.at, "ok" if ok else "error")
-        if self._usage_headers and ok and action is CONTINUE:
+        if self._usage_headers and ok and (action is CONTINUE or isinstance(action, Continue)):
             # The response head is still held (buffered body): tell the client its usage and cost.
             record = self.effects[-1].record
             cost = record["cost_usd_micros"]
@@ -295,12 +371,15 @@ class Session:
                        for name in ("input_tokens", "output_tokens") if record[name] is not None]
             if cost is not None:
                 headers.append(("x-tollway-cost-usd", f"{cost // 1_000_000}.{cost % 1_000_000:06d}"))
-            return Continue(set_headers=tuple(headers)) if headers else action
+            if headers:
+                return Continue(set_headers=action.set_headers + tuple(headers), remove_headers=action.remove_headers,
+                                body=action.body)
         return action
 
     def _read_buffered(self, body: bytes) -> Action:
         status = self.status or 0
         style = self.api.style if self.api else "openai"
+        served = self._served_style
         compressed = body[:2] == b"\x1f\x8b"
         try:
             if compressed:
@@ -308,6 +387,7 @@ class Session:
             payload = orjson.loads(body)
         except (orjson.JSONDecodeError, ClientError):
             payload = None
+        new: bytes | None = None
         if status >= 400:
             if not isinstance(payload, dict):
                 # Envoy's own plain-text reply (no healthy upstream, connect failure, timeout, 413):
@@ -315,21 +395,37 @@ class Session:
                 error = plain_error(status, body)
                 self.error = error.code
                 new = error.body(style)
-                return Continue(
-                    set_headers=(("content-type", "application/json"), ("content-length", str(len(new)))),
-                    remove_headers=("content-encoding",) if compressed else (),
-                    body=new,
-                )
-            self.error = _error_code(payload)
-            return CONTINUE
-        if isinstance(payload, dict):
+            else:
+                self.error = _error_code(payload)
+                if served != style:
+                    translate = openai_to_anthropic.error if style == "openai" else anthropic_to_openai.error
+                    new = translate(status, body)
+        elif isinstance(payload, dict):
             if isinstance(payload.get("model"), str):
                 self.served_model = payload["model"]
-            if style == "anthropic":
+            if served == "anthropic":
                 apply_anthropic(self.usage, payload.get("usage"))
             else:
                 apply_openai(self.usage, payload.get("usage"))
-        return CONTINUE
+            if served != style:
+                try:
+                    answer = (openai_to_anthropic.response(payload) if style == "openai"
+                              else anthropic_to_openai.response(payload))
+                except Exception:  # a malformed provider answer: the client gets a clear 502
+                    self.status = 502
+                    self.error = "untranslatable_response"
+                    new = ClientError(502, "untranslatable_response",
+                                      "The provider's answer could not be translated.").body(style)
+                    return Continue(set_headers=((":status", "502"), ("content-type", "application/json"),
+                                                 ("content-length", str(len(new)))), body=new)
+                new = orjson.dumps(answer)
+        if new is None:
+            return CONTINUE
+        return Continue(
+            set_headers=(("content-type", "application/json"), ("content-length", str(len(new)))),
+            remove_headers=("content-encoding",) if compressed else (),
+            body=new,
+        )
 
     def _stream_chunk(self, event: ResponseBody) -> Action:
         decoder = self._decoder
@@ -340,16 +436,51 @@ class Session:
         events = decoder.feed(event.body)
         if event.end_of_stream:
             events += decoder.flush()
-        kept = [sse.raw for sse in events if not reader(sse)]
-        action = CONTINUE
-        if self._strip_usage_chunk:
-            # Complete events pass; the bytes of an unfinished one wait for the next chunk.
-            out = b"".join(kept)
-            if out != event.body:
-                action = Continue(body=out)
+        translator = self._translator
+        if translator is not None:
+            out = b"".join(self._translate(sse, translator) for sse in events)
+        else:
+            kept = [sse.raw for sse in events if not reader(sse)]
+            out = b"".join(kept) if self._strip_usage_chunk else event.body
         if event.end_of_stream:
+            if translator is not None:
+                out += translator.end()
+            if not self.complete:
+                # Never a clean end for a cut answer: the client's SDK raises on this event.
+                out += _error_event(self.api.style if self.api else "openai")
+                self.error = self.error or _INTERRUPTED.code
             self._finish(event.at, "ok" if self.complete else "incomplete")
-        return action
+        # Complete events pass; the bytes of an unfinished one wait for the next chunk.
+        return Continue(body=out) if out != event.body else CONTINUE
+
+    def _translate(
+        self, sse: SSEEvent, translator: openai_to_anthropic.StreamTranslator | anthropic_to_openai.StreamTranslator
+    ) -> bytes:
+        """Account for one provider event, and give the client its translation."""
+        data = sse.data
+        if not data:
+            return b""
+        if isinstance(translator, anthropic_to_openai.StreamTranslator):  # an OpenAI provider
+            if data == b"[DONE]":
+                self.complete = True
+                return translator.done()
+            chunk = _loads_dict(data)
+            if chunk is None:
+                return b""
+            self.meter.keep(data)
+            self._note_openai(chunk, self.served_model is None)
+            return translator.chunk(chunk)
+        payload = _loads_dict(data)
+        if payload is None:
+            return b""
+        name = sse.event or str(payload.get("type", ""))
+        if name == "message_stop":
+            self.complete = True
+        elif name == "content_block_delta":
+            self.meter.keep(data)
+        else:
+            self._note_anthropic(name, payload)
+        return translator.event(name, payload)
 
     def _read_openai_event(self, sse: SSEEvent) -> bool:
         """Read one OpenAI stream event; True when it is the usage chunk we must hide."""
@@ -363,12 +494,10 @@ class Session:
         first = self.served_model is None
         if not first and (b'"usage"' not in data or b'"usage":null' in data) and b'"error"' not in data:
             return False
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return False
-        if not isinstance(chunk, dict):
-            return False
+        chunk = _loads_dict(data)
+        return chunk is not None and self._note_openai(chunk, first)
+
+    def _note_openai(self, chunk: dict[str, Any], first: bool) -> bool:
         if first and isinstance(chunk.get("model"), str):
             self.served_model = chunk["model"]
         if "error" in chunk:
@@ -390,12 +519,12 @@ class Session:
             return False
         if name not in ("message_start", "message_delta", "error") or not sse.data:
             return False
-        try:
-            payload = orjson.loads(sse.data)
-        except orjson.JSONDecodeError:
-            return False
-        if not isinstance(payload, dict):
-            return False
+        payload = _loads_dict(sse.data)
+        if payload is not None:
+            self._note_anthropic(name, payload)
+        return False
+
+    def _note_anthropic(self, name: str, payload: dict[str, Any]) -> None:
         if name == "message_start":
             message = payload.get("message")
             if isinstance(message, dict):
@@ -404,9 +533,8 @@ class Session:
                 apply_anthropic(self.usage, message.get("usage"))
         elif name == "message_delta":
             apply_anthropic(self.usage, payload.get("usage"))
-        else:
+        elif name == "error":
             self.error = _error_code(payload)
-        return False
 
     # -- endings ----------------------------------------------------------------------------
 
@@ -424,7 +552,7 @@ class Session:
             target = self._target
             kind = target.provider.kind if target else (self.api.provider if self.api else None)
             model = self.served_model or (target.upstream_model if target else self.model)
-            style = self.api.style if self.api else "openai"
+            style = self._served_style
             price = target.price if target else None
             aliases = tuple(name for name in (target.upstream_model if target else None, self.model) if name)
             record.update(self.meter.settle(self.usage, style, self.stream, kind, model, aliases, price))
@@ -457,10 +585,27 @@ class Session:
             "cached_tokens": usage.cached_tokens,
             "cache_write_tokens": usage.cache_write_tokens,
             "reasoning_tokens": usage.reasoning_tokens,
+            "attempts": self.attempts,
+            "fallback": self.fallback,
             "guardrails": [],  # names of the guardrails that fired (none exist yet)
             "latency_ms": round((at - self.started) / 1e6, 3),
             "ttft_ms": round(self.ttft / 1e6, 3) if self.ttft is not None else None,
         }
+
+
+def _loads_dict(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _error_event(style: str) -> bytes:
+    """The in-stream error event a client's SDK raises on (OpenAI: an ``error`` data object)."""
+    if style == "anthropic":
+        return b"event: error\ndata: " + _INTERRUPTED.body("anthropic") + b"\n\n"
+    return b"data: " + _INTERRUPTED.body("openai") + b"\n\n"
 
 
 def _error_code(payload: dict[str, Any]) -> str | None:

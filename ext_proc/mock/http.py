@@ -55,10 +55,11 @@ class Reply:
     content_type: bytes = b"application/json"
     headers: bytes = b""  # extra header lines, each ending in CRLF
     events: tuple[bytes, ...] | list[bytes] | None = None
-    latency: float = 0.0  # seconds before the head (non-streaming)
+    latency: float = 0.0  # seconds before the head (a stall before the first byte)
     ttft: float = 0.0  # seconds before the first event
     inter_chunk: float = 0.0  # seconds between events
     cut_after: int | None = None  # truncate (see :func:`wire`)
+    clean_end: bool = False  # a truncated stream still ends properly (its final chunk is sent)
 
 
 class Handler(Protocol):
@@ -97,7 +98,8 @@ def wire(reply: Reply, keep_alive: bool, *, http10: bool = False) -> tuple[list[
     """The bytes of ``reply`` as ``(pause_seconds, data)`` segments, and whether to close after.
 
     Segments with no pause are merged into the one before, so a reply without delays is a single
-    segment. Truncated replies (``cut_after``) always close and never send the final chunk.
+    segment. Truncated replies (``cut_after``) close and never send the final chunk, unless
+    ``clean_end``: then the stream ends properly, only its last events are missing.
     HTTP/1.0 clients asking for keep-alive are told so explicitly.
     """
     connection = _CONNECTION_HEADER[keep_alive, http10]
@@ -105,7 +107,7 @@ def wire(reply: Reply, keep_alive: bool, *, http10: bool = False) -> tuple[list[
     if reply.events is None:
         body = reply.body
         head = b"%scontent-length: %d\r\n%s%s\r\n" % (ctype, len(body), reply.headers, connection)
-        if reply.cut_after is not None:
+        if reply.cut_after is not None and not reply.clean_end:
             return [(reply.latency, _status_line(reply.status) + head + body[: len(body) // 2])], True
         return [(reply.latency, _status_line(reply.status) + head + body)], not keep_alive
     head = (
@@ -117,7 +119,7 @@ def wire(reply: Reply, keep_alive: bool, *, http10: bool = False) -> tuple[list[
         + b"\r\n"
     )
     segments: list[tuple[float, bytes]] = []
-    pending, pending_pause = head, 0.0  # the segment being built
+    pending, pending_pause = head, reply.latency  # the segment being built (after any stall)
     cut = reply.cut_after
     for i, event in enumerate(reply.events):
         if cut is not None and i >= cut:
@@ -129,10 +131,10 @@ def wire(reply: Reply, keep_alive: bool, *, http10: bool = False) -> tuple[list[
             pending, pending_pause = frame, pause
         else:
             pending += frame
-    if cut is None:
+    if cut is None or reply.clean_end:
         pending += b"0\r\n\r\n"
     segments.append((pending_pause, pending))
-    return segments, cut is not None or not keep_alive
+    return segments, (cut is not None and not reply.clean_end) or not keep_alive
 
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -22,13 +22,20 @@ never echoed beyond its last 4 characters.
 Per-request control headers (each falls back to the CLI option of the same name):
 
 - ``x-mock-status: N``          answer an error ``N`` (>= 400) in the endpoint's provider format
-- ``x-mock-latency-ms``         pause before the response head (non-streaming responses)
+- ``x-mock-latency-ms``         pause before the response head: no byte at all until then
 - ``x-mock-ttft-ms``            pause before the first SSE event
 - ``x-mock-inter-chunk-ms``     pause between SSE events
 - ``x-mock-chunks: N``          words in the reply = content deltas in a stream
 - ``x-mock-cut-after: N``       stream: close the connection after N events, without the final
                                 chunk; non-streaming: close after sending half of the body
+- ``x-mock-truncate-after: N``  stream: end the stream properly after N events (the final
+                                events never come; the HTTP response itself is complete)
 - ``x-mock-cassette: NAME``     replay that cassette whatever the request
+
+Each control can be scoped to one API family: ``x-mock-openai-status: 429`` applies only to
+OpenAI endpoints, ``x-mock-anthropic-ttft-ms`` only to ``/v1/messages``, ``x-mock-azure-*`` only
+to Azure paths; a scoped control wins over the unscoped one. (One request through a gateway
+with fallback can so fail at one provider and succeed at the next.)
 
 Order of precedence: the API key (401), ``anthropic-version`` (400), bad ``x-mock-*`` values
 (400), ``x-mock-cassette``, ``x-mock-status``, a cassette whose recorded request matches (method,
@@ -48,7 +55,7 @@ import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -185,12 +192,15 @@ class MockProvider:
                 return denied
         if style == "anthropic" and not _header(req.headers, b"anthropic-version"):
             return self._error(style, 400, None, message="anthropic-version: header is required")
+        controls = req.controls
+        if controls:
+            controls = _scoped(controls, style)
         try:
-            knobs = _Knobs.parse(req.controls, self.options)
+            knobs = _Knobs.parse(controls, self.options)
         except BadControl as exc:
             return self._error(style, 400, knobs=None, message=str(exc))
 
-        forced = req.controls.get("cassette")
+        forced = controls.get("cassette")
         if forced is not None:
             cassette = self.cassettes.get(forced.removesuffix(".yaml"))
             if cassette is None:
@@ -304,9 +314,11 @@ class MockProvider:
                 content_type=b"",
                 headers=headers,
                 events=cassette.events,
+                latency=knobs.latency,
                 ttft=knobs.ttft,
                 inter_chunk=knobs.inter_chunk,
                 cut_after=knobs.cut_after,
+                clean_end=knobs.clean_end,
             )
         return Reply(
             cassette.status,
@@ -326,9 +338,11 @@ class MockProvider:
                 content_type=_SSE_CT,
                 headers=headers,
                 events=events,
+                latency=knobs.latency,
                 ttft=knobs.ttft,
                 inter_chunk=knobs.inter_chunk,
                 cut_after=knobs.cut_after,
+                clean_end=knobs.clean_end,
             )
         assert body is not None
         return Reply(200, body, _JSON_CT, headers, latency=knobs.latency, cut_after=knobs.cut_after)
@@ -392,6 +406,7 @@ class _Knobs:
     inter_chunk: float
     chunks: int
     cut_after: int | None
+    clean_end: bool = False
 
     @classmethod
     def parse(cls, controls: Mapping[str, str], options: Options) -> _Knobs:
@@ -401,6 +416,10 @@ class _Knobs:
         if status is not None and not 400 <= status <= 599:
             status = None
         cut = controls.get("cut-after")
+        truncate = controls.get("truncate-after")
+        if truncate is not None:
+            return replace(cls.parse({k: v for k, v in controls.items() if k != "truncate-after"}, options),
+                           cut_after=_number(controls, "truncate-after", 0, integer=True), clean_end=True)
         return cls(
             status=status,
             latency=_number(controls, "latency-ms", options.latency_ms) / 1000,
@@ -421,6 +440,19 @@ def _defaults(options: Options) -> _Knobs:
             None, options.latency_ms / 1000, options.ttft_ms / 1000, options.inter_chunk_ms / 1000, options.chunks, None
         )
     return knobs
+
+
+_FAMILIES = ("openai-", "anthropic-", "azure-")
+
+
+def _scoped(controls: Mapping[str, str], style: str) -> Mapping[str, str]:
+    """The controls for an endpoint of ``style``: its scoped ones over the unscoped ones."""
+    if not any(name.startswith(_FAMILIES) for name in controls):
+        return controls
+    out = {name: value for name, value in controls.items() if not name.startswith(_FAMILIES)}
+    prefix = style + "-"
+    out.update({name[len(prefix):]: value for name, value in controls.items() if name.startswith(prefix)})
+    return out
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import types
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -39,7 +40,7 @@ from pydantic_core import ErrorDetails
 
 from ext_proc.llm.prices import Price
 
-from .compiled import CompiledPolicy, CredentialSource, Provider, Target, Team
+from .compiled import Alias, CompiledPolicy, CredentialSource, Plan, Provider, Target, Team
 from .issues import (
     SECTION_NOUNS,
     Loc,
@@ -53,7 +54,7 @@ from .issues import (
     suggest,
     to_issues,
 )
-from .schema import API_VERSION, RESERVED_SECTIONS, PolicySpec
+from .schema import API_VERSION, RESERVED_SECTIONS, PlanSpec, PolicySpec, PriceSpec
 
 __all__ = ["PolicyError", "PolicyIssue", "compile_policy"]
 
@@ -228,9 +229,46 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
             if ref == "*":
                 if len(team.models) > 1:
                     problems.append(Problem('"*" (every model) must be the only entry', where=where))
-            elif ref not in owners and ("models", ref) not in skipped:
-                suggestion = suggest(ref, skipped.known("models", owners))
+            elif ref not in owners and ref not in spec.routing.aliases and ("models", ref) not in skipped:
+                suggestion = suggest(ref, [*skipped.known("models", owners), *spec.routing.aliases])
                 problems.append(Problem(f"unknown model '{ref}'" + suggestion, where=where))
+    problems += _check_aliases(spec, owners, skipped)
+    return problems
+
+
+def _check_aliases(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped: _Skipped) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, alias in spec.routing.aliases.items():
+        here: Loc = ("routing", "aliases", name)
+        if name in owners:
+            owner, is_alias = owners[name]
+            taken = f"an alias of model '{owner}'" if is_alias else "a model's name"
+            problems.append(Problem(f"alias '{name}' is already {taken}", where=here, at_key=True))
+        plans: list[tuple[Loc, PlanSpec]] = [(here, alias)]
+        plans += [((*here, "teams", team), plan) for team, plan in alias.teams.items()]
+        for team in alias.teams:
+            if team not in spec.teams and ("teams", team) not in skipped:
+                problems.append(Problem(f"unknown team '{team}'" + suggest(team, skipped.known("teams", spec.teams)),
+                                        where=(*here, "teams", team), at_key=True))
+        for where, plan in plans:
+            seen: dict[tuple[str, str], int] = {}
+            for index, target in enumerate(plan.targets):
+                at: Loc = (*where, "targets", index)
+                if target.provider not in spec.providers and ("providers", target.provider) not in skipped:
+                    problems.append(Problem(
+                        f"unknown provider '{target.provider}'"
+                        + suggest(target.provider, skipped.known("providers", spec.providers)),
+                        where=(*at, "provider")))
+                key = (target.provider, target.model)
+                if key in seen:
+                    problems.append(Problem(f"the same provider and model as targets[{seen[key]}]", where=at))
+                seen.setdefault(key, index)
+                if plan.strategy == "weighted" and target.weight is None:
+                    problems.append(Problem("strategy weighted needs a weight on every target", where=at))
+                if plan.strategy == "priority" and target.weight is not None:
+                    problems.append(Problem("only for strategy weighted", where=(*at, "weight"), at_key=True))
+            if plan.strategy == "weighted" and all(t.weight == 0 for t in plan.targets):
+                problems.append(Problem("at least one target needs a weight above 0", where=(*where, "targets")))
     return problems
 
 
@@ -246,26 +284,34 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
             credential=CredentialSource(env=p.credential.env, file=p.credential.file) if p.credential else None,
             anthropic_version=p.anthropic_version or "2023-06-01",
             api_version=p.api_version,
+            host=urllib.parse.urlsplit(p.endpoint).netloc or None if p.endpoint else None,
         )
         for name, p in spec.providers.items()
     }
     models: dict[str, Target] = {}
     for name, m in spec.models.items():
-        price = None
-        if m.price is not None:
-            price = Price(
-                input=Decimal(m.price.input), output=Decimal(m.price.output),
-                cache_read=Decimal(m.price.cache_read) if m.price.cache_read else None,
-                cache_write=Decimal(m.price.cache_write) if m.price.cache_write else None,
-                source="policy",
-            )
-        target = Target(public=name, provider=providers[m.provider], upstream_model=m.model or name, price=price)
+        target = Target(
+            public=name, provider=providers[m.provider], upstream_model=m.model or name, price=_price(m.price),
+            context_window=m.context_window, max_output_tokens=m.max_output_tokens,
+        )
         models.update(dict.fromkeys([name, *m.aliases], target))
     teams = {}
     for name, t in spec.teams.items():
         every = t.models == ["*"]
-        allowed = frozenset(spec.models) if every else frozenset(models[ref].public for ref in t.models)
+        allowed = frozenset(spec.models) if every else frozenset(
+            models[ref].public if ref in models else ref for ref in t.models
+        )
         teams[name] = Team(name=name, models=allowed, all_models=every)
+    aliases = {
+        name: Alias(
+            name=name,
+            plan=_plan(name, alias, providers, spec),
+            teams=types.MappingProxyType(
+                {team: _plan(name, plan, providers, spec) for team, plan in alias.teams.items()}
+            ),
+        )
+        for name, alias in spec.routing.aliases.items()
+    }
     return CompiledPolicy(
         version=hashlib.sha256(text.encode("utf-8")).hexdigest()[:12],
         source=source,
@@ -275,4 +321,44 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
         keys=types.MappingProxyType({k.sha256: (name, k.id) for name, t in spec.teams.items() for k in t.keys}),
         workloads=types.MappingProxyType({w: name for name, t in spec.teams.items() for w in t.workloads}),
         sections=types.MappingProxyType({section: getattr(spec, section) for section in RESERVED_SECTIONS}),
+        aliases=types.MappingProxyType(aliases),
+        routed=types.MappingProxyType({
+            (t.provider.name, t.upstream_model): t
+            for alias in aliases.values() for plan in (alias.plan, *alias.teams.values()) for t in plan.targets
+        }),
     )
+
+
+def _price(spec: PriceSpec | None) -> Price | None:
+    if spec is None:
+        return None
+    return Price(
+        input=Decimal(spec.input), output=Decimal(spec.output),
+        cache_read=Decimal(spec.cache_read) if spec.cache_read else None,
+        cache_write=Decimal(spec.cache_write) if spec.cache_write else None,
+        source="policy",
+    )
+
+
+def _plan(public: str, plan: PlanSpec, providers: dict[str, Provider], spec: PolicySpec) -> Plan:
+    """A plan's targets in priority order (stable: equal priorities keep their list order).
+
+    A target inherits the context window, output limit and price of the ``models`` entry with the
+    same provider and model name, unless it sets its own.
+    """
+    entries = {(m.provider, m.model or name): m for name, m in spec.models.items()}
+    ordered = sorted(enumerate(plan.targets), key=lambda pair: (pair[1].priority if pair[1].priority is not None
+                                                                else pair[0]))
+    targets, weights = [], []
+    for _, t in ordered:
+        entry = entries.get((t.provider, t.model))
+        targets.append(Target(
+            public=public,
+            provider=providers[t.provider],
+            upstream_model=t.model,
+            price=_price(t.price) or (_price(entry.price) if entry else None),
+            context_window=t.context_window or (entry.context_window if entry else None),
+            max_output_tokens=t.max_output_tokens or (entry.max_output_tokens if entry else None),
+        ))
+        weights.append(t.weight or 0)
+    return Plan(plan.strategy, tuple(targets), tuple(weights) if plan.strategy == "weighted" else ())

@@ -36,6 +36,7 @@ class Provider:
     credential: CredentialSource | None  # None: no key is injected (e.g. a local model server)
     anthropic_version: str = "2023-06-01"  # anthropic: the anthropic-version header
     api_version: str | None = None  # azure-openai: the api-version query parameter
+    host: str | None = None  # the Host header it expects (from its endpoint URL), when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,32 @@ class Target:
     provider: Provider
     upstream_model: str  # the provider's model name; for azure-openai, the deployment name
     price: Price | None = None  # the policy's price for this model, overriding the price table
+    context_window: int | None = None  # prompt tokens it accepts (None: unknown, never skipped)
+    max_output_tokens: int | None = None  # max_tokens sent to Anthropic when an OpenAI client gives none
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How an alias is served: targets in priority order, and the strategy for the first attempt.
+
+    ``weights`` (strategy "weighted") are the shares of first attempts, aligned with ``targets``.
+    """
+
+    strategy: str  # "priority" | "weighted"
+    targets: tuple[Target, ...]
+    weights: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """A public model name routed to one or more provider models, possibly per team."""
+
+    name: str
+    plan: Plan
+    teams: Mapping[str, Plan] = field(default_factory=dict)
+
+    def plan_for(self, team: str) -> Plan:
+        return self.teams.get(team, self.plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +107,13 @@ class CompiledPolicy:
     teams: Mapping[str, Team]
     keys: Mapping[str, tuple[str, str]]  # sha256 hex -> (team, key id)
     workloads: Mapping[str, str]  # workload identity (e.g. a SPIFFE ID) -> team
-    sections: Mapping[str, object] = field(default_factory=dict)  # later work: budgets, routing, ...
+    sections: Mapping[str, object] = field(default_factory=dict)  # later work: budgets, rate limits, ...
+    aliases: Mapping[str, Alias] = field(default_factory=dict)  # routing.aliases
+    routed: Mapping[tuple[str, str], Target] = field(default_factory=dict)  # (provider, model) -> alias target
+
+    def alias(self, model: str) -> Alias | None:
+        """The routing alias named ``model``, if it is one."""
+        return self.aliases.get(model)
 
     def authenticate(self, secret: str) -> Principal | None:
         """The principal holding virtual key ``secret``, or None for an unknown key."""
@@ -96,6 +129,7 @@ class CompiledPolicy:
         """The target serving public model name (or alias) ``model``."""
         return self.models.get(model)
 
-    def may_use(self, team: str, target: Target) -> bool:
+    def may_use(self, team: str, public: str) -> bool:
+        """Whether ``team`` may call the public model name or alias ``public``."""
         entry = self.teams.get(team)
-        return entry is not None and (entry.all_models or target.public in entry.models)
+        return entry is not None and (entry.all_models or public in entry.models)

@@ -7,27 +7,61 @@ by an application whose egress is intercepted) is ignored, never forwarded, and 
 identified as a workload instead: by the SPIFFE ID of its client certificate (mTLS), or by the
 sidecar's own configured workload. No identity at all is a 401.
 
-Access. The requested model (a public name or alias) must exist (404, as OpenAI answers unknown
-models) and the caller's team must be allowed to use it (403). A model served by a provider that
-speaks another API than the client's is refused with a 400 until translation exists.
+Access. The requested model (a public name, a model alias or a routing alias) must exist (404, as
+OpenAI answers unknown models) and the caller's team must be allowed to use it (403). Chat clients
+of either SDK may reach providers of either API (the request and answer are translated); legacy
+completions and embeddings only reach OpenAI-style providers (400 otherwise).
+
+Routing. A routing alias yields a *chain*: the targets in the order Envoy tries them. Targets
+that cannot serve the client's API, or whose context window is smaller than the counted prompt,
+are left out before anything is sent (none left: a 400). Strategy "priority" keeps the plan's
+order; "weighted" draws the first target by weight and keeps the others, in priority order, as
+fallbacks. Envoy reaches a chain of two or more through one cluster per chain, whose endpoints
+are the chain's providers at increasing priorities; :func:`chains` lists every chain a policy can
+produce, so that the Envoy config can have them all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Mapping
 
 from ext_proc.core.errors import ClientError
 from ext_proc.llm.apis import ClientAPI
-from ext_proc.policy.compiled import KEY_PREFIX, CompiledPolicy, Principal, Target
+from ext_proc.policy.compiled import KEY_PREFIX, CompiledPolicy, Plan, Principal, Target
 
 SPIFFE_ATTRIBUTE = "connection.uri_san_peer_certificate"
 # Request headers that carry a client's credential: removed before anything goes upstream.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 
-_API_KINDS = {
-    "openai": frozenset({"openai", "azure-openai", "openai-compatible"}),
-    "anthropic": frozenset({"anthropic"}),
+
+def credential_header_names(kind: str) -> tuple[str, ...]:
+    """The headers Tollway sets to authenticate to a provider of ``kind``."""
+    if kind == "anthropic":
+        return ("x-api-key", "anthropic-version")
+    if kind == "azure-openai":
+        return ("api-key",)
+    return ("authorization",)
+
+_OPENAI_KINDS = frozenset({"openai", "azure-openai", "openai-compatible"})
+_ALL_KINDS = _OPENAI_KINDS | {"anthropic"}
+# The provider kinds that can serve each client API (chat in both directions through translation).
+_SERVES = {
+    "openai.chat.completions": _ALL_KINDS,
+    "anthropic.messages": _ALL_KINDS,
+    "openai.completions": _OPENAI_KINDS,
+    "openai.embeddings": _OPENAI_KINDS,
 }
+
+
+def can_serve(api: ClientAPI, kind: str) -> bool:
+    """Whether a provider of ``kind`` can answer a client of ``api`` (translating if need be)."""
+    return kind in _SERVES.get(api.name, _OPENAI_KINDS)
+
+
+def needs_translation(api: ClientAPI, kind: str) -> bool:
+    """Whether the client's API and the provider's differ (chat: OpenAI <-> Anthropic)."""
+    return (kind == "anthropic") != (api.style == "anthropic")
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -68,18 +102,112 @@ def target_for(policy: CompiledPolicy, principal: Principal, api: ClientAPI, mod
     if target is None:
         message = f"The model '{shown}' does not exist or you do not have access to it."
         raise ClientError(404, "model_not_found", message, "model")
-    if not policy.may_use(principal.team, target):
+    if not policy.may_use(principal.team, target.public):
         message = f"Team '{principal.team}' may not use model '{shown}'."
         raise ClientError(403, "model_not_allowed", message, "model")
-    if target.provider.kind not in _API_KINDS[api.style]:
+    if not can_serve(api, target.provider.kind):
+        raise _mismatch(api, shown)
+    return target
+
+
+def _mismatch(api: ClientAPI, shown: str) -> ClientError:
+    return ClientError(
+        400, "api_mismatch", f"Model '{shown}' cannot serve {api.name} requests; use a chat API with it.", "model"
+    )
+
+
+Draw = Callable[[], float]
+
+
+def route(
+    policy: CompiledPolicy,
+    principal: Principal,
+    api: ClientAPI,
+    model: str,
+    prompt_tokens: int | None,
+    draw: Draw = random.random,
+) -> tuple[Target, ...]:
+    """The targets to try for this request, in order (one for a plain model), or a ClientError."""
+    alias = policy.alias(model)
+    if alias is None:
+        return (target_for(policy, principal, api, model),)
+    shown = model[:200]
+    if not policy.may_use(principal.team, alias.name):
+        raise ClientError(403, "model_not_allowed", f"Team '{principal.team}' may not use model '{shown}'.", "model")
+    return chain(alias.plan_for(principal.team), api, prompt_tokens, shown, draw)
+
+
+def chain(plan: Plan, api: ClientAPI, prompt_tokens: int | None, shown: str, draw: Draw = random.random
+          ) -> tuple[Target, ...]:
+    """The order to try ``plan``'s targets in for one request (see the module docstring)."""
+    usable = [i for i, t in enumerate(plan.targets) if can_serve(api, t.provider.kind)]
+    if not usable:
+        raise _mismatch(api, shown)
+    fits = [i for i in usable if _fits(plan.targets[i], prompt_tokens)]
+    if not fits:
+        largest = max((plan.targets[i].context_window or 0) for i in usable)
         raise ClientError(
             400,
-            "api_mismatch",
-            f"Model '{shown}' is served through the {target.provider.kind} API; "
-            f"call it with that API's client.",
-            "model",
+            "context_length_exceeded",
+            f"The prompt has about {prompt_tokens} tokens; the largest context window model '{shown}' "
+            f"is served by takes {largest} tokens.",
+            "messages",
         )
-    return target
+    if plan.strategy == "weighted" and len(fits) > 1:
+        weights = [plan.weights[i] for i in fits]
+        total = sum(weights)
+        if total > 0:
+            point = draw() * total
+            for position, weight in enumerate(weights):
+                point -= weight
+                if point < 0 and weight > 0:
+                    fits.insert(0, fits.pop(position))
+                    break
+    return tuple(plan.targets[i] for i in fits)
+
+
+def _fits(target: Target, prompt_tokens: int | None) -> bool:
+    return prompt_tokens is None or not target.context_window or target.context_window >= prompt_tokens
+
+
+def cluster_name(chain: tuple[Target, ...]) -> str:
+    """The Envoy cluster for a chain: the provider's own for one target, else ``a+b+...``."""
+    return "+".join(target.provider.cluster for target in chain)
+
+
+def chains(policy: CompiledPolicy) -> frozenset[tuple[Target, ...]]:
+    """Every chain of two or more targets :func:`route` can produce under ``policy``.
+
+    For each alias plan, each client API family, each context-window floor and (weighted plans)
+    each first target. Keyed by the Envoy cluster name, since that is what Envoy needs.
+    """
+    from ext_proc.llm import apis  # local: apis imports core.errors only, but keep decide light
+
+    out: dict[str, tuple[Target, ...]] = {}
+    for alias in policy.aliases.values():
+        for plan in (alias.plan, *alias.teams.values()):
+            floors = sorted({t.context_window or 0 for t in plan.targets})
+            for api in (apis.CHAT_COMPLETIONS, apis.EMBEDDINGS):
+                for floor in floors:
+                    for first in range(len(plan.targets)):
+                        try:
+                            found = chain(plan, api, floor or None, alias.name, _constant(_share_before(plan, first)))
+                        except ClientError:
+                            continue
+                        if len(found) > 1:
+                            out.setdefault(cluster_name(found), found)
+    return frozenset(out.values())
+
+
+def _constant(value: float) -> Draw:
+    return lambda: value
+
+
+def _share_before(plan: Plan, index: int) -> float:
+    """A draw in [0, 1) that picks target ``index`` of a weighted plan (0.0 for priority plans)."""
+    if plan.strategy != "weighted" or not plan.weights or sum(plan.weights) == 0:
+        return 0.0
+    return (sum(plan.weights[:index]) + plan.weights[index] / 2) / sum(plan.weights)
 
 
 def upstream_path(api: ClientAPI, target: Target, path: str) -> str | None:

@@ -51,6 +51,7 @@ ModelRef = Annotated[str, StringConstraints(pattern=MODEL_REF_PATTERN)]
 # A price as an exact decimal string (USD per million tokens): "2.50", not 2.5 (a float).
 DECIMAL_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,9})?$"
 Dec = Annotated[str, StringConstraints(pattern=DECIMAL_PATTERN)]
+Count = Annotated[int, Field(ge=1, le=100_000_000)]
 ProviderKind = Literal["openai", "anthropic", "azure-openai", "openai-compatible"]
 assert get_args(ProviderKind) == PROVIDER_KINDS, "schema and compiled.PROVIDER_KINDS disagree"
 
@@ -116,6 +117,12 @@ class ModelSpec(Strict):
     price: PriceSpec | None = Field(
         None, description="overrides the price table for this model (negotiated or self-hosted prices)"
     )
+    context_window: Count | None = Field(
+        None, description="prompt tokens the model accepts (unknown: never skipped for size)"
+    )
+    max_output_tokens: Count | None = Field(
+        None, description="max_tokens sent to Anthropic when an OpenAI client gives none (default 4096)"
+    )
 
 
 class KeySpec(Strict):
@@ -147,11 +154,51 @@ class GuardrailsSpec(Strict):
     """Reserved: content checks. Takes no settings yet."""
 
 
+class TargetSpec(Strict):
+    """One provider model an alias may be served by."""
+
+    provider: Name = Field(description="a key of 'providers'")
+    model: Text = Field(description="the provider's model name (azure-openai: the deployment)")
+    priority: Annotated[int, Field(ge=0, le=1000)] | None = Field(
+        None, description="lower is tried first (default: the position in the list)"
+    )
+    weight: Annotated[int, Field(ge=0, le=1_000_000)] | None = Field(
+        None, description="strategy weighted: the share of first attempts (required there, 0 = fallback only)"
+    )
+    context_window: Count | None = Field(
+        None, description="prompt tokens it accepts (default: the 'models' entry for the same provider and model)"
+    )
+    max_output_tokens: Count | None = Field(None, description="max_tokens for Anthropic when the client gives none")
+    price: PriceSpec | None = Field(None, description="overrides the price table for this target")
+
+
+Strategy = Literal["priority", "weighted"]
+
+
+class PlanSpec(Strict):
+    """How an alias is served: the targets and the order they are tried in."""
+
+    strategy: Strategy = Field(
+        "priority",
+        description="priority: always the first target, the others on failure; "
+        "weighted: the first attempt split by weight, the others by priority on failure",
+    )
+    targets: list[TargetSpec] = Field(min_length=1, max_length=8, description="the provider models, in order")
+
+
+class AliasSpec(PlanSpec):
+    """A public model name served by one or more provider models, with fallback."""
+
+    teams: dict[Name, PlanSpec] = Field(default_factory=dict, description="team name -> this team's own plan")
+
+
 class RoutingSpec(Strict):
-    """Reserved: fallback and load balancing. Takes no settings yet."""
+    """Model aliases: public names routed to provider models, with weights and fallback."""
+
+    aliases: dict[Name, AliasSpec] = Field(default_factory=dict, description="public name -> how it is served")
 
 
-RESERVED_SECTIONS = ("budgets", "rate_limits", "guardrails", "routing")
+RESERVED_SECTIONS = ("budgets", "rate_limits", "guardrails")
 
 
 class PolicySpec(Strict):
@@ -166,7 +213,7 @@ class PolicySpec(Strict):
     budgets: BudgetsSpec = Field(default_factory=BudgetsSpec, description="reserved")
     rate_limits: RateLimitsSpec = Field(default_factory=RateLimitsSpec, description="reserved")
     guardrails: GuardrailsSpec = Field(default_factory=GuardrailsSpec, description="reserved")
-    routing: RoutingSpec = Field(default_factory=RoutingSpec, description="reserved")
+    routing: RoutingSpec = Field(default_factory=RoutingSpec, description="model aliases, fallback, weights")
 
 
 def json_schema() -> dict[str, Any]:

@@ -33,6 +33,7 @@ from ext_proc.server.admin import AdminServer
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.reload import PolicyHolder
 from ext_proc.server.servicer import (
+    FILTER_METADATA,
     HEALTH_PATH,
     PROCESS_PATH,
     SERVICE,
@@ -160,8 +161,8 @@ async def _serve(config: ServeConfig) -> None:
     address = f"{config.host}:{config.port}"
     if config.server == "h2":
         server = h2.Server({
-            PROCESS_PATH: lambda: ExtProcCall(service),
-            HEALTH_PATH: lambda: HealthCall(lambda: not server.draining),
+            PROCESS_PATH: lambda headers: ExtProcCall(service, (FILTER_METADATA, b"upstream") in headers),
+            HEALTH_PATH: lambda _headers: HealthCall(lambda: not server.draining),
         })
         try:
             await server.start(config.host, config.port)

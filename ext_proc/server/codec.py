@@ -42,7 +42,22 @@ def _attributes(request: pb.ProcessingRequest) -> dict[str, str]:
         for key, value in struct.fields.items():
             if value.HasField("string_value"):
                 out[key] = value.string_value
+            elif value.HasField("number_value"):
+                out[key] = str(int(value.number_value))
     return out
+
+
+METADATA_NAMESPACE = "tollway"  # dynamic metadata Tollway sets and reads (attributes "tollway.<key>")
+
+
+def _metadata(request: pb.ProcessingRequest, into: dict[str, str]) -> dict[str, str]:
+    """Add the ``tollway`` dynamic metadata forwarded to this filter, as ``tollway.<key>``."""
+    struct = request.metadata_context.filter_metadata.get(METADATA_NAMESPACE)
+    if struct is not None:
+        for key, value in struct.fields.items():
+            if value.HasField("string_value"):
+                into[f"{METADATA_NAMESPACE}.{key}"] = value.string_value
+    return into
 
 
 def decode(request: pb.ProcessingRequest, at: int) -> tuple[str, Event]:
@@ -50,14 +65,17 @@ def decode(request: pb.ProcessingRequest, at: int) -> tuple[str, Event]:
     kind = request.WhichOneof("request")
     if kind == "request_headers":
         msg = request.request_headers
-        if len(request.attributes):
-            return kind, RequestHeaders(_headers(msg), msg.end_of_stream, at, _attributes(request))
+        if len(request.attributes) or request.HasField("metadata_context"):
+            attributes = _metadata(request, _attributes(request))
+            return kind, RequestHeaders(_headers(msg), msg.end_of_stream, at, attributes)
         return kind, RequestHeaders(_headers(msg), msg.end_of_stream, at)
     if kind == "request_body":
         body = request.request_body
         return kind, RequestBody(body.body, body.end_of_stream, at)
     if kind == "response_headers":
         msg = request.response_headers
+        if len(request.attributes):
+            return kind, ResponseHeaders(_headers(msg), msg.end_of_stream, at, _attributes(request))
         return kind, ResponseHeaders(_headers(msg), msg.end_of_stream, at)
     if kind == "response_body":
         body = request.response_body
@@ -90,7 +108,7 @@ def encode(kind: str, action: Action, credentials: Credentials | None = None) ->
         )
     assert isinstance(action, Continue)
     if not (action.set_headers or action.remove_headers or action.body is not None
-            or action.clear_route_cache or action.stream_response or action.credential):
+            or action.clear_route_cache or action.stream_response or action.credential or action.metadata):
         return _EMPTY[kind]
     common = pb.CommonResponse(clear_route_cache=action.clear_route_cache)
     set_headers = action.set_headers
@@ -108,4 +126,6 @@ def encode(kind: str, action: Action, credentials: Credentials | None = None) ->
     response = pb.ProcessingResponse(**{kind: {"response": common}})
     if action.stream_response:
         response.mode_override.CopyFrom(_STREAMED)
+    if action.metadata:
+        response.dynamic_metadata.update({METADATA_NAMESPACE: dict(action.metadata)})
     return response

@@ -18,7 +18,8 @@ gRPC client (and grpcio's, used as the conformance peer in the tests) speaks it:
   literal-without-indexing forms, so they are precomputed bytes independent of table state;
 - gRPC length-prefixed messages (no compression), status in trailers, trailers-only errors.
 
-A route maps a gRPC method path to a factory of :class:`Call` objects, one per stream. A call
+A route maps a gRPC method path to a factory of :class:`Call` objects, one per stream (the
+factory sees the stream's request headers, e.g. the gRPC metadata Envoy adds). A call
 gets each request message and returns the response messages to send; ``end()`` gives the final
 status. Graceful shutdown sends GOAWAY, lets open streams finish, then closes.
 """
@@ -105,7 +106,7 @@ class Call(Protocol):
         """The stream was cancelled or the connection lost before the call ended."""
 
 
-CallFactory = Callable[[], Call]
+CallFactory = Callable[[list[tuple[bytes, bytes]]], Call]  # gets the request headers
 
 
 class _Stream:
@@ -281,7 +282,7 @@ class Connection(asyncio.Protocol):
             return
         path = next((value for name, value in headers if name == b":path"), b"").decode("latin-1")
         factory = self.server.routes.get(path)
-        stream = _Stream(factory() if factory else None, self.peer_initial_window)
+        stream = _Stream(factory(headers) if factory else None, self.peer_initial_window)
         self.streams[sid] = stream
         if factory is None:
             self._finish(sid, stream, GRPC_UNIMPLEMENTED, f"unknown method {path}")

@@ -22,6 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health_pb2
 
 from ext_proc.core.actions import EmitRecord
+from ext_proc.core.attempt import Attempt
 from ext_proc.core.events import StreamClosed
 from ext_proc.core.meter import Accountant
 from ext_proc.core.session import Phase, Session
@@ -33,6 +34,8 @@ from ext_proc.server.reload import PolicyHolder
 log = logging.getLogger("tollway.servicer")
 
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+# gRPC metadata the upstream (per-attempt) filter sends: its streams are served by an Attempt.
+FILTER_METADATA = b"x-tollway-filter"
 PROCESS_PATH = f"/{SERVICE}/Process"
 HEALTH_PATH = "/grpc.health.v1.Health/Check"
 
@@ -52,8 +55,16 @@ class Service:
         """A new request's session, bound to the policy current at this moment."""
         return Session(self.policy.current if self.policy else None, self.workload, self.accountant, self.usage_headers)
 
+    def attempt(self) -> Attempt:
+        """A new upstream attempt's session (the per-attempt filter of a fallback cluster)."""
+        return Attempt(self.policy.current if self.policy else None)
 
-def _run_effects(session: Session, records: RecordWriter) -> None:
+
+def _closed(session: Session | Attempt) -> bool:
+    return not isinstance(session, Session) or session.phase is Phase.DONE
+
+
+def _run_effects(session: Session | Attempt, records: RecordWriter) -> None:
     for effect in session.effects:
         if isinstance(effect, EmitRecord):
             records.emit(effect.record)
@@ -65,9 +76,9 @@ class ExtProcCall:
 
     __slots__ = ("service", "session")
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, upstream: bool = False) -> None:
         self.service = service
-        self.session = service.session()
+        self.session: Session | Attempt = service.attempt() if upstream else service.session()
 
     def message(self, data: bytes) -> list[bytes]:
         session = self.session
@@ -85,7 +96,7 @@ class ExtProcCall:
 
     def reset(self) -> None:
         session = self.session
-        if session.phase is not Phase.DONE:
+        if not _closed(session):
             session.handle(StreamClosed(time.monotonic_ns()))
             _run_effects(session, self.service.records)
 
@@ -119,7 +130,8 @@ class Processor:
     async def process(
         self, requests: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        session = self.service.session()
+        upstream = (FILTER_METADATA.decode(), "upstream") in (context.invocation_metadata() or ())
+        session = self.service.attempt() if upstream else self.service.session()
         records, credentials = self.service.records, self.service.credentials.headers
         clock = time.monotonic_ns
         decode, encode, handle = codec.decode, codec.encode, session.handle
@@ -135,7 +147,7 @@ class Processor:
             log.exception("ext_proc stream failed (request_id=%s)", session.request_id)
             await context.abort(grpc.StatusCode.INTERNAL, "tollway: internal error")
         finally:
-            if session.phase is not Phase.DONE:
+            if not _closed(session):
                 session.handle(StreamClosed(clock()))
                 _run_effects(session, records)
 

@@ -90,8 +90,10 @@ def test_targets_and_access() -> None:
     with pytest.raises(ClientError) as caught:
         decide.target_for(POLICY, a, apis.CHAT_COMPLETIONS, "nope")
     assert caught.value.status == 404 and caught.value.code == "model_not_found"
-    with pytest.raises(ClientError) as caught:  # an OpenAI client asking for an Anthropic-served model
-        decide.target_for(POLICY, Principal("all"), apis.CHAT_COMPLETIONS, "claude")
+    # An OpenAI chat client may use an Anthropic-served model (translated); embeddings may not.
+    assert decide.target_for(POLICY, Principal("all"), apis.CHAT_COMPLETIONS, "claude").provider.kind == "anthropic"
+    with pytest.raises(ClientError) as caught:
+        decide.target_for(POLICY, Principal("all"), apis.EMBEDDINGS, "claude")
     assert caught.value.status == 400 and caught.value.code == "api_mismatch"
 
 

@@ -80,11 +80,11 @@ def test_example_compiles_with_its_lookups() -> None:
 
     # teams hold canonical names; "*" is every model
     assert policy.teams["search"].models == {"gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5"}
-    assert policy.may_use("search", sonnet)
-    assert policy.may_use("demo", mini) and not policy.may_use("demo", sonnet)
+    assert policy.may_use("search", sonnet.public)
+    assert policy.may_use("demo", mini.public) and not policy.may_use("demo", sonnet.public)
     assert policy.teams["platform"].all_models
-    assert all(policy.may_use("platform", target) for target in policy.models.values())
-    assert not policy.may_use("nobody", mini)
+    assert all(policy.may_use("platform", target.public) for target in policy.models.values())
+    assert not policy.may_use("nobody", mini.public)
 
     openai, anthropic = policy.providers["openai"], policy.providers["anthropic"]
     assert openai.credential is not None and openai.credential.env == "OPENAI_API_KEY"
@@ -93,7 +93,7 @@ def test_example_compiles_with_its_lookups() -> None:
     assert (azure.kind, azure.cluster, azure.api_version) == ("azure-openai", "azure-openai-eu", "2024-10-21")
     assert azure.credential is not None and azure.credential.file == "/var/run/secrets/tollway/azure-eu/api-key"
     assert policy.providers["local-llm"].credential is None
-    assert set(policy.sections) == {"budgets", "rate_limits", "guardrails", "routing"}
+    assert set(policy.sections) == {"budgets", "rate_limits", "guardrails"}
 
 
 def test_example_keys_are_indexed_by_digest() -> None:
@@ -109,7 +109,7 @@ def test_minimal_compiles() -> None:
     target = policy.resolve("gpt-4o-mini")
     assert target is not None and target.provider is policy.providers["openai"]
     principal = policy.workload("local-dev")
-    assert principal is not None and policy.may_use(principal.team, target)
+    assert principal is not None and policy.may_use(principal.team, target.public)
     assert policy.keys == {}
 
 
@@ -236,7 +236,7 @@ def test_unknown_field_without_a_close_match_lists_the_fields() -> None:
     ]
 
 
-@pytest.mark.parametrize("section", ["budgets", "rate_limits", "guardrails", "routing"])
+@pytest.mark.parametrize("section", ["budgets", "rate_limits", "guardrails"])
 def test_reserved_sections_take_nothing_yet(section: str) -> None:
     compiles(HEAD + f"{section}: {{}}\n")
     assert issues(HEAD + f"{section}:\n  monthly_usd: 100\n") == [
@@ -340,7 +340,7 @@ def test_team_models_hold_canonical_names() -> None:
     assert policy.teams["search"].models == {"gpt-4o"}
     assert not policy.teams["search"].all_models
     target = policy.resolve("gpt-4o")
-    assert target is not None and policy.may_use("search", target)
+    assert target is not None and policy.may_use("search", target.public)
 
 
 def test_an_alias_may_not_take_another_models_name_or_alias() -> None:

@@ -71,9 +71,13 @@ STREAMED = Continue(stream_response=True)
 CONTENT_TYPE_JSON = (("content-type", "application/json"),)
 
 
-def routed(provider: str = "openai") -> Continue:
+STREAM_LABEL = ("x-tollway-stream", "1")  # streams take the route with the short first-byte timeout
+
+
+def routed(provider: str = "openai", *, stream: bool = False) -> Continue:
     """The request body passes unchanged; the route is re-matched for the provider's label."""
-    return Continue(set_headers=(("x-tollway-cluster", provider),), clear_route_cache=True)
+    labels = (("x-tollway-cluster", provider), STREAM_LABEL) if stream else (("x-tollway-cluster", provider),)
+    return Continue(set_headers=labels, clear_route_cache=True)
 
 
 def openai_error(
@@ -255,7 +259,7 @@ def test_record_has_exactly_the_documented_fields() -> None:
         "request_id", "team", "key_id", "workload",
         "api", "model", "served_model", "provider", "stream", "status", "outcome", "error",
         "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
-        "guardrails", "latency_ms", "ttft_ms",
+        "attempts", "fallback", "guardrails", "latency_ms", "ttft_ms",
         "estimated_input_tokens", "input_estimated", "output_estimated", "cost_usd_micros", "price_version",
     ])
 
@@ -318,7 +322,7 @@ def test_stream_without_client_usage_asks_for_it_in_the_request_body() -> None:
         >> request(PLAIN_REQUEST)
         << Replaces(
             {**PLAIN_REQUEST, "stream_options": {"include_usage": True}},
-            set_headers=(("x-tollway-cluster", "openai"),),
+            set_headers=(("x-tollway-cluster", "openai"), STREAM_LABEL),
             clear_route_cache=True,
         )
     )
@@ -359,7 +363,7 @@ def test_stream_with_client_usage_passes_request_and_usage_chunk_untouched() -> 
         >> post(CHAT)
         << HEADERS_OK
         >> request(RECORDED_STREAM["request"]["body"].encode())
-        << routed("openai")
+        << routed("openai", stream=True)
         >> response(200, "text/event-stream; charset=utf-8")
         << STREAMED
         >> chunk(STREAM_BODY[:AT_USAGE + 40], at=250, end_of_stream=False)
@@ -384,7 +388,7 @@ def test_stream_options_kept_and_usage_turned_on(options: dict[str, Any] | None)
         >> request(body)
         << Replaces(
             {**body, "stream_options": {**(options or {}), "include_usage": True}},
-            set_headers=(("x-tollway-cluster", "openai"),),
+            set_headers=(("x-tollway-cluster", "openai"), STREAM_LABEL),
             clear_route_cache=True,
         )
     )
@@ -411,7 +415,7 @@ def test_anthropic_stream_usage_from_message_start_and_delta() -> None:
         >> post(MESSAGES)
         << HEADERS_OK
         >> request({**ANTHROPIC_REQUEST, "stream": True})
-        << routed("anthropic")
+        << routed("anthropic", stream=True)
         >> response(200, "text/event-stream; charset=utf-8")
         << STREAMED
     )
@@ -625,7 +629,7 @@ def test_gzip_stream_request_is_decoded_and_asks_for_usage() -> None:
         >> request(gzip.compress(orjson.dumps(body)))
         << Replaces(
             {**body, "stream_options": {"include_usage": True}},
-            set_headers=(("x-tollway-cluster", "openai"),),
+            set_headers=(("x-tollway-cluster", "openai"), STREAM_LABEL),
             remove_headers=("content-encoding",),
             clear_route_cache=True,
         )

@@ -1,0 +1,118 @@
+"""One upstream attempt of a request Envoy may fall back with: rewrite it for the target Envoy picked.
+
+Theory of operation. For an alias with fallback, the router-level session labels the request with
+its chain (dynamic metadata) and the chain's cluster; Envoy then tries the cluster's
+endpoints by priority, retrying on 429, 5xx, resets, connect failures and stalls. Each try runs
+the cluster's upstream ext_proc filter, which opens a stream to Tollway that this class serves:
+
+``REQUEST_HEADERS``  find the target: the endpoint's ``tollway.slot`` metadata is its position
+                     in the chain. Nothing is changed yet (the body decides the length).
+``REQUEST_BODY``     the client's request, unchanged by earlier tries (Envoy replays the original
+                     body), becomes the target's: translated between the OpenAI and Anthropic
+                     APIs if need be, with the target's model, path, host and credentials.
+
+Envoy keeps header changes from one try to the next, so every try sets (or removes) every header
+it owns: ``:path``, ``:authority``, ``content-length`` and each provider kind's key headers. The
+answer itself goes back through the router-level session, which reads which endpoint served
+(and after how many tries), translates the answer for the client and records it. No state is
+kept between the two streams: both may reach different worker processes.
+
+A request this attempt cannot send (a chain naming a provider the policy no longer has, a body
+the target's API cannot express) is answered here in the target's own error format, so the
+router-level session translates it like any provider error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ext_proc.core import upstream
+from ext_proc.core.actions import CONTINUE, Action, Continue, Effect, Respond
+from ext_proc.core.errors import ClientError
+from ext_proc.core.events import Event, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
+from ext_proc.llm import apis
+from ext_proc.policy import decide
+from ext_proc.policy.compiled import CompiledPolicy, Target
+
+
+class Attempt:
+    """One try of a chained request; see the module docstring."""
+
+    __slots__ = ("_api", "_path", "_policy", "_target", "effects", "request_id")
+
+    def __init__(self, policy: CompiledPolicy | None) -> None:
+        self._policy = policy
+        self._api: apis.ClientAPI | None = None
+        self._path = ""
+        self._target: Target | None = None
+        self.effects: list[Effect] = []  # an attempt records nothing: the router-level session does
+        self.request_id: str | None = None
+
+    def handle(self, event: Event) -> Action | None:
+        if isinstance(event, RequestHeaders):
+            return self._headers(event)
+        if isinstance(event, RequestBody):
+            return self._body(event)
+        if isinstance(event, (ResponseHeaders, ResponseBody)):
+            return CONTINUE  # the filter is configured not to send these
+        assert isinstance(event, StreamClosed)
+        return None
+
+    def _headers(self, event: RequestHeaders) -> Action:
+        headers = event.headers
+        self.request_id = headers.get("x-request-id")
+        attributes = event.attributes
+        self._path = attributes.get("tollway." + upstream.CLIENT_PATH) or headers.get(":path", "")
+        self._api = apis.match(self._path)
+        chain = upstream.decode_chain(attributes.get("tollway." + upstream.TARGETS, ""))
+        position = upstream.slot(event.attributes)
+        if self._api is None or position is None or position >= len(chain) or self._policy is None:
+            return self._fail(ClientError(500, "chain_mismatch", "Tollway could not match this try to its route."))
+        provider_name, model = chain[position]
+        target = self._policy.routed.get((provider_name, model))
+        if target is None:
+            provider = self._policy.providers.get(provider_name)
+            if provider is None:
+                message = f"Provider '{provider_name}' is not in the current policy."
+                return self._fail(ClientError(503, "provider_not_configured", message))
+            target = Target(public=model, provider=provider, upstream_model=model)
+        self._target = target
+        return CONTINUE
+
+    def _body(self, event: RequestBody) -> Action:
+        api, target = self._api, self._target
+        if api is None or target is None:
+            return CONTINUE  # the headers were already answered
+        try:
+            payload: Any = orjson.loads(event.body)
+            if not isinstance(payload, dict):
+                raise ClientError(400, "invalid_body", "The request body must be a JSON object.")
+            prepared, path = upstream.prepare(api, payload, target, self._path)
+        except orjson.JSONDecodeError:
+            return self._fail(ClientError(400, "invalid_json", "The request body is not valid JSON."))
+        except ClientError as error:
+            return self._fail(error)
+        body = orjson.dumps(prepared)
+        provider = target.provider
+        sets = [(":path", path or self._path), ("content-length", str(len(body)))]
+        host = upstream.host(provider)
+        if host:
+            sets.append((":authority", host))
+        keys = decide.credential_header_names(provider.kind)
+        removes = tuple(h for h in (*decide.CREDENTIAL_HEADERS, "anthropic-version") if h not in keys)
+        return Continue(
+            set_headers=tuple(sets),
+            remove_headers=removes,
+            body=body,
+            credential=provider,
+        )
+
+    def _fail(self, error: ClientError) -> Respond:
+        kind = self._target.provider.kind if self._target else None
+        if kind is not None:
+            style = "anthropic" if kind == "anthropic" else "openai"
+        else:
+            style = self._api.style if self._api else "openai"
+        return Respond(error.status, error.body(style))

@@ -1,0 +1,49 @@
+"""What both translation directions share: reasons, usage, error types and SSE framing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class TranslationError(Exception):
+    """A request that cannot be expressed in the target API; answered as a 400 to the client."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+# Anthropic stop_reason -> OpenAI finish_reason.
+FINISH_FROM_STOP = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "pause_turn": "stop",
+    "refusal": "content_filter",
+}
+
+# OpenAI finish_reason -> Anthropic stop_reason.
+STOP_FROM_FINISH = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+
+
+def sse_data(obj: Any) -> bytes:
+    """One OpenAI-style SSE event: ``data: {json}`` and the blank line."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def sse_event(name: str, obj: Any) -> bytes:
+    """One Anthropic-style SSE event: ``event: name``, ``data: {json}`` and the blank line."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
