@@ -24,6 +24,7 @@ router-level session translates it like any provider error.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -71,7 +72,7 @@ class Attempt:
         if self._api is None or position is None or position >= len(chain) or self._policy is None:
             return self._fail(ClientError(500, "chain_mismatch", "Tollway could not match this try to its route."))
         provider_name, model = chain[position]
-        target = self._policy.routed.get((provider_name, model))
+        target = _planned(self._policy, attributes, provider_name, model)
         if target is None:
             provider = self._policy.providers.get(provider_name)
             if provider is None:
@@ -116,3 +117,15 @@ class Attempt:
         else:
             style = self._api.style if self._api else "openai"
         return Respond(error.status, error.body(style))
+
+
+def _planned(policy: CompiledPolicy, attributes: Mapping[str, str], provider: str, model: str) -> Target | None:
+    """The alias plan's own target for (provider, model), with its output limit and price."""
+    alias = policy.alias(attributes.get("tollway." + upstream.ALIAS, ""))
+    if alias is None:
+        return None
+    plan = alias.plan_for(attributes.get("tollway." + upstream.TEAM, ""))
+    for target in plan.targets:
+        if target.provider.name == provider and target.upstream_model == model:
+            return target
+    return None

@@ -266,7 +266,11 @@ class Session:
                 replaced = replaced or payload is not request.payload or payload.get("model") != request.model
             else:
                 # A chain: each attempt's own filter rewrites the request for the target Envoy picked.
-                metadata = ((upstream.TARGETS, upstream.encode_chain(chain)), (upstream.CLIENT_PATH, self._path))
+                assert self.principal is not None
+                metadata = (
+                    (upstream.TARGETS, upstream.encode_chain(chain)), (upstream.CLIENT_PATH, self._path),
+                    (upstream.ALIAS, request.model), (upstream.TEAM, self.principal.team),
+                )
                 headers.append((upstream.RETRIES_HEADER, str(len(chain) - 1)))
         self.phase = Phase.RESPONSE_HEADERS
         headers.insert(0, (ROUTE_HEADER, cluster))

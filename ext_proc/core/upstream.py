@@ -14,6 +14,8 @@ could neither remove them nor leave them for the provider to see):
                      spaces or commas: the policy schema forbids them in provider names, and
                      model names with them are refused by :func:`encode_chain`)
 ``tollway.path``     the client's path (an earlier attempt may have rewritten ``:path``)
+``tollway.alias``, ``tollway.team``  the alias and team whose plan the chain came from, so the
+                     attempt finds the target's own settings (output limit, price)
 
 and the ``x-envoy-max-retries`` header (one retry per further target), which Envoy consumes.
 Envoy tells each attempt which target it is for through the metadata of the endpoint it picked
@@ -36,6 +38,8 @@ from ext_proc.policy.decide import needs_translation
 
 TARGETS = "targets"  # metadata keys (namespace "tollway"); attempts read them as "tollway.<key>"
 CLIENT_PATH = "path"
+ALIAS = "alias"
+TEAM = "team"
 RETRIES_HEADER = "x-envoy-max-retries"
 HOST_METADATA = "xds.upstream_host_metadata"
 ATTEMPTS_ATTRIBUTE = "upstream.request_attempt_count"

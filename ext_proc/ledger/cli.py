@@ -50,7 +50,7 @@ def report_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 COLUMNS = ("group", "requests", "tokens", "input_tokens", "output_tokens", "cost_usd", "avg_latency_ms",
-           "p95_latency_ms", "guardrail_triggers", "unknown_usage", "unknown_cost")
+           "p95_latency_ms", "guardrail_triggers", "fallbacks", "unknown_usage", "unknown_cost")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ class Row:
     unknown_usage: int = 0  # requests whose provider reported no usage
     unknown_cost: int = 0  # requests with usage but no known price
     guardrail_triggers: int = 0  # requests on which at least one guardrail fired
+    fallbacks: int = 0  # requests served by a fallback target (not the first of their chain)
     guardrails: dict[str, int] = field(default_factory=dict)  # guardrail name -> requests it fired on
     latency_sum_ms: float = 0.0
     latency_count: int = 0
@@ -119,6 +120,8 @@ def aggregate(
                 row.unknown_cost += 1
         else:
             row.cost_usd_micros += cost
+        if record.get("fallback") is True:
+            row.fallbacks += 1
         fired = record.get("guardrails")
         if fired:
             row.guardrail_triggers += 1

@@ -322,10 +322,6 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
         workloads=types.MappingProxyType({w: name for name, t in spec.teams.items() for w in t.workloads}),
         sections=types.MappingProxyType({section: getattr(spec, section) for section in RESERVED_SECTIONS}),
         aliases=types.MappingProxyType(aliases),
-        routed=types.MappingProxyType({
-            (t.provider.name, t.upstream_model): t
-            for alias in aliases.values() for plan in (alias.plan, *alias.teams.values()) for t in plan.targets
-        }),
     )
 
 

@@ -109,7 +109,6 @@ class CompiledPolicy:
     workloads: Mapping[str, str]  # workload identity (e.g. a SPIFFE ID) -> team
     sections: Mapping[str, object] = field(default_factory=dict)  # later work: budgets, rate limits, ...
     aliases: Mapping[str, Alias] = field(default_factory=dict)  # routing.aliases
-    routed: Mapping[tuple[str, str], Target] = field(default_factory=dict)  # (provider, model) -> alias target
 
     def alias(self, model: str) -> Alias | None:
         """The routing alias named ``model``, if it is one."""

@@ -51,6 +51,7 @@ def increments(record: dict[str, Any]) -> dict[str, int]:
         "cost_usd_micros": cost or 0,
         "unknown_usage": int(inp is None and out is None),
         "unknown_cost": int(cost is None and (inp is not None or out is not None)),
+        "fallbacks": int(record.get("fallback") is True),
     }
     for name in set(record.get("guardrails") or ()):
         fields[f"guardrail:{name}"] = 1
@@ -80,7 +81,7 @@ def _rows(buckets: Iterable[tuple[Bucket, dict[str, int]]], by: str, since: date
         group = bucket[index] or "(none)"
         row = rows.setdefault(group, Row(group))
         for name in ("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
-                     "cost_usd_micros", "unknown_usage", "unknown_cost", "guardrail_triggers"):
+                     "cost_usd_micros", "unknown_usage", "unknown_cost", "guardrail_triggers", "fallbacks"):
             setattr(row, name, getattr(row, name) + counters.get(name, 0))
         for name, value in counters.items():
             if name.startswith("guardrail:"):

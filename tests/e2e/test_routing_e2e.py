@@ -1,0 +1,326 @@
+"""Routing end to end: aliases, Envoy-native fallback, weights, context windows, translation.
+
+One stack (a real Envoy with the chain clusters rendered from the policy, two Tollway workers,
+the fake provider serving both OpenAI and Anthropic) and the real SDKs. The fake provider's
+``x-mock-openai-*`` / ``x-mock-anthropic-*`` controls make one provider fail while the other
+answers, within a single request.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import orjson
+import pytest
+
+from ext_proc.policy.compiled import key_digest
+from ext_proc.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+KEY = "tw-routing-0123456789abcdefghijklmnopqrstuvwxyzABCD"
+OPENAI_KEY, ANTHROPIC_KEY = "sk-openai-routing-0001", "sk-ant-routing-0002"
+REPLY = "Tollway mock reply: the quick brown fox jumps"  # the fake provider's answer (8 words)
+
+POLICY = f"""
+apiVersion: tollway/v1
+providers:
+  openai: {{kind: openai, credential: {{env: R_OPENAI_KEY}}}}
+  anthropic: {{kind: anthropic, credential: {{env: R_ANTHROPIC_KEY}}}}
+models:
+  gpt-4o-mini: {{provider: openai}}
+  claude-haiku: {{provider: anthropic, model: claude-3-5-haiku-20241022}}
+routing:
+  aliases:
+    gpt-4o:
+      targets:
+        - {{provider: openai, model: gpt-4o-2024-08-06}}
+        - provider: anthropic
+          model: claude-sonnet-4-5
+          max_output_tokens: 2048
+          price: {{input: "3", output: "15"}}
+    split:
+      strategy: weighted
+      targets:
+        - {{provider: openai, model: gpt-4o-mini, weight: 80}}
+        - {{provider: anthropic, model: claude-3-5-haiku-20241022, weight: 20}}
+    long:
+      targets:
+        - {{provider: openai, model: gpt-4o-mini, context_window: 1000}}
+        - {{provider: anthropic, model: claude-sonnet-4-5, context_window: 200000}}
+teams:
+  app:
+    keys: [{{id: app-ci, sha256: {key_digest(KEY)}}}]
+    models: [gpt-4o, split, long, gpt-4o-mini, claude-haiku]
+"""
+
+
+class Env:
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.mock = f"http://127.0.0.1:{stack.mock_port}"
+
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.stack.base_url + "/v1", api_key=KEY, max_retries=0)
+
+    def anthropic(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=self.stack.base_url, api_key=KEY, max_retries=0)
+
+    def provider_saw(self, request_id: str) -> list[dict[str, Any]]:
+        """What the fake provider received for one client request (Envoy keeps x-request-id)."""
+        seen = httpx.get(self.mock + "/_mock/requests").json()
+        out = []
+        for request in seen:
+            headers = {k.lower(): v for k, v in request["headers"]}
+            if headers.get("x-request-id") == request_id:
+                out.append({**request, "headers": headers})
+        return out
+
+    def record(self, request_id: str | None) -> dict[str, Any]:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if self.stack.record_log.exists():
+                for line in self.stack.record_log.read_bytes().splitlines():
+                    record = orjson.loads(line)
+                    if record["request_id"] == request_id:
+                        return record  # type: ignore[no-any-return]
+            time.sleep(0.05)
+        raise AssertionError(f"no record for {request_id}")
+
+    def envoy_stat(self, name: str) -> int:
+        url = f"http://127.0.0.1:{self.stack.admin_port}/stats"
+        text = httpx.get(url, params={"filter": "^" + re.escape(name) + "$"}).text
+        for line in text.splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    work = tmp_path_factory.mktemp("routing")
+    policy = work / "policy.yaml"
+    policy.write_text(POLICY)
+    stack = Stack(
+        work / "stack", workers=2, policy=policy,
+        service_env={"R_OPENAI_KEY": OPENAI_KEY, "R_ANTHROPIC_KEY": ANTHROPIC_KEY},
+        mocked=frozenset({"openai", "anthropic"}),
+        mock_args=("--api-key", OPENAI_KEY, "--api-key", ANTHROPIC_KEY),
+        first_byte_timeouts=("1s", "1s"),  # a stalled provider fails over after 1 s
+    )
+    with stack:
+        yield Env(stack)
+
+
+FAILURES = {
+    "429": {"x-mock-openai-status": "429"},
+    "500": {"x-mock-openai-status": "500"},
+    "stall": {"x-mock-openai-latency-ms": "4000"},  # no byte at all for 4 s: the 1 s first-byte timeout fires
+}
+HI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}]
+
+
+def _check_fallback(env: Env, request_id: str | None, stream: bool) -> dict[str, Any]:
+    """The provider saw one OpenAI try then one Anthropic try, each with its own key and format."""
+    assert request_id
+    tries = env.provider_saw(request_id)
+    assert [t["path"] for t in tries] == ["/v1/chat/completions", "/v1/messages"]
+    first, second = tries
+    assert first["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert orjson.loads(first["body"])["model"] == "gpt-4o-2024-08-06"
+    assert second["headers"]["x-api-key"] == ANTHROPIC_KEY
+    assert "authorization" not in second["headers"]  # the OpenAI key never reaches Anthropic
+    assert second["headers"]["anthropic-version"] == "2023-06-01"
+    sent = orjson.loads(second["body"])
+    assert sent["model"] == "claude-sonnet-4-5" and sent["max_tokens"] == 2048 and sent["system"] == "Be brief."
+    assert sent["messages"] == [{"role": "user", "content": "Say hi"}] and sent.get("stream", False) is stream
+    for t in tries:
+        assert KEY not in str(t["headers"]) and not any(k.startswith("x-tollway") for k in t["headers"])
+    record = env.record(request_id)
+    assert record["model"] == "gpt-4o" and record["provider"] == "anthropic" and record["fallback"] is True
+    assert record["attempts"] == 2 and record["outcome"] == "ok" and record["status"] == 200
+    assert record["input_tokens"] and record["output_tokens"] == 8
+    # Priced as the model that served (policy price $3 / $15 per million tokens).
+    assert record["cost_usd_micros"] == record["input_tokens"] * 3 + 8 * 15
+    return record
+
+
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+def test_openai_sdk_alias_falls_back_to_anthropic(env: Env, failure: str) -> None:
+    raw = env.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=HI, extra_headers=FAILURES[failure]  # type: ignore[arg-type]
+    )
+    completion = raw.parse()
+    assert completion.object == "chat.completion" and completion.choices[0].message.content == REPLY
+    assert completion.choices[0].finish_reason == "stop" and completion.model == "claude-sonnet-4-5"
+    assert completion.usage is not None and completion.usage.completion_tokens == 8
+    assert raw.headers["x-tollway-provider"] == "anthropic" and raw.headers["x-tollway-attempts"] == "2"
+    assert raw.headers["x-tollway-model"] == "claude-sonnet-4-5"
+    _check_fallback(env, raw.headers.get("x-tollway-request-id"), stream=False)
+
+
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+def test_openai_sdk_alias_stream_falls_back_to_anthropic(env: Env, failure: str) -> None:
+    with env.openai().chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=HI, stream=True, stream_options={"include_usage": True},  # type: ignore[arg-type]
+        extra_headers=FAILURES[failure],
+    ) as response:
+        assert response.headers["x-tollway-provider"] == "anthropic"
+        request_id = response.headers.get("x-tollway-request-id")
+        chunks = list(response.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == REPLY
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+    _check_fallback(env, request_id, stream=True)
+
+
+def test_no_fallback_when_the_first_provider_answers(env: Env) -> None:
+    raw = env.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
+    assert raw.parse().choices[0].message.content == REPLY
+    assert raw.headers["x-tollway-provider"] == "openai" and raw.headers["x-tollway-attempts"] == "1"
+    record = env.record(raw.headers.get("x-tollway-request-id"))
+    assert record["provider"] == "openai" and record["fallback"] is False and record["attempts"] == 1
+
+
+def test_every_provider_failing_gives_the_last_error_in_the_clients_format(env: Env) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        env.openai().chat.completions.create(
+            model="gpt-4o", messages=HI, extra_headers={"x-mock-status": "500"}
+        )
+    body = caught.value.body
+    assert isinstance(body, dict) and body["type"] == "server_error"  # Anthropic's api_error, as OpenAI's
+    request_id = caught.value.response.headers.get("x-tollway-request-id")
+    assert caught.value.response.headers["x-tollway-attempts"] == "2"
+    record = env.record(request_id)
+    assert record["status"] == 500 and record["outcome"] == "error" and record["provider"] == "anthropic"
+
+
+def test_envoy_counts_the_retries_of_a_chain_cluster(env: Env) -> None:
+    before = env.envoy_stat("cluster.openai+anthropic.upstream_rq_retry")
+    env.openai().chat.completions.create(model="gpt-4o", messages=HI, extra_headers=FAILURES["500"])
+    assert env.envoy_stat("cluster.openai+anthropic.upstream_rq_retry") == before + 1
+
+
+def test_weighted_split_over_1000_requests(env: Env) -> None:
+    body = orjson.dumps({"model": "split", "messages": [{"role": "user", "content": "hi"}]})
+    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+
+    def send(client: httpx.Client) -> str:
+        response = client.post(env.stack.base_url + "/v1/chat/completions", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+        return response.headers["x-tollway-provider"]
+
+    with httpx.Client(timeout=30) as client, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        served = collections.Counter(pool.map(lambda _: send(client), range(1000)))
+    assert sum(served.values()) == 1000
+    assert 750 <= served["openai"] <= 850, served  # 80% +- 5%
+
+
+def test_a_prompt_too_long_for_the_first_target_goes_straight_to_the_larger_one(env: Env) -> None:
+    client = env.openai()
+    short = client.chat.completions.with_raw_response.create(model="long", messages=HI)
+    assert short.headers["x-tollway-provider"] == "openai"
+    long_prompt = [{"role": "user", "content": "word " * 3000}]  # ~3000 tokens > the 1000-token window
+    raw = client.chat.completions.with_raw_response.create(model="long", messages=long_prompt)  # type: ignore[arg-type]
+    assert raw.parse().choices[0].message.content == REPLY
+    assert raw.headers["x-tollway-provider"] == "anthropic" and raw.headers["x-tollway-attempts"] == "1"
+    request_id = raw.headers.get("x-tollway-request-id")
+    assert [t["path"] for t in env.provider_saw(request_id or "")] == ["/v1/messages"]  # OpenAI never asked
+    record = env.record(request_id)
+    assert record["estimated_input_tokens"] > 1000 and record["fallback"] is False
+
+
+def test_anthropic_sdk_served_by_an_openai_model(env: Env) -> None:
+    raw = env.anthropic().messages.with_raw_response.create(
+        model="gpt-4o-mini", max_tokens=100, system="Be brief.", messages=[{"role": "user", "content": "Say hi"}],
+        stop_sequences=["END"], extra_body={"temperature": 0.2},
+    )
+    message = raw.parse()
+    assert message.type == "message" and message.content[0].type == "text" and message.content[0].text == REPLY
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens == 8
+    request_id = raw.headers.get("x-tollway-request-id")
+    (sent,) = env.provider_saw(request_id or "")
+    assert sent["path"] == "/v1/chat/completions" and sent["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
+    body = orjson.loads(sent["body"])
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert body["stop"] == ["END"] and body["temperature"] == 0.2 and body["max_tokens"] == 100
+    record = env.record(request_id)
+    assert record["api"] == "anthropic.messages" and record["provider"] == "openai" and record["output_tokens"] == 8
+
+
+def test_anthropic_sdk_stream_served_by_an_openai_model(env: Env) -> None:
+    with env.anthropic().messages.stream(
+        model="gpt-4o-mini", max_tokens=100, messages=[{"role": "user", "content": "Say hi"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+        request_id = stream.response.headers.get("x-tollway-request-id")
+    assert text == REPLY and final.stop_reason == "end_turn" and final.usage.output_tokens == 8
+    (sent,) = env.provider_saw(request_id or "")
+    assert orjson.loads(sent["body"])["stream_options"] == {"include_usage": True}
+    record = env.record(request_id)
+    assert record["provider"] == "openai" and record["stream"] is True and record["outcome"] == "ok"
+    assert record["output_tokens"] == 8 and record["output_estimated"] is False
+
+
+def test_a_stream_cut_after_its_first_byte_ends_with_an_error_event_not_a_clean_end(env: Env) -> None:
+    # The provider ends its HTTP response properly but without the final events: no failover is
+    # possible any more (the client already has the first bytes); the client must not see success.
+    stream = env.openai().chat.completions.create(
+        model="gpt-4o", messages=HI, stream=True, extra_headers={"x-mock-truncate-after": "3"}
+    )
+    received = []
+    with pytest.raises(openai.APIError, match="ended before the response was complete"):
+        for chunk in stream:
+            received.append(chunk)
+    assert received  # the first chunks arrived before the error
+    request_id = stream.response.headers.get("x-tollway-request-id")
+    record = env.record(request_id)
+    assert record["outcome"] == "incomplete" and record["error"] == "stream_interrupted"
+    assert record["provider"] == "openai" and record["output_tokens"] is not None  # counted from what was seen
+
+
+def test_a_translated_stream_cut_after_its_first_byte_ends_with_an_error_event(env: Env) -> None:
+    with pytest.raises(anthropic.APIStatusError, match="ended before the response was complete"):  # noqa: SIM117
+        with env.anthropic().messages.stream(
+            model="gpt-4o-mini", max_tokens=100, messages=[{"role": "user", "content": "Say hi"}],
+            extra_headers={"x-mock-truncate-after": "4"},
+        ) as stream:
+            for _ in stream.text_stream:
+                pass
+
+
+def test_a_stream_reset_after_its_first_byte_is_never_a_clean_end(env: Env) -> None:
+    # The provider closes the connection mid-stream. Envoy resets the client's stream, or answers
+    # a JSON 502 when nothing was forwarded yet: either way the SDK raises, and no chunk of a
+    # cut stream is ever followed by a normal end.
+    request_id = None
+    with pytest.raises((openai.APIError, httpx.HTTPError)) as caught:
+        stream = env.openai().chat.completions.create(
+            model="gpt-4o", messages=HI, stream=True, extra_headers={"x-mock-cut-after": "3"}
+        )
+        request_id = stream.response.headers.get("x-tollway-request-id")
+        for _ in stream:
+            pass
+    if isinstance(caught.value, openai.APIStatusError):
+        assert caught.value.status_code == 502
+        request_id = caught.value.response.headers.get("x-tollway-request-id")
+    record = env.record(request_id)
+    assert record["outcome"] in ("incomplete", "error") and record["provider"] == "openai"
+
+
+def test_the_rendered_envoy_config_has_the_chain_clusters(env: Env) -> None:
+    config = Path(env.stack.workdir / "envoy.yaml").read_text()
+    for name in ("openai+anthropic", "anthropic+openai"):
+        assert f"name: {name}\n" in config
