@@ -11,8 +11,10 @@ per try, so the try is rewritten for the provider Envoy picked (:mod:`ext_proc.c
 Outlier detection takes a provider that keeps failing out of the first attempts for a while.
 
 ``tollway envoy --policy P`` prints the shipped config with the policy's chain clusters added,
-ready for ``envoy -c``. Run it again when an alias's providers change; a request whose chain has
-no cluster gets Envoy's JSON 503 (``cluster not found``), never a wrong provider.
+and a cluster for each provider the config lacks but whose ``endpoint`` the policy gives (TLS
+with SNI and a certificate check for https), ready for ``envoy -c``. Run it again when an
+alias's providers change; a request whose chain has no cluster gets Envoy's JSON 503 (``cluster
+not found``), never a wrong provider.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import copy
 import ipaddress
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +146,48 @@ def _is_ip(address: str) -> bool:
     return True
 
 
+def provider_cluster(name: str, endpoint: str) -> dict[str, Any]:
+    """A cluster reaching a provider's base URL: TLS with SNI and certificate check for https."""
+    url = urllib.parse.urlsplit(endpoint)
+    host = url.hostname or ""
+    tls = url.scheme == "https"
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC" if _is_ip(host) else "LOGICAL_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "per_connection_buffer_limit_bytes": 67108864,
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": host, "port_value": url.port or (443 if tls else 80)}}}}]}]},
+    }
+    if tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host,
+                "common_tls_context": {"validation_context": {
+                    "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}],
+                }},
+            },
+        }
+    return cluster
+
+
+def add_providers(config: dict[str, Any], policy: CompiledPolicy) -> list[str]:
+    """Add a cluster for each provider that has an ``endpoint`` and no cluster yet; their names."""
+    clusters = config["static_resources"]["clusters"]
+    present = {cluster["name"] for cluster in clusters}
+    added = []
+    for provider in policy.providers.values():
+        if provider.cluster not in present and provider.endpoint:
+            clusters.append(provider_cluster(provider.cluster, provider.endpoint))
+            present.add(provider.cluster)
+            added.append(provider.cluster)
+    return added
+
+
 def add_chains(config: dict[str, Any], policy: CompiledPolicy) -> list[str]:
     """Add the cluster of every chain ``policy`` can produce to ``config``; their names, sorted.
 
@@ -180,11 +225,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"tollway envoy: {exc}", file=sys.stderr)
         return 1
     config = yaml.safe_load(Path(args.template).read_text(encoding="utf-8"))
+    providers = add_providers(config, policy)
     try:
         added = add_chains(config, policy)
     except ValueError as exc:
         print(f"tollway envoy: {exc}", file=sys.stderr)
         return 1
-    print(f"# Rendered by `tollway envoy --policy {args.policy}`: {len(added)} fallback cluster(s) added.")
+    print(f"# Rendered by `tollway envoy --policy {args.policy}`: {len(providers)} provider cluster(s) and "
+          f"{len(added)} fallback cluster(s) added.")
     print(yaml.safe_dump(config, sort_keys=False, width=120))
     return 0

@@ -285,6 +285,7 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
             anthropic_version=p.anthropic_version or "2023-06-01",
             api_version=p.api_version,
             host=urllib.parse.urlsplit(p.endpoint).netloc or None if p.endpoint else None,
+            endpoint=p.endpoint,
         )
         for name, p in spec.providers.items()
     }

@@ -37,6 +37,7 @@ class Provider:
     anthropic_version: str = "2023-06-01"  # anthropic: the anthropic-version header
     api_version: str | None = None  # azure-openai: the api-version query parameter
     host: str | None = None  # the Host header it expects (from its endpoint URL), when known
+    endpoint: str | None = None  # its base URL, when the policy gives one
 
 
 @dataclass(frozen=True, slots=True)

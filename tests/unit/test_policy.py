@@ -79,7 +79,9 @@ def test_example_compiles_with_its_lookups() -> None:
     assert policy.resolve("gpt-5") is None
 
     # teams hold canonical names; "*" is every model
-    assert policy.teams["search"].models == {"gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5"}
+    assert policy.teams["search"].models == {
+        "gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5", "gpt-4o-balanced"
+    }
     assert policy.may_use("search", sonnet.public)
     assert policy.may_use("demo", mini.public) and not policy.may_use("demo", sonnet.public)
     assert policy.teams["platform"].all_models
