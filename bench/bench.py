@@ -2,7 +2,9 @@
 
 The gateway runs the whole policy of ``policies/example.yaml``: the demo key is authenticated,
 the model checked against the team's list, the provider's key injected. For each case
-(non-streaming and streaming chat completions) and each connection count, ``wrk`` drives first
+(chat completions, non-streaming and streaming; an alias with fallback, whose tries also pass the
+upstream ext_proc filter; an OpenAI client served by an Anthropic model, translated both ways)
+and each connection count, ``wrk`` drives first
 plain Envoy (the same listener and routes, without the ext_proc filter) and then
 the gateway. Reported per run: requests/s, p50/p99 latency, the latency the gateway adds over
 plain Envoy, and CPU microseconds per request for Envoy, the Tollway service (all its worker
@@ -36,6 +38,12 @@ BODIES = {
     ]},
 }
 BODIES["chat-stream"] = {**BODIES["chat"], "stream": True}
+# The example policy's alias "chat" (OpenAI first, Anthropic as fallback): the request goes
+# through a chain cluster, so each try also runs the upstream ext_proc filter.
+BODIES["alias"] = {**BODIES["chat"], "model": "chat"}
+# An OpenAI client served by an Anthropic model: request, answer and stream are translated.
+BODIES["translated"] = {**BODIES["chat"], "model": "claude-haiku"}
+BODIES["translated-stream"] = {**BODIES["translated"], "stream": True}
 
 LUA = """
 wrk.method = "POST"
@@ -107,7 +115,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
     parser.add_argument("--connections", default="1,16", help="comma-separated connection counts (default 1,16)")
-    parser.add_argument("--cases", default="chat,chat-stream", help="comma-separated cases (default: both)")
+    parser.add_argument("--cases", default=",".join(BODIES), help="comma-separated cases (default: all)")
     parser.add_argument("--workers", type=int, default=2, help="Tollway worker processes (default 2)")
     parser.add_argument("--envoy-concurrency", type=int, default=2, help="Envoy worker threads (default 2)")
     parser.add_argument("--json", default=str(ROOT / ".tollway" / "bench.json"), help="where to write results")

@@ -60,7 +60,9 @@ def check_file(name: str) -> bool:
     canonical = len({target.public for target in policy.models.values()})
     print(
         f"{source}: OK (version {policy.version}; {_count(len(policy.providers), 'provider')}, "
-        f"{_count(canonical, 'model')}, {_count(len(policy.teams), 'team')})"
+        f"{_count(canonical, 'model')}, {_count(len(policy.teams), 'team')}"
+        + (f", {len(policy.aliases)} alias{'' if len(policy.aliases) == 1 else 'es'}" if policy.aliases else "")
+        + ")"
     )
     return True
 

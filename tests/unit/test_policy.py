@@ -458,7 +458,7 @@ def test_policy_check_good_files(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out.splitlines()
     version = compile_policy(EXAMPLE).version
     assert out == [
-        f"{example}: OK (version {version}; 4 providers, 8 models, 4 teams)",
+        f"{example}: OK (version {version}; 4 providers, 8 models, 4 teams, 2 aliases)",
         f"{minimal}: OK (version {compile_policy(MINIMAL).version}; 1 provider, 1 model, 1 team)",
     ]
 
