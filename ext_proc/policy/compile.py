@@ -117,13 +117,21 @@ def _validate_pruned(data: dict[Any, Any], errors: list[ErrorDetails]) -> tuple[
     (or section). List items are never dropped: the reference checks report list indexes.
     """
     pruned: dict[Any, Any] = dict(data)
-    names: dict[str, set[str]] = {section: set() for section in SECTION_NOUNS}
+    names: dict[str, set[str]] = {section: set() for section in (*SECTION_NOUNS, "aliases")}
     whole: set[str] = set()
     for error in errors:
         loc = tuple(error["loc"])
         section = loc[0] if loc else None
         if error["type"] == "extra_forbidden" and len(loc) > 1:
             pruned = _without(pruned, loc)
+        elif section == "routing" and len(loc) >= 3 and loc[1] == "aliases" and isinstance(pruned.get("routing"), dict):
+            # One broken alias is left out; the others are still checked.
+            routing = dict(pruned["routing"])
+            entries = routing.get("aliases")
+            if isinstance(entries, dict):
+                routing["aliases"] = {name: value for name, value in entries.items() if name != loc[2]}
+                pruned["routing"] = routing
+            names["aliases"].add(str(loc[2]))
         elif isinstance(section, str) and section in SECTION_NOUNS:
             entries = pruned.get(section)
             if len(loc) >= 2 and isinstance(entries, dict):
@@ -229,7 +237,8 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
             if ref == "*":
                 if len(team.models) > 1:
                     problems.append(Problem('"*" (every model) must be the only entry', where=where))
-            elif ref not in owners and ref not in spec.routing.aliases and ("models", ref) not in skipped:
+            elif (ref not in owners and ref not in spec.routing.aliases and ("models", ref) not in skipped
+                  and ("aliases", ref) not in skipped):
                 suggestion = suggest(ref, [*skipped.known("models", owners), *spec.routing.aliases])
                 problems.append(Problem(f"unknown model '{ref}'" + suggestion, where=where))
     problems += _check_aliases(spec, owners, skipped)

@@ -153,17 +153,24 @@ def chain(plan: Plan, api: ClientAPI, prompt_tokens: int | None, shown: str, dra
             f"is served by takes {largest} tokens.",
             "messages",
         )
-    if plan.strategy == "weighted" and len(fits) > 1:
-        weights = [plan.weights[i] for i in fits]
-        total = sum(weights)
-        if total > 0:
-            point = draw() * total
-            for position, weight in enumerate(weights):
-                point -= weight
-                if point < 0 and weight > 0:
-                    fits.insert(0, fits.pop(position))
-                    break
+    drawable = _drawable(plan, fits)
+    if drawable:
+        total = sum(plan.weights[i] for i in drawable)
+        point = draw() * total
+        for i in drawable:
+            point -= plan.weights[i]
+            if point < 0:
+                fits.remove(i)
+                fits.insert(0, i)
+                break
     return tuple(plan.targets[i] for i in fits)
+
+
+def _drawable(plan: Plan, fits: list[int]) -> list[int]:
+    """The targets a weighted plan may draw first among ``fits`` (none: keep priority order)."""
+    if plan.strategy != "weighted" or len(fits) < 2:
+        return []
+    return [i for i in fits if plan.weights[i] > 0]
 
 
 def _fits(target: Target, prompt_tokens: int | None) -> bool:
@@ -178,42 +185,23 @@ def cluster_name(chain: tuple[Target, ...]) -> str:
 def chains(policy: CompiledPolicy) -> frozenset[tuple[Target, ...]]:
     """Every chain of two or more targets :func:`route` can produce under ``policy``.
 
-    For each alias plan, each client API family, each context-window floor and (weighted plans)
-    each first target. Keyed by the Envoy cluster name, since that is what Envoy needs.
+    For each alias plan, each client API family, each set of targets a prompt size leaves (every
+    target; those with a window above each known window) and, for weighted plans, each target
+    that can be drawn first. Deduplicated by Envoy cluster name, which is what Envoy needs.
     """
-    from ext_proc.llm import apis  # local: apis imports core.errors only, but keep decide light
+    from ext_proc.llm import apis  # local: only needed here
 
     out: dict[str, tuple[Target, ...]] = {}
     for alias in policy.aliases.values():
         for plan in (alias.plan, *alias.teams.values()):
-            floors = sorted({t.context_window or 0 for t in plan.targets})
+            sizes = [None, *sorted({t.context_window + 1 for t in plan.targets if t.context_window})]
             for api in (apis.CHAT_COMPLETIONS, apis.EMBEDDINGS):
-                for floor in floors:
-                    for first in range(len(plan.targets)):
-                        try:
-                            found = chain(plan, api, floor or None, alias.name, _constant(_share_before(plan, first)))
-                        except ClientError:
-                            continue
-                        if len(found) > 1:
+                for size in sizes:
+                    usable = [i for i, t in enumerate(plan.targets) if can_serve(api, t.provider.kind)]
+                    fits = [i for i in usable if _fits(plan.targets[i], size)]
+                    for first in _drawable(plan, fits) or fits[:1]:
+                        order = [first, *(i for i in fits if i != first)]
+                        if len(order) > 1:
+                            found = tuple(plan.targets[i] for i in order)
                             out.setdefault(cluster_name(found), found)
     return frozenset(out.values())
-
-
-def _constant(value: float) -> Draw:
-    return lambda: value
-
-
-def _share_before(plan: Plan, index: int) -> float:
-    """A draw in [0, 1) that picks target ``index`` of a weighted plan (0.0 for priority plans)."""
-    if plan.strategy != "weighted" or not plan.weights or sum(plan.weights) == 0:
-        return 0.0
-    return (sum(plan.weights[:index]) + plan.weights[index] / 2) / sum(plan.weights)
-
-
-def upstream_path(api: ClientAPI, target: Target, path: str) -> str | None:
-    """The request path the provider expects, when it differs from the client's (Azure OpenAI)."""
-    provider = target.provider
-    if provider.kind != "azure-openai":
-        return None
-    operation = path.partition("?")[0].rstrip("/").removeprefix("/v1/")
-    return f"/openai/deployments/{target.upstream_model}/{operation}?api-version={provider.api_version}"

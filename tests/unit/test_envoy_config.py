@@ -1,0 +1,229 @@
+"""Envoy's config for a policy's aliases: the chain clusters, ``tollway envoy``, and Envoy's own verdict."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ext_proc import envoy_config
+from ext_proc.envoy_config import add_chains, chain_cluster
+from ext_proc.policy.compile import compile_policy
+from ext_proc.stack import ENVOY_CONFIG, envoy_binary, render_envoy
+
+TEMPLATE: dict[str, Any] = yaml.safe_load(ENVOY_CONFIG.read_text())
+SHIPPED = {cluster["name"]: cluster for cluster in TEMPLATE["static_resources"]["clusters"]}
+
+POLICY = """\
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: OPENAI_API_KEY}}
+  claude: {kind: anthropic, cluster: anthropic, credential: {env: ANTHROPIC_API_KEY}}
+  azure-eu:
+    kind: azure-openai
+    cluster: azure-openai-eu
+    endpoint: https://contoso-eu.openai.azure.com
+    api_version: "2024-10-21"
+  local: {kind: openai-compatible, endpoint: "http://10.0.0.5:8000"}
+routing:
+  aliases:
+    chat:
+      targets:
+        - {provider: openai, model: gpt-4o-mini, context_window: 128000}
+        - {provider: claude, model: claude-3-5-haiku-20241022, context_window: 200000}
+    balanced:
+      strategy: weighted
+      targets:
+        - {provider: openai, model: gpt-4o, weight: 80}
+        - {provider: azure-eu, model: gpt-4o-prod, weight: 20}
+        - {provider: local, model: llama, weight: 0}
+teams:
+  app: {models: ["*"]}
+"""
+CHAINS = {
+    "openai+anthropic",  # chat
+    "openai+azure-openai-eu+local",  # balanced, openai drawn first
+    "azure-openai-eu+openai+local",  # balanced, azure drawn first
+}
+
+
+def config() -> dict[str, Any]:
+    return copy.deepcopy(TEMPLATE)
+
+
+def clusters(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {cluster["name"]: cluster for cluster in cfg["static_resources"]["clusters"]}
+
+
+def labelled_routes(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return [r for r in hcm["route_config"]["virtual_hosts"][0]["routes"] if "cluster_header" in r["route"]]
+
+
+def validate(cfg: dict[str, Any] | str, path: Path) -> None:
+    path.write_text(cfg if isinstance(cfg, str) else yaml.safe_dump(cfg, sort_keys=False))
+    proc = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def tollway_envoy(policy: Path, template: Path = envoy_config.TEMPLATE) -> int:
+    return envoy_config.run(argparse.Namespace(policy=str(policy), template=str(template)))
+
+
+# -- one chain cluster ----------------------------------------------------------------------------
+
+
+def test_a_chain_cluster_has_one_priority_level_per_provider() -> None:
+    cluster = chain_cluster("openai+anthropic", [("openai", SHIPPED["openai"]), ("claude", SHIPPED["anthropic"])])
+    assert cluster["name"] == cluster["load_assignment"]["cluster_name"] == "openai+anthropic"
+    assert cluster["type"] == "STRICT_DNS"  # the endpoints are host names
+    levels = cluster["load_assignment"]["endpoints"]
+    assert [level["priority"] for level in levels] == [0, 1]
+    for level, (slot, provider, source, host) in zip(
+        levels, [("0", "openai", "openai", "api.openai.com"), ("1", "claude", "anthropic", "api.anthropic.com")],
+        strict=True,
+    ):
+        (endpoint,) = level["lb_endpoints"]
+        assert endpoint["endpoint"]["address"]["socket_address"] == {"address": host, "port_value": 443}
+        assert endpoint["metadata"]["filter_metadata"] == {
+            "tollway": {"slot": slot, "provider": provider},
+            "envoy.transport_socket_match": {"tollway_provider": source},
+        }
+    # each provider's own TLS settings, chosen by the endpoint's match label
+    matches = cluster["transport_socket_matches"]
+    assert [(m["name"], m["match"]) for m in matches] == [
+        ("openai", {"tollway_provider": "openai"}),
+        ("anthropic", {"tollway_provider": "anthropic"}),
+    ]
+    assert [m["transport_socket"]["typed_config"]["sni"] for m in matches] == ["api.openai.com", "api.anthropic.com"]
+    assert matches[0]["transport_socket"] == SHIPPED["openai"]["transport_socket"]
+    # the source clusters are not changed
+    assert "metadata" not in SHIPPED["openai"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+
+
+def test_a_chain_cluster_runs_the_upstream_filter_per_try() -> None:
+    cluster = chain_cluster("openai+anthropic", [("openai", SHIPPED["openai"]), ("claude", SHIPPED["anthropic"])])
+    options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    ext_proc, codec = options["http_filters"]
+    assert (ext_proc["name"], codec["name"]) == ("envoy.filters.http.ext_proc", "envoy.filters.http.upstream_codec")
+    grpc = ext_proc["typed_config"]["grpc_service"]
+    assert grpc["envoy_grpc"] == {"cluster_name": "tollway_ext_proc"}
+    assert grpc["initial_metadata"] == [{"key": "x-tollway-filter", "value": "upstream"}]
+    assert ext_proc["typed_config"]["metadata_options"] == {"forwarding_namespaces": {"untyped": ["tollway"]}}
+    assert ext_proc["typed_config"]["failure_mode_allow"] is False
+    assert ext_proc["typed_config"]["processing_mode"]["request_body_mode"] == "BUFFERED"
+    # retries are the fallback: Envoy's default of 3 concurrent retries per cluster is far too few
+    (thresholds,) = cluster["circuit_breakers"]["thresholds"]
+    assert thresholds["max_retries"] >= 1000
+    assert cluster["outlier_detection"]["consecutive_5xx"] > 0
+    assert cluster["common_lb_config"] == {"healthy_panic_threshold": {"value": 0}}
+
+
+def test_a_mocked_chain_is_static_and_plain_text() -> None:
+    policy = compile_policy(POLICY)
+    rendered = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_port=3, mock_port=4,
+                            mocked=("openai", "anthropic", "azure-openai-eu", "local"), policy=policy)
+    cluster = clusters(rendered)["openai+anthropic"]
+    assert cluster["type"] == "STATIC"
+    assert [m["name"] for m in cluster["transport_socket_matches"]] == ["openai", "anthropic"]
+    for match in cluster["transport_socket_matches"]:
+        assert match["transport_socket"]["name"] == "envoy.transport_sockets.raw_buffer"
+    for level in cluster["load_assignment"]["endpoints"]:
+        (endpoint,) = level["lb_endpoints"]
+        assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 4}
+    assert not any("+" in name for name in clusters(render_envoy(
+        config(), listen_port=1, admin_port=2, ext_proc_port=3, mock_port=4,
+        mocked=("openai", "anthropic", "azure-openai-eu", "local"), policy=policy, ext_proc=False)))
+
+
+# -- every chain of a policy ----------------------------------------------------------------------
+
+
+def test_add_chains_adds_every_chain_once() -> None:
+    policy = compile_policy(POLICY)
+    cfg = config()
+    envoy_config.add_providers(cfg, policy)
+    assert add_chains(cfg, policy) == sorted(CHAINS)
+    assert set(clusters(cfg)) == {"openai", "anthropic", "mock", "tollway_ext_proc", "azure-openai-eu", "local",
+                                  *CHAINS}
+    slots = clusters(cfg)["azure-openai-eu+openai+local"]["load_assignment"]["endpoints"]
+    assert [level["lb_endpoints"][0]["metadata"]["filter_metadata"]["tollway"]["provider"] for level in slots] == [
+        "azure-eu", "openai", "local"]
+    before = copy.deepcopy(cfg)
+    assert add_chains(cfg, policy) == []
+    assert cfg == before
+
+
+def test_add_chains_names_a_missing_provider_cluster() -> None:
+    policy = compile_policy(POLICY)  # azure-eu and local have no cluster in the shipped config
+    cfg = config()
+    with pytest.raises(ValueError, match=r"^the Envoy config has no cluster 'azure-openai-eu' \(provider of alias "
+                                         r"'balanced'\)$"):
+        add_chains(cfg, policy)
+
+
+def test_tollway_envoy_fails_on_a_provider_without_cluster_or_endpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY.replace('endpoint: "http://10.0.0.5:8000"', "cluster: vllm"))
+    assert tollway_envoy(path) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "tollway envoy: the Envoy config has no cluster 'vllm' (provider of alias 'balanced')\n"
+
+
+# -- Envoy's verdict ----------------------------------------------------------------------------
+
+
+def test_tollway_envoy_renders_a_config_envoy_accepts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    assert tollway_envoy(path) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.startswith(f"# Rendered by `tollway envoy --policy {path}`: 2 provider cluster(s) and 3 fallback "
+                          "cluster(s) added.\n")
+    rendered = yaml.safe_load(out)
+    assert set(clusters(rendered)) >= CHAINS
+    assert clusters(rendered)["local"]["type"] == "STATIC"  # an IP endpoint
+    assert clusters(rendered)["azure-openai-eu"]["transport_socket"]["typed_config"]["sni"] == (
+        "contoso-eu.openai.azure.com")
+    assert clusters(rendered)["openai+azure-openai-eu+local"]["type"] == "STRICT_DNS"
+    validate(out, tmp_path / "envoy.yaml")
+
+
+def test_rendered_stack_config_with_first_byte_timeouts_is_accepted(tmp_path: Path) -> None:
+    policy = compile_policy(POLICY)
+    plain = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_port=3, mock_port=4,
+                         mocked=("openai", "anthropic", "azure-openai-eu", "local"), policy=policy)
+    assert sorted(r["route"]["retry_policy"]["per_try_idle_timeout"] for r in labelled_routes(plain)) == [
+        "300s", "30s"]
+    rendered = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_port=3, mock_port=4,
+                            mocked=("openai", "anthropic", "azure-openai-eu", "local"), policy=policy,
+                            first_byte_timeouts=("1s", "2s"))
+    assert set(clusters(rendered)) >= CHAINS
+    timeouts = {}
+    for route in labelled_routes(rendered):
+        headers = {h["name"] for h in route["match"]["headers"]}
+        timeouts["stream" if "x-tollway-stream" in headers else "buffered"] = (
+            route["route"]["retry_policy"]["per_try_idle_timeout"])
+    assert timeouts == {"stream": "1s", "buffered": "2s"}
+    validate(rendered, tmp_path / "envoy.yaml")
+
+
+def test_tollway_envoy_refuses_a_broken_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(POLICY.replace("{provider: claude, model: claude", "{provider: cluade, model: claude"))
+    assert tollway_envoy(path) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"{path}:16:22: routing.aliases.chat.targets[1].provider: unknown provider 'cluade' "
+                   "(did you mean 'claude'?)\n")
+    assert tollway_envoy(tmp_path / "missing.yaml") == 1
+    assert capsys.readouterr().err.startswith("tollway envoy: [Errno 2] No such file or directory")
