@@ -225,8 +225,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"tollway envoy: {exc}", file=sys.stderr)
         return 1
     config = yaml.safe_load(Path(args.template).read_text(encoding="utf-8"))
-    providers = add_providers(config, policy)
     try:
+        providers = add_providers(config, policy)
         added = add_chains(config, policy)
     except ValueError as exc:
         print(f"tollway envoy: {exc}", file=sys.stderr)

@@ -101,8 +101,9 @@ class Attempt:
         host = upstream.host(provider)
         if host:
             sets.append((":authority", host))
-        keys = decide.credential_header_names(provider.kind)
-        removes = tuple(h for h in (*decide.CREDENTIAL_HEADERS, "anthropic-version") if h not in keys)
+        # Every provider key header an earlier try may have set goes; the server adds this
+        # provider's own while encoding (and never removes what it sets).
+        removes = (*decide.CREDENTIAL_HEADERS, "anthropic-version")
         return Continue(
             set_headers=tuple(sets),
             remove_headers=removes,

@@ -88,6 +88,7 @@ class Session:
         "_stream_reader",
         "_strip_usage_chunk",
         "_target",
+        "_translation_error",
         "_translator",
         "_usage_headers",
         "api",
@@ -125,6 +126,7 @@ class Session:
         self._chain: tuple[Target, ...] = ()  # the targets Envoy may try, in order
         self._served_style = "openai"  # the wire format of the provider's answer
         self._translator: openai_to_anthropic.StreamTranslator | anthropic_to_openai.StreamTranslator | None = None
+        self._translation_error: str | None = None
         self.attempts: int | None = None
         self.fallback = False
         self.meter = Meter(accountant)
@@ -350,6 +352,9 @@ class Session:
                 self._target = chain[position]
                 self.provider = chain[position].provider.name
                 self.fallback = position > 0
+            else:  # Envoy answered itself (no endpoint, no cluster): no provider served
+                self._target = None
+                self.provider = None
         target = self._target
         if target is None:
             self._served_style = self.api.style if self.api else "openai"
@@ -437,24 +442,28 @@ class Session:
         assert decoder is not None and reader is not None
         if self.ttft is None and event.body:
             self.ttft = event.at - self.started
+        # Only complete events go to the client; the bytes of an unfinished one wait for the next
+        # chunk (so an error event appended to a cut stream always starts on an event boundary).
         events = decoder.feed(event.body)
-        if event.end_of_stream:
-            events += decoder.flush()
+        tail = decoder.flush() if event.end_of_stream else []
         translator = self._translator
         if translator is not None:
-            out = b"".join(self._translate(sse, translator) for sse in events)
+            out = b"".join([self._translate(sse, translator) for sse in events + tail])
         else:
             kept = [sse.raw for sse in events if not reader(sse)]
-            out = b"".join(kept) if self._strip_usage_chunk else event.body
+            tail_kept = [sse.raw for sse in tail if not reader(sse)]
+            out = b"".join(kept + tail_kept if self.complete else kept)
         if event.end_of_stream:
-            if translator is not None:
+            if translator is not None and self._translation_error is None:
                 out += translator.end()
-            if not self.complete:
-                # Never a clean end for a cut answer: the client's SDK raises on this event.
-                out += _error_event(self.api.style if self.api else "openai")
-                self.error = self.error or _INTERRUPTED.code
-            self._finish(event.at, "ok" if self.complete else "incomplete")
-        # Complete events pass; the bytes of an unfinished one wait for the next chunk.
+            if self._translation_error is not None:
+                self._finish(event.at, "error")
+            else:
+                if not self.complete:
+                    # Never a clean end for a cut answer: the client's SDK raises on this event.
+                    out += _error_event(self.api.style if self.api else "openai")
+                    self.error = self.error or _INTERRUPTED.code
+                self._finish(event.at, "ok" if self.complete else "incomplete")
         return Continue(body=out) if out != event.body else CONTINUE
 
     def _translate(
@@ -462,8 +471,19 @@ class Session:
     ) -> bytes:
         """Account for one provider event, and give the client its translation."""
         data = sse.data
-        if not data:
+        if not data or self._translation_error is not None:
             return b""
+        try:
+            return self._translate_event(sse, data, translator)
+        except Exception as exc:  # an answer the client's API cannot express: end its stream with an error
+            self._translation_error = self.error = "untranslatable_stream"
+            message = getattr(exc, "message", None) or "The provider's stream could not be translated."
+            return translator.error(f"Tollway could not translate the provider's stream: {message}")
+
+    def _translate_event(
+        self, sse: SSEEvent, data: bytes,
+        translator: openai_to_anthropic.StreamTranslator | anthropic_to_openai.StreamTranslator,
+    ) -> bytes:
         if isinstance(translator, anthropic_to_openai.StreamTranslator):  # an OpenAI provider
             if data == b"[DONE]":
                 self.complete = True

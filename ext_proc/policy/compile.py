@@ -293,7 +293,7 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
             credential=CredentialSource(env=p.credential.env, file=p.credential.file) if p.credential else None,
             anthropic_version=p.anthropic_version or "2023-06-01",
             api_version=p.api_version,
-            host=urllib.parse.urlsplit(p.endpoint).netloc or None if p.endpoint else None,
+            host=_netloc(p.endpoint),
             endpoint=p.endpoint,
         )
         for name, p in spec.providers.items()
@@ -333,6 +333,13 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
         sections=types.MappingProxyType({section: getattr(spec, section) for section in RESERVED_SECTIONS}),
         aliases=types.MappingProxyType(aliases),
     )
+
+
+def _netloc(url: str | None) -> str | None:
+    try:
+        return urllib.parse.urlsplit(url).netloc or None if url else None
+    except ValueError:  # e.g. an unbalanced "[" (an IPv6 literal gone wrong): no Host to set
+        return None
 
 
 def _price(spec: PriceSpec | None) -> Price | None:

@@ -112,13 +112,19 @@ def encode(kind: str, action: Action, credentials: Credentials | None = None) ->
         return _EMPTY[kind]
     common = pb.CommonResponse(clear_route_cache=action.clear_route_cache)
     set_headers = action.set_headers
+    remove_headers = action.remove_headers
     if action.credential is not None and credentials is not None:
-        set_headers += credentials(action.credential)
-    if set_headers or action.remove_headers:
+        keys = credentials(action.credential)
+        if keys:
+            set_headers += keys
+            if remove_headers:
+                names = {name for name, _ in keys}
+                remove_headers = tuple(h for h in remove_headers if h not in names)
+    if set_headers or remove_headers:
         common.header_mutation.CopyFrom(
             pb.HeaderMutation(
                 set_headers=_header_options(set_headers),
-                remove_headers=list(action.remove_headers),
+                remove_headers=list(remove_headers),
             )
         )
     if action.body is not None:

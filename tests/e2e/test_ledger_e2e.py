@@ -67,7 +67,9 @@ def test_500_mixed_requests_one_record_each_and_report_totals_add_up(
     with stack:
         outcomes = asyncio.run(load(stack.base_url))
         assert sum(outcomes.values()) == TOTAL
-        assert all(key.endswith(":200") for key in outcomes), outcomes
+        # A stream cut before its first event reaches the client as a broken 200 stream, or (when
+        # the cut beats the response head through Envoy) as a JSON 502: both are timing.
+        assert all(key.endswith(":200") or key == "cut:502" for key in outcomes), outcomes
         reached = [dict((k.lower(), v) for k, v in r["headers"]).get("x-request-id")
                    for r in httpx.get(f"http://127.0.0.1:{stack.mock_port}/_mock/requests").json()]
         assert len(reached) == TOTAL and None not in reached

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ext_proc.core import upstream
 from ext_proc.core.errors import ClientError
 from ext_proc.llm import apis
 from ext_proc.policy import decide
@@ -98,11 +99,12 @@ def test_targets_and_access() -> None:
 
 
 def test_azure_path() -> None:
-    assert decide.upstream_path(apis.CHAT_COMPLETIONS, AZ, "/v1/chat/completions?x=1") == (
-        "/openai/deployments/prod-deploy/chat/completions?api-version=2024-10-21")
-    assert decide.upstream_path(apis.EMBEDDINGS, AZ, "/v1/embeddings") == (
+    payload = {"model": "gpt", "messages": []}
+    assert upstream.prepare(apis.CHAT_COMPLETIONS, dict(payload), AZ, "/v1/chat/completions?x=1") == (
+        payload, "/openai/deployments/prod-deploy/chat/completions?api-version=2024-10-21")
+    assert upstream.prepare(apis.EMBEDDINGS, {"model": "gpt"}, AZ, "/v1/embeddings")[1] == (
         "/openai/deployments/prod-deploy/embeddings?api-version=2024-10-21")
-    assert decide.upstream_path(apis.CHAT_COMPLETIONS, GPT, "/v1/chat/completions") is None
+    assert upstream.prepare(apis.CHAT_COMPLETIONS, dict(payload), GPT, "/v1/chat/completions")[1] is None
 
 
 def test_credential_headers_per_kind() -> None:

@@ -366,10 +366,29 @@ def test_stream_with_client_usage_passes_request_and_usage_chunk_untouched() -> 
         << routed("openai", stream=True)
         >> response(200, "text/event-stream; charset=utf-8")
         << STREAMED
+        >> chunk(STREAM_BODY[:AT_USAGE], at=250, end_of_stream=False)  # chunks end on event boundaries
+        << CONTINUE
+        >> chunk(STREAM_BODY[AT_USAGE:], at=260)
+        << CONTINUE
+        << Record(outcome="ok", **STREAM_USAGE, latency_ms=260.0, ttft_ms=250.0)
+    )
+
+
+def test_a_chunk_ending_inside_an_event_holds_those_bytes_until_the_event_is_complete() -> None:
+    # So that whatever ends the stream (the provider's last event, or Tollway's error event for a
+    # cut stream) never lands in the middle of an event the client already half received.
+    assert (
+        Transcript()
+        >> post(CHAT)
+        << HEADERS_OK
+        >> request(RECORDED_STREAM["request"]["body"].encode())
+        << routed("openai", stream=True)
+        >> response(200, "text/event-stream; charset=utf-8")
+        << STREAMED
         >> chunk(STREAM_BODY[:AT_USAGE + 40], at=250, end_of_stream=False)
-        << CONTINUE
+        << Continue(body=STREAM_BODY[:AT_USAGE])
         >> chunk(STREAM_BODY[AT_USAGE + 40:], at=260)
-        << CONTINUE
+        << Continue(body=STREAM_BODY[AT_USAGE:])
         << Record(outcome="ok", **STREAM_USAGE, latency_ms=260.0, ttft_ms=250.0)
     )
 
@@ -877,7 +896,7 @@ def test_stream_closed_midway_records_usage_seen_so_far_once() -> None:
         >> chunk(b"".join(ANTHROPIC_STREAM_EVENTS[:4]), at=300, end_of_stream=False)
         << CONTINUE
         >> chunk(ANTHROPIC_STREAM_EVENTS[4][:30], at=310, end_of_stream=False)
-        << CONTINUE
+        << Continue(body=b"")  # half an event: held back
         >> StreamClosed(ms(400))
         << Record(
             outcome="incomplete", status=200, input_tokens=2112, output_tokens=1, cached_tokens=2000,

@@ -1,0 +1,576 @@
+"""The router-level session with routing aliases: chain labels, and answers translated for the client.
+
+A request for an alias with fallback leaves with its chain (dynamic metadata) and the chain's
+cluster; the answer comes back with the endpoint that served it (``tollway.slot`` host metadata)
+and the number of tries, and is translated into the client's API when the serving provider
+speaks the other one (JSON, SSE streams and errors). A single target is rewritten by the
+session itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic.types
+import openai.types.chat
+import orjson
+import pydantic
+import pytest
+
+from ext_proc.core import upstream
+from ext_proc.core.actions import CONTINUE, Continue, EmitRecord
+from ext_proc.core.attempt import Attempt
+from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
+from ext_proc.core.session import Session
+from ext_proc.llm.sse import SSEDecoder
+from ext_proc.server.accounting import ServiceAccountant
+from tests.unit.test_attempt import ANTHROPIC, OPENAI, POLICY, SMART, host_metadata, try_head
+from tests.unit.transcript import Record, Replaces, Transcript
+
+CHAT = "/v1/chat/completions"
+MESSAGES = "/v1/messages"
+CHAIN_METADATA = (
+    (upstream.TARGETS, SMART), (upstream.CLIENT_PATH, CHAT), (upstream.ALIAS, "smart"), (upstream.TEAM, "all"),
+)
+CHAIN_HEADERS = (("x-tollway-cluster", "openai+anthropic"), (upstream.RETRIES_HEADER, "1"))
+CHAT_REQUEST: dict[str, Any] = {
+    "model": "smart",
+    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+}
+ANTHROPIC_MESSAGE = {
+    "id": "msg_01",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-x-20250101",
+    "content": [{"type": "text", "text": "Hello!"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 100, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 200,
+              "output_tokens": 50},
+}
+OPENAI_COMPLETION = {
+    "id": "chatcmpl-abc",
+    "object": "chat.completion",
+    "created": 1_700_000_000,
+    "model": "gpt-4o-2024-08-06",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!", "refusal": None},
+                 "logprobs": None, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15,
+              "prompt_tokens_details": {"cached_tokens": 2}},
+}
+
+
+@pytest.fixture(scope="module")
+def accountant() -> ServiceAccountant:
+    return ServiceAccountant()
+
+
+def head(path: str = CHAT, **headers: str) -> RequestHeaders:
+    return RequestHeaders({":method": "POST", ":path": path, "x-request-id": "r1", **headers}, False, 0)
+
+
+def body(value: Any) -> RequestBody:
+    return RequestBody(orjson.dumps(value), True, 1_000_000)
+
+
+def served(status: int = 200, slot: int | None = 1, attempts: str | None = "2",
+           content_type: str = "application/json") -> ResponseHeaders:
+    attributes = {}
+    if slot is not None:
+        attributes[upstream.HOST_METADATA] = host_metadata(slot, "anthropic" if slot else "openai")
+    if attempts is not None:
+        attributes[upstream.ATTEMPTS_ATTRIBUTE] = attempts
+    return ResponseHeaders({":status": str(status), "content-type": content_type}, False, 2_000_000, attributes)
+
+
+SLOT_1_TOLD = Continue(set_headers=(
+    ("x-tollway-provider", "anthropic"), ("x-tollway-model", "claude-x"), ("x-tollway-attempts", "2"),
+))
+
+
+def sent(session: Session, request: Any, path: str = CHAT) -> Continue:
+    """Open ``session`` with a request; the action answering its body."""
+    assert isinstance(session.handle(head(path)), Continue)
+    action = session.handle(body(request))
+    assert isinstance(action, Continue), action
+    return action
+
+
+def split(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def feed(session: Session, chunks: list[bytes]) -> bytes:
+    """Stream ``chunks`` (the last ends the stream); the bytes the client receives."""
+    out = b""
+    for index, chunk in enumerate(chunks):
+        action = session.handle(ResponseBody(chunk, index == len(chunks) - 1, 3_000_000 + index))
+        assert isinstance(action, Continue) and not action.set_headers, action
+        out += chunk if action.body is None else action.body
+    return out
+
+
+def events(stream: bytes) -> list[tuple[str, bytes]]:
+    decoder = SSEDecoder()
+    return [(e.event, e.data) for e in decoder.feed(stream) + decoder.flush() if e.data]
+
+
+def the_record(session: Session) -> dict[str, Any]:
+    records = [e.record for e in session.effects if isinstance(e, EmitRecord)]
+    assert len(records) == 1, records
+    return records[0]
+
+
+def sse(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def chunk(data: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+ANTHROPIC_HEAD = [
+    sse("message_start", {"type": "message_start", "message": {
+        "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-x-20250101", "content": [],
+        "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 20, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0,
+                  "output_tokens": 1}}}),
+    sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                "content_block": {"type": "text", "text": ""}}),
+    sse("ping", {"type": "ping"}),
+    sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                "delta": {"type": "text_delta", "text": "Hel"}}),
+]
+ANTHROPIC_TAIL = [
+    sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                "delta": {"type": "text_delta", "text": "lo"}}),
+    sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                          "usage": {"output_tokens": 7}}),
+    sse("message_stop", {"type": "message_stop"}),
+]
+ANTHROPIC_STREAM = b"".join(ANTHROPIC_HEAD + ANTHROPIC_TAIL)
+
+_BASE = {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-4o"}
+OPENAI_CHUNKS = [
+    chunk({**_BASE, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}),
+    chunk({**_BASE, "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}),
+    chunk({**_BASE, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": None}]}),
+    chunk({**_BASE, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+    chunk({**_BASE, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}}),
+]
+OPENAI_STREAM = b"".join(OPENAI_CHUNKS) + b"data: [DONE]\n\n"
+
+
+# -- the request: a chain's labels --------------------------------------------------------------
+
+
+def test_an_alias_with_fallback_leaves_with_its_chain() -> None:
+    assert (
+        Transcript(Session(POLICY, "local-dev"))
+        >> head(**{"x-envoy-max-retries": "5", "authorization": "Bearer sk-client"})
+        << Continue(remove_headers=("accept-encoding", "x-tollway-cluster", "x-envoy-max-retries", "authorization"))
+        >> body(CHAT_REQUEST)
+        << Continue(set_headers=CHAIN_HEADERS, clear_route_cache=True, metadata=CHAIN_METADATA)  # no credential
+    )
+
+
+def test_a_stream_also_takes_the_streaming_route() -> None:
+    request = {**CHAT_REQUEST, "stream": True, "stream_options": {"include_usage": True}}
+    assert (
+        Transcript(Session(POLICY, "local-dev"))
+        >> head()
+        << Continue(remove_headers=("accept-encoding", "x-tollway-cluster"))
+        >> body(request)
+        << Continue(set_headers=(*CHAIN_HEADERS, ("x-tollway-stream", "1")), clear_route_cache=True,
+                    metadata=CHAIN_METADATA)
+    )
+
+
+def test_a_stream_without_usage_asks_for_it_and_keeps_the_chain() -> None:
+    action = sent(Session(POLICY, "local-dev"), {**CHAT_REQUEST, "stream": True})
+    assert action.set_headers[:3] == (*CHAIN_HEADERS, ("x-tollway-stream", "1"))
+    assert action.set_headers[3] == ("content-length", str(len(action.body or b"")))
+    assert orjson.loads(action.body or b"") == {**CHAT_REQUEST, "stream": True,
+                                                "stream_options": {"include_usage": True}}
+    assert action.metadata == CHAIN_METADATA and action.credential is None and action.clear_route_cache
+
+
+def test_an_anthropic_client_chain_carries_its_own_path() -> None:
+    action = sent(Session(POLICY, "local-dev"), {"model": "smart", "max_tokens": 10, "stream": True,
+                                                 "messages": [{"role": "user", "content": "Hi"}]}, MESSAGES)
+    assert action == Continue(
+        set_headers=(*CHAIN_HEADERS, ("x-tollway-stream", "1")), clear_route_cache=True,
+        metadata=((upstream.TARGETS, SMART), (upstream.CLIENT_PATH, MESSAGES), (upstream.ALIAS, "smart"),
+                  (upstream.TEAM, "all")),
+    )
+
+
+def test_the_chain_metadata_finds_the_targets_in_the_attempt() -> None:
+    """What the router-level session sends is what the attempt reads."""
+    action = sent(Session(POLICY, "b-app"), CHAT_REQUEST)
+    metadata = dict(action.metadata)
+    assert metadata[upstream.TEAM] == "b"
+    attempt = Attempt(POLICY)
+    event = try_head(1)
+    attributes = {upstream.HOST_METADATA: event.attributes[upstream.HOST_METADATA],
+                  **{f"tollway.{key}": value for key, value in metadata.items()}}
+    attempt.handle(RequestHeaders(event.headers, False, 0, attributes))
+    rewritten = attempt.handle(body(CHAT_REQUEST))
+    assert isinstance(rewritten, Continue)
+    assert orjson.loads(rewritten.body or b"")["max_tokens"] == 2000  # team b's own plan
+
+
+# -- the answer, buffered -----------------------------------------------------------------------
+
+
+def test_a_fallback_answer_from_anthropic_reaches_an_openai_client_as_a_chat_completion(
+    accountant: ServiceAccountant,
+) -> None:
+    session = Session(POLICY, "local-dev", accountant)
+    sent(session, CHAT_REQUEST)
+    assert session.handle(served()) == SLOT_1_TOLD
+    action = session.handle(ResponseBody(orjson.dumps(ANTHROPIC_MESSAGE), True, 3_000_000))
+    assert isinstance(action, Continue) and action.body is not None
+    assert action.set_headers == (("content-type", "application/json"), ("content-length", str(len(action.body))))
+    completion = openai.types.chat.ChatCompletion.model_validate(orjson.loads(action.body))
+    assert completion.choices[0].message.content == "Hello!"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (1300, 50)
+    record = the_record(session)
+    expected = {
+        "provider": "anthropic", "attempts": 2, "fallback": True, "status": 200, "outcome": "ok", "error": None,
+        "model": "smart", "served_model": "claude-x-20250101",
+        "input_tokens": 1300, "output_tokens": 50, "cached_tokens": 1000, "cache_write_tokens": 200,
+        # the target's own price: 100 x 3 + 50 x 15 + 1000 x 0.30 + 200 x 3.75 micro-dollars
+        "cost_usd_micros": 2100, "price_version": "policy",
+    }
+    assert {key: record[key] for key in expected} == expected
+
+
+def test_the_first_target_answers_unchanged(accountant: ServiceAccountant) -> None:
+    session = Session(POLICY, "local-dev", accountant)
+    sent(session, CHAT_REQUEST)
+    told = session.handle(served(slot=0, attempts="1"))
+    assert told == Continue(set_headers=(("x-tollway-provider", "openai"), ("x-tollway-model", "gpt-4o"),
+                                         ("x-tollway-attempts", "1")))
+    assert session.handle(ResponseBody(orjson.dumps(OPENAI_COMPLETION), True, 3_000_000)) == CONTINUE
+    record = the_record(session)
+    assert (record["provider"], record["attempts"], record["fallback"]) == ("openai", 1, False)
+    assert (record["input_tokens"], record["output_tokens"], record["cached_tokens"]) == (12, 3, 2)
+    assert record["cost_usd_micros"] == 60  # gpt-4o's policy price: 12 x 2.50 + 3 x 10
+
+
+# -- the answer, streamed -----------------------------------------------------------------------
+
+
+def openai_chunks(stream: bytes) -> list[dict[str, Any]]:
+    found = events(stream)
+    assert found[-1] == ("", b"[DONE]"), found[-3:]
+    chunks = [orjson.loads(data) for _, data in found[:-1]]
+    for item in chunks:
+        openai.types.chat.ChatCompletionChunk.model_validate(item)
+    return chunks
+
+
+@pytest.mark.parametrize("size", [7, 1, 4096])
+def test_a_fallback_stream_from_anthropic_reaches_an_openai_client_as_chunks(size: int) -> None:
+    session = Session(POLICY, "local-dev")
+    sent(session, {**CHAT_REQUEST, "stream": True})  # the client did not ask for usage
+    told = session.handle(served(content_type="text/event-stream"))
+    assert told == Continue(set_headers=SLOT_1_TOLD.set_headers, stream_response=True)
+    chunks = openai_chunks(feed(session, split(ANTHROPIC_STREAM, size)))
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "Hello"
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+    assert all(c["choices"] and c.get("usage") is None for c in chunks)  # no usage chunk: not asked for
+    record = the_record(session)
+    expected = {"provider": "anthropic", "fallback": True, "attempts": 2, "outcome": "ok", "error": None,
+                "input_tokens": 25, "output_tokens": 7, "cached_tokens": 5, "served_model": "claude-x-20250101"}
+    assert {key: record[key] for key in expected} == expected
+
+
+def test_a_client_that_asked_for_usage_gets_the_usage_chunk() -> None:
+    session = Session(POLICY, "local-dev")
+    sent(session, {**CHAT_REQUEST, "stream": True, "stream_options": {"include_usage": True}})
+    session.handle(served(content_type="text/event-stream"))
+    chunks = openai_chunks(feed(session, split(ANTHROPIC_STREAM, 7)))
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["prompt_tokens"] == 25 and chunks[-1]["usage"]["completion_tokens"] == 7
+    assert all(c["choices"] for c in chunks[:-1])
+    assert the_record(session)["output_tokens"] == 7
+
+
+# -- an Anthropic client served by OpenAI: the session rewrites the request itself --------------
+
+ANTHROPIC_REQUEST = {"model": "gpt-4o", "max_tokens": 100, "system": "Be brief.",
+                     "messages": [{"role": "user", "content": "Hi"}]}
+OPENAI_TOLD = Continue(set_headers=(("x-tollway-provider", "openai"), ("x-tollway-model", "gpt-4o")))
+
+
+def test_an_anthropic_request_for_an_openai_model_is_translated() -> None:
+    transcript = Transcript(Session(POLICY, "local-dev"))
+    assert (
+        transcript
+        >> head(MESSAGES, **{"x-api-key": "sk-ant-client", "anthropic-version": "2023-06-01"})
+        << Continue(remove_headers=("accept-encoding", "x-tollway-cluster", "x-api-key"))
+        >> body(ANTHROPIC_REQUEST)
+        << Replaces(
+            {"model": "gpt-4o", "max_tokens": 100,
+             "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
+            set_headers=(("x-tollway-cluster", "openai"), (":path", CHAT)),
+            clear_route_cache=True,
+        )
+    )
+    action = transcript.actions[-1]
+    assert isinstance(action, Continue) and action.credential == OPENAI and action.metadata == ()
+
+
+def test_an_openai_answer_reaches_an_anthropic_client_as_a_message(accountant: ServiceAccountant) -> None:
+    session = Session(POLICY, "local-dev", accountant)
+    sent(session, ANTHROPIC_REQUEST, MESSAGES)
+    assert session.handle(served(slot=None, attempts=None)) == OPENAI_TOLD
+    action = session.handle(ResponseBody(orjson.dumps(OPENAI_COMPLETION), True, 3_000_000))
+    assert isinstance(action, Continue) and action.body is not None
+    assert dict(action.set_headers)["content-length"] == str(len(action.body))
+    message = anthropic.types.Message.model_validate(orjson.loads(action.body))
+    assert message.content[0].type == "text" and message.content[0].text == "Hello!"
+    assert message.stop_reason == "end_turn"
+    assert (message.usage.input_tokens, message.usage.cache_read_input_tokens, message.usage.output_tokens) == (
+        10, 2, 3)
+    record = the_record(session)
+    expected = {"provider": "openai", "attempts": None, "fallback": False, "outcome": "ok", "api": "anthropic.messages",
+                "input_tokens": 12, "output_tokens": 3, "cached_tokens": 2, "cost_usd_micros": 60}
+    assert {key: record[key] for key in expected} == expected
+
+
+def test_an_openai_stream_reaches_an_anthropic_client_as_events() -> None:
+    session = Session(POLICY, "local-dev")
+    action = sent(session, {**ANTHROPIC_REQUEST, "stream": True}, MESSAGES)
+    assert orjson.loads(action.body or b"")["stream_options"] == {"include_usage": True}
+    told = session.handle(served(slot=None, attempts=None, content_type="text/event-stream"))
+    assert told == Continue(set_headers=OPENAI_TOLD.set_headers, stream_response=True)
+    found = events(feed(session, split(OPENAI_STREAM, 5)))
+    adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(anthropic.types.RawMessageStreamEvent)
+    parsed = [adapter.validate_python(orjson.loads(data)) for _, data in found]
+    assert [name for name, _ in found] == [p.type for p in parsed]
+    assert [p.type for p in parsed] == [
+        "message_start", "content_block_start", "content_block_delta", "content_block_delta",
+        "content_block_stop", "message_delta", "message_stop",
+    ]
+    assert "".join(p.delta.text for p in parsed if p.type == "content_block_delta") == "Hello"
+    record = the_record(session)
+    assert (record["outcome"], record["input_tokens"], record["output_tokens"]) == ("ok", 12, 3)
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_an_anthropic_429_reaches_an_openai_client_in_openais_format() -> None:
+    transcript = Transcript(Session(POLICY, "local-dev"))
+    error = {"type": "error", "error": {"type": "rate_limit_error", "message": "Slow down."}}
+    assert (
+        transcript
+        >> head() << Continue(remove_headers=("accept-encoding", "x-tollway-cluster"))
+        >> body(CHAT_REQUEST) << Continue(set_headers=CHAIN_HEADERS, clear_route_cache=True, metadata=CHAIN_METADATA)
+        >> served(429) << SLOT_1_TOLD
+        >> ResponseBody(orjson.dumps(error), True, 3_000_000)
+        # the status stays 429 (no :status is set); only the body and its size change
+        << Replaces({"error": {"message": "Slow down.", "type": "requests", "param": None,
+                               "code": "rate_limit_exceeded"}}, set_headers=(("content-type", "application/json"),))
+        << Record(status=429, outcome="error", error="rate_limit_error", provider="anthropic", fallback=True)
+    )
+
+
+def test_an_openai_error_reaches_an_anthropic_client_in_anthropics_format() -> None:
+    session = Session(POLICY, "local-dev")
+    sent(session, ANTHROPIC_REQUEST, MESSAGES)
+    session.handle(served(500, slot=None, attempts=None))
+    error = {"error": {"message": "The server had an error.", "type": "server_error", "param": None, "code": None}}
+    action = session.handle(ResponseBody(orjson.dumps(error), True, 3_000_000))
+    assert isinstance(action, Continue)
+    assert orjson.loads(action.body or b"") == {"type": "error", "error": {
+        "type": "api_error", "message": "The server had an error."}}
+    assert the_record(session)["status"] == 500
+
+
+@pytest.mark.parametrize(
+    ("path", "request_body", "expected"),
+    [
+        (CHAT, CHAT_REQUEST, {"error": {"message": "The provider did not answer: no healthy upstream",
+                                        "type": "server_error", "param": None, "code": "provider_unavailable"}}),
+        (MESSAGES, {**ANTHROPIC_REQUEST, "model": "smart"}, {"type": "error", "error": {
+            "type": "api_error", "message": "The provider did not answer: no healthy upstream"}}),
+    ],
+)
+def test_envoys_plain_text_503_becomes_the_clients_json_error(path: str, request_body: Any, expected: Any) -> None:
+    session = Session(POLICY, "local-dev")
+    sent(session, request_body, path)
+    session.handle(served(503, slot=None, attempts="2", content_type="text/plain"))
+    action = session.handle(ResponseBody(b"no healthy upstream", True, 3_000_000))
+    assert action == Replaces(expected, set_headers=(("content-type", "application/json"),))
+    record = the_record(session)
+    assert (record["status"], record["outcome"], record["error"], record["attempts"]) == (
+        503, "error", "provider_unavailable", 2)
+
+
+def test_an_attempts_own_refusal_is_translated_like_a_provider_error() -> None:
+    """The attempt answers an untranslatable request in Anthropic's format; the client reads OpenAI's."""
+    request = {**CHAT_REQUEST, "n": 2}
+    attempt = Attempt(POLICY)
+    attempt.handle(try_head(1))
+    refusal = attempt.handle(body(request))
+    assert refusal is not None and not isinstance(refusal, Continue)
+    session = Session(POLICY, "local-dev")
+    sent(session, request)
+    session.handle(served(refusal.status))
+    action = session.handle(ResponseBody(refusal.body, True, 3_000_000))
+    assert isinstance(action, Continue)
+    error = orjson.loads(action.body or b"")["error"]
+    assert error["type"] == "invalid_request_error" and "'n'" in error["message"]
+    assert the_record(session)["status"] == 400
+
+
+# -- streams that end before they are complete --------------------------------------------------
+
+OPENAI_INTERRUPTED = {"error": {"message": "The provider's stream ended before the response was complete.",
+                                "type": "server_error", "param": None, "code": "stream_interrupted"}}
+ANTHROPIC_INTERRUPTED = {"type": "error", "error": {
+    "type": "api_error", "message": "The provider's stream ended before the response was complete."}}
+
+
+def test_a_cut_anthropic_stream_ends_with_an_openai_error_chunk() -> None:
+    session = Session(POLICY, "local-dev")
+    sent(session, {**CHAT_REQUEST, "stream": True})
+    session.handle(served(content_type="text/event-stream"))
+    stream = feed(session, split(b"".join(ANTHROPIC_HEAD), 7))
+    found = events(stream)
+    assert found[-1] == ("", orjson.dumps(OPENAI_INTERRUPTED))
+    assert ("", b"[DONE]") not in found
+    assert stream.endswith(b"data: " + orjson.dumps(OPENAI_INTERRUPTED) + b"\n\n")
+    for _, data in found[:-1]:
+        openai.types.chat.ChatCompletionChunk.model_validate(orjson.loads(data))
+    record = the_record(session)
+    expected = {"outcome": "incomplete", "error": "stream_interrupted", "provider": "anthropic",
+                "input_tokens": 25, "output_tokens": 1, "cached_tokens": 5}
+    assert {key: record[key] for key in expected} == expected
+
+
+def test_a_cut_openai_stream_ends_with_an_error_chunk_and_keeps_its_usage() -> None:
+    session = Session(POLICY, "local-dev")
+    sent(session, {**CHAT_REQUEST, "stream": True, "stream_options": {"include_usage": True}})
+    session.handle(served(slot=0, attempts="1", content_type="text/event-stream"))
+    upstream_bytes = b"".join(OPENAI_CHUNKS)  # the usage chunk came, [DONE] did not
+    stream = feed(session, split(upstream_bytes, 9))
+    assert stream == upstream_bytes + b"data: " + orjson.dumps(OPENAI_INTERRUPTED) + b"\n\n"
+    record = the_record(session)
+    expected = {"outcome": "incomplete", "error": "stream_interrupted", "provider": "openai", "fallback": False,
+                "input_tokens": 12, "output_tokens": 3}
+    assert {key: record[key] for key in expected} == expected
+
+
+def test_a_cut_anthropic_stream_ends_with_an_anthropic_error_event() -> None:
+    session = Session(POLICY, "local-dev")
+    sent(session, {**ANTHROPIC_REQUEST, "model": "claude-x", "stream": True}, MESSAGES)
+    session.handle(served(slot=None, attempts=None, content_type="text/event-stream"))
+    upstream_bytes = b"".join(ANTHROPIC_HEAD + ANTHROPIC_TAIL[:3])  # message_delta came, message_stop did not
+    stream = feed(session, split(upstream_bytes, 7))
+    assert stream == upstream_bytes + b"event: error\ndata: " + orjson.dumps(ANTHROPIC_INTERRUPTED) + b"\n\n"
+    record = the_record(session)
+    expected = {"outcome": "incomplete", "error": "stream_interrupted", "provider": "anthropic",
+                "input_tokens": 25, "output_tokens": 7}
+    assert {key: record[key] for key in expected} == expected
+
+
+def test_a_cut_openai_stream_ends_with_an_anthropic_error_event(accountant: ServiceAccountant) -> None:
+    session = Session(POLICY, "local-dev", accountant)
+    sent(session, {**ANTHROPIC_REQUEST, "stream": True}, MESSAGES)
+    session.handle(served(slot=None, attempts=None, content_type="text/event-stream"))
+    stream = feed(session, split(b"".join(OPENAI_CHUNKS[:3]), 6))  # no finish reason, no usage, no [DONE]
+    found = events(stream)
+    assert found[-1] == ("error", orjson.dumps(ANTHROPIC_INTERRUPTED))
+    assert "message_stop" not in [name for name, _ in found]
+    record = the_record(session)
+    assert (record["outcome"], record["error"]) == ("incomplete", "stream_interrupted")
+    # no usage came: the pre-send estimate and the streamed text stand in, marked as estimates
+    assert record["input_estimated"] and record["output_estimated"]
+    assert record["input_tokens"] == record["estimated_input_tokens"] and record["output_tokens"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("path", "request_body", "upstream_bytes", "expected"),
+    [
+        (CHAT, {**CHAT_REQUEST, "model": "gpt-4o", "stream": True, "stream_options": {"include_usage": True}},
+         b"".join(OPENAI_CHUNKS[:2]) + OPENAI_CHUNKS[2][:25], ("", orjson.dumps(OPENAI_INTERRUPTED))),
+        (CHAT, {**CHAT_REQUEST, "model": "gpt-4o", "stream": True},  # usage asked by Tollway: events re-framed
+         b"".join(OPENAI_CHUNKS[:2]) + OPENAI_CHUNKS[2][:25], ("", orjson.dumps(OPENAI_INTERRUPTED))),
+        (MESSAGES, {**ANTHROPIC_REQUEST, "model": "claude-x", "stream": True},
+         b"".join(ANTHROPIC_HEAD) + ANTHROPIC_TAIL[0][:40], ("error", orjson.dumps(ANTHROPIC_INTERRUPTED))),
+    ],
+    ids=["openai", "openai-usage-stripped", "anthropic"],
+)
+def test_a_stream_cut_inside_an_event_still_ends_with_a_readable_error_event(
+    path: str, request_body: Any, upstream_bytes: bytes, expected: tuple[str, bytes]
+) -> None:
+    """The provider's last event is unfinished: the error event must still be an event of its own."""
+    session = Session(POLICY, "local-dev")
+    sent(session, request_body, path)
+    session.handle(served(slot=None, attempts=None, content_type="text/event-stream"))
+    found = events(feed(session, split(upstream_bytes, 8)))
+    assert found[-1] == expected
+    assert the_record(session)["outcome"] == "incomplete"
+
+
+def test_interleaved_parallel_tool_calls_end_an_anthropic_clients_stream_with_an_error_event() -> None:
+    """anthropic_to_openai.StreamTranslator raises TranslationError on interleaved tool-call fragments
+    ("the caller then ends the stream with error()"): the session must not let it escape."""
+    session = Session(POLICY, "local-dev")
+    sent(session, {**ANTHROPIC_REQUEST, "stream": True}, MESSAGES)
+    session.handle(served(slot=None, attempts=None, content_type="text/event-stream"))
+
+    def call(index: int, **fields: Any) -> dict[str, Any]:
+        return {"index": index, **fields}
+
+    def tool_chunk(*calls: dict[str, Any]) -> bytes:
+        return chunk({**_BASE, "choices": [{"index": 0, "delta": {"tool_calls": list(calls)}, "finish_reason": None}]})
+
+    upstream_bytes = (
+        tool_chunk(call(0, id="call_a", type="function", function={"name": "f", "arguments": '{"a"'}))
+        + tool_chunk(call(1, id="call_b", type="function", function={"name": "g", "arguments": "{}"}))
+        + tool_chunk(call(0, function={"arguments": ": 1}"}))  # back to the closed first call
+        + chunk({**_BASE, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+        + b"data: [DONE]\n\n"
+    )
+    found = events(feed(session, [upstream_bytes]))
+    assert found[-1][0] == "error"
+    assert "message_stop" not in [name for name, _ in found]
+    assert the_record(session)["outcome"] in ("incomplete", "error")
+
+
+# -- context windows ----------------------------------------------------------------------------
+
+LONG = {"model": "big", "messages": [{"role": "user", "content": "hello world " * 150}]}  # about 300 tokens
+
+
+def test_a_prompt_too_long_for_the_first_target_goes_to_the_second_directly(accountant: ServiceAccountant) -> None:
+    session = Session(POLICY, "local-dev", accountant)
+    action = sent(session, LONG)
+    assert session.meter.estimate is not None and session.meter.estimate.tokens > 50
+    assert action.set_headers[:2] == (("x-tollway-cluster", "anthropic"), (":path", MESSAGES))
+    assert action.set_headers[2:] == (("content-length", str(len(action.body or b""))),)  # no retries: no chain
+    assert action.metadata == () and action.credential == ANTHROPIC
+    request = orjson.loads(action.body or b"")
+    assert request["model"] == "claude-z" and request["max_tokens"] == 4096
+    assert session.provider == "anthropic"
+
+
+def test_a_short_prompt_keeps_the_chain(accountant: ServiceAccountant) -> None:
+    action = sent(Session(POLICY, "local-dev", accountant), {**LONG, "messages": [{"role": "user", "content": "hi"}]})
+    assert action.set_headers == (("x-tollway-cluster", "openai+anthropic"), (upstream.RETRIES_HEADER, "1"))
+    assert dict(action.metadata)[upstream.TARGETS] == "openai gpt-4o-small, anthropic claude-z"
+
+
+def test_without_a_count_nothing_is_skipped_for_size() -> None:
+    action = sent(Session(POLICY, "local-dev"), LONG)
+    assert action.set_headers == (("x-tollway-cluster", "openai+anthropic"), (upstream.RETRIES_HEADER, "1"))
