@@ -88,6 +88,7 @@ class Session:
         "_stream_reader",
         "_strip_usage_chunk",
         "_target",
+        "_told",
         "_translation_error",
         "_translator",
         "_usage_headers",
@@ -127,6 +128,7 @@ class Session:
         self._served_style = "openai"  # the wire format of the provider's answer
         self._translator: openai_to_anthropic.StreamTranslator | anthropic_to_openai.StreamTranslator | None = None
         self._translation_error: str | None = None
+        self._told: tuple[tuple[str, str], ...] = ()  # provider/model/attempts headers for a buffered answer
         self.attempts: int | None = None
         self.fallback = False
         self.meter = Meter(accountant)
@@ -338,7 +340,9 @@ class Session:
                     else anthropic_to_openai.StreamTranslator(model=model)
                 )
             return Continue(set_headers=told, stream_response=True)
-        return Continue(set_headers=told) if told else CONTINUE
+        # Buffered: the head is held until the body is read; the answer to the body tells it all.
+        self._told = told
+        return CONTINUE
 
     def _served(self, attributes: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
         """Learn which target answered (and after how many attempts); the headers telling the client."""
@@ -372,18 +376,19 @@ class Session:
         action = self._read_buffered(event.body)
         ok = bool(self.status and self.status < 400)
         self._finish(event.at, "ok" if ok else "error")
-        if self._usage_headers and ok and (action is CONTINUE or isinstance(action, Continue)):
+        headers: list[tuple[str, str]] = []
+        if self._usage_headers and ok:
             # The response head is still held (buffered body): tell the client its usage and cost.
             record = self.effects[-1].record
             cost = record["cost_usd_micros"]
-            headers = [(f"x-tollway-{name.replace('_', '-')}", str(record[name]))
-                       for name in ("input_tokens", "output_tokens") if record[name] is not None]
+            headers += [(f"x-tollway-{name.replace('_', '-')}", str(record[name]))
+                        for name in ("input_tokens", "output_tokens") if record[name] is not None]
             if cost is not None:
                 headers.append(("x-tollway-cost-usd", f"{cost // 1_000_000}.{cost % 1_000_000:06d}"))
-            if headers:
-                return Continue(set_headers=action.set_headers + tuple(headers), remove_headers=action.remove_headers,
-                                body=action.body)
-        return action
+        if not headers and not self._told:
+            return action
+        return Continue(set_headers=self._told + action.set_headers + tuple(headers),
+                        remove_headers=action.remove_headers, body=action.body)
 
     def _read_buffered(self, body: bytes) -> Action:
         status = self.status or 0

@@ -229,10 +229,12 @@ def test_a_fallback_answer_from_anthropic_reaches_an_openai_client_as_a_chat_com
 ) -> None:
     session = Session(POLICY, "local-dev", accountant)
     sent(session, CHAT_REQUEST)
-    assert session.handle(served()) == SLOT_1_TOLD
+    assert session.handle(served()) == CONTINUE  # a buffered answer's head waits for its body
     action = session.handle(ResponseBody(orjson.dumps(ANTHROPIC_MESSAGE), True, 3_000_000))
     assert isinstance(action, Continue) and action.body is not None
-    assert action.set_headers == (("content-type", "application/json"), ("content-length", str(len(action.body))))
+    assert action.set_headers == (
+        *SLOT_1_TOLD.set_headers, ("content-type", "application/json"), ("content-length", str(len(action.body)))
+    )
     completion = openai.types.chat.ChatCompletion.model_validate(orjson.loads(action.body))
     assert completion.choices[0].message.content == "Hello!"
     assert completion.choices[0].finish_reason == "stop"
@@ -252,10 +254,10 @@ def test_a_fallback_answer_from_anthropic_reaches_an_openai_client_as_a_chat_com
 def test_the_first_target_answers_unchanged(accountant: ServiceAccountant) -> None:
     session = Session(POLICY, "local-dev", accountant)
     sent(session, CHAT_REQUEST)
-    told = session.handle(served(slot=0, attempts="1"))
+    assert session.handle(served(slot=0, attempts="1")) == CONTINUE
+    told = session.handle(ResponseBody(orjson.dumps(OPENAI_COMPLETION), True, 3_000_000))
     assert told == Continue(set_headers=(("x-tollway-provider", "openai"), ("x-tollway-model", "gpt-4o"),
-                                         ("x-tollway-attempts", "1")))
-    assert session.handle(ResponseBody(orjson.dumps(OPENAI_COMPLETION), True, 3_000_000)) == CONTINUE
+                                         ("x-tollway-attempts", "1")))  # the body passes unchanged
     record = the_record(session)
     assert (record["provider"], record["attempts"], record["fallback"]) == ("openai", 1, False)
     assert (record["input_tokens"], record["output_tokens"], record["cached_tokens"]) == (12, 3, 2)
@@ -330,10 +332,11 @@ def test_an_anthropic_request_for_an_openai_model_is_translated() -> None:
 def test_an_openai_answer_reaches_an_anthropic_client_as_a_message(accountant: ServiceAccountant) -> None:
     session = Session(POLICY, "local-dev", accountant)
     sent(session, ANTHROPIC_REQUEST, MESSAGES)
-    assert session.handle(served(slot=None, attempts=None)) == OPENAI_TOLD
+    assert session.handle(served(slot=None, attempts=None)) == CONTINUE
     action = session.handle(ResponseBody(orjson.dumps(OPENAI_COMPLETION), True, 3_000_000))
     assert isinstance(action, Continue) and action.body is not None
     assert dict(action.set_headers)["content-length"] == str(len(action.body))
+    assert action.set_headers[:2] == OPENAI_TOLD.set_headers
     message = anthropic.types.Message.model_validate(orjson.loads(action.body))
     assert message.content[0].type == "text" and message.content[0].text == "Hello!"
     assert message.stop_reason == "end_turn"
@@ -374,11 +377,12 @@ def test_an_anthropic_429_reaches_an_openai_client_in_openais_format() -> None:
         transcript
         >> head() << Continue(remove_headers=("accept-encoding", "x-tollway-cluster"))
         >> body(CHAT_REQUEST) << Continue(set_headers=CHAIN_HEADERS, clear_route_cache=True, metadata=CHAIN_METADATA)
-        >> served(429) << SLOT_1_TOLD
+        >> served(429) << CONTINUE
         >> ResponseBody(orjson.dumps(error), True, 3_000_000)
         # the status stays 429 (no :status is set); only the body and its size change
         << Replaces({"error": {"message": "Slow down.", "type": "requests", "param": None,
-                               "code": "rate_limit_exceeded"}}, set_headers=(("content-type", "application/json"),))
+                               "code": "rate_limit_exceeded"}},
+                    set_headers=(*SLOT_1_TOLD.set_headers, ("content-type", "application/json")))
         << Record(status=429, outcome="error", error="rate_limit_error", provider="anthropic", fallback=True)
     )
 
