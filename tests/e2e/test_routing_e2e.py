@@ -324,3 +324,29 @@ def test_the_rendered_envoy_config_has_the_chain_clusters(env: Env) -> None:
     config = Path(env.stack.workdir / "envoy.yaml").read_text()
     for name in ("openai+anthropic", "anthropic+openai"):
         assert f"name: {name}\n" in config
+
+
+def test_outlier_detection_takes_a_failing_provider_out_of_first_attempts(tmp_path: Path) -> None:
+    """After 5 failures in a row Envoy ejects OpenAI: the next request goes to Anthropic first."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    stack = Stack(
+        tmp_path / "stack", workers=1, policy=policy,
+        service_env={"R_OPENAI_KEY": OPENAI_KEY, "R_ANTHROPIC_KEY": ANTHROPIC_KEY},
+        mocked=frozenset({"openai", "anthropic"}), mock_args=("--api-key", OPENAI_KEY, "--api-key", ANTHROPIC_KEY),
+    )
+    with stack:
+        client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key=KEY, max_retries=0)
+        for _ in range(5):
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=HI, extra_headers=FAILURES["500"]
+            )
+            assert raw.headers["x-tollway-attempts"] == "2"
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
+        assert raw.parse().choices[0].message.content == REPLY
+        # OpenAI is healthy again but still ejected: Envoy's first (and only) try is Anthropic.
+        assert raw.headers["x-tollway-provider"] == "anthropic" and raw.headers["x-tollway-attempts"] == "1"
+        admin = f"http://127.0.0.1:{stack.admin_port}/stats"
+        ejected = r"^cluster\.openai\+anthropic\.outlier_detection\.ejections_enforced_total$"
+        stats = httpx.get(admin, params={"filter": ejected})
+        assert stats.text.strip().endswith(": 1"), stats.text
