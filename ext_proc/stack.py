@@ -305,6 +305,12 @@ def run(args: argparse.Namespace) -> int:
     )
     stack.start()
     providers = "\n".join(plan)
+    fallback_demo = ""
+    if {"openai", "anthropic"} <= mocked:
+        fallback_demo = f"""
+  # the example alias "chat" falls back to Anthropic when (the fake) OpenAI fails:
+  curl -s -i {stack.base_url}/v1/chat/completions -H 'content-type: application/json' \\
+    -H 'x-mock-openai-status: 429' -d '{{"model": "chat", "messages": [{{"role": "user", "content": "Hi"}}]}}'"""
     print(f"""Tollway is up (policy {policy}, workload {args.workload!r}).
   OpenAI-compatible:    {stack.base_url}/v1
   Anthropic-compatible: {stack.base_url}
@@ -315,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
 {providers}
 Try:
   curl -s {stack.base_url}/v1/chat/completions -H 'content-type: application/json' \\
-    -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+    -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello!"}}]}}'{fallback_demo}
 Ctrl-C stops everything.""", flush=True)
     stopping = False
 
