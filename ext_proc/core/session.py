@@ -390,7 +390,7 @@ class Session:
         return Continue(set_headers=self._told + action.set_headers + tuple(headers),
                         remove_headers=action.remove_headers, body=action.body)
 
-    def _read_buffered(self, body: bytes) -> Action:
+    def _read_buffered(self, body: bytes) -> Continue:
         status = self.status or 0
         style = self.api.style if self.api else "openai"
         served = self._served_style

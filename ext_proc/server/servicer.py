@@ -85,7 +85,7 @@ class ExtProcCall:
         kind, event = codec.decode(pb.ProcessingRequest.FromString(data), time.monotonic_ns())
         action = session.handle(event)
         assert action is not None
-        reply = codec.encode(kind, action, self.service.credentials.headers).SerializeToString()
+        reply = codec.encode_bytes(kind, action, self.service.credentials.headers)
         if session.effects:
             _run_effects(session, self.service.records)
         return [reply]
