@@ -210,9 +210,34 @@ def add_chains(config: dict[str, Any], policy: CompiledPolicy) -> list[str]:
     return added
 
 
+def set_first_byte_timeouts(config: dict[str, Any], streaming: str, buffered: str) -> None:
+    """Set the per-try idle timeout of the labelled routes: for streams, and for buffered answers.
+
+    Only the first byte of an answer can trigger a fallback; a buffered answer arrives whole, so
+    its timeout must cover the whole generation.
+    """
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        if "cluster_header" not in route["route"]:
+            continue
+        stream_route = any(h["name"] == "x-tollway-stream" for h in route["match"].get("headers", ()))
+        route["route"]["retry_policy"]["per_try_idle_timeout"] = streaming if stream_route else buffered
+
+
+def _timeouts(text: str) -> tuple[str, str]:
+    parts = text.split(",")
+    if len(parts) != 2 or not all(part.strip()[:-1].isdigit() and part.strip().endswith("s") for part in parts):
+        raise argparse.ArgumentTypeError("expected STREAMING,BUFFERED in seconds, e.g. 30s,300s")
+    return parts[0].strip(), parts[1].strip()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", required=True, help="the policy file whose aliases need fallback clusters")
     parser.add_argument("--template", default=str(TEMPLATE), help="the Envoy config to extend (default: %(default)s)")
+    parser.add_argument(
+        "--first-byte-timeouts", type=_timeouts, metavar="STREAMING,BUFFERED",
+        help="per-try time to the first byte before Envoy falls back (default: the template's, 30s,300s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -225,6 +250,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"tollway envoy: {exc}", file=sys.stderr)
         return 1
     config = yaml.safe_load(Path(args.template).read_text(encoding="utf-8"))
+    timeouts = getattr(args, "first_byte_timeouts", None)
+    if timeouts:
+        set_first_byte_timeouts(config, *timeouts)
     try:
         providers = add_providers(config, policy)
         added = add_chains(config, policy)

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ext_proc.envoy_config import add_chains
+from ext_proc.envoy_config import add_chains, set_first_byte_timeouts
 from ext_proc.policy.compiled import CompiledPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,10 +103,7 @@ def render_envoy(
     ext = clusters["tollway_ext_proc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     ext["address"]["socket_address"]["port_value"] = ext_proc_port
     if first_byte_timeouts is not None:
-        labelled = [r for r in hcm["route_config"]["virtual_hosts"][0]["routes"] if "cluster_header" in r["route"]]
-        for route in labelled:
-            streaming = any(h["name"] == "x-tollway-stream" for h in route["match"].get("headers", ()))
-            route["route"]["retry_policy"]["per_try_idle_timeout"] = first_byte_timeouts[0 if streaming else 1]
+        set_first_byte_timeouts(config, *first_byte_timeouts)
     if policy is not None and ext_proc:
         add_chains(config, policy)
     return config

@@ -6,6 +6,12 @@ policy it started with. The file is polled (once a second by default) by its res
 symlink swap). A file that fails to compile leaves the running policy in place; the errors, with
 file, line, column and field, go to the log, the ``tollway_policy_reloads_total{result="error"}``
 metric and ``/readyz``.
+
+Fallback chains need Envoy clusters rendered from the policy (``tollway envoy``). The chains of
+the policy the service started with are taken as the ones Envoy has; a reload whose aliases need
+others is still applied, but the missing cluster names go to the log and ``/readyz``
+(``envoy_clusters_missing``): until Envoy's config is rendered again, those requests get Envoy's
+503.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ext_proc.policy.compile import PolicyError, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
+from ext_proc.policy.decide import chains, cluster_name
 
 log = logging.getLogger("tollway.policy")
 
@@ -32,6 +39,8 @@ class PolicyHolder:
         self.loaded_at: float | None = None
         self.last_error: str | None = None
         self._signature: tuple[str, int, int, int] | None = None
+        self._rendered: frozenset[str] | None = None  # chain clusters of the first policy (Envoy's)
+        self.missing_clusters: list[str] = []
         self._reloads = Counter(
             "tollway_policy_reloads", "Policy loads by result", ["result"], registry=registry
         )
@@ -72,6 +81,16 @@ class PolicyHolder:
             self._info.remove(previous.version)
         self._info.labels(policy.version).set(1)
         log.info("policy %s loaded: version %s", self.path, policy.version)
+        needed = frozenset(cluster_name(chain) for chain in chains(policy))
+        if self._rendered is None:
+            self._rendered = needed
+        self.missing_clusters = sorted(needed - self._rendered)
+        if self.missing_clusters:
+            log.warning(
+                "policy %s needs Envoy clusters this sidecar was not started with: %s; render the Envoy "
+                "config again (tollway envoy --policy %s); until then these chains get Envoy's 503",
+                self.path, ", ".join(self.missing_clusters), self.path,
+            )
         return True
 
     def check(self) -> bool:
@@ -95,4 +114,5 @@ class PolicyHolder:
             "version": policy.version if policy else None,
             "loaded_at": self.loaded_at,
             "last_reload_error": self.last_error,
+            "envoy_clusters_missing": self.missing_clusters,
         }

@@ -14,7 +14,7 @@ import yaml
 from ext_proc import envoy_config
 from ext_proc.envoy_config import add_chains, chain_cluster
 from ext_proc.policy.compile import compile_policy
-from ext_proc.stack import ENVOY_CONFIG, envoy_binary, render_envoy
+from ext_proc.stack import ENVOY_CONFIG, ROOT, envoy_binary, render_envoy
 
 TEMPLATE: dict[str, Any] = yaml.safe_load(ENVOY_CONFIG.read_text())
 SHIPPED = {cluster["name"]: cluster for cluster in TEMPLATE["static_resources"]["clusters"]}
@@ -227,3 +227,20 @@ def test_tollway_envoy_refuses_a_broken_policy(tmp_path: Path, capsys: pytest.Ca
                    "(did you mean 'claude'?)\n")
     assert tollway_envoy(tmp_path / "missing.yaml") == 1
     assert capsys.readouterr().err.startswith("tollway envoy: [Errno 2] No such file or directory")
+
+
+def test_tollway_envoy_sets_the_first_byte_timeouts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    envoy_config.add_arguments(parser)
+    args = parser.parse_args(["--policy", str(ROOT / "policies" / "example.yaml"), "--first-byte-timeouts", "7s,90s"])
+    assert envoy_config.run(args) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    routes = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "route_config"]["virtual_hosts"][0]["routes"]
+    timeouts = [r["route"]["retry_policy"]["per_try_idle_timeout"] for r in routes if "retry_policy" in r["route"]]
+    assert timeouts == ["7s", "90s"]  # the streaming route first, then the buffered one
+    # The example's providers with an endpoint but no cluster in the template get one.
+    names = {c["name"] for c in config["static_resources"]["clusters"]}
+    assert {"azure-openai-eu", "local-llm", "openai+anthropic", "anthropic+openai"} <= names
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--policy", "p.yaml", "--first-byte-timeouts", "30"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -65,3 +66,34 @@ def test_configmap_style_symlink_swap(tmp_path: Path) -> None:
 def test_missing_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
     holder = PolicyHolder(str(tmp_path / "absent.yaml"), CollectorRegistry())
     assert holder.load() is False and holder.current is None and "absent.yaml" in (holder.last_error or "")
+
+
+CHAINED = GOOD.replace("""teams:""", """  claude: {provider: anthropic}
+routing:
+  aliases:
+    smart:
+      targets:
+        - {provider: openai, model: gpt-4o}
+        - {provider: anthropic, model: claude-x}
+teams:""").replace("""providers:
+""", """providers:
+  anthropic: {kind: anthropic, credential: {env: ANTHROPIC_API_KEY}}
+""")
+
+
+def test_a_reload_needing_new_envoy_clusters_is_applied_and_says_which(tmp_path: Path, caplog: Any) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(CHAINED)
+    holder = PolicyHolder(str(path))
+    assert holder.load() and holder.details()["envoy_clusters_missing"] == []  # started with: Envoy has them
+    # The same providers in the other order need a cluster Envoy was not rendered with.
+    swapped = CHAINED.replace("- {provider: openai, model: gpt-4o}\n        - {provider: anthropic, model: claude-x}",
+                              "- {provider: anthropic, model: claude-x}\n        - {provider: openai, model: gpt-4o}")
+    path.write_text(swapped)
+    with caplog.at_level("WARNING", logger="tollway.policy"):
+        assert holder.check() is True
+    assert holder.current is not None and holder.current.alias("smart") is not None
+    assert holder.details()["envoy_clusters_missing"] == ["anthropic+openai"]
+    assert "render the Envoy config again" in caplog.text and "anthropic+openai" in caplog.text
+    path.write_text(CHAINED)
+    assert holder.check() is True and holder.missing_clusters == []
