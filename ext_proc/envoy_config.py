@@ -81,14 +81,18 @@ def chain_cluster(name: str, providers: list[tuple[str, dict[str, Any]]]) -> dic
     for position, (provider, cluster) in enumerate(providers):
         source = cluster["name"]
         endpoints = []
+        sni = cluster.get("transport_socket", {}).get("typed_config", {}).get("sni")
         for group in cluster["load_assignment"]["endpoints"]:
             for lb_endpoint in group["lb_endpoints"]:
                 entry = copy.deepcopy(lb_endpoint)
-                address = entry["endpoint"]["address"]["socket_address"]["address"]
+                socket = entry["endpoint"]["address"]["socket_address"]
+                address, port = socket["address"], socket.get("port_value", 80)
                 resolve = resolve or not _is_ip(address)
+                # The Host header the try sends when the policy gives the provider no endpoint.
+                host = sni or (address if port in (80, 443) else f"{address}:{port}")
                 entry["metadata"] = {
                     "filter_metadata": {
-                        "tollway": {"slot": str(position), "provider": provider},
+                        "tollway": {"slot": str(position), "provider": provider, "host": host},
                         "envoy.transport_socket_match": {_MATCH_KEY: source},
                     }
                 }

@@ -41,13 +41,14 @@ from ext_proc.policy.compiled import CompiledPolicy, Target
 class Attempt:
     """One try of a chained request; see the module docstring."""
 
-    __slots__ = ("_api", "_path", "_policy", "_target", "effects", "request_id")
+    __slots__ = ("_api", "_attributes", "_path", "_policy", "_target", "effects", "request_id")
 
     def __init__(self, policy: CompiledPolicy | None) -> None:
         self._policy = policy
         self._api: apis.ClientAPI | None = None
         self._path = ""
         self._target: Target | None = None
+        self._attributes: Mapping[str, str] = {}
         self.effects: list[Effect] = []  # an attempt records nothing: the router-level session does
         self.request_id: str | None = None
 
@@ -64,7 +65,7 @@ class Attempt:
     def _headers(self, event: RequestHeaders) -> Action:
         headers = event.headers
         self.request_id = headers.get("x-request-id")
-        attributes = event.attributes
+        attributes = self._attributes = event.attributes
         self._path = attributes.get("tollway." + upstream.CLIENT_PATH) or headers.get(":path", "")
         self._api = apis.match(self._path)
         chain = upstream.decode_chain(attributes.get("tollway." + upstream.TARGETS, ""))
@@ -98,7 +99,7 @@ class Attempt:
         body = orjson.dumps(prepared)
         provider = target.provider
         sets = [(":path", path or self._path), ("content-length", str(len(body)))]
-        host = upstream.host(provider)
+        host = upstream.host(provider, self._attributes)
         if host:
             sets.append((":authority", host))
         # Every provider key header an earlier try may have set goes; the server adds this

@@ -45,8 +45,9 @@ HOST_METADATA = "xds.upstream_host_metadata"
 ATTEMPTS_ATTRIBUTE = "upstream.request_attempt_count"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
 
-# Envoy renders the host metadata attribute as protobuf text; the slot is a string field.
+# Envoy renders the host metadata attribute as protobuf text; slot and host are string fields.
 _SLOT = re.compile(r'key: "slot"\s+value \{\s+string_value: "(\d+)"')
+_HOST = re.compile(r'key: "host"\s+value \{\s+string_value: "([^"\\]+)"')
 _DEFAULT_HOSTS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com"}
 
 
@@ -82,9 +83,16 @@ def _azure_path(target: Target, operation: str) -> str | None:
     return f"/openai/deployments/{target.upstream_model}/{operation}?api-version={provider.api_version}"
 
 
-def host(provider: Provider) -> str | None:
-    """The Host header the provider expects (None: leave Envoy's choice)."""
-    return _DEFAULT_HOSTS.get(provider.kind) if provider.host is None else provider.host
+def host(provider: Provider, attributes: Mapping[str, str] | None = None) -> str | None:
+    """The Host header the provider expects: its endpoint's, its kind's default, else the one
+    the chain cluster's endpoint was rendered with (None: unknown)."""
+    if provider.host is not None:
+        return provider.host
+    known = _DEFAULT_HOSTS.get(provider.kind)
+    if known is None and attributes is not None:
+        found = _HOST.search(attributes.get(HOST_METADATA, ""))
+        known = found.group(1) if found else None
+    return known
 
 
 def encode_chain(chain: tuple[Target, ...]) -> str:

@@ -552,3 +552,23 @@ def test_grpcio_streams_without_it_are_router_sessions(tmp_path: Any) -> None:
     [reply] = process(tmp_path, (("user-agent", "envoy"),), [headers_message(1)])
     assert reply.WhichOneof("response") == "immediate_response"
     assert reply.immediate_response.status.code == 401
+
+
+def test_a_provider_without_endpoint_gets_the_host_its_chain_endpoint_was_rendered_with() -> None:
+    # The compiled provider knows no host (no endpoint in the policy, not a kind with a default):
+    # the try takes the one `tollway envoy` put in the endpoint's metadata, never the previous try's.
+    policy = compile_policy(POLICY_TEXT.replace("    endpoint: http://vllm.local:8000\n", ""))
+    assert policy.providers["local"].host is None
+    text = ('filter_metadata { key: "tollway" value { fields { key: "host" value { string_value: "vllm.svc:8000" } }'
+            ' fields { key: "provider" value { string_value: "local" } } fields { key: "slot" value { string_value:'
+            ' "1" } } } } ')
+    head = try_head(1, targets="openai gpt-4o, local llama-3")
+    attempt = Attempt(policy)
+    attempt.handle(RequestHeaders(head.headers, False, 0, {**head.attributes, upstream.HOST_METADATA: text}))
+    action = attempt.handle(body_event(OPENAI_REQUEST))
+    assert isinstance(action, Continue) and header(action, ":authority") == "vllm.svc:8000"
+    # With an endpoint, the policy's host wins.
+    attempt = Attempt(POLICY)
+    attempt.handle(RequestHeaders(head.headers, False, 0, {**head.attributes, upstream.HOST_METADATA: text}))
+    action = attempt.handle(body_event(OPENAI_REQUEST))
+    assert isinstance(action, Continue) and header(action, ":authority") == "vllm.local:8000"

@@ -91,7 +91,7 @@ def test_a_chain_cluster_has_one_priority_level_per_provider() -> None:
         (endpoint,) = level["lb_endpoints"]
         assert endpoint["endpoint"]["address"]["socket_address"] == {"address": host, "port_value": 443}
         assert endpoint["metadata"]["filter_metadata"] == {
-            "tollway": {"slot": slot, "provider": provider},
+            "tollway": {"slot": slot, "provider": provider, "host": host},  # host: the SNI
             "envoy.transport_socket_match": {"tollway_provider": source},
         }
     # each provider's own TLS settings, chosen by the endpoint's match label
