@@ -17,16 +17,20 @@ import orjson
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",
-    502: "api_error",
-    503: "api_error",
-    504: "api_error",
+    504: "timeout_error",
     529: "overloaded_error",
 }
+
+
+def anthropic_error_type(status: int) -> str:
+    """The Anthropic error type for an HTTP status (other 5xx: ``api_error``, 4xx: invalid request)."""
+    return _ANTHROPIC_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
 
 # OpenAI's error "type" by HTTP status.
 _OPENAI_TYPES = {
@@ -52,7 +56,7 @@ class ClientError(Exception):
     def body(self, style: str) -> bytes:
         """The error body in ``style`` ("openai" or "anthropic")."""
         if style == "anthropic":
-            kind = _ANTHROPIC_TYPES.get(self.status, "api_error")
+            kind = anthropic_error_type(self.status)
             return orjson.dumps({"type": "error", "error": {"type": kind, "message": self.message}})
         kind = _OPENAI_TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
         return orjson.dumps(

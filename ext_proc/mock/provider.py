@@ -31,11 +31,22 @@ Per-request control headers (each falls back to the CLI option of the same name)
 - ``x-mock-truncate-after: N``  stream: end the stream properly after N events (the final
                                 events never come; the HTTP response itself is complete)
 - ``x-mock-cassette: NAME``     replay that cassette whatever the request
+- ``x-mock-tool-call: NAME``    when the request has tools: call tool ``NAME`` (see below)
 
 Each control can be scoped to one API family: ``x-mock-openai-status: 429`` applies only to
 OpenAI endpoints, ``x-mock-anthropic-ttft-ms`` only to ``/v1/messages``, ``x-mock-azure-*`` only
 to Azure paths; a scoped control wins over the unscoped one. (One request through a gateway
 with fallback can so fail at one provider and succeed at the next.)
+
+Tool calls: a chat request (OpenAI or Azure ``tools`` of type ``function``) or a messages
+request (Anthropic ``tools`` with ``input_schema``) gets ONE tool call instead of text when it
+forces a tool (OpenAI ``tool_choice: "required"`` or ``{"type": "function", ...}``; Anthropic
+``{"type": "any"}`` or ``{"type": "tool", ...}``) or carries ``x-mock-tool-call: NAME``. The tool
+called is ``NAME``, else the forced one, else the first; its arguments are
+``responses.schema_example`` of its schema. A ``NAME`` (or a forced name) the request has no tool
+for is a 400. Requests whose last message is a tool result (OpenAI ``role: "tool"``; Anthropic
+user content with ``tool_result`` blocks) always get text, so a client's tool loop ends; a
+request without tools ignores the header.
 
 Order of precedence: the API key (401), ``anthropic-version`` (400), bad ``x-mock-*`` values
 (400), ``x-mock-cassette``, ``x-mock-status``, a cassette whose recorded request matches (method,
@@ -348,6 +359,10 @@ class MockProvider:
         return Reply(200, body, _JSON_CT, headers, latency=knobs.latency, cut_after=knobs.cut_after)
 
     def _chat(self, body: dict[str, Any], knobs: _Knobs) -> Reply:
+        try:
+            tool = _tool_to_call(_openai_tools(body), _openai_forced(body), knobs.tool_call, _openai_answered(body))
+        except BadControl as exc:
+            return self._error("openai", 400, knobs, message=str(exc), code="invalid_value")
         n = self._next_id()
         gen = r.generate(
             body,
@@ -355,6 +370,7 @@ class MockProvider:
             created=int(time.time()),
             chunks=knobs.chunks,
             prompt_tokens=r.chat_prompt_tokens(body.get("messages")),
+            tool=None if tool is None else r.ToolCall.build(f"call_mock{n:016x}", *tool),
         )
         headers = b"x-request-id: req_mock%016x\r\n" % n
         if body.get("stream") is True:
@@ -382,6 +398,12 @@ class MockProvider:
         return self._stream_or_json(knobs, headers, r.embeddings_json(body), None)
 
     def _messages(self, body: dict[str, Any], knobs: _Knobs) -> Reply:
+        try:
+            tool = _tool_to_call(
+                _anthropic_tools(body), _anthropic_forced(body), knobs.tool_call, _anthropic_answered(body)
+            )
+        except BadControl as exc:
+            return self._error("anthropic", 400, knobs, message=str(exc))
         n = self._next_id()
         gen = r.generate(
             body,
@@ -389,6 +411,7 @@ class MockProvider:
             created=0,
             chunks=knobs.chunks,
             prompt_tokens=r.chat_prompt_tokens(body.get("messages"), body.get("system")),
+            tool=None if tool is None else r.ToolCall.build(f"toolu_mock{n:016x}", *tool),
         )
         headers = b"request-id: req_mock%016x\r\n" % n
         if body.get("stream") is True:
@@ -407,6 +430,7 @@ class _Knobs:
     chunks: int
     cut_after: int | None
     clean_end: bool = False
+    tool_call: str | None = None  # x-mock-tool-call: the tool to call when the request has tools
 
     @classmethod
     def parse(cls, controls: Mapping[str, str], options: Options) -> _Knobs:
@@ -427,6 +451,7 @@ class _Knobs:
             inter_chunk=_number(controls, "inter-chunk-ms", options.inter_chunk_ms) / 1000,
             chunks=_number(controls, "chunks", options.chunks, integer=True),
             cut_after=None if cut is None else _number(controls, "cut-after", 0, integer=True),
+            tool_call=controls.get("tool-call") or None,
         )
 
 
@@ -490,6 +515,84 @@ def _loads(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         return _NOT_JSON
+
+
+# -- tool calls: the request's tools (name -> JSON schema, in order) and what it forces
+# (None: nothing; "": any tool; else that tool's name)
+
+
+def _openai_tools(body: dict[str, Any]) -> dict[str, Any]:
+    tools = body.get("tools")
+    out: dict[str, Any] = {}
+    if isinstance(tools, list):
+        for tool in tools:
+            function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+            if isinstance(function, dict) and isinstance(function.get("name"), str):
+                out.setdefault(function["name"], function.get("parameters"))
+    return out
+
+
+def _openai_forced(body: dict[str, Any]) -> str | None:
+    choice = body.get("tool_choice")
+    if choice == "required":
+        return ""
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        return name if isinstance(name, str) else ""
+    return None
+
+
+def _openai_answered(body: dict[str, Any]) -> bool:
+    """Whether the last message is a tool result (``role: "tool"``, or legacy ``"function"``)."""
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    return isinstance(last, dict) and last.get("role") in ("tool", "function")
+
+
+def _anthropic_tools(body: dict[str, Any]) -> dict[str, Any]:
+    tools = body.get("tools")
+    out: dict[str, Any] = {}
+    if isinstance(tools, list):
+        for tool in tools:
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str) and "input_schema" in tool:
+                out.setdefault(tool["name"], tool["input_schema"])
+    return out
+
+
+def _anthropic_forced(body: dict[str, Any]) -> str | None:
+    choice = body.get("tool_choice")
+    if not isinstance(choice, dict):
+        return None
+    if choice.get("type") == "any":
+        return ""
+    if choice.get("type") == "tool":
+        name = choice.get("name")
+        return name if isinstance(name, str) else ""
+    return None
+
+
+def _anthropic_answered(body: dict[str, Any]) -> bool:
+    """Whether the last message is a user turn with ``tool_result`` blocks."""
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    content = last.get("content") if isinstance(last, dict) and last.get("role") == "user" else None
+    return isinstance(content, list) and any(
+        isinstance(block, dict) and block.get("type") == "tool_result" for block in content
+    )
+
+
+def _tool_to_call(
+    tools: dict[str, Any], forced: str | None, named: str | None, answered: bool
+) -> tuple[str, Any] | None:
+    """``(name, schema)`` of the tool to call, or None to answer text; BadControl for an unknown name."""
+    if not tools or answered or (forced is None and named is None):
+        return None
+    name = named or forced or next(iter(tools))
+    if name not in tools:
+        source = "x-mock-tool-call" if named else "tool_choice"
+        raise BadControl(f"{source}: the request has no tool named {name!r}")
+    return name, tools[name]
 
 
 def _include_usage(body: dict[str, Any]) -> bool:

@@ -22,6 +22,14 @@ Token counting rule (deterministic, not a real tokenizer):
   prompts for batched completions). A stream sends one word per content delta.
 - Cached, cache-creation and reasoning tokens are always 0.
 
+Tool calls: a :class:`Generation` may carry one :class:`ToolCall` instead of text (the provider
+decides when, see ``ext_proc.mock.provider``). Its arguments are :func:`schema_example` of the
+tool's JSON schema, as compact JSON, split into up to 3 fragments (``ARGUMENT_FRAGMENTS``); a
+stream sends one arguments delta per fragment and completion tokens = number of fragments (the
+same rule as text: one token per delta). A tool call is never cut by max tokens. Renderers:
+OpenAI ``tool_calls`` with ``finish_reason: tool_calls``; Anthropic a ``tool_use`` block with
+``input_json_delta`` fragments and ``stop_reason: tool_use``.
+
 Errors come in three formats: OpenAI's ``{"error": {"message", "type", "param", "code"}}``,
 Anthropic's ``{"type": "error", "error": {"type", "message"}}`` and, for the statuses Azure
 OpenAI's gateway answers itself (401, 403, 404, 429), Azure's ``{"error": {"code", "message"}}``.
@@ -129,6 +137,93 @@ def max_tokens_of(body: dict[str, Any]) -> int | None:
     return None
 
 
+ARGUMENT_FRAGMENTS = 3  # a tool call's arguments stream in at most this many deltas
+
+
+def schema_example(schema: Any, depth: int = 0) -> Any:
+    """A deterministic value valid for the JSON ``schema`` (the common subset of JSON Schema).
+
+    ``const``, then the first ``enum`` value, then by ``type``: strings ``"mock"``, numbers and
+    integers 1 (or ``minimum`` when above 1), booleans true, null None, arrays one example of
+    ``items`` (none without ``items``), objects every property in ``properties`` plus any other
+    ``required`` name (``"mock"``). A list of types takes the first that is not ``null``;
+    ``anyOf`` / ``oneOf`` / ``allOf`` their first schema; no type but ``properties``: an object;
+    anything else ``"mock"``. Nesting deeper than 16 levels ends in ``"mock"``.
+    """
+    if not isinstance(schema, dict) or depth > 16:
+        return "mock"
+    if "const" in schema:
+        return schema["const"]
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), kind[0] if kind else None)
+    if kind is None:
+        for key in ("anyOf", "oneOf", "allOf"):
+            options = schema.get(key)
+            if isinstance(options, list) and options:
+                return schema_example(options[0], depth + 1)
+        if isinstance(schema.get("properties"), dict):
+            kind = "object"
+    if kind == "object":
+        properties = schema.get("properties")
+        out = {}
+        if isinstance(properties, dict):
+            out = {name: schema_example(sub, depth + 1) for name, sub in properties.items()}
+        required = schema.get("required")
+        if isinstance(required, list):
+            out.update({name: "mock" for name in required if isinstance(name, str) and name not in out})
+        return out
+    if kind == "array":
+        items = schema.get("items")
+        return [schema_example(items, depth + 1)] if isinstance(items, dict) else []
+    if kind in ("integer", "number"):
+        minimum = schema.get("minimum")
+        if isinstance(minimum, (int, float)) and not isinstance(minimum, bool) and minimum > 1:
+            return int(minimum) if kind == "integer" and minimum == int(minimum) else minimum
+        return 1
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return "mock"
+
+
+def fragments(text: str, parts: int = ARGUMENT_FRAGMENTS) -> tuple[str, ...]:
+    """``text`` cut into ``min(parts, len(text))`` (at least 1) consecutive pieces of near-equal size."""
+    count = max(1, min(parts, len(text)))
+    size, extra = divmod(len(text), count)
+    out, start = [], 0
+    for i in range(count):
+        end = start + size + (1 if i < extra else 0)
+        out.append(text[start:end])
+        start = end
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The one tool call of a :class:`Generation` that calls a tool rather than answering text."""
+
+    id: str  # "call_mock…" (OpenAI) or "toolu_mock…" (Anthropic)
+    name: str
+    arguments: tuple[str, ...]  # JSON fragments; "".join(arguments) is compact JSON of the input
+
+    @classmethod
+    def build(cls, id: str, name: str, schema: Any) -> ToolCall:
+        """The call of tool ``name`` with :func:`schema_example` of its ``schema`` as input."""
+        example = schema_example(schema if isinstance(schema, dict) else {"type": "object"})
+        if not isinstance(example, dict):
+            example = {}
+        return cls(id=id, name=name, arguments=fragments(orjson.dumps(example).decode()))
+
+    @property
+    def json(self) -> str:
+        return "".join(self.arguments)
+
+
 @dataclass(frozen=True, slots=True)
 class Generation:
     """One fake completion; every renderer of the same request reads only this."""
@@ -140,6 +235,7 @@ class Generation:
     pieces: tuple[str, ...]  # content deltas; "".join(pieces) is the reply text
     truncated: bool = False  # stopped by the request's max tokens
     choices: int = 1  # batched completions answer each prompt
+    tool: ToolCall | None = None  # a tool call instead of text (then ``pieces`` is empty)
 
     @property
     def text(self) -> str:
@@ -147,20 +243,35 @@ class Generation:
 
     @property
     def completion_tokens(self) -> int:
+        if self.tool is not None:
+            return len(self.tool.arguments)
         return len(self.pieces) * self.choices
 
 
 def generate(
-    body: dict[str, Any], *, id: str, created: int, chunks: int, prompt_tokens: int, choices: int = 1
+    body: dict[str, Any],
+    *,
+    id: str,
+    created: int,
+    chunks: int,
+    prompt_tokens: int,
+    choices: int = 1,
+    tool: ToolCall | None = None,
 ) -> Generation:
-    """The :class:`Generation` for a request ``body``: ``chunks`` words, cut to its max tokens."""
+    """The :class:`Generation` for a request ``body``: ``chunks`` words, cut to its max tokens.
+
+    With ``tool``, the generation is that tool call and no text (never cut).
+    """
+    model = body.get("model")
+    model = model if isinstance(model, str) and model else DEFAULT_MODEL
+    if tool is not None:
+        return Generation(id=id, created=created, model=model, prompt_tokens=prompt_tokens, pieces=(), tool=tool)
     limit = max_tokens_of(body)
     count = chunks if limit is None else min(chunks, limit)
-    model = body.get("model")
     return Generation(
         id=id,
         created=created,
-        model=model if isinstance(model, str) and model else DEFAULT_MODEL,
+        model=model,
         prompt_tokens=prompt_tokens,
         pieces=reply_pieces(count),
         truncated=count < chunks,
@@ -202,7 +313,16 @@ def openai_chat_usage(gen: Generation) -> dict[str, Any]:
 
 
 def _finish(gen: Generation) -> str:
+    if gen.tool is not None:
+        return "tool_calls"
     return "length" if gen.truncated else "stop"
+
+
+def _openai_message(gen: Generation) -> dict[str, Any]:
+    if gen.tool is None:
+        return {"role": "assistant", "content": gen.text, "refusal": None, "annotations": []}
+    call = {"id": gen.tool.id, "type": "function", "function": {"name": gen.tool.name, "arguments": gen.tool.json}}
+    return {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None, "annotations": []}
 
 
 def openai_chat_json(gen: Generation) -> bytes:
@@ -216,7 +336,7 @@ def openai_chat_json(gen: Generation) -> bytes:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": gen.text, "refusal": None, "annotations": []},
+                    "message": _openai_message(gen),
                     "logprobs": None,
                     "finish_reason": _finish(gen),
                 }
@@ -230,6 +350,9 @@ def openai_chat_json(gen: Generation) -> bytes:
 
 def openai_chat_events(gen: Generation, include_usage: bool) -> list[bytes]:
     """``chat.completion.chunk`` SSE events: role delta, one delta per piece, finish, [usage], [DONE].
+
+    A tool call replaces the pieces: the role delta carries the call's id, name and empty
+    arguments, then one ``tool_calls`` delta per arguments fragment.
 
     Like OpenAI, usage appears only with ``stream_options.include_usage``: then every chunk has
     ``"usage": null`` and one last chunk with empty ``choices`` carries it. The per-piece chunks
@@ -246,8 +369,18 @@ def openai_chat_events(gen: Generation, include_usage: bool) -> list[bytes]:
     prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":[{"index":0,"delta":'
     tail = b',"logprobs":null,"finish_reason":%s}]' + (b',"usage":null}\n\n' if include_usage else b"}\n\n")
     no_finish = tail % b"null"
-    events = [prefix + b'{"role":"assistant","content":"","refusal":null}' + no_finish]
-    events.extend(prefix + b'{"content":' + piece + b"}" + no_finish for piece in _encoded(gen.pieces))
+    if gen.tool is None:
+        events = [prefix + b'{"role":"assistant","content":"","refusal":null}' + no_finish]
+        events.extend(prefix + b'{"content":' + piece + b"}" + no_finish for piece in _encoded(gen.pieces))
+    else:  # as OpenAI: id, name and empty arguments first, then the arguments in fragments
+        tool = gen.tool
+        first = {"index": 0, "id": tool.id, "type": "function", "function": {"name": tool.name, "arguments": ""}}
+        delta = {"role": "assistant", "content": None, "tool_calls": [first], "refusal": None}
+        events = [prefix + orjson.dumps(delta) + no_finish]
+        events.extend(
+            prefix + orjson.dumps({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}) + no_finish
+            for part in tool.arguments
+        )
     events.append(prefix + b"{}" + tail % orjson.dumps(_finish(gen)))
     if include_usage:
         events.append(_sse({**head, "choices": [], "usage": openai_chat_usage(gen)}))
@@ -370,7 +503,15 @@ def embeddings_json(body: dict[str, Any], *, default_dimensions: int = 8) -> byt
 
 
 def _stop_reason(gen: Generation) -> str:
+    if gen.tool is not None:
+        return "tool_use"
     return "max_tokens" if gen.truncated else "end_turn"
+
+
+def _anthropic_content(gen: Generation) -> dict[str, Any]:
+    if gen.tool is None:
+        return {"type": "text", "text": gen.text}
+    return {"type": "tool_use", "id": gen.tool.id, "name": gen.tool.name, "input": orjson.loads(gen.tool.json)}
 
 
 def anthropic_usage(gen: Generation) -> dict[str, int]:
@@ -391,7 +532,7 @@ def anthropic_message_json(gen: Generation) -> bytes:
             "type": "message",
             "role": "assistant",
             "model": gen.model,
-            "content": [{"type": "text", "text": gen.text}],
+            "content": [_anthropic_content(gen)],
             "stop_reason": _stop_reason(gen),
             "stop_sequence": None,
             "usage": anthropic_usage(gen),
@@ -411,6 +552,9 @@ def _event(name: bytes, obj: Any) -> bytes:
 def anthropic_message_events(gen: Generation) -> list[bytes]:
     """Anthropic stream: message_start, content_block_start, ping, deltas, stops, message_delta.
 
+    A tool call is a ``tool_use`` block (``input: {}``) whose deltas are ``input_json_delta``
+    fragments.
+
     ``message_start`` reports the input tokens and ``output_tokens: 1`` (as Anthropic does);
     ``message_delta`` carries the final, cumulative ``output_tokens``.
     """
@@ -425,15 +569,19 @@ def anthropic_message_events(gen: Generation) -> list[bytes]:
         "stop_sequence": None,
         "usage": start_usage,
     }
+    block = {"type": "text", "text": ""} if gen.tool is None else {**_anthropic_content(gen), "input": {}}
     events = [
         _event(b"message_start", {"type": "message_start", "message": message}),
-        _event(
-            b"content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        ),
+        _event(b"content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}),
         b'event: ping\ndata: {"type": "ping"}\n\n',
     ]
-    events.extend(_DELTA_PREFIX + piece + b"}}\n\n" for piece in _encoded(gen.pieces))
+    if gen.tool is None:
+        events.extend(_DELTA_PREFIX + piece + b"}}\n\n" for piece in _encoded(gen.pieces))
+    else:
+        events.extend(
+            _event(b"content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+            for delta in ({"type": "input_json_delta", "partial_json": part} for part in gen.tool.arguments)
+        )
     events.append(_event(b"content_block_stop", {"type": "content_block_stop", "index": 0}))
     events.append(
         _event(

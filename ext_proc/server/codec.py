@@ -19,7 +19,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.descriptor import FieldDescriptor
 
-from ext_proc.core.actions import Action, Continue, Respond
+from ext_proc.core.actions import Action, Continue, Headers, Respond
 from ext_proc.core.events import Event, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.policy.compiled import Provider
 
@@ -98,6 +98,23 @@ def _header_options(pairs: tuple[tuple[str, str], ...]) -> list[base_pb2.HeaderV
     ]
 
 
+def _header_changes(action: Continue, credentials: Credentials | None) -> tuple[Headers, tuple[str, ...]]:
+    """The headers to set and remove: the action's, plus its provider's key headers.
+
+    A key header the action also removes (a fallback try removes every provider's) is kept off
+    the removals, so the key arrives whatever order Envoy applies the two lists in.
+    """
+    set_headers, remove_headers = action.set_headers, action.remove_headers
+    if action.credential is not None and credentials is not None:
+        keys = credentials(action.credential)
+        if keys:
+            set_headers += keys
+            if remove_headers:
+                names = {name for name, _ in keys}
+                remove_headers = tuple(h for h in remove_headers if h not in names)
+    return set_headers, remove_headers
+
+
 def encode(kind: str, action: Action, credentials: Credentials | None = None) -> pb.ProcessingResponse:
     """The ``ProcessingResponse`` answering a message of ``kind`` with ``action``.
 
@@ -116,15 +133,7 @@ def encode(kind: str, action: Action, credentials: Credentials | None = None) ->
             or action.clear_route_cache or action.stream_response or action.credential or action.metadata):
         return _EMPTY[kind]
     common = pb.CommonResponse(clear_route_cache=action.clear_route_cache)
-    set_headers = action.set_headers
-    remove_headers = action.remove_headers
-    if action.credential is not None and credentials is not None:
-        keys = credentials(action.credential)
-        if keys:
-            set_headers += keys
-            if remove_headers:
-                names = {name for name, _ in keys}
-                remove_headers = tuple(h for h in remove_headers if h not in names)
+    set_headers, remove_headers = _header_changes(action, credentials)
     if set_headers or remove_headers:
         common.header_mutation.CopyFrom(
             pb.HeaderMutation(
@@ -289,15 +298,7 @@ def encode_bytes(kind: str, action: Action, credentials: Credentials | None = No
     if not (action.set_headers or action.remove_headers or action.body is not None
             or action.clear_route_cache or action.stream_response or action.credential or action.metadata):
         return _EMPTY_BYTES[kind]
-    set_headers = action.set_headers
-    remove_headers = action.remove_headers
-    if action.credential is not None and credentials is not None:
-        keys = credentials(action.credential)
-        if keys:
-            set_headers += keys
-            if remove_headers:
-                names = {name for name, _ in keys}
-                remove_headers = tuple(h for h in remove_headers if h not in names)
+    set_headers, remove_headers = _header_changes(action, credentials)
     # CommonResponse = start + body + end
     start = b""
     if set_headers or remove_headers:

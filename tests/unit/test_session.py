@@ -727,7 +727,7 @@ def test_multi_member_gzip_is_decoded_whole() -> None:
     ("path", "expected"),
     [
         (CHAT, openai_error("Unsupported content-encoding 'br'.", "unsupported_encoding")),
-        (MESSAGES, anthropic_error("Unsupported content-encoding 'br'.", type="api_error")),
+        (MESSAGES, anthropic_error("Unsupported content-encoding 'br'.", type="invalid_request_error")),
     ],
 )
 def test_unsupported_content_encoding_gets_415(path: str, expected: dict[str, Any]) -> None:

@@ -1185,7 +1185,9 @@ def test_an_html_error_page_gives_a_short_message() -> None:
         "error": {"type": "api_error", "message": "The provider answered HTTP 502: 502 Bad Gateway"},
     }
     untitled = orjson.loads(error(504, b"<!DOCTYPE html><html><body>Gateway Timeout</body></html>"))
-    assert untitled["error"] == {"type": "api_error", "message": "The provider answered HTTP 504 with a non-JSON body."}
+    assert untitled["error"] == {
+        "type": "timeout_error", "message": "The provider answered HTTP 504 with a non-JSON body."
+    }
 
 
 @pytest.mark.parametrize("body", [b"", b"  \n"])

@@ -74,6 +74,8 @@ from typing import Any
 
 import orjson
 
+from ext_proc.core.errors import anthropic_error_type
+
 from .common import STOP_FROM_FINISH, TranslationError, sse_event
 
 __all__ = ["StreamTranslator", "error", "request", "response"]
@@ -785,16 +787,6 @@ class StreamTranslator:
 
 # -- errors -------------------------------------------------------------------------------------
 
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
-}
 _TITLE = re.compile(rb"<title[^>]*>([^<]{1,200})</title>", re.IGNORECASE)
 _MAX_MESSAGE = 500
 
@@ -845,9 +837,9 @@ def error(status: int, body: bytes) -> bytes:
 
     The provider's message is kept (``error.message``, or ``message`` / ``detail`` / a string
     ``error`` of other servers; an HTML page gives its title, a plain-text body its first 500
-    characters). The type follows the HTTP status as Anthropic's does: 400/401/402/403/404/413/429
-    by name (402: ``billing_error``), 529 ``overloaded_error``, other 5xx ``api_error``, other 4xx
-    ``invalid_request_error``.
+    characters). The type follows the HTTP status as Anthropic's does
+    (:func:`ext_proc.core.errors.anthropic_error_type`: 402 ``billing_error``, 504 ``timeout_error``,
+    529 ``overloaded_error``, other 5xx ``api_error``, other 4xx ``invalid_request_error``).
     """
-    kind = _ERROR_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+    kind = anthropic_error_type(status)
     return orjson.dumps({"type": "error", "error": {"type": kind, "message": _error_message(status, body)}})

@@ -55,6 +55,7 @@ from typing import Any
 
 import orjson
 
+from ext_proc.core.errors import anthropic_error_type
 from ext_proc.llm.usage import Usage, apply_anthropic
 
 from .common import FINISH_FROM_STOP, SSE_DONE, TranslationError, sse_data
@@ -710,29 +711,12 @@ _ERRORS: dict[str, tuple[str, str | None]] = {
     "overloaded_error": ("server_error", None),
 }
 
-# HTTP status -> Anthropic error type, for bodies that do not name one.
-_TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 
 
 def _error_kind(anthropic_type: Any, status: int, message: str) -> tuple[str, str | None]:
     """(OpenAI type, code) for an Anthropic error type, or for ``status`` when the type is unknown."""
     if not isinstance(anthropic_type, str) or anthropic_type not in _ERRORS:
-        if status in _TYPE_BY_STATUS:
-            anthropic_type = _TYPE_BY_STATUS[status]
-        elif status >= 500:
-            anthropic_type = "api_error"
-        else:
-            anthropic_type = "invalid_request_error"
+        anthropic_type = anthropic_error_type(status)
     kind, code = _ERRORS[anthropic_type]
     if anthropic_type == "not_found_error" and _MODEL_WORD.search(message):
         code = "model_not_found"
