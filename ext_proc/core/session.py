@@ -450,7 +450,7 @@ class Session:
         # Only complete events go to the client; the bytes of an unfinished one wait for the next
         # chunk (so an error event appended to a cut stream always starts on an event boundary).
         events = decoder.feed(event.body)
-        tail = decoder.flush() if event.end_of_stream else []
+        tail = _whole(decoder.flush()) if event.end_of_stream else []
         translator = self._translator
         if translator is not None:
             out = b"".join([self._translate(sse, translator) for sse in events + tail])
@@ -460,7 +460,10 @@ class Session:
             out = b"".join(kept + tail_kept if self.complete else kept)
         if event.end_of_stream:
             if translator is not None and self._translation_error is None:
-                out += translator.end()
+                if isinstance(translator, anthropic_to_openai.StreamTranslator) and translator.complete:
+                    self.complete = True  # finish reason and usage arrived: only [DONE] is missing
+                if self.complete:
+                    out += translator.end()
             if self._translation_error is not None:
                 self._finish(event.at, "error")
             else:
@@ -620,6 +623,17 @@ class Session:
             "latency_ms": round((at - self.started) / 1e6, 3),
             "ttft_ms": round(self.ttft / 1e6, 3) if self.ttft is not None else None,
         }
+
+
+def _whole(events: list[SSEEvent]) -> list[SSEEvent]:
+    """The events a stream's last bytes hold whole but for their closing blank line (JSON or
+    ``[DONE]``), closed properly; a half-received event is dropped, never passed on or counted."""
+    out = []
+    for sse in events:
+        if sse.data == b"[DONE]" or (sse.data and _loads_dict(sse.data) is not None):
+            end = b"\r\n\r\n" if b"\r\n" in sse.raw else b"\n\n"  # the stream's own line ends
+            out.append(SSEEvent(sse.event, sse.data, sse.raw.rstrip(b"\r\n") + end))
+    return out
 
 
 def _loads_dict(data: bytes) -> dict[str, Any] | None:
