@@ -34,15 +34,6 @@ SPIFFE_ATTRIBUTE = "connection.uri_san_peer_certificate"
 # Request headers that carry a client's credential: removed before anything goes upstream.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 
-
-def credential_header_names(kind: str) -> tuple[str, ...]:
-    """The headers Tollway sets to authenticate to a provider of ``kind``."""
-    if kind == "anthropic":
-        return ("x-api-key", "anthropic-version")
-    if kind == "azure-openai":
-        return ("api-key",)
-    return ("authorization",)
-
 _OPENAI_KINDS = frozenset({"openai", "azure-openai", "openai-compatible"})
 _ALL_KINDS = _OPENAI_KINDS | {"anthropic"}
 # The provider kinds that can serve each client API (chat in both directions through translation).

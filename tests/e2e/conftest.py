@@ -7,6 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import httpx
+import openai
 import orjson
 import pytest
 
@@ -49,3 +52,40 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     stack = Stack(tmp_path_factory.mktemp("stack"), workers=2, mock_args=args)
     with stack:
         yield Gateway(stack)
+
+
+class Providers(Gateway):
+    """A stack whose fake provider serves OpenAI and Anthropic, each checking its own key.
+
+    ``key`` is the Tollway key the SDK clients use; ``provider_keys`` maps the policy's credential
+    variables to the provider keys the fake provider accepts.
+    """
+
+    def __init__(self, stack: Stack, key: str) -> None:
+        super().__init__(stack)
+        self.key = key
+        self.mock = f"http://127.0.0.1:{stack.mock_port}"
+
+    @classmethod
+    def stack(cls, work: Path, policy_text: str, provider_keys: dict[str, str], **options: Any) -> Stack:
+        policy = work / "policy.yaml"
+        policy.write_text(policy_text)
+        keys = tuple(arg for key in provider_keys.values() for arg in ("--api-key", key))
+        return Stack(work / "stack", policy=policy, service_env=provider_keys,
+                     mocked=frozenset({"openai", "anthropic"}), mock_args=keys, **options)
+
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=self.key, max_retries=0, timeout=10)
+
+    def anthropic(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=self.base_url, api_key=self.key, max_retries=0, timeout=10)
+
+    def provider_saw(self, request_id: str | None) -> list[dict[str, Any]]:
+        """What the fake provider received for one client request (Envoy keeps x-request-id)."""
+        assert request_id, "the gateway did not return x-tollway-request-id"
+        out = []
+        for request in httpx.get(self.mock + "/_mock/requests").json():
+            headers = {k.lower(): v for k, v in request["headers"]}
+            if headers.get("x-request-id") == request_id:
+                out.append({**request, "headers": headers})
+        return out

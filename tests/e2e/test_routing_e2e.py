@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import orjson
 import pytest
 
 from ext_proc.policy.compiled import key_digest
-from ext_proc.stack import Stack
+from tests.e2e.conftest import Providers
 
 pytestmark = pytest.mark.e2e
 
@@ -64,38 +63,7 @@ teams:
 """
 
 
-class Env:
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.mock = f"http://127.0.0.1:{stack.mock_port}"
-
-    def openai(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.stack.base_url + "/v1", api_key=KEY, max_retries=0)
-
-    def anthropic(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=self.stack.base_url, api_key=KEY, max_retries=0)
-
-    def provider_saw(self, request_id: str) -> list[dict[str, Any]]:
-        """What the fake provider received for one client request (Envoy keeps x-request-id)."""
-        seen = httpx.get(self.mock + "/_mock/requests").json()
-        out = []
-        for request in seen:
-            headers = {k.lower(): v for k, v in request["headers"]}
-            if headers.get("x-request-id") == request_id:
-                out.append({**request, "headers": headers})
-        return out
-
-    def record(self, request_id: str | None) -> dict[str, Any]:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if self.stack.record_log.exists():
-                for line in self.stack.record_log.read_bytes().splitlines():
-                    record = orjson.loads(line)
-                    if record["request_id"] == request_id:
-                        return record  # type: ignore[no-any-return]
-            time.sleep(0.05)
-        raise AssertionError(f"no record for {request_id}")
-
+class Env(Providers):
     def envoy_stat(self, name: str) -> int:
         url = f"http://127.0.0.1:{self.stack.admin_port}/stats"
         text = httpx.get(url, params={"filter": "^" + re.escape(name) + "$"}).text
@@ -106,20 +74,17 @@ class Env:
         return 0
 
 
+PROVIDER_KEYS = {"R_OPENAI_KEY": OPENAI_KEY, "R_ANTHROPIC_KEY": ANTHROPIC_KEY}
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    work = tmp_path_factory.mktemp("routing")
-    policy = work / "policy.yaml"
-    policy.write_text(POLICY)
-    stack = Stack(
-        work / "stack", workers=2, policy=policy,
-        service_env={"R_OPENAI_KEY": OPENAI_KEY, "R_ANTHROPIC_KEY": ANTHROPIC_KEY},
-        mocked=frozenset({"openai", "anthropic"}),
-        mock_args=("--api-key", OPENAI_KEY, "--api-key", ANTHROPIC_KEY),
-        first_byte_timeouts=("1s", "1s"),  # a stalled provider fails over after 1 s
-    )
+    # workers=2: a request's two ext_proc streams (router level, per try) may reach different
+    # processes; first_byte_timeouts: a stalled provider fails over after 1 s.
+    stack = Providers.stack(tmp_path_factory.mktemp("routing"), POLICY, PROVIDER_KEYS, workers=2,
+                            first_byte_timeouts=("1s", "1s"))
     with stack:
-        yield Env(stack)
+        yield Env(stack, KEY)
 
 
 FAILURES = {
@@ -328,15 +293,9 @@ def test_the_rendered_envoy_config_has_the_chain_clusters(env: Env) -> None:
 
 def test_outlier_detection_takes_a_failing_provider_out_of_first_attempts(tmp_path: Path) -> None:
     """After 5 failures in a row Envoy ejects OpenAI: the next request goes to Anthropic first."""
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    stack = Stack(
-        tmp_path / "stack", workers=1, policy=policy,
-        service_env={"R_OPENAI_KEY": OPENAI_KEY, "R_ANTHROPIC_KEY": ANTHROPIC_KEY},
-        mocked=frozenset({"openai", "anthropic"}), mock_args=("--api-key", OPENAI_KEY, "--api-key", ANTHROPIC_KEY),
-    )
+    stack = Providers.stack(tmp_path, POLICY, PROVIDER_KEYS, workers=1)
     with stack:
-        client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key=KEY, max_retries=0)
+        client = Env(stack, KEY).openai()
         for _ in range(5):
             raw = client.chat.completions.with_raw_response.create(
                 model="gpt-4o", messages=HI, extra_headers=FAILURES["500"]

@@ -10,18 +10,14 @@ loop: the client's format on one side, the provider's on the other, both checked
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import anthropic
-import httpx
-import openai
 import orjson
 import pytest
 
 from ext_proc.policy.compiled import key_digest
-from ext_proc.stack import Stack
+from tests.e2e.conftest import Providers
 
 pytestmark = pytest.mark.e2e
 
@@ -52,54 +48,19 @@ ASK = "What is the weather in Paris?"
 RESULT = "Sunny, 21 C"
 
 
-class Env:
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.mock = f"http://127.0.0.1:{stack.mock_port}"
-
-    def openai(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.stack.base_url + "/v1", api_key=KEY, max_retries=0, timeout=10)
-
-    def anthropic(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=self.stack.base_url, api_key=KEY, max_retries=0, timeout=10)
-
+class Env(Providers):
     def provider_got(self, request_id: str | None, path: str) -> dict[str, Any]:
-        """The one body the fake provider received for a client request (Envoy keeps x-request-id)."""
-        assert request_id, "the gateway did not return x-tollway-request-id"
-        seen = httpx.get(self.mock + "/_mock/requests").json()
-        tries = []
-        for request in seen:
-            headers = {k.lower(): v for k, v in request["headers"]}
-            if headers.get("x-request-id") == request_id:
-                tries.append(request)
+        """The one body the fake provider received for a client request."""
+        tries = self.provider_saw(request_id)
         assert [t["path"] for t in tries] == [path]
         return orjson.loads(tries[0]["body"])  # type: ignore[no-any-return]
-
-    def record(self, request_id: str | None) -> dict[str, Any]:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if self.stack.record_log.exists():
-                for line in self.stack.record_log.read_bytes().splitlines():
-                    record = orjson.loads(line)
-                    if record["request_id"] == request_id:
-                        return record  # type: ignore[no-any-return]
-            time.sleep(0.05)
-        raise AssertionError(f"no record for {request_id}")
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    work = tmp_path_factory.mktemp("tools")
-    policy = work / "policy.yaml"
-    policy.write_text(POLICY)
-    stack = Stack(
-        work / "stack", workers=1, policy=policy,
-        service_env={"T_OPENAI_KEY": OPENAI_KEY, "T_ANTHROPIC_KEY": ANTHROPIC_KEY},
-        mocked=frozenset({"openai", "anthropic"}),
-        mock_args=("--api-key", OPENAI_KEY, "--api-key", ANTHROPIC_KEY),
-    )
-    with stack:
-        yield Env(stack)
+    keys = {"T_OPENAI_KEY": OPENAI_KEY, "T_ANTHROPIC_KEY": ANTHROPIC_KEY}
+    with Providers.stack(tmp_path_factory.mktemp("tools"), POLICY, keys, workers=1) as stack:
+        yield Env(stack, KEY)
 
 
 # ---------------------------------------------------------------------------------------------

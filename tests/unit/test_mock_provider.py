@@ -67,20 +67,6 @@ def srv():
         yield server
 
 
-@pytest.fixture
-def oai(srv):
-    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="sk-test-openai", max_retries=0, timeout=10)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def ant(srv):
-    client = anthropic.Anthropic(base_url=srv.url, api_key="sk-ant-test", max_retries=0, timeout=10)
-    yield client
-    client.close()
-
-
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Say hello to the gateway please"},

@@ -46,20 +46,6 @@ def srv():
         yield server
 
 
-@pytest.fixture
-def oai(srv):
-    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="sk-test", max_retries=0, timeout=10)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def ant(srv):
-    client = anthropic.Anthropic(base_url=srv.url, api_key="sk-ant-test", max_retries=0, timeout=10)
-    yield client
-    client.close()
-
-
 def raw_post(url: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     host = url.removeprefix("http://")
     conn = http.client.HTTPConnection(host, timeout=10)

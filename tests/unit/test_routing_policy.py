@@ -618,10 +618,3 @@ TABLE = {
 def test_can_serve_and_needs_translation(api: apis.ClientAPI) -> None:
     got = tuple((decide.can_serve(api, kind), decide.needs_translation(api, kind)) for kind in KINDS)
     assert got == TABLE[api]
-
-
-def test_credential_header_names_per_kind() -> None:
-    assert decide.credential_header_names("anthropic") == ("x-api-key", "anthropic-version")
-    assert decide.credential_header_names("azure-openai") == ("api-key",)
-    assert decide.credential_header_names("openai") == ("authorization",)
-    assert decide.credential_header_names("openai-compatible") == ("authorization",)
