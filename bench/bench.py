@@ -123,7 +123,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
     mocked, service_env, _ = mock_plan(POLICY, {})
-    plain = Stack(work / "plain", ext_proc=False, envoy_concurrency=args.envoy_concurrency, mocked=mocked)
+    plain = Stack(work / "plain", ext_proc_enabled=False, envoy_concurrency=args.envoy_concurrency, mocked=mocked)
     gateway = Stack(work / "gateway", mock=False, mock_port=plain.mock_port, workers=args.workers,
                     envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=POLICY,
                     service_env=service_env)

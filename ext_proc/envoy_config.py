@@ -24,6 +24,7 @@ import copy
 import ipaddress
 import sys
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import yaml
 from ext_proc.policy import decide
 from ext_proc.policy.compile import PolicyError, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
+from ext_proc.server import listen
 
 EXT_PROC_CLUSTER = "tollway_ext_proc"
 UPSTREAM_FILTER_METADATA = ("x-tollway-filter", "upstream")  # tells Tollway a stream is a try
@@ -214,6 +216,56 @@ def add_chains(config: dict[str, Any], policy: CompiledPolicy) -> list[str]:
     return added
 
 
+@dataclass(frozen=True)
+class ClientTLS:
+    """Envoy's side of a mutual-TLS channel to Tollway: its client certificate, and how it checks Tollway's."""
+
+    cert: str
+    key: str
+    server_ca: str
+    server_name: str  # SNI and the SAN Tollway's certificate must carry
+
+
+def set_ext_proc(config: dict[str, Any], address: str, tls: ClientTLS | None = None) -> None:
+    """Point the ``tollway_ext_proc`` cluster at ``address`` (``unix:PATH``, ``tls://H:P`` or ``tcp://H:P``).
+
+    A ``tls://`` address needs ``tls``: Envoy presents its client certificate, offers ALPN ``h2``
+    and accepts only a server certificate for ``server_name`` signed by ``server_ca``.
+    """
+    parsed = listen.parse(address)
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == EXT_PROC_CLUSTER]
+    if parsed.kind == "unix":
+        endpoint_address: dict[str, Any] = {"pipe": {"path": parsed.path}}
+    else:
+        endpoint_address = {"socket_address": {"address": parsed.host, "port_value": parsed.port}}
+    cluster["load_assignment"] = {"cluster_name": EXT_PROC_CLUSTER, "endpoints": [
+        {"lb_endpoints": [{"endpoint": {"address": endpoint_address}}]}]}
+    cluster.pop("transport_socket", None)
+    if parsed.kind == "tls":
+        if tls is None:
+            raise ValueError("a tls:// ext_proc address needs Envoy's client certificate")
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": tls.server_name,
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                    "tls_certificates": [{"certificate_chain": {"filename": tls.cert},
+                                          "private_key": {"filename": tls.key}}],
+                    "validation_context": {
+                        "trusted_ca": {"filename": tls.server_ca},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"exact": tls.server_name}}],
+                    },
+                },
+            },
+        }
+    elif tls is not None:
+        raise ValueError("client TLS settings need a tls:// ext_proc address")
+
+
 def set_first_byte_timeouts(config: dict[str, Any], streaming: str, buffered: str) -> None:
     """Set the per-try idle timeout of the labelled routes: for streams, and for buffered answers.
 
@@ -242,6 +294,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--first-byte-timeouts", type=_timeouts, metavar="STREAMING,BUFFERED",
         help="per-try time to the first byte before Envoy falls back (default: the template's, 30s,300s)",
     )
+    parser.add_argument("--ext-proc", metavar="ADDRESS",
+                        help="where Envoy reaches Tollway: the `tollway serve --listen` address "
+                             "(default: the template's, unix:/run/tollway/ext_proc.sock)")
+    parser.add_argument("--ext-proc-tls", metavar="CERT,KEY,CA,NAME",
+                        help="tls:// only: Envoy's client certificate and key, the CA of Tollway's certificate, "
+                             "and the name that certificate carries")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -257,6 +315,20 @@ def run(args: argparse.Namespace) -> int:
     timeouts = getattr(args, "first_byte_timeouts", None)
     if timeouts:
         set_first_byte_timeouts(config, *timeouts)
+    ext_proc_address, ext_proc_tls = getattr(args, "ext_proc", None), getattr(args, "ext_proc_tls", None)
+    if ext_proc_address or ext_proc_tls:
+        tls = None
+        if ext_proc_tls:
+            parts = ext_proc_tls.split(",")
+            if len(parts) != 4:
+                print("tollway envoy: --ext-proc-tls expects CERT,KEY,CA,NAME", file=sys.stderr)
+                return 1
+            tls = ClientTLS(*parts)
+        try:
+            set_ext_proc(config, ext_proc_address or listen.DEFAULT, tls)
+        except (ValueError, listen.ListenError) as exc:
+            print(f"tollway envoy: {exc}", file=sys.stderr)
+            return 1
     try:
         providers = add_providers(config, policy)
         added = add_chains(config, policy)

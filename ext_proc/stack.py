@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterable
@@ -26,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from ext_proc.envoy_config import add_chains, set_first_byte_timeouts
+from ext_proc.envoy_config import ClientTLS, add_chains, set_ext_proc, set_first_byte_timeouts
 from ext_proc.policy.compiled import CompiledPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,12 +68,13 @@ def render_envoy(
     *,
     listen_port: int,
     admin_port: int,
-    ext_proc_port: int,
+    ext_proc_address: str,
     mock_port: int,
     mocked: Iterable[str] = ("openai", "anthropic"),
     ext_proc: bool = True,
     policy: CompiledPolicy | None = None,
     first_byte_timeouts: tuple[str, str] | None = None,
+    ext_proc_tls: ClientTLS | None = None,
 ) -> dict[str, Any]:
     """A copy of the Envoy config with these ports; the ``mocked`` clusters reach the fake provider.
 
@@ -100,8 +102,7 @@ def render_envoy(
             resources["clusters"].append(clusters[name])
         _point_at_mock(clusters[name], mock_port)
     _point_at_mock(clusters["mock"], mock_port)
-    ext = clusters["tollway_ext_proc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-    ext["address"]["socket_address"]["port_value"] = ext_proc_port
+    set_ext_proc(config, ext_proc_address, ext_proc_tls)
     if first_byte_timeouts is not None:
         set_first_byte_timeouts(config, *first_byte_timeouts)
     if policy is not None and ext_proc:
@@ -116,13 +117,14 @@ class Stack:
     workdir: Path
     listen_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
-    ext_proc_port: int = field(default_factory=free_port)
+    ext_proc_address: str | None = None  # tollway serve --listen (default: a socket under the workdir)
+    ext_proc_tls: ClientTLS | None = None  # Envoy's client side of a tls:// address
     mock_port: int = field(default_factory=free_port)
     service_admin_port: int = field(default_factory=free_port)
     workers: int = 1
     server: str = "h2"  # tollway serve --server
     envoy_concurrency: int = 1
-    ext_proc: bool = True
+    ext_proc_enabled: bool = True  # False: plain Envoy, no Tollway (the benchmark's baseline)
     policy: Path | None = None  # tollway serve --policy (None: open mode)
     workload: str | None = None  # tollway serve --workload (the sidecar's identity)
     service_env: dict[str, str] = field(default_factory=dict)  # e.g. provider keys for the service
@@ -142,6 +144,16 @@ class Stack:
     def record_log(self) -> Path:
         return self.workdir / "requests.jsonl"
 
+    @property
+    def ext_proc(self) -> str:
+        """Where the service listens: by default a Unix socket in a private directory of the workdir."""
+        if self.ext_proc_address is None:
+            path = self.workdir / "run" / "ext_proc.sock"
+            if len(str(path)) > 100:  # Unix socket paths are short; a deep workdir gets a private temp dir
+                path = Path(tempfile.mkdtemp(prefix="tollway-")) / "run" / "ext_proc.sock"
+            self.ext_proc_address = f"unix:{path}"
+        return self.ext_proc_address
+
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         out: Any = subprocess.DEVNULL if self.quiet else None
         err = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -157,9 +169,9 @@ class Stack:
         try:
             if self.mock:
                 self._spawn("mock", [*tollway, "mock-provider", "--port", str(self.mock_port), *self.mock_args])
-            if self.ext_proc:
+            if self.ext_proc_enabled:
                 serve = [
-                    *tollway, "serve", "--port", str(self.ext_proc_port), "--workers", str(self.workers),
+                    *tollway, "serve", "--listen", self.ext_proc, "--workers", str(self.workers),
                     "--log-file", str(self.record_log), "--server", self.server,
                     "--admin-port", str(self.service_admin_port),
                 ]
@@ -177,9 +189,9 @@ class Stack:
                 compiled = compile_policy(self.policy.read_text(), str(self.policy))
             config = render_envoy(
                 template, listen_port=self.listen_port, admin_port=self.admin_port,
-                ext_proc_port=self.ext_proc_port, mock_port=self.mock_port,
-                mocked=self.mocked, ext_proc=self.ext_proc, policy=compiled,
-                first_byte_timeouts=self.first_byte_timeouts,
+                ext_proc_address=self.ext_proc, mock_port=self.mock_port,
+                mocked=self.mocked, ext_proc=self.ext_proc_enabled, policy=compiled,
+                first_byte_timeouts=self.first_byte_timeouts, ext_proc_tls=self.ext_proc_tls,
             )
             path = self.workdir / "envoy.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -198,7 +210,7 @@ class Stack:
         checks = []
         if self.mock:
             checks.append(("mock", lambda: _http_ok(f"http://127.0.0.1:{self.mock_port}/healthz")))
-        if self.ext_proc:
+        if self.ext_proc_enabled:
             checks.append(("tollway", lambda: _http_ok(f"http://127.0.0.1:{self.service_admin_port}/readyz")))
         checks.append(("envoy", lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/ready")))
         for name, check in checks:
@@ -256,7 +268,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="this sidecar's workload identity, for calls without a key (default local-dev)")
     parser.add_argument("--port", type=int, default=10000, help="gateway listener (default 10000)")
     parser.add_argument("--admin-port", type=int, default=9901, help="Envoy admin (default 9901)")
-    parser.add_argument("--ext-proc-port", type=int, default=50051, help="Tollway gRPC (default 50051)")
+    parser.add_argument("--ext-proc", metavar="ADDRESS",
+                        help="where Envoy reaches Tollway (tollway serve --listen; default: a Unix socket in "
+                             "WORKDIR/run, a directory only Envoy and Tollway use)")
     parser.add_argument("--service-admin-port", type=int, default=9902,
                         help="Tollway /readyz and /metrics (default 9902)")
     parser.add_argument("--mock-port", type=int, default=18080, help="fake provider (default 18080)")
@@ -296,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
     mocked, service_env, plan = mock_plan(policy, dict(os.environ))
     stack = Stack(
         Path(args.workdir).resolve(), listen_port=args.port, admin_port=args.admin_port,
-        ext_proc_port=args.ext_proc_port, mock_port=args.mock_port, service_admin_port=args.service_admin_port,
+        ext_proc_address=args.ext_proc, mock_port=args.mock_port, service_admin_port=args.service_admin_port,
         workers=args.workers, policy=policy, workload=args.workload, service_env=service_env,
         mock=bool(mocked), mocked=mocked, quiet=True,
     )

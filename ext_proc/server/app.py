@@ -1,7 +1,9 @@
 """``tollway serve``: the ext_proc gRPC server, its workers and its lifecycle.
 
-One process per worker, all bound to the same port with ``SO_REUSEPORT`` (the kernel spreads
-Envoy's HTTP/2 connections over them); with ``--workers 1`` the server runs in this process.
+Where it listens, and why that is a private Unix socket by default, is
+:mod:`ext_proc.server.listen`. The parent binds the listening socket once and every worker
+process serves it (the kernel hands each of Envoy's HTTP/2 connections to one of them); with
+``--workers 1`` the server runs in this process.
 Each worker runs, on uvloop, the ext_proc servicer and the standard gRPC health check, on
 Tollway's own HTTP/2 server (``--server h2``, the default: see :mod:`ext_proc.server.h2` for
 why) or on ``grpcio``'s asyncio server (``--server grpcio``). SIGTERM or SIGINT: health turns
@@ -19,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -27,7 +30,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from ext_proc.server import h2
+from ext_proc.server import h2, listen
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
 from ext_proc.server.records import RecordWriter
@@ -51,8 +54,7 @@ MAX_MESSAGE = 64 * 1024 * 1024  # request bodies of many MB travel inside one gR
 
 @dataclass(frozen=True)
 class ServeConfig:
-    host: str
-    port: int
+    listen: str
     workers: int
     log_file: str | None
     grace: float
@@ -63,11 +65,22 @@ class ServeConfig:
     reload_interval: float = 1.0
     redis_url: str | None = None
     usage_headers: bool = True
+    admin_host: str = "127.0.0.1"
+    tls: listen.TLSFiles | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=50051, help="gRPC port Envoy calls (default 50051)")
+    parser.add_argument("--listen", default=os.environ.get("TOLLWAY_LISTEN", listen.DEFAULT),
+                        help="where Envoy reaches the service: unix:PATH (a socket in a directory only Envoy "
+                             "and Tollway share), tls://HOST:PORT (mutual TLS, with --tls-*), or tcp://HOST:PORT "
+                             "(plain TCP: any local process could read provider keys) "
+                             f"(env TOLLWAY_LISTEN; default {listen.DEFAULT})")
+    parser.add_argument("--tls-cert", help="tls:// only: the server certificate chain (PEM)")
+    parser.add_argument("--tls-key", help="tls:// only: the server's private key (PEM)")
+    parser.add_argument("--tls-client-ca", help="tls:// only: the CA that signs Envoy's client certificates (PEM)")
+    parser.add_argument("--tls-client-san", action="append", default=[],
+                        help="tls:// only: a SAN (DNS name or URI, e.g. a SPIFFE ID) the client certificate "
+                             "must carry; repeatable (default: any certificate the CA signed)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
     parser.add_argument("--log-file", default=None, help="request log, JSON lines (default: stdout)")
     parser.add_argument("--grace", type=float, default=20.0, help="seconds in-flight streams get on shutdown")
@@ -79,8 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", default=os.environ.get("TOLLWAY_WORKLOAD"),
                         help="this sidecar's workload identity, for callers without a Tollway key "
                              "(env TOLLWAY_WORKLOAD)")
+    parser.add_argument("--admin-host", default="127.0.0.1", help="address of the admin endpoint (default 127.0.0.1)")
     parser.add_argument("--admin-port", type=int, default=9902,
-                        help="/healthz, /readyz and /metrics on the same host (default 9902, 0: off)")
+                        help="/healthz, /readyz and /metrics (default 9902, 0: off)")
     parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between policy checks")
     parser.add_argument("--redis", dest="redis_url", default=os.environ.get("TOLLWAY_REDIS_URL"),
                         help="Redis URL for shared spend aggregates (env TOLLWAY_REDIS_URL; default: in-process)")
@@ -88,12 +102,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not add x-tollway-input-tokens/-output-tokens/-cost-usd to non-streamed answers")
 
 
+def _tls_files(args: argparse.Namespace, address: listen.Address) -> listen.TLSFiles | None:
+    given = [name for name in ("tls_cert", "tls_key", "tls_client_ca") if getattr(args, name)]
+    if address.kind != "tls":
+        if given or args.tls_client_san:
+            raise listen.ListenError("--tls-* options need a tls://HOST:PORT --listen address")
+        return None
+    missing = [f"--{name.replace('_', '-')}" for name in ("tls_cert", "tls_key", "tls_client_ca") if name not in given]
+    if missing:
+        raise listen.ListenError(f"tls:// needs {', '.join(missing)}")
+    return listen.TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca, tuple(args.tls_client_san))
+
+
 def run(args: argparse.Namespace) -> int:
-    config = ServeConfig(
-        args.host, args.port, max(1, args.workers), args.log_file, args.grace, args.server,
-        args.policy, args.workload, args.admin_port, args.reload_interval, args.redis_url, args.usage_headers,
-    )
     _configure_logging()
+    try:
+        address = listen.parse(args.listen)
+        config = ServeConfig(
+            str(address), max(1, args.workers), args.log_file, args.grace, args.server,
+            args.policy, args.workload, args.admin_port, args.reload_interval, args.redis_url, args.usage_headers,
+            args.admin_host, _tls_files(args, address),
+        )
+        if config.tls is not None:
+            listen.TLSContext(config.tls)  # refuse unreadable certificates before spawning workers
+    except listen.ListenError as exc:
+        print(f"tollway serve: {exc}", file=sys.stderr)
+        return 2
+    if address.kind == "tcp":
+        log.warning("listening on plain TCP (%s): any process that can reach it can read provider keys", address)
     if config.policy:
         # Refuse to start on a broken policy: say why once, before any worker is spawned.
         check = PolicyHolder(config.policy, CollectorRegistry())
@@ -101,10 +137,25 @@ def run(args: argparse.Namespace) -> int:
             return 2
     else:
         log.warning("no --policy: running OPEN (no identity, access control or provider key injection)")
-    if config.workers == 1:
-        _worker(config)
-        return 0
-    return _supervise(config)
+    if config.server == "grpcio":
+        if address.kind == "tls" or (address.kind == "unix" and config.workers > 1):
+            print("tollway serve: --server grpcio serves tcp:// and, with --workers 1, unix: only", file=sys.stderr)
+            return 2
+        listener = None
+    else:
+        try:
+            listener = listen.bind(address)
+        except listen.ListenError as exc:
+            print(f"tollway serve: {exc}", file=sys.stderr)
+            return 2
+    try:
+        if config.workers == 1:
+            _worker(config, listener.sock if listener else None)
+            return 0
+        return _supervise(config, listener.sock if listener else None)
+    finally:
+        if listener is not None:
+            listener.close()
 
 
 def open_ledger(redis_url: str | None) -> Ledger:
@@ -120,7 +171,7 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _worker(config: ServeConfig) -> None:
+def _worker(config: ServeConfig, sock: socket.socket | None) -> None:
     _configure_logging()
     try:
         import uvloop
@@ -128,10 +179,10 @@ def _worker(config: ServeConfig) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
         pass
-    asyncio.run(_serve(config))
+    asyncio.run(_serve(config, sock))
 
 
-async def _serve(config: ServeConfig) -> None:
+async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
     registry = CollectorRegistry()
     ledger = open_ledger(config.redis_url)
     records = RecordWriter(config.log_file, ledger=ledger)
@@ -157,17 +208,19 @@ async def _serve(config: ServeConfig) -> None:
 
     admin = AdminServer(registry, ready, config.log_file, ledger if config.redis_url else None)
     if config.admin_port:
-        await admin.start(config.host, config.admin_port)
-    address = f"{config.host}:{config.port}"
+        await admin.start(config.admin_host, config.admin_port)
+    address = config.listen
+    tls_watcher = None
     if config.server == "h2":
+        assert sock is not None
+        tls = listen.TLSContext(config.tls) if config.tls is not None else None
         server = h2.Server({
             PROCESS_PATH: lambda headers: ExtProcCall(service, (FILTER_METADATA, b"upstream") in headers),
             HEALTH_PATH: lambda _headers: HealthCall(lambda: not server.draining),
-        })
-        try:
-            await server.start(config.host, config.port)
-        except OSError as exc:
-            raise SystemExit(f"tollway serve: cannot listen on {address}: {exc}") from None
+        }, peer_check=(lambda transport: tls.peer_allowed(transport.get_extra_info("peercert"))) if tls else None)
+        await server.start(sock, tls.context if tls else None)
+        if tls is not None:
+            tls_watcher = loop.create_task(_watch_tls(tls, config.reload_interval))
         log.info("ext_proc listening on %s (pid %d, h2)", address, os.getpid())
         await stop.wait()
         draining = True
@@ -175,16 +228,36 @@ async def _serve(config: ServeConfig) -> None:
         await server.shutdown(config.grace)
     else:
         await _serve_grpcio(config, service, address, stop)
-    if watcher is not None:
-        watcher.cancel()
+    for task in (watcher, tls_watcher):
+        if task is not None:
+            task.cancel()
     await admin.close()
     await records.close()
 
 
+async def _watch_tls(tls: listen.TLSContext, interval: float) -> None:
+    """Pick up rotated certificate files (new handshakes use them; open connections keep theirs)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if tls.refresh():
+                log.info("TLS certificate files reloaded")
+        except listen.ListenError as exc:
+            log.error("TLS files unreadable, keeping the loaded ones: %s", exc)
+
+
 async def _serve_grpcio(config: ServeConfig, service: Service, address: str, stop: asyncio.Event) -> None:
+    parsed = listen.parse(address)
+    if parsed.kind == "unix":
+        listen.check_directory(os.path.dirname(parsed.path))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(parsed.path)
+        address = f"unix:{parsed.path}"
+    else:
+        address = f"{parsed.host}:{parsed.port}"
     server = grpc.aio.server(
         options=[
-            ("grpc.so_reuseport", 1),
+            ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ],
@@ -204,12 +277,13 @@ async def _serve_grpcio(config: ServeConfig, service: Service, address: str, sto
     await server.stop(config.grace)
 
 
-def _supervise(config: ServeConfig) -> int:
+def _supervise(config: ServeConfig, sock: socket.socket | None) -> int:
     ctx = multiprocessing.get_context("spawn")
     stopping = False
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
-        proc = ctx.Process(target=_worker, args=(config,), name=f"tollway-worker-{index}", daemon=False)
+        # The listening socket travels to the worker as a passed file descriptor (spawn's pass_fds).
+        proc = ctx.Process(target=_worker, args=(config, sock), name=f"tollway-worker-{index}", daemon=False)
         proc.start()
         return proc
 

@@ -29,9 +29,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import struct
 import time
 from collections.abc import Callable
+from ssl import SSLContext
 from typing import Protocol
 
 from hpack import Decoder
@@ -152,6 +154,12 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        check = self.server.peer_check
+        if check is not None and not check(transport):
+            log.warning("refused a connection: the client certificate has none of the accepted names")
+            self.closed = True
+            transport.close()
+            return
         self.server.connections.add(self)
         settings = struct.pack(">HIHIHI", 0x3, 1 << 20, 0x4, MAX_WINDOW, 0x5, OUR_MAX_FRAME)
         self.out.append(_frame(SETTINGS, 0, 0, settings))
@@ -445,18 +453,23 @@ class Connection(asyncio.Protocol):
 class Server:
     """Routes gRPC method paths to call factories; serves them on one listening socket."""
 
-    def __init__(self, routes: dict[str, CallFactory]) -> None:
+    def __init__(
+        self, routes: dict[str, CallFactory], peer_check: Callable[[asyncio.BaseTransport], bool] | None = None
+    ) -> None:
         self.routes = routes
+        self.peer_check = peer_check  # e.g. the client certificate's SAN on a mutual-TLS listener
         self.connections: set[Connection] = set()
         self.draining = False
         self._server: asyncio.base_events.Server | None = None
         self._drained = asyncio.Event()
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, sock: socket.socket, ssl: SSLContext | None = None) -> None:
+        """Serve on a listening socket (bound by :mod:`ext_proc.server.listen`, maybe shared by workers)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: Connection(self), host, port, reuse_port=True, backlog=1024
-        )
+        if sock.family == socket.AF_UNIX:
+            self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        else:
+            self._server = await loop.create_server(lambda: Connection(self), sock=sock, ssl=ssl)
 
     def check_drained(self) -> None:
         if self.draining and not any(c.streams for c in self.connections):

@@ -11,6 +11,7 @@ import yaml
 from ext_proc.stack import ENVOY_CONFIG, ROOT, envoy_binary, render_envoy
 
 SHIPPED = sorted((ROOT / "envoy").glob("*.yaml"))
+SOCK = "unix:/run/tollway/ext_proc.sock"
 
 
 def validate(path: Path) -> None:
@@ -26,7 +27,7 @@ def test_shipped_config_validates(path: Path) -> None:
 @pytest.mark.parametrize("ext_proc", [True, False], ids=["gateway", "plain"])
 def test_rendered_config_validates(tmp_path: Path, ext_proc: bool) -> None:
     config = render_envoy(yaml.safe_load(ENVOY_CONFIG.read_text()), listen_port=1, admin_port=2,
-                          ext_proc_port=3, mock_port=4, ext_proc=ext_proc)
+                          ext_proc_address=SOCK, mock_port=4, ext_proc=ext_proc)
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(config))
     validate(path)

@@ -91,11 +91,11 @@ def test_workers_share_the_port(tmp_path: Path) -> None:
 
 
 def test_tollway_up_serves_the_sdk_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("port", "admin", "ext", "mock", "service")}
+    ports = {name: free_port() for name in ("port", "admin", "mock", "service")}
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ext_proc.cli", "up", "--port", str(ports["port"]), "--admin-port", str(ports["admin"]),
-         "--ext-proc-port", str(ports["ext"]), "--mock-port", str(ports["mock"]),
+         "--mock-port", str(ports["mock"]),
          "--service-admin-port", str(ports["service"]), "--workdir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
     )

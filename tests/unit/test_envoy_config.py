@@ -18,6 +18,7 @@ from ext_proc.stack import ENVOY_CONFIG, ROOT, envoy_binary, render_envoy
 
 TEMPLATE: dict[str, Any] = yaml.safe_load(ENVOY_CONFIG.read_text())
 SHIPPED = {cluster["name"]: cluster for cluster in TEMPLATE["static_resources"]["clusters"]}
+SOCK = "unix:/run/tollway/ext_proc.sock"
 
 POLICY = """\
 apiVersion: tollway/v1
@@ -126,7 +127,7 @@ def test_a_chain_cluster_runs_the_upstream_filter_per_try() -> None:
 
 def test_a_mocked_chain_is_static_and_plain_text() -> None:
     policy = compile_policy(POLICY)
-    rendered = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_port=3, mock_port=4,
+    rendered = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, mock_port=4,
                             mocked=("openai", "anthropic", "azure-openai-eu", "local"), policy=policy)
     cluster = clusters(rendered)["openai+anthropic"]
     assert cluster["type"] == "STATIC"
@@ -137,7 +138,7 @@ def test_a_mocked_chain_is_static_and_plain_text() -> None:
         (endpoint,) = level["lb_endpoints"]
         assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 4}
     assert not any("+" in name for name in clusters(render_envoy(
-        config(), listen_port=1, admin_port=2, ext_proc_port=3, mock_port=4,
+        config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, mock_port=4,
         mocked=("openai", "anthropic", "azure-openai-eu", "local"), policy=policy, ext_proc=False)))
 
 
@@ -200,11 +201,11 @@ def test_tollway_envoy_renders_a_config_envoy_accepts(tmp_path: Path, capsys: py
 
 def test_rendered_stack_config_with_first_byte_timeouts_is_accepted(tmp_path: Path) -> None:
     policy = compile_policy(POLICY)
-    plain = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_port=3, mock_port=4,
+    plain = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, mock_port=4,
                          mocked=("openai", "anthropic", "azure-openai-eu", "local"), policy=policy)
     assert sorted(r["route"]["retry_policy"]["per_try_idle_timeout"] for r in labelled_routes(plain)) == [
         "300s", "30s"]
-    rendered = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_port=3, mock_port=4,
+    rendered = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, mock_port=4,
                             mocked=("openai", "anthropic", "azure-openai-eu", "local"), policy=policy,
                             first_byte_timeouts=("1s", "2s"))
     assert set(clusters(rendered)) >= CHAINS

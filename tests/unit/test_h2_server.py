@@ -21,7 +21,7 @@ from hpack import Decoder, Encoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ext_proc.server import h2
+from ext_proc.server import h2, listen
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.servicer import HEALTH_PATH, PROCESS_PATH, ExtProcCall, HealthCall, Service
 from tests.fakes import FakeTransport
@@ -38,12 +38,11 @@ class Running:
             PROCESS_PATH: lambda _headers: ExtProcCall(Service(self.records)),
             HEALTH_PATH: lambda _headers: HealthCall(lambda: not self.server.draining),
         })
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.listener = listen.bind(listen.Address("tcp", host="127.0.0.1", port=0))
+        self.port = self.listener.sock.getsockname()[1]
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.run(self.server.start("127.0.0.1", self.port))
+        self.run(self.server.start(self.listener.sock))
 
     def run(self, coro, timeout: float = 30):  # type: ignore[no-untyped-def]
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

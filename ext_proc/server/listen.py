@@ -1,0 +1,245 @@
+"""Where the ext_proc service listens, and the checks that keep every other process out.
+
+Theory of operation. Tollway's answers to Envoy carry the providers' API keys (the server adds
+them to the request headers it hands back), so whoever can open a stream to the service can
+read the keys, and whoever can take over its address receives Envoy's streams. The channel must
+therefore be reachable by Envoy and by nothing else:
+
+``unix:/run/tollway/ext_proc.sock`` (the default)
+    A Unix domain socket in a directory that only Envoy and Tollway share. Connecting needs
+    search permission on the directory and write permission on the socket, so the directory's
+    mode decides who gets in. At start Tollway creates the directory (mode 0750) when it is
+    missing and refuses to listen when it is a symlink, is not owned by Tollway's user, or lets
+    other users in (any "other" bit) or lets its group write (group members could swap the
+    socket). The socket itself is mode 0660: Envoy may be another user of the directory's group
+    (in a pod: the volume's ``fsGroup``). A socket file left behind by a dead server is
+    replaced; one a live server still answers on is an error, never shared. In a pod the
+    directory is a volume mounted into the Envoy and Tollway containers only.
+``tls://HOST:PORT`` with ``--tls-cert``, ``--tls-key`` and ``--tls-client-ca``
+    Mutual TLS over TCP, for Tollway run as a shared Deployment that many Envoys reach over the
+    network: a client must present a certificate signed by the client CA (optionally with one of
+    the ``--tls-client-san`` names), TLS 1.2 or newer, ALPN ``h2``. The certificate and key are
+    re-read when their files change (cert-manager rotation needs no restart).
+``tcp://HOST:PORT``
+    Plain TCP, only when asked for: any process that can reach the port can read provider keys.
+
+Every worker process serves the one listening socket the parent bound (inherited, never
+re-bound), and TCP sockets are bound without ``SO_REUSEPORT``: no other process, even of the
+same user, can bind the same address and receive a share of Envoy's connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import ssl
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("tollway.listen")
+
+DEFAULT = "unix:/run/tollway/ext_proc.sock"
+SOCKET_MODE = 0o660
+DIRECTORY_MODE = 0o750
+_UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
+
+
+class ListenError(Exception):
+    """The service cannot listen safely where it was asked to; the message is one line for a person."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed ``--listen`` value."""
+
+    kind: str  # "unix" | "tcp" | "tls"
+    path: str = ""  # unix
+    host: str = ""  # tcp, tls
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.kind}://{host}:{self.port}"
+
+
+def parse(text: str) -> Address:
+    """``unix:PATH``, ``tcp://HOST:PORT`` or ``tls://HOST:PORT``; :class:`ListenError` otherwise."""
+    text = text.strip()
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if path.startswith("//"):
+            path = path[2:]
+        if path.startswith("@") or "\0" in path:
+            raise ListenError("abstract Unix sockets have no permissions: give a path in a private directory")
+        if not path.startswith("/"):
+            path = os.path.abspath(path)
+        if len(path.encode()) > _UNIX_PATH_MAX:
+            raise ListenError(f"the socket path is {len(path.encode())} bytes, more than a Unix socket allows "
+                              f"({_UNIX_PATH_MAX}): choose a shorter directory")
+        return Address("unix", path=path)
+    for kind in ("tcp", "tls"):
+        if text.startswith(kind + "://"):
+            rest = text[len(kind) + 3:]
+            host, sep, port = rest.rpartition(":")
+            host = host.strip("[]")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise ListenError(f"expected {kind}://HOST:PORT, got {text!r}")
+            return Address(kind, host=host, port=int(port))
+    raise ListenError(f"expected unix:PATH, tcp://HOST:PORT or tls://HOST:PORT, got {text!r}")
+
+
+def check_directory(directory: str) -> None:
+    """Create the socket's directory if missing (mode 0750); refuse one other users can reach."""
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        try:
+            os.makedirs(os.path.dirname(directory) or "/", exist_ok=True)
+            os.mkdir(directory, DIRECTORY_MODE)
+            os.chmod(directory, DIRECTORY_MODE)  # mkdir's mode is masked by the umask
+        except OSError as exc:
+            raise ListenError(f"cannot create the socket directory {directory}: {exc.strerror}") from None
+        info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode):
+        raise ListenError(f"the socket directory {directory} is a symlink: give its real path")
+    if not stat.S_ISDIR(info.st_mode):
+        raise ListenError(f"{directory} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise ListenError(f"the socket directory {directory} belongs to uid {info.st_uid}, not to Tollway's "
+                          f"user (uid {os.geteuid()}): another user could replace the socket")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o027:
+        raise ListenError(f"the socket directory {directory} has mode {mode:04o}: other users (or group "
+                          f"members, by writing) could reach the provider keys; chmod 0750 or 0700")
+
+
+def _live(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Listener:
+    """A bound, listening socket and what is needed to remove it again."""
+
+    address: Address
+    sock: socket.socket
+    inode: int = 0  # of the Unix socket file we created, so we never remove another server's
+
+    def close(self) -> None:
+        """Close the socket and remove the Unix socket file if it is still the one we made."""
+        self.sock.close()
+        if self.address.kind == "unix":
+            with contextlib.suppress(OSError):
+                if os.lstat(self.address.path).st_ino == self.inode:
+                    os.unlink(self.address.path)
+
+
+def bind(address: Address, backlog: int = 1024) -> Listener:
+    """A listening, non-blocking socket for ``address``, after the checks above."""
+    inode = 0
+    if address.kind == "unix":
+        path = address.path
+        check_directory(os.path.dirname(path))
+        with contextlib.suppress(FileNotFoundError):
+            info = os.lstat(path)
+            if not stat.S_ISSOCK(info.st_mode):
+                raise ListenError(f"{path} exists and is not a socket")
+            if _live(path):
+                raise ListenError(f"{path} is in use: another Tollway is listening on it")
+            os.unlink(path)  # left behind by a server that died
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, SOCKET_MODE)
+            inode = os.lstat(path).st_ino
+            sock.listen(backlog)
+        except OSError as exc:
+            sock.close()
+            raise ListenError(f"cannot listen on {path}: {exc.strerror}") from None
+    else:
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # SO_REUSEADDR only lets us rebind over TIME_WAIT; it never lets another socket share a
+            # listening address on Linux (that is SO_REUSEPORT, deliberately not set).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((address.host, address.port))
+            sock.listen(backlog)
+        except OSError as exc:
+            sock.close()
+            reason = "the port is taken" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ListenError(f"cannot listen on {address}: {reason}") from None
+    sock.setblocking(False)
+    return Listener(address, sock, inode)
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """The server certificate, its key and the CA that signs Envoy's client certificates."""
+
+    cert: str
+    key: str
+    client_ca: str
+    client_sans: tuple[str, ...] = ()  # accepted SANs of the client certificate (any when empty)
+
+
+class TLSContext:
+    """A server ``SSLContext`` requiring client certificates, re-read when its files change."""
+
+    def __init__(self, files: TLSFiles) -> None:
+        self.files = files
+        self._signature: tuple[tuple[int, int], ...] = ()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.context.set_alpn_protocols(["h2"])
+        self.refresh()
+
+    def _stat(self) -> tuple[tuple[int, int], ...]:
+        out = []
+        for path in (self.files.cert, self.files.key, self.files.client_ca):
+            try:
+                info = os.stat(path)
+            except OSError as exc:
+                raise ListenError(f"cannot read {path}: {exc.strerror}") from None
+            out.append((info.st_mtime_ns, info.st_ino))
+        return tuple(out)
+
+    def refresh(self) -> bool:
+        """Load the files if they changed; True when new ones were loaded. A bad new set keeps the old."""
+        signature = self._stat()
+        if signature == self._signature:
+            return False
+        try:
+            self.context.load_cert_chain(self.files.cert, self.files.key)
+            self.context.load_verify_locations(cafile=self.files.client_ca)
+        except (ssl.SSLError, OSError) as exc:
+            if not self._signature:
+                raise ListenError(f"cannot load the TLS certificate, key or client CA: {exc}") from None
+            log.error("new TLS files rejected, keeping the previous ones: %s", exc)
+            self._signature = signature
+            return False
+        self._signature = signature
+        return True
+
+    def peer_allowed(self, peer: Any) -> bool:
+        """Whether a verified client certificate (``getpeercert()``) carries an accepted SAN (any, when none
+        are set)."""
+        if not self.files.client_sans:
+            return True
+        if not isinstance(peer, dict):
+            return False
+        names = {value for kind, value in peer.get("subjectAltName", ()) if kind in ("DNS", "URI")}
+        return bool(names & set(self.files.client_sans))

@@ -1,0 +1,212 @@
+"""The ext_proc channel carries provider keys: only Envoy may reach it.
+
+Reproduces the attack that found the hole (a keyless grpcio client on the same host asking the
+service for a request's headers gets the provider key back), then shows who can no longer make
+it: another user cannot connect to the Unix socket or replace it, no other process can bind the
+service's address, and on a mutual-TLS listener only a client certificate from the right CA with
+an accepted name gets a stream.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import openai
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ext_proc.envoy_config import ClientTLS
+from ext_proc.server import listen
+from ext_proc.stack import Stack, free_port
+from tests.certs import CA
+from tests.unix_users import as_other_user, needs_root, open_directory
+
+pytestmark = pytest.mark.e2e
+
+PROVIDER_KEY = "sk-channel-test-secret-0001"
+POLICY = """
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: CHANNEL_OPENAI_KEY}}
+models:
+  gpt-4o-mini: {provider: openai}
+teams:
+  platform: {workloads: [local-dev], models: ["*"]}
+"""
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _stack(work: Path, **options: object) -> Stack:
+    work.mkdir(parents=True, exist_ok=True)
+    policy = work / "policy.yaml"
+    policy.write_text(POLICY)
+    return Stack(work / "stack", policy=policy, workload="local-dev", service_env={"CHANNEL_OPENAI_KEY": PROVIDER_KEY},
+                 mocked=frozenset({"openai"}), mock_args=("--api-key", PROVIDER_KEY), **options)  # type: ignore[arg-type]
+
+
+def _ask_for_headers(channel: grpc.Channel) -> str:
+    """What the issue's attacker did: request headers and body for gpt-4o-mini; the headers set."""
+    def messages() -> Iterator[pb.ProcessingRequest]:
+        headers = [(":method", "POST"), (":path", "/v1/chat/completions"), ("content-type", "application/json")]
+        yield pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(
+            headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers])))
+        yield pb.ProcessingRequest(request_body=pb.HttpBody(
+            body=b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}', end_of_stream=True))
+
+    answers = list(pb_grpc.ExternalProcessorStub(channel).Process(messages(), timeout=5))
+    mutation = answers[-1].request_body.response.header_mutation
+    return " ".join(f"{h.header.key}: {h.header.raw_value.decode()}" for h in mutation.set_headers)
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with _stack(tmp_path_factory.mktemp("channel"), workers=2) as stack:
+        yield stack
+
+
+def test_the_default_channel_is_a_unix_socket_in_a_private_directory(sidecar: Stack) -> None:
+    address = listen.parse(sidecar.ext_proc)
+    assert address.kind == "unix"
+    directory = os.lstat(os.path.dirname(address.path))
+    assert directory.st_uid == os.geteuid() and directory.st_mode & 0o027 == 0
+    client = openai.OpenAI(base_url=sidecar.base_url + "/v1", api_key="x", max_retries=0)
+    assert client.chat.completions.create(**BODY).choices[0].message.content  # Envoy reaches it
+    # The service opens no TCP listener but its loopback admin port.
+    assert _tcp_listeners(sidecar.procs["tollway"].pid) == {sidecar.service_admin_port}
+
+
+def test_the_socket_is_what_protects_the_keys(sidecar: Stack) -> None:
+    """Whoever can connect gets the key (that is the channel's job); the socket lets only Envoy's user in."""
+    path = listen.parse(sidecar.ext_proc).path
+    with grpc.insecure_channel(f"unix:{path}") as channel:
+        assert f"authorization: Bearer {PROVIDER_KEY}" in _ask_for_headers(channel)
+
+
+@needs_root
+def test_another_user_cannot_reach_or_replace_the_socket(tmp_path: Path) -> None:
+    with open_directory() as parent, _stack(tmp_path, ext_proc_address=f"unix:{parent}/run/ext_proc.sock") as stack:
+        _attack(stack)
+
+
+def _attack(stack: Stack) -> None:
+    path = listen.parse(stack.ext_proc).path
+    assert os.stat(os.path.dirname(os.path.dirname(path))).st_mode & 0o005 == 0o005  # the way there is open
+
+    def attack() -> dict[str, int]:
+        outcome: dict[str, int] = {}
+        for name, step in (("connect", lambda s: s.connect(path)),
+                           ("bind", lambda s: s.bind(os.path.join(os.path.dirname(path), "x.sock")))):
+            with socket.socket(socket.AF_UNIX) as sock:
+                try:
+                    step(sock)
+                    outcome[name] = 0
+                except OSError as exc:
+                    outcome[name] = exc.errno or -1
+        try:
+            os.rename(path, path + ".old")
+            outcome["rename"] = 0
+        except OSError as exc:
+            outcome["rename"] = exc.errno or -1
+        return outcome
+
+    assert as_other_user(attack) == {"connect": errno.EACCES, "bind": errno.EACCES, "rename": errno.EACCES}
+    client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="x", max_retries=0)
+    assert client.chat.completions.create(**BODY).choices[0].message.content
+
+
+def test_a_second_service_cannot_take_over_the_socket(sidecar: Stack) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "ext_proc.cli", "serve", "--listen", sidecar.ext_proc, "--admin-port", "0"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert second.returncode == 2
+    assert "is in use: another Tollway is listening on it" in second.stderr
+    assert "Traceback" not in second.stderr
+    client = openai.OpenAI(base_url=sidecar.base_url + "/v1", api_key="x", max_retries=0)
+    assert client.chat.completions.create(**BODY).choices[0].message.content  # still served
+
+
+def test_plain_tcp_is_only_used_when_asked_and_says_so(tmp_path: Path) -> None:
+    port = free_port()
+    with _stack(tmp_path, ext_proc_address=f"tcp://127.0.0.1:{port}") as stack:
+        client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="x", max_retries=0)
+        assert client.chat.completions.create(**BODY).choices[0].message.content
+        with socket.socket() as thief:  # SO_REUSEPORT would have let it share the port
+            thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            with pytest.raises(OSError) as info:
+                thief.bind(("127.0.0.1", port))
+            assert info.value.errno == errno.EADDRINUSE
+    assert "any process that can reach it can read provider keys" in (stack.workdir / "tollway.log").read_text()
+
+
+def test_mutual_tls_lets_only_envoys_certificate_in(tmp_path: Path) -> None:
+    ca, rogue_ca = CA(tmp_path, "mesh"), CA(tmp_path, "rogue")
+    server = ca.issue("tollway", dns=("tollway.tollway-system.svc",), server=True)
+    envoy = ca.issue("envoy", uris=("spiffe://cluster.local/ns/app/sa/envoy",), server=False)
+    intruder = ca.issue("intruder", uris=("spiffe://cluster.local/ns/app/sa/intruder",), server=False)
+    rogue = rogue_ca.issue("envoy", uris=("spiffe://cluster.local/ns/app/sa/envoy",), server=False)
+    port = free_port()
+    serve_args = ("--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-client-ca", str(ca.cert),
+                  "--tls-client-san", "spiffe://cluster.local/ns/app/sa/envoy")
+    tls = ClientTLS(str(envoy.cert), str(envoy.key), str(ca.cert), "tollway.tollway-system.svc")
+    with _stack(tmp_path / "tls", ext_proc_address=f"tls://127.0.0.1:{port}", ext_proc_tls=tls,
+                serve_args=serve_args, workers=2) as stack:
+        client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="x", max_retries=0)
+        for stream in (False, True):
+            answer = client.chat.completions.create(**BODY, stream=stream)
+            assert list(answer) if stream else answer.choices[0].message.content  # type: ignore[arg-type]
+
+        def health(cert: Path | None, key: Path | None) -> bool:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=ca.cert.read_bytes(),
+                private_key=key.read_bytes() if key else None,
+                certificate_chain=cert.read_bytes() if cert else None,
+            )
+            options = [("grpc.ssl_target_name_override", "tollway.tollway-system.svc")]
+            with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options) as channel:
+                try:
+                    answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+                except grpc.RpcError:
+                    return False
+                return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+        assert health(envoy.cert, envoy.key)  # the positive control: Envoy's certificate gets in
+        assert not health(None, None)  # no certificate
+        assert not health(rogue.cert, rogue.key)  # signed by another CA
+        assert not health(intruder.cert, intruder.key)  # the right CA, a name that is not Envoy's
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as plain, pytest.raises(grpc.RpcError):  # no TLS at all
+            _ask_for_headers(plain)
+        log = (stack.workdir / "tollway.log").read_text()
+        assert "none of the accepted names" in log and PROVIDER_KEY not in log
+
+
+def _tcp_listeners(root_pid: int) -> set[int]:
+    """Ports of TCP sockets in LISTEN state held by ``root_pid`` and its children."""
+    pids = [root_pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(root_pid)], capture_output=True,
+                                                          text=True).stdout.split()]
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports

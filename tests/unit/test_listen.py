@@ -1,0 +1,144 @@
+"""Where the ext_proc service listens: addresses, the socket directory's checks, no shared ports."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from ext_proc.server import listen
+from tests.unix_users import as_other_user, needs_root, open_directory
+
+
+def test_addresses_parse_and_print_back() -> None:
+    assert listen.parse("unix:/run/tollway/ext_proc.sock") == listen.Address("unix", path="/run/tollway/ext_proc.sock")
+    assert listen.parse("unix:///run/t.sock").path == "/run/t.sock"
+    assert listen.parse("tcp://127.0.0.1:50051") == listen.Address("tcp", host="127.0.0.1", port=50051)
+    assert listen.parse("tls://[::1]:8443") == listen.Address("tls", host="::1", port=8443)
+    for text in ("unix:/a.sock", "tcp://127.0.0.1:1", "tls://[::1]:8443"):
+        assert str(listen.parse(text)) == text
+    assert listen.parse("unix:rel/x.sock").path == os.path.abspath("rel/x.sock")
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:50051", "tcp://127.0.0.1", "tcp://:80", "tls://h:99999", "unix:@abstract",
+                                  "http://x:1", "unix:/" + "d" * 120 + "/x.sock"])
+def test_bad_addresses_are_one_clear_line(text: str) -> None:
+    with pytest.raises(listen.ListenError) as info:
+        listen.parse(text)
+    assert "\n" not in str(info.value)
+
+
+def test_the_socket_directory_is_created_private_and_the_socket_group_only(tmp_path: Path) -> None:
+    listener = listen.bind(listen.parse(f"unix:{tmp_path}/run/ext_proc.sock"))
+    try:
+        directory = os.lstat(tmp_path / "run")
+        assert stat.S_IMODE(directory.st_mode) == 0o750 and directory.st_uid == os.geteuid()
+        assert stat.S_IMODE(os.lstat(tmp_path / "run" / "ext_proc.sock").st_mode) == 0o660
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(tmp_path / "run" / "ext_proc.sock"))
+    finally:
+        listener.close()
+    assert not (tmp_path / "run" / "ext_proc.sock").exists()  # removed when the server closes
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o755, 0o705, 0o770, 0o701])
+def test_a_directory_other_users_can_reach_is_refused(tmp_path: Path, mode: int) -> None:
+    directory = tmp_path / "run"
+    directory.mkdir()
+    directory.chmod(mode)
+    with pytest.raises(listen.ListenError, match="mode"):
+        listen.bind(listen.parse(f"unix:{directory}/ext_proc.sock"))
+    assert not (directory / "ext_proc.sock").exists()
+
+
+def test_a_symlinked_directory_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(listen.ListenError, match="symlink"):
+        listen.bind(listen.parse(f"unix:{tmp_path}/link/ext_proc.sock"))
+
+
+@needs_root
+def test_a_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "run"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 65534, 65534)
+    with pytest.raises(listen.ListenError, match="belongs to uid 65534"):
+        listen.bind(listen.parse(f"unix:{directory}/ext_proc.sock"))
+
+
+def test_a_live_socket_is_never_shared_and_a_stale_one_is_replaced(tmp_path: Path) -> None:
+    address = listen.parse(f"unix:{tmp_path}/run/ext_proc.sock")
+    first = listen.bind(address)
+    try:
+        with pytest.raises(listen.ListenError, match="in use"):
+            listen.bind(address)
+    finally:
+        first.sock.close()  # dies without removing its file
+    assert (tmp_path / "run" / "ext_proc.sock").exists()
+    second = listen.bind(address)  # the stale file is replaced
+    second.close()
+    (tmp_path / "run" / "ext_proc.sock").write_text("not a socket")
+    with pytest.raises(listen.ListenError, match="not a socket"):
+        listen.bind(address)
+
+
+def test_a_tcp_listener_cannot_be_joined_by_another_socket() -> None:
+    listener = listen.bind(listen.parse("tcp://127.0.0.1:0"))
+    port = listener.sock.getsockname()[1]
+    try:
+        assert listener.sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
+        with socket.socket() as thief:
+            thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            with pytest.raises(OSError) as info:
+                thief.bind(("127.0.0.1", port))
+            assert info.value.errno == errno.EADDRINUSE
+        with pytest.raises(listen.ListenError, match="port is taken"):
+            listen.bind(listen.parse(f"tcp://127.0.0.1:{port}"))
+    finally:
+        listener.close()
+
+
+@needs_root
+def test_another_user_can_neither_connect_nor_replace_the_socket() -> None:
+    with open_directory() as parent:  # the way to the directory is open: only its own mode keeps others out
+        _attack_the_socket(parent / "run" / "ext_proc.sock")
+
+
+def _attack_the_socket(path: Path) -> None:
+    listener = listen.bind(listen.parse(f"unix:{path}"))
+    try:
+        def attack() -> dict[str, int]:
+            outcome = {}
+            with socket.socket(socket.AF_UNIX) as client:
+                try:
+                    client.connect(str(path))
+                    outcome["connect"] = 0
+                except OSError as exc:
+                    outcome["connect"] = exc.errno or -1
+            with socket.socket(socket.AF_UNIX) as rogue:
+                try:
+                    rogue.bind(str(path.parent / "rogue.sock"))
+                    outcome["bind"] = 0
+                except OSError as exc:
+                    outcome["bind"] = exc.errno or -1
+            try:
+                os.unlink(path)
+                outcome["unlink"] = 0
+            except OSError as exc:
+                outcome["unlink"] = exc.errno or -1
+            return outcome
+
+        assert as_other_user(attack) == {"connect": errno.EACCES, "bind": errno.EACCES, "unlink": errno.EACCES}
+        assert path.exists()
+        # The control: with the directory opened up, the same attack connects and replaces the socket.
+        path.parent.chmod(0o777)
+        path.chmod(0o666)
+        assert as_other_user(attack) == {"connect": 0, "bind": 0, "unlink": 0}
+    finally:
+        listener.close()

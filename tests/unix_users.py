@@ -1,0 +1,56 @@
+"""Run a function as another Unix user (``nobody``), to test what other local processes can reach."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+NOBODY = 65534
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="switching to another user needs root (CI runs as root)"
+)
+
+
+def as_other_user(fn: Callable[[], Any], uid: int = NOBODY) -> Any:
+    """Fork, drop to ``uid`` (and its group, no supplementary groups), run ``fn``; its JSON result."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            result = json.dumps(fn()).encode()
+        except BaseException as exc:  # report anything, never run the parent's code
+            result, code = json.dumps({"error": repr(exc)}).encode(), 1
+        os.write(write, result)
+        os._exit(code)
+    os.close(write)
+    chunks = []
+    while chunk := os.read(read, 65536):
+        chunks.append(chunk)
+    os.close(read)
+    os.waitpid(pid, 0)
+    return json.loads(b"".join(chunks))
+
+
+@contextmanager
+def open_directory() -> Iterator[Path]:
+    """A fresh directory every user can reach (pytest's own temp tree is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="tollway-open-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
