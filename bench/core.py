@@ -1,0 +1,135 @@
+"""``make bench-core``: CPU per request of Tollway's core alone, in process, no I/O.
+
+For each case the same serialized ext_proc messages Envoy sends (request headers with the demo
+key, the request body, the response headers, the response body: whole, or as SSE chunks) go
+through :class:`ext_proc.server.servicer.ExtProcCall` — decode, the session, encode — with the
+example policy and the real accountant (tokenizer, price table), and the records it emits are
+collected in memory. Reported: microseconds of process CPU per request (median of repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from envoy.config.core.v3 import base_pb2  # noqa: E402
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb  # noqa: E402
+
+from ext_proc.mock import responses  # noqa: E402
+from ext_proc.server.accounting import warm_up  # noqa: E402
+from ext_proc.server.reload import PolicyHolder  # noqa: E402
+from ext_proc.server.servicer import ExtProcCall, Service  # noqa: E402
+
+POLICY = ROOT / "policies" / "example.yaml"
+DEMO_KEY = "tw-local-demo-key-not-secret"
+MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "Say hello to the benchmark in one short sentence."}]
+
+
+class Records:
+    """Stands in for the RecordWriter: keeps the records."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def emit(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+
+def _headers(pairs: list[tuple[str, str]]) -> pb.HttpHeaders:
+    return pb.HttpHeaders(headers=base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]))
+
+
+def _attributes(values: dict[str, str]) -> dict[str, Any]:
+    from google.protobuf import struct_pb2
+
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return {"envoy.filters.http.ext_proc": struct}
+
+
+def messages(case: str) -> list[bytes]:
+    """The serialized ProcessingRequests of one request of ``case``."""
+    model = {"chat": "gpt-4o-mini", "chat-stream": "gpt-4o-mini", "translated": "claude-haiku",
+             "translated-stream": "claude-haiku", "alias": "chat"}[case]
+    stream = case.endswith("-stream")
+    body = json.dumps({"model": model, "messages": MESSAGES, "stream": stream}).encode()
+    out = [
+        pb.ProcessingRequest(request_headers=_headers([
+            (":method", "POST"), (":path", "/v1/chat/completions"), (":authority", "127.0.0.1:10000"),
+            ("content-type", "application/json"), ("authorization", f"Bearer {DEMO_KEY}"),
+            ("x-request-id", "0f0e0d0c-0b0a-0908-0706-050403020100"), ("content-length", str(len(body)))])),
+        pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)),
+    ]
+    anthropic = case.startswith("translated")
+    upstream_model = "claude-3-5-haiku-20241022" if anthropic else "gpt-4o-mini"
+    attributes = {"upstream.request_attempt_count": 1}
+    if case == "alias":
+        attributes["xds.upstream_host_metadata"] = ('filter_metadata { key: "tollway" value { fields { key: "slot" '
+                                                    'value { string_value: "0" } } } }')
+    content_type = "text/event-stream" if stream else "application/json"
+    out.append(pb.ProcessingRequest(response_headers=_headers([(":status", "200"), ("content-type", content_type)]),
+                                    attributes=_attributes(attributes)))
+    gen = responses.generate({"model": upstream_model}, id="bench0001", created=1_700_000_000, chunks=8,
+                             prompt_tokens=24)
+    if stream:
+        chunks = responses.anthropic_message_events(gen) if anthropic else responses.openai_chat_events(gen, True)
+        for chunk in chunks:
+            out.append(pb.ProcessingRequest(response_body=pb.HttpBody(body=chunk, end_of_stream=False)))
+        out.append(pb.ProcessingRequest(response_body=pb.HttpBody(body=b"", end_of_stream=True)))
+    else:
+        answer = responses.anthropic_message_json(gen) if anthropic else responses.openai_chat_json(gen)
+        out.append(pb.ProcessingRequest(response_body=pb.HttpBody(body=answer, end_of_stream=True)))
+    return [m.SerializeToString() for m in out]
+
+
+def run(service: Service, case: str, n: int) -> float:
+    data = messages(case)
+    for _ in range(50):  # warm-up: caches, first-use paths
+        call = ExtProcCall(service)
+        for message in data:
+            call.message(message)
+        call.end()
+    started = time.process_time()
+    for _ in range(n):
+        call = ExtProcCall(service)
+        for message in data:
+            call.message(message)
+        call.end()
+    return (time.process_time() - started) / n * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=2000, help="requests per repeat (default 2000)")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats; the median is reported (default 5)")
+    parser.add_argument("--cases", default="chat,chat-stream,alias,translated,translated-stream")
+    args = parser.parse_args()
+    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        os.environ.setdefault(variable, "sk-bench-not-a-key")
+    holder = PolicyHolder(str(POLICY))
+    assert holder.load()
+    records = Records()
+    service = Service(records, holder, "local-dev", accountant=warm_up())  # type: ignore[arg-type]
+    print(f"{'case':20} {'µs/request':>10}   (median of {args.repeats} x {args.n}; min..max)")
+    for case in args.cases.split(","):
+        samples = [run(service, case, args.n) for _ in range(args.repeats)]
+        record = records.records[-1]
+        assert record["outcome"] == "ok" and record["output_tokens"] and record["cost_usd_micros"] is not None, record
+        print(f"{case:20} {statistics.median(samples):10.1f}   ({min(samples):.1f}..{max(samples):.1f})")
+        records.records.clear()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
