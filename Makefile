@@ -38,9 +38,10 @@ bench: $(STAMP) ## measure plain Envoy vs the gateway: req/s, p50/p99, added lat
 bench-core: $(STAMP) ## CPU µs per request of the core alone (decode, session, encode), in process
 	$(PY) bench/core.py $(BENCH_ARGS)
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff, mypy and the import-layer contracts (pyproject.toml)
 	$(VENV)/bin/ruff check ext_proc tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 clean: ## remove the virtualenv and run state
 	rm -rf $(VENV) .tollway .pytest_cache .mypy_cache .ruff_cache

@@ -1,11 +1,16 @@
-"""Actions: the session's one answer to each event, and the effects that ride along.
+"""Actions: the session's one answer to each event, its questions, and the effects that ride along.
 
 An action is turned into exactly one ext_proc ``ProcessingResponse`` by the server's codec.
-Effects are carried out by the server after it answered Envoy, off the request's path.
+An :class:`Ask` is not an answer to Envoy: it is a question for shared state (a budget, a rate
+limit) that the server runs off the protocol callback; the session continues when the server
+feeds the reply back as an :class:`~ext_proc.core.events.Answered` event, and only then is
+Envoy's message answered. Effects are carried out by the server after it answered Envoy, off
+the request's path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +53,16 @@ class Respond:
 Action = Continue | Respond
 
 CONTINUE = Continue()
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """Ask shared state ``query`` (a plain object the server knows how to run, e.g. a
+    :mod:`ext_proc.state.queries` dataclass); the step that asked resumes with the answer
+    (``then`` is the session's, never the server's business)."""
+
+    query: object
+    then: Callable[[Any], Ask | None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,29 +30,29 @@ from typing import Any
 import orjson
 
 from ext_proc.core import upstream
-from ext_proc.core.actions import CONTINUE, Action, Continue, Effect, Respond
-from ext_proc.core.errors import ClientError
+from ext_proc.core.actions import CONTINUE, Action, Ask, Continue, Effect, Respond
 from ext_proc.core.events import Event, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
-from ext_proc.llm import apis
-from ext_proc.policy import decide
+from ext_proc.llm import apis, providers
+from ext_proc.llm.errors import ClientError
 from ext_proc.policy.compiled import CompiledPolicy, Target
 
 
 class Attempt:
     """One try of a chained request; see the module docstring."""
 
-    __slots__ = ("_api", "_attributes", "_path", "_policy", "_target", "effects", "request_id")
+    __slots__ = ("_api", "_attributes", "_host", "_path", "_policy", "_target", "effects", "request_id")
 
     def __init__(self, policy: CompiledPolicy | None) -> None:
         self._policy = policy
-        self._api: apis.ClientAPI | None = None
+        self._api: apis.WireAPI | None = None
         self._path = ""
         self._target: Target | None = None
         self._attributes: Mapping[str, str] = {}
+        self._host: str | None = None  # the Host the picked endpoint was rendered with
         self.effects: list[Effect] = []  # an attempt records nothing: the router-level session does
         self.request_id: str | None = None
 
-    def handle(self, event: Event) -> Action | None:
+    def handle(self, event: Event) -> Action | Ask | None:
         if isinstance(event, RequestHeaders):
             return self._headers(event)
         if isinstance(event, RequestBody):
@@ -69,7 +69,8 @@ class Attempt:
         self._path = attributes.get("tollway." + upstream.CLIENT_PATH) or headers.get(":path", "")
         self._api = apis.match(self._path)
         chain = upstream.decode_chain(attributes.get("tollway." + upstream.TARGETS, ""))
-        position = upstream.slot(event.attributes)
+        position = event.upstream.slot
+        self._host = event.upstream.host
         if self._api is None or position is None or position >= len(chain) or self._policy is None:
             return self._fail(ClientError(500, "chain_mismatch", "Tollway could not match this try to its route."))
         provider_name, model = chain[position]
@@ -99,12 +100,12 @@ class Attempt:
         body = orjson.dumps(prepared)
         provider = target.provider
         sets = [(":path", path or self._path), ("content-length", str(len(body)))]
-        host = upstream.host(provider, self._attributes)
+        host = upstream.host(provider, self._host)
         if host:
             sets.append((":authority", host))
         # Every provider key header an earlier try may have set goes; the server adds this
         # provider's own while encoding (and never removes what it sets).
-        removes = (*decide.CREDENTIAL_HEADERS, "anthropic-version")
+        removes = providers.KEY_HEADERS
         return Continue(
             set_headers=tuple(sets),
             remove_headers=removes,
@@ -113,12 +114,9 @@ class Attempt:
         )
 
     def _fail(self, error: ClientError) -> Respond:
-        kind = self._target.provider.kind if self._target else None
-        if kind is not None:
-            style = "anthropic" if kind == "anthropic" else "openai"
-        else:
-            style = self._api.style if self._api else "openai"
-        return Respond(error.status, error.body(style))
+        api = self._api or apis.CHAT_COMPLETIONS
+        answer_in = upstream.served(self._target, api) if self._target is not None else api
+        return Respond(error.status, answer_in.error_body(error))
 
 
 def _planned(policy: CompiledPolicy, attributes: Mapping[str, str], provider: str, model: str) -> Target | None:

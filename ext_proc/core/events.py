@@ -1,7 +1,10 @@
-"""Events: what Envoy tells a request's session, as plain data.
+"""Events: what Envoy tells a request's session, and the answers to its questions, as plain data.
 
 Header names are lower-case; pseudo-headers (``:method``, ``:path``, ``:status``) are included.
 ``at`` is a monotonic timestamp in nanoseconds, taken by the server when the message arrived.
+``attributes`` are Envoy attributes and Tollway's own dynamic metadata (``tollway.<key>``) as
+strings; what Envoy tells about the upstream endpoint it picked arrives decoded, as
+:class:`Upstream` (the codec reads Envoy's rendering of it, the core never does).
 """
 
 from __future__ import annotations
@@ -11,13 +14,30 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
+class Upstream:
+    """The endpoint Envoy picked for a try: its position in a fallback chain (``tollway.slot``
+    metadata) and the Host it was rendered with; and, with the answer, how many tries it took."""
+
+    slot: int | None = None
+    host: str | None = None
+    attempts: int | None = None
+
+
+NO_UPSTREAM = Upstream()
+
+
+@dataclass(frozen=True, slots=True)
 class RequestHeaders:
-    """The client's request head, and Envoy attributes of the connection (e.g. the peer's SPIFFE ID)."""
+    """The client's request head, and Envoy attributes of the connection (e.g. the peer's SPIFFE ID).
+
+    For a try of a fallback chain (the per-attempt filter), ``upstream`` is the endpoint picked.
+    """
 
     headers: Mapping[str, str]
     end_of_stream: bool
     at: int
     attributes: Mapping[str, str] = field(default_factory=dict)
+    upstream: Upstream = NO_UPSTREAM
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,14 +53,14 @@ class RequestBody:
 class ResponseHeaders:
     """The response head: from the provider, or a local reply made by Envoy.
 
-    ``attributes``: which endpoint answered and after how many attempts (see
+    ``upstream``: which endpoint answered and after how many tries (see
     :mod:`ext_proc.core.upstream`).
     """
 
     headers: Mapping[str, str]
     end_of_stream: bool
     at: int
-    attributes: Mapping[str, str] = field(default_factory=dict)
+    upstream: Upstream = NO_UPSTREAM
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,4 +79,13 @@ class StreamClosed:
     at: int
 
 
-Event = RequestHeaders | RequestBody | ResponseHeaders | ResponseBody | StreamClosed
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The answer to the session's last :class:`~ext_proc.core.actions.Ask` (a value, or the
+    :class:`Exception` the question failed with), delivered by the server when it arrives."""
+
+    value: object
+    at: int
+
+
+Event = RequestHeaders | RequestBody | ResponseHeaders | ResponseBody | StreamClosed | Answered

@@ -3,7 +3,9 @@
 The session asks an :class:`Accountant` (injected by the server: the tokenizer and the price
 table live outside the pure core, since loading them reads files) for three things: the token
 count of a request before it is sent, the token count of text a stream delivered before it was
-cut, and the cost of the usage in integer micro-dollars with the price version.
+cut, and the cost of the usage in integer micro-dollars with the price version. What the
+provider reported comes from the served API's :class:`~ext_proc.llm.apis.Reader`, which the
+response's meter stage feeds.
 
 Rules. Provider-reported usage always wins. When a stream ends without usage (cut by the
 provider, or the client left), input tokens come from the pre-send estimate and output tokens
@@ -15,12 +17,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import orjson
-
+from ext_proc.llm.apis import Reader
 from ext_proc.llm.prices import Price
 from ext_proc.llm.usage import TokenEstimate, Usage
-
-MAX_STREAM_TEXT = 4 * 1024 * 1024  # bytes of stream events kept for estimating a cut stream
 
 
 class Accountant(Protocol):
@@ -36,15 +35,19 @@ class Accountant(Protocol):
 
 
 class Meter:
-    """Per-request metering state, filled by the session as events arrive."""
+    """Per-request metering state: the estimate before sending, the reader of the answer."""
 
-    __slots__ = ("_kept", "accountant", "estimate", "stream_events")
+    __slots__ = ("accountant", "estimate", "reader")
 
     def __init__(self, accountant: Accountant | None) -> None:
         self.accountant = accountant
         self.estimate: TokenEstimate | None = None
-        self.stream_events: list[bytes] = []  # data of content events, for cut streams only
-        self._kept = 0
+        self.reader: Reader | None = None  # the served API's reader, once the answer starts
+
+    @property
+    def usage(self) -> Usage:
+        """What the provider reported so far (every field ``None`` before the answer)."""
+        return self.reader.usage if self.reader is not None else _NOTHING
 
     def before_send(self, api: str, payload: dict[str, Any], model: str) -> None:
         if self.accountant is not None:
@@ -53,23 +56,20 @@ class Meter:
             except Exception:  # a counting failure must never fail the request
                 self.estimate = None
 
-    def keep(self, data: bytes) -> None:
-        """Remember a stream event's data (bounded), in case the stream ends without usage."""
-        if self.accountant is not None and self._kept < MAX_STREAM_TEXT:
-            self.stream_events.append(data)
-            self._kept += len(data)
-
     def settle(
-        self, usage: Usage, style: str, stream: bool, provider_kind: str | None, model: str | None,
-        aliases: tuple[str, ...], override: Price | None,
+        self, stream: bool, provider_kind: str | None, model: str | None, aliases: tuple[str, ...],
+        override: Price | None,
     ) -> dict[str, Any]:
         """Fill what the provider did not report (marked estimated) and price the usage."""
+        usage = self.usage
         input_estimated = output_estimated = False
+        if usage is _NOTHING:
+            usage = Usage()
         if usage.input_tokens is None and usage.output_tokens is None and stream and self.accountant and model:
             if self.estimate is not None:
                 usage.input_tokens = self.estimate.tokens
                 input_estimated = True
-            text = _streamed_text(self.stream_events, style)
+            text = self.reader.text() if self.reader is not None else ""
             try:
                 counted = self.accountant.count_text(text, model) if text else 0
             except Exception:
@@ -84,6 +84,8 @@ class Meter:
             except Exception:
                 cost, version = None, None
         return {
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
             "estimated_input_tokens": self.estimate.tokens if self.estimate else None,
             "input_estimated": input_estimated,
             "output_estimated": output_estimated,
@@ -92,32 +94,4 @@ class Meter:
         }
 
 
-def _streamed_text(events: list[bytes], style: str) -> str:
-    parts: list[str] = []
-    for data in events:
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            continue
-        if not isinstance(event, dict):
-            continue
-        if style == "anthropic":
-            delta = event.get("delta")
-            if isinstance(delta, dict):
-                text = delta.get("text") or delta.get("partial_json") or delta.get("thinking")
-                if isinstance(text, str):
-                    parts.append(text)
-            continue
-        for choice in event.get("choices") or ():
-            if not isinstance(choice, dict):
-                continue
-            delta = choice.get("delta")
-            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-            if isinstance(text, str):
-                parts.append(text)
-            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
-            for call in calls or ():
-                arguments = (call.get("function") or {}).get("arguments") if isinstance(call, dict) else None
-                if isinstance(arguments, str):
-                    parts.append(arguments)
-    return "".join(parts)
+_NOTHING = Usage()  # shared, never written: settle() copies before filling in estimates

@@ -9,63 +9,13 @@ report can say "at least".
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-GROUPS = {"team": "team", "model": "model", "key": "key_id", "provider": "provider"}
+from ext_proc.state.rows import GROUPS, Row
 
-
-@dataclass
-class Row:
-    """Totals of one group over the reporting window."""
-
-    group: str
-    requests: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost_usd_micros: int = 0
-    unknown_usage: int = 0  # requests whose provider reported no usage
-    unknown_cost: int = 0  # requests with usage but no known price
-    guardrail_triggers: int = 0  # requests on which at least one guardrail fired
-    fallbacks: int = 0  # requests served by a fallback target (not the first of their chain)
-    guardrails: dict[str, int] = field(default_factory=dict)  # guardrail name -> requests it fired on
-    latency_sum_ms: float = 0.0
-    latency_count: int = 0
-    latencies: list[float] = field(default_factory=list, repr=False)  # every latency (reports from the log)
-    p95_bound_ms: float | None = None  # p95 as a histogram bound (reports from aggregates)
-
-    @property
-    def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    @property
-    def avg_latency_ms(self) -> float | None:
-        return self.latency_sum_ms / self.latency_count if self.latency_count else None
-
-    @property
-    def p95_latency_ms(self) -> float | None:
-        if not self.latencies:
-            return self.p95_bound_ms
-        ordered = sorted(self.latencies)
-        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for internal in ("latencies", "latency_sum_ms", "latency_count", "p95_bound_ms"):
-            del out[internal]
-        avg, p95 = self.avg_latency_ms, self.p95_latency_ms
-        out.update(
-            tokens=self.tokens,
-            cost_usd=self.cost_usd_micros / 1e6,
-            avg_latency_ms=round(avg, 3) if avg is not None else None,
-            p95_latency_ms=round(p95, 3) if p95 is not None else None,
-        )
-        return out
+__all__ = ["GROUPS", "Row", "aggregate", "dollars", "human_count", "month_window", "parse_day", "sentence"]
 
 
 def parse_day(text: str) -> date:

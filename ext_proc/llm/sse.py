@@ -11,24 +11,51 @@ SSE specification: ``\\r\\n``, ``\\n`` or ``\\r``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
 
 # A blank line: two line terminators in a row. ``\r(?!\n)`` is a lone CR terminator.
 _BOUNDARY = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 _LINE = re.compile(rb"\r\n|\r|\n")
 
 
-@dataclass(frozen=True, slots=True)
+_UNPARSED: Any = object()
+
+
+@dataclass(slots=True)
 class SSEEvent:
     """One event block: its ``event`` name ("" when absent) and joined ``data`` lines.
 
     A block of blank lines or comments only has empty ``data``; SSE clients dispatch nothing
     for it, and neither should callers.
+
+    The response stages pass these along (see :mod:`ext_proc.core.response`): a buffered body
+    travels as one event with ``whole`` set (``data`` and ``raw`` both the body), and
+    :meth:`json` decodes ``data`` once, for every stage that asks.
     """
 
     event: str
     data: bytes
     raw: bytes
+    whole: bool = field(default=False, compare=False)
+    usage_only: bool = field(default=False, compare=False)  # a usage chunk Tollway asked for on the client's behalf
+    last: bool = field(default=False, compare=False)  # the stream's last event, its blank line added at the end
+    _json: Any = field(default=_UNPARSED, compare=False, repr=False)
+
+    def json(self) -> dict[str, Any] | None:
+        """``data`` decoded as a JSON object (None: not JSON, or not an object); decoded once."""
+        value = self._json
+        if value is _UNPARSED:
+            try:
+                value = orjson.loads(self.data)
+            except orjson.JSONDecodeError:
+                value = None
+            if not isinstance(value, dict):
+                value = None
+            self._json = value
+        return value  # type: ignore[no-any-return]
 
 
 def parse_event(raw: bytes) -> SSEEvent:

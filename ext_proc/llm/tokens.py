@@ -153,14 +153,34 @@ def count_request(api_name: str, payload: dict[str, Any], model: str) -> TokenEs
     if counter is None:
         raise ValueError(f"no token counting for API {api_name!r}")
     tally = counter(payload, model)
-    if not tally.texts:  # e.g. token arrays: nothing to tokenize, no encoding to load
+    texts = tally.texts
+    if not texts:  # e.g. token arrays: nothing to tokenize, no encoding to load
         return TokenEstimate(tally.fixed, tally.exact, tally.method)
-    size = sum(len(text.encode("utf-8", "surrogatepass")) for text in tally.texts)
-    if size > MAX_TOKENIZED_BYTES:
-        return TokenEstimate(math.ceil(size / BYTES_PER_TOKEN) + tally.fixed, False, "bytes-estimate")
-    encoding = get_encoding(O200K if api_name == MESSAGES.name else encoding_name_for_model(model))
-    tokens = sum(len(encoding.encode_ordinary(text)) for text in tally.texts)
+    # A character is at most 4 bytes of UTF-8: measure the bytes only when that bound is too high.
+    if sum(map(len, texts)) * 4 > MAX_TOKENIZED_BYTES:
+        size = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
+        if size > MAX_TOKENIZED_BYTES:
+            return TokenEstimate(math.ceil(size / BYTES_PER_TOKEN) + tally.fixed, False, "bytes-estimate")
+    name = O200K if api_name == MESSAGES.name else encoding_name_for_model(model)
+    encoding = get_encoding(name)
+    short = _SHORT_COUNTS.setdefault(name, {})
+    tokens = 0
+    for text in texts:
+        if len(text) <= _SHORT:  # roles and names repeat in every request: count each once
+            count = short.get(text)
+            if count is None:
+                count = len(encoding.encode_ordinary(text))
+                if len(short) < _SHORT_CACHE:
+                    short[text] = count
+            tokens += count
+        else:
+            tokens += len(encoding.encode_ordinary(text))
     return TokenEstimate(tokens + tally.fixed, tally.exact, tally.method)
+
+
+_SHORT = 24  # characters: role names, tool names
+_SHORT_CACHE = 4096  # entries per encoding
+_SHORT_COUNTS: dict[str, dict[str, int]] = {}
 
 
 # OpenAI chat framing. "cookbook": <|im_start|>role<|im_sep|>content<|im_end|>, reply primed with 3.

@@ -12,9 +12,10 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ext_proc.llm import providers
 from ext_proc.llm.prices import Price
 
-PROVIDER_KINDS = ("openai", "anthropic", "azure-openai", "openai-compatible")
+PROVIDER_KINDS = tuple(providers.KINDS)
 KEY_PREFIX = "tw-"  # every Tollway virtual key starts with it; other bearer values are not Tollway keys
 
 

@@ -26,33 +26,24 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 
-from ext_proc.core.errors import ClientError
-from ext_proc.llm.apis import ClientAPI
-from ext_proc.policy.compiled import KEY_PREFIX, CompiledPolicy, Plan, Principal, Target
+from ext_proc.llm import apis, providers
+from ext_proc.llm.apis import WireAPI
+from ext_proc.llm.errors import ClientError
+from ext_proc.policy.compiled import KEY_PREFIX, Alias, CompiledPolicy, Plan, Principal, Target
 
 SPIFFE_ATTRIBUTE = "connection.uri_san_peer_certificate"
 # Request headers that carry a client's credential: removed before anything goes upstream.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 
-_OPENAI_KINDS = frozenset({"openai", "azure-openai", "openai-compatible"})
-_ALL_KINDS = _OPENAI_KINDS | {"anthropic"}
-# The provider kinds that can serve each client API (chat in both directions through translation).
-_SERVES = {
-    "openai.chat.completions": _ALL_KINDS,
-    "anthropic.messages": _ALL_KINDS,
-    "openai.completions": _OPENAI_KINDS,
-    "openai.embeddings": _OPENAI_KINDS,
-}
 
-
-def can_serve(api: ClientAPI, kind: str) -> bool:
+def can_serve(api: WireAPI, kind: str) -> bool:
     """Whether a provider of ``kind`` can answer a client of ``api`` (translating if need be)."""
-    return kind in _SERVES.get(api.name, _OPENAI_KINDS)
+    return providers.kind(kind).serves(api) is not None
 
 
-def needs_translation(api: ClientAPI, kind: str) -> bool:
-    """Whether the client's API and the provider's differ (chat: OpenAI <-> Anthropic)."""
-    return (kind == "anthropic") != (api.style == "anthropic")
+def needs_translation(api: WireAPI, kind: str) -> bool:
+    """Whether the client's API and the one the provider answers in differ."""
+    return providers.kind(kind).serves(api) is not api
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -86,22 +77,36 @@ def identify(
     raise ClientError(401, "missing_api_key", "No Tollway API key was provided and this workload is not known.")
 
 
-def target_for(policy: CompiledPolicy, principal: Principal, api: ClientAPI, model: str) -> Target:
-    """The target serving ``model`` for this caller, or a 404/403/400 :class:`ClientError`."""
-    target = policy.resolve(model)
+def access(policy: CompiledPolicy, principal: Principal, model: str) -> Target | Alias:
+    """What ``model`` names for this caller (a target, or a routing alias), or a 404/403 :class:`ClientError`."""
     shown = model[:200]
+    alias = policy.alias(model)
+    if alias is not None:
+        if not policy.may_use(principal.team, alias.name):
+            message = f"Team '{principal.team}' may not use model '{shown}'."
+            raise ClientError(403, "model_not_allowed", message, "model")
+        return alias
+    target = policy.resolve(model)
     if target is None:
         message = f"The model '{shown}' does not exist or you do not have access to it."
         raise ClientError(404, "model_not_found", message, "model")
     if not policy.may_use(principal.team, target.public):
         message = f"Team '{principal.team}' may not use model '{shown}'."
         raise ClientError(403, "model_not_allowed", message, "model")
-    if not can_serve(api, target.provider.kind):
-        raise _mismatch(api, shown)
     return target
 
 
-def _mismatch(api: ClientAPI, shown: str) -> ClientError:
+def target_for(policy: CompiledPolicy, principal: Principal, api: WireAPI, model: str) -> Target:
+    """The target serving plain model ``model`` for this caller, or a 404/403/400 :class:`ClientError`."""
+    granted = access(policy, principal, model)
+    if isinstance(granted, Alias):
+        raise ValueError(f"{model!r} is a routing alias: use route()")
+    if not can_serve(api, granted.provider.kind):
+        raise _mismatch(api, model[:200])
+    return granted
+
+
+def _mismatch(api: WireAPI, shown: str) -> ClientError:
     return ClientError(
         400, "api_mismatch", f"Model '{shown}' cannot serve {api.name} requests; use a chat API with it.", "model"
     )
@@ -113,22 +118,27 @@ Draw = Callable[[], float]
 def route(
     policy: CompiledPolicy,
     principal: Principal,
-    api: ClientAPI,
+    api: WireAPI,
     model: str,
     prompt_tokens: int | None,
     draw: Draw = random.random,
 ) -> tuple[Target, ...]:
     """The targets to try for this request, in order (one for a plain model), or a ClientError."""
-    alias = policy.alias(model)
-    if alias is None:
-        return (target_for(policy, principal, api, model),)
+    return plan(principal, api, access(policy, principal, model), model, prompt_tokens, draw)
+
+
+def plan(principal: Principal, api: WireAPI, granted: Target | Alias, model: str, prompt_tokens: int | None,
+         draw: Draw = random.random) -> tuple[Target, ...]:
+    """The targets to try for what :func:`access` granted, in order, or a 400 :class:`ClientError`."""
     shown = model[:200]
-    if not policy.may_use(principal.team, alias.name):
-        raise ClientError(403, "model_not_allowed", f"Team '{principal.team}' may not use model '{shown}'.", "model")
-    return chain(alias.plan_for(principal.team), api, prompt_tokens, shown, draw)
+    if isinstance(granted, Alias):
+        return chain(granted.plan_for(principal.team), api, prompt_tokens, shown, draw)
+    if not can_serve(api, granted.provider.kind):
+        raise _mismatch(api, shown)
+    return (granted,)
 
 
-def chain(plan: Plan, api: ClientAPI, prompt_tokens: int | None, shown: str, draw: Draw = random.random
+def chain(plan: Plan, api: WireAPI, prompt_tokens: int | None, shown: str, draw: Draw = random.random
           ) -> tuple[Target, ...]:
     """The order to try ``plan``'s targets in for one request (see the module docstring)."""
     usable = [i for i, t in enumerate(plan.targets) if can_serve(api, t.provider.kind)]
@@ -180,13 +190,11 @@ def chains(policy: CompiledPolicy) -> frozenset[tuple[Target, ...]]:
     target; those with a window above each known window) and, for weighted plans, each target
     that can be drawn first. Deduplicated by Envoy cluster name, which is what Envoy needs.
     """
-    from ext_proc.llm import apis  # local: only needed here
-
     out: dict[str, tuple[Target, ...]] = {}
     for alias in policy.aliases.values():
         for plan in (alias.plan, *alias.teams.values()):
             sizes = [None, *sorted({t.context_window + 1 for t in plan.targets if t.context_window})]
-            for api in (apis.CHAT_COMPLETIONS, apis.EMBEDDINGS):
+            for api in apis.APIS:
                 for size in sizes:
                     usable = [i for i, t in enumerate(plan.targets) if can_serve(api, t.provider.kind)]
                     fits = [i for i in usable if _fits(plan.targets[i], size)]

@@ -9,6 +9,7 @@ upb objects from :func:`encode` where grpcio serializes them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,15 @@ from google.protobuf import struct_pb2
 from google.protobuf.descriptor import FieldDescriptor
 
 from ext_proc.core.actions import Action, Continue, Headers, Respond
-from ext_proc.core.events import Event, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
+from ext_proc.core.events import (
+    NO_UPSTREAM,
+    Event,
+    RequestBody,
+    RequestHeaders,
+    ResponseBody,
+    ResponseHeaders,
+    Upstream,
+)
 from ext_proc.policy.compiled import Provider
 
 Credentials = Callable[[Provider], tuple[tuple[str, str], ...]]
@@ -53,6 +62,29 @@ def _attributes(request: pb.ProcessingRequest) -> dict[str, str]:
 
 
 METADATA_NAMESPACE = "tollway"  # dynamic metadata Tollway sets and reads (attributes "tollway.<key>")
+HOST_METADATA = "xds.upstream_host_metadata"  # the picked endpoint's metadata, as protobuf text
+ATTEMPTS_ATTRIBUTE = "upstream.request_attempt_count"
+
+# Envoy renders the host metadata attribute as protobuf text; slot and host are string fields of
+# the "tollway" filter metadata (see ext_proc.envoy_config.chain_cluster).
+_SLOT = re.compile(r'key: "slot"\s+value \{\s+string_value: "(\d+)"')
+_HOST = re.compile(r'key: "host"\s+value \{\s+string_value: "([^"\\]+)"')
+
+
+def upstream_of(attributes: dict[str, str]) -> Upstream:
+    """What Envoy's attributes say about the endpoint it picked; removes those attributes."""
+    text = attributes.pop(HOST_METADATA, None)
+    count = attributes.pop(ATTEMPTS_ATTRIBUTE, None)
+    if text is None and count is None:
+        return NO_UPSTREAM
+    slot = host = None
+    if text:
+        found = _SLOT.search(text)
+        slot = int(found.group(1)) if found else None
+        named = _HOST.search(text)
+        host = named.group(1) if named else None
+    attempts = int(count) if count is not None and count.isdigit() else None
+    return Upstream(slot, host, attempts)
 
 
 def _metadata(request: pb.ProcessingRequest, into: dict[str, str]) -> dict[str, str]:
@@ -72,7 +104,7 @@ def decode(request: pb.ProcessingRequest, at: int) -> tuple[str, Event]:
         msg = request.request_headers
         if len(request.attributes) or request.HasField("metadata_context"):
             attributes = _metadata(request, _attributes(request))
-            return kind, RequestHeaders(_headers(msg), msg.end_of_stream, at, attributes)
+            return kind, RequestHeaders(_headers(msg), msg.end_of_stream, at, attributes, upstream_of(attributes))
         return kind, RequestHeaders(_headers(msg), msg.end_of_stream, at)
     if kind == "request_body":
         body = request.request_body
@@ -80,7 +112,7 @@ def decode(request: pb.ProcessingRequest, at: int) -> tuple[str, Event]:
     if kind == "response_headers":
         msg = request.response_headers
         if len(request.attributes):
-            return kind, ResponseHeaders(_headers(msg), msg.end_of_stream, at, _attributes(request))
+            return kind, ResponseHeaders(_headers(msg), msg.end_of_stream, at, upstream_of(_attributes(request)))
         return kind, ResponseHeaders(_headers(msg), msg.end_of_stream, at)
     if kind == "response_body":
         body = request.response_body

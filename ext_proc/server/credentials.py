@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
+from ext_proc.llm import providers
 from ext_proc.policy.compiled import CredentialSource, Provider
 
 log = logging.getLogger("tollway.credentials")
@@ -23,12 +24,8 @@ Headers = tuple[tuple[str, str], ...]
 
 
 def credential_headers(provider: Provider, key: str) -> Headers:
-    """The headers that carry ``key`` to ``provider``."""
-    if provider.kind == "anthropic":
-        return (("x-api-key", key), ("anthropic-version", provider.anthropic_version))
-    if provider.kind == "azure-openai":
-        return (("api-key", key),)
-    return (("authorization", f"Bearer {key}"),)
+    """The headers that carry ``key`` to ``provider`` (its kind's form: see :mod:`ext_proc.llm.providers`)."""
+    return providers.kind(provider.kind).key_headers(key, provider)
 
 
 class CredentialStore:

@@ -5,31 +5,46 @@ then carry out the session's effects. Faults inside the core are logged and end 
 with a gRPC error, so Envoy fails the request closed (or open, if its filter is configured so);
 the client never sees a Python traceback.
 
+Ask and continue. When the session answers a message with an :class:`~ext_proc.core.actions.Ask`
+instead of an action, the servicer puts the question to the service's shared-state
+:class:`~ext_proc.state.store.Store`. The in-process store answers at once and the message is
+answered within the same callback. The Redis store answers later: the call returns no reply
+now, the question runs as a task on the event loop (``redis.asyncio``: no thread hand-off; the
+store bounds it with a deadline), and when it is answered the session continues and the reply
+goes out through the stream's :class:`~ext_proc.server.h2.Responder`. Envoy sends nothing more
+on the stream until it has that reply; if the stream is reset meanwhile (the client left), the
+session records the request as incomplete and the late answer is dropped.
+
 Two transports carry it: :class:`ExtProcCall` for Tollway's own HTTP/2 server
 (:mod:`ext_proc.server.h2`, the default) and :class:`Processor` for ``grpcio``'s asyncio server.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health_pb2
 
-from ext_proc.core.actions import EmitRecord
+from ext_proc.core import pipeline
+from ext_proc.core.actions import Action, Ask, EmitRecord
 from ext_proc.core.attempt import Attempt
-from ext_proc.core.events import StreamClosed
+from ext_proc.core.events import Answered, Event, StreamClosed
 from ext_proc.core.meter import Accountant
 from ext_proc.core.session import Phase, Session
+from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.server import codec
 from ext_proc.server.credentials import CredentialStore
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.reload import PolicyHolder
+from ext_proc.state.store import MemoryStore, Store
 
 log = logging.getLogger("tollway.servicer")
 
@@ -37,6 +52,7 @@ SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 # gRPC metadata the upstream (per-attempt) filter sends: its streams are served by an Attempt.
 FILTER_METADATA = b"x-tollway-filter"
 PROCESS_PATH = f"/{SERVICE}/Process"
+GRPC_INTERNAL = 13
 HEALTH_PATH = "/grpc.health.v1.Health/Check"
 
 
@@ -50,10 +66,21 @@ class Service:
     credentials: CredentialStore = field(default_factory=CredentialStore)
     accountant: Accountant | None = None  # token counts and prices (None: usage only, no cost)
     usage_headers: bool = True  # tell clients their tokens and cost in response headers
+    store: Store = field(default_factory=MemoryStore)  # where the core's questions go
+    steps: pipeline.Pipeline = pipeline.DEFAULT  # the request steps (see ext_proc.core.pipeline)
+    runtime: Runtime = SYSTEM  # the clock and randomness the core uses
 
     def session(self) -> Session:
         """A new request's session, bound to the policy current at this moment."""
-        return Session(self.policy.current if self.policy else None, self.workload, self.accountant, self.usage_headers)
+        return Session(self.policy.current if self.policy else None, self.workload, self.accountant,
+                       self.usage_headers, runtime=self.runtime, steps=self.steps)
+
+    def ask(self, query: object) -> object | Awaitable[object]:
+        """The store's answer to ``query`` (or an awaitable of it); a failure is the exception itself."""
+        try:
+            return self.store.answer(query)
+        except Exception as exc:  # the asking step decides what a failed question means
+            return exc
 
     def attempt(self) -> Attempt:
         """A new upstream attempt's session (the per-attempt filter of a fallback cluster)."""
@@ -71,31 +98,105 @@ def _run_effects(session: Session | Attempt, records: RecordWriter) -> None:
     session.effects.clear()
 
 
+class Responder(Protocol):
+    """The h2 server's handle on a stream, to answer after the callback that received a message."""
+
+    def send(self, message: bytes) -> None: ...
+
+    def finish(self, status: int = 0, message: str = "") -> None: ...
+
+    @property
+    def open(self) -> bool: ...
+
+
 class ExtProcCall:
     """One ext_proc stream on :mod:`ext_proc.server.h2`: serialized messages in and out."""
 
-    __slots__ = ("service", "session")
+    __slots__ = ("_ended", "_queue", "_task", "_waiting", "responder", "service", "session")
 
-    def __init__(self, service: Service, upstream: bool = False) -> None:
+    def __init__(self, service: Service, upstream: bool = False, responder: Responder | None = None) -> None:
         self.service = service
         self.session: Session | Attempt = service.attempt() if upstream else service.session()
+        self.responder = responder
+        self._waiting: str | None = None  # the kind of message whose answer waits for the store
+        self._queue: list[bytes] = []  # messages that arrived while waiting (Envoy sends none)
+        self._ended = False  # the client half-closed while waiting
+        self._task: asyncio.Future[object] | None = None
 
     def message(self, data: bytes) -> list[bytes]:
-        session = self.session
+        if self._waiting is not None:
+            self._queue.append(data)
+            return []
         kind, event = codec.decode(pb.ProcessingRequest.FromString(data), time.monotonic_ns())
-        action = session.handle(event)
-        assert action is not None
-        reply = codec.encode_bytes(kind, action, self.service.credentials.headers)
+        session = self.session
+        result = session.handle(event)
+        if type(result) is Ask:
+            return self._handle(kind, event, result)
+        reply = codec.encode_bytes(kind, result, self.service.credentials.headers)  # type: ignore[arg-type]
         if session.effects:
             _run_effects(session, self.service.records)
         return [reply]
 
-    def end(self) -> tuple[int, str]:
+    def _handle(self, kind: str, event: Event, result: Action | Ask | None = None) -> list[bytes]:
+        """Handle ``event`` (unless ``result`` is its outcome already), asking the store until the session
+        has an answer for Envoy; [] when it must wait for the store."""
+        session = self.session
+        if result is None:
+            result = session.handle(event)
+        while type(result) is Ask:
+            answer = self.service.ask(result.query)
+            if inspect.isawaitable(answer):
+                self._wait(kind, answer)
+                return []
+            result = session.handle(Answered(answer, time.monotonic_ns()))
+        if result is None:  # an answer that came after the stream closed
+            return []
+        reply = codec.encode_bytes(kind, result, self.service.credentials.headers)  # type: ignore[arg-type]
+        if session.effects:
+            _run_effects(session, self.service.records)
+        return [reply]
+
+    def _wait(self, kind: str, answer: Awaitable[object]) -> None:
+        if self.responder is None:
+            raise RuntimeError("this stream cannot answer later: its server gave it no responder")
+        self._waiting = kind
+        task = self._task = asyncio.ensure_future(answer)
+        task.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Future[object]) -> None:
+        kind, self._waiting, self._task = self._waiting, None, None
+        responder = self.responder
+        assert kind is not None and responder is not None
+        if task.cancelled() or not responder.open or _closed(self.session):
+            return  # the stream was reset meanwhile: the session already recorded it
+        failure = task.exception()
+        try:
+            replies = self._handle(kind, Answered(failure if failure is not None else task.result(),
+                                                  time.monotonic_ns()))
+            while self._waiting is None and self._queue:
+                replies += self.message(self._queue.pop(0))
+        except Exception:
+            log.exception("ext_proc stream failed after an answer (request_id=%s)", self.session.request_id)
+            responder.finish(GRPC_INTERNAL, "tollway: internal error")
+            self.reset()
+            return
+        for reply in replies:
+            responder.send(reply)
+        if self._ended and self._waiting is None:
+            self.reset()
+            responder.finish()
+
+    def end(self) -> tuple[int, str] | None:
+        if self._waiting is not None:
+            self._ended = True  # finish once the answer is out
+            return None
         self.reset()
         return 0, ""
 
     def reset(self) -> None:
         session = self.session
+        if self._task is not None:
+            self._task.cancel()
         if not _closed(session):
             session.handle(StreamClosed(time.monotonic_ns()))
             _run_effects(session, self.service.records)
@@ -139,6 +240,14 @@ class Processor:
             async for request in requests:
                 kind, event = decode(request, clock())
                 action = handle(event)
+                while isinstance(action, Ask):
+                    answer = self.service.ask(action.query)
+                    if inspect.isawaitable(answer):
+                        try:
+                            answer = await answer
+                        except Exception as exc:
+                            answer = exc
+                    action = handle(Answered(answer, clock()))
                 assert action is not None
                 if session.effects:  # before yielding: Envoy may close the stream right after an answer
                     _run_effects(session, records)

@@ -9,7 +9,7 @@ unknown usage and unknown cost, guardrail triggers, and latency as a sum plus a 
 log stays the complete record either way. :class:`RedisLedger` adds the same buckets with
 ``HINCRBY`` in one pipeline per batch (atomic per field, so any number of sidecars can add to
 one Redis), and indexes buckets per day in a set. Both answer :meth:`rows` with the report's
-:class:`~ext_proc.ledger.report.Row`.
+:class:`~ext_proc.state.rows.Row`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-from ext_proc.ledger.report import GROUPS, Row
+from ext_proc.state.rows import GROUPS, Row
 
 # Latency histogram upper bounds in ms (the last bucket is open-ended).
 LATENCY_BOUNDS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000)

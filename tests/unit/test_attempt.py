@@ -25,6 +25,7 @@ from ext_proc.core import upstream
 from ext_proc.core.actions import CONTINUE, Continue, Respond
 from ext_proc.core.attempt import Attempt
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
+from ext_proc.llm import translate
 from ext_proc.policy.compile import compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.server import codec
@@ -120,7 +121,7 @@ def try_head(slot: int | str | None, targets: str | None = SMART, path: str = CH
     """The request headers of one try, with the attributes the upstream filter sends."""
     attributes: dict[str, str] = {}
     if slot is not None:
-        attributes[upstream.HOST_METADATA] = host_metadata(slot)
+        attributes[codec.HOST_METADATA] = host_metadata(slot)
     if targets is not None:
         attributes["tollway." + upstream.TARGETS] = targets
     attributes["tollway." + upstream.CLIENT_PATH] = client_path if client_path is not None else path
@@ -128,7 +129,13 @@ def try_head(slot: int | str | None, targets: str | None = SMART, path: str = CH
         attributes["tollway." + upstream.ALIAS] = alias
         attributes["tollway." + upstream.TEAM] = team
     headers = {":method": "POST", ":path": path, ":authority": "localhost:10000", "x-request-id": "r1"}
-    return RequestHeaders(headers, False, 0, attributes)
+    return envoy_head(headers, attributes)
+
+
+def envoy_head(headers: Any, attributes: dict[str, str]) -> RequestHeaders:
+    """A try's request headers event as the codec makes it from Envoy's attributes."""
+    attributes = dict(attributes)
+    return RequestHeaders(headers, False, 0, attributes, codec.upstream_of(attributes))
 
 
 def body_event(value: Any) -> RequestBody:
@@ -206,7 +213,7 @@ def test_anthropic_max_tokens_defaults_to_4096_without_a_target_limit() -> None:
     _, _, second = run(1, {**OPENAI_REQUEST, "model": "plain"}, targets="openai gpt-4o-mini, anthropic claude-y",
                        alias="plain")
     assert isinstance(second, Continue)
-    assert check_sized(second)["max_tokens"] == upstream.DEFAULT_MAX_TOKENS == 4096
+    assert check_sized(second)["max_tokens"] == translate.DEFAULT_MAX_TOKENS == 4096
 
 
 def test_the_teams_own_plan_gives_the_target_settings() -> None:
@@ -281,7 +288,7 @@ def test_the_path_header_is_used_without_the_metadata() -> None:
     attempt = Attempt(POLICY)
     event = try_head(1)
     attributes = {k: v for k, v in event.attributes.items() if k != "tollway.path"}
-    assert attempt.handle(RequestHeaders(event.headers, False, 0, attributes)) == CONTINUE
+    assert attempt.handle(RequestHeaders(event.headers, False, 0, attributes, event.upstream)) == CONTINUE
     action = attempt.handle(body_event(OPENAI_REQUEST))
     assert isinstance(action, Continue) and header(action, ":path") == MESSAGES
 
@@ -292,9 +299,9 @@ def test_the_slot_is_found_in_envoys_multi_line_text_too() -> None:
     fields.update({"provider": "anthropic", "slot": "1"})
     metadata.filter_metadata["tollway"].CopyFrom(fields)
     for text in (text_format.MessageToString(metadata), text_format.MessageToString(metadata, as_one_line=True)):
-        assert upstream.slot({upstream.HOST_METADATA: text}) == 1
-    assert upstream.slot({upstream.HOST_METADATA: host_metadata(12)}) == 12
-    assert upstream.slot({}) is None
+        assert codec.upstream_of(dict({codec.HOST_METADATA: text})).slot == 1
+    assert codec.upstream_of(dict({codec.HOST_METADATA: host_metadata(12)})).slot == 12
+    assert codec.upstream_of(dict({})).slot is None
 
 
 def test_a_model_no_longer_routed_is_still_sent_to_its_provider() -> None:
@@ -344,8 +351,8 @@ def test_garbled_host_metadata_is_a_500() -> None:
     attempt = Attempt(POLICY)
     event = try_head(1)
     garbled = 'filter_metadata { key: "tollway" value { fields { key: "slot" value { number_value: 1 } } } }'
-    attributes = {**event.attributes, upstream.HOST_METADATA: garbled}
-    assert responds(attempt.handle(RequestHeaders(event.headers, False, 0, attributes))) == (
+    attributes = {**event.attributes, codec.HOST_METADATA: garbled}
+    assert responds(attempt.handle(envoy_head(event.headers, attributes))) == (
         500, CHAIN_MISMATCH_OPENAI
     )
 
@@ -439,7 +446,7 @@ def service(tmp_path: Any) -> Service:
 def headers_message(slot: int, targets: str = SMART, path: str = CHAT, client_path: str = CHAT,
                     alias: str = "smart") -> bytes:
     attributes = struct_pb2.Struct()
-    attributes.update({upstream.HOST_METADATA: host_metadata(slot)})
+    attributes.update({codec.HOST_METADATA: host_metadata(slot)})
     metadata = struct_pb2.Struct()
     metadata.update({upstream.TARGETS: targets, upstream.CLIENT_PATH: client_path, upstream.ALIAS: alias,
                      upstream.TEAM: "all"})
@@ -563,11 +570,11 @@ def test_a_provider_without_endpoint_gets_the_host_its_chain_endpoint_was_render
             ' "1" } } } } ')
     head = try_head(1, targets="openai gpt-4o, local llama-3")
     attempt = Attempt(policy)
-    attempt.handle(RequestHeaders(head.headers, False, 0, {**head.attributes, upstream.HOST_METADATA: text}))
+    attempt.handle(envoy_head(head.headers, {**head.attributes, codec.HOST_METADATA: text}))
     action = attempt.handle(body_event(OPENAI_REQUEST))
     assert isinstance(action, Continue) and header(action, ":authority") == "vllm.svc:8000"
     # With an endpoint, the policy's host wins.
     attempt = Attempt(POLICY)
-    attempt.handle(RequestHeaders(head.headers, False, 0, {**head.attributes, upstream.HOST_METADATA: text}))
+    attempt.handle(envoy_head(head.headers, {**head.attributes, codec.HOST_METADATA: text}))
     action = attempt.handle(body_event(OPENAI_REQUEST))
     assert isinstance(action, Continue) and header(action, ":authority") == "vllm.local:8000"

@@ -11,7 +11,7 @@ from google.protobuf import struct_pb2
 
 from ext_proc.core import upstream
 from ext_proc.core.actions import Continue
-from ext_proc.core.events import RequestHeaders, ResponseHeaders
+from ext_proc.core.events import RequestHeaders, ResponseHeaders, Upstream
 from ext_proc.server import codec
 
 AT = 42
@@ -78,13 +78,13 @@ def test_attributes_and_metadata_together() -> None:
     host = 'filter_metadata { key: "tollway" value { fields { key: "slot" value { string_value: "1" } } } } '
     message = pb.ProcessingRequest(
         request_headers=headers((":method", b"POST")),
-        attributes={"envoy.filters.http.ext_proc": struct(**{upstream.HOST_METADATA: host})},
+        attributes={"envoy.filters.http.ext_proc": struct(**{codec.HOST_METADATA: host})},
         metadata_context=base_pb2.Metadata(filter_metadata={"tollway": struct(targets="a b, c d")}),
     )
     _, event = codec.decode(wire(message), AT)
     assert isinstance(event, RequestHeaders)
-    assert dict(event.attributes) == {upstream.HOST_METADATA: host, "tollway.targets": "a b, c d"}
-    assert upstream.slot(event.attributes) == 1
+    assert dict(event.attributes) == {"tollway.targets": "a b, c d"}
+    assert event.upstream == Upstream(slot=1)
 
 
 def test_numbers_in_response_attributes_become_integer_strings() -> None:
@@ -92,13 +92,12 @@ def test_numbers_in_response_attributes_become_integer_strings() -> None:
     message = pb.ProcessingRequest(
         response_headers=headers((":status", b"200")),
         attributes={"envoy.filters.http.ext_proc": struct(**{
-            upstream.ATTEMPTS_ATTRIBUTE: 2, upstream.HOST_METADATA: host,
+            codec.ATTEMPTS_ATTRIBUTE: 2, codec.HOST_METADATA: host,
         })},
     )
     kind, event = codec.decode(wire(message), AT)
     assert kind == "response_headers"
-    assert event == ResponseHeaders({":status": "200"}, False, AT,
-                                    {upstream.ATTEMPTS_ATTRIBUTE: "2", upstream.HOST_METADATA: host})
+    assert event == ResponseHeaders({":status": "200"}, False, AT, Upstream(slot=0, attempts=2))
 
 
 def test_request_headers_without_attributes_or_metadata_have_none() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from ext_proc.core import upstream
-from ext_proc.core.errors import ClientError
 from ext_proc.llm import apis
+from ext_proc.llm.errors import ClientError
 from ext_proc.policy import decide
 from ext_proc.policy.compiled import (
     CompiledPolicy,

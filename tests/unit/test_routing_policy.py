@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from ext_proc.core.errors import ClientError
 from ext_proc.llm import apis
+from ext_proc.llm.errors import ClientError
 from ext_proc.policy import decide
 from ext_proc.policy.compile import PolicyError, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy, Principal, Target
@@ -385,12 +385,12 @@ teams:
 APP, VIP, OTHER = Principal("app"), Principal("vip"), Principal("other")
 
 
-def route(model: str, api: apis.ClientAPI = apis.CHAT_COMPLETIONS, tokens: int | None = None,
+def route(model: str, api: apis.WireAPI = apis.CHAT_COMPLETIONS, tokens: int | None = None,
           principal: Principal = APP, draw: decide.Draw = random.random) -> list[tuple[str, str]]:
     return served_by(decide.route(ROUTED, principal, api, model, tokens, draw))
 
 
-def refusal(model: str, api: apis.ClientAPI = apis.CHAT_COMPLETIONS, tokens: int | None = None,
+def refusal(model: str, api: apis.WireAPI = apis.CHAT_COMPLETIONS, tokens: int | None = None,
             principal: Principal = APP) -> ClientError:
     with pytest.raises(ClientError) as caught:
         decide.route(ROUTED, principal, api, model, tokens)
@@ -558,7 +558,7 @@ def every_routed_cluster(policy: CompiledPolicy, alias: str, tokens: tuple[int |
 
 
 def route_clusters(policy: CompiledPolicy, alias: str, tokens: int | None,
-                   api: apis.ClientAPI = apis.CHAT_COMPLETIONS, draw: float = 0.0) -> str:
+                   api: apis.WireAPI = apis.CHAT_COMPLETIONS, draw: float = 0.0) -> str:
     return decide.cluster_name(decide.route(policy, Principal("app"), api, alias, tokens, lambda: draw))
 
 
@@ -615,6 +615,6 @@ TABLE = {
 
 
 @pytest.mark.parametrize("api", list(TABLE), ids=lambda api: api.name)
-def test_can_serve_and_needs_translation(api: apis.ClientAPI) -> None:
+def test_can_serve_and_needs_translation(api: apis.WireAPI) -> None:
     got = tuple((decide.can_serve(api, kind), decide.needs_translation(api, kind)) for kind in KINDS)
     assert got == TABLE[api]

@@ -686,7 +686,7 @@ def test_corrupt_gzip_gets_400(compressed: bytes, message: str) -> None:
 
 @pytest.mark.parametrize(("size", "accepted"), [(1023, True), (1024, True), (1025, False)])
 def test_decoded_size_limit_is_exact(monkeypatch: pytest.MonkeyPatch, size: int, accepted: bool) -> None:
-    monkeypatch.setattr(apis, "MAX_DECODED_BODY", 1024)
+    monkeypatch.setattr(apis.base, "MAX_DECODED_BODY", 1024)
     plain = PLAIN + b" " * (size - len(PLAIN))
     half = len(plain) // 2
     for compressed in (gzip.compress(plain), gzip.compress(plain[:half]) + gzip.compress(plain[half:])):
@@ -699,7 +699,7 @@ def test_decoded_size_limit_is_exact(monkeypatch: pytest.MonkeyPatch, size: int,
 
 
 def test_gzip_bomb_gets_413(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(apis, "MAX_DECODED_BODY", 1024)
+    monkeypatch.setattr(apis.base, "MAX_DECODED_BODY", 1024)
     assert (
         Transcript()
         >> post(CHAT, content_encoding="gzip")

@@ -23,6 +23,7 @@ from ext_proc.core.attempt import Attempt
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
 from ext_proc.llm.sse import SSEDecoder
+from ext_proc.server import codec
 from ext_proc.server.accounting import ServiceAccountant
 from tests.unit.test_attempt import ANTHROPIC, OPENAI, POLICY, SMART, host_metadata, try_head
 from tests.unit.transcript import Record, Replaces, Transcript
@@ -77,10 +78,11 @@ def served(status: int = 200, slot: int | None = 1, attempts: str | None = "2",
            content_type: str = "application/json") -> ResponseHeaders:
     attributes = {}
     if slot is not None:
-        attributes[upstream.HOST_METADATA] = host_metadata(slot, "anthropic" if slot else "openai")
+        attributes[codec.HOST_METADATA] = host_metadata(slot, "anthropic" if slot else "openai")
     if attempts is not None:
-        attributes[upstream.ATTEMPTS_ATTRIBUTE] = attempts
-    return ResponseHeaders({":status": str(status), "content-type": content_type}, False, 2_000_000, attributes)
+        attributes[codec.ATTEMPTS_ATTRIBUTE] = attempts
+    return ResponseHeaders({":status": str(status), "content-type": content_type}, False, 2_000_000,
+                           codec.upstream_of(attributes))
 
 
 SLOT_1_TOLD = Continue(set_headers=(
@@ -213,9 +215,8 @@ def test_the_chain_metadata_finds_the_targets_in_the_attempt() -> None:
     assert metadata[upstream.TEAM] == "b"
     attempt = Attempt(POLICY)
     event = try_head(1)
-    attributes = {upstream.HOST_METADATA: event.attributes[upstream.HOST_METADATA],
-                  **{f"tollway.{key}": value for key, value in metadata.items()}}
-    attempt.handle(RequestHeaders(event.headers, False, 0, attributes))
+    attributes = {**{f"tollway.{key}": value for key, value in metadata.items()}}
+    attempt.handle(RequestHeaders(event.headers, False, 0, attributes, event.upstream))
     rewritten = attempt.handle(body(CHAT_REQUEST))
     assert isinstance(rewritten, Continue)
     assert orjson.loads(rewritten.body or b"")["max_tokens"] == 2000  # team b's own plan

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import anthropic.types
@@ -40,8 +38,8 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from ext_proc.core.actions import Continue, EmitRecord
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
 from ext_proc.core.session import Session
+from ext_proc.llm import runtime
 from ext_proc.llm.sse import SSEDecoder, SSEEvent
-from ext_proc.llm.translate import openai_to_anthropic
 from ext_proc.mock import responses as mock
 from tests.unit.test_attempt import POLICY
 from tests.unit.test_session import CASSETTES, cassette, needs_cassettes
@@ -61,14 +59,6 @@ ERROR_EVENT = {
 ANTHROPIC_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(anthropic.types.RawMessageStreamEvent)
 # No deadline (one example runs several sessions); no explain phase (it replays a failure hundreds of times).
 BOUNDED = settings(deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _frozen_clock() -> Iterator[None]:
-    """Translated OpenAI chunks carry ``created`` (the clock): two runs of a stream must give the same bytes."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(openai_to_anthropic, "time", SimpleNamespace(time=lambda: CREATED))
-        yield
 
 
 # -- routes: who asks, who answers --------------------------------------------------------------
@@ -102,7 +92,8 @@ def opened(route: Route, usage: bool) -> Session:
 
     ``usage``: whether an OpenAI client asked for the usage chunk (``stream_options.include_usage``).
     """
-    session = Session(POLICY, "local-dev")
+    # Translated OpenAI chunks carry ``created`` (the clock): two runs of a stream must give the same bytes.
+    session = Session(POLICY, "local-dev", runtime=runtime.fixed(now=CREATED))
     messages = [{"role": "user", "content": "Hi"}]
     body: dict[str, Any] = {"model": route.model, "messages": messages, "stream": True}
     if route.client == "anthropic":

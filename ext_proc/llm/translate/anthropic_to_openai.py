@@ -69,12 +69,14 @@ Stream mapping: see :class:`StreamTranslator`.
 from __future__ import annotations
 
 import re
-import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from ext_proc.core.errors import anthropic_error_type
+from ext_proc.llm.apis.anthropic import error_type as anthropic_error_type
+from ext_proc.llm.runtime import SYSTEM, Runtime
+from ext_proc.llm.sse import SSEEvent
 
 from .common import STOP_FROM_FINISH, TranslationError, sse_event
 
@@ -419,10 +421,10 @@ def request(body: dict[str, Any], model: str) -> dict[str, Any]:
 # -- response -----------------------------------------------------------------------------------
 
 
-def _message_id(openai_id: Any) -> str:
+def _message_id(openai_id: Any, token: Callable[[int], str]) -> str:
     if isinstance(openai_id, str) and openai_id:
         return "msg_" + openai_id.removeprefix("chatcmpl-")
-    return "msg_" + uuid.uuid4().hex[:24]
+    return "msg_" + token(12)
 
 
 def _tokens(value: Any) -> int:
@@ -465,12 +467,13 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def response(completion: dict[str, Any], *, model: str | None = None) -> dict[str, Any]:
+def response(completion: dict[str, Any], *, model: str | None = None, runtime: Runtime = SYSTEM) -> dict[str, Any]:
     """OpenAI chat.completion JSON -> Anthropic Message JSON.
 
-    ``model``: the name to report (default ``completion['model']``).
+    ``model``: the name to report (default ``completion['model']``); ``runtime`` gives the id
+    when the completion has none.
     """
-    message_id = _message_id(completion.get("id"))
+    message_id = _message_id(completion.get("id"), runtime.token)
     choices = completion.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = choice.get("message")
@@ -588,12 +591,14 @@ class StreamTranslator:
         "_pending",
         "_started",
         "_stop",
+        "_token",
         "_tools",
         "_usage",
     )
 
-    def __init__(self, *, model: str | None = None) -> None:
+    def __init__(self, *, model: str | None = None, runtime: Runtime = SYSTEM) -> None:
         self._model = model
+        self._token = runtime.token
         self._started = False
         self._id = ""
         self._index = -1  # index of the last block started
@@ -613,6 +618,14 @@ class StreamTranslator:
     def complete(self) -> bool:
         """A finish_reason was seen and the final events (through ``message_stop``) were emitted."""
         return self._complete
+
+    def feed(self, event: SSEEvent) -> bytes:
+        """One OpenAI SSE event as received -> zero or more Anthropic SSE events (the
+        :class:`~ext_proc.llm.translate.StreamTranslator` protocol); ``[DONE]`` ends the message."""
+        if event.data == b"[DONE]":
+            return self.done()
+        data = event.json() if event.data else None
+        return b"" if data is None else self.chunk(data)
 
     def chunk(self, data: dict[str, Any]) -> bytes:
         """One decoded OpenAI chunk -> zero or more Anthropic SSE events."""
@@ -676,7 +689,7 @@ class StreamTranslator:
 
     def _message_start(self, data: dict[str, Any]) -> bytes:
         self._started = True
-        self._id = _message_id(data.get("id"))
+        self._id = _message_id(data.get("id"), self._token)
         model = self._model if self._model is not None else data.get("model")
         message: dict[str, Any] = {
             "id": self._id,
@@ -838,7 +851,7 @@ def error(status: int, body: bytes) -> bytes:
     The provider's message is kept (``error.message``, or ``message`` / ``detail`` / a string
     ``error`` of other servers; an HTML page gives its title, a plain-text body its first 500
     characters). The type follows the HTTP status as Anthropic's does
-    (:func:`ext_proc.core.errors.anthropic_error_type`: 402 ``billing_error``, 504 ``timeout_error``,
+    (:func:`ext_proc.llm.apis.anthropic.error_type`: 402 ``billing_error``, 504 ``timeout_error``,
     529 ``overloaded_error``, other 5xx ``api_error``, other 4xx ``invalid_request_error``).
     """
     kind = anthropic_error_type(status)

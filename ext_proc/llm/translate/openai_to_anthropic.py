@@ -49,13 +49,14 @@ reference between the input and the output (do not mutate one expecting the othe
 from __future__ import annotations
 
 import re
-import secrets
-import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from ext_proc.core.errors import anthropic_error_type
+from ext_proc.llm.apis.anthropic import error_type as anthropic_error_type
+from ext_proc.llm.runtime import SYSTEM, Runtime
+from ext_proc.llm.sse import SSEEvent
 from ext_proc.llm.usage import Usage, apply_anthropic
 
 from .common import FINISH_FROM_STOP, SSE_DONE, TranslationError, sse_data
@@ -488,16 +489,18 @@ def _openai_usage(usage: Usage) -> dict[str, Any]:
     }
 
 
-def _chat_id(message_id: Any) -> str:
-    return "chatcmpl-" + (message_id if isinstance(message_id, str) and message_id else secrets.token_hex(12))
+def _chat_id(message_id: Any, token: Callable[[int], str]) -> str:
+    return "chatcmpl-" + (message_id if isinstance(message_id, str) and message_id else token(12))
 
 
 def _finish_reason(stop_reason: Any) -> str:
     return FINISH_FROM_STOP.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
 
 
-def response(message: dict[str, Any], *, model: str | None = None) -> dict[str, Any]:
-    """Anthropic Message JSON -> OpenAI chat.completion JSON; ``model`` is the name to report."""
+def response(message: dict[str, Any], *, model: str | None = None, runtime: Runtime = SYSTEM) -> dict[str, Any]:
+    """Anthropic Message JSON -> OpenAI chat.completion JSON; ``model`` is the name to report.
+
+    ``runtime`` gives ``created`` (its clock) and the id when the message has none."""
     texts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
     for block in message.get("content") or ():
@@ -518,9 +521,9 @@ def response(message: dict[str, Any], *, model: str | None = None) -> dict[str, 
     if tool_calls:
         reply["tool_calls"] = tool_calls
     out: dict[str, Any] = {
-        "id": _chat_id(message.get("id")),
+        "id": _chat_id(message.get("id"), runtime.token),
         "object": "chat.completion",
-        "created": int(time.time()),
+        "created": int(runtime.now()),
         "model": model if model is not None else message.get("model"),
         "choices": [
             {
@@ -565,14 +568,17 @@ class StreamTranslator:
         "_model",
         "_reported",
         "_tail",
+        "_token",
         "_tools",
         "_usage",
     )
 
-    def __init__(self, *, model: str | None = None, include_usage: bool = False, created: int | None = None) -> None:
+    def __init__(self, *, model: str | None = None, include_usage: bool = False, created: int | None = None,
+                 runtime: Runtime = SYSTEM) -> None:
         self._model = model
         self._include_usage = include_usage
-        self._created = created if created is not None else int(time.time())
+        self._created = created if created is not None else int(runtime.now())
+        self._token = runtime.token
         self._usage = Usage()
         self._id = ""
         self._reported: Any = model  # the model name every chunk reports
@@ -591,7 +597,7 @@ class StreamTranslator:
 
     def _start(self, message: Any) -> bytes:
         message = message if isinstance(message, dict) else {}
-        self._id = _chat_id(message.get("id"))
+        self._id = _chat_id(message.get("id"), self._token)
         model = self._model if self._model is not None else message.get("model")
         self._reported = model
         self._head = (
@@ -617,6 +623,14 @@ class StreamTranslator:
         prefix = b"" if self._head else self._start(None)
         reason = b',"finish_reason":' + orjson.dumps(_finish_reason(stop_reason))
         return prefix + self._head + b"{}" + self._tail.replace(b',"finish_reason":null', reason, 1)
+
+    def feed(self, event: SSEEvent) -> bytes:
+        """One Anthropic SSE event as received -> zero or more OpenAI SSE events (the
+        :class:`~ext_proc.llm.translate.StreamTranslator` protocol)."""
+        data = event.json() if event.data else None
+        if data is None:
+            return b""
+        return self.event(event.event or str(data.get("type", "")), data)
 
     def event(self, name: str, data: dict[str, Any]) -> bytes:
         """One decoded Anthropic SSE event -> zero or more OpenAI SSE events."""

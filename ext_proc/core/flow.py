@@ -1,0 +1,143 @@
+"""The flow: everything one request's steps and stages know about it, in one place.
+
+A :class:`Flow` is plain data, like mitmproxy's ``HTTPFlow``: the session fills it as events
+arrive, the request steps (:mod:`ext_proc.core.steps`) read and decide on it, the response
+stages (:mod:`ext_proc.core.response`) read it, and the request record is written from it. It
+holds no logic beyond small derived views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ext_proc.core.meter import Accountant, Meter
+from ext_proc.llm.apis import ParsedRequest, WireAPI
+from ext_proc.llm.runtime import Runtime
+from ext_proc.llm.translate import Pair, StreamTranslator
+from ext_proc.policy.compiled import Alias, CompiledPolicy, Principal, Provider, Target
+
+
+class Flow:
+    """One request; see the module docstring. Fields are filled in the order of the steps."""
+
+    __slots__ = (
+        "accountant",
+        "api",
+        "attempts",
+        "attributes",
+        "body",
+        "chain",
+        "cluster",
+        "credential",
+        "error",
+        "fallback",
+        "granted",
+        "gunzip",
+        "headers",
+        "headers_only",
+        "hide_usage",
+        "metadata",
+        "meter",
+        "model",
+        "outcome",
+        "pair",
+        "path",
+        "policy",
+        "principal",
+        "provider",
+        "reencode",
+        "remove_headers",
+        "replaced",
+        "request",
+        "request_id",
+        "runtime",
+        "served",
+        "served_model",
+        "set_headers",
+        "started",
+        "status",
+        "stream",
+        "target",
+        "translator",
+        "ttft",
+        "untranslatable",
+        "workload",
+    )
+
+    def __init__(self, policy: CompiledPolicy | None, workload: str | None, accountant: Accountant | None,
+                 runtime: Runtime) -> None:
+        self.policy = policy  # None: open mode, no identity or access control
+        self.workload = workload  # the sidecar's own workload identity
+        self.accountant = accountant
+        self.runtime = runtime
+        self.meter = Meter(accountant)
+        # The request, as it arrived.
+        self.request_id: str | None = None
+        self.started = 0  # monotonic ns
+        self.path = ""
+        self.headers: Mapping[str, str] = {}
+        self.headers_only = False  # the request head ended the stream: no body
+        self.attributes: Mapping[str, str] = {}
+        self.api: WireAPI | None = None  # the client's API
+        self.gunzip = False
+        self.body = b""
+        self.request: ParsedRequest | None = None
+        self.model: str | None = None  # the name the client asked for
+        self.stream = False
+        # The decisions.
+        self.principal: Principal | None = None
+        self.granted: Target | Alias | None = None  # what the model name gives this caller
+        self.chain: tuple[Target, ...] = ()  # the targets Envoy may try, in order
+        self.hide_usage = False  # usage was asked for on the client's behalf: hide its event
+        # What goes upstream (the answer to Envoy's request messages).
+        self.set_headers: list[tuple[str, str]] = []
+        self.remove_headers: list[str] = []
+        self.metadata: tuple[tuple[str, str], ...] = ()
+        self.credential: Provider | None = None
+        self.cluster: str | None = None
+        self.replaced = False  # the body changed (decoded, re-encoded or rewritten)
+        self.reencode = False  # the decoded payload changed: encode it again
+        # The answer.
+        self.target: Target | None = None  # the target that serves (for a chain: once known)
+        self.provider: str | None = None
+        self.served: WireAPI | None = None  # the API the provider answers in
+        self.pair: Pair | None = None  # the translation, when served and client APIs differ
+        self.translator: StreamTranslator | None = None  # a streamed answer's translation
+        self.untranslatable = False  # the provider's stream could not be translated (the client got an error)
+        self.served_model: str | None = None
+        self.attempts: int | None = None
+        self.fallback = False
+        self.status: int | None = None
+        self.ttft: int | None = None
+        self.outcome: str | None = None
+        self.error: str | None = None
+
+    def record(self, at: int) -> dict[str, Any]:
+        """The request's log record as of monotonic time ``at`` (nanoseconds), before metering."""
+        usage = self.meter.usage
+        principal = self.principal
+        return {
+            "request_id": self.request_id,
+            "team": principal.team if principal else None,
+            "key_id": principal.key_id if principal else None,
+            "workload": principal.workload if principal else None,
+            "api": self.api.name if self.api else None,
+            "model": self.model,
+            "served_model": self.served_model,
+            "provider": self.provider,
+            "stream": self.stream,
+            "status": self.status,
+            "outcome": self.outcome,
+            "error": self.error,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "attempts": self.attempts,
+            "fallback": self.fallback,
+            "guardrails": [],  # names of the guardrails that fired (none exist yet)
+            "latency_ms": round((at - self.started) / 1e6, 3),
+            "ttft_ms": round(self.ttft / 1e6, 3) if self.ttft is not None else None,
+        }

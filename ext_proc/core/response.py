@@ -1,0 +1,259 @@
+"""The response path: the provider's answer, decoded into events, through ordered stages.
+
+Theory of operation. A successful answer is a sequence of events: the one JSON body of a
+buffered answer (an :class:`~ext_proc.llm.sse.SSEEvent` with ``whole`` set), or the SSE events
+of a stream, decoded incrementally whatever the chunking (only whole events go on; the bytes of
+an unfinished one wait for the next chunk). Each :class:`Stage` takes the events of one Envoy
+message and returns the events to pass on; at the end of the answer, :meth:`Stage.end` may add
+more. The stages are the same for JSON and for streams, translated or not; registration and
+order are in :mod:`ext_proc.core.pipeline`::
+
+    decode → read (meter) → hide usage → (redact) → translate → finish → encode
+
+``read`` gives every event to the served API's :class:`~ext_proc.llm.apis.Reader` (usage, the
+served model, completion, errors); ``hide usage`` drops the usage event Tollway asked for on the
+client's behalf; ``translate`` turns the served API's events into the client's; ``finish`` ends a
+stream that stopped before completing with an explicit error event in the client's format, so
+its SDK raises instead of returning a short answer. Encoding joins the events' bytes: when no
+stage changed anything the message passes through untouched (no re-encoding), which is the cost
+of an answer that needs no translation.
+
+Error answers (HTTP status 400 and up) are not streamed; :func:`error_answer` gives them the
+client's format (Envoy's own plain-text replies included) and notes the provider's error code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import orjson
+
+from ext_proc.core.flow import Flow
+from ext_proc.llm import apis
+from ext_proc.llm.apis import error_code, gunzip
+from ext_proc.llm.errors import INTERRUPTED, ClientError, plain_error
+from ext_proc.llm.sse import SSEDecoder, SSEEvent
+from ext_proc.llm.translate import StreamTranslator
+
+UNTRANSLATABLE = ClientError(502, "untranslatable_response", "The provider's answer could not be translated.")
+
+
+class Untranslatable(Exception):
+    """A buffered answer the client's API cannot express: the client gets :data:`UNTRANSLATABLE`."""
+
+
+class Stage:
+    """One step of the response path: events in, events out (see the module docstring).
+
+    Stages are stateless (one object serves every response); what one answer needs is on its
+    flow: the served API's reader, the stream translator.
+    """
+
+    __slots__ = ()
+
+    def feed(self, flow: Flow, events: list[SSEEvent]) -> list[SSEEvent]:
+        return events
+
+    def end(self, flow: Flow) -> list[SSEEvent]:
+        """The stream ended (completely or not): events to add after the last ones."""
+        return []
+
+
+class Read(Stage):
+    """The meter's eyes: the served API's reader sees every event, changes none."""
+
+    __slots__ = ()
+
+    def feed(self, flow: Flow, events: list[SSEEvent]) -> list[SSEEvent]:
+        reader = flow.meter.reader
+        assert reader is not None
+        for event in events:
+            reader.feed(event)
+        return events
+
+
+class HideUsage(Stage):
+    """Drops the usage event the provider sent because Tollway asked for it, not the client."""
+
+    __slots__ = ()
+
+    def feed(self, flow: Flow, events: list[SSEEvent]) -> list[SSEEvent]:
+        if any(event.usage_only for event in events):
+            return [event for event in events if not event.usage_only]
+        return events
+
+
+class Translate(Stage):
+    """The served API's answer as the client's, through the flow's :class:`~ext_proc.llm.translate.Pair`
+    (and, for a stream, its :class:`~ext_proc.llm.translate.StreamTranslator`)."""
+
+    __slots__ = ()
+
+    def feed(self, flow: Flow, events: list[SSEEvent]) -> list[SSEEvent]:
+        pair = flow.pair
+        assert pair is not None
+        translator = flow.translator
+        if translator is None:  # a buffered answer: one whole JSON body
+            out = []
+            for event in events:
+                payload = event.json()
+                if payload is None:
+                    out.append(event)
+                    continue
+                try:
+                    answer = pair.response(payload, flow.runtime)
+                except Exception:  # a malformed provider answer: the client gets a clear 502
+                    raise Untranslatable from None
+                body = orjson.dumps(answer)
+                out.append(SSEEvent("", body, body, whole=True))
+            return out
+        if not events:
+            return events
+        return [_bytes(b"".join([_translate(flow, translator, event) for event in events]))]
+
+    def end(self, flow: Flow) -> list[SSEEvent]:
+        translator = flow.translator
+        if translator is None or flow.untranslatable or not complete(flow):
+            return []
+        tail = translator.end()
+        return [_bytes(tail)] if tail else []
+
+
+def _translate(flow: Flow, translator: StreamTranslator, event: SSEEvent) -> bytes:
+    if not event.data or flow.untranslatable:
+        return b""
+    try:
+        return translator.feed(event)
+    except Exception as exc:  # an answer the client's API cannot express: end its stream with an error
+        flow.untranslatable = True
+        flow.error = "untranslatable_stream"
+        message = getattr(exc, "message", None) or "The provider's stream could not be translated."
+        return translator.error(f"Tollway could not translate the provider's stream: {message}")
+
+
+class Finish(Stage):
+    """A stream that ends before completing ends with the client's error event, never cleanly."""
+
+    __slots__ = ()
+
+    def feed(self, flow: Flow, events: list[SSEEvent]) -> list[SSEEvent]:
+        # The stream's last event, received whole but for its blank line, goes on only if the
+        # stream completed (a translated stream has already passed it through the translator).
+        if events and events[-1].last and flow.translator is None and not complete(flow):
+            return [event for event in events if not event.last]
+        return events
+
+    def end(self, flow: Flow) -> list[SSEEvent]:
+        if flow.untranslatable or complete(flow):
+            return []
+        reader = flow.meter.reader
+        flow.error = flow.error or (reader.error if reader is not None else None) or INTERRUPTED.code
+        assert flow.api is not None
+        return [_bytes(flow.api.stream_error(INTERRUPTED))]
+
+
+def complete(flow: Flow) -> bool:
+    """The provider's answer completed: its reader saw the end, or its translator did."""
+    reader = flow.meter.reader
+    translator = flow.translator
+    return bool((reader is not None and reader.complete) or (translator is not None and translator.complete))
+
+
+def _bytes(raw: bytes) -> SSEEvent:
+    """Events a stage wrote itself: bytes for the client, nothing more to read."""
+    return SSEEvent("", b"", raw)
+
+
+READ_ONLY: tuple[Stage, ...] = (Read(),)  # an untranslated buffered answer: the meter reads, nothing changes
+
+
+def whole(flow: Flow, stages: tuple[Stage, ...], body: bytes) -> bytes | None:
+    """A buffered answer through the stages: the body to send instead, or None to pass it through
+    untouched. A whole body is complete by itself: only the stages' ``feed`` runs.
+
+    Raises :class:`Untranslatable` when the client's API cannot express the answer.
+    """
+    data = body
+    if body[:2] == b"\x1f\x8b":
+        try:
+            data = gunzip(body)
+        except ClientError:
+            data = b""
+    if stages is READ_ONLY:  # nothing but the meter: read, pass through
+        reader = flow.meter.reader
+        assert reader is not None
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            payload = None
+        reader.whole(payload if isinstance(payload, dict) else None)
+        return None
+    events = [SSEEvent("", data, body, whole=True)]
+    for stage in stages:
+        events = stage.feed(flow, events)
+    if len(events) == 1:
+        raw = events[0].raw
+        return None if raw is body else raw
+    return b"".join([event.raw for event in events])
+
+
+class Stream:
+    """One streamed answer's path: decode, the stages, encode (see the module docstring)."""
+
+    __slots__ = ("decoder", "flow", "stages")
+
+    def __init__(self, flow: Flow, stages: tuple[Stage, ...]) -> None:
+        self.flow = flow
+        self.stages = stages
+        self.decoder = SSEDecoder()
+
+    def chunk(self, body: bytes, end: bool) -> bytes | None:
+        """One chunk of the stream: the bytes to send instead, or None when they are the same."""
+        decoder = self.decoder
+        events = decoder.feed(body)
+        if end:
+            events += _whole(decoder.flush())
+        flow = self.flow
+        for stage in self.stages:
+            events = stage.feed(flow, events)
+            if end:
+                events += stage.end(flow)
+        out = events[0].raw if len(events) == 1 else b"".join(event.raw for event in events)
+        return None if out == body else out
+
+
+def _whole(events: list[SSEEvent]) -> list[SSEEvent]:
+    """The events a stream's last bytes hold whole but for their closing blank line (JSON or
+    ``[DONE]``), closed properly; a half-received event is dropped, never passed on or counted."""
+    out = []
+    for sse in events:
+        if sse.data == b"[DONE]" or (sse.data and sse.json() is not None):
+            end = b"\r\n\r\n" if b"\r\n" in sse.raw else b"\n\n"  # the stream's own line ends
+            event = SSEEvent(sse.event, sse.data, sse.raw.rstrip(b"\r\n") + end, last=True)
+            event._json = sse._json
+            out.append(event)
+    return out
+
+
+def error_answer(flow: Flow, status: int, body: bytes) -> bytes | None:
+    """An error answer in the client's format (None: it already is); notes the error code."""
+    api = flow.api or apis.for_errors(flow.path)
+    if body[:2] == b"\x1f\x8b":
+        with contextlib.suppress(ClientError):
+            body = gunzip(body)
+    payload: Any
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = None
+    if not isinstance(payload, dict):
+        # Envoy's own plain-text reply (no healthy upstream, connect failure, timeout, 413):
+        # the client's SDK format, keeping the status.
+        error = plain_error(status, body)
+        flow.error = error.code
+        return api.error_body(error)
+    flow.error = error_code(payload)
+    if flow.pair is not None:
+        return flow.pair.error(status, body)
+    return None

@@ -1,0 +1,218 @@
+"""The request steps: the ordered decisions taken on every request before it goes upstream.
+
+Theory of operation. A step is a small stateless object with up to two hooks, ``head`` (the
+request headers arrived) and ``body`` (the buffered body arrived). The session calls the hooks of
+every step in the order :mod:`ext_proc.core.pipeline` lists them, each reading and filling the
+request's :class:`~ext_proc.core.flow.Flow`. A hook ends in one of three ways:
+
+- it returns ``None``: the next step runs;
+- it raises :class:`~ext_proc.llm.errors.ClientError`: the request is refused (in the client's
+  error format, no provider asked) and no further step runs;
+- it returns an :class:`~ext_proc.core.actions.Ask`: the step needs shared state (a budget, a
+  rate limit). The session hands the question to the server and waits; when the answer arrives
+  the step's ``then`` continues (and may ask again, refuse, or let the next step run).
+
+Steps hold configuration only (set once, when the service starts); everything about one request
+is in its flow, so one step object serves every request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ext_proc.core import upstream
+from ext_proc.core.actions import Ask
+from ext_proc.core.flow import Flow
+from ext_proc.llm import apis
+from ext_proc.llm.errors import ClientError
+from ext_proc.policy import decide
+from ext_proc.policy.compiled import Alias
+from ext_proc.state.queries import Ping, StoreUnavailable
+
+ROUTE_HEADER = "x-tollway-cluster"  # Envoy routes to the cluster this header names
+STREAM_HEADER = "x-tollway-stream"  # Envoy picks the streaming route (its first-byte timeout)
+# Headers only Tollway may set on the way to the provider; a client's copy is dropped, as is
+# any other x-tollway-* header the client sent (identity is Tollway's to establish).
+_UNTRUSTED = ("accept-encoding", ROUTE_HEADER)
+_RETRIES = upstream.RETRIES_HEADER
+
+
+class Step:
+    """Base of the request steps; a hook left as is does nothing."""
+
+    __slots__ = ()
+    name = "step"
+
+    def head(self, flow: Flow) -> Ask | None:
+        return None
+
+    def body(self, flow: Flow) -> Ask | None:
+        return None
+
+
+class Recognise(Step):
+    """The client's API from the path, then its body: decoded, checked, asked to report usage.
+
+    Unknown endpoints (404), requests without a body and unsupported encodings are refused at the
+    head; a body that is not JSON, names no model or has wrong types for the fields Tollway reads
+    is refused at the body. Client-sent routing and ``x-tollway-*`` headers are removed.
+    """
+
+    __slots__ = ()
+    name = "recognise"
+
+    def head(self, flow: Flow) -> Ask | None:
+        headers = flow.headers
+        path = flow.path = headers.get(":path", "")
+        api = apis.match(path) if headers.get(":method") == "POST" else None
+        if api is None:
+            method = headers.get(":method", "?")
+            shown = path.partition("?")[0][:200]
+            raise ClientError(404, "unknown_endpoint", f"Tollway does not serve {method} {shown}.")
+        flow.api = api
+        if flow.headers_only:
+            raise ClientError(400, "invalid_body", "The request body is empty; expected a JSON object.")
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            flow.gunzip = True
+        elif encoding != "identity":
+            raise ClientError(415, "unsupported_encoding", f"Unsupported content-encoding {encoding!r}.")
+        flow.remove_headers += _UNTRUSTED
+        flow.remove_headers += [
+            h for h in headers if (h.startswith("x-tollway-") and h != ROUTE_HEADER) or h == _RETRIES
+        ]
+        return None
+
+    def body(self, flow: Flow) -> Ask | None:
+        api = flow.api
+        assert api is not None
+        if flow.gunzip:
+            flow.body = apis.gunzip(flow.body)
+            flow.replaced = True
+        request = flow.request = api.parse(flow.body)
+        flow.model = request.model
+        flow.stream = request.stream
+        if request.stream and api.ask_for_usage(request):
+            flow.hide_usage = flow.replaced = flow.reencode = True
+        return None
+
+
+class Identify(Step):
+    """Who is calling: a Tollway key, else the workload (see :func:`ext_proc.policy.decide.identify`).
+    The client's credential headers never go upstream."""
+
+    __slots__ = ()
+    name = "identify"
+
+    def head(self, flow: Flow) -> Ask | None:
+        if flow.policy is None:
+            return None
+        flow.principal = decide.identify(flow.policy, flow.headers, flow.attributes, flow.workload)
+        flow.remove_headers += [h for h in decide.CREDENTIAL_HEADERS if h in flow.headers]
+        return None
+
+
+class Access(Step):
+    """The model must exist (404) and the caller's team may use it (403)."""
+
+    __slots__ = ()
+    name = "access"
+
+    def body(self, flow: Flow) -> Ask | None:
+        if flow.policy is None:
+            return None
+        assert flow.principal is not None and flow.model is not None
+        flow.granted = decide.access(flow.policy, flow.principal, flow.model)
+        return None
+
+
+class Route(Step):
+    """Count the prompt, then choose the targets: one, or a fallback chain for an alias (targets
+    that cannot serve the client's API or whose context window is too small are left out)."""
+
+    __slots__ = ()
+    name = "route"
+
+    def body(self, flow: Flow) -> Ask | None:
+        api, request = flow.api, flow.request
+        assert api is not None and request is not None
+        if flow.policy is None:  # open mode: the API's own provider, the client's own key
+            flow.provider = flow.cluster = api.home
+            flow.served = api
+            flow.meter.before_send(api.name, request.payload, request.model)
+            return None
+        granted, principal = flow.granted, flow.principal
+        assert granted is not None and principal is not None
+        counted_as = (granted.plan_for(principal.team).targets[0] if isinstance(granted, Alias) else granted)
+        flow.meter.before_send(api.name, request.payload, counted_as.upstream_model)
+        estimate = flow.meter.estimate
+        chain = flow.chain = decide.plan(
+            principal, api, granted, request.model, estimate.tokens if estimate else None, flow.runtime.random
+        )
+        first = flow.target = chain[0]
+        flow.provider = first.provider.name
+        flow.cluster = decide.cluster_name(chain)
+        return None
+
+
+class Probe(Step):
+    """Asks shared state whether it answers before the request goes on (``--store-probe``).
+
+    The first step built on ask-and-continue, and a readiness check of the store the budget and
+    rate-limit steps will ask: the request waits for the answer; a store that is down or too
+    slow refuses it (503), as those steps will.
+    """
+
+    __slots__ = ()
+    name = "probe"
+
+    def body(self, flow: Flow) -> Ask | None:
+        return Ask(Ping(), then=_probed)
+
+
+def _probed(answer: Any) -> Ask | None:
+    if isinstance(answer, BaseException):
+        reason = str(answer) if isinstance(answer, StoreUnavailable) else "no answer"
+        raise ClientError(503, "state_unavailable", f"Tollway's shared state store is unavailable ({reason}).")
+    return None
+
+
+class Rewrite(Step):
+    """The request as the provider must receive it, and the labels Envoy routes it by.
+
+    One target: this filter rewrites it (model, path, translation) and names the provider whose
+    key the server adds. A chain: each try's own filter does that for the target Envoy picked
+    (:mod:`ext_proc.core.attempt`); the chain travels as dynamic metadata, with one Envoy retry per
+    further target.
+    """
+
+    __slots__ = ()
+    name = "rewrite"
+
+    def body(self, flow: Flow) -> Ask | None:
+        request = flow.request
+        assert request is not None and flow.cluster is not None
+        headers = flow.set_headers
+        headers.append((ROUTE_HEADER, flow.cluster))
+        chain = flow.chain
+        if len(chain) == 1:
+            first = chain[0]
+            assert flow.api is not None
+            flow.credential = first.provider
+            payload, path = upstream.prepare(flow.api, request.payload, first, flow.path)
+            if path is not None:
+                headers.append((":path", path))
+            if payload is not request.payload or payload.get("model") != request.model:
+                request.payload = payload
+                flow.replaced = flow.reencode = True
+        elif chain:
+            assert flow.principal is not None
+            flow.metadata = (
+                (upstream.TARGETS, upstream.encode_chain(chain)), (upstream.CLIENT_PATH, flow.path),
+                (upstream.ALIAS, request.model), (upstream.TEAM, flow.principal.team),
+            )
+            headers.append((upstream.RETRIES_HEADER, str(len(chain) - 1)))
+        if request.stream:
+            headers.append((STREAM_HEADER, "1"))
+        return None
+

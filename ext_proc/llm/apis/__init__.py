@@ -1,0 +1,35 @@
+"""The wire APIs Tollway serves, registered in one table.
+
+Each is a :class:`~ext_proc.llm.apis.base.WireAPI` in a module of its family
+(:mod:`.openai`, :mod:`.anthropic`); :data:`APIS` lists them, and a request's path finds its
+API here and nowhere else. Adding an API: one module, one line in :data:`APIS`.
+"""
+
+from __future__ import annotations
+
+from .anthropic import MESSAGES
+from .base import ParsedRequest, Reader, WireAPI, error_code, gunzip
+from .openai import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
+
+APIS: tuple[WireAPI, ...] = (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES)
+
+_BY_PATH = {api.path: api for api in APIS}
+
+__all__ = [
+    "APIS", "CHAT_COMPLETIONS", "COMPLETIONS", "EMBEDDINGS", "MESSAGES", "ParsedRequest", "Reader",
+    "WireAPI", "error_code", "for_errors", "gunzip", "match",
+]
+
+
+def match(path: str) -> WireAPI | None:
+    """The API a request path names (query string and a trailing slash ignored), or None."""
+    return _BY_PATH.get(path.partition("?")[0].rstrip("/"))
+
+
+def for_errors(path: str) -> WireAPI:
+    """The API whose error format answers a request Tollway does not serve: the family whose path
+    it starts with (an Anthropic SDK calling ``/v1/messages/batches`` gets Anthropic's), else OpenAI's."""
+    for api in APIS:
+        if path.startswith(api.path):
+            return api
+    return CHAT_COMPLETIONS

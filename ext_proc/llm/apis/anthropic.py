@@ -1,0 +1,94 @@
+"""Anthropic's Messages API (``POST /v1/messages``).
+
+Errors are ``{"type": "error", "error": {"type", "message"}}`` with a type fixed by the HTTP
+status (https://docs.anthropic.com/en/api/errors); in a stream, an ``event: error`` event.
+Usage is in the answer's ``usage``, and in a stream split across ``message_start`` (input and
+cache tokens) and ``message_delta`` (the final, cumulative output tokens); ``message_stop``
+completes the stream. Every stream reports usage: nothing needs asking.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ext_proc.llm.errors import ClientError
+from ext_proc.llm.sse import SSEEvent
+from ext_proc.llm.usage import apply_anthropic
+
+from .base import Reader, WireAPI, error_code
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_type(status: int) -> str:
+    """The Anthropic error type for an HTTP status (other 5xx: ``api_error``, 4xx: invalid request)."""
+    return _TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+
+
+class MessagesReader(Reader):
+    """Usage from ``message_start`` and ``message_delta`` (or the answer's ``usage``)."""
+
+    __slots__ = ()
+
+    def _body(self, payload: dict[str, Any]) -> None:
+        apply_anthropic(self.usage, payload.get("usage"))
+
+    def _event(self, event: SSEEvent) -> None:
+        name = event.event
+        if not name and event.data:  # the event line is optional in SSE: the type is in the data too
+            payload = event.json()
+            name = str(payload.get("type", "")) if payload is not None else ""
+        if name == "message_stop":
+            self.complete = True
+        elif name == "content_block_delta":
+            self.keep(event.data)
+        elif name in ("message_start", "message_delta", "error") and event.data:
+            payload = event.json()
+            if payload is None:
+                return
+            if name == "message_start":
+                message = payload.get("message")
+                if isinstance(message, dict):
+                    if isinstance(message.get("model"), str):
+                        self.model = message["model"]
+                    apply_anthropic(self.usage, message.get("usage"))
+            elif name == "message_delta":
+                apply_anthropic(self.usage, payload.get("usage"))
+            else:
+                self.error = error_code(payload)
+
+    def _text(self, event: dict[str, Any], parts: list[str]) -> None:
+        delta = event.get("delta")
+        if isinstance(delta, dict):
+            text = delta.get("text") or delta.get("partial_json") or delta.get("thinking")
+            if isinstance(text, str):
+                parts.append(text)
+
+
+class MessagesAPI(WireAPI):
+    __slots__ = ()
+
+    def error_body(self, error: ClientError) -> bytes:
+        return orjson.dumps({"type": "error", "error": {"type": error_type(error.status), "message": error.message}})
+
+    def stream_error(self, error: ClientError) -> bytes:
+        return b"event: error\ndata: " + self.error_body(error) + b"\n\n"
+
+    def reader(self) -> Reader:
+        return MessagesReader()
+
+
+MESSAGES = MessagesAPI("anthropic.messages", "/v1/messages", "anthropic", required_list="messages")

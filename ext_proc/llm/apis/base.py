@@ -1,0 +1,196 @@
+"""What a wire API is to Tollway: one object per format, everything the gateway must know of it.
+
+A wire API is what an SDK speaks (``POST /v1/chat/completions`` from the ``openai`` SDK,
+``POST /v1/messages`` from the ``anthropic`` SDK) and what a provider serves. Tollway meets each
+in two roles: as the *client's* API (how to recognise and check a request, how to tell the client
+an error, in JSON or inside a stream) and as the *served* API (how to read usage, the model that
+answered, completion and errors from a provider's JSON answer or event stream). A
+:class:`WireAPI` holds both roles, so code that handles "the client's API" and "the served API"
+never asks which format it is: it asks the object. Adding an API is one module with one
+subclass, registered in :mod:`ext_proc.llm.apis`; the provider kinds that speak it say so in
+:mod:`ext_proc.llm.providers`, and a translation to an API it is not spoken by is one pair in
+:mod:`ext_proc.llm.translate`.
+
+Validation is deliberately shallow: Tollway rejects what it cannot meter or route (not JSON, no
+model, wrong types for the fields it reads) and leaves the rest of the schema to the provider,
+whose own error the client then sees unchanged.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ext_proc.llm.errors import ClientError
+from ext_proc.llm.sse import SSEEvent
+from ext_proc.llm.usage import Usage
+
+MAX_DECODED_BODY = 64 * 1024 * 1024
+MAX_STREAM_TEXT = 4 * 1024 * 1024  # bytes of stream events kept for estimating a cut stream
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    """What the core needs from a request body; ``payload`` is the decoded JSON object."""
+
+    payload: dict[str, Any]
+    model: str
+    stream: bool
+
+
+class Reader:
+    """Reads one provider answer of a wire API, whole (buffered JSON) or event by event (SSE).
+
+    It learns the usage (``None`` fields stay unknown), the model that served, whether the
+    answer completed and the provider's error code, and keeps the data of content events
+    (bounded) so a stream cut before its usage can still be estimated (:meth:`text`).
+    Subclasses implement :meth:`_event` (one SSE event) and :meth:`_body` (a whole JSON answer).
+    """
+
+    __slots__ = ("_kept", "_size", "complete", "error", "model", "usage")
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self.model: str | None = None
+        self.complete = False
+        self.error: str | None = None
+        self._kept: list[bytes] = []
+        self._size = 0
+
+    def feed(self, event: SSEEvent) -> None:
+        """Read one event (a whole body when ``event.whole``); may mark it ``usage_only``."""
+        if event.whole:
+            self.whole(event.json())
+        else:
+            self._event(event)
+
+    def whole(self, payload: dict[str, Any] | None) -> None:
+        """Read a buffered answer, decoded (None: it was not a JSON object)."""
+        if payload is not None:
+            model = payload.get("model")
+            if isinstance(model, str):
+                self.model = model
+            self._body(payload)
+        self.complete = True
+
+    def keep(self, data: bytes) -> None:
+        """Remember a content event's data (bounded), in case the stream ends without usage."""
+        if self._size < MAX_STREAM_TEXT:
+            self._kept.append(data)
+            self._size += len(data)
+
+    def text(self) -> str:
+        """The answer's text (and tool-call arguments) seen so far, for estimating output tokens."""
+        parts: list[str] = []
+        for data in self._kept:
+            try:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                self._text(event, parts)
+        return "".join(parts)
+
+    def _event(self, event: SSEEvent) -> None:
+        raise NotImplementedError
+
+    def _body(self, payload: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _text(self, event: dict[str, Any], parts: list[str]) -> None:
+        raise NotImplementedError
+
+
+class WireAPI:
+    """One wire format; see the module docstring. Instances are immutable singletons."""
+
+    __slots__ = ("home", "name", "path", "required_list", "streams")
+
+    def __init__(self, name: str, path: str, home: str, *, required_list: str | None = None,
+                 streams: bool = True) -> None:
+        self.name = name  # in records and metrics: "openai.chat.completions"
+        self.path = path  # the request path: "/v1/chat/completions"
+        self.home = home  # the provider kind that speaks it natively (the route without a policy)
+        self.required_list = required_list  # a field that must be a JSON array when present
+        self.streams = streams  # whether a request may ask for an event stream
+
+    def __repr__(self) -> str:
+        return f"<WireAPI {self.name}>"
+
+    # -- the client's API: requests and errors ----------------------------------------------
+
+    def parse(self, body: bytes) -> ParsedRequest:
+        """Decode and check a request body, raising :class:`ClientError` (400) when unusable."""
+        if not body.strip():
+            raise ClientError(400, "invalid_body", "The request body is empty; expected a JSON object.")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ClientError(400, "invalid_json", f"The request body is not valid JSON: {exc}.") from None
+        if not isinstance(payload, dict):
+            raise ClientError(400, "invalid_body", "The request body must be a JSON object.")
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise ClientError(400, "missing_model", "The request must name a model (a string).", "model")
+        stream = payload.get("stream", False)
+        if stream is None:
+            stream = False
+        if not isinstance(stream, bool):
+            raise ClientError(400, "invalid_type", "'stream' must be a boolean.", "stream")
+        field = self.required_list
+        if field is not None and field in payload and not isinstance(payload[field], list):
+            raise ClientError(400, "invalid_type", f"'{field}' must be an array of messages.", field)
+        return ParsedRequest(payload, model, stream)
+
+    def ask_for_usage(self, request: ParsedRequest) -> bool:
+        """Make a streamed request report its usage; True when the request was changed for it.
+
+        The caller then re-encodes the payload, and hides the extra usage event from this
+        client, so its stream looks exactly as it would without Tollway.
+        """
+        return False
+
+    def error_body(self, error: ClientError) -> bytes:
+        """``error`` as this API's error response body."""
+        raise NotImplementedError
+
+    def stream_error(self, error: ClientError) -> bytes:
+        """``error`` as an event inside this API's stream (its SDK raises on it)."""
+        raise NotImplementedError
+
+    # -- the served API: answers --------------------------------------------------------------
+
+    def reader(self) -> Reader:
+        """A reader for one answer of this API (see :class:`Reader`)."""
+        raise NotImplementedError
+
+
+def error_code(payload: dict[str, Any]) -> str:
+    """The stable code of a provider's error object (``error.code``, else ``error.type``)."""
+    error = payload.get("error")
+    if isinstance(error, dict):
+        for key in ("code", "type"):
+            if isinstance(error.get(key), str):
+                return str(error[key])
+    return "provider_error"
+
+
+def gunzip(body: bytes) -> bytes:
+    """Decompress a gzip body (every member), refusing bombs past :data:`MAX_DECODED_BODY`."""
+    out = bytearray()
+    data = body
+    try:
+        while data:
+            inflater = zlib.decompressobj(wbits=31)
+            out += inflater.decompress(data, MAX_DECODED_BODY - len(out) + 1)
+            if len(out) > MAX_DECODED_BODY or inflater.unconsumed_tail:
+                raise ClientError(413, "body_too_large", "The decompressed request body is too large.")
+            if not inflater.eof:
+                raise ClientError(400, "invalid_body", "The gzip-encoded request body is truncated.")
+            data = inflater.unused_data
+    except zlib.error:
+        raise ClientError(400, "invalid_body", "The gzip-encoded request body is corrupt.") from None
+    return bytes(out)

@@ -1,0 +1,125 @@
+"""OpenAI's wire APIs: chat completions, (legacy) completions and embeddings.
+
+They share OpenAI's error format (``{"error": {"message", "type", "param", "code"}}``; in a
+stream, a ``data:`` event holding that object, on which the ``openai`` SDK raises) and its usage
+object (``prompt_tokens``, ``completion_tokens`` and their details). Streams are ``data:``
+events ending with ``data: [DONE]``; they report usage only when asked with
+``stream_options.include_usage``, in a last chunk with no choices, which Tollway asks for when
+the client did not and then hides from that client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ext_proc.llm.errors import ClientError
+from ext_proc.llm.sse import SSEEvent
+from ext_proc.llm.usage import apply_openai
+
+from .base import ParsedRequest, Reader, WireAPI, error_code
+
+# OpenAI's error "type" by HTTP status.
+_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status."""
+    return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+class OpenAIReader(Reader):
+    """Usage from the JSON answer's ``usage``, or the stream's usage chunk; ``[DONE]`` completes."""
+
+    __slots__ = ()
+
+    def _body(self, payload: dict[str, Any]) -> None:
+        apply_openai(self.usage, payload.get("usage"))
+
+    def _event(self, event: SSEEvent) -> None:
+        data = event.data
+        if not data:
+            return
+        if data == b"[DONE]":
+            self.complete = True
+            return
+        self.keep(data)
+        first = self.model is None
+        # Most chunks are content deltas: decode only the first (the model), usage and errors.
+        if not first and (b'"usage"' not in data or b'"usage":null' in data) and b'"error"' not in data:
+            return
+        chunk = event.json()
+        if chunk is None:
+            return
+        if first and isinstance(chunk.get("model"), str):
+            self.model = chunk["model"]
+        if "error" in chunk:
+            self.error = error_code(chunk)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            apply_openai(self.usage, usage)
+            event.usage_only = chunk.get("choices") == []
+
+    def _text(self, event: dict[str, Any], parts: list[str]) -> None:
+        for choice in event.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if isinstance(text, str):
+                parts.append(text)
+            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+            for call in calls or ():
+                arguments = (call.get("function") or {}).get("arguments") if isinstance(call, dict) else None
+                if isinstance(arguments, str):
+                    parts.append(arguments)
+
+
+class OpenAIAPI(WireAPI):
+    """An OpenAI endpoint; ``stream_usage``: its streams report usage only when asked."""
+
+    __slots__ = ("stream_usage",)
+
+    def __init__(self, name: str, path: str, *, required_list: str | None = None, streams: bool = True,
+                 stream_usage: bool = False) -> None:
+        super().__init__(name, path, "openai", required_list=required_list, streams=streams)
+        self.stream_usage = stream_usage
+
+    def ask_for_usage(self, request: ParsedRequest) -> bool:
+        if not self.stream_usage:
+            return False
+        options = request.payload.get("stream_options")
+        if isinstance(options, dict):
+            if options.get("include_usage") is True:
+                return False
+            request.payload["stream_options"] = {**options, "include_usage": True}
+            return True
+        if options is not None:
+            raise ClientError(400, "invalid_type", "'stream_options' must be an object.", "stream_options")
+        request.payload["stream_options"] = {"include_usage": True}
+        return True
+
+    def error_body(self, error: ClientError) -> bytes:
+        return orjson.dumps({"error": {"message": error.message, "type": error_type(error.status),
+                                       "param": error.param, "code": error.code}})
+
+    def stream_error(self, error: ClientError) -> bytes:
+        return b"data: " + self.error_body(error) + b"\n\n"
+
+    def reader(self) -> Reader:
+        return OpenAIReader()
+
+
+CHAT_COMPLETIONS = OpenAIAPI("openai.chat.completions", "/v1/chat/completions", required_list="messages",
+                             stream_usage=True)
+COMPLETIONS = OpenAIAPI("openai.completions", "/v1/completions", stream_usage=True)
+EMBEDDINGS = OpenAIAPI("openai.embeddings", "/v1/embeddings", streams=False)

@@ -1,0 +1,107 @@
+"""Provider kinds: which wire APIs each speaks, how it takes its key, where requests go.
+
+A provider in the policy has a *kind*. The kind decides everything Tollway must do differently
+for it, and nothing else does: the wire APIs it speaks (and so which client APIs it can serve,
+directly or through a translation pair of :mod:`ext_proc.llm.translate`), the headers that carry
+its API key, the request path (Azure OpenAI puts the deployment and an ``api-version`` in it) and
+the Host it expects. Adding a kind is one :class:`ProviderKind` in :data:`KINDS`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ext_proc.llm import translate
+from ext_proc.llm.apis import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES, WireAPI
+
+Headers = tuple[tuple[str, str], ...]
+_UNKNOWN = object()
+
+
+class Settings(Protocol):
+    """What a kind reads of one configured provider (the policy's ``Provider``)."""
+
+    @property
+    def anthropic_version(self) -> str: ...
+
+    @property
+    def api_version(self) -> str | None: ...
+
+
+class ProviderKind:
+    """One kind of provider; see the module docstring."""
+
+    __slots__ = ("_serves", "host", "key_header", "model_in_body", "name", "speaks")
+
+    def __init__(self, name: str, speaks: tuple[WireAPI, ...], key_header: str, host: str | None = None,
+                 model_in_body: bool = True) -> None:
+        self.name = name
+        self.model_in_body = model_in_body  # the provider's model name goes in the body (else in the path)
+        self.speaks = speaks
+        self.key_header = key_header  # the header that carries its key
+        self.host = host  # the Host it expects when the policy gives no endpoint (None: unknown)
+        self._serves: dict[WireAPI, WireAPI | None] = {}
+
+    def __repr__(self) -> str:
+        return f"<ProviderKind {self.name}>"
+
+    def serves(self, client: WireAPI) -> WireAPI | None:
+        """The API this kind answers a ``client`` request in: the client's own when it speaks it,
+        else one a translation pair reaches; None when it cannot serve that client at all."""
+        found = self._serves.get(client, _UNKNOWN)
+        if found is not _UNKNOWN:
+            return found  # type: ignore[return-value]
+        if client not in self._serves:
+            found = client if client in self.speaks else None
+            for api in self.speaks if found is None else ():
+                if translate.pair(client, api) is not None:
+                    found = api
+                    break
+            self._serves[client] = found
+        return self._serves[client]
+
+    def key_headers(self, key: str, settings: Settings) -> Headers:
+        """The headers that carry ``key`` to a provider of this kind."""
+        return ((self.key_header, f"Bearer {key}" if self.key_header == "authorization" else key),)
+
+    def path(self, api: WireAPI, model: str, settings: Settings) -> str:
+        """The request path for ``api`` with the provider's ``model``."""
+        return api.path
+
+
+class AnthropicKind(ProviderKind):
+    __slots__ = ()
+
+    def key_headers(self, key: str, settings: Settings) -> Headers:
+        return (("x-api-key", key), ("anthropic-version", settings.anthropic_version))
+
+
+class AzureKind(ProviderKind):
+    """Azure OpenAI: the deployment (the policy's model name) and ``api-version`` are in the path."""
+
+    __slots__ = ()
+
+    def path(self, api: WireAPI, model: str, settings: Settings) -> str:
+        operation = api.path.removeprefix("/v1/")
+        return f"/openai/deployments/{model}/{operation}?api-version={settings.api_version}"
+
+
+_OPENAI_APIS = (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS)
+
+KINDS: dict[str, ProviderKind] = {
+    kind.name: kind
+    for kind in (
+        ProviderKind("openai", _OPENAI_APIS, "authorization", host="api.openai.com"),
+        AnthropicKind("anthropic", (MESSAGES,), "x-api-key", host="api.anthropic.com"),
+        AzureKind("azure-openai", _OPENAI_APIS, "api-key", model_in_body=False),
+        ProviderKind("openai-compatible", _OPENAI_APIS, "authorization"),
+    )
+}
+
+# Every header some kind puts a key (or key-bound version) in: a try removes those it does not set.
+KEY_HEADERS = ("authorization", "x-api-key", "api-key", "anthropic-version")
+
+
+def kind(name: str) -> ProviderKind:
+    """The kind named ``name`` (the policy validates names against :data:`KINDS`)."""
+    return KINDS[name]
