@@ -30,6 +30,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from ext_proc.core import pipeline
 from ext_proc.server import h2, listen
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
@@ -46,6 +47,7 @@ from ext_proc.server.servicer import (
     Service,
 )
 from ext_proc.state.ledger import Ledger, MemoryLedger, RedisLedger
+from ext_proc.state.store import MemoryStore, RedisStore, Store
 
 log = logging.getLogger("tollway.serve")
 
@@ -67,6 +69,7 @@ class ServeConfig:
     usage_headers: bool = True
     admin_host: str = "127.0.0.1"
     tls: listen.TLSFiles | None = None
+    store_probe: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +101,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between policy checks")
     parser.add_argument("--redis", dest="redis_url", default=os.environ.get("TOLLWAY_REDIS_URL"),
                         help="Redis URL for shared spend aggregates (env TOLLWAY_REDIS_URL; default: in-process)")
+    parser.add_argument("--store-probe", action="store_true",
+                        help="ask the shared-state store (Redis with --redis, else in-process) before every request "
+                             "goes on, and refuse it (503) when the store does not answer: a readiness check of the "
+                             "store budgets and rate limits use")
     parser.add_argument("--no-usage-headers", dest="usage_headers", action="store_false",
                         help="do not add x-tollway-input-tokens/-output-tokens/-cost-usd to non-streamed answers")
 
@@ -121,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         config = ServeConfig(
             str(address), max(1, args.workers), args.log_file, args.grace, args.server,
             args.policy, args.workload, args.admin_port, args.reload_interval, args.redis_url, args.usage_headers,
-            args.admin_host, _tls_files(args, address),
+            args.admin_host, _tls_files(args, address), args.store_probe,
         )
         if config.tls is not None:
             listen.TLSContext(config.tls)  # refuse unreadable certificates before spawning workers
@@ -190,7 +197,9 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
     holder = PolicyHolder(config.policy, registry) if config.policy else None
     if holder is not None and not holder.load():
         raise SystemExit(2)
-    service = Service(records, holder, config.workload, accountant=warm_up(), usage_headers=config.usage_headers)
+    store: Store = RedisStore(config.redis_url) if config.redis_url else MemoryStore()
+    service = Service(records, holder, config.workload, accountant=warm_up(), usage_headers=config.usage_headers,
+                      store=store, steps=pipeline.Pipeline.of(pipeline.request_steps(store_probe=config.store_probe)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -233,6 +242,8 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
             task.cancel()
     await admin.close()
     await records.close()
+    if isinstance(store, RedisStore):
+        await store.close()
 
 
 async def _watch_tls(tls: listen.TLSContext, interval: float) -> None:
