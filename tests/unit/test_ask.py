@@ -164,7 +164,8 @@ def _headers() -> bytes:
 
 
 def _body() -> bytes:
-    return pb.ProcessingRequest(request_body=pb.HttpBody(body=orjson.dumps(BODY), end_of_stream=True)).SerializeToString()
+    body = pb.HttpBody(body=orjson.dumps(BODY), end_of_stream=True)
+    return pb.ProcessingRequest(request_body=body).SerializeToString()
 
 
 def _call(store: Any) -> tuple[ExtProcCall, Responder, Records]:
@@ -185,7 +186,8 @@ def test_the_answer_goes_out_through_the_responder_when_the_store_answers() -> N
         (reply,) = responder.sent
         answer = pb.ProcessingResponse.FromString(reply)
         assert answer.WhichOneof("response") == "request_body"
-        assert [h.header.key for h in answer.request_body.response.header_mutation.set_headers][0] == "x-tollway-cluster"
+        first = answer.request_body.response.header_mutation.set_headers[0]
+        assert first.header.key == "x-tollway-cluster"
 
     asyncio.run(scenario())
 
