@@ -72,4 +72,13 @@ class EmitRecord:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-Effect = EmitRecord
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """A request that held budget or rate-limit claims ended: give them back and count ``used``
+    (one amount per claim: what it spent; nothing for concurrency slots)."""
+
+    claims: tuple[Any, ...]  # ext_proc.state.queries.Claim
+    used: tuple[int, ...]
+
+
+Effect = EmitRecord | Settle

@@ -16,6 +16,7 @@ from ext_proc.llm.apis import ParsedRequest, WireAPI
 from ext_proc.llm.runtime import Runtime
 from ext_proc.llm.translate import Pair, StreamTranslator
 from ext_proc.policy.compiled import Alias, CompiledPolicy, Principal, Provider, Target
+from ext_proc.state.queries import Admission, Claim
 
 
 class Flow:
@@ -23,12 +24,16 @@ class Flow:
 
     __slots__ = (
         "accountant",
+        "admission",
         "api",
         "attempts",
         "attributes",
         "body",
         "chain",
+        "claim_labels",
+        "claims",
         "cluster",
+        "cost_unknown",
         "credential",
         "error",
         "fallback",
@@ -37,6 +42,7 @@ class Flow:
         "headers",
         "headers_only",
         "hide_usage",
+        "limit_refused",
         "metadata",
         "meter",
         "model",
@@ -46,6 +52,7 @@ class Flow:
         "policy",
         "principal",
         "provider",
+        "rate_headers",
         "reencode",
         "remove_headers",
         "replaced",
@@ -90,6 +97,13 @@ class Flow:
         self.granted: Target | Alias | None = None  # what the model name gives this caller
         self.chain: tuple[Target, ...] = ()  # the targets Envoy may try, in order
         self.hide_usage = False  # usage was asked for on the client's behalf: hide its event
+        # Budgets and rate limits (ext_proc.core.limits).
+        self.claims: tuple[Claim, ...] = ()  # the counters this request claims
+        self.claim_labels: tuple[tuple[str, str, str], ...] = ()  # (limit, unit, kind) per claim
+        self.admission: Admission | None = None  # the store's answer
+        self.rate_headers: tuple[tuple[str, str], ...] = ()  # x-ratelimit-* for the answer
+        self.limit_refused: str | None = None  # the limit that refused the request
+        self.cost_unknown = False  # a USD budget applies but no target has a price
         # What goes upstream (the answer to Envoy's request messages).
         self.set_headers: list[tuple[str, str]] = []
         self.remove_headers: list[str] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ext_proc.core import response, steps
+from ext_proc.core import limits, response, steps
 from ext_proc.core.actions import Ask
 from ext_proc.core.flow import Flow
 from ext_proc.core.response import Stage
@@ -26,7 +26,7 @@ def request_steps(*, store_probe: bool = False) -> tuple[Step, ...]:
         steps.Access(),  # the model exists and the team may use it
         steps.Route(),  # count the prompt; choose the target or the fallback chain
         *((steps.Probe(),) if store_probe else ()),  # shared state answers (ask and continue)
-        # budgets and rate limits: reserve before sending (ask and continue)
+        limits.Limits(),  # budgets and rate limits: claimed before sending (ask and continue)
         # guardrails on the prompt
         steps.Rewrite(),  # the provider's body, path and key; Envoy's routing labels
     )

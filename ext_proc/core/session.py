@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from ext_proc.core import pipeline, upstream
+from ext_proc.core import limits, pipeline, upstream
 from ext_proc.core.actions import CONTINUE, Action, Ask, Continue, Effect, EmitRecord, Respond
 from ext_proc.core.events import (
     Answered,
@@ -219,7 +219,7 @@ class Session:
             flow.status = int(headers.get(":status", ""))
         except ValueError:
             flow.status = None
-        told = self._served(event.upstream)
+        told = self._served(event.upstream) + flow.rate_headers
         if event.end_of_stream:
             self._finish(event.at, "ok" if flow.status and flow.status < 400 else "error")
             return Continue(set_headers=told) if told else CONTINUE
@@ -280,7 +280,7 @@ class Session:
         headers: list[tuple[str, str]] = []
         if self._usage_headers and ok:
             # The response head is still held (buffered body): tell the client its usage and cost.
-            record = self.effects[-1].record
+            record = next(e.record for e in reversed(self.effects) if isinstance(e, EmitRecord))
             cost = record["cost_usd_micros"]
             headers += [(f"x-tollway-{name.replace('_', '-')}", str(record[name]))
                         for name in ("input_tokens", "output_tokens") if record[name] is not None]
@@ -323,6 +323,8 @@ class Session:
         flow.error = error.code
         self._finish(at, "rejected")
         api = flow.api or apis.for_errors(flow.path or flow.headers.get(":path", ""))
+        if error.headers:
+            return Respond(error.status, api.error_body(error), (("content-type", "application/json"), *error.headers))
         return Respond(error.status, api.error_body(error))
 
     def _finish(self, at: int, outcome: str) -> None:
@@ -345,6 +347,12 @@ class Session:
         else:
             record.update(estimated_input_tokens=None, input_estimated=False, output_estimated=False,
                           cost_usd_micros=None, price_version=None)
+        if flow.claims:
+            settle = limits.settlement(flow, record)
+            if settle is not None:
+                self.effects.append(settle)
+            if flow.limit_refused is not None:
+                record["limit"] = flow.limit_refused
         self.effects.append(EmitRecord(record))
 
     def record(self, at: int) -> dict[str, Any]:

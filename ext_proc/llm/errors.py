@@ -16,12 +16,16 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class ClientError(Exception):
-    """An error the client is told about, with its HTTP status and a stable machine code."""
+    """An error the client is told about, with its HTTP status and a stable machine code.
+
+    ``headers`` go on the error response too (``retry-after``, ``x-should-retry``, rate limits).
+    """
 
     status: int
     code: str
     message: str
     param: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def internal_error() -> ClientError:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import types
 import urllib.parse
+import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -40,7 +41,7 @@ from pydantic_core import ErrorDetails
 
 from ext_proc.llm.prices import Price
 
-from .compiled import Alias, CompiledPolicy, CredentialSource, Plan, Provider, Target, Team
+from .compiled import Alias, Budget, CompiledPolicy, CredentialSource, Limits, Plan, Provider, RateLimit, Target, Team
 from .issues import (
     SECTION_NOUNS,
     Loc,
@@ -54,7 +55,7 @@ from .issues import (
     suggest,
     to_issues,
 )
-from .schema import API_VERSION, RESERVED_SECTIONS, PlanSpec, PolicySpec, PriceSpec
+from .schema import API_VERSION, RESERVED_SECTIONS, PlanSpec, PolicySpec, PriceSpec, ScopeSpec
 
 __all__ = ["PolicyError", "PolicyIssue", "compile_policy"]
 
@@ -242,6 +243,39 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
                 suggestion = suggest(ref, [*skipped.known("models", owners), *spec.routing.aliases])
                 problems.append(Problem(f"unknown model '{ref}'" + suggestion, where=where))
     problems += _check_aliases(spec, owners, skipped)
+    problems += _check_limits(spec, owners, skipped)
+    return problems
+
+
+def _check_limits(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped: _Skipped) -> list[Problem]:
+    """Budgets and rate limits name a team, key or model that exists; budgets a real time zone."""
+    problems: list[Problem] = []
+    key_ids = {key.id for team in spec.teams.values() for key in team.keys}
+    models = [*owners, *spec.routing.aliases]
+    for section, entries in (("budgets", spec.budgets), ("rate_limits", spec.rate_limits)):
+        for name, limit in entries.items():
+            here: Loc = (section, name)
+            if limit.team is not None and limit.team != "*" and limit.team not in spec.teams \
+                    and ("teams", limit.team) not in skipped:
+                problems.append(Problem(f"unknown team '{limit.team}'"
+                                        + suggest(limit.team, skipped.known("teams", spec.teams)),
+                                        where=(*here, "team")))
+            if limit.key is not None and limit.key != "*" and limit.key not in key_ids and "teams" not in skipped.whole:
+                problems.append(Problem(f"unknown key id '{limit.key}'" + suggest(limit.key, key_ids),
+                                        where=(*here, "key")))
+            if limit.model is not None and limit.model != "*" and limit.model not in models \
+                    and ("models", limit.model) not in skipped and ("aliases", limit.model) not in skipped:
+                problems.append(Problem(f"unknown model '{limit.model}'" + suggest(limit.model, models),
+                                        where=(*here, "model")))
+    for name, budget in spec.budgets.items():
+        try:
+            zoneinfo.ZoneInfo(budget.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            problems.append(Problem(f"unknown time zone '{budget.timezone}' (an IANA name, e.g. Europe/Berlin)",
+                                    where=("budgets", name, "timezone")))
+        if budget.webhook is not None and not budget.alerts:
+            problems.append(Problem("a webhook needs 'alerts' (the percentages that call it)",
+                                    where=("budgets", name, "webhook"), at_key=True))
     return problems
 
 
@@ -332,7 +366,35 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
         workloads=types.MappingProxyType({w: name for name, t in spec.teams.items() for w in t.workloads}),
         sections=types.MappingProxyType({section: getattr(spec, section) for section in RESERVED_SECTIONS}),
         aliases=types.MappingProxyType(aliases),
+        limits=_limits(spec),
     )
+
+
+def _scope(limit: ScopeSpec) -> tuple[str, str]:
+    for scope in ("team", "key", "model"):
+        member = getattr(limit, scope)
+        if member is not None:
+            return scope, member
+    raise AssertionError("the schema ensures one scope")
+
+
+def _limits(spec: PolicySpec) -> Limits:
+    budgets = tuple(
+        Budget(
+            name, *_scope(b),
+            usd_micros=int(Decimal(b.usd) * 1_000_000) if b.usd is not None else None,
+            tokens=b.tokens, period=b.period, timezone=b.timezone, hard=b.enforce == "hard",
+            alerts=tuple(sorted(set(b.alerts))), webhook=b.webhook,
+        )
+        for name, b in spec.budgets.items()
+    )
+    rate_limits = tuple(
+        RateLimit(name, *_scope(r), requests_per_minute=r.requests_per_minute,
+                  tokens_per_minute=r.tokens_per_minute, concurrent=r.concurrent)
+        for name, r in spec.rate_limits.items()
+    )
+    state = spec.shared_state
+    return Limits(budgets, rate_limits, state.on_unavailable, state.default_output_tokens)
 
 
 def _netloc(url: str | None) -> str | None:

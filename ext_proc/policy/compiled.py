@@ -93,6 +93,73 @@ class Team:
     all_models: bool = False  # the team's models list was "*"
 
 
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A spending limit per period; ``scope`` is "team", "key" or "model", ``member`` a name or "*"."""
+
+    name: str
+    scope: str
+    member: str
+    usd_micros: int | None  # None: no USD limit
+    tokens: int | None  # None: no token limit
+    period: str  # "day" | "month"
+    timezone: str  # IANA name
+    hard: bool  # refuse past the budget (else alerts only)
+    alerts: tuple[int, ...] = ()  # percentages
+    webhook: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Requests and tokens per calendar minute, requests in flight; scoped like :class:`Budget`."""
+
+    name: str
+    scope: str
+    member: str
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent: int | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every budget and rate limit, indexed by (scope, member) for the per-request lookup."""
+
+    budgets: tuple[Budget, ...] = ()
+    rate_limits: tuple[RateLimit, ...] = ()
+    on_unavailable: str = "closed"  # "closed" | "open": when the shared store does not answer
+    default_output_tokens: int = 4096
+    _index: Mapping[tuple[str, str], tuple[Budget | RateLimit, ...]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        index: dict[tuple[str, str], list[Budget | RateLimit]] = {}
+        every: list[Budget | RateLimit] = [*self.budgets, *self.rate_limits]
+        for limit in every:
+            index.setdefault((limit.scope, limit.member), []).append(limit)
+        object.__setattr__(self, "_index", {key: tuple(value) for key, value in index.items()})
+
+    def __bool__(self) -> bool:
+        return bool(self.budgets or self.rate_limits)
+
+    def applying(self, team: str, key_id: str | None, models: tuple[str, ...]) -> list[tuple[Budget | RateLimit, str]]:
+        """The limits counting a request, each with the member it counts for (a "*" scope gives
+        every team, key or model its own counter)."""
+        index = self._index
+        if not index:
+            return []
+        out: list[tuple[Budget | RateLimit, str]] = []
+        members = [("team", team)] + ([("key", key_id)] if key_id else []) + [("model", m) for m in models]
+        for scope, member in members:
+            for name in (member, "*"):
+                for limit in index.get((scope, name), ()):
+                    if (limit, member) not in out:
+                        out.append((limit, member))
+        return out
+
+
+NO_LIMITS = Limits()
+
+
 def key_digest(secret: str) -> str:
     """The sha256 hex digest under which a virtual key is stored in the policy."""
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
@@ -111,6 +178,7 @@ class CompiledPolicy:
     workloads: Mapping[str, str]  # workload identity (e.g. a SPIFFE ID) -> team
     sections: Mapping[str, object] = field(default_factory=dict)  # later work: budgets, rate limits, ...
     aliases: Mapping[str, Alias] = field(default_factory=dict)  # routing.aliases
+    limits: Limits = NO_LIMITS  # budgets and rate limits
 
     def alias(self, model: str) -> Alias | None:
         """The routing alias named ``model``, if it is one."""

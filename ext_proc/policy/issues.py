@@ -268,7 +268,10 @@ def _yaml_problem(exc: yaml.YAMLError, text: str) -> Problem:
 
 # -- pass 3: pydantic's errors in the policy's words ----------------------------------------------
 
-SECTION_NOUNS = {"providers": "provider", "models": "model", "teams": "team"}
+_BOUNDS = {"greater_than_equal": ("at least", "ge"), "less_than_equal": ("at most", "le"),
+           "greater_than": ("more than", "gt"), "less_than": ("less than", "lt")}
+SECTION_NOUNS = {"providers": "provider", "models": "model", "teams": "team", "budgets": "budget",
+                 "rate_limits": "rate limit"}
 
 
 def describe(error: ErrorDetails, tree: Tree | None) -> Problem:
@@ -305,6 +308,9 @@ def _message(kind: str, ctx: dict[str, Any], value: object, node: Node | None, m
         return f"must be a list, not {_what(value)}"
     if kind == "value_error" and "error" in ctx:
         return str(ctx["error"])
+    if kind in _BOUNDS and _BOUNDS[kind][1] in ctx:
+        words, bound = _BOUNDS[kind]
+        return f"must be {words} {ctx[bound]:,}" if isinstance(ctx[bound], int) else f"must be {words} {ctx[bound]}"
     if kind == "recursion_loop":
         return "refers to itself (a YAML alias inside its own anchor)"
     return msg[:1].lower() + msg[1:]

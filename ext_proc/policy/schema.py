@@ -142,12 +142,77 @@ class TeamSpec(Strict):
     models: list[ModelRef] = Field(description='public model names or aliases; ["*"] for every model')
 
 
-class BudgetsSpec(Strict):
-    """Reserved: spending limits. Takes no settings yet."""
+Period = Literal["day", "month"]
+Enforce = Literal["hard", "soft"]
+Percent = Annotated[int, Field(ge=1, le=1000)]
+TimeZone = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_+/-]{0,63}$")]
 
 
-class RateLimitsSpec(Strict):
-    """Reserved: request and token rate limits. Takes no settings yet."""
+class ScopeSpec(Strict):
+    """Whose requests a limit counts: exactly one of ``team``, ``key`` or ``model``.
+
+    A name counts that team, virtual key (its id) or model (a public name or an alias); ``"*"``
+    gives every team, key or model its own counter with the same limit.
+    """
+
+    team: ModelRef | None = Field(None, description='a team name, or "*" for each team')
+    key: ModelRef | None = Field(None, description='a virtual key id, or "*" for each key')
+    model: ModelRef | None = Field(None, description='a public model name or alias, or "*" for each model')
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScopeSpec:
+        if sum(value is not None for value in (self.team, self.key, self.model)) != 1:
+            raise PydanticCustomError("scope", "needs exactly one of 'team', 'key' or 'model'")
+        return self
+
+
+class BudgetSpec(ScopeSpec):
+    """Spending allowed per day or calendar month: in USD, in tokens, or both."""
+
+    usd: Dec | None = Field(None, description='USD per period, quoted: "500.00"')
+    tokens: Count | None = Field(None, description="input + output tokens per period")
+    period: Period = Field(description="day | month (calendar, in 'timezone')")
+    timezone: TimeZone = Field("UTC", description="IANA time zone the period turns over in (default UTC)")
+    enforce: Enforce = Field("hard", description="hard: refuse requests past the budget; soft: alerts only")
+    alerts: list[Percent] = Field(
+        default_factory=list, description="percentages of the budget that raise an alert: log, metric, webhook"
+    )
+    webhook: Url | None = Field(None, description="POSTed a JSON event at each alert (retried, never blocking)")
+
+    @model_validator(mode="after")
+    def _some_amount(self) -> BudgetSpec:
+        if self.usd is None and self.tokens is None:
+            raise PydanticCustomError("budget", "needs 'usd', 'tokens' or both")
+        return self
+
+
+class RateLimitSpec(ScopeSpec):
+    """Requests and tokens per minute, and requests in flight at once."""
+
+    requests_per_minute: Count | None = Field(None, description="requests per calendar minute")
+    tokens_per_minute: Count | None = Field(None, description="input + output tokens per calendar minute")
+    concurrent: Count | None = Field(None, description="requests in flight at once")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> RateLimitSpec:
+        if self.requests_per_minute is None and self.tokens_per_minute is None and self.concurrent is None:
+            raise PydanticCustomError(
+                "rate_limit", "needs 'requests_per_minute', 'tokens_per_minute' or 'concurrent'")
+        return self
+
+
+OnUnavailable = Literal["closed", "open"]
+
+
+class SharedStateSpec(Strict):
+    """What budgets and rate limits do when the shared store (Redis) does not answer."""
+
+    on_unavailable: OnUnavailable = Field(
+        "closed", description="closed: refuse with a 503; open: enforce on this process's own counters"
+    )
+    default_output_tokens: Count = Field(
+        4096, description="output tokens reserved for a request that sets no limit and whose model has none"
+    )
 
 
 class GuardrailsSpec(Strict):
@@ -198,7 +263,7 @@ class RoutingSpec(Strict):
     aliases: dict[Name, AliasSpec] = Field(default_factory=dict, description="public name -> how it is served")
 
 
-RESERVED_SECTIONS = ("budgets", "rate_limits", "guardrails")
+RESERVED_SECTIONS = ("guardrails",)
 
 
 class PolicySpec(Strict):
@@ -210,8 +275,12 @@ class PolicySpec(Strict):
     providers: dict[Name, ProviderSpec] = Field(default_factory=dict, description="name -> upstream")
     models: dict[Name, ModelSpec] = Field(default_factory=dict, description="public model name -> model")
     teams: dict[Name, TeamSpec] = Field(default_factory=dict, description="team name -> team")
-    budgets: BudgetsSpec = Field(default_factory=BudgetsSpec, description="reserved")
-    rate_limits: RateLimitsSpec = Field(default_factory=RateLimitsSpec, description="reserved")
+    budgets: dict[Name, BudgetSpec] = Field(default_factory=dict, description="name -> spending limit")
+    rate_limits: dict[Name, RateLimitSpec] = Field(default_factory=dict, description="name -> rate limit")
+    shared_state: SharedStateSpec = Field(
+        default_factory=lambda: SharedStateSpec.model_validate({}),
+        description="budgets and rate limits when the shared store is down",
+    )
     guardrails: GuardrailsSpec = Field(default_factory=GuardrailsSpec, description="reserved")
     routing: RoutingSpec = Field(default_factory=RoutingSpec, description="model aliases, fallback, weights")
 

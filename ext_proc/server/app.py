@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -34,6 +36,8 @@ from ext_proc.core import pipeline
 from ext_proc.server import h2, listen
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
+from ext_proc.server.alerts import Alerts
+from ext_proc.server.node_state import NodeBackend, NodeStateServer
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.reload import PolicyHolder
 from ext_proc.server.servicer import (
@@ -47,6 +51,7 @@ from ext_proc.server.servicer import (
     Service,
 )
 from ext_proc.state.ledger import Ledger, MemoryLedger, RedisLedger
+from ext_proc.state.limits import Backend, Keeper, MemoryBackend, RedisBackend
 from ext_proc.state.store import MemoryStore, RedisStore, Store
 
 log = logging.getLogger("tollway.serve")
@@ -70,6 +75,7 @@ class ServeConfig:
     admin_host: str = "127.0.0.1"
     tls: listen.TLSFiles | None = None
     store_probe: bool = False
+    node_state: str | None = None  # the parent's counters (several workers, no Redis): its socket
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +161,13 @@ def run(args: argparse.Namespace) -> int:
         except listen.ListenError as exc:
             print(f"tollway serve: {exc}", file=sys.stderr)
             return 2
+    node: NodeStateServer | None = None
+    if config.workers > 1 and not config.redis_url:
+        # Budgets and rate limits must hold across the node's workers: their counters live here.
+        directory = os.path.dirname(address.path) if address.kind == "unix" else tempfile.mkdtemp(prefix="tollway-")
+        node = NodeStateServer(os.path.join(directory, "state.sock"))
+        node.start()
+        config = dataclasses.replace(config, node_state=node.path)
     try:
         if config.workers == 1:
             _worker(config, listener.sock if listener else None)
@@ -163,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if listener is not None:
             listener.close()
+        if node is not None:
+            node.stop()
 
 
 def open_ledger(redis_url: str | None) -> Ledger:
@@ -198,8 +213,19 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
     if holder is not None and not holder.load():
         raise SystemExit(2)
     store: Store = RedisStore(config.redis_url) if config.redis_url else MemoryStore()
+    backend: Backend
+    if config.redis_url:
+        backend = RedisBackend.from_url(config.redis_url)
+    elif config.node_state:
+        backend = NodeBackend(config.node_state)
+    else:
+        backend = MemoryBackend()
+    keeper = Keeper(backend)
+    keeper.alerts = Alerts(lambda: holder.current if holder else None, backend.once, registry)
     service = Service(records, holder, config.workload, accountant=warm_up(), usage_headers=config.usage_headers,
-                      store=store, steps=pipeline.Pipeline.of(pipeline.request_steps(store_probe=config.store_probe)))
+                      store=store, keeper=keeper,
+                      steps=pipeline.Pipeline.of(pipeline.request_steps(store_probe=config.store_probe)))
+    limits_store = "redis" if config.redis_url else "node" if config.node_state else "memory"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -209,6 +235,12 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
 
     def ready() -> tuple[bool, dict[str, object]]:
         details: dict[str, object] = {"draining": draining, "workload": config.workload}
+        since = keeper.degraded_since
+        # Degraded is shown, not failed: a sidecar that cannot reach Redis still serves (the policy's
+        # shared_state.on_unavailable decides how), and failing readiness would take it out of service.
+        details["limits"] = {"store": limits_store, "degraded": since is not None,
+                             "degraded_for_s": round(time.monotonic() - since, 1) if since is not None else None,
+                             "counters": len(keeper.leases)}
         if holder is not None:
             details["policy"] = holder.details()
             if holder.current is not None:
@@ -241,6 +273,10 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
         if task is not None:
             task.cancel()
     await admin.close()
+    flushed = keeper.flush()  # report what this worker spent before it goes
+    if flushed is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(flushed, 2)
     await records.close()
     if isinstance(store, RedisStore):
         await store.close()

@@ -34,7 +34,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health_pb2
 
 from ext_proc.core import pipeline
-from ext_proc.core.actions import Action, Ask, EmitRecord
+from ext_proc.core.actions import Action, Ask, EmitRecord, Settle
 from ext_proc.core.attempt import Attempt
 from ext_proc.core.events import Answered, Event, StreamClosed
 from ext_proc.core.meter import Accountant
@@ -44,6 +44,8 @@ from ext_proc.server import codec
 from ext_proc.server.credentials import CredentialStore
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.reload import PolicyHolder
+from ext_proc.state.limits import Keeper, MemoryBackend
+from ext_proc.state.queries import Admit
 from ext_proc.state.store import MemoryStore, Store
 
 log = logging.getLogger("tollway.servicer")
@@ -67,6 +69,7 @@ class Service:
     accountant: Accountant | None = None  # token counts and prices (None: usage only, no cost)
     usage_headers: bool = True  # tell clients their tokens and cost in response headers
     store: Store = field(default_factory=MemoryStore)  # where the core's questions go
+    keeper: Keeper = field(default_factory=lambda: Keeper(MemoryBackend()))  # budgets and rate limits
     steps: pipeline.Pipeline = pipeline.DEFAULT  # the request steps (see ext_proc.core.pipeline)
     runtime: Runtime = SYSTEM  # the clock and randomness the core uses
 
@@ -78,6 +81,8 @@ class Service:
     def ask(self, query: object) -> object | Awaitable[object]:
         """The store's answer to ``query`` (or an awaitable of it); a failure is the exception itself."""
         try:
+            if type(query) is Admit:
+                return self.keeper.admit(query.claims, query.fail_open)
             return self.store.answer(query)
         except Exception as exc:  # the asking step decides what a failed question means
             return exc
@@ -91,10 +96,12 @@ def _closed(session: Session | Attempt) -> bool:
     return not isinstance(session, Session) or session.phase is Phase.DONE
 
 
-def _run_effects(session: Session | Attempt, records: RecordWriter) -> None:
+def _run_effects(session: Session | Attempt, service: Service) -> None:
     for effect in session.effects:
         if isinstance(effect, EmitRecord):
-            records.emit(effect.record)
+            service.records.emit(effect.record)
+        elif isinstance(effect, Settle):
+            service.keeper.settle(effect.claims, effect.used)
     session.effects.clear()
 
 
@@ -134,7 +141,7 @@ class ExtProcCall:
             return self._handle(kind, event, result)
         reply = codec.encode_bytes(kind, result, self.service.credentials.headers)  # type: ignore[arg-type]
         if session.effects:
-            _run_effects(session, self.service.records)
+            _run_effects(session, self.service)
         return [reply]
 
     def _handle(self, kind: str, event: Event, result: Action | Ask | None = None) -> list[bytes]:
@@ -153,7 +160,7 @@ class ExtProcCall:
             return []
         reply = codec.encode_bytes(kind, result, self.service.credentials.headers)  # type: ignore[arg-type]
         if session.effects:
-            _run_effects(session, self.service.records)
+            _run_effects(session, self.service)
         return [reply]
 
     def _wait(self, kind: str, answer: Awaitable[object]) -> None:
@@ -199,7 +206,7 @@ class ExtProcCall:
             self._task.cancel()
         if not _closed(session):
             session.handle(StreamClosed(time.monotonic_ns()))
-            _run_effects(session, self.service.records)
+            _run_effects(session, self.service)
 
 
 class HealthCall:
@@ -233,7 +240,7 @@ class Processor:
     ) -> AsyncIterator[pb.ProcessingResponse]:
         upstream = (FILTER_METADATA.decode(), "upstream") in (context.invocation_metadata() or ())
         session = self.service.attempt() if upstream else self.service.session()
-        records, credentials = self.service.records, self.service.credentials.headers
+        credentials = self.service.credentials.headers
         clock = time.monotonic_ns
         decode, encode, handle = codec.decode, codec.encode, session.handle
         try:
@@ -250,7 +257,7 @@ class Processor:
                     action = handle(Answered(answer, clock()))
                 assert action is not None
                 if session.effects:  # before yielding: Envoy may close the stream right after an answer
-                    _run_effects(session, records)
+                    _run_effects(session, self.service)
                 yield encode(kind, action, credentials)
         except Exception:
             log.exception("ext_proc stream failed (request_id=%s)", session.request_id)
@@ -258,7 +265,7 @@ class Processor:
         finally:
             if not _closed(session):
                 session.handle(StreamClosed(clock()))
-                _run_effects(session, records)
+                _run_effects(session, self.service)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler registering ``Process`` with upb (de)serializers."""

@@ -18,3 +18,48 @@ class Ping:
 
 class StoreUnavailable(Exception):
     """The store did not answer (down, too slow, refused); the message names why, never a secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One counter a request must fit in (a budget, a per-minute limit, a concurrency cap).
+
+    ``counter`` names the counter with its window (``budget/NAME/usd/MEMBER/2026-12``), so a new
+    period is a new counter. ``amount`` is what the request holds while in flight (micro-dollars,
+    tokens, one request, one slot) out of ``capacity``; ``resets`` is when the window ends (Unix
+    seconds; 0: never). ``consumes``: the amount is spent (budgets, per-minute limits) rather than
+    only held while in flight (concurrency). ``enforced``: refuse past capacity (else counted and
+    alerted on only: a soft budget).
+    """
+
+    counter: str
+    amount: int
+    capacity: int
+    resets: float
+    consumes: bool = True
+    enforced: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Hold every claim, or none: answered with an :class:`Admission`. ``fail_open``: when the
+    store does not answer, admit on this process's own counters (else refuse)."""
+
+    claims: tuple[Claim, ...]
+    fail_open: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer to :class:`Admit`.
+
+    ``refused`` is the index of the claim that did not fit (nothing is held then); ``remaining``
+    the capacity left per claim as this process last knew it (for rate-limit headers);
+    ``degraded``: the store did not answer and the claims were held on this process's own
+    counters (the policy's ``on_unavailable: open``).
+    """
+
+    admitted: bool
+    refused: int | None = None
+    remaining: tuple[int, ...] = ()
+    degraded: bool = False

@@ -95,7 +95,7 @@ def test_example_compiles_with_its_lookups() -> None:
     assert (azure.kind, azure.cluster, azure.api_version) == ("azure-openai", "azure-openai-eu", "2024-10-21")
     assert azure.credential is not None and azure.credential.file == "/var/run/secrets/tollway/azure-eu/api-key"
     assert policy.providers["local-llm"].credential is None
-    assert set(policy.sections) == {"budgets", "rate_limits", "guardrails"}
+    assert set(policy.sections) == {"guardrails"}
 
 
 def test_example_keys_are_indexed_by_digest() -> None:
@@ -234,11 +234,11 @@ def test_unknown_field_with_a_suggestion() -> None:
 def test_unknown_field_without_a_close_match_lists_the_fields() -> None:
     assert issues(HEAD + "colour: blue\n") == [
         "p.yaml:7:1: unknown field 'colour' (expected one of: apiVersion, providers, models, teams, budgets, "
-        "rate_limits, guardrails, routing)"
+        "rate_limits, shared_state, guardrails, routing)"
     ]
 
 
-@pytest.mark.parametrize("section", ["budgets", "rate_limits", "guardrails"])
+@pytest.mark.parametrize("section", ["guardrails"])
 def test_reserved_sections_take_nothing_yet(section: str) -> None:
     compiles(HEAD + f"{section}: {{}}\n")
     assert issues(HEAD + f"{section}:\n  monthly_usd: 100\n") == [

@@ -8,7 +8,7 @@ API here and nowhere else. Adding an API: one module, one line in :data:`APIS`.
 from __future__ import annotations
 
 from .anthropic import MESSAGES
-from .base import ParsedRequest, Reader, WireAPI, error_code, gunzip
+from .base import ParsedRequest, RateWindow, Reader, WireAPI, error_code, gunzip
 from .openai import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
 
 APIS: tuple[WireAPI, ...] = (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES)
@@ -16,7 +16,7 @@ APIS: tuple[WireAPI, ...] = (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES
 _BY_PATH = {api.path: api for api in APIS}
 
 __all__ = [
-    "APIS", "CHAT_COMPLETIONS", "COMPLETIONS", "EMBEDDINGS", "MESSAGES", "ParsedRequest", "Reader",
+    "APIS", "CHAT_COMPLETIONS", "COMPLETIONS", "EMBEDDINGS", "MESSAGES", "ParsedRequest", "RateWindow", "Reader",
     "WireAPI", "error_code", "for_errors", "gunzip", "match",
 ]
 

@@ -9,6 +9,7 @@ completes the stream. Every stream reports usage: nothing needs asking.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
 from ext_proc.llm.usage import apply_anthropic
 
-from .base import Reader, WireAPI, error_code
+from .base import RateWindow, Reader, WireAPI, error_code
 
 _TYPES = {
     400: "invalid_request_error",
@@ -80,6 +81,16 @@ class MessagesReader(Reader):
 
 class MessagesAPI(WireAPI):
     __slots__ = ()
+
+    def rate_limit_headers(self, windows: list[RateWindow], now: float) -> tuple[tuple[str, str], ...]:
+        """Anthropic's ``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`` (reset: RFC 3339)."""
+        out: list[tuple[str, str]] = []
+        for window in windows:
+            reset = datetime.datetime.fromtimestamp(window.resets, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            out += [(f"anthropic-ratelimit-{window.kind}-limit", str(window.limit)),
+                    (f"anthropic-ratelimit-{window.kind}-remaining", str(window.remaining)),
+                    (f"anthropic-ratelimit-{window.kind}-reset", reset)]
+        return tuple(out)
 
     def error_body(self, error: ClientError) -> bytes:
         return orjson.dumps({"type": "error", "error": {"type": error_type(error.status), "message": error.message}})

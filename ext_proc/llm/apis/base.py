@@ -104,18 +104,30 @@ class Reader:
         raise NotImplementedError
 
 
+@dataclass(frozen=True, slots=True)
+class RateWindow:
+    """A rate limit as the client is told about it: of ``kind`` "requests" or "tokens"."""
+
+    kind: str
+    limit: int
+    remaining: int
+    resets: float  # Unix seconds
+
+
 class WireAPI:
     """One wire format; see the module docstring. Instances are immutable singletons."""
 
-    __slots__ = ("home", "name", "path", "required_list", "streams")
+    __slots__ = ("home", "name", "output_fields", "path", "required_list", "streams")
 
     def __init__(self, name: str, path: str, home: str, *, required_list: str | None = None,
-                 streams: bool = True) -> None:
+                 streams: bool = True, output_fields: tuple[str, ...] | None = ("max_tokens",)) -> None:
         self.name = name  # in records and metrics: "openai.chat.completions"
         self.path = path  # the request path: "/v1/chat/completions"
         self.home = home  # the provider kind that speaks it natively (the route without a policy)
         self.required_list = required_list  # a field that must be a JSON array when present
         self.streams = streams  # whether a request may ask for an event stream
+        # The request fields that cap the answer's tokens, first found wins (None: no output at all).
+        self.output_fields = output_fields
 
     def __repr__(self) -> str:
         return f"<WireAPI {self.name}>"
@@ -152,6 +164,20 @@ class WireAPI:
         client, so its stream looks exactly as it would without Tollway.
         """
         return False
+
+    def output_limit(self, payload: dict[str, Any]) -> int | None:
+        """The most output tokens the request allows (None: it sets no limit); 0 for no output."""
+        if self.output_fields is None:
+            return 0
+        for name in self.output_fields:
+            value = payload.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+        return None
+
+    def rate_limit_headers(self, windows: list[RateWindow], now: float) -> tuple[tuple[str, str], ...]:
+        """The response headers that tell a client where it stands against its rate limits."""
+        return ()
 
     def error_body(self, error: ClientError) -> bytes:
         """``error`` as this API's error response body."""

@@ -18,7 +18,7 @@ from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
 from ext_proc.llm.usage import apply_openai
 
-from .base import ParsedRequest, Reader, WireAPI, error_code
+from .base import ParsedRequest, RateWindow, Reader, WireAPI, error_code
 
 # OpenAI's error "type" by HTTP status.
 _TYPES = {
@@ -90,9 +90,19 @@ class OpenAIAPI(WireAPI):
     __slots__ = ("stream_usage",)
 
     def __init__(self, name: str, path: str, *, required_list: str | None = None, streams: bool = True,
-                 stream_usage: bool = False) -> None:
-        super().__init__(name, path, "openai", required_list=required_list, streams=streams)
+                 stream_usage: bool = False, output_fields: tuple[str, ...] | None = ("max_tokens",)) -> None:
+        super().__init__(name, path, "openai", required_list=required_list, streams=streams,
+                         output_fields=output_fields)
         self.stream_usage = stream_usage
+
+    def rate_limit_headers(self, windows: list[RateWindow], now: float) -> tuple[tuple[str, str], ...]:
+        """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (reset as "1m30s")."""
+        out: list[tuple[str, str]] = []
+        for window in windows:
+            out += [(f"x-ratelimit-limit-{window.kind}", str(window.limit)),
+                    (f"x-ratelimit-remaining-{window.kind}", str(window.remaining)),
+                    (f"x-ratelimit-reset-{window.kind}", duration(window.resets - now))]
+        return tuple(out)
 
     def ask_for_usage(self, request: ParsedRequest) -> bool:
         if not self.stream_usage:
@@ -119,7 +129,16 @@ class OpenAIAPI(WireAPI):
         return OpenAIReader()
 
 
+def duration(seconds: float) -> str:
+    """A wait as OpenAI writes it in reset headers: "20ms", "1s", "6m0s"."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    whole = round(seconds)
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
+
+
 CHAT_COMPLETIONS = OpenAIAPI("openai.chat.completions", "/v1/chat/completions", required_list="messages",
-                             stream_usage=True)
+                             stream_usage=True, output_fields=("max_completion_tokens", "max_tokens"))
 COMPLETIONS = OpenAIAPI("openai.completions", "/v1/completions", stream_usage=True)
-EMBEDDINGS = OpenAIAPI("openai.embeddings", "/v1/embeddings", streams=False)
+EMBEDDINGS = OpenAIAPI("openai.embeddings", "/v1/embeddings", streams=False, output_fields=None)

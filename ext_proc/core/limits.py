@@ -1,0 +1,226 @@
+"""Budgets and rate limits in the request: what a request claims, and what it settles.
+
+Theory of operation. After routing (the prompt is counted and the targets are known) the
+:class:`Limits` step finds every budget and rate limit of the policy that counts this request
+(its team, its key, the model or alias it asked for) and turns each into claims on counters
+(:class:`~ext_proc.state.queries.Claim`), one per unit and window:
+
+- a budget in USD claims the request's estimated cost: the counted prompt plus the output it
+  allows (``max_tokens`` and kin, else the target's ``max_output_tokens``, else the policy's
+  ``shared_state.default_output_tokens``), priced at the dearest target it may be served by. A
+  model with no price (or a zero one) makes no USD claim: it is never blocked by a USD budget,
+  and its record says the cost was unknown. A budget in tokens claims prompt + output tokens.
+  The window is the day or calendar month in the budget's time zone.
+- a rate limit claims one request and the same tokens in the current calendar minute (UTC), and
+  one slot of its concurrency cap while the request is in flight.
+
+It asks shared state to hold them all (ask and continue: the request waits for the answer only
+when this worker's leases do not cover it; see :mod:`ext_proc.state.limits`). A refusal is a 429
+in the client's format: over a rate limit with ``retry-after`` and the rate-limit headers; a
+spent budget names the budget and when it resets, with ``x-should-retry: false`` so the SDKs do
+not retry it in a loop. A store that does not answer is a 503 unless the policy fails open.
+
+When the request ends, :func:`settlement` says what it really used (the record's cost and
+tokens; nothing for a provider error; the claim itself when usage stayed unknown), as a
+:class:`~ext_proc.core.actions.Settle` effect the server carries out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import zoneinfo
+from typing import Any
+
+from ext_proc.core.actions import Ask, Settle
+from ext_proc.core.flow import Flow
+from ext_proc.core.steps import Step
+from ext_proc.llm.apis import RateWindow
+from ext_proc.llm.errors import ClientError
+from ext_proc.llm.usage import Usage
+from ext_proc.policy.compiled import Alias, Budget
+from ext_proc.state.queries import Admission, Admit, Claim, StoreUnavailable
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
+
+
+def period_window(period: str, timezone: str, now: float) -> tuple[str, float]:
+    """The window id of a budget period at Unix time ``now``, and when it ends (Unix seconds)."""
+    zone = _zone(timezone)
+    local = datetime.datetime.fromtimestamp(now, zone)
+    if period == "day":
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = (start + datetime.timedelta(days=1, hours=2)).replace(hour=0)  # across DST changes
+        return start.strftime("%Y-%m-%d"), end.timestamp()
+    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    month, year = (start.month % 12) + 1, start.year + (start.month == 12)
+    end = start.replace(year=year, month=month)
+    return start.strftime("%Y-%m"), end.timestamp()
+
+
+class Limits(Step):
+    """The budget and rate-limit admission step; see the module docstring."""
+
+    __slots__ = ()
+    name = "limits"
+
+    def body(self, flow: Flow) -> Ask | None:
+        policy, principal = flow.policy, flow.principal
+        if policy is None or not policy.limits or principal is None:
+            return None
+        granted = flow.granted
+        names = (flow.model or "",) + ((granted.name if isinstance(granted, Alias) else granted.public,)
+                                       if granted is not None else ())
+        applying = policy.limits.applying(principal.team, principal.key_id, tuple(dict.fromkeys(names)))
+        if not applying:
+            return None
+        now = flow.runtime.now()
+        tokens = _tokens(flow, policy.limits.default_output_tokens)
+        usd = _usd(flow, tokens)
+        claims: list[Claim] = []
+        labels: list[tuple[str, str, str]] = []  # (limit name, unit, kind) per claim
+        for limit, member in applying:
+            if isinstance(limit, Budget):
+                window, resets = period_window(limit.period, limit.timezone, now)
+                if limit.usd_micros is not None and usd is not None:
+                    claims.append(Claim(f"budget/{limit.name}/usd/{member}/{window}", usd, limit.usd_micros,
+                                        resets, True, limit.hard))
+                    labels.append((limit.name, "usd", "budget"))
+                if limit.tokens is not None:
+                    claims.append(Claim(f"budget/{limit.name}/tokens/{member}/{window}", tokens, limit.tokens,
+                                        resets, True, limit.hard))
+                    labels.append((limit.name, "tokens", "budget"))
+            else:
+                minute = int(now // 60)
+                resets = (minute + 1) * 60.0
+                for unit, capacity, amount in (("requests", limit.requests_per_minute, 1),
+                                               ("tokens", limit.tokens_per_minute, tokens)):
+                    if capacity is not None:
+                        claims.append(Claim(f"rate/{limit.name}/{unit}/{member}/{minute}", amount, capacity, resets))
+                        labels.append((limit.name, unit, "rate"))
+                if limit.concurrent is not None:
+                    claims.append(Claim(f"rate/{limit.name}/concurrent/{member}", 1, limit.concurrent, 0.0,
+                                        consumes=False))
+                    labels.append((limit.name, "concurrent", "rate"))
+        if not claims:
+            return None
+        flow.claims, flow.claim_labels = tuple(claims), tuple(labels)
+        flow.cost_unknown = usd is None and any(isinstance(limit, Budget) and limit.usd_micros is not None
+                                                for limit, _ in applying)
+        fail_open = policy.limits.on_unavailable == "open"
+        return Ask(Admit(flow.claims, fail_open), then=functools.partial(_admitted, flow, now))
+
+
+def _tokens(flow: Flow, default_output: int) -> int:
+    """Prompt tokens as counted, plus the output the request allows."""
+    api, request = flow.api, flow.request
+    assert api is not None and request is not None
+    estimate = flow.meter.estimate
+    prompt = estimate.tokens if estimate is not None else len(flow.body) // 4
+    output = api.output_limit(request.payload)
+    if output is None:
+        limits = [t.max_output_tokens for t in flow.chain if t.max_output_tokens]
+        output = max(limits) if limits else default_output
+    return prompt + output
+
+
+def _usd(flow: Flow, tokens: int) -> int | None:
+    """The most the request can cost on any target of its chain (None: no target has a price)."""
+    accountant = flow.accountant
+    estimate = flow.meter.estimate
+    if accountant is None:
+        return None
+    prompt = estimate.tokens if estimate is not None else len(flow.body) // 4
+    usage = Usage(input_tokens=prompt, output_tokens=max(0, tokens - prompt))
+    costs = []
+    for target in flow.chain:
+        try:
+            cost, _ = accountant.cost(target.provider.kind, target.upstream_model, (target.public,), usage,
+                                      target.price)
+        except Exception:
+            cost = None
+        if cost:
+            costs.append(cost)
+    return max(costs) if costs else None
+
+
+def _admitted(flow: Flow, now: float, answer: Any) -> Ask | None:
+    if isinstance(answer, StoreUnavailable):
+        raise ClientError(503, "state_unavailable",
+                          "Tollway cannot check budgets and rate limits right now (its shared state store "
+                          "does not answer); try again shortly.", headers=(("retry-after", "1"),))
+    if isinstance(answer, BaseException) or not isinstance(answer, Admission):
+        raise ClientError(503, "state_unavailable", "Tollway cannot check budgets and rate limits right now.",
+                          headers=(("retry-after", "1"),))
+    flow.admission = answer
+    windows = rate_windows(flow, answer)
+    assert flow.api is not None
+    flow.rate_headers = flow.api.rate_limit_headers(windows, now) if windows else ()
+    if answer.admitted:
+        return None
+    index = answer.refused
+    assert index is not None
+    claim, (name, unit, kind) = flow.claims[index], flow.claim_labels[index]
+    flow.limit_refused = name
+    if kind == "budget":
+        resets = datetime.datetime.fromtimestamp(claim.resets, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        amount = f"${claim.capacity / 1e6:,.2f}" if unit == "usd" else f"{claim.capacity:,} tokens"
+        raise ClientError(
+            429, "budget_exceeded",
+            f"The budget '{name}' ({amount}) is spent; it resets at {resets}.",
+            headers=(("x-should-retry", "false"), *flow.rate_headers),
+        )
+    wait = max(1, int(claim.resets - now + 0.999)) if claim.resets else 1
+    what = {"requests": f"{claim.capacity:,} requests per minute", "tokens": f"{claim.capacity:,} tokens per minute",
+            "concurrent": f"{claim.capacity:,} requests at once"}[unit]
+    raise ClientError(
+        429, "rate_limit_exceeded", f"Rate limit '{name}' reached ({what}); retry in {wait} s.",
+        headers=(("retry-after", str(wait)), *flow.rate_headers),
+    )
+
+
+def rate_windows(flow: Flow, answer: Admission) -> list[RateWindow]:
+    """The tightest requests and tokens per-minute limits, as the client is told about them."""
+    tightest: dict[str, RateWindow] = {}
+    for claim, (_, unit, kind), remaining in zip(flow.claims, flow.claim_labels, answer.remaining, strict=False):
+        if kind != "rate" or unit not in ("requests", "tokens"):
+            continue
+        window = RateWindow(unit, claim.capacity, remaining, claim.resets)
+        if unit not in tightest or window.remaining < tightest[unit].remaining:
+            tightest[unit] = window
+    return [tightest[unit] for unit in ("requests", "tokens") if unit in tightest]
+
+
+def settlement(flow: Flow, record: dict[str, Any]) -> Settle | None:
+    """What the request really used of each claim it held (None: it held none)."""
+    admission = flow.admission
+    if admission is None or not admission.admitted:
+        return None
+    outcome = record.get("outcome")
+    reached = outcome in ("ok", "incomplete") or (outcome == "error" and record.get("input_tokens") is not None)
+    tokens = None
+    if record.get("input_tokens") is not None or record.get("output_tokens") is not None:
+        tokens = (record.get("input_tokens") or 0) + (record.get("output_tokens") or 0)
+    cost = record.get("cost_usd_micros")
+    used = []
+    for claim, (_, unit, _kind) in zip(flow.claims, flow.claim_labels, strict=True):
+        if not claim.consumes:
+            used.append(0)
+        elif unit == "requests":
+            used.append(1)
+        elif not reached:
+            used.append(0)  # refused after admission, or the provider answered an error: nothing billed
+        elif unit == "usd":
+            used.append(cost if cost is not None else claim.amount)  # unknown is not zero: the claim
+        else:
+            used.append(tokens if tokens is not None else claim.amount)
+    record["limits"] = [
+        {"limit": name, "unit": unit, "claimed": claim.amount, "used": spent}
+        for claim, (name, unit, _), spent in zip(flow.claims, flow.claim_labels, used, strict=True)
+    ]
+    if admission.degraded:
+        record["limits_degraded"] = True
+    return Settle(flow.claims, tuple(used))

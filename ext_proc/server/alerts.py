@@ -1,0 +1,109 @@
+"""Budget alerts: a log event, a metric and an optional webhook when spend crosses a threshold.
+
+The keeper reports each counter's total spend after every exchange with the store
+(:class:`~ext_proc.state.limits.Keeper`, ``alerts`` callback). For a budget with ``alerts:
+[50, 80, 100]`` each threshold crossed in a window fires once across every worker and sidecar
+(the store's ``once``: Redis ``SET NX``), as a warning in the log, ``tollway_budget_alerts_total``
+and, when the budget has a ``webhook``, a JSON POST retried with backoff on a task of its own:
+nothing here ever waits in a request's path, and a webhook that is down costs only log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import inspect
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter
+
+from ext_proc.policy.compiled import Budget, CompiledPolicy
+from ext_proc.state.queries import Claim
+
+log = logging.getLogger("tollway.alerts")
+RETRIES = (1.0, 5.0, 30.0)  # seconds before each new try of a webhook
+
+
+class Alerts:
+    """Checks each reported total against the budget's thresholds (see the module docstring)."""
+
+    def __init__(
+        self, policy: Callable[[], CompiledPolicy | None], once: Callable[[str, float], bool | Awaitable[bool]],
+        registry: CollectorRegistry | None = None, post: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.once = once
+        self.post = post or _post
+        self.fired: set[str] = set()  # this worker's own memory: (counter, threshold) already checked
+        self.metric = Counter("tollway_budget_alerts", "Budget alert thresholds crossed", ["budget", "threshold"],
+                              registry=registry)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, claim: Claim, spent: int) -> None:
+        if not claim.counter.startswith("budget/") or claim.capacity <= 0:
+            return
+        _, name, unit, member, window = claim.counter.split("/", 4)
+        policy = self.policy()
+        budget = next((b for b in policy.limits.budgets if b.name == name), None) if policy else None
+        if budget is None or not budget.alerts:
+            return
+        percent = spent * 100 / claim.capacity
+        for threshold in budget.alerts:
+            key = f"{claim.counter}@{threshold}"
+            if percent < threshold or key in self.fired:
+                continue
+            self.fired.add(key)
+            event = {"type": "budget.threshold", "budget": name, "unit": unit, "member": member, "window": window,
+                     "threshold_percent": threshold, "spent": spent, "limit": claim.capacity,
+                     "resets_at": datetime.datetime.fromtimestamp(claim.resets, datetime.UTC).isoformat(),
+                     "enforce": "hard" if budget.hard else "soft"}
+            self._spawn(self._fire(key, claim.resets, budget, event))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+        except RuntimeError:  # no loop: the tests' synchronous keeper
+            with contextlib.suppress(StopIteration):
+                work.send(None)  # type: ignore[attr-defined]
+            return
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _fire(self, key: str, until: float, budget: Budget, event: dict[str, Any]) -> None:
+        first = self.once(key, until)
+        if inspect.isawaitable(first):
+            first = await first
+        if not first:
+            return  # another worker or sidecar raised it
+        log.warning("budget %s reached %d%% of its %s limit for %s (%s): %d of %d", event["budget"],
+                    event["threshold_percent"], event["unit"], event["member"], event["window"], event["spent"],
+                    event["limit"])
+        self.metric.labels(event["budget"], str(event["threshold_percent"])).inc()
+        if budget.webhook:
+            await self._deliver(budget.webhook, orjson.dumps(event))
+
+    async def _deliver(self, url: str, body: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        for attempt, wait in enumerate((0.0, *RETRIES)):
+            if wait:
+                await asyncio.sleep(wait)
+            try:
+                await loop.run_in_executor(None, self.post, url, body)
+                return
+            except Exception as exc:
+                log.warning("budget alert webhook failed (try %d): %s", attempt + 1, type(exc).__name__)
+        log.error("budget alert webhook gave up after %d tries", len(RETRIES) + 1)
+
+
+def _post(url: str, body: bytes) -> None:
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"content-type": "application/json", "user-agent": "tollway"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        if response.status >= 300:
+            raise urllib.error.HTTPError(url, response.status, "webhook refused", response.headers, None)

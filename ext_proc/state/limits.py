@@ -1,0 +1,543 @@
+"""Budgets and rate limits across every sidecar: counters in a shared store, leased out in slices.
+
+Theory of operation. Every limit is a *counter* with a capacity: a budget's spend this month, a
+team's requests this minute, a model's requests in flight. A request *claims* an amount of each
+counter that applies to it (:class:`~ext_proc.state.queries.Claim`) before it goes upstream, and
+*settles* when it ends: what it really used is spent (budgets, per-minute limits), or nothing is
+(concurrency), and the rest of its claim comes back.
+
+The store (Redis shared by every sidecar, or this node's memory) keeps, per counter, what was
+``spent`` and what each holder ``held``, with an expiry per holder. One invariant is enforced
+atomically there (a Lua script in Redis): ``spent + held <= capacity`` whenever something is
+granted. A holder that dies stops refreshing its expiry, and what it held comes back on its own.
+
+A worker process (one :class:`Keeper`) does not ask the store for every request. It holds a
+*lease* per counter, a slice of the capacity granted to it in the store, and admits requests
+against its lease in memory: no round trip on the median request. When a claim does not fit
+the lease, the request waits for one round trip that grows the lease (all of a request's short
+counters in one pipeline), or is refused when the store cannot grant it. What requests spend is
+reported to the store in the background (:meth:`Keeper.flush`, every ``interval`` seconds), which
+also gives back lease the worker has not used lately, refreshes expiries and reads the totals
+(alerts, the remaining counts of rate-limit headers).
+
+Bounds, as the README states them: a lease never takes more than half of what is left, so near
+the end of a budget requests are granted exactly what they claim; admitted spend never exceeds
+the capacity, except by what requests spend beyond their claim (a request without ``max_tokens``
+that writes more than the default output claim; a fallback to a dearer target than any claimed
+for). Leases held by other workers can refuse a request slightly before the capacity is reached
+(at most the unused leases: by default 2 % of the capacity, or four claims, per worker).
+
+When the store does not answer (down, slower than its deadline), the keeper stops asking it for
+``retry`` seconds and answers from its own view: the policy decides between refusing (closed)
+and admitting on this process's own counters, starting from the totals it last saw (open). What
+is spent meanwhile is kept and reported when the store is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ext_proc.state.queries import Admission, Claim, StoreUnavailable
+
+log = logging.getLogger("tollway.limits")
+
+HOLD_TTL = 30.0  # seconds a holder's grants survive without a refresh (a dead sidecar's come back)
+FLUSH_INTERVAL = 0.2  # seconds between reports to the store
+IDLE = 1.0  # seconds without an admission after which a lease is given back
+LEASE_SHARE = 0.02  # a lease is this share of the capacity ...
+LEASE_CLAIMS = 4  # ... or this many claims, whichever is larger
+RETRY = 1.0  # seconds without asking a store that did not answer
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A store's answer about one counter: what it granted now and its totals after."""
+
+    granted: int
+    spent: int
+    held: int
+
+
+class Backend(Protocol):
+    """Where counters live. Methods answer at once (memory) or with an awaitable (Redis)."""
+
+    def grow(self, holder: str, asks: list[tuple[Claim, int, int]], ttl: float
+             ) -> list[Grant] | Awaitable[list[Grant]]:
+        """For each (claim, need, want): grant ``want`` (at most half of what is left, but never
+        less than ``need``), or 0 when even ``need`` does not fit."""
+        ...
+
+    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float
+               ) -> list[Grant] | Awaitable[list[Grant]]:
+        """For each (claim, spent, released): add ``spent`` to the counter's spend, take
+        ``spent + released`` off this holder's grant, refresh its expiry."""
+        ...
+
+    def once(self, key: str, until: float) -> bool | Awaitable[bool]:
+        """True for the first caller (of any holder) to name ``key`` before Unix time ``until``."""
+        ...
+
+
+@dataclass(slots=True)
+class Lease:
+    """This worker's slice of one counter."""
+
+    claim: Claim  # the last claim on it (capacity, window)
+    held: int = 0  # granted to this worker in the store
+    reserved: int = 0  # claimed by requests in flight
+    used: int = 0  # spent, not yet reported to the store
+    spent: int = 0  # the store's totals at the last exchange ...
+    others: int = 0  # ... and what other holders held then
+    last: float = 0.0  # monotonic time of the last admission
+
+    @property
+    def free(self) -> int:
+        return self.held - self.reserved - self.used
+
+    def remaining(self) -> int:
+        """Capacity left as this worker knows it."""
+        return max(0, self.claim.capacity - self.spent - self.others - self.reserved - self.used)
+
+
+@dataclass
+class Keeper:
+    """One worker's view of every counter; see the module docstring."""
+
+    backend: Backend
+    holder: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    clock: Callable[[], float] = time.monotonic
+    leases: dict[str, Lease] = field(default_factory=dict)
+    down_until: float = 0.0  # the store did not answer: do not ask before this time
+    degraded_since: float | None = None
+    lease_share: float = LEASE_SHARE
+    ttl: float = HOLD_TTL  # seconds this worker's grants survive it in the store
+    alerts: Callable[[Claim, int], None] | None = None  # called with each report's totals (soft alerts)
+    _flush: asyncio.Task[None] | None = None
+    _growing: dict[str, asyncio.Future[list[Grant]]] = field(default_factory=dict)  # counter -> its grow in flight
+
+    # -- admission --------------------------------------------------------------------------
+
+    def admit(self, claims: tuple[Claim, ...], fail_open: bool = False) -> Admission | Awaitable[Admission]:
+        """Hold every claim or none; at once when the leases cover them, else after one round trip.
+
+        ``fail_open``: when the store does not answer, admit on this process's own counters;
+        else :class:`StoreUnavailable` (raised, or from the awaitable).
+        """
+        now = self.clock()
+        leases = [self._lease(claim) for claim in claims]
+        short = [i for i, (claim, lease) in enumerate(zip(claims, leases, strict=True))
+                 if claim.enforced and lease.free < claim.amount]
+        if not short:
+            return self._hold(claims, leases, now, degraded=False)
+        if now < self.down_until:
+            return self._without_store(claims, leases, now, fail_open)
+        pending = {id(f): f for i in short if (f := self._growing.get(claims[i].counter)) is not None}
+        if pending:  # another request is growing these leases: wait for it, then look again
+            return self._after(list(pending.values()), claims, fail_open)
+        asks = [(claims[i], claims[i].amount - max(0, leases[i].free), self._want(claims[i], leases[i]))
+                for i in short]
+        try:
+            answer = self.backend.grow(self.holder, asks, self.ttl)
+        except StoreUnavailable as exc:
+            return self._unavailable(exc, claims, leases, fail_open)
+        if inspect.isawaitable(answer):
+            growing = asyncio.ensure_future(answer)
+            for i in short:
+                self._growing[claims[i].counter] = growing
+            return self._admit_later(claims, leases, short, growing, fail_open)
+        return self._granted(claims, leases, short, answer)
+
+    async def _admit_later(self, claims: tuple[Claim, ...], leases: list[Lease], short: list[int],
+                           growing: asyncio.Future[list[Grant]], fail_open: bool) -> Admission:
+        try:
+            grants = await growing
+        except StoreUnavailable as exc:
+            return self._unavailable(exc, claims, leases, fail_open)
+        finally:
+            for i in short:
+                if self._growing.get(claims[i].counter) is growing:
+                    del self._growing[claims[i].counter]
+        return self._granted(claims, leases, short, grants)
+
+    async def _after(self, pending: list[asyncio.Future[list[Grant]]], claims: tuple[Claim, ...],
+                     fail_open: bool) -> Admission:
+        await asyncio.gather(*pending, return_exceptions=True)
+        answer = self.admit(claims, fail_open)
+        return await answer if inspect.isawaitable(answer) else answer
+
+    def _granted(self, claims: tuple[Claim, ...], leases: list[Lease], short: list[int],
+                 grants: list[Grant]) -> Admission:
+        self._recovered()
+        for index, grant in zip(short, grants, strict=True):
+            lease = leases[index]
+            lease.held += grant.granted
+            lease.spent, lease.others = grant.spent, max(0, grant.held - lease.held)
+        for index, (claim, lease) in enumerate(zip(claims, leases, strict=True)):
+            if claim.enforced and lease.free < claim.amount:
+                return Admission(False, refused=index, remaining=tuple(lease.remaining() for lease in leases))
+        return self._hold(claims, leases, self.clock(), degraded=False)
+
+    def _hold(self, claims: tuple[Claim, ...], leases: list[Lease], now: float, degraded: bool) -> Admission:
+        for claim, lease in zip(claims, leases, strict=True):
+            lease.claim = claim
+            lease.last = now
+            if claim.enforced:
+                lease.reserved += claim.amount
+        self._schedule()
+        return Admission(True, remaining=tuple(lease.remaining() for lease in leases), degraded=degraded)
+
+    def _unavailable(self, exc: StoreUnavailable, claims: tuple[Claim, ...], leases: list[Lease],
+                     fail_open: bool) -> Admission:
+        self._down(exc)
+        return self._without_store(claims, leases, self.clock(), fail_open)
+
+    def _down(self, exc: StoreUnavailable) -> None:
+        now = self.clock()
+        self.down_until = now + RETRY
+        if self.degraded_since is None:
+            self.degraded_since = now
+            log.error("shared state unavailable (%s): budgets and rate limits follow the policy's "
+                      "shared_state.on_unavailable until it answers again", exc)
+
+    def _without_store(self, claims: tuple[Claim, ...], leases: list[Lease], now: float,
+                       fail_open: bool) -> Admission:
+        if not fail_open:
+            raise StoreUnavailable("the shared state store does not answer")
+        # Fail open onto this process's own counters, from the totals it last saw.
+        for index, (claim, lease) in enumerate(zip(claims, leases, strict=True)):
+            if claim.enforced and lease.remaining() + max(0, lease.free) < claim.amount:
+                return Admission(False, refused=index, remaining=tuple(lease.remaining() for lease in leases),
+                                 degraded=True)
+        return self._hold(claims, leases, now, degraded=True)
+
+    def _recovered(self) -> None:
+        if self.degraded_since is not None:
+            log.warning("shared state answers again after %.1f s", self.clock() - self.degraded_since)
+            self.degraded_since = None
+        self.down_until = 0.0
+
+    def _lease(self, claim: Claim) -> Lease:
+        lease = self.leases.get(claim.counter)
+        if lease is None:
+            lease = self.leases[claim.counter] = Lease(claim)
+        return lease
+
+    def _want(self, claim: Claim, lease: Lease) -> int:
+        """How much to ask for: the claim, plus a slice for the requests after it."""
+        if not claim.consumes:
+            return claim.amount  # a concurrency slot: no slices (idle slots would block other sidecars)
+        slice_ = max(int(claim.capacity * self.lease_share), claim.amount * LEASE_CLAIMS)
+        return max(claim.amount, slice_) - max(0, lease.free)
+
+    # -- settlement -------------------------------------------------------------------------
+
+    def settle(self, claims: tuple[Claim, ...], used: tuple[int, ...]) -> None:
+        """A request ended: give back its claims, count what it spent (reported in the background)."""
+        for claim, spent in zip(claims, used, strict=True):
+            lease = self.leases.get(claim.counter)
+            if lease is None:
+                continue
+            if claim.enforced:
+                lease.reserved = max(0, lease.reserved - claim.amount)
+            if claim.consumes:
+                lease.used += spent
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a synchronous store, in tests): report now
+            with contextlib.suppress(StoreUnavailable):
+                result = self.flush()
+                assert result is None, "an asynchronous store needs an event loop"
+            return
+        self._flush = loop.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(FLUSH_INTERVAL)
+                try:
+                    result = self.flush()
+                    if inspect.isawaitable(result):
+                        await result
+                except StoreUnavailable as exc:
+                    self._down(exc)
+                if not any(lease.used or lease.held or lease.reserved for lease in self.leases.values()):
+                    return
+        finally:
+            self._flush = None
+
+    def flush(self) -> Awaitable[None] | None:
+        """Report spend, give back idle leases, refresh expiries, drop finished windows."""
+        now = self.clock()
+        reports: list[tuple[Claim, int, int]] = []
+        for lease in self.leases.values():
+            idle = now - lease.last > IDLE or not lease.claim.consumes
+            release = max(0, lease.held - lease.reserved - lease.used) if idle else 0
+            if lease.used or release or lease.held:
+                reports.append((lease.claim, lease.used, release))
+        if not reports:
+            self._forget(now)
+            return None
+        if now < self.down_until:
+            return None  # keep counting; report when the store is back
+        answer = self.backend.report(self.holder, reports, self.ttl)
+        if inspect.isawaitable(answer):
+            return self._reported_later(reports, answer)
+        self._reported(reports, answer)
+        return None
+
+    async def _reported_later(self, reports: list[tuple[Claim, int, int]], answer: Awaitable[list[Grant]]) -> None:
+        self._reported(reports, await answer)
+
+    def _reported(self, reports: list[tuple[Claim, int, int]], grants: list[Grant]) -> None:
+        self._recovered()
+        for (claim, spent, released), grant in zip(reports, grants, strict=True):
+            lease = self.leases[claim.counter]
+            lease.used -= spent
+            lease.held = max(0, lease.held - spent - released)
+            if grant.granted < 0:  # the store had dropped this holder (expired): nothing is held there
+                lease.held = 0
+            lease.spent, lease.others = grant.spent, max(0, grant.held - lease.held)
+            if self.alerts is not None:
+                self.alerts(claim, grant.spent)
+        self._forget(self.clock())
+
+    def _forget(self, now: float) -> None:
+        wall = time.time()
+        for counter, lease in list(self.leases.items()):
+            ended = lease.claim.resets and wall > lease.claim.resets
+            if ended and not (lease.held or lease.reserved or lease.used):
+                del self.leases[counter]
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every counter this worker holds a lease of, for ``/readyz`` and ``tollway budgets``."""
+        return {counter: {"capacity": lease.claim.capacity, "spent": lease.spent, "held": lease.held,
+                          "reserved": lease.reserved, "unreported": lease.used, "remaining": lease.remaining(),
+                          "resets": lease.claim.resets} for counter, lease in self.leases.items()}
+
+
+# -- the node's own memory ------------------------------------------------------------------------
+
+
+@dataclass
+class Counter:
+    spent: int = 0
+    held: dict[str, tuple[int, float]] = field(default_factory=dict)  # holder -> (amount, expiry)
+
+    def total(self, now: float) -> int:
+        for holder, (_, expiry) in list(self.held.items()):
+            if expiry <= now:
+                del self.held[holder]
+        return sum(amount for amount, _ in self.held.values())
+
+
+class MemoryBackend:
+    """Counters in this process (the embedded default, and the reference of the Redis scripts)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.counters: dict[str, Counter] = {}
+        self.marks: dict[str, float] = {}  # once(): key -> until
+
+    def grow(self, holder: str, asks: list[tuple[Claim, int, int]], ttl: float) -> list[Grant]:
+        now = self.clock()
+        out = []
+        for claim, need, want in asks:
+            counter = self.counters.setdefault(claim.counter, Counter())
+            held = counter.total(now)
+            free = claim.capacity - counter.spent - held
+            if need > free:
+                out.append(Grant(0, counter.spent, held))
+                continue
+            grant = min(want, max(need, free // 2))
+            mine, _ = counter.held.get(holder, (0, 0.0))
+            counter.held[holder] = (mine + grant, now + ttl)
+            out.append(Grant(grant, counter.spent, held + grant))
+        return out
+
+    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float) -> list[Grant]:
+        now = self.clock()
+        out = []
+        for claim, spent, released in reports:
+            counter = self.counters.setdefault(claim.counter, Counter())
+            counter.total(now)  # drop expired holders first
+            counter.spent += spent
+            mine = counter.held.get(holder)
+            lost = mine is None
+            if mine is not None:
+                left = mine[0] - spent - released
+                if left > 0:
+                    counter.held[holder] = (left, now + ttl)
+                else:
+                    del counter.held[holder]
+            out.append(Grant(-1 if lost else 0, counter.spent, counter.total(now)))
+        return out
+
+    def totals(self, counter: str) -> tuple[int, int]:
+        """(spent, held) of one counter."""
+        found = self.counters.get(counter)
+        return (found.spent, found.total(self.clock())) if found else (0, 0)
+
+    def once(self, key: str, until: float) -> bool:
+        now = time.time()
+        for old in [k for k, deadline in self.marks.items() if deadline < now]:
+            del self.marks[old]
+        if key in self.marks:
+            return False
+        self.marks[key] = until
+        return True
+
+
+# -- Redis ----------------------------------------------------------------------------------------
+
+# Both scripts first drop holders whose expiry passed (a dead sidecar's grants come back), and
+# keep every key of one counter in one hash slot ({counter}), so they run on Redis Cluster too.
+# Times are the server's (TIME), so sidecars with skewed clocks agree.
+_PRUNE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, h in ipairs(dead) do
+  local v = tonumber(redis.call('HGET', KEYS[2], h) or '0')
+  redis.call('HDEL', KEYS[2], h)
+  redis.call('HINCRBY', KEYS[2], '_total', -v)
+  redis.call('ZREM', KEYS[3], h)
+end
+local function keep(expire_at)
+  if expire_at > 0 then
+    for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], expire_at) end
+  end
+end
+"""
+GROW = _PRUNE + """
+local holder, need, want, capacity = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ttl, expire_at = tonumber(ARGV[5]), tonumber(ARGV[6])
+local total = tonumber(redis.call('HGET', KEYS[2], '_total') or '0')
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+local free = capacity - spent - total
+if need > free then return {0, spent, total} end
+local grant = math.min(want, math.max(need, math.floor(free / 2)))
+redis.call('HINCRBY', KEYS[2], holder, grant)
+redis.call('HINCRBY', KEYS[2], '_total', grant)
+redis.call('ZADD', KEYS[3], now + ttl, holder)
+keep(expire_at)
+return {grant, spent, total + grant}
+"""
+REPORT = _PRUNE + """
+local holder, used, released = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl, expire_at = tonumber(ARGV[4]), tonumber(ARGV[5])
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used > 0 then spent = redis.call('INCRBY', KEYS[1], used) end
+local lost = 0
+local mine = redis.call('HGET', KEYS[2], holder)
+if not mine then
+  lost = -1
+else
+  mine = tonumber(mine)
+  local taken = math.min(mine, used + released)
+  if mine - taken > 0 then
+    redis.call('HINCRBY', KEYS[2], holder, -taken)
+    redis.call('ZADD', KEYS[3], now + ttl, holder)
+  else
+    redis.call('HDEL', KEYS[2], holder)
+    redis.call('ZREM', KEYS[3], holder)
+  end
+  redis.call('HINCRBY', KEYS[2], '_total', -taken)
+end
+keep(expire_at)
+return {lost, spent, tonumber(redis.call('HGET', KEYS[2], '_total') or '0')}
+"""
+KEEP_AFTER = 40 * 86400  # seconds a finished window's counters stay readable (last month's spend)
+DEADLINE = 1.0  # seconds a round trip may take before the store counts as unavailable
+
+
+def keys(prefix: str, counter: str) -> list[str]:
+    """The Redis keys of one counter: spent, held (per holder, and '_total'), expiries."""
+    return [f"{prefix}:{{{counter}}}:{part}" for part in ("spent", "held", "exp")]
+
+
+def _expire_at(claim: Claim) -> int:
+    return int((claim.resets + KEEP_AFTER) * 1000) if claim.resets else 0
+
+
+class RedisBackend:
+    """Counters in Redis (``redis.asyncio``, a bounded pool, a deadline per round trip)."""
+
+    def __init__(self, client: Any, prefix: str = "tollway:limits", deadline: float = DEADLINE) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.deadline = deadline
+        self._grow = client.register_script(GROW)
+        self._report = client.register_script(REPORT)
+
+    @classmethod
+    def from_url(cls, url: str, deadline: float = DEADLINE, max_connections: int = 16) -> RedisBackend:
+        import redis.asyncio
+
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=deadline, socket_timeout=deadline,
+            socket_connect_timeout=deadline)
+        client = redis.asyncio.Redis(connection_pool=pool)
+        return cls(client, deadline=deadline)
+
+    def grow(self, holder: str, asks: list[tuple[Claim, int, int]], ttl: float) -> Awaitable[list[Grant]]:
+        calls = [(self._grow, keys(self.prefix, claim.counter),
+                  [holder, need, want, claim.capacity, int(ttl * 1000), _expire_at(claim)])
+                 for claim, need, want in asks]
+        return self._run(calls)
+
+    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float) -> Awaitable[list[Grant]]:
+        calls = [(self._report, keys(self.prefix, claim.counter),
+                  [holder, spent, released, int(ttl * 1000), _expire_at(claim)])
+                 for claim, spent, released in reports]
+        return self._run(calls)
+
+    async def _run(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Grant]:
+        import redis
+
+        try:
+            return await asyncio.wait_for(self._pipeline(calls), self.deadline)
+        except TimeoutError:
+            raise StoreUnavailable(f"redis did not answer within {self.deadline:g} s") from None
+        except (redis.RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from None
+
+    async def _pipeline(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Grant]:
+        if len(calls) == 1:
+            script, script_keys, args = calls[0]
+            results = [await script(keys=script_keys, args=args)]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for script, script_keys, args in calls:
+                await script(keys=script_keys, args=args, client=pipe)
+            results = await pipe.execute()
+        return [Grant(int(granted), int(spent), int(held)) for granted, spent, held in results]
+
+    async def once(self, key: str, until: float) -> bool:
+        try:
+            return bool(await asyncio.wait_for(
+                self.client.set(f"{self.prefix}:once:{key}", 1, nx=True, exat=int(until) + 1), self.deadline))
+        except Exception as exc:  # an alert may repeat rather than be lost
+            log.warning("could not mark %s once: %s", key, type(exc).__name__)
+            return True
+
+    async def totals(self, counter: str) -> tuple[int, int]:
+        """(spent, held) of one counter, for ``tollway budgets``."""
+        spent_key, held_key, _ = keys(self.prefix, counter)
+        spent, held = await self.client.mget(spent_key), await self.client.hget(held_key, "_total")
+        return int(spent[0] or 0), int(held or 0)
+
+    async def close(self) -> None:
+        await self.client.aclose()

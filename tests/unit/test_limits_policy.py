@@ -1,0 +1,103 @@
+"""The policy's budgets and rate limits: schema, located errors, the compiled lookup."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from ext_proc.policy.compile import PolicyError, compile_policy
+from ext_proc.policy.compiled import Budget, CompiledPolicy, RateLimit
+
+HEAD = """\
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: OPENAI_API_KEY}}
+models:
+  gpt-4o: {provider: openai, aliases: [gpt-4o-latest]}
+  gpt-4o-mini: {provider: openai}
+teams:
+  search: {keys: [{id: search-ci, sha256: "%s"}], models: ["*"]}
+  support: {models: [gpt-4o-mini]}
+routing:
+  aliases:
+    chat: {targets: [{provider: openai, model: gpt-4o-mini}]}
+""" % ("a" * 64)  # lines 1-12
+
+
+def compiles(text: str) -> CompiledPolicy:
+    return compile_policy(HEAD + textwrap.dedent(text), "p.yaml")
+
+
+def issues(text: str) -> list[str]:
+    with pytest.raises(PolicyError) as caught:
+        compiles(text)
+    return [str(issue) for issue in caught.value.errors]
+
+
+def test_budgets_and_rate_limits_compile_to_exact_amounts() -> None:
+    policy = compiles("""\
+        budgets:
+          search-monthly: {team: search, usd: "500.25", tokens: 2000000, period: month, timezone: Europe/Berlin,
+                           alerts: [80, 50, 100], webhook: "https://hooks.example/tollway"}
+          per-team-daily: {team: "*", usd: "10", period: day, enforce: soft}
+        rate_limits:
+          ci-key: {key: search-ci, requests_per_minute: 60, tokens_per_minute: 100000, concurrent: 4}
+          chat: {model: chat, concurrent: 2}
+        shared_state: {on_unavailable: open, default_output_tokens: 1024}
+        """)
+    limits = policy.limits
+    assert limits.budgets[0] == Budget("search-monthly", "team", "search", 500_250_000, 2_000_000, "month",
+                                       "Europe/Berlin", True, (50, 80, 100), "https://hooks.example/tollway")
+    assert limits.budgets[1] == Budget("per-team-daily", "team", "*", 10_000_000, None, "day", "UTC", False)
+    assert limits.rate_limits[0] == RateLimit("ci-key", "key", "search-ci", 60, 100_000, 4)
+    assert (limits.on_unavailable, limits.default_output_tokens) == ("open", 1024)
+    # The lookup: what counts a request of team search, key search-ci, for the alias chat.
+    found = [(limit.name, member) for limit, member in limits.applying("search", "search-ci", ("chat",))]
+    assert found == [("search-monthly", "search"), ("per-team-daily", "search"), ("ci-key", "search-ci"),
+                     ("chat", "chat")]
+    # Another team: only the "*" budget, counting that team on its own.
+    assert [(limit.name, member) for limit, member in limits.applying("support", None, ("gpt-4o-mini",))] == [
+        ("per-team-daily", "support")]
+
+
+def test_no_limits_is_falsy_and_costs_nothing() -> None:
+    policy = compiles("")
+    assert not policy.limits and policy.limits.applying("search", None, ("gpt-4o",)) == []
+
+
+@pytest.mark.parametrize(("snippet", "expected"), [
+    ("budgets:\n  b: {team: serch, usd: \"1\", period: day}\n",
+     "p.yaml:14:13: budgets.b.team: unknown team 'serch' (did you mean 'search'?)"),
+    ("budgets:\n  b: {model: gpt4o, usd: \"1\", period: day}\n",
+     "p.yaml:14:14: budgets.b.model: unknown model 'gpt4o' (did you mean 'gpt-4o'?)"),
+    ("rate_limits:\n  r: {key: search-cj, concurrent: 1}\n",
+     "p.yaml:14:12: rate_limits.r.key: unknown key id 'search-cj' (did you mean 'search-ci'?)"),
+    ("budgets:\n  b: {team: search, usd: \"1\", period: day, timezone: Mars/Olympus}\n",
+     "p.yaml:14:54: budgets.b.timezone: unknown time zone 'Mars/Olympus' (an IANA name, e.g. Europe/Berlin)"),
+    ("budgets:\n  b: {team: search, usd: 1.5, period: day}\n",
+     "p.yaml:14:26: budgets.b.usd: must be a string (YAML reads 1.5 as a number; put it in quotes)"),
+    ("budgets:\n  b: {team: search, period: day}\n",
+     "p.yaml:14:3: budgets.b: needs 'usd', 'tokens' or both"),
+    ("budgets:\n  b: {team: search, model: gpt-4o, usd: \"1\", period: day}\n",
+     "p.yaml:14:3: budgets.b: needs exactly one of 'team', 'key' or 'model'"),
+    ("budgets:\n  b: {team: search, usd: \"1\", period: week}\n",
+     "p.yaml:14:39: budgets.b.period: must be one of day, month (not 'week')"),
+    ("rate_limits:\n  r: {team: search}\n",
+     "p.yaml:14:3: rate_limits.r: needs 'requests_per_minute', 'tokens_per_minute' or 'concurrent'"),
+    ("rate_limits:\n  r: {team: search, requests_per_minute: 0}\n",
+     "p.yaml:14:42: rate_limits.r.requests_per_minute: must be at least 1"),
+    ("shared_state: {on_unavailable: maybe}\n",
+     "p.yaml:13:32: shared_state.on_unavailable: must be one of closed, open (not 'maybe')"),
+])
+def test_every_mistake_is_located(snippet: str, expected: str) -> None:
+    assert issues(snippet) == [expected]
+
+
+def test_one_broken_budget_does_not_hide_another() -> None:
+    found = issues("""\
+        budgets:
+          a: {team: search, usd: 1, period: day}
+          b: {team: nobody, usd: "1", period: day}
+        """)
+    assert [issue.split(": ")[1] for issue in found] == ["budgets.a.usd", "budgets.b.team"]

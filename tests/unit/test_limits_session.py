@@ -1,0 +1,246 @@
+"""Budgets and rate limits in the session, as transcripts: claims, refusals, headers, settlement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from ext_proc.core.actions import Ask, Continue, Respond, Settle
+from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
+from ext_proc.core.limits import period_window
+from ext_proc.core.session import Session
+from ext_proc.llm import runtime
+from ext_proc.llm.usage import Usage
+from ext_proc.policy.compile import compile_policy
+from ext_proc.server.accounting import ServiceAccountant
+from ext_proc.state.queries import Admission, Admit, Claim, StoreUnavailable
+from tests.unit.transcript import Record, Transcript
+
+NOW = 1_796_000_000.0  # 2026-11-30T01:33:20Z (02:33 in Berlin, 15:33 in Kiritimati, the 29th in Los Angeles)
+MINUTE = int(NOW // 60)
+POLICY = compile_policy("""
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: OPENAI_API_KEY}}
+  anthropic: {kind: anthropic, credential: {env: ANTHROPIC_API_KEY}}
+  local: {kind: openai-compatible, endpoint: "http://127.0.0.1:8000"}
+models:
+  gpt-4o-mini: {provider: openai, price: {input: "1.00", output: "2.00"}}
+  claude: {provider: anthropic, model: claude-x, price: {input: "3", output: "15"}, max_output_tokens: 100}
+  llama: {provider: local}
+teams:
+  search: {workloads: [search-app], models: ["*"]}
+  support: {workloads: [support-app], models: ["*"]}
+budgets:
+  search-monthly: {team: search, usd: "1.00", tokens: 50000, period: month, timezone: Europe/Berlin}
+rate_limits:
+  per-team: {team: "*", requests_per_minute: 60, tokens_per_minute: 10000, concurrent: 2}
+""")
+ACCOUNTANT = ServiceAccountant()
+HEAD = {":method": "POST", ":path": "/v1/chat/completions", "x-request-id": "r1"}
+BODY = {"model": "gpt-4o-mini", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+HEAD_SENT = Continue(remove_headers=("accept-encoding", "x-tollway-cluster"))
+
+
+def session(workload: str = "search-app") -> Session:
+    return Session(POLICY, workload, ACCOUNTANT, runtime=runtime.fixed(now=NOW))
+
+
+def prompt_tokens(body: dict[str, Any] = BODY, model: str = "gpt-4o-mini") -> int:
+    estimate = ACCOUNTANT.count_request("openai.chat.completions", body, model)
+    assert estimate is not None
+    return estimate.tokens
+
+
+def expected_claims(tokens: int, usd: int | None, team: str = "search") -> tuple[Claim, ...]:
+    month, resets = period_window("month", "Europe/Berlin", NOW)
+    minute_ends = (MINUTE + 1) * 60.0
+    claims = []
+    if team == "search":
+        if usd is not None:
+            claims.append(Claim(f"budget/search-monthly/usd/search/{month}", usd, 1_000_000, resets))
+        claims.append(Claim(f"budget/search-monthly/tokens/search/{month}", tokens, 50_000, resets))
+    claims += [
+        Claim(f"rate/per-team/requests/{team}/{MINUTE}", 1, 60, minute_ends),
+        Claim(f"rate/per-team/tokens/{team}/{MINUTE}", tokens, 10_000, minute_ends),
+        Claim(f"rate/per-team/concurrent/{team}", 1, 2, 0.0, consumes=False),
+    ]
+    return tuple(claims)
+
+
+def test_the_month_window_is_the_budgets_own_time_zone() -> None:
+    assert period_window("month", "Europe/Berlin", NOW)[0] == "2026-11"
+    assert period_window("month", "Pacific/Kiritimati", NOW)[0] == "2026-11"  # UTC+14: 15:33 on the 30th
+    assert period_window("day", "Pacific/Kiritimati", NOW)[0] == "2026-11-30"
+    assert period_window("day", "America/Los_Angeles", NOW)[0] == "2026-11-29"
+    window, ends = period_window("month", "UTC", NOW)
+    assert (window, ends) == ("2026-11", 1_796_083_200.0)  # 2026-12-01T00:00:00Z
+
+
+def test_a_request_claims_its_estimate_then_settles_what_it_used() -> None:
+    tokens = prompt_tokens() + 100
+    usd = ACCOUNTANT.cost("openai", "gpt-4o-mini", (), _usage(prompt_tokens(), 100),
+                          POLICY.models["gpt-4o-mini"].price)[0]
+    claims = expected_claims(tokens, usd)
+    answer = orjson.dumps({"model": "gpt-4o-mini", "choices": [],
+                           "usage": {"prompt_tokens": 8, "completion_tokens": 12, "total_tokens": 20}})
+    transcript = (
+        Transcript(session())
+        >> RequestHeaders(HEAD, False, 1)
+        << HEAD_SENT
+        >> RequestBody(orjson.dumps(BODY), True, 2)
+        << Ask(Admit(claims))
+        >> Answered(Admission(True, remaining=(900_000, 49_000, 59, 9_000, 1)), 3)
+    )
+    sent = transcript.pending.pop(0)
+    assert isinstance(sent, Continue) and sent.set_headers[0] == ("x-tollway-cluster", "openai")
+    transcript.log.append("<< (the body's answer)")
+    headers = ResponseHeaders({":status": "200", "content-type": "application/json"}, False, 4)
+    transcript >> headers
+    assert transcript.pending.pop(0) == Continue()
+    transcript >> ResponseBody(answer, True, 5)
+    action = transcript.pending.pop(0)
+    assert isinstance(action, Continue)
+    told = dict(action.set_headers)
+    # The tightest per-minute limits, in OpenAI's names, on the answer.
+    assert (told["x-ratelimit-limit-requests"], told["x-ratelimit-remaining-requests"]) == ("60", "59")
+    assert (told["x-ratelimit-limit-tokens"], told["x-ratelimit-remaining-tokens"]) == ("10000", "9000")
+    assert told["x-ratelimit-reset-requests"] == f"{(MINUTE + 1) * 60 - NOW:.0f}s"
+    cost = ACCOUNTANT.cost("openai", "gpt-4o-mini", (), _usage(8, 12), POLICY.models["gpt-4o-mini"].price)[0]
+    assert (
+        transcript
+        << Settle(claims, (cost, 20, 1, 20, 0))  # the real cost and tokens; the slot only given back
+        << Record(outcome="ok", limits=[
+            {"limit": "search-monthly", "unit": "usd", "claimed": usd, "used": cost},
+            {"limit": "search-monthly", "unit": "tokens", "claimed": tokens, "used": 20},
+            {"limit": "per-team", "unit": "requests", "claimed": 1, "used": 1},
+            {"limit": "per-team", "unit": "tokens", "claimed": tokens, "used": 20},
+            {"limit": "per-team", "unit": "concurrent", "claimed": 1, "used": 0},
+        ])
+    )
+
+
+def _usage(prompt: int, output: int) -> Usage:
+    return Usage(input_tokens=prompt, output_tokens=output)
+
+
+def test_a_spent_budget_is_a_429_naming_it_that_the_sdks_do_not_retry() -> None:
+    transcript = (
+        Transcript(session())
+        >> RequestHeaders(HEAD, False, 1)
+        << HEAD_SENT
+        >> RequestBody(orjson.dumps(BODY), True, 2)
+    )
+    ask = transcript.pending.pop(0)
+    assert isinstance(ask, Ask)
+    transcript.log.append("<< Ask(...)")
+    transcript >> Answered(Admission(False, refused=0, remaining=(0, 49_000, 59, 9_000, 1)), 3)
+    refusal = transcript.pending.pop(0)
+    assert isinstance(refusal, Respond) and refusal.status == 429
+    headers = dict(refusal.headers)
+    assert headers["x-should-retry"] == "false" and "retry-after" not in headers
+    error = orjson.loads(refusal.body)["error"]
+    assert error == {"message": "The budget 'search-monthly' ($1.00) is spent; it resets at 2026-11-30T23:00:00Z.",
+                     "type": "rate_limit_exceeded", "param": None, "code": "budget_exceeded"}
+    assert transcript << Record(outcome="rejected", status=429, error="budget_exceeded", limit="search-monthly")
+
+
+def test_a_rate_limit_is_a_429_with_retry_after_in_the_anthropic_sdks_names() -> None:
+    body = {"model": "claude", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    transcript = (
+        Transcript(session("support-app"))
+        >> RequestHeaders({**HEAD, ":path": "/v1/messages"}, False, 1)
+        << HEAD_SENT
+        >> RequestBody(orjson.dumps(body), True, 2)
+    )
+    ask = transcript.pending.pop(0)
+    assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+    assert [c.counter.split("/")[2] for c in ask.query.claims] == ["requests", "tokens", "concurrent"]
+    transcript.log.append("<< Ask(...)")
+    transcript >> Answered(Admission(False, refused=0, remaining=(0, 9_000, 1)), 3)
+    refusal = transcript.pending.pop(0)
+    assert isinstance(refusal, Respond) and refusal.status == 429
+    headers = dict(refusal.headers)
+    wait = int((MINUTE + 1) * 60 - NOW + 0.999)
+    assert headers["retry-after"] == str(wait)
+    assert headers["anthropic-ratelimit-requests-limit"] == "60"
+    assert headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+    message = f"Rate limit 'per-team' reached (60 requests per minute); retry in {wait} s."
+    assert orjson.loads(refusal.body) == {"type": "error", "error": {"type": "rate_limit_error", "message": message}}
+    assert transcript << Record(outcome="rejected", status=429, error="rate_limit_exceeded", team="support")
+
+
+def test_a_model_without_a_price_makes_no_usd_claim() -> None:
+    body = {**BODY, "model": "llama"}
+    transcript = Transcript(session()) >> RequestHeaders(HEAD, False, 1) << HEAD_SENT >> RequestBody(
+        orjson.dumps(body), True, 2)
+    ask = transcript.pending.pop(0)
+    assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+    units = [c.counter.split("/")[2] for c in ask.query.claims]
+    assert units == ["tokens", "requests", "tokens", "concurrent"]  # no "usd"
+
+
+def test_without_max_tokens_the_claim_uses_the_models_limit_or_the_default() -> None:
+    for model, output in (("claude", 100), ("gpt-4o-mini", 4096)):
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        transcript = Transcript(session()) >> RequestHeaders(HEAD, False, 1) << HEAD_SENT >> RequestBody(
+            orjson.dumps(body), True, 2)
+        ask = transcript.pending.pop(0)
+        assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+        tokens = next(c for c in ask.query.claims if c.counter.startswith("budget/search-monthly/tokens"))
+        assert tokens.amount == prompt_tokens(body, model if model != "claude" else "claude-x") + output
+
+
+@pytest.mark.parametrize(("ending", "used"), [
+    ("provider error", (0, 0, 1, 0, 0)),  # a provider's error is not billed
+    ("client left", None),  # a stream cut by the client: its estimated usage
+])
+def test_failures_settle_what_was_used_and_give_the_rest_back(ending: str, used: tuple[int, ...] | None) -> None:
+    s = session()
+    s.handle(RequestHeaders(HEAD, False, 1))
+    ask = s.handle(RequestBody(orjson.dumps({**BODY, "stream": ending == "client left"}), True, 2))
+    assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+    s.handle(Answered(Admission(True, remaining=(1, 1, 1, 1, 1)), 3))
+    if ending == "provider error":
+        s.handle(ResponseHeaders({":status": "500", "content-type": "application/json"}, False, 4))
+        s.handle(ResponseBody(b'{"error": {"message": "boom", "type": "server_error"}}', True, 5))
+    else:
+        s.handle(ResponseHeaders({":status": "200", "content-type": "text/event-stream"}, False, 4))
+        chunk = b'data: {"model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": "one two"}}]}\n\n'
+        s.handle(ResponseBody(chunk, False, 5))
+        s.handle(StreamClosed(6))
+    (settle,) = [e for e in s.effects if isinstance(e, Settle)]
+    if used is not None:
+        assert settle.used == used
+    else:
+        record = next(e.record for e in s.effects if hasattr(e, "record"))
+        assert record["input_estimated"] and record["output_estimated"]
+        tokens = record["input_tokens"] + record["output_tokens"]
+        assert settle.used[1] == tokens and settle.used[2] == 1 and settle.used[4] == 0
+        assert settle.used[0] == record["cost_usd_micros"]
+
+
+def test_a_store_that_does_not_answer_is_a_503_when_the_policy_fails_closed() -> None:
+    s = session()
+    s.handle(RequestHeaders(HEAD, False, 1))
+    assert isinstance(s.handle(RequestBody(orjson.dumps(BODY), True, 2)), Ask)
+    refusal = s.handle(Answered(StoreUnavailable("down"), 3))
+    assert isinstance(refusal, Respond) and refusal.status == 503
+    assert dict(refusal.headers)["retry-after"] == "1"
+    assert orjson.loads(refusal.body)["error"]["code"] == "state_unavailable"
+    assert not [e for e in s.effects if isinstance(e, Settle)]  # nothing was held
+
+
+def test_no_limits_no_question() -> None:
+    policy = compile_policy("""
+apiVersion: tollway/v1
+providers: {openai: {kind: openai}}
+models: {gpt-4o-mini: {provider: openai}}
+teams: {t: {workloads: [w], models: ["*"]}}
+""")
+    s = Session(policy, "w", ACCOUNTANT)
+    s.handle(RequestHeaders(HEAD, False, 1))
+    assert isinstance(s.handle(RequestBody(orjson.dumps(BODY), True, 2)), Continue)

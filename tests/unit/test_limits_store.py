@@ -1,0 +1,227 @@
+"""Counters behind budgets and rate limits: the store's invariant, leases, expiry, Redis = memory.
+
+The Redis scripts and the in-memory backend must agree exactly (the same operations give the same
+grants and totals); the keeper admits within its lease without a round trip, grows it when a
+claim does not fit, reports spend in the background, and never lets concurrent holders take more
+than the capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+import redis.asyncio
+
+from ext_proc.state.limits import Grant, Keeper, MemoryBackend, RedisBackend
+from ext_proc.state.queries import Admission, Claim, StoreUnavailable
+
+
+def claim(amount: int = 10, capacity: int = 100, counter: str = "budget/b/usd/t/2026-12", consumes: bool = True,
+          enforced: bool = True) -> Claim:
+    return Claim(counter, amount, capacity, time.time() + 3600, consumes, enforced)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- the in-memory backend: the reference ---------------------------------------------------------
+
+
+def test_a_grant_is_never_more_than_half_of_what_is_left_nor_less_than_what_is_needed() -> None:
+    backend = MemoryBackend(Clock())
+    c = claim(capacity=100)
+    assert backend.grow("a", [(c, 10, 40)], 30) == [Grant(40, 0, 40)]  # 40 <= 100 / 2
+    assert backend.grow("b", [(c, 10, 40)], 30) == [Grant(30, 0, 70)]  # half of the 60 left
+    assert backend.grow("c", [(c, 20, 40)], 30) == [Grant(20, 0, 90)]  # the need, though more than half of 30
+    assert backend.grow("d", [(c, 11, 40)], 30) == [Grant(0, 0, 90)]  # 11 does not fit in 10: nothing
+    assert backend.report("a", [(c, 25, 15)], 30) == [Grant(0, 25, 50)]  # spent 25, gave 15 back
+    assert backend.totals(c.counter) == (25, 50)
+
+
+def test_a_dead_holders_grant_comes_back_after_its_ttl() -> None:
+    clock = Clock()
+    backend = MemoryBackend(clock)
+    c = claim(capacity=100)
+    backend.grow("dead", [(c, 60, 60)], 30)
+    assert backend.grow("alive", [(c, 50, 50)], 30) == [Grant(0, 0, 60)]
+    clock.now += 31
+    assert backend.grow("alive", [(c, 50, 50)], 30) == [Grant(50, 0, 50)]
+    # The dead holder reporting late: its spend counts, it holds nothing any more.
+    assert backend.report("dead", [(c, 5, 0)], 30) == [Grant(-1, 5, 50)]
+
+
+# -- the keeper -----------------------------------------------------------------------------------
+
+
+def test_the_keeper_admits_within_its_lease_without_asking_the_store() -> None:
+    backend = MemoryBackend(Clock())
+    asked = []
+    grow = backend.grow
+
+    def counting(*args: object) -> object:
+        asked.append(1)
+        return grow(*args)  # type: ignore[arg-type]
+
+    backend.grow = counting  # type: ignore[method-assign]
+    keeper = Keeper(backend, holder="w1", clock=Clock(), lease_share=0.2)
+    c = claim(amount=5, capacity=1000)
+    for _ in range(8):  # a lease of max(20% of 1000, 4 claims) = 200 covers 8 claims of 5
+        admission = keeper.admit((c,))
+        assert isinstance(admission, Admission) and admission.admitted
+    assert len(asked) == 1
+    lease = keeper.leases[c.counter]
+    assert (lease.held, lease.reserved) == (200, 40)
+    keeper.settle((c,) * 8, (3,) * 8)
+    keeper.flush()  # reported: 24 spent, the lease shrinks by what was spent
+    assert backend.totals(c.counter) == (24, 176)
+    assert (lease.held, lease.reserved, lease.used) == (176, 0, 0)
+
+
+def test_a_claim_past_the_capacity_is_refused_and_holds_nothing() -> None:
+    keeper = Keeper(MemoryBackend(Clock()), holder="w1", clock=Clock())
+    small, big = claim(amount=60, capacity=100, counter="a"), claim(amount=50, capacity=100, counter="b")
+    assert keeper.admit((small,)).admitted  # type: ignore[union-attr]
+    refused = keeper.admit((big, small))
+    assert isinstance(refused, Admission) and not refused.admitted and refused.refused == 1
+    assert keeper.leases["b"].reserved == 0  # the claim that fitted is not held either
+    assert keeper.leases["a"].reserved == 60
+
+
+def test_soft_claims_are_counted_never_refused() -> None:
+    backend = MemoryBackend(Clock())
+    keeper = Keeper(backend, holder="w1", clock=Clock())
+    soft = claim(amount=500, capacity=100, enforced=False)
+    assert keeper.admit((soft,)).admitted  # type: ignore[union-attr]
+    keeper.settle((soft,), (700,))
+    keeper.flush()
+    assert backend.totals(soft.counter) == (700, 0)
+
+
+def test_a_concurrency_slot_is_held_while_in_flight_then_given_back() -> None:
+    clock = Clock()
+    backend = MemoryBackend(clock)
+    one, two = Keeper(backend, holder="w1", clock=clock), Keeper(backend, holder="w2", clock=clock)
+    slot = claim(amount=1, capacity=2, counter="rate/r/concurrent/t", consumes=False)
+    assert one.admit((slot,)).admitted and two.admit((slot,)).admitted  # type: ignore[union-attr]
+    assert not two.admit((slot,)).admitted  # type: ignore[union-attr]
+    one.settle((slot,), (0,))
+    one.flush()  # the slot goes back to the store
+    assert two.admit((slot,)).admitted  # type: ignore[union-attr]
+    assert backend.totals(slot.counter) == (0, 2)
+
+
+def test_without_the_store_the_policy_decides() -> None:
+    class Down:
+        def grow(self, *args: object) -> list[Grant]:
+            raise StoreUnavailable("down")
+
+        def report(self, *args: object) -> list[Grant]:
+            raise StoreUnavailable("down")
+
+    c = claim(amount=30, capacity=100)
+    closed = Keeper(Down(), clock=Clock())
+    with pytest.raises(StoreUnavailable):
+        closed.admit((c,))
+    assert closed.degraded_since is not None
+    opened = Keeper(Down(), clock=Clock())
+    admitted = [opened.admit((c,), fail_open=True) for _ in range(4)]
+    assert [a.admitted for a in admitted] == [True, True, True, False]  # type: ignore[union-attr]
+    assert all(a.degraded for a in admitted)  # type: ignore[union-attr]
+
+
+# -- Redis: the same semantics, atomically, across holders ------------------------------------------
+
+
+@pytest.fixture()
+def redis_url(redis_port: int) -> Iterator[str]:
+    redis.Redis(port=redis_port).flushall()
+    yield f"redis://127.0.0.1:{redis_port}/0"
+
+
+def test_redis_and_memory_give_the_same_grants_and_totals(redis_url: str) -> None:
+    async def scenario() -> None:
+        rng = random.Random(7)
+        memory, remote = MemoryBackend(), RedisBackend.from_url(redis_url)
+        counters = [claim(capacity=capacity, counter=f"c{i}") for i, capacity in enumerate((100, 1000, 7))]
+        for _ in range(300):
+            holder = rng.choice(["a", "b", "c"])
+            c = rng.choice(counters)
+            if rng.random() < 0.6:
+                need = rng.randint(1, max(1, c.capacity // 3))
+                ask = [(c, need, need + rng.randint(0, c.capacity // 2))]
+                expected, actual = memory.grow(holder, ask, 60), await remote.grow(holder, ask, 60)
+            else:
+                report = [(c, rng.randint(0, c.capacity // 5), rng.randint(0, c.capacity // 5))]
+                expected, actual = memory.report(holder, report, 60), await remote.report(holder, report, 60)
+            assert actual == expected
+        for c in counters:
+            assert await remote.totals(c.counter) == memory.totals(c.counter)
+        await remote.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_holders_never_take_more_than_the_capacity(redis_url: str) -> None:
+    async def scenario() -> None:
+        backends = [RedisBackend.from_url(redis_url) for _ in range(4)]
+        keepers = [Keeper(backend, holder=f"w{i}") for i, backend in enumerate(backends)]
+        c = claim(amount=40_000, capacity=1_000_000)  # $1.00 budget, $0.04 claims
+
+        async def one(keeper: Keeper) -> bool:
+            answer = keeper.admit((c,))
+            result = await answer if asyncio.iscoroutine(answer) else answer
+            assert isinstance(result, Admission)
+            return result.admitted
+
+        results = await asyncio.gather(*(one(keepers[i % 4]) for i in range(200)))
+        assert sum(results) == 25  # exactly what fits: 25 x $0.04
+        for keeper in keepers:
+            keeper.settle((c,) * sum(1 for _ in range(keeper.leases[c.counter].reserved // c.amount)),
+                          (c.amount,) * (keeper.leases[c.counter].reserved // c.amount))
+            result = keeper.flush()
+            if result is not None:
+                await result
+        spent, held = await backends[0].totals(c.counter)
+        assert spent == 1_000_000 and held == 0
+        for backend in backends:
+            await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_sidecar_killed_holding_a_lease_gives_it_back_after_the_ttl(redis_url: str) -> None:
+    async def scenario() -> None:
+        dead = Keeper(RedisBackend.from_url(redis_url), holder="dead", ttl=0.5)
+        alive = Keeper(RedisBackend.from_url(redis_url), holder="alive", ttl=0.5)
+        c = claim(amount=60, capacity=100)
+        assert (await dead.admit((c,))).admitted  # type: ignore[misc]
+        refused = await alive.admit((c,))  # type: ignore[misc]
+        assert not refused.admitted
+        await asyncio.sleep(0.6)  # the dead holder never refreshes its grant
+        assert (await alive.admit((c,))).admitted  # type: ignore[misc]
+
+    asyncio.run(scenario())
+
+
+def test_redis_down_is_unavailable_within_the_deadline() -> None:
+    async def scenario() -> None:
+        with __import__("socket").socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        backend = RedisBackend.from_url(f"redis://127.0.0.1:{port}/0", deadline=0.3)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await backend.grow("a", [(claim(), 10, 10)], 30)
+        assert time.monotonic() - started < 1.0
+
+    asyncio.run(scenario())
