@@ -72,7 +72,8 @@ class Backend(Protocol):
     def grow(self, holder: str, asks: list[tuple[Claim, int, int]], ttl: float
              ) -> list[Grant] | Awaitable[list[Grant]]:
         """For each (claim, need, want): grant ``want`` (at most half of what is left, but never
-        less than ``need``), or 0 when even ``need`` does not fit."""
+        less than ``need``; beyond ``need``, in whole multiples of the claim's amount), or 0 when
+        even ``need`` does not fit."""
         ...
 
     def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float
@@ -362,6 +363,8 @@ class MemoryBackend:
                 out.append(Grant(0, counter.spent, held))
                 continue
             grant = min(want, max(need, free // 2))
+            unit = max(1, claim.amount)  # in whole claims beyond the need: no slivers nobody can use
+            grant = need + (grant - need) // unit * unit
             mine, _ = counter.held.get(holder, (0, 0.0))
             counter.held[holder] = (mine + grant, now + ttl)
             out.append(Grant(grant, counter.spent, held + grant))
@@ -423,12 +426,13 @@ end
 """
 GROW = _PRUNE + """
 local holder, need, want, capacity = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local ttl, expire_at = tonumber(ARGV[5]), tonumber(ARGV[6])
+local ttl, expire_at, unit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local total = tonumber(redis.call('HGET', KEYS[2], '_total') or '0')
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
 local free = capacity - spent - total
 if need > free then return {0, spent, total} end
 local grant = math.min(want, math.max(need, math.floor(free / 2)))
+grant = need + math.floor((grant - need) / unit) * unit
 redis.call('HINCRBY', KEYS[2], holder, grant)
 redis.call('HINCRBY', KEYS[2], '_total', grant)
 redis.call('ZADD', KEYS[3], now + ttl, holder)
@@ -494,7 +498,7 @@ class RedisBackend:
 
     def grow(self, holder: str, asks: list[tuple[Claim, int, int]], ttl: float) -> Awaitable[list[Grant]]:
         calls = [(self._grow, keys(self.prefix, claim.counter),
-                  [holder, need, want, claim.capacity, int(ttl * 1000), _expire_at(claim)])
+                  [holder, need, want, claim.capacity, int(ttl * 1000), _expire_at(claim), max(1, claim.amount)])
                  for claim, need, want in asks]
         return self._run(calls)
 

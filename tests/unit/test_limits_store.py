@@ -43,6 +43,8 @@ def test_a_grant_is_never_more_than_half_of_what_is_left_nor_less_than_what_is_n
     assert backend.grow("a", [(c, 10, 40)], 30) == [Grant(40, 0, 40)]  # 40 <= 100 / 2
     assert backend.grow("b", [(c, 10, 40)], 30) == [Grant(30, 0, 70)]  # half of the 60 left
     assert backend.grow("c", [(c, 20, 40)], 30) == [Grant(20, 0, 90)]  # the need, though more than half of 30
+    odd = claim(amount=7, capacity=100, counter="odd")
+    assert backend.grow("a", [(odd, 7, 40)], 30) == [Grant(35, 0, 35)]  # whole claims: 7 + 4 x 7, not 40
     assert backend.grow("d", [(c, 11, 40)], 30) == [Grant(0, 0, 90)]  # 11 does not fit in 10: nothing
     assert backend.report("a", [(c, 25, 15)], 30) == [Grant(0, 25, 50)]  # spent 25, gave 15 back
     assert backend.totals(c.counter) == (25, 50)
@@ -174,7 +176,8 @@ def test_redis_and_memory_give_the_same_grants_and_totals(redis_url: str) -> Non
 def test_concurrent_holders_never_take_more_than_the_capacity(redis_url: str) -> None:
     async def scenario() -> None:
         backends = [RedisBackend.from_url(redis_url) for _ in range(4)]
-        keepers = [Keeper(backend, holder=f"w{i}") for i, backend in enumerate(backends)]
+        clock = Clock()
+        keepers = [Keeper(backend, holder=f"w{i}", clock=clock) for i, backend in enumerate(backends)]
         c = claim(amount=40_000, capacity=1_000_000)  # $1.00 budget, $0.04 claims
 
         async def one(keeper: Keeper) -> bool:
@@ -184,15 +187,16 @@ def test_concurrent_holders_never_take_more_than_the_capacity(redis_url: str) ->
             return result.admitted
 
         results = await asyncio.gather(*(one(keepers[i % 4]) for i in range(200)))
-        assert sum(results) == 25  # exactly what fits: 25 x $0.04
+        assert sum(results) == 25  # exactly what fits: 25 x $0.04 (leases are granted in whole claims)
+        clock.now += 10  # idle: the flush gives every unused lease back
         for keeper in keepers:
-            keeper.settle((c,) * sum(1 for _ in range(keeper.leases[c.counter].reserved // c.amount)),
-                          (c.amount,) * (keeper.leases[c.counter].reserved // c.amount))
+            held = keeper.leases[c.counter].reserved // c.amount
+            keeper.settle((c,) * held, (c.amount,) * held)
             result = keeper.flush()
             if result is not None:
                 await result
         spent, held = await backends[0].totals(c.counter)
-        assert spent == 1_000_000 and held == 0
+        assert spent == 25 * 40_000 and held == 0
         for backend in backends:
             await backend.close()
 
