@@ -14,6 +14,7 @@ COMMANDS = {
     "policy": ("ext_proc.policy.cli_policy", "check policy files, print the policy's JSON Schema"),
     "keys": ("ext_proc.policy.cli_keys", "create virtual keys for the policy"),
     "report": ("ext_proc.ledger.cli", "spend, tokens and latency by team, model, key or provider"),
+    "budgets": ("ext_proc.ledger.budgets", "each budget's spend, open reservations, remaining amount and reset time"),
     "envoy": ("ext_proc.envoy_config", "print the Envoy config with the fallback clusters a policy needs"),
     "tokens": ("ext_proc.llm.cli_tokens", "count the prompt tokens of a request body read from stdin"),
 }

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import zoneinfo
 from typing import Any
 
 from ext_proc.core.actions import Ask, Settle
@@ -38,27 +37,8 @@ from ext_proc.core.steps import Step
 from ext_proc.llm.apis import RateWindow
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.usage import Usage
-from ext_proc.policy.compiled import Alias, Budget
+from ext_proc.policy.compiled import Alias, Budget, period_window
 from ext_proc.state.queries import Admission, Admit, Claim, StoreUnavailable
-
-
-@functools.lru_cache(maxsize=64)
-def _zone(name: str) -> zoneinfo.ZoneInfo:
-    return zoneinfo.ZoneInfo(name)
-
-
-def period_window(period: str, timezone: str, now: float) -> tuple[str, float]:
-    """The window id of a budget period at Unix time ``now``, and when it ends (Unix seconds)."""
-    zone = _zone(timezone)
-    local = datetime.datetime.fromtimestamp(now, zone)
-    if period == "day":
-        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        end = (start + datetime.timedelta(days=1, hours=2)).replace(hour=0)  # across DST changes
-        return start.strftime("%Y-%m-%d"), end.timestamp()
-    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    month, year = (start.month % 12) + 1, start.year + (start.month == 12)
-    end = start.replace(year=year, month=month)
-    return start.strftime("%Y-%m"), end.timestamp()
 
 
 class Limits(Step):

@@ -8,7 +8,10 @@ Virtual keys appear only as sha256 hex digests.
 
 from __future__ import annotations
 
+import datetime
+import functools
 import hashlib
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -91,6 +94,25 @@ class Team:
     name: str
     models: frozenset[str]  # public model names this team may use
     all_models: bool = False  # the team's models list was "*"
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
+
+
+def period_window(period: str, timezone: str, now: float) -> tuple[str, float]:
+    """The window of a budget period (``day`` or ``month`` in ``timezone``) at Unix time ``now``:
+    its id (``2026-12``, ``2026-12-04``) and when it ends (Unix seconds)."""
+    zone = _zone(timezone)
+    local = datetime.datetime.fromtimestamp(now, zone)
+    if period == "day":
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = (start + datetime.timedelta(days=1, hours=2)).replace(hour=0)  # a DST day has 23 or 25 hours
+        return start.strftime("%Y-%m-%d"), end.timestamp()
+    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    month, year = (start.month % 12) + 1, start.year + (start.month == 12)
+    return start.strftime("%Y-%m"), start.replace(year=year, month=month).timestamp()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -29,11 +30,13 @@ class AdminServer:
         ready: Callable[[], tuple[bool, dict[str, object]]],
         log_path: str | None = None,
         ledger: Ledger | None = None,
+        budgets: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
         self.log_path = log_path
         self.ledger = ledger  # shared aggregates (Redis); without them the report reads the log
+        self.budgets = budgets  # the rows of `tollway budgets` (ext_proc.ledger.budgets)
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -88,6 +91,9 @@ class AdminServer:
                 status, content_type, body = 405, "text/plain", b""
             elif path == "/v1/report":  # reads the log: off the event loop
                 status, content_type, body = await asyncio.get_running_loop().run_in_executor(None, self.report, query)
+            elif path == "/v1/budgets" and self.budgets is not None:
+                status, content_type = 200, "application/json"
+                body = orjson.dumps({"budgets": await self.budgets()})
             else:
                 status, content_type, body = self.route(path)
             reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",

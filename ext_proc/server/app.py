@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import logging
 import multiprocessing
 import os
@@ -27,12 +28,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from ext_proc.core import pipeline
+from ext_proc.ledger import budgets
 from ext_proc.server import h2, listen
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
@@ -247,7 +250,15 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
                 details["credentials"] = service.credentials.status(holder.current.providers)
         return (not draining and (holder is None or holder.current is not None)), details
 
-    admin = AdminServer(registry, ready, config.log_file, ledger if config.redis_url else None)
+    async def budget_rows() -> list[dict[str, Any]]:
+        policy = holder.current if holder else None
+        if policy is None or not policy.limits.budgets:
+            return []
+        found = backend.scan("budget/") if hasattr(backend, "scan") else {}
+        counters = await found if inspect.isawaitable(found) else found
+        return budgets.rows(policy, counters)
+
+    admin = AdminServer(registry, ready, config.log_file, ledger if config.redis_url else None, budget_rows)
     if config.admin_port:
         await admin.start(config.admin_host, config.admin_port)
     address = config.listen

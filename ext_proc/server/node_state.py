@@ -68,6 +68,8 @@ class NodeStateServer:
                 op = request["op"]
                 if op == "once":
                     answer: Any = self.backend.once(request["key"], request["until"])
+                elif op == "scan":
+                    answer = self.backend.scan(request["prefix"])
                 else:
                     holder, ttl, pairs = request["holder"], request["ttl"], _claims(request["items"])
                     grants = (self.backend.grow(holder, pairs, ttl) if op == "grow"
@@ -112,6 +114,10 @@ class NodeBackend:
             return bool(await self._request({"op": "once", "key": key, "until": until}))
         except StoreUnavailable:
             return True  # an alert may repeat rather than be lost
+
+    async def scan(self, prefix: str) -> dict[str, tuple[int, int]]:
+        found = await self._request({"op": "scan", "prefix": prefix})
+        return {name: (int(spent), int(held)) for name, (spent, held) in found.items()}
 
     async def _call(self, op: str, holder: str, pairs: list[tuple[Claim, int, int]], ttl: float) -> list[Grant]:
         rows = await self._request({"op": op, "holder": holder, "ttl": ttl, "items": _items(pairs)})

@@ -393,6 +393,11 @@ class MemoryBackend:
         found = self.counters.get(counter)
         return (found.spent, found.total(self.clock())) if found else (0, 0)
 
+    def scan(self, prefix: str) -> dict[str, tuple[int, int]]:
+        """(spent, held) of every counter whose name starts with ``prefix``."""
+        now = self.clock()
+        return {name: (c.spent, c.total(now)) for name, c in self.counters.items() if name.startswith(prefix)}
+
     def once(self, key: str, until: float) -> bool:
         now = time.time()
         for old in [k for k, deadline in self.marks.items() if deadline < now]:
@@ -536,6 +541,15 @@ class RedisBackend:
         except Exception as exc:  # an alert may repeat rather than be lost
             log.warning("could not mark %s once: %s", key, type(exc).__name__)
             return True
+
+    async def scan(self, prefix: str) -> dict[str, tuple[int, int]]:
+        """(spent, held) of every counter whose name starts with ``prefix`` (``tollway budgets``)."""
+        names: set[str] = set()
+        for part in ("spent", "held"):
+            async for key in self.client.scan_iter(match=f"{self.prefix}:{{{prefix}*}}:{part}", count=500):
+                text = key.decode() if isinstance(key, bytes) else key
+                names.add(text[len(self.prefix) + 2:-len(f"}}:{part}")])
+        return {name: await self.totals(name) for name in sorted(names)}
 
     async def totals(self, counter: str) -> tuple[int, int]:
         """(spent, held) of one counter, for ``tollway budgets``."""

@@ -9,11 +9,11 @@ import pytest
 
 from ext_proc.core.actions import Ask, Continue, Respond, Settle
 from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
-from ext_proc.core.limits import period_window
 from ext_proc.core.session import Session
 from ext_proc.llm import runtime
 from ext_proc.llm.usage import Usage
 from ext_proc.policy.compile import compile_policy
+from ext_proc.policy.compiled import period_window
 from ext_proc.server.accounting import ServiceAccountant
 from ext_proc.state.queries import Admission, Admit, Claim, StoreUnavailable
 from tests.unit.transcript import Record, Transcript

@@ -1,0 +1,121 @@
+"""``tollway budgets``: each budget's spend, open reservations, what is left and when it resets.
+
+The policy says which budgets exist and their limits; the counters (in Redis, in the node's
+parent, or in a single worker's memory: see :mod:`ext_proc.state.limits`) say what was spent and
+what is held right now by requests in flight and by workers' leases. :func:`rows` joins the two
+for the current window of every budget (a ``team: "*"`` budget has one row per team that used it);
+the admin endpoint ``/v1/budgets`` serves the same rows as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ext_proc.policy.compiled import CompiledPolicy, period_window
+
+
+def rows(
+    policy: CompiledPolicy, counters: dict[str, tuple[int, int]], now: float | None = None
+) -> list[dict[str, Any]]:
+    """One row per budget, unit and member in the current window (see the module docstring)."""
+    now = time.time() if now is None else now
+    out = []
+    for budget in policy.limits.budgets:
+        window, resets = period_window(budget.period, budget.timezone, now)
+        for unit, limit in (("usd", budget.usd_micros), ("tokens", budget.tokens)):
+            if limit is None:
+                continue
+            prefix = f"budget/{budget.name}/{unit}/"
+            members = {name[len(prefix):].rsplit("/", 1)[0] for name in counters
+                       if name.startswith(prefix) and name.endswith("/" + window)}
+            if budget.member != "*":
+                members.add(budget.member)
+            for member in sorted(members):
+                spent, held = counters.get(f"{prefix}{member}/{window}", (0, 0))
+                row: dict[str, Any] = {
+                    "budget": budget.name, "scope": budget.scope, "member": member, "unit": unit, "window": window,
+                    "limit": limit, "spent": spent, "held": held, "remaining": max(0, limit - spent - held),
+                    "percent": round(spent * 100 / limit, 1) if limit else None,
+                    "resets_at": datetime.datetime.fromtimestamp(resets, datetime.UTC).isoformat(),
+                    "enforce": "hard" if budget.hard else "soft",
+                }
+                if unit == "usd":
+                    row.update({name + "_usd": f"{row[name] / 1e6:.6f}".rstrip("0").rstrip(".")
+                                for name in ("limit", "spent", "held", "remaining")})
+                out.append(row)
+    return out
+
+
+def _amount(row: dict[str, Any], name: str) -> str:
+    if row["unit"] == "usd":
+        return "$" + str(row[name + "_usd"])
+    return f"{row[name]:,}"
+
+
+def table(found: list[dict[str, Any]]) -> str:
+    if not found:
+        return "no budgets in the policy"
+    head = ("budget", "member", "unit", "spent", "open", "remaining", "limit", "used", "resets (UTC)", "")
+    lines = [head]
+    for row in found:
+        lines.append((row["budget"], row["member"], row["unit"], _amount(row, "spent"), _amount(row, "held"),
+                      _amount(row, "remaining"), _amount(row, "limit"), f"{row['percent']}%",
+                      row["resets_at"][:16].replace("T", " "), "soft" if row["enforce"] == "soft" else ""))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", required=True, help="the policy whose budgets to show")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--redis", help="the Redis every sidecar shares (redis://host:6379/0)")
+    source.add_argument("--admin", help="a running service's admin address (http://127.0.0.1:9902)")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ext_proc.policy.compile import PolicyError, compile_policy
+
+    try:
+        policy = compile_policy(Path(args.policy).read_text(encoding="utf-8"), args.policy)
+    except (OSError, PolicyError) as exc:
+        print(f"tollway budgets: {exc}", file=sys.stderr)
+        return 1
+    try:
+        found = asyncio.run(_from_redis(args.redis, policy)) if args.redis else _from_admin(args.admin)
+    except Exception as exc:  # one line for a person, never a traceback
+        where = "Redis" if args.redis else args.admin
+        print(f"tollway budgets: cannot read the counters from {where}: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(table(found))
+    return 0
+
+
+async def _from_redis(url: str, policy: CompiledPolicy) -> list[dict[str, Any]]:
+    from ext_proc.state.limits import RedisBackend
+
+    backend = RedisBackend.from_url(url, deadline=3.0)
+    try:
+        return rows(policy, await backend.scan("budget/"))
+    finally:
+        await backend.close()
+
+
+def _from_admin(url: str) -> list[dict[str, Any]]:
+    import urllib.request
+
+    with urllib.request.urlopen(url.rstrip("/") + "/v1/budgets", timeout=5) as response:  # the operator's URL
+        found: list[dict[str, Any]] = orjson.loads(response.read())["budgets"]
+        return found

@@ -1,0 +1,128 @@
+"""Budgets and rate limits end to end on one node: a real Envoy, the service, the fake provider, the SDKs.
+
+The service runs on its own counters here (no Redis); tests/e2e/test_limits_redis_e2e.py shows
+the same across service processes sharing a real redis-server.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from ext_proc.policy.compiled import key_digest
+from tests.e2e.conftest import Providers
+
+pytestmark = pytest.mark.e2e
+
+ALPHA, BETA = "tw-alpha-budget-key-0123456789abcdefghijklmnopq", "tw-beta-rate-key-0123456789abcdefghijklmnopqrs"
+OPENAI_KEY, ANTHROPIC_KEY = "sk-openai-limits-01", "sk-ant-limits-02"
+POLICY = f"""
+apiVersion: tollway/v1
+providers:
+  openai: {{kind: openai, credential: {{env: L_OPENAI_KEY}}}}
+  anthropic: {{kind: anthropic, credential: {{env: L_ANTHROPIC_KEY}}}}
+models:
+  # $1,000 per million tokens: one token is a tenth of a cent, so a request costs a few cents.
+  gpt-4o-mini: {{provider: openai, price: {{input: "1000", output: "1000"}}}}
+  claude: {{provider: anthropic, model: claude-x, price: {{input: "1000", output: "1000"}}}}
+teams:
+  alpha: {{keys: [{{id: alpha-ci, sha256: "{key_digest(ALPHA)}"}}], models: ["*"]}}
+  beta: {{keys: [{{id: beta-ci, sha256: "{key_digest(BETA)}"}}], models: ["*"]}}
+budgets:
+  alpha-daily: {{team: alpha, usd: "0.20", period: day, alerts: [50, 100]}}
+rate_limits:
+  beta-rpm: {{team: beta, requests_per_minute: 4, tokens_per_minute: 100000}}
+"""
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
+    stack = Providers.stack(tmp_path_factory.mktemp("limits"), POLICY,
+                            {"L_OPENAI_KEY": OPENAI_KEY, "L_ANTHROPIC_KEY": ANTHROPIC_KEY})
+    with stack:
+        yield Providers(stack, ALPHA)
+
+
+def client(env: Providers, key: str, retries: int = 0) -> openai.OpenAI:
+    return openai.OpenAI(base_url=env.base_url + "/v1", api_key=key, max_retries=retries, timeout=10)
+
+
+def test_a_spent_budget_refuses_that_team_only_and_the_sdk_does_not_retry(env: Providers) -> None:
+    alpha = client(env, ALPHA, retries=3)  # retries allowed: x-should-retry: false must stop them
+    admitted = 0
+    with pytest.raises(openai.RateLimitError) as refused:
+        for _ in range(20):
+            # ~8 prompt + 30 output tokens = ~$0.04 claimed; the provider writes exactly 30
+            alpha.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=30,  # type: ignore[arg-type]
+                                          extra_headers={"x-mock-chunks": "30"})
+            admitted += 1
+    assert 3 <= admitted <= 5  # $0.20 at ~$0.04 a request
+    error = refused.value
+    assert error.status_code == 429 and error.code == "budget_exceeded"
+    assert "The budget 'alpha-daily' ($0.20) is spent; it resets at " in error.message
+    assert error.response.headers["x-should-retry"] == "false"
+    request_id = error.response.headers.get("x-tollway-request-id")
+    assert env.provider_saw(request_id) == []  # refused before any provider, and not retried
+    record = env.record(request_id)
+    assert (record["outcome"], record["error"], record["limit"], record["team"]) == (
+        "rejected", "budget_exceeded", "alpha-daily", "alpha")
+    # Admitted spend stays within the budget plus what requests spent beyond their claims.
+    records = [r for r in env.records() if r["team"] == "alpha" and r["outcome"] == "ok"]
+    spent = sum(r["cost_usd_micros"] for r in records)
+    beyond = sum(max(0, entry["used"] - entry["claimed"]) for r in records for entry in r["limits"]
+                 if entry["unit"] == "usd")
+    assert spent <= 200_000 + beyond
+    # Another team is not refused by alpha's budget.
+    assert client(env, BETA).chat.completions.create(model="gpt-4o-mini", messages=HI).choices[0].message.content
+
+
+def test_a_rate_limit_is_a_429_with_its_headers_in_each_sdks_names(env: Providers) -> None:
+    beta = client(env, BETA)
+    seen = []
+    with pytest.raises(openai.RateLimitError) as refused:
+        for _ in range(10):
+            raw = beta.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)
+            seen.append(raw.headers)
+    headers = seen[-1]
+    assert headers["x-ratelimit-limit-requests"] == "4"
+    assert int(headers["x-ratelimit-remaining-requests"]) < 4
+    assert headers["x-ratelimit-reset-requests"].endswith("s") and "x-ratelimit-limit-tokens" in headers
+    error = refused.value
+    assert error.code == "rate_limit_exceeded" and "Rate limit 'beta-rpm' reached (4 requests per minute)" in error.message
+    assert 1 <= int(error.response.headers["retry-after"]) <= 60
+    assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
+    # The Anthropic SDK, the same limit: its own error type and header names.
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        anthropic.Anthropic(base_url=env.base_url, api_key=BETA, max_retries=0).messages.create(
+            model="claude", max_tokens=10, messages=HI)  # type: ignore[arg-type]
+    assert caught.value.response.headers["anthropic-ratelimit-requests-limit"] == "4"
+    assert caught.value.response.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert caught.value.response.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+
+
+def test_tollway_budgets_shows_spend_against_the_budget(env: Providers) -> None:
+    admin = f"http://127.0.0.1:{env.stack.service_admin_port}"
+    deadline = time.monotonic() + 5
+    while True:  # spend reaches the counters in the background, every 0.2 s
+        (row,) = httpx.get(admin + "/v1/budgets").json()["budgets"]
+        if row["spent"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert (row["budget"], row["member"], row["unit"], row["limit"]) == ("alpha-daily", "alpha", "usd", 200_000)
+    assert row["spent"] > 0 and row["remaining"] == max(0, 200_000 - row["spent"] - row["held"])
+    policy = env.stack.policy
+    assert isinstance(policy, Path)
+    shown = subprocess.run([sys.executable, "-m", "ext_proc.cli", "budgets", "--policy", str(policy), "--admin", admin],
+                           capture_output=True, text=True, check=True).stdout
+    assert "alpha-daily" in shown and "$0.2" in shown
+    log = (env.stack.workdir / "tollway.log").read_text()
+    assert "budget alpha-daily reached 50% of its usd limit for alpha" in log
