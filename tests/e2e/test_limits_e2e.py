@@ -97,7 +97,8 @@ def test_a_rate_limit_is_a_429_with_its_headers_in_each_sdks_names(env: Provider
     assert int(headers["x-ratelimit-remaining-requests"]) < 4
     assert headers["x-ratelimit-reset-requests"].endswith("s") and "x-ratelimit-limit-tokens" in headers
     error = refused.value
-    assert error.code == "rate_limit_exceeded" and "Rate limit 'beta-rpm' reached (4 requests per minute)" in error.message
+    assert error.code == "rate_limit_exceeded"
+    assert "Rate limit 'beta-rpm' reached (4 requests per minute)" in error.message
     assert 1 <= int(error.response.headers["retry-after"]) <= 60
     assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
     # The Anthropic SDK, the same limit: its own error type and header names.
