@@ -1,7 +1,7 @@
 """The wire APIs Tollway serves, registered in one table.
 
 Each is a :class:`~ext_proc.llm.apis.base.WireAPI` in a module of its family
-(:mod:`.openai`, :mod:`.anthropic`); :data:`APIS` lists them, and a request's path finds its
+(:mod:`.openai`, :mod:`.responses`, :mod:`.anthropic`); :data:`APIS` lists them, and a request's path finds its
 API here and nowhere else. Adding an API: one module, one line in :data:`APIS`.
 """
 
@@ -10,14 +10,15 @@ from __future__ import annotations
 from .anthropic import MESSAGES
 from .base import ParsedRequest, RateWindow, Reader, WireAPI, error_code, gunzip
 from .openai import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
+from .responses import RESPONSES
 
-APIS: tuple[WireAPI, ...] = (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES)
+APIS: tuple[WireAPI, ...] = (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, RESPONSES, MESSAGES)
 
 _BY_PATH = {api.path: api for api in APIS}
 
 __all__ = [
-    "APIS", "CHAT_COMPLETIONS", "COMPLETIONS", "EMBEDDINGS", "MESSAGES", "ParsedRequest", "RateWindow", "Reader",
-    "WireAPI", "error_code", "for_errors", "gunzip", "match",
+    "APIS", "CHAT_COMPLETIONS", "COMPLETIONS", "EMBEDDINGS", "MESSAGES", "RESPONSES", "ParsedRequest",
+    "RateWindow", "Reader", "WireAPI", "error_code", "for_errors", "gunzip", "match",
 ]
 
 
