@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ext_proc.llm import translate
-from ext_proc.llm.apis import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES, WireAPI
+from ext_proc.llm.apis import CHAT_COMPLETIONS, COMPLETIONS, COUNT_TOKENS, EMBEDDINGS, MESSAGES, RESPONSES, WireAPI
 
 Headers = tuple[tuple[str, str], ...]
 _UNKNOWN = object()
@@ -107,7 +107,7 @@ KINDS: dict[str, ProviderKind] = {
     kind.name: kind
     for kind in (
         ProviderKind("openai", _OPENAI_APIS, "authorization", host="api.openai.com"),
-        AnthropicKind("anthropic", (MESSAGES,), "x-api-key", host="api.anthropic.com"),
+        AnthropicKind("anthropic", (MESSAGES, COUNT_TOKENS), "x-api-key", host="api.anthropic.com"),
         AzureKind("azure-openai", _OPENAI_APIS, "api-key"),
         # Most OpenAI-compatible servers (vLLM, Ollama, LiteLLM...) speak chat completions only:
         # Responses clients are served through chat, which every one of them speaks.

@@ -47,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from .apis import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
+from .apis import CHAT_COMPLETIONS, COMPLETIONS, COUNT_TOKENS, EMBEDDINGS, MESSAGES, RESPONSES
 from .encodings import (
     CL100K,
     EXPECTED_SHA256,
@@ -161,7 +161,7 @@ def count_request(api_name: str, payload: dict[str, Any], model: str) -> TokenEs
         size = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
         if size > MAX_TOKENIZED_BYTES:
             return TokenEstimate(math.ceil(size / BYTES_PER_TOKEN) + tally.fixed, False, "bytes-estimate")
-    name = O200K if api_name == MESSAGES.name else encoding_name_for_model(model)
+    name = O200K if api_name in _ANTHROPIC else encoding_name_for_model(model)
     encoding = get_encoding(name)
     short = _SHORT_COUNTS.setdefault(name, {})
     tokens = 0
@@ -551,7 +551,9 @@ _COUNTERS: dict[str, Callable[[dict[str, Any], str], _Tally]] = {
     EMBEDDINGS.name: _count_embeddings,
     RESPONSES.name: _count_responses,
     MESSAGES.name: _count_messages,
+    COUNT_TOKENS.name: _count_messages,
 }
+_ANTHROPIC = frozenset({MESSAGES.name, COUNT_TOKENS.name})  # estimated with o200k_base, whatever the model
 
 
 def _json(value: Any) -> str:
