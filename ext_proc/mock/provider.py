@@ -7,7 +7,8 @@ plumbing that feeds it requests and writes its replies is :mod:`ext_proc.mock.ht
 ``tollway mock-provider`` CLI (:func:`add_arguments`, :func:`run`).
 
 Endpoints: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
-``/v1/responses`` (OpenAI), ``POST /v1/messages`` (Anthropic),
+``/v1/responses`` (OpenAI), ``POST /v1/messages`` and ``/v1/messages/count_tokens`` (Anthropic;
+the count is the ``input_tokens`` the same request would report),
 ``POST /openai/deployments/{deployment}/chat/completions``, ``.../completions``, ``.../embeddings``
 (Azure OpenAI: the OpenAI answer with the deployment as ``model``; a missing or malformed
 ``api-version`` query parameter is Azure's 404), ``POST /openai/v1/responses`` (Azure's v1
@@ -127,6 +128,7 @@ _STYLE = {
     "/v1/embeddings": "openai",
     "/v1/responses": "openai",
     "/v1/messages": "anthropic",
+    "/v1/messages/count_tokens": "anthropic",
 }
 _AZURE_RESPONSES = "/openai/v1/responses"  # Azure's v1 surface: no deployment in the path, no api-version
 _AZURE = "/openai/"
@@ -173,6 +175,7 @@ class MockProvider:
             "/v1/embeddings": self._embeddings,
             "/v1/responses": self._responses,
             "/v1/messages": self._messages,
+            "/v1/messages/count_tokens": self._count_tokens,
         }
 
     # -- the request log
@@ -423,6 +426,11 @@ class MockProvider:
         if body.get("stream") is True:
             return self._stream_or_json(knobs, headers, None, r.responses_events(gen, body))
         return self._stream_or_json(knobs, headers, r.responses_json(gen, body), None)
+
+    def _count_tokens(self, body: dict[str, Any], knobs: _Knobs) -> Reply:
+        headers = b"request-id: req_mock%016x\r\n" % self._next_id()
+        tokens = r.chat_prompt_tokens(body.get("messages"), body.get("system"))
+        return self._stream_or_json(knobs, headers, orjson.dumps({"input_tokens": tokens}), None)
 
     def _messages(self, body: dict[str, Any], knobs: _Knobs) -> Reply:
         try:
