@@ -116,7 +116,8 @@ def test_a_request_reaches_a_chat_server_as_the_same_conversation() -> None:
                                      {"type": "image_url", "image_url": {"url": "https://example.com/a.png",
                                                                          "detail": "low"}}]},
         {"role": "assistant", "content": "Let me check.", "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
     ]
     assert sent["tools"] == [{"type": "function", "function": {"name": "get_weather", "description": "Weather",

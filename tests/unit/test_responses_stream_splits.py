@@ -177,7 +177,7 @@ def check_cut(up: Upstream, cut: int, cuts: list[int]) -> None:
         assert (record["outcome"], record["error"]) == ("ok", None)
         assert_valid(up, out if out.endswith((b"\n\n", b"\r\n\r\n")) else out + b"\n\n")
         return
-    events, rest = decoded(out)
+    _, rest = decoded(out)
     assert rest == b"", f"bytes of an unfinished event reached the client: {rest[-160:]!r}"
     parsed = sdk_events(out)
     assert [item.type for item in parsed].count("error") == 1 and parsed[-1].type == "error"
