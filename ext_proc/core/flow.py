@@ -43,6 +43,7 @@ class Flow:
         "headers_only",
         "hide_usage",
         "limit_refused",
+        "local",
         "metadata",
         "meter",
         "model",
@@ -104,6 +105,7 @@ class Flow:
         self.rate_headers: tuple[tuple[str, str], ...] = ()  # x-ratelimit-* for the answer
         self.limit_refused: str | None = None  # the limit that refused the request
         self.cost_unknown = False  # a USD budget applies but no target has a price
+        self.local = False  # a step answered the request itself (no provider, nothing spent)
         # What goes upstream (the answer to Envoy's request messages).
         self.set_headers: list[tuple[str, str]] = []
         self.remove_headers: list[str] = []

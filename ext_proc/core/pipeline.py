@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ext_proc.core import limits, response, steps
-from ext_proc.core.actions import Ask
+from ext_proc.core import limits, local, response, steps
+from ext_proc.core.actions import Ask, Respond
 from ext_proc.core.flow import Flow
 from ext_proc.core.response import Stage
 from ext_proc.core.steps import Step
@@ -24,6 +24,7 @@ def request_steps(*, store_probe: bool = False) -> tuple[Step, ...]:
         steps.Recognise(),  # the client's API from the path; its body decoded and checked
         steps.Identify(),  # who is calling: a Tollway key, or the workload
         steps.Access(),  # the model exists and the team may use it
+        local.Local(),  # the endpoints Tollway answers itself: the model list, token counts
         steps.Route(),  # count the prompt; choose the target or the fallback chain
         *((steps.Probe(),) if store_probe else ()),  # shared state answers (ask and continue)
         limits.Limits(),  # budgets and rate limits: claimed before sending (ask and continue)
@@ -66,7 +67,7 @@ def stages_for(flow: Flow, stream: bool) -> tuple[Stage, ...]:
     return _STAGES[(stream, flow.hide_usage, pair is not None)]
 
 
-Hook = Callable[[Flow], "Ask | None"]
+Hook = Callable[[Flow], "Ask | Respond | None"]
 
 
 @dataclass(frozen=True, slots=True)

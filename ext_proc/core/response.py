@@ -150,7 +150,9 @@ class Finish(Stage):
         reader = flow.meter.reader
         flow.error = flow.error or (reader.error if reader is not None else None) or INTERRUPTED.code
         assert flow.api is not None
-        return [_bytes(flow.api.stream_error(INTERRUPTED))]
+        # An API that numbers its events (Responses) numbers the error after what the client got.
+        source = flow.translator if flow.translator is not None else reader
+        return [_bytes(flow.api.stream_error(INTERRUPTED, getattr(source, "sequence", 0)))]
 
 
 def complete(flow: Flow) -> bool:

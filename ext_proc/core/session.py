@@ -13,6 +13,8 @@ trip: Envoy would then choose the route before Tollway has read the body.)
                      state, the provider's request. A refusal is answered at once in the
                      client's error format, the provider never contacted; otherwise the request
                      is labelled so that Envoy re-matches the route to the chosen cluster.
+                     A step may also answer the request itself (a ``Respond``, at either hook:
+                     the model list, token counts): the request ends there, recorded ``ok``.
 ``WAITING``          a step asked shared state (:class:`~ext_proc.core.actions.Ask`); the
                      message stays unanswered until the :class:`~ext_proc.core.events.Answered`
                      event arrives, then the steps go on. If the client leaves meanwhile the
@@ -165,9 +167,12 @@ class Session:
         flow = self.flow
         try:
             for index in range(start, len(hooks)):
-                ask = hooks[index](flow)
-                if ask is not None:
-                    return self._wait(hooks, index + 1, ask)
+                outcome = hooks[index](flow)
+                if outcome is None:
+                    continue
+                if isinstance(outcome, Respond):
+                    return self._answered_here(outcome, at)
+                return self._wait(hooks, index + 1, outcome)
         except ClientError as error:
             return self._reject(error, at)
         return self._answer_head() if hooks is self._pipeline.head else self._answer_body()
@@ -190,7 +195,11 @@ class Session:
 
     def _answer_head(self) -> Action:
         self.phase = Phase.REQUEST_BODY
-        return Continue(remove_headers=tuple(self.flow.remove_headers))
+        flow = self.flow
+        if flow.set_headers:  # a request without a body, routed at its head (open mode's model list)
+            return Continue(set_headers=tuple(flow.set_headers), remove_headers=tuple(flow.remove_headers),
+                            clear_route_cache=True)
+        return Continue(remove_headers=tuple(flow.remove_headers))
 
     def _answer_body(self) -> Action:
         flow = self.flow
@@ -317,6 +326,14 @@ class Session:
 
     # -- endings ----------------------------------------------------------------------------
 
+    def _answered_here(self, answer: Respond, at: int) -> Respond:
+        """A step answered the request itself: nothing goes upstream, nothing is spent."""
+        flow = self.flow
+        flow.status = answer.status
+        flow.local = True
+        self._finish(at, "ok")
+        return answer
+
     def _reject(self, error: ClientError, at: int) -> Respond:
         flow = self.flow
         flow.status = error.status
@@ -337,7 +354,11 @@ class Session:
                 flow.served_model = reader.model
             flow.error = flow.error or reader.error
         record = flow.record(at)
-        if outcome != "rejected":
+        if flow.local:
+            estimate = flow.meter.estimate
+            record.update(input_tokens=0, output_tokens=0, estimated_input_tokens=estimate.tokens if estimate else None,
+                          input_estimated=False, output_estimated=False, cost_usd_micros=0, price_version=None)
+        elif outcome != "rejected":
             target = flow.target
             kind = target.provider.kind if target else (flow.api.home if flow.api else None)
             model = flow.served_model or (target.upstream_model if target else flow.model)

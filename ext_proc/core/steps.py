@@ -10,7 +10,10 @@ request's :class:`~ext_proc.core.flow.Flow`. A hook ends in one of three ways:
   error format, no provider asked) and no further step runs;
 - it returns an :class:`~ext_proc.core.actions.Ask`: the step needs shared state (a budget, a
   rate limit). The session hands the question to the server and waits; when the answer arrives
-  the step's ``then`` continues (and may ask again, refuse, or let the next step run).
+  the step's ``then`` continues (and may ask again, refuse, or let the next step run);
+- it returns a :class:`~ext_proc.core.actions.Respond`: the step answered the request itself
+  (the endpoints of :mod:`ext_proc.core.local`); no further step runs, no provider is asked,
+  and the request is recorded as answered (outcome ``ok``, nothing spent).
 
 Steps hold configuration only (set once, when the service starts); everything about one request
 is in its flow, so one step object serves every request.
@@ -21,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from ext_proc.core import upstream
-from ext_proc.core.actions import Ask
+from ext_proc.core.actions import Ask, Respond
 from ext_proc.core.flow import Flow
 from ext_proc.llm import apis
 from ext_proc.llm.errors import ClientError
@@ -43,10 +46,10 @@ class Step:
     __slots__ = ()
     name = "step"
 
-    def head(self, flow: Flow) -> Ask | None:
+    def head(self, flow: Flow) -> Ask | Respond | None:
         return None
 
-    def body(self, flow: Flow) -> Ask | None:
+    def body(self, flow: Flow) -> Ask | Respond | None:
         return None
 
 
@@ -55,21 +58,27 @@ class Recognise(Step):
 
     Unknown endpoints (404), requests without a body and unsupported encodings are refused at the
     head; a body that is not JSON, names no model or has wrong types for the fields Tollway reads
-    is refused at the body. Client-sent routing and ``x-tollway-*`` headers are removed.
+    is refused at the body. Client-sent routing and ``x-tollway-*`` headers are removed. The
+    model list (``GET /v1/models``, in the caller's family's format) has no body: it is answered
+    by :class:`~ext_proc.core.local.Local` after the caller is known.
     """
 
     __slots__ = ()
     name = "recognise"
 
-    def head(self, flow: Flow) -> Ask | None:
+    def head(self, flow: Flow) -> Ask | Respond | None:
         headers = flow.headers
         path = flow.path = headers.get(":path", "")
-        api = apis.match(path) if headers.get(":method") == "POST" else None
+        method = headers.get(":method", "?")
+        api = apis.match(path) if method == "POST" else apis.catalogue(path, headers) if method == "GET" else None
         if api is None:
-            method = headers.get(":method", "?")
             shown = path.partition("?")[0][:200]
             raise ClientError(404, "unknown_endpoint", f"Tollway does not serve {method} {shown}.")
         flow.api = api
+        if method == "GET":
+            flow.remove_headers += _UNTRUSTED
+            flow.remove_headers += [h for h in headers if h.startswith("x-tollway-") and h != ROUTE_HEADER]
+            return None
         if flow.headers_only:
             raise ClientError(400, "invalid_body", "The request body is empty; expected a JSON object.")
         encoding = headers.get("content-encoding", "identity").strip().lower()
@@ -83,7 +92,7 @@ class Recognise(Step):
         ]
         return None
 
-    def body(self, flow: Flow) -> Ask | None:
+    def body(self, flow: Flow) -> Ask | Respond | None:
         api = flow.api
         assert api is not None
         if flow.gunzip:
@@ -104,7 +113,7 @@ class Identify(Step):
     __slots__ = ()
     name = "identify"
 
-    def head(self, flow: Flow) -> Ask | None:
+    def head(self, flow: Flow) -> Ask | Respond | None:
         if flow.policy is None:
             return None
         flow.principal = decide.identify(flow.policy, flow.headers, flow.attributes, flow.workload)
@@ -118,7 +127,7 @@ class Access(Step):
     __slots__ = ()
     name = "access"
 
-    def body(self, flow: Flow) -> Ask | None:
+    def body(self, flow: Flow) -> Ask | Respond | None:
         if flow.policy is None:
             return None
         assert flow.principal is not None and flow.model is not None
@@ -133,7 +142,7 @@ class Route(Step):
     __slots__ = ()
     name = "route"
 
-    def body(self, flow: Flow) -> Ask | None:
+    def body(self, flow: Flow) -> Ask | Respond | None:
         api, request = flow.api, flow.request
         assert api is not None and request is not None
         if flow.policy is None:  # open mode: the API's own provider, the client's own key
@@ -166,7 +175,7 @@ class Probe(Step):
     __slots__ = ()
     name = "probe"
 
-    def body(self, flow: Flow) -> Ask | None:
+    def body(self, flow: Flow) -> Ask | Respond | None:
         return Ask(Ping(), then=_probed)
 
 
@@ -189,7 +198,7 @@ class Rewrite(Step):
     __slots__ = ()
     name = "rewrite"
 
-    def body(self, flow: Flow) -> Ask | None:
+    def body(self, flow: Flow) -> Ask | Respond | None:
         request = flow.request
         assert request is not None and flow.cluster is not None
         headers = flow.set_headers

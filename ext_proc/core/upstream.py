@@ -59,11 +59,10 @@ def prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) ->
     model = target.upstream_model
     answer_in = kind.serves(api)
     if answer_in is api:
-        if kind.model_in_body:
-            if payload.get("model") != model:
-                payload["model"] = model
-            return payload, None
-        return payload, kind.path(api, model, provider)
+        path = kind.path(api, model, provider)
+        if kind.model_in_body(api) and payload.get("model") != model:
+            payload["model"] = model
+        return payload, (None if path == api.path else path)
     pair = translate.pair(api, answer_in) if answer_in is not None else None
     if pair is None:
         raise ClientError(400, "api_mismatch", f"Model '{target.public[:200]}' cannot serve {api.name} requests.",

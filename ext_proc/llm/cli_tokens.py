@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .apis import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES
+from .apis import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
 from .tokens import EncodingError, count_request, encoding_name_for_model, load_times_ms
 
 APIS = {
@@ -22,6 +22,7 @@ APIS = {
     "completions": COMPLETIONS.name,
     "embeddings": EMBEDDINGS.name,
     "messages": MESSAGES.name,
+    "responses": RESPONSES.name,
 }
 _ANTHROPIC_BLOCKS = {"tool_use", "tool_result", "thinking", "redacted_thinking", "document"}
 

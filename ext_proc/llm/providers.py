@@ -5,6 +5,12 @@ for it, and nothing else does: the wire APIs it speaks (and so which client APIs
 directly or through a translation pair of :mod:`ext_proc.llm.translate`), the headers that carry
 its API key, the request path (Azure OpenAI puts the deployment and an ``api-version`` in it) and
 the Host it expects. Adding a kind is one :class:`ProviderKind` in :data:`KINDS`.
+
+Which API serves a client (:meth:`ProviderKind.serves`): the client's own when the kind speaks
+it, else the first API of the kind's ``speaks`` (in its order) that a translation pair reaches
+from the client's. So a Responses client is served natively by ``openai`` and ``azure-openai``,
+through chat completions by ``openai-compatible`` servers (most of which only speak chat), and
+through Messages by ``anthropic``; legacy completions and embeddings by OpenAI-style kinds only.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ext_proc.llm import translate
-from ext_proc.llm.apis import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES, WireAPI
+from ext_proc.llm.apis import CHAT_COMPLETIONS, COMPLETIONS, COUNT_TOKENS, EMBEDDINGS, MESSAGES, RESPONSES, WireAPI
 
 Headers = tuple[tuple[str, str], ...]
 _UNKNOWN = object()
@@ -31,13 +37,11 @@ class Settings(Protocol):
 class ProviderKind:
     """One kind of provider; see the module docstring."""
 
-    __slots__ = ("_serves", "host", "key_header", "model_in_body", "name", "speaks")
+    __slots__ = ("_serves", "host", "key_header", "name", "speaks")
 
-    def __init__(self, name: str, speaks: tuple[WireAPI, ...], key_header: str, host: str | None = None,
-                 model_in_body: bool = True) -> None:
+    def __init__(self, name: str, speaks: tuple[WireAPI, ...], key_header: str, host: str | None = None) -> None:
         self.name = name
-        self.model_in_body = model_in_body  # the provider's model name goes in the body (else in the path)
-        self.speaks = speaks
+        self.speaks = speaks  # in order of preference for the clients it must translate for
         self.key_header = key_header  # the header that carries its key
         self.host = host  # the Host it expects when the policy gives no endpoint (None: unknown)
         self._serves: dict[WireAPI, WireAPI | None] = {}
@@ -68,6 +72,10 @@ class ProviderKind:
         """The request path for ``api`` with the provider's ``model``."""
         return api.path
 
+    def model_in_body(self, api: WireAPI) -> bool:
+        """Whether the provider reads its model name from the body (else from :meth:`path`)."""
+        return True
+
 
 class AnthropicKind(ProviderKind):
     __slots__ = ()
@@ -77,24 +85,33 @@ class AnthropicKind(ProviderKind):
 
 
 class AzureKind(ProviderKind):
-    """Azure OpenAI: the deployment (the policy's model name) and ``api-version`` are in the path."""
+    """Azure OpenAI: the deployment (the policy's model name) and ``api-version`` are in the path,
+    except for the Responses API, which Azure serves only on its version-less v1 surface
+    (``/openai/v1/responses``) with the deployment as the body's ``model``."""
 
     __slots__ = ()
 
     def path(self, api: WireAPI, model: str, settings: Settings) -> str:
+        if api is RESPONSES:
+            return "/openai/v1/responses"
         operation = api.path.removeprefix("/v1/")
         return f"/openai/deployments/{model}/{operation}?api-version={settings.api_version}"
 
+    def model_in_body(self, api: WireAPI) -> bool:
+        return api is RESPONSES
 
-_OPENAI_APIS = (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS)
+
+_OPENAI_APIS = (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, RESPONSES)
 
 KINDS: dict[str, ProviderKind] = {
     kind.name: kind
     for kind in (
         ProviderKind("openai", _OPENAI_APIS, "authorization", host="api.openai.com"),
-        AnthropicKind("anthropic", (MESSAGES,), "x-api-key", host="api.anthropic.com"),
-        AzureKind("azure-openai", _OPENAI_APIS, "api-key", model_in_body=False),
-        ProviderKind("openai-compatible", _OPENAI_APIS, "authorization"),
+        AnthropicKind("anthropic", (MESSAGES, COUNT_TOKENS), "x-api-key", host="api.anthropic.com"),
+        AzureKind("azure-openai", _OPENAI_APIS, "api-key"),
+        # Most OpenAI-compatible servers (vLLM, Ollama, LiteLLM...) speak chat completions only:
+        # Responses clients are served through chat, which every one of them speaks.
+        ProviderKind("openai-compatible", (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS), "authorization"),
     )
 }
 

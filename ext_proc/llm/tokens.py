@@ -47,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from .apis import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES
+from .apis import CHAT_COMPLETIONS, COMPLETIONS, COUNT_TOKENS, EMBEDDINGS, MESSAGES, RESPONSES
 from .encodings import (
     CL100K,
     EXPECTED_SHA256,
@@ -161,7 +161,7 @@ def count_request(api_name: str, payload: dict[str, Any], model: str) -> TokenEs
         size = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
         if size > MAX_TOKENIZED_BYTES:
             return TokenEstimate(math.ceil(size / BYTES_PER_TOKEN) + tally.fixed, False, "bytes-estimate")
-    name = O200K if api_name == MESSAGES.name else encoding_name_for_model(model)
+    name = O200K if api_name in _ANTHROPIC else encoding_name_for_model(model)
     encoding = get_encoding(name)
     short = _SHORT_COUNTS.setdefault(name, {})
     tokens = 0
@@ -198,8 +198,8 @@ def _chat_format(model: str) -> str:
     return "harmony" if base_model(model).startswith("gpt-5") else "cookbook"
 
 
-def _count_chat(payload: dict[str, Any], model: str) -> _Tally:
-    tally = _Tally("openai-chat")
+def _count_chat(payload: dict[str, Any], model: str, tally: _Tally | None = None) -> _Tally:
+    tally = tally if tally is not None else _Tally("openai-chat")
     form = _chat_format(model)
     messages = payload.get("messages")
     has_system = False
@@ -457,12 +457,103 @@ def _anthropic_content(tally: _Tally, content: Any) -> None:
             tally.opaque(block)
 
 
+def _count_responses(payload: dict[str, Any], model: str) -> _Tally:
+    """A Responses request counted as the chat request it renders to (never exact: OpenAI does not
+    publish how the Responses API frames its input)."""
+    tally = _Tally("openai-responses")
+    messages: list[Any] = []
+    instructions = payload.get("instructions")
+    if isinstance(instructions, str):
+        if instructions:
+            messages.append({"role": "system", "content": instructions})
+    elif isinstance(instructions, list):
+        _responses_items(tally, instructions, messages)
+    elif instructions is not None:
+        tally.opaque(instructions)
+    given = payload.get("input")
+    if isinstance(given, str):
+        messages.append({"role": "user", "content": given})
+    elif isinstance(given, list):
+        _responses_items(tally, given, messages)
+    elif given is not None:
+        tally.opaque(given)
+    chat: dict[str, Any] = {"messages": messages}
+    functions = []
+    tools = payload.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict) and tool.get("type") == "function":
+            functions.append({"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}})
+        else:
+            tally.opaque(tool)  # built-in tools: OpenAI's own prompt for them is not public
+    if functions:
+        chat["tools"] = functions
+    choice = payload.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    elif choice is not None:
+        chat["tool_choice"] = choice
+    text = payload.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        chat["response_format"] = {"type": "json_schema", "json_schema": fmt}
+    _count_chat(chat, model, tally)
+    tally.exact = False
+    return tally
+
+
+def _responses_items(tally: _Tally, items: list[Any], messages: list[Any]) -> None:
+    """Responses input items as chat messages (function calls join the assistant turn before them)."""
+    for item in items:
+        kind = item.get("type", "message") if isinstance(item, dict) else None
+        if kind == "message":
+            content = item.get("content")
+            if isinstance(content, list):
+                content = [_responses_part(tally, part) for part in content]
+                content = [part for part in content if part is not None]
+            messages.append({"role": item.get("role"), "content": content})
+        elif kind == "function_call":
+            call = {"function": {"name": item.get("name"), "arguments": item.get("arguments")}}
+            last = messages[-1] if messages else None
+            if isinstance(last, dict) and last.get("role") == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            if isinstance(output, list):
+                output = [part for part in (_responses_part(tally, p) for p in output) if part is not None]
+            messages.append({"role": "tool", "content": output})
+        elif kind == "reasoning":
+            for summary in item.get("summary") or ():
+                if isinstance(summary, dict):
+                    tally.text(summary.get("text"))
+        else:
+            tally.opaque(item)  # built-in tool calls and their outputs, references to stored items
+
+
+def _responses_part(tally: _Tally, part: Any) -> Any:
+    """A Responses content part as the chat part it is (None: counted already, opaque)."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind in ("input_text", "output_text"):
+        return {"type": "text", "text": part.get("text")}
+    if kind == "refusal":
+        return {"type": "refusal", "refusal": part.get("refusal")}
+    if kind == "input_image" and isinstance(part.get("image_url"), str):
+        return {"type": "image_url", "image_url": {"url": part["image_url"],
+                                                   "detail": part.get("detail") or "auto"}}
+    tally.opaque(part)
+    return None
+
+
 _COUNTERS: dict[str, Callable[[dict[str, Any], str], _Tally]] = {
     CHAT_COMPLETIONS.name: _count_chat,
     COMPLETIONS.name: _count_completions,
     EMBEDDINGS.name: _count_embeddings,
+    RESPONSES.name: _count_responses,
     MESSAGES.name: _count_messages,
+    COUNT_TOKENS.name: _count_messages,
 }
+_ANTHROPIC = frozenset({MESSAGES.name, COUNT_TOKENS.name})  # estimated with o200k_base, whatever the model
 
 
 def _json(value: Any) -> str:

@@ -76,6 +76,20 @@ def apply_anthropic(usage: Usage, raw: Any) -> None:
         usage.output_tokens = out
 
 
+def apply_responses(usage: Usage, raw: Any) -> None:
+    """Fill ``usage`` from a Responses API ``usage`` object (``input_tokens`` counts cache reads,
+    ``output_tokens`` reasoning, as chat's ``prompt_tokens`` / ``completion_tokens`` do)."""
+    if not isinstance(raw, dict):
+        return
+    usage.input_tokens = _int(raw.get("input_tokens"))
+    usage.output_tokens = _int(raw.get("output_tokens"))
+    usage.cached_tokens = _int(_get(raw, "input_tokens_details", "cached_tokens"))
+    written = _int(_get(raw, "input_tokens_details", "cache_write_tokens"))
+    if written is not None:
+        usage.cache_write_tokens = written
+    usage.reasoning_tokens = _int(_get(raw, "output_tokens_details", "reasoning_tokens"))
+
+
 @dataclass(frozen=True, slots=True)
 class TokenEstimate:
     """Prompt tokens of one request, whether they follow a rule known to match, and which rule."""

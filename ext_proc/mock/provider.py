@@ -6,10 +6,13 @@ plumbing that feeds it requests and writes its replies is :mod:`ext_proc.mock.ht
 :class:`Options` (the server-wide defaults), the ``background`` helpers for tests, and the
 ``tollway mock-provider`` CLI (:func:`add_arguments`, :func:`run`).
 
-Endpoints: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` (OpenAI),
-``POST /v1/messages`` (Anthropic), ``POST /openai/deployments/{deployment}/chat/completions``,
-``.../completions``, ``.../embeddings`` (Azure OpenAI: the OpenAI answer with the deployment as
-``model``; a missing or malformed ``api-version`` query parameter is Azure's 404), ``GET /healthz``,
+Endpoints: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
+``/v1/responses`` (OpenAI), ``POST /v1/messages`` and ``/v1/messages/count_tokens`` (Anthropic;
+the count is the ``input_tokens`` the same request would report),
+``POST /openai/deployments/{deployment}/chat/completions``, ``.../completions``, ``.../embeddings``
+(Azure OpenAI: the OpenAI answer with the deployment as ``model``; a missing or malformed
+``api-version`` query parameter is Azure's 404), ``POST /openai/v1/responses`` (Azure's v1
+Responses API: the deployment is the body's ``model``, no ``api-version``), ``GET /healthz``,
 ``GET|DELETE /_mock/requests`` (the log of received requests, exactly as received, newest last).
 Unknown paths get an OpenAI-style 404 (Azure-style under ``/openai/``).
 
@@ -38,15 +41,15 @@ OpenAI endpoints, ``x-mock-anthropic-ttft-ms`` only to ``/v1/messages``, ``x-moc
 to Azure paths; a scoped control wins over the unscoped one. (One request through a gateway
 with fallback can so fail at one provider and succeed at the next.)
 
-Tool calls: a chat request (OpenAI or Azure ``tools`` of type ``function``) or a messages
-request (Anthropic ``tools`` with ``input_schema``) gets ONE tool call instead of text when it
-forces a tool (OpenAI ``tool_choice: "required"`` or ``{"type": "function", ...}``; Anthropic
-``{"type": "any"}`` or ``{"type": "tool", ...}``) or carries ``x-mock-tool-call: NAME``. The tool
+Tool calls: a chat or Responses request (OpenAI or Azure ``tools`` of type ``function``) or a
+messages request (Anthropic ``tools`` with ``input_schema``) gets ONE tool call instead of text
+when it forces a tool (OpenAI ``tool_choice: "required"`` or ``{"type": "function", ...}``;
+Anthropic ``{"type": "any"}`` or ``{"type": "tool", ...}``) or carries ``x-mock-tool-call: NAME``. The tool
 called is ``NAME``, else the forced one, else the first; its arguments are
 ``responses.schema_example`` of its schema. A ``NAME`` (or a forced name) the request has no tool
 for is a 400. Requests whose last message is a tool result (OpenAI ``role: "tool"``; Anthropic
-user content with ``tool_result`` blocks) always get text, so a client's tool loop ends; a
-request without tools ignores the header.
+user content with ``tool_result`` blocks; a Responses ``function_call_output`` item) always get
+text, so a client's tool loop ends; a request without tools ignores the header.
 
 Order of precedence: the API key (401), ``anthropic-version`` (400), bad ``x-mock-*`` values
 (400), ``x-mock-cassette``, ``x-mock-status``, a cassette whose recorded request matches (method,
@@ -123,8 +126,11 @@ _STYLE = {
     "/v1/chat/completions": "openai",
     "/v1/completions": "openai",
     "/v1/embeddings": "openai",
+    "/v1/responses": "openai",
     "/v1/messages": "anthropic",
+    "/v1/messages/count_tokens": "anthropic",
 }
+_AZURE_RESPONSES = "/openai/v1/responses"  # Azure's v1 surface: no deployment in the path, no api-version
 _AZURE = "/openai/"
 _AZURE_DEPLOYMENTS = "/openai/deployments/"
 _AZURE_OPERATIONS = {  # what follows /openai/deployments/{deployment}/ -> the OpenAI route
@@ -167,7 +173,9 @@ class MockProvider:
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completions,
             "/v1/embeddings": self._embeddings,
+            "/v1/responses": self._responses,
             "/v1/messages": self._messages,
+            "/v1/messages/count_tokens": self._count_tokens,
         }
 
     # -- the request log
@@ -232,6 +240,8 @@ class MockProvider:
 
         route = self._routes.get(path)
         deployment = None
+        if path == _AZURE_RESPONSES:
+            route = self._responses
         if route is None:
             if style != "azure":
                 return self._error(
@@ -397,6 +407,31 @@ class MockProvider:
         headers = b"x-request-id: req_mock%016x\r\n" % self._next_id()
         return self._stream_or_json(knobs, headers, r.embeddings_json(body), None)
 
+    def _responses(self, body: dict[str, Any], knobs: _Knobs) -> Reply:
+        try:
+            tool = _tool_to_call(_responses_tools(body), _responses_forced(body), knobs.tool_call,
+                                 _responses_answered(body))
+        except BadControl as exc:
+            return self._error("openai", 400, knobs, message=str(exc), code="invalid_value")
+        n = self._next_id()
+        gen = r.generate(
+            body,
+            id=f"resp_mock{n:016x}",
+            created=int(time.time()),
+            chunks=knobs.chunks,
+            prompt_tokens=r.responses_input_tokens(body),
+            tool=None if tool is None else r.ToolCall.build(f"call_mock{n:016x}", *tool),
+        )
+        headers = b"x-request-id: req_mock%016x\r\n" % n
+        if body.get("stream") is True:
+            return self._stream_or_json(knobs, headers, None, r.responses_events(gen, body))
+        return self._stream_or_json(knobs, headers, r.responses_json(gen, body), None)
+
+    def _count_tokens(self, body: dict[str, Any], knobs: _Knobs) -> Reply:
+        headers = b"request-id: req_mock%016x\r\n" % self._next_id()
+        tokens = r.chat_prompt_tokens(body.get("messages"), body.get("system"))
+        return self._stream_or_json(knobs, headers, orjson.dumps({"input_tokens": tokens}), None)
+
     def _messages(self, body: dict[str, Any], knobs: _Knobs) -> Reply:
         try:
             tool = _tool_to_call(
@@ -548,6 +583,33 @@ def _openai_answered(body: dict[str, Any]) -> bool:
     messages = body.get("messages")
     last = messages[-1] if isinstance(messages, list) and messages else None
     return isinstance(last, dict) and last.get("role") in ("tool", "function")
+
+
+def _responses_tools(body: dict[str, Any]) -> dict[str, Any]:
+    tools = body.get("tools")
+    out: dict[str, Any] = {}
+    if isinstance(tools, list):
+        for tool in tools:
+            if isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("name"), str):
+                out.setdefault(tool["name"], tool.get("parameters"))
+    return out
+
+
+def _responses_forced(body: dict[str, Any]) -> str | None:
+    choice = body.get("tool_choice")
+    if choice == "required":
+        return ""
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = choice.get("name")
+        return name if isinstance(name, str) else ""
+    return None
+
+
+def _responses_answered(body: dict[str, Any]) -> bool:
+    """Whether the last input item is a function call's output."""
+    items = body.get("input")
+    last = items[-1] if isinstance(items, list) and items else None
+    return isinstance(last, dict) and last.get("type") == "function_call_output"
 
 
 def _anthropic_tools(body: dict[str, Any]) -> dict[str, Any]:

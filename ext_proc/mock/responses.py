@@ -14,11 +14,15 @@ Token counting rule (deterministic, not a real tokenizer):
   images, audio and tool calls count nothing.
 - Chat prompt tokens = 3 + Σ over messages (3 + words(text of content)).
 - Anthropic ``input_tokens`` = 3 + words(text of ``system``) + Σ over messages (3 + words(text)).
+- Responses ``input_tokens`` = 3 + words(``instructions``) + Σ over input items (3 + words(text)),
+  where an item's text is a message's content, a function call's arguments or a function call
+  output's ``output``; a string ``input`` is one item.
 - Completions prompt tokens = Σ over prompts of max(1, words(prompt)), or the length of a token
   array; embeddings the same over ``input`` (``total_tokens`` = ``prompt_tokens``).
 - The reply is ``chunks`` words (``--chunks`` / ``x-mock-chunks``, default 8), cut to
-  ``max_completion_tokens`` / ``max_tokens`` when smaller (then ``finish_reason: length``,
-  Anthropic ``stop_reason: max_tokens``). Completion tokens = words in the reply (× number of
+  ``max_completion_tokens`` / ``max_tokens`` / ``max_output_tokens`` when smaller (then
+  ``finish_reason: length``, Anthropic ``stop_reason: max_tokens``, Responses status
+  ``incomplete``). Completion tokens = words in the reply (× number of
   prompts for batched completions). A stream sends one word per content delta.
 - Cached, cache-creation and reasoning tokens are always 0.
 
@@ -28,7 +32,8 @@ tool's JSON schema, as compact JSON, split into up to 3 fragments (``ARGUMENT_FR
 stream sends one arguments delta per fragment and completion tokens = number of fragments (the
 same rule as text: one token per delta). A tool call is never cut by max tokens. Renderers:
 OpenAI ``tool_calls`` with ``finish_reason: tool_calls``; Anthropic a ``tool_use`` block with
-``input_json_delta`` fragments and ``stop_reason: tool_use``.
+``input_json_delta`` fragments and ``stop_reason: tool_use``; Responses a ``function_call``
+output item with ``response.function_call_arguments.delta`` events.
 
 Errors come in three formats: OpenAI's ``{"error": {"message", "type", "param", "code"}}``,
 Anthropic's ``{"type": "error", "error": {"type", "message"}}`` and, for the statuses Azure
@@ -130,7 +135,7 @@ def reply_pieces(count: int) -> tuple[str, ...]:
 
 def max_tokens_of(body: dict[str, Any]) -> int | None:
     """The request's output limit (``max_completion_tokens`` before ``max_tokens``), if any."""
-    for key in ("max_completion_tokens", "max_tokens"):
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
@@ -386,6 +391,124 @@ def openai_chat_events(gen: Generation, include_usage: bool) -> list[bytes]:
         events.append(_sse({**head, "choices": [], "usage": openai_chat_usage(gen)}))
     events.append(SSE_DONE)
     return events
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI Responses API
+
+
+def responses_input_tokens(body: dict[str, Any]) -> int:
+    """``input_tokens`` of a Responses request: 3 + words(instructions) + Σ (3 + words(item text))."""
+    instructions = body.get("instructions")
+    total = 3 + words(instructions if isinstance(instructions, str) else "")
+    given = body.get("input")
+    items = [{"content": given}] if isinstance(given, str) else given if isinstance(given, list) else []
+    for item in items:
+        if not isinstance(item, dict):
+            total += 3
+            continue
+        text = item.get("arguments") if item.get("type") == "function_call" else item.get("output", item.get("content"))
+        total += 3 + words(content_text(text))
+    return total
+
+
+def responses_usage(gen: Generation) -> dict[str, Any]:
+    """The ``usage`` object of a response."""
+    return {
+        "input_tokens": gen.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": gen.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+    }
+
+
+def _responses_ids(gen: Generation) -> tuple[str, str]:
+    """The output item's id (a message or a function call), from the response id."""
+    suffix = gen.id.removeprefix("resp_")
+    return ("fc_" if gen.tool is not None else "msg_") + suffix, suffix
+
+
+def _responses_item(gen: Generation, done: bool) -> dict[str, Any]:
+    item_id, _ = _responses_ids(gen)
+    status = ("incomplete" if gen.truncated else "completed") if done else "in_progress"
+    if gen.tool is not None:
+        return {"id": item_id, "type": "function_call", "status": status, "call_id": gen.tool.id,
+                "name": gen.tool.name, "arguments": gen.tool.json if done else ""}
+    content = [_output_text(gen.text)] if done else []
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
+
+
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _response(gen: Generation, body: dict[str, Any], status: str) -> dict[str, Any]:
+    """A ``response`` object echoing the request's settings, as OpenAI does."""
+    done = status != "in_progress"
+    tools = body.get("tools")
+    return {
+        "id": gen.id,
+        "object": "response",
+        "created_at": gen.created,
+        "status": status,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": gen.model,
+        "output": [_responses_item(gen, True)] if done else [],
+        "parallel_tool_calls": body.get("parallel_tool_calls", True) is not False,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": body.get("store", True) is not False,
+        "temperature": body.get("temperature", 1.0),
+        "text": {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": tools if isinstance(tools, list) else [],
+        "top_p": body.get("top_p", 1.0),
+        "truncation": "disabled",
+        "usage": responses_usage(gen) if done else None,
+        "user": None,
+        "metadata": {},
+    }
+
+
+def responses_json(gen: Generation, body: dict[str, Any]) -> bytes:
+    """A ``response`` body (status ``incomplete`` when max_output_tokens cut the reply)."""
+    return orjson.dumps(_response(gen, body, "incomplete" if gen.truncated else "completed"))
+
+
+def responses_events(gen: Generation, body: dict[str, Any]) -> list[bytes]:
+    """Responses SSE events: created, in_progress, the output item (text deltas or function call
+    argument deltas), then ``response.completed`` (``response.incomplete`` when cut short)."""
+    item_id, _ = _responses_ids(gen)
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": _response(gen, body, "in_progress")},
+        {"type": "response.in_progress", "response": _response(gen, body, "in_progress")},
+        {"type": "response.output_item.added", "output_index": 0, "item": _responses_item(gen, False)},
+    ]
+    where = {"item_id": item_id, "output_index": 0}
+    if gen.tool is None:
+        at = {**where, "content_index": 0}
+        events.append({"type": "response.content_part.added", **at, "part": _output_text("")})
+        events.extend({"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []}
+                      for piece in gen.pieces)
+        events.append({"type": "response.output_text.done", **at, "text": gen.text, "logprobs": []})
+        events.append({"type": "response.content_part.done", **at, "part": _output_text(gen.text)})
+    else:
+        events.extend({"type": "response.function_call_arguments.delta", **where, "delta": part}
+                      for part in gen.tool.arguments)
+        events.append({"type": "response.function_call_arguments.done", **where, "name": gen.tool.name,
+                       "arguments": gen.tool.json})
+    events.append({"type": "response.output_item.done", "output_index": 0, "item": _responses_item(gen, True)})
+    final = "incomplete" if gen.truncated else "completed"
+    events.append({"type": f"response.{final}", "response": _response(gen, body, final)})
+    out = []
+    for number, event in enumerate(events):
+        event["sequence_number"] = number
+        out.append(b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

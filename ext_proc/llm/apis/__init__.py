@@ -1,7 +1,8 @@
 """The wire APIs Tollway serves, registered in one table.
 
 Each is a :class:`~ext_proc.llm.apis.base.WireAPI` in a module of its family
-(:mod:`.openai`, :mod:`.anthropic`); :data:`APIS` lists them, and a request's path finds its
+(:mod:`.openai`, :mod:`.responses`, :mod:`.anthropic`; the model list and token counting
+endpoints in :mod:`.local`); :data:`APIS` lists them, and a request's path finds its
 API here and nowhere else. Adding an API: one module, one line in :data:`APIS`.
 """
 
@@ -9,15 +10,19 @@ from __future__ import annotations
 
 from .anthropic import MESSAGES
 from .base import ParsedRequest, RateWindow, Reader, WireAPI, error_code, gunzip
+from .local import ANTHROPIC_MODELS, COUNT_TOKENS, OPENAI_MODELS, Listed, catalogue
 from .openai import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
+from .responses import RESPONSES
 
-APIS: tuple[WireAPI, ...] = (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES)
+# The POST endpoints, by path (the model list, a GET, is found by :func:`catalogue`).
+APIS: tuple[WireAPI, ...] = (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, RESPONSES, MESSAGES, COUNT_TOKENS)
 
 _BY_PATH = {api.path: api for api in APIS}
 
 __all__ = [
-    "APIS", "CHAT_COMPLETIONS", "COMPLETIONS", "EMBEDDINGS", "MESSAGES", "ParsedRequest", "RateWindow", "Reader",
-    "WireAPI", "error_code", "for_errors", "gunzip", "match",
+    "ANTHROPIC_MODELS", "APIS", "CHAT_COMPLETIONS", "COMPLETIONS", "COUNT_TOKENS", "EMBEDDINGS", "MESSAGES",
+    "OPENAI_MODELS", "RESPONSES", "Listed", "ParsedRequest", "RateWindow", "Reader", "WireAPI", "catalogue",
+    "error_code", "for_errors", "gunzip", "match",
 ]
 
 

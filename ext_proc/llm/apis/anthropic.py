@@ -95,7 +95,7 @@ class MessagesAPI(WireAPI):
     def error_body(self, error: ClientError) -> bytes:
         return orjson.dumps({"type": "error", "error": {"type": error_type(error.status), "message": error.message}})
 
-    def stream_error(self, error: ClientError) -> bytes:
+    def stream_error(self, error: ClientError, sequence: int = 0) -> bytes:
         return b"event: error\ndata: " + self.error_body(error) + b"\n\n"
 
     def reader(self) -> Reader:

@@ -183,8 +183,9 @@ class WireAPI:
         """``error`` as this API's error response body."""
         raise NotImplementedError
 
-    def stream_error(self, error: ClientError) -> bytes:
-        """``error`` as an event inside this API's stream (its SDK raises on it)."""
+    def stream_error(self, error: ClientError, sequence: int = 0) -> bytes:
+        """``error`` as an event inside this API's stream (its SDK raises on it). ``sequence``: how
+        many events the stream has had, for an API that numbers its events (Responses)."""
         raise NotImplementedError
 
     # -- the served API: answers --------------------------------------------------------------

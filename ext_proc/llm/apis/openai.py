@@ -122,7 +122,7 @@ class OpenAIAPI(WireAPI):
         return orjson.dumps({"error": {"message": error.message, "type": error_type(error.status),
                                        "param": error.param, "code": error.code}})
 
-    def stream_error(self, error: ClientError) -> bytes:
+    def stream_error(self, error: ClientError, sequence: int = 0) -> bytes:
         return b"data: " + self.error_body(error) + b"\n\n"
 
     def reader(self) -> Reader:

@@ -9,6 +9,9 @@ pairs are pure functions and small state machines over decoded JSON, with no I/O
 * :mod:`.openai_to_anthropic` serves an OpenAI chat client from Anthropic: the request goes out as
   a Messages request, the Message (or its event stream, or its error) comes back as OpenAI's.
 * :mod:`.anthropic_to_openai` serves an Anthropic client from an OpenAI-compatible model.
+* :mod:`.responses_to_anthropic` serves an OpenAI Responses client from Anthropic, and
+  :mod:`.responses_to_chat` from a chat-completions-only model; :mod:`.responses_common` holds
+  what they share (the request read as a chat request, the Responses answer and events written).
 * :mod:`.common` holds what both directions share: finish/stop reasons, SSE framing.
 
 Fields that have no counterpart are dropped (and listed in each module's docstring); requests that
@@ -23,11 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ext_proc.llm.apis import CHAT_COMPLETIONS, MESSAGES, WireAPI
+from ext_proc.llm.apis import CHAT_COMPLETIONS, MESSAGES, RESPONSES, WireAPI
 from ext_proc.llm.runtime import Runtime
 from ext_proc.llm.sse import SSEEvent
 
-from . import anthropic_to_openai, openai_to_anthropic
+from . import anthropic_to_openai, openai_to_anthropic, responses_to_anthropic, responses_to_chat
 from .common import TranslationError
 
 __all__ = ["PAIRS", "Pair", "StreamTranslator", "TranslationError", "pair"]
@@ -82,6 +85,21 @@ PAIRS: dict[tuple[WireAPI, WireAPI], Pair] = {
         response=lambda payload, runtime: anthropic_to_openai.response(payload, runtime=runtime),
         error=anthropic_to_openai.error,
         stream=lambda model, _usage, runtime: anthropic_to_openai.StreamTranslator(model=model, runtime=runtime),
+    ),
+    (RESPONSES, MESSAGES): Pair(
+        RESPONSES, MESSAGES,
+        request=lambda payload, model, limit: responses_to_anthropic.request(
+            payload, model, default_max_tokens=limit or DEFAULT_MAX_TOKENS),
+        response=lambda payload, runtime: responses_to_anthropic.response(payload, runtime=runtime),
+        error=responses_to_anthropic.error,
+        stream=lambda model, _usage, runtime: responses_to_anthropic.StreamTranslator(model=model, runtime=runtime),
+    ),
+    (RESPONSES, CHAT_COMPLETIONS): Pair(
+        RESPONSES, CHAT_COMPLETIONS,
+        request=lambda payload, model, _limit: responses_to_chat.request(payload, model),
+        response=lambda payload, runtime: responses_to_chat.response(payload, runtime=runtime),
+        error=responses_to_chat.error,
+        stream=lambda model, _usage, runtime: responses_to_chat.StreamTranslator(model=model, runtime=runtime),
     ),
 }
 

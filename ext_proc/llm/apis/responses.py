@@ -1,0 +1,142 @@
+"""OpenAI's Responses API (``POST /v1/responses``).
+
+Requests carry ``input`` (a string, or a list of items: messages, function calls and their
+outputs, reasoning items) and optional ``instructions``; errors are OpenAI's
+``{"error": {"message", "type", "param", "code"}}``. A JSON answer is a ``response`` object
+whose ``usage`` holds ``input_tokens`` (cache reads included, in
+``input_tokens_details.cached_tokens``) and ``output_tokens`` (reasoning included, in
+``output_tokens_details.reasoning_tokens``).
+
+A stream is typed SSE events (``event: response.output_text.delta`` with the same ``type`` in
+its data), each with a ``sequence_number`` counting from 0: ``response.created``,
+``response.in_progress``, output items and their deltas, then one terminal event.
+``response.completed`` (status ``completed``) and ``response.incomplete`` (the model stopped at
+``max_output_tokens`` or a content filter) end the answer properly and carry the usage: every
+stream reports usage, nothing needs asking. ``response.failed`` and ``error`` are the provider
+failing: the reader notes their code and the stream is not complete. An error Tollway adds to a
+client's stream is an ``error`` event, numbered after the events the client already received
+(the ``openai`` SDK yields it as a ``ResponseErrorEvent``; the Agents SDK raises on it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ext_proc.llm.errors import ClientError
+from ext_proc.llm.sse import SSEEvent
+from ext_proc.llm.usage import apply_responses
+
+from .base import ParsedRequest, Reader
+from .openai import OpenAIAPI
+
+_TERMINAL = frozenset({"response.completed", "response.incomplete"})
+_FAILED = frozenset({"response.failed", "error"})
+_DELTAS = frozenset({
+    "response.output_text.delta", "response.function_call_arguments.delta", "response.refusal.delta",
+    "response.reasoning_summary_text.delta", "response.reasoning_text.delta",
+})
+
+
+class ResponsesReader(Reader):
+    """Usage and completion from the terminal event (or the whole ``response`` object).
+
+    ``sequence`` is the number of events read: the ``sequence_number`` the next event of the
+    stream would carry.
+    """
+
+    __slots__ = ("sequence",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sequence = 0
+
+    def _body(self, payload: dict[str, Any]) -> None:
+        apply_responses(self.usage, payload.get("usage"))
+        if payload.get("status") == "failed":
+            self.error = _failure_code(payload.get("error"))
+
+    def _event(self, event: SSEEvent) -> None:
+        data = event.data
+        if not data:
+            return
+        self.sequence += 1
+        name = event.event
+        payload: dict[str, Any] | None = None
+        if not name:  # the event line is optional in SSE: the type is in the data too
+            payload = event.json()
+            name = str(payload.get("type", "")) if payload is not None else ""
+        if name in _DELTAS:
+            self.keep(data)
+            return
+        if name == "response.created" or name in _TERMINAL or name in _FAILED:
+            payload = payload if payload is not None else event.json()
+            if payload is None:
+                return
+            if name == "error":
+                self.error = _failure_code(payload)
+                return
+            response = payload.get("response")
+            if not isinstance(response, dict):
+                return
+            if isinstance(response.get("model"), str):
+                self.model = response["model"]
+            if name == "response.created":
+                return
+            apply_responses(self.usage, response.get("usage"))
+            if name in _TERMINAL:
+                self.complete = True
+            else:
+                self.error = _failure_code(response.get("error"))
+
+    def _text(self, event: dict[str, Any], parts: list[str]) -> None:
+        delta = event.get("delta")
+        if isinstance(delta, str):
+            parts.append(delta)
+
+
+def _failure_code(error: Any) -> str:
+    """The code of a ``response.failed`` response's error, or of an ``error`` event."""
+    if isinstance(error, dict):
+        for key in ("code", "type"):
+            if isinstance(error.get(key), str) and error[key]:
+                return str(error[key])
+    return "provider_error"
+
+
+class ResponsesAPI(OpenAIAPI):
+    """``/v1/responses``: OpenAI's error format; its own stream error event and reader."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__("openai.responses", "/v1/responses")
+
+    def parse(self, body: bytes) -> ParsedRequest:
+        request = super().parse(body)
+        payload = request.payload
+        given = payload.get("input")
+        if given is not None and not isinstance(given, (str, list)):
+            raise ClientError(400, "invalid_type", "'input' must be a string or an array of input items.", "input")
+        instructions = payload.get("instructions")
+        if instructions is not None and not isinstance(instructions, (str, list)):
+            raise ClientError(400, "invalid_type", "'instructions' must be a string.", "instructions")
+        tools = payload.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            raise ClientError(400, "invalid_type", "'tools' must be an array.", "tools")
+        return request
+
+    def ask_for_usage(self, request: ParsedRequest) -> bool:
+        return False  # response.completed always carries the usage
+
+    def stream_error(self, error: ClientError, sequence: int = 0) -> bytes:
+        event = {"type": "error", "code": error.code, "message": error.message, "param": error.param,
+                 "sequence_number": sequence}
+        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+
+    def reader(self) -> Reader:
+        return ResponsesReader()
+
+
+RESPONSES = ResponsesAPI()

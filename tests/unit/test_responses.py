@@ -1,0 +1,270 @@
+"""The Responses API's pieces: its reader, which provider serves it how, the two translations
+(requests, answers, errors), the fake provider's answers against the SDK's types, token
+counting, the model catalogue and the step that answers it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pydantic
+import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+
+from ext_proc.core import upstream
+from ext_proc.llm import apis, providers, runtime, tokens
+from ext_proc.llm.sse import SSEDecoder, SSEEvent
+from ext_proc.llm.translate import TranslationError, responses_to_anthropic, responses_to_chat
+from ext_proc.mock import responses as mock
+from ext_proc.mock.http import Request
+from ext_proc.mock.provider import MockProvider
+from ext_proc.policy import catalogue
+from ext_proc.policy.compile import compile_policy
+
+EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ResponseStreamEvent)
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+TOOL = {"type": "function", "name": "get_weather", "description": "Weather", "parameters": SCHEMA}
+
+
+# -- which provider serves a Responses client, and how -------------------------------------------
+
+
+def test_each_kind_serves_responses_natively_or_through_the_right_api() -> None:
+    served = {name: kind.serves(apis.RESPONSES) for name, kind in providers.KINDS.items()}
+    assert served == {"openai": apis.RESPONSES, "azure-openai": apis.RESPONSES, "anthropic": apis.MESSAGES,
+                      "openai-compatible": apis.CHAT_COMPLETIONS}
+
+
+def test_azure_takes_responses_on_its_v1_path_with_the_deployment_in_the_body() -> None:
+    policy = compile_policy("""
+apiVersion: tollway/v1
+providers:
+  az: {kind: azure-openai, api_version: "2024-10-21", endpoint: "https://x.openai.azure.com"}
+models:
+  gpt: {provider: az, model: my-deployment}
+teams:
+  t: {workloads: [w], models: ["*"]}
+""")
+    target = policy.models["gpt"]
+    body, path = upstream.prepare(apis.RESPONSES, {"model": "gpt", "input": "hi"}, target, "/v1/responses")
+    assert (path, body["model"]) == ("/openai/v1/responses", "my-deployment")
+    body, path = upstream.prepare(apis.CHAT_COMPLETIONS, {"model": "gpt", "messages": []}, target, "/v1/x")
+    assert path == "/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
+
+
+# -- the reader ------------------------------------------------------------------------------------
+
+
+def _events(data: bytes) -> list[SSEEvent]:
+    return SSEDecoder().feed(data)
+
+
+def test_the_reader_takes_usage_from_the_terminal_event_and_counts_events() -> None:
+    gen = mock.Generation(id="resp_1", created=1, model="gpt-4o-x", prompt_tokens=12, pieces=("a", " b"))
+    reader = apis.RESPONSES.reader()
+    for event in _events(b"".join(mock.responses_events(gen, {}))):
+        reader.feed(event)
+    assert reader.complete and reader.model == "gpt-4o-x" and reader.error is None
+    assert (reader.usage.input_tokens, reader.usage.output_tokens, reader.usage.reasoning_tokens) == (12, 2, 0)
+    assert reader.sequence == 10 and reader.text() == "a b"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("event", [
+    b'event: response.failed\ndata: {"type":"response.failed","sequence_number":3,"response":{"model":"m",'
+    b'"status":"failed","error":{"code":"server_error","message":"boom"},"usage":null}}\n\n',
+    b'event: error\ndata: {"type":"error","code":"server_error","message":"boom","sequence_number":3}\n\n',
+])
+def test_a_failure_event_is_an_error_and_never_completes(event: bytes) -> None:
+    reader = apis.RESPONSES.reader()
+    for sse in _events(event):
+        reader.feed(sse)
+    assert (reader.complete, reader.error) == (False, "server_error")
+
+
+def test_bad_requests_are_refused_in_openais_format() -> None:
+    with pytest.raises(Exception) as refused:
+        apis.RESPONSES.parse(b'{"model": "m", "input": 3}')
+    assert getattr(refused.value, "param", None) == "input"
+    assert not apis.RESPONSES.ask_for_usage(apis.RESPONSES.parse(b'{"model": "m", "input": "x", "stream": true}'))
+
+
+# -- requests translated -----------------------------------------------------------------------------
+
+CONVERSATION: list[Any] = [
+    {"role": "developer", "content": "Use metric units."},
+    {"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "Weather here?"},
+        {"type": "input_image", "image_url": "https://example.com/a.png", "detail": "low"}]},
+    {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA"},
+    {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me check."}]},
+    {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+    {"type": "function_call_output", "call_id": "call_1", "output": "Sunny"},
+]
+REQUEST: dict[str, Any] = {
+    "model": "m", "instructions": "Be brief.", "input": CONVERSATION, "tools": [TOOL], "tool_choice": "auto",
+    "max_output_tokens": 50, "temperature": 0.5, "store": True, "reasoning": {"effort": "low"},
+    "text": {"format": {"type": "json_schema", "name": "w", "schema": SCHEMA}}, "include": ["x"], "stream": True,
+}
+
+
+def test_a_request_reaches_a_chat_server_as_the_same_conversation() -> None:
+    sent = responses_to_chat.request(REQUEST, "llama")
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "developer", "content": "Use metric units."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather here?"},
+                                     {"type": "image_url", "image_url": {"url": "https://example.com/a.png",
+                                                                         "detail": "low"}}]},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+    ]
+    assert sent["tools"] == [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                                                               "parameters": SCHEMA}}]
+    assert (sent["max_tokens"], sent["temperature"], sent["tool_choice"]) == (50, 0.5, "auto")
+    assert sent["response_format"] == {"type": "json_schema", "json_schema": {"name": "w", "schema": SCHEMA}}
+    assert sent["stream_options"] == {"include_usage": True}
+    assert not {"store", "reasoning", "include", "input", "instructions"} & set(sent)
+
+
+def test_a_request_reaches_anthropic_with_system_tools_and_tool_results() -> None:
+    sent = responses_to_anthropic.request(REQUEST, "claude-x", default_max_tokens=1000)
+    assert sent["system"].startswith("Be brief.\n\nUse metric units.") and '"city"' in sent["system"]
+    assert sent["max_tokens"] == 50 and sent["stream"] is True
+    assert sent["tools"] == [{"name": "get_weather", "description": "Weather", "input_schema": SCHEMA}]
+    assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
+    assert sent["messages"][1]["content"][-1] == {"type": "tool_use", "id": "call_1", "name": "get_weather",
+                                                  "input": {"city": "Paris"}}
+    assert sent["messages"][2]["content"] == [{"type": "tool_result", "tool_use_id": "call_1", "content": "Sunny"}]
+    assert responses_to_anthropic.request({"model": "m", "input": "hi"}, "c", default_max_tokens=77)["max_tokens"] == 77
+
+
+@pytest.mark.parametrize(("change", "param"), [
+    ({"previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"conversation": "conv_1"}, "conversation"),
+    ({"background": True}, "background"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0]"),
+    ({"tools": [TOOL, {"type": "file_search", "vector_store_ids": ["vs"]}]}, "tools[1]"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]}, "input[0].content[0]"),
+    ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0]"),
+    ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{oops"}]}, "input[0]"),
+])
+def test_what_cannot_be_translated_is_refused_naming_the_field(change: dict[str, Any], param: str) -> None:
+    body = {"model": "m", "input": "hi", **change}
+    with pytest.raises(TranslationError) as refused:
+        responses_to_anthropic.request(body, "claude-x")
+    assert refused.value.param == param
+    if param != "input[0]" or "oops" not in str(change):  # a chat server takes arguments as they are
+        with pytest.raises(TranslationError):
+            responses_to_chat.request(body, "llama")
+
+
+# -- answers translated ------------------------------------------------------------------------------
+
+
+def test_answers_become_response_objects_the_sdk_reads() -> None:
+    tool = mock.ToolCall.build("toolu_1", "get_weather", SCHEMA)
+    text = mock.Generation(id="msg_01", created=1, model="claude-x", prompt_tokens=10, pieces=("Hi", " there"),
+                           truncated=True)
+    called = mock.Generation(id="msg_02", created=1, model="claude-x", prompt_tokens=10, pieces=(), tool=tool)
+    fixed = runtime.fixed()
+    out = Response.model_validate(responses_to_anthropic.response(orjson.loads(mock.anthropic_message_json(text)),
+                                                                  runtime=fixed))
+    assert (out.output_text, out.status, out.incomplete_details.reason) == ("Hi there", "incomplete",  # type: ignore[union-attr]
+                                                                           "max_output_tokens")
+    assert out.id == "resp_01" and out.usage is not None and out.usage.input_tokens == 10
+    out = Response.model_validate(responses_to_anthropic.response(orjson.loads(mock.anthropic_message_json(called)),
+                                                                  runtime=fixed))
+    (call,) = out.output
+    assert (call.type, call.call_id, call.arguments, out.status) == ("function_call", "toolu_1", '{"city":"mock"}',
+                                                                   "completed")
+    chat = mock.Generation(id="chatcmpl-9", created=5, model="llama", prompt_tokens=4, pieces=(), tool=tool)
+    out = Response.model_validate(responses_to_chat.response(orjson.loads(mock.openai_chat_json(chat)),
+                                                             runtime=fixed))
+    assert out.id == "resp_9" and out.output[0].type == "function_call" and out.created_at == 5
+
+
+def test_provider_errors_reach_the_client_in_openais_format() -> None:
+    body = orjson.loads(responses_to_anthropic.error(429, mock.anthropic_error(429)))
+    assert body["error"]["code"] == "rate_limit_exceeded"
+    assert orjson.loads(responses_to_chat.error(502, b"<html><title>Bad gateway</title></html>"))["error"][
+        "message"] == "The provider answered HTTP 502: Bad gateway"
+    passed = orjson.loads(responses_to_chat.error(400, mock.openai_error(400, "nope", param="input")))
+    assert passed["error"] == {"message": "nope", "type": "invalid_request_error", "param": "input", "code": None}
+
+
+# -- the fake provider, checked against the SDK's types ------------------------------------------------
+
+
+def _mock(body: dict[str, Any], path: str = "/v1/responses", **controls: str) -> Any:
+    request = Request("POST", path, "", [(b"content-type", b"application/json")], orjson.dumps(body), controls)
+    return MockProvider().handle(request)
+
+
+@pytest.mark.parametrize("extra", [{}, {"tools": [TOOL], "tool_choice": "required"}, {"max_output_tokens": 2},
+                                   {"tools": [TOOL], "tool_choice": {"type": "function", "name": "get_weather"}}])
+def test_the_fake_provider_answers_as_the_sdk_types_say(extra: dict[str, Any]) -> None:
+    body = {"model": "gpt-4o", "instructions": "Be brief.", "input": "Say hi", **extra}
+    reply = _mock(body)
+    answer = Response.model_validate_json(reply.body)
+    assert answer.usage is not None and answer.usage.input_tokens == 3 + 2 + 3 + 2
+    reply = _mock({**body, "stream": True})
+    parsed = [EVENT.validate_json(event.data) for event in _events(b"".join(reply.events))]
+    assert [event.sequence_number for event in parsed] == list(range(len(parsed)))
+    assert parsed[-1].response.output == answer.output and parsed[-1].response.usage == answer.usage
+
+
+def test_the_fake_provider_scopes_failures_and_answers_tool_results_with_text() -> None:
+    assert _mock({"model": "m", "input": "x"}, **{"openai-status": "429"}).status == 429
+    assert _mock({"model": "m", "input": "x"}, **{"anthropic-status": "429"}).status == 200
+    answered = {"model": "m", "tools": [TOOL], "tool_choice": "required", "input": [
+        {"type": "function_call_output", "call_id": "c", "output": "Sunny"}]}
+    assert Response.model_validate_json(_mock(answered).body).output_text
+    azure = _mock({"model": "my-deployment", "input": "x"}, path="/openai/v1/responses")
+    assert Response.model_validate_json(azure.body).model == "my-deployment"
+
+
+# -- token counting ------------------------------------------------------------------------------------
+
+
+def test_a_responses_request_counts_as_the_chat_request_it_renders_to() -> None:
+    chat = {"model": "gpt-4o", "messages": [{"role": "system", "content": "Be brief."},
+                                            {"role": "user", "content": "hello world"}]}
+    response = {"model": "gpt-4o", "instructions": "Be brief.", "input": "hello world"}
+    counted = tokens.count_request("openai.responses", response, "gpt-4o")
+    assert counted.tokens == tokens.count_request("openai.chat.completions", chat, "gpt-4o").tokens
+    assert (counted.exact, counted.method) == (False, "openai-responses")
+    with_tools = tokens.count_request("openai.responses", {**response, "tools": [TOOL]}, "gpt-4o")
+    assert with_tools.tokens > counted.tokens
+    loop = tokens.count_request("openai.responses", {"model": "gpt-4o", "input": CONVERSATION}, "gpt-4o")
+    assert loop.tokens > 20 and not loop.exact
+
+
+# -- the catalogue --------------------------------------------------------------------------------------
+
+
+def test_a_team_sees_its_models_their_aliases_and_its_routing_aliases_only() -> None:
+    policy = compile_policy("""
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai}
+  anthropic: {kind: anthropic}
+models:
+  gpt-4o: {provider: openai, aliases: [gpt-4o-latest], context_window: 128000}
+  claude: {provider: anthropic}
+routing:
+  aliases:
+    chat: {targets: [{provider: openai, model: gpt-4o}, {provider: anthropic, model: claude}]}
+teams:
+  a: {workloads: [wa], models: [gpt-4o, chat]}
+  b: {workloads: [wb], models: [claude]}
+""")
+    assert [(m.id, m.owned_by) for m in catalogue.visible(policy, "a")] == [
+        ("chat", "tollway"), ("gpt-4o", "openai"), ("gpt-4o-latest", "openai")]
+    assert [m.id for m in catalogue.visible(policy, "b")] == ["claude"]
+    assert catalogue.find(policy, "b", "gpt-4o") is None and catalogue.find(policy, "nobody", "claude") is None
+    listed = orjson.loads(apis.ANTHROPIC_MODELS.listing(catalogue.visible(policy, "a"), "limit=2&after_id=chat"))
+    assert [m["id"] for m in listed["data"]] == ["gpt-4o", "gpt-4o-latest"] and listed["has_more"] is False
+    assert listed["data"][0]["max_input_tokens"] == 128000
