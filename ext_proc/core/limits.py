@@ -49,7 +49,7 @@ class Limits(Step):
 
     def body(self, flow: Flow) -> Ask | None:
         policy, principal = flow.policy, flow.principal
-        if policy is None or not policy.limits or principal is None:
+        if policy is None or not policy.limits or principal is None or flow.api is None or not flow.api.billed:
             return None
         granted = flow.granted
         names = (flow.model or "",) + ((granted.name if isinstance(granted, Alias) else granted.public,)

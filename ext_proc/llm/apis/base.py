@@ -117,7 +117,7 @@ class RateWindow:
 class WireAPI:
     """One wire format; see the module docstring. Instances are immutable singletons."""
 
-    __slots__ = ("home", "name", "output_fields", "path", "required_list", "streams")
+    __slots__ = ("billed", "home", "name", "output_fields", "path", "required_list", "streams")
 
     def __init__(self, name: str, path: str, home: str, *, required_list: str | None = None,
                  streams: bool = True, output_fields: tuple[str, ...] | None = ("max_tokens",)) -> None:
@@ -128,6 +128,7 @@ class WireAPI:
         self.streams = streams  # whether a request may ask for an event stream
         # The request fields that cap the answer's tokens, first found wins (None: no output at all).
         self.output_fields = output_fields
+        self.billed = True  # providers charge for it: budgets and rate limits count it
 
     def __repr__(self) -> str:
         return f"<WireAPI {self.name}>"

@@ -169,7 +169,8 @@ class CountTokensAPI(MessagesAPI):
 
     def __init__(self) -> None:
         super().__init__("anthropic.count_tokens", "/v1/messages/count_tokens", "anthropic",
-                         required_list="messages", streams=False)
+                         required_list="messages", streams=False, output_fields=None)
+        self.billed = False  # counting is free: budgets and rate limits do not count it
 
     def parse(self, body: bytes) -> ParsedRequest:
         request = super().parse(body)

@@ -111,7 +111,7 @@ class ResponsesAPI(OpenAIAPI):
     __slots__ = ()
 
     def __init__(self) -> None:
-        super().__init__("openai.responses", "/v1/responses")
+        super().__init__("openai.responses", "/v1/responses", output_fields=("max_output_tokens",))
 
     def parse(self, body: bytes) -> ParsedRequest:
         request = super().parse(body)
