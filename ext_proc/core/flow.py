@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ext_proc.core.meter import Accountant, Meter
+from ext_proc.guardrails.guard import Guard
 from ext_proc.llm.apis import ParsedRequest, WireAPI
+from ext_proc.llm.errors import ClientError
 from ext_proc.llm.runtime import Runtime
 from ext_proc.llm.translate import Pair, StreamTranslator
 from ext_proc.policy.compiled import Alias, CompiledPolicy, Principal, Provider, Target
@@ -38,6 +40,7 @@ class Flow:
         "error",
         "fallback",
         "granted",
+        "guard",
         "gunzip",
         "headers",
         "headers_only",
@@ -55,6 +58,7 @@ class Flow:
         "provider",
         "rate_headers",
         "reencode",
+        "refused",
         "remove_headers",
         "replaced",
         "request",
@@ -106,6 +110,7 @@ class Flow:
         self.limit_refused: str | None = None  # the limit that refused the request
         self.cost_unknown = False  # a USD budget applies but no target has a price
         self.local = False  # a step answered the request itself (no provider, nothing spent)
+        self.guard: Guard | None = None  # the guardrails acting on this request (None: none apply)
         # What goes upstream (the answer to Envoy's request messages).
         self.set_headers: list[tuple[str, str]] = []
         self.remove_headers: list[str] = []
@@ -121,6 +126,7 @@ class Flow:
         self.pair: Pair | None = None  # the translation, when served and client APIs differ
         self.translator: StreamTranslator | None = None  # a streamed answer's translation
         self.untranslatable = False  # the provider's stream could not be translated (the client got an error)
+        self.refused: ClientError | None = None  # a guardrail blocked the streamed answer: the client gets this
         self.served_model: str | None = None
         self.attempts: int | None = None
         self.fallback = False
@@ -153,7 +159,9 @@ class Flow:
             "reasoning_tokens": usage.reasoning_tokens,
             "attempts": self.attempts,
             "fallback": self.fallback,
-            "guardrails": [],  # names of the guardrails that fired (none exist yet)
+            "guardrails": self.guard.fired() if self.guard else [],  # the guardrails that fired
+            # each trigger: guardrail, detector, action, direction, count (never the value)
+            "guardrail_triggers": self.guard.triggers() if self.guard else [],
             "latency_ms": round((at - self.started) / 1e6, 3),
             "ttft_ms": round(self.ttft / 1e6, 3) if self.ttft is not None else None,
         }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ext_proc.core import limits, local, response, steps
+from ext_proc.core import guard, limits, local, response, steps
 from ext_proc.core.actions import Ask, Respond
 from ext_proc.core.flow import Flow
 from ext_proc.core.response import Stage
@@ -28,17 +28,18 @@ def request_steps(*, store_probe: bool = False) -> tuple[Step, ...]:
         steps.Route(),  # count the prompt; choose the target or the fallback chain
         *((steps.Probe(),) if store_probe else ()),  # shared state answers (ask and continue)
         limits.Limits(),  # budgets and rate limits: claimed before sending (ask and continue)
-        # guardrails on the prompt
+        guard.GuardPrompt(),  # the policy's guardrails on the prompt: redact, block, score injection
         steps.Rewrite(),  # the provider's body, path and key; Envoy's routing labels
     )
 
 
-def response_stages(*, stream: bool, hide_usage: bool, translate: bool) -> tuple[Stage, ...]:
+def response_stages(*, stream: bool, hide_usage: bool, translate: bool, guarded: bool = False) -> tuple[Stage, ...]:
     """The stages of one successful answer, in order (decoding and encoding are the response's own)."""
     stages: list[Stage] = [response.Read()]  # the meter: usage, served model, completion
     if hide_usage and not translate:
         stages.append(response.HideUsage())  # the usage event the client did not ask for
-    # guardrails on the answer (redaction) go here, before translation
+    if guarded:
+        stages.append(guard.GuardAnswer())  # guardrails on the answer, in the served API, before translation
     if translate:
         stages.append(response.Translate())  # the served API's answer as the client's
     if stream:
@@ -46,14 +47,15 @@ def response_stages(*, stream: bool, hide_usage: bool, translate: bool) -> tuple
     return tuple(stages)
 
 
-# Stages are stateless: every combination is built once. An untranslated buffered answer is read
-# and passed through (response.READ_ONLY).
+# Stages are stateless: every combination is built once. An untranslated, unguarded buffered answer
+# is read and passed through (response.READ_ONLY).
 _STAGES = {
-    (stream, hide, translate): response_stages(stream=stream, hide_usage=hide, translate=translate)
-    for stream in (False, True) for hide in (False, True) for translate in (False, True)
+    (stream, hide, translate, guarded): response_stages(stream=stream, hide_usage=hide, translate=translate,
+                                                        guarded=guarded)
+    for stream in (False, True) for hide in (False, True) for translate in (False, True) for guarded in (False, True)
 }
 for _hide in (False, True):
-    _STAGES[(False, _hide, False)] = response.READ_ONLY
+    _STAGES[(False, _hide, False, False)] = response.READ_ONLY
 
 
 def stages_for(flow: Flow, stream: bool) -> tuple[Stage, ...]:
@@ -64,7 +66,8 @@ def stages_for(flow: Flow, stream: bool) -> tuple[Stage, ...]:
     if pair is not None and stream:
         model = flow.target.upstream_model if flow.target else None
         flow.translator = pair.stream(model, not flow.hide_usage, flow.runtime)
-    return _STAGES[(stream, flow.hide_usage, pair is not None)]
+    guarded = flow.guard is not None and flow.guard.plan.answers and flow.served is not None
+    return _STAGES[(stream, flow.hide_usage, pair is not None, guarded)]
 
 
 Hook = Callable[[Flow], "Ask | Respond | None"]

@@ -8,11 +8,13 @@ message and returns the events to pass on; at the end of the answer, :meth:`Stag
 more. The stages are the same for JSON and for streams, translated or not; registration and
 order are in :mod:`ext_proc.core.pipeline`::
 
-    decode → read (meter) → hide usage → (redact) → translate → finish → encode
+    decode → read (meter) → hide usage → guard → translate → finish → encode
 
 ``read`` gives every event to the served API's :class:`~ext_proc.llm.apis.Reader` (usage, the
 served model, completion, errors); ``hide usage`` drops the usage event Tollway asked for on the
-client's behalf; ``translate`` turns the served API's events into the client's; ``finish`` ends a
+client's behalf; ``guard`` (:mod:`ext_proc.core.guard`) restores pseudonyms and redacts or blocks
+what the policy's guardrails find in the answer; ``translate`` turns the served API's events into
+the client's; ``finish`` ends a
 stream that stopped before completing with an explicit error event in the client's format, so
 its SDK raises instead of returning a short answer. Encoding joins the events' bytes: when no
 stage changed anything the message passes through untouched (no re-encoding), which is the cost
@@ -39,8 +41,19 @@ from ext_proc.llm.translate import StreamTranslator
 UNTRANSLATABLE = ClientError(502, "untranslatable_response", "The provider's answer could not be translated.")
 
 
-class Untranslatable(Exception):
+class Refused(Exception):
+    """A buffered answer the client must not get: it gets ``error`` instead (its status, in its format)."""
+
+    def __init__(self, error: ClientError) -> None:
+        super().__init__(error.code)
+        self.error = error
+
+
+class Untranslatable(Refused):
     """A buffered answer the client's API cannot express: the client gets :data:`UNTRANSLATABLE`."""
+
+    def __init__(self) -> None:
+        super().__init__(UNTRANSLATABLE)
 
 
 class Stage:
@@ -114,7 +127,7 @@ class Translate(Stage):
 
     def end(self, flow: Flow) -> list[SSEEvent]:
         translator = flow.translator
-        if translator is None or flow.untranslatable or not complete(flow):
+        if translator is None or flow.untranslatable or flow.refused is not None or not complete(flow):
             return []
         tail = translator.end()
         return [_bytes(tail)] if tail else []
@@ -138,6 +151,13 @@ class Finish(Stage):
     __slots__ = ()
 
     def feed(self, flow: Flow, events: list[SSEEvent]) -> list[SSEEvent]:
+        refused = flow.refused
+        if refused is not None:  # a guardrail blocked the answer: one error event ends the client's stream
+            if flow.untranslatable:
+                return []
+            flow.untranslatable = True  # nothing more goes to the client (nor is translated)
+            assert flow.api is not None
+            return [_bytes(flow.api.stream_error(refused))]
         # The stream's last event, received whole but for its blank line, goes on only if the
         # stream completed (a translated stream has already passed it through the translator).
         if events and events[-1].last and flow.translator is None and not complete(flow):
@@ -174,7 +194,7 @@ def whole(flow: Flow, stages: tuple[Stage, ...], body: bytes) -> bytes | None:
     """A buffered answer through the stages: the body to send instead, or None to pass it through
     untouched. A whole body is complete by itself: only the stages' ``feed`` runs.
 
-    Raises :class:`Untranslatable` when the client's API cannot express the answer.
+    Raises :class:`Refused` (:class:`Untranslatable` among them) when the client must get an error instead.
     """
     data = body
     if body[:2] == b"\x1f\x8b":

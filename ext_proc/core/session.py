@@ -52,7 +52,7 @@ from ext_proc.core.events import (
 from ext_proc.core.flow import Flow
 from ext_proc.core.meter import Accountant
 from ext_proc.core.pipeline import Hook, Pipeline
-from ext_proc.core.response import UNTRANSLATABLE, Stream, Untranslatable, complete, error_answer, whole
+from ext_proc.core.response import Refused, Stream, complete, error_answer, whole
 from ext_proc.core.steps import ROUTE_HEADER, STREAM_HEADER
 from ext_proc.llm import apis, translate
 from ext_proc.llm.errors import ClientError
@@ -309,13 +309,15 @@ class Session:
         else:
             try:
                 new = whole(flow, pipeline.stages_for(flow, stream=False), body)
-            except Untranslatable:
-                flow.status = 502
-                flow.error = UNTRANSLATABLE.code
+            except Refused as refused:  # untranslatable, or blocked by a guardrail
+                error = refused.error
+                flow.status = error.status
+                flow.error = error.code
                 assert flow.api is not None
-                new = flow.api.error_body(UNTRANSLATABLE)
-                return Continue(set_headers=((":status", "502"), ("content-type", "application/json"),
-                                             ("content-length", str(len(new)))), body=new)
+                new = flow.api.error_body(error)
+                return Continue(set_headers=((":status", str(error.status)), ("content-type", "application/json"),
+                                             ("content-length", str(len(new)))),
+                                remove_headers=("content-encoding",) if compressed else (), body=new)
         if new is None:
             return CONTINUE
         return Continue(

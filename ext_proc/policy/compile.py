@@ -41,6 +41,7 @@ from pydantic_core import ErrorDetails
 
 from ext_proc.llm.prices import Price
 
+from . import guardrails
 from .compiled import Alias, Budget, CompiledPolicy, CredentialSource, Limits, Plan, Provider, RateLimit, Target, Team
 from .issues import (
     SECTION_NOUNS,
@@ -244,6 +245,7 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
                 problems.append(Problem(f"unknown model '{ref}'" + suggestion, where=where))
     problems += _check_aliases(spec, owners, skipped)
     problems += _check_limits(spec, owners, skipped)
+    problems += guardrails.problems(spec, owners, skipped)
     return problems
 
 
@@ -367,6 +369,7 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
         sections=types.MappingProxyType({section: getattr(spec, section) for section in RESERVED_SECTIONS}),
         aliases=types.MappingProxyType(aliases),
         limits=_limits(spec),
+        guardrails=guardrails.build(spec),
     )
 
 

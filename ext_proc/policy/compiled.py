@@ -15,6 +15,7 @@ import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ext_proc.guardrails.plan import Guardrails
 from ext_proc.llm import providers
 from ext_proc.llm.prices import Price
 
@@ -201,6 +202,7 @@ class CompiledPolicy:
     sections: Mapping[str, object] = field(default_factory=dict)  # later work: budgets, rate limits, ...
     aliases: Mapping[str, Alias] = field(default_factory=dict)  # routing.aliases
     limits: Limits = NO_LIMITS  # budgets and rate limits
+    guardrails: Guardrails | None = None  # the guardrails section compiled (None: no rule)
 
     def alias(self, model: str) -> Alias | None:
         """The routing alias named ``model``, if it is one."""

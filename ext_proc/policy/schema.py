@@ -215,8 +215,71 @@ class SharedStateSpec(Strict):
     )
 
 
+class CustomDetectorSpec(Strict):
+    """A detector of the policy's own: a regular expression, or a list of words and phrases."""
+
+    pattern: Text | None = Field(default=None,
+                                 description="a regular expression (Hyperscan/PCRE syntax, no look-around)")
+    words: list[Text] | None = Field(default=None, min_length=1,
+                                     description="words or phrases, matched whole and in any case")
+    caseless: bool = Field(default=False, description="pattern only: match in any case")
+    max_length: Annotated[int, Field(ge=1, le=8192)] | None = Field(
+        default=None, description="the longest match, when the pattern has unbounded repetition (+, *)")
+    label: Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,30}$")] | None = Field(
+        default=None, description="the placeholder's label, e.g. TICKET for [TICKET_1] (default: the name in capitals)")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CustomDetectorSpec:
+        if (self.pattern is None) == (self.words is None):
+            raise PydanticCustomError("detector", "needs exactly one of 'pattern' or 'words'")
+        return self
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ClassifierSpec(Strict):
+    """An external prompt-injection classifier: POST {"texts": [...]} -> {"scores": [...]} (or {"score": x})."""
+
+    url: Url = Field(description="the classifier's endpoint")
+    timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = Field(default=300,
+                                                               description="how long a request may wait for it")
+    threshold: Fraction = Field(default=0.5, description="the score (0-1) from which a text is an injection")
+    fail: Literal["open", "closed"] = Field(
+        default="closed", description="when it does not answer in time or fails: closed blocks, open lets the request through")
+
+
+class InjectionSpec(Strict):
+    """Prompt-injection scoring of user and tool text (the detector ``prompt_injection`` in rules)."""
+
+    threshold: Fraction = Field(default=0.5,
+                                description="the built-in score (0-1) from which a text is an injection")
+    classifier: ClassifierSpec | None = Field(default=None, description="an external classifier asked as well")
+
+
+GuardrailAction = Literal["redact", "mask", "pseudonymise", "block", "log"]
+
+
+class GuardrailRuleSpec(Strict):
+    """A guardrail: what it looks for, what it does, where and for whom."""
+
+    name: Name = Field(description="the guardrail's name in records and reports (e.g. pii)")
+    detectors: list[Name] = Field(min_length=1, description="detectors or groups: pii, credentials, prompt_injection, "
+                                  "email, phone, credit_card, iban, us_ssn, ip_address, ... or a custom detector")
+    action: GuardrailAction = Field(description="redact ([EMAIL_1]), mask, pseudonymise (the answer gets the values "
+                                    "back), block (4xx, the provider never asked), log")
+    direction: Literal["request", "response", "both"] = Field(default="both", description="prompts, answers, or both")
+    teams: list[ModelRef] = Field(default_factory=lambda: ["*"], description='team names, or ["*"]')
+    models: list[ModelRef] = Field(default_factory=lambda: ["*"], description='public model names or aliases, or ["*"]')
+
+
 class GuardrailsSpec(Strict):
-    """Reserved: content checks. Takes no settings yet."""
+    """Content checks on prompts and answers: rules read top to bottom, the first covering a detector
+    for the caller's team, the model and the direction decides."""
+
+    custom: dict[Name, CustomDetectorSpec] = Field(default_factory=dict, description="name -> your own detector")
+    injection: InjectionSpec = Field(default_factory=InjectionSpec, description="prompt-injection scoring")
+    rules: list[GuardrailRuleSpec] = Field(default_factory=list, description="the guardrails, in order")
 
 
 class TargetSpec(Strict):
@@ -281,7 +344,7 @@ class PolicySpec(Strict):
         default_factory=lambda: SharedStateSpec.model_validate({}),
         description="budgets and rate limits when the shared store is down",
     )
-    guardrails: GuardrailsSpec = Field(default_factory=GuardrailsSpec, description="reserved")
+    guardrails: GuardrailsSpec = Field(default_factory=GuardrailsSpec, description="checks on prompts and answers")
     routing: RoutingSpec = Field(default_factory=RoutingSpec, description="model aliases, fallback, weights")
 
 

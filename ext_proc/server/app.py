@@ -288,6 +288,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
     if flushed is not None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(flushed, 2)
+    await service.classifier.close()
     await records.close()
     if isinstance(store, RedisStore):
         await store.close()

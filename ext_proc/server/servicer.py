@@ -39,8 +39,10 @@ from ext_proc.core.attempt import Attempt
 from ext_proc.core.events import Answered, Event, StreamClosed
 from ext_proc.core.meter import Accountant
 from ext_proc.core.session import Phase, Session
+from ext_proc.guardrails.queries import Classify
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.server import codec
+from ext_proc.server.classifier import Classifier
 from ext_proc.server.credentials import CredentialStore
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.reload import PolicyHolder
@@ -72,6 +74,7 @@ class Service:
     keeper: Keeper = field(default_factory=lambda: Keeper(MemoryBackend()))  # budgets and rate limits
     steps: pipeline.Pipeline = pipeline.DEFAULT  # the request steps (see ext_proc.core.pipeline)
     runtime: Runtime = SYSTEM  # the clock and randomness the core uses
+    classifier: Classifier = field(default_factory=Classifier)  # external prompt-injection classifiers
 
     def session(self) -> Session:
         """A new request's session, bound to the policy current at this moment."""
@@ -79,10 +82,13 @@ class Service:
                        self.usage_headers, runtime=self.runtime, steps=self.steps)
 
     def ask(self, query: object) -> object | Awaitable[object]:
-        """The store's answer to ``query`` (or an awaitable of it); a failure is the exception itself."""
+        """The answer to ``query`` (or an awaitable of it) from the store, or from an external
+        classifier for a :class:`Classify`; a failure is the exception itself."""
         try:
             if type(query) is Admit:
                 return self.keeper.admit(query.claims, query.fail_open)
+            if type(query) is Classify:
+                return self.classifier.answer(query)
             return self.store.answer(query)
         except Exception as exc:  # the asking step decides what a failed question means
             return exc

@@ -1,0 +1,137 @@
+"""Guardrails in the request path: the ``guard`` request step and the ``guard`` response stage.
+
+The step finds the policy's plan for the caller's team and the model asked for
+(:meth:`~ext_proc.guardrails.plan.Guardrails.plan`), and puts a
+:class:`~ext_proc.guardrails.guard.Guard` on the flow, which acts on the prompt's text in place
+(the request is then re-encoded): redaction, masking, pseudonyms, blocking (a 400
+``guardrail_blocked`` in the client's format, the provider never asked) and prompt-injection
+scoring. With an external classifier in the policy it asks it (ask and continue: the server runs
+the HTTP call, the request waits) and blocks, or not, by its answer; a classifier that does not
+answer blocks (``fail: closed``, a 503) or lets the request through (``fail: open``).
+
+The stage runs on the served API's answer, before translation, so one implementation per wire
+API covers answers passed through and translated: the buffered body (one event) or the stream's
+events, with pseudonyms put back and the answer's own findings acted on. A block there replaces a
+buffered answer with the client's error (status included); a stream gets the client's error event
+and ends there.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from ext_proc.core.actions import Ask
+from ext_proc.core.flow import Flow
+from ext_proc.core.response import Refused, Stage
+from ext_proc.core.steps import Step
+from ext_proc.guardrails import texts
+from ext_proc.guardrails.guard import Blocked, Guard
+from ext_proc.guardrails.queries import Classify
+from ext_proc.llm.errors import ClientError
+from ext_proc.llm.sse import SSEEvent
+from ext_proc.policy.compiled import Alias
+
+BLOCKED = "guardrail_blocked"
+
+
+def refusal(blocked: Blocked, where: str) -> ClientError:
+    """What the client is told: the guardrail and the detector, never the value."""
+    return ClientError(400, BLOCKED, f"The {where} was blocked by the '{blocked.rule.name}' guardrail "
+                                     f"({blocked.detector}).")
+
+
+class GuardPrompt(Step):
+    """The prompt through the policy's guardrails (see the module docstring)."""
+
+    __slots__ = ()
+    name = "guard"
+
+    def body(self, flow: Flow) -> Ask | None:
+        policy = flow.policy
+        if policy is None or policy.guardrails is None:
+            return None
+        granted, principal, api, request = flow.granted, flow.principal, flow.api, flow.request
+        assert granted is not None and principal is not None and api is not None and request is not None
+        plan = policy.guardrails.plan(principal.team, granted.name if isinstance(granted, Alias) else granted.public)
+        if plan is None:
+            return None
+        walker = texts.walker(api.name)
+        if walker is None:  # fail closed: a guarded request Tollway cannot read does not go out
+            raise ClientError(400, "guardrails_unsupported",
+                              f"Guardrails apply to this request, but Tollway cannot read {api.name} requests yet.")
+        guard = flow.guard = Guard(plan)
+        try:
+            changed, scored = guard.prompt(walker, request.payload)
+        except Blocked as blocked:
+            raise refusal(blocked, "request") from None
+        if changed:
+            flow.replaced = flow.reencode = True
+        classifier = plan.classifier
+        if classifier is None or not scored or (guard.score is not None and guard.score >= plan.threshold):
+            return None
+        return Ask(Classify(classifier.url, tuple(scored), classifier.timeout), then=partial(_classified, flow))
+
+
+def _classified(flow: Flow, answer: Any) -> Ask | None:
+    guard = flow.guard
+    assert guard is not None and guard.plan.classifier is not None
+    classifier = guard.plan.classifier
+    if isinstance(answer, BaseException) or not isinstance(answer, (int, float)):
+        if classifier.fail_closed:
+            raise ClientError(503, "guardrail_unavailable",
+                              "The prompt-injection classifier did not answer, and the policy blocks requests then.")
+        return None
+    if answer >= classifier.threshold:
+        try:
+            guard.injection_found()
+        except Blocked as blocked:
+            raise refusal(blocked, "request") from None
+    return None
+
+
+class GuardAnswer(Stage):
+    """The answer through the guard: pseudonyms restored, the answer's own findings acted on."""
+
+    __slots__ = ()
+
+    def feed(self, flow: Flow, events: list[SSEEvent]) -> list[SSEEvent]:
+        guard = flow.guard
+        served = flow.served
+        assert guard is not None and served is not None
+        if flow.refused is not None:
+            return []
+        walker = texts.walker(served.name)
+        if walker is None or not events:
+            return events
+        if events[0].whole:  # a buffered answer: one JSON body
+            out = []
+            for event in events:
+                payload = event.json()
+                if payload is None:
+                    out.append(event)
+                    continue
+                try:
+                    changed = guard.answer(walker, payload)
+                except Blocked as blocked:
+                    raise Refused(refusal(blocked, "response")) from None
+                if not changed:
+                    out.append(event)
+                    continue
+                body = _dumps(payload)
+                new = SSEEvent("", body, body, whole=True)
+                new._json = payload
+                out.append(new)
+            return out
+        try:
+            return guard.events(walker, events)
+        except Blocked as blocked:
+            flow.refused = refusal(blocked, "response")
+            flow.error = BLOCKED
+            return []
+
+
+def _dumps(payload: dict[str, Any]) -> bytes:
+    import orjson
+
+    return orjson.dumps(payload)

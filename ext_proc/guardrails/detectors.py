@@ -1,0 +1,226 @@
+"""The detectors: what each finds, the pattern that proposes candidates, the check that confirms them.
+
+A :class:`Detector` is data. Its ``patterns`` are regular expressions in the common subset of
+Hyperscan's and Python's syntax (no look-around, no back-references), ASCII-only, with bounded
+repetition or a declared :attr:`Detector.width`, so a match is never longer than that many characters: that bound is
+what a stream holds back (see :mod:`ext_proc.guardrails.stream`). A pattern only proposes
+candidates; ``check`` confirms them with what a pattern cannot express:
+
+- payment cards: 13-19 digits, one separator style, a known issuer prefix, and the Luhn checksum;
+- US social security numbers: the ranges the SSA issues (no area 000, 666 or 9xx, no group 00, no
+  serial 0000, not the advertising numbers) via ``python-stdnum``; nine bare digits only next to a
+  context word ("SSN", "social security");
+- IBANs: the country's length and format and the ISO 7064 mod-97 check (``python-stdnum``);
+- IP addresses: parsed by :mod:`ipaddress` (octets up to 255, IPv6 groups and ``::`` compression);
+- phone numbers: parsed by ``phonenumbers`` (Google's libphonenumber): an international number
+  (``+`` or ``00``) must be a valid number of its country; a national one must be valid in the US
+  plan, or be possible and written the way phone numbers are (area code in parentheses, or
+  3-3-4 digit groups), or have a context word ("phone", "call", "tel", ...) just before it;
+- credentials: the issuers' own fixed prefixes (``AKIA``, ``sk-ant-api03-``, ``ghp_``, ``eyJ``
+  JWT headers, PEM private key armour) make the pattern the check.
+
+Nothing here knows about requests, policies or actions: :mod:`ext_proc.guardrails.scanner` runs
+detectors over text, the policy decides what a finding means.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import phonenumbers
+from stdnum import iban as _iban
+from stdnum import luhn as _luhn
+from stdnum.us import ssn as _ssn
+
+Check = Callable[[str, str], bool]  # (the candidate, the text just before it) -> confirmed
+
+
+@dataclass(frozen=True, slots=True)
+class Detector:
+    """One kind of sensitive value: its name (in policies and records), its placeholder label, its
+    patterns, and the check confirming a candidate (None: the pattern is enough)."""
+
+    name: str
+    label: str  # the placeholder: [LABEL_1]
+    kind: str  # "pii", "credential" or "custom"
+    patterns: tuple[str, ...]
+    check: Check | None = None
+    caseless: bool = False
+    until: str | None = None  # a block detector: the match runs on to this end marker (PEM armour)
+    width: int = 0  # the longest match: computed from bounded patterns, given for unbounded ones
+    # A match may begin before where its pattern matched: up to ``left[1]`` characters of class
+    # ``left[0]`` (an email's local part, before the "@" its pattern starts at).
+    left: tuple[str, int] | None = None
+    chars: str = field(default="", compare=False)  # a regex class of every character a match may hold
+
+
+# -- checks -------------------------------------------------------------------------------------
+
+_DIGITS = re.compile(r"\d")
+_NOT_DIGIT = re.compile(r"\D+")
+
+
+def _digits(text: str) -> str:
+    return _NOT_DIGIT.sub("", text)
+
+
+def _one_separator(text: str) -> bool:
+    """Groups are separated the same way throughout ("4111 1111 1111 1111", not "4111-1111 1111")."""
+    return len(set(_NOT_DIGIT.findall(text))) <= 1
+
+
+# Issuer identification numbers of the card networks (ISO/IEC 7812 prefixes as the networks publish them).
+# Visa 4; Mastercard 51-55, 2221-2720; Mir 2200-2204; Amex 34, 37; Diners 300-305, 36, 38, 39; JCB
+# 3528-3589; Discover 6011, 644-649, 65; UnionPay 62, 81; Maestro 50, 56-69.
+_CARD_PREFIX = re.compile(r"4|5[0-9]|2(?:20[0-4]|22[1-9]|2[3-9][0-9]|[3-6][0-9]{2}|7[01][0-9]|720)|3[0-9]|6[0-9]|81")
+
+
+def check_card(text: str, _before: str) -> bool:
+    digits = _digits(text)
+    return (13 <= len(digits) <= 19 and _one_separator(text) and _CARD_PREFIX.match(digits) is not None
+            and _luhn.is_valid(digits))
+
+
+_SSN_CONTEXT = re.compile(r"\b(?:ssn|ssns|social security|social sec|soc\.? ?sec)\b", re.IGNORECASE)
+
+
+def check_ssn(text: str, before: str) -> bool:
+    digits = _digits(text)
+    if len(digits) != 9 or not _one_separator(text):
+        return False
+    if digits == text and not _SSN_CONTEXT.search(before):  # nine bare digits: only named as an SSN
+        return False
+    return bool(_ssn.is_valid(digits))
+
+
+def check_iban(text: str, _before: str) -> bool:
+    return bool(_iban.is_valid(text))
+
+
+def check_ipv4(text: str, _before: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+_HEX = re.compile(r"[0-9A-Fa-f]")
+
+
+def check_ipv6(text: str, _before: str) -> bool:
+    if text.count(":") < 2 or len(_HEX.findall(text)) < 4:  # not "::", "a::b" or a clock time
+        return False
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+_PHONE_CONTEXT = re.compile(
+    r"\b(?:phone|phones|tel|telephone|mobile|cell|call|calls|fax|contact|reach|dial|text|whatsapp|number|no)\b\W{0,8}$",
+    re.IGNORECASE,
+)
+_NANP_LAYOUT = re.compile(r"^(?:\+?1[ .-]?|001[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}")
+_PARENS = re.compile(r"\(\d{1,5}\)")
+
+
+def check_phone(text: str, before: str) -> bool:
+    if not 7 <= len(_digits(text)) <= 15:
+        return False
+    candidate = "+" + text[2:] if text.startswith("00") else text  # 00: the international call prefix
+    international = candidate.startswith("+")
+    try:
+        number = phonenumbers.parse(candidate, None if international else "US")
+    except phonenumbers.NumberParseException:
+        return False
+    if phonenumbers.is_valid_number(number):
+        return True
+    if not phonenumbers.is_possible_number(number) or number.country_code != 1:
+        return False
+    # A possible North American number that is not assigned (555, fictional area codes): only when
+    # written as a phone number is written, or named as one.
+    return bool(_NANP_LAYOUT.match(text) or _PARENS.search(text) or _PHONE_CONTEXT.search(before))
+
+
+# -- the built-in detectors --------------------------------------------------------------------
+
+_B = r"\b"
+# Long tokens are written with unbounded repetition (Hyperscan compiles large bounded repeats with
+# start-of-match tracking into databases too big to build) and bounded by ``width`` instead.
+BUILTIN: tuple[Detector, ...] = (
+    # Private keys first: a key block swallows whatever else its armour encloses.
+    Detector("private_key", "PRIVATE_KEY", "credential",
+             (r"-----BEGIN[A-Z0-9 ]{0,40} PRIVATE KEY(?: BLOCK)?-----",),
+             until=r"-----END[A-Z0-9 ]{0,40} PRIVATE KEY(?: BLOCK)?-----"),
+    Detector("aws_access_key", "AWS_ACCESS_KEY", "credential",
+             (_B + r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA)[A-Z2-7]{16}" + _B,)),
+    Detector("gcp_api_key", "GCP_API_KEY", "credential", (_B + r"AIza[0-9A-Za-z_-]{35}",)),
+    Detector("anthropic_key", "ANTHROPIC_KEY", "credential",
+             (_B + r"sk-ant-(?:api|admin|oat)[0-9][0-9]-[A-Za-z0-9_-]{32}[A-Za-z0-9_-]*",),
+             width=256),
+    # OpenAI keys: project, service-account and admin keys by prefix; any sk- key by the base64 of
+    # "OpenAI" (T3BlbkFJ) that every OpenAI key carries.
+    Detector("openai_key", "OPENAI_KEY", "credential",
+             (_B + r"sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40}[A-Za-z0-9_-]*",
+              _B + r"sk-[A-Za-z0-9_-]*T3BlbkFJ[A-Za-z0-9_-]{16}[A-Za-z0-9_-]*"), width=256),
+    Detector("github_token", "GITHUB_TOKEN", "credential",
+             (_B + r"gh[pousr]_[A-Za-z0-9]{36}[A-Za-z0-9]*" + _B,
+              _B + r"github_pat_[A-Za-z0-9_]{60}[A-Za-z0-9_]*" + _B),
+             width=256),
+    Detector("slack_token", "SLACK_TOKEN", "credential", (_B + r"xox[abposr]-[A-Za-z0-9-]{10}[A-Za-z0-9-]*",),
+             width=256),
+    Detector("stripe_key", "STRIPE_KEY", "credential", (_B + r"(?:sk|rk)_live_[A-Za-z0-9]{20}[A-Za-z0-9]*",),
+             width=256),
+    Detector("jwt", "JWT", "credential",
+             (_B + r"eyJ[A-Za-z0-9_-]{8}[A-Za-z0-9_-]*\.eyJ[A-Za-z0-9_-]{8}[A-Za-z0-9_-]*"
+              r"\.[A-Za-z0-9_-]{8}[A-Za-z0-9_-]*",),
+             width=4096),
+    # RFC 5321: at most 64 characters before the @ and 254 in all. The pattern starts at the "@" (a
+    # pattern starting with the local part makes every letter of a text a possible start, and the
+    # scan ten times slower); the local part is taken from the text before it.
+    Detector("email", "EMAIL", "pii",
+             (r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,24}" + _B,),
+             width=254, left=("[A-Za-z0-9._%+-]", 64)),
+    Detector("credit_card", "CREDIT_CARD", "pii", (_B + r"(?:[0-9][ -]?){12,18}[0-9]" + _B,), check_card),
+    Detector("iban", "IBAN", "pii", (_B + r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}" + _B,), check_iban),
+    Detector("us_ssn", "US_SSN", "pii", (_B + r"[0-9]{3}[ -]?[0-9]{2}[ -]?[0-9]{4}" + _B,), check_ssn),
+    Detector("ip_address", "IP_ADDRESS", "pii",
+             (_B + r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}" + _B,
+              r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:[0-9]{1,3}\.){3}[0-9]{1,3})"),
+             lambda text, before: check_ipv4(text, before) if ":" not in text else check_ipv6(text, before)),
+    Detector("phone", "PHONE", "pii",
+             (r"(?:\+|\b00|\b)[0-9]{1,3}[ .-]?(?:\([0-9]{1,5}\)[ .-]?)?[0-9]{1,5}(?:[ .-]?[0-9]{2,5}){1,4}"
+              r"(?: ?(?:x|ext\.?|extension) ?[0-9]{1,6})?" + _B,
+              r"\([0-9]{2,5}\) ?[0-9]{2,5}(?:[ .-]?[0-9]{2,5}){1,3}(?: ?(?:x|ext\.?|extension) ?[0-9]{1,6})?" + _B),
+             check_phone),
+)
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "pii": tuple(d.name for d in BUILTIN if d.kind == "pii"),
+    "credentials": tuple(d.name for d in BUILTIN if d.kind == "credential"),
+}
+INJECTION = "prompt_injection"  # the prompt-injection scorer, named in rules like a detector
+
+
+def custom(name: str, pattern: str | None = None, words: tuple[str, ...] = (), caseless: bool = False,
+           label: str | None = None, width: int = 0) -> Detector:
+    """A policy's own detector: a regular expression, or a list of words and phrases (whole words,
+    any case)."""
+    if words:
+        patterns = (r"\b(?:" + "|".join(_word(w) for w in words) + r")\b",)
+        caseless = True
+    else:
+        assert pattern is not None
+        patterns = (pattern,)
+    return Detector(name, label or re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_") or "CUSTOM", "custom",
+                    patterns, caseless=caseless, width=width)
+
+
+def _word(word: str) -> str:
+    """A word or phrase as a pattern: literal, any run of spaces between its words."""
+    return r"\s{1,4}".join(re.escape(part) for part in word.split())

@@ -1,0 +1,302 @@
+"""One request's guard: findings turned into actions, on the prompt and on the answer, JSON or streamed.
+
+Theory of operation. A :class:`Guard` is made per request from its :class:`~.plan.Plan` and
+lives on the request's flow. On the prompt (:meth:`Guard.prompt`) it reads every text of the
+request through the API's :class:`~.texts.Walker`, finds values with the plan's scanner and acts:
+
+- ``redact``: a typed placeholder, numbered per request and value (``[EMAIL_1]``, the same value
+  the same placeholder);
+- ``mask``: every letter and digit but the last four becomes ``*``;
+- ``pseudonymise``: a placeholder the provider sees, remembered so the answer gets the original
+  value back (request direction only);
+- ``block``: :class:`Blocked` (the request is refused, the provider never asked);
+- ``log``: nothing changes; the trigger is recorded.
+
+It also scores user and tool text for prompt injection (:mod:`.injection`). On the answer
+(:meth:`Guard.answer` for a JSON body, :meth:`Guard.events` for a stream) it acts on the answer's
+findings the same way and puts pseudonymised values back. In a stream each channel of text (see
+:mod:`.texts`) keeps back only the end of what it received that could still become a finding
+when more text comes: for each detector, the trailing run of characters a match of it may
+contain, at most its longest match minus one (:class:`Holdback`); everything before is final
+and goes out, with its findings replaced. A private key block, once its armour opens, swallows
+what follows until the armour closes. A value split across events or TCP chunks is so never
+partly sent. When a channel closes, what it holds is checked as final text and sent.
+
+Every trigger is counted (guardrail, detector, action, direction), never with the value: that is
+what the request record carries (:meth:`Guard.triggers`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from ext_proc.llm.sse import SSEEvent
+
+from . import injection
+from .detectors import INJECTION, Detector
+from .plan import REQUEST, RESPONSE, Plan, Rule
+from .scanner import CONTEXT, Finding
+from .texts import StreamTexts, Walker
+
+PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
+_PLACEHOLDER_CHARS = r"[\[\]A-Z0-9_]"
+_PLACEHOLDER_WIDTH = 50
+_ALNUM = re.compile(r"[A-Za-z0-9]")
+_ARMOUR = 80  # longer than any closing armour line of a key block
+INJECTION_ROLES = frozenset({"user", "tool"})
+
+
+class Blocked(Exception):
+    """A rule with action ``block`` fired: its guardrail and detector (never the value)."""
+
+    def __init__(self, rule: Rule, detector: str) -> None:
+        super().__init__(f"{rule.name}: {detector}")
+        self.rule = rule
+        self.detector = detector
+
+
+class Holdback:
+    """How much of a channel's end must wait for more text (see the module docstring)."""
+
+    __slots__ = ("_rules", "longest")
+
+    def __init__(self, detectors: Iterable[Detector], placeholders: bool) -> None:
+        caps: dict[str, int] = {}
+        for detector in detectors:
+            caps[detector.chars] = max(caps.get(detector.chars, 0), detector.width - 1)
+        if placeholders:
+            caps[_PLACEHOLDER_CHARS] = max(caps.get(_PLACEHOLDER_CHARS, 0), _PLACEHOLDER_WIDTH - 1)
+        self._rules = tuple((re.compile(chars + "*").match, cap) for chars, cap in caps.items())
+        self.longest = max(caps.values(), default=0)
+
+    def keep(self, text: str) -> int:
+        """The number of characters at the end of ``text`` that could start a value not yet complete."""
+        if not self.longest or not text:
+            return 0
+        tail = text[-self.longest:][::-1]
+        kept = 0
+        for match, cap in self._rules:
+            run = match(tail)
+            if run is not None:
+                kept = max(kept, min(run.end(), cap))
+        return kept
+
+
+class _Channel:
+    __slots__ = ("before", "held", "swallow")
+
+    def __init__(self) -> None:
+        self.held = ""  # received, not yet sent
+        self.before = ""  # the last characters sent (as received), for word boundaries and context words
+        self.swallow: re.Pattern[str] | None = None  # inside a private key block: its closing armour
+
+
+class Guard:
+    """One request's guardrails (see the module docstring)."""
+
+    __slots__ = ("_channels", "_counts", "_holdback", "_numbers", "_placeholders", "_stream", "plan", "score",
+                 "vault")
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self._counts: Counter[tuple[str, str, str, str]] = Counter()
+        self._placeholders: dict[tuple[str, str], str] = {}
+        self._numbers: Counter[str] = Counter()
+        self.vault: dict[str, str] = {}  # placeholder -> the pseudonymised value
+        self.score: float | None = None  # the prompt's injection score (built-in)
+        self._channels: dict[tuple[Any, ...], _Channel] = {}
+        self._holdback: Holdback | None = None
+        self._stream: StreamTexts | None = None
+
+    # -- records ----------------------------------------------------------------------------
+
+    def count(self, rule: Rule, detector: str, direction: str, n: int = 1) -> None:
+        self._counts[(rule.name, detector, rule.action, direction)] += n
+
+    def fired(self) -> list[str]:
+        """The names of the guardrails that fired, sorted."""
+        return sorted({name for name, _, _, _ in self._counts})
+
+    def triggers(self) -> list[dict[str, Any]]:
+        """Each trigger: guardrail, detector, action, direction and count (never the value)."""
+        return [{"guardrail": name, "detector": detector, "action": action, "direction": direction, "count": n}
+                for (name, detector, action, direction), n in sorted(self._counts.items())]
+
+    # -- the prompt ---------------------------------------------------------------------------
+
+    def prompt(self, walker: Walker, payload: dict[str, Any]) -> tuple[bool, list[str]]:
+        """Act on the request's text (in place). Returns whether it changed, and the user and tool
+        texts for an external classifier. Raises :class:`Blocked`."""
+        plan = self.plan
+        rules = plan.request
+        scanner = plan.scanner
+        changed = False
+        scored: list[str] = []
+        for ref in list(walker.request(payload)):
+            text = ref.get()
+            if not text:
+                continue
+            if rules:
+                findings = scanner.find(text, rules)
+                if findings:
+                    new = self._apply(text, findings, rules, REQUEST, ref.json_text)
+                    if new is not text:
+                        ref.set(new)
+                        changed = True
+                        text = new
+            if plan.injection is not None and ref.role in INJECTION_ROLES:
+                scored.append(text)  # as it goes upstream: redacted values stay redacted for a classifier too
+        if plan.injection is not None and scored:
+            self.score = max(injection.score(text) for text in scored)
+            if self.score >= plan.threshold:
+                self.injection_found()
+        return changed, scored
+
+    def injection_found(self) -> None:
+        """Prompt injection was found (by the built-in scorer or the classifier): count; block if so ruled."""
+        rule = self.plan.injection
+        assert rule is not None
+        self.count(rule, INJECTION, REQUEST)
+        if rule.action == "block":
+            raise Blocked(rule, INJECTION)
+
+    def _apply(self, text: str, findings: list[Finding], rules: dict[str, Rule] | Any, direction: str,
+               json_text: bool = False, restore: bool = False) -> str:
+        parts: list[str] = []
+        last = 0
+        for finding in findings:
+            detector = finding.detector
+            rule = rules[detector.name]
+            self.count(rule, detector.name, direction)
+            action = rule.action
+            if action == "block":
+                raise Blocked(rule, detector.name)
+            if action == "log":
+                continue
+            parts.append(self._restore(text[last:finding.start], json_text) if restore else text[last:finding.start])
+            value = text[finding.start:finding.end]
+            parts.append(_mask(value) if action == "mask" else self._placeholder(detector, value,
+                                                                                 action == "pseudonymise"))
+            last = finding.end
+        if not parts:
+            return self._restore(text, json_text) if restore else text
+        parts.append(self._restore(text[last:], json_text) if restore else text[last:])
+        return "".join(parts)
+
+    def _placeholder(self, detector: Detector, value: str, keep: bool) -> str:
+        key = (detector.label, value)
+        placeholder = self._placeholders.get(key)
+        if placeholder is None:
+            self._numbers[detector.label] += 1
+            placeholder = self._placeholders[key] = f"[{detector.label}_{self._numbers[detector.label]}]"
+        if keep:
+            self.vault[placeholder] = value
+        return placeholder
+
+    def _restore(self, text: str, json_text: bool) -> str:
+        vault = self.vault
+        if not vault or "[" not in text:
+            return text
+
+        def back(match: re.Match[str]) -> str:
+            value = vault.get(match[0])
+            if value is None:
+                return match[0]
+            return orjson.dumps(value).decode()[1:-1] if json_text else value
+
+        return PLACEHOLDER.sub(back, text)
+
+    # -- the answer ---------------------------------------------------------------------------
+
+    def answer(self, walker: Walker, payload: dict[str, Any]) -> bool:
+        """Act on a buffered answer's text (in place); whether it changed. Raises :class:`Blocked`."""
+        rules = self.plan.response
+        changed = False
+        for ref in list(walker.answer(payload)):
+            text = ref.get()
+            if not text:
+                continue
+            findings = self.plan.scanner.find(text, rules) if rules else []
+            new = self._apply(text, findings, rules, RESPONSE, ref.json_text, restore=True)
+            if new != text:
+                ref.set(new)
+                changed = True
+        return changed
+
+    def events(self, walker: Walker, events: list[SSEEvent]) -> list[SSEEvent]:
+        """A streamed answer's events, their text acted on (see the module docstring). Raises :class:`Blocked`."""
+        stream = self._stream
+        if stream is None:
+            stream = self._stream = walker.stream()
+            rules = self.plan.response
+            self._holdback = Holdback((d for d in self.plan.scanner.detectors if d.name in rules), bool(self.vault))
+        return stream.feed(events, self._text, self._flush)
+
+    def _text(self, key: tuple[Any, ...], text: str, json_text: bool) -> str:
+        channel = self._channels.get(key)
+        if channel is None:
+            channel = self._channels[key] = _Channel()
+        return self._release(channel, channel.held + text, json_text, final=False)
+
+    def _flush(self, key: tuple[Any, ...], json_text: bool) -> str:
+        channel = self._channels.pop(key, None)
+        if channel is None or not channel.held:
+            return ""
+        return self._release(channel, channel.held, json_text, final=True)
+
+    def _release(self, channel: _Channel, buf: str, json_text: bool, final: bool) -> str:
+        """What of ``buf`` (held text and new text) goes out now; the rest stays held."""
+        if channel.swallow is not None:  # inside a private key block: drop it, up to its closing armour
+            closing = channel.swallow.search(buf)
+            if closing is None:
+                channel.held = "" if final else buf[-_ARMOUR:]
+                return ""
+            channel.swallow = None
+            buf = buf[closing.end():]
+        rules = self.plan.response
+        assert self._holdback is not None
+        cut = len(buf) if final else len(buf) - self._holdback.keep(buf)
+        context = channel.before
+        findings: list[Finding] = []
+        if rules and buf:
+            shift = len(context)
+            for finding in self.plan.scanner.find(context + buf, rules):
+                if finding.start < shift:
+                    continue
+                start, end = finding.start - shift, finding.end - shift
+                if start >= cut:
+                    break
+                if end > cut or (finding.open and not final):
+                    if finding.open and start < cut:  # an opened key block: replace it, swallow the rest
+                        findings.append(Finding(finding.detector, start, len(buf), open=True))
+                        cut = len(buf)
+                        until = finding.detector.until
+                        assert until is not None
+                        channel.swallow = re.compile(until)
+                        break
+                    cut = start
+                    break
+                findings.append(Finding(finding.detector, start, end))
+        sent = buf[:cut]
+        # Inside a key block the held text is only the tail a split closing armour may start in.
+        channel.held = buf[cut:] if channel.swallow is None else buf[-_ARMOUR:]
+        channel.before = (context + sent)[-CONTEXT:]
+        return self._apply(sent, findings, rules, RESPONSE, json_text, restore=True)
+
+
+def _mask(value: str) -> str:
+    """Every letter and digit but the last four as ``*``; separators kept."""
+    keep = len(_ALNUM.findall(value)) - 4
+    out = []
+    for char in value:
+        if keep > 0 and char.isascii() and char.isalnum():
+            out.append("*")
+            keep -= 1
+        else:
+            out.append(char)
+    return "".join(out)

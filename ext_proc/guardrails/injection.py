@@ -1,0 +1,197 @@
+"""The built-in prompt-injection scorer: offline, no model, a score in [0, 1] from weighted signals.
+
+Theory of operation. Prompt injection is text that tries to change what the model was told to do
+(Perez & Ribeiro 2022, "Ignore Previous Prompt"; Greshake et al. 2023 on indirect injection;
+OWASP LLM01). Its known techniques leave marks in the text, and each family of marks is a
+*signal* here, written from those public descriptions (not learned from, nor tuned on, any data
+set): overriding earlier instructions, a new identity or an unrestricted "mode", fake system or
+role markers, claims of authority, asking for the hidden prompt or a secret, obfuscation
+(encodings, reversed or split payloads), role-play and hypothetical framing around a secret,
+injected notes addressed to "the AI" inside documents, many-shot dialogues and repeated tokens,
+and "ignore the instructions" in other languages. Every signal has a weight; signals combine as a
+noisy-OR (``1 - prod(1 - w)``), and a *target* (the system prompt, a password, a secret) together
+with a *manipulation* (framing, encoding, pretence, urgency) adds the weight of their pairing, so
+a benign question that only mentions a password or only says "ignore" stays low.
+
+All signal patterns are one Hyperscan database (caseless, one report per signal per text), so
+scoring a text is one pass. The policy's ``guardrails.injection.threshold`` (default 0.5) turns a
+score into a trigger. The figures measured on public evaluation sets (recall on CyberSecEval's
+prompt-injection cases, false positives on NotInject) are in the README; those files were used to
+measure only.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+
+import hyperscan
+
+# (signal, weight, group, pattern). Groups: "override" and "marker" stand alone; "target" and
+# "manipulation" are weak alone and strong together (see PAIRING).
+SIGNALS: tuple[tuple[str, float, str, str], ...] = (
+    # Overriding what came before.
+    ("ignore_instructions", 0.9, "override",
+     r"\b(?:ignore|disregard|forget|override|overrule|bypass|skip|neglect|abandon|discard|drop|dismiss|set aside)"
+     r"(?:\s+\S+){0,3}?\s+(?:previous|prior|above|earlier|preceding|foregoing|original|initial|all|any|every|"
+     r"your|system|developer|given|old|existing|those|these)(?:\s+\S+){0,2}?\s+"
+     r"(?:instructions?|directions?|directives?|rules|prompts?|guidelines|constraints|restrictions|commands?|"
+     r"orders|programming|guidance|polic(?:y|ies)|context|messages?|settings|limitations|safeguards)\b"),
+    ("ignore_everything", 0.7, "override",
+     r"\b(?:ignore|disregard|forget)\s+(?:everything|all of (?:that|this|the above)|"
+     r"what (?:you were|i) (?:told|said))"),
+    ("new_instructions", 0.55, "override",
+     r"\b(?:new|updated|revised|real|actual|true|secret|hidden|additional|override)\s+(?:instructions?|directives?|"
+     r"system prompt|orders|task)\s*(?::|follow|are|is)"),
+    ("instead_do", 0.35, "override",
+     r"\binstead(?:\s+of\s+(?:summari[sz]|translat|answer|respond|doing)\S*)?,?\s+(?:you (?:must|should|will)|"
+     r"(?:please\s+)?(?:say|print|output|write|respond|reply|tell))\b"),
+    ("no_longer_bound", 0.8, "override",
+     r"\b(?:you are|you're|you will be|you'll be|you shall be)\s+(?:now\s+)?(?:no longer|not)\s+(?:bound|restricted|"
+     r"limited|constrained|governed)\b|\b(?:free from|without|with no|not bound by)\s+(?:any\s+)?(?:of\s+)?"
+     r"(?:your\s+)?(?:restrictions|limitations|filters|censorship|guidelines|rules|ethical|moral|safety)\b"),
+    # A new identity, an unrestricted mode.
+    ("you_are_now", 0.55, "override",
+     r"\b(?:from now on|henceforth|for the rest of (?:this|the) conversation),?\s+you\s+(?:are|will|must|shall|"
+     r"should|can)\b|\byou are now\s+(?:an?\s+|the\s+|in\s+|my\s+)?\w+"),
+    ("jailbreak_persona", 0.9, "override",
+     r"\b(?:DAN|do anything now|STAN|DUDE|AIM|jailbr(?:oken|eak)|unfiltered (?:ai|assistant|model|mode)|evil "
+     r"(?:ai|assistant|confidant|twin)|developer mode|god mode|opposite mode|anti-?gpt|unrestricted (?:ai|mode|"
+     r"assistant|model))\b"),
+    ("mode_switch", 0.6, "override",
+     r"\b(?:enter|entering|switch(?:ing)? to|enable|enabling|activate|activating|you are (?:now )?in|"
+     r"now in)\s+(?:the\s+)?(?:developer|debug|debugging|admin|administrator|maintenance|god|sudo|root|"
+     r"unrestricted|test|testing|diagnostic|superuser|override|system)\s+mode\b"),
+    # Fake conversation structure.
+    ("role_marker", 0.6, "marker",
+     r"(?:^|\n)\s*(?:#{1,4}\s*)?(?:system|assistant|admin|administrator|developer|root|sys)\s*(?:message|prompt|"
+     r"note|override)?\s*:\s*\S"),
+    ("chat_tokens", 0.85, "marker",
+     r"<\|(?:im_start|im_end|system|endoftext|start_header_id|eot_id)\|>|\[/?INST\]|<<SYS>>|</?(?:system|"
+     r"instructions?|admin|sys)>|\[(?:system|admin|developer)(?: message| note)?\]"),
+    ("end_of_prompt", 0.6, "marker",
+     r"\b(?:end of (?:the )?(?:prompt|instructions|input|document|system message|user input|context)|"
+     r"(?:begin|start) (?:of )?(?:new|the real|your new) (?:instructions|prompt|task))\b"),
+    # Claims of authority.
+    ("authority", 0.5, "manipulation",
+     r"\b(?:i am|i'm|this is|speaking as|as)\s+(?:your|the|an?)\s+(?:developer|creator|administrator|admin|owner|"
+     r"system administrator|programmer|operator|supervisor|ceo|security team|openai|anthropic)\b|"
+     r"\b(?:admin|administrator|root|sudo|developer|emergency|security)\s+(?:access|override|privileges?|"
+     r"command|authori[sz]ation|clearance|code)\b|\bauthori[sz]ed (?:by|to (?:access|see|know|view|override))\b"),
+    # What injections go after: the hidden prompt, secrets.
+    ("hidden_prompt", 0.55, "target",
+     r"\b(?:system|initial|original|hidden|secret|internal|confidential|pre-?)\s*(?:prompt|instructions?|"
+     r"message|directives?|configuration)\b|\b(?:your|the)\s+(?:instructions|rules|guidelines|directives)\s+"
+     r"(?:you were|you've been|that you were|given to you|above)\b|\b(?:what|everything) (?:you were|you have been|"
+     r"you've been) (?:told|instructed|given|asked)\b"),
+    ("secret", 0.3, "target",
+     r"\b(?:the|your|a|this|that)\s+(?:secret|hidden|confidential|private|protected|special|magic)?\s*"
+     r"(?:password|passphrase|passcode|secret(?: key| word| code| number)?|api key|access code|key|pin|token|"
+     r"credentials?|code ?word)\b"),
+    ("reveal", 0.35, "manipulation",
+     r"\b(?:reveal|disclose|leak|expose|divulge|repeat|recite|print|output|display|dump|spell out|write out|"
+     r"show me|tell me|give me|share|provide|list|what (?:is|are|was|were))\s+(?:me\s+)?(?:your|the|all|every|"
+     r"any)?\s*(?:secret|hidden|confidential|system|initial|original|private|internal|previous|above)\b"),
+    ("verbatim", 0.4, "manipulation",
+     r"\b(?:verbatim|word for word|word-for-word|exactly as (?:written|given)|in full|everything above|"
+     r"the text above|all (?:of )?the (?:text|words) (?:above|before))\b"),
+    # Obfuscation and output tricks.
+    ("encoding", 0.45, "manipulation",
+     r"\b(?:base ?64|rot ?13|hexadecimal|in hex|binary code|morse code|caesar cipher|leet ?speak|l33t|pig latin|"
+     r"unicode escapes?|ascii codes?|url[- ]?encod\w*|reversed?(?: order)?|backwards|spell(?:ed)? (?:it )?"
+     r"(?:out|backwards)|one (?:letter|character) (?:at a time|per line)|separated by (?:spaces|dashes|commas)|"
+     r"acrostic|first letters? of each)\b"),
+    ("decode_payload", 0.6, "override",
+     r"\b(?:decode|decrypt|deobfuscate|translate|convert)\s+(?:this|the following|it)\b[^\n]{0,60}?"
+     r"(?:and\s+(?:then\s+)?(?:follow|execute|do|obey|run|answer)|then\s+(?:follow|execute|do|obey))"),
+    ("base64_blob", 0.3, "manipulation", r"\b[A-Za-z0-9+/]{32,}={0,2}(?:\s|$)"),
+    ("payload_split", 0.55, "override",
+     r"\b(?:[a-z]|str|part|var|x|y|z)\s*[0-9]?\s*=\s*['\"][^'\"\n]+['\"][^=]*\b(?:[a-z]|str|part|var|x|y|z)\s*"
+     r"[0-9]?\s*=\s*['\"][^'\"\n]+['\"][^=]*(?:\+|concatenat|combine|join|together)"),
+    # Framing around the request: role play, hypotheticals, urgency.
+    ("pretend", 0.35, "manipulation",
+     r"\b(?:pretend|imagine|suppose|hypothetically|let'?s play a game|role-?play|roleplay|act as|acting as|"
+     r"in a (?:fictional|hypothetical|parallel|alternate) (?:world|universe|story|scenario)|for a (?:story|novel|"
+     r"movie|screenplay)|simulate|simulation|you are playing|stay in character|game where)\b"),
+    ("urgency", 0.3, "manipulation",
+     r"\b(?:urgent(?:ly)?|emergency|life or death|immediately|right now|as soon as possible|critical(?:ly)? "
+     r"important|people will (?:die|be hurt)|i will (?:lose|be fired)|you must comply|it is imperative|"
+     r"i (?:really |desperately )?need (?:it|this|the|you to))\b"),
+    ("refusal_suppression", 0.5, "override",
+     r"\b(?:do not|don't|never|you (?:cannot|can't|must not|mustn't))\s+(?:refuse|decline|apologi[sz]e|"
+     r"say (?:no|you can't|that you cannot)|include (?:any )?(?:warnings?|disclaimers?))\b|"
+     r"\bwithout (?:any )?(?:warnings?|disclaimers?|refus\w+|moral\w*|ethic\w*)\b"),
+    # Notes to the model hidden in content it is asked to process (indirect injection).
+    ("note_to_ai", 0.6, "override",
+     r"\b(?:note|message|instruction|attention|important|notice|reminder)s?\s+(?:to|for)\s+(?:the\s+)?(?:ai|"
+     r"assistant|model|llm|language model|chatbot|bot|gpt|claude)\b|\b(?:dear|hey|hi|attention)\s+(?:ai|"
+     r"assistant|model|llm|chatbot|gpt|claude)\b|\b(?:if you are|as) an? (?:ai|language model|llm|assistant) "
+     r"(?:reading|processing|summari[sz]ing|seeing) this\b|\bwhen (?:you|the (?:ai|assistant|model)) "
+     r"(?:read|see|process|summari[sz]e)s? this\b"),
+    ("many_shot", 0.35, "manipulation",
+     r"(?:\n\s*(?:q|user|human|question)\s*:[^\n]*\n(?:[^\n]*\n)*\s*(?:a|assistant|ai|answer|bot)\s*:[^\n]*){4}"),
+    # "Ignore the previous instructions" in other languages.
+    ("ignore_other_language", 0.9, "override",
+     r"\b(?:ignore[zr]?|oublie[zr]?)\s+(?:toutes\s+)?(?:les|tes|vos)\s+(?:\S+\s+)?(?:instructions|consignes|"
+     r"r[eè]gles)|\bignora(?:r|d)?\s+(?:todas\s+)?(?:las|tus|sus)\s+(?:\S+\s+)?(?:instrucciones|reglas|"
+     r"indicaciones)|\bignorier(?:e|en)?\s+(?:alle\s+)?(?:vorherigen|bisherigen|obigen|deine|die)\s+"
+     r"(?:\S+\s+)?(?:anweisungen|regeln|instruktionen)|\bignora\s+(?:tutte\s+)?(?:le|tue)\s+(?:\S+\s+)?"
+     r"(?:istruzioni|regole)|\bignore\s+(?:todas\s+)?(?:as|suas)\s+(?:\S+\s+)?(?:instru[cç][oõ]es|regras)|"
+     r"\bnegeer\s+(?:alle\s+)?(?:vorige|eerdere)\s+(?:instructies|regels)|игнорируй|забудь (?:все|предыдущие)|"
+     r"忽略(?:之前|以上|所有|先前)|無視して|前の指示を"),
+)
+PAIRING = 0.45  # a target together with a manipulation
+REPEATED = 0.5  # one short token repeated many times (a repeated-token attack)
+
+
+@functools.cache
+def _database() -> hyperscan.Database:
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    flags = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_UTF8
+    db.compile(expressions=[pattern.encode() for _, _, _, pattern in SIGNALS], ids=list(range(len(SIGNALS))),
+               elements=len(SIGNALS), flags=[flags] * len(SIGNALS))
+    return db
+
+
+def _seen(signal: int, _start: int, _end: int, _flags: int, found: object) -> None:
+    found.add(signal)  # type: ignore[attr-defined]
+
+
+_WORD = re.compile(r"\S{1,24}")
+
+
+def signals(text: str) -> list[str]:
+    """The names of the signals found in ``text`` (for ``tollway scan``)."""
+    found: set[int] = set()
+    _database().scan(text.encode("utf-8", "surrogatepass"), match_event_handler=_seen, context=found)
+    names = [SIGNALS[i][0] for i in sorted(found)]
+    if _repeated(text):
+        names.append("repeated_token")
+    return names
+
+
+def score(text: str) -> float:
+    """The injection score of one user or tool text, in [0, 1]."""
+    found: set[int] = set()
+    _database().scan(text.encode("utf-8", "surrogatepass"), match_event_handler=_seen, context=found)
+    weights = [SIGNALS[i][1] for i in found]
+    groups = {SIGNALS[i][2] for i in found}
+    if "target" in groups and "manipulation" in groups:
+        weights.append(PAIRING)
+    if len(text) > 200 and _repeated(text):
+        weights.append(REPEATED)
+    if not weights:
+        return 0.0
+    return round(1.0 - math.prod(1.0 - w for w in weights), 4)
+
+
+def _repeated(text: str) -> bool:
+    """One token making up most of a long stretch of text (e.g. the same word 50 times)."""
+    words = _WORD.findall(text[:20_000])
+    if len(words) < 40:
+        return False
+    counts: dict[str, int] = {}
+    for word in words:
+        counts[word] = counts.get(word, 0) + 1
+    return max(counts.values()) >= max(25, len(words) // 3)

@@ -1,0 +1,95 @@
+"""What the policy's guardrails mean for one caller and model: the compiled rules and their plans.
+
+The policy lists rules (:class:`Rule`): a guardrail name (what records and reports count), the
+detectors it covers, an action, a direction, and the teams and models it applies to. For one
+request the first rule that covers a detector, for the caller's team, the model asked for and the
+direction, decides that detector's action there: rules read top to bottom, like a firewall's, so
+a team's exception goes above the general rule. :meth:`Guardrails.plan` turns that into a
+:class:`Plan` (detector -> rule, per direction), once per (team, model), cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .detectors import INJECTION
+from .scanner import Scanner
+
+ACTIONS = ("redact", "mask", "pseudonymise", "block", "log")
+REQUEST, RESPONSE = "request", "response"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule of the policy, compiled: ``teams``/``models`` None means every one."""
+
+    name: str
+    detectors: frozenset[str]
+    action: str
+    directions: frozenset[str]
+    teams: frozenset[str] | None = None
+    models: frozenset[str] | None = None
+
+    def applies(self, team: str, model: str) -> bool:
+        return (self.teams is None or team in self.teams) and (self.models is None or model in self.models)
+
+
+@dataclass(frozen=True, slots=True)
+class Classifier:
+    """An external prompt-injection classifier (an HTTP endpoint the platform team runs)."""
+
+    url: str
+    timeout: float  # seconds
+    threshold: float
+    fail_closed: bool  # no answer in time (or an error): block (closed) or let through (open)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The guardrails of one (team, model): detector name -> the rule deciding it, per direction."""
+
+    scanner: Scanner
+    request: Mapping[str, Rule]
+    response: Mapping[str, Rule]
+    injection: Rule | None = None  # the rule deciding prompt injection (request only)
+    threshold: float = 0.5  # the built-in injection score that triggers it
+    classifier: Classifier | None = None
+
+    @property
+    def answers(self) -> bool:
+        """Whether answers go through the guard (a response rule, or pseudonyms to restore)."""
+        return bool(self.response) or any(rule.action == "pseudonymise" for rule in self.request.values())
+
+
+@dataclass
+class Guardrails:
+    """The policy's guardrails, compiled; plans are made on first use per (team, model)."""
+
+    scanner: Scanner
+    rules: tuple[Rule, ...]
+    threshold: float = 0.5
+    classifier: Classifier | None = None
+    _plans: dict[tuple[str, str], Plan | None] = field(default_factory=dict, repr=False, compare=False)
+
+    def plan(self, team: str, model: str) -> Plan | None:
+        """The plan for ``team`` calling ``model`` (a canonical public name or alias); None when no
+        rule applies."""
+        key = (team, model)
+        if key in self._plans:
+            return self._plans[key]
+        chosen: dict[str, dict[str, Rule]] = {REQUEST: {}, RESPONSE: {}}
+        for rule in self.rules:
+            if not rule.applies(team, model):
+                continue
+            for direction in rule.directions:
+                for name in rule.detectors:
+                    chosen[direction].setdefault(name, rule)
+        injection = chosen[REQUEST].pop(INJECTION, None)
+        chosen[RESPONSE].pop(INJECTION, None)
+        plan = None
+        if chosen[REQUEST] or chosen[RESPONSE] or injection:
+            plan = Plan(self.scanner, chosen[REQUEST], chosen[RESPONSE], injection, self.threshold,
+                        self.classifier if injection else None)
+        self._plans[key] = plan
+        return plan

@@ -1,0 +1,255 @@
+"""Finding sensitive values in text: every detector's patterns in one Hyperscan database, one pass.
+
+Theory of operation. All patterns of a set of detectors are compiled once into one Hyperscan
+block-mode database (``HS_FLAG_SOM_LEFTMOST``: each match reports where it starts). Scanning a
+text is one call over its UTF-8 bytes, whatever the number of detectors; each match comes back as
+(pattern, start, end), several ends for one start when a pattern could stop at several places.
+Candidates are then taken left to right, the longest first; each is confirmed by its detector's
+check (checksums, ranges, parsing, context words), trying shorter ends of the same start when the
+longest fails, and a confirmed finding hides the candidates it overlaps. A block detector (PEM
+private keys) runs on to its end marker, or to the end of the text when the marker is missing.
+
+Why Hyperscan: measured here (``bench/guardrails.py``), one Hyperscan pass over all detectors
+scans long prose at hundreds of MB/s, where Python's ``re`` with the same alternation manages a
+few MB/s and RE2 sets need a second pass per matching pattern to find where matches are. The
+Python callback per match is the cost that grows with the number of candidates, so patterns are
+anchored on word boundaries where they can be, which keeps one callback per candidate.
+
+A pattern's longest possible match (:attr:`Detector.width`) and the characters a match can hold
+(:attr:`Detector.chars`) are read from its parse tree; both bound how much of a stream must wait
+(:mod:`ext_proc.guardrails.stream`). Custom patterns with unbounded repetition are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import re._constants as _sre_constants  # the parse tree of a pattern: its width, its characters
+import re._parser as _sre_parse
+from collections.abc import Container, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import hyperscan
+
+from .detectors import BUILTIN, Detector
+
+MAX_WIDTH = 8192  # the longest match a detector may have (a stream holds back less than this)
+CONTEXT = 48  # characters before a candidate its check may read (context words)
+
+
+class PatternError(ValueError):
+    """A pattern Tollway cannot use (syntax, unbounded, matches nothing but empty text); the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A confirmed value: its detector and its span in the text (characters); ``open``: a block
+    whose end marker was not in the text (it runs to the end)."""
+
+    detector: Detector
+    start: int
+    end: int
+    open: bool = False
+
+
+# -- what a pattern can match ---------------------------------------------------------------------
+
+_ALL = object()
+
+
+def shape(pattern: str, caseless: bool = False, width: int = 0) -> tuple[int, str]:
+    """The longest match of ``pattern`` (``width`` when given: longer matches are not findings) and a
+    regex class of the characters a match may contain.
+
+    Raises :class:`PatternError` for a pattern Python cannot parse, or whose length is unbounded
+    and no ``width`` bounds it.
+    """
+    try:
+        tree = _sre_parse.parse(pattern, re.IGNORECASE if caseless else 0)
+    except re.error as exc:
+        raise PatternError(f"not a valid regular expression: {exc}") from None
+    _, high = tree.getwidth()
+    if high == 0:
+        raise PatternError("it matches only empty text")
+    if width:
+        high = min(high, width)
+    if high >= _sre_constants.MAXREPEAT or high > MAX_WIDTH:
+        raise PatternError(f"its matches must have a bounded length (at most {MAX_WIDTH} characters): "
+                           "use {m,n} rather than *, + or {m,}, or give max_length")
+    found: set[int] = set()
+    if _chars(tree, found, caseless) is _ALL:
+        return high, r"[\s\S]"
+    return high, _char_class(found)
+
+
+def _chars(tree: Any, found: set[int], caseless: bool) -> object:
+    """Add the code points ``tree`` can match to ``found``; :data:`_ALL` when it can match any."""
+    c = _sre_constants
+    for op, arg in tree:
+        if op is c.LITERAL:
+            found.add(arg)
+            if caseless:
+                found.update(ord(x) for x in (chr(arg).lower(), chr(arg).upper()))
+        elif op in (c.NOT_LITERAL, c.ANY):
+            return _ALL
+        elif op is c.IN:
+            if arg and arg[0][0] is c.NEGATE:
+                return _ALL
+            for kind, value in arg:
+                if kind is c.LITERAL:
+                    found.add(value)
+                elif kind is c.RANGE:
+                    if value[1] - value[0] > 0x2000:
+                        return _ALL
+                    found.update(range(value[0], value[1] + 1))
+                elif kind is c.CATEGORY:
+                    probe = {c.CATEGORY_DIGIT: r"\d", c.CATEGORY_WORD: r"\w", c.CATEGORY_SPACE: r"\s"}.get(value)
+                    if probe is None:
+                        return _ALL
+                    found.update(i for i in range(128) if re.fullmatch(probe, chr(i), re.ASCII))
+                else:
+                    return _ALL
+            if caseless:
+                found.update({ord(x) for i in list(found) for x in (chr(i).lower(), chr(i).upper())})
+        elif op is c.SUBPATTERN:
+            if _chars(arg[-1], found, caseless) is _ALL:
+                return _ALL
+        elif op is c.BRANCH:
+            for branch in arg[1]:
+                if _chars(branch, found, caseless) is _ALL:
+                    return _ALL
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
+            if _chars(arg[2], found, caseless) is _ALL:
+                return _ALL
+        elif op is c.AT:
+            continue
+        elif op is getattr(c, "ATOMIC_GROUP", None):
+            if _chars(arg, found, caseless) is _ALL:
+                return _ALL
+        else:  # look-around, back-references, conditionals: Hyperscan refuses them anyway
+            return _ALL
+    return None
+
+
+def _char_class(points: set[int]) -> str:
+    if any(p > 127 for p in points):
+        return r"[\s\S]"
+    return "[" + "".join(re.escape(chr(p)) if chr(p) not in "\\]^-" else "\\" + chr(p) for p in sorted(points)) + "]"
+
+
+def prepared(detector: Detector) -> Detector:
+    """``detector`` with its width and character class computed (and its patterns checked)."""
+    widths, classes = [], []
+    for pattern in detector.patterns:
+        width, chars = shape(pattern, detector.caseless, detector.width)
+        widths.append(width)
+        classes.append(chars)
+    if detector.left is not None:
+        classes.append(detector.left[0])
+    merged = r"[\s\S]" if r"[\s\S]" in classes else "[" + "".join(cls[1:-1] for cls in classes) + "]"
+    return dataclasses.replace(detector, width=max(widths), chars=merged)
+
+
+# -- the scanner ------------------------------------------------------------------------------------
+
+
+def _collect(pattern: int, start: int, end: int, _flags: int, hits: object) -> None:
+    hits.append((pattern, start, end))  # type: ignore[attr-defined]
+
+
+class Scanner:
+    """The detectors of one policy (or of the built-in set), compiled into one Hyperscan database."""
+
+    __slots__ = ("_db", "_left", "_owner", "_until", "by_name", "detectors")
+
+    def __init__(self, detectors: Iterable[Detector]) -> None:
+        self.detectors = tuple(d if d.chars else prepared(d) for d in detectors)
+        self.by_name = {d.name: d for d in self.detectors}
+        expressions: list[bytes] = []
+        owner: list[int] = []
+        flags: list[int] = []
+        for index, detector in enumerate(self.detectors):
+            for pattern in detector.patterns:
+                expressions.append(pattern.encode())
+                owner.append(index)
+                flags.append(hyperscan.HS_FLAG_SOM_LEFTMOST | (hyperscan.HS_FLAG_CASELESS if detector.caseless else 0))
+        self._owner = tuple(owner)
+        self._until = {i: re.compile(d.until) for i, d in enumerate(self.detectors) if d.until}
+        self._left = {i: (re.compile(d.left[0] + "+").match, d.left[1]) for i, d in enumerate(self.detectors) if d.left}
+        self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        try:
+            self._db.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions),
+                             flags=flags)
+        except hyperscan.error as exc:
+            raise PatternError(f"Hyperscan cannot compile it: {exc}") from None
+
+    def find(self, text: str, names: Container[str] | None = None) -> list[Finding]:
+        """The confirmed findings in ``text``, left to right, not overlapping (``names``: only these detectors)."""
+        data = text.encode("utf-8", "surrogatepass")
+        hits: list[tuple[int, int, int]] = []
+        self._db.scan(data, match_event_handler=_collect, context=hits)
+        if not hits:
+            return []
+        owner = self._owner
+        ends: dict[tuple[int, int], list[int]] = {}
+        for pattern, start, end in hits:
+            ends.setdefault((owner[pattern], start), []).append(end)
+        if len(data) != len(text):  # not ASCII: byte offsets to character offsets
+            chars = _char_offsets(data, {o for (_, s), es in ends.items() for o in (s, *es)})
+            ends = {(d, chars[s]): [chars[e] for e in es] for (d, s), es in ends.items()}
+        detectors = self.detectors
+        for key in [key for key in ends if detectors[key[0]].left is not None]:
+            index, start = key
+            cls, most = self._left[index]
+            run = cls(text[max(0, start - most):start][::-1])
+            size = run.end() if run else 0
+            while size and not text[start - size].isalnum():  # a local part starts with a letter or digit
+                size -= 1
+            found = ends.pop(key)
+            if size:
+                ends.setdefault((index, start - size), []).extend(found)
+        order = sorted(ends, key=lambda key: (key[1], -max(ends[key]), key[0]))
+        out: list[Finding] = []
+        done = 0  # the end of the last finding
+        for index, start in order:
+            if start < done:
+                continue
+            detector = detectors[index]
+            if names is not None and detector.name not in names:
+                continue
+            check = detector.check
+            longest = start + detector.width
+            for end in sorted(set(ends[(index, start)]), reverse=True):
+                if end > longest:  # longer than the detector allows (and than a stream would hold)
+                    continue
+                if check is None or check(text[start:end], text[max(0, start - CONTEXT):start]):
+                    until = self._until.get(index)
+                    if until is None:
+                        out.append(Finding(detector, start, end))
+                        done = end
+                    else:
+                        closing = until.search(text, end)
+                        done = closing.end() if closing else len(text)
+                        out.append(Finding(detector, start, done, open=closing is None))
+                    break
+        return out
+
+
+def _char_offsets(data: bytes, offsets: set[int]) -> dict[int, int]:
+    """Byte offsets of ``data`` (each on a character boundary) as character offsets, in one pass."""
+    out: dict[int, int] = {}
+    chars = 0
+    previous = 0
+    for offset in sorted(offsets):
+        chars += len(data[previous:offset].decode("utf-8", "surrogatepass"))
+        out[offset] = chars
+        previous = offset
+    return out
+
+
+@functools.cache
+def builtin() -> Scanner:
+    """The scanner of every built-in detector (compiled once per process)."""
+    return Scanner(BUILTIN)

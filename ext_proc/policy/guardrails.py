@@ -1,0 +1,122 @@
+"""The ``guardrails:`` section: its reference checks and its compiled form.
+
+Pass 4 of :func:`~ext_proc.policy.compile.compile_policy` calls :func:`problems` (detector names,
+teams and models a rule names, actions a detector cannot take, custom patterns Hyperscan or
+Python cannot use or whose length is unbounded); pass 5 calls :func:`build`, which compiles every
+detector the policy can use into one scanner (:mod:`ext_proc.guardrails.scanner`) and the rules
+into :class:`~ext_proc.guardrails.plan.Guardrails`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ext_proc.guardrails.detectors import BUILTIN, GROUPS, INJECTION, Detector, custom
+from ext_proc.guardrails.plan import REQUEST, RESPONSE, Classifier, Guardrails, Rule
+from ext_proc.guardrails.scanner import PatternError, Scanner, builtin
+
+from .issues import Loc, Problem, suggest
+from .schema import CustomDetectorSpec, GuardrailRuleSpec, PolicySpec
+
+BUILTIN_NAMES = tuple(d.name for d in BUILTIN)
+
+
+def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: object) -> list[Problem]:
+    """What the guardrails section gets wrong beyond its schema (``models``: public name -> owner)."""
+    section = spec.guardrails
+    out: list[Problem] = []
+    here: Loc = ("guardrails",)
+    for name, entry in section.custom.items():
+        at: Loc = (*here, "custom", name)
+        if name in BUILTIN_NAMES or name in GROUPS or name == INJECTION:
+            out.append(Problem(f"'{name}' is a built-in detector's name: choose another", where=at, at_key=True))
+            continue
+        try:
+            _custom_detector(name, entry)
+        except PatternError as exc:
+            out.append(Problem(f"cannot be used: {exc}", where=(*at, "pattern" if entry.pattern else "words")))
+    known = [*GROUPS, INJECTION, *BUILTIN_NAMES, *section.custom]
+    teams = list(spec.teams)
+    public = [*models, *spec.routing.aliases]
+    for index, rule in enumerate(section.rules):
+        at = (*here, "rules", index)
+        for j, detector in enumerate(rule.detectors):
+            if detector not in known:
+                out.append(Problem(f"unknown detector '{detector}'" + (suggest(detector, known) or
+                                   f" (one of: {', '.join(known)})"), where=(*at, "detectors", j)))
+            elif detector == INJECTION and rule.action not in ("block", "log"):
+                out.append(Problem("prompt_injection can only block or log", where=(*at, "action")))
+            elif detector == INJECTION and rule.direction == "response":
+                out.append(Problem("prompt_injection scores prompts: use direction request or both",
+                                   where=(*at, "direction")))
+        if rule.action == "pseudonymise" and rule.direction == "response":
+            out.append(Problem("pseudonymise replaces values in prompts and restores them in answers: use "
+                               "direction request or both", where=(*at, "direction")))
+        for field, names, noun in (("teams", teams, "team"), ("models", public, "model")):
+            listed = getattr(rule, field)
+            for j, ref in enumerate(listed):
+                where = (*at, field, j)
+                if ref == "*":
+                    if len(listed) > 1:
+                        out.append(Problem('"*" (every one) must be the only entry', where=where))
+                elif ref not in names and (field, ref) not in skipped:  # type: ignore[operator]
+                    out.append(Problem(f"unknown {noun} '{ref}'" + suggest(ref, names), where=where))
+    return out
+
+
+def build(spec: PolicySpec) -> Guardrails | None:
+    """The compiled guardrails (None when the policy has no rule)."""
+    section = spec.guardrails
+    if not section.rules:
+        return None
+    canonical = {name: name for name in spec.routing.aliases}
+    for name, model in spec.models.items():
+        canonical.update(dict.fromkeys([name, *model.aliases], name))
+    rules = tuple(_rule(rule, canonical) for rule in section.rules)
+    classifier = section.injection.classifier
+    customs = tuple((name, entry.pattern, tuple(entry.words or ()), entry.caseless, entry.label, entry.max_length or 0)
+                    for name, entry in sorted(section.custom.items()))
+    return Guardrails(
+        scanner=_scanner(customs),
+        rules=rules,
+        threshold=section.injection.threshold,
+        classifier=Classifier(classifier.url, classifier.timeout_ms / 1000, classifier.threshold,
+                              classifier.fail == "closed") if classifier else None,
+    )
+
+
+def _rule(rule: GuardrailRuleSpec, canonical: dict[str, str]) -> Rule:
+    names: set[str] = set()
+    for name in rule.detectors:
+        names.update(GROUPS.get(name, (name,)))
+    if rule.action == "pseudonymise":  # values go out as placeholders and come back in the answer
+        directions = frozenset({REQUEST})
+    else:
+        directions = frozenset({REQUEST, RESPONSE} if rule.direction == "both" else {rule.direction})
+    return Rule(
+        name=rule.name,
+        detectors=frozenset(names),
+        action=rule.action,
+        directions=directions,
+        teams=None if rule.teams == ["*"] else frozenset(rule.teams),
+        models=None if rule.models == ["*"] else frozenset(canonical.get(m, m) for m in rule.models),
+    )
+
+
+def _custom_detector(name: str, entry: CustomDetectorSpec) -> Detector:
+    """A custom detector compiled alone (its own errors, under its own name)."""
+    return _compiled(name, entry.pattern, tuple(entry.words or ()), entry.caseless, entry.label, entry.max_length or 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(name: str, pattern: str | None, words: tuple[str, ...], caseless: bool, label: str | None,
+              width: int) -> Detector:
+    return Scanner([custom(name, pattern, words, caseless, label, width)]).detectors[0]
+
+
+@functools.lru_cache(maxsize=32)
+def _scanner(customs: tuple[tuple[str, str | None, tuple[str, ...], bool, str | None, int], ...]) -> Scanner:
+    """One scanner for the built-in detectors and the policy's own (compiled once per distinct set)."""
+    if not customs:
+        return builtin()
+    return Scanner([*builtin().detectors, *(_compiled(*entry) for entry in customs)])
