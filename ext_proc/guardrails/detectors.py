@@ -6,7 +6,7 @@ repetition or a declared :attr:`Detector.width`, so a match is never longer than
 what a stream holds back (see :mod:`ext_proc.guardrails.stream`). A pattern only proposes
 candidates; ``check`` confirms them with what a pattern cannot express:
 
-- payment cards: 13-19 digits, one separator style, a known issuer prefix, and the Luhn checksum;
+- payment cards: 12-19 digits, one separator style, a known issuer prefix, and the Luhn checksum;
 - US social security numbers: the ranges the SSA issues (no area 000, 666 or 9xx, no group 00, no
   serial 0000, not the advertising numbers) via ``python-stdnum``; nine bare digits only next to a
   context word ("SSN", "social security");
@@ -14,8 +14,10 @@ candidates; ``check`` confirms them with what a pattern cannot express:
 - IP addresses: parsed by :mod:`ipaddress` (octets up to 255, IPv6 groups and ``::`` compression);
 - phone numbers: parsed by ``phonenumbers`` (Google's libphonenumber): an international number
   (``+`` or ``00``) must be a valid number of its country; a national one must be valid in the US
-  plan, or be possible and written the way phone numbers are (area code in parentheses, or
-  3-3-4 digit groups), or have a context word ("phone", "call", "tel", ...) just before it;
+  plan, or, written in digit groups after a phone word ("phone", "call", "mobile", ...), in one of
+  the large national plans (:data:`NATIONAL_REGIONS`), or be a possible North American number
+  written the way phone numbers are (area code in parentheses, or 3-3-4 digit groups) or right
+  after a context word;
 - credentials: the issuers' own fixed prefixes (``AKIA``, ``sk-ant-api03-``, ``ghp_``, ``eyJ``
   JWT headers, PEM private key armour) make the pattern the check.
 
@@ -74,13 +76,15 @@ def _one_separator(text: str) -> bool:
 
 # Issuer identification numbers of the card networks (ISO/IEC 7812 prefixes as the networks publish them).
 # Visa 4; Mastercard 51-55, 2221-2720; Mir 2200-2204; Amex 34, 37; Diners 300-305, 36, 38, 39; JCB
-# 3528-3589; Discover 6011, 644-649, 65; UnionPay 62, 81; Maestro 50, 56-69.
-_CARD_PREFIX = re.compile(r"4|5[0-9]|2(?:20[0-4]|22[1-9]|2[3-9][0-9]|[3-6][0-9]{2}|7[01][0-9]|720)|3[0-9]|6[0-9]|81")
+# 3528-3589 and the older 15-digit 1800, 2131; Discover 6011, 644-649, 65; UnionPay 62, 81; Maestro
+# 50, 56-69 (12 to 19 digits: ISO/IEC 7812 allows 8 to 19, issued cards have at least 12).
+_CARD_PREFIX = re.compile(r"4|5[0-9]|2(?:20[0-4]|22[1-9]|2[3-9][0-9]|[3-6][0-9]{2}|7[01][0-9]|720|131)|3[0-9]|6[0-9]"
+                          r"|81|1800")
 
 
 def check_card(text: str, _before: str) -> bool:
     digits = _digits(text)
-    return (13 <= len(digits) <= 19 and _one_separator(text) and _CARD_PREFIX.match(digits) is not None
+    return (12 <= len(digits) <= 19 and _one_separator(text) and _CARD_PREFIX.match(digits) is not None
             and _luhn.is_valid(digits))
 
 
@@ -122,11 +126,18 @@ def check_ipv6(text: str, _before: str) -> bool:
 
 
 _PHONE_CONTEXT = re.compile(
-    r"\b(?:phone|phones|tel|telephone|mobile|cell|call|calls|fax|contact|reach|dial|text|whatsapp|number|no)\b\W{0,8}$",
+    r"\b(?:phone|phones|tel|telephone|mobile|cell|call|calls|fax|contact|reach|dial|text|whatsapp|number|no|"
+    r"ring|sms)\b\W{0,8}$",
     re.IGNORECASE,
 )
+_PHONE_WORDS = re.compile(r"\b(?:phone|tel|telephone|mobile|cell|call|fax|contact|dial|whatsapp|sms)", re.IGNORECASE)
 _NANP_LAYOUT = re.compile(r"^(?:\+?1[ .-]?|001[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}")
 _PARENS = re.compile(r"\(\d{1,5}\)")
+_GROUPED = re.compile(r"\d[ .-]\d")
+# Where a number written without its country code is most likely from, after the US: the largest
+# national numbering plans of the languages Tollway's users write in.
+NATIONAL_REGIONS = ("GB", "DE", "FR", "IT", "ES", "NL", "CA", "AU", "IN", "BR", "MX", "JP", "IE", "CH", "AT", "BE",
+                    "SE", "PL", "PT", "ZA")
 
 
 def check_phone(text: str, before: str) -> bool:
@@ -140,6 +151,15 @@ def check_phone(text: str, before: str) -> bool:
         return False
     if phonenumbers.is_valid_number(number):
         return True
+    if not international and (_GROUPED.search(text) or _PARENS.search(text)) and _PHONE_WORDS.search(before):
+        # A national number written in groups and named as a phone number: valid in one of the
+        # large plans elsewhere? (Without the context word too many digit groups are.)
+        for region in NATIONAL_REGIONS:
+            try:
+                if phonenumbers.is_valid_number(phonenumbers.parse(text, region)):
+                    return True
+            except phonenumbers.NumberParseException:
+                continue
     if not phonenumbers.is_possible_number(number) or number.country_code != 1:
         return False
     # A possible North American number that is not assigned (555, fictional area codes): only when
@@ -186,7 +206,7 @@ BUILTIN: tuple[Detector, ...] = (
     Detector("email", "EMAIL", "pii",
              (r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,24}" + _B,),
              width=254, left=("[A-Za-z0-9._%+-]", 64)),
-    Detector("credit_card", "CREDIT_CARD", "pii", (_B + r"(?:[0-9][ -]?){12,18}[0-9]" + _B,), check_card),
+    Detector("credit_card", "CREDIT_CARD", "pii", (_B + r"(?:[0-9][ -]?){11,18}[0-9]" + _B,), check_card),
     Detector("iban", "IBAN", "pii", (_B + r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}" + _B,), check_iban),
     Detector("us_ssn", "US_SSN", "pii", (_B + r"[0-9]{3}[ -]?[0-9]{2}[ -]?[0-9]{4}" + _B,), check_ssn),
     Detector("ip_address", "IP_ADDRESS", "pii",

@@ -131,6 +131,44 @@ SIGNALS: tuple[tuple[str, float, str, str], ...] = (
      r"(?:read|see|process|summari[sz]e)s? this\b"),
     ("many_shot", 0.35, "manipulation",
      r"(?:\n\s*(?:q|user|human|question)\s*:[^\n]*\n(?:[^\n]*\n)*\s*(?:a|assistant|ai|answer|bot)\s*:[^\n]*){4}"),
+    # Asking outright for the protected value.
+    ("ask_secret", 0.55, "override",
+     r"\b(?:reveal|disclose|leak|expose|divulge|tell me|tell us|give me|share|say|print|output|spell|type|"
+     r"write(?: down| out)?|repeat|what(?:'s| is| was))\s+(?:me\s+|us\s+)?(?:the|your|that|this)\s+(?:\w+\s+)?"
+     r"(?:password|passphrase|passcode|secret (?:key|word|code|phrase|number|value|token)|secret\s*[?.!,;:]|"
+     r"code ?word|access code|api key|pin code)"),
+    ("indirect_reference", 0.45, "target",
+     r"\b(?:not (?:supposed|allowed|permitted) to (?:say|share|reveal|tell|disclose|mention|talk about|discuss)|"
+     r"(?:were|are|have been) (?:told|instructed|asked) (?:not to|to keep|to hide|to protect)|"
+     r"(?:first|last|second|third|each) (?:letter|character|word|digit)s? of (?:the|your|that) \w+)\b"),
+    ("rules_target", 0.25, "target",
+     r"\b(?:your|the) (?:rules|instructions|guidelines|restrictions|programming|system prompt|prompt|constraints|"
+     r"directives|configuration)\b"),
+    ("other_language_target", 0.3, "target",
+     r"\b(?:contrase[ñn]a|mot de passe|passwort|kennwort|senha|wachtwoord|secreto|geheimnis|segreto|segredo|"
+     r"parola segreta)\b|пароль|секрет|密码|秘密|パスワード|비밀번호"),
+    # Persuasion and framing.
+    ("persuasion", 0.35, "manipulation",
+     r"\b(?:for (?:research|educational|academic|testing|security|training) purposes|i have (?:permission|"
+     r"authori[sz]ation|clearance)|you can trust me|trust me|i promise|it'?s (?:okay|ok|fine|allowed|safe) "
+     r"(?:to|for you to)|you are allowed to|you have permission to|no one will (?:know|find out)|just this once|"
+     r"between (?:you and me|us)|i(?:'m| am) (?:authori[sz]ed|allowed|permitted))\b"),
+    ("hypothetical", 0.4, "manipulation",
+     r"\b(?:what would you (?:say|do|answer|reply)|how would you (?:respond|answer)) if you (?:had no|didn'?t have|"
+     r"weren'?t|were not|could)\b|\bif you (?:had no|didn'?t have|weren'?t bound by) (?:rules|restrictions|"
+     r"guidelines|instructions)\b"),
+    ("creative_wrapper", 0.3, "manipulation",
+     r"\b(?:write|compose|create|make|tell)\s+(?:me\s+)?(?:a|an)\s+(?:short\s+)?(?:poem|song|story|haiku|"
+     r"limerick|rap|riddle|acrostic|essay|joke)\b[^.\n]{0,80}?\b(?:about|with|containing|including|that "
+     r"(?:contains|includes|reveals|uses|mentions))\b"),
+    ("format_only", 0.3, "manipulation",
+     r"\b(?:respond|reply|answer|output|write)\s+(?:only\s+)?(?:in|with|using|as)\s+(?:json|xml|base64|hex|"
+     r"a code block|all caps|uppercase|a table)\b"),
+    ("spaced_letters", 0.35, "manipulation", r"\b(?:[A-Za-z][ .\-_*|]){5,}[A-Za-z]\b"),
+    ("invisible_chars", 0.4, "manipulation", r"[\x{200B}-\x{200F}\x{2060}\x{FEFF}\x{E0000}-\x{E007F}]"),
+    ("sudo", 0.5, "override",
+     r"\bsudo\b|\b(?:admin|root|developer|debug|maintenance)\s+(?:mode|access|override)\s+(?:on|enabled|"
+     r"activated|granted|unlocked)\b"),
     # "Ignore the previous instructions" in other languages.
     ("ignore_other_language", 0.9, "override",
      r"\b(?:ignore[zr]?|oublie[zr]?)\s+(?:toutes\s+)?(?:les|tes|vos)\s+(?:\S+\s+)?(?:instructions|consignes|"

@@ -1,0 +1,105 @@
+"""``make eval``: detection quality of the built-in guardrails on public, labelled data sets.
+
+PII: presidio-research's synthetic data set (``../shared/eval/pii/presidio_synth_dataset_v2.json``,
+MIT): for each entity type Tollway claims, precision (findings of that detector that overlap a
+labelled span of that type) and recall (labelled spans found by a finding of that detector). The
+whole text is scanned with every detector, as a prompt would be.
+
+Prompt injection: recall on CyberSecEval's prompt-injection cases (the ``user_input`` of every
+case, direct and indirect, ``../shared/eval/injection/cyberseceval_prompt_injection.json``, MIT)
+and the false-positive rate on NotInject's benign prompts with trigger words (its three files,
+MIT), at the policy's default threshold and at a few others.
+
+These files measure; nothing in Tollway was fitted to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ext_proc.guardrails import injection  # noqa: E402
+from ext_proc.guardrails.scanner import builtin  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "eval"
+TYPES = {"EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone", "CREDIT_CARD": "credit_card", "IBAN_CODE": "iban",
+         "US_SSN": "us_ssn", "IP_ADDRESS": "ip_address"}
+
+
+def pii(path: Path) -> dict[str, dict[str, float]]:
+    samples = json.loads(path.read_text())
+    scanner = builtin()
+    found: Counter[str] = Counter()  # findings per detector
+    right: Counter[str] = Counter()  # findings that overlap a labelled span of their type
+    labelled: Counter[str] = Counter()
+    recalled: Counter[str] = Counter()
+    started = time.process_time()
+    size = 0
+    for sample in samples:
+        text = sample["full_text"]
+        size += len(text.encode())
+        findings = scanner.find(text)
+        spans = [(TYPES[s["entity_type"]], s["start_position"], s["end_position"]) for s in sample["spans"]
+                 if s["entity_type"] in TYPES]
+        for kind, start, end in spans:
+            labelled[kind] += 1
+            if any(f.detector.name == kind and f.start < end and start < f.end for f in findings):
+                recalled[kind] += 1
+        for f in findings:
+            kind = f.detector.name
+            if kind not in TYPES.values():
+                continue
+            found[kind] += 1
+            if any(k == kind and f.start < end and start < f.end for k, start, end in spans):
+                right[kind] += 1
+    elapsed = time.process_time() - started
+    print(f"PII: {path.name}, {len(samples)} texts, {size / 1e3:.0f} KB scanned in {elapsed * 1e3:.0f} ms CPU")
+    print(f"{'entity':14} {'labelled':>8} {'found':>6} {'precision':>9} {'recall':>7}")
+    out = {}
+    for label, kind in TYPES.items():
+        precision = right[kind] / found[kind] if found[kind] else float("nan")
+        recall = recalled[kind] / labelled[kind] if labelled[kind] else float("nan")
+        out[label] = {"precision": precision, "recall": recall, "labelled": labelled[kind], "found": found[kind]}
+        print(f"{label:14} {labelled[kind]:8} {found[kind]:6} {precision:9.3f} {recall:7.3f}")
+    return out
+
+
+def injection_figures(folder: Path, thresholds: list[float]) -> dict[str, float]:
+    attacks = [case["user_input"] for case in json.loads((folder / "cyberseceval_prompt_injection.json").read_text())]
+    benign = [item["prompt"] for name in ("NotInject_one.json", "NotInject_two.json", "NotInject_three.json")
+              for item in json.loads((folder / name).read_text())]
+    attack_scores = [injection.score(text) for text in attacks]
+    benign_scores = [injection.score(text) for text in benign]
+    print(f"\nPrompt injection: {len(attacks)} CyberSecEval cases, {len(benign)} NotInject prompts")
+    print(f"{'threshold':>9} {'recall':>7} {'FPR':>6}")
+    out = {}
+    for threshold in thresholds:
+        recall = sum(s >= threshold for s in attack_scores) / len(attacks)
+        fpr = sum(s >= threshold for s in benign_scores) / len(benign)
+        out[f"{threshold:g}"] = recall
+        print(f"{threshold:9.2f} {recall:7.3f} {fpr:6.3f}")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=SHARED, help=f"the evaluation folder (default {SHARED})")
+    args = parser.parse_args()
+    pii_file = args.data / "pii" / "presidio_synth_dataset_v2.json"
+    if not pii_file.exists():
+        print(f"make eval: {pii_file} is missing", file=sys.stderr)
+        return 2
+    pii(pii_file)
+    injection_figures(args.data / "injection", [0.4, 0.5, 0.6, 0.7])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
