@@ -1,0 +1,194 @@
+"""A secret in a streamed answer never reaches the client, wherever the stream is split.
+
+For each way a single target serves a stream (passed through or translated, each API), the
+fake provider's answer carries a card number, an email address or an API key, split across
+content events at any position, and the provider's bytes are split into TCP chunks at any
+position. The client's SDK must read a valid stream whose text is exactly the answer with the
+value replaced by its placeholder: so no character of the value was ever sent. A guardrail that
+blocks instead ends the client's stream with one error event, before any of the value. A
+pseudonymised prompt value comes back in the answer, also when its placeholder is split.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from openai.lib.streaming.chat import ChatCompletionStreamState
+
+from ext_proc.core.actions import Continue
+from ext_proc.core.events import RequestBody, RequestHeaders, ResponseHeaders
+from ext_proc.core.session import Session
+from ext_proc.llm import runtime
+from ext_proc.mock import responses as mock
+from ext_proc.policy.compile import compile_policy
+from tests.unit.test_session_stream_splits import (
+    BOUNDED,
+    CHAT,
+    CREATED,
+    MESSAGES,
+    ROUTES,
+    T0,
+    Route,
+    cut_lists,
+    is_error,
+    play,
+    records,
+    sdk_events,
+    split,
+    whole_events,
+)
+
+POLICY = compile_policy(textwrap.dedent("""\
+    apiVersion: tollway/v1
+    providers:
+      openai: {kind: openai, credential: {env: OPENAI_API_KEY}}
+      anthropic: {kind: anthropic, credential: {env: ANTHROPIC_API_KEY}}
+    models:
+      gpt-4o: {provider: openai}
+      claude-x: {provider: anthropic}
+    teams:
+      all: {workloads: [local-dev], models: ["*"]}
+      strict: {workloads: [strict-app], models: ["*"]}
+      private: {workloads: [private-app], models: ["*"]}
+    guardrails:
+      rules:
+        - {name: secrets, detectors: [credentials, credit_card], action: block, teams: [strict]}
+        - {name: pii, detectors: [email], action: pseudonymise, teams: [private]}
+        - {name: pii, detectors: [pii], action: redact}
+        - {name: secrets, detectors: [credentials], action: redact}
+"""))
+
+# Values that must never be seen (made up: a test card number, an address, a key-shaped string).
+SECRETS = {
+    "card": ("4111 1111 1111 1111", "[CREDIT_CARD_1]"),
+    "email": ("jane.doe@example.com", "[EMAIL_1]"),
+    "key": ("sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7cDe0fGh3iJk6l", "[OPENAI_KEY_1]"),
+}
+BEFORE = ["Your value is ", "See: ", "", "x "]
+AFTER = [" and that is all.", ".", "", " ok"]
+
+
+def opened(route: Route, workload: str = "local-dev", prompt: str = "Hi") -> Session:
+    session = Session(POLICY, workload, runtime=runtime.fixed(now=CREATED))
+    body: dict[str, Any] = {"model": route.model, "messages": [{"role": "user", "content": prompt}], "stream": True}
+    if route.client == "anthropic":
+        body["max_tokens"] = 100
+    path = CHAT if route.client == "openai" else MESSAGES
+    head = {":method": "POST", ":path": path, "x-request-id": "req-1", "content-type": "application/json"}
+    assert isinstance(session.handle(RequestHeaders(head, False, T0)), Continue)
+    sent = session.handle(RequestBody(orjson.dumps(body), True, T0 + 1_000_000))
+    assert isinstance(sent, Continue), sent
+    told = session.handle(ResponseHeaders({":status": "200", "content-type": "text/event-stream"}, False,
+                                          T0 + 200_000_000))
+    assert isinstance(told, Continue) and told.stream_response, told
+    return session
+
+
+def provider_stream(route: Route, pieces: tuple[str, ...]) -> bytes:
+    model = "claude-x-20250101" if route.provider == "anthropic" else "gpt-4o-2024-08-06"
+    gen = mock.Generation(id="msg_01Ab" if route.provider == "anthropic" else "chatcmpl-Ab1", created=1_755_000_001,
+                          model=model, prompt_tokens=12, pieces=pieces)
+    events = (mock.anthropic_message_events(gen) if route.provider == "anthropic"
+              else mock.openai_chat_events(gen, include_usage=True))
+    return b"".join(events)
+
+
+def client_text(route: Route, stream: bytes) -> tuple[str, bool]:
+    """The answer text the client's SDK reads, and whether the stream ended with an error event."""
+    events = whole_events(stream)
+    errored = bool(events) and is_error(route.client, events[-1])
+    if errored:
+        events = events[:-1]
+    if route.client == "openai":
+        chunks = sdk_events("openai", [e for e in events if e.data != b"[DONE]"])
+        if not chunks:
+            return "", errored
+        state = ChatCompletionStreamState()
+        for chunk in chunks:
+            state.handle_chunk(chunk)
+        snapshot = state.current_completion_snapshot
+        return (snapshot.choices[0].message.content or "") if snapshot.choices else "", errored
+    parsed = sdk_events("anthropic", events)
+    return "".join(item.delta.text for item in parsed
+                   if item.type == "content_block_delta" and item.delta.type == "text_delta"), errored
+
+
+@st.composite
+def answers(draw: st.DrawFn) -> tuple[str, str, str, tuple[str, ...]]:
+    """(secret, placeholder, the answer text, its content deltas): at least one cut inside the secret."""
+    secret, placeholder = SECRETS[draw(st.sampled_from(sorted(SECRETS)))]
+    before, after = draw(st.sampled_from(BEFORE)), draw(st.sampled_from(AFTER))
+    text = before + secret + after
+    inside = draw(st.integers(len(before) + 1, len(before) + len(secret) - 1))
+    cuts = sorted({inside, *draw(st.lists(st.integers(1, len(text) - 1), max_size=4))})
+    pieces = tuple(text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True))
+    return secret, placeholder, before + placeholder + after, pieces
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@settings(BOUNDED, max_examples=60)
+@given(answer=answers(), data=st.data())
+def test_a_secret_split_anywhere_never_reaches_the_client(route: Route, answer: Any, data: st.DataObject) -> None:
+    secret, _, redacted, pieces = answer
+    upstream = provider_stream(route, pieces)
+    session = opened(route)
+    out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
+    text, errored = client_text(route, out)
+    assert not errored
+    assert text == redacted  # exactly: not one character of the value was sent
+    assert secret.encode() not in out
+    (record,) = records(session)
+    assert record["outcome"] == "ok" and record["guardrails"] in (["pii"], ["secrets"])
+    assert secret not in orjson.dumps(record).decode()
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("name", sorted(SECRETS))
+def test_a_secret_fed_byte_by_byte_is_redacted(route: Route, name: str) -> None:
+    secret, placeholder = SECRETS[name]
+    text = "Here: " + secret + " done"
+    pieces = tuple(text)  # one character per content event
+    upstream = provider_stream(route, pieces)
+    session = opened(route)
+    out = play(session, [upstream[i:i + 1] for i in range(len(upstream))])
+    assert client_text(route, out) == ("Here: " + placeholder + " done", False)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@settings(BOUNDED, max_examples=30)
+@given(data=st.data())
+def test_a_blocked_answer_ends_with_an_error_event_and_none_of_the_value(route: Route, data: st.DataObject) -> None:
+    secret = SECRETS["card"][0]
+    text = "Sure. The card is " + secret + " as requested."
+    inside = data.draw(st.integers(19, 18 + len(secret) - 1), label="cut in the card")
+    pieces = (text[:inside], text[inside:])
+    upstream = provider_stream(route, pieces)
+    session = opened(route, workload="strict-app")
+    out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
+    shown, errored = client_text(route, out)
+    assert errored
+    assert "Sure. The card is ".startswith(shown)  # some of the text before it, never any of the card
+    assert b"4111" not in out and b"1111" not in out
+    (record,) = records(session)
+    assert (record["outcome"], record["error"]) == ("error", "guardrail_blocked")
+    assert record["guardrail_triggers"] == [{"guardrail": "secrets", "detector": "credit_card", "action": "block",
+                                             "direction": "response", "count": 1}]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@settings(BOUNDED, max_examples=30)
+@given(data=st.data())
+def test_pseudonyms_come_back_in_a_stream_split_anywhere(route: Route, data: st.DataObject) -> None:
+    text = "I will write to [EMAIL_1] and to [EMAIL_9] tomorrow."
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(text) - 1), min_size=1, max_size=5), label="deltas")))
+    pieces = tuple(text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True))
+    upstream = provider_stream(route, pieces)
+    session = opened(route, workload="private-app", prompt="Write to jane.doe@example.com please")
+    out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
+    # the placeholder the provider saw comes back as the value; one it never saw stays as it is
+    assert client_text(route, out) == ("I will write to jane.doe@example.com and to [EMAIL_9] tomorrow.", False)
