@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-e2e bench bench-core lint clean
+.PHONY: help install run test test-unit test-e2e bench bench-core bench-guardrails eval lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ bench: $(STAMP) ## measure plain Envoy vs the gateway: req/s, p50/p99, added lat
 
 bench-core: $(STAMP) ## CPU µs per request of the core alone (decode, session, encode), in process
 	$(PY) bench/core.py $(BENCH_ARGS)
+
+bench-guardrails: $(STAMP) ## guardrail scanning speed (MB/s) and the pattern engines compared
+	$(PY) bench/guardrails.py $(BENCH_ARGS)
+
+eval: $(STAMP) ## guardrail quality: PII precision/recall per type, injection recall and false positives (../shared/eval)
+	$(PY) bench/eval.py
 
 lint: $(STAMP) ## ruff, mypy and the import-layer contracts (pyproject.toml)
 	$(VENV)/bin/ruff check ext_proc tests bench

@@ -14,6 +14,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,28 @@ POLICY = ROOT / "policies" / "example.yaml"
 DEMO_KEY = "tw-local-demo-key-not-secret"
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "Say hello to the benchmark in one short sentence."}]
+# A typical 2 KB chat request: a system prompt, two earlier turns and a question about a pasted text.
+_PASTE = ("Our quarterly review covers the migration of the billing service to the new cluster, the on-call "
+          "rotation changes and the customer escalations from October. The migration finished two weeks late "
+          "because the schema change needed a second maintenance window; no data was lost and the rollback plan "
+          "was never used. Escalations fell by a third after the new runbooks, but response times at night are "
+          "still above target. Next quarter we want to retire the legacy queue, finish the audit-log export and "
+          "move the nightly reports off the primary database. ")
+MESSAGES_2K = [
+    {"role": "system", "content": "You are a concise assistant for an engineering team. Answer in plain English, "
+                                  "cite the text you were given, and say when you are unsure."},
+    {"role": "user", "content": "Can you help me summarise a report? I will paste it next."},
+    {"role": "assistant", "content": "Of course. Paste the report and tell me who the summary is for."},
+    {"role": "user", "content": "It is for the leadership meeting; send questions to ops-lead@example.com. "
+                                "Here it is:\n\n" + _PASTE * 2 + "\nPlease give three bullet points and one risk."},
+]
+# The guardrails measured: PII redacted both ways, credentials blocked, prompt injection blocked.
+GUARDRAILS = """guardrails:
+  rules:
+    - {name: secrets, detectors: [credentials], action: block}
+    - {name: pii, detectors: [pii], action: redact}
+    - {name: injection, detectors: [prompt_injection], action: block}
+"""
 
 
 class Records:
@@ -59,11 +82,14 @@ def _attributes(values: dict[str, str]) -> dict[str, Any]:
 
 
 def messages(case: str) -> list[bytes]:
-    """The serialized ProcessingRequests of one request of ``case``."""
+    """The serialized ProcessingRequests of one request of ``case`` (``-guarded``: the same request)."""
+    case = case.removesuffix("-guarded")
     model = {"chat": "gpt-4o-mini", "chat-stream": "gpt-4o-mini", "translated": "claude-haiku",
-             "translated-stream": "claude-haiku", "alias": "chat"}[case]
+             "translated-stream": "claude-haiku", "alias": "chat", "chat-2k": "gpt-4o-mini",
+             "chat-2k-stream": "gpt-4o-mini"}[case]
     stream = case.endswith("-stream")
-    body = json.dumps({"model": model, "messages": MESSAGES, "stream": stream}).encode()
+    chosen = MESSAGES_2K if "-2k" in case else MESSAGES
+    body = json.dumps({"model": model, "messages": chosen, "stream": stream}).encode()
     out = [
         pb.ProcessingRequest(request_headers=_headers([
             (":method", "POST"), (":path", "/v1/chat/completions"), (":authority", "127.0.0.1:10000"),
@@ -93,6 +119,25 @@ def messages(case: str) -> list[bytes]:
     return [m.SerializeToString() for m in out]
 
 
+def first_chunk(service: Service, case: str, n: int) -> float:
+    """CPU µs from the request body to the first streamed chunk answered (what delays the first token)."""
+    data = messages(case)
+    head, rest = data[:1], data[1:4]
+    total = 0.0
+    for _ in range(n):
+        call = ExtProcCall(service)
+        for message in head:
+            call.message(message)
+        started = time.process_time()
+        for message in rest:
+            call.message(message)
+        total += time.process_time() - started
+        for message in data[4:]:
+            call.message(message)
+        call.end()
+    return total / n * 1e6
+
+
 def run(service: Service, case: str, n: int) -> float:
     data = messages(case)
     for _ in range(50):  # warm-up: caches, first-use paths
@@ -113,20 +158,34 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=2000, help="requests per repeat (default 2000)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats; the median is reported (default 5)")
-    parser.add_argument("--cases", default="chat,chat-stream,alias,translated,translated-stream")
+    parser.add_argument("--cases", default="chat,chat-stream,alias,translated,translated-stream,chat-2k,"
+                                          "chat-2k-guarded,chat-2k-stream,chat-2k-stream-guarded")
     args = parser.parse_args()
     for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
         os.environ.setdefault(variable, "sk-bench-not-a-key")
     holder = PolicyHolder(str(POLICY))
     assert holder.load()
+    guarded_file = Path(tempfile.mkdtemp()) / "guarded.yaml"
+    guarded_file.write_text(POLICY.read_text().replace("guardrails: {}\n", GUARDRAILS))
+    guarded_holder = PolicyHolder(str(guarded_file))
+    assert guarded_holder.load() and guarded_holder.current is not None and guarded_holder.current.guardrails
     records = Records()
-    service = Service(records, holder, "local-dev", accountant=warm_up())  # type: ignore[arg-type]
-    print(f"{'case':20} {'µs/request':>10}   (median of {args.repeats} x {args.n}; min..max)")
+    accountant = warm_up()
+    service = Service(records, holder, "local-dev", accountant=accountant)  # type: ignore[arg-type]
+    guarded = Service(records, guarded_holder, "local-dev", accountant=accountant)  # type: ignore[arg-type]
+    print(f"{'case':24} {'µs/request':>10}   (median of {args.repeats} x {args.n}; min..max)")
     for case in args.cases.split(","):
-        samples = [run(service, case, args.n) for _ in range(args.repeats)]
+        chosen = guarded if case.endswith("-guarded") else service
+        samples = [run(chosen, case, args.n) for _ in range(args.repeats)]
         record = records.records[-1]
         assert record["outcome"] == "ok" and record["output_tokens"] and record["cost_usd_micros"] is not None, record
-        print(f"{case:20} {statistics.median(samples):10.1f}   ({min(samples):.1f}..{max(samples):.1f})")
+        if case.endswith("-guarded"):
+            assert record["guardrails"] == ["pii"], record  # the pasted email was redacted
+        extra = ""
+        if "-stream" in case:
+            first = statistics.median(first_chunk(chosen, case, args.n // 4) for _ in range(args.repeats))
+            extra = f"   first chunk after {first:.1f} µs"
+        print(f"{case:24} {statistics.median(samples):10.1f}   ({min(samples):.1f}..{max(samples):.1f}){extra}")
         records.records.clear()
     return 0
 

@@ -17,6 +17,8 @@ COMMANDS = {
     "budgets": ("ext_proc.ledger.budgets", "each budget's spend, open reservations, remaining amount and reset time"),
     "envoy": ("ext_proc.envoy_config", "print the Envoy config with the fallback clusters a policy needs"),
     "tokens": ("ext_proc.llm.cli_tokens", "count the prompt tokens of a request body read from stdin"),
+    "redact": ("ext_proc.policy.cli_redact", "redact PII and credentials in text read from stdin (--json: findings)"),
+    "scan": ("ext_proc.guardrails.cli_scan", "score text read from stdin for prompt injection"),
 }
 
 

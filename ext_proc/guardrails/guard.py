@@ -144,7 +144,7 @@ class Guard:
             if rules:
                 findings = scanner.find(text, rules)
                 if findings:
-                    new = self._apply(text, findings, rules, REQUEST, ref.json_text)
+                    new = self.apply(text, findings, rules, REQUEST, ref.json_text)
                     if new is not text:
                         ref.set(new)
                         changed = True
@@ -165,8 +165,9 @@ class Guard:
         if rule.action == "block":
             raise Blocked(rule, INJECTION)
 
-    def _apply(self, text: str, findings: list[Finding], rules: dict[str, Rule] | Any, direction: str,
-               json_text: bool = False, restore: bool = False) -> str:
+    def apply(self, text: str, findings: list[Finding], rules: dict[str, Rule] | Any, direction: str,
+              json_text: bool = False, restore: bool = False) -> str:
+        """``text`` with each finding acted on by its rule (counted); pseudonyms put back when ``restore``."""
         parts: list[str] = []
         last = 0
         for finding in findings:
@@ -222,7 +223,7 @@ class Guard:
             if not text:
                 continue
             findings = self.plan.scanner.find(text, rules) if rules else []
-            new = self._apply(text, findings, rules, RESPONSE, ref.json_text, restore=True)
+            new = self.apply(text, findings, rules, RESPONSE, ref.json_text, restore=True)
             if new != text:
                 ref.set(new)
                 changed = True
@@ -286,7 +287,7 @@ class Guard:
         # Inside a key block the held text is only the tail a split closing armour may start in.
         channel.held = buf[cut:] if channel.swallow is None else buf[-_ARMOUR:]
         channel.before = (context + sent)[-CONTEXT:]
-        return self._apply(sent, findings, rules, RESPONSE, json_text, restore=True)
+        return self.apply(sent, findings, rules, RESPONSE, json_text, restore=True)
 
 
 def _mask(value: str) -> str:

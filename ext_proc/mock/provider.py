@@ -35,6 +35,7 @@ Per-request control headers (each falls back to the CLI option of the same name)
                                 events never come; the HTTP response itself is complete)
 - ``x-mock-cassette: NAME``     replay that cassette whatever the request
 - ``x-mock-tool-call: NAME``    when the request has tools: call tool ``NAME`` (see below)
+- ``x-mock-reply: TEXT``        answer TEXT (chat and messages), its stream deltas split at each ``|``
 
 Each control can be scoped to one API family: ``x-mock-openai-status: 429`` applies only to
 OpenAI endpoints, ``x-mock-anthropic-ttft-ms`` only to ``/v1/messages``, ``x-mock-azure-*`` only
@@ -381,6 +382,7 @@ class MockProvider:
             chunks=knobs.chunks,
             prompt_tokens=r.chat_prompt_tokens(body.get("messages")),
             tool=None if tool is None else r.ToolCall.build(f"call_mock{n:016x}", *tool),
+            reply=knobs.reply,
         )
         headers = b"x-request-id: req_mock%016x\r\n" % n
         if body.get("stream") is True:
@@ -447,6 +449,7 @@ class MockProvider:
             chunks=knobs.chunks,
             prompt_tokens=r.chat_prompt_tokens(body.get("messages"), body.get("system")),
             tool=None if tool is None else r.ToolCall.build(f"toolu_mock{n:016x}", *tool),
+            reply=knobs.reply,
         )
         headers = b"request-id: req_mock%016x\r\n" % n
         if body.get("stream") is True:
@@ -466,6 +469,7 @@ class _Knobs:
     cut_after: int | None
     clean_end: bool = False
     tool_call: str | None = None  # x-mock-tool-call: the tool to call when the request has tools
+    reply: tuple[str, ...] | None = None  # x-mock-reply: the answer's text, as these deltas
 
     @classmethod
     def parse(cls, controls: Mapping[str, str], options: Options) -> _Knobs:
@@ -487,6 +491,7 @@ class _Knobs:
             chunks=_number(controls, "chunks", options.chunks, integer=True),
             cut_after=None if cut is None else _number(controls, "cut-after", 0, integer=True),
             tool_call=controls.get("tool-call") or None,
+            reply=tuple(piece for piece in controls["reply"].split("|") if piece) if "reply" in controls else None,
         )
 
 

@@ -262,15 +262,20 @@ def generate(
     prompt_tokens: int,
     choices: int = 1,
     tool: ToolCall | None = None,
+    reply: tuple[str, ...] | None = None,
 ) -> Generation:
     """The :class:`Generation` for a request ``body``: ``chunks`` words, cut to its max tokens.
 
-    With ``tool``, the generation is that tool call and no text (never cut).
+    With ``tool``, the generation is that tool call and no text (never cut); with ``reply``, those
+    deltas (never cut).
     """
     model = body.get("model")
     model = model if isinstance(model, str) and model else DEFAULT_MODEL
     if tool is not None:
         return Generation(id=id, created=created, model=model, prompt_tokens=prompt_tokens, pieces=(), tool=tool)
+    if reply is not None:  # the text asked for (x-mock-reply), in these deltas
+        return Generation(id=id, created=created, model=model, prompt_tokens=prompt_tokens, pieces=reply,
+                          choices=choices)
     limit = max_tokens_of(body)
     count = chunks if limit is None else min(chunks, limit)
     return Generation(

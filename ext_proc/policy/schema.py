@@ -246,7 +246,8 @@ class ClassifierSpec(Strict):
                                                                description="how long a request may wait for it")
     threshold: Fraction = Field(default=0.5, description="the score (0-1) from which a text is an injection")
     fail: Literal["open", "closed"] = Field(
-        default="closed", description="when it does not answer in time or fails: closed blocks, open lets the request through")
+        default="closed",
+        description="when it does not answer in time or fails: closed blocks, open lets the request through")
 
 
 class InjectionSpec(Strict):

@@ -1,0 +1,65 @@
+"""``tollway redact``: the guardrails' detectors over stdin; the text with its values replaced on stdout.
+
+Every built-in detector runs (or those named with ``--detectors``: names or the groups ``pii`` and
+``credentials``), plus the custom detectors of ``--policy FILE``. ``--mask`` masks instead of
+placeholders. ``--json`` prints ``{"redacted": ..., "findings": [{"type", "label", "start",
+"end"}]}`` with character spans into the input; the values themselves are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import orjson
+
+from ext_proc.guardrails.detectors import GROUPS
+from ext_proc.guardrails.guard import Guard
+from ext_proc.guardrails.plan import REQUEST, Plan, Rule
+from ext_proc.guardrails.scanner import Scanner, builtin
+from ext_proc.policy.compile import PolicyError, compile_policy
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the redacted text and the findings as JSON")
+    parser.add_argument("--mask", action="store_true", help="mask values (****1111) instead of placeholders")
+    parser.add_argument("--detectors", default="", help="comma-separated detectors or groups (default: all)")
+    parser.add_argument("--policy", type=Path, help="also run this policy's custom detectors")
+
+
+def run(args: argparse.Namespace) -> int:
+    scanner: Scanner = builtin()
+    if args.policy is not None:
+        try:
+            policy = compile_policy(args.policy.read_text(), str(args.policy))
+        except (OSError, PolicyError) as exc:
+            print(f"tollway redact: {exc}", file=sys.stderr)
+            return 2
+        if policy.guardrails is not None:
+            scanner = policy.guardrails.scanner
+    names = {d.name for d in scanner.detectors}
+    if args.detectors:
+        wanted: set[str] = set()
+        for name in args.detectors.split(","):
+            name = name.strip()
+            if name not in names and name not in GROUPS:
+                print(f"tollway redact: unknown detector {name!r} (one of: {', '.join(sorted(names))})",
+                      file=sys.stderr)
+                return 2
+            wanted.update(GROUPS.get(name, (name,)))
+        names = wanted
+    rule = Rule("redact", frozenset(names), "mask" if args.mask else "redact", frozenset({REQUEST}))
+    guard = Guard(Plan(scanner, {name: rule for name in names}, {}))
+    text = sys.stdin.read()
+    findings = scanner.find(text, names)
+    redacted = guard.apply(text, findings, guard.plan.request, REQUEST)
+    if args.json:
+        sys.stdout.write(orjson.dumps({
+            "redacted": redacted,
+            "findings": [{"type": f.detector.name, "label": f.detector.label, "start": f.start, "end": f.end}
+                         for f in findings],
+        }, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(redacted)
+    return 0
