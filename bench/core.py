@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -166,7 +167,7 @@ def main() -> int:
     holder = PolicyHolder(str(POLICY))
     assert holder.load()
     guarded_file = Path(tempfile.mkdtemp()) / "guarded.yaml"
-    guarded_file.write_text(POLICY.read_text().replace("guardrails: {}\n", GUARDRAILS))
+    guarded_file.write_text(re.sub(r"^guardrails: \{\}.*\n", GUARDRAILS, POLICY.read_text(), flags=re.M))
     guarded_holder = PolicyHolder(str(guarded_file))
     assert guarded_holder.load() and guarded_holder.current is not None and guarded_holder.current.guardrails
     records = Records()
