@@ -79,6 +79,7 @@ class ServeConfig:
     tls: listen.TLSFiles | None = None
     store_probe: bool = False
     node_state: str | None = None  # the parent's counters (several workers, no Redis): its socket
+    hold_ttl: float = 30.0  # seconds a dead worker's leases and reservations survive in the store
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +115,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ask the shared-state store (Redis with --redis, else in-process) before every request "
                              "goes on, and refuse it (503) when the store does not answer: a readiness check of the "
                              "store budgets and rate limits use")
+    parser.add_argument("--hold-ttl", type=float, default=30.0,
+                        help="seconds a worker's budget and rate-limit leases survive it when it dies without "
+                             "giving them back (default 30)")
     parser.add_argument("--no-usage-headers", dest="usage_headers", action="store_false",
                         help="do not add x-tollway-input-tokens/-output-tokens/-cost-usd to non-streamed answers")
 
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         config = ServeConfig(
             str(address), max(1, args.workers), args.log_file, args.grace, args.server,
             args.policy, args.workload, args.admin_port, args.reload_interval, args.redis_url, args.usage_headers,
-            args.admin_host, _tls_files(args, address), args.store_probe,
+            args.admin_host, _tls_files(args, address), args.store_probe, hold_ttl=args.hold_ttl,
         )
         if config.tls is not None:
             listen.TLSContext(config.tls)  # refuse unreadable certificates before spawning workers
@@ -223,7 +227,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
         backend = NodeBackend(config.node_state)
     else:
         backend = MemoryBackend()
-    keeper = Keeper(backend)
+    keeper = Keeper(backend, ttl=config.hold_ttl)
     keeper.alerts = Alerts(lambda: holder.current if holder else None, backend.once, registry)
     service = Service(records, holder, config.workload, accountant=warm_up(), usage_headers=config.usage_headers,
                       store=store, keeper=keeper,

@@ -468,6 +468,9 @@ end
 keep(expire_at)
 return {lost, spent, tonumber(redis.call('HGET', KEYS[2], '_total') or '0')}
 """
+TOTALS = _PRUNE + """
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('HGET', KEYS[2], '_total') or '0')}
+"""
 KEEP_AFTER = 40 * 86400  # seconds a finished window's counters stay readable (last month's spend)
 DEADLINE = 1.0  # seconds a round trip may take before the store counts as unavailable
 
@@ -490,6 +493,7 @@ class RedisBackend:
         self.deadline = deadline
         self._grow = client.register_script(GROW)
         self._report = client.register_script(REPORT)
+        self._totals = client.register_script(TOTALS)
 
     @classmethod
     def from_url(cls, url: str, deadline: float = DEADLINE, max_connections: int = 16) -> RedisBackend:
@@ -552,10 +556,9 @@ class RedisBackend:
         return {name: await self.totals(name) for name in sorted(names)}
 
     async def totals(self, counter: str) -> tuple[int, int]:
-        """(spent, held) of one counter, for ``tollway budgets``."""
-        spent_key, held_key, _ = keys(self.prefix, counter)
-        spent, held = await self.client.mget(spent_key), await self.client.hget(held_key, "_total")
-        return int(spent[0] or 0), int(held or 0)
+        """(spent, held) of one counter, for ``tollway budgets`` (expired holders dropped first)."""
+        spent, held = await self._totals(keys=keys(self.prefix, counter), args=[])
+        return int(spent), int(held)
 
     async def close(self) -> None:
         await self.client.aclose()
