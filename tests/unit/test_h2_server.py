@@ -35,8 +35,8 @@ class Running:
         self.log = log
         self.records = RecordWriter(str(log))
         self.server = h2.Server({
-            PROCESS_PATH: lambda _headers: ExtProcCall(Service(self.records)),
-            HEALTH_PATH: lambda _headers: HealthCall(lambda: not self.server.draining),
+            PROCESS_PATH: lambda _headers, _responder: ExtProcCall(Service(self.records)),
+            HEALTH_PATH: lambda _headers, _responder: HealthCall(lambda: not self.server.draining),
         })
         self.listener = listen.bind(listen.Address("tcp", host="127.0.0.1", port=0))
         self.port = self.listener.sock.getsockname()[1]
@@ -257,7 +257,7 @@ STREAM = client_bytes()
 def test_any_segmentation_of_the_client_bytes(cuts: list[int]) -> None:
     writer = RecordWriter(None)
     writer.emit = lambda record: None  # type: ignore[method-assign]
-    server = h2.Server({PROCESS_PATH: lambda _headers: ExtProcCall(Service(writer))})
+    server = h2.Server({PROCESS_PATH: lambda _headers, _responder: ExtProcCall(Service(writer))})
     connection = h2.Connection(server)
     transport = FakeTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
