@@ -20,7 +20,7 @@ REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", PATH.encode(
            (b"content-type", b"application/grpc"), (b"te", b"trailers")]
 
 
-def grpc(message: bytes) -> bytes:
+def grpc_message(message: bytes) -> bytes:
     """A gRPC length-prefixed message."""
     return b"\0" + len(message).to_bytes(4, "big") + message
 
@@ -140,7 +140,7 @@ class Peer:
     def open(self, sid: int, *messages: bytes, end: bool = False) -> None:
         self.client.send_headers(sid, REQUEST, end_stream=end and not messages)
         for i, message in enumerate(messages):
-            self.client.send_data(sid, grpc(message), end_stream=end and i == len(messages) - 1)
+            self.client.send_data(sid, grpc_message(message), end_stream=end and i == len(messages) - 1)
         self.pump()
 
     def lose(self) -> None:

@@ -26,7 +26,7 @@ from tests.unit.h2_peer import (
     Peer,
     echo_routes,
     frame,
-    grpc,
+    grpc_message,
     literal_block,
     parse_frames,
     settings,
@@ -72,7 +72,7 @@ def test_streams_beyond_max_concurrent_streams_are_refused_and_the_connection_ke
     assert len(peer.connection.streams) == 100
     extra = 2 * h2.MAX_CONCURRENT_STREAMS + 1
     peer.send(frame(h2.HEADERS, h2.END_HEADERS, extra, literal_block())
-              + frame(h2.DATA, h2.END_STREAM, extra, grpc(b"x")))
+              + frame(h2.DATA, h2.END_STREAM, extra, grpc_message(b"x")))
     assert peer.resets() == {extra: h2.REFUSED_STREAM}
     assert not log.of(extra)  # never reached a call
     # One stream finishes: a new one is accepted and served.
@@ -95,7 +95,7 @@ def test_a_64_mib_message_passes_through_the_windows_and_one_byte_more_is_refuse
     log = Log()
     peer = Peer(echo_routes(log, lambda m: sizes.append(len(m)) or [b"ok"]))
     peer.client.send_headers(1, REQUEST)
-    payload = grpc(big + b"12345")  # ...plus 5: the message itself is MAX_MESSAGE bytes
+    payload = grpc_message(big + b"12345")  # ...plus 5: the message itself is MAX_MESSAGE bytes
     sent = 0
     while sent < len(payload):
         window = min(peer.client.local_flow_control_window(1), peer.client.max_outbound_frame_size)
@@ -121,7 +121,7 @@ def test_a_client_that_does_not_read_answers_is_held_to_its_stream_window() -> N
     peer = Peer(echo_routes(log), client_settings={4: 0})  # INITIAL_WINDOW_SIZE 0
     peer.pump()
     peer.send(frame(h2.HEADERS, h2.END_HEADERS, 1, literal_block()))
-    message = grpc(b"m" * (1 << 20))
+    message = grpc_message(b"m" * (1 << 20))
     chunk = frame(h2.DATA, 0, 1, message[: h2.OUR_MAX_FRAME]) + frame(h2.DATA, 0, 1, message[h2.OUR_MAX_FRAME :])
     stream = peer.connection.streams[1]
     for _ in range(16):  # 16 MiB + 80 bytes: more than the stream window
@@ -141,11 +141,11 @@ def test_held_requests_are_answered_in_order_once_the_client_reads() -> None:
     peer = Peer(echo_routes(log), client_settings={4: 0})
     peer.pump()
     peer.send(frame(h2.HEADERS, h2.END_HEADERS, 1, literal_block()))
-    peer.send(frame(h2.DATA, h2.END_STREAM, 1, b"".join(grpc(b"%d" % i) for i in range(5))))
+    peer.send(frame(h2.DATA, h2.END_STREAM, 1, b"".join(grpc_message(b"%d" % i) for i in range(5))))
     assert log.of(1) == ["created", "message"]  # held behind the first answer
     peer.send(frame(h2.WINDOW_UPDATE, 0, 1, struct.pack(">I", 1 << 20)))
     data = b"".join(p for kind, _, sid, p in peer.frames() if kind == h2.DATA and sid == 1)
-    assert data == b"".join(grpc(b"%d" % i) for i in range(5))
+    assert data == b"".join(grpc_message(b"%d" % i) for i in range(5))
     assert log.of(1) == ["created"] + ["message"] * 5 + ["end"]
     assert 1 not in peer.connection.streams
 
@@ -192,7 +192,7 @@ def test_a_large_header_block_in_8_continuations_is_served() -> None:
     assert len(pieces) == 1 + h2.MAX_CONTINUATIONS
     wire = frame(h2.HEADERS, 0, 1, pieces[0]) + b"".join(
         frame(h2.CONTINUATION, h2.END_HEADERS if i == len(pieces) - 1 else 0, 1, p) for i, p in enumerate(pieces) if i)
-    peer.send(wire + frame(h2.DATA, h2.END_STREAM, 1, grpc(b"hi")))
+    peer.send(wire + frame(h2.DATA, h2.END_STREAM, 1, grpc_message(b"hi")))
     assert peer.goaway() is None
     assert (b"x-metadata", b"v" * 60000) in seen[0]
     assert log.of(1) == ["created", "message", "end"]
@@ -212,7 +212,7 @@ def test_an_empty_data_frame_between_others_and_an_empty_end_stream_are_fine() -
     log = Log()
     peer = Peer(echo_routes(log))
     peer.send(frame(h2.HEADERS, h2.END_HEADERS, 1, literal_block()) + frame(h2.DATA, 0, 1)
-              + frame(h2.DATA, 0, 1, grpc(b"a")) + frame(h2.DATA, 0, 1) + frame(h2.DATA, h2.END_STREAM, 1))
+              + frame(h2.DATA, 0, 1, grpc_message(b"a")) + frame(h2.DATA, 0, 1) + frame(h2.DATA, h2.END_STREAM, 1))
     assert peer.goaway() is None and log.of(1) == ["created", "message", "end"]
 
 
@@ -306,7 +306,7 @@ def ext_proc_flood(
     clock = [1000.0]
     monkeypatch.setattr(h2.time, "monotonic", lambda: clock[0])
     for sid in range(1, 20001, 2):
-        peer.send(frame(h2.HEADERS, h2.END_HEADERS, sid, block) + frame(h2.DATA, 0, sid, grpc(message)))
+        peer.send(frame(h2.HEADERS, h2.END_HEADERS, sid, block) + frame(h2.DATA, 0, sid, grpc_message(message)))
         clock[0] += lifetime_s
         peer.send(frame(h2.RST_STREAM, 0, sid, struct.pack(">I", h2.CANCEL)))
         if peer.transport.closed:
@@ -376,7 +376,7 @@ def test_answers_to_a_client_that_does_not_read_stop_at_the_high_water_mark() ->
         # Windows wide open: only the socket holds our answers back. The client never reads.
         client.sendall(START[:-9] + settings((4, h2.MAX_WINDOW))
                        + frame(h2.WINDOW_UPDATE, 0, 0, struct.pack(">I", h2.MAX_WINDOW - 65535)))
-        request = frame(h2.DATA, 0, 1, grpc(b"q" * (16 << 10)))
+        request = frame(h2.DATA, 0, 1, grpc_message(b"q" * (16 << 10)))
         sent = 0
         with __import__("contextlib").suppress(BlockingIOError):
             client.send(frame(h2.HEADERS, h2.END_HEADERS, 1, literal_block()))
