@@ -519,7 +519,9 @@ class Connection(asyncio.Protocol):
         if not sid & 1:
             raise _ConnectionError(PROTOCOL_ERROR, f"bad new stream id {sid}")
         if sid <= self.last_stream:
-            return  # a stream we closed (or one the client skipped): decoded for HPACK's sake, ignored
+            if flags & END_STREAM:
+                return  # trailers racing our RST_STREAM(NO_ERROR) on a stream we answered early: ignored
+            raise _ConnectionError(PROTOCOL_ERROR, f"stream id {sid} reused")
         self.last_stream = sid
         self.opened_streams += 1
         if self.going_away or self.server.draining:
@@ -559,6 +561,8 @@ class Connection(asyncio.Protocol):
         if stream is None:
             if sid == 0 or sid > self.last_stream or not sid & 1:
                 raise _ConnectionError(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+            if flags & PADDED:
+                self._unpad(flags, payload)  # bad padding is a connection error on any stream
             return  # a stream we already finished or reset; its data is dropped
         if stream.remote_closed:
             raise _ConnectionError(STREAM_CLOSED, "DATA after END_STREAM")
@@ -653,7 +657,7 @@ class Connection(asyncio.Protocol):
             raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
         if len(payload) != 4:
             raise _ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM payload must be 4 bytes")
-        if sid > self.last_stream:
+        if sid > self.last_stream or not sid & 1:
             raise _ConnectionError(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
         stream = self.streams.pop(sid, None)
         if stream is None:
@@ -681,8 +685,8 @@ class Connection(asyncio.Protocol):
             raise _ConnectionError(ENHANCE_YOUR_CALM, "too many SETTINGS entries")
         for offset in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HI", payload, offset)
-            if key == 0x2 and value > 1:
-                raise _ConnectionError(PROTOCOL_ERROR, "bad ENABLE_PUSH")
+            if (key == 0x2 or key == 0x8) and value > 1:  # ENABLE_PUSH, ENABLE_CONNECT_PROTOCOL (RFC 8441)
+                raise _ConnectionError(PROTOCOL_ERROR, f"bad boolean setting {key}: {value}")
             if key == 0x4:
                 if value > MAX_WINDOW:
                     raise _ConnectionError(FLOW_CONTROL_ERROR, "initial window too large")
@@ -716,7 +720,7 @@ class Connection(asyncio.Protocol):
                 raise _ConnectionError(FLOW_CONTROL_ERROR, "connection window beyond 2^31-1")
             self._drain_all()
             return
-        if sid > self.last_stream:
+        if sid > self.last_stream or not sid & 1:
             raise _ConnectionError(PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
         stream = self.streams.get(sid)
         if stream is None:
