@@ -22,8 +22,10 @@ as Envoy's gRPC client (and grpcio's, used as the conformance peer in the tests)
 Theory of operation
 -------------------
 A route maps a gRPC method path to a :data:`CallFactory`. A stream's call is created when its
-first complete request message arrives (or when the client half-closes without sending any), with
-the stream's request headers and a :class:`Responder`, the stream's handle for answering later.
+first complete request message arrives, with the stream's request headers and a
+:class:`Responder`, the stream's handle for answering later. A stream that ends or is reset
+before that never had a call: it costs no session and leaves nothing in the request log (one that
+half-closes without any message is answered INTERNAL "no request message").
 The call gets each request message and returns the response messages to send at once;
 ``end()`` gives the final status when the client half-closes, or ``None`` when the call will
 finish later through its responder. Responses are queued in ``Connection.out`` and written with
@@ -32,8 +34,10 @@ synchronous answers, a ``loop.call_soon`` flush for a responder used from any ot
 
 Every call ends exactly once: ``end()`` returning a status, or ``end()`` returning ``None``
 followed by ``responder.finish()``, or ``responder.finish()`` before the client half-closed, or
-``reset()`` (the client cancelled, the connection was lost, or the call failed). A stream reset
-before its first complete message never created a call, so it never reaches the request log.
+``reset()`` (the client cancelled, the connection was lost, or the call failed). Nothing reaches
+a call after it ended. Note that Envoy's ext_proc client ends every stream with END_STREAM and, at
+once, RST_STREAM(CANCEL): a call whose ``end()`` returns ``None`` will usually be ``reset()``
+right after, and must treat a reset after ``end()`` as the normal close it is.
 
 The limits
 ----------
@@ -80,14 +84,17 @@ follow the servers that were fixed for each attack (nghttp2, Go's ``net/http2``,
     (plus a small allowance), as Envoy's ``max_inbound_priority_frames_per_stream`` and
     ``max_inbound_window_update_frames_per_data_frame_sent`` defaults (CVE-2019-9513, -9517).
 Rapid reset: ``RAPID_RESET_MIN_STREAMS`` = 100, ``PREMATURE_RESET`` = 1 s
-    A stream the client resets less than a second after opening it, or one we refuse, is
-    premature. Once a connection has opened 100 streams, more than half of them premature is a
-    reset flood (CVE-2023-44487): ENHANCE_YOUR_CALM. This is Envoy's rule (it waits for 500
-    streams); 100 because a stream reset after its first message was handled is a real request
-    that reaches the request log (recorded "incomplete": the client did ask, and left), so the
-    sample size is what a flood can cost in records. A stream reset before its first message
-    costs no record at all (no call was created). A legitimate Envoy resets a stream only when
-    its client leaves, long after the stream opened in the vast majority of cases.
+    A stream the client resets, without having half-closed it, less than a second after opening
+    it, or one we refuse, is premature. Once a connection has opened 100 streams, more than half
+    of them premature is a reset flood (CVE-2023-44487): ENHANCE_YOUR_CALM. This is Envoy's own
+    rule for its clients (it waits for 500 streams). Envoy as our client never resets a stream it
+    has not half-closed first (its ext_proc close() sends END_STREAM, then RST_STREAM), so its
+    traffic never counts, whatever its clients do. A stream reset before its first message costs
+    no call and no record. One reset after its first message was handled is a request that did
+    start (identity checked, route chosen) and was abandoned: the call is reset and the request
+    log records it "incomplete", which is the truth and what the cancel tests expect. A flood of
+    those is cut at 100 streams, hence 100 rather than 500: that is what one connection's flood
+    can cost in records before the GOAWAY.
 Write backpressure: ``WRITE_HIGH_WATER`` = 1 MiB, ``WRITE_LOW_WATER`` = 256 KiB
     When the transport holds more than 1 MiB we have not managed to write (the peer is not
     reading), we stop reading from the peer until it drains below 256 KiB: a peer that does not
@@ -626,9 +633,9 @@ class Connection(asyncio.Protocol):
 
     def _end(self, sid: int, stream: _Stream) -> None:
         stream.ended = True
-        try:
-            call = stream.call or self._create(stream)
-        except _CallNotCreatedError:
+        call = stream.call
+        if call is None:  # no request message at all: no call to end (and nothing for the request log)
+            self._finish(sid, stream, GRPC_INTERNAL, "no request message")
             return
         try:
             result = call.end()
@@ -663,7 +670,10 @@ class Connection(asyncio.Protocol):
         if stream is None:
             return
         self._reset_call(stream)
-        if time.monotonic() - stream.opened < PREMATURE_RESET:
+        # Envoy's ext_proc client ends every stream with END_STREAM and at once RST_STREAM(CANCEL)
+        # (its close() is closeStream() then resetStream()): a reset after the half-close is how a
+        # stream normally ends, never premature.
+        if not stream.remote_closed and time.monotonic() - stream.opened < PREMATURE_RESET:
             self._premature_reset()
         self._closed_stream()
 

@@ -333,9 +333,9 @@ class Reference:
                     self.pending[event.stream_id] = bytearray()
                 self.pending[event.stream_id] += grpc_message(message)
         elif isinstance(event, StreamEnded) and event.stream_id in self.inbox:
-            if event.stream_id not in self.pending:
-                self.conn.send_headers(event.stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc")])
-                self.pending[event.stream_id] = bytearray()
+            if event.stream_id not in self.pending:  # no request message: as Tollway's server, INTERNAL
+                self._fail(event.stream_id)
+                return
             self.ending.add(event.stream_id)
             del self.inbox[event.stream_id]
         elif isinstance(event, StreamReset):

@@ -20,6 +20,7 @@ from ext_proc.server import h2
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.servicer import PROCESS_PATH, ExtProcCall, Service
 from tests.unit.h2_peer import (
+    PATH,
     REQUEST,
     START,
     Log,
@@ -330,6 +331,46 @@ def test_clients_leaving_after_a_second_are_not_a_flood(tmp_path: Path, monkeypa
     peer, records = ext_proc_flood(tmp_path, monkeypatch, lifetime_s=h2.PREMATURE_RESET)
     assert peer.goaway() is None and not peer.transport.closed
     assert len(records) == 10000  # each was a request that started and was cancelled: recorded incomplete
+
+
+def test_envoys_way_of_ending_streams_is_never_a_flood() -> None:
+    """Envoy's ext_proc close(): END_STREAM, then RST_STREAM(CANCEL) at once, on every stream."""
+    log = Log()
+    later = Log()
+    deferred = echo_routes(log)
+    factory = deferred[PATH]
+
+    class AnswersLater:
+        def __init__(self, call: h2.Call) -> None:
+            self.call = call
+
+        def message(self, data: bytes) -> list[bytes]:
+            return self.call.message(data)
+
+        def end(self) -> tuple[int, str] | None:
+            later.events.append((0, "end"))
+            return None  # still open when the RST_STREAM comes
+
+        def reset(self) -> None:
+            self.call.reset()
+
+    peer = Peer({PATH: lambda headers, responder: AnswersLater(factory(headers, responder))})
+    for sid in range(1, 2001, 2):
+        peer.send(frame(h2.HEADERS, h2.END_HEADERS, sid, literal_block())
+                  + frame(h2.DATA, h2.END_STREAM, sid, grpc_message(b"q"))
+                  + frame(h2.RST_STREAM, 0, sid, struct.pack(">I", h2.CANCEL)))
+    assert peer.goaway() is None and not peer.transport.closed
+    assert len(later.events) == 1000
+    assert sum(1 for _, e in log.events if e == "reset") == 1000
+
+
+def test_a_stream_without_any_message_gets_no_call() -> None:
+    log = Log()
+    peer = Peer(echo_routes(log))
+    peer.send(frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, literal_block()))
+    assert log.events == []
+    (block,) = [p for kind, _, sid, p in peer.frames() if kind == h2.HEADERS and sid == 1]
+    assert b"no request message" in block and b"grpc-status" in block
 
 
 def test_some_early_resets_among_completed_streams_are_not_a_flood() -> None:
