@@ -35,9 +35,10 @@ synchronous answers, a ``loop.call_soon`` flush for a responder used from any ot
 Every call ends exactly once: ``end()`` returning a status, or ``end()`` returning ``None``
 followed by ``responder.finish()``, or ``responder.finish()`` before the client half-closed, or
 ``reset()`` (the client cancelled, the connection was lost, or the call failed). Nothing reaches
-a call after it ended. Note that Envoy's ext_proc client ends every stream with END_STREAM and, at
-once, RST_STREAM(CANCEL): a call whose ``end()`` returns ``None`` will usually be ``reset()``
-right after, and must treat a reset after ``end()`` as the normal close it is.
+a call after it ended. Note how Envoy's ext_proc client ends a stream: its ``close()`` half-closes
+and resets at once, and the reset wins, so what arrives is RST_STREAM (INTERNAL_ERROR), without
+END_STREAM, right after Envoy got the answer to its last message. An ext_proc call therefore
+never sees ``end()`` from Envoy: ``reset()`` after its last answer is its normal end.
 
 The limits
 ----------
@@ -84,17 +85,21 @@ follow the servers that were fixed for each attack (nghttp2, Go's ``net/http2``,
     (plus a small allowance), as Envoy's ``max_inbound_priority_frames_per_stream`` and
     ``max_inbound_window_update_frames_per_data_frame_sent`` defaults (CVE-2019-9513, -9517).
 Rapid reset: ``RAPID_RESET_MIN_STREAMS`` = 100, ``PREMATURE_RESET`` = 1 s
-    A stream the client resets, without having half-closed it, less than a second after opening
+    A stream the client resets before we sent it any answer, less than a second after opening
     it, or one we refuse, is premature. Once a connection has opened 100 streams, more than half
     of them premature is a reset flood (CVE-2023-44487): ENHANCE_YOUR_CALM. This is Envoy's own
-    rule for its clients (it waits for 500 streams). Envoy as our client never resets a stream it
-    has not half-closed first (its ext_proc close() sends END_STREAM, then RST_STREAM), so its
-    traffic never counts, whatever its clients do. A stream reset before its first message costs
-    no call and no record. One reset after its first message was handled is a request that did
-    start (identity checked, route chosen) and was abandoned: the call is reset and the request
-    log records it "incomplete", which is the truth and what the cancel tests expect. A flood of
-    those is cut at 100 streams, hence 100 rather than 500: that is what one connection's flood
-    can cost in records before the GOAWAY.
+    rule for its clients (premature there: reset within 1 s; it waits for 500 streams), except
+    that a stream we answered does not count: Envoy itself resets every ext_proc stream, about
+    20 ms after opening it on a fast request, right after our answer to its last message (see
+    above), so "within a second" alone would cut Envoy off (the end-to-end tests did). A stream
+    reset before its first complete message costs no call and no record; one whose message is
+    still being answered (a call answering later) is reset, and a flood of those stops after at
+    most 100 streams (hence 100, not 500: what such a flood can cost in request records). A
+    stream reset after its answer is a request that ran: its call is reset, and the request log
+    records it "incomplete" if it had not finished (a client that left). A flood of those is a
+    flood of requests, each answered before its reset, which is exactly Envoy's normal traffic
+    on the wire: this layer cannot tell them apart, and they are bounded as any request load is
+    (write backpressure; the channel only admits Envoy, see ``listen``).
 Write backpressure: ``WRITE_HIGH_WATER`` = 1 MiB, ``WRITE_LOW_WATER`` = 256 KiB
     When the transport holds more than 1 MiB we have not managed to write (the peer is not
     reading), we stop reading from the peer until it drains below 256 KiB: a peer that does not
@@ -670,10 +675,9 @@ class Connection(asyncio.Protocol):
         if stream is None:
             return
         self._reset_call(stream)
-        # Envoy's ext_proc client ends every stream with END_STREAM and at once RST_STREAM(CANCEL)
-        # (its close() is closeStream() then resetStream()): a reset after the half-close is how a
-        # stream normally ends, never premature.
-        if not stream.remote_closed and time.monotonic() - stream.opened < PREMATURE_RESET:
+        # Envoy ends every ext_proc stream with a reset, as soon as it has the answer to its last
+        # message: only a reset before any answer (and soon after opening) is premature.
+        if not stream.headers_sent and time.monotonic() - stream.opened < PREMATURE_RESET:
             self._premature_reset()
         self._closed_stream()
 

@@ -20,7 +20,6 @@ from ext_proc.server import h2
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.servicer import PROCESS_PATH, ExtProcCall, Service
 from tests.unit.h2_peer import (
-    PATH,
     REQUEST,
     START,
     Log,
@@ -32,6 +31,7 @@ from tests.unit.h2_peer import (
     parse_frames,
     settings,
 )
+from tests.unit.test_h2_server import CHAT, REPLY, exchange
 from tests.unit.test_h2_server import headers as http_headers
 
 
@@ -294,83 +294,100 @@ def test_a_reset_flood_ends_in_goaway_and_creates_no_call() -> None:
     assert log.events == []
 
 
-def ext_proc_flood(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, lifetime_s: float
-) -> tuple[Peer, list[dict]]:
-    """HEADERS, a complete request_headers message, RST_STREAM: 10,000 streams, each ``lifetime_s`` old when reset."""
+class Withheld:
+    """An ExtProcCall whose answers never come (as if it were still asking Redis): resets find them outstanding."""
+
+    def __init__(self, call: ExtProcCall) -> None:
+        self.call = call
+
+    def message(self, data: bytes) -> list[bytes]:
+        self.call.message(data)
+        return []
+
+    def end(self) -> tuple[int, str] | None:
+        return None
+
+    def reset(self) -> None:
+        self.call.reset()
+
+
+PROCESS_BLOCK = literal_block([(b":method", b"POST"), (b":scheme", b"http"), (b":path", PROCESS_PATH.encode()),
+                               (b"content-type", b"application/grpc")])
+
+
+def ext_proc_peer(tmp_path: Path, *, withheld: bool = False) -> tuple[Peer, RecordWriter]:
     writer = RecordWriter(str(tmp_path / "records.jsonl"))
-    peer = Peer({PROCESS_PATH: lambda _h, _r: ExtProcCall(Service(writer))})
-    message = pb.ProcessingRequest(request_headers=http_headers(
-        (":method", "POST"), (":path", "/v1/chat/completions"), ("x-request-id", "r"))).SerializeToString()
-    block = literal_block([(b":method", b"POST"), (b":scheme", b"http"), (b":path", PROCESS_PATH.encode()),
-                           (b"content-type", b"application/grpc")])
+    if withheld:
+        return Peer({PROCESS_PATH: lambda _h, _r: Withheld(ExtProcCall(Service(writer)))}), writer
+    return Peer({PROCESS_PATH: lambda _h, _r: ExtProcCall(Service(writer))}), writer
+
+
+def written(tmp_path: Path, writer: RecordWriter) -> list[dict]:
+    writer.flush()
+    path = tmp_path / "records.jsonl"
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def reset_flood(peer: Peer, messages: list[bytes], monkeypatch: pytest.MonkeyPatch, *, streams: int,
+                lifetime_s: float = 0.001) -> None:
+    """HEADERS and ``messages``, then RST_STREAM (Envoy's INTERNAL_ERROR), ``lifetime_s`` later, on each stream."""
     clock = [1000.0]
     monkeypatch.setattr(h2.time, "monotonic", lambda: clock[0])
-    for sid in range(1, 20001, 2):
-        peer.send(frame(h2.HEADERS, h2.END_HEADERS, sid, block) + frame(h2.DATA, 0, sid, grpc_message(message)))
+    for sid in range(1, 2 * streams, 2):
+        peer.send(frame(h2.HEADERS, h2.END_HEADERS, sid, PROCESS_BLOCK)
+                  + b"".join(frame(h2.DATA, 0, sid, grpc_message(m)) for m in messages))
         clock[0] += lifetime_s
-        peer.send(frame(h2.RST_STREAM, 0, sid, struct.pack(">I", h2.CANCEL)))
+        peer.send(frame(h2.RST_STREAM, 0, sid, struct.pack(">I", h2.INTERNAL_ERROR)))
         if peer.transport.closed:
             break
     monkeypatch.undo()
-    writer.flush()
-    path = tmp_path / "records.jsonl"
-    return peer, [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
 
 
-def test_a_reset_flood_after_the_first_message_costs_at_most_100_records(
+def request_headers() -> bytes:
+    return pb.ProcessingRequest(request_headers=http_headers(
+        (":method", "POST"), (":path", "/v1/chat/completions"), ("x-request-id", "r"))).SerializeToString()
+
+
+def test_resets_while_answers_are_outstanding_stop_after_100_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    peer, records = ext_proc_flood(tmp_path, monkeypatch, lifetime_s=0.001)
+    peer, writer = ext_proc_peer(tmp_path, withheld=True)
+    reset_flood(peer, [request_headers()], monkeypatch, streams=10000)
     assert peer.goaway() == h2.ENHANCE_YOUR_CALM
+    records = written(tmp_path, writer)
     assert len(records) == h2.RAPID_RESET_MIN_STREAMS
     assert {r["outcome"] for r in records} == {"incomplete"}
 
 
 def test_clients_leaving_after_a_second_are_not_a_flood(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    peer, records = ext_proc_flood(tmp_path, monkeypatch, lifetime_s=h2.PREMATURE_RESET)
+    peer, writer = ext_proc_peer(tmp_path, withheld=True)
+    reset_flood(peer, [request_headers()], monkeypatch, streams=2000, lifetime_s=h2.PREMATURE_RESET)
     assert peer.goaway() is None and not peer.transport.closed
-    assert len(records) == 10000  # each was a request that started and was cancelled: recorded incomplete
+    assert len(written(tmp_path, writer)) == 2000  # each a request that started and was abandoned
 
 
-def test_envoys_way_of_ending_streams_is_never_a_flood() -> None:
-    """Envoy's ext_proc close(): END_STREAM, then RST_STREAM(CANCEL) at once, on every stream."""
-    log = Log()
-    later = Log()
-    deferred = echo_routes(log)
-    factory = deferred[PATH]
-
-    class AnswersLater:
-        def __init__(self, call: h2.Call) -> None:
-            self.call = call
-
-        def message(self, data: bytes) -> list[bytes]:
-            return self.call.message(data)
-
-        def end(self) -> tuple[int, str] | None:
-            later.events.append((0, "end"))
-            return None  # still open when the RST_STREAM comes
-
-        def reset(self) -> None:
-            self.call.reset()
-
-    peer = Peer({PATH: lambda headers, responder: AnswersLater(factory(headers, responder))})
-    for sid in range(1, 2001, 2):
-        peer.send(frame(h2.HEADERS, h2.END_HEADERS, sid, literal_block())
-                  + frame(h2.DATA, h2.END_STREAM, sid, grpc_message(b"q"))
-                  + frame(h2.RST_STREAM, 0, sid, struct.pack(">I", h2.CANCEL)))
+def test_envoys_way_of_ending_streams_is_never_a_flood(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Envoy resets every ext_proc stream (RST_STREAM, no END_STREAM) right after its last answer, ~20 ms in."""
+    peer, writer = ext_proc_peer(tmp_path)
+    peer.send(frame(h2.WINDOW_UPDATE, 0, 0, struct.pack(">I", (64 << 20) - 65535)))  # Envoy's 64 MiB window
+    reset_flood(peer, [m.SerializeToString() for m in exchange(CHAT, REPLY)], monkeypatch, streams=1000,
+                lifetime_s=0.02)
     assert peer.goaway() is None and not peer.transport.closed
-    assert len(later.events) == 1000
-    assert sum(1 for _, e in log.events if e == "reset") == 1000
+    records = written(tmp_path, writer)
+    assert len(records) == 1000 and {r["outcome"] for r in records} == {"ok"}
 
 
-def test_a_stream_without_any_message_gets_no_call() -> None:
-    log = Log()
-    peer = Peer(echo_routes(log))
-    peer.send(frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, literal_block()))
-    assert log.events == []
-    (block,) = [p for kind, _, sid, p in peer.frames() if kind == h2.HEADERS and sid == 1]
-    assert b"no request message" in block and b"grpc-status" in block
+def test_requests_answered_then_reset_are_requests_not_a_flood(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The decision documented in ext_proc.server.h2: a stream reset after its first message was answered
+    # is a request that ran (identity checked, route chosen) and whose client left. It is recorded
+    # "incomplete", and on the wire it is Envoy's normal traffic: no GOAWAY.
+    peer, writer = ext_proc_peer(tmp_path)
+    reset_flood(peer, [request_headers()], monkeypatch, streams=1000)
+    assert peer.goaway() is None
+    records = written(tmp_path, writer)
+    assert len(records) == 1000 and {r["outcome"] for r in records} == {"incomplete"}
 
 
 def test_some_early_resets_among_completed_streams_are_not_a_flood() -> None:
