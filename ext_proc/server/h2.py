@@ -86,8 +86,10 @@ follow the servers that were fixed for each attack (nghttp2, Go's ``net/http2``,
     ``max_inbound_window_update_frames_per_data_frame_sent`` defaults (CVE-2019-9513, -9517).
 Rapid reset: ``RAPID_RESET_MIN_STREAMS`` = 100, ``PREMATURE_RESET`` = 1 s
     A stream the client resets before we sent it any answer, less than a second after opening
-    it, or one we refuse, is premature. Once a connection has opened 100 streams, more than half
-    of them premature is a reset flood (CVE-2023-44487): ENHANCE_YOUR_CALM. This is Envoy's own
+    it (Envoy's ``message_timeout``, 5 s, resets streams we were too slow to answer: a slow
+    Redis must not look like an attack), or one we refuse, is premature. Once a connection has
+    opened 100 streams, more than half of them premature is a reset flood (CVE-2023-44487):
+    ENHANCE_YOUR_CALM. This is Envoy's own
     rule for its clients (premature there: reset within 1 s; it waits for 500 streams), except
     that a stream we answered does not count: Envoy itself resets every ext_proc stream, about
     20 ms after opening it on a fast request, right after our answer to its last message (see
@@ -235,10 +237,6 @@ class _ConnectionError(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
-
-
-class _CallNotCreatedError(Exception):
-    """The route's factory failed: the stream was answered INTERNAL."""
 
 
 class _Stream:
@@ -611,10 +609,10 @@ class Connection(asyncio.Protocol):
             message = bytes(inbox[5 : 5 + size])
             del inbox[: 5 + size]
             try:
-                call = stream.call or self._create(stream)
+                call = stream.call
+                if call is None:  # the first message creates the call
+                    call = stream.call = stream.factory(stream.headers, stream)  # type: ignore[misc]
                 replies = call.message(message)
-            except _CallNotCreatedError:
-                return
             except Exception:
                 log.exception("gRPC call failed")
                 self._fail_call(sid, stream, "tollway: internal error")
@@ -623,18 +621,6 @@ class Connection(asyncio.Protocol):
                 self._send(sid, stream, reply)
         if stream.remote_closed and not stream.ended and not stream.done and not stream.outbox:
             self._end(sid, stream)
-
-    def _create(self, stream: _Stream) -> Call:
-        """The stream's call, created at its first message (a stream reset before that costs no call)."""
-        factory = stream.factory
-        assert factory is not None
-        try:
-            call = stream.call = factory(stream.headers, stream)
-        except Exception:
-            log.exception("gRPC call could not start")
-            self._finish(stream.sid, stream, GRPC_INTERNAL, "tollway: internal error")
-            raise _CallNotCreatedError from None
-        return call
 
     def _end(self, sid: int, stream: _Stream) -> None:
         stream.ended = True
