@@ -30,7 +30,9 @@ The call gets each request message and returns the response messages to send at 
 ``end()`` gives the final status when the client half-closes, or ``None`` when the call will
 finish later through its responder. Responses are queued in ``Connection.out`` and written with
 one ``transport.write`` at the end of the callback that produced them: ``data_received`` for
-synchronous answers, a ``loop.call_soon`` flush for a responder used from any other callback.
+synchronous answers, a ``loop.call_soon`` flush for a responder used from any other callback
+(held while the transport is above its high-water mark, written by ``resume_writing``). Either
+way an answer waits in the stream's outbox for the client's flow-control window when it has to.
 
 Every call ends exactly once: ``end()`` returning a status, or ``end()`` returning ``None``
 followed by ``responder.finish()``, or ``responder.finish()`` before the client half-closed, or
@@ -375,6 +377,7 @@ class Connection(asyncio.Protocol):
         self.control_queued = 0
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
+            self._flush()  # what responders queued meanwhile
 
     # -- input ------------------------------------------------------------------------------
 
@@ -817,7 +820,10 @@ class Connection(asyncio.Protocol):
                 self._drain(sid, stream)
 
     def _answered_later(self) -> None:
-        """A responder wrote outside data_received: flush once this callback is over (or now, without a loop)."""
+        """A responder wrote: flush once this callback is over (or now, without a loop), unless the
+        transport is above its high-water mark, in which case ``resume_writing`` flushes."""
+        if self.write_paused:
+            return
         if self.loop is None:
             self._flush()
         elif not self.flush_scheduled:
@@ -826,7 +832,8 @@ class Connection(asyncio.Protocol):
 
     def _scheduled_flush(self) -> None:
         self.flush_scheduled = False
-        self._flush()
+        if not self.write_paused:
+            self._flush()
 
     def _flush(self) -> None:
         if self.out and self.transport is not None and not self.closed:

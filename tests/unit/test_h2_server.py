@@ -375,6 +375,24 @@ def test_a_client_cancelling_while_the_answer_is_outstanding() -> None:
     asyncio.run(scenario())
 
 
+def test_answers_given_later_wait_while_the_transport_is_above_its_high_water_mark() -> None:
+    async def scenario() -> None:
+        log = Log()
+        peer = Peer(later_routes(log, delay=0.01))
+        peer.open(1, b"q", end=True)
+        peer.connection.pause_writing()  # the client is not reading what we already wrote
+        written = len(peer.transport.data)
+        await asyncio.sleep(0.05)
+        assert log.of(1)[-1] == "answer (open: True)"
+        assert len(peer.transport.data) == written  # held
+        peer.connection.resume_writing()
+        peer.pump()
+        assert [e.data for e in peer.events if isinstance(e, DataReceived)] == [grpc_message(b"q")]
+        assert any(isinstance(e, TrailersReceived) for e in peer.events)
+
+    asyncio.run(scenario())
+
+
 def test_the_connection_dropping_while_answers_are_outstanding() -> None:
     async def scenario() -> None:
         log = Log()
