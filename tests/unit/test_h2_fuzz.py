@@ -171,17 +171,19 @@ def frames_strategy(draw: st.DrawFn) -> bytes:
 @st.composite
 def plausible_frames(draw: st.DrawFn, next_stream: list[int]) -> bytes:
     """A frame a gRPC client would send (new streams, messages, half-close, reset, ping, settings, window)."""
-    action = draw(st.sampled_from(["open", "open", "data", "data", "data", "end", "reset", "ping", "settings",
-                                   "window", "continued", "priority", "goaway"]))
-    if next_stream[0] == 1 and action in ("data", "end", "reset", "priority"):
+    action = draw(st.sampled_from(["open"] * 3 + ["data"] * 5 + ["end", "reset", "ping", "settings", "window",
+                                                                 "continued", "priority"]))
+    if draw(st.integers(0, 40)) == 0:
+        action = "goaway"  # rare: it ends the connection once no stream is open
+    if next_stream[0] == 1 and action in ("data", "end", "reset", "priority", "window"):
         action = "open"  # the first stream action opens one
     opened = max(1, next_stream[0] - 2)
-    sid = draw(st.sampled_from([opened] * 4 + [max(1, opened - 2)] * 2 + [opened + 2]))  # rarely an idle one
+    sid = draw(st.sampled_from([opened] * 36 + [max(1, opened - 2)] * 12 + [opened + 2]))  # rarely an idle one
     if action == "open" or action == "continued":
         sid = next_stream[0]
         next_stream[0] += 2
         block = literal_block(draw(st.sampled_from([REQUEST, REQUEST, [*REQUEST[:2], (b":path", b"/nope")]])))
-        end = draw(st.sampled_from([0, h2.END_STREAM]))
+        end = draw(st.sampled_from([0, 0, 0, h2.END_STREAM]))
         if action == "open":
             return frame(h2.HEADERS, h2.END_HEADERS | end, sid, block)
         cut = draw(st.integers(1, len(block) - 1))
@@ -216,11 +218,11 @@ def connection_bytes(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     next_stream = [1]
     pieces = []
     for _ in range(draw(st.integers(0, 25))):
-        odd = draw(st.integers(0, 15)) == 0  # one frame in 16 is arbitrary
+        odd = draw(st.integers(0, 31)) == 0  # one frame in 32 is arbitrary
         pieces.append(draw(frames_strategy() if odd else plausible_frames(next_stream)))
     data = bytearray(start + b"".join(pieces))
     corruptions = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=1)
-    for position, value in draw(st.just([]) | st.just([]) | corruptions):
+    for position, value in draw(st.sampled_from([[]] * 4) | corruptions):  # a corrupted byte in some
         if len(data) > len(h2.PREFACE) + 9:
             data[len(h2.PREFACE) + 9 + position % (len(data) - len(h2.PREFACE) - 9)] = value
     cuts = draw(st.lists(st.integers(0, len(data)), max_size=6))
