@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-e2e bench bench-core bench-guardrails eval lint clean
+.PHONY: help install run test test-unit test-e2e fuzz bench bench-core bench-guardrails eval lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ bench-guardrails: $(STAMP) ## guardrail scanning speed (MB/s) and the pattern en
 
 eval: $(STAMP) ## guardrail quality: PII precision/recall per type, injection recall and false positives (../shared/eval)
 	$(PY) bench/eval.py
+
+fuzz: $(STAMP) ## fuzz the HTTP/2 server longer than make test does (TOLLWAY_FUZZ_EXAMPLES, default 20000 each)
+	TOLLWAY_FUZZ_EXAMPLES=$${TOLLWAY_FUZZ_EXAMPLES:-20000} $(PY) -m pytest tests/unit/test_h2_fuzz.py \
+		--hypothesis-show-statistics -p no:cacheprovider --timeout 1800
 
 lint: $(STAMP) ## ruff, mypy and the import-layer contracts (pyproject.toml)
 	$(VENV)/bin/ruff check ext_proc tests bench

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 
 class FakeTransport:
-    """An asyncio transport that keeps what was written; backpressure is never expected."""
+    """An asyncio transport that keeps what was written; records when the protocol stops or resumes reading."""
 
     def __init__(self) -> None:
         self.data = bytearray()
+        self.writes = 0
         self.closed = False
+        self.reading = True
+        self.limits: tuple[int, int] | None = None
 
     def write(self, data: bytes) -> None:
         self.data += data
+        self.writes += 1
 
     def close(self) -> None:
         self.closed = True
 
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        self.limits = (high, low)
+
     def pause_reading(self) -> None:
-        raise AssertionError("no backpressure expected")
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default

@@ -271,8 +271,9 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
         assert sock is not None
         tls = listen.TLSContext(config.tls) if config.tls is not None else None
         server = h2.Server({
-            PROCESS_PATH: lambda headers: ExtProcCall(service, (FILTER_METADATA, b"upstream") in headers),
-            HEALTH_PATH: lambda _headers: HealthCall(lambda: not server.draining),
+            PROCESS_PATH: lambda headers, responder: ExtProcCall(
+                service, (FILTER_METADATA, b"upstream") in headers, responder),
+            HEALTH_PATH: lambda _headers, _responder: HealthCall(lambda: not server.draining),
         }, peer_check=(lambda transport: tls.peer_allowed(transport.get_extra_info("peercert"))) if tls else None)
         await server.start(sock, tls.context if tls else None)
         if tls is not None:

@@ -7,21 +7,109 @@ and encoding a whole request takes Tollway's core about 40 µs. This server runs
 messages synchronously inside the protocol callback that received them: no tasks, no futures,
 no thread hand-offs, one ``write`` per batch of input.
 
-Scope: the server side of HTTP/2 (RFC 9113) over cleartext with prior knowledge, as Envoy's
-gRPC client (and grpcio's, used as the conformance peer in the tests) speaks it:
+Scope: the server side of HTTP/2 (RFC 9113) over cleartext with prior knowledge (or inside TLS),
+as Envoy's gRPC client (and grpcio's, used as the conformance peer in the tests) speaks it:
 
 - connection preface, SETTINGS (ack; INITIAL_WINDOW_SIZE and MAX_FRAME_SIZE honoured), PING,
   GOAWAY both ways, RST_STREAM, PRIORITY (ignored), padding, CONTINUATION;
-- flow control both ways: we advertise large windows and replenish them as we consume; our
-  DATA waits for the peer's WINDOW_UPDATE when its windows are exhausted;
+- flow control both ways: the peer must stay inside the windows we advertise, which we
+  replenish as its bytes arrive; our DATA waits for the peer's WINDOW_UPDATE when its windows
+  are exhausted;
 - HPACK decoding with the ``hpack`` package; our own header blocks use only static-table and
   literal-without-indexing forms, so they are precomputed bytes independent of table state;
 - gRPC length-prefixed messages (no compression), status in trailers, trailers-only errors.
 
-A route maps a gRPC method path to a factory of :class:`Call` objects, one per stream (the
-factory sees the stream's request headers, e.g. the gRPC metadata Envoy adds). A call
-gets each request message and returns the response messages to send; ``end()`` gives the final
-status. Graceful shutdown sends GOAWAY, lets open streams finish, then closes.
+Theory of operation
+-------------------
+A route maps a gRPC method path to a :data:`CallFactory`. A stream's call is created when its
+first complete request message arrives, with the stream's request headers and a
+:class:`Responder`, the stream's handle for answering later. A stream that ends or is reset
+before that never had a call: it costs no session and leaves nothing in the request log (one that
+half-closes without any message is answered INTERNAL "no request message").
+The call gets each request message and returns the response messages to send at once;
+``end()`` gives the final status when the client half-closes, or ``None`` when the call will
+finish later through its responder. Responses are queued in ``Connection.out`` and written with
+one ``transport.write`` at the end of the callback that produced them: ``data_received`` for
+synchronous answers, a ``loop.call_soon`` flush for a responder used from any other callback
+(held while the transport is above its high-water mark, written by ``resume_writing``). Either
+way an answer waits in the stream's outbox for the client's flow-control window when it has to.
+
+Every call ends exactly once: ``end()`` returning a status, or ``end()`` returning ``None``
+followed by ``responder.finish()``, or ``responder.finish()`` before the client half-closed, or
+``reset()`` (the client cancelled, the connection was lost, or the call failed). Nothing reaches
+a call after it ended. Note how Envoy's ext_proc client ends a stream: its ``close()`` half-closes
+and resets at once, and the reset wins, so what arrives is RST_STREAM (INTERNAL_ERROR), without
+END_STREAM, right after Envoy got the answer to its last message. An ext_proc call therefore
+never sees ``end()`` from Envoy: ``reset()`` after its last answer is its normal end.
+
+The limits
+----------
+Envoy is the only legitimate client: a few connections with at most 8 concurrent streams each
+(``envoy/tollway.yaml``), and request bodies of up to 64 MiB inside a single gRPC message. The
+limits below never touch that traffic and bound what any other peer can make us spend. Values
+follow the servers that were fixed for each attack (nghttp2, Go's ``net/http2``, Rust's
+``h2``, Envoy's own HTTP/2 codec); a connection error is a GOAWAY with the code shown, then close.
+
+``MAX_CONCURRENT_STREAMS`` = 100
+    Advertised in SETTINGS and enforced: a stream beyond it is refused with
+    RST_STREAM(REFUSED_STREAM), which tells the client it may retry. 100 is RFC 9113's
+    recommended minimum and python-hyper's default (Go: 250, nginx: 128); Envoy opens 8. With
+    ``MAX_MESSAGE`` it bounds what one connection can hold in partial messages.
+``STREAM_WINDOW`` = 16 MiB, ``CONNECTION_WINDOW`` = 64 MiB
+    The receive windows we advertise (before: 2 GiB each, i.e. none); the same sizes Envoy
+    grants us on this channel. They are replenished when half is used, as bytes arrive (a
+    64 MiB message must fit in one stream, so a stream's window cannot wait for its message),
+    and never while the stream's answers wait for the peer's window: a peer that does not read
+    our answers cannot keep feeding us requests. DATA beyond a window is FLOW_CONTROL_ERROR.
+``MAX_MESSAGE`` = 64 MiB
+    A gRPC message whose length prefix says more ends its stream (INTERNAL), before any of it is
+    buffered: it bounds a stream's inbox.
+``MAX_HEADER_BLOCK`` = 64 KiB, ``MAX_CONTINUATIONS`` = 8
+    A request's compressed header block (HEADERS plus CONTINUATION fragments) and its decoded
+    header list (``hpack``'s ``max_header_list_size``, advertised as MAX_HEADER_LIST_SIZE) are
+    capped at 64 KiB (python-hyper's default; Envoy's is 60 KiB); at most 8 CONTINUATION frames
+    may follow a HEADERS (nghttp2's default since the 2024 CONTINUATION flood, CVE-2024-28182):
+    the byte cap alone does not bound a flood of empty fragments. ENHANCE_YOUR_CALM: the HPACK
+    state cannot be kept in step with a block we refuse to read.
+``MAX_EMPTY_FRAMES`` = 1
+    Consecutive DATA, HEADERS or CONTINUATION frames with an empty payload and no END_STREAM
+    (CVE-2019-9518): Envoy's ``max_consecutive_inbound_frames_with_empty_payload`` default.
+``MAX_QUEUED_CONTROL`` = 1,000
+    PING and SETTINGS acknowledgements and RST_STREAMs we queue while the peer is not reading
+    them (CVE-2019-9512, -9515): nghttp2's ``max_outbound_ack`` and Envoy's
+    ``max_outbound_control_frames`` default. Counted from the last time the transport's buffer
+    was below its low-water mark. ENHANCE_YOUR_CALM.
+``MAX_SETTINGS_ENTRIES`` = 32
+    Entries in one SETTINGS frame (CVE-2020-11080; nghttp2's and Node's default).
+``PRIORITY_PER_STREAM`` = 100, ``WINDOW_UPDATES_PER_DATA`` = 10
+    PRIORITY frames (we ignore them) and WINDOW_UPDATE frames cost work and produce nothing:
+    at most 100 PRIORITY frames per stream opened, and 10 WINDOW_UPDATEs per DATA frame we sent
+    (plus a small allowance), as Envoy's ``max_inbound_priority_frames_per_stream`` and
+    ``max_inbound_window_update_frames_per_data_frame_sent`` defaults (CVE-2019-9513, -9517).
+Rapid reset: ``RAPID_RESET_MIN_STREAMS`` = 100, ``PREMATURE_RESET`` = 1 s
+    A stream the client resets before we sent it any answer, less than a second after opening
+    it (Envoy's ``message_timeout``, 5 s, resets streams we were too slow to answer: a slow
+    Redis must not look like an attack), or one we refuse, is premature. Once a connection has
+    opened 100 streams, more than half of them premature is a reset flood (CVE-2023-44487):
+    ENHANCE_YOUR_CALM. This is Envoy's own
+    rule for its clients (premature there: reset within 1 s; it waits for 500 streams), except
+    that a stream we answered does not count: Envoy itself resets every ext_proc stream, about
+    20 ms after opening it on a fast request, right after our answer to its last message (see
+    above), so "within a second" alone would cut Envoy off (the end-to-end tests did). A stream
+    reset before its first complete message costs no call and no record; one whose message is
+    still being answered (a call answering later) is reset, and a flood of those stops after at
+    most 100 streams (hence 100, not 500: what such a flood can cost in request records). A
+    stream reset after its answer is a request that ran: its call is reset, and the request log
+    records it "incomplete" if it had not finished (a client that left). A flood of those is a
+    flood of requests, each answered before its reset, which is exactly Envoy's normal traffic
+    on the wire: this layer cannot tell them apart, and they are bounded as any request load is
+    (write backpressure; the channel only admits Envoy, see ``listen``).
+Write backpressure: ``WRITE_HIGH_WATER`` = 1 MiB, ``WRITE_LOW_WATER`` = 256 KiB
+    When the transport holds more than 1 MiB we have not managed to write (the peer is not
+    reading), we stop reading from the peer until it drains below 256 KiB: a peer that does not
+    read cannot make us buffer answers, acknowledgements or anything else without bound.
+``OUR_MAX_FRAME`` = 1 MiB
+    The largest frame we accept (advertised MAX_FRAME_SIZE): fewer frames for multi-MB bodies.
 """
 
 from __future__ import annotations
@@ -37,22 +125,37 @@ from ssl import SSLContext
 from typing import Protocol
 
 from hpack import Decoder
-from hpack.exceptions import HPACKError
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 
 log = logging.getLogger("tollway.h2")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR = 0x0, 0x1, 0x2, 0x3, 0x6
-REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x7, 0x8, 0x9
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
+SETTINGS_TIMEOUT, STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0x4, 0x5, 0x6, 0x7, 0x8
+COMPRESSION_ERROR, CONNECT_ERROR, ENHANCE_YOUR_CALM, INADEQUATE_SECURITY, HTTP_1_1_REQUIRED = 0x9, 0xA, 0xB, 0xC, 0xD
 
 GRPC_OK, GRPC_INTERNAL, GRPC_UNIMPLEMENTED, GRPC_UNAVAILABLE = 0, 13, 12, 14
 
 MAX_WINDOW = 2**31 - 1
-OUR_MAX_FRAME = 1 << 20  # we accept frames up to 1 MiB: fewer frames for multi-MB bodies
+OUR_MAX_FRAME = 1 << 20
 MAX_MESSAGE = 64 * 1024 * 1024
-REPLENISH_AT = 1 << 30
+MAX_CONCURRENT_STREAMS = 100
+STREAM_WINDOW = 16 * 1024 * 1024
+CONNECTION_WINDOW = 64 * 1024 * 1024
+MAX_HEADER_BLOCK = 64 * 1024
+MAX_CONTINUATIONS = 8
+MAX_EMPTY_FRAMES = 1
+MAX_QUEUED_CONTROL = 1000
+MAX_SETTINGS_ENTRIES = 32
+PRIORITY_PER_STREAM = 100
+WINDOW_UPDATES_PER_DATA = 10
+WINDOW_UPDATE_ALLOWANCE = 100
+RAPID_RESET_MIN_STREAMS = 100
+PREMATURE_RESET = 1.0
+WRITE_HIGH_WATER = 1 << 20
+WRITE_LOW_WATER = 256 * 1024
 
 _frame_header = struct.Struct(">I B I")  # 24-bit length packed in the first 4 bytes with the type
 _u32 = struct.Struct(">I")
@@ -93,35 +196,43 @@ def _trailers(status: int, message: str = "") -> bytes:
 
 
 _OK_TRAILERS = _trailers(GRPC_OK)
+_OUR_SETTINGS = struct.pack(
+    ">HIHIHIHI",
+    0x3, MAX_CONCURRENT_STREAMS,
+    0x4, STREAM_WINDOW,
+    0x5, OUR_MAX_FRAME,
+    0x6, MAX_HEADER_BLOCK,
+)
+
+
+class Responder(Protocol):
+    """The server's handle on one stream, given to its call at creation: answer later, from any callback on the loop."""
+
+    def send(self, message: bytes) -> None:
+        """Send one response message now; ignored once the stream has ended."""
+
+    def finish(self, status: int = 0, message: str = "") -> None:
+        """Send the trailers (gRPC status) and end the stream; idempotent."""
+
+    @property
+    def open(self) -> bool:
+        """False once the stream ended, was reset, or the connection was lost."""
 
 
 class Call(Protocol):
     """One gRPC call (an HTTP/2 stream): request messages in, response messages out."""
 
     def message(self, data: bytes) -> list[bytes]:
-        """Handle one request message; the serialized response messages to send now."""
+        """Handle one request message; the serialized response messages to send now ([] to answer later)."""
 
-    def end(self) -> tuple[int, str]:
-        """The client finished sending: the final gRPC status and message."""
+    def end(self) -> tuple[int, str] | None:
+        """The client finished sending: the final gRPC status and message, or None to finish later via the responder."""
 
     def reset(self) -> None:
-        """The stream was cancelled or the connection lost before the call ended."""
+        """The stream was cancelled, the connection lost, or the call failed, before the call ended."""
 
 
-CallFactory = Callable[[list[tuple[bytes, bytes]]], Call]  # gets the request headers
-
-
-class _Stream:
-    __slots__ = ("call", "headers_sent", "inbox", "outbox", "received", "send_window", "trailers")
-
-    def __init__(self, call: Call | None, send_window: int) -> None:
-        self.call = call
-        self.inbox = bytearray()
-        self.outbox = bytearray()  # DATA payload waiting for flow-control window
-        self.trailers: bytes | None = None  # a trailers block to send once the outbox drains
-        self.headers_sent = False
-        self.send_window = send_window
-        self.received = 0
+CallFactory = Callable[[list[tuple[bytes, bytes]], Responder], Call]  # request headers, the stream's responder
 
 
 class _ConnectionError(Exception):
@@ -130,23 +241,87 @@ class _ConnectionError(Exception):
         self.code = code
 
 
+class _Stream:
+    """One stream's state; also its call's :class:`Responder`."""
+
+    __slots__ = (
+        "call", "conn", "done", "ended", "factory", "headers", "headers_sent", "inbox", "opened", "outbox",
+        "remote_closed", "send_window", "sid", "trailers", "unacked",
+    )
+
+    def __init__(
+        self, conn: Connection, sid: int, factory: CallFactory | None, headers: list[tuple[bytes, bytes]],
+        send_window: int,
+    ) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.factory = factory  # None: no route (answered UNIMPLEMENTED)
+        self.headers = headers
+        self.call: Call | None = None  # created with the first complete message
+        self.inbox = bytearray()
+        self.outbox = bytearray()  # DATA payload waiting for flow-control window
+        self.trailers: bytes | None = None  # a trailers block to send once the outbox drains
+        self.headers_sent = False
+        self.send_window = send_window
+        self.unacked = 0  # DATA bytes received since we last gave this stream's window back
+        self.remote_closed = False  # the client sent END_STREAM
+        self.ended = False  # the call's end() was called
+        self.done = False  # the call ended (status queued) or was reset: nothing more goes to it
+        self.opened = time.monotonic()
+
+    # -- Responder ----------------------------------------------------------------------------
+
+    def send(self, message: bytes) -> None:
+        if not self.done and not self.conn.closed and self.conn.streams.get(self.sid) is self:
+            self.conn._send(self.sid, self, message)
+            self.conn._answered_later()
+
+    def finish(self, status: int = 0, message: str = "") -> None:
+        if not self.done and not self.conn.closed and self.conn.streams.get(self.sid) is self:
+            self.conn._finish(self.sid, self, status, message)
+            self.conn._answered_later()
+
+    @property
+    def open(self) -> bool:
+        return not self.done and not self.conn.closed and self.conn.streams.get(self.sid) is self
+
+
+def _reset(call: Call) -> None:
+    try:
+        call.reset()
+    except Exception:
+        log.exception("gRPC call failed while being reset")
+
+
 class Connection(asyncio.Protocol):
     """One HTTP/2 connection from Envoy."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.buf = bytearray()
         self.preface = False
+        self.on_frame: Callable[[int, int, int, bytes], None] = self._first_frame
         self.streams: dict[int, _Stream] = {}
         self.last_stream = 0
-        self.decoder = Decoder()
+        self.decoder = Decoder(max_header_list_size=MAX_HEADER_BLOCK)
         self.out: list[bytes] = []
+        self.flush_scheduled = False
         self.conn_send_window = 65535
         self.peer_initial_window = 65535
         self.peer_max_frame = 16384
-        self.received = 0
+        self.unacked = 0  # DATA bytes received since we last gave the connection window back
         self.header_block: tuple[int, int, bytearray] | None = None  # stream, flags, fragments
+        self.continuations = 0
+        self.empty_frames = 0
+        self.control_queued = 0
+        self.write_paused = False
+        self.opened_streams = 0
+        self.premature_resets = 0
+        self.priority_frames = 0
+        self.window_updates = 0
+        self.data_frames_sent = 0
         self.going_away = False
         self.closed = False
 
@@ -154,6 +329,8 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        with contextlib.suppress(RuntimeError):
+            self.loop = asyncio.get_running_loop()
         check = self.server.peer_check
         if check is not None and not check(transport):
             log.warning("refused a connection: the client certificate has none of the accepted names")
@@ -161,33 +338,46 @@ class Connection(asyncio.Protocol):
             transport.close()
             return
         self.server.connections.add(self)
-        settings = struct.pack(">HIHIHI", 0x3, 1 << 20, 0x4, MAX_WINDOW, 0x5, OUR_MAX_FRAME)
-        self.out.append(_frame(SETTINGS, 0, 0, settings))
-        self.out.append(_frame(WINDOW_UPDATE, 0, 0, _u32.pack(MAX_WINDOW - 65535)))
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
+        self.out.append(_frame(SETTINGS, 0, 0, _OUR_SETTINGS))
+        self.out.append(_frame(WINDOW_UPDATE, 0, 0, _u32.pack(CONNECTION_WINDOW - 65535)))
         if self.server.draining:
             self.goaway(NO_ERROR)
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         self.buf += data
         try:
             self._parse()
         except _ConnectionError as exc:
             log.warning("HTTP/2 connection error: %s", exc)
-            self.goaway(exc.code)
-            self._flush()
-            self._close()
+            self._fail(exc.code)
             return
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        for stream in self.streams.values():
-            if stream.call is not None:
-                stream.call.reset()
+        streams = list(self.streams.values())
         self.streams.clear()
+        for stream in streams:
+            self._reset_call(stream)
         self.server.check_drained()
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is above WRITE_HIGH_WATER: stop reading until the peer reads."""
+        self.write_paused = True
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.control_queued = 0
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+            self._flush()  # what responders queued meanwhile
 
     # -- input ------------------------------------------------------------------------------
 
@@ -204,17 +394,25 @@ class Connection(asyncio.Protocol):
             self.preface = True
             pos = len(PREFACE)
         end = len(buf)
-        while end - pos >= 9:
-            head, flags, stream_id = _frame_header.unpack_from(buf, pos)
-            length, kind = head >> 8, head & 0xFF
-            if length > OUR_MAX_FRAME:
-                raise _ConnectionError(FRAME_SIZE_ERROR, f"frame of {length} bytes")
-            if end - pos - 9 < length:
-                break
-            payload = bytes(buf[pos + 9 : pos + 9 + length])
-            pos += 9 + length
-            self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload)
-        del buf[:pos]
+        try:
+            while end - pos >= 9 and not self.closed:
+                head, flags, stream_id = _frame_header.unpack_from(buf, pos)
+                length, kind = head >> 8, head & 0xFF
+                if length > OUR_MAX_FRAME:
+                    raise _ConnectionError(FRAME_SIZE_ERROR, f"frame of {length} bytes")
+                if end - pos - 9 < length:
+                    break
+                payload = bytes(buf[pos + 9 : pos + 9 + length])
+                pos += 9 + length
+                self.on_frame(kind, flags, stream_id & 0x7FFFFFFF, payload)
+        finally:
+            del buf[:pos]
+
+    def _first_frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
+        if kind != SETTINGS or flags & ACK:
+            raise _ConnectionError(PROTOCOL_ERROR, "the client preface must end with SETTINGS")
+        self.on_frame = self._frame
+        self._frame(kind, flags, sid, payload)
 
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
         if self.header_block is not None and kind != CONTINUATION:
@@ -224,34 +422,40 @@ class Connection(asyncio.Protocol):
         elif kind == HEADERS:
             self._headers(flags, sid, payload)
         elif kind == CONTINUATION:
-            if self.header_block is None or self.header_block[0] != sid:
-                raise _ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
-            self.header_block[2].extend(payload)
-            if flags & END_HEADERS:
-                sid, first_flags, block = self.header_block
-                self.header_block = None
-                self._header_block(sid, first_flags, bytes(block))
+            self._continuation(flags, sid, payload)
         elif kind == SETTINGS:
             self._settings(flags, sid, payload)
         elif kind == WINDOW_UPDATE:
             self._window_update(sid, payload)
         elif kind == PING:
+            if sid != 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "PING on a stream")
             if len(payload) != 8:
                 raise _ConnectionError(FRAME_SIZE_ERROR, "PING payload must be 8 bytes")
             if not flags & ACK:
-                self.out.append(_frame(PING, ACK, 0, payload))
+                self._control(_frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
-            stream = self.streams.pop(sid, None)
-            if stream is not None and stream.call is not None:
-                stream.call.reset()
-            self.server.check_drained()
+            self._rst_stream(sid, payload)
+        elif kind == PRIORITY:
+            if sid == 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != 5:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "PRIORITY payload must be 5 bytes")
+            self.priority_frames += 1
+            if self.priority_frames > PRIORITY_PER_STREAM * (1 + self.opened_streams):
+                raise _ConnectionError(ENHANCE_YOUR_CALM, "PRIORITY flood")
         elif kind == GOAWAY:
+            if sid != 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
+            if len(payload) < 8:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "GOAWAY payload too short")
             self.going_away = True
             if not self.streams:
+                self._flush()
                 self._close()
         elif kind == PUSH_PROMISE:
             raise _ConnectionError(PROTOCOL_ERROR, "clients cannot push")
-        # PRIORITY and unknown frame types are ignored, as RFC 9113 requires.
+        # Unknown frame types are ignored, as RFC 9113 requires.
 
     @staticmethod
     def _unpad(flags: int, payload: bytes) -> bytes:
@@ -261,99 +465,231 @@ class Connection(asyncio.Protocol):
             return payload[1 : len(payload) - payload[0]]
         return payload
 
+    def _empty_frame(self) -> None:
+        self.empty_frames += 1
+        if self.empty_frames > MAX_EMPTY_FRAMES:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "a run of empty frames")
+
     def _headers(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
             raise _ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
         payload = self._unpad(flags, payload)
         if flags & PRIORITY_FLAG:
+            if len(payload) < 5:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+            if _u32.unpack_from(payload)[0] & 0x7FFFFFFF == sid:
+                raise _ConnectionError(PROTOCOL_ERROR, "a stream cannot depend on itself")
             payload = payload[5:]
+        if payload or flags & END_STREAM:
+            self.empty_frames = 0
+        else:
+            self._empty_frame()
         if flags & END_HEADERS:
             self._header_block(sid, flags, payload)
         else:
+            if len(payload) > MAX_HEADER_BLOCK:
+                raise _ConnectionError(ENHANCE_YOUR_CALM, "header block too large")
             self.header_block = (sid, flags, bytearray(payload))
+            self.continuations = 0
+
+    def _continuation(self, flags: int, sid: int, payload: bytes) -> None:
+        if self.header_block is None or self.header_block[0] != sid:
+            raise _ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+        self.continuations += 1
+        if self.continuations > MAX_CONTINUATIONS:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "too many CONTINUATION frames")
+        if payload:
+            self.empty_frames = 0
+        elif not flags & END_HEADERS:
+            self._empty_frame()
+        block = self.header_block[2]
+        block += payload
+        if len(block) > MAX_HEADER_BLOCK:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "header block too large")
+        if flags & END_HEADERS:
+            sid, first_flags, _ = self.header_block
+            self.header_block = None
+            self._header_block(sid, first_flags, bytes(block))
 
     def _header_block(self, sid: int, flags: int, block: bytes) -> None:
+        if len(block) > MAX_HEADER_BLOCK:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "header block too large")
         try:
-            headers = self.decoder.decode(block, raw=True)
+            headers: list[tuple[bytes, bytes]] = self.decoder.decode(block, raw=True)  # type: ignore[assignment]
+        except OversizedHeaderListError:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "header list too large") from None
         except HPACKError as exc:
             raise _ConnectionError(COMPRESSION_ERROR, f"HPACK: {exc}") from None
         stream = self.streams.get(sid)
         if stream is not None:  # trailers from the client: only END_STREAM matters
-            if flags & END_STREAM:
-                self._end(sid, stream)
+            if stream.remote_closed:
+                raise _ConnectionError(STREAM_CLOSED, "HEADERS after END_STREAM")
+            if not flags & END_STREAM:
+                raise _ConnectionError(PROTOCOL_ERROR, "trailers without END_STREAM")
+            stream.remote_closed = True
+            self._deliver(sid, stream)
             return
-        if sid <= self.last_stream or not sid & 1:
+        if not sid & 1:
             raise _ConnectionError(PROTOCOL_ERROR, f"bad new stream id {sid}")
+        if sid <= self.last_stream:
+            if flags & END_STREAM:
+                return  # trailers racing our RST_STREAM(NO_ERROR) on a stream we answered early: ignored
+            raise _ConnectionError(PROTOCOL_ERROR, f"stream id {sid} reused")
         self.last_stream = sid
+        self.opened_streams += 1
         if self.going_away or self.server.draining:
-            self.out.append(_frame(RST_STREAM, 0, sid, _u32.pack(REFUSED_STREAM)))
+            self._control(_frame(RST_STREAM, 0, sid, _u32.pack(REFUSED_STREAM)))
+            return
+        if len(self.streams) >= MAX_CONCURRENT_STREAMS:
+            self._control(_frame(RST_STREAM, 0, sid, _u32.pack(REFUSED_STREAM)))
+            self._premature_reset()
             return
         path = next((value for name, value in headers if name == b":path"), b"").decode("latin-1")
         factory = self.server.routes.get(path)
-        stream = _Stream(factory(headers) if factory else None, self.peer_initial_window)
+        stream = _Stream(self, sid, factory, headers, self.peer_initial_window)
         self.streams[sid] = stream
         if factory is None:
+            stream.remote_closed = bool(flags & END_STREAM)
             self._finish(sid, stream, GRPC_UNIMPLEMENTED, f"unknown method {path}")
         elif flags & END_STREAM:
-            self._end(sid, stream)
+            stream.remote_closed = True
+            self._deliver(sid, stream)
 
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
-        self.received += len(payload)
-        if self.received >= REPLENISH_AT:
-            self.out.append(_frame(WINDOW_UPDATE, 0, 0, _u32.pack(self.received)))
-            self.received = 0
+        # Receive windows: ``unacked`` counts what the peer sent since we last gave its window back,
+        # so going beyond the window is ``unacked`` beyond its size; half used is given back.
+        size = len(payload)
+        if size:
+            self.empty_frames = 0
+            unacked = self.unacked + size
+            if unacked >= CONNECTION_WINDOW // 2:
+                if unacked > CONNECTION_WINDOW:
+                    raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+                self.out.append(_frame(WINDOW_UPDATE, 0, 0, _u32.pack(unacked)))
+                unacked = 0
+            self.unacked = unacked
+        elif not flags & END_STREAM:
+            self._empty_frame()
         stream = self.streams.get(sid)
         if stream is None:
+            if sid == 0 or sid > self.last_stream or not sid & 1:
+                raise _ConnectionError(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+            if flags & PADDED:
+                self._unpad(flags, payload)  # bad padding is a connection error on any stream
             return  # a stream we already finished or reset; its data is dropped
-        stream.received += len(payload)
-        if stream.received >= REPLENISH_AT:
-            self.out.append(_frame(WINDOW_UPDATE, 0, sid, _u32.pack(stream.received)))
-            stream.received = 0
+        if stream.remote_closed:
+            raise _ConnectionError(STREAM_CLOSED, "DATA after END_STREAM")
+        if size:
+            unacked = stream.unacked = stream.unacked + size
+            if unacked >= STREAM_WINDOW // 2:
+                if unacked > STREAM_WINDOW:
+                    raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the stream window")
+                if not stream.outbox and not stream.done:
+                    self._ack(sid, stream)
+            if not stream.done:  # once answered, its data is dropped and its window not given back
+                stream.inbox += self._unpad(flags, payload) if flags & PADDED else payload
+        if flags & END_STREAM:
+            stream.remote_closed = True
+        if not stream.done:
+            self._deliver(sid, stream)
+
+    def _ack(self, sid: int, stream: _Stream) -> None:
+        self.out.append(_frame(WINDOW_UPDATE, 0, sid, _u32.pack(stream.unacked)))
+        stream.unacked = 0
+
+    def _deliver(self, sid: int, stream: _Stream) -> None:
+        """Hand the stream's complete messages to its call, then its half-close; hold while answers wait."""
         inbox = stream.inbox
-        inbox += self._unpad(flags, payload)
-        call = stream.call
-        while len(inbox) >= 5 and call is not None:
-            compressed = inbox[0]
+        while len(inbox) >= 5 and not stream.done:
+            if stream.outbox:
+                return  # our answers wait for the peer's window: so do its requests (see _drain)
             (size,) = _u32.unpack_from(inbox, 1)
-            if compressed or size > MAX_MESSAGE:
-                self._finish(sid, stream, GRPC_INTERNAL, "compressed or oversized message")
-                call.reset()
+            if inbox[0] or size > MAX_MESSAGE:
+                self._fail_call(sid, stream, "compressed or oversized message")
                 return
             if len(inbox) < 5 + size:
                 break
             message = bytes(inbox[5 : 5 + size])
             del inbox[: 5 + size]
             try:
+                call = stream.call
+                if call is None:  # the first message creates the call
+                    call = stream.call = stream.factory(stream.headers, stream)  # type: ignore[misc]
                 replies = call.message(message)
             except Exception:
                 log.exception("gRPC call failed")
-                self._finish(sid, stream, GRPC_INTERNAL, "tollway: internal error")
-                call.reset()
+                self._fail_call(sid, stream, "tollway: internal error")
                 return
             for reply in replies:
                 self._send(sid, stream, reply)
-            if self.streams.get(sid) is not stream:
-                return
-        if flags & END_STREAM:
+        if stream.remote_closed and not stream.ended and not stream.done and not stream.outbox:
             self._end(sid, stream)
 
     def _end(self, sid: int, stream: _Stream) -> None:
-        if stream.call is None:
+        stream.ended = True
+        call = stream.call
+        if call is None:  # no request message at all: no call to end (and nothing for the request log)
+            self._finish(sid, stream, GRPC_INTERNAL, "no request message")
             return
         try:
-            status, message = stream.call.end()
+            result = call.end()
         except Exception:
             log.exception("gRPC call failed at end of stream")
-            status, message = GRPC_INTERNAL, "tollway: internal error"
-        self._finish(sid, stream, status, message)
+            result = GRPC_INTERNAL, "tollway: internal error"
+        if result is not None:
+            self._finish(sid, stream, *result)
+        # None: the call answers later through its responder; the stream stays open (and counted).
+
+    def _fail_call(self, sid: int, stream: _Stream, reason: str) -> None:
+        """The call failed or its input is unacceptable: INTERNAL to the client, reset() to the call."""
+        call = stream.call
+        self._finish(sid, stream, GRPC_INTERNAL, reason)
+        if call is not None:
+            _reset(call)
+
+    def _reset_call(self, stream: _Stream) -> None:
+        """The stream is gone before its call ended: tell the call, once."""
+        done, stream.done = stream.done, True
+        if not done and stream.call is not None:
+            _reset(stream.call)
+
+    def _rst_stream(self, sid: int, payload: bytes) -> None:
+        if sid == 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise _ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM payload must be 4 bytes")
+        if sid > self.last_stream or not sid & 1:
+            raise _ConnectionError(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+        stream = self.streams.pop(sid, None)
+        if stream is None:
+            return
+        self._reset_call(stream)
+        # Envoy ends every ext_proc stream with a reset, as soon as it has the answer to its last
+        # message: only a reset before any answer (and soon after opening) is premature.
+        if not stream.headers_sent and time.monotonic() - stream.opened < PREMATURE_RESET:
+            self._premature_reset()
+        self._closed_stream()
+
+    def _premature_reset(self) -> None:
+        self.premature_resets += 1
+        if self.opened_streams >= RAPID_RESET_MIN_STREAMS and 2 * self.premature_resets > self.opened_streams:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "rapid reset: most streams reset as soon as opened")
 
     def _settings(self, flags: int, sid: int, payload: bytes) -> None:
-        if sid != 0 or len(payload) % 6:
-            raise _ConnectionError(PROTOCOL_ERROR, "bad SETTINGS frame")
+        if sid != 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if len(payload) % 6:
+            raise _ConnectionError(FRAME_SIZE_ERROR, "bad SETTINGS length")
         if flags & ACK:
+            if payload:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
+        if len(payload) > 6 * MAX_SETTINGS_ENTRIES:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "too many SETTINGS entries")
         for offset in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HI", payload, offset)
+            if (key == 0x2 or key == 0x8) and value > 1:  # ENABLE_PUSH, ENABLE_CONNECT_PROTOCOL (RFC 8441)
+                raise _ConnectionError(PROTOCOL_ERROR, f"bad boolean setting {key}: {value}")
             if key == 0x4:
                 if value > MAX_WINDOW:
                     raise _ConnectionError(FLOW_CONTROL_ERROR, "initial window too large")
@@ -361,27 +697,52 @@ class Connection(asyncio.Protocol):
                 self.peer_initial_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
+                    if stream.send_window > MAX_WINDOW:
+                        raise _ConnectionError(FLOW_CONTROL_ERROR, "a stream window beyond 2^31-1")
             elif key == 0x5:
                 if not 16384 <= value <= 16777215:
                     raise _ConnectionError(PROTOCOL_ERROR, "bad MAX_FRAME_SIZE")
                 self.peer_max_frame = value
-        self.out.append(_frame(SETTINGS, ACK, 0))
+        self._control(_frame(SETTINGS, ACK, 0))
         self._drain_all()
 
     def _window_update(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise _ConnectionError(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
+        self.window_updates += 1
+        if self.window_updates > WINDOW_UPDATE_ALLOWANCE + WINDOW_UPDATES_PER_DATA * (
+            self.data_frames_sent + self.opened_streams
+        ):
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "WINDOW_UPDATE flood")
         increment = _u32.unpack(payload)[0] & 0x7FFFFFFF
         if sid == 0:
+            if not increment:
+                raise _ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             self.conn_send_window += increment
+            if self.conn_send_window > MAX_WINDOW:
+                raise _ConnectionError(FLOW_CONTROL_ERROR, "connection window beyond 2^31-1")
             self._drain_all()
-        else:
-            stream = self.streams.get(sid)
-            if stream is not None:
-                stream.send_window += increment
-                self._drain(sid, stream)
+            return
+        if sid > self.last_stream or not sid & 1:
+            raise _ConnectionError(PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        if not increment:
+            raise _ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+        stream.send_window += increment
+        if stream.send_window > MAX_WINDOW:
+            raise _ConnectionError(FLOW_CONTROL_ERROR, "stream window beyond 2^31-1")
+        self._drain(sid, stream)
 
     # -- output -----------------------------------------------------------------------------
+
+    def _control(self, frame: bytes) -> None:
+        """Queue an acknowledgement or reset; too many while the peer is not reading is a flood."""
+        self.control_queued += 1
+        if self.control_queued > MAX_QUEUED_CONTROL:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "control frames queued faster than the peer reads them")
+        self.out.append(frame)
 
     def _send(self, sid: int, stream: _Stream, message: bytes) -> None:
         if not stream.headers_sent:
@@ -396,37 +757,61 @@ class Connection(asyncio.Protocol):
         ):
             stream.send_window -= size
             self.conn_send_window -= size
+            self.data_frames_sent += 1
             self.out.append(_frame(DATA, 0, sid, b"\x00" + _u32.pack(len(message)) + message))
             return
         stream.outbox += b"\x00" + _u32.pack(len(message)) + message
-        self._drain(sid, stream)
+        self._drain(sid, stream, False)
 
     def _finish(self, sid: int, stream: _Stream, status: int, message: str = "") -> None:
+        if stream.done:
+            return
         block = _OK_TRAILERS if status == GRPC_OK and not message else _trailers(status, message)
         if not stream.headers_sent:
             block = _RESPONSE_HEADERS + block  # trailers-only response
             stream.headers_sent = True
         stream.trailers = block
-        stream.call = None
-        self._drain(sid, stream)
+        stream.done = True
+        self._drain(sid, stream, False)
 
-    def _drain(self, sid: int, stream: _Stream) -> None:
+    def _drain(self, sid: int, stream: _Stream, resume: bool = True) -> None:
+        """Send what the windows allow; once the answers are out, (``resume``) take the held requests."""
         outbox = stream.outbox
-        while outbox:
-            size = min(len(outbox), stream.send_window, self.conn_send_window, self.peer_max_frame)
-            if size <= 0:
-                return  # wait for WINDOW_UPDATE
-            self.out.append(_frame(DATA, 0, sid, bytes(outbox[:size])))
-            del outbox[:size]
-            stream.send_window -= size
-            self.conn_send_window -= size
+        if outbox:
+            while outbox:
+                size = min(len(outbox), stream.send_window, self.conn_send_window, self.peer_max_frame)
+                if size <= 0:
+                    return  # wait for WINDOW_UPDATE
+                self.out.append(_frame(DATA, 0, sid, bytes(outbox[:size])))
+                self.data_frames_sent += 1
+                del outbox[:size]
+                stream.send_window -= size
+                self.conn_send_window -= size
+            if resume and not stream.done:  # the answers went out: take the requests that waited for them
+                if stream.unacked >= STREAM_WINDOW // 2:
+                    self._ack(sid, stream)
+                self._deliver(sid, stream)
+                if stream.outbox or self.streams.get(sid) is not stream:
+                    return
         if stream.trailers is not None:
             self.out.append(_frame(HEADERS, END_HEADERS | END_STREAM, sid, stream.trailers))
             stream.trailers = None
-            self.streams.pop(sid, None)
-            if not self.streams and (self.going_away or self.server.draining):
+            if not stream.remote_closed:
+                # The answer is complete before the request (RFC 9113 §8.1): ask the client to stop.
+                self.out.append(_frame(RST_STREAM, 0, sid, _u32.pack(NO_ERROR)))
+            streams = self.streams
+            streams.pop(sid, None)
+            if not streams and self.going_away:
                 self._flush()
                 self._close()
+            if self.server.draining:
+                self.server.check_drained()
+
+    def _closed_stream(self) -> None:
+        if not self.streams and self.going_away:
+            self._flush()
+            self._close()
+        if self.server.draining:
             self.server.check_drained()
 
     def _drain_all(self) -> None:
@@ -434,15 +819,40 @@ class Connection(asyncio.Protocol):
             if stream.outbox or stream.trailers is not None:
                 self._drain(sid, stream)
 
+    def _answered_later(self) -> None:
+        """A responder wrote: flush once this callback is over (or now, without a loop), unless the
+        transport is above its high-water mark, in which case ``resume_writing`` flushes."""
+        if self.write_paused:
+            return
+        if self.loop is None:
+            self._flush()
+        elif not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self.flush_scheduled = False
+        if not self.write_paused:
+            self._flush()
+
     def _flush(self) -> None:
         if self.out and self.transport is not None and not self.closed:
             data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
             self.out.clear()
             self.transport.write(data)
+        if not self.write_paused:
+            self.control_queued = 0
 
     def goaway(self, code: int) -> None:
         self.going_away = True
         self.out.append(_frame(GOAWAY, 0, 0, _u32.pack(self.last_stream) + _u32.pack(code)))
+
+    def _fail(self, code: int) -> None:
+        """A connection error: GOAWAY with its code, then close (open calls are reset in connection_lost)."""
+        self.header_block = None
+        self.goaway(code)
+        self._flush()
+        self._close()
 
     def _close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -460,7 +870,7 @@ class Server:
         self.peer_check = peer_check  # e.g. the client certificate's SAN on a mutual-TLS listener
         self.connections: set[Connection] = set()
         self.draining = False
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.Server | None = None
         self._drained = asyncio.Event()
 
     async def start(self, sock: socket.socket, ssl: SSLContext | None = None) -> None:
@@ -476,7 +886,7 @@ class Server:
             self._drained.set()
 
     async def shutdown(self, grace: float) -> None:
-        """Stop accepting, tell every connection GOAWAY, let open streams finish (up to ``grace``)."""
+        """Stop accepting, send GOAWAY, let open streams (deferred ones too) finish, for up to ``grace`` seconds."""
         self.draining = True
         if self._server is not None:
             self._server.close()

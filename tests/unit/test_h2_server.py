@@ -17,6 +17,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from h2.events import DataReceived, TrailersReceived
 from hpack import Decoder, Encoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from ext_proc.server import h2, listen
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.servicer import HEALTH_PATH, PROCESS_PATH, ExtProcCall, HealthCall, Service
 from tests.fakes import FakeTransport
+from tests.unit.h2_peer import PATH, Log, Peer, echo_routes, frame, grpc_message, literal_block
 
 
 class Running:
@@ -35,8 +37,8 @@ class Running:
         self.log = log
         self.records = RecordWriter(str(log))
         self.server = h2.Server({
-            PROCESS_PATH: lambda _headers: ExtProcCall(Service(self.records)),
-            HEALTH_PATH: lambda _headers: HealthCall(lambda: not self.server.draining),
+            PROCESS_PATH: lambda _headers, _responder: ExtProcCall(Service(self.records)),
+            HEALTH_PATH: lambda _headers, _responder: HealthCall(lambda: not self.server.draining),
         })
         self.listener = listen.bind(listen.Address("tcp", host="127.0.0.1", port=0))
         self.port = self.listener.sock.getsockname()[1]
@@ -257,7 +259,7 @@ STREAM = client_bytes()
 def test_any_segmentation_of_the_client_bytes(cuts: list[int]) -> None:
     writer = RecordWriter(None)
     writer.emit = lambda record: None  # type: ignore[method-assign]
-    server = h2.Server({PROCESS_PATH: lambda _headers: ExtProcCall(Service(writer))})
+    server = h2.Server({PROCESS_PATH: lambda _headers, _responder: ExtProcCall(Service(writer))})
     connection = h2.Connection(server)
     transport = FakeTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
@@ -267,3 +269,195 @@ def test_any_segmentation_of_the_client_bytes(cuts: list[int]) -> None:
     kinds, trailers, pinged = server_output(bytes(transport.data))
     assert kinds == ["request_headers", "request_body", "response_headers", "response_body"]
     assert trailers == {"grpc-status": "0"} and pinged and not transport.closed
+
+
+# -- answering later: the Responder seam ---------------------------------------------------------
+
+
+class LaterCall:
+    """Answers each message ``delay`` seconds later from ``loop.call_later``, and finishes the same way."""
+
+    def __init__(self, responder: h2.Responder, log: Log, sid: int, delay: float = 0.05) -> None:
+        self.responder, self.log, self.sid, self.delay = responder, log, sid, delay
+        self.loop = asyncio.get_running_loop()
+        log.events.append((sid, "created"))
+        log.responders[sid] = responder
+
+    def message(self, data: bytes) -> list[bytes]:
+        self.log.events.append((self.sid, "message"))
+        self.loop.call_later(self.delay, self.answer, data)
+        return []
+
+    def answer(self, data: bytes) -> None:
+        self.log.events.append((self.sid, f"answer (open: {self.responder.open})"))
+        self.responder.send(data)
+
+    def end(self) -> tuple[int, str] | None:
+        self.log.events.append((self.sid, "end"))
+        self.loop.call_later(self.delay, self.responder.finish, 0, "later")
+        return None
+
+    def reset(self) -> None:
+        self.log.events.append((self.sid, "reset"))
+
+
+def later_routes(log: Log, delay: float = 0.05) -> dict[str, h2.CallFactory]:
+    return {PATH: lambda _headers, responder: LaterCall(responder, log, responder.sid, delay)}  # type: ignore[attr-defined]
+
+
+def stream_frames(peer: Peer, sid: int) -> list[int]:
+    return [kind for kind, _, s, _ in peer.frames() if s == sid]
+
+
+def test_a_call_answers_later_from_the_loop_and_its_stream_counts_until_finished() -> None:
+    async def scenario() -> None:
+        log = Log()
+        peer = Peer(later_routes(log))
+        peer.open(1, b"first", b"second", end=True)
+        assert stream_frames(peer, 1) == []  # nothing yet: the answers come from the loop
+        assert 1 in peer.connection.streams and log.of(1) == ["created", "message", "message", "end"]
+        writes = peer.transport.writes
+        await asyncio.sleep(0.15)
+        # Two answers from two timer callbacks and the trailers from a third, due together:
+        # one flush after them, one write.
+        assert peer.transport.writes == writes + 1
+        peer.pump()
+        answers = [e for e in peer.events if isinstance(e, DataReceived) and e.stream_id == 1]
+        assert b"".join(e.data for e in answers) == grpc_message(b"first") + grpc_message(b"second")
+        (trailers,) = [e for e in peer.events if isinstance(e, TrailersReceived)]
+        assert dict(trailers.headers) == {b"grpc-status": b"0", b"grpc-message": b"later"}
+        assert 1 not in peer.connection.streams
+        assert log.of(1)[-2:] == ["answer (open: True)", "answer (open: True)"]
+
+    asyncio.run(scenario())
+
+
+def test_answers_given_inside_data_received_share_its_single_write() -> None:
+    async def scenario() -> None:
+        log = Log()
+
+        def both(message: bytes) -> list[bytes]:
+            log.responders[1].send(b"via responder")
+            return [b"returned"]
+
+        peer = Peer(echo_routes(log, both))
+        writes = peer.transport.writes
+        peer.send(frame(h2.HEADERS, h2.END_HEADERS, 1, literal_block())
+                  + frame(h2.DATA, h2.END_STREAM, 1, grpc_message(b"q")))
+        assert peer.transport.writes == writes + 1
+        await asyncio.sleep(0.01)  # the flush scheduled by the responder finds nothing left to write
+        assert peer.transport.writes == writes + 1
+        data = b"".join(p for kind, _, sid, p in peer.frames() if kind == h2.DATA)
+        assert data == grpc_message(b"via responder") + grpc_message(b"returned")
+
+    asyncio.run(scenario())
+
+
+def test_a_client_cancelling_while_the_answer_is_outstanding() -> None:
+    async def scenario() -> None:
+        log = Log()
+        peer = Peer(later_routes(log))
+        peer.open(1, b"q")
+        peer.client.reset_stream(1)
+        peer.pump()
+        assert log.of(1) == ["created", "message", "reset"]
+        responder = log.responders[1]
+        assert not responder.open
+        before = stream_frames(peer, 1)
+        await asyncio.sleep(0.15)
+        responder.send(b"late")
+        responder.finish()
+        await asyncio.sleep(0.01)
+        assert log.of(1) == ["created", "message", "reset", "answer (open: False)"]  # reset() once, nothing after
+        assert stream_frames(peer, 1) == before == []
+        assert peer.goaway() is None and not peer.connection.streams
+
+    asyncio.run(scenario())
+
+
+def test_answers_given_later_wait_while_the_transport_is_above_its_high_water_mark() -> None:
+    async def scenario() -> None:
+        log = Log()
+        peer = Peer(later_routes(log, delay=0.01))
+        peer.open(1, b"q", end=True)
+        peer.connection.pause_writing()  # the client is not reading what we already wrote
+        written = len(peer.transport.data)
+        await asyncio.sleep(0.05)
+        assert log.of(1)[-1] == "answer (open: True)"
+        assert len(peer.transport.data) == written  # held
+        peer.connection.resume_writing()
+        peer.pump()
+        assert [e.data for e in peer.events if isinstance(e, DataReceived)] == [grpc_message(b"q")]
+        assert any(isinstance(e, TrailersReceived) for e in peer.events)
+
+    asyncio.run(scenario())
+
+
+def test_the_connection_dropping_while_answers_are_outstanding() -> None:
+    async def scenario() -> None:
+        log = Log()
+        peer = Peer(later_routes(log))
+        peer.open(1, b"q", end=True)  # answer and finish outstanding
+        peer.open(3, b"q")  # answer outstanding, client still sending
+        written = len(peer.transport.data)
+        peer.lose()
+        assert log.of(1) == ["created", "message", "end", "reset"]
+        assert log.of(3) == ["created", "message", "reset"]
+        assert not log.responders[1].open and not log.responders[3].open
+        await asyncio.sleep(0.15)  # the answers arrive: ignored, nothing written, nothing raised
+        assert log.of(3)[-1] == "answer (open: False)"
+        assert len(peer.transport.data) == written
+
+    asyncio.run(scenario())
+
+
+def test_many_concurrent_deferred_streams_count_against_max_concurrent_streams() -> None:
+    async def scenario() -> None:
+        log = Log()
+        peer = Peer(later_routes(log, delay=0.1))
+        for i in range(h2.MAX_CONCURRENT_STREAMS):
+            peer.open(2 * i + 1, b"%d" % i, end=True)
+        assert len(peer.connection.streams) == h2.MAX_CONCURRENT_STREAMS
+        extra = 2 * h2.MAX_CONCURRENT_STREAMS + 1
+        peer.send(frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, extra, literal_block()))
+        assert peer.resets() == {extra: h2.REFUSED_STREAM}
+        await asyncio.sleep(0.3)
+        peer.pump()
+        for i in range(h2.MAX_CONCURRENT_STREAMS):
+            sid = 2 * i + 1
+            data = b"".join(e.data for e in peer.events if isinstance(e, DataReceived) and e.stream_id == sid)
+            assert data == grpc_message(b"%d" % i)
+            assert log.of(sid) == ["created", "message", "end", "answer (open: True)"]
+        assert not peer.connection.streams
+        assert sum(isinstance(e, TrailersReceived) for e in peer.events) == h2.MAX_CONCURRENT_STREAMS
+
+    asyncio.run(scenario())
+
+
+def test_graceful_shutdown_waits_for_deferred_streams() -> None:
+    async def scenario() -> None:
+        log = Log()
+        peer = Peer(later_routes(log, delay=0.2))
+        peer.open(1, b"q", end=True)
+        start = time.monotonic()
+        await peer.server.shutdown(5)
+        elapsed = time.monotonic() - start
+        assert 0.2 <= elapsed < 2
+        kinds = [(kind, flags & h2.END_STREAM) for kind, flags, sid, _ in peer.frames() if sid in (0, 1)]
+        goaway = kinds.index((h2.GOAWAY, 0))
+        assert (h2.HEADERS, h2.END_STREAM) in kinds[goaway:]  # the deferred answer came after GOAWAY
+        assert peer.transport.closed and peer.goaway() == h2.NO_ERROR
+
+    asyncio.run(scenario())
+
+
+def test_deferred_answers_over_a_socket_to_grpcio(tmp_path: Path) -> None:
+    running = Running(tmp_path / "records.jsonl")
+    log = Log()
+    running.server.routes[PATH] = lambda _headers, responder: LaterCall(responder, log, 1, 0.02)
+    try:
+        with channel(running.port) as ch:
+            answers = list(ch.stream_stream(PATH)(iter([b"one", b"two", b"three"]), timeout=10))
+        assert answers == [b"one", b"two", b"three"]
+    finally:
+        running.stop()
