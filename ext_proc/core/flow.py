@@ -74,6 +74,7 @@ class Flow:
         "translator",
         "ttft",
         "untranslatable",
+        "withheld",
         "workload",
     )
 
@@ -125,6 +126,7 @@ class Flow:
         self.served: WireAPI | None = None  # the API the provider answers in
         self.pair: Pair | None = None  # the translation, when served and client APIs differ
         self.translator: StreamTranslator | None = None  # a streamed answer's translation
+        self.withheld = 0  # events read but not passed on (a cut stream's unterminated last event)
         self.untranslatable = False  # the provider's stream could not be translated (the client got an error)
         self.refused: ClientError | None = None  # a guardrail blocked the streamed answer: the client gets this
         self.served_model: str | None = None

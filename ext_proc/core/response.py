@@ -161,6 +161,7 @@ class Finish(Stage):
         # The stream's last event, received whole but for its blank line, goes on only if the
         # stream completed (a translated stream has already passed it through the translator).
         if events and events[-1].last and flow.translator is None and not complete(flow):
+            flow.withheld += sum(1 for event in events if event.last and event.data)
             return [event for event in events if not event.last]
         return events
 
@@ -172,7 +173,8 @@ class Finish(Stage):
         assert flow.api is not None
         # An API that numbers its events (Responses) numbers the error after what the client got.
         source = flow.translator if flow.translator is not None else reader
-        return [_bytes(flow.api.stream_error(INTERRUPTED, getattr(source, "sequence", 0)))]
+        sequence = getattr(source, "sequence", 0) - (flow.withheld if flow.translator is None else 0)
+        return [_bytes(flow.api.stream_error(INTERRUPTED, max(0, sequence)))]
 
 
 def complete(flow: Flow) -> bool:

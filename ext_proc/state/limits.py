@@ -420,7 +420,7 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
 for _, h in ipairs(dead) do
   local v = tonumber(redis.call('HGET', KEYS[2], h) or '0')
   redis.call('HDEL', KEYS[2], h)
-  redis.call('HINCRBY', KEYS[2], '_total', -v)
+  if v > 0 then redis.call('HINCRBY', KEYS[2], '_total', 0 - v) end
   redis.call('ZREM', KEYS[3], h)
 end
 local function keep(expire_at)
@@ -457,13 +457,14 @@ else
   mine = tonumber(mine)
   local taken = math.min(mine, used + released)
   if mine - taken > 0 then
-    redis.call('HINCRBY', KEYS[2], holder, -taken)
+    if taken > 0 then redis.call('HINCRBY', KEYS[2], holder, 0 - taken) end
     redis.call('ZADD', KEYS[3], now + ttl, holder)
   else
     redis.call('HDEL', KEYS[2], holder)
     redis.call('ZREM', KEYS[3], holder)
   end
-  redis.call('HINCRBY', KEYS[2], '_total', -taken)
+  -- (never "-0": Redis does not read it as an integer)
+  if taken > 0 then redis.call('HINCRBY', KEYS[2], '_total', 0 - taken) end
 end
 keep(expire_at)
 return {lost, spent, tonumber(redis.call('HGET', KEYS[2], '_total') or '0')}
@@ -518,12 +519,16 @@ class RedisBackend:
         return self._run(calls)
 
     async def _run(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Grant]:
+        # The deadline is the client's own (socket and pool timeouts): cancelling a command from
+        # outside could hand its connection back with an answer still unread.
         import redis
 
         try:
-            return await asyncio.wait_for(self._pipeline(calls), self.deadline)
-        except TimeoutError:
+            return await self._pipeline(calls)
+        except (TimeoutError, redis.TimeoutError):
             raise StoreUnavailable(f"redis did not answer within {self.deadline:g} s") from None
+        except redis.ResponseError as exc:  # a script error: Redis's message names no secret
+            raise StoreUnavailable(f"redis refused: {str(exc)[:200]}") from None
         except (redis.RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from None
 

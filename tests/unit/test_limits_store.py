@@ -173,6 +173,19 @@ def test_redis_and_memory_give_the_same_grants_and_totals(redis_url: str) -> Non
     asyncio.run(scenario())
 
 
+def test_a_report_of_nothing_refreshes_a_lease_in_redis(redis_url: str) -> None:
+    """A heartbeat reports 0 spent, 0 given back: Lua's -0 must never reach HINCRBY."""
+    async def scenario() -> None:
+        backend = RedisBackend.from_url(redis_url)
+        c = claim(amount=10, capacity=100)
+        assert await backend.grow("a", [(c, 10, 10)], 30) == [Grant(10, 0, 10)]
+        assert await backend.report("a", [(c, 0, 0)], 30) == [Grant(0, 0, 10)]
+        assert await backend.report("a", [(c, 0, 10)], 30) == [Grant(0, 0, 0)]
+        await backend.close()
+
+    asyncio.run(scenario())
+
+
 def test_concurrent_holders_never_take_more_than_the_capacity(redis_url: str) -> None:
     async def scenario() -> None:
         backends = [RedisBackend.from_url(redis_url) for _ in range(4)]
@@ -209,6 +222,8 @@ def test_a_sidecar_killed_holding_a_lease_gives_it_back_after_the_ttl(redis_url:
         alive = Keeper(RedisBackend.from_url(redis_url), holder="alive", ttl=0.5)
         c = claim(amount=60, capacity=100)
         assert (await dead.admit((c,))).admitted  # type: ignore[misc]
+        assert dead._flush is not None
+        dead._flush.cancel()  # the sidecar dies: nothing reports or refreshes its grant any more
         refused = await alive.admit((c,))  # type: ignore[misc]
         assert not refused.admitted
         await asyncio.sleep(0.6)  # the dead holder never refreshes its grant

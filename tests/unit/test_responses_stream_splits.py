@@ -198,6 +198,13 @@ def test_a_truncated_stream_ends_with_whole_events_and_one_error_event(provider:
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_stream_cut_before_its_first_event_ended_numbers_its_error_from_zero(provider: str) -> None:
+    """The first event arrived whole but for its blank line and is withheld: the error is event 0."""
+    up = generated(provider, Reply((), 1, False), b"\n")
+    check_cut(up, up.data.index(b"\n\n") + 1, [])
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_stream_cut_inside_its_terminal_event_is_incomplete(provider: str) -> None:
     up = generated(provider, Reply(("Hi",), 12, False), b"\n")
     for end in (m.end() for m in re.finditer(rb"data: ", up.data[: up.complete_at])):
