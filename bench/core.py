@@ -10,6 +10,7 @@ collected in memory. Reported: microseconds of process CPU per request (median o
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -57,6 +58,13 @@ GUARDRAILS = """guardrails:
     - {name: pii, detectors: [pii], action: redact}
     - {name: injection, detectors: [prompt_injection], action: block}
 """
+# Budgets and rate limits measured: a monthly budget in USD and tokens and per-minute limits on the
+# demo team, far from their limits (admission and settlement on every request, nothing refused).
+LIMITS = """budgets:
+  demo-monthly: {team: demo, usd: "1000000", tokens: 1000000000000, period: month}
+rate_limits:
+  demo: {team: demo, requests_per_minute: 100000000, tokens_per_minute: 100000000, concurrent: 10000}
+"""
 
 
 class Records:
@@ -84,7 +92,7 @@ def _attributes(values: dict[str, str]) -> dict[str, Any]:
 
 def messages(case: str) -> list[bytes]:
     """The serialized ProcessingRequests of one request of ``case`` (``-guarded``: the same request)."""
-    case = case.removesuffix("-guarded")
+    case = case.removesuffix("-guarded").removesuffix("-limits")
     model = {"chat": "gpt-4o-mini", "chat-stream": "gpt-4o-mini", "translated": "claude-haiku",
              "translated-stream": "claude-haiku", "alias": "chat", "chat-2k": "gpt-4o-mini",
              "chat-2k-stream": "gpt-4o-mini"}[case]
@@ -159,9 +167,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=2000, help="requests per repeat (default 2000)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats; the median is reported (default 5)")
-    parser.add_argument("--cases", default="chat,chat-stream,alias,translated,translated-stream,chat-2k,"
-                                          "chat-2k-guarded,chat-2k-stream,chat-2k-stream-guarded")
+    parser.add_argument("--cases", default="chat,chat-limits,chat-stream,chat-stream-limits,alias,translated,"
+                                          "translated-stream,chat-2k,chat-2k-guarded,chat-2k-stream,"
+                                          "chat-2k-stream-guarded")
     args = parser.parse_args()
+    # Inside an event loop, as in the server (the budget counters report in the background).
+    return asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> int:
     for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
         os.environ.setdefault(variable, "sk-bench-not-a-key")
     holder = PolicyHolder(str(POLICY))
@@ -170,18 +184,25 @@ def main() -> int:
     guarded_file.write_text(re.sub(r"^guardrails: \{\}.*\n", GUARDRAILS, POLICY.read_text(), flags=re.M))
     guarded_holder = PolicyHolder(str(guarded_file))
     assert guarded_holder.load() and guarded_holder.current is not None and guarded_holder.current.guardrails
+    limited_file = guarded_file.with_name("limited.yaml")
+    limited_file.write_text(re.sub(r"^budgets: \{\}.*\nrate_limits: \{\}.*\n", LIMITS, POLICY.read_text(), flags=re.M))
+    limited_holder = PolicyHolder(str(limited_file))
+    assert limited_holder.load() and limited_holder.current is not None and limited_holder.current.limits
     records = Records()
     accountant = warm_up()
     service = Service(records, holder, "local-dev", accountant=accountant)  # type: ignore[arg-type]
     guarded = Service(records, guarded_holder, "local-dev", accountant=accountant)  # type: ignore[arg-type]
+    limited = Service(records, limited_holder, "local-dev", accountant=accountant)  # type: ignore[arg-type]
     print(f"{'case':24} {'µs/request':>10}   (median of {args.repeats} x {args.n}; min..max)")
     for case in args.cases.split(","):
-        chosen = guarded if case.endswith("-guarded") else service
+        chosen = guarded if case.endswith("-guarded") else limited if case.endswith("-limits") else service
         samples = [run(chosen, case, args.n) for _ in range(args.repeats)]
         record = records.records[-1]
         assert record["outcome"] == "ok" and record["output_tokens"] and record["cost_usd_micros"] is not None, record
         if case.endswith("-guarded"):
             assert record["guardrails"] == ["pii"], record  # the pasted email was redacted
+        if case.endswith("-limits"):
+            assert len(record["limits"]) == 5, record  # usd, tokens; requests, tokens, a concurrency slot
         extra = ""
         if "-stream" in case:
             first = statistics.median(first_chunk(chosen, case, args.n // 4) for _ in range(args.repeats))

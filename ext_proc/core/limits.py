@@ -36,7 +36,6 @@ from ext_proc.core.flow import Flow
 from ext_proc.core.steps import Step
 from ext_proc.llm.apis import RateWindow
 from ext_proc.llm.errors import ClientError
-from ext_proc.llm.usage import Usage
 from ext_proc.policy.compiled import Alias, Budget, period_window
 from ext_proc.state.queries import Admission, Admit, Claim, StoreUnavailable
 
@@ -110,21 +109,21 @@ def _tokens(flow: Flow, default_output: int) -> int:
 def _usd(flow: Flow, tokens: int) -> int | None:
     """The most the request can cost on any target of its chain (None: no target has a price)."""
     accountant = flow.accountant
-    estimate = flow.meter.estimate
     if accountant is None:
         return None
+    estimate = flow.meter.estimate
     prompt = estimate.tokens if estimate is not None else len(flow.body) // 4
-    usage = Usage(input_tokens=prompt, output_tokens=max(0, tokens - prompt))
-    costs = []
+    output = max(0, tokens - prompt)
+    most = None
     for target in flow.chain:
         try:
-            cost, _ = accountant.cost(target.provider.kind, target.upstream_model, (target.public,), usage,
-                                      target.price)
+            cost = accountant.estimate_cost(target.provider.kind, target.upstream_model, (target.public,),
+                                            target.price, prompt, output)
         except Exception:
             cost = None
-        if cost:
-            costs.append(cost)
-    return max(costs) if costs else None
+        if cost and (most is None or cost > most):
+            most = cost
+    return most
 
 
 def _admitted(flow: Flow, now: float, answer: Any) -> Ask | None:
@@ -164,14 +163,21 @@ def _admitted(flow: Flow, now: float, answer: Any) -> Ask | None:
 
 def rate_windows(flow: Flow, answer: Admission) -> list[RateWindow]:
     """The tightest requests and tokens per-minute limits, as the client is told about them."""
-    tightest: dict[str, RateWindow] = {}
-    for claim, (_, unit, kind), remaining in zip(flow.claims, flow.claim_labels, answer.remaining, strict=False):
-        if kind != "rate" or unit not in ("requests", "tokens"):
+    requests: int | None = None
+    tokens: int | None = None
+    for index, (_, unit, kind) in enumerate(flow.claim_labels):
+        if kind != "rate" or index >= len(answer.remaining):
             continue
-        window = RateWindow(unit, claim.capacity, remaining, claim.resets)
-        if unit not in tightest or window.remaining < tightest[unit].remaining:
-            tightest[unit] = window
-    return [tightest[unit] for unit in ("requests", "tokens") if unit in tightest]
+        if unit == "requests" and (requests is None or answer.remaining[index] < answer.remaining[requests]):
+            requests = index
+        elif unit == "tokens" and (tokens is None or answer.remaining[index] < answer.remaining[tokens]):
+            tokens = index
+    out = []
+    for unit, found in (("requests", requests), ("tokens", tokens)):
+        if found is not None:
+            claim = flow.claims[found]
+            out.append(RateWindow(unit, claim.capacity, answer.remaining[found], claim.resets))
+    return out
 
 
 def settlement(flow: Flow, record: dict[str, Any]) -> Settle | None:

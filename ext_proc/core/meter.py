@@ -33,6 +33,11 @@ class Accountant(Protocol):
         """Micro-dollars and the price version; ``aliases`` are other names of the same model."""
         ...
 
+    def estimate_cost(self, provider_kind: str, model: str, aliases: tuple[str, ...], override: Price | None,
+                      input_tokens: int, output_tokens: int) -> int | None:
+        """Micro-dollars a request of these tokens may cost, rounded up (None: no price)."""
+        ...
+
 
 class Meter:
     """Per-request metering state: the estimate before sending, the reader of the answer."""

@@ -102,18 +102,30 @@ def _zone(name: str) -> zoneinfo.ZoneInfo:
     return zoneinfo.ZoneInfo(name)
 
 
+_WINDOWS: dict[tuple[str, str], tuple[float, str, float]] = {}  # (period, zone) -> (start, id, end)
+
+
 def period_window(period: str, timezone: str, now: float) -> tuple[str, float]:
     """The window of a budget period (``day`` or ``month`` in ``timezone``) at Unix time ``now``:
     its id (``2026-12``, ``2026-12-04``) and when it ends (Unix seconds)."""
+    cached = _WINDOWS.get((period, timezone))
+    if cached is not None and cached[0] <= now < cached[2]:
+        return cached[1], cached[2]
+    window, start, end = _window(period, timezone, now)
+    _WINDOWS[(period, timezone)] = (start, window, end)
+    return window, end
+
+
+def _window(period: str, timezone: str, now: float) -> tuple[str, float, float]:
     zone = _zone(timezone)
     local = datetime.datetime.fromtimestamp(now, zone)
     if period == "day":
         start = local.replace(hour=0, minute=0, second=0, microsecond=0)
         end = (start + datetime.timedelta(days=1, hours=2)).replace(hour=0)  # a DST day has 23 or 25 hours
-        return start.strftime("%Y-%m-%d"), end.timestamp()
+        return start.strftime("%Y-%m-%d"), start.timestamp(), end.timestamp()
     start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     month, year = (start.month % 12) + 1, start.year + (start.month == 12)
-    return start.strftime("%Y-%m"), start.replace(year=year, month=month).timestamp()
+    return start.strftime("%Y-%m"), start.timestamp(), start.replace(year=year, month=month).timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +165,8 @@ class Limits:
     on_unavailable: str = "closed"  # "closed" | "open": when the shared store does not answer
     default_output_tokens: int = 4096
     _index: Mapping[tuple[str, str], tuple[Budget | RateLimit, ...]] = field(default_factory=dict, repr=False)
+    _found: dict[tuple[str, str | None, tuple[str, ...]], tuple[tuple[Budget | RateLimit, str], ...]] = field(
+        default_factory=dict, repr=False, compare=False)  # applying()'s answers (the policy never changes)
 
     def __post_init__(self) -> None:
         index: dict[tuple[str, str], list[Budget | RateLimit]] = {}
@@ -164,12 +178,24 @@ class Limits:
     def __bool__(self) -> bool:
         return bool(self.budgets or self.rate_limits)
 
-    def applying(self, team: str, key_id: str | None, models: tuple[str, ...]) -> list[tuple[Budget | RateLimit, str]]:
+    def applying(self, team: str, key_id: str | None, models: tuple[str, ...]
+                 ) -> tuple[tuple[Budget | RateLimit, str], ...]:
         """The limits counting a request, each with the member it counts for (a "*" scope gives
         every team, key or model its own counter)."""
         index = self._index
         if not index:
-            return []
+            return ()
+        key = (team, key_id, models)
+        found = self._found.get(key)
+        if found is None:
+            found = self._applying(team, key_id, models)
+            if len(self._found) < 4096:
+                self._found[key] = found
+        return found
+
+    def _applying(self, team: str, key_id: str | None, models: tuple[str, ...]
+                  ) -> tuple[tuple[Budget | RateLimit, str], ...]:
+        index = self._index
         out: list[tuple[Budget | RateLimit, str]] = []
         members = [("team", team)] + ([("key", key_id)] if key_id else []) + [("model", m) for m in models]
         for scope, member in members:
@@ -177,7 +203,7 @@ class Limits:
                 for limit in index.get((scope, name), ()):
                     if (limit, member) not in out:
                         out.append((limit, member))
-        return out
+        return tuple(out)
 
 
 NO_LIMITS = Limits()

@@ -170,7 +170,7 @@ class BudgetSpec(ScopeSpec):
     """Spending allowed per day or calendar month: in USD, in tokens, or both."""
 
     usd: Dec | None = Field(None, description='USD per period, quoted: "500.00"')
-    tokens: Count | None = Field(None, description="input + output tokens per period")
+    tokens: Annotated[int, Field(ge=1, le=10**15)] | None = Field(None, description="input + output tokens per period")
     period: Period = Field(description="day | month (calendar, in 'timezone')")
     timezone: TimeZone = Field("UTC", description="IANA time zone the period turns over in (default UTC)")
     enforce: Enforce = Field("hard", description="hard: refuse requests past the budget; soft: alerts only")

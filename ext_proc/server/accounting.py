@@ -8,6 +8,7 @@ traffic, and no request pays for it. Prices set in the policy win over the table
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ class ServiceAccountant:
 
     def __init__(self, table: prices.PriceTable | None = None) -> None:
         self.table = table if table is not None else prices.default_table()
+        self._prices: dict[tuple[Any, ...], object] = {}  # estimate_cost's price lookups
+        self._rates: dict[prices.Price, tuple[float, float]] = {}
 
     def count_request(self, api: str, payload: dict[str, Any], model: str) -> tokens.TokenEstimate | None:
         return tokens.count_request(api, payload, model)
@@ -36,6 +39,32 @@ class ServiceAccountant:
         if price is None:
             return None, None
         return prices.cost_micros(price, usage), price.source
+
+
+    def estimate_cost(self, provider_kind: str, model: str, aliases: tuple[str, ...], override: prices.Price | None,
+                      input_tokens: int, output_tokens: int) -> int | None:
+        """An estimate of what ``input_tokens`` in and ``output_tokens`` out cost, in micro-dollars,
+        rounded up (a budget claim, not a bill: float rates, the prompt's price tier)."""
+        key = (provider_kind, model, aliases, override)
+        price = self._prices.get(key, _UNKNOWN)
+        if price is _UNKNOWN:
+            price = override if override is not None else self.table.price(provider_kind, model, aliases=aliases)
+            if len(self._prices) < 4096:
+                self._prices[key] = price
+        if price is None:
+            return None
+        assert isinstance(price, prices.Price)
+        for tier in reversed(price.tiers):
+            if input_tokens > tier.above:
+                price = tier.price
+                break
+        rates = self._rates.get(price)
+        if rates is None:
+            rates = self._rates[price] = (float(price.input), float(price.output))
+        return math.ceil(input_tokens * rates[0] + output_tokens * rates[1])
+
+
+_UNKNOWN = object()
 
 
 def warm_up() -> ServiceAccountant:

@@ -74,7 +74,7 @@ class NodeStateServer:
                     holder, ttl, pairs = request["holder"], request["ttl"], _claims(request["items"])
                     grants = (self.backend.grow(holder, pairs, ttl) if op == "grow"
                               else self.backend.report(holder, pairs, ttl))
-                    answer = [[g.granted, g.spent, g.held] for g in grants]
+                    answer = [[g.granted, g.spent, g.held, g.mine] for g in grants]
                 writer.write(orjson.dumps(answer) + b"\n")
                 await writer.drain()
         except (ConnectionError, orjson.JSONDecodeError, KeyError, ValueError) as exc:

@@ -59,11 +59,13 @@ RETRY = 1.0  # seconds without asking a store that did not answer
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A store's answer about one counter: what it granted now and its totals after."""
+    """A store's answer about one counter: what it granted now (-1: it had dropped this holder),
+    its totals after, and what this holder holds there now (the worker's lease, as the store sees it)."""
 
     granted: int
     spent: int
     held: int
+    mine: int = 0
 
 
 class Backend(Protocol):
@@ -98,6 +100,7 @@ class Lease:
     spent: int = 0  # the store's totals at the last exchange ...
     others: int = 0  # ... and what other holders held then
     last: float = 0.0  # monotonic time of the last admission
+    fresh_until: float = 0.0  # monotonic time after which the store may have dropped it (no refresh)
 
     @property
     def free(self) -> int:
@@ -123,6 +126,7 @@ class Keeper:
     alerts: Callable[[Claim, int], None] | None = None  # called with each report's totals (soft alerts)
     _flush: asyncio.Task[None] | None = None
     _growing: dict[str, asyncio.Future[list[Grant]]] = field(default_factory=dict)  # counter -> its grow in flight
+    _turn: asyncio.Lock | None = None  # one store exchange at a time (see _in_turn)
 
     # -- admission --------------------------------------------------------------------------
 
@@ -133,9 +137,17 @@ class Keeper:
         else :class:`StoreUnavailable` (raised, or from the awaitable).
         """
         now = self.clock()
-        leases = [self._lease(claim) for claim in claims]
-        short = [i for i, (claim, lease) in enumerate(zip(claims, leases, strict=True))
-                 if claim.enforced and lease.free < claim.amount]
+        known = self.leases
+        leases = []
+        short = []
+        for index, claim in enumerate(claims):
+            lease = known.get(claim.counter)
+            if lease is None:
+                lease = known[claim.counter] = Lease(claim)
+            leases.append(lease)
+            if claim.enforced and (lease.held - lease.reserved - lease.used < claim.amount
+                                   or (lease.held and now > lease.fresh_until)):
+                short.append(index)
         if not short:
             return self._hold(claims, leases, now, degraded=False)
         if now < self.down_until:
@@ -143,14 +155,18 @@ class Keeper:
         pending = {id(f): f for i in short if (f := self._growing.get(claims[i].counter)) is not None}
         if pending:  # another request is growing these leases: wait for it, then look again
             return self._after(list(pending.values()), claims, fail_open)
-        asks = [(claims[i], claims[i].amount - max(0, leases[i].free), self._want(claims[i], leases[i]))
-                for i in short]
+        for i in short:
+            if now > leases[i].fresh_until:
+                # Not refreshed within its TTL: the store may have dropped it (and what requests in
+                # flight hold under it). Claim it all again; the store's answer says what is held.
+                leases[i].held = 0
+        asks = [(claims[i], claims[i].amount - leases[i].free, self._want(claims[i], leases[i])) for i in short]
         try:
             answer = self.backend.grow(self.holder, asks, self.ttl)
         except StoreUnavailable as exc:
             return self._unavailable(exc, claims, leases, fail_open)
         if inspect.isawaitable(answer):
-            growing = asyncio.ensure_future(answer)
+            growing = asyncio.ensure_future(self._in_turn(answer))
             for i in short:
                 self._growing[claims[i].counter] = growing
             return self._admit_later(claims, leases, short, growing, fail_open)
@@ -174,12 +190,22 @@ class Keeper:
         answer = self.admit(claims, fail_open)
         return await answer if inspect.isawaitable(answer) else answer
 
+    async def _in_turn(self, answer: Awaitable[list[Grant]]) -> list[Grant]:
+        """One exchange with the store at a time: answers arrive in the order the store ran them,
+        so each one's view of this worker's lease is the latest."""
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+        async with self._turn:
+            return await answer
+
     def _granted(self, claims: tuple[Claim, ...], leases: list[Lease], short: list[int],
                  grants: list[Grant]) -> Admission:
         self._recovered()
+        fresh = self.clock() + self.ttl * 0.8
         for index, grant in zip(short, grants, strict=True):
             lease = leases[index]
-            lease.held += grant.granted
+            lease.held = grant.mine  # the store's view of this worker's lease is the truth
+            lease.fresh_until = fresh
             lease.spent, lease.others = grant.spent, max(0, grant.held - lease.held)
         for index, (claim, lease) in enumerate(zip(claims, leases, strict=True)):
             if claim.enforced and lease.free < claim.amount:
@@ -187,13 +213,17 @@ class Keeper:
         return self._hold(claims, leases, self.clock(), degraded=False)
 
     def _hold(self, claims: tuple[Claim, ...], leases: list[Lease], now: float, degraded: bool) -> Admission:
+        remaining = []
         for claim, lease in zip(claims, leases, strict=True):
             lease.claim = claim
             lease.last = now
             if claim.enforced:
                 lease.reserved += claim.amount
-        self._schedule()
-        return Admission(True, remaining=tuple(lease.remaining() for lease in leases), degraded=degraded)
+            left = claim.capacity - lease.spent - lease.others - lease.reserved - lease.used
+            remaining.append(left if left > 0 else 0)
+        if self._flush is None:
+            self._schedule()
+        return Admission(True, remaining=tuple(remaining), degraded=degraded)
 
     def _unavailable(self, exc: StoreUnavailable, claims: tuple[Claim, ...], leases: list[Lease],
                      fail_open: bool) -> Admission:
@@ -225,12 +255,6 @@ class Keeper:
             self.degraded_since = None
         self.down_until = 0.0
 
-    def _lease(self, claim: Claim) -> Lease:
-        lease = self.leases.get(claim.counter)
-        if lease is None:
-            lease = self.leases[claim.counter] = Lease(claim)
-        return lease
-
     def _want(self, claim: Claim, lease: Lease) -> int:
         """How much to ask for: the claim, plus a slice for the requests after it."""
         if not claim.consumes:
@@ -242,15 +266,19 @@ class Keeper:
 
     def settle(self, claims: tuple[Claim, ...], used: tuple[int, ...]) -> None:
         """A request ended: give back its claims, count what it spent (reported in the background)."""
+        known = self.leases
         for claim, spent in zip(claims, used, strict=True):
-            lease = self.leases.get(claim.counter)
+            lease = known.get(claim.counter)
             if lease is None:
                 continue
             if claim.enforced:
-                lease.reserved = max(0, lease.reserved - claim.amount)
+                lease.reserved -= claim.amount
+                if lease.reserved < 0:
+                    lease.reserved = 0
             if claim.consumes:
                 lease.used += spent
-        self._schedule()
+        if self._flush is None:
+            self._schedule()
 
     def _schedule(self) -> None:
         if self._flush is not None:
@@ -295,7 +323,7 @@ class Keeper:
             return None  # keep counting; report when the store is back
         answer = self.backend.report(self.holder, reports, self.ttl)
         if inspect.isawaitable(answer):
-            return self._reported_later(reports, answer)
+            return self._reported_later(reports, self._in_turn(answer))
         self._reported(reports, answer)
         return None
 
@@ -304,12 +332,12 @@ class Keeper:
 
     def _reported(self, reports: list[tuple[Claim, int, int]], grants: list[Grant]) -> None:
         self._recovered()
-        for (claim, spent, released), grant in zip(reports, grants, strict=True):
+        fresh = self.clock() + self.ttl * 0.8
+        for (claim, spent, _released), grant in zip(reports, grants, strict=True):
             lease = self.leases[claim.counter]
             lease.used -= spent
-            lease.held = max(0, lease.held - spent - released)
-            if grant.granted < 0:  # the store had dropped this holder (expired): nothing is held there
-                lease.held = 0
+            lease.held = grant.mine  # the store's view (0 if it had dropped this holder)
+            lease.fresh_until = fresh
             lease.spent, lease.others = grant.spent, max(0, grant.held - lease.held)
             if self.alerts is not None:
                 self.alerts(claim, grant.spent)
@@ -360,14 +388,14 @@ class MemoryBackend:
             held = counter.total(now)
             free = claim.capacity - counter.spent - held
             if need > free:
-                out.append(Grant(0, counter.spent, held))
+                out.append(Grant(0, counter.spent, held, counter.held.get(holder, (0, 0.0))[0]))
                 continue
             grant = min(want, max(need, free // 2))
             unit = max(1, claim.amount)  # in whole claims beyond the need: no slivers nobody can use
             grant = need + (grant - need) // unit * unit
             mine, _ = counter.held.get(holder, (0, 0.0))
             counter.held[holder] = (mine + grant, now + ttl)
-            out.append(Grant(grant, counter.spent, held + grant))
+            out.append(Grant(grant, counter.spent, held + grant, mine + grant))
         return out
 
     def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float) -> list[Grant]:
@@ -379,13 +407,14 @@ class MemoryBackend:
             counter.spent += spent
             mine = counter.held.get(holder)
             lost = mine is None
+            left = 0
             if mine is not None:
                 left = mine[0] - spent - released
                 if left > 0:
                     counter.held[holder] = (left, now + ttl)
                 else:
                     del counter.held[holder]
-            out.append(Grant(-1 if lost else 0, counter.spent, counter.total(now)))
+            out.append(Grant(-1 if lost else 0, counter.spent, counter.total(now), max(0, left)))
         return out
 
     def totals(self, counter: str) -> tuple[int, int]:
@@ -435,28 +464,29 @@ local ttl, expire_at, unit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV
 local total = tonumber(redis.call('HGET', KEYS[2], '_total') or '0')
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
 local free = capacity - spent - total
-if need > free then return {0, spent, total} end
+if need > free then return {0, spent, total, tonumber(redis.call('HGET', KEYS[2], holder) or '0')} end
 local grant = math.min(want, math.max(need, math.floor(free / 2)))
 grant = need + math.floor((grant - need) / unit) * unit
-redis.call('HINCRBY', KEYS[2], holder, grant)
+local mine = redis.call('HINCRBY', KEYS[2], holder, grant)
 redis.call('HINCRBY', KEYS[2], '_total', grant)
 redis.call('ZADD', KEYS[3], now + ttl, holder)
 keep(expire_at)
-return {grant, spent, total + grant}
+return {grant, spent, total + grant, mine}
 """
 REPORT = _PRUNE + """
 local holder, used, released = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl, expire_at = tonumber(ARGV[4]), tonumber(ARGV[5])
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
 if used > 0 then spent = redis.call('INCRBY', KEYS[1], used) end
-local lost = 0
+local lost, left = 0, 0
 local mine = redis.call('HGET', KEYS[2], holder)
 if not mine then
   lost = -1
 else
   mine = tonumber(mine)
   local taken = math.min(mine, used + released)
-  if mine - taken > 0 then
+  left = mine - taken
+  if left > 0 then
     if taken > 0 then redis.call('HINCRBY', KEYS[2], holder, 0 - taken) end
     redis.call('ZADD', KEYS[3], now + ttl, holder)
   else
@@ -467,7 +497,7 @@ else
   if taken > 0 then redis.call('HINCRBY', KEYS[2], '_total', 0 - taken) end
 end
 keep(expire_at)
-return {lost, spent, tonumber(redis.call('HGET', KEYS[2], '_total') or '0')}
+return {lost, spent, tonumber(redis.call('HGET', KEYS[2], '_total') or '0'), left}
 """
 TOTALS = _PRUNE + """
 return {tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('HGET', KEYS[2], '_total') or '0')}
@@ -541,7 +571,7 @@ class RedisBackend:
             for script, script_keys, args in calls:
                 await script(keys=script_keys, args=args, client=pipe)
             results = await pipe.execute()
-        return [Grant(int(granted), int(spent), int(held)) for granted, spent, held in results]
+        return [Grant(int(granted), int(spent), int(held), int(mine)) for granted, spent, held, mine in results]
 
     async def once(self, key: str, until: float) -> bool:
         try:

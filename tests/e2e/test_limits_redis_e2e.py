@@ -222,7 +222,7 @@ def test_redis_stopped_and_started_under_load(shared: tuple[Providers, RedisServ
     env.stack.policy.write_text(policy(mode))
     time.sleep(1.5)  # every worker has the new policy
     seen: list[tuple[int, str | None]] = []
-    stop = time.monotonic() + 6
+    stop = time.monotonic() + 8
 
     def load(worker: int) -> None:
         i = 0
@@ -235,7 +235,7 @@ def test_redis_stopped_and_started_under_load(shared: tuple[Providers, RedisServ
         running = [pool.submit(load, w) for w in range(2)]
         time.sleep(1.5)
         server.stop()
-        time.sleep(2)
+        time.sleep(4)  # longer than the leases' 3 s hold TTL: every process needs Redis again
         server.start()
         for future in running:
             future.result()

@@ -63,7 +63,7 @@ def test_budgets_and_rate_limits_compile_to_exact_amounts() -> None:
 
 def test_no_limits_is_falsy_and_costs_nothing() -> None:
     policy = compiles("")
-    assert not policy.limits and policy.limits.applying("search", None, ("gpt-4o",)) == []
+    assert not policy.limits and policy.limits.applying("search", None, ("gpt-4o",)) == ()
 
 
 @pytest.mark.parametrize(("snippet", "expected"), [

@@ -40,13 +40,13 @@ class Clock:
 def test_a_grant_is_never_more_than_half_of_what_is_left_nor_less_than_what_is_needed() -> None:
     backend = MemoryBackend(Clock())
     c = claim(capacity=100)
-    assert backend.grow("a", [(c, 10, 40)], 30) == [Grant(40, 0, 40)]  # 40 <= 100 / 2
-    assert backend.grow("b", [(c, 10, 40)], 30) == [Grant(30, 0, 70)]  # half of the 60 left
-    assert backend.grow("c", [(c, 20, 40)], 30) == [Grant(20, 0, 90)]  # the need, though more than half of 30
+    assert backend.grow("a", [(c, 10, 40)], 30) == [Grant(40, 0, 40, 40)]  # 40 <= 100 / 2
+    assert backend.grow("b", [(c, 10, 40)], 30) == [Grant(30, 0, 70, 30)]  # half of the 60 left
+    assert backend.grow("c", [(c, 20, 40)], 30) == [Grant(20, 0, 90, 20)]  # the need, though more than half of 30
     odd = claim(amount=7, capacity=100, counter="odd")
-    assert backend.grow("a", [(odd, 7, 40)], 30) == [Grant(35, 0, 35)]  # whole claims: 7 + 4 x 7, not 40
-    assert backend.grow("d", [(c, 11, 40)], 30) == [Grant(0, 0, 90)]  # 11 does not fit in 10: nothing
-    assert backend.report("a", [(c, 25, 15)], 30) == [Grant(0, 25, 50)]  # spent 25, gave 15 back
+    assert backend.grow("a", [(odd, 7, 40)], 30) == [Grant(35, 0, 35, 35)]  # whole claims: 7 + 4 x 7, not 40
+    assert backend.grow("d", [(c, 11, 40)], 30) == [Grant(0, 0, 90, 0)]  # 11 does not fit in 10: nothing
+    assert backend.report("a", [(c, 25, 15)], 30) == [Grant(0, 25, 50, 0)]  # spent 25, gave 15 back
     assert backend.totals(c.counter) == (25, 50)
 
 
@@ -55,11 +55,11 @@ def test_a_dead_holders_grant_comes_back_after_its_ttl() -> None:
     backend = MemoryBackend(clock)
     c = claim(capacity=100)
     backend.grow("dead", [(c, 60, 60)], 30)
-    assert backend.grow("alive", [(c, 50, 50)], 30) == [Grant(0, 0, 60)]
+    assert backend.grow("alive", [(c, 50, 50)], 30) == [Grant(0, 0, 60, 0)]
     clock.now += 31
-    assert backend.grow("alive", [(c, 50, 50)], 30) == [Grant(50, 0, 50)]
+    assert backend.grow("alive", [(c, 50, 50)], 30) == [Grant(50, 0, 50, 50)]
     # The dead holder reporting late: its spend counts, it holds nothing any more.
-    assert backend.report("dead", [(c, 5, 0)], 30) == [Grant(-1, 5, 50)]
+    assert backend.report("dead", [(c, 5, 0)], 30) == [Grant(-1, 5, 50, 0)]
 
 
 # -- the keeper -----------------------------------------------------------------------------------
@@ -141,6 +141,31 @@ def test_without_the_store_the_policy_decides() -> None:
     assert all(a.degraded for a in admitted)  # type: ignore[union-attr]
 
 
+def test_a_lease_not_refreshed_within_its_ttl_is_not_used() -> None:
+    """The store drops a holder it has not heard from: its lease cannot be trusted after that."""
+    clock = Clock()
+    backend = MemoryBackend(clock)
+    keeper = Keeper(backend, holder="w1", clock=clock, ttl=10, lease_share=0.5)
+    c = claim(amount=5, capacity=100)
+    assert keeper.admit((c,)).admitted  # type: ignore[union-attr]
+    assert keeper.leases[c.counter].held == 50  # a lease for later requests
+
+    def down(*args: object) -> list[Grant]:
+        raise StoreUnavailable("down")
+
+    grow, report = backend.grow, backend.report
+    backend.grow = backend.report = down  # type: ignore[method-assign]
+    clock.now += 7  # within the TTL (less a margin): the lease is used without asking
+    assert keeper.admit((c,)).admitted  # type: ignore[union-attr]
+    clock.now += 2  # past it: the store may have dropped the lease, so the store must be asked
+    with pytest.raises(StoreUnavailable):
+        keeper.admit((c,))
+    backend.grow, backend.report = grow, report  # type: ignore[method-assign]
+    clock.now += 2  # the store is back (and has dropped the holder meanwhile)
+    assert keeper.admit((c,)).admitted  # type: ignore[union-attr]
+    assert keeper.leases[c.counter].held == backend.counters[c.counter].held["w1"][0]
+
+
 # -- Redis: the same semantics, atomically, across holders ------------------------------------------
 
 
@@ -178,9 +203,9 @@ def test_a_report_of_nothing_refreshes_a_lease_in_redis(redis_url: str) -> None:
     async def scenario() -> None:
         backend = RedisBackend.from_url(redis_url)
         c = claim(amount=10, capacity=100)
-        assert await backend.grow("a", [(c, 10, 10)], 30) == [Grant(10, 0, 10)]
-        assert await backend.report("a", [(c, 0, 0)], 30) == [Grant(0, 0, 10)]
-        assert await backend.report("a", [(c, 0, 10)], 30) == [Grant(0, 0, 0)]
+        assert await backend.grow("a", [(c, 10, 10)], 30) == [Grant(10, 0, 10, 10)]
+        assert await backend.report("a", [(c, 0, 0)], 30) == [Grant(0, 0, 10, 10)]
+        assert await backend.report("a", [(c, 0, 10)], 30) == [Grant(0, 0, 0, 0)]
         await backend.close()
 
     asyncio.run(scenario())
