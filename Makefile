@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-e2e fuzz bench bench-core bench-guardrails eval lint clean
+.PHONY: help install run test test-unit test-e2e fuzz bench bench-limits bench-core bench-guardrails eval lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,10 @@ test-e2e: $(STAMP) ## run the end-to-end tests only
 bench: $(STAMP) ## measure plain Envoy vs the gateway: req/s, p50/p99, added latency, CPU µs/request
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(PY) bench/bench.py $(BENCH_ARGS)
+
+bench-limits: $(STAMP) ## what budgets and rate limits add: none vs the node's counters vs Redis
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(PY) bench/limits.py $(BENCH_ARGS)
 
 bench-core: $(STAMP) ## CPU µs per request of the core alone (decode, session, encode), in process
 	$(PY) bench/core.py $(BENCH_ARGS)

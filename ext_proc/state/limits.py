@@ -55,6 +55,7 @@ IDLE = 1.0  # seconds without an admission after which a lease is given back
 LEASE_SHARE = 0.02  # a lease is this share of the capacity ...
 LEASE_CLAIMS = 4  # ... or this many claims, whichever is larger
 RETRY = 1.0  # seconds without asking a store that did not answer
+SLICED_CAP = 50  # concurrency caps from this size are leased in slices too
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,9 +257,11 @@ class Keeper:
         self.down_until = 0.0
 
     def _want(self, claim: Claim, lease: Lease) -> int:
-        """How much to ask for: the claim, plus a slice for the requests after it."""
-        if not claim.consumes:
-            return claim.amount  # a concurrency slot: no slices (idle slots would block other sidecars)
+        """How much to ask for: the claim, plus a slice for the requests after it. Concurrency
+        slots are sliced only from large caps (a busy worker keeps a few, given back once idle);
+        a small cap's slots go back as soon as their requests end, for the other sidecars."""
+        if not claim.consumes and claim.capacity < SLICED_CAP:
+            return claim.amount - max(0, lease.free)
         slice_ = max(int(claim.capacity * self.lease_share), claim.amount * LEASE_CLAIMS)
         return max(claim.amount, slice_) - max(0, lease.free)
 
@@ -312,7 +315,7 @@ class Keeper:
         now = self.clock()
         reports: list[tuple[Claim, int, int]] = []
         for lease in self.leases.values():
-            idle = now - lease.last > IDLE or not lease.claim.consumes
+            idle = now - lease.last > IDLE or (not lease.claim.consumes and lease.claim.capacity < SLICED_CAP)
             release = max(0, lease.held - lease.reserved - lease.used) if idle else 0
             if lease.used or release or lease.held:
                 reports.append((lease.claim, lease.used, release))

@@ -1,0 +1,105 @@
+"""Budget alerts: each threshold fires once per window, with a log line, a metric and the webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ext_proc.policy.compile import compile_policy
+from ext_proc.server import alerts
+from ext_proc.server.alerts import Alerts
+from ext_proc.state.limits import MemoryBackend
+from ext_proc.state.queries import Claim
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    received: list[dict[str, object]] = []
+    failures = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server name
+        body = self.rfile.read(int(self.headers["content-length"]))
+        if Hook.failures:
+            Hook.failures -= 1
+            self.send_response(503)
+        else:
+            Hook.received.append(orjson.loads(body))
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def hook() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    Hook.received, Hook.failures = [], 0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/alerts"
+    server.shutdown()
+
+
+def test_each_threshold_fires_once_and_a_failing_webhook_is_retried(hook: str, monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(alerts, "RETRIES", (0.05, 0.05))
+    policy = compile_policy(f"""
+apiVersion: tollway/v1
+providers: {{openai: {{kind: openai}}}}
+models: {{gpt-4o-mini: {{provider: openai}}}}
+teams: {{search: {{workloads: [w], models: ["*"]}}}}
+budgets:
+  search-daily: {{team: search, usd: "10", period: day, enforce: soft, alerts: [50, 80, 100], webhook: "{hook}"}}
+""")
+    registry = CollectorRegistry()
+    fired = Alerts(lambda: policy, MemoryBackend().once, registry)
+    claim = Claim("budget/search-daily/usd/search/2026-12-04", 1, 10_000_000, time.time() + 3600)
+
+    async def scenario() -> None:
+        Hook.failures = 1  # the first delivery fails, the retry gets through
+        started = time.monotonic()
+        fired(claim, 4_000_000)  # 40 %: nothing
+        fired(claim, 8_500_000)  # 85 %: 50 and 80
+        fired(claim, 8_600_000)  # nothing new
+        assert time.monotonic() - started < 0.05  # never waits for the webhook
+        await asyncio.sleep(0.5)
+        fired(claim, 12_000_000)  # 120 %: 100
+        await asyncio.sleep(0.3)
+
+    asyncio.run(scenario())
+    assert sorted(event["threshold_percent"] for event in Hook.received) == [50, 80, 100]
+    event = next(e for e in Hook.received if e["threshold_percent"] == 100)
+    assert (event["budget"], event["member"], event["unit"], event["enforce"]) == ("search-daily", "search", "usd",
+                                                                                  "soft")
+    assert registry.get_sample_value("tollway_budget_alerts_total", {"budget": "search-daily", "threshold": "80"}) == 1
+    assert "budget search-daily reached 80% of its usd limit for search" in caplog.text
+
+
+def test_a_second_worker_does_not_repeat_an_alert() -> None:
+    policy = compile_policy("""
+apiVersion: tollway/v1
+providers: {openai: {kind: openai}}
+models: {gpt-4o-mini: {provider: openai}}
+teams: {search: {workloads: [w], models: ["*"]}}
+budgets:
+  b: {team: search, tokens: 100, period: day, alerts: [50]}
+""")
+    store = MemoryBackend()  # shared, as Redis or the node's parent is
+    one, two = (Alerts(lambda: policy, store.once, CollectorRegistry()) for _ in range(2))
+    claim = Claim("budget/b/tokens/search/2026-12-04", 1, 100, time.time() + 3600)
+
+    async def scenario() -> None:
+        one(claim, 60)
+        two(claim, 70)
+        await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    counts = [a.metric.labels("b", "50")._value.get() for a in (one, two)]
+    assert sorted(counts) == [0, 1]
