@@ -7,6 +7,7 @@ import http.server
 import threading
 import time
 from collections.abc import Iterator
+from typing import ClassVar
 
 import orjson
 import pytest
@@ -20,10 +21,10 @@ from ext_proc.state.queries import Claim
 
 
 class Hook(http.server.BaseHTTPRequestHandler):
-    received: list[dict[str, object]] = []
+    received: ClassVar[list[dict[str, object]]] = []
     failures = 0
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
         if Hook.failures:
             Hook.failures -= 1
