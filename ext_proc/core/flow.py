@@ -70,10 +70,10 @@ class Flow:
         "started",
         "status",
         "stream",
+        "stream_failed",
         "target",
         "translator",
         "ttft",
-        "untranslatable",
         "withheld",
         "workload",
     )
@@ -127,7 +127,7 @@ class Flow:
         self.pair: Pair | None = None  # the translation, when served and client APIs differ
         self.translator: StreamTranslator | None = None  # a streamed answer's translation
         self.withheld = 0  # events read but not passed on (a cut stream's unterminated last event)
-        self.untranslatable = False  # the provider's stream could not be translated (the client got an error)
+        self.stream_failed = False  # the stream ended early with an error event (untranslatable, blocked, oversized)
         self.refused: ClientError | None = None  # a guardrail blocked the streamed answer: the client gets this
         self.served_model: str | None = None
         self.attempts: int | None = None

@@ -39,6 +39,9 @@ from ext_proc.llm.sse import SSEDecoder, SSEEvent
 from ext_proc.llm.translate import StreamTranslator
 
 UNTRANSLATABLE = ClientError(502, "untranslatable_response", "The provider's answer could not be translated.")
+MAX_EVENT = 8 * 1024 * 1024  # bytes of one streamed event: a provider sending more is cut off
+OVERSIZED = ClientError(502, "provider_event_too_large",
+                        f"The provider sent a stream event larger than {MAX_EVENT // (1024 * 1024)} MiB.")
 
 
 class Refused(Exception):
@@ -127,19 +130,19 @@ class Translate(Stage):
 
     def end(self, flow: Flow) -> list[SSEEvent]:
         translator = flow.translator
-        if translator is None or flow.untranslatable or flow.refused is not None or not complete(flow):
+        if translator is None or flow.stream_failed or flow.refused is not None or not complete(flow):
             return []
         tail = translator.end()
         return [_bytes(tail)] if tail else []
 
 
 def _translate(flow: Flow, translator: StreamTranslator, event: SSEEvent) -> bytes:
-    if not event.data or flow.untranslatable:
+    if not event.data or flow.stream_failed:
         return b""
     try:
         return translator.feed(event)
     except Exception as exc:  # an answer the client's API cannot express: end its stream with an error
-        flow.untranslatable = True
+        flow.stream_failed = True
         flow.error = "untranslatable_stream"
         message = getattr(exc, "message", None) or "The provider's stream could not be translated."
         return translator.error(f"Tollway could not translate the provider's stream: {message}")
@@ -153,9 +156,9 @@ class Finish(Stage):
     def feed(self, flow: Flow, events: list[SSEEvent]) -> list[SSEEvent]:
         refused = flow.refused
         if refused is not None:  # a guardrail blocked the answer: one error event ends the client's stream
-            if flow.untranslatable:
+            if flow.stream_failed:
                 return []
-            flow.untranslatable = True  # nothing more goes to the client (nor is translated)
+            flow.stream_failed = True  # nothing more goes to the client (nor is translated)
             assert flow.api is not None
             return [_bytes(flow.api.stream_error(refused))]
         # The stream's last event, received whole but for its blank line, goes on only if the
@@ -166,7 +169,7 @@ class Finish(Stage):
         return events
 
     def end(self, flow: Flow) -> list[SSEEvent]:
-        if flow.untranslatable or complete(flow):
+        if flow.stream_failed or complete(flow):
             return []
         reader = flow.meter.reader
         flow.error = flow.error or (reader.error if reader is not None else None) or INTERRUPTED.code
@@ -201,7 +204,7 @@ def whole(flow: Flow, stages: tuple[Stage, ...], body: bytes) -> bytes | None:
     data = body
     if body[:2] == b"\x1f\x8b":
         try:
-            data = gunzip(body)
+            data = gunzip(body, ratio=None)
         except ClientError:
             data = b""
     if stages is READ_ONLY:  # nothing but the meter: read, pass through
@@ -235,10 +238,20 @@ class Stream:
     def chunk(self, body: bytes, end: bool) -> bytes | None:
         """One chunk of the stream: the bytes to send instead, or None when they are the same."""
         decoder = self.decoder
+        flow = self.flow
+        if flow.stream_failed and flow.error == OVERSIZED.code:
+            return b""  # the stream was ended: nothing more reaches the client
         events = decoder.feed(body)
+        if len(decoder.pending) > MAX_EVENT:
+            # A provider event this large without its end is not an answer: end the client's stream
+            # with an error rather than hold an unbounded buffer.
+            decoder.flush()
+            flow.stream_failed = True
+            flow.error = OVERSIZED.code
+            assert flow.api is not None
+            return b"".join([event.raw for event in events if not event.last] + [flow.api.stream_error(OVERSIZED)])
         if end:
             events += _whole(decoder.flush())
-        flow = self.flow
         for stage in self.stages:
             events = stage.feed(flow, events)
             if end:
@@ -265,7 +278,7 @@ def error_answer(flow: Flow, status: int, body: bytes) -> bytes | None:
     api = flow.api or apis.for_errors(flow.path)
     if body[:2] == b"\x1f\x8b":
         with contextlib.suppress(ClientError):
-            body = gunzip(body)
+            body = gunzip(body, ratio=None)
     payload: Any
     try:
         payload = orjson.loads(body)

@@ -280,7 +280,7 @@ class Session:
                 flow.ttft = event.at - flow.started
             out = response.chunk(event.body, event.end_of_stream)
             if event.end_of_stream:
-                self._finish(event.at, "error" if flow.untranslatable else "ok" if complete(flow) else "incomplete")
+                self._finish(event.at, "error" if flow.stream_failed else "ok" if complete(flow) else "incomplete")
             return Continue(body=out) if out is not None else CONTINUE
         # Buffered: the whole body in one message.
         action = self._read_buffered(event.body)

@@ -21,6 +21,7 @@ is in its flow, so one step object serves every request.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ext_proc.core import upstream
@@ -38,6 +39,9 @@ STREAM_HEADER = "x-tollway-stream"  # Envoy picks the streaming route (its first
 # any other x-tollway-* header the client sent (identity is Tollway's to establish).
 _UNTRUSTED = ("accept-encoding", ROUTE_HEADER)
 _RETRIES = upstream.RETRIES_HEADER
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+# Model names a client may ask for: a name never steers an upstream path, host or fragment.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+-]{0,255}")
 
 
 class Step:
@@ -75,12 +79,20 @@ class Recognise(Step):
             shown = path.partition("?")[0][:200]
             raise ClientError(404, "unknown_endpoint", f"Tollway does not serve {method} {shown}.")
         flow.api = api
+        for name, value in headers.items():
+            if _CONTROL.search(value):  # a bare CR, a NUL...: a value a client should never send
+                raise ClientError(400, "invalid_header", f"The header {name[:100]!r} holds a control character.")
         if method == "GET":
             flow.remove_headers += _UNTRUSTED
             flow.remove_headers += [h for h in headers if h.startswith("x-tollway-") and h != ROUTE_HEADER]
             return None
         if flow.headers_only:
             raise ClientError(400, "invalid_body", "The request body is empty; expected a JSON object.")
+        media = headers.get("content-type", "application/json").partition(";")[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            shown = media[:100] or "(empty)"
+            raise ClientError(415, "unsupported_media_type",
+                              f"The request body must be JSON (content-type: application/json), not {shown}.")
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding == "gzip":
             flow.gunzip = True
@@ -99,6 +111,9 @@ class Recognise(Step):
             flow.body = apis.gunzip(flow.body)
             flow.replaced = True
         request = flow.request = api.parse(flow.body)
+        if not _MODEL_NAME.fullmatch(request.model) or "/../" in f"/{request.model}/" or "//" in request.model:
+            raise ClientError(400, "invalid_model", "The model name may hold only letters, digits and . _ : / + - "
+                              "(no spaces, control characters, '..' segments or percent-encoding).", "model")
         flow.model = request.model
         flow.stream = request.stream
         if request.stream and api.ask_for_usage(request):

@@ -17,7 +17,7 @@ import inspect
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -65,12 +65,12 @@ class Alerts:
                      "enforce": "hard" if budget.hard else "soft"}
             self._spawn(self._fire(key, claim.resets, budget, event))
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         try:
-            task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+            task = asyncio.get_running_loop().create_task(work)
         except RuntimeError:  # no loop: the tests' synchronous keeper
             with contextlib.suppress(StopIteration):
-                work.send(None)  # type: ignore[attr-defined]
+                work.send(None)
             return
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

@@ -40,6 +40,7 @@ from ext_proc.server import h2, listen
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
 from ext_proc.server.alerts import Alerts
+from ext_proc.server.listen import TLSFiles
 from ext_proc.server.node_state import NodeBackend, NodeStateServer
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.reload import PolicyHolder
@@ -76,7 +77,7 @@ class ServeConfig:
     redis_url: str | None = None
     usage_headers: bool = True
     admin_host: str = "127.0.0.1"
-    tls: listen.TLSFiles | None = None
+    tls: TLSFiles | None = None
     store_probe: bool = False
     node_state: str | None = None  # the parent's counters (several workers, no Redis): its socket
     hold_ttl: float = 30.0  # seconds a dead worker's leases and reservations survive in the store
@@ -187,6 +188,28 @@ def run(args: argparse.Namespace) -> int:
             node.stop()
 
 
+class Refusals:
+    """Requests Tollway refused (bad input, access, limits): a metric by API and code, and a log
+    line per code at most once a second (the record has every one)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Counter
+
+        self.counter = Counter("tollway_requests_refused", "Requests Tollway answered itself with an error",
+                               ["api", "code"], registry=registry)
+        self.logged: dict[str, float] = {}
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if record.get("outcome") != "rejected":
+            return
+        code = str(record.get("error") or "unknown")
+        self.counter.labels(str(record.get("api") or "none"), code).inc()
+        now = time.monotonic()
+        if now - self.logged.get(code, -2.0) >= 1.0:
+            self.logged[code] = now
+            log.info("refused %s (status %s, request %s)", code, record.get("status"), record.get("request_id"))
+
+
 def open_ledger(redis_url: str | None) -> Ledger:
     """Spend aggregates: in Redis when a URL is given (shared by every sidecar), else in-process."""
     if not redis_url:
@@ -233,6 +256,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
                       store=store, keeper=keeper,
                       steps=pipeline.Pipeline.of(pipeline.request_steps(store_probe=config.store_probe)))
     limits_store = "redis" if config.redis_url else "node" if config.node_state else "memory"
+    service.on_record = Refusals(registry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -155,7 +155,7 @@ def encode(kind: str, action: Action, credentials: Credentials | None = None) ->
     if isinstance(action, Respond):
         return pb.ProcessingResponse(
             immediate_response=pb.ImmediateResponse(
-                status=http_status_pb2.HttpStatus(code=action.status),  # type: ignore[arg-type]
+                status=http_status_pb2.HttpStatus(code=action.status),
                 headers=pb.HeaderMutation(set_headers=_header_options(action.headers)),
                 body=action.body,
             )

@@ -74,6 +74,7 @@ class Service:
     keeper: Keeper = field(default_factory=lambda: Keeper(MemoryBackend()))  # budgets and rate limits
     steps: pipeline.Pipeline = pipeline.DEFAULT  # the request steps (see ext_proc.core.pipeline)
     runtime: Runtime = SYSTEM  # the clock and randomness the core uses
+    on_record: Callable[[dict[str, Any]], None] | None = None  # each finished record (metrics, refusal logs)
     classifier: Classifier = field(default_factory=Classifier)  # external prompt-injection classifiers
 
     def session(self) -> Session:
@@ -88,7 +89,8 @@ class Service:
             if type(query) is Admit:
                 return self.keeper.admit(query.claims, query.fail_open)
             if type(query) is Classify:
-                return self.classifier.answer(query)
+                answer: object | Awaitable[object] = self.classifier.answer(query)
+                return answer
             return self.store.answer(query)
         except Exception as exc:  # the asking step decides what a failed question means
             return exc
@@ -106,6 +108,8 @@ def _run_effects(session: Session | Attempt, service: Service) -> None:
     for effect in session.effects:
         if isinstance(effect, EmitRecord):
             service.records.emit(effect.record)
+            if service.on_record is not None:
+                service.on_record(effect.record)
         elif isinstance(effect, Settle):
             service.keeper.settle(effect.claims, effect.used)
     session.effects.clear()

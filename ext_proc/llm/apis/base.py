@@ -18,6 +18,8 @@ whose own error the client then sees unchanged.
 
 from __future__ import annotations
 
+import json
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,62 @@ from ext_proc.llm.usage import Usage
 
 MAX_DECODED_BODY = 64 * 1024 * 1024
 MAX_STREAM_TEXT = 4 * 1024 * 1024  # bytes of stream events kept for estimating a cut stream
+MAX_DEPTH = 128  # nested arrays and objects a request body may have (tool schemas need a few dozen)
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped) and brackets
+
+
+def decode_json(body: bytes) -> Any:
+    """A request body as JSON, strictly: what two JSON readers could read differently is refused.
+
+    orjson refuses what RFC 8259 does not allow (JSONTestSuite's ``n_`` cases), and also invalid
+    UTF-8, lone surrogates, a byte-order mark, and numbers out of a double's range (NaN,
+    ``1e999``). On top of that: objects with a key given twice (readers keep the first or the
+    last: Tollway could route on one ``model`` and the provider read another) and nesting deeper
+    than :data:`MAX_DEPTH`. A refusal is a 400 :class:`ClientError` naming the problem.
+    """
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ClientError(400, "invalid_json", f"The request body is not valid JSON: {exc}.") from None
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(body) > MAX_DEPTH:
+        raise ClientError(400, "invalid_json", f"The request body nests arrays and objects more than {MAX_DEPTH} deep.")
+    if b"{" in body:
+        try:
+            json.loads(body, object_pairs_hook=_unique)
+        except _Duplicate as exc:
+            raise ClientError(400, "invalid_json", f"The request body gives the key {exc.key!r} twice in one object; "
+                              "readers disagree on which one counts.") from None
+    return value
+
+
+class _Duplicate(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key[:100]
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
+    return found
+
+
+def _depth(body: bytes) -> int:
+    depth = deepest = 0
+    for match in _TOKENS.finditer(body):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
 
 
 @dataclass(slots=True)
@@ -139,10 +197,7 @@ class WireAPI:
         """Decode and check a request body, raising :class:`ClientError` (400) when unusable."""
         if not body.strip():
             raise ClientError(400, "invalid_body", "The request body is empty; expected a JSON object.")
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise ClientError(400, "invalid_json", f"The request body is not valid JSON: {exc}.") from None
+        payload = decode_json(body)
         if not isinstance(payload, dict):
             raise ClientError(400, "invalid_body", "The request body must be a JSON object.")
         model = payload.get("model")
@@ -206,15 +261,23 @@ def error_code(payload: dict[str, Any]) -> str:
     return "provider_error"
 
 
-def gunzip(body: bytes) -> bytes:
-    """Decompress a gzip body (every member), refusing bombs past :data:`MAX_DECODED_BODY`."""
+MAX_RATIO = 200  # a gzip body may decompress to this many times its size (beyond 1 MiB): more is a bomb
+
+
+def gunzip(body: bytes, ratio: int | None = MAX_RATIO) -> bytes:
+    """Decompress a gzip body (every member), refusing bombs: more than :data:`MAX_DECODED_BODY`
+    in all, or (a client's body) more than ``ratio`` times its compressed size beyond 1 MiB."""
+    limit = MAX_DECODED_BODY if ratio is None else min(MAX_DECODED_BODY, max(1 << 20, len(body) * ratio))
     out = bytearray()
     data = body
     try:
         while data:
             inflater = zlib.decompressobj(wbits=31)
-            out += inflater.decompress(data, MAX_DECODED_BODY - len(out) + 1)
-            if len(out) > MAX_DECODED_BODY or inflater.unconsumed_tail:
+            out += inflater.decompress(data, limit - len(out) + 1)
+            if len(out) > limit or inflater.unconsumed_tail:
+                if limit < MAX_DECODED_BODY:
+                    raise ClientError(413, "body_too_large", f"The gzip-encoded request body decompresses to more "
+                                      f"than {ratio} times its size; Tollway does not inflate it.")
                 raise ClientError(413, "body_too_large", "The decompressed request body is too large.")
             if not inflater.eof:
                 raise ClientError(400, "invalid_body", "The gzip-encoded request body is truncated.")

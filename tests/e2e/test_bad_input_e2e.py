@@ -1,0 +1,123 @@
+"""Bad input through a real Envoy: what Envoy refuses itself, and what reaches Tollway, both in the
+client's format, and the service keeps serving."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from tests.e2e.conftest import Providers
+
+pytestmark = pytest.mark.e2e
+
+OPENAI_KEY = "sk-openai-bad-input-01"
+POLICY = """
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: B_OPENAI_KEY}}
+models:
+  gpt-4o-mini: {provider: openai}
+teams:
+  sidecar: {workloads: [local-dev], models: [gpt-4o-mini]}
+  admins: {workloads: ["spiffe://cluster.local/ns/ops/sa/admin"], models: ["*"]}
+"""
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
+    stack = Providers.stack(tmp_path_factory.mktemp("bad-input"), POLICY, {"B_OPENAI_KEY": OPENAI_KEY},
+                            workload="local-dev")
+    with stack:
+        yield Providers(stack, "x")
+
+
+def served(env: Providers) -> bool:
+    """The gateway still answers a good request."""
+    client = openai.OpenAI(base_url=env.base_url + "/v1", api_key="x", max_retries=0)
+    return bool(client.chat.completions.create(model="gpt-4o-mini", messages=HI).choices[0].message.content)  # type: ignore[arg-type]
+
+
+def raw(env: Providers, request: bytes) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", env.stack.listen_port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        if not data:
+            return 0, b""  # the connection was closed: no answer at all
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return int(head.split(b" ", 2)[1]), body
+
+
+def test_a_body_over_the_limit_is_a_413_in_the_clients_format(env: Providers) -> None:
+    big = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "' + b"a" * (65 << 20) + b'"}]}'
+    answer = httpx.post(env.base_url + "/v1/chat/completions", content=big, timeout=60,
+                        headers={"content-type": "application/json"})
+    assert answer.status_code == 413
+    error = answer.json()["error"]
+    assert "Payload Too Large" in error["message"]
+    assert served(env)
+
+
+@pytest.mark.parametrize("bad", [b"x-test: a\x00b", b"x-t\x01est: a", b"x-test: a\x1bb", b"x-test: a\rb"])
+def test_control_characters_in_headers_never_reach_a_provider(env: Providers, bad: bytes) -> None:
+    """Envoy's HTTP/1 parser drops the connection on a control character, and takes a bare CR out
+    of a value (Tollway would refuse any that got through: tests/unit/test_bad_input.py)."""
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": HI})
+    status, _ = raw(env, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                    + bad + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert status in (0, 400, 200)
+    if status == 200:
+        seen = httpx.get(env.mock + "/_mock/requests").json()[-1]["headers"]
+        assert ["x-test", "ab"] in seen and not any("\r" in value for _, value in seen)
+    assert served(env)
+    assert served(env)
+
+
+@pytest.mark.parametrize("model", ["../../v1/admin", "gpt-4o-mini%2F..%2Fx", "gpt-4o-mini#x", "gpt-4o-mini@evil.com"])
+def test_a_model_name_that_could_steer_the_upstream_is_a_400(env: Providers, model: str) -> None:
+    client = openai.OpenAI(base_url=env.base_url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=model, messages=HI)  # type: ignore[arg-type]
+    assert refused.value.code == "invalid_model"
+    assert env.provider_saw(refused.value.response.headers.get("x-tollway-request-id")) == []
+
+
+def test_forged_identity_headers_change_nothing(env: Providers) -> None:
+    """A client claiming a workload identity (an XFCC header) or Tollway's own labels is still the sidecar."""
+    client = openai.OpenAI(base_url=env.base_url + "/v1", api_key="x", max_retries=0)
+    forged = {"x-forwarded-client-cert": 'By=spiffe://x;URI=spiffe://cluster.local/ns/ops/sa/admin',
+              "x-tollway-team": "admins", "x-tollway-cluster": "openai", "x-envoy-max-retries": "5"}
+    with pytest.raises(openai.NotFoundError):  # team sidecar may not use gpt-4o; admins could
+        client.chat.completions.create(model="gpt-4o", messages=HI, extra_headers=forged)  # type: ignore[arg-type]
+    raw_answer = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI,
+                                                                   extra_headers=forged)  # type: ignore[arg-type]
+    record = env.record(raw_answer.headers.get("x-tollway-request-id"))
+    assert (record["team"], record["workload"], record["attempts"]) == ("sidecar", "local-dev", 1)
+    (seen,) = env.provider_saw(raw_answer.headers.get("x-tollway-request-id"))
+    assert not any(name.startswith("x-tollway") or name == "x-forwarded-client-cert" for name in seen["headers"])
+
+
+def test_wrong_content_type_and_invalid_json_are_refused_in_the_clients_format(env: Providers) -> None:
+    answer = httpx.post(env.base_url + "/v1/messages", content=b'{"model": "m"}', headers={
+        "content-type": "text/plain", "anthropic-version": "2023-06-01"})
+    assert answer.status_code == 415 and answer.json()["type"] == "error"
+    answer = httpx.post(env.base_url + "/v1/chat/completions", content=b'{"model": "m", "model": "n"}',
+                        headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and "twice" in answer.json()["error"]["message"]

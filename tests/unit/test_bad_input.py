@@ -1,0 +1,160 @@
+"""Bad input: every kind gets a clear error in the client's format, and nothing else happens.
+
+JSONTestSuite's parsing cases (tests/fixtures/json, MIT) decide the JSON reader: every ``n_``
+document refused, every ``y_`` accepted but the two with a duplicated key (refused on purpose:
+two readers could see different values), every ``i_`` decided as pinned here and in the README.
+Then the session: malformed bodies, deep nesting, huge numbers, NaN, invalid UTF-8, lone
+surrogates, duplicate keys, wrong content types, gzip bombs, model names that could steer a path,
+oversized stream events from a provider.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ext_proc.core.actions import Continue, Respond
+from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
+from ext_proc.core.session import Session
+from ext_proc.llm.apis.base import MAX_DEPTH, decode_json
+from ext_proc.llm.errors import ClientError
+
+SUITE = Path(__file__).resolve().parents[1] / "fixtures" / "json" / "test_parsing"
+CASES = sorted(SUITE.iterdir())
+REFUSED_ON_PURPOSE = {"y_object_duplicated_key.json", "y_object_duplicated_key_and_value.json"}
+# Implementation-defined cases, decided (README "Bad input"): numbers a double holds (or rounds
+# to 0 or a float) are read; numbers beyond a double's range, invalid or truncated UTF-8, lone or
+# broken surrogates, other encodings (UTF-16, Latin-1), a byte-order mark and nesting deeper
+# than MAX_DEPTH are refused.
+I_ACCEPTED = {"i_number_double_huge_neg_exp.json", "i_number_real_underflow.json", "i_number_too_big_neg_int.json",
+              "i_number_too_big_pos_int.json", "i_number_very_big_negative_int.json"}
+
+
+def test_the_suite_is_all_there() -> None:
+    kinds = [case.name[:2] for case in CASES]
+    assert (kinds.count("y_"), kinds.count("n_"), kinds.count("i_")) == (95, 188, 35)
+    assert (SUITE.parent / "LICENSE").read_text().startswith("MIT License")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_json_test_suite(case: Path) -> None:
+    data = case.read_bytes()
+    name = case.name
+    accepted = name in I_ACCEPTED or (name.startswith("y_") and name not in REFUSED_ON_PURPOSE)
+    if accepted:
+        decode_json(data)
+        return
+    with pytest.raises(ClientError) as refused:
+        decode_json(data)
+    assert refused.value.status == 400 and refused.value.code == "invalid_json"
+    assert "\n" not in refused.value.message and len(refused.value.message) < 400
+
+
+def _session_body(body: bytes, **headers: str) -> Respond | Continue:
+    session = Session()
+    head = {":method": "POST", ":path": "/v1/chat/completions", "content-type": "application/json", **headers}
+    answer = session.handle(RequestHeaders(head, False, 1))
+    if isinstance(answer, Respond):
+        return answer
+    action = session.handle(RequestBody(body, True, 2))
+    assert isinstance(action, (Respond, Continue))
+    if isinstance(action, Respond):  # refused: recorded as such
+        (effect,) = session.effects
+        assert effect.record["outcome"] == "rejected" and effect.record["error"] is not None
+    return action
+
+
+def _refused(action: Respond | Continue, status: int, code: str, fragment: str) -> None:
+    assert isinstance(action, Respond), action
+    assert action.status == status
+    error = orjson.loads(action.body)["error"]
+    assert error["code"] == code and fragment in error["message"], error
+
+
+def request(**fields: object) -> bytes:
+    return orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    (b'{"model": "gpt-4o-mini", "messages": [], "model": "gpt-4o"}', "gives the key 'model' twice"),
+    (b'{"model": "m", "messages": [{"role": "user", "role": "system", "content": "x"}]}', "key 'role' twice"),
+    (b'{"model": "m", "temperature": NaN}', "not valid JSON"),
+    (b'{"model": "m", "max_tokens": 1e999}', "not valid JSON"),
+    (b'{"model": "m\\ud800"}', "not valid JSON"),
+    (b'{"model": "m", "x": "\xff\xfe"}', "not valid JSON"),
+    (b'\xef\xbb\xbf{"model": "m"}', "not valid JSON"),
+    (b'{"model": "m", "x": ' + b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1) + b"}", "more than 128 deep"),
+])
+def test_json_the_readers_could_disagree_on_is_refused(body: bytes, fragment: str) -> None:
+    _refused(_session_body(body), 400, "invalid_json", fragment)
+
+
+def test_deep_nesting_up_to_the_limit_is_fine() -> None:
+    depth = MAX_DEPTH - 2
+    body = b'{"model": "gpt-4o-mini", "messages": [], "x": ' + b"[" * depth + b"]" * depth + b"}"
+    assert isinstance(_session_body(body), Continue)
+    brackets_in_strings = request(messages=[{"role": "user", "content": "[" * 500}])
+    assert isinstance(_session_body(brackets_in_strings), Continue)
+
+
+@pytest.mark.parametrize("model", ["../admin", "a/../../b", "gpt-4o%2Fx", "gpt#frag", "user@host", "gpt 4o",
+                                   "gpt\x00", "gpt\r\nx-evil: 1", "\u00e9", "", "a//b", "-leading"])
+def test_a_model_name_that_could_steer_a_path_or_host_is_refused(model: str) -> None:
+    action = _session_body(request(model=model))
+    if model == "":
+        _refused(action, 400, "missing_model", "must name a model")
+    else:
+        _refused(action, 400, "invalid_model", "may hold only letters, digits")
+
+
+@pytest.mark.parametrize("value", ["a\rb", "a\nb", "a\x00b", "a\x1bb", "a\x7fb"])
+def test_a_control_character_in_a_header_is_a_400(value: str) -> None:
+    _refused(_session_body(request(), **{"x-custom": value}), 400, "invalid_header", "'x-custom'")
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "meta-llama/Llama-3.1-8B-Instruct", "accounts/f/models/x:1",
+                                   "qwen2.5-coder:7b", "ft:gpt-4o-mini:org::abc", "claude+x"])
+def test_real_model_names_pass(model: str) -> None:
+    assert isinstance(_session_body(request(model=model)), Continue)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", ""])
+def test_a_body_that_is_not_json_by_its_content_type_is_415(content_type: str) -> None:
+    _refused(_session_body(request(), **{"content-type": content_type}), 415, "unsupported_media_type",
+             "must be JSON")
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "Application/JSON", "application/vnd.api+json"])
+def test_json_content_types_pass(content_type: str) -> None:
+    assert isinstance(_session_body(request(), **{"content-type": content_type}), Continue)
+
+
+def test_a_gzip_bomb_is_refused_before_it_is_inflated() -> None:
+    bomb = gzip.compress(request(messages=[{"role": "user", "content": "a" * (8 << 20)}]))
+    assert len(bomb) < 40_000  # 8 MiB in about 8 KiB: far past 200:1
+    _refused(_session_body(bomb, **{"content-encoding": "gzip"}), 413, "body_too_large", "200 times its size")
+    honest = gzip.compress(request(messages=[{"role": "user", "content": "a reasonable prompt " * 500}]))
+    assert isinstance(_session_body(honest, **{"content-encoding": "gzip"}), Continue)
+
+
+def test_an_oversized_event_from_a_provider_ends_the_stream_with_an_error() -> None:
+    session = Session()
+    session.handle(RequestHeaders({":method": "POST", ":path": "/v1/chat/completions"}, False, 1))
+    session.handle(RequestBody(request(stream=True), True, 2))
+    session.handle(ResponseHeaders({":status": "200", "content-type": "text/event-stream"}, False, 3))
+    first = b'data: {"model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+    sent = [session.handle(ResponseBody(first + b'data: {"x": "' + b"a" * (1 << 20), False, 4))]
+    sent += [session.handle(ResponseBody(b"a" * (1 << 20), False, 5 + i)) for i in range(8)]
+    bodies = [action.body for action in sent if isinstance(action, Continue) and action.body]
+    assert len(bodies) == 2  # the first whole event, then the error instead of the 8 MiB one
+    assert bodies[0] == first
+    assert bodies[1].startswith(b'data: {"error"') and b"provider_event_too_large" in bodies[1]
+    after = session.handle(ResponseBody(b'"}\n\ndata: [DONE]\n\n', True, 20))
+    assert isinstance(after, Continue) and after.body == b""  # nothing more reaches the client
+    (effect,) = session.effects
+    assert (effect.record["outcome"], effect.record["error"]) == ("error", "provider_event_too_large")
