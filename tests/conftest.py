@@ -17,7 +17,7 @@ import redis
 def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("redis-server is not installed (.ci/run installs it with apt-get)")
+        pytest.fail("redis-server is not installed: `make test` installs it (or see its message)")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

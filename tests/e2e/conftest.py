@@ -14,9 +14,7 @@ import orjson
 import pytest
 
 from ext_proc.stack import Stack
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-CASSETTES = SHARED / "fixtures" / "openai-cassettes"
+from tests.fixtures import CASSETTES
 
 
 class Gateway:
@@ -48,8 +46,7 @@ class Gateway:
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    args = ("--cassettes", str(CASSETTES)) if CASSETTES.is_dir() else ()
-    stack = Stack(tmp_path_factory.mktemp("stack"), workers=2, mock_args=args)
+    stack = Stack(tmp_path_factory.mktemp("stack"), workers=2, mock_args=("--cassettes", str(CASSETTES)))
     with stack:
         yield Gateway(stack)
 

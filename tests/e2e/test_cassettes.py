@@ -12,11 +12,13 @@ import yaml
 
 from ext_proc.llm.prices import cost_micros, default_table
 from ext_proc.llm.usage import Usage
-from tests.e2e.conftest import CASSETTES, Gateway
+from tests.e2e.conftest import Gateway
+from tests.fixtures import CASSETTES
 
 pytestmark = pytest.mark.e2e
 
-CASES = sorted(CASSETTES.glob("*.yaml")) if CASSETTES.is_dir() else []
+CASES = sorted(CASSETTES.glob("*.yaml"))
+assert CASES, f"no cassettes in {CASSETTES}"
 
 
 def recorded_usage(response_body: str, stream: bool) -> dict[str, Any] | None:
@@ -34,7 +36,6 @@ def recorded_usage(response_body: str, stream: bool) -> dict[str, Any] | None:
     return usage
 
 
-@pytest.mark.skipif(not CASES, reason="../shared/fixtures/openai-cassettes is not present")
 @pytest.mark.parametrize("cassette", CASES, ids=lambda p: p.stem)
 def test_cassette_usage(gateway: Gateway, cassette: Path) -> None:
     interaction = yaml.safe_load(cassette.read_text())["interactions"][0]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import http.client
 import itertools
-import os
 import signal
 import socket
 import struct
@@ -42,28 +41,16 @@ from ext_proc.mock.provider import (
     wire,
 )
 from tests.fakes import FakeTransport
+from tests.fixtures import CASSETTES
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _cassette_dir() -> Path | None:
-    for candidate in (
-        os.environ.get("TOLLWAY_CASSETTES"),
-        REPO / "tests" / "fixtures" / "openai-cassettes",
-        "/work/shared/fixtures/openai-cassettes",
-    ):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
-
-
-CASSETTES = _cassette_dir()
-needs_cassettes = pytest.mark.skipif(CASSETTES is None, reason="no cassette directory found")
 
 
 @pytest.fixture(scope="module")
 def srv():
-    with background(Options(cassettes=str(CASSETTES) if CASSETTES else None)) as server:
+    with background(Options(cassettes=str(CASSETTES))) as server:
         yield server
 
 
@@ -644,7 +631,7 @@ GOOD, OTHER = "sk-good-openai-0001", "second-key-abcd"
 
 @pytest.fixture(scope="module")
 def keyed():
-    with background(Options(api_keys=(GOOD, OTHER), cassettes=str(CASSETTES) if CASSETTES else None)) as server:
+    with background(Options(api_keys=(GOOD, OTHER), cassettes=str(CASSETTES))) as server:
         yield server
 
 
@@ -794,11 +781,9 @@ def test_masked_key():
 
 @pytest.fixture(scope="module")
 def cassettes() -> dict[str, Cassette]:
-    assert CASSETTES is not None
     return load_cassettes(CASSETTES)
 
 
-@needs_cassettes
 def test_load_cassettes(cassettes):
     files = sorted(p.stem for p in CASSETTES.glob("*.yaml"))
     assert sorted(cassettes) == files
@@ -855,7 +840,6 @@ def _replay_check(cassette: Cassette, response: http.client.HTTPResponse) -> Non
         assert int(response.getheader("content-length")) == len(cassette.response_body), cassette.name
 
 
-@needs_cassettes
 def test_every_cassette_replays_exactly(srv, cassettes):
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
     for cassette in cassettes.values():
@@ -873,7 +857,6 @@ def test_every_cassette_replays_exactly(srv, cassettes):
     conn.close()
 
 
-@needs_cassettes
 def test_cassette_replay_honours_cut_and_unknown_name(srv, cassettes):
     cassette = cassettes["chat-streaming"]
     resp, closed = raw_exchange(
@@ -884,7 +867,6 @@ def test_cassette_replay_honours_cut_and_unknown_name(srv, cassettes):
     assert resp.done[0]["status"] == 400
 
 
-@needs_cassettes
 def test_cassette_through_openai_sdk(oai, cassettes):
     recorded = cassettes["chat-streaming-detailed-usage"]
     chunks = list(oai.chat.completions.create(**recorded.request_json))

@@ -22,9 +22,9 @@ from genai_prices import data_snapshot
 
 from ext_proc.llm.prices import KIND_PROVIDERS, Price, PriceTable, Tier, cost_micros, default_table
 from ext_proc.llm.usage import Usage, apply_openai
+from tests.fixtures import CASSETTES
 
 ROOT = Path(__file__).resolve().parents[2]
-CASSETTES = ROOT.parent / "shared" / "fixtures" / "openai-cassettes"
 D = Decimal
 # A fixed day after every price the tests read was introduced, so comparisons do not move with the clock.
 AT = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -459,8 +459,6 @@ def _served(body: str) -> tuple[str | None, Any]:
 
 
 def test_every_recorded_exchange_gets_a_price() -> None:
-    if not CASSETTES.is_dir():
-        pytest.skip(f"{CASSETTES} not present")
     table, rows, missing = default_table(), [], []
     for path in sorted(CASSETTES.glob("*.yaml")):
         for interaction in yaml.safe_load(path.read_text())["interactions"]:

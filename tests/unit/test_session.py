@@ -1,7 +1,7 @@
 """The per-request state machine as transcripts: what Envoy tells a Session, what it answers.
 
 Request bodies and provider answers come from the real recorded OpenAI exchanges in
-``../shared/fixtures/openai-cassettes`` where one fits; Anthropic payloads follow its API
+``tests/fixtures/openai-cassettes`` where one fits; Anthropic payloads follow its API
 reference. Times are monotonic nanoseconds; :func:`ms` turns milliseconds after the request's
 arrival into one.
 """
@@ -9,7 +9,6 @@ arrival into one.
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 from urllib.parse import urlsplit
@@ -24,11 +23,8 @@ from ext_proc.core.actions import CONTINUE, Continue, EmitRecord
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
 from ext_proc.core.session import Phase, ProtocolError, Session
 from ext_proc.llm import apis
+from tests.fixtures import CASSETTES
 from tests.unit.transcript import Record, Replaces, Responds, Transcript
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-CASSETTES = SHARED / "fixtures" / "openai-cassettes"
-needs_cassettes = pytest.mark.skipif(not CASSETTES.is_dir(), reason=f"{CASSETTES} is not present")
 
 CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES = "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"
 
@@ -169,7 +165,6 @@ ANTHROPIC_STREAM_USAGE = dict(
 # JSON happy paths, one per client API
 
 
-@needs_cassettes
 def test_chat_completion_json() -> None:
     recorded = cassette("chat-basic")
     assert (
@@ -191,7 +186,6 @@ def test_chat_completion_json() -> None:
     )
 
 
-@needs_cassettes
 def test_completion_json() -> None:
     recorded = cassette("completion-basic")
     assert (
@@ -211,7 +205,6 @@ def test_completion_json() -> None:
     )
 
 
-@needs_cassettes
 def test_embeddings_json_produce_zero_output_tokens() -> None:
     recorded = cassette("embeddings-basic")
     assert (
@@ -282,7 +275,7 @@ def test_json_answer_without_usage_leaves_usage_unknown_not_zero() -> None:
 # ---------------------------------------------------------------------------------------------
 # OpenAI streams: usage asked for on the client's behalf, and hidden again
 
-RECORDED_STREAM = cassette("chat-streaming-detailed-usage") if CASSETTES.is_dir() else None
+RECORDED_STREAM = cassette("chat-streaming-detailed-usage")
 if RECORDED_STREAM is not None:
     # The same exchange as if the client had not asked for usage (Tollway asks for it instead).
     ASKED_REQUEST = orjson.loads(RECORDED_STREAM["request"]["body"])
@@ -313,7 +306,6 @@ def stream_started(body: dict[str, Any], path: str = CHAT) -> Session:
     return transcript.session
 
 
-@needs_cassettes
 def test_stream_without_client_usage_asks_for_it_in_the_request_body() -> None:
     assert (
         Transcript()
@@ -328,7 +320,6 @@ def test_stream_without_client_usage_asks_for_it_in_the_request_body() -> None:
     )
 
 
-@needs_cassettes
 def test_stream_without_client_usage_hides_the_usage_chunk() -> None:
     transcript = Transcript(stream_started(PLAIN_REQUEST))
     for i, event in enumerate(STREAM_EVENTS):
@@ -339,7 +330,6 @@ def test_stream_without_client_usage_hides_the_usage_chunk() -> None:
     assert transcript << Record(outcome="ok", stream=True, served_model="gpt-5-nano-2025-08-07", **STREAM_USAGE)
 
 
-@needs_cassettes
 @settings(max_examples=120, deadline=None)
 @given(cuts=st.lists(st.integers(0, len(STREAM_BODY)), max_size=10))
 @example(cuts=[AT_USAGE + len(b"data: ")])  # inside the usage chunk's field name
@@ -356,7 +346,6 @@ def test_usage_chunk_hidden_whatever_the_split(cuts: list[int]) -> None:
     assert (session.usage.input_tokens, session.usage.output_tokens) == (12, 100)
 
 
-@needs_cassettes
 def test_stream_with_client_usage_passes_request_and_usage_chunk_untouched() -> None:
     assert (
         Transcript()
@@ -413,7 +402,6 @@ def test_stream_options_kept_and_usage_turned_on(options: dict[str, Any] | None)
     )
 
 
-@needs_cassettes
 def test_stream_that_asked_for_usage_but_got_none_records_unknown() -> None:
     recorded = cassette("chat-streaming")  # recorded without include_usage: no usage chunk at all
     session = stream_started(orjson.loads(recorded["request"]["body"]))
@@ -806,7 +794,6 @@ def test_empty_envoy_error_body_is_explained() -> None:
     )
 
 
-@needs_cassettes
 @pytest.mark.parametrize(
     ("name", "path", "code"),
     [
@@ -906,7 +893,6 @@ def test_stream_closed_midway_records_usage_seen_so_far_once() -> None:
     )
 
 
-@needs_cassettes
 def test_openai_stream_closed_before_usage_records_unknown_usage() -> None:
     session = stream_started(PLAIN_REQUEST)
     assert (
@@ -936,7 +922,6 @@ def test_stream_closed_while_waiting_for_the_request_body() -> None:
     )
 
 
-@needs_cassettes
 def test_openai_stream_without_done_is_incomplete() -> None:
     session = stream_started(ASKED_REQUEST)
     play_stream(session, STREAM_EVENTS[:-1])  # usage arrived, [DONE] did not
@@ -1023,7 +1008,7 @@ def test_impossible_sequence_raises_protocol_error(events: list[Any], phase: str
 # ---------------------------------------------------------------------------------------------
 # Real recorded responses replayed: the recorded usage comes out exactly
 
-CASSETTE_NAMES = sorted(path.stem for path in CASSETTES.glob("*.yaml")) if CASSETTES.is_dir() else []
+CASSETTE_NAMES = sorted(path.stem for path in CASSETTES.glob("*.yaml"))
 
 
 def client_path(url: str) -> str:
@@ -1044,7 +1029,6 @@ def recorded_usage(body: str, stream: bool) -> dict[str, Any] | None:
     return usage
 
 
-@needs_cassettes
 @pytest.mark.parametrize("name", CASSETTE_NAMES)
 def test_recorded_exchange_yields_recorded_usage(name: str) -> None:
     recorded = cassette(name)

@@ -42,8 +42,8 @@ from ext_proc.llm.tokens import (
     load_encoding,
     render_functions,
 )
+from tests.fixtures import CASSETTES
 
-CASSETTES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "openai-cassettes"
 CHAT, COMPLETION, EMBEDDING, MESSAGE = CHAT_COMPLETIONS.name, COMPLETIONS.name, EMBEDDINGS.name, MESSAGES.name
 WEATHER = {
     "name": "get_current_weather",
@@ -589,8 +589,6 @@ def _recorded_usage(body: str) -> dict[str, Any] | None:
 
 
 def test_counts_match_every_recorded_request() -> None:
-    if not CASSETTES.is_dir():
-        pytest.skip(f"{CASSETTES} not present")
     rows, failures = [], []
     for case, api, body, recorded in recorded_cases():
         estimate = count_request(api, body, body["model"])
