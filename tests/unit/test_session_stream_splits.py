@@ -42,7 +42,7 @@ from ext_proc.llm import runtime
 from ext_proc.llm.sse import SSEDecoder, SSEEvent
 from ext_proc.mock import responses as mock
 from tests.unit.test_attempt import POLICY
-from tests.unit.test_session import CASSETTES, cassette, needs_cassettes
+from tests.unit.test_session import cassette
 
 CHAT, MESSAGES = "/v1/chat/completions", "/v1/messages"
 T0 = 5_000_000_000_000  # the request's arrival on the monotonic clock
@@ -195,7 +195,7 @@ def recorded(name: str) -> Upstream:
 
 
 CASSETTE_STREAMS = ["chat-streaming", "chat-streaming-detailed-usage"]  # text without usage; usage without text
-RECORDED = {name: recorded(name) for name in CASSETTE_STREAMS} if CASSETTES.is_dir() else {}
+RECORDED = {name: recorded(name) for name in CASSETTE_STREAMS}
 
 replies = st.builds(
     Reply,
@@ -372,7 +372,6 @@ def test_the_client_gets_a_valid_stream_with_the_providers_text(
     assert_valid_stream(route, up, usage, play(opened(route, usage), [up.data]))
 
 
-@needs_cassettes
 @pytest.mark.parametrize("name", CASSETTE_STREAMS)
 @pytest.mark.parametrize("route", OPENAI_SERVED)
 @settings(BOUNDED, max_examples=40)
@@ -384,7 +383,6 @@ def test_a_recorded_stream_split_anywhere_gives_the_same_client_bytes_and_record
     check_splits(route, up, usage, data.draw(cut_lists(up.data), label="cuts"))
 
 
-@needs_cassettes
 @pytest.mark.parametrize("usage", [True, False], ids=["usage-asked", "usage-not-asked"])
 @pytest.mark.parametrize("name", CASSETTE_STREAMS)
 @pytest.mark.parametrize("route", OPENAI_SERVED)
@@ -469,7 +467,6 @@ def test_a_truncated_stream_ends_with_whole_events_and_one_error_event(
     check_cut(route, up, usage, cut, data.draw(cut_lists(up.data[:cut]), label="cuts"))
 
 
-@needs_cassettes
 @pytest.mark.parametrize("name", CASSETTE_STREAMS)
 @pytest.mark.parametrize("route", OPENAI_SERVED)
 @settings(BOUNDED, max_examples=40)
