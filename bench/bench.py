@@ -122,11 +122,10 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
-    mocked, service_env, _ = mock_plan(POLICY, {})
+    mocked, _ = mock_plan(POLICY, {})
     plain = Stack(work / "plain", ext_proc_enabled=False, envoy_concurrency=args.envoy_concurrency, mocked=mocked)
     gateway = Stack(work / "gateway", mock=False, mock_port=plain.mock_port, workers=args.workers,
-                    envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=POLICY,
-                    service_env=service_env)
+                    envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=POLICY)
     results = []
     with plain, gateway:
         mock_pids = _descendants(plain.procs["mock"].pid)

@@ -1,19 +1,28 @@
-"""Envoy's config for a policy: the fallback clusters its aliases need, and ``tollway envoy``.
+"""Envoy's clusters for a policy: providers, fallback chains, the clusters file, ``tollway envoy``.
 
-``envoy/tollway.yaml`` is complete for models served by one provider: each provider has a
-cluster, and Tollway labels each request with the cluster to use. An alias with fallback needs
-one more cluster per *chain* (the providers to try, in order; see
-:func:`ext_proc.policy.decide.chains`). A chain cluster has one priority level per position,
-each holding the endpoints of that provider's own cluster, tagged with their position
-(``tollway.slot``) and with the provider whose TLS settings they need (a
-``transport_socket_matches`` entry per provider). Its upstream ext_proc filter calls Tollway once
-per try, so the try is rewritten for the provider Envoy picked (:mod:`ext_proc.core.attempt`).
-Outlier detection takes a provider that keeps failing out of the first attempts for a while.
+Theory of operation. Envoy's bootstrap (``envoy/tollway.yaml``) holds what never depends on the
+policy: the listener, its routes and filters, and the cluster that reaches Tollway. Every other
+cluster follows the policy, and :func:`policy_clusters` computes them all from it:
 
-``tollway envoy --policy P`` prints the shipped config with the policy's chain clusters added,
-and a cluster for each provider the config lacks but whose ``endpoint`` the policy gives (TLS
-with SNI and a certificate check for https), ready for ``envoy -c``. Run it again when an
-alias's providers change; a request whose chain has no cluster gets Envoy's JSON 503 (``cluster
+- one cluster per provider, reaching its ``endpoint`` (TLS with SNI and a certificate check for
+  https), or for ``openai`` and ``anthropic`` without one, their public API. A *stand-in*
+  (``PROVIDER=URL``, e.g. the fake provider under ``tollway up``) replaces a provider's endpoint;
+- one cluster per fallback *chain* (the providers an alias tries, in order; see
+  :func:`ext_proc.policy.decide.chains`), with one priority level per position, each holding the
+  endpoints of that provider's own cluster, tagged with their position (``tollway.slot``) and with
+  the provider whose TLS settings they need (a ``transport_socket_matches`` entry per provider).
+  Its upstream ext_proc filter calls Tollway once per try, so the try is rewritten for the
+  provider Envoy picked (:mod:`ext_proc.core.attempt`). Outlier detection takes a provider that
+  keeps failing out of the first attempts for a while.
+
+They reach Envoy in one of two ways. The shipped bootstrap reads them from a *clusters file*
+(filesystem CDS: ``dynamic_resources.cds_config.path_config_source`` with a watched directory),
+which ``tollway serve --envoy-clusters PATH`` writes atomically whenever the policy changes
+(:mod:`ext_proc.server.clusters`), so an alias with a new chain needs no Envoy restart.
+``tollway envoy --policy P`` instead prints a complete static config with the same clusters in
+``static_resources``, for those who want one file and no moving parts (re-render and restart
+Envoy after changing which providers an alias uses); ``--clusters-file PATH`` prints the
+bootstrap that reads PATH. A request whose chain has no cluster gets Envoy's JSON 503 (``cluster
 not found``), never a wrong provider.
 """
 
@@ -24,6 +33,7 @@ import copy
 import ipaddress
 import sys
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,39 +191,107 @@ def provider_cluster(name: str, endpoint: str) -> dict[str, Any]:
     return cluster
 
 
-def add_providers(config: dict[str, Any], policy: CompiledPolicy) -> list[str]:
-    """Add a cluster for each provider that has an ``endpoint`` and no cluster yet; their names."""
-    clusters = config["static_resources"]["clusters"]
-    present = {cluster["name"] for cluster in clusters}
-    added = []
-    for provider in policy.providers.values():
-        if provider.cluster not in present and provider.endpoint:
-            clusters.append(provider_cluster(provider.cluster, provider.endpoint))
-            present.add(provider.cluster)
-            added.append(provider.cluster)
-    return added
+# The public APIs of the kinds that have one: a provider of these kinds needs no endpoint.
+DEFAULT_ENDPOINTS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
+# Without a policy (open mode) Tollway routes by path to these providers (name = cluster = kind).
+OPEN_PROVIDERS = ("openai", "anthropic")
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 
 
-def add_chains(config: dict[str, Any], policy: CompiledPolicy) -> list[str]:
-    """Add the cluster of every chain ``policy`` can produce to ``config``; their names, sorted.
+class ClusterError(ValueError):
+    """The policy needs a cluster that cannot be built (a chain through a provider without one)."""
 
-    A chain through a provider whose cluster the config lacks is a ``ValueError`` naming it.
+
+def provider_clusters(
+    policy: CompiledPolicy | None,
+    stand_ins: Mapping[str, str] | None = None,
+    base: Mapping[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The cluster of every provider, by cluster name: from its stand-in, its endpoint or its kind.
+
+    A provider with none of the three (an ``azure-openai`` or ``openai-compatible`` provider
+    without an ``endpoint``) gets no cluster here: ``base`` (the template's static clusters) may
+    define it. The first provider of a shared cluster decides its endpoint.
     """
-    clusters = config["static_resources"]["clusters"]
-    by_name = {cluster["name"]: cluster for cluster in clusters}
-    added = []
+    stand_ins = stand_ins or {}
+    if policy is None:
+        wanted = [(name, name, stand_ins.get(name) or DEFAULT_ENDPOINTS[name]) for name in OPEN_PROVIDERS]
+    else:
+        wanted = [(p.name, p.cluster, stand_ins.get(p.name) or p.endpoint or DEFAULT_ENDPOINTS.get(p.kind))
+                  for p in policy.providers.values()]
+    out: dict[str, dict[str, Any]] = {}
+    for _provider, cluster, url in wanted:
+        if cluster in out:
+            continue
+        if url:
+            out[cluster] = provider_cluster(cluster, url)
+        elif base and cluster in base:
+            out[cluster] = base[cluster]
+    return out
+
+
+def policy_clusters(
+    policy: CompiledPolicy | None,
+    stand_ins: Mapping[str, str] | None = None,
+    base: Mapping[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Every cluster ``policy`` needs besides the bootstrap's: its providers', then its chains' (by name).
+
+    A chain through a provider that has no cluster is a :class:`ClusterError` naming it.
+    """
+    providers = provider_clusters(policy, stand_ins, base)
+    out = list(providers.values())
+    if policy is None:
+        return out
     for chain in sorted(decide.chains(policy), key=decide.cluster_name):
         name = decide.cluster_name(chain)
-        if name in by_name:
-            continue
-        missing = [t.provider.cluster for t in chain if t.provider.cluster not in by_name]
+        missing = [t.provider for t in chain if t.provider.cluster not in providers]
         if missing:
-            raise ValueError(f"the Envoy config has no cluster {missing[0]!r} (provider of alias '{chain[0].public}')")
-        cluster = chain_cluster(name, [(t.provider.name, by_name[t.provider.cluster]) for t in chain])
-        clusters.append(cluster)
-        by_name[name] = cluster
-        added.append(name)
-    return added
+            raise ClusterError(
+                f"alias '{chain[0].public}' falls back through provider '{missing[0].name}', which has no "
+                f"endpoint: give it one (providers.{missing[0].name}.endpoint) so Tollway can build the "
+                f"Envoy cluster '{name}'")
+        out.append(chain_cluster(name, [(t.provider.name, providers[t.provider.cluster]) for t in chain]))
+    return out
+
+
+def cds_document(clusters: list[dict[str, Any]], version: str) -> dict[str, Any]:
+    """The clusters file Envoy reads (a CDS DiscoveryResponse): ``version`` shows on Envoy's admin."""
+    return {"version_info": version, "resources": [{"@type": CLUSTER_TYPE, **cluster} for cluster in clusters]}
+
+
+def render(
+    template: dict[str, Any],
+    policy: CompiledPolicy | None,
+    *,
+    stand_ins: Mapping[str, str] | None = None,
+    clusters_file: str | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The bootstrap for ``policy``: reading its clusters from ``clusters_file``, or listing them.
+
+    Returns the config and the clusters Tollway provides (in the config when it is static). In a
+    static config a provider's cluster replaces the template's cluster of the same name.
+    """
+    config = copy.deepcopy(template)
+    static = config.setdefault("static_resources", {}).setdefault("clusters", [])
+    base = {cluster["name"]: cluster for cluster in static}
+    clusters = policy_clusters(policy, stand_ins, base)
+    if clusters_file is not None:
+        set_clusters_file(config, clusters_file)
+        return config, clusters
+    config.pop("dynamic_resources", None)
+    ours = {cluster["name"] for cluster in clusters}
+    static[:] = [cluster for cluster in static if cluster["name"] not in ours] + clusters
+    return config, clusters
+
+
+def set_clusters_file(config: dict[str, Any], path: str) -> None:
+    """Make the bootstrap read its dynamic clusters from ``path`` (reloaded when a file is moved into its directory)."""
+    directory = str(Path(path).parent)
+    config["dynamic_resources"] = {"cds_config": {
+        "resource_api_version": "V3",
+        "path_config_source": {"path": path, "watched_directory": {"path": directory}},
+    }}
 
 
 @dataclass(frozen=True)
@@ -287,9 +365,29 @@ def _timeouts(text: str) -> tuple[str, str]:
     return parts[0].strip(), parts[1].strip()
 
 
+def stand_in(text: str) -> tuple[str, str]:
+    """``PROVIDER=URL`` (an argparse type): serve PROVIDER from URL, e.g. the fake provider."""
+    name, _, url = text.partition("=")
+    parts = urllib.parse.urlsplit(url)
+    if not name or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected PROVIDER=http(s)://HOST:PORT, got {text!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return name, url
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", required=True, help="the policy file whose aliases need fallback clusters")
-    parser.add_argument("--template", default=str(TEMPLATE), help="the Envoy config to extend (default: %(default)s)")
+    parser.add_argument("--policy", help="the policy whose providers and aliases need clusters "
+                                         "(default: none, open mode: OpenAI and Anthropic only)")
+    parser.add_argument("--template", default=str(TEMPLATE),
+                        help="the Envoy bootstrap to extend (default: %(default)s)")
+    parser.add_argument("--clusters-file", metavar="PATH",
+                        help="print the bootstrap that reads its provider and fallback clusters from PATH, the file "
+                             "`tollway serve --envoy-clusters PATH` keeps up to date (default: list them, static)")
+    parser.add_argument("--stand-in", type=stand_in, action="append", default=[], metavar="PROVIDER=URL",
+                        help="reach PROVIDER at URL instead of its endpoint (e.g. a local fake provider); repeatable")
     parser.add_argument(
         "--first-byte-timeouts", type=_timeouts, metavar="STREAMING,BUFFERED",
         help="per-try time to the first byte before Envoy falls back (default: the template's, 30s,300s)",
@@ -303,18 +401,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    policy = None
+    if getattr(args, "policy", None):
+        try:
+            policy = compile_policy(Path(args.policy).read_text(encoding="utf-8"), args.policy)
+        except PolicyError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"tollway envoy: {exc}", file=sys.stderr)
+            return 1
     try:
-        policy = compile_policy(Path(args.policy).read_text(encoding="utf-8"), args.policy)
-    except PolicyError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        template = yaml.safe_load(Path(getattr(args, "template", None) or TEMPLATE).read_text(encoding="utf-8"))
     except OSError as exc:
         print(f"tollway envoy: {exc}", file=sys.stderr)
         return 1
-    config = yaml.safe_load(Path(args.template).read_text(encoding="utf-8"))
     timeouts = getattr(args, "first_byte_timeouts", None)
     if timeouts:
-        set_first_byte_timeouts(config, *timeouts)
+        set_first_byte_timeouts(template, *timeouts)
     ext_proc_address, ext_proc_tls = getattr(args, "ext_proc", None), getattr(args, "ext_proc_tls", None)
     if ext_proc_address or ext_proc_tls:
         tls = None
@@ -325,17 +429,24 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             tls = ClientTLS(*parts)
         try:
-            set_ext_proc(config, ext_proc_address or listen.DEFAULT, tls)
+            set_ext_proc(template, ext_proc_address or listen.DEFAULT, tls)
         except (ValueError, listen.ListenError) as exc:
             print(f"tollway envoy: {exc}", file=sys.stderr)
             return 1
+    clusters_file = getattr(args, "clusters_file", None)
     try:
-        providers = add_providers(config, policy)
-        added = add_chains(config, policy)
-    except ValueError as exc:
+        config, clusters = render(template, policy, stand_ins=dict(getattr(args, "stand_in", None) or ()),
+                                  clusters_file=clusters_file)
+    except ClusterError as exc:
         print(f"tollway envoy: {exc}", file=sys.stderr)
         return 1
-    print(f"# Rendered by `tollway envoy --policy {args.policy}`: {len(providers)} provider cluster(s) and "
-          f"{len(added)} fallback cluster(s) added.")
+    chains = sum("+" in cluster["name"] for cluster in clusters)
+    source = f" --policy {args.policy}" if policy is not None else ""
+    if clusters_file:
+        print(f"# Rendered by `tollway envoy{source} --clusters-file {clusters_file}`: the provider and fallback "
+              f"clusters come from {clusters_file} (written by `tollway serve --envoy-clusters`).")
+    else:
+        print(f"# Rendered by `tollway envoy{source}`: {len(clusters) - chains} provider cluster(s) and "
+              f"{chains} fallback cluster(s).")
     print(yaml.safe_dump(config, sort_keys=False, width=120))
     return 0

@@ -1,17 +1,22 @@
 """Run the whole gateway on one machine: Envoy, the Tollway service and the fake provider.
 
 ``tollway up`` (what ``make run`` calls), the end-to-end tests and the benchmark all start the
-same :class:`Stack`: it renders ``envoy/tollway.yaml`` with the ports it was given (free
-loopback ports in tests), starts each process, waits until each one is ready, and stops them all
-in reverse order. A provider whose API key is not in the environment is served by the fake
-provider, so the stack works offline with no configuration.
+same :class:`Stack`. It starts the fake provider and ``tollway serve`` first and waits until both
+are ready: the service has then written Envoy's clusters file (the providers' and the policy's
+fallback clusters, see :mod:`ext_proc.envoy_config`) and answers on its socket. Only then does
+it start Envoy, with ``envoy/tollway.yaml`` rendered for its ports and that clusters file, so no
+request ever meets a gateway whose service is not serving yet. It stops them all in reverse
+order. A provider whose API key is not in the environment is a *stand-in* served by the fake
+provider (``tollway serve --stand-in NAME=URL``), so the stack works offline with no
+configuration.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
+import errno
+import fcntl
 import os
 import signal
 import socket
@@ -20,19 +25,21 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import orjson
 import yaml
 
-from ext_proc.envoy_config import ClientTLS, add_chains, set_ext_proc, set_first_byte_timeouts
+from ext_proc.envoy_config import ClientTLS, render, set_ext_proc, set_first_byte_timeouts
 from ext_proc.policy.compiled import CompiledPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIG = ROOT / "envoy" / "tollway.yaml"
 PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+DEMO_KEY = "tw-local-demo-key-not-secret"  # the example policy's public demo key (team demo)
 
 
 def envoy_binary() -> str:
@@ -54,38 +61,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _point_at_mock(cluster: dict[str, Any], mock_port: int) -> None:
-    cluster["type"] = "STATIC"
-    for key in ("dns_lookup_family", "transport_socket"):
-        cluster.pop(key, None)
-    endpoint = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": mock_port}}}
-    endpoints = [{"lb_endpoints": [{"endpoint": endpoint}]}]
-    cluster["load_assignment"] = {"cluster_name": cluster["name"], "endpoints": endpoints}
-
-
 def render_envoy(
     template: dict[str, Any],
     *,
     listen_port: int,
     admin_port: int,
     ext_proc_address: str,
-    mock_port: int,
-    mocked: Iterable[str] = ("openai", "anthropic"),
+    stand_ins: Mapping[str, str] | None = None,
+    clusters_file: str | None = None,
     ext_proc: bool = True,
     policy: CompiledPolicy | None = None,
     first_byte_timeouts: tuple[str, str] | None = None,
     ext_proc_tls: ClientTLS | None = None,
 ) -> dict[str, Any]:
-    """A copy of the Envoy config with these ports; the ``mocked`` clusters reach the fake provider.
+    """The bootstrap with these ports, reading its clusters from ``clusters_file`` or listing them.
 
-    A mocked cluster the config does not define (a policy's self-hosted or Azure provider) is
-    added. ``ext_proc=False`` removes the Tollway filter: the same listener and path routes as
-    plain Envoy, the baseline the benchmark compares against. With a ``policy``, the fallback
-    clusters of its aliases are added (after mocking, so they reach the same endpoints).
-    ``first_byte_timeouts`` replaces the per-try idle timeouts of the streaming and buffered
-    routes (e.g. ``("1s", "2s")`` in tests of stalled providers).
+    Without a clusters file, the clusters of ``policy`` (or of open mode) are listed, with the
+    ``stand_ins`` providers (name -> URL) reaching their stand-in. ``ext_proc=False`` removes the
+    Tollway filter: the same listener and path routes as plain Envoy, the baseline the benchmark
+    compares against. ``first_byte_timeouts`` replaces the per-try idle timeouts of the streaming
+    and buffered routes (e.g. ``("1s", "2s")`` in tests of stalled providers).
     """
-    config = copy.deepcopy(template)
+    config, _ = render(template, policy if ext_proc else None, stand_ins=stand_ins, clusters_file=clusters_file)
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     resources = config["static_resources"]
     (listener,) = resources["listeners"]
@@ -95,18 +92,9 @@ def render_envoy(
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
         routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
         routes[:] = [r for r in routes if "cluster_header" not in r.get("route", {})]
-    clusters = {cluster["name"]: cluster for cluster in resources["clusters"]}
-    for name in mocked:
-        if name not in clusters:
-            clusters[name] = {"name": name, "connect_timeout": "1s"}
-            resources["clusters"].append(clusters[name])
-        _point_at_mock(clusters[name], mock_port)
-    _point_at_mock(clusters["mock"], mock_port)
     set_ext_proc(config, ext_proc_address, ext_proc_tls)
     if first_byte_timeouts is not None:
         set_first_byte_timeouts(config, *first_byte_timeouts)
-    if policy is not None and ext_proc:
-        add_chains(config, policy)
     return config
 
 
@@ -132,7 +120,7 @@ class Stack:
     mock: bool = True
     mock_args: tuple[str, ...] = ()
     first_byte_timeouts: tuple[str, str] | None = None  # per-try idle timeouts (streaming, buffered)
-    mocked: frozenset[str] = frozenset(PROVIDER_KEYS)  # Envoy clusters served by the fake provider
+    mocked: frozenset[str] = frozenset(PROVIDER_KEYS)  # providers served by the fake provider (stand-ins)
     quiet: bool = True
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -154,6 +142,17 @@ class Stack:
             self.ext_proc_address = f"unix:{path}"
         return self.ext_proc_address
 
+    @property
+    def clusters_file(self) -> Path:
+        """Envoy's clusters file: next to the socket, in the directory only Envoy and Tollway share."""
+        if self.ext_proc.startswith("unix:"):
+            return Path(self.ext_proc[5:]).parent / "clusters.yaml"
+        return self.workdir / "run" / "clusters.yaml"
+
+    @property
+    def stand_ins(self) -> dict[str, str]:
+        return {name: f"http://127.0.0.1:{self.mock_port}" for name in sorted(self.mocked)}
+
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         out: Any = subprocess.DEVNULL if self.quiet else None
         err = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -163,6 +162,21 @@ class Stack:
         )
         err.close()
 
+    def serve_argv(self) -> list[str]:
+        argv = [
+            sys.executable, "-m", "ext_proc.cli", "serve", "--listen", self.ext_proc,
+            "--workers", str(self.workers), "--log-file", str(self.record_log), "--server", self.server,
+            "--admin-port", str(self.service_admin_port),
+            "--envoy-clusters", str(self.clusters_file), "--envoy-admin", f"http://127.0.0.1:{self.admin_port}",
+        ]
+        for name, url in self.stand_ins.items():
+            argv += ["--stand-in", f"{name}={url}"]
+        if self.policy is not None:
+            argv += ["--policy", str(self.policy)]
+        if self.workload is not None:
+            argv += ["--workload", self.workload]
+        return [*argv, *self.serve_args]
+
     def start(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         tollway = [sys.executable, "-m", "ext_proc.cli"]
@@ -170,28 +184,17 @@ class Stack:
             if self.mock:
                 self._spawn("mock", [*tollway, "mock-provider", "--port", str(self.mock_port), *self.mock_args])
             if self.ext_proc_enabled:
-                serve = [
-                    *tollway, "serve", "--listen", self.ext_proc, "--workers", str(self.workers),
-                    "--log-file", str(self.record_log), "--server", self.server,
-                    "--admin-port", str(self.service_admin_port),
-                ]
-                if self.policy is not None:
-                    serve += ["--policy", str(self.policy)]
-                if self.workload is not None:
-                    serve += ["--workload", self.workload]
-                serve += self.serve_args
-                self._spawn("tollway", serve, {"TOLLWAY_POLICY": "", "TOLLWAY_WORKLOAD": "", **self.service_env})
+                self._spawn("tollway", self.serve_argv(), {"TOLLWAY_POLICY": "", "TOLLWAY_WORKLOAD": "",
+                                                           "TOLLWAY_ENVOY_CLUSTERS": "", **self.service_env})
+            # Envoy starts once the service is ready: it has written the clusters file and serves.
+            self._wait_ready(["mock", "tollway"])
             template = yaml.safe_load(ENVOY_CONFIG.read_text())
-            compiled = None
-            if self.policy is not None:
-                from ext_proc.policy.compile import compile_policy
-
-                compiled = compile_policy(self.policy.read_text(), str(self.policy))
             config = render_envoy(
                 template, listen_port=self.listen_port, admin_port=self.admin_port,
-                ext_proc_address=self.ext_proc, mock_port=self.mock_port,
-                mocked=self.mocked, ext_proc=self.ext_proc_enabled, policy=compiled,
-                first_byte_timeouts=self.first_byte_timeouts, ext_proc_tls=self.ext_proc_tls,
+                ext_proc_address=self.ext_proc, stand_ins=self.stand_ins,
+                clusters_file=str(self.clusters_file) if self.ext_proc_enabled else None,
+                ext_proc=self.ext_proc_enabled, first_byte_timeouts=self.first_byte_timeouts,
+                ext_proc_tls=self.ext_proc_tls,
             )
             path = self.workdir / "envoy.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -199,22 +202,23 @@ class Stack:
                 envoy_binary(), "-c", str(path), "--concurrency", str(self.envoy_concurrency),
                 "--disable-hot-restart", "--log-level", "warn",
             ])
-            self._wait_ready()
+            self._wait_ready(["envoy"])
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
+    def _wait_ready(self, names: Iterable[str], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        checks = []
-        if self.mock:
-            checks.append(("mock", lambda: _http_ok(f"http://127.0.0.1:{self.mock_port}/healthz")))
-        if self.ext_proc_enabled:
-            checks.append(("tollway", lambda: _http_ok(f"http://127.0.0.1:{self.service_admin_port}/readyz")))
-        checks.append(("envoy", lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/ready")))
-        for name, check in checks:
-            while not check():
+        urls = {
+            "mock": f"http://127.0.0.1:{self.mock_port}/healthz",
+            "tollway": f"http://127.0.0.1:{self.service_admin_port}/readyz",
+            "envoy": f"http://127.0.0.1:{self.admin_port}/ready",
+        }
+        for name in names:
+            if name not in self.procs:
+                continue
+            while not _http_ok(urls[name]):
                 proc = self.procs[name]
                 if proc.poll() is not None:
                     log = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
@@ -255,10 +259,46 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _tcp_open(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-    return False
+def port_owner(port: int) -> str | None:
+    """Who listens on a local TCP ``port``: "NAME (pid N)" when /proc tells, "another process" else; None: free."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as handle:
+            for line in list(handle)[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(fields[9])
+    if not inodes:
+        with socket.socket() as probe:  # no /proc: try to bind
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                return "another process" if exc.errno == errno.EADDRINUSE else None
+        return None
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in targets:
+                        return f"{_describe(pid)} (pid {pid})"
+    return "another process"
+
+
+def _describe(pid: str) -> str:
+    """A short name for a process: its program, or ``tollway up``/``tollway serve``/… for ours."""
+    try:
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return "a process"
+    if not argv:
+        return "a process"
+    if "ext_proc.cli" in argv or any(os.path.basename(a) == "tollway" for a in argv[:2]):
+        sub = next((a for a in argv if a in ("up", "serve", "mock-provider")), "")
+        return f"tollway {sub}".strip()
+    if "multiprocessing" in " ".join(argv[:3]):
+        return "a tollway serve worker"
+    return os.path.basename(argv[0])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -275,21 +315,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Tollway /readyz and /metrics (default 9902)")
     parser.add_argument("--mock-port", type=int, default=18080, help="fake provider (default 18080)")
     parser.add_argument("--workers", type=int, default=2, help="Tollway worker processes (default 2)")
+    parser.add_argument("--envoy-concurrency", type=int, default=_cores(),
+                        help="Envoy worker threads (default: this machine's cores, %(default)s)")
     parser.add_argument("--workdir", default=".tollway", help="configs, logs and the request log (default .tollway)")
 
 
-def mock_plan(policy_path: Path, environ: dict[str, str]) -> tuple[frozenset[str], dict[str, str], list[str]]:
-    """Which clusters the fake provider must serve: those of providers whose key is not available.
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
-    Returns the mocked clusters, the environment to give the service (a stand-in key for each
-    mocked provider whose key comes from a variable, so key injection still happens) and a line
-    per provider saying where its traffic goes.
+
+def mock_plan(policy_path: Path, environ: Mapping[str, str]) -> tuple[frozenset[str], list[str]]:
+    """Which providers the fake provider must stand in for: those whose key is not available.
+
+    Returns their names and a line per provider saying where its traffic goes. Only ``openai``
+    and ``anthropic`` providers with a key reach the real API; Azure and self-hosted providers
+    always get the fake provider locally.
     """
     from ext_proc.policy.compile import compile_policy
 
     policy = compile_policy(policy_path.read_text(), str(policy_path))
     mocked: set[str] = set()
-    env: dict[str, str] = {}
     lines = []
     for provider in policy.providers.values():
         source = provider.credential
@@ -298,42 +346,80 @@ def mock_plan(policy_path: Path, environ: dict[str, str]) -> tuple[frozenset[str
         )
         real = available and provider.kind in ("openai", "anthropic")
         if not real:
-            mocked.add(provider.cluster)
-            if source is not None and source.env:
-                env[source.env] = f"tollway-mock-key-{provider.name}"
+            mocked.add(provider.name)
         lines.append(f"    {provider.name:<18} {provider.kind:<18} -> {'real API' if real else 'fake provider'}")
-    return frozenset(mocked), env, lines
+    return frozenset(mocked), lines
+
+
+class InUse(Exception):
+    """Another gateway (or anything else) holds what ``tollway up`` needs."""
+
+
+def _lock_workdir(workdir: Path) -> IO[str]:
+    """Hold WORKDIR/up.lock for as long as this ``tollway up`` runs: one instance per workdir."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle = open(workdir / "up.lock", "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        pid = handle.read().strip() or "?"
+        handle.close()
+        raise InUse(f"{workdir} is in use by another tollway up (pid {pid})") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _check_ports(ports: Mapping[str, int]) -> None:
+    taken = []
+    for what, port in ports.items():
+        owner = port_owner(port)
+        if owner is not None:
+            taken.append(f"port {port} ({what}) is in use by {owner}")
+    if taken:
+        raise InUse("; ".join(taken))
 
 
 def run(args: argparse.Namespace) -> int:
     policy = Path(args.policy).resolve()
-    mocked, service_env, plan = mock_plan(policy, dict(os.environ))
+    from ext_proc.policy.compile import PolicyError
+
+    try:
+        mocked, plan = mock_plan(policy, os.environ)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"tollway up: {args.policy}: {exc.strerror}", file=sys.stderr)
+        return 1
+    workdir = Path(args.workdir).resolve()
+    ports = {"gateway listener, --port": args.port, "Envoy admin, --admin-port": args.admin_port,
+             "Tollway admin, --service-admin-port": args.service_admin_port}
+    if mocked:
+        ports["fake provider, --mock-port"] = args.mock_port
+    try:
+        lock = _lock_workdir(workdir)
+        _check_ports(ports)
+    except InUse as exc:
+        print(f"tollway up: {exc}. Is Tollway already running (make run)? Stop it, or choose other ports "
+              "and --workdir.", file=sys.stderr)
+        return 1
     stack = Stack(
-        Path(args.workdir).resolve(), listen_port=args.port, admin_port=args.admin_port,
+        workdir, listen_port=args.port, admin_port=args.admin_port,
         ext_proc_address=args.ext_proc, mock_port=args.mock_port, service_admin_port=args.service_admin_port,
-        workers=args.workers, policy=policy, workload=args.workload, service_env=service_env,
+        workers=args.workers, policy=policy, workload=args.workload, envoy_concurrency=args.envoy_concurrency,
         mock=bool(mocked), mocked=mocked, quiet=True,
     )
-    stack.start()
-    providers = "\n".join(plan)
-    fallback_demo = ""
-    if {"openai", "anthropic"} <= mocked:
-        fallback_demo = f"""
-  # the example alias "chat" falls back to Anthropic when (the fake) OpenAI fails:
-  curl -s -i {stack.base_url}/v1/chat/completions -H 'content-type: application/json' \\
-    -H 'x-mock-openai-status: 429' -d '{{"model": "chat", "messages": [{{"role": "user", "content": "Hi"}}]}}'"""
-    print(f"""Tollway is up (policy {policy}, workload {args.workload!r}).
-  OpenAI-compatible:    {stack.base_url}/v1
-  Anthropic-compatible: {stack.base_url}
-  Envoy admin:          http://127.0.0.1:{stack.admin_port}
-  Tollway /readyz, /metrics: http://127.0.0.1:{stack.service_admin_port}
-  Request log:          {stack.record_log}
-  Providers:
-{providers}
-Try:
-  curl -s {stack.base_url}/v1/chat/completions -H 'content-type: application/json' \\
-    -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello!"}}]}}'{fallback_demo}
-Ctrl-C stops everything.""", flush=True)
+    try:
+        stack.start()
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"tollway up: could not start: {exc}", file=sys.stderr)
+        lock.close()
+        return 1
+    print(banner(stack, policy, args.workload, plan, mocked), flush=True)
     stopping = False
 
     def on_signal(_signum: int, _frame: object) -> None:
@@ -342,14 +428,78 @@ Ctrl-C stops everything.""", flush=True)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    watcher = PolicyConsole(f"http://127.0.0.1:{stack.service_admin_port}/readyz")
     try:
         while not stopping:
             for name, proc in stack.procs.items():
                 if proc.poll() is not None:
                     print(f"{name} exited with {proc.returncode}; stopping (see {stack.workdir}/{name}.log)")
                     stopping = True
+            watcher.poll()
             time.sleep(0.2)
     finally:
         stack.stop()
+        lock.close()
     print("Tollway stopped.")
     return 0
+
+
+def banner(stack: Stack, policy: Path, workload: str, plan: list[str], mocked: frozenset[str]) -> str:
+    providers = "\n".join(plan)
+    fallback_demo = ""
+    if {"openai", "anthropic"} <= mocked:
+        fallback_demo = f"""
+  # the example alias "chat" falls back to Anthropic when (the fake) OpenAI fails:
+  curl -s -i {stack.base_url}/v1/chat/completions -H 'content-type: application/json' \\
+    -H 'x-mock-openai-status: 429' -d '{{"model": "chat", "messages": [{{"role": "user", "content": "Hi"}}]}}'"""
+    tollway = Path(sys.executable).parent / "tollway"
+    try:
+        shown = tollway.relative_to(Path.cwd())
+    except ValueError:
+        shown = tollway
+    return f"""Tollway is up (policy {policy}, workload {workload!r}).
+  OpenAI-compatible:    {stack.base_url}/v1
+  Anthropic-compatible: {stack.base_url}
+  Demo key (team demo): {DEMO_KEY}   (public: delete the demo team in real deployments)
+  Envoy admin:          http://127.0.0.1:{stack.admin_port}
+  Tollway /readyz, /metrics: http://127.0.0.1:{stack.service_admin_port}
+  Request log:          {stack.record_log}
+  Logs:                 {stack.workdir}/tollway.log, envoy.log{", mock.log" if stack.mock else ""}
+  The tollway command:  {shown} (or `source {shown.parent}/activate`, then `tollway --help`)
+  Providers:
+{providers}
+Try:
+  curl -s {stack.base_url}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello!"}}]}}'{fallback_demo}
+  {shown} report --log {stack.record_log}
+Policy edits take effect within a second; a rejected edit is printed here, with its line.
+Ctrl-C stops everything."""
+
+
+class PolicyConsole:
+    """Prints policy reloads and rejected edits on ``tollway up``'s terminal (from the service's /readyz)."""
+
+    def __init__(self, readyz: str, out: IO[str] | None = None, interval: float = 1.0) -> None:
+        self.readyz, self.out, self.interval = readyz, out, interval
+        self._next = 0.0
+        self._seen: tuple[object, object] | None = None
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        try:
+            with urllib.request.urlopen(self.readyz, timeout=1) as response:
+                policy = orjson.loads(response.read()).get("policy") or {}
+        except (OSError, ValueError):
+            return
+        state = (policy.get("version"), policy.get("last_reload_error"))
+        if self._seen is not None and state != self._seen:
+            out = self.out or sys.stdout
+            if state[1]:
+                print(f"policy {policy.get('source')} REJECTED, still serving version {state[0]}:\n{state[1]}",
+                      file=out, flush=True)
+            else:
+                print(f"policy {policy.get('source')} reloaded: version {state[0]}", file=out, flush=True)
+        self._seen = state

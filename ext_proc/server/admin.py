@@ -1,8 +1,9 @@
 """The service's own small HTTP endpoint: ``/healthz``, ``/readyz`` (JSON details), ``/metrics``
 and ``/v1/report`` (the spend report of ``tollway report``, as JSON).
 
-One per worker process, all sharing the port with ``SO_REUSEPORT``; every worker watches the
-same policy file and reads the same request log, so any of them answers for the service.
+One per worker process, all serving the one listening socket the parent bound (without
+``SO_REUSEPORT``: no other process can join the port); every worker serves the policy the
+parent published and reads the same request log, so any of them answers for the service.
 Bound to loopback by default.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -39,8 +41,9 @@ class AdminServer:
         self.budgets = budgets  # the rows of `tollway budgets` (ext_proc.ledger.budgets)
         self._server: asyncio.base_events.Server | None = None
 
-    async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port, reuse_port=True)
+    async def start(self, sock: socket.socket) -> None:
+        """Serve on a listening socket (bound once by the parent, shared by the workers)."""
+        self._server = await asyncio.start_server(self._handle, sock=sock)
 
     async def close(self) -> None:
         if self._server is not None:

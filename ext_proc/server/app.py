@@ -10,6 +10,11 @@ why) or on ``grpcio``'s asyncio server (``--server grpcio``). SIGTERM or SIGINT:
 NOT_SERVING, the port stops accepting, in-flight streams get ``--grace`` seconds to finish,
 buffered request records are flushed.
 A worker that dies unexpectedly is restarted by the parent.
+
+The parent also binds the admin port (``/readyz``, ``/metrics``; plain, never ``SO_REUSEPORT``, so
+a second service cannot join it) for the workers to serve, and runs the one policy watcher
+(:mod:`ext_proc.server.reload`), which writes Envoy's clusters file (``--envoy-clusters``,
+:mod:`ext_proc.server.clusters`) and tells every worker which policy to serve.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -35,15 +41,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from ext_proc.core import pipeline
+from ext_proc.envoy_config import stand_in
 from ext_proc.ledger import budgets
 from ext_proc.server import h2, listen
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
 from ext_proc.server.alerts import Alerts
+from ext_proc.server.clusters import ClusterSync
+from ext_proc.server.credentials import CredentialStore
 from ext_proc.server.listen import TLSFiles
 from ext_proc.server.node_state import NodeBackend, NodeStateServer
 from ext_proc.server.records import RecordWriter
-from ext_proc.server.reload import PolicyHolder
+from ext_proc.server.reload import PolicyController, PolicyHolder, Publication
 from ext_proc.server.servicer import (
     FILTER_METADATA,
     HEALTH_PATH,
@@ -81,6 +90,9 @@ class ServeConfig:
     store_probe: bool = False
     node_state: str | None = None  # the parent's counters (several workers, no Redis): its socket
     hold_ttl: float = 30.0  # seconds a dead worker's leases and reservations survive in the store
+    envoy_clusters: str | None = None  # Envoy's clusters file, kept up to date with the policy
+    envoy_admin: str | None = None  # Envoy's admin, to confirm it loaded the clusters
+    stand_ins: dict[str, str] = field(default_factory=dict)  # provider -> URL that stands in for it
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +133,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "giving them back (default 30)")
     parser.add_argument("--no-usage-headers", dest="usage_headers", action="store_false",
                         help="do not add x-tollway-input-tokens/-output-tokens/-cost-usd to non-streamed answers")
+    parser.add_argument("--envoy-clusters", metavar="PATH", default=os.environ.get("TOLLWAY_ENVOY_CLUSTERS") or None,
+                        help="write Envoy's provider and fallback clusters for the policy to PATH, and rewrite it "
+                             "on every policy change, before the policy takes effect (the file the bootstrap's "
+                             "cds_config reads, e.g. /run/tollway/clusters.yaml; env TOLLWAY_ENVOY_CLUSTERS)")
+    parser.add_argument("--envoy-admin", metavar="URL", default=os.environ.get("TOLLWAY_ENVOY_ADMIN",
+                                                                           "http://127.0.0.1:9901"),
+                        help="Envoy's admin, asked whether it loaded the clusters (default %(default)s; "
+                             "env TOLLWAY_ENVOY_ADMIN)")
+    parser.add_argument("--stand-in", type=stand_in, action="append", default=[], metavar="PROVIDER=URL",
+                        help="serve PROVIDER from URL (e.g. the fake provider) instead of its endpoint; a placeholder "
+                             "key is sent when its own is not set; repeatable")
 
 
 def _tls_files(args: argparse.Namespace, address: listen.Address) -> listen.TLSFiles | None:
@@ -143,49 +166,89 @@ def run(args: argparse.Namespace) -> int:
             str(address), max(1, args.workers), args.log_file, args.grace, args.server,
             args.policy, args.workload, args.admin_port, args.reload_interval, args.redis_url, args.usage_headers,
             args.admin_host, _tls_files(args, address), args.store_probe, hold_ttl=args.hold_ttl,
+            envoy_clusters=args.envoy_clusters, envoy_admin=args.envoy_admin or None,
+            stand_ins=dict(args.stand_in),
         )
         if config.tls is not None:
             listen.TLSContext(config.tls)  # refuse unreadable certificates before spawning workers
+        if config.envoy_clusters:
+            # The clusters file decides where requests (and provider keys) go: a private directory.
+            listen.check_directory(os.path.dirname(os.path.abspath(config.envoy_clusters)))
     except listen.ListenError as exc:
         print(f"tollway serve: {exc}", file=sys.stderr)
         return 2
     if address.kind == "tcp":
         log.warning("listening on plain TCP (%s): any process that can reach it can read provider keys", address)
-    if config.policy:
-        # Refuse to start on a broken policy: say why once, before any worker is spawned.
-        check = PolicyHolder(config.policy, CollectorRegistry())
-        if not check.load():
-            return 2
-    else:
-        log.warning("no --policy: running OPEN (no identity, access control or provider key injection)")
-    if config.server == "grpcio":
-        if address.kind == "tls" or (address.kind == "unix" and config.workers > 1):
-            print("tollway serve: --server grpcio serves tcp:// and, with --workers 1, unix: only", file=sys.stderr)
-            return 2
-        listener = None
-    else:
+    if config.server == "grpcio" and (address.kind == "tls" or (address.kind == "unix" and config.workers > 1)):
+        print("tollway serve: --server grpcio serves tcp:// and, with --workers 1, unix: only", file=sys.stderr)
+        return 2
+    admin_sock = None
+    if config.admin_port:
         try:
-            listener = listen.bind(address)
-        except listen.ListenError as exc:
-            print(f"tollway serve: {exc}", file=sys.stderr)
+            admin_sock = bind_admin(config.admin_host, config.admin_port)
+        except OSError as exc:
+            print(f"tollway serve: cannot listen on the admin port {config.admin_host}:{config.admin_port}: "
+                  f"{exc.strerror}", file=sys.stderr)
             return 2
+    publication = Publication()
+    clusters = ClusterSync(config.envoy_clusters, config.envoy_admin, config.stand_ins) if config.envoy_clusters \
+        else None
+    controller = PolicyController(config.policy or None, publication, clusters)
+    listener = None
     node: NodeStateServer | None = None
-    if config.workers > 1 and not config.redis_url:
-        # Budgets and rate limits must hold across the node's workers: their counters live here.
-        directory = os.path.dirname(address.path) if address.kind == "unix" else tempfile.mkdtemp(prefix="tollway-")
-        node = NodeStateServer(os.path.join(directory, "state.sock"))
-        node.start()
-        config = dataclasses.replace(config, node_state=node.path)
     try:
-        if config.workers == 1:
-            _worker(config, listener.sock if listener else None)
-            return 0
-        return _supervise(config, listener.sock if listener else None)
+        if not config.policy:
+            log.warning("no --policy: running OPEN (no identity, access control or provider key injection)")
+        # Refuse to start on a broken policy: say why once, before any worker is spawned.
+        if not controller.start():
+            return 2
+        if config.server != "grpcio":
+            try:
+                listener = listen.bind(address)
+            except listen.ListenError as exc:
+                print(f"tollway serve: {exc}", file=sys.stderr)
+                return 2
+        if config.workers > 1 and not config.redis_url:
+            # Budgets and rate limits must hold across the node's workers: their counters live here.
+            directory = os.path.dirname(address.path) if address.kind == "unix" else tempfile.mkdtemp(prefix="tollway-")
+            node = NodeStateServer(os.path.join(directory, "state.sock"))
+            node.start()
+            config = dataclasses.replace(config, node_state=node.path)
+        stop = threading.Event()
+        watcher = threading.Thread(target=controller.watch, args=(config.reload_interval, stop),
+                                   name="tollway-policy", daemon=True)
+        watcher.start()
+        try:
+            sock = listener.sock if listener else None
+            if config.workers == 1:
+                _worker(config, sock, admin_sock, publication)
+                return 0
+            return _supervise(config, sock, admin_sock, publication)
+        finally:
+            stop.set()
     finally:
         if listener is not None:
             listener.close()
         if node is not None:
             node.stop()
+        if admin_sock is not None:
+            admin_sock.close()
+        publication.close()
+
+
+def bind_admin(host: str, port: int) -> socket.socket:
+    """The admin port's listening socket, bound once by the parent: SO_REUSEADDR, never SO_REUSEPORT."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class Refusals:
@@ -223,7 +286,8 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _worker(config: ServeConfig, sock: socket.socket | None) -> None:
+def _worker(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
+            publication: Publication) -> None:
     _configure_logging()
     try:
         import uvloop
@@ -231,16 +295,17 @@ def _worker(config: ServeConfig, sock: socket.socket | None) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
         pass
-    asyncio.run(_serve(config, sock))
+    asyncio.run(_serve(config, sock, admin_sock, publication))
 
 
-async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
+async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
+                 publication: Publication) -> None:
     registry = CollectorRegistry()
     ledger = open_ledger(config.redis_url)
     records = RecordWriter(config.log_file, ledger=ledger)
     records.start()
-    holder = PolicyHolder(config.policy, registry) if config.policy else None
-    if holder is not None and not holder.load():
+    holder = PolicyHolder(publication, registry) if config.policy else None
+    if holder is not None and holder.current is None:
         raise SystemExit(2)
     store: Store = RedisStore(config.redis_url) if config.redis_url else MemoryStore()
     backend: Backend
@@ -252,8 +317,9 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
         backend = MemoryBackend()
     keeper = Keeper(backend, ttl=config.hold_ttl)
     keeper.alerts = Alerts(lambda: holder.current if holder else None, backend.once, registry)
-    service = Service(records, holder, config.workload, accountant=warm_up(), usage_headers=config.usage_headers,
-                      store=store, keeper=keeper,
+    credentials = CredentialStore(stand_ins=frozenset(config.stand_ins))
+    service = Service(records, holder, config.workload, credentials=credentials, accountant=warm_up(),
+                      usage_headers=config.usage_headers, store=store, keeper=keeper,
                       steps=pipeline.Pipeline.of(pipeline.request_steps(store_probe=config.store_probe)))
     limits_store = "redis" if config.redis_url else "node" if config.node_state else "memory"
     service.on_record = Refusals(registry)
@@ -261,7 +327,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = loop.create_task(holder.watch(config.reload_interval)) if holder else None
+    watcher = loop.create_task(holder.follow()) if holder else None
     draining = False
 
     def ready() -> tuple[bool, dict[str, object]]:
@@ -276,6 +342,10 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
             details["policy"] = holder.details()
             if holder.current is not None:
                 details["credentials"] = service.credentials.status(holder.current.providers)
+        if config.stand_ins:
+            details["stand_ins"] = config.stand_ins  # served by a stand-in (the fake provider), not the real API
+        # A stale policy (the last edit was rejected) keeps the sidecar ready: it still serves the
+        # last good policy, and taking it out of rotation would fail every request instead.
         return (not draining and (holder is None or holder.current is not None)), details
 
     async def budget_rows() -> list[dict[str, Any]]:
@@ -287,8 +357,8 @@ async def _serve(config: ServeConfig, sock: socket.socket | None) -> None:
         return budgets.rows(policy, counters)
 
     admin = AdminServer(registry, ready, config.log_file, ledger if config.redis_url else None, budget_rows)
-    if config.admin_port:
-        await admin.start(config.admin_host, config.admin_port)
+    if admin_sock is not None:
+        await admin.start(admin_sock)
     address = config.listen
     tls_watcher = None
     if config.server == "h2":
@@ -365,13 +435,15 @@ async def _serve_grpcio(config: ServeConfig, service: Service, address: str, sto
     await server.stop(config.grace)
 
 
-def _supervise(config: ServeConfig, sock: socket.socket | None) -> int:
+def _supervise(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
+               publication: Publication) -> int:
     ctx = multiprocessing.get_context("spawn")
     stopping = False
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
         # The listening socket travels to the worker as a passed file descriptor (spawn's pass_fds).
-        proc = ctx.Process(target=_worker, args=(config, sock), name=f"tollway-worker-{index}", daemon=False)
+        proc = ctx.Process(target=_worker, args=(config, sock, admin_sock, publication), name=f"tollway-worker-{index}",
+                           daemon=False)
         proc.start()
         return proc
 

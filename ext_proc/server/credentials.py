@@ -6,6 +6,10 @@ caches files, re-reading one when its modification time, size or inode changes (
 once a second, so a rotated secret is picked up without a restart). Keys are only ever placed
 in the outgoing request's headers, in the form the provider expects; they are never logged, and
 a missing key is reported by its *source* (variable or path), never by value.
+
+A provider served by a *stand-in* (``tollway serve --stand-in``, e.g. the fake provider under
+``tollway up``) gets :data:`STAND_IN_KEY` when its own key is not set, so key injection still
+happens and shows; ``/readyz`` counts it as served.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ext_proc.policy.compiled import CredentialSource, Provider
 log = logging.getLogger("tollway.credentials")
 
 Headers = tuple[tuple[str, str], ...]
+STAND_IN_KEY = "tollway-stand-in-key"  # not a secret: what a stand-in provider receives without a real key
 
 
 def credential_headers(provider: Provider, key: str) -> Headers:
@@ -36,7 +41,9 @@ class CredentialStore:
         environ: Mapping[str, str] = os.environ,
         clock: Callable[[], float] = time.monotonic,
         recheck: float = 1.0,
+        stand_ins: frozenset[str] = frozenset(),
     ) -> None:
+        self._stand_ins = stand_ins
         self._environ = environ
         self._clock = clock
         self._recheck = recheck
@@ -79,6 +86,8 @@ class CredentialStore:
         if source is None:
             return ()
         key = self.key(source)
+        if key is None and provider.name in self._stand_ins:
+            key = STAND_IN_KEY
         if key is None:
             where = f"environment variable {source.env}" if source.env else f"file {source.file}"
             now = self._clock()
@@ -89,5 +98,6 @@ class CredentialStore:
         return credential_headers(provider, key)
 
     def status(self, providers: Mapping[str, Provider]) -> dict[str, bool]:
-        """Which providers have a usable credential (for /readyz); values are never included."""
-        return {name: (p.credential is None or self.key(p.credential) is not None) for name, p in providers.items()}
+        """Which providers can be served: a usable credential or a stand-in (for /readyz); never a value."""
+        return {name: (p.credential is None or name in self._stand_ins or self.key(p.credential) is not None)
+                for name, p in providers.items()}

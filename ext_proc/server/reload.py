@@ -1,55 +1,124 @@
-"""The running policy: loaded at start, watched, recompiled and swapped atomically on change.
+"""The running policy: one watcher decides, every worker serves exactly what it decided.
 
-``PolicyHolder.current`` is the one reference every new request reads; a request keeps the
-policy it started with. The file is polled (once a second by default) by its resolved path and
-``stat`` signature, which also catches Kubernetes ConfigMap updates (an atomic ``..data``
-symlink swap). A file that fails to compile leaves the running policy in place; the errors, with
-file, line, column and field, go to the log, the ``tollway_policy_reloads_total{result="error"}``
-metric and ``/readyz``.
+Theory of operation. :class:`PolicyController` is the only reader of the policy file. It runs in
+the ``tollway serve`` parent (or in the one process of ``--workers 1``), polls the file (once a
+second by default) by its resolved path and ``stat`` signature, which also catches Kubernetes
+ConfigMap updates (an atomic ``..data`` symlink swap), and compiles a changed file. A file that
+does not compile leaves the running policy in place: the errors, with file, line, column and
+field, go to the log, to ``/readyz`` (``policy.state: "stale"``, ``policy.last_reload_error``)
+and to the metrics (``tollway_policy_reloads_total{result="error"}``, ``tollway_policy_stale``).
+A good file first gets its Envoy clusters (:mod:`ext_proc.server.clusters`: written, and
+confirmed by Envoy's admin) and only then is *published*, so no request is routed to a cluster
+Envoy does not have yet.
 
-Fallback chains need Envoy clusters rendered from the policy (``tollway envoy``). The chains of
-the policy the service started with are taken as the ones Envoy has; a reload whose aliases need
-others is still applied, but the missing cluster names go to the log and ``/readyz``
-(``envoy_clusters_missing``): until Envoy's config is rendered again, those requests get Envoy's
-503.
+Publishing (:class:`Publication`) writes the controller's state (the accepted policy text, its
+version, the reload counts and the last error) to a file in a private directory, then increments
+a generation counter in shared memory. Each worker's :class:`PolicyHolder` compares that counter
+with the generation it serves whenever a request starts (reading one shared integer) and, when it
+moved, loads the published state before answering. Workers also follow the counter in the
+background, so the compile rarely happens on a request's path. Once the controller has published
+a version, every request on every worker, and every ``/readyz`` answer, sees it: workers never
+disagree about which policy runs. A request keeps the policy it started with, so a reload fails
+no request.
+
+Without a clusters file (``--envoy-clusters``), Envoy's clusters come from a static config
+(``tollway envoy``): the chains of the policy the service started with are taken as the ones
+Envoy has, and a reload whose aliases need others is applied but names them (log and
+``/readyz`` ``envoy_clusters_missing``): until Envoy's config is rendered again, those requests
+get Envoy's 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import multiprocessing
 import os
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+import orjson
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from ext_proc.envoy_config import ClusterError
 from ext_proc.policy.compile import PolicyError, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.policy.decide import chains, cluster_name
+from ext_proc.server.clusters import ClusterSync, EnvoyNotReady
 
 log = logging.getLogger("tollway.policy")
 
 
-class PolicyHolder:
-    """Holds the current :class:`CompiledPolicy` of one file and reloads it when it changes."""
+@dataclass
+class PolicyState:
+    """What the controller publishes (JSON in the state file)."""
 
-    def __init__(self, path: str, registry: CollectorRegistry | None = None) -> None:
+    generation: int = 0
+    source: str | None = None
+    text: str | None = None  # the accepted policy: the one to serve
+    version: str | None = None
+    loaded_at: float | None = None
+    last_error: str | None = None  # the last rejected edit; None once a good file is in place
+    error_at: float | None = None
+    reloads_ok: int = 0
+    reloads_error: int = 0
+    envoy_clusters_missing: list[str] = field(default_factory=list)
+    envoy_clusters: str | None = None  # the clusters file, when Tollway writes one
+
+
+class Publication:
+    """The controller's state shared with the workers: a state file and a generation counter.
+
+    Created by the parent before the workers are spawned, and passed to them (the counter lives
+    in shared memory).
+    """
+
+    def __init__(self) -> None:
+        directory = tempfile.mkdtemp(prefix="tollway-policy-")  # mode 0700: only this user reads the policy
+        self.path = os.path.join(directory, "state.json")
+        self.generation: Any = multiprocessing.get_context("spawn").Value("Q", 0, lock=False)
+
+    def publish(self, state: PolicyState) -> None:
+        state.generation = int(self.generation.value) + 1
+        temp = self.path + ".tmp"
+        with open(temp, "wb") as handle:
+            handle.write(orjson.dumps(asdict(state)))
+        os.replace(temp, self.path)
+        self.generation.value = state.generation  # after the file: a worker that sees it finds the file
+
+    def read(self) -> PolicyState:
+        with open(self.path, "rb") as handle:
+            return PolicyState(**orjson.loads(handle.read()))
+
+    def close(self) -> None:
+        for path in (self.path, self.path + ".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(self.path))
+
+
+class PolicyController:
+    """Watches one policy file, prepares Envoy's clusters, publishes (see the module docstring)."""
+
+    def __init__(self, path: str | None, publication: Publication, clusters: ClusterSync | None = None) -> None:
         self.path = path
+        self.publication = publication
+        self.clusters = clusters
+        self.state = PolicyState(source=path, envoy_clusters=clusters.path if clusters else None)
         self.current: CompiledPolicy | None = None
-        self.loaded_at: float | None = None
-        self.last_error: str | None = None
         self._signature: tuple[str, int, int, int] | None = None
-        self._rendered: frozenset[str] | None = None  # chain clusters of the first policy (Envoy's)
-        self.missing_clusters: list[str] = []
-        self._reloads = Counter(
-            "tollway_policy_reloads", "Policy loads by result", ["result"], registry=registry
-        )
-        self._info = Gauge("tollway_policy_info", "The loaded policy (value 1)", ["version"], registry=registry)
-        self._healthy = Gauge(
-            "tollway_policy_last_reload_ok", "1 when the last policy load succeeded", registry=registry
-        )
+        self._rendered: frozenset[str] | None = None  # without a clusters file: the chains Envoy started with
 
     def _stat(self) -> tuple[str, int, int, int] | None:
+        assert self.path is not None
         try:
             real = os.path.realpath(self.path)
             st = os.stat(real)
@@ -57,62 +126,169 @@ class PolicyHolder:
             return None
         return (real, st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def load(self) -> bool:
-        """(Re)load the file now; True when a new policy is in place."""
-        signature = self._stat()
-        self._signature = signature
+    def start(self) -> bool:
+        """The first load: False (after saying why) when the service must not start."""
+        if self.path is None:  # open mode: only the default providers' clusters
+            if self.clusters is not None:
+                try:
+                    self.clusters.prepare(None, starting=True)
+                except EnvoyNotReady as exc:
+                    log.warning("%s", exc)
+            self.publication.publish(self.state)
+            return True
+        return self.load(starting=True)
+
+    def load(self, starting: bool = False) -> bool:
+        """(Re)load the file now; True when a new policy was published."""
+        assert self.path is not None
+        self._signature = self._stat()
         try:
             with open(self.path, encoding="utf-8") as handle:
                 text = handle.read()
             policy = compile_policy(text, self.path)
-        except (OSError, UnicodeDecodeError, PolicyError) as exc:
-            self.last_error = str(exc) if not isinstance(exc, OSError) else f"{self.path}: {exc.strerror}"
-            self._reloads.labels("error").inc()
-            self._healthy.set(0)
-            kept = f"keeping version {self.current.version}" if self.current else "no policy loaded"
-            log.error("policy %s rejected (%s):\n%s", self.path, kept, self.last_error)
-            return False
-        previous, self.current = self.current, policy
-        self.loaded_at = time.time()
-        self.last_error = None
-        self._reloads.labels("ok").inc()
-        self._healthy.set(1)
-        if previous is not None:
-            self._info.remove(previous.version)
-        self._info.labels(policy.version).set(1)
+            if self.clusters is not None:
+                self.clusters.prepare(policy, starting=starting)
+        except (OSError, UnicodeDecodeError, PolicyError, ClusterError, EnvoyNotReady) as exc:
+            if isinstance(exc, OSError):
+                message = f"{self.path}: {exc.strerror}"
+            elif isinstance(exc, (ClusterError, EnvoyNotReady)):
+                message = f"{self.path}: {exc}"
+            else:
+                message = str(exc)
+            if starting and isinstance(exc, EnvoyNotReady):
+                log.warning("%s", exc)  # Envoy may be the one starting late: serve, and say so
+            else:
+                self._reject(message)
+                return False
+        self.current = policy
+        state = self.state
+        state.text, state.version, state.loaded_at = text, policy.version, time.time()
+        state.last_error = state.error_at = None
+        state.reloads_ok += 1
+        state.envoy_clusters_missing = self._missing(policy)
+        self.publication.publish(state)
         log.info("policy %s loaded: version %s", self.path, policy.version)
-        needed = frozenset(cluster_name(chain) for chain in chains(policy))
-        if self._rendered is None:
-            self._rendered = needed
-        self.missing_clusters = sorted(needed - self._rendered)
-        if self.missing_clusters:
+        if state.envoy_clusters_missing:
             log.warning(
                 "policy %s needs Envoy clusters this sidecar was not started with: %s; render the Envoy "
                 "config again (tollway envoy --policy %s); until then these chains get Envoy's 503",
-                self.path, ", ".join(self.missing_clusters), self.path,
+                self.path, ", ".join(state.envoy_clusters_missing), self.path,
             )
         return True
 
+    def _reject(self, message: str) -> None:
+        state = self.state
+        state.last_error, state.error_at = message, time.time()
+        state.reloads_error += 1
+        kept = f"keeping version {state.version}" if state.version else "no policy loaded"
+        log.error("policy %s rejected (%s):\n%s", self.path, kept, message)
+        self.publication.publish(state)
+
+    def _missing(self, policy: CompiledPolicy) -> list[str]:
+        if self.clusters is not None:
+            return []  # the clusters file has them, and Envoy confirmed it
+        needed = frozenset(cluster_name(chain) for chain in chains(policy))
+        if self._rendered is None:
+            self._rendered = needed
+        return sorted(needed - self._rendered)
+
     def check(self) -> bool:
-        """Reload if the file changed since the last look; True when a new policy is in place."""
-        if self._stat() == self._signature:
+        """Reload if the file changed since the last look; True when a new policy was published."""
+        if self.clusters is not None:
+            self.clusters.prune()
+        if self.path is None or self._stat() == self._signature:
             return False
         return self.load()
 
-    async def watch(self, interval: float = 1.0) -> None:
-        while True:
-            await asyncio.sleep(interval)
+    def watch(self, interval: float, stop: threading.Event) -> None:
+        """Check every ``interval`` seconds until ``stop`` is set (run in a thread)."""
+        while not stop.wait(interval):
             try:
                 self.check()
             except Exception:  # the watcher must survive anything a broken file can cause
                 log.exception("policy watcher failed")
 
+
+class PolicyHolder:
+    """A worker's view of the published policy: ``current`` is what every new request reads."""
+
+    def __init__(self, publication: Publication, registry: CollectorRegistry | None = None) -> None:
+        self.publication = publication
+        self._shared = publication.generation
+        self._seen = -1
+        self._policy: CompiledPolicy | None = None
+        self.state = PolicyState()
+        if registry is not None:
+            registry.register(_PolicyMetrics(self))
+
+    @property
+    def current(self) -> CompiledPolicy | None:
+        if self._shared.value != self._seen:
+            self.sync()
+        return self._policy
+
+    def sync(self) -> None:
+        """Serve the published state now (a worker's compile of the controller's accepted text)."""
+        generation = int(self._shared.value)
+        try:
+            state = self.publication.read()
+        except (OSError, ValueError, TypeError):
+            log.exception("cannot read the published policy state; keeping the running policy")
+            return
+        if state.text is not None and (self._policy is None or self._policy.version != state.version):
+            try:
+                self._policy = compile_policy(state.text, state.source or "<policy>")
+            except PolicyError:  # the controller compiled the same text: cannot happen, but never crash
+                log.exception("the published policy did not compile in this worker")
+                return
+        self.state = state
+        self._seen = max(generation, state.generation)
+
+    async def follow(self, interval: float = 0.05) -> None:
+        """Load new publications off the request path."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self._shared.value != self._seen:
+                    self.sync()
+            except Exception:
+                log.exception("policy follower failed")
+
     def details(self) -> dict[str, object]:
-        policy = self.current
+        self.current  # noqa: B018 - serve the latest publication
+        state = self.state
         return {
-            "source": self.path,
-            "version": policy.version if policy else None,
-            "loaded_at": self.loaded_at,
-            "last_reload_error": self.last_error,
-            "envoy_clusters_missing": self.missing_clusters,
+            "source": state.source,
+            "version": state.version,
+            "loaded_at": state.loaded_at,
+            # stale: the file on disk was rejected, the last good version still serves
+            "state": "stale" if state.last_error else ("current" if state.version else "none"),
+            "last_reload_error": state.last_error,
+            "last_reload_error_at": state.error_at,
+            "envoy_clusters": state.envoy_clusters,
+            "envoy_clusters_missing": state.envoy_clusters_missing,
         }
+
+
+class _PolicyMetrics(Collector):
+    """The controller's counts, as every worker's ``/metrics`` shows them."""
+
+    def __init__(self, holder: PolicyHolder) -> None:
+        self.holder = holder
+
+    def collect(self) -> Iterator[Any]:
+        self.holder.current  # noqa: B018
+        state = self.holder.state
+        reloads = CounterMetricFamily("tollway_policy_reloads", "Policy loads by result", labels=["result"])
+        reloads.add_metric(["ok"], state.reloads_ok)
+        reloads.add_metric(["error"], state.reloads_error)
+        yield reloads
+        info = GaugeMetricFamily("tollway_policy_info", "The loaded policy (value 1)", labels=["version"])
+        if state.version:
+            info.add_metric([state.version], 1)
+        yield info
+        yield GaugeMetricFamily("tollway_policy_last_reload_ok", "1 when the last policy load succeeded",
+                                value=0 if state.last_error else 1)
+        yield GaugeMetricFamily(
+            "tollway_policy_stale", "1 when the policy file was rejected and an older version still serves",
+            value=1 if state.last_error and state.version else 0)

@@ -61,8 +61,8 @@ async def load(base_url: str) -> Counter[str]:
 def test_500_mixed_requests_one_record_each_and_report_totals_add_up(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    mocked, service_env, _ = mock_plan(POLICY, {})
-    stack = Stack(tmp_path, workers=2, policy=POLICY, service_env=service_env, mocked=mocked,
+    mocked, _ = mock_plan(POLICY, {})
+    stack = Stack(tmp_path, workers=2, policy=POLICY, mocked=mocked,
                   mock_args=("--record-requests", "5000"))
     with stack:
         outcomes = asyncio.run(load(stack.base_url))
@@ -103,8 +103,8 @@ def test_two_sidecars_add_to_one_redis_and_the_report_agrees_with_their_logs(
 
     url = f"redis://127.0.0.1:{redis_port}/0"
     redis.Redis(port=redis_port).flushall()
-    mocked, service_env, _ = mock_plan(POLICY, {})
-    common = dict(policy=POLICY, service_env=service_env, mocked=mocked, serve_args=("--redis", url))
+    mocked, _ = mock_plan(POLICY, {})
+    common = dict(policy=POLICY, mocked=mocked, serve_args=("--redis", url))
     with Stack(tmp_path / "a", **common) as a, Stack(tmp_path / "b", workload="local-dev", **common) as b:
         for stack, headers in ((a, DEMO), (b, {})):  # team demo by key, team platform by workload
             with httpx.Client(base_url=stack.base_url, timeout=30) as http:

@@ -1,4 +1,4 @@
-"""Envoy's config for a policy's aliases: the chain clusters, ``tollway envoy``, and Envoy's own verdict."""
+"""Envoy's clusters for a policy: providers, chains, the static ``tollway envoy``, and Envoy's own verdict."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import pytest
 import yaml
 
 from ext_proc import envoy_config
-from ext_proc.envoy_config import add_chains, chain_cluster
+from ext_proc.envoy_config import ClusterError, chain_cluster, policy_clusters, provider_cluster
 from ext_proc.policy.compile import compile_policy
 from ext_proc.stack import ENVOY_CONFIG, ROOT, envoy_binary, render_envoy
 
 TEMPLATE: dict[str, Any] = yaml.safe_load(ENVOY_CONFIG.read_text())
-SHIPPED = {cluster["name"]: cluster for cluster in TEMPLATE["static_resources"]["clusters"]}
+SHIPPED = {name: provider_cluster(name, envoy_config.DEFAULT_ENDPOINTS[name]) for name in ("openai", "anthropic")}
+STAND_INS = {name: "http://127.0.0.1:4" for name in ("openai", "claude", "azure-eu", "local")}
 SOCK = "unix:/run/tollway/ext_proc.sock"
 
 POLICY = """\
@@ -73,7 +74,9 @@ def validate(cfg: dict[str, Any] | str, path: Path) -> None:
 
 
 def tollway_envoy(policy: Path, template: Path = envoy_config.TEMPLATE) -> int:
-    return envoy_config.run(argparse.Namespace(policy=str(policy), template=str(template)))
+    parser = argparse.ArgumentParser()
+    envoy_config.add_arguments(parser)
+    return envoy_config.run(parser.parse_args(["--policy", str(policy), "--template", str(template)]))
 
 
 # -- one chain cluster ----------------------------------------------------------------------------
@@ -127,8 +130,8 @@ def test_a_chain_cluster_runs_the_upstream_filter_per_try() -> None:
 
 def test_a_mocked_chain_is_static_and_plain_text() -> None:
     policy = compile_policy(POLICY)
-    rendered = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, mock_port=4,
-                            mocked=("openai", "anthropic", "azure-openai-eu", "local"), policy=policy)
+    rendered = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, stand_ins=STAND_INS,
+                            policy=policy)
     cluster = clusters(rendered)["openai+anthropic"]
     assert cluster["type"] == "STATIC"
     assert [m["name"] for m in cluster["transport_socket_matches"]] == ["openai", "anthropic"]
@@ -138,34 +141,43 @@ def test_a_mocked_chain_is_static_and_plain_text() -> None:
         (endpoint,) = level["lb_endpoints"]
         assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 4}
     assert not any("+" in name for name in clusters(render_envoy(
-        config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, mock_port=4,
-        mocked=("openai", "anthropic", "azure-openai-eu", "local"), policy=policy, ext_proc=False)))
+        config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, stand_ins=STAND_INS, policy=policy,
+        ext_proc=False)))
 
 
 # -- every chain of a policy ----------------------------------------------------------------------
 
 
-def test_add_chains_adds_every_chain_once() -> None:
+def test_policy_clusters_has_every_provider_then_every_chain_once() -> None:
     policy = compile_policy(POLICY)
-    cfg = config()
-    envoy_config.add_providers(cfg, policy)
-    assert add_chains(cfg, policy) == sorted(CHAINS)
-    assert set(clusters(cfg)) == {"openai", "anthropic", "mock", "tollway_ext_proc", "azure-openai-eu", "local",
-                                  *CHAINS}
-    slots = clusters(cfg)["azure-openai-eu+openai+local"]["load_assignment"]["endpoints"]
+    names = [cluster["name"] for cluster in policy_clusters(policy)]
+    assert names == ["openai", "anthropic", "azure-openai-eu", "local", *sorted(CHAINS)]
+    by_name = {cluster["name"]: cluster for cluster in policy_clusters(policy)}
+    slots = by_name["azure-openai-eu+openai+local"]["load_assignment"]["endpoints"]
     assert [level["lb_endpoints"][0]["metadata"]["filter_metadata"]["tollway"]["provider"] for level in slots] == [
         "azure-eu", "openai", "local"]
-    before = copy.deepcopy(cfg)
-    assert add_chains(cfg, policy) == []
-    assert cfg == before
+    assert policy_clusters(policy) == policy_clusters(policy)  # deterministic: the file's version is its hash
+    assert [c["name"] for c in policy_clusters(None)] == ["openai", "anthropic"]  # open mode
 
 
-def test_add_chains_names_a_missing_provider_cluster() -> None:
-    policy = compile_policy(POLICY)  # azure-eu and local have no cluster in the shipped config
-    cfg = config()
-    with pytest.raises(ValueError, match=r"^the Envoy config has no cluster 'azure-openai-eu' \(provider of alias "
-                                         r"'balanced'\)$"):
-        add_chains(cfg, policy)
+def test_a_providers_endpoint_is_its_cluster_even_under_a_default_name() -> None:
+    """A policy's endpoint for openai (a proxy, a local stand-in) is never silently ignored."""
+    policy = compile_policy(POLICY.replace("openai: {kind: openai, credential: {env: OPENAI_API_KEY}}",
+                                           "openai: {kind: openai, endpoint: 'https://llm-proxy.internal:8443'}"))
+    (openai,) = [c for c in policy_clusters(policy) if c["name"] == "openai"]
+    assert openai["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
+        "socket_address": {"address": "llm-proxy.internal", "port_value": 8443}}
+    assert openai["transport_socket"]["typed_config"]["sni"] == "llm-proxy.internal"
+    # a stand-in wins over the endpoint (tollway up's fake provider)
+    (standin,) = [c for c in policy_clusters(policy, {"openai": "http://127.0.0.1:9"}) if c["name"] == "openai"]
+    assert standin["type"] == "STATIC" and "transport_socket" not in standin
+
+
+def test_a_chain_through_a_provider_without_endpoint_names_it() -> None:
+    policy = compile_policy(POLICY.replace('endpoint: "http://10.0.0.5:8000"', "cluster: vllm"))
+    with pytest.raises(ClusterError, match=r"^alias 'balanced' falls back through provider 'local', which has no "
+                                           r"endpoint: give it one \(providers.local.endpoint\)"):
+        policy_clusters(policy)
 
 
 def test_tollway_envoy_fails_on_a_provider_without_cluster_or_endpoint(
@@ -176,7 +188,15 @@ def test_tollway_envoy_fails_on_a_provider_without_cluster_or_endpoint(
     assert tollway_envoy(path) == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == "tollway envoy: the Envoy config has no cluster 'vllm' (provider of alias 'balanced')\n"
+    assert err.startswith("tollway envoy: alias 'balanced' falls back through provider 'local', which has no endpoint")
+    # A template that defines the cluster itself is enough.
+    template = config()
+    template["static_resources"]["clusters"].append(provider_cluster("vllm", "http://10.0.0.9:8000"))
+    custom = tmp_path / "template.yaml"
+    custom.write_text(yaml.safe_dump(template))
+    assert tollway_envoy(path, custom) == 0
+    rendered = yaml.safe_load(capsys.readouterr().out)
+    assert "openai+azure-openai-eu+vllm" in clusters(rendered)
 
 
 # -- Envoy's verdict ----------------------------------------------------------------------------
@@ -188,8 +208,8 @@ def test_tollway_envoy_renders_a_config_envoy_accepts(tmp_path: Path, capsys: py
     assert tollway_envoy(path) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert out.startswith(f"# Rendered by `tollway envoy --policy {path}`: 2 provider cluster(s) and 3 fallback "
-                          "cluster(s) added.\n")
+    assert out.startswith(f"# Rendered by `tollway envoy --policy {path}`: 4 provider cluster(s) and 3 fallback "
+                          "cluster(s).\n")
     rendered = yaml.safe_load(out)
     assert set(clusters(rendered)) >= CHAINS
     assert clusters(rendered)["local"]["type"] == "STATIC"  # an IP endpoint
@@ -201,13 +221,12 @@ def test_tollway_envoy_renders_a_config_envoy_accepts(tmp_path: Path, capsys: py
 
 def test_rendered_stack_config_with_first_byte_timeouts_is_accepted(tmp_path: Path) -> None:
     policy = compile_policy(POLICY)
-    plain = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, mock_port=4,
-                         mocked=("openai", "anthropic", "azure-openai-eu", "local"), policy=policy)
+    plain = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, stand_ins=STAND_INS,
+                         policy=policy)
     assert sorted(r["route"]["retry_policy"]["per_try_idle_timeout"] for r in labelled_routes(plain)) == [
         "300s", "30s"]
-    rendered = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, mock_port=4,
-                            mocked=("openai", "anthropic", "azure-openai-eu", "local"), policy=policy,
-                            first_byte_timeouts=("1s", "2s"))
+    rendered = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, stand_ins=STAND_INS,
+                            policy=policy, first_byte_timeouts=("1s", "2s"))
     assert set(clusters(rendered)) >= CHAINS
     timeouts = {}
     for route in labelled_routes(rendered):
@@ -240,7 +259,7 @@ def test_tollway_envoy_sets_the_first_byte_timeouts(tmp_path: Path, capsys: pyte
         "route_config"]["virtual_hosts"][0]["routes"]
     timeouts = [r["route"]["retry_policy"]["per_try_idle_timeout"] for r in routes if "retry_policy" in r["route"]]
     assert timeouts == ["7s", "90s"]  # the streaming route first, then the buffered one
-    # The example's providers with an endpoint but no cluster in the template get one.
+    # Every provider of the example gets its cluster.
     names = {c["name"] for c in config["static_resources"]["clusters"]}
     assert {"azure-openai-eu", "local-llm", "openai+anthropic", "anthropic+openai"} <= names
     with pytest.raises(SystemExit):

@@ -1,14 +1,20 @@
-"""PolicyHolder: atomic swaps, broken edits keep the running policy, ConfigMap symlink swaps."""
+"""The policy controller and the workers' view: atomic swaps, broken edits keep the running policy,
+ConfigMap symlink swaps, one published version for every worker, Envoy's clusters before the policy."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+import pytest
+import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ext_proc.server.reload import PolicyHolder
+from ext_proc.server.clusters import ClusterSync, EnvoyNotReady
+from ext_proc.server.reload import PolicyController, PolicyHolder, Publication
 
 GOOD = """apiVersion: tollway/v1
 providers:
@@ -20,31 +26,65 @@ teams:
 """
 
 
-def test_load_change_and_broken_edit(tmp_path: Path) -> None:
+@pytest.fixture
+def publication() -> Iterator[Publication]:
+    pub = Publication()
+    yield pub
+    pub.close()
+
+
+def test_load_change_and_broken_edit(tmp_path: Path, publication: Publication) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(GOOD)
     registry = CollectorRegistry()
-    holder = PolicyHolder(str(path), registry)
-    assert holder.load()
+    controller = PolicyController(str(path), publication)
+    holder = PolicyHolder(publication, registry)
+    assert controller.start()
     first = holder.current
-    assert first is not None and holder.check() is False  # unchanged: nothing to do
+    assert first is not None and controller.check() is False  # unchanged: nothing to do
     path.write_text(GOOD.replace("gpt-4o: {provider: openai}", "gpt-4o: {provider: openai, aliases: [g4]}"))
-    assert holder.check() is True
-    assert holder.current is not first and holder.current.resolve("g4") is not None
+    assert controller.check() is True
+    assert holder.current is not first and holder.current is not None and holder.current.resolve("g4") is not None
     second = holder.current
     path.write_text(GOOD.replace("kind: openai", "kind: openia"))
-    assert holder.check() is False
+    assert controller.check() is False
     assert holder.current is second  # the running policy stays
-    assert holder.last_error is not None and f"{path}:3:" in holder.last_error and "openia" in holder.last_error
+    details = holder.details()
+    assert details["state"] == "stale" and details["version"] == second.version
+    error = details["last_reload_error"]
+    assert isinstance(error, str) and f"{path}:3:" in error and "openia" in error
     metrics = generate_latest(registry).decode()
     assert 'tollway_policy_reloads_total{result="error"} 1.0' in metrics
+    assert 'tollway_policy_reloads_total{result="ok"} 2.0' in metrics
     assert f'tollway_policy_info{{version="{second.version}"}} 1.0' in metrics
+    assert "tollway_policy_stale 1.0" in metrics and "tollway_policy_last_reload_ok 0.0" in metrics
     assert first.version not in metrics  # the old version's series is gone
     path.write_text(GOOD)
-    assert holder.check() is True and holder.last_error is None
+    assert controller.check() is True and holder.details()["last_reload_error"] is None
+    assert holder.details()["state"] == "current" and "tollway_policy_stale 0.0" in generate_latest(registry).decode()
 
 
-def test_configmap_style_symlink_swap(tmp_path: Path) -> None:
+def test_every_worker_serves_the_published_version_from_its_next_request(
+    tmp_path: Path, publication: Publication
+) -> None:
+    """The workers never read the file: once the controller publishes, every view answers with it."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(GOOD)
+    controller = PolicyController(str(path), publication)
+    assert controller.start()
+    workers = [PolicyHolder(publication) for _ in range(3)]
+    assert {w.current.version for w in workers if w.current} == {controller.state.version}
+    path.write_text(GOOD.replace("models: [gpt-4o]", 'models: ["*"]'))
+    assert controller.check()
+    for worker in workers:
+        assert worker.current is not None and worker.current.version == controller.state.version
+        assert worker.details()["version"] == controller.state.version
+    # A file changed on disk but not (yet) accepted by the controller is served by nobody.
+    path.write_text(GOOD.replace("models: [gpt-4o]", "models: [gpt-4o, gpt-4o]"))
+    assert all(w.current is not None and w.current.teams["search"].all_models for w in workers)
+
+
+def test_configmap_style_symlink_swap(tmp_path: Path, publication: Publication) -> None:
     # Kubernetes mounts a ConfigMap as policy.yaml -> ..data/policy.yaml, ..data -> ..2026_11_01_x;
     # an update writes a new timestamped directory and swaps the ..data link atomically.
     def version_dir(name: str, text: str) -> None:
@@ -54,18 +94,21 @@ def test_configmap_style_symlink_swap(tmp_path: Path) -> None:
     version_dir("..v1", GOOD)
     os.symlink("..v1", tmp_path / "..data")
     os.symlink("..data/policy.yaml", tmp_path / "policy.yaml")
-    holder = PolicyHolder(str(tmp_path / "policy.yaml"), CollectorRegistry())
-    assert holder.load()
+    controller = PolicyController(str(tmp_path / "policy.yaml"), publication)
+    holder = PolicyHolder(publication)
+    assert controller.start()
     version_dir("..v2", GOOD.replace("models: [gpt-4o]", 'models: ["*"]'))
     os.symlink("..v2", tmp_path / "..tmp")
     os.replace(tmp_path / "..tmp", tmp_path / "..data")
-    assert holder.check() is True
+    assert controller.check() is True
     assert holder.current is not None and holder.current.teams["search"].all_models
 
 
-def test_missing_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
-    holder = PolicyHolder(str(tmp_path / "absent.yaml"), CollectorRegistry())
-    assert holder.load() is False and holder.current is None and "absent.yaml" in (holder.last_error or "")
+def test_missing_file_is_an_error_not_a_crash(tmp_path: Path, publication: Publication) -> None:
+    controller = PolicyController(str(tmp_path / "absent.yaml"), publication)
+    assert controller.start() is False
+    holder = PolicyHolder(publication)
+    assert holder.current is None and "absent.yaml" in str(holder.details()["last_reload_error"])
 
 
 CHAINED = GOOD.replace("""teams:""", """  claude: {provider: anthropic}
@@ -79,21 +122,130 @@ teams:""").replace("""providers:
 """, """providers:
   anthropic: {kind: anthropic, credential: {env: ANTHROPIC_API_KEY}}
 """)
+SWAPPED = CHAINED.replace("- {provider: openai, model: gpt-4o}\n        - {provider: anthropic, model: claude-x}",
+                          "- {provider: anthropic, model: claude-x}\n        - {provider: openai, model: gpt-4o}")
 
 
-def test_a_reload_needing_new_envoy_clusters_is_applied_and_says_which(tmp_path: Path, caplog: Any) -> None:
+def test_without_a_clusters_file_a_reload_needing_new_clusters_is_applied_and_says_which(
+    tmp_path: Path, caplog: Any, publication: Publication
+) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(CHAINED)
-    holder = PolicyHolder(str(path))
-    assert holder.load() and holder.details()["envoy_clusters_missing"] == []  # started with: Envoy has them
+    controller = PolicyController(str(path), publication)
+    holder = PolicyHolder(publication)
+    assert controller.start() and holder.details()["envoy_clusters_missing"] == []  # started with: Envoy has them
     # The same providers in the other order need a cluster Envoy was not rendered with.
-    swapped = CHAINED.replace("- {provider: openai, model: gpt-4o}\n        - {provider: anthropic, model: claude-x}",
-                              "- {provider: anthropic, model: claude-x}\n        - {provider: openai, model: gpt-4o}")
-    path.write_text(swapped)
+    path.write_text(SWAPPED)
     with caplog.at_level("WARNING", logger="tollway.policy"):
-        assert holder.check() is True
+        assert controller.check() is True
     assert holder.current is not None and holder.current.alias("smart") is not None
     assert holder.details()["envoy_clusters_missing"] == ["anthropic+openai"]
     assert "render the Envoy config again" in caplog.text and "anthropic+openai" in caplog.text
     path.write_text(CHAINED)
-    assert holder.check() is True and holder.missing_clusters == []
+    assert controller.check() is True and holder.details()["envoy_clusters_missing"] == []
+
+
+# -- the clusters file, against a fake Envoy admin -------------------------------------------------
+
+
+class FakeEnvoy:
+    """Envoy's admin as ClusterSync reads it: loads the clusters file when asked, or rejects it."""
+
+    def __init__(self, path: Path, reject: bool = False, deaf: bool = False) -> None:
+        self.path, self.reject, self.deaf = path, reject, deaf
+        self.version = "none"
+        self.active: set[str] = set()
+        self.rejected = 0
+
+    def get(self, url: str) -> bytes:
+        document = yaml.safe_load(self.path.read_text()) if self.path.exists() else None
+        if document and not self.deaf and document["version_info"] != self.version:
+            if self.reject:
+                self.rejected += 1
+            else:
+                self.version = document["version_info"]
+                self.active = {r["name"] for r in document["resources"]}
+        if "/stats" in url:
+            return (f'cluster_manager.cds.update_rejected: {self.rejected}\n'
+                    f'cluster_manager.cds.version_text: "{self.version}"\n').encode()
+        return orjson.dumps({"configs": [{"cluster": {"name": name}} for name in sorted(self.active)]})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.5)  # big steps: a timeout passes in a few polls
+
+
+def test_clusters_come_before_the_policy_and_go_only_after_it(tmp_path: Path, publication: Publication) -> None:
+    path, clusters_file = tmp_path / "policy.yaml", tmp_path / "clusters.yaml"
+    path.write_text(CHAINED)
+    envoy, clock = FakeEnvoy(clusters_file), Clock()
+    sync = ClusterSync(str(clusters_file), "http://envoy", clock=clock, sleep=clock.sleep, get=envoy.get)
+    controller = PolicyController(str(path), publication, sync)
+    holder = PolicyHolder(publication)
+    assert controller.start()
+    assert envoy.active == {"openai", "anthropic", "openai+anthropic"}
+    path.write_text(SWAPPED)
+    assert controller.check()
+    # Envoy had the new chain before the policy was published; the old one stays for now.
+    assert envoy.active == {"openai", "anthropic", "openai+anthropic", "anthropic+openai"}
+    assert holder.current is not None and holder.current.version == controller.state.version
+    clock.now += 299
+    assert controller.check() is False and "openai+anthropic" in envoy.active
+    clock.now += 2
+    controller.check()
+    document = yaml.safe_load(clusters_file.read_text())  # retired after 5 minutes
+    assert {r["name"] for r in document["resources"]} == {"openai", "anthropic", "anthropic+openai"}
+    assert oct(clusters_file.stat().st_mode)[-3:] == "640"
+
+
+def test_a_policy_whose_clusters_envoy_rejects_or_cannot_build_is_refused(
+    tmp_path: Path, publication: Publication
+) -> None:
+    path, clusters_file = tmp_path / "policy.yaml", tmp_path / "clusters.yaml"
+    path.write_text(GOOD)
+    envoy, clock = FakeEnvoy(clusters_file), Clock()
+    sync = ClusterSync(str(clusters_file), "http://envoy", clock=clock, sleep=clock.sleep, get=envoy.get)
+    controller = PolicyController(str(path), publication, sync)
+    holder = PolicyHolder(publication)
+    assert controller.start()
+    first = holder.current
+    envoy.reject = True
+    path.write_text(CHAINED)
+    assert controller.check() is False
+    assert holder.current is first and "Envoy rejected the clusters file" in str(holder.details()["last_reload_error"])
+    envoy.reject, envoy.deaf = False, True  # accepted by nobody: the reload times out
+    path.write_text(CHAINED + "\n")
+    assert controller.check() is False and clock.now >= 10
+    error = str(holder.details()["last_reload_error"])
+    assert "did not load the clusters file" in error and "openai+anthropic" in error
+    envoy.deaf = False
+    path.write_text(CHAINED.replace("  anthropic: {kind: anthropic,", "  anthropic: {kind: openai-compatible,"))
+    assert controller.check() is False  # a chain through a provider without an endpoint
+    error = str(holder.details()["last_reload_error"])
+    assert "falls back through provider 'anthropic', which has no endpoint" in error
+    assert holder.current is first
+
+
+def test_without_envoys_admin_the_write_is_given_a_moment(tmp_path: Path) -> None:
+    clock = Clock()
+
+    def refused(url: str) -> bytes:
+        raise ConnectionRefusedError(url)
+
+    sync = ClusterSync(str(tmp_path / "c.yaml"), "http://127.0.0.1:1", clock=clock, sleep=clock.sleep, get=refused)
+    sync.prepare(None, starting=True)
+    assert clock.now == 0  # starting: Envoy needs the file first, nothing to wait for
+    sync.prepare(None)
+    assert clock.now == 1.0  # unconfirmed_wait
+    assert {c["name"] for c in yaml.safe_load((tmp_path / "c.yaml").read_text())["resources"]} == {
+        "openai", "anthropic"}
+    with pytest.raises(EnvoyNotReady):
+        ClusterSync(str(tmp_path / "d.yaml"), "http://envoy", clock=clock, sleep=clock.sleep,
+                    get=FakeEnvoy(tmp_path / "d.yaml", deaf=True).get).prepare(None)
