@@ -1,10 +1,15 @@
-"""The ``tollway`` command. Each subcommand lives in its own module, imported only when used."""
+"""The ``tollway`` command. Each subcommand lives in its own module, imported only when used.
+
+A user's mistake (an unknown option, a malformed value) is one line on stderr naming it and
+pointing at ``--help``, and exit status 2; Ctrl-C ends quietly. Never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 # name: (module with add_arguments(parser) and run(args) -> int, help)
 COMMANDS = {
@@ -22,10 +27,28 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake said in one line (not the whole usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `tollway report | head`
+        sys.stderr.close()
+        return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="tollway", description="Tollway: an AI gateway for Envoy meshes.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="tollway", description="Tollway: an AI gateway for Envoy meshes.",
+                    epilog="`tollway COMMAND --help` describes each command.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name, (module_name, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         if argv and argv[0] == name:

@@ -7,13 +7,14 @@ import csv
 import io
 import os
 import sys
-from datetime import timedelta
+import urllib.parse
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from ext_proc.ledger.log import log_files, read_records
-from ext_proc.ledger.report import GROUPS, Row, aggregate, dollars, month_window, parse_day, sentence
+from ext_proc.ledger.report import GROUPS, Row, aggregate, dollars, month_window, parse_day, sentence, usd
 
 DEFAULT_LOG = os.environ.get("TOLLWAY_LOG", ".tollway/requests.jsonl")
 
@@ -22,13 +23,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", default=DEFAULT_LOG,
                         help=f"request log (its rotated copies are read too); default {DEFAULT_LOG}")
     parser.add_argument("--by", choices=sorted(GROUPS), default="team", help="group by (default team)")
-    parser.add_argument("--since", type=parse_day, help="first day, YYYY-MM-DD (UTC)")
-    parser.add_argument("--until", type=parse_day, help="last day included, YYYY-MM-DD (UTC)")
-    parser.add_argument("--month", help="YYYY-MM: the whole month (instead of --since/--until)")
-    parser.add_argument("--team", help="only this team; with --month, print one sentence per model")
+    parser.add_argument("--since", type=_day, help="first day, YYYY-MM-DD (UTC)")
+    parser.add_argument("--until", type=_day, help="last day included, YYYY-MM-DD (UTC)")
+    parser.add_argument("--month", type=_month, help="YYYY-MM: the whole month (instead of --since/--until)")
+    parser.add_argument("--team", help="only this team: one sentence per model (this month, unless --month, "
+                                       "--since or --until say otherwise)")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
     parser.add_argument("--redis", default=os.environ.get("TOLLWAY_REDIS_URL"),
                         help="read the aggregates every sidecar adds to Redis instead of a local log")
+
+
+def _day(text: str) -> date:
+    try:
+        return parse_day(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD (e.g. 2026-10-31), got {text!r}") from None
+
+
+def _month(text: str) -> str:
+    try:
+        month_window(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a month as YYYY-MM (e.g. 2026-10), got {text!r}") from None
+    return text
+
+
+class ReportError(Exception):
+    """A user mistake or an unreachable source: one line for the user."""
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its password."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _rows(args: argparse.Namespace, by: str) -> list[Row]:
@@ -41,23 +71,49 @@ def _rows(args: argparse.Namespace, by: str) -> list[Row]:
 
         from ext_proc.state.ledger import RedisLedger
 
-        return RedisLedger(redis.Redis.from_url(args.redis)).rows(by, since, until, where)
-    return aggregate(read_records(log_files(args.log)), by, since, until, where)
+        try:
+            client = redis.Redis.from_url(args.redis, socket_connect_timeout=3, socket_timeout=10)
+            return RedisLedger(client).rows(by, since, until, where)
+        except ValueError as exc:
+            raise ReportError(f"--redis {_redacted(args.redis)}: {exc}") from None
+        except redis.RedisError as exc:
+            raise ReportError(f"cannot read Redis at {_redacted(args.redis)}: {exc}") from None
+    files = log_files(args.log)
+    if not files:
+        raise ReportError(f"no request log at {args.log} (the gateway writes it: `make run`, or "
+                          "`tollway serve --log-file`; pass --log PATH, or --redis URL)")
+    try:
+        return aggregate(read_records(files), by, since, until, where)
+    except OSError as exc:
+        raise ReportError(f"cannot read {exc.filename}: {exc.strerror}") from None
 
 
 def report_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [row.as_dict() for row in _rows(args, args.by)]
 
 
-COLUMNS = ("group", "requests", "tokens", "input_tokens", "output_tokens", "cost_usd", "avg_latency_ms",
+COLUMNS = ("group", "requests", "refused", "tokens", "input_tokens", "output_tokens", "cost_usd", "avg_latency_ms",
            "p95_latency_ms", "guardrail_triggers", "fallbacks", "unknown_usage", "unknown_cost")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.team and args.month and args.format == "table" and args.by == "team":
+    try:
+        return _run(args)
+    except ReportError as exc:
+        print(f"tollway report: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.team and args.format == "table" and args.by == "team":
+        window = args.month
+        if not (args.month or args.since or args.until):
+            window = args.month = datetime.now(UTC).strftime("%Y-%m")  # this month
+        elif not window:
+            window = f"{args.since or 'the beginning'} to {args.until or 'today'}"
         per_model = _rows(args, "model")
         if not per_model:
-            print(f"Team {args.team} sent no requests in {args.month}.")
+            print(f"Team {args.team} sent no requests in {window}.")
         for row in per_model:
             print(sentence(args.team, row))
         return 0
@@ -69,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(out, fieldnames=[*COLUMNS, "cached_tokens", "reasoning_tokens", "cost_usd_micros"],
                                 extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        for row in rows:  # plain decimals, never 8e-06
+            writer.writerow({**row, "cost_usd": f"{usd(row['cost_usd_micros']):f}"})
         sys.stdout.write(out.getvalue())
     else:
         print(_table(rows, args.by))

@@ -4,18 +4,22 @@ A record is one line of the request log (see README, "The request record"). Grou
 ``team``, ``model`` (the public name asked for), ``key`` (the virtual key id) or ``provider``.
 Tokens are input + output; cost is the sum of ``cost_usd_micros`` (integer micro-dollars), and
 records whose usage or price is unknown are *counted* as such rather than added as zero, so a
-report can say "at least".
+report can say "at least". Requests Tollway refused itself (outcome ``rejected``: a 401, 403, 404
+or 400 answered before any provider was asked) are counted as *refused*, by status: they sent no
+tokens, cost nothing, and their (tiny) latency is left out of the averages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from ext_proc.state.rows import GROUPS, Row
+from ext_proc.state.rows import GROUPS, Row, usd
 
-__all__ = ["GROUPS", "Row", "aggregate", "dollars", "human_count", "month_window", "parse_day", "sentence"]
+__all__ = ["GROUPS", "Row", "aggregate", "dollars", "human_count", "month_window", "parse_day", "sentence",
+           "usd"]
 
 
 def parse_day(text: str) -> date:
@@ -57,6 +61,11 @@ def aggregate(
         if row is None:
             row = rows[key] = Row(key)
         row.requests += 1
+        if record.get("outcome") == "rejected":
+            row.refused += 1
+            status = str(record.get("status") or "?")
+            row.refused_by_status[status] = row.refused_by_status.get(status, 0) + 1
+            continue
         inp, out = record.get("input_tokens"), record.get("output_tokens")
         if inp is None and out is None:
             row.unknown_usage += 1
@@ -94,15 +103,33 @@ def human_count(n: int) -> str:
 
 
 def dollars(micros: int) -> str:
+    """``$84.00``; below a cent, two significant digits (``$0.0008``), so a small cost never reads ``$0.00``."""
+    if 0 < micros < 10_000:
+        exact = Decimal(micros) / 1_000_000
+        shown = exact.quantize(Decimal(1).scaleb(exact.adjusted() - 1), rounding=ROUND_HALF_UP)
+        return f"${shown.normalize():f}"
     cents = (micros + 5_000) // 10_000  # round half up to the cent
     return f"${cents // 100:,}.{cents % 100:02d}"
 
 
+def refusals(row: Row) -> str:
+    """``1 request (403)``, ``3 requests (2 × 403, 1 × 404)``."""
+    statuses = sorted(row.refused_by_status.items())
+    detail = statuses[0][0] if len(statuses) == 1 else ", ".join(f"{n} × {status}" for status, n in statuses)
+    return f"{row.refused} request{'s' if row.refused != 1 else ''}" + (f" ({detail})" if detail else "")
+
+
 def sentence(team: str, row: Row) -> str:
     """One plain-English line per (team, model) row, in the form the platform team asked for."""
+    if row.requests == row.refused:
+        return f"Team {team} sent nothing to {row.group}: Tollway refused its {refusals(row)} before asking a provider."
+    refused = f" Tollway also refused {refusals(row)}." if row.refused else ""
     cost = dollars(row.cost_usd_micros)
     if row.unknown_cost:
-        cost = f"at least {cost} ({row.unknown_cost} requests had no known price)"
+        cost = f"at least {cost} ({_requests(row.unknown_cost)} had no known price)"
+    if row.unknown_usage:  # provider errors, cut streams: counted, never taken for zero tokens
+        their = "its" if row.unknown_usage == 1 else "their"
+        refused = f" {_requests(row.unknown_usage)} got no usage report ({their} tokens are unknown).{refused}"
     avg = row.avg_latency_ms
     latency = f"{avg:.0f}ms" if avg is not None else "unknown"
     if not row.guardrails:
@@ -115,8 +142,12 @@ def sentence(team: str, row: Row) -> str:
         guard = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
     return (
         f"Team {team} sent {human_count(row.tokens)} tokens to {row.group} at a cost of {cost}, "
-        f"with an average latency of {latency}, and {guard}."
+        f"with an average latency of {latency}, and {guard}.{refused}"
     )
+
+
+def _requests(n: int) -> str:
+    return f"{n} request{'s' if n != 1 else ''}"
 
 
 def _guardrail_name(name: str) -> str:

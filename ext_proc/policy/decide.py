@@ -150,8 +150,8 @@ def chain(plan: Plan, api: WireAPI, prompt_tokens: int | None, shown: str, draw:
         raise ClientError(
             400,
             "context_length_exceeded",
-            f"The prompt has about {prompt_tokens} tokens; the largest context window model '{shown}' "
-            f"is served by takes {largest} tokens.",
+            f"The prompt has about {prompt_tokens:,} tokens, more than any model behind '{shown}' can take "
+            f"(the largest context window is {largest:,} tokens).",
             "messages",
         )
     drawable = _drawable(plan, fits)

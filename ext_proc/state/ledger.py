@@ -2,8 +2,8 @@
 
 Each finished request adds to one bucket, keyed by (UTC day, team, model, key id, provider):
 request count, input/output/cached/reasoning tokens, cost in integer micro-dollars, counts of
-unknown usage and unknown cost, guardrail triggers, and latency as a sum plus a fixed histogram
-(so averages are exact and p95 is read from the histogram, to its bucket's upper bound).
+unknown usage and unknown cost, refused requests by status, guardrail triggers, and latency as a
+sum plus a fixed histogram (so averages are exact and p95 is read from the histogram, to its bucket's upper bound).
 
 :class:`MemoryLedger` keeps the buckets in this process (one sidecar, one worker); the request
 log stays the complete record either way. :class:`RedisLedger` adds the same buckets with
@@ -39,7 +39,9 @@ def bucket_of(record: dict[str, Any]) -> Bucket | None:
 
 
 def increments(record: dict[str, Any]) -> dict[str, int]:
-    """The counters one record adds to its bucket."""
+    """The counters one record adds to its bucket (a refused request: its count and status only)."""
+    if record.get("outcome") == "rejected":
+        return {"requests": 1, "refused": 1, f"refused:{record.get('status') or '?'}": 1}
     inp, out = record.get("input_tokens"), record.get("output_tokens")
     cost = record.get("cost_usd_micros")
     fields = {
@@ -81,11 +83,14 @@ def _rows(buckets: Iterable[tuple[Bucket, dict[str, int]]], by: str, since: date
         group = bucket[index] or "(none)"
         row = rows.setdefault(group, Row(group))
         for name in ("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
-                     "cost_usd_micros", "unknown_usage", "unknown_cost", "guardrail_triggers", "fallbacks"):
+                     "cost_usd_micros", "unknown_usage", "unknown_cost", "guardrail_triggers", "fallbacks",
+                     "refused"):
             setattr(row, name, getattr(row, name) + counters.get(name, 0))
         for name, value in counters.items():
             if name.startswith("guardrail:"):
                 row.guardrails[name[10:]] = row.guardrails.get(name[10:], 0) + value
+            elif name.startswith("refused:"):
+                row.refused_by_status[name[8:]] = row.refused_by_status.get(name[8:], 0) + value
         total, n = sums.get(group, (0, 0))
         sums[group] = (total + counters.get("latency_us_sum", 0), n + counters.get("latency_n", 0))
         hist = histograms.setdefault(group, [0] * (len(LATENCY_BOUNDS) + 1))

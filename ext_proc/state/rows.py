@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any
 
 GROUPS = {"team": "team", "model": "model", "key": "key_id", "provider": "provider"}
+
+
+def usd(micros: int) -> Decimal:
+    """Micro-dollars as an exact decimal amount of dollars (``800`` → ``Decimal("0.0008")``)."""
+    return (Decimal(micros) / 1_000_000).normalize() if micros else Decimal(0)
 
 
 @dataclass
@@ -28,6 +34,8 @@ class Row:
     unknown_cost: int = 0  # requests with usage but no known price
     guardrail_triggers: int = 0  # requests on which at least one guardrail fired
     fallbacks: int = 0  # requests served by a fallback target (not the first of their chain)
+    refused: int = 0  # requests Tollway answered itself (outcome "rejected"): nothing was sent
+    refused_by_status: dict[str, int] = field(default_factory=dict)  # HTTP status -> refused requests
     guardrails: dict[str, int] = field(default_factory=dict)  # guardrail name -> requests it fired on
     latency_sum_ms: float = 0.0
     latency_count: int = 0
@@ -56,7 +64,7 @@ class Row:
         avg, p95 = self.avg_latency_ms, self.p95_latency_ms
         out.update(
             tokens=self.tokens,
-            cost_usd=self.cost_usd_micros / 1e6,
+            cost_usd=float(usd(self.cost_usd_micros)),
             avg_latency_ms=round(avg, 3) if avg is not None else None,
             p95_latency_ms=round(p95, 3) if p95 is not None else None,
         )

@@ -65,8 +65,8 @@ def test_the_platform_teams_sentence() -> None:
 
 def test_formatting() -> None:
     assert [human_count(n) for n in (950, 12_345, 4_200_000, 3_000_000_000)] == ["950", "12.3K", "4.2M", "3B"]
-    assert [dollars(m) for m in (0, 4_999, 5_000, 84_000_000, 1_234_567_890)] == [
-        "$0.00", "$0.00", "$0.01", "$84.00", "$1,234.57"]
+    assert [dollars(m) for m in (0, 800, 38, 1, 4_999, 10_000, 14_999, 84_000_000, 1_234_567_890)] == [
+        "$0.00", "$0.0008", "$0.000038", "$0.000001", "$0.005", "$0.01", "$0.01", "$84.00", "$1,234.57"]
 
 
 def test_writer_rotates_and_readers_see_every_record(tmp_path: Path) -> None:
@@ -111,12 +111,124 @@ def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert {r["group"]: r["requests"] for r in rows} == {"gpt-4o": 5, "claude": 1}
     assert main(["report", *log, "--format", "csv", "--month", "2026-10"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("group,requests,tokens") and len(lines) == 3
+    assert lines[0].startswith("group,requests,refused,tokens") and len(lines) == 3
     assert main(["report", *log, "--month", "2026-10"]) == 0
     table = capsys.readouterr().out
     assert "search" in table and "$1.01+" in table  # "+": some requests had no known price
     assert main(["report", *log, "--team", "search", "--month", "2026-10"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("Team search sent 15 tokens to claude at a cost of $1.00,")
-    assert "at least $0.01 (1 requests had no known price)" in out[1]
+    assert "at least $0.009 (1 request had no known price)" in out[1]
     assert os.path.exists(path)
+
+
+REFUSED = [
+    rec(team="demo", model="gpt-4o", outcome="rejected", status=403, error="model_not_allowed", input_tokens=None,
+        output_tokens=None, cost_usd_micros=None, latency_ms=0.4, provider=None),
+    rec(team="demo", model="gpt-4o", outcome="rejected", status=403, error="model_not_allowed", input_tokens=None,
+        output_tokens=None, cost_usd_micros=None, latency_ms=0.3, provider=None),
+    rec(team="demo", model="gpt-4o-mini", input_tokens=9, output_tokens=12, cost_usd_micros=8, latency_ms=20.0),
+    rec(team="demo", model="gpt-4o-mini", outcome="rejected", status=400, error="invalid_json", input_tokens=None,
+        output_tokens=None, cost_usd_micros=None, latency_ms=0.1),
+    rec(team="demo", model="gpt-4o-mini", outcome="error", status=500, input_tokens=None, output_tokens=None,
+        cost_usd_micros=None, latency_ms=10.0),
+]
+
+
+def test_refused_requests_are_counted_as_refused_not_as_zero_tokens() -> None:
+    rows = {r.group: r for r in aggregate(REFUSED, "model")}
+    refused = rows["gpt-4o"]
+    assert (refused.requests, refused.refused, refused.refused_by_status, refused.unknown_usage) == (
+        2, 2, {"403": 2}, 0)
+    assert refused.avg_latency_ms is None  # Tollway's own answers do not make the model look fast
+    assert sentence("demo", refused) == (
+        "Team demo sent nothing to gpt-4o: Tollway refused its 2 requests (403) before asking a provider.")
+    served = rows["gpt-4o-mini"]
+    assert (served.requests, served.refused, served.unknown_usage, served.avg_latency_ms) == (3, 1, 1, 15.0)
+    assert sentence("demo", served) == (
+        "Team demo sent 21 tokens to gpt-4o-mini at a cost of $0.000008, with an average latency of 15ms, and no "
+        "request triggered a guardrail. 1 request got no usage report (its tokens are unknown). Tollway also "
+        "refused 1 request (400).")
+
+
+def test_redis_aggregates_count_refusals_like_the_log(redis_port: int) -> None:
+    import redis
+
+    from ext_proc.state.ledger import MemoryLedger, RedisLedger
+
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    memory, shared = MemoryLedger(), RedisLedger(client, prefix="tollway:test-refused")
+    memory.add(REFUSED)
+    shared.add(REFUSED)
+    since, until = month_window("2026-10")
+    for ledger in (memory, shared):
+        rows = {r.group: r for r in ledger.rows("model", since, until)}
+        assert (rows["gpt-4o"].refused, rows["gpt-4o"].refused_by_status, rows["gpt-4o"].tokens) == (2, {"403": 2}, 0)
+        assert sentence("demo", rows["gpt-4o"]).startswith("Team demo sent nothing to gpt-4o: Tollway refused its 2")
+
+
+def test_small_costs_show_and_csv_has_plain_decimals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in REFUSED))
+    assert main(["report", "--log", str(path), "--by", "model", "--month", "2026-10", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split(",")
+    mini = dict(zip(header, next(line for line in lines if line.startswith("gpt-4o-mini,")).split(","), strict=True))
+    assert mini["cost_usd"] == "0.000008" and mini["refused"] == "1"
+    assert "e-" not in "\n".join(lines)
+    assert main(["report", "--log", str(path), "--by", "model", "--month", "2026-10"]) == 0
+    assert "$0.000008" in capsys.readouterr().out
+
+
+def test_report_team_alone_is_this_months_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "requests.jsonl"
+    now = datetime.now(UTC).timestamp()
+    path.write_bytes(orjson.dumps(rec(ts=now, team="demo", model="gpt-4o-mini")) + b"\n"
+                     + orjson.dumps(rec(team="demo")) + b"\n")  # October: not this month
+    assert main(["report", "--log", str(path), "--team", "demo"]) == 0
+    assert capsys.readouterr().out == (
+        "Team demo sent 1.2K tokens to gpt-4o-mini at a cost of $0.0045, with an average latency of 300ms, and no "
+        "request triggered a guardrail.\n")
+    assert main(["report", "--log", str(path), "--team", "nobody"]) == 0
+    assert capsys.readouterr().out == f"Team nobody sent no requests in {datetime.now(UTC):%Y-%m}.\n"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--month", "2026-13"], "tollway report: argument --month: expected a month as YYYY-MM (e.g. 2026-10), got "
+                             "'2026-13' (see `tollway report --help`)"),
+    (["--month", "October"], "tollway report: argument --month: expected a month as YYYY-MM"),
+    (["--since", "yesterday"], "tollway report: argument --since: expected a day as YYYY-MM-DD"),
+    (["--by", "colour"], "tollway report: argument --by: invalid choice: 'colour'"),
+    (["--log", "/nonexistent/requests.jsonl"], "tollway report: no request log at /nonexistent/requests.jsonl"),
+    (["--redis", "redis://:sekrit-pass@127.0.0.1:1/0"], "tollway report: cannot read Redis at "
+                                                          "redis://:***@127.0.0.1:1/0: "),
+    (["--redis", "http://127.0.0.1:1"], "tollway report: --redis http://127.0.0.1:1: "),
+])
+def test_report_mistakes_are_one_line_and_a_non_zero_exit(argv: list[str], message: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", "report", *argv], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "sekrit" not in proc.stderr
+
+
+def test_every_command_has_help() -> None:
+    import subprocess
+    import sys
+
+    from ext_proc.cli import COMMANDS
+
+    out = subprocess.run([sys.executable, "-m", "ext_proc.cli", "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and all(name in out.stdout for name in COMMANDS)
+    for name in COMMANDS:
+        proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", name, "--help"], capture_output=True, text=True,
+                              timeout=30)
+        assert proc.returncode == 0 and proc.stdout.startswith(f"usage: tollway {name}"), (name, proc.stderr)
+    for argv in ([], ["nonsense"], ["report", "--nope"]):
+        proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", *argv], capture_output=True, text=True,
+                              timeout=30)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--help" in proc.stderr, proc.stderr

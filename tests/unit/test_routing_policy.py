@@ -447,7 +447,8 @@ def test_no_target_large_enough_is_a_400() -> None:
     error = refusal("sized", tokens=9000)
     assert (error.status, error.code, error.param) == (400, "context_length_exceeded", "messages")
     assert error.message == (
-        "The prompt has about 9000 tokens; the largest context window model 'sized' is served by takes 8000 tokens."
+        "The prompt has about 9,000 tokens, more than any model behind 'sized' can take (the largest context "
+        "window is 8,000 tokens)."
     )
 
 
