@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import errno
 import fcntl
+import ipaddress
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -328,11 +330,12 @@ def _cores() -> int:
 
 
 def mock_plan(policy_path: Path, environ: Mapping[str, str]) -> tuple[frozenset[str], list[str]]:
-    """Which providers the fake provider must stand in for: those whose key is not available.
+    """Which providers the fake provider must stand in for, and a line per provider saying where its traffic goes.
 
-    Returns their names and a line per provider saying where its traffic goes. Only ``openai``
-    and ``anthropic`` providers with a key reach the real API; Azure and self-hosted providers
-    always get the fake provider locally.
+    A provider is reached for real when its key is available (or it needs none) and either it is
+    an ``openai`` or ``anthropic`` provider, or its ``endpoint`` is on this machine or an IP
+    address (a model you run yourself, a local proxy): that endpoint is then used as given.
+    Anything else (an Azure resource, a cluster-internal host name) gets the fake provider.
     """
     from ext_proc.policy.compile import compile_policy
 
@@ -344,11 +347,25 @@ def mock_plan(policy_path: Path, environ: Mapping[str, str]) -> tuple[frozenset[
         available = source is None or (
             bool(environ.get(source.env)) if source.env else Path(source.file or "").is_file()
         )
-        real = available and provider.kind in ("openai", "anthropic")
+        host = urllib.parse.urlsplit(provider.endpoint).hostname if provider.endpoint else None
+        real = available and (provider.kind in ("openai", "anthropic") or _local(host))
         if not real:
             mocked.add(provider.name)
-        lines.append(f"    {provider.name:<18} {provider.kind:<18} -> {'real API' if real else 'fake provider'}")
+        where = f"{provider.endpoint or 'the public API'}" if real else "fake provider"
+        lines.append(f"    {provider.name:<18} {provider.kind:<18} -> {where}")
     return frozenset(mocked), lines
+
+
+def _local(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class InUse(Exception):

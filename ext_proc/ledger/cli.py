@@ -125,8 +125,8 @@ def _run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(out, fieldnames=[*COLUMNS, "cached_tokens", "reasoning_tokens", "cost_usd_micros"],
                                 extrasaction="ignore")
         writer.writeheader()
-        for row in rows:  # plain decimals, never 8e-06
-            writer.writerow({**row, "cost_usd": f"{usd(row['cost_usd_micros']):f}"})
+        for found in rows:  # plain decimals, never 8e-06
+            writer.writerow({**found, "cost_usd": f"{usd(found['cost_usd_micros']):f}"})
         sys.stdout.write(out.getvalue())
     else:
         print(_table(rows, args.by))

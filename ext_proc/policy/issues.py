@@ -262,8 +262,69 @@ def _yaml_problem(exc: yaml.YAMLError, text: str) -> Problem:
         mark = exc.problem_mark or exc.context_mark
         words = ", ".join(part for part in (exc.context, exc.problem) if part)
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        if exc.problem_mark is not None and exc.problem in _INDENTATION_PROBLEMS:
+            context = exc.context_mark.line + 1 if exc.context_mark is not None else None
+            found = _misindented(text.split("\n"), line, context)
+            if found is not None:
+                odd, spaces, expected = found
+                return Problem(f"invalid YAML: this line is indented by {spaces} spaces where the lines around it "
+                               f"use {expected} (the parser: {words})", line=odd, column=spaces + 1)
         return Problem(f"invalid YAML: {words or exc}", line=line, column=column)
     return Problem(f"invalid YAML: {exc}", line=1, column=1)
+
+
+# What PyYAML says when a line is indented one way and its neighbours another.
+_INDENTATION_PROBLEMS = frozenset({
+    "mapping values are not allowed here",
+    "expected <block end>, but found '<block mapping start>'",
+    "expected <block end>, but found '-'",
+    "expected <block end>, but found '<block sequence start>'",
+    "could not find expected ':'",
+})
+
+
+def _misindented(lines: list[str], error: int, context: int | None) -> tuple[int, int, int] | None:
+    """The line whose indentation is the mistake, its indentation and the one its neighbours use.
+
+    PyYAML reports an indentation mistake where the parse breaks, which is the wrong line as
+    often as not (a key indented one space short breaks the parse on the *next* line). Between
+    the reported line and the one before it (or the parser's context line), the mistake is the
+    one whose indentation fewer of its siblings share: the lines of the same kind (``key:`` or
+    ``- item``) in the same block. On a tie the later line is wrong: the first line of a block
+    sets its indentation.
+    """
+
+    def content(i: int) -> bool:
+        stripped = lines[i - 1].strip()
+        return bool(stripped) and not stripped.startswith("#")
+
+    def indent(i: int) -> int:
+        return len(lines[i - 1]) - len(lines[i - 1].lstrip(" "))
+
+    def kind(i: int) -> bool:
+        return lines[i - 1].lstrip().startswith("-")
+
+    if not 1 <= error <= len(lines) or not content(error):
+        return None
+    previous = next((i for i in range(error - 1, 0, -1) if content(i)), None)
+    for other in (previous, context):
+        if other is None or other >= error or not content(other) or indent(other) == indent(error):
+            continue
+        low = min(indent(other), indent(error))
+        parent = next((i for i in range(other - 1, 0, -1) if content(i) and indent(i) < low), 0)
+        floor = indent(parent) if parent else -1
+        votes = {indent(other): 0, indent(error): 0}
+        for i in range(parent + 1, len(lines) + 1):
+            if not content(i):
+                continue
+            if indent(i) <= floor:
+                break
+            if kind(i) == kind(error) and indent(i) in votes:
+                votes[indent(i)] += 1
+        if votes[indent(error)] > votes[indent(other)]:
+            return other, indent(other), indent(error)
+        return error, indent(error), indent(other)
+    return None
 
 
 # -- pass 3: pydantic's errors in the policy's words ----------------------------------------------

@@ -207,6 +207,28 @@ def test_an_unknown_model_is_404(env: Env) -> None:
     assert caught.value.code == "model_not_found"
 
 
+def test_every_404_an_anthropic_client_can_get_has_one_error_type(env: Env) -> None:
+    """Tollway's own 404s (unknown model, unknown endpoint) and every provider's, translated or not."""
+    client = env.anthropic()
+    hi = [{"role": "user", "content": "hi"}]
+    cases = {
+        "unknown model": lambda: client.messages.create(model="claude-9", max_tokens=8, messages=hi),
+        "unknown endpoint": lambda: client.messages.count_tokens(model="claude", messages=hi),  # type: ignore[arg-type]
+        "anthropic's 404": lambda: client.messages.create(model="claude", max_tokens=8, messages=hi,
+                                                          extra_headers={"x-mock-status": "404"}),
+        "openai's 404, translated": lambda: client.messages.create(model="gpt-4o", max_tokens=8, messages=hi,
+                                                                   extra_headers={"x-mock-status": "404"}),
+        "azure's 404, translated": lambda: client.messages.create(model="azure-gpt", max_tokens=8, messages=hi,
+                                                                  extra_headers={"x-mock-status": "404"}),
+    }
+    for name, call in cases.items():
+        with pytest.raises(anthropic.NotFoundError) as caught:
+            call()
+        assert caught.value.status_code == 404, name
+        assert caught.value.body["type"] == "error", name  # type: ignore[index]
+        assert caught.value.body["error"]["type"] == "not_found_error", (name, caught.value.body)  # type: ignore[index]
+
+
 def test_a_rotated_key_file_is_picked_up(env: Env) -> None:
     client = env.openai()
     client.chat.completions.create(model="rotating-model", messages=[{"role": "user", "content": "hi"}])

@@ -172,6 +172,30 @@ def test_bad_indentation_is_a_syntax_error() -> None:
     assert issue.startswith("p.yaml:5:4: invalid YAML:")
 
 
+EXAMPLE_TEXT = (Path(__file__).resolve().parents[2] / "policies" / "example.yaml").read_text()
+
+
+@pytest.mark.parametrize(("good", "bad", "spaces", "around"), [
+    # a field indented one space too far: PyYAML breaks on that line
+    ("    model: gpt-4o-2024-08-06", "     model: gpt-4o-2024-08-06", 5, 4),
+    # a field indented one space short: PyYAML breaks on the NEXT line; the mistake is this one
+    ("    kind: anthropic\n", "   kind: anthropic\n", 3, 4),
+    # the first field of an entry indented too far: PyYAML breaks on the next line
+    ("  claude-haiku:\n    provider: anthropic\n", "  claude-haiku:\n      provider: anthropic\n", 6, 4),
+    # a list item indented less than the one before it
+    ("        - {provider: anthropic, model: claude-3-5-haiku-20241022, context_window: 200000}",
+     "      - {provider: anthropic, model: claude-3-5-haiku-20241022, context_window: 200000}", 6, 8),
+])
+def test_an_indentation_mistake_is_reported_on_the_line_that_has_it(good: str, bad: str, spaces: int,
+                                                                    around: int) -> None:
+    assert good in EXAMPLE_TEXT
+    text = EXAMPLE_TEXT.replace(good, bad, 1)
+    wrong = text[:text.index(bad)].count("\n") + 1 + bad.rstrip("\n").count("\n")  # the line with the odd indent
+    [issue] = issues(text)
+    assert issue.startswith(f"p.yaml:{wrong}:{spaces + 1}: invalid YAML: this line is indented by {spaces} spaces "
+                            f"where the lines around it use {around} (the parser: "), issue
+
+
 def test_several_documents() -> None:
     assert issues("apiVersion: tollway/v1\n---\napiVersion: tollway/v1\n") == [
         "p.yaml:2:1: invalid YAML: expected a single document in the stream, but found another document"

@@ -1,0 +1,332 @@
+"""`tollway up` (what `make run` runs) as a new user meets it: the README's quick start word for word,
+the start banner, policy errors on the console, a second instance, the first seconds, your own providers."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from ext_proc.stack import ROOT, Stack, _cores, free_port
+
+pytestmark = pytest.mark.e2e
+
+README = (ROOT / "README.md").read_text()
+NO_KEYS = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+
+
+class Up:
+    """A running `tollway up` on free ports, its console read line by line."""
+
+    def __init__(self, workdir: Path, policy: Path | None = None, env: dict[str, str] | None = None,
+                 ports: dict[str, int] | None = None) -> None:
+        self.workdir = workdir
+        self.ports = ports or {name: free_port() for name in ("port", "admin", "mock", "service")}
+        argv = [sys.executable, "-m", "ext_proc.cli", "up", "--port", str(self.ports["port"]),
+                "--admin-port", str(self.ports["admin"]), "--mock-port", str(self.ports["mock"]),
+                "--service-admin-port", str(self.ports["service"]), "--workdir", str(workdir)]
+        if policy is not None:
+            argv += ["--policy", str(policy)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env or NO_KEYS, start_new_session=True, cwd=ROOT)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.console: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def until(self, pattern: str, timeout: float = 30) -> str:
+        """Console lines up to the first that matches ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {pattern!r} on the console:\n{''.join(self.console)}") from None
+            self.console.append(line)
+            if re.search(pattern, line):
+                return line
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['port']}"
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    work = tmp_path_factory.mktemp("up")
+    policy = work / "policy.yaml"
+    shutil.copy(ROOT / "policies" / "example.yaml", policy)
+    running = Up(work / "state", policy)
+    try:
+        running.until(r"^Ctrl-C stops everything")
+        yield running
+    finally:
+        assert running.stop() == 0
+
+
+def quick_start_blocks() -> list[tuple[str, str]]:
+    section = README[README.index("## Quick start"):README.index("\n## ", README.index("## Quick start") + 5)]
+    return re.findall(r"```(sh|python)\n(.*?)```", section, re.S)
+
+
+def test_the_readmes_quick_start_word_for_word(up: Up) -> None:
+    blocks = quick_start_blocks()
+    assert blocks[0][1].split("\n")[0].startswith("make run") and len(blocks) == 4
+    ran = 0
+    for language, code in blocks[1:]:
+        code = code.replace("127.0.0.1:10000", f"127.0.0.1:{up.ports['port']}")  # the test's own port
+        if language == "python":
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            assert "ChatCompletion(" in proc.stdout and "Message(" in proc.stdout
+        else:
+            proc = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            if "x-mock-openai-status: 429" in code:  # the fallback demo, and what the README says it shows
+                assert "x-tollway-provider: anthropic" in proc.stdout and "x-tollway-attempts: 2" in proc.stdout
+                assert '"object":"chat.completion"' in proc.stdout
+            else:
+                assert '"object":"chat.completion"' in proc.stdout
+        ran += 1
+    assert ran == 3
+    # "demo may not use gpt-4o: that call gets a 403"
+    demo = {"authorization": "Bearer tw-local-demo-key-not-secret"}
+    denied = httpx.post(up.url + "/v1/chat/completions", headers=demo,
+                        json={"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]})
+    assert denied.status_code == 403
+    # "Every request leaves one JSON line in .tollway/requests.jsonl" (here: its --workdir)
+    log = up.workdir / "requests.jsonl"
+    wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 5)  # written in batches
+
+
+def test_the_banner_says_the_demo_key_the_logs_and_how_to_run_tollway(up: Up) -> None:
+    banner = "".join(up.console)
+    assert "tw-local-demo-key-not-secret" in banner
+    assert f"{up.workdir}/tollway.log" in banner and "envoy.log" in banner
+    assert "requests.jsonl" in banner
+    command = re.search(r"The tollway command:\s+(\S+)", banner)
+    assert command is not None
+    proc = subprocess.run([str(ROOT / command.group(1)), "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and "usage: tollway" in proc.stdout
+    assert "source .venv/bin/activate" in banner
+
+
+def test_readyz_counts_providers_the_fake_provider_serves_as_served(up: Up) -> None:
+    ready = httpx.get(f"http://127.0.0.1:{up.ports['service']}/readyz").json()
+    assert ready["credentials"] == {"openai": True, "anthropic": True, "azure-eu": True, "local-llm": True}
+    assert set(ready["stand_ins"]) == {"openai", "anthropic", "azure-eu", "local-llm"}
+    # The Azure provider's key file does not exist here: the fake provider still gets a (placeholder) key.
+    seen = httpx.post(up.url + "/v1/chat/completions",
+                      json={"model": "gpt-4o-eu", "messages": [{"role": "user", "content": "Hi"}]})
+    assert seen.status_code == 200
+
+
+@pytest.mark.parametrize(("good", "bad", "token", "words"), [
+    # (a correct piece of the example policy, a mistake in its place, where the mistake starts, what is said)
+    ("    kind: anthropic\n", "   kind: anthropic\n", "kind", "indented by 3 spaces where the lines around it use 4"),
+    ("    model: gpt-4o-2024-08-06", "    modle: gpt-4o-2024-08-06", "modle", "unknown field 'modle'"),
+    ('api_version: "2024-10-21"', "api_version: 2024.10", "2024.10", "must be a string"),
+    ("models: [gpt-4o-mini, claude-haiku, chat]", "models: [gpt-4o-mini, claude-haikoo, chat]", "claude-haikoo",
+     "unknown model 'claude-haikoo'"),
+], ids=["indentation", "unknown-field", "wrong-type", "bad-reference"])
+def test_a_rejected_edit_is_printed_on_the_console_at_its_line_and_column(
+    up: Up, good: str, bad: str, token: str, words: str
+) -> None:
+    policy = up.workdir.parent / "policy.yaml"
+    original = policy.read_text()
+    text = original.replace(good, bad, 1)
+    at = text.index(bad) + bad.index(token)
+    line = text[:at].count("\n") + 1
+    column = text.splitlines()[line - 1].index(token) + 1
+    try:
+        policy.write_text(text)
+        assert "still serving version" in up.until(r"REJECTED", timeout=10)
+        error = up.until(rf"{re.escape(str(policy))}:\d+:\d+: ", timeout=5)
+        assert error.startswith(f"{policy}:{line}:{column}: ") and words in error, error
+        ready = httpx.get(f"http://127.0.0.1:{up.ports['service']}/readyz").json()
+        assert ready["ready"] is True and ready["policy"]["state"] == "stale"
+        assert f"{policy}:{line}:{column}: " in ready["policy"]["last_reload_error"]
+        metrics = httpx.get(f"http://127.0.0.1:{up.ports['service']}/metrics").text
+        assert "tollway_policy_stale 1.0" in metrics
+    finally:
+        policy.write_text(original)
+    assert "reloaded" in up.until(r"reloaded: version", timeout=10)
+
+
+def test_a_second_make_run_says_who_holds_the_ports_and_joins_nothing(up: Up, tmp_path: Path) -> None:
+    log = up.workdir / "tollway.log"
+    before = log.read_text()
+    # Same ports, another workdir: refused, naming the processes.
+    second = subprocess.run(
+        [sys.executable, "-m", "ext_proc.cli", "up", "--port", str(up.ports["port"]), "--admin-port",
+         str(up.ports["admin"]), "--mock-port", str(up.ports["mock"]), "--service-admin-port",
+         str(up.ports["service"]), "--workdir", str(tmp_path / "second")],
+        capture_output=True, text=True, env=NO_KEYS, timeout=60, cwd=ROOT)
+    assert second.returncode == 1
+    assert second.stderr.count("\n") == 1, second.stderr
+    assert f"port {up.ports['port']} (gateway listener, --port) is in use by envoy (pid " in second.stderr
+    assert f"port {up.ports['service']} (Tollway admin, --service-admin-port) is in use by " in second.stderr
+    assert "tollway mock-provider (pid" in second.stderr
+    assert not (tmp_path / "second" / "tollway.log").exists()
+    # Same workdir, other ports: refused too, so the logs are never shared.
+    third = subprocess.run([sys.executable, "-m", "ext_proc.cli", "up", "--workdir", str(up.workdir),
+                            *[arg for name in ("--port", "--admin-port", "--mock-port", "--service-admin-port")
+                              for arg in (name, str(free_port()))]],
+                           capture_output=True, text=True, env=NO_KEYS, timeout=60, cwd=ROOT)
+    assert third.returncode == 1 and "is in use by another tollway up (pid" in third.stderr
+    assert log.read_text() == before
+    assert httpx.post(up.url + "/v1/chat/completions",
+                      json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}).status_code == 200
+
+
+def test_a_second_envoy_cannot_join_the_gateway_port(up: Up, tmp_path: Path) -> None:
+    """Envoy shares listener ports by default (SO_REUSEPORT); the shipped listener refuses."""
+    second = Stack(tmp_path, listen_port=up.ports["port"])
+    with pytest.raises(RuntimeError, match="envoy exited"):
+        second.start()
+    assert "Address already in use" in (tmp_path / "envoy.log").read_text()
+
+
+def test_nothing_can_join_the_service_admin_port(up: Up, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ext_proc.cli", "serve", "--listen", f"unix:{tmp_path}/run/s.sock",
+         "--admin-port", str(up.ports["service"])], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert f"cannot listen on the admin port 127.0.0.1:{up.ports['service']}: Address already in use" in proc.stderr
+
+
+def test_envoy_uses_the_machines_cores(up: Up) -> None:
+    info = httpx.get(f"http://127.0.0.1:{up.ports['admin']}/server_info").json()
+    assert info["command_line_options"]["concurrency"] == _cores()
+
+
+def test_no_request_fails_while_the_gateway_starts(tmp_path: Path) -> None:
+    """Requests sent from the first moment: refused connections until Envoy listens, then answers; never a 500."""
+    ports = {name: free_port() for name in ("port", "admin", "mock", "service")}
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                try:
+                    response = http.post(f"http://127.0.0.1:{ports['port']}/v1/chat/completions",
+                                         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+                    statuses.append(response.status_code)
+                except httpx.TransportError:
+                    time.sleep(0.005)
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    started = Up(tmp_path, ports=ports)
+    try:
+        started.until(r"^Ctrl-C stops everything")
+        deadline = time.monotonic() + 5
+        while len(statuses) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(15)
+        assert started.stop() == 0
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))
+
+
+OWN = """apiVersion: tollway/v1
+providers:
+  openai:                       # keeps its default cluster name, with an endpoint of its own (a proxy)
+    kind: openai
+    endpoint: http://127.0.0.1:{upstream}
+    credential: {{env: OWN_OPENAI_KEY}}
+  anthropic: {{kind: anthropic, credential: {{env: OWN_ANTHROPIC_KEY}}}}   # no key: the fake provider
+  mine:                         # a model you run yourself, under a cluster name of its own
+    kind: openai-compatible
+    cluster: my-llm
+    endpoint: http://127.0.0.1:{upstream}
+models:
+  gpt-4o-mini: {{provider: openai}}
+  llama: {{provider: mine, model: llama-3.1-8b}}
+routing:
+  aliases:
+    local-first:
+      targets:
+        - {{provider: mine, model: llama-3.1-8b}}
+        - {{provider: anthropic, model: claude-3-5-haiku-20241022}}
+teams:
+  platform: {{workloads: [local-dev], models: ["*"]}}
+"""
+
+
+def test_tollway_up_with_your_own_providers_uses_their_endpoints(tmp_path: Path) -> None:
+    upstream_port = free_port()  # "your" server: another fake provider, on its own port
+    upstream = subprocess.Popen([sys.executable, "-m", "ext_proc.cli", "mock-provider", "--port", str(upstream_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{upstream_port}/healthz").status_code == 200)
+        policy = tmp_path / "own.yaml"
+        policy.write_text(OWN.format(upstream=upstream_port))
+        running = Up(tmp_path / "state", policy, env={**NO_KEYS, "OWN_OPENAI_KEY": "sk-own-proxy-0001"})
+        try:
+            running.until(r"^Ctrl-C stops everything")
+            banner = "".join(running.console)
+            assert f"openai             openai             -> http://127.0.0.1:{upstream_port}" in banner
+            assert "anthropic          anthropic          -> fake provider" in banner
+            with httpx.Client(base_url=running.url, timeout=10) as http:
+                for model in ("gpt-4o-mini", "llama", "local-first"):
+                    response = http.post("/v1/chat/completions",
+                                         json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+                    assert response.status_code == 200, (model, response.text)
+            seen = httpx.get(f"http://127.0.0.1:{upstream_port}/_mock/requests").json()
+            models = [yaml.safe_load(request["body"])["model"] for request in seen]
+            assert models == ["gpt-4o-mini", "llama-3.1-8b", "llama-3.1-8b"]  # all three reached your endpoint
+            # tollway up's Envoy has exactly the clusters `tollway envoy` renders for the same policy.
+            static = subprocess.run(
+                [sys.executable, "-m", "ext_proc.cli", "envoy", "--policy", str(policy),
+                 "--stand-in", f"anthropic=http://127.0.0.1:{running.ports['mock']}"],
+                capture_output=True, text=True, check=True, env={**NO_KEYS, "OWN_OPENAI_KEY": "x"}).stdout
+            rendered = {c["name"] for c in yaml.safe_load(static)["static_resources"]["clusters"]}
+            dump = httpx.get(f"http://127.0.0.1:{running.ports['admin']}/config_dump",
+                             params={"resource": "dynamic_active_clusters"}).json()
+            active = {entry["cluster"]["name"] for entry in dump["configs"]}
+            assert active == rendered - {"tollway_ext_proc"} == {"openai", "anthropic", "my-llm", "my-llm+anthropic"}
+        finally:
+            assert running.stop() == 0
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
