@@ -91,7 +91,10 @@ class ProviderSpec(Strict):
 
     kind: ProviderKind = Field(description="the wire format and credential header")
     cluster: Name | None = Field(None, description="the Envoy cluster that reaches it (default: the provider's name)")
-    endpoint: Url | None = Field(None, description="informational: the base URL behind the cluster")
+    endpoint: Url | None = Field(
+        None, description="the base URL the provider's Envoy cluster reaches (default for openai and anthropic: "
+                          "their public API; azure-openai and openai-compatible providers need one to be in a "
+                          "fallback chain)")
     credential: CredentialSpec | None = Field(None, description="omit when no key is injected (a local server)")
     anthropic_version: Version | None = Field(None, description="kind anthropic only (default 2023-06-01)")
     api_version: Version | None = Field(None, description="kind azure-openai only, and required there")
