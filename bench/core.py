@@ -29,7 +29,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb  # noqa: E402
 
 from ext_proc.mock import responses  # noqa: E402
 from ext_proc.server.accounting import warm_up  # noqa: E402
-from ext_proc.server.reload import PolicyHolder  # noqa: E402
+from ext_proc.server.reload import PolicyController, PolicyHolder, Publication  # noqa: E402
 from ext_proc.server.servicer import ExtProcCall, Service  # noqa: E402
 
 POLICY = ROOT / "policies" / "example.yaml"
@@ -163,6 +163,13 @@ def run(service: Service, case: str, n: int) -> float:
     return (time.process_time() - started) / n * 1e6
 
 
+def published(path: Path) -> PolicyHolder:
+    """A worker's view of ``path``'s policy, as tollway serve's parent publishes it."""
+    publication = Publication()
+    assert PolicyController(str(path), publication).start()
+    return PolicyHolder(publication)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=2000, help="requests per repeat (default 2000)")
@@ -178,16 +185,15 @@ def main() -> int:
 async def _main(args: argparse.Namespace) -> int:
     for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
         os.environ.setdefault(variable, "sk-bench-not-a-key")
-    holder = PolicyHolder(str(POLICY))
-    assert holder.load()
+    holder = published(POLICY)
     guarded_file = Path(tempfile.mkdtemp()) / "guarded.yaml"
     guarded_file.write_text(re.sub(r"^guardrails: \{\}.*\n", GUARDRAILS, POLICY.read_text(), flags=re.M))
-    guarded_holder = PolicyHolder(str(guarded_file))
-    assert guarded_holder.load() and guarded_holder.current is not None and guarded_holder.current.guardrails
+    guarded_holder = published(guarded_file)
+    assert guarded_holder.current is not None and guarded_holder.current.guardrails
     limited_file = guarded_file.with_name("limited.yaml")
     limited_file.write_text(re.sub(r"^budgets: \{\}.*\nrate_limits: \{\}.*\n", LIMITS, POLICY.read_text(), flags=re.M))
-    limited_holder = PolicyHolder(str(limited_file))
-    assert limited_holder.load() and limited_holder.current is not None and limited_holder.current.limits
+    limited_holder = published(limited_file)
+    assert limited_holder.current is not None and limited_holder.current.limits
     records = Records()
     accountant = warm_up()
     service = Service(records, holder, "local-dev", accountant=accountant)  # type: ignore[arg-type]

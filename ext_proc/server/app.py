@@ -41,13 +41,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from ext_proc.core import pipeline
-from ext_proc.envoy_config import stand_in
 from ext_proc.ledger import budgets
 from ext_proc.server import h2, listen
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
 from ext_proc.server.alerts import Alerts
-from ext_proc.server.clusters import ClusterSync
+from ext_proc.server.clusters import ClusterSync, stand_in
 from ext_proc.server.credentials import CredentialStore
 from ext_proc.server.listen import TLSFiles
 from ext_proc.server.node_state import NodeBackend, NodeStateServer

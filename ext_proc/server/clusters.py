@@ -1,7 +1,21 @@
-"""Envoy's clusters follow the policy: the clusters file Tollway writes, and Envoy's confirmation.
+"""Envoy's clusters follow the policy: what they are, the file Tollway writes, Envoy's confirmation.
 
-Theory of operation. Envoy's bootstrap reads its provider and fallback clusters from one file
-(filesystem CDS with a watched directory, see :mod:`ext_proc.envoy_config`). One process writes
+Theory of operation. :func:`policy_clusters` computes, from a policy, every cluster Envoy needs
+besides its bootstrap's:
+
+- one cluster per provider, reaching its ``endpoint`` (TLS with SNI and a certificate check for
+  https), or for ``openai`` and ``anthropic`` without one, their public API. A *stand-in*
+  (``PROVIDER=URL``, e.g. the fake provider under ``tollway up``) replaces a provider's endpoint;
+- one cluster per fallback *chain* (the providers an alias tries, in order; see
+  :func:`ext_proc.policy.decide.chains`), with one priority level per position, each holding the
+  endpoints of that provider's own cluster, tagged with their position (``tollway.slot``) and with
+  the provider whose TLS settings they need (a ``transport_socket_matches`` entry per provider).
+  Its upstream ext_proc filter calls Tollway once per try, so the try is rewritten for the
+  provider Envoy picked (:mod:`ext_proc.core.attempt`). Outlier detection takes a provider that
+  keeps failing out of the first attempts for a while.
+
+Envoy's bootstrap reads them from one file (filesystem CDS with a watched directory, see
+:mod:`ext_proc.envoy_config`, which also lists them statically for ``tollway envoy``). One process writes
 it: the ``tollway serve`` parent (workers never do), through :class:`ClusterSync`, and always
 atomically (a temporary file in the same directory, then a rename, which is the move Envoy's
 watch reacts to). Each write carries a version, the hash of its content, that Envoy shows on its
@@ -26,13 +40,17 @@ milliseconds of the move.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import copy
 import hashlib
+import ipaddress
 import logging
 import os
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,10 +58,236 @@ from typing import Any
 import orjson
 import yaml
 
-from ext_proc.envoy_config import cds_document, policy_clusters
+from ext_proc.policy import decide
 from ext_proc.policy.compiled import CompiledPolicy
 
 log = logging.getLogger("tollway.clusters")
+
+EXT_PROC_CLUSTER = "tollway_ext_proc"
+UPSTREAM_FILTER_METADATA = ("x-tollway-filter", "upstream")  # tells Tollway a stream is a try
+_MATCH_KEY = "tollway_provider"
+_RAW_BUFFER = {
+    "name": "envoy.transport_sockets.raw_buffer",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"},
+}
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def upstream_filter(timeout: str = "5s") -> dict[str, Any]:
+    """The per-try ext_proc filter: request headers and buffered body, nothing of the answer."""
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER},
+                "timeout": timeout,
+                "initial_metadata": [{"key": UPSTREAM_FILTER_METADATA[0], "value": UPSTREAM_FILTER_METADATA[1]}],
+            },
+            "failure_mode_allow": False,
+            "message_timeout": timeout,
+            "mutation_rules": {"allow_all_routing": True},
+            "request_attributes": ["xds.upstream_host_metadata"],
+            # The chain the router-level filter chose (see ext_proc.core.upstream).
+            "metadata_options": {"forwarding_namespaces": {"untyped": ["tollway"]}},
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SKIP",
+                "response_body_mode": "NONE",
+                "response_trailer_mode": "SKIP",
+            },
+        },
+    }
+
+
+def chain_cluster(name: str, providers: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The cluster for one chain: ``providers`` are (provider name, its Envoy cluster) in order."""
+    levels = []
+    sockets: dict[str, dict[str, Any]] = {}
+    resolve = False
+    for position, (provider, cluster) in enumerate(providers):
+        source = cluster["name"]
+        endpoints = []
+        sni = cluster.get("transport_socket", {}).get("typed_config", {}).get("sni")
+        for group in cluster["load_assignment"]["endpoints"]:
+            for lb_endpoint in group["lb_endpoints"]:
+                entry = copy.deepcopy(lb_endpoint)
+                socket = entry["endpoint"]["address"]["socket_address"]
+                address, port = socket["address"], socket.get("port_value", 80)
+                resolve = resolve or not _is_ip(address)
+                # The Host header the try sends when the policy gives the provider no endpoint.
+                host = sni or (address if port in (80, 443) else f"{address}:{port}")
+                entry["metadata"] = {
+                    "filter_metadata": {
+                        "tollway": {"slot": str(position), "provider": provider, "host": host},
+                        "envoy.transport_socket_match": {_MATCH_KEY: source},
+                    }
+                }
+                endpoints.append(entry)
+        levels.append({"priority": position, "lb_endpoints": endpoints})
+        sockets.setdefault(source, copy.deepcopy(cluster.get("transport_socket", _RAW_BUFFER)))
+    return {
+        "name": name,
+        "type": "STRICT_DNS" if resolve else "STATIC",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "per_connection_buffer_limit_bytes": 67108864,
+        "load_assignment": {"cluster_name": name, "endpoints": levels},
+        "transport_socket_matches": [
+            {"name": source, "match": {_MATCH_KEY: source}, "transport_socket": socket}
+            for source, socket in sockets.items()
+        ],
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS: {
+                "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": [
+                    upstream_filter(),
+                    {
+                        "name": "envoy.filters.http.upstream_codec",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+                        },
+                    },
+                ],
+            }
+        },
+        # Envoy allows 3 concurrent retries per cluster by default: far too few for fallback.
+        "circuit_breakers": {"thresholds": [{"max_retries": 10000, "max_pending_requests": 10000,
+                                             "max_requests": 100000, "max_connections": 10000}]},
+        # A provider failing 5 times in a row sits out first attempts for 30 s (then longer).
+        "outlier_detection": {
+            "consecutive_5xx": 5,
+            "consecutive_gateway_failure": 5,
+            "interval": "10s",
+            "base_ejection_time": "30s",
+            "max_ejection_percent": 100,
+            "split_external_local_origin_errors": False,
+        },
+        # With one endpoint per level, an ejected provider must move traffic to the next level.
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+    }
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def provider_cluster(name: str, endpoint: str) -> dict[str, Any]:
+    """A cluster reaching a provider's base URL: TLS with SNI and certificate check for https."""
+    url = urllib.parse.urlsplit(endpoint)
+    host = url.hostname or ""
+    tls = url.scheme == "https"
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC" if _is_ip(host) else "LOGICAL_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "per_connection_buffer_limit_bytes": 67108864,
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": host, "port_value": url.port or (443 if tls else 80)}}}}]}]},
+    }
+    if tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host,
+                "common_tls_context": {"validation_context": {
+                    "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}],
+                }},
+            },
+        }
+    return cluster
+
+
+# The public APIs of the kinds that have one: a provider of these kinds needs no endpoint.
+DEFAULT_ENDPOINTS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
+# Without a policy (open mode) Tollway routes by path to these providers (name = cluster = kind).
+OPEN_PROVIDERS = ("openai", "anthropic")
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+
+
+class ClusterError(ValueError):
+    """The policy needs a cluster that cannot be built (a chain through a provider without one)."""
+
+
+def provider_clusters(
+    policy: CompiledPolicy | None,
+    stand_ins: Mapping[str, str] | None = None,
+    base: Mapping[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The cluster of every provider, by cluster name: from its stand-in, its endpoint or its kind.
+
+    A provider with none of the three (an ``azure-openai`` or ``openai-compatible`` provider
+    without an ``endpoint``) gets no cluster here: ``base`` (the template's static clusters) may
+    define it. The first provider of a shared cluster decides its endpoint.
+    """
+    stand_ins = stand_ins or {}
+    if policy is None:
+        wanted = [(name, name, stand_ins.get(name) or DEFAULT_ENDPOINTS[name]) for name in OPEN_PROVIDERS]
+    else:
+        wanted = [(p.name, p.cluster, stand_ins.get(p.name) or p.endpoint or DEFAULT_ENDPOINTS.get(p.kind))
+                  for p in policy.providers.values()]
+    out: dict[str, dict[str, Any]] = {}
+    for _provider, cluster, url in wanted:
+        if cluster in out:
+            continue
+        if url:
+            out[cluster] = provider_cluster(cluster, url)
+        elif base and cluster in base:
+            out[cluster] = base[cluster]
+    return out
+
+
+def policy_clusters(
+    policy: CompiledPolicy | None,
+    stand_ins: Mapping[str, str] | None = None,
+    base: Mapping[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Every cluster ``policy`` needs besides the bootstrap's: its providers', then its chains' (by name).
+
+    A chain through a provider that has no cluster is a :class:`ClusterError` naming it.
+    """
+    providers = provider_clusters(policy, stand_ins, base)
+    out = list(providers.values())
+    if policy is None:
+        return out
+    for chain in sorted(decide.chains(policy), key=decide.cluster_name):
+        name = decide.cluster_name(chain)
+        missing = [t.provider for t in chain if t.provider.cluster not in providers]
+        if missing:
+            raise ClusterError(
+                f"alias '{chain[0].public}' falls back through provider '{missing[0].name}', which has no "
+                f"endpoint: give it one (providers.{missing[0].name}.endpoint) so Tollway can build the "
+                f"Envoy cluster '{name}'")
+        out.append(chain_cluster(name, [(t.provider.name, providers[t.provider.cluster]) for t in chain]))
+    return out
+
+
+def cds_document(clusters: list[dict[str, Any]], version: str) -> dict[str, Any]:
+    """The clusters file Envoy reads (a CDS DiscoveryResponse): ``version`` shows on Envoy's admin."""
+    return {"version_info": version, "resources": [{"@type": CLUSTER_TYPE, **cluster} for cluster in clusters]}
+
+
+def stand_in(text: str) -> tuple[str, str]:
+    """``PROVIDER=URL`` (an argparse type): serve PROVIDER from URL, e.g. the fake provider."""
+    name, _, url = text.partition("=")
+    parts = urllib.parse.urlsplit(url)
+    if not name or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected PROVIDER=http(s)://HOST:PORT, got {text!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return name, url
 
 RETIRE_AFTER = 300.0
 

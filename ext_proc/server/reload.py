@@ -47,11 +47,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ext_proc.envoy_config import ClusterError
 from ext_proc.policy.compile import PolicyError, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.policy.decide import chains, cluster_name
-from ext_proc.server.clusters import ClusterSync, EnvoyNotReady
+from ext_proc.server.clusters import ClusterError, ClusterSync, EnvoyNotReady
 
 log = logging.getLogger("tollway.policy")
 
