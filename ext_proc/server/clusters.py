@@ -15,9 +15,9 @@ besides its bootstrap's:
   keeps failing out of the first attempts for a while.
 
 Envoy's bootstrap reads them from one file (filesystem CDS with a watched directory, see
-:mod:`ext_proc.envoy_config`, which also lists them statically for ``tollway envoy``). One process writes
-it: the ``tollway serve`` parent (workers never do), through :class:`ClusterSync`, and always
-atomically (a temporary file in the same directory, then a rename, which is the move Envoy's
+:mod:`ext_proc.envoy_config`, which also lists them statically for ``tollway envoy``). One
+process writes it: the ``tollway serve`` parent (workers never do), through :class:`ClusterSync`,
+and always atomically (a temporary file in the same directory, then a rename, which is the move Envoy's
 watch reacts to). Each write carries a version, the hash of its content, that Envoy shows on its
 admin (``cluster_manager.cds.version_text``).
 
