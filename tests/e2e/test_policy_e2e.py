@@ -213,7 +213,7 @@ def test_every_404_an_anthropic_client_can_get_has_one_error_type(env: Env) -> N
     hi = [{"role": "user", "content": "hi"}]
     cases = {
         "unknown model": lambda: client.messages.create(model="claude-9", max_tokens=8, messages=hi),
-        "unknown endpoint": lambda: client.messages.count_tokens(model="claude", messages=hi),  # type: ignore[arg-type]
+        "unknown endpoint": lambda: client.messages.batches.list(),
         "anthropic's 404": lambda: client.messages.create(model="claude", max_tokens=8, messages=hi,
                                                           extra_headers={"x-mock-status": "404"}),
         "openai's 404, translated": lambda: client.messages.create(model="gpt-4o", max_tokens=8, messages=hi,
