@@ -23,8 +23,8 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "answer
 
 
 def test_requests_answered_after_a_redis_question_pass_through_envoy(tmp_path: Path, redis_port: int) -> None:
-    mocked, service_env, _ = mock_plan(POLICY, {})
-    stack = Stack(tmp_path, workers=2, policy=POLICY, service_env=service_env, mocked=mocked,
+    mocked, _ = mock_plan(POLICY, {})
+    stack = Stack(tmp_path, workers=2, policy=POLICY, mocked=mocked,
                   serve_args=("--redis", f"redis://127.0.0.1:{redis_port}/0", "--store-probe"))
 
     async def load(base_url: str) -> list[int]:
