@@ -59,9 +59,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tollway-bench-limits-"))
     limited = work / "limited.yaml"
     limited.write_text(re.sub(r"^budgets: \{\}.*\nrate_limits: \{\}.*\n", LIMITS, POLICY.read_text(), flags=re.M))
-    mocked, service_env, _ = mock_plan(POLICY, {})
+    mocked, _ = mock_plan(POLICY, {})
     redis_proc, redis_port = _redis(work)
-    common = {"workers": args.workers, "envoy_concurrency": 2, "mocked": mocked, "service_env": service_env}
+    common = {"workers": args.workers, "envoy_concurrency": 2, "mocked": mocked}
     none = Stack(work / "none", policy=POLICY, **common)  # type: ignore[arg-type]
     node = Stack(work / "node", policy=limited, mock=False, mock_port=none.mock_port, **common)  # type: ignore[arg-type]
     redis = Stack(work / "redis", policy=limited, mock=False, mock_port=none.mock_port,  # type: ignore[arg-type]
