@@ -231,6 +231,7 @@ def provider_clusters(
     define it. The first provider of a shared cluster decides its endpoint.
     """
     stand_ins = stand_ins or {}
+    wanted: list[tuple[str, str, str | None]]  # provider, its cluster, the URL the cluster reaches
     if policy is None:
         wanted = [(name, name, stand_ins.get(name) or DEFAULT_ENDPOINTS[name]) for name in OPEN_PROVIDERS]
     else:
