@@ -44,6 +44,7 @@ class Request:
     headers: list[tuple[bytes, bytes]]  # as received, in order
     body: bytes  # de-chunked
     controls: dict[str, str] = field(default_factory=dict)  # x-mock-* headers, prefix stripped
+    received_at: float = 0.0  # Unix time the whole request had arrived
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +244,7 @@ class Connection(asyncio.Protocol):
             self._headers,
             b"".join(self._body),
             self._controls,
+            time.time(),
         )
         keep_alive = self._parser.should_keep_alive() and not self._shutdown
         self._reset()

@@ -13,7 +13,8 @@ the count is the ``input_tokens`` the same request would report),
 (Azure OpenAI: the OpenAI answer with the deployment as ``model``; a missing or malformed
 ``api-version`` query parameter is Azure's 404), ``POST /openai/v1/responses`` (Azure's v1
 Responses API: the deployment is the body's ``model``, no ``api-version``), ``GET /healthz``,
-``GET|DELETE /_mock/requests`` (the log of received requests, exactly as received, newest last).
+``GET|DELETE /_mock/requests`` (the log of received requests, exactly as received, newest last,
+each with the Unix time it arrived).
 Unknown paths get an OpenAI-style 404 (Azure-style under ``/openai/``).
 
 Like the real APIs, ``/v1/messages`` without an ``anthropic-version`` header is a 400. With
@@ -190,6 +191,7 @@ class MockProvider:
                 "query": req.query,
                 "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in req.headers],
                 "body": req.body.decode("utf-8", "replace"),
+                "received_at": req.received_at,
             }
             for req in list(self.requests or ())  # a snapshot: other threads may read it
         ]
