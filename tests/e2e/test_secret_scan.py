@@ -6,7 +6,8 @@ and a rate limit reached, a blocked prompt). Then every place is read: each file
 directory (service, Envoy and provider logs, the request log, the rendered Envoy config and the
 clusters file), the admin endpoints (`/metrics`, `/readyz`, `/v1/report`, `/v1/budgets`), Envoy's
 admin (`/config_dump`, `/stats`, `/clusters`), and every body and header the clients got. Neither
-a provider key nor a Tollway key may appear in any of them.
+a provider key, a Tollway key nor the admin token may appear in any of them; the admin endpoint
+answers 401 (or bare readiness) without the token.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ KEY = "tw-secret-scan-key-0123456789abcdefghijklmnopqrstuvw"
 OTHER = "tw-secret-scan-other-0123456789abcdefghijklmnopqrst"
 BROKE = "tw-secret-scan-broke-0123456789abcdefghijklmnopqrst"
 PROVIDER_KEYS = {"S_OPENAI_KEY": "sk-openai-scan-VERYSECRET-0001", "S_ANTHROPIC_KEY": "sk-ant-scan-VERYSECRET-0002"}
-SECRETS = [KEY, OTHER, BROKE, *PROVIDER_KEYS.values()]
+ADMIN_TOKEN = "tw-admin-token-scan-0123456789abcdef"
+SECRETS = [KEY, OTHER, BROKE, ADMIN_TOKEN, *PROVIDER_KEYS.values()]
 POLICY = f"""
 apiVersion: tollway/v1
 providers:
@@ -61,7 +63,12 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
-    stack = Providers.stack(tmp_path_factory.mktemp("secret-scan"), POLICY, PROVIDER_KEYS, workers=2)
+    work = tmp_path_factory.mktemp("secret-scan")
+    token_file = work / "admin-token"
+    token_file.write_text(ADMIN_TOKEN)
+    token_file.chmod(0o600)
+    stack = Providers.stack(work, POLICY, PROVIDER_KEYS, workers=2,
+                            serve_args=("--admin-token-file", str(token_file)))
     with stack:
         yield Providers(stack, KEY)
 
@@ -109,18 +116,23 @@ def test_no_key_anywhere_after_every_feature_was_used(env: Providers) -> None:
     envoy = f"http://127.0.0.1:{env.stack.admin_port}"
     places: dict[str, str] = {f"answer {i}": text for i, text in enumerate(answers)}
     for path in ("/metrics", "/readyz", "/v1/report?by=team", "/v1/budgets"):
-        places[f"admin {path}"] = httpx.get(admin + path).text
+        places[f"admin {path}"] = httpx.get(admin + path, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).text
+        refused = httpx.get(admin + path)  # without the token: 401, or the bare readiness
+        assert refused.status_code == 401 or refused.json() == {"ready": True}, path
+        places[f"admin {path} without the token"] = refused.text
     for path in ("/config_dump", "/stats", "/clusters", "/stats/prometheus"):
         places[f"envoy {path}"] = httpx.get(envoy + path).text
     workdir: Path = env.stack.workdir
-    for file in workdir.rglob("*"):
+    for file in workdir.parent.rglob("*"):
+        if file.name == "admin-token":
+            continue
         if file.is_file() and not file.is_socket() and file.stat().st_size < 50 << 20:
-            places[f"file {file.relative_to(workdir)}"] = file.read_text(errors="replace")
+            places[f"file {file.relative_to(workdir.parent)}"] = file.read_text(errors="replace")
     assert any(name.startswith("file ") and "requests.jsonl" in name for name in places)
     assert "tollway_requests_refused_total" in places["admin /metrics"]
     for where, text in places.items():
         for secret in SECRETS:
-            if where == "file mock.log" and secret in PROVIDER_KEYS.values():
+            if where.endswith("/mock.log") and secret in PROVIDER_KEYS.values():
                 continue  # the fake provider is the provider: it is given its keys
             assert secret not in text, f"a key leaked into {where}"
-        assert "VERYSECRET" not in text or where == "file mock.log", f"part of a key leaked into {where}"
+        assert "VERYSECRET" not in text or where.endswith("/mock.log"), f"part of a key leaked into {where}"

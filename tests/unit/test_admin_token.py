@@ -1,0 +1,134 @@
+"""The admin endpoint: loopback by default, a bearer token when exposed.
+
+Without the token, /metrics, /v1/report and /v1/budgets answer 401 and /readyz only says whether
+the service is ready; /healthz stays open for probes. `tollway serve` refuses a non-loopback
+--admin-host without a token, in one line, before binding anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from ext_proc.server.admin import AdminServer
+from ext_proc.server.app import admin_token
+from ext_proc.server.listen import ListenError
+
+TOKEN = "s3cret-admin-token-0123456789"
+
+
+async def _get(port: int, path: str, authorization: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"GET {path} HTTP/1.1\r\nhost: x\r\n"
+    if authorization is not None:
+        head += f"authorization: {authorization}\r\n"
+    writer.write((head + "\r\n").encode())
+    raw = await reader.read()
+    writer.close()
+    top, _, body = raw.partition(b"\r\n\r\n")
+    lines = top.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def _serve(token: str | None):  # type: ignore[no-untyped-def]
+    registry = CollectorRegistry()
+    Counter("tollway_team_spend_usd", "spend", ["team"], registry=registry).labels("payments").inc(3)
+
+    async def budgets() -> list[dict[str, object]]:
+        return [{"name": "payments-monthly", "spent_usd": 3.0}]
+
+    server = AdminServer(registry, lambda: (True, {"policy": {"generation": 4}}), None, None, budgets, token=token)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    return server, sock
+
+
+def test_with_a_token_only_the_probes_answer_without_it() -> None:
+    async def scenario() -> None:
+        server, sock = _serve(TOKEN)
+        await server.start(sock)
+        port = sock.getsockname()[1]
+        try:
+            assert (await _get(port, "/healthz"))[0] == 200
+            status, _, body = await _get(port, "/readyz")
+            assert status == 200 and orjson.loads(body) == {"ready": True}  # no details without the token
+            for path in ("/metrics", "/v1/budgets", "/v1/report?by=team", "/nothing"):
+                for authorization in (None, "Bearer wrong-token-0123456789", f"Basic {TOKEN}", f"Bearer {TOKEN}x"):
+                    status, headers, body = await _get(port, path, authorization)
+                    assert status == 401, (path, authorization)
+                    assert headers["www-authenticate"].startswith("Bearer")
+                    assert orjson.loads(body)["error"]["type"] == "authentication_error"
+                    assert b"payments" not in body and TOKEN.encode() not in body
+            good = f"Bearer {TOKEN}"
+            status, _, body = await _get(port, "/metrics", good)
+            assert status == 200 and b'tollway_team_spend_usd_total{team="payments"} 3.0' in body
+            status, _, body = await _get(port, "/v1/budgets", good)
+            assert status == 200 and orjson.loads(body)["budgets"][0]["name"] == "payments-monthly"
+            status, _, body = await _get(port, "/readyz", good)
+            assert orjson.loads(body) == {"ready": True, "policy": {"generation": 4}}
+            assert (await _get(port, "/nothing", good))[0] == 404
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
+
+
+def test_without_a_token_loopback_serves_everything() -> None:
+    async def scenario() -> None:
+        server, sock = _serve(None)
+        await server.start(sock)
+        port = sock.getsockname()[1]
+        try:
+            assert (await _get(port, "/metrics"))[0] == 200
+            _, _, body = await _get(port, "/readyz")
+            assert orjson.loads(body)["policy"] == {"generation": 4}
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
+
+
+def test_token_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOLLWAY_ADMIN_TOKEN", raising=False)
+    assert admin_token(None, "127.0.0.1") is None
+    assert admin_token(None, "::1") is None
+    assert admin_token(None, "localhost") is None
+    assert admin_token(None, None) is None  # admin port off
+    for exposed in ("0.0.0.0", "10.1.2.3", "::", "admin.internal"):
+        with pytest.raises(ListenError, match="--admin-token-file"):
+            admin_token(None, exposed)
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    os.chmod(path, 0o600)
+    assert admin_token(str(path), "0.0.0.0") == TOKEN
+    monkeypatch.setenv("TOLLWAY_ADMIN_TOKEN", TOKEN)
+    assert admin_token(None, "0.0.0.0") == TOKEN
+    for weak in ("short", "has a space in it....", ""):
+        path.write_text(weak)
+        with pytest.raises(ListenError, match="16 or more"):
+            admin_token(str(path), "0.0.0.0")
+    with pytest.raises(ListenError, match="cannot read"):
+        admin_token(str(tmp_path / "missing"), "0.0.0.0")
+
+
+def test_serve_refuses_an_exposed_admin_port_without_a_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "ext_proc.cli", "serve", "--listen", f"unix:{tmp_path}/s/ext_proc.sock",
+         "--admin-host", "0.0.0.0", "--admin-port", "19902"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--admin-host 0.0.0.0" in lines[0] and "--admin-token-file" in lines[0]

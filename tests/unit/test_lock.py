@@ -1,0 +1,70 @@
+"""requirements.lock pins every dependency pyproject.toml names, with hashes, at versions it allows.
+
+`make install` installs only from the lock (`--require-hashes`), so a dependency added to
+pyproject.toml without `make lock` would be missing on a fresh machine; this test says so first.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[2]
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)")
+
+
+def _pins() -> dict[str, tuple[str, int]]:
+    """Each pinned name -> (version, how many hashes follow it)."""
+    pins: dict[str, tuple[str, int]] = {}
+    current = None
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        match = PIN.match(line)
+        if match:
+            current = canonicalize_name(match.group(1))
+            pins[current] = (match.group(2), 0)
+        elif current and line.strip().startswith("--hash=sha256:"):
+            version, hashes = pins[current]
+            pins[current] = (version, hashes + 1)
+        elif line and not line.startswith(" "):
+            current = None
+    return pins
+
+
+def _requirements() -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    names = list(project["project"]["dependencies"])
+    for extra in project["project"].get("optional-dependencies", {}).values():
+        names += extra
+    names += project["build-system"]["requires"]
+    return [Requirement(name) for name in names]
+
+
+def test_every_dependency_is_pinned_with_a_hash_at_an_allowed_version() -> None:
+    pins = _pins()
+    assert len(pins) > 50
+    for requirement in _requirements():
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is in pyproject.toml but not in requirements.lock: run make lock"
+        version, hashes = pins[name]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"requirements.lock pins {name}=={version}, pyproject.toml asks {requirement.specifier}: "
+            "run make lock"
+        )
+        assert hashes >= 1, f"{name} has no hash in requirements.lock"
+
+
+def test_every_pin_has_a_hash_and_no_index_is_named() -> None:
+    text = (ROOT / "requirements.lock").read_text()
+    assert all(hashes >= 1 for _, hashes in _pins().values())
+    # The lock must install the same files anywhere: no machine-local index or wheel folder.
+    assert "--extra-index-url" not in text and "--find-links" not in text and "file://" not in text
+
+
+def test_make_install_uses_the_lock_with_hashes() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--require-hashes" in makefile and "-r requirements.lock" in makefile
+    assert "--no-deps" in makefile  # Tollway itself adds nothing the lock did not pin
