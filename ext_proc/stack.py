@@ -241,7 +241,8 @@ class Stack:
             try:
                 codes[name] = proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # its session: workers and helpers too
                 codes[name] = proc.wait()
         self.procs.clear()
         return codes

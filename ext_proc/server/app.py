@@ -325,9 +325,27 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGTERM this worker when the supervisor dies, even by SIGKILL (Linux).
+
+    A worker outliving its parent would keep serving the old socket with the old policy, and a
+    restarted ``tollway serve`` would find that socket live and refuse to start. SIGTERM is the
+    graceful path: open streams finish (``--grace``), records are flushed, the socket is closed.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
-            publication: Publication) -> None:
+            publication: Publication, parent: int | None = None) -> None:
     _configure_logging()
+    if parent is not None:
+        _die_with_parent(parent)
     try:
         import uvloop
 
@@ -482,8 +500,8 @@ def _supervise(config: ServeConfig, sock: socket.socket | None, admin_sock: sock
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
         # The listening socket travels to the worker as a passed file descriptor (spawn's pass_fds).
-        proc = ctx.Process(target=_worker, args=(config, sock, admin_sock, publication), name=f"tollway-worker-{index}",
-                           daemon=False)
+        proc = ctx.Process(target=_worker, args=(config, sock, admin_sock, publication, os.getpid()),
+                           name=f"tollway-worker-{index}", daemon=False)
         proc.start()
         return proc
 
