@@ -288,6 +288,30 @@ def port_owner(port: int) -> str | None:
     return "another process"
 
 
+def process_tree(pid: int) -> dict[int, int]:
+    """``pid`` and every process below it, each with its parent's pid (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    tree, todo = {pid: parents.get(pid, 0)}, [pid]
+    while todo:
+        current = todo.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in tree:
+                tree[child] = parent
+                todo.append(child)
+    return tree
+
+
+def worker_pids(service: int) -> list[int]:
+    """The workers of ``tollway serve --workers N`` (N > 1): forked by its fork server, so they
+    are the service's grandchildren (its children are the fork server and the resource tracker)."""
+    tree = process_tree(service)
+    return sorted(pid for pid, parent in tree.items() if parent not in (0, service) and pid != service)
+
+
 def _describe(pid: str) -> str:
     """A short name for a process: its program, or ``tollway up``/``tollway serve``/… for ours."""
     try:

@@ -28,6 +28,7 @@ import ipaddress
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import socket
 import sys
@@ -325,20 +326,43 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel SIGTERM this worker when the supervisor dies, even by SIGKILL (Linux).
+def _die_with_parent(supervisor: int) -> None:
+    """SIGTERM this worker when the supervisor dies, even by SIGKILL.
 
-    A worker outliving its parent would keep serving the old socket with the old policy, and a
-    restarted ``tollway serve`` would find that socket live and refuse to start. SIGTERM is the
-    graceful path: open streams finish (``--grace``), records are flushed, the socket is closed.
+    A worker outliving its supervisor would keep serving the old socket with the old policy, and
+    a restarted ``tollway serve`` would find that socket live and refuse to start. The worker's
+    parent is the fork server (which lives as long as any worker does), so the kernel's
+    parent-death signal cannot tell; a thread waits on a pidfd of the supervisor instead (Linux
+    5.3+; elsewhere it checks once a second). SIGTERM is the graceful path: open streams finish
+    (``--grace``), records are flushed, the socket is closed.
     """
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl took effect
+    def wait() -> None:
+        try:
+            pidfd = os.pidfd_open(supervisor)
+        except ProcessLookupError:
+            pidfd = None  # already gone
+        except (OSError, AttributeError):
+            while _alive(supervisor):
+                time.sleep(1.0)
+            pidfd = None
+        if pidfd is not None:
+            select.select([pidfd], [], [])  # readable once the supervisor has exited
+            os.close(pidfd)
+        log.warning("the supervisor (pid %d) is gone: this worker stops", supervisor)
         os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="tollway-supervisor-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _worker(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
@@ -495,7 +519,11 @@ async def _serve_grpcio(config: ServeConfig, service: Service, address: str, sto
 
 def _supervise(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
                publication: Publication) -> int:
-    ctx = multiprocessing.get_context("spawn")
+    # Workers fork from a preloaded fork server (ext_proc.server.preload): one copy of the
+    # tokenizers and the price table for all of them, and a clean single-threaded parent to fork
+    # from (this process runs the policy watcher's thread).
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["ext_proc.server.preload"])
     stopping = False
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
