@@ -103,8 +103,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED, help=f"the evaluation folder (default {SHARED})")
     parser.add_argument("--dev", action="store_true",
-                        help="score the development sets instead (bench/devset.py, bench/injection_data.py): "
-                             "the ones to tune on")
+                        help="score the PII development set instead (bench/devset.py): "
+                             "the one to tune on")
     parser.add_argument("--show", type=int, default=0, help="with --dev: print N misses and false findings per type")
     args = parser.parse_args()
     if args.dev:
