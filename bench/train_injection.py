@@ -1,6 +1,7 @@
 """Train the built-in prompt-injection model (``ext_proc/guardrails/injection_model.json``).
 
-``python bench/train_injection.py`` (scikit-learn, a development dependency): the data of
+``python bench/train_injection.py`` (needs scikit-learn, which Tollway does not install: ``.venv/bin/pip
+install scikit-learn`` first; nothing at run time uses it): the data of
 ``bench/injection_data.py`` (public, licensed, shipped) is split 80/20 (stratified, seeded); a
 logistic regression over the presence of :func:`ext_proc.guardrails.injection.features` (words,
 word pairs, the hand-written signals) is fitted on the 80 %; its bias is then moved so that on the
