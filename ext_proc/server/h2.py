@@ -523,7 +523,8 @@ class Connection(asyncio.Protocol):
         stream = self.streams.get(sid)
         if stream is not None:  # trailers from the client: only END_STREAM matters
             if stream.remote_closed:
-                raise _ConnectionError(STREAM_CLOSED, "HEADERS after END_STREAM")
+                self._stream_closed(sid, stream)  # RFC 9113 5.1: half-closed (remote)
+                return
             if not flags & END_STREAM:
                 raise _ConnectionError(PROTOCOL_ERROR, "trailers without END_STREAM")
             stream.remote_closed = True
@@ -578,7 +579,8 @@ class Connection(asyncio.Protocol):
                 self._unpad(flags, payload)  # bad padding is a connection error on any stream
             return  # a stream we already finished or reset; its data is dropped
         if stream.remote_closed:
-            raise _ConnectionError(STREAM_CLOSED, "DATA after END_STREAM")
+            self._stream_closed(sid, stream)  # RFC 9113 5.1: half-closed (remote)
+            return
         if size:
             unacked = stream.unacked = stream.unacked + size
             if unacked >= STREAM_WINDOW // 2:
@@ -652,6 +654,13 @@ class Connection(asyncio.Protocol):
         done, stream.done = stream.done, True
         if not done and stream.call is not None:
             _reset(stream.call)
+
+    def _stream_closed(self, sid: int, stream: _Stream) -> None:
+        """A frame on a stream the client already ended: a stream error (STREAM_CLOSED), not the
+        connection's; its call is told, the connection and its other streams go on."""
+        del self.streams[sid]
+        self._reset_call(stream)
+        self._control(_frame(RST_STREAM, 0, sid, _u32.pack(STREAM_CLOSED)))
 
     def _rst_stream(self, sid: int, payload: bytes) -> None:
         if sid == 0:
