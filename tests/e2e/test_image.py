@@ -89,7 +89,7 @@ def test_the_install_step_in_a_clean_virtualenv_gives_a_working_gateway(tmp_path
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     tollway, envoy = prefix / "bin" / "tollway", prefix / "bin" / "envoy"
-    assert envoy.is_symlink() and not envoy.read_bytes()[:2] == b"#!"  # the binary, not a Python shim
+    assert envoy.is_symlink() and envoy.read_bytes()[:2] != b"#!"  # the binary, not a Python shim
     shutil.rmtree(source)  # nothing may come from the source tree any more
 
     run = tmp_path / "run"
