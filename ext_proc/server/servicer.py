@@ -81,10 +81,10 @@ class Service:
         """A new request's session, bound to the policy current at this moment.
 
         ``peer``: the identity of the Envoy that opened the stream (the SPIFFE ID of its client
-        certificate on a mutual-TLS listener), which names the calling workload instead of the
-        sidecar's own ``workload``.
+        certificate on a mutual-TLS listener). A shared Tollway (no ``workload`` of its own) names
+        the calling workload by it; a sidecar configured with its own workload keeps that one.
         """
-        return Session(self.policy.current if self.policy else None, peer or self.workload, self.accountant,
+        return Session(self.policy.current if self.policy else None, self.workload or peer, self.accountant,
                        self.usage_headers, runtime=self.runtime, steps=self.steps)
 
     def ask(self, query: object) -> object | Awaitable[object]:
