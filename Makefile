@@ -28,14 +28,16 @@ lock: ## re-pin requirements.lock (with hashes) after a dependency changed in py
 	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --extra dev --strip-extras \
 	  --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
-# What the tests need besides Python packages: redis-server (the shared spend aggregates) and wrk
-# (make bench). Installed with apt-get when missing and possible (root, or sudo without a
-# password); otherwise one line says what to install, and make stops.
-TOOLS := redis-server wrk
-MISSING = $(strip $(foreach tool,$(TOOLS),$(if $(shell command -v $(tool)),,$(tool))))
+# What the tests need besides Python packages: redis-server (the shared spend aggregates), wrk
+# (make bench), and for the Kubernetes tests ip (iproute2) and iptables (the interception test's
+# network namespace) and kubectl (its built-in kustomize renders k8s/). Installed with apt-get
+# when missing and possible (root, or sudo without a password); otherwise one line says what to
+# install, and make stops. TOOLS lists command:package.
+TOOLS := redis-server:redis-server wrk:wrk ip:iproute2 iptables:iptables kubectl:kubectl
+MISSING = $(strip $(foreach tool,$(TOOLS),$(if $(shell PATH="$$PATH:/usr/sbin:/sbin" command -v $(firstword $(subst :, ,$(tool)))),,$(lastword $(subst :, ,$(tool))))))
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo -n)
 CAN_APT = $(and $(shell command -v apt-get),$(or $(filter 0,$(shell id -u)),$(shell sudo -n true 2>/dev/null && echo yes)))
-tools: ## install redis-server and wrk if missing (apt-get), or say what to install
+tools: ## install redis-server, wrk, iproute2, iptables, kubectl if missing (apt-get), or say what to install
 	$(if $(MISSING),$(if $(CAN_APT),,$(error the tests need $(MISSING): install them (Debian/Ubuntu: sudo apt-get install $(MISSING); macOS: brew install redis wrk) and run make again)))
 	$(if $(MISSING),@echo "installing $(MISSING) with apt-get" && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MISSING) >/dev/null,@true)
 

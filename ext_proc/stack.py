@@ -35,11 +35,11 @@ from typing import IO, Any
 import orjson
 import yaml
 
-from ext_proc.envoy_config import ClientTLS, render, set_ext_proc, set_first_byte_timeouts
+from ext_proc.envoy_config import TEMPLATE, ClientTLS, render, set_ext_proc, set_first_byte_timeouts
 from ext_proc.policy.compiled import CompiledPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
-ENVOY_CONFIG = ROOT / "envoy" / "tollway.yaml"
+ENVOY_CONFIG = TEMPLATE  # envoy/tollway.yaml
 PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 DEMO_KEY = "tw-local-demo-key-not-secret"  # the example policy's public demo key (team demo)
 

@@ -108,7 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-client-ca", help="tls:// only: the CA that signs Envoy's client certificates (PEM)")
     parser.add_argument("--tls-client-san", action="append", default=[],
                         help="tls:// only: a SAN (DNS name or URI, e.g. a SPIFFE ID) the client certificate "
-                             "must carry; repeatable (default: any certificate the CA signed)")
+                             "must carry; a trailing * accepts every name it begins (spiffe://cluster.local/ns/*); "
+                             "repeatable (default: any certificate the CA signed). The certificate's SPIFFE ID "
+                             "identifies the calling workload")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
     parser.add_argument("--log-file", default=None, help="request log, JSON lines (default: stdout)")
     parser.add_argument("--grace", type=float, default=20.0, help="seconds in-flight streams get on shutdown")
@@ -448,9 +450,11 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         tls = listen.TLSContext(config.tls) if config.tls is not None else None
         server = h2.Server({
             PROCESS_PATH: lambda headers, responder: ExtProcCall(
-                service, (FILTER_METADATA, b"upstream") in headers, responder),
+                service, (FILTER_METADATA, b"upstream") in headers, responder, responder.peer),
             HEALTH_PATH: lambda _headers, _responder: HealthCall(lambda: not server.draining),
-        }, peer_check=(lambda transport: tls.peer_allowed(transport.get_extra_info("peercert"))) if tls else None)
+        }, peer_check=(lambda transport: tls.peer_allowed(transport.get_extra_info("peercert"))) if tls else None,
+            # On mutual TLS the client certificate's SPIFFE ID names the workload whose Envoy called.
+            peer_identity=(lambda transport: listen.spiffe_id(transport.get_extra_info("peercert"))) if tls else None)
         await server.start(sock, tls.context if tls else None)
         if tls is not None:
             tls_watcher = loop.create_task(_watch_tls(tls, config.reload_interval))

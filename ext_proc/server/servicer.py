@@ -77,9 +77,14 @@ class Service:
     on_record: Callable[[dict[str, Any]], None] | None = None  # each finished record (metrics, refusal logs)
     classifier: Classifier = field(default_factory=Classifier)  # external prompt-injection classifiers
 
-    def session(self) -> Session:
-        """A new request's session, bound to the policy current at this moment."""
-        return Session(self.policy.current if self.policy else None, self.workload, self.accountant,
+    def session(self, peer: str | None = None) -> Session:
+        """A new request's session, bound to the policy current at this moment.
+
+        ``peer``: the identity of the Envoy that opened the stream (the SPIFFE ID of its client
+        certificate on a mutual-TLS listener). A shared Tollway (no ``workload`` of its own) names
+        the calling workload by it; a sidecar configured with its own workload keeps that one.
+        """
+        return Session(self.policy.current if self.policy else None, self.workload or peer, self.accountant,
                        self.usage_headers, runtime=self.runtime, steps=self.steps)
 
     def ask(self, query: object) -> object | Awaitable[object]:
@@ -131,9 +136,11 @@ class ExtProcCall:
 
     __slots__ = ("_ended", "_queue", "_task", "_waiting", "responder", "service", "session")
 
-    def __init__(self, service: Service, upstream: bool = False, responder: Responder | None = None) -> None:
+    def __init__(
+        self, service: Service, upstream: bool = False, responder: Responder | None = None, peer: str | None = None
+    ) -> None:
         self.service = service
-        self.session: Session | Attempt = service.attempt() if upstream else service.session()
+        self.session: Session | Attempt = service.attempt() if upstream else service.session(peer)
         self.responder = responder
         self._waiting: str | None = None  # the kind of message whose answer waits for the store
         self._queue: list[bytes] = []  # messages that arrived while waiting (Envoy sends none)
