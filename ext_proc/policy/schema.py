@@ -290,6 +290,15 @@ class GuardrailsSpec(Strict):
     rules: list[GuardrailRuleSpec] = Field(default_factory=list, description="the guardrails, in order")
 
 
+class TelemetrySpec(Strict):
+    """What the request traces may carry (metrics and records never carry prompts or answers)."""
+
+    trace_content: bool = Field(
+        False, description="put prompts and answers in each request's span (gen_ai.input.messages, "
+                           "gen_ai.output.messages), redacted by every built-in detector; off by default",
+    )
+
+
 class TargetSpec(Strict):
     """One provider model an alias may be served by."""
 
@@ -354,6 +363,8 @@ class PolicySpec(Strict):
     )
     guardrails: GuardrailsSpec = Field(default_factory=GuardrailsSpec, description="checks on prompts and answers")
     routing: RoutingSpec = Field(default_factory=RoutingSpec, description="model aliases, fallback, weights")
+    telemetry: TelemetrySpec = Field(default_factory=lambda: TelemetrySpec.model_validate({}),
+                                     description="what request traces may carry")
 
 
 def json_schema() -> dict[str, Any]:

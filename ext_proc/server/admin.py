@@ -43,6 +43,7 @@ class AdminServer:
         ledger: Ledger | None = None,
         budgets: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
         token: str | None = None,
+        before_scrape: Callable[[list[dict[str, Any]]], object] | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
@@ -50,6 +51,7 @@ class AdminServer:
         self.ledger = ledger  # shared aggregates (Redis); without them the report reads the log
         self.budgets = budgets  # the rows of `tollway budgets` (ext_proc.ledger.budgets)
         self._expected = f"Bearer {token}".encode() if token else None
+        self.before_scrape = before_scrape  # given the budget rows: refresh what the scrape reads
         self._server: asyncio.base_events.Server | None = None
 
     def allowed(self, head: bytes) -> bool:
@@ -121,6 +123,14 @@ class AdminServer:
                 status, content_type, body = 401, "application/json", _UNAUTHORIZED
             elif path == "/v1/report":  # reads the log: off the event loop
                 status, content_type, body = await asyncio.get_running_loop().run_in_executor(None, self.report, query)
+            elif path == "/metrics":
+                rows: list[dict[str, Any]] = []
+                if self.budgets is not None:
+                    with contextlib.suppress(Exception):  # the store down: the scrape still answers
+                        rows = await self.budgets()
+                if self.before_scrape is not None:
+                    self.before_scrape(rows)
+                status, content_type, body = self.route(path)
             elif path == "/v1/budgets" and self.budgets is not None:
                 status, content_type = 200, "application/json"
                 body = orjson.dumps({"budgets": await self.budgets()})

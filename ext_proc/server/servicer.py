@@ -34,7 +34,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health_pb2
 
 from ext_proc.core import pipeline
-from ext_proc.core.actions import Action, Ask, EmitRecord, Settle
+from ext_proc.core.actions import Action, Ask, EmitRecord, Settle, Trace
 from ext_proc.core.attempt import Attempt
 from ext_proc.core.events import Answered, Event, StreamClosed
 from ext_proc.core.meter import Accountant
@@ -75,6 +75,8 @@ class Service:
     steps: pipeline.Pipeline = pipeline.DEFAULT  # the request steps (see ext_proc.core.pipeline)
     runtime: Runtime = SYSTEM  # the clock and randomness the core uses
     on_record: Callable[[dict[str, Any]], None] | None = None  # each finished record (metrics, refusal logs)
+    # Each finished record with its span's data (OpenTelemetry); None: sessions collect no trace data.
+    on_trace: Callable[[dict[str, Any], Trace], None] | None = None
     classifier: Classifier = field(default_factory=Classifier)  # external prompt-injection classifiers
 
     def session(self, peer: str | None = None) -> Session:
@@ -85,7 +87,7 @@ class Service:
         the calling workload by it; a sidecar configured with its own workload keeps that one.
         """
         return Session(self.policy.current if self.policy else None, self.workload or peer, self.accountant,
-                       self.usage_headers, runtime=self.runtime, steps=self.steps)
+                       self.usage_headers, runtime=self.runtime, steps=self.steps, trace=self.on_trace is not None)
 
     def ask(self, query: object) -> object | Awaitable[object]:
         """The answer to ``query`` (or an awaitable of it) from the store, or from an external
@@ -115,6 +117,8 @@ def _run_effects(session: Session | Attempt, service: Service) -> None:
             service.records.emit(effect.record)
             if service.on_record is not None:
                 service.on_record(effect.record)
+            if effect.trace is not None and service.on_trace is not None:
+                service.on_trace(effect.record, effect.trace)
         elif isinstance(effect, Settle):
             service.keeper.settle(effect.claims, effect.used)
     session.effects.clear()
