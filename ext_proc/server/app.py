@@ -100,6 +100,7 @@ class ServeConfig:
     metrics_dir: str | None = None  # where the workers exchange their metric tallies (several workers)
     otlp_endpoint: str | None = None  # OpenTelemetry: traces (and records as logs) over OTLP/HTTP
     otlp_logs: bool = False  # the request records as OpenTelemetry logs too
+    trace_ratio: float = 0.05  # requests traced when the caller sent no traceparent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -158,6 +159,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="send one OpenTelemetry span per request to this OTLP/HTTP collector (e.g. "
                              "http://otel-collector:4318; env TOLLWAY_OTLP_ENDPOINT, or OpenTelemetry's own "
                              "OTEL_EXPORTER_OTLP_ENDPOINT; default: no tracing)")
+    parser.add_argument("--trace-sample-ratio", type=float,
+                        default=float(os.environ.get("TOLLWAY_TRACE_SAMPLE_RATIO", "0.05")),
+                        help="share of requests traced when the caller sent no traceparent (a caller's "
+                             "traceparent decides for its requests; default 0.05, env TOLLWAY_TRACE_SAMPLE_RATIO)")
     parser.add_argument("--otlp-logs", action="store_true",
                         help="also send every request record to the collector as an OpenTelemetry log record")
     parser.add_argument("--stand-in", type=stand_in, action="append", default=[], metavar="PROVIDER=URL",
@@ -187,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
             args.admin_host, _tls_files(args, address), args.store_probe, hold_ttl=args.hold_ttl,
             envoy_clusters=args.envoy_clusters, envoy_admin=args.envoy_admin or None,
             stand_ins=dict(args.stand_in), otlp_endpoint=args.otlp_endpoint, otlp_logs=args.otlp_logs,
+            trace_ratio=min(1.0, max(0.0, args.trace_sample_ratio)),
         )
         config = dataclasses.replace(
             config, admin_token=admin_token(args.admin_token_file, args.admin_host if args.admin_port else None))
@@ -524,7 +530,7 @@ def _telemetry(config: ServeConfig, service: Service, names: Names) -> list[Any]
     """OpenTelemetry traces and record logs, when a collector is configured (else nothing runs)."""
     from ext_proc.server.telemetry import TelemetryConfig
 
-    found = TelemetryConfig.from_environment(config.otlp_endpoint, config.otlp_logs)
+    found = TelemetryConfig.from_environment(config.otlp_endpoint, config.otlp_logs, config.trace_ratio)
     if found is None:
         return []
     from ext_proc.core.actions import Trace

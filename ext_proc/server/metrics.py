@@ -135,10 +135,12 @@ class Names:
         self.cap = cap
         self.others: set[str] = set()
 
-    def model(self, name: str | None) -> str:
+    def model(self, name: str | None, policy: Any = None) -> str:
+        """``name``'s label (``policy``: the policy now, when the caller has it at hand)."""
         if not name:
             return "none"
-        policy = self.policy()
+        if policy is None:
+            policy = self.policy()
         if policy is not None and name in policy.models:
             return name
         others = self.others
@@ -149,8 +151,9 @@ class Names:
             return name
         return "other"
 
-    def provider_kind(self, provider: str) -> str:
-        policy = self.policy()
+    def provider_kind(self, provider: str, policy: Any = None) -> str:
+        if policy is None:
+            policy = self.policy()
         found = policy.providers.get(provider) if policy is not None else None
         kind = found.kind if found is not None else provider
         return PROVIDERS.get(kind, kind)
@@ -190,9 +193,10 @@ class Tally:
         """Count one finished request (its record, as the request log has it)."""
         add = self.add
         names = self.names
+        policy = names.policy()  # read once: a worker's current policy is a shared-memory read
         api = record.get("api") or "none"
         team = record.get("team") or "none"
-        model = names.model(record.get("model"))
+        model = names.model(record.get("model"), policy)
         provider = record.get("provider") or "none"
         outcome = record.get("outcome") or "none"
         add(("tollway_requests", api, team, model, provider, str(record.get("status") or "none"), outcome))
@@ -216,12 +220,13 @@ class Tally:
         operation = OPERATIONS.get(api)
         if operation is None or provider == "none":
             return  # answered by Tollway itself (model list, token count): no inference
-        kind = names.provider_kind(provider)
+        kind = names.provider_kind(provider, policy)
         inp, out = record.get("input_tokens"), record.get("output_tokens")
         if inp is None and out is None:
             add(("tollway_requests_usage_unknown", team, model, provider))
         else:
-            tokens = (operation, kind, model, names.model(record.get("served_model")), "unknown", team, provider)
+            served = names.model(record.get("served_model"), policy)
+            tokens = (operation, kind, model, served, "unknown", team, provider)
             for metric, value in (("gen_ai_client_inference_usage_input_tokens", inp),
                                   ("gen_ai_client_inference_usage_output_tokens", out),
                                   ("gen_ai_client_inference_usage_cache_read_input_tokens",

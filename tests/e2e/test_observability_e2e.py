@@ -65,7 +65,7 @@ class Collector(http.server.BaseHTTPRequestHandler):
 
     received: ClassVar[dict[str, list[bytes]]] = {"/v1/traces": [], "/v1/logs": []}
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
         if self.headers.get("content-encoding") == "gzip":
             body = gzip.decompress(body)
@@ -93,7 +93,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, collector: str) -> Iterator[Pr
         tmp_path_factory.mktemp("observed"), POLICY,
         {"OB_OPENAI_KEY": OPENAI_KEY, "OB_ANTHROPIC_KEY": ANTHROPIC_KEY,
          "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_BLRP_SCHEDULE_DELAY": "100"},
-        workers=2, serve_args=("--otlp-endpoint", collector, "--otlp-logs"))
+        workers=2, serve_args=("--otlp-endpoint", collector, "--otlp-logs", "--trace-sample-ratio", "1"))
     with stack:
         yield Providers(stack, SEARCH)
 

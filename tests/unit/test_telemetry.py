@@ -107,6 +107,21 @@ def test_no_tracer_no_trace_data() -> None:
     assert emitted.trace is None and session.flow.trace is None
 
 
+def test_the_callers_sampling_decision_then_the_head_ratio(spans: tuple[Tracer, InMemorySpanExporter]) -> None:
+    tracer, exporter = spans
+    tracer.ratio = 0.0
+    unsampled = PARENT[:-2] + "00"
+    for headers, expected in (({"traceparent": unsampled}, 0), ({}, 0), ({"traceparent": PARENT}, 1),
+                              ({"traceparent": "garbage"}, 1)):
+        emitted = run(Session(POLICY, "local-dev", trace=True), CHAT_REQUEST, ANTHROPIC_MESSAGE, **headers)
+        assert emitted.trace is not None
+        if headers.get("traceparent") == "garbage":
+            tracer.ratio = 1.0  # an unreadable traceparent: the head ratio decides
+        before = len(exporter.get_finished_spans())
+        tracer.finish(emitted.record, emitted.trace)
+        assert len(exporter.get_finished_spans()) - before == expected, headers
+
+
 def test_a_refusal_is_an_event_and_an_error_type(spans: tuple[Tracer, InMemorySpanExporter]) -> None:
     tracer, exporter = spans
     session = Session(POLICY, "local-dev", trace=True)
