@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock tools run test test-unit test-e2e fuzz bench bench-limits bench-core bench-guardrails eval lint clean
+.PHONY: help install lock tools run test test-unit test-e2e fuzz bench bench-limits bench-core bench-guardrails bench-metrics eval lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ bench-limits: $(STAMP) tools ## what budgets and rate limits add: none vs the no
 
 bench-core: $(STAMP) ## CPU µs per request of the core alone (decode, session, encode), in process
 	$(PY) bench/core.py $(BENCH_ARGS)
+
+bench-metrics: $(STAMP) ## what counting a request costs: the tally vs prometheus_client (one process, multiprocess mode)
+	$(PY) bench/metrics.py $(BENCH_ARGS)
 
 bench-guardrails: $(STAMP) ## guardrail scanning speed (MB/s) and the pattern engines compared
 	$(PY) bench/guardrails.py $(BENCH_ARGS)

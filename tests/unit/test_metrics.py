@@ -131,3 +131,42 @@ def test_budget_gauges_sum_a_per_key_budget_and_keep_team_members() -> None:
     assert registry.get_sample_value("tollway_budget_remaining_usd", {"budget": "b", "member": "search"}) == 7
     assert registry.get_sample_value("tollway_budget_spent_tokens", {"budget": "k", "member": "*"}) == 60
     assert "alice" not in generate_latest(registry).decode()
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_and_labels_the_service_exposes() -> None:
+    import json
+    import re
+
+    from ext_proc.server.reload import PolicyHolder, Publication
+
+    tally = Tally(Names(lambda: POLICY))
+    for record in (OK, REFUSED, {**REFUSED, "error": "rate_limit_exceeded", "limit": "rpm"}):
+        tally.record(record)
+    tally.add(("tollway_budget_alerts", "b", "80"))
+    tally.add(("tollway_ledger_write_failures",))
+    tally.set(("tollway_shared_state_degraded", "redis"), 0)
+    registry = CollectorRegistry()
+    registry.register(TallyCollector(Exchange(tally, None).totals))
+    budgets = BudgetCollector()
+    budgets.update([{"budget": "b", "scope": "team", "member": "search", "unit": unit, "limit": 10, "spent": 1,
+                     "held": 0, "remaining": 9} for unit in ("usd", "tokens")])
+    registry.register(budgets)
+    PolicyHolder(Publication(), registry)
+    exposed: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            exposed.setdefault(sample.name, set()).update(sample.labels)
+    board = json.loads((Path(__file__).parents[2] / "k8s" / "grafana" / "tollway-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 20
+    labels = set().union(*exposed.values())
+    for expr in exprs:
+        for name in re.findall(r"\b((?:tollway|gen_ai)_[a-z_]+)\b", expr):
+            if name in labels:
+                continue  # gen_ai_request_model and kin: a label, not a metric
+            assert name in exposed, (name, expr)
+            for label in re.findall(r"(\w+)\s*(?:=~|!=|=)\s*\"", expr[expr.index(name):].split("}")[0]):
+                assert label in exposed[name], (label, name)
+        for group in re.findall(r"by \(([^)]*)\)", expr):
+            for label in (x.strip() for x in group.split(",")):
+                assert any(label in labels for name, labels in exposed.items() if name in expr), (label, expr)
