@@ -115,7 +115,12 @@ class Tracer:
 
         # Tollway samples before building a span (see sampled()); the SDK records what it is given.
         provider = TracerProvider(resource=_resource(config), sampler=ParentBased(ALWAYS_ON))
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=_url(config, "traces"))))
+        # Small batches, sent every second: the exporter's thread encodes a batch holding the GIL, and
+        # a 512-span batch (the SDK's default) kept the event loop waiting for tens of milliseconds.
+        batching = {} if os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else {"max_export_batch_size": 64}
+        if not os.environ.get("OTEL_BSP_SCHEDULE_DELAY"):
+            batching["schedule_delay_millis"] = 1000
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=_url(config, "traces")), **batching))
         return cls(provider, names, config.ratio)
 
     def sampled(self, trace: Trace) -> bool:
