@@ -117,10 +117,10 @@ class Tracer:
         provider = TracerProvider(resource=_resource(config), sampler=ParentBased(ALWAYS_ON))
         # Small batches, sent every second: the exporter's thread encodes a batch holding the GIL, and
         # a 512-span batch (the SDK's default) kept the event loop waiting for tens of milliseconds.
-        batching = {} if os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else {"max_export_batch_size": 64}
-        if not os.environ.get("OTEL_BSP_SCHEDULE_DELAY"):
-            batching["schedule_delay_millis"] = 1000
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=_url(config, "traces")), **batching))
+        size = None if os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else 64
+        delay = None if os.environ.get("OTEL_BSP_SCHEDULE_DELAY") else 1000.0
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=_url(config, "traces")),
+                                                       schedule_delay_millis=delay, max_export_batch_size=size))
         return cls(provider, names, config.ratio)
 
     def sampled(self, trace: Trace) -> bool:
