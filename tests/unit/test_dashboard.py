@@ -89,3 +89,27 @@ def test_the_follower_reads_only_new_lines_across_a_rotation(tmp_path: Path) -> 
     path.write_bytes(lines[3] + lines[4])
     assert [r["request_id"] for r in follower.new_records()] == ["r2", "r3", "r4"]
     assert list(follower.new_records()) == []
+
+
+def test_with_an_admin_token_the_page_is_open_and_its_data_is_not() -> None:
+    import asyncio
+
+    from tests.unit.test_admin_token import TOKEN, _get, _serve
+
+    async def scenario() -> None:
+        server, sock = _serve(TOKEN)
+        await server.start(sock)
+        port = sock.getsockname()[1]
+        try:
+            for path in ("/dashboard", "/dashboard/dashboard.js", "/dashboard/icon.svg"):
+                status, headers, body = await _get(port, path)
+                assert status == 200 and b"payments" not in body, path
+                assert headers["content-security-policy"].startswith("default-src 'self'")
+            assert b"#token=" in (await _get(port, "/dashboard/dashboard.js"))[2]  # how the page gets it
+            assert (await _get(port, "/v1/dashboard"))[0] == 401
+            status, _, body = await _get(port, "/v1/dashboard?hours=1", f"Bearer {TOKEN}")
+            assert status == 200 and orjson.loads(body)["totals"]["requests"] == 0
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())

@@ -1,6 +1,16 @@
 // Tollway's dashboard: reads /v1/dashboard (the ledger's totals) and /v1/budgets every 10 seconds
 // and draws them with plain DOM and inline SVG. No library, nothing fetched from elsewhere.
+// With an admin token (tollway serve --admin-token-file), open /dashboard#token=THE-TOKEN: the
+// fragment never leaves the browser; the token is kept for this tab and sent as a bearer token.
 "use strict";
+
+const TOKEN_KEY = "tollway-admin-token";
+if (location.hash.startsWith("#token=")) {
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(location.hash.slice(7)));
+  history.replaceState(null, "", location.pathname + location.search);
+}
+const token = sessionStorage.getItem(TOKEN_KEY);
+const AUTH = token ? {Authorization: `Bearer ${token}`} : {};
 
 const REFRESH_MS = 10000;
 const COLORS = ["#2f6fde", "#12a594", "#e5484d", "#f5a524", "#8e4ec6", "#0d74ce", "#ad5700", "#30a46c", "#d6409f", "#6e56cf"];
@@ -181,9 +191,10 @@ async function refresh() {
   const hours = $("hours").value;
   try {
     const [answer, budgets] = await Promise.all([
-      fetch(`/v1/dashboard?hours=${encodeURIComponent(hours)}`, {cache: "no-store"}),
-      fetch("/v1/budgets", {cache: "no-store"}),
+      fetch(`/v1/dashboard?hours=${encodeURIComponent(hours)}`, {cache: "no-store", headers: AUTH}),
+      fetch("/v1/budgets", {cache: "no-store", headers: AUTH}),
     ]);
+    if (answer.status === 401) throw new Error("the admin endpoint asks for its token: open /dashboard#token=…");
     if (!answer.ok) throw new Error(`/v1/dashboard answered ${answer.status}`);
     const data = await answer.json();
     draw(data);
