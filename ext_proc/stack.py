@@ -505,6 +505,7 @@ def banner(stack: Stack, policy: Path, workload: str, plan: list[str], mocked: f
   Demo key (team demo): {DEMO_KEY}   (public: delete the demo team in real deployments)
   Envoy admin:          http://127.0.0.1:{stack.admin_port}
   Tollway /readyz, /metrics: http://127.0.0.1:{stack.service_admin_port}
+  Dashboard:            http://127.0.0.1:{stack.service_admin_port}/dashboard
   Request log:          {stack.record_log}
   Logs:                 {stack.workdir}/tollway.log, envoy.log{", mock.log" if stack.mock else ""}
   The tollway command:  {shown} (or `source {shown.parent}/activate`, then `tollway --help`)
