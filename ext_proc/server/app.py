@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import faulthandler
 import inspect
 import ipaddress
 import logging
@@ -343,6 +344,12 @@ def open_ledger(redis_url: str | None) -> Ledger:
 
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    dump_stacks_on_signal()
+
+
+def dump_stacks_on_signal() -> None:
+    """``kill -USR1`` writes every thread's Python stack to stderr (the log): what a stuck process is doing."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def _die_with_parent(supervisor: int) -> None:

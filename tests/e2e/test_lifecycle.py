@@ -112,6 +112,13 @@ def test_workers_share_the_port(tmp_path: Path) -> None:
         with httpx.Client() as http:
             for _ in range(20):
                 assert http.post(stack.base_url + "/v1/chat/completions", json=BODY).status_code == 200
+        # What a stuck start shows (kill -USR1): every Tollway process writes its stacks to the log
+        # and keeps serving.
+        log = stack._stuck("tollway")
+        assert log.count("Current thread") + log.count("Thread 0x") >= 4  # supervisor, fork server, 2 workers
+        assert len(worker_pids(stack.procs["tollway"].pid)) == 2 and stack.procs["tollway"].poll() is None
+        with httpx.Client() as http:
+            assert http.post(stack.base_url + "/v1/chat/completions", json=BODY).status_code == 200
 
 
 def test_tollway_up_serves_the_sdk_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
