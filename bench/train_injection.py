@@ -76,7 +76,7 @@ def main() -> int:
     parser.add_argument("--exclude-near", type=Path, metavar="FOLDER",
                         help="drop training texts sharing a word 8-gram with an evaluation text (decontamination)")
     args = parser.parse_args()
-    texts, labels = injection_data.dataset()
+    texts, labels, parts = injection_data.dataset()
     if args.check_disjoint:
         check_disjoint(args.check_disjoint, texts)
         return 0
@@ -87,16 +87,16 @@ def main() -> int:
                 grams |= _grams(text)
         kept = [i for i, text in enumerate(texts) if not _grams(text) & grams]
         print(f"{len(texts) - len(kept)} training texts dropped: they share a word 8-gram with an evaluation text")
-        texts, labels = [texts[i] for i in kept], [labels[i] for i in kept]
+        texts, labels, parts = [texts[i] for i in kept], [labels[i] for i in kept], [parts[i] for i in kept]
 
     from sklearn.feature_extraction import DictVectorizer
     from sklearn.linear_model import LogisticRegression
 
     order = list(range(len(texts)))
     random.Random(injection_data.SEED).shuffle(order)
-    held: set[int] = set()
+    held = {i for i in order if parts[i] == "dev"}  # written from templates never trained on
     for label in (0, 1):
-        members = [i for i in order if labels[i] == label]
+        members = [i for i in order if labels[i] == label and parts[i] == "public"]
         held.update(members[: len(members) // 5])
     train = [i for i in order if i not in held]
     test = [i for i in order if i in held]
@@ -117,15 +117,20 @@ def main() -> int:
     allowed = int(args.fpr * len(benign))
     shift = -benign[allowed] - 1e-3 if benign[allowed] > 0 else 0.0  # the (allowed+1)-th benign just below 0.5
     bias += shift
-    attacks = [logit(i) + shift for i in test if labels[i] == 1]
-    recall = sum(v >= 0 for v in attacks) / len(attacks)
-    fpr = sum(v + shift >= 0 for v in benign) / len(benign)
+    figures = {}
+    for name, part in (("public 20 %", "public"), ("unseen templates", "dev"), ("all held out", None)):
+        chosen = [i for i in test if part is None or parts[i] == part]
+        attacks = [logit(i) + shift for i in chosen if labels[i] == 1]
+        benign_part = [logit(i) + shift for i in chosen if labels[i] == 0]
+        figures[name] = (sum(v >= 0 for v in attacks) / len(attacks), len(attacks),
+                         sum(v >= 0 for v in benign_part) / len(benign_part), len(benign_part))
     OUT.write_text(json.dumps({"about": "bench/train_injection.py; data: bench/injection_data.py (see the README)",
                                "bias": round(bias, 4), "weights": dict(sorted(weights.items()))},
                               ensure_ascii=False, separators=(",", ":")))
     print(f"{len(train)} training texts, {len(test)} held out; {len(weights)} weights kept, bias {bias:.3f}")
-    print(f"held out at 0.5: recall {recall:.3f} on {len(attacks)} injections, FPR {fpr:.3f} on {len(benign)} "
-          f"benign texts; {OUT.stat().st_size / 1e3:.0f} KB written")
+    for name, (recall, n_attacks, fpr, n_benign) in figures.items():
+        print(f"held out, {name:16}: recall {recall:.3f} on {n_attacks} injections, FPR {fpr:.3f} on {n_benign} benign")
+    print(f"{OUT.stat().st_size / 1e3:.0f} KB written")
     return 0
 
 
