@@ -258,8 +258,9 @@ def hard_negatives(rng: random.Random, count: int) -> list[str]:
 def dataset(seed: int = SEED) -> tuple[list[str], list[int], list[str]]:
     """Every training text, its label (1: injection or jailbreak) and its part, deduplicated. The part
     is "dev" for texts written from the held-out templates of :mod:`injection_written` (never
-    trained on), "written" for those written from the other templates, and "public" for the
-    third-party data (which the trainer splits 80/20 itself)."""
+    trained on; "dev-near" for its benign requests with an injection's words, the hardest benign
+    kind), "written" for those written from the other templates, and "public" for the third-party
+    data (which the trainer splits 80/20 itself)."""
     rng = random.Random(seed)
     material = passages()
     groups = [
@@ -269,7 +270,8 @@ def dataset(seed: int = SEED) -> tuple[list[str], list[int], list[str]]:
         (0, "public", garak_benign() + spikee_benign()),
         (0, "written", hard_negatives(rng, 2500) + injection_written.benign(rng, 8000, material)
          + injection_written.near_misses(rng, 6000)),
-        (0, "dev", injection_written.benign(rng, 2000, material, "dev") + injection_written.near_misses(rng, 1500, "dev")),
+        (0, "dev", injection_written.benign(rng, 2000, material, "dev")),
+        (0, "dev-near", injection_written.near_misses(rng, 1500, "dev")),
     ]
     seen: set[str] = set()
     texts, labels, parts = [], [], []

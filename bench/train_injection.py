@@ -5,7 +5,7 @@ install scikit-learn`` first; nothing at run time uses it): the data of
 ``bench/injection_data.py`` (public, licensed, shipped) is split 80/20 (stratified, seeded); a
 logistic regression over the presence of :func:`ext_proc.guardrails.injection.features` (words,
 word pairs, the hand-written signals) is fitted on the 80 %; its bias is then moved so that on the
-held-out 20 % a score of 0.5 lets at most ``--fpr`` of the benign texts through as injections
+held-out data a score of 0.5 lets at most ``--fpr`` of each kind of benign text through as injections
 (the policy's default threshold is the operating point); weights under ``--min-weight`` are
 dropped (fewer patterns, a faster scan). It prints the held-out figures. The evaluation sets are
 never used to fit or choose anything (``--exclude-near`` only removes training texts near them).
@@ -94,7 +94,7 @@ def main() -> int:
 
     order = list(range(len(texts)))
     random.Random(injection_data.SEED).shuffle(order)
-    held = {i for i in order if parts[i] == "dev"}  # written from templates never trained on
+    held = {i for i in order if parts[i].startswith("dev")}  # written from templates never trained on
     for label in (0, 1):
         members = [i for i in order if labels[i] == label and parts[i] == "public"]
         held.update(members[: len(members) // 5])
@@ -113,16 +113,23 @@ def main() -> int:
     def logit(i: int) -> float:
         return bias + sum(weights.get(f, 0.0) for f in feats[i])
 
-    benign = sorted((logit(i) for i in test if labels[i] == 0), reverse=True)
-    allowed = int(args.fpr * len(benign))
-    shift = -benign[allowed] - 1e-3 if benign[allowed] > 0 else 0.0  # the (allowed+1)-th benign just below 0.5
-    bias += shift
+    # The operating point: the bias is raised until every kind of held-out benign text (the public
+    # 20 %, the texts written from unseen templates, and the hardest kind, requests with an
+    # injection's words written from unseen templates) scores >= 0.5 at most ``--fpr`` of the time.
+    shift = 0.0
+    for kind in ("public", "dev", "dev-near"):
+        benign = sorted((logit(i) for i in test if labels[i] == 0 and parts[i] == kind), reverse=True)
+        allowed = int(args.fpr * len(benign))
+        if benign[allowed] > -shift:
+            shift = -benign[allowed] - 1e-3  # the (allowed+1)-th benign of that kind just below 0.5
+    bias += shift  # logit() reads the shifted bias from here on
     figures = {}
-    for name, part in (("public 20 %", "public"), ("unseen templates", "dev"), ("all held out", None)):
+    for name, part in (("public 20 %", "public"), ("unseen templates", "dev"), ("unseen near-misses", "dev-near"),
+                       ("all held out", None)):
         chosen = [i for i in test if part is None or parts[i] == part]
-        attacks = [logit(i) + shift for i in chosen if labels[i] == 1]
-        benign_part = [logit(i) + shift for i in chosen if labels[i] == 0]
-        figures[name] = (sum(v >= 0 for v in attacks) / len(attacks), len(attacks),
+        attacks = [logit(i) for i in chosen if labels[i] == 1]
+        benign_part = [logit(i) for i in chosen if labels[i] == 0]
+        figures[name] = (sum(v >= 0 for v in attacks) / max(1, len(attacks)), len(attacks),
                          sum(v >= 0 for v in benign_part) / len(benign_part), len(benign_part))
     OUT.write_text(json.dumps({"about": "bench/train_injection.py; data: bench/injection_data.py (see the README)",
                                "bias": round(bias, 4), "weights": dict(sorted(weights.items()))},
