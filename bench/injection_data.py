@@ -20,6 +20,17 @@ PyPI, Apache-2.0, its LICENSE and NOTICE beside the files):
   documents), and :func:`hard_negatives` writes ordinary requests that use the same words
   ("ignore", "bypass", "system prompt", "password", "pretend", "forget") without attacking.
 
+From spikee 0.9.2 (PyPI, Apache-2.0; ``bench/data/injection/spikee/``, LICENSE and NOTICE beside
+the files): the jailbreak templates of its system-prompt extraction, cybersecurity and mailbox
+seed folders, each filled with some of its folder's instructions (system-prompt extraction, XSS,
+data exfiltration through markdown images, long output), bare or appended to its documents
+(label 1), and its false-positive seeds' ordinary financial questions in several languages
+(label 0).
+
+From ``bench/injection_written.py`` (written for Tollway): attacks of every technique family and
+benign requests with an injection's words; every 4th template of each list (and every 4th
+language) is held out as the "dev" part, never trained on.
+
 The evaluation sets (CyberSecEval's prompt-injection cases, NotInject) are not read here: only
 ``bench/train_injection.py --check-disjoint`` reads them, to show no training text is one of
 them or near one (word 8-gram overlap), and the figures are in the README.

