@@ -174,6 +174,19 @@ TEMPLATES = (
     "Results: {SCORES}.",
     "The shipment weighs {MEASURE} and measures {DIMENSIONS}.",
     "Customer {USERID} placed order {ORDER} from {CITY}, {ZIP}.",
+    "Passport {PASSPORT} expires on {DATE}; driver's license {LICENSE}.",
+    "{NAME}'s bank account {BANKACCT} at {COMPANY} was closed on {DATE}.",
+    "ITIN {ITIN} was issued to {NAME} in {YEAR}.",
+    "I am {AGE} years old, born {DATE}, and my license number is {LICENSE}.",
+    "We handled {BIGINT} calls and {BIGINT2} texts in {YEAR}.",
+    "Call volume: {BIGINT} in {YEAR}, {BIGINT2} in {YEAR2}.",
+    "I called on {DATE} at {TIME} about invoice {INVOICE}.",
+    "My phone bill was {AMOUNT} in {MONTH}; the plan costs {AMOUNT2}.",
+    "Text me the code {PIN} you got at {TIME}.",
+    "Send {AMOUNT} to {NAME}, account {BANKACCT}, routing {ROUTING}.",
+    "Mobile data used: {MEASURE} of {MEASURE2} since {DATE}.",
+    "Reach the {ORDINAL} floor, room {ROOM}, by {TIME} on {DATE}.",
+    "{NAME} owes {AMOUNT}; last payment {DATE} ({BANKACCT}).",
 )
 # Templates only the holdout part uses (and the holdout part uses no other phone templates).
 HOLDOUT_TEMPLATES = (
@@ -194,6 +207,9 @@ HOLDOUT_TEMPLATES = (
     "Release {VERSION} closes issues {TICKET} and {TICKET2}.",
     "At {ISO} the sensor read {MEASURE}; next sample at {UNIX}.",
     "{QTY} units shipped to {INTLADDRESS} on {DATE}.",
+    "Passport no. {PASSPORT}, issued {DATE}, expires {DATE2}.",
+    "Calls answered: {BIGINT}; average wait {MS} ms.",
+    "The phone costs {AMOUNT} and ships on {DATE}.",
     "Claim {CONTRACT} filed {DATE} for {AMOUNT}.",
 )
 PHONE_WORD = re.compile(r"\{PHONE\d?\}")
@@ -430,6 +446,16 @@ def generate(seed: int = SEED, count: int | None = None, part: str = "tune") -> 
             "DIMENSIONS": lambda: f"{d(10, 200)} x {d(10, 200)} x {d(10, 200)} cm",
             "SCORES": lambda: ", ".join(f"{d(0, 30)}-{d(0, 30)}" for _ in range(d(2, 4))),
             "CARDLIKE": lambda: _not_luhn(rng),
+            "PASSPORT": lambda: rng.choice((str(d(10**8, 10**9 - 1)), us.bothify("?########").upper(),
+                                            us.bothify("??#######").upper())),
+            "LICENSE": lambda: rng.choice((us.bothify("?#######").upper(), str(d(10**6, 10**9)),
+                                           f"{d(100, 999)}-{d(100, 999)}-{d(100, 999)}",
+                                           us.bothify("?###-####-####").upper())),
+            "BANKACCT": lambda: rng.choice((str(d(10**7, 10**12)), f"{d(10**9, 10**10):010}",
+                                            f"{d(10**11, 10**14)}", f"{d(1000, 9999)} {d(1000, 9999)} {d(100, 9999)}")),
+            "ITIN": lambda: f"9{d(10, 99)}-{rng.choice((7, 8, 9))}{d(0, 9)}-{d(1000, 9999)}",
+            "MONTH": lambda: us.month_name(),
+            "ORDINAL": lambda: rng.choice(("3rd", "12th", "21st", "2nd")),
         }
         return makers[name]()
 

@@ -170,18 +170,21 @@ class Scanner:
         expressions: list[bytes] = []
         owner: list[int] = []
         flags: list[int] = []
+        ext: list[hyperscan.ExpressionExt] = []
         for index, detector in enumerate(self.detectors):
             for pattern in detector.patterns:
                 expressions.append(pattern.encode())
                 owner.append(index)
                 flags.append(hyperscan.HS_FLAG_SOM_LEFTMOST | (hyperscan.HS_FLAG_CASELESS if detector.caseless else 0))
+                ext.append(hyperscan.ExpressionExt(flags=hyperscan.HS_EXT_FLAG_MIN_LENGTH if detector.min_length else 0,
+                                                   min_length=detector.min_length))
         self._owner = tuple(owner)
         self._until = {i: re.compile(d.until) for i, d in enumerate(self.detectors) if d.until}
         self._left = {i: (re.compile(d.left[0] + "+").match, d.left[1]) for i, d in enumerate(self.detectors) if d.left}
         self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
         try:
             self._db.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions),
-                             flags=flags)
+                             flags=flags, ext=ext)
         except hyperscan.error as exc:
             raise PatternError(f"Hyperscan cannot compile it: {exc}") from None
 

@@ -1,0 +1,275 @@
+"""Phone numbers: the pattern proposing candidates and the check confirming them.
+
+A phone number has no checksum; what tells one from an order number, a date or an amount is how it
+is written, whether a numbering plan has it, and the words around it. The check weighs the three,
+with libphonenumber (``phonenumbers``, Google's metadata of every plan) for the plans:
+
+1. **Never**: fewer than 7 or more than 15 digits (E.164's most), unbalanced parentheses, a date
+   or a date and time, a decimal or a count with thousands separators that no plan writes that
+   way, the SSN layout, a year followed by a serial (``2023-799163``), glued to an identifier
+   (``INV-555-0123``, ``user=5551234567``) or right after an identifier word ("order", "account",
+   "customer", "IMEI", ...), a currency sign, or a card or SSN word.
+2. **International** (``+``, ``00``, ``(+44)``, ``+(370)``): a number of a length its country
+   uses is enough: writing the country code is a phone number's own mark.
+3. **North American**: valid in the US plan; or of its shape (area code and exchange 2-9) in a
+   layout phone numbers are written in (``(415) 555-0100``, ``415-555-0100``, ``415.555.0100``,
+   ``1 415 555 0100``, ``415/555-0100``).
+4. **Other national numbers** (no country code), tried in :data:`REGIONS` (the plans of the
+   languages Tollway's users write in; a plan is tried only when the digits have a length it
+   uses): valid there and written in digit groups that plan's own format produces (``020 7946
+   0958``, ``06 12 34 56 78``, ``0612 345 678``), or with the trunk prefix (``0``) and valid
+   there, or a country code in parentheses without the plus (``(351) 912 345 678``).
+5. **Named**: right after a phone word ("phone", "tel.", "mobile", "M:", "fax", "call me on",
+   "WhatsApp", "Telefon", "tél.", ...): any number possible in one of those plans, in groups or
+   not; a phone word further back in the same sentence (a table header, "numbers to try: a, b or
+   c"), with no identifier word after it: possible in one of the plans and written in groups or
+   with a trunk prefix.
+
+The check reads only the text before a candidate (``CONTEXT`` characters), never after it, so a
+stream judges a value the same way whatever the chunks it came in.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumber, PhoneNumberFormat
+
+# Where a number written without its country code may be from: the US first, then the national
+# plans of the languages Tollway's users write in, the largest first (a policy may narrow this).
+REGIONS = ("US", "GB", "DE", "FR", "IT", "ES", "CA", "AU", "IN", "BR", "MX", "JP", "NL", "CH", "AT", "BE",
+           "PL", "SE", "PT", "IE", "DK", "NO", "FI", "CZ", "HU", "RO", "GR", "TR", "RU", "UA", "IL", "CN",
+           "KR", "ID", "TH", "VN", "ZA", "NZ", "SG", "PH")
+
+_SEP = r"(?:[ .-]|/ ?)"
+_EXT = r"(?: ?(?:[xX]|[eE]xt\.?|EXT\.?|[eE]xtension) ?[0-9]{1,6})?"
+_GROUP = r"(?:" + _SEP + r"?\(?(?:0\)|[0-9]{1,5}\)?)){1,7}" + _EXT + r"\b"
+# Up to eight digit groups, any of them in parentheses, separated by a space, dot, dash or slash
+# (or nothing), then an extension; first an international mark or nothing (at a word start), or
+# the first group in parentheses. Two patterns, so that "(+1 415 555 0100)" is also a candidate
+# from its "+" (each pattern reports its own leftmost start).
+PATTERNS = (r"(?:\+|\+\(|\b)[0-9]{1,5}\)?" + _GROUP,
+            r"\(\+?[0-9]{1,5}(?:[ -][0-9]{1,5})?\)" + _GROUP)
+
+MIN_LENGTH = 7  # characters: a match shorter than the fewest digits a phone number has is no candidate
+
+_NOT_DIGIT = re.compile(r"\D+")
+_GROUPS = re.compile(r"\d+")
+_EXTENSION = re.compile(r" ?(?:[xX]|[eE]xt\.?|EXT\.?|[eE]xtension) ?[0-9]+$")
+# A number glued to a word before it ("INV-555-0123", "ORD-2025-564329", "#4471-2291", "id=555...").
+_GLUED = re.compile(r"(?:[A-Za-z0-9][-/_.:]|#|[A-Za-z0-9_]=\"?)$")
+_IDENTIFIER_WORDS = (
+    r"order|invoice|inv|ref|reference|ticket|case|part|sku|isbn|ean|upc|barcode|tracking|account|acct|routing|"
+    r"iban|serial|badge|mrn|policy|claim|zip|postcode|postal code|version|pin|passcode|product|item|model|"
+    r"transaction|txn|confirmation|booking|receipt|customer|client|user|member|employee|emp|id|uid|contract|"
+    r"licen[cs]e|vin|imei|imsi|iccid|meid|patient|student|record|file|batch|lot|build|release|container|"
+    r"shipment|parcel|voucher|coupon|code|otp|sort code|bsb|swift|bic|tax|vat|ssn|passport|registration|reg|"
+    r"plate|room|gate|flight|seat|session|request|report|page|figure|table")
+# An identifier word right before the number ("order 555-0123", "account no. 0123456789").
+_IDENTIFIER_WORD = re.compile(r"\b(?:" + _IDENTIFIER_WORDS + r")s?\b", re.IGNORECASE)
+# A list an identifier word opened: "Barcodes: 4006381333931, 0302147817023, ..."
+_IDENTIFIER_LIST = re.compile(r"\b(?:" + _IDENTIFIER_WORDS + r")s?\b(?:\s*(?:number|no\.?|nr\.?|num|id|#|code)s?)?"
+                              r"(?:\s+(?:is|was|are|were))?[\W\d]*$", re.IGNORECASE)
+# Phone words: a label right before a number, or further back in the same sentence.
+_WORDS = (r"phones?|telephones?|tel|tels|tele|tlf|tfn|ph|mobiles?|mob|cell|cellphone|cellular|handy|fax|faxes|"
+          r"calls?|called|calling|dial|dialing|dial-in|ring|text|sms|whatsapp|signal|viber|hotline|helpline|"
+          r"contact|contacts|reach|reached|reachable|voicemail|numbers|landline|switchboard|callback|"
+          r"t[ée]l[ée]phone|t[ée]l|portable|telefon|telefonnummer|rufnummer|mobil|mobilnummer|telefono|"
+          r"tel[ée]fono|telefone|celular|m[óo]vil|cellulare|telefoon|mobiel|puhelin|numer|telefonu|"
+          r"телефон|тел|моб|電話|携帯|手机|电话|전화|휴대폰")
+_NUMBER_WORDS = r"(?:my|your|his|her|our|their|new|old|direct|home|work|office|private|business|contact|phone)"
+_AFTER_WORD = r"(?:\s*(?:number|no\.?|nr\.?|#))?(?:\s+(?:is|are|was|at|on|to|me|us|him|her|them|now|instead)){0,3}"
+# Right before the number: a phone word ("phone:", "call me on", "my number is"), or a one-letter
+# label of a signature ("T +44 ...", "M: ..."), or a connector ("on", "at", "or") with a phone
+# word earlier in the text.
+_LABEL = re.compile(r"(?:(?<!\d\s)\b(?:" + _WORDS + r")|\b" + _NUMBER_WORDS + r"\s+(?:number|no\.?|nr\.?|#))" + _AFTER_WORD
+                    + r"[^\w\n]{0,6}$", re.IGNORECASE)
+_LETTER = re.compile(r"(?:^|[\s|(,;/])[TMFPCHWO]\.?:?[ \t]{0,3}$")
+_CONNECTOR = re.compile(r"\b(?:on|at|or|and|to|is|via|under)[^\w\n]{0,6}$", re.IGNORECASE)
+_WORD = re.compile(r"(?<!\d\s)\b(?:" + _WORDS + r")\b|\b" + _NUMBER_WORDS + r"\s+(?:number|no\b|nr\b)", re.IGNORECASE)
+_CARD_OR_SSN = re.compile(r"\b(?:card|visa|mastercard|amex|debit|credit|cc|pan|ssn|social security|"
+                          r"social sec|tax id|tin|paid with|pay with|charged? to)\b", re.IGNORECASE)
+_CURRENCY = re.compile(r"(?:[$€£¥₹₽₩]|\b(?:usd|eur|gbp|chf|jpy|inr|rs|cad|aud|sek|nok|dkk|pln|brl)\.?)\s?$",
+                       re.IGNORECASE)
+# A date (and maybe a time) at the start: 2024-03-15, 20240315, 15.03.2024, 03/15/2024, 15 03 2024.
+_DATE = re.compile(r"^(?:(?:19|20)\d\d([-./ ]?)(?:0[1-9]|1[0-2])\1(?:0[1-9]|[12]\d|3[01])(?!\d)"
+                   r"|(?:0?[1-9]|[12]\d|3[01])([-./ ])(?:0?[1-9]|[12]\d|3[01])\2(?:19|20)\d\d(?!\d)"
+                   r"|(?:0?[1-9]|[12]\d|3[01])([-./])(?:0?[1-9]|[12]\d|3[01])\3\d\d(?!\d)"
+                   r"|(?:19|20)\d\d,? \d\d?[.:]\d\d(?!\d))")
+_YEAR_SERIAL = re.compile(r"(?:19|20)\d\d[-/]\d{3,}")
+_DECIMAL = re.compile(r"(?:0|[1-9]\d*)\.\d+")
+_THOUSANDS = re.compile(r"[1-9]\d{0,2}([ .])\d{3}(?:\1\d{3})*")
+_SSN_SHAPE = re.compile(r"\d{3}-\d{2}-\d{4}")
+_ZIP4 = re.compile(r"\d{5}-\d{4}")
+_INTERNATIONAL = re.compile(r"^(?:\+ ?|\(\+|\+\(|00(?=[1-9]))")
+_PAREN_CC = re.compile(r"^\(([1-9]\d{0,2})\) ?(?=\d)")
+_TRUNK_ZERO = re.compile(r"^\(?0(?!0)")
+# North American: area code and exchange 2-9, in a layout phone numbers are written in.
+_NANP = re.compile(r"^(?:\+?1[ .-]?|001[ .-]?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d(?:[ .-]|/ ?))[2-9]\d\d[ .-]\d{4}$")
+_NANP_BARE = re.compile(r"^1?[2-9]\d\d[2-9]\d{6}$")
+
+
+_TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan", "voicemail",
+          "fixed_line", "mobile")
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A region's numbering plan, as libphonenumber's metadata has it, for a quick first look."""
+
+    region: str
+    country_code: int
+    trunk: str  # the national (trunk) prefix: "0", "1", "8", "06"; "" when there is none
+    lengths: frozenset[int]  # of national significant numbers
+    numbers: re.Pattern[str]  # every national significant number of a type the plan assigns
+
+    def national(self, digits: str) -> str | None:
+        """``digits`` (no country code) as a national significant number of this plan's length, or None."""
+        national = digits[len(self.trunk):] if self.trunk and digits.startswith(self.trunk) else digits
+        return national if len(national) in self.lengths else None
+
+    def number(self, national: str) -> PhoneNumber:
+        zeros = len(national) - len(national.lstrip("0"))
+        return PhoneNumber(country_code=self.country_code, national_number=int(national),
+                           italian_leading_zero=zeros > 0 or None, number_of_leading_zeros=zeros if zeros > 1 else None)
+
+
+@functools.cache
+def _plans(regions: tuple[str, ...]) -> tuple[_Plan, ...]:
+    out = []
+    for region in regions:
+        meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        if meta is None or meta.general_desc is None or meta.country_code is None:
+            continue
+        kinds = [getattr(meta, kind) for kind in _TYPES]
+        patterns = [kind.national_number_pattern for kind in kinds if kind is not None and kind.national_number_pattern]
+        out.append(_Plan(region, meta.country_code, meta.national_prefix or "",
+                         frozenset(meta.general_desc.possible_length or ()),
+                         re.compile("(?:" + "|".join(patterns) + ")") if patterns else re.compile(r"(?!)")))
+    return tuple(out)
+
+
+def _possible(digits: str, regions: tuple[str, ...]) -> bool:
+    """Whether one of the plans has national numbers of this length (libphonenumber's "possible")."""
+    return any(plan.national(digits) is not None for plan in _plans(regions))
+
+
+def _valid(digits: str, regions: tuple[str, ...]) -> Iterator[PhoneNumber]:
+    """The numbers ``digits`` (no country code) is valid as, in the plans of ``regions`` in order:
+    the plan's own patterns first (one regular expression per plan), libphonenumber's
+    ``is_valid_number_for_region`` to confirm."""
+    for plan in _plans(regions):
+        national = plan.national(digits)
+        if national is not None and plan.numbers.fullmatch(national):
+            number = plan.number(national)
+            if phonenumbers.is_valid_number_for_region(number, plan.region):
+                yield number
+
+
+def _parse(text: str) -> PhoneNumber | None:
+    try:
+        return phonenumbers.parse(text, None)
+    except NumberParseException:
+        return None
+
+
+def _grouped_as(text: str, number: PhoneNumber) -> bool:
+    """Whether ``text`` is written as the number's own national format writes it: the same digits
+    (the trunk prefix where the plan writes one) in the same groups, some maybe merged: ``020 7946
+    0958`` for London, not ``0207 94 60958`` nor ``20 7946 0958``."""
+    formatted = phonenumbers.format_number(number, PhoneNumberFormat.NATIONAL)
+    groups = _GROUPS.findall(text)
+    if len(groups) < 2 or "".join(groups) != _NOT_DIGIT.sub("", formatted):
+        return False
+    cuts, total = set(), 0
+    for group in _GROUPS.findall(formatted):
+        total += len(group)
+        cuts.add(total)
+    total = 0
+    for group in groups:
+        total += len(group)
+        if total not in cuts:
+            return False
+    return True
+
+
+def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | None:
+    """Why ``text`` (a candidate, ``before``: the text just before it) is a phone number, or None
+    when it is not one (see the module docstring)."""
+    core = _EXTENSION.sub("", text)
+    digits = _NOT_DIGIT.sub("", core)
+    size = len(digits)
+    if not 7 <= size <= 15 or core.count("(") != core.count(")"):
+        return None
+    named = (_LABEL.search(before) is not None or _LETTER.search(before) is not None
+             or (_CONNECTOR.search(before) is not None and _WORD.search(before) is not None))
+    if ((_GLUED.search(before) and not named) or _IDENTIFIER_LIST.search(before) or _CURRENCY.search(before)
+            or _CARD_OR_SSN.search(before[-16:]) or _DATE.match(core) or _SSN_SHAPE.fullmatch(core)
+            or _YEAR_SERIAL.fullmatch(core)):
+        return None
+    if _DECIMAL.fullmatch(core) and not core.startswith("0") and not named:
+        return None
+    near = named or _near(before)
+    grouped = len(_GROUPS.findall(core)) > 1
+
+    international = _INTERNATIONAL.match(core)
+    if international:
+        number = _parse("+" + core[international.end():].replace("(0)", ""))
+        if number is not None and phonenumbers.is_possible_number(number):
+            return "international"
+        if not core.startswith("00"):
+            return None
+    if _ZIP4.fullmatch(core) and not named:
+        return None
+    cc = _PAREN_CC.match(core)
+    if cc and size - len(cc.group(1)) >= 8:
+        number = _parse("+" + digits)
+        if number is not None and phonenumbers.is_valid_number(number):
+            return "country code in parentheses"
+    if _NANP.match(core):
+        return "north american layout"
+    if (grouped or _NANP_BARE.match(digits)) and next(_valid(digits, ("US",)), None) is not None:
+        return "valid in the US plan"
+    thousands = _THOUSANDS.fullmatch(core) is not None
+    if thousands and not named:  # 209.847.832, 8 336 817: a count, unless a phone word names it
+        return None
+    trunk = _TRUNK_ZERO.match(core) is not None
+    valid = False  # valid in one of the plans (looked at only when it matters)
+    if grouped:
+        for number in _valid(digits, regions):
+            valid = True
+            if _grouped_as(core, number):
+                return f"valid in {phonenumbers.region_code_for_number(number)}, in its groups"
+    elif trunk or near:
+        valid = next(_valid(digits, regions), None) is not None
+    if valid and trunk:
+        return "valid with its trunk prefix"
+    if thousands:
+        return None
+    if named and _possible(digits, regions):
+        return "named"
+    if len(core) < len(text) and _possible(digits, regions):
+        return "with an extension"
+    if near and (grouped or trunk) and _possible(digits, regions):
+        return "near a phone word"
+    return None
+
+
+def _near(before: str) -> bool:
+    """A phone word earlier in the same sentence or line, with no identifier word after it."""
+    words = list(_WORD.finditer(before))
+    if not words:
+        return False
+    rest = before[words[-1].end():]
+    return not _SENTENCE_END.search(rest) and not _IDENTIFIER_WORD.search(rest)
+
+
+_SENTENCE_END = re.compile(r"[.!?]\s|\n\s*\n")
+
+
+def check(text: str, before: str) -> bool:
+    return judge(text, before) is not None
