@@ -67,8 +67,9 @@ _IDENTIFIER_WORDS = (
     r"iban|serial|badge|mrn|policy|claim|zip|postcode|postal code|version|pin|passcode|product|item|model|"
     r"transaction|txn|confirmation|booking|receipt|customer|client|user|member|employee|emp|id|uid|contract|"
     r"licen[cs]e|vin|imei|imsi|iccid|meid|patient|student|record|file|batch|lot|build|release|container|"
-    r"shipment|parcel|voucher|coupon|code|otp|sort code|bsb|swift|bic|tax|vat|ssn|passport|registration|reg|"
-    r"plate|room|gate|flight|seat|session|request|report|page|figure|table")
+    r"shipment|parcel|voucher|coupon|otp|sort code|bsb|swift|bic|tax|vat|ssn|passport|registration|reg|"
+    r"plate|room|gate|flight|seat|session|request|report|page|figure|table|"
+    r"(?<!area )(?<!country )(?<!dialling )(?<!dialing )code")  # not "area code (415) ..."
 # An identifier word right before the number ("order 555-0123", "account no. 0123456789").
 _IDENTIFIER_WORD = re.compile(r"\b(?:" + _IDENTIFIER_WORDS + r")s?\b", re.IGNORECASE)
 # A list an identifier word opened: "Barcodes: 4006381333931, 0302147817023, ..."
@@ -86,8 +87,8 @@ _AFTER_WORD = r"(?:\s*(?:number|no\.?|nr\.?|#))?(?:\s+(?:is|are|was|at|on|to|me|
 # Right before the number: a phone word ("phone:", "call me on", "my number is"), or a one-letter
 # label of a signature ("T +44 ...", "M: ..."), or a connector ("on", "at", "or") with a phone
 # word earlier in the text.
-_LABEL = re.compile(r"(?:(?<!\d\s)\b(?:" + _WORDS + r")|\b" + _NUMBER_WORDS + r"\s+(?:number|no\.?|nr\.?|#))" + _AFTER_WORD
-                    + r"[^\w\n]{0,6}$", re.IGNORECASE)
+_LABEL = re.compile(r"(?:(?<!\d\s)\b(?:" + _WORDS + r")|\b" + _NUMBER_WORDS + r"\s+(?:number|no\.?|nr\.?|#))"
+                    + _AFTER_WORD + r"[^\w\n]{0,6}$", re.IGNORECASE)
 _LETTER = re.compile(r"(?:^|[\s|(,;/])[TMFPCHWO]\.?:?[ \t]{0,3}$")
 _CONNECTOR = re.compile(r"\b(?:on|at|or|and|to|is|via|under)[^\w\n]{0,6}$", re.IGNORECASE)
 _WORD = re.compile(r"(?<!\d\s)\b(?:" + _WORDS + r")\b|\b" + _NUMBER_WORDS + r"\s+(?:number|no\b|nr\b)", re.IGNORECASE)
@@ -101,7 +102,8 @@ _DATE = re.compile(r"^(?:(?:19|20)\d\d([-./ ]?)(?:0[1-9]|1[0-2])\1(?:0[1-9]|[12]
                    r"|(?:0?[1-9]|[12]\d|3[01])([-./])(?:0?[1-9]|[12]\d|3[01])\3\d\d(?!\d)"
                    r"|(?:19|20)\d\d,? \d\d?[.:]\d\d(?!\d))")
 _YEAR_SERIAL = re.compile(r"(?:19|20)\d\d[-/]\d{3,}")
-_DECIMAL = re.compile(r"(?:0|[1-9]\d*)\.\d+")
+_DECIMAL = re.compile(r"\d+\.\d+")
+_LEADING_ZERO = re.compile(r"0\d")
 _THOUSANDS = re.compile(r"[1-9]\d{0,2}([ .])\d{3}(?:\1\d{3})*")
 _SSN_SHAPE = re.compile(r"\d{3}-\d{2}-\d{4}")
 _ZIP4 = re.compile(r"\d{5}-\d{4}")
@@ -211,7 +213,7 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
             or _CARD_OR_SSN.search(before[-16:]) or _DATE.match(core) or _SSN_SHAPE.fullmatch(core)
             or _YEAR_SERIAL.fullmatch(core)):
         return None
-    if _DECIMAL.fullmatch(core) and not core.startswith("0") and not named:
+    if _DECIMAL.fullmatch(core) and not _LEADING_ZERO.match(core) and not named:  # not 0800.124684
         return None
     near = named or _near(before)
     grouped = len(_GROUPS.findall(core)) > 1
@@ -254,7 +256,7 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
         return "named"
     if len(core) < len(text) and _possible(digits, regions):
         return "with an extension"
-    if near and (grouped or trunk) and _possible(digits, regions):
+    if near and (grouped or trunk or _NANP_BARE.match(digits)) and _possible(digits, regions):
         return "near a phone word"
     return None
 

@@ -37,6 +37,15 @@ FOUND = [
     ("phone", "my number is 020 7946 0958", "020 7946 0958"),  # a national number, after a phone word
     ("phone", "ring 0049 30 901820 today", "0049 30 901820"),  # 00: the international prefix
     ("phone", "see +33 (0)1 23 45 67 89", "+33 (0)1 23 45 67 89"),
+    ("phone", "Fax 02527/89088137 today", "02527/89088137"),  # a German area code and a slash
+    ("phone", "Driver Ann (+1 415 555 0100) will pick you up", "+1 415 555 0100"),  # from the "+" inside "("
+    ("phone", "Tél. : 01 23 45 67 89", "01 23 45 67 89"),  # France's own groups
+    ("phone", "call 8 (800) 555-35-35", "8 (800) 555-35-35"),  # Russia's trunk prefix 8
+    ("phone", "(351) 912 345 678", "(351) 912 345 678"),  # a country code in parentheses, no plus
+    ("phone", "reach me on 43252793 x5188", "43252793 x5188"),
+    ("phone", "Contact: Jane Doe, Acme, 0115 496 0018", "0115 496 0018"),  # no phone word right before
+    ("phone", "Best,\nJane\nM 07700 900123", "07700 900123"),  # a signature's one-letter label
+    ("phone", "area code (415) 555-0100", "(415) 555-0100"),
     ("credit_card", "paid with 5018 0000 0009", "5018 0000 0009"),  # a 12-digit Maestro
     ("aws_access_key", "key AKIAIOSFODNN7EXAMPLE here", "AKIAIOSFODNN7EXAMPLE"),
     ("github_token", "token ghp_" + "a1B2" * 9 + " end", "ghp_" + "a1B2" * 9),
@@ -72,6 +81,17 @@ NOT_FOUND = [
     "charged on 02.11.2017",
     "Part number 337-563-86 replaces it",
     "Coordinates 42.263542, 0.639422",
+    "Population 8 336 817 in 2019",  # counts with thousands separators
+    "Meter reading 209.847.832 kWh",
+    "Ticket 2023-799163 was merged",  # a year and a serial
+    "We handled 556 407 179 calls and 373599889 texts",  # "calls" counts, it does not name
+    "2024-01-01 INFO user=7196505210 status=200",
+    "born on 09 08 1984",
+    "Barcodes: 4006381333931, 0302147817023",  # a list an identifier word opened
+    "Customer 9393210656 placed an order",
+    "Cost centre 2568-752 pays",  # valid in Germany's plan, but not written as Germans write numbers
+    "Meeting moved to October 06, 2017 22.32",
+    "Passport 123456789, licence 123-456-789",
 ]
 
 
