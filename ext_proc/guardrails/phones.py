@@ -160,16 +160,19 @@ def _possible(digits: str, regions: tuple[str, ...]) -> bool:
     return any(plan.national(digits) is not None for plan in _plans(regions))
 
 
-def _valid(digits: str, regions: tuple[str, ...]) -> Iterator[PhoneNumber]:
-    """The numbers ``digits`` (no country code) is valid as, in the plans of ``regions`` in order:
-    the plan's own patterns first (one regular expression per plan), libphonenumber's
-    ``is_valid_number_for_region`` to confirm."""
+def _candidates(digits: str, regions: tuple[str, ...]) -> Iterator[tuple[str, PhoneNumber]]:
+    """(region, number) for each plan of ``regions``, in order, whose own patterns have ``digits``
+    (no country code): one regular expression per plan, before libphonenumber looks closer."""
     for plan in _plans(regions):
         national = plan.national(digits)
         if national is not None and plan.numbers.fullmatch(national):
-            number = plan.number(national)
-            if phonenumbers.is_valid_number_for_region(number, plan.region):
-                yield number
+            yield plan.region, plan.number(national)
+
+
+def _valid(digits: str, regions: tuple[str, ...]) -> bool:
+    """Whether libphonenumber finds ``digits`` valid in one of the plans of ``regions``."""
+    return any(phonenumbers.is_valid_number_for_region(number, region)
+               for region, number in _candidates(digits, regions))
 
 
 def _parse(text: str) -> PhoneNumber | None:
@@ -234,21 +237,17 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
             return "country code in parentheses"
     if _NANP.match(core):
         return "north american layout"
-    if (grouped or _NANP_BARE.match(digits)) and next(_valid(digits, ("US",)), None) is not None:
+    if (grouped or _NANP_BARE.match(digits)) and _valid(digits, ("US",)):
         return "valid in the US plan"
     thousands = _THOUSANDS.fullmatch(core) is not None
     if thousands and not named:  # 209.847.832, 8 336 817: a count, unless a phone word names it
         return None
     trunk = _TRUNK_ZERO.match(core) is not None
-    valid = False  # valid in one of the plans (looked at only when it matters)
-    if grouped:
-        for number in _valid(digits, regions):
-            valid = True
-            if _grouped_as(core, number):
-                return f"valid in {phonenumbers.region_code_for_number(number)}, in its groups"
-    elif trunk or near:
-        valid = next(_valid(digits, regions), None) is not None
-    if valid and trunk:
+    if grouped:  # the plan's own groups first (formatting is cheaper than validating), then valid
+        for region, number in _candidates(digits, regions):
+            if _grouped_as(core, number) and phonenumbers.is_valid_number_for_region(number, region):
+                return f"valid in {region}, in its groups"
+    if trunk and _valid(digits, regions):
         return "valid with its trunk prefix"
     if thousands:
         return None

@@ -170,14 +170,14 @@ class Scanner:
         expressions: list[bytes] = []
         owner: list[int] = []
         flags: list[int] = []
-        ext: list[hyperscan.ExpressionExt] = []
+        ext: list[tuple[int, int, int, int, int, int]] = []  # (flags, min/max offset, min length, distances)
         for index, detector in enumerate(self.detectors):
             for pattern in detector.patterns:
                 expressions.append(pattern.encode())
                 owner.append(index)
                 flags.append(hyperscan.HS_FLAG_SOM_LEFTMOST | (hyperscan.HS_FLAG_CASELESS if detector.caseless else 0))
-                ext.append(hyperscan.ExpressionExt(flags=hyperscan.HS_EXT_FLAG_MIN_LENGTH if detector.min_length else 0,
-                                                   min_length=detector.min_length))
+                ext.append((hyperscan.HS_EXT_FLAG_MIN_LENGTH if detector.min_length else 0, 0, 0, detector.min_length,
+                            0, 0))
         self._owner = tuple(owner)
         self._until = {i: re.compile(d.until) for i, d in enumerate(self.detectors) if d.until}
         self._left = {i: (re.compile(d.left[0] + "+").match, d.left[1]) for i, d in enumerate(self.detectors) if d.left}
