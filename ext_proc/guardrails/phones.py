@@ -68,7 +68,8 @@ _IDENTIFIER_WORDS = (
     r"transaction|txn|confirmation|booking|receipt|customer|client|user|member|employee|emp|id|uid|contract|"
     r"licen[cs]e|vin|imei|imsi|iccid|meid|patient|student|record|file|batch|lot|build|release|container|"
     r"shipment|parcel|voucher|coupon|otp|sort code|bsb|swift|bic|tax|vat|ssn|passport|registration|reg|"
-    r"plate|room|gate|flight|seat|session|request|report|page|figure|table|"
+    r"plate|room|gate|flight|seat|session|request|report|page|figure|table|issn|doi|po|nhs|sin|nino|bsn|cpf|"
+    r"cnpj|pesel|ahv|avs|dni|nie|nif|siret|siren|insurance|medicare|"
     r"(?<!area )(?<!country )(?<!dialling )(?<!dialing )code")  # not "area code (415) ..."
 # An identifier word right before the number ("order 555-0123", "account no. 0123456789").
 _IDENTIFIER_WORD = re.compile(r"\b(?:" + _IDENTIFIER_WORDS + r")s?\b", re.IGNORECASE)
@@ -237,7 +238,7 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
             return "country code in parentheses"
     if _NANP.match(core):
         return "north american layout"
-    if (grouped or _NANP_BARE.match(digits)) and _valid(digits, ("US",)):
+    if _NANP_BARE.match(digits) and _valid(digits, ("US",)):  # (in groups: as any plan, below)
         return "valid in the US plan"
     thousands = _THOUSANDS.fullmatch(core) is not None
     if thousands and not named:  # 209.847.832, 8 336 817: a count, unless a phone word names it

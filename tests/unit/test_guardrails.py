@@ -92,6 +92,8 @@ NOT_FOUND = [
     "Cost centre 2568-752 pays",  # valid in Germany's plan, but not written as Germans write numbers
     "Meeting moved to October 06, 2017 22.32",
     "Passport 123456789, licence 123-456-789",
+    "NHS number 943 476 5919",  # national identifiers in phone layouts
+    "CPF 123.456.789-09",
 ]
 
 
