@@ -35,11 +35,11 @@ from typing import IO, Any
 import orjson
 import yaml
 
-from ext_proc.envoy_config import ClientTLS, render, set_ext_proc, set_first_byte_timeouts
+from ext_proc.envoy_config import TEMPLATE, ClientTLS, render, set_ext_proc, set_first_byte_timeouts
 from ext_proc.policy.compiled import CompiledPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
-ENVOY_CONFIG = ROOT / "envoy" / "tollway.yaml"
+ENVOY_CONFIG = TEMPLATE  # envoy/tollway.yaml
 PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 DEMO_KEY = "tw-local-demo-key-not-secret"  # the example policy's public demo key (team demo)
 
@@ -505,6 +505,7 @@ def banner(stack: Stack, policy: Path, workload: str, plan: list[str], mocked: f
   Demo key (team demo): {DEMO_KEY}   (public: delete the demo team in real deployments)
   Envoy admin:          http://127.0.0.1:{stack.admin_port}
   Tollway /readyz, /metrics: http://127.0.0.1:{stack.service_admin_port}
+  Dashboard:            http://127.0.0.1:{stack.service_admin_port}/dashboard
   Request log:          {stack.record_log}
   Logs:                 {stack.workdir}/tollway.log, envoy.log{", mock.log" if stack.mock else ""}
   The tollway command:  {shown} (or `source {shown.parent}/activate`, then `tollway --help`)

@@ -218,6 +218,11 @@ class Responder(Protocol):
     def open(self) -> bool:
         """False once the stream ended, was reset, or the connection was lost."""
 
+    @property
+    def peer(self) -> str | None:
+        """Who is at the other end of the connection, as the server's ``peer_identity`` named it (e.g. the
+        SPIFFE ID of a mutual-TLS client's certificate); None when unknown."""
+
 
 class Call(Protocol):
     """One gRPC call (an HTTP/2 stream): request messages in, response messages out."""
@@ -285,6 +290,10 @@ class _Stream:
     def open(self) -> bool:
         return not self.done and not self.conn.closed and self.conn.streams.get(self.sid) is self
 
+    @property
+    def peer(self) -> str | None:
+        return self.conn.peer
+
 
 def _reset(call: Call) -> None:
     try:
@@ -324,6 +333,7 @@ class Connection(asyncio.Protocol):
         self.data_frames_sent = 0
         self.going_away = False
         self.closed = False
+        self.peer: str | None = None  # the client's identity (server.peer_identity), for every stream
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -337,6 +347,8 @@ class Connection(asyncio.Protocol):
             self.closed = True
             transport.close()
             return
+        if self.server.peer_identity is not None:
+            self.peer = self.server.peer_identity(transport)
         self.server.connections.add(self)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
         self.out.append(_frame(SETTINGS, 0, 0, _OUR_SETTINGS))
@@ -873,10 +885,12 @@ class Server:
     """Routes gRPC method paths to call factories; serves them on one listening socket."""
 
     def __init__(
-        self, routes: dict[str, CallFactory], peer_check: Callable[[asyncio.BaseTransport], bool] | None = None
+        self, routes: dict[str, CallFactory], peer_check: Callable[[asyncio.BaseTransport], bool] | None = None,
+        peer_identity: Callable[[asyncio.BaseTransport], str | None] | None = None,
     ) -> None:
         self.routes = routes
         self.peer_check = peer_check  # e.g. the client certificate's SAN on a mutual-TLS listener
+        self.peer_identity = peer_identity  # e.g. that certificate's SPIFFE ID: each stream's Responder.peer
         self.connections: set[Connection] = set()
         self.draining = False
         self._server: asyncio.Server | None = None

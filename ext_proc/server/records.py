@@ -60,6 +60,7 @@ class RecordWriter:
         self._interval = interval
         self._max_buffer = max_buffer
         self._task: asyncio.Task[None] | None = None
+        self.failures = 0  # batches the aggregates' store refused (tollway_ledger_write_failures_total)
 
     def emit(self, record: dict[str, Any]) -> None:
         record["ts"] = time.time()
@@ -135,6 +136,7 @@ class RecordWriter:
             else:
                 await asyncio.get_running_loop().run_in_executor(None, self._ledger.add, batch)
         except Exception as exc:  # Redis down: keep the batch (bounded) and retry next time
+            self.failures += 1
             log.warning("ledger store refused %d records (%s); will retry", len(batch), type(exc).__name__)
             self._pending = (batch + self._pending)[-MAX_PENDING:]
 
