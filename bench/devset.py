@@ -187,6 +187,14 @@ TEMPLATES = (
     "Mobile data used: {MEASURE} of {MEASURE2} since {DATE}.",
     "Reach the {ORDINAL} floor, room {ROOM}, by {TIME} on {DATE}.",
     "{NAME} owes {AMOUNT}; last payment {DATE} ({BANKACCT}).",
+    # Codes of other kinds with no word naming them right before (Faker's own generators).
+    "Bank details for {NAME}: {ABA} / {BANKACCT}.",
+    "{COMPANY} ({EIN}) filed its return on {DATE}.",
+    "Scanned {GTIN} and {GTIN2} at the till, {AMOUNT} in total.",
+    "Book: {ISBNH}, {PAGECOUNT} pages, {AMOUNT}.",
+    "{NAME}, born {DATE}, travel document {PASSPORT}, nationality on file.",
+    "Mail it to {ADDRESS}, {NAME}, {ZIP4}.",
+    "Items {GTIN}, {GTIN2} and {GTIN3} are out of stock.",
 )
 # Templates only the holdout part uses (and the holdout part uses no other phone templates).
 HOLDOUT_TEMPLATES = (
@@ -211,6 +219,10 @@ HOLDOUT_TEMPLATES = (
     "Calls answered: {BIGINT}; average wait {MS} ms.",
     "The phone costs {AMOUNT} and ships on {DATE}.",
     "Claim {CONTRACT} filed {DATE} for {AMOUNT}.",
+    "Payee {NAME}, {ABA}, {BANKACCT}; employer {EIN}.",
+    "Reading list: {ISBNH} and {ISBNH2}.",
+    "Box of {QTY}: {GTIN} ({ISO}).",
+    "{NAME} ({PASSPORT}) checked in at {TIME}.",
 )
 PHONE_WORD = re.compile(r"\{PHONE\d?\}")
 EXTENSIONS = (" x{}", "x{}", " ext. {}", " ext {}", " Ext. {}", " extension {}")
@@ -455,6 +467,11 @@ def generate(seed: int = SEED, count: int | None = None, part: str = "tune") -> 
                                             f"{d(10**11, 10**14)}", f"{d(1000, 9999)} {d(1000, 9999)} {d(100, 9999)}")),
             "ITIN": lambda: f"9{d(10, 99)}-{rng.choice((7, 8, 9))}{d(0, 9)}-{d(1000, 9999)}",
             "MONTH": lambda: us.month_name(),
+            "ABA": lambda: us.aba(),
+            "EIN": lambda: us.ein(),
+            "GTIN": lambda: rng.choice((us.ean13(), us.ean8(), us.upc_a(), us.upc_e(), us.localized_ean13(),
+                                        us.localized_ean8())),
+            "ISBNH": lambda: rng.choice((us.isbn10(), us.isbn13())),
             "ORDINAL": lambda: rng.choice(("3rd", "12th", "21st", "2nd")),
         }
         return makers[name]()

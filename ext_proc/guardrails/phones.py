@@ -6,19 +6,23 @@ with libphonenumber (``phonenumbers``, Google's metadata of every plan) for the 
 
 1. **Never**: fewer than 7 or more than 15 digits (E.164's most), unbalanced parentheses, a date
    or a date and time, a decimal or a count with thousands separators that no plan writes that
-   way, the SSN layout, a year followed by a serial (``2023-799163``), glued to an identifier
+   way, the SSN or EIN layout, a year followed by a serial (``2023-799163``), glued to an identifier
    (``INV-555-0123``, ``user=5551234567``) or right after an identifier word ("order", "account",
    "customer", "IMEI", ...), a currency sign, or a card or SSN word.
-2. **International** (``+``, ``00``, ``(+44)``, ``+(370)``): a number of a length its country
-   uses is enough: writing the country code is a phone number's own mark.
-3. **North American**: valid in the US plan; or of its shape (area code and exchange 2-9) in a
+2. **International** (``+``, ``(+44)``, ``+(370)``): a number of a length its country uses is
+   enough: writing the country code is a phone number's own mark. After ``00`` (which also starts
+   zero-padded codes: UPC ``002566378388``, ZIP ``00645-5092``) the number must be valid, and
+   bare digits not a barcode by their check digit.
+3. **North American**: bare digits valid in the plan (US, Canada, the Caribbean); or of its
+   shape (area code and exchange 2-9) in a
    layout phone numbers are written in (``(415) 555-0100``, ``415-555-0100``, ``415.555.0100``,
    ``1 415 555 0100``, ``415/555-0100``).
 4. **Other national numbers** (no country code), tried in :data:`REGIONS` (the plans of the
    languages Tollway's users write in; a plan is tried only when the digits have a length it
    uses): valid there and written in digit groups that plan's own format produces (``020 7946
    0958``, ``06 12 34 56 78``, ``0612 345 678``), or with the trunk prefix (``0``) and valid
-   there, or a country code in parentheses without the plus (``(351) 912 345 678``).
+   there (bare digits: 10 or 11 of them; shorter or longer ones are as often barcodes, routing
+   or passport numbers), or a country code in parentheses without the plus (``(351) 912 345 678``).
 5. **Named**: right after a phone word ("phone", "tel.", "mobile", "M:", "fax", "call me on",
    "WhatsApp", "Telefon", "tél.", ...): any number possible in one of those plans, in groups or
    not; a phone word further back in the same sentence (a table header, "numbers to try: a, b or
@@ -65,7 +69,9 @@ _GLUED = re.compile(r"(?:[A-Za-z0-9][-/_.:]|#|[A-Za-z0-9_]=\"?)$")
 _IDENTIFIER_WORDS = (
     r"order|invoice|inv|ref|reference|ticket|case|part|sku|isbn|ean|upc|barcode|tracking|account|acct|routing|"
     r"iban|serial|badge|mrn|policy|claim|zip|postcode|postal code|version|pin|passcode|product|item|model|"
-    r"transaction|txn|confirmation|booking|receipt|customer|client|user|member|employee|emp|id|uid|contract|"
+    r"transaction|txn|confirmation|booking|receipt|customer|client|user|member|employee|emp|uid|contract|"
+    r"(?!(?-i:ID) \d{5}(?:-\d{4})?\b)id|"  # not Idaho's "ID 83702" in an address
+    r"ein|itin|fein|npi|dl|gtin|asin|aba|cheque|check no|"
     r"licen[cs]e|vin|imei|imsi|iccid|meid|patient|student|record|file|batch|lot|build|release|container|"
     r"shipment|parcel|voucher|coupon|otp|sort code|bsb|swift|bic|tax|vat|ssn|passport|registration|reg|"
     r"plate|room|gate|flight|seat|session|request|report|page|figure|table|issn|doi|po|nhs|sin|nino|bsn|cpf|"
@@ -108,12 +114,13 @@ _LEADING_ZERO = re.compile(r"0\d")
 _THOUSANDS = re.compile(r"[1-9]\d{0,2}([ .])\d{3}(?:\1\d{3})*")
 _SSN_SHAPE = re.compile(r"\d{3}-\d{2}-\d{4}")
 _ZIP4 = re.compile(r"\d{5}-\d{4}")
+_EIN_SHAPE = re.compile(r"[1-9]\d-\d{7}")  # a US employer identification number (12-3456789)
 _INTERNATIONAL = re.compile(r"^(?:\+ ?|\(\+|\+\(|00(?=[1-9]))")
 _PAREN_CC = re.compile(r"^\(([1-9]\d{0,2})\) ?(?=\d)")
 _TRUNK_ZERO = re.compile(r"^\(?0(?!0)")
 # North American: area code and exchange 2-9, in a layout phone numbers are written in.
 _NANP = re.compile(r"^(?:\+?1[ .-]?|001[ .-]?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d(?:[ .-]|/ ?))[2-9]\d\d[ .-]\d{4}$")
-_NANP_BARE = re.compile(r"^1?[2-9]\d\d[2-9]\d{6}$")
+_NANP_BARE = re.compile(r"^1?([2-9]\d\d[2-9]\d{6})$")
 
 
 _TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan", "voicemail",
@@ -225,11 +232,14 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
     international = _INTERNATIONAL.match(core)
     if international:
         number = _parse("+" + core[international.end():].replace("(0)", ""))
-        if number is not None and phonenumbers.is_possible_number(number):
+        # "+" is a phone number's own mark; "00" also starts zero-padded codes (UPC 002566378388,
+        # ZIP 00645-5092), so a number after it must be one its country assigns.
+        if number is not None and (phonenumbers.is_possible_number(number) if not core.startswith("00") else
+                                   phonenumbers.is_valid_number(number) and (grouped or named or not _gtin(digits))):
             return "international"
         if not core.startswith("00"):
             return None
-    if _ZIP4.fullmatch(core) and not named:
+    if (_ZIP4.fullmatch(core) or _EIN_SHAPE.fullmatch(core)) and not named:
         return None
     cc = _PAREN_CC.match(core)
     if cc and size - len(cc.group(1)) >= 8:
@@ -238,8 +248,9 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
             return "country code in parentheses"
     if _NANP.match(core):
         return "north american layout"
-    if _NANP_BARE.match(digits) and _valid(digits, ("US",)):  # (in groups: as any plan, below)
-        return "valid in the US plan"
+    bare = _NANP_BARE.match(digits)
+    if bare and phonenumbers.is_valid_number(PhoneNumber(country_code=1, national_number=int(bare.group(1)))):
+        return "valid in the North American plan"  # the US, Canada, the Caribbean (in groups: as any plan, below)
     thousands = _THOUSANDS.fullmatch(core) is not None
     if thousands and not named:  # 209.847.832, 8 336 817: a count, unless a phone word names it
         return None
@@ -248,7 +259,10 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
         for region, number in _candidates(digits, regions):
             if _grouped_as(core, number) and phonenumbers.is_valid_number_for_region(number, region):
                 return f"valid in {region}, in its groups"
-    if trunk and _valid(digits, regions):
+    # Bare digits with a leading zero: 10 or 11 of them (the national lengths most plans with a
+    # trunk prefix use); 8, 9, 12 and 13 are as often barcodes (EAN-8, UPC-A, EAN-13), routing or
+    # passport numbers.
+    if trunk and (grouped or 10 <= size <= 11) and _valid(digits, regions):
         return "valid with its trunk prefix"
     if thousands:
         return None
@@ -259,6 +273,14 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
     if near and (grouped or trunk or _NANP_BARE.match(digits)) and _possible(digits, regions):
         return "near a phone word"
     return None
+
+
+def _gtin(digits: str) -> bool:
+    """Whether ``digits`` are a barcode (EAN-8, UPC-A, EAN-13, GTIN-14) by their check digit."""
+    if len(digits) not in (8, 12, 13, 14):
+        return False
+    total = sum(int(c) * (3 if i % 2 else 1) for i, c in enumerate(reversed(digits[:-1]), 1))
+    return (10 - total % 10) % 10 == int(digits[-1])
 
 
 def _near(before: str) -> bool:

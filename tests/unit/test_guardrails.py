@@ -46,6 +46,9 @@ FOUND = [
     ("phone", "Contact: Jane Doe, Acme, 0115 496 0018", "0115 496 0018"),  # no phone word right before
     ("phone", "Best,\nJane\nM 07700 900123", "07700 900123"),  # a signature's one-letter label
     ("phone", "area code (415) 555-0100", "(415) 555-0100"),
+    ("phone", "Jo Lee, 4 Elm St, Boise, ID 83702, 208-555-0147", "208-555-0147"),  # Idaho's "ID" is no identifier
+    ("phone", "Jo Lee, 4 Elm St, Boise, ID 83702, 01632 960293", "01632 960293"),
+    ("phone", "I tried 7824924647 twice", "7824924647"),  # valid in Canada's part of the North American plan
     ("credit_card", "paid with 5018 0000 0009", "5018 0000 0009"),  # a 12-digit Maestro
     ("aws_access_key", "key AKIAIOSFODNN7EXAMPLE here", "AKIAIOSFODNN7EXAMPLE"),
     ("github_token", "token ghp_" + "a1B2" * 9 + " end", "ghp_" + "a1B2" * 9),
@@ -94,6 +97,11 @@ NOT_FOUND = [
     "Passport 123456789, licence 123-456-789",
     "NHS number 943 476 5919",  # national identifiers in phone layouts
     "CPF 123.456.789-09",
+    "Bank details: 093378875",  # an ABA routing number: nine bare digits with a leading zero
+    "Scanned 0432222275575 and 06739782",  # EAN-13 and EAN-8 barcodes
+    "Scanned 0094384873596 at the till",  # an EAN-13 starting with 00 that is also a valid +94 number
+    "Shipped to 00645-5092",  # a ZIP+4 starting with 00
+    "Rios-Watson (21-6158988) filed on time",  # a US employer identification number
 ]
 
 
