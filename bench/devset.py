@@ -195,6 +195,13 @@ TEMPLATES = (
     "{NAME}, born {DATE}, travel document {PASSPORT}, nationality on file.",
     "Mail it to {ADDRESS}, {NAME}, {ZIP4}.",
     "Items {GTIN}, {GTIN2} and {GTIN3} are out of stock.",
+    # "number" alone: a phone number, unless a word before says which number.
+    "The number is {PHONE}, ask for {NAME}.",
+    "Number: {PHONE}",
+    "Catalogue number {GTIN} was discontinued on {DATE}.",
+    "The number of visitors reached {BIGINT} in {YEAR}.",
+    "Your confirmation number is {BOOKING}.",
+    "Serial number {SERIAL}, lot number {ACCOUNT}.",
 )
 # Templates only the holdout part uses (and the holdout part uses no other phone templates).
 HOLDOUT_TEMPLATES = (
@@ -223,6 +230,8 @@ HOLDOUT_TEMPLATES = (
     "Reading list: {ISBNH} and {ISBNH2}.",
     "Box of {QTY}: {GTIN} ({ISO}).",
     "{NAME} ({PASSPORT}) checked in at {TIME}.",
+    "Best number to use: {PHONE}.",
+    "Document number {PASSPORT}, permit number {ACCOUNT}.",
 )
 PHONE_WORD = re.compile(r"\{PHONE\d?\}")
 EXTENSIONS = (" x{}", "x{}", " ext. {}", " ext {}", " Ext. {}", " extension {}")

@@ -71,7 +71,9 @@ _IDENTIFIER_WORDS = (
     r"iban|serial|badge|mrn|policy|claim|zip|postcode|postal code|version|pin|passcode|product|item|model|"
     r"transaction|txn|confirmation|booking|receipt|customer|client|user|member|employee|emp|uid|contract|"
     r"(?!(?-i:ID) \d{5}(?:-\d{4})?\b)id|"  # not Idaho's "ID 83702" in an address
-    r"ein|itin|fein|npi|dl|gtin|asin|aba|cheque|check no|"
+    r"ein|itin|fein|npi|dl|gtin|asin|aba|cheque|check|catalog|catalogue|certificate|permit|document|"
+    r"identification|vehicle|unit|house|apartment|apt|suite|street|building|bank|wallet|gift|loyalty|"
+    r"membership|pnr|locator|lucky|winning|lottery|random|prime|magic|"
     r"licen[cs]e|vin|imei|imsi|iccid|meid|patient|student|record|file|batch|lot|build|release|container|"
     r"shipment|parcel|voucher|coupon|otp|sort code|bsb|swift|bic|tax|vat|ssn|passport|registration|reg|"
     r"plate|room|gate|flight|seat|session|request|report|page|figure|table|issn|doi|po|nhs|sin|nino|bsn|cpf|"
@@ -85,7 +87,7 @@ _IDENTIFIER_LIST = re.compile(r"\b(?:" + _IDENTIFIER_WORDS + r")s?\b(?:\s*(?:num
 # Phone words: a label right before a number, or further back in the same sentence.
 _WORDS = (r"phones?|telephones?|tel|tels|tele|tlf|tfn|ph|mobiles?|mob|cell|cellphone|cellular|handy|fax|faxes|"
           r"calls?|called|calling|dial|dialing|dial-in|ring|text|sms|whatsapp|signal|viber|hotline|helpline|"
-          r"contact|contacts|reach|reached|reachable|voicemail|numbers|landline|switchboard|callback|"
+          r"contact|contacts|reach|reachable|voicemail|numbers|landline|switchboard|callback|"
           r"t[ée]l[ée]phone|t[ée]l|portable|telefon|telefonnummer|rufnummer|mobil|mobilnummer|telefono|"
           r"tel[ée]fono|telefone|celular|m[óo]vil|cellulare|telefoon|mobiel|puhelin|numer|telefonu|"
           r"телефон|тел|моб|電話|携帯|手机|电话|전화|휴대폰")
@@ -94,7 +96,9 @@ _AFTER_WORD = r"(?:\s*(?:number|no\.?|nr\.?|#))?(?:\s+(?:is|are|was|at|on|to|me|
 # Right before the number: a phone word ("phone:", "call me on", "my number is"), or a one-letter
 # label of a signature ("T +44 ...", "M: ..."), or a connector ("on", "at", "or") with a phone
 # word earlier in the text.
-_LABEL = re.compile(r"(?:(?<!\d\s)\b(?:" + _WORDS + r")|\b" + _NUMBER_WORDS + r"\s+(?:number|no\.?|nr\.?|#))"
+# "number" alone too ("the number is", "Number:"): "order number", "card number" and the other
+# identifiers' numbers are refused before a label is looked at.
+_LABEL = re.compile(r"(?:(?<!\d\s)\b(?:" + _WORDS + r")|\b" + _NUMBER_WORDS + r"\s+(?:number|no\.?|nr\.?|#)|\bnumber)"
                     + _AFTER_WORD + r"[^\w\n]{0,6}$", re.IGNORECASE)
 _LETTER = re.compile(r"(?:^|[\s|(,;/])[TMFPCHWO]\.?:?[ \t]{0,3}$")
 _CONNECTOR = re.compile(r"\b(?:on|at|or|and|to|is|via|under)[^\w\n]{0,6}$", re.IGNORECASE)
