@@ -55,6 +55,10 @@ class Detector:
     left: tuple[str, int] | None = None
     chars: str = field(default="", compare=False)  # a regex class of every character a match may hold
     min_length: int = 0  # shorter matches are never candidates (Hyperscan drops them: fewer callbacks)
+    # A match followed by this is no candidate (Hyperscan has no lookahead): "0-85279-752" of an
+    # ISBN "0-85279-752-4". Its characters must be ones a match may hold, so that a stream holds
+    # them back with the match and judges it as a whole text would.
+    not_followed_by: str | None = None
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -205,7 +209,8 @@ BUILTIN: tuple[Detector, ...] = (
              (_B + r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}" + _B,
               r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:[0-9]{1,3}\.){3}[0-9]{1,3})"),
              lambda text, before: check_ipv4(text, before) if ":" not in text else check_ipv6(text, before)),
-    Detector("phone", "PHONE", "pii", phones.PATTERNS, phones.check, min_length=phones.MIN_LENGTH),
+    Detector("phone", "PHONE", "pii", phones.PATTERNS, phones.check, min_length=phones.MIN_LENGTH,
+             not_followed_by=phones.NOT_FOLLOWED_BY),
 )
 
 GROUPS: dict[str, tuple[str, ...]] = {

@@ -59,6 +59,11 @@ _GROUP = r"(?:" + _SEP + r"?\(?(?:0\)|[0-9]{1,5}\)?)){1,7}" + _EXT + r"\b"
 PATTERNS = (r"(?:\+|\+\(|\b)[0-9]{1,5}\)?" + _GROUP,
             r"\(\+?[0-9]{1,5}(?:[ -][0-9]{1,5})?\)" + _GROUP)
 
+# A candidate cut from a longer run of digit groups ("0-85279-752" of an ISBN, "9676 5286" of a
+# bank account "9676 5286 6134") is a piece of another value: a separator then a digit, or a
+# space then three digits, right after it (a phone number followed by " 2 times" still counts).
+NOT_FOLLOWED_BY = r"[-./]\d| \d{3}"
+
 MIN_LENGTH = 7  # characters: a match shorter than the fewest digits a phone number has is no candidate
 
 _NOT_DIGIT = re.compile(r"\D+")
@@ -87,7 +92,7 @@ _IDENTIFIER_LIST = re.compile(r"\b(?:" + _IDENTIFIER_WORDS + r")s?\b(?:\s*(?:num
 # Phone words: a label right before a number, or further back in the same sentence.
 _WORDS = (r"phones?|telephones?|tel|tels|tele|tlf|tfn|ph|mobiles?|mob|cell|cellphone|cellular|handy|fax|faxes|"
           r"calls?|called|calling|dial|dialing|dial-in|ring|text|sms|whatsapp|signal|viber|hotline|helpline|"
-          r"contact|contacts|reach|reachable|voicemail|numbers|landline|switchboard|callback|"
+          r"contact|contacts|reach|reached(?=\s+(?:at|on|via|by|under)\b)|reachable|voicemail|numbers|landline|switchboard|callback|"
           r"t[ée]l[ée]phone|t[ée]l|portable|telefon|telefonnummer|rufnummer|mobil|mobilnummer|telefono|"
           r"tel[ée]fono|telefone|celular|m[óo]vil|cellulare|telefoon|mobiel|puhelin|numer|telefonu|"
           r"телефон|тел|моб|電話|携帯|手机|电话|전화|휴대폰")
@@ -115,6 +120,7 @@ _DATE = re.compile(r"^(?:(?:19|20)\d\d([-./ ]?)(?:0[1-9]|1[0-2])\1(?:0[1-9]|[12]
 _YEAR_SERIAL = re.compile(r"(?:19|20)\d\d[-/]\d{3,}")
 _DECIMAL = re.compile(r"\d+\.\d+")
 _LEADING_ZERO = re.compile(r"0\d")
+_SEPARATORS = frozenset(" .-/")
 _THOUSANDS = re.compile(r"[1-9]\d{0,2}([ .])\d{3}(?:\1\d{3})*")
 _SSN_SHAPE = re.compile(r"\d{3}-\d{2}-\d{4}")
 _ZIP4 = re.compile(r"\d{5}-\d{4}")
@@ -259,6 +265,8 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
     if thousands and not named:  # 209.847.832, 8 336 817: a count, unless a phone word names it
         return None
     trunk = _TRUNK_ZERO.match(core) is not None
+    if grouped and core[-2] in _SEPARATORS and not named:  # ISBN 0-227-47180-6: no plan ends in one digit
+        return None
     if grouped:  # the plan's own groups first (formatting is cheaper than validating), then valid
         for region, number in _candidates(digits, regions):
             if _grouped_as(core, number) and phonenumbers.is_valid_number_for_region(number, region):

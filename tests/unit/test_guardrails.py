@@ -49,6 +49,8 @@ FOUND = [
     ("phone", "Jo Lee, 4 Elm St, Boise, ID 83702, 208-555-0147", "208-555-0147"),  # Idaho's "ID" is no identifier
     ("phone", "Jo Lee, 4 Elm St, Boise, ID 83702, 01632 960293", "01632 960293"),
     ("phone", "I tried 7824924647 twice", "7824924647"),  # valid in Canada's part of the North American plan
+    ("phone", "The number is 2614597755, ask for Jo", "2614597755"),  # "number" alone
+    ("phone", "She can be reached at 011 15-2345-4184 or by mail", "011 15-2345-4184"),
     ("credit_card", "paid with 5018 0000 0009", "5018 0000 0009"),  # a 12-digit Maestro
     ("aws_access_key", "key AKIAIOSFODNN7EXAMPLE here", "AKIAIOSFODNN7EXAMPLE"),
     ("github_token", "token ghp_" + "a1B2" * 9 + " end", "ghp_" + "a1B2" * 9),
@@ -102,6 +104,12 @@ NOT_FOUND = [
     "Scanned 0094384873596 at the till",  # an EAN-13 starting with 00 that is also a valid +94 number
     "Shipped to 00645-5092",  # a ZIP+4 starting with 00
     "Rios-Watson (21-6158988) filed on time",  # a US employer identification number
+    "Book 0-227-47180-6 is out",  # an ISBN-10: no plan ends a number in a one-digit group, nor is a piece of it one
+    "Bank details: 045026816 / 9676 5286 6134",  # a routing number and an account in groups (not "9676 5286")
+    "The number of visitors reached 218.993.582 in 2019",  # neither "number of" nor "reached" names a phone
+    "Order number: 2614597755",  # an identifier's number
+    "Catalogue number 2614597755",
+    "No. 2614597755",
 ]
 
 
