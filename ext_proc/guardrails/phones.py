@@ -13,8 +13,9 @@ with libphonenumber (``phonenumbers``, Google's metadata of every plan) for the 
    enough: writing the country code is a phone number's own mark. After ``00`` (which also starts
    zero-padded codes: UPC ``002566378388``, ZIP ``00645-5092``) the number must be valid, and
    bare digits not a barcode by their check digit.
-3. **North American**: bare digits valid in the plan (US, Canada, the Caribbean); or of its
-   shape (area code and exchange 2-9) in a
+3. **North American**: bare digits valid in the plan (US, Canada, the Caribbean), or eleven
+   bare digits of a Chinese mobile number (``13812345678``: its own shape); or of the North
+   American shape (area code and exchange 2-9) in a
    layout phone numbers are written in (``(415) 555-0100``, ``415-555-0100``, ``415.555.0100``,
    ``1 415 555 0100``, ``415/555-0100``).
 4. **Other national numbers** (no country code), tried in :data:`REGIONS` (the plans of the
@@ -130,6 +131,7 @@ _PAREN_CC = re.compile(r"^\(([1-9]\d{0,2})\) ?(?=\d)")
 _TRUNK_ZERO = re.compile(r"^\(?0(?!0)")
 # North American: area code and exchange 2-9, in a layout phone numbers are written in.
 _NANP = re.compile(r"^(?:\+?1[ .-]?|001[ .-]?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d(?:[ .-]|/ ?))[2-9]\d\d[ .-]\d{4}$")
+_CN_MOBILE = re.compile(r"^1[3-9]\d{9}$")
 _NANP_BARE = re.compile(r"^1?([2-9]\d\d[2-9]\d{6})$")
 
 
@@ -261,6 +263,9 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
     bare = _NANP_BARE.match(digits)
     if bare and phonenumbers.is_valid_number(PhoneNumber(country_code=1, national_number=int(bare.group(1)))):
         return "valid in the North American plan"  # the US, Canada, the Caribbean (in groups: as any plan, below)
+    if _CN_MOBILE.match(digits) and phonenumbers.number_type(PhoneNumber(country_code=86, national_number=int(
+            digits))) == phonenumbers.PhoneNumberType.MOBILE:
+        return "a mobile number of China's plan"  # eleven bare digits from 13 to 19: its own shape
     thousands = _THOUSANDS.fullmatch(core) is not None
     if thousands and not named:  # 209.847.832, 8 336 817: a count, unless a phone word names it
         return None
