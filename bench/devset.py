@@ -202,6 +202,11 @@ TEMPLATES = (
     "The number of visitors reached {BIGINT} in {YEAR}.",
     "Your confirmation number is {BOOKING}.",
     "Serial number {SERIAL}, lot number {ACCOUNT}.",
+    # A contact card's labels, and the same words before other numbers.
+    "{NAME}\nHome: {PHONE}\nWork: {PHONE2}",
+    "Office: {PHONE} | Direct: {PHONE2}",
+    "Office hours {HOURS}; our office has {BIGINT} visitors a year.",
+    "Work started on {DATE}: {QTY} units, {MEASURE}.",
 )
 # Templates only the holdout part uses (and the holdout part uses no other phone templates).
 HOLDOUT_TEMPLATES = (

@@ -63,7 +63,7 @@ PATTERNS = (r"(?:\+|\+\(|\b)[0-9]{1,5}\)?" + _GROUP,
 # A candidate cut from a longer run of digit groups ("0-85279-752" of an ISBN, "9676 5286" of a
 # bank account "9676 5286 6134") is a piece of another value: a separator then a digit, or a
 # space then three digits, right after it (a phone number followed by " 2 times" still counts).
-NOT_FOLLOWED_BY = r"[-./]\d| \d{3}"
+NOT_FOLLOWED_BY = r"[-./][0-9X]| [0-9]{3}"
 
 MIN_LENGTH = 7  # characters: a match shorter than the fewest digits a phone number has is no candidate
 
@@ -93,7 +93,8 @@ _IDENTIFIER_LIST = re.compile(r"\b(?:" + _IDENTIFIER_WORDS + r")s?\b(?:\s*(?:num
 # Phone words: a label right before a number, or further back in the same sentence.
 _WORDS = (r"phones?|telephones?|tel|tels|tele|tlf|tfn|ph|mobiles?|mob|cell|cellphone|cellular|handy|fax|faxes|"
           r"calls?|called|calling|dial|dialing|dial-in|ring|text|sms|whatsapp|signal|viber|hotline|helpline|"
-          r"contact|contacts|reach|reached(?=\s+(?:at|on|via|by|under)\b)|reachable|voicemail|numbers|landline|switchboard|callback|"
+          r"contact|contacts|reach|reached(?=\s+(?:at|on|via|by|under)\b)|reachable|voicemail|numbers|landline|"
+          r"switchboard|callback|txt|wechat|telegram|imessage|pager|beeper|toll-free|tollfree|freephone|"
           r"t[ée]l[ée]phone|t[ée]l|portable|telefon|telefonnummer|rufnummer|mobil|mobilnummer|telefono|"
           r"tel[ée]fono|telefone|celular|m[óo]vil|cellulare|telefoon|mobiel|puhelin|numer|telefonu|"
           r"телефон|тел|моб|電話|携帯|手机|电话|전화|휴대폰")
@@ -107,6 +108,10 @@ _AFTER_WORD = r"(?:\s*(?:number|no\.?|nr\.?|#))?(?:\s+(?:is|are|was|at|on|to|me|
 _LABEL = re.compile(r"(?:(?<!\d\s)\b(?:" + _WORDS + r")|\b" + _NUMBER_WORDS + r"\s+(?:number|no\.?|nr\.?|#)|\bnumber)"
                     + _AFTER_WORD + r"[^\w\n]{0,6}$", re.IGNORECASE)
 _LETTER = re.compile(r"(?:^|[\s|(,;/])[TMFPCHWO]\.?:?[ \t]{0,3}$")
+# A line's label in a signature or a contact card: "Home: ...", "Office: ...", "Direct: ..." (a colon).
+_CARD_LABEL = re.compile(r"(?:^|[\s|(,;/])(?:home|work|office|direct|main|desk|personal|private|business|"
+                         r"emergency|daytime|evening|after hours|out of hours|support|reception|front desk)"
+                         r"(?: line| no\.?| #)?[ \t]*[:：][ \t]{0,3}$", re.IGNORECASE)
 _CONNECTOR = re.compile(r"\b(?:on|at|or|and|to|is|via|under)[^\w\n]{0,6}$", re.IGNORECASE)
 _WORD = re.compile(r"(?<!\d\s)\b(?:" + _WORDS + r")\b|\b" + _NUMBER_WORDS + r"\s+(?:number|no\b|nr\b)", re.IGNORECASE)
 _CARD_OR_SSN = re.compile(r"\b(?:card|visa|mastercard|amex|debit|credit|cc|pan|ssn|social security|"
@@ -231,6 +236,7 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
     if not 7 <= size <= 15 or core.count("(") != core.count(")"):
         return None
     named = (_LABEL.search(before) is not None or _LETTER.search(before) is not None
+             or _CARD_LABEL.search(before) is not None
              or (_CONNECTOR.search(before) is not None and _WORD.search(before) is not None))
     if ((_GLUED.search(before) and not named) or _IDENTIFIER_LIST.search(before) or _CURRENCY.search(before)
             or _CARD_OR_SSN.search(before[-16:]) or _DATE.match(core) or _SSN_SHAPE.fullmatch(core)

@@ -50,6 +50,8 @@ FOUND = [
     ("phone", "Jo Lee, 4 Elm St, Boise, ID 83702, 01632 960293", "01632 960293"),
     ("phone", "I tried 7824924647 twice", "7824924647"),  # valid in Canada's part of the North American plan
     ("phone", "The number is 2614597755, ask for Jo", "2614597755"),  # "number" alone
+    ("phone", "Jo Lee\nHome: 0612345678", "0612345678"),  # a contact card's label
+    ("phone", "Office: 915 555 0100", "915 555 0100"),
     ("phone", "I tried 18873525223 twice", "18873525223"),  # eleven bare digits: a mobile number of China's plan
     ("phone", "She can be reached at 011 15-2345-4184 or by mail", "011 15-2345-4184"),
     ("credit_card", "paid with 5018 0000 0009", "5018 0000 0009"),  # a 12-digit Maestro
@@ -111,6 +113,8 @@ NOT_FOUND = [
     "Order number: 2614597755",  # an identifier's number
     "Catalogue number 2614597755",
     "No. 2614597755",
+    "Book: 0-469-84616-X, 789 pages",  # an ISBN-10 with the check character X
+    "Work: 2,345,678 hours",  # a label before a count
 ]
 
 
