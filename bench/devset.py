@@ -193,7 +193,7 @@ TEMPLATES = (
     "Scanned {GTIN} and {GTIN2} at the till, {AMOUNT} in total.",
     "Book: {ISBNH}, {PAGECOUNT} pages, {AMOUNT}.",
     "{NAME}, born {DATE}, travel document {PASSPORT}, nationality on file.",
-    "Mail it to {ADDRESS}, {NAME}, {ZIP4}.",
+    "Mail it to {ADDRESS}, {NAME}, {ZIP}.",
     "Items {GTIN}, {GTIN2} and {GTIN3} are out of stock.",
     # "number" alone: a phone number, unless a word before says which number.
     "The number is {PHONE}, ask for {NAME}.",

@@ -17,7 +17,7 @@ with libphonenumber (``phonenumbers``, Google's metadata of every plan) for the 
    bare digits of a Chinese mobile number (``13812345678``: its own shape); or of the North
    American shape (area code and exchange 2-9) in a
    layout phone numbers are written in (``(415) 555-0100``, ``415-555-0100``, ``415.555.0100``,
-   ``1 415 555 0100``, ``415/555-0100``).
+   ``1 415 555 0100``, ``415/555-0100``), or a local number with a dash (``555-0123``).
 4. **Other national numbers** (no country code), tried in :data:`REGIONS` (the plans of the
    languages Tollway's users write in; a plan is tried only when the digits have a length it
    uses): valid there and written in digit groups that plan's own format produces (``020 7946
@@ -70,8 +70,9 @@ MIN_LENGTH = 7  # characters: a match shorter than the fewest digits a phone num
 _NOT_DIGIT = re.compile(r"\D+")
 _GROUPS = re.compile(r"\d+")
 _EXTENSION = re.compile(r" ?(?:[xX]|[eE]xt\.?|EXT\.?|[eE]xtension) ?[0-9]+$")
-# A number glued to a word before it ("INV-555-0123", "ORD-2025-564329", "#4471-2291", "id=555...").
-_GLUED = re.compile(r"(?:[A-Za-z0-9][-/_.:]|#|[A-Za-z0-9_]=\"?)$")
+# A number glued to a word before it ("INV-555-0123", "ORD-2025-564329", "#4471-2291", "id=555..."),
+# or after Japan's postal mark (〒100-0001).
+_GLUED = re.compile(r"(?:[A-Za-z0-9][-/_.:]|#|〒 ?|[A-Za-z0-9_]=\"?)$")
 _IDENTIFIER_WORDS = (
     r"order|invoice|inv|ref|reference|ticket|case|part|sku|isbn|ean|upc|barcode|tracking|account|acct|routing|"
     r"iban|serial|badge|mrn|policy|claim|zip|postcode|postal code|version|pin|passcode|product|item|model|"
@@ -137,6 +138,7 @@ _TRUNK_ZERO = re.compile(r"^\(?0(?!0)")
 # North American: area code and exchange 2-9, in a layout phone numbers are written in.
 _NANP = re.compile(r"^(?:\+?1[ .-]?|001[ .-]?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d(?:[ .-]|/ ?))[2-9]\d\d[ .-]\d{4}$")
 _CN_MOBILE = re.compile(r"^1[3-9]\d{9}$")
+_NANP_LOCAL = re.compile(r"^[2-9]\d\d-\d{4}$")  # 555-0123: a local number, the exchange and the line
 _NANP_BARE = re.compile(r"^1?([2-9]\d\d[2-9]\d{6})$")
 
 
@@ -266,14 +268,18 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
             return "country code in parentheses"
     if _NANP.match(core):
         return "north american layout"
+    if _NANP_LOCAL.match(core):
+        return "north american local number"
     bare = _NANP_BARE.match(digits)
     if bare and phonenumbers.is_valid_number(PhoneNumber(country_code=1, national_number=int(bare.group(1)))):
         return "valid in the North American plan"  # the US, Canada, the Caribbean (in groups: as any plan, below)
     if _CN_MOBILE.match(digits) and phonenumbers.number_type(PhoneNumber(country_code=86, national_number=int(
             digits))) == phonenumbers.PhoneNumberType.MOBILE:
         return "a mobile number of China's plan"  # eleven bare digits from 13 to 19: its own shape
-    thousands = _THOUSANDS.fullmatch(core) is not None
-    if thousands and not named:  # 209.847.832, 8 336 817: a count, unless a phone word names it
+    # 209.847.832, 8 336 817: a count, unless a phone word names it or an extension follows
+    extension = len(core) < len(text)
+    thousands = _THOUSANDS.fullmatch(core) is not None and not extension
+    if thousands and not named:
         return None
     trunk = _TRUNK_ZERO.match(core) is not None
     if grouped and core[-2] in _SEPARATORS and not named:  # ISBN 0-227-47180-6: no plan ends in one digit
@@ -291,7 +297,7 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
         return None
     if named and _possible(digits, regions):
         return "named"
-    if len(core) < len(text) and _possible(digits, regions):
+    if extension and _possible(digits, regions):
         return "with an extension"
     if near and (grouped or trunk or _NANP_BARE.match(digits)) and _possible(digits, regions):
         return "near a phone word"

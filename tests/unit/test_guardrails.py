@@ -53,6 +53,8 @@ FOUND = [
     ("phone", "Jo Lee\nHome: 0612345678", "0612345678"),  # a contact card's label
     ("phone", "Office: 915 555 0100", "915 555 0100"),
     ("phone", "I tried 18873525223 twice", "18873525223"),  # eleven bare digits: a mobile number of China's plan
+    ("phone", "I tried 439-8264 twice", "439-8264"),  # a North American local number
+    ("phone", "If busy try 512 343 896 extension 62306", "512 343 896 extension 62306"),  # no count has one
     ("phone", "She can be reached at 011 15-2345-4184 or by mail", "011 15-2345-4184"),
     ("credit_card", "paid with 5018 0000 0009", "5018 0000 0009"),  # a 12-digit Maestro
     ("aws_access_key", "key AKIAIOSFODNN7EXAMPLE here", "AKIAIOSFODNN7EXAMPLE"),
@@ -115,6 +117,8 @@ NOT_FOUND = [
     "No. 2614597755",
     "Book: 0-469-84616-X, 789 pages",  # an ISBN-10 with the check character X
     "Work: 2,345,678 hours",  # a label before a count
+    "〒419-0478 Shizuoka",  # a Japanese postcode
+    "Employee 439-8264 started",
 ]
 
 
