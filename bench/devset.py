@@ -309,6 +309,8 @@ def _phone(fake: dict[str, Faker], rng: random.Random, part: str) -> str:
         value = _example(rng.choice(TUNE_REGIONS if part == "tune" else HOLDOUT_REGIONS), rng)
     else:
         value = _north_american(rng)
+    if rng.random() < 0.05:  # as a word processor or another language writes it: no-break spaces, en dashes
+        value = value.replace(" ", rng.choice(("\u00a0", "\u202f"))).replace("-", "\u2013")
     if rng.random() < 0.1 and not re.search(r"[a-z]", value):
         value += rng.choice(EXTENSIONS).format(rng.randint(1, 99999) if rng.random() < 0.5 else rng.randint(1, 999))
     return value
@@ -348,7 +350,7 @@ def _iban(fake: dict[str, Faker], rng: random.Random) -> str:
 
 def _grouped(value: int, rng: random.Random) -> str:
     """A count with thousands separators as the world writes them."""
-    sep = rng.choice((",", ".", " ", "\u202f", "'", ""))
+    sep = rng.choice((",", ".", " ", "\u202f", "\u00a0", "'", ""))
     text = f"{value:,}"
     return text.replace(",", sep)
 

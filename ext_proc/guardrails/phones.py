@@ -50,7 +50,13 @@ REGIONS = ("US", "GB", "DE", "FR", "IT", "ES", "CA", "AU", "IN", "BR", "MX", "JP
            "PL", "SE", "PT", "IE", "DK", "NO", "FI", "CZ", "HU", "RO", "GR", "TR", "RU", "UA", "IL", "CN",
            "KR", "ID", "TH", "VN", "ZA", "NZ", "SG", "PH")
 
-_SEP = r"(?:[ .-]|/ ?)"
+# Spaces and dashes as word processors and other languages write them too: no-break and narrow
+# no-break spaces, hyphens and en dashes (the check reads them as a space and a dash).
+_SPACES = "\u00a0\u202f\u2009"
+_DASHES = "\u2010\u2011\u2012\u2013\u2212"
+_NORMAL = str.maketrans(_SPACES + _DASHES, " " * len(_SPACES) + "-" * len(_DASHES))
+# (An alternation, not a class: Hyperscan reads the pattern's UTF-8 bytes.)
+_SEP = r"(?:[ .-]|/ ?|" + "|".join(_SPACES + _DASHES) + ")"
 _EXT = r"(?: ?(?:[xX]|[eE]xt\.?|EXT\.?|[eE]xtension) ?[0-9]{1,6})?"
 _GROUP = r"(?:" + _SEP + r"?\(?(?:0\)|[0-9]{1,5}\)?)){1,7}" + _EXT + r"\b"
 # Up to eight digit groups, any of them in parentheses, separated by a space, dot, dash or slash
@@ -63,7 +69,7 @@ PATTERNS = (r"(?:\+|\+\(|\b)[0-9]{1,5}\)?" + _GROUP,
 # A candidate cut from a longer run of digit groups ("0-85279-752" of an ISBN, "9676 5286" of a
 # bank account "9676 5286 6134") is a piece of another value: a separator then a digit, or a
 # space then three digits, right after it (a phone number followed by " 2 times" still counts).
-NOT_FOLLOWED_BY = r"[-./][0-9X]| [0-9]{3}"
+NOT_FOLLOWED_BY = r"[-./\u2010-\u2013\u2212][0-9X]|[ \u00a0\u202f\u2009][0-9]{3}"
 
 MIN_LENGTH = 7  # characters: a match shorter than the fewest digits a phone number has is no candidate
 
@@ -232,6 +238,7 @@ def _grouped_as(text: str, number: PhoneNumber) -> bool:
 def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | None:
     """Why ``text`` (a candidate, ``before``: the text just before it) is a phone number, or None
     when it is not one (see the module docstring)."""
+    text = text.translate(_NORMAL)
     core = _EXTENSION.sub("", text)
     digits = _NOT_DIGIT.sub("", core)
     size = len(digits)
