@@ -241,19 +241,25 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
     text = text.translate(_NORMAL)
     core = _EXTENSION.sub("", text)
     digits = _NOT_DIGIT.sub("", core)
-    size = len(digits)
-    if not 7 <= size <= 15 or core.count("(") != core.count(")"):
+    if (not 7 <= len(digits) <= 15 or core.count("(") != core.count(")") or _DATE.match(core)
+            or _SSN_SHAPE.fullmatch(core) or _YEAR_SERIAL.fullmatch(core)):
         return None
     named = (_LABEL.search(before) is not None or _LETTER.search(before) is not None
              or _CARD_LABEL.search(before) is not None
              or (_CONNECTOR.search(before) is not None and _WORD.search(before) is not None))
-    if ((_GLUED.search(before) and not named) or _IDENTIFIER_LIST.search(before) or _CURRENCY.search(before)
-            or _CARD_OR_SSN.search(before[-16:]) or _DATE.match(core) or _SSN_SHAPE.fullmatch(core)
-            or _YEAR_SERIAL.fullmatch(core)):
+    # The words before that refuse any number are read last, for a candidate the rest would take
+    # (the regular expressions over the context cost more than the layout's).
+    reason = _reason(text, core, digits, before, named, regions)
+    if reason is None or (_GLUED.search(before) and not named) or _IDENTIFIER_LIST.search(before) \
+            or _CURRENCY.search(before) or _CARD_OR_SSN.search(before[-16:]):
         return None
+    return reason
+
+
+def _reason(text: str, core: str, digits: str, before: str, named: bool, regions: tuple[str, ...]) -> str | None:
+    size = len(digits)
     if _DECIMAL.fullmatch(core) and not _LEADING_ZERO.match(core) and not named:  # not 0800.124684
         return None
-    near = named or _near(before)
     grouped = len(_GROUPS.findall(core)) > 1
 
     international = _INTERNATIONAL.match(core)
@@ -306,7 +312,7 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
         return "named"
     if extension and _possible(digits, regions):
         return "with an extension"
-    if near and (grouped or trunk or _NANP_BARE.match(digits)) and _possible(digits, regions):
+    if (grouped or trunk or _NANP_BARE.match(digits)) and (named or _near(before)) and _possible(digits, regions):
         return "near a phone word"
     return None
 
