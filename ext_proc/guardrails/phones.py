@@ -10,7 +10,8 @@ with libphonenumber (``phonenumbers``, Google's metadata of every plan) for the 
    (``INV-555-0123``, ``user=5551234567``) or right after an identifier word ("order", "account",
    "customer", "IMEI", ...), a currency sign, or a card or SSN word.
 2. **International** (``+``, ``(+44)``, ``+(370)``): a number of a length its country uses is
-   enough: writing the country code is a phone number's own mark. After ``00`` (which also starts
+   enough: writing the country code is a phone number's own mark (in groups or named, another
+   length too: a digit too many or too few, or a plan newer than the metadata). After ``00`` (which also starts
    zero-padded codes: UPC ``002566378388``, ZIP ``00645-5092``) the number must be valid, and
    bare digits not a barcode by their check digit.
 3. **North American**: bare digits valid in the plan (US, Canada, the Caribbean), or eleven
@@ -271,6 +272,11 @@ def _reason(text: str, core: str, digits: str, before: str, named: bool, regions
                                    phonenumbers.is_valid_number(number) and (grouped or named or not _gtin(digits))):
             return "international"
         if not core.startswith("00"):
+            # A length the plan does not list (a digit too many or too few, or a plan newer than
+            # the metadata): still the country code's mark, when written in groups or named.
+            if (number is not None and number.country_code is not None and (grouped or named) and size >= 8
+                    and phonenumbers.region_code_for_country_code(number.country_code) != "ZZ"):
+                return "international, a length its plan does not list"
             return None
     if (_ZIP4.fullmatch(core) or _EIN_SHAPE.fullmatch(core)) and not named:
         return None

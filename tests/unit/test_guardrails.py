@@ -54,6 +54,7 @@ FOUND = [
     ("phone", "Office: 915 555 0100", "915 555 0100"),
     ("phone", "I tried 18873525223 twice", "18873525223"),  # eleven bare digits: a mobile number of China's plan
     ("phone", "I tried 439-8264 twice", "439-8264"),  # a North American local number
+    ("phone", "Contact Donna at +54 9 3815 7527.", "+54 9 3815 7527"),  # "+", a length the plan does not list
     ("phone", "call 415\u2013555\u20130100 now", "415\u2013555\u20130100"),  # en dashes
     ("phone", "T\u00e9l. : 01\u00a023\u00a045\u00a067\u00a089", "01\u00a023\u00a045\u00a067\u00a089"),  # NBSP
     ("phone", "If busy try 512 343 896 extension 62306", "512 343 896 extension 62306"),  # no count has one
@@ -121,6 +122,7 @@ NOT_FOUND = [
     "Work: 2,345,678 hours",  # a label before a count
     "〒419-0478 Shizuoka",  # a Japanese postcode
     "Employee 439-8264 started",
+    "an increase of +1 234 567 visitors",  # a count's groups after "+"
     "population 8\u00a0336\u00a0817 in 2019",  # a count with no-break spaces
     "pages 120\u2013135 and 2019\u20132020",
 ]
