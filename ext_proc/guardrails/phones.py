@@ -146,6 +146,7 @@ _TRUNK_ZERO = re.compile(r"^\(?0(?!0)")
 _NANP = re.compile(r"^(?:\+?1[ .-]?|001[ .-]?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d(?:[ .-]|/ ?))[2-9]\d\d[ .-]\d{4}$")
 _CN_MOBILE = re.compile(r"^1[3-9]\d{9}$")
 _NANP_LOCAL = re.compile(r"^[2-9]\d\d-\d{4}$")  # 555-0123: a local number, the exchange and the line
+_NANP_GROUPS = re.compile(r"^(?:\+?1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}$")
 _NANP_BARE = re.compile(r"^1?([2-9]\d\d[2-9]\d{6})$")
 
 
@@ -289,10 +290,12 @@ def _reason(text: str, core: str, digits: str, before: str, named: bool, regions
         return "north american layout"
     if _NANP_LOCAL.match(core):
         return "north american local number"
-    bare = _NANP_BARE.match(digits)
+    # Bare, or in the plan's groups (3, 3, 4) whatever the exchange's first digit: not any ten
+    # digits in groups (84-529-9629-2 is an ISBN)
+    bare = _NANP_BARE.match(digits) if not grouped or _NANP_GROUPS.match(core) else None
     if bare and phonenumbers.is_valid_number(PhoneNumber(country_code=1, national_number=int(bare.group(1)))):
         return "valid in the North American plan"  # the US, Canada, the Caribbean (in groups: as any plan, below)
-    if _CN_MOBILE.match(digits) and phonenumbers.number_type(PhoneNumber(country_code=86, national_number=int(
+    if not grouped and _CN_MOBILE.match(digits) and phonenumbers.number_type(PhoneNumber(country_code=86, national_number=int(
             digits))) == phonenumbers.PhoneNumberType.MOBILE:
         return "a mobile number of China's plan"  # eleven bare digits from 13 to 19: its own shape
     # 209.847.832, 8 336 817: a count, unless a phone word names it or an extension follows

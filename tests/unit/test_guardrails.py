@@ -123,6 +123,7 @@ NOT_FOUND = [
     "〒419-0478 Shizuoka",  # a Japanese postcode
     "Employee 439-8264 started",
     "an increase of +1 234 567 visitors",  # a count's groups after "+"
+    "ISBN-10 84-529-9629-2",  # ten digits in groups that are not the North American plan's
     "population 8\u00a0336\u00a0817 in 2019",  # a count with no-break spaces
     "pages 120\u2013135 and 2019\u20132020",
 ]
