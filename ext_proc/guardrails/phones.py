@@ -294,9 +294,9 @@ def _reason(text: str, core: str, digits: str, before: str, named: bool, regions
     # digits in groups (84-529-9629-2 is an ISBN)
     bare = _NANP_BARE.match(digits) if not grouped or _NANP_GROUPS.match(core) else None
     if bare and phonenumbers.is_valid_number(PhoneNumber(country_code=1, national_number=int(bare.group(1)))):
-        return "valid in the North American plan"  # the US, Canada, the Caribbean (in groups: as any plan, below)
-    if not grouped and _CN_MOBILE.match(digits) and phonenumbers.number_type(PhoneNumber(country_code=86, national_number=int(
-            digits))) == phonenumbers.PhoneNumberType.MOBILE:
+        return "valid in the North American plan"  # the US, Canada, the Caribbean
+    if not grouped and _CN_MOBILE.match(digits) and phonenumbers.number_type(
+            PhoneNumber(country_code=86, national_number=int(digits))) == phonenumbers.PhoneNumberType.MOBILE:
         return "a mobile number of China's plan"  # eleven bare digits from 13 to 19: its own shape
     # 209.847.832, 8 336 817: a count, unless a phone word names it or an extension follows
     extension = len(core) < len(text)
