@@ -14,15 +14,18 @@ ones sought that are not (order, invoice, ticket and employee numbers in SSN and
 ZIP+4 and national postcodes, dates, times and timestamps in every layout, amounts and counts
 with thousands separators, EAN barcodes, ISBNs, IMEIs, card-like digits that fail Luhn, versions,
 routing, account and sort codes, Unix timestamps, tracking numbers, coordinates, ranges,
-verification codes, measurements).
+verification codes, measurements), and codes Faker's own generators write (ABA routing numbers,
+EINs, EAN/UPC barcodes, ISBNs, passport numbers) with no word naming them, and "number" before
+numbers that are not phone numbers.
 
 Phone numbers come from three sources: Faker's ``phone_number`` providers of 45 locales (each
 with its national layouts, with and without the country code and extensions), numbers of 40
 regions built on libphonenumber's example numbers and written in its international, national and
 E.164 formats and in the variations people type (dots, dashes, no separators, ``00`` for ``+``,
 ``+44 (0)``, the area code in parentheses), and North American numbers in hand-written layouts;
-one in ten gets an extension (``x123``, ``ext. 12``, ``extension 4``). They appear after a phone
-word, with the word after them, with no phone word at all, in lists, signatures, tables, CSV and
+one in ten gets an extension (``x123``, ``ext. 12``, ``extension 4``), one in twenty no-break
+spaces and en dashes. They appear after a phone word, with the word after them, with no phone
+word at all, in lists, signatures, contact cards, tables, CSV and
 JSON, in several languages.
 
 Two parts (``part``): ``tune``, the one to look at and tune on (``bench/eval.py --dev --show N``
