@@ -300,7 +300,7 @@ def _north_american(rng: random.Random) -> str:
     area, exchange, line = rng.randint(201, 989), rng.randint(200, 999), rng.randint(0, 9999)
     layout = rng.choice(("({a}) {e}-{l}", "({a}) {e} {l}", "{a}-{e}-{l}", "{a} {e} {l}", "{a}.{e}.{l}",
                          "1-{a}-{e}-{l}", "1 ({a}) {e}-{l}", "+1 {a} {e} {l}", "+1 ({a}) {e}-{l}", "{a}/{e}-{l}",
-                         "{e}-{l}"))
+                         "{a} - {e} - {l}", "{e}-{l}"))
     return layout.format(a=area, e=exchange, l=f"{line:04}")
 
 

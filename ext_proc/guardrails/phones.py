@@ -55,9 +55,10 @@ REGIONS = ("US", "GB", "DE", "FR", "IT", "ES", "CA", "AU", "IN", "BR", "MX", "JP
 # no-break spaces, hyphens and en dashes (the check reads them as a space and a dash).
 _SPACES = "\u00a0\u202f\u2009"
 _DASHES = "\u2010\u2011\u2012\u2013\u2212"
+_SPACED_DASH = re.compile(r" - ")
 _NORMAL = str.maketrans(_SPACES + _DASHES, " " * len(_SPACES) + "-" * len(_DASHES))
 # (An alternation, not a class: Hyperscan reads the pattern's UTF-8 bytes.)
-_SEP = r"(?:[ .-]|/ ?|" + "|".join(_SPACES + _DASHES) + ")"
+_SEP = r"(?:[ .-]|/ ?| - |" + "|".join(_SPACES + _DASHES) + "| \u2013 )"  # and a spaced dash: 415 - 555 - 0100
 _EXT = r"(?: ?(?:[xX]|[eE]xt\.?|EXT\.?|[eE]xtension) ?[0-9]{1,6})?"
 _GROUP = r"(?:" + _SEP + r"?\(?(?:0\)|[0-9]{1,5}\)?)){1,7}" + _EXT + r"\b"
 # Up to eight digit groups, any of them in parentheses, separated by a space, dot, dash or slash
@@ -240,7 +241,7 @@ def _grouped_as(text: str, number: PhoneNumber) -> bool:
 def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | None:
     """Why ``text`` (a candidate, ``before``: the text just before it) is a phone number, or None
     when it is not one (see the module docstring)."""
-    text = text.translate(_NORMAL)
+    text = _SPACED_DASH.sub("-", text.translate(_NORMAL))
     core = _EXTENSION.sub("", text)
     digits = _NOT_DIGIT.sub("", core)
     if (not 7 <= len(digits) <= 15 or core.count("(") != core.count(")") or _DATE.match(core)

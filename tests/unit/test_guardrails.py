@@ -56,6 +56,7 @@ FOUND = [
     ("phone", "I tried 439-8264 twice", "439-8264"),  # a North American local number
     ("phone", "Contact Donna at +54 9 3815 7527.", "+54 9 3815 7527"),  # "+", a length the plan does not list
     ("phone", "call 415\u2013555\u20130100 now", "415\u2013555\u20130100"),  # en dashes
+    ("phone", "call 415 - 555 - 0100 now", "415 - 555 - 0100"),  # spaced dashes
     ("phone", "T\u00e9l. : 01\u00a023\u00a045\u00a067\u00a089", "01\u00a023\u00a045\u00a067\u00a089"),  # NBSP
     ("phone", "If busy try 512 343 896 extension 62306", "512 343 896 extension 62306"),  # no count has one
     ("phone", "She can be reached at 011 15-2345-4184 or by mail", "011 15-2345-4184"),
@@ -126,6 +127,7 @@ NOT_FOUND = [
     "ISBN-10 84-529-9629-2",  # ten digits in groups that are not the North American plan's
     "population 8\u00a0336\u00a0817 in 2019",  # a count with no-break spaces
     "pages 120\u2013135 and 2019\u20132020",
+    "between 1990 - 2010, from 20000 - 30000 users",  # ranges
 ]
 
 
