@@ -40,8 +40,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from ext_proc.core import pipeline
@@ -604,6 +602,9 @@ async def _watch_tls(tls: listen.TLSContext, interval: float) -> None:
 
 
 async def _serve_grpcio(config: ServeConfig, service: Service, address: str, stop: asyncio.Event) -> None:
+    import grpc  # here only: the h2 server never needs grpcio's 20 MB of imports
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
     parsed = listen.parse(address)
     if parsed.kind == "unix":
         listen.check_directory(os.path.dirname(parsed.path))
