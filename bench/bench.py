@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ext_proc.stack import Stack, mock_plan, process_tree  # noqa: E402
+from ext_proc.stack import Stack, mock_plan, process_tree, worker_pids  # noqa: E402
 
 POLICY = ROOT / "policies" / "example.yaml"
 DEMO_KEY = "tw-local-demo-key-not-secret"  # the example policy's public demo key (team demo)
@@ -82,6 +82,49 @@ def cpu_ns(pids: list[int]) -> int:
     return total
 
 
+def pss_mb(pids: list[int]) -> float:
+    """Proportional set size of these processes (pages shared between them counted once), in MB."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+# Issue 18's goals, with every policy feature on (make bench runs the example policy as shipped).
+GOALS = {"added_p50_ms": 0.6, "added_p99_ms": 1.5, "cpu_1": 700, "cpu_16": 400, "rps_16": 3500, "pss_mb": 250}
+
+
+def goals(results: list[dict], pss: float, busy: list[float]) -> list[tuple[str, str, str, bool]]:
+    """Each goal for the chat case: (what, measured, goal, met)."""
+    chat = {r["connections"]: r for r in results if r["target"] == "gateway" and r["case"] == "chat"}
+    rows = []
+    if 1 in chat:
+        one = chat[1]
+        cpu = one["cpu_us_per_req"]["envoy"] + one["cpu_us_per_req"]["tollway"]
+        rows += [("added p50, 1 connection", f"{one['added_p50_ms']:.2f} ms", f"≤ {GOALS['added_p50_ms']} ms",
+                  one["added_p50_ms"] <= GOALS["added_p50_ms"]),
+                 ("added p99, 1 connection", f"{one['added_p99_ms']:.2f} ms", f"≤ {GOALS['added_p99_ms']} ms",
+                  one["added_p99_ms"] <= GOALS["added_p99_ms"]),
+                 ("CPU Envoy + Tollway per request, 1 connection", f"{cpu:.0f} µs", f"≤ {GOALS['cpu_1']} µs",
+                  cpu <= GOALS["cpu_1"])]
+    if 16 in chat:
+        many = chat[16]
+        cpu = many["cpu_us_per_req"]["envoy"] + many["cpu_us_per_req"]["tollway"]
+        rows += [("CPU Envoy + Tollway per request, 16 connections", f"{cpu:.0f} µs", f"≤ {GOALS['cpu_16']} µs",
+                  cpu <= GOALS["cpu_16"]),
+                 ("req/s, 16 connections", f"{many['rps']:.0f}", f"≥ {GOALS['rps_16']}",
+                  many["rps"] >= GOALS["rps_16"])]
+    if busy:
+        rows.append(("each worker's share of Tollway's CPU, 16 connections", " / ".join(f"{b:.0%}" for b in busy),
+                     "every worker busy", min(busy) >= 0.5 / len(busy)))
+    rows.append(("PSS of Envoy + Tollway after the run", f"{pss:.0f} MB", f"≤ {GOALS['pss_mb']} MB",
+                 pss <= GOALS["pss_mb"]))
+    return rows
+
+
 def _sink() -> str:
     """An OTLP/HTTP collector in this process that accepts and drops what it is sent; its URL."""
     import http.server
@@ -129,20 +172,24 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="Tollway worker processes (default 2)")
     parser.add_argument("--envoy-concurrency", type=int, default=2, help="Envoy worker threads (default 2)")
     parser.add_argument("--json", default=str(ROOT / ".tollway" / "bench.json"), help="where to write results")
+    parser.add_argument("--policy", default=str(POLICY),
+                        help="the gateway's policy (default: the example, everything on)")
     parser.add_argument("--traced", action="store_true", help="also run the gateway with tracing on")
     parser.add_argument("--trace-ratio", default="0.05", help="--trace-sample-ratio of the traced gateway")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
-    mocked, _ = mock_plan(POLICY, {})
+    policy = Path(args.policy).resolve()
+    mocked, _ = mock_plan(policy, {})
     plain = Stack(work / "plain", ext_proc_enabled=False, envoy_concurrency=args.envoy_concurrency, mocked=mocked)
     gateway = Stack(work / "gateway", mock=False, mock_port=plain.mock_port, workers=args.workers,
-                    envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=POLICY)
+                    envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=policy)
     results = []
+    busy: list[float] = []  # each worker's share of the gateway's CPU in the chat case at 16 connections
     traced = contextlib.nullcontext()
     if args.traced:
         traced = Stack(work / "traced", mock=False, mock_port=plain.mock_port, workers=args.workers,
-                       envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=POLICY,
+                       envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=policy,
                        serve_args=("--otlp-endpoint", _sink(), "--trace-sample-ratio", args.trace_ratio))
     with plain, gateway, traced:
         mock_pids = _descendants(plain.procs["mock"].pid)
@@ -159,11 +206,17 @@ def main() -> int:
             script.write_text(LUA.format(body=json.dumps(BODIES[case]), key=DEMO_KEY))
             for connections in (int(c) for c in args.connections.split(",")):
                 for target, (stack, groups) in targets.items():
+                    workers = worker_pids(stack.procs["tollway"].pid) if "tollway" in groups else []
+                    before = [cpu_ns([w]) for w in workers]
                     result = measure(stack, groups, script, connections, args.seconds)
+                    if target == "gateway" and case == "chat" and connections == 16 and workers:
+                        spent = [cpu_ns([w]) - b for w, b in zip(workers, before, strict=True)]
+                        busy = [x / max(1, sum(spent)) for x in spent]
                     result.update(case=case, connections=connections, target=target)
                     results.append(result)
                     print(f"  {case:12} c={connections:<3} {target:8} {result['rps']:8.0f} req/s", file=sys.stderr)
         lines = gateway.record_log.read_text().splitlines() if gateway.record_log.exists() else []
+        pss = pss_mb(_descendants(gateway.procs["envoy"].pid) + _descendants(gateway.procs["tollway"].pid))
 
     print()
     print(f"Tollway benchmark — {os.cpu_count()} cores, {args.seconds:.0f} s per run, "
@@ -190,6 +243,9 @@ def main() -> int:
     gateway_requests = sum(r["requests"] for r in results if r["target"] == "gateway")
     print(f"\nrequest records written by the gateway: {len(lines)} (requests sent to it: ~{gateway_requests:.0f}"
           " plus warm-ups)")
+    print(f"\nGoals (chat, {policy.name}; plain Envoy's figures above are from the same run):")
+    for what, got, goal, met in goals(results, pss, busy):
+        print(f"  {what:52} {got:>14}   goal {goal:18} {'met' if met else 'MISSED'}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"results: {args.json}")
