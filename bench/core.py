@@ -67,6 +67,12 @@ GUARDRAILS = """guardrails:
 """
 # Budgets and rate limits measured: a monthly budget in USD and tokens and per-minute limits on the
 # demo team, far from their limits (admission and settlement on every request, nothing refused).
+def bare_policy() -> str:
+    """The example policy without its budgets, rate limits and guardrails (the sections at its end)."""
+    example = POLICY.read_text()
+    return example[:example.index("\n# --- Budgets and rate limits")] + "\n"
+
+
 LIMITS = """budgets:
   demo-monthly: {team: demo, usd: "1000000", tokens: 1000000000000, period: month}
 rate_limits:
@@ -194,8 +200,7 @@ async def _main(args: argparse.Namespace) -> int:
         os.environ.setdefault(variable, "sk-bench-not-a-key")
     # The example policy without its budgets, rate limits and guardrails: the core alone; then
     # with one of them; "-full" cases run the example as shipped (everything on).
-    example = POLICY.read_text()
-    bare = example[:example.index("\n# --- Budgets and rate limits")] + "\n"
+    bare = bare_policy()
     bare_file = Path(tempfile.mkdtemp()) / "bare.yaml"
     bare_file.write_text(bare)
     holder = published(bare_file)

@@ -1,7 +1,8 @@
 """``make bench-limits``: what budgets and rate limits add to a request, on the node and in Redis.
 
 Three gateways on the same fake provider, in one run, driven by ``wrk`` at 1 and 16 connections
-with the example policy's chat request: without limits; with a budget and per-minute limits on
+with the example policy's chat request: the example without its budgets, limits and guardrails;
+with a budget and per-minute limits on
 the demo team counted by the node itself (the service's parent holds the counters for its
 workers); and the same counted in a real ``redis-server``. The limits are far from being
 reached: every request is admitted and settled. Reported per run: requests/s, p50/p99, the p50
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import socket
 import subprocess
@@ -57,12 +57,13 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tollway-bench-limits-"))
-    limited = work / "limited.yaml"
-    limited.write_text(re.sub(r"^budgets: \{\}.*\nrate_limits: \{\}.*\n", LIMITS, POLICY.read_text(), flags=re.M))
+    bare, limited = work / "bare.yaml", work / "limited.yaml"
+    bare.write_text(in_process.bare_policy())  # the example without its budgets, limits and guardrails
+    limited.write_text(in_process.bare_policy() + LIMITS)
     mocked, _ = mock_plan(POLICY, {})
     redis_proc, redis_port = _redis(work)
     common = {"workers": args.workers, "envoy_concurrency": 2, "mocked": mocked}
-    none = Stack(work / "none", policy=POLICY, **common)  # type: ignore[arg-type]
+    none = Stack(work / "none", policy=bare, **common)  # type: ignore[arg-type]
     node = Stack(work / "node", policy=limited, mock=False, mock_port=none.mock_port, **common)  # type: ignore[arg-type]
     redis = Stack(work / "redis", policy=limited, mock=False, mock_port=none.mock_port,  # type: ignore[arg-type]
                   serve_args=("--redis", f"redis://127.0.0.1:{redis_port}/0"), **common)
