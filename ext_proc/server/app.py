@@ -34,16 +34,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from ext_proc.core import pipeline
 from ext_proc.ledger import budgets
-from ext_proc.server import h2, listen
+from ext_proc.server import h2, journal, listen
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
 from ext_proc.server.alerts import Alerts
@@ -225,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
         watcher = threading.Thread(target=controller.watch, args=(config.reload_interval, stop),
                                    name="tollway-policy", daemon=True)
         watcher.start()
+        recover_records(config)  # requests in flight when a previous run died
         try:
             sock = listener.sock if listener else None
             if config.workers == 1:
@@ -321,6 +326,19 @@ def open_ledger(redis_url: str | None) -> Ledger:
     return RedisLedger(redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2))
 
 
+def recover_records(config: ServeConfig) -> None:
+    """Write the records of requests a dead worker had sent upstream (:mod:`ext_proc.server.journal`)."""
+    if not config.log_file:
+        return
+    add = None
+    if config.redis_url:
+        add = open_ledger(config.redis_url).add
+    try:
+        journal.recover(config.log_file, add)
+    except Exception:  # never keep the service from starting or a worker from restarting
+        log.exception("recovering the journals of %s", config.log_file)
+
+
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -341,8 +359,9 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
                  publication: Publication) -> None:
     registry = CollectorRegistry()
     ledger = open_ledger(config.redis_url)
-    records = RecordWriter(config.log_file, ledger=ledger)
+    records = RecordWriter(config.log_file, ledger=ledger, journal=True, immediate=True)
     records.start()
+    registry.register(RequestLogCollector(records))
     holder = PolicyHolder(publication, registry) if config.policy else None
     if holder is not None and holder.current is None:
         raise SystemExit(2)
@@ -371,6 +390,9 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
 
     def ready() -> tuple[bool, dict[str, object]]:
         details: dict[str, object] = {"draining": draining, "workload": config.workload}
+        # A log that cannot be written is shown, not failed: requests are still governed (budgets and
+        # limits do not depend on it) and their records wait in memory until it can be written.
+        details["request_log"] = records.status()
         since = keeper.degraded_since
         # Degraded is shown, not failed: a sidecar that cannot reach Redis still serves (the policy's
         # shared_state.on_unavailable decides how), and failing readiness would take it out of service.
@@ -431,6 +453,25 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
     await records.close()
     if isinstance(store, RedisStore):
         await store.close()
+
+
+class RequestLogCollector(Collector):
+    """``tollway_request_log_*``: the request log's write failures, records waiting and dropped."""
+
+    def __init__(self, records: RecordWriter) -> None:
+        self.records = records
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.records.status()
+        yield GaugeMetricFamily("tollway_request_log_ok", "1 while the request log can be written", value=status["ok"])
+        yield CounterMetricFamily("tollway_request_log_errors", "Failed writes to the request log",
+                                  value=status["failed_writes"])
+        yield GaugeMetricFamily("tollway_request_log_waiting", "Records waiting in memory to be written",
+                                value=status["waiting"])
+        yield CounterMetricFamily("tollway_request_log_dropped", "Records dropped: the log stayed unwritable "
+                                  "past the in-memory bound (or at exit)", value=status["dropped"])
+        yield CounterMetricFamily("tollway_request_journal_errors", "Failed writes to the write-ahead journal",
+                                  value=status["journal_errors"])
 
 
 async def _watch_tls(tls: listen.TLSContext, interval: float) -> None:
@@ -503,6 +544,7 @@ def _supervise(config: ServeConfig, sock: socket.socket | None, admin_sock: sock
             proc.join(timeout=0.2 / len(procs))
             if proc.exitcode is not None and not stopping:
                 log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
+                recover_records(config)
                 time.sleep(0.5)
                 procs[i] = start(i)
         if stopping and all(p.exitcode is not None for p in procs):
