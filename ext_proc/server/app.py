@@ -386,6 +386,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watcher = loop.create_task(holder.follow()) if holder else None
+    orphan = loop.create_task(_stop_when_orphaned(stop)) if config.workers > 1 else None
     draining = False
 
     def ready() -> tuple[bool, dict[str, object]]:
@@ -441,7 +442,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         await server.shutdown(config.grace)
     else:
         await _serve_grpcio(config, service, address, stop)
-    for task in (watcher, tls_watcher):
+    for task in (watcher, tls_watcher, orphan):
         if task is not None:
             task.cancel()
     await admin.close()
@@ -453,6 +454,16 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
     await records.close()
     if isinstance(store, RedisStore):
         await store.close()
+
+
+async def _stop_when_orphaned(stop: asyncio.Event, interval: float = 0.5) -> None:
+    """A worker whose supervising parent died (SIGKILL, OOM) drains and exits instead of holding the
+    socket: a new ``tollway serve`` can then take over."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(interval)
+    log.error("the supervising process %d is gone: this worker (pid %d) stops", parent, os.getpid())
+    stop.set()
 
 
 class RequestLogCollector(Collector):
