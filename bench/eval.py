@@ -21,9 +21,11 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from ext_proc.guardrails import injection  # noqa: E402
 from ext_proc.guardrails.scanner import builtin  # noqa: E402
@@ -33,9 +35,11 @@ TYPES = {"EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone", "CREDIT_CARD": "cred
          "US_SSN": "us_ssn", "IP_ADDRESS": "ip_address"}
 
 
-def pii(path: Path) -> dict[str, dict[str, float]]:
-    samples = json.loads(path.read_text())
+def pii(samples: list[dict[str, Any]], name: str, show: int = 0) -> dict[str, dict[str, float]]:
+    """Precision and recall per entity type; ``show``: print that many misses and false findings per
+    type (the development set only: the evaluation set's texts are not for reading)."""
     scanner = builtin()
+    misses: dict[str, list[str]] = {kind: [] for kind in TYPES.values()}
     found: Counter[str] = Counter()  # findings per detector
     right: Counter[str] = Counter()  # findings that overlap a labelled span of their type
     labelled: Counter[str] = Counter()
@@ -52,6 +56,8 @@ def pii(path: Path) -> dict[str, dict[str, float]]:
             labelled[kind] += 1
             if any(f.detector.name == kind and f.start < end and start < f.end for f in findings):
                 recalled[kind] += 1
+            elif show:
+                misses[kind].append(f"missed {text[start:end]!r} in {text!r}")
         for f in findings:
             kind = f.detector.name
             if kind not in TYPES.values():
@@ -59,8 +65,10 @@ def pii(path: Path) -> dict[str, dict[str, float]]:
             found[kind] += 1
             if any(k == kind and f.start < end and start < f.end for k, start, end in spans):
                 right[kind] += 1
+            elif show:
+                misses[kind].append(f"false {text[f.start:f.end]!r} in {text!r}")
     elapsed = time.process_time() - started
-    print(f"PII: {path.name}, {len(samples)} texts, {size / 1e3:.0f} KB scanned in {elapsed * 1e3:.0f} ms CPU")
+    print(f"PII: {name}, {len(samples)} texts, {size / 1e3:.0f} KB scanned in {elapsed * 1e3:.0f} ms CPU")
     print(f"{'entity':14} {'labelled':>8} {'found':>6} {'precision':>9} {'recall':>7}")
     out = {}
     for label, kind in TYPES.items():
@@ -68,6 +76,9 @@ def pii(path: Path) -> dict[str, dict[str, float]]:
         recall = recalled[kind] / labelled[kind] if labelled[kind] else float("nan")
         out[label] = {"precision": precision, "recall": recall, "labelled": labelled[kind], "found": found[kind]}
         print(f"{label:14} {labelled[kind]:8} {found[kind]:6} {precision:9.3f} {recall:7.3f}")
+    for kind, lines in misses.items():
+        for line in lines[:show]:
+            print(f"  {kind}: {line}")
     return out
 
 
@@ -91,12 +102,21 @@ def injection_figures(folder: Path, thresholds: list[float]) -> dict[str, float]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED, help=f"the evaluation folder (default {SHARED})")
+    parser.add_argument("--dev", action="store_true",
+                        help="score the PII development set instead (bench/devset.py): "
+                             "the one to tune on")
+    parser.add_argument("--show", type=int, default=0, help="with --dev: print N misses and false findings per type")
     args = parser.parse_args()
+    if args.dev:
+        import devset
+
+        pii(devset.generate(), f"development set (bench/devset.py, seed {devset.SEED})", args.show)
+        return 0
     pii_file = args.data / "pii" / "presidio_synth_dataset_v2.json"
     if not pii_file.exists():
         print(f"make eval: {pii_file} is missing", file=sys.stderr)
         return 2
-    pii(pii_file)
+    pii(json.loads(pii_file.read_text()), pii_file.name)
     injection_figures(args.data / "injection", [0.4, 0.5, 0.6, 0.7])
     return 0
 

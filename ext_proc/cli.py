@@ -21,6 +21,7 @@ COMMANDS = {
     "report": ("ext_proc.ledger.cli", "spend, tokens and latency by team, model, key or provider"),
     "budgets": ("ext_proc.ledger.budgets", "each budget's spend, open reservations, remaining amount and reset time"),
     "envoy": ("ext_proc.envoy_config", "print the Envoy config with the fallback clusters a policy needs"),
+    "inject": ("ext_proc.k8s.inject", "add the Tollway sidecar to Kubernetes pods (admission webhook, or -f)"),
     "tokens": ("ext_proc.llm.cli_tokens", "count the prompt tokens of a request body read from stdin"),
     "redact": ("ext_proc.policy.cli_redact", "redact PII and credentials in text read from stdin (--json: findings)"),
     "scan": ("ext_proc.guardrails.cli_scan", "score text read from stdin for prompt injection"),

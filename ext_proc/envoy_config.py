@@ -45,7 +45,8 @@ from ext_proc.server.clusters import (  # noqa: F401 - re-exported: the cluster 
     upstream_filter,
 )
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "tollway.yaml"
+# envoy/tollway.yaml, shipped inside the package (a symlink in the source tree) so installed copies have it too.
+TEMPLATE = Path(__file__).resolve().parent / "data" / "envoy-bootstrap.yaml"
 
 
 def render(

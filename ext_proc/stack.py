@@ -35,11 +35,11 @@ from typing import IO, Any
 import orjson
 import yaml
 
-from ext_proc.envoy_config import ClientTLS, render, set_ext_proc, set_first_byte_timeouts
+from ext_proc.envoy_config import TEMPLATE, ClientTLS, render, set_ext_proc, set_first_byte_timeouts
 from ext_proc.policy.compiled import CompiledPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
-ENVOY_CONFIG = ROOT / "envoy" / "tollway.yaml"
+ENVOY_CONFIG = TEMPLATE  # envoy/tollway.yaml
 PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 DEMO_KEY = "tw-local-demo-key-not-secret"  # the example policy's public demo key (team demo)
 
@@ -230,18 +230,10 @@ class Stack:
         self._wait_ready([name])
 
     def service_pids(self) -> list[int]:
-        """The service's processes: ``tollway serve`` and its workers (not the multiprocessing helpers)."""
+        """The service's processes: ``tollway serve`` and its workers (not the fork server or the
+        resource tracker)."""
         parent = self.procs["tollway"].pid
-        pids = [parent]
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == parent and \
-                        b"spawn_main" in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    pids.append(int(entry))
-        return pids
+        return [parent, *(worker_pids(parent) if self.workers > 1 else [])]
 
     def _wait_ready(self, names: Iterable[str], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -274,7 +266,8 @@ class Stack:
             try:
                 codes[name] = proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # its session: workers and helpers too
                 codes[name] = proc.wait()
         self.procs.clear()
         return codes
@@ -318,6 +311,30 @@ def port_owner(port: int) -> str | None:
                     if os.readlink(f"/proc/{pid}/fd/{fd}") in targets:
                         return f"{_describe(pid)} (pid {pid})"
     return "another process"
+
+
+def process_tree(pid: int) -> dict[int, int]:
+    """``pid`` and every process below it, each with its parent's pid (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    tree, todo = {pid: parents.get(pid, 0)}, [pid]
+    while todo:
+        current = todo.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in tree:
+                tree[child] = parent
+                todo.append(child)
+    return tree
+
+
+def worker_pids(service: int) -> list[int]:
+    """The workers of ``tollway serve --workers N`` (N > 1): forked by its fork server, so they
+    are the service's grandchildren (its children are the fork server and the resource tracker)."""
+    tree = process_tree(service)
+    return sorted(pid for pid, parent in tree.items() if parent not in (0, service) and pid != service)
 
 
 def _describe(pid: str) -> str:
@@ -513,6 +530,7 @@ def banner(stack: Stack, policy: Path, workload: str, plan: list[str], mocked: f
   Demo key (team demo): {DEMO_KEY}   (public: delete the demo team in real deployments)
   Envoy admin:          http://127.0.0.1:{stack.admin_port}
   Tollway /readyz, /metrics: http://127.0.0.1:{stack.service_admin_port}
+  Dashboard:            http://127.0.0.1:{stack.service_admin_port}/dashboard
   Request log:          {stack.record_log}
   Logs:                 {stack.workdir}/tollway.log, envoy.log{", mock.log" if stack.mock else ""}
   The tollway command:  {shown} (or `source {shown.parent}/activate`, then `tollway --help`)

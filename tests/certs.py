@@ -21,19 +21,24 @@ class Issued:
 class CA:
     """A self-signed CA writing its certificate and the ones it issues under ``directory``."""
 
-    def __init__(self, directory: Path, name: str) -> None:
+    def __init__(self, directory: Path, name: str, *, permitted_dns: tuple[str, ...] = ()) -> None:
+        """``permitted_dns``: X.509 name constraints, the only DNS names the CA may sign (none: any)."""
         self.directory = directory
         self.name = name
         self.key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = datetime.datetime.now(datetime.UTC)
-        self.certificate = (
+        builder = (
             x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
         )
+        if permitted_dns:
+            builder = builder.add_extension(x509.NameConstraints(
+                permitted_subtrees=[x509.DNSName(name) for name in permitted_dns], excluded_subtrees=None),
+                critical=True)
+        self.certificate = builder.sign(self.key, hashes.SHA256())
         self.cert = directory / f"{name}-ca.pem"
         self.cert.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
 

@@ -66,10 +66,31 @@ class Ask:
 
 
 @dataclass(frozen=True, slots=True)
+class Trace:
+    """What a request's span needs beyond its record (only when the server traces requests).
+
+    Times are the monotonic nanoseconds of the events the session saw. ``events`` are the
+    decisions as they were taken: ``(name, at, attributes)``. ``prompt`` and ``answer`` are the
+    texts as they went to the provider and came back (after the guardrails), only when the policy
+    asks for content in traces; the server redacts them before they leave.
+    """
+
+    started: int
+    ended: int
+    traceparent: str | None = None
+    tracestate: str | None = None
+    events: tuple[tuple[str, int, dict[str, Any]], ...] = ()
+    finish_reasons: tuple[str, ...] = ()
+    prompt: tuple[tuple[str, str], ...] | None = None  # (role, text)
+    answer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class EmitRecord:
-    """Write one finished request record to the request log."""
+    """Write one finished request record to the request log (and, when tracing, end its span)."""
 
     record: dict[str, Any] = field(default_factory=dict)
+    trace: Trace | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ class Flow:
     __slots__ = (
         "accountant",
         "admission",
+        "answer_body",
         "api",
         "attempts",
         "attributes",
@@ -72,6 +73,7 @@ class Flow:
         "stream",
         "stream_failed",
         "target",
+        "trace",
         "translator",
         "ttft",
         "withheld",
@@ -85,6 +87,7 @@ class Flow:
         self.accountant = accountant
         self.runtime = runtime
         self.meter = Meter(accountant)
+        self.trace: list[tuple[str, int, dict[str, Any]]] | None = None  # span events, when tracing
         # The request, as it arrived.
         self.request_id: str | None = None
         self.started = 0  # monotonic ns
@@ -136,6 +139,12 @@ class Flow:
         self.ttft: int | None = None
         self.outcome: str | None = None
         self.error: str | None = None
+        self.answer_body: bytes | None = None  # a buffered answer, kept only for a span's content
+
+    def note(self, name: str, at: int, **attributes: Any) -> None:
+        """A decision, as a span event (only when the server traces requests)."""
+        if self.trace is not None:
+            self.trace.append((name, at, attributes))
 
     def record(self, at: int) -> dict[str, Any]:
         """The request's log record as of monotonic time ``at`` (nanoseconds), before metering."""

@@ -160,7 +160,7 @@ class Finish(Stage):
                 return []
             flow.stream_failed = True  # nothing more goes to the client (nor is translated)
             assert flow.api is not None
-            return [_bytes(flow.api.stream_error(refused))]
+            return [_bytes(flow.api.stream_error(refused, _sequence(flow)))]
         # The stream's last event, received whole but for its blank line, goes on only if the
         # stream completed (a translated stream has already passed it through the translator).
         if events and events[-1].last and flow.translator is None and not complete(flow):
@@ -174,10 +174,19 @@ class Finish(Stage):
         reader = flow.meter.reader
         flow.error = flow.error or (reader.error if reader is not None else None) or INTERRUPTED.code
         assert flow.api is not None
-        # An API that numbers its events (Responses) numbers the error after what the client got.
-        source = flow.translator if flow.translator is not None else reader
-        sequence = getattr(source, "sequence", 0) - (flow.withheld if flow.translator is None else 0)
-        return [_bytes(flow.api.stream_error(INTERRUPTED, max(0, sequence)))]
+        return [_bytes(flow.api.stream_error(INTERRUPTED, _sequence(flow)))]
+
+
+def _sequence(flow: Flow) -> int:
+    """An API that numbers its events (Responses) numbers an error after what the client got: the
+    translator's events, or the provider's as the guard numbered them (it may add some), or as
+    read; less the last one when it was withheld."""
+    if flow.translator is not None:
+        return int(getattr(flow.translator, "sequence", 0))
+    numbered = flow.guard.sequence if flow.guard is not None else None
+    if numbered is None:
+        numbered = int(getattr(flow.meter.reader, "sequence", 0))
+    return max(0, numbered - flow.withheld)
 
 
 def complete(flow: Flow) -> bool:

@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 
 from ext_proc.core import limits, pipeline, upstream
-from ext_proc.core.actions import CONTINUE, Action, Ask, Continue, Effect, EmitRecord, Forwarded, Respond
+from ext_proc.core.actions import CONTINUE, Action, Ask, Continue, Effect, EmitRecord, Forwarded, Respond, Trace
 from ext_proc.core.events import (
     Answered,
     Event,
@@ -54,6 +54,7 @@ from ext_proc.core.meter import Accountant
 from ext_proc.core.pipeline import Hook, Pipeline
 from ext_proc.core.response import Refused, Stream, complete, error_answer, whole
 from ext_proc.core.steps import ROUTE_HEADER, STREAM_HEADER
+from ext_proc.guardrails import texts
 from ext_proc.llm import apis, translate
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.runtime import SYSTEM, Runtime
@@ -99,8 +100,11 @@ class Session:
         *,
         runtime: Runtime = SYSTEM,
         steps: Pipeline = pipeline.DEFAULT,
+        trace: bool = False,
     ) -> None:
         self.flow = Flow(policy, workload, accountant, runtime)
+        if trace:  # the server traces requests: note the decisions as span events
+            self.flow.trace = []
         self._usage_headers = usage_headers  # add x-tollway-*-tokens / -cost-usd to buffered answers
         self._pipeline = steps
         self.phase = Phase.REQUEST_HEADERS
@@ -175,7 +179,7 @@ class Session:
                 return self._wait(hooks, index + 1, outcome)
         except ClientError as error:
             return self._reject(error, at)
-        return self._answer_head() if hooks is self._pipeline.head else self._answer_body()
+        return self._answer_head(at) if hooks is self._pipeline.head else self._answer_body(at)
 
     def _wait(self, hooks: tuple[Hook, ...], following: int, ask: Ask) -> Ask:
         self._hooks, self._next, self._then = hooks, following, ask.then
@@ -193,21 +197,27 @@ class Session:
             return self._wait(hooks, self._next, again)
         return self._steps(hooks, self._next, event.at)
 
-    def _answer_head(self) -> Action:
+    def _answer_head(self, at: int) -> Action:
         self.phase = Phase.REQUEST_BODY
         flow = self.flow
+        if flow.trace is not None and flow.principal is not None:
+            principal = flow.principal
+            flow.note("tollway.identified", at, **{"tollway.team": principal.team,
+                                                   "tollway.identity": "key" if principal.key_id else "workload"})
         if flow.set_headers:  # a request without a body, routed at its head (open mode's model list)
             self._forwarded(flow.started)
             return Continue(set_headers=tuple(flow.set_headers), remove_headers=tuple(flow.remove_headers),
                             clear_route_cache=True)
         return Continue(remove_headers=tuple(flow.remove_headers))
 
-    def _answer_body(self) -> Action:
+    def _answer_body(self, at: int) -> Action:
         flow = self.flow
         request = flow.request
         assert request is not None
         self.phase = Phase.RESPONSE_HEADERS
         self._forwarded(flow.started)
+        if flow.trace is not None:
+            self._note_decisions(at)
         headers = tuple(flow.set_headers)
         if not flow.replaced:
             return Continue(set_headers=headers, clear_route_cache=True, credential=flow.credential,
@@ -251,6 +261,13 @@ class Session:
         except ValueError:
             flow.status = None
         told = self._served(event.upstream) + flow.rate_headers
+        if flow.trace is not None:
+            flow.note("tollway.response", event.at, **{"http.response.status_code": flow.status or 0,
+                                                      "tollway.provider": flow.provider or "",
+                                                      "tollway.attempts": flow.attempts or 0})
+            if flow.fallback:
+                flow.note("tollway.fallback", event.at, **{"tollway.provider": flow.provider or "",
+                                                          "tollway.attempts": flow.attempts or 0})
         if event.end_of_stream:
             self._finish(event.at, "ok" if flow.status and flow.status < 400 else "error")
             return Continue(set_headers=told) if told else CONTINUE
@@ -267,6 +284,26 @@ class Session:
         # Buffered: the head is held until the body is read; the answer to the body tells it all.
         self._told = told
         return CONTINUE
+
+    def _note_decisions(self, at: int) -> None:
+        """The request's decisions as span events: the route, the limits, the prompt's guardrails."""
+        flow = self.flow
+        targets = [f"{t.provider.name}/{t.upstream_model}" for t in flow.chain]
+        flow.note("tollway.routed", at, **{"gen_ai.request.model": flow.model or "", "tollway.targets": targets,
+                                          "tollway.cluster": flow.cluster or ""})
+        admission = flow.admission
+        if admission is not None:
+            flow.note("tollway.admitted", at, **{"tollway.limits": [name for name, _, _ in flow.claim_labels],
+                                                 "tollway.limits.degraded": admission.degraded})
+        self._note_triggers(at, "request")
+
+    def _note_triggers(self, at: int, direction: str) -> None:
+        guard = self.flow.guard
+        if guard is None:
+            return
+        for trigger in guard.triggers():
+            if trigger["direction"] == direction:
+                self.flow.note("tollway.guardrail", at, **{f"tollway.guardrail.{k}": v for k, v in trigger.items()})
 
     def _served(self, seen: Upstream) -> Headers:
         """Learn which target answered (and after how many tries); the headers telling the client."""
@@ -326,6 +363,8 @@ class Session:
         flow = self.flow
         status = flow.status or 0
         compressed = body[:2] == b"\x1f\x8b"
+        if flow.trace is not None and flow.policy is not None and flow.policy.trace_content and not compressed:
+            flow.answer_body = body[:MAX_CONTENT]
         if status >= 400:
             new = error_answer(flow, status, body)
         else:
@@ -362,6 +401,10 @@ class Session:
         flow = self.flow
         flow.status = error.status
         flow.error = error.code
+        if flow.trace is not None:
+            self._note_triggers(at, "request")
+            flow.note("tollway.refused", at, **{"error.type": error.code, "http.response.status_code": error.status,
+                                               "tollway.limit": flow.limit_refused or ""})
         self._finish(at, "rejected")
         api = flow.api or apis.for_errors(flow.path or flow.headers.get(":path", ""))
         if error.headers:
@@ -398,9 +441,53 @@ class Session:
                 self.effects.append(settle)
             if flow.limit_refused is not None:
                 record["limit"] = flow.limit_refused
-        self.effects.append(EmitRecord(record))
+        self.effects.append(EmitRecord(record, self._trace(at) if flow.trace is not None else None))
+
+    def _trace(self, at: int) -> Trace:
+        flow = self.flow
+        assert flow.trace is not None
+        self._note_triggers(at, "response")
+        reader = flow.meter.reader
+        prompt, answer = content(flow) if flow.policy is not None and flow.policy.trace_content else (None, None)
+        headers = flow.headers
+        return Trace(flow.started, at, headers.get("traceparent"), headers.get("tracestate"), tuple(flow.trace),
+                     tuple(reader.finish_reasons) if reader is not None else (), prompt, answer)
 
     def record(self, at: int) -> dict[str, Any]:
         """The request's log record as of monotonic time ``at`` (nanoseconds)."""
         return self.flow.record(at)
 
+
+
+MAX_CONTENT = 64 * 1024  # characters of prompt or answer a span may carry
+
+
+def content(flow: Flow) -> tuple[tuple[tuple[str, str], ...] | None, str | None]:
+    """The prompt's texts as they went upstream (after the guardrails) and the answer's text, bounded;
+    None where Tollway cannot read them (an API without a text walker, a compressed answer)."""
+    prompt: tuple[tuple[str, str], ...] | None = None
+    request, api = flow.request, flow.api
+    walker = texts.walker(api.name) if api is not None else None
+    if request is not None and walker is not None:
+        found, size = [], 0
+        for ref in walker.request(request.payload):
+            text = ref.get()[: MAX_CONTENT - size]
+            found.append((ref.role, text))
+            size += len(text)
+            if size >= MAX_CONTENT:
+                break
+        prompt = tuple(found)
+    answer: str | None = None
+    reader = flow.meter.reader
+    if flow.answer_body is not None:
+        served = flow.served or api
+        answering = texts.walker(served.name) if served is not None else None
+        try:
+            payload = orjson.loads(flow.answer_body)
+        except orjson.JSONDecodeError:
+            payload = None
+        if answering is not None and isinstance(payload, dict):
+            answer = "".join(ref.get() for ref in answering.answer(payload))[:MAX_CONTENT]
+    elif reader is not None and flow.stream:
+        answer = reader.text()[:MAX_CONTENT]
+    return prompt, answer

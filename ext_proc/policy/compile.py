@@ -370,6 +370,7 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
         aliases=types.MappingProxyType(aliases),
         limits=_limits(spec),
         guardrails=guardrails.build(spec),
+        trace_content=spec.telemetry.trace_content,
     )
 
 

@@ -229,6 +229,7 @@ class CompiledPolicy:
     aliases: Mapping[str, Alias] = field(default_factory=dict)  # routing.aliases
     limits: Limits = NO_LIMITS  # budgets and rate limits
     guardrails: Guardrails | None = None  # the guardrails section compiled (None: no rule)
+    trace_content: bool = False  # telemetry.trace_content: prompts and answers (redacted) in spans
 
     def alias(self, model: str) -> Alias | None:
         """The routing alias named ``model``, if it is one."""

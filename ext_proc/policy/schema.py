@@ -29,6 +29,7 @@ TEXT_PATTERN = r"^\S(.*\S)?$"  # non-empty, no surrounding whitespace
 URL_PATTERN = r"^https?://\S+$"
 VERSION_PATTERN = r"^\S+$"
 MODEL_REF_PATTERN = r"^(\*|[A-Za-z0-9][A-Za-z0-9._:/-]{0,127})$"  # a name or "*"
+CLUSTER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/|-]{0,127}$"  # a name, or Istio's outbound|80||api.openai.com
 
 # What each pattern means, in the words an error message uses (compile.py reads this).
 PATTERN_MEANINGS = {
@@ -39,6 +40,7 @@ PATTERN_MEANINGS = {
     URL_PATTERN: "must be an http:// or https:// URL",
     VERSION_PATTERN: "must be a non-empty version string without spaces",
     MODEL_REF_PATTERN: 'must be a model name, an alias, or "*"',
+    CLUSTER_PATTERN: "must be 1-128 letters, digits or '.-_:/|', starting with a letter or digit",
 }
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -90,7 +92,9 @@ class ProviderSpec(Strict):
     """An upstream LLM API."""
 
     kind: ProviderKind = Field(description="the wire format and credential header")
-    cluster: Name | None = Field(None, description="the Envoy cluster that reaches it (default: the provider's name)")
+    cluster: Annotated[str, StringConstraints(pattern=CLUSTER_PATTERN)] | None = Field(
+        None, description="the Envoy cluster that reaches it (default: the provider's name; in Istio mode the "
+                          "cluster of its ServiceEntry, e.g. outbound|80||api.openai.com)")
     endpoint: Url | None = Field(
         None, description="the base URL the provider's Envoy cluster reaches (default for openai and anthropic: "
                           "their public API; azure-openai and openai-compatible providers need one to be in a "
@@ -286,6 +290,15 @@ class GuardrailsSpec(Strict):
     rules: list[GuardrailRuleSpec] = Field(default_factory=list, description="the guardrails, in order")
 
 
+class TelemetrySpec(Strict):
+    """What the request traces may carry (metrics and records never carry prompts or answers)."""
+
+    trace_content: bool = Field(
+        False, description="put prompts and answers in each request's span (gen_ai.input.messages, "
+                           "gen_ai.output.messages), redacted by every built-in detector; off by default",
+    )
+
+
 class TargetSpec(Strict):
     """One provider model an alias may be served by."""
 
@@ -350,6 +363,8 @@ class PolicySpec(Strict):
     )
     guardrails: GuardrailsSpec = Field(default_factory=GuardrailsSpec, description="checks on prompts and answers")
     routing: RoutingSpec = Field(default_factory=RoutingSpec, description="model aliases, fallback, weights")
+    telemetry: TelemetrySpec = Field(default_factory=lambda: TelemetrySpec.model_validate({}),
+                                     description="what request traces may carry")
 
 
 def json_schema() -> dict[str, Any]:

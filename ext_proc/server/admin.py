@@ -1,5 +1,7 @@
-"""The service's own small HTTP endpoint: ``/healthz``, ``/readyz`` (JSON details), ``/metrics``
-and ``/v1/report`` (the spend report of ``tollway report``, as JSON).
+"""The service's own small HTTP endpoint: ``/healthz``, ``/readyz`` (JSON details), ``/metrics``,
+``/v1/report`` (the spend report of ``tollway report``, as JSON), ``/v1/budgets``, and the
+dashboard: ``/dashboard`` (one HTML page, packaged with Tollway: no CDN, works offline) and the
+JSON it reads, ``/v1/dashboard`` (:mod:`ext_proc.ledger.dashboard`).
 
 One per worker process, all serving the one listening socket the parent bound (without
 ``SO_REUSEPORT``: no other process can join the port); every worker serves the policy the
@@ -15,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import importlib.resources
 import socket
+import threading
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -24,10 +29,16 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from ext_proc.ledger.log import log_files, read_records
+from ext_proc.ledger import dashboard
+from ext_proc.ledger.log import Follower, log_files, read_records
 from ext_proc.ledger.report import GROUPS, aggregate, month_window, parse_day
 from ext_proc.state.ledger import Ledger
 
+# The dashboard's files (path -> packaged file, content type): served without the token.
+ASSETS = {"/dashboard": ("dashboard.html", "text/html; charset=utf-8"),
+          "/dashboard/": ("dashboard.html", "text/html; charset=utf-8"),
+          "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+          "/dashboard/icon.svg": ("icon.svg", "image/svg+xml")}
 _UNAUTHORIZED = orjson.dumps(
     {"error": {"message": "this admin endpoint needs the admin token (Authorization: Bearer ...)",
                "type": "authentication_error"}}
@@ -43,6 +54,7 @@ class AdminServer:
         ledger: Ledger | None = None,
         budgets: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
         token: str | None = None,
+        before_scrape: Callable[[list[dict[str, Any]]], object] | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
@@ -50,7 +62,12 @@ class AdminServer:
         self.ledger = ledger  # shared aggregates (Redis); without them the report reads the log
         self.budgets = budgets  # the rows of `tollway budgets` (ext_proc.ledger.budgets)
         self._expected = f"Bearer {token}".encode() if token else None
+        self.before_scrape = before_scrape  # given the budget rows: refresh what the scrape reads
         self._server: asyncio.base_events.Server | None = None
+        self._assets: dict[str, bytes] = {}
+        self._timeline = dashboard.Timeline()  # the log's records, read incrementally (no Redis)
+        self._follower = Follower(log_path, since=time.time() - self._timeline.keep) if log_path else None
+        self._timeline_lock = threading.Lock()
 
     def allowed(self, head: bytes) -> bool:
         """Whether the request head carries the admin token (always, when none is configured)."""
@@ -94,6 +111,40 @@ class AdminServer:
         rows = [row.as_dict() for row in found]
         return 200, "application/json", orjson.dumps({"by": by, "source": source, "rows": rows})
 
+    def dashboard_data(self, query: str) -> tuple[int, str, bytes]:
+        """``/v1/dashboard?hours=24&step=300``: what the page draws, from the ledger (see
+        :mod:`ext_proc.ledger.dashboard`): the shared aggregates with Redis, else the request log."""
+        params = dict(urllib.parse.parse_qsl(query))
+        try:
+            hours = min(24 * 7.0, max(0.25, float(params.get("hours", 24))))
+            step = int(params["step"]) if "step" in params else None
+        except ValueError as exc:
+            return 400, "application/json", orjson.dumps({"error": {"message": str(exc), "type": "invalid_request"}})
+        until = time.time()
+        since = until - hours * 3600
+        if self.ledger is not None:
+            days = dashboard.window_days(since, until)
+            by_day = {day: {by: self.ledger.rows(by, day, day + timedelta(days=1)) for by in ("team", "model")}
+                      for day in days}
+            data = dashboard.from_rows(days, by_day)
+        else:
+            with self._timeline_lock:
+                if self._follower is not None:
+                    for record in self._follower.new_records():
+                        self._timeline.add(record)
+                chosen = step or max(self._timeline.step, int(hours * 3600 / 96) // 300 * 300)
+                data = self._timeline.summary(since, until, chosen)
+        data.update(since=since, until=until, hours=hours)
+        return 200, "application/json", orjson.dumps(data)
+
+    def asset(self, name: str) -> bytes:
+        """A file of the dashboard, packaged in ``ext_proc/server/assets`` (read once)."""
+        found = self._assets.get(name)
+        if found is None:
+            found = self._assets[name] = importlib.resources.files("ext_proc.server").joinpath(
+                f"assets/{name}").read_bytes()
+        return found
+
     def route(self, path: str, allowed: bool = True) -> tuple[int, str, bytes]:
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
@@ -101,6 +152,9 @@ class AdminServer:
             ok, details = self.ready()
             shown = {"ready": ok, **details} if allowed else {"ready": ok}
             return (200 if ok else 503), "application/json", orjson.dumps(shown)
+        if path in ASSETS:  # the page and its script hold no data: the data asks for the token
+            name, content_type = ASSETS[path]
+            return 200, content_type, self.asset(name)
         if not allowed:
             return 401, "application/json", _UNAUTHORIZED
         if path == "/metrics":
@@ -117,10 +171,21 @@ class AdminServer:
             allowed = self.allowed(head)
             if method not in ("GET", "HEAD"):
                 status, content_type, body = 405, "text/plain", b""
-            elif not allowed and path not in ("/healthz", "/readyz"):
+            elif not allowed and path not in ("/healthz", "/readyz") and path not in ASSETS:
                 status, content_type, body = 401, "application/json", _UNAUTHORIZED
             elif path == "/v1/report":  # reads the log: off the event loop
                 status, content_type, body = await asyncio.get_running_loop().run_in_executor(None, self.report, query)
+            elif path == "/v1/dashboard":  # reads the log's new lines (or Redis): off the event loop
+                status, content_type, body = await asyncio.get_running_loop().run_in_executor(
+                    None, self.dashboard_data, query)
+            elif path == "/metrics":
+                rows: list[dict[str, Any]] = []
+                if self.budgets is not None:
+                    with contextlib.suppress(Exception):  # the store down: the scrape still answers
+                        rows = await self.budgets()
+                if self.before_scrape is not None:
+                    self.before_scrape(rows)
+                status, content_type, body = self.route(path)
             elif path == "/v1/budgets" and self.budgets is not None:
                 status, content_type = 200, "application/json"
                 body = orjson.dumps({"budgets": await self.budgets()})
@@ -130,7 +195,10 @@ class AdminServer:
                       405: "Method Not Allowed", 503: "Service Unavailable"}[status]
             challenge = 'www-authenticate: Bearer realm="tollway-admin"\r\n' if status == 401 else ""
             writer.write(
-                f"HTTP/1.1 {status} {reason}\r\n{challenge}content-type: {content_type}\r\n"
+                f"HTTP/1.1 {status} {reason}\r\n{challenge}content-type: {content_type}\r\ncache-control: no-store\r\n"
+                # The dashboard loads nothing from elsewhere (it works offline, and a name in the data
+                # can never pull in a script).
+                "content-security-policy: default-src 'self'; style-src 'self' 'unsafe-inline'\r\n"
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
                 + (body if method == "GET" else b"")
             )

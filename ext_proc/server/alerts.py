@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter
 
 from ext_proc.policy.compiled import Budget, CompiledPolicy
+from ext_proc.server.metrics import Tally
 from ext_proc.state.queries import Claim
 
 log = logging.getLogger("tollway.alerts")
@@ -35,14 +35,13 @@ class Alerts:
 
     def __init__(
         self, policy: Callable[[], CompiledPolicy | None], once: Callable[[str, float], bool | Awaitable[bool]],
-        registry: CollectorRegistry | None = None, post: Callable[[str, bytes], None] | None = None,
+        tally: Tally | None = None, post: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.policy = policy
         self.once = once
         self.post = post or _post
         self.fired: set[str] = set()  # this worker's own memory: (counter, threshold) already checked
-        self.metric = Counter("tollway_budget_alerts", "Budget alert thresholds crossed", ["budget", "threshold"],
-                              registry=registry)
+        self.tally = tally if tally is not None else Tally()  # tollway_budget_alerts_total, summed over workers
         self.tasks: set[asyncio.Task[None]] = set()
 
     def __call__(self, claim: Claim, spent: int) -> None:
@@ -84,7 +83,7 @@ class Alerts:
         log.warning("budget %s reached %d%% of its %s limit for %s (%s): %d of %d", event["budget"],
                     event["threshold_percent"], event["unit"], event["member"], event["window"], event["spent"],
                     event["limit"])
-        self.metric.labels(event["budget"], str(event["threshold_percent"])).inc()
+        self.tally.add(("tollway_budget_alerts", event["budget"], str(event["threshold_percent"])))
         if budget.webhook:
             await self._deliver(budget.webhook, orjson.dumps(event))
 

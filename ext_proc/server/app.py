@@ -28,22 +28,20 @@ import ipaddress
 import logging
 import multiprocessing
 import os
+import select
+import shutil
 import signal
 import socket
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
 from ext_proc.core import pipeline
 from ext_proc.ledger import budgets
@@ -54,6 +52,7 @@ from ext_proc.server.alerts import Alerts
 from ext_proc.server.clusters import ClusterSync, stand_in
 from ext_proc.server.credentials import CredentialStore
 from ext_proc.server.listen import TLSFiles
+from ext_proc.server.metrics import BudgetCollector, Exchange, Names, Publisher, Tally, TallyCollector
 from ext_proc.server.node_state import NodeBackend, NodeStateServer
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.reload import PolicyController, PolicyHolder, Publication
@@ -98,6 +97,10 @@ class ServeConfig:
     envoy_admin: str | None = None  # Envoy's admin, to confirm it loaded the clusters
     stand_ins: dict[str, str] = field(default_factory=dict)  # provider -> URL that stands in for it
     admin_token: str | None = field(default=None, repr=False)  # bearer token the admin endpoint asks for
+    metrics_dir: str | None = None  # where the workers exchange their metric tallies (several workers)
+    otlp_endpoint: str | None = None  # OpenTelemetry: traces (and records as logs) over OTLP/HTTP
+    otlp_logs: bool = False  # the request records as OpenTelemetry logs too
+    trace_ratio: float = 0.05  # requests traced when the caller sent no traceparent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +114,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-client-ca", help="tls:// only: the CA that signs Envoy's client certificates (PEM)")
     parser.add_argument("--tls-client-san", action="append", default=[],
                         help="tls:// only: a SAN (DNS name or URI, e.g. a SPIFFE ID) the client certificate "
-                             "must carry; repeatable (default: any certificate the CA signed)")
+                             "must carry; a trailing * accepts every name it begins (spiffe://cluster.local/ns/*); "
+                             "repeatable (default: any certificate the CA signed). The certificate's SPIFFE ID "
+                             "identifies the calling workload")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
     parser.add_argument("--log-file", default=None, help="request log, JSON lines (default: stdout)")
     parser.add_argument("--grace", type=float, default=20.0, help="seconds in-flight streams get on shutdown")
@@ -150,6 +155,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                            "http://127.0.0.1:9901"),
                         help="Envoy's admin, asked whether it loaded the clusters (default %(default)s; "
                              "env TOLLWAY_ENVOY_ADMIN)")
+    parser.add_argument("--otlp-endpoint", metavar="URL", default=os.environ.get("TOLLWAY_OTLP_ENDPOINT") or None,
+                        help="send one OpenTelemetry span per request to this OTLP/HTTP collector (e.g. "
+                             "http://otel-collector:4318; env TOLLWAY_OTLP_ENDPOINT, or OpenTelemetry's own "
+                             "OTEL_EXPORTER_OTLP_ENDPOINT; default: no tracing)")
+    parser.add_argument("--trace-sample-ratio", type=float,
+                        default=float(os.environ.get("TOLLWAY_TRACE_SAMPLE_RATIO", "0.05")),
+                        help="share of requests traced when the caller sent no traceparent (a caller's "
+                             "traceparent decides for its requests; default 0.05, env TOLLWAY_TRACE_SAMPLE_RATIO)")
+    parser.add_argument("--otlp-logs", action="store_true",
+                        help="also send every request record to the collector as an OpenTelemetry log record")
     parser.add_argument("--stand-in", type=stand_in, action="append", default=[], metavar="PROVIDER=URL",
                         help="serve PROVIDER from URL (e.g. the fake provider) instead of its endpoint; a placeholder "
                              "key is sent when its own is not set; repeatable")
@@ -176,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
             args.policy, args.workload, args.admin_port, args.reload_interval, args.redis_url, args.usage_headers,
             args.admin_host, _tls_files(args, address), args.store_probe, hold_ttl=args.hold_ttl,
             envoy_clusters=args.envoy_clusters, envoy_admin=args.envoy_admin or None,
-            stand_ins=dict(args.stand_in),
+            stand_ins=dict(args.stand_in), otlp_endpoint=args.otlp_endpoint, otlp_logs=args.otlp_logs,
+            trace_ratio=min(1.0, max(0.0, args.trace_sample_ratio)),
         )
         config = dataclasses.replace(
             config, admin_token=admin_token(args.admin_token_file, args.admin_host if args.admin_port else None))
@@ -225,6 +241,9 @@ def run(args: argparse.Namespace) -> int:
             node = NodeStateServer(os.path.join(directory, "state.sock"))
             node.start()
             config = dataclasses.replace(config, node_state=node.path)
+        if config.workers > 1:
+            # Each worker writes its metric tallies here; the one answering a scrape sums them.
+            config = dataclasses.replace(config, metrics_dir=tempfile.mkdtemp(prefix="tollway-metrics-"))
         stop = threading.Event()
         watcher = threading.Thread(target=controller.watch, args=(config.reload_interval, stop),
                                    name="tollway-policy", daemon=True)
@@ -246,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
         if admin_sock is not None:
             admin_sock.close()
         publication.close()
+        if config.metrics_dir:
+            shutil.rmtree(config.metrics_dir, ignore_errors=True)
 
 
 def admin_token(path: str | None, exposed_host: str | None) -> str | None:
@@ -296,21 +317,16 @@ def bind_admin(host: str, port: int) -> socket.socket:
 
 
 class Refusals:
-    """Requests Tollway refused (bad input, access, limits): a metric by API and code, and a log
-    line per code at most once a second (the record has every one)."""
+    """Requests Tollway refused (bad input, access, limits): a log line per code at most once a
+    second (the record has every one; ``tollway_requests_refused_total`` counts them)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        from prometheus_client import Counter
-
-        self.counter = Counter("tollway_requests_refused", "Requests Tollway answered itself with an error",
-                               ["api", "code"], registry=registry)
+    def __init__(self) -> None:
         self.logged: dict[str, float] = {}
 
     def __call__(self, record: dict[str, Any]) -> None:
         if record.get("outcome") != "rejected":
             return
         code = str(record.get("error") or "unknown")
-        self.counter.labels(str(record.get("api") or "none"), code).inc()
         now = time.monotonic()
         if now - self.logged.get(code, -2.0) >= 1.0:
             self.logged[code] = now
@@ -343,9 +359,50 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def _die_with_parent(supervisor: int) -> None:
+    """SIGTERM this worker when the supervisor dies, even by SIGKILL.
+
+    A worker outliving its supervisor would keep serving the old socket with the old policy, and
+    a restarted ``tollway serve`` would find that socket live and refuse to start. The worker's
+    parent is the fork server (which lives as long as any worker does), so the kernel's
+    parent-death signal cannot tell; a thread waits on a pidfd of the supervisor instead (Linux
+    5.3+; elsewhere it checks once a second). SIGTERM is the graceful path: open streams finish
+    (``--grace``), records are flushed, the socket is closed.
+    """
+
+    def wait() -> None:
+        try:
+            pidfd = os.pidfd_open(supervisor)
+        except ProcessLookupError:
+            pidfd = None  # already gone
+        except (OSError, AttributeError):
+            while _alive(supervisor):
+                time.sleep(1.0)
+            pidfd = None
+        if pidfd is not None:
+            select.select([pidfd], [], [])  # readable once the supervisor has exited
+            os.close(pidfd)
+        log.warning("the supervisor (pid %d) is gone: this worker stops", supervisor)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="tollway-supervisor-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _worker(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
-            publication: Publication) -> None:
+            publication: Publication, parent: int | None = None) -> None:
     _configure_logging()
+    if parent is not None:
+        _die_with_parent(parent)
     try:
         import uvloop
 
@@ -361,7 +418,6 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
     ledger = open_ledger(config.redis_url)
     records = RecordWriter(config.log_file, ledger=ledger, journal=True, immediate=True)
     records.start()
-    registry.register(RequestLogCollector(records))
     holder = PolicyHolder(publication, registry) if config.policy else None
     if holder is not None and holder.current is None:
         raise SystemExit(2)
@@ -374,19 +430,46 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
     else:
         backend = MemoryBackend()
     keeper = Keeper(backend, ttl=config.hold_ttl)
-    keeper.alerts = Alerts(lambda: holder.current if holder else None, backend.once, registry)
+    names = Names(lambda: holder.current if holder else None)
+    tally = Tally(names)
+    exchange = Exchange(tally, config.metrics_dir)
+    registry.register(TallyCollector(exchange.totals))
+    keeper.alerts = Alerts(lambda: holder.current if holder else None, backend.once, tally)
     credentials = CredentialStore(stand_ins=frozenset(config.stand_ins))
     service = Service(records, holder, config.workload, credentials=credentials, accountant=warm_up(),
                       usage_headers=config.usage_headers, store=store, keeper=keeper,
                       steps=pipeline.Pipeline.of(pipeline.request_steps(store_probe=config.store_probe)))
     limits_store = "redis" if config.redis_url else "node" if config.node_state else "memory"
-    service.on_record = Refusals(registry)
+    refusals = Refusals()
+
+    def on_record(record: dict[str, Any]) -> None:
+        tally.record(record)
+        refusals(record)
+
+    service.on_record = on_record
+    telemetry = _telemetry(config, service, names)
+
+    def gauges() -> None:  # what this worker knows that no record says, before each publication
+        tally.set(("tollway_shared_state_degraded", limits_store), 1 if keeper.degraded_since is not None else 0)
+        if records.failures:
+            tally.counters[("tollway_ledger_write_failures",)] = records.failures
+            tally.changed = True
+        log_status = records.status()
+        tally.set(("tollway_request_log_failing",), 0 if log_status["ok"] else 1)
+        tally.set(("tollway_request_log_waiting",), log_status["waiting"])
+        for name, field_name in (("tollway_request_log_write_failures", "failed_writes"),
+                                 ("tollway_request_log_dropped", "dropped"),
+                                 ("tollway_request_journal_errors", "journal_errors")):
+            if log_status[field_name] and tally.counters.get((name,)) != log_status[field_name]:
+                tally.counters[(name,)] = log_status[field_name]
+                tally.changed = True
+
+    publisher = Publisher(exchange, before=gauges)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watcher = loop.create_task(holder.follow()) if holder else None
-    orphan = loop.create_task(_stop_when_orphaned(stop)) if config.workers > 1 else None
     draining = False
 
     def ready() -> tuple[bool, dict[str, object]]:
@@ -418,8 +501,16 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         counters = await found if inspect.isawaitable(found) else found
         return budgets.rows(policy, counters)
 
+    budget_metrics = BudgetCollector()
+    registry.register(budget_metrics)
+
+    def before_scrape(rows: list[dict[str, Any]]) -> None:
+        gauges()
+        budget_metrics.update(rows)
+
     admin = AdminServer(registry, ready, config.log_file, ledger if config.redis_url else None, budget_rows,
-                        token=config.admin_token)
+                        token=config.admin_token, before_scrape=before_scrape)
+    publishing = loop.create_task(publisher.run())
     if admin_sock is not None:
         await admin.start(admin_sock)
     address = config.listen
@@ -429,9 +520,11 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         tls = listen.TLSContext(config.tls) if config.tls is not None else None
         server = h2.Server({
             PROCESS_PATH: lambda headers, responder: ExtProcCall(
-                service, (FILTER_METADATA, b"upstream") in headers, responder),
+                service, (FILTER_METADATA, b"upstream") in headers, responder, responder.peer),
             HEALTH_PATH: lambda _headers, _responder: HealthCall(lambda: not server.draining),
-        }, peer_check=(lambda transport: tls.peer_allowed(transport.get_extra_info("peercert"))) if tls else None)
+        }, peer_check=(lambda transport: tls.peer_allowed(transport.get_extra_info("peercert"))) if tls else None,
+            # On mutual TLS the client certificate's SPIFFE ID names the workload whose Envoy called.
+            peer_identity=(lambda transport: listen.spiffe_id(transport.get_extra_info("peercert"))) if tls else None)
         await server.start(sock, tls.context if tls else None)
         if tls is not None:
             tls_watcher = loop.create_task(_watch_tls(tls, config.reload_interval))
@@ -442,7 +535,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         await server.shutdown(config.grace)
     else:
         await _serve_grpcio(config, service, address, stop)
-    for task in (watcher, tls_watcher, orphan):
+    for task in (watcher, tls_watcher, publishing):
         if task is not None:
             task.cancel()
     await admin.close()
@@ -452,37 +545,37 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
             await asyncio.wait_for(flushed, 2)
     await service.classifier.close()
     await records.close()
+    publisher.close()  # this worker's last counts, for the scrapes after it is gone
+    for part in telemetry:
+        part.close()  # flushes the spans and logs still queued
     if isinstance(store, RedisStore):
         await store.close()
 
 
-async def _stop_when_orphaned(stop: asyncio.Event, interval: float = 0.5) -> None:
-    """A worker whose supervising parent died (SIGKILL, OOM) drains and exits instead of holding the
-    socket: a new ``tollway serve`` can then take over."""
-    parent = os.getppid()
-    while os.getppid() == parent:
-        await asyncio.sleep(interval)
-    log.error("the supervising process %d is gone: this worker (pid %d) stops", parent, os.getpid())
-    stop.set()
+def _telemetry(config: ServeConfig, service: Service, names: Names) -> list[Any]:
+    """OpenTelemetry traces and record logs, when a collector is configured (else nothing runs)."""
+    from ext_proc.server.telemetry import TelemetryConfig
 
+    found = TelemetryConfig.from_environment(config.otlp_endpoint, config.otlp_logs, config.trace_ratio)
+    if found is None:
+        return []
+    from ext_proc.core.actions import Trace
+    from ext_proc.server.telemetry import RecordExporter, Tracer
 
-class RequestLogCollector(Collector):
-    """``tollway_request_log_*``: the request log's write failures, records waiting and dropped."""
+    tracer = Tracer.exporting(found, names) if found.traces else None
+    exporter = RecordExporter.exporting(found) if found.logs else None
 
-    def __init__(self, records: RecordWriter) -> None:
-        self.records = records
+    def on_trace(record: dict[str, Any], trace: Trace) -> None:
+        try:
+            span = tracer.finish(record, trace) if tracer is not None else None
+            if exporter is not None:
+                exporter.emit(record, span)
+        except Exception:  # telemetry never fails a request
+            log.exception("could not record the request's telemetry")
 
-    def collect(self) -> Iterator[Metric]:
-        status = self.records.status()
-        yield GaugeMetricFamily("tollway_request_log_ok", "1 while the request log can be written", value=status["ok"])
-        yield CounterMetricFamily("tollway_request_log_errors", "Failed writes to the request log",
-                                  value=status["failed_writes"])
-        yield GaugeMetricFamily("tollway_request_log_waiting", "Records waiting in memory to be written",
-                                value=status["waiting"])
-        yield CounterMetricFamily("tollway_request_log_dropped", "Records dropped: the log stayed unwritable "
-                                  "past the in-memory bound (or at exit)", value=status["dropped"])
-        yield CounterMetricFamily("tollway_request_journal_errors", "Failed writes to the write-ahead journal",
-                                  value=status["journal_errors"])
+    service.on_trace = on_trace
+    log.info("OpenTelemetry: %s%s", "traces" if tracer else "", " and request records as logs" if exporter else "")
+    return [part for part in (tracer, exporter) if part is not None]
 
 
 async def _watch_tls(tls: listen.TLSContext, interval: float) -> None:
@@ -529,13 +622,17 @@ async def _serve_grpcio(config: ServeConfig, service: Service, address: str, sto
 
 def _supervise(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
                publication: Publication) -> int:
-    ctx = multiprocessing.get_context("spawn")
+    # Workers fork from a preloaded fork server (ext_proc.server.preload): one copy of the
+    # tokenizers and the price table for all of them, and a clean single-threaded parent to fork
+    # from (this process runs the policy watcher's thread).
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["ext_proc.server.preload"])
     stopping = False
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
         # The listening socket travels to the worker as a passed file descriptor (spawn's pass_fds).
-        proc = ctx.Process(target=_worker, args=(config, sock, admin_sock, publication), name=f"tollway-worker-{index}",
-                           daemon=False)
+        proc = ctx.Process(target=_worker, args=(config, sock, admin_sock, publication, os.getpid()),
+                           name=f"tollway-worker-{index}", daemon=False)
         proc.start()
         return proc
 

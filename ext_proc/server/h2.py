@@ -218,6 +218,11 @@ class Responder(Protocol):
     def open(self) -> bool:
         """False once the stream ended, was reset, or the connection was lost."""
 
+    @property
+    def peer(self) -> str | None:
+        """Who is at the other end of the connection, as the server's ``peer_identity`` named it (e.g. the
+        SPIFFE ID of a mutual-TLS client's certificate); None when unknown."""
+
 
 class Call(Protocol):
     """One gRPC call (an HTTP/2 stream): request messages in, response messages out."""
@@ -285,6 +290,10 @@ class _Stream:
     def open(self) -> bool:
         return not self.done and not self.conn.closed and self.conn.streams.get(self.sid) is self
 
+    @property
+    def peer(self) -> str | None:
+        return self.conn.peer
+
 
 def _reset(call: Call) -> None:
     try:
@@ -324,6 +333,7 @@ class Connection(asyncio.Protocol):
         self.data_frames_sent = 0
         self.going_away = False
         self.closed = False
+        self.peer: str | None = None  # the client's identity (server.peer_identity), for every stream
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -337,6 +347,8 @@ class Connection(asyncio.Protocol):
             self.closed = True
             transport.close()
             return
+        if self.server.peer_identity is not None:
+            self.peer = self.server.peer_identity(transport)
         self.server.connections.add(self)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
         self.out.append(_frame(SETTINGS, 0, 0, _OUR_SETTINGS))
@@ -523,7 +535,8 @@ class Connection(asyncio.Protocol):
         stream = self.streams.get(sid)
         if stream is not None:  # trailers from the client: only END_STREAM matters
             if stream.remote_closed:
-                raise _ConnectionError(STREAM_CLOSED, "HEADERS after END_STREAM")
+                self._stream_closed(sid, stream)  # RFC 9113 5.1: half-closed (remote)
+                return
             if not flags & END_STREAM:
                 raise _ConnectionError(PROTOCOL_ERROR, "trailers without END_STREAM")
             stream.remote_closed = True
@@ -578,7 +591,8 @@ class Connection(asyncio.Protocol):
                 self._unpad(flags, payload)  # bad padding is a connection error on any stream
             return  # a stream we already finished or reset; its data is dropped
         if stream.remote_closed:
-            raise _ConnectionError(STREAM_CLOSED, "DATA after END_STREAM")
+            self._stream_closed(sid, stream)  # RFC 9113 5.1: half-closed (remote)
+            return
         if size:
             unacked = stream.unacked = stream.unacked + size
             if unacked >= STREAM_WINDOW // 2:
@@ -652,6 +666,13 @@ class Connection(asyncio.Protocol):
         done, stream.done = stream.done, True
         if not done and stream.call is not None:
             _reset(stream.call)
+
+    def _stream_closed(self, sid: int, stream: _Stream) -> None:
+        """A frame on a stream the client already ended: a stream error (STREAM_CLOSED), not the
+        connection's; its call is told, the connection and its other streams go on."""
+        del self.streams[sid]
+        self._reset_call(stream)
+        self._control(_frame(RST_STREAM, 0, sid, _u32.pack(STREAM_CLOSED)))
 
     def _rst_stream(self, sid: int, payload: bytes) -> None:
         if sid == 0:
@@ -864,10 +885,12 @@ class Server:
     """Routes gRPC method paths to call factories; serves them on one listening socket."""
 
     def __init__(
-        self, routes: dict[str, CallFactory], peer_check: Callable[[asyncio.BaseTransport], bool] | None = None
+        self, routes: dict[str, CallFactory], peer_check: Callable[[asyncio.BaseTransport], bool] | None = None,
+        peer_identity: Callable[[asyncio.BaseTransport], str | None] | None = None,
     ) -> None:
         self.routes = routes
         self.peer_check = peer_check  # e.g. the client certificate's SAN on a mutual-TLS listener
+        self.peer_identity = peer_identity  # e.g. that certificate's SPIFFE ID: each stream's Responder.peer
         self.connections: set[Connection] = set()
         self.draining = False
         self._server: asyncio.Server | None = None

@@ -18,7 +18,9 @@ therefore be reachable by Envoy and by nothing else:
 ``tls://HOST:PORT`` with ``--tls-cert``, ``--tls-key`` and ``--tls-client-ca``
     Mutual TLS over TCP, for Tollway run as a shared Deployment that many Envoys reach over the
     network: a client must present a certificate signed by the client CA (optionally with one of
-    the ``--tls-client-san`` names), TLS 1.2 or newer, ALPN ``h2``. The certificate and key are
+    the ``--tls-client-san`` names), TLS 1.2 or newer, ALPN ``h2``. The certificate's SPIFFE ID
+    (:func:`spiffe_id`) is the identity of the workload whose Envoy called: in a mesh each
+    sidecar presents its own workload's certificate. The certificate and key are
     re-read when their files change (cert-manager rotation needs no restart).
 ``tcp://HOST:PORT``
     Plain TCP, only when asked for: any process that can reach the port can read provider keys.
@@ -236,10 +238,27 @@ class TLSContext:
 
     def peer_allowed(self, peer: Any) -> bool:
         """Whether a verified client certificate (``getpeercert()``) carries an accepted SAN (any, when none
-        are set)."""
+        are set). An accepted name ending in ``*`` accepts every name it begins (``spiffe://cluster.local/ns/*``:
+        any workload of the trust domain)."""
         if not self.files.client_sans:
             return True
         if not isinstance(peer, dict):
             return False
         names = {value for kind, value in peer.get("subjectAltName", ()) if kind in ("DNS", "URI")}
-        return bool(names & set(self.files.client_sans))
+        exact = {san for san in self.files.client_sans if not san.endswith("*")}
+        prefixes = tuple(san[:-1] for san in self.files.client_sans if san.endswith("*"))
+        return bool(names & exact) or any(name.startswith(prefixes) for name in names if prefixes)
+
+
+def spiffe_id(peer: Any) -> str | None:
+    """The SPIFFE ID of a verified client certificate (``getpeercert()``): its one ``spiffe://`` URI SAN.
+
+    On a mutual-TLS listener this names the workload whose Envoy called (in a mesh, the sidecar
+    presents its workload's certificate), so Tollway identifies that stream's requests by it. A
+    certificate with none, or with several (the SPIFFE X.509-SVID format allows exactly one), names
+    nobody.
+    """
+    if not isinstance(peer, dict):
+        return None
+    ids = [value for kind, value in peer.get("subjectAltName", ()) if kind == "URI" and value.startswith("spiffe://")]
+    return ids[0] if len(ids) == 1 else None

@@ -87,6 +87,7 @@ class RecordWriter:
         self._max_backlog = max_backlog
         self._immediate = immediate
         self._task: asyncio.Task[None] | None = None
+        self.failures = 0  # batches the aggregates' store refused (tollway_ledger_write_failures_total)
         # Write failures (a full disk): the records wait in memory, the state is shown (status()).
         self.failing_since: float | None = None
         self.last_error: str | None = None
@@ -301,6 +302,7 @@ class RecordWriter:
             else:
                 await asyncio.get_running_loop().run_in_executor(None, self._ledger.add, batch)
         except Exception as exc:  # Redis down: keep the batch (bounded) and retry next time
+            self.failures += 1
             log.warning("ledger store refused %d records (%s); will retry", len(batch), type(exc).__name__)
             self._pending = (batch + self._pending)[-MAX_PENDING:]
 

@@ -34,7 +34,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health_pb2
 
 from ext_proc.core import pipeline
-from ext_proc.core.actions import Action, Ask, EmitRecord, Forwarded, Settle
+from ext_proc.core.actions import Action, Ask, EmitRecord, Forwarded, Settle, Trace
 from ext_proc.core.attempt import Attempt
 from ext_proc.core.events import Answered, Event, StreamClosed
 from ext_proc.core.meter import Accountant
@@ -75,12 +75,19 @@ class Service:
     steps: pipeline.Pipeline = pipeline.DEFAULT  # the request steps (see ext_proc.core.pipeline)
     runtime: Runtime = SYSTEM  # the clock and randomness the core uses
     on_record: Callable[[dict[str, Any]], None] | None = None  # each finished record (metrics, refusal logs)
+    # Each finished record with its span's data (OpenTelemetry); None: sessions collect no trace data.
+    on_trace: Callable[[dict[str, Any], Trace], None] | None = None
     classifier: Classifier = field(default_factory=Classifier)  # external prompt-injection classifiers
 
-    def session(self) -> Session:
-        """A new request's session, bound to the policy current at this moment."""
-        return Session(self.policy.current if self.policy else None, self.workload, self.accountant,
-                       self.usage_headers, runtime=self.runtime, steps=self.steps)
+    def session(self, peer: str | None = None) -> Session:
+        """A new request's session, bound to the policy current at this moment.
+
+        ``peer``: the identity of the Envoy that opened the stream (the SPIFFE ID of its client
+        certificate on a mutual-TLS listener). A shared Tollway (no ``workload`` of its own) names
+        the calling workload by it; a sidecar configured with its own workload keeps that one.
+        """
+        return Session(self.policy.current if self.policy else None, self.workload or peer, self.accountant,
+                       self.usage_headers, runtime=self.runtime, steps=self.steps, trace=self.on_trace is not None)
 
     def ask(self, query: object) -> object | Awaitable[object]:
         """The answer to ``query`` (or an awaitable of it) from the store, or from an external
@@ -110,6 +117,8 @@ def _run_effects(session: Session | Attempt, service: Service) -> None:
             service.records.emit(effect.record)
             if service.on_record is not None:
                 service.on_record(effect.record)
+            if effect.trace is not None and service.on_trace is not None:
+                service.on_trace(effect.record, effect.trace)
         elif isinstance(effect, Settle):
             service.keeper.settle(effect.claims, effect.used)
         elif isinstance(effect, Forwarded):  # before Envoy has the answer that sends the request on
@@ -133,9 +142,11 @@ class ExtProcCall:
 
     __slots__ = ("_ended", "_queue", "_task", "_waiting", "responder", "service", "session")
 
-    def __init__(self, service: Service, upstream: bool = False, responder: Responder | None = None) -> None:
+    def __init__(
+        self, service: Service, upstream: bool = False, responder: Responder | None = None, peer: str | None = None
+    ) -> None:
         self.service = service
-        self.session: Session | Attempt = service.attempt() if upstream else service.session()
+        self.session: Session | Attempt = service.attempt() if upstream else service.session(peer)
         self.responder = responder
         self._waiting: str | None = None  # the kind of message whose answer waits for the store
         self._queue: list[bytes] = []  # messages that arrived while waiting (Envoy sends none)

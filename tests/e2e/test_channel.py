@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_proc.envoy_config import ClientTLS
 from ext_proc.server import listen
-from ext_proc.stack import Stack, free_port
+from ext_proc.stack import Stack, free_port, process_tree
 from tests.certs import CA
 from tests.unix_users import as_other_user, needs_root, open_directory
 
@@ -192,8 +192,7 @@ def test_mutual_tls_lets_only_envoys_certificate_in(tmp_path: Path) -> None:
 
 def _tcp_listeners(root_pid: int) -> set[int]:
     """Ports of TCP sockets in LISTEN state held by ``root_pid`` and its children."""
-    pids = [root_pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(root_pid)], capture_output=True,
-                                                          text=True).stdout.split()]
+    pids = list(process_tree(root_pid))
     inodes = set()
     for pid in pids:
         for fd in Path(f"/proc/{pid}/fd").iterdir():

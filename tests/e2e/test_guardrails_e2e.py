@@ -3,8 +3,8 @@
 A blocked prompt is a 400 in the SDK's own error format and never reaches the provider (its
 request log shows nothing); a redacted prompt reaches it redacted; a pseudonymised value comes
 back in the answer; a card number the provider streams split across two events never reaches
-the client, passed through or translated; the external classifier's verdict blocks; the records
-carry the triggers and ``tollway report --team`` counts them.
+the client, passed through or translated, chat, Messages or Responses; the external classifier's
+verdict blocks; the records carry the triggers and ``tollway report --team`` counts them.
 """
 
 from __future__ import annotations
@@ -129,6 +129,16 @@ def test_a_card_split_across_streamed_events_never_reaches_the_client(env: Provi
             model=model, max_tokens=50, messages=[{"role": "user", "content": "Again?"}],
             extra_headers={"x-mock-reply": reply}) as events:
         assert events.get_final_text() == "Your card is [CREDIT_CARD_1], thanks."
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku"], ids=["passed-through", "translated"])
+def test_a_responses_client_gets_the_card_redacted_in_every_event(env: Providers, model: str) -> None:
+    reply = "Your card is 4111 11|11 1111 1111, thanks."
+    with env.openai().responses.stream(
+            model=model, input="What card did I use?", extra_headers={"x-mock-reply": reply}) as stream:
+        deltas = "".join(event.delta for event in stream if event.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert deltas == final.output_text == "Your card is [CREDIT_CARD_1], thanks."
 
 
 def test_the_classifier_blocks_what_it_flags(env: Providers) -> None:

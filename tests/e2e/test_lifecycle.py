@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from ext_proc.stack import Stack, free_port
+from ext_proc.stack import Stack, free_port, process_tree, worker_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -78,13 +78,37 @@ def test_service_down_fails_closed_with_a_json_error(tmp_path: Path) -> None:
         assert mock_seen == [], "a request went to the provider while Tollway was down"
 
 
+def test_workers_die_with_a_killed_supervisor_and_a_restarted_service_takes_over(tmp_path: Path) -> None:
+    with Stack(tmp_path, workers=2) as stack:
+        service = stack.procs["tollway"]
+        helpers = list(process_tree(service.pid))  # workers, the fork server, the resource tracker
+        assert len(worker_pids(service.pid)) == 2 and len(helpers) == 5
+        service.kill()  # SIGKILL: no chance to stop its workers itself
+        service.wait()
+        deadline = time.monotonic() + 15
+        while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in helpers):
+            assert time.monotonic() < deadline, "workers outlived their supervisor"
+            time.sleep(0.05)
+        # Nothing serves the old socket now: a new service replaces it and Envoy reaches it.
+        stack._spawn("tollway", stack.serve_argv(), {"TOLLWAY_POLICY": "", "TOLLWAY_WORKLOAD": ""})
+        stack._wait_ready(["tollway"])
+        with httpx.Client() as http:
+            deadline = time.monotonic() + 10
+            while (status := http.post(stack.base_url + "/v1/chat/completions", json=BODY).status_code) != 200:
+                assert time.monotonic() < deadline, status
+                time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"
+
+
 def test_workers_share_the_port(tmp_path: Path) -> None:
     with Stack(tmp_path, workers=2) as stack:
-        parent = stack.procs["tollway"].pid
-        children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
-        workers = [pid for pid in children if "serve" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-                   or "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
-        assert len(workers) >= 2
+        assert len(worker_pids(stack.procs["tollway"].pid)) == 2
         with httpx.Client() as http:
             for _ in range(20):
                 assert http.post(stack.base_url + "/v1/chat/completions", json=BODY).status_code == 200

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server import alerts
 from ext_proc.server.alerts import Alerts
+from ext_proc.server.metrics import Exchange, Tally, TallyCollector
 from ext_proc.state.limits import MemoryBackend
 from ext_proc.state.queries import Claim
 
@@ -59,8 +60,10 @@ teams: {{search: {{workloads: [w], models: ["*"]}}}}
 budgets:
   search-daily: {{team: search, usd: "10", period: day, enforce: soft, alerts: [50, 80, 100], webhook: "{hook}"}}
 """)
+    tally = Tally()
     registry = CollectorRegistry()
-    fired = Alerts(lambda: policy, MemoryBackend().once, registry)
+    registry.register(TallyCollector(Exchange(tally, None).totals))
+    fired = Alerts(lambda: policy, MemoryBackend().once, tally)
     claim = Claim("budget/search-daily/usd/search/2026-12-04", 1, 10_000_000, time.time() + 3600)
 
     async def scenario() -> None:
@@ -93,7 +96,7 @@ budgets:
   b: {team: search, tokens: 100, period: day, alerts: [50]}
 """)
     store = MemoryBackend()  # shared, as Redis or the node's parent is
-    one, two = (Alerts(lambda: policy, store.once, CollectorRegistry()) for _ in range(2))
+    one, two = (Alerts(lambda: policy, store.once, Tally()) for _ in range(2))
     claim = Claim("budget/b/tokens/search/2026-12-04", 1, 100, time.time() + 3600)
 
     async def scenario() -> None:
@@ -102,5 +105,5 @@ budgets:
         await asyncio.sleep(0.05)
 
     asyncio.run(scenario())
-    counts = [a.metric.labels("b", "50")._value.get() for a in (one, two)]
+    counts = [a.tally.counters.get(("tollway_budget_alerts", "b", "50"), 0) for a in (one, two)]
     assert sorted(counts) == [0, 1]

@@ -461,3 +461,27 @@ def test_deferred_answers_over_a_socket_to_grpcio(tmp_path: Path) -> None:
         assert answers == [b"one", b"two", b"three"]
     finally:
         running.stop()
+
+
+def test_a_frame_on_a_stream_the_client_ended_resets_that_stream_only() -> None:
+    """RFC 9113 5.1: DATA or HEADERS on a half-closed (remote) stream is a stream error
+    (STREAM_CLOSED): the call is told, the connection and its other streams go on (found by the
+    differential fuzz: python-hyper's h2 does the same)."""
+
+    async def scenario() -> None:
+        log = Log()
+        peer = Peer(later_routes(log, delay=0.05))
+        peer.open(1, b"first", end=True)  # answered later: the stream stays half-closed (remote)
+        peer.open(3, b"other", end=True)
+        peer.send(frame(h2.DATA, 0x1, 1, b""))  # DATA after END_STREAM on stream 1
+        peer.send(frame(h2.HEADERS, 0x5, 3, literal_block([(b"grpc-status", b"0")])))  # trailers after it on 3
+        assert peer.resets() == {1: h2.STREAM_CLOSED, 3: h2.STREAM_CLOSED}
+        assert peer.goaway() is None and log.of(1)[-1] == "reset" and log.of(3)[-1] == "reset"
+        assert 1 not in peer.connection.streams and 3 not in peer.connection.streams
+        peer.open(5, b"third", end=True)  # the connection still serves
+        await asyncio.sleep(0.15)
+        peer.pump()
+        answers = [e for e in peer.events if isinstance(e, DataReceived) and e.stream_id == 5]
+        assert b"".join(e.data for e in answers) == grpc_message(b"third")
+
+    asyncio.run(scenario())

@@ -258,7 +258,7 @@ def test_unknown_field_with_a_suggestion() -> None:
 def test_unknown_field_without_a_close_match_lists_the_fields() -> None:
     assert issues(HEAD + "colour: blue\n") == [
         "p.yaml:7:1: unknown field 'colour' (expected one of: apiVersion, providers, models, teams, budgets, "
-        "rate_limits, shared_state, guardrails, routing)"
+        "rate_limits, shared_state, guardrails, routing, telemetry)"
     ]
 
 

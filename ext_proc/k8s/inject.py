@@ -1,0 +1,512 @@
+"""``tollway inject``: the sidecar injector, as a mutating admission webhook or offline.
+
+Theory of operation. :func:`mutate` is the whole idea, a pure function from a pod (its spec, its
+namespace) to the pod with Tollway's containers; everything else carries pods to it:
+
+- the webhook (``tollway inject --webhook``) answers the API server's ``AdmissionReview`` with a
+  JSONPatch (RFC 6902, ``jsonpatch.make_patch`` of the pod and its mutation) over HTTPS, with a
+  certificate re-read when cert-manager renews it. The MutatingWebhookConfiguration's selectors
+  decide which pods are sent (a namespace labelled ``tollway.dev/inject=enabled``, or a pod
+  labelled ``tollway.dev/inject: "true"``; a pod labelled ``"false"`` opts out), the way Istio's
+  injector is selected;
+- ``tollway inject -f deployment.yaml`` mutates every pod template of a manifest (Pod, Deployment,
+  StatefulSet, DaemonSet, ReplicaSet, Job, CronJob) for those who render offline (GitOps).
+
+:func:`mutate` first removes whatever an earlier injection (or the pod's author) put under
+Tollway's names, then adds them afresh, so injecting twice changes nothing and a pod cannot
+bring its own "Tollway" with another identity. The identity is computed here from what the API
+server admitted: ``spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT``. Pods Tollway cannot
+serve safely are refused with a reason: host-network pods (the init container would rewrite
+the node's iptables), containers running as Envoy's user (their traffic would bypass the
+interception), and containers of the application that mount Tollway's volumes (the socket
+directory and the provider keys are for the sidecar only). See :mod:`ext_proc.k8s` for what
+the three containers do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import http.server
+import json
+import logging
+import os
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ext_proc.envoy_config import TEMPLATE
+from ext_proc.k8s import sidecar
+
+log = logging.getLogger("tollway.inject")
+
+LABEL = "tollway.dev/inject"  # "true"/"false" on a pod; "enabled" on a namespace
+STATUS = "tollway.dev/status"  # set on injected pods: what was injected
+INJECTED_LABEL = "tollway.dev/injected"  # "true" on injected pods (NetworkPolicies select on it)
+INTERCEPT = "tollway.dev/intercept"  # pod annotation: "false" keeps base-URL mode only
+TRUST = "tollway.dev/trust"  # pod annotation: "false" leaves the application's CA settings alone
+TOLLWAY_UID, ENVOY_UID, TOLLWAY_GID = 10001, 10002, 10001
+CONTAINERS = ("tollway-init", "tollway", "tollway-envoy")
+VOLUMES = ("tollway-run", "tollway-tmp", "tollway-policy", "tollway-provider-keys", "tollway-intercept-tls",
+           "tollway-trust")
+SIDECAR_VOLUMES = frozenset(VOLUMES) - {"tollway-trust"}  # never mounted by the application's containers
+POLICY_DIR = "/etc/tollway/policy"
+PROVIDER_KEYS_DIR = "/var/run/secrets/tollway/providers"
+TRUST_DIR = "/etc/tollway/trust"
+TRUST_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
+RESERVED_PORTS = frozenset({sidecar.ENVOY_ADMIN_PORT, sidecar.TOLLWAY_ADMIN_PORT, 10000, sidecar.INTERCEPT_PORT,
+                            sidecar.POD_PORT})
+PYTHON = "/opt/tollway/bin/python"
+
+
+class Refused(Exception):
+    """This pod cannot be injected; the message says why, to the person who applied it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the injector puts in every pod (``tollway inject`` flags)."""
+
+    image: str = "tollway:0.1.0"
+    pull_policy: str = "IfNotPresent"
+    trust_domain: str = "cluster.local"
+    hosts: tuple[str, ...] = sidecar.PROVIDER_HOSTS
+    intercept_cidrs: str = ""
+    intercept_all: bool = False
+    policy_configmap: str = "tollway-policy"
+    policy_key: str = "policy.yaml"
+    provider_secret: str = "tollway-provider-keys"
+    redis_secret: str = "tollway-redis"  # key "url"; optional: without it the node's own counters
+    intercept_secret: str = "tollway-intercept-tls"
+    trust_configmap: str = "tollway-trust"
+    trust_key: str = "ca-bundle.pem"
+    workers: int = 1
+    envoy_concurrency: int = 2
+    template: Path = TEMPLATE
+
+    def bootstrap(self, intercept: bool) -> dict[str, Any]:
+        layout = sidecar.Layout(hosts=self.hosts, intercept=intercept)
+        return sidecar.bootstrap(yaml.safe_load(self.template.read_text(encoding="utf-8")), layout)
+
+
+def workload_id(settings: Settings, namespace: str, pod: Mapping[str, Any]) -> str:
+    account = pod.get("spec", {}).get("serviceAccountName") or pod.get("spec", {}).get("serviceAccount") or "default"
+    return f"spiffe://{settings.trust_domain}/ns/{namespace}/sa/{account}"
+
+
+def _flag(meta: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = str((meta.get("annotations") or {}).get(name, "")).strip().lower()
+    return default if value == "" else value not in ("false", "0", "no", "off", "disabled")
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    # Tollway's admin is on loopback: kubelet cannot reach it, so the probe runs inside the container.
+    code = f"import urllib.request as u; u.urlopen('http://127.0.0.1:{sidecar.TOLLWAY_ADMIN_PORT}{path}', timeout=2)"
+    return {"exec": {"command": [PYTHON, "-c", code]}, "periodSeconds": period, "failureThreshold": failures,
+            "timeoutSeconds": 3}
+
+
+def _hardened(uid: int, gid: int) -> dict[str, Any]:
+    return {"runAsUser": uid, "runAsGroup": gid, "runAsNonRoot": True, "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def sidecar_containers(settings: Settings, workload: str, intercept: bool) -> list[dict[str, Any]]:
+    """The init container (when intercepting) and the two native sidecars, in start order."""
+    out: list[dict[str, Any]] = []
+    if intercept:
+        out.append({
+            "name": "tollway-init",
+            "image": settings.image,
+            "imagePullPolicy": settings.pull_policy,
+            "command": ["tollway-intercept"],
+            "env": [
+                {"name": "TOLLWAY_INTERCEPT_HOSTS", "value": " ".join(settings.hosts)},
+                {"name": "TOLLWAY_INTERCEPT_CIDRS", "value": settings.intercept_cidrs},
+                {"name": "TOLLWAY_INTERCEPT_ALL", "value": "true" if settings.intercept_all else "false"},
+                {"name": "TOLLWAY_INTERCEPT_PORT", "value": str(sidecar.INTERCEPT_PORT)},
+                {"name": "TOLLWAY_ENVOY_UID", "value": str(ENVOY_UID)},
+                {"name": "XTABLES_LOCKFILE", "value": "/tmp/xtables.lock"},
+            ],
+            "securityContext": {
+                "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False, "privileged": False,
+                "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "volumeMounts": [{"name": "tollway-tmp", "mountPath": "/tmp"}],
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        })
+    out.append({
+        "name": "tollway",
+        "image": settings.image,
+        "imagePullPolicy": settings.pull_policy,
+        "restartPolicy": "Always",  # a native sidecar: started before, stopped after the application
+        "args": ["serve", "--policy", f"{POLICY_DIR}/{settings.policy_key}",
+                 "--envoy-clusters", "/run/tollway/clusters.yaml", "--workers", str(settings.workers)],
+        "env": [
+            {"name": "TOLLWAY_WORKLOAD", "value": workload},
+            {"name": "TOLLWAY_REDIS_URL", "valueFrom": {"secretKeyRef": {
+                "name": settings.redis_secret, "key": "url", "optional": True}}},
+            {"name": "TMPDIR", "value": "/tmp"},
+        ],
+        "securityContext": _hardened(TOLLWAY_UID, TOLLWAY_GID),
+        "volumeMounts": [
+            {"name": "tollway-run", "mountPath": "/run"},
+            {"name": "tollway-tmp", "mountPath": "/tmp"},
+            {"name": "tollway-policy", "mountPath": POLICY_DIR, "readOnly": True},
+            {"name": "tollway-provider-keys", "mountPath": PROVIDER_KEYS_DIR, "readOnly": True},
+        ],
+        # Envoy starts only once this passes: the clusters file is written and the socket serves.
+        "startupProbe": _probe("/readyz", 1, 120),
+        "livenessProbe": _probe("/healthz", 20, 3),
+        "readinessProbe": {"httpGet": {"path": "/tollway/readyz", "port": sidecar.POD_PORT}, "periodSeconds": 10},
+        "resources": {"requests": {"cpu": "50m", "memory": "192Mi"}, "limits": {"memory": "512Mi"}},
+    })
+    bootstrap = json.dumps(settings.bootstrap(intercept), separators=(",", ":"), sort_keys=True)
+    envoy_mounts: list[dict[str, Any]] = [{"name": "tollway-run", "mountPath": "/run"}]
+    if intercept:
+        envoy_mounts.append({"name": "tollway-intercept-tls", "mountPath": sidecar.INTERCEPT_CERT_DIR,
+                             "readOnly": True})
+    out.append({
+        "name": "tollway-envoy",
+        "image": settings.image,
+        "imagePullPolicy": settings.pull_policy,
+        "restartPolicy": "Always",
+        "command": ["envoy"],
+        "args": ["--config-yaml", bootstrap, "--disable-hot-restart", "--log-level", "warn",
+                 "--concurrency", str(settings.envoy_concurrency)],
+        "ports": [{"name": "tollway-pod", "containerPort": sidecar.POD_PORT, "protocol": "TCP"}],
+        "securityContext": _hardened(ENVOY_UID, TOLLWAY_GID),  # Tollway's group: the socket's
+        "volumeMounts": envoy_mounts,
+        "startupProbe": {"httpGet": {"path": "/ready", "port": sidecar.POD_PORT}, "periodSeconds": 1,
+                         "failureThreshold": 60},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": sidecar.POD_PORT}, "periodSeconds": 10},
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+    })
+    return out
+
+
+def sidecar_volumes(settings: Settings, intercept: bool, trust: bool) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        # /run of Tollway and Envoy only: Tollway creates /run/tollway (0750) for the socket and clusters file.
+        {"name": "tollway-run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+        {"name": "tollway-tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+        # A directory mount (never subPath): the kubelet's ..data swap is how edits reach Tollway.
+        {"name": "tollway-policy", "configMap": {"name": settings.policy_configmap}},
+        {"name": "tollway-provider-keys", "secret": {"secretName": settings.provider_secret}},
+    ]
+    if intercept:
+        volumes.append({"name": "tollway-intercept-tls", "secret": {"secretName": settings.intercept_secret}})
+    if trust:
+        volumes.append({"name": "tollway-trust", "configMap": {
+            "name": settings.trust_configmap, "items": [{"key": settings.trust_key, "path": "ca-bundle.pem"}]}})
+    return volumes
+
+
+def _strip(pod: dict[str, Any]) -> None:
+    """Remove everything under Tollway's names (an earlier injection, or a pod imitating one)."""
+    spec = pod.setdefault("spec", {})
+    for key in ("initContainers", "containers"):
+        if key in spec:
+            spec[key] = [c for c in spec[key] if c.get("name") not in CONTAINERS]
+    if "volumes" in spec:
+        spec["volumes"] = [v for v in spec["volumes"] if v.get("name") not in VOLUMES]
+    bundle = f"{TRUST_DIR}/ca-bundle.pem"
+    for container in spec.get("containers", []):
+        if "volumeMounts" in container:
+            container["volumeMounts"] = [m for m in container["volumeMounts"] if m.get("name") != "tollway-trust"]
+        if "env" in container:
+            container["env"] = [e for e in container["env"] if not (e.get("name") in TRUST_ENV
+                                                                     and e.get("value") == bundle)]
+    meta = pod.setdefault("metadata", {})
+    (meta.get("annotations") or {}).pop(STATUS, None)
+
+
+def _check(pod: Mapping[str, Any]) -> None:
+    spec = pod.get("spec", {})
+    if spec.get("hostNetwork"):
+        raise Refused("a hostNetwork pod shares the node's network: Tollway's init container would rewrite the "
+                      "node's iptables. Label it tollway.dev/inject=false")
+    pod_uid = (spec.get("securityContext") or {}).get("runAsUser")
+    for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+        uid = (container.get("securityContext") or {}).get("runAsUser", pod_uid)
+        if uid == ENVOY_UID:
+            raise Refused(f"container {container.get('name')!r} runs as uid {ENVOY_UID}, the Tollway sidecar's Envoy: "
+                          "its connections would bypass the interception. Run it as another user")
+        for mount in container.get("volumeMounts", []):
+            if mount.get("name") in SIDECAR_VOLUMES:
+                raise Refused(f"container {container.get('name')!r} mounts {mount.get('name')!r}, which only the "
+                              "Tollway sidecar may mount (it holds the provider keys or the socket)")
+        for port in container.get("ports", []):
+            if port.get("containerPort") in RESERVED_PORTS:
+                raise Refused(f"container {container.get('name')!r} uses port {port.get('containerPort')}, which the "
+                              f"Tollway sidecar needs ({', '.join(map(str, sorted(RESERVED_PORTS)))} are taken)")
+
+
+def mutate(pod: Mapping[str, Any], namespace: str, settings: Settings) -> dict[str, Any]:
+    """The pod with Tollway injected (see the module docstring); :class:`Refused` when it cannot be."""
+    out = copy.deepcopy(dict(pod))
+    _strip(out)
+    _check(out)
+    meta = out["metadata"]
+    spec = out["spec"]
+    intercept = _flag(meta, INTERCEPT, True)
+    trust = intercept and _flag(meta, TRUST, True)
+    workload = workload_id(settings, namespace, out)
+    spec["initContainers"] = [*sidecar_containers(settings, workload, intercept), *spec.get("initContainers", [])]
+    spec["volumes"] = [*spec.get("volumes", []), *sidecar_volumes(settings, intercept, trust)]
+    bundle = f"{TRUST_DIR}/ca-bundle.pem"
+    trusted = []
+    for container in spec.get("containers", []):
+        if not trust:
+            break
+        env = container.setdefault("env", [])
+        names = {e.get("name") for e in env}
+        env.extend({"name": name, "value": bundle} for name in TRUST_ENV if name not in names)
+        container.setdefault("volumeMounts", []).append({"name": "tollway-trust", "mountPath": TRUST_DIR,
+                                                         "readOnly": True})
+        trusted.append(container.get("name"))
+    meta.setdefault("labels", {})[INJECTED_LABEL] = "true"
+    meta.setdefault("annotations", {})[STATUS] = json.dumps({
+        "workload": workload, "intercept": intercept, "trusting": trusted,
+        "containers": [c["name"] for c in spec["initContainers"] if c["name"] in CONTAINERS]}, sort_keys=True)
+    return out
+
+
+# -- the webhook ---------------------------------------------------------------------------------
+
+def review(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    """The AdmissionReview answer for one request: a JSONPatch, no change, or a refusal."""
+    import jsonpatch
+
+    request = body.get("request") or {}
+    uid = request.get("uid", "")
+    response: dict[str, Any] = {"uid": uid, "allowed": True}
+    pod = request.get("object") or {}
+    if request.get("kind", {}).get("kind") == "Pod" and request.get("operation", "CREATE") == "CREATE":
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if str(labels.get(LABEL, "")).lower() != "false":
+            namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "default"
+            try:
+                mutated = mutate(pod, namespace, settings)
+            except Refused as exc:
+                response = {"uid": uid, "allowed": False, "status": {"code": 403, "message": f"tollway: {exc}"}}
+            else:
+                patch = jsonpatch.make_patch(pod, mutated).patch
+                if patch:
+                    response["patchType"] = "JSONPatch"
+                    response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+                    log.info("injected %s/%s", namespace,
+                             (pod.get("metadata") or {}).get("name") or (pod.get("metadata") or {}).get("generateName"))
+    return {"apiVersion": body.get("apiVersion", "admission.k8s.io/v1"), "kind": "AdmissionReview",
+            "response": response}
+
+
+class ReloadingContext:
+    """A server SSLContext whose certificate is re-read when its files change (cert-manager renewals)."""
+
+    def __init__(self, cert: str, key: str) -> None:
+        self.cert, self.key = cert, key
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._signature: tuple[int, ...] = ()
+        self.refresh()
+
+    def refresh(self) -> bool:
+        stats = [os.stat(path) for path in (self.cert, self.key)]
+        signature = tuple(value for s in stats for value in (s.st_mtime_ns, s.st_ino))
+        if signature == self._signature:
+            return False
+        self.context.load_cert_chain(self.cert, self.key)
+        self._signature = signature
+        return True
+
+
+def _follow(tls: ReloadingContext, interval: float = 5.0) -> None:
+    """Re-read the certificate when cert-manager renews it (new handshakes use it)."""
+    while True:
+        time.sleep(interval)
+        try:
+            if tls.refresh():
+                log.info("webhook certificate reloaded")
+        except (OSError, ssl.SSLError) as exc:
+            log.error("new webhook certificate rejected, keeping the previous one: %s", exc)
+
+
+def serve(settings: Settings, host: str, port: int, tls: ReloadingContext | None,
+          started: Callable[[int], None] | None = None) -> None:
+    """Answer AdmissionReviews on ``POST /inject`` (and ``GET /healthz``) until interrupted."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: object) -> None:  # requests are logged by review()
+            pass
+
+        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                self._send(200, b"ok\n", "text/plain")
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def do_POST(self) -> None:
+            if self.path.split("?")[0] != "/inject":
+                self._send(404, b"not found\n", "text/plain")
+                return
+            length = int(self.headers.get("content-length") or 0)
+            if not 0 < length <= 8 * 1024 * 1024:
+                self._send(400, b'{"error": "an AdmissionReview body is required"}')
+                return
+            try:
+                body = json.loads(self.rfile.read(length))
+                answer = review(body, settings)
+            except (ValueError, AttributeError, TypeError) as exc:
+                self._send(400, json.dumps({"error": f"not an AdmissionReview: {exc}"}).encode())
+                return
+            self._send(200, json.dumps(answer).encode())
+
+    server = http.server.ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    if tls is not None:
+        accept = server.get_request
+
+        def get_request() -> tuple[Any, Any]:
+            # The handshake happens in the request's thread (first read), never in the accepting one.
+            sock, address = accept()
+            return tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+
+        server.get_request = get_request  # type: ignore[method-assign]
+        threading.Thread(target=_follow, args=(tls,), name="tollway-inject-tls", daemon=True).start()
+    if started is not None:
+        started(server.server_address[1])
+    log.info("tollway inject webhook listening on %s:%d (%s)", host, server.server_address[1],
+             "https" if tls else "http")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+# -- offline -------------------------------------------------------------------------------------
+
+def pod_templates(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The pod (or pod templates) inside one manifest object, to mutate in place."""
+    kind = doc.get("kind")
+    if kind == "Pod":
+        yield doc
+    elif kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "ReplicationController"):
+        yield doc.setdefault("spec", {}).setdefault("template", {})
+    elif kind == "CronJob":
+        yield doc.setdefault("spec", {}).setdefault("jobTemplate", {}).setdefault("spec", {}).setdefault("template", {})
+    elif kind == "List":
+        for item in doc.get("items", []):
+            yield from pod_templates(item)
+
+
+def inject_documents(docs: list[Any], settings: Settings, namespace: str | None) -> list[Any]:
+    """Every pod template of ``docs`` injected (unless labelled tollway.dev/inject: "false")."""
+    out = []
+    for doc in docs:
+        if not isinstance(doc, dict):
+            out.append(doc)
+            continue
+        doc = copy.deepcopy(doc)
+        ns = namespace or (doc.get("metadata") or {}).get("namespace") or "default"
+        for template in pod_templates(doc):
+            labels = (template.get("metadata") or {}).get("labels") or {}
+            if str(labels.get(LABEL, "")).lower() == "false":
+                continue
+            template.update(mutate(template, ns, settings))
+        out.append(doc)
+    return out
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--filename", action="append", default=[], metavar="FILE",
+                        help="inject the pod templates of these manifests (- for stdin) and print them (offline)")
+    parser.add_argument("--namespace", help="-f: the namespace of objects that name none (default: default)")
+    parser.add_argument("--webhook", action="store_true", help="serve the mutating admission webhook (POST /inject)")
+    parser.add_argument("--listen", default=_env("TOLLWAY_INJECT_LISTEN", "0.0.0.0:8443"),
+                        help="--webhook: HOST:PORT (default %(default)s)")
+    parser.add_argument("--tls-cert", default=os.environ.get("TOLLWAY_INJECT_TLS_CERT"),
+                        help="--webhook: the serving certificate (re-read when it changes)")
+    parser.add_argument("--tls-key", default=os.environ.get("TOLLWAY_INJECT_TLS_KEY"), help="--webhook: its key")
+    parser.add_argument("--image", default=_env("TOLLWAY_IMAGE", Settings.image),
+                        help="the Tollway image the sidecar runs (env TOLLWAY_IMAGE; default %(default)s)")
+    parser.add_argument("--trust-domain", default=_env("TOLLWAY_TRUST_DOMAIN", Settings.trust_domain),
+                        help="the SPIFFE trust domain of workload identities (default %(default)s)")
+    parser.add_argument("--hosts", default=_env("TOLLWAY_INTERCEPT_HOSTS", " ".join(Settings.hosts)),
+                        help="provider hosts to intercept (default %(default)r)")
+    parser.add_argument("--intercept-cidrs", default=_env("TOLLWAY_INTERCEPT_CIDRS", ""),
+                        help="more destinations to intercept, CIDRs (e.g. a provider's published ranges)")
+    parser.add_argument("--intercept-all", action="store_true", default=_env("TOLLWAY_INTERCEPT_ALL", "") == "true",
+                        help="intercept every destination's port 443 (other hosts pass through Envoy untouched)")
+    parser.add_argument("--policy-configmap", default=_env("TOLLWAY_POLICY_CONFIGMAP", Settings.policy_configmap))
+    parser.add_argument("--provider-secret", default=_env("TOLLWAY_PROVIDER_SECRET", Settings.provider_secret))
+    parser.add_argument("--redis-secret", default=_env("TOLLWAY_REDIS_SECRET", Settings.redis_secret))
+    parser.add_argument("--workers", type=int, default=int(_env("TOLLWAY_SIDECAR_WORKERS", "1")))
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(image=args.image, trust_domain=args.trust_domain, hosts=sidecar.hosts(args.hosts),
+                    intercept_cidrs=args.intercept_cidrs, intercept_all=args.intercept_all,
+                    policy_configmap=args.policy_configmap, provider_secret=args.provider_secret,
+                    redis_secret=args.redis_secret, workers=args.workers)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if args.webhook:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        host, _, port = args.listen.rpartition(":")
+        tls = None
+        if args.tls_cert or args.tls_key:
+            if not (args.tls_cert and args.tls_key):
+                print("tollway inject: --tls-cert and --tls-key go together", file=sys.stderr)
+                return 2
+            tls = ReloadingContext(args.tls_cert, args.tls_key)
+        else:
+            log.warning("serving plain HTTP: the API server only calls webhooks over HTTPS")
+        serve(settings, host.strip("[]") or "0.0.0.0", int(port), tls)
+        return 0
+    if not args.filename:
+        print("tollway inject: give -f FILE (offline) or --webhook", file=sys.stderr)
+        return 2
+    docs: list[Any] = []
+    for name in args.filename:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+            docs.extend(d for d in yaml.safe_load_all(text) if d is not None)
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"tollway inject: {name}: {exc}", file=sys.stderr)
+            return 1
+    try:
+        out = inject_documents(docs, settings, args.namespace)
+    except Refused as exc:
+        print(f"tollway inject: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(yaml.safe_dump_all(out, sort_keys=False, width=120))
+    return 0

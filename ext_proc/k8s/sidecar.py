@@ -1,0 +1,176 @@
+"""The injected sidecar's Envoy bootstrap: Tollway's own, plus transparent interception and a pod port.
+
+:func:`bootstrap` starts from the bootstrap every Tollway Envoy runs (``envoy/tollway.yaml``:
+the base-URL listener on ``127.0.0.1:10000``, its ext_proc filter on the private socket, the
+clusters file Tollway writes) and adds two listeners:
+
+``tollway_intercept`` (``127.0.0.1:10443``, where ``tollway-intercept`` redirects the pod's
+    outbound connections to the providers' port 443). Its ``original_dst`` listener filter
+    recovers where each connection was going and ``tls_inspector`` reads its SNI. A provider
+    host's SNI gets a TLS handshake with the interception certificate (read through file-based
+    SDS, so cert-manager's renewals are picked up without a restart) and then exactly the
+    base-URL listener's HTTP chain: the same ext_proc filter, routes and clusters, so Tollway
+    identifies, routes, meters and records the request and Envoy originates TLS to the real
+    provider. Any other SNI, or none, is forwarded byte for byte to its original destination
+    (``tollway_passthrough``, an ``ORIGINAL_DST`` cluster): CDNs serve many sites on a provider's
+    addresses, and those connections are not ours to open.
+``tollway_pod`` (``0.0.0.0:10021``): the only port of the sidecar on the pod's address. It
+    answers kubelet's probes and Prometheus, and nothing else: Envoy's ``/ready`` and
+    ``/stats/prometheus``, Tollway's ``/readyz`` and ``/metrics`` (as ``/tollway/readyz`` and
+    ``/tollway/metrics``). Both admin endpoints stay on loopback (Envoy's admin can stop Envoy;
+    Tollway's serves spend reports).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ext_proc.envoy_config import set_ext_proc
+
+PROVIDER_HOSTS = ("api.openai.com", "api.anthropic.com")
+INTERCEPT_PORT = 10443
+POD_PORT = 10021
+ENVOY_ADMIN_PORT = 9901
+TOLLWAY_ADMIN_PORT = 9902
+INTERCEPT_CERT_DIR = "/etc/tollway/intercept"  # the cert-manager Secret (tls.crt, tls.key)
+INTERCEPT_SDS = "/etc/tollway/envoy/intercept-sds.yaml"  # in the image: k8s/image/intercept-sds.yaml
+INTERCEPT_SECRET = "tollway-intercept"
+
+_HCM = "envoy.filters.network.http_connection_manager"
+_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the sidecar's Envoy listens and finds things (the pod's defaults; tests move them)."""
+
+    hosts: tuple[str, ...] = PROVIDER_HOSTS
+    intercept: bool = True
+    intercept_port: int = INTERCEPT_PORT
+    pod_port: int = POD_PORT
+    pod_address: str = "0.0.0.0"
+    envoy_admin_port: int = ENVOY_ADMIN_PORT
+    tollway_admin_port: int = TOLLWAY_ADMIN_PORT
+    intercept_sds: str = INTERCEPT_SDS
+    ext_proc: str | None = None  # Tollway's address; None: the template's (unix:/run/tollway/ext_proc.sock)
+
+
+def intercept_sds(cert_dir: str = INTERCEPT_CERT_DIR) -> dict[str, Any]:
+    """The SDS file naming the interception certificate's files (reloaded when their directory changes)."""
+    return {"resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": INTERCEPT_SECRET,
+        "tls_certificate": {
+            "certificate_chain": {"filename": f"{cert_dir}/tls.crt"},
+            "private_key": {"filename": f"{cert_dir}/tls.key"},
+            # Kubernetes updates a Secret volume by swapping its ..data symlink: watch the directory.
+            "watched_directory": {"path": cert_dir},
+        },
+    }]}
+
+
+def _static(name: str, port: int) -> dict[str, Any]:
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
+        "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+
+
+def _route(path: str, cluster: str, rewrite: str | None = None) -> dict[str, Any]:
+    route: dict[str, Any] = {"cluster": cluster, "timeout": "5s"}
+    if rewrite:
+        route["prefix_rewrite"] = rewrite
+    return {"match": {"path": path}, "route": route}
+
+
+def _pod_listener(layout: Layout) -> dict[str, Any]:
+    routes = [
+        _route("/ready", "tollway_envoy_admin"),
+        _route("/stats/prometheus", "tollway_envoy_admin"),
+        _route("/tollway/readyz", "tollway_admin", "/readyz"),
+        _route("/tollway/metrics", "tollway_admin", "/metrics"),
+        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+    ]
+    return {
+        "name": "tollway_pod",
+        "address": {"socket_address": {"address": layout.pod_address, "port_value": layout.pod_port}},
+        "enable_reuse_port": False,
+        "filter_chains": [{"filters": [{"name": _HCM, "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                     "HttpConnectionManager",
+            "stat_prefix": "tollway_pod",
+            "route_config": {"name": "tollway_pod", "virtual_hosts": [
+                {"name": "pod", "domains": ["*"], "routes": routes}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        }}]}],
+    }
+
+
+def _intercept_listener(hcm_filter: dict[str, Any], layout: Layout) -> dict[str, Any]:
+    hcm = copy.deepcopy(hcm_filter)
+    hcm["typed_config"]["stat_prefix"] = "tollway_intercept"
+    return {
+        "name": "tollway_intercept",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": layout.intercept_port}},
+        "enable_reuse_port": False,
+        "per_connection_buffer_limit_bytes": 67108864,
+        "listener_filters": [
+            {"name": "envoy.filters.listener.original_dst", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}},
+            {"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}},
+        ],
+        "filter_chains": [{
+            "filter_chain_match": {"server_names": list(layout.hosts), "transport_protocol": "tls"},
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": _TLS,
+                "common_tls_context": {
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                    "tls_certificate_sds_secret_configs": [{"name": INTERCEPT_SECRET, "sds_config": {
+                        "resource_api_version": "V3",
+                        "path_config_source": {"path": layout.intercept_sds}}}],
+                },
+            }},
+            "filters": [hcm],
+        }],
+        # Another host on a provider's address, or no SNI: forwarded untouched to where it was going.
+        "default_filter_chain": {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "tollway_passthrough", "cluster": "tollway_passthrough"}}]},
+    }
+
+
+def bootstrap(template: dict[str, Any], layout: Layout = Layout()) -> dict[str, Any]:
+    """The sidecar's bootstrap from Tollway's (``template``, read from the clusters file Tollway writes)."""
+    config = copy.deepcopy(template)
+    config["admin"]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": layout.envoy_admin_port}
+    if layout.ext_proc is not None:
+        set_ext_proc(config, layout.ext_proc)
+    resources = config["static_resources"]
+    (base,) = resources["listeners"]
+    listeners = [base, _pod_listener(layout)]
+    clusters = [_static("tollway_envoy_admin", layout.envoy_admin_port),
+                _static("tollway_admin", layout.tollway_admin_port)]
+    if layout.intercept:
+        (hcm,) = base["filter_chains"][0]["filters"]
+        listeners.append(_intercept_listener(hcm, layout))
+        clusters.append({"name": "tollway_passthrough", "type": "ORIGINAL_DST", "connect_timeout": "5s",
+                         "lb_policy": "CLUSTER_PROVIDED"})
+    resources["listeners"] = listeners
+    resources["clusters"] = [*resources["clusters"], *clusters]
+    return config
+
+
+def hosts(text: str | Sequence[str]) -> tuple[str, ...]:
+    """Provider host names from a comma- or space-separated string (or a list), lower-cased, in order."""
+    items = text.replace(",", " ").split() if isinstance(text, str) else list(text)
+    out: list[str] = []
+    for item in items:
+        name = item.strip().lower().rstrip(".")
+        if name and name not in out:
+            out.append(name)
+    return tuple(out)

@@ -1,0 +1,21 @@
+"""What the workers' fork server loads once, before it forks any worker.
+
+``tollway serve --workers N`` starts its workers from a multiprocessing *fork server*: one clean,
+single-threaded process that imports the service and loads the tokenizers (the Rust BPE tables of
+o200k_base and cl100k_base, ~60 MB) and the price table, then forks each worker (and each
+restarted one) from that state. Pages a worker never writes stay shared with the fork server
+and its siblings, so N workers hold one copy instead of N (counted as PSS). ``gc.freeze()``
+moves everything loaded here out of the collector's reach: a worker's collections would
+otherwise write to every object header and un-share the pages.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import ext_proc.server.app  # noqa: F401 - the service's modules, imported once for every worker
+from ext_proc.server.accounting import warm_up
+
+warm_up()
+gc.collect()
+gc.freeze()

@@ -1,0 +1,141 @@
+"""The image, as far as this machine allows (no Docker engine here to build or run it).
+
+The Dockerfile is linted (hadolint) and read (dockerfile-parse) for what the pods rely on:
+a non-root user, the init script and SDS file where the injector expects them, tini in front
+of the processes. Its install step is a script (``k8s/image/install``) that this test runs
+too, on a copy of exactly what the Dockerfile copies, into a clean virtualenv; the installed
+``tollway`` and Envoy then carry a request from the installed fake provider, and stop on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from dockerfile_parse import DockerfileParser
+
+from ext_proc.k8s import inject, sidecar
+from ext_proc.stack import ROOT, _http_ok, free_port
+
+pytestmark = pytest.mark.e2e
+
+POLICY = """apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: IMAGE_TEST_OPENAI_KEY}}
+models:
+  gpt-4o-mini: {provider: openai}
+teams:
+  dev: {workloads: [spiffe://cluster.local/ns/dev/sa/app], models: [gpt-4o-mini]}
+"""
+
+
+def _bin(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    assert found, f"{name} is a dev dependency (make install)"
+    return found
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    proc = subprocess.run([_bin("hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_image_scripts_pass_shellcheck() -> None:
+    scripts = [ROOT / "k8s" / "image" / "tollway-intercept", ROOT / "k8s" / "image" / "install"]
+    proc = subprocess.run([_bin("shellcheck"), *map(str, scripts)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_image_is_what_the_pods_expect() -> None:
+    parser = DockerfileParser(str(ROOT / "Dockerfile"))
+    final = [i for i in parser.structure if i["instruction"] != "COMMENT"]
+    last_from = max(i for i, line in enumerate(final) if line["instruction"] == "FROM")
+    runtime = final[last_from:]
+    by = {line["instruction"]: line["value"] for line in runtime}
+    assert by["USER"] == f"{inject.TOLLWAY_UID}:{inject.TOLLWAY_GID}"
+    assert json.loads(by["ENTRYPOINT"]) == ["tini", "--"]
+    assert json.loads(by["CMD"]) == ["tollway", "serve"]
+    assert "HEALTHCHECK" in by and by["STOPSIGNAL"] == "SIGTERM"
+    copies = [line["value"].split() for line in runtime if line["instruction"] == "COPY"]
+    assert ["k8s/image/tollway-intercept", "/usr/local/bin/tollway-intercept"] in copies
+    assert ["k8s/image/intercept-sds.yaml", sidecar.INTERCEPT_SDS] in copies
+    runs = " ".join(line["value"] for line in runtime if line["instruction"] == "RUN")
+    assert f"useradd --uid {inject.ENVOY_UID} --gid {inject.TOLLWAY_GID}" in runs
+    # The build stage installs with the script this test runs.
+    build = final[:last_from]
+    assert any(line["instruction"] == "RUN" and line["value"].startswith("tollway-install /opt/tollway")
+               for line in build)
+    assert inject.PYTHON == "/opt/tollway/bin/python"
+
+
+def test_the_install_step_in_a_clean_virtualenv_gives_a_working_gateway(tmp_path: Path) -> None:
+    # Exactly what the Dockerfile's build stage copies.
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("envoy", "ext_proc"):
+        shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=ignore)
+    prefix = tmp_path / "opt"
+    proc = subprocess.run([str(ROOT / "k8s" / "image" / "install"), str(prefix), str(source)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    tollway, envoy = prefix / "bin" / "tollway", prefix / "bin" / "envoy"
+    assert envoy.is_symlink() and envoy.read_bytes()[:2] != b"#!"  # the binary, not a Python shim
+    shutil.rmtree(source)  # nothing may come from the source tree any more
+
+    run = tmp_path / "run"
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    mock_port, admin, service_admin, port = free_port(), free_port(), free_port(), free_port()
+    bootstrap = subprocess.run([str(tollway), "envoy", "--clusters-file", str(run / "clusters.yaml"),
+                                "--ext-proc", f"unix:{run / 'ext_proc.sock'}"], capture_output=True, text=True)
+    assert bootstrap.returncode == 0, bootstrap.stderr
+    config = bootstrap.stdout.replace("port_value: 10000", f"port_value: {port}").replace(
+        "port_value: 9901", f"port_value: {admin}")
+    (tmp_path / "envoy.yaml").write_text(config)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(name: str, argv: list[str], ready: str, env: dict[str, str] | None = None) -> None:
+        log = open(tmp_path / f"{name}.log", "ab")  # noqa: SIM115 - the child's
+        procs[name] = subprocess.Popen(argv, stdout=log, stderr=log, cwd=tmp_path, env=env)
+        deadline = time.monotonic() + 40
+        while not _http_ok(ready):
+            assert procs[name].poll() is None and time.monotonic() < deadline, \
+                (tmp_path / f"{name}.log").read_text()[-3000:]
+            time.sleep(0.05)
+
+    try:
+        start("mock", [str(tollway), "mock-provider", "--port", str(mock_port)],
+              f"http://127.0.0.1:{mock_port}/healthz")
+        start("tollway", [str(tollway), "serve", "--listen", f"unix:{run / 'ext_proc.sock'}",
+                          "--policy", str(tmp_path / "policy.yaml"), "--workers", "2",
+                          "--envoy-clusters", str(run / "clusters.yaml"), "--envoy-admin", f"http://127.0.0.1:{admin}",
+                          "--admin-port", str(service_admin), "--stand-in", f"openai=http://127.0.0.1:{mock_port}",
+                          "--log-file", str(tmp_path / "requests.jsonl")],
+              f"http://127.0.0.1:{service_admin}/readyz",
+              env={"PATH": "/usr/bin:/bin", "TOLLWAY_WORKLOAD": "spiffe://cluster.local/ns/dev/sa/app",
+                   "IMAGE_TEST_OPENAI_KEY": "sk-image-test", "TMPDIR": str(tmp_path)})
+        start("envoy", [str(envoy), "-c", str(tmp_path / "envoy.yaml"), "--disable-hot-restart",
+                        "--concurrency", "1", "--log-level", "warn"], f"http://127.0.0.1:{admin}/ready")
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=20, json={
+            "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello from the image"}]})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-tollway-provider"] == "openai"
+        assert answer.json()["choices"][0]["message"]["content"]
+        # Signals: SIGTERM ends the service (after its in-flight streams) and Envoy, both cleanly.
+        for name in ("envoy", "tollway"):
+            procs[name].send_signal(signal.SIGTERM)
+            assert procs[name].wait(30) == 0, (tmp_path / f"{name}.log").read_text()[-2000:]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,174 @@
+"""``tollway inject``: the HTTPS admission webhook and the offline ``-f``, on sample pods.
+
+An AdmissionReview goes in over HTTPS, a JSONPatch comes out; applied to the pod with
+``jsonpatch`` (RFC 6902, as the API server applies it) the result validates against the
+Kubernetes schemas. Injecting twice changes nothing; what a pod cannot be given is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonpatch
+import pytest
+import yaml
+
+from ext_proc.k8s import inject
+from ext_proc.stack import ROOT, free_port
+from tests.certs import CA
+from tests.e2e.k8s_checks import validate
+
+pytestmark = pytest.mark.e2e
+
+POD: dict[str, Any] = {
+    "apiVersion": "v1", "kind": "Pod",
+    "metadata": {"generateName": "search-api-7d9f-", "namespace": "search", "labels": {"app": "search-api"}},
+    "spec": {"serviceAccountName": "search-api", "containers": [
+        {"name": "app", "image": "python:3.12-slim", "env": [{"name": "OPENAI_API_KEY", "value": "sk-placeholder"}]},
+        {"name": "worker", "image": "python:3.12-slim", "env": [{"name": "SSL_CERT_FILE", "value": "/etc/mine.pem"}]},
+    ], "initContainers": [{"name": "migrate", "image": "python:3.12-slim"}]},
+}
+
+
+def review(pod: dict[str, Any], namespace: str = "search") -> dict[str, Any]:
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": namespace,
+        "operation": "CREATE", "object": pod}}
+
+
+@pytest.fixture(scope="module")
+def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ssl.SSLContext]]:
+    work = tmp_path_factory.mktemp("webhook")
+    ca = CA(work, "webhook")
+    issued = ca.issue("injector", dns=("tollway-injector.tollway-system.svc",), server=True)
+    port = free_port()
+    log = open(work / "inject.log", "ab")  # noqa: SIM115 - the child's
+    proc = subprocess.Popen([sys.executable, "-m", "ext_proc.cli", "inject", "--webhook", "--listen",
+                             f"127.0.0.1:{port}", "--tls-cert", str(issued.cert), "--tls-key", str(issued.key),
+                             "--image", "registry.example/tollway:1.2.3"], stdout=log, stderr=log, cwd=ROOT)
+    context = ssl.create_default_context(cafile=str(ca.cert))
+    context.check_hostname = False  # the API server dials the Service name; the test dials 127.0.0.1
+    url = f"https://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(url + "/healthz", verify=context).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, (work / "inject.log").read_text()
+        time.sleep(0.05)
+    try:
+        yield url, context
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def call(webhook: tuple[str, ssl.SSLContext], pod: dict[str, Any]) -> dict[str, Any]:
+    url, context = webhook
+    answer = httpx.post(url + "/inject", json=review(pod), verify=context, timeout=10)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["kind"] == "AdmissionReview" and body["response"]["uid"] == review(pod)["request"]["uid"]
+    return dict(body["response"])
+
+
+def patched(pod: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    assert response["allowed"] is True and response["patchType"] == "JSONPatch"
+    patch = json.loads(base64.b64decode(response["patch"]))
+    return dict(jsonpatch.apply_patch(pod, patch))
+
+
+def test_the_webhook_patches_a_pod_into_a_valid_injected_pod(webhook: tuple[str, ssl.SSLContext]) -> None:
+    pod = patched(POD, call(webhook, POD))
+    validate({**pod, "metadata": {**pod["metadata"], "name": "search-api-7d9f-x"}})
+    spec = pod["spec"]
+    assert [c["name"] for c in spec["initContainers"]] == ["tollway-init", "tollway", "tollway-envoy", "migrate"]
+    assert {c["image"] for c in spec["initContainers"][:3]} == {"registry.example/tollway:1.2.3"}
+    tollway = spec["initContainers"][1]
+    assert {"name": "TOLLWAY_WORKLOAD", "value": "spiffe://cluster.local/ns/search/sa/search-api"} in tollway["env"]
+    assert tollway["securityContext"]["runAsUser"] == inject.TOLLWAY_UID
+    assert spec["initContainers"][2]["securityContext"]["runAsUser"] == inject.ENVOY_UID
+    assert spec["initContainers"][0]["securityContext"]["capabilities"] == {
+        "drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+    # The socket directory and the keys are the sidecar's; the app gets the trust bundle only.
+    app, worker = spec["containers"]
+    assert [m["name"] for m in app["volumeMounts"]] == ["tollway-trust"]
+    assert {e["name"] for e in app["env"]} >= {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"}
+    assert {"name": "SSL_CERT_FILE", "value": "/etc/mine.pem"} in worker["env"]  # the app's own choice stays
+    assert [e["value"] for e in worker["env"] if e["name"] == "SSL_CERT_FILE"] == ["/etc/mine.pem"]
+    assert pod["metadata"]["labels"][inject.INJECTED_LABEL] == "true"
+    # Secrets are referenced, never copied into the pod: the Redis URL (it has a password) too.
+    (redis,) = [e for e in tollway["env"] if e["name"] == "TOLLWAY_REDIS_URL"]
+    assert redis == {"name": "TOLLWAY_REDIS_URL", "valueFrom": {"secretKeyRef": {
+        "name": "tollway-redis", "key": "url", "optional": True}}}
+
+
+def test_injecting_twice_changes_nothing(webhook: tuple[str, ssl.SSLContext]) -> None:
+    once = patched(POD, call(webhook, POD))
+    again = call(webhook, once)
+    assert "patch" not in again and again["allowed"] is True
+
+
+def test_a_pod_cannot_bring_its_own_tollway(webhook: tuple[str, ssl.SSLContext]) -> None:
+    forged = inject.mutate(POD, "other-team", inject.Settings())  # an identity of another namespace
+    pod = patched(forged, call(webhook, forged))
+    (tollway,) = [c for c in pod["spec"]["initContainers"] if c["name"] == "tollway"]
+    assert {"name": "TOLLWAY_WORKLOAD", "value": "spiffe://cluster.local/ns/search/sa/search-api"} in tollway["env"]
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda p: p["spec"].update(hostNetwork=True), "hostNetwork"),
+    (lambda p: p["spec"]["containers"][0].update(securityContext={"runAsUser": inject.ENVOY_UID}), "bypass"),
+    (lambda p: p["spec"]["containers"][0].update(volumeMounts=[{"name": "tollway-provider-keys", "mountPath": "/k"}]),
+     "only the Tollway sidecar"),
+    (lambda p: p["spec"]["containers"][0].update(ports=[{"containerPort": 10000}]), "port 10000"),
+])
+def test_pods_tollway_cannot_serve_are_refused(webhook: tuple[str, ssl.SSLContext], change: Any, reason: str) -> None:
+    pod = copy.deepcopy(POD)
+    change(pod)
+    response = call(webhook, pod)
+    assert response["allowed"] is False and reason in response["status"]["message"]
+
+
+def test_a_pod_that_opts_out_is_left_alone(webhook: tuple[str, ssl.SSLContext]) -> None:
+    pod = copy.deepcopy(POD)
+    pod["metadata"]["labels"][inject.LABEL] = "false"
+    assert call(webhook, pod) == {"uid": review(pod)["request"]["uid"], "allowed": True}
+
+
+def test_not_an_admission_review_is_a_400(webhook: tuple[str, ssl.SSLContext]) -> None:
+    url, context = webhook
+    assert httpx.post(url + "/inject", content=b"[1, 2", verify=context).status_code == 400
+
+
+def test_offline_injection_renders_the_same_pods(tmp_path: Path) -> None:
+    manifest = (ROOT / "k8s" / "examples" / "search-api.yaml").read_text()
+    proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", "inject", "-f", "-"], input=manifest,
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    docs = list(yaml.safe_load_all(proc.stdout))
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    validate(deployment)
+    template = deployment["spec"]["template"]
+    expected = inject.mutate({"metadata": {"labels": {"app": "search-api"}},
+                              "spec": yaml.safe_load(manifest.split("---")[1])["spec"]["template"]["spec"]},
+                             "search", inject.Settings())
+    assert template["spec"] == expected["spec"]
+    # A pod the webhook refuses is refused offline too, in one line.
+    bad = manifest.replace("runAsUser: 20000", f"runAsUser: {inject.ENVOY_UID}")
+    proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", "inject", "-f", "-"], input=bad,
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "bypass" in proc.stderr

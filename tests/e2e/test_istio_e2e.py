@@ -1,0 +1,210 @@
+"""Istio mode end to end, without a cluster: sidecars patched by k8s/'s EnvoyFilter, a shared Tollway.
+
+Each "sidecar" is a real Envoy shaped like an Istio sidecar's outbound HTTP listener for port 80
+(virtual hosts ``api.openai.com:80``, ``api.anthropic.com:80``, ``other.example:80``), with the
+shipped ``EnvoyFilter``'s patches applied as istiod would. Istio's agent would hand the sidecar
+its workload certificate over SDS (secrets ``default`` and ``ROOTCA``); here the same secrets
+come from files. Tollway runs as the shared Deployment does: ``tls://`` with the mesh CA as the
+client CA, accepting any workload of the trust domain, and the shipped Istio policy. The
+ServiceEntry clusters reach the fake provider in plain HTTP (TLS origination to a real provider
+cannot be shown here).
+
+Shown: a sidecar whose certificate carries the SPIFFE ID of ``search/search-api`` has its
+request identified as that workload and recorded under its team; a Claude model asked at
+api.openai.com goes to Anthropic's cluster (Tollway's label route); another host is untouched;
+a sidecar whose certificate (same CA) has no SPIFFE ID gets no stream: its request is refused
+and never reaches a provider.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+import yaml
+
+from ext_proc.stack import ROOT, _http_ok, envoy_binary, free_port
+from tests.certs import CA, Issued
+from tests.e2e.k8s_checks import apply_envoy_filter, kustomize, sidecar_like
+
+pytestmark = pytest.mark.e2e
+
+WORKLOAD = "spiffe://cluster.local/ns/search/sa/search-api"
+PROVIDER_KEY = "sk-test-provider-key-istio"
+HOSTS = ("api.openai.com", "api.anthropic.com", "other.example")
+
+
+def _file_sds(node: Any, files: dict[str, Path]) -> Any:
+    """The config with every SDS source (Istio's agent) replaced by a file holding the same secret."""
+    if isinstance(node, dict):
+        if "sds_config" in node:
+            path = str(files[node["name"]])
+            return {**node, "sds_config": {"resource_api_version": "V3", "path_config_source": {"path": path}}}
+        return {key: _file_sds(value, files) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_file_sds(item, files) for item in node]
+    return node
+
+
+class Mesh:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.mock_port = free_port()
+        self.tollway_port = free_port()
+        self.tollway_admin = free_port()
+        self.log = work / "requests.jsonl"
+        docs = kustomize(ROOT / "k8s" / "overlays" / "istio")
+        (self.envoy_filter,) = [d for d in docs if d["kind"] == "EnvoyFilter"]
+        (policy_map,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "tollway-policy"]
+        keys = work / "providers"
+        keys.mkdir()
+        for name in ("openai", "anthropic"):
+            (keys / name).write_text(PROVIDER_KEY)
+        policy = policy_map["data"]["policy.yaml"].replace("/var/run/secrets/tollway/providers", str(keys))
+        (work / "policy.yaml").write_text(policy)
+        self.ca = CA(work, "mesh")
+
+    def start(self, name: str, argv: list[str], ready: str) -> None:
+        log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - the child's
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=ROOT)
+        self.procs.append(proc)
+        deadline = time.monotonic() + 40
+        while not _http_ok(ready):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{name} did not start:\n{(self.work / f'{name}.log').read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def start_tollway(self) -> None:
+        server = self.ca.issue("tollway", dns=("tollway.tollway-system.svc.cluster.local",),
+                               uris=("spiffe://cluster.local/ns/tollway-system/sa/tollway",), server=True)
+        tollway = [sys.executable, "-m", "ext_proc.cli"]
+        self.start("mock", [*tollway, "mock-provider", "--port", str(self.mock_port), "--api-key", PROVIDER_KEY],
+                   f"http://127.0.0.1:{self.mock_port}/healthz")
+        # The shared Deployment's arguments (k8s/overlays/istio/tollway.yaml), with this test's files and ports.
+        self.start("tollway", [
+            *tollway, "serve", f"--listen=tls://127.0.0.1:{self.tollway_port}", f"--tls-cert={server.cert}",
+            f"--tls-key={server.key}", f"--tls-client-ca={self.ca.cert}", "--tls-client-san=spiffe://cluster.local/*",
+            f"--policy={self.work / 'policy.yaml'}", "--workers=1", f"--admin-port={self.tollway_admin}",
+            f"--log-file={self.log}",
+        ], f"http://127.0.0.1:{self.tollway_admin}/readyz")
+
+    def sidecar(self, name: str, identity: Issued) -> int:
+        """An Envoy shaped like an Istio sidecar, the EnvoyFilter applied, holding ``identity``; its port."""
+        port, admin = free_port(), free_port()
+        clusters = [{"name": f"outbound|80||{host}", "type": "STATIC", "connect_timeout": "1s",
+                     "load_assignment": {"cluster_name": f"outbound|80||{host}", "endpoints": [{"lb_endpoints": [
+                         {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                                      "port_value": self.mock_port}}}}]}]}}
+                    for host in HOSTS]
+        config = apply_envoy_filter(sidecar_like(port, {h: f"outbound|80||{h}" for h in HOSTS}, clusters, admin),
+                                    self.envoy_filter)
+        secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+        secrets = {
+            "default": {"@type": secret, "name": "default", "tls_certificate": {
+                "certificate_chain": {"filename": str(identity.cert)}, "private_key": {"filename": str(identity.key)}}},
+            "ROOTCA": {"@type": secret, "name": "ROOTCA",
+                       "validation_context": {"trusted_ca": {"filename": str(self.ca.cert)}}},
+        }
+        files = {}
+        for secret_name, resource in secrets.items():
+            files[secret_name] = self.work / f"{name}-{secret_name}.yaml"
+            files[secret_name].write_text(yaml.safe_dump({"resources": [resource]}))
+        config = _file_sds(config, files)
+        (ext_proc,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "tollway_ext_proc"]
+        address = ext_proc["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        assert address["socket_address"]["address"] == "tollway.tollway-system.svc.cluster.local"
+        address["socket_address"] = {"address": "127.0.0.1", "port_value": self.tollway_port}
+        path = self.work / f"{name}.json"
+        path.write_text(json.dumps(config))
+        self.start(name, [envoy_binary(), "-c", str(path), "--disable-hot-restart", "--concurrency", "1",
+                          "--log-level", "warn", "--base-id", str(port)], f"http://127.0.0.1:{admin}/ready")
+        return port
+
+    def records(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.log.read_bytes().splitlines()] if self.log.exists() else []
+
+    def record(self, request_id: str | None) -> dict[str, Any]:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            found = [r for r in self.records() if r["request_id"] == request_id]
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no record for {request_id}")
+
+    def provider_saw(self) -> list[dict[str, Any]]:
+        return list(httpx.get(f"http://127.0.0.1:{self.mock_port}/_mock/requests").json())
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture()
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    mesh = Mesh(tmp_path)
+    try:
+        mesh.start_tollway()
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+def _client(port: int, host: str) -> openai.OpenAI:
+    # What the application does in Istio mode: OPENAI_BASE_URL=http://api.openai.com/v1 (its sidecar
+    # catches the connection); here the sidecar's port is dialled and the Host header says where to.
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-the-apps-own-key", max_retries=0,
+                         timeout=20, default_headers={"host": host})
+
+
+def test_a_sidecars_mesh_certificate_names_its_workload(mesh: Mesh) -> None:
+    port = mesh.sidecar("search-api", mesh.ca.issue("search-api", uris=(WORKLOAD,), server=False))
+    client = _client(port, "api.openai.com")
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello from the mesh"}])
+    assert raw.parse().choices[0].message.content
+    record = mesh.record(raw.headers.get("x-tollway-request-id"))
+    assert (record["team"], record["workload"], record["provider"], record["outcome"]) == \
+        ("search", WORKLOAD, "openai", "ok")
+    # A Claude model asked at api.openai.com: Tollway's label sends it to Anthropic's Istio cluster.
+    raw = client.chat.completions.with_raw_response.create(
+        model="claude-haiku", messages=[{"role": "user", "content": "Hello, Claude"}])
+    assert raw.headers["x-tollway-provider"] == "anthropic"
+    assert raw.parse().object == "chat.completion"
+    assert mesh.record(raw.headers.get("x-tollway-request-id"))["served_model"].startswith("claude")
+    saw = mesh.provider_saw()
+    assert [r["path"] for r in saw] == ["/v1/chat/completions", "/v1/messages"]
+    assert "sk-the-apps-own-key" not in json.dumps(saw)
+    # Another host on the same listener: not processed (the filter is enabled on the provider hosts only).
+    count = len(mesh.records())
+    other = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={
+        "host": "other.example", "authorization": "Bearer sk-the-apps-own-key"},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    assert other.status_code == 401  # the fake provider itself: the app's key went through untouched
+    assert not [h for h in other.headers if h.startswith("x-tollway-")]
+    time.sleep(0.3)
+    assert len(mesh.records()) == count
+
+
+def test_a_sidecar_without_a_spiffe_id_is_refused(mesh: Mesh) -> None:
+    port = mesh.sidecar("anonymous", mesh.ca.issue("anonymous", dns=("search-api.search",), server=False))
+    response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"host": "api.openai.com"},
+                          json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 500  # Tollway refused the channel; the filter fails closed
+    assert mesh.provider_saw() == []
+    assert "none of the accepted names" in (mesh.work / "tollway.log").read_text()

@@ -1,0 +1,115 @@
+"""The dashboard's numbers: the same as the spend report's for the same records, read incrementally."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ext_proc.ledger.dashboard import LATENCY_BOUNDS, Timeline, percentile
+from ext_proc.ledger.log import Follower
+from ext_proc.ledger.report import aggregate
+
+NOW = 1_796_400_000.0
+
+
+def records(n: int, seed: int = 7) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        outcome = rng.choice(["ok"] * 6 + ["error", "incomplete", "rejected"])
+        rejected = outcome == "rejected"
+        out.append({
+            "request_id": f"r{i}", "ts": NOW - rng.uniform(0, 20 * 3600), "team": rng.choice(["search", "ads"]),
+            "model": rng.choice(["gpt-4o-mini", "claude-haiku", "chat"]), "provider": None if rejected else
+            rng.choice(["openai", "anthropic"]), "outcome": outcome, "status": 403 if rejected else 200,
+            "input_tokens": None if rejected or outcome == "error" else rng.randint(1, 900),
+            "output_tokens": None if rejected or outcome == "error" else rng.randint(0, 400),
+            "cached_tokens": 0 if rejected else rng.randint(0, 5), "reasoning_tokens": 0,
+            "cost_usd_micros": None if rejected or rng.random() < 0.1 else rng.randint(0, 5000),
+            "fallback": not rejected and rng.random() < 0.2, "guardrails": ["pii"] if rng.random() < 0.2 else [],
+            "latency_ms": round(rng.uniform(1, 4000), 3),
+        })
+    return out
+
+
+def test_the_totals_and_rows_equal_the_reports() -> None:
+    found = records(400)
+    timeline = Timeline()
+    for record in found:
+        timeline.add(record)
+    data = timeline.summary(NOW - 24 * 3600, NOW + 1, step=900)
+    assert len(data["slots"]) == 24 * 4 + 1
+    for by, rows in (("team", data["teams"]), ("model", data["models"])):
+        report = {row.group: row.as_dict() for row in aggregate(found, by)}
+        assert {row["group"] for row in rows} == set(report)
+        for row in rows:
+            expected = report[row["group"]]
+            for name in ("requests", "refused", "input_tokens", "output_tokens", "cached_tokens", "cost_usd_micros",
+                         "unknown_usage", "unknown_cost", "fallbacks", "guardrail_triggers", "refused_by_status"):
+                assert row[name] == expected[name], (by, row["group"], name)
+            # The exact p95 lies in the bucket the dashboard names (bounds 25 % apart).
+            assert row["p95_latency_ms"] / 1.25 <= expected["p95_latency_ms"] <= row["p95_latency_ms"]
+    assert data["totals"]["cost_usd_micros"] == sum(r["cost_usd_micros"] or 0 for r in found)
+    assert sum(sum(series) for series in data["series"]["cost_by_team"].values()) == data["totals"]["cost_usd_micros"]
+    assert data["totals"]["errors"] == sum(r["outcome"] == "error" for r in found)
+    assert data["totals"]["incomplete"] == sum(r["outcome"] == "incomplete" for r in found)
+
+
+def test_a_window_leaves_out_what_is_older() -> None:
+    timeline = Timeline()
+    for record in records(200):
+        timeline.add(record)
+    recent = timeline.summary(NOW - 3600, NOW + 1)
+    assert recent["totals"]["requests"] == sum(1 for r in records(200) if r["ts"] >= (NOW - 3600) // 300 * 300)
+
+
+def test_percentile_is_the_bucket_bound() -> None:
+    histogram = [0] * (len(LATENCY_BOUNDS) + 1)
+    histogram[10] = 99
+    histogram[20] = 1
+    assert percentile(histogram, 50) == LATENCY_BOUNDS[10]
+    assert percentile(histogram, 99) == LATENCY_BOUNDS[10]
+    assert percentile(histogram, 100) == LATENCY_BOUNDS[20]
+    assert percentile([0] * len(histogram), 50) is None
+
+
+def test_the_follower_reads_only_new_lines_across_a_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    lines = [orjson.dumps({"request_id": f"r{i}"}) + b"\n" for i in range(5)]
+    path.write_bytes(lines[0] + lines[1] + lines[2][:7])  # a line half written
+    follower = Follower(str(path))
+    assert [r["request_id"] for r in follower.new_records()] == ["r0", "r1"]
+    with open(path, "ab") as out:
+        out.write(lines[2][7:])
+    os.rename(path, tmp_path / "requests.jsonl.20261205T000000.000000Z")  # rotated by a worker
+    path.write_bytes(lines[3] + lines[4])
+    assert [r["request_id"] for r in follower.new_records()] == ["r2", "r3", "r4"]
+    assert list(follower.new_records()) == []
+
+
+def test_with_an_admin_token_the_page_is_open_and_its_data_is_not() -> None:
+    import asyncio
+
+    from tests.unit.test_admin_token import TOKEN, _get, _serve
+
+    async def scenario() -> None:
+        server, sock = _serve(TOKEN)
+        await server.start(sock)
+        port = sock.getsockname()[1]
+        try:
+            for path in ("/dashboard", "/dashboard/dashboard.js", "/dashboard/icon.svg"):
+                status, headers, body = await _get(port, path)
+                assert status == 200 and b"payments" not in body, path
+                assert headers["content-security-policy"].startswith("default-src 'self'")
+            assert b"#token=" in (await _get(port, "/dashboard/dashboard.js"))[2]  # how the page gets it
+            assert (await _get(port, "/v1/dashboard"))[0] == 401
+            status, _, body = await _get(port, "/v1/dashboard?hours=1", f"Bearer {TOKEN}")
+            assert status == 200 and orjson.loads(body)["totals"]["requests"] == 0
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())

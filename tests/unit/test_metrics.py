@@ -1,0 +1,172 @@
+"""Metrics from records: what each record adds, bounded labels, and the sum across worker files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ext_proc.policy.compile import compile_policy
+from ext_proc.server.metrics import BudgetCollector, Exchange, Names, Tally, TallyCollector
+
+POLICY = compile_policy("""
+apiVersion: tollway/v1
+providers: {openai: {kind: openai}, claude: {kind: anthropic}, eu: {kind: azure-openai, api_version: "2024-10-21"}}
+models: {gpt-4o-mini: {provider: openai}, claude-haiku: {provider: claude, model: claude-3-5-haiku-20241022}}
+teams: {search: {workloads: [w], models: ["*"]}}
+""")
+
+OK: dict[str, Any] = {"request_id": "r1", "team": "search", "key_id": "search-ci", "api": "openai.chat.completions",
+                      "model": "gpt-4o-mini", "served_model": "gpt-4o-mini-2024-07-18", "provider": "openai",
+                      "stream": True, "status": 200, "outcome": "ok", "error": None, "input_tokens": 20,
+                      "output_tokens": 11, "cached_tokens": 4, "cache_write_tokens": None, "reasoning_tokens": 3,
+                      "attempts": 2, "fallback": True, "latency_ms": 1200.0, "ttft_ms": 200.0,
+                      "cost_usd_micros": 1234, "guardrails": ["pii"],
+                      "guardrail_triggers": [{"guardrail": "pii", "detector": "email", "action": "redact",
+                                              "direction": "request", "count": 2}]}
+REFUSED: dict[str, Any] = {"request_id": "r2", "team": "search", "api": "openai.chat.completions",
+                           "model": "gpt-4o-mini", "provider": None, "status": 429, "outcome": "rejected",
+                           "error": "budget_exceeded", "limit": "search-daily", "input_tokens": None,
+                           "output_tokens": None, "latency_ms": 0.4, "cost_usd_micros": None}
+
+
+def scrape(*tallies: Tally) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape over these tallies, keyed by name and labels."""
+    exchange = Exchange(tallies[0], None)
+    registry = CollectorRegistry()
+    registry.register(TallyCollector(exchange.totals))
+    samples = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_a_record_adds_to_every_metric_it_concerns() -> None:
+    tally = Tally(Names(lambda: POLICY))
+    tally.record(OK)
+    tally.record(REFUSED)
+    got = scrape(tally)
+    common = (("gen_ai_operation_name", "chat"), ("gen_ai_provider_name", "openai"),
+              ("gen_ai_request_model", "gpt-4o-mini"))
+    tokens = tuple(sorted((*common, ("gen_ai_response_model", "gpt-4o-mini-2024-07-18"),
+                           ("gen_ai_token_modality", "unknown"), ("team", "search"), ("provider", "openai"))))
+    assert got[("gen_ai_client_inference_usage_input_tokens_total", tokens)] == 20
+    assert got[("gen_ai_client_inference_usage_output_tokens_total", tokens)] == 11
+    assert got[("gen_ai_client_inference_usage_cache_read_input_tokens_total", tokens)] == 4
+    assert got[("gen_ai_client_inference_usage_reasoning_output_tokens_total", tokens)] == 3
+    assert ("gen_ai_client_inference_usage_cache_write_input_tokens_total", tokens) not in got  # unknown: no sample
+    cost = (("model", "gpt-4o-mini"), ("provider", "openai"), ("team", "search"))
+    assert got[("tollway_cost_usd_total", cost)] == 0.001234
+    assert got[("tollway_fallbacks_total", (("model", "gpt-4o-mini"), ("provider", "openai")))] == 1
+    assert got[("tollway_provider_attempts_total", (("model", "gpt-4o-mini"),))] == 2
+    assert got[("tollway_guardrail_requests_total", (("guardrail", "pii"),))] == 1
+    assert got[("tollway_guardrail_triggers_total", (("action", "redact"), ("detector", "email"),
+                                                     ("direction", "request"), ("guardrail", "pii")))] == 2
+    assert got[("tollway_budget_refusals_total", (("budget", "search-daily"),))] == 1
+    assert got[("tollway_requests_refused_total", (("api", "openai.chat.completions"),
+                                                   ("code", "budget_exceeded")))] == 1
+    ok = (("api", "openai.chat.completions"), ("model", "gpt-4o-mini"), ("outcome", "ok"), ("provider", "openai"),
+          ("status", "200"), ("team", "search"))
+    assert got[("tollway_requests_total", ok)] == 1
+    # Durations in seconds, in the conventions' buckets; a refused request has no latency sample.
+    duration = tuple(sorted((*common, ("error_type", ""), ("provider", "openai"))))
+    assert got[("gen_ai_client_inference_duration_seconds_count", duration)] == 1
+    assert got[("gen_ai_client_inference_duration_seconds_sum", duration)] == 1.2
+    assert got[("gen_ai_client_inference_duration_seconds_bucket", tuple(sorted((*duration, ("le", "1.28")))))] == 1
+    assert got[("gen_ai_client_inference_duration_seconds_bucket", tuple(sorted((*duration, ("le", "0.64")))))] == 0
+    ttft = tuple(sorted((*common, ("provider", "openai"))))
+    assert got[("gen_ai_client_inference_time_to_first_chunk_seconds_sum", ttft)] == 0.2
+    assert got[("tollway_time_per_output_token_seconds_sum", ttft)] == 0.1  # (1.2 s - 0.2 s) / (11 - 1)
+
+
+def test_labels_are_bounded() -> None:
+    tally = Tally(Names(lambda: POLICY, cap=2))
+    for model in ("gpt-4o-mini", "made-up-1", "made-up-2", "made-up-3", "made-up-4", "claude-haiku"):
+        tally.record({**REFUSED, "model": model, "error": "model_not_found", "status": 404, "key_id": "k"})
+    models = {key[3] for key in tally.counters if key[0] == "tollway_requests"}
+    # The policy's names always; two others; the rest is "other". No key id, no request id anywhere.
+    assert models == {"gpt-4o-mini", "claude-haiku", "made-up-1", "made-up-2", "other"}
+    assert not any("k" in key[1:] or "r2" in key[1:] for key in tally.counters)
+    assert Names(lambda: POLICY).provider_kind("eu") == "azure.ai.openai"
+
+
+def test_workers_files_are_summed_and_a_dead_workers_counts_stay(tmp_path: Path) -> None:
+    # Another worker, in its own process, counts two requests and writes its file; then it is gone.
+    code = ("import sys; from ext_proc.server.metrics import Exchange, Tally; t = Tally(); "
+            f"[t.record(r) for r in ({OK!r}, {OK!r})]; "
+            "t.set(('tollway_shared_state_degraded', 'redis'), 1); Exchange(t, sys.argv[1]).write()")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env={**os.environ, "PYTHONPATH": "."})
+    assert len(list(tmp_path.glob("worker-*.json"))) == 1
+    mine = Tally()
+    mine.record(OK)
+    mine.set(("tollway_shared_state_degraded", "redis"), 0)
+    exchange = Exchange(mine, str(tmp_path))
+    exchange.write()
+    totals = exchange.totals()
+    assert totals.value("tollway_requests", outcome="ok") == 3  # 2 from the dead worker + 1 live
+    assert totals.value("gen_ai_client_inference_usage_input_tokens") == 60
+    # Gauges come from live workers only: the dead one's "degraded" is not reported.
+    assert totals.value("tollway_shared_state_degraded", store="redis") == 0
+    # The live worker's own counts are read live, not from its (older) file.
+    mine.record(OK)
+    assert exchange.totals().value("tollway_requests") == 4
+
+
+def test_budget_gauges_sum_a_per_key_budget_and_keep_team_members() -> None:
+    collector = BudgetCollector()
+    row = {"budget": "b", "scope": "team", "member": "search", "unit": "usd", "limit": 10_000_000,
+           "spent": 2_500_000, "held": 500_000, "remaining": 7_000_000}
+    keys = [{**row, "budget": "k", "scope": "key", "member": name, "unit": "tokens", "limit": 100, "spent": 30,
+             "remaining": 70} for name in ("alice", "bob")]
+    collector.update([row, *keys])
+    registry = CollectorRegistry()
+    registry.register(collector)
+    assert registry.get_sample_value("tollway_budget_spent_usd", {"budget": "b", "member": "search"}) == 2.5
+    assert registry.get_sample_value("tollway_budget_remaining_usd", {"budget": "b", "member": "search"}) == 7
+    assert registry.get_sample_value("tollway_budget_spent_tokens", {"budget": "k", "member": "*"}) == 60
+    assert "alice" not in generate_latest(registry).decode()
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_and_labels_the_service_exposes() -> None:
+    import json
+    import re
+
+    from ext_proc.server.reload import PolicyHolder, Publication
+
+    tally = Tally(Names(lambda: POLICY))
+    for record in (OK, REFUSED, {**REFUSED, "error": "rate_limit_exceeded", "limit": "rpm"}):
+        tally.record(record)
+    tally.add(("tollway_budget_alerts", "b", "80"))
+    tally.add(("tollway_ledger_write_failures",))
+    tally.set(("tollway_shared_state_degraded", "redis"), 0)
+    registry = CollectorRegistry()
+    registry.register(TallyCollector(Exchange(tally, None).totals))
+    budgets = BudgetCollector()
+    budgets.update([{"budget": "b", "scope": "team", "member": "search", "unit": unit, "limit": 10, "spent": 1,
+                     "held": 0, "remaining": 9} for unit in ("usd", "tokens")])
+    registry.register(budgets)
+    PolicyHolder(Publication(), registry)
+    exposed: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            exposed.setdefault(sample.name, set()).update(sample.labels)
+    board = json.loads((Path(__file__).parents[2] / "k8s" / "grafana" / "tollway-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 20
+    labels = set().union(*exposed.values())
+    for expr in exprs:
+        for name in re.findall(r"\b((?:tollway|gen_ai)_[a-z_]+)\b", expr):
+            if name in labels:
+                continue  # gen_ai_request_model and kin: a label, not a metric
+            assert name in exposed, (name, expr)
+            for label in re.findall(r"(\w+)\s*(?:=~|!=|=)\s*\"", expr[expr.index(name):].split("}")[0]):
+                assert label in exposed[name], (label, name)
+        for group in re.findall(r"by \(([^)]*)\)", expr):
+            for label in (x.strip() for x in group.split(",")):
+                assert any(label in labels for name, labels in exposed.items() if name in expr), (label, expr)

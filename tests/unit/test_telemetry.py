@@ -1,0 +1,178 @@
+"""Request spans and record logs: built from the session's record and decisions, parented on traceparent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from ext_proc.core.actions import EmitRecord
+from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody
+from ext_proc.core.session import Session
+from ext_proc.policy.compile import compile_policy
+from ext_proc.server.metrics import Names
+from ext_proc.server.telemetry import RecordExporter, Tracer
+from tests.unit.test_attempt import POLICY, POLICY_TEXT
+from tests.unit.test_session_routing import ANTHROPIC_MESSAGE, CHAT_REQUEST, served
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+def run(session: Session, request: dict[str, Any], answer: dict[str, Any], **headers: str) -> EmitRecord:
+    session.handle(RequestHeaders({":method": "POST", ":path": "/v1/chat/completions", "x-request-id": "r1",
+                                   **headers}, False, 500_000))
+    session.handle(RequestBody(orjson.dumps(request), True, 1_000_000))
+    session.handle(served())  # the second target of the chain answered, after two tries
+    session.handle(ResponseBody(orjson.dumps(answer), True, 250_000_000))
+    emitted = [e for e in session.effects if isinstance(e, EmitRecord)]
+    assert len(emitted) == 1
+    return emitted[0]
+
+
+@pytest.fixture
+def spans() -> tuple[Tracer, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return Tracer(provider, Names(lambda: POLICY)), exporter
+
+
+def test_one_span_per_request_with_gen_ai_attributes_decisions_and_the_callers_parent(
+        spans: tuple[Tracer, InMemorySpanExporter]) -> None:
+    tracer, exporter = spans
+    emitted = run(Session(POLICY, "local-dev", trace=True), CHAT_REQUEST, ANTHROPIC_MESSAGE, traceparent=PARENT,
+                  tracestate="vendor=1")
+    assert emitted.trace is not None
+    tracer.finish(emitted.record, emitted.trace)
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "chat smart" and span.kind is SpanKind.CLIENT
+    assert span.context.trace_id == int(TRACE_ID, 16)  # the caller's trace
+    assert span.parent is not None and span.parent.span_id == 0x00f067aa0ba902b7
+    attributes = dict(span.attributes or {})
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.provider.name"] == "anthropic"
+    assert attributes["gen_ai.request.model"] == "smart"
+    assert attributes["gen_ai.response.model"] == "claude-x-20250101"
+    assert attributes["gen_ai.usage.input_tokens"] == 1300  # cache reads and writes included
+    assert attributes["gen_ai.usage.cache_read.input_tokens"] == 1000
+    assert attributes["gen_ai.usage.output_tokens"] == 50
+    assert attributes["gen_ai.response.finish_reasons"] == ("end_turn",)
+    assert attributes["tollway.fallback"] is True and attributes["tollway.attempts"] == 2
+    assert attributes["tollway.team"] == "all" and attributes["tollway.request_id"] == "r1"
+    assert not any(name.startswith("gen_ai.input") or name.startswith("gen_ai.output") for name in attributes)
+    names = [event.name for event in span.events]
+    assert names == ["tollway.identified", "tollway.routed", "tollway.response", "tollway.fallback"]
+    routed = span.events[1]
+    assert routed.attributes is not None
+    assert list(routed.attributes["tollway.targets"]) == ["openai/gpt-4o", "anthropic/claude-x"]
+    # The span lasts as long as the record says, and its events fall inside it.
+    assert span.start_time is not None and span.end_time is not None
+    assert span.end_time - span.start_time == 249_500_000
+    assert all(span.start_time <= event.timestamp <= span.end_time for event in span.events)
+    assert span.status.status_code is StatusCode.UNSET
+
+
+def test_prompts_and_answers_only_when_the_policy_opts_in_and_then_redacted(
+        spans: tuple[Tracer, InMemorySpanExporter]) -> None:
+    tracer, exporter = spans
+    secret = {"model": "smart", "messages": [{"role": "user", "content": "Mail jane.doe@example.com please"}]}
+    answer = {**ANTHROPIC_MESSAGE, "content": [{"type": "text", "text": "Card 4111 1111 1111 1111 noted."}]}
+    emitted = run(Session(POLICY, "local-dev", trace=True), secret, answer)
+    assert emitted.trace is not None and emitted.trace.prompt is None and emitted.trace.answer is None
+    opted = compile_policy(POLICY_TEXT + "telemetry: {trace_content: true}\n")
+    emitted = run(Session(opted, "local-dev", trace=True), secret, answer)
+    assert emitted.trace is not None
+    tracer.finish(emitted.record, emitted.trace)
+    span = exporter.get_finished_spans()[-1]
+    attributes = dict(span.attributes or {})
+    prompt = orjson.loads(str(attributes["gen_ai.input.messages"]))
+    output = orjson.loads(str(attributes["gen_ai.output.messages"]))
+    assert prompt == [{"role": "user", "parts": [{"type": "text", "content": "Mail [EMAIL_1] please"}]}]
+    assert output[0]["parts"][0]["content"] == "Card [CREDIT_CARD_1] noted."
+    assert output[0]["finish_reason"] == "end_turn"
+    assert "jane.doe" not in str(span.to_json()) and "4111" not in str(span.to_json())
+
+
+def test_no_tracer_no_trace_data() -> None:
+    session = Session(POLICY, "local-dev")
+    emitted = run(session, CHAT_REQUEST, ANTHROPIC_MESSAGE, traceparent=PARENT)
+    assert emitted.trace is None and session.flow.trace is None
+
+
+def test_the_callers_sampling_decision_then_the_head_ratio(spans: tuple[Tracer, InMemorySpanExporter]) -> None:
+    tracer, exporter = spans
+    tracer.ratio = 0.0
+    unsampled = PARENT[:-2] + "00"
+    for headers, expected in (({"traceparent": unsampled}, 0), ({}, 0), ({"traceparent": PARENT}, 1),
+                              ({"traceparent": "garbage"}, 1)):
+        emitted = run(Session(POLICY, "local-dev", trace=True), CHAT_REQUEST, ANTHROPIC_MESSAGE, **headers)
+        assert emitted.trace is not None
+        if headers.get("traceparent") == "garbage":
+            tracer.ratio = 1.0  # an unreadable traceparent: the head ratio decides
+        before = len(exporter.get_finished_spans())
+        tracer.finish(emitted.record, emitted.trace)
+        assert len(exporter.get_finished_spans()) - before == expected, headers
+
+
+def test_a_refusal_is_an_event_and_an_error_type(spans: tuple[Tracer, InMemorySpanExporter]) -> None:
+    tracer, exporter = spans
+    session = Session(POLICY, "local-dev", trace=True)
+    session.handle(RequestHeaders({":method": "POST", ":path": "/v1/chat/completions"}, False, 0))
+    session.handle(RequestBody(b'{"model": "no-such-model", "messages": []}', True, 1000))
+    (emitted,) = [e for e in session.effects if isinstance(e, EmitRecord)]
+    assert emitted.trace is not None
+    tracer.finish(emitted.record, emitted.trace)
+    (span,) = exporter.get_finished_spans()
+    assert span.parent is None  # no traceparent: a root span
+    assert (span.attributes or {})["error.type"] == "model_not_found"
+    assert [event.name for event in span.events][-1] == "tollway.refused"
+    assert span.status.status_code is StatusCode.UNSET  # the caller's mistake, not a fault
+
+
+def test_records_as_logs_linked_to_their_span(spans: tuple[Tracer, InMemorySpanExporter]) -> None:
+    tracer, _ = spans
+    logs = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    emitted = run(Session(POLICY, "local-dev", trace=True), CHAT_REQUEST, ANTHROPIC_MESSAGE, traceparent=PARENT)
+    assert emitted.trace is not None
+    record = {**emitted.record, "ts": 1_800_000_000.5}
+    span = tracer.finish(record, emitted.trace)
+    RecordExporter(provider).emit(record, span)
+    (log,) = logs.get_finished_logs()
+    assert log.log_record.event_name == "tollway.request"
+    assert log.log_record.trace_id == int(TRACE_ID, 16)
+    body = log.log_record.body
+    assert isinstance(body, dict) and body["request_id"] == "r1" and body["output_tokens"] == 50
+    assert body["provider"] == "anthropic" and log.log_record.timestamp == 1_800_000_000_500_000_000
+
+
+def test_readers_learn_why_the_model_stopped() -> None:
+    from ext_proc.llm.apis import CHAT_COMPLETIONS, MESSAGES, RESPONSES
+    from ext_proc.llm.sse import SSEEvent
+
+    def events(reader: Any, *chunks: tuple[str, dict[str, Any]]) -> list[str]:
+        for name, data in chunks:
+            body = orjson.dumps(data)
+            reader.feed(SSEEvent(name, body, body))
+        return list(reader.finish_reasons)
+
+    delta = {"model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}
+    last = {"model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+    assert events(CHAT_COMPLETIONS.reader(), ("", delta), ("", delta), ("", last)) == ["length"]
+    assert events(MESSAGES.reader(), ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                                                        "usage": {"output_tokens": 3}})) == ["tool_use"]
+    incomplete = {"type": "response.incomplete", "response": {"model": "gpt-5", "status": "incomplete",
+                                                              "incomplete_details": {"reason": "max_output_tokens"}}}
+    assert events(RESPONSES.reader(), ("response.incomplete", incomplete)) == ["max_output_tokens"]
+    whole = CHAT_COMPLETIONS.reader()
+    whole.whole({"choices": [{"finish_reason": "stop"}, {"finish_reason": "content_filter"}]})
+    assert whole.finish_reasons == ["stop", "content_filter"]
