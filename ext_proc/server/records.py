@@ -33,6 +33,7 @@ import contextlib
 import errno
 import logging
 import os
+import stat
 import sys
 import time
 from datetime import UTC, datetime
@@ -101,7 +102,9 @@ class RecordWriter:
                 self._fd = self._open()
             except OSError as exc:  # unwritable at start: serve anyway, keep trying (see flush)
                 self._failed(exc)
-        if path is not None and journal:
+        if path is not None and journal and not _regular_or_absent(path):
+            log.info("the request log %s is not a regular file: no in-flight journal is kept next to it", path)
+        elif path is not None and journal:
             try:
                 self.journal = Journal(directory_for(path), self.position)
             except OSError as exc:
@@ -322,3 +325,12 @@ class RecordWriter:
             self.journal.close()
         if self._owns_fd and self._fd is not None:
             os.close(self._fd)
+
+
+def _regular_or_absent(path: str) -> bool:
+    """A path a journal can live next to: a regular file, or none yet (not a device such as
+    ``/dev/stdout`` or ``/dev/full``, whose directory is no place for one)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True

@@ -21,6 +21,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -344,3 +345,27 @@ def test_a_full_disk_under_the_request_log_keeps_serving_says_so_and_writes_the_
     _agree(calls, records)
     assert all(c.request_id in records for c in calls)
     assert all(admin(stack, "/readyz")["request_log"]["dropped"] == 0 for _ in range(4))
+
+
+def test_a_service_started_on_a_log_it_can_never_write_serves_and_says_so(tmp_path: Path) -> None:
+    # --log-file /dev/full: every write fails with ENOSPC. Requests are served (the log fails
+    # open, loudly); /readyz and the metrics say it; the records wait in memory (bounded).
+    stack = gateway(tmp_path, serve_args=("--log-file", "/dev/full"))
+    with stack:
+        calls = [call(stack.base_url, sdk, stream) for sdk, stream in
+                 (("openai", False), ("openai", True), ("anthropic", False), ("anthropic", True))]
+        assert all(c.clean for c in calls), calls
+        shown = admin(stack, "/readyz")
+        assert shown["ready"] is True, shown
+        wait_for(lambda: not admin(stack, "/readyz")["request_log"]["ok"], 5, "/readyz shows the unwritable log")
+        state = admin(stack, "/readyz")["request_log"]
+        assert state["error"] == "No space left on device" and state["dropped"] == 0, state
+
+        def metrics_say_so() -> bool:
+            text = admin(stack, "/metrics")
+            return ((metric(text, "tollway_request_log_failing") or 0) >= 1
+                    and (metric(text, "tollway_request_log_waiting") or 0) == len(calls))
+
+        wait_for(metrics_say_so, 5, "the metrics show the unwritable log and the 4 records waiting")
+    assert not stack.record_log.exists()  # nothing went anywhere else
+    assert not Path("/dev/.full.inflight").exists()  # no journal next to a device

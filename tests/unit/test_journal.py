@@ -215,8 +215,12 @@ def test_journals_live_in_a_hidden_directory_the_log_readers_never_read(tmp_path
 # -- the log cannot be written ---------------------------------------------------------------------
 
 
-def full_log(tmp_path: Path) -> tuple[Path, Path]:
-    """A log path that leads to /dev/full (every write: ENOSPC), and the real file to switch it to."""
+def full_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A log path that leads to /dev/full (every write: ENOSPC), and the real file to switch it to.
+
+    It stands for a regular file on a full disk, so the writer keeps a journal next to it (it
+    keeps none next to a device: see the test below)."""
+    monkeypatch.setattr("ext_proc.server.records._regular_or_absent", lambda _path: True)
     path, real = tmp_path / "requests.jsonl", tmp_path / "disk" / "requests.jsonl"
     real.parent.mkdir()
     os.symlink("/dev/full", path)
@@ -228,8 +232,9 @@ def space_again(path: Path, real: Path) -> None:
     os.symlink(real, path)
 
 
-def test_a_full_disk_keeps_the_records_in_memory_and_writes_them_in_order_when_it_can(tmp_path: Path) -> None:
-    path, real = full_log(tmp_path)
+def test_a_full_disk_keeps_the_records_in_memory_and_writes_them_in_order_when_it_can(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, real = full_log(tmp_path, monkeypatch)
     writer = RecordWriter(str(path), journal=True, immediate=True)
     for i in range(5):
         writer.started(record(f"r{i}"))
@@ -266,8 +271,9 @@ def test_a_write_cut_short_is_finished_before_the_next_record(tmp_path: Path, mo
     assert len(path.read_bytes().splitlines()) == 2  # no torn line
 
 
-def test_past_the_bound_the_oldest_records_are_dropped_and_counted(tmp_path: Path) -> None:
-    path, real = full_log(tmp_path)
+def test_past_the_bound_the_oldest_records_are_dropped_and_counted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, real = full_log(tmp_path, monkeypatch)
     line = len(orjson.dumps({**record("r00", "ok"), "ts": 1.0})) + 1
     writer = RecordWriter(str(path), journal=True, immediate=True, max_backlog=10 * line)
     for i in range(30):
@@ -282,6 +288,20 @@ def test_past_the_bound_the_oldest_records_are_dropped_and_counted(tmp_path: Pat
     assert written == [f"r{i:02}" for i in range(30 - len(written), 30)]  # the newest are kept
 
 
+def test_a_log_that_is_a_device_gets_no_journal_next_to_it(tmp_path: Path) -> None:
+    # --log-file /dev/full (or a symlink to a device): the log is not a file a journal could be
+    # recovered into, and its directory (/dev) no place for one.
+    os.symlink("/dev/full", tmp_path / "device.jsonl")
+    for path in ("/dev/full", str(tmp_path / "device.jsonl")):
+        before = set(os.listdir(os.path.dirname(path)))
+        writer = RecordWriter(path, journal=True, immediate=True)
+        writer.started(record("r1"))
+        writer.emit(record("r1", "ok"))
+        assert writer.journal is None and set(os.listdir(os.path.dirname(path))) == before
+        assert writer.status()["ok"] is False and writer.status()["error"] == os.strerror(errno.ENOSPC)
+    assert RecordWriter(str(tmp_path / "new.jsonl"), journal=True).journal is not None  # not there yet: a file
+
+
 def test_a_log_that_cannot_be_opened_at_start_is_opened_when_it_can(tmp_path: Path) -> None:
     path = tmp_path / "later" / "requests.jsonl"
     writer = RecordWriter(str(path), immediate=True)
@@ -292,10 +312,10 @@ def test_a_log_that_cannot_be_opened_at_start_is_opened_when_it_can(tmp_path: Pa
     assert [r["request_id"] for r in read_records([str(path)])] == ["r1"] and writer.status()["ok"] is True
 
 
-def test_the_periodic_writer_retries_and_survives(tmp_path: Path) -> None:
+def test_the_periodic_writer_retries_and_survives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    path, real = full_log(tmp_path)
+    path, real = full_log(tmp_path, monkeypatch)
 
     async def run() -> None:
         writer = RecordWriter(str(path), interval=0.01, immediate=True)
