@@ -1,6 +1,6 @@
 """The write-ahead journal: a request a provider saw is never missing from the request log.
 
-Theory of operation. A request's record is written when its response ends, in batches
+Theory of operation. A request's record is written when its response ends
 (:class:`~ext_proc.server.records.RecordWriter`). If the worker serving it dies first (killed,
 out of memory, a crash), Envoy fails the request closed, but the provider may have it already:
 without more, the record would be lost. So when the session lets a request go upstream it also
