@@ -15,13 +15,14 @@ The schedule, as fractions of the run (``D`` seconds):
 0.50 D the service stalled (SIGSTOP) past Envoy's message timeout (2 s) for 3 s
 0.60 D Redis killed (its counters lost), started again 2 s later
 0.70 D the policy file deleted, restored 2 s later
-0.90 D a worker SIGKILLed (its in-flight requests recovered from its journal)
+0.90 D one slow request of each kind sent; once the provider has them, both workers SIGKILLed
+       (restarted; their records come from the journals)
 ====== =========================================================================================
 
 Memory: the resident memory of ``tollway serve`` and its workers (and, apart, Envoy's) is
 sampled every second; its growth is the mean over [0.80 D, 0.90 D) against the mean over
-[0.20 D, 0.30 D) (warm-up: the first 0.20 D), both windows free of process restarts (the worker
-is killed after the second). Afterwards: every request the fake provider received (by
+[0.20 D, 0.30 D) (warm-up: the first 0.20 D), both windows free of process restarts (the workers
+are killed after the second). Afterwards: every request the fake provider received (by
 ``x-request-id``) is in the request log exactly once, and no reservation stays open.
 
 ``make soak`` runs 600 s (``python -m tests.soak``, prints the figures); ``make test`` runs
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -44,11 +46,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from ext_proc.stack import Stack
 from tests.faults import (
+    KINDS,
     Call,
     Driver,
     RedisServer,
+    call,
     gateway,
     kill_workers,
     ledger_check,
@@ -61,6 +67,7 @@ from tests.faults import (
 
 MESSAGE_TIMEOUT = 2.0
 BOUND = 10.0  # seconds: no client waits longer than this, whatever the fault
+SLOW_HEAD = "4000"  # ms the provider waits before the head of the requests the workers die under
 
 
 def provider_faults(number: int) -> dict[str, str]:
@@ -166,7 +173,7 @@ def run(work: Path, seconds: float, rate: float, out: Callable[[str], None] = la
     """Run the soak (see the module docstring) and take its figures; asserts nothing itself."""
     server = RedisServer(work / "redis").start()
     stack = gateway(work, redis_url=server.url, message_timeout=f"{MESSAGE_TIMEOUT:g}s",
-                    first_byte_timeouts=("2s", "2s"))
+                    first_byte_timeouts=("5s", "5s"))
     try:
         with stack:
             return _run(stack, server, seconds, rate, out)
@@ -216,13 +223,13 @@ def _run(stack: Stack, server: RedisServer, seconds: float, rate: float, out: Ca
         path.unlink()
         time.sleep(2)
         path.write_text(policy(note="restored after deletion"))
-        at(0.90, "a worker SIGKILLed (restarted by the supervisor)")
-        kill_workers(stack, 1)
+        at(0.90, "both workers SIGKILLed while 4 slow requests are upstream (restarted by the supervisor)")
+        slow = _upstream_then_kill(stack)
         at(1.0, "load stopped")
     finally:
         calls = driver.stop()
         sampler.stop()
-    figures = Figures(seconds, rate, calls, faults=faults)
+    figures = Figures(seconds, rate, calls + slow, faults=faults)
     figures.rss_start_kib, figures.envoy_start_kib = sampler.mean(0.20 * seconds, 0.30 * seconds)
     figures.rss_end_kib, figures.envoy_end_kib = sampler.mean(0.80 * seconds, 0.90 * seconds)
     check = ledger_check(stack, wait=20)
@@ -233,6 +240,22 @@ def _run(stack: Stack, server: RedisServer, seconds: float, rate: float, out: Ca
         wait_for(lambda: open_reservations(stack, server.port) == 0, 20, "no reservation open")
     figures.open_reservations = open_reservations(stack, server.port)
     return figures
+
+
+def _upstream_then_kill(stack: Stack) -> list[Call]:
+    """Send one slow request of each kind, SIGKILL both workers once the provider has them all
+    (so their records can only come from the journals), and return what those clients saw."""
+    def slow_ones() -> int:
+        found = httpx.get(f"http://127.0.0.1:{stack.mock_port}/_mock/requests", timeout=30).json()
+        return sum(1 for r in found if ["x-mock-latency-ms", SLOW_HEAD] in r["headers"])
+
+    with concurrent.futures.ThreadPoolExecutor(len(KINDS)) as pool:
+        futures = [pool.submit(call, stack.base_url, sdk, stream, headers={"x-mock-latency-ms": SLOW_HEAD})
+                   for sdk, stream in KINDS]
+        with contextlib.suppress(AssertionError):  # late under load: the kill then finds fewer upstream
+            wait_for(lambda: slow_ones() >= len(KINDS), 3, "the slow requests reach the provider")
+        kill_workers(stack)
+        return [future.result() for future in futures]
 
 
 def main() -> int:

@@ -29,5 +29,6 @@ def test_soak_every_request_that_reached_the_provider_is_in_the_ledger_once_and_
     assert all(c.format_ok for c in figures.calls if c.status and c.status >= 400), figures.report()
     assert all(c.status == 200 for c in figures.calls if not c.clean and not (c.status and c.status >= 400)), \
         [c for c in figures.calls if not c.clean and c.status != 200]
+    assert figures.recovered >= 1, figures.report()  # the requests the workers died under, from their journals
     assert figures.slowest.seconds < BOUND, figures.slowest
     assert not problems(figures), (problems(figures), figures.report())
