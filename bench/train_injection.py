@@ -2,10 +2,12 @@
 
 ``python bench/train_injection.py`` (needs scikit-learn, which Tollway does not install: ``.venv/bin/pip
 install scikit-learn`` first; nothing at run time uses it): the data of
-``bench/injection_data.py`` (public, licensed, shipped) is split 80/20 (stratified, seeded); a
-logistic regression over the presence of :func:`ext_proc.guardrails.injection.features` (words,
-word pairs, the hand-written signals) is fitted on the 80 %; its bias is then moved so that on the
-held-out 20 % a score of 0.5 lets at most ``--fpr`` of the benign texts through as injections
+``bench/injection_data.py`` (public, licensed, shipped) is split: the third-party data 80/20
+(stratified, seeded), and the texts written from held-out templates (the "dev" part of
+``bench/injection_written.py``) all held out; a logistic regression over the presence of
+:func:`ext_proc.guardrails.injection.features` (words, word pairs, the hand-written signals) is
+fitted on the rest; its bias is then moved so that on the
+held-out data a score of 0.5 lets at most ``--fpr`` of each kind of benign text through as injections
 (the policy's default threshold is the operating point); weights under ``--min-weight`` are
 dropped (fewer patterns, a faster scan). It prints the held-out figures. The evaluation sets are
 never used to fit or choose anything (``--exclude-near`` only removes training texts near them).
@@ -76,7 +78,7 @@ def main() -> int:
     parser.add_argument("--exclude-near", type=Path, metavar="FOLDER",
                         help="drop training texts sharing a word 8-gram with an evaluation text (decontamination)")
     args = parser.parse_args()
-    texts, labels = injection_data.dataset()
+    texts, labels, parts = injection_data.dataset()
     if args.check_disjoint:
         check_disjoint(args.check_disjoint, texts)
         return 0
@@ -87,16 +89,16 @@ def main() -> int:
                 grams |= _grams(text)
         kept = [i for i, text in enumerate(texts) if not _grams(text) & grams]
         print(f"{len(texts) - len(kept)} training texts dropped: they share a word 8-gram with an evaluation text")
-        texts, labels = [texts[i] for i in kept], [labels[i] for i in kept]
+        texts, labels, parts = [texts[i] for i in kept], [labels[i] for i in kept], [parts[i] for i in kept]
 
     from sklearn.feature_extraction import DictVectorizer
     from sklearn.linear_model import LogisticRegression
 
     order = list(range(len(texts)))
     random.Random(injection_data.SEED).shuffle(order)
-    held: set[int] = set()
+    held = {i for i in order if parts[i].startswith("dev")}  # written from templates never trained on
     for label in (0, 1):
-        members = [i for i in order if labels[i] == label]
+        members = [i for i in order if labels[i] == label and parts[i] == "public"]
         held.update(members[: len(members) // 5])
     train = [i for i in order if i not in held]
     test = [i for i in order if i in held]
@@ -113,19 +115,31 @@ def main() -> int:
     def logit(i: int) -> float:
         return bias + sum(weights.get(f, 0.0) for f in feats[i])
 
-    benign = sorted((logit(i) for i in test if labels[i] == 0), reverse=True)
-    allowed = int(args.fpr * len(benign))
-    shift = -benign[allowed] - 1e-3 if benign[allowed] > 0 else 0.0  # the (allowed+1)-th benign just below 0.5
-    bias += shift
-    attacks = [logit(i) + shift for i in test if labels[i] == 1]
-    recall = sum(v >= 0 for v in attacks) / len(attacks)
-    fpr = sum(v + shift >= 0 for v in benign) / len(benign)
+    # The operating point: the bias is raised until every kind of held-out benign text (the public
+    # 20 %, the texts written from unseen templates, and the hardest kind, requests with an
+    # injection's words written from unseen templates) scores >= 0.5 at most ``--fpr`` of the time.
+    shift = 0.0
+    for kind in ("public", "dev", "dev-near"):
+        benign = sorted((logit(i) for i in test if labels[i] == 0 and parts[i] == kind), reverse=True)
+        allowed = int(args.fpr * len(benign))
+        if benign[allowed] > -shift:
+            shift = -benign[allowed] - 1e-3  # the (allowed+1)-th benign of that kind just below 0.5
+    bias += shift  # logit() reads the shifted bias from here on
+    figures = {}
+    for name, part in (("public 20 %", "public"), ("unseen templates", "dev"), ("unseen near-misses", "dev-near"),
+                       ("all held out", None)):
+        chosen = [i for i in test if part is None or parts[i] == part]
+        attacks = [logit(i) for i in chosen if labels[i] == 1]
+        benign_part = [logit(i) for i in chosen if labels[i] == 0]
+        figures[name] = (sum(v >= 0 for v in attacks) / max(1, len(attacks)), len(attacks),
+                         sum(v >= 0 for v in benign_part) / len(benign_part), len(benign_part))
     OUT.write_text(json.dumps({"about": "bench/train_injection.py; data: bench/injection_data.py (see the README)",
                                "bias": round(bias, 4), "weights": dict(sorted(weights.items()))},
                               ensure_ascii=False, separators=(",", ":")))
     print(f"{len(train)} training texts, {len(test)} held out; {len(weights)} weights kept, bias {bias:.3f}")
-    print(f"held out at 0.5: recall {recall:.3f} on {len(attacks)} injections, FPR {fpr:.3f} on {len(benign)} "
-          f"benign texts; {OUT.stat().st_size / 1e3:.0f} KB written")
+    for name, (recall, n_attacks, fpr, n_benign) in figures.items():
+        print(f"held out, {name:16}: recall {recall:.3f} on {n_attacks} injections, FPR {fpr:.3f} on {n_benign} benign")
+    print(f"{OUT.stat().st_size / 1e3:.0f} KB written")
     return 0
 
 

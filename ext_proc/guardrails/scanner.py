@@ -6,7 +6,8 @@ text is one call over its UTF-8 bytes, whatever the number of detectors; each ma
 (pattern, start, end), several ends for one start when a pattern could stop at several places.
 Candidates are then taken left to right, the longest first; each is confirmed by its detector's
 check (checksums, ranges, parsing, context words), trying shorter ends of the same start when the
-longest fails, and a confirmed finding hides the candidates it overlaps. A block detector (PEM
+longest fails (not an end a detector's ``not_followed_by`` says is a piece of a longer value),
+and a confirmed finding hides the candidates it overlaps. A block detector (PEM
 private keys) runs on to its end marker, or to the end of the text when the marker is missing.
 
 Why Hyperscan: measured here (``bench/guardrails.py``), one Hyperscan pass over all detectors
@@ -162,7 +163,7 @@ def _collect(pattern: int, start: int, end: int, _flags: int, hits: object) -> N
 class Scanner:
     """The detectors of one policy (or of the built-in set), compiled into one Hyperscan database."""
 
-    __slots__ = ("_db", "_left", "_owner", "_until", "by_name", "detectors")
+    __slots__ = ("_after", "_db", "_left", "_owner", "_until", "by_name", "detectors")
 
     def __init__(self, detectors: Iterable[Detector]) -> None:
         self.detectors = tuple(d if d.chars else prepared(d) for d in detectors)
@@ -170,18 +171,23 @@ class Scanner:
         expressions: list[bytes] = []
         owner: list[int] = []
         flags: list[int] = []
+        ext: list[tuple[int, int, int, int, int, int]] = []  # (flags, min/max offset, min length, distances)
         for index, detector in enumerate(self.detectors):
             for pattern in detector.patterns:
                 expressions.append(pattern.encode())
                 owner.append(index)
                 flags.append(hyperscan.HS_FLAG_SOM_LEFTMOST | (hyperscan.HS_FLAG_CASELESS if detector.caseless else 0))
+                ext.append((hyperscan.HS_EXT_FLAG_MIN_LENGTH if detector.min_length else 0, 0, 0, detector.min_length,
+                            0, 0))
         self._owner = tuple(owner)
         self._until = {i: re.compile(d.until) for i, d in enumerate(self.detectors) if d.until}
         self._left = {i: (re.compile(d.left[0] + "+").match, d.left[1]) for i, d in enumerate(self.detectors) if d.left}
+        self._after = {i: re.compile(d.not_followed_by).match
+                       for i, d in enumerate(self.detectors) if d.not_followed_by}
         self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
         try:
             self._db.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions),
-                             flags=flags)
+                             flags=flags, ext=ext)
         except hyperscan.error as exc:
             raise PatternError(f"Hyperscan cannot compile it: {exc}") from None
 
@@ -221,8 +227,11 @@ class Scanner:
                 continue
             check = detector.check
             longest = start + detector.width
+            after = self._after.get(index)
             for end in sorted(set(ends[(index, start)]), reverse=True):
                 if end > longest:  # longer than the detector allows (and than a stream would hold)
+                    continue
+                if after is not None and after(text, end):  # a piece of a longer value
                     continue
                 if check is None or check(text[start:end], text[max(0, start - CONTEXT):start]):
                     until = self._until.get(index)

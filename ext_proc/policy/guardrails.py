@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 
-from ext_proc.guardrails import injection
 from ext_proc.guardrails.detectors import BUILTIN, GROUPS, INJECTION, Detector, custom
 from ext_proc.guardrails.plan import REQUEST, RESPONSE, Classifier, Guardrails, Rule
 from ext_proc.guardrails.scanner import PatternError, Scanner, builtin
@@ -74,8 +73,6 @@ def build(spec: PolicySpec) -> Guardrails | None:
     for name, model in spec.models.items():
         canonical.update(dict.fromkeys([name, *model.aliases], name))
     rules = tuple(_rule(rule, canonical) for rule in section.rules)
-    if any(INJECTION in rule.detectors for rule in rules):
-        injection.warm()  # its model's database compiles here, once, not in the first request
     classifier = section.injection.classifier
     customs = tuple((name, entry.pattern, tuple(entry.words or ()), entry.caseless, entry.label, entry.max_length or 0)
                     for name, entry in sorted(section.custom.items()))

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import faulthandler
 import inspect
 import ipaddress
 import logging
@@ -39,18 +40,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from ext_proc.core import pipeline
 from ext_proc.ledger import budgets
+from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.server import h2, journal, listen
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
 from ext_proc.server.alerts import Alerts
 from ext_proc.server.clusters import ClusterSync, stand_in
 from ext_proc.server.credentials import CredentialStore
+from ext_proc.server.dealer import Dealer
 from ext_proc.server.listen import TLSFiles
 from ext_proc.server.metrics import BudgetCollector, Exchange, Names, Publisher, Tally, TallyCollector
 from ext_proc.server.node_state import NodeBackend, NodeStateServer
@@ -204,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
     except listen.ListenError as exc:
         print(f"tollway serve: {exc}", file=sys.stderr)
         return 2
+    problem = _unusable(config)
+    if problem:  # said once here, not by every worker as it dies
+        print(f"tollway serve: {problem}", file=sys.stderr)
+        return 2
     if address.kind == "tcp":
         log.warning("listening on plain TCP (%s): any process that can reach it can read provider keys", address)
     if config.server == "grpcio" and (address.kind == "tls" or (address.kind == "unix" and config.workers > 1)):
@@ -254,7 +259,11 @@ def run(args: argparse.Namespace) -> int:
             if config.workers == 1:
                 _worker(config, sock, admin_sock, publication)
                 return 0
-            return _supervise(config, sock, admin_sock, publication)
+            dealer = None
+            if listener is not None and address.kind == "unix":
+                # The supervisor deals Envoy's connections to the workers (ext_proc.server.dealer).
+                dealer, sock = Dealer(listener.sock, config.workers), None
+            return _supervise(config, sock, admin_sock, publication, dealer, controller.current)
         finally:
             stop.set()
     finally:
@@ -267,6 +276,28 @@ def run(args: argparse.Namespace) -> int:
         publication.close()
         if config.metrics_dir:
             shutil.rmtree(config.metrics_dir, ignore_errors=True)
+
+
+def _unusable(config: ServeConfig) -> str | None:
+    """What would stop every worker at its start: a Redis URL that does not parse, a request log
+    that cannot be written."""
+    if config.redis_url:
+        from redis.connection import parse_url
+
+        try:
+            parse_url(config.redis_url)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            return f"--redis: {exc}"
+    if config.log_file:
+        path = os.path.abspath(config.log_file)
+        if os.path.exists(path) and not os.path.isfile(path):  # a device (/dev/stdout): written as it is
+            return None if os.access(path, os.W_OK) else f"--log-file: cannot write {path}"
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            return f"--log-file: the directory {directory} does not exist"
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return f"--log-file: cannot write in {directory}"
+    return None
 
 
 def admin_token(path: str | None, exposed_host: str | None) -> str | None:
@@ -357,6 +388,12 @@ def recover_records(config: ServeConfig) -> None:
 
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    dump_stacks_on_signal()
+
+
+def dump_stacks_on_signal() -> None:
+    """``kill -USR1`` writes every thread's Python stack to stderr (the log): what a stuck process is doing."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def _die_with_parent(supervisor: int) -> None:
@@ -399,7 +436,7 @@ def _alive(pid: int) -> bool:
 
 
 def _worker(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
-            publication: Publication, parent: int | None = None) -> None:
+            publication: Publication, parent: int | None = None, dealt: socket.socket | None = None) -> None:
     _configure_logging()
     if parent is not None:
         _die_with_parent(parent)
@@ -409,11 +446,11 @@ def _worker(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
         pass
-    asyncio.run(_serve(config, sock, admin_sock, publication))
+    asyncio.run(_serve(config, sock, admin_sock, publication, dealt))
 
 
 async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
-                 publication: Publication) -> None:
+                 publication: Publication, dealt: socket.socket | None = None) -> None:
     registry = CollectorRegistry()
     ledger = open_ledger(config.redis_url)
     records = RecordWriter(config.log_file, ledger=ledger, journal=True, immediate=True)
@@ -516,7 +553,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
     address = config.listen
     tls_watcher = None
     if config.server == "h2":
-        assert sock is not None
+        assert sock is not None or dealt is not None
         tls = listen.TLSContext(config.tls) if config.tls is not None else None
         server = h2.Server({
             PROCESS_PATH: lambda headers, responder: ExtProcCall(
@@ -525,7 +562,11 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         }, peer_check=(lambda transport: tls.peer_allowed(transport.get_extra_info("peercert"))) if tls else None,
             # On mutual TLS the client certificate's SPIFFE ID names the workload whose Envoy called.
             peer_identity=(lambda transport: listen.spiffe_id(transport.get_extra_info("peercert"))) if tls else None)
-        await server.start(sock, tls.context if tls else None)
+        if dealt is not None:
+            server.take(dealt)  # connections the supervisor accepted for this worker
+        else:
+            assert sock is not None
+            await server.start(sock, tls.context if tls else None)
         if tls is not None:
             tls_watcher = loop.create_task(_watch_tls(tls, config.reload_interval))
         log.info("ext_proc listening on %s (pid %d, h2)", address, os.getpid())
@@ -590,6 +631,9 @@ async def _watch_tls(tls: listen.TLSContext, interval: float) -> None:
 
 
 async def _serve_grpcio(config: ServeConfig, service: Service, address: str, stop: asyncio.Event) -> None:
+    import grpc  # here only: the h2 server never needs grpcio's 20 MB of imports
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
     parsed = listen.parse(address)
     if parsed.kind == "unix":
         listen.check_directory(os.path.dirname(parsed.path))
@@ -620,20 +664,30 @@ async def _serve_grpcio(config: ServeConfig, service: Service, address: str, sto
     await server.stop(config.grace)
 
 
+QUICK_DEATH = 5.0  # seconds: a worker dying this soon after its start did not get to serve
+MAX_QUICK_DEATHS = 5
+
+
 def _supervise(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
-               publication: Publication) -> int:
+               publication: Publication, dealer: Dealer | None = None,
+               controller_policy: CompiledPolicy | None = None) -> int:
     # Workers fork from a preloaded fork server (ext_proc.server.preload): one copy of the
     # tokenizers and the price table for all of them, and a clean single-threaded parent to fork
     # from (this process runs the policy watcher's thread).
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["ext_proc.server.preload"])
+    policy = controller_policy
+    scores = policy is not None and policy.guardrails is not None and policy.guardrails.scores_injection
+    ctx.set_forkserver_preload(["ext_proc.guardrails.warm"] * scores + ["ext_proc.server.preload"])
     stopping = False
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
         # The listening socket travels to the worker as a passed file descriptor (spawn's pass_fds).
-        proc = ctx.Process(target=_worker, args=(config, sock, admin_sock, publication, os.getpid()),
+        dealt = dealer.channel(index) if dealer is not None else None
+        proc = ctx.Process(target=_worker, args=(config, sock, admin_sock, publication, os.getpid(), dealt),
                            name=f"tollway-worker-{index}", daemon=False)
         proc.start()
+        if dealt is not None:
+            dealt.close()  # the worker has its own copy
         return proc
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -645,15 +699,34 @@ def _supervise(config: ServeConfig, sock: socket.socket | None, admin_sock: sock
                     os.kill(proc.pid, signal.SIGTERM)
 
     procs = [start(i) for i in range(config.workers)]
+    started = [time.monotonic()] * len(procs)
+    quick_deaths = 0  # in a row: workers that died within QUICK_DEATH seconds of their start
+    if dealer is not None:
+        dealer.start()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     while True:
         for i, proc in enumerate(procs):
             proc.join(timeout=0.2 / len(procs))
             if proc.exitcode is not None and not stopping:
+                quick = time.monotonic() - started[i] < QUICK_DEATH
+                quick_deaths = quick_deaths + 1 if quick else 0
+                if quick_deaths >= MAX_QUICK_DEATHS:
+                    # A crash loop (e.g. a broken install): exit and say so, rather than restart
+                    # forever behind a readiness probe that never passes.
+                    log.critical("workers died %d times in a row within %.0f s of starting; giving up",
+                                 quick_deaths, QUICK_DEATH)
+                    on_signal(signal.SIGTERM, None)
+                    for other in procs:
+                        other.join(timeout=config.grace + 1)
+                    if dealer is not None:
+                        dealer.stop()
+                    return 1
                 log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
                 recover_records(config)
                 time.sleep(0.5)
-                procs[i] = start(i)
+                procs[i], started[i] = start(i), time.monotonic()
         if stopping and all(p.exitcode is not None for p in procs):
+            if dealer is not None:
+                dealer.stop()
             return 0

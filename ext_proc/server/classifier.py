@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from ext_proc.guardrails.queries import ClassifierUnavailable, Classify
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("tollway.classifier")
 
@@ -34,6 +35,8 @@ class Classifier:
         return self._ask(query)
 
     async def _ask(self, query: Classify) -> float:
+        import httpx  # on first use: about 18 MB of imports a policy without a classifier never needs
+
         if self._client is None:
             self._client = httpx.AsyncClient(transport=self._transport, trust_env=False)
         try:

@@ -371,7 +371,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.discard(self)
+        if self in self.server.connections:
+            self.server.connections.discard(self)
+            self.server.report_closed()
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
@@ -881,6 +883,9 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
+SHED = b"s"  # the dealer asks a worker to send one of its connections away
+
+
 class Server:
     """Routes gRPC method paths to call factories; serves them on one listening socket."""
 
@@ -895,6 +900,8 @@ class Server:
         self.draining = False
         self._server: asyncio.Server | None = None
         self._drained = asyncio.Event()
+        self._channel: socket.socket | None = None  # connections dealt by the supervisor
+        self._dealing: set[asyncio.Task[None]] = set()
 
     async def start(self, sock: socket.socket, ssl: SSLContext | None = None) -> None:
         """Serve on a listening socket (bound by :mod:`ext_proc.server.listen`, maybe shared by workers)."""
@@ -903,6 +910,63 @@ class Server:
             self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
         else:
             self._server = await loop.create_server(lambda: Connection(self), sock=sock, ssl=ssl)
+
+    def take(self, channel: socket.socket) -> None:
+        """Serve the connections passed over ``channel`` (``SCM_RIGHTS``, from
+        :class:`ext_proc.server.dealer.Dealer`), and report each one's close on it."""
+        loop = asyncio.get_running_loop()
+        channel.setblocking(False)
+        self._channel = channel
+
+        def receive() -> None:
+            try:
+                message, fds, _flags, _address = socket.recv_fds(channel, 256, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                message, fds = b"", []
+            for fd in fds:
+                conn = socket.socket(fileno=fd)
+                conn.setblocking(False)
+                if self.draining:
+                    conn.close()
+                    self.report_closed()
+                    continue
+                task = loop.create_task(self._serve_dealt(conn))
+                self._dealing.add(task)
+                task.add_done_callback(self._dealing.discard)
+            for _ in range(message.count(SHED) if not fds else 0):
+                self.shed()
+            if not message:  # the supervisor is gone: this worker is stopping anyway
+                loop.remove_reader(channel.fileno())
+
+        loop.add_reader(channel.fileno(), receive)
+
+    async def _serve_dealt(self, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: Connection(self), conn)
+        except OSError as exc:  # closed by Envoy before this worker got to it
+            log.debug("a dealt connection was gone: %s", exc)
+            conn.close()
+            self.report_closed()
+
+    def shed(self) -> None:
+        """Send one connection away (GOAWAY: its open streams finish, Envoy opens a new one, which
+        the dealer gives a less busy worker): after a worker restart, the load spreads again."""
+        staying = [c for c in self.connections if not c.going_away and not c.closed]
+        if not staying:
+            return
+        connection = min(staying, key=lambda c: len(c.streams))
+        connection.goaway(NO_ERROR)
+        connection._flush()
+        if not connection.streams:
+            connection._close()
+
+    def report_closed(self) -> None:
+        """Tell the dealer a connection it gave this worker closed."""
+        if self._channel is not None:
+            with contextlib.suppress(OSError):
+                self._channel.send(b"-")
 
     def check_drained(self) -> None:
         if self.draining and not any(c.streams for c in self.connections):
@@ -913,6 +977,9 @@ class Server:
         self.draining = True
         if self._server is not None:
             self._server.close()
+        if self._channel is not None:
+            with contextlib.suppress(ValueError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(self._channel.fileno())
         for connection in list(self.connections):
             connection.goaway(NO_ERROR)
             connection._flush()

@@ -11,8 +11,9 @@ a histogram observation a ``bisect`` and two updates), about 2 µs per request f
 Across workers. ``tollway serve --workers N`` runs N processes behind one admin port, and any
 of them may answer a scrape. Each worker writes its tally, whole, to its own file in a private
 directory the parent made (:class:`Exchange`, every 0.5 s when it changed, and when it stops:
-one ``orjson`` dump and an atomic rename); the worker answering ``/metrics`` sums every file with
-its own live tally. A worker that died keeps its file, so counters never go backwards when it is
+one ``orjson`` dump and an atomic rename); the worker answering ``/metrics`` publishes its own
+first, then sums every file with its own live tally, so no counter goes backwards between two
+scrapes answered by different workers. A worker that died keeps its file, so counters never go backwards when it is
 restarted (the new process writes a file of its own); gauges are taken from live workers only.
 This is the layout of prometheus_client's multiprocess mode (one file per process, summed at
 scrape), with values kept in memory between writes instead of written to an mmap on every
@@ -298,7 +299,13 @@ class Exchange:
         os.replace(temporary, path)
 
     def totals(self) -> Merged:
-        """Every worker's values summed: the files of the others, this worker's own live tally."""
+        """Every worker's values summed: the files of the others, this worker's own live tally.
+
+        The tally is published first: a file is never older than a scrape that counted its worker
+        live, so the next scrape, whichever worker answers it, sees no counter go backwards (which
+        Prometheus would take for a restart and turn into a made-up increase)."""
+        with contextlib.suppress(OSError):
+            self.write()
         merged = Merged()
         merged.add(self.tally.snapshot(), live=True)
         if self.directory is None:

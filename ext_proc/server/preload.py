@@ -15,7 +15,9 @@ import gc
 
 import ext_proc.server.app  # noqa: F401 - the service's modules, imported once for every worker
 from ext_proc.server.accounting import warm_up
+from ext_proc.server.app import dump_stacks_on_signal
 
+dump_stacks_on_signal()  # the fork server too: a stack dump of the tree must not kill it
 warm_up()
 gc.collect()
 gc.freeze()

@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ext_proc.guardrails import injection
 from ext_proc.policy.compile import PolicyError, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.policy.decide import chains, cluster_name
@@ -240,6 +241,8 @@ class PolicyHolder:
             except PolicyError:  # the controller compiled the same text: cannot happen, but never crash
                 log.exception("the published policy did not compile in this worker")
                 return
+            if self._policy.guardrails is not None and self._policy.guardrails.scores_injection:
+                injection.warm()  # now, not in the first request (a no-op when the fork server did it)
         self.state = state
         self._seen = max(generation, state.generation)
 

@@ -27,9 +27,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health_pb2
 
@@ -48,6 +47,9 @@ from ext_proc.server.records import RecordWriter
 from ext_proc.server.reload import PolicyHolder
 from ext_proc.state.limits import Keeper, MemoryBackend
 from ext_proc.state.queries import Admit
+
+if TYPE_CHECKING:
+    import grpc
 from ext_proc.state.store import MemoryStore, Store
 
 log = logging.getLogger("tollway.servicer")
@@ -284,6 +286,8 @@ class Processor:
                 yield encode(kind, action, credentials)
         except Exception:
             log.exception("ext_proc stream failed (request_id=%s)", session.request_id)
+            import grpc
+
             await context.abort(grpc.StatusCode.INTERNAL, "tollway: internal error")
         finally:
             if not _closed(session):
@@ -292,6 +296,8 @@ class Processor:
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler registering ``Process`` with upb (de)serializers."""
+        import grpc  # only --server grpcio serves through grpcio: about 20 MB the h2 server never needs
+
         method = grpc.stream_stream_rpc_method_handler(
             self.process,
             request_deserializer=pb.ProcessingRequest.FromString,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -106,12 +107,62 @@ def _state(pid: int) -> str:
         return "Z"
 
 
-def test_workers_share_the_port(tmp_path: Path) -> None:
-    with Stack(tmp_path, workers=2) as stack:
+def cpu_ns(pid: int) -> int:
+    """A process's run time so far (all its threads), in nanoseconds."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    return total
+
+
+def test_every_worker_gets_connections_and_a_replaced_one_gets_its_share_back(tmp_path: Path) -> None:
+    # Two Envoy threads, each with its own connection(s) to Tollway: the supervisor deals them to
+    # the two workers, so both work (over a shared socket one worker could take them all).
+    with Stack(tmp_path, workers=2, envoy_concurrency=2) as stack:
         assert len(worker_pids(stack.procs["tollway"].pid)) == 2
-        with httpx.Client() as http:
-            for _ in range(20):
-                assert http.post(stack.base_url + "/v1/chat/completions", json=BODY).status_code == 200
+
+        def load(n: int) -> list[int]:
+            with httpx.Client(timeout=10) as http:
+                return [http.post(stack.base_url + "/v1/chat/completions", json=BODY).status_code for _ in range(n)]
+
+        def busy(clients: int = 16, each: int = 15) -> dict[int, int]:
+            """CPU each worker spent serving ``clients`` concurrent clients (ns, by pid)."""
+            workers = worker_pids(stack.procs["tollway"].pid)
+            before = {pid: cpu_ns(pid) for pid in workers}
+            codes: list[int] = []
+            threads = [threading.Thread(target=lambda: codes.extend(load(each))) for _ in range(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert codes == [200] * (clients * each)
+            return {pid: cpu_ns(pid) - before[pid] for pid in workers}
+
+        spent = busy()
+        assert min(spent.values()) > 0.2 * sum(spent.values()), spent  # neither worker idles
+
+        # A worker dies: Envoy's next connections go to the other; requests keep working.
+        victim = worker_pids(stack.procs["tollway"].pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while load(1) != [200]:  # a request in flight on the dead worker's connection may fail
+            assert time.monotonic() < deadline, "no worker took over"
+        assert load(20) == [200] * 20
+        deadline = time.monotonic() + 15
+        while victim in (workers := worker_pids(stack.procs["tollway"].pid)) or len(workers) != 2:
+            assert time.monotonic() < deadline, "the worker was not restarted"
+            time.sleep(0.05)
+        # Its replacement gets a share: the survivor sends connections away and Envoy reconnects.
+        deadline = time.monotonic() + 15
+        while min((spent := busy()).values()) <= 0.2 * sum(spent.values()):
+            assert time.monotonic() < deadline, f"the replaced worker stays idle: {spent}"
+        # What a stuck start shows (kill -USR1): every Tollway process writes its stacks to the log
+        # and keeps serving.
+        log = stack._stuck("tollway")
+        assert log.count("Current thread") + log.count("Thread 0x") >= 4  # supervisor, fork server, 2 workers
+        assert len(worker_pids(stack.procs["tollway"].pid)) == 2 and stack.procs["tollway"].poll() is None
+        assert load(5) == [200] * 5
 
 
 def test_tollway_up_serves_the_sdk_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
@@ -161,3 +212,40 @@ def test_tollway_up_serves_the_sdk_and_stops_everything_on_ctrl_c(tmp_path: Path
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             subprocess.run(["pkill", "-KILL", "-f", str(tmp_path)])
+
+
+def test_a_crash_loop_of_the_workers_ends_the_service_with_a_reason(tmp_path: Path) -> None:
+    # Every worker dies as it starts (as with a broken install): the supervisor gives up after five
+    # in a row and exits 1, instead of restarting forever behind a readiness probe that never passes.
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if any('forkserver' in a for a in sys.orig_argv):\n"
+        "    os.register_at_fork(after_in_child=lambda: os._exit(3))\n")
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "ext_proc.cli", "serve", "--listen", f"unix:{run}/ext_proc.sock", "--workers", "2",
+         "--admin-port", "0"],
+        env={**os.environ, "PYTHONPATH": str(hooks)}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "workers died 5 times in a row" in proc.stderr
+    assert proc.stderr.count("restarting it") == 4
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(("flag", "value", "said"), [
+    ("--redis", "nope://x", "--redis: Redis URL must specify one of the following schemes"),
+    ("--log-file", "/nonexistent/dir/requests.jsonl", "--log-file: the directory /nonexistent/dir does not exist"),
+])
+def test_what_would_stop_every_worker_is_refused_once_at_start(tmp_path: Path, flag: str, value: str,
+                                                               said: str) -> None:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ext_proc.cli", "serve", "--listen", f"unix:{run}/ext_proc.sock", "--workers", "2",
+         "--admin-port", "0", flag, value], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"tollway serve: {said}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

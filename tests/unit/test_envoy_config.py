@@ -264,3 +264,21 @@ def test_tollway_envoy_sets_the_first_byte_timeouts(tmp_path: Path, capsys: pyte
     assert {"azure-openai-eu", "local-llm", "openai+anthropic", "anthropic+openai"} <= names
     with pytest.raises(SystemExit):
         parser.parse_args(["--policy", "p.yaml", "--first-byte-timeouts", "30"])
+
+
+def test_the_ext_proc_cluster_resolves_a_service_name_and_takes_an_address_as_is(tmp_path: Path) -> None:
+    cfg = config()
+    tls = envoy_config.ClientTLS(cert="/c.pem", key="/k.pem", server_ca="/ca.pem", server_name="tollway")
+    envoy_config.set_ext_proc(cfg, "tls://tollway.tollway-system.svc:50051", tls)
+    cluster = clusters(cfg)["tollway_ext_proc"]
+    assert cluster["type"] == "STRICT_DNS"  # a name: STATIC would refuse it
+    assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
+        "socket_address": {"address": "tollway.tollway-system.svc", "port_value": 50051}}
+    envoy_config.set_ext_proc(cfg, "tcp://127.0.0.1:50051")
+    cluster = clusters(cfg)["tollway_ext_proc"]
+    assert cluster["type"] == "STATIC" and "transport_socket" not in cluster
+    envoy_config.set_ext_proc(cfg, "unix:/run/tollway/ext_proc.sock")
+    assert clusters(cfg)["tollway_ext_proc"]["type"] == "STATIC"
+    envoy_config.set_ext_proc(cfg, "tcp://tollway.tollway-system.svc:50051")
+    cfg.pop("dynamic_resources")  # the clusters file is not there
+    validate(cfg, tmp_path / "envoy.yaml")

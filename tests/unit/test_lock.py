@@ -68,3 +68,25 @@ def test_make_install_uses_the_lock_with_hashes() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert "--require-hashes" in makefile and "-r requirements.lock" in makefile
     assert "--no-deps" in makefile  # Tollway itself adds nothing the lock did not pin
+
+
+def test_the_proto_modules_xds_protos_also_ships_are_their_owners_copies() -> None:
+    # xds-protos carries copies of opentelemetry.proto and google.api/rpc/type; pip's install order
+    # decides which copy lands, and the OTLP exporter fails with xds-protos's. make install
+    # reinstalls the owners last: every shared file must hash as its owner's RECORD says.
+    import base64
+    import hashlib
+    import importlib.metadata
+
+    owners = {"opentelemetry-proto", "googleapis-common-protos"}
+    theirs = {str(f) for f in importlib.metadata.distribution("xds-protos").files or ()}
+    checked = 0
+    for owner in owners:
+        for record in importlib.metadata.distribution(owner).files or ():
+            if str(record) not in theirs or record.hash is None or not str(record).endswith(".py"):
+                continue
+            digest = hashlib.sha256(Path(str(record.locate())).read_bytes()).digest()
+            assert base64.urlsafe_b64encode(digest).rstrip(b"=").decode() == record.hash.value, (
+                f"{record} is not {owner}'s copy: run make install again")
+            checked += 1
+    assert checked > 50

@@ -118,6 +118,20 @@ def test_workers_files_are_summed_and_a_dead_workers_counts_stay(tmp_path: Path)
     assert exchange.totals().value("tollway_requests") == 4
 
 
+def test_a_scrape_by_another_worker_never_goes_backwards(tmp_path: Path) -> None:
+    # Worker A counted a request and answered a scrape (live); worker B answers the next one
+    # before A's periodic publication: B must still see A's request.
+    first, second = Tally(), Tally()
+    a, b = Exchange(first, str(tmp_path)), Exchange(second, str(tmp_path))
+    a.path, b.path = str(tmp_path / "worker-1.json"), str(tmp_path / "worker-2.json")
+    first.record(OK)
+    assert a.totals().value("tollway_requests") == 1
+    assert b.totals().value("tollway_requests") == 1
+    second.record(OK)
+    assert b.totals().value("tollway_requests") == 2
+    assert a.totals().value("tollway_requests") == 2
+
+
 def test_budget_gauges_sum_a_per_key_budget_and_keep_team_members() -> None:
     collector = BudgetCollector()
     row = {"budget": "b", "scope": "team", "member": "search", "unit": "usd", "limit": 10_000_000,
