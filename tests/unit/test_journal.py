@@ -348,3 +348,17 @@ def test_session_transcript_still_sees_the_record_after_the_note() -> None:
     transcript.pending.pop(0)  # the answer
     assert transcript << Record(request_id="req-1", outcome="ok", output_tokens=2)
     assert len(transcript.forwarded) == 1
+
+
+def test_a_device_as_the_log_is_not_refused_at_start_for_its_directory(tmp_path: Path) -> None:
+    # tollway serve refuses a log it could never create (a missing or read-only directory), but a
+    # device that exists is written as it is, whatever its directory (/dev is root's).
+    from ext_proc.server.app import ServeConfig, _unusable
+
+    def said(log_file: str) -> str | None:
+        return _unusable(ServeConfig("unix:/x", 2, log_file, 1.0))
+
+    assert said("/dev/full") is None and said("/dev/null") is None
+    assert said(str(tmp_path / "missing" / "requests.jsonl")) == f"--log-file: the directory {tmp_path / 'missing'} " \
+        "does not exist"
+    assert said(str(tmp_path / "requests.jsonl")) is None
