@@ -140,8 +140,8 @@ def test_workers_killed_under_load_are_restarted_and_lose_no_record(env: Env) ->
     calls = driver.stop()
     records = _exact(env, before)
     _agree(calls, records, back_at - killed_at)
-    # Meanwhile Envoy's connections wait on the socket the parent keeps: served once a worker is
-    # up, or a 500/504 in the SDK's format; never a hang.
+    # Meanwhile Envoy's new connections wait in the supervisor: served once a worker is up, or a
+    # 500/504 in the SDK's format; never a hang.
     meanwhile = [c for c in calls if killed_at + 0.2 < c.started < back_at - 0.5]
     assert meanwhile and all(c.clean or (c.status in (500, 504) and c.format_ok) for c in meanwhile), meanwhile
     assert all(c.seconds < MESSAGE_TIMEOUT + SLACK for c in meanwhile if not c.clean), meanwhile
