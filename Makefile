@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock tools run test test-unit test-e2e fuzz bench bench-limits bench-core bench-guardrails bench-metrics eval lint clean
+.PHONY: help install lock tools run test test-unit test-e2e fuzz soak bench bench-limits bench-core bench-guardrails bench-metrics eval lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ test-unit: $(STAMP) tools ## run the unit tests only (no Envoy)
 
 test-e2e: $(STAMP) tools ## run the end-to-end tests only
 	$(PY) -m pytest tests/e2e
+
+soak: $(STAMP) tools ## 10 minutes of mixed traffic (both SDKs, JSON and streams) with faults on a schedule: the ledger exactly once, reservations, memory (TOLLWAY_SOAK_SECONDS)
+	$(PY) -m tests.soak
 
 bench: $(STAMP) tools ## measure plain Envoy vs the gateway: req/s, p50/p99, added latency, CPU µs/request
 	$(PY) bench/bench.py $(BENCH_ARGS)

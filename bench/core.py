@@ -89,6 +89,9 @@ class Records:
     def emit(self, record: dict[str, Any]) -> None:
         self.records.append(record)
 
+    def started(self, record: dict[str, Any]) -> None:
+        """The write-ahead note of a request going upstream (the real writer journals it)."""
+
 
 def _headers(pairs: list[tuple[str, str]]) -> pb.HttpHeaders:
     return pb.HttpHeaders(headers=base_pb2.HeaderMap(

@@ -75,6 +75,7 @@ def render_envoy(
     policy: CompiledPolicy | None = None,
     first_byte_timeouts: tuple[str, str] | None = None,
     ext_proc_tls: ClientTLS | None = None,
+    message_timeout: str | None = None,
 ) -> dict[str, Any]:
     """The bootstrap with these ports, reading its clusters from ``clusters_file`` or listing them.
 
@@ -82,7 +83,8 @@ def render_envoy(
     ``stand_ins`` providers (name -> URL) reaching their stand-in. ``ext_proc=False`` removes the
     Tollway filter: the same listener and path routes as plain Envoy, the baseline the benchmark
     compares against. ``first_byte_timeouts`` replaces the per-try idle timeouts of the streaming
-    and buffered routes (e.g. ``("1s", "2s")`` in tests of stalled providers).
+    and buffered routes (e.g. ``("1s", "2s")`` in tests of stalled providers); ``message_timeout``
+    how long Envoy waits for each of Tollway's answers (a short one in tests of a stalled service).
     """
     config, _ = render(template, policy if ext_proc else None, stand_ins=stand_ins, clusters_file=clusters_file)
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
@@ -97,6 +99,10 @@ def render_envoy(
     set_ext_proc(config, ext_proc_address, ext_proc_tls)
     if first_byte_timeouts is not None:
         set_first_byte_timeouts(config, *first_byte_timeouts)
+    if message_timeout is not None:
+        for http_filter in hcm["http_filters"]:
+            if http_filter["name"] == "envoy.filters.http.ext_proc":
+                http_filter["typed_config"]["message_timeout"] = message_timeout
     return config
 
 
@@ -122,9 +128,11 @@ class Stack:
     mock: bool = True
     mock_args: tuple[str, ...] = ()
     first_byte_timeouts: tuple[str, str] | None = None  # per-try idle timeouts (streaming, buffered)
+    message_timeout: str | None = None  # Envoy's wait for each answer of Tollway (default: the file's 5s)
     mocked: frozenset[str] = frozenset(PROVIDER_KEYS)  # providers served by the fake provider (stand-ins)
     quiet: bool = True
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _commands: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -159,6 +167,7 @@ class Stack:
         out: Any = subprocess.DEVNULL if self.quiet else None
         err = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         environ = {**os.environ, **env} if env else None
+        self._commands[name] = (argv, env)
         self.procs[name] = subprocess.Popen(
             argv, stdout=out, stderr=err, cwd=ROOT, env=environ, start_new_session=True
         )
@@ -196,7 +205,7 @@ class Stack:
                 ext_proc_address=self.ext_proc, stand_ins=self.stand_ins,
                 clusters_file=str(self.clusters_file) if self.ext_proc_enabled else None,
                 ext_proc=self.ext_proc_enabled, first_byte_timeouts=self.first_byte_timeouts,
-                ext_proc_tls=self.ext_proc_tls,
+                ext_proc_tls=self.ext_proc_tls, message_timeout=self.message_timeout,
             )
             path = self.workdir / "envoy.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -209,6 +218,22 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def respawn(self, name: str) -> None:
+        """Start ``name`` ("tollway", "mock", "envoy") again as it was first started (after it was
+        killed, e.g. in a fault test), and wait until it is ready."""
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        argv, env = self._commands[name]
+        self._spawn(name, argv, env)
+        self._wait_ready([name])
+
+    def service_pids(self) -> list[int]:
+        """The service's processes: ``tollway serve`` and its workers (not the fork server or the
+        resource tracker)."""
+        parent = self.procs["tollway"].pid
+        return [parent, *(worker_pids(parent) if self.workers > 1 else [])]
 
     def _wait_ready(self, names: Iterable[str], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

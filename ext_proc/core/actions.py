@@ -102,4 +102,14 @@ class Settle:
     used: tuple[int, ...]
 
 
-Effect = EmitRecord | Settle
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """The request goes to the provider with this answer: ``record`` is the record it gets if
+    nothing more is ever heard of it (Tollway dies first). The server notes it before it
+    answers Envoy (a write-ahead entry, see :mod:`ext_proc.server.journal`), so a request a
+    provider saw is never missing from the request log."""
+
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+Effect = EmitRecord | Settle | Forwarded

@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 
 from ext_proc.core import limits, pipeline, upstream
-from ext_proc.core.actions import CONTINUE, Action, Ask, Continue, Effect, EmitRecord, Respond, Trace
+from ext_proc.core.actions import CONTINUE, Action, Ask, Continue, Effect, EmitRecord, Forwarded, Respond, Trace
 from ext_proc.core.events import (
     Answered,
     Event,
@@ -205,6 +205,7 @@ class Session:
             flow.note("tollway.identified", at, **{"tollway.team": principal.team,
                                                    "tollway.identity": "key" if principal.key_id else "workload"})
         if flow.set_headers:  # a request without a body, routed at its head (open mode's model list)
+            self._forwarded(flow.started)
             return Continue(set_headers=tuple(flow.set_headers), remove_headers=tuple(flow.remove_headers),
                             clear_route_cache=True)
         return Continue(remove_headers=tuple(flow.remove_headers))
@@ -214,6 +215,7 @@ class Session:
         request = flow.request
         assert request is not None
         self.phase = Phase.RESPONSE_HEADERS
+        self._forwarded(flow.started)
         if flow.trace is not None:
             self._note_decisions(at)
         headers = tuple(flow.set_headers)
@@ -226,6 +228,26 @@ class Session:
             remove_headers=("content-encoding",) if flow.gunzip else (),
             body=body, clear_route_cache=True, credential=flow.credential, metadata=flow.metadata,
         )
+
+    def _forwarded(self, started: int) -> None:
+        """The request goes upstream now: the record it gets if Tollway dies before it ends (outcome
+        ``incomplete``, error ``service_interrupted``; the input estimated, the output unknown)."""
+        flow = self.flow
+        if flow.request_id is None:
+            return
+        record = flow.record(started)
+        estimate = flow.meter.estimate
+        tokens = estimate.tokens if estimate is not None else None
+        record.update(
+            provider=flow.provider if len(flow.chain) <= 1 else None, outcome="incomplete",
+            error="service_interrupted", latency_ms=None, input_tokens=tokens, output_tokens=None,
+            cached_tokens=None, cache_write_tokens=None, reasoning_tokens=None, estimated_input_tokens=tokens,
+            input_estimated=tokens is not None, output_estimated=False, cost_usd_micros=None, price_version=None,
+        )
+        if flow.claims and flow.admission is not None and flow.admission.admitted:
+            record["limits"] = [{"limit": name, "unit": unit, "claimed": claim.amount, "used": None}
+                                for claim, (name, unit, _) in zip(flow.claims, flow.claim_labels, strict=True)]
+        self.effects.append(Forwarded(record))
 
     # -- response ---------------------------------------------------------------------------
 

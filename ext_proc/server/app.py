@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry
 from ext_proc.core import pipeline
 from ext_proc.ledger import budgets
 from ext_proc.policy.compiled import CompiledPolicy
-from ext_proc.server import h2, listen
+from ext_proc.server import h2, journal, listen
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
 from ext_proc.server.alerts import Alerts
@@ -253,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
         watcher = threading.Thread(target=controller.watch, args=(config.reload_interval, stop),
                                    name="tollway-policy", daemon=True)
         watcher.start()
+        recover_records(config)  # requests in flight when a previous run died
         try:
             sock = listener.sock if listener else None
             if config.workers == 1:
@@ -288,7 +289,10 @@ def _unusable(config: ServeConfig) -> str | None:
         except ValueError as exc:
             return f"--redis: {exc}"
     if config.log_file:
-        directory = os.path.dirname(os.path.abspath(config.log_file))
+        path = os.path.abspath(config.log_file)
+        if os.path.exists(path) and not os.path.isfile(path):  # a device (/dev/stdout): written as it is
+            return None if os.access(path, os.W_OK) else f"--log-file: cannot write {path}"
+        directory = os.path.dirname(path)
         if not os.path.isdir(directory):
             return f"--log-file: the directory {directory} does not exist"
         if not os.access(directory, os.W_OK | os.X_OK):
@@ -369,6 +373,19 @@ def open_ledger(redis_url: str | None) -> Ledger:
     return RedisLedger(redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2))
 
 
+def recover_records(config: ServeConfig) -> None:
+    """Write the records of requests a dead worker had sent upstream (:mod:`ext_proc.server.journal`)."""
+    if not config.log_file:
+        return
+    add = None
+    if config.redis_url:
+        add = open_ledger(config.redis_url).add
+    try:
+        journal.recover(config.log_file, add)
+    except Exception:  # never keep the service from starting or a worker from restarting
+        log.exception("recovering the journals of %s", config.log_file)
+
+
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     dump_stacks_on_signal()
@@ -436,7 +453,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
                  publication: Publication, dealt: socket.socket | None = None) -> None:
     registry = CollectorRegistry()
     ledger = open_ledger(config.redis_url)
-    records = RecordWriter(config.log_file, ledger=ledger)
+    records = RecordWriter(config.log_file, ledger=ledger, journal=True, immediate=True)
     records.start()
     holder = PolicyHolder(publication, registry) if config.policy else None
     if holder is not None and holder.current is None:
@@ -474,6 +491,15 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         if records.failures:
             tally.counters[("tollway_ledger_write_failures",)] = records.failures
             tally.changed = True
+        log_status = records.status()
+        tally.set(("tollway_request_log_failing",), 0 if log_status["ok"] else 1)
+        tally.set(("tollway_request_log_waiting",), log_status["waiting"])
+        for name, field_name in (("tollway_request_log_write_failures", "failed_writes"),
+                                 ("tollway_request_log_dropped", "dropped"),
+                                 ("tollway_request_journal_errors", "journal_errors")):
+            if log_status[field_name] and tally.counters.get((name,)) != log_status[field_name]:
+                tally.counters[(name,)] = log_status[field_name]
+                tally.changed = True
 
     publisher = Publisher(exchange, before=gauges)
     stop = asyncio.Event()
@@ -485,6 +511,9 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
 
     def ready() -> tuple[bool, dict[str, object]]:
         details: dict[str, object] = {"draining": draining, "workload": config.workload}
+        # A log that cannot be written is shown, not failed: requests are still governed (budgets and
+        # limits do not depend on it) and their records wait in memory until it can be written.
+        details["request_log"] = records.status()
         since = keeper.degraded_since
         # Degraded is shown, not failed: a sidecar that cannot reach Redis still serves (the policy's
         # shared_state.on_unavailable decides how), and failing readiness would take it out of service.
@@ -694,6 +723,7 @@ def _supervise(config: ServeConfig, sock: socket.socket | None, admin_sock: sock
                         dealer.stop()
                     return 1
                 log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
+                recover_records(config)
                 time.sleep(0.5)
                 procs[i], started[i] = start(i), time.monotonic()
         if stopping and all(p.exitcode is not None for p in procs):

@@ -121,6 +121,13 @@ METRICS = {m.name: m for m in (
     Metric("tollway_ledger_write_failures", "counter", "Record batches the spend aggregates' store refused", ()),
     Metric("tollway_shared_state_degraded", "gauge",
            "1 while a worker cannot reach the budget and rate-limit store", ("store",), merge="max"),
+    Metric("tollway_request_log_failing", "gauge",
+           "Workers that cannot write the request log (a full disk): their records wait in memory", ()),
+    Metric("tollway_request_log_waiting", "gauge", "Records waiting in memory to be written to the request log", ()),
+    Metric("tollway_request_log_write_failures", "counter", "Failed writes to the request log", ()),
+    Metric("tollway_request_log_dropped", "counter",
+           "Records dropped: the request log stayed unwritable past the in-memory bound, or at exit", ()),
+    Metric("tollway_request_journal_errors", "counter", "Failed writes to the in-flight journal", ()),
 )}
 
 Key = tuple[str, ...]  # (metric name, label values...)

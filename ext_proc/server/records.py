@@ -1,14 +1,24 @@
 """The request log: one JSON line per request, written off the request path.
 
-Sessions emit records as effects; :class:`RecordWriter` stamps the wall-clock time, buffers
-them and writes in batches (every ``interval`` seconds, or sooner when the buffer is large), and
-flushes everything on shutdown. Each batch is a single ``write`` to a file opened in append mode,
-so the lines of several worker processes sharing one file never interleave mid-line.
+Sessions emit records as effects; :class:`RecordWriter` stamps the wall-clock time and writes
+them: the service writes each record at once (``immediate``: one ``write`` of about a
+microsecond, before Envoy has the answer that ends the request, so a worker killed a moment
+later loses nothing), else they are written in batches (every ``interval`` seconds, or sooner
+when the buffer is large); everything left is flushed on shutdown. Each write is a single
+``write`` to a file opened in append mode, so the lines of several worker processes sharing one
+file never interleave mid-line.
 
 Rotation: when the file passes ``max_bytes`` the worker that notices renames it to
 ``<path>.<UTC timestamp>`` and opens a new one; the other workers notice the new inode at their
 next flush and reopen, so nothing is lost (their last batch may land in the renamed file). The
 newest ``keep`` rotated files are kept. ``tollway report`` reads them all.
+
+A full disk (or any write error): the service keeps serving (fail open for the log, loudly). The
+records wait in memory, up to ``max_backlog`` bytes per worker (the oldest are dropped past it,
+and counted), and are written, in order, as soon as a write succeeds again; a record cut by a
+partial write is finished first, so the line it began is completed. :meth:`RecordWriter.status` feeds
+``/readyz`` (``request_log``) and the ``tollway_request_log_*`` metrics; the log says it once,
+then every 10 s.
 
 Aggregates: each batch is also added to a :class:`~ext_proc.state.ledger.Ledger` (in-process,
 or Redis through a worker thread so the event loop never waits on the network). A batch Redis
@@ -20,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import stat
 import sys
 import time
 from datetime import UTC, datetime
@@ -30,14 +42,24 @@ from typing import Any
 import orjson
 
 from ext_proc.ledger.log import log_files
+from ext_proc.server.journal import Journal, directory_for
 from ext_proc.state.ledger import Ledger, MemoryLedger
 
 log = logging.getLogger("tollway.records")
 MAX_PENDING = 100_000
+MAX_BACKLOG = 16 * 1024 * 1024  # bytes of records kept in memory while the log cannot be written
+RETRY = 0.5  # seconds between write attempts while it cannot
 
 
 class RecordWriter:
-    """Batching JSON-lines writer for request records (``path=None`` writes to stdout)."""
+    """Batching JSON-lines writer for request records (``path=None`` writes to stdout).
+
+    ``immediate=True`` writes each record as it is emitted (one ``write``, about a microsecond),
+    so a record is in the log before the client has the end of its answer; the periodic flush
+    then only follows rotations (and retries after a failure). ``journal=True`` keeps a
+    write-ahead journal next to the log (:mod:`ext_proc.server.journal`): :meth:`started` notes
+    each request going upstream, and its entry is closed once its record is written.
+    """
 
     def __init__(
         self,
@@ -47,71 +69,212 @@ class RecordWriter:
         max_bytes: int = 64 * 1024 * 1024,
         keep: int = 20,
         ledger: Ledger | None = None,
+        max_backlog: int = MAX_BACKLOG,
+        journal: bool = False,
+        immediate: bool = False,
     ) -> None:
         self._path = path
         self._ledger = ledger
         self._pending: list[dict[str, Any]] = []
-        self._fd = self._open() if path else sys.stdout.fileno()
         self._owns_fd = path is not None
+        self._fd: int | None = None if path else sys.stdout.fileno()
         self._max_bytes = max_bytes
         self._keep = keep
-        self._chunks: list[bytes] = []
+        self._lines: list[bytes] = []  # records not written yet (the first may be the rest of a torn one)
+        self._ids: list[str | None] = []  # their request ids, for the journal
         self._size = 0
         self._interval = interval
         self._max_buffer = max_buffer
+        self._max_backlog = max_backlog
+        self._immediate = immediate
         self._task: asyncio.Task[None] | None = None
         self.failures = 0  # batches the aggregates' store refused (tollway_ledger_write_failures_total)
+        # Write failures (a full disk): the records wait in memory, the state is shown (status()).
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        self.failed_writes = 0
+        self.dropped = 0
+        self._retry_at = 0.0
+        self._logged = 0.0
+        self.journal: Journal | None = None
+        if path is not None:
+            try:
+                self._fd = self._open()
+            except OSError as exc:  # unwritable at start: serve anyway, keep trying (see flush)
+                self._failed(exc)
+        if path is not None and journal and not _regular_or_absent(path):
+            log.info("the request log %s is not a regular file: no in-flight journal is kept next to it", path)
+        elif path is not None and journal:
+            try:
+                self.journal = Journal(directory_for(path), self.position)
+            except OSError as exc:
+                log.error("cannot keep a journal next to %s (%s): a worker that dies loses the records of "
+                          "its requests in flight", path, exc.strerror)
 
     def emit(self, record: dict[str, Any]) -> None:
         record["ts"] = time.time()
         if self._ledger is not None:
             self._pending.append(record)
         line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        self._chunks.append(line)
+        self._lines.append(line)
+        self._ids.append(record.get("request_id"))
         self._size += len(line)
-        if self._size >= self._max_buffer:
-            self.flush()
+        if self.failing_since is None:
+            if self._immediate or self._size >= self._max_buffer:
+                self._write()
+        elif self._size > self._max_backlog:
+            self._drop_oldest()
+
+    def started(self, record: dict[str, Any]) -> None:
+        """A request goes upstream: note the record it gets if this process dies first (the journal)."""
+        if self.journal is not None:
+            self.journal.started(record)
+
+    def position(self) -> tuple[int, int] | None:
+        """(inode, size) of the log file this writer appends to (None: none open)."""
+        if self._fd is None or not self._owns_fd:
+            return None
+        try:
+            stat = os.fstat(self._fd)
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_size
 
     def flush(self) -> None:
-        if not self._chunks:
+        """Follow a rotation, write what waits, rotate a full file; on failure keep the records
+        (up to ``max_backlog`` bytes) for the next flush."""
+        if not self._lines and not self._immediate:
             return
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        self._size = 0
         if self._owns_fd:
-            self._follow_rotation()
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        if self._owns_fd and os.fstat(self._fd).st_size > self._max_bytes:
-            self._rotate()
+            try:
+                self._follow_rotation()
+            except OSError as exc:
+                self._failed(exc)
+                return
+        if self._lines and not self._write():
+            return
+        if self._owns_fd and self._fd is not None:
+            try:
+                if os.fstat(self._fd).st_size > self._max_bytes:
+                    self._rotate()
+            except OSError as exc:
+                log.error("cannot rotate the request log %s: %s", self._path, exc.strerror)
+
+    def _write(self) -> bool:
+        """Write every waiting record in one append; True when all of it is written."""
+        data = self._lines[0] if len(self._lines) == 1 else b"".join(self._lines)
+        written = 0
+        try:
+            fd = self._fd
+            if fd is None:
+                raise OSError(errno.EBADF, "the request log is not open")
+            view = memoryview(data)
+            while written < len(data):
+                written += os.write(fd, view[written:])
+        except OSError as exc:
+            self._consume(written)
+            self._failed(exc)
+            return False
+        self._consume(written)
+        if self.failing_since is not None:
+            log.warning("request log %s writable again after %.1f s; the records kept meanwhile are written",
+                        self._path, time.monotonic() - self.failing_since)
+            self.failing_since = None
+        return True
+
+    def _consume(self, written: int) -> None:
+        """Forget the first ``written`` bytes of the buffer (whole records, and part of a torn one)."""
+        lines, ids = self._lines, self._ids
+        count = 0
+        while count < len(lines) and written >= len(lines[count]):
+            written -= len(lines[count])
+            count += 1
+        done = ids[:count]
+        del lines[:count], ids[:count]
+        if written and lines:  # the rest of a record cut by a failed write: finish that line first
+            lines[0] = lines[0][written:]
+        self._size = sum(len(line) for line in lines) if lines else 0
+        if self.journal is not None and done:
+            self.journal.done(done)
+
+    def _failed(self, exc: OSError) -> None:
+        now = time.monotonic()
+        self.failed_writes += 1
+        self.last_error = exc.strerror or type(exc).__name__
+        self._retry_at = now + RETRY
+        if self.failing_since is None:
+            self.failing_since = now
+            self._logged = now
+            log.error("cannot write the request log %s (%s): requests are still served, their records wait in "
+                      "memory (up to %d MiB) and are written when it can be; see /readyz (request_log)",
+                      self._path, self.last_error, self._max_backlog >> 20)
+        elif now - self._logged >= 10:
+            self._logged = now
+            log.error("request log %s still unwritable (%s) for %.0f s: %d record(s) waiting, %d dropped",
+                      self._path, self.last_error, now - self.failing_since, len(self._lines), self.dropped)
+        if self._size > self._max_backlog:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        """Past the backlog bound: drop the oldest whole records (counted in ``dropped``)."""
+        lines, ids = self._lines, self._ids
+        count, size = 0, self._size
+        while count < len(lines) - 1 and size > self._max_backlog:
+            size -= len(lines[count])
+            count += 1
+        if not count:
+            return
+        dropped = ids[:count]
+        del lines[:count], ids[:count]
+        self._size = size
+        self.dropped += count
+        log.error("request log backlog full: %d record(s) dropped", count)
+        if self.journal is not None:
+            self.journal.done(dropped)
+
+    def status(self) -> dict[str, Any]:
+        """The log's health for ``/readyz`` and the metrics."""
+        since = self.failing_since
+        return {
+            "ok": since is None,
+            "error": self.last_error if since is not None else None,
+            "failing_for_s": round(time.monotonic() - since, 1) if since is not None else None,
+            "waiting": len(self._lines),
+            "failed_writes": self.failed_writes,
+            "dropped": self.dropped,
+            "journal_errors": self.journal.errors if self.journal is not None else 0,
+        }
 
     def _open(self) -> int:
         assert self._path is not None
         return os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
 
     def _follow_rotation(self) -> None:
-        """Reopen when another worker rotated the file away from under our descriptor."""
+        """Reopen when another worker rotated the file away from under our descriptor (or none is open)."""
+        if self._fd is None:
+            self._fd = self._open()
+            return
         try:
             current = os.stat(self._path).st_ino  # type: ignore[arg-type]
         except FileNotFoundError:
             current = None
         if current != os.fstat(self._fd).st_ino:
+            fd = self._open()
             os.close(self._fd)
-            self._fd = self._open()
+            self._fd = fd
 
     def _rotate(self) -> None:
         path = self._path
-        assert path is not None
+        assert path is not None and self._fd is not None
         try:
             if os.stat(path).st_ino == os.fstat(self._fd).st_ino:
                 stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
                 os.rename(path, f"{path}.{stamp}")
         except FileNotFoundError:
             pass
+        fd = self._open()
         os.close(self._fd)
-        self._fd = self._open()
+        self._fd = fd
         for old in log_files(path)[: -1 - self._keep]:
             with contextlib.suppress(OSError):
                 os.remove(old)
@@ -123,8 +286,14 @@ class RecordWriter:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            self.flush()
-            await self._add_to_ledger()
+            try:
+                if self.failing_since is None or time.monotonic() >= self._retry_at:
+                    self.flush()
+                if self.journal is not None:
+                    self.journal.sync()
+                await self._add_to_ledger()
+            except Exception:  # never let the writer stop: every later record would be lost
+                log.exception("request log writer")
 
     async def _add_to_ledger(self) -> None:
         if not self._pending or self._ledger is None:
@@ -147,5 +316,21 @@ class RecordWriter:
                 await self._task
         self.flush()
         await self._add_to_ledger()
-        if self._owns_fd:
+        if self._lines:
+            self.dropped += len(self._lines)
+            log.error("%d record(s) could not be written to %s (%s) before exit", len(self._lines), self._path,
+                      self.last_error)
+        if self.journal is not None:
+            self.journal.sync()
+            self.journal.close()
+        if self._owns_fd and self._fd is not None:
             os.close(self._fd)
+
+
+def _regular_or_absent(path: str) -> bool:
+    """A path a journal can live next to: a regular file, or none yet (not a device such as
+    ``/dev/stdout`` or ``/dev/full``, whose directory is no place for one)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True

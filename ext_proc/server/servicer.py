@@ -33,7 +33,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health_pb2
 
 from ext_proc.core import pipeline
-from ext_proc.core.actions import Action, Ask, EmitRecord, Settle, Trace
+from ext_proc.core.actions import Action, Ask, EmitRecord, Forwarded, Settle, Trace
 from ext_proc.core.attempt import Attempt
 from ext_proc.core.events import Answered, Event, StreamClosed
 from ext_proc.core.meter import Accountant
@@ -123,6 +123,8 @@ def _run_effects(session: Session | Attempt, service: Service) -> None:
                 service.on_trace(effect.record, effect.trace)
         elif isinstance(effect, Settle):
             service.keeper.settle(effect.claims, effect.used)
+        elif isinstance(effect, Forwarded):  # before Envoy has the answer that sends the request on
+            service.records.started(effect.record)
     session.effects.clear()
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +32,7 @@ from ext_proc.stack import Stack
 from ext_proc.state.limits import TOTALS
 from ext_proc.state.limits import keys as limit_keys
 from tests.e2e.conftest import Providers
+from tests.faults import RedisServer
 
 pytestmark = pytest.mark.e2e
 
@@ -65,41 +64,6 @@ rate_limits:
   epsilon-tpm: {{team: epsilon, tokens_per_minute: 100000}}
 shared_state: {{on_unavailable: {on_unavailable}}}
 """
-
-
-class RedisServer:
-    """A redis-server of this module's own, to stop and start under load."""
-
-    def __init__(self, work: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.work = work
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed (make test installs it)"
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.work)], stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis(port=self.port).ping()
-                return
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
 
 
 @pytest.fixture(scope="module")

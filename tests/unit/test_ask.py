@@ -152,9 +152,13 @@ class Responder:
 class Records:
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
+        self.forwarded: list[dict[str, Any]] = []  # the write-ahead notes
 
     def emit(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+
+    def started(self, record: dict[str, Any]) -> None:
+        self.forwarded.append(record)
 
 
 def _headers() -> bytes:

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ext_proc.core.actions import Ask, Continue, Respond, Settle
+from ext_proc.core.actions import Ask, Continue, EmitRecord, Respond, Settle
 from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
 from ext_proc.core.session import Session
 from ext_proc.llm import runtime
@@ -216,7 +216,7 @@ def test_failures_settle_what_was_used_and_give_the_rest_back(ending: str, used:
     if used is not None:
         assert settle.used == used
     else:
-        record = next(e.record for e in s.effects if hasattr(e, "record"))
+        record = next(e.record for e in s.effects if isinstance(e, EmitRecord))
         assert record["input_estimated"] and record["output_estimated"]
         tokens = record["input_tokens"] + record["output_tokens"]
         assert settle.used[1] == tokens and settle.used[2] == 1 and settle.used[4] == 0

@@ -17,6 +17,7 @@ session produced, in order: the action answering an event, then the effects that
 An expectation is a value compared with ``==`` (an action, an ``EmitRecord``) or a matcher:
 :class:`Record` (a subset of the record's fields), :class:`Responds` (status and JSON body) or
 :class:`Replaces` (a ``Continue`` carrying a new JSON body and its ``content-length``).
+The write-ahead :class:`Forwarded` notes are kept apart, in ``transcript.forwarded``.
 ``bool(transcript)`` is true when nothing produced was left unchecked, so ``assert transcript``
 also proves that no extra record was emitted. Every failure shows the whole conversation so far.
 """
@@ -27,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from ext_proc.core.actions import Continue, EmitRecord, Respond
+from ext_proc.core.actions import Continue, EmitRecord, Forwarded, Respond
 from ext_proc.core.events import Event
 from ext_proc.core.session import Session
 
@@ -110,6 +111,7 @@ class Transcript:
         self.log: list[str] = []
         self.pending: list[object] = []  # produced by the session, not yet expected
         self.actions: list[object] = []  # every action returned, for tests that inspect them
+        self.forwarded: list[Forwarded] = []  # the write-ahead notes (kept apart: see test_journal)
 
     def __rshift__(self, event: Event) -> Transcript:
         self._check_drained(f"before feeding {_show(event)}")
@@ -118,7 +120,8 @@ class Transcript:
         if action is not None:
             self.pending.append(action)
             self.actions.append(action)
-        self.pending.extend(self.session.effects)
+        for effect in self.session.effects:
+            (self.forwarded if isinstance(effect, Forwarded) else self.pending).append(effect)
         self.session.effects.clear()
         return self
 

@@ -1,0 +1,379 @@
+"""Faults under load: what each client sees, and what the request log (the ledger) holds.
+
+One stack (a real Envoy, ``tollway serve`` with two workers, a real ``redis-server``, the fake
+provider for OpenAI and Anthropic) driven through the official SDKs at a fixed rate, both SDKs,
+JSON and streams, with a budget, rate limits, a guardrail and a fallback alias in the policy.
+Every test ends with the ledger check: each request the fake provider received (by the
+``x-request-id`` Envoy keeps on every try) has exactly one record. Envoy's ``message_timeout`` is
+2 s here (5 s in the shipped config) and the first-byte timeouts 1 s, to keep the tests short.
+
+Covered elsewhere and not repeated here: SIGTERM's grace, the 500 of a service that is down and
+workers stopping with a SIGKILLed supervisor (``test_lifecycle.py``), fallback on each provider
+failure and a cut stream's error event (``test_routing_e2e.py``), Redis stopped and started in
+both ``on_unavailable`` modes and a killed sidecar's leases (``test_limits_redis_e2e.py``),
+reloads under load (``test_policy_e2e.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ext_proc.stack import Stack
+from tests.faults import (
+    Call,
+    Driver,
+    RedisServer,
+    admin,
+    call,
+    gateway,
+    kill_service,
+    kill_workers,
+    ledger_check,
+    metric,
+    mixed,
+    open_reservations,
+    policy,
+    records_for,
+    seen_ids,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+MESSAGE_TIMEOUT = 2.0
+SLOW = {"x-mock-latency-ms": "700", "x-mock-inter-chunk-ms": "120"}  # requests stay in flight ~0.7-1.2 s
+SLACK = 3.0  # seconds a loaded 2-core machine may add to any timing
+BOUND = 10.0  # no client waits longer than this (plus a restart it waits for), whatever the fault
+
+
+class Env:
+    def __init__(self, stack: Stack, redis: RedisServer) -> None:
+        self.stack, self.redis = stack, redis
+
+    def load(self, rate: float, headers: dict[str, str] | None = None) -> Driver:
+        return Driver(self.stack.base_url, rate, lambda n: mixed(n, lambda _: dict(headers or {}))).start()
+
+    def ok(self) -> Call:
+        return call(self.stack.base_url, "openai", False)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    work = tmp_path_factory.mktemp("faults")
+    server = RedisServer(work / "redis").start()
+    stack = gateway(work, redis_url=server.url, message_timeout=f"{MESSAGE_TIMEOUT:g}s",
+                    first_byte_timeouts=("1s", "1s"))
+    try:
+        with stack:
+            yield Env(stack, server)
+    finally:
+        server.stop()
+
+
+def _exact(env: Env, before: set[str]) -> dict[str, dict[str, object]]:
+    check = ledger_check(env.stack, since=before)
+    assert check.reached > 0
+    assert not check.lost, f"{len(check.lost)} request(s) reached the provider without a record: {check.lost[:5]}"
+    assert not check.doubled, f"records written twice: {check.doubled[:5]}"
+    return check.by_id
+
+
+def _agree(calls: list[Call], records: dict[str, dict[str, object]], restart: float = 0.0) -> None:
+    """A client that got a clean answer has an ``ok`` record; nobody waited past the bound (plus
+    ``restart``: the seconds a service took to come back, which a request may wait for)."""
+    slowest = max(calls, key=lambda c: c.seconds)
+    assert slowest.seconds < BOUND + restart, f"a client hung: {slowest}"
+    for c in calls:
+        if c.clean:
+            assert c.request_id is not None and records[c.request_id]["outcome"] == "ok", c
+
+
+def test_the_service_killed_under_load_fails_closed_fast_restarts_and_loses_no_record(env: Env) -> None:
+    stack = env.stack
+    before = seen_ids(stack)
+    driver = env.load(20, SLOW)
+    time.sleep(1.5)
+    killed_at = time.monotonic()
+    kill_service(stack)  # SIGKILL: the supervising process and every worker, no goodbye
+    time.sleep(1.0)
+    stack.respawn("tollway")
+    back_at = time.monotonic()
+    time.sleep(1.5)
+    calls = driver.stop()
+    records = _exact(env, before)
+    _agree(calls, records, back_at - killed_at)
+    # Fail closed, fast: while it is down every client gets a 500 in its SDK's format, because
+    # nothing listens (not after waiting for a timeout).
+    down = [c for c in calls if killed_at + 0.2 < c.started < killed_at + 1.0]
+    assert down and all(c.status == 500 and c.format_ok and "Connection_refused" in c.detail
+                        and c.seconds < MESSAGE_TIMEOUT for c in down), (killed_at, down)
+    # In flight at the kill: never a clean success; the journal recovered their records.
+    cut = [c for c in calls if c.started < killed_at - 0.1 and c.started + c.seconds > killed_at + 0.3]
+    assert cut and not any(c.clean for c in cut), cut
+    recovered = [r for r in records.values() if r.get("recovered")]
+    assert recovered and all(r["outcome"] == "incomplete" and r["error"] == "service_interrupted"
+                             and r["output_tokens"] is None for r in recovered)
+    # Resumed: every call after the restart is served.
+    after = [c for c in calls if c.started > back_at]
+    assert after and all(c.clean for c in after), [c for c in after if not c.clean]
+    wait_for(lambda: open_reservations(stack, env.redis.port) == 0, 8, "the dead workers' reservations expire")
+
+
+def test_workers_killed_under_load_are_restarted_and_lose_no_record(env: Env) -> None:
+    stack = env.stack
+    before = seen_ids(stack)
+    driver = env.load(20, SLOW)
+    time.sleep(1.5)
+    killed_at = time.monotonic()
+    killed = kill_workers(stack)  # every worker; the supervising process restarts them
+    wait_for(lambda: len(set(stack.service_pids()[1:]) - set(killed)) == 2, 15, "both workers restarted")
+    wait_for(lambda: env.ok().clean, 15, "the new workers serve")
+    back_at = time.monotonic()
+    time.sleep(1.5)
+    calls = driver.stop()
+    records = _exact(env, before)
+    _agree(calls, records, back_at - killed_at)
+    # Meanwhile Envoy's new connections wait in the supervisor: served once a worker is up, or a
+    # 500/504 in the SDK's format; never a hang.
+    meanwhile = [c for c in calls if killed_at + 0.2 < c.started < back_at - 0.5]
+    assert meanwhile and all(c.clean or (c.status in (500, 504) and c.format_ok) for c in meanwhile), meanwhile
+    assert all(c.seconds < MESSAGE_TIMEOUT + SLACK for c in meanwhile if not c.clean), meanwhile
+    cut = [c for c in calls if c.started < killed_at - 0.1 and c.started + c.seconds > killed_at + 0.3]
+    assert cut and not any(c.clean for c in cut), cut
+    assert any(r.get("recovered") for r in records.values())
+    after = [c for c in calls if c.started > back_at]
+    assert after and all(c.clean for c in after), [c for c in after if not c.clean]
+
+
+def test_a_service_stalled_past_envoys_message_timeout_is_a_504_and_resumes(env: Env) -> None:
+    stack = env.stack
+    before = seen_ids(stack)
+    driver = env.load(10, SLOW)
+    time.sleep(1.5)
+    pids = stack.service_pids()
+    stalled_at = time.monotonic()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)  # a service that hangs: sockets open, nothing answered
+    try:
+        time.sleep(MESSAGE_TIMEOUT + 1.5)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    resumed_at = time.monotonic()
+    time.sleep(2.0)
+    calls = driver.stop()
+    records = _exact(env, before)
+    _agree(calls, records)
+    during = [c for c in calls if stalled_at + 0.1 < c.started < resumed_at - MESSAGE_TIMEOUT - 0.3]
+    assert during and all(c.status == 504 and c.format_ok and "per-message_timeout" in c.detail
+                          for c in during), during
+    assert all(c.seconds < MESSAGE_TIMEOUT + SLACK for c in during), during
+    after = [c for c in calls if c.started > resumed_at + 0.3]
+    assert after and all(c.clean for c in after), [c for c in after if not c.clean]
+
+
+def test_redis_slow_then_down_answers_within_its_deadline_and_recovers(env: Env) -> None:
+    stack, server = env.stack, env.redis
+    before = seen_ids(stack)
+    driver = env.load(20)
+    degraded = []
+
+    def watch(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                degraded.append(admin(stack, "/readyz")["limits"]["degraded"])
+            time.sleep(0.1)
+
+    time.sleep(1.0)
+    server.pause()  # a hung Redis: connections open, no answer
+    try:
+        watch(2.5)
+    finally:
+        server.resume()
+    time.sleep(1.0)
+    server.stop(signal.SIGKILL)  # gone, with every counter it held
+    watch(2.5)
+    server.start()
+    time.sleep(2.5)
+    calls = driver.stop()
+    records = _exact(env, before)
+    _agree(calls, records)
+    assert True in degraded, "/readyz never showed the degraded store"
+    for c in calls:
+        # Served on the leases in hand, or refused in the closed mode: never a 500, never a hang.
+        assert c.clean or (c.status == 503 and c.format_ok
+                           and records[c.request_id or ""]["error"] == "state_unavailable"
+                           and records[c.request_id or ""]["outcome"] == "rejected"), c
+        assert c.seconds < 1.0 + SLACK, c  # the store's 1 s deadline
+    assert all(c.clean for c in calls[-10:]), calls[-10:]
+    assert admin(stack, "/readyz")["limits"]["degraded"] is False
+    wait_for(lambda: open_reservations(stack, server.port) == 0, 8, "reservations come back to zero")
+
+
+def test_a_provider_down_slow_or_failing_mid_stream(env: Env) -> None:
+    stack = env.stack
+    before = seen_ids(stack)
+    base = stack.base_url
+    # (what goes wrong, the call) -> what the client sees
+    fallback = call(base, "openai", False, model="chat", headers={"x-mock-openai-status": "500"})
+    assert fallback.clean
+    # (a stall of 6 s: an answer well before it is the 1 s first-byte timeout's doing)
+    slow_fallback = call(base, "openai", True, model="chat", headers={"x-mock-openai-latency-ms": "6000"})
+    assert slow_fallback.clean and slow_fallback.seconds < 1 + SLACK  # after 1 s, Anthropic
+    failing = call(base, "anthropic", False, headers={"x-mock-status": "529"})
+    assert failing.status == 529 and failing.format_ok
+    slow = call(base, "openai", False, model="gpt-4o-mini", headers={"x-mock-latency-ms": "6000"})
+    assert slow.status == 504 and slow.format_ok and slow.seconds < 1 + SLACK  # the same timeout: no fallback
+    # Reset mid-stream: once the client has the head, its stream breaks (the SDK raises, never a
+    # clean end); before that (Envoy still held the first events), a 502 in the SDK's format.
+    cut = [call(base, sdk, True, model=model, headers={"x-mock-cut-after": after, "x-mock-inter-chunk-ms": pause})
+           for sdk, model in (("openai", "gpt-4o-mini"), ("anthropic", "claude-haiku"))
+           for after, pause in (("2", "0"), ("3", "100"))]
+    for c in cut:
+        assert not c.clean and c.seconds < 1 + SLACK, c
+        assert (c.status == 200 and c.error) or (c.status == 502 and c.format_ok), c
+    records = _exact(env, before)
+    assert records[fallback.request_id or ""]["provider"] == "anthropic"
+    assert records[fallback.request_id or ""]["fallback"] is True
+    assert records[slow_fallback.request_id or ""]["provider"] == "anthropic"
+    assert records[failing.request_id or ""]["outcome"] == "error"
+    assert records[failing.request_id or ""]["status"] == 529
+    assert records[slow.request_id or ""]["outcome"] == "error" and records[slow.request_id or ""]["status"] == 504
+    for c in cut:  # the provider's status was 200: the stream is billed on estimates (it did the work)
+        record = records[c.request_id or ""]
+        assert record["outcome"] == "incomplete" and record["status"] == 200
+        assert record["input_tokens"] is not None and record["output_tokens"] is not None
+    # The provider down (its process killed): a 503 in the SDK's format at once, recorded.
+    mock = stack.procs["mock"]
+    mock.kill()
+    mock.wait(10)
+    try:
+        down = [call(base, sdk, stream) for sdk, stream in (("openai", False), ("anthropic", True))]
+        assert all(c.status == 503 and c.format_ok and c.seconds < SLACK for c in down), down
+        found = records_for(stack, [c.request_id for c in down])
+        assert all(found[c.request_id or ""]["outcome"] == "error" and found[c.request_id or ""]["status"] == 503
+                   for c in down)
+    finally:
+        stack.respawn("mock")
+    assert env.ok().clean
+
+
+def test_the_policy_file_corrupted_then_deleted_keeps_the_last_good_policy(env: Env) -> None:
+    stack = env.stack
+    path = stack.policy
+    assert path is not None
+    before = seen_ids(stack)
+    version = admin(stack, "/readyz")["policy"]["version"]
+
+    def stale() -> bool:
+        shown = admin(stack, "/readyz")["policy"]
+        return bool(shown["state"] == "stale" and shown["version"] == version)
+
+    def serves() -> None:
+        for sdk, stream in (("openai", False), ("openai", True), ("anthropic", False), ("anthropic", True)):
+            assert call(stack.base_url, sdk, stream).clean, (sdk, stream)
+
+    try:
+        path.write_text(policy() + "\nmodels: [unclosed\n")  # corrupted: not YAML any more
+        wait_for(stale, 5, "the corrupted policy is rejected")
+        assert metric(admin(stack, "/metrics"), "tollway_policy_stale") == 1.0
+        serves()
+        kill_workers(stack, 1)  # a worker restarted meanwhile gets the last good policy too
+        wait_for(lambda: len(stack.service_pids()) == 3 and env.ok().clean, 15, "the worker restarted")
+        serves()
+        path.unlink()  # deleted
+        wait_for(lambda: "No such file" in str(admin(stack, "/readyz")["policy"]["last_reload_error"]), 5,
+                 "the missing policy is reported")
+        assert stale()
+        serves()
+        # A service started while the file is broken has no last good policy: it refuses to start,
+        # and Envoy fails closed meanwhile.
+        path.write_text("apiVersion: tollway/v2\n")
+        kill_service(stack)
+        with pytest.raises(RuntimeError, match="exited with 2"):
+            stack.respawn("tollway")
+        assert call(stack.base_url, "openai", False).status == 500
+    finally:
+        path.write_text(policy(note="restored"))
+        if stack.procs["tollway"].poll() is not None:
+            stack.respawn("tollway")
+    wait_for(lambda: admin(stack, "/readyz")["policy"]["state"] == "current", 5, "the restored policy loads")
+    assert metric(admin(stack, "/metrics"), "tollway_policy_stale") == 0.0
+    serves()
+    _exact(env, before)
+
+
+def test_a_full_disk_under_the_request_log_keeps_serving_says_so_and_writes_the_records_later(env: Env) -> None:
+    stack = env.stack
+    before = seen_ids(stack)
+    log = stack.record_log
+    # The log so far becomes a rotated file (the readers see it); the path now leads to /dev/full,
+    # where every write fails with ENOSPC, as on a full disk.
+    os.rename(log, log.with_name(log.name + ".20000101T000000.000000Z"))
+    os.symlink("/dev/full", log)
+    try:
+        calls = [call(stack.base_url, sdk, stream) for sdk, stream in
+                 (("openai", False), ("openai", True), ("anthropic", False), ("anthropic", True))] * 3
+        assert all(c.clean for c in calls), calls  # fail open for the log: requests are served
+
+        def says_full() -> bool:
+            shown = admin(stack, "/readyz")
+            state = shown["request_log"]
+            return bool(shown["ready"] and not state["ok"] and state["error"] == "No space left on device"
+                        and state["waiting"] > 0)
+
+        wait_for(says_full, 5, "/readyz shows the unwritable log")
+
+        def metrics_say_so() -> bool:  # (summed over the workers; published every 0.5 s)
+            text = admin(stack, "/metrics")
+            return ((metric(text, "tollway_request_log_failing") or 0) >= 1
+                    and (metric(text, "tollway_request_log_write_failures_total") or 0) > 0
+                    and (metric(text, "tollway_request_log_waiting") or 0) > 0)
+
+        wait_for(metrics_say_so, 5, "the metrics show the unwritable log")
+    finally:
+        os.unlink(log)  # space again: the writers create the file and write what waited
+    wait_for(lambda: all(admin(stack, "/readyz")["request_log"]["ok"] for _ in range(6)), 5, "the log recovers")
+    records = _exact(env, before)
+    _agree(calls, records)
+    assert all(c.request_id in records for c in calls)
+    assert all(admin(stack, "/readyz")["request_log"]["dropped"] == 0 for _ in range(4))
+
+
+def test_a_service_started_on_a_log_it_can_never_write_serves_and_says_so(tmp_path: Path) -> None:
+    # --log-file /dev/full: every write fails with ENOSPC. Requests are served (the log fails
+    # open, loudly); /readyz and the metrics say it; the records wait in memory (bounded).
+    stack = gateway(tmp_path, serve_args=("--log-file", "/dev/full"))
+    with stack:
+        calls = [call(stack.base_url, sdk, stream) for sdk, stream in
+                 (("openai", False), ("openai", True), ("anthropic", False), ("anthropic", True))]
+        assert all(c.clean for c in calls), calls
+        shown = admin(stack, "/readyz")
+        assert shown["ready"] is True, shown
+        # (either worker may answer: one that has written nothing yet has met no error)
+        shown_states: list[dict[str, object]] = []
+
+        def says_full() -> bool:
+            shown_states.append(admin(stack, "/readyz")["request_log"])
+            return not shown_states[-1]["ok"]
+
+        wait_for(says_full, 5, "/readyz shows the unwritable log")
+        state = shown_states[-1]
+        assert state["error"] == "No space left on device" and state["dropped"] == 0, state
+
+        def metrics_say_so() -> bool:
+            text = admin(stack, "/metrics")
+            return ((metric(text, "tollway_request_log_failing") or 0) >= 1
+                    and (metric(text, "tollway_request_log_waiting") or 0) == len(calls))
+
+        wait_for(metrics_say_so, 5, "the metrics show the unwritable log and the 4 records waiting")
+    assert not stack.record_log.exists()  # nothing went anywhere else
+    assert not Path("/dev/.full.inflight").exists()  # no journal next to a device

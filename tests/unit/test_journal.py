@@ -1,0 +1,364 @@
+"""The write-ahead journal and the request log's failures: no request a provider saw goes missing.
+
+The session notes a request the moment it goes upstream (``Forwarded``); the servicer journals
+it before Envoy has that answer; a dead worker's journal is taken over by :func:`recover`, which
+writes each open entry once (and never one whose record made it to the log). The writer keeps
+serving when the log cannot be written (a full disk: ``/dev/full`` fails every write with
+ENOSPC), keeps the records in memory up to a bound and writes them, in order, when it can.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
+from ext_proc.core.session import Session
+from ext_proc.ledger.log import log_files, read_records
+from ext_proc.policy.compile import compile_policy
+from ext_proc.server import journal as journal_module
+from ext_proc.server.accounting import ServiceAccountant
+from ext_proc.server.journal import COMPACT_AT, Journal, directory_for, recover
+from ext_proc.server.records import RecordWriter
+from ext_proc.server.servicer import ExtProcCall, Service
+from tests.unit.transcript import Record, Transcript
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+ACCOUNTANT = ServiceAccountant()
+
+
+def head(request_id: str = "req-1") -> RequestHeaders:
+    return RequestHeaders({":method": "POST", ":path": CHAT, "content-type": "application/json",
+                           "x-request-id": request_id}, False, 1_000)
+
+
+# -- the session's note -------------------------------------------------------------------------
+
+
+def test_a_request_going_upstream_is_noted_with_the_record_it_gets_if_nothing_more_is_heard() -> None:
+    transcript = Transcript(Session(None, None, ACCOUNTANT))
+    transcript >> head()
+    transcript.pending.clear()
+    transcript >> RequestBody(orjson.dumps(BODY), True, 2_000)
+    (note,) = transcript.forwarded
+    record = note.record
+    assert record["request_id"] == "req-1" and record["model"] == "gpt-4o-mini" and record["provider"] == "openai"
+    assert record["outcome"] == "incomplete" and record["error"] == "service_interrupted"
+    assert record["input_tokens"] == record["estimated_input_tokens"] > 0 and record["input_estimated"] is True
+    assert record["output_tokens"] is None and record["cost_usd_micros"] is None and record["latency_ms"] is None
+
+
+def test_a_refused_request_is_never_noted() -> None:
+    transcript = Transcript()
+    transcript >> head()
+    transcript.pending.clear()
+    transcript >> RequestBody(b"{not json", True, 2_000)
+    assert transcript.forwarded == []
+
+
+POLICY = compile_policy("""
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai}
+  anthropic: {kind: anthropic}
+models:
+  gpt-4o-mini: {provider: openai}
+routing:
+  aliases:
+    chat:
+      targets:
+        - {provider: openai, model: gpt-4o-mini}
+        - {provider: anthropic, model: claude-x}
+teams:
+  app: {workloads: [w], models: ["*"]}
+budgets:
+  daily: {team: app, usd: "100", period: day}
+""", "policy.yaml")
+
+
+def test_a_chain_notes_no_provider_and_the_claims_it_holds() -> None:
+    from ext_proc.core.events import Answered
+    from ext_proc.state.queries import Admission
+
+    session = Session(POLICY, "w", ACCOUNTANT)
+    session.handle(head())
+    ask = session.handle(RequestBody(orjson.dumps({**BODY, "model": "chat", "max_tokens": 10}), True, 2_000))
+    session.handle(Answered(Admission(True, remaining=(1,)), 3_000))
+    (note,) = [e for e in session.effects if type(e).__name__ == "Forwarded"]
+    assert ask is not None and note.record["provider"] is None  # Envoy picks the target
+    assert note.record["limits"] == [{"limit": "daily", "unit": "usd", "claimed": note.record["limits"][0]["claimed"],
+                                      "used": None}]
+
+
+# -- the servicer: journaled before the answer leaves --------------------------------------------
+
+
+def _message(**kind: Any) -> bytes:
+    return pb.ProcessingRequest(**kind).SerializeToString()
+
+
+def _headers(pairs: list[tuple[str, str]]) -> pb.HttpHeaders:
+    return pb.HttpHeaders(headers=base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]))
+
+
+def test_the_note_is_in_the_journal_before_envoy_has_the_answer_and_closed_by_the_record(tmp_path: Path) -> None:
+    path = str(tmp_path / "requests.jsonl")
+    writer = RecordWriter(path, journal=True, immediate=True)
+    assert writer.journal is not None
+    call = ExtProcCall(Service(writer))
+    call.message(_message(request_headers=_headers([(":method", "POST"), (":path", CHAT),
+                                                    ("content-type", "application/json"), ("x-request-id", "r-9")])))
+    (answer,) = call.message(_message(request_body=pb.HttpBody(body=orjson.dumps(BODY), end_of_stream=True)))
+    # The answer that sends the request upstream exists; Envoy has not got it yet, the journal has.
+    assert pb.ProcessingResponse.FromString(answer).WhichOneof("response") == "request_body"
+    started = [orjson.loads(line) for line in Path(writer.journal.path).read_bytes().splitlines()]
+    assert [entry["started"]["request_id"] for entry in started] == ["r-9"]
+    assert started[0]["log"] == [os.stat(path).st_ino, 0]
+    call.message(_message(response_headers=_headers([(":status", "200"), ("content-type", "application/json")])))
+    answer_body = orjson.dumps({"id": "x", "object": "chat.completion", "model": "gpt-4o-mini", "choices": [],
+                                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+    call.message(_message(response_body=pb.HttpBody(body=answer_body, end_of_stream=True)))
+    # The record is in the log as soon as the answer that ends the request exists (immediate).
+    assert [r["request_id"] for r in read_records([path])] == ["r-9"]
+    assert writer.journal.open == 0
+    writer.journal.sync()
+    assert orjson.loads(Path(writer.journal.path).read_bytes().splitlines()[-1]) == {"done": ["r-9"]}
+
+
+# -- recovery -----------------------------------------------------------------------------------
+
+
+def record(request_id: str, outcome: str = "incomplete") -> dict[str, Any]:
+    return {"request_id": request_id, "outcome": outcome, "error": "service_interrupted", "output_tokens": None}
+
+
+def _die(journal: Journal) -> None:
+    """The worker is gone: its descriptor (and lock) with it, the file left behind."""
+    os.close(journal._fd)
+
+
+def test_recovery_writes_each_open_entry_once_and_never_one_the_log_has(tmp_path: Path) -> None:
+    path = str(tmp_path / "requests.jsonl")
+    writer = RecordWriter(path, journal=True, immediate=True)
+    journal = writer.journal
+    assert journal is not None
+    for request_id in ("done", "open", "logged-but-not-marked", "open-2"):
+        writer.started(record(request_id))
+    writer.emit(record("done", "ok"))
+    journal.sync()  # "done" is marked
+    writer.emit(record("logged-but-not-marked", "ok"))  # in the log; the worker dies before the mark
+    live = RecordWriter(path, journal=True, immediate=True)  # another worker, alive
+    assert live.journal is not None
+    live.started(record("live"))
+    _die(journal)
+    result = recover(path)
+    assert (result.journals, result.written, result.logged_anyway) == (1, 2, 1)
+    found = list(read_records(log_files(path)))
+    assert sorted(r["request_id"] for r in found) == ["done", "logged-but-not-marked", "open", "open-2"]
+    recovered = [r for r in found if r.get("recovered")]
+    assert {r["request_id"] for r in recovered} == {"open", "open-2"}
+    assert all(r["outcome"] == "incomplete" and r["ts"] > 0 for r in recovered)
+    assert not os.path.exists(journal.path) and os.path.exists(live.journal.path)  # the live one is left alone
+    assert recover(path).journals == 0  # nothing twice
+
+
+def test_recovery_reads_a_compacted_journal_and_skips_a_torn_line(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(journal_module, "COMPACT_AT", 2_000)
+    path = str(tmp_path / "requests.jsonl")
+    writer = RecordWriter(path, journal=True, immediate=True)
+    journal = writer.journal
+    assert journal is not None
+    writer.started(record("long-stream"))
+    for i in range(100):
+        writer.started(record(f"r{i}"))
+        writer.emit(record(f"r{i}", "ok"))
+        journal.sync()
+    assert os.path.getsize(journal.path) < 4_000  # rewritten with its open entries only
+    with open(journal.path, "ab") as handle:
+        handle.write(b'{"started": {"request_id": "to')  # the worker died inside a write
+    _die(journal)
+    assert recover(path).written == 1
+    assert [r["request_id"] for r in read_records(log_files(path)) if r.get("recovered")] == ["long-stream"]
+    assert COMPACT_AT == 1 << 20
+
+
+def test_a_journal_that_cannot_be_written_out_is_kept_for_the_next_try(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    writer = RecordWriter(str(path), journal=True)
+    assert writer.journal is not None
+    writer.started(record("open"))
+    _die(writer.journal)
+    path.unlink()
+    path.mkdir()  # the log cannot be opened
+    assert recover(str(path)).failed == 1
+    path.rmdir()
+    assert recover(str(path)).written == 1
+    assert [r["request_id"] for r in read_records([str(path)])] == ["open"]
+
+
+def test_journals_live_in_a_hidden_directory_the_log_readers_never_read(tmp_path: Path) -> None:
+    path = str(tmp_path / "requests.jsonl")
+    writer = RecordWriter(path, journal=True)
+    assert writer.journal is not None and os.path.dirname(writer.journal.path) == directory_for(path)
+    assert log_files(path) == [path]
+
+
+# -- the log cannot be written ---------------------------------------------------------------------
+
+
+def full_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A log path that leads to /dev/full (every write: ENOSPC), and the real file to switch it to.
+
+    It stands for a regular file on a full disk, so the writer keeps a journal next to it (it
+    keeps none next to a device: see the test below)."""
+    monkeypatch.setattr("ext_proc.server.records._regular_or_absent", lambda _path: True)
+    path, real = tmp_path / "requests.jsonl", tmp_path / "disk" / "requests.jsonl"
+    real.parent.mkdir()
+    os.symlink("/dev/full", path)
+    return path, real
+
+
+def space_again(path: Path, real: Path) -> None:
+    path.unlink()
+    os.symlink(real, path)
+
+
+def test_a_full_disk_keeps_the_records_in_memory_and_writes_them_in_order_when_it_can(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, real = full_log(tmp_path, monkeypatch)
+    writer = RecordWriter(str(path), journal=True, immediate=True)
+    for i in range(5):
+        writer.started(record(f"r{i}"))
+        writer.emit(record(f"r{i}", "ok"))
+    status = writer.status()
+    assert status["ok"] is False and status["error"] == os.strerror(errno.ENOSPC)
+    assert status["waiting"] == 5 and status["failed_writes"] >= 1 and status["dropped"] == 0
+    assert writer.journal is not None and writer.journal.open == 5  # not in the log: still open
+    space_again(path, real)
+    writer.flush()
+    assert [r["request_id"] for r in read_records([str(real)])] == [f"r{i}" for i in range(5)]
+    assert writer.status()["ok"] is True and writer.status()["waiting"] == 0 and writer.journal.open == 0
+
+
+def test_a_write_cut_short_is_finished_before_the_next_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "requests.jsonl"
+    writer = RecordWriter(str(path), immediate=True)
+    real_write = os.write
+    calls = []
+
+    def short_then_full(fd: int, data: Any) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:7]))  # the disk fills mid-record
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("ext_proc.server.records.os.write", short_then_full)
+    writer.emit(record("first", "ok"))
+    writer.emit(record("second", "ok"))
+    assert writer.status()["waiting"] == 2
+    monkeypatch.setattr("ext_proc.server.records.os.write", real_write)
+    writer.flush()
+    assert [r["request_id"] for r in read_records([str(path)])] == ["first", "second"]
+    assert len(path.read_bytes().splitlines()) == 2  # no torn line
+
+
+def test_past_the_bound_the_oldest_records_are_dropped_and_counted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, real = full_log(tmp_path, monkeypatch)
+    line = len(orjson.dumps({**record("r00", "ok"), "ts": 1.0})) + 1
+    writer = RecordWriter(str(path), journal=True, immediate=True, max_backlog=10 * line)
+    for i in range(30):
+        writer.started(record(f"r{i:02}"))
+        writer.emit(record(f"r{i:02}", "ok"))
+    status = writer.status()
+    assert status["dropped"] > 0 and status["waiting"] + status["dropped"] == 30 and status["waiting"] <= 11
+    assert writer.journal is not None and writer.journal.open == status["waiting"]  # the dropped are closed
+    space_again(path, real)
+    writer.flush()
+    written = [r["request_id"] for r in read_records([str(real)])]
+    assert written == [f"r{i:02}" for i in range(30 - len(written), 30)]  # the newest are kept
+
+
+def test_a_log_that_is_a_device_gets_no_journal_next_to_it(tmp_path: Path) -> None:
+    # --log-file /dev/full (or a symlink to a device): the log is not a file a journal could be
+    # recovered into, and its directory (/dev) no place for one.
+    os.symlink("/dev/full", tmp_path / "device.jsonl")
+    for path in ("/dev/full", str(tmp_path / "device.jsonl")):
+        before = set(os.listdir(os.path.dirname(path)))
+        writer = RecordWriter(path, journal=True, immediate=True)
+        writer.started(record("r1"))
+        writer.emit(record("r1", "ok"))
+        assert writer.journal is None and set(os.listdir(os.path.dirname(path))) == before
+        assert writer.status()["ok"] is False and writer.status()["error"] == os.strerror(errno.ENOSPC)
+    assert RecordWriter(str(tmp_path / "new.jsonl"), journal=True).journal is not None  # not there yet: a file
+
+
+def test_a_log_that_cannot_be_opened_at_start_is_opened_when_it_can(tmp_path: Path) -> None:
+    path = tmp_path / "later" / "requests.jsonl"
+    writer = RecordWriter(str(path), immediate=True)
+    writer.emit(record("r1", "ok"))
+    assert writer.status()["ok"] is False and writer.status()["waiting"] == 1
+    path.parent.mkdir()
+    writer.flush()
+    assert [r["request_id"] for r in read_records([str(path)])] == ["r1"] and writer.status()["ok"] is True
+
+
+def test_the_periodic_writer_retries_and_survives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    path, real = full_log(tmp_path, monkeypatch)
+
+    async def run() -> None:
+        writer = RecordWriter(str(path), interval=0.01, immediate=True)
+        writer.start()
+        writer.emit(record("r1", "ok"))
+        await asyncio.sleep(0.05)
+        assert writer.status()["waiting"] == 1
+        space_again(path, real)
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if writer.status()["ok"]:
+                break
+        await writer.close()
+
+    asyncio.run(run())
+    assert [r["request_id"] for r in read_records([str(real)])] == ["r1"]
+
+
+def test_session_transcript_still_sees_the_record_after_the_note() -> None:
+    transcript = Transcript()
+    transcript >> head()
+    transcript.pending.clear()
+    transcript >> RequestBody(orjson.dumps(BODY), True, 2_000)
+    transcript.pending.clear()
+    transcript >> ResponseHeaders({":status": "200", "content-type": "application/json"}, False, 3_000)
+    transcript.pending.clear()
+    body = orjson.dumps({"id": "x", "object": "chat.completion", "model": "gpt-4o-mini", "choices": [],
+                         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+    transcript >> ResponseBody(body, True, 4_000)
+    transcript.pending.pop(0)  # the answer
+    assert transcript << Record(request_id="req-1", outcome="ok", output_tokens=2)
+    assert len(transcript.forwarded) == 1
+
+
+def test_a_device_as_the_log_is_not_refused_at_start_for_its_directory(tmp_path: Path) -> None:
+    # tollway serve refuses a log it could never create (a missing or read-only directory), but a
+    # device that exists is written as it is, whatever its directory (/dev is root's).
+    from ext_proc.server.app import ServeConfig, _unusable
+
+    def said(log_file: str) -> str | None:
+        return _unusable(ServeConfig("unix:/x", 2, log_file, 1.0))
+
+    assert said("/dev/full") is None and said("/dev/null") is None
+    assert said(str(tmp_path / "missing" / "requests.jsonl")) == f"--log-file: the directory {tmp_path / 'missing'} " \
+        "does not exist"
+    assert said(str(tmp_path / "requests.jsonl")) is None
