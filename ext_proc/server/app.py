@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
         else None
     controller = PolicyController(config.policy or None, publication, clusters)
     listener = None
+    recovered: Exchange | None = None  # the supervisor's count of the records it recovers
     node: NodeStateServer | None = None
     try:
         if not config.policy:
@@ -246,14 +248,18 @@ def run(args: argparse.Namespace) -> int:
             node = NodeStateServer(os.path.join(directory, "state.sock"))
             node.start()
             config = dataclasses.replace(config, node_state=node.path)
-        if config.workers > 1:
-            # Each worker writes its metric tallies here; the one answering a scrape sums them.
-            config = dataclasses.replace(config, metrics_dir=tempfile.mkdtemp(prefix="tollway-metrics-"))
+        if config.workers > 1 or config.log_file:
+            # Each worker writes its metric tallies here; the one answering a scrape sums them
+            # (with the supervisor's, which counts the records it recovers from dead workers).
+            metrics_dir = tempfile.mkdtemp(prefix="tollway-metrics-")
+            config = dataclasses.replace(config, metrics_dir=metrics_dir)
+            recovered = Exchange(Tally(Names(lambda: controller.current)), metrics_dir)
+            recovered.path = os.path.join(metrics_dir, "supervisor.json")  # one worker shares its pid
         stop = threading.Event()
         watcher = threading.Thread(target=controller.watch, args=(config.reload_interval, stop),
                                    name="tollway-policy", daemon=True)
         watcher.start()
-        recover_records(config)  # requests in flight when a previous run died
+        recover_records(config, recovered)  # requests in flight when a previous run died
         try:
             sock = listener.sock if listener else None
             if config.workers == 1:
@@ -263,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
             if listener is not None and address.kind == "unix":
                 # The supervisor deals Envoy's connections to the workers (ext_proc.server.dealer).
                 dealer, sock = Dealer(listener.sock, config.workers), None
-            return _supervise(config, sock, admin_sock, publication, dealer, controller.current)
+            return _supervise(config, sock, admin_sock, publication, dealer, controller.current, recovered)
         finally:
             stop.set()
     finally:
@@ -373,15 +379,32 @@ def open_ledger(redis_url: str | None) -> Ledger:
     return RedisLedger(redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2))
 
 
-def recover_records(config: ServeConfig) -> None:
-    """Write the records of requests a dead worker had sent upstream (:mod:`ext_proc.server.journal`)."""
+def recover_records(config: ServeConfig, counted: Exchange | None = None) -> None:
+    """Write the records of requests a dead worker had sent upstream (:mod:`ext_proc.server.journal`),
+    add them to the spend aggregates (Redis) and count them in ``counted``'s tally, published
+    beside the workers' (so ``/metrics`` agrees with the ledger after a crash too)."""
     if not config.log_file:
         return
-    add = None
+    sinks: list[Callable[[list[dict[str, Any]]], None]] = []
     if config.redis_url:
-        add = open_ledger(config.redis_url).add
+        sinks.append(open_ledger(config.redis_url).add)
+    if counted is not None:
+        tally = counted.tally
+
+        def count(records: list[dict[str, Any]]) -> None:
+            for record in records:
+                tally.record(record)
+
+        sinks.append(count)
+
+    def add(records: list[dict[str, Any]]) -> None:
+        for sink in sinks:
+            sink(records)
+
     try:
-        journal.recover(config.log_file, add)
+        journal.recover(config.log_file, add if sinks else None)
+        if counted is not None:
+            counted.write()
     except Exception:  # never keep the service from starting or a worker from restarting
         log.exception("recovering the journals of %s", config.log_file)
 
@@ -501,7 +524,12 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
                 tally.counters[(name,)] = log_status[field_name]
                 tally.changed = True
 
-    publisher = Publisher(exchange, before=gauges)
+    def before_publication() -> None:
+        records.flush()  # a published count is a logged record (a record not yet logged is journaled)
+        gauges()
+
+    records.after_write = exchange.write
+    publisher = Publisher(exchange, before=before_publication)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -585,7 +613,8 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         with contextlib.suppress(Exception):
             await asyncio.wait_for(flushed, 2)
     await service.classifier.close()
-    await records.close()
+    await records.close()  # writes what waits (and publishes the counts, after_write)
+    publisher.before = gauges  # the log is closed: nothing more to flush
     publisher.close()  # this worker's last counts, for the scrapes after it is gone
     for part in telemetry:
         part.close()  # flushes the spans and logs still queued
@@ -670,7 +699,7 @@ MAX_QUICK_DEATHS = 5
 
 def _supervise(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
                publication: Publication, dealer: Dealer | None = None,
-               controller_policy: CompiledPolicy | None = None) -> int:
+               controller_policy: CompiledPolicy | None = None, recovered: Exchange | None = None) -> int:
     # Workers fork from a preloaded fork server (ext_proc.server.preload): one copy of the
     # tokenizers and the price table for all of them, and a clean single-threaded parent to fork
     # from (this process runs the policy watcher's thread).
@@ -723,7 +752,7 @@ def _supervise(config: ServeConfig, sock: socket.socket | None, admin_sock: sock
                         dealer.stop()
                     return 1
                 log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
-                recover_records(config)
+                recover_records(config, recovered)
                 time.sleep(0.5)
                 procs[i], started[i] = start(i), time.monotonic()
         if stopping and all(p.exitcode is not None for p in procs):
