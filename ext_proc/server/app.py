@@ -524,12 +524,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
                 tally.counters[(name,)] = log_status[field_name]
                 tally.changed = True
 
-    def before_publication() -> None:
-        records.flush()  # a published count is a logged record (a record not yet logged is journaled)
-        gauges()
-
-    records.after_write = exchange.write
-    publisher = Publisher(exchange, before=before_publication)
+    publisher = Publisher(exchange, before=gauges)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -613,8 +608,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         with contextlib.suppress(Exception):
             await asyncio.wait_for(flushed, 2)
     await service.classifier.close()
-    await records.close()  # writes what waits (and publishes the counts, after_write)
-    publisher.before = gauges  # the log is closed: nothing more to flush
+    await records.close()
     publisher.close()  # this worker's last counts, for the scrapes after it is gone
     for part in telemetry:
         part.close()  # flushes the spans and logs still queued

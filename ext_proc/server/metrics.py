@@ -13,7 +13,10 @@ of them may answer a scrape. Each worker writes its tally, whole, to its own fil
 directory the parent made (:class:`Exchange`, every 0.5 s when it changed, and when it stops:
 one ``orjson`` dump and an atomic rename); the worker answering ``/metrics`` publishes its own
 first, then sums every file with its own live tally, so no counter goes backwards between two
-scrapes answered by different workers. A worker that died keeps its file, so counters never go backwards when it is
+scrapes answered by different workers. The supervisor counts the records it recovers from a
+dead worker's journal (:mod:`ext_proc.server.journal`) in a tally of its own, ``supervisor.json``;
+a worker killed by SIGKILL takes with it at most the counts of its last 0.5 s (the request log,
+which is the ledger, loses none). A worker that died keeps its file, so counters never go backwards when it is
 restarted (the new process writes a file of its own); gauges are taken from live workers only.
 This is the layout of prometheus_client's multiprocess mode (one file per process, summed at
 scrape), with values kept in memory between writes instead of written to an mmap on every

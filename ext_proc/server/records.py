@@ -36,7 +36,6 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,9 +88,6 @@ class RecordWriter:
         self._max_backlog = max_backlog
         self._immediate = immediate
         self._task: asyncio.Task[None] | None = None
-        # Called after the records waiting were all written: publish the counts that say so (the
-        # metrics), so a worker killed now has counted in its published tally exactly what is logged.
-        self.after_write: Callable[[], None] | None = None
         self.failures = 0  # batches the aggregates' store refused (tollway_ledger_write_failures_total)
         # Write failures (a full disk): the records wait in memory, the state is shown (status()).
         self.failing_since: float | None = None
@@ -184,11 +180,6 @@ class RecordWriter:
             log.warning("request log %s writable again after %.1f s; the records kept meanwhile are written",
                         self._path, time.monotonic() - self.failing_since)
             self.failing_since = None
-        if self.after_write is not None:
-            try:
-                self.after_write()
-            except OSError as exc:
-                log.warning("cannot publish this worker's counts: %s", exc)
         return True
 
     def _consume(self, written: int) -> None:

@@ -126,19 +126,24 @@ def test_the_service_killed_under_load_fails_closed_fast_restarts_and_loses_no_r
     wait_for(lambda: open_reservations(stack, env.redis.port) == 0, 8, "the dead workers' reservations expire")
 
 
-def counted(stack: Stack) -> tuple[int, int]:
-    """(requests counted by /metrics, records in the request log)."""
-    text = admin(stack, "/metrics")
-    total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                if line.startswith("tollway_requests_total{"))
-    return round(total), len(stack.record_log.read_text().splitlines())
+def counted(stack: Stack) -> tuple[int, int, int]:
+    """(requests counted by /metrics, of which recovered from journals (incomplete with no status),
+    records in the request log)."""
+    total = recovered = 0.0
+    for line in admin(stack, "/metrics").splitlines():
+        if line.startswith("tollway_requests_total{"):
+            value = float(line.rsplit(" ", 1)[1])
+            total += value
+            if 'outcome="incomplete"' in line and 'status="none"' in line:
+                recovered += value
+    return round(total), round(recovered), len(stack.record_log.read_text().splitlines())
 
 
 def test_workers_killed_under_load_are_restarted_and_lose_no_record(env: Env) -> None:
     stack = env.stack
     before = seen_ids(stack)
     time.sleep(1.2)  # no traffic: every worker has published its counts (every 0.5 s)
-    metrics_before, log_before = counted(stack)
+    metrics_before, recovered_before, log_before = counted(stack)
     driver = env.load(20, SLOW)
     time.sleep(1.5)
     killed_at = time.monotonic()
@@ -160,15 +165,15 @@ def test_workers_killed_under_load_are_restarted_and_lose_no_record(env: Env) ->
     assert any(r.get("recovered") for r in records.values())
     after = [c for c in calls if c.started > back_at]
     assert after and all(c.clean for c in after), [c for c in after if not c.clean]
-    # /metrics agrees with the log, the records the supervisor recovered from the journals included.
-    # /metrics agrees with the log, the records the supervisor recovered from the journals included
-    # (it counts them in a tally of its own). A worker SIGKILLed between writing records and
-    # publishing its counts (the next moment) loses those counts: a few at most, never a recovered one.
+    # /metrics counts the records the supervisor recovered from the journals (a tally of its own).
     recovered = sum(1 for r in records.values() if r.get("recovered"))
     time.sleep(1.2)
-    metrics_after, log_after = counted(stack)
+    metrics_after, recovered_after, log_after = counted(stack)
+    assert recovered_after - recovered_before == recovered  # counted by the supervisor, each once
+    # A worker publishes its counts every 0.5 s: one killed by SIGKILL takes at most that much of
+    # them along (at this rate, ten requests per worker); the ledger loses none.
     missing = (log_after - log_before) - (metrics_after - metrics_before)
-    assert 0 <= missing <= 3 and missing < recovered, (missing, recovered)
+    assert 0 <= missing <= 20, missing
 
 
 def test_a_service_stalled_past_envoys_message_timeout_is_a_504_and_resumes(env: Env) -> None:
