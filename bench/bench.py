@@ -215,7 +215,9 @@ def main() -> int:
                     result.update(case=case, connections=connections, target=target)
                     results.append(result)
                     print(f"  {case:12} c={connections:<3} {target:8} {result['rps']:8.0f} req/s", file=sys.stderr)
-        lines = gateway.record_log.read_text().splitlines() if gateway.record_log.exists() else []
+        # The log rotates at 64 MB: count the rotated files too.
+        lines = [line for path in gateway.record_log.parent.glob(gateway.record_log.name + "*") if path.is_file()
+                 for line in path.read_text().splitlines()]
         pss = pss_mb(_descendants(gateway.procs["envoy"].pid) + _descendants(gateway.procs["tollway"].pid))
 
     print()
