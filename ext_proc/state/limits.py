@@ -570,10 +570,12 @@ class RedisBackend:
             script, script_keys, args = calls[0]
             results = [await script(keys=script_keys, args=args)]
         else:
-            pipe = self.client.pipeline(transaction=False)
-            for script, script_keys, args in calls:
-                await script(keys=script_keys, args=args, client=pipe)
-            results = await pipe.execute()
+            # As a context manager: a pipeline whose execute timed out is reset and closed
+            # (else asyncio logs "Unclosed Pipeline client" at every Redis timeout).
+            async with self.client.pipeline(transaction=False) as pipe:
+                for script, script_keys, args in calls:
+                    await script(keys=script_keys, args=args, client=pipe)
+                results = await pipe.execute()
         return [Grant(int(granted), int(spent), int(held), int(mine)) for granted, spent, held, mine in results]
 
     async def once(self, key: str, until: float) -> bool:
