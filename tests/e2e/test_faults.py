@@ -238,7 +238,10 @@ def test_redis_slow_then_down_answers_within_its_deadline_and_recovers(env: Env)
                            and records[c.request_id or ""]["outcome"] == "rejected"), c
         assert c.seconds < 1.0 + SLACK, c  # the store's 1 s deadline
     assert all(c.clean for c in calls[-10:]), calls[-10:]
-    assert admin(stack, "/readyz")["limits"]["degraded"] is False
+    # Each worker learns the store is back at its next exchange with it (a request, or its report
+    # of what it spent): /readyz, answered by either worker, says so once both have had one.
+    wait_for(lambda: env.ok().clean and admin(stack, "/readyz")["limits"]["degraded"] is False, 5,
+             "/readyz says the store is back")
     wait_for(lambda: open_reservations(stack, server.port) == 0, 8, "reservations come back to zero")
 
 
