@@ -41,38 +41,13 @@ class Totals:
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
 
     def add(self, record: dict[str, Any]) -> None:
-        row = self.row
-        row.requests += 1
-        if record.get("outcome") == "rejected":
-            row.refused += 1
-            status = str(record.get("status") or "?")
-            row.refused_by_status[status] = row.refused_by_status.get(status, 0) + 1
+        if not self.row.add(record):
             return
         outcome = record.get("outcome")
         self.errors += outcome == "error"
         self.incomplete += outcome == "incomplete"
-        inp, out = record.get("input_tokens"), record.get("output_tokens")
-        if inp is None and out is None:
-            row.unknown_usage += 1
-        row.input_tokens += inp or 0
-        row.output_tokens += out or 0
-        row.cached_tokens += record.get("cached_tokens") or 0
-        row.reasoning_tokens += record.get("reasoning_tokens") or 0
-        cost = record.get("cost_usd_micros")
-        if cost is None:
-            row.unknown_cost += inp is not None or out is not None
-        else:
-            row.cost_usd_micros += cost
-        row.fallbacks += record.get("fallback") is True
-        fired = record.get("guardrails")
-        if fired:
-            row.guardrail_triggers += 1
-            for name in set(fired):
-                row.guardrails[name] = row.guardrails.get(name, 0) + 1
         latency = record.get("latency_ms")
         if isinstance(latency, (int, float)):
-            row.latency_sum_ms += latency
-            row.latency_count += 1
             self.latency[bisect.bisect_left(LATENCY_BOUNDS, latency)] += 1
 
     def merge(self, other: Totals) -> None:

@@ -21,13 +21,8 @@ def read_records(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
     for path in paths:
         with open(path, "rb") as handle:
             for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(record, dict):
+                record = _record(line)
+                if record is not None:
                     yield record
 
 
@@ -64,11 +59,17 @@ class Follower:
 
 def read_lines(data: bytes) -> Iterator[dict[str, Any]]:
     for line in data.splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
+        record = _record(line)
+        if record is not None:
             yield record
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """One line's record; None for a blank, torn or foreign line."""
+    if not line.strip():
+        return None
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None

@@ -60,37 +60,10 @@ def aggregate(
         row = rows.get(key)
         if row is None:
             row = rows[key] = Row(key)
-        row.requests += 1
-        if record.get("outcome") == "rejected":
-            row.refused += 1
-            status = str(record.get("status") or "?")
-            row.refused_by_status[status] = row.refused_by_status.get(status, 0) + 1
-            continue
-        inp, out = record.get("input_tokens"), record.get("output_tokens")
-        if inp is None and out is None:
-            row.unknown_usage += 1
-        row.input_tokens += inp or 0
-        row.output_tokens += out or 0
-        row.cached_tokens += record.get("cached_tokens") or 0
-        row.reasoning_tokens += record.get("reasoning_tokens") or 0
-        cost = record.get("cost_usd_micros")
-        if cost is None:
-            if inp is not None or out is not None:
-                row.unknown_cost += 1
-        else:
-            row.cost_usd_micros += cost
-        if record.get("fallback") is True:
-            row.fallbacks += 1
-        fired = record.get("guardrails")
-        if fired:
-            row.guardrail_triggers += 1
-            for name in set(fired):
-                row.guardrails[name] = row.guardrails.get(name, 0) + 1
-        latency = record.get("latency_ms")
-        if isinstance(latency, (int, float)):
-            row.latencies.append(float(latency))
-            row.latency_sum_ms += latency
-            row.latency_count += 1
+        if row.add(record):
+            latency = record.get("latency_ms")
+            if isinstance(latency, (int, float)):
+                row.latencies.append(float(latency))
     return sorted(rows.values(), key=lambda r: (-r.cost_usd_micros, -r.tokens, r.group))
 
 

@@ -42,6 +42,39 @@ class Row:
     latencies: list[float] = field(default_factory=list, repr=False)  # every latency (reports from the log)
     p95_bound_ms: float | None = None  # p95 as a histogram bound (reports from aggregates)
 
+    def add(self, record: dict[str, Any]) -> bool:
+        """Count one request record in this row (a report's, the dashboard's); False for a refused
+        one (nothing was sent: only ``refused`` and its status are counted)."""
+        self.requests += 1
+        if record.get("outcome") == "rejected":
+            self.refused += 1
+            status = str(record.get("status") or "?")
+            self.refused_by_status[status] = self.refused_by_status.get(status, 0) + 1
+            return False
+        inp, out = record.get("input_tokens"), record.get("output_tokens")
+        if inp is None and out is None:
+            self.unknown_usage += 1
+        self.input_tokens += inp or 0
+        self.output_tokens += out or 0
+        self.cached_tokens += record.get("cached_tokens") or 0
+        self.reasoning_tokens += record.get("reasoning_tokens") or 0
+        cost = record.get("cost_usd_micros")
+        if cost is None:
+            self.unknown_cost += inp is not None or out is not None
+        else:
+            self.cost_usd_micros += cost
+        self.fallbacks += record.get("fallback") is True
+        fired = record.get("guardrails")
+        if fired:
+            self.guardrail_triggers += 1
+            for name in set(fired):
+                self.guardrails[name] = self.guardrails.get(name, 0) + 1
+        latency = record.get("latency_ms")
+        if isinstance(latency, (int, float)):
+            self.latency_sum_ms += latency
+            self.latency_count += 1
+        return True
+
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
