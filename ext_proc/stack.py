@@ -19,6 +19,7 @@ import errno
 import fcntl
 import ipaddress
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -57,8 +58,40 @@ def envoy_binary() -> str:
     return "envoy"
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux's default if unreadable)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port nothing listens on, for a server started a moment later.
+
+    Chosen below the kernel's ephemeral range: a port from that range (``bind(0)``) can be taken
+    as the local port of any outgoing connection between this check and the server's bind (a
+    load test opening hundreds of connections made that happen), and never twice by this process.
+    """
+    low, high = _ephemeral_range()
+    candidates = range(max(1024, low - 12000), low) if low > 4096 else range(high + 1, 65536)
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.choice(candidates)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as sock:  # a crowded range: whatever the kernel gives
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -38,7 +37,7 @@ import redis
 
 from ext_proc.ledger.log import log_files, read_records
 from ext_proc.policy.compiled import key_digest
-from ext_proc.stack import Stack
+from ext_proc.stack import Stack, free_port
 
 KEY = "tw-faults-0123456789abcdefghijklmnopqrstuvwxyzABCD"
 PROVIDER_KEYS = {"F_OPENAI_KEY": "sk-openai-faults-0001", "F_ANTHROPIC_KEY": "sk-ant-faults-0002"}
@@ -392,9 +391,7 @@ class RedisServer:
     """A ``redis-server`` of the caller's own (no persistence), to stop, pause and start under load."""
 
     def __init__(self, work: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
+        self.port = free_port()  # restarted under load: a port no outgoing connection can take meanwhile
         self.work = work
         self.proc: subprocess.Popen[bytes] | None = None
 
