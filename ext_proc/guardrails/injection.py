@@ -34,9 +34,6 @@ false positives on NotInject) are in the README; those files were used to measur
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import functools
 import json
 import math
@@ -347,16 +344,9 @@ def _model() -> _Model | None:
         data = json.loads(resources.files(__package__).joinpath("injection_model.json").read_text())
     except FileNotFoundError:
         return None
-    model = _Model({str(k): float(v) for k, v in data["weights"].items()}, float(data["bias"]))
-    _trim()
-    return model
-
-
-def _trim() -> None:
-    """Give the memory Hyperscan's compiler used back to the system (glibc keeps freed memory in the
-    process otherwise: about 75 MB of a worker's RSS after compiling the model, 13 MB once trimmed)."""
-    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to trim
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    # Compiling uses about 60 MB that Hyperscan frees at once; the service gives it back to the
+    # system after every compile (ext_proc.server.memory).
+    return _Model({str(k): float(v) for k, v in data["weights"].items()}, float(data["bias"]))
 
 
 def _repeated(words: list[str]) -> bool:

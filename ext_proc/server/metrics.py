@@ -39,13 +39,11 @@ import bisect
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 
 log = logging.getLogger("tollway.metrics")
 
@@ -380,47 +378,6 @@ class Merged:
         return sum(v for k, v in source.items() if k[0] == name and all(k[i + 1] == x for i, x in wanted.items()))
 
 
-class TallyCollector(Collector):
-    """The summed tallies as Prometheus metric families (read at scrape time)."""
-
-    def __init__(self, source: Callable[[], Merged]) -> None:
-        self.source = source
-
-    def collect(self) -> Iterator[Any]:
-        merged = self.source()
-        families: dict[str, Any] = {}
-        for metric in METRICS.values():
-            if metric.kind == "counter":
-                families[metric.name] = CounterMetricFamily(metric.name, metric.help, labels=metric.labels)
-            elif metric.kind == "gauge":
-                families[metric.name] = GaugeMetricFamily(metric.name, metric.help, labels=metric.labels)
-            else:
-                families[metric.name] = HistogramMetricFamily(metric.name, metric.help, labels=metric.labels)
-        for key, value in sorted(merged.counters.items()):
-            family = families.get(key[0])
-            if family is not None:
-                family.add_metric(list(key[1:]), value / 1e6 if key[0] == "tollway_cost_usd" else value)
-        for key, value in sorted(merged.gauges.items()):
-            family = families.get(key[0])
-            if family is not None:
-                family.add_metric(list(key[1:]), value)
-        for key, values in sorted(merged.histograms.items()):
-            family = families.get(key[0])
-            if family is None:
-                continue
-            bounds = METRICS[key[0]].buckets
-            cumulative, buckets = 0.0, []
-            for bound, count in zip((*bounds, float("inf")), values[:-1], strict=True):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else _le(bound), cumulative))
-            family.add_metric(list(key[1:]), buckets, values[-1])
-        yield from families.values()
-
-
-def _le(bound: float) -> str:
-    return repr(float(bound))
-
-
 class Publisher:
     """Writes this worker's tally every ``interval`` seconds (see :class:`Exchange`), and on close;
     ``before`` updates what no record says (gauges) first."""
@@ -445,36 +402,3 @@ class Publisher:
         with contextlib.suppress(OSError):
             self.before()
             self.exchange.write()
-
-
-class BudgetCollector(Collector):
-    """Each budget's spend, what is left and its limit in the current window, from the store's
-    counters (the rows of ``/v1/budgets``, read at scrape time). Members of a per-key budget are
-    summed (no per-key label); a team or model budget has one series per member."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def update(self, rows: list[dict[str, Any]]) -> None:
-        self.rows = rows
-
-    def collect(self) -> Iterator[Any]:
-        totals: dict[tuple[str, str, str], list[float]] = {}
-        for row in self.rows:
-            member = "*" if row["scope"] == "key" else row["member"]
-            found = totals.setdefault((row["unit"], row["budget"], member), [0.0, 0.0, 0.0])
-            scale = 1e6 if row["unit"] == "usd" else 1
-            found[0] += row["spent"] / scale
-            found[1] += row["remaining"] / scale
-            found[2] += row["limit"] / scale
-        for unit in ("usd", "tokens"):
-            families = [GaugeMetricFamily(f"tollway_budget_{what}_{unit}", f"{text} ({unit}, current window)",
-                                          labels=("budget", "member"))
-                        for what, text in (("spent", "What a budget's member spent"),
-                                           ("remaining", "What is left of a budget (open reservations held back)"),
-                                           ("limit", "A budget's limit"))]
-            for (found_unit, budget, member), values in sorted(totals.items()):
-                if found_unit == unit:
-                    for family, value in zip(families, values, strict=True):
-                        family.add_metric([budget, member], value)
-            yield from families

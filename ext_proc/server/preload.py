@@ -6,18 +6,21 @@ o200k_base and cl100k_base, ~60 MB) and the price table, then forks each worker 
 restarted one) from that state. Pages a worker never writes stay shared with the fork server
 and its siblings, so N workers hold one copy instead of N (counted as PSS). ``gc.freeze()``
 moves everything loaded here out of the collector's reach: a worker's collections would
-otherwise write to every object header and un-share the pages.
+otherwise write to every object header and un-share the pages; the memory loading freed is
+returned (:mod:`ext_proc.server.memory`) before any worker is forked.
 """
 
 from __future__ import annotations
 
 import gc
 
-import ext_proc.server.app  # noqa: F401 - the service's modules, imported once for every worker
+import ext_proc.server.worker  # noqa: F401 - the service's modules, imported once for every worker
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.app import dump_stacks_on_signal
+from ext_proc.server.memory import give_back
 
 dump_stacks_on_signal()  # the fork server too: a stack dump of the tree must not kill it
 warm_up()
 gc.collect()
 gc.freeze()
+give_back()  # what loading freed goes back to the system before the workers share the pages

@@ -38,20 +38,20 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from ext_proc.guardrails import injection
 from ext_proc.policy.compile import PolicyError, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.policy.decide import chains, cluster_name
 from ext_proc.server.clusters import ClusterError, ClusterSync, EnvoyNotReady
+from ext_proc.server.memory import give_back
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("tollway.policy")
 
@@ -146,6 +146,7 @@ class PolicyController:
             with open(self.path, encoding="utf-8") as handle:
                 text = handle.read()
             policy = compile_policy(text, self.path)
+            give_back()  # the compile's temporaries (Hyperscan's above all)
             if self.clusters is not None:
                 self.clusters.prepare(policy, starting=starting)
         except (OSError, UnicodeDecodeError, PolicyError, ClusterError, EnvoyNotReady) as exc:
@@ -219,7 +220,9 @@ class PolicyHolder:
         self._policy: CompiledPolicy | None = None
         self.state = PolicyState()
         if registry is not None:
-            registry.register(_PolicyMetrics(self))
+            from ext_proc.server.collectors import PolicyMetrics  # prometheus_client: workers only
+
+            registry.register(PolicyMetrics(self))
 
     @property
     def current(self) -> CompiledPolicy | None:
@@ -243,6 +246,7 @@ class PolicyHolder:
                 return
             if self._policy.guardrails is not None and self._policy.guardrails.scores_injection:
                 injection.warm()  # now, not in the first request (a no-op when the fork server did it)
+            give_back()  # the compile's temporaries (Hyperscan's above all)
         self.state = state
         self._seen = max(generation, state.generation)
 
@@ -270,27 +274,3 @@ class PolicyHolder:
             "envoy_clusters": state.envoy_clusters,
             "envoy_clusters_missing": state.envoy_clusters_missing,
         }
-
-
-class _PolicyMetrics(Collector):
-    """The controller's counts, as every worker's ``/metrics`` shows them."""
-
-    def __init__(self, holder: PolicyHolder) -> None:
-        self.holder = holder
-
-    def collect(self) -> Iterator[Any]:
-        self.holder.current  # noqa: B018
-        state = self.holder.state
-        reloads = CounterMetricFamily("tollway_policy_reloads", "Policy loads by result", labels=["result"])
-        reloads.add_metric(["ok"], state.reloads_ok)
-        reloads.add_metric(["error"], state.reloads_error)
-        yield reloads
-        info = GaugeMetricFamily("tollway_policy_info", "The loaded policy (value 1)", labels=["version"])
-        if state.version:
-            info.add_metric([state.version], 1)
-        yield info
-        yield GaugeMetricFamily("tollway_policy_last_reload_ok", "1 when the last policy load succeeded",
-                                value=0 if state.last_error else 1)
-        yield GaugeMetricFamily(
-            "tollway_policy_stale", "1 when the policy file was rejected and an older version still serves",
-            value=1 if state.last_error and state.version else 0)

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server import alerts
 from ext_proc.server.alerts import Alerts
-from ext_proc.server.metrics import Exchange, Tally, TallyCollector
+from ext_proc.server.collectors import TallyCollector
+from ext_proc.server.metrics import Exchange, Tally
 from ext_proc.state.limits import MemoryBackend
 from ext_proc.state.queries import Claim
 

@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ext_proc.policy.compile import compile_policy
-from ext_proc.server.metrics import BudgetCollector, Exchange, Names, Tally, TallyCollector
+from ext_proc.server.collectors import BudgetCollector, TallyCollector
+from ext_proc.server.metrics import Exchange, Names, Tally
 
 POLICY = compile_policy("""
 apiVersion: tollway/v1
