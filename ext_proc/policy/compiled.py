@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ext_proc.guardrails.plan import Guardrails
 from ext_proc.llm import providers
+from ext_proc.llm.encodings import O200K, encoding_name_for_model
 from ext_proc.llm.prices import Price
 
 PROVIDER_KINDS = tuple(providers.KINDS)
@@ -230,6 +231,17 @@ class CompiledPolicy:
     limits: Limits = NO_LIMITS  # budgets and rate limits
     guardrails: Guardrails | None = None  # the guardrails section compiled (None: no rule)
     trace_content: bool = False  # telemetry.trace_content: prompts and answers (redacted) in spans
+
+    def encodings(self) -> frozenset[str]:
+        """The tokenizer encodings this policy's models count with: by public name, alias and the
+        providers' model names (``o200k_base`` always: Anthropic's APIs count with it)."""
+        names = set(self.models)
+        for target in self.models.values():
+            names.update((target.public, target.upstream_model))
+        for alias in self.aliases.values():
+            for plan in (alias.plan, *alias.teams.values()):
+                names.update(target.upstream_model for target in plan.targets)
+        return frozenset({O200K, *(encoding_name_for_model(name) for name in names)})
 
     def alias(self, model: str) -> Alias | None:
         """The routing alias named ``model``, if it is one."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -67,12 +68,22 @@ class ServiceAccountant:
 _UNKNOWN = object()
 
 
+ENCODINGS_ENV = "TOLLWAY_ENCODINGS"  # the encodings to load up front, comma-separated (tollway serve sets it)
+
+
 def warm_up() -> ServiceAccountant:
     """Load the encodings and the price table now (once per process: a worker forked from the
-    preloaded fork server finds them loaded); log how long it took."""
+    preloaded fork server finds them loaded); log how long it took.
+
+    The encodings are the ones the policy's models count with (``$TOLLWAY_ENCODINGS``, set by
+    ``tollway serve`` from :meth:`CompiledPolicy.encodings`), else both: cl100k_base is 23 MB
+    that a policy of only GPT-4o-family, Claude and other models never reads. A model the
+    running policy gains later loads its encoding on first use, in each worker.
+    """
     started = time.perf_counter()
     accountant = ServiceAccountant()
-    for name in ("o200k_base", "cl100k_base"):
+    names = [name for name in os.environ.get(ENCODINGS_ENV, "").split(",") if name] or ["o200k_base", "cl100k_base"]
+    for name in names:
         tokens.get_encoding(name)
     elapsed = (time.perf_counter() - started) * 1000
     if elapsed > 5:

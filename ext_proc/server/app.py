@@ -40,6 +40,7 @@ from typing import Any
 
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.server import journal, listen
+from ext_proc.server.accounting import ENCODINGS_ENV
 from ext_proc.server.clusters import ClusterSync, stand_in
 from ext_proc.server.dealer import Dealer
 from ext_proc.server.listen import TLSFiles
@@ -210,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
         # Refuse to start on a broken policy: say why once, before any worker is spawned.
         if not controller.start():
             return 2
+        if controller.current is not None:  # the fork server and the workers load these encodings up front
+            os.environ[ENCODINGS_ENV] = ",".join(sorted(controller.current.encodings()))
         if config.server != "grpcio":
             try:
                 listener = listen.bind(address)

@@ -320,11 +320,12 @@ class Exchange:
                     data = orjson.loads(source.read())
             except (OSError, orjson.JSONDecodeError):
                 continue  # removed meanwhile
-            merged.add(data, live=_alive(int(data.get("pid", 0))))
+            merged.add(data, live=alive(int(data.get("pid", 0))))
         return merged
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (it may be another user's)."""
     if pid <= 0:
         return False
     try:

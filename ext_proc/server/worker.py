@@ -31,7 +31,7 @@ from ext_proc.server.alerts import Alerts
 from ext_proc.server.app import ServeConfig, _configure_logging, open_ledger
 from ext_proc.server.collectors import BudgetCollector, TallyCollector
 from ext_proc.server.credentials import CredentialStore
-from ext_proc.server.metrics import Exchange, Names, Publisher, Tally
+from ext_proc.server.metrics import Exchange, Names, Publisher, Tally, alive
 from ext_proc.server.node_state import NodeBackend
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.reload import PolicyHolder, Publication
@@ -87,7 +87,7 @@ def _die_with_parent(supervisor: int) -> None:
         except ProcessLookupError:
             pidfd = None  # already gone
         except (OSError, AttributeError):
-            while _alive(supervisor):
+            while alive(supervisor):
                 time.sleep(1.0)
             pidfd = None
         if pidfd is not None:
@@ -97,16 +97,6 @@ def _die_with_parent(supervisor: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=wait, name="tollway-supervisor-watch", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -600,3 +603,25 @@ teams: {t: {workloads: [w], models: [llama]}}
     with pytest.raises(PolicyError) as caught:
         compile_policy(text.replace('input: "0.10"', "input: 0.1"))
     assert "models.llama.price.input: must be a string" in str(caught.value)
+
+
+# -- what a policy needs loaded ------------------------------------------------------------------
+
+
+def test_the_encodings_a_policy_counts_with() -> None:
+    """The fork server loads only these (``tollway serve`` passes them on): cl100k_base's 23 MB
+    only for a policy with a model that counts with it, by public or provider name."""
+    assert compile_policy(MINIMAL, "minimal.yaml").encodings() == {"o200k_base"}
+    assert compile_policy(EXAMPLE, "example.yaml").encodings() == {"o200k_base", "cl100k_base"}  # its embeddings
+    legacy = "  legacy: {provider: openai, model: gpt-4-0613}"
+    older = compiles(HEAD.replace("  gpt-4o-mini: {provider: openai}", legacy))
+    assert older.encodings() == {"o200k_base", "cl100k_base"}
+
+
+def test_a_worker_loads_the_encodings_it_is_told() -> None:
+    code = ("from ext_proc.server.accounting import warm_up; from ext_proc.llm import tokens; warm_up(); "
+            "print(','.join(sorted(tokens.load_times_ms())))")
+    for told, loaded in (("o200k_base", "o200k_base"), ("", "cl100k_base,o200k_base")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "TOLLWAY_ENCODINGS": told})
+        assert out.stdout.strip() == loaded
