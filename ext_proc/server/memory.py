@@ -5,9 +5,10 @@ parses their files: both allocate tens of MB in C that they free moments later. 
 freed memory in its arenas for reuse, so without help every process that compiled a policy
 (the ``tollway serve`` parent, and each worker) would hold about 17 MB it no longer uses, and
 the fork server 7 MB more under the pages it shares with the workers (measured with the example
-policy; README "Performance"). ``malloc_trim(0)`` returns the free pages; it takes about a
-millisecond and runs only after those events, never on a request's path. Elsewhere than glibc
-(the function is missing) it does nothing.
+policy; README "Performance"). ``malloc_trim(0)`` returns the free pages; it takes a few
+milliseconds and runs only after those events (a worker that compiles a reloaded policy while a
+request waits has already spent far longer compiling). Elsewhere than glibc (the function is
+missing) it does nothing.
 """
 
 from __future__ import annotations
