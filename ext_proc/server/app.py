@@ -160,7 +160,7 @@ def _tls_files(args: argparse.Namespace, address: listen.Address) -> listen.TLSF
 
 
 def run(args: argparse.Namespace) -> int:
-    _configure_logging()
+    configure_logging()
     try:
         address = listen.parse(args.listen)
         config = ServeConfig(
@@ -369,7 +369,8 @@ def recover_records(config: ServeConfig, counted: Exchange | None = None) -> Non
         log.exception("recovering the journals of %s", config.log_file)
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
+    """Log lines to stderr, and stack dumps on ``kill -USR1`` (the supervisor and every worker)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     dump_stacks_on_signal()
 

@@ -28,7 +28,7 @@ from ext_proc.server import h2, listen
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
 from ext_proc.server.alerts import Alerts
-from ext_proc.server.app import ServeConfig, _configure_logging, open_ledger
+from ext_proc.server.app import ServeConfig, configure_logging, open_ledger
 from ext_proc.server.collectors import BudgetCollector, TallyCollector
 from ext_proc.server.credentials import CredentialStore
 from ext_proc.server.metrics import Exchange, Names, Publisher, Tally, alive
@@ -101,7 +101,7 @@ def _die_with_parent(supervisor: int) -> None:
 
 def run(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
             publication: Publication, parent: int | None = None, dealt: socket.socket | None = None) -> None:
-    _configure_logging()
+    configure_logging()
     if parent is not None:
         _die_with_parent(parent)
     try:
