@@ -15,6 +15,14 @@ def received(channel: socket.socket, timeout: float = 2.0) -> tuple[bytes, list[
     return message, fds
 
 
+def listener(path: str) -> socket.socket:
+    """The Unix socket Envoy connects to, listening (what the supervisor hands the dealer)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(16)
+    return sock
+
+
 def wait(condition: object, timeout: float = 2.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
@@ -24,9 +32,7 @@ def wait(condition: object, timeout: float = 2.0) -> None:
 
 def test_connections_go_to_the_worker_with_fewest_and_a_dead_one_gets_none(tmp_path: Path) -> None:
     path = str(tmp_path / "ext_proc.sock")
-    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listening.bind(path)
-    listening.listen(16)
+    listening = listener(path)
     dealer = Dealer(listening, 2)
     workers = [dealer.channel(0), dealer.channel(1)]
     dealer.start()
@@ -83,9 +89,7 @@ def test_connections_go_to_the_worker_with_fewest_and_a_dead_one_gets_none(tmp_p
 
 def test_connections_wait_while_no_worker_is_alive(tmp_path: Path) -> None:
     path = str(tmp_path / "ext_proc.sock")
-    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listening.bind(path)
-    listening.listen(16)
+    listening = listener(path)
     dealer = Dealer(listening, 1)
     dealer.start()
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
