@@ -133,6 +133,11 @@ class NodeBackend:
             except (TimeoutError, OSError, orjson.JSONDecodeError, ValueError) as exc:
                 await self.close()
                 raise StoreUnavailable(f"node state: {type(exc).__name__}") from None
+            except asyncio.CancelledError:  # an answer may still be on its way: never read it as the next one's
+                if self._stream is not None:
+                    self._stream[1].close()
+                    self._stream = None
+                raise
 
     async def _exchange(self, line: bytes) -> Any:
         if self._stream is None:

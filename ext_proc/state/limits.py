@@ -168,21 +168,30 @@ class Keeper:
             return self._unavailable(exc, claims, leases, fail_open)
         if inspect.isawaitable(answer):
             growing = asyncio.ensure_future(self._in_turn(answer))
-            for i in short:
-                self._growing[claims[i].counter] = growing
+            counters = [claims[i].counter for i in short]
+            for counter in counters:
+                self._growing[counter] = growing
+            growing.add_done_callback(lambda done: self._grown(done, counters, [leases[i] for i in short]))
             return self._admit_later(claims, leases, short, growing, fail_open)
         return self._granted(claims, leases, short, answer)
+
+    def _grown(self, growing: asyncio.Future[list[Grant]], counters: list[str], leases: list[Lease]) -> None:
+        """A store exchange growing leases ended: its leases take the store's answer, whether or
+        not the request that asked still waits for it (a client that left cancels only its own wait)."""
+        for counter in counters:
+            if self._growing.get(counter) is growing:
+                del self._growing[counter]
+        if not growing.cancelled() and growing.exception() is None:  # a failure is each waiter's to handle
+            self._apply(leases, growing.result())
 
     async def _admit_later(self, claims: tuple[Claim, ...], leases: list[Lease], short: list[int],
                            growing: asyncio.Future[list[Grant]], fail_open: bool) -> Admission:
         try:
-            grants = await growing
+            # Shielded: the exchange is shared by every request waiting on these leases, and a
+            # cancelled exchange would leave the store's answer unread on its connection.
+            grants = await asyncio.shield(growing)
         except StoreUnavailable as exc:
             return self._unavailable(exc, claims, leases, fail_open)
-        finally:
-            for i in short:
-                if self._growing.get(claims[i].counter) is growing:
-                    del self._growing[claims[i].counter]
         return self._granted(claims, leases, short, grants)
 
     async def _after(self, pending: list[asyncio.Future[list[Grant]]], claims: tuple[Claim, ...],
@@ -199,15 +208,18 @@ class Keeper:
         async with self._turn:
             return await answer
 
-    def _granted(self, claims: tuple[Claim, ...], leases: list[Lease], short: list[int],
-                 grants: list[Grant]) -> Admission:
+    def _apply(self, leases: list[Lease], grants: list[Grant]) -> None:
+        """The store's answer to a grow, lease by lease (the same answer applied twice is the same)."""
         self._recovered()
         fresh = self.clock() + self.ttl * 0.8
-        for index, grant in zip(short, grants, strict=True):
-            lease = leases[index]
+        for lease, grant in zip(leases, grants, strict=True):
             lease.held = grant.mine  # the store's view of this worker's lease is the truth
             lease.fresh_until = fresh
             lease.spent, lease.others = grant.spent, max(0, grant.held - lease.held)
+
+    def _granted(self, claims: tuple[Claim, ...], leases: list[Lease], short: list[int],
+                 grants: list[Grant]) -> Admission:
+        self._apply([leases[i] for i in short], grants)
         for index, (claim, lease) in enumerate(zip(claims, leases, strict=True)):
             if claim.enforced and lease.free < claim.amount:
                 return Admission(False, refused=index, remaining=tuple(lease.remaining() for lease in leases))
