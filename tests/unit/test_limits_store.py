@@ -141,6 +141,38 @@ def test_without_the_store_the_policy_decides() -> None:
     assert all(a.degraded for a in admitted)  # type: ignore[union-attr]
 
 
+def test_a_request_that_leaves_while_its_lease_grows_does_not_cancel_the_exchange_others_wait_on() -> None:
+    """The client of the request that asked left (its stream was reset): the exchange with the
+    store goes on, the other requests waiting on it are admitted, and the lease takes the answer."""
+    memory = MemoryBackend(Clock())
+    exchanges: list[asyncio.Future[list[Grant]]] = []
+
+    class Slow:
+        def grow(self, *args: object) -> asyncio.Future[list[Grant]]:
+            answer = asyncio.get_running_loop().create_future()
+            exchanges.append(answer)
+            answer.set_result(memory.grow(*args))  # type: ignore[arg-type]
+            return asyncio.ensure_future(asyncio.sleep(0.01, answer.result()))  # type: ignore[return-value]
+
+        def report(self, *args: object) -> list[Grant]:
+            return memory.report(*args)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        keeper = Keeper(Slow(), clock=Clock())  # type: ignore[arg-type]
+        c = claim(amount=10, capacity=100)
+        leaving = asyncio.ensure_future(keeper.admit((c,)))  # type: ignore[arg-type]
+        staying = keeper.admit((c,))  # waits on the same exchange
+        await asyncio.sleep(0)
+        leaving.cancel()
+        admission = await staying  # type: ignore[misc]
+        assert admission.admitted and not admission.degraded
+        assert len(exchanges) == 1 and keeper.degraded_since is None
+        assert keeper.leases[c.counter].held == memory.totals(c.counter)[1] > 0  # the store's answer, applied
+        assert keeper.admit((c,)).admitted  # type: ignore[union-attr]  # within the lease now: no round trip
+
+    asyncio.run(scenario())
+
+
 def test_a_lease_not_refreshed_within_its_ttl_is_not_used() -> None:
     """The store drops a holder it has not heard from: its lease cannot be trusted after that."""
     clock = Clock()
