@@ -155,6 +155,13 @@ class Session:
             return None  # the client left while the question was out
         raise ProtocolError(f"unexpected {type(event).__name__} in phase {phase.value}")
 
+    def refuse(self, error: ClientError, at: int) -> Respond:
+        """Refuse the request before its body was read whole (the server stopped reading it: too
+        long); answered here in the client's format, recorded as rejected."""
+        if self.phase is not Phase.REQUEST_BODY:
+            raise ProtocolError(f"a request body refused in phase {self.phase.value}")
+        return self._reject(error, at)
+
     # -- request ----------------------------------------------------------------------------
 
     def _request_headers(self, event: RequestHeaders) -> Action | Ask:

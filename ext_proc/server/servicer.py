@@ -15,6 +15,11 @@ goes out through the stream's :class:`~ext_proc.server.h2.Responder`. Envoy send
 on the stream until it has that reply; if the stream is reset meanwhile (the client left), the
 session records the request as incomplete and the late answer is dropped.
 
+When Envoy sends bodies right behind their headers (its first message says so), a
+:class:`~ext_proc.server.coalesce.Coalescer` sits between the messages and the session: the
+session still sees the headers and then the whole body, and the headers' answer waits for the
+body's so that both go out in one write.
+
 Two transports carry it: :class:`ExtProcCall` for Tollway's own HTTP/2 server
 (:mod:`ext_proc.server.h2`, the default) and :class:`Processor` for ``grpcio``'s asyncio server.
 """
@@ -39,9 +44,11 @@ from ext_proc.core.events import Answered, Event, StreamClosed
 from ext_proc.core.meter import Accountant
 from ext_proc.core.session import Phase, Session
 from ext_proc.guardrails.queries import Classify
+from ext_proc.llm.errors import ClientError
 from ext_proc.llm.runtime import SYSTEM, Runtime
-from ext_proc.server import codec
+from ext_proc.server import coalesce, codec
 from ext_proc.server.classifier import Classifier
+from ext_proc.server.coalesce import Coalescer
 from ext_proc.server.credentials import CredentialStore
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.reload import PolicyHolder
@@ -142,7 +149,7 @@ class Responder(Protocol):
 class ExtProcCall:
     """One ext_proc stream on :mod:`ext_proc.server.h2`: serialized messages in and out."""
 
-    __slots__ = ("_ended", "_queue", "_task", "_waiting", "responder", "service", "session")
+    __slots__ = ("_ended", "_merge", "_queue", "_task", "_timer", "_waiting", "responder", "service", "session")
 
     def __init__(
         self, service: Service, upstream: bool = False, responder: Responder | None = None, peer: str | None = None
@@ -154,13 +161,18 @@ class ExtProcCall:
         self._queue: list[bytes] = []  # messages that arrived while waiting (Envoy sends none)
         self._ended = False  # the client half-closed while waiting
         self._task: asyncio.Future[object] | None = None
+        self._merge: Coalescer | None = None  # Envoy sends bodies behind their headers (see coalesce)
+        self._timer: asyncio.TimerHandle | None = None  # extends a held headers answer's timer
 
     def message(self, data: bytes) -> list[bytes]:
         if self._waiting is not None:
             self._queue.append(data)
             return []
-        kind, event = codec.decode(pb.ProcessingRequest.FromString(data), time.monotonic_ns())
+        request = pb.ProcessingRequest.FromString(data)
+        kind, event = codec.decode(request, time.monotonic_ns())
         session = self.session
+        if self._merge is not None or (isinstance(session, Session) and coalesce.wanted(request)):
+            return self._coalesced(kind, event)
         result = session.handle(event)
         if type(result) is Ask:
             return self._handle(kind, event, result)
@@ -168,6 +180,45 @@ class ExtProcCall:
         if session.effects:
             _run_effects(session, self.service)
         return [reply]
+
+    def _coalesced(self, kind: str, event: Event) -> list[bytes]:
+        merge = self._merge
+        if merge is None:
+            merge = self._merge = Coalescer()
+        try:
+            whole = merge.incoming(kind, event)
+        except ClientError as error:  # a request body longer than Tollway reads
+            return self._reply(kind, self.session.refuse(error, event.at))  # type: ignore[union-attr]
+        early = merge.early()
+        if whole is None:
+            return early
+        return early + self._handle(kind, whole) if early else self._handle(kind, whole)
+
+    def _reply(self, kind: str, action: Action) -> list[bytes]:
+        """The replies carrying ``action`` (none while a coalesced body is held); then the effects."""
+        credentials = self.service.credentials.headers
+        merge = self._merge
+        if merge is None:
+            replies = [codec.encode_bytes(kind, action, credentials)]
+        else:
+            replies = merge.outgoing(kind, action, credentials)
+            if merge.holding:
+                if self._timer is None and self.responder is not None:
+                    self._timer = asyncio.get_running_loop().call_later(coalesce.EXTEND_AFTER, self._extend)
+            elif self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if self.session.effects:
+            _run_effects(self.session, self.service)
+        return replies
+
+    def _extend(self) -> None:
+        """A body still held after :data:`coalesce.EXTEND_AFTER`: extend its headers' timer."""
+        self._timer = None
+        responder = self.responder
+        if self._merge is not None and responder is not None and responder.open:
+            for reply in self._merge.extension():
+                responder.send(reply)
 
     def _handle(self, kind: str, event: Event, result: Action | Ask | None = None) -> list[bytes]:
         """Handle ``event`` (unless ``result`` is its outcome already), asking the store until the session
@@ -183,10 +234,7 @@ class ExtProcCall:
             result = session.handle(Answered(answer, time.monotonic_ns()))
         if result is None:  # an answer that came after the stream closed
             return []
-        reply = codec.encode_bytes(kind, result, self.service.credentials.headers)  # type: ignore[arg-type]
-        if session.effects:
-            _run_effects(session, self.service)
-        return [reply]
+        return self._reply(kind, result)  # type: ignore[arg-type]
 
     def _wait(self, kind: str, answer: Awaitable[object]) -> None:
         if self.responder is None:
@@ -229,6 +277,9 @@ class ExtProcCall:
         session = self.session
         if self._task is not None:
             self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not _closed(session):
             session.handle(StreamClosed(time.monotonic_ns()))
             _run_effects(session, self.service)
@@ -268,9 +319,25 @@ class Processor:
         credentials = self.service.credentials.headers
         clock = time.monotonic_ns
         decode, encode, handle = codec.decode, codec.encode, session.handle
+        merge: Coalescer | None = None
         try:
             async for request in requests:
                 kind, event = decode(request, clock())
+                if merge is None and isinstance(session, Session) and coalesce.wanted(request):
+                    merge = Coalescer()
+                if merge is not None:
+                    try:
+                        whole = merge.incoming(kind, event)
+                    except ClientError as error:  # a request body longer than Tollway reads
+                        for reply in merge.outgoing(kind, session.refuse(error, event.at), credentials):  # type: ignore[union-attr]
+                            yield pb.ProcessingResponse.FromString(reply)
+                        _run_effects(session, self.service)
+                        continue
+                    for early in merge.early():
+                        yield pb.ProcessingResponse.FromString(early)
+                    if whole is None:
+                        continue
+                    event = whole
                 action = handle(event)
                 while isinstance(action, Ask):
                     answer = self.service.ask(action.query)
@@ -281,9 +348,15 @@ class Processor:
                             answer = exc
                     action = handle(Answered(answer, clock()))
                 assert action is not None
+                if merge is not None:
+                    replies = merge.outgoing(kind, action, credentials)
                 if session.effects:  # before yielding: Envoy may close the stream right after an answer
                     _run_effects(session, self.service)
-                yield encode(kind, action, credentials)
+                if merge is None:
+                    yield encode(kind, action, credentials)
+                    continue
+                for reply in replies:
+                    yield pb.ProcessingResponse.FromString(reply)
         except Exception:
             log.exception("ext_proc stream failed (request_id=%s)", session.request_id)
             import grpc

@@ -4,6 +4,7 @@ client's format, and the service keeps serving."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -71,7 +72,8 @@ def test_a_body_over_the_limit_is_a_413_in_the_clients_format(env: Providers) ->
                         headers={"content-type": "application/json"})
     assert answer.status_code == 413
     error = answer.json()["error"]
-    assert "Payload Too Large" in error["message"]
+    # Tollway reads at most 64 MiB of a body (Envoy streams it; see ext_proc/server/coalesce.py).
+    assert error["code"] == "request_too_large" and "64 MiB" in error["message"]
     assert served(env)
 
 
@@ -121,3 +123,22 @@ def test_wrong_content_type_and_invalid_json_are_refused_in_the_clients_format(e
     answer = httpx.post(env.base_url + "/v1/chat/completions", content=b'{"model": "m", "model": "n"}',
                         headers={"content-type": "application/json"})
     assert answer.status_code == 400 and "twice" in answer.json()["error"]["message"]
+
+
+def test_a_slow_upload_outlasts_envoys_message_timeout(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Envoy sends the body behind its headers and Tollway answers the headers once the body is
+    whole (ext_proc/server/coalesce.py): a body still arriving after Envoy's message timeout gets
+    that timer extended, so a slow client is served, not cut off with a 504."""
+    stack = Providers.stack(tmp_path_factory.mktemp("slow-upload"), POLICY, {"B_OPENAI_KEY": OPENAI_KEY},
+                            workload="local-dev", message_timeout="1s")
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": HI})
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode()
+    with stack, socket.create_connection(("127.0.0.1", stack.listen_port), timeout=10) as sock:
+        sock.sendall(head + body[:20])
+        time.sleep(1.6)  # past the 1 s message timeout
+        sock.sendall(body[20:])
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+    assert data.split(b" ", 2)[1] == b"200", data[:300]

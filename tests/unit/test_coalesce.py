@@ -1,0 +1,205 @@
+"""Bodies sent behind their headers (``send_body_without_waiting_for_header_response``): the
+headers' answer waits for the body's and both go out together (ext_proc/server/coalesce.py).
+
+The servicer is driven with the messages Envoy sends in that mode: ``protocol_config`` on the
+first, and an HTTP/1 body as its data then an empty last chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from ext_proc.server import coalesce
+from ext_proc.server.records import RecordWriter
+from ext_proc.server.servicer import ExtProcCall, Processor, Service
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+ANSWER = {"id": "x", "object": "chat.completion", "model": "gpt-4o-mini", "choices": [],
+          "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+STREAMED = processing_mode_pb2.ProcessingMode.STREAMED
+COALESCING = pb.ProtocolConfiguration(request_body_mode=STREAMED, response_body_mode=STREAMED,
+                                      send_body_without_waiting_for_header_response=True)
+
+
+def _headers(pairs: list[tuple[str, str]], end: bool = False) -> pb.HttpHeaders:
+    return pb.HttpHeaders(headers=base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]), end_of_stream=end)
+
+
+def request_head(config: pb.ProtocolConfiguration | None = COALESCING, **extra: str) -> bytes:
+    pairs = [(":method", "POST"), (":path", CHAT), ("content-type", "application/json"), ("x-request-id", "r-1"),
+             *extra.items()]
+    message = pb.ProcessingRequest(request_headers=_headers(pairs))
+    if config is not None:
+        message.protocol_config.CopyFrom(config)
+    return message.SerializeToString()
+
+
+def chunk(kind: str, body: bytes, end: bool = False) -> bytes:
+    return pb.ProcessingRequest(**{kind: pb.HttpBody(body=body, end_of_stream=end)}).SerializeToString()
+
+
+def response_head(content_type: str = "application/json") -> bytes:
+    return pb.ProcessingRequest(response_headers=_headers([(":status", "200"), ("content-type", content_type)])
+                                ).SerializeToString()
+
+
+def parsed(replies: list[bytes]) -> list[pb.ProcessingResponse]:
+    return [pb.ProcessingResponse.FromString(reply) for reply in replies]
+
+
+def sets(reply: pb.ProcessingResponse, kind: str) -> dict[str, str]:
+    common = getattr(reply, kind).response
+    return {o.header.key: o.header.raw_value.decode() for o in common.header_mutation.set_headers}
+
+
+@pytest.fixture
+def call(tmp_path: Path) -> ExtProcCall:
+    return ExtProcCall(Service(RecordWriter(str(tmp_path / "requests.jsonl"), immediate=True)))
+
+
+def test_the_headers_answer_waits_for_the_body_and_carries_its_header_changes(call: ExtProcCall) -> None:
+    assert call.message(request_head()) == []  # held: the route comes from the body
+    assert call.message(chunk("request_body", orjson.dumps(BODY))) == []
+    head, data, last = parsed(call.message(chunk("request_body", b"", end=True)))
+    assert head.WhichOneof("response") == "request_headers"
+    assert head.request_headers.response.clear_route_cache  # the body's routing, on the headers' answer
+    assert "x-tollway-cluster" in sets(head, "request_headers")
+    # One answer per chunk Envoy sent, in order, none changing the body (the session kept it).
+    for reply in (data, last):
+        assert reply.WhichOneof("response") == "request_body"
+        assert not reply.request_body.response.HasField("body_mutation")
+    # The answer: headers held again, then everything at once with the usage headers on the head.
+    assert call.message(response_head()) == []
+    assert call.message(chunk("response_body", orjson.dumps(ANSWER))) == []
+    head, data, last = parsed(call.message(chunk("response_body", b"", end=True)))
+    told = sets(head, "response_headers")
+    assert told["x-tollway-input-tokens"] == "3" and told["x-tollway-output-tokens"] == "2"
+    assert [r.WhichOneof("response") for r in (data, last)] == ["response_body", "response_body"]
+
+
+def test_a_replaced_body_goes_out_with_the_last_chunk_and_its_length_with_the_head(call: ExtProcCall) -> None:
+    gzipped = __import__("gzip").compress(orjson.dumps(BODY))  # the session sends it on decompressed
+    call.message(request_head(**{"content-encoding": "gzip"}))
+    half = len(gzipped) // 2
+    assert call.message(chunk("request_body", gzipped[:half])) == []
+    head, first, last = parsed(call.message(chunk("request_body", gzipped[half:], end=True)))
+    assert first.request_body.response.body_mutation.body == b""  # the first chunk's bytes are dropped
+    body = last.request_body.response.body_mutation.body
+    assert orjson.loads(body)["model"] == "gpt-4o-mini"
+    assert sets(head, "request_headers")["content-length"] == str(len(body))
+    assert "content-encoding" in head.request_headers.response.header_mutation.remove_headers
+
+
+def test_a_refusal_at_the_headers_goes_out_at_once_and_the_body_behind_it_is_dropped(tmp_path: Path) -> None:
+    from tests.unit.test_attempt import service  # a policy: a request without a key is refused
+
+    call = ExtProcCall(service(tmp_path))
+    (refused,) = parsed(call.message(request_head()))
+    assert refused.immediate_response.status.code == 401
+    assert call.message(chunk("request_body", orjson.dumps(BODY))) == []
+    assert call.message(chunk("request_body", b"", end=True)) == []
+
+
+def test_a_body_past_the_limit_is_a_413_in_the_clients_format(call: ExtProcCall,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coalesce, "MAX_BODY", 10)
+    call.message(request_head())
+    (refused,) = parsed(call.message(chunk("request_body", b"x" * 11)))
+    assert refused.immediate_response.status.code == 413
+    error = orjson.loads(refused.immediate_response.body)["error"]
+    assert error["code"] == "request_too_large"
+    assert call.message(chunk("request_body", b"", end=True)) == []  # nothing more is read
+    assert call.session.outcome == "rejected"
+
+
+def test_an_answer_past_the_limit_fails_the_stream(call: ExtProcCall, monkeypatch: pytest.MonkeyPatch) -> None:
+    call.message(request_head())
+    call.message(chunk("request_body", orjson.dumps(BODY), end=True))
+    call.message(response_head())
+    monkeypatch.setattr(coalesce, "MAX_BODY", 10)
+    with pytest.raises(coalesce.AnswerTooLarge):
+        call.message(chunk("response_body", b"x" * 11))
+
+
+def test_a_streamed_answer_is_answered_chunk_by_chunk(call: ExtProcCall) -> None:
+    stream = dict(BODY, stream=True)
+    call.message(request_head())
+    assert len(call.message(chunk("request_body", orjson.dumps(stream), end=True))) == 2
+    (head,) = parsed(call.message(response_head("text/event-stream")))
+    assert head.WhichOneof("response") == "response_headers"  # not held: the client reads as it comes
+    event = b'data: {"id":"x","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[]}\n\n'
+    (answer,) = parsed(call.message(chunk("response_body", event)))
+    assert answer.WhichOneof("response") == "response_body"
+
+
+def test_a_body_still_held_after_a_while_extends_the_headers_timer_once(call: ExtProcCall,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coalesce, "_EXTEND_AFTER_NS", 0)
+    body = orjson.dumps(BODY)
+    call.message(request_head())
+    (extension,) = parsed(call.message(chunk("request_body", body[:10])))
+    assert extension.override_message_timeout.seconds == coalesce.EXTENDED
+    assert extension.WhichOneof("response") is None  # only the timer: the headers' answer is still due
+    assert call.message(chunk("request_body", body[10:20])) == []  # once
+    replies = parsed(call.message(chunk("request_body", body[20:], end=True)))
+    assert [r.WhichOneof("response") for r in replies] == ["request_headers"] + ["request_body"] * 3
+
+
+def test_the_h2_server_extends_the_timer_from_a_timer(call: ExtProcCall, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coalesce, "EXTEND_AFTER", 0.01)
+    sent: list[bytes] = []
+
+    class Responder:
+        open = True
+
+        def send(self, message: bytes) -> None:
+            sent.append(message)
+
+        def finish(self, status: int = 0, message: str = "") -> None:
+            pass
+
+    async def held_a_while() -> None:
+        call.responder = Responder()
+        call.message(request_head())
+        call.message(chunk("request_body", orjson.dumps(BODY)))  # the last chunk does not come yet
+        await asyncio.sleep(0.05)
+
+    asyncio.run(held_a_while())
+    (extension,) = parsed(sent)
+    assert extension.override_message_timeout.seconds == coalesce.EXTENDED
+
+
+def test_without_the_protocol_config_every_message_is_answered_on_its_own(call: ExtProcCall) -> None:
+    (head,) = parsed(call.message(request_head(config=None)))
+    assert head.WhichOneof("response") == "request_headers"
+    (body,) = parsed(call.message(chunk("request_body", orjson.dumps(BODY), end=True)))
+    assert "x-tollway-cluster" in sets(body, "request_body")
+
+
+def test_grpcio_serves_the_same_answers(tmp_path: Path) -> None:
+    processor = Processor(Service(RecordWriter(str(tmp_path / "requests.jsonl"), immediate=True)))
+    messages = [request_head(), chunk("request_body", orjson.dumps(BODY)), chunk("request_body", b"", end=True)]
+
+    class Context:
+        def invocation_metadata(self) -> tuple[()]:
+            return ()
+
+    async def run() -> list[Any]:
+        async def requests() -> Any:
+            for data in messages:
+                yield pb.ProcessingRequest.FromString(data)
+        return [reply async for reply in processor.process(requests(), Context())]  # type: ignore[arg-type]
+
+    replies = asyncio.run(run())
+    assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body", "request_body"]
+    assert "x-tollway-cluster" in sets(replies[0], "request_headers")
