@@ -155,8 +155,9 @@ def _merge(into: dict[str, Any], value: dict[str, Any]) -> None:
 
 
 def apply_envoy_filter(config: dict[str, Any], envoy_filter: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with the filter's patches applied (CLUSTER ADD, HTTP_FILTER INSERT_BEFORE,
-    VIRTUAL_HOST MERGE, HTTP_ROUTE INSERT_FIRST; listeners matched by name ``0.0.0.0_PORT``)."""
+    """``config`` with the filter's patches applied (CLUSTER ADD, LISTENER MERGE, HTTP_FILTER
+    INSERT_BEFORE, VIRTUAL_HOST MERGE, HTTP_ROUTE INSERT_FIRST; listeners matched by name
+    ``0.0.0.0_PORT``)."""
     config = copy.deepcopy(config)
     resources = config["static_resources"]
     for patch in envoy_filter["spec"]["configPatches"]:
@@ -166,6 +167,12 @@ def apply_envoy_filter(config: dict[str, Any], envoy_filter: dict[str, Any]) -> 
         if target == "CLUSTER":
             assert change["operation"] == "ADD"
             resources["clusters"].append(copy.deepcopy(value))
+            continue
+        if target == "LISTENER":
+            assert change["operation"] == "MERGE"
+            for listener in resources["listeners"]:
+                if listener["name"] == f"0.0.0.0_{match['listener']['portNumber']}":
+                    _merge(listener, value)
             continue
         if target == "HTTP_FILTER":
             port = match["listener"]["portNumber"]

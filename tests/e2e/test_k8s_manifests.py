@@ -20,6 +20,7 @@ import yaml
 from ext_proc.envoy_config import TEMPLATE
 from ext_proc.k8s import inject, sidecar
 from ext_proc.policy.compile import compile_policy
+from ext_proc.server.coalesce import MAX_BODY
 from ext_proc.stack import ROOT, envoy_binary
 from tests.e2e.k8s_checks import apply_envoy_filter, kustomize, sidecar_like, validate
 
@@ -175,4 +176,6 @@ def test_the_envoy_filter_patches_validate_on_a_sidecar(rendered: dict[str, Any]
     vhosts = {v["name"]: v for v in hcm["route_config"]["virtual_hosts"]}
     assert "typed_per_filter_config" in vhosts["api.openai.com:80"]
     assert "typed_per_filter_config" not in vhosts["other.example:80"]
+    # A body streams to Tollway, held whole before the answer: the listener buffers as much as Tollway reads.
+    assert patched["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] == MAX_BODY
     envoy_validate(patched, tmp_path)
