@@ -223,6 +223,11 @@ class Responder(Protocol):
         """Who is at the other end of the connection, as the server's ``peer_identity`` named it (e.g. the
         SPIFFE ID of a mutual-TLS client's certificate); None when unknown."""
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop serving the connection (for a call's timers; ``asyncio.get_running_loop``
+        costs a ``getpid`` system call each time); None before the connection is made."""
+
 
 class Call(Protocol):
     """One gRPC call (an HTTP/2 stream): request messages in, response messages out."""
@@ -293,6 +298,10 @@ class _Stream:
     @property
     def peer(self) -> str | None:
         return self.conn.peer
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self.conn.loop
 
 
 def _reset(call: Call) -> None:

@@ -49,6 +49,7 @@ log = logging.getLogger("tollway.records")
 MAX_PENDING = 100_000
 MAX_BACKLOG = 16 * 1024 * 1024  # bytes of records kept in memory while the log cannot be written
 RETRY = 0.5  # seconds between write attempts while it cannot
+POSITION_AGE = 0.25  # seconds a noted log position is reused (see RecordWriter.position)
 
 
 class RecordWriter:
@@ -77,6 +78,8 @@ class RecordWriter:
         self._ledger = ledger
         self._pending: list[dict[str, Any]] = []
         self._owns_fd = path is not None
+        self._position: tuple[int, int] | None = None  # the log's (inode, size) lately seen
+        self._position_until = 0.0
         self._fd: int | None = None if path else sys.stdout.fileno()
         self._max_bytes = max_bytes
         self._keep = keep
@@ -131,14 +134,22 @@ class RecordWriter:
             self.journal.started(record)
 
     def position(self) -> tuple[int, int] | None:
-        """(inode, size) of the log file this writer appends to (None: none open)."""
+        """(inode, size) of the log file this writer appends to (None: none open), as seen at most
+        :data:`POSITION_AGE` seconds ago. The journal notes it with each request going upstream, and
+        recovery reads the log from the earliest noted position on: a position from a little
+        earlier only makes it read a little more (the log only grows, and a rotated file stays
+        behind the new one), while an ``fstat`` per request is a system call on the hot path."""
         if self._fd is None or not self._owns_fd:
             return None
+        now = time.monotonic()
+        if self._position is not None and now < self._position_until:
+            return self._position
         try:
             stat = os.fstat(self._fd)
         except OSError:
             return None
-        return stat.st_ino, stat.st_size
+        self._position, self._position_until = (stat.st_ino, stat.st_size), now + POSITION_AGE
+        return self._position
 
     def flush(self) -> None:
         """Follow a rotation, write what waits, rotate a full file; on failure keep the records

@@ -145,6 +145,9 @@ class Responder(Protocol):
     @property
     def open(self) -> bool: ...
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
+
 
 class ExtProcCall:
     """One ext_proc stream on :mod:`ext_proc.server.h2`: serialized messages in and out."""
@@ -203,8 +206,8 @@ class ExtProcCall:
         else:
             replies = merge.outgoing(kind, action, credentials)
             if merge.holding:
-                if self._timer is None and self.responder is not None:
-                    self._timer = asyncio.get_running_loop().call_later(coalesce.EXTEND_AFTER, self._extend)
+                if self._timer is None and self.responder is not None and (loop := self.responder.loop) is not None:
+                    self._timer = loop.call_later(coalesce.EXTEND_AFTER, self._extend)
             elif self._timer is not None:
                 self._timer.cancel()
                 self._timer = None

@@ -139,6 +139,7 @@ class Responder:
         self.sent: list[bytes] = []
         self.finished: list[tuple[int, str]] = []
         self.open = True
+        self.loop: asyncio.AbstractEventLoop | None = None  # no timers: these streams answer message by message
 
     def send(self, message: bytes) -> None:
         assert self.open

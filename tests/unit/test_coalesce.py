@@ -161,6 +161,7 @@ def test_the_h2_server_extends_the_timer_from_a_timer(call: ExtProcCall, monkeyp
 
     class Responder:
         open = True
+        loop: asyncio.AbstractEventLoop | None = None
 
         def send(self, message: bytes) -> None:
             sent.append(message)
@@ -169,7 +170,9 @@ def test_the_h2_server_extends_the_timer_from_a_timer(call: ExtProcCall, monkeyp
             pass
 
     async def held_a_while() -> None:
-        call.responder = Responder()
+        responder = Responder()
+        responder.loop = asyncio.get_running_loop()
+        call.responder = responder
         call.message(request_head())
         call.message(chunk("request_body", orjson.dumps(BODY)))  # the last chunk does not come yet
         await asyncio.sleep(0.05)

@@ -134,6 +134,20 @@ def test_the_note_is_in_the_journal_before_envoy_has_the_answer_and_closed_by_th
     assert orjson.loads(Path(writer.journal.path).read_bytes().splitlines()[-1]) == {"done": ["r-9"]}
 
 
+def test_the_noted_position_is_reused_briefly_and_never_past_the_log(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recovery reads the log from the earliest noted position: one from a moment ago only makes it
+    read more, so the writer spares an fstat per request."""
+    path = str(tmp_path / "requests.jsonl")
+    writer = RecordWriter(path, immediate=True)
+    first = writer.position()
+    assert first == (os.stat(path).st_ino, 0)
+    writer.emit(record("r-1", "ok"))
+    assert writer.position() == first  # reused: the log has grown past it, never the other way
+    monkeypatch.setattr(writer, "_position_until", 0.0)  # POSITION_AGE later
+    assert writer.position() == (os.stat(path).st_ino, os.path.getsize(path))
+
+
 # -- recovery -----------------------------------------------------------------------------------
 
 
