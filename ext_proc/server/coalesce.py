@@ -11,6 +11,9 @@ headers' answer carries the header changes of both (routing, the provider's key,
 answer's content type and length, usage headers, a refused answer's status) and each body chunk
 gets its answer, the last one carrying the new body when the session replaced it.
 
+Envoy sends a streamed body on without its ``content-length`` (its rule for ``STREAMED``, whatever
+the answer sets): over HTTP/1.1 the provider gets the request, and the client the answer, chunked.
+
 Envoy says which modes it runs in the first message of each stream (``protocol_config``), so
 a configuration with buffered bodies (or an older Envoy) is served as before, message by message.
 A response the session streams (server-sent events) is answered chunk by chunk as soon as its

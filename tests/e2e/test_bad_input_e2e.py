@@ -142,3 +142,17 @@ def test_a_slow_upload_outlasts_envoys_message_timeout(tmp_path_factory: pytest.
         while b"\r\n\r\n" not in data:
             data += sock.recv(65536)
     assert data.split(b" ", 2)[1] == b"200", data[:300]
+
+
+def test_large_bodies_each_way_arrive_whole(env: Providers) -> None:
+    """Envoy streams a body to Tollway in many chunks; Tollway holds them until the body is whole
+    and answers once: a 6 MiB prompt reaches the provider intact and a long answer the client."""
+    text = "lorem ipsum dolor sit amet " * (6 * 1024 * 1024 // 27)
+    answer = httpx.post(env.base_url + "/v1/chat/completions", timeout=60,
+                        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]},
+                        headers={"content-type": "application/json", "x-mock-chunks": "200000"})
+    assert answer.status_code == 200, answer.text[:300]
+    body = answer.json()
+    assert len(body["choices"][0]["message"]["content"]) > 1_000_000  # the long answer, whole
+    (seen,) = env.provider_saw(answer.headers["x-tollway-request-id"])
+    assert orjson.loads(seen["body"])["messages"][0]["content"] == text
