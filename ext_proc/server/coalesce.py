@@ -55,7 +55,9 @@ EXTEND_AFTER = 0.5  # seconds a body may be held before the headers' timer is ex
 _EXTEND_AFTER_NS = int(EXTEND_AFTER * 1e9)
 _EXTEND = pb.ProcessingResponse(override_message_timeout=duration_pb2.Duration(seconds=EXTENDED)).SerializeToString()
 _STREAMED = processing_mode_pb2.ProcessingMode.STREAMED
-_NO_BODY = Continue(body=b"")
+_BODY_KINDS = ("request_body", "response_body")
+_EMPTY = {kind: codec.encode_bytes(kind, CONTINUE) for kind in _BODY_KINDS}  # a chunk let through as it is
+_NO_BODY_BYTES = {kind: codec.encode_bytes(kind, Continue(body=b"")) for kind in _BODY_KINDS}  # a chunk dropped
 
 TOO_LARGE = ClientError(413, "request_too_large",
                         f"The request body is larger than the gateway reads ({MAX_BODY // (1024 * 1024)} MiB).")
@@ -150,7 +152,9 @@ class Coalescer:
 
     def early(self) -> list[bytes]:
         """Answers to send now, before the session's next one (the headers' timer extended)."""
-        out, self._early = self._early, []
+        out = self._early
+        if out:
+            self._early = []
         return out
 
     def outgoing(self, kind: str, action: Action, credentials: codec.Credentials | None) -> list[bytes]:
@@ -172,9 +176,9 @@ class Coalescer:
         replies = [codec.encode_bytes(held.kind, _merged(held.answer, action), credentials)]
         chunks = len(held.parts)
         if action.body is None:
-            replies += [codec.encode_bytes(kind, CONTINUE)] * chunks
+            replies += [_EMPTY[kind]] * chunks
         else:
-            replies += [codec.encode_bytes(kind, _NO_BODY)] * (chunks - 1)
+            replies += [_NO_BODY_BYTES[kind]] * (chunks - 1)
             replies.append(codec.encode_bytes(kind, Continue(body=action.body)))
         return replies
 
@@ -183,8 +187,10 @@ def _merged(head: Continue, body: Continue) -> Continue:
     """The headers' answer carrying the body answer's header changes too (the body's sets win)."""
     if not (body.set_headers or body.remove_headers or body.clear_route_cache or body.credential or body.metadata):
         return head
-    set_names = {name for name, _ in body.set_headers}
-    removals = tuple(name for name in head.remove_headers if name not in set_names) + body.remove_headers
+    removals = body.remove_headers
+    if head.remove_headers:
+        set_names = {name for name, _ in body.set_headers}
+        removals = tuple(name for name in head.remove_headers if name not in set_names) + removals
     return Continue(set_headers=head.set_headers + body.set_headers, remove_headers=removals,
                     clear_route_cache=head.clear_route_cache or body.clear_route_cache,
                     credential=body.credential or head.credential, metadata=head.metadata + body.metadata)
