@@ -217,6 +217,8 @@ def main() -> int:
     parser.add_argument("--json", default=str(ROOT / ".tollway" / "bench.json"), help="where to write results")
     parser.add_argument("--policy", default=str(POLICY),
                         help="the gateway's policy (default: the example, everything on)")
+    parser.add_argument("--bodies", choices=("together", "buffered"), default="together",
+                        help="how Envoy sends bodies to Tollway (tollway envoy --bodies; default: together)")
     parser.add_argument("--traced", action="store_true", help="also run the gateway with tracing on")
     parser.add_argument("--trace-ratio", default="0.05", help="--trace-sample-ratio of the traced gateway")
     args = parser.parse_args()
@@ -226,7 +228,8 @@ def main() -> int:
     mocked, _ = mock_plan(policy, {})
     plain = Stack(work / "plain", ext_proc_enabled=False, envoy_concurrency=args.envoy_concurrency, mocked=mocked)
     gateway = Stack(work / "gateway", mock=False, mock_port=plain.mock_port, workers=args.workers,
-                    envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=policy)
+                    envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=policy,
+                    buffered_bodies=args.bodies == "buffered")
     results = []
     busy: list[float] = []  # each worker's share of the gateway's CPU in the chat case at 16 connections
     traced = contextlib.nullcontext()
@@ -270,7 +273,7 @@ def main() -> int:
 
     print()
     print(f"Tollway benchmark — {os.cpu_count()} cores, {args.seconds:.0f} s per run, "
-          f"Envoy concurrency {args.envoy_concurrency}, Tollway workers {args.workers}")
+          f"Envoy concurrency {args.envoy_concurrency}, Tollway workers {args.workers}, bodies {args.bodies}")
     header = (f"{'case':12} {'conns':>5} {'target':8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'+p50 ms':>8} {'+p99 ms':>8} {'envoy µs':>9} {'tollway µs':>10} {'mock µs':>8} {'errors':>6}")
     print(header)

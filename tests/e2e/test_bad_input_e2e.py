@@ -156,3 +156,25 @@ def test_large_bodies_each_way_arrive_whole(env: Providers) -> None:
     assert len(body["choices"][0]["message"]["content"]) > 1_000_000  # the long answer, whole
     (seen,) = env.provider_saw(answer.headers["x-tollway-request-id"])
     assert orjson.loads(seen["body"])["messages"][0]["content"] == text
+
+
+def test_an_envoy_with_buffered_bodies_is_answered_message_by_message(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`tollway envoy --bodies buffered`: Envoy buffers each body and waits for each answer; Tollway
+    reads that from Envoy's first message and answers each message on its own."""
+    stack = Providers.stack(tmp_path_factory.mktemp("buffered"), POLICY, {"B_OPENAI_KEY": OPENAI_KEY},
+                            workload="local-dev", buffered_bodies=True)
+    with stack:
+        env = Providers(stack, "x")
+        assert served(env)
+        stream = env.openai().chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)  # type: ignore[arg-type]
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+        def sent() -> int:
+            stats = httpx.get(f"http://127.0.0.1:{stack.admin_port}/stats?filter=ext_proc.stream_msgs_sent").text
+            return int(dict(line.split(": ") for line in stats.splitlines())["http.tollway.ext_proc.stream_msgs_sent"])
+
+        before = sent()
+        answer = httpx.post(env.base_url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": HI})
+        assert answer.status_code == 200 and int(answer.headers["content-length"]) == len(answer.content)
+        assert sent() - before == 4  # headers, then the whole body, each way
