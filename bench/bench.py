@@ -217,8 +217,8 @@ def main() -> int:
     parser.add_argument("--json", default=str(ROOT / ".tollway" / "bench.json"), help="where to write results")
     parser.add_argument("--policy", default=str(POLICY),
                         help="the gateway's policy (default: the example, everything on)")
-    parser.add_argument("--bodies", choices=("together", "buffered"), default="together",
-                        help="how Envoy sends bodies to Tollway (tollway envoy --bodies; default: together)")
+    parser.add_argument("--bodies", choices=("buffered", "together"), default="buffered",
+                        help="how Envoy sends bodies to Tollway (tollway envoy --bodies; default: buffered)")
     parser.add_argument("--traced", action="store_true", help="also run the gateway with tracing on")
     parser.add_argument("--trace-ratio", default="0.05", help="--trace-sample-ratio of the traced gateway")
     args = parser.parse_args()
@@ -229,7 +229,7 @@ def main() -> int:
     plain = Stack(work / "plain", ext_proc_enabled=False, envoy_concurrency=args.envoy_concurrency, mocked=mocked)
     gateway = Stack(work / "gateway", mock=False, mock_port=plain.mock_port, workers=args.workers,
                     envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=policy,
-                    buffered_bodies=args.bodies == "buffered")
+                    bodies_together=args.bodies == "together")
     results = []
     busy: list[float] = []  # each worker's share of the gateway's CPU in the chat case at 16 connections
     traced = contextlib.nullcontext()

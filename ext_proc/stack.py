@@ -40,7 +40,7 @@ from ext_proc.envoy_config import (
     TEMPLATE,
     ClientTLS,
     render,
-    set_buffered_bodies,
+    set_bodies_together,
     set_ext_proc,
     set_first_byte_timeouts,
 )
@@ -116,7 +116,7 @@ def render_envoy(
     first_byte_timeouts: tuple[str, str] | None = None,
     ext_proc_tls: ClientTLS | None = None,
     message_timeout: str | None = None,
-    buffered_bodies: bool = False,
+    bodies_together: bool = False,
 ) -> dict[str, Any]:
     """The bootstrap with these ports, reading its clusters from ``clusters_file`` or listing them.
 
@@ -126,7 +126,7 @@ def render_envoy(
     compares against. ``first_byte_timeouts`` replaces the per-try idle timeouts of the streaming
     and buffered routes (e.g. ``("1s", "2s")`` in tests of stalled providers); ``message_timeout``
     how long Envoy waits for each of Tollway's answers (a short one in tests of a stalled service);
-    ``buffered_bodies`` answers message by message (see ``tollway envoy --bodies``).
+    ``bodies_together`` sends each body right behind its headers (see ``tollway envoy --bodies``).
     """
     config, _ = render(template, policy if ext_proc else None, stand_ins=stand_ins, clusters_file=clusters_file)
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
@@ -141,8 +141,8 @@ def render_envoy(
     set_ext_proc(config, ext_proc_address, ext_proc_tls)
     if first_byte_timeouts is not None:
         set_first_byte_timeouts(config, *first_byte_timeouts)
-    if buffered_bodies:
-        set_buffered_bodies(config)
+    if bodies_together:
+        set_bodies_together(config)
     if message_timeout is not None:
         for http_filter in hcm["http_filters"]:
             if http_filter["name"] == "envoy.filters.http.ext_proc":
@@ -173,7 +173,7 @@ class Stack:
     mock_args: tuple[str, ...] = ()
     first_byte_timeouts: tuple[str, str] | None = None  # per-try idle timeouts (streaming, buffered)
     message_timeout: str | None = None  # Envoy's wait for each answer of Tollway (default: the file's 5s)
-    buffered_bodies: bool = False  # answer message by message (tollway envoy --bodies buffered)
+    bodies_together: bool = False  # each body right behind its headers (tollway envoy --bodies together)
     mocked: frozenset[str] = frozenset(PROVIDER_KEYS)  # providers served by the fake provider (stand-ins)
     quiet: bool = True
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -251,7 +251,7 @@ class Stack:
                 clusters_file=str(self.clusters_file) if self.ext_proc_enabled else None,
                 ext_proc=self.ext_proc_enabled, first_byte_timeouts=self.first_byte_timeouts,
                 ext_proc_tls=self.ext_proc_tls, message_timeout=self.message_timeout,
-                buffered_bodies=self.buffered_bodies,
+                bodies_together=self.bodies_together,
             )
             path = self.workdir / "envoy.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))

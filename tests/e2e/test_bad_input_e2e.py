@@ -38,6 +38,21 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
         yield Providers(stack, "x")
 
 
+@pytest.fixture(scope="module")
+def together(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
+    """`tollway envoy --bodies together`: each body right behind its headers, both answered at once."""
+    stack = Providers.stack(tmp_path_factory.mktemp("together"), POLICY, {"B_OPENAI_KEY": OPENAI_KEY},
+                            workload="local-dev", bodies_together=True)
+    with stack:
+        yield Providers(stack, "x")
+
+
+def messages_sent(env: Providers) -> int:
+    """Envoy's count of the ext_proc messages it sent Tollway."""
+    stats = httpx.get(f"http://127.0.0.1:{env.stack.admin_port}/stats?filter=ext_proc.stream_msgs_sent").text
+    return int(dict(line.split(": ") for line in stats.splitlines())["http.tollway.ext_proc.stream_msgs_sent"])
+
+
 def served(env: Providers) -> bool:
     """The gateway still answers a good request."""
     client = openai.OpenAI(base_url=env.base_url + "/v1", api_key="x", max_retries=0)
@@ -66,15 +81,20 @@ def raw(env: Providers, request: bytes) -> tuple[int, bytes]:
         return int(head.split(b" ", 2)[1]), body
 
 
-def test_a_body_over_the_limit_is_a_413_in_the_clients_format(env: Providers) -> None:
+def test_a_body_over_the_limit_is_a_413_in_the_clients_format(env: Providers, together: Providers) -> None:
     big = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "' + b"a" * (65 << 20) + b'"}]}'
     answer = httpx.post(env.base_url + "/v1/chat/completions", content=big, timeout=60,
                         headers={"content-type": "application/json"})
     assert answer.status_code == 413
-    error = answer.json()["error"]
-    # Tollway reads at most 64 MiB of a body (Envoy streams it; see ext_proc/server/coalesce.py).
-    assert error["code"] == "request_too_large" and "64 MiB" in error["message"]
+    assert "Payload Too Large" in answer.json()["error"]["message"]  # Envoy's buffer limit, in JSON
     assert served(env)
+    # Bodies together: Envoy streams the body, so Tollway stops reading it at the same 64 MiB.
+    answer = httpx.post(together.base_url + "/v1/chat/completions", content=big, timeout=60,
+                        headers={"content-type": "application/json"})
+    assert answer.status_code == 413
+    error = answer.json()["error"]
+    assert error["code"] == "request_too_large" and "64 MiB" in error["message"]
+    assert served(together)
 
 
 @pytest.mark.parametrize("bad", [b"x-test: a\x00b", b"x-t\x01est: a", b"x-test: a\x1bb", b"x-test: a\rb"])
@@ -130,7 +150,7 @@ def test_a_slow_upload_outlasts_envoys_message_timeout(tmp_path_factory: pytest.
     whole (ext_proc/server/coalesce.py): a body still arriving after Envoy's message timeout gets
     that timer extended, so a slow client is served, not cut off with a 504."""
     stack = Providers.stack(tmp_path_factory.mktemp("slow-upload"), POLICY, {"B_OPENAI_KEY": OPENAI_KEY},
-                            workload="local-dev", message_timeout="1s")
+                            workload="local-dev", message_timeout="1s", bodies_together=True)
     body = orjson.dumps({"model": "gpt-4o-mini", "messages": HI})
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\n\r\n").encode()
@@ -144,9 +164,11 @@ def test_a_slow_upload_outlasts_envoys_message_timeout(tmp_path_factory: pytest.
     assert data.split(b" ", 2)[1] == b"200", data[:300]
 
 
-def test_large_bodies_each_way_arrive_whole(env: Providers) -> None:
-    """Envoy streams a body to Tollway in many chunks; Tollway holds them until the body is whole
-    and answers once: a 6 MiB prompt reaches the provider intact and a long answer the client."""
+@pytest.mark.parametrize("bodies", ["env", "together"])
+def test_large_bodies_each_way_arrive_whole(bodies: str, request: pytest.FixtureRequest) -> None:
+    """A 6 MiB prompt reaches the provider intact and a long answer the client, whether Envoy
+    buffers the bodies or streams them to Tollway in many chunks (held until whole)."""
+    env: Providers = request.getfixturevalue(bodies)
     text = "lorem ipsum dolor sit amet " * (6 * 1024 * 1024 // 27)
     answer = httpx.post(env.base_url + "/v1/chat/completions", timeout=60,
                         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]},
@@ -158,23 +180,22 @@ def test_large_bodies_each_way_arrive_whole(env: Providers) -> None:
     assert orjson.loads(seen["body"])["messages"][0]["content"] == text
 
 
-def test_an_envoy_with_buffered_bodies_is_answered_message_by_message(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
-    """`tollway envoy --bodies buffered`: Envoy buffers each body and waits for each answer; Tollway
-    reads that from Envoy's first message and answers each message on its own."""
-    stack = Providers.stack(tmp_path_factory.mktemp("buffered"), POLICY, {"B_OPENAI_KEY": OPENAI_KEY},
-                            workload="local-dev", buffered_bodies=True)
-    with stack:
-        env = Providers(stack, "x")
-        assert served(env)
-        stream = env.openai().chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)  # type: ignore[arg-type]
-        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-
-        def sent() -> int:
-            stats = httpx.get(f"http://127.0.0.1:{stack.admin_port}/stats?filter=ext_proc.stream_msgs_sent").text
-            return int(dict(line.split(": ") for line in stats.splitlines())["http.tollway.ext_proc.stream_msgs_sent"])
-
-        before = sent()
-        answer = httpx.post(env.base_url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": HI})
-        assert answer.status_code == 200 and int(answer.headers["content-length"]) == len(answer.content)
-        assert sent() - before == 4  # headers, then the whole body, each way
+def test_bodies_together_are_two_exchanges_and_buffered_ones_four(env: Providers, together: Providers) -> None:
+    """Message by message (the default): headers, then the whole body, each way, each answered
+    on its own. Together: an HTTP/1 body reaches Envoy's filters as its data and an empty last
+    chunk, so six messages, answered in two writes; Envoy then sends the bodies on without
+    content-length (chunked), whatever Tollway sets."""
+    stream = together.openai().chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)  # type: ignore[arg-type]
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    for stack, messages in ((env, 4), (together, 6)):
+        before = messages_sent(stack)
+        answer = httpx.post(stack.base_url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": HI})
+        assert answer.status_code == 200 and answer.json()["choices"]
+        assert messages_sent(stack) - before == messages
+        (seen,) = stack.provider_saw(answer.headers["x-tollway-request-id"])
+        if stack is env:
+            assert int(answer.headers["content-length"]) == len(answer.content)
+            assert seen["headers"]["content-length"] == str(len(seen["body"].encode()))
+        else:
+            assert answer.headers["transfer-encoding"] == "chunked"
+            assert seen["headers"]["transfer-encoding"] == "chunked"

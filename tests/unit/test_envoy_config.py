@@ -266,9 +266,9 @@ def test_tollway_envoy_sets_the_first_byte_timeouts(tmp_path: Path, capsys: pyte
         parser.parse_args(["--policy", "p.yaml", "--first-byte-timeouts", "30"])
 
 
-def test_tollway_envoy_sends_bodies_together_or_buffered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Together (the template's): each body right behind its headers, answered at once. Buffered:
-    message by message, for a deployment that prefers throughput under load to latency."""
+def test_tollway_envoy_sends_bodies_buffered_or_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Buffered (the template's): message by message. Together: each body right behind its headers,
+    both answered at once, for a deployment that prefers latency at one connection to CPU at load."""
     parser = argparse.ArgumentParser()
     envoy_config.add_arguments(parser)
 
@@ -280,14 +280,14 @@ def test_tollway_envoy_sends_bodies_together_or_buffered(tmp_path: Path, capsys:
         (found,) = [f for f in hcm["typed_config"]["http_filters"] if f["name"] == "envoy.filters.http.ext_proc"]
         return found["typed_config"]  # type: ignore[no-any-return]
 
-    together = ext_proc()
-    assert together["send_body_without_waiting_for_header_response"] is True
-    assert together["processing_mode"]["request_body_mode"] == together["processing_mode"]["response_body_mode"] == (
-        "STREAMED")
-    buffered = ext_proc("--bodies", "buffered")
+    buffered = ext_proc()
     assert "send_body_without_waiting_for_header_response" not in buffered
     assert buffered["processing_mode"]["request_body_mode"] == buffered["processing_mode"]["response_body_mode"] == (
         "BUFFERED")
+    together = ext_proc("--bodies", "together")
+    assert together["send_body_without_waiting_for_header_response"] is True
+    assert together["processing_mode"]["request_body_mode"] == together["processing_mode"]["response_body_mode"] == (
+        "STREAMED")
 
 
 def test_the_ext_proc_cluster_resolves_a_service_name_and_takes_an_address_as_is(tmp_path: Path) -> None:
