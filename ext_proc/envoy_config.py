@@ -159,13 +159,16 @@ def set_bodies_together(config: dict[str, Any]) -> None:
     answer (``STREAMED`` with ``send_body_without_waiting_for_header_response``), so that Tollway
     answers both at once: two round trips per request instead of four, less latency at one
     connection, more CPU under load (see ext_proc/server/coalesce.py and the README)."""
-    for listener in config["static_resources"]["listeners"]:
-        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        for http_filter in hcm["http_filters"]:
-            if http_filter["name"] == "envoy.filters.http.ext_proc":
-                typed = http_filter["typed_config"]
-                typed["send_body_without_waiting_for_header_response"] = True
-                typed["processing_mode"].update(request_body_mode="STREAMED", response_body_mode="STREAMED")
+    for typed in ext_proc_filters(config):
+        typed["send_body_without_waiting_for_header_response"] = True
+        typed["processing_mode"].update(request_body_mode="STREAMED", response_body_mode="STREAMED")
+
+
+def ext_proc_filters(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``typed_config`` of every listener's Tollway ext_proc filter."""
+    return [http_filter["typed_config"] for listener in config["static_resources"]["listeners"]
+            for http_filter in listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+            if http_filter["name"] == "envoy.filters.http.ext_proc"]
 
 
 def _timeouts(text: str) -> tuple[str, str]:

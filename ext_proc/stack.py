@@ -39,6 +39,7 @@ import yaml
 from ext_proc.envoy_config import (
     TEMPLATE,
     ClientTLS,
+    ext_proc_filters,
     render,
     set_bodies_together,
     set_ext_proc,
@@ -144,9 +145,8 @@ def render_envoy(
     if bodies_together:
         set_bodies_together(config)
     if message_timeout is not None:
-        for http_filter in hcm["http_filters"]:
-            if http_filter["name"] == "envoy.filters.http.ext_proc":
-                http_filter["typed_config"]["message_timeout"] = message_timeout
+        for typed in ext_proc_filters(config):
+            typed["message_timeout"] = message_timeout
     return config
 
 

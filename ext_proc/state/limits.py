@@ -172,8 +172,9 @@ class Keeper:
             for counter in counters:
                 self._growing[counter] = growing
             growing.add_done_callback(lambda done: self._grown(done, counters, [leases[i] for i in short]))
-            return self._admit_later(claims, leases, short, growing, fail_open)
-        return self._granted(claims, leases, short, answer)
+            return self._admit_later(claims, leases, growing, fail_open)
+        self._apply([leases[i] for i in short], answer)
+        return self._granted(claims, leases)
 
     def _grown(self, growing: asyncio.Future[list[Grant]], counters: list[str], leases: list[Lease]) -> None:
         """A store exchange growing leases ended: its leases take the store's answer, whether or
@@ -184,15 +185,17 @@ class Keeper:
         if not growing.cancelled() and growing.exception() is None:  # a failure is each waiter's to handle
             self._apply(leases, growing.result())
 
-    async def _admit_later(self, claims: tuple[Claim, ...], leases: list[Lease], short: list[int],
+    async def _admit_later(self, claims: tuple[Claim, ...], leases: list[Lease],
                            growing: asyncio.Future[list[Grant]], fail_open: bool) -> Admission:
         try:
             # Shielded: the exchange is shared by every request waiting on these leases, and a
             # cancelled exchange would leave the store's answer unread on its connection.
-            grants = await asyncio.shield(growing)
+            await asyncio.shield(growing)
         except StoreUnavailable as exc:
             return self._unavailable(exc, claims, leases, fail_open)
-        return self._granted(claims, leases, short, grants)
+        # The leases have the store's answer: _grown, registered on the exchange before this wait,
+        # ran first (a future's callbacks run in the order they were added).
+        return self._granted(claims, leases)
 
     async def _after(self, pending: list[asyncio.Future[list[Grant]]], claims: tuple[Claim, ...],
                      fail_open: bool) -> Admission:
@@ -209,7 +212,7 @@ class Keeper:
             return await answer
 
     def _apply(self, leases: list[Lease], grants: list[Grant]) -> None:
-        """The store's answer to a grow, lease by lease (the same answer applied twice is the same)."""
+        """The store's answer to a grow, lease by lease."""
         self._recovered()
         fresh = self.clock() + self.ttl * 0.8
         for lease, grant in zip(leases, grants, strict=True):
@@ -217,9 +220,8 @@ class Keeper:
             lease.fresh_until = fresh
             lease.spent, lease.others = grant.spent, max(0, grant.held - lease.held)
 
-    def _granted(self, claims: tuple[Claim, ...], leases: list[Lease], short: list[int],
-                 grants: list[Grant]) -> Admission:
-        self._apply([leases[i] for i in short], grants)
+    def _granted(self, claims: tuple[Claim, ...], leases: list[Lease]) -> Admission:
+        """Admit on the leases as the store last answered, or refuse the first claim they cannot hold."""
         for index, (claim, lease) in enumerate(zip(claims, leases, strict=True)):
             if claim.enforced and lease.free < claim.amount:
                 return Admission(False, refused=index, remaining=tuple(lease.remaining() for lease in leases))
