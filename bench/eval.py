@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ext_proc.guardrails import injection  # noqa: E402
+from ext_proc.guardrails.instructions import instructions  # noqa: E402
 from ext_proc.guardrails.scanner import builtin  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "eval"
@@ -83,19 +84,47 @@ def pii(samples: list[dict[str, Any]], name: str, show: int = 0) -> dict[str, di
 
 
 def injection_figures(folder: Path, thresholds: list[float]) -> dict[str, float]:
-    attacks = [case["user_input"] for case in json.loads((folder / "cyberseceval_prompt_injection.json").read_text())]
+    cases = json.loads((folder / "cyberseceval_prompt_injection.json").read_text())
+    attacks = [case["user_input"] for case in cases]
     benign = [item["prompt"] for name in ("NotInject_one.json", "NotInject_two.json", "NotInject_three.json")
               for item in json.loads((folder / name).read_text())]
-    attack_scores = [injection.score(text) for text in attacks]
-    benign_scores = [injection.score(text) for text in benign]
+    systems = [instructions(case["test_case_prompt"]) for case in cases]
+    scores = {
+        "alone": ([injection.score(text) for text in attacks], [injection.score(text) for text in benign]),
+        # What the gateway sees: each case's user text with its system prompt; NotInject's prompts
+        # without one (as they are) and each under one of CyberSecEval's system prompts in turn
+        # (benign requests meeting instructions that keep and forbid things).
+        "with": ([injection.score(text, context) for text, context in zip(attacks, systems, strict=True)],
+                 [injection.score(text) for text in benign],
+                 [injection.score(text, systems[i % len(systems)]) for i, text in enumerate(benign)]),
+    }
     print(f"\nPrompt injection: {len(attacks)} CyberSecEval cases, {len(benign)} NotInject prompts")
-    print(f"{'threshold':>9} {'recall':>7} {'FPR':>6}")
+    print(f"{'threshold':>9} {'recall':>7} {'FPR':>6}   user text alone")
     out = {}
     for threshold in thresholds:
+        attack_scores, benign_scores = scores["alone"]
         recall = sum(s >= threshold for s in attack_scores) / len(attacks)
         fpr = sum(s >= threshold for s in benign_scores) / len(benign)
         out[f"{threshold:g}"] = recall
         print(f"{threshold:9.2f} {recall:7.3f} {fpr:6.3f}")
+    print(f"{'threshold':>9} {'recall':>7} {'FPR':>6} {'FPR*':>6}   with the request's system prompt "
+          "(FPR*: NotInject under CyberSecEval's system prompts)")
+    for threshold in thresholds:
+        attack_scores, benign_scores, paired = scores["with"]
+        recall = sum(s >= threshold for s in attack_scores) / len(attacks)
+        fpr = sum(s >= threshold for s in benign_scores) / len(benign)
+        fpr_paired = sum(s >= threshold for s in paired) / len(benign)
+        out[f"with {threshold:g}"] = recall
+        print(f"{threshold:9.2f} {recall:7.3f} {fpr:6.3f} {fpr_paired:6.3f}")
+    by_kind: dict[str, list[int]] = {}
+    for case, alone, together in zip(cases, scores["alone"][0], scores["with"][0], strict=True):
+        counts = by_kind.setdefault(case["risk_category"], [0, 0, 0])
+        counts[0] += 1
+        counts[1] += alone >= 0.5
+        counts[2] += together >= 0.5
+    for kind, (n, alone_hits, with_hits) in sorted(by_kind.items()):
+        print(f"  {kind}: {n} cases, recall at 0.5 {alone_hits / n:.3f} alone, "
+              f"{with_hits / n:.3f} with the system prompt")
     return out
 
 

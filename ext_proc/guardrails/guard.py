@@ -12,7 +12,8 @@ request through the API's :class:`~.texts.Walker`, finds values with the plan's 
 - ``block``: :class:`Blocked` (the request is refused, the provider never asked);
 - ``log``: nothing changes; the trigger is recorded.
 
-It also scores user and tool text for prompt injection (:mod:`.injection`). On the answer
+It also scores user and tool text for prompt injection (:mod:`.injection`), against the
+request's system and developer text (:mod:`.instructions`). On the answer
 (:meth:`Guard.answer` for a JSON body, :meth:`Guard.events` for a stream) it acts on the answer's
 findings the same way and puts pseudonymised values back. In a stream each channel of text (see
 :mod:`.texts`) keeps back only the end of what it received that could still become a finding
@@ -39,6 +40,7 @@ from ext_proc.llm.sse import SSEEvent
 
 from . import injection
 from .detectors import INJECTION, Detector
+from .instructions import instructions
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Finding
 from .texts import StreamTexts, Walker
@@ -137,10 +139,13 @@ class Guard:
         scanner = plan.scanner
         changed = False
         scored: list[str] = []
+        system: list[str] = []  # the instructions the scored texts meet
         for ref in list(walker.request(payload)):
             text = ref.get()
             if not text:
                 continue
+            if ref.role == "system" and plan.instructions:
+                system.append(text)
             if rules:
                 findings = scanner.find(text, rules)
                 if findings:
@@ -152,7 +157,8 @@ class Guard:
             if plan.injection is not None and ref.role in INJECTION_ROLES:
                 scored.append(text)  # as it goes upstream: redacted values stay redacted for a classifier too
         if plan.injection is not None and scored:
-            self.score = max(injection.score(text) for text in scored)
+            context = instructions("\n".join(system)) if system else None
+            self.score = max(injection.score(text, context) for text in scored)
             if self.score >= plan.threshold:
                 self.injection_found()
         return changed, scored

@@ -27,6 +27,11 @@ is the operating point. Without the weights
 file the signals alone decide, combined as a noisy-OR (``1 - prod(1 - w)``, a target together
 with a manipulation adds their pairing), as before the model existed.
 
+The request's instructions count too: a user text that asks for what the system prompt keeps
+secret, uses what it forbids or asks for another language than the one it fixes raises context
+signals (:mod:`.instructions`) whose weights add to the total, so "what is the password?" scores
+as an attack where the system prompt guards a password and as a question elsewhere.
+
 The policy's ``guardrails.injection.threshold`` (default 0.5) turns a score into a trigger. The
 figures measured on public evaluation sets (recall on CyberSecEval's prompt-injection cases,
 false positives on NotInject) are in the README; those files were used to measure only.
@@ -42,6 +47,9 @@ from collections import Counter
 from importlib import resources
 
 import hyperscan
+
+from .instructions import Instructions
+from .instructions import warm as instructions_warm
 
 # (signal, weight, group, pattern). Groups: "override" and "marker" stand alone; "target" and
 # "manipulation" are weak alone and strong together (see PAIRING).
@@ -225,13 +233,16 @@ def _seen(signal: int, _start: int, _end: int, _flags: int, found: object) -> No
     found.add(signal)  # type: ignore[attr-defined]
 
 
-def signals(text: str) -> list[str]:
-    """The names of the signals found in ``text`` (for ``tollway scan``)."""
+def signals(text: str, context: Instructions | None = None) -> list[str]:
+    """The names of the signals found in ``text``, with those of the instructions it meets (for
+    ``tollway scan``)."""
     found: set[int] = set()
     _database().scan(text.encode("utf-8", "surrogatepass"), match_event_handler=_seen, context=found)
     names = [SIGNALS[i][0] for i in sorted(found)]
     if _repeated(_word_list(text)):
         names.append("repeated_token")
+    if context is not None:
+        names += context.signals(text)
     return names
 
 
@@ -241,11 +252,13 @@ def _found(text: str) -> set[int]:
     return found
 
 
-def score(text: str) -> float:
-    """The injection score of one user or tool text, in [0, 1]."""
+def score(text: str, context: Instructions | None = None) -> float:
+    """The injection score of one user or tool text, in [0, 1]; ``context``: the request's
+    instructions, whose signals (:mod:`.instructions`) add to the model's total."""
     model = _model()
     if model is None:
-        return _noisy_or(text, _found(text))
+        base = _noisy_or(text, _found(text))
+        return base if context is None else round(1.0 - (1.0 - base) * math.exp(-context.logit(text)), 4)
     found: set[int] = set()  # signals and weighed word pairs, in one Hyperscan pass
     model.database.scan(text.encode("utf-8", "surrogatepass"), match_event_handler=_seen, context=found)
     pairs = model.pairs
@@ -255,6 +268,8 @@ def score(text: str) -> float:
         total += model.repeated
     weighed = model.words
     total += sum(weighed[w] for w in weighed.keys() & set(words))
+    if context is not None:
+        total += context.logit(text)
     return round(1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, total)))), 4)
 
 
@@ -335,6 +350,7 @@ def warm() -> None:
     """Load and compile the scorer now (about a second, once per process) rather than on first use."""
     _database()
     _model()
+    instructions_warm()
 
 
 @functools.cache

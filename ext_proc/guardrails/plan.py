@@ -55,6 +55,7 @@ class Plan:
     injection: Rule | None = None  # the rule deciding prompt injection (request only)
     threshold: float = 0.5  # the built-in injection score that triggers it
     classifier: Classifier | None = None
+    instructions: bool = True  # score user text against the request's system prompt (.instructions)
 
     @property
     def answers(self) -> bool:
@@ -70,6 +71,7 @@ class Guardrails:
     rules: tuple[Rule, ...]
     threshold: float = 0.5
     classifier: Classifier | None = None
+    instructions: bool = True
     _plans: dict[tuple[str, str], Plan | None] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -96,6 +98,6 @@ class Guardrails:
         plan = None
         if chosen[REQUEST] or chosen[RESPONSE] or injection:
             plan = Plan(self.scanner, chosen[REQUEST], chosen[RESPONSE], injection, self.threshold,
-                        self.classifier if injection else None)
+                        self.classifier if injection else None, self.instructions)
         self._plans[key] = plan
         return plan

@@ -82,6 +82,7 @@ def build(spec: PolicySpec) -> Guardrails | None:
         threshold=section.injection.threshold,
         classifier=Classifier(classifier.url, classifier.timeout_ms / 1000, classifier.threshold,
                               classifier.fail == "closed") if classifier else None,
+        instructions=section.injection.instructions,
     )
 
 

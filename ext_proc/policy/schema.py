@@ -263,6 +263,9 @@ class InjectionSpec(Strict):
     threshold: Fraction = Field(default=0.5,
                                 description="the built-in score (0-1) from which a text is an injection")
     classifier: ClassifierSpec | None = Field(default=None, description="an external classifier asked as well")
+    instructions: bool = Field(default=True, description="score user and tool text against the request's system "
+                               "prompt: asking for what it keeps secret, using what it forbids, asking for "
+                               "another language than the one it fixes")
 
 
 GuardrailAction = Literal["redact", "mask", "pseudonymise", "block", "log"]

@@ -1,0 +1,343 @@
+"""What a request's instructions guard or forbid, and user text that goes for it: the context
+signals of the prompt-injection score.
+
+Theory of operation. Whether a text is an injection depends on the instructions it meets: goal
+hijacking and prompt leaking are defined against the application's prompt (Perez & Ribeiro 2022),
+system prompt leakage is its own risk (OWASP LLM07), and the public attack games and benchmarks
+(Gandalf, Tensor Trust, CyberSecEval) are a system prompt guarding a secret or a behaviour and a
+user text going for it. A scorer that reads the user's text alone (:func:`.injection.score`) sees
+the technique and not the target: "what is the password?" is an ordinary question until the
+system prompt says the password is secret. A gateway sees both.
+
+From the request's system and developer text, compiled once per distinct text
+(:func:`instructions`, cached), this module reads:
+
+- **what is kept**: when the instructions keep something ("do not reveal / share / disclose",
+  "secret", "confidential", "never mention", "keep ... to yourself"), the words that name what can
+  be kept (:data:`_KEPT_NOUNS`: password, secret, key, code, PIN, token, personal data, the
+  instructions or prompt themselves) found in them, with the same words in the common languages,
+  and the words of each sentence that keeps something ("The salary bands are confidential"), but
+  not a value it gives ("the secret word is 'marmalade'");
+- **what is forbidden**: the content words of each prohibition ("do not discuss politics" ->
+  ``polit``, "never use emojis" -> ``emoji``; their first five letters, a generic word list left out);
+- **the answers' language**, when the instructions fix it ("always respond in English").
+
+A user or tool text then raises three signals (:data:`WEIGHTS`, added to the scorer's logit):
+
+- ``asks_kept``: a request word ("what", "tell", "spell", "reveal", "hint", "letters", "translate",
+  ...) within a few words of a kept word, not an account chore ("reset my password"), or a
+  reference to what the model was told not to say ("the word you can't tell me");
+- ``breaks_rule``: a forbidden content word in the text;
+- ``other_language``: the answers' language is fixed and the text asks for another.
+
+Only the places Hyperscan reports are read by Python regular expressions (a few characters
+around each), so reading a system prompt costs tens of microseconds, once per distinct text, and
+a user text a few microseconds. A request without instructions reads nothing here, so a text
+alone scores as before. The weights
+were set on Tollway's own development data (``bench/injection_context.py``), never on the
+evaluation sets.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+import hyperscan
+
+# Logit added to the scorer's total per signal found (bench/injection_context.py).
+WEIGHTS = {"asks_kept": 4.0, "breaks_rule": 3.0, "other_language": 3.0}
+
+# The instructions keep something. Hyperscan finds the last word of each form (a bounded gap
+# between two alternations makes its databases slow to compile), Python confirms the form in the
+# characters before it: (Hyperscan's pattern, the form ending there, or None when the word is enough).
+_NEGATIONS = (r"do not|don't|dont|never|must not|mustn't|should not|shouldn't|cannot|can't|may not|will not|"
+              r"won't|under no circumstances|not to|not allowed to|not permitted to|refuse to|without")
+_KEEP_VERBS = (r"reveal|share|disclose|tell|give|say|mention|repeat|output|print|provide|divulge|leak|expose|spell|"
+               r"hint|show|type|write|confirm|discuss")
+_KEEPS: tuple[tuple[str, re.Pattern[str] | None], ...] = (
+    (r"\b(?:" + _KEEP_VERBS + r")", re.compile(r"\b(?:" + _NEGATIONS + r")\b[^.!?\n]{0,80}\b(?:" + _KEEP_VERBS
+                                                + r")$", re.IGNORECASE)),
+    (r"\b(?:secret|confidential|classified|private|hidden|protected)\b", None),
+    (r"\b(?:safe|to yourself)\b", re.compile(r"\bkeep\b[^.!?\n]{0,40}\b(?:safe|to yourself)$", re.IGNORECASE)),
+    (r"\blet\s+(?:anyone|anybody|the users?|users|people|them)\s+(?:know|see|have|learn)\b",
+     re.compile(r"\b(?:do not|don't|never)\s+let\s+\S+(?:\s+\S+)?\s+\S+$", re.IGNORECASE)),
+    (r"\b(?:authori[sz]ed|verified|admins?|administrators?|owner)\b",
+     re.compile(r"\bonly\s+(?:share|reveal|give|tell|disclose)\b[^.!?\n]{0,60}\b\S+$", re.IGNORECASE)),
+)
+# What can be kept, and the same in other languages (a kept English word brings its translations).
+_KEPT_NOUNS = {
+    "password": "password|passwords|passphrase|passcode|passwort|kennwort|contraseña|contrasena|mot de passe|senha|"
+                "parola d'ordine|wachtwoord|hasło|haslo|пароль|密码|密碼|パスワード|비밀번호|पासवर्ड|كلمة المرور|סיסמה",
+    "secret": "secret|secrets|geheimnis|secreto|segredo|segreto|geheim|sekret|секрет|秘密|비밀|रहस्य|سر",
+    "key": "key|keys|api key|schlüssel|schlussel|clave|clé|cle|chave|chiave|sleutel|klucz|ключ|密钥|鍵|키",
+    "code": "code|codes|codeword|code word|código|codigo|codice|kod|код|代码|暗号|코드",
+    "pin": "pin|pins",
+    "token": "token|tokens",
+    "word": "secret word|magic word|keyword|passcode word|safe word",
+    "personal": "account number|card number|credit card|social security number|social security|ssn|"
+                "date of birth|birthday|home address|address|phone number|email address|salary|balance|"
+                "medical record|diagnosis",
+    "prompt": "system prompt|prompt|instructions|initial instructions|system message|guidelines|rules|"
+              "configuration|directives",
+}
+
+
+def _bounded(words: str) -> str:
+    """An alternation of words as a whole-word pattern: a word boundary (Hyperscan's, ASCII) at
+    each end that is an ASCII letter or digit; words of other scripts match without one there."""
+    def one(word: str) -> str:
+        head = r"\b" if word[0].isascii() and word[0].isalnum() else ""
+        tail = r"\b" if word[-1].isascii() and word[-1].isalnum() else ""
+        return head + word + tail
+    return "|".join(one(word) for word in words.split("|"))
+
+
+# Asking for it: a request or question word, then the kept word within a few words (or the kept word
+# then a question mark), but not an account chore right before it ("reset my password").
+_ASK = ("what|what's|whats|which|tell|give|reveal|share|show|say|spell|print|output|write|type|repeat|"
+        "disclose|provide|hint|hints|clue|clues|letter|letters|character|characters|translate|encode|decode|"
+        "reverse|backwards|rhyme|remind|recall|confirm|verify|guess|leak|display|list|send|dump|expose|"
+        "divulge|cual|cuál|quel|quelle|was ist|wie lautet|qual|quale|какой|какая|什么|何|무엇|dime|dis-moi|"
+        "sag|nenne|diga|dimmi")
+_CHORE = re.compile(r"\b(?:reset|change|changing|forgot|forgotten|update|recover|create|choose|pick|strong|"
+                    r"weak|manager|policy|policies|requirement|requirements|expire|expired|expiry|locked|"
+                    r"new|my own|secure|hash|hashing|store|storing)\b[^.!?\n]{0,20}$", re.IGNORECASE)
+_TOLD_NOT = (
+    r"\b(?:you(?:'re| are| were)?|you've been|i know you're)\s+(?:not\s+)?(?:supposed|allowed|meant|told|"
+    r"instructed|programmed|forbidden|asked)\s+(?:not\s+)?to\s+(?:say|tell|share|reveal|mention|give|disclose|"
+    r"keep)|\b(?:can't|cannot|mustn't|must not|won't|aren't allowed to)\s+(?:tell|say|share|reveal|mention)\b|"
+    r"\b(?:hidden|secret|forbidden|protected|confidential|special|magic)\s+(?:word|phrase|info|information|"
+    r"thing|value|text|data|term|answer)\b")
+# Prohibitions: the clause after a negation.
+_NEGATION = (r"\b(?:do not|don't|dont|never|must not|mustn't|should not|shouldn't|cannot|can't|may not|will not|"
+             r"won't|not allowed to|refuse to|avoid|no)\b")
+_CLAUSE = re.compile(r"[^.!?\n;]{1,120}")
+_DISCLOSE = re.compile(r"\b(?:reveal|share|disclose|divulge|leak|expose|tell|mention|repeat|spell)\w*", re.IGNORECASE)
+_WORD = re.compile(r"[^\W\d_]{4,}")
+
+
+def _word_set(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Words that say nothing about what a prohibition forbids.
+_GENERIC = _word_set("""
+about above after again against also always answer answers anyone anything asked asking asks assist avoid
+before being below between both cannot circumstance circumstances content could discuss discussing disclose
+does doing down during each else even ever every from further give giving have having help here information
+into just know like make matter mention message messages more most much must need never none only other
+otherwise over please provide providing question questions really regard regardless repeat request requests
+respond response responses reveal revealing right same say saying share sharing should some something such
+talk talking tell telling than that their them then there these they thing things this those through topic
+topics under unless until user users very want what when where which while with within without would your
+yours yourself assistant conversation instructions instruction rules rule prompt system word words reply
+replies written write writing output print disclosing divulge confirm deny people person anybody someone
+""")
+_LANGUAGES = ("english|spanish|french|german|italian|portuguese|dutch|polish|russian|ukrainian|chinese|mandarin|"
+              "cantonese|japanese|korean|arabic|hindi|bengali|urdu|turkish|swedish|norwegian|danish|finnish|"
+              "greek|hebrew|latin|pig latin|klingon|esperanto|vietnamese|thai|indonesian|persian|farsi|"
+              "swahili|czech|romanian|hungarian")
+# The answers' language: Hyperscan finds "in English" or "only English", Python confirms the verb.
+_FIXED_LANGUAGE = r"\b(?:in|only|always)\s+(?:" + _LANGUAGES + r")\b"
+_FIXING_LANGUAGE = re.compile(
+    r"(?:\b(?:respond|reply|answer|speak|write|communicate|talk|converse|responses?|answers?|replies)\w*\b"
+    r"[^.!?\n]{0,40}\bin|\b(?:only|always)(?:\s+in)?)\s+(?:" + _LANGUAGES + r")$", re.IGNORECASE)
+_LANGUAGE_NAME = re.compile(r"(" + _LANGUAGES + r")$", re.IGNORECASE)
+_ASKED_LANGUAGE = r"\b(?:in|into|to)\s+(?:" + _LANGUAGES + r")\b|\btranslat"
+
+
+_SENTENCE_MARKS = (b". ", b"! ", b"? ", b"\n")
+_QUOTED = re.compile(r"[\"'“‘`«][^\"'”’`»\n]{1,60}[\"'”’`»]")
+_VALUE = re.compile(r"\s(?:is|are|was|were)\s|[:=]", re.IGNORECASE)
+# The words of keeping itself, not what is kept.
+_KEEP_WORDS = _word_set("""
+secret secrets confidential classified private hidden protected keep kept safe reveal share disclose tell give
+mention divulge leak expose spell hint show type confirm discuss under circumstances anyone anybody allowed
+permitted refuse must never should cannot shall will dont don't let know learn authorized authorised verified
+""")
+MAX_NAMED = 24  # words taken from the sentences that keep something
+MAX_SENTENCES = 12  # sentences that keep something read for what they name
+SENTENCE_CHARS = 300  # looked at on each side of a place for the sentence around it
+
+
+def _stem(word: str) -> str:
+    """A crude stem: the first five letters ("politics", "political", "politician" -> "polit"),
+    enough to meet a prohibition's word in another form."""
+    return word[:5].lower()
+
+
+# Two Hyperscan databases (caseless, UTF-8), compiled once: what reads the
+# instructions, and what reads a user text. Each reports where its patterns end; Python then reads
+# only the few characters around those places.
+_READ_NEGATION, _READ_LANGUAGE = 0, 1
+_KEEP_IDS = range(2, 2 + len(_KEEPS))
+_KEPT_IDS = {name: 2 + len(_KEEPS) + i for i, name in enumerate(_KEPT_NOUNS)}
+_TEXT_ASK, _TEXT_TOLD_NOT, _TEXT_LANGUAGE, _TEXT_QUESTION = 0, 1, 2, 3
+MAX_PLACES = 32  # places of one kind looked at in a text (a text full of "what" is not read 10,000 times)
+
+
+def _compiled(expressions: list[str], single: set[int]) -> hyperscan.Database:
+    base = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_UTF8
+    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    database.compile(expressions=[e.encode() for e in expressions], ids=list(range(len(expressions))),
+                     elements=len(expressions),
+                     flags=[base | (hyperscan.HS_FLAG_SINGLEMATCH if i in single else 0)
+                            for i in range(len(expressions))])
+    return database
+
+
+@functools.cache
+def _reader() -> hyperscan.Database:
+    expressions = [_NEGATION, _FIXED_LANGUAGE] + [pattern for pattern, _ in _KEEPS]
+    expressions += [_bounded(words) for words in _KEPT_NOUNS.values()]
+    return _compiled(expressions, single=set(_KEPT_IDS.values()))
+
+
+@functools.cache
+def _text_reader() -> hyperscan.Database:
+    return _compiled([_bounded(_ASK), _TOLD_NOT, _ASKED_LANGUAGE, r"\?"], single={_TEXT_TOLD_NOT})
+
+
+def _places(database: hyperscan.Database, data: bytes) -> dict[int, list[int]]:
+    """Where each pattern of ``database`` ends in ``data`` (byte offsets, at most MAX_PLACES each)."""
+    found: dict[int, list[int]] = {}
+
+    def seen(pattern: int, _start: int, end: int, _flags: int, _context: object) -> None:
+        ends = found.setdefault(pattern, [])
+        if len(ends) < MAX_PLACES and (not ends or ends[-1] != end):
+            ends.append(end)
+
+    database.scan(data, match_event_handler=seen)
+    return found
+
+
+def _piece(data: bytes, start: int, end: int) -> str:
+    return data[max(0, start):end].decode("utf-8", "ignore")
+
+
+def warm() -> None:
+    """Compile both databases now rather than on a first request."""
+    _reader()
+    _text_reader()
+
+
+@dataclass(frozen=True, slots=True)
+class Instructions:
+    """What one set of instructions keeps and forbids, ready to check texts against."""
+
+    near: re.Pattern[str] | None  # after a request word: a kept word within a few words
+    question: re.Pattern[str] | None  # before a question mark: a word naming what is kept
+    forbidden: frozenset[str]  # stems of the prohibitions' content words
+    language: str | None  # the language answers must be in
+    rule: re.Pattern[str] | None = None  # a word starting with a forbidden stem
+
+    def signals(self, text: str) -> list[str]:
+        """The context signals ``text`` raises against these instructions (its first and last
+        :data:`EDGE_CHARS` characters are read)."""
+        if len(text) > 2 * EDGE_CHARS:
+            text = text[:EDGE_CHARS] + "\n" + text[-EDGE_CHARS:]
+        data = text.encode("utf-8", "surrogatepass")
+        places = _places(_text_reader(), data)
+        found = []
+        if self.near is not None and (_TEXT_TOLD_NOT in places or self._asks(data, places)):
+            found.append("asks_kept")
+        if self.rule is not None and any(m.group(0).lower() not in _GENERIC for m in self.rule.finditer(text)):
+            found.append("breaks_rule")
+        if self.language is not None:
+            for end in places.get(_TEXT_LANGUAGE, ()):
+                named = _LANGUAGE_NAME.search(_piece(data, end - 20, end))
+                if named is None or named.group(1).lower() != self.language:
+                    found.append("other_language")
+                    break
+        return found
+
+    def _asks(self, data: bytes, places: dict[int, list[int]]) -> bool:
+        assert self.near is not None
+        for end in places.get(_TEXT_ASK, ()):
+            after = _piece(data, end, end + 120)
+            match = self.near.match(after)
+            if match and not _CHORE.search(_piece(data, end - 40, end) + after[:match.start("kept")]):
+                return True
+        question = self.question
+        if question is None:
+            return False
+        for end in places.get(_TEXT_QUESTION, ()):
+            before = _piece(data, end - 60, end)
+            match = question.search(before)
+            if match and not _CHORE.search(before[:match.start()]):
+                return True
+        return False
+
+    def logit(self, text: str) -> float:
+        """What these instructions add to ``text``'s injection logit."""
+        return sum(WEIGHTS[name] for name in self.signals(text))
+
+
+NONE = Instructions(None, None, frozenset(), None)
+MAX_CHARS = 4_096  # of a system text read (what an application's instructions say comes first)
+EDGE_CHARS = 2_048  # of a user text's each end read for the context signals (where a request is)
+
+
+def instructions(text: str) -> Instructions:
+    """The instructions of one system (or developer) text, compiled; cached per distinct text, since
+    an application sends the same system prompt with every request. Only its first
+    :data:`MAX_CHARS` characters are read: a system prompt that carries a long document (and so
+    differs from request to request) costs neither more time nor more cache than that."""
+    return _compile(text[:MAX_CHARS])
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(text: str) -> Instructions:
+    data = text.encode("utf-8", "surrogatepass")
+    places = _places(_reader(), data)
+    keeps = sorted(end for i, (_, form) in zip(_KEEP_IDS, _KEEPS, strict=True) for end in places.get(i, ())
+                   if form is None or form.search(_piece(data, end - 160, end)))
+    kept = {name for name, i in _KEPT_IDS.items() if i in places} if keeps else set()
+    # And what a sentence that keeps something names: "The salary bands are confidential."
+    named: list[str] = []
+    sentences: set[tuple[int, int]] = set()
+    for end in keeps[:MAX_SENTENCES]:
+        low, high = max(0, end - SENTENCE_CHARS), min(len(data), end + SENTENCE_CHARS)
+        start = max(max(data.rfind(mark, low, end) for mark in _SENTENCE_MARKS) + 1, low)
+        stop = min((i for i in (data.find(mark, end, high) for mark in _SENTENCE_MARKS) if i >= 0), default=high)
+        if (start, stop) in sentences:
+            continue
+        sentences.add((start, stop))
+        # What it names, not a value it gives ("The secret word is 'marmalade'", "code: 4471").
+        sentence = _QUOTED.sub(" ", _piece(data, start, stop))
+        head, *rest = _VALUE.split(sentence, maxsplit=1)
+        if rest and len(rest[0].split()) <= 3:
+            sentence = head
+        for word in _WORD.findall(sentence):
+            lower = word.lower()
+            if lower not in _GENERIC and lower not in _KEEP_WORDS and lower not in named and len(named) < MAX_NAMED:
+                named.append(lower)
+    near = question = None
+    if kept or named:
+        nouns = "|".join([_KEPT_NOUNS[name] for name in sorted(kept)] + [re.escape(w) for w in named])
+        near = re.compile(r"(?:\W+\w+){0,6}?\W+(?P<kept>(?:" + nouns + r"))s?(?!\w)", re.IGNORECASE)
+        if kept:  # "password?": the words that name what is kept, not every word of the sentence keeping it
+            question = re.compile(r"(?<!\w)(?:" + "|".join(_KEPT_NOUNS[name] for name in sorted(kept))
+                                  + r")s?(?!\w)[^.!?\n]{0,30}\?$", re.IGNORECASE)
+    forbidden: set[str] = set()
+    kept_stems = {_stem(w) for name in kept for w in _WORD.findall(_KEPT_NOUNS[name])}
+    for end in places.get(_READ_NEGATION, ()):
+        clause = _CLAUSE.match(_piece(data, end, end + 240))
+        if clause is None or _DISCLOSE.search(clause.group(0)):
+            continue  # keeping something: what asks for it is asks_kept, mentioning it is no breach
+        for word in _WORD.findall(clause.group(0)):
+            stem = _stem(word)
+            if word.lower() not in _GENERIC and stem not in kept_stems:
+                forbidden.add(stem)
+    language = None
+    for end in places.get(_READ_LANGUAGE, ()):
+        before = _piece(data, end - 80, end)
+        if _FIXING_LANGUAGE.search(before):
+            language = _LANGUAGE_NAME.search(before).group(1).lower()  # type: ignore[union-attr]
+            break
+    if near is None and not forbidden and language is None:
+        return NONE
+    rule = re.compile(r"\b(?:" + "|".join(sorted(forbidden)) + r")\w*", re.IGNORECASE) if forbidden else None
+    return Instructions(near, question, frozenset(forbidden), language, rule)
