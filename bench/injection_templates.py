@@ -1,0 +1,140 @@
+"""Benign training data for the injection model: the prompt templates of open-source LLM frameworks.
+
+What applications send through a gateway is full of instructions to the model that are no
+injection: "Use the following pieces of context to answer the question", "You are given a
+conversation...", "Return only valid JSON", "IMPORTANT: ...". A model that learned injections
+mostly from jailbreaks learns that this register itself ("you", "your task", "respond", "output")
+is suspicious: before this data, 68 % of deepeval's metric templates scored as injections. The
+frameworks' own prompt templates, written by many people for real applications, are the
+counterweight (label 0).
+
+Extracted from the wheels on PyPI, licenses beside the files in
+``bench/data/injection/templates/``: LangChain 0.3.27 (MIT), LlamaIndex core 0.14.25 (MIT), Ragas
+0.4.3 (Apache-2.0), deepeval 4.3.1 (Apache-2.0). From Python sources: the string constants of 60
+characters or more in modules named ``*prompt*``; from deepeval's ``templates.json``: every template
+string. Placeholders (``{context}``, ``{{ input }}``, ``{% if %}``) become ``...``. Regenerate with
+
+    .venv/bin/python bench/injection_templates.py WHEEL_DIR...   # each an unpacked wheel
+
+which rewrites ``bench/data/injection/templates/<package>.json``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "data" / "injection" / "templates"
+_PLACEHOLDER = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{[A-Za-z_][A-Za-z0-9_.]*\}", re.DOTALL)
+MIN_CHARS = 60
+
+
+def _clean(text: str) -> str:
+    text = _PLACEHOLDER.sub("...", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def from_python_file(path: Path) -> list[str]:
+    """The long string constants of one Python module."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError):
+        return []
+    return [_clean(node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) >= MIN_CHARS
+            and " " in node.value and not node.value.lstrip().startswith(("http", "import ", "def "))]
+
+
+def from_json(path: Path) -> list[str]:
+    """Every string of ``MIN_CHARS`` or more in a JSON file of templates."""
+    out: list[str] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, str) and len(value) >= MIN_CHARS:
+            out.append(_clean(value))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(json.loads(path.read_text(encoding="utf-8")))
+    return out
+
+
+def load(paragraphs: bool = True) -> dict[str, list[str]]:
+    """The stored templates, by package; with ``paragraphs``, each template's paragraphs of
+    ``MIN_CHARS`` or more as texts of their own too (applications send parts of prompts)."""
+    out = {}
+    for path in sorted(OUT.glob("*.json")):
+        texts = json.loads(path.read_text(encoding="utf-8"))
+        if paragraphs:
+            texts += [p.strip() for t in texts for p in re.split(r"\n\s*\n", t) if len(p.strip()) >= MIN_CHARS]
+        out[path.stem] = texts
+    return out
+
+
+# Where each package keeps its prompts (globs under the package's folder).
+SOURCES = {
+    "langchain": ("**/*prompt*.py",),
+    "llama_index": ("**/*prompt*.py",),
+    "ragas": ("**/*prompt*.py",),
+    "deepeval": ("templates/metrics/templates.json",),
+    "smolagents": ("prompts/*.yaml",),
+    "autogen_agentchat": ("**/*prompt*.py",),
+    "haystack": ("components/evaluators/*.py", "components/generators/*.py"),
+    "dspy": ("propose/*.py", "predict/*.py"),
+}
+# A template that speaks of attacks is left out: it is no injection, but its words are an injection's.
+_ABOUT_ATTACKS = re.compile(r"jailbr|prompt[ -]injection|injection attack|ignore (?:all )?(?:previous|prior|above)",
+                            re.IGNORECASE)
+
+
+def from_yaml(path: Path) -> list[str]:
+    import yaml
+
+    out: list[str] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, str) and len(value) >= MIN_CHARS:
+            out.append(_clean(value))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(yaml.safe_load(path.read_text(encoding="utf-8")))
+    return out
+
+
+def extract(package: Path, globs: tuple[str, ...]) -> list[str]:
+    texts: list[str] = []
+    for pattern in globs:
+        for path in sorted(package.glob(pattern)):
+            if path.suffix == ".py":
+                texts += from_python_file(path)
+            elif path.suffix == ".json":
+                texts += from_json(path)
+            elif path.suffix in (".yaml", ".yml"):
+                texts += from_yaml(path)
+    return sorted({t for t in texts if len(t) >= MIN_CHARS and not _ABOUT_ATTACKS.search(t)})
+
+
+def main() -> int:
+    for folder in map(Path, sys.argv[1:]):
+        for package in (p for p in folder.iterdir() if p.name in SOURCES):
+            texts = extract(package, SOURCES[package.name])
+            OUT.mkdir(parents=True, exist_ok=True)
+            (OUT / f"{package.name}.json").write_text(json.dumps(texts, ensure_ascii=False, indent=0) + "\n")
+            print(f"{package.name}: {len(texts)} templates")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
