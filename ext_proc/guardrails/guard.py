@@ -157,7 +157,7 @@ class Guard:
             if plan.injection is not None and ref.role in INJECTION_ROLES:
                 scored.append(text)  # as it goes upstream: redacted values stay redacted for a classifier too
         if plan.injection is not None and scored:
-            context = instructions("\n".join(system)) if system else None
+            context = instructions("\n".join(system)) if system else None  # NONE when they keep nothing
             self.score = max(injection.score(text, context) for text in scored)
             if self.score >= plan.threshold:
                 self.injection_found()

@@ -236,6 +236,8 @@ class Instructions:
     def signals(self, text: str) -> list[str]:
         """The context signals ``text`` raises against these instructions (its first and last
         :data:`EDGE_CHARS` characters are read)."""
+        if self.near is None and self.rule is None and self.language is None:
+            return []
         if len(text) > 2 * EDGE_CHARS:
             text = text[:EDGE_CHARS] + "\n" + text[-EDGE_CHARS:]
         data = text.encode("utf-8", "surrogatepass")
