@@ -47,19 +47,26 @@ from dataclasses import dataclass
 import hyperscan
 
 # Logit added to the scorer's total per signal found (bench/injection_context.py).
-WEIGHTS = {"asks_kept": 4.0, "breaks_rule": 3.0, "other_language": 3.0}
+WEIGHTS = {"asks_kept": 4.0, "breaks_rule": 3.0, "other_language": 4.0}
 
 # The instructions keep something. Hyperscan finds the last word of each form (a bounded gap
 # between two alternations makes its databases slow to compile), Python confirms the form in the
 # characters before it: (Hyperscan's pattern, the form ending there, or None when the word is enough).
 _NEGATIONS = (r"do not|don't|dont|never|must not|mustn't|should not|shouldn't|cannot|can't|may not|will not|"
-              r"won't|under no circumstances|not to|not allowed to|not permitted to|refuse to|without")
-_KEEP_VERBS = (r"reveal|share|disclose|tell|give|say|mention|repeat|output|print|provide|divulge|leak|expose|spell|"
-               r"hint|show|type|write|confirm|discuss")
+              r"won't|under no circumstances?|under no conditions?|at no time|not to|not allowed to|not permitted to|"
+              r"refuse to|refrain from|avoid|without|not be|never be")
+_KEEP_VERBS = (r"reveal(?:s|ed|ing)?|shar(?:e|es|ed|ing)|disclos(?:e|es|ed|ing)|tell(?:s|ing)?|told|"
+               r"giv(?:e|es|en|ing)|gave|say(?:s|ing)?|said|mention(?:s|ed|ing)?|repeat(?:s|ed|ing)?|"
+               r"output(?:s|ting)?|print(?:s|ed|ing)?|provid(?:e|es|ed|ing)|divulg(?:e|es|ed|ing)|"
+               r"leak(?:s|ed|ing)?|expos(?:e|es|ed|ing)|spell(?:s|ed|ing)?|hint(?:s|ed|ing)?|show(?:s|n|ed|ing)?|"
+               r"typ(?:e|es|ed|ing)|writ(?:e|es|ing|ten)|wrote|confirm(?:s|ed|ing)?|discuss(?:es|ed|ing)?")
 _KEEPS: tuple[tuple[str, re.Pattern[str] | None], ...] = (
     (r"\b(?:" + _KEEP_VERBS + r")", re.compile(r"\b(?:" + _NEGATIONS + r")\b[^.!?\n]{0,80}\b(?:" + _KEEP_VERBS
                                                 + r")$", re.IGNORECASE)),
-    (r"\b(?:secret|confidential|classified|private|hidden|protected)\b", None),
+    (r"\b(?:secret|confidential|classified|private|hidden|protected|sensitive|restricted|need-to-know)\b|"
+     r"\b(?:internal|staff|employees?|admins?) only\b", None),
+    (r"\b(?:is|are)\s+(?:not allowed|not permitted|forbidden|prohibited|off-limits|off limits)\b",
+     re.compile(r"\b(?:" + _KEEP_VERBS + r")\b[^.!?\n]{0,60}$", re.IGNORECASE)),
     (r"\b(?:safe|to yourself)\b", re.compile(r"\bkeep\b[^.!?\n]{0,40}\b(?:safe|to yourself)$", re.IGNORECASE)),
     (r"\blet\s+(?:anyone|anybody|the users?|users|people|them)\s+(?:know|see|have|learn)\b",
      re.compile(r"\b(?:do not|don't|never)\s+let\s+\S+(?:\s+\S+)?\s+\S+$", re.IGNORECASE)),
@@ -96,7 +103,8 @@ def _bounded(words: str) -> str:
 
 # Asking for it: a request or question word, then the kept word within a few words (or the kept word
 # then a question mark), but not an account chore right before it ("reset my password").
-_ASK = ("what|what's|whats|which|tell|give|reveal|share|show|say|spell|print|output|write|type|repeat|"
+_ASK = ("what|what's|whats|which|where|where's|who|who's|tell|give|reveal|share|show|say|spell|print|output|"
+        "write|type|repeat|"
         "disclose|provide|hint|hints|clue|clues|letter|letters|character|characters|translate|encode|decode|"
         "reverse|backwards|rhyme|remind|recall|confirm|verify|guess|leak|display|list|send|dump|expose|"
         "divulge|cual|cuál|quel|quelle|was ist|wie lautet|qual|quale|какой|какая|什么|何|무엇|dime|dis-moi|"
@@ -114,7 +122,8 @@ _TOLD_NOT = (
 _NEGATION = (r"\b(?:do not|don't|dont|never|must not|mustn't|should not|shouldn't|cannot|can't|may not|will not|"
              r"won't|not allowed to|refuse to|avoid|no)\b")
 _CLAUSE = re.compile(r"[^.!?\n;]{1,120}")
-_DISCLOSE = re.compile(r"\b(?:reveal|share|disclose|divulge|leak|expose|tell|mention|repeat|spell)\w*", re.IGNORECASE)
+_DISCLOSE = re.compile(r"\b(?:reveal|shar|disclos|divulg|leak|expos|tell|told|mention|repeat|spell)\w*",
+                       re.IGNORECASE)
 _WORD = re.compile(r"[^\W\d_]{4,}")
 
 
@@ -150,16 +159,40 @@ _ASKED_LANGUAGE = r"\b(?:in|into|to)\s+(?:" + _LANGUAGES + r")\b|\btranslat"
 
 _SENTENCE_MARKS = (b". ", b"! ", b"? ", b"\n")
 _QUOTED = re.compile(r"[\"'“‘`«][^\"'”’`»\n]{1,60}[\"'”’`»]")
+_ANAPHOR = re.compile(r"\s*(?:this|that|these|those|it|they|such|the latter|the former)\b", re.IGNORECASE)
 _VALUE = re.compile(r"\s(?:is|are|was|were)\s|[:=]", re.IGNORECASE)
 # The words of keeping itself, not what is kept.
 _KEEP_WORDS = _word_set("""
-secret secrets confidential classified private hidden protected keep kept safe reveal share disclose tell give
+secret secrets confidential classified private hidden protected sensitive restricted internal staff employees
+shared sharing revealed revealing disclosed given told mentioned prohibited forbidden refrain avoid
+keep kept safe reveal share disclose tell give
 mention divulge leak expose spell hint show type confirm discuss under circumstances anyone anybody allowed
 permitted refuse must never should cannot shall will dont don't let know learn authorized authorised verified
 """)
 MAX_NAMED = 24  # words taken from the sentences that keep something
 MAX_SENTENCES = 12  # sentences that keep something read for what they name
 SENTENCE_CHARS = 300  # looked at on each side of a place for the sentence around it
+
+
+def _sentence(data: bytes, end: int) -> tuple[int, int]:
+    """The bounds of the sentence around ``end`` (at most SENTENCE_CHARS on each side)."""
+    low, high = max(0, end - SENTENCE_CHARS), min(len(data), end + SENTENCE_CHARS)
+    start = max(max(data.rfind(mark, low, end) for mark in _SENTENCE_MARKS) + 1, low)
+    stop = min((i for i in (data.find(mark, end, high) for mark in _SENTENCE_MARKS) if i >= 0), default=high)
+    return start, stop
+
+
+def _name(sentence: str, named: list[str]) -> None:
+    """Add to ``named`` what ``sentence`` names, not a value it gives ("The secret word is
+    'marmalade'", "code: 4471")."""
+    sentence = _QUOTED.sub(" ", sentence)
+    head, *rest = _VALUE.split(sentence, maxsplit=1)
+    if rest and len(rest[0].split()) <= 3:
+        sentence = head
+    for word in _WORD.findall(sentence):
+        lower = word.lower()
+        if lower not in _GENERIC and lower not in _KEEP_WORDS and lower not in named and len(named) < MAX_NAMED:
+            named.append(lower)
 
 
 def _stem(word: str) -> str:
@@ -301,21 +334,16 @@ def _compile(text: str) -> Instructions:
     named: list[str] = []
     sentences: set[tuple[int, int]] = set()
     for end in keeps[:MAX_SENTENCES]:
-        low, high = max(0, end - SENTENCE_CHARS), min(len(data), end + SENTENCE_CHARS)
-        start = max(max(data.rfind(mark, low, end) for mark in _SENTENCE_MARKS) + 1, low)
-        stop = min((i for i in (data.find(mark, end, high) for mark in _SENTENCE_MARKS) if i >= 0), default=high)
+        start, stop = _sentence(data, end)
         if (start, stop) in sentences:
             continue
         sentences.add((start, stop))
-        # What it names, not a value it gives ("The secret word is 'marmalade'", "code: 4471").
-        sentence = _QUOTED.sub(" ", _piece(data, start, stop))
-        head, *rest = _VALUE.split(sentence, maxsplit=1)
-        if rest and len(rest[0].split()) <= 3:
-            sentence = head
-        for word in _WORD.findall(sentence):
-            lower = word.lower()
-            if lower not in _GENERIC and lower not in _KEEP_WORDS and lower not in named and len(named) < MAX_NAMED:
-                named.append(lower)
+        sentence = _piece(data, start, stop)
+        if _ANAPHOR.match(sentence) and start > 1:
+            # "This number is for staff only": what it keeps was named in the sentence before.
+            previous = _sentence(data, start - 2)
+            _name(_piece(data, *previous), named)
+        _name(sentence, named)
     near = question = None
     if kept or named:
         nouns = "|".join([_KEPT_NOUNS[name] for name in sorted(kept)] + [re.escape(w) for w in named])
