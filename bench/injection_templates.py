@@ -8,11 +8,12 @@ is suspicious: before this data, 68 % of deepeval's metric templates scored as i
 frameworks' own prompt templates, written by many people for real applications, are the
 counterweight (label 0).
 
-Extracted from the wheels on PyPI, licenses beside the files in
-``bench/data/injection/templates/``: LangChain 0.3.27 (MIT), LlamaIndex core 0.14.25 (MIT), Ragas
-0.4.3 (Apache-2.0), deepeval 4.3.1 (Apache-2.0). From Python sources: the string constants of 60
-characters or more in modules named ``*prompt*``; from deepeval's ``templates.json``: every template
-string. Placeholders (``{context}``, ``{{ input }}``, ``{% if %}``) become ``...``. Regenerate with
+Extracted from the wheels on PyPI, licenses and a NOTICE beside the files in
+``bench/data/injection/templates/``: LangChain, LlamaIndex, AutoGen and DSPy (MIT), Ragas,
+deepeval, smolagents and Haystack (Apache-2.0), from the places :data:`SOURCES` names (Python
+modules: their string constants of 60 characters or more; JSON and YAML: every such string).
+Placeholders (``{context}``, ``{{ input }}``, ``{% if %}``) become ``...``; a template that speaks
+of jailbreaks or prompt injection is left out. Regenerate with
 
     .venv/bin/python bench/injection_templates.py WHEEL_DIR...   # each an unpacked wheel
 
@@ -48,22 +49,16 @@ def from_python_file(path: Path) -> list[str]:
             and " " in node.value and not node.value.lstrip().startswith(("http", "import ", "def "))]
 
 
+def _strings(value: object) -> list[str]:
+    """Every string of ``MIN_CHARS`` or more in a decoded JSON or YAML document."""
+    if isinstance(value, str):
+        return [_clean(value)] if len(value) >= MIN_CHARS else []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return [text for item in items for text in _strings(item)]
+
+
 def from_json(path: Path) -> list[str]:
-    """Every string of ``MIN_CHARS`` or more in a JSON file of templates."""
-    out: list[str] = []
-
-    def walk(value: object) -> None:
-        if isinstance(value, str) and len(value) >= MIN_CHARS:
-            out.append(_clean(value))
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(json.loads(path.read_text(encoding="utf-8")))
-    return out
+    return _strings(json.loads(path.read_text(encoding="utf-8")))
 
 
 def load(paragraphs: bool = True) -> dict[str, list[str]]:
@@ -97,20 +92,7 @@ _ABOUT_ATTACKS = re.compile(r"jailbr|prompt[ -]injection|injection attack|ignore
 def from_yaml(path: Path) -> list[str]:
     import yaml
 
-    out: list[str] = []
-
-    def walk(value: object) -> None:
-        if isinstance(value, str) and len(value) >= MIN_CHARS:
-            out.append(_clean(value))
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(yaml.safe_load(path.read_text(encoding="utf-8")))
-    return out
+    return _strings(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
 def extract(package: Path, globs: tuple[str, ...]) -> list[str]:
