@@ -27,9 +27,9 @@ data exfiltration through markdown images, long output), bare or appended to its
 (label 1), and its false-positive seeds' ordinary financial questions in several languages
 (label 0).
 
-From LLM frameworks' prompt templates (``bench/injection_templates.py``: LangChain, LlamaIndex,
-Ragas, deepeval; MIT and Apache-2.0, licenses beside the files): instructions to the model that
-applications really send, no injection (label 0).
+From eight LLM frameworks' prompt templates (``bench/injection_templates.py``: LangChain,
+LlamaIndex, Ragas, deepeval, smolagents, AutoGen, Haystack, DSPy; MIT and Apache-2.0, licenses
+beside the files): instructions to the model that applications really send, no injection (label 0).
 
 From ``bench/injection_written.py`` (written for Tollway): attacks of every technique family and
 benign requests with an injection's words; every 4th template of each list (and every 4th
