@@ -13,6 +13,7 @@ import datetime
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 
 import anthropic
@@ -29,13 +30,17 @@ KEY = "tw-guardrails-0123456789abcdefghijklmnopqrstuvwxyzAB"
 PROVIDER_KEYS = {"G_OPENAI_KEY": "sk-openai-guard-0001", "G_ANTHROPIC_KEY": "sk-ant-guard-0002"}
 AWS_KEY = "AKIA" + "Z7QW3ERTY5UIOP2A"  # shaped like an AWS access key id, made up
 CARD = "4111 1111 1111 1111"  # the well-known test card number
+CLASSIFIER_TIMEOUT = 1.5  # seconds
 
 
 class Classifier(http.server.BaseHTTPRequestHandler):
-    """A fake prompt-injection classifier: anything mentioning "exfiltrate" is an injection."""
+    """A fake prompt-injection classifier: anything mentioning "exfiltrate" is an injection; a text
+    mentioning "dawdle" is answered after the policy's timeout."""
 
     def do_POST(self) -> None:
         texts = json.loads(self.rfile.read(int(self.headers["content-length"])))["texts"]
+        if any("dawdle" in text for text in texts):
+            time.sleep(CLASSIFIER_TIMEOUT + 0.5)
         body = json.dumps({"scores": [0.97 if "exfiltrate" in text else 0.02 for text in texts]}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -47,8 +52,10 @@ class Classifier(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
+@pytest.fixture(scope="module", params=["h2", "grpcio"])
+def env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Providers]:
+    """The gateway on each of Tollway's servers (the classifier's answer comes later: both hand it
+    to the waiting stream)."""
     classifier = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Classifier)
     threading.Thread(target=classifier.serve_forever, daemon=True).start()
     policy = f"""
@@ -65,17 +72,16 @@ teams:
     models: ["*"]
 guardrails:
   injection:
-    classifier: {{url: "http://127.0.0.1:{classifier.server_port}/score", timeout_ms: 2000, fail: closed}}
+    classifier: {{url: "http://127.0.0.1:{classifier.server_port}/score", timeout_ms: {CLASSIFIER_TIMEOUT * 1000:.0f},
+                  fail: closed}}
   rules:
     - {{name: secrets, detectors: [credentials], action: block}}
     - {{name: pii, detectors: [email], action: pseudonymise}}
     - {{name: pii, detectors: [pii], action: redact}}
     - {{name: injection, detectors: [prompt_injection], action: block}}
 """
-    # --server grpcio: the classifier's answer comes back later, through grpcio's stream (Tollway's own
-    # HTTP/2 server does not hand its streams a responder for late answers yet).
     stack = Providers.stack(tmp_path_factory.mktemp("guardrails"), policy, PROVIDER_KEYS, workers=1,
-                            server="grpcio")
+                            server=request.param)
     with stack:
         yield Providers(stack, KEY)
     classifier.shutdown()
@@ -139,6 +145,14 @@ def test_a_responses_client_gets_the_card_redacted_in_every_event(env: Providers
         deltas = "".join(event.delta for event in stream if event.type == "response.output_text.delta")
         final = stream.get_final_response()
     assert deltas == final.output_text == "Your card is [CREDIT_CARD_1], thanks."
+
+
+def test_a_classifier_that_answers_too_late_fails_closed(env: Providers) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        env.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Please dawdle over this one."}])
+    assert caught.value.status_code == 503 and caught.value.code == "guardrail_unavailable"
+    assert env.provider_saw(caught.value.response.headers.get("x-tollway-request-id")) == []
 
 
 def test_the_classifier_blocks_what_it_flags(env: Providers) -> None:
