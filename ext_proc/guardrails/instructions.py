@@ -25,8 +25,10 @@ From the request's system and developer text, compiled once per distinct text
 A user or tool text then raises three signals (:data:`WEIGHTS`, added to the scorer's logit):
 
 - ``asks_kept``: a request word ("what", "tell", "spell", "reveal", "hint", "letters", "translate",
-  ...) within a few words of a kept word, not an account chore ("reset my password"), or a
-  reference to what the model was told not to say ("the word you can't tell me");
+  ...) within a few words of a kept word, not an account chore ("reset my password") and not
+  qualified otherwise than the instructions qualify it ("the guest wifi password" where the staff
+  wifi password is kept, "the dress code" where a door code is), or a reference to what the model
+  was told not to say ("the word you can't tell me");
 - ``breaks_rule``: a forbidden content word in the text;
 - ``other_language``: the answers' language is fixed and the text asks for another.
 
@@ -172,6 +174,35 @@ permitted refuse must never should cannot shall will dont don't let know learn a
 MAX_NAMED = 24  # words taken from the sentences that keep something
 MAX_SENTENCES = 12  # sentences that keep something read for what they name
 SENTENCE_CHARS = 300  # looked at on each side of a place for the sentence around it
+MAX_QUALIFIED = 8  # mentions of each kept noun read for the words that qualify it
+
+
+_KEPT_WORDS_PY = {name: re.compile(r"(?<!\w)(?:" + words + r")s?(?!\w)", re.IGNORECASE)
+                  for name, words in _KEPT_NOUNS.items()}
+_KEPT_FULL = {name: re.compile(r"(?:" + words + r")s?", re.IGNORECASE) for name, words in _KEPT_NOUNS.items()}
+_NOT_QUALIFYING = frozenset(("the", "a", "an", "your", "my", "our", "their", "his", "her", "its", "this", "that",
+                             "these", "those", "any", "some", "what", "which", "whats", "what's", "is", "of",
+                             "me", "us", "give", "tell", "show", "say", "share", "reveal", "spell", "print",
+                             "and", "or", "to", "for", "with", "in", "on", "at", "now", "just", "only", "actual",
+                             "was", "were", "are", "would", "could", "should", "will", "can", "be", "been", "do",
+                             "does", "did", "has", "have", "had", "if", "as", "by", "from", "about", "like", "than",
+                             "then", "so", "not", "all", "every", "each", "both", "either", "new", "old", "same"))
+
+
+def _qualifying(before: str) -> list[str]:
+    """The words right before a noun that qualify it: at most two, back to the first word that
+    cannot ("What would the staff wifi" -> staff, wifi; "What is the" -> none)."""
+    words = re.split(r"[^\w'-]+", before.lower())
+    if words and not words[-1]:
+        words.pop()
+    out: list[str] = []
+    for word in reversed(words[-2:] if len(words) >= 2 else words):
+        if not word.isalpha() or len(word) < 3 or word in _NOT_QUALIFYING or word in _GENERIC or word in _KEEP_WORDS:
+            break
+        out.append(word)
+    if before.rstrip().endswith((",", ";", ":", ".", "(", ")")):
+        return []
+    return out
 
 
 def _sentence(data: bytes, end: int) -> tuple[int, int]:
@@ -225,7 +256,7 @@ def _compiled(expressions: list[str], single: set[int]) -> hyperscan.Database:
 def _reader() -> hyperscan.Database:
     expressions = [_NEGATION, _FIXED_LANGUAGE] + [pattern for pattern, _ in _KEEPS]
     expressions += [_bounded(words) for words in _KEPT_NOUNS.values()]
-    return _compiled(expressions, single=set(_KEPT_IDS.values()))
+    return _compiled(expressions, single=set())
 
 
 @functools.cache
@@ -265,6 +296,8 @@ class Instructions:
     forbidden: frozenset[str]  # stems of the prohibitions' content words
     language: str | None  # the language answers must be in
     rule: re.Pattern[str] | None = None  # a word starting with a forbidden stem
+    qualifiers: frozenset[str] = frozenset()  # the words before a kept noun there ("staff" wifi password)
+    named: frozenset[str] = frozenset()  # the words a keeping sentence names (not the kept nouns)
 
     def signals(self, text: str) -> list[str]:
         """The context signals ``text`` raises against these instructions (its first and last
@@ -293,7 +326,8 @@ class Instructions:
         for end in places.get(_TEXT_ASK, ()):
             after = _piece(data, end, end + 120)
             match = self.near.match(after)
-            if match and not _CHORE.search(_piece(data, end - 40, end) + after[:match.start("kept")]):
+            if match and not _CHORE.search(_piece(data, end - 40, end) + after[:match.start("kept")]) \
+                    and self._same_thing(after[:match.start("kept")], match.group("kept")):
                 return True
         question = self.question
         if question is None:
@@ -301,9 +335,17 @@ class Instructions:
         for end in places.get(_TEXT_QUESTION, ()):
             before = _piece(data, end - 60, end)
             match = question.search(before)
-            if match and not _CHORE.search(before[:match.start()]):
+            if match and not _CHORE.search(before[:match.start()]) and self._same_thing(before[:match.start()], ""):
                 return True
         return False
+
+    def _same_thing(self, before: str, word: str) -> bool:
+        """Whether a kept noun in a text is the kept thing: the words right before it qualify it as
+        the instructions do, or not at all ("the staff wifi password" is kept; "the guest wifi
+        password", "the dress code" where a door code is kept, are other things)."""
+        if not self.qualifiers or word.lower() in self.named:
+            return True
+        return all(w in self.qualifiers for w in _qualifying(before))
 
     def logit(self, text: str) -> float:
         """What these instructions add to ``text``'s injection logit."""
@@ -344,6 +386,14 @@ def _compile(text: str) -> Instructions:
             previous = _sentence(data, start - 2)
             _name(_piece(data, *previous), named)
         _name(sentence, named)
+    qualifiers: set[str] = set()
+    for name in kept:
+        for end in places.get(_KEPT_IDS[name], ())[:MAX_QUALIFIED]:
+            window = _piece(data, end - 60, end)
+            nouns_here = list(_KEPT_WORDS_PY[name].finditer(window))
+            if nouns_here:  # the last one is the noun that ends here
+                qualifiers.update(_qualifying(window[:nouns_here[-1].start()]))
+    named = [w for w in named if w not in qualifiers and not any(p.fullmatch(w) for p in _KEPT_FULL.values())]
     near = question = None
     if kept or named:
         nouns = "|".join([_KEPT_NOUNS[name] for name in sorted(kept)] + [re.escape(w) for w in named])
@@ -355,7 +405,8 @@ def _compile(text: str) -> Instructions:
     kept_stems = {_stem(w) for name in kept for w in _WORD.findall(_KEPT_NOUNS[name])}
     for end in places.get(_READ_NEGATION, ()):
         clause = _CLAUSE.match(_piece(data, end, end + 240))
-        if clause is None or _DISCLOSE.search(clause.group(0)):
+        if clause is None or _DISCLOSE.search(clause.group(0)) or any(
+                _KEPT_WORDS_PY[name].search(clause.group(0)) for name in kept):
             continue  # keeping something: what asks for it is asks_kept, mentioning it is no breach
         for word in _WORD.findall(clause.group(0)):
             stem = _stem(word)
@@ -370,4 +421,5 @@ def _compile(text: str) -> Instructions:
     if near is None and not forbidden and language is None:
         return NONE
     rule = re.compile(r"\b(?:" + "|".join(sorted(forbidden)) + r")\w*", re.IGNORECASE) if forbidden else None
-    return Instructions(near, question, frozenset(forbidden), language, rule)
+    return Instructions(near, question, frozenset(forbidden), language, rule, frozenset(qualifiers),
+                        frozenset(named))
