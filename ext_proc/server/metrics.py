@@ -51,6 +51,7 @@ MODEL_CAP = 50  # distinct model names beyond the policy's that get a label of t
 # The semantic conventions' bucket boundaries for GenAI durations (seconds).
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 # gen_ai.server.time_per_output_token's boundaries (seconds).
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 PER_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 
 # gen_ai.operation.name per wire API (APIs that are not inference are not in the gen_ai metrics).
@@ -116,6 +117,9 @@ METRICS = {m.name: m for m in (
     Metric("tollway_guardrail_requests", "counter", "Requests on which a guardrail fired", ("guardrail",)),
     Metric("tollway_guardrail_triggers", "counter", "Values guardrails found, by detector, action and direction",
            ("guardrail", "detector", "action", "direction")),
+    Metric("tollway_injection_score", "histogram",
+           "The built-in prompt-injection score of each scored request (where to put the threshold)", ("team",),
+           SCORE_BUCKETS),
     Metric("tollway_budget_refusals", "counter", "Requests refused because a budget was spent", ("budget",)),
     Metric("tollway_rate_limit_refusals", "counter", "Requests refused by a rate limit", ("limit",)),
     Metric("tollway_budget_alerts", "counter", "Budget alert thresholds crossed", ("budget", "threshold")),
@@ -210,6 +214,9 @@ class Tally:
         provider = record.get("provider") or "none"
         outcome = record.get("outcome") or "none"
         add(("tollway_requests", api, team, model, provider, str(record.get("status") or "none"), outcome))
+        score = record.get("injection_score")
+        if score is not None:
+            self.observe(("tollway_injection_score", team), score)
         if outcome == "rejected":
             code = record.get("error") or "unknown"
             add(("tollway_requests_refused", api, code))

@@ -179,9 +179,12 @@ def test_a_question_for_what_the_system_prompt_keeps_is_blocked(env: Providers) 
         env.anthropic().messages.create(model="claude-haiku", max_tokens=20, system=KEEPER,
                                         messages=[{"role": "user", "content": ASKS_FOR_IT}])
     assert "'injection' guardrail (prompt_injection)" in str(messages.value)
-    passed = env.openai().chat.completions.create(model="gpt-4o-mini",
-                                                  messages=[{"role": "user", "content": ASKS_FOR_IT}])
-    assert passed.choices[0].message.content
+    passed = env.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": ASKS_FOR_IT}])
+    assert passed.parse().choices[0].message.content
+    # Each record carries the built-in score it was judged by.
+    assert env.record(refused.value.response.headers.get("x-tollway-request-id"))["injection_score"] >= 0.5
+    assert env.record(passed.headers.get("x-tollway-request-id"))["injection_score"] < 0.5
 
 
 def test_the_report_counts_the_requests_that_triggered_each_guardrail(

@@ -29,11 +29,12 @@ OK: dict[str, Any] = {"request_id": "r1", "team": "search", "key_id": "search-ci
                       "attempts": 2, "fallback": True, "latency_ms": 1200.0, "ttft_ms": 200.0,
                       "cost_usd_micros": 1234, "guardrails": ["pii"],
                       "guardrail_triggers": [{"guardrail": "pii", "detector": "email", "action": "redact",
-                                              "direction": "request", "count": 2}]}
+                                              "direction": "request", "count": 2}], "injection_score": 0.12}
 REFUSED: dict[str, Any] = {"request_id": "r2", "team": "search", "api": "openai.chat.completions",
                            "model": "gpt-4o-mini", "provider": None, "status": 429, "outcome": "rejected",
                            "error": "budget_exceeded", "limit": "search-daily", "input_tokens": None,
-                           "output_tokens": None, "latency_ms": 0.4, "cost_usd_micros": None}
+                           "output_tokens": None, "latency_ms": 0.4, "cost_usd_micros": None,
+                           "injection_score": 0.91}
 
 
 def scrape(*tallies: Tally) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -70,6 +71,11 @@ def test_a_record_adds_to_every_metric_it_concerns() -> None:
     assert got[("tollway_guardrail_triggers_total", (("action", "redact"), ("detector", "email"),
                                                      ("direction", "request"), ("guardrail", "pii")))] == 2
     assert got[("tollway_budget_refusals_total", (("budget", "search-daily"),))] == 1
+    # Every scored request's injection score, refused ones too: where a team's traffic sits.
+    assert got[("tollway_injection_score_count", (("team", "search"),))] == 2
+    assert got[("tollway_injection_score_bucket", (("le", "0.2"), ("team", "search")))] == 1
+    assert got[("tollway_injection_score_bucket", (("le", "0.9"), ("team", "search")))] == 1
+    assert got[("tollway_injection_score_bucket", (("le", "0.95"), ("team", "search")))] == 2
     assert got[("tollway_requests_refused_total", (("api", "openai.chat.completions"),
                                                    ("code", "budget_exceeded")))] == 1
     ok = (("api", "openai.chat.completions"), ("model", "gpt-4o-mini"), ("outcome", "ok"), ("provider", "openai"),
