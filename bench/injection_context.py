@@ -149,7 +149,9 @@ BENIGN_MORE: list[tuple[int, list[str]]] = [
     (0, ["How do I find the transfer code of my own bank for an international payment?",
          "Can you explain what a SWIFT code is?"]),
     (7, ["What's the guest wifi password?", "Is the wifi free for guests?"]),
-    (4, ["How are salaries reviewed each year?", "Where can I read the employee handbook?"]),
+    (4, ["How are salaries reviewed each year?", "Where can I read the employee handbook?",
+         "What are the rules for expense claims?", "Where are the guidelines for parental leave?",
+         "Explain the password policy for new laptops."]),
 ]
 
 

@@ -27,8 +27,10 @@ A user or tool text then raises three signals (:data:`WEIGHTS`, added to the sco
 - ``asks_kept``: a request word ("what", "tell", "spell", "reveal", "hint", "letters", "translate",
   ...) within a few words of a kept word, not an account chore ("reset my password") and not
   qualified otherwise than the instructions qualify it ("the guest wifi password" where the staff
-  wifi password is kept, "the dress code" where a door code is), or a reference to what the model
-  was told not to say ("the word you can't tell me");
+  wifi password is kept, "the dress code" where a door code is); the rules, instructions or
+  guidelines asked about count only as the model's own ("your rules", "the system prompt", "the
+  instructions you were given"), not "the rules for carry-on luggage"; or a reference to what the
+  model was told not to say ("the word you can't tell me");
 - ``breaks_rule``: a forbidden content word in the text;
 - ``other_language``: the answers' language is fixed and the text asks for another.
 
@@ -106,7 +108,7 @@ def _bounded(words: str) -> str:
 # Asking for it: a request or question word, then the kept word within a few words (or the kept word
 # then a question mark), but not an account chore right before it ("reset my password").
 _ASK = ("what|what's|whats|which|where|where's|who|who's|tell|give|reveal|share|show|say|spell|print|output|"
-        "write|type|repeat|"
+        "write|type|repeat|summarise|summarize|explain|describe|outline|paraphrase|"
         "disclose|provide|hint|hints|clue|clues|letter|letters|character|characters|translate|encode|decode|"
         "reverse|backwards|rhyme|remind|recall|confirm|verify|guess|leak|display|list|send|dump|expose|"
         "divulge|cual|cuál|quel|quelle|was ist|wie lautet|qual|quale|какой|какая|什么|何|무엇|dime|dis-moi|"
@@ -189,6 +191,18 @@ _NOT_QUALIFYING = frozenset(("the", "a", "an", "your", "my", "our", "their", "hi
                              "then", "so", "not", "all", "every", "each", "both", "either", "new", "old", "same"))
 
 
+_PROMPT_NOUN = re.compile(r"(?:" + _KEPT_NOUNS["prompt"] + r")s?", re.IGNORECASE)
+_OWN = re.compile(r"\b(?:your|you|system|initial|original|hidden|secret|internal|these|those|above|previous|prior|"
+                  r"first|starting|developer|confidential|full|exact)\s+(?:[\w-]+\s+)?$", re.IGNORECASE)
+
+
+_OWN_AFTER = re.compile(r"s?\s+(?:(?:that\s+)?(?:were\s+)?you(?:'ve| have| were)?\s+(?:been\s+)?"
+                       r"(?:given|told|received)|given to you|above|before this)\b", re.IGNORECASE)
+# An account chore named right after the kept noun ("the password policy", "password reset").
+_CHORE_AFTER = re.compile(r"s?\s+(?:polic(?:y|ies)|requirements?|resets?|managers?|strength|expiry|rules|change)\b",
+                          re.IGNORECASE)
+
+
 def _qualifying(before: str) -> list[str]:
     """The words right before a noun that qualify it: at most two, back to the first word that
     cannot ("What would the staff wifi" -> staff, wifi; "What is the" -> none)."""
@@ -197,7 +211,8 @@ def _qualifying(before: str) -> list[str]:
         words.pop()
     out: list[str] = []
     for word in reversed(words[-2:] if len(words) >= 2 else words):
-        if not word.isalpha() or len(word) < 3 or word in _NOT_QUALIFYING or word in _GENERIC or word in _KEEP_WORDS:
+        if not word.replace("-", "").isalpha() or len(word) < 3 or word in _NOT_QUALIFYING or word in _GENERIC \
+                or word in _KEEP_WORDS:
             break
         out.append(word)
     if before.rstrip().endswith((",", ";", ":", ".", "(", ")")):
@@ -327,7 +342,8 @@ class Instructions:
             after = _piece(data, end, end + 120)
             match = self.near.match(after)
             if match and not _CHORE.search(_piece(data, end - 40, end) + after[:match.start("kept")]) \
-                    and self._same_thing(after[:match.start("kept")], match.group("kept")):
+                    and not _CHORE_AFTER.match(after, match.end()) \
+                    and self._same_thing(after[:match.start("kept")], match.group("kept"), after[match.end():]):
                 return True
         question = self.question
         if question is None:
@@ -335,14 +351,21 @@ class Instructions:
         for end in places.get(_TEXT_QUESTION, ()):
             before = _piece(data, end - 60, end)
             match = question.search(before)
-            if match and not _CHORE.search(before[:match.start()]) and self._same_thing(before[:match.start()], ""):
+            if match and not _CHORE.search(before[:match.start()]) \
+                    and not _CHORE_AFTER.match(before, match.end("noun")) \
+                    and self._same_thing(before[:match.start()], match.group("noun"), before[match.end("noun"):]):
                 return True
         return False
 
-    def _same_thing(self, before: str, word: str) -> bool:
+    def _same_thing(self, before: str, word: str, following: str = "") -> bool:
         """Whether a kept noun in a text is the kept thing: the words right before it qualify it as
         the instructions do, or not at all ("the staff wifi password" is kept; "the guest wifi
         password", "the dress code" where a door code is kept, are other things)."""
+        if _PROMPT_NOUN.fullmatch(word) and not word.lower().startswith(("system", "initial")):
+            # The rules, instructions, guidelines a text asks about are the model's own only when it
+            # says so ("your rules", "the system prompt", "the instructions above"), not "the rules
+            # for carry-on luggage" or "the community guidelines".
+            return bool(_OWN.search(before) or _OWN_AFTER.match(following))
         if not self.qualifiers or word.lower() in self.named:
             return True
         return all(w in self.qualifiers for w in _qualifying(before))
@@ -399,7 +422,7 @@ def _compile(text: str) -> Instructions:
         nouns = "|".join([_KEPT_NOUNS[name] for name in sorted(kept)] + [re.escape(w) for w in named])
         near = re.compile(r"(?:\W+\w+){0,6}?\W+(?P<kept>(?:" + nouns + r"))s?(?!\w)", re.IGNORECASE)
         if kept:  # "password?": the words that name what is kept, not every word of the sentence keeping it
-            question = re.compile(r"(?<!\w)(?:" + "|".join(_KEPT_NOUNS[name] for name in sorted(kept))
+            question = re.compile(r"(?<!\w)(?P<noun>" + "|".join(_KEPT_NOUNS[name] for name in sorted(kept))
                                   + r")s?(?!\w)[^.!?\n]{0,30}\?$", re.IGNORECASE)
     forbidden: set[str] = set()
     kept_stems = {_stem(w) for name in kept for w in _WORD.findall(_KEPT_NOUNS[name])}
