@@ -96,11 +96,12 @@ _KEPT_NOUNS = {
 
 
 def _bounded(words: str) -> str:
-    """An alternation of words as a whole-word pattern: a word boundary (Hyperscan's, ASCII) at
-    each end that is an ASCII letter or digit; words of other scripts match without one there."""
+    """An alternation of words as a whole-word pattern (and their plurals in -s, -es): a word
+    boundary (Hyperscan's, ASCII) at each end that is an ASCII letter or digit; words of other
+    scripts match without one there."""
     def one(word: str) -> str:
         head = r"\b" if word[0].isascii() and word[0].isalnum() else ""
-        tail = r"\b" if word[-1].isascii() and word[-1].isalnum() else ""
+        tail = r"(?:e?s)?\b" if word[-1].isascii() and word[-1].isalnum() else ""
         return head + word + tail
     return "|".join(one(word) for word in words.split("|"))
 
@@ -179,9 +180,9 @@ SENTENCE_CHARS = 300  # looked at on each side of a place for the sentence aroun
 MAX_QUALIFIED = 8  # mentions of each kept noun read for the words that qualify it
 
 
-_KEPT_WORDS_PY = {name: re.compile(r"(?<!\w)(?:" + words + r")s?(?!\w)", re.IGNORECASE)
+_KEPT_WORDS_PY = {name: re.compile(r"(?<!\w)(?:" + words + r")(?:e?s)?(?!\w)", re.IGNORECASE)
                   for name, words in _KEPT_NOUNS.items()}
-_KEPT_FULL = {name: re.compile(r"(?:" + words + r")s?", re.IGNORECASE) for name, words in _KEPT_NOUNS.items()}
+_KEPT_FULL = {name: re.compile(r"(?:" + words + r")(?:e?s)?", re.IGNORECASE) for name, words in _KEPT_NOUNS.items()}
 _NOT_QUALIFYING = frozenset(("the", "a", "an", "your", "my", "our", "their", "his", "her", "its", "this", "that",
                              "these", "those", "any", "some", "what", "which", "whats", "what's", "is", "of",
                              "me", "us", "give", "tell", "show", "say", "share", "reveal", "spell", "print",
@@ -191,11 +192,13 @@ _NOT_QUALIFYING = frozenset(("the", "a", "an", "your", "my", "our", "their", "hi
                              "then", "so", "not", "all", "every", "each", "both", "either", "new", "old", "same"))
 
 
-_PROMPT_NOUN = re.compile(r"(?:" + _KEPT_NOUNS["prompt"] + r")s?", re.IGNORECASE)
+_PROMPT_NOUN = re.compile(r"(?:" + _KEPT_NOUNS["prompt"] + r")(?:e?s)?", re.IGNORECASE)
 _OWN = re.compile(r"\b(?:your|you|system|initial|original|hidden|secret|internal|these|those|above|previous|prior|"
                   r"first|starting|developer|confidential|full|exact)\s+(?:[\w-]+\s+)?$", re.IGNORECASE)
 
 
+_PERSONAL_NOUN = re.compile(r"(?:" + _KEPT_NOUNS["personal"] + r")(?:e?s)?", re.IGNORECASE)
+_MINE = re.compile(r"\b(?:my|our|mine)\s+(?:[\w-]+\s+)?$", re.IGNORECASE)
 _OWN_AFTER = re.compile(r"s?\s+(?:(?:that\s+)?(?:were\s+)?you(?:'ve| have| were)?\s+(?:been\s+)?"
                        r"(?:given|told|received)|given to you|above|before this)\b", re.IGNORECASE)
 # An account chore named right after the kept noun ("the password policy", "password reset").
@@ -366,6 +369,8 @@ class Instructions:
             # says so ("your rules", "the system prompt", "the instructions above"), not "the rules
             # for carry-on luggage" or "the community guidelines".
             return bool(_OWN.search(before) or _OWN_AFTER.match(following))
+        if _PERSONAL_NOUN.fullmatch(word) and _MINE.search(before):
+            return False  # "my balance", "our address": a user's own data, not someone else's
         if not self.qualifiers or word.lower() in self.named:
             return True
         return all(w in self.qualifiers for w in _qualifying(before))
@@ -420,10 +425,10 @@ def _compile(text: str) -> Instructions:
     near = question = None
     if kept or named:
         nouns = "|".join([_KEPT_NOUNS[name] for name in sorted(kept)] + [re.escape(w) for w in named])
-        near = re.compile(r"(?:\W+\w+){0,6}?\W+(?P<kept>(?:" + nouns + r"))s?(?!\w)", re.IGNORECASE)
+        near = re.compile(r"(?:\W+\w+){0,6}?\W+(?P<kept>(?:" + nouns + r"))(?:e?s)?(?!\w)", re.IGNORECASE)
         if kept:  # "password?": the words that name what is kept, not every word of the sentence keeping it
             question = re.compile(r"(?<!\w)(?P<noun>" + "|".join(_KEPT_NOUNS[name] for name in sorted(kept))
-                                  + r")s?(?!\w)[^.!?\n]{0,30}\?$", re.IGNORECASE)
+                                  + r")(?:e?s)?(?!\w)[^.!?\n]{0,30}\?$", re.IGNORECASE)
     forbidden: set[str] = set()
     kept_stems = {_stem(w) for name in kept for w in _WORD.findall(_KEPT_NOUNS[name])}
     for end in places.get(_READ_NEGATION, ()):
