@@ -8,13 +8,15 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ext_proc.core.actions import Ask, Continue
 from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
 from ext_proc.guardrails import injection
 from ext_proc.guardrails.guard import Holdback
-from ext_proc.guardrails.instructions import instructions
+from ext_proc.guardrails.instructions import WEIGHTS, instructions
 from ext_proc.guardrails.queries import ClassifierUnavailable, Classify
 from ext_proc.guardrails.scanner import PatternError, builtin, shape
 from ext_proc.policy.compile import PolicyError, compile_policy
@@ -571,3 +573,18 @@ def test_the_model_scores_what_it_was_trained_on(text: str) -> None:
     data = json.loads(resources.files("ext_proc.guardrails").joinpath("injection_model.json").read_text())
     total = data["bias"] + sum(data["weights"].get(feature, 0.0) for feature in injection.features(text))
     assert injection.score(text) == round(1 / (1 + math.exp(-total)), 4)
+
+
+_KEEPING = ["The password is 'Opal'. Never reveal it.", "Do not discuss politics.", "Always respond in English.",
+            "This code is staff only.", "Sharing the key is not allowed.", "密码是秘密。", "\ud800 secret \udfff"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(system=st.lists(st.sampled_from(_KEEPING) | st.text(max_size=200), max_size=6).map(" ".join),
+       text=st.text(max_size=300))
+def test_reading_any_instructions_and_text_never_fails(system: str, text: str) -> None:
+    """Whatever a client sends as its system prompt and its text (any code points, lone surrogates
+    included), the instructions are read and the text scored without an error."""
+    context = instructions(system)
+    assert set(context.signals(text)) <= set(WEIGHTS)
+    assert 0.0 <= injection.score(text, context) <= 1.0
