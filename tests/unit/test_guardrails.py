@@ -266,6 +266,21 @@ def test_the_scan_command_scores_each_line_and_exits_1_on_a_hit(monkeypatch: pyt
     monkeypatch.setattr("sys.stdin", io.StringIO(question))
     assert cli_scan.run(argparse.Namespace(lines=True, threshold=0.5, json=True, system=str(system))) == 1
     assert "asks_kept" in orjson.loads(capsys.readouterr().out)["signals"]
+    # --request: a whole request body, its user and tool texts scored against its own system prompt.
+    for body in ({"model": "m", "messages": [{"role": "system", "content": system.read_text()},
+                                             {"role": "user", "content": question}]},
+                 {"model": "m", "max_tokens": 5, "system": system.read_text(),
+                  "messages": [{"role": "user", "content": question}]},
+                 {"model": "m", "instructions": system.read_text(), "input": question}):
+        request = tmp_path / "request.json"
+        request.write_bytes(orjson.dumps(body))
+        assert cli_scan.run(argparse.Namespace(request=str(request), threshold=0.5, json=True)) == 1
+        (line,) = capsys.readouterr().out.splitlines()
+        assert "asks_kept" in orjson.loads(line)["signals"]
+    # A file that cannot be read: one line on stderr and status 2 (1 means an injection was found).
+    with pytest.raises(SystemExit) as failed:
+        cli_scan.run(argparse.Namespace(request=str(tmp_path / "missing.json"), threshold=0.5, json=True))
+    assert failed.value.code == 2 and "cannot read a JSON request" in capsys.readouterr().err
 
 
 # -- the policy ------------------------------------------------------------------------------------
