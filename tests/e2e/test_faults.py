@@ -197,7 +197,7 @@ def test_a_service_stalled_past_envoys_message_timeout_is_a_504_and_resumes(env:
     _agree(calls, records)
     during = [c for c in calls if stalled_at + 0.1 < c.started < resumed_at - MESSAGE_TIMEOUT - 0.3]
     assert during and all(c.status == 504 and c.format_ok and "per-message_timeout" in c.detail
-                          for c in during), during
+                          for c in during), [(c, c.detail) for c in during]
     assert all(c.seconds < MESSAGE_TIMEOUT + SLACK for c in during), during
     after = [c for c in calls if c.started > resumed_at + 0.3]
     assert after and all(c.clean for c in after), [c for c in after if not c.clean]
