@@ -40,7 +40,7 @@ from ext_proc.llm.sse import SSEEvent
 
 from . import injection
 from .detectors import INJECTION, Detector
-from .instructions import instructions
+from .instructions import MAX_CHARS, instructions
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Finding
 from .texts import StreamTexts, Walker
@@ -139,13 +139,15 @@ class Guard:
         scanner = plan.scanner
         changed = False
         scored: list[str] = []
-        system: list[str] = []  # the instructions the scored texts meet
+        system: list[str] = []  # the instructions the scored texts meet (as much as is read of them)
+        room = MAX_CHARS if plan.instructions else 0
         for ref in list(walker.request(payload)):
             text = ref.get()
             if not text:
                 continue
-            if ref.role == "system" and plan.instructions:
-                system.append(text)
+            if ref.role == "system" and room > 0:
+                system.append(text[:room])
+                room -= len(text) + 1
             if rules:
                 findings = scanner.find(text, rules)
                 if findings:

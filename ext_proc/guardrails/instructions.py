@@ -161,7 +161,6 @@ _FIXING_LANGUAGE = re.compile(
 _LANGUAGE_NAME = re.compile(r"(" + _LANGUAGES + r")$", re.IGNORECASE)
 _ASKED_LANGUAGE = r"\b(?:in|into|to)\s+(?:" + _LANGUAGES + r")\b|\btranslat"
 
-
 _SENTENCE_MARKS = (b". ", b"! ", b"? ", b"\n")
 _QUOTED = re.compile(r"[\"'“‘`«][^\"'”’`»\n]{1,60}[\"'”’`»]")
 _ANAPHOR = re.compile(r"\s*(?:this|that|these|those|it|they|such|the latter|the former)\b", re.IGNORECASE)
@@ -179,9 +178,10 @@ MAX_SENTENCES = 12  # sentences that keep something read for what they name
 SENTENCE_CHARS = 300  # looked at on each side of a place for the sentence around it
 MAX_QUALIFIED = 8  # mentions of each kept noun read for the words that qualify it
 
-
+# A kept noun anywhere in a text.
 _KEPT_WORDS_PY = {name: re.compile(r"(?<!\w)(?:" + words + r")(?:e?s)?(?!\w)", re.IGNORECASE)
                   for name, words in _KEPT_NOUNS.items()}
+# A word that is one of them, whole ("balances", "system prompt").
 _KEPT_FULL = {name: re.compile(r"(?:" + words + r")(?:e?s)?", re.IGNORECASE) for name, words in _KEPT_NOUNS.items()}
 _NOT_QUALIFYING = frozenset(("the", "a", "an", "your", "my", "our", "their", "his", "her", "its", "this", "that",
                              "these", "those", "any", "some", "what", "which", "whats", "what's", "is", "of",
@@ -191,16 +191,14 @@ _NOT_QUALIFYING = frozenset(("the", "a", "an", "your", "my", "our", "their", "hi
                              "does", "did", "has", "have", "had", "if", "as", "by", "from", "about", "like", "than",
                              "then", "so", "not", "all", "every", "each", "both", "either", "new", "old", "same"))
 
-
-_PROMPT_NOUN = re.compile(r"(?:" + _KEPT_NOUNS["prompt"] + r")(?:e?s)?", re.IGNORECASE)
+# The model's own rules, instructions, prompt: "your rules", "the instructions above", "the
+# instructions you were given".
 _OWN = re.compile(r"\b(?:your|you|system|initial|original|hidden|secret|internal|these|those|above|previous|prior|"
                   r"first|starting|developer|confidential|full|exact)\s+(?:[\w-]+\s+)?$", re.IGNORECASE)
-
-
-_PERSONAL_NOUN = re.compile(r"(?:" + _KEPT_NOUNS["personal"] + r")(?:e?s)?", re.IGNORECASE)
-_MINE = re.compile(r"\b(?:my|our|mine)\s+(?:[\w-]+\s+)?$", re.IGNORECASE)
 _OWN_AFTER = re.compile(r"s?\s+(?:(?:that\s+)?(?:were\s+)?you(?:'ve| have| were)?\s+(?:been\s+)?"
-                       r"(?:given|told|received)|given to you|above|before this)\b", re.IGNORECASE)
+                        r"(?:given|told|received)|given to you|above|before this)\b", re.IGNORECASE)
+# A user's own data: "my balance", "our home address".
+_MINE = re.compile(r"\b(?:my|our|mine)\s+(?:[\w-]+\s+)?$", re.IGNORECASE)
 # An account chore named right after the kept noun ("the password policy", "password reset").
 _CHORE_AFTER = re.compile(r"s?\s+(?:polic(?:y|ies)|requirements?|resets?|managers?|strength|expiry|rules|change)\b",
                           re.IGNORECASE)
@@ -364,12 +362,12 @@ class Instructions:
         """Whether a kept noun in a text is the kept thing: the words right before it qualify it as
         the instructions do, or not at all ("the staff wifi password" is kept; "the guest wifi
         password", "the dress code" where a door code is kept, are other things)."""
-        if _PROMPT_NOUN.fullmatch(word) and not word.lower().startswith(("system", "initial")):
+        if _KEPT_FULL["prompt"].fullmatch(word) and not word.lower().startswith(("system", "initial")):
             # The rules, instructions, guidelines a text asks about are the model's own only when it
             # says so ("your rules", "the system prompt", "the instructions above"), not "the rules
             # for carry-on luggage" or "the community guidelines".
             return bool(_OWN.search(before) or _OWN_AFTER.match(following))
-        if _PERSONAL_NOUN.fullmatch(word) and _MINE.search(before):
+        if _KEPT_FULL["personal"].fullmatch(word) and _MINE.search(before):
             return False  # "my balance", "our address": a user's own data, not someone else's
         if not self.qualifiers or word.lower() in self.named:
             return True

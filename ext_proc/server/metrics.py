@@ -51,8 +51,9 @@ MODEL_CAP = 50  # distinct model names beyond the policy's that get a label of t
 # The semantic conventions' bucket boundaries for GenAI durations (seconds).
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 # gen_ai.server.time_per_output_token's boundaries (seconds).
-SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 PER_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+# The prompt-injection score's (0 to 1; the default threshold is 0.5).
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 # gen_ai.operation.name per wire API (APIs that are not inference are not in the gen_ai metrics).
 OPERATIONS = {
