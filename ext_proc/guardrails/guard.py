@@ -41,6 +41,7 @@ from ext_proc.llm.sse import SSEEvent
 from . import injection
 from .detectors import INJECTION, Detector
 from .instructions import MAX_CHARS, instructions
+from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Finding
 from .texts import StreamTexts, Walker
@@ -101,8 +102,8 @@ class _Channel:
 class Guard:
     """One request's guardrails (see the module docstring)."""
 
-    __slots__ = ("_channels", "_counts", "_holdback", "_numbers", "_placeholders", "_stream", "plan", "score",
-                 "vault")
+    __slots__ = ("_channels", "_counts", "_holdback", "_kept", "_numbers", "_placeholders", "_stream", "plan",
+                 "score", "vault")
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -114,6 +115,7 @@ class Guard:
         self._channels: dict[tuple[Any, ...], _Channel] = {}
         self._holdback: Holdback | None = None
         self._stream: StreamTexts | None = None
+        self._kept: Kept | None = None  # the values the request's instructions keep (.kept), when a rule looks
 
     # -- records ----------------------------------------------------------------------------
 
@@ -140,7 +142,8 @@ class Guard:
         changed = False
         scored: list[str] = []
         system: list[str] = []  # the instructions the scored texts meet (as much as is read of them)
-        room = MAX_CHARS if plan.instructions else 0
+        keeps = KEPT in plan.response
+        room = MAX_CHARS if plan.instructions or keeps else 0
         for ref in list(walker.request(payload)):
             text = ref.get()
             if not text:
@@ -158,8 +161,14 @@ class Guard:
                         text = new
             if plan.injection is not None and ref.role in INJECTION_ROLES:
                 scored.append(text)  # as it goes upstream: redacted values stay redacted for a classifier too
-        if plan.injection is not None and scored:
-            context = instructions("\n".join(system)) if system else None  # NONE when they keep nothing
+        scoring = plan.injection is not None and bool(scored)
+        read = None
+        if system and (keeps or (scoring and plan.instructions)):
+            read = instructions("\n".join(system))  # NONE when they keep nothing
+            if keeps:
+                self._kept = kept(read.secrets)
+        if scoring:
+            context = read if plan.instructions else None
             self.score = max(injection.score(text, context) for text in scored)
             if self.score >= plan.threshold:
                 self.injection_found()
@@ -231,6 +240,8 @@ class Guard:
             if not text:
                 continue
             findings = self.plan.scanner.find(text, rules) if rules else []
+            if self._kept is not None:
+                findings = merge(findings, self._kept.find(text))
             new = self.apply(text, findings, rules, RESPONSE, ref.json_text, restore=True)
             if new != text:
                 ref.set(new)
@@ -243,7 +254,10 @@ class Guard:
         if stream is None:
             stream = self._stream = walker.stream()
             rules = self.plan.response
-            self._holdback = Holdback((d for d in self.plan.scanner.detectors if d.name in rules), bool(self.vault))
+            detectors = [d for d in self.plan.scanner.detectors if d.name in rules]
+            if self._kept is not None:
+                detectors.append(self._kept.detector)
+            self._holdback = Holdback(detectors, bool(self.vault))
         return stream.feed(events, self._text, self._flush)
 
     @property
@@ -280,7 +294,10 @@ class Guard:
         findings: list[Finding] = []
         if rules and buf:
             shift = len(context)
-            for finding in self.plan.scanner.find(context + buf, rules):
+            found = self.plan.scanner.find(context + buf, rules)
+            if self._kept is not None:
+                found = merge(found, self._kept.find(context + buf))
+            for finding in found:
                 if finding.start < shift:
                     continue
                 start, end = finding.start - shift, finding.end - shift

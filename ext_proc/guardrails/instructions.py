@@ -163,6 +163,7 @@ _ASKED_LANGUAGE = r"\b(?:in|into|to)\s+(?:" + _LANGUAGES + r")\b|\btranslat"
 
 _SENTENCE_MARKS = (b". ", b"! ", b"? ", b"\n")
 _QUOTED = re.compile(r"[\"'“‘`«][^\"'”’`»\n]{1,60}[\"'”’`»]")
+_REFERS = re.compile(r"\b(?:it|this|that|them|these|those)\b", re.IGNORECASE)
 _ANAPHOR = re.compile(r"\s*(?:this|that|these|those|it|they|such|the latter|the former)\b", re.IGNORECASE)
 _VALUE = re.compile(r"\s(?:is|are|was|were)\s|[:=]", re.IGNORECASE)
 # The words of keeping itself, not what is kept.
@@ -242,6 +243,49 @@ def _name(sentence: str, named: list[str]) -> None:
             named.append(lower)
 
 
+# The values a keeping sentence gives: quoted, after "is" or ":" (up to a comma, "and", "but"), a
+# code-like token (letters and digits, or five digits or more), or a capitalised token right after a
+# kept noun ("the password FLAMINGO"): what an answer must then not contain (.kept).
+_VALUE_END = re.compile(r"\s*(?:[,;(]|\s(?:and|but|which|so|that|because|or)\s|$)", re.IGNORECASE)
+_VALUE_STRIP = "\"'“”‘’`«»*.,;:!?()[]{} \t"
+_CODE = re.compile(r"(?<![\w-])(?=[\w-]*\d)(?:(?=[\w-]*[^\W\d_])[\w-]{5,40}|\d{5,40})(?![\w-])")
+_AFTER_NOUN = re.compile(r"\b(?:password|passphrase|passcode|code|codeword|key|pin|token|word|phrase)s?\s+"
+                         r"([A-Z][A-Z0-9_-]{3,40})(?![\w-])")
+_NOT_VALUES = frozenset(("not", "no", "never", "none", "nothing", "secret", "private", "hidden", "known", "given",
+                         "shared", "kept", "protected", "restricted", "only", "also", "the", "a", "an", "your",
+                         "my", "our", "this", "that", "it", "them", "to", "be"))
+MIN_VALUE, MAX_VALUE = 4, 60  # characters of a kept value (shorter ones are words any answer may hold)
+MAX_VALUES = 16  # values taken from one set of instructions
+
+
+def _value(text: str, out: list[str]) -> None:
+    value = text.strip(_VALUE_STRIP)
+    words = value.lower().split()
+    if not MIN_VALUE <= len(value) <= MAX_VALUE or not words or len(words) > 3 or value in out \
+            or len(out) >= MAX_VALUES or not any(c.isalnum() for c in value):
+        return
+    if any(w in _NOT_VALUES or w in _GENERIC or w in _KEEP_WORDS for w in words):
+        return
+    if any(p.fullmatch(value) for p in _KEPT_FULL.values()):
+        return  # "the code is secret. The password: password" names, it gives nothing
+    out.append(value)
+
+
+def _values(sentence: str, out: list[str]) -> None:
+    """Add to ``out`` the values ``sentence`` gives ("The secret word is 'marmalade'", "code: 4471",
+    "never reveal the access code 7731-XK", "the password FLAMINGO")."""
+    for quoted in _QUOTED.finditer(sentence):
+        _value(quoted.group(0), out)
+    parts = _VALUE.split(_QUOTED.sub(" ", sentence), maxsplit=1)
+    if len(parts) == 2:
+        rest = parts[1].lstrip()
+        _value(rest[:_VALUE_END.search(rest).start()], out)  # type: ignore[union-attr]  # $ always matches
+    for code in _CODE.finditer(sentence):
+        _value(code.group(0), out)
+    for capital in _AFTER_NOUN.finditer(sentence):
+        _value(capital.group(1), out)
+
+
 def _stem(word: str) -> str:
     """A crude stem: the first five letters ("politics", "political", "politician" -> "polit"),
     enough to meet a prohibition's word in another form."""
@@ -314,6 +358,7 @@ class Instructions:
     rule: re.Pattern[str] | None = None  # a word starting with a forbidden stem
     qualifiers: frozenset[str] = frozenset()  # the words before a kept noun there ("staff" wifi password)
     named: frozenset[str] = frozenset()  # the words a keeping sentence names (not the kept nouns)
+    secrets: tuple[str, ...] = ()  # the values they keep ("FLAMINGO"), for the answer's guard (.kept)
 
     def signals(self, text: str) -> list[str]:
         """The context signals ``text`` raises against these instructions (its first and last
@@ -400,6 +445,7 @@ def _compile(text: str) -> Instructions:
     kept = {name for name, i in _KEPT_IDS.items() if i in places} if keeps else set()
     # And what a sentence that keeps something names: "The salary bands are confidential."
     named: list[str] = []
+    secrets: list[str] = []
     sentences: set[tuple[int, int]] = set()
     for end in keeps[:MAX_SENTENCES]:
         start, stop = _sentence(data, end)
@@ -407,11 +453,15 @@ def _compile(text: str) -> Instructions:
             continue
         sentences.add((start, stop))
         sentence = _piece(data, start, stop)
-        if _ANAPHOR.match(sentence) and start > 1:
-            # "This number is for staff only": what it keeps was named in the sentence before.
-            previous = _sentence(data, start - 2)
-            _name(_piece(data, *previous), named)
+        if start > 1 and (_ANAPHOR.match(sentence) or _REFERS.search(sentence)):
+            # "This number is for staff only", "Do not reveal it": what it keeps was named (and
+            # given) in the sentence before.
+            previous = _piece(data, *_sentence(data, start - 2))
+            if _ANAPHOR.match(sentence):
+                _name(previous, named)
+            _values(previous, secrets)
         _name(sentence, named)
+        _values(sentence, secrets)
     qualifiers: set[str] = set()
     for name in kept:
         for end in places.get(_KEPT_IDS[name], ())[:MAX_QUALIFIED]:
@@ -444,8 +494,8 @@ def _compile(text: str) -> Instructions:
         if _FIXING_LANGUAGE.search(before):
             language = _LANGUAGE_NAME.search(before).group(1).lower()  # type: ignore[union-attr]
             break
-    if near is None and not forbidden and language is None:
+    if near is None and not forbidden and language is None and not secrets:
         return NONE
     rule = re.compile(r"\b(?:" + "|".join(sorted(forbidden)) + r")\w*", re.IGNORECASE) if forbidden else None
     return Instructions(near, question, frozenset(forbidden), language, rule, frozenset(qualifiers),
-                        frozenset(named))
+                        frozenset(named), tuple(secrets))

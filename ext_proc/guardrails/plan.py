@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .detectors import INJECTION
+from .kept import KEPT
 from .scanner import Scanner
 
 ACTIONS = ("redact", "mask", "pseudonymise", "block", "log")
@@ -95,6 +96,7 @@ class Guardrails:
                     chosen[direction].setdefault(name, rule)
         injection = chosen[REQUEST].pop(INJECTION, None)
         chosen[RESPONSE].pop(INJECTION, None)
+        chosen[REQUEST].pop(KEPT, None)  # the values instructions keep are looked for in answers only
         plan = None
         if chosen[REQUEST] or chosen[RESPONSE] or injection:
             plan = Plan(self.scanner, chosen[REQUEST], chosen[RESPONSE], injection, self.threshold,

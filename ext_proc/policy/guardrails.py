@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 
 from ext_proc.guardrails.detectors import BUILTIN, GROUPS, INJECTION, Detector, custom
+from ext_proc.guardrails.kept import KEPT
 from ext_proc.guardrails.plan import REQUEST, RESPONSE, Classifier, Guardrails, Rule
 from ext_proc.guardrails.scanner import PatternError, Scanner, builtin
 
@@ -28,14 +29,14 @@ def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: obj
     here: Loc = ("guardrails",)
     for name, entry in section.custom.items():
         at: Loc = (*here, "custom", name)
-        if name in BUILTIN_NAMES or name in GROUPS or name == INJECTION:
+        if name in BUILTIN_NAMES or name in GROUPS or name in (INJECTION, KEPT):
             out.append(Problem(f"'{name}' is a built-in detector's name: choose another", where=at, at_key=True))
             continue
         try:
             _custom_detector(name, entry)
         except PatternError as exc:
             out.append(Problem(f"cannot be used: {exc}", where=(*at, "pattern" if entry.pattern else "words")))
-    known = [*GROUPS, INJECTION, *BUILTIN_NAMES, *section.custom]
+    known = [*GROUPS, INJECTION, KEPT, *BUILTIN_NAMES, *section.custom]
     teams = list(spec.teams)
     public = [*models, *spec.routing.aliases]
     for index, rule in enumerate(section.rules):
@@ -49,6 +50,12 @@ def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: obj
             elif detector == INJECTION and rule.direction == "response":
                 out.append(Problem("prompt_injection scores prompts: use direction request or both",
                                    where=(*at, "direction")))
+            elif detector == KEPT and rule.action == "pseudonymise":
+                out.append(Problem("kept_secret is found in answers: redact, mask, block or log",
+                                   where=(*at, "action")))
+            elif detector == KEPT and rule.direction == "request":
+                out.append(Problem("kept_secret finds what the instructions keep in the answers: use direction "
+                                   "response or both", where=(*at, "direction")))
         if rule.action == "pseudonymise" and rule.direction == "response":
             out.append(Problem("pseudonymise replaces values in prompts and restores them in answers: use "
                                "direction request or both", where=(*at, "direction")))
