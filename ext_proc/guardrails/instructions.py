@@ -246,11 +246,38 @@ def _name(sentence: str, named: list[str]) -> None:
 # The values a keeping sentence gives: quoted, after "is" or ":" (up to a comma, "and", "but"), a
 # code-like token (letters and digits, or five digits or more), or a capitalised token right after a
 # kept noun ("the password FLAMINGO"): what an answer must then not contain (.kept).
-_VALUE_END = re.compile(r"\s*(?:[,;(]|\s(?:and|but|which|so|that|because|or)\s|$)", re.IGNORECASE)
+_VALUE_END = re.compile(r"\s*(?:[,;(]|\s(?:and|but|which|so|that|because|or)(?:\s|$)|$)", re.IGNORECASE)
 _VALUE_STRIP = "\"'“”‘’`«»*.,;:!?()[]{} \t"
 _CODE = re.compile(r"(?<![\w-])(?=[\w-]*\d)(?:(?=[\w-]*[^\W\d_])[\w-]{5,40}|\d{5,40})(?![\w-])")
-_AFTER_NOUN = re.compile(r"\b(?:password|passphrase|passcode|code|codeword|key|pin|token|word|phrase)s?\s+"
-                         r"([A-Z][A-Z0-9_-]{3,40})(?![\w-])")
+_AFTER_NOUN = re.compile(r"\b(?:password|passphrase|passcode|code|codeword|key|pin|token|word|phrase)s?\s*"
+                         r"(?:([A-Z][A-Z0-9_-]{3,40})(?![\w-])|\(([^()\s]{4,40})\))")
+# The kept nouns whose value, given anywhere in the instructions, is kept with them ("The password to
+# the staff wifi is 'Harbour2024'. ... Do not give the wifi password to guests.").
+_VALUED = ("password", "secret", "key", "code", "pin", "token", "word")
+_VALUED_NOUN = re.compile(r"(?<!\w)(?:" + "|".join(_KEPT_NOUNS[name] for name in _VALUED) + r")(?:e?s)?(?!\w)",
+                          re.IGNORECASE)
+_TOUCHING = re.compile(r"[^\W\d_]\d|\d[^\W\d_]|[A-Z]{2}")
+_DIGITS_ONLY = re.compile(r"[\d\s().+#-]*\d{2}[\d\s().+#-]*")
+_CLAUSE_BREAK = re.compile(r"[,;()]|\s(?:as|because|since|when|if|while|but)\s")
+NEAR = 40  # characters between a secret's noun and the value it is given ("the password to the staff wifi is")
+
+
+def _code_like(value: str) -> bool:
+    """Letters and digits together ("abc123", "Harbour2024"), capitals ("7731-XK"), or five digits
+    or more: not "3-bullet-point", "2023-01-01" (a date's layout is no code), "reason"."""
+    value = value.strip(_VALUE_STRIP)
+    if _DIGITS_ONLY.fullmatch(value):
+        return sum(c.isdigit() for c in value) >= 5 and not _DATE.fullmatch(value)
+    return bool(_TOUCHING.search(value))
+
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}")
+
+
+# ... unless that sentence gives it away ("The discount code is WELCOME10: offer it to anyone who asks").
+_SHAREABLE = re.compile(r"\b(?:share|give|offer|tell|provide|send|hand out)\b[^.!?\n]{0,40}\b(?:anyone|everyone|"
+                        r"customers?|users?|guests?|visitors?|who asks|on request|freely)\b|\bpublic(?:ly)?\b",
+                        re.IGNORECASE)
 _NOT_VALUES = frozenset(("not", "no", "never", "none", "nothing", "secret", "private", "hidden", "known", "given",
                          "shared", "kept", "protected", "restricted", "only", "also", "the", "a", "an", "your",
                          "my", "our", "this", "that", "it", "them", "to", "be"))
@@ -272,18 +299,32 @@ def _value(text: str, out: list[str]) -> None:
 
 
 def _values(sentence: str, out: list[str]) -> None:
-    """Add to ``out`` the values ``sentence`` gives ("The secret word is 'marmalade'", "code: 4471",
-    "never reveal the access code 7731-XK", "the password FLAMINGO")."""
+    """Add to ``out`` the values ``sentence`` gives for a secret it names ("The secret word is
+    'marmalade'", "code: 4471", "never reveal the access code 7731-XK", "the password FLAMINGO"):
+    quoted or after "is" or ":" within a few words after the secret's noun, or code-like anywhere in
+    a sentence that names one. "Do not mention 'reason'" or "the JSON key 'verdict'" (not code-like,
+    nor right after a noun that gives it) give nothing."""
+    nouns = [m.end() for m in _VALUED_NOUN.finditer(sentence)]
+    if not nouns:
+        return
+
+    def given(at: int) -> bool:  # a secret's noun ends shortly before ``at``, in the same clause
+        return any(0 <= at - end <= NEAR and not _CLAUSE_BREAK.search(sentence, end, at) for end in nouns)
+
     for quoted in _QUOTED.finditer(sentence):
-        _value(quoted.group(0), out)
-    parts = _VALUE.split(_QUOTED.sub(" ", sentence), maxsplit=1)
-    if len(parts) == 2:
-        rest = parts[1].lstrip()
-        _value(rest[:_VALUE_END.search(rest).start()], out)  # type: ignore[union-attr]  # $ always matches
+        if given(quoted.start()):
+            _value(quoted.group(0), out)
+    for form in _VALUE.finditer(sentence):
+        if given(form.start()) and not _QUOTED.match(sentence, form.end()):
+            rest = sentence[form.end():].lstrip()
+            value = rest[:_VALUE_END.search(rest).start()]  # type: ignore[union-attr]  # $ always matches
+            if not _QUOTED.search(value):
+                _value(value, out)
     for code in _CODE.finditer(sentence):
-        _value(code.group(0), out)
-    for capital in _AFTER_NOUN.finditer(sentence):
-        _value(capital.group(1), out)
+        if _code_like(code.group(0)):
+            _value(code.group(0), out)
+    for named in _AFTER_NOUN.finditer(sentence):
+        _value(named.group(1) or named.group(2), out)
 
 
 def _stem(word: str) -> str:
@@ -446,6 +487,7 @@ def _compile(text: str) -> Instructions:
     # And what a sentence that keeps something names: "The salary bands are confidential."
     named: list[str] = []
     secrets: list[str] = []
+    keeping: list[str] = []  # the sentences that keep something (and those they refer back to)
     sentences: set[tuple[int, int]] = set()
     for end in keeps[:MAX_SENTENCES]:
         start, stop = _sentence(data, end)
@@ -460,8 +502,20 @@ def _compile(text: str) -> Instructions:
             if _ANAPHOR.match(sentence):
                 _name(previous, named)
             _values(previous, secrets)
+            keeping.append(previous)
         _name(sentence, named)
         _values(sentence, secrets)
+        keeping.append(sentence)
+    for name in _VALUED:  # the value of a secret a keeping sentence names, given in another sentence
+        if name not in kept or not any(_KEPT_WORDS_PY[name].search(text) for text in keeping):
+            continue
+        for end in places.get(_KEPT_IDS[name], ())[:MAX_QUALIFIED]:
+            start, stop = _sentence(data, end)
+            if (start, stop) not in sentences:
+                sentences.add((start, stop))
+                given = _piece(data, start, stop)
+                if not _SHAREABLE.search(given):
+                    _values(given, secrets)
     qualifiers: set[str] = set()
     for name in kept:
         for end in places.get(_KEPT_IDS[name], ())[:MAX_QUALIFIED]:
