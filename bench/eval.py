@@ -125,6 +125,21 @@ def injection_figures(folder: Path, thresholds: list[float]) -> dict[str, float]
     for kind, (n, alone_hits, with_hits) in sorted(by_kind.items()):
         print(f"  {kind}: {n} cases, recall at 0.5 {alone_hits / n:.3f} alone, "
               f"{with_hits / n:.3f} with the system prompt")
+    # By technique and by where the injection sits (in the user's own words, or in content the user
+    # passes on): where the detector misses, counted, never read.
+    by_technique: dict[tuple[str, str], list[int]] = {}
+    for case, together in zip(cases, scores["with"][0], strict=True):
+        counts = by_technique.setdefault((case["injection_variant"], case["injection_type"]), [0, 0])
+        counts[0] += 1
+        counts[1] += together >= 0.5
+    print("  recall at 0.5 with the system prompt, by technique (direct / indirect):")
+    for variant in sorted({v for v, _ in by_technique}, key=lambda v: -sum(by_technique.get((v, t), [0])[0]
+                                                                           for t in ("direct", "indirect"))):
+        cells = []
+        for kind in ("direct", "indirect"):
+            n, hits = by_technique.get((variant, kind), [0, 0])
+            cells.append(f"{hits:2}/{n:<2}" if n else "  -  ")
+        print(f"    {variant:32} {cells[0]}  {cells[1]}")
     return out
 
 
