@@ -11,8 +11,9 @@ The gateway holds both ends: the instructions read once per distinct system text
 as it streams.
 
 A value is found whole (any case, not inside a longer word) and spelled out: its letters and
-digits with up to two separators between them ("F-L-A-M-I-N-G-O", "F L A M I N G O", "f.l.a.m.i.n.g.o"),
-for values of at most :data:`SPELLED` characters. Every occurrence is a :class:`~.scanner.Finding`
+digits with up to two separators between them ("F-L-A-M-I-N-G-O", "F L A M I N G O",
+"f.l.a.m.i.n.g.o"), forwards or backwards ("OGNIMALF"), for values of at most :data:`SPELLED`
+characters. Every occurrence is a :class:`~.scanner.Finding`
 of a per-request :class:`~.detectors.Detector` whose width and characters bound what a stream holds
 back (see :class:`.guard.Holdback`), so a value split across events or TCP chunks is never partly
 sent. What reads the instructions and the rule's action (redact: ``[KEPT_SECRET_1]``, mask, block,
@@ -49,7 +50,8 @@ class Kept:
             chars.update(value.lower() + value.upper())
             symbols = [c for c in value if c.isalnum()]
             if len(symbols) >= 4 and len(value) <= SPELLED:
-                alternatives.append(_SEPARATORS.join(re.escape(c) for c in symbols))
+                for letters in (symbols, symbols[::-1]):  # spelled out, and backwards ("OGNIMALF")
+                    alternatives.append(_SEPARATORS.join(re.escape(c) for c in letters))
                 width = max(width, len(symbols) + 2 * (len(symbols) - 1))
         # Not inside a longer word: no letter or digit right before or after.
         self.pattern = re.compile(r"(?<![^\W_])(?:" + "|".join(alternatives) + r")(?![^\W_])", re.IGNORECASE)

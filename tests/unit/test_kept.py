@@ -97,7 +97,8 @@ def test_a_kept_value_is_found_whole_in_any_case_and_spelled_out() -> None:
     assert finder is not None
     for text, value in [("it is flamingo.", "flamingo"), ("F-L-A-M-I-N-G-O!", "F-L-A-M-I-N-G-O"),
                         ("letters: f l a m i n g o", "f l a m i n g o"), ("code 7731-xk ok", "7731-xk"),
-                        ("spelled 7 7 3 1 X K", "7 7 3 1 X K")]:
+                        ("spelled 7 7 3 1 X K", "7 7 3 1 X K"), ("backwards: OGNIMALF", "OGNIMALF"),
+                        ("K-X-1-3-7-7 reversed", "K-X-1-3-7-7"), ("**FLAM**INGO", "FLAM**INGO")]:
         (finding,) = finder.find(text)
         assert text[finding.start:finding.end] == value
     assert finder.find("flamingos and a pinkflamingo") == []  # not inside a longer word
@@ -133,7 +134,7 @@ def opened(route: Route, workload: str = "local-dev", system: str = SYSTEM) -> S
     return session
 
 
-LEAKS = ["FLAMINGO", "flamingo", "F-L-A-M-I-N-G-O", "F L A M I N G O"]
+LEAKS = ["FLAMINGO", "flamingo", "F-L-A-M-I-N-G-O", "F L A M I N G O", "o-g-n-i-m-a-l-f"]
 
 
 @pytest.mark.parametrize("route", ROUTES)
