@@ -33,6 +33,7 @@ LABEL = "KEPT_SECRET"
 SPELLED = 24  # values up to this long are also found spelled out, letter by letter
 _SEPARATORS = r"[\s.,_*/|-]{0,2}"
 _SEPARATOR_CHARS = r"\s.,_*/|\-"
+_SPACES = re.compile(r"\s+")
 
 
 class Kept:
@@ -45,8 +46,10 @@ class Kept:
         width = 0
         chars: set[str] = set()
         for value in sorted(values, key=len, reverse=True):  # the longest first: "sk-1234" before "1234"
-            alternatives.append(r"\s{1,4}".join(re.escape(part) for part in value.split()))
-            width = max(width, len(value) + 3 * value.count(" "))  # each space may be up to four
+            parts = value.split()
+            gap = max([4, *(len(run) for run in _SPACES.findall(value))])  # a run of white space, or wider
+            alternatives.append((r"\s{1," + str(gap) + "}").join(re.escape(part) for part in parts))
+            width = max(width, sum(map(len, parts)) + gap * (len(parts) - 1))
             chars.update(value.lower() + value.upper())
             symbols = [c for c in value if c.isalnum()]
             if len(symbols) >= 4 and len(value) <= SPELLED:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ext_proc.core.actions import Continue
@@ -206,3 +206,26 @@ def test_the_policy_takes_kept_secret_for_answers_only(rule: str, message: str) 
     with pytest.raises(PolicyError) as caught:
         compile_policy(text)
     assert message in str(caught.value)
+
+
+
+_VALUES = st.text(min_size=4, max_size=60).filter(lambda v: v.strip() == v and any(c.isalnum() for c in v))
+
+
+@settings(BOUNDED, max_examples=200)
+@example(value="blue     harvest moon", others=["harvest"], before="")
+@example(value="ab%d\\]^-x", others=[], before="x\n")
+@given(value=_VALUES, others=st.lists(_VALUES, max_size=3), before=st.sampled_from(["", "Here: ", "x\n"]))
+def test_any_value_compiles_and_is_found_whole_where_it_stands_alone(value: str, others: list[str],
+                                                                      before: str) -> None:
+    from ext_proc.guardrails.guard import Holdback
+
+    alone = kept((value,))
+    assert alone is not None
+    text = before + value + " ."
+    assert [(f.start, f.end) for f in alone.find(text)] == [(len(before), len(before) + len(value))]
+    together = kept(tuple(dict.fromkeys([value, *others])))
+    assert together is not None
+    holdback = Holdback([together.detector], placeholders=False)  # its character class compiles
+    assert together.find(text)  # found, if perhaps as part of another value
+    assert holdback.keep(text[:-2]) <= together.detector.width - 1
