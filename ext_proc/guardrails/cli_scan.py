@@ -88,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 _fail(f"tollway scan: cannot read {args.system}: {exc.strerror}")
     context = instructions(system) if system else None
+    if context is not None and context.secrets:  # how many, never which: the operator checks a canary is read
+        n = len(context.secrets)
+        print(f"the system prompt keeps {n} value{'s' if n > 1 else ''}: a kept_secret rule finds "
+              f"{'them' if n > 1 else 'it'} in answers", file=sys.stderr)
     flagged = False
     for text in texts:
         score = injection.score(text, context)

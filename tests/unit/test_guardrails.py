@@ -265,7 +265,10 @@ def test_the_scan_command_scores_each_line_and_exits_1_on_a_hit(monkeypatch: pyt
     capsys.readouterr()
     monkeypatch.setattr("sys.stdin", io.StringIO(question))
     assert cli_scan.run(argparse.Namespace(lines=True, threshold=0.5, json=True, system=str(system))) == 1
-    assert "asks_kept" in orjson.loads(capsys.readouterr().out)["signals"]
+    printed = capsys.readouterr()
+    assert "asks_kept" in orjson.loads(printed.out)["signals"]
+    # how many values the system prompt keeps (for the kept_secret guardrail), never the value
+    assert "keeps 1 value: a kept_secret rule finds it" in printed.err and "4471" not in printed.err
     # --request: a whole request body, its user and tool texts scored against its own system prompt.
     for body in ({"model": "m", "messages": [{"role": "system", "content": system.read_text()},
                                              {"role": "user", "content": question}]},
