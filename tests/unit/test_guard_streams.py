@@ -26,6 +26,7 @@ from ext_proc.core.session import Session
 from ext_proc.llm import runtime
 from ext_proc.mock import responses as mock
 from ext_proc.policy.compile import compile_policy
+from ext_proc.policy.compiled import CompiledPolicy
 from tests.unit.test_session_stream_splits import (
     BOUNDED,
     CHAT,
@@ -36,9 +37,11 @@ from tests.unit.test_session_stream_splits import (
     Route,
     cut_lists,
     is_error,
+    pieces,
     play,
     records,
     sdk_events,
+    some_cuts,
     split,
     whole_events,
 )
@@ -74,11 +77,18 @@ BEFORE = ["Your value is ", "See: ", "", "x "]
 AFTER = [" and that is all.", ".", "", " ok"]
 
 
-def opened(route: Route, workload: str = "local-dev", prompt: str = "Hi") -> Session:
-    session = Session(POLICY, workload, runtime=runtime.fixed(now=CREATED))
+def opened(route: Route, workload: str = "local-dev", prompt: str = "Hi", system: str | None = None,
+           policy: CompiledPolicy = POLICY) -> Session:
+    """A streamed request through the stream guard, answered so far with a 200 event stream's head;
+    ``system``: its system prompt (a system message, or Anthropic's top-level field)."""
+    session = Session(policy, workload, runtime=runtime.fixed(now=CREATED))
     body: dict[str, Any] = {"model": route.model, "messages": [{"role": "user", "content": prompt}], "stream": True}
     if route.client == "anthropic":
         body["max_tokens"] = 100
+        if system is not None:
+            body["system"] = system
+    elif system is not None:
+        body["messages"].insert(0, {"role": "system", "content": system})
     path = CHAT if route.client == "openai" else MESSAGES
     head = {":method": "POST", ":path": path, "x-request-id": "req-1", "content-type": "application/json"}
     assert isinstance(session.handle(RequestHeaders(head, False, T0)), Continue)
@@ -126,9 +136,8 @@ def answers(draw: st.DrawFn) -> tuple[str, str, str, tuple[str, ...]]:
     before, after = draw(st.sampled_from(BEFORE)), draw(st.sampled_from(AFTER))
     text = before + secret + after
     inside = draw(st.integers(len(before) + 1, len(before) + len(secret) - 1))
-    cuts = sorted({inside, *draw(st.lists(st.integers(1, len(text) - 1), max_size=4))})
-    pieces = tuple(text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True))
-    return secret, placeholder, before + placeholder + after, pieces
+    return secret, placeholder, before + placeholder + after, pieces(text, [inside, *draw(
+        st.lists(st.integers(1, len(text) - 1), max_size=4))])
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -154,9 +163,7 @@ def test_a_secret_split_anywhere_never_reaches_the_client(route: Route, answer: 
 def test_a_piece_of_a_longer_number_stays_whole_in_a_stream_split_anywhere(route: Route, data: st.DataObject) -> None:
     # "0-227-47180" of the ISBN is no phone number however the stream is cut (what follows it decides).
     text = "Book 0-227-47180-6, or call 020 7946 0958 x12 now"
-    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(text) - 1), min_size=1, max_size=5), label="cuts")))
-    pieces = tuple(text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True))
-    upstream = provider_stream(route, pieces)
+    upstream = provider_stream(route, pieces(text, some_cuts(data, text, "cuts")))
     session = opened(route)
     out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
     assert client_text(route, out) == ("Book 0-227-47180-6, or call [PHONE_1] now", False)
@@ -200,9 +207,7 @@ def test_a_blocked_answer_ends_with_an_error_event_and_none_of_the_value(route: 
 @given(data=st.data())
 def test_pseudonyms_come_back_in_a_stream_split_anywhere(route: Route, data: st.DataObject) -> None:
     text = "I will write to [EMAIL_1] and to [EMAIL_9] tomorrow."
-    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(text) - 1), min_size=1, max_size=5), label="deltas")))
-    pieces = tuple(text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True))
-    upstream = provider_stream(route, pieces)
+    upstream = provider_stream(route, pieces(text, some_cuts(data, text)))
     session = opened(route, workload="private-app", prompt="Write to jane.doe@example.com please")
     out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
     # the placeholder the provider saw comes back as the value; one it never saw stays as it is

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +130,17 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     """``data`` cut at ``cuts`` (clamped to its length); a repeated cut makes an empty chunk."""
     points = sorted(min(cut, len(data)) for cut in cuts)
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def pieces(text: str, cuts: Iterable[int]) -> tuple[str, ...]:
+    """``text`` cut at ``cuts`` (each inside it), as a provider's content deltas."""
+    points = sorted(set(cuts))
+    return tuple(text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True))
+
+
+def some_cuts(data: st.DataObject, text: str, label: str = "deltas") -> list[int]:
+    """One to five places inside ``text`` to cut it at, drawn."""
+    return data.draw(st.lists(st.integers(1, len(text) - 1), min_size=1, max_size=5), label=label)
 
 
 # -- provider streams ---------------------------------------------------------------------------
