@@ -96,7 +96,7 @@ def quick_start_blocks() -> list[tuple[str, str]]:
 
 def test_the_readmes_quick_start_word_for_word(up: Up) -> None:
     blocks = quick_start_blocks()
-    assert blocks[0][1].split("\n")[0].startswith("make run") and len(blocks) == 4
+    assert blocks[0][1].split("\n")[0].startswith("make run") and len(blocks) == 5
     ran = 0
     for language, code in blocks[1:]:
         code = code.replace("127.0.0.1:10000", f"127.0.0.1:{up.ports['port']}")  # the test's own port
@@ -110,10 +110,14 @@ def test_the_readmes_quick_start_word_for_word(up: Up) -> None:
             if "x-mock-openai-status: 429" in code:  # the fallback demo, and what the README says it shows
                 assert "x-tollway-provider: anthropic" in proc.stdout and "x-tollway-attempts: 2" in proc.stdout
                 assert '"object":"chat.completion"' in proc.stdout
+            elif "x-mock-reply" in code:  # what the system prompt keeps, out of the answer as the README shows
+                shown = re.search(r'# ("content": ".*")\n', code)
+                assert shown is not None and shown.group(1).replace(": ", ":", 1) in proc.stdout, proc.stdout
+                assert "FLAMINGO" not in proc.stdout and "F-L-A" not in proc.stdout
             else:
                 assert '"object":"chat.completion"' in proc.stdout
         ran += 1
-    assert ran == 3
+    assert ran == 4
     # "demo may not use gpt-4o: that call gets a 403"
     demo = {"authorization": "Bearer tw-local-demo-key-not-secret"}
     denied = httpx.post(up.url + "/v1/chat/completions", headers=demo,
