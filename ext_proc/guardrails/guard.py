@@ -198,8 +198,10 @@ class Guard:
                 continue
             parts.append(self._restore(text[last:finding.start], json_text) if restore else text[last:finding.start])
             value = text[finding.start:finding.end]
-            parts.append(_mask(value) if action == "mask" else self._placeholder(detector, value,
-                                                                                 action == "pseudonymise"))
+            if action == "mask":
+                parts.append(_mask(value, 0 if detector.kind == "kept" else 4))
+            else:
+                parts.append(self._placeholder(detector, value, action == "pseudonymise"))
             last = finding.end
         if not parts:
             return self._restore(text, json_text) if restore else text
@@ -321,9 +323,10 @@ class Guard:
         return self.apply(sent, findings, rules, RESPONSE, json_text, restore=True)
 
 
-def _mask(value: str) -> str:
-    """Every letter and digit but the last four as ``*``; separators kept."""
-    keep = len(_ALNUM.findall(value)) - 4
+def _mask(value: str, shown: int = 4) -> str:
+    """Every letter and digit but the last ``shown`` as ``*``; separators kept. A value the
+    instructions keep shows none: the end of a password is half of it."""
+    keep = len(_ALNUM.findall(value)) - shown
     out = []
     for char in value:
         if keep > 0 and char.isascii() and char.isalnum():
