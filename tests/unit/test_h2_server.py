@@ -485,3 +485,50 @@ def test_a_frame_on_a_stream_the_client_ended_resets_that_stream_only() -> None:
         assert b"".join(e.data for e in answers) == grpc_message(b"third")
 
     asyncio.run(scenario())
+
+
+_NAMES = st.sampled_from([b":path", b"content-type", b"te", b"x-envoy-internal", b"x-forwarded-for", b"x-a"])
+_HEADER_LISTS = st.lists(st.lists(st.tuples(_NAMES, st.binary(min_size=0, max_size=12)), min_size=1, max_size=5)
+                         .map(lambda pairs: [(b":method", b"POST"), *pairs]), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lists=_HEADER_LISTS, repeats=st.lists(st.integers(0, 11), max_size=12),
+       sizes=st.lists(st.sampled_from([0, 64, 128, 4096]), max_size=3), never=st.booleans())
+def test_a_header_block_kept_decoded_is_what_decoding_it_again_gives(
+        lists: list[list[tuple[bytes, bytes]]], repeats: list[int], sizes: list[int], never: bool) -> None:
+    # The client's encoder adds entries, evicts them and changes its table's size between blocks;
+    # some blocks come again byte for byte (as Envoy's do). The connection's decoding, which keeps
+    # the blocks that left the table unchanged, must equal a fresh decoder's on every block.
+    connection = h2.Connection(h2.Server({}))
+    reference = Decoder(max_header_list_size=h2.MAX_HEADER_BLOCK)
+    encoder = Encoder()
+    blocks: list[bytes] = []
+    order = [*range(len(lists)), *(i for i in repeats if i < len(lists))]
+    for step, index in enumerate(order):
+        if step < len(sizes):
+            encoder.header_table_size = sizes[step]
+        pairs = lists[index]
+        block = encoder.encode([(n, v, never) for n, v in pairs] if never else pairs)
+        blocks.append(block)
+        for again in (block, *blocks[-3:]):  # the block, and some earlier ones byte for byte
+            try:
+                expected = reference.decode(again, raw=True)
+            except Exception as exc:  # an old block may no longer decode: then neither may ours
+                with pytest.raises(type(exc)):
+                    connection._decode(again)
+                continue
+            assert connection._decode(again) == expected
+    assert len(connection.decoded) <= h2.DECODED_BLOCKS
+
+
+def test_envoys_block_for_every_ext_proc_stream_is_decoded_once() -> None:
+    # The :path as a literal without indexing (Envoy's form), the rest from the static table.
+    connection = h2.Connection(h2.Server({}))
+    block = b"\x83\x04\x0f/x.Service/Call\x86\x0f\x10\x10application/grpc"  # literals without indexing
+    first = connection._decode(block)
+    assert first == [(b":method", b"POST"), (b":path", b"/x.Service/Call"), (b":scheme", b"http"),
+                     (b"content-type", b"application/grpc")]
+    assert connection.decoded == {block: tuple(first)}
+    second = connection._decode(block)
+    assert second == first and second is not first  # a copy: the stream may keep it
