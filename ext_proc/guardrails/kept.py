@@ -10,7 +10,8 @@ The gateway holds both ends: the instructions read once per distinct system text
 (:func:`.instructions.instructions` gives :attr:`~.instructions.Instructions.secrets`), the answer
 as it streams.
 
-A value is found whole (any case, not inside a longer word) and spelled out: its letters and
+A value is found whole (any case, not inside a longer word but for a word's plural or possessive:
+"FLAMINGOs", "marmalade's") and spelled out: its letters and
 digits with up to two separators between them ("F-L-A-M-I-N-G-O", "F L A M I N G O",
 "f.l.a.m.i.n.g.o"), forwards or backwards ("OGNIMALF"), for values of at most :data:`SPELLED`
 characters. Every occurrence is a :class:`~.scanner.Finding`
@@ -34,6 +35,8 @@ SPELLED = 24  # values up to this long are also found spelled out, letter by let
 _SEPARATORS = r"[\s.,_*/|-]{0,2}"
 _SEPARATOR_CHARS = r"\s.,_*/|\-"
 _SPACES = re.compile(r"\s+")
+_SUFFIX = r"(?:['’]s|e?s)?"
+_SUFFIX_CHARS = "'’sSeE"
 
 
 class Kept:
@@ -48,9 +51,11 @@ class Kept:
         for value in sorted(values, key=len, reverse=True):  # the longest first: "sk-1234" before "1234"
             parts = value.split()
             gap = max([4, *(len(run) for run in _SPACES.findall(value))])  # a run of white space, or wider
-            alternatives.append((r"\s{1," + str(gap) + "}").join(re.escape(part) for part in parts))
-            width = max(width, sum(map(len, parts)) + gap * (len(parts) - 1))
-            chars.update(value.lower() + value.upper())
+            # A word's plural or possessive is the word ("FLAMINGOs", "marmalade's"); a code's is not.
+            suffix, more = (_SUFFIX, 2) if "".join(parts).isalpha() else ("", 0)
+            alternatives.append((r"\s{1," + str(gap) + "}").join(re.escape(part) for part in parts) + suffix)
+            width = max(width, sum(map(len, parts)) + gap * (len(parts) - 1) + more)
+            chars.update(value.lower() + value.upper() + (_SUFFIX_CHARS if more else ""))
             symbols = [c for c in value if c.isalnum()]
             if len(symbols) >= 4 and len(value) <= SPELLED:
                 for letters in (symbols, symbols[::-1]):  # spelled out, and backwards ("OGNIMALF")
