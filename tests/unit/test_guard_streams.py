@@ -46,7 +46,8 @@ from tests.unit.test_session_stream_splits import (
     whole_events,
 )
 
-POLICY = compile_policy(textwrap.dedent("""\
+# The providers, models and teams of the stream guard's tests; each file adds its guardrails.
+HEAD = textwrap.dedent("""\
     apiVersion: tollway/v1
     providers:
       openai: {kind: openai, credential: {env: OPENAI_API_KEY}}
@@ -58,6 +59,8 @@ POLICY = compile_policy(textwrap.dedent("""\
       all: {workloads: [local-dev], models: ["*"]}
       strict: {workloads: [strict-app], models: ["*"]}
       private: {workloads: [private-app], models: ["*"]}
+""")
+POLICY = compile_policy(HEAD + textwrap.dedent("""\
     guardrails:
       rules:
         - {name: secrets, detectors: [credentials, credit_card], action: block, teams: [strict]}
