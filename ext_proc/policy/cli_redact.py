@@ -1,8 +1,9 @@
 """``tollway redact``: the guardrails' detectors over stdin; the text with its values replaced on stdout.
 
 Every built-in detector runs (or those named with ``--detectors``: names or the groups ``pii`` and
-``credentials``), plus the custom detectors of ``--policy FILE``. ``--mask`` masks instead of
-placeholders. ``--json`` prints ``{"redacted": ..., "findings": [{"type", "label", "start",
+``credentials``), plus the custom detectors of ``--policy FILE``; with ``--system FILE``, the values
+that system prompt keeps too (``kept_secret``, as the gateway finds them in answers). ``--mask``
+masks instead of placeholders. ``--json`` prints ``{"redacted": ..., "findings": [{"type", "label", "start",
 "end"}]}`` with character spans into the input; the values themselves are never printed.
 """
 
@@ -16,6 +17,8 @@ import orjson
 
 from ext_proc.guardrails.detectors import GROUPS
 from ext_proc.guardrails.guard import Guard
+from ext_proc.guardrails.instructions import instructions
+from ext_proc.guardrails.kept import KEPT, kept, merge
 from ext_proc.guardrails.plan import REQUEST, Plan, Rule
 from ext_proc.guardrails.scanner import Scanner, builtin
 from ext_proc.policy.compile import PolicyError, compile_policy
@@ -26,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask", action="store_true", help="mask values (****1111) instead of placeholders")
     parser.add_argument("--detectors", default="", help="comma-separated detectors or groups (default: all)")
     parser.add_argument("--policy", type=Path, help="also run this policy's custom detectors")
+    parser.add_argument("--system", type=Path, metavar="FILE",
+                        help="also replace the values this system prompt keeps (kept_secret), as in answers")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,10 +54,20 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             wanted.update(GROUPS.get(name, (name,)))
         names = wanted
-    rule = Rule("redact", frozenset(names), "mask" if args.mask else "redact", frozenset({REQUEST}))
-    guard = Guard(Plan(scanner, {name: rule for name in names}, {}))
+    finder = None
+    if args.system is not None:
+        try:
+            finder = kept(instructions(args.system.read_text(encoding="utf-8")).secrets)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"tollway redact: cannot read {args.system}: {getattr(exc, 'strerror', None) or exc}",
+                  file=sys.stderr)
+            return 2
+    rule = Rule("redact", frozenset(names | {KEPT}), "mask" if args.mask else "redact", frozenset({REQUEST}))
+    guard = Guard(Plan(scanner, {name: rule for name in names | {KEPT}}, {}))
     text = sys.stdin.read()
     findings = scanner.find(text, names)
+    if finder is not None:
+        findings = merge(findings, finder.find(text))
     redacted = guard.apply(text, findings, guard.plan.request, REQUEST)
     if args.json:
         sys.stdout.write(orjson.dumps({
