@@ -135,8 +135,9 @@ def _chars(tree: Any, found: set[int], caseless: bool) -> object:
 
 
 def _char_class(points: set[int]) -> str:
-    if any(p > 127 for p in points):
-        return r"[\s\S]"
+    """A regex class of exactly ``points`` (non-ASCII ones too: the phone patterns' no-break spaces
+    and dashes must not make their class "any character", or a stream would hold back the last
+    hundred characters of every text)."""
     return "[" + "".join(re.escape(chr(p)) if chr(p) not in "\\]^-" else "\\" + chr(p) for p in sorted(points)) + "]"
 
 

@@ -15,6 +15,7 @@ from ext_proc.core.actions import Ask, Continue
 from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
 from ext_proc.guardrails import injection
+from ext_proc.guardrails.detectors import GROUPS
 from ext_proc.guardrails.guard import Holdback
 from ext_proc.guardrails.instructions import WEIGHTS, instructions
 from ext_proc.guardrails.queries import ClassifierUnavailable, Classify
@@ -178,6 +179,18 @@ def test_a_stream_holds_back_only_what_could_still_become_a_value() -> None:
     assert hold.keep("Write to jane.do") == len("jane.do")
     assert hold.keep("Card: 4111 1111 11") == len(" 4111 1111 11")
     assert hold.keep("a" * 1000) == email.width - 1  # never more than the longest match minus one
+
+
+def test_no_built_in_detector_makes_a_stream_hold_back_any_character() -> None:
+    # A class of "any character" (as the phone patterns' no-break spaces and dashes once made
+    # theirs) holds back the last hundred characters of every streamed text: every detector's class
+    # is the characters its matches can hold, non-ASCII ones included.
+    detectors = builtin().detectors
+    assert all(d.chars != r"[\s\S]" for d in detectors), [d.name for d in detectors if d.chars == r"[\s\S]"]
+    hold = Holdback([d for d in detectors if d.name in GROUPS["pii"]], placeholders=False)
+    assert hold.keep("Hello there.\n") == 0
+    assert hold.keep("The answer is ready") == len("ready")  # a word could still become an email address
+    assert hold.keep("Call +1\u00a0415\u2013555") == len(" +1\u00a0415\u2013555")  # a phone number, all of it
 
 
 # -- prompt injection ------------------------------------------------------------------------------
