@@ -215,3 +215,23 @@ def test_pseudonyms_come_back_in_a_stream_split_anywhere(route: Route, data: st.
     out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
     # the placeholder the provider saw comes back as the value; one it never saw stays as it is
     assert client_text(route, out) == ("I will write to jane.doe@example.com and to [EMAIL_9] tomorrow.", False)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_guarded_stream_holds_back_only_the_word_in_progress(route: Route) -> None:
+    # Each of the provider's events in its own TCP chunk, the stream not ended: what the client has
+    # after each is everything but the word still arriving (it could begin an email address or a
+    # number), never the last hundred characters.
+    words = ("Hello", " there,", " how", " are", " you", " today?")
+    upstream = provider_stream(route, words)
+    events = whole_events(upstream)
+    session = opened(route)
+    shown = b""
+    seen: list[str] = []
+    for event in events[:-1]:
+        shown += play(session, [event.raw], end=False)
+        seen.append(client_text(route, shown)[0])
+    texts = [text for text in dict.fromkeys(seen) if text]
+    # "Hello" waits for what follows it; "there," is whole at its comma; each later word waits for
+    # the next event, the space before it already shown.
+    assert texts[:4] == ["Hello there,", "Hello there, ", "Hello there, how ", "Hello there, how are "], texts
