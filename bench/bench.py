@@ -25,7 +25,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -98,59 +100,51 @@ GOALS = {"added_p50_ms": 0.6, "added_p99_ms": 1.5, "cpu_1": 700, "cpu_16": 400, 
          "ttft_ms": 0.6, "chunk_us": 40}
 
 
-def first_byte_ms(stack: Stack, n: int = 300) -> float:
-    """Median time from sending a streamed chat request to the first byte of its body, one
-    keep-alive connection, ``n`` requests one after the other (wrk times whole responses)."""
+def _median_ms(stack: Stack, n: int, warm: int, first: Callable[[Any], None], **extra: str) -> float:
+    """Median time from sending a streamed chat request to when ``first(response)`` returns, one
+    keep-alive connection, ``n`` requests one after the other after ``warm`` more (wrk times whole
+    responses); ``extra``: more request headers."""
     import http.client
     import statistics
     import time
 
     body = json.dumps(BODIES["chat-stream"])
-    headers = {"content-type": "application/json", "authorization": f"Bearer {DEMO_KEY}"}
+    headers = {"content-type": "application/json", "authorization": f"Bearer {DEMO_KEY}", **extra}
     conn = http.client.HTTPConnection("127.0.0.1", stack.listen_port, timeout=10)
     times = []
-    for i in range(n + 20):
+    for i in range(n + warm):
         started = time.perf_counter()
         conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
         response = conn.getresponse()
-        response.read1(1)
-        first = time.perf_counter() - started
+        first(response)
+        took = time.perf_counter() - started
         response.read()
-        if i >= 20:  # warm-up
-            times.append(first)
+        if i >= warm:
+            times.append(took)
     conn.close()
     return statistics.median(times) * 1e3
+
+
+def first_byte_ms(stack: Stack, n: int = 300) -> float:
+    """The first byte of a streamed answer's body."""
+    return _median_ms(stack, n, 20, lambda response: response.read1(1))
 
 
 PACED_MS, PACED_CHUNKS = 20, 20  # a stream paced as a model sends it: a word every 20 ms
 
 
-def first_text_ms(stack: Stack, n: int = 12) -> float:
-    """Median time from sending a streamed chat request to the first byte of answer *text* (the first
-    content delta), the fake provider sending a word every :data:`PACED_MS` ms: what a user waits
-    for. A guard that holds text back shows here, not in :func:`first_byte_ms`."""
-    import http.client
-    import statistics
-    import time
+def _first_text(response: Any) -> None:
+    while line := response.readline():
+        if line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line:
+            return
 
-    body = json.dumps(BODIES["chat-stream"])
-    headers = {"content-type": "application/json", "authorization": f"Bearer {DEMO_KEY}",
-               "x-mock-chunks": str(PACED_CHUNKS), "x-mock-inter-chunk-ms": str(PACED_MS)}
-    conn = http.client.HTTPConnection("127.0.0.1", stack.listen_port, timeout=10)
-    times = []
-    for i in range(n + 2):
-        started = time.perf_counter()
-        conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
-        response = conn.getresponse()
-        first = None
-        while line := response.readline():
-            if first is None and line.startswith(b"data: {") and b'"content":"' in line \
-                    and b'"content":""' not in line:
-                first = time.perf_counter() - started
-        if i >= 2 and first is not None:  # warm-up
-            times.append(first)
-    conn.close()
-    return statistics.median(times) * 1e3
+
+def first_text_ms(stack: Stack, n: int = 12) -> float:
+    """The first byte of answer *text* (the first content delta), the fake provider sending a word
+    every :data:`PACED_MS` ms: what a user waits for. A guard that holds text back shows here, not
+    in :func:`first_byte_ms`."""
+    return _median_ms(stack, n, 2, _first_text, **{"x-mock-chunks": str(PACED_CHUNKS),
+                                                   "x-mock-inter-chunk-ms": str(PACED_MS)})
 
 
 def chunk_cpu_us(stack: Stack, groups: dict[str, list[int]], work: Path, seconds: float) -> float:
