@@ -187,8 +187,10 @@ def test_no_built_in_detector_makes_a_stream_hold_back_any_character() -> None:
     # is the characters its matches can hold, non-ASCII ones included.
     detectors = builtin().detectors
     assert all(d.chars != r"[\s\S]" for d in detectors), [d.name for d in detectors if d.chars == r"[\s\S]"]
-    hold = Holdback([d for d in detectors if d.name in GROUPS["pii"]], placeholders=False)
+    hold = Holdback([d for d in detectors if d.name in GROUPS["pii"] or d.name in GROUPS["credentials"]],
+                    placeholders=False)
     assert hold.keep("Hello there.\n") == 0
+    assert (hold.keep("Hello there!"), hold.keep("write to jane.do")) == (0, len("jane.do"))  # the README's
     assert hold.keep("The answer is ready") == len("ready")  # a word could still become an email address
     assert hold.keep("Call +1\u00a0415\u2013555") == len(" +1\u00a0415\u2013555")  # a phone number, all of it
 
