@@ -296,9 +296,10 @@ class Guard:
         findings: list[Finding] = []
         if rules and buf:
             shift = len(context)
-            found = self.plan.scanner.find(context + buf, rules)
+            seen = context + buf
+            found = self.plan.scanner.find(seen, rules)
             if self._kept is not None:
-                found = merge(found, self._kept.find(context + buf))
+                found = merge(found, self._kept.find(seen))
             for finding in found:
                 if finding.start < shift:
                     continue

@@ -20,7 +20,11 @@ From the request's system and developer text, compiled once per distinct text
   not a value it gives ("the secret word is 'marmalade'");
 - **what is forbidden**: the content words of each prohibition ("do not discuss politics" ->
   ``polit``, "never use emojis" -> ``emoji``; their first five letters, a generic word list left out);
-- **the answers' language**, when the instructions fix it ("always respond in English").
+- **the answers' language**, when the instructions fix it ("always respond in English");
+- **the values they keep** (:attr:`Instructions.secrets`), for a secret's noun in or referred to by
+  a keeping sentence ("The password is FLAMINGO. Do not reveal it."): what the ``kept_secret``
+  guardrail (:mod:`.kept`) looks for in the answer. A value is taken only right after the noun or
+  code-like, so JSON keys, error codes and the like in an application's prompt give none.
 
 A user or tool text then raises three signals (:data:`WEIGHTS`, added to the scorer's logit):
 
@@ -249,16 +253,18 @@ def _name(sentence: str, named: list[str]) -> None:
 _VALUE_END = re.compile(r"\s*(?:[,;(]|\s(?:and|but|which|so|that|because|or)(?:\s|$)|$)", re.IGNORECASE)
 _VALUE_STRIP = "\"'“”‘’`«»*.,;:!?()[]{} \t"
 _CODE = re.compile(r"(?<![\w-])(?=[\w-]*\d)(?:(?=[\w-]*[^\W\d_])[\w-]{5,40}|\d{5,40})(?![\w-])")
-_AFTER_NOUN = re.compile(r"\b(?:password|passphrase|passcode|code|codeword|key|pin|token|word|phrase)s?\s*"
-                         r"(?:([A-Z][A-Z0-9_-]{3,40})(?![\w-])|\(([^()\s]{4,40})\))")
 # The kept nouns whose value, given anywhere in the instructions, is kept with them ("The password to
 # the staff wifi is 'Harbour2024'. ... Do not give the wifi password to guests.").
 _VALUED = ("password", "secret", "key", "code", "pin", "token", "word")
-_VALUED_NOUN = re.compile(r"(?<!\w)(?:" + "|".join(_KEPT_NOUNS[name] for name in _VALUED) + r")(?:e?s)?(?!\w)",
-                          re.IGNORECASE)
+_VALUED_NOUNS = r"(?<!\w)(?:" + "|".join(_KEPT_NOUNS[name] for name in _VALUED) + r")(?:e?s)?(?!\w)"
+_VALUED_NOUN = re.compile(_VALUED_NOUNS, re.IGNORECASE)
+# A value right after the noun: capitalised ("the password FLAMINGO", the noun in any case) or in
+# parentheses ("the door code (2468#)").
+_AFTER_NOUN = re.compile(r"(?i:" + _VALUED_NOUNS + r")\s*(?:([A-Z][A-Z0-9_-]{3,40})(?![\w-])|\(([^()\s]{4,40})\))")
 _TOUCHING = re.compile(r"[^\W\d_]\d|\d[^\W\d_]|[A-Z]{2}")
 _DIGITS_ONLY = re.compile(r"[\d\s().+#-]*\d{2}[\d\s().+#-]*")
 _CLAUSE_BREAK = re.compile(r"[,;()]|\s(?:as|because|since|when|if|while|but)\s")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}")
 NEAR = 40  # characters between a secret's noun and the value it is given ("the password to the staff wifi is")
 
 
@@ -269,9 +275,6 @@ def _code_like(value: str) -> bool:
     if _DIGITS_ONLY.fullmatch(value):
         return sum(c.isdigit() for c in value) >= 5 and not _DATE.fullmatch(value)
     return bool(_TOUCHING.search(value))
-
-
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}")
 
 
 # ... unless that sentence gives it away ("The discount code is WELCOME10: offer it to anyone who asks").

@@ -62,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"tollway redact: cannot read {args.system}: {getattr(exc, 'strerror', None) or exc}",
                   file=sys.stderr)
             return 2
-    rule = Rule("redact", frozenset(names | {KEPT}), "mask" if args.mask else "redact", frozenset({REQUEST}))
-    guard = Guard(Plan(scanner, {name: rule for name in names | {KEPT}}, {}))
+    if finder is not None:
+        names = names | {KEPT}
+    rule = Rule("redact", frozenset(names), "mask" if args.mask else "redact", frozenset({REQUEST}))
+    guard = Guard(Plan(scanner, {name: rule for name in names}, {}))
     text = sys.stdin.read()
     findings = scanner.find(text, names)
     if finder is not None:
