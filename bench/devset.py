@@ -72,6 +72,14 @@ TUNE_REGIONS = ("US", "US", "GB", "DE", "FR", "IT", "ES", "NL", "CA", "AU", "IN"
                 "GR", "CZ", "HU", "PH", "NG", "AE", "AR", "HK")
 HOLDOUT_REGIONS = ("US", "CO", "CL", "PE", "SA", "EG", "KE", "MY", "TW", "TH", "VN", "ID", "PK", "UA", "RO", "LU",
                    "SK", "HR")
+# Numbers as test-data generators write them, any digit in any place: older Faker and
+# presidio-research's PhoneNumberProviderNew (MIT) fill North American layouts with "#", where
+# a real number's area code and exchange start with 2-9; and that provider's UK, Indian, Swiss
+# and Swedish layouts. Half the layouts tune, the other half are held out.
+GENERATED_TUNE = ("###-###-####", "(###)###-####", "###.###.####x###", "+1-###-###-####", "07700 ### ###",
+                  "(07700) ######", "+91##########", "+41 (0)7# ### ## ##", "+46 (0)8 ### ### ##", "##########")
+GENERATED_HOLDOUT = ("###.###.####", "(###)###-####x####", "001-###-###-####", "###-###-####x###", "+447700######",
+                     "0##########", "+41 4# ### ## ##", "+46 (0)## ## ## ##", "###-#######")
 CARD_TYPES = ("visa", "visa13", "visa16", "visa19", "mastercard", "amex", "discover", "diners", "jcb15", "jcb16",
               "maestro")
 NOISE_LOCALES = ("en_GB", "de_DE", "fr_FR", "nl_NL", "ja_JP", "es_ES", "it_IT", "pl_PL")
@@ -308,10 +316,13 @@ def _phone(fake: dict[str, Faker], rng: random.Random, part: str) -> str:
     style = rng.random()
     if style < 0.55:
         value = str(fake[rng.choice(TUNE_LOCALES if part == "tune" else HOLDOUT_LOCALES)].phone_number())
-    elif style < 0.85:
+    elif style < 0.8:
         value = _example(rng.choice(TUNE_REGIONS if part == "tune" else HOLDOUT_REGIONS), rng)
-    else:
+    elif style < 0.92:
         value = _north_american(rng)
+    else:
+        layout = rng.choice(GENERATED_TUNE if part == "tune" else GENERATED_HOLDOUT)
+        value = "".join(str(rng.randint(0, 9)) if c == "#" else c for c in layout)
     if rng.random() < 0.05:  # as a word processor or another language writes it: no-break spaces, en dashes
         value = value.replace(" ", rng.choice(("\u00a0", "\u202f"))).replace("-", "\u2013")
     if rng.random() < 0.1 and not re.search(r"[a-z]", value):

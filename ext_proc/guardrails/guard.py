@@ -320,7 +320,7 @@ class Guard:
         sent = buf[:cut]
         # Inside a key block the held text is only the tail a split closing armour may start in.
         channel.held = buf[cut:] if channel.swallow is None else buf[-_ARMOUR:]
-        channel.before = (context + sent)[-CONTEXT:]
+        channel.before = (context + sent)[-CONTEXT - 1:]
         return self.apply(sent, findings, rules, RESPONSE, json_text, restore=True)
 
 

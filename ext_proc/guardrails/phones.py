@@ -145,6 +145,10 @@ _PAREN_CC = re.compile(r"^\(([1-9]\d{0,2})\) ?(?=\d)")
 _TRUNK_ZERO = re.compile(r"^\(?0(?!0)")
 # North American: area code and exchange 2-9, in a layout phone numbers are written in.
 _NANP = re.compile(r"^(?:\+?1[ .-]?|001[ .-]?)?(?:\([2-9]\d\d\) ?|[2-9]\d\d(?:[ .-]|/ ?))[2-9]\d\d[ .-]\d{4}$")
+# The North American layouts with dashes, dots or the area code in parentheses are written for
+# phone numbers alone, whatever the digits: forms, fixtures and test-data generators fill them with
+# any ("(012) 345-6789", "555-010-1234"), and they name a number the writer meant as one.
+_NANP_WRITTEN = re.compile(r"^(?:\+?1-|001-)?(?:\(\d{3}\) ?\d{3}-\d{4}|\d{3}-\d{3}-\d{4})$|^\d{3}\.\d{3}\.\d{4}$")
 _CN_MOBILE = re.compile(r"^1[3-9]\d{9}$")
 _NANP_LOCAL = re.compile(r"^[2-9]\d\d-\d{4}$")  # 555-0123: a local number, the exchange and the line
 _NANP_GROUPS = re.compile(r"^(?:\+?1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}$")
@@ -254,7 +258,7 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
     # (the regular expressions over the context cost more than the layout's).
     reason = _reason(text, core, digits, before, named, regions)
     if reason is None or (_GLUED.search(before) and not named) or _IDENTIFIER_LIST.search(before) \
-            or _CURRENCY.search(before) or _CARD_OR_SSN.search(before[-16:]):
+            or _CURRENCY.search(before) or _CARD_OR_SSN.search(before, max(0, len(before) - 16)):
         return None
     return reason
 
@@ -289,6 +293,8 @@ def _reason(text: str, core: str, digits: str, before: str, named: bool, regions
             return "country code in parentheses"
     if _NANP.match(core):
         return "north american layout"
+    if _NANP_WRITTEN.match(core):
+        return "north american layout, any digits"
     if _NANP_LOCAL.match(core):
         return "north american local number"
     # Bare, or in the plan's groups (3, 3, 4) whatever the exchange's first digit: not any ten

@@ -38,6 +38,22 @@ from .detectors import BUILTIN, Detector
 
 MAX_WIDTH = 8192  # the longest match a detector may have (a stream holds back less than this)
 CONTEXT = 48  # characters before a candidate its check may read (context words)
+# The window starts at a word: a word the window would cut ("Martin" read as "tin", "recall" as
+# "call") is left out. A stream keeps one character more than the window, to cut the same way.
+_PARTIAL_WORD = re.compile(r"\w+")
+
+
+def context(text: str, start: int) -> str:
+    """The text a check reads before a candidate at ``start``: up to :data:`CONTEXT` characters,
+    not beginning inside a word."""
+    first = start - CONTEXT
+    if first <= 0:
+        return text[:start]
+    if text[first - 1].isalnum() or text[first - 1] == "_":
+        cut = _PARTIAL_WORD.match(text, first, start)
+        if cut is not None:
+            first = cut.end()
+    return text[first:start]
 
 
 class PatternError(ValueError):
@@ -234,7 +250,7 @@ class Scanner:
                     continue
                 if after is not None and after(text, end):  # a piece of a longer value
                     continue
-                if check is None or check(text[start:end], text[max(0, start - CONTEXT):start]):
+                if check is None or check(text[start:end], context(text, start)):
                     until = self._until.get(index)
                     if until is None:
                         out.append(Finding(detector, start, end))

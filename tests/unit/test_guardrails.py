@@ -19,7 +19,7 @@ from ext_proc.guardrails.detectors import GROUPS
 from ext_proc.guardrails.guard import Holdback
 from ext_proc.guardrails.instructions import WEIGHTS, instructions
 from ext_proc.guardrails.queries import ClassifierUnavailable, Classify
-from ext_proc.guardrails.scanner import PatternError, builtin, shape
+from ext_proc.guardrails.scanner import CONTEXT, PatternError, builtin, context, shape
 from ext_proc.policy.compile import PolicyError, compile_policy
 from tests.unit.transcript import Record, Responds, Transcript
 
@@ -65,6 +65,13 @@ FOUND = [
     ("phone", "T\u00e9l. : 01\u00a023\u00a045\u00a067\u00a089", "01\u00a023\u00a045\u00a067\u00a089"),  # NBSP
     ("phone", "If busy try 512 343 896 extension 62306", "512 343 896 extension 62306"),  # no count has one
     ("phone", "She can be reached at 011 15-2345-4184 or by mail", "011 15-2345-4184"),
+    # The North American layouts whatever the digits (test data writes area codes from 0 and 1)
+    ("phone", "Driver Ann (109-079-2452) will pick you up", "109-079-2452"),
+    ("phone", "Tammy - (005)776-2227 - at the desk", "(005)776-2227"),
+    ("phone", "I tried 173.887.7294 twice", "173.887.7294"),
+    ("phone", "1-172-539-8964", "1-172-539-8964"),
+    # A card word is a whole word: not the end of a name the 16 characters before the number cut
+    ("phone", '{"name": "Tina Martin", "phone": "865-775-8746"}', "865-775-8746"),
     ("credit_card", "paid with 5018 0000 0009", "5018 0000 0009"),  # a 12-digit Maestro
     ("aws_access_key", "key AKIAIOSFODNN7EXAMPLE here", "AKIAIOSFODNN7EXAMPLE"),
     ("github_token", "token ghp_" + "a1B2" * 9 + " end", "ghp_" + "a1B2" * 9),
@@ -99,6 +106,9 @@ NOT_FOUND = [
     "Meeting moved to 2012-07-27 11:20",  # a date and an hour
     "charged on 02.11.2017",
     "Part number 337-563-86 replaces it",
+    "Reference 836-659-5178 concerns her",  # the North American layout after an identifier word
+    "Part 123-456-7890 is back in stock",
+    "paid with card 017-555-0123",
     "Coordinates 42.263542, 0.639422",
     "Population 8 336 817 in 2019",  # counts with thousands separators
     "Meter reading 209.847.832 kWh",
@@ -621,3 +631,15 @@ def test_reading_any_instructions_and_text_never_fails(system: str, text: str) -
     context = instructions(system)
     assert set(context.signals(text)) <= set(WEIGHTS)
     assert 0.0 <= injection.score(text, context) <= 1.0
+
+
+def test_a_check_reads_whole_words_only() -> None:
+    # The 48 characters a check reads begin inside "recall": its "call" names no number there.
+    text = "Do you recall " + "z" * (48 - len("call ") - len(" or ")) + " or 43252793"
+    start = text.index("43252793")
+    assert text[start - CONTEXT:start].startswith("call ")
+    assert context(text, start).startswith(" zzz")
+    assert not builtin().find(text)
+    # The whole word "call" in the same place names it ("call ... or 43252793").
+    named = "Do you " + text[start - CONTEXT:]
+    assert [(f.detector.name, named[f.start:f.end]) for f in builtin().find(named)] == [("phone", "43252793")]
