@@ -84,6 +84,23 @@ def cpu_ns(pids: list[int]) -> int:
     return total
 
 
+def _process_name(pid: int) -> str:
+    """What a process Tollway's supervisor started is, from its command line: a worker, the fork
+    server they fork from, multiprocessing's resource tracker."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "gone"
+    line = " ".join(argv)
+    if "forkserver" in line:
+        with contextlib.suppress(OSError):
+            parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            if "forkserver" in Path(f"/proc/{parent}/cmdline").read_text(errors="replace"):
+                return "worker"
+        return "fork server"
+    return "resource tracker" if "resource_tracker" in line else Path(argv[0]).name
+
+
 def pss_mb(pids: list[int]) -> float:
     """Proportional set size of these processes (pages shared between them counted once), in MB."""
     total = 0
@@ -295,7 +312,12 @@ def main() -> int:
         # The log rotates at 64 MB: count the rotated files too.
         lines = [line for path in gateway.record_log.parent.glob(gateway.record_log.name + "*") if path.is_file()
                  for line in path.read_text().splitlines()]
-        pss = pss_mb(_descendants(gateway.procs["envoy"].pid) + _descendants(gateway.procs["tollway"].pid))
+        envoy_pids = _descendants(gateway.procs["envoy"].pid)
+        memory_pids = envoy_pids + _descendants(gateway.procs["tollway"].pid)
+        pss = pss_mb(memory_pids)
+        supervisor = gateway.procs["tollway"].pid
+        shares = {pid: ("envoy" if pid in envoy_pids else "supervisor" if pid == supervisor else _process_name(pid),
+                        pss_mb([pid])) for pid in memory_pids}
 
     print()
     print(f"Tollway benchmark — {os.cpu_count()} cores, {args.seconds:.0f} s per run, "
@@ -325,6 +347,8 @@ def main() -> int:
     print(f"\nGoals (chat, {policy.name}; plain Envoy's figures above are from the same run):")
     for what, got, goal, met in goals(results, pss, busy, stream):
         print(f"  {what:52} {got:>14}   goal {goal:18} {'met' if met else 'MISSED'}")
+    print("  where the memory is (PSS, MB): " + ", ".join(
+        f"{name} {mb:.0f}" for name, mb in sorted(shares.values(), key=lambda item: -item[1])))
     if stream:
         what = f"added time to the first text, a word every {PACED_MS} ms"
         print(f"  {what:52} {stream['text_ms']:11.1f} ms"
