@@ -124,11 +124,20 @@ _SSN_CONTEXT = re.compile(r"\b(?:ssn|ssns|social security|social sec|soc\.? ?sec
 _SSN_LAYOUT = re.compile(r"\d{3}([ -])\d{2}\1\d{4}|\d{9}")
 
 
+def _named_ssn(before: str) -> bool:
+    """An SSN word is the last label before the number: "social 455046043, phone 089832783" names
+    the second number a phone's."""
+    named = None
+    for named in _SSN_CONTEXT.finditer(before):
+        pass
+    return named is not None and phones.PHONE_WORD.search(before, named.end()) is None
+
+
 def check_ssn(text: str, before: str) -> bool:
     # Three groups with the same separator, or none at all: not ZIP+4 ("66010-2852") or "030 123456".
     if _SSN_LAYOUT.fullmatch(text) is None or _GLUED.search(before) or _IDENTIFIER.search(before):
         return False
-    if text.isdigit() and not _SSN_CONTEXT.search(before):  # nine bare digits: only named as an SSN
+    if text.isdigit() and not _named_ssn(before):  # nine bare digits: only named as an SSN
         return False
     return bool(_ssn.is_valid(text.replace(" ", "-") if " " in text else text))
 

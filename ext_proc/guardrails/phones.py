@@ -123,6 +123,7 @@ _CARD_LABEL = re.compile(r"(?:^|[\s|(,;/])(?:home|work|office|direct|main|desk|p
                          r"(?: line| no\.?| #)?[ \t]*[:：][ \t]{0,3}$", re.IGNORECASE)
 _CONNECTOR = re.compile(r"\b(?:on|at|or|and|to|is|via|under)[^\w\n]{0,6}$", re.IGNORECASE)
 _WORD = re.compile(r"(?<!\d\s)\b(?:" + _WORDS + r")\b|\b" + _NUMBER_WORDS + r"\s+(?:number|no\b|nr\b)", re.IGNORECASE)
+PHONE_WORD = _WORD  # a phone word anywhere (the SSN check reads it: "social ..., phone 089832783")
 _CARD_OR_SSN = re.compile(r"\b(?:card|visa|mastercard|amex|debit|credit|cc|pan|ssn|social security|"
                           r"social sec|tax id|tin|paid with|pay with|charged? to)\b", re.IGNORECASE)
 _CURRENCY = re.compile(r"(?:[$€£¥₹₽₩]|\b(?:usd|eur|gbp|chf|jpy|inr|rs|cad|aud|sek|nok|dkk|pln|brl)\.?)\s?$",

@@ -643,3 +643,9 @@ def test_a_check_reads_whole_words_only() -> None:
     # The whole word "call" in the same place names it ("call ... or 43252793").
     named = "Do you " + text[start - CONTEXT:]
     assert [(f.detector.name, named[f.start:f.end]) for f in builtin().find(named)] == [("phone", "43252793")]
+
+
+def test_nine_bare_digits_are_an_ssn_only_when_the_last_label_names_one() -> None:
+    text = "New hire: social 455046043, phone 089832783."
+    found = [(f.detector.name, text[f.start:f.end]) for f in builtin().find(text)]
+    assert found == [("us_ssn", "455046043"), ("phone", "089832783")]
