@@ -127,10 +127,8 @@ _SSN_LAYOUT = re.compile(r"\d{3}([ -])\d{2}\1\d{4}|\d{9}")
 def _named_ssn(before: str) -> bool:
     """An SSN word is the last label before the number: "social 455046043, phone 089832783" names
     the second number a phone's."""
-    named = None
-    for named in _SSN_CONTEXT.finditer(before):
-        pass
-    return named is not None and phones.PHONE_WORD.search(before, named.end()) is None
+    words = list(_SSN_CONTEXT.finditer(before))
+    return bool(words) and phones.PHONE_WORD.search(before, words[-1].end()) is None
 
 
 def check_ssn(text: str, before: str) -> bool:
