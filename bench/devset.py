@@ -18,11 +18,13 @@ verification codes, measurements), and codes Faker's own generators write (ABA r
 EINs, EAN/UPC barcodes, ISBNs, passport numbers) with no word naming them, and "number" before
 numbers that are not phone numbers.
 
-Phone numbers come from three sources: Faker's ``phone_number`` providers of 45 locales (each
+Phone numbers come from four sources: Faker's ``phone_number`` providers of 45 locales (each
 with its national layouts, with and without the country code and extensions), numbers of 40
 regions built on libphonenumber's example numbers and written in its international, national and
 E.164 formats and in the variations people type (dots, dashes, no separators, ``00`` for ``+``,
-``+44 (0)``, the area code in parentheses), and North American numbers in hand-written layouts;
+``+44 (0)``, the area code in parentheses), North American numbers in hand-written layouts, and
+numbers in the layouts test-data generators fill with any digit (older Faker's and
+presidio-research's phone provider's, MIT: area codes from 0 and 1 too; :data:`GENERATED_TUNE`);
 one in ten gets an extension (``x123``, ``ext. 12``, ``extension 4``), one in twenty no-break
 spaces and en dashes. They appear after a phone word, with the word after them, with no phone
 word at all, in lists, signatures, contact cards, tables, CSV and

@@ -18,7 +18,9 @@ with libphonenumber (``phonenumbers``, Google's metadata of every plan) for the 
    bare digits of a Chinese mobile number (``13812345678``: its own shape); or of the North
    American shape (area code and exchange 2-9) in a
    layout phone numbers are written in (``(415) 555-0100``, ``415-555-0100``, ``415.555.0100``,
-   ``1 415 555 0100``, ``415/555-0100``), or a local number with a dash (``555-0123``).
+   ``1 415 555 0100``, ``415/555-0100``), or a local number with a dash (``555-0123``); the
+   dashed, dotted and parenthesised layouts whatever the digits (``(012) 345-6789``: forms and
+   test data fill them with any).
 4. **Other national numbers** (no country code), tried in :data:`REGIONS` (the plans of the
    languages Tollway's users write in; a plan is tried only when the digits have a length it
    uses): valid there and written in digit groups that plan's own format produces (``020 7946
