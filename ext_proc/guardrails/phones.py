@@ -94,7 +94,7 @@ _IDENTIFIER_WORDS = (
     r"licen[cs]e|vin|imei|imsi|iccid|meid|patient|student|record|file|batch|lot|build|release|container|"
     r"shipment|parcel|voucher|coupon|otp|sort code|bsb|swift|bic|tax|vat|ssn|passport|registration|reg|"
     r"plate|room|gate|flight|seat|session|request|report|page|figure|table|issn|doi|po|nhs|sin|nino|bsn|cpf|"
-    r"cnpj|pesel|ahv|avs|dni|nie|nif|siret|siren|insurance|medicare|"
+    r"cnpj|pesel|ahv|avs|dni|nie|nif|siret|siren|insurance|medicare|cost cent(?:re|er)|"
     r"(?<!area )(?<!country )(?<!dialling )(?<!dialing )code")  # not "area code (415) ..."
 # An identifier word right before the number ("order 555-0123", "account no. 0123456789").
 _IDENTIFIER_WORD = re.compile(r"\b(?:" + _IDENTIFIER_WORDS + r")s?\b", re.IGNORECASE)

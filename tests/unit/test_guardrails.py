@@ -118,7 +118,8 @@ NOT_FOUND = [
     "born on 09 08 1984",
     "Barcodes: 4006381333931, 0302147817023",  # a list an identifier word opened
     "Customer 9393210656 placed an order",
-    "Cost centre 2568-752 pays",  # valid in Germany's plan, but not written as Germans write numbers
+    "Cost centre 2568-752 pays",
+    "Employee 000208174 (Richard Morse), cost centre 3080-392, started 17/10/81.",  # valid in Germany's plan, but not written as Germans write numbers
     "Meeting moved to October 06, 2017 22.32",
     "Passport 123456789, licence 123-456-789",
     "NHS number 943 476 5919",  # national identifiers in phone layouts
