@@ -15,7 +15,8 @@ candidates; ``check`` confirms them with what a pattern cannot express:
 - phone numbers: :mod:`ext_proc.guardrails.phones` (libphonenumber's plans, the layout, the
   words before);
 - credentials: the issuers' own fixed prefixes (``AKIA``, ``sk-ant-api03-``, ``ghp_``, ``eyJ``
-  JWT headers, PEM private key armour) make the pattern the check.
+  JWT headers, PEM private key armour) make the pattern the check; secrets without one (a value
+  given to a key that names a secret, a URL's password): :mod:`ext_proc.guardrails.secrets`.
 
 Nothing here knows about requests, policies or actions: :mod:`ext_proc.guardrails.scanner` runs
 detectors over text, the policy decides what a finding means.
@@ -32,9 +33,11 @@ from stdnum import iban as _iban
 from stdnum import luhn as _luhn
 from stdnum.us import ssn as _ssn
 
-from . import phones
+from . import phones, secrets
 
 Check = Callable[[str, str], bool]  # (the candidate, the text just before it) -> confirmed
+# (the text, a match's start and end) -> where in the text the value is, or None: not one
+Span = Callable[[str, int, int], "tuple[int, int] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,12 @@ class Detector:
     # ISBN "0-85279-752-4". Its characters must be ones a match may hold, so that a stream holds
     # them back with the match and judges it as a whole text would.
     not_followed_by: str | None = None
+    # A detector whose match is not its value (a key and its separator, then the value's first
+    # character): this confirms a candidate and says where the value is, instead of ``check``.
+    value: Span | None = None
+    # Its candidates are confirmed after every other detector's, and only where no finding of
+    # theirs is: a vendor's token is an OPENAI_KEY even where a key name also says "secret".
+    yields: bool = False
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -157,6 +166,14 @@ def check_ipv4(text: str, before: str) -> bool:
     return True
 
 
+# "scheme://user:" right before: the password of a URL's user information, not an address's local part.
+_URL_USER = re.compile(r"://[^\s/@:]*:$")
+
+
+def check_email(_text: str, before: str) -> bool:
+    return _URL_USER.search(before) is None
+
+
 _HEX = re.compile(r"[0-9A-Fa-f]")
 
 
@@ -208,7 +225,7 @@ BUILTIN: tuple[Detector, ...] = (
     # scan ten times slower); the local part is taken from the text before it.
     Detector("email", "EMAIL", "pii",
              (r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,24}" + _B,),
-             width=254, left=("[A-Za-z0-9._%+-]", 64)),
+             check_email, width=254, left=("[A-Za-z0-9._%+-]", 64)),
     Detector("credit_card", "CREDIT_CARD", "pii", (_B + r"(?:[0-9][ -]?){11,18}[0-9]" + _B,), check_card),
     Detector("iban", "IBAN", "pii", (_B + r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}" + _B,), check_iban),
     Detector("us_ssn", "US_SSN", "pii", (_B + r"[0-9]{3}[ -]?[0-9]{2}[ -]?[0-9]{4}" + _B,), check_ssn),
@@ -218,7 +235,16 @@ BUILTIN: tuple[Detector, ...] = (
              lambda text, before: check_ipv4(text, before) if ":" not in text else check_ipv6(text, before)),
     Detector("phone", "PHONE", "pii", phones.PATTERNS, phones.check, min_length=phones.MIN_LENGTH,
              not_followed_by=phones.NOT_FOLLOWED_BY),
+    # What users paste (PASTED): a config's or a connection string's secrets.
+    Detector("secret_assignment", "SECRET", "credential", (secrets.ASSIGNMENT,), caseless=True,
+             width=secrets.ASSIGNMENT_WIDTH, value=secrets.value_span, yields=True),
+    Detector("url_password", "URL_PASSWORD", "credential", (secrets.URL_PASSWORD,), width=secrets.URL_WIDTH,
+             value=secrets.url_password_span, yields=True),
 )
+# Detectors of what users and tools send: a prompt's user, assistant and tool text. Not answers (a
+# model has only what it was given), nor the application's own instructions (a system prompt may
+# give the password it keeps: kept_secret's case).
+PASTED = frozenset({"secret_assignment", "url_password"})
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "pii": tuple(d.name for d in BUILTIN if d.kind == "pii"),

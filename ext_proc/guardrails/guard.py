@@ -152,7 +152,8 @@ class Guard:
                 system.append(text[:room])
                 room -= len(text) + 1
             if rules:
-                findings = scanner.find(text, rules)
+                names = plan.system if ref.role == "system" and plan.system is not None else rules
+                findings = scanner.find(text, names)
                 if findings:
                     new = self.apply(text, findings, rules, REQUEST, ref.json_text)
                     if new is not text:

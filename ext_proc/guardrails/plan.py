@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .detectors import INJECTION
+from .detectors import INJECTION, PASTED
 from .kept import KEPT
 from .scanner import Scanner
 
@@ -57,6 +57,9 @@ class Plan:
     threshold: float = 0.5  # the built-in injection score that triggers it
     classifier: Classifier | None = None
     instructions: bool = True  # score user text against the request's system prompt (.instructions)
+    # The request's rules for the application's own instructions (system and developer text): not
+    # the detectors of what users paste (a system prompt may give a password it keeps; kept_secret).
+    system: Mapping[str, Rule] | None = None  # None: the same as ``request``
 
     @property
     def answers(self) -> bool:
@@ -97,9 +100,12 @@ class Guardrails:
         injection = chosen[REQUEST].pop(INJECTION, None)
         chosen[RESPONSE].pop(INJECTION, None)
         chosen[REQUEST].pop(KEPT, None)  # the values instructions keep are looked for in answers only
+        for name in PASTED:  # what a user pastes: looked for in prompts' user and tool text only
+            chosen[RESPONSE].pop(name, None)
         plan = None
         if chosen[REQUEST] or chosen[RESPONSE] or injection:
             plan = Plan(self.scanner, chosen[REQUEST], chosen[RESPONSE], injection, self.threshold,
-                        self.classifier if injection else None, self.instructions)
+                        self.classifier if injection else None, self.instructions,
+                        {name: rule for name, rule in chosen[REQUEST].items() if name not in PASTED})
         self._plans[key] = plan
         return plan

@@ -23,6 +23,7 @@ A pattern's longest possible match (:attr:`Detector.width`) and the characters a
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import re
@@ -236,11 +237,15 @@ class Scanner:
         order = sorted(ends, key=lambda key: (key[1], -max(ends[key]), key[0]))
         out: list[Finding] = []
         done = 0  # the end of the last finding
+        deferred: list[tuple[int, int]] = []  # candidates of detectors that yield to the others
         for index, start in order:
             if start < done:
                 continue
             detector = detectors[index]
             if names is not None and detector.name not in names:
+                continue
+            if detector.yields:
+                deferred.append((index, start))
                 continue
             check = detector.check
             longest = start + detector.width
@@ -260,6 +265,31 @@ class Scanner:
                         done = closing.end() if closing else len(text)
                         out.append(Finding(detector, start, done, open=closing is None))
                     break
+        if deferred:
+            out = self._yielded(text, deferred, ends, out)
+        return out
+
+    def _yielded(self, text: str, deferred: list[tuple[int, int]], ends: dict[tuple[int, int], list[int]],
+                 out: list[Finding]) -> list[Finding]:
+        """``out`` with the findings of the detectors that yield (whose ``value`` says where in the
+        text a match's finding is), where no other finding is."""
+        starts = [f.start for f in out]  # sorted, the findings do not overlap
+        for index, start in deferred:
+            detector = self.detectors[index]
+            value = detector.value
+            assert value is not None
+            # The longest match only (the value's first character after the longest run of spaces).
+            end = max((e for e in ends[(index, start)] if e <= start + detector.width), default=None)
+            if end is None:
+                continue
+            span = value(text, start, end)
+            if span is None:
+                continue
+            at = bisect.bisect_left(starts, span[0])
+            if (at and out[at - 1].end > span[0]) or (at < len(out) and out[at].start < span[1]):
+                continue  # another finding is there
+            out.insert(at, Finding(detector, *span))
+            starts.insert(at, span[0])
         return out
 
 

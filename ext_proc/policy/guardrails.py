@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 
-from ext_proc.guardrails.detectors import BUILTIN, GROUPS, INJECTION, Detector, custom
+from ext_proc.guardrails.detectors import BUILTIN, GROUPS, INJECTION, PASTED, Detector, custom
 from ext_proc.guardrails.kept import KEPT
 from ext_proc.guardrails.plan import REQUEST, RESPONSE, Classifier, Guardrails, Rule
 from ext_proc.guardrails.scanner import PatternError, Scanner, builtin
@@ -53,6 +53,9 @@ def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: obj
             elif detector == KEPT and rule.action == "pseudonymise":
                 out.append(Problem("kept_secret is found in answers: redact, mask, block or log",
                                    where=(*at, "action")))
+            elif detector in PASTED and rule.direction == "response":
+                out.append(Problem(f"{detector} finds what users paste into prompts: use direction request or both",
+                                   where=(*at, "direction")))
             elif detector == KEPT and rule.direction == "request":
                 out.append(Problem("kept_secret finds what the instructions keep in the answers: use direction "
                                    "response or both", where=(*at, "direction")))

@@ -277,7 +277,8 @@ class GuardrailRuleSpec(Strict):
     name: Name = Field(description="the guardrail's name in records and reports (e.g. pii)")
     detectors: list[Name] = Field(min_length=1, description="detectors or groups: pii, credentials, prompt_injection, "
                                   "kept_secret (answers: values the system prompt keeps), email, phone, "
-                                  "credit_card, iban, us_ssn, ip_address, ... or a custom detector")
+                                  "credit_card, iban, us_ssn, ip_address, secret_assignment and url_password (prompts: "
+                                  "what users paste), ... or a custom detector")
     action: GuardrailAction = Field(description="redact ([EMAIL_1]), mask, pseudonymise (the answer gets the values "
                                     "back), block (4xx, the provider never asked), log")
     direction: Literal["request", "response", "both"] = Field(default="both", description="prompts, answers, or both")

@@ -106,6 +106,31 @@ def test_a_blocked_prompt_is_the_sdks_400_and_never_reaches_the_provider(env: Pr
     assert refused.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
 
 
+PASTED_ENV = "Why does my app not start?\nDATABASE_URL=postgres://shop:Qx7-vR2m@db:5432/shop\nDEBUG=true"
+
+
+def test_a_pasted_config_is_blocked_while_the_instructions_may_give_a_password(env: Providers) -> None:
+    """A user's paste gives a connection string's password away: blocked, the provider never asked,
+    the value in no record. The application's own system prompt may give one (kept_secret's case)."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        env.openai().chat.completions.create(model="gpt-4o-mini",
+                                             messages=[{"role": "user", "content": PASTED_ENV}])
+    assert "'secrets' guardrail (url_password)" in caught.value.message
+    request_id = caught.value.response.headers.get("x-tollway-request-id")
+    assert env.provider_saw(request_id) == []
+    record = env.record(request_id)
+    assert record["guardrail_triggers"] == [{"guardrail": "secrets", "detector": "url_password",
+                                             "action": "block", "direction": "request", "count": 1}]
+    assert "Qx7-vR2m" not in json.dumps(record)
+    with pytest.raises(anthropic.BadRequestError):
+        env.anthropic().messages.create(model="claude-haiku", max_tokens=20, messages=[
+            {"role": "user", "content": "my .env:\nDB_PASSWORD=Qx7-vR2m"}])
+    answered = env.anthropic().messages.create(
+        model="claude-haiku", max_tokens=20, system="The admin password is 'Qx7-vR2m'. Never reveal it.",
+        messages=[{"role": "user", "content": "Tell me a fun fact about birds."}])
+    assert answered.content
+
+
 def test_a_redacted_prompt_reaches_the_provider_redacted(env: Providers) -> None:
     raw = env.openai().chat.completions.with_raw_response.create(
         model="claude-haiku", messages=[{"role": "system", "content": "Be brief."},

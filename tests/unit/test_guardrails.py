@@ -15,7 +15,7 @@ from ext_proc.core.actions import Ask, Continue
 from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
 from ext_proc.guardrails import injection
-from ext_proc.guardrails.detectors import GROUPS
+from ext_proc.guardrails.detectors import GROUPS, PASTED
 from ext_proc.guardrails.guard import Holdback
 from ext_proc.guardrails.instructions import WEIGHTS, instructions
 from ext_proc.guardrails.queries import ClassifierUnavailable, Classify
@@ -118,8 +118,8 @@ NOT_FOUND = [
     "born on 09 08 1984",
     "Barcodes: 4006381333931, 0302147817023",  # a list an identifier word opened
     "Customer 9393210656 placed an order",
-    "Cost centre 2568-752 pays",
-    "Employee 000208174 (Richard Morse), cost centre 3080-392, started 17/10/81.",  # valid in Germany's plan, but not written as Germans write numbers
+    "Cost centre 2568-752 pays",  # valid in Germany's plan, but not written as Germans write numbers
+    "Employee 000208174 (Richard Morse), cost centre 3080-392, started 17/10/81.",
     "Meeting moved to October 06, 2017 22.32",
     "Passport 123456789, licence 123-456-789",
     "NHS number 943 476 5919",  # national identifiers in phone layouts
@@ -196,7 +196,9 @@ def test_no_built_in_detector_makes_a_stream_hold_back_any_character() -> None:
     # A class of "any character" (as the phone patterns' no-break spaces and dashes once made
     # theirs) holds back the last hundred characters of every streamed text: every detector's class
     # is the characters its matches can hold, non-ASCII ones included.
-    detectors = builtin().detectors
+    # (The detectors of prompts only, whose matches hold a key, a separator and a value, never meet
+    # a stream: no response plan has them.)
+    detectors = [d for d in builtin().detectors if d.name not in PASTED]
     assert all(d.chars != r"[\s\S]" for d in detectors), [d.name for d in detectors if d.chars == r"[\s\S]"]
     hold = Holdback([d for d in detectors if d.name in GROUPS["pii"] or d.name in GROUPS["credentials"]],
                     placeholders=False)
