@@ -39,7 +39,7 @@ import re
 # A key word (Hyperscan finds it, caseless; the check reads the whole key around it).
 KEY_WORDS = (r"passw(?:or)?d|pwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|"
              r"auth[_-]?key|credentials?")
-# The rest of the key, a closing quote, the separator, an opening quote, the value.
+# The rest of the key, a closing quote, the separator, then the value's first character (or its quote).
 ASSIGNMENT = (r"(?:" + KEY_WORDS + r")[A-Za-z0-9_.-]*[\"']?(?:[ \t]*(?::=|=>|[:=])|[ \t]+(?:is|was)[ \t]*:?)"
               r"[ \t]*[\"'`!#-&(-;=?-_a-~]")
 # The pattern ends at the value's first character (one report per key, not one per character of
@@ -58,8 +58,6 @@ _KEY = re.compile(r"(?P<key>[A-Za-z0-9_.-]*)[\"']?(?:[ \t]*(?::=|=>|[:=])|[ \t]+
 _PROSE = re.compile(r"\b(?:is|are|be|must|should|please|enter|invalid|required|characters?|incorrect|wrong|missing|"
                     r"the|a|an|for|of|to|not|at least|here)\b", re.IGNORECASE)
 _PARTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
-# The words of a key that hold a secret, and those of a key about one (its kind, name, place, size,
-# lifetime, a form's field): "token_type", "password_reset_url", "secret_name", "max_tokens".
 # A word of a key that holds a secret (a key's word ending so: "PGPASSWORD", "authToken"), and the
 # words of a key about one (its kind, name, place, size, lifetime, a form's field): "token_type",
 # "password_reset_url", "secret_name", "token_expires_in" name no secret.
