@@ -84,21 +84,16 @@ def cpu_ns(pids: list[int]) -> int:
     return total
 
 
-def _process_name(pid: int) -> str:
-    """What a process Tollway's supervisor started is, from its command line: a worker, the fork
-    server they fork from, multiprocessing's resource tracker."""
+def _process_name(pid: int, supervisor: int) -> str:
+    """What a process of Tollway's is: the supervisor, the workers' zygote (its child), a worker
+    (the zygote's child)."""
+    if pid == supervisor:
+        return "supervisor"
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
         return "gone"
-    line = " ".join(argv)
-    if "forkserver" in line:
-        with contextlib.suppress(OSError):
-            parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-            if "forkserver" in Path(f"/proc/{parent}/cmdline").read_text(errors="replace"):
-                return "worker"
-        return "fork server"
-    return "resource tracker" if "resource_tracker" in line else Path(argv[0]).name
+    return "zygote" if parent == supervisor else "worker"
 
 
 def pss_mb(pids: list[int]) -> float:
@@ -312,12 +307,18 @@ def main() -> int:
         # The log rotates at 64 MB: count the rotated files too.
         lines = [line for path in gateway.record_log.parent.glob(gateway.record_log.name + "*") if path.is_file()
                  for line in path.read_text().splitlines()]
+        # Memory as one gateway alone holds it: the plain Envoy (the same binary, whose 50 MB of
+        # code pages PSS would split between the two), the fake provider and a traced gateway
+        # (the same Python libraries) are stopped first.
+        plain.stop()
+        if isinstance(traced, Stack):
+            traced.stop()
         envoy_pids = _descendants(gateway.procs["envoy"].pid)
         memory_pids = envoy_pids + _descendants(gateway.procs["tollway"].pid)
         pss = pss_mb(memory_pids)
         supervisor = gateway.procs["tollway"].pid
-        shares = {pid: ("envoy" if pid in envoy_pids else "supervisor" if pid == supervisor else _process_name(pid),
-                        pss_mb([pid])) for pid in memory_pids}
+        shares = {pid: ("envoy" if pid in envoy_pids else _process_name(pid, supervisor), pss_mb([pid]))
+                  for pid in memory_pids}
 
     print()
     print(f"Tollway benchmark — {os.cpu_count()} cores, {args.seconds:.0f} s per run, "

@@ -276,8 +276,7 @@ class Stack:
         self._wait_ready([name])
 
     def service_pids(self) -> list[int]:
-        """The service's processes: ``tollway serve`` and its workers (not the fork server or the
-        resource tracker)."""
+        """The service's processes: ``tollway serve`` and its workers (not the workers' zygote)."""
         parent = self.procs["tollway"].pid
         return [parent, *(worker_pids(parent) if self.workers > 1 else [])]
 
@@ -300,15 +299,16 @@ class Stack:
                     raise TimeoutError(f"{name} not ready after {timeout:.0f}s:\n{self._stuck(name)}")
                 time.sleep(0.05)
 
-    def _stuck(self, name: str) -> str:
-        """The end of a process's log; for the service, after each of its processes wrote its stacks there."""
+    def _stuck(self, name: str, tail: int = 6000) -> str:
+        """The end of a process's log (``tail`` characters); for the service, after each of its
+        processes wrote its stacks there."""
         if name == "tollway":
             for pid in process_tree(self.procs[name].pid):
-                if _catches(pid, signal.SIGUSR1):  # not multiprocessing's resource tracker: it would die
+                if _catches(pid, signal.SIGUSR1):  # what does not catch it would die
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGUSR1)
             time.sleep(1)
-        return (self.workdir / f"{name}.log").read_text(errors="replace")[-6000:]
+        return (self.workdir / f"{name}.log").read_text(errors="replace")[-tail:]
 
     def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
         """SIGTERM every process (Envoy first, the fake provider last); their exit codes."""
@@ -398,8 +398,8 @@ def process_tree(pid: int) -> dict[int, int]:
 
 
 def worker_pids(service: int) -> list[int]:
-    """The workers of ``tollway serve --workers N`` (N > 1): forked by its fork server, so they
-    are the service's grandchildren (its children are the fork server and the resource tracker)."""
+    """The workers of ``tollway serve --workers N`` (N > 1): forked by its zygote, so they are the
+    service's grandchildren (its child is the zygote: ext_proc.server.zygote)."""
     tree = process_tree(service)
     return sorted(pid for pid, parent in tree.items() if parent not in (0, service) and pid != service)
 

@@ -73,7 +73,7 @@ ENCODINGS_ENV = "TOLLWAY_ENCODINGS"  # the encodings to load up front, comma-sep
 
 def warm_up() -> ServiceAccountant:
     """Load the encodings and the price table now (once per process: a worker forked from the
-    preloaded fork server finds them loaded); log how long it took.
+    preloaded zygote finds them loaded); log how long it took.
 
     The encodings are the ones the policy's models count with (``$TOLLWAY_ENCODINGS``, set by
     ``tollway serve`` from :meth:`CompiledPolicy.encodings`), else both: cl100k_base is 23 MB

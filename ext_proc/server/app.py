@@ -25,7 +25,6 @@ import dataclasses
 import faulthandler
 import ipaddress
 import logging
-import multiprocessing
 import os
 import shutil
 import signal
@@ -47,6 +46,7 @@ from ext_proc.server.listen import TLSFiles
 from ext_proc.server.metrics import Exchange, Names, Tally
 from ext_proc.server.node_state import NodeStateServer
 from ext_proc.server.reload import PolicyController, Publication
+from ext_proc.server.zygote import Worker, Zygote, ZygoteGone
 from ext_proc.state.ledger import Ledger, MemoryLedger, RedisLedger
 
 log = logging.getLogger("tollway.serve")
@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         else None
     controller = PolicyController(config.policy or None, publication, clusters)
     listener = None
+    zygote: Zygote | None = None
     recovered: Exchange | None = None  # the supervisor's count of the records it recovers
     node: NodeStateServer | None = None
     try:
@@ -211,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         # Refuse to start on a broken policy: say why once, before any worker is spawned.
         if not controller.start():
             return 2
-        if controller.current is not None:  # the fork server and the workers load these encodings up front
+        if controller.current is not None:  # the zygote and the workers load these encodings up front
             os.environ[ENCODINGS_ENV] = ",".join(sorted(controller.current.encodings()))
         if config.server != "grpcio":
             try:
@@ -219,6 +220,11 @@ def run(args: argparse.Namespace) -> int:
             except listen.ListenError as exc:
                 print(f"tollway serve: {exc}", file=sys.stderr)
                 return 2
+        dealing = config.workers > 1 and listener is not None and address.kind == "unix"
+        if config.workers > 1:
+            # Forked now, before this process starts any thread: see ext_proc.server.zygote.
+            zygote = _zygote(controller.current, None if dealing or listener is None else listener.sock, admin_sock,
+                             publication, (listener.sock,) if dealing and listener is not None else ())
         if config.workers > 1 and not config.redis_url:
             # Budgets and rate limits must hold across the node's workers: their counters live here.
             directory = os.path.dirname(address.path) if address.kind == "unix" else tempfile.mkdtemp(prefix="tollway-")
@@ -243,13 +249,16 @@ def run(args: argparse.Namespace) -> int:
                 _worker(config, sock, admin_sock, publication)
                 return 0
             dealer = None
-            if listener is not None and address.kind == "unix":
+            if dealing and listener is not None:
                 # The supervisor deals Envoy's connections to the workers (ext_proc.server.dealer).
-                dealer, sock = Dealer(listener.sock, config.workers), None
-            return _supervise(config, sock, admin_sock, publication, dealer, controller.current, recovered)
+                dealer = Dealer(listener.sock, config.workers)
+            assert zygote is not None
+            return _supervise(config, zygote, dealer, recovered)
         finally:
             stop.set()
     finally:
+        if zygote is not None:
+            zygote.close()
         if listener is not None:
             listener.close()
         if node is not None:
@@ -392,65 +401,76 @@ QUICK_DEATH = 5.0  # seconds: a worker dying this soon after its start did not g
 MAX_QUICK_DEATHS = 5
 
 
-def _supervise(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
-               publication: Publication, dealer: Dealer | None = None,
-               controller_policy: CompiledPolicy | None = None, recovered: Exchange | None = None) -> int:
-    # Workers fork from a preloaded fork server (ext_proc.server.preload): one copy of the
-    # tokenizers and the price table for all of them, and a clean single-threaded parent to fork
-    # from (this process runs the policy watcher's thread).
-    ctx = multiprocessing.get_context("forkserver")
-    policy = controller_policy
+def _zygote(policy: CompiledPolicy | None, sock: socket.socket | None, admin_sock: socket.socket | None,
+            publication: Publication, closing: tuple[socket.socket, ...]) -> Zygote:
+    """The workers' zygote (ext_proc.server.zygote): it loads once what every worker uses (the
+    service, the tokenizers, the injection scorer's databases when the policy scores prompts)."""
     scores = policy is not None and policy.guardrails is not None and policy.guardrails.scores_injection
-    ctx.set_forkserver_preload(["ext_proc.guardrails.warm"] * scores + ["ext_proc.server.preload"])
-    stopping = False
+    return Zygote(["ext_proc.guardrails.warm"] * scores + ["ext_proc.server.preload"], _worker,
+                  (sock, admin_sock, publication), closing)
 
-    def start(index: int) -> multiprocessing.process.BaseProcess:
-        # The listening socket travels to the worker as a passed file descriptor (spawn's pass_fds).
+
+def _supervise(config: ServeConfig, zygote: Zygote, dealer: Dealer | None = None,
+               recovered: Exchange | None = None) -> int:
+    stopping = False
+    procs: list[Worker] = []
+
+    def start(index: int) -> Worker:
         dealt = dealer.channel(index) if dealer is not None else None
-        proc = ctx.Process(target=_worker, args=(config, sock, admin_sock, publication, os.getpid(), dealt),
-                           name=f"tollway-worker-{index}", daemon=False)
-        proc.start()
-        if dealt is not None:
-            dealt.close()  # the worker has its own copy
-        return proc
+        try:
+            return zygote.start(index, config, dealt)
+        finally:
+            if dealt is not None:
+                dealt.close()  # the worker has its own copy
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
         for proc in procs:
-            if proc.pid is not None:
+            if proc.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGTERM)
 
-    procs = [start(i) for i in range(config.workers)]
-    started = [time.monotonic()] * len(procs)
-    quick_deaths = 0  # in a row: workers that died within QUICK_DEATH seconds of their start
-    if dealer is not None:
-        dealer.start()
+    def wait_all(timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while any(p.exitcode is None for p in procs) and time.monotonic() < deadline:
+            zygote.poll(0.1)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    while True:
-        for i, proc in enumerate(procs):
-            proc.join(timeout=0.2 / len(procs))
-            if proc.exitcode is not None and not stopping:
-                quick = time.monotonic() - started[i] < QUICK_DEATH
-                quick_deaths = quick_deaths + 1 if quick else 0
-                if quick_deaths >= MAX_QUICK_DEATHS:
-                    # A crash loop (e.g. a broken install): exit and say so, rather than restart
-                    # forever behind a readiness probe that never passes.
-                    log.critical("workers died %d times in a row within %.0f s of starting; giving up",
-                                 quick_deaths, QUICK_DEATH)
-                    on_signal(signal.SIGTERM, None)
-                    for other in procs:
-                        other.join(timeout=config.grace + 1)
-                    if dealer is not None:
-                        dealer.stop()
-                    return 1
-                log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
-                recover_records(config, recovered)
-                time.sleep(0.5)
-                procs[i], started[i] = start(i), time.monotonic()
-        if stopping and all(p.exitcode is not None for p in procs):
-            if dealer is not None:
-                dealer.stop()
-            return 0
+    try:
+        for i in range(config.workers):
+            procs.append(start(i))
+        started = [time.monotonic()] * len(procs)
+        quick_deaths = 0  # in a row: workers that died within QUICK_DEATH seconds of their start
+        if dealer is not None:
+            dealer.start()
+        while True:
+            zygote.poll(0.2)
+            for i, proc in enumerate(procs):
+                if proc.exitcode is not None and not stopping:
+                    quick = time.monotonic() - started[i] < QUICK_DEATH
+                    quick_deaths = quick_deaths + 1 if quick else 0
+                    if quick_deaths >= MAX_QUICK_DEATHS:
+                        # A crash loop (e.g. a broken install): exit and say so, rather than restart
+                        # forever behind a readiness probe that never passes.
+                        log.critical("workers died %d times in a row within %.0f s of starting; giving up",
+                                     quick_deaths, QUICK_DEATH)
+                        on_signal(signal.SIGTERM, None)
+                        wait_all(config.grace + 1)
+                        return 1
+                    log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
+                    recover_records(config, recovered)
+                    time.sleep(0.5)
+                    procs[i], started[i] = start(i), time.monotonic()
+            if stopping and all(p.exitcode is not None for p in procs):
+                return 0
+    except ZygoteGone as exc:
+        # Workers can no longer be started from the loaded state: stop, so that whatever runs this
+        # service (Kubernetes, systemd) starts it again.
+        log.critical("%s; stopping", exc)
+        on_signal(signal.SIGTERM, None)
+        return 1
+    finally:
+        if dealer is not None:
+            dealer.stop()

@@ -4,7 +4,7 @@ Compiling a policy builds its guardrails' Hyperscan databases, and loading the t
 parses their files: both allocate tens of MB in C that they free moments later. glibc keeps
 freed memory in its arenas for reuse, so without help every process that compiled a policy
 (the ``tollway serve`` parent, and each worker) would hold about 17 MB it no longer uses, and
-the fork server 7 MB more under the pages it shares with the workers (measured with the example
+the workers' zygote 7 MB more under the pages it shares with the workers (measured with the example
 policy; README "Performance"). ``malloc_trim(0)`` returns the free pages; it takes a few
 milliseconds and runs only after those events (a worker that compiles a reloaded policy while a
 request waits has already spent far longer compiling). Elsewhere than glibc (the function is

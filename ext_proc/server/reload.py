@@ -245,7 +245,7 @@ class PolicyHolder:
                 log.exception("the published policy did not compile in this worker")
                 return
             if self._policy.guardrails is not None and self._policy.guardrails.scores_injection:
-                injection.warm()  # now, not in the first request (a no-op when the fork server did it)
+                injection.warm()  # now, not in the first request (a no-op when the zygote did it)
             give_back()  # the compile's temporaries (Hyperscan's above all)
         self.state = state
         self._seen = max(generation, state.generation)

@@ -3,7 +3,7 @@
 Everything a worker runs and the supervisor does not: the HTTP/2 (or grpcio) server, the
 service and its state backends, the admin server, metrics and telemetry. The supervisor
 (:mod:`ext_proc.server.app`) never imports this module, so its process holds none of it; the
-workers' fork server imports it once (:mod:`ext_proc.server.preload`) for every worker.
+workers' zygote imports it once (:mod:`ext_proc.server.preload`) for every worker.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _die_with_parent(supervisor: int) -> None:
 
     A worker outliving its supervisor would keep serving the old socket with the old policy, and
     a restarted ``tollway serve`` would find that socket live and refuse to start. The worker's
-    parent is the fork server (which lives as long as any worker does), so the kernel's
+    parent is the zygote (which lives as long as any worker does), so the kernel's
     parent-death signal cannot tell; a thread waits on a pidfd of the supervisor instead (Linux
     5.3+; elsewhere it checks once a second). SIGTERM is the graceful path: open streams finish
     (``--grace``), records are flushed, the socket is closed.

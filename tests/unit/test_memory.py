@@ -39,7 +39,7 @@ def test_freed_memory_is_returned_to_the_system() -> None:
 
 def test_the_supervisor_holds_none_of_the_workers_modules() -> None:
     """``tollway serve``'s parent imports app.py only: the service, its servers and prometheus_client
-    live in the workers (and their fork server), not in a process that serves nothing."""
+    live in the workers (and their zygote), not in a process that serves nothing."""
     code = ("import sys, ext_proc.server.app; print(' '.join(sorted(m for m in sys.modules if m in "
             "('ext_proc.server.worker', 'ext_proc.server.servicer', 'ext_proc.server.h2', 'ext_proc.core.session', "
             "'prometheus_client', 'uvloop', 'ext_proc.server.admin'))))")

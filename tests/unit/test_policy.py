@@ -609,7 +609,7 @@ teams: {t: {workloads: [w], models: [llama]}}
 
 
 def test_the_encodings_a_policy_counts_with() -> None:
-    """The fork server loads only these (``tollway serve`` passes them on): cl100k_base's 23 MB
+    """The zygote loads only these (``tollway serve`` passes them on): cl100k_base's 23 MB
     only for a policy with a model that counts with it, by public or provider name."""
     assert compile_policy(MINIMAL, "minimal.yaml").encodings() == {"o200k_base"}
     assert compile_policy(EXAMPLE, "example.yaml").encodings() == {"o200k_base", "cl100k_base"}  # its embeddings

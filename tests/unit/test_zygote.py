@@ -1,0 +1,81 @@
+"""The workers' zygote: forked once, it forks workers on request, passes each its channel, reports
+their exit codes, stops what remains when the supervisor's end closes, and says when it is gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from ext_proc.server.zygote import Zygote, ZygoteGone
+
+
+def _target(config: dict[str, int], marker: str, supervisor: int, dealt: socket.socket | None) -> None:
+    """A worker: says who it is on its channel (and what it inherited), then exits with the config's code."""
+    if dealt is not None:
+        dealt.sendall(f"{marker} {os.getppid()} {supervisor} {os.getpid()}".encode())
+        dealt.close()
+    if config["sleep"]:
+        time.sleep(config["sleep"])
+    os._exit(config["code"])
+
+
+def _exited(zygote: Zygote, worker_pid: int, timeout: float = 10.0) -> int | None:
+    deadline = time.monotonic() + timeout
+    worker = zygote.workers[worker_pid]
+    while worker.exitcode is None and time.monotonic() < deadline:
+        zygote.poll(0.1)
+    return worker.exitcode
+
+
+def test_it_forks_workers_with_their_channel_and_reports_their_exit() -> None:
+    zygote = Zygote([], _target, ("inherited-at-the-fork",))
+    try:
+        ours, theirs = socket.socketpair()
+        worker = zygote.start(0, {"code": 3, "sleep": 0}, theirs)
+        theirs.close()
+        marker, parent, supervisor, pid = ours.recv(200).decode().split()
+        assert marker == "inherited-at-the-fork"
+        assert (int(parent), int(supervisor), int(pid)) == (zygote.process.pid, os.getpid(), worker.pid)
+        assert _exited(zygote, worker.pid) == 3
+        again = zygote.start(0, {"code": 0, "sleep": 0}, None)  # a restart: another worker from the same state
+        assert again.pid != worker.pid and _exited(zygote, again.pid) == 0
+    finally:
+        zygote.close()
+    assert zygote.process.exitcode == 0
+
+
+def test_a_worker_the_supervisor_signals_reports_the_signal() -> None:
+    zygote = Zygote([], _target, ("x",))
+    try:
+        worker = zygote.start(1, {"code": 0, "sleep": 30}, None)
+        os.kill(worker.pid, signal.SIGTERM)
+        assert _exited(zygote, worker.pid) == -signal.SIGTERM
+    finally:
+        zygote.close()
+
+
+def test_closing_stops_the_workers_left() -> None:
+    zygote = Zygote([], _target, ("x",))
+    worker = zygote.start(0, {"code": 0, "sleep": 30}, None)
+    started = time.monotonic()
+    zygote.close()
+    assert time.monotonic() - started < 5
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker.pid, 0)  # stopped and reaped
+
+
+def test_a_dead_zygote_is_said() -> None:
+    zygote = Zygote([], _target, ("x",))
+    try:
+        assert zygote.process.pid is not None
+        os.kill(zygote.process.pid, signal.SIGKILL)
+        zygote.process.join(5)
+        with pytest.raises(ZygoteGone):
+            zygote.poll(1.0)
+            zygote.start(0, {"code": 0, "sleep": 0}, None)
+    finally:
+        zygote.close()
