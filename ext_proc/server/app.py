@@ -212,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         # Refuse to start on a broken policy: say why once, before any worker is spawned.
         if not controller.start():
             return 2
+        publication.preloaded = controller.current  # the workers serve this compile (ext_proc.server.reload)
         if controller.current is not None:  # the zygote and the workers load these encodings up front
             os.environ[ENCODINGS_ENV] = ",".join(sorted(controller.current.encodings()))
         if config.server != "grpcio":

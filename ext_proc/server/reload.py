@@ -83,6 +83,9 @@ class Publication:
     def __init__(self) -> None:
         directory = tempfile.mkdtemp(prefix="tollway-policy-")  # mode 0700: only this user reads the policy
         self.path = os.path.join(directory, "state.json")
+        # The policy the supervisor compiled at its start: workers forked from it (through the
+        # zygote) serve that version without compiling it again, and share its pages.
+        self.preloaded: CompiledPolicy | None = None
         self.generation: Any = multiprocessing.get_context("spawn").Value("Q", 0, lock=False)
 
     def publish(self, state: PolicyState) -> None:
@@ -239,14 +242,18 @@ class PolicyHolder:
             log.exception("cannot read the published policy state; keeping the running policy")
             return
         if state.text is not None and (self._policy is None or self._policy.version != state.version):
-            try:
-                self._policy = compile_policy(state.text, state.source or "<policy>")
-            except PolicyError:  # the controller compiled the same text: cannot happen, but never crash
-                log.exception("the published policy did not compile in this worker")
-                return
+            preloaded = self.publication.preloaded
+            if preloaded is not None and preloaded.version == state.version:
+                self._policy = preloaded  # compiled by the supervisor, inherited at the fork
+            else:
+                try:
+                    self._policy = compile_policy(state.text, state.source or "<policy>")
+                except PolicyError:  # the controller compiled the same text: cannot happen, but never crash
+                    log.exception("the published policy did not compile in this worker")
+                    return
+                give_back()  # the compile's temporaries (Hyperscan's above all)
             if self._policy.guardrails is not None and self._policy.guardrails.scores_injection:
                 injection.warm()  # now, not in the first request (a no-op when the zygote did it)
-            give_back()  # the compile's temporaries (Hyperscan's above all)
         self.state = state
         self._seen = max(generation, state.generation)
 

@@ -249,3 +249,19 @@ def test_without_envoys_admin_the_write_is_given_a_moment(tmp_path: Path) -> Non
     with pytest.raises(EnvoyNotReady):
         ClusterSync(str(tmp_path / "d.yaml"), "http://envoy", clock=clock, sleep=clock.sleep,
                     get=FakeEnvoy(tmp_path / "d.yaml", deaf=True).get).prepare(None)
+
+
+def test_a_worker_serves_the_supervisors_compile_of_the_same_version(tmp_path: Path, publication: Publication) -> None:
+    """Workers forked from the supervisor (through the zygote) inherit its compile of the starting
+    policy: they serve that object; a later version they compile themselves."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(GOOD)
+    controller = PolicyController(str(path), publication)
+    assert controller.start()
+    publication.preloaded = controller.current
+    holder = PolicyHolder(publication)
+    assert holder.current is controller.current
+    path.write_text(GOOD.replace("models: [gpt-4o]", 'models: ["*"]'))
+    assert controller.check() is True
+    assert holder.current is not publication.preloaded and holder.current is not None
+    assert holder.current.teams["search"].all_models
