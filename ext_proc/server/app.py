@@ -419,10 +419,14 @@ def _supervise(config: ServeConfig, zygote: Zygote, dealer: Dealer | None = None
     def start(index: int) -> Worker:
         dealt = dealer.channel(index) if dealer is not None else None
         try:
-            return zygote.start(index, config, dealt)
+            worker = zygote.start(index, config, dealt)
         finally:
             if dealt is not None:
                 dealt.close()  # the worker has its own copy
+        if stopping:  # a stop signal came while it was being started: it stops too
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
+        return worker
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping

@@ -30,6 +30,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.reduction import recv_handle, send_handle
@@ -61,6 +62,9 @@ class Zygote:
         supervisor, dealt)`` runs each worker; ``inherited``: what the workers get from this process
         as it is now (the sockets, the shared policy state); ``closing``: sockets of this process the
         zygote closes (the listening socket, when the supervisor deals its connections)."""
+        others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        if others:  # a fork now could copy a lock another thread holds into the zygote, and hang it
+            raise RuntimeError(f"the zygote must be forked before any thread starts; running: {', '.join(others)}")
         self._conn, theirs = multiprocessing.Pipe(duplex=True)
         # Everything loaded so far out of the collector's reach, in both processes: a collection
         # would write every object's header and copy the pages the two (and the workers) share.

@@ -79,3 +79,17 @@ def test_a_dead_zygote_is_said() -> None:
             zygote.start(0, {"code": 0, "sleep": 0}, None)
     finally:
         zygote.close()
+
+
+def test_it_refuses_to_be_forked_once_a_thread_runs() -> None:
+    import threading
+
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, name="busy")
+    thread.start()
+    try:
+        with pytest.raises(RuntimeError, match="before any thread starts; running: busy"):
+            Zygote([], _target, ("x",))
+    finally:
+        stop.set()
+        thread.join()
