@@ -105,7 +105,7 @@ class Zygote:
 
     def _note(self, message: tuple[Any, ...]) -> None:
         if message[0] == "exited":
-            worker = self.workers.get(message[1])
+            worker = self.workers.pop(message[1], None)  # the supervisor keeps its handle
             if worker is not None:
                 worker.exitcode = message[2]
 

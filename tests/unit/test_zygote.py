@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ext_proc.server.zygote import Zygote, ZygoteGone
+from ext_proc.server.zygote import Worker, Zygote, ZygoteGone
 
 
 def _target(config: dict[str, int], marker: str, supervisor: int, dealt: socket.socket | None) -> None:
@@ -23,9 +23,8 @@ def _target(config: dict[str, int], marker: str, supervisor: int, dealt: socket.
     os._exit(config["code"])
 
 
-def _exited(zygote: Zygote, worker_pid: int, timeout: float = 10.0) -> int | None:
+def _exited(zygote: Zygote, worker: Worker, timeout: float = 10.0) -> int | None:
     deadline = time.monotonic() + timeout
-    worker = zygote.workers[worker_pid]
     while worker.exitcode is None and time.monotonic() < deadline:
         zygote.poll(0.1)
     return worker.exitcode
@@ -40,9 +39,10 @@ def test_it_forks_workers_with_their_channel_and_reports_their_exit() -> None:
         marker, parent, supervisor, pid = ours.recv(200).decode().split()
         assert marker == "inherited-at-the-fork"
         assert (int(parent), int(supervisor), int(pid)) == (zygote.process.pid, os.getpid(), worker.pid)
-        assert _exited(zygote, worker.pid) == 3
+        assert _exited(zygote, worker) == 3
+        assert worker.pid not in zygote.workers  # reported once, then forgotten
         again = zygote.start(0, {"code": 0, "sleep": 0}, None)  # a restart: another worker from the same state
-        assert again.pid != worker.pid and _exited(zygote, again.pid) == 0
+        assert again.pid != worker.pid and _exited(zygote, again) == 0
     finally:
         zygote.close()
     assert zygote.process.exitcode == 0
@@ -53,7 +53,7 @@ def test_a_worker_the_supervisor_signals_reports_the_signal() -> None:
     try:
         worker = zygote.start(1, {"code": 0, "sleep": 30}, None)
         os.kill(worker.pid, signal.SIGTERM)
-        assert _exited(zygote, worker.pid) == -signal.SIGTERM
+        assert _exited(zygote, worker) == -signal.SIGTERM
     finally:
         zygote.close()
 
