@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ext_proc.policy.compiled import Provider
+from ext_proc.values import value
 
 Headers = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Continue:
     """Let the message through, optionally changed.
 
@@ -55,7 +56,7 @@ Action = Continue | Respond
 CONTINUE = Continue()
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Ask:
     """Ask shared state ``query`` (a plain object the server knows how to run, e.g. a
     :mod:`ext_proc.state.queries` dataclass); the step that asked resumes with the answer
@@ -102,7 +103,7 @@ class Settle:
     used: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Forwarded:
     """The request goes to the provider with this answer: ``record`` is the record it gets if
     nothing more is ever heard of it (Tollway dies first). The server notes it before it

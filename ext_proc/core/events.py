@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ext_proc.values import value
 
-@dataclass(frozen=True, slots=True)
+
+@value
 class Upstream:
     """The endpoint Envoy picked for a try: its position in a fallback chain (``tollway.slot``
     metadata) and the Host it was rendered with; and, with the answer, how many tries it took."""
@@ -26,7 +28,7 @@ class Upstream:
 NO_UPSTREAM = Upstream()
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RequestHeaders:
     """The client's request head, and Envoy attributes of the connection (e.g. the peer's SPIFFE ID).
 
@@ -40,7 +42,7 @@ class RequestHeaders:
     upstream: Upstream = NO_UPSTREAM
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RequestBody:
     """The client's whole request body (buffered by Envoy)."""
 
@@ -49,7 +51,7 @@ class RequestBody:
     at: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ResponseHeaders:
     """The response head: from the provider, or a local reply made by Envoy.
 
@@ -63,7 +65,7 @@ class ResponseHeaders:
     upstream: Upstream = NO_UPSTREAM
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ResponseBody:
     """The buffered response body, or one chunk of it once the body is streamed."""
 
@@ -79,7 +81,7 @@ class StreamClosed:
     at: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Answered:
     """The answer to the session's last :class:`~ext_proc.core.actions.Ask` (a value, or the
     :class:`Exception` the question failed with), delivered by the server when it arrives."""

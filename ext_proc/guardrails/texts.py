@@ -33,12 +33,12 @@ event (the held text of a closing channel) shifted them, so ``sequence_number`` 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ext_proc.llm.sse import SSEEvent
+from ext_proc.values import value
 
 # (channel, text, json_text) -> the text to send now (the guard may hold some back)
 TextFn = Callable[[tuple[Any, ...], str, bool], str]
@@ -46,7 +46,7 @@ TextFn = Callable[[tuple[Any, ...], str, bool], str]
 FlushFn = Callable[[tuple[Any, ...], bool], str]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Ref:
     """One string in decoded JSON: ``container[key]``, spoken by ``role``."""
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ext_proc.values import value
+
 
 @dataclass(slots=True)
 class Usage:
@@ -90,7 +92,7 @@ def apply_responses(usage: Usage, raw: Any) -> None:
     usage.reasoning_tokens = _int(_get(raw, "output_tokens_details", "reasoning_tokens"))
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class TokenEstimate:
     """Prompt tokens of one request, whether they follow a rule known to match, and which rule."""
 

@@ -19,6 +19,7 @@ from ext_proc.guardrails.plan import Guardrails
 from ext_proc.llm import providers
 from ext_proc.llm.encodings import O200K, encoding_name_for_model
 from ext_proc.llm.prices import Price
+from ext_proc.values import value
 
 PROVIDER_KINDS = tuple(providers.KINDS)
 KEY_PREFIX = "tw-"  # every Tollway virtual key starts with it; other bearer values are not Tollway keys
@@ -82,7 +83,7 @@ class Alias:
         return self.teams.get(team, self.plan)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Principal:
     """Who is calling: a team, through a virtual key or a workload identity."""
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ext_proc.values import value
+
 
 @dataclass(frozen=True, slots=True)
 class Ping:
@@ -20,7 +22,7 @@ class StoreUnavailable(Exception):
     """The store did not answer (down, too slow, refused); the message names why, never a secret."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Claim:
     """One counter a request must fit in (a budget, a per-minute limit, a concurrency cap).
 
@@ -40,7 +42,7 @@ class Claim:
     enforced: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Admit:
     """Hold every claim, or none: answered with an :class:`Admission`. ``fail_open``: when the
     store does not answer, admit on this process's own counters (else refuse)."""
@@ -49,7 +51,7 @@ class Admit:
     fail_open: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Admission:
     """The answer to :class:`Admit`.
 

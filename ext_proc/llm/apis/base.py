@@ -29,6 +29,7 @@ import orjson
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
 from ext_proc.llm.usage import Usage
+from ext_proc.values import value
 
 MAX_DECODED_BODY = 64 * 1024 * 1024
 MAX_STREAM_TEXT = 4 * 1024 * 1024  # bytes of stream events kept for estimating a cut stream
@@ -164,7 +165,7 @@ class Reader:
         raise NotImplementedError
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RateWindow:
     """A rate limit as the client is told about it: of ``kind`` "requests" or "tokens"."""
 
