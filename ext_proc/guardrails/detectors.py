@@ -63,11 +63,10 @@ class Detector:
     # them back with the match and judges it as a whole text would.
     not_followed_by: str | None = None
     # A detector whose match is not its value (a key and its separator, then the value's first
-    # character): this confirms a candidate and says where the value is, instead of ``check``.
+    # character): this confirms a candidate and says where the value is, instead of ``check``. Its
+    # candidates are confirmed after every other detector's, and only where no finding of theirs
+    # is: a vendor's token is an OPENAI_KEY even where a key name also says "secret".
     value: Span | None = None
-    # Its candidates are confirmed after every other detector's, and only where no finding of
-    # theirs is: a vendor's token is an OPENAI_KEY even where a key name also says "secret".
-    yields: bool = False
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -237,9 +236,9 @@ BUILTIN: tuple[Detector, ...] = (
              not_followed_by=phones.NOT_FOLLOWED_BY),
     # What users paste (PASTED): a config's or a connection string's secrets.
     Detector("secret_assignment", "SECRET", "credential", (secrets.ASSIGNMENT,), caseless=True,
-             width=secrets.ASSIGNMENT_WIDTH, value=secrets.value_span, yields=True),
+             width=secrets.ASSIGNMENT_WIDTH, value=secrets.value_span),
     Detector("url_password", "URL_PASSWORD", "credential", (secrets.URL_PASSWORD,), width=secrets.URL_WIDTH,
-             value=secrets.url_password_span, yields=True),
+             value=secrets.url_password_span),
 )
 # Detectors of what users and tools send: a prompt's user, assistant and tool text. Not answers (a
 # model has only what it was given), nor the application's own instructions (a system prompt may

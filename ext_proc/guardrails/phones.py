@@ -124,8 +124,9 @@ _CARD_LABEL = re.compile(r"(?:^|[\s|(,;/])(?:home|work|office|direct|main|desk|p
                          r"emergency|daytime|evening|after hours|out of hours|support|reception|front desk)"
                          r"(?: line| no\.?| #)?[ \t]*[:：][ \t]{0,3}$", re.IGNORECASE)
 _CONNECTOR = re.compile(r"\b(?:on|at|or|and|to|is|via|under)[^\w\n]{0,6}$", re.IGNORECASE)
-_WORD = re.compile(r"(?<!\d\s)\b(?:" + _WORDS + r")\b|\b" + _NUMBER_WORDS + r"\s+(?:number|no\b|nr\b)", re.IGNORECASE)
-PHONE_WORD = _WORD  # a phone word anywhere (the SSN check reads it: "social ..., phone 089832783")
+# A phone word anywhere (the SSN check reads it too: "social ..., phone 089832783").
+PHONE_WORD = re.compile(r"(?<!\d\s)\b(?:" + _WORDS + r")\b|\b" + _NUMBER_WORDS + r"\s+(?:number|no\b|nr\b)",
+                        re.IGNORECASE)
 _CARD_OR_SSN = re.compile(r"\b(?:card|visa|mastercard|amex|debit|credit|cc|pan|ssn|social security|"
                           r"social sec|tax id|tin|paid with|pay with|charged? to)\b", re.IGNORECASE)
 _CURRENCY = re.compile(r"(?:[$€£¥₹₽₩]|\b(?:usd|eur|gbp|chf|jpy|inr|rs|cad|aud|sek|nok|dkk|pln|brl)\.?)\s?$",
@@ -256,7 +257,7 @@ def judge(text: str, before: str, regions: tuple[str, ...] = REGIONS) -> str | N
         return None
     named = (_LABEL.search(before) is not None or _LETTER.search(before) is not None
              or _CARD_LABEL.search(before) is not None
-             or (_CONNECTOR.search(before) is not None and _WORD.search(before) is not None))
+             or (_CONNECTOR.search(before) is not None and PHONE_WORD.search(before) is not None))
     # The words before that refuse any number are read last, for a candidate the rest would take
     # (the regular expressions over the context cost more than the layout's).
     reason = _reason(text, core, digits, before, named, regions)
@@ -346,7 +347,7 @@ def _gtin(digits: str) -> bool:
 
 def _near(before: str) -> bool:
     """A phone word earlier in the same sentence or line, with no identifier word after it."""
-    words = list(_WORD.finditer(before))
+    words = list(PHONE_WORD.finditer(before))
     if not words:
         return False
     rest = before[words[-1].end():]

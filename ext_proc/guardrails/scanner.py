@@ -237,14 +237,14 @@ class Scanner:
         order = sorted(ends, key=lambda key: (key[1], -max(ends[key]), key[0]))
         out: list[Finding] = []
         done = 0  # the end of the last finding
-        deferred: list[tuple[int, int]] = []  # candidates of detectors that yield to the others
+        deferred: list[tuple[int, int]] = []  # candidates of the detectors with a value span: after the others
         for index, start in order:
             if start < done:
                 continue
             detector = detectors[index]
             if names is not None and detector.name not in names:
                 continue
-            if detector.yields:
+            if detector.value is not None:
                 deferred.append((index, start))
                 continue
             check = detector.check
@@ -271,8 +271,8 @@ class Scanner:
 
     def _yielded(self, text: str, deferred: list[tuple[int, int]], ends: dict[tuple[int, int], list[int]],
                  out: list[Finding]) -> list[Finding]:
-        """``out`` with the findings of the detectors that yield (whose ``value`` says where in the
-        text a match's finding is), where no other finding is."""
+        """``out`` with the findings of the detectors whose ``value`` says where in the text a
+        match's finding is, where no other finding is."""
         starts = [f.start for f in out]  # sorted, the findings do not overlap
         for index, start in deferred:
             detector = self.detectors[index]

@@ -39,21 +39,24 @@ import re
 # A key word (Hyperscan finds it, caseless; the check reads the whole key around it).
 KEY_WORDS = (r"passw(?:or)?d|pwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|"
              r"auth[_-]?key|credentials?")
-# The rest of the key, a closing quote, the separator, then the value's first character (or its quote).
-ASSIGNMENT = (r"(?:" + KEY_WORDS + r")[A-Za-z0-9_.-]*[\"']?(?:[ \t]*(?::=|=>|[:=])|[ \t]+(?:is|was)[ \t]*:?)"
-              r"[ \t]*[\"'`!#-&(-;=?-_a-~]")
-# The pattern ends at the value's first character (one report per key, not one per character of
-# the value); the value is read from there: quoted, to its closing quote on the same line, or
-# printable ASCII but quotes, backticks and angle brackets.
-_VALUE = re.compile(r"\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|`[^`\n]{1,200}`|[!#-&(-;=?-_a-~]{1,200}")
+# The rest of the key, a closing quote, the separator ("=", ":", ":=", "=>", "is").
+_KEY_REST = r"[A-Za-z0-9_.-]*"
+_SEPARATOR = r"[\"']?(?:[ \t]*(?::=|=>|[:=])|[ \t]+(?:is|was)[ \t]*:?)[ \t]*"
+# An unquoted value's characters: printable ASCII but quotes, backticks and angle brackets
+# (Hyperscan reads bytes: a match must not end inside a character).
+_UNQUOTED = r"[!#-&(-;=?-_a-~]"
+# The pattern ends at the value's first character or its quote (one report per key, not one per
+# character of the value); the value is read from there: quoted, to its closing quote on the same
+# line, or unquoted.
+ASSIGNMENT = r"(?:" + KEY_WORDS + r")" + _KEY_REST + _SEPARATOR + r"(?:[\"'`]|" + _UNQUOTED + r")"
+_VALUE = re.compile(r"\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|`[^`\n]{1,200}`|" + _UNQUOTED + r"{1,200}")
 ASSIGNMENT_WIDTH = 256
 # scheme://user:password@ — the pattern starts at "://" (the scheme is not needed).
 URL_PASSWORD = r"://[^\s:/@?#\"'<>]*:[^\s/@?#\"'<>]+@"
 URL_WIDTH = 200
 
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")  # a key's characters
-_KEY = re.compile(r"(?P<key>[A-Za-z0-9_.-]*)[\"']?(?:[ \t]*(?::=|=>|[:=])|[ \t]+(?:is|was)[ \t]*:?)[ \t]*",
-                  re.IGNORECASE)
+_KEY = re.compile(r"(?P<key>" + _KEY_REST + r")" + _SEPARATOR, re.IGNORECASE)
 # A quoted value that is a sentence, not a passphrase: "Password is required", "Enter your token".
 _PROSE = re.compile(r"\b(?:is|are|be|must|should|please|enter|invalid|required|characters?|incorrect|wrong|missing|"
                     r"the|a|an|for|of|to|not|at least|here)\b", re.IGNORECASE)
