@@ -25,10 +25,14 @@ E.164 formats and in the variations people type (dots, dashes, no separators, ``
 ``+44 (0)``, the area code in parentheses), North American numbers in hand-written layouts, and
 numbers in the layouts test-data generators fill with any digit (older Faker's and
 presidio-research's phone provider's, MIT: area codes from 0 and 1 too; :data:`GENERATED_TUNE`);
-one in ten gets an extension (``x123``, ``ext. 12``, ``extension 4``), one in twenty no-break
-spaces and en dashes. They appear after a phone word, with the word after them, with no phone
-word at all, in lists, signatures, contact cards, tables, CSV and
-JSON, in several languages.
+and, added in a third pass, Faker's remaining phone providers (:data:`MORE_TUNE_LOCALES`) and
+mimesis's phone masks per locale (MIT, any digit: :data:`MIMESIS_TUNE`); one in ten gets an
+extension (``x123``, ``ext. 12``, ``extension 4``), one in twenty no-break spaces and en dashes.
+They appear after a phone word, with the word after them, with no phone word at all, in lists,
+signatures, contact cards, tables, CSV, TSV, JSON and ``key: value`` records (``phone_number:``),
+among other numbers (:data:`MORE_TEMPLATES`), in several languages; and US driving licence
+numbers and street addresses as presidio-research's providers write them (MIT) are among the
+numbers that are none.
 
 Two parts (``part``): ``tune``, the one to look at and tune on (``bench/eval.py --dev --show N``
 prints its misses), and ``holdout``: other Faker locales, other libphonenumber regions and other
@@ -68,6 +72,66 @@ TUNE_LOCALES = ("en_US",) * 8 + ("en_GB", "en_GB", "en_CA", "en_AU", "en_IN", "f
 HOLDOUT_LOCALES = ("en_US",) * 4 + ("en_NZ", "es_AR", "es_CL", "es_CO", "sk_SK", "bg_BG", "hr_HR", "sl_SI",
                                     "lt_LT", "lv_LV", "zh_TW", "fa_IR", "ar_AE", "az_AZ", "it_CH", "de_LU",
                                     "ka_GE", "hy_AM", "uz_UZ", "ne_NP", "tw_GH")
+# Faker locales added in the third pass (the rest of Faker's phone providers that write numbers in
+# ASCII digits), drawn as often as the others together: tune and holdout apart.
+MORE_TUNE_LOCALES = ("am_ET", "hi_IN", "mk_MK", "de_LI")
+MORE_HOLDOUT_LOCALES = ("ar_PS", "bs_BA", "ar_DZ")
+# mimesis 22.2 (MIT): its Person.phone_number() masks per locale, "#" any digit (copied from its
+# datasets/*/person.json "telephone_fmt"; for "en" a few of its area codes; en-au and en-ca have
+# none and fall back to "<calling code>-(###)-###-####"). The locales are split, not the masks.
+MIMESIS_TUNE = {
+    "en": ("+1-415-###-####", "+1-212-###-####", "+1-907-###-####", "+1617#######", "+1305#######"),
+    "en-au": ("+61-(###)-###-####",),
+    "en-gb": ("+44 ## #### ####", "01#### #####", "01### ######", "01#1 ### ####", "011# ### ####",
+              "02# #### ####", "03## ### ####", "0800 ### ####", "08## ### ####", "01### #####", "0800 ######"),
+    "de": ("(0####) #######", "(0###) #########", "+49-####-########", "+49-###-#######", "+49-##-###-#####"),
+    "de-at": ("+43 ########", "+43-1-#######", "+43-6##-#######", "+43-####-####", "+431#######"),
+    "fr": ("01########", "04########", "06########", "07########", "+33 1########", "+33 6########"),
+    "es": ("+34 91# ## ## ##", "9##-###-###", "9##.###.###", "9## ### ###", "9########"),
+    "es-mx": ("5###-###-###", "5## ### ###", "+52 ## ### ###", "+52 ### ### ###", "+52 ## #### ####"),
+    "it": ("+39 0## ### ###", "+39 3## ### ###", "+39 6 ########", "+39 ### ########"),
+    "pt-br": ("(##) ####-####", "+55 (##) ####-####", "(##) #####-####", "+55-91 ####-####", "+55-21 ####-####"),
+    "ru": ("+7-(96#)-###-##-##", "+7-(92#)-###-##-##", "+7-(999)-###-##-##", "+7-(9##)-###-##-##"),
+    "uk": ("+380-(50)-###-##-##", "+380-(66)-###-##-##", "+380-(93)-###-##-##", "+380-(99)-###-##-##"),
+    "kk": ("+7-(71##)-##-##-##", "+7-(701)-###-##-##", "+7-(777)-###-##-##"),
+    "tr": ("+90 (5##) ### ## ##", "+90 (###) ### ## ##", "+90 ### ### ## ##"),
+    "pl": ("+48 ### ### ###", "+48 ###-###-###", "+48 ### ## ## ##", "+48 ###-##-##-##"),
+    "nl-be": ("0# ### ## ##", "0## ### ## ##", "+32-###-##-##-#", "+32 2 ### ####", "+32 ## ### ####"),
+    "ar-eg": ("0#########", "010########", "011########", "(+20) #########", "(+20) 10########"),
+    "ar-sa": ("0#########", "05########", "(+966) 5########", "(+966) #########"),
+    "ja": ("+81 ### #### ####", "+81 ## #### ####", "+81 # #### ####"),
+    "et": ("####-####", "(####)-####", "####.####", "372-#-####-####", "+372-(#)-####-####"),
+    "fa": ("+98-###-########", "+98-912-########", "###-########", "061-####-####", "+98-61-####-####"),
+}
+MIMESIS_HOLDOUT = {
+    "en-ca": ("+1-(###)-###-####",),
+    "de-ch": ("+41 43 ### ## ##", "+41 56 ### ## ##", "+41 78 ### ## ##", "+41 ## ### ## ##"),
+    "nl": ("+31 ## ### ####", "+31 ## #######", "+31 6 ########"),
+    "no": ("+47 #### ####", "+47 2 #### ####", "4## ## ###"),
+    "sv": ("+46 ### ### ###", "+46-###-###-###"),
+    "da": ("## ## ## ##", "## ### ###", "#### ####", "+45 ### ### ###"),
+    "fi": ("+358 ## ### ####", "+358 # ### ####"),
+    "cs": ("601 ### ###", "737 ### ###", "### ### ###", "+420 ### ### ###"),
+    "sk": ("+421-###-###-####", "+421-##-###-####", "+421-#-####-####"),
+    "hu": ("+36 1 ### ###", "+36 ## ### ###", "+36 ## ### ####"),
+    "pt": ("+351 # #### ####", "+351 ## #### ####"),
+    "ko": ("+82 ## #### ####", "+82-##-####-####"),
+    "zh": ("+86 ###-########",),
+    "az": ("+994 (050) ### ## ##", "+994 (055) ### ## ##", "+994 (070) ### ## ##"),
+    "el": ("23########", "69########", "+30 23########"),
+    "ar-ae": ("(+971) 5#########", "(+971) #########"),
+    "ar-ma": ("05########", "06########", "(+212) 05########", "(+212) 06########"),
+    "hr": ("+385 1 ### ###", "+385 21 ### ###", "+385 91 ### ## ##", "+385 98 ### ## ##"),
+}
+# US driving licence numbers as presidio-research's provider writes them (its
+# us_driver_license_format.yaml, adapted from faker-ruby's: MIT; "?" a letter, "#" a digit):
+# numbers that are no phone numbers, bare digits of a phone number's lengths among them. The
+# states are split between the parts.
+LICENSE_TUNE = ("######", "#######", "########", "?########", "#########", "?#######", "?######", "??#####",
+                "?############", "??######", "?#########", "?###########", "###??####", "##########",
+                "#############", "?######R", "########??", "############")
+LICENSE_HOLDOUT = ("##############", "X########", "##???#####", "?##############", "###########",
+                   "#######A", "?##########", "?#############", "##########", "#########", "########")
 # libphonenumber regions whose example numbers are varied and written out.
 TUNE_REGIONS = ("US", "US", "GB", "DE", "FR", "IT", "ES", "NL", "CA", "AU", "IN", "BR", "MX", "JP", "IE", "CH",
                 "SE", "PL", "PT", "ZA", "BE", "AT", "SG", "IL", "NZ", "DK", "NO", "FI", "CN", "KR", "RU", "TR",
@@ -251,6 +315,66 @@ HOLDOUT_TEMPLATES = (
     "Best number to use: {PHONE}.",
     "Document number {PASSPORT}, permit number {ACCOUNT}.",
 )
+# Layouts added in the third pass: phone numbers among other numbers (dates, orders, postcodes,
+# amounts, identifiers), in key: value text, JSON and CSV, and further from their word; and
+# numbers of other kinds in the same places. Tune and holdout have their own.
+MORE_TEMPLATES = (
+    "phone_number: {PHONE}\nzip: {ZIP}\nbirthdate: {DATE}",
+    '{"id": {USERID}, "name": "{NAME}", "tel": "{PHONE}", "postcode": "{ZIP}", "total": "{AMOUNT}"}',
+    "id,name,mobile,zip,amount\n{USERID},{NAME},{PHONE},{ZIP},{AMOUNT}",
+    "{NAME}\t{PHONE}\t{ZIP}\t{DATE}",
+    "Order {ORDER} ({DATE}): deliver to {PADDRESS}, {PHONE}.",
+    "{NAME}, {AGE}, {PADDRESS}. {PHONE}.",
+    "Is {PHONE} still the best way to get hold of you?",
+    "The phone number we have on file for {NAME} since {DATE} is {PHONE}.",
+    "Driver license {DLICENSE}, phone {PHONE}, DOB {DATE}.",
+    "{PHONE} ({NAME}, {CITY}, {ZIP})",
+    "Please send the documents to {PADDRESS} or call {NAME} at {PHONE} before {DATE}.",
+    "Patient: {NAME}\nDOB: {DATE}\nMRN: {ACCOUNT}\nPhone: {PHONE}\nInsurance: {DLICENSE}",
+    "Got a missed call from {PHONE} at {TIME} on {DATE}, no message.",
+    "I'm {NAME}, {AGE} years old, from {CITY}; my mobile is {PHONE}.",
+    # numbers of other kinds only
+    "{NAME}'s driver's license is {DLICENSE} and expires {DATE}.",
+    "{NAME}, {PADDRESS}, license {DLICENSE}.",
+    "{NAME} ({AGE}) lives at {PADDRESS}.",
+    "Wire {AMOUNT} to {BBAN} ({SWIFT}) by {DATE}.",
+    "Plate {PLATE} was seen at {PADDRESS} on {DATE} at {TIME}.",
+    "US passport {PASSPORT} for {NAME}, born {DATE} in {CITY}.",
+    "{NAME} {DLICENSE} {DATE}",
+    "Paid {NUMAMOUNT} on {DATE} for order {ORDER}.",
+    "{NAME} moved to {PADDRESS} in {YEAR}.",
+)
+MORE_HOLDOUT_TEMPLATES = (
+    "mobile = {PHONE}\npostcode = {ZIP}\nmember_since = {DATE}",
+    '[{"contact": "{NAME}", "number": "{PHONE}"}, {"contact": "{NAME2}", "number": "{PHONE2}"}]',
+    "{USERID};{NAME};{PHONE};{ZIP}",
+    "Delivery {ORDER} on {DATE}: {PADDRESS}, tel {PHONE}, {AMOUNT} due.",
+    "{NAME} (born {DATE}) - {PHONE}",
+    "Please confirm that {PHONE} belongs to {NAME} of {PADDRESS}.",
+    "My cell phone, in case you need it, is {PHONE}.",
+    "{NAME}: DL {DLICENSE}; phone {PHONE}; {AGE} years.",
+    "License {DLICENSE} was issued to {NAME} of {PADDRESS} on {DATE}.",
+    "{NAME}, {AGE}, {PADDRESS}",
+    "IBAN-less transfer: account {BBAN}, bank {SWIFT}, {NUMAMOUNT}.",
+    "Vehicle {PLATE}, owner {NAME}, licence {DLICENSE}.",
+    "{NAME} {PASSPORT} {DATE} {CITY}",
+)
+# Street addresses as presidio-research's AddressProviderNew writes them (MIT; building numbers,
+# secondary units, postcodes, line breaks), split between the parts.
+ADDRESS_TUNE = ("{{building_number}} {{street_name}} {{secondary_address}} {{city}} {{state}}",
+                "{{building_number}} {{street_name}} {{secondary_address}} {{city}} {{country}}",
+                "{{building_number}} {{street_name}}\n {{secondary_address}}\n {{city}}\n {{country}} {{postcode}}",
+                "{{street_address}}, {{city}}, {{country}}",
+                "{{street_address}}\n{{city}}, {{state_abbr}} {{postcode}}",
+                "{{street_address}}\n{{city}}\n, {{state_abbr}}\n {{country}} {{postcode}}",
+                "{{military_apo}}\nAPO {{military_state}} {{postcode}}")
+ADDRESS_HOLDOUT = ("{{building_number}} {{street_name}} {{secondary_address}} {{city}} {{state_abbr}}",
+                   "{{building_number}} {{street_name}}\n {{secondary_address}}\n {{city}}\n {{country}}",
+                   "{{street_name}} {{street_name}}\n {{secondary_address}}\n {{city}}\n {{country}} {{postcode}}",
+                   "{{street_address}} {{secondary_address}}, {{city}}, {{country}} {{postcode}}",
+                   "{{street_address}}\n{{city}}\n, {{state_abbr}}\n {{postcode}}",
+                   "{{military_ship}} {{last_name}}\nFPO {{military_state}} {{postcode}}",
+                   "{{military_dpo}}\nDPO {{military_state}} {{postcode}}")
 PHONE_WORD = re.compile(r"\{PHONE\d?\}")
 EXTENSIONS = (" x{}", "x{}", " ext. {}", " ext {}", " Ext. {}", " extension {}")
 
@@ -314,17 +438,27 @@ def _north_american(rng: random.Random) -> str:
     return layout.format(a=area, e=exchange, l=f"{line:04}")
 
 
+def _fill(mask: str, rng: random.Random) -> str:
+    """A test-data generator's mask with any digit for "#" (and any letter for "?")."""
+    return "".join(str(rng.randint(0, 9)) if c == "#" else chr(rng.randint(65, 90)) if c == "?" else c
+                   for c in mask)
+
+
 def _phone(fake: dict[str, Faker], rng: random.Random, part: str) -> str:
     style = rng.random()
-    if style < 0.55:
+    if style < 0.42:
         value = str(fake[rng.choice(TUNE_LOCALES if part == "tune" else HOLDOUT_LOCALES)].phone_number())
-    elif style < 0.8:
+    elif style < 0.48:
+        value = str(fake[rng.choice(MORE_TUNE_LOCALES if part == "tune" else MORE_HOLDOUT_LOCALES)].phone_number())
+    elif style < 0.68:
         value = _example(rng.choice(TUNE_REGIONS if part == "tune" else HOLDOUT_REGIONS), rng)
-    elif style < 0.92:
+    elif style < 0.78:
+        masks = MIMESIS_TUNE if part == "tune" else MIMESIS_HOLDOUT
+        value = _fill(rng.choice(masks[rng.choice(sorted(masks))]), rng)
+    elif style < 0.89:
         value = _north_american(rng)
     else:
-        layout = rng.choice(GENERATED_TUNE if part == "tune" else GENERATED_HOLDOUT)
-        value = "".join(str(rng.randint(0, 9)) if c == "#" else c for c in layout)
+        value = _fill(rng.choice(GENERATED_TUNE if part == "tune" else GENERATED_HOLDOUT), rng)
     if rng.random() < 0.05:  # as a word processor or another language writes it: no-break spaces, en dashes
         value = value.replace(" ", rng.choice(("\u00a0", "\u202f"))).replace("-", "\u2013")
     if rng.random() < 0.1 and not re.search(r"[a-z]", value):
@@ -373,9 +507,9 @@ def _grouped(value: int, rng: random.Random) -> str:
 
 def _templates(part: str) -> tuple[str, ...]:
     if part == "tune":
-        return TEMPLATES
+        return TEMPLATES + MORE_TEMPLATES
     # The holdout part: its own templates, and the rest of the original ones without a phone.
-    return HOLDOUT_TEMPLATES + tuple(t for t in TEMPLATES if not PHONE_WORD.search(t))
+    return HOLDOUT_TEMPLATES + MORE_HOLDOUT_TEMPLATES + tuple(t for t in TEMPLATES if not PHONE_WORD.search(t))
 
 
 def generate(seed: int = SEED, count: int | None = None, part: str = "tune") -> list[dict[str, Any]]:
@@ -385,7 +519,8 @@ def generate(seed: int = SEED, count: int | None = None, part: str = "tune") -> 
     if count is None:
         count = COUNT if part == "tune" else COUNT // 2
     rng = random.Random(f"{seed}-{part}" if part != "tune" else seed)
-    locales = sorted(set(TUNE_LOCALES) | set(HOLDOUT_LOCALES) | set(NOISE_LOCALES))
+    locales = sorted(set(TUNE_LOCALES) | set(HOLDOUT_LOCALES) | set(NOISE_LOCALES) | set(MORE_TUNE_LOCALES)
+                     | set(MORE_HOLDOUT_LOCALES))
     fake = {locale: Faker(locale) for locale in locales}
     for index, locale in enumerate(locales):
         fake[locale].seed_instance(seed + index + (0 if part == "tune" else 1000))
@@ -505,6 +640,13 @@ def generate(seed: int = SEED, count: int | None = None, part: str = "tune") -> 
                                         us.localized_ean8())),
             "ISBNH": lambda: rng.choice((us.isbn10(), us.isbn13())),
             "ORDINAL": lambda: rng.choice(("3rd", "12th", "21st", "2nd")),
+            "DLICENSE": lambda: _fill(rng.choice(LICENSE_TUNE if part == "tune" else LICENSE_HOLDOUT), rng),
+            "PADDRESS": lambda: us.parse(rng.choice(ADDRESS_TUNE if part == "tune" else ADDRESS_HOLDOUT)),
+            "BBAN": lambda: rng.choice((str(us.bban()), str(d(10**7, 10**17)))),
+            "SWIFT": lambda: str(us.swift()),
+            "PLATE": lambda: str(us.license_plate()),
+            "NUMAMOUNT": lambda: rng.choice((f"{d(1, 99999)}.{d(0, 99):02}", f"{d(1000, 999999):,}.{d(0, 99):02}",
+                                             f"{d(1, 9999)},{d(0, 99):02}")),
         }
         return makers[name]()
 

@@ -20,7 +20,8 @@ with libphonenumber (``phonenumbers``, Google's metadata of every plan) for the 
    layout phone numbers are written in (``(415) 555-0100``, ``415-555-0100``, ``415.555.0100``,
    ``1 415 555 0100``, ``415/555-0100``), or a local number with a dash (``555-0123``); the
    dashed, dotted and parenthesised layouts whatever the digits (``(012) 345-6789``: forms and
-   test data fill them with any).
+   test data fill them with any). Bare digits and local numbers not after an identifier word in
+   the same sentence ("placed order 6463879 from Lake Lisa, 431-8218").
 4. **Other national numbers** (no country code), tried in :data:`REGIONS` (the plans of the
    languages Tollway's users write in; a plan is tried only when the digits have a length it
    uses): valid there and written in digit groups that plan's own format produces (``020 7946
@@ -28,10 +29,10 @@ with libphonenumber (``phonenumbers``, Google's metadata of every plan) for the 
    there (bare digits: 10 or 11 of them; shorter or longer ones are as often barcodes, routing
    or passport numbers), or a country code in parentheses without the plus (``(351) 912 345 678``).
 5. **Named**: right after a phone word ("phone", "tel.", "mobile", "M:", "fax", "call me on",
-   "WhatsApp", "Telefon", "tél.", ...): any number possible in one of those plans, in groups or
-   not; a phone word further back in the same sentence (a table header, "numbers to try: a, b or
-   c"), with no identifier word after it: possible in one of the plans and written in groups or
-   with a trunk prefix.
+   "WhatsApp", "Telefon", "tél.", a key's "phone_number", "contact_phone", ...): any number
+   possible in one of those plans, in groups or not; a phone word further back in the same
+   sentence (a table header, "numbers to try: a, b or c"), with no identifier word after it:
+   possible in one of the plans and written in groups, with a trunk prefix or as ten bare digits.
 
 The check reads only the text before a candidate (``CONTEXT`` characters), never after it, so a
 stream judges a value the same way whatever the chunks it came in.
@@ -104,20 +105,23 @@ _IDENTIFIER_LIST = re.compile(r"\b(?:" + _IDENTIFIER_WORDS + r")s?\b(?:\s*(?:num
 # Phone words: a label right before a number, or further back in the same sentence.
 _WORDS = (r"phones?|telephones?|tel|tels|tele|tlf|tfn|ph|mobiles?|mob|cell|cellphone|cellular|handy|fax|faxes|"
           r"calls?|called|calling|dial|dialing|dial-in|ring|text|sms|whatsapp|signal|viber|hotline|helpline|"
-          r"contact|contacts|reach|reached(?=\s+(?:at|on|via|by|under)\b)|reachable|voicemail|numbers|landline|"
+          r"contact|contacts|contacto|contato|contatto|kontakt|reach|reached(?=\s+(?:at|on|via|by|under)\b)|"
+          r"reachable|voicemail|numbers|landline|"
           r"switchboard|callback|txt|wechat|telegram|imessage|pager|beeper|toll-free|tollfree|freephone|"
           r"t[ée]l[ée]phone|t[ée]l|portable|telefon|telefonnummer|rufnummer|mobil|mobilnummer|telefono|"
           r"tel[ée]fono|telefone|celular|m[óo]vil|cellulare|telefoon|mobiel|puhelin|numer|telefonu|"
           r"телефон|тел|моб|電話|携帯|手机|电话|전화|휴대폰")
 _NUMBER_WORDS = r"(?:my|your|his|her|our|their|new|old|direct|home|work|office|private|business|contact|phone)"
-_AFTER_WORD = r"(?:\s*(?:number|no\.?|nr\.?|#))?(?:\s+(?:is|are|was|at|on|to|me|us|him|her|them|now|instead)){0,3}"
+_AFTER_WORD = r"(?:[\s_-]*(?:number|no\.?|nr\.?|#))?(?:\s+(?:is|are|was|at|on|to|me|us|him|her|them|now|instead)){0,3}"
 # Right before the number: a phone word ("phone:", "call me on", "my number is"), or a one-letter
 # label of a signature ("T +44 ...", "M: ..."), or a connector ("on", "at", "or") with a phone
 # word earlier in the text.
+# A key's words too: "phone_number", "contact_phone", "mobileNumber".
 # "number" alone too ("the number is", "Number:"): "order number", "card number" and the other
 # identifiers' numbers are refused before a label is looked at.
-_LABEL = re.compile(r"(?:(?<!\d\s)\b(?:" + _WORDS + r")|\b" + _NUMBER_WORDS + r"\s+(?:number|no\.?|nr\.?|#)|\bnumber)"
-                    + _AFTER_WORD + r"[^\w\n]{0,6}$", re.IGNORECASE)
+_WORD_START = r"(?<!\d[ \t])(?:\b|(?<=_))"  # not after a count ("5 calls"); a key's word after "_" too
+_LABEL = re.compile(r"(?:" + _WORD_START + r"(?:" + _WORDS + r")|\b" + _NUMBER_WORDS
+                    + r"\s+(?:number|no\.?|nr\.?|#)|\bnumber)" + _AFTER_WORD + r"[^\w\n]{0,6}$", re.IGNORECASE)
 _LETTER = re.compile(r"(?:^|[\s|(,;/])[TMFPCHWO]\.?:?[ \t]{0,3}$")
 # A line's label in a signature or a contact card: "Home: ...", "Office: ...", "Direct: ..." (a colon).
 _CARD_LABEL = re.compile(r"(?:^|[\s|(,;/])(?:home|work|office|direct|main|desk|personal|private|business|"
@@ -125,8 +129,8 @@ _CARD_LABEL = re.compile(r"(?:^|[\s|(,;/])(?:home|work|office|direct|main|desk|p
                          r"(?: line| no\.?| #)?[ \t]*[:：][ \t]{0,3}$", re.IGNORECASE)
 _CONNECTOR = re.compile(r"\b(?:on|at|or|and|to|is|via|under)[^\w\n]{0,6}$", re.IGNORECASE)
 # A phone word anywhere (the SSN check reads it too: "social ..., phone 089832783").
-PHONE_WORD = re.compile(r"(?<!\d\s)\b(?:" + _WORDS + r")\b|\b" + _NUMBER_WORDS + r"\s+(?:number|no\b|nr\b)",
-                        re.IGNORECASE)
+PHONE_WORD = re.compile(_WORD_START + r"(?:" + _WORDS + r")(?:\b|(?=_))|\b" + _NUMBER_WORDS
+                        + r"\s+(?:number|no\b|nr\b)", re.IGNORECASE)
 _CARD_OR_SSN = re.compile(r"\b(?:card|visa|mastercard|amex|debit|credit|cc|pan|ssn|social security|"
                           r"social sec|tax id|tin|paid with|pay with|charged? to)\b", re.IGNORECASE)
 _CURRENCY = re.compile(r"(?:[$€£¥₹₽₩]|\b(?:usd|eur|gbp|chf|jpy|inr|rs|cad|aud|sek|nok|dkk|pln|brl)\.?)\s?$",
@@ -299,12 +303,13 @@ def _reason(text: str, core: str, digits: str, before: str, named: bool, regions
         return "north american layout"
     if _NANP_WRITTEN.match(core):
         return "north american layout, any digits"
-    if _NANP_LOCAL.match(core):
+    if _NANP_LOCAL.match(core) and not _identified(before):
         return "north american local number"
     # Bare, or in the plan's groups (3, 3, 4) whatever the exchange's first digit: not any ten
     # digits in groups (84-529-9629-2 is an ISBN)
     bare = _NANP_BARE.match(digits) if not grouped or _NANP_GROUPS.match(core) else None
-    if bare and phonenumbers.is_valid_number(PhoneNumber(country_code=1, national_number=int(bare.group(1)))):
+    if bare and not _identified(before) and phonenumbers.is_valid_number(
+            PhoneNumber(country_code=1, national_number=int(bare.group(1)))):
         return "valid in the North American plan"  # the US, Canada, the Caribbean
     if not grouped and _CN_MOBILE.match(digits) and phonenumbers.number_type(
             PhoneNumber(country_code=86, national_number=int(digits))) == phonenumbers.PhoneNumberType.MOBILE:
@@ -326,13 +331,13 @@ def _reason(text: str, core: str, digits: str, before: str, named: bool, regions
     # passport numbers.
     if trunk and (grouped or 10 <= size <= 11) and _valid(digits, regions):
         return "valid with its trunk prefix"
-    if thousands:
-        return None
     if named and _possible(digits, regions):
         return "named"
     if extension and _possible(digits, regions):
         return "with an extension"
-    if (grouped or trunk or _NANP_BARE.match(digits)) and (named or _near(before)) and _possible(digits, regions):
+    # Ten bare digits whatever the area code: test data fills "##########" with any digit.
+    if (grouped or trunk or size == 10 or _NANP_BARE.match(digits)) and (named or _near(before)) \
+            and _possible(digits, regions):
         return "near a phone word"
     return None
 
@@ -355,6 +360,17 @@ def _near(before: str) -> bool:
 
 
 _SENTENCE_END = re.compile(r"[.!?]\s|\n\s*\n")
+
+
+def _identified(before: str) -> bool:
+    """An identifier word earlier in the same sentence, with no phone word after it: what a bare
+    or local number with no other mark of a phone number is more likely to be ("placed order 6463879
+    from Lake Lisa, 431-8218", "Bank details for Jo: 110365596 / 4487766354")."""
+    words = list(_IDENTIFIER_WORD.finditer(before))
+    if not words:
+        return False
+    rest = before[words[-1].end():]
+    return not _SENTENCE_END.search(rest) and PHONE_WORD.search(rest) is None
 
 
 def check(text: str, before: str) -> bool:

@@ -72,6 +72,17 @@ FOUND = [
     ("phone", "1-172-539-8964", "1-172-539-8964"),
     # A card word is a whole word: not the end of a name the 16 characters before the number cut
     ("phone", '{"name": "Tina Martin", "phone": "865-775-8746"}', "865-775-8746"),
+    # A label after a line that ends in a digit ("5 calls" is a count, "...923\nPhone:" a label)
+    ("phone", "MRN: 838171119923\nPhone: 2927536613", "2927536613"),
+    # A key's words: snake_case and camelCase
+    ("phone", "phone_number: 44626523\nzip: 47198", "44626523"),
+    ("phone", '{"mobileNumber": "44626523"}', "44626523"),
+    ("phone", "contact_phone = 44626523", "44626523"),
+    # Ten bare digits after a phone word in the sentence, whatever the area code (test data)
+    ("phone", "Emergency contacts: Jo Lee, 1466273143", "1466273143"),
+    ("phone", "Teléfono de contacto 912 345 240, horario 9-5.", "912 345 240"),
+    ("phone", "Home: 902.063.377", "902.063.377"),  # a label names what looks like a count
+    ("phone", "order 6463879 shipped; call 431-8218", "431-8218"),  # a phone word after the identifier
     ("credit_card", "paid with 5018 0000 0009", "5018 0000 0009"),  # a 12-digit Maestro
     ("aws_access_key", "key AKIAIOSFODNN7EXAMPLE here", "AKIAIOSFODNN7EXAMPLE"),
     ("github_token", "token ghp_" + "a1B2" * 9 + " end", "ghp_" + "a1B2" * 9),
@@ -138,6 +149,9 @@ NOT_FOUND = [
     "Book: 0-469-84616-X, 789 pages",  # an ISBN-10 with the check character X
     "Work: 2,345,678 hours",  # a label before a count
     "〒419-0478 Shizuoka",  # a Japanese postcode
+    # A bare or local number after an identifier word in the same sentence
+    "Customer 1838080844 placed order 6463879 from Lake Lisa, 431-8218.",
+    "Bank details for Jo Lee: 110365596 / 4487766354.",
     "Employee 439-8264 started",
     "an increase of +1 234 567 visitors",  # a count's groups after "+"
     "ISBN-10 84-529-9629-2",  # ten digits in groups that are not the North American plan's
