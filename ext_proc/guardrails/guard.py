@@ -29,6 +29,7 @@ what the request record carries (:meth:`Guard.triggers`).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -64,30 +65,94 @@ class Blocked(Exception):
 
 
 class Holdback:
-    """How much of a channel's end must wait for more text (see the module docstring)."""
+    """How much of a channel's end must wait for more text (see the module docstring).
 
-    __slots__ = ("_rules", "longest")
+    For each distinct character class of the detectors (and the placeholders', when values come
+    back): the trailing run of characters in that class, at most the class's longest match minus
+    one; the most of these is kept. Each stream event asks (one per text delta), so the usual
+    case is made cheap: the characters of the last :data:`FAST` are looked up in a table of which
+    classes hold them (filled as characters are met, at most :data:`MAX_TABLE` of them), and a run
+    is over at the first character its class lacks, usually within a word. Only classes whose run
+    is still going after those characters are measured with their regular expression.
+    """
 
-    def __init__(self, detectors: Iterable[Detector], placeholders: bool) -> None:
+    __slots__ = ("_caps", "_classes", "_most", "_runs", "_table", "longest")
+
+    FAST = 24  # characters looked up one by one before the regular expressions take over
+    MAX_TABLE = 4096  # characters whose classes are remembered
+
+    def __init__(self, shapes: Iterable[tuple[str, int]], placeholders: bool) -> None:
         caps: dict[str, int] = {}
-        for detector in detectors:
-            caps[detector.chars] = max(caps.get(detector.chars, 0), detector.width - 1)
+        for chars, width in shapes:  # each detector's character class and longest match
+            caps[chars] = max(caps.get(chars, 0), width - 1)
         if placeholders:
             caps[_PLACEHOLDER_CHARS] = max(caps.get(_PLACEHOLDER_CHARS, 0), _PLACEHOLDER_WIDTH - 1)
-        self._rules = tuple((re.compile(chars + "*").match, cap) for chars, cap in caps.items())
+        self._caps = tuple(caps.values())
+        self._classes = tuple(re.compile(chars).fullmatch for chars in caps)
+        self._runs = tuple(re.compile(chars + "*").match for chars in caps)
+        self._table: dict[str, int] = {}  # a character -> the classes holding it, one bit each
+        self._most: dict[int, int] = {}  # classes (bits) -> the largest of their caps
         self.longest = max(caps.values(), default=0)
 
     def keep(self, text: str) -> int:
         """The number of characters at the end of ``text`` that could start a value not yet complete."""
-        if not self.longest or not text:
+        longest = self.longest
+        if not longest or not text:
             return 0
-        tail = text[-self.longest:][::-1]
-        kept = 0
-        for match, cap in self._rules:
-            run = match(tail)
-            if run is not None:
-                kept = max(kept, min(run.end(), cap))
+        table, most = self._table, self._most
+        going = (1 << len(self._caps)) - 1  # the classes whose run has not ended yet
+        kept = run = 0
+        fast = min(self.FAST, longest)
+        for char in reversed(text[-fast:]):
+            held = table.get(char)
+            if held is None:
+                held = self._held(char)
+            ended = going & ~held
+            if ended:  # these classes' runs are ``run`` long: each keeps that much, up to its cap
+                if run > kept:
+                    cap = most.get(ended)
+                    if cap is None:
+                        cap = self._most_of(ended)
+                    if cap > kept:
+                        kept = run if run < cap else cap
+                going &= held
+                if not going:
+                    return kept
+            run += 1
+        if run < fast or len(text) == run or longest <= fast:  # the runs stop at the text's (or the window's) start
+            cap = self._most_of(going)
+            return max(kept, run if run < cap else cap)
+        tail = text[-longest:][::-1]  # runs longer than FAST: measured by their regular expressions
+        caps, runs = self._caps, self._runs
+        while going:
+            low = going & -going
+            bit = low.bit_length() - 1
+            found = runs[bit](tail)
+            kept = max(kept, min(found.end() if found is not None else 0, caps[bit]))
+            going ^= low
         return kept
+
+    def _held(self, char: str) -> int:
+        held = 0
+        for bit, holds in enumerate(self._classes):
+            if holds(char) is not None:
+                held |= 1 << bit
+        if len(self._table) < self.MAX_TABLE:
+            self._table[char] = held
+        return held
+
+    def _most_of(self, classes: int) -> int:
+        most = max((cap for bit, cap in enumerate(self._caps) if classes >> bit & 1), default=0)
+        if len(self._most) < self.MAX_TABLE:
+            self._most[classes] = most
+        return most
+
+
+@functools.lru_cache(maxsize=64)
+def _holdback(shapes: tuple[tuple[str, int], ...], placeholders: bool) -> Holdback:
+    """One :class:`Holdback` per set of detector shapes, shared by the streams using it (its table
+    of characters fills once, not per stream)."""
+    return Holdback(shapes, placeholders)
 
 
 class _Channel:
@@ -260,7 +325,7 @@ class Guard:
             detectors = [d for d in self.plan.scanner.detectors if d.name in rules]
             if self._kept is not None:
                 detectors.append(self._kept.detector)
-            self._holdback = Holdback(detectors, bool(self.vault))
+            self._holdback = _holdback(tuple((d.chars, d.width) for d in detectors), bool(self.vault))
         return stream.feed(events, self._text, self._flush)
 
     @property

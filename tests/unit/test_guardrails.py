@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,7 @@ def test_pattern_shape_bounds_the_hold_back() -> None:
 def test_a_stream_holds_back_only_what_could_still_become_a_value() -> None:
     email = next(d for d in builtin().detectors if d.name == "email")
     card = next(d for d in builtin().detectors if d.name == "credit_card")
-    hold = Holdback([email, card], placeholders=False)
+    hold = Holdback([(email.chars, email.width), (card.chars, card.width)], placeholders=False)
     assert hold.keep("Hello there.\n") == 0
     assert hold.keep("Write to jane.do") == len("jane.do")
     assert hold.keep("Card: 4111 1111 11") == len(" 4111 1111 11")
@@ -214,13 +215,44 @@ def test_no_built_in_detector_makes_a_stream_hold_back_any_character() -> None:
     # a stream: no response plan has them.)
     detectors = [d for d in builtin().detectors if d.name not in PASTED]
     assert all(d.chars != r"[\s\S]" for d in detectors), [d.name for d in detectors if d.chars == r"[\s\S]"]
-    hold = Holdback([d for d in detectors if d.name in GROUPS["pii"] or d.name in GROUPS["credentials"]],
-                    placeholders=False)
+    guarded = {*GROUPS["pii"], *GROUPS["credentials"]}
+    hold = Holdback([(d.chars, d.width) for d in detectors if d.name in guarded], placeholders=False)
     assert hold.keep("Hello there.\n") == 0
     assert (hold.keep("Hello there!"), hold.keep("write to jane.do")) == (0, len("jane.do"))  # the README's
     assert hold.keep("The answer is ready") == len("ready")  # a word could still become an email address
     assert hold.keep("Call +1\u00a0415\u2013555") == len(" +1\u00a0415\u2013555")  # a phone number, all of it
 
+
+
+def _runs_by_regex(shapes: list[tuple[str, int]], placeholders: bool, text: str) -> int:
+    """The hold-back by its definition: per class, the run of its characters ending the text (within
+    the longest match), at most that match minus one; the most of them."""
+    caps: dict[str, int] = {}
+    for chars, width in shapes:
+        caps[chars] = max(caps.get(chars, 0), width - 1)
+    if placeholders:
+        caps[r"[\[\]A-Z0-9_]"] = max(caps.get(r"[\[\]A-Z0-9_]", 0), 49)
+    longest = max(caps.values(), default=0)
+    if not longest or not text:
+        return 0
+    tail = text[-longest:][::-1]
+    return max(min(re.compile(chars + "*").match(tail).end(), cap) for chars, cap in caps.items())  # type: ignore[union-attr]
+
+
+_HOLD_TEXT = st.text(alphabet=st.sampled_from(list("aZ09 .-@_[]()+:/\n\u00a0\u2013é漢")), max_size=400)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_HOLD_TEXT, placeholders=st.booleans(), width=st.integers(min_value=1, max_value=60))
+def test_the_hold_back_table_agrees_with_the_regular_expressions(text: str, placeholders: bool, width: int) -> None:
+    # Holdback looks characters up in a table for the last FAST of them and uses the classes'
+    # regular expressions only for runs longer than that: the same answer as the definition, for
+    # the built-in classes, a narrow custom one and one of any character, short and long runs.
+    shapes = [(d.chars, d.width) for d in builtin().detectors if d.name not in PASTED]
+    shapes += [(r"[a-z]", width), (r"[\s\S]", width + 30)]
+    hold = Holdback(shapes, placeholders)
+    assert hold.keep(text) == _runs_by_regex(shapes, placeholders, text)
+    assert hold.keep(text) == _runs_by_regex(shapes, placeholders, text)  # with the table filled
 
 # -- prompt injection ------------------------------------------------------------------------------
 
