@@ -89,24 +89,25 @@ def _pyrit_extract(root: Path) -> None:
           f"{len(dialogue)} dialogue pairs")
 
 
+def _jsonl_fields(source: Path, target: Path, fields: tuple[str, ...]) -> int:
+    """Copy ``fields`` of each JSON line of ``source`` into ``target``; how many lines."""
+    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(json.dumps({k: r[k] for k in fields}, ensure_ascii=False) + "\n" for r in rows),
+                      encoding="utf-8")
+    return len(rows)
+
+
 def _bastion_extract(root: Path) -> None:
-    rows = [json.loads(line) for line in (root / "bastioncorpus" / "corpus" / "injections.jsonl")
-            .read_text(encoding="utf-8").splitlines() if line.strip()]
-    keep = [{k: r[k] for k in ("id", "label", "category", "lang", "text")} for r in rows]
-    BASTION.mkdir(parents=True, exist_ok=True)
-    (BASTION / "injections.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep),
-                                              encoding="utf-8")
-    print(f"bastioncorpus: {len(keep)} texts")
+    count = _jsonl_fields(root / "bastioncorpus" / "corpus" / "injections.jsonl", BASTION / "injections.jsonl",
+                          ("id", "label", "category", "lang", "text"))
+    print(f"bastioncorpus: {count} texts")
 
 
 def _aib_extract(root: Path) -> None:
-    rows = [json.loads(line) for line in (root / "aib" / "data" / "attacks.jsonl")
-            .read_text(encoding="utf-8").splitlines() if line.strip()]
-    keep = [{k: r[k] for k in ("id", "channel", "family", "task", "injected")} for r in rows]
-    AIB.mkdir(parents=True, exist_ok=True)
-    (AIB / "attacks.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep),
-                                       encoding="utf-8")
-    print(f"agent-injection-bench: {len(keep)} cases")
+    count = _jsonl_fields(root / "aib" / "data" / "attacks.jsonl", AIB / "attacks.jsonl",
+                          ("id", "channel", "family", "task", "injected"))
+    print(f"agent-injection-bench: {count} cases")
 
 
 # -- loading ---------------------------------------------------------------------------------------
