@@ -79,7 +79,7 @@ class Holdback:
     __slots__ = ("_caps", "_classes", "_most", "_runs", "_table", "longest")
 
     FAST = 24  # characters looked up one by one before the regular expressions take over
-    MAX_TABLE = 4096  # characters whose classes are remembered
+    MAX_TABLE = 1024  # characters whose classes are remembered (and sets of classes whose largest cap is)
 
     def __init__(self, shapes: Iterable[tuple[str, int]], placeholders: bool) -> None:
         caps: dict[str, int] = {}
@@ -148,10 +148,12 @@ class Holdback:
         return most
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _holdback(shapes: tuple[tuple[str, int], ...], placeholders: bool) -> Holdback:
     """One :class:`Holdback` per set of detector shapes, shared by the streams using it (its table
-    of characters fills once, not per stream)."""
+    of characters fills once, not per stream). At most 16 are kept (a request whose instructions
+    keep values adds a shape of its own), so the tables stay within a few MB even for text of
+    thousands of distinct characters."""
     return Holdback(shapes, placeholders)
 
 
