@@ -86,16 +86,11 @@ def cpu_ns(pids: list[int]) -> int:
     return total
 
 
-def _process_name(pid: int, supervisor: int) -> str:
-    """What a process of Tollway's is: the supervisor, the workers' zygote (its child), a worker
+def _process_names(supervisor: int) -> dict[int, str]:
+    """What each process of Tollway's is: the supervisor, the workers' zygote (its child), a worker
     (the zygote's child)."""
-    if pid == supervisor:
-        return "supervisor"
-    try:
-        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return "gone"
-    return "zygote" if parent == supervisor else "worker"
+    return {pid: "supervisor" if pid == supervisor else "zygote" if parent == supervisor else "worker"
+            for pid, parent in process_tree(supervisor).items()}
 
 
 def pss_mb(pids: list[int]) -> float:
@@ -338,9 +333,8 @@ def main() -> int:
         envoy_pids = _descendants(gateway.procs["envoy"].pid)
         memory_pids = envoy_pids + _descendants(gateway.procs["tollway"].pid)
         pss = pss_mb(memory_pids)
-        supervisor = gateway.procs["tollway"].pid
-        shares = {pid: ("envoy" if pid in envoy_pids else _process_name(pid, supervisor), pss_mb([pid]))
-                  for pid in memory_pids}
+        names = _process_names(gateway.procs["tollway"].pid)
+        shares = {pid: ("envoy" if pid in envoy_pids else names.get(pid, "gone"), pss_mb([pid])) for pid in memory_pids}
 
     print()
     print(f"Tollway benchmark — {os.cpu_count()} cores, {args.seconds:.0f} s per run, "
@@ -375,8 +369,8 @@ def main() -> int:
     if stream:
         what = f"added time to the first byte, events {PACED_EVENT_MS} ms apart"
         print(f"  {what:52} {stream['paced_ms']:11.2f} ms"
-              "   (not a goal: the goal's stream sends all its events in one read, so its first byte waits "
-              "for all of them to be guarded)")
+              "   (not a goal: the provider's first event alone in its read, as providers stream; the goal's "
+              "stream sends every event in one read)")
         what = f"added time to the first text, a word every {PACED_MS} ms"
         print(f"  {what:52} {stream['text_ms']:11.1f} ms"
               "   (not a goal: with guardrails on answers the first word waits for the next, since it could "

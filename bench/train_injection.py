@@ -164,9 +164,10 @@ def main() -> int:
     # 20 %, the texts written from unseen templates, and the hardest kind, requests with an
     # injection's words written from unseen templates) scores >= 0.5 at most ``--fpr`` of the time.
     shift = 0.0
-    for kind in ("public", "dev", "dev-near"):
+    rates = {"public": args.fpr, "dev": args.fpr, "dev-near": args.fpr if args.near_fpr is None else args.near_fpr}
+    for kind, rate in rates.items():
         benign = sorted((logit(i) for i in test if labels[i] == 0 and parts[i] == kind), reverse=True)
-        allowed = int((args.fpr if kind != "dev-near" or args.near_fpr is None else args.near_fpr) * len(benign))
+        allowed = int(rate * len(benign))
         if benign[allowed] > -shift:
             shift = -benign[allowed] - 1e-3  # the (allowed+1)-th benign of that kind just below 0.5
     bias += shift  # logit() reads the shifted bias from here on
@@ -181,8 +182,8 @@ def main() -> int:
         figures[name] = (sum(v >= 0 for v in attacks) / max(1, len(attacks)), len(attacks),
                          sum(v >= 0 for v in benign_part) / max(1, len(benign_part)), len(benign_part))
     args.out.write_text(json.dumps({"about": "bench/train_injection.py; data: bench/injection_data.py (see the README)",
-                               "bias": round(bias, 4), "weights": dict(sorted(weights.items()))},
-                              ensure_ascii=False, separators=(",", ":")))
+                                    "bias": round(bias, 4), "weights": dict(sorted(weights.items()))},
+                                   ensure_ascii=False, separators=(",", ":")))
     print(f"{len(train)} training texts, {len(test)} held out; {len(weights)} weights kept, bias {bias:.3f}")
     for name, (recall, n_attacks, fpr, n_benign) in figures.items():
         print(f"held out, {name:16}: recall {recall:.3f} on {n_attacks} injections, FPR {fpr:.3f} on {n_benign} benign")

@@ -119,7 +119,7 @@ class Holdback:
                 if not going:
                     return kept
             run += 1
-        if run < fast or len(text) == run or longest <= fast:  # the runs stop at the text's (or the window's) start
+        if len(text) <= fast or fast == longest:  # the runs stop at the text's (or the window's) start
             cap = self._most_of(going)
             return max(kept, run if run < cap else cap)
         tail = text[-longest:][::-1]  # runs longer than FAST: measured by their regular expressions
