@@ -4,8 +4,9 @@ An action is turned into exactly one ext_proc ``ProcessingResponse`` by the serv
 An :class:`Ask` is not an answer to Envoy: it is a question for shared state (a budget, a rate
 limit) that the server runs off the protocol callback; the session continues when the server
 feeds the reply back as an :class:`~ext_proc.core.events.Answered` event, and only then is
-Envoy's message answered. Effects are carried out by the server after it answered Envoy, off
-the request's path.
+Envoy's message answered. Effects are carried out by the server: the journal's note and the
+record before Envoy has the answer (nothing is lost if the worker dies right after), the reports
+(metrics, spans, budget settlements) once the answer is written, off the request's path.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """The ext_proc servicer: a thin loop between Envoy's stream and a core Session.
 
-For each message: decode it into an event, let the session answer, encode the answer, send it,
-then carry out the session's effects. Faults inside the core are logged and end the stream
-with a gRPC error, so Envoy fails the request closed (or open, if its filter is configured so);
-the client never sees a Python traceback.
+For each message: decode it into an event, let the session answer, encode the answer, send it.
+The session's effects are carried out around the answer: what must precede it (the journal's note
+of a request going upstream, the request's record in the log) before the answer is returned, what
+only reports on the request (metrics, its span, the settlement of its budget claims) from the
+connection's loop once the answer is written (:func:`_run_effects`). Faults inside the core are
+logged and end the stream with a gRPC error, so Envoy fails the request closed (or open, if its
+filter is configured so); the client never sees a Python traceback.
 
 Ask and continue. When the session answers a message with an :class:`~ext_proc.core.actions.Ask`
 instead of an action, the servicer puts the question to the service's shared-state
@@ -120,19 +123,49 @@ def _closed(session: Session | Attempt) -> bool:
     return not isinstance(session, Session) or session.phase is Phase.DONE
 
 
-def _run_effects(session: Session | Attempt, service: Service) -> None:
+Later = Callable[..., object]  # schedules a call after the answer is written (the loop's call_soon)
+
+
+def _run_effects(session: Session | Attempt, service: Service, later: Later | None = None) -> None:
+    """Carry out the session's effects. What must be done before Envoy has the answer is done now:
+    the journal's note of a request going upstream, the request's record in the log (a worker
+    killed a moment later loses nothing). What only reports on the request (its metrics, its
+    span) or settles its budget claims is handed to ``later`` (the connection's loop: it runs once
+    the callback that answers returns, and that callback has written the answer; an answer that
+    waited for a Redis question is written in the same pass of the loop) or, without one
+    (``grpcio``'s server, in-process use), done now too."""
+    deferred: list[EmitRecord | Settle] = []
     for effect in session.effects:
         if isinstance(effect, EmitRecord):
             service.records.emit(effect.record)
+            if service.on_record is not None or (effect.trace is not None and service.on_trace is not None):
+                deferred.append(effect)
+        elif isinstance(effect, Settle):
+            deferred.append(effect)
+        elif isinstance(effect, Forwarded):  # before Envoy has the answer that sends the request on
+            service.records.started(effect.record)
+    session.effects.clear()
+    if deferred:
+        if later is None:
+            _report(deferred, service)
+        else:
+            later(_report, deferred, service)
+
+
+def _report(effects: list[EmitRecord | Settle], service: Service) -> None:
+    """The effects that can wait for the answer: metrics, traces, budget settlements."""
+    for effect in effects:
+        try:
+            if isinstance(effect, Settle):
+                service.keeper.settle(effect.claims, effect.used)
+                continue
             if service.on_record is not None:
                 service.on_record(effect.record)
             if effect.trace is not None and service.on_trace is not None:
                 service.on_trace(effect.record, effect.trace)
-        elif isinstance(effect, Settle):
-            service.keeper.settle(effect.claims, effect.used)
-        elif isinstance(effect, Forwarded):  # before Envoy has the answer that sends the request on
-            service.records.started(effect.record)
-    session.effects.clear()
+        except Exception:  # one failed report must not stop the others (nor the loop's callback)
+            log.exception("reporting a finished request failed (request_id=%s)",
+                          effect.record.get("request_id") if isinstance(effect, EmitRecord) else None)
 
 
 class Responder(Protocol):
@@ -181,8 +214,14 @@ class ExtProcCall:
             return self._handle(kind, event, result)
         reply = codec.encode_bytes(kind, result, self.service.credentials.headers)  # type: ignore[arg-type]
         if session.effects:
-            _run_effects(session, self.service)
+            _run_effects(session, self.service, self._later())
         return [reply]
+
+    def _later(self) -> Later | None:
+        """What runs a report once this callback's answers are written: the connection's loop."""
+        responder = self.responder
+        loop = responder.loop if responder is not None else None
+        return loop.call_soon if loop is not None else None
 
     def _coalesced(self, kind: str, event: Event) -> list[bytes]:
         merge = self._merge
@@ -212,7 +251,7 @@ class ExtProcCall:
                 self._timer.cancel()
                 self._timer = None
         if self.session.effects:
-            _run_effects(self.session, self.service)
+            _run_effects(self.session, self.service, self._later())
         return replies
 
     def _extend(self) -> None:

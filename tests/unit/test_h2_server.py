@@ -271,6 +271,55 @@ def test_any_segmentation_of_the_client_bytes(cuts: list[int]) -> None:
     assert trailers == {"grpc-status": "0"} and pinged and not transport.closed
 
 
+def test_the_record_is_written_before_the_answer_and_the_metrics_after_it() -> None:
+    """The log gets the request's record before Envoy has the answer that ends it (a worker killed
+    a moment later loses nothing); its metrics (and span, and budget settlement) wait until the
+    answer is written, off the request's path: the loop runs them after the callback that wrote it."""
+    async def scenario() -> None:
+        seen: list[tuple[str, int]] = []  # (what, bytes written to Envoy by then)
+        transport = FakeTransport()
+        writer = RecordWriter(None)
+        writer.emit = lambda record: seen.append(("record", len(transport.data)))  # type: ignore[method-assign]
+        service = Service(writer)
+        service.on_record = lambda record: seen.append(("metrics", len(transport.data)))
+        connection = h2.Connection(h2.Server({PROCESS_PATH: lambda _headers, responder: ExtProcCall(
+            service, responder=responder)}))
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.data_received(STREAM)
+        answered = len(transport.data)
+        assert server_output(bytes(transport.data))[0][-1] == "response_body"
+        assert seen == [("record", seen[0][1])] and seen[0][1] < answered  # written before the answer
+        await asyncio.sleep(0)
+        assert seen[1:] == [("metrics", answered)]  # counted once the answer was out
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_report_is_logged_and_the_request_still_answered(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        transport = FakeTransport()
+        writer = RecordWriter(None)
+        records: list[dict] = []
+        writer.emit = records.append  # type: ignore[method-assign]
+        service = Service(writer)
+
+        def broken(record: dict) -> None:
+            raise RuntimeError("metrics broke")
+
+        service.on_record = broken
+        connection = h2.Connection(h2.Server({PROCESS_PATH: lambda _headers, responder: ExtProcCall(
+            service, responder=responder)}))
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.data_received(STREAM)
+        await asyncio.sleep(0)
+        kinds, trailers, _ = server_output(bytes(transport.data))
+        assert kinds[-1] == "response_body" and trailers == {"grpc-status": "0"}
+        assert [r["outcome"] for r in records] == ["ok"]
+
+    asyncio.run(scenario())
+    assert "reporting a finished request failed" in caplog.text
+
+
 # -- answering later: the Responder seam ---------------------------------------------------------
 
 
