@@ -154,14 +154,34 @@ def set_first_byte_timeouts(config: dict[str, Any], streaming: str, buffered: st
         route["route"]["retry_policy"]["per_try_idle_timeout"] = streaming if stream_route else buffered
 
 
+# Envoy's buffer filter behind the ext_proc filter when bodies go together: it holds the request
+# body Tollway passed on and gives it back its content-length (Envoy takes it off a body it streams
+# to an external processor), so providers get a sized request, not a chunked one. Twice Tollway's
+# own limit (coalesce.MAX_BODY, 64 MiB): a rewritten body (a translation, pseudonyms) may be longer
+# than the one Tollway read, and Tollway has refused anything larger already.
+BODY_BUFFER = {
+    "name": "envoy.filters.http.buffer",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+        "max_request_bytes": 128 * 1024 * 1024,
+    },
+}
+
+
 def set_bodies_together(config: dict[str, Any]) -> None:
     """Have the ext_proc filter send each body right behind its headers, without waiting for their
     answer (``STREAMED`` with ``send_body_without_waiting_for_header_response``), so that Tollway
     answers both at once: two round trips per request instead of four, less latency at one
-    connection, more CPU under load (see ext_proc/server/coalesce.py and the README)."""
+    connection, more CPU under load (see ext_proc/server/coalesce.py and the README). A buffer
+    filter before the router (:data:`BODY_BUFFER`) restores the request's content-length."""
     for typed in ext_proc_filters(config):
         typed["send_body_without_waiting_for_header_response"] = True
         typed["processing_mode"].update(request_body_mode="STREAMED", response_body_mode="STREAMED")
+    for listener in config["static_resources"]["listeners"]:
+        filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+        names = [f["name"] for f in filters]
+        if "envoy.filters.http.ext_proc" in names and BODY_BUFFER["name"] not in names:
+            filters.insert(names.index("envoy.filters.http.router"), copy.deepcopy(BODY_BUFFER))
 
 
 def ext_proc_filters(config: dict[str, Any]) -> list[dict[str, Any]]:

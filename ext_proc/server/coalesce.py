@@ -13,7 +13,8 @@ answer's content type, usage headers, a refused answer's status) and each body c
 gets its answer, the last one carrying the new body when the session replaced it.
 
 Envoy sends a streamed body on without its ``content-length`` (its rule for ``STREAMED``, whatever
-the answer sets): over HTTP/1.1 the provider gets the request, and the client the answer, chunked.
+the answer sets): an Envoy ``buffer`` filter before the router gives the request its length back
+(:data:`ext_proc.envoy_config.BODY_BUFFER`), and over HTTP/1.1 the client gets the answer chunked.
 
 Envoy says which modes it runs in the first message of each stream (``protocol_config``), so
 a configuration with buffered bodies (or an older Envoy) is served as before, message by message.

@@ -272,11 +272,14 @@ def test_tollway_envoy_sends_bodies_buffered_or_together(tmp_path: Path, capsys:
     parser = argparse.ArgumentParser()
     envoy_config.add_arguments(parser)
 
+    chains: list[list[str]] = []
+
     def ext_proc(*flags: str) -> dict[str, Any]:
         assert envoy_config.run(parser.parse_args(list(flags))) == 0
         out = capsys.readouterr().out
         validate(out, tmp_path / "envoy.yaml")
         hcm = yaml.safe_load(out)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        chains.append([f["name"] for f in hcm["typed_config"]["http_filters"]])
         (found,) = [f for f in hcm["typed_config"]["http_filters"] if f["name"] == "envoy.filters.http.ext_proc"]
         return found["typed_config"]  # type: ignore[no-any-return]
 
@@ -284,10 +287,19 @@ def test_tollway_envoy_sends_bodies_buffered_or_together(tmp_path: Path, capsys:
     assert "send_body_without_waiting_for_header_response" not in buffered
     assert buffered["processing_mode"]["request_body_mode"] == buffered["processing_mode"]["response_body_mode"] == (
         "BUFFERED")
+    assert chains[-1] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
     together = ext_proc("--bodies", "together")
     assert together["send_body_without_waiting_for_header_response"] is True
     assert together["processing_mode"]["request_body_mode"] == together["processing_mode"]["response_body_mode"] == (
         "STREAMED")
+    # Envoy's buffer filter behind Tollway's gives the request its content-length back (once).
+    assert chains[-1] == ["envoy.filters.http.ext_proc", "envoy.filters.http.buffer", "envoy.filters.http.router"]
+    cfg = config()
+    envoy_config.set_bodies_together(cfg)
+    envoy_config.set_bodies_together(cfg)
+    names = [f["name"] for f in cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["http_filters"]]
+    assert names.count("envoy.filters.http.buffer") == 1
 
 
 def test_the_ext_proc_cluster_resolves_a_service_name_and_takes_an_address_as_is(tmp_path: Path) -> None:
