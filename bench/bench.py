@@ -267,8 +267,8 @@ def main() -> int:
     parser.add_argument("--json", default=str(ROOT / ".tollway" / "bench.json"), help="where to write results")
     parser.add_argument("--policy", default=str(POLICY),
                         help="the gateway's policy (default: the example, everything on)")
-    parser.add_argument("--bodies", choices=("buffered", "together"), default="buffered",
-                        help="how Envoy sends bodies to Tollway (tollway envoy --bodies; default: buffered)")
+    parser.add_argument("--bodies", choices=("buffered", "together"), default="together",
+                        help="how Envoy sends bodies to Tollway (tollway envoy --bodies; default: together)")
     parser.add_argument("--traced", action="store_true", help="also run the gateway with tracing on")
     parser.add_argument("--trace-ratio", default="0.05", help="--trace-sample-ratio of the traced gateway")
     args = parser.parse_args()

@@ -41,6 +41,7 @@ from ext_proc.envoy_config import (
     ClientTLS,
     ext_proc_filters,
     render,
+    set_bodies_buffered,
     set_bodies_together,
     set_ext_proc,
     set_first_byte_timeouts,
@@ -117,7 +118,7 @@ def render_envoy(
     first_byte_timeouts: tuple[str, str] | None = None,
     ext_proc_tls: ClientTLS | None = None,
     message_timeout: str | None = None,
-    bodies_together: bool = False,
+    bodies_together: bool = True,
 ) -> dict[str, Any]:
     """The bootstrap with these ports, reading its clusters from ``clusters_file`` or listing them.
 
@@ -127,7 +128,8 @@ def render_envoy(
     compares against. ``first_byte_timeouts`` replaces the per-try idle timeouts of the streaming
     and buffered routes (e.g. ``("1s", "2s")`` in tests of stalled providers); ``message_timeout``
     how long Envoy waits for each of Tollway's answers (a short one in tests of a stalled service);
-    ``bodies_together`` sends each body right behind its headers (see ``tollway envoy --bodies``).
+    ``bodies_together`` (the template's) sends each body right behind its headers; False answers
+    message by message (see ``tollway envoy --bodies``).
     """
     config, _ = render(template, policy if ext_proc else None, stand_ins=stand_ins, clusters_file=clusters_file)
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
@@ -136,7 +138,9 @@ def render_envoy(
     listener["address"]["socket_address"]["port_value"] = listen_port
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     if not ext_proc:
-        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
+        # Plain Envoy: neither Tollway's filter nor the buffer filter that serves it.
+        hcm["http_filters"] = [f for f in hcm["http_filters"]
+                               if f["name"] not in ("envoy.filters.http.ext_proc", "envoy.filters.http.buffer")]
         routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
         routes[:] = [r for r in routes if "cluster_header" not in r.get("route", {})]
     set_ext_proc(config, ext_proc_address, ext_proc_tls)
@@ -144,6 +148,8 @@ def render_envoy(
         set_first_byte_timeouts(config, *first_byte_timeouts)
     if bodies_together:
         set_bodies_together(config)
+    else:
+        set_bodies_buffered(config)
     if message_timeout is not None:
         for typed in ext_proc_filters(config):
             typed["message_timeout"] = message_timeout
@@ -173,7 +179,7 @@ class Stack:
     mock_args: tuple[str, ...] = ()
     first_byte_timeouts: tuple[str, str] | None = None  # per-try idle timeouts (streaming, buffered)
     message_timeout: str | None = None  # Envoy's wait for each answer of Tollway (default: the file's 5s)
-    bodies_together: bool = False  # each body right behind its headers (tollway envoy --bodies together)
+    bodies_together: bool = True  # each body right behind its headers (False: tollway envoy --bodies buffered)
     mocked: frozenset[str] = frozenset(PROVIDER_KEYS)  # providers served by the fake provider (stand-ins)
     quiet: bool = True
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)

@@ -39,10 +39,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
 
 
 @pytest.fixture(scope="module")
-def together(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
-    """`tollway envoy --bodies together`: each body right behind its headers, both answered at once."""
-    stack = Providers.stack(tmp_path_factory.mktemp("together"), POLICY, {"B_OPENAI_KEY": OPENAI_KEY},
-                            workload="local-dev", bodies_together=True)
+def buffered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
+    """`tollway envoy --bodies buffered`: Envoy buffers each body, Tollway answers message by message
+    (the default, ``env``, sends each body right behind its headers and both are answered at once)."""
+    stack = Providers.stack(tmp_path_factory.mktemp("buffered"), POLICY, {"B_OPENAI_KEY": OPENAI_KEY},
+                            workload="local-dev", bodies_together=False)
     with stack:
         yield Providers(stack, "x")
 
@@ -81,20 +82,21 @@ def raw(env: Providers, request: bytes) -> tuple[int, bytes]:
         return int(head.split(b" ", 2)[1]), body
 
 
-def test_a_body_over_the_limit_is_a_413_in_the_clients_format(env: Providers, together: Providers) -> None:
+def test_a_body_over_the_limit_is_a_413_in_the_clients_format(env: Providers, buffered: Providers) -> None:
     big = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "' + b"a" * (65 << 20) + b'"}]}'
+    # Bodies together (the default): Envoy streams the body, Tollway stops reading it at 64 MiB.
     answer = httpx.post(env.base_url + "/v1/chat/completions", content=big, timeout=60,
-                        headers={"content-type": "application/json"})
-    assert answer.status_code == 413
-    assert "Payload Too Large" in answer.json()["error"]["message"]  # Envoy's buffer limit, in JSON
-    assert served(env)
-    # Bodies together: Envoy streams the body, so Tollway stops reading it at the same 64 MiB.
-    answer = httpx.post(together.base_url + "/v1/chat/completions", content=big, timeout=60,
                         headers={"content-type": "application/json"})
     assert answer.status_code == 413
     error = answer.json()["error"]
     assert error["code"] == "request_too_large" and "64 MiB" in error["message"]
-    assert served(together)
+    assert served(env)
+    # Bodies buffered: Envoy's buffer limit, the same 64 MiB, its 413 in JSON.
+    answer = httpx.post(buffered.base_url + "/v1/chat/completions", content=big, timeout=60,
+                        headers={"content-type": "application/json"})
+    assert answer.status_code == 413
+    assert "Payload Too Large" in answer.json()["error"]["message"]
+    assert served(buffered)
 
 
 @pytest.mark.parametrize("bad", [b"x-test: a\x00b", b"x-t\x01est: a", b"x-test: a\x1bb", b"x-test: a\rb"])
@@ -164,7 +166,7 @@ def test_a_slow_upload_outlasts_envoys_message_timeout(tmp_path_factory: pytest.
     assert data.split(b" ", 2)[1] == b"200", data[:300]
 
 
-@pytest.mark.parametrize("bodies", ["env", "together"])
+@pytest.mark.parametrize("bodies", ["env", "buffered"])
 def test_large_bodies_each_way_arrive_whole(bodies: str, request: pytest.FixtureRequest) -> None:
     """A 6 MiB prompt reaches the provider intact and a long answer the client, whether Envoy
     buffers the bodies or streams them to Tollway in many chunks (held until whole)."""
@@ -180,24 +182,23 @@ def test_large_bodies_each_way_arrive_whole(bodies: str, request: pytest.Fixture
     assert orjson.loads(seen["body"])["messages"][0]["content"] == text
 
 
-def test_bodies_together_are_two_exchanges_and_buffered_ones_four(env: Providers, together: Providers) -> None:
-    """Message by message (the default): headers, then the whole body, each way, each answered
-    on its own. Together: an HTTP/1 body reaches Envoy's filters as its data and an empty last
+def test_bodies_together_are_two_exchanges_and_buffered_ones_four(env: Providers, buffered: Providers) -> None:
+    """Together (the default): an HTTP/1 body reaches Envoy's filters as its data and an empty last
     chunk, so six messages, answered in two writes; Envoy then passes the bodies on without
     content-length, whatever Tollway sets: the buffer filter behind Tollway's gives the request
-    its length back (the provider gets a sized request), the client's answer comes chunked."""
-    stream = together.openai().chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)  # type: ignore[arg-type]
+    its length back (the provider gets a sized request), the client's answer comes chunked.
+    Buffered: headers, then the whole body, each way, each answered on its own; lengths kept."""
+    stream = env.openai().chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)  # type: ignore[arg-type]
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    for stack, messages in ((env, 4), (together, 6)):
+    for stack, messages in ((buffered, 4), (env, 6)):
         before = messages_sent(stack)
         answer = httpx.post(stack.base_url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": HI})
         assert answer.status_code == 200 and answer.json()["choices"]
         assert messages_sent(stack) - before == messages
         (seen,) = stack.provider_saw(answer.headers["x-tollway-request-id"])
-        if stack is env:
+        assert seen["headers"]["content-length"] == str(len(seen["body"].encode()))
+        assert "transfer-encoding" not in seen["headers"]
+        if stack is buffered:
             assert int(answer.headers["content-length"]) == len(answer.content)
-            assert seen["headers"]["content-length"] == str(len(seen["body"].encode()))
         else:
             assert answer.headers["transfer-encoding"] == "chunked"
-            assert seen["headers"]["content-length"] == str(len(seen["body"].encode()))
-            assert "transfer-encoding" not in seen["headers"]

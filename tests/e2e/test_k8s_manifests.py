@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ext_proc.envoy_config import TEMPLATE
+from ext_proc.envoy_config import TEMPLATE, set_bodies_buffered
 from ext_proc.k8s import inject, sidecar
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server.coalesce import MAX_BODY
@@ -149,9 +149,10 @@ def test_the_envoy_filter_adds_the_sidecars_own_ext_proc_filter(rendered: dict[s
     envoy_filter = _find(rendered["overlays/istio"], "EnvoyFilter")
     (added,) = [p["patch"]["value"] for p in envoy_filter["spec"]["configPatches"] if p["applyTo"] == "HTTP_FILTER"]
     template = yaml.safe_load(TEMPLATE.read_text())
+    set_bodies_buffered(template)  # the mesh answers message by message (see the overlay's comment)
     hcm = template["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     (ours,) = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_proc"]
-    assert added["typed_config"] == ours["typed_config"]  # the same processing as every Tollway Envoy
+    assert added["typed_config"] == ours["typed_config"]  # the same processing as Tollway's Envoy, buffered
     assert added["disabled"] is True  # and only where a provider host's virtual host enables it
 
 

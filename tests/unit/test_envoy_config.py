@@ -266,12 +266,12 @@ def test_tollway_envoy_sets_the_first_byte_timeouts(tmp_path: Path, capsys: pyte
         parser.parse_args(["--policy", "p.yaml", "--first-byte-timeouts", "30"])
 
 
-def test_tollway_envoy_sends_bodies_buffered_or_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Buffered (the template's): message by message. Together: each body right behind its headers,
-    both answered at once, for a deployment that prefers latency at one connection to CPU at load."""
+def test_tollway_envoy_sends_bodies_together_or_buffered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Together (the template's): each body right behind its headers, both answered at once, and
+    Envoy's buffer filter before the router gives the request its content-length back. Buffered:
+    message by message, for a deployment that prefers CPU at saturation to latency."""
     parser = argparse.ArgumentParser()
     envoy_config.add_arguments(parser)
-
     chains: list[list[str]] = []
 
     def ext_proc(*flags: str) -> dict[str, Any]:
@@ -283,23 +283,24 @@ def test_tollway_envoy_sends_bodies_buffered_or_together(tmp_path: Path, capsys:
         (found,) = [f for f in hcm["typed_config"]["http_filters"] if f["name"] == "envoy.filters.http.ext_proc"]
         return found["typed_config"]  # type: ignore[no-any-return]
 
-    buffered = ext_proc()
+    for together in (ext_proc(), ext_proc("--bodies", "together")):
+        assert together["send_body_without_waiting_for_header_response"] is True
+        assert together["processing_mode"]["request_body_mode"] == "STREAMED"
+        assert together["processing_mode"]["response_body_mode"] == "STREAMED"
+        assert chains[-1] == ["envoy.filters.http.ext_proc", "envoy.filters.http.buffer", "envoy.filters.http.router"]
+    buffered = ext_proc("--bodies", "buffered")
     assert "send_body_without_waiting_for_header_response" not in buffered
     assert buffered["processing_mode"]["request_body_mode"] == buffered["processing_mode"]["response_body_mode"] == (
         "BUFFERED")
     assert chains[-1] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
-    together = ext_proc("--bodies", "together")
-    assert together["send_body_without_waiting_for_header_response"] is True
-    assert together["processing_mode"]["request_body_mode"] == together["processing_mode"]["response_body_mode"] == (
-        "STREAMED")
-    # Envoy's buffer filter behind Tollway's gives the request its content-length back (once).
-    assert chains[-1] == ["envoy.filters.http.ext_proc", "envoy.filters.http.buffer", "envoy.filters.http.router"]
+    # Either way and back, idempotent: one buffer filter at most, exactly when bodies go together.
     cfg = config()
-    envoy_config.set_bodies_together(cfg)
-    envoy_config.set_bodies_together(cfg)
+    for step in (envoy_config.set_bodies_together, envoy_config.set_bodies_together,
+                 envoy_config.set_bodies_buffered, envoy_config.set_bodies_buffered, envoy_config.set_bodies_together):
+        step(cfg)
     names = [f["name"] for f in cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
         "typed_config"]["http_filters"]]
-    assert names.count("envoy.filters.http.buffer") == 1
+    assert names == ["envoy.filters.http.ext_proc", "envoy.filters.http.buffer", "envoy.filters.http.router"]
 
 
 def test_the_ext_proc_cluster_resolves_a_service_name_and_takes_an_address_as_is(tmp_path: Path) -> None:
