@@ -3,9 +3,10 @@
 With ``BUFFERED`` bodies Envoy sends a message's headers, waits for their answer, buffers the body,
 sends it and waits again: four messages to Tollway and four answers back per request, each a
 wake-up of both processes. With the body modes ``STREAMED`` and
-``send_body_without_waiting_for_header_response`` (``tollway envoy --bodies together``; the
-shipped configuration stays message by message, see the README's Performance section for the
-trade) Envoy sends the body right behind its headers, usually in the same write. A :class:`Coalescer`
+``send_body_without_waiting_for_header_response`` (the shipped configuration, ``tollway envoy
+--bodies together``; ``--bodies buffered`` answers message by message, see the README's
+Performance section for the trade) Envoy sends the body right behind its headers, usually in the
+same write. A :class:`Coalescer`
 then gives the session what it has always read (the headers, then the whole body in one event)
 and holds the headers' answer until the body's answer is known, then writes them together: the
 headers' answer carries the header changes of both (routing, the provider's key, a translated
