@@ -175,8 +175,7 @@ def set_bodies_buffered(config: dict[str, Any]) -> None:
     for typed in ext_proc_filters(config):
         typed.pop("send_body_without_waiting_for_header_response", None)
         typed["processing_mode"].update(request_body_mode="BUFFERED", response_body_mode="BUFFERED")
-    for listener in config["static_resources"]["listeners"]:
-        filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    for filters in _http_filters(config):
         filters[:] = [f for f in filters if f["name"] != BODY_BUFFER["name"]]
 
 
@@ -189,17 +188,21 @@ def set_bodies_together(config: dict[str, Any]) -> None:
     for typed in ext_proc_filters(config):
         typed["send_body_without_waiting_for_header_response"] = True
         typed["processing_mode"].update(request_body_mode="STREAMED", response_body_mode="STREAMED")
-    for listener in config["static_resources"]["listeners"]:
-        filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    for filters in _http_filters(config):
         names = [f["name"] for f in filters]
         if "envoy.filters.http.ext_proc" in names and BODY_BUFFER["name"] not in names:
             filters.insert(names.index("envoy.filters.http.router"), copy.deepcopy(BODY_BUFFER))
 
 
+def _http_filters(config: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """Every listener's list of HTTP filters (the lists themselves, to edit in place)."""
+    return [listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+            for listener in config["static_resources"]["listeners"]]
+
+
 def ext_proc_filters(config: dict[str, Any]) -> list[dict[str, Any]]:
     """The ``typed_config`` of every listener's Tollway ext_proc filter."""
-    return [http_filter["typed_config"] for listener in config["static_resources"]["listeners"]
-            for http_filter in listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    return [http_filter["typed_config"] for filters in _http_filters(config) for http_filter in filters
             if http_filter["name"] == "envoy.filters.http.ext_proc"]
 
 
