@@ -184,13 +184,16 @@ def set_bodies_together(config: dict[str, Any]) -> None:
     answer (``STREAMED`` with ``send_body_without_waiting_for_header_response``), so that Tollway
     answers both at once: two round trips per request instead of four, less latency at one
     connection, more CPU under load (see ext_proc/server/coalesce.py and the README). A buffer
-    filter before the router (:data:`BODY_BUFFER`) restores the request's content-length."""
+    filter before the router (:data:`BODY_BUFFER`) restores the request's content-length, on the
+    listeners with Tollway's filter only (plain Envoy, the benchmark's baseline, has none)."""
     for typed in ext_proc_filters(config):
         typed["send_body_without_waiting_for_header_response"] = True
         typed["processing_mode"].update(request_body_mode="STREAMED", response_body_mode="STREAMED")
     for filters in _http_filters(config):
         names = [f["name"] for f in filters]
-        if "envoy.filters.http.ext_proc" in names and BODY_BUFFER["name"] not in names:
+        if "envoy.filters.http.ext_proc" not in names:
+            filters[:] = [f for f in filters if f["name"] != BODY_BUFFER["name"]]
+        elif BODY_BUFFER["name"] not in names:
             filters.insert(names.index("envoy.filters.http.router"), copy.deepcopy(BODY_BUFFER))
 
 

@@ -138,9 +138,7 @@ def render_envoy(
     listener["address"]["socket_address"]["port_value"] = listen_port
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     if not ext_proc:
-        # Plain Envoy: neither Tollway's filter nor the buffer filter that serves it.
-        hcm["http_filters"] = [f for f in hcm["http_filters"]
-                               if f["name"] not in ("envoy.filters.http.ext_proc", "envoy.filters.http.buffer")]
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
         routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
         routes[:] = [r for r in routes if "cluster_header" not in r.get("route", {})]
     set_ext_proc(config, ext_proc_address, ext_proc_tls)

@@ -301,6 +301,11 @@ def test_tollway_envoy_sends_bodies_together_or_buffered(tmp_path: Path, capsys:
     names = [f["name"] for f in cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
         "typed_config"]["http_filters"]]
     assert names == ["envoy.filters.http.ext_proc", "envoy.filters.http.buffer", "envoy.filters.http.router"]
+    # A listener without Tollway's filter (plain Envoy, the benchmark's baseline) keeps no buffer filter.
+    filters = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    filters[:] = [f for f in filters if f["name"] != "envoy.filters.http.ext_proc"]
+    envoy_config.set_bodies_together(cfg)
+    assert [f["name"] for f in filters] == ["envoy.filters.http.router"]
 
 
 def test_the_ext_proc_cluster_resolves_a_service_name_and_takes_an_address_as_is(tmp_path: Path) -> None:
