@@ -185,7 +185,7 @@ class Responder(Protocol):
 class ExtProcCall:
     """One ext_proc stream on :mod:`ext_proc.server.h2`: serialized messages in and out."""
 
-    __slots__ = ("_ended", "_merge", "_queue", "_task", "_timer", "_waiting", "responder", "service", "session")
+    __slots__ = ("_ended", "_merge", "_overdue", "_queue", "_task", "_waiting", "responder", "service", "session")
 
     def __init__(
         self, service: Service, upstream: bool = False, responder: Responder | None = None, peer: str | None = None
@@ -198,7 +198,7 @@ class ExtProcCall:
         self._ended = False  # the client half-closed while waiting
         self._task: asyncio.Future[object] | None = None
         self._merge: Coalescer | None = None  # Envoy sends bodies behind their headers (see coalesce)
-        self._timer: asyncio.TimerHandle | None = None  # extends a held headers answer's timer
+        self._overdue: coalesce.Overdue | None = None  # extends a held headers answer's timer (h2 server)
 
     def message(self, data: bytes) -> list[bytes]:
         if self._waiting is not None:
@@ -245,18 +245,19 @@ class ExtProcCall:
         else:
             replies = merge.outgoing(kind, action, credentials)
             if merge.holding:
-                if self._timer is None and self.responder is not None and (loop := self.responder.loop) is not None:
-                    self._timer = loop.call_later(coalesce.EXTEND_AFTER, self._extend)
-            elif self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+                if self._overdue is None and self.responder is not None and (loop := self.responder.loop) is not None:
+                    self._overdue = coalesce.Overdue.of(loop)
+                    self._overdue.hold(self._extend, merge.held_since)
+            elif self._overdue is not None:
+                self._overdue.release(self._extend)
+                self._overdue = None
         if self.session.effects:
             _run_effects(self.session, self.service, self._later())
         return replies
 
     def _extend(self) -> None:
         """A body still held after :data:`coalesce.EXTEND_AFTER`: extend its headers' timer."""
-        self._timer = None
+        self._overdue = None
         responder = self.responder
         if self._merge is not None and responder is not None and responder.open:
             for reply in self._merge.extension():
@@ -319,9 +320,9 @@ class ExtProcCall:
         session = self.session
         if self._task is not None:
             self._task.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._overdue is not None:
+            self._overdue.release(self._extend)
+            self._overdue = None
         if not _closed(session):
             session.handle(StreamClosed(time.monotonic_ns()))
             _run_effects(session, self.service)

@@ -8,6 +8,7 @@ first, and an HTTP/1 body as its data then an empty last chunk.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,34 @@ def test_the_h2_server_extends_the_timer_from_a_timer(call: ExtProcCall, monkeyp
     asyncio.run(held_a_while())
     (extension,) = parsed(sent)
     assert extension.override_message_timeout.seconds == coalesce.EXTENDED
+
+
+def test_one_timer_per_loop_extends_only_what_is_overdue_and_stops_when_nothing_is_held(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coalesce, "EXTEND_AFTER", 0.02)
+    extended: list[str] = []
+
+    async def holds() -> tuple[int, bool, bool]:
+        loop = asyncio.get_running_loop()
+        overdue = coalesce.Overdue.of(loop)
+        assert coalesce.Overdue.of(loop) is overdue  # one per loop
+        now = time.monotonic_ns()
+        overdue.hold(lambda: extended.append("old"), now - 10**9)  # held a second ago
+        overdue.hold(lambda: extended.append("new"), now + 10**9)  # not due for a second
+        released = lambda: extended.append("released")  # noqa: E731
+        overdue.hold(released, now - 10**9)
+        overdue.release(released)
+        timers = sum(1 for handle in loop._scheduled if not handle.cancelled())  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)
+        ticking = overdue._timer is not None  # "new" is still held: the loop keeps looking
+        overdue.release(next(iter(overdue._held)))
+        await asyncio.sleep(0.05)
+        return timers, ticking, loop in coalesce._OVERDUE
+
+    timers, ticking, remembered = asyncio.run(holds())
+    assert timers == 1  # three holds, one timer
+    assert extended == ["old"]
+    assert ticking and not remembered  # nothing held: no timer, the loop forgotten
 
 
 def test_without_the_protocol_config_every_message_is_answered_on_its_own(call: ExtProcCall) -> None:
