@@ -155,6 +155,11 @@ def check_iban(text: str, _before: str) -> bool:
 _VERSION = re.compile(r"\b(?:version|ver|v|release|build|firmware|rev|revision)\.?\s?$", re.IGNORECASE)
 
 
+def check_github(text: str, _before: str) -> bool:
+    """A fine-grained token has at least 60 characters after its prefix (see its pattern)."""
+    return not text.startswith("github_pat_") or len(text) >= len("github_pat_") + 60
+
+
 def check_ipv4(text: str, before: str) -> bool:
     if _VERSION.search(before):  # "version 6.5.4.122"
         return False
@@ -207,10 +212,14 @@ BUILTIN: tuple[Detector, ...] = (
     Detector("openai_key", "OPENAI_KEY", "credential",
              (_B + r"sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40}[A-Za-z0-9_-]*",
               _B + r"sk-[A-Za-z0-9_-]*T3BlbkFJ[A-Za-z0-9_-]{16}[A-Za-z0-9_-]*"), width=256),
+    # A fine-grained token is github_pat_ and at least 60 more characters; Hyperscan scans the
+    # pattern with {60} (any repeat past about 48, with start of match and both word boundaries)
+    # with a slower engine: 13 µs on 4.8 KB of prose, two thirds of every detector together,
+    # against 0.6 µs with {48}. So the pattern asks for 48 and the check for the rest.
     Detector("github_token", "GITHUB_TOKEN", "credential",
              (_B + r"gh[pousr]_[A-Za-z0-9]{36}[A-Za-z0-9]*" + _B,
-              _B + r"github_pat_[A-Za-z0-9_]{60}[A-Za-z0-9_]*" + _B),
-             width=256),
+              _B + r"github_pat_[A-Za-z0-9_]{48}[A-Za-z0-9_]*" + _B),
+             check_github, width=256),
     Detector("slack_token", "SLACK_TOKEN", "credential", (_B + r"xox[abposr]-[A-Za-z0-9-]{10}[A-Za-z0-9-]*",),
              width=256),
     Detector("stripe_key", "STRIPE_KEY", "credential", (_B + r"(?:sk|rk)_live_[A-Za-z0-9]{20}[A-Za-z0-9]*",),

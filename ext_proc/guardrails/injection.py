@@ -222,13 +222,49 @@ PAIRING = 0.45  # a target together with a manipulation
 REPEATED = 0.5  # one short token repeated many times (a repeated-token attack)
 
 
+_FLAGS = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_UTF8
+# Cheap necessary conditions for the signals Hyperscan scans slowly (a character class repeated,
+# no literal to start from): the scanning database holds the condition instead, and a text that
+# meets it is scanned for the signal itself (a database of that one pattern, the same flags)
+# before the signal counts, so what is found is exactly what the signal's pattern finds.
+# base64_blob took 44 µs on 4.8 KB of prose, 70 % of all the signals; its condition 1 µs.
+PREFILTERS = {"base64_blob": r"[A-Za-z0-9+/]{32}"}
+_CHECKED = tuple(i for i, (name, _, _, _) in enumerate(SIGNALS) if name in PREFILTERS)
+
+
+def _signal_expressions() -> tuple[list[bytes], list[int]]:
+    """The signals as the scanning databases hold them (ids: their index), with their flags."""
+    expressions = [PREFILTERS.get(name, pattern).encode() for name, _, _, pattern in SIGNALS]
+    flags = [hyperscan.HS_FLAG_SINGLEMATCH if name in PREFILTERS else _FLAGS for name, _, _, _ in SIGNALS]
+    return expressions, flags
+
+
 @functools.cache
 def _database() -> hyperscan.Database:
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    flags = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_UTF8
-    db.compile(expressions=[pattern.encode() for _, _, _, pattern in SIGNALS], ids=list(range(len(SIGNALS))),
-               elements=len(SIGNALS), flags=[flags] * len(SIGNALS))
+    expressions, flags = _signal_expressions()
+    db.compile(expressions=expressions, ids=list(range(len(SIGNALS))), elements=len(SIGNALS), flags=flags)
     return db
+
+
+@functools.cache
+def _exact(signal: int) -> hyperscan.Database:
+    """A database of the one signal's own pattern (for a text that met its prefilter)."""
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(expressions=[SIGNALS[signal][3].encode()], ids=[signal], elements=1, flags=[_FLAGS])
+    return db
+
+
+def _scan(database: hyperscan.Database, text: str) -> set[int]:
+    """The ids ``database`` matches in ``text``, a prefiltered signal only when its pattern matches too."""
+    found: set[int] = set()
+    data = text.encode("utf-8", "surrogatepass")
+    database.scan(data, match_event_handler=_seen, context=found)
+    for signal in _CHECKED:
+        if signal in found:
+            found.discard(signal)
+            _exact(signal).scan(data, match_event_handler=_seen, context=found)
+    return found
 
 
 def _seen(signal: int, _start: int, _end: int, _flags: int, found: object) -> None:
@@ -238,9 +274,7 @@ def _seen(signal: int, _start: int, _end: int, _flags: int, found: object) -> No
 def signals(text: str, context: Instructions | None = None) -> list[str]:
     """The names of the signals found in ``text``, with those of the instructions it meets (for
     ``tollway scan``)."""
-    found: set[int] = set()
-    _database().scan(text.encode("utf-8", "surrogatepass"), match_event_handler=_seen, context=found)
-    names = [SIGNALS[i][0] for i in sorted(found)]
+    names = [SIGNALS[i][0] for i in sorted(_scan(_database(), text))]
     if _repeated(_word_list(text)):
         names.append("repeated_token")
     if context is not None:
@@ -249,9 +283,7 @@ def signals(text: str, context: Instructions | None = None) -> list[str]:
 
 
 def _found(text: str) -> set[int]:
-    found: set[int] = set()
-    _database().scan(text.encode("utf-8", "surrogatepass"), match_event_handler=_seen, context=found)
-    return found
+    return _scan(_database(), text)
 
 
 def score(text: str, context: Instructions | None = None) -> float:
@@ -261,15 +293,18 @@ def score(text: str, context: Instructions | None = None) -> float:
     if model is None:
         base = _noisy_or(text, _found(text))
         return base if context is None else round(1.0 - (1.0 - base) * math.exp(-context.logit(text)), 4)
-    found: set[int] = set()  # signals and weighed word pairs, in one Hyperscan pass
-    model.database.scan(text.encode("utf-8", "surrogatepass"), match_event_handler=_seen, context=found)
+    found = _scan(model.database, text)  # signals and weighed word pairs, in one Hyperscan pass
     pairs = model.pairs
     total = model.bias + sum(pairs[i] for i in found)
     words = _word_list(text)
-    if len(text) > 200 and _repeated(words):
-        total += model.repeated
     weighed = model.words
-    total += sum(weighed[w] for w in weighed.keys() & set(words))
+    if len(text) > 200 and len(words) >= _REPEATED_MIN:  # the words counted once, for both uses
+        counts = Counter(words)
+        if max(counts.values()) >= _repeats(len(words)):
+            total += model.repeated
+        total += sum(weighed[w] for w in weighed.keys() & counts.keys())
+    else:
+        total += sum(weighed[w] for w in weighed.keys() & set(words))
     if context is not None:
         total += context.logit(text)
     return round(1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, total)))), 4)
@@ -339,9 +374,8 @@ class _Model:
         self.words = {k: v for k, v in weights.items() if not k.startswith(("sig:", "w:"))}
         pairs = sorted(k for k in weights if k.startswith("w:"))
         self.pairs = [weights.get(name, 0.0) for name in _SIGNAL_FEATURES] + [weights[k] for k in pairs]
-        expressions = [pattern.encode() for _, _, _, pattern in SIGNALS]
+        expressions, flags = _signal_expressions()
         expressions += [(r"\b" + k[2:] + r"\b").encode() for k in pairs]
-        flags = [hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_UTF8] * len(SIGNALS)
         flags += [hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH] * len(pairs)
         self.database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
         self.database.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions),
@@ -351,6 +385,8 @@ class _Model:
 def warm() -> None:
     """Load and compile the scorer now (about a second, once per process) rather than on first use."""
     _database()
+    for signal in _CHECKED:
+        _exact(signal)
     _model()
     instructions_warm()
 
@@ -367,9 +403,14 @@ def _model() -> _Model | None:
     return _Model({str(k): float(v) for k, v in data["weights"].items()}, float(data["bias"]))
 
 
+_REPEATED_MIN = 40  # words: a shorter text is never "repeated"
+
+
+def _repeats(words: int) -> int:
+    """How often one word must occur among ``words`` words for the text to count as repeated."""
+    return max(25, words // 3)
+
+
 def _repeated(words: list[str]) -> bool:
     """One token making up most of a long stretch of text (e.g. the same word 50 times)."""
-    if len(words) < 40:
-        return False
-    (_, most), = Counter(words).most_common(1)
-    return most >= max(25, len(words) // 3)
+    return len(words) >= _REPEATED_MIN and max(Counter(words).values()) >= _repeats(len(words))
