@@ -343,6 +343,12 @@ def test_repeated_means_one_word_is_a_third_of_at_least_forty(words: list[str]) 
     assert injection._repeated(words) == (len(words) >= 40 and most >= max(25, len(words) // 3))
 
 
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.characters(max_codepoint=0x7f)) | st.text())
+def test_an_ascii_text_is_split_into_the_same_words_on_its_bytes(text: str) -> None:
+    assert injection._words(text) == text.lower().translate(injection._SPLIT).split()
+
+
 def test_words_of_a_long_text_come_from_its_two_ends() -> None:
     middle = "filler words here " * 20_000  # far past the two ends that are read
     text = "alpha " * 10 + middle + " omega" * 10
