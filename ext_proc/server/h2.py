@@ -673,8 +673,8 @@ class Connection(asyncio.Protocol):
                 log.exception("gRPC call failed")
                 self._fail_call(sid, stream, "tollway: internal error")
                 return
-            for reply in replies:
-                self._send(sid, stream, reply)
+            if replies:
+                self._send(sid, stream, *replies)
         if stream.remote_closed and not stream.ended and not stream.done and not stream.outbox:
             self._end(sid, stream)
 
@@ -804,11 +804,23 @@ class Connection(asyncio.Protocol):
             raise _ConnectionError(ENHANCE_YOUR_CALM, "control frames queued faster than the peer reads them")
         self.out.append(frame)
 
-    def _send(self, sid: int, stream: _Stream, message: bytes) -> None:
+    def _send(self, sid: int, stream: _Stream, *messages: bytes) -> None:
+        """Send ``messages`` in one DATA frame when the windows and the frame size allow (gRPC frames
+        its messages itself, so how DATA frames cut them means nothing to the peer): the answers to
+        one request message are usually several (bodies together: the held headers' answer, then
+        one per body chunk), and each frame is work for both ends."""
         if not stream.headers_sent:
             self.out.append(_frame(HEADERS, END_HEADERS, sid, _RESPONSE_HEADERS))
             stream.headers_sent = True
-        size = len(message) + 5
+        if len(messages) == 1:
+            message = messages[0]
+            data = b"\x00" + _u32.pack(len(message)) + message
+        else:
+            parts: list[bytes] = []
+            for message in messages:
+                parts += (b"\x00" + _u32.pack(len(message)), message)
+            data = b"".join(parts)
+        size = len(data)
         if (
             not stream.outbox
             and size <= self.peer_max_frame
@@ -818,9 +830,9 @@ class Connection(asyncio.Protocol):
             stream.send_window -= size
             self.conn_send_window -= size
             self.data_frames_sent += 1
-            self.out.append(_frame(DATA, 0, sid, b"\x00" + _u32.pack(len(message)) + message))
+            self.out.append(_frame(DATA, 0, sid, data))
             return
-        stream.outbox += b"\x00" + _u32.pack(len(message)) + message
+        stream.outbox += data
         self._drain(sid, stream, False)
 
     def _finish(self, sid: int, stream: _Stream, status: int, message: str = "") -> None:

@@ -402,6 +402,36 @@ def test_answers_given_inside_data_received_share_its_single_write() -> None:
     asyncio.run(scenario())
 
 
+def test_the_answers_to_one_message_go_out_in_one_data_frame() -> None:
+    async def scenario() -> None:
+        peer = Peer(echo_routes(Log(), lambda message: [b"head", b"", message]))
+        peer.open(1, b"q")
+        (data,) = [p for kind, _, sid, p in peer.frames() if kind == h2.DATA and sid == 1]
+        assert data == grpc_message(b"head") + grpc_message(b"") + grpc_message(b"q")
+        received = [e for e in peer.events if isinstance(e, DataReceived) and e.stream_id == 1]
+        assert b"".join(e.data for e in received) == data  # what a real HTTP/2 client reads
+
+    asyncio.run(scenario())
+
+
+def test_answers_past_the_peers_window_wait_and_still_arrive_whole() -> None:
+    async def scenario() -> None:
+        big = b"x" * 40_000
+        peer = Peer(echo_routes(Log(), lambda message: [big, big]), client_settings={4: 50_000})
+        peer.open(1, b"q")
+
+        def sent() -> bytes:
+            return b"".join(e.data for e in peer.events if isinstance(e, DataReceived) and e.stream_id == 1)
+
+        assert len(sent()) == 50_000  # the stream's window, no more
+        peer.client.increment_flow_control_window(100_000, stream_id=1)
+        peer.client.increment_flow_control_window(100_000)
+        peer.pump()
+        assert sent() == grpc_message(big) * 2
+
+    asyncio.run(scenario())
+
+
 def test_a_client_cancelling_while_the_answer_is_outstanding() -> None:
     async def scenario() -> None:
         log = Log()
