@@ -10,7 +10,9 @@ tally (:mod:`ext_proc.server.metrics`); ``+traces`` also traces the default head
 requests whose caller sent no ``traceparent``), and ``+traces 100%`` every request: the span built
 and handed to OpenTelemetry's batch processor, which exports over OTLP/HTTP to a sink on loopback
 from its own thread (counted: it is this process's CPU). Without an OTLP endpoint there is no
-tracer and the session collects nothing, which is the first column.
+tracer and the session collects nothing, which is the first column. Last, when a case and its
+``-guarded`` twin both ran, what the guardrails add, measured in pairs run alternately (the goal
+of issue 13: at most 150 µs on the 2 KB chat request).
 """
 
 from __future__ import annotations
@@ -259,7 +261,21 @@ async def _main(args: argparse.Namespace) -> int:
         records.records.clear()
     tracer.close()
     print(f"spans exported to the OTLP sink: {sink.spans}")
+    cases = args.cases.split(",")
+    for case in ("chat-2k", "chat-2k-stream"):
+        if case in cases and case + "-guarded" in cases:
+            added = paired(service, guarded, case, args.n, 2 * args.repeats + 1)
+            records.records.clear()
+            print(f"guardrails add to {case}: {statistics.median(added):+.1f} µs per request (median of "
+                  f"{len(added)} pairs run alternately; {min(added):+.1f}..{max(added):+.1f})"
+                  + ("   goal ≤ 150 µs" if case == "chat-2k" else ""))
     return 0
+
+
+def paired(without: Service, with_: Service, case: str, n: int, pairs: int) -> list[float]:
+    """What ``with_`` adds to ``case`` over ``without``: one run of each in turn, ``pairs`` times, so
+    that a machine whose speed drifts weighs on both alike (the rows above run one case at a time)."""
+    return [run(with_, case + "-guarded", n) - run(without, case, n) for _ in range(pairs)]
 
 
 class _Sink:

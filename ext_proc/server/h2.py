@@ -31,8 +31,9 @@ first complete request message arrives, with the stream's request headers and a
 before that never had a call: it costs no session and leaves nothing in the request log (one that
 half-closes without any message is answered INTERNAL "no request message").
 The call gets each request message and returns the response messages to send at once (in one
-DATA frame when the windows allow: gRPC frames its own messages); ``end()`` gives the final status when the client half-closes, or ``None`` when the call will
-finish later through its responder. Responses are queued in ``Connection.out`` and written with
+DATA frame when the windows allow: gRPC frames its own messages); ``end()`` gives the final
+status when the client half-closes, or ``None`` when the call will finish later through its
+responder. Responses are queued in ``Connection.out`` and written with
 one ``transport.write`` at the end of the callback that produced them: ``data_received`` for
 synchronous answers, a ``loop.call_soon`` flush for a responder used from any other callback
 (held while the transport is above its high-water mark, written by ``resume_writing``). Either
