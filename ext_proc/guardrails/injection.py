@@ -300,7 +300,7 @@ def score(text: str, context: Instructions | None = None) -> float:
     weighed = model.words
     if len(text) > 200 and len(words) >= _REPEATED_MIN:  # the words counted once, for both uses
         counts = Counter(words)
-        if max(counts.values()) >= _repeats(len(words)):
+        if _repeated(words, counts):
             total += model.repeated
         total += sum(weighed[w] for w in weighed.keys() & counts.keys())
     else:
@@ -412,11 +412,9 @@ def _model() -> _Model | None:
 _REPEATED_MIN = 40  # words: a shorter text is never "repeated"
 
 
-def _repeats(words: int) -> int:
-    """How often one word must occur among ``words`` words for the text to count as repeated."""
-    return max(25, words // 3)
-
-
-def _repeated(words: list[str]) -> bool:
-    """One token making up most of a long stretch of text (e.g. the same word 50 times)."""
-    return len(words) >= _REPEATED_MIN and max(Counter(words).values()) >= _repeats(len(words))
+def _repeated(words: list[str], counts: Counter[str] | None = None) -> bool:
+    """One token making up most of a long stretch of text (e.g. the same word 50 times);
+    ``counts``: the words counted already."""
+    if len(words) < _REPEATED_MIN:
+        return False
+    return max((counts if counts is not None else Counter(words)).values()) >= max(25, len(words) // 3)
