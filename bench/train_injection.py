@@ -9,7 +9,10 @@ install scikit-learn`` first; nothing at run time uses it): the data of
 fitted on the rest; its bias is then moved so that on the
 held-out data a score of 0.5 lets at most ``--fpr`` of each kind of benign text through as injections
 (the policy's default threshold is the operating point); weights under ``--min-weight`` are
-dropped (fewer patterns, a faster scan). It prints the held-out figures. The evaluation sets are
+dropped (fewer patterns, a faster scan). It prints the held-out figures, with those of the checks
+never trained on: four frameworks' templates, benign tool content of kinds never trained on and
+attacks inside tool content (``injection_data.dataset``). The shipped model is trained with
+``--exclude-near ../shared/eval/injection --tools``. The evaluation sets are
 never used to fit or choose anything (``--exclude-near`` only removes training texts near them).
 
 ``--check-disjoint FOLDER`` only compares: it reads the evaluation sets (CyberSecEval's
@@ -37,6 +40,7 @@ import injection_data  # noqa: E402
 from ext_proc.guardrails import injection  # noqa: E402
 
 OUT = ROOT / "ext_proc" / "guardrails" / "injection_model.json"
+CHECKS = ("check", "check-tools", "agentic")  # parts never trained on, set apart after the shuffle
 
 
 # Words that say who is addressed and how a sentence is built, not what it asks for: as features they
@@ -116,12 +120,15 @@ def main() -> int:
     parser.add_argument("--packages", action="store_true",
                         help="also train on the red-teaming packages' data (bench/injection_packages.py) and eight "
                              "more frameworks' templates (not the shipped model's data)")
+    parser.add_argument("--tools", action="store_true",
+                        help="also train on benign tool content (tau2-bench's knowledge base, database records "
+                             "and manual; bench/injection_packages.py)")
     parser.add_argument("--check-disjoint", type=Path, metavar="FOLDER", help="compare with the evaluation sets")
     parser.add_argument("--exclude-near", type=Path, metavar="FOLDER",
                         help="drop training texts sharing a word 8-gram with an evaluation text (decontamination)")
     args = parser.parse_args()
     texts, labels, parts = injection_data.dataset(foreign=args.foreign, foreign_attacks=args.foreign_attacks,
-                                                  packages=args.packages)
+                                                  packages=args.packages, tools=args.tools)
     if args.check_disjoint:
         check_disjoint(args.check_disjoint, texts)
         return 0
@@ -137,11 +144,11 @@ def main() -> int:
     from sklearn.feature_extraction import DictVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    order = [i for i in range(len(texts)) if parts[i] != "check"]  # the check texts come last: the
+    order = [i for i in range(len(texts)) if parts[i] not in CHECKS]  # the check texts come last: the
     random.Random(injection_data.SEED).shuffle(order)  # shuffle of the others stays what it was
     held = {i for i in order if parts[i].startswith("dev") or parts[i] == "foreign"}  # never trained on
-    held.update(i for i in range(len(texts)) if parts[i] == "check")
-    order += sorted(i for i in range(len(texts)) if parts[i] == "check")
+    held.update(i for i in range(len(texts)) if parts[i] in CHECKS)
+    order += sorted(i for i in range(len(texts)) if parts[i] in CHECKS)
     for label in (0, 1):
         members = [i for i in order if labels[i] == label and parts[i] == "public"]
         held.update(members[: len(members) // 5])
@@ -173,7 +180,9 @@ def main() -> int:
     bias += shift  # logit() reads the shifted bias from here on
     figures = {}
     for name, part in (("public 20 %", "public"), ("unseen templates", "dev"), ("unseen near-misses", "dev-near"),
-                       ("foreign", "foreign"), ("frameworks never trained on", "check"), ("all held out", None)):
+                       ("foreign", "foreign"), ("frameworks never trained on", "check"),
+                       ("tool content never trained on", "check-tools"),
+                       ("attacks in tool content never trained on", "agentic"), ("all held out", None)):
         chosen = [i for i in test if part is None or parts[i] == part]
         attacks = [logit(i) for i in chosen if labels[i] == 1]
         benign_part = [logit(i) for i in chosen if labels[i] == 0]
