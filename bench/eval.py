@@ -11,6 +11,11 @@ and the false-positive rate on NotInject's benign prompts with trigger words (it
 MIT), at the policy's default threshold and at a few others.
 
 These files measure; nothing in Tollway was fitted to them.
+
+Then the same scorer on tool content, from the project's own checks (never trained on, see
+``bench/injection_data.py``): benign tool content of kinds the model never saw (a bank's
+knowledge-base articles of three categories, AgentDojo's tool results as stored) and attacks
+inside tool content (AgentDojo's, inspect_evals' CodeIPI and AgentThreatBench, agent-injection-bench's).
 """
 
 from __future__ import annotations
@@ -143,6 +148,22 @@ def injection_figures(folder: Path, thresholds: list[float]) -> dict[str, float]
     return out
 
 
+def tool_content_figures(thresholds: list[float]) -> None:
+    import injection_packages
+
+    benign = injection_packages.tool_content("check") + injection_packages.agentdojo_results()
+    attacks = injection_packages.agentic_attacks()
+    scored_benign = [injection.score(text) for text in benign]
+    scored_attacks = [injection.score(text) for text in attacks]
+    print(f"\nTool content (the project's own checks, never trained on): {len(attacks)} attacks inside tool "
+          f"content, {len(benign)} benign tool results")
+    print(f"{'threshold':>9} {'recall':>7} {'FPR':>6}")
+    for threshold in thresholds:
+        recall = sum(s >= threshold for s in scored_attacks) / len(attacks)
+        fpr = sum(s >= threshold for s in scored_benign) / len(benign)
+        print(f"{threshold:9.2f} {recall:7.3f} {fpr:6.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED, help=f"the evaluation folder (default {SHARED})")
@@ -166,6 +187,7 @@ def main() -> int:
         return 2
     pii(json.loads(pii_file.read_text()), pii_file.name)
     injection_figures(args.data / "injection", [0.4, 0.5, 0.6, 0.7])
+    tool_content_figures([0.4, 0.5, 0.6, 0.7])
     return 0
 
 
