@@ -282,7 +282,8 @@ def hard_negatives(rng: random.Random, count: int) -> list[str]:
 
 
 def dataset(seed: int = SEED, foreign: str | None = None, foreign_attacks: str | None = None,
-            packages: bool = False, tools: bool = False) -> tuple[list[str], list[int], list[str]]:
+            packages: bool = False, tools: bool = False,
+            languages: bool = False) -> tuple[list[str], list[int], list[str]]:
     """Every training text, its label (1: injection or jailbreak) and its part, deduplicated. The part
     is "dev" for texts written from the held-out templates of :mod:`injection_written` (never
     trained on; "dev-near" for its benign requests with an injection's words, the hardest benign
@@ -295,7 +296,8 @@ def dataset(seed: int = SEED, foreign: str | None = None, foreign_attacks: str |
     set apart the same way. ``packages``: also the red-teaming packages' data of
     :mod:`injection_packages` (its collections ``pyrit``, ``bastion``, ``aib``, ``spikee-advice``,
     ``agentdojo``, ``inspect``) and the frameworks of :data:`injection_templates.MORE`. ``tools``:
-    also benign tool content (:func:`injection_packages.tool_content`). Always set apart, never
+    also benign tool content (:func:`injection_packages.tool_content`). ``languages``: also the
+    phrasings of :data:`injection_written.LANGUAGE_MORE` (not the shipped model's data). Always set apart, never
     trained on: benign tool content of kinds never trained on (part "check-tools": the knowledge
     base's held-out categories, and AgentDojo's tool results unless ``packages``) and, unless
     ``packages``, the attacks inside tool content of AgentDojo, inspect_evals and
@@ -310,16 +312,20 @@ def dataset(seed: int = SEED, foreign: str | None = None, foreign_attacks: str |
         (1, "public", [t for name, texts in attacks.items() if name not in left_out for t in texts]),
         (1, "foreign", [t for name, texts in attacks.items() if name in left_out for t in texts]),
         (1, "written", synthetic_attacks(rng, 3000) + injection_written.attacks(rng, 6000, material)
-         + injection_written.personas(rng, 400) + injection_written.other_languages(rng, 600)),
+         + injection_written.personas(rng, 400) + injection_written.other_languages(rng, 600)
+         + (injection_written.more_languages(random.Random(seed + 7), 800) if languages else [])),
         (1, "dev", injection_written.attacks(rng, 1500, material, "dev") + injection_written.personas(rng, 100, "dev")
-         + injection_written.other_languages(rng, 150, "dev")),
+         + injection_written.other_languages(rng, 150, "dev")
+         + (injection_written.more_languages(random.Random(seed + 8), 200, "dev") if languages else [])),
         (0, "public", garak_benign() + spikee_benign() + (injection_packages.benign() if packages else [])
          + [t for name, texts in templates.items() if name != foreign and name not in injection_templates.CHECK
             for t in texts]),
         (0, "foreign", templates.get(foreign or "", [])),
         (0, "written", hard_negatives(rng, 2500) + injection_written.benign(rng, 8000, material)
-         + injection_written.near_misses(rng, 6000) + injection_written.language_benign()),
-        (0, "dev", injection_written.benign(rng, 2000, material, "dev") + injection_written.language_benign("dev")),
+         + injection_written.near_misses(rng, 6000) + injection_written.language_benign()
+         + (injection_written.more_language_benign() if languages else [])),
+        (0, "dev", injection_written.benign(rng, 2000, material, "dev") + injection_written.language_benign("dev")
+         + (injection_written.more_language_benign("dev") if languages else [])),
         (0, "dev-near", injection_written.near_misses(rng, 1500, "dev")),
         (0, "public", injection_packages.tool_content("train") if tools else []),
         # Last, so that adding them moves nothing else: the frameworks kept for checking, never trained on,

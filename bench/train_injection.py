@@ -123,12 +123,16 @@ def main() -> int:
     parser.add_argument("--tools", action="store_true",
                         help="also train on benign tool content (tau2-bench's knowledge base, database records "
                              "and manual; bench/injection_packages.py)")
+    parser.add_argument("--languages", action="store_true",
+                        help="also train on more phrasings in the sixteen languages (bench/injection_written.py "
+                             "LANGUAGE_MORE; not the shipped model's data)")
     parser.add_argument("--check-disjoint", type=Path, metavar="FOLDER", help="compare with the evaluation sets")
     parser.add_argument("--exclude-near", type=Path, metavar="FOLDER",
                         help="drop training texts sharing a word 8-gram with an evaluation text (decontamination)")
     args = parser.parse_args()
     texts, labels, parts = injection_data.dataset(foreign=args.foreign, foreign_attacks=args.foreign_attacks,
-                                                  packages=args.packages, tools=args.tools)
+                                                  packages=args.packages, tools=args.tools,
+                                                  languages=args.languages)
     if args.check_disjoint:
         check_disjoint(args.check_disjoint, texts)
         return 0
