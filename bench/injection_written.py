@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import codecs
 import random
+from collections.abc import Sequence
 
 # -- what an attacker is after --------------------------------------------------------------------
 
@@ -696,10 +697,14 @@ LANGUAGE_BENIGN = (
 )
 
 
+def _in_part(items: Sequence[str], part: str) -> list[str]:
+    """The items of ``part``: every 4th is held out ("dev"), the others are "train"."""
+    return [item for i, item in enumerate(items) if (i % 4 == 3) == (part == "dev")]
+
+
 def other_languages(rng: random.Random, count: int, part: str = "train") -> list[str]:
     """Injections in another language; the dev part holds out whole languages (every 4th)."""
-    languages = sorted(LANGUAGE_PIECES)
-    chosen = [code for i, code in enumerate(languages) if (i % 4 == 3) == (part == "dev")]
+    chosen = _in_part(sorted(LANGUAGE_PIECES), part)
     out = []
     for _ in range(count):
         overrides, goals = LANGUAGE_PIECES[rng.choice(chosen)]
@@ -709,7 +714,7 @@ def other_languages(rng: random.Random, count: int, part: str = "train") -> list
 
 
 def language_benign(part: str = "train") -> list[str]:
-    return [t for i, t in enumerate(LANGUAGE_BENIGN) if (i % 4 == 3) == (part == "dev")]
+    return _in_part(LANGUAGE_BENIGN, part)
 
 
 _DEV = {t for group in (OVERRIDE, SYSTEM_MODE, INDIRECT_REFERENCE, ENCODING_ASKS, DECODE_ASKS, FORMATTING, HYPOTHETICAL,
@@ -871,18 +876,16 @@ def more_languages(rng: random.Random, count: int, part: str = "train") -> list[
     but every 4th override and goal and the second framing; the dev part the held-out languages
     (those of :func:`other_languages`) whole and the held-out phrasings of the others."""
     languages = sorted(LANGUAGE_MORE)
-    held = {code for i, code in enumerate(languages) if i % 4 == 3}
-    chosen = languages if part == "dev" else [code for code in languages if code not in held]
+    held = set(_in_part(languages, "dev"))
+    chosen = languages if part == "dev" else _in_part(languages, "train")
     out = []
     for _ in range(count):
         code = rng.choice(chosen)
         overrides, goals, framings = LANGUAGE_MORE[code]
         if part == "dev" and code not in held:
-            overrides, goals, framings = overrides[3::4], goals[3::4], framings[1:]
+            overrides, goals, framings = _in_part(overrides, "dev"), _in_part(goals, "dev"), framings[1:]
         elif part != "dev":
-            overrides = tuple(t for i, t in enumerate(overrides) if i % 4 != 3)
-            goals = tuple(t for i, t in enumerate(goals) if i % 4 != 3)
-            framings = framings[:1]
+            overrides, goals, framings = _in_part(overrides, "train"), _in_part(goals, "train"), framings[:1]
         shape = rng.randrange(3)
         if shape == 0:
             text = f"{rng.choice(overrides)}. {rng.choice(goals)}"
@@ -895,4 +898,4 @@ def more_languages(rng: random.Random, count: int, part: str = "train") -> list[
 
 
 def more_language_benign(part: str = "train") -> list[str]:
-    return [t for i, t in enumerate(LANGUAGE_BENIGN_MORE) if (i % 4 == 3) == (part == "dev")]
+    return _in_part(LANGUAGE_BENIGN_MORE, part)

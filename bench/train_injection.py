@@ -118,8 +118,8 @@ def main() -> int:
                              "spikee-advice, agentdojo, inspect), to measure on them")
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the model (default: the shipped one)")
     parser.add_argument("--packages", action="store_true",
-                        help="also train on the red-teaming packages' data (bench/injection_packages.py) and eight "
-                             "more frameworks' templates (not the shipped model's data)")
+                        help="also train on the red-teaming packages' data (bench/injection_packages.py; not the "
+                             "shipped model's data) and eight more frameworks' templates (as --frameworks)")
     parser.add_argument("--tools", action="store_true",
                         help="also train on benign tool content (tau2-bench's knowledge base, database records "
                              "and manual; bench/injection_packages.py)")
