@@ -17,6 +17,13 @@ from ext_proc.stack import Stack
 from tests.fixtures import CASSETTES
 
 
+def one_minute(needed: float = 20.0) -> None:
+    """Wait, if need be, so that the next ``needed`` seconds fall in one calendar minute: a
+    per-minute rate limit's window (``rate/.../<minute>``) does not turn over in the middle of a test."""
+    if time.time() % 60 > 60 - needed:
+        time.sleep(61 - time.time() % 60)
+
+
 class Gateway:
     """A running stack plus helpers to find the request records it wrote."""
 

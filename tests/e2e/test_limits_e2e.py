@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from ext_proc.policy.compiled import key_digest
-from tests.e2e.conftest import Providers
+from tests.e2e.conftest import Providers, one_minute
 
 pytestmark = pytest.mark.e2e
 
@@ -86,6 +86,7 @@ def test_a_spent_budget_refuses_that_team_only_and_the_sdk_does_not_retry(env: P
 
 
 def test_a_rate_limit_is_a_429_with_its_headers_in_each_sdks_names(env: Providers) -> None:
+    one_minute()  # both SDKs meet the limit of the same minute
     beta = client(env, BETA)
     seen = []
     with pytest.raises(openai.RateLimitError) as refused:

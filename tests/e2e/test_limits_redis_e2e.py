@@ -31,7 +31,7 @@ from ext_proc.policy.compiled import key_digest
 from ext_proc.stack import Stack
 from ext_proc.state.limits import TOTALS
 from ext_proc.state.limits import keys as limit_keys
-from tests.e2e.conftest import Providers
+from tests.e2e.conftest import Providers, one_minute
 from tests.faults import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -159,8 +159,7 @@ def test_four_processes_admit_no_more_than_a_dollar_under_200_concurrent_request
 
 def test_a_tokens_per_minute_limit_holds_across_processes(shared: tuple[Providers, RedisServer]) -> None:
     env, _ = shared
-    if time.time() % 60 > 40:  # all in one calendar minute
-        time.sleep(61 - time.time() % 60)
+    one_minute()
     many(env, "beta", 60)
     wait_settled(env, "beta", 60)
     admitted = team_records(env, "beta")

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from ext_proc.policy.compiled import key_digest
-from tests.e2e.conftest import Providers
+from tests.e2e.conftest import Providers, one_minute
 
 pytestmark = pytest.mark.e2e
 
@@ -102,6 +102,7 @@ def _mix(env: Providers) -> list[str]:
         lambda: openai.OpenAI(base_url=env.base_url + "/v1", api_key=BROKE, max_retries=0,  # its budget
                               http_client=http).chat.completions.create(model="gpt-4o-mini", messages=HI),
     ]
+    one_minute()  # the "other" team's 429s come from one minute's window
     for call in calls:
         with contextlib.suppress(openai.APIError, anthropic.APIError):
             call()  # type: ignore[no-untyped-call]
