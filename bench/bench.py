@@ -42,9 +42,12 @@ DEMO_KEY = "tw-local-demo-key-not-secret"  # the example policy's public demo ke
 BODIES = {
     "chat": {"model": "gpt-4o-mini", "messages": [
         {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "Say hello to the benchmark in one short sentence."},
+        {"role": "user", "content": "Say hello to the benchmark in one short sentence. (#{n})"},
     ]},
 }
+# Each request's newest message is new, as a user's is ("{n}": the request's number): the
+# guardrails and the token count answer from the worker's memory only what a request re-sends
+# (ext_proc.memo), so a benchmark that sent one body again and again would measure that memory.
 BODIES["chat-stream"] = {**BODIES["chat"], "stream": True}
 # The example policy's alias "chat" (OpenAI first, Anthropic as fallback): the request goes
 # through a chain cluster, so each try also runs the upstream ext_proc filter.
@@ -57,7 +60,11 @@ LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {key}"
-wrk.body = [==[{body}]==]
+local head, tail, number = [==[{head}]==], [==[{tail}]==], 0
+request = function()
+  number = number + 1
+  return wrk.format(nil, nil, nil, head .. number .. tail)
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('RESULT {{"requests": %d, "duration_us": %d, "errors": %d, "non2xx": %d, ' ..
@@ -66,6 +73,13 @@ done = function(summary, latency, requests)
     latency:percentile(99), latency.mean))
 end
 """
+
+
+def lua(case: str, **headers: str) -> str:
+    """The wrk script of ``case``: its body numbered per request (see BODIES), ``headers`` added."""
+    head, tail = json.dumps(BODIES[case]).split("{n}")
+    extra = "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in headers.items())
+    return LUA.format(head=head, tail=tail, key=DEMO_KEY).replace("local head", extra + "local head", 1)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -123,7 +137,7 @@ def _median_ms(stack: Stack, n: int, warm: int, first: Callable[[Any], None], **
     times = []
     for i in range(n + warm):
         started = time.perf_counter()
-        conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+        conn.request("POST", "/v1/chat/completions", body=body.replace("{n}", str(i)), headers=headers)
         response = conn.getresponse()
         first(response)
         took = time.perf_counter() - started
@@ -173,8 +187,7 @@ def chunk_cpu_us(stack: Stack, groups: dict[str, list[int]], work: Path, seconds
     cpu = {}
     for chunks in (8, 64):
         script = work / f"chunks-{chunks}.lua"
-        script.write_text(LUA.format(body=json.dumps(BODIES["chat-stream"]), key=DEMO_KEY).replace(
-            'wrk.body =', f'wrk.headers["x-mock-chunks"] = "{chunks}"\nwrk.body =', 1))
+        script.write_text(lua("chat-stream", **{"x-mock-chunks": str(chunks)}))
         cpu[chunks] = measure(stack, groups, script, 1, seconds)["cpu_us_per_req"]["tollway"]
     return (cpu[64] - cpu[8]) / 56
 
@@ -299,7 +312,7 @@ def main() -> int:
                                           "tollway": _descendants(traced.procs["tollway"].pid), "mock": mock_pids})
         for case in args.cases.split(","):
             script = work / f"{case}.lua"
-            script.write_text(LUA.format(body=json.dumps(BODIES[case]), key=DEMO_KEY))
+            script.write_text(lua(case))
             for connections in (int(c) for c in args.connections.split(",")):
                 for target, (stack, groups) in targets.items():
                     workers = worker_pids(stack.procs["tollway"].pid) if "tollway" in groups else []

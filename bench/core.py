@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from envoy.config.core.v3 import base_pb2  # noqa: E402
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb  # noqa: E402
 
+from ext_proc import memo  # noqa: E402
 from ext_proc.mock import responses  # noqa: E402
 from ext_proc.server.accounting import warm_up  # noqa: E402
 from ext_proc.server.metrics import Names, Tally  # noqa: E402
@@ -43,8 +46,12 @@ from ext_proc.server.telemetry import TelemetryConfig, Tracer  # noqa: E402
 
 POLICY = ROOT / "policies" / "example.yaml"
 DEMO_KEY = "tw-local-demo-key-not-secret"
+# Each request's newest message ends in its own number (MARK replaced per request): the guardrails
+# and the token count answer from the worker's memory only what a request re-sends (ext_proc.memo),
+# as a conversation does; a benchmark that sent one body again and again would measure that memory.
+MARK = b"#NNNNNNNNN"
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "Say hello to the benchmark in one short sentence."}]
+            {"role": "user", "content": "Say hello to the benchmark in one short sentence. (" + MARK.decode() + ")"}]
 # A typical 2 KB chat request: a system prompt, two earlier turns and a question about a pasted text.
 _PASTE = ("Our quarterly review covers the migration of the billing service to the new cluster, the on-call "
           "rotation changes and the customer escalations from October. The migration finished two weeks late "
@@ -58,8 +65,26 @@ MESSAGES_2K = [
     {"role": "user", "content": "Can you help me summarise a report? I will paste it next."},
     {"role": "assistant", "content": "Of course. Paste the report and tell me who the summary is for."},
     {"role": "user", "content": "It is for the leadership meeting; send questions to ops-lead@example.com. "
-                                "Here it is:\n\n" + _PASTE * 2 + "\nPlease give three bullet points and one risk."},
+                                "Here it is:\n\n" + _PASTE * 2 + "\nPlease give three bullet points and one risk. ("
+                                + MARK.decode() + ")"},
 ]
+
+
+def _conversation() -> list[dict[str, str]]:
+    """A conversation in its seventh turn (about 14 KB): a system prompt, six exchanges, each user
+    turn pasting a different arrangement of the report, and a new question."""
+    sentences = _PASTE.split(". ")
+    out = [MESSAGES_2K[0]]
+    for turn in range(6):
+        paste = ". ".join(sentences[(turn + k) % len(sentences)] for k in range(len(sentences) * 3))
+        out.append({"role": "user", "content": f"Part {turn + 1} of the notes, from ops-lead@example.com:\n\n{paste}"})
+        out.append({"role": "assistant", "content": f"Noted part {turn + 1}. " + " ".join(sentences[turn:turn + 3])})
+    out.append({"role": "user", "content": "Which of these risks should leadership hear about first, and why? ("
+                                           + MARK.decode() + ")"})
+    return out
+
+
+MESSAGES_CONVERSATION = _conversation()
 # The guardrails measured: PII redacted both ways, credentials blocked, prompt injection blocked.
 GUARDRAILS = """guardrails:
   rules:
@@ -113,9 +138,9 @@ def messages(case: str) -> list[bytes]:
     case = case.removesuffix("-guarded").removesuffix("-limits").removesuffix("-full")
     model = {"chat": "gpt-4o-mini", "chat-stream": "gpt-4o-mini", "translated": "claude-haiku",
              "translated-stream": "claude-haiku", "alias": "chat", "chat-2k": "gpt-4o-mini",
-             "chat-2k-stream": "gpt-4o-mini"}[case]
+             "chat-2k-stream": "gpt-4o-mini", "chat-conversation": "gpt-4o-mini"}[case]
     stream = case.endswith("-stream")
-    chosen = MESSAGES_2K if "-2k" in case else MESSAGES
+    chosen = MESSAGES_2K if "-2k" in case else MESSAGES_CONVERSATION if case == "chat-conversation" else MESSAGES
     body = json.dumps({"model": model, "messages": chosen, "stream": stream}).encode()
     out = [
         pb.ProcessingRequest(request_headers=_headers([
@@ -146,12 +171,36 @@ def messages(case: str) -> list[bytes]:
     return [m.SerializeToString() for m in out]
 
 
+_NUMBERS = itertools.count(1)
+
+
+def numbered(case: str, n: int) -> Iterator[list[bytes]]:
+    """``n`` requests of ``case``, each with its newest message numbered anew (never sent before in
+    this process): the same length, so only the bytes of the number differ. Each is made when it is
+    asked for (a copy of the body, under a microsecond per 2 KB, counted): its bytes are as fresh in
+    the CPU's caches as those of a body just read from a socket."""
+    data = messages(case)
+    head, body, rest = data[0], data[1], data[2:]
+    assert body.count(MARK) == 1
+    for _ in range(n):
+        yield [head, body.replace(MARK, _letters(next(_NUMBERS))), *rest]
+
+
+def _letters(number: int) -> bytes:
+    """``number`` as ten letters (a digit run would be a phone number's candidate, checked and
+    dropped: about 14 µs of the phone detector that a typical message does not cost)."""
+    out = bytearray(b"#")
+    for _ in range(len(MARK) - 1):
+        number, digit = divmod(number, 26)
+        out.append(ord("a") + digit)
+    return bytes(out)
+
+
 def first_chunk(service: Service, case: str, n: int) -> float:
     """CPU µs from the request body to the first streamed chunk answered (what delays the first token)."""
-    data = messages(case)
-    head, rest = data[:1], data[1:4]
     total = 0.0
-    for _ in range(n):
+    for data in numbered(case, n):
+        head, rest = data[:1], data[1:4]
         call = ExtProcCall(service)
         for message in head:
             call.message(message)
@@ -166,14 +215,13 @@ def first_chunk(service: Service, case: str, n: int) -> float:
 
 
 def run(service: Service, case: str, n: int) -> float:
-    data = messages(case)
-    for _ in range(50):  # warm-up: caches, first-use paths
+    for data in numbered(case, 50):  # warm-up: caches, first-use paths
         call = ExtProcCall(service)
         for message in data:
             call.message(message)
         call.end()
     started = time.process_time()
-    for _ in range(n):
+    for data in numbered(case, n):
         call = ExtProcCall(service)
         for message in data:
             call.message(message)
@@ -194,7 +242,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="repeats; the median is reported (default 5)")
     parser.add_argument("--cases", default="chat,chat-limits,chat-stream,chat-stream-limits,alias,translated,"
                                           "translated-stream,chat-2k,chat-2k-guarded,chat-2k-stream,"
-                                          "chat-2k-stream-guarded,chat-full,chat-2k-full,chat-2k-stream-full")
+                                          "chat-2k-stream-guarded,chat-conversation,chat-conversation-guarded,chat-full,chat-2k-full,"
+                                          "chat-2k-stream-full")
     args = parser.parse_args()
     # Inside an event loop, as in the server (the budget counters report in the background).
     return asyncio.run(_main(args))
@@ -262,13 +311,25 @@ async def _main(args: argparse.Namespace) -> int:
     tracer.close()
     print(f"spans exported to the OTLP sink: {sink.spans}")
     cases = args.cases.split(",")
-    for case in ("chat-2k", "chat-2k-stream"):
+    for case in ("chat-2k", "chat-2k-stream", "chat-conversation"):
         if case in cases and case + "-guarded" in cases:
             added = paired(service, guarded, case, args.n, 2 * args.repeats + 1)
             records.records.clear()
             print(f"guardrails add to {case}: {statistics.median(added):+.1f} µs per request (median of "
                   f"{len(added)} pairs run alternately; {min(added):+.1f}..{max(added):+.1f})"
                   + ("   goal ≤ 150 µs" if case == "chat-2k" else ""))
+    if "chat-conversation" in cases and "chat-conversation-guarded" in cases:
+        # The same without the worker's memory of texts: every text of the conversation scanned
+        # and tokenized in every request, as before it.
+        memo.MIN_CHARS, kept = 1 << 62, memo.MIN_CHARS
+        try:
+            bare = statistics.median(run(service, "chat-conversation", args.n) for _ in range(args.repeats))
+            added = paired(service, guarded, "chat-conversation", args.n, 2 * args.repeats + 1)
+        finally:
+            memo.MIN_CHARS = kept
+        records.records.clear()
+        print(f"nothing remembered (ext_proc.memo off): chat-conversation {bare:.1f} µs per request, guardrails "
+              f"add {statistics.median(added):+.1f} µs ({min(added):+.1f}..{max(added):+.1f})")
     return 0
 
 

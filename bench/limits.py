@@ -12,7 +12,6 @@ each limited gateway adds over the one without limits, and the service's CPU per
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import core as in_process  # noqa: E402  (bench/core.py: the limits measured)
 
 import bench as wrk_bench  # noqa: E402  (bench/bench.py: the wrk runner and CPU accounting)
 
-BODIES, DEMO_KEY, LUA, POLICY = wrk_bench.BODIES, wrk_bench.DEMO_KEY, wrk_bench.LUA, wrk_bench.POLICY
+POLICY = wrk_bench.POLICY
 _descendants, measure, LIMITS = wrk_bench._descendants, wrk_bench.measure, in_process.LIMITS
 
 
@@ -73,7 +72,7 @@ def main() -> int:
                        for name, stack in (("none", none), ("node", node), ("redis", redis))}
             for case in args.cases.split(","):
                 script = work / f"{case}.lua"
-                script.write_text(LUA.format(body=json.dumps(BODIES[case]), key=DEMO_KEY))
+                script.write_text(wrk_bench.lua(case))
                 for connections in (int(c) for c in args.connections.split(",")):
                     for name, (stack, groups) in targets.items():
                         result = measure(stack, groups, script, connections, args.seconds)

@@ -25,6 +25,11 @@ partly sent. When a channel closes, what it holds is checked as final text and s
 
 Every trigger is counted (guardrail, detector, action, direction), never with the value: that is
 what the request record carries (:meth:`Guard.triggers`).
+
+A prompt's findings and injection scores are asked of the worker's memory of texts first
+(:mod:`ext_proc.memo`): a conversation re-sends its earlier turns with every request, and each
+distinct text is scanned once. What a finding does (its placeholder's number, its count, a
+block) is decided per request, from the remembered spans.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any
 import orjson
 
 from ext_proc.llm.sse import SSEEvent
+from ext_proc.memo import remembered
 
 from . import injection
 from .detectors import INJECTION, Detector
@@ -53,6 +59,8 @@ _PLACEHOLDER_WIDTH = 50
 _ALNUM = re.compile(r"[A-Za-z0-9]")
 _ARMOUR = 80  # longer than any closing armour line of a key block
 INJECTION_ROLES = frozenset({"user", "tool"})
+# The questions asked of a prompt's texts, in the worker's memory of texts (ext_proc.memo).
+FIND, FIND_SYSTEM, SCORE = "find", "find-system", "injection-score"
 
 
 class Blocked(Exception):
@@ -219,8 +227,11 @@ class Guard:
                 system.append(text[:room])
                 room -= len(text) + 1
             if rules:
-                names = plan.system if ref.role == "system" and plan.system is not None else rules
-                findings = scanner.find(text, names)
+                if ref.role == "system" and plan.system is not None:
+                    findings = remembered((FIND_SYSTEM, plan.serial), text, functools.partial(scanner.find,
+                                                                                              names=plan.system))
+                else:
+                    findings = remembered((FIND, plan.serial), text, functools.partial(scanner.find, names=rules))
                 if findings:
                     new = self.apply(text, findings, rules, REQUEST, ref.json_text)
                     if new is not text:
@@ -237,7 +248,9 @@ class Guard:
                 self._kept = kept(read.secrets)
         if scoring:
             context = read if plan.instructions else None
-            self.score = max(injection.score(text, context) for text in scored)
+            space = (SCORE, context.serial if context is not None else 0)
+            self.score = max(remembered(space, text, functools.partial(injection.score, context=context))
+                             for text in scored)
             if self.score >= plan.threshold:
                 self.injection_found()
         return changed, scored

@@ -49,8 +49,9 @@ evaluation sets.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import hyperscan
 
@@ -391,6 +392,9 @@ def warm() -> None:
     _text_reader()
 
 
+_SERIALS = itertools.count(1)
+
+
 @dataclass(frozen=True, slots=True)
 class Instructions:
     """What one set of instructions keeps and forbids, ready to check texts against."""
@@ -403,6 +407,9 @@ class Instructions:
     qualifiers: frozenset[str] = frozenset()  # the words before a kept noun there ("staff" wifi password)
     named: frozenset[str] = frozenset()  # the words a keeping sentence names (not the kept nouns)
     secrets: tuple[str, ...] = ()  # the values they keep ("FLAMINGO"), for the answer's guard (.kept)
+    # These instructions among all the process compiled (never reused): the space of the scores
+    # they took part in, in the worker's memory of texts (ext_proc.memo).
+    serial: int = field(default_factory=lambda: next(_SERIALS), compare=False)
 
     def signals(self, text: str) -> list[str]:
         """The context signals ``text`` raises against these instructions (its first and last

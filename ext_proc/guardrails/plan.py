@@ -10,6 +10,7 @@ a team's exception goes above the general rule. :meth:`Guardrails.plan` turns th
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from .scanner import Scanner
 
 ACTIONS = ("redact", "mask", "pseudonymise", "block", "log")
 REQUEST, RESPONSE = "request", "response"
+_SERIALS = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,9 @@ class Plan:
     # The request's rules for the application's own instructions (system and developer text): not
     # the detectors of what users paste (a system prompt may give a password it keeps; kept_secret).
     system: Mapping[str, Rule] | None = None  # None: the same as ``request``
+    # This plan among every plan the process made (never reused): the space of its findings in
+    # the worker's memory of texts (ext_proc.memo), so a new policy's plans never read an old one's.
+    serial: int = field(default_factory=_SERIALS.__next__, compare=False)
 
     @property
     def answers(self) -> bool:

@@ -40,12 +40,16 @@ What is exact (``TokenEstimate.exact``) and what is not:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import tiktoken
+
+from ext_proc.memo import remembered
 
 from .apis import CHAT_COMPLETIONS, COMPLETIONS, COUNT_TOKENS, EMBEDDINGS, MESSAGES, RESPONSES
 from .encodings import (
@@ -173,12 +177,17 @@ def count_request(api_name: str, payload: dict[str, Any], model: str) -> TokenEs
                 if len(short) < _SHORT_CACHE:
                     short[text] = count
             tokens += count
-        else:
-            tokens += len(encoding.encode_ordinary(text))
+        else:  # a conversation re-sends its earlier turns: each distinct text is tokenized once
+            tokens += remembered((TOKENS, name), text, functools.partial(_length, encoding))
     return TokenEstimate(tokens + tally.fixed, tally.exact, tally.method)
 
 
+def _length(encoding: tiktoken.Encoding, text: str) -> int:
+    return len(encoding.encode_ordinary(text))
+
+
 _SHORT = 24  # characters: role names, tool names
+TOKENS = "tokens"  # the question asked of a text in the worker's memory (ext_proc.memo), per encoding
 _SHORT_CACHE = 4096  # entries per encoding
 _SHORT_COUNTS: dict[str, dict[str, int]] = {}
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ext_proc import memo
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.server import journal, listen
 from ext_proc.server.accounting import ENCODINGS_ENV
@@ -78,6 +79,7 @@ class ServeConfig:
     otlp_endpoint: str | None = None  # OpenTelemetry: traces (and records as logs) over OTLP/HTTP
     otlp_logs: bool = False  # the request records as OpenTelemetry logs too
     trace_ratio: float = 0.05  # requests traced when the caller sent no traceparent
+    text_memory: int = memo.DEFAULT_ENTRIES  # answers each worker remembers per text (ext_proc.memo); 0: none
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "repeatable (default: any certificate the CA signed). The certificate's SPIFFE ID "
                              "identifies the calling workload")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
+    parser.add_argument("--text-memory", type=_entries, default=memo.DEFAULT_ENTRIES, metavar="ENTRIES",
+                        help="answers (findings, injection scores, token counts) each worker remembers by text "
+                             "digest, so a conversation's earlier turns are not scanned again; about 180 bytes "
+                             f"each; 0: none (default {memo.DEFAULT_ENTRIES})")
     parser.add_argument("--log-file", default=None, help="request log, JSON lines (default: stdout)")
     parser.add_argument("--grace", type=float, default=20.0, help="seconds in-flight streams get on shutdown")
     parser.add_argument("--server", choices=("h2", "grpcio"), default="h2",
@@ -147,6 +153,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "key is sent when its own is not set; repeatable")
 
 
+def _entries(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return number
+
+
 def _tls_files(args: argparse.Namespace, address: listen.Address) -> listen.TLSFiles | None:
     given = [name for name in ("tls_cert", "tls_key", "tls_client_ca") if getattr(args, name)]
     if address.kind != "tls":
@@ -169,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
             args.admin_host, _tls_files(args, address), args.store_probe, hold_ttl=args.hold_ttl,
             envoy_clusters=args.envoy_clusters, envoy_admin=args.envoy_admin or None,
             stand_ins=dict(args.stand_in), otlp_endpoint=args.otlp_endpoint, otlp_logs=args.otlp_logs,
-            trace_ratio=min(1.0, max(0.0, args.trace_sample_ratio)),
+            trace_ratio=min(1.0, max(0.0, args.trace_sample_ratio)), text_memory=args.text_memory,
         )
         config = dataclasses.replace(
             config, admin_token=admin_token(args.admin_token_file, args.admin_host if args.admin_port else None))

@@ -22,6 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from ext_proc import memo
 from ext_proc.core import pipeline
 from ext_proc.ledger import budgets
 from ext_proc.server import h2, listen
@@ -104,6 +105,7 @@ def run(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.sock
     configure_logging()
     if parent is not None:
         _die_with_parent(parent)
+    memo.configure(config.text_memory)
     try:
         import uvloop
 
