@@ -17,10 +17,10 @@ about 2⁻¹²⁸ per pair), next to the question's space, and holds only the an
 detector names, a score, a count: never a value the text contains). It is bounded
 (:data:`MAX_ENTRIES`, the older half dropped at once when the newer half is full; about 180 bytes
 an entry), per process (workers do not share it: a text another worker saw is computed once more
-there), and read and written by the worker's event loop only. A text shorter than :data:`MIN_CHARS` is computed every time: hashing it
-would cost about what answering does. Digesting runs at about 1 GB/s, a twentieth of what the
-scans and the tokenizer cost per byte, so a text seen once costs 3–5 % more and a text seen again
-almost nothing.
+there), and read and written by the worker's event loop only. A text shorter than
+:data:`MIN_CHARS` is computed every time: hashing it would cost about what answering does.
+Digesting runs at about 1 GB/s, a twentieth of what the scans and the tokenizer cost per byte,
+so a text seen once costs a few percent more and a text seen again almost nothing.
 """
 
 from __future__ import annotations

@@ -134,6 +134,10 @@ METRICS = {m.name: m for m in (
     Metric("tollway_request_log_dropped", "counter",
            "Records dropped: the request log stayed unwritable past the in-memory bound, or at exit", ()),
     Metric("tollway_request_journal_errors", "counter", "Failed writes to the in-flight journal", ()),
+    Metric("tollway_text_memory_answers", "counter",
+           "Answers about prompt texts (findings, injection scores, token counts): remembered or computed",
+           ("source",)),
+    Metric("tollway_text_memory_entries", "gauge", "Answers the workers' memories of texts hold", ()),
 )}
 
 Key = tuple[str, ...]  # (metric name, label values...)

@@ -166,6 +166,12 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
             if log_status[field_name] and tally.counters.get((name,)) != log_status[field_name]:
                 tally.counters[(name,)] = log_status[field_name]
                 tally.changed = True
+        for source, stat in (("remembered", "hits"), ("computed", "misses")):
+            answers = ("tollway_text_memory_answers", source)
+            if memo.stats[stat] and tally.counters.get(answers) != memo.stats[stat]:
+                tally.counters[answers] = memo.stats[stat]
+                tally.changed = True
+        tally.set(("tollway_text_memory_entries",), memo.size())
 
     publisher = Publisher(exchange, before=gauges)
     stop = asyncio.Event()

@@ -150,6 +150,30 @@ def test_readyz_counts_providers_the_fake_provider_serves_as_served(up: Up) -> N
     assert seen.status_code == 200
 
 
+def test_a_conversations_earlier_turns_are_answered_from_the_workers_memory(up: Up) -> None:
+    history = [
+        {"role": "system", "content": "You are the release assistant. Answer from the notes the user pastes."},
+        {"role": "user", "content": "Notes: the billing migration finished two weeks late and lost no data."},
+        {"role": "assistant", "content": "Noted: the migration was two weeks late and no data was lost."},
+    ]
+    for turn in range(6):  # two workers: one of them gets the same history three times or more
+        question = {"role": "user", "content": f"Question {turn}: what should the next review check first?"}
+        sent = httpx.post(up.url + "/v1/chat/completions", json={"model": "gpt-4o-mini",
+                                                                 "messages": [*history, question]})
+        assert sent.status_code == 200, sent.text
+
+    def answers() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{up.ports['service']}/metrics").text
+        return {source: float(count) for source, count in
+                re.findall(r'^tollway_text_memory_answers_total\{source="(\w+)"\} (\S+)$', text, re.MULTILINE)}
+
+    deadline = time.monotonic() + 5  # the workers publish their counts twice a second
+    while answers().get("remembered", 0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    found = answers()
+    assert found.get("remembered", 0) > 0 and found.get("computed", 0) > 0, found
+
+
 @pytest.mark.parametrize(("good", "bad", "token", "words"), [
     # (a correct piece of the example policy, a mistake in its place, where the mistake starts, what is said)
     ("    kind: anthropic\n", "   kind: anthropic\n", "kind", "indented by 3 spaces where the lines around it use 4"),
