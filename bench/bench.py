@@ -36,6 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 from ext_proc.stack import Stack, mock_plan, process_tree, worker_pids  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from core import MARK, MESSAGES_CONVERSATION  # noqa: E402  (bench/core.py: the same conversation)
+
 POLICY = ROOT / "policies" / "example.yaml"
 DEMO_KEY = "tw-local-demo-key-not-secret"  # the example policy's public demo key (team demo)
 
@@ -55,6 +58,13 @@ BODIES["alias"] = {**BODIES["chat"], "model": "chat"}
 # An OpenAI client served by an Anthropic model: request, answer and stream are translated.
 BODIES["translated"] = {**BODIES["chat"], "model": "claude-haiku"}
 BODIES["translated-stream"] = {**BODIES["translated"], "stream": True}
+# Not run by default (--cases conversation): the seventh turn of a conversation, about 14 KB (make
+# bench-core's chat-conversation), its newest question numbered: what the workers' memory of texts
+# saves through the whole stack (compare with --text-memory 0).
+DEFAULT_CASES = tuple(BODIES)
+BODIES["conversation"] = {"model": "gpt-4o-mini", "messages": [
+    *MESSAGES_CONVERSATION[:-1],
+    {"role": "user", "content": MESSAGES_CONVERSATION[-1]["content"].replace(MARK.decode(), "{n}")}]}
 
 LUA = """
 wrk.method = "POST"
@@ -274,7 +284,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
     parser.add_argument("--connections", default="1,16", help="comma-separated connection counts (default 1,16)")
-    parser.add_argument("--cases", default=",".join(BODIES), help="comma-separated cases (default: all)")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
+                        help=f"comma-separated cases (default: {','.join(DEFAULT_CASES)}; also: conversation)")
+    parser.add_argument("--text-memory", default=None, metavar="ENTRIES",
+                        help="the gateway's tollway serve --text-memory (default: its default)")
     parser.add_argument("--workers", type=int, default=2, help="Tollway worker processes (default 2)")
     parser.add_argument("--envoy-concurrency", type=int, default=2, help="Envoy worker threads (default 2)")
     parser.add_argument("--json", default=str(ROOT / ".tollway" / "bench.json"), help="where to write results")
@@ -292,7 +305,8 @@ def main() -> int:
     plain = Stack(work / "plain", ext_proc_enabled=False, envoy_concurrency=args.envoy_concurrency, mocked=mocked)
     gateway = Stack(work / "gateway", mock=False, mock_port=plain.mock_port, workers=args.workers,
                     envoy_concurrency=args.envoy_concurrency, mocked=mocked, policy=policy,
-                    bodies_together=args.bodies == "together")
+                    bodies_together=args.bodies == "together",
+                    serve_args=("--text-memory", args.text_memory) if args.text_memory is not None else ())
     results = []
     busy: list[float] = []  # each worker's share of the gateway's CPU in the chat case at 16 connections
     traced = contextlib.nullcontext()
