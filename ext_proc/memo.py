@@ -13,9 +13,9 @@ otherwise.
 The memory holds no text: an entry is keyed by a 128-bit BLAKE2b digest of the text under a random
 key drawn when this module is imported (the workers forked from the zygote share it; it never
 leaves the processes, so nobody can make two texts share a digest, and a collision by chance is
-about 2⁻¹²⁸ per pair), next to the question's space, and holds only the answer (spans and
+about 2⁻¹²⁸ per pair) after a tag naming the question, and holds only the answer (spans and
 detector names, a score, a count: never a value the text contains). It is bounded
-(:data:`MAX_ENTRIES`, the older half dropped at once when the newer half is full; about 180 bytes
+(:data:`MAX_ENTRIES`, the older half dropped at once when the newer half is full; about 100 bytes
 an entry), per process (workers do not share it: a text another worker saw is computed once more
 there), and read and written by the worker's event loop only. A text shorter than
 :data:`MIN_CHARS` is computed every time: hashing it would cost about what answering does.
@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -40,20 +40,21 @@ _MISSING = object()
 # Two generations: answers go into the young one; when it holds half of MAX_ENTRIES it becomes the
 # old one and the old one is dropped (a dict emptied from its front slows every later read of its
 # first item, so no entry is deleted one by one). A hit in the old generation moves to the young.
-_young: dict[tuple[Hashable, bytes], object] = {}
-_old: dict[tuple[Hashable, bytes], object] = {}
+_young: dict[bytes, object] = {}
+_old: dict[bytes, object] = {}
 stats = {"hits": 0, "misses": 0}  # since the process started (for tests and benchmarks)
 
 
-def remembered(space: Hashable, text: str, compute: Callable[[str], T]) -> T:
+def remembered(space: bytes, text: str, compute: Callable[[str], T]) -> T:
     """``compute(text)``, from memory when this process answered it for ``space`` and the same text.
-    ``space`` names the question and everything besides the text its answer depends on (a policy's
-    compiled rules, an encoding); ``compute`` must depend on nothing else, and its answer must not
-    be changed by its callers (it is shared)."""
+    ``space``, a short tag (the key is the tag and then the digest), names the question and
+    everything besides the text its answer depends on (a policy's compiled rules, an encoding);
+    ``compute`` must depend on nothing else, and its answer must not be changed by its callers (it
+    is shared)."""
     if len(text) < MIN_CHARS:
         return compute(text)
     global _young, _old
-    key = (space, hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16, key=_KEY).digest())
+    key = space + hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16, key=_KEY).digest()
     value = _young.get(key, _MISSING)
     if value is _MISSING:
         value = _old.pop(key, _MISSING)
@@ -91,6 +92,6 @@ def size() -> int:
     return len(_young) + len(_old)
 
 
-def entries() -> list[tuple[tuple[Hashable, bytes], object]]:
+def entries() -> list[tuple[bytes, object]]:
     """What is held (tests: it holds no text)."""
     return [*_old.items(), *_young.items()]

@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -50,7 +50,7 @@ from .detectors import INJECTION, Detector
 from .instructions import MAX_CHARS, instructions
 from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
-from .scanner import CONTEXT, Finding
+from .scanner import CONTEXT, Finding, Scanner
 from .texts import StreamTexts, Walker
 
 PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
@@ -59,8 +59,13 @@ _PLACEHOLDER_WIDTH = 50
 _ALNUM = re.compile(r"[A-Za-z0-9]")
 _ARMOUR = 80  # longer than any closing armour line of a key block
 INJECTION_ROLES = frozenset({"user", "tool"})
-# The questions asked of a prompt's texts, in the worker's memory of texts (ext_proc.memo).
-FIND, FIND_SYSTEM, SCORE = "find", "find-system", "injection-score"
+# The questions asked of a prompt's texts, in the worker's memory of texts (ext_proc.memo): the
+# findings of a plan's rules (for users' or for the application's own text), an injection score.
+FIND, FIND_SYSTEM, SCORE = b"f", b"s", b"i"
+
+
+def _find(scanner: Scanner, names: Container[str], text: str) -> Sequence[Finding]:
+    return scanner.find(text, names) or ()  # none: one shared empty tuple in the memory, not a list each
 
 
 class Blocked(Exception):
@@ -228,10 +233,10 @@ class Guard:
                 room -= len(text) + 1
             if rules:
                 if ref.role == "system" and plan.system is not None:
-                    findings = remembered((FIND_SYSTEM, plan.serial), text, functools.partial(scanner.find,
-                                                                                              names=plan.system))
+                    findings = remembered(FIND_SYSTEM + plan.serial, text, functools.partial(_find, scanner,
+                                                                                             plan.system))
                 else:
-                    findings = remembered((FIND, plan.serial), text, functools.partial(scanner.find, names=rules))
+                    findings = remembered(FIND + plan.serial, text, functools.partial(_find, scanner, rules))
                 if findings:
                     new = self.apply(text, findings, rules, REQUEST, ref.json_text)
                     if new is not text:
@@ -248,7 +253,7 @@ class Guard:
                 self._kept = kept(read.secrets)
         if scoring:
             context = read if plan.instructions else None
-            space = (SCORE, context.serial if context is not None else 0)
+            space = SCORE + (context.serial if context is not None else b"-")
             self.score = max(remembered(space, text, functools.partial(injection.score, context=context))
                              for text in scored)
             if self.score >= plan.threshold:
@@ -263,7 +268,7 @@ class Guard:
         if rule.action == "block":
             raise Blocked(rule, INJECTION)
 
-    def apply(self, text: str, findings: list[Finding], rules: dict[str, Rule] | Any, direction: str,
+    def apply(self, text: str, findings: Sequence[Finding], rules: dict[str, Rule] | Any, direction: str,
               json_text: bool = False, restore: bool = False) -> str:
         """``text`` with each finding acted on by its rule (counted); pseudonyms put back when ``restore``."""
         parts: list[str] = []

@@ -409,7 +409,7 @@ class Instructions:
     secrets: tuple[str, ...] = ()  # the values they keep ("FLAMINGO"), for the answer's guard (.kept)
     # These instructions among all the process compiled (never reused): the space of the scores
     # they took part in, in the worker's memory of texts (ext_proc.memo).
-    serial: int = field(default_factory=lambda: next(_SERIALS), compare=False)
+    serial: bytes = field(default_factory=lambda: b"%d:" % next(_SERIALS), compare=False)
 
     def signals(self, text: str) -> list[str]:
         """The context signals ``text`` raises against these instructions (its first and last

@@ -64,7 +64,7 @@ class Plan:
     system: Mapping[str, Rule] | None = None  # None: the same as ``request``
     # This plan among every plan the process made (never reused): the space of its findings in
     # the worker's memory of texts (ext_proc.memo), so a new policy's plans never read an old one's.
-    serial: int = field(default_factory=_SERIALS.__next__, compare=False)
+    serial: bytes = field(default_factory=lambda: b"%d:" % next(_SERIALS), compare=False)
 
     @property
     def answers(self) -> bool:

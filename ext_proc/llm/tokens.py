@@ -178,8 +178,14 @@ def count_request(api_name: str, payload: dict[str, Any], model: str) -> TokenEs
                     short[text] = count
             tokens += count
         else:  # a conversation re-sends its earlier turns: each distinct text is tokenized once
-            tokens += remembered((TOKENS, name), text, functools.partial(_length, encoding))
+            tokens += remembered(_space(name), text, functools.partial(_length, encoding))
     return TokenEstimate(tokens + tally.fixed, tally.exact, tally.method)
+
+
+@functools.cache
+def _space(encoding: str) -> bytes:
+    """The question "how many tokens" in the worker's memory of texts (ext_proc.memo), per encoding."""
+    return b"t" + encoding.encode() + b":"
 
 
 def _length(encoding: tiktoken.Encoding, text: str) -> int:
@@ -187,7 +193,6 @@ def _length(encoding: tiktoken.Encoding, text: str) -> int:
 
 
 _SHORT = 24  # characters: role names, tool names
-TOKENS = "tokens"  # the question asked of a text in the worker's memory (ext_proc.memo), per encoding
 _SHORT_CACHE = 4096  # entries per encoding
 _SHORT_COUNTS: dict[str, dict[str, int]] = {}
 

@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
     parser.add_argument("--text-memory", type=_entries, default=memo.DEFAULT_ENTRIES, metavar="ENTRIES",
                         help="answers (findings, injection scores, token counts) each worker remembers by text "
-                             "digest, so a conversation's earlier turns are not scanned again; about 180 bytes "
+                             "digest, so a conversation's earlier turns are not scanned again; about 110 bytes "
                              f"each; 0: none (default {memo.DEFAULT_ENTRIES})")
     parser.add_argument("--log-file", default=None, help="request log, JSON lines (default: stdout)")
     parser.add_argument("--grace", type=float, default=20.0, help="seconds in-flight streams get on shutdown")

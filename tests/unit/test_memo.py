@@ -35,12 +35,12 @@ def test_a_text_is_computed_once_per_question() -> None:
         calls.append(text)
         return len(text)
 
-    assert [memo.remembered("a", LONG, length) for _ in range(3)] == [len(LONG)] * 3
-    assert memo.remembered("b", LONG, length) == len(LONG)  # another question: computed again
-    assert memo.remembered("a", LONG + ".", length) == len(LONG) + 1  # another text
+    assert [memo.remembered(b"a", LONG, length) for _ in range(3)] == [len(LONG)] * 3
+    assert memo.remembered(b"b", LONG, length) == len(LONG)  # another question: computed again
+    assert memo.remembered(b"a", LONG + ".", length) == len(LONG) + 1  # another text
     assert calls == [LONG, LONG, LONG + "."]
     short = "Hi."  # below MIN_CHARS: computed every time, never kept
-    assert [memo.remembered("a", short, length) for _ in range(2)] == [3, 3]
+    assert [memo.remembered(b"a", short, length) for _ in range(2)] == [3, 3]
     assert calls[-2:] == [short, short] and memo.size() == 3
 
 
@@ -54,24 +54,24 @@ def test_the_memory_is_bounded_and_keeps_what_is_asked_again(monkeypatch: pytest
         return len(text)
 
     for text in texts:
-        memo.remembered("q", text, length)
-        memo.remembered("q", texts[0], length)  # asked again after every new text: never dropped
+        memo.remembered(b"q", text, length)
+        memo.remembered(b"q", texts[0], length)  # asked again after every new text: never dropped
         assert memo.size() <= 4
     assert calls == texts  # each computed once
     calls.clear()
     for text in texts[1:5]:  # the older ones, not asked again, are gone
-        memo.remembered("q", text, length)
+        memo.remembered(b"q", text, length)
     assert calls == texts[1:5]
 
 
 def test_the_memory_holds_no_text() -> None:
     secret = "My card is 4111 1111 1111 1111 and my mail is jane@example.com, please keep them."
-    memo.remembered("q", secret, lambda t: [(11, 30)])
+    memo.remembered(b"q", secret, lambda t: [(11, 30)])
     held = repr(memo.entries()).encode()
     for piece in (b"4111", b"jane", b"example", b"keep"):
         assert piece not in held
-    (((space, digest), _),) = memo.entries()
-    assert space == "q" and isinstance(digest, bytes) and len(digest) == 16
+    ((key, spans),) = memo.entries()
+    assert key[:1] == b"q" and len(key) == 17 and spans == [(11, 30)]  # the tag, the digest; the answer
 
 
 # -- what the guardrails ask of it -----------------------------------------------------------------
@@ -145,11 +145,11 @@ def test_a_memory_of_no_entries_remembers_nothing() -> None:
     try:
         memo.configure(0)
         for _ in range(2):
-            memo.remembered("q", LONG, lambda t: calls.append(t) or 0)
+            memo.remembered(b"q", LONG, lambda t: calls.append(t) or 0)
         assert len(calls) == 2 and memo.size() == 0
         memo.configure(10)
         for _ in range(2):
-            memo.remembered("q", LONG, lambda t: calls.append(t) or 0)
+            memo.remembered(b"q", LONG, lambda t: calls.append(t) or 0)
         assert len(calls) == 3 and memo.size() == 1
         with pytest.raises(ValueError, match="negative"):
             memo.configure(-1)
