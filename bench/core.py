@@ -321,12 +321,12 @@ async def _main(args: argparse.Namespace) -> int:
     if "chat-conversation" in cases and "chat-conversation-guarded" in cases:
         # The same without the worker's memory of texts: every text of the conversation scanned
         # and tokenized in every request, as before it.
-        memo.MIN_CHARS, kept = 1 << 62, memo.MIN_CHARS
+        memo.configure(0)
         try:
             bare = statistics.median(run(service, "chat-conversation", args.n) for _ in range(args.repeats))
             added = paired(service, guarded, "chat-conversation", args.n, 2 * args.repeats + 1)
         finally:
-            memo.MIN_CHARS = kept
+            memo.configure(memo.DEFAULT_ENTRIES)
         records.records.clear()
         print(f"nothing remembered (ext_proc.memo off): chat-conversation {bare:.1f} µs per request, guardrails "
               f"add {statistics.median(added):+.1f} µs ({min(added):+.1f}..{max(added):+.1f})")

@@ -15,7 +15,7 @@ key drawn when this module is imported (the workers forked from the zygote share
 leaves the processes, so nobody can make two texts share a digest, and a collision by chance is
 about 2⁻¹²⁸ per pair) after a tag naming the question, and holds only the answer (spans and
 detector names, a score, a count: never a value the text contains). It is bounded
-(:data:`MAX_ENTRIES`, the older half dropped at once when the newer half is full; about 100 bytes
+(:data:`MAX_ENTRIES`, the older half dropped at once when the newer half is full; about 110 bytes
 an entry), per process (workers do not share it: a text another worker saw is computed once more
 there), and read and written by the worker's event loop only. A text shorter than
 :data:`MIN_CHARS` is computed every time: hashing it would cost about what answering does.
