@@ -42,8 +42,9 @@ from typing import Any
 
 import orjson
 
+from ext_proc import memo
 from ext_proc.llm.sse import SSEEvent
-from ext_proc.memo import remembered
+from ext_proc.memo import digest, remembered
 
 from . import injection
 from .detectors import INJECTION, Detector
@@ -224,6 +225,7 @@ class Guard:
         system: list[str] = []  # the instructions the scored texts meet (as much as is read of them)
         keeps = KEPT in plan.response
         room = MAX_CHARS if plan.instructions or keeps else 0
+        known: list[bytes | None] = []  # the scored texts' digests, where the findings' question had it
         for ref in list(walker.request(payload)):
             text = ref.get()
             if not text:
@@ -231,20 +233,23 @@ class Guard:
             if ref.role == "system" and room > 0:
                 system.append(text[:room])
                 room -= len(text) + 1
+            key = None
             if rules:
+                key = digest(text) if len(text) >= memo.MIN_CHARS else None
                 if ref.role == "system" and plan.system is not None:
                     findings = remembered(FIND_SYSTEM + plan.serial, text, functools.partial(_find, scanner,
-                                                                                             plan.system))
+                                                                                             plan.system), key)
                 else:
-                    findings = remembered(FIND + plan.serial, text, functools.partial(_find, scanner, rules))
+                    findings = remembered(FIND + plan.serial, text, functools.partial(_find, scanner, rules), key)
                 if findings:
                     new = self.apply(text, findings, rules, REQUEST, ref.json_text)
                     if new is not text:
                         ref.set(new)
                         changed = True
-                        text = new
+                        text, key = new, None
             if plan.injection is not None and ref.role in INJECTION_ROLES:
                 scored.append(text)  # as it goes upstream: redacted values stay redacted for a classifier too
+                known.append(key)
         scoring = plan.injection is not None and bool(scored)
         read = None
         if system and (keeps or (scoring and plan.instructions)):
@@ -254,8 +259,8 @@ class Guard:
         if scoring:
             context = read if plan.instructions else None
             space = SCORE + (context.serial if context is not None else b"-")
-            self.score = max(remembered(space, text, functools.partial(injection.score, context=context))
-                             for text in scored)
+            self.score = max(remembered(space, text, functools.partial(injection.score, context=context), key)
+                             for text, key in zip(scored, known, strict=True))
             if self.score >= plan.threshold:
                 self.injection_found()
         return changed, scored
