@@ -26,6 +26,7 @@ so a text seen once costs a few percent more and a text seen again almost nothin
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import sys
 from collections.abc import Callable
@@ -40,6 +41,7 @@ MIN_CHARS = _MIN_CHARS = 48
 # since CPUs of the last years hash it in hardware (x86 SHA extensions, ARMv8's).
 _KEYED = hashlib.sha256(os.urandom(32))
 _MISSING = object()
+_TAGS = itertools.count(1)
 # Two generations: answers go into the young one; when it holds half of MAX_ENTRIES it becomes the
 # old one and the old one is dropped (a dict emptied from its front slows every later read of its
 # first item, so no entry is deleted one by one). A hit in the old generation moves to the young.
@@ -48,8 +50,20 @@ _old: dict[bytes, object] = {}
 stats = {"hits": 0, "misses": 0}  # since the process started (for tests and benchmarks)
 
 
-def digest(text: str) -> bytes:
-    """The text's key in the memory (16 bytes), for a caller that asks several questions of it."""
+def tag() -> bytes:
+    """A tag no other call in this process returns: the part of a space that names one compiled
+    thing (a guardrail plan, a set of instructions), so that what a replaced one answered is never
+    read for its successor."""
+    return b"%d:" % next(_TAGS)
+
+
+def digest(text: str) -> bytes | None:
+    """The text's key in the memory (16 bytes), for a caller that asks several questions of it;
+    None when the text is too short to be remembered."""
+    return None if len(text) < MIN_CHARS else _digest(text)
+
+
+def _digest(text: str) -> bytes:
     state = _KEYED.copy()
     state.update(text.encode("utf-8", "surrogatepass"))
     return state.digest()[:16]
@@ -64,7 +78,7 @@ def remembered(space: bytes, text: str, compute: Callable[[str], T], known: byte
     if len(text) < MIN_CHARS:
         return compute(text)
     global _young, _old
-    key = space + (known if known is not None else digest(text))
+    key = space + (known if known is not None else _digest(text))
     value = _young.get(key, _MISSING)
     if value is _MISSING:
         value = _old.pop(key, _MISSING)

@@ -42,7 +42,6 @@ from typing import Any
 
 import orjson
 
-from ext_proc import memo
 from ext_proc.llm.sse import SSEEvent
 from ext_proc.memo import digest, remembered
 
@@ -235,7 +234,7 @@ class Guard:
                 room -= len(text) + 1
             key = None
             if rules:
-                key = digest(text) if len(text) >= memo.MIN_CHARS else None
+                key = digest(text)
                 if ref.role == "system" and plan.system is not None:
                     findings = remembered(FIND_SYSTEM + plan.serial, text, functools.partial(_find, scanner,
                                                                                              plan.system), key)

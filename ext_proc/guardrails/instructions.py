@@ -49,11 +49,12 @@ evaluation sets.
 from __future__ import annotations
 
 import functools
-import itertools
 import re
 from dataclasses import dataclass, field
 
 import hyperscan
+
+from ext_proc import memo
 
 # Logit added to the scorer's total per signal found (bench/injection_context.py).
 WEIGHTS = {"asks_kept": 4.0, "breaks_rule": 3.0, "other_language": 4.0}
@@ -392,9 +393,6 @@ def warm() -> None:
     _text_reader()
 
 
-_SERIALS = itertools.count(1)
-
-
 @dataclass(frozen=True, slots=True)
 class Instructions:
     """What one set of instructions keeps and forbids, ready to check texts against."""
@@ -409,7 +407,7 @@ class Instructions:
     secrets: tuple[str, ...] = ()  # the values they keep ("FLAMINGO"), for the answer's guard (.kept)
     # These instructions among all the process compiled (never reused): the space of the scores
     # they took part in, in the worker's memory of texts (ext_proc.memo).
-    serial: bytes = field(default_factory=lambda: b"%d:" % next(_SERIALS), compare=False)
+    serial: bytes = field(default_factory=memo.tag, compare=False)
 
     def signals(self, text: str) -> list[str]:
         """The context signals ``text`` raises against these instructions (its first and last

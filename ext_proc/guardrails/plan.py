@@ -10,9 +10,10 @@ a team's exception goes above the general rule. :meth:`Guardrails.plan` turns th
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from ext_proc import memo
 
 from .detectors import INJECTION, PASTED
 from .kept import KEPT
@@ -20,9 +21,6 @@ from .scanner import Scanner
 
 ACTIONS = ("redact", "mask", "pseudonymise", "block", "log")
 REQUEST, RESPONSE = "request", "response"
-_SERIALS = itertools.count(1)
-
-
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One rule of the policy, compiled: ``teams``/``models`` None means every one."""
@@ -64,7 +62,7 @@ class Plan:
     system: Mapping[str, Rule] | None = None  # None: the same as ``request``
     # This plan among every plan the process made (never reused): the space of its findings in
     # the worker's memory of texts (ext_proc.memo), so a new policy's plans never read an old one's.
-    serial: bytes = field(default_factory=lambda: b"%d:" % next(_SERIALS), compare=False)
+    serial: bytes = field(default_factory=memo.tag, compare=False)
 
     @property
     def answers(self) -> bool:

@@ -42,6 +42,8 @@ def test_a_text_is_computed_once_per_question() -> None:
     short = "Hi."  # below MIN_CHARS: computed every time, never kept
     assert [memo.remembered(b"a", short, length) for _ in range(2)] == [3, 3]
     assert calls[-2:] == [short, short] and memo.size() == 3
+    assert memo.digest(short) is None and memo.digest(LONG) == memo.digest(LONG + "")
+    assert len({memo.tag() for _ in range(3)}) == 3  # never the same tag twice
 
 
 def test_the_memory_is_bounded_and_keeps_what_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
