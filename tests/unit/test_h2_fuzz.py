@@ -565,7 +565,23 @@ def touches_idle_stream(data: bytes) -> bool:
     return False
 
 
+def stray_continuation(data: bytes) -> bool:
+    """Whether a CONTINUATION frame follows anything but HEADERS or CONTINUATION without END_HEADERS."""
+    open_block = False
+    for kind, flags, _, _ in parse_frames(data[len(h2.PREFACE) :]):
+        if kind == h2.CONTINUATION and not open_block:
+            return True
+        open_block = kind in (h2.HEADERS, h2.CONTINUATION) and not flags & h2.END_HEADERS
+    return False
+
+
 KNOWN_DIFFERENCES += [
+    (
+        "RFC 9113 §6.10: a CONTINUATION that follows no open header block is PROTOCOL_ERROR; on a stream the"
+        " client reset h2 answers RST_STREAM(STREAM_CLOSED) first (Tollway keeps no closed-stream state)",
+        lambda c: c.mine.connection_error == h2.PROTOCOL_ERROR and c.reference.error is None
+        and stray_continuation(c.data),
+    ),
     (
         "RFC 9113 §5.1: DATA, RST_STREAM or WINDOW_UPDATE on an idle stream is PROTOCOL_ERROR; h2 ignores them"
         " once the connection has streams",
@@ -646,6 +662,13 @@ def run_both(actions: list[tuple[str, tuple[object, ...]]], pieces: int) -> Case
 # Found by this test: the client's SETTINGS corrupted into an initial window size past 2**31 - 1,
 # then the same parameter again with a good value (FLOW_CONTROL_ERROR for us, nothing for h2).
 @example([("corrupt", (10, 4)), ("end", (1,)), ("end", (1,)), ("corrupt", (15515, 128))], 1)
+# And: a CONTINUATION with no header block open, on a stream the client reset (see stray_continuation).
+@example([("open", (1, PATH, False)), ("reset", (1,)), ("end", (1,)), ("end", (1,)), ("end", (1,)),
+          ("open", (1, PATH, False)), ("open", (1, PATH, False)), ("open", (1, PATH, False)), ("end", (1,)),
+          ("open", (3, PATH, False)),
+          ("raw", (b"\x00\x00s\t\x00\x00\x00\x00\x01\x00\x07:method\x04POST\x00\x07:scheme\x04http\x00\x05:path"
+                   b"\x0f/test.Echo/Echo\x00\n:authority\x07tollway\x00\x0ccontent-type\x10application/grpc\x00\x02te"
+                   b"\x08trailers",))], 1)
 def test_same_bytes_same_outcome_as_h2(actions: list[tuple[str, tuple[object, ...]]], pieces: int) -> None:
     case = run_both(actions, pieces)
     mine, theirs, error = case.mine, case.theirs, case.reference.error
