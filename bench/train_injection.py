@@ -12,7 +12,9 @@ held-out data a score of 0.5 lets at most ``--fpr`` of each kind of benign text 
 dropped (fewer patterns, a faster scan). It prints the held-out figures, with those of the checks
 never trained on: four frameworks' templates, benign tool content of kinds never trained on and
 attacks inside tool content (``injection_data.dataset``). The shipped model is trained with
-``--exclude-near ../shared/eval/injection --tools --frameworks``. The evaluation sets are
+``--exclude-near ../shared/eval/injection --tools --frameworks``, before two signals learned
+Chinese, Japanese and Korean phrasings (README, "Scripts without spaces": its weights apply to
+them, and retraining with them moved English scores for nothing, so they stay). The evaluation sets are
 never used to fit or choose anything (``--exclude-near`` only removes training texts near them).
 
 ``--check-disjoint FOLDER`` only compares: it reads the evaluation sets (CyberSecEval's

@@ -10,7 +10,8 @@ OWASP LLM01). Two kinds of evidence are read from a text, both in one pass each:
   fake system or role markers, claims of authority, asking for the hidden prompt or a secret,
   obfuscation (encodings, reversed or split payloads), role-play and hypothetical framing,
   injected notes addressed to "the AI" inside documents, many-shot dialogues and repeated
-  tokens, "ignore the instructions" in other languages. All their patterns are one Hyperscan
+  tokens, "ignore the instructions" in other languages (Chinese, Japanese and Korean among them:
+  their words are no features, see the README). All their patterns are one Hyperscan
   database (caseless, one report per signal per text);
 - *words*: the set of lower-cased words and word pairs of the text (:func:`features`).
 
@@ -178,7 +179,11 @@ SIGNALS: tuple[tuple[str, float, str, str], ...] = (
      r"directives|configuration)\b"),
     ("other_language_target", 0.3, "target",
      r"\b(?:contrase[ñn]a|mot de passe|passwort|kennwort|senha|wachtwoord|secreto|geheimnis|segreto|segredo|"
-     r"parola segreta)\b|пароль|секрет|密码|秘密|パスワード|비밀번호"),
+     r"parola segreta)\b|пароль|секрет|密码|秘密|パスワード|비밀번호|"
+     # The hidden prompt, in the scripts written without spaces between words (no word of theirs is
+     # a feature: a sentence splits into one "word"), and in Korean, whose particles cling to words.
+     r"系[统統]提示|系[统統]指令|隐藏指令|隱藏指令|初始指令|原始指令|システムプロンプト|隠された指示|"
+     r"初期指示|初期プロンプト|시스템\s*프롬프트|숨겨진\s*지시"),
     # Persuasion and framing.
     ("persuasion", 0.35, "manipulation",
      r"\b(?:for (?:research|educational|academic|testing|security|training) purposes|i have (?:permission|"
@@ -201,7 +206,7 @@ SIGNALS: tuple[tuple[str, float, str, str], ...] = (
     ("sudo", 0.5, "override",
      r"\bsudo\b|\b(?:admin|root|developer|debug|maintenance)\s+(?:mode|access|override)\s+(?:on|enabled|"
      r"activated|granted|unlocked)\b"),
-    # "Ignore the previous instructions" in other languages.
+    # "Ignore the previous instructions" (and "you have no restrictions") in other languages.
     ("ignore_other_language", 0.9, "override",
      r"\b(?:ignore[zr]?|oublie[zr]?)\s+(?:toutes\s+)?(?:les|tes|vos)\s+(?:\S+\s+)?(?:instructions|consignes|"
      r"r[eè]gles)|\bignora(?:r|d)?\s+(?:todas\s+)?(?:las|tus|sus)\s+(?:\S+\s+)?(?:instrucciones|reglas|"
@@ -216,7 +221,25 @@ SIGNALS: tuple[tuple[str, float, str, str], ...] = (
      r"\besque[cç]a\s+(?:todas\s+)?(?:as|suas)\s+(?:\S+\s+)?(?:instru[cç][oõ]es|regras)|\bzignoruj\b|"
      r"\bignorera\s+alla\b|\byok say\b|\babaikan\s+(?:semua\s+)?(?:instruksi|perintah|aturan)|"
      r"\bb[oỏ] qua (?:m[oọ]i|t[aấ]t c[aả])|تجاهل|अनदेखा|"
-     r"忽略(?:之前|以上|所有|先前)|無視して|前の指示を"),
+     r"忽略(?:之前|以上|所有|先前)|無視して|前の指示を|"
+     # Chinese: a verb of setting aside, what the instructions were (earlier, all, yours, the
+     # system's), then the instructions, rules or limits ("我忘记了游戏规则", forgot a game's rules,
+     # names none of those and is no override).
+     r"(?:忽略|忽视|忽視|无视|無視|不要理[会會]|不用理[会會]|别理[会會]|別理會|别管|別管|忘记|忘記|忘掉|"
+     r"抛开|拋開|抛弃|拋棄|绕过|繞過|不要遵守|不用遵守|不再遵守|停止遵守)掉?(?:你|您)?"
+     r"(?:之前|以前|先前|上述|上面|以上|前面|前述|所有|全部|一切|你的|您的|系[统統]|原[来來]|原有|原始|初始|"
+     r"开发者|開發者|给你的|給你的|收到的)[^。！？!?\n]{0,8}?"
+     r"(?:指令|指示|规则|規則|限制|要求|设定|設定|命令|约束|約束|准则|準則|规定|規定|提示)|"
+     r"(?:你|您)(?:现在|現在|已经|已經|从现在起|從現在起|从此|從此)?(?:没有|沒有|不再有|不再受|不受)(?:任何)?"
+     r"(?:限制|约束|約束|规则|規則|审查|審查|过滤|過濾)|"
+     # Japanese: whose instructions, the instructions, then setting them aside.
+     r"(?:以前|前|これまで|今まで|上記|最初|元|すべて|全て|あなた|君)の[^。！？!?\n]{0,6}?"
+     r"(?:指示|命令|ルール|指令|設定|制限|制約|プロンプト)(?:は|を|も)?(?:すべて|全て|全部)?"
+     r"(?:無視|忘れ|気にしな|従わな|破っ)|"
+     r"(?:あなた|君)(?:に|には)(?:もう)?(?:何の|いかなる)?(?:制限|制約|ルール)(?:も|は)?(?:ない|ありません)|"
+     # Korean.
+     r"(?:이전|앞의|기존|모든|위의|당신의|너의|네)\s*(?:\S+\s+)?(?:지시|지침|규칙|명령|제한|설정|프롬프트)"
+     r"(?:사항)?(?:을|를|은|는|들을|들은)?\s*(?:모두\s*|전부\s*)?(?:무시|잊어|잊고|잊으|따르지)"),
 )
 PAIRING = 0.45  # a target together with a manipulation
 REPEATED = 0.5  # one short token repeated many times (a repeated-token attack)
