@@ -76,8 +76,8 @@ SECRETS = {
     "key": ("sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7cDe0fGh3iJk6l", "[OPENAI_KEY_1]"),
     "phone": ("+1 415 555 0100", "[PHONE_1]"),
 }
-BEFORE = ["Your value is ", "See: ", "", "x "]
-AFTER = [" and that is all.", ".", "", " ok"]
+BEFORE = ["Your value is ", "See: ", "", "x ", "您的值是 ", "Größe: "]
+AFTER = [" and that is all.", ".", "", " ok", "，谢谢。", " — fertig"]
 
 
 def opened(route: Route, workload: str = "local-dev", prompt: str = "Hi", system: str | None = None,
