@@ -54,6 +54,93 @@ import hyperscan
 from .instructions import Instructions
 from .instructions import warm as instructions_warm
 
+
+def _override(verbs: str, nouns: str, before: str = "", after: str = "", final: str = "", bare: str = "") -> str:
+    r""""Set aside (whose) instructions" in one language, as a pattern: a verb of setting aside, then
+    within a few words a qualifier that says whose or which instructions (``before`` the noun:
+    "all", "your", "the previous"; or ``after`` it, as Romance languages place "anteriores"), and
+    the instructions, rules or limits; for languages that put the verb last (``final``), the
+    qualifier and the noun come first. A noun with no qualifier ("ignore the rules of chess") is
+    not an override; with only an article (``bare``), where Romance languages put one for "your",
+    it is when nothing follows but punctuation or "and". Word endings (after a verb, a qualifier,
+    a noun) are ``\S*``: Hyperscan's ``\w`` is ASCII, and an inflected word ends in letters it
+    does not hold."""
+    gap = r"(?:\s+\S+){0,2}?\s+"
+    forms = []
+    if verbs and before:
+        forms.append(rf"(?:{verbs})\S*{gap}(?:{before})\S*{gap}(?:{nouns})")
+    if verbs and after:
+        forms.append(rf"(?:{verbs})\S*{gap}(?:\S+\s+){{0,2}}?(?:{nouns})\S*\s+(?:{after})")
+    if verbs and bare:  # "ignora las reglas: …", "esqueça as regras." (not "las reglas del juego")
+        forms.append(rf"(?:{verbs})\S*\s+(?:{bare})\s+(?:{nouns})[^\s.,:;!?]*(?:\s*[.,:;!?]|\s+(?:y|e|et|und|en)\s|\s*$)")
+    if final:
+        forms.append(rf"(?:{before})\S*{gap}(?:{nouns})\S*(?:\s+\S+){{0,3}}?\s+(?:{final})")
+    return "|".join(forms)
+
+
+# Overrides in the languages Tollway's training data holds, in the registers people write them
+# (the informal and the polite imperative, "do not follow", "pay no attention to").
+_OTHER_OVERRIDES = (
+    _override(r"\bignorier\S*|\bvergiss\b|\bvergessen\b|\bmissacht\S*|\bverwirf\b|\bverwerfen\b|übergeh\S*",
+              r"anweisung|regeln|instruktion|vorgaben|richtlinien|befehle|einschränkungen|systemprompt",
+              before=r"alle|sämtliche|deine|ihre|vorherig|vorig|bisherig|obig|früher|ursprünglich|gegeben|bestehend",
+              final=r"ignorieren|vergessen|missachten|verwerfen"),
+    _override(r"\bignor[ae]\S*|\bolvid\S*|\bdesestim\S*|\bdescart\S*|\bomit\S*|\bhaz caso omiso de|"
+              r"\bhaga caso omiso de|\bno sigas|\bno siga\b|\bno sigan|\bdeja de seguir|\bdeje de seguir|"
+              r"\bpasa por alto|\bpase por alto|\bs[aá]ltate",
+              r"instrucciones|reglas|indicaciones|directrices|directivas|restricciones|órdenes|pautas|normas",
+              before=r"todas|tus|sus|vuestras|cualquier", after=r"anteriores|previas|originales|iniciales|del sistema",
+              bare=r"las|los"),
+    _override(r"\bignore\S*|\boublie\S*|\bne (?:tiens|tenez|tenons) (?:pas|plus) compte|"
+              r"\bne (?:suis|suivez) (?:pas|plus)|\bfai(?:s|tes) abstraction|\bcontourne\S*|\bpass(?:e|ez) outre|"
+              r"\bnéglige\S*|\blaiss(?:e|ez) tomber",
+              r"instructions|consignes|règles|regles|directives|restrictions|ordres|limites",
+              before=r"toutes|tes|vos|ses|leurs", after=r"précédentes|precedentes|antérieures|initiales|originales|"
+              r"ci-dessus|du système|du systeme", bare=r"les"),
+    _override(r"\bignor\S*|\bdimentic\S*|\bnon segui\S*|\bnon segua\b|\btrascur\S*|\btralasci\S*|\blasci\S* perdere|"
+              r"\bnon ten(?:ere|ga|ete) conto|\bnon consider\S*",
+              r"istruzioni|regole|indicazioni|direttive|restrizioni|linee guida|ordini|limitazioni",
+              before=r"tutte|tue|sue|vostre|qualsiasi", after=r"precedenti|anteriori|iniziali|originali|di sistema|"
+              r"del sistema", bare=r"le|gli"),
+    _override(r"\bignor\S*|\besque[cç]\S*|\bdesconsider\S*|\bdesprez\S*|\bn[ãa]o sigas?\b|\bdeix[ae] de seguir|"
+              r"\bdescart\S*",
+              r"instru[cç][oõ]es|regras|diretrizes|orienta[cç][oõ]es|restri[cç][oõ]es|ordens|normas",
+              before=r"todas|tuas|suas", after=r"anteriores|prévias|previas|iniciais|originais|do sistema",
+              bare=r"as|os"),
+    _override(r"\bnegeer\b|\bnegeren\b|\bvergeet\b|\bvergeten\b|\bomzeil\S*",
+              r"instructie|regels|richtlijnen|opdrachten|beperkingen|aanwijzingen",
+              before=r"alle|je|jouw|uw|vorige|eerdere|voorgaande|oorspronkelijke|bovenstaande"),
+    _override(r"\bzignoruj\S*|\bzignorow\S*|\bignoruj\S*|\bzapomnij\S*|\bzapomnie\S*|\bpomi\S*|\bnie stosuj si\S* do|"
+              r"\bnie przestrzegaj\S*|\bnie słuchaj\S*|\bporzu\S*|\bodrzu\S*|\bzlekceważ\S*|\blekceważ\S*",
+              r"instrukcj|polece|zasad|reguł|wytyczn|ogranicze",
+              before=r"wszystk|poprzedni|wcześniejsz|twoj|swoj|dotychczasow|powyższ|pierwotn"),
+    # Cyrillic, Arabic and Devanagari words are no \\b words to Hyperscan: their verbs start a match.
+    _override(r"игнорир|проигнорир|забуд|забыть|не обращай\S* внимания на|не следуй|не слушай|пренебреги|"
+              r"отбрось|обойди|не соблюдай|не выполняй",
+              r"инструкци|правил|указани|ограничени|директив|команд|промпт",
+              before=r"все|всех|всё|свои|своих|твои|твоих|ваши|ваших|предыдущ|прежн|предшествующ|изначальн|"
+              r"системн|данн"),
+    _override(r"\bignorera\S*|\bglöm\S*|\bstrunta i|\bbortse från|\bfölj inte|\bsluta följa|åsidosätt\S*",
+              r"instruktion|regler|riktlinjer|direktiv|begränsningar|anvisningar",
+              before=r"alla|dina|era|tidigare|föregående|ursprungliga|ovanstående"),
+    _override("", r"talimat|kural|yönerge|kısıtlama|komut|sınırlama",
+              before=r"önceki|\btüm|\bbütün|\beski|\byukarıdaki|\bverilen|\bsenin|\bilk",
+              final=r"görmezden gel|yok say|unut|dikkate alma|umursama|boş ver|uyma|çiğne|atla"),
+    _override(r"\bbỏ qua|\bphớt lờ|\blờ đi|\bquên|\bkhông tuân theo|đừng tuân theo|đừng làm theo|\bkhông làm theo|"
+              r"\bvượt qua",
+              r"hướng dẫn|chỉ dẫn|chỉ thị|quy tắc|luật|hạn chế|lệnh",
+              before=r"tất cả|mọi", after=r"của bạn|trước đó|trước|ban đầu|hệ thống"),
+    _override(r"\babaikan|\blupakan|\bjangan (?:ikuti|mengikuti|hiraukan)|\btidak usah mengikuti|\blanggar|"
+              r"\blewati|\btinggalkan",
+              r"instruksi|perintah|aturan|arahan|pedoman|batasan|petunjuk",
+              before=r"semua|seluruh|segala", after=r"sebelumnya|awal|sistem"),
+    _override(r"انس|إنس|اترك|لا تتبع|لا تلتزم|تخط", r"التعليمات|تعليمات|القواعد|قواعد|الأوامر|الإرشادات|القيود",
+              before=r"جميع|كل|كافة"),
+    _override("", r"निर्देश|नियम|आदेश", before=r"पिछले|सभी|अपने|पहले",
+              final=r"भूल|नज़रअंदाज़|नजरअंदाज|अनदेखा|मत मानो|पालन मत|पालन न"),
+)
+
+
 # (signal, weight, group, pattern). Groups: "override" and "marker" stand alone; "target" and
 # "manipulation" are weak alone and strong together (see PAIRING).
 SIGNALS: tuple[tuple[str, float, str, str], ...] = (
@@ -208,17 +295,9 @@ SIGNALS: tuple[tuple[str, float, str, str], ...] = (
      r"activated|granted|unlocked)\b"),
     # "Ignore the previous instructions" (and "you have no restrictions") in other languages.
     ("ignore_other_language", 0.9, "override",
-     r"\b(?:ignore[zr]?|oublie[zr]?)\s+(?:toutes\s+)?(?:les|tes|vos)\s+(?:\S+\s+)?(?:instructions|consignes|"
-     r"r[eè]gles)|\bignora(?:r|d)?\s+(?:todas\s+)?(?:las|tus|sus)\s+(?:\S+\s+)?(?:instrucciones|reglas|"
-     r"indicaciones)|\bignorier(?:e|en)?\s+(?:alle\s+)?(?:vorherigen|bisherigen|obigen|deine|die)\s+"
-     r"(?:\S+\s+)?(?:anweisungen|regeln|instruktionen)|\bignora\s+(?:tutte\s+)?(?:le|tue)\s+(?:\S+\s+)?"
-     r"(?:istruzioni|regole)|\bignore\s+(?:todas\s+)?(?:as|suas)\s+(?:\S+\s+)?(?:instru[cç][oõ]es|regras)|"
-     r"\bnegeer\s+(?:alle\s+)?(?:vorige|eerdere)\s+(?:instructies|regels)|игнорируй|забудь (?:все|предыдущие|свои)|"
-     r"\b(?:olvida|olvide|olvidad)\s+(?:todas\s+)?(?:tus|las|sus)\s+(?:\S+\s+)?(?:instrucciones|reglas)|"
-     r"\boublie[zr]?\s+(?:toutes\s+)?(?:tes|vos|les)\s+(?:\S+\s+)?(?:instructions|r[eè]gles|consignes)|"
-     r"\bvergiss\s+(?:alle\s+)?(?:deine|die|alle|vorherigen)\s+(?:\S+\s+)?(?:anweisungen|regeln)|"
-     r"\bdimentica\s+(?:tutte\s+)?(?:le|tue)\s+(?:\S+\s+)?(?:istruzioni|regole)|"
-     r"\besque[cç]a\s+(?:todas\s+)?(?:as|suas)\s+(?:\S+\s+)?(?:instru[cç][oõ]es|regras)|\bzignoruj\b|"
+     # The bare imperative with an article ("ignora las instrucciones", "ignoriere die Regeln von Git")
+     # is _OTHER_OVERRIDES' now, which asks whose instructions, as the English signal does.
+     r"забудь (?:все|предыдущие|свои)|"
      r"\bignorera\s+alla\b|\byok say\b|\babaikan\s+(?:semua\s+)?(?:instruksi|perintah|aturan)|"
      r"\bb[oỏ] qua (?:m[oọ]i|t[aấ]t c[aả])|تجاهل|अनदेखा|"
      r"忽略(?:之前|以上|所有|先前)|無視して|前の指示を|"
@@ -239,7 +318,8 @@ SIGNALS: tuple[tuple[str, float, str, str], ...] = (
      r"(?:あなた|君)(?:に|には)(?:もう)?(?:何の|いかなる)?(?:制限|制約|ルール)(?:も|は)?(?:ない|ありません)|"
      # Korean.
      r"(?:이전|앞의|기존|모든|위의|당신의|너의|네)\s*(?:\S+\s+)?(?:지시|지침|규칙|명령|제한|설정|프롬프트)"
-     r"(?:사항)?(?:을|를|은|는|들을|들은)?\s*(?:모두\s*|전부\s*)?(?:무시|잊어|잊고|잊으|따르지)"),
+     r"(?:사항)?(?:을|를|은|는|들을|들은)?\s*(?:모두\s*|전부\s*)?(?:무시|잊어|잊고|잊으|따르지)|"
+     + "|".join(_OTHER_OVERRIDES)),
 )
 PAIRING = 0.45  # a target together with a manipulation
 REPEATED = 0.5  # one short token repeated many times (a repeated-token attack)
