@@ -134,8 +134,8 @@ _OTHER_OVERRIDES = (
               r"\blewati|\btinggalkan",
               r"instruksi|perintah|aturan|arahan|pedoman|batasan|petunjuk",
               before=r"semua|seluruh|segala", after=r"sebelumnya|awal|sistem"),
-    _override(r"انس|إنس|اترك|لا تتبع|لا تلتزم|تخط", r"التعليمات|تعليمات|القواعد|قواعد|الأوامر|الإرشادات|القيود",
-              before=r"جميع|كل|كافة"),
+    _override(r"تجاهل|انس|إنس|اترك|لا تتبع|لا تلتزم|تخط", r"التعليمات|تعليمات|القواعد|قواعد|الأوامر|الإرشادات|القيود",
+              before=r"جميع|كل|كافة", after=r"السابقة|الأصلية|الأولى|السابقه"),
     _override("", r"निर्देश|नियम|आदेश", before=r"पिछले|सभी|अपने|पहले",
               final=r"भूल|नज़रअंदाज़|नजरअंदाज|अनदेखा|मत मानो|पालन मत|पालन न"),
 )
@@ -370,7 +370,7 @@ SIGNALS: tuple[tuple[str, float, str, str | tuple[str, ...]], ...] = (
      # is _OTHER_OVERRIDES' now, which asks whose instructions, as the English signal does.
      (r"забудь (?:все|предыдущие|свои)|"
      r"\bignorera\s+alla\b|\byok say\b|\babaikan\s+(?:semua\s+)?(?:instruksi|perintah|aturan)|"
-     r"\bb[oỏ] qua (?:m[oọ]i|t[aấ]t c[aả])|تجاهل|अनदेखा|"
+     r"\bb[oỏ] qua (?:m[oọ]i|t[aấ]t c[aả])|"
      r"忽略(?:之前|以上|所有|先前)|無視して|前の指示を|"
      # Chinese: a verb of setting aside, what the instructions were (earlier, all, yours, the
      # system's), then the instructions, rules or limits ("我忘记了游戏规则", forgot a game's rules,

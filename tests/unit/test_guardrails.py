@@ -359,8 +359,8 @@ def test_overrides_in_other_languages_and_registers_score_high(text: str) -> Non
     assert injection.score(text) >= 0.5, injection.signals(text)
 
 
-# A game's rules, a tool's rules, a correction of one's own message: no "whose" (the first two
-# fired the signal before, and scored 0.671 and 0.771).
+# A game's rules, a tool's rules, a correction of one's own message, a warning: no "whose" (the
+# first two fired the signal before and scored 0.671 and 0.771; the last two fired a bare verb).
 @pytest.mark.parametrize("text", [
     "Ignoriere die Regeln von Git für Leerzeichen, wie geht das?",
     "Olvida las reglas del juego, ¿cuál es la mejor jugada?",
@@ -372,6 +372,8 @@ def test_overrides_in_other_languages_and_registers_score_high(text: str) -> Non
     "Tôi quên các quy tắc của trò chơi.",
     "Jak zignorować folder w git?",
     "Игнорируй эту ошибку компилятора.",
+    "كيف أتجاهل مجلدًا في git؟",
+    "इस चेतावनी को अनदेखा करें।",
 ])
 def test_rules_that_are_not_the_models_are_not_overridden(text: str) -> None:
     assert "ignore_other_language" not in injection.signals(text)
