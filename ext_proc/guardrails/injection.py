@@ -374,16 +374,17 @@ SIGNALS: tuple[tuple[str, float, str, str | tuple[str, ...]], ...] = (
      r"忽略(?:之前|以上|所有|先前)|無視して|前の指示を|"
      # Chinese: a verb of setting aside, what the instructions were (earlier, all, yours, the
      # system's), then the instructions, rules or limits ("我忘记了游戏规则", forgot a game's rules,
-     # names none of those and is no override).
+     # names none of those and is no override). The gaps count bytes (the signal scans bytes, see
+     # _BYTEWISE): 24 are eight characters of these scripts.
      r"(?:忽略|忽视|忽視|无视|無視|不要理[会會]|不用理[会會]|别理[会會]|別理會|别管|別管|忘记|忘記|忘掉|"
      r"抛开|拋開|抛弃|拋棄|绕过|繞過|不要遵守|不用遵守|不再遵守|停止遵守)掉?(?:你|您)?"
      r"(?:之前|以前|先前|上述|上面|以上|前面|前述|所有|全部|一切|你的|您的|系[统統]|原[来來]|原有|原始|初始|"
-     r"开发者|開發者|给你的|給你的|收到的)[^。！？!?\n]{0,8}?"
+     r"开发者|開發者|给你的|給你的|收到的)[^\s!?]{0,24}?"
      r"(?:指令|指示|规则|規則|限制|要求|设定|設定|命令|约束|約束|准则|準則|规定|規定|提示)|"
      r"(?:你|您)(?:现在|現在|已经|已經|从现在起|從現在起|从此|從此)?(?:没有|沒有|不再有|不再受|不受)(?:任何)?"
      r"(?:限制|约束|約束|规则|規則|审查|審查|过滤|過濾)|"
      # Japanese: whose instructions, the instructions, then setting them aside.
-     r"(?:以前|前|これまで|今まで|上記|最初|元|すべて|全て|あなた|君)の[^。！？!?\n]{0,6}?"
+     r"(?:以前|前|これまで|今まで|上記|最初|元|すべて|全て|あなた|君)の[^\s!?]{0,18}?"
      r"(?:指示|命令|ルール|指令|設定|制限|制約|プロンプト)(?:は|を|も)?(?:すべて|全て|全部)?"
      r"(?:無視|忘れ|気にしな|従わな|破っ)|"
      r"(?:あなた|君)(?:に|には)(?:もう)?(?:何の|いかなる)?(?:制限|制約|ルール)(?:も|は)?(?:ない|ありません)|"
@@ -412,12 +413,34 @@ def patterns(signal: int) -> tuple[str, ...]:
     return (pattern,) if isinstance(pattern, str) else pattern
 
 
+# The other languages' signals scan bytes, not characters: in UTF-8 mode every ``\S`` of their
+# word gaps is a multi-byte automaton, and a text repeating their verbs ("ignore all previous
+# instructions" 3,000 times, or the same in Russian) scanned at 7 MB/s with them (25 MB/s before
+# them) against 30-260 MB/s bytewise. They have a database of their own, scanned over the text's
+# UTF-8 bytes, lower-cased first when it is not ASCII (Hyperscan folds only ASCII letters there:
+# "Игнорируйте", "ÖNCEKİ"), in which a signal that matched ends its scan, however long the text.
+_BYTEWISE = frozenset({"ignore_other_language", "other_language_target"})
+_CLASS = re.compile(r"\[([^\]\\^-]*[^\x00-\x7f][^\]\\^-]*)\]")
+_QUANTIFIED = re.compile(r"([^\x00-\x7f])(?=[?*+{])")
+
+
+def _bytes_pattern(pattern: str) -> bytes:
+    """``pattern`` for a bytewise database: a class holding a non-ASCII character ("[cç]") is an
+    alternation of its characters, each one UTF-8 sequence, and a quantifier after such a
+    character applies to all of its bytes."""
+    pattern = _CLASS.sub(lambda m: "(?:" + "|".join(m.group(1)) + ")", pattern)
+    return _QUANTIFIED.sub(r"(?:\1)", pattern).encode()  # "掉?": the whole character optional, not its last byte
+
+
 def _signal_expressions() -> tuple[list[bytes], list[int], list[int]]:
-    """The signals as the scanning databases hold them, their ids (the signal's index) and flags."""
+    """The signals as the scanning databases hold them, their ids (the signal's index) and flags
+    (those of :data:`_BYTEWISE` are in :func:`_bytewise`)."""
     expressions: list[bytes] = []
     ids: list[int] = []
     flags: list[int] = []
     for index, (name, _, _, _) in enumerate(SIGNALS):
+        if name in _BYTEWISE:
+            continue
         for pattern in (PREFILTERS[name],) if name in PREFILTERS else patterns(index):
             expressions.append(pattern.encode())
             ids.append(index)
@@ -430,6 +453,16 @@ def _database() -> hyperscan.Database:
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     expressions, ids, flags = _signal_expressions()
     db.compile(expressions=expressions, ids=ids, elements=len(expressions), flags=flags)
+    return db
+
+
+@functools.cache
+def _bytewise() -> hyperscan.Database:
+    own = [(index, _bytes_pattern(p)) for index, (name, _, _, _) in enumerate(SIGNALS) if name in _BYTEWISE
+           for p in patterns(index)]
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(expressions=[p for _, p in own], ids=[i for i, _ in own], elements=len(own),
+               flags=[hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH] * len(own))
     return db
 
 
@@ -452,6 +485,8 @@ def _scan(database: hyperscan.Database, text: str) -> set[int]:
         if signal in found:
             found.discard(signal)
             _exact(signal).scan(data, match_event_handler=_seen, context=found)
+    folded = data if len(data) == len(text) else text.lower().encode("utf-8", "surrogatepass")
+    _bytewise().scan(folded, match_event_handler=_seen, context=found)
     return found
 
 
@@ -579,6 +614,7 @@ class _Model:
 def warm() -> None:
     """Load and compile the scorer now (about a second, once per process) rather than on first use."""
     _database()
+    _bytewise()
     for signal in _CHECKED:
         _exact(signal)
     _model()
