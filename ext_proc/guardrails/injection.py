@@ -11,8 +11,9 @@ OWASP LLM01). Two kinds of evidence are read from a text, both in one pass each:
   obfuscation (encodings, reversed or split payloads), role-play and hypothetical framing,
   injected notes addressed to "the AI" inside documents, many-shot dialogues and repeated
   tokens, "ignore the instructions" in other languages (Chinese, Japanese and Korean among them:
-  their words are no features, see the README). All their patterns are one Hyperscan
-  database (caseless, one report per signal per text);
+  their words are no features, see the README). Their patterns are one Hyperscan database
+  (caseless, one report per signal per text), the other languages' a second one that scans
+  bytes (:data:`_BYTEWISE`);
 - *words*: the set of lower-cased words and word pairs of the text (:func:`features`).
 
 A logistic model weighs them (the presence of each feature, not its count, so a long document is
@@ -114,7 +115,7 @@ _OTHER_OVERRIDES = (
               r"\bnie przestrzegaj\S*|\bnie słuchaj\S*|\bporzu\S*|\bodrzu\S*|\bzlekceważ\S*|\blekceważ\S*",
               r"instrukcj|polece|zasad|reguł|wytyczn|ogranicze",
               before=r"wszystk|poprzedni|wcześniejsz|twoj|swoj|dotychczasow|powyższ|pierwotn"),
-    # Cyrillic, Arabic and Devanagari words are no \\b words to Hyperscan: their verbs start a match.
+    # Cyrillic, Arabic and Devanagari letters are no \b word characters to Hyperscan: their verbs start a match.
     _override(r"игнорир|проигнорир|забуд|забыть|не обращай\S* внимания на|не следуй|не слушай|пренебреги|"
               r"отбрось|обойди|не соблюдай|не выполняй",
               r"инструкци|правил|указани|ограничени|директив|команд|промпт",
@@ -206,7 +207,6 @@ _UNBOUND = (
     r"(?:batasan|aturan|filter|sensor)|\b(?:kamu|anda) tidak lagi terikat",
     r"أنت الآن(?:\s+\S+){0,5}?\s+(?:بدون|بلا|دون)\s+(?:أي\s+)?(?:قيود|قواعد|رقابة)",
 )
-
 
 
 # (signal, weight, group, pattern). Groups: "override" and "marker" stand alone; "target" and
