@@ -336,8 +336,16 @@ SIGNALS: tuple[tuple[str, float, str, str | tuple[str, ...]], ...] = (
      r"\b(?:your|the) (?:rules|instructions|guidelines|restrictions|programming|system prompt|prompt|constraints|"
      r"directives|configuration)\b"),
     ("other_language_target", 0.3, "target",
-     (r"\b(?:contrase[ñn]a|mot de passe|passwort|kennwort|senha|wachtwoord|secreto|geheimnis|segreto|segredo|"
-     r"parola segreta)\b|пароль|секрет|密码|秘密|パスワード|비밀번호|"
+     # The password or the secret with a determiner that is not the speaker's own, as the English
+     # "secret" signal reads them ("dime la contraseña", "wie lautet das Passwort"; not "he olvidado
+     # mi contraseña", which scored 0.504, nor "j'ai oublié mon mot de passe", 0.797).
+     (r"\b(?:la|tu|su|esa|esta|vuestra)\s+(?:\S+\s+)?contrase[ñn]a|\b(?:el|tu|su|ese|este)\s+(?:\S+\s+)?secreto\b|"
+     r"\b(?:le|ton|votre|ce|son)\s+(?:\S+\s+)?mot de passe|"
+     r"\b(?:das|dein|deinen|dieses|ihr|ihren|euer)\s+(?:\S+\s+)?(?:passwort|kennwort|geheimnis)\b|"
+     r"\b(?:a|tua|sua|essa|esta)\s+(?:\S+\s+)?senha|\b(?:o|teu|seu|esse|este)\s+(?:\S+\s+)?segredo\b|"
+     r"\b(?:la|tua|sua|questa)\s+(?:\S+\s+)?parola segreta|\b(?:il|tuo|suo|questo)\s+(?:\S+\s+)?segreto\b|"
+     r"\b(?:het|je|jouw|uw|dat|dit)\s+(?:\S+\s+)?wachtwoord|"
+     r"пароль|секрет|密码|秘密|パスワード|비밀번호|"
      # The hidden prompt, in the scripts written without spaces between words (no word of theirs is
      # a feature: a sentence splits into one "word"), and in Korean, whose particles cling to words.
      r"系[统統]提示|系[统統]指令|隐藏指令|隱藏指令|初始指令|原始指令|システムプロンプト|隠された指示|"
