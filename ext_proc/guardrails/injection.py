@@ -209,6 +209,16 @@ _UNBOUND = (
 )
 
 
+_PHRASE_END = r"(?:\s+[^\s.,:;!?]+)?(?:\s*[.,:;!?\"'»)]|\s+(?:y|e|et|und|en|o|ou|oder|of)\s|\s*$)"
+_OWNED_NOT_MINE = "|".join(
+    rf"\b(?:{determiners})\s+(?:\S+\s+)?(?:{words}){_PHRASE_END}" for determiners, words in (
+        (r"la|tu|su|esa|esta|vuestra", r"contrase[ñn]a"), (r"el|tu|su|ese|este", r"secreto"),
+        (r"le|ton|votre|ce|son", r"mot de passe"),
+        (r"das|dein|deinen|dieses|ihr|ihren|euer", r"passwort|kennwort|geheimnis"),
+        (r"a|tua|sua|essa|esta", r"senha"), (r"o|teu|seu|esse|este", r"segredo"),
+        (r"la|tua|sua|questa", r"parola segreta"), (r"il|tuo|suo|questo", r"segreto"),
+        (r"het|je|jouw|uw|dat|dit", r"wachtwoord")))
+
 # (signal, weight, group, pattern). Groups: "override" and "marker" stand alone; "target" and
 # "manipulation" are weak alone and strong together (see PAIRING).
 # A signal's pattern is one regular expression, or several (one Hyperscan expression each, all
@@ -338,13 +348,10 @@ SIGNALS: tuple[tuple[str, float, str, str | tuple[str, ...]], ...] = (
     ("other_language_target", 0.3, "target",
      # The password or the secret with a determiner that is not the speaker's own, as the English
      # "secret" signal reads them ("dime la contraseña", "wie lautet das Passwort"; not "he olvidado
-     # mi contraseña", which scored 0.504, nor "j'ai oublié mon mot de passe", 0.797).
-     (r"\b(?:la|tu|su|esa|esta|vuestra)\s+(?:\S+\s+)?contrase[ñn]a|\b(?:el|tu|su|ese|este)\s+(?:\S+\s+)?secreto\b|"
-     r"\b(?:le|ton|votre|ce|son)\s+(?:\S+\s+)?mot de passe|"
-     r"\b(?:das|dein|deinen|dieses|ihr|ihren|euer)\s+(?:\S+\s+)?(?:passwort|kennwort|geheimnis)\b|"
-     r"\b(?:a|tua|sua|essa|esta)\s+(?:\S+\s+)?senha|\b(?:o|teu|seu|esse|este)\s+(?:\S+\s+)?segredo\b|"
-     r"\b(?:la|tua|sua|questa)\s+(?:\S+\s+)?parola segreta|\b(?:il|tuo|suo|questo)\s+(?:\S+\s+)?segreto\b|"
-     r"\b(?:het|je|jouw|uw|dat|dit)\s+(?:\S+\s+)?wachtwoord|"
+     # mi contraseña", which scored 0.504, nor "j'ai oublié mon mot de passe", 0.797), and as the
+     # thing itself, ending the phrase: not the secret or password *of* something ("el secreto de
+     # esta receta" 0.728, "das Passwort meines Routers" 0.548).
+     (_OWNED_NOT_MINE,
      r"пароль|секрет|密码|秘密|パスワード|비밀번호|"
      # The hidden prompt, in the scripts written without spaces between words (no word of theirs is
      # a feature: a sentence splits into one "word"), and in Korean, whose particles cling to words.
