@@ -440,6 +440,13 @@ def test_the_password_asked_for_is(text: str) -> None:
     assert injection.score(text) >= 0.5, injection.signals(text)
 
 
+def test_a_bytewise_pattern_lists_its_characters_outside_ascii() -> None:
+    assert injection._bytes_pattern("contrase[ñn]a掉?") == "contrase(?:ñ|n)a(?:掉)?".encode()
+    for unreadable in ("[^。！？]{0,8}", "[à-ü]+"):  # bytewise, these would match single bytes
+        with pytest.raises(ValueError):
+            injection._bytes_pattern(unreadable)
+
+
 @functools.cache
 def _unfiltered() -> hyperscan.Database:
     """Every signal's own pattern in one database, as before the prefilters."""
