@@ -157,6 +157,15 @@ class Coalescer:
         held = self._held
         return held.since if held is not None else 0
 
+    def describe(self) -> str:
+        """What is held, for a log line (sizes and times, never content)."""
+        held = self._held
+        if held is None:
+            return "nothing held"
+        seconds = (time.monotonic_ns() - held.since) / 1e9
+        return (f"{held.kind} answer held {seconds:.1f} s for its body: {len(held.parts)} chunk(s), {held.size} bytes "
+                f"so far, the timer {'extended' if held.extended else 'not extended'}")
+
     def extension(self) -> list[bytes]:
         """The answer extending the held headers' timer, once per held body ([] when not holding)."""
         held = self._held

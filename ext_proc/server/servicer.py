@@ -182,6 +182,9 @@ class Responder(Protocol):
     def loop(self) -> asyncio.AbstractEventLoop | None: ...
 
 
+LONG_HOLD_NS = 5_000_000_000  # a headers answer held this long for its body is logged when its stream ends
+
+
 class ExtProcCall:
     """One ext_proc stream on :mod:`ext_proc.server.h2`: serialized messages in and out."""
 
@@ -318,6 +321,12 @@ class ExtProcCall:
 
     def reset(self) -> None:
         session = self.session
+        merge = self._merge
+        if merge is not None and merge.holding and time.monotonic_ns() - merge.held_since > LONG_HOLD_NS:
+            # Envoy gave up on a stream whose body never completed: a client's slow upload, or a body
+            # lost between Envoy and the coalescer (the log says which stream, never what it held).
+            log.warning("ext_proc stream reset with its headers answer held (request_id=%s): %s",
+                        session.request_id, merge.describe())
         if self._task is not None:
             self._task.cancel()
         if self._overdue is not None:

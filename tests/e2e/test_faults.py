@@ -200,7 +200,13 @@ def test_a_service_stalled_past_envoys_message_timeout_is_a_504_and_resumes(env:
                           for c in during), [(c, c.detail) for c in during]
     assert all(c.seconds < MESSAGE_TIMEOUT + SLACK for c in during), during
     after = [c for c in calls if c.started > resumed_at + 0.3]
-    assert after and all(c.clean for c in after), [c for c in after if not c.clean]
+    assert after and all(c.clean for c in after), ([c for c in after if not c.clean], _warnings(stack))
+
+
+def _warnings(stack: Stack) -> list[str]:
+    """The service log's last warnings and errors (what a failure's message should carry)."""
+    lines = (stack.workdir / "tollway.log").read_text(errors="replace").splitlines()
+    return [line for line in lines if "WARNING" in line or "ERROR" in line][-20:]
 
 
 def test_redis_slow_then_down_answers_within_its_deadline_and_recovers(env: Env) -> None:

@@ -156,6 +156,27 @@ def test_a_body_still_held_after_a_while_extends_the_headers_timer_once(call: Ex
     assert [r.WhichOneof("response") for r in replies] == ["request_headers"] + ["request_body"] * 3
 
 
+def test_a_stream_reset_with_its_body_long_held_is_logged_without_its_content(
+        call: ExtProcCall, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from ext_proc.server import servicer
+
+    body = orjson.dumps(BODY)
+    call.message(request_head())
+    call.message(chunk("request_body", body[:40]))  # the rest never comes
+    call.reset()  # just held: Envoy's reset is the usual end, nothing to say
+    assert not caplog.records
+    held = ExtProcCall(call.service)
+    held.message(request_head())
+    held.message(chunk("request_body", body[:40]))
+    monkeypatch.setattr(servicer, "LONG_HOLD_NS", 0)
+    held.reset()
+    (record,) = [r for r in caplog.records if r.name == "tollway.servicer"]
+    assert record.levelname == "WARNING"
+    message = record.getMessage()
+    assert "request_headers answer held" in message and "1 chunk(s), 40 bytes" in message, message
+    assert body[:40].decode() not in message and "gpt" not in message
+
+
 def test_the_h2_server_extends_the_timer_from_a_timer(call: ExtProcCall, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(coalesce, "EXTEND_AFTER", 0.01)
     sent: list[bytes] = []
