@@ -339,14 +339,11 @@ def score(text: str, context: Instructions | None = None) -> float:
     pairs = model.pairs
     total = model.bias + sum(pairs[i] for i in found)
     words = _word_list(text)
+    distinct = set(words)
     weighed = model.words
-    if len(text) > 200 and len(words) >= _REPEATED_MIN:  # the words counted once, for both uses
-        counts = Counter(words)
-        if _repeated(words, counts):
-            total += model.repeated
-        total += sum(weighed[w] for w in weighed.keys() & counts.keys())
-    else:
-        total += sum(weighed[w] for w in weighed.keys() & set(words))
+    total += sum(map(weighed.__getitem__, weighed.keys() & distinct))
+    if len(text) > 200 and _repeated(words, distinct):
+        total += model.repeated
     if context is not None:
         total += context.logit(text)
     return round(1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, total)))), 4)
@@ -455,9 +452,23 @@ def _model() -> _Model | None:
 _REPEATED_MIN = 40  # words: a shorter text is never "repeated"
 
 
-def _repeated(words: list[str], counts: Counter[str] | None = None) -> bool:
+def _repeated(words: list[str], distinct: set[str] | None = None) -> bool:
     """One token making up most of a long stretch of text (e.g. the same word 50 times);
-    ``counts``: the words counted already."""
-    if len(words) < _REPEATED_MIN:
+    ``distinct``: the set of the words, made already.
+
+    Counting every word (``Counter``, 7 µs for 200 words) is mostly not needed: a token can occur
+    at most ``len(part) - distinct(part) + 1`` times in any part of the words (each other distinct
+    word takes a place), so the sum of that over the four quarters bounds every token's count, and
+    in prose it stays well under a third of the words (37 of 69 for the 2 KB benchmark text) for
+    four small sets (3 µs). The exact count only when the bound does not rule a token out."""
+    n = len(words)
+    if n < _REPEATED_MIN:
         return False
-    return max((counts if counts is not None else Counter(words)).values()) >= max(25, len(words) // 3)
+    least = max(25, n // 3)
+    if distinct is not None and n - len(distinct) + 1 < least:
+        return False
+    q = n // 4
+    quarters = (words[:q], words[q:2 * q], words[2 * q:3 * q], words[3 * q:])
+    if sum(len(part) - len(set(part)) + 1 for part in quarters) < least:
+        return False
+    return max(Counter(words).values()) >= least

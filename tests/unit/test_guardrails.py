@@ -482,11 +482,34 @@ def test_the_prefilters_hold_what_the_scan_would_be_slow_on() -> None:
     assert "base64_blob" not in injection.signals("x" * 40 + "=y")  # the prefilter meets it, the pattern not
 
 
-@settings(max_examples=200, deadline=None)
-@given(words=st.lists(st.sampled_from(["poem", "the", "a", "company", "x"]), max_size=200))
+@pytest.mark.parametrize("n", [40, 75, 76, 150, 301])
+@pytest.mark.parametrize("spread", [1, 3, 7])
+def test_repeated_at_its_threshold_exactly_every_other_word_distinct(n: int, spread: int) -> None:
+    # The tightest case of the bounds that spare the count: one word exactly ``least`` times (or
+    # once fewer), every other word distinct, so each bound equals the word's count.
+    least = max(25, n // 3)
+    for times, expected in ((least, True), (least - 1, False)):
+        words = [f"w{i}" for i in range(n - times)]
+        for k in range(times):  # placed every ``spread`` words from the start, the rest at the end
+            words.insert(min(k * spread, len(words)), "poem")
+        assert injection._repeated(words) is expected
+        assert injection._repeated(words, set(words)) is expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(words=st.one_of(
+    st.lists(st.sampled_from(["poem", "the", "a", "company", "x"]), max_size=200),
+    # prose-like: many distinct words, where the bound decides without counting, and one word
+    # repeated in runs or spread, where it must not
+    st.lists(st.one_of(st.sampled_from([f"w{i}" for i in range(80)]), st.just("poem")), max_size=300),
+    st.tuples(st.lists(st.sampled_from([f"w{i}" for i in range(80)]), max_size=200), st.integers(0, 120),
+              st.integers(1, 5)).map(lambda t: [w for i, w in enumerate(t[0]) for w in ([w, "poem"] if i % t[2] == 0
+                                                                                      and i < t[1] * t[2] else [w])])))
 def test_repeated_means_one_word_is_a_third_of_at_least_forty(words: list[str]) -> None:
     most = max((words.count(w) for w in set(words)), default=0)
-    assert injection._repeated(words) == (len(words) >= 40 and most >= max(25, len(words) // 3))
+    expected = len(words) >= 40 and most >= max(25, len(words) // 3)
+    assert injection._repeated(words) == expected
+    assert injection._repeated(words, set(words)) == expected
 
 
 @settings(max_examples=300, deadline=None)
