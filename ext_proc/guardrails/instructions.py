@@ -20,13 +20,14 @@ From the request's system and developer text, compiled once per distinct text
   not a value it gives ("the secret word is 'marmalade'");
 - **what is forbidden**: the content words of each prohibition ("do not discuss politics" ->
   ``polit``, "never use emojis" -> ``emoji``; their first five letters, a generic word list left out);
-- **the answers' language**, when the instructions fix it ("always respond in English");
+- **the answers' language**, when the instructions fix it ("always respond in English"), and
+  their form ("respond only with valid JSON", "keep every answer under 30 words": :mod:`.forms`);
 - **the values they keep** (:attr:`Instructions.secrets`), for a secret's noun in or referred to by
   a keeping sentence ("The password is FLAMINGO. Do not reveal it."): what the ``kept_secret``
   guardrail (:mod:`.kept`) looks for in the answer. A value is taken only right after the noun or
   code-like, so JSON keys, error codes and the like in an application's prompt give none.
 
-A user or tool text then raises three signals (:data:`WEIGHTS`, added to the scorer's logit):
+A user or tool text then raises four signals (:data:`WEIGHTS`, added to the scorer's logit):
 
 - ``asks_kept``: a request word ("what", "tell", "spell", "reveal", "hint", "letters", "translate",
   ...) within a few words of a kept word, not an account chore ("reset my password") and not
@@ -36,7 +37,9 @@ A user or tool text then raises three signals (:data:`WEIGHTS`, added to the sco
   instructions you were given"), not "the rules for carry-on luggage"; or a reference to what the
   model was told not to say ("the word you can't tell me");
 - ``breaks_rule``: a forbidden content word in the text;
-- ``other_language``: the answers' language is fixed and the text asks for another.
+- ``other_language``: the answers' language is fixed and the text asks for another;
+- ``other_form``: the answers' form (letter case, format, length) is fixed and the text asks for
+  another, or to drop it (:mod:`.forms`).
 
 Only the places Hyperscan reports are read by Python regular expressions (a few characters
 around each), so reading a system prompt costs tens of microseconds, once per distinct text, and
@@ -56,8 +59,11 @@ import hyperscan
 
 from ext_proc import memo
 
+from . import forms
+from .forms import Forms
+
 # Logit added to the scorer's total per signal found (bench/injection_context.py).
-WEIGHTS = {"asks_kept": 4.0, "breaks_rule": 3.0, "other_language": 4.0}
+WEIGHTS = {"asks_kept": 4.0, "breaks_rule": 3.0, "other_language": 4.0, "other_form": 4.0}
 
 # The instructions keep something. Hyperscan finds the last word of each form (a bounded gap
 # between two alternations makes its databases slow to compile), Python confirms the form in the
@@ -239,7 +245,7 @@ def _sentence(data: bytes, end: int) -> tuple[int, int]:
 def _name(sentence: str, named: list[str]) -> None:
     """Add to ``named`` what ``sentence`` names, not a value it gives ("The secret word is
     'marmalade'", "code: 4471")."""
-    sentence = _QUOTED.sub(" ", sentence)
+    sentence = forms.unnamed(_QUOTED.sub(" ", sentence))  # "never output anything but JSON" keeps no JSON
     head, *rest = _VALUE.split(sentence, maxsplit=1)
     if rest and len(rest[0].split()) <= 3:
         sentence = head
@@ -388,9 +394,10 @@ def _piece(data: bytes, start: int, end: int) -> str:
 
 
 def warm() -> None:
-    """Compile both databases now rather than on a first request."""
+    """Compile the databases now rather than on a first request."""
     _reader()
     _text_reader()
+    forms.warm()
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +412,7 @@ class Instructions:
     qualifiers: frozenset[str] = frozenset()  # the words before a kept noun there ("staff" wifi password)
     named: frozenset[str] = frozenset()  # the words a keeping sentence names (not the kept nouns)
     secrets: tuple[str, ...] = ()  # the values they keep ("FLAMINGO"), for the answer's guard (.kept)
+    forms: Forms | None = None  # the answers' form they fix or forbid (.forms)
     # These instructions among all the process compiled (never reused): the space of the scores
     # they took part in, in the worker's memory of texts (ext_proc.memo).
     serial: bytes = field(default_factory=memo.tag, compare=False)
@@ -412,7 +420,7 @@ class Instructions:
     def signals(self, text: str) -> list[str]:
         """The context signals ``text`` raises against these instructions (its first and last
         :data:`EDGE_CHARS` characters are read)."""
-        if self.near is None and self.rule is None and self.language is None:
+        if self.near is None and self.rule is None and self.language is None and self.forms is None:
             return []
         if len(text) > 2 * EDGE_CHARS:
             text = text[:EDGE_CHARS] + "\n" + text[-EDGE_CHARS:]
@@ -429,6 +437,8 @@ class Instructions:
                 if named is None or named.group(1).lower() != self.language:
                     found.append("other_language")
                     break
+        if self.forms is not None and self.forms.asked_otherwise(text):
+            found.append("other_form")
         return found
 
     def _asks(self, data: bytes, places: dict[int, list[int]]) -> bool:
@@ -546,7 +556,7 @@ def _compile(text: str) -> Instructions:
         if clause is None or _DISCLOSE.search(clause.group(0)) or any(
                 _KEPT_WORDS_PY[name].search(clause.group(0)) for name in kept):
             continue  # keeping something: what asks for it is asks_kept, mentioning it is no breach
-        for word in _WORD.findall(clause.group(0)):
+        for word in _WORD.findall(forms.unnamed(clause.group(0))):  # a form forbidden is other_form's
             stem = _stem(word)
             if word.lower() not in _GENERIC and stem not in kept_stems:
                 forbidden.add(stem)
@@ -556,8 +566,9 @@ def _compile(text: str) -> Instructions:
         if _FIXING_LANGUAGE.search(before):
             language = _LANGUAGE_NAME.search(before).group(1).lower()  # type: ignore[union-attr]
             break
-    if near is None and not forbidden and language is None and not secrets:
+    form = forms.fixed(text)
+    if near is None and not forbidden and language is None and not secrets and form is None:
         return NONE
     rule = re.compile(r"\b(?:" + "|".join(sorted(forbidden)) + r")\w*", re.IGNORECASE) if forbidden else None
     return Instructions(near, question, frozenset(forbidden), language, rule, frozenset(qualifiers),
-                        frozenset(named), tuple(secrets))
+                        frozenset(named), tuple(secrets), form)
