@@ -73,14 +73,13 @@ _PHRASES: dict[str, dict[str, str]] = {
 }
 _LONG_ALONE = ("at length", "at least", "paragraphs", "long ", "an essay", "multi", "as long as")
 _NAMES = [(kind, value, phrase) for kind, values in _PHRASES.items() for value, phrase in values.items()]
-_ANY = "|".join(f"(?P<{kind}_{value}>{phrase})" for kind, value, phrase in _NAMES)
-_PHRASE = re.compile(r"(?<![\w-])(?:" + _ANY + r")(?![\w-])", re.IGNORECASE)
+_PHRASE = re.compile(r"(?<![\w-])(?:" + "|".join(phrase for _, _, phrase in _NAMES) + r")(?![\w-])", re.IGNORECASE)
 
 # Answering, writing, giving: the verbs that make a form phrase a request.
 _VERBS = (r"answer|respond|reply|write|give|format|put|return|output|print|say|type|show|present|provide|send|"
           r"tell|explain|describe|make|rewrite|convert|turn|talk|speak|summari[sz]e|express|display|generate|"
           r"produce|draft|compose|create|communicate|use|using|continue|keep|do|be|limit|answers|responses|"
-          r"replies|reply")
+          r"replies")
 _VERB = re.compile(r"(?<![\w-])(?:" + _VERBS + r")(?![\w-])", re.IGNORECASE)
 _MANNER = re.compile(r"(?:in|into|as|using|use|with|through|via|in\s+the\s+form\s+of)\s+(?:the\s+)?$", re.IGNORECASE)
 # Where a form phrase ends its phrase: punctuation, the end, or a word that does not go on naming a thing.
@@ -111,17 +110,10 @@ _BUT = re.compile(r"(?<![\w-])(?:but|except|other\s+than|besides)\s+(?:in\s+|wit
 MAX_READ = 4_096  # characters of a text read
 
 
-def _found(match: re.Match[str]) -> tuple[str, str]:
-    name = match.lastgroup
-    assert name is not None
-    kind, _, value = name.partition("_")
-    return kind, value
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Forms:
     """The answers' form fixed by one set of instructions: per kind, the values allowed (empty: any
-    not forbidden) and forbidden."""
+    not forbidden) and forbidden. Compared and hashed as itself (one per compiled instructions)."""
 
     allowed: dict[str, frozenset[str]]
     forbidden: dict[str, frozenset[str]]
