@@ -425,7 +425,7 @@ class Instructions:
         if len(text) > 2 * EDGE_CHARS:
             text = text[:EDGE_CHARS] + "\n" + text[-EDGE_CHARS:]
         data = text.encode("utf-8", "surrogatepass")
-        places = _places(_text_reader(), data)
+        places = _places(_text_reader(), data) if self.near is not None or self.language is not None else {}
         found = []
         if self.near is not None and (_TEXT_TOLD_NOT in places or self._asks(data, places)):
             found.append("asks_kept")
