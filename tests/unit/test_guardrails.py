@@ -993,3 +993,15 @@ def test_a_text_made_of_form_phrases_is_read_only_so_far() -> None:
     assert not json_only.asked_otherwise("Write it in JSON please. " * 500)  # read up to MAX_PLACES, no error
     assert json_only.asked_otherwise("Write it in XML please. " + "Write it in JSON please. " * 500)
     assert not json_only.asked_otherwise("Write it in JSON please. " * 20 + "Write it in XML please.")  # past them
+
+
+_FORM_WORDS = ["in", "as", "json", "JSON", "caps", "a", "list", "no", "stop", "write", "respond", "only", "long",
+               "essay", "at", "length", "never", "but", "under", "30", "words", ",", ".", "\n", "\\", "\"", "é", "—"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.lists(st.one_of(st.sampled_from(_FORM_WORDS), st.text(max_size=3)), max_size=80).map(" ".join))
+def test_form_reading_takes_any_text(text: str) -> None:
+    fixed = forms.fixed(text)
+    assert fixed is None or isinstance(fixed.asked_otherwise(text), bool)
+    assert isinstance(forms.fixed("Respond only with valid JSON.").asked_otherwise(text), bool)  # type: ignore[union-attr]
