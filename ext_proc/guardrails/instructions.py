@@ -19,7 +19,8 @@ From the request's system and developer text, compiled once per distinct text
   and the words of each sentence that keeps something ("The salary bands are confidential"), but
   not a value it gives ("the secret word is 'marmalade'");
 - **what is forbidden**: the content words of each prohibition ("do not discuss politics" ->
-  ``polit``, "never use emojis" -> ``emoji``; their first five letters, a generic word list left out);
+  ``polit``, "never use emojis" -> ``emoji``; their first five letters, a generic word list left out),
+  but not the subject a prohibition of what lies outside it names ("unrelated to Nimbus": :mod:`.scope`);
 - **the answers' language**, when the instructions fix it ("always respond in English"), and
   their form ("respond only with valid JSON", "keep every answer under 30 words": :mod:`.forms`);
 - **the values they keep** (:attr:`Instructions.secrets`), for a secret's noun in or referred to by
@@ -27,7 +28,7 @@ From the request's system and developer text, compiled once per distinct text
   guardrail (:mod:`.kept`) looks for in the answer. A value is taken only right after the noun or
   code-like, so JSON keys, error codes and the like in an application's prompt give none.
 
-A user or tool text then raises four signals (:data:`WEIGHTS`, added to the scorer's logit):
+A user or tool text then raises five signals (:data:`WEIGHTS`, added to the scorer's logit):
 
 - ``asks_kept``: a request word ("what", "tell", "spell", "reveal", "hint", "letters", "translate",
   ...) within a few words of a kept word, not an account chore ("reset my password") and not
@@ -39,7 +40,10 @@ A user or tool text then raises four signals (:data:`WEIGHTS`, added to the scor
 - ``breaks_rule``: a forbidden content word in the text;
 - ``other_language``: the answers' language is fixed and the text asks for another;
 - ``other_form``: the answers' form (letter case, format, length) is fixed and the text asks for
-  another, or to drop it (:mod:`.forms`).
+  another, or to drop it (:mod:`.forms`);
+- ``leaves_scope``: the instructions keep the application to a subject ("only answer questions
+  about cooking", "do not answer questions unrelated to Nimbus products") and the text says it
+  leaves it ("off topic, but", "forget the recipes") (:mod:`.scope`).
 
 Only the places Hyperscan reports are read by Python regular expressions (a few characters
 around each), so reading a system prompt costs tens of microseconds, once per distinct text, and
@@ -59,11 +63,11 @@ import hyperscan
 
 from ext_proc import memo
 
-from . import forms
+from . import forms, scope
 from .forms import Forms
 
 # Logit added to the scorer's total per signal found (bench/injection_context.py).
-WEIGHTS = {"asks_kept": 4.0, "breaks_rule": 3.0, "other_language": 4.0, "other_form": 4.0}
+WEIGHTS = {"asks_kept": 4.0, "breaks_rule": 3.0, "other_language": 4.0, "other_form": 4.0, "leaves_scope": 4.0}
 
 # The instructions keep something. Hyperscan finds the last word of each form (a bounded gap
 # between two alternations makes its databases slow to compile), Python confirms the form in the
@@ -159,6 +163,7 @@ respond response responses reveal revealing right same say saying share sharing 
 talk talking tell telling than that their them then there these they thing things this those through topic
 topics under unless until user users very want what when where which while with within without would your
 yours yourself assistant conversation instructions instruction rules rule prompt system word words reply
+subject subjects
 replies written write writing output print disclosing divulge confirm deny people person anybody someone
 """)
 _LANGUAGES = ("english|spanish|french|german|italian|portuguese|dutch|polish|russian|ukrainian|chinese|mandarin|"
@@ -413,6 +418,7 @@ class Instructions:
     named: frozenset[str] = frozenset()  # the words a keeping sentence names (not the kept nouns)
     secrets: tuple[str, ...] = ()  # the values they keep ("FLAMINGO"), for the answer's guard (.kept)
     forms: Forms | None = None  # the answers' form they fix or forbid (.forms)
+    subject: frozenset[str] = frozenset()  # stems of the subject they keep the application to (.scope)
     # These instructions among all the process compiled (never reused): the space of the scores
     # they took part in, in the worker's memory of texts (ext_proc.memo).
     serial: bytes = field(default_factory=memo.tag, compare=False)
@@ -420,7 +426,8 @@ class Instructions:
     def signals(self, text: str) -> list[str]:
         """The context signals ``text`` raises against these instructions (its first and last
         :data:`EDGE_CHARS` characters are read)."""
-        if self.near is None and self.rule is None and self.language is None and self.forms is None:
+        if self.near is None and self.rule is None and self.language is None and self.forms is None \
+                and not self.subject:
             return []
         if len(text) > 2 * EDGE_CHARS:
             text = text[:EDGE_CHARS] + "\n" + text[-EDGE_CHARS:]
@@ -439,6 +446,8 @@ class Instructions:
                     break
         if self.forms is not None and self.forms.asked_otherwise(text):
             found.append("other_form")
+        if self.subject and scope.leaves(text, self.subject):
+            found.append("leaves_scope")
         return found
 
     def _asks(self, data: bytes, places: dict[int, list[int]]) -> bool:
@@ -550,13 +559,16 @@ def _compile(text: str) -> Instructions:
             question = re.compile(r"(?<!\w)(?P<noun>" + "|".join(_KEPT_NOUNS[name] for name in sorted(kept))
                                   + r")(?:e?s)?(?!\w)[^.!?\n]{0,30}\?$", re.IGNORECASE)
     forbidden: set[str] = set()
+    subject = scope.subject(text)  # "only answer questions about cooking"
     kept_stems = {_stem(w) for name in kept for w in _WORD.findall(_KEPT_NOUNS[name])}
     for end in places.get(_READ_NEGATION, ()):
         clause = _CLAUSE.match(_piece(data, end, end + 240))
         if clause is None or _DISCLOSE.search(clause.group(0)) or any(
                 _KEPT_WORDS_PY[name].search(clause.group(0)) for name in kept):
             continue  # keeping something: what asks for it is asks_kept, mentioning it is no breach
-        for word in _WORD.findall(forms.unnamed(clause.group(0))):  # a form forbidden is other_form's
+        forbids, named_subject = scope.subject_after(clause.group(0))  # "unrelated to X": X is allowed
+        subject |= named_subject
+        for word in _WORD.findall(forms.unnamed(forbids)):  # a form forbidden is other_form's
             stem = _stem(word)
             if word.lower() not in _GENERIC and stem not in kept_stems:
                 forbidden.add(stem)
@@ -567,8 +579,8 @@ def _compile(text: str) -> Instructions:
             language = _LANGUAGE_NAME.search(before).group(1).lower()  # type: ignore[union-attr]
             break
     form = forms.fixed(text)
-    if near is None and not forbidden and language is None and not secrets and form is None:
+    if near is None and not forbidden and language is None and not secrets and form is None and not subject:
         return NONE
     rule = re.compile(r"\b(?:" + "|".join(sorted(forbidden)) + r")\w*", re.IGNORECASE) if forbidden else None
     return Instructions(near, question, frozenset(forbidden), language, rule, frozenset(qualifiers),
-                        frozenset(named), tuple(secrets), form)
+                        frozenset(named), tuple(secrets), form, frozenset(subject))
