@@ -403,6 +403,7 @@ def warm() -> None:
     _reader()
     _text_reader()
     forms.warm()
+    scope.warm()
 
 
 @dataclass(frozen=True, slots=True)

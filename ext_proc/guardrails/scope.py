@@ -15,39 +15,49 @@ the application is for. Two things follow for the injection score (:mod:`.instru
   and raises nothing: telling subjects apart needs more than words, and a gateway must not refuse
   a user for asking the wrong assistant.
 
-Stems are the first four letters ("math" meets "mathematics"). Reading is Python's ``re`` on the
-instructions once (cached with them) and on a user text only when its instructions keep a subject.
+Stems are the first four letters ("math" meets "mathematics"). Hyperscan finds the places (a
+subject named, a text leaving), Python reads the few words after each; a user text is read only
+when its instructions keep a subject.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
 
+import hyperscan
+
 # In a prohibition: the words after these name the subject ("unrelated to X", "other than X").
-_OUTSIDE = re.compile(r"\b(?:unrelated\s+to|not\s+related\s+to|other\s+than|outside(?:\s+of)?|except(?:\s+for)?|"
-                      r"besides|apart\s+from|beyond|that\s+(?:are|is)\s+not\s+(?:about|related\s+to)|not\s+about|"
-                      r"off[- ]topic\s+(?:for|from))\s+", re.IGNORECASE)
-# Positive: "only answer questions about X", "stay on the subject of X", "only help with X".
-_ONLY = re.compile(r"\b(?:only\s+(?:answer|respond\s+to|discuss|talk\s+about|help\s+(?:with|users\s+with)|"
-                   r"assist\s+with|handle)|stay\s+on\s+(?:the\s+)?(?:subject|topic)\s+of|(?:limit|restrict)\s+(?:yourself|your\s+"
-                   r"answers|the\s+conversation)\s+to|stick\s+to)\s+(?:(?:questions|topics|requests|queries)\s+"
-                   r"(?:about|on|regarding|related\s+to|concerning)\s+)?(?:the\s+)?", re.IGNORECASE)
-# Or refusing what lies outside it: "It must refuse requests outside of HR policy."
-_REFUSING = re.compile(r"\b(?:refuse|decline|reject|ignore|not\s+answer|n't\s+answer)\w*\s+(?:[\w-]+\s+){0,3}?"
-                       r"(?=" + _OUTSIDE.pattern + r")", re.IGNORECASE)
+_OUTSIDE_WORDS = (r"(?:unrelated\s+to|not\s+related\s+to|other\s+than|outside(?:\s+of)?|except(?:\s+for)?|besides|"
+                  r"apart\s+from|beyond|that\s+(?:are|is)\s+not\s+(?:about|related\s+to)|not\s+about|"
+                  r"off[- ]topic\s+(?:for|from))\s+")
+_OUTSIDE = re.compile(r"\b" + _OUTSIDE_WORDS, re.IGNORECASE)
+# Positive: "only answer questions about X", "stay on the subject of X", "only help with X"; or
+# refusing what lies outside it: "It must refuse requests outside of HR policy".
+_ONLY = (r"\b(?:only\s+(?:answer|respond\s+to|discuss|talk\s+about|help\s+(?:with|users\s+with)|assist\s+with|handle)|"
+         r"stay\s+on\s+(?:the\s+)?(?:subject|topic)\s+of|(?:limit|restrict)\s+(?:yourself|your\s+answers|the\s+"
+         r"conversation)\s+to|stick\s+to)\s+(?:(?:questions|topics|requests|queries)\s+(?:about|on|regarding|"
+         r"related\s+to|concerning)\s+)?(?:the\s+)?")
+_REFUSING = (r"\b(?:refuse|decline|reject|ignore|not\s+answer|n't\s+answer)\w*\s+(?:[\w-]+\s+){0,3}" + _OUTSIDE_WORDS
+             + r"(?:the\s+)?")
 _SUBJECT = re.compile(r"[^.!?\n;:]{1,80}")
 _WORD = re.compile(r"[^\W\d_]{3,}|\b[A-Z]{2}\b")  # and two-letter acronyms ("HR", "IT")
 _NOT_SUBJECT = frozenset(re.findall(r"\w+", """and the our your their its with for any all other questions topics
 requests queries about related subject topic anything everything else things thing that this these those users user
 customers politely decline refuse answer answers help assist only please"""))
-# A text that leaves: saying so, or setting the subject aside by name.
-_LEAVES = re.compile(r"\b(?:off[- ]topic|unrelated|change\s+(?:of\s+)?(?:the\s+)?(?:subject|topic)|(?:talk|switch|move"
-                     r"(?:\s+on)?)\s+(?:about|to|on\s+to)\s+(?:something|anything)\s+(?:else|different)|(?:isn't|is\s+not|"
-                     r"it's\s+not|not)\s+(?:about|related\s+to)\s+(?:the\s+|your\s+)?(?P<named>\w+))", re.IGNORECASE)
-_ASIDE = re.compile(r"\b(?:forget(?:\s+about)?|never\s*mind|enough\s+(?:about|of|with)|stop\s+talking\s+about|"
-                    r"instead\s+of|rather\s+than|aside\s+from|leave)\s+(?:the\s+|your\s+|all\s+(?:the\s+|this\s+)?)?"
-                    r"(?P<named>\w+)", re.IGNORECASE)
+# A text that leaves: saying so, or (where the pattern ends) setting aside what it names next.
+_LEAVES = (r"\b(?:off[- ]topic|unrelated|change\s+(?:of\s+)?(?:the\s+)?(?:subject|topic)|(?:talk|switch|move"
+           r"(?:\s+on)?)\s+(?:about|to|on\s+to)\s+(?:something|anything)\s+(?:else|different))\b")
+_NOT_ABOUT = r"\b(?:isn't|is\s+not|it's\s+not|not)\s+(?:about|related\s+to)\s+(?:the\s+|your\s+)?"
+_ASIDE = (r"\b(?:forget(?:\s+about)?|never\s*mind|enough\s+(?:about|of|with)|stop\s+talking\s+about|instead\s+of|"
+          r"rather\s+than|aside\s+from|leave)\s+(?:the\s+|your\s+|all\s+(?:the\s+|this\s+)?)?")
+_POINTERS = frozenset(("that", "this", "it", "topic", "subject"))
+_NEXT_WORD = re.compile(r"\w+")
 MAX_READ = 4_096
+MAX_PLACES = 16  # places of one text read
+_READ_ONLY, _READ_REFUSING = 0, 1
+_TEXT_LEAVES, _TEXT_NOT_ABOUT, _TEXT_ASIDE = 0, 1, 2
 
 
 def _stems(text: str) -> set[str]:
@@ -64,25 +74,61 @@ def subject_after(clause: str) -> tuple[str, set[str]]:
     return clause[:match.start()], _stems(subject.group(0)) if subject else set()
 
 
+@functools.cache
+def _database(which: str) -> hyperscan.Database:
+    expressions = [_ONLY, _REFUSING] if which == "instructions" else [_LEAVES, _NOT_ABOUT, _ASIDE]
+    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    database.compile(expressions=[e.encode() for e in expressions], ids=list(range(len(expressions))),
+                     elements=len(expressions), flags=[hyperscan.HS_FLAG_CASELESS] * len(expressions))
+    return database
+
+
+def _places(which: str, data: bytes) -> list[tuple[int, int]]:
+    """(pattern, end) of each match of ``which``'s patterns in ``data``, at most MAX_PLACES."""
+    found: list[tuple[int, int]] = []
+
+    def seen(pattern: int, _start: int, end: int, _flags: int, _context: object) -> bool | None:
+        found.append((pattern, end))
+        return True if len(found) >= MAX_PLACES else None
+
+    with contextlib.suppress(hyperscan.ScanTerminated):
+        _database(which).scan(data, match_event_handler=seen)
+    return found
+
+
+def _after(data: bytes, end: int, size: int) -> str:
+    return data[end:end + size].decode("utf-8", "ignore")
+
+
 def subject(text: str) -> set[str]:
     """The stems of the subject ``text`` (instructions) keeps the application to, positively
     ("only answer questions about cooking") or refusing what lies outside it ("refuse requests
     outside of HR policy"); :func:`subject_after` reads the negated prohibitions."""
     stems: set[str] = set()
-    for match in _ONLY.finditer(text[:MAX_READ]):
-        named = _SUBJECT.match(text, match.end())
+    data = text[:MAX_READ].encode("utf-8", "surrogatepass")
+    for _, end in _places("instructions", data):
+        named = _SUBJECT.match(_after(data, end, 120))
         if named:
             stems |= _stems(named.group(0))
-    for match in _REFUSING.finditer(text[:MAX_READ]):
-        stems |= subject_after(text[match.end():match.end() + 120])[1]
     return stems
 
 
 def leaves(text: str, stems: frozenset[str]) -> bool:
     """Whether ``text`` says it leaves the subject named by ``stems``."""
-    text = text[:MAX_READ]
-    for match in _LEAVES.finditer(text):
-        named = match.group("named")
-        if named is None or named[:4].lower() in stems or named.lower() in ("that", "this", "it", "topic", "subject"):
+    data = text[:MAX_READ].encode("utf-8", "surrogatepass")
+    for pattern, end in _places("text", data):
+        if pattern == _TEXT_LEAVES:
             return True
-    return any(match.group("named")[:4].lower() in stems for match in _ASIDE.finditer(text))
+        named = _NEXT_WORD.match(_after(data, end, 40))
+        if named is None:
+            continue
+        word = named.group(0).lower()
+        if word[:4] in stems or (pattern == _TEXT_NOT_ABOUT and word in _POINTERS):
+            return True
+    return False
+
+
+def warm() -> None:
+    """Compile both databases now rather than on a first request."""
+    _database("instructions")
+    _database("text")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from ext_proc.core.actions import Ask, Continue
 from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
-from ext_proc.guardrails import forms, injection
+from ext_proc.guardrails import forms, injection, scope
 from ext_proc.guardrails.detectors import GROUPS, PASTED
 from ext_proc.guardrails.guard import Holdback
 from ext_proc.guardrails.instructions import WEIGHTS, instructions
@@ -1041,3 +1041,14 @@ def test_a_text_that_says_it_leaves_the_subject_raises_leaves_scope(system: str,
         assert "leaves_scope" not in context.signals(text), text
     unscoped = instructions("You are a helpful assistant.")
     assert all(unscoped.signals(text) == [] for text in leaving)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.lists(st.one_of(st.sampled_from(["only", "answer", "questions", "about", "not", "unrelated", "to",
+                                                "forget", "the", "cooking", "refuse", "outside", "of", "HR", "é", "\n",
+                                                "off-topic", "instead", "—"]),
+                               st.text(max_size=3)), max_size=80).map(" ".join))
+def test_subject_reading_takes_any_text(text: str) -> None:
+    assert isinstance(scope.subject(text), set)
+    assert isinstance(scope.leaves(text, frozenset({"cook"})), bool)
+    assert isinstance(instructions(text).signals(text), list)
