@@ -22,7 +22,8 @@ a text asks for a value, or asks to drop one ("stop writing in lowercase", "no J
   words", "ten paragraphs", "a long essay");
 - dropped: a negation or "stop" a few words before a form phrase ("Don't use JSON", "Stop with the
   haikus", "not verse");
-- "normally" ("talk to me normally", "in normal sentences") asks for a form other than any fixed.
+- "talk normally" ("talk to me normally", "in normal sentences") asks for a form other than any
+  fixed ("continue normally" does not).
 
 A text raises the signal when it asks for a value the instructions do not allow in a kind they
 fix, or drops a value they fix. Only the texts of requests whose instructions fix a form are read:
@@ -90,8 +91,8 @@ _ENDS = re.compile(r"\s*(?:$|[.,;:!?)\"'\]]|(?:please|only|instead|now|from|this
 _DROP = re.compile(r"(?<![\w-])(?:don't|do\s+not|dont|no|not|stop|without|instead\s+of|rather\s+than|drop|quit|"
                    r"skip|ditch|forget|lose|"
                    r"enough\s+of|no\s+more|never)(?:\s+[\w']+){0,3}\s+$", re.IGNORECASE)
-_NORMAL = (r"normally|like\s+a\s+normal\s+(?:person|human)|(?:in\s+)?normal\s+(?:sentences|english|text|"
-           r"language|words)")
+_NORMAL = (r"(?:talk|write|answer|respond|reply|speak|chat)(?:\s+to\s+(?:me|us))?\s+normally|like\s+a\s+normal\s+"
+           r"(?:person|human)|(?:in\s+)?normal\s+(?:sentences|english|text|language|words)")
 # In instructions: a form fixed ("only", "always", or a verb of answering before it) or forbidden.
 # A verb of answering fixes a form ("Respond only with valid JSON", "Keep every answer under 30 words");
 # "use" only with "only" or "always" ("Use markdown where it helps" fixes nothing).

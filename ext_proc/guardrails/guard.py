@@ -47,7 +47,7 @@ from ext_proc.memo import digest, remembered
 
 from . import injection
 from .detectors import INJECTION, Detector
-from .instructions import MAX_CHARS, instructions
+from .instructions import MAX_CHARS, Instructions, instructions
 from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Finding, Scanner
@@ -66,6 +66,12 @@ FIND, FIND_SYSTEM, SCORE = b"f", b"s", b"i"
 
 def _find(scanner: Scanner, names: Container[str], text: str) -> Sequence[Finding]:
     return scanner.find(text, names) or ()  # none: one shared empty tuple in the memory, not a list each
+
+
+def _score(context: Instructions | None, text: str, key: bytes | None) -> float:
+    """``text``'s injection score against ``context``, asked of the worker's memory first."""
+    space = SCORE + (context.serial if context is not None else b"-")
+    return remembered(space, text, functools.partial(injection.score, context=context), key)
 
 
 class Blocked(Exception):
@@ -225,6 +231,7 @@ class Guard:
         keeps = KEPT in plan.response
         room = MAX_CHARS if plan.instructions or keeps else 0
         known: list[bytes | None] = []  # the scored texts' digests, where the findings' question had it
+        tools: list[bool] = []  # whether each scored text is a tool's result
         for ref in list(walker.request(payload)):
             text = ref.get()
             if not text:
@@ -249,6 +256,7 @@ class Guard:
             if plan.injection is not None and ref.role in INJECTION_ROLES:
                 scored.append(text)  # as it goes upstream: redacted values stay redacted for a classifier too
                 known.append(key)
+                tools.append(ref.role == "tool")
         scoring = plan.injection is not None and bool(scored)
         read = None
         if system and (keeps or (scoring and plan.instructions)):
@@ -257,9 +265,8 @@ class Guard:
                 self._kept = kept(read.secrets)
         if scoring:
             context = read if plan.instructions else None
-            space = SCORE + (context.serial if context is not None else b"-")
-            self.score = max(remembered(space, text, functools.partial(injection.score, context=context), key)
-                             for text, key in zip(scored, known, strict=True))
+            self.score = max(_score(context.for_tools() if tool and context is not None else context, text, key)
+                             for text, key, tool in zip(scored, known, tools, strict=True))
             if self.score >= plan.threshold:
                 self.injection_found()
         return changed, scored

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import hyperscan
 
@@ -423,6 +423,16 @@ class Instructions:
     # These instructions among all the process compiled (never reused): the space of the scores
     # they took part in, in the worker's memory of texts (ext_proc.memo).
     serial: bytes = field(default_factory=memo.tag, compare=False)
+    tools: Instructions | None = field(default=None, compare=False, repr=False)  # see for_tools
+
+    def for_tools(self) -> Instructions:
+        """These instructions as a tool's result meets them: without ``breaks_rule``. A web page or
+        a document that mentions what the instructions forbid ("do not discuss politics", and a
+        news article about politics) breaks no rule: an instruction inside it is what matters,
+        and the other signals and the scorer read that. Agents' framework prompts are full of
+        prohibitions: on our benign tool content under them, 17 of the 19 texts the instructions
+        made injections came from it."""
+        return self.tools if self.tools is not None else self
 
     def signals(self, text: str) -> list[str]:
         """The context signals ``text`` raises against these instructions (its first and last
@@ -583,5 +593,8 @@ def _compile(text: str) -> Instructions:
     if near is None and not forbidden and language is None and not secrets and form is None and not subject:
         return NONE
     rule = re.compile(r"\b(?:" + "|".join(sorted(forbidden)) + r")\w*", re.IGNORECASE) if forbidden else None
-    return Instructions(near, question, frozenset(forbidden), language, rule, frozenset(qualifiers),
+    read = Instructions(near, question, frozenset(forbidden), language, rule, frozenset(qualifiers),
                         frozenset(named), tuple(secrets), form, frozenset(subject))
+    if rule is None:
+        return read
+    return replace(read, tools=replace(read, rule=None, serial=memo.tag()))  # its own space of scores

@@ -855,6 +855,29 @@ def test_an_injection_is_scored_against_the_requests_system_prompt() -> None:
     assert isinstance(unscored, Continue)
 
 
+COOKING = ("You are a cooking assistant. Only talk about recipes and cooking. Do not discuss politics, religion or "
+           "medical treatments.")
+
+
+def test_a_tools_result_that_mentions_what_the_instructions_forbid_breaks_no_rule() -> None:
+    """A user asking about a forbidden subject goes against the instructions; a tool's result (a
+    page, a document) that mentions it does not: breaks_rule reads user text only."""
+    text = "Which medical treatments work best for diabetes?"
+    context = instructions(COOKING)
+    assert "breaks_rule" in context.signals(text) and "breaks_rule" not in context.for_tools().signals(text)
+    assert context.for_tools().serial != context.serial  # its scores are remembered apart
+    asked = {"model": "gpt-4o", "messages": [{"role": "system", "content": COOKING}, {"role": "user", "content": text}]}
+    _, _, refused = post("/v1/chat/completions", asked)
+    assert refused.status == 400 and b"'injection' guardrail (prompt_injection)" in refused.body
+    looked_up = {"model": "gpt-4o", "messages": [
+        {"role": "system", "content": COOKING}, {"role": "user", "content": "Is sugar bad for me? Search it."},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                              "function": {"name": "search", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": text}]}
+    _, _, passed = post("/v1/chat/completions", looked_up)
+    assert isinstance(passed, Continue)
+
+
 @pytest.mark.parametrize(("answer", "status"), [
     (0.95, 400),  # the classifier says injection
     (0.1, None),  # it does not
