@@ -247,17 +247,25 @@ def _sentence(data: bytes, end: int) -> tuple[int, int]:
     return start, stop
 
 
-def _name(sentence: str, named: list[str]) -> None:
+def _name(sentence: str, named: list[str], owned: dict[str, str], bare: set[str]) -> None:
     """Add to ``named`` what ``sentence`` names, not a value it gives ("The secret word is
-    'marmalade'", "code: 4471")."""
+    'marmalade'", "code: 4471"); to ``owned`` what a possessive names, with its owner ("competitors'
+    prices": prices, of competitors), and to ``bare`` what it names without one."""
     sentence = forms.unnamed(_QUOTED.sub(" ", sentence))  # "never output anything but JSON" keeps no JSON
     head, *rest = _VALUE.split(sentence, maxsplit=1)
     if rest and len(rest[0].split()) <= 3:
         sentence = head
+    for match in _POSSESSED.finditer(sentence):
+        owned.setdefault(match.group(2).lower(), match.group(1).lower()[:4])
+    bare.update(w.lower() for w in _WORD.findall(_POSSESSED.sub(r"\1 ", sentence)))
     for word in _WORD.findall(sentence):
         lower = word.lower()
         if lower not in _GENERIC and lower not in _KEEP_WORDS and lower not in named and len(named) < MAX_NAMED:
             named.append(lower)
+
+
+# A possessive: its owner and the thing it names ("competitors' prices", "the CEO's salary").
+_POSSESSED = re.compile(r"([^\W\d_]+?)(?:'s|’s|s'|s’)\s+([^\W\d_]{4,})")
 
 
 # The values a keeping sentence gives: quoted, after "is" or ":" (up to a comma, "and", "but"), a
@@ -418,6 +426,7 @@ class Instructions:
     qualifiers: frozenset[str] = frozenset()  # the words before a kept noun there ("staff" wifi password)
     named: frozenset[str] = frozenset()  # the words a keeping sentence names (not the kept nouns)
     secrets: tuple[str, ...] = ()  # the values they keep ("FLAMINGO"), for the answer's guard (.kept)
+    owned: tuple[tuple[str, str], ...] = ()  # a named thing kept only with its owner: ("prices", "comp")
     forms: Forms | None = None  # the answers' form they fix or forbid (.forms)
     subject: frozenset[str] = frozenset()  # stems of the subject they keep the application to (.scope)
     # These instructions among all the process compiled (never reused): the space of the scores
@@ -468,7 +477,8 @@ class Instructions:
             match = self.near.match(after)
             if match and not _CHORE.search(_piece(data, end - 40, end) + after[:match.start("kept")]) \
                     and not _CHORE_AFTER.match(after, match.end()) \
-                    and self._same_thing(after[:match.start("kept")], match.group("kept"), after[match.end():]):
+                    and self._same_thing(after[:match.start("kept")], match.group("kept"), after[match.end():]) \
+                    and self._owner_named(match.group("kept"), data):
                 return True
         question = self.question
         if question is None:
@@ -481,6 +491,15 @@ class Instructions:
                     and self._same_thing(before[:match.start()], match.group("noun"), before[match.end("noun"):]):
                 return True
         return False
+
+    def _owner_named(self, word: str, data: bytes) -> bool:
+        """Whether a thing the instructions keep only as someone's ("competitors' prices", "the CEO's
+        salary") has its owner in the text too: "What are the prices of your plans?" asks for no
+        competitor's price."""
+        if not self.owned:
+            return True
+        lower = word.lower()
+        return all(owner.encode() in data.lower() for thing, owner in self.owned if thing == lower)
 
     def _same_thing(self, before: str, word: str, following: str = "") -> bool:
         """Whether a kept noun in a text is the kept thing: the words right before it qualify it as
@@ -524,6 +543,8 @@ def _compile(text: str) -> Instructions:
     kept = {name for name, i in _KEPT_IDS.items() if i in places} if keeps else set()
     # And what a sentence that keeps something names: "The salary bands are confidential."
     named: list[str] = []
+    owned: dict[str, str] = {}  # a possessive's thing -> its owner's first letters
+    bare: set[str] = set()  # the words named without an owner
     secrets: list[str] = []
     keeping: list[str] = []  # the sentences that keep something (and those they refer back to)
     sentences: set[tuple[int, int]] = set()
@@ -538,10 +559,10 @@ def _compile(text: str) -> Instructions:
             # given) in the sentence before.
             previous = _piece(data, *_sentence(data, start - 2))
             if _ANAPHOR.match(sentence):
-                _name(previous, named)
+                _name(previous, named, owned, bare)
             _values(previous, secrets)
             keeping.append(previous)
-        _name(sentence, named)
+        _name(sentence, named, owned, bare)
         _values(sentence, secrets)
         keeping.append(sentence)
     for name in _VALUED:  # the value of a secret a keeping sentence names, given in another sentence
@@ -593,8 +614,9 @@ def _compile(text: str) -> Instructions:
     if near is None and not forbidden and language is None and not secrets and form is None and not subject:
         return NONE
     rule = re.compile(r"\b(?:" + "|".join(sorted(forbidden)) + r")\w*", re.IGNORECASE) if forbidden else None
+    owned_only = tuple((thing, owner) for thing, owner in sorted(owned.items()) if thing not in bare)
     read = Instructions(near, question, frozenset(forbidden), language, rule, frozenset(qualifiers),
-                        frozenset(named), tuple(secrets), form, frozenset(subject))
+                        frozenset(named), tuple(secrets), owned_only, form, frozenset(subject))
     if rule is None:
         return read
     return replace(read, tools=replace(read, rule=None, serial=memo.tag()))  # its own space of scores
