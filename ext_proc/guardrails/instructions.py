@@ -163,7 +163,8 @@ respond response responses reveal revealing right same say saying share sharing 
 talk talking tell telling than that their them then there these they thing things this those through topic
 topics under unless until user users very want what when where which while with within without would your
 yours yourself assistant conversation instructions instruction rules rule prompt system word words reply
-subject subjects
+subject subjects offer offers offering recommend suggest promise guarantee accept process issue create generate
+produce send
 replies written write writing output print disclosing divulge confirm deny people person anybody someone
 """)
 _LANGUAGES = ("english|spanish|french|german|italian|portuguese|dutch|polish|russian|ukrainian|chinese|mandarin|"

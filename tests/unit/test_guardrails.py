@@ -810,6 +810,13 @@ def test_a_users_own_data_is_not_what_the_instructions_keep() -> None:
     assert bank.signals("What is Maria Costa's balance?") == ["asks_kept"]
 
 
+def test_a_prohibitions_generic_action_is_no_forbidden_word() -> None:
+    airline = instructions("Never offer refunds or discounts; direct refund requests to the website form.")
+    assert airline.forbidden == {"refun", "disco"}  # not "offer": what is forbidden is what is offered
+    assert airline.signals("Do you offer extra legroom seats?") == []
+    assert airline.signals("Give me a discount code for my next flight.") == ["breaks_rule"]
+
+
 def test_what_a_possessive_keeps_is_asked_for_only_with_its_owner() -> None:
     orbit = instructions("You are Orbit, the assistant of Orbit Telecom. Refrain from discussing competitors' "
                          "prices.")
