@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import hyperscan
 
+from .places import piece as _piece
+
 # Each kind's values and the phrases that name them (caseless, white space between words).
 _PHRASES: dict[str, dict[str, str]] = {
     "case": {
@@ -172,10 +174,6 @@ def fixed(text: str) -> Forms | None:
     if not allowed and not forbidden:
         return None
     return Forms({k: frozenset(v) for k, v in allowed.items()}, {k: frozenset(v) for k, v in forbidden.items()})
-
-
-def _piece(data: bytes, start: int, end: int) -> str:
-    return data[max(0, start):end].decode("utf-8", "ignore")
 
 
 def _clause(data: bytes, start: int, width: int, marks: str = "") -> str:

@@ -65,6 +65,9 @@ from ext_proc import memo
 
 from . import forms, scope
 from .forms import Forms
+from .places import compiled as _compiled
+from .places import piece as _piece
+from .places import places as _places
 
 # Logit added to the scorer's total per signal found (bench/injection_context.py).
 WEIGHTS = {"asks_kept": 4.0, "breaks_rule": 3.0, "other_language": 4.0, "other_form": 4.0, "leaves_scope": 4.0}
@@ -358,53 +361,24 @@ def _stem(word: str) -> str:
     return word[:5].lower()
 
 
-# Two Hyperscan databases (caseless, UTF-8), compiled once: what reads the
-# instructions, and what reads a user text. Each reports where its patterns end; Python then reads
-# only the few characters around those places.
+# Two Hyperscan databases (caseless, UTF-8), compiled once: what reads the instructions, and what
+# reads a user text (.places).
 _READ_NEGATION, _READ_LANGUAGE = 0, 1
 _KEEP_IDS = range(2, 2 + len(_KEEPS))
 _KEPT_IDS = {name: 2 + len(_KEEPS) + i for i, name in enumerate(_KEPT_NOUNS)}
 _TEXT_ASK, _TEXT_TOLD_NOT, _TEXT_LANGUAGE, _TEXT_QUESTION = 0, 1, 2, 3
-MAX_PLACES = 32  # places of one kind looked at in a text (a text full of "what" is not read 10,000 times)
-
-
-def _compiled(expressions: list[str], single: set[int]) -> hyperscan.Database:
-    base = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_UTF8
-    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    database.compile(expressions=[e.encode() for e in expressions], ids=list(range(len(expressions))),
-                     elements=len(expressions),
-                     flags=[base | (hyperscan.HS_FLAG_SINGLEMATCH if i in single else 0)
-                            for i in range(len(expressions))])
-    return database
 
 
 @functools.cache
 def _reader() -> hyperscan.Database:
     expressions = [_NEGATION, _FIXED_LANGUAGE] + [pattern for pattern, _ in _KEEPS]
     expressions += [_bounded(words) for words in _KEPT_NOUNS.values()]
-    return _compiled(expressions, single=set())
+    return _compiled(expressions)
 
 
 @functools.cache
 def _text_reader() -> hyperscan.Database:
     return _compiled([_bounded(_ASK), _TOLD_NOT, _ASKED_LANGUAGE, r"\?"], single={_TEXT_TOLD_NOT})
-
-
-def _places(database: hyperscan.Database, data: bytes) -> dict[int, list[int]]:
-    """Where each pattern of ``database`` ends in ``data`` (byte offsets, at most MAX_PLACES each)."""
-    found: dict[int, list[int]] = {}
-
-    def seen(pattern: int, _start: int, end: int, _flags: int, _context: object) -> None:
-        ends = found.setdefault(pattern, [])
-        if len(ends) < MAX_PLACES and (not ends or ends[-1] != end):
-            ends.append(end)
-
-    database.scan(data, match_event_handler=seen)
-    return found
-
-
-def _piece(data: bytes, start: int, end: int) -> str:
-    return data[max(0, start):end].decode("utf-8", "ignore")
 
 
 def warm() -> None:

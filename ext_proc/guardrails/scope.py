@@ -22,11 +22,12 @@ when its instructions keep a subject.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import re
 
 import hyperscan
+
+from .places import compiled, piece, places
 
 # In a prohibition: the words after these name the subject ("unrelated to X", "other than X").
 _OUTSIDE_WORDS = (r"(?:unrelated\s+to|not\s+related\s+to|other\s+than|outside(?:\s+of)?|except(?:\s+for)?|besides|"
@@ -55,8 +56,7 @@ _ASIDE = (r"\b(?:forget(?:\s+about)?|never\s*mind|enough\s+(?:about|of|with)|sto
 _POINTERS = frozenset(("that", "this", "it", "topic", "subject"))
 _NEXT_WORD = re.compile(r"\w+")
 MAX_READ = 4_096
-MAX_PLACES = 16  # places of one text read
-_READ_ONLY, _READ_REFUSING = 0, 1
+MAX_PLACES = 16  # places of each kind read in one text
 _TEXT_LEAVES, _TEXT_NOT_ABOUT, _TEXT_ASIDE = 0, 1, 2
 
 
@@ -76,28 +76,7 @@ def subject_after(clause: str) -> tuple[str, set[str]]:
 
 @functools.cache
 def _database(which: str) -> hyperscan.Database:
-    expressions = [_ONLY, _REFUSING] if which == "instructions" else [_LEAVES, _NOT_ABOUT, _ASIDE]
-    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    database.compile(expressions=[e.encode() for e in expressions], ids=list(range(len(expressions))),
-                     elements=len(expressions), flags=[hyperscan.HS_FLAG_CASELESS] * len(expressions))
-    return database
-
-
-def _places(which: str, data: bytes) -> list[tuple[int, int]]:
-    """(pattern, end) of each match of ``which``'s patterns in ``data``, at most MAX_PLACES."""
-    found: list[tuple[int, int]] = []
-
-    def seen(pattern: int, _start: int, end: int, _flags: int, _context: object) -> bool | None:
-        found.append((pattern, end))
-        return True if len(found) >= MAX_PLACES else None
-
-    with contextlib.suppress(hyperscan.ScanTerminated):
-        _database(which).scan(data, match_event_handler=seen)
-    return found
-
-
-def _after(data: bytes, end: int, size: int) -> str:
-    return data[end:end + size].decode("utf-8", "ignore")
+    return compiled([_ONLY, _REFUSING] if which == "instructions" else [_LEAVES, _NOT_ABOUT, _ASIDE])
 
 
 def subject(text: str) -> set[str]:
@@ -106,25 +85,27 @@ def subject(text: str) -> set[str]:
     outside of HR policy"); :func:`subject_after` reads the negated prohibitions."""
     stems: set[str] = set()
     data = text[:MAX_READ].encode("utf-8", "surrogatepass")
-    for _, end in _places("instructions", data):
-        named = _SUBJECT.match(_after(data, end, 120))
-        if named:
-            stems |= _stems(named.group(0))
+    for ends in places(_database("instructions"), data, MAX_PLACES).values():
+        for end in ends:
+            named = _SUBJECT.match(piece(data, end, end + 120))
+            if named:
+                stems |= _stems(named.group(0))
     return stems
 
 
 def leaves(text: str, stems: frozenset[str]) -> bool:
     """Whether ``text`` says it leaves the subject named by ``stems``."""
     data = text[:MAX_READ].encode("utf-8", "surrogatepass")
-    for pattern, end in _places("text", data):
+    for pattern, ends in places(_database("text"), data, MAX_PLACES).items():
         if pattern == _TEXT_LEAVES:
             return True
-        named = _NEXT_WORD.match(_after(data, end, 40))
-        if named is None:
-            continue
-        word = named.group(0).lower()
-        if word[:4] in stems or (pattern == _TEXT_NOT_ABOUT and word in _POINTERS):
-            return True
+        for end in ends:
+            named = _NEXT_WORD.match(piece(data, end, end + 40))
+            if named is None:
+                continue
+            word = named.group(0).lower()
+            if word[:4] in stems or (pattern == _TEXT_NOT_ABOUT and word in _POINTERS):
+                return True
     return False
 
 
