@@ -13,14 +13,19 @@ text still held for it is sent in an event of the same kind placed just before t
 so the stream keeps the shape the client's SDK (and Tollway's translators) expect.
 
 Covered: chat completions (every message role, string or part content, tool calls and tool
-results, refusals), completions (``prompt``, ``suffix``), embeddings (``input``), Messages
-(``system``, every content block: text, ``tool_use`` input, ``tool_result`` content, text
-documents), the Responses API (``instructions``, ``input`` items: messages and their text parts,
-function and custom tool calls and their outputs; a stored prompt's string ``variables``; the
-answer's ``output`` items: message text and refusals, call arguments, reasoning summaries).
-Thinking blocks and reasoning items given back in a request are left alone: the provider signs or
-encrypts them and refuses them changed. Adding a wire API is one more walker class and one line
-in :data:`WALKERS`; a request whose API has no walker is refused while guardrails apply to it.
+results, refusals, ``prediction``; the answer's legacy ``function_call`` and URL citations),
+completions (``prompt``, ``suffix``), embeddings (``input``), Messages and ``count_tokens``
+(``system``, every content block: text and its citations, ``tool_use`` input, ``tool_result``
+content, documents' text, title and context, search results; an answer's thinking), the Responses
+API (``instructions``, ``input`` items: messages and their text parts, function and custom tool
+calls and their outputs; a stored prompt's string ``variables``; the answer's ``output`` items:
+message text, its citations and refusals, call arguments, reasoning summaries). A tool input's
+JSON is read in its strings, long integers and keys that are not plain names. Thinking blocks and
+reasoning items given back in a request are left alone: the provider signs or encrypts them and
+refuses them changed. A text with token log probabilities names the object that holds them
+(:attr:`Ref.scrub`): they spell the text out, and are dropped where it changed. Adding a wire
+API is one more walker class and one line in :data:`WALKERS`; a request whose API has no walker is
+refused while guardrails apply to it.
 
 A Responses stream repeats its text: the deltas, then the ``*.done`` event of the channel, the
 ``response.content_part.done`` and ``response.output_item.done`` events, and the whole
@@ -48,34 +53,78 @@ FlushFn = Callable[[tuple[Any, ...], bool], str]
 
 @value
 class Ref:
-    """One string in decoded JSON: ``container[key]``, spoken by ``role``."""
+    """One string in decoded JSON: ``container[key]``, spoken by ``role``; ``scrub``: the object
+    whose ``logprobs`` spell this text out token by token, dropped (``null``) when the text changes."""
 
     container: Any
     key: Any
     role: str
     json_text: bool = False
+    scrub: Any = None
 
     def get(self) -> str:
         return self.container[self.key]  # type: ignore[no-any-return]
 
     def set(self, value: str) -> None:
         self.container[self.key] = value
+        if self.scrub is not None and self.scrub.get("logprobs"):
+            self.scrub["logprobs"] = None
+
+
+class _Number(Ref):
+    """An integer of a JSON value (a card or phone number sent as a number), read as its digits;
+    replaced, it becomes a string (the placeholder or the masked digits)."""
+
+    __slots__ = ()
+
+    def get(self) -> str:
+        return str(self.container[self.key])
+
+
+class _Key(Ref):
+    """An object's key (``{"alice@example.com": "owner"}``); replaced, it is renamed in place (the
+    object's order kept; a name already taken gets a number)."""
+
+    __slots__ = ()
+
+    def get(self) -> str:
+        return self.key  # type: ignore[no-any-return]
+
+    def set(self, value: str) -> None:
+        items = list(self.container.items())
+        name, number = value, 1
+        while name in self.container and name != self.key:
+            number += 1
+            name = f"{value}_{number}"
+        self.container.clear()
+        self.container.update((name if key == self.key else key, item) for key, item in items)
+
+
+_DIGITS = 100_000  # integers from here on are read as text: shorter ones are no identifier's digits
 
 
 def _strings(node: Any, role: str) -> Iterator[Ref]:
-    """Every string leaf of a JSON value (tool inputs)."""
+    """Every string leaf of a JSON value (tool inputs), its long integers, and the keys that are not
+    plain names (an e-mail address, a number): a key is read after the values it holds, so a
+    renamed key never moves a place still to be read."""
     if isinstance(node, dict):
         for key, value in node.items():
             if isinstance(value, str):
                 yield Ref(node, key, role)
             elif isinstance(value, (dict, list)):
                 yield from _strings(value, role)
+            elif type(value) is int and abs(value) >= _DIGITS:
+                yield _Number(node, key, role)
+        for key in [key for key in node if isinstance(key, str) and not key.isidentifier()]:
+            yield _Key(node, key, role)
     elif isinstance(node, list):
         for index, value in enumerate(node):
             if isinstance(value, str):
                 yield Ref(node, index, role)
             elif isinstance(value, (dict, list)):
                 yield from _strings(value, role)
+            elif type(value) is int and abs(value) >= _DIGITS:
+                yield _Number(node, index, role)
 
 
 class StreamTexts:
@@ -127,28 +176,32 @@ class ChatWalker(Walker):
             role = role if role in ("system", "developer", "user", "assistant", "tool") else "user"
             role = "system" if role == "developer" else role
             yield from _message(message, role)
+        prediction = payload.get("prediction")  # the answer expected (Predicted Outputs): text that goes out
+        if isinstance(prediction, dict):
+            yield from _message(prediction, "assistant")
 
     def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
         for choice in payload.get("choices") or ():
             if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
-                yield from _message(choice["message"], "assistant")
+                yield from _message(choice["message"], "assistant", choice)
+                yield from _annotations(choice["message"].get("annotations"))
 
     def stream(self) -> StreamTexts:
         return OpenAIStream()
 
 
-def _message(message: dict[str, Any], role: str) -> Iterator[Ref]:
+def _message(message: dict[str, Any], role: str, scrub: dict[str, Any] | None = None) -> Iterator[Ref]:
     content = message.get("content")
     if isinstance(content, str):
-        yield Ref(message, "content", role)
+        yield Ref(message, "content", role, scrub=scrub)
     elif isinstance(content, list):
         for part in content:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
-                yield Ref(part, "text", role)
+                yield Ref(part, "text", role, scrub=scrub)
             elif isinstance(part, dict) and isinstance(part.get("refusal"), str):
-                yield Ref(part, "refusal", role)
+                yield Ref(part, "refusal", role, scrub=scrub)
     if isinstance(message.get("refusal"), str):
-        yield Ref(message, "refusal", role)
+        yield Ref(message, "refusal", role, scrub=scrub)
     for call in message.get("tool_calls") or ():
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict) and isinstance(function.get("arguments"), str):
@@ -156,6 +209,15 @@ def _message(message: dict[str, Any], role: str) -> Iterator[Ref]:
     legacy = message.get("function_call")
     if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
         yield Ref(legacy, "arguments", role, json_text=True)
+
+
+def _annotations(annotations: Any) -> Iterator[Ref]:
+    """A chat answer's URL citations (``annotations``, ``delta.annotations``): their title and URL."""
+    for annotation in annotations if isinstance(annotations, list) else ():
+        citation = annotation.get("url_citation") if isinstance(annotation, dict) else None
+        for field in ("title", "url"):
+            if isinstance(citation, dict) and isinstance(citation.get(field), str):
+                yield Ref(citation, field, "assistant")
 
 
 class CompletionsWalker(Walker):
@@ -169,7 +231,7 @@ class CompletionsWalker(Walker):
     def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
         for choice in payload.get("choices") or ():
             if isinstance(choice, dict) and isinstance(choice.get("text"), str):
-                yield Ref(choice, "text", "assistant")
+                yield Ref(choice, "text", "assistant", scrub=choice)
 
     def stream(self) -> StreamTexts:
         return OpenAIStream()
@@ -224,6 +286,7 @@ class OpenAIStream(StreamTexts):
                 index = choice.get("index", 0)
                 own: dict[tuple[Any, ...], str] = {}
                 delta = choice.get("delta")
+                altered = False  # this choice's text: its logprobs spell out what was there
                 if isinstance(delta, dict):
                     for field in ("content", "refusal"):
                         value = delta.get(field)
@@ -233,7 +296,7 @@ class OpenAIStream(StreamTexts):
                             own[channel] = new = text(channel, value, False)
                             if new != value:
                                 delta[field] = new
-                                changed = True
+                                altered = True
                     for call in delta.get("tool_calls") or ():
                         function = call.get("function") if isinstance(call, dict) else None
                         value = function.get("arguments") if isinstance(function, dict) else None
@@ -244,7 +307,19 @@ class OpenAIStream(StreamTexts):
                             own[tool] = new = text(tool, value, True)
                             if new != value:
                                 function["arguments"] = new
-                                changed = True
+                                altered = True
+                    legacy = delta.get("function_call")  # the deprecated single call
+                    value = legacy.get("arguments") if isinstance(legacy, dict) else None
+                    if isinstance(value, str) and value:
+                        assert isinstance(legacy, dict)
+                        channel = (index, "function")
+                        self.open[channel] = ("function", True)
+                        own[channel] = new = text(channel, value, True)
+                        if new != value:
+                            legacy["arguments"] = new
+                            altered = True
+                    if delta.get("annotations"):  # whole in one chunk: guarded at once
+                        altered |= _at_once(_annotations(delta["annotations"]), (index, "annotations"), text, flush)
                 elif isinstance(choice.get("text"), str) and choice["text"]:
                     channel = (index, "text")
                     self.open[channel] = ("text", False)
@@ -252,7 +327,11 @@ class OpenAIStream(StreamTexts):
                     own[channel] = new = text(channel, value, False)
                     if new != value:
                         choice["text"] = new
-                        changed = True
+                        altered = True
+                if altered:
+                    changed = True
+                    if choice.get("logprobs"):
+                        choice["logprobs"] = None
                 if choice.get("finish_reason") and any(key[0] == index for key in self.open):
                     # The choice ends here: what it still holds goes out first, in a chunk of its own
                     # placed before this one, together with this chunk's own text (order kept).
@@ -277,6 +356,8 @@ class OpenAIStream(StreamTexts):
             if kind == "tool":
                 delta: dict[str, Any] = {"tool_calls": [{"index": channel[2], "function": {"arguments": rest}}]}
                 choice: dict[str, Any] = {"index": channel[0], "delta": delta, "finish_reason": None}
+            elif kind == "function":
+                choice = {"index": channel[0], "delta": {"function_call": {"arguments": rest}}, "finish_reason": None}
             elif kind == "text":
                 choice = {"index": channel[0], "text": rest, "logprobs": None, "finish_reason": None}
             else:
@@ -297,14 +378,18 @@ def _clear(choice: dict[str, Any], own: dict[tuple[Any, ...], str]) -> None:
             for call in delta.get("tool_calls") or ():
                 if isinstance(call, dict) and call.get("index", 0) == channel[2]:
                     call["function"]["arguments"] = ""
+        elif channel[1] == "function":
+            delta["function_call"]["arguments"] = ""
         else:
             delta[channel[1]] = ""
 
 
 # -- Anthropic Messages ---------------------------------------------------------------------------
 
-_BLOCK_FIELDS = {"text": ("text_delta", "text", False), "tool_use": ("input_json_delta", "partial_json", True)}
-_DELTA_FIELDS = {"text_delta": ("text", False), "input_json_delta": ("partial_json", True)}
+_BLOCK_FIELDS = {"text": ("text_delta", "text", False), "tool_use": ("input_json_delta", "partial_json", True),
+                 "thinking": ("thinking_delta", "thinking", False)}
+_DELTA_FIELDS = {"text_delta": ("text", False), "input_json_delta": ("partial_json", True),
+                 "thinking_delta": ("thinking", False)}
 
 
 class MessagesWalker(Walker):
@@ -330,19 +415,22 @@ class MessagesWalker(Walker):
     def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
         content = payload.get("content")
         if isinstance(content, list):
-            yield from _blocks(content, "assistant")
+            yield from _blocks(content, "assistant", answer=True)
 
     def stream(self) -> StreamTexts:
         return MessagesStream()
 
 
-def _blocks(blocks: list[Any], role: str) -> Iterator[Ref]:
+def _blocks(blocks: list[Any], role: str, answer: bool = False) -> Iterator[Ref]:
+    """The text of Messages content blocks. A thinking block is read in an answer (what the client
+    is shown) and not in a request, where the provider checks its signature and refuses it changed."""
     for block in blocks:
         if not isinstance(block, dict):
             continue
         kind = block.get("type")
         if kind == "text" and isinstance(block.get("text"), str):
             yield Ref(block, "text", role)
+            yield from _citations(block.get("citations"), role)
         elif kind == "tool_use":
             yield from _strings(block.get("input"), role)
         elif kind == "tool_result":
@@ -351,12 +439,43 @@ def _blocks(blocks: list[Any], role: str) -> Iterator[Ref]:
                 yield Ref(block, "content", "tool")
             elif isinstance(content, list):
                 yield from _blocks(content, "tool")
-        elif kind == "document":
+        elif kind == "document" or kind == "search_result":
+            for field in ("title", "context", "source") if kind == "search_result" else ("title", "context"):
+                if isinstance(block.get(field), str):
+                    yield Ref(block, field, role)
             source = block.get("source")
             if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
                 yield Ref(source, "data", role)
             elif isinstance(source, dict) and isinstance(source.get("content"), list):
                 yield from _blocks(source["content"], role)
+            elif isinstance(block.get("content"), list):  # a search result's text blocks
+                yield from _blocks(block["content"], role)
+        elif kind == "thinking" and answer and isinstance(block.get("thinking"), str):
+            yield Ref(block, "thinking", role)
+
+
+_CITED = ("cited_text", "document_title", "title")  # what a citation quotes and names
+
+
+def _citations(citations: Any, role: str) -> Iterator[Ref]:
+    for citation in citations if isinstance(citations, list) else ():
+        for field in _CITED:
+            if isinstance(citation, dict) and isinstance(citation.get(field), str):
+                yield Ref(citation, field, role)
+
+
+def _at_once(refs: Iterator[Ref], channel: tuple[Any, ...], text: TextFn, flush: FlushFn) -> bool:
+    """Guard texts a stream gives whole in one event (a citation, a tool input at its block's start),
+    each as a channel of its own that closes at once; whether any changed."""
+    changed = False
+    key = (*channel, "whole")
+    for ref in refs:
+        value = ref.get()
+        new = text(key, value, ref.json_text) + flush(key, ref.json_text)
+        if new != value:
+            ref.set(new)
+            changed = True
+    return changed
 
 
 class MessagesStream(StreamTexts):
@@ -394,10 +513,13 @@ class MessagesStream(StreamTexts):
                 if shape is not None:
                     self.open[channel] = shape
                     assert isinstance(block, dict)
-                    if shape[1] == "text" and isinstance(block.get("text"), str) and block["text"]:
-                        new = text(channel, block["text"], False)
-                        changed = new != block["text"]
-                        block["text"] = new
+                    field = shape[1] if shape[1] != "partial_json" else ""
+                    if field and isinstance(block.get(field), str) and block[field]:
+                        new = text(channel, block[field], False)
+                        changed = new != block[field]
+                        block[field] = new
+                    elif not field and block.get("input"):  # a tool's input given whole at its start
+                        changed = _at_once(_strings(block["input"], "assistant"), channel, text, flush)
             elif name == "content_block_delta":
                 delta = payload.get("delta")
                 shape2 = _DELTA_FIELDS.get(str(delta.get("type"))) if isinstance(delta, dict) else None
@@ -409,6 +531,8 @@ class MessagesStream(StreamTexts):
                     if new != value:
                         delta[field] = new
                         changed = True
+                elif isinstance(delta, dict) and delta.get("type") == "citations_delta":  # whole in one event
+                    changed = _at_once(_citations([delta.get("citation")], "assistant"), channel, text, flush)
             else:  # content_block_stop
                 out += self._close(channel, flush)
             out.append(_event(payload, name if event.event else "", like=event) if changed else event)
@@ -512,6 +636,9 @@ def _item_texts(item: Any, index: Any) -> Iterator[tuple[tuple[Any, ...], Any, s
             shape = _PART_KINDS.get(str(part.get("type"))) if isinstance(part, dict) else None
             if shape is not None and isinstance(part.get(shape[1]), str):
                 yield (index, shape[0], number), part, shape[1], False
+            annotations = part.get("annotations") if shape is not None else None
+            for which, annotation in enumerate(annotations if isinstance(annotations, list) else ()):
+                yield from _annotation(annotation, index, number, which)
         for number, part in enumerate(item.get("summary") or () if kind == "reasoning" else ()):
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 yield (index, "summary", number), part, "text", False
@@ -519,6 +646,16 @@ def _item_texts(item: Any, index: Any) -> Iterator[tuple[tuple[Any, ...], Any, s
         yield (index, "arguments"), item, "arguments", True
     elif kind == "custom_tool_call" and isinstance(item.get("input"), str):
         yield (index, "input"), item, "input", False
+
+
+_ANNOTATED = ("title", "url", "filename")  # what a citation of an output text names
+
+
+def _annotation(annotation: Any, index: Any, part: Any, which: Any) -> Iterator[tuple[tuple[Any, ...], Any, str, bool]]:
+    """The texts of one annotation of an output text part: each a channel given whole."""
+    for field in _ANNOTATED:
+        if isinstance(annotation, dict) and isinstance(annotation.get(field), str):
+            yield (index, "annotation", part, which, field), annotation, field, False
 
 
 # delta event -> (channel kind, the part index field or "", json_text); its ``.done`` event's text field
@@ -594,7 +731,7 @@ class ResponsesStream(StreamTexts):
                 index = payload.get("output_index")
                 if kind in _R_PARTS:  # one part: as an item holding only it, at its place
                     number = payload.get("summary_index" if "summary" in kind else "content_index")
-                    texts = [((index, *channel[1:-1], number), c, k, j)
+                    texts = [((index, channel[1], number, *channel[3:]), c, k, j)
                              for channel, c, k, j in _item_texts(_as_item(kind, container), index)]
                 else:
                     texts = list(_item_texts(container, index))
@@ -602,8 +739,14 @@ class ResponsesStream(StreamTexts):
                     out += self._close([c for c in self.open if c[0] == index] if kind not in _R_PARTS
                                        else [t[0] for t in texts], flush)
                 for channel, holder, key, json_text in texts:
-                    changed |= (self._final(holder, key, channel, text, flush, json_text) if closing
+                    changed |= (self._final(holder, key, channel, text, flush, json_text)
+                                if closing or channel[1] == "annotation"  # an annotation comes whole
                                 else self._added(holder, key, channel, text, json_text))
+            elif kind == "response.output_text.annotation.added":
+                texts = list(_annotation(payload.get("annotation"), payload.get("output_index"),
+                                         payload.get("content_index"), payload.get("annotation_index")))
+                for channel, holder, key, json_text in texts:
+                    changed |= self._final(holder, key, channel, text, flush, json_text)
             elif kind in _R_WHOLE:
                 out += self._close(list(self.open), flush)
                 response = payload.get("response")
@@ -700,6 +843,7 @@ WALKERS: dict[str, Walker] = {
     "openai.completions": CompletionsWalker(),
     "openai.embeddings": EmbeddingsWalker(),
     "anthropic.messages": MessagesWalker(),
+    "anthropic.count_tokens": MessagesWalker(),  # a Messages body, forwarded to Anthropic to be counted
     "openai.responses": ResponsesWalker(),
 }
 

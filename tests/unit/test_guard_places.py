@@ -1,0 +1,265 @@
+"""The less common places text flows, each guarded: a value there goes upstream redacted (or blocks),
+and an answer carries none of it.
+
+Requests: Anthropic documents' title and context, search results (on their own and inside a tool
+result), citations given back, Predicted Outputs' ``prediction``, a tool input's integers and keys,
+``count_tokens``. Answers: token log probabilities (which spell out the text they came with),
+legacy ``function_call`` arguments in a chat stream, URL citations (chat and Responses), Anthropic
+thinking and citations, a tool input given whole at its block's start. A streamed value is cut at
+every position.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from ext_proc.core.actions import Continue
+from tests.unit.test_guard_streams import SECRETS, opened
+from tests.unit.test_guardrails import _answer, chat, post
+from tests.unit.test_session_stream_splits import ROUTES, Route, play, records, sdk_events, whole_events
+
+EMAIL = "jane.doe@example.com"
+CARD = "4111111111111111"
+
+
+def _sent(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The request body as it went upstream (the session continued with a new body)."""
+    _, _, sent = post(path, body)
+    assert isinstance(sent, Continue) and sent.body is not None, sent
+    out: dict[str, Any] = orjson.loads(sent.body)
+    assert EMAIL not in sent.body.decode() and CARD not in sent.body.decode(), sent.body
+    return out
+
+
+def _messages(*content: Any) -> dict[str, Any]:
+    return {"model": "claude-x", "max_tokens": 10, "messages": [{"role": "user", "content": list(content)}]}
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+def test_a_documents_title_and_context_go_upstream_redacted() -> None:
+    body = _messages({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Report."},
+                      "title": f"Notes for {EMAIL}", "context": f"Sent by {EMAIL}"})
+    block = _sent("/v1/messages", body)["messages"][0]["content"][0]
+    assert (block["title"], block["context"], block["source"]["data"]) == (
+        "Notes for [EMAIL_1]", "Sent by [EMAIL_1]", "Report.")
+
+
+def test_search_results_go_upstream_redacted_on_their_own_and_inside_a_tool_result() -> None:
+    result = {"type": "search_result", "source": f"https://crm.example/{EMAIL}", "title": f"Contact {EMAIL}",
+              "content": [{"type": "text", "text": f"Card {CARD} on file."}]}
+    body = _messages(result, {"type": "tool_result", "tool_use_id": "t1", "content": [result]})
+    first, second = _sent("/v1/messages", body)["messages"][0]["content"]
+    for block in (first, second["content"][0]):
+        assert block["source"] == "https://crm.example/[EMAIL_1]"
+        assert block["title"] == "Contact [EMAIL_1]"
+        assert block["content"][0]["text"] == "Card [CREDIT_CARD_1] on file."
+
+
+def test_citations_given_back_go_upstream_redacted() -> None:
+    body = _messages({"type": "text", "text": "Hi"})
+    body["messages"] += [
+        {"role": "assistant", "content": [{"type": "text", "text": "It says so.", "citations": [
+            {"type": "char_location", "cited_text": f"write to {EMAIL}", "document_index": 0,
+             "document_title": f"{EMAIL}'s notes", "start_char_index": 0, "end_char_index": 10}]}]},
+        {"role": "user", "content": "Thanks"}]
+    citation = _sent("/v1/messages", body)["messages"][1]["content"][0]["citations"][0]
+    assert (citation["cited_text"], citation["document_title"]) == ("write to [EMAIL_1]", "[EMAIL_1]'s notes")
+
+
+@pytest.mark.parametrize("content", [f"Mail {EMAIL}", [{"type": "text", "text": f"Mail {EMAIL}"}]])
+def test_a_predicted_output_goes_upstream_redacted(content: Any) -> None:
+    body = chat("Fix the typo", prediction={"type": "content", "content": content})
+    sent = _sent("/v1/chat/completions", body)["prediction"]["content"]
+    assert (sent if isinstance(sent, str) else sent[0]["text"]) == "Mail [EMAIL_1]"
+
+
+def test_a_tool_inputs_integers_and_keys_are_read_as_text() -> None:
+    body = _messages({"type": "text", "text": "Hi"})
+    body["messages"].insert(1, {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "pay",
+                                                                  "input": {"card": int(CARD), "amount": 120,
+                                                                            EMAIL: "owner", "id": 12345678}}]})
+    body["messages"].insert(2, {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                                            "content": "ok"}]})
+    tool_input = _sent("/v1/messages", body)["messages"][1]["content"][0]["input"]
+    # The card becomes its placeholder (a string), the key is renamed in place, the rest kept.
+    assert tool_input == {"card": "[CREDIT_CARD_1]", "amount": 120, "[EMAIL_1]": "owner", "id": 12345678}
+    assert list(tool_input) == ["card", "amount", "[EMAIL_1]", "id"]
+
+
+def test_count_tokens_forwarded_to_anthropic_is_guarded() -> None:
+    sent = _sent("/v1/messages/count_tokens", _messages({"type": "text", "text": f"Count {EMAIL}"}))
+    assert sent["messages"][0]["content"][0]["text"] == "Count [EMAIL_1]"
+    _, _, plain = post("/v1/messages/count_tokens", _messages({"type": "text", "text": "hello"}))
+    assert isinstance(plain, Continue) and plain.body is None  # nothing to act on: forwarded as it is
+
+
+# -- JSON answers ----------------------------------------------------------------------------------
+
+
+def test_log_probabilities_are_dropped_where_the_text_changed() -> None:
+    tokens = [{"token": piece, "logprob": -0.1, "bytes": list(piece.encode()), "top_logprobs": []}
+              for piece in ("mail ", "jane", ".doe", "@example", ".com")]
+    session, _, _ = post("/v1/chat/completions", chat("hi", logprobs=True))
+    answer = _answer(session, {"model": "gpt-4o", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": f"mail {EMAIL}"}, "finish_reason": "stop",
+         "logprobs": {"content": tokens, "refusal": None}},
+        {"index": 1, "message": {"role": "assistant", "content": "nothing here"}, "finish_reason": "stop",
+         "logprobs": {"content": tokens[:1], "refusal": None}}]})
+    choices = orjson.loads(answer.body)["choices"]
+    assert choices[0]["message"]["content"] == "mail [EMAIL_1]" and choices[0]["logprobs"] is None
+    assert choices[1]["logprobs"] == {"content": tokens[:1], "refusal": None}  # unchanged text keeps them
+    session, _, _ = post("/v1/completions", {"model": "gpt-4o", "prompt": "hi", "logprobs": 1})
+    answer = _answer(session, {"model": "gpt-4o", "choices": [
+        {"index": 0, "text": f"mail {EMAIL}", "finish_reason": "stop",
+         "logprobs": {"tokens": ["mail ", "jane"], "token_logprobs": [-0.1, -0.2], "top_logprobs": None,
+                      "text_offset": [0, 5]}}]})
+    choice = orjson.loads(answer.body)["choices"][0]
+    assert choice["text"] == "mail [EMAIL_1]" and choice["logprobs"] is None
+
+
+def test_url_citations_of_a_chat_answer_are_redacted() -> None:
+    session, _, _ = post("/v1/chat/completions", chat("hi"))
+    answer = _answer(session, {"model": "gpt-4o", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "See the page.", "annotations": [{"type": "url_citation", "url_citation": {
+            "url": f"https://example.org/?u={EMAIL}", "title": f"{EMAIL} profile", "start_index": 0,
+            "end_index": 4}}]}}]})
+    citation = orjson.loads(answer.body)["choices"][0]["message"]["annotations"][0]["url_citation"]
+    assert (citation["url"], citation["title"]) == ("https://example.org/?u=[EMAIL_1]", "[EMAIL_1] profile")
+
+
+def test_url_citations_of_a_responses_answer_are_redacted() -> None:
+    session, _, _ = post("/v1/responses", {"model": "gpt-4o", "input": "hi"})
+    answer = _answer(session, {"id": "resp_1", "object": "response", "model": "gpt-4o", "status": "completed",
+                               "output": [{"type": "message", "id": "m1", "role": "assistant", "status": "completed",
+                                           "content": [{"type": "output_text", "text": "See it.", "annotations": [
+                                               {"type": "url_citation", "url": f"https://example.org/{EMAIL}",
+                                                "title": f"About {EMAIL}", "start_index": 0, "end_index": 3}]}]}]})
+    annotation = orjson.loads(answer.body)["output"][0]["content"][0]["annotations"][0]
+    assert (annotation["url"], annotation["title"]) == ("https://example.org/[EMAIL_1]", "About [EMAIL_1]")
+
+
+def test_thinking_and_citations_of_an_anthropic_answer_are_redacted() -> None:
+    session, _, _ = post("/v1/messages", _messages({"type": "text", "text": "hi"}))
+    answer = _answer(session, {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "stop_reason": "end_turn",
+        "usage": {"input_tokens": 3, "output_tokens": 9},
+        "content": [{"type": "thinking", "thinking": f"The user is {EMAIL}.", "signature": "c2ln"},
+                    {"type": "text", "text": "Found it.", "citations": [
+                        {"type": "char_location", "cited_text": f"card {CARD}", "document_index": 0,
+                         "document_title": "Notes", "start_char_index": 0, "end_char_index": 9}]}]})
+    content = orjson.loads(answer.body)["content"]
+    assert content[0] == {"type": "thinking", "thinking": "The user is [EMAIL_1].", "signature": "c2ln"}
+    assert content[1]["citations"][0]["cited_text"] == "card [CREDIT_CARD_1]"
+    assert records(session)[0]["guardrail_triggers"] == [
+        {"guardrail": "pii", "detector": "credit_card", "action": "redact", "direction": "response", "count": 1},
+        {"guardrail": "pii", "detector": "email", "action": "redact", "direction": "response", "count": 1}]
+
+
+# -- streamed answers ------------------------------------------------------------------------------
+
+OPENAI_CLIENT_SERVED_BY_OPENAI = next(r.values[0] for r in ROUTES if r.values[0] == Route("openai", "openai"))
+ANTHROPIC_NATIVE = next(r.values[0] for r in ROUTES if r.values[0] == Route("anthropic", "anthropic"))
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    data = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **extra}]}
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **data}) + b"\n\n"
+
+
+@pytest.mark.parametrize("name", ["email", "card", "key"])
+def test_legacy_function_call_arguments_split_anywhere_are_redacted(name: str) -> None:
+    secret, placeholder = SECRETS[name]
+    arguments = orjson.dumps({"to": secret}).decode()
+    for cut in range(1, len(arguments)):
+        session = opened(OPENAI_CLIENT_SERVED_BY_OPENAI)
+        stream = (_chunk({"role": "assistant", "function_call": {"name": "send", "arguments": ""}})
+                  + _chunk({"function_call": {"arguments": arguments[:cut]}})
+                  + _chunk({"function_call": {"arguments": arguments[cut:]}})
+                  + _chunk({}, "function_call") + b"data: [DONE]\n\n")
+        out = play(session, [stream])
+        chunks = sdk_events("openai", [e for e in whole_events(out) if e.data != b"[DONE]"])
+        sent = "".join(c.choices[0].delta.function_call.arguments for c in chunks
+                       if c.choices and c.choices[0].delta.function_call)
+        assert orjson.loads(sent) == {"to": placeholder} and secret.encode() not in out, (cut, out)
+
+
+def test_a_streamed_chunks_logprobs_are_dropped_where_its_text_changed() -> None:
+    session = opened(OPENAI_CLIENT_SERVED_BY_OPENAI)
+    logprobs = {"content": [{"token": "jane", "logprob": -0.1, "bytes": [106], "top_logprobs": []}], "refusal": None}
+    out = play(session, [_chunk({"role": "assistant", "content": "Hello,"}, logprobs=logprobs)
+                         + _chunk({"content": f" {EMAIL} there"}, logprobs=logprobs)
+                         + _chunk({}, "stop") + b"data: [DONE]\n\n"])
+    chunks = [orjson.loads(e.data) for e in whole_events(out) if e.data != b"[DONE]"]
+    assert chunks[0]["choices"][0]["logprobs"] == logprobs  # text as it came: kept
+    assert chunks[1]["choices"][0]["delta"]["content"] == " [EMAIL_1] "  # "there" held: it could go on
+    assert chunks[1]["choices"][0]["logprobs"] is None and EMAIL.encode() not in out
+
+
+def test_a_streamed_url_citation_is_redacted() -> None:
+    session = opened(OPENAI_CLIENT_SERVED_BY_OPENAI)
+    annotation = {"type": "url_citation", "url_citation": {"url": f"https://x.example/{EMAIL}", "title": "Page",
+                                                            "start_index": 0, "end_index": 2}}
+    out = play(session, [_chunk({"role": "assistant", "content": "Ok"}) + _chunk({"annotations": [annotation]})
+                         + _chunk({}, "stop") + b"data: [DONE]\n\n"])
+    chunks = [orjson.loads(e.data) for e in whole_events(out) if e.data != b"[DONE]"]
+    assert chunks[1]["choices"][0]["delta"]["annotations"][0]["url_citation"]["url"] == "https://x.example/[EMAIL_1]"
+    assert EMAIL.encode() not in out
+
+
+def _anthropic(blocks: list[bytes]) -> bytes:
+    start = _event("message_start", {"message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": [],
+        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}}})
+    end = (_event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                    "usage": {"output_tokens": 9}}) + _event("message_stop", {}))
+    return start + b"".join(blocks) + end
+
+
+@pytest.mark.parametrize("name", ["email", "card", "key"])
+def test_thinking_split_anywhere_is_redacted(name: str) -> None:
+    secret, placeholder = SECRETS[name]
+    thought = f"The value is {secret}."
+    for cut in range(1, len(thought)):
+        session = opened(ANTHROPIC_NATIVE)
+        out = play(session, [_anthropic([
+            _event("content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": "",
+                                                                         "signature": ""}}),
+            _event("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta", "thinking": thought[:cut]}}),
+            _event("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta", "thinking": thought[cut:]}}),
+            _event("content_block_delta", {"index": 0, "delta": {"type": "signature_delta", "signature": "c2ln"}}),
+            _event("content_block_stop", {"index": 0})])])
+        parsed = sdk_events("anthropic", whole_events(out))
+        seen = "".join(e.delta.thinking for e in parsed if e.type == "content_block_delta"
+                       and e.delta.type == "thinking_delta")
+        assert seen == f"The value is {placeholder}." and secret.encode() not in out, (cut, out)
+
+
+def test_a_streamed_citation_and_a_tool_input_given_whole_are_redacted() -> None:
+    session = opened(ANTHROPIC_NATIVE)
+    citation = {"type": "char_location", "cited_text": f"mail {EMAIL}", "document_index": 0,
+                "document_title": "Notes", "start_char_index": 0, "end_char_index": 9}
+    out = play(session, [_anthropic([
+        _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        _event("content_block_delta", {"index": 0, "delta": {"type": "citations_delta", "citation": citation}}),
+        _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Noted."}}),
+        _event("content_block_stop", {"index": 0}),
+        _event("content_block_start", {"index": 1, "content_block": {"type": "tool_use", "id": "t1", "name": "pay",
+                                                                     "input": {"card": CARD}}}),
+        _event("content_block_stop", {"index": 1})])])
+    parsed = sdk_events("anthropic", whole_events(out))
+    cited = [e.delta.citation.cited_text for e in parsed if e.type == "content_block_delta"
+             and e.delta.type == "citations_delta"]
+    started = [e.content_block.input for e in parsed if e.type == "content_block_start"
+               and e.content_block.type == "tool_use"]
+    assert (cited, started) == (["mail [EMAIL_1]"], [{"card": "[CREDIT_CARD_1]"}])
+    assert EMAIL.encode() not in out and CARD.encode() not in out
