@@ -59,10 +59,15 @@ def prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) ->
     model = target.upstream_model
     answer_in = kind.serves(api)
     if answer_in is api:
-        path = kind.path(api, model, provider)
+        upstream_path = kind.path(api, model, provider)
         if kind.model_in_body(api) and payload.get("model") != model:
             payload["model"] = model
-        return payload, (None if path == api.path else path)
+        if upstream_path != api.path:
+            return payload, upstream_path
+        # The provider's own path: the client's, unless it was matched loosely (a trailing slash,
+        # which the provider would answer with a 404), its query string kept.
+        client, mark, query = path.partition("?")
+        return payload, (None if client == api.path else api.path + mark + query)
     pair = translate.pair(api, answer_in) if answer_in is not None else None
     if pair is None:
         raise ClientError(400, "api_mismatch", f"Model '{target.public[:200]}' cannot serve {api.name} requests.",

@@ -579,3 +579,16 @@ def test_a_short_prompt_keeps_the_chain(accountant: ServiceAccountant) -> None:
 def test_without_a_count_nothing_is_skipped_for_size() -> None:
     action = sent(Session(POLICY, "local-dev"), LONG)
     assert action.set_headers == (("x-tollway-cluster", "openai+anthropic"), (upstream.RETRIES_HEADER, "1"))
+
+
+@pytest.mark.parametrize(("path", "model", "upstream_path"), [
+    ("/v1/chat/completions/", "gpt-4o", CHAT),  # matched loosely: the provider would answer a 404
+    ("/v1/chat/completions/?trace=1", "gpt-4o", CHAT + "?trace=1"),
+    ("/v1/messages/?beta=true", "claude-x", MESSAGES + "?beta=true"),
+    ("/v1/messages?beta=true", "claude-x", None),  # the provider's own path: left as the client sent it
+    (CHAT, "gpt-4o", None),
+])
+def test_a_trailing_slash_is_not_sent_to_the_provider(path: str, model: str, upstream_path: str | None) -> None:
+    request: dict[str, Any] = {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
+    action = sent(Session(POLICY, "local-dev"), request, path)
+    assert dict(action.set_headers).get(":path") == upstream_path
