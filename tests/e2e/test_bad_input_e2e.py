@@ -114,6 +114,27 @@ def test_control_characters_in_headers_never_reach_a_provider(env: Providers, ba
     assert served(env)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_http_1_0_client_is_served(env: Providers, stream: bool) -> None:
+    """Envoy's default 426 for HTTP/1.0 is made at the codec, and with an ext_proc filter in the chain
+    such a reply never leaves (the connection closed, nothing sent): HTTP/1.0 is accepted instead.
+    The answer ends with the connection (no chunked encoding in 1.0), a stream too."""
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": HI, "stream": stream})
+    with socket.create_connection(("127.0.0.1", env.stack.listen_port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.0\r\ncontent-type: application/json\r\ncontent-length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)  # no Host: HTTP/1.0 need not send one
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, answer = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200"), data[:300]
+    if stream:
+        assert answer.rstrip().endswith(b"data: [DONE]") and b'"delta"' in answer
+    else:
+        assert orjson.loads(answer)["choices"][0]["message"]["content"]
+    assert served(env)
+
+
 @pytest.mark.parametrize("model", ["../../v1/admin", "gpt-4o-mini%2F..%2Fx", "gpt-4o-mini#x", "gpt-4o-mini@evil.com"])
 def test_a_model_name_that_could_steer_the_upstream_is_a_400(env: Providers, model: str) -> None:
     client = openai.OpenAI(base_url=env.base_url + "/v1", api_key="x", max_retries=0)
