@@ -20,22 +20,21 @@ knows which endpoints are answered locally: only this step does.
   would send that target: the request translated to the API the target speaks, counted with
   that API's rules for the target's model (:func:`ext_proc.llm.tokens.count_request`), and
   answers ``{"input_tokens": N}`` with the method in ``x-tollway-token-count`` (``exact`` or
-  ``estimate``, and the rule).
+  ``estimate``, and the rule). A request ``/v1/messages`` would refuse for that model (malformed,
+  or what its API cannot express) gets the same 400: there is nothing to count of what cannot be sent.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import orjson
 
+from ext_proc.core import upstream
 from ext_proc.core.actions import Ask, Respond
 from ext_proc.core.flow import Flow
 from ext_proc.core.steps import ROUTE_HEADER, Step
-from ext_proc.llm import apis, providers, translate
+from ext_proc.llm import apis, providers
 from ext_proc.llm.apis.local import Catalogue
 from ext_proc.llm.errors import ClientError
-from ext_proc.llm.translate import TranslationError
 from ext_proc.policy import catalogue
 from ext_proc.policy.compiled import Alias
 
@@ -78,14 +77,9 @@ class Local(Step):
         kind = providers.kind(target.provider.kind)
         if kind.serves(apis.COUNT_TOKENS) is apis.COUNT_TOKENS:
             return None  # Anthropic counts its own: the request is routed and forwarded
-        served = kind.serves(apis.MESSAGES) or apis.MESSAGES
-        pair = translate.pair(apis.MESSAGES, served)
-        payload, counted_as = request.payload, apis.MESSAGES.name
-        # Not sendable to that model as it is: Tollway's estimate of the Messages request instead.
-        with contextlib.suppress(TranslationError):
-            if pair is not None:
-                payload, counted_as = pair.request(request.payload, target.upstream_model, None), served.name
-        flow.meter.before_send(counted_as, payload, target.upstream_model)
+        # What would be sent: a request /v1/messages would refuse for this model is refused here too.
+        payload, _ = upstream.prepare(apis.MESSAGES, request.payload, target, flow.path)
+        flow.meter.before_send(upstream.served(target, apis.MESSAGES).name, payload, target.upstream_model)
         estimate = flow.meter.estimate
         if estimate is None:
             raise ClientError(503, "count_unavailable", "Tollway could not count this request's tokens.")

@@ -592,3 +592,24 @@ def test_a_trailing_slash_is_not_sent_to_the_provider(path: str, model: str, ups
     request: dict[str, Any] = {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
     action = sent(Session(POLICY, "local-dev"), request, path)
     assert dict(action.set_headers).get(":path") == upstream_path
+
+
+@pytest.mark.parametrize("messages", [[5], [{}], [{"role": "nobody", "content": "Hi"}], [{"role": "user", "content": 5}],
+                                      [{"role": "user", "content": [{"type": "bogus"}]}]])
+def test_count_tokens_refuses_what_messages_would_refuse_for_the_model(messages: list[Any]) -> None:
+    session = Session(POLICY, "local-dev")
+    assert isinstance(session.handle(head("/v1/messages/count_tokens")), Continue)
+    refused = session.handle(body({"model": "gpt-4o", "messages": messages}))
+    session = Session(POLICY, "local-dev")
+    assert isinstance(session.handle(head(MESSAGES)), Continue)
+    sent = session.handle(body({"model": "gpt-4o", "max_tokens": 10, "messages": messages}))
+    assert refused.status == sent.status == 400, (refused, sent)  # type: ignore[union-attr]
+    assert orjson.loads(refused.body)["type"] == "error"  # type: ignore[union-attr]
+    assert orjson.loads(refused.body)["error"]["message"] == orjson.loads(sent.body)["error"]["message"]  # type: ignore[union-attr]
+
+
+def test_count_tokens_counts_what_would_be_sent(accountant: ServiceAccountant) -> None:
+    session = Session(POLICY, "local-dev", accountant)
+    assert isinstance(session.handle(head("/v1/messages/count_tokens")), Continue)
+    counted = session.handle(body({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi there"}]}))
+    assert counted.status == 200 and orjson.loads(counted.body)["input_tokens"] > 0  # type: ignore[union-attr]
