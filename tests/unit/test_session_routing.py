@@ -594,7 +594,8 @@ def test_a_trailing_slash_is_not_sent_to_the_provider(path: str, model: str, ups
     assert dict(action.set_headers).get(":path") == upstream_path
 
 
-@pytest.mark.parametrize("messages", [[5], [{}], [{"role": "nobody", "content": "Hi"}], [{"role": "user", "content": 5}],
+@pytest.mark.parametrize("messages", [[5], [{}], [{"role": "nobody", "content": "Hi"}],
+                                      [{"role": "user", "content": 5}],
                                       [{"role": "user", "content": [{"type": "bogus"}]}]])
 def test_count_tokens_refuses_what_messages_would_refuse_for_the_model(messages: list[Any]) -> None:
     session = Session(POLICY, "local-dev")
