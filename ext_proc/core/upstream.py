@@ -31,7 +31,7 @@ from typing import Any
 from ext_proc.llm import providers, translate
 from ext_proc.llm.apis import WireAPI
 from ext_proc.llm.errors import ClientError
-from ext_proc.llm.translate import TranslationError
+from ext_proc.llm.translate import TranslationError, fields
 from ext_proc.policy.compiled import Provider, Target
 
 TARGETS = "targets"  # metadata keys (namespace "tollway"); attempts read them as "tollway.<key>"
@@ -73,10 +73,11 @@ def prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) ->
         raise ClientError(400, "api_mismatch", f"Model '{target.public[:200]}' cannot serve {api.name} requests.",
                           "model")
     try:
+        fields.check(api.name, payload)  # what the translation reads, of the types the client's API allows
         body = pair.request(payload, model, target.max_output_tokens)
     except TranslationError as exc:
-        message = f"{exc.message} (the model is served by {kind.name})"
-        raise ClientError(400, "unsupported_for_provider", message, exc.param) from None
+        served_by = f" (the model is served by {kind.name})" if exc.code == "unsupported_for_provider" else ""
+        raise ClientError(400, exc.code, exc.message + served_by, exc.param) from None
     return body, kind.path(pair.served, model, provider)
 
 

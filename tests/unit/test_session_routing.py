@@ -614,3 +614,45 @@ def test_count_tokens_counts_what_would_be_sent(accountant: ServiceAccountant) -
     assert isinstance(session.handle(head("/v1/messages/count_tokens")), Continue)
     counted = session.handle(body({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi there"}]}))
     assert counted.status == 200 and orjson.loads(counted.body)["input_tokens"] > 0  # type: ignore[union-attr]
+
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.mark.parametrize(("path", "request_body", "param", "message"), [
+    (CHAT, {"model": "claude-x", "messages": HI, "stop": 5}, "stop",
+     "'stop' must be a string or an array of strings, not a number."),
+    (CHAT, {"model": "claude-x", "messages": HI, "stop": [5, None]}, "stop",
+     "'stop' must be a string or an array of strings, not an array."),
+    (CHAT, {"model": "claude-x", "messages": HI, "user": [1]}, "user", "'user' must be a string, not an array."),
+    (CHAT, {"model": "claude-x", "messages": HI, "tool_choice": 123}, "tool_choice",
+     "'tool_choice' must be a string or an object, not a number."),
+    (CHAT, {"model": "claude-x", "messages": HI, "max_tokens": 1.5}, "max_tokens",
+     "'max_tokens' must be an integer, not a number."),
+    ("/v1/responses", {"model": "claude-x", "input": "Hi", "text": 5}, "text",
+     "'text' must be an object, not a number."),
+    ("/v1/responses", {"model": "claude-x", "input": "Hi", "reasoning": "high"}, "reasoning",
+     "'reasoning' must be an object, not a string."),
+    # Served natively: the provider checks its own fields.
+    ("/v1/responses", {"model": "gpt-4o", "input": "Hi", "tool_choice": 5}, None, None),
+    (MESSAGES, {"model": "gpt-4o", "max_tokens": 10, "messages": HI, "tool_choice": 5}, "tool_choice",
+     "'tool_choice' must be an object, not a number."),
+    (MESSAGES, {"model": "gpt-4o", "max_tokens": 10, "messages": HI, "temperature": "warm"}, "temperature",
+     "'temperature' must be a number, not a string."),
+])
+def test_a_field_of_the_wrong_type_is_refused_before_translation(path: str, request_body: dict[str, Any],
+                                                                 param: str | None, message: str | None) -> None:
+    """A translation would drop it or turn it into something else without a word."""
+    session = Session(POLICY, "local-dev")
+    assert isinstance(session.handle(head(path)), Continue)
+    answer = session.handle(body(request_body))
+    if message is None:
+        assert isinstance(answer, Continue)
+        return
+    assert answer.status == 400, answer  # type: ignore[union-attr]
+    error = orjson.loads(answer.body)  # type: ignore[union-attr]
+    if path == MESSAGES:
+        assert error == {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+    else:
+        assert (error["error"]["code"], error["error"]["param"], error["error"]["message"]) == (
+            "invalid_type", param, message)

@@ -12,7 +12,8 @@ pairs are pure functions and small state machines over decoded JSON, with no I/O
 * :mod:`.responses_to_anthropic` serves an OpenAI Responses client from Anthropic, and
   :mod:`.responses_to_chat` from a chat-completions-only model; :mod:`.responses_common` holds
   what they share (the request read as a chat request, the Responses answer and events written).
-* :mod:`.common` holds what both directions share: finish/stop reasons, SSE framing.
+* :mod:`.common` holds what both directions share: finish/stop reasons, SSE framing; :mod:`.fields`
+  the JSON types of the client's fields, checked before any translation reads them.
 
 Fields that have no counterpart are dropped (and listed in each module's docstring); requests that
 cannot be expressed at all (for example ``n > 1`` against Anthropic) raise

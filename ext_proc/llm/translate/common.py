@@ -8,12 +8,14 @@ import orjson
 
 
 class TranslationError(Exception):
-    """A request that cannot be expressed in the target API; answered as a 400 to the client."""
+    """A request that cannot be expressed in the target API; answered as a 400 to the client, with
+    ``code`` (``unsupported_for_provider``; ``invalid_type`` for a field of the wrong JSON type)."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str = "unsupported_for_provider") -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.code = code
 
 
 # Anthropic stop_reason -> OpenAI finish_reason.
