@@ -113,7 +113,8 @@ class Recognise(Step):
         request = flow.request = api.parse(flow.body)
         if not _MODEL_NAME.fullmatch(request.model) or "/../" in f"/{request.model}/" or "//" in request.model:
             raise ClientError(400, "invalid_model", "The model name may hold only letters, digits and . _ : / + - "
-                              "(no spaces, control characters, '..' segments or percent-encoding).", "model")
+                              "(no spaces, control characters, '..' segments or percent-encoding), at most 256 of "
+                              "them, starting with a letter or a digit.", "model")
         flow.model = request.model
         flow.stream = request.stream
         if request.stream and api.ask_for_usage(request):

@@ -74,6 +74,8 @@ def identify(
                 return principal
     if key is not None:
         raise ClientError(401, "invalid_api_key", "This gateway needs a Tollway API key (tw-...), not a provider key.")
+    if headers.get("authorization", "").strip():  # a key sent, but not as "Bearer <key>" (never echoed)
+        raise ClientError(401, "invalid_api_key", "The Authorization header must be 'Bearer <your Tollway key>'.")
     raise ClientError(401, "missing_api_key", "No Tollway API key was provided and this workload is not known.")
 
 

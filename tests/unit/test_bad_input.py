@@ -84,7 +84,7 @@ def request(**fields: object) -> bytes:
     (b'{"model": "m", "temperature": NaN}', "not valid JSON"),
     (b'{"model": "m", "max_tokens": 1e999}', "not valid JSON"),
     (b'{"model": "m\\ud800"}', "not valid JSON"),
-    (b'{"model": "m", "x": "\xff\xfe"}', "not valid JSON"),
+    (b'{"model": "m", "x": "\xff\xfe"}', "not valid UTF-8 (byte 21: invalid start byte)"),
     (b'\xef\xbb\xbf{"model": "m"}', "not valid JSON"),
     (b'{"model": "m", "x": ' + b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1) + b"}", "more than 128 deep"),
 ])

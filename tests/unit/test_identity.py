@@ -75,11 +75,17 @@ def test_the_peer_certificate_spiffe_id_wins_over_the_sidecar_default() -> None:
     assert decide.identify(POLICY, {}, attributes, "local-dev").team == "all"
 
 
-@pytest.mark.parametrize(("headers", "code"), [({}, "missing_api_key"), ({"x-api-key": "sk-1"}, "invalid_api_key")])
-def test_no_identity_is_401(headers: dict[str, str], code: str) -> None:
+@pytest.mark.parametrize(("headers", "code", "says"), [
+    ({}, "missing_api_key", "No Tollway API key was provided"),
+    ({"x-api-key": "sk-1"}, "invalid_api_key", "not a provider key"),
+    ({"authorization": "tw-a-secret-key-123"}, "invalid_api_key", "must be 'Bearer <your Tollway key>'"),
+    ({"authorization": "Basic dXNlcjpwYXNz"}, "invalid_api_key", "must be 'Bearer <your Tollway key>'"),
+])
+def test_no_identity_is_401(headers: dict[str, str], code: str, says: str) -> None:
     with pytest.raises(ClientError) as caught:
         decide.identify(POLICY, headers, {}, None)
-    assert (caught.value.status, caught.value.code) == (401, code)
+    assert (caught.value.status, caught.value.code) == (401, code) and says in caught.value.message
+    assert "secret" not in caught.value.message and "dXNl" not in caught.value.message  # never echoed
 
 
 def test_targets_and_access() -> None:

@@ -206,6 +206,16 @@ def test_unusable_messages_are_refused(messages: list[Any], param: str) -> None:
     assert refused(messages).param == param
 
 
+@pytest.mark.parametrize(("messages", "message"), [
+    ([{"content": "Hi"}], "'messages[0].role' none is not a chat message role."),
+    ([{"role": "critic", "content": "Hi"}], "'messages[0].role' \"critic\" is not a chat message role."),
+    ([{"role": "user", "content": [{}]}], "'messages[0].content[0]' has an unsupported content part type none."),
+])
+def test_a_refusal_shows_what_was_sent_as_json(messages: list[Any], message: str) -> None:
+    """Not Python's repr (None, 'x'): the client wrote JSON."""
+    assert refused(messages).message == message
+
+
 def test_missing_messages_are_refused() -> None:
     with pytest.raises(TranslationError) as info:
         request({"model": "gpt-4o"}, CLAUDE)

@@ -49,6 +49,11 @@ def decode_json(body: bytes) -> Any:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as bad:  # orjson's own words would speak of surrogates, at char 0
+            raise ClientError(400, "invalid_json", f"The request body is not valid UTF-8 (byte {bad.start}: "
+                              f"{bad.reason}).") from None
         raise ClientError(400, "invalid_json", f"The request body is not valid JSON: {exc}.") from None
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(body) > MAX_DEPTH:
         raise ClientError(400, "invalid_json", f"The request body nests arrays and objects more than {MAX_DEPTH} deep.")

@@ -78,7 +78,7 @@ from ext_proc.llm.apis.anthropic import error_type as anthropic_error_type
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.llm.sse import SSEEvent
 
-from .common import STOP_FROM_FINISH, TranslationError, sse_event
+from .common import STOP_FROM_FINISH, TranslationError, shown, sse_event
 
 __all__ = ["StreamTranslator", "error", "request", "response"]
 
@@ -117,8 +117,9 @@ def _block_type(block: Any, where: str) -> str:
 
 def _unsupported(kind: str, where: str) -> TranslationError:
     if kind in _SERVER_BLOCKS:
-        return _fail(f"Content block type {kind!r} (an Anthropic server feature) has no OpenAI counterpart.", where)
-    return _fail(f"Content block type {kind!r} cannot be sent to an OpenAI-compatible model.", where)
+        return _fail(f"Content block type {shown(kind)} (an Anthropic server feature) has no OpenAI counterpart.",
+                     where)
+    return _fail(f"Content block type {shown(kind)} cannot be sent to an OpenAI-compatible model.", where)
 
 
 def _block_text(block: dict[str, Any], where: str) -> str:
@@ -138,7 +139,7 @@ def _system(system: Any) -> str:
         where = f"system.{i}"
         kind = _block_type(block, where)
         if kind != "text":
-            raise _fail(f"`system` may only hold text blocks, not {kind!r}.", where)
+            raise _fail(f"`system` may only hold text blocks, not {shown(kind)}.", where)
         texts.append(_block_text(block, where))
     return "\n\n".join(texts)
 
@@ -164,7 +165,7 @@ def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
         raise _fail("A url image source needs a string `url`.", f"{where}.source")
     if kind == "file":
         raise _fail("Images from the Anthropic Files API (`file` sources) cannot be sent to this model.", where)
-    raise _fail(f"Unsupported image source type {kind!r}.", f"{where}.source")
+    raise _fail(f"Unsupported image source type {shown(kind)}.", f"{where}.source")
 
 
 def _document(block: dict[str, Any], where: str) -> list[dict[str, Any]]:
@@ -196,7 +197,7 @@ def _document(block: dict[str, Any], where: str) -> list[dict[str, Any]]:
         raise _fail("PDF documents cannot be sent to an OpenAI-compatible chat model; send the text.", where)
     if kind == "file":
         raise _fail("Documents from the Anthropic Files API (`file` sources) cannot be sent to this model.", where)
-    raise _fail(f"Unsupported document source type {kind!r}.", f"{where}.source")
+    raise _fail(f"Unsupported document source type {shown(kind)}.", f"{where}.source")
 
 
 def _tool_result(block: dict[str, Any], where: str, out: list[dict[str, Any]], images: list[dict[str, Any]]) -> None:
@@ -316,7 +317,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
             raise _fail("Each tool must be an object.", where)
         kind = tool.get("type")
         if kind not in (None, "custom"):
-            raise _fail(f"Tool type {kind!r} is an Anthropic-defined tool with no OpenAI counterpart.", where)
+            raise _fail(f"Tool type {shown(kind)} is an Anthropic-defined tool with no OpenAI counterpart.", where)
         name, schema = tool.get("name"), tool.get("input_schema")
         if not isinstance(name, str) or not isinstance(schema, dict):
             raise _fail("A tool needs a string `name` and an object `input_schema`.", where)
@@ -345,7 +346,7 @@ def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
             raise _fail("`tool_choice` of type tool needs a string `name`.", "tool_choice.name")
         out["tool_choice"] = {"type": "function", "function": {"name": name}}
     else:
-        raise _fail(f"Unsupported tool_choice type {kind!r}.", "tool_choice.type")
+        raise _fail(f"Unsupported tool_choice type {shown(kind)}.", "tool_choice.type")
     if kind != "none" and choice.get("disable_parallel_tool_use") is True:
         out["parallel_tool_calls"] = False
 
@@ -383,7 +384,7 @@ def request(body: dict[str, Any], model: str) -> dict[str, Any]:
         elif role == "assistant":
             _assistant(message.get("content"), where, out_messages)
         else:
-            raise _fail(f"Message role must be 'user' or 'assistant', not {role!r}.", f"{where}.role")
+            raise _fail(f"Message role must be 'user' or 'assistant', not {shown(role)}.", f"{where}.role")
 
     out: dict[str, Any] = {"model": model, "messages": out_messages}
     if body.get("max_tokens") is not None:

@@ -18,6 +18,18 @@ class TranslationError(Exception):
         self.code = code
 
 
+def shown(value: Any) -> str:
+    """A value the client sent, for an error message: as JSON (``"bogus"``, ``5``), or "none" when
+    it is missing or null; at most 80 characters."""
+    if value is None:
+        return "none"
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 # Anthropic stop_reason -> OpenAI finish_reason.
 FINISH_FROM_STOP = {
     "end_turn": "stop",

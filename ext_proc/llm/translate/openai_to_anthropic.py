@@ -59,7 +59,7 @@ from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.llm.sse import SSEEvent
 from ext_proc.llm.usage import Usage, apply_anthropic
 
-from .common import FINISH_FROM_STOP, SSE_DONE, TranslationError, sse_data
+from .common import FINISH_FROM_STOP, SSE_DONE, TranslationError, shown, sse_data
 
 __all__ = ["StreamTranslator", "error", "request", "response"]
 
@@ -178,7 +178,7 @@ def _messages(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
             anthropic_role = "user"
             blocks = [_tool_result(_legacy_result_id(message, where, legacy_calls), content, f"{where}.content")]
         else:
-            raise TranslationError(f"'{where}.role' {role!r} is not a chat message role.", f"{where}.role")
+            raise TranslationError(f"'{where}.role' {shown(role)} is not a chat message role.", f"{where}.role")
         if not blocks:
             continue
         if turns and turns[-1]["role"] == anthropic_role:
@@ -240,7 +240,7 @@ def _content_blocks(content: Any, where: str) -> list[dict[str, Any]]:
         elif kind == "input_audio":
             raise TranslationError("This model does not accept audio input.", at)
         else:
-            raise TranslationError(f"'{at}' has an unsupported content part type {kind!r}.", at)
+            raise TranslationError(f"'{at}' has an unsupported content part type {shown(kind)}.", at)
     return blocks
 
 
@@ -448,7 +448,7 @@ def _tool_choice(choice: Any, where: str) -> dict[str, Any] | None:
             name = named.get("name")
             if isinstance(name, str) and name:
                 return {"type": "tool", "name": name}
-    raise TranslationError(f"'{where}' {choice!r} cannot be expressed for this model.", where)
+    raise TranslationError(f"'{where}' {shown(choice)} cannot be expressed for this model.", where)
 
 
 def _response_format_instruction(response_format: Any) -> str | None:
@@ -469,7 +469,8 @@ def _response_format_instruction(response_format: Any) -> str | None:
             name=f" (named {name!r})" if isinstance(name, str) and name else "",
             schema=orjson.dumps(schema).decode(),
         )
-    raise TranslationError(f"'response_format' type {kind!r} cannot be expressed for this model.", "response_format")
+    raise TranslationError(f"'response_format' type {shown(kind)} cannot be expressed for this model.",
+                           "response_format")
 
 
 # -- Response ------------------------------------------------------------------------------------

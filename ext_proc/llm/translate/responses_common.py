@@ -38,7 +38,7 @@ import orjson
 
 from ext_proc.llm.usage import Usage
 
-from .common import TranslationError
+from .common import TranslationError, shown
 
 # -- the request: Responses -> chat ----------------------------------------------------------
 
@@ -157,7 +157,7 @@ def _items(items: list[Any], where: str, messages: list[dict[str, Any]], origins
         elif kind == "item_reference":
             raise TranslationError(f"'{at}' refers to an item stored by OpenAI; send the item itself.", at)
         else:
-            raise TranslationError(f"'{at}': input items of type {kind!r} are not available for this model.", at)
+            raise TranslationError(f"'{at}': input items of type {shown(kind)} are not available for this model.", at)
 
 
 def _content(content: Any, role: str, where: str) -> Any:
@@ -196,7 +196,7 @@ def _content(content: Any, role: str, where: str) -> Any:
                 file["filename"] = part["filename"]
             parts.append({"type": "file", "file": file})
         else:
-            raise TranslationError(f"'{at}': content of type {kind!r} is not available for this model.", at)
+            raise TranslationError(f"'{at}': content of type {shown(kind)} is not available for this model.", at)
     if role == "assistant" or role in ("system", "developer"):
         texts = [p for p in parts if p["type"] == "text"]
         if len(texts) != len(parts):
@@ -223,7 +223,7 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
         for i, tool in enumerate(tools):
             kind = tool.get("type") if isinstance(tool, dict) else None
             if kind != "function":
-                raise TranslationError(f"'tools[{i}]': built-in tools ({kind!r}) run only on OpenAI; this model "
+                raise TranslationError(f"'tools[{i}]': built-in tools ({shown(kind)}) run only on OpenAI; this model "
                                        "takes function tools only.", f"tools[{i}]")
             name = tool.get("name")
             if not isinstance(name, str) or not name:
@@ -242,7 +242,7 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
     elif isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
         out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
     else:
-        raise TranslationError(f"'tool_choice' {choice!r} cannot be expressed for this model.", "tool_choice")
+        raise TranslationError(f"'tool_choice' {shown(choice)} cannot be expressed for this model.", "tool_choice")
 
 
 def _text_format(text: Any, out: dict[str, Any]) -> None:
@@ -258,7 +258,7 @@ def _text_format(text: Any, out: dict[str, Any]) -> None:
         spec = {key: fmt[key] for key in ("name", "schema", "strict", "description") if key in fmt}
         out["response_format"] = {"type": "json_schema", "json_schema": spec}
     else:
-        raise TranslationError(f"'text.format' {fmt!r} cannot be expressed for this model.", "text.format")
+        raise TranslationError(f"'text.format' {shown(fmt)} cannot be expressed for this model.", "text.format")
 
 
 # -- the answer: a response object, or its events --------------------------------------------
