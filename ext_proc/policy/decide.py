@@ -32,8 +32,10 @@ from ext_proc.llm.errors import ClientError
 from ext_proc.policy.compiled import KEY_PREFIX, Alias, CompiledPolicy, Plan, Principal, Target
 
 SPIFFE_ATTRIBUTE = "connection.uri_san_peer_certificate"
-# Request headers that carry a client's credential: removed before anything goes upstream.
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
+# Request headers that carry a client's credential: removed before anything goes upstream (the
+# provider's key is the server's to add). Besides the providers' key headers: a proxy's credential,
+# the client's cookies (a browser calling the gateway sends the gateway's), another vendor's key.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization", "cookie", "x-goog-api-key")
 
 
 def can_serve(api: WireAPI, kind: str) -> bool:

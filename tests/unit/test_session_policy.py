@@ -68,6 +68,16 @@ def test_refusals_are_recorded_with_the_team() -> None:
     )
 
 
+def test_the_clients_other_credentials_never_go_upstream() -> None:
+    assert (
+        session()
+        >> head(**{"x-api-key": KEY, "cookie": "session=abc", "proxy-authorization": "Basic eDp5",
+                   "x-goog-api-key": "AIza-not-for-openai", "openai-organization": "org-1"})
+        << Continue(remove_headers=("accept-encoding", "x-tollway-cluster", "x-api-key", "proxy-authorization",
+                                    "cookie", "x-goog-api-key"))
+    )
+
+
 def test_no_identity_is_answered_before_the_body() -> None:
     assert (
         session()
