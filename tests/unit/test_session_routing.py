@@ -656,3 +656,17 @@ def test_a_field_of_the_wrong_type_is_refused_before_translation(path: str, requ
     else:
         assert (error["error"]["code"], error["error"]["param"], error["error"]["message"]) == (
             "invalid_type", param, message)
+
+
+@pytest.mark.parametrize(("request_body", "code", "message"), [
+    ({"model": "claude-x", "messages": HI, "tools": [{"type": "function", "function": {"name": 5}}]},
+     "invalid_request", "'tools[0].function.name' must be a non-empty string."),
+    ({"model": "claude-x", "messages": HI, "n": 2}, "unsupported_for_provider",
+     "This model can only return one choice per request ('n' must be 1). (the model is served by anthropic)"),
+])
+def test_malformed_input_and_a_missing_feature_are_told_apart(request_body: dict[str, Any], code: str,
+                                                              message: str) -> None:
+    session = Session(POLICY, "local-dev")
+    assert isinstance(session.handle(head(CHAT)), Continue)
+    error = orjson.loads(session.handle(body(request_body)).body)["error"]  # type: ignore[union-attr]
+    assert (error["code"], error["message"]) == (code, message)

@@ -78,7 +78,7 @@ from ext_proc.llm.apis.anthropic import error_type as anthropic_error_type
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.llm.sse import SSEEvent
 
-from .common import STOP_FROM_FINISH, TranslationError, shown, sse_event
+from .common import MALFORMED, STOP_FROM_FINISH, TranslationError, shown, sse_event
 
 __all__ = ["StreamTranslator", "error", "request", "response"]
 
@@ -106,12 +106,16 @@ def _fail(message: str, param: str) -> TranslationError:
     return TranslationError(message, param)
 
 
+def _malformed(message: str, param: str) -> TranslationError:
+    return TranslationError(message, param, MALFORMED)
+
+
 def _block_type(block: Any, where: str) -> str:
     if not isinstance(block, dict):
-        raise _fail("Each content block must be an object.", where)
+        raise _malformed("Each content block must be an object.", where)
     kind = block.get("type")
     if not isinstance(kind, str):
-        raise _fail("Each content block must have a string `type`.", where)
+        raise _malformed("Each content block must have a string `type`.", where)
     return kind
 
 
@@ -125,7 +129,7 @@ def _unsupported(kind: str, where: str) -> TranslationError:
 def _block_text(block: dict[str, Any], where: str) -> str:
     text = block.get("text")
     if not isinstance(text, str):
-        raise _fail("A text block must have a string `text`.", where)
+        raise _malformed("A text block must have a string `text`.", where)
     return text
 
 
@@ -133,7 +137,7 @@ def _system(system: Any) -> str:
     if isinstance(system, str):
         return system
     if not isinstance(system, list):
-        raise _fail("`system` must be a string or a list of text blocks.", "system")
+        raise _malformed("`system` must be a string or a list of text blocks.", "system")
     texts: list[str] = []
     for i, block in enumerate(system):
         where = f"system.{i}"
@@ -226,7 +230,7 @@ def _tool_result(block: dict[str, Any], where: str, out: list[dict[str, Any]], i
             else:
                 raise _unsupported(kind, inner_where)
     elif content is not None:
-        raise _fail("A tool_result `content` must be a string or a list of blocks.", f"{where}.content")
+        raise _malformed("A tool_result `content` must be a string or a list of blocks.", f"{where}.content")
     text = "\n".join(texts)
     if pictures:
         note = f"[{len(pictures)} image(s) attached in the following user message]"
@@ -243,7 +247,7 @@ def _user(content: Any, where: str, out: list[dict[str, Any]]) -> None:
         out.append({"role": "user", "content": content})
         return
     if not isinstance(content, list):
-        raise _fail("Message `content` must be a string or a list of blocks.", f"{where}.content")
+        raise _malformed("Message `content` must be a string or a list of blocks.", f"{where}.content")
     parts: list[dict[str, Any]] = []
     images: list[dict[str, Any]] = []  # from tool results: they lead the user message
     for i, block in enumerate(content):
@@ -276,7 +280,7 @@ def _assistant(content: Any, where: str, out: list[dict[str, Any]]) -> None:
         out.append({"role": "assistant", "content": content})
         return
     if not isinstance(content, list):
-        raise _fail("Message `content` must be a string or a list of blocks.", f"{where}.content")
+        raise _malformed("Message `content` must be a string or a list of blocks.", f"{where}.content")
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
     for i, block in enumerate(content):
@@ -309,12 +313,12 @@ def _assistant(content: Any, where: str, out: list[dict[str, Any]]) -> None:
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
-        raise _fail("`tools` must be a list.", "tools")
+        raise _malformed("`tools` must be a list.", "tools")
     out: list[dict[str, Any]] = []
     for i, tool in enumerate(tools):
         where = f"tools.{i}"
         if not isinstance(tool, dict):
-            raise _fail("Each tool must be an object.", where)
+            raise _malformed("Each tool must be an object.", where)
         kind = tool.get("type")
         if kind not in (None, "custom"):
             raise _fail(f"Tool type {shown(kind)} is an Anthropic-defined tool with no OpenAI counterpart.", where)
@@ -332,7 +336,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
 
 def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
     if not isinstance(choice, dict):
-        raise _fail("`tool_choice` must be an object.", "tool_choice")
+        raise _malformed("`tool_choice` must be an object.", "tool_choice")
     kind = choice.get("type")
     if kind == "auto":
         out["tool_choice"] = "auto"
@@ -355,7 +359,7 @@ def _output_format(fmt: Any, param: str) -> dict[str, Any] | None:
     if fmt is None:
         return None
     if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
-        raise _fail("The output format must be {type: json_schema, schema: {...}}.", param)
+        raise _malformed("The output format must be {type: json_schema, schema: {...}}.", param)
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"]}}
 
 
@@ -367,7 +371,7 @@ def request(body: dict[str, Any], model: str) -> dict[str, Any]:
     """
     messages = body.get("messages")
     if not isinstance(messages, list):
-        raise _fail("`messages` must be a list.", "messages")
+        raise _malformed("`messages` must be a list.", "messages")
     out_messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system is not None:
@@ -377,14 +381,14 @@ def request(body: dict[str, Any], model: str) -> dict[str, Any]:
     for i, message in enumerate(messages):
         where = f"messages.{i}"
         if not isinstance(message, dict):
-            raise _fail("Each message must be an object.", where)
+            raise _malformed("Each message must be an object.", where)
         role = message.get("role")
         if role == "user":
             _user(message.get("content"), where, out_messages)
         elif role == "assistant":
             _assistant(message.get("content"), where, out_messages)
         else:
-            raise _fail(f"Message role must be 'user' or 'assistant', not {shown(role)}.", f"{where}.role")
+            raise _malformed(f"Message role must be 'user' or 'assistant', not {shown(role)}.", f"{where}.role")
 
     out: dict[str, Any] = {"model": model, "messages": out_messages}
     if body.get("max_tokens") is not None:
@@ -395,7 +399,7 @@ def request(body: dict[str, Any], model: str) -> dict[str, Any]:
     stop = body.get("stop_sequences")
     if stop:
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise _fail("`stop_sequences` must be a list of strings.", "stop_sequences")
+            raise _malformed("`stop_sequences` must be a list of strings.", "stop_sequences")
         out["stop"] = list(stop)
     tools = body.get("tools")
     if tools:

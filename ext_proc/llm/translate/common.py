@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 
+MALFORMED = "invalid_request"  # a TranslationError's code for input no API would take, not a missing feature
+
 
 class TranslationError(Exception):
     """A request that cannot be expressed in the target API; answered as a 400 to the client, with

@@ -59,7 +59,7 @@ from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.llm.sse import SSEEvent
 from ext_proc.llm.usage import Usage, apply_anthropic
 
-from .common import FINISH_FROM_STOP, SSE_DONE, TranslationError, shown, sse_data
+from .common import FINISH_FROM_STOP, MALFORMED, SSE_DONE, TranslationError, shown, sse_data
 
 __all__ = ["StreamTranslator", "error", "request", "response"]
 
@@ -87,7 +87,7 @@ def request(body: dict[str, Any], model: str, *, default_max_tokens: int = 4096)
     _refuse_unsupported(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise TranslationError("'messages' must be a non-empty array.", "messages")
+        raise TranslationError("'messages' must be a non-empty array.", "messages", MALFORMED)
 
     system_parts, turns = _messages(messages)
     if not turns:
@@ -154,7 +154,7 @@ def _messages(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise TranslationError(f"'{where}' must be an object.", where)
+            raise TranslationError(f"'{where}' must be an object.", where, MALFORMED)
         role = message.get("role")
         content = message.get("content")
         if role == "system" or role == "developer":
@@ -172,7 +172,8 @@ def _messages(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
             anthropic_role = "user"
             call_id = message.get("tool_call_id")
             if not isinstance(call_id, str) or not call_id:
-                raise TranslationError(f"'{where}.tool_call_id' must be a non-empty string.", f"{where}.tool_call_id")
+                raise TranslationError(f"'{where}.tool_call_id' must be a non-empty string.", f"{where}.tool_call_id",
+                                       MALFORMED)
             blocks = [_tool_result(_tool_id(call_id), content, f"{where}.content")]
         elif role == "function":
             anthropic_role = "user"
@@ -198,11 +199,11 @@ def _system_text(content: Any, where: str) -> str:
     if content is None:
         return ""
     if not isinstance(content, list):
-        raise TranslationError(f"'{where}' must be a string or an array of text parts.", where)
+        raise TranslationError(f"'{where}' must be a string or an array of text parts.", where, MALFORMED)
     texts: list[str] = []
     for j, part in enumerate(content):
         if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise TranslationError(f"'{where}[{j}]' must be a text part.", f"{where}[{j}]")
+            raise TranslationError(f"'{where}[{j}]' must be a text part.", f"{where}[{j}]", MALFORMED)
         if part["text"]:
             texts.append(part["text"])
     return "\n\n".join(texts)
@@ -210,7 +211,7 @@ def _system_text(content: Any, where: str) -> str:
 
 def _text_block(text: Any, where: str) -> dict[str, Any] | None:
     if not isinstance(text, str):
-        raise TranslationError(f"'{where}' must be a string.", where)
+        raise TranslationError(f"'{where}' must be a string.", where, MALFORMED)
     if not text or text.isspace():
         return None
     return {"type": "text", "text": text}
@@ -224,7 +225,7 @@ def _content_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     if content is None:
         return []
     if not isinstance(content, list):
-        raise TranslationError(f"'{where}' must be a string or an array of content parts.", where)
+        raise TranslationError(f"'{where}' must be a string or an array of content parts.", where, MALFORMED)
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         at = f"{where}[{j}]"
@@ -249,21 +250,21 @@ def _data_url(url: str, where: str) -> tuple[str, str]:
     header, comma, data = url.partition(",")
     media_type, _, encoding = header[5:].partition(";")
     if not comma or encoding.lower() != "base64" or not media_type:
-        raise TranslationError(f"'{where}' must be a base64 data URL (data:<media type>;base64,...).", where)
+        raise TranslationError(f"'{where}' must be a base64 data URL (data:<media type>;base64,...).", where, MALFORMED)
     return media_type.lower(), data
 
 
 def _image(image: Any, where: str) -> dict[str, Any]:
     url = image.get("url") if isinstance(image, dict) else image
     if not isinstance(url, str):
-        raise TranslationError(f"'{where}.url' must be a string.", f"{where}.url")
+        raise TranslationError(f"'{where}.url' must be a string.", f"{where}.url", MALFORMED)
     if url.startswith("data:"):
         media_type, data = _data_url(url, f"{where}.url")
         media_type = _IMAGE_TYPE_ALIASES.get(media_type, media_type)
         return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
     if url.startswith(("https://", "http://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
-    raise TranslationError(f"'{where}.url' must be an http(s) or data URL.", f"{where}.url")
+    raise TranslationError(f"'{where}.url' must be an http(s) or data URL.", f"{where}.url", MALFORMED)
 
 
 def _file(file: Any, where: str) -> dict[str, Any]:
@@ -306,23 +307,23 @@ def _assistant_blocks(
             elif kind == "refusal":
                 block = _text_block(part.get("refusal"), f"{at}.refusal")
             else:
-                raise TranslationError(f"'{at}' must be a text or refusal part.", at)
+                raise TranslationError(f"'{at}' must be a text or refusal part.", at, MALFORMED)
             if block:
                 blocks.append(block)
     elif content is not None:
-        raise TranslationError(f"'{where}.content' must be a string, an array or null.", f"{where}.content")
+        raise TranslationError(f"'{where}.content' must be a string, an array or null.", f"{where}.content", MALFORMED)
 
     tool_calls = message.get("tool_calls")
     if tool_calls:
         if not isinstance(tool_calls, list):
-            raise TranslationError(f"'{where}.tool_calls' must be an array.", f"{where}.tool_calls")
+            raise TranslationError(f"'{where}.tool_calls' must be an array.", f"{where}.tool_calls", MALFORMED)
         for j, call in enumerate(tool_calls):
             at = f"{where}.tool_calls[{j}]"
             if not isinstance(call, dict) or call.get("type", "function") != "function":
-                raise TranslationError(f"'{at}' must be a function tool call.", at)
+                raise TranslationError(f"'{at}' must be a function tool call.", at, MALFORMED)
             call_id = call.get("id")
             if not isinstance(call_id, str) or not call_id:
-                raise TranslationError(f"'{at}.id' must be a non-empty string.", f"{at}.id")
+                raise TranslationError(f"'{at}.id' must be a non-empty string.", f"{at}.id", MALFORMED)
             blocks.append(_tool_use(_tool_id(call_id), call.get("function"), f"{at}.function"))
     function_call = message.get("function_call")
     if function_call:
@@ -335,10 +336,10 @@ def _assistant_blocks(
 
 def _tool_use(call_id: str, function: Any, where: str) -> dict[str, Any]:
     if not isinstance(function, dict):
-        raise TranslationError(f"'{where}' must be an object.", where)
+        raise TranslationError(f"'{where}' must be an object.", where, MALFORMED)
     name = function.get("name")
     if not isinstance(name, str) or not name:
-        raise TranslationError(f"'{where}.name' must be a non-empty string.", f"{where}.name")
+        raise TranslationError(f"'{where}.name' must be a non-empty string.", f"{where}.name", MALFORMED)
     arguments = function.get("arguments")
     if arguments is None or arguments == "":
         tool_input: Any = {}
@@ -351,7 +352,7 @@ def _tool_use(call_id: str, function: Any, where: str) -> dict[str, Any]:
                 f"{where}.arguments",
             ) from None
     else:
-        raise TranslationError(f"'{where}.arguments' must be a string of JSON.", f"{where}.arguments")
+        raise TranslationError(f"'{where}.arguments' must be a string of JSON.", f"{where}.arguments", MALFORMED)
     if not isinstance(tool_input, dict):
         raise TranslationError(f"'{where}.arguments' must encode a JSON object for this model.", f"{where}.arguments")
     return {"type": "tool_use", "id": call_id, "name": name, "input": tool_input}
@@ -383,15 +384,15 @@ def _legacy_result_id(message: dict[str, Any], where: str, legacy_calls: list[tu
 
 def _tool_definition(function: Any, where: str) -> dict[str, Any]:
     if not isinstance(function, dict):
-        raise TranslationError(f"'{where}' must be an object.", where)
+        raise TranslationError(f"'{where}' must be an object.", where, MALFORMED)
     name = function.get("name")
     if not isinstance(name, str) or not name:
-        raise TranslationError(f"'{where}.name' must be a non-empty string.", f"{where}.name")
+        raise TranslationError(f"'{where}.name' must be a non-empty string.", f"{where}.name", MALFORMED)
     schema = function.get("parameters")
     if not schema:
         schema = {"type": "object", "properties": {}}
     elif not isinstance(schema, dict):
-        raise TranslationError(f"'{where}.parameters' must be a JSON Schema object.", f"{where}.parameters")
+        raise TranslationError(f"'{where}.parameters' must be a JSON Schema object.", f"{where}.parameters", MALFORMED)
     elif "type" not in schema:
         schema = {"type": "object", **schema}
     tool: dict[str, Any] = {"name": name}
@@ -408,7 +409,7 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
     definitions: list[dict[str, Any]] = []
     if tools:
         if not isinstance(tools, list):
-            raise TranslationError("'tools' must be an array.", "tools")
+            raise TranslationError("'tools' must be an array.", "tools", MALFORMED)
         for i, tool in enumerate(tools):
             if not isinstance(tool, dict) or tool.get("type", "function") != "function":
                 raise TranslationError(f"'tools[{i}]': this model only supports function tools.", f"tools[{i}].type")
@@ -419,7 +420,7 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
         if not functions:
             return
         if not isinstance(functions, list):
-            raise TranslationError("'functions' must be an array.", "functions")
+            raise TranslationError("'functions' must be an array.", "functions", MALFORMED)
         definitions = [_tool_definition(f, f"functions[{i}]") for i, f in enumerate(functions)]
         choice = _tool_choice(body.get("function_call"), "function_call")
     out["tools"] = definitions
@@ -463,7 +464,8 @@ def _response_format_instruction(response_format: Any) -> str | None:
         spec = response_format.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
-            raise TranslationError("'response_format.json_schema.schema' must be an object.", "response_format")
+            raise TranslationError("'response_format.json_schema.schema' must be an object.", "response_format",
+                                   MALFORMED)
         name = spec.get("name") if isinstance(spec, dict) else None
         return _JSON_SCHEMA_INSTRUCTION.format(
             name=f" (named {name!r})" if isinstance(name, str) and name else "",

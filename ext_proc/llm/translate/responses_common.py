@@ -38,7 +38,7 @@ import orjson
 
 from ext_proc.llm.usage import Usage
 
-from .common import TranslationError, shown
+from .common import MALFORMED, TranslationError, shown
 
 # -- the request: Responses -> chat ----------------------------------------------------------
 
@@ -72,7 +72,7 @@ def to_chat(body: dict[str, Any], model: str) -> tuple[dict[str, Any], list[str]
     elif isinstance(instructions, list):
         _items(instructions, "instructions", messages, origins)
     elif instructions is not None:
-        raise TranslationError("'instructions' must be a string.", "instructions")
+        raise TranslationError("'instructions' must be a string.", "instructions", MALFORMED)
     given = body.get("input")
     if isinstance(given, str):
         messages.append({"role": "user", "content": given})
@@ -80,7 +80,7 @@ def to_chat(body: dict[str, Any], model: str) -> tuple[dict[str, Any], list[str]
     elif isinstance(given, list):
         _items(given, "input", messages, origins)
     elif given is not None:
-        raise TranslationError("'input' must be a string or an array of input items.", "input")
+        raise TranslationError("'input' must be a string or an array of input items.", "input", MALFORMED)
     if not any(m["role"] != "system" for m in messages):
         raise TranslationError("The request needs 'input': at least one user message.", "input")
 
@@ -119,23 +119,23 @@ def _items(items: list[Any], where: str, messages: list[dict[str, Any]], origins
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
         if not isinstance(item, dict):
-            raise TranslationError(f"'{at}' must be an object.", at)
+            raise TranslationError(f"'{at}' must be an object.", at, MALFORMED)
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
             if role not in _ROLES:
-                raise TranslationError(f"'{at}.role' must be one of {', '.join(_ROLES)}.", f"{at}.role")
+                raise TranslationError(f"'{at}.role' must be one of {', '.join(_ROLES)}.", f"{at}.role", MALFORMED)
             content = _content(item.get("content"), role, f"{at}.content")
             messages.append({"role": role, "content": content})
             origins.append(at)
         elif kind == "function_call":
             call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments", "")
             if not isinstance(call_id, str) or not call_id:
-                raise TranslationError(f"'{at}.call_id' must be a non-empty string.", f"{at}.call_id")
+                raise TranslationError(f"'{at}.call_id' must be a non-empty string.", f"{at}.call_id", MALFORMED)
             if not isinstance(name, str) or not name:
-                raise TranslationError(f"'{at}.name' must be a non-empty string.", f"{at}.name")
+                raise TranslationError(f"'{at}.name' must be a non-empty string.", f"{at}.name", MALFORMED)
             if not isinstance(arguments, str):
-                raise TranslationError(f"'{at}.arguments' must be a string of JSON.", f"{at}.arguments")
+                raise TranslationError(f"'{at}.arguments' must be a string of JSON.", f"{at}.arguments", MALFORMED)
             call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant":
@@ -148,7 +148,7 @@ def _items(items: list[Any], where: str, messages: list[dict[str, Any]], origins
         elif kind == "function_call_output":
             call_id = item.get("call_id")
             if not isinstance(call_id, str) or not call_id:
-                raise TranslationError(f"'{at}.call_id' must be a non-empty string.", f"{at}.call_id")
+                raise TranslationError(f"'{at}.call_id' must be a non-empty string.", f"{at}.call_id", MALFORMED)
             messages.append({"role": "tool", "tool_call_id": call_id,
                              "content": _output(item.get("output"), f"{at}.output")})
             origins.append(at)
@@ -165,7 +165,7 @@ def _content(content: Any, role: str, where: str) -> Any:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise TranslationError(f"'{where}' must be a string or an array of content parts.", where)
+        raise TranslationError(f"'{where}' must be a string or an array of content parts.", where, MALFORMED)
     parts: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         at = f"{where}[{j}]"
@@ -173,7 +173,7 @@ def _content(content: Any, role: str, where: str) -> Any:
         if kind in ("input_text", "output_text", "text"):
             text = part.get("text")
             if not isinstance(text, str):
-                raise TranslationError(f"'{at}.text' must be a string.", f"{at}.text")
+                raise TranslationError(f"'{at}.text' must be a string.", f"{at}.text", MALFORMED)
             parts.append({"type": "text", "text": text})
         elif kind == "refusal":
             parts.append({"type": "text", "text": str(part.get("refusal") or "")})
@@ -211,14 +211,14 @@ def _output(output: Any, where: str) -> Any:
         return output
     if isinstance(output, list):
         return _content(output, "user", where)
-    raise TranslationError(f"'{where}' must be a string or an array of content parts.", where)
+    raise TranslationError(f"'{where}' must be a string or an array of content parts.", where, MALFORMED)
 
 
 def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
     tools = body.get("tools")
     if tools:
         if not isinstance(tools, list):
-            raise TranslationError("'tools' must be an array.", "tools")
+            raise TranslationError("'tools' must be an array.", "tools", MALFORMED)
         functions = []
         for i, tool in enumerate(tools):
             kind = tool.get("type") if isinstance(tool, dict) else None
@@ -227,7 +227,7 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
                                        "takes function tools only.", f"tools[{i}]")
             name = tool.get("name")
             if not isinstance(name, str) or not name:
-                raise TranslationError(f"'tools[{i}].name' must be a non-empty string.", f"tools[{i}].name")
+                raise TranslationError(f"'tools[{i}].name' must be a non-empty string.", f"tools[{i}].name", MALFORMED)
             function: dict[str, Any] = {"name": name}
             for key in ("description", "parameters", "strict"):
                 if tool.get(key) is not None:
