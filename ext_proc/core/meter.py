@@ -9,8 +9,10 @@ response's meter stage feeds.
 
 Rules. Provider-reported usage always wins. When a stream ends without usage (cut by the
 provider, or the client left), input tokens come from the pre-send estimate and output tokens
-from counting the text that was streamed; both are marked as estimated in the record. Unknown
-stays unknown: no usage and nothing to count leaves the fields ``None``, and so the cost.
+from counting the text that was streamed; both are marked as estimated in the record. A stream
+that reported its input but not its output (Anthropic's come first and last) keeps the input and
+estimates the output. An error answer to a streamed request is no stream: nothing is estimated.
+Unknown stays unknown: no usage and nothing to count leaves the fields ``None``, and so the cost.
 """
 
 from __future__ import annotations
@@ -65,13 +67,17 @@ class Meter:
         self, stream: bool, provider_kind: str | None, model: str | None, aliases: tuple[str, ...],
         override: Price | None,
     ) -> dict[str, Any]:
-        """Fill what the provider did not report (marked estimated) and price the usage."""
+        """Fill what the provider did not report (marked estimated) and price the usage; ``stream``:
+        the provider streamed an answer, whose text (and the request's estimate) stands for the
+        usage it did not report."""
         usage = self.usage
         input_estimated = output_estimated = False
         if usage is _NOTHING:
             usage = Usage()
-        if usage.input_tokens is None and usage.output_tokens is None and stream and self.accountant and model:
-            if self.estimate is not None:
+        if usage.output_tokens is None and stream and self.accountant and model:
+            # A stream that ended before its usage (Anthropic's input count comes first, its output
+            # count last): what is missing is estimated, what was reported stays.
+            if usage.input_tokens is None and self.estimate is not None:
                 usage.input_tokens = self.estimate.tokens
                 input_estimated = True
             text = self.reader.text() if self.reader is not None else ""

@@ -438,9 +438,12 @@ class Session:
             model = flow.served_model or (target.upstream_model if target else flow.model)
             price = target.price if target else None
             aliases = tuple(name for name in (target.upstream_model if target else None, flow.model) if name)
-            record.update(flow.meter.settle(flow.stream, kind, model, aliases, price))
-        else:
-            record.update(estimated_input_tokens=None, input_estimated=False, output_estimated=False,
+            # A stream's text is counted when the provider reported no usage, but not for its error
+            # answer (a 503, a 400): it did no work, and nothing is charged for it.
+            streamed = flow.stream and (flow.status or 0) < 400
+            record.update(flow.meter.settle(streamed, kind, model, aliases, price))
+        else:  # refused before anything went upstream: no provider answered, even one already chosen
+            record.update(provider=None, estimated_input_tokens=None, input_estimated=False, output_estimated=False,
                           cost_usd_micros=None, price_version=None)
         if flow.claims:
             settle = limits.settlement(flow, record)

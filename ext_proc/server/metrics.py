@@ -222,6 +222,13 @@ class Tally:
         score = record.get("injection_score")
         if score is not None:
             self.observe(("tollway_injection_score", team), score)
+        fired = record.get("guardrails")  # also on a request a guardrail blocked
+        if fired:
+            for name in set(fired):
+                add(("tollway_guardrail_requests", name))
+            for trigger in record.get("guardrail_triggers") or ():
+                add(("tollway_guardrail_triggers", trigger["guardrail"], trigger["detector"], trigger["action"],
+                     trigger["direction"]), trigger.get("count") or 1)
         if outcome == "rejected":
             code = record.get("error") or "unknown"
             add(("tollway_requests_refused", api, code))
@@ -232,13 +239,6 @@ class Tally:
                 elif code == "rate_limit_exceeded":
                     add(("tollway_rate_limit_refusals", limit))
             return
-        fired = record.get("guardrails")
-        if fired:
-            for name in set(fired):
-                add(("tollway_guardrail_requests", name))
-            for trigger in record.get("guardrail_triggers") or ():
-                add(("tollway_guardrail_triggers", trigger["guardrail"], trigger["detector"], trigger["action"],
-                     trigger["direction"]), trigger.get("count") or 1)
         operation = OPERATIONS.get(api)
         if operation is None or provider == "none":
             return  # answered by Tollway itself (model list, token count): no inference

@@ -39,9 +39,11 @@ def bucket_of(record: dict[str, Any]) -> Bucket | None:
 
 
 def increments(record: dict[str, Any]) -> dict[str, int]:
-    """The counters one record adds to its bucket (a refused request: its count and status only)."""
+    """The counters one record adds to its bucket (a refused request: its count, its status and the
+    guardrails that fired, a blocking one among them)."""
     if record.get("outcome") == "rejected":
-        return {"requests": 1, "refused": 1, f"refused:{record.get('status') or '?'}": 1}
+        refused = {"requests": 1, "refused": 1, f"refused:{record.get('status') or '?'}": 1}
+        return refused | _guardrails(record)
     inp, out = record.get("input_tokens"), record.get("output_tokens")
     cost = record.get("cost_usd_micros")
     fields = {
@@ -55,16 +57,18 @@ def increments(record: dict[str, Any]) -> dict[str, int]:
         "unknown_cost": int(cost is None and (inp is not None or out is not None)),
         "fallbacks": int(record.get("fallback") is True),
     }
-    for name in set(record.get("guardrails") or ()):
-        fields[f"guardrail:{name}"] = 1
-    if record.get("guardrails"):
-        fields["guardrail_triggers"] = 1
+    fields |= _guardrails(record)
     latency = record.get("latency_ms")
     if isinstance(latency, (int, float)):
         fields["latency_us_sum"] = round(latency * 1000)
         fields["latency_n"] = 1
         fields[f"latency_le:{bisect.bisect_left(LATENCY_BOUNDS, latency)}"] = 1
     return {k: v for k, v in fields.items() if v}
+
+
+def _guardrails(record: dict[str, Any]) -> dict[str, int]:
+    fired = set(record.get("guardrails") or ())
+    return {f"guardrail:{name}": 1 for name in fired} | ({"guardrail_triggers": 1} if fired else {})
 
 
 def _rows(buckets: Iterable[tuple[Bucket, dict[str, int]]], by: str, since: date | None, until: date | None,

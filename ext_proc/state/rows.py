@@ -44,8 +44,13 @@ class Row:
 
     def add(self, record: dict[str, Any]) -> bool:
         """Count one request record in this row (a report's, the dashboard's); False for a refused
-        one (nothing was sent: only ``refused`` and its status are counted)."""
+        one (nothing was sent: only ``refused``, its status and the guardrails that fired are counted)."""
         self.requests += 1
+        fired = record.get("guardrails")  # a guardrail that blocked the request fired too
+        if fired:
+            self.guardrail_triggers += 1
+            for name in set(fired):
+                self.guardrails[name] = self.guardrails.get(name, 0) + 1
         if record.get("outcome") == "rejected":
             self.refused += 1
             status = str(record.get("status") or "?")
@@ -64,11 +69,6 @@ class Row:
         else:
             self.cost_usd_micros += cost
         self.fallbacks += record.get("fallback") is True
-        fired = record.get("guardrails")
-        if fired:
-            self.guardrail_triggers += 1
-            for name in set(fired):
-                self.guardrails[name] = self.guardrails.get(name, 0) + 1
         latency = record.get("latency_ms")
         if isinstance(latency, (int, float)):
             self.latency_sum_ms += latency

@@ -14,6 +14,7 @@ from ext_proc.cli import main
 from ext_proc.ledger.log import log_files, read_records
 from ext_proc.ledger.report import aggregate, dollars, human_count, month_window, sentence
 from ext_proc.server.records import RecordWriter
+from ext_proc.state.ledger import MemoryLedger
 
 OCT = datetime(2026, 10, 15, 12, tzinfo=UTC).timestamp()
 NOV = datetime(2026, 11, 2, tzinfo=UTC).timestamp()
@@ -61,6 +62,21 @@ def test_the_platform_teams_sentence() -> None:
         "Team A sent 4.2M tokens to gpt-4o at a cost of $84.00, with an average latency of 340ms, "
         "and 3 requests triggered the PII guardrail."
     )
+
+
+def test_requests_a_guardrail_blocked_count_as_triggers() -> None:
+    """A blocked request went nowhere (refused, no tokens), but its guardrail fired: "3 requests
+    triggered the PII guardrail" counts it."""
+    blocked = rec(outcome="rejected", status=400, input_tokens=None, output_tokens=None, cost_usd_micros=None,
+                  latency_ms=1.0, guardrails=["pii"])
+    (row,) = aggregate([rec(guardrails=["pii"]), blocked, blocked], "team")
+    assert (row.requests, row.refused, row.guardrail_triggers, row.guardrails) == (3, 2, 3, {"pii": 3})
+    assert row.tokens == 1200 and row.unknown_usage == 0
+    assert "3 requests triggered the PII guardrail" in sentence("search", row)
+    memory = MemoryLedger()
+    memory.add([rec(guardrails=["pii"]), blocked, blocked])
+    (stored,) = memory.rows("team")
+    assert (stored.refused, stored.guardrail_triggers, stored.guardrails) == (2, 3, {"pii": 3})
 
 
 def test_formatting() -> None:

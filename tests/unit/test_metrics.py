@@ -49,6 +49,20 @@ def scrape(*tallies: Tally) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
     return samples
 
 
+def test_a_request_a_guardrail_blocked_counts_as_a_trigger() -> None:
+    tally = Tally(Names(lambda: POLICY))
+    blocked = {**REFUSED, "status": 400, "error": "guardrail_blocked", "limit": None, "guardrails": ["pii"],
+               "guardrail_triggers": [{"guardrail": "pii", "detector": "email", "action": "block",
+                                       "direction": "request", "count": 1}]}
+    tally.record(blocked)
+    got = scrape(tally)
+    assert got[("tollway_guardrail_requests_total", (("guardrail", "pii"),))] == 1
+    assert got[("tollway_guardrail_triggers_total", (("action", "block"), ("detector", "email"),
+                                                     ("direction", "request"), ("guardrail", "pii")))] == 1
+    assert got[("tollway_requests_refused_total", (("api", "openai.chat.completions"),
+                                                   ("code", "guardrail_blocked")))] == 1
+
+
 def test_a_record_adds_to_every_metric_it_concerns() -> None:
     tally = Tally(Names(lambda: POLICY))
     tally.record(OK)

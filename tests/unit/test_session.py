@@ -885,8 +885,10 @@ def test_stream_closed_midway_records_usage_seen_so_far_once() -> None:
         >> chunk(ANTHROPIC_STREAM_EVENTS[4][:30], at=310, end_of_stream=False)
         << Continue(body=b"")  # half an event: held back
         >> StreamClosed(ms(400))
+        # The input count message_start reported stays; its output_tokens (1) is a placeholder, not
+        # the count (no accountant here to count the text: unknown).
         << Record(
-            outcome="incomplete", status=200, input_tokens=2112, output_tokens=1, cached_tokens=2000,
+            outcome="incomplete", status=200, input_tokens=2112, output_tokens=None, cached_tokens=2000,
             cache_write_tokens=100, latency_ms=400.0, ttft_ms=300.0,
         )
         >> StreamClosed(ms(401))  # nothing more: exactly one record

@@ -445,8 +445,8 @@ ANTHROPIC_INTERRUPTED = {"type": "error", "error": {
     "type": "api_error", "message": "The provider's stream ended before the response was complete."}}
 
 
-def test_a_cut_anthropic_stream_ends_with_an_openai_error_chunk() -> None:
-    session = Session(POLICY, "local-dev")
+def test_a_cut_anthropic_stream_ends_with_an_openai_error_chunk(accountant: ServiceAccountant) -> None:
+    session = Session(POLICY, "local-dev", accountant)
     sent(session, {**CHAT_REQUEST, "stream": True})
     session.handle(served(content_type="text/event-stream"))
     stream = feed(session, split(b"".join(ANTHROPIC_HEAD), 7))
@@ -457,8 +457,11 @@ def test_a_cut_anthropic_stream_ends_with_an_openai_error_chunk() -> None:
     for _, data in found[:-1]:
         openai.types.chat.ChatCompletionChunk.model_validate(orjson.loads(data))
     record = the_record(session)
+    # The input count message_start reported stays; the output, never reported (its 1 there is a
+    # placeholder), is counted from the text streamed ("Hel"), and marked so.
     expected = {"outcome": "incomplete", "error": "stream_interrupted", "provider": "anthropic",
-                "input_tokens": 25, "output_tokens": 1, "cached_tokens": 5}
+                "input_tokens": 25, "input_estimated": False, "output_tokens": 1, "output_estimated": True,
+                "cached_tokens": 5}
     assert {key: record[key] for key in expected} == expected
 
 
@@ -670,3 +673,20 @@ def test_malformed_input_and_a_missing_feature_are_told_apart(request_body: dict
     assert isinstance(session.handle(head(CHAT)), Continue)
     error = orjson.loads(session.handle(body(request_body)).body)["error"]  # type: ignore[union-attr]
     assert (error["code"], error["message"]) == (code, message)
+
+
+@pytest.mark.parametrize(("model", "status", "error"), [
+    ("gpt-4o", 503, {"error": {"message": "overloaded", "type": "server_error", "code": None}}),
+    ("claude-x", 400, {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}),
+])
+def test_a_streamed_requests_error_answer_is_charged_nothing(accountant: ServiceAccountant, model: str, status: int,
+                                                             error: dict[str, Any]) -> None:
+    """The provider did no work: no tokens are estimated for it (a budget would be charged them)."""
+    session = Session(POLICY, "local-dev", accountant)
+    sent(session, {"model": model, "stream": True, "messages": [{"role": "user", "content": "word " * 200}]})
+    session.handle(ResponseHeaders({":status": str(status), "content-type": "application/json"}, False, 2_000_000))
+    session.handle(ResponseBody(orjson.dumps(error), True, 3_000_000))
+    record = the_record(session)
+    assert (record["status"], record["outcome"]) == (status, "error")
+    assert (record["input_tokens"], record["output_tokens"], record["cost_usd_micros"]) == (None, None, None)
+    assert record["estimated_input_tokens"] > 200  # the pre-send estimate is kept, as information

@@ -322,7 +322,8 @@ def seen(up: Upstream, events: list[SSEEvent]) -> dict[str, Any]:
         if up.provider == "anthropic":
             kind = event.event or payload.get("type")
             if kind == "message_start":
-                out.update(served_model=up.model, input_tokens=up.prompt_tokens, output_tokens=1)
+                # Its output_tokens (1) is a placeholder, not a count: unknown until message_delta.
+                out.update(served_model=up.model, input_tokens=up.prompt_tokens)
             elif kind == "message_delta":
                 out["output_tokens"] = up.completion_tokens
         else:

@@ -67,7 +67,9 @@ class MessagesReader(Reader):
                 if isinstance(message, dict):
                     if isinstance(message.get("model"), str):
                         self.model = message["model"]
-                    apply_anthropic(self.usage, message.get("usage"))
+                    usage = message.get("usage")
+                    if isinstance(usage, dict):  # its output_tokens (1) is a placeholder: message_delta has the count
+                        apply_anthropic(self.usage, {k: v for k, v in usage.items() if k != "output_tokens"})
             elif name == "message_delta":
                 apply_anthropic(self.usage, payload.get("usage"))
                 delta = payload.get("delta")
