@@ -268,3 +268,17 @@ teams:
     listed = orjson.loads(apis.ANTHROPIC_MODELS.listing(catalogue.visible(policy, "a"), "limit=2&after_id=chat"))
     assert [m["id"] for m in listed["data"]] == ["gpt-4o", "gpt-4o-latest"] and listed["has_more"] is False
     assert listed["data"][0]["max_input_tokens"] == 128000
+
+
+def test_a_streamed_call_without_arguments_gets_an_empty_object() -> None:
+    """Claude streams an empty fragment for a tool that takes no arguments: the Responses client
+    gets "{}" (as OpenAI sends), in the delta, the done event and the completed response."""
+    from tests.unit.test_translate_openai_to_anthropic import NO_ARGUMENTS
+
+    translator = responses_to_anthropic.StreamTranslator(model="claude-x")
+    raw = b"".join(translator.event(name, data) for name, data in NO_ARGUMENTS) + translator.end()
+    events = [orjson.loads(block.split(b"data: ", 1)[1]) for block in raw.split(b"\n\n") if b"data: " in block]
+    done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
+    completed = next(e for e in events if e["type"] == "response.completed")
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
+    assert (deltas, done["arguments"], completed["response"]["output"][0]["arguments"]) == ("{}", "{}", "{}")

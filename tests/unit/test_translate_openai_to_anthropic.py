@@ -18,6 +18,7 @@ import openai
 import orjson
 import pytest
 from anthropic.types import message_create_params
+from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import TypeAdapter
 
@@ -1305,3 +1306,30 @@ def test_non_anthropic_error_bodies(status: int, body: bytes, message: str, open
 def test_long_plain_error_text_is_shortened() -> None:
     message = orjson.loads(error(502, b"x" * 5000))["error"]["message"]
     assert message == "The provider answered HTTP 502: " + "x" * 199 + "…"
+
+
+NO_ARGUMENTS = [
+    ("message_start", {"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": CLAUDE, "content": [], "stop_reason": None,
+        "stop_sequence": None, "usage": {"input_tokens": 9, "output_tokens": 1}}}),
+    ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+        "type": "tool_use", "id": "toolu_1", "name": "now", "input": {}}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "input_json_delta", "partial_json": ""}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                       "usage": {"output_tokens": 5}}),
+    ("message_stop", {"type": "message_stop"}),
+]
+
+
+def test_a_streamed_call_without_arguments_gets_an_empty_object() -> None:
+    """Claude streams an empty fragment for a tool that takes no arguments; an OpenAI SDK parses the
+    arguments as JSON, and "" is none."""
+    _, raw, _ = run(NO_ARGUMENTS)
+    state = ChatCompletionStreamState()
+    for event in raw.split(b"\n\n")[:-1]:
+        if event != b"data: [DONE]":
+            state.handle_chunk(ChatCompletionChunk.model_validate_json(event[6:]))
+    (call,) = state.get_final_completion().choices[0].message.tool_calls or []
+    assert (call.function.name, call.function.arguments) == ("now", "{}")

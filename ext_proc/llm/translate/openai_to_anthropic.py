@@ -570,6 +570,7 @@ class StreamTranslator:
         "_include_usage",
         "_model",
         "_reported",
+        "_silent",
         "_tail",
         "_token",
         "_tools",
@@ -588,6 +589,7 @@ class StreamTranslator:
         self._head = b""  # b'data: {"id":..,"choices":[{"index":0,"delta":' once the message started
         self._tail = b""  # b',"logprobs":null,"finish_reason":null}]}\n\n' (with "usage":null if asked)
         self._tools: dict[int, int] = {}  # Anthropic content block index -> OpenAI tool call index
+        self._silent: set[int] = set()  # tool blocks whose arguments have not begun
         self._finished = False  # the finish_reason chunk went out
         self._complete = False  # message_stop seen
         self._failed = False  # the provider reported an error in the stream
@@ -651,6 +653,7 @@ class StreamTranslator:
                 tool = self._tools.get(data.get("index", -1))
                 if not partial or tool is None:
                     return b""
+                self._silent.discard(data.get("index", -1))
                 return self._chunk({"tool_calls": [{"index": tool, "function": {"arguments": partial}}]})
             return b""  # thinking_delta, signature_delta, citations_delta
         if kind == "content_block_start":
@@ -664,6 +667,8 @@ class StreamTranslator:
                 self._tools[data.get("index", -1)] = tool
                 tool_input = block.get("input")
                 arguments = orjson.dumps(tool_input).decode() if tool_input else ""
+                if not arguments:
+                    self._silent.add(data.get("index", -1))
                 call = {
                     "index": tool,
                     "id": block.get("id"),
@@ -672,6 +677,12 @@ class StreamTranslator:
                 }
                 return self._chunk({"tool_calls": [call]})
             return b""  # thinking, redacted_thinking, server tool blocks
+        if kind == "content_block_stop" and data.get("index", -1) in self._silent:
+            # A tool that takes no arguments (Claude streams an empty fragment): "{}", as OpenAI
+            # sends and the client's SDK parses; "" is no JSON.
+            self._silent.discard(data.get("index", -1))
+            tool = self._tools[data.get("index", -1)]
+            return self._chunk({"tool_calls": [{"index": tool, "function": {"arguments": "{}"}}]})
         if kind == "message_start":
             return b"" if self._head else self._start(data.get("message"))
         if kind == "message_delta":

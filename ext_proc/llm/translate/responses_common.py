@@ -419,19 +419,22 @@ class EventWriter:
         kind, index = self._kind, len(self._output)
         if not kind:
             return b""
+        # A call without arguments (Claude streams an empty fragment for a tool that takes none):
+        # "{}", as OpenAI sends, which the client's SDK parses; "" is no JSON.
+        out = self.arguments("{}") if kind == "function_call" and not self._arguments else b""
         self._kind = ""
         if kind == "message":
             text = "".join(self._text)
             part = {**_TEXT_PART, "text": text}
             item = message_item(self._item, text)
-            out = self._event("response.output_text.done", {"item_id": self._item, "output_index": index,
-                                                              "content_index": 0, "text": text, "logprobs": []})
+            out += self._event("response.output_text.done", {"item_id": self._item, "output_index": index,
+                                                               "content_index": 0, "text": text, "logprobs": []})
             out += self._event("response.content_part.done", {"item_id": self._item, "output_index": index,
                                                                 "content_index": 0, "part": part})
         else:
             arguments = "".join(self._arguments)
             item = call_item(self._item, self._call_id, self._name, arguments)
-            out = self._event("response.function_call_arguments.done", {
+            out += self._event("response.function_call_arguments.done", {
                 "item_id": self._item, "output_index": index, "name": self._name, "arguments": arguments})
         self._output.append(item)
         return out + self._event("response.output_item.done", {"output_index": index, "item": item})
