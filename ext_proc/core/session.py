@@ -33,6 +33,7 @@ An event that cannot happen in the current phase raises :class:`ProtocolError`.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -59,6 +60,9 @@ from ext_proc.llm import apis, translate
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.policy.compiled import CompiledPolicy
+
+# Where each API family's SDK reads the provider's request id (``_request_id``, ``request_id``).
+_REQUEST_ID = {"openai": "x-request-id", "anthropic": "request-id"}
 
 __all__ = ["ROUTE_HEADER", "STREAM_HEADER", "Phase", "ProtocolError", "Session"]
 
@@ -267,7 +271,7 @@ class Session:
             flow.status = int(headers.get(":status", ""))
         except ValueError:
             flow.status = None
-        told = self._served(event.upstream) + flow.rate_headers
+        told = self._served(event.upstream, headers) + flow.rate_headers
         if flow.trace is not None:
             flow.note("tollway.response", event.at, **{"http.response.status_code": flow.status or 0,
                                                       "tollway.provider": flow.provider or "",
@@ -312,8 +316,9 @@ class Session:
             if trigger["direction"] == direction:
                 self.flow.note("tollway.guardrail", at, **{f"tollway.guardrail.{k}": v for k, v in trigger.items()})
 
-    def _served(self, seen: Upstream) -> Headers:
-        """Learn which target answered (and after how many tries); the headers telling the client."""
+    def _served(self, seen: Upstream, headers: Mapping[str, str]) -> Headers:
+        """Learn which target answered (and after how many tries); the headers telling the client
+        (and, translated, the provider's request id under the name the client's SDK reads)."""
         flow = self.flow
         chain = flow.chain
         if seen.attempts is not None:
@@ -336,6 +341,10 @@ class Session:
         told = [("x-tollway-provider", target.provider.name), ("x-tollway-model", target.upstream_model)]
         if flow.attempts is not None:
             told.append(("x-tollway-attempts", str(flow.attempts)))
+        if flow.pair is not None:
+            given = headers.get(_REQUEST_ID.get(served.home, ""))
+            if given:
+                told.append((_REQUEST_ID.get(flow.api.home, "x-request-id"), given))
         return tuple(told)
 
     def _response_body(self, event: ResponseBody) -> Action:

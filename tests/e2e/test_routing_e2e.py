@@ -224,6 +224,20 @@ def test_anthropic_sdk_served_by_an_openai_model(env: Env) -> None:
     assert record["api"] == "anthropic.messages" and record["provider"] == "openai" and record["output_tokens"] == 8
 
 
+def test_each_sdk_reads_the_providers_request_id_translated_and_tollways_on_a_refusal(env: Env) -> None:
+    """OpenAI's SDK reads x-request-id, Anthropic's request-id: a translated answer carries the
+    provider's id under the client's name, and Tollway's own refusal carries its request id."""
+    message = env.anthropic().messages.create(model="gpt-4o-mini", max_tokens=10, messages=[
+        {"role": "user", "content": "Say hi"}])
+    assert message._request_id and message._request_id.startswith("req_mock")
+    completion = env.openai().chat.completions.create(model="claude-haiku", messages=HI)  # type: ignore[arg-type]
+    assert completion._request_id and completion._request_id.startswith("req_mock")
+    with pytest.raises(openai.NotFoundError) as refused:
+        env.openai().chat.completions.create(model="no-such-model", messages=HI)  # type: ignore[arg-type]
+    tollway_id = refused.value.response.headers["x-tollway-request-id"]
+    assert refused.value.request_id == tollway_id and env.provider_saw(tollway_id) == []
+
+
 def test_anthropic_sdk_stream_served_by_an_openai_model(env: Env) -> None:
     with env.anthropic().messages.stream(
         model="gpt-4o-mini", max_tokens=100, messages=[{"role": "user", "content": "Say hi"}]
