@@ -600,7 +600,11 @@ class Connection(asyncio.Protocol):
         entries = table.dynamic_entries
         newest = entries[0] if entries else None
         count, limit = len(entries), table.maxsize
-        headers: list[tuple[bytes, bytes]] = self.decoder.decode(block, raw=True)  # type: ignore[assignment]
+        try:
+            headers: list[tuple[bytes, bytes]] = self.decoder.decode(block, raw=True)  # type: ignore[assignment]
+        except Exception:  # it may have changed the table before it failed: nothing kept holds
+            self.decoded.clear()
+            raise
         if (entries[0] if entries else None) is newest and len(entries) == count and table.maxsize == limit:
             if len(self.decoded) < DECODED_BLOCKS and len(block) <= DECODED_BLOCK_BYTES:
                 self.decoded[block] = tuple(headers)
