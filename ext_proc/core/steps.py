@@ -227,14 +227,17 @@ class Rewrite(Step):
             payload, path = upstream.prepare(flow.api, request.payload, first, flow.path)
             if path is not None:
                 headers.append((":path", path))
+                if upstream.served(first, flow.api) is not flow.api:  # another family's path
+                    flow.metadata = ((upstream.CLIENT, flow.api.home),)
             if payload is not request.payload or payload.get("model") != request.model:
                 request.payload = payload
                 flow.replaced = flow.reencode = True
         elif chain:
-            assert flow.principal is not None
+            assert flow.principal is not None and flow.api is not None
             flow.metadata = (
                 (upstream.TARGETS, upstream.encode_chain(chain)), (upstream.CLIENT_PATH, flow.path),
                 (upstream.ALIAS, request.model), (upstream.TEAM, flow.principal.team),
+                (upstream.CLIENT, flow.api.home),
             )
             headers.append((upstream.RETRIES_HEADER, str(len(chain) - 1)))
         if request.stream:

@@ -38,6 +38,9 @@ TARGETS = "targets"  # metadata keys (namespace "tollway"); attempts read them a
 CLIENT_PATH = "path"
 ALIAS = "alias"
 TEAM = "team"
+# The client's API family ("openai", "anthropic") when the path upstream may be another family's
+# (a translation, a chain): Envoy's own error replies pick the client's format by it, not by the path.
+CLIENT = "client"
 RETRIES_HEADER = "x-envoy-max-retries"
 
 

@@ -326,3 +326,23 @@ def test_outlier_detection_takes_a_failing_provider_out_of_first_attempts(tmp_pa
         ejected = r"^cluster\.openai\+anthropic\.outlier_detection\.ejections_enforced_total$"
         stats = httpx.get(admin, params={"filter": ejected})
         assert stats.text.strip().endswith(": 1"), stats.text
+
+
+@pytest.mark.parametrize(("client", "model"), [("anthropic", "gpt-4o-mini"), ("openai", "claude-haiku")])
+def test_envoys_own_error_after_the_head_comes_in_the_clients_format_when_translated(
+        env: Env, client: str, model: str) -> None:
+    """The provider sends its head and half its body, then closes: Envoy answers a 502 itself. Its
+    format follows the client's family, which Tollway names in the request's metadata, not the path
+    upstream (the provider's family's, translated)."""
+    cut = {"x-mock-cut-after": "3"}
+    if client == "anthropic":
+        with pytest.raises(anthropic.InternalServerError) as anthropic_error:
+            env.anthropic().messages.create(model=model, max_tokens=10, messages=[{"role": "user", "content": "Hi"}],
+                                            extra_headers=cut)
+        body = anthropic_error.value.response.json()
+        assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    else:
+        with pytest.raises(openai.InternalServerError) as openai_error:
+            env.openai().chat.completions.create(model=model, messages=HI, extra_headers=cut)  # type: ignore[arg-type]
+        body = openai_error.value.response.json()
+        assert body["error"]["type"] == "server_error" and "type" not in body

@@ -32,6 +32,7 @@ CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
 CHAIN_METADATA = (
     (upstream.TARGETS, SMART), (upstream.CLIENT_PATH, CHAT), (upstream.ALIAS, "smart"), (upstream.TEAM, "all"),
+    (upstream.CLIENT, "openai"),
 )
 CHAIN_HEADERS = (("x-tollway-cluster", "openai+anthropic"), (upstream.RETRIES_HEADER, "1"))
 CHAT_REQUEST: dict[str, Any] = {
@@ -204,7 +205,7 @@ def test_an_anthropic_client_chain_carries_its_own_path() -> None:
     assert action == Continue(
         set_headers=(*CHAIN_HEADERS, ("x-tollway-stream", "1")), clear_route_cache=True,
         metadata=((upstream.TARGETS, SMART), (upstream.CLIENT_PATH, MESSAGES), (upstream.ALIAS, "smart"),
-                  (upstream.TEAM, "all")),
+                  (upstream.TEAM, "all"), (upstream.CLIENT, "anthropic")),
     )
 
 
@@ -327,7 +328,8 @@ def test_an_anthropic_request_for_an_openai_model_is_translated() -> None:
         )
     )
     action = transcript.actions[-1]
-    assert isinstance(action, Continue) and action.credential == OPENAI and action.metadata == ()
+    assert isinstance(action, Continue) and action.credential == OPENAI
+    assert action.metadata == ((upstream.CLIENT, "anthropic"),)  # the client's family, for Envoy's own errors
 
 
 def test_an_openai_answer_reaches_an_anthropic_client_as_a_message(accountant: ServiceAccountant) -> None:
@@ -567,7 +569,8 @@ def test_a_prompt_too_long_for_the_first_target_goes_to_the_second_directly(acco
     assert session.meter.estimate is not None and session.meter.estimate.tokens > 50
     assert action.set_headers[:2] == (("x-tollway-cluster", "anthropic"), (":path", MESSAGES))
     assert action.set_headers[2:] == (("content-length", str(len(action.body or b""))),)  # no retries: no chain
-    assert action.metadata == () and action.credential == ANTHROPIC
+    # No chain: the client's family alone, for Envoy's own error replies (the path is Anthropic's).
+    assert action.metadata == ((upstream.CLIENT, "openai"),) and action.credential == ANTHROPIC
     request = orjson.loads(action.body or b"")
     assert request["model"] == "claude-z" and request["max_tokens"] == 4096
     assert session.provider == "anthropic"
