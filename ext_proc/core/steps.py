@@ -27,10 +27,12 @@ from typing import Any
 from ext_proc.core import upstream
 from ext_proc.core.actions import Ask, Respond
 from ext_proc.core.flow import Flow
+from ext_proc.guardrails.detectors import GROUPS
+from ext_proc.guardrails.scanner import builtin
 from ext_proc.llm import apis
 from ext_proc.llm.errors import ClientError
 from ext_proc.policy import decide
-from ext_proc.policy.compiled import Alias
+from ext_proc.policy.compiled import KEY_PREFIX, Alias
 from ext_proc.state.queries import Ping, StoreUnavailable
 
 ROUTE_HEADER = "x-tollway-cluster"  # Envoy routes to the cluster this header names
@@ -115,11 +117,35 @@ class Recognise(Step):
             raise ClientError(400, "invalid_model", "The model name may hold only letters, digits and . _ : / + - "
                               "(no spaces, control characters, '..' segments or percent-encoding), at most 256 of "
                               "them, starting with a letter or a digit.", "model")
+        if len(request.model) >= _CREDENTIAL_MIN and _credential(request.model):
+            raise ClientError(400, "invalid_model", "The model name holds a credential (an API key?): it is not "
+                              "used, echoed or recorded.", "model")
         flow.model = request.model
         flow.stream = request.stream
         if request.stream and api.ask_for_usage(request):
             flow.hide_usage = flow.replaced = flow.reencode = True
         return None
+
+
+_CREDENTIAL_MIN = 20  # characters: the shortest credential the built-in detectors know (AKIA + 16)
+
+
+def _credential(name: str) -> bool:
+    """Whether a model name holds a credential (a key pasted into the wrong field): it would
+    otherwise reach the record, the metrics' labels, the span's name and the dashboard. The names
+    found plain are kept (a few distinct names come again and again; 2.5 µs to scan one), never a
+    credential."""
+    if name in _PLAIN_NAMES:
+        return False
+    if name.startswith(KEY_PREFIX) or builtin().find(name, GROUPS["credentials"]):
+        return True
+    if len(_PLAIN_NAMES) >= 1024:
+        _PLAIN_NAMES.clear()
+    _PLAIN_NAMES.add(name)
+    return False
+
+
+_PLAIN_NAMES: set[str] = set()
 
 
 class Identify(Step):

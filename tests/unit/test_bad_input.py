@@ -158,3 +158,22 @@ def test_an_oversized_event_from_a_provider_ends_the_stream_with_an_error() -> N
     assert isinstance(after, Continue) and after.body == b""  # nothing more reaches the client
     (effect,) = session.effects
     assert (effect.record["outcome"], effect.record["error"]) == ("error", "provider_event_too_large")
+
+
+@pytest.mark.parametrize("model", ["sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7cDe0f", "AKIA" + "IOSFODNN7EXAMPLE",
+                                   "tw-search-" + "k1-0123456789abcdef0123"])
+def test_a_credential_sent_as_the_model_is_refused_and_never_recorded(model: str) -> None:
+    """A key pasted into the wrong field would reach the record, the metrics' labels, the span's
+    name and the dashboard (an unknown model's name is a label)."""
+    session = Session()
+    session.handle(RequestHeaders({":method": "POST", ":path": "/v1/chat/completions"}, False, 1))
+    action = session.handle(RequestBody(request(model=model), True, 2))
+    _refused(action, 400, "invalid_model", "holds a credential")  # type: ignore[arg-type]
+    assert model.encode() not in action.body  # type: ignore[union-attr]
+    (effect,) = session.effects
+    assert effect.record["model"] is None and model not in orjson.dumps(effect.record).decode()
+
+
+def test_a_long_model_name_is_no_credential() -> None:
+    action = _session_body(request(model="claude-3-5-haiku-20241022"))
+    assert isinstance(action, Continue)
