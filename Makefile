@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help install lock tools run test test-unit test-e2e fuzz soak bench bench-limits bench-core bench-guardrails bench-metrics eval lint clean
 
 help: ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 # Every dependency (and the build backend) comes from requirements.lock, pinned with sha256
 # hashes: pip refuses any file whose hash is not there. Tollway itself is installed editable on
