@@ -511,12 +511,17 @@ def _lock_workdir(workdir: Path) -> IO[str]:
     return handle
 
 
-def _check_ports(ports: Mapping[str, int]) -> None:
+def _taken(ports: Mapping[str, int]) -> list[str]:
     taken = []
     for what, port in ports.items():
         owner = port_owner(port)
         if owner is not None:
             taken.append(f"port {port} ({what}) is in use by {owner}")
+    return taken
+
+
+def _check_ports(ports: Mapping[str, int]) -> None:
+    taken = _taken(ports)
     if taken:
         raise InUse("; ".join(taken))
 
@@ -539,7 +544,10 @@ def run(args: argparse.Namespace) -> int:
     if mocked:
         ports["fake provider, --mock-port"] = args.mock_port
     try:
-        lock = _lock_workdir(workdir)
+        try:
+            lock = _lock_workdir(workdir)
+        except InUse as exc:  # say which ports the other one holds too
+            raise InUse("; ".join([str(exc), *_taken(ports)])) from None
         _check_ports(ports)
     except InUse as exc:
         print(f"tollway up: {exc}. Is Tollway already running (make run)? Stop it, or choose other ports "

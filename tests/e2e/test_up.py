@@ -227,6 +227,14 @@ def test_a_second_make_run_says_who_holds_the_ports_and_joins_nothing(up: Up, tm
                               for arg in (name, str(free_port()))]],
                            capture_output=True, text=True, env=NO_KEYS, timeout=60, cwd=ROOT)
     assert third.returncode == 1 and "is in use by another tollway up (pid" in third.stderr
+    # Same workdir and the same ports (a second make run in the same checkout): both said.
+    fourth = subprocess.run(
+        [sys.executable, "-m", "ext_proc.cli", "up", "--port", str(up.ports["port"]), "--admin-port",
+         str(up.ports["admin"]), "--mock-port", str(up.ports["mock"]), "--service-admin-port",
+         str(up.ports["service"]), "--workdir", str(up.workdir)],
+        capture_output=True, text=True, env=NO_KEYS, timeout=60, cwd=ROOT)
+    assert fourth.returncode == 1 and "is in use by another tollway up (pid" in fourth.stderr
+    assert f"port {up.ports['port']} (gateway listener, --port) is in use by envoy (pid " in fourth.stderr
     assert log.read_text() == before
     assert httpx.post(up.url + "/v1/chat/completions",
                       json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}).status_code == 200
