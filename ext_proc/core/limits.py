@@ -180,6 +180,17 @@ def rate_windows(flow: Flow, answer: Admission) -> list[RateWindow]:
     return out
 
 
+def released(flow: Flow, answer: Any) -> Settle | None:
+    """An admission granted after the request had ended (the client left while the store was asked):
+    its claims go back at once, the request never went upstream (a request still counts against
+    requests per minute, as any request refused after its admission does)."""
+    if not isinstance(answer, Admission) or not answer.admitted or flow.admission is not None or not flow.claims:
+        return None
+    used = tuple(1 if claim.consumes and unit == "requests" else 0
+                 for claim, (_, unit, _kind) in zip(flow.claims, flow.claim_labels, strict=True))
+    return Settle(flow.claims, used)
+
+
 def settlement(flow: Flow, record: dict[str, Any]) -> Settle | None:
     """What the request really used of each claim it held (None: it held none)."""
     admission = flow.admission

@@ -155,8 +155,11 @@ class Session:
             if phase is not Phase.DONE:
                 self._finish(event.at, "incomplete")
             return None
-        if isinstance(event, Answered) and phase is Phase.DONE:
-            return None  # the client left while the question was out
+        if isinstance(event, Answered) and phase is Phase.DONE:  # the client left while the question was out
+            late = limits.released(self.flow, event.value)
+            if late is not None:
+                self.effects.append(late)
+            return None
         raise ProtocolError(f"unexpected {type(event).__name__} in phase {phase.value}")
 
     def refuse(self, error: ClientError, at: int) -> Respond:

@@ -294,7 +294,8 @@ class ExtProcCall:
         responder = self.responder
         assert kind is not None and responder is not None
         if task.cancelled() or not responder.open or _closed(self.session):
-            return  # the stream was reset meanwhile: the session already recorded it
+            self._late(task)  # the stream was reset meanwhile: the session recorded it (or does now)
+            return
         failure = task.exception()
         try:
             replies = self._handle(kind, Answered(failure if failure is not None else task.result(),
@@ -311,6 +312,18 @@ class ExtProcCall:
         if self._ended and self._waiting is None:
             self.reset()
             responder.finish()
+
+    def _late(self, task: asyncio.Future[object]) -> None:
+        """An answer that came after the stream closed: the session still hears it, so what it
+        granted goes back (an admission's claims; else a concurrency slot stays held for as long as
+        this worker holds its lease)."""
+        session = self.session
+        if task.cancelled() or task.exception() is not None or not isinstance(session, Session):
+            return
+        if session.phase is not Phase.DONE:
+            session.handle(StreamClosed(time.monotonic_ns()))
+        session.handle(Answered(task.result(), time.monotonic_ns()))
+        _run_effects(session, self.service)
 
     def end(self) -> tuple[int, str] | None:
         if self._waiting is not None:

@@ -21,6 +21,7 @@ from ext_proc.core.events import Answered, RequestBody, RequestHeaders, Response
 from ext_proc.core.session import ProtocolError, Session
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server.servicer import ExtProcCall, Service
+from ext_proc.state.limits import Keeper, MemoryBackend
 from ext_proc.state.queries import Ping, StoreUnavailable
 from ext_proc.state.store import MemoryStore
 from tests.unit.transcript import Record, Responds, Transcript
@@ -242,3 +243,62 @@ def test_the_in_process_store_answers_within_the_same_call() -> None:
     call.message(_headers())
     (reply,) = call.message(_body())  # no waiting: answered in the callback that received the body
     assert pb.ProcessingResponse.FromString(reply).WhichOneof("response") == "request_body"
+
+
+CAPPED = compile_policy("""
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: OPENAI_API_KEY}}
+models:
+  gpt-4o-mini: {provider: openai, price: {input: "1", output: "1"}}
+teams:
+  platform: {workloads: [local-dev], models: ["*"]}
+rate_limits:
+  one-at-a-time: {team: platform, concurrent: 1}
+""")
+
+
+class AnsweringLater:
+    """The in-process counters answered from the event loop, as Redis answers."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBackend()
+
+    async def grow(self, *args: Any) -> Any:
+        await asyncio.sleep(0.005)
+        return self.inner.grow(*args)
+
+    async def report(self, *args: Any) -> Any:
+        return self.inner.report(*args)
+
+    async def once(self, *args: Any) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("reset_first", [False, True], ids=["answer-then-reset", "reset-then-answer"])
+def test_a_slot_granted_as_the_client_leaves_goes_back(reset_first: bool) -> None:
+    """Envoy resets the stream in the pass of the loop where the admission completed, before its
+    answer reached the session: the slot it holds goes back all the same (it stayed held for as long
+    as the worker held its lease: a team with concurrent: 1 was locked out)."""
+    async def scenario() -> None:
+        keeper = Keeper(AnsweringLater())  # type: ignore[arg-type]
+        service = Service(Records(), type("Holder", (), {"current": CAPPED})(), "local-dev",  # type: ignore[arg-type]
+                          keeper=keeper)
+        responder = Responder()
+        call = ExtProcCall(service, responder=responder)  # type: ignore[arg-type]
+        call.message(_headers())
+        assert call.message(_body()) == []  # waiting for the store
+        task = call._task
+        assert task is not None
+        while not task.done():
+            await asyncio.sleep(0)
+        if not reset_first:
+            await asyncio.sleep(0)  # the answer reaches the session first
+        call.reset()
+        responder.open = False
+        await asyncio.sleep(0.05)
+        lease = keeper.leases["rate/one-at-a-time/concurrent/platform"]
+        assert lease.reserved == 0  # the slot is free (the lease itself goes back after a second idle)
+        assert [r["outcome"] for r in service.records.records] == ["incomplete"]  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())
