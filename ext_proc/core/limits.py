@@ -103,7 +103,7 @@ def _tokens(flow: Flow, default_output: int) -> int:
     if output is None:
         limits = [t.max_output_tokens for t in flow.chain if t.max_output_tokens]
         output = max(limits) if limits else default_output
-    return prompt + output
+    return prompt + output * api.answers(request.payload)  # n answers: n outputs billed
 
 
 def _usd(flow: Flow, tokens: int) -> int | None:

@@ -194,6 +194,21 @@ def test_without_max_tokens_the_claim_uses_the_models_limit_or_the_default() -> 
         assert tokens.amount == prompt_tokens(body, model if model != "claude" else "claude-x") + output
 
 
+def test_n_answers_claim_n_outputs() -> None:
+    """OpenAI bills every one of the n answers (and the completions API's best_of): the claim holds
+    n times the output the request allows, so a budget is not overshot n-fold."""
+    amounts = []
+    for n in (1, 8):
+        body = {**BODY, "n": n}
+        transcript = Transcript(session()) >> RequestHeaders(HEAD, False, 1) << HEAD_SENT >> RequestBody(
+            orjson.dumps(body), True, 2)
+        ask = transcript.pending.pop(0)
+        assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+        tokens = next(c for c in ask.query.claims if c.counter.startswith("budget/search-monthly/tokens"))
+        amounts.append(tokens.amount - prompt_tokens(body))
+    assert amounts == [100, 800]
+
+
 @pytest.mark.parametrize(("ending", "used"), [
     ("provider error", (0, 0, 1, 0, 0)),  # a provider's error is not billed
     ("client left", None),  # a stream cut by the client: its estimated usage

@@ -229,6 +229,16 @@ class WireAPI:
         """
         return False
 
+    def answers(self, payload: dict[str, Any]) -> int:
+        """How many answers the request asks for, each up to the output limit and each billed: OpenAI's
+        ``n`` (and the completions API's ``best_of``, generated server-side); 1 where the API has none."""
+        most = 1
+        for name in ("n", "best_of") if self.home == "openai" and self.output_fields else ():
+            value = payload.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > most:
+                most = value
+        return most
+
     def output_limit(self, payload: dict[str, Any]) -> int | None:
         """The most output tokens the request allows (None: it sets no limit); 0 for no output."""
         if self.output_fields is None:
