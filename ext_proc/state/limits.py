@@ -112,6 +112,13 @@ class Lease:
         return max(0, self.claim.capacity - self.spent - self.others - self.reserved - self.used)
 
 
+def _beyond(claim: Claim, lease: Lease) -> bool:
+    """Whether ``claim`` no longer fits the counter's capacity as the store last told it, though the
+    lease still holds room: the limit was lowered (a policy reload) after the lease was cut from the
+    old one. In steady state a lease never holds more than that capacity leaves, so this is false."""
+    return claim.amount > claim.capacity - lease.spent - lease.others - lease.reserved - lease.used
+
+
 @dataclass
 class Keeper:
     """One worker's view of every counter; see the module docstring."""
@@ -147,7 +154,8 @@ class Keeper:
                 lease = known[claim.counter] = Lease(claim)
             leases.append(lease)
             if claim.enforced and (lease.held - lease.reserved - lease.used < claim.amount
-                                   or (lease.held and now > lease.fresh_until)):
+                                   or (lease.held and now > lease.fresh_until)
+                                   or _beyond(claim, lease)):
                 short.append(index)
         if not short:
             return self._hold(claims, leases, now, degraded=False)
@@ -223,7 +231,7 @@ class Keeper:
     def _granted(self, claims: tuple[Claim, ...], leases: list[Lease]) -> Admission:
         """Admit on the leases as the store last answered, or refuse the first claim they cannot hold."""
         for index, (claim, lease) in enumerate(zip(claims, leases, strict=True)):
-            if claim.enforced and lease.free < claim.amount:
+            if claim.enforced and (lease.free < claim.amount or _beyond(claim, lease)):
                 return Admission(False, refused=index, remaining=tuple(lease.remaining() for lease in leases))
         return self._hold(claims, leases, self.clock(), degraded=False)
 

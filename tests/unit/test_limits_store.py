@@ -89,6 +89,25 @@ def test_the_keeper_admits_within_its_lease_without_asking_the_store() -> None:
     assert (lease.held, lease.reserved, lease.used) == (176, 0, 0)
 
 
+@pytest.mark.parametrize("reported", [False, True], ids=["spend-in-the-lease", "spend-reported"])
+def test_a_lowered_limit_holds_at_once_though_the_lease_was_cut_from_the_old_one(reported: bool) -> None:
+    """A policy reload lowers a limit (1000 -> 20) while this worker holds a lease cut from the old
+    one: it refused nothing until the lease ran out or sat idle (20 of 20 admitted, at 5 each, 100)."""
+    clock = Clock()
+    backend = MemoryBackend(clock)
+    keeper = Keeper(backend, holder="w1", clock=clock, lease_share=0.2)
+    old, new = claim(amount=5, capacity=1000), claim(amount=5, capacity=20)
+    for _ in range(5):
+        assert keeper.admit((old,)).admitted  # type: ignore[union-attr]
+    keeper.settle((old,) * 5, (5,) * 5)
+    if reported:
+        keeper.flush()
+    refused = keeper.admit((new,))
+    assert isinstance(refused, Admission) and not refused.admitted and refused.refused == 0
+    raised = claim(amount=5, capacity=2000)  # a raised limit: the lease serves as before
+    assert keeper.admit((raised,)).admitted  # type: ignore[union-attr]
+
+
 def test_a_claim_past_the_capacity_is_refused_and_holds_nothing() -> None:
     keeper = Keeper(MemoryBackend(Clock()), holder="w1", clock=Clock())
     small, big = claim(amount=60, capacity=100, counter="a"), claim(amount=50, capacity=100, counter="b")
