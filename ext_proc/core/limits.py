@@ -186,9 +186,7 @@ def released(flow: Flow, answer: Any) -> Settle | None:
     requests per minute, as any request refused after its admission does)."""
     if not isinstance(answer, Admission) or not answer.admitted or flow.admission is not None or not flow.claims:
         return None
-    used = tuple(1 if claim.consumes and unit == "requests" else 0
-                 for claim, (_, unit, _kind) in zip(flow.claims, flow.claim_labels, strict=True))
-    return Settle(flow.claims, used)
+    return Settle(flow.claims, _used(flow, reached=False, tokens=None, cost=None))
 
 
 def settlement(flow: Flow, record: dict[str, Any]) -> Settle | None:
@@ -201,7 +199,18 @@ def settlement(flow: Flow, record: dict[str, Any]) -> Settle | None:
     tokens = None
     if record.get("input_tokens") is not None or record.get("output_tokens") is not None:
         tokens = (record.get("input_tokens") or 0) + (record.get("output_tokens") or 0)
-    cost = record.get("cost_usd_micros")
+    used = _used(flow, reached, tokens, record.get("cost_usd_micros"))
+    record["limits"] = [
+        {"limit": name, "unit": unit, "claimed": claim.amount, "used": spent}
+        for claim, (name, unit, _), spent in zip(flow.claims, flow.claim_labels, used, strict=True)
+    ]
+    if admission.degraded:
+        record["limits_degraded"] = True
+    return Settle(flow.claims, used)
+
+
+def _used(flow: Flow, reached: bool, tokens: int | None, cost: int | None) -> tuple[int, ...]:
+    """What the request used of each claim: ``reached``, whether the provider did work for it."""
     used = []
     for claim, (_, unit, _kind) in zip(flow.claims, flow.claim_labels, strict=True):
         if not claim.consumes:
@@ -214,10 +223,4 @@ def settlement(flow: Flow, record: dict[str, Any]) -> Settle | None:
             used.append(cost if cost is not None else claim.amount)  # unknown is not zero: the claim
         else:
             used.append(tokens if tokens is not None else claim.amount)
-    record["limits"] = [
-        {"limit": name, "unit": unit, "claimed": claim.amount, "used": spent}
-        for claim, (name, unit, _), spent in zip(flow.claims, flow.claim_labels, used, strict=True)
-    ]
-    if admission.degraded:
-        record["limits_degraded"] = True
-    return Settle(flow.claims, tuple(used))
+    return tuple(used)

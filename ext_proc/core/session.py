@@ -61,9 +61,6 @@ from ext_proc.llm.errors import ClientError
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.policy.compiled import CompiledPolicy
 
-# Where each API family's SDK reads the provider's request id (``_request_id``, ``request_id``).
-_REQUEST_ID = {"openai": "x-request-id", "anthropic": "request-id"}
-
 __all__ = ["ROUTE_HEADER", "STREAM_HEADER", "Phase", "ProtocolError", "Session"]
 
 Headers = tuple[tuple[str, str], ...]
@@ -345,9 +342,9 @@ class Session:
         if flow.attempts is not None:
             told.append(("x-tollway-attempts", str(flow.attempts)))
         if flow.pair is not None:
-            given = headers.get(_REQUEST_ID.get(served.home, ""))
+            given = headers.get(served.request_id_header)
             if given:
-                told.append((_REQUEST_ID.get(flow.api.home, "x-request-id"), given))
+                told.append((flow.api.request_id_header, given))
         return tuple(told)
 
     def _response_body(self, event: ResponseBody) -> Action:

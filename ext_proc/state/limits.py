@@ -107,16 +107,20 @@ class Lease:
     def free(self) -> int:
         return self.held - self.reserved - self.used
 
+    def left(self, capacity: int) -> int:
+        """What ``capacity`` leaves as this worker knows it (below 0: it is spent beyond)."""
+        return capacity - self.spent - self.others - self.reserved - self.used
+
     def remaining(self) -> int:
         """Capacity left as this worker knows it."""
-        return max(0, self.claim.capacity - self.spent - self.others - self.reserved - self.used)
+        return max(0, self.left(self.claim.capacity))
 
 
 def _beyond(claim: Claim, lease: Lease) -> bool:
     """Whether ``claim`` no longer fits the counter's capacity as the store last told it, though the
     lease still holds room: the limit was lowered (a policy reload) after the lease was cut from the
     old one. In steady state a lease never holds more than that capacity leaves, so this is false."""
-    return claim.amount > claim.capacity - lease.spent - lease.others - lease.reserved - lease.used
+    return claim.amount > lease.left(claim.capacity)
 
 
 @dataclass
@@ -242,7 +246,7 @@ class Keeper:
             lease.last = now
             if claim.enforced:
                 lease.reserved += claim.amount
-            left = claim.capacity - lease.spent - lease.others - lease.reserved - lease.used
+            left = lease.left(claim.capacity)
             remaining.append(left if left > 0 else 0)
         if self._flush is None:
             self._schedule()

@@ -89,6 +89,8 @@ class MessagesReader(Reader):
 class MessagesAPI(WireAPI):
     __slots__ = ()
 
+    request_id_header = "request-id"  # where Anthropic's SDK reads it
+
     def rate_limit_headers(self, windows: list[RateWindow], now: float) -> tuple[tuple[str, str], ...]:
         """Anthropic's ``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`` (reset: RFC 3339)."""
         out: list[tuple[str, str]] = []

@@ -183,10 +183,15 @@ class RateWindow:
 class WireAPI:
     """One wire format; see the module docstring. Instances are immutable singletons."""
 
-    __slots__ = ("billed", "home", "name", "output_fields", "path", "required_list", "streams")
+    __slots__ = ("answer_fields", "billed", "home", "name", "output_fields", "path", "required_list", "streams")
+
+    # Where the family's SDK reads the provider's request id (``_request_id``): a translated answer
+    # carries the provider's id under the client's name.
+    request_id_header = "x-request-id"
 
     def __init__(self, name: str, path: str, home: str, *, required_list: str | None = None,
-                 streams: bool = True, output_fields: tuple[str, ...] | None = ("max_tokens",)) -> None:
+                 streams: bool = True, output_fields: tuple[str, ...] | None = ("max_tokens",),
+                 answer_fields: tuple[str, ...] = ()) -> None:
         self.name = name  # in records and metrics: "openai.chat.completions"
         self.path = path  # the request path: "/v1/chat/completions"
         self.home = home  # the provider kind that speaks it natively (the route without a policy)
@@ -194,6 +199,8 @@ class WireAPI:
         self.streams = streams  # whether a request may ask for an event stream
         # The request fields that cap the answer's tokens, first found wins (None: no output at all).
         self.output_fields = output_fields
+        # The request fields that ask for several answers, each billed (OpenAI's ``n``, ``best_of``).
+        self.answer_fields = answer_fields
         self.billed = True  # providers charge for it: budgets and rate limits count it
 
     def __repr__(self) -> str:
@@ -230,10 +237,10 @@ class WireAPI:
         return False
 
     def answers(self, payload: dict[str, Any]) -> int:
-        """How many answers the request asks for, each up to the output limit and each billed: OpenAI's
-        ``n`` (and the completions API's ``best_of``, generated server-side); 1 where the API has none."""
+        """How many answers the request asks for (:attr:`answer_fields`), each up to the output limit
+        and each billed; 1 where the API has no such field."""
         most = 1
-        for name in ("n", "best_of") if self.home == "openai" and self.output_fields else ():
+        for name in self.answer_fields:
             value = payload.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value > most:
                 most = value

@@ -99,9 +99,10 @@ class OpenAIAPI(WireAPI):
     __slots__ = ("stream_usage",)
 
     def __init__(self, name: str, path: str, *, required_list: str | None = None, streams: bool = True,
-                 stream_usage: bool = False, output_fields: tuple[str, ...] | None = ("max_tokens",)) -> None:
+                 stream_usage: bool = False, output_fields: tuple[str, ...] | None = ("max_tokens",),
+                 answer_fields: tuple[str, ...] = ()) -> None:
         super().__init__(name, path, "openai", required_list=required_list, streams=streams,
-                         output_fields=output_fields)
+                         output_fields=output_fields, answer_fields=answer_fields)
         self.stream_usage = stream_usage
 
     def rate_limit_headers(self, windows: list[RateWindow], now: float) -> tuple[tuple[str, str], ...]:
@@ -148,6 +149,8 @@ def duration(seconds: float) -> str:
 
 
 CHAT_COMPLETIONS = OpenAIAPI("openai.chat.completions", "/v1/chat/completions", required_list="messages",
-                             stream_usage=True, output_fields=("max_completion_tokens", "max_tokens"))
-COMPLETIONS = OpenAIAPI("openai.completions", "/v1/completions", stream_usage=True)
+                             stream_usage=True, output_fields=("max_completion_tokens", "max_tokens"),
+                             answer_fields=("n",))
+# best_of: that many answers generated (and billed) server-side, the best n returned
+COMPLETIONS = OpenAIAPI("openai.completions", "/v1/completions", stream_usage=True, answer_fields=("n", "best_of"))
 EMBEDDINGS = OpenAIAPI("openai.embeddings", "/v1/embeddings", streams=False, output_fields=None)

@@ -11,7 +11,8 @@ MALFORMED = "invalid_request"  # a TranslationError's code for input no API woul
 
 class TranslationError(Exception):
     """A request that cannot be expressed in the target API; answered as a 400 to the client, with
-    ``code`` (``unsupported_for_provider``; ``invalid_type`` for a field of the wrong JSON type)."""
+    ``code``: ``unsupported_for_provider`` (what the served API has no counterpart for),
+    :data:`MALFORMED` (input no API would take) or ``invalid_type`` (a field of the wrong JSON type)."""
 
     def __init__(self, message: str, param: str | None = None, code: str = "unsupported_for_provider") -> None:
         super().__init__(message)

@@ -62,8 +62,7 @@ _RESPONSES = {
     "safety_identifier": STRING, "previous_response_id": STRING, "store": BOOLEAN,
 }
 FIELDS: dict[str, dict[str, Check]] = {
-    "openai.chat.completions": _CHAT, "anthropic.messages": _MESSAGES, "anthropic.count_tokens": _MESSAGES,
-    "openai.responses": _RESPONSES,
+    "openai.chat.completions": _CHAT, "anthropic.messages": _MESSAGES, "openai.responses": _RESPONSES,
 }
 
 
