@@ -1,0 +1,62 @@
+"""Where text lives in each wire API: requests, JSON answers and streamed answers.
+
+Theory of operation. Guardrails read and rewrite text without knowing any wire format: a
+:class:`Walker` per wire API (registered in :data:`WALKERS` by the API's name) lists the text of
+a decoded request or answer as :class:`Ref` values, each a place (a container and a key) that can
+be read and replaced in the decoded JSON, with the role it speaks for (``user``, ``system``,
+``assistant``, ``tool``) and whether the string holds JSON text (tool-call arguments), so a
+restored value is escaped for it. For streamed answers a walker makes a :class:`StreamTexts`: it
+finds the text deltas of each event, keyed by *channel* (a choice's content, one tool call's
+arguments, one Anthropic content block), hands each to the guard's text function and writes back
+what comes out; when a channel closes (a choice's ``finish_reason``, ``content_block_stop``) the
+text still held for it is sent in an event of the same kind placed just before the closing one,
+so the stream keeps the shape the client's SDK (and Tollway's translators) expect.
+
+Covered: chat completions (every message role, string or part content, tool calls and tool
+results, refusals, ``prediction``; the answer's legacy ``function_call`` and URL citations),
+completions (``prompt``, ``suffix``), embeddings (``input``), Messages and ``count_tokens``
+(``system``, every content block: text and its citations, ``tool_use`` input, ``tool_result``
+content, documents' text, title and context, search results; an answer's thinking), the Responses
+API (``instructions``, ``input`` items: messages and their text parts, function and custom tool
+calls and their outputs; a stored prompt's string ``variables``; the answer's ``output`` items:
+message text, its citations and refusals, call arguments, reasoning summaries). A tool input's
+JSON is read in its strings, long integers and keys that are not plain names. Thinking blocks and
+reasoning items given back in a request are left alone: the provider signs or encrypts them and
+refuses them changed. A text with token log probabilities names the object that holds them
+(:attr:`Ref.scrub`): they spell the text out, and are dropped where it changed. Adding a wire
+API is one more walker class (a module per API family: :mod:`.openai`, :mod:`.anthropic`,
+:mod:`.responses`; what they share in :mod:`.base`) and one line in :data:`WALKERS`; a request
+whose API has no walker is refused while guardrails apply to it.
+
+A Responses stream repeats its text: the deltas, then the ``*.done`` event of the channel, the
+``response.content_part.done`` and ``response.output_item.done`` events, and the whole
+``response`` of ``response.completed``. :class:`ResponsesStream` rewrites every repetition to the
+text that actually went out in the deltas (so no original value leaks there, and a pseudonym
+restored in the deltas is restored there too), and numbers the events again from where an added
+event (the held text of a closing channel) shifted them, so ``sequence_number`` stays gapless.
+"""
+
+from __future__ import annotations
+
+from .anthropic import MessagesStream, MessagesWalker
+from .base import FlushFn, Ref, StreamTexts, TextFn, Walker
+from .openai import ChatWalker, CompletionsWalker, EmbeddingsWalker, OpenAIStream
+from .responses import ResponsesStream, ResponsesWalker
+
+__all__ = ["WALKERS", "ChatWalker", "CompletionsWalker", "EmbeddingsWalker", "FlushFn", "MessagesStream",
+           "MessagesWalker", "OpenAIStream", "Ref", "ResponsesStream", "ResponsesWalker", "StreamTexts",
+           "TextFn", "Walker", "walker"]
+
+WALKERS: dict[str, Walker] = {
+    "openai.chat.completions": ChatWalker(),
+    "openai.completions": CompletionsWalker(),
+    "openai.embeddings": EmbeddingsWalker(),
+    "anthropic.messages": MessagesWalker(),
+    "anthropic.count_tokens": MessagesWalker(),  # a Messages body, forwarded to Anthropic to be counted
+    "openai.responses": ResponsesWalker(),
+}
+
+
+def walker(api_name: str) -> Walker | None:
+    """The walker of a wire API (by its name), or None when guardrails cannot read it."""
+    return WALKERS.get(api_name)

@@ -1,0 +1,159 @@
+"""Where text lives in Anthropic's Messages (and ``count_tokens``), and its streams."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ext_proc.llm.sse import SSEEvent
+
+from .base import FlushFn, Ref, StreamTexts, TextFn, Walker, _at_once, _event, _strings
+
+_BLOCK_FIELDS = {"text": ("text_delta", "text", False), "tool_use": ("input_json_delta", "partial_json", True),
+                 "thinking": ("thinking_delta", "thinking", False)}
+_DELTA_FIELDS = {"text_delta": ("text", False), "input_json_delta": ("partial_json", True),
+                 "thinking_delta": ("thinking", False)}
+
+
+class MessagesWalker(Walker):
+    """``/v1/messages``: ``system``, every block of every turn (text, tool_use input, tool_result
+    content, text documents); thinking blocks are signed and left alone."""
+
+    def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        system = payload.get("system")
+        if isinstance(system, str):
+            yield Ref(payload, "system", "system")
+        elif isinstance(system, list):
+            yield from _blocks(system, "system")
+        for message in payload.get("messages") or ():
+            if not isinstance(message, dict):
+                continue
+            role = "assistant" if message.get("role") == "assistant" else "user"
+            content = message.get("content")
+            if isinstance(content, str):
+                yield Ref(message, "content", role)
+            elif isinstance(content, list):
+                yield from _blocks(content, role)
+
+    def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        content = payload.get("content")
+        if isinstance(content, list):
+            yield from _blocks(content, "assistant", answer=True)
+
+    def stream(self) -> StreamTexts:
+        return MessagesStream()
+
+
+def _blocks(blocks: list[Any], role: str, answer: bool = False) -> Iterator[Ref]:
+    """The text of Messages content blocks. A thinking block is read in an answer (what the client
+    is shown) and not in a request, where the provider checks its signature and refuses it changed."""
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text" and isinstance(block.get("text"), str):
+            yield Ref(block, "text", role)
+            yield from _citations(block.get("citations"), role)
+        elif kind == "tool_use":
+            yield from _strings(block.get("input"), role)
+        elif kind == "tool_result":
+            content = block.get("content")
+            if isinstance(content, str):
+                yield Ref(block, "content", "tool")
+            elif isinstance(content, list):
+                yield from _blocks(content, "tool")
+        elif kind == "document" or kind == "search_result":
+            for field in ("title", "context", "source") if kind == "search_result" else ("title", "context"):
+                if isinstance(block.get(field), str):
+                    yield Ref(block, field, role)
+            source = block.get("source")
+            if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
+                yield Ref(source, "data", role)
+            elif isinstance(source, dict) and isinstance(source.get("content"), list):
+                yield from _blocks(source["content"], role)
+            elif isinstance(block.get("content"), list):  # a search result's text blocks
+                yield from _blocks(block["content"], role)
+        elif kind == "thinking" and answer and isinstance(block.get("thinking"), str):
+            yield Ref(block, "thinking", role)
+
+
+_CITED = ("cited_text", "document_title", "title")  # what a citation quotes and names
+
+
+def _citations(citations: Any, role: str) -> Iterator[Ref]:
+    for citation in citations if isinstance(citations, list) else ():
+        for field in _CITED:
+            if isinstance(citation, dict) and isinstance(citation.get(field), str):
+                yield Ref(citation, field, role)
+
+
+
+class MessagesStream(StreamTexts):
+    """Anthropic events: each content block is a channel (text deltas, tool input JSON deltas);
+    ``content_block_stop`` closes it, ``message_stop`` any left open."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open: dict[tuple[Any, ...], tuple[str, str, bool]] = {}  # channel -> (delta type, field, json)
+
+    def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn) -> list[SSEEvent]:
+        out: list[SSEEvent] = []
+        for event in events:
+            if not event.data:
+                out.append(event)
+                continue
+            name = event.event
+            payload = event.json()
+            if not name and payload is not None:
+                name = str(payload.get("type", ""))
+            if payload is None or name not in ("content_block_start", "content_block_delta", "content_block_stop",
+                                               "message_stop"):
+                out.append(event)
+                continue
+            if name == "message_stop":
+                out += self._close(None, flush)
+                out.append(event)
+                continue
+            channel = (payload.get("index", 0),)
+            changed = False
+            if name == "content_block_start":
+                block = payload.get("content_block")
+                shape = _BLOCK_FIELDS.get(str(block.get("type"))) if isinstance(block, dict) else None
+                if shape is not None:
+                    self.open[channel] = shape
+                    assert isinstance(block, dict)
+                    field = shape[1] if shape[1] != "partial_json" else ""
+                    if field and isinstance(block.get(field), str) and block[field]:
+                        new = text(channel, block[field], False)
+                        changed = new != block[field]
+                        block[field] = new
+                    elif not field and block.get("input"):  # a tool's input given whole at its start
+                        changed = _at_once(_strings(block["input"], "assistant"), channel, text, flush)
+            elif name == "content_block_delta":
+                delta = payload.get("delta")
+                shape2 = _DELTA_FIELDS.get(str(delta.get("type"))) if isinstance(delta, dict) else None
+                if shape2 is not None and isinstance(delta, dict) and isinstance(delta.get(shape2[0]), str):
+                    field, json_text = shape2
+                    self.open.setdefault(channel, (delta["type"], field, json_text))
+                    value = delta[field]
+                    new = text(channel, value, json_text)
+                    if new != value:
+                        delta[field] = new
+                        changed = True
+                elif isinstance(delta, dict) and delta.get("type") == "citations_delta":  # whole in one event
+                    changed = _at_once(_citations([delta.get("citation")], "assistant"), channel, text, flush)
+            else:  # content_block_stop
+                out += self._close(channel, flush)
+            out.append(_event(payload, name if event.event else "", like=event) if changed else event)
+        return out
+
+    def _close(self, channel: tuple[Any, ...] | None, flush: FlushFn) -> list[SSEEvent]:
+        out = []
+        for key in [k for k in self.open if channel is None or k == channel]:
+            kind, field, json_text = self.open.pop(key)
+            rest = flush(key, json_text)
+            if rest:
+                out.append(_event({"type": "content_block_delta", "index": key[0],
+                                   "delta": {"type": kind, field: rest}}, "content_block_delta"))
+        return out

@@ -1,0 +1,141 @@
+"""What the wire APIs' text walkers share: a place of text (:class:`Ref`), the walker and the
+stream faces, and the pieces every stream uses (see the package docstring)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+
+from ext_proc.llm.sse import SSEEvent
+from ext_proc.values import value
+
+# (channel, text, json_text) -> the text to send now (the guard may hold some back)
+TextFn = Callable[[tuple[Any, ...], str, bool], str]
+# (channel, json_text) -> the text held back for a channel that closes now
+FlushFn = Callable[[tuple[Any, ...], bool], str]
+
+
+@value
+class Ref:
+    """One string in decoded JSON: ``container[key]``, spoken by ``role``; ``scrub``: the object
+    whose ``logprobs`` spell this text out token by token, dropped (``null``) when the text changes."""
+
+    container: Any
+    key: Any
+    role: str
+    json_text: bool = False
+    scrub: Any = None
+
+    def get(self) -> str:
+        return self.container[self.key]  # type: ignore[no-any-return]
+
+    def set(self, value: str) -> None:
+        self.container[self.key] = value
+        if self.scrub is not None and self.scrub.get("logprobs"):
+            self.scrub["logprobs"] = None
+
+
+class _Number(Ref):
+    """An integer of a JSON value (a card or phone number sent as a number), read as its digits;
+    replaced, it becomes a string (the placeholder or the masked digits)."""
+
+    __slots__ = ()
+
+    def get(self) -> str:
+        return str(self.container[self.key])
+
+
+class _Key(Ref):
+    """An object's key (``{"alice@example.com": "owner"}``); replaced, it is renamed in place (the
+    object's order kept; a name already taken gets a number)."""
+
+    __slots__ = ()
+
+    def get(self) -> str:
+        return self.key  # type: ignore[no-any-return]
+
+    def set(self, value: str) -> None:
+        items = list(self.container.items())
+        name, number = value, 1
+        while name in self.container and name != self.key:
+            number += 1
+            name = f"{value}_{number}"
+        self.container.clear()
+        self.container.update((name if key == self.key else key, item) for key, item in items)
+
+
+_DIGITS = 100_000  # integers from here on are read as text: shorter ones are no identifier's digits
+
+
+def _strings(node: Any, role: str) -> Iterator[Ref]:
+    """Every string leaf of a JSON value (tool inputs), its long integers, and the keys that are not
+    plain names (an e-mail address, a number): a key is read after the values it holds, so a
+    renamed key never moves a place still to be read."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                yield Ref(node, key, role)
+            elif isinstance(value, (dict, list)):
+                yield from _strings(value, role)
+            elif type(value) is int and abs(value) >= _DIGITS:
+                yield _Number(node, key, role)
+        for key in [key for key in node if isinstance(key, str) and not key.isidentifier()]:
+            yield _Key(node, key, role)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            if isinstance(value, str):
+                yield Ref(node, index, role)
+            elif isinstance(value, (dict, list)):
+                yield from _strings(value, role)
+            elif type(value) is int and abs(value) >= _DIGITS:
+                yield _Number(node, index, role)
+
+
+class StreamTexts:
+    """One streamed answer's text deltas, by channel (see the module docstring)."""
+
+    # For an API that numbers its events (Responses): how many events went out so far, after
+    # the last whole :meth:`feed` (a client's error event is numbered with it). None: unnumbered.
+    sequence: int | None = None
+
+    def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn) -> list[SSEEvent]:
+        raise NotImplementedError
+
+
+class Walker:
+    """Where one wire API keeps its text."""
+
+    def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        raise NotImplementedError
+
+    def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        return iter(())
+
+    def stream(self) -> StreamTexts:
+        raise NotImplementedError
+
+
+def _event(data: dict[str, Any], name: str = "", like: SSEEvent | None = None) -> SSEEvent:
+    body = orjson.dumps(data)
+    raw = (b"event: " + name.encode() + b"\n" if name else b"") + b"data: " + body + b"\n\n"
+    event = SSEEvent(name, body, raw)
+    if like is not None:
+        event.usage_only, event.last = like.usage_only, like.last
+    event._json = data
+    return event
+
+
+def _at_once(refs: Iterator[Ref], channel: tuple[Any, ...], text: TextFn, flush: FlushFn) -> bool:
+    """Guard texts a stream gives whole in one event (a citation, a tool input at its block's start),
+    each as a channel of its own that closes at once; whether any changed."""
+    changed = False
+    key = (*channel, "whole")
+    for ref in refs:
+        value = ref.get()
+        new = text(key, value, ref.json_text) + flush(key, ref.json_text)
+        if new != value:
+            ref.set(new)
+            changed = True
+    return changed

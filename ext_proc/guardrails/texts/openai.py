@@ -1,0 +1,230 @@
+"""Where text lives in OpenAI's chat completions, completions and embeddings, and their streams."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ext_proc.llm.sse import SSEEvent
+
+from .base import FlushFn, Ref, StreamTexts, TextFn, Walker, _at_once, _event
+
+
+class ChatWalker(Walker):
+    """``/v1/chat/completions``: messages of every role, their parts, tool calls and results."""
+
+    def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        messages = payload.get("messages")
+        for message in messages if isinstance(messages, list) else ():
+            if not isinstance(message, dict):
+                continue
+            role = message.get("role")
+            role = role if role in ("system", "developer", "user", "assistant", "tool") else "user"
+            role = "system" if role == "developer" else role
+            yield from _message(message, role)
+        prediction = payload.get("prediction")  # the answer expected (Predicted Outputs): text that goes out
+        if isinstance(prediction, dict):
+            yield from _message(prediction, "assistant")
+
+    def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        for choice in payload.get("choices") or ():
+            if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
+                yield from _message(choice["message"], "assistant", choice)
+                yield from _annotations(choice["message"].get("annotations"))
+
+    def stream(self) -> StreamTexts:
+        return OpenAIStream()
+
+
+def _message(message: dict[str, Any], role: str, scrub: dict[str, Any] | None = None) -> Iterator[Ref]:
+    content = message.get("content")
+    if isinstance(content, str):
+        yield Ref(message, "content", role, scrub=scrub)
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                yield Ref(part, "text", role, scrub=scrub)
+            elif isinstance(part, dict) and isinstance(part.get("refusal"), str):
+                yield Ref(part, "refusal", role, scrub=scrub)
+    if isinstance(message.get("refusal"), str):
+        yield Ref(message, "refusal", role, scrub=scrub)
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            yield Ref(function, "arguments", role, json_text=True)
+    legacy = message.get("function_call")
+    if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+        yield Ref(legacy, "arguments", role, json_text=True)
+
+
+def _annotations(annotations: Any) -> Iterator[Ref]:
+    """A chat answer's URL citations (``annotations``, ``delta.annotations``): their title and URL."""
+    for annotation in annotations if isinstance(annotations, list) else ():
+        citation = annotation.get("url_citation") if isinstance(annotation, dict) else None
+        for field in ("title", "url"):
+            if isinstance(citation, dict) and isinstance(citation.get(field), str):
+                yield Ref(citation, field, "assistant")
+
+
+class CompletionsWalker(Walker):
+    """``/v1/completions``: ``prompt`` (a string or a list of strings; token arrays are not text), ``suffix``."""
+
+    def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        yield from _inputs(payload, "prompt")
+        if isinstance(payload.get("suffix"), str):
+            yield Ref(payload, "suffix", "user")
+
+    def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        for choice in payload.get("choices") or ():
+            if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+                yield Ref(choice, "text", "assistant", scrub=choice)
+
+    def stream(self) -> StreamTexts:
+        return OpenAIStream()
+
+
+class EmbeddingsWalker(Walker):
+    """``/v1/embeddings``: ``input`` (a string or a list of strings). Answers are vectors."""
+
+    def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        yield from _inputs(payload, "input")
+
+
+def _inputs(payload: dict[str, Any], key: str) -> Iterator[Ref]:
+    value = payload.get(key)
+    if isinstance(value, str):
+        yield Ref(payload, key, "user")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, str):
+                yield Ref(value, index, "user")
+
+
+class OpenAIStream(StreamTexts):
+    """Chat and completion chunks: ``delta.content``, ``delta.refusal``, each tool call's
+    ``arguments`` (chat) or ``text`` (completions), per choice; a choice's ``finish_reason`` closes
+    its channels, and ``[DONE]`` any left open."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open: dict[tuple[Any, ...], tuple[str, bool]] = {}  # channel -> (kind, json_text)
+
+    def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn) -> list[SSEEvent]:
+        out: list[SSEEvent] = []
+        for event in events:
+            data = event.data
+            if not data or data == b"[DONE]" or b'"choices"' not in data:
+                if data == b"[DONE]" and self.open:
+                    out += self._close(None, event, None, flush)
+                out.append(event)
+                continue
+            chunk = event.json()
+            choices = chunk.get("choices") if chunk is not None else None
+            if not isinstance(choices, list):
+                out.append(event)
+                continue
+            changed = False
+            before: list[SSEEvent] = []
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    continue
+                index = choice.get("index", 0)
+                own: dict[tuple[Any, ...], str] = {}
+                delta = choice.get("delta")
+                altered = False  # this choice's text: its logprobs spell out what was there
+                if isinstance(delta, dict):
+                    for field in ("content", "refusal"):
+                        value = delta.get(field)
+                        if isinstance(value, str) and value:
+                            channel = (index, field)
+                            self.open[channel] = (field, False)
+                            own[channel] = new = text(channel, value, False)
+                            if new != value:
+                                delta[field] = new
+                                altered = True
+                    for call in delta.get("tool_calls") or ():
+                        function = call.get("function") if isinstance(call, dict) else None
+                        value = function.get("arguments") if isinstance(function, dict) else None
+                        if isinstance(value, str) and value:
+                            assert isinstance(call, dict) and isinstance(function, dict)
+                            tool = (index, "tool", call.get("index", 0))
+                            self.open[tool] = ("tool", True)
+                            own[tool] = new = text(tool, value, True)
+                            if new != value:
+                                function["arguments"] = new
+                                altered = True
+                    legacy = delta.get("function_call")  # the deprecated single call
+                    value = legacy.get("arguments") if isinstance(legacy, dict) else None
+                    if isinstance(value, str) and value:
+                        assert isinstance(legacy, dict)
+                        channel = (index, "function")
+                        self.open[channel] = ("function", True)
+                        own[channel] = new = text(channel, value, True)
+                        if new != value:
+                            legacy["arguments"] = new
+                            altered = True
+                    if delta.get("annotations"):  # whole in one chunk: guarded at once
+                        altered |= _at_once(_annotations(delta["annotations"]), (index, "annotations"), text, flush)
+                elif isinstance(choice.get("text"), str) and choice["text"]:
+                    channel = (index, "text")
+                    self.open[channel] = ("text", False)
+                    value = choice["text"]
+                    own[channel] = new = text(channel, value, False)
+                    if new != value:
+                        choice["text"] = new
+                        altered = True
+                if altered:
+                    changed = True
+                    if choice.get("logprobs"):
+                        choice["logprobs"] = None
+                if choice.get("finish_reason") and any(key[0] == index for key in self.open):
+                    # The choice ends here: what it still holds goes out first, in a chunk of its own
+                    # placed before this one, together with this chunk's own text (order kept).
+                    synth = self._close(index, event, chunk, flush, own)
+                    if synth:
+                        before += synth
+                        _clear(choice, own)
+                        changed = True
+            out += before
+            out.append(_event(chunk, like=event) if changed and chunk is not None else event)
+        return out
+
+    def _close(self, index: Any, event: SSEEvent, chunk: dict[str, Any] | None, flush: FlushFn,
+               own: dict[tuple[Any, ...], str] | None = None) -> list[SSEEvent]:
+        """Chunks carrying what the closing channels of choice ``index`` (None: all) still hold."""
+        out = []
+        for channel in [key for key in self.open if index is None or key[0] == index]:
+            kind, json_text = self.open.pop(channel)
+            rest = (own or {}).get(channel, "") + flush(channel, json_text)
+            if not rest:
+                continue
+            if kind == "tool":
+                delta: dict[str, Any] = {"tool_calls": [{"index": channel[2], "function": {"arguments": rest}}]}
+                choice: dict[str, Any] = {"index": channel[0], "delta": delta, "finish_reason": None}
+            elif kind == "function":
+                choice = {"index": channel[0], "delta": {"function_call": {"arguments": rest}}, "finish_reason": None}
+            elif kind == "text":
+                choice = {"index": channel[0], "text": rest, "logprobs": None, "finish_reason": None}
+            else:
+                choice = {"index": channel[0], "delta": {kind: rest}, "finish_reason": None}
+            head = {key: value for key, value in (chunk or {}).items() if key not in ("choices", "usage")}
+            out.append(_event({**head, "choices": [choice]}))
+        return out
+
+
+def _clear(choice: dict[str, Any], own: dict[tuple[Any, ...], str]) -> None:
+    """Remove from a finishing choice the text that moved to the chunk before it."""
+    for channel in own:
+        if channel[1] == "text":
+            choice["text"] = ""
+            continue
+        delta = choice["delta"]
+        if channel[1] == "tool":
+            for call in delta.get("tool_calls") or ():
+                if isinstance(call, dict) and call.get("index", 0) == channel[2]:
+                    call["function"]["arguments"] = ""
+        elif channel[1] == "function":
+            delta["function_call"]["arguments"] = ""
+        else:
+            delta[channel[1]] = ""

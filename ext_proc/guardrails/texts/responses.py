@@ -1,0 +1,296 @@
+"""Where text lives in OpenAI's Responses API, and its streams (see the package docstring)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ext_proc.llm.sse import SSEEvent
+
+from .base import FlushFn, Ref, StreamTexts, TextFn, Walker, _event
+
+_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+
+
+class ResponsesWalker(Walker):
+    """``/v1/responses``: ``instructions``, ``input`` (a string, or items: messages, function and custom
+    tool calls and their outputs), a stored prompt's ``variables``; the answer's ``output`` items."""
+
+    def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        instructions = payload.get("instructions")
+        if isinstance(instructions, str):
+            yield Ref(payload, "instructions", "system")
+        elif isinstance(instructions, list):
+            yield from _input_items(instructions, "system")
+        given = payload.get("input")
+        if isinstance(given, str):
+            yield Ref(payload, "input", "user")
+        elif isinstance(given, list):
+            yield from _input_items(given, "user")
+        prompt = payload.get("prompt")
+        variables = prompt.get("variables") if isinstance(prompt, dict) else None
+        if isinstance(variables, dict):
+            for name, value in variables.items():
+                if isinstance(value, str):
+                    yield Ref(variables, name, "user")
+                elif isinstance(value, dict) and isinstance(value.get("text"), str):
+                    yield Ref(value, "text", "user")
+
+    def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        output = payload.get("output")
+        for index, item in enumerate(output if isinstance(output, list) else ()):
+            for _, container, key, json_text in _item_texts(item, index):
+                yield Ref(container, key, "assistant", json_text)
+
+    def stream(self) -> StreamTexts:
+        return ResponsesStream()
+
+
+def _input_items(items: list[Any], role: str) -> Iterator[Ref]:
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type", "message")
+        if kind == "message":
+            speaker = _ROLES.get(str(item.get("role")), role)
+            content = item.get("content")
+            if isinstance(content, str):
+                yield Ref(item, "content", speaker)
+            elif isinstance(content, list):
+                yield from _parts(content, speaker)
+        elif kind == "function_call" and isinstance(item.get("arguments"), str):
+            yield Ref(item, "arguments", "assistant", json_text=True)
+        elif kind == "custom_tool_call" and isinstance(item.get("input"), str):
+            yield Ref(item, "input", "assistant")
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            output = item.get("output")
+            if isinstance(output, str):
+                yield Ref(item, "output", "tool")
+            elif isinstance(output, list):
+                yield from _parts(output, "tool")
+
+
+def _parts(parts: list[Any], role: str) -> Iterator[Ref]:
+    for part in parts:
+        if isinstance(part, dict):
+            if isinstance(part.get("text"), str):
+                yield Ref(part, "text", role)
+            elif isinstance(part.get("refusal"), str):
+                yield Ref(part, "refusal", role)
+
+
+# Where an output item keeps its text, by channel: (output index, kind[, part index]).
+_PART_KINDS = {"output_text": ("text", "text"), "refusal": ("refusal", "refusal"),
+               "reasoning_text": ("reasoning", "text")}
+
+
+def _item_texts(item: Any, index: Any) -> Iterator[tuple[tuple[Any, ...], Any, str, bool]]:
+    """(channel, container, key, json_text) of each text of an output item."""
+    if not isinstance(item, dict):
+        return
+    kind = item.get("type")
+    if kind == "message" or kind == "reasoning":
+        for number, part in enumerate(item.get("content") or ()):
+            shape = _PART_KINDS.get(str(part.get("type"))) if isinstance(part, dict) else None
+            if shape is not None and isinstance(part.get(shape[1]), str):
+                yield (index, shape[0], number), part, shape[1], False
+            annotations = part.get("annotations") if shape is not None else None
+            for which, annotation in enumerate(annotations if isinstance(annotations, list) else ()):
+                yield from _annotation(annotation, index, number, which)
+        for number, part in enumerate(item.get("summary") or () if kind == "reasoning" else ()):
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                yield (index, "summary", number), part, "text", False
+    elif kind == "function_call" and isinstance(item.get("arguments"), str):
+        yield (index, "arguments"), item, "arguments", True
+    elif kind == "custom_tool_call" and isinstance(item.get("input"), str):
+        yield (index, "input"), item, "input", False
+
+
+_ANNOTATED = ("title", "url", "filename")  # what a citation of an output text names
+
+
+def _annotation(annotation: Any, index: Any, part: Any, which: Any) -> Iterator[tuple[tuple[Any, ...], Any, str, bool]]:
+    """The texts of one annotation of an output text part: each a channel given whole."""
+    for field in _ANNOTATED:
+        if isinstance(annotation, dict) and isinstance(annotation.get(field), str):
+            yield (index, "annotation", part, which, field), annotation, field, False
+
+
+# delta event -> (channel kind, the part index field or "", json_text); its ``.done`` event's text field
+_R_DELTAS = {
+    "response.output_text.delta": ("text", "content_index", False),
+    "response.refusal.delta": ("refusal", "content_index", False),
+    "response.reasoning_text.delta": ("reasoning", "content_index", False),
+    "response.reasoning_summary_text.delta": ("summary", "summary_index", False),
+    "response.function_call_arguments.delta": ("arguments", "", True),
+    "response.custom_tool_call_input.delta": ("input", "", False),
+}
+_R_DONE = {
+    "response.output_text.done": ("text", "content_index", "text"),
+    "response.refusal.done": ("refusal", "content_index", "refusal"),
+    "response.reasoning_text.done": ("reasoning", "content_index", "text"),
+    "response.reasoning_summary_text.done": ("summary", "summary_index", "text"),
+    "response.function_call_arguments.done": ("arguments", "", "arguments"),
+    "response.custom_tool_call_input.done": ("input", "", "input"),
+}
+_R_PARTS = {"response.content_part.added", "response.content_part.done", "response.reasoning_summary_part.added",
+            "response.reasoning_summary_part.done"}
+_R_WHOLE = {"response.completed", "response.incomplete", "response.failed"}
+
+
+class ResponsesStream(StreamTexts):
+    """Responses events: each output item's text part, refusal, summary part or call arguments is a
+    channel; its ``*.done`` event closes it, ``response.output_item.done`` any left open in the item,
+    the terminal event all. The repetitions of the text are rewritten to what went out, and the
+    events renumbered when an event was added (see the module docstring)."""
+
+    __slots__ = ("done", "open", "sent")
+
+    def __init__(self) -> None:
+        self.open: dict[tuple[Any, ...], dict[str, Any]] = {}  # channel -> the head of its delta events
+        self.sent: dict[tuple[Any, ...], list[str]] = {}  # channel -> the text it sent so far
+        self.done: dict[tuple[Any, ...], str] = {}  # closed channel -> all the text it sent
+        self.sequence = 0
+
+    def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn) -> list[SSEEvent]:
+        out: list[SSEEvent] = []
+        for event in events:
+            payload = event.json() if event.data else None
+            kind = str(payload.get("type", "")) if payload is not None else ""
+            if payload is None or not kind:
+                out.append(event)
+                continue
+            changed = False
+            delta = _R_DELTAS.get(kind)
+            done = _R_DONE.get(kind)
+            if delta is not None and isinstance(payload.get("delta"), str):
+                channel_kind, part, json_text = delta
+                channel = _channel(payload, channel_kind, part)
+                value = payload["delta"]
+                if channel not in self.open:  # what an added delta of this channel repeats
+                    head = self.open[channel] = {key: payload[key] for key in payload
+                                                 if key not in ("delta", "sequence_number", "logprobs", "obfuscation")}
+                    if "sequence_number" in payload:
+                        head["sequence_number"] = -1  # numbered on the way out
+                new = text(channel, value, json_text)
+                self.sent.setdefault(channel, []).append(new)
+                if new != value:
+                    payload["delta"] = new
+                    _no_logprobs(payload)
+                    changed = True
+            elif done is not None:
+                channel_kind, part, field = done
+                channel = _channel(payload, channel_kind, part)
+                out += self._close([channel], flush)
+                changed = self._final(payload, field, channel, text, flush, channel_kind == "arguments")
+            elif kind in _R_PARTS or kind.startswith("response.output_item."):
+                closing = kind.endswith(".done")
+                container = payload.get("part") if kind in _R_PARTS else payload.get("item")
+                index = payload.get("output_index")
+                if kind in _R_PARTS:  # one part: as an item holding only it, at its place
+                    number = payload.get("summary_index" if "summary" in kind else "content_index")
+                    texts = [((index, channel[1], number, *channel[3:]), c, k, j)
+                             for channel, c, k, j in _item_texts(_as_item(kind, container), index)]
+                else:
+                    texts = list(_item_texts(container, index))
+                if closing:  # an item closes all its channels, a part its own
+                    out += self._close([c for c in self.open if c[0] == index] if kind not in _R_PARTS
+                                       else [t[0] for t in texts], flush)
+                for channel, holder, key, json_text in texts:
+                    changed |= (self._final(holder, key, channel, text, flush, json_text)
+                                if closing or channel[1] == "annotation"  # an annotation comes whole
+                                else self._added(holder, key, channel, text, json_text))
+            elif kind == "response.output_text.annotation.added":
+                texts = list(_annotation(payload.get("annotation"), payload.get("output_index"),
+                                         payload.get("content_index"), payload.get("annotation_index")))
+                for channel, holder, key, json_text in texts:
+                    changed |= self._final(holder, key, channel, text, flush, json_text)
+            elif kind in _R_WHOLE:
+                out += self._close(list(self.open), flush)
+                response = payload.get("response")
+                output = response.get("output") if isinstance(response, dict) else None
+                for index, item in enumerate(output if isinstance(output, list) else ()):
+                    for channel, holder, key, json_text in _item_texts(item, index):
+                        changed |= self._final(holder, key, channel, text, flush, json_text)
+            out.append(_event(payload, event.event, like=event) if changed else event)
+        return self._numbered(out)
+
+    def _added(self, holder: Any, key: str, channel: tuple[Any, ...], text: TextFn, json_text: bool) -> bool:
+        """An added item or part that already holds text (OpenAI's are empty): the start of its channel."""
+        value = holder[key]
+        if not value:
+            return False
+        self.open.setdefault(channel, {})
+        new = text(channel, value, json_text)
+        self.sent.setdefault(channel, []).append(new)
+        holder[key] = new
+        return bool(new != value)
+
+    def _final(self, holder: Any, key: str, channel: tuple[Any, ...], text: TextFn, flush: FlushFn,
+               json_text: bool = False) -> bool:
+        """A repetition of a channel's whole text: what the channel sent (a channel never streamed is
+        guarded here, once, as final text)."""
+        value = holder.get(key) if isinstance(holder, dict) else None
+        if not isinstance(value, str):
+            return False
+        final = self.done.get(channel)
+        if final is None:
+            final = self.done[channel] = text(channel, value, json_text) + flush(channel, json_text)
+        if final == value:
+            return False
+        holder[key] = final
+        _no_logprobs(holder)
+        return True
+
+    def _close(self, channels: list[tuple[Any, ...]], flush: FlushFn) -> list[SSEEvent]:
+        """Delta events carrying what the closing channels still hold (one each, when any)."""
+        out = []
+        for channel in channels:
+            head = self.open.pop(channel, None)
+            if head is None:
+                continue
+            json_text = channel[1] == "arguments"
+            rest = flush(channel, json_text)
+            sent = self.sent.pop(channel, [])
+            self.done[channel] = "".join(sent) + rest
+            if rest and head:
+                extra = {**head, "delta": rest}
+                if head.get("type") == "response.output_text.delta":
+                    extra["logprobs"] = []
+                out.append(_event(extra, str(head.get("type"))))
+        return out
+
+    def _numbered(self, events: list[SSEEvent]) -> list[SSEEvent]:
+        """``sequence_number`` counted again over what goes out (changed only where an event was added)."""
+        number = self.sequence or 0
+        out = []
+        for event in events:
+            if not event.data:
+                out.append(event)
+                continue
+            payload = event.json()
+            if payload is not None and "sequence_number" in payload and payload["sequence_number"] != number:
+                payload["sequence_number"] = number
+                event = _event(payload, event.event, like=event)
+            number += 1
+            out.append(event)
+        self.sequence = number
+        return out
+
+
+def _channel(payload: dict[str, Any], kind: str, part: str) -> tuple[Any, ...]:
+    index = payload.get("output_index", 0)
+    return (index, kind, payload.get(part, 0)) if part else (index, kind)
+
+
+def _as_item(kind: str, part: Any) -> dict[str, Any]:
+    """A content or summary part event's part, as the output item that would hold it alone."""
+    if "summary" in kind:
+        return {"type": "reasoning", "summary": [part]}
+    return {"type": "message", "content": [part]}
+
+
+def _no_logprobs(holder: dict[str, Any]) -> None:
+    """Token log probabilities spell out the text they came with: dropped where the text changed."""
+    if holder.get("logprobs"):
+        holder["logprobs"] = []
