@@ -11,6 +11,7 @@ from ext_proc.core.actions import Ask, Continue, EmitRecord, Respond, Settle
 from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
 from ext_proc.core.session import Session
 from ext_proc.llm import runtime
+from ext_proc.llm.apis.openai import duration
 from ext_proc.llm.usage import Usage
 from ext_proc.policy.compile import compile_policy
 from ext_proc.policy.compiled import period_window
@@ -259,3 +260,13 @@ teams: {t: {workloads: [w], models: ["*"]}}
     s = Session(policy, "w", ACCOUNTANT)
     s.handle(RequestHeaders(HEAD, False, 1))
     assert isinstance(s.handle(RequestBody(orjson.dumps(BODY), True, 2)), Continue)
+
+
+@pytest.mark.parametrize(("seconds", "told"), [
+    (0, "0ms"), (0.0004, "1ms"), (0.07, "70ms"), (0.9999, "1s"), (1.4, "1.4s"), (8.64, "8.64s"),
+    (59.9999, "1m0s"), (90.5, "1m30.5s"), (360, "6m0s"), (3600.25, "1h0m0.25s"),
+])
+def test_openai_reset_headers_tell_the_wait_to_the_millisecond_never_earlier(seconds: float, told: str) -> None:
+    # Go's duration form, as OpenAI writes x-ratelimit-reset-*; a 1.4 s wait rounded to "1s" told
+    # the client to come back before retry-after (which rounds up) said.
+    assert duration(seconds) == told

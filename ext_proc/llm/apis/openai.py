@@ -10,6 +10,7 @@ the client did not and then hides from that client.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -140,12 +141,15 @@ class OpenAIAPI(WireAPI):
 
 
 def duration(seconds: float) -> str:
-    """A wait as OpenAI writes it in reset headers: "20ms", "1s", "6m0s"."""
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    whole = round(seconds)
-    minutes, rest = divmod(whole, 60)
-    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
+    """A wait as OpenAI writes it in reset headers (Go's duration form): "20ms", "1s", "8.64s",
+    "6m0s", "1m30.5s", "1h0m0s"; to the millisecond, so the reset is not told earlier than it is."""
+    ms = max(0, math.ceil(round(seconds * 1000, 6)))  # rounded up (not 70.00000000000001 up)
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{hours}h{minutes}m{secs}" if hours else f"{minutes}m{secs}" if minutes else secs
 
 
 CHAT_COMPLETIONS = OpenAIAPI("openai.chat.completions", "/v1/chat/completions", required_list="messages",
