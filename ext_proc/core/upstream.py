@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from ext_proc.llm import providers, translate
-from ext_proc.llm.apis import WireAPI
+from ext_proc.llm.apis import CHAT_COMPLETIONS, WireAPI
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.translate import TranslationError, fields
 from ext_proc.policy.compiled import Provider, Target
@@ -81,6 +81,8 @@ def prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) ->
     except TranslationError as exc:
         served_by = f" (the model is served by {kind.name})" if exc.code == "unsupported_for_provider" else ""
         raise ClientError(400, exc.code, exc.message + served_by, exc.param) from None
+    if pair.served is CHAT_COMPLETIONS and kind.chat_output_limit != "max_tokens" and "max_tokens" in body:
+        body[kind.chat_output_limit] = body.pop("max_tokens")
     return body, kind.path(pair.served, model, provider)
 
 

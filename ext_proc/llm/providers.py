@@ -37,13 +37,18 @@ class Settings(Protocol):
 class ProviderKind:
     """One kind of provider; see the module docstring."""
 
-    __slots__ = ("_serves", "host", "key_header", "name", "speaks")
+    __slots__ = ("_serves", "chat_output_limit", "host", "key_header", "name", "speaks")
 
-    def __init__(self, name: str, speaks: tuple[WireAPI, ...], key_header: str, host: str | None = None) -> None:
+    def __init__(self, name: str, speaks: tuple[WireAPI, ...], key_header: str, host: str | None = None,
+                 chat_output_limit: str = "max_tokens") -> None:
         self.name = name
         self.speaks = speaks  # in order of preference for the clients it must translate for
         self.key_header = key_header  # the header that carries its key
         self.host = host  # the Host it expects when the policy gives no endpoint (None: unknown)
+        # The chat field a translated request's output limit goes in: OpenAI's reasoning models
+        # refuse ``max_tokens`` ("Use 'max_completion_tokens' instead"), which every OpenAI model
+        # takes; many OpenAI-compatible servers know only ``max_tokens``.
+        self.chat_output_limit = chat_output_limit
         self._serves: dict[WireAPI, WireAPI | None] = {}
 
     def __repr__(self) -> str:
@@ -106,9 +111,10 @@ _OPENAI_APIS = (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, RESPONSES)
 KINDS: dict[str, ProviderKind] = {
     kind.name: kind
     for kind in (
-        ProviderKind("openai", _OPENAI_APIS, "authorization", host="api.openai.com"),
+        ProviderKind("openai", _OPENAI_APIS, "authorization", host="api.openai.com",
+                     chat_output_limit="max_completion_tokens"),
         AnthropicKind("anthropic", (MESSAGES, COUNT_TOKENS), "x-api-key", host="api.anthropic.com"),
-        AzureKind("azure-openai", _OPENAI_APIS, "api-key"),
+        AzureKind("azure-openai", _OPENAI_APIS, "api-key", chat_output_limit="max_completion_tokens"),
         # Most OpenAI-compatible servers (vLLM, Ollama, LiteLLM...) speak chat completions only:
         # Responses clients are served through chat, which every one of them speaks.
         ProviderKind("openai-compatible", (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS), "authorization"),

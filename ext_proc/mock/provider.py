@@ -53,6 +53,9 @@ for is a 400. Requests whose last message is a tool result (OpenAI ``role: "tool
 user content with ``tool_result`` blocks; a Responses ``function_call_output`` item) always get
 text, so a client's tool loop ends; a request without tools ignores the header.
 
+Like OpenAI, a chat request for a reasoning model (``o1``, ``o3``, ``o4-mini``, ``gpt-5``...) that
+sets ``max_tokens`` is a 400 ``unsupported_parameter`` (``max_completion_tokens`` is the field).
+
 Order of precedence: the API key (401), ``anthropic-version`` (400), bad ``x-mock-*`` values
 (400), ``x-mock-cassette``, ``x-mock-status``, a cassette whose recorded request matches (method,
 path, parsed JSON body; the query is ignored), then the route: unknown path or Azure
@@ -141,6 +144,7 @@ _AZURE_OPERATIONS = {  # what follows /openai/deployments/{deployment}/ -> the O
     "embeddings": "/v1/embeddings",
 }
 _API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
+_REASONING = re.compile(r"(o\d|gpt-5)(\b|-)")  # OpenAI models that take max_completion_tokens only
 
 _JSON_CT = b"application/json"
 _SSE_CT = b"text/event-stream; charset=utf-8"
@@ -313,7 +317,8 @@ class MockProvider:
         return next(self._ids)
 
     def _error(
-        self, style: str, status: int, knobs: _Knobs | None, *, message: str | None = None, code: str | None = None
+        self, style: str, status: int, knobs: _Knobs | None, *, message: str | None = None, code: str | None = None,
+        param: str | None = None,
     ) -> Reply:
         n = self._next_id()
         if style == "anthropic":
@@ -323,7 +328,7 @@ class MockProvider:
             body = r.azure_error(status, message)
             headers = b"apim-request-id: req_mock%016x\r\n" % n
         else:
-            body = r.openai_error(status, message, code=code)
+            body = r.openai_error(status, message, code=code, param=param)
             headers = b"x-request-id: req_mock%016x\r\n" % n
         if status == 429:
             headers += b"retry-after: 1\r\n"
@@ -372,6 +377,10 @@ class MockProvider:
         return Reply(200, body, _JSON_CT, headers, latency=knobs.latency, cut_after=knobs.cut_after)
 
     def _chat(self, body: dict[str, Any], knobs: _Knobs) -> Reply:
+        if "max_tokens" in body and _REASONING.match(str(body.get("model") or "")):
+            return self._error("openai", 400, knobs, code="unsupported_parameter", param="max_tokens", message=(
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead."))
         try:
             tool = _tool_to_call(_openai_tools(body), _openai_forced(body), knobs.tool_call, _openai_answered(body))
         except BadControl as exc:

@@ -37,6 +37,7 @@ providers:
   anthropic: {{kind: anthropic, credential: {{env: R_ANTHROPIC_KEY}}}}
 models:
   gpt-4o-mini: {{provider: openai}}
+  gpt-5-nano: {{provider: openai}}
   claude-haiku: {{provider: anthropic, model: claude-3-5-haiku-20241022}}
 routing:
   aliases:
@@ -59,7 +60,7 @@ routing:
 teams:
   app:
     keys: [{{id: app-ci, sha256: {key_digest(KEY)}}}]
-    models: [gpt-4o, split, long, gpt-4o-mini, claude-haiku]
+    models: [gpt-4o, split, long, gpt-4o-mini, gpt-5-nano, claude-haiku]
 """
 
 
@@ -219,9 +220,24 @@ def test_anthropic_sdk_served_by_an_openai_model(env: Env) -> None:
     assert sent["path"] == "/v1/chat/completions" and sent["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
     body = orjson.loads(sent["body"])
     assert body["messages"][0] == {"role": "system", "content": "Be brief."}
-    assert body["stop"] == ["END"] and body["temperature"] == 0.2 and body["max_tokens"] == 100
+    assert body["stop"] == ["END"] and body["temperature"] == 0.2 and body["max_completion_tokens"] == 100
+    assert "max_tokens" not in body
     record = env.record(request_id)
     assert record["api"] == "anthropic.messages" and record["provider"] == "openai" and record["output_tokens"] == 8
+
+
+def test_anthropic_sdk_served_by_an_openai_reasoning_model(env: Env) -> None:
+    # OpenAI's reasoning models refuse max_tokens (the fake provider too, as recorded); the
+    # Messages API requires it, so the translation sends it as max_completion_tokens.
+    for stream in (False, True):
+        message = env.anthropic().messages.create(
+            model="gpt-5-nano", max_tokens=100, messages=[{"role": "user", "content": "Say hi"}], stream=stream)
+        if stream:
+            text = "".join(e.delta.text for e in message
+                           if e.type == "content_block_delta" and e.delta.type == "text_delta")
+        else:
+            text = message.content[0].text  # type: ignore[union-attr]
+        assert text == REPLY
 
 
 def test_each_sdk_reads_the_providers_request_id_translated_and_tollways_on_a_refusal(env: Env) -> None:

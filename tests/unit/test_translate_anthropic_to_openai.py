@@ -20,9 +20,12 @@ from anthropic.types.shared import ErrorResponse
 from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming
 from pydantic import TypeAdapter
 
+from ext_proc.core import upstream
+from ext_proc.llm.apis import MESSAGES
 from ext_proc.llm.translate.anthropic_to_openai import StreamTranslator, error, request, response
 from ext_proc.llm.translate.common import TranslationError
 from ext_proc.mock.responses import azure_error, openai_error
+from ext_proc.policy.compile import compile_policy
 
 try:  # the anthropic SDK moved from httpx to its fork httpx2
     import httpx2 as http
@@ -105,6 +108,29 @@ def test_minimal_request_replaces_the_model_and_keeps_max_tokens() -> None:
         "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello, Claude"}],
         "max_tokens": 1024,
     }
+
+
+@pytest.mark.parametrize(("kind", "field"), [
+    ("openai", "max_completion_tokens"), ("azure-openai", "max_completion_tokens"), ("openai-compatible", "max_tokens"),
+])
+def test_the_output_limit_goes_in_the_field_the_provider_kind_takes(kind: str, field: str) -> None:
+    # OpenAI's reasoning models (gpt-5, o-series) answer max_tokens with a 400 "Unsupported
+    # parameter: 'max_tokens' ... Use 'max_completion_tokens' instead" (the recorded
+    # chat-bad-request cassette); every OpenAI model takes max_completion_tokens, and many
+    # OpenAI-compatible servers know only max_tokens.
+    extra = ', api_version: "2024-10-21"' if kind == "azure-openai" else ""
+    policy = compile_policy(f"""
+apiVersion: tollway/v1
+providers:
+  p: {{kind: {kind}, endpoint: "https://llm.example"{extra}}}
+models:
+  gpt: {{provider: p, model: gpt-5-nano}}
+teams:
+  t: {{workloads: [w], models: ["*"]}}
+""")
+    hello = body_with({"role": "user", "content": "Hi"})
+    body, _ = upstream.prepare(MESSAGES, hello, policy.models["gpt"], "/v1/messages")
+    assert body.keys() & {"max_tokens", "max_completion_tokens"} == {field} and body[field] == 1024
 
 
 def test_system_text_blocks_are_joined_and_cache_control_dropped() -> None:

@@ -26,8 +26,9 @@ Request mapping:
 * ``tools`` (custom tools) -> ``function`` tools (``input_schema`` -> ``parameters``);
   ``tool_choice`` auto/any/tool/none -> ``"auto"``/``"required"``/named function/``"none"``;
   ``disable_parallel_tool_use: true`` -> ``parallel_tool_calls: false``. Both are sent only with tools.
-* ``max_tokens`` -> ``max_tokens`` (not ``max_completion_tokens``: many OpenAI-compatible servers
-  only know ``max_tokens``, and OpenAI still accepts it for non-reasoning models).
+* ``max_tokens`` -> ``max_tokens`` (many OpenAI-compatible servers only know it; for OpenAI and
+  Azure, whose reasoning models refuse it, the caller renames it ``max_completion_tokens``: the
+  provider kind's ``chat_output_limit``).
 * ``stop_sequences`` -> ``stop`` (OpenAI itself takes at most 4 and answers more with its own 400);
   ``temperature``, ``top_p`` as they are; ``metadata.user_id`` -> ``user``; ``output_config.format``
   (or the older top-level ``output_format``) of type ``json_schema`` -> ``response_format``
