@@ -28,15 +28,20 @@ from ext_proc.core.steps import Step
 from ext_proc.guardrails import texts
 from ext_proc.guardrails.guard import Blocked, Guard
 from ext_proc.guardrails.queries import Classify
+from ext_proc.guardrails.scanner import Unscannable
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
 from ext_proc.policy.compiled import Alias
 
 BLOCKED = "guardrail_blocked"
+UNSCANNABLE = "guardrail_limit"  # more candidates than the scanner may check (see ext_proc.guardrails.scanner)
 
 
-def refusal(blocked: Blocked, where: str) -> ClientError:
+def refusal(blocked: Blocked | Unscannable, where: str) -> ClientError:
     """What the client is told: the guardrail and the detector, never the value."""
+    if isinstance(blocked, Unscannable):
+        return ClientError(400, UNSCANNABLE, f"The {where} holds {blocked} (a bound per request): it was not "
+                                             f"scanned to its end, so it was blocked. Send less of it at once.")
     return ClientError(400, BLOCKED, f"The {where} was blocked by the '{blocked.rule.name}' guardrail "
                                      f"({blocked.detector}).")
 
@@ -63,7 +68,7 @@ class GuardPrompt(Step):
         guard = flow.guard = Guard(plan)
         try:
             changed, scored = guard.prompt(walker, request.payload)
-        except Blocked as blocked:
+        except (Blocked, Unscannable) as blocked:
             raise refusal(blocked, "request") from None
         if changed:
             flow.replaced = flow.reencode = True
@@ -113,7 +118,7 @@ class GuardAnswer(Stage):
                     continue
                 try:
                     changed = guard.answer(walker, payload)
-                except Blocked as blocked:
+                except (Blocked, Unscannable) as blocked:
                     raise Refused(refusal(blocked, "response")) from None
                 if not changed:
                     out.append(event)
@@ -125,9 +130,9 @@ class GuardAnswer(Stage):
             return out
         try:
             return guard.events(walker, events)
-        except Blocked as blocked:
+        except (Blocked, Unscannable) as blocked:
             flow.refused = refusal(blocked, "response")
-            flow.error = BLOCKED
+            flow.error = flow.refused.code
             return []
 
 

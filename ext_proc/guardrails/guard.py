@@ -50,7 +50,7 @@ from .detectors import INJECTION, Detector
 from .instructions import MAX_CHARS, Instructions, instructions
 from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
-from .scanner import CONTEXT, Finding, Scanner
+from .scanner import CONTEXT, Budget, Finding, Scanner
 from .texts import StreamTexts, Walker
 
 PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
@@ -64,8 +64,8 @@ INJECTION_ROLES = frozenset({"user", "tool"})
 FIND, FIND_SYSTEM, SCORE = b"f", b"s", b"i"
 
 
-def _find(scanner: Scanner, names: Container[str], text: str) -> Sequence[Finding]:
-    return scanner.find(text, names) or ()  # none: one shared empty tuple in the memory, not a list each
+def _find(scanner: Scanner, names: Container[str], budget: Budget, text: str) -> Sequence[Finding]:
+    return scanner.find(text, names, budget) or ()  # none: one shared empty tuple in the memory, not a list each
 
 
 def _score(context: Instructions | None, text: str, key: bytes | None) -> float:
@@ -188,8 +188,8 @@ class _Channel:
 class Guard:
     """One request's guardrails (see the module docstring)."""
 
-    __slots__ = ("_channels", "_counts", "_holdback", "_kept", "_numbers", "_placeholders", "_stream", "plan",
-                 "score", "vault")
+    __slots__ = ("_answered", "_channels", "_counts", "_holdback", "_kept", "_numbers", "_placeholders",
+                 "_stream", "plan", "score", "vault")
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -202,6 +202,7 @@ class Guard:
         self._holdback: Holdback | None = None
         self._stream: StreamTexts | None = None
         self._kept: Kept | None = None  # the values the request's instructions keep (.kept), when a rule looks
+        self._answered: Budget | None = None  # the scanner's work left for the answer (made when first used)
 
     # -- records ----------------------------------------------------------------------------
 
@@ -221,7 +222,8 @@ class Guard:
 
     def prompt(self, walker: Walker, payload: dict[str, Any]) -> tuple[bool, list[str]]:
         """Act on the request's text (in place). Returns whether it changed, and the user and tool
-        texts for an external classifier. Raises :class:`Blocked`."""
+        texts for an external classifier. Raises :class:`Blocked` or
+        :class:`~.scanner.Unscannable`."""
         plan = self.plan
         rules = plan.request
         scanner = plan.scanner
@@ -232,6 +234,7 @@ class Guard:
         room = MAX_CHARS if plan.instructions or keeps else 0
         known: list[bytes | None] = []  # the scored texts' digests, where the findings' question had it
         tools: list[bool] = []  # whether each scored text is a tool's result
+        budget = Budget()  # the scanner's work the prompt may make
         for ref in list(walker.request(payload)):
             text = ref.get()
             if not text:
@@ -243,10 +246,11 @@ class Guard:
             if rules:
                 key = digest(text)
                 if ref.role == "system" and plan.system is not None:
-                    findings = remembered(FIND_SYSTEM + plan.serial, text, functools.partial(_find, scanner,
-                                                                                             plan.system), key)
+                    findings = remembered(FIND_SYSTEM + plan.serial, text,
+                                          functools.partial(_find, scanner, plan.system, budget), key)
                 else:
-                    findings = remembered(FIND + plan.serial, text, functools.partial(_find, scanner, rules), key)
+                    findings = remembered(FIND + plan.serial, text, functools.partial(_find, scanner, rules, budget),
+                                          key)
                 if findings:
                     new = self.apply(text, findings, rules, REQUEST, ref.json_text)
                     if new is not text:
@@ -331,14 +335,15 @@ class Guard:
     # -- the answer ---------------------------------------------------------------------------
 
     def answer(self, walker: Walker, payload: dict[str, Any]) -> bool:
-        """Act on a buffered answer's text (in place); whether it changed. Raises :class:`Blocked`."""
+        """Act on a buffered answer's text (in place); whether it changed. Raises :class:`Blocked`
+        or :class:`~.scanner.Unscannable`."""
         rules = self.plan.response
         changed = False
         for ref in list(walker.answer(payload)):
             text = ref.get()
             if not text:
                 continue
-            findings = self.plan.scanner.find(text, rules) if rules else []
+            findings = self.plan.scanner.find(text, rules, self._answer_budget()) if rules else []
             if self._kept is not None:
                 findings = merge(findings, self._kept.find(text))
             new = self.apply(text, findings, rules, RESPONSE, ref.json_text, restore=True)
@@ -347,8 +352,15 @@ class Guard:
                 changed = True
         return changed
 
+    def _answer_budget(self) -> Budget:
+        budget = self._answered
+        if budget is None:
+            budget = self._answered = Budget()
+        return budget
+
     def events(self, walker: Walker, events: list[SSEEvent]) -> list[SSEEvent]:
-        """A streamed answer's events, their text acted on (see the module docstring). Raises :class:`Blocked`."""
+        """A streamed answer's events, their text acted on (see the module docstring). Raises
+        :class:`Blocked` or :class:`~.scanner.Unscannable`."""
         stream = self._stream
         if stream is None:
             stream = self._stream = walker.stream()
@@ -394,7 +406,7 @@ class Guard:
         if rules and buf:
             shift = len(context)
             seen = context + buf
-            found = self.plan.scanner.find(seen, rules)
+            found = self.plan.scanner.find(seen, rules, self._answer_budget())
             if self._kept is not None:
                 found = merge(found, self._kept.find(seen))
             for finding in found:

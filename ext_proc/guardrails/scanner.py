@@ -19,6 +19,16 @@ anchored on word boundaries where they can be, which keeps one callback per cand
 A pattern's longest possible match (:attr:`Detector.width`) and the characters a match can hold
 (:attr:`Detector.chars`) are read from its parse tree; both bound how much of a stream must wait
 (:mod:`ext_proc.guardrails.stream`). Custom patterns with unbounded repetition are refused.
+
+What a text costs is bounded (:class:`Budget`). Prose costs next to nothing, but a text made of
+candidates ("1 1 1 1 …": every digit starts a phone number and a card number) costs a callback per
+candidate and a check per candidate (parsing, context words: up to tens of µs each), about 25 µs
+per character: a 300 KB prompt held a worker, and every team it serves, for eight seconds. A
+request may make the scanner collect at most :data:`HITS` candidates and spend at most
+:data:`CHECK_SECONDS` checking them, per direction; past either, :class:`Unscannable` (the guard
+fails closed: the request, or the answer, is refused). A PII-dense text has about 7 candidates per
+1,000 characters and checks them at about 0.7 µs per character, so the bounds meet no ordinary
+request (28 MB of such text, 350 KB a second of checks).
 """
 
 from __future__ import annotations
@@ -29,14 +39,18 @@ import functools
 import re
 import re._constants as _sre_constants  # the parse tree of a pattern: its width, its characters
 import re._parser as _sre_parse
+import time
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import hyperscan
 
 from .detectors import BUILTIN, Detector
 
+HITS = 200_000  # candidates a request may make the scanner collect, per direction (about 0.6 µs each)
+CHECK_SECONDS = 0.25  # the time it may spend checking them, per direction
+_CLOCK_EVERY = 64  # checks between two readings of the clock
 MAX_WIDTH = 8192  # the longest match a detector may have (a stream holds back less than this)
 CONTEXT = 48  # characters before a candidate its check may read (context words)
 # The window starts at a word: a word the window would cut ("Martin" read as "tin", "recall" as
@@ -55,6 +69,35 @@ def context(text: str, start: int) -> str:
         if cut is not None:
             first = cut.end()
     return text[first:start]
+
+
+class Unscannable(Exception):
+    """A request (or answer) holds more candidates than its :class:`Budget` lets the scanner
+    collect or check: not scanned to its end, so the guard fails closed. The message says which
+    bound ("more candidate values than ...")."""
+
+
+class Budget:
+    """The candidate work one request may still make the scanner do in one direction (see the
+    module docstring); spent by :meth:`Scanner.find`."""
+
+    __slots__ = ("checks", "deadline", "hits", "seconds")
+
+    def __init__(self, hits: int = HITS, seconds: float = CHECK_SECONDS) -> None:
+        self.hits = hits
+        self.seconds = seconds
+        self.checks = 0
+        self.deadline: float | None = None  # set at the first check
+
+    def check(self) -> None:
+        """One more check; every :data:`_CLOCK_EVERY`, the clock (from the first check on)."""
+        self.checks += 1
+        if self.checks % _CLOCK_EVERY == 1:
+            now = time.perf_counter()
+            if self.deadline is None:
+                self.deadline = now + self.seconds
+            elif now > self.deadline:
+                raise Unscannable(f"more candidate values than the guardrails check in {self.seconds:g} s")
 
 
 class PatternError(ValueError):
@@ -178,6 +221,21 @@ def _collect(pattern: int, start: int, end: int, _flags: int, hits: object) -> N
     hits.append((pattern, start, end))  # type: ignore[attr-defined]
 
 
+class _Hits(list[tuple[int, int, int]]):
+    __slots__ = ("cap",)
+    cap: int
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+
+def _collect_capped(pattern: int, start: int, end: int, _flags: int, context: object) -> bool:
+    hits = cast(_Hits, context)
+    hits.append((pattern, start, end))
+    return len(hits) > hits.cap  # True: Hyperscan stops the scan
+
+
 class Scanner:
     """The detectors of one policy (or of the built-in set), compiled into one Hyperscan database."""
 
@@ -209,11 +267,21 @@ class Scanner:
         except hyperscan.error as exc:
             raise PatternError(f"Hyperscan cannot compile it: {exc}") from None
 
-    def find(self, text: str, names: Container[str] | None = None) -> list[Finding]:
-        """The confirmed findings in ``text``, left to right, not overlapping (``names``: only these detectors)."""
+    def find(self, text: str, names: Container[str] | None = None, budget: Budget | None = None) -> list[Finding]:
+        """The confirmed findings in ``text``, left to right, not overlapping (``names``: only these
+        detectors). With a ``budget``, spends it, and raises :class:`Unscannable` past it."""
         data = text.encode("utf-8", "surrogatepass")
-        hits: list[tuple[int, int, int]] = []
-        self._db.scan(data, match_event_handler=_collect, context=hits)
+        hits: list[tuple[int, int, int]]
+        if budget is None:
+            hits = []
+            self._db.scan(data, match_event_handler=_collect, context=hits)
+        else:
+            hits = _Hits(budget.hits)
+            try:
+                self._db.scan(data, match_event_handler=_collect_capped, context=hits)
+            except hyperscan.ScanTerminated:
+                raise Unscannable(f"more than {HITS:,} candidate values") from None
+            budget.hits -= len(hits)
         if not hits:
             return []
         owner = self._owner
@@ -255,6 +323,8 @@ class Scanner:
                     continue
                 if after is not None and after(text, end):  # a piece of a longer value
                     continue
+                if check is not None and budget is not None:
+                    budget.check()
                 if check is None or check(text[start:end], context(text, start)):
                     until = self._until.get(index)
                     if until is None:

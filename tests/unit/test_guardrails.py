@@ -22,7 +22,7 @@ from ext_proc.guardrails.detectors import GROUPS, PASTED
 from ext_proc.guardrails.guard import Holdback
 from ext_proc.guardrails.instructions import WEIGHTS, instructions
 from ext_proc.guardrails.queries import ClassifierUnavailable, Classify
-from ext_proc.guardrails.scanner import CONTEXT, PatternError, builtin, context, shape
+from ext_proc.guardrails.scanner import CONTEXT, Budget, PatternError, Unscannable, builtin, context, shape
 from ext_proc.policy.compile import PolicyError, compile_policy
 from tests.unit.transcript import Record, Responds, Transcript
 
@@ -186,6 +186,19 @@ def test_spans_are_characters_not_bytes() -> None:
 def test_only_the_named_detectors() -> None:
     text = "jane@example.com 4111 1111 1111 1111"
     assert [f.detector.name for f in builtin().find(text, {"credit_card"})] == ["credit_card"]
+
+
+def test_the_scanners_work_is_bounded_per_budget_and_an_ordinary_text_is_found_the_same() -> None:
+    scanner = builtin()
+    with pytest.raises(Unscannable, match="more than 200,000 candidate values"):
+        scanner.find("1 " * 150_000, None, Budget())  # two candidates per digit, collected
+    with pytest.raises(Unscannable, match="check in 0 s"):
+        scanner.find("1 " * 1_000, None, Budget(seconds=0))  # each checked: the clock, every 64 checks
+    budget = Budget(hits=12)  # one budget for all the texts of a request (a direction)
+    text = "Mail jane@example.com or call +1 415 555 2671; card 4111 1111 1111 1111."
+    assert scanner.find(text, None, budget) == scanner.find(text)
+    with pytest.raises(Unscannable):
+        scanner.find(text * 3, None, budget)
 
 
 def test_an_unclosed_key_block_runs_to_the_end() -> None:
