@@ -112,6 +112,7 @@ def _check_fallback(env: Env, request_id: str | None, stream: bool) -> dict[str,
     assert sent["messages"] == [{"role": "user", "content": "Say hi"}] and sent.get("stream", False) is stream
     for t in tries:
         assert KEY not in str(t["headers"]) and not any(k.startswith("x-tollway") for k in t["headers"])
+        assert t["headers"]["accept-encoding"] == "identity"  # plain answers, whatever the client accepts
     record = env.record(request_id)
     assert record["model"] == "gpt-4o" and record["provider"] == "anthropic" and record["fallback"] is True
     assert record["attempts"] == 2 and record["outcome"] == "ok" and record["status"] == 200
@@ -218,6 +219,7 @@ def test_anthropic_sdk_served_by_an_openai_model(env: Env) -> None:
     request_id = raw.headers.get("x-tollway-request-id")
     (sent,) = env.provider_saw(request_id or "")
     assert sent["path"] == "/v1/chat/completions" and sent["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert sent["headers"]["accept-encoding"] == "identity"  # plain answers, whatever the client accepts
     body = orjson.loads(sent["body"])
     assert body["messages"][0] == {"role": "system", "content": "Be brief."}
     assert body["stop"] == ["END"] and body["temperature"] == 0.2 and body["max_completion_tokens"] == 100
