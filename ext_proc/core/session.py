@@ -150,7 +150,10 @@ class Session:
             if not self.flow.started:
                 self.flow.started = event.at
             if phase is not Phase.DONE:
-                self._finish(event.at, "incomplete")
+                # A client may close as soon as the stream told it the end (the openai SDK does,
+                # at [DONE]), before the provider's end of body: an answer complete is no cut.
+                whole = self._response is not None and complete(self.flow) and not self.flow.stream_failed
+                self._finish(event.at, "ok" if whole else "incomplete")
             return None
         if isinstance(event, Answered) and phase is Phase.DONE:  # the client left while the question was out
             late = limits.released(self.flow, event.value)

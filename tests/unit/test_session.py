@@ -895,6 +895,17 @@ def test_stream_closed_midway_records_usage_seen_so_far_once() -> None:
     )
 
 
+def test_a_stream_closed_by_the_client_after_its_end_event_is_complete_not_cut() -> None:
+    # The openai SDK closes the response at [DONE]; the provider's end of body may come later.
+    transcript = Transcript(stream_started(PLAIN_REQUEST))
+    for i, event in enumerate(STREAM_EVENTS):
+        transcript >> chunk(event, at=250 + i, end_of_stream=False)
+        transcript << (Continue(body=b"") if event == USAGE_EVENT else CONTINUE)
+    transcript >> StreamClosed(ms(300))
+    assert transcript << Record(outcome="ok", stream=True, served_model="gpt-5-nano-2025-08-07", latency_ms=300.0,
+                                **STREAM_USAGE)
+
+
 def test_openai_stream_closed_before_usage_records_unknown_usage() -> None:
     session = stream_started(PLAIN_REQUEST)
     assert (
