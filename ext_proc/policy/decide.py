@@ -49,14 +49,23 @@ def needs_translation(api: WireAPI, kind: str) -> bool:
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The credential the client sent, if any."""
+    """The credential the client sent, if any: a Tollway key from either header first (a client
+    may send another bearer token beside it: the anthropic SDK with an auth token and an API key
+    sends both); two different Tollway keys are a 401, never a silent choice of whom to charge."""
+    bearer = None
     auth = headers.get("authorization")
     if auth is not None:
         scheme, _, value = auth.strip().partition(" ")
         if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
+            bearer = value.strip()
     key = headers.get("x-api-key")
-    return key.strip() if key and key.strip() else None
+    key = key.strip() if key and key.strip() else None
+    if key is not None and key.startswith(KEY_PREFIX) and bearer != key:
+        if bearer is not None and bearer.startswith(KEY_PREFIX):
+            raise ClientError(401, "invalid_api_key", "Two different Tollway keys were sent (Authorization and "
+                                                      "x-api-key); send one.")
+        return key
+    return bearer or key
 
 
 def identify(

@@ -46,12 +46,22 @@ POLICY = CompiledPolicy(
         ({"authorization": "bearer   tw-x  "}, "tw-x"),
         ({"x-api-key": "tw-y"}, "tw-y"),
         ({"authorization": "Basic abc", "x-api-key": "k"}, "k"),
+        ({"authorization": "Bearer sk-dummy", "x-api-key": "tw-y"}, "tw-y"),  # the Tollway key, whichever header
+        ({"authorization": "Bearer tw-x", "x-api-key": "sk-ant-z"}, "tw-x"),
+        ({"authorization": "Bearer tw-x", "x-api-key": "tw-x"}, "tw-x"),
         ({"authorization": "Bearer "}, None),
         ({}, None),
     ],
 )
 def test_presented_key(headers: dict[str, str], expected: str | None) -> None:
     assert decide.presented_key(headers) == expected
+
+
+def test_two_different_tollway_keys_are_a_401_naming_neither() -> None:
+    with pytest.raises(ClientError) as caught:
+        decide.identify(POLICY, {"authorization": f"Bearer {KEY}", "x-api-key": "tw-other-team"}, {}, "local-dev")
+    assert (caught.value.status, caught.value.code) == (401, "invalid_api_key")
+    assert "Two different Tollway keys" in caught.value.message and "tw-other" not in caught.value.message
 
 
 def test_a_tollway_key_identifies_its_team() -> None:
