@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from ext_proc.llm import providers, translate
-from ext_proc.llm.apis import CHAT_COMPLETIONS, WireAPI
+from ext_proc.llm.apis import CHAT_COMPLETIONS, RESPONSES, WireAPI
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.translate import TranslationError, fields
 from ext_proc.policy.compiled import Provider, Target
@@ -62,6 +62,8 @@ def prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) ->
     model = target.upstream_model
     answer_in = kind.serves(api)
     if answer_in is api:
+        if api is RESPONSES:
+            _stateless(payload, provider)
         upstream_path = kind.path(api, model, provider)
         if kind.model_in_body(api) and payload.get("model") != model:
             payload["model"] = model
@@ -84,6 +86,24 @@ def prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) ->
     if pair.served is CHAT_COMPLETIONS and kind.chat_output_limit != "max_tokens" and "max_tokens" in body:
         body[kind.chat_output_limit] = body.pop("max_tokens")
     return body, kind.path(pair.served, model, provider)
+
+
+def _stateless(payload: dict[str, Any], provider: Provider) -> None:
+    """A native Responses request may not reach what the provider stores for the key every team
+    shares (another team's stored responses and conversations, which no guardrail has seen), nor
+    start a background run whose result Tollway does not serve (``GET /v1/responses/{id}``)."""
+    if payload.get("background") not in (None, False):
+        raise ClientError(400, "unsupported_parameter", "Background responses are not served through this gateway "
+                          "(their results are fetched with GET /v1/responses/{id}, which it does not serve): "
+                          "send the request without 'background'.", "background")
+    if provider.stored_responses:
+        return
+    for name in ("previous_response_id", "conversation"):
+        if payload.get(name) is not None:
+            raise ClientError(400, "unsupported_parameter", f"'{name}' refers to responses the provider stores for "
+                              f"the key every team here shares: send the whole conversation in 'input' instead "
+                              f"(the policy may allow it for a provider whose key serves one team: "
+                              f"stored_responses).", name)
 
 
 def host(provider: Provider, rendered: str | None = None) -> str | None:

@@ -183,6 +183,9 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
             problems.append(Problem("only for kind azure-openai", where=(*here, "api_version"), at_key=True))
         if provider.kind != "anthropic" and provider.anthropic_version is not None:
             problems.append(Problem("only for kind anthropic", where=(*here, "anthropic_version"), at_key=True))
+        if provider.kind not in ("openai", "azure-openai") and provider.stored_responses:
+            problems.append(Problem("only for kinds openai and azure-openai (the others store no responses)",
+                                    where=(*here, "stored_responses"), at_key=True))
 
     owners: dict[str, tuple[str, bool]] = {name: (name, False) for name in spec.models}  # name -> (model, alias?)
     for name, model in spec.models.items():
@@ -331,6 +334,7 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
             api_version=p.api_version,
             host=_netloc(p.endpoint),
             endpoint=p.endpoint,
+            stored_responses=p.stored_responses,
         )
         for name, p in spec.providers.items()
     }

@@ -45,6 +45,7 @@ class Provider:
     api_version: str | None = None  # azure-openai: the api-version query parameter
     host: str | None = None  # the Host header it expects (from its endpoint URL), when known
     endpoint: str | None = None  # its base URL, when the policy gives one
+    stored_responses: bool = False  # Responses clients may refer to responses it stores (one team's key)
 
 
 @dataclass(frozen=True, slots=True)

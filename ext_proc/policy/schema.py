@@ -102,6 +102,10 @@ class ProviderSpec(Strict):
     credential: CredentialSpec | None = Field(None, description="omit when no key is injected (a local server)")
     anthropic_version: Version | None = Field(None, description="kind anthropic only (default 2023-06-01)")
     api_version: Version | None = Field(None, description="kind azure-openai only, and required there")
+    stored_responses: bool = Field(
+        False, description="let Responses clients refer to responses the provider stores ('previous_response_id', "
+                           "'conversation'): only when this provider's key serves one team, since anyone holding "
+                           "the key reads what it stored (kinds openai and azure-openai)")
 
 
 class PriceSpec(Strict):

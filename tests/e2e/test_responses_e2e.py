@@ -186,6 +186,18 @@ def test_what_anthropic_cannot_do_is_a_400_naming_the_field(env: Providers) -> N
     assert response.output_text == REPLY
 
 
+def test_a_native_request_may_not_reach_what_the_provider_stores_for_every_team(env: Providers) -> None:
+    """One provider key serves every team: a stored response or conversation of one team is
+    readable by any request naming it (and no guardrail saw it); a background run's result is
+    fetched by a GET Tollway does not serve. Refused, the provider never asked."""
+    client = env.openai()
+    for field, value in (("previous_response_id", "resp_123"), ("conversation", "conv_123"), ("background", True)):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(model="gpt-4o-mini", input="hi", extra_body={field: value})
+        assert refused.value.body["param"] == field and refused.value.code == "unsupported_parameter"  # type: ignore[index]
+        assert env.provider_saw(refused.value.response.headers["x-tollway-request-id"]) == []
+
+
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku"])
 def test_a_stream_cut_by_the_provider_ends_with_an_error_event(env: Providers, model: str) -> None:
     cut = {"x-mock-truncate-after": "6"}  # the provider ends its stream properly, its last events missing

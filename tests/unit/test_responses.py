@@ -13,13 +13,14 @@ from openai.types.responses import Response, ResponseStreamEvent
 
 from ext_proc.core import upstream
 from ext_proc.llm import apis, providers, runtime, tokens
+from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEDecoder, SSEEvent
 from ext_proc.llm.translate import TranslationError, responses_to_anthropic, responses_to_chat
 from ext_proc.mock import responses as mock
 from ext_proc.mock.http import Request
 from ext_proc.mock.provider import MockProvider
 from ext_proc.policy import catalogue
-from ext_proc.policy.compile import compile_policy
+from ext_proc.policy.compile import PolicyError, compile_policy
 
 EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ResponseStreamEvent)
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -50,6 +51,45 @@ teams:
     assert (path, body["model"]) == ("/openai/v1/responses", "my-deployment")
     body, path = upstream.prepare(apis.CHAT_COMPLETIONS, {"model": "gpt", "messages": []}, target, "/v1/x")
     assert path == "/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_stored_responses_are_reached_natively_only_where_the_policy_says_the_key_is_one_teams(stored: bool) -> None:
+    policy = compile_policy(f"""
+apiVersion: tollway/v1
+providers:
+  o: {{kind: openai, stored_responses: {str(stored).lower()}}}
+models:
+  gpt: {{provider: o}}
+teams:
+  t: {{workloads: [w], models: ["*"]}}
+""")
+    target = policy.models["gpt"]
+    for field, value in (("previous_response_id", "resp_1"), ("conversation", {"id": "conv_1"})):
+        body = {"model": "gpt", "input": "hi", field: value}
+        if stored:
+            assert upstream.prepare(apis.RESPONSES, body, target, "/v1/responses")[0][field] == value
+        else:
+            with pytest.raises(ClientError) as refused:
+                upstream.prepare(apis.RESPONSES, body, target, "/v1/responses")
+            assert (refused.value.status, refused.value.param) == (400, field)
+    with pytest.raises(ClientError, match="Background responses"):  # never: their results are not served
+        upstream.prepare(apis.RESPONSES, {"model": "gpt", "input": "hi", "background": True}, target, "/v1/responses")
+    assert upstream.prepare(apis.RESPONSES, {"model": "gpt", "input": "hi", "background": False}, target,
+                            "/v1/responses")
+
+
+def test_stored_responses_is_for_the_kinds_that_store_them() -> None:
+    with pytest.raises(PolicyError, match="stored_responses"):
+        compile_policy("""
+apiVersion: tollway/v1
+providers:
+  a: {kind: anthropic, stored_responses: true}
+models:
+  c: {provider: a}
+teams:
+  t: {workloads: [w], models: ["*"]}
+""")
 
 
 # -- the reader ------------------------------------------------------------------------------------
