@@ -106,6 +106,37 @@ def test_every_text_of_a_responses_request_goes_upstream_redacted() -> None:
     assert b"example.com" not in sent.body and b"536-22" not in sent.body
 
 
+def test_built_in_tool_items_of_a_responses_request_go_upstream_redacted() -> None:
+    """What coding agents and the Agents SDK give back: shell, MCP, file search and code
+    interpreter calls and their outputs (a secret in a shell's output above all)."""
+    key = "sk-proj-" + "Z" * 20 + "T3BlbkFJ" + "Q" * 20  # shaped like an OpenAI key, made up
+    body = {"model": "gpt-4o", "input": [
+        {"type": "local_shell_call", "id": "ls_1", "call_id": "c1", "status": "completed",
+         "action": {"type": "exec", "command": ["mail", "jane@example.com"], "env": {"TO": "jane@example.com"}}},
+        {"type": "local_shell_call_output", "call_id": "c1", "output": f"OPENAI_API_KEY={key}"},
+        {"type": "shell_call_output", "call_id": "c2", "output": [{"stdout": "jane@example.com", "stderr": "",
+                                                                   "outcome": {"type": "exit", "exit_code": 0}}]},
+        {"type": "mcp_call", "id": "mcp_1", "server_label": "crm", "name": "lookup",
+         "arguments": '{"email": "jane@example.com"}', "output": "Jane, SSN 536-22-1190"},
+        {"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": ["jane@example.com"],
+         "results": [{"file_id": "file_1", "filename": "crm.txt", "text": "Jane: 536-22-1190", "score": 0.9}]},
+        {"type": "code_interpreter_call", "id": "ci_1", "container_id": "cntr_1", "status": "completed",
+         "code": "print('jane@example.com')", "outputs": [{"type": "logs", "logs": "jane@example.com"}]},
+    ]}
+    _, sent = send(body)
+    assert isinstance(sent, Continue) and sent.body is not None
+    items = orjson.loads(sent.body)["input"]
+    assert items[0]["action"]["command"] == ["mail", "[EMAIL_1]"] and items[0]["action"]["env"]["TO"] == "[EMAIL_1]"
+    assert items[1]["output"].startswith("OPENAI_API_KEY=[") and key not in items[1]["output"]
+    assert items[2]["output"][0]["stdout"] == "[EMAIL_1]"
+    assert orjson.loads(items[3]["arguments"]) == {"email": "[EMAIL_1]"}
+    assert items[3]["output"] == "Jane, SSN [US_SSN_1]"
+    assert items[4]["queries"] == ["[EMAIL_1]"] and items[4]["results"][0]["text"] == "Jane: [US_SSN_1]"
+    assert items[5]["code"] == "print('[EMAIL_1]')" and items[5]["outputs"][0]["logs"] == "[EMAIL_1]"
+    assert (items[3]["name"], items[3]["server_label"], items[5]["container_id"]) == ("lookup", "crm", "cntr_1")
+    assert b"example.com" not in sent.body and b"536-22" not in sent.body and key.encode() not in sent.body
+
+
 def test_a_responses_request_string_input_is_redacted_and_scored_for_injection() -> None:
     _, sent = send({"model": "claude-x", "input": "card 4111 1111 1111 1111 please"})
     assert isinstance(sent, Continue) and b"4111" not in (sent.body or b"")  # translated to Messages, redacted
@@ -141,6 +172,60 @@ def test_a_native_json_answer_is_redacted_and_pseudonyms_restored() -> None:
     assert orjson.loads(out[2]["arguments"]) == {"to": "jane.doe@example.com"}
     (record,) = records(session)
     assert record["guardrails"] == ["pii"] and "555-2671" not in orjson.dumps(record).decode()
+
+
+def test_built_in_tool_items_of_a_json_answer_are_redacted() -> None:
+    session, _ = send({"model": "gpt-4o", "input": "Look Jane up."})
+    answer = answered(session, {"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-4o",
+                                "output": [
+        {"type": "mcp_call", "id": "mcp_1", "server_label": "crm", "name": "lookup",
+         "arguments": '{"email": "jane@example.com"}', "output": "Found jane@example.com"},
+        {"type": "code_interpreter_call", "id": "ci_1", "container_id": "c", "status": "completed",
+         "code": "print('jane@example.com')", "outputs": [{"type": "logs", "logs": "jane@example.com"}]},
+        {"type": "message", "id": "msg_1", "role": "assistant", "content": [
+            {"type": "output_text", "text": "She is jane@example.com.", "annotations": []}]},
+    ], "usage": {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}})
+    assert b"jane@example.com" not in answer.body
+    out = orjson.loads(answer.body)["output"]
+    assert orjson.loads(out[0]["arguments"]) == {"email": "[EMAIL_1]"} and out[0]["output"] == "Found [EMAIL_1]"
+    assert out[1]["code"] == "print('[EMAIL_1]')" and out[1]["outputs"][0]["logs"] == "[EMAIL_1]"
+
+
+@pytest.mark.parametrize(("item", "delta", "done", "field"), [
+    ({"type": "mcp_call", "id": "mcp_1", "server_label": "crm", "name": "lookup", "arguments": ""},
+     "response.mcp_call_arguments.delta", "response.mcp_call_arguments.done", "arguments"),
+    ({"type": "code_interpreter_call", "id": "ci_1", "container_id": "c", "code": "", "outputs": []},
+     "response.code_interpreter_call_code.delta", "response.code_interpreter_call_code.done", "code"),
+])
+def test_a_built_in_tools_streamed_text_split_anywhere_never_shows(item: dict[str, Any], delta: str, done: str,
+                                                                   field: str) -> None:
+    text = '{"email": "jane@example.com"}' if field == "arguments" else "print('jane@example.com')"
+    redacted = text.replace("jane@example.com", "[EMAIL_1]")
+    for cut in range(1, len(text)):
+        session = opened("openai")
+        numbers = iter(range(100))
+
+        def event(data: dict[str, Any], number: Any = numbers) -> bytes:
+            return b"event: %s\ndata: %s\n\n" % (data["type"].encode(), orjson.dumps(
+                {**data, "sequence_number": next(number)}))
+
+        whole = {**item, field: text, "status": "completed"}
+        response = {"id": "resp_1", "object": "response", "created_at": CREATED, "model": "gpt-4o",
+                    "status": "completed", "output": [whole],
+                    "usage": {"input_tokens": 1, "output_tokens": 2, "total_tokens": 3}}
+        upstream = b"".join([
+            event({"type": "response.output_item.added", "output_index": 0, "item": item}),
+            event({"type": delta, "output_index": 0, "item_id": item["id"], "delta": text[:cut]}),
+            event({"type": delta, "output_index": 0, "item_id": item["id"], "delta": text[cut:]}),
+            event({"type": done, "output_index": 0, "item_id": item["id"], field: text}),
+            event({"type": "response.output_item.done", "output_index": 0, "item": whole}),
+            event({"type": "response.completed", "response": response}),
+        ])
+        out = play(session, [upstream])
+        assert b"jane@example.com" not in out and b"example.com" not in out, (cut, out)
+        events = [orjson.loads(e.data) for e in whole_events(out)]
+        assert "".join(e["delta"] for e in events if e["type"] == delta) == redacted
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
 
 
 # -- streams ---------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "develop
 
 class ResponsesWalker(Walker):
     """``/v1/responses``: ``instructions``, ``input`` (a string, or items: messages, function and custom
-    tool calls and their outputs), a stored prompt's ``variables``; the answer's ``output`` items."""
+    tool calls and their outputs, built-in tools' calls and outputs: shell, MCP, file search, code
+    interpreter...), a stored prompt's ``variables``; the answer's ``output`` items."""
 
     def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
         instructions = payload.get("instructions")
@@ -68,6 +69,9 @@ def _input_items(items: list[Any], role: str) -> Iterator[Ref]:
                 yield Ref(item, "output", "tool")
             elif isinstance(output, list):
                 yield from _parts(output, "tool")
+        elif kind not in _NO_TEXT:  # a built-in tool's call or output (shell, MCP, file search, code...)
+            for path, container, key, json_text in _leaves(item, ()):
+                yield Ref(container, key, "tool" if _from_tool(kind, path[0]) else "assistant", json_text)
 
 
 def _parts(parts: list[Any], role: str) -> Iterator[Ref]:
@@ -104,6 +108,46 @@ def _item_texts(item: Any, index: Any) -> Iterator[tuple[tuple[Any, ...], Any, s
         yield (index, "arguments"), item, "arguments", True
     elif kind == "custom_tool_call" and isinstance(item.get("input"), str):
         yield (index, "input"), item, "input", False
+    elif kind not in _NO_TEXT and kind is not None:  # a built-in tool's call or output
+        for path, container, key, json_text in _leaves(item, ()):
+            channel = _BUILTIN_CHANNELS.get((kind, path), (index, "tool", *path))
+            yield (index, *channel[1:]), container, key, json_text
+
+
+# Output items with no text of a built-in tool's (handled above, or none at all).
+_NO_TEXT = frozenset({"message", "reasoning", "function_call", "custom_tool_call", "function_call_output",
+                      "custom_tool_call_output", "item_reference", "image_generation_call"})
+# What a built-in tool item holds that is no text to guard: names, ids, states, opaque payloads.
+_STRUCTURAL = frozenset({"type", "id", "call_id", "status", "server_label", "approval_request_id", "name", "role",
+                         "encrypted_content", "result", "file_id", "container_id", "signature", "vector_store_ids"})
+_JSON_TEXT = frozenset({"arguments"})  # MCP calls' arguments: JSON in a string
+_DEPTH = 16
+# The built-in tool texts an answer streams in deltas: their channel, shared by the deltas and the
+# item's repetitions (others come whole, in the item).
+_BUILTIN_CHANNELS = {("mcp_call", ("arguments",)): (0, "arguments"),
+                     ("code_interpreter_call", ("code",)): (0, "code")}
+_TOOL_RESULTS = frozenset({"output", "outputs", "results", "logs", "error"})
+
+
+def _from_tool(kind: str, path_key: Any) -> bool:
+    """Whether a built-in tool item's text is the tool's (scored as a tool's result), not the model's."""
+    return kind.endswith("_output") or kind == "mcp_list_tools" or path_key in _TOOL_RESULTS
+
+
+def _leaves(node: Any, path: tuple[Any, ...], depth: int = 0) -> Iterator[tuple[tuple[Any, ...], Any, Any, bool]]:
+    """(path, container, key, json_text) of each string in a built-in tool item, but the structural
+    fields and data URLs; the path's first key decides a text's role (:func:`_from_tool`)."""
+    if depth > _DEPTH:
+        return
+    pairs = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in pairs:
+        if isinstance(key, str) and key in _STRUCTURAL:
+            continue
+        if isinstance(value, str):
+            if value and not value.startswith("data:"):
+                yield (*path, key), node, key, depth == 0 and key in _JSON_TEXT
+        elif isinstance(value, (dict, list)):
+            yield from _leaves(value, (*path, key), depth + 1)
 
 
 _ANNOTATED = ("title", "url", "filename")  # what a citation of an output text names
@@ -124,6 +168,8 @@ _R_DELTAS = {
     "response.reasoning_summary_text.delta": ("summary", "summary_index", False),
     "response.function_call_arguments.delta": ("arguments", "", True),
     "response.custom_tool_call_input.delta": ("input", "", False),
+    "response.mcp_call_arguments.delta": ("arguments", "", True),
+    "response.code_interpreter_call_code.delta": ("code", "", False),
 }
 _R_DONE = {
     "response.output_text.done": ("text", "content_index", "text"),
@@ -132,6 +178,8 @@ _R_DONE = {
     "response.reasoning_summary_text.done": ("summary", "summary_index", "text"),
     "response.function_call_arguments.done": ("arguments", "", "arguments"),
     "response.custom_tool_call_input.done": ("input", "", "input"),
+    "response.mcp_call_arguments.done": ("arguments", "", "arguments"),
+    "response.code_interpreter_call_code.done": ("code", "", "code"),
 }
 _R_PARTS = {"response.content_part.added", "response.content_part.done", "response.reasoning_summary_part.added",
             "response.reasoning_summary_part.done"}
