@@ -208,11 +208,10 @@ def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = 
             entries = _open_entries(fd)
             found = _in_log(log_path, entries)
             records = []
-            for request_id, (record, _) in entries.items():
-                if request_id in found:
-                    result.logged_anyway += 1
-                    continue
-                records.append({**record, "recovered": True, "ts": time.time()})
+            for request_id, waiting in entries.items():
+                logged = min(found.get(request_id, 0), len(waiting))  # the oldest are the ones logged
+                result.logged_anyway += logged
+                records += [{**record, "recovered": True, "ts": time.time()} for record, _ in waiting[logged:]]
             if records:
                 try:
                     _append(log_path, records)
@@ -252,8 +251,9 @@ def _take(path: str) -> int | None:
     return fd
 
 
-def _open_entries(fd: int) -> dict[str, tuple[dict[str, Any], Position]]:
-    """The journal's entries not marked done, by request id, in order."""
+def _open_entries(fd: int) -> dict[str, list[tuple[dict[str, Any], Position]]]:
+    """The journal's entries not marked done, by request id, in order (an id a client chose may
+    repeat: each request its own entry)."""
     with os.fdopen(os.dup(fd), "rb") as handle:
         data = handle.read()
     entries: dict[str, list[tuple[dict[str, Any], Position]]] = {}
@@ -274,37 +274,40 @@ def _open_entries(fd: int) -> dict[str, tuple[dict[str, Any], Position]]:
                 waiting = entries.get(request_id)
                 if waiting:
                     waiting.pop(0)
-    return {request_id: waiting[0] for request_id, waiting in entries.items() if waiting}
+    return {request_id: waiting for request_id, waiting in entries.items() if waiting}
 
 
-def _in_log(log_path: str, entries: dict[str, tuple[dict[str, Any], Position]]) -> set[str]:
-    """Which of these requests have a record in the log after where it stood when they started."""
+def _in_log(log_path: str, entries: dict[str, list[tuple[dict[str, Any], Position]]]) -> dict[str, int]:
+    """How many records each of these requests' ids has in the log after where it stood when the
+    first of its open entries started (the whole log when a position is unknown)."""
     if not entries:
-        return set()
+        return {}
     files = log_files(log_path)
-    start = (0, 0)  # (file index, offset): from the oldest position any entry saw
-    positions = [position for _, position in entries.values()]
-    if all(position is not None for position in positions):
-        inodes = {}
-        for index, path in enumerate(files):
-            with contextlib.suppress(OSError):
-                inodes[os.stat(path).st_ino] = index
-        starts = [(inodes[p[0]], p[1]) for p in positions if p is not None and p[0] in inodes]
-        if len(starts) == len(positions):
-            start = min(starts)
+    inodes = {}
+    for index, path in enumerate(files):
+        with contextlib.suppress(OSError):
+            inodes[os.stat(path).st_ino] = index
+    since: dict[str, tuple[int, int]] = {}  # request id -> (file index, offset) its records count from
+    for request_id, waiting in entries.items():
+        position = waiting[0][1]
+        since[request_id] = (inodes[position[0]], position[1]) if position is not None and position[0] in inodes \
+            else (0, 0)
+    start = min(since.values())
     wanted = {request_id.encode(): request_id for request_id in entries}
-    found: set[str] = set()
+    found: dict[str, int] = {}
     for index in range(start[0], len(files)):
         try:
             with open(files[index], "rb") as handle:
-                if index == start[0]:
-                    handle.seek(start[1])
+                offset = start[1] if index == start[0] else 0
+                handle.seek(offset)
                 for line in handle:
+                    at = (index, offset)
+                    offset += len(line)
                     for needle, request_id in wanted.items():
-                        if needle in line and request_id not in found:
+                        if needle in line and at >= since[request_id]:
                             with contextlib.suppress(orjson.JSONDecodeError):
                                 if orjson.loads(line).get("request_id") == request_id:
-                                    found.add(request_id)
+                                    found[request_id] = found.get(request_id, 0) + 1
         except OSError:
             continue
     return found

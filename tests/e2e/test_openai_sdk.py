@@ -195,3 +195,18 @@ def test_large_prompt_passes(gateway: Gateway, client: openai.OpenAI) -> None:
     assert raw.parse().choices
     record = gateway.record(raw.headers.get("x-tollway-request-id"))
     assert record["status"] == 200 and record["input_tokens"] > 100_000
+
+
+def test_every_request_gets_an_id_of_envoys_making_whatever_the_client_sent(gateway: Gateway,
+                                                                           client: openai.OpenAI) -> None:
+    """The id is the key of the record and of the crash journal's entry: a client's own (here the
+    same for two requests) is replaced before Envoy generates one."""
+    ids = []
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-request-id": "client-chosen"})
+        ids.append(raw.headers["x-tollway-request-id"])
+    assert "client-chosen" not in ids and ids[0] != ids[1]
+    assert all(len(i) == 36 and i.count("-") == 4 for i in ids)  # a UUID
+    assert [gateway.record(i)["outcome"] for i in ids] == ["ok", "ok"]
+

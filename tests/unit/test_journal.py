@@ -185,6 +185,29 @@ def test_recovery_writes_each_open_entry_once_and_never_one_the_log_has(tmp_path
     assert recover(path).journals == 0  # nothing twice
 
 
+def test_recovery_counts_requests_that_share_an_id_each_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An id may repeat (a client's own x-request-id where Envoy keeps it): three requests in
+    flight under one id, one of them logged before the worker died, are three records, not one;
+    an older request of that id, logged and marked before the position noted, counts for none."""
+    path = str(tmp_path / "requests.jsonl")
+    writer = RecordWriter(path, journal=True, immediate=True)
+    journal = writer.journal
+    assert journal is not None
+    writer.started(record("same"))
+    writer.emit(record("same", "ok"))
+    journal.sync()  # the first request of that id: logged and marked
+    monkeypatch.setattr(writer, "_position_until", 0.0)  # noted positions are past its record from now
+    writer.started(record("other"))  # another id's entry, older than the next ones
+    for _ in range(3):
+        writer.started(record("same"))
+    writer.emit(record("same", "ok"))  # one of the three is logged; the worker dies before the mark
+    _die(journal)
+    result = recover(path)
+    assert (result.written, result.logged_anyway) == (3, 1)  # "other" and two of "same"
+    found = [r["request_id"] for r in read_records(log_files(path))]
+    assert sorted(found) == ["other", "same", "same", "same", "same"]
+
+
 def test_recovery_reads_a_compacted_journal_and_skips_a_torn_line(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setattr(journal_module, "COMPACT_AT", 2_000)
     path = str(tmp_path / "requests.jsonl")
