@@ -46,6 +46,7 @@ import copy
 import hashlib
 import ipaddress
 import logging
+import math
 import os
 import tempfile
 import time
@@ -157,18 +158,26 @@ def chain_cluster(name: str, providers: list[tuple[str, dict[str, Any]]]) -> dic
         # Envoy allows 3 concurrent retries per cluster by default: far too few for fallback.
         "circuit_breakers": {"thresholds": [{"max_retries": 10000, "max_pending_requests": 10000,
                                              "max_requests": 100000, "max_connections": 10000}]},
-        # A provider failing 5 times in a row sits out first attempts for 30 s (then longer).
+        # A provider failing 5 times in a row sits out first attempts for 30 s (then longer); all
+        # but one of the chain's endpoints at most (the panic threshold is off: with every one
+        # out, the chain would answer 503 no_healthy_upstream while its providers are back).
         "outlier_detection": {
             "consecutive_5xx": 5,
             "consecutive_gateway_failure": 5,
             "interval": "10s",
             "base_ejection_time": "30s",
-            "max_ejection_percent": 100,
+            "max_ejection_percent": _all_but_one(sum(len(level["lb_endpoints"]) for level in levels)),
             "split_external_local_origin_errors": False,
         },
         # With one endpoint per level, an ejected provider must move traffic to the next level.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
     }
+
+
+def _all_but_one(endpoints: int) -> int:
+    """The ``max_ejection_percent`` that lets Envoy eject every endpoint but one: it ejects while
+    100 * (ejected + 1) / endpoints is at most this."""
+    return math.ceil(100 * (endpoints - 1) / endpoints) if endpoints > 1 else 0
 
 
 def _is_ip(address: str) -> bool:

@@ -344,6 +344,16 @@ def test_outlier_detection_takes_a_failing_provider_out_of_first_attempts(tmp_pa
         ejected = r"^cluster\.openai\+anthropic\.outlier_detection\.ejections_enforced_total$"
         stats = httpx.get(admin, params={"filter": ejected})
         assert stats.text.strip().endswith(": 1"), stats.text
+        # Anthropic fails 5 times in a row too: the chain keeps its last provider (at most all
+        # but one of its endpoints ejected), so the alias answers once a provider does again,
+        # never a 503 no_healthy_upstream with both providers healthy.
+        for _ in range(5):
+            with pytest.raises(openai.InternalServerError):
+                client.chat.completions.create(model="gpt-4o", messages=HI, extra_headers={
+                    "x-mock-anthropic-status": "500", "x-mock-openai-status": "500"})
+        answer = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
+        assert answer.parse().choices[0].message.content == REPLY
+        assert httpx.get(admin, params={"filter": ejected}).text.strip().endswith(": 1")
 
 
 @pytest.mark.parametrize(("client", "model"), [("anthropic", "gpt-4o-mini"), ("openai", "claude-haiku")])
