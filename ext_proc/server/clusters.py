@@ -108,6 +108,7 @@ def chain_cluster(name: str, providers: list[tuple[str, dict[str, Any]]]) -> dic
     levels = []
     sockets: dict[str, dict[str, Any]] = {}
     resolve = False
+    count = 0  # endpoints in all
     for position, (provider, cluster) in enumerate(providers):
         source = cluster["name"]
         endpoints = []
@@ -128,6 +129,7 @@ def chain_cluster(name: str, providers: list[tuple[str, dict[str, Any]]]) -> dic
                 }
                 endpoints.append(entry)
         levels.append({"priority": position, "lb_endpoints": endpoints})
+        count += len(endpoints)
         sockets.setdefault(source, copy.deepcopy(cluster.get("transport_socket", _RAW_BUFFER)))
     return {
         "name": name,
@@ -166,7 +168,7 @@ def chain_cluster(name: str, providers: list[tuple[str, dict[str, Any]]]) -> dic
             "consecutive_gateway_failure": 5,
             "interval": "10s",
             "base_ejection_time": "30s",
-            "max_ejection_percent": _all_but_one(sum(len(level["lb_endpoints"]) for level in levels)),
+            "max_ejection_percent": _all_but_one(count),
             "split_external_local_origin_errors": False,
         },
         # With one endpoint per level, an ejected provider must move traffic to the next level.
