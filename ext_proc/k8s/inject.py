@@ -32,6 +32,7 @@ import http.server
 import json
 import logging
 import os
+import socket
 import ssl
 import sys
 import threading
@@ -343,12 +344,48 @@ def _follow(tls: ReloadingContext, interval: float = 5.0) -> None:
             log.error("new webhook certificate rejected, keeping the previous one: %s", exc)
 
 
+MAX_REVIEW = 4 * 1024 * 1024  # bytes: the API server sends at most 3 MiB objects (its request limit)
+READ_TIMEOUT = 10.0  # seconds a connection may take to send a request (the API server's own timeout)
+MAX_CONNECTIONS = 64  # open at once; past them a new connection is closed at once
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    """A thread per connection, at most :data:`MAX_CONNECTIONS` of them, IPv6 when the host is.
+    The webhook fails closed (``failurePolicy: Fail``): connections that send nothing, or a body
+    slowly, must not be able to take every thread and the memory with them."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def serve(settings: Settings, host: str, port: int, tls: ReloadingContext | None,
           started: Callable[[int], None] | None = None) -> None:
     """Answer AdmissionReviews on ``POST /inject`` (and ``GET /healthz``) until interrupted."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = READ_TIMEOUT  # on the socket: a read (the TLS handshake's too) that waits longer ends it
 
         def log_message(self, fmt: str, *args: object) -> None:  # requests are logged by review()
             pass
@@ -370,20 +407,24 @@ def serve(settings: Settings, host: str, port: int, tls: ReloadingContext | None
             if self.path.split("?")[0] != "/inject":
                 self._send(404, b"not found\n", "text/plain")
                 return
-            length = int(self.headers.get("content-length") or 0)
-            if not 0 < length <= 8 * 1024 * 1024:
-                self._send(400, b'{"error": "an AdmissionReview body is required"}')
+            try:
+                length = int(self.headers.get("content-length") or 0)
+            except ValueError:
+                length = 0
+            if not 0 < length <= MAX_REVIEW:
+                self.close_connection = True
+                self._send(400 if length <= 0 else 413, b'{"error": "an AdmissionReview body (at most 4 MiB) is '
+                                                         b'required"}')
                 return
             try:
                 body = json.loads(self.rfile.read(length))
                 answer = review(body, settings)
-            except (ValueError, AttributeError, TypeError) as exc:
+            except (ValueError, AttributeError, TypeError, RecursionError) as exc:
                 self._send(400, json.dumps({"error": f"not an AdmissionReview: {exc}"}).encode())
                 return
             self._send(200, json.dumps(answer).encode())
 
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server = _Server((host, port), Handler)
     if tls is not None:
         accept = server.get_request
 

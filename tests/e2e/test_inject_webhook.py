@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,3 +174,60 @@ def test_offline_injection_renders_the_same_pods(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", "inject", "-f", "-"], input=bad,
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "bypass" in proc.stderr
+
+
+@pytest.fixture()
+def bounded(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The webhook in this process, plain HTTP, with small bounds: 0.5 s to send a request, 3
+    connections at once."""
+    monkeypatch.setattr(inject, "READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(inject, "MAX_CONNECTIONS", 3)
+    ports: list[int] = []
+    threading.Thread(target=inject.serve, args=(inject.Settings(), "127.0.0.1", 0, None, ports.append),
+                     daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not ports:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    yield ports[0]
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_the_webhook_bounds_what_a_connection_may_hold(bounded: int) -> None:
+    """It fails closed (failurePolicy: Fail): connections that send nothing, or too much, must not
+    take every thread and the memory (a pod that cannot be admitted is a namespace that cannot
+    start pods)."""
+    idle = [socket.create_connection(("127.0.0.1", bounded)) for _ in range(3)]
+    time.sleep(0.2)
+    extra = socket.create_connection(("127.0.0.1", bounded))
+    assert _closed_within(extra, 2.0)  # past the bound: closed at once
+    assert all(_closed_within(sock, 3.0) for sock in idle)  # sent nothing within the read timeout
+    for sock in (*idle, extra):
+        sock.close()
+    with socket.create_connection(("127.0.0.1", bounded), timeout=5) as too_big:  # refused before it is read
+        too_big.sendall(b"POST /inject HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n{}" % (inject.MAX_REVIEW + 1))
+        assert too_big.recv(100).startswith(b"HTTP/1.1 413 ")
+    assert httpx.post(f"http://127.0.0.1:{bounded}/inject", json=review(POD), timeout=5).status_code == 200
+    nested = b"[" * 100_000 + b"]" * 100_000  # deeper than the JSON reader goes: a 400, not a dropped connection
+    assert httpx.post(f"http://127.0.0.1:{bounded}/inject", content=nested, timeout=5).status_code == 400
+
+
+def test_the_webhook_listens_on_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not socket.has_ipv6:
+        pytest.fail("this machine's Python has no IPv6")
+    ports: list[int] = []
+    threading.Thread(target=inject.serve, args=(inject.Settings(), "::1", 0, None, ports.append), daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not ports:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert httpx.get(f"http://[::1]:{ports[0]}/healthz", timeout=5).status_code == 200
