@@ -244,7 +244,7 @@ def test_an_anthropic_client_reaches_both_ends() -> None:
     sent = check_sized(to_openai)
     assert sent["model"] == "gpt-4o"
     assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
-    assert sent["max_tokens"] == 300
+    assert sent["max_completion_tokens"] == 300 and "max_tokens" not in sent  # OpenAI: its reasoning models need it
     assert header(to_openai, ":path") == CHAT and header(to_openai, ":authority") == "api.openai.com"
     assert to_openai.credential == OPENAI
 

@@ -321,7 +321,7 @@ def test_an_anthropic_request_for_an_openai_model_is_translated() -> None:
         << Continue(remove_headers=("accept-encoding", "x-tollway-cluster", "x-api-key"))
         >> body(ANTHROPIC_REQUEST)
         << Replaces(
-            {"model": "gpt-4o", "max_tokens": 100,
+            {"model": "gpt-4o", "max_completion_tokens": 100,
              "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
             set_headers=(("x-tollway-cluster", "openai"), (":path", CHAT)),
             clear_route_cache=True,
