@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-A :class:`Price` is four rates in USD per million tokens (uncached input, output, cache reads,
-cache writes) plus the ``source`` that produced them, the version stamped on each request record.
+A :class:`Price` is rates in USD per million tokens (uncached input, output, cache reads,
+cache writes; 1-hour cache writes and audio in and out where they differ) plus the ``source`` that produced them, the version stamped on each request record.
 :func:`cost_micros` turns a price and a :class:`~ext_proc.llm.usage.Usage` into integer
 micro-dollars. Because a rate is USD per 10^6 tokens, ``tokens x rate`` already *is* micro-dollars:
 the sum is computed in ``Decimal`` with unbounded precision (exact for any token count) and rounded
@@ -42,10 +42,11 @@ What genai-prices has and a :class:`Price` keeps:
   ``calc_price`` for the same usage.
 * Service tiers: OpenAI's ``flex``/``priority`` rates apply when ``service_tier`` (as the response
   reports it) is passed; batch rates are not selected (Tollway proxies synchronous calls).
-* Rates a price leaves out are named in :attr:`Price.omitted` (genai-prices' price keys): per-call
-  tool fees (``web_searches_kcount``), audio or image token rates, Anthropic's 1-hour cache writes
-  (all cache writes cost the 5-minute rate). Tollway's usage has no counts for them, so a cost
-  from such a price covers the tokens only. A missing input or output rate is 0, as genai-prices
+* Rates of subsets the usage counts: Anthropic's 1-hour cache writes, OpenAI's audio tokens in
+  and out, each billed at its own rate (the rest of the whole at the whole's), as genai-prices
+  bills them. Rates a price leaves out are named in :attr:`Price.omitted` (genai-prices' price
+  keys): per-call tool fees (``web_searches_kcount``), image token rates, cached audio. Tollway's
+  usage has no counts for them, so a cost from such a price covers the tokens only. A missing input or output rate is 0, as genai-prices
   computes it (embeddings have no output rate); a model priced only per hour or per character
   (whisper, tts) has no token price and gets ``None``.
 
@@ -86,14 +87,18 @@ KIND_PROVIDERS: Final[Mapping[str, str | None]] = MappingProxyType(
     {"openai": "openai", "anthropic": "anthropic", "azure-openai": "azure", "openai-compatible": None}
 )
 
-_RATES = ("input", "output", "cache_read", "cache_write")
-# genai-prices price keys behind the four rates; any other key it prices is listed in Price.omitted.
+_RATES = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "input_audio", "output_audio")
+# genai-prices price keys behind the rates; any other key it prices is listed in Price.omitted.
 _PACKAGE_KEYS = {
     "input_mtok": "input",
     "output_mtok": "output",
     "cache_read_mtok": "cache_read",
     "cache_write_mtok": "cache_write",
+    "cache_write_1h_mtok": "cache_write_1h",
+    "input_audio_mtok": "input_audio",
+    "output_audio_mtok": "output_audio",
 }
+_OPTIONAL = frozenset(_RATES) - {"input", "output"}  # None: those tokens cost the rate they are a part of
 _EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, rounding=ROUND_HALF_UP)
 _ONE = Decimal(1)
 _ZERO = Decimal(0)
@@ -112,11 +117,14 @@ class Price:
     source: str = "policy"  # the price version stamped on records
     tiers: tuple[Tier, ...] = ()  # ascending; the highest one the prompt exceeds replaces the rates above
     omitted: tuple[str, ...] = ()  # genai-prices price keys this price does not bill
+    cache_write_1h: Decimal | None = None  # Anthropic's 1-hour cache writes (None: the cache_write rate)
+    input_audio: Decimal | None = None  # OpenAI's audio input tokens (None: the input rate)
+    output_audio: Decimal | None = None  # audio output tokens (None: the output rate)
 
     def __post_init__(self) -> None:
         for name in _RATES:
             value = getattr(self, name)
-            if value is None and name.startswith("cache"):
+            if value is None and name in _OPTIONAL:
                 continue
             if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
                 raise ValueError(
@@ -154,7 +162,9 @@ class Price:
                 raise ValueError(f'price {name} must be a quoted decimal string such as "2.50", not {value!r}')
         input_, output = rates["input"], rates["output"]
         assert input_ is not None and output is not None
-        return cls(input_, output, rates["cache_read"], rates["cache_write"], source=source)
+        return cls(input_, output, rates["cache_read"], rates["cache_write"], source=source,
+                   cache_write_1h=rates["cache_write_1h"], input_audio=rates["input_audio"],
+                   output_audio=rates["output_audio"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,20 +182,33 @@ def cost_micros(price: Price, usage: Usage) -> int | None:
         return None
     read = usage.cached_tokens or 0
     written = usage.cache_write_tokens or 0
+    hour = usage.cache_write_1h_tokens or 0
+    audio_in = usage.input_audio_tokens or 0
+    audio_out = usage.output_audio_tokens or 0
     uncached = prompt - read - written
-    if uncached < 0:
+    if uncached < 0 or hour > written or audio_in > uncached or audio_out > output:
         return None
     for tier in reversed(price.tiers):
         if prompt > tier.above:
             price = tier.price
             break
-    # Reasoning tokens are part of output_tokens: billed once, at the output rate.
-    total = _EXACT.add(_EXACT.multiply(price.input, uncached), _EXACT.multiply(price.output, output))
+    # Reasoning tokens are part of output_tokens: billed once, at the output rate. A subset with a
+    # rate of its own (audio, 1-hour cache writes) is billed at it, the rest at the whole's rate.
+    total = _EXACT.add(_EXACT.multiply(price.input, uncached - audio_in), _EXACT.multiply(price.output, output - audio_out))
+    if audio_in:
+        total = _EXACT.add(total, _EXACT.multiply(price.input if price.input_audio is None else price.input_audio,
+                                                  audio_in))
+    if audio_out:
+        total = _EXACT.add(total, _EXACT.multiply(price.output if price.output_audio is None else price.output_audio,
+                                                  audio_out))
     if read:
         total = _EXACT.add(total, _EXACT.multiply(price.input if price.cache_read is None else price.cache_read, read))
     if written:
         rate = price.input if price.cache_write is None else price.cache_write
-        total = _EXACT.add(total, _EXACT.multiply(rate, written))
+        total = _EXACT.add(total, _EXACT.multiply(rate, written - hour))
+        if hour:
+            total = _EXACT.add(total, _EXACT.multiply(rate if price.cache_write_1h is None else price.cache_write_1h,
+                                                      hour))
     return int(_EXACT.quantize(total, _ONE))
 
 
@@ -273,6 +296,9 @@ def _from_package(model_price: ModelPrice, source: str) -> Price | None:
             source=source,
             tiers=tiers,
             omitted=omitted,
+            cache_write_1h=r["cache_write_1h"],
+            input_audio=r["input_audio"],
+            output_audio=r["output_audio"],
         )
 
     return make(-1, tuple(Tier(above, make(above)) for above in thresholds))

@@ -4,7 +4,10 @@ Normalisation: ``input_tokens`` is every prompt token the provider processed, in
 reads and cache writes (OpenAI's ``prompt_tokens`` already counts cached tokens; Anthropic's
 ``input_tokens`` does not, so its cache fields are added). ``cached_tokens`` are cache reads,
 ``cache_write_tokens`` cache creation (Anthropic), ``reasoning_tokens`` are part of
-``output_tokens`` (OpenAI's ``completion_tokens_details.reasoning_tokens``).
+``output_tokens`` (OpenAI's ``completion_tokens_details.reasoning_tokens``). Three subsets have
+rates of their own and change only the cost: Anthropic's 1-hour cache writes
+(``cache_creation.ephemeral_1h_input_tokens``), OpenAI's audio tokens in and out
+(``prompt_tokens_details`` / ``completion_tokens_details.audio_tokens``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ class Usage:
     cached_tokens: int | None = None
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
+    # Subsets priced at rates of their own (never on the record: they only change the cost)
+    cache_write_1h_tokens: int | None = None  # of cache_write_tokens: Anthropic's 1-hour cache writes
+    input_audio_tokens: int | None = None  # of input_tokens (uncached): OpenAI's audio input
+    output_audio_tokens: int | None = None  # of output_tokens: OpenAI's audio output
 
     def as_dict(self) -> dict[str, int | None]:
         return asdict(self)
@@ -53,6 +60,8 @@ def apply_openai(usage: Usage, raw: Any) -> None:
     usage.output_tokens = completion
     usage.cached_tokens = _int(_get(raw, "prompt_tokens_details", "cached_tokens"))
     usage.reasoning_tokens = _int(_get(raw, "completion_tokens_details", "reasoning_tokens"))
+    usage.input_audio_tokens = _int(_get(raw, "prompt_tokens_details", "audio_tokens"))
+    usage.output_audio_tokens = _int(_get(raw, "completion_tokens_details", "audio_tokens"))
 
 
 def apply_anthropic(usage: Usage, raw: Any) -> None:
@@ -70,6 +79,9 @@ def apply_anthropic(usage: Usage, raw: Any) -> None:
         usage.cached_tokens = read
     if write is not None:
         usage.cache_write_tokens = write
+    hour = _int(_get(raw, "cache_creation", "ephemeral_1h_input_tokens"))
+    if hour is not None:
+        usage.cache_write_1h_tokens = hour
     if base is not None:
         # A later event may repeat input_tokens with null cache fields: the earlier ones still count.
         usage.input_tokens = base + (usage.cached_tokens or 0) + (usage.cache_write_tokens or 0)

@@ -419,6 +419,9 @@ def _price(spec: PriceSpec | None) -> Price | None:
         input=Decimal(spec.input), output=Decimal(spec.output),
         cache_read=Decimal(spec.cache_read) if spec.cache_read else None,
         cache_write=Decimal(spec.cache_write) if spec.cache_write else None,
+        cache_write_1h=Decimal(spec.cache_write_1h) if spec.cache_write_1h else None,
+        input_audio=Decimal(spec.input_audio) if spec.input_audio else None,
+        output_audio=Decimal(spec.output_audio) if spec.output_audio else None,
         source="policy",
     )
 

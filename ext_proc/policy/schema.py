@@ -115,6 +115,9 @@ class PriceSpec(Strict):
     output: Dec = Field(description="output tokens (reasoning tokens included)")
     cache_read: Dec | None = Field(None, description="cached input tokens (default: the input price)")
     cache_write: Dec | None = Field(None, description="cache-creation tokens (default: the input price)")
+    cache_write_1h: Dec | None = Field(None, description="Anthropic's 1-hour cache writes (default: cache_write)")
+    input_audio: Dec | None = Field(None, description="audio input tokens (default: the input price)")
+    output_audio: Dec | None = Field(None, description="audio output tokens (default: the output price)")
 
 
 class ModelSpec(Strict):

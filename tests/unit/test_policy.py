@@ -464,7 +464,7 @@ teams:
     )
     assert found == [
         "p.yaml:3:61: providers.openai: unknown field 'colour' (expected one of: kind, cluster, endpoint, "
-        "credential, anthropic_version, api_version)",
+        "credential, anthropic_version, api_version, stored_responses)",
         "p.yaml:4:18: providers.broken.kind: must be one of openai, anthropic, azure-openai, openai-compatible "
         "(not 'nope')",
         # o1's provider is broken, not missing: not reported twice

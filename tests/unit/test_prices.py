@@ -45,6 +45,8 @@ def usage(
     cached: int | None = None,
     written: int | None = None,
     reasoning: int | None = None,
+    hour: int | None = None,
+    audio: tuple[int, int] | None = None,
 ) -> Usage:
     return Usage(
         input_tokens=prompt,
@@ -52,6 +54,9 @@ def usage(
         cached_tokens=cached,
         cache_write_tokens=written,
         reasoning_tokens=reasoning,
+        cache_write_1h_tokens=hour,
+        input_audio_tokens=audio[0] if audio else None,
+        output_audio_tokens=audio[1] if audio else None,
     )
 
 
@@ -63,6 +68,9 @@ def genai_micros(kind: str, model: str, used: Usage, at: datetime = AT, service_
             output_tokens=used.output_tokens,
             cache_read_tokens=used.cached_tokens,
             cache_write_tokens=used.cache_write_tokens,
+            cache_write_1h_tokens=used.cache_write_1h_tokens,
+            input_audio_tokens=used.input_audio_tokens,
+            output_audio_tokens=used.output_audio_tokens,
         ),
         model,
         provider_id=KIND_PROVIDERS[kind],
@@ -180,6 +188,8 @@ REAL_MODELS = [
     ("azure-openai", "gpt-5-nano-2025-08-07"),
     ("azure-openai", "gpt-4o-2024-08-06"),
     ("azure-openai", "text-embedding-3-small"),
+    ("openai", "gpt-audio"),  # audio tokens in and out at their own rates
+    ("openai", "gpt-audio-mini"),
 ]
 USAGES = [
     usage(1234, 567),
@@ -187,6 +197,8 @@ USAGES = [
     usage(50_000, 800, cached=20_000, written=10_000),
     usage(250_000, 4_000, cached=100_000, written=20_000),  # above claude-sonnet-4-5's 200k tier
     usage(7, 0),
+    usage(5_100, 50, cached=100, written=1_000, hour=600),  # 1-hour cache writes: their own rate
+    usage(1_000, 1_000, audio=(900, 900)),  # audio in and out: theirs
 ]
 
 
@@ -281,8 +293,11 @@ def test_rates_the_price_cannot_bill_are_named() -> None:
     sonnet = table.price("anthropic", "claude-sonnet-4-5", AT)
     gpt4o = table.price("openai", "gpt-4o", AT)
     assert sonnet is not None and gpt4o is not None
-    assert "cache_write_1h_mtok" in sonnet.omitted
     assert "web_searches_kcount" in gpt4o.omitted
+    # Billed now: 1-hour cache writes and audio tokens have counts in the usage.
+    assert sonnet.cache_write_1h == 2 * sonnet.input and "cache_write_1h_mtok" not in sonnet.omitted
+    audio = table.price("openai", "gpt-audio", AT)
+    assert audio is not None and audio.input_audio is not None and "input_audio_mtok" not in audio.omitted
 
 
 def test_model_names_match_like_providers_report_them() -> None:

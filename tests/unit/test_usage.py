@@ -38,7 +38,10 @@ def test_openai_chat_usage_with_details() -> None:
         "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 30, "audio_tokens": 0},
     }
-    assert openai(raw) == Usage(input_tokens=1117, output_tokens=46, cached_tokens=1024, reasoning_tokens=30)
+    assert openai(raw) == Usage(input_tokens=1117, output_tokens=46, cached_tokens=1024, reasoning_tokens=30,
+                                input_audio_tokens=0, output_audio_tokens=0)
+    raw["prompt_tokens_details"]["audio_tokens"], raw["completion_tokens_details"]["audio_tokens"] = 12, 9
+    assert (openai(raw).input_audio_tokens, openai(raw).output_audio_tokens) == (12, 9)
 
 
 def test_openai_completions_usage_without_details_leaves_them_unknown() -> None:
@@ -92,6 +95,13 @@ def test_openai_details_of_the_wrong_shape_are_unknown() -> None:
 def test_anthropic_input_counts_cache_reads_and_writes() -> None:
     raw = {"input_tokens": 12, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 2000, "output_tokens": 42}
     assert anthropic(raw) == Usage(input_tokens=2112, output_tokens=42, cached_tokens=2000, cache_write_tokens=100)
+
+
+def test_anthropic_one_hour_cache_writes_are_counted_among_the_writes() -> None:
+    raw = {"input_tokens": 100, "cache_read_input_tokens": 5000, "cache_creation_input_tokens": 1000,
+           "cache_creation": {"ephemeral_5m_input_tokens": 400, "ephemeral_1h_input_tokens": 600}, "output_tokens": 50}
+    used = anthropic(raw)
+    assert (used.input_tokens, used.cache_write_tokens, used.cache_write_1h_tokens) == (6100, 1000, 600)
 
 
 def test_anthropic_without_cache_fields() -> None:
@@ -151,4 +161,7 @@ def test_as_dict_names_every_field() -> None:
         "cached_tokens": None,
         "cache_write_tokens": None,
         "reasoning_tokens": None,
+        "cache_write_1h_tokens": None,
+        "input_audio_tokens": None,
+        "output_audio_tokens": None,
     }
