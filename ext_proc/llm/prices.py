@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 A :class:`Price` is rates in USD per million tokens (uncached input, output, cache reads,
-cache writes; 1-hour cache writes and audio in and out where they differ) plus the ``source`` that produced them, the version stamped on each request record.
+cache writes; 1-hour cache writes and audio in and out where they differ) plus the ``source``
+that produced them, the version stamped on each request record.
 :func:`cost_micros` turns a price and a :class:`~ext_proc.llm.usage.Usage` into integer
 micro-dollars. Because a rate is USD per 10^6 tokens, ``tokens x rate`` already *is* micro-dollars:
 the sum is computed in ``Decimal`` with unbounded precision (exact for any token count) and rounded
@@ -46,9 +47,9 @@ What genai-prices has and a :class:`Price` keeps:
   and out, each billed at its own rate (the rest of the whole at the whole's), as genai-prices
   bills them. Rates a price leaves out are named in :attr:`Price.omitted` (genai-prices' price
   keys): per-call tool fees (``web_searches_kcount``), image token rates, cached audio. Tollway's
-  usage has no counts for them, so a cost from such a price covers the tokens only. A missing input or output rate is 0, as genai-prices
-  computes it (embeddings have no output rate); a model priced only per hour or per character
-  (whisper, tts) has no token price and gets ``None``.
+  usage has no counts for them, so a cost from such a price covers the tokens only. A missing
+  input or output rate is 0, as genai-prices computes it (embeddings have no output rate); a
+  model priced only per hour or per character (whisper, tts) has no token price and gets ``None``.
 
 Lookups go through an LRU per (kind, model, UTC day, service tier), so a repeated lookup costs
 about a microsecond. Policy prices (:meth:`PriceTable.with_overrides`) are keyed by model name
@@ -194,7 +195,8 @@ def cost_micros(price: Price, usage: Usage) -> int | None:
             break
     # Reasoning tokens are part of output_tokens: billed once, at the output rate. A subset with a
     # rate of its own (audio, 1-hour cache writes) is billed at it, the rest at the whole's rate.
-    total = _EXACT.add(_EXACT.multiply(price.input, uncached - audio_in), _EXACT.multiply(price.output, output - audio_out))
+    total = _EXACT.add(_EXACT.multiply(price.input, uncached - audio_in),
+                       _EXACT.multiply(price.output, output - audio_out))
     if audio_in:
         total = _EXACT.add(total, _EXACT.multiply(price.input if price.input_audio is None else price.input_audio,
                                                   audio_in))
