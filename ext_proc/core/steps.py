@@ -263,7 +263,7 @@ class Rewrite(Step):
             flow.metadata = (
                 (upstream.TARGETS, upstream.encode_chain(chain)), (upstream.CLIENT_PATH, flow.path),
                 (upstream.ALIAS, request.model), (upstream.TEAM, flow.principal.team),
-                (upstream.CLIENT, flow.api.home),
+                (upstream.CLIENT, flow.api.home), (upstream.POLICY, flow.policy.version if flow.policy else ""),
             )
             headers.append((upstream.RETRIES_HEADER, str(len(chain) - 1)))
         if request.stream:

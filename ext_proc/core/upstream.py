@@ -38,6 +38,7 @@ TARGETS = "targets"  # metadata keys (namespace "tollway"); attempts read them a
 CLIENT_PATH = "path"
 ALIAS = "alias"
 TEAM = "team"
+POLICY = "policy"  # the version of the policy the request started with: its tries use it too
 # The client's API family ("openai", "anthropic") when the path upstream may be another family's
 # (a translation, a chain): Envoy's own error replies pick the client's format by it, not by the path.
 CLIENT = "client"

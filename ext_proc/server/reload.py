@@ -221,6 +221,7 @@ class PolicyHolder:
         self._shared = publication.generation
         self._seen = -1
         self._policy: CompiledPolicy | None = None
+        self.previous: CompiledPolicy | None = None  # the one before: requests routed with it keep it
         self.state = PolicyState()
         if registry is not None:
             from ext_proc.server.collectors import PolicyMetrics  # prometheus_client: workers only
@@ -242,6 +243,7 @@ class PolicyHolder:
             log.exception("cannot read the published policy state; keeping the running policy")
             return
         if state.text is not None and (self._policy is None or self._policy.version != state.version):
+            self.previous = self._policy
             preloaded = self.publication.preloaded
             if preloaded is not None and preloaded.version == state.version:
                 self._policy = preloaded  # compiled by the supervisor, inherited at the fork

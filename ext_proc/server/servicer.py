@@ -116,7 +116,9 @@ class Service:
 
     def attempt(self) -> Attempt:
         """A new upstream attempt's session (the per-attempt filter of a fallback cluster)."""
-        return Attempt(self.policy.current if self.policy else None)
+        if self.policy is None:
+            return Attempt(None)
+        return Attempt(self.policy.current, self.policy.previous)
 
 
 def _closed(session: Session | Attempt) -> bool:

@@ -367,6 +367,29 @@ def test_a_chain_mismatch_for_an_anthropic_client_is_in_anthropics_format() -> N
         "type": "api_error", "message": "Tollway could not match this try to its route."}})
 
 
+def test_a_try_uses_the_policy_its_request_started_with_across_a_reload() -> None:
+    """The alias and its Anthropic target leave the policy while the first try is upstream: the
+    second try still gets the target's output limit and provider, not a 503 or the default."""
+    after = compile_policy(textwrap.dedent("""\
+        apiVersion: tollway/v1
+        providers:
+          openai: {kind: openai, credential: {env: OPENAI_API_KEY}}
+        models:
+          gpt-4o: {provider: openai}
+        teams:
+          all: {workloads: [local-dev], models: ["*"]}
+        """))
+    assert "anthropic" not in after.providers and after.version != POLICY.version
+    head = try_head(1)
+    head.attributes["tollway." + upstream.POLICY] = POLICY.version  # routed before the reload
+    attempt = Attempt(after, POLICY)
+    assert attempt.handle(head) == CONTINUE
+    sent = check_sized(attempt.handle(body_event(OPENAI_REQUEST)))
+    assert sent["max_tokens"] == 1000 and sent["model"] == "claude-x"
+    status, _ = responds(Attempt(after, None).handle(try_head(1)))  # two reloads later: gone
+    assert status == 503
+
+
 def test_a_provider_missing_from_the_policy_is_a_503() -> None:
     status, body = responds(Attempt(POLICY).handle(try_head(1, "openai gpt-4o, mistral large-2")))
     assert status == 503
@@ -438,7 +461,7 @@ def test_response_events_and_the_close_are_passed() -> None:
 def service(tmp_path: Any) -> Service:
     return Service(
         RecordWriter(str(tmp_path / "records.jsonl")),
-        policy=SimpleNamespace(current=POLICY),  # type: ignore[arg-type]
+        policy=SimpleNamespace(current=POLICY, previous=None),  # type: ignore[arg-type]
         credentials=CredentialStore(environ=ENV),
     )
 

@@ -32,7 +32,7 @@ CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
 CHAIN_METADATA = (
     (upstream.TARGETS, SMART), (upstream.CLIENT_PATH, CHAT), (upstream.ALIAS, "smart"), (upstream.TEAM, "all"),
-    (upstream.CLIENT, "openai"),
+    (upstream.CLIENT, "openai"), (upstream.POLICY, POLICY.version),
 )
 CHAIN_HEADERS = (("x-tollway-cluster", "openai+anthropic"), (upstream.RETRIES_HEADER, "1"))
 CHAT_REQUEST: dict[str, Any] = {
@@ -205,7 +205,7 @@ def test_an_anthropic_client_chain_carries_its_own_path() -> None:
     assert action == Continue(
         set_headers=(*CHAIN_HEADERS, ("x-tollway-stream", "1")), clear_route_cache=True,
         metadata=((upstream.TARGETS, SMART), (upstream.CLIENT_PATH, MESSAGES), (upstream.ALIAS, "smart"),
-                  (upstream.TEAM, "all"), (upstream.CLIENT, "anthropic")),
+                  (upstream.TEAM, "all"), (upstream.CLIENT, "anthropic"), (upstream.POLICY, POLICY.version)),
     )
 
 
