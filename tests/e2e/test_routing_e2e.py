@@ -173,6 +173,20 @@ def test_every_provider_failing_gives_the_last_error_in_the_clients_format(env: 
     assert record["status"] == 500 and record["outcome"] == "error" and record["provider"] == "anthropic"
 
 
+def test_a_fallback_that_cannot_express_the_request_is_a_503_the_sdk_retries(env: Env) -> None:
+    """`n: 2` cannot be asked of Claude, the alias's fallback: after OpenAI's 429 the client gets a
+    503 its SDK may retry later, not a 400 that blames a request OpenAI serves."""
+    with pytest.raises(openai.InternalServerError) as caught:
+        env.openai().with_options(max_retries=0).chat.completions.create(
+            model="gpt-4o", messages=HI, n=2, extra_headers={"x-mock-openai-status": "429"})
+    assert caught.value.status_code == 503 and "'n'" in caught.value.message
+    assert "earlier targets failed" in caught.value.message
+    record = env.record(caught.value.response.headers.get("x-tollway-request-id"))
+    assert record["status"] == 503 and record["attempts"] == 2
+    served = env.openai().chat.completions.create(model="gpt-4o", messages=HI, n=2)  # OpenAI up: served
+    assert served.choices[0].message.content == REPLY
+
+
 def test_envoy_counts_the_retries_of_a_chain_cluster(env: Env) -> None:
     before = env.envoy_stat("cluster.openai+anthropic.upstream_rq_retry")
     env.openai().chat.completions.create(model="gpt-4o", messages=HI, extra_headers=FAILURES["500"])
