@@ -22,8 +22,9 @@ then every 10 s.
 
 Aggregates: each batch is also added to a :class:`~ext_proc.state.ledger.Ledger` (in-process,
 or Redis through a worker thread so the event loop never waits on the network). A batch Redis
-refused is kept and retried at the next flush (up to ``MAX_PENDING`` records); the log file
-holds every record either way.
+refused, or did not answer in time, is kept with its id and sent again at the next flush (up to
+``MAX_PENDING`` records): the id makes Redis add it once, even if it had carried out the first
+send after all; the log file holds every record either way.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import stat
 import sys
 import time
@@ -76,7 +78,8 @@ class RecordWriter:
     ) -> None:
         self._path = path
         self._ledger = ledger
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any]] = []  # records not yet given to the ledger
+        self._unsure: list[tuple[str, list[dict[str, Any]]]] = []  # batches refused or timed out, with their ids
         self._owns_fd = path is not None
         self._position: tuple[int, int] | None = None  # the log's (inode, size) lately seen
         self._position_until = 0.0
@@ -307,18 +310,34 @@ class RecordWriter:
                 log.exception("request log writer")
 
     async def _add_to_ledger(self) -> None:
-        if not self._pending or self._ledger is None:
+        if self._ledger is None or not (self._pending or self._unsure):
             return
-        batch, self._pending = self._pending, []
-        try:
-            if isinstance(self._ledger, MemoryLedger):
-                self._ledger.add(batch)
-            else:
-                await asyncio.get_running_loop().run_in_executor(None, self._ledger.add, batch)
-        except Exception as exc:  # Redis down: keep the batch (bounded) and retry next time
-            self.failures += 1
-            log.warning("ledger store refused %d records (%s); will retry", len(batch), type(exc).__name__)
-            self._pending = (batch + self._pending)[-MAX_PENDING:]
+        if isinstance(self._ledger, MemoryLedger):
+            batch, self._pending = self._pending, []
+            self._ledger.add(batch)
+            return
+        # A batch keeps its id until Redis has answered it: one that timed out may have been carried
+        # out (Redis hung, then ran it), and its id makes the next try of it add nothing twice.
+        if self._pending:
+            self._unsure.append((secrets.token_hex(8), self._pending))
+            self._pending = []
+        loop = asyncio.get_running_loop()
+        while self._unsure:
+            batch_id, batch = self._unsure[0]
+            try:
+                await loop.run_in_executor(None, self._ledger.add, batch, batch_id)
+            except Exception as exc:  # Redis down: keep the batches (bounded) and retry next time
+                self.failures += 1
+                log.warning("ledger store refused %d records (%s); will retry", len(batch), type(exc).__name__)
+                self._bound()
+                return
+            self._unsure.pop(0)
+
+    def _bound(self) -> None:
+        """At most ``MAX_PENDING`` records waiting for the ledger: the oldest batches go first."""
+        waiting = sum(len(batch) for _, batch in self._unsure)
+        while waiting > MAX_PENDING and len(self._unsure) > 1:
+            waiting -= len(self._unsure.pop(0)[1])
 
     async def close(self) -> None:
         if self._task is not None:

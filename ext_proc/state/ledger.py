@@ -7,8 +7,9 @@ sum plus a fixed histogram (so averages are exact and p95 is read from the histo
 
 :class:`MemoryLedger` keeps the buckets in this process (one sidecar, one worker); the request
 log stays the complete record either way. :class:`RedisLedger` adds the same buckets with
-``HINCRBY`` in one pipeline per batch (atomic per field, so any number of sidecars can add to
-one Redis), and indexes buckets per day in a set. Both answer :meth:`rows` with the report's
+``HINCRBY`` (atomic per field, so any number of sidecars can add to one Redis), a batch in one
+script that marks it first, so a batch sent again after a timeout adds nothing twice, and
+indexes buckets per day in a set. Both answer :meth:`rows` with the report's
 :class:`~ext_proc.state.rows.Row`.
 """
 
@@ -27,6 +28,20 @@ DIMENSIONS = ("team", "model", "key_id", "provider")
 SEP = "\x1f"  # between dimension values in a bucket key (never in names the policy allows)
 
 Bucket = tuple[str, str, str, str, str]  # day, team, model, key id, provider
+BATCH_TTL = 86_400  # seconds a batch's mark is kept (a batch sent again within it adds nothing)
+# A batch at most once: its mark set (if new), then for each record its day's set and counts.
+# ARGV: ttl, then per record: the day's set, the bucket's key, the number of counts, name/value pairs.
+_ONCE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local i = 2
+while i <= #ARGV do
+  local day, key, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  redis.call('SADD', day, key)
+  for j = 0, n - 1 do redis.call('HINCRBY', key, ARGV[i + 3 + 2 * j], ARGV[i + 4 + 2 * j]) end
+  i = i + 3 + 2 * n
+end
+return 1
+"""
 
 
 def bucket_of(record: dict[str, Any]) -> Bucket | None:
@@ -119,7 +134,7 @@ def _p95_bound(histogram: list[int]) -> float:
 
 
 class Ledger(Protocol):
-    def add(self, records: list[dict[str, Any]]) -> None: ...
+    def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None: ...
 
     def rows(self, by: str, since: date | None = None, until: date | None = None,
              where: dict[str, str] | None = None) -> list[Row]: ...
@@ -131,7 +146,7 @@ class MemoryLedger:
     def __init__(self) -> None:
         self.buckets: dict[Bucket, dict[str, int]] = {}
 
-    def add(self, records: list[dict[str, Any]]) -> None:
+    def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
         for record in records:
             bucket = bucket_of(record)
             if bucket is None:
@@ -155,17 +170,32 @@ class RedisLedger:
     def _key(self, bucket: Bucket) -> str:
         return f"{self.prefix}:b:{SEP.join(bucket)}"
 
-    def add(self, records: list[dict[str, Any]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
+    def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
+        """Add the records' counts. With a ``batch`` id, at most once: a batch whose answer did not
+        come in time (Redis hung, then carried it out) and is sent again adds nothing the second
+        time (one script: the batch's mark and its counts together)."""
+        if batch is None:
+            pipe = self.client.pipeline(transaction=False)
+            for record in records:
+                bucket = bucket_of(record)
+                if bucket is None:
+                    continue
+                key = self._key(bucket)
+                pipe.sadd(f"{self.prefix}:day:{bucket[0]}", key)
+                for name, value in increments(record).items():
+                    pipe.hincrby(key, name, value)
+            pipe.execute()
+            return
+        args: list[Any] = [BATCH_TTL]
         for record in records:
             bucket = bucket_of(record)
             if bucket is None:
                 continue
-            key = self._key(bucket)
-            pipe.sadd(f"{self.prefix}:day:{bucket[0]}", key)
-            for name, value in increments(record).items():
-                pipe.hincrby(key, name, value)
-        pipe.execute()
+            counts = increments(record)
+            args += [f"{self.prefix}:day:{bucket[0]}", self._key(bucket), len(counts)]
+            for name, value in counts.items():
+                args += [name, value]
+        self.client.eval(_ONCE, 1, f"{self.prefix}:batch:{batch}", *args)
 
     def rows(self, by: str, since: date | None = None, until: date | None = None,
              where: dict[str, str] | None = None) -> list[Row]:

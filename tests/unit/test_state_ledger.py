@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 import redis
 
 from ext_proc.ledger.report import aggregate, month_window
+from ext_proc.server.records import RecordWriter
 from ext_proc.state.ledger import MemoryLedger, RedisLedger
 from tests.unit.test_ledger import RECORDS
 
@@ -48,3 +52,50 @@ def test_redis_ledger_matches_memory_and_adds_up_across_writers(redis_port: int)
     for by in ("team", "model", "key", "provider"):
         assert comparable(one.rows(by, *OCTOBER)) == comparable(memory.rows(by, *OCTOBER))
     assert sum(r.requests for r in one.rows("team")) == len(RECORDS)
+
+
+def test_a_batch_sent_again_after_a_timeout_is_added_once(redis_port: int) -> None:
+    """Redis hung past the client's timeout, then carried the batch out; the writer sends it again
+    with the same id: the counts go in once. Another batch of the same records is another batch."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger = RedisLedger(client)
+    ledger.add(RECORDS, batch="b-1")
+    ledger.add(RECORDS, batch="b-1")  # the retry
+    memory = MemoryLedger()
+    memory.add(RECORDS)
+    for by in ("team", "model"):
+        assert comparable(ledger.rows(by, *OCTOBER)) == comparable(memory.rows(by, *OCTOBER))
+    ledger.add(RECORDS[:1], batch="b-2")
+    assert sum(r.requests for r in ledger.rows("team")) == len(RECORDS) + 1
+
+
+def test_the_writer_sends_a_batch_that_timed_out_again_under_its_id() -> None:
+    class Hung:
+        """Carries a batch out, then answers too late (the first time), as a hung Redis does."""
+
+        def __init__(self) -> None:
+            self.seen: dict[str, int] = {}
+            self.calls: list[str | None] = []
+
+        def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
+            self.calls.append(batch)
+            if not self.seen:  # the first batch: carried out, answered too late
+                self.seen[batch or ""] = len(records)
+                raise TimeoutError
+            self.seen.setdefault(batch or "", len(records))
+
+    hung = Hung()
+    writer = RecordWriter(None, ledger=hung)  # type: ignore[arg-type]
+    for record in RECORDS[:2]:
+        writer.emit(dict(record))
+
+    async def twice() -> None:
+        await writer._add_to_ledger()  # times out (carried out meanwhile)
+        writer.emit(dict(RECORDS[2]))
+        await writer._add_to_ledger()  # the same batch again, same id; then the new one
+
+    asyncio.run(twice())
+    first, again, new = hung.calls
+    assert first == again and new not in (None, first)
+    assert writer._unsure == [] and writer.failures == 1
