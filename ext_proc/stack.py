@@ -180,6 +180,7 @@ class Stack:
     bodies_together: bool = True  # each body right behind its headers (False: tollway envoy --bodies buffered)
     mocked: frozenset[str] = frozenset(PROVIDER_KEYS)  # providers served by the fake provider (stand-ins)
     quiet: bool = True
+    die_with_parent: bool = False  # the children get SIGTERM when the thread that started them dies (tollway up)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _commands: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict, repr=False)
 
@@ -218,7 +219,8 @@ class Stack:
         environ = {**os.environ, **env} if env else None
         self._commands[name] = (argv, env)
         self.procs[name] = subprocess.Popen(
-            argv, stdout=out, stderr=err, cwd=ROOT, env=environ, start_new_session=True
+            argv, stdout=out, stderr=err, cwd=ROOT, env=environ, start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         err.close()
 
@@ -557,23 +559,31 @@ def run(args: argparse.Namespace) -> int:
         workdir, listen_port=args.port, admin_port=args.admin_port,
         ext_proc_address=args.ext_proc, mock_port=args.mock_port, service_admin_port=args.service_admin_port,
         workers=args.workers, policy=policy, workload=args.workload, envoy_concurrency=args.envoy_concurrency,
-        mock=bool(mocked), mocked=mocked, quiet=True,
+        mock=bool(mocked), mocked=mocked, quiet=True, die_with_parent=True,
     )
-    try:
-        stack.start()
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"tollway up: could not start: {exc}", file=sys.stderr)
-        lock.close()
-        return 1
     stopping = False
+    started = False
 
     def on_signal(_signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
+        if not started:  # still starting: stop at once (what was started is stopped below)
+            raise _Interrupted
 
-    # Before the banner: whoever reads "Ctrl-C stops everything" may press it at once.
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    # Before anything starts: a signal while starting (or a terminal closed: SIGHUP) stops what was
+    # started; the children are in their own sessions and get no hangup of their own, and if this
+    # process is killed outright they get SIGTERM from the kernel (die_with_parent).
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, on_signal)
+    try:
+        stack.start()
+        started = True
+    except (RuntimeError, TimeoutError, _Interrupted) as exc:
+        stack.stop()
+        if not isinstance(exc, _Interrupted):
+            print(f"tollway up: could not start: {exc}", file=sys.stderr)
+        lock.close()
+        return 1
     print(banner(stack, policy, args.workload, plan, mocked), flush=True)
     watcher = PolicyConsole(f"http://127.0.0.1:{stack.service_admin_port}/readyz")
     try:
@@ -589,6 +599,18 @@ def run(args: argparse.Namespace) -> int:
         lock.close()
     print("Tollway stopped.")
     return 0
+
+
+class _Interrupted(Exception):
+    """A signal came while the stack was starting."""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent (the thread that started it) dies."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def banner(stack: Stack, policy: Path, workload: str, plan: list[str], mocked: frozenset[str]) -> str:

@@ -165,7 +165,10 @@ def test_every_worker_gets_connections_and_a_replaced_one_gets_its_share_back(tm
         assert load(5) == [200] * 5
 
 
-def test_tollway_up_serves_the_sdk_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP, signal.SIGKILL], ids=["ctrl-c", "hangup", "killed"])
+def test_tollway_up_serves_the_sdk_and_stops_everything_on_ctrl_c(tmp_path: Path, stop: signal.Signals) -> None:
+    """Ctrl-C, a closed terminal (SIGHUP: the children are in sessions of their own and get none)
+    or `tollway up` killed outright (its children get SIGTERM from the kernel): nothing is left."""
     ports = {name: free_port() for name in ("port", "admin", "mock", "service")}
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
     proc = subprocess.Popen(
@@ -202,11 +205,11 @@ def test_tollway_up_serves_the_sdk_and_stops_everything_on_ctrl_c(tmp_path: Path
             return found
 
         assert len(running()) >= 3  # envoy, the service, the fake provider
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(20) == 0
+        proc.send_signal(stop)
+        assert proc.wait(20) == (-signal.SIGKILL if stop == signal.SIGKILL else 0)
         deadline = time.monotonic() + 10
         while running():
-            assert time.monotonic() < deadline, f"processes left running after Ctrl-C: {running()}"
+            assert time.monotonic() < deadline, f"processes left running after {stop.name}: {running()}"
             time.sleep(0.1)
     finally:
         if proc.poll() is None:
