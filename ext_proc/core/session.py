@@ -384,6 +384,17 @@ class Session:
         compressed = body[:2] == b"\x1f\x8b"
         if flow.trace is not None and flow.policy is not None and flow.policy.trace_content and not compressed:
             flow.answer_body = body[:MAX_CONTENT]
+        if status == 401 and flow.target is not None and flow.api is not None:
+            # The provider refused the gateway's own key: not the client's to fix (its Tollway key
+            # is fine), and the provider's message may show a piece of that key.
+            error = ClientError(502, "provider_authentication_failed",
+                                f"The provider '{flow.target.provider.name}' refused the key this gateway holds for it "
+                                f"(401). Your own key is fine: the platform team must fix the provider's key.")
+            flow.status, flow.error = error.status, error.code
+            told = flow.api.error_body(error)
+            return Continue(set_headers=((":status", "502"), ("content-type", "application/json"),
+                                         ("content-length", str(len(told))), ("x-should-retry", "false")),
+                            remove_headers=("content-encoding",) if compressed else (), body=told)
         if status >= 400:
             new = error_answer(flow, status, body)
         else:

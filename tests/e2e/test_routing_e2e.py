@@ -187,6 +187,23 @@ def test_a_fallback_that_cannot_express_the_request_is_a_503_the_sdk_retries(env
     assert served.choices[0].message.content == REPLY
 
 
+def test_a_provider_refusing_the_gateways_key_is_the_gateways_502_and_a_chain_falls_back(env: Env) -> None:
+    """The provider's 401 means the key Tollway holds for it is bad: not the client's to fix (its
+    SDK would say its own key is wrong), and its message may show a piece of that key. A chain
+    goes on to the next provider, which has a key of its own."""
+    with pytest.raises(openai.InternalServerError) as caught:
+        env.openai().with_options(max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=HI, extra_headers={"x-mock-status": "401"})
+    assert caught.value.status_code == 502 and caught.value.code == "provider_authentication_failed"
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert "Your own key is fine" in caught.value.message and OPENAI_KEY[-4:] not in caught.value.response.text
+    record = env.record(caught.value.response.headers.get("x-tollway-request-id"))
+    assert (record["status"], record["error"]) == (502, "provider_authentication_failed")
+    raw = env.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=HI, extra_headers={"x-mock-openai-status": "401"})  # type: ignore[arg-type]
+    assert raw.headers["x-tollway-provider"] == "anthropic" and raw.parse().choices[0].message.content == REPLY
+
+
 def test_envoy_counts_the_retries_of_a_chain_cluster(env: Env) -> None:
     before = env.envoy_stat("cluster.openai+anthropic.upstream_rq_retry")
     env.openai().chat.completions.create(model="gpt-4o", messages=HI, extra_headers=FAILURES["500"])

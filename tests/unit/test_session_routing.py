@@ -423,7 +423,8 @@ def test_envoys_plain_text_503_becomes_the_clients_json_error(path: str, request
 
 
 def test_an_attempts_own_refusal_is_translated_like_a_provider_error() -> None:
-    """The attempt answers an untranslatable request in Anthropic's format; the client reads OpenAI's."""
+    """The attempt answers an untranslatable request in Anthropic's format (a 503: OpenAI, of another
+    kind, was tried first); the client reads OpenAI's."""
     request = {**CHAT_REQUEST, "n": 2}
     attempt = Attempt(POLICY)
     attempt.handle(try_head(1))
@@ -435,8 +436,8 @@ def test_an_attempts_own_refusal_is_translated_like_a_provider_error() -> None:
     action = session.handle(ResponseBody(refusal.body, True, 3_000_000))
     assert isinstance(action, Continue)
     error = orjson.loads(action.body or b"")["error"]
-    assert error["type"] == "invalid_request_error" and "'n'" in error["message"]
-    assert the_record(session)["status"] == 400
+    assert "earlier targets failed" in error["message"] and "'n'" in error["message"]
+    assert the_record(session)["status"] == 503
 
 
 # -- streams that end before they are complete --------------------------------------------------
