@@ -322,3 +322,17 @@ def test_a_streamed_call_without_arguments_gets_an_empty_object() -> None:
     completed = next(e for e in events if e["type"] == "response.completed")
     deltas = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
     assert (deltas, done["arguments"], completed["response"]["output"][0]["arguments"]) == ("{}", "{}", "{}")
+
+
+def test_a_translated_stream_without_usage_says_null_not_zero() -> None:
+    """A chat server that ignores include_usage reports none: the completed response's usage is
+    null, as the same answer given whole says, never 0 tokens."""
+    translator = responses_to_chat.StreamTranslator(model="llama")
+    chunks = [{"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "llama",
+               "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]},
+              {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "llama",
+               "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+    raw = b"".join(translator.feed(SSEEvent("", orjson.dumps(c), b"")) for c in chunks)
+    raw += translator.feed(SSEEvent("", b"[DONE]", b"")) + translator.end()
+    events = [EVENT.validate_json(block.split(b"data: ", 1)[1]) for block in raw.split(b"\n\n") if b"data: " in block]
+    assert events[-1].type == "response.completed" and events[-1].response.usage is None

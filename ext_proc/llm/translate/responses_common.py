@@ -441,11 +441,13 @@ class EventWriter:
 
     def finish(self, usage: Usage, incomplete: str | None = None) -> bytes:
         """The open item done, then ``response.completed`` (or ``response.incomplete``, for an answer
-        cut by the output limit or a content filter) with the whole response and its usage."""
+        cut by the output limit or a content filter) with the whole response and its usage (``null``
+        when the provider reported none, as the JSON answer says)."""
         out = self.close()
         status = "incomplete" if incomplete else "completed"
+        known = usage.input_tokens is not None or usage.output_tokens is not None  # unknown is never zero
         response = response_object(self._id, self._created, self._model, self._output, status,
-                                   usage_object(usage), incomplete)
+                                   usage_object(usage) if known else None, incomplete)
         return out + self._event(f"response.{status}", {"response": response})
 
     def error(self, message: str, code: str | None = None) -> bytes:
