@@ -284,7 +284,7 @@ def _whole(events: list[SSEEvent]) -> list[SSEEvent]:
 
 def error_answer(flow: Flow, status: int, body: bytes) -> bytes | None:
     """An error answer in the client's format (None: it already is); notes the error code."""
-    api = flow.api or apis.for_errors(flow.path)
+    api = flow.api or apis.for_errors(flow.path, flow.headers)
     if body[:2] == b"\x1f\x8b":
         with contextlib.suppress(ClientError):
             body = gunzip(body, ratio=None)

@@ -436,7 +436,7 @@ class Session:
             flow.note("tollway.refused", at, **{"error.type": error.code, "http.response.status_code": error.status,
                                                "tollway.limit": flow.limit_refused or ""})
         self._finish(at, "rejected")
-        api = flow.api or apis.for_errors(flow.path or flow.headers.get(":path", ""))
+        api = flow.api or apis.for_errors(flow.path or flow.headers.get(":path", ""), flow.headers)
         if error.headers:
             return Respond(error.status, api.error_body(error), (("content-type", "application/json"), *error.headers))
         return Respond(error.status, api.error_body(error))

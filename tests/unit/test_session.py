@@ -572,13 +572,18 @@ def test_missing_messages_is_left_to_the_provider() -> None:
             "GET", "/v1/messages?beta=true",
             anthropic_error("Tollway does not serve GET /v1/messages.", type="not_found_error"),
         ),
+        (  # the anthropic SDK's Files API: its path is no Messages path, its anthropic-version header says
+            "GET", "/v1/files",
+            anthropic_error("Tollway does not serve GET /v1/files.", type="not_found_error"),
+        ),
     ],
-    ids=["unknown-path", "get", "query-not-echoed", "anthropic-style", "anthropic-get"],
+    ids=["unknown-path", "get", "query-not-echoed", "anthropic-style", "anthropic-get", "anthropic-version"],
 )
 def test_unknown_endpoint_gets_404(method: str, path: str, expected: dict[str, Any]) -> None:
+    headers = {"anthropic-version": "2023-06-01"} if path == "/v1/files" else {}
     assert (
         Transcript()
-        >> post(path, at=0.5, **{":method": method})
+        >> post(path, at=0.5, **{":method": method}, **headers)
         << Responds(404, expected, headers=CONTENT_TYPE_JSON)
         << Record(api=None, outcome="rejected", status=404, error="unknown_endpoint", latency_ms=0.0)
     )

@@ -8,6 +8,8 @@ API here and nowhere else. Adding an API: one module, one line in :data:`APIS`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .anthropic import MESSAGES
 from .base import ParsedRequest, RateWindow, Reader, WireAPI, error_code, gunzip
 from .local import ANTHROPIC_MODELS, COUNT_TOKENS, OPENAI_MODELS, Listed, catalogue
@@ -31,10 +33,14 @@ def match(path: str) -> WireAPI | None:
     return _BY_PATH.get(path.partition("?")[0].rstrip("/"))
 
 
-def for_errors(path: str) -> WireAPI:
+def for_errors(path: str, headers: Mapping[str, str] | None = None) -> WireAPI:
     """The API whose error format answers a request Tollway does not serve: the family whose path
-    it starts with (an Anthropic SDK calling ``/v1/messages/batches`` gets Anthropic's), else OpenAI's."""
+    it starts with (an Anthropic SDK calling ``/v1/messages/batches`` gets Anthropic's), else
+    Anthropic's for a request with ``anthropic-version`` (the SDK's ``/v1/files``, ``/v1/skills``),
+    else OpenAI's."""
     for api in APIS:
         if path.startswith(api.path):
             return api
+    if headers is not None and "anthropic-version" in headers:
+        return MESSAGES
     return CHAT_COMPLETIONS
