@@ -5,8 +5,9 @@ feeds it the request log incrementally: each refresh reads only the lines writte
 last one) and keeps, per time slot (5 minutes by default) and per (team, model, provider), the
 same totals as a spend report's row (:class:`~ext_proc.state.rows.Row`: requests, refused,
 tokens, cost in integer micro-dollars, unknown usage and price, fallbacks, guardrail triggers)
-plus errors, cut streams and a latency histogram. Slots older than ``keep`` are dropped, so
-memory is bounded by slots × teams × models, not by traffic. :meth:`Timeline.summary` adds the
+plus errors, cut streams and a latency histogram. Slots older than ``keep`` are dropped, and the
+model names of refused requests (a client's free text) beyond the first ``UNSERVED_MODELS`` are
+``(other)``, so memory is bounded by slots × teams × models, not by traffic. :meth:`Timeline.summary` adds the
 slots of a window up into what the page draws: totals, rows by team and by model, cost per
 slot by team and by model, and latency percentiles (the upper bound of the histogram bucket
 holding them: buckets grow by 25 %, so a percentile reads at most 25 % high).
@@ -29,6 +30,7 @@ from ext_proc.state.rows import Row
 # Latency bucket upper bounds in ms: 1 ms to ~11 min, each 25 % above the last.
 LATENCY_BOUNDS = tuple(round(1.25 ** i, 3) for i in range(61))
 Cell = tuple[str, str, str]  # team, model, provider
+UNSERVED_MODELS = 50  # model names of refused requests with a row of their own (the rest: "(other)")
 
 
 @dataclass
@@ -90,10 +92,12 @@ def percentile(histogram: list[int], p: int) -> float | None:
 class Timeline:
     """Totals per slot and (team, model, provider), fed record by record (see the module docstring)."""
 
-    def __init__(self, step: int = 300, keep: int = 8 * 86400) -> None:
+    def __init__(self, step: int = 300, keep: int = 8 * 86400, unserved: int = UNSERVED_MODELS) -> None:
         self.step = step
         self.keep = keep
         self.slots: dict[int, dict[Cell, Totals]] = {}
+        self.unserved = unserved
+        self._named: set[str] = set()  # model names of requests no provider served, shown as they are
 
     def add(self, record: dict[str, Any]) -> None:
         ts = record.get("ts")
@@ -106,8 +110,16 @@ class Timeline:
             oldest = slot - self.keep
             for old in [s for s in self.slots if s < oldest]:
                 del self.slots[old]
-        cell = (str(record.get("team") or "(none)"), str(record.get("model") or "(none)"),
-                str(record.get("provider") or "(none)"))
+        model, provider = str(record.get("model") or "(none)"), str(record.get("provider") or "(none)")
+        if provider == "(none)" and model not in self._named:
+            # A name no provider served (refused: unknown, not allowed) is the client's free text:
+            # the first few keep theirs, the rest are "(other)", so a flood of made-up names cannot
+            # grow the page (or this memory) by a row each. A served model always has its own.
+            if len(self._named) < self.unserved:
+                self._named.add(model)
+            else:
+                model = "(other)"
+        cell = (str(record.get("team") or "(none)"), model, provider)
         found = cells.get(cell)
         if found is None:
             found = cells[cell] = Totals()

@@ -67,6 +67,19 @@ def test_a_window_leaves_out_what_is_older() -> None:
     assert recent["totals"]["requests"] == sum(1 for r in records(200) if r["ts"] >= (NOW - 3600) // 300 * 300)
 
 
+def test_made_up_model_names_of_refused_requests_cannot_grow_the_page() -> None:
+    """400 refused requests, each naming a model of its own: 50 keep their name, the rest are one
+    "(other)" row; a model a provider served always has its own, whenever it comes."""
+    timeline = Timeline()
+    for i in range(400):
+        timeline.add({"ts": NOW, "team": "search", "model": f"made-up-{i}", "provider": None, "outcome": "rejected",
+                      "status": 404})
+    timeline.add({"ts": NOW, "team": "search", "model": "gpt-4o", "provider": "openai", "outcome": "ok",
+                  "status": 200, "input_tokens": 5, "output_tokens": 2, "cost_usd_micros": 10, "latency_ms": 5.0})
+    models = {cell[1] for cells in timeline.slots.values() for cell in cells}
+    assert len(models) == 52 and {"(other)", "gpt-4o", "made-up-0", "made-up-49"} <= models
+
+
 def test_percentile_is_the_bucket_bound() -> None:
     histogram = [0] * (len(LATENCY_BOUNDS) + 1)
     histogram[10] = 99
