@@ -380,8 +380,9 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 def serve(settings: Settings, host: str, port: int, tls: ReloadingContext | None,
-          started: Callable[[int], None] | None = None) -> None:
-    """Answer AdmissionReviews on ``POST /inject`` (and ``GET /healthz``) until interrupted."""
+          started: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> None:
+    """Answer AdmissionReviews on ``POST /inject`` (and ``GET /healthz``) until interrupted (or
+    until ``stop`` is set)."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -435,6 +436,9 @@ def serve(settings: Settings, host: str, port: int, tls: ReloadingContext | None
 
         server.get_request = get_request  # type: ignore[method-assign]
         threading.Thread(target=_follow, args=(tls,), name="tollway-inject-tls", daemon=True).start()
+    if stop is not None:
+        threading.Thread(target=lambda: (stop.wait(), server.shutdown()), name="tollway-inject-stop",
+                         daemon=True).start()
     if started is not None:
         started(server.server_address[1])
     log.info("tollway inject webhook listening on %s:%d (%s)", host, server.server_address[1],

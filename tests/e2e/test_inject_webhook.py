@@ -8,6 +8,7 @@ Kubernetes schemas. Injecting twice changes nothing; what a pod cannot be given 
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
 import socket
@@ -182,14 +183,28 @@ def bounded(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     connections at once."""
     monkeypatch.setattr(inject, "READ_TIMEOUT", 0.5)
     monkeypatch.setattr(inject, "MAX_CONNECTIONS", 3)
+    with _webhook("127.0.0.1") as port:
+        yield port
+
+
+@contextlib.contextmanager
+def _webhook(host: str) -> Iterator[int]:
+    """The webhook in a thread of this process, stopped (its threads gone) when the test ends:
+    a thread left running would stop the zygote tests from forking."""
     ports: list[int] = []
-    threading.Thread(target=inject.serve, args=(inject.Settings(), "127.0.0.1", 0, None, ports.append),
-                     daemon=True).start()
-    deadline = time.monotonic() + 10
-    while not ports:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    yield ports[0]
+    stop = threading.Event()
+    thread = threading.Thread(target=inject.serve, args=(inject.Settings(), host, 0, None, ports.append, stop))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not ports:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.01)
+        yield ports[0]
+    finally:
+        stop.set()
+        thread.join(10)
+        assert not thread.is_alive()
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> bool:
@@ -224,10 +239,5 @@ def test_the_webhook_bounds_what_a_connection_may_hold(bounded: int) -> None:
 def test_the_webhook_listens_on_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
     if not socket.has_ipv6:
         pytest.fail("this machine's Python has no IPv6")
-    ports: list[int] = []
-    threading.Thread(target=inject.serve, args=(inject.Settings(), "::1", 0, None, ports.append), daemon=True).start()
-    deadline = time.monotonic() + 10
-    while not ports:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    assert httpx.get(f"http://[::1]:{ports[0]}/healthz", timeout=5).status_code == 200
+    with _webhook("::1") as port:
+        assert httpx.get(f"http://[::1]:{port}/healthz", timeout=5).status_code == 200
