@@ -437,8 +437,11 @@ def serve(settings: Settings, host: str, port: int, tls: ReloadingContext | None
         server.get_request = get_request  # type: ignore[method-assign]
         threading.Thread(target=_follow, args=(tls,), name="tollway-inject-tls", daemon=True).start()
     if stop is not None:
-        threading.Thread(target=lambda: (stop.wait(), server.shutdown()), name="tollway-inject-stop",
-                         daemon=True).start()
+        def stopping() -> None:
+            stop.wait()
+            server.shutdown()
+
+        threading.Thread(target=stopping, name="tollway-inject-stop", daemon=True).start()
     if started is not None:
         started(server.server_address[1])
     log.info("tollway inject webhook listening on %s:%d (%s)", host, server.server_address[1],
