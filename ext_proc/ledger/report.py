@@ -99,7 +99,10 @@ def sentence(team: str, row: Row) -> str:
     refused = f" Tollway also refused {refusals(row)}." if row.refused else ""
     cost = dollars(row.cost_usd_micros)
     if row.unknown_cost:
-        cost = f"at least {cost} ({_requests(row.unknown_cost)} had no known price)"
+        # No price for the model, or usage reported in part (a request recovered after a crash)
+        n = row.unknown_cost
+        cost = f"at least {cost} ({n} request's cost is unknown)" if n == 1 else \
+            f"at least {cost} ({n} requests' costs are unknown)"
     if row.unknown_usage:  # provider errors, cut streams: counted, never taken for zero tokens
         their = "its" if row.unknown_usage == 1 else "their"
         refused = f" {_requests(row.unknown_usage)} got no usage report ({their} tokens are unknown).{refused}"

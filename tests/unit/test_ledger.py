@@ -130,11 +130,11 @@ def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert lines[0].startswith("group,requests,refused,tokens") and len(lines) == 3
     assert main(["report", *log, "--month", "2026-10"]) == 0
     table = capsys.readouterr().out
-    assert "search" in table and "$1.01+" in table  # "+": some requests had no known price
+    assert "search" in table and "$1.01+" in table  # "+": some requests' cost is unknown
     assert main(["report", *log, "--team", "search", "--month", "2026-10"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("Team search sent 15 tokens to claude at a cost of $1.00,")
-    assert "at least $0.009 (1 request had no known price)" in out[1]
+    assert "at least $0.009 (1 request's cost is unknown)" in out[1]
     assert os.path.exists(path)
 
 
