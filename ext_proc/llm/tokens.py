@@ -75,6 +75,7 @@ from .media import (
     anthropic_image_tokens,
     audio_tokens,
     base64_image_size,
+    file_tokens,
     image_patches,
     image_size,
     image_tiles,
@@ -288,6 +289,11 @@ def _chat_content(tally: _Tally, content: Any, model: str) -> None:
             tally.exact = False
             audio = part.get("input_audio")
             tally.fixed += audio_tokens(audio if isinstance(audio, dict) else {})
+        elif kind == "file" and isinstance(part, dict) and isinstance(part.get("file"), dict) \
+                and isinstance(part["file"].get("file_data"), str):
+            tally.exact = False
+            tally.fixed += file_tokens(part["file"]["file_data"])
+            tally.text(part["file"].get("filename"))
         else:
             tally.opaque(part)
 
@@ -467,6 +473,10 @@ def _anthropic_content(tally: _Tally, content: Any) -> None:
             tally.fixed += anthropic_image_tokens(size)
         elif kind == "document" and isinstance(block.get("source"), dict) and block["source"].get("type") == "text":
             tally.text(block["source"].get("data"))
+        elif kind == "document" and isinstance(block.get("source"), dict) and block["source"].get("type") == "base64" \
+                and isinstance(block["source"].get("data"), str):
+            tally.exact = False
+            tally.fixed += file_tokens(block["source"]["data"])
         else:
             tally.opaque(block)
 
@@ -555,6 +565,8 @@ def _responses_part(tally: _Tally, part: Any) -> Any:
     if kind == "input_image" and isinstance(part.get("image_url"), str):
         return {"type": "image_url", "image_url": {"url": part["image_url"],
                                                    "detail": part.get("detail") or "auto"}}
+    if kind == "input_file" and isinstance(part.get("file_data"), str):
+        return {"type": "file", "file": {"file_data": part["file_data"], "filename": part.get("filename")}}
     tally.opaque(part)
     return None
 

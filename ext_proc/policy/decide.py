@@ -165,7 +165,7 @@ def chain(plan: Plan, api: WireAPI, prompt_tokens: int | None, shown: str, draw:
             "context_length_exceeded",
             f"The prompt has about {prompt_tokens:,} tokens, more than any model behind '{shown}' can take "
             f"(the largest context window is {largest:,} tokens).",
-            "messages",
+            _PROMPT_FIELD.get(api.name, "messages"),
         )
     drawable = _drawable(plan, fits)
     if drawable:
@@ -178,6 +178,10 @@ def chain(plan: Plan, api: WireAPI, prompt_tokens: int | None, shown: str, draw:
                 fits.insert(0, i)
                 break
     return tuple(plan.targets[i] for i in fits)
+
+
+# The field that holds a request's prompt, named by a context_length_exceeded refusal.
+_PROMPT_FIELD = {"openai.responses": "input", "openai.completions": "prompt", "openai.embeddings": "input"}
 
 
 def _drawable(plan: Plan, fits: list[int]) -> list[int]:

@@ -450,6 +450,7 @@ def test_no_target_large_enough_is_a_400() -> None:
         "The prompt has about 9,000 tokens, more than any model behind 'sized' can take (the largest context "
         "window is 8,000 tokens)."
     )
+    assert refusal("sized", apis.RESPONSES, tokens=9000).param == "input"  # the field the client's API has
 
 
 @pytest.mark.parametrize(

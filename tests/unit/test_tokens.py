@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ext_proc import cli
-from ext_proc.llm import tokens
+from ext_proc.llm import media, tokens
 from ext_proc.llm.apis import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES
 from ext_proc.llm.tokens import (
     EXPECTED_SHA256,
@@ -398,6 +398,36 @@ def test_openai_tile_examples() -> None:
         image = {"type": "image_url", "image_url": {"url": data_url("png", png(width, height)), "detail": detail}}
         plain = chat("gpt-4o", [user([])]).tokens
         assert chat("gpt-4o", [user([image])]) == TokenEstimate(plain + expected, True, "openai-chat")
+
+
+def _pdf(pages: int, padding: int = 0, compressed: bool = False) -> str:
+    """A small PDF of ``pages`` pages (page objects in the clear, or only its size to go by)."""
+    objects = b"" if compressed else b"".join(b"%d 0 obj << /Type /Page /Parent 2 0 R >> endobj\n" % (3 + i)
+                                              for i in range(pages))
+    tree = b"" if compressed else b"2 0 obj << /Type /Pages /Count %d >> endobj\n" % pages
+    return base64.b64encode(b"%PDF-1.7\n" + tree + objects + bytes(padding) + b"%%EOF").decode()
+
+
+def test_a_pdf_given_inline_costs_per_page_not_its_base64_as_text() -> None:
+    """A one-page scan of 400 KB was 136,811 tokens (its base64 read as text): an alias skipped its
+    128k target for it, and 800 KB was a 400 context_length_exceeded with no provider asked."""
+    scan = _pdf(1, padding=400_000)
+    chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Summarise"},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64," + scan}}]}]}
+    responses = {"model": "gpt-4o", "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "Summarise"},
+        {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64," + scan}]}]}
+    messages = {"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": scan}},
+        {"type": "text", "text": "Summarise"}]}]}
+    for api, body in (("openai.chat.completions", chat), ("openai.responses", responses),
+                      ("anthropic.messages", messages)):
+        counted = count_request(api, body, "gpt-4o")
+        assert 3_000 < counted.tokens < 3_100 and not counted.exact, (api, counted)
+    assert media.file_tokens(_pdf(7)) == 7 * media.PDF_PAGE_TOKENS  # its page tree's count
+    assert media.file_tokens(_pdf(0, padding=120_000, compressed=True)) == 3 * media.PDF_PAGE_TOKENS  # by size
+    assert media.file_tokens(base64.b64encode(b"plain notes " * 100).decode()) == 300  # a text file: bytes / 4
 
 
 def test_an_image_of_unknown_size_costs_its_maximum_and_is_not_exact() -> None:
