@@ -172,6 +172,11 @@ class Finish(Stage):
         if flow.stream_failed or complete(flow):
             return []
         reader = flow.meter.reader
+        if reader is not None and reader.error is not None and not flow.withheld:
+            # The provider ended its stream with its own error event (``error``, ``response.failed``),
+            # which the client has (translated, if need be): a second one would only contradict it.
+            flow.error = flow.error or reader.error
+            return []
         flow.error = flow.error or (reader.error if reader is not None else None) or INTERRUPTED.code
         assert flow.api is not None
         return [_bytes(flow.api.stream_error(INTERRUPTED, _sequence(flow)))]

@@ -468,6 +468,20 @@ def test_a_cut_anthropic_stream_ends_with_an_openai_error_chunk(accountant: Serv
     assert {key: record[key] for key in expected} == expected
 
 
+def test_a_providers_own_error_event_ends_the_stream_alone(accountant: ServiceAccountant) -> None:
+    """Claude says `overloaded_error` mid-stream: the OpenAI client gets that error, translated,
+    and nothing after it (no second error telling it the stream was cut)."""
+    session = Session(POLICY, "local-dev", accountant)
+    sent(session, {**CHAT_REQUEST, "stream": True})
+    session.handle(served(content_type="text/event-stream"))
+    overloaded = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
+    found = events(feed(session, split(b"".join(ANTHROPIC_HEAD) + overloaded, 7)))
+    errors = [orjson.loads(data) for _, data in found if b'"error"' in data]
+    assert len(errors) == 1 and errors[0]["error"]["message"] == "Overloaded"
+    assert found[-1][1] == orjson.dumps(errors[0])
+    assert the_record(session)["error"] == "overloaded_error"
+
+
 def test_a_cut_openai_stream_ends_with_an_error_chunk_and_keeps_its_usage() -> None:
     session = Session(POLICY, "local-dev")
     sent(session, {**CHAT_REQUEST, "stream": True, "stream_options": {"include_usage": True}})
