@@ -387,6 +387,25 @@ def test_outlier_detection_takes_a_failing_provider_out_of_first_attempts(tmp_pa
         assert httpx.get(admin, params={"filter": ejected}).text.strip().endswith(": 1")
 
 
+@pytest.mark.parametrize("client", ["anthropic", "openai"])
+def test_the_record_names_envoys_own_reason_whichever_family_met_it(env: Env, client: str) -> None:
+    """A provider that sends no byte within the first-byte timeout: Envoy's 504, recorded as its
+    reason (the same for both families' clients: an Anthropic client's was `api_error`)."""
+    stall = {"x-mock-latency-ms": "4000"}
+    if client == "anthropic":
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            env.anthropic().messages.create(model="claude-haiku", max_tokens=10, extra_headers=stall,
+                                            messages=[{"role": "user", "content": "Hi"}])
+        response = caught.value.response
+    else:
+        with pytest.raises(openai.APIStatusError) as failed:
+            env.openai().chat.completions.create(model="gpt-4o-mini", messages=HI, extra_headers=stall)  # type: ignore[arg-type]
+        response = failed.value.response
+    assert response.status_code == 504
+    record = env.record(response.headers.get("x-tollway-request-id"))
+    assert record["error"] == "upstream_per_try_idle_timeout", record["error"]
+
+
 @pytest.mark.parametrize(("client", "model"), [("anthropic", "gpt-4o-mini"), ("openai", "claude-haiku")])
 def test_envoys_own_error_after_the_head_comes_in_the_clients_format_when_translated(
         env: Env, client: str, model: str) -> None:
@@ -398,10 +417,13 @@ def test_envoys_own_error_after_the_head_comes_in_the_clients_format_when_transl
         with pytest.raises(anthropic.InternalServerError) as anthropic_error:
             env.anthropic().messages.create(model=model, max_tokens=10, messages=[{"role": "user", "content": "Hi"}],
                                             extra_headers=cut)
-        body = anthropic_error.value.response.json()
+        response = anthropic_error.value.response
+        body = response.json()
         assert body["type"] == "error" and body["error"]["type"] == "api_error"
     else:
         with pytest.raises(openai.InternalServerError) as openai_error:
             env.openai().chat.completions.create(model=model, messages=HI, extra_headers=cut)  # type: ignore[arg-type]
-        body = openai_error.value.response.json()
+        response = openai_error.value.response
+        body = response.json()
         assert body["error"]["type"] == "server_error" and "type" not in body
+    assert body["error"]["code"].startswith("upstream_reset")  # Envoy's reason, in either format
