@@ -57,7 +57,7 @@ from ext_proc.core.response import Refused, Stream, complete, error_answer, whol
 from ext_proc.core.steps import ROUTE_HEADER, STREAM_HEADER
 from ext_proc.guardrails import texts
 from ext_proc.llm import apis, translate
-from ext_proc.llm.errors import ClientError
+from ext_proc.llm.errors import INTERRUPTED, ClientError
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.policy.compiled import CompiledPolicy
 
@@ -153,6 +153,10 @@ class Session:
                 # A client may close as soon as the stream told it the end (the openai SDK does,
                 # at [DONE]), before the provider's end of body: an answer complete is no cut.
                 whole = self._response is not None and complete(self.flow) and not self.flow.stream_failed
+                if not whole and phase is Phase.RESPONSE_BODY and self._response is None:
+                    # A buffered answer cut after its head (the client got Envoy's 502): say so, as a
+                    # cut stream's record does.
+                    self.flow.error = self.flow.error or INTERRUPTED.code
                 self._finish(event.at, "ok" if whole else "incomplete")
             return None
         if isinstance(event, Answered) and phase is Phase.DONE:  # the client left while the question was out
