@@ -28,6 +28,7 @@ class Flow:
         "accountant",
         "admission",
         "answer_body",
+        "answer_coding",
         "api",
         "attempts",
         "attributes",
@@ -140,6 +141,7 @@ class Flow:
         self.outcome: str | None = None
         self.error: str | None = None
         self.answer_body: bytes | None = None  # a buffered answer, kept only for a span's content
+        self.answer_coding: str | None = None  # the answer's content-encoding, when not identity
 
     def note(self, name: str, at: int, **attributes: Any) -> None:
         """A decision, as a span event (only when the server traces requests)."""

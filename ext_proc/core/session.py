@@ -291,7 +291,11 @@ class Session:
             return Continue(set_headers=told) if told else CONTINUE
         self.phase = Phase.RESPONSE_BODY
         status = flow.status
-        if (
+        coding = headers.get("content-encoding")
+        if coding is not None and coding.strip().lower() not in ("", "identity"):
+            # Asked for identity, answered otherwise: read whole (see _read_buffered), never as a stream.
+            flow.answer_coding = coding.strip().lower()
+        elif (
             flow.stream
             and status is not None
             and 200 <= status < 300
@@ -385,34 +389,32 @@ class Session:
     def _read_buffered(self, body: bytes) -> Continue:
         flow = self.flow
         status = flow.status or 0
+        coding = flow.answer_coding
+        if coding is not None and (coding != "gzip" or flow.stream) and flow.api is not None \
+                and (flow.guard is not None or flow.pair is not None):
+            # An answer Tollway cannot read (a coding it does not decode, or a gzip-encoded stream)
+            # is one it cannot guard or translate: withheld, fail closed.
+            return self._instead(ClientError(
+                502, "unreadable_answer", f"The provider answered in content-encoding {coding[:40]!r}, which Tollway "
+                f"cannot read (it asks for identity); the answer was withheld."), compressed=True)
         compressed = body[:2] == b"\x1f\x8b"
         if flow.trace is not None and flow.policy is not None and flow.policy.trace_content and not compressed:
             flow.answer_body = body[:MAX_CONTENT]
         if status == 401 and flow.target is not None and flow.api is not None:
             # The provider refused the gateway's own key: not the client's to fix (its Tollway key
             # is fine), and the provider's message may show a piece of that key.
-            error = ClientError(502, "provider_authentication_failed",
-                                f"The provider '{flow.target.provider.name}' refused the key this gateway holds for it "
-                                f"(401). Your own key is fine: the platform team must fix the provider's key.")
-            flow.status, flow.error = error.status, error.code
-            told = flow.api.error_body(error)
-            return Continue(set_headers=((":status", "502"), ("content-type", "application/json"),
-                                         ("content-length", str(len(told))), ("x-should-retry", "false")),
-                            remove_headers=("content-encoding",) if compressed else (), body=told)
+            return self._instead(ClientError(
+                502, "provider_authentication_failed",
+                f"The provider '{flow.target.provider.name}' refused the key this gateway holds for it (401). Your "
+                f"own key is fine: the platform team must fix the provider's key.",
+                headers=(("x-should-retry", "false"),)), compressed)
         if status >= 400:
             new = error_answer(flow, status, body)
         else:
             try:
                 new = whole(flow, pipeline.stages_for(flow, stream=False), body)
             except Refused as refused:  # untranslatable, or blocked by a guardrail
-                error = refused.error
-                flow.status = error.status
-                flow.error = error.code
-                assert flow.api is not None
-                new = flow.api.error_body(error)
-                return Continue(set_headers=((":status", str(error.status)), ("content-type", "application/json"),
-                                             ("content-length", str(len(new)))),
-                                remove_headers=("content-encoding",) if compressed else (), body=new)
+                return self._instead(refused.error, compressed)
         if new is None:
             return CONTINUE
         return Continue(
@@ -420,6 +422,16 @@ class Session:
             remove_headers=("content-encoding",) if compressed else (),
             body=new,
         )
+
+    def _instead(self, error: ClientError, compressed: bool) -> Continue:
+        """The client's error instead of a buffered answer (its status, format and headers)."""
+        flow = self.flow
+        flow.status, flow.error = error.status, error.code
+        assert flow.api is not None
+        told = flow.api.error_body(error)
+        return Continue(set_headers=((":status", str(error.status)), ("content-type", "application/json"),
+                                     ("content-length", str(len(told))), *error.headers),
+                        remove_headers=("content-encoding",) if compressed else (), body=told)
 
     # -- endings ----------------------------------------------------------------------------
 

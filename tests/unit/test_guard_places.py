@@ -263,3 +263,25 @@ def test_a_streamed_citation_and_a_tool_input_given_whole_are_redacted() -> None
                and e.content_block.type == "tool_use"]
     assert (cited, started) == (["mail [EMAIL_1]"], [{"card": "[CREDIT_CARD_1]"}])
     assert EMAIL.encode() not in out and CARD.encode() not in out
+
+
+@pytest.mark.parametrize(("coding", "stream"), [("deflate", False), ("br", False), ("gzip", True)])
+def test_an_answer_in_a_coding_tollway_cannot_read_is_withheld(coding: str, stream: bool) -> None:
+    """Tollway asks for identity; a provider that answers otherwise (deflate, br; gzip in a stream,
+    which is not read whole) sends what no guardrail read: a 502, not the answer."""
+    import zlib
+
+    from ext_proc.core.events import ResponseBody, ResponseHeaders
+
+    session, _, _ = post("/v1/chat/completions", chat("Hi", stream=stream))
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": f"Mail {EMAIL}"}}]}
+    body = zlib.compress(orjson.dumps(answer))
+    kind = "text/event-stream" if stream else "application/json"
+    head = session.handle(ResponseHeaders({":status": "200", "content-type": kind, "content-encoding": coding},
+                                          False, 3))
+    assert isinstance(head, Continue) and not head.stream_response  # read whole, never passed on as it came
+    refused = session.handle(ResponseBody(body, True, 4))
+    assert isinstance(refused, Continue) and dict(refused.set_headers)[":status"] == "502"
+    assert orjson.loads(refused.body or b"")["error"]["code"] == "unreadable_answer"
+    assert records(session)[0]["error"] == "unreadable_answer"
+
