@@ -381,16 +381,17 @@ class Guard:
         channel = self._channels.get(key)
         if channel is None:
             channel = self._channels[key] = _Channel()
-        return self._release(channel, channel.held + text, json_text, final=False)
+        return self._release(channel, channel.held + text, json_text, final=False, old=len(channel.held))
 
     def _flush(self, key: tuple[Any, ...], json_text: bool) -> str:
         channel = self._channels.pop(key, None)
         if channel is None or not channel.held:
             return ""
-        return self._release(channel, channel.held, json_text, final=True)
+        return self._release(channel, channel.held, json_text, final=True, old=len(channel.held))
 
-    def _release(self, channel: _Channel, buf: str, json_text: bool, final: bool) -> str:
-        """What of ``buf`` (held text and new text) goes out now; the rest stays held."""
+    def _release(self, channel: _Channel, buf: str, json_text: bool, final: bool, old: int = 0) -> str:
+        """What of ``buf`` (held text and new text) goes out now; the rest stays held. (``old``: the
+        characters of ``buf`` scanned before, held; their candidates were counted then.)"""
         if channel.swallow is not None:  # inside a private key block: drop it, up to its closing armour
             closing = channel.swallow.search(buf)
             if closing is None:
@@ -406,7 +407,7 @@ class Guard:
         if rules and buf:
             shift = len(context)
             seen = context + buf
-            found = self.plan.scanner.find(seen, rules, self._answer_budget())
+            found = self.plan.scanner.find(seen, rules, self._answer_budget(), shift + old)
             if self._kept is not None:
                 found = merge(found, self._kept.find(seen))
             for finding in found:

@@ -285,3 +285,27 @@ def test_an_answer_in_a_coding_tollway_cannot_read_is_withheld(coding: str, stre
     assert orjson.loads(refused.body or b"")["error"]["code"] == "unreadable_answer"
     assert records(session)[0]["error"] == "unreadable_answer"
 
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_past_the_scanners_bound_is_refused(monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    """The same bound as the prompt's (here: no time for checks at all), on the answer: refused in
+    the client's format, JSON or as the stream's one error event, none of it sent."""
+    from ext_proc.core.events import ResponseBody, ResponseHeaders
+    from ext_proc.guardrails import scanner
+
+    monkeypatch.setattr(scanner, "CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(scanner, "PER_CHAR", 0.0)
+    session, _, _ = post("/v1/chat/completions", chat("Count", stream=stream))
+    digits = " ".join("1" * 2_000)
+    kind = "text/event-stream" if stream else "application/json"
+    session.handle(ResponseHeaders({":status": "200", "content-type": kind}, False, 3))
+    if stream:
+        upstream = _chunk({"role": "assistant", "content": digits}) + _chunk({}, "stop") + b"data: [DONE]\n\n"
+        out = play(session, [upstream])
+        assert b"1 1 1" not in out and b"guardrail_limit" in out
+    else:
+        answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": digits}}]}
+        refused = session.handle(ResponseBody(orjson.dumps(answer), True, 4))
+        assert isinstance(refused, Continue) and orjson.loads(refused.body or b"")["error"]["code"] == "guardrail_limit"
+    assert records(session)[0]["error"] == "guardrail_limit"
+
