@@ -269,8 +269,10 @@ def _wav_seconds(data: _Base64) -> float | None:
 # -- Files (PDFs) given inline ------------------------------------------------------------------
 
 PDF_PAGE_TOKENS = 3_000  # a page's text and its image: Anthropic documents 1,500-3,000 per page
-_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
-_PDF_COUNT = re.compile(rb"/Type\s*/Pages\b[^>]*?/Count\s+(\d+)|/Count\s+(\d+)[^>]*?/Type\s*/Pages\b")
+_PDF_PAGE = re.compile(rb"/Type\s{0,8}/Page(?![A-Za-z])")
+# Bounded gaps: an unbounded one made the search quadratic ("/Count 1 " repeated: 70 s for 360 KB).
+_PDF_COUNT = re.compile(rb"/Type\s{0,8}/Pages\b[^>]{0,256}?/Count\s{1,8}(\d{1,6})"
+                        rb"|/Count\s{1,8}(\d{1,6})[^>]{0,256}?/Type\s{0,8}/Pages\b")
 _PDF_BYTES_PER_PAGE = 50_000  # when no page object is readable (compressed object streams)
 MAX_FILE_BYTES = 64 * 1024 * 1024  # larger than any request body Tollway reads
 
@@ -290,6 +292,7 @@ def file_tokens(data: str) -> int:
     if raw[:5] == b"%PDF-":
         counted = [int(a or b) for a, b in _PDF_COUNT.findall(raw)]
         pages = max(counted) if counted else len(_PDF_PAGE.findall(raw))
+        pages = min(pages, len(raw) // 100 + 1)  # a page takes bytes: a count is not believed past them
         if not pages:
             pages = max(1, math.ceil(len(raw) / _PDF_BYTES_PER_PAGE))
         return pages * PDF_PAGE_TOKENS

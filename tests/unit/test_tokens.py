@@ -428,6 +428,13 @@ def test_a_pdf_given_inline_costs_per_page_not_its_base64_as_text() -> None:
     assert media.file_tokens(_pdf(7)) == 7 * media.PDF_PAGE_TOKENS  # its page tree's count
     assert media.file_tokens(_pdf(0, padding=120_000, compressed=True)) == 3 * media.PDF_PAGE_TOKENS  # by size
     assert media.file_tokens(base64.b64encode(b"plain notes " * 100).decode()) == 300  # a text file: bytes / 4
+    # Linear in the file's size, whatever it holds ("/Count" without its page tree: quadratic once,
+    # 70 s for 360 KB), and a count no bigger than the bytes could hold.
+    started = time.monotonic()
+    assert media.file_tokens(base64.b64encode(b"%PDF-1.7\n" + b"/Count 1 " * 40_000).decode()) > 0
+    assert time.monotonic() - started < 5
+    assert media.file_tokens(base64.b64encode(b"%PDF-1.7\n<< /Type /Pages /Count 999999 >>").decode()) \
+        == 1 * media.PDF_PAGE_TOKENS
 
 
 def test_an_image_of_unknown_size_costs_its_maximum_and_is_not_exact() -> None:
