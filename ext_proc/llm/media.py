@@ -292,7 +292,7 @@ def file_tokens(data: str) -> int:
     if raw[:5] == b"%PDF-":
         counted = [int(a or b) for a, b in _PDF_COUNT.findall(raw)]
         pages = max(counted) if counted else len(_PDF_PAGE.findall(raw))
-        pages = min(pages, len(raw) // 100 + 1)  # a page takes bytes: a count is not believed past them
+        pages = min(pages, len(raw) // 32 + 1)  # a page object takes bytes: a count is not believed past them
         if not pages:
             pages = max(1, math.ceil(len(raw) / _PDF_BYTES_PER_PAGE))
         return pages * PDF_PAGE_TOKENS
