@@ -184,19 +184,27 @@ def cost_micros(price: Price, usage: Usage) -> int | None:
     read = usage.cached_tokens or 0
     written = usage.cache_write_tokens or 0
     hour = usage.cache_write_1h_tokens or 0
-    audio_in = usage.input_audio_tokens or 0
     audio_out = usage.output_audio_tokens or 0
     uncached = prompt - read - written
-    if uncached < 0 or hour > written or audio_in > uncached or audio_out > output:
+    if uncached < 0 or hour > written or audio_out > output:
         return None
     for tier in reversed(price.tiers):
         if prompt > tier.above:
             price = tier.price
             break
+    audio_in = usage.input_audio_tokens or 0
+    if price.cache_read is None:
+        # Cache reads cost the input rate: one pool with the uncached tokens, the audio (cached
+        # or not: OpenAI's audio_tokens count both) carved out of it, as genai-prices bills it.
+        text, read = uncached + read - audio_in, 0
+    else:
+        audio_in = min(audio_in, uncached)  # the rest of the audio was read from the cache: its rate
+        text = uncached - audio_in
+    if text < 0:
+        return None
     # Reasoning tokens are part of output_tokens: billed once, at the output rate. A subset with a
     # rate of its own (audio, 1-hour cache writes) is billed at it, the rest at the whole's rate.
-    total = _EXACT.add(_EXACT.multiply(price.input, uncached - audio_in),
-                       _EXACT.multiply(price.output, output - audio_out))
+    total = _EXACT.add(_EXACT.multiply(price.input, text), _EXACT.multiply(price.output, output - audio_out))
     if audio_in:
         total = _EXACT.add(total, _EXACT.multiply(price.input if price.input_audio is None else price.input_audio,
                                                   audio_in))
@@ -204,7 +212,8 @@ def cost_micros(price: Price, usage: Usage) -> int | None:
         total = _EXACT.add(total, _EXACT.multiply(price.output if price.output_audio is None else price.output_audio,
                                                   audio_out))
     if read:
-        total = _EXACT.add(total, _EXACT.multiply(price.input if price.cache_read is None else price.cache_read, read))
+        assert price.cache_read is not None
+        total = _EXACT.add(total, _EXACT.multiply(price.cache_read, read))
     if written:
         rate = price.input if price.cache_write is None else price.cache_write
         total = _EXACT.add(total, _EXACT.multiply(rate, written - hour))

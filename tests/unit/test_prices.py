@@ -199,6 +199,7 @@ USAGES = [
     usage(7, 0),
     usage(5_100, 50, cached=100, written=1_000, hour=600),  # 1-hour cache writes: their own rate
     usage(1_000, 1_000, audio=(900, 900)),  # audio in and out: theirs
+    usage(10_000, 100, cached=8_000, audio=(7_000, 0)),  # audio read from the cache, too (OpenAI counts it)
 ]
 
 
