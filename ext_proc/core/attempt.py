@@ -112,7 +112,7 @@ class Attempt:
         try:
             prepared, path = upstream.prepare(api, payload, target, self._path)
         except ClientError as error:
-            if error.status == 400 and self._last and not self._alike:
+            if error.code == "unsupported_for_provider" and self._last and not self._alike:
                 # The last target cannot express the request, and an earlier one of another kind was
                 # tried and failed (a 429, a 5xx): the request is fine, the chain could not serve it
                 # now. A 503 the client's SDK retries later, not a 400 that blames the request. (Envoy

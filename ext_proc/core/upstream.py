@@ -84,9 +84,14 @@ def prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) ->
     except TranslationError as exc:
         served_by = f" (the model is served by {kind.name})" if exc.code == "unsupported_for_provider" else ""
         raise ClientError(400, exc.code, exc.message + served_by, exc.param) from None
-    if pair.served is CHAT_COMPLETIONS and kind.chat_output_limit != "max_tokens" and "max_tokens" in body:
+    if pair.served is CHAT_COMPLETIONS and kind.chat_output_limit != "max_tokens" and "max_tokens" in body \
+            and not (provider.api_version and provider.api_version < _AZURE_COMPLETION_LIMIT):
         body[kind.chat_output_limit] = body.pop("max_tokens")
     return body, kind.path(pair.served, model, provider)
+
+
+# Azure OpenAI takes max_completion_tokens from this api-version on (older ones refuse it).
+_AZURE_COMPLETION_LIMIT = "2024-09-01"
 
 
 def _stateless(payload: dict[str, Any], provider: Provider) -> None:
@@ -99,12 +104,17 @@ def _stateless(payload: dict[str, Any], provider: Provider) -> None:
                           "send the request without 'background'.", "background")
     if provider.stored_responses:
         return
-    for name in ("previous_response_id", "conversation"):
-        if payload.get(name) is not None:
-            raise ClientError(400, "unsupported_parameter", f"'{name}' refers to responses the provider stores for "
-                              f"the key every team here shares: send the whole conversation in 'input' instead "
-                              f"(the policy may allow it for a provider whose key serves one team: "
-                              f"stored_responses).", name)
+    named = [name for name in ("previous_response_id", "conversation") if payload.get(name) is not None]
+    given = payload.get("input")
+    for index, item in enumerate(given if isinstance(given, list) else ()):
+        if isinstance(item, dict) and item.get("type") == "item_reference":
+            named.append(f"input[{index}]")  # a stored item, by its id
+            break
+    if named:
+        name = named[0]
+        raise ClientError(400, "unsupported_parameter", f"'{name}' refers to what the provider stores for the key "
+                          f"every team here shares: send the whole conversation in 'input' instead (the policy may "
+                          f"allow it for a provider whose key serves one team: stored_responses).", name)
 
 
 def host(provider: Provider, rendered: str | None = None) -> str | None:

@@ -409,6 +409,9 @@ def test_a_target_that_cannot_express_the_request_is_one_that_cannot_serve_it() 
     # Not the last target: Envoy would not retry a try answered here, so the request's own 400.
     _, _, before = run(0, {**OPENAI_REQUEST, "n": 2}, targets="anthropic claude-x, openai gpt-4o")
     assert responds(before)[0] == 400
+    # A refusal every target would give (no translation's limit): the 400 it is.
+    _, _, stateful = run(1, {**OPENAI_REQUEST, "stop": 5})  # invalid_type: wrong for any target
+    assert responds(stateful)[0] == 400
     # Every target of the chain fails alike (all Anthropic): the request itself is the problem, a 400.
     _, _, alike = run(1, {**OPENAI_REQUEST, "n": 2}, targets="anthropic claude-x, anthropic claude-y")
     status, body = responds(alike)

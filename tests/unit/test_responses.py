@@ -65,14 +65,17 @@ teams:
   t: {{workloads: [w], models: ["*"]}}
 """)
     target = policy.models["gpt"]
-    for field, value in (("previous_response_id", "resp_1"), ("conversation", {"id": "conv_1"})):
+    reference = [{"type": "message", "role": "user", "content": "hi"}, {"type": "item_reference", "id": "msg_1"}]
+    for field, value, param in (("previous_response_id", "resp_1", "previous_response_id"),
+                                ("conversation", {"id": "conv_1"}, "conversation"),
+                                ("input", reference, "input[1]")):  # a stored item, by its id
         body = {"model": "gpt", "input": "hi", field: value}
         if stored:
             assert upstream.prepare(apis.RESPONSES, body, target, "/v1/responses")[0][field] == value
         else:
             with pytest.raises(ClientError) as refused:
                 upstream.prepare(apis.RESPONSES, body, target, "/v1/responses")
-            assert (refused.value.status, refused.value.param) == (400, field)
+            assert (refused.value.status, refused.value.param) == (400, param)
     with pytest.raises(ClientError, match="Background responses"):  # never: their results are not served
         upstream.prepare(apis.RESPONSES, {"model": "gpt", "input": "hi", "background": True}, target, "/v1/responses")
     assert upstream.prepare(apis.RESPONSES, {"model": "gpt", "input": "hi", "background": False}, target,

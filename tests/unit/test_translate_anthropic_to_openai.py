@@ -110,15 +110,17 @@ def test_minimal_request_replaces_the_model_and_keeps_max_tokens() -> None:
     }
 
 
-@pytest.mark.parametrize(("kind", "field"), [
-    ("openai", "max_completion_tokens"), ("azure-openai", "max_completion_tokens"), ("openai-compatible", "max_tokens"),
+@pytest.mark.parametrize(("kind", "field", "version"), [
+    ("openai", "max_completion_tokens", None), ("azure-openai", "max_completion_tokens", "2024-10-21"),
+    ("azure-openai", "max_tokens", "2024-06-01"),  # Azure takes max_completion_tokens from 2024-09-01 on
+    ("openai-compatible", "max_tokens", None),
 ])
-def test_the_output_limit_goes_in_the_field_the_provider_kind_takes(kind: str, field: str) -> None:
+def test_the_output_limit_goes_in_the_field_the_provider_kind_takes(kind: str, field: str, version: str | None) -> None:
     # OpenAI's reasoning models (gpt-5, o-series) answer max_tokens with a 400 "Unsupported
     # parameter: 'max_tokens' ... Use 'max_completion_tokens' instead" (the recorded
     # chat-bad-request cassette); every OpenAI model takes max_completion_tokens, and many
     # OpenAI-compatible servers know only max_tokens.
-    extra = ', api_version: "2024-10-21"' if kind == "azure-openai" else ""
+    extra = f', api_version: "{version}"' if version else ""
     policy = compile_policy(f"""
 apiVersion: tollway/v1
 providers:
