@@ -56,7 +56,6 @@ from .texts import StreamTexts, Walker
 PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
 _PLACEHOLDER_CHARS = r"[\[\]A-Z0-9_]"
 _PLACEHOLDER_WIDTH = 50
-_ALNUM = re.compile(r"[A-Za-z0-9]")
 _ARMOUR = 80  # longer than any closing armour line of a key block
 INJECTION_ROLES = frozenset({"user", "tool"})
 # The questions asked of a prompt's texts, in the worker's memory of texts (ext_proc.memo): the
@@ -300,7 +299,7 @@ class Guard:
             parts.append(self._restore(text[last:finding.start], json_text) if restore else text[last:finding.start])
             value = text[finding.start:finding.end]
             if action == "mask":
-                parts.append(_mask(value, 0 if detector.kind == "kept" else 4))
+                parts.append(_mask(value, 0 if detector.kind in ("kept", "credential") else MASK_SHOWN))
             else:
                 parts.append(self._placeholder(detector, value, action == "pseudonymise"))
             last = finding.end
@@ -434,13 +433,22 @@ class Guard:
         return self.apply(sent, findings, rules, RESPONSE, json_text, restore=True)
 
 
-def _mask(value: str, shown: int = 4) -> str:
-    """Every letter and digit but the last ``shown`` as ``*``; separators kept. A value the
-    instructions keep shows none: the end of a password is half of it."""
-    keep = len(_ALNUM.findall(value)) - shown
+MASK_SHOWN = 4  # the letters and digits a masked value shows at its end (a card's last four) ...
+MASK_HIDDEN = 8  # ... only when at least this many stay hidden before them
+
+
+def _mask(value: str, shown: int = MASK_SHOWN) -> str:
+    """Every letter and digit (any script) as ``*`` but the last ``shown``, separators kept; those
+    are shown only when :data:`MASK_HIDDEN` stay hidden (a card's last four, not an IP address's,
+    nor a short email's). A credential or a value the instructions keep shows none: the end of a
+    password is half of it."""
+    if not shown:  # a secret: its punctuation is part of it too
+        return "".join(char if char.isspace() else "*" for char in value)
+    letters = sum(1 for char in value if char.isalnum())
+    keep = letters - shown if letters - shown >= MASK_HIDDEN else letters
     out = []
     for char in value:
-        if keep > 0 and char.isascii() and char.isalnum():
+        if keep > 0 and char.isalnum():
             out.append("*")
             keep -= 1
         else:

@@ -1117,3 +1117,18 @@ def test_a_request_refused_after_routing_names_no_provider() -> None:
     assert refused.status == 400
     (record,) = [effect.record for effect in session.effects if isinstance(effect, EmitRecord)]
     assert (record["outcome"], record["provider"], record["guardrails"]) == ("rejected", None, ["injection"])
+
+
+@pytest.mark.parametrize(("value", "shown", "masked"), [
+    ("4111 1111 1111 1111", 4, "**** **** **** 1111"),  # a card: its last four (twelve hidden)
+    ("10.1.2.3", 4, "**.*.*.*"),  # too short to show any: 2.3 would be most of it
+    ("jo@x.io", 4, "**@*.**"),
+    ("Żółw2024", 4, "********"),  # letters of any script
+    ("S3c!", 0, "****"),  # a credential: none of it, its punctuation too
+    ("Pässwörd 123!", 0, "******** ****"),
+])
+def test_a_masked_value_shows_at_most_the_end_of_a_long_one(value: str, shown: int, masked: str) -> None:
+    from ext_proc.guardrails.guard import _mask
+
+    assert _mask(value, shown) == masked
+
