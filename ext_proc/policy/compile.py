@@ -43,6 +43,7 @@ from ext_proc.llm.prices import Price
 
 from . import guardrails
 from .compiled import Alias, Budget, CompiledPolicy, CredentialSource, Limits, Plan, Provider, RateLimit, Target, Team
+from .guardrails import named
 from .issues import (
     SECTION_NOUNS,
     Loc,
@@ -216,10 +217,13 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
         here = ("teams", team_name)
         ids: dict[str, int] = {}
         for index, key in enumerate(team.keys):
+            if named(key.id).startswith("(a value"):  # the key itself where its name belongs: never recorded
+                problems.append(Problem("this id looks like the key itself: give the key a name (the key goes "
+                                        "nowhere in the policy, only its sha256)", where=(*here, "keys", index, "id")))
             if key.id in ids:
                 problems.append(
                     Problem(
-                        f"key id '{key.id}' is already used by keys[{ids[key.id]}] of this team",
+                        f"key id {named(key.id)} is already used by keys[{ids[key.id]}] of this team",
                         where=(*here, "keys", index, "id"),
                     )
                 )
@@ -245,7 +249,7 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
             elif (ref not in owners and ref not in spec.routing.aliases and ("models", ref) not in skipped
                   and ("aliases", ref) not in skipped):
                 suggestion = suggest(ref, [*skipped.known("models", owners), *spec.routing.aliases])
-                problems.append(Problem(f"unknown model '{ref}'" + suggestion, where=where))
+                problems.append(Problem(f"unknown model {named(ref)}" + suggestion, where=where))
     problems += _check_aliases(spec, owners, skipped)
     problems += _check_limits(spec, owners, skipped)
     problems += guardrails.problems(spec, owners, skipped)
@@ -256,21 +260,22 @@ def _check_limits(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped
     """Budgets and rate limits name a team, key or model that exists; budgets a real time zone."""
     problems: list[Problem] = []
     key_ids = {key.id for team in spec.teams.values() for key in team.keys}
+    shown_ids = [i for i in key_ids if not named(i).startswith("(")]  # a suggestion never shows a key either
     models = [*owners, *spec.routing.aliases]
     for section, entries in (("budgets", spec.budgets), ("rate_limits", spec.rate_limits)):
         for name, limit in entries.items():
             here: Loc = (section, name)
             if limit.team is not None and limit.team != "*" and limit.team not in spec.teams \
                     and ("teams", limit.team) not in skipped:
-                problems.append(Problem(f"unknown team '{limit.team}'"
+                problems.append(Problem(f"unknown team {named(limit.team)}"
                                         + suggest(limit.team, skipped.known("teams", spec.teams)),
                                         where=(*here, "team")))
             if limit.key is not None and limit.key != "*" and limit.key not in key_ids and "teams" not in skipped.whole:
-                problems.append(Problem(f"unknown key id '{limit.key}'" + suggest(limit.key, key_ids),
+                problems.append(Problem(f"unknown key id {named(limit.key)}" + suggest(limit.key, shown_ids),
                                         where=(*here, "key")))
             if limit.model is not None and limit.model != "*" and limit.model not in models \
                     and ("models", limit.model) not in skipped and ("aliases", limit.model) not in skipped:
-                problems.append(Problem(f"unknown model '{limit.model}'" + suggest(limit.model, models),
+                problems.append(Problem(f"unknown model {named(limit.model)}" + suggest(limit.model, models),
                                         where=(*here, "model")))
     for name, budget in spec.budgets.items():
         try:
@@ -296,7 +301,8 @@ def _check_aliases(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skippe
         plans += [((*here, "teams", team), plan) for team, plan in alias.teams.items()]
         for team in alias.teams:
             if team not in spec.teams and ("teams", team) not in skipped:
-                problems.append(Problem(f"unknown team '{team}'" + suggest(team, skipped.known("teams", spec.teams)),
+                known = skipped.known("teams", spec.teams)
+                problems.append(Problem(f"unknown team {named(team)}" + suggest(team, known),
                                         where=(*here, "teams", team), at_key=True))
         for where, plan in plans:
             seen: dict[tuple[str, str], int] = {}

@@ -22,6 +22,15 @@ from .schema import CustomDetectorSpec, GuardrailRuleSpec, PolicySpec
 BUILTIN_NAMES = tuple(d.name for d in BUILTIN)
 
 
+def named(value: object) -> str:
+    """A name from the policy as a message shows it: quoted, unless it looks like a credential (a
+    key pasted where a name belongs: a message must not repeat it to the log, /readyz, a console)."""
+    text = str(value)
+    if text.startswith("tw-") or builtin().find(text, GROUPS["credentials"]):
+        return "(a value that looks like a key: not shown)"
+    return f"'{text}'"
+
+
 def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: object) -> list[Problem]:
     """What the guardrails section gets wrong beyond its schema (``models``: public name -> owner)."""
     section = spec.guardrails
@@ -43,7 +52,7 @@ def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: obj
         at = (*here, "rules", index)
         for j, detector in enumerate(rule.detectors):
             if detector not in known:
-                out.append(Problem(f"unknown detector '{detector}'" + (suggest(detector, known) or
+                out.append(Problem(f"unknown detector {named(detector)}" + (suggest(detector, known) or
                                    f" (one of: {', '.join(known)})"), where=(*at, "detectors", j)))
             elif detector == INJECTION and rule.action not in ("block", "log"):
                 out.append(Problem("prompt_injection can only block or log", where=(*at, "action")))

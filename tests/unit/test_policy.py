@@ -625,3 +625,27 @@ def test_a_worker_loads_the_encodings_it_is_told() -> None:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, "TOLLWAY_ENCODINGS": told})
         assert out.stdout.strip() == loaded
+
+
+def test_a_key_pasted_where_a_name_belongs_is_refused_and_never_repeated() -> None:
+    """A Tollway key (or a provider key) as a key's id, a budget's key or a team's model: the check
+    says where, never the value (its messages reach the log, /readyz and the console), and an id
+    that is the key itself is refused: it would be in every record and metric label."""
+    key = "tw-" + "Zq3x9" * 8
+    digest = "0" * 64
+    text = f"""apiVersion: tollway/v1
+providers: {{openai: {{kind: openai, credential: {{env: OPENAI_API_KEY}}}}}}
+models: {{gpt-4o: {{provider: openai}}}}
+teams:
+  dev:
+    keys: [{{id: "{key}", sha256: "{digest}"}}]
+    models: [gpt-4o, "sk-proj-{'A' * 40}"]
+budgets:
+  b: {{key: "{key}x", usd: "5", period: month}}
+"""
+    with pytest.raises(PolicyError) as caught:
+        compile_policy(text, "p.yaml")
+    said = str(caught.value)
+    assert key not in said and "sk-proj-" not in said, said
+    assert "this id looks like the key itself" in said and said.count("(a value that looks like a key: not shown)") == 2
+
