@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         except PolicyError as exc:
             print(exc, file=sys.stderr)
             return 1
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             print(f"tollway envoy: {exc}", file=sys.stderr)
             return 1
     try:

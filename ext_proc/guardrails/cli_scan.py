@@ -80,13 +80,18 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "request", None):
         texts, system = _request(args.request)
     else:
-        data = sys.stdin.read()
+        try:
+            data = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            _fail(f"tollway scan: the input is not UTF-8 text ({exc.reason} at byte {exc.start})")
         texts = [line for line in data.splitlines() if line.strip()] if args.lines else [data]
         if args.system:
             try:
                 system = Path(args.system).read_text(encoding="utf-8")
             except OSError as exc:
                 _fail(f"tollway scan: cannot read {args.system}: {exc.strerror}")
+            except UnicodeDecodeError as exc:
+                _fail(f"tollway scan: cannot read {args.system}: not UTF-8 text ({exc.reason} at byte {exc.start})")
     context = instructions(system) if system else None
     if context is not None and context.secrets:  # how many, never which: the operator checks a canary is read
         n = len(context.secrets)

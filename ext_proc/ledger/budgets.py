@@ -86,13 +86,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "json"), default="table")
 
 
+def _unreadable(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"cannot read the policy: not UTF-8 text ({exc.reason} at byte {exc.start})"
+    return str(exc)
+
+
 def run(args: argparse.Namespace) -> int:
     from ext_proc.policy.compile import PolicyError, compile_policy
 
     try:
         policy = compile_policy(Path(args.policy).read_text(encoding="utf-8"), args.policy)
-    except (OSError, PolicyError) as exc:
-        print(f"tollway budgets: {exc}", file=sys.stderr)
+    except (OSError, PolicyError, UnicodeDecodeError) as exc:
+        print(f"tollway budgets: {_unreadable(exc)}", file=sys.stderr)
         return 1
     try:
         if args.redis:

@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     scanner: Scanner = builtin()
     if args.policy is not None:
         try:
-            policy = compile_policy(args.policy.read_text(), str(args.policy))
-        except (OSError, PolicyError) as exc:
+            policy = compile_policy(args.policy.read_text(encoding="utf-8"), str(args.policy))
+        except (OSError, PolicyError, UnicodeDecodeError) as exc:
             print(f"tollway redact: {exc}", file=sys.stderr)
             return 2
         if policy.guardrails is not None:
@@ -66,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
         names = names | {KEPT}
     rule = Rule("redact", frozenset(names), "mask" if args.mask else "redact", frozenset({REQUEST}))
     guard = Guard(Plan(scanner, {name: rule for name in names}, {}))
-    text = sys.stdin.read()
+    try:
+        text = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        print(f"tollway redact: the input is not UTF-8 text ({exc.reason} at byte {exc.start})", file=sys.stderr)
+        return 2
     findings = scanner.find(text, names)
     if finder is not None:
         findings = merge(findings, finder.find(text))

@@ -15,7 +15,7 @@ TEXT = "Mail jane@example.com, card 4111 1111 1111 1111, ticket TCK-123456, vaul
 
 def redact(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str,
            text: str = TEXT) -> tuple[int, str, str]:
-    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
     status = main(["redact", *args])
     printed = capsys.readouterr()
     return status, printed.out, printed.err
@@ -68,3 +68,18 @@ def test_system_replaces_what_that_system_prompt_keeps(monkeypatch: pytest.Monke
     assert "vault ********." in orjson.loads(out)["redacted"]
     status, _, err = redact(monkeypatch, capsys, "--system", str(tmp_path / "missing.txt"))
     assert status == 2 and "cannot read" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["redact", "scan"])
+def test_input_that_is_not_utf8_is_one_line_and_status_2(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """Not a traceback, and for scan not status 1 (which says an injection was found)."""
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 jane@example.com")))
+    try:
+        status = main([command, "--json"] if command == "redact" else [command])
+    except SystemExit as exit_:
+        status = exit_.code  # type: ignore[assignment]
+    printed = capsys.readouterr()
+    assert "not UTF-8 text" in printed.err and printed.err.count("\n") == 1 and "Traceback" not in printed.err
+    assert status == 2
+
