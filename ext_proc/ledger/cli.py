@@ -6,8 +6,8 @@ import argparse
 import csv
 import io
 import os
+import re
 import sys
-import urllib.parse
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -20,8 +20,8 @@ DEFAULT_LOG = os.environ.get("TOLLWAY_LOG", ".tollway/requests.jsonl")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log", default=DEFAULT_LOG,
-                        help=f"request log (its rotated copies are read too); default {DEFAULT_LOG}")
+    parser.add_argument("--log", help=f"request log (its rotated copies are read too); default {DEFAULT_LOG}, "
+                                      "unless TOLLWAY_REDIS_URL is set (then those aggregates)")
     parser.add_argument("--by", choices=sorted(GROUPS), default="team", help="group by (default team)")
     parser.add_argument("--since", type=_day, help="first day, YYYY-MM-DD (UTC)")
     parser.add_argument("--until", type=_day, help="last day included, YYYY-MM-DD (UTC)")
@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--team", help="only this team: one sentence per model (this month, unless --month, "
                                        "--since or --until say otherwise)")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    parser.add_argument("--redis", default=os.environ.get("TOLLWAY_REDIS_URL"),
-                        help="read the aggregates every sidecar adds to Redis instead of a local log")
+    parser.add_argument("--redis", help="read the aggregates every sidecar adds to Redis instead of a local log "
+                                        "(default TOLLWAY_REDIS_URL, unless --log is given)")
 
 
 def _day(text: str) -> date:
@@ -53,12 +53,11 @@ class ReportError(Exception):
 
 
 def _redacted(url: str) -> str:
-    """A Redis URL without its password."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    """A Redis URL without its password (whatever else is wrong with it)."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+_PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")
 
 
 def _rows(args: argparse.Namespace, by: str) -> list[Row]:
@@ -66,26 +65,33 @@ def _rows(args: argparse.Namespace, by: str) -> list[Row]:
     if args.month:
         since, until = month_window(args.month)
     where = {"team": args.team} if args.team else None
-    if args.redis:
+    redis_url = args.redis or (None if args.log else os.environ.get("TOLLWAY_REDIS_URL"))
+    if redis_url:
         import redis
 
         from ext_proc.state.ledger import RedisLedger
 
         try:
-            client = redis.Redis.from_url(args.redis, socket_connect_timeout=3, socket_timeout=10)
+            client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10)
             return RedisLedger(client).rows(by, since, until, where)
         except ValueError as exc:
-            raise ReportError(f"--redis {_redacted(args.redis)}: {exc}") from None
+            raise ReportError(f"--redis {_redacted(redis_url)}: {_redacted(str(exc))}") from None
         except redis.RedisError as exc:
-            raise ReportError(f"cannot read Redis at {_redacted(args.redis)}: {exc}") from None
-    files = log_files(args.log)
+            raise ReportError(f"cannot read Redis at {_redacted(redis_url)}: {_redacted(str(exc))}") from None
+    log = args.log or DEFAULT_LOG
+    files = log_files(log)
     if not files:
-        raise ReportError(f"no request log at {args.log} (the gateway writes it: `make run`, or "
+        raise ReportError(f"no request log at {log} (the gateway writes it: `make run`, or "
                           "`tollway serve --log-file`; pass --log PATH, or --redis URL)")
+    skipped: list[Any] = []
     try:
-        return aggregate(read_records(files), by, since, until, where)
+        rows = aggregate(read_records(files), by, since, until, where, skipped)
     except OSError as exc:
         raise ReportError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    if skipped:
+        print(f"tollway report: {len(skipped)} record(s) of {log} left out: not the types a record has "
+              f"(an edited log?)", file=sys.stderr)
+    return rows
 
 
 def report_rows(args: argparse.Namespace) -> list[dict[str, Any]]:

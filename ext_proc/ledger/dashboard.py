@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from ext_proc.state.rows import Row
+from ext_proc.state.rows import Row, usable
 
 # Latency bucket upper bounds in ms: 1 ms to ~11 min, each 25 % above the last.
 LATENCY_BOUNDS = tuple(round(1.25 ** i, 3) for i in range(61))
@@ -100,9 +100,9 @@ class Timeline:
         self._named: set[str] = set()  # model names of requests no provider served, shown as they are
 
     def add(self, record: dict[str, Any]) -> None:
-        ts = record.get("ts")
-        if not isinstance(ts, (int, float)):
+        if not usable(record):  # a line of an edited log: not the types a record has
             return
+        ts = record["ts"]
         slot = int(ts // self.step) * self.step
         cells = self.slots.get(slot)
         if cells is None:

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from ext_proc.state.rows import GROUPS, Row, usd
+from ext_proc.state.rows import GROUPS, Row, usable, usd
 
 __all__ = ["GROUPS", "Row", "aggregate", "dollars", "human_count", "month_window", "parse_day", "sentence",
            "usd"]
@@ -46,11 +46,18 @@ def aggregate(
     since: date | None = None,
     until: date | None = None,
     where: dict[str, str] | None = None,
+    skipped: list[Any] | None = None,
 ) -> list[Row]:
-    """Totals per group for records in [since, until) matching ``where``; most expensive first."""
+    """Totals per group for records in [since, until) matching ``where``; most expensive first.
+    A record without the types a report counts (an edited log) is left out (its id added to
+    ``skipped``)."""
     field_name = GROUPS[by]
     rows: dict[str, Row] = {}
     for record in records:
+        if not usable(record):
+            if skipped is not None:
+                skipped.append(record.get("request_id"))
+            continue
         day = record_day(record)
         if day is None or (since and day < since) or (until and day >= until):
             continue

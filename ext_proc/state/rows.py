@@ -19,6 +19,28 @@ def usd(micros: int) -> Decimal:
     return (Decimal(micros) / 1_000_000).normalize() if micros else Decimal(0)
 
 
+_COUNTS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "cost_usd_micros")
+_MAX_TS = 32_503_680_000  # the year 3000: a record's time beyond it is no time
+
+
+def usable(record: dict[str, Any]) -> bool:
+    """Whether a request record (a line of a log, which anyone may have edited) has the types a
+    report counts: a time, integer counts or nulls, a list of guardrail names. A report skips
+    (and says it skipped) the rest instead of failing on them."""
+    ts = record.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 <= ts < _MAX_TS:
+        return False
+    for name in _COUNTS:
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return False
+    fired = record.get("guardrails")
+    if fired is not None and not (isinstance(fired, list) and all(isinstance(n, str) for n in fired)):
+        return False
+    latency = record.get("latency_ms")
+    return latency is None or (isinstance(latency, (int, float)) and not isinstance(latency, bool))
+
+
 @dataclass
 class Row:
     """Totals of one group over the reporting window."""

@@ -248,3 +248,22 @@ def test_every_command_has_help() -> None:
         proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", *argv], capture_output=True, text=True,
                               timeout=30)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--help" in proc.stderr, proc.stderr
+
+
+def test_a_report_leaves_out_lines_of_an_edited_log_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    good = {"request_id": "r1", "team": "a", "ts": 1_795_463_922.5, "input_tokens": 10, "output_tokens": 2,
+            "cost_usd_micros": 5, "latency_ms": 9.0, "outcome": "ok"}
+    bad = [{**good, "input_tokens": "12"}, {**good, "ts": 1e20}, {**good, "ts": -1e12}, {**good, "guardrails": "pii"},
+           {**good, "guardrails": [["pii"]]}, {**good, "cost_usd_micros": True}]
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in [good, *bad]))
+    monkeypatch.setenv("TOLLWAY_REDIS_URL", "redis://127.0.0.1:1/0")  # an explicit --log wins over it
+    assert main(["report", "--log", str(path), "--since", "2026-11-01", "--format", "json"]) == 0
+    printed = capsys.readouterr()
+    assert [r["requests"] for r in orjson.loads(printed.out)] == [1]
+    assert "6 record(s)" in printed.err and "Traceback" not in printed.err
+    assert main(["report", "--redis", "redis://u:hunter2@127.0.0.1:abc/0"]) == 1  # a malformed URL: one line
+    err = capsys.readouterr().err
+    assert "hunter2" not in err and "Traceback" not in err and err.count("\n") == 1
+
