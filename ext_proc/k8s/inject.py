@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import copy
 import http.server
 import json
@@ -388,6 +389,29 @@ def serve(settings: Settings, host: str, port: int, tls: ReloadingContext | None
         protocol_version = "HTTP/1.1"
         timeout = READ_TIMEOUT  # on the socket: a read (the TLS handshake's too) that waits longer ends it
 
+        def setup(self) -> None:
+            super().setup()
+            self._deadline: threading.Timer | None = None
+            self._arm()
+
+        def _arm(self) -> None:
+            """READ_TIMEOUT for the whole of the next request (the handshake, or waiting for it,
+            included), not per read: a client sending a byte now and then is cut at its end."""
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = threading.Timer(READ_TIMEOUT, self._expire)
+            self._deadline.daemon = True
+            self._deadline.start()
+
+        def _expire(self) -> None:
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+        def finish(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().finish()
+
         def log_message(self, fmt: str, *args: object) -> None:  # requests are logged by review()
             pass
 
@@ -397,6 +421,7 @@ def serve(settings: Settings, host: str, port: int, tls: ReloadingContext | None
             self.send_header("content-length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            self._arm()  # the next request on this connection has its own time
 
         def do_GET(self) -> None:
             if self.path == "/healthz":

@@ -228,6 +228,17 @@ def test_the_webhook_bounds_what_a_connection_may_hold(bounded: int) -> None:
     assert all(_closed_within(sock, 3.0) for sock in idle)  # sent nothing within the read timeout
     for sock in (*idle, extra):
         sock.close()
+    # A byte now and then does not keep a connection: the whole request has READ_TIMEOUT.
+    with socket.create_connection(("127.0.0.1", bounded)) as trickle:
+        cut = False
+        for _ in range(12):  # 2.4 s of a byte every 0.2 s, against 0.5 s for the request
+            try:
+                trickle.sendall(b"P")
+            except OSError:
+                cut = True
+                break
+            time.sleep(0.2)
+        assert cut  # cut while it was still sending
     with socket.create_connection(("127.0.0.1", bounded), timeout=5) as too_big:  # refused before it is read
         too_big.sendall(b"POST /inject HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n{}" % (inject.MAX_REVIEW + 1))
         assert too_big.recv(100).startswith(b"HTTP/1.1 413 ")
