@@ -97,7 +97,8 @@ class Timeline:
         self.keep = keep
         self.slots: dict[int, dict[Cell, Totals]] = {}
         self.unserved = unserved
-        self._named: set[str] = set()  # model names of requests no provider served, shown as they are
+        self._named: set[str] = set()  # model names shown as they are: every served one, the first refused ones
+        self._unserved = 0  # names first seen refused, shown as they are (at most ``unserved``)
 
     def add(self, record: dict[str, Any]) -> None:
         if not usable(record):  # a line of an edited log: not the types a record has
@@ -111,12 +112,15 @@ class Timeline:
             for old in [s for s in self.slots if s < oldest]:
                 del self.slots[old]
         model, provider = str(record.get("model") or "(none)"), str(record.get("provider") or "(none)")
-        if provider == "(none)" and model not in self._named:
+        if provider != "(none)":
+            self._named.add(model)  # served: a real model, whose refusals (a budget's 429) keep its name too
+        elif model not in self._named:
             # A name no provider served (refused: unknown, not allowed) is the client's free text:
             # the first few keep theirs, the rest are "(other)", so a flood of made-up names cannot
             # grow the page (or this memory) by a row each. A served model always has its own.
-            if len(self._named) < self.unserved:
+            if self._unserved < self.unserved:
                 self._named.add(model)
+                self._unserved += 1
             else:
                 model = "(other)"
         cell = (str(record.get("team") or "(none)"), model, provider)

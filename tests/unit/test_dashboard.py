@@ -78,6 +78,10 @@ def test_made_up_model_names_of_refused_requests_cannot_grow_the_page() -> None:
                   "status": 200, "input_tokens": 5, "output_tokens": 2, "cost_usd_micros": 10, "latency_ms": 5.0})
     models = {cell[1] for cells in timeline.slots.values() for cell in cells}
     assert len(models) == 52 and {"(other)", "gpt-4o", "made-up-0", "made-up-49"} <= models
+    # A served model's refusal (a budget's 429) keeps its name, past the bound too.
+    timeline.add({"ts": NOW, "team": "search", "model": "gpt-4o", "provider": None, "outcome": "rejected",
+                  "status": 429})
+    assert {cell[1] for cells in timeline.slots.values() for cell in cells} == models
 
 
 def test_percentile_is_the_bucket_bound() -> None:
