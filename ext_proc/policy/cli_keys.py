@@ -8,10 +8,13 @@ printed line under ``teams.T.keys`` and shipping the policy is what makes the ke
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import secrets
 import sys
 import time
+
+import yaml
 
 from .compiled import KEY_PREFIX, key_digest
 from .schema import NAME_PATTERN, PATTERN_MEANINGS
@@ -43,8 +46,18 @@ This is the only time the key is shown: store it now (e.g. in your secret manage
 Tollway keeps only its sha256. To admit it, add this line under teams.{args.team}.keys
 in the policy and ship the policy:
 
-    - {{id: {key_id}, sha256: {key_digest(key)}}}""")
+    - {{id: {_yaml_string(key_id)}, sha256: {key_digest(key)}}}""")
     return 0
+
+
+def _yaml_string(text: str) -> str:
+    """``text`` as YAML reads it back as that string: plain when it is, else double-quoted
+    (an id such as 2026, true or 12:30 is read as a number, a boolean, a time)."""
+    try:
+        plain = yaml.safe_load(f"{{id: {text}}}")
+    except yaml.YAMLError:
+        plain = None
+    return text if isinstance(plain, dict) and plain.get("id") == text else json.dumps(text)
 
 
 def new_key() -> str:

@@ -553,6 +553,15 @@ def test_keys_create_line_pasted_into_a_policy_authenticates(capsys: pytest.Capt
     assert other != key and policy.authenticate(other) is None
 
 
+@pytest.mark.parametrize("key_id", ["2026", "true", "0x1F", "12:30"])
+def test_keys_create_quotes_an_id_yaml_would_read_as_something_else(capsys: pytest.CaptureFixture[str],
+                                                                     key_id: str) -> None:
+    _, key, line = _created_key(capsys, "--team", "dev", "--id", key_id)
+    assert line == f'- {{id: "{key_id}", sha256: {key_digest(key)}}}'
+    principal = compile_policy(MINIMAL + f"    keys:\n      {line}\n").authenticate(key)
+    assert principal is not None and principal.key_id == key_id
+
+
 def test_keys_create_refuses_bad_names(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys", "create", "--team", "my team"]) == 2
     captured = capsys.readouterr()
