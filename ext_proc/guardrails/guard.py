@@ -64,7 +64,27 @@ FIND, FIND_SYSTEM, SCORE = b"f", b"s", b"i"
 
 
 def _find(scanner: Scanner, names: Container[str], budget: Budget, text: str) -> Sequence[Finding]:
-    return scanner.find(text, names, budget) or ()  # none: one shared empty tuple in the memory, not a list each
+    return repeated(text, scanner.find(text, names, budget)) or ()
+
+
+REPEATED_MIN = 6  # characters: a credential this long found once is replaced wherever the text repeats it
+
+
+def repeated(text: str, findings: list[Finding]) -> list[Finding]:
+    """``findings`` plus every other place ``text`` repeats a credential one of them found (a
+    password found where it is assigned, ``DB_PASSWORD=hunter2x9``, and then quoted again further
+    on: only its context made it a finding the first time)."""
+    secrets = {text[f.start:f.end]: f.detector for f in findings
+               if f.detector.kind == "credential" and f.end - f.start >= REPEATED_MIN}
+    if not secrets:
+        return findings
+    more = []
+    for value, detector in secrets.items():
+        at = text.find(value)
+        while at >= 0:
+            more.append(Finding(detector, at, at + len(value)))
+            at = text.find(value, at + len(value))
+    return merge(findings, more)  # none: one shared empty tuple in the memory, not a list each
 
 
 def _score(context: Instructions | None, text: str, key: bytes | None) -> float:
@@ -342,7 +362,7 @@ class Guard:
             text = ref.get()
             if not text:
                 continue
-            findings = self.plan.scanner.find(text, rules, self._answer_budget()) if rules else []
+            findings = repeated(text, self.plan.scanner.find(text, rules, self._answer_budget())) if rules else []
             if self._kept is not None:
                 findings = merge(findings, self._kept.find(text))
             new = self.apply(text, findings, rules, RESPONSE, ref.json_text, restore=True)

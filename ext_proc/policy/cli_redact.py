@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 
 from ext_proc.guardrails.detectors import GROUPS
-from ext_proc.guardrails.guard import Guard
+from ext_proc.guardrails.guard import Guard, repeated
 from ext_proc.guardrails.instructions import instructions
 from ext_proc.guardrails.kept import KEPT, kept, merge
 from ext_proc.guardrails.plan import REQUEST, Plan, Rule
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     except UnicodeDecodeError as exc:
         print(f"tollway redact: the input is not UTF-8 text ({exc.reason} at byte {exc.start})", file=sys.stderr)
         return 2
-    findings = scanner.find(text, names)
+    findings = repeated(text, scanner.find(text, names))
     if finder is not None:
         findings = merge(findings, finder.find(text))
     redacted = guard.apply(text, findings, guard.plan.request, REQUEST)

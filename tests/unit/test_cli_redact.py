@@ -83,3 +83,10 @@ def test_input_that_is_not_utf8_is_one_line_and_status_2(monkeypatch: pytest.Mon
     assert "not UTF-8 text" in printed.err and printed.err.count("\n") == 1 and "Traceback" not in printed.err
     assert status == 2
 
+
+def test_a_credential_found_once_is_replaced_wherever_the_text_repeats_it(monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    text = "My .env has DB_PASSWORD=hunter2x9\nbut logging in with hunter2x9 fails, why?"
+    status, out, _ = redact(monkeypatch, capsys, text=text)
+    assert status == 0 and "hunter2x9" not in out and out.count("[SECRET_1]") == 2
+
