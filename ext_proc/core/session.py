@@ -390,8 +390,9 @@ class Session:
         flow = self.flow
         status = flow.status or 0
         coding = flow.answer_coding
-        if coding is not None and (coding != "gzip" or flow.stream) and flow.api is not None \
-                and (flow.guard is not None or flow.pair is not None):
+        # (An error's JSON in gzip is read as a buffered answer's is: a stream's only matters when it streams.)
+        if coding is not None and (coding != "gzip" or (flow.stream and 200 <= status < 300)) \
+                and flow.api is not None and (flow.guard is not None or flow.pair is not None):
             # An answer Tollway cannot read (a coding it does not decode, or a gzip-encoded stream)
             # is one it cannot guard or translate: withheld, fail closed.
             return self._instead(ClientError(
@@ -431,7 +432,7 @@ class Session:
         told = flow.api.error_body(error)
         return Continue(set_headers=((":status", str(error.status)), ("content-type", "application/json"),
                                      ("content-length", str(len(told))), *error.headers),
-                        remove_headers=("content-encoding",) if compressed else (), body=told)
+                        remove_headers=("content-encoding",) if compressed or flow.answer_coding else (), body=told)
 
     # -- endings ----------------------------------------------------------------------------
 

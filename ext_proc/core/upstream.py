@@ -107,8 +107,10 @@ def _stateless(payload: dict[str, Any], provider: Provider) -> None:
     named = [name for name in ("previous_response_id", "conversation") if payload.get(name) is not None]
     given = payload.get("input")
     for index, item in enumerate(given if isinstance(given, list) else ()):
-        if isinstance(item, dict) and item.get("type") == "item_reference":
-            named.append(f"input[{index}]")  # a stored item, by its id
+        # A stored item by its id: its type is optional ({"id": "msg_1"}), and it carries nothing else.
+        if isinstance(item, dict) and item.get("type") in (None, "item_reference") and "id" in item \
+                and "content" not in item and "role" not in item:
+            named.append(f"input[{index}]")
             break
     if named:
         name = named[0]

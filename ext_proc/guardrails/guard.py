@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Container, Iterable, Sequence
 from typing import Any
@@ -50,7 +51,7 @@ from .detectors import INJECTION, Detector
 from .instructions import MAX_CHARS, Instructions, instructions
 from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
-from .scanner import CONTEXT, Budget, Finding, Scanner
+from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable
 from .texts import StreamTexts, Walker
 
 PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
@@ -68,23 +69,39 @@ def _find(scanner: Scanner, names: Container[str], budget: Budget, text: str) ->
 
 
 REPEATED_MIN = 6  # characters: a credential this long found once is replaced wherever the text repeats it
+REPEATED_MAX = 16  # distinct such values searched for in one text (each a pass over it)
+REPEATED_LIMIT = 1_000  # repetitions of them replaced in one text; more: fail closed
 
 
 def repeated(text: str, findings: list[Finding]) -> list[Finding]:
-    """``findings`` plus every other place ``text`` repeats a credential one of them found (a
-    password found where it is assigned, ``DB_PASSWORD=hunter2x9``, and then quoted again further
-    on: only its context made it a finding the first time)."""
-    secrets = {text[f.start:f.end]: f.detector for f in findings
-               if f.detector.kind == "credential" and f.end - f.start >= REPEATED_MIN}
+    """``findings`` plus every other place ``text`` repeats a credential that only its context
+    made a finding (a password where it is assigned, ``DB_PASSWORD=hunter2x9``, then quoted again
+    further on); values found by their own shape (keys, tokens) are found wherever they are. A
+    repetition that overlaps other findings becomes one finding with them (none of either shows).
+    More than :data:`REPEATED_LIMIT` repetitions: :class:`~.scanner.Unscannable` (fail closed)."""
+    secrets: dict[str, Detector] = {}
+    for f in findings:
+        if f.detector.value is not None and f.end - f.start >= REPEATED_MIN and len(secrets) < REPEATED_MAX:
+            secrets.setdefault(text[f.start:f.end], f.detector)
     if not secrets:
         return findings
-    more = []
+    out = list(findings)
+    found = 0
     for value, detector in secrets.items():
         at = text.find(value)
         while at >= 0:
-            more.append(Finding(detector, at, at + len(value)))
-            at = text.find(value, at + len(value))
-    return merge(findings, more)  # none: one shared empty tuple in the memory, not a list each
+            end = at + len(value)
+            overlapping = [f for f in out if f.start < end and at < f.end]
+            if not any(f.start == at and f.end == end for f in overlapping):
+                found += 1
+                if found > REPEATED_LIMIT:
+                    raise Unscannable(f"more than {REPEATED_LIMIT:,} repetitions of a credential")
+                start = min([at, *(f.start for f in overlapping)])
+                stop = max([end, *(f.end for f in overlapping)])
+                out = [f for f in out if f not in overlapping]
+                out.append(Finding(detector, start, stop))
+            at = text.find(value, end)
+    return sorted(out, key=lambda f: f.start)
 
 
 def _score(context: Instructions | None, text: str, key: bytes | None) -> float:
@@ -362,7 +379,7 @@ class Guard:
             text = ref.get()
             if not text:
                 continue
-            findings = repeated(text, self.plan.scanner.find(text, rules, self._answer_budget())) if rules else []
+            findings = self.plan.scanner.find(text, rules, self._answer_budget()) if rules else []
             if self._kept is not None:
                 findings = merge(findings, self._kept.find(text))
             new = self.apply(text, findings, rules, RESPONSE, ref.json_text, restore=True)
@@ -457,6 +474,11 @@ MASK_SHOWN = 4  # the letters and digits a masked value shows at its end (a card
 MASK_HIDDEN = 8  # ... only when at least this many stay hidden before them
 
 
+def _letter(char: str) -> bool:
+    """A letter or digit of any script, its combining marks too (a Devanagari vowel sign)."""
+    return char.isalnum() or unicodedata.category(char).startswith("M")
+
+
 def _mask(value: str, shown: int = MASK_SHOWN) -> str:
     """Every letter and digit (any script) as ``*`` but the last ``shown``, separators kept; those
     are shown only when :data:`MASK_HIDDEN` stay hidden (a card's last four, not an IP address's,
@@ -464,11 +486,11 @@ def _mask(value: str, shown: int = MASK_SHOWN) -> str:
     password is half of it."""
     if not shown:  # a secret: its punctuation is part of it too
         return "".join(char if char.isspace() else "*" for char in value)
-    letters = sum(1 for char in value if char.isalnum())
+    letters = sum(1 for char in value if _letter(char))
     keep = letters - shown if letters - shown >= MASK_HIDDEN else letters
     out = []
     for char in value:
-        if keep > 0 and char.isalnum():
+        if keep > 0 and _letter(char):
             out.append("*")
             keep -= 1
         else:

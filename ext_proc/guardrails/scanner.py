@@ -25,7 +25,8 @@ candidates ("1 1 1 1 …": every digit starts a phone number and a card number) 
 candidate and a check per candidate (parsing, context words: up to tens of µs each), about 25 µs
 per character: a 300 KB prompt held a worker, and every team it serves, for eight seconds. A
 request may make the scanner collect at most :data:`HITS` candidates and spend at most
-:data:`CHECK_SECONDS` plus :data:`PER_CHAR` per character scanned checking them, per direction
+:data:`CHECK_SECONDS` plus :data:`PER_CHAR` per character scanned (at most
+:data:`MAX_CHECK_SECONDS`) checking them, per direction
 (the time inside the checks only: a stream's wait between events is not counted, nor the
 candidates of the end of what it scanned before, which it scans again); past either,
 :class:`Unscannable` (the guard fails closed: the request, or the answer, is refused). Numbers
@@ -53,7 +54,8 @@ from .detectors import BUILTIN, Detector
 
 HITS = 200_000  # candidates a request may make the scanner collect, per direction (about 0.6 µs each)
 CHECK_SECONDS = 1.0  # the time it may spend checking them, per direction, beyond ...
-PER_CHAR = 4e-6  # ... this much per character scanned (numbers and tables check at about 2 µs a character)
+PER_CHAR = 4e-6  # ... this much per character scanned (numbers and tables check at about 2 µs a character),
+MAX_CHECK_SECONDS = 3.0  # ... and never more than this (padding between candidates buys no more time)
 _CLOCK_EVERY = 64  # checks between two readings of the clock
 MAX_WIDTH = 8192  # the longest match a detector may have (a stream holds back less than this)
 CONTEXT = 48  # characters before a candidate its check may read (context words)
@@ -108,7 +110,7 @@ class Budget:
         self.checks += 1
         if self.checks % _CLOCK_EVERY == 0:
             spent = self.spent + time.perf_counter() - self._since
-            if spent > self.seconds + PER_CHAR * self.chars:
+            if spent > min(self.seconds + PER_CHAR * self.chars, MAX_CHECK_SECONDS):
                 raise Unscannable(f"more candidate values than the guardrails check in "
                                   f"{self.seconds:g} s and {PER_CHAR * 1e6:g} µs per character")
 

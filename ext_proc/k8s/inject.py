@@ -405,7 +405,9 @@ def serve(settings: Settings, host: str, port: int, tls: ReloadingContext | None
 
         def _expire(self) -> None:
             with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
+                # The plain socket's shutdown: the TLS wrapper's would drop its state first, and a
+                # response being written in that moment could leave unencrypted.
+                socket.socket.shutdown(self.connection, socket.SHUT_RDWR)
 
         def finish(self) -> None:
             if self._deadline is not None:
@@ -442,8 +444,11 @@ def serve(settings: Settings, host: str, port: int, tls: ReloadingContext | None
                 self._send(400 if length <= 0 else 413, b'{"error": "an AdmissionReview body (at most 4 MiB) is '
                                                          b'required"}')
                 return
+            data = self.rfile.read(length)
+            if self._deadline is not None:  # read in time: its answer is never cut (re-armed once sent)
+                self._deadline.cancel()
             try:
-                body = json.loads(self.rfile.read(length))
+                body = json.loads(data)
                 answer = review(body, settings)
             except (ValueError, AttributeError, TypeError, RecursionError) as exc:
                 self._send(400, json.dumps({"error": f"not an AdmissionReview: {exc}"}).encode())

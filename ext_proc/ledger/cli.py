@@ -6,7 +6,6 @@ import argparse
 import csv
 import io
 import os
-import re
 import sys
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -53,11 +52,13 @@ class ReportError(Exception):
 
 
 def _redacted(url: str) -> str:
-    """A Redis URL without its password (whatever else is wrong with it)."""
-    return _PASSWORD.sub(r"\1***@", url)
-
-
-_PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")
+    """A Redis URL as a message may show it: its scheme and what follows its last ``@`` (or the
+    whole when there is none), never its user or password, whatever else is wrong with it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "(not a URL)"
+    _, at, after = rest.rpartition("@")
+    return f"{scheme}://***@{after}" if at else url
 
 
 def _rows(args: argparse.Namespace, by: str) -> list[Row]:
@@ -74,10 +75,10 @@ def _rows(args: argparse.Namespace, by: str) -> list[Row]:
         try:
             client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10)
             return RedisLedger(client).rows(by, since, until, where)
-        except ValueError as exc:
-            raise ReportError(f"--redis {_redacted(redis_url)}: {_redacted(str(exc))}") from None
+        except ValueError:  # its text may quote a piece of the URL (the password, taken for a port)
+            raise ReportError(f"--redis {_redacted(redis_url)}: not a valid Redis URL") from None
         except redis.RedisError as exc:
-            raise ReportError(f"cannot read Redis at {_redacted(redis_url)}: {_redacted(str(exc))}") from None
+            raise ReportError(f"cannot read Redis at {_redacted(redis_url)}: {exc}") from None
     log = args.log or DEFAULT_LOG
     files = log_files(log)
     if not files:

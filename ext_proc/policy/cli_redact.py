@@ -20,7 +20,7 @@ from ext_proc.guardrails.guard import Guard, repeated
 from ext_proc.guardrails.instructions import instructions
 from ext_proc.guardrails.kept import KEPT, kept, merge
 from ext_proc.guardrails.plan import REQUEST, Plan, Rule
-from ext_proc.guardrails.scanner import Scanner, builtin
+from ext_proc.guardrails.scanner import Scanner, Unscannable, builtin
 from ext_proc.policy.compile import PolicyError, compile_policy
 
 
@@ -71,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     except UnicodeDecodeError as exc:
         print(f"tollway redact: the input is not UTF-8 text ({exc.reason} at byte {exc.start})", file=sys.stderr)
         return 2
-    findings = repeated(text, scanner.find(text, names))
+    try:
+        findings = repeated(text, scanner.find(text, names))
+    except Unscannable as exc:
+        print(f"tollway redact: the input holds {exc}: not redacted", file=sys.stderr)
+        return 2
     if finder is not None:
         findings = merge(findings, finder.find(text))
     redacted = guard.apply(text, findings, guard.plan.request, REQUEST)

@@ -193,7 +193,7 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
         if model.provider not in spec.providers and ("providers", model.provider) not in skipped:
             problems.append(
                 Problem(
-                    f"unknown provider '{model.provider}'"
+                    f"unknown provider {named(model.provider)}"
                     + suggest(model.provider, skipped.known("providers", spec.providers)),
                     where=("models", name, "provider"),
                 )
@@ -310,7 +310,7 @@ def _check_aliases(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skippe
                 at: Loc = (*where, "targets", index)
                 if target.provider not in spec.providers and ("providers", target.provider) not in skipped:
                     problems.append(Problem(
-                        f"unknown provider '{target.provider}'"
+                        f"unknown provider {named(target.provider)}"
                         + suggest(target.provider, skipped.known("providers", spec.providers)),
                         where=(*at, "provider")))
                 key = (target.provider, target.model)

@@ -79,7 +79,7 @@ def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: obj
                     if len(listed) > 1:
                         out.append(Problem('"*" (every one) must be the only entry', where=where))
                 elif ref not in names and (field, ref) not in skipped:  # type: ignore[operator]
-                    out.append(Problem(f"unknown {noun} '{ref}'" + suggest(ref, names), where=where))
+                    out.append(Problem(f"unknown {noun} {named(ref)}" + suggest(ref, names), where=where))
     return out
 
 

@@ -90,3 +90,12 @@ def test_a_credential_found_once_is_replaced_wherever_the_text_repeats_it(monkey
     status, out, _ = redact(monkeypatch, capsys, text=text)
     assert status == 0 and "hunter2x9" not in out and out.count("[SECRET_1]") == 2
 
+
+def test_a_repetition_never_cuts_another_finding_in_two(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The password's repetition runs into a card found in the text: one finding of both, none of
+    either shows (the repetition, taken first, left twelve of the card's digits)."""
+    text = "DB_PASSWORD=xK9#4111\ncard: xK9#4111 1111 1111 1111"
+    status, out, _ = redact(monkeypatch, capsys, text=text)
+    assert status == 0 and "1111" not in out and "xK9" not in out, out
+

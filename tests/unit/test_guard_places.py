@@ -286,6 +286,20 @@ def test_an_answer_in_a_coding_tollway_cannot_read_is_withheld(coding: str, stre
     assert records(session)[0]["error"] == "unreadable_answer"
 
 
+def test_a_gzip_error_answer_to_a_stream_is_read_as_any_error() -> None:
+    import gzip
+
+    from ext_proc.core.events import ResponseBody, ResponseHeaders
+
+    session, _, _ = post("/v1/chat/completions", chat("Hi", stream=True))
+    session.handle(ResponseHeaders({":status": "429", "content-type": "application/json", "content-encoding": "gzip"},
+                                   False, 3))
+    error = {"error": {"message": "Slow down", "type": "rate_limit_error", "param": None, "code": "rate_limit"}}
+    answer = session.handle(ResponseBody(gzip.compress(orjson.dumps(error)), True, 4))
+    assert isinstance(answer, Continue) and ":status" not in dict(answer.set_headers)  # its own 429
+    assert records(session)[0]["error"] == "rate_limit"
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_answer_past_the_scanners_bound_is_refused(monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
     """The same bound as the prompt's (here: no time for checks at all), on the answer: refused in

@@ -18,6 +18,7 @@ from ext_proc.core.actions import Ask, Continue, EmitRecord
 from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
 from ext_proc.guardrails import forms, injection, scope
+from ext_proc.guardrails import scanner as scanner_module
 from ext_proc.guardrails.detectors import GROUPS, PASTED
 from ext_proc.guardrails.guard import Holdback
 from ext_proc.guardrails.instructions import WEIGHTS, instructions
@@ -194,6 +195,11 @@ def test_the_scanners_work_is_bounded_per_budget_and_an_ordinary_text_is_found_t
         scanner.find("1 " * 150_000, None, Budget())  # two candidates per digit, collected
     with pytest.raises(Unscannable, match="check in 0 s"):
         scanner.find("1 " * 1_000, None, Budget(seconds=0))  # each checked: the clock, every 64 checks
+    padded = "\n".join(f"call (415) 555-{i:04d}" + " " * 200 for i in range(400))  # padding buys no time
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scanner_module, "MAX_CHECK_SECONDS", 0.0)
+        with pytest.raises(Unscannable):
+            scanner.find(padded, None, Budget())
     budget = Budget(hits=12)  # one budget for all the texts of a request (a direction)
     text = "Mail jane@example.com or call +1 415 555 2671; card 4111 1111 1111 1111."
     assert scanner.find(text, None, budget) == scanner.find(text)
@@ -1126,6 +1132,7 @@ def test_a_request_refused_after_routing_names_no_provider() -> None:
     ("Żółw2024", 4, "********"),  # letters of any script
     ("S3c!", 0, "****"),  # a credential: none of it, its punctuation too
     ("Pässwörd 123!", 0, "******** ****"),
+    ("राजेश कुमार", 4, "***** *****"),  # combining marks (vowel signs) too
 ])
 def test_a_masked_value_shows_at_most_the_end_of_a_long_one(value: str, shown: int, masked: str) -> None:
     from ext_proc.guardrails.guard import _mask

@@ -644,7 +644,7 @@ def test_a_key_pasted_where_a_name_belongs_is_refused_and_never_repeated() -> No
     digest = "0" * 64
     text = f"""apiVersion: tollway/v1
 providers: {{openai: {{kind: openai, credential: {{env: OPENAI_API_KEY}}}}}}
-models: {{gpt-4o: {{provider: openai}}}}
+models: {{gpt-4o: {{provider: openai}}, m2: {{provider: "sk-proj-{'B' * 40}"}}}}
 teams:
   dev:
     keys: [{{id: "{key}", sha256: "{digest}"}}]
@@ -655,6 +655,6 @@ budgets:
     with pytest.raises(PolicyError) as caught:
         compile_policy(text, "p.yaml")
     said = str(caught.value)
-    assert key not in said and "sk-proj-" not in said, said
-    assert "this id looks like the key itself" in said and said.count("(a value that looks like a key: not shown)") == 2
+    assert key not in said and "sk-proj-" not in said and "BBBB" not in said, said
+    assert "this id looks like the key itself" in said and said.count("(a value that looks like a key: not shown)") == 3
 

@@ -68,7 +68,8 @@ teams:
     reference = [{"type": "message", "role": "user", "content": "hi"}, {"type": "item_reference", "id": "msg_1"}]
     for field, value, param in (("previous_response_id", "resp_1", "previous_response_id"),
                                 ("conversation", {"id": "conv_1"}, "conversation"),
-                                ("input", reference, "input[1]")):  # a stored item, by its id
+                                ("input", reference, "input[1]"),  # a stored item, by its id
+                                ("input", [{"id": "msg_1"}], "input[0]")):  # its type is optional
         body = {"model": "gpt", "input": "hi", field: value}
         if stored:
             assert upstream.prepare(apis.RESPONSES, body, target, "/v1/responses")[0][field] == value
