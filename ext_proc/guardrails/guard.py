@@ -73,18 +73,15 @@ REPEATED_MAX = 16  # distinct such values searched for in one text (each a pass 
 REPEATED_LIMIT = 1_000  # repetitions of them replaced in one text; more: fail closed
 
 
-def repeated(text: str, findings: list[Finding]) -> list[Finding]:
+def repeated(text: str, findings: Sequence[Finding], values: dict[str, Detector] | None = None) -> list[Finding]:
     """``findings`` plus every other place ``text`` repeats a credential that only its context
     made a finding (a password where it is assigned, ``DB_PASSWORD=hunter2x9``, then quoted again
     further on); values found by their own shape (keys, tokens) are found wherever they are. A
     repetition that overlaps other findings becomes one finding with them (none of either shows).
     More than :data:`REPEATED_LIMIT` repetitions: :class:`~.scanner.Unscannable` (fail closed)."""
-    secrets: dict[str, Detector] = {}
-    for f in findings:
-        if f.detector.value is not None and f.end - f.start >= REPEATED_MIN and len(secrets) < REPEATED_MAX:
-            secrets.setdefault(text[f.start:f.end], f.detector)
+    secrets = _secrets(text, findings) if values is None else values
     if not secrets:
-        return findings
+        return list(findings)
     out = list(findings)
     found = 0
     for value, detector in secrets.items():
@@ -102,6 +99,16 @@ def repeated(text: str, findings: list[Finding]) -> list[Finding]:
                 out.append(Finding(detector, start, stop))
             at = text.find(value, end)
     return sorted(out, key=lambda f: f.start)
+
+
+def _secrets(text: str, findings: Sequence[Finding], into: dict[str, Detector] | None = None) -> dict[str, Detector]:
+    """The credentials among ``findings`` that only their context showed (at most
+    :data:`REPEATED_MAX`, ``into`` included): what :func:`repeated` looks for again."""
+    out: dict[str, Detector] = {} if into is None else into
+    for f in findings:
+        if f.detector.value is not None and f.end - f.start >= REPEATED_MIN and len(out) < REPEATED_MAX:
+            out.setdefault(text[f.start:f.end], f.detector)
+    return out
 
 
 def _score(context: Instructions | None, text: str, key: bytes | None) -> float:
@@ -271,22 +278,34 @@ class Guard:
         known: list[bytes | None] = []  # the scored texts' digests, where the findings' question had it
         tools: list[bool] = []  # whether each scored text is a tool's result
         budget = Budget()  # the scanner's work the prompt may make
-        for ref in list(walker.request(payload)):
+        refs = [ref for ref in walker.request(payload) if ref.get()]
+        found: list[Sequence[Finding]] = []  # each text's findings (the worker's memory of texts first)
+        keys: list[bytes | None] = []
+        secrets: dict[str, Detector] = {}  # credentials only their context showed, in any text of the request
+        for ref in refs if rules else ():
             text = ref.get()
-            if not text:
-                continue
+            key = digest(text)
+            if ref.role == "system" and plan.system is not None:
+                findings = remembered(FIND_SYSTEM + plan.serial, text,
+                                      functools.partial(_find, scanner, plan.system, budget), key)
+            else:
+                findings = remembered(FIND + plan.serial, text, functools.partial(_find, scanner, rules, budget), key)
+            found.append(findings)
+            keys.append(key)
+            _secrets(text, findings, secrets)
+        for index, ref in enumerate(refs):
+            text = ref.get()
             if ref.role == "system" and room > 0:
                 system.append(text[:room])
                 room -= len(text) + 1
             key = None
             if rules:
-                key = digest(text)
-                if ref.role == "system" and plan.system is not None:
-                    findings = remembered(FIND_SYSTEM + plan.serial, text,
-                                          functools.partial(_find, scanner, plan.system, budget), key)
-                else:
-                    findings = remembered(FIND + plan.serial, text, functools.partial(_find, scanner, rules, budget),
-                                          key)
+                key, findings = keys[index], found[index]
+                if secrets:  # a password given in one message and repeated in another
+                    names = plan.system if ref.role == "system" and plan.system is not None else rules
+                    values = {value: d for value, d in secrets.items() if d.name in names}
+                    if values:
+                        findings = repeated(text, findings, values)
                 if findings:
                     new = self.apply(text, findings, rules, REQUEST, ref.json_text)
                     if new is not text:

@@ -323,3 +323,17 @@ def test_an_answer_past_the_scanners_bound_is_refused(monkeypatch: pytest.Monkey
         assert isinstance(refused, Continue) and orjson.loads(refused.body or b"")["error"]["code"] == "guardrail_limit"
     assert records(session)[0]["error"] == "guardrail_limit"
 
+
+def test_a_password_given_in_one_message_is_redacted_where_another_repeats_it() -> None:
+    body = {"model": "gpt-4o", "messages": [
+        {"role": "user", "content": "My .env has DB_PASSWORD=hunter2x9"},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": [{"type": "text", "text": "but logging in with hunter2x9 fails, why?"}]}]}
+    from tests.unit.test_guard_responses import POLICY as REDACTING  # credentials: redact
+
+    _, _, sent = post("/v1/chat/completions", body, workload="local-dev", policy=REDACTING)
+    assert isinstance(sent, Continue) and sent.body is not None
+    assert b"hunter2x9" not in sent.body, sent.body
+    messages = orjson.loads(sent.body)["messages"]
+    assert messages[0]["content"].endswith("=[SECRET_1]") and "[SECRET_1]" in messages[2]["content"][0]["text"]
+
