@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from ext_proc.k8s import inject
+from ext_proc.k8s import webhook as server
 from ext_proc.stack import ROOT, free_port
 from tests.certs import CA
 from tests.e2e.k8s_checks import validate
@@ -181,8 +182,8 @@ def test_offline_injection_renders_the_same_pods(tmp_path: Path) -> None:
 def bounded(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     """The webhook in this process, plain HTTP, with small bounds: 0.5 s to send a request, 3
     connections at once."""
-    monkeypatch.setattr(inject, "READ_TIMEOUT", 0.5)
-    monkeypatch.setattr(inject, "MAX_CONNECTIONS", 3)
+    monkeypatch.setattr(server, "READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(server, "MAX_CONNECTIONS", 3)
     with _webhook("127.0.0.1") as port:
         yield port
 
@@ -193,7 +194,7 @@ def _webhook(host: str) -> Iterator[int]:
     a thread left running would stop the zygote tests from forking."""
     ports: list[int] = []
     stop = threading.Event()
-    thread = threading.Thread(target=inject.serve, args=(inject.Settings(), host, 0, None, ports.append, stop))
+    thread = threading.Thread(target=server.serve, args=(inject.Settings(), host, 0, None, ports.append, stop))
     thread.start()
     try:
         deadline = time.monotonic() + 10
@@ -240,7 +241,7 @@ def test_the_webhook_bounds_what_a_connection_may_hold(bounded: int) -> None:
             time.sleep(0.2)
         assert cut  # cut while it was still sending
     with socket.create_connection(("127.0.0.1", bounded), timeout=5) as too_big:  # refused before it is read
-        too_big.sendall(b"POST /inject HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n{}" % (inject.MAX_REVIEW + 1))
+        too_big.sendall(b"POST /inject HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n{}" % (server.MAX_REVIEW + 1))
         assert too_big.recv(100).startswith(b"HTTP/1.1 413 ")
     assert httpx.post(f"http://127.0.0.1:{bounded}/inject", json=review(POD), timeout=5).status_code == 200
     nested = b"[" * 100_000 + b"]" * 100_000  # deeper than the JSON reader goes: a 400, not a dropped connection
