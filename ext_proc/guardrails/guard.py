@@ -65,7 +65,7 @@ FIND, FIND_SYSTEM, SCORE = b"f", b"s", b"i"
 
 
 def _find(scanner: Scanner, names: Container[str], budget: Budget, text: str) -> Sequence[Finding]:
-    return repeated(text, scanner.find(text, names, budget)) or ()
+    return scanner.find(text, names, budget) or ()  # (repetitions: over the whole request, in prompt())
 
 
 REPEATED_MIN = 6  # characters: a credential this long found once is replaced wherever the text repeats it

@@ -73,24 +73,17 @@ def _strings(node: Any, role: str) -> Iterator[Ref]:
     """Every string leaf of a JSON value (tool inputs), its long integers, and the keys that are not
     plain names (an e-mail address, a number): a key is read after the values it holds, so a
     renamed key never moves a place still to be read."""
+    pairs = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, item in pairs:
+        if isinstance(item, str):
+            yield Ref(node, key, role)
+        elif isinstance(item, (dict, list)):
+            yield from _strings(item, role)
+        elif type(item) is int and abs(item) >= _DIGITS:
+            yield _Number(node, key, role)
     if isinstance(node, dict):
-        for key, value in node.items():
-            if isinstance(value, str):
-                yield Ref(node, key, role)
-            elif isinstance(value, (dict, list)):
-                yield from _strings(value, role)
-            elif type(value) is int and abs(value) >= _DIGITS:
-                yield _Number(node, key, role)
         for key in [key for key in node if isinstance(key, str) and not key.isidentifier()]:
             yield _Key(node, key, role)
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            if isinstance(value, str):
-                yield Ref(node, index, role)
-            elif isinstance(value, (dict, list)):
-                yield from _strings(value, role)
-            elif type(value) is int and abs(value) >= _DIGITS:
-                yield _Number(node, index, role)
 
 
 class StreamTexts:
