@@ -43,7 +43,7 @@ from ext_proc.policy.compiled import CompiledPolicy, Target
 class Attempt:
     """One try of a chained request; see the module docstring."""
 
-    __slots__ = ("_alike", "_api", "_attributes", "_earlier", "_host", "_last", "_path", "_policy", "_target",
+    __slots__ = ("_api", "_attributes", "_earlier", "_host", "_path", "_policy", "_target",
                  "effects", "request_id")
 
     def __init__(self, policy: CompiledPolicy | None, earlier: CompiledPolicy | None = None) -> None:
@@ -54,8 +54,6 @@ class Attempt:
         self._target: Target | None = None
         self._attributes: Mapping[str, str] = {}
         self._host: str | None = None  # the Host the picked endpoint was rendered with
-        self._last = True  # the chain's last target (no further try after this one)
-        self._alike = True  # every earlier target of the chain is of this one's provider kind
         self.effects: list[Effect] = []  # an attempt records nothing: the router-level session does
         self.request_id: str | None = None
 
@@ -86,7 +84,6 @@ class Attempt:
         if self._api is None or position is None or position >= len(chain) or self._policy is None:
             return self._fail(ClientError(500, "chain_mismatch", "Tollway could not match this try to its route."))
         provider_name, model = chain[position]
-        self._last = position == len(chain) - 1
         target = _planned(self._policy, attributes, provider_name, model)
         if target is None:
             provider = self._policy.providers.get(provider_name)
@@ -95,8 +92,6 @@ class Attempt:
                 return self._fail(ClientError(503, "provider_not_configured", message))
             target = Target(public=model, provider=provider, upstream_model=model)
         self._target = target
-        kinds = {p.kind for p in (self._policy.providers.get(name) for name, _ in chain[:position]) if p is not None}
-        self._alike = kinds <= {target.provider.kind}
         return CONTINUE
 
     def _body(self, event: RequestBody) -> Action:
@@ -111,15 +106,7 @@ class Attempt:
             return self._fail(ClientError(400, "invalid_body", "The request body must be a JSON object."))
         try:
             prepared, path = upstream.prepare(api, payload, target, self._path)
-        except ClientError as error:
-            if error.code == "unsupported_for_provider" and self._last and not self._alike:
-                # The last target cannot express the request, and an earlier one of another kind was
-                # tried and failed (a 429, a 5xx): the request is fine, the chain could not serve it
-                # now. A 503 the client's SDK retries later, not a 400 that blames the request. (Envoy
-                # does not retry a try answered here, so a target before the last keeps the 400.)
-                error = ClientError(503, "fallback_cannot_serve", f"The earlier targets failed, and the last, "
-                                    f"'{target.upstream_model}', cannot serve this request: {error.message}",
-                                    error.param)
+        except ClientError as error:  # (a target unable to express it was left out of the chain unless all are)
             return self._fail(error)
         body = orjson.dumps(prepared)
         provider = target.provider

@@ -179,7 +179,8 @@ class Access(Step):
 
 class Route(Step):
     """Count the prompt, then choose the targets: one, or a fallback chain for an alias (targets
-    that cannot serve the client's API or whose context window is too small are left out)."""
+    that cannot serve the client's API, whose context window is too small, or whose API cannot
+    express this request are left out)."""
 
     __slots__ = ()
     name = "route"
@@ -197,9 +198,12 @@ class Route(Step):
         counted_as = (granted.plan_for(principal.team).targets[0] if isinstance(granted, Alias) else granted)
         flow.meter.before_send(api.name, request.payload, counted_as.upstream_model)
         estimate = flow.meter.estimate
-        chain = flow.chain = decide.plan(
+        chain = decide.plan(
             principal, api, granted, request.model, estimate.tokens if estimate else None, flow.runtime.random
         )
+        if len(chain) > 1:
+            chain = upstream.expressible(api, request.payload, chain)
+        flow.chain = chain
         first = flow.target = chain[0]
         flow.provider = first.provider.name
         flow.cluster = decide.cluster_name(chain)

@@ -90,6 +90,28 @@ def prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) ->
     return body, kind.path(pair.served, model, provider)
 
 
+def expressible(api: WireAPI, payload: dict[str, Any], chain: tuple[Target, ...]) -> tuple[Target, ...]:
+    """``chain`` without the targets whose API cannot express this request (``n > 1`` for Claude,
+    audio for Anthropic: a translation's ``unsupported_for_provider``), so that a later target serves
+    it instead of the first answering a 400 Envoy does not retry; unchanged when none can (the
+    first target's 400 then says why). A translation of a 2 KB chat request costs about 3 µs."""
+    kept = tuple(target for target in chain if _expresses(api, payload, target))
+    return kept or chain
+
+
+def _expresses(api: WireAPI, payload: dict[str, Any], target: Target) -> bool:
+    answer_in = providers.kind(target.provider.kind).serves(api)
+    pair = translate.pair(api, answer_in) if answer_in is not None and answer_in is not api else None
+    if pair is None:
+        return True  # served natively (or not at all, which the try answers itself)
+    try:
+        fields.check(api.name, payload)
+        pair.request(payload, target.upstream_model, target.max_output_tokens)  # reads, never changes, payload
+    except TranslationError as exc:
+        return exc.code != "unsupported_for_provider"
+    return True
+
+
 # Azure OpenAI takes max_completion_tokens from this api-version on (older ones refuse it).
 _AZURE_COMPLETION_LIMIT = "2024-09-01"
 

@@ -23,6 +23,7 @@ produce, so that the Envoy config can have them all.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Mapping
 
@@ -204,8 +205,9 @@ def chains(policy: CompiledPolicy) -> frozenset[tuple[Target, ...]]:
     """Every chain of two or more targets :func:`route` can produce under ``policy``.
 
     For each alias plan, each client API family, each set of targets a prompt size leaves (every
-    target; those with a window above each known window) and, for weighted plans, each target
-    that can be drawn first. Deduplicated by Envoy cluster name, which is what Envoy needs.
+    target; those with a window above each known window), for weighted plans each target that
+    can be drawn first, and each set of translations a request may be unable to go through.
+    Deduplicated by Envoy cluster name, which is what Envoy needs.
     """
     out: dict[str, tuple[Target, ...]] = {}
     for alias in policy.aliases.values():
@@ -216,8 +218,24 @@ def chains(policy: CompiledPolicy) -> frozenset[tuple[Target, ...]]:
                     usable = [i for i, t in enumerate(plan.targets) if can_serve(api, t.provider.kind)]
                     fits = [i for i in usable if _fits(plan.targets[i], size)]
                     for first in _drawable(plan, fits) or fits[:1]:
-                        order = [first, *(i for i in fits if i != first)]
-                        if len(order) > 1:
-                            found = tuple(plan.targets[i] for i in order)
-                            out.setdefault(cluster_name(found), found)
+                        order = tuple(plan.targets[i] for i in (first, *(i for i in fits if i != first)))
+                        for found in _translatable_left_out(api, order):
+                            if len(found) > 1:
+                                out.setdefault(cluster_name(found), found)
     return frozenset(out.values())
+
+
+def _translatable_left_out(api: WireAPI, order: tuple[Target, ...]) -> list[tuple[Target, ...]]:
+    """``order``, and ``order`` without the targets of each set of translations: a request one
+    translation cannot express leaves out every target served through it
+    (:func:`ext_proc.core.upstream.expressible`)."""
+    served = [providers.kind(target.provider.kind).serves(api) for target in order]
+    names = [answer.name if answer is not None and answer is not api else "" for answer in served]
+    translated = sorted(set(names) - {""})
+    out = []
+    for size in range(len(translated) + 1):
+        for dropped in itertools.combinations(translated, size):
+            kept = tuple(target for target, name in zip(order, names, strict=True) if name not in dropped)
+            if kept:
+                out.append(kept)
+    return out

@@ -53,6 +53,10 @@ routing:
       targets:
         - {{provider: openai, model: gpt-4o-mini, weight: 80}}
         - {{provider: anthropic, model: claude-3-5-haiku-20241022, weight: 20}}
+    claude-first:
+      targets:
+        - {{provider: anthropic, model: claude-3-5-haiku-20241022}}
+        - {{provider: openai, model: gpt-4o-mini}}
     long:
       targets:
         - {{provider: openai, model: gpt-4o-mini, context_window: 1000}}
@@ -60,7 +64,7 @@ routing:
 teams:
   app:
     keys: [{{id: app-ci, sha256: {key_digest(KEY)}}}]
-    models: [gpt-4o, split, long, gpt-4o-mini, gpt-5-nano, claude-haiku]
+    models: [gpt-4o, split, claude-first, long, gpt-4o-mini, gpt-5-nano, claude-haiku]
 """
 
 
@@ -173,18 +177,19 @@ def test_every_provider_failing_gives_the_last_error_in_the_clients_format(env: 
     assert record["status"] == 500 and record["outcome"] == "error" and record["provider"] == "anthropic"
 
 
-def test_a_fallback_that_cannot_express_the_request_is_a_503_the_sdk_retries(env: Env) -> None:
-    """`n: 2` cannot be asked of Claude, the alias's fallback: after OpenAI's 429 the client gets a
-    503 its SDK may retry later, not a 400 that blames a request OpenAI serves."""
-    with pytest.raises(openai.InternalServerError) as caught:
+def test_a_target_that_cannot_express_the_request_is_left_out_of_the_chain(env: Env) -> None:
+    """`n: 2` cannot be asked of Claude: an alias whose first target is Claude serves it with its
+    OpenAI fallback (not a 400 blaming a request the alias can serve), and an alias whose fallback
+    is Claude has none for it (OpenAI's own 429, which the SDK retries, not a fallback's 400)."""
+    raw = env.openai().chat.completions.with_raw_response.create(model="claude-first", messages=HI, n=2)
+    assert raw.parse().choices[0].message.content == REPLY
+    served = env.record(raw.headers.get("x-tollway-request-id"))
+    assert served["status"] == 200 and served["provider"] == "openai" and served["attempts"] == 1
+    with pytest.raises(openai.RateLimitError) as caught:
         env.openai().with_options(max_retries=0).chat.completions.create(
             model="gpt-4o", messages=HI, n=2, extra_headers={"x-mock-openai-status": "429"})
-    assert caught.value.status_code == 503 and "'n'" in caught.value.message
-    assert "earlier targets failed" in caught.value.message
-    record = env.record(caught.value.response.headers.get("x-tollway-request-id"))
-    assert record["status"] == 503 and record["attempts"] == 2
-    served = env.openai().chat.completions.create(model="gpt-4o", messages=HI, n=2)  # OpenAI up: served
-    assert served.choices[0].message.content == REPLY
+    failed = env.record(caught.value.response.headers.get("x-tollway-request-id"))
+    assert failed["status"] == 429 and failed["attempts"] == 1 and failed["provider"] == "openai"
 
 
 def test_a_provider_refusing_the_gateways_key_is_the_gateways_502_and_a_chain_falls_back(env: Env) -> None:

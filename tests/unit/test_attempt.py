@@ -397,26 +397,16 @@ def test_a_provider_missing_from_the_policy_is_a_503() -> None:
     assert "'mistral'" in body["error"]["message"]
 
 
-def test_a_target_that_cannot_express_the_request_is_one_that_cannot_serve_it() -> None:
-    # OpenAI's n: 2 cannot be asked of Anthropic. After OpenAI was tried (and failed: a 429, a 5xx),
-    # a 503 in the target's format, which the client's SDK retries later, not a 400 it gives up on
-    # (the router-level session translates it like any Anthropic error).
-    _, first, second = run(1, {**OPENAI_REQUEST, "n": 2})
+def test_a_target_that_cannot_express_the_request_says_why_in_its_format() -> None:
+    # OpenAI's n: 2 cannot be asked of Anthropic. The router-level session leaves such a target out
+    # of the chain when another can serve the request, so a try reaches it only when none can.
+    _, first, second = run(1, {**OPENAI_REQUEST, "n": 2}, targets="anthropic claude-x, anthropic claude-y")
     assert first == CONTINUE
     status, body = responds(second)
-    assert status == 503 and body["type"] == "error"
-    assert "'n'" in body["error"]["message"] and "The earlier targets failed" in body["error"]["message"]
-    # Not the last target: Envoy would not retry a try answered here, so the request's own 400.
-    _, _, before = run(0, {**OPENAI_REQUEST, "n": 2}, targets="anthropic claude-x, openai gpt-4o")
-    assert responds(before)[0] == 400
-    # A refusal every target would give (no translation's limit): the 400 it is.
-    _, _, stateful = run(1, {**OPENAI_REQUEST, "stop": 5})  # invalid_type: wrong for any target
-    assert responds(stateful)[0] == 400
-    # Every target of the chain fails alike (all Anthropic): the request itself is the problem, a 400.
-    _, _, alike = run(1, {**OPENAI_REQUEST, "n": 2}, targets="anthropic claude-x, anthropic claude-y")
-    status, body = responds(alike)
-    assert status == 400 and body["error"]["type"] == "invalid_request_error"
-    assert "anthropic" in body["error"]["message"]
+    assert status == 400 and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert "'n'" in body["error"]["message"] and "anthropic" in body["error"]["message"]
+    _, _, wrong = run(1, {**OPENAI_REQUEST, "stop": 5})  # invalid_type: wrong for any target
+    assert responds(wrong)[0] == 400
 
 
 def test_the_same_request_is_fine_for_the_openai_end() -> None:

@@ -51,6 +51,8 @@ CHAINS = {
     "openai+anthropic",  # chat
     "openai+azure-openai-eu+local",  # balanced, openai drawn first
     "azure-openai-eu+openai+local",  # balanced, azure drawn first
+    "openai+azure-openai-eu",  # balanced, a Responses request the local model's chat API cannot express
+    "azure-openai-eu+openai",
 }
 
 
@@ -208,7 +210,7 @@ def test_tollway_envoy_renders_a_config_envoy_accepts(tmp_path: Path, capsys: py
     assert tollway_envoy(path) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert out.startswith(f"# Rendered by `tollway envoy --policy {path}`: 4 provider cluster(s) and 3 fallback "
+    assert out.startswith(f"# Rendered by `tollway envoy --policy {path}`: 4 provider cluster(s) and 5 fallback "
                           "cluster(s).\n")
     rendered = yaml.safe_load(out)
     assert set(clusters(rendered)) >= CHAINS

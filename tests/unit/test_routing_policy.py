@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from ext_proc.core import upstream
 from ext_proc.llm import apis
 from ext_proc.llm.errors import ClientError
 from ext_proc.policy import decide
@@ -516,6 +517,9 @@ def test_chains_of_a_weighted_alias_start_with_each_target() -> None:
         "local+openai+anthropic",
         "openai+local",  # embeddings
         "local+openai",
+        # A Responses request the local model's chat API cannot express (Responses built-in tools)
+        "openai+anthropic",
+        "anthropic+openai",
     }
 
 
@@ -581,6 +585,47 @@ teams:
     listed = {decide.cluster_name(chain) for chain in decide.chains(policy)}
     assert every_routed_cluster(policy, "long", (None, 10, 1000, 1001, 5000)) <= listed
     assert "anthropic+local" in listed
+
+
+# Requests one translation or another cannot express, per client API (and ones every target can).
+UNEXPRESSIBLE = {
+    apis.CHAT_COMPLETIONS: [{"messages": [{"role": "user", "content": "Hi"}]},
+                            {"messages": [{"role": "user", "content": "Hi"}], "n": 2}],
+    apis.MESSAGES: [{"max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]},
+                    {"max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}],
+                     "tools": [{"type": "web_search_20250305", "name": "web_search"}]}],
+    apis.RESPONSES: [{"input": "Hi"}, {"input": "Hi", "tools": [{"type": "web_search"}]},
+                     {"input": "Hi", "tools": [{"type": "mcp", "server_label": "x", "server_url": "https://x"}]}],
+}
+
+
+def test_chains_cover_targets_left_out_for_what_their_api_cannot_express() -> None:
+    """Every chain a request leaves after the targets unable to express it go (the router-level
+    session's :func:`upstream.expressible`) has its Envoy cluster."""
+    policy = compiles(PROVIDERS + """\
+routing:
+  aliases:
+    mixed:
+      strategy: weighted
+      targets:
+        - {provider: openai, model: a, weight: 40}
+        - {provider: anthropic, model: b, weight: 30}
+        - {provider: local, model: c, weight: 20}
+        - {provider: azure, model: d, weight: 10}
+teams:
+  app: {models: [mixed]}
+""")
+    listed = {decide.cluster_name(chain) for chain in decide.chains(policy)}
+    produced = set()
+    for api, requests in UNEXPRESSIBLE.items():
+        for request in requests:
+            for i in range(100):
+                chain = decide.route(policy, Principal("app"), api, "mixed", None, lambda i=i: i / 100)
+                left = upstream.expressible(api, {**request, "model": "mixed"}, chain)
+                if len(left) > 1:
+                    produced.add(decide.cluster_name(left))
+    assert produced <= listed, produced - listed
+    assert {"openai+azure-eu", "local+openai+azure-eu", "azure-eu+openai+local"} <= produced  # some left out
 
 
 def test_chains_cover_weighted_first_targets_after_filtering() -> None:

@@ -22,6 +22,7 @@ from ext_proc.core.actions import CONTINUE, Continue, EmitRecord
 from ext_proc.core.attempt import Attempt
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
+from ext_proc.llm import apis
 from ext_proc.llm.sse import SSEDecoder
 from ext_proc.server import codec
 from ext_proc.server.accounting import ServiceAccountant
@@ -207,6 +208,30 @@ def test_an_anthropic_client_chain_carries_its_own_path() -> None:
         metadata=((upstream.TARGETS, SMART), (upstream.CLIENT_PATH, MESSAGES), (upstream.ALIAS, "smart"),
                   (upstream.TEAM, "all"), (upstream.CLIENT, "anthropic"), (upstream.POLICY, POLICY.version)),
     )
+
+
+def test_a_target_whose_api_cannot_express_the_request_is_left_out_of_the_chain() -> None:
+    """`n: 2` cannot be asked of Claude: the alias's OpenAI target alone serves it (rewritten here,
+    its own cluster, no chain), rather than Envoy falling back to a try that answers a 400."""
+    action = sent(Session(POLICY, "local-dev"), {**CHAT_REQUEST, "n": 2})
+    assert ("x-tollway-cluster", "openai") in action.set_headers and action.metadata == ()
+    assert action.credential is OPENAI and orjson.loads(action.body or b"")["model"] == "gpt-4o"
+    # An Anthropic client's server tool has no counterpart in chat completions: Claude alone serves it.
+    searching = {"model": "smart", "max_tokens": 10, "messages": [{"role": "user", "content": "News?"}],
+                 "tools": [{"type": "web_search_20250305", "name": "web_search"}]}
+    claude = sent(Session(POLICY, "local-dev"), searching, MESSAGES)
+    assert ("x-tollway-cluster", "anthropic") in claude.set_headers and claude.credential is ANTHROPIC
+    # No target can: the chain stays whole, and its first try says why (in the target's format).
+    none_can = {**CHAT_REQUEST, "n": 2, "model": "smart"}
+    chain = (POLICY.aliases["smart"].plan.targets[1],) * 2
+    assert upstream.expressible(apis.CHAT_COMPLETIONS, none_can, chain) == chain
+
+
+def test_leaving_out_a_target_never_changes_the_request() -> None:
+    request = {**CHAT_REQUEST, "n": 2, "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}
+    before = orjson.dumps(request)
+    upstream.expressible(apis.CHAT_COMPLETIONS, request, POLICY.aliases["smart"].plan.targets)
+    assert orjson.dumps(request) == before
 
 
 def test_the_chain_metadata_finds_the_targets_in_the_attempt() -> None:
@@ -423,9 +448,10 @@ def test_envoys_plain_text_503_becomes_the_clients_json_error(path: str, request
 
 
 def test_an_attempts_own_refusal_is_translated_like_a_provider_error() -> None:
-    """The attempt answers an untranslatable request in Anthropic's format (a 503: OpenAI, of another
-    kind, was tried first); the client reads OpenAI's."""
-    request = {**CHAT_REQUEST, "n": 2}
+    """The attempt answers a request the translation refuses in Anthropic's format (a field of a
+    type OpenAI's API does not allow, which OpenAI, tried first, would judge itself); the client
+    reads OpenAI's."""
+    request = {**CHAT_REQUEST, "stop": 5}
     attempt = Attempt(POLICY)
     attempt.handle(try_head(1))
     refusal = attempt.handle(body(request))
@@ -436,8 +462,8 @@ def test_an_attempts_own_refusal_is_translated_like_a_provider_error() -> None:
     action = session.handle(ResponseBody(refusal.body, True, 3_000_000))
     assert isinstance(action, Continue)
     error = orjson.loads(action.body or b"")["error"]
-    assert "earlier targets failed" in error["message"] and "'n'" in error["message"]
-    assert the_record(session)["status"] == 503
+    assert error["type"] == "invalid_request_error" and "'stop'" in error["message"], error
+    assert the_record(session)["status"] == 400
 
 
 # -- streams that end before they are complete --------------------------------------------------
