@@ -10,7 +10,7 @@ import pytest
 from ext_proc.core.actions import Ask, Continue, EmitRecord, Respond, Settle
 from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
 from ext_proc.core.session import Session
-from ext_proc.llm import runtime
+from ext_proc.llm import apis, runtime
 from ext_proc.llm.apis.openai import duration
 from ext_proc.llm.usage import Usage
 from ext_proc.policy.compile import compile_policy
@@ -208,6 +208,17 @@ def test_n_answers_claim_n_outputs() -> None:
         tokens = next(c for c in ask.query.claims if c.counter.startswith("budget/search-monthly/tokens"))
         amounts.append(tokens.amount - prompt_tokens(body))
     assert amounts == [100, 800]
+
+
+def test_a_list_of_prompts_claims_an_answer_per_prompt() -> None:
+    """Legacy completions answer each prompt of a list (strings or token arrays) with n (best_of)
+    answers: 50 prompts at max_tokens 100 may use 5,000 output tokens, not 100."""
+    api = apis.COMPLETIONS
+    assert api.answers({"prompt": ["hi"] * 50, "max_tokens": 100}) == 50
+    assert api.answers({"prompt": [[1, 2], [3]], "best_of": 3, "n": 2}) == 6
+    assert api.answers({"prompt": [1, 2, 3]}) == 1  # one prompt as a token array
+    assert api.answers({"prompt": "hi", "n": 4}) == 4 and api.answers({"prompt": []}) == 1
+    assert apis.CHAT_COMPLETIONS.answers({"prompt": ["a", "b"], "n": 2}) == 2  # chat has no prompt list
 
 
 @pytest.mark.parametrize(("ending", "used"), [

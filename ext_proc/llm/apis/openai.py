@@ -155,6 +155,19 @@ def duration(seconds: float) -> str:
 CHAT_COMPLETIONS = OpenAIAPI("openai.chat.completions", "/v1/chat/completions", required_list="messages",
                              stream_usage=True, output_fields=("max_completion_tokens", "max_tokens"),
                              answer_fields=("n",))
+class CompletionsAPI(OpenAIAPI):
+    """Legacy completions: a list of prompts is answered prompt by prompt."""
+
+    __slots__ = ()
+
+    def answers(self, payload: dict[str, Any]) -> int:
+        """Each prompt of a list (of strings, or of token arrays) gets its own answers."""
+        prompt = payload.get("prompt")
+        prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+        return super().answers(payload) * prompts
+
+
 # best_of: that many answers generated (and billed) server-side, the best n returned
-COMPLETIONS = OpenAIAPI("openai.completions", "/v1/completions", stream_usage=True, answer_fields=("n", "best_of"))
+COMPLETIONS = CompletionsAPI("openai.completions", "/v1/completions", stream_usage=True,
+                             answer_fields=("n", "best_of"))
 EMBEDDINGS = OpenAIAPI("openai.embeddings", "/v1/embeddings", streams=False, output_fields=None)
