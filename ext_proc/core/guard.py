@@ -119,7 +119,8 @@ class GuardAnswer(Stage):
                 try:
                     changed = guard.answer(walker, payload)
                 except (Blocked, Unscannable) as blocked:
-                    raise Refused(refusal(blocked, "response")) from None
+                    flow.refused = refusal(blocked, "response")
+                    raise Refused(flow.refused) from None
                 if not changed:
                     out.append(event)
                     continue

@@ -157,7 +157,8 @@ class Session:
                     # A buffered answer cut after its head (the client got Envoy's 502): say so, as a
                     # cut stream's record does.
                     self.flow.error = self.flow.error or INTERRUPTED.code
-                self._finish(event.at, "ok" if whole else "incomplete")
+                # A stream a guardrail ended: blocked, even if the client left before its end.
+                self._finish(event.at, "ok" if whole else "blocked" if self.flow.refused is not None else "incomplete")
             return None
         if isinstance(event, Answered) and phase is Phase.DONE:  # the client left while the question was out
             late = limits.released(self.flow, event.value)
@@ -366,12 +367,13 @@ class Session:
                 flow.ttft = event.at - flow.started
             out = response.chunk(event.body, event.end_of_stream)
             if event.end_of_stream:
-                self._finish(event.at, "error" if flow.stream_failed else "ok" if complete(flow) else "incomplete")
+                self._finish(event.at, "blocked" if flow.refused is not None else "error" if flow.stream_failed
+                             else "ok" if complete(flow) else "incomplete")
             return Continue(body=out) if out is not None else CONTINUE
         # Buffered: the whole body in one message.
         action = self._read_buffered(event.body)
         ok = bool(flow.status and flow.status < 400)
-        self._finish(event.at, "ok" if ok else "error")
+        self._finish(event.at, "ok" if ok else "blocked" if flow.refused is not None else "error")
         headers: list[tuple[str, str]] = []
         if self._usage_headers and ok:
             # The response head is still held (buffered body): tell the client its usage and cost.
@@ -540,4 +542,8 @@ def content(flow: Flow) -> tuple[tuple[tuple[str, str], ...] | None, str | None]
             answer = "".join(ref.get() for ref in answering.answer(payload))[:MAX_CONTENT]
     elif reader is not None and flow.stream:
         answer = reader.text()[:MAX_CONTENT]
+    if flow.refused is not None:
+        answer = None  # a guardrail withheld it: not for a trace either
+    elif answer and flow.guard is not None:
+        answer = flow.guard.shown(answer)  # the provider's text: what the policy guards in answers goes
     return prompt, answer

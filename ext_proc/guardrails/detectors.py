@@ -160,6 +160,13 @@ def check_github(text: str, _before: str) -> bool:
     return not text.startswith("github_pat_") or len(text) >= len("github_pat_") + 60
 
 
+def check_tollway_key(text: str, _before: str) -> bool:
+    """A Tollway key (``tw-`` and a random token, ``tollway keys create``: 43 URL-safe characters)
+    mixes cases and digits; a hyphenated slug after "tw-" does not."""
+    token = text[3:]
+    return any(c.isdigit() for c in token) and any(c.isupper() for c in token) and any(c.islower() for c in token)
+
+
 def check_ipv4(text: str, before: str) -> bool:
     if _VERSION.search(before):  # "version 6.5.4.122"
         return False
@@ -220,6 +227,9 @@ BUILTIN: tuple[Detector, ...] = (
              (_B + r"gh[pousr]_[A-Za-z0-9]{36}[A-Za-z0-9]*" + _B,
               _B + r"github_pat_[A-Za-z0-9_]{48}[A-Za-z0-9_]*" + _B),
              check_github, width=256),
+    # Tollway's own virtual keys: one pasted into a prompt reaches the provider, a trace, a log.
+    Detector("tollway_key", "TOLLWAY_KEY", "credential", (_B + r"tw-[A-Za-z0-9_-]{32}[A-Za-z0-9_-]*",),
+             check_tollway_key, width=256),
     Detector("slack_token", "SLACK_TOKEN", "credential", (_B + r"xox[abposr]-[A-Za-z0-9-]{10}[A-Za-z0-9-]*",),
              width=256),
     Detector("stripe_key", "STRIPE_KEY", "credential", (_B + r"(?:sk|rk)_live_[A-Za-z0-9]{20}[A-Za-z0-9]*",),

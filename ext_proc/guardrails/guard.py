@@ -407,6 +407,27 @@ class Guard:
                 changed = True
         return changed
 
+    def shown(self, text: str) -> str | None:
+        """An answer's ``text`` as a trace may carry it: every value a response rule finds as its
+        placeholder, whatever the rule's action (a value the policy guards never leaves for a
+        tracing backend), not counted; None when it cannot be scanned within the bounds."""
+        rules = self.plan.response
+        try:
+            findings = self.plan.scanner.find(text, rules, Budget()) if rules else []
+        except Unscannable:
+            return None
+        if self._kept is not None:
+            findings = merge(findings, self._kept.find(text))
+        if not findings:
+            return text
+        parts, last = [], 0
+        for finding in findings:
+            parts += [text[last:finding.start], self._placeholder(finding.detector, text[finding.start:finding.end],
+                                                                  False)]
+            last = finding.end
+        parts.append(text[last:])
+        return "".join(parts)
+
     def _answer_budget(self) -> Budget:
         budget = self._answered
         if budget is None:

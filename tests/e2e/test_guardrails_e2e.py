@@ -106,6 +106,26 @@ def test_a_blocked_prompt_is_the_sdks_400_and_never_reaches_the_provider(env: Pr
     assert refused.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
 
 
+def test_a_blocked_answer_is_the_gateways_refusal_not_a_provider_error(env: Providers) -> None:
+    """The provider answered (and billed) the request; a guardrail withheld its answer: the record's
+    outcome is ``blocked``, not ``error`` (which says the provider failed), with its tokens and cost."""
+    for stream in (False, True):
+        with pytest.raises(openai.APIError) as caught:
+            answer = env.openai().chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "The deploy key?"}], stream=stream,
+                extra_headers={"x-mock-reply": f"It is {AWS_KEY} as you asked."})
+            if stream:
+                list(answer)  # type: ignore[arg-type]
+        if not stream:
+            assert isinstance(caught.value, openai.BadRequestError) and caught.value.code == "guardrail_blocked"
+        request_id = env.records()[-1]["request_id"] if stream else caught.value.response.headers.get(  # type: ignore[attr-defined]
+            "x-tollway-request-id")
+        record = env.record(request_id)
+        assert (record["outcome"], record["error"], record["provider"]) == ("blocked", "guardrail_blocked", "openai")
+        assert record["output_tokens"] and record["cost_usd_micros"], record
+        assert record["guardrail_triggers"][0]["direction"] == "response"
+
+
 def test_a_prompt_made_of_candidates_is_refused_at_the_scanners_bound_and_the_worker_serves_on(
         env: Providers) -> None:
     """300 KB of "1 1 1 …": every digit starts a phone and a card candidate (tens of µs of checks

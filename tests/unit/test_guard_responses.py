@@ -371,7 +371,7 @@ def test_a_blocked_responses_stream_ends_with_one_numbered_error_and_none_of_the
     assert "Sure. The card is ".startswith(shown)
     assert b"4111" not in out and b"1111" not in out
     (record,) = records(session)
-    assert (record["outcome"], record["error"]) == ("error", "guardrail_blocked")
+    assert (record["outcome"], record["error"]) == ("blocked", "guardrail_blocked")
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -200,7 +200,7 @@ def test_a_blocked_answer_ends_with_an_error_event_and_none_of_the_value(route: 
     assert "Sure. The card is ".startswith(shown)  # some of the text before it, never any of the card
     assert b"4111" not in out and b"1111" not in out
     (record,) = records(session)
-    assert (record["outcome"], record["error"]) == ("error", "guardrail_blocked")
+    assert (record["outcome"], record["error"]) == ("blocked", "guardrail_blocked")
     assert record["guardrail_triggers"] == [{"guardrail": "secrets", "detector": "credit_card", "action": "block",
                                              "direction": "response", "count": 1}]
 

@@ -31,6 +31,8 @@ from tests.unit.transcript import Record, Responds, Transcript
 
 FOUND = [
     ("email", "write to jane.doe+news@mail.example.co.uk today", "jane.doe+news@mail.example.co.uk"),
+    ("tollway_key", "Bearer tw-Qd8NTWKtkNOmWFBsVD0xHEZZEPZvJ1mZ4EPbEuT1GAx.",
+     "tw-Qd8NTWKtkNOmWFBsVD0xHEZZEPZvJ1mZ4EPbEuT1GAx"),
     ("credit_card", "card 4111 1111 1111 1111 exp", "4111 1111 1111 1111"),
     ("credit_card", "amex 378282246310005.", "378282246310005"),
     ("credit_card", "mc 5555-5555-5555-4444", "5555-5555-5555-4444"),
@@ -100,6 +102,7 @@ FOUND = [
 ]
 
 NOT_FOUND = [
+    "see tw-how-to-configure-the-gateway-for-production-use",  # a slug after "tw-", not a key
     "card 4111 1111 1111 1112",  # fails Luhn
     "card 4111-1111 1111 1111",  # mixed separators
     "SSN 666-12-3456",  # area 666 is never issued

@@ -143,7 +143,7 @@ def test_a_blocked_leak_ends_the_stream_before_any_of_the_value(route: Route) ->
     shown, errored = client_text(route, out)
     assert errored and "Sure! It is ".startswith(shown) and b"FLAM" not in out
     (record,) = records(session)
-    assert (record["outcome"], record["error"]) == ("error", "guardrail_blocked")
+    assert (record["outcome"], record["error"]) == ("blocked", "guardrail_blocked")
 
 
 @pytest.mark.parametrize("route", ROUTES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import orjson
@@ -99,6 +100,38 @@ def test_prompts_and_answers_only_when_the_policy_opts_in_and_then_redacted(
     assert output[0]["parts"][0]["content"] == "Card [CREDIT_CARD_1] noted."
     assert output[0]["finish_reason"] == "end_turn"
     assert "jane.doe" not in str(span.to_json()) and "4111" not in str(span.to_json())
+
+
+GUARDED_TEXT = POLICY_TEXT + textwrap.dedent("""\
+    telemetry: {trace_content: true}
+    guardrails:
+      custom:
+        codenames: {words: [bluebird], label: CODENAME}
+        ticket: {pattern: "TCK-[0-9]{6}"}
+      rules:
+        - {name: names, detectors: [codenames], action: redact, direction: both}
+        - {name: tickets, detectors: [ticket], action: block, direction: response}
+    """)
+TOLLWAY_KEY = "tw-Qd8NTWKtkNOmWFBsVD0xHEZZEPZvJ1mZ4EPbEuT1GAx"
+
+
+def test_a_trace_never_carries_what_the_policy_guards_in_answers_nor_a_withheld_answer(
+        spans: tuple[Tracer, InMemorySpanExporter]) -> None:
+    """The answer in a span is the provider's text, read before the client's guardrails acted: a
+    value a response rule finds is its placeholder there too, a blocked answer is not there at all,
+    and a Tollway key pasted into a prompt is a credential the built-in redaction removes."""
+    tracer, exporter = spans
+    policy = compile_policy(GUARDED_TEXT)
+    asked = {"model": "smart", "messages": [{"role": "user", "content": f"status? my key is {TOLLWAY_KEY}"}]}
+    for said, shown in (("Project bluebird is on track.", "Project [CODENAME_1] is on track."),
+                        ("Your ticket is TCK-123456.", None)):
+        answer = {**ANTHROPIC_MESSAGE, "content": [{"type": "text", "text": said}]}
+        emitted = run(Session(policy, "local-dev", trace=True), asked, answer)
+        assert emitted.trace is not None and emitted.trace.answer == shown
+        tracer.finish(emitted.record, emitted.trace)
+        exported = str(exporter.get_finished_spans()[-1].to_json())
+        assert "bluebird" not in exported and "TCK-123456" not in exported and TOLLWAY_KEY not in exported
+        assert "[TOLLWAY_KEY_1]" in exported
 
 
 def test_no_tracer_no_trace_data() -> None:
