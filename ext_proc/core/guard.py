@@ -19,7 +19,7 @@ and ends there.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from ext_proc.core.actions import Ask
 from ext_proc.core.flow import Flow
@@ -29,6 +29,7 @@ from ext_proc.guardrails import texts
 from ext_proc.guardrails.guard import Blocked, Guard
 from ext_proc.guardrails.queries import Classify
 from ext_proc.guardrails.scanner import Unscannable
+from ext_proc.llm import encodings
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
 from ext_proc.policy.compiled import Alias
@@ -66,16 +67,80 @@ class GuardPrompt(Step):
             raise ClientError(400, "guardrails_unsupported",
                               f"Guardrails apply to this request, but Tollway cannot read {api.name} requests yet.")
         guard = flow.guard = Guard(plan)
+        tokens = TokenPrompts.decoded(flow, api.name, request.payload)
         try:
             changed, scored = guard.prompt(walker, request.payload)
         except (Blocked, Unscannable) as blocked:
             raise refusal(blocked, "request") from None
+        if tokens is not None:
+            tokens.encode_back()
         if changed:
             flow.replaced = flow.reencode = True
         classifier = plan.classifier
         if classifier is None or not scored or (guard.score is not None and guard.score >= plan.threshold):
             return None
         return Ask(Classify(classifier.url, tuple(scored), classifier.timeout), then=partial(_classified, flow))
+
+
+class TokenPrompts:
+    """A completions ``prompt`` or an embeddings ``input`` given as token ids, the same text to the
+    model as the words: decoded for the guard (in place), then put back, as the same ids where the
+    guard left the text alone and as the new text's ids where it changed it. Only with the
+    tokenizer of every target: OpenAI's models (tiktoken); another model's ids are refused (fail
+    closed), never passed unread."""
+
+    __slots__ = ("_decoded", "_encoding")
+
+    _FIELDS: ClassVar[dict[str, str]] = {"openai.completions": "prompt", "openai.embeddings": "input"}
+
+    def __init__(self, encoding: Any, decoded: list[tuple[Any, Any, list[int], str]]) -> None:
+        self._encoding = encoding
+        self._decoded = decoded
+
+    @classmethod
+    def decoded(cls, flow: Flow, api: str, payload: dict[str, Any]) -> TokenPrompts | None:
+        field = cls._FIELDS.get(api)
+        value = payload.get(field) if field is not None else None
+        if not isinstance(value, list) or not value:
+            return None
+        if all(_is_token(item) for item in value):
+            places: list[tuple[Any, Any]] = [(payload, field)]
+        else:
+            places = [(value, i) for i, item in enumerate(value)
+                      if isinstance(item, list) and item and all(_is_token(t) for t in item)]
+        if not places:
+            return None
+        names = {encodings.encoding_name_for_model(target.upstream_model) for target in flow.chain
+                 if target.provider.kind in _TIKTOKEN_KINDS}
+        if len(names) != 1 or any(target.provider.kind not in _TIKTOKEN_KINDS for target in flow.chain):
+            model = flow.target.upstream_model if flow.target is not None else "?"
+            raise ClientError(400, "guardrails_unsupported",
+                              f"Guardrails apply to this request, but its '{field}' is token ids for a model whose "
+                              f"tokenizer Tollway does not have ('{model[:200]}'): send the text instead.", field)
+        encoding = encodings.get_encoding(names.pop())
+        decoded = []
+        for container, key in places:
+            ids = container[key]
+            try:
+                text = encoding.decode(ids)
+            except (KeyError, ValueError, OverflowError):
+                raise ClientError(400, "invalid_request", f"'{field}' holds a token id the model does not have.",
+                                  field) from None
+            container[key] = text
+            decoded.append((container, key, ids, text))
+        return cls(encoding, decoded)
+
+    def encode_back(self) -> None:
+        for container, key, ids, text in self._decoded:
+            now = container[key]
+            container[key] = ids if now == text else self._encoding.encode(now, disallowed_special=())
+
+
+_TIKTOKEN_KINDS = frozenset({"openai", "azure-openai"})  # whose models' token ids tiktoken decodes
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _classified(flow: Flow, answer: Any) -> Ask | None:

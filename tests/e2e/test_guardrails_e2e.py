@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from ext_proc.cli import main
+from ext_proc.llm import encodings
 from ext_proc.policy.compiled import key_digest
 from tests.e2e.conftest import Providers
 
@@ -178,6 +179,24 @@ def test_a_redacted_prompt_reaches_the_provider_redacted(env: Providers) -> None
     (seen,) = env.provider_saw(raw.headers.get("x-tollway-request-id"))
     assert seen["path"] == "/v1/messages"  # translated for Anthropic, and redacted
     assert "[CREDIT_CARD_1]" in seen["body"] and "4111" not in seen["body"]
+
+
+def test_a_prompt_given_as_token_ids_is_guarded_like_its_text(env: Providers) -> None:
+    """Token ids are the same text to the model: a key in them is blocked, a card in them reaches
+    the provider as the ids of its placeholder, and ids left alone go out as they came."""
+    encoding = encodings.encoding_for_model("gpt-4o-mini")
+    with pytest.raises(openai.BadRequestError) as caught:
+        env.openai().embeddings.create(model="gpt-4o-mini", input=[encoding.encode(f"deploy with {AWS_KEY}")])
+    assert caught.value.code == "guardrail_blocked"
+    assert env.provider_saw(caught.value.response.headers.get("x-tollway-request-id")) == []
+    plain = encoding.encode("An ordinary sentence.")
+    raw = env.openai().completions.with_raw_response.create(
+        model="gpt-4o-mini", prompt=[encoding.encode(f"Charge {CARD} now."), plain], max_tokens=5)
+    (seen,) = env.provider_saw(raw.headers.get("x-tollway-request-id"))
+    sent = json.loads(seen["body"])["prompt"]
+    assert encoding.decode(sent[0]) == "Charge [CREDIT_CARD_1] now." and sent[1] == plain
+    record = env.record(raw.headers.get("x-tollway-request-id"))
+    assert record["guardrail_triggers"][0]["detector"] == "credit_card"
 
 
 def test_pseudonyms_go_out_as_placeholders_and_come_back(env: Providers) -> None:

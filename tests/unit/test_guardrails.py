@@ -24,6 +24,7 @@ from ext_proc.guardrails.guard import Holdback
 from ext_proc.guardrails.instructions import WEIGHTS, instructions
 from ext_proc.guardrails.queries import ClassifierUnavailable, Classify
 from ext_proc.guardrails.scanner import CONTEXT, Budget, PatternError, Unscannable, builtin, context, shape
+from ext_proc.llm import encodings
 from ext_proc.policy.compile import PolicyError, compile_policy
 from tests.unit.transcript import Record, Responds, Transcript
 
@@ -713,6 +714,27 @@ def test_a_blocked_prompt_is_refused_in_the_clients_format_and_recorded() -> Non
                   guardrail_triggers=[{"guardrail": "secrets", "detector": "aws_access_key", "action": "block",
                                        "direction": "request", "count": 1}])
     )
+
+
+def test_token_ids_are_read_with_the_models_tokenizer_or_refused() -> None:
+    """A prompt as token ids is the text those ids spell: guarded as such; ids of a model whose
+    tokenizer Tollway does not have (an OpenAI-compatible server's), or no model's, are refused."""
+    encoding = encodings.encoding_for_model("gpt-4o")
+    plain = encoding.encode("Nothing to see.")
+    session, _, sent = post("/v1/embeddings", {"model": "gpt-4o", "input": [plain, encoding.encode("x@example.com")]})
+    assert isinstance(sent, Continue) and sent.body is not None
+    first, second = orjson.loads(sent.body)["input"]
+    assert first == plain and encoding.decode(second) == "[EMAIL_1]"
+    _, _, whole = post("/v1/completions", {"model": "gpt-4o", "prompt": plain})
+    assert isinstance(whole, Continue) and whole.body is None  # left alone: the client's bytes go out
+    local = compile_policy(HEAD.replace("  claude-x: {provider: anthropic}\n", "  claude-x: {provider: anthropic}\n"
+                                        "  llama: {provider: vllm}\n").replace(
+        "providers:\n", "providers:\n  vllm: {kind: openai-compatible, endpoint: 'http://vllm.local:8000'}\n")
+        + GUARDRAILS)
+    _, _, refused = post("/v1/completions", {"model": "llama", "prompt": [1, 2, 3]}, policy=local)
+    assert refused.status == 400 and b"guardrails_unsupported" in refused.body and b"'llama'" in refused.body
+    _, _, unknown = post("/v1/embeddings", {"model": "gpt-4o", "input": [10**9]})
+    assert unknown.status == 400 and b"token id the model does not have" in unknown.body
 
 
 def test_custom_words_block_in_any_case() -> None:

@@ -67,7 +67,8 @@ def _annotations(annotations: Any) -> Iterator[Ref]:
 
 
 class CompletionsWalker(Walker):
-    """``/v1/completions``: ``prompt`` (a string or a list of strings; token arrays are not text), ``suffix``."""
+    """``/v1/completions``: ``prompt`` (a string or a list of strings; token ids are decoded to text
+    first by :class:`ext_proc.core.guard.TokenPrompts`), ``suffix``."""
 
     def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
         yield from _inputs(payload, "prompt")
