@@ -721,7 +721,7 @@ def test_token_ids_are_read_with_the_models_tokenizer_or_refused() -> None:
     tokenizer Tollway does not have (an OpenAI-compatible server's), or no model's, are refused."""
     encoding = encodings.encoding_for_model("gpt-4o")
     plain = encoding.encode("Nothing to see.")
-    session, _, sent = post("/v1/embeddings", {"model": "gpt-4o", "input": [plain, encoding.encode("x@example.com")]})
+    _, _, sent = post("/v1/embeddings", {"model": "gpt-4o", "input": [plain, encoding.encode("x@example.com")]})
     assert isinstance(sent, Continue) and sent.body is not None
     first, second = orjson.loads(sent.body)["input"]
     assert first == plain and encoding.decode(second) == "[EMAIL_1]"
