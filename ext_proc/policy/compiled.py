@@ -234,16 +234,25 @@ class CompiledPolicy:
     guardrails: Guardrails | None = None  # the guardrails section compiled (None: no rule)
     trace_content: bool = False  # telemetry.trace_content: prompts and answers (redacted) in spans
 
+    @functools.cached_property
+    def model_names(self) -> frozenset[str]:
+        """Every model name this policy knows: public names, routing aliases and the providers' model
+        names their targets send (the only model names that become metric labels)."""
+        return self._target_names() | self.aliases.keys()
+
     def encodings(self) -> frozenset[str]:
         """The tokenizer encodings this policy's models count with: by public name, alias and the
         providers' model names (``o200k_base`` always: Anthropic's APIs count with it)."""
+        return frozenset({O200K, *(encoding_name_for_model(name) for name in self._target_names())})
+
+    def _target_names(self) -> frozenset[str]:
         names = set(self.models)
         for target in self.models.values():
             names.update((target.public, target.upstream_model))
         for alias in self.aliases.values():
             for plan in (alias.plan, *alias.teams.values()):
                 names.update(target.upstream_model for target in plan.targets)
-        return frozenset({O200K, *(encoding_name_for_model(name) for name in names)})
+        return frozenset(names)
 
     def alias(self, model: str) -> Alias | None:
         """The routing alias named ``model``, if it is one."""

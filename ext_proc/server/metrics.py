@@ -24,8 +24,9 @@ increment: measured here, multiprocess mode costs 14 µs of CPU per request for 
 ``prometheus_client`` in one process 10 µs, the tally 2 µs (README, "Metrics"). A scrape sees the
 other workers' counts at most 0.5 s late.
 
-Labels are bounded: API, team (the policy's teams), model (a name the policy knows, else one of
-the first ``MODEL_CAP`` other names this process saw, else ``other``), provider, status,
+Labels are bounded: API, team (the policy's teams), model (a name the policy knows, else
+``other``: a name a caller made up is never a label), the model that served (a name the policy
+knows, else one of the first ``MODEL_CAP`` others, see :class:`Names`), provider, status,
 outcome, and the guardrail, detector and limit names of the policy. No key, request or free-text
 label. Metric names follow the OpenTelemetry GenAI semantic conventions where they name one
 (semantic-conventions-genai v0.1.0, ``gen_ai.client.inference.*``), converted to Prometheus
@@ -39,7 +40,7 @@ import bisect
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,7 @@ import orjson
 
 log = logging.getLogger("tollway.metrics")
 
-MODEL_CAP = 50  # distinct model names beyond the policy's that get a label of their own
+MODEL_CAP = 50  # distinct served-model names beyond the policy's that get a label of their own
 # The semantic conventions' bucket boundaries for GenAI durations (seconds).
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 # gen_ai.server.time_per_output_token's boundaries (seconds).
@@ -144,31 +145,55 @@ Key = tuple[str, ...]  # (metric name, label values...)
 
 
 class Names:
-    """Bounded label values: model names (the policy's, then up to ``cap`` others, then ``other``)
-    and each provider's ``gen_ai.provider.name``."""
+    """Bounded label values: model names and each provider's ``gen_ai.provider.name``.
 
-    __slots__ = ("cap", "others", "policy")
+    A model name the policy knows (``CompiledPolicy.model_names``: public names, aliases, the
+    providers' model names) is its own label. A requested model the policy does not know is
+    ``other``: such a request was refused, and its name is whatever the caller made up. The model
+    that served is the provider's word (often a dated snapshot, ``gpt-4o-mini-2024-07-18``): the
+    first ``cap`` names the policy does not know get a label of their own, later ones ``other``.
+
+    Across workers, :class:`Exchange` hands in (:meth:`adopt`) the served-model labels the other
+    workers' files hold, at start and at each scrape, and they count against ``cap``: a restarted
+    worker reuses its predecessor's labels instead of starting a fresh set. What remains: workers
+    running side by side see each other's names only at a scrape, so each may add up to ``cap`` in
+    between; the directory holds at most ``cap`` per worker (and the supervisor), restarts or not.
+    """
+
+    __slots__ = ("cap", "policy", "served")
 
     def __init__(self, policy: Callable[[], Any] | None = None, cap: int = MODEL_CAP) -> None:
         self.policy = policy or (lambda: None)
         self.cap = cap
-        self.others: set[str] = set()
+        self.served: set[str] = set()  # served-model labels beyond the policy's names
 
     def model(self, name: str | None, policy: Any = None) -> str:
-        """``name``'s label (``policy``: the policy now, when the caller has it at hand)."""
+        """A requested model's label (``policy``: the policy now, when the caller has it at hand)."""
         if not name:
             return "none"
         if policy is None:
             policy = self.policy()
-        if policy is not None and name in policy.models:
+        return name if policy is not None and name in policy.model_names else "other"
+
+    def served_model(self, name: str | None, policy: Any = None) -> str:
+        """The label of the model that served (the provider's name for it)."""
+        if not name:
+            return "none"
+        if policy is None:
+            policy = self.policy()
+        served = self.served
+        if name in served or (policy is not None and name in policy.model_names):
             return name
-        others = self.others
-        if name in others:
-            return name
-        if len(others) < self.cap:
-            others.add(name)
+        if len(served) < self.cap:
+            served.add(name)
             return name
         return "other"
+
+    def adopt(self, labels: Iterable[str]) -> None:
+        """Take in served-model labels other processes gave (see the class docstring)."""
+        policy = self.policy()
+        known = policy.model_names if policy is not None else frozenset()
+        self.served.update(name for name in labels if name not in ("none", "other") and name not in known)
 
     def provider_kind(self, provider: str, policy: Any = None) -> str:
         if policy is None:
@@ -247,7 +272,7 @@ class Tally:
         if inp is None and out is None:
             add(("tollway_requests_usage_unknown", team, model, provider))
         else:
-            served = names.model(record.get("served_model"), policy)
+            served = names.served_model(record.get("served_model"), policy)
             tokens = (operation, kind, model, served, "unknown", team, provider)
             for metric, value in (("gen_ai_client_inference_usage_input_tokens", inp),
                                   ("gen_ai_client_inference_usage_output_tokens", out),
@@ -298,6 +323,11 @@ class Exchange:
         self.tally = tally
         self.directory = directory
         self.path = os.path.join(directory, f"worker-{os.getpid()}.json") if directory else None
+        if directory:  # the served-model labels the files of earlier and other workers hold
+            merged = Merged()
+            for data in self.others():
+                merged.add(data, live=False)
+            tally.names.adopt(merged.labels("gen_ai_response_model"))
 
     def write(self) -> None:
         """Publish the tally when it changed (atomic: a reader sees the old file or the new one)."""
@@ -323,6 +353,14 @@ class Exchange:
         merged.add(self.tally.snapshot(), live=True)
         if self.directory is None:
             return merged
+        for data in self.others():
+            merged.add(data, live=alive(int(data.get("pid", 0))))
+        self.tally.names.adopt(merged.labels("gen_ai_response_model"))
+        return merged
+
+    def others(self) -> Iterator[dict[str, Any]]:
+        """The files of the other workers (and the supervisor), live or dead."""
+        assert self.directory is not None
         mine = os.path.basename(self.path or "")
         for name in sorted(os.listdir(self.directory)):
             if not name.endswith(".json") or name == mine:
@@ -332,8 +370,7 @@ class Exchange:
                     data = orjson.loads(source.read())
             except (OSError, orjson.JSONDecodeError):
                 continue  # removed meanwhile
-            merged.add(data, live=alive(int(data.get("pid", 0))))
-        return merged
+            yield data
 
 
 def alive(pid: int) -> bool:
@@ -382,6 +419,15 @@ class Merged:
                 gauges[k] = max(gauges[k], value)
             else:
                 gauges[k] += value
+
+    def labels(self, label: str) -> set[str]:
+        """The values ``label`` takes among the counters."""
+        found = set()
+        for key in self.counters:
+            names = METRICS[key[0]].labels
+            if label in names:
+                found.add(key[names.index(label) + 1])
+        return found
 
     def value(self, name: str, **labels: str) -> float:
         """A counter's (or gauge's) total over the label values given (the others summed)."""

@@ -20,6 +20,7 @@ apiVersion: tollway/v1
 providers: {openai: {kind: openai}, claude: {kind: anthropic}, eu: {kind: azure-openai, api_version: "2024-10-21"}}
 models: {gpt-4o-mini: {provider: openai}, claude-haiku: {provider: claude, model: claude-3-5-haiku-20241022}}
 teams: {search: {workloads: [w], models: ["*"]}}
+routing: {aliases: {chat: {targets: [{provider: openai, model: gpt-4o-mini}, {provider: claude, model: claude-x}]}}}
 """)
 
 OK: dict[str, Any] = {"request_id": "r1", "team": "search", "key_id": "search-ci", "api": "openai.chat.completions",
@@ -108,13 +109,42 @@ def test_a_record_adds_to_every_metric_it_concerns() -> None:
 
 def test_labels_are_bounded() -> None:
     tally = Tally(Names(lambda: POLICY, cap=2))
-    for model in ("gpt-4o-mini", "made-up-1", "made-up-2", "made-up-3", "made-up-4", "claude-haiku"):
+    known = ("gpt-4o-mini", "claude-haiku", "claude-3-5-haiku-20241022", "chat", "claude-x")
+    for model in ("made-up-1", "made-up-2", "made-up-3", *known):
         tally.record({**REFUSED, "model": model, "error": "model_not_found", "status": 404, "key_id": "k"})
     models = {key[3] for key in tally.counters if key[0] == "tollway_requests"}
-    # The policy's names always; two others; the rest is "other". No key id, no request id anywhere.
-    assert models == {"gpt-4o-mini", "claude-haiku", "made-up-1", "made-up-2", "other"}
+    # The names the policy knows (public, alias, upstream); what a caller made up is "other" and takes no
+    # slot. No key id, no request id anywhere.
+    assert models == {*known, "other"}
+    assert not tally.names.served
     assert not any("k" in key[1:] or "r2" in key[1:] for key in tally.counters)
+    # The model that served: the policy's names always, two others, then "other".
+    for served in ("snapshot-1", "snapshot-2", "snapshot-3", "claude-3-5-haiku-20241022"):
+        tally.record({**OK, "served_model": served})
+    assert served_labels(tally) == {"snapshot-1", "snapshot-2", "other", "claude-3-5-haiku-20241022"}
     assert Names(lambda: POLICY).provider_kind("eu") == "azure.ai.openai"
+
+
+def served_labels(tally: Tally) -> set[str]:
+    return {key[4] for key in tally.counters if key[0] == "gen_ai_client_inference_usage_input_tokens"}
+
+
+def test_a_restarted_worker_reuses_its_predecessors_served_model_labels(tmp_path: Path) -> None:
+    # A worker gave its two slots to served-model names, wrote its file, and died (SIGKILL: the file stays).
+    dead = Tally(Names(lambda: POLICY, cap=2))
+    for served in ("snapshot-1", "snapshot-2"):
+        dead.record({**OK, "served_model": served})
+    gone = Exchange(dead, str(tmp_path))
+    gone.path = str(tmp_path / "worker-1.json")  # no such process
+    gone.write()
+    # Its successor starts with those two labels taken: a third name is "other", not a fresh set of two.
+    successor = Tally(Names(lambda: POLICY, cap=2))
+    exchange = Exchange(successor, str(tmp_path))
+    for served in ("snapshot-3", "snapshot-1"):
+        successor.record({**OK, "served_model": served})
+    assert served_labels(successor) == {"other", "snapshot-1"}
+    merged = exchange.totals()
+    assert merged.labels("gen_ai_response_model") == {"snapshot-1", "snapshot-2", "other"}
 
 
 def test_workers_files_are_summed_and_a_dead_workers_counts_stay(tmp_path: Path) -> None:
@@ -205,3 +235,4 @@ def test_the_grafana_dashboard_asks_only_for_metrics_and_labels_the_service_expo
         for group in re.findall(r"by \(([^)]*)\)", expr):
             for label in (x.strip() for x in group.split(",")):
                 assert any(label in labels for name, labels in exposed.items() if name in expr), (label, expr)
+
