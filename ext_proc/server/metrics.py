@@ -264,9 +264,16 @@ class Tally:
                 elif code == "rate_limit_exceeded":
                     add(("tollway_rate_limit_refusals", limit))
             return
+        if provider == "none":
+            return  # answered by Tollway itself (model list, local token count)
+        if record.get("fallback"):
+            add(("tollway_fallbacks", model, provider))
+        attempts = record.get("attempts")  # every API's: requests that reached a provider minus these are retries
+        if attempts:
+            add(("tollway_provider_attempts", model), attempts)
         operation = OPERATIONS.get(api)
-        if operation is None or provider == "none":
-            return  # answered by Tollway itself (model list, token count): no inference
+        if operation is None:
+            return  # not inference (Anthropic's token count): no usage, cost or duration
         kind = names.provider_kind(provider, policy)
         inp, out = record.get("input_tokens"), record.get("output_tokens")
         if inp is None and out is None:
@@ -289,11 +296,6 @@ class Tally:
                 add(("tollway_requests_unpriced", team, model, provider))
             elif cost:
                 add(("tollway_cost_usd", team, model, provider), cost)  # micro-dollars: exact; shown in USD
-        if record.get("fallback"):
-            add(("tollway_fallbacks", model, provider))
-        attempts = record.get("attempts")
-        if attempts:
-            add(("tollway_provider_attempts", model), attempts)
         latency = record.get("latency_ms")
         if latency is not None:
             error = str(record.get("status")) if outcome == "error" else "incomplete" if outcome == "incomplete" else ""

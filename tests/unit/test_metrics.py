@@ -147,6 +147,24 @@ def test_a_restarted_worker_reuses_its_predecessors_served_model_labels(tmp_path
     assert merged.labels("gen_ai_response_model") == {"snapshot-1", "snapshot-2", "other"}
 
 
+def test_every_try_at_a_provider_is_counted_whatever_the_api() -> None:
+    # Anthropic's count_tokens forwarded to Anthropic: not inference, but a request that reached a provider,
+    # so its try is an attempt (requests that reached a provider minus attempts: retries, never negative).
+    tally = Tally(Names(lambda: POLICY))
+    count = {**OK, "api": "anthropic.count_tokens", "model": "claude-haiku", "provider": "claude",
+             "served_model": None, "attempts": 1, "fallback": False, "input_tokens": None, "output_tokens": None,
+             "ttft_ms": None}
+    tally.record(count)
+    tally.record({**count, "api": "openai.models", "model": None, "provider": None, "attempts": None})
+    got = scrape(tally)
+    assert got[("tollway_provider_attempts_total", (("model", "claude-haiku"),))] == 1
+    assert not any(name.startswith("gen_ai_") for name, _ in got)  # no inference: no usage, no duration
+    merged = Exchange(tally, None).totals()
+    reached = sum(v for k, v in merged.counters.items()
+                  if k[0] == "tollway_requests" and k[4] != "none" and k[6] != "rejected")
+    assert merged.value("tollway_provider_attempts") - reached == 0
+
+
 def test_workers_files_are_summed_and_a_dead_workers_counts_stay(tmp_path: Path) -> None:
     # Another worker, in its own process, counts two requests and writes its file; then it is gone.
     code = ("import sys; from ext_proc.server.metrics import Exchange, Tally; t = Tally(); "
@@ -236,3 +254,22 @@ def test_the_grafana_dashboard_asks_only_for_metrics_and_labels_the_service_expo
             for label in (x.strip() for x in group.split(",")):
                 assert any(label in labels for name, labels in exposed.items() if name in expr), (label, expr)
 
+
+def test_the_grafana_dashboards_rates_count_only_requests_that_reached_a_provider() -> None:
+    # Error rate, fallback rate, retries: "over requests that reached a provider" (not the model list
+    # Tollway answers itself, provider="none", nor a refusal), in the numerator as in the denominator.
+    import json
+    import re
+
+    board = json.loads((Path(__file__).parents[2] / "k8s" / "grafana" / "tollway-dashboard.json").read_text())
+    checked = 0
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            if not re.search(r"\) [/-] sum", expr) or "tollway_requests_total" not in expr:
+                continue
+            for selector in re.findall(r"tollway_requests_total\{([^}]*)\}", expr):
+                assert 'provider!="none"' in selector, (panel["title"], selector)
+                assert 'outcome!="rejected"' in selector or 'outcome=~"error|incomplete"' in selector, selector
+                checked += 1
+    assert checked == 4  # error rate (both sides), fallback rate, retries
