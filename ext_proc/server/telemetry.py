@@ -9,8 +9,11 @@ at once from the record (start = end − latency, mapped from monotonic to wall-
 (semantic-conventions-genai v0.1.0): kind CLIENT, named ``{gen_ai.operation.name}
 {gen_ai.request.model}``, with the ``gen_ai.*`` attributes (operation, provider, request and
 response model, token usage, finish reasons, time to first chunk) and Tollway's own
-(``tollway.*``). Its parent is the incoming ``traceparent`` (W3C Trace Context, and
-``tracestate``), so the request's span sits in the caller's trace.
+(``tollway.*``). A request that is not inference (Anthropic's token count, the model list) has
+no operation the conventions name: its span has no ``gen_ai.operation.name`` and is named
+``{tollway.api} {gen_ai.request.model}`` (``anthropic.count_tokens claude-haiku``). Its parent
+is the incoming ``traceparent`` (W3C Trace Context, and ``tracestate``), so the request's span
+sits in the caller's trace.
 
 Nothing is exported inline: finished spans go to the SDK's ``BatchSpanProcessor``, which sends
 them from its own thread over OTLP/HTTP in batches (a full queue drops spans, it never blocks a
@@ -144,10 +147,12 @@ class Tracer:
             return now_wall - (now_mono - mono)
 
         api = record.get("api") or "unknown"
-        operation = OPERATIONS.get(api, api)
+        operation = OPERATIONS.get(api)  # None: not inference (a token count, the model list)
         model = record.get("model")
-        attributes: dict[str, Any] = {"gen_ai.operation.name": operation, "tollway.request_id": record.get("request_id")
-                                      or "", "tollway.outcome": record.get("outcome") or "", "tollway.api": api}
+        attributes: dict[str, Any] = {"tollway.request_id": record.get("request_id") or "",
+                                      "tollway.outcome": record.get("outcome") or "", "tollway.api": api}
+        if operation is not None:
+            attributes["gen_ai.operation.name"] = operation
         provider = record.get("provider")
         if provider:
             attributes["gen_ai.provider.name"] = self.names.provider_kind(provider)
@@ -187,7 +192,8 @@ class Tracer:
             if trace.tracestate:
                 carrier["tracestate"] = trace.tracestate
             parent = self._propagator.extract(carrier)
-        span = self.tracer.start_span(f"{operation} {model}" if model else operation, context=parent,
+        named = operation or api
+        span = self.tracer.start_span(f"{named} {model}" if model else named, context=parent,
                                       kind=self._client, attributes=attributes, start_time=wall(trace.started))
         for name, at, event in trace.events:
             span.add_event(name, event, timestamp=wall(at))

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from ext_proc.core.actions import EmitRecord
+from ext_proc.core.actions import EmitRecord, Trace
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody
 from ext_proc.core.session import Session
 from ext_proc.policy.compile import compile_policy
@@ -209,3 +209,18 @@ def test_readers_learn_why_the_model_stopped() -> None:
     whole = CHAT_COMPLETIONS.reader()
     whole.whole({"choices": [{"finish_reason": "stop"}, {"finish_reason": "content_filter"}]})
     assert whole.finish_reasons == ["stop", "content_filter"]
+
+
+def test_a_request_that_is_not_inference_has_no_gen_ai_operation(spans: tuple[Tracer, InMemorySpanExporter]) -> None:
+    # The conventions' gen_ai.operation.name values (chat, text_completion, embeddings, ...) name no token
+    # count and no model list: such a span leaves the attribute out and is named after Tollway's API.
+    tracer, exporter = spans
+    for api, model in (("anthropic.count_tokens", "claude-x"), ("openai.models", None)):
+        record = {"request_id": "r1", "api": api, "model": model, "provider": None, "outcome": "ok", "status": 200}
+        tracer.finish(record, Trace(started=1_000, ended=2_000, traceparent=PARENT))
+    counted, listed = exporter.get_finished_spans()
+    assert (counted.name, listed.name) == ("anthropic.count_tokens claude-x", "openai.models")
+    for span in (counted, listed):
+        attributes = dict(span.attributes or {})
+        assert "gen_ai.operation.name" not in attributes
+        assert attributes["tollway.api"] in ("anthropic.count_tokens", "openai.models")
