@@ -4,18 +4,21 @@ counting, the model catalogue and the step that answers it."""
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import orjson
 import pydantic
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.responses.response import IncompleteDetails
 
 from ext_proc.core import upstream
 from ext_proc.llm import apis, providers, runtime, tokens
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEDecoder, SSEEvent
 from ext_proc.llm.translate import TranslationError, responses_to_anthropic, responses_to_chat
+from ext_proc.llm.translate.common import INCOMPLETE_FROM_FINISH
 from ext_proc.mock import responses as mock
 from ext_proc.mock.http import Request
 from ext_proc.mock.provider import MockProvider
@@ -228,6 +231,29 @@ def test_answers_become_response_objects_the_sdk_reads() -> None:
     out = Response.model_validate(responses_to_chat.response(orjson.loads(mock.openai_chat_json(chat)),
                                                              runtime=fixed))
     assert out.id == "resp_9" and out.output[0].type == "function_call" and out.created_at == 5
+
+
+@pytest.mark.parametrize(("stop_reason", "incomplete"), [
+    ("end_turn", None), ("stop_sequence", None), ("tool_use", None), ("pause_turn", None),
+    ("max_tokens", "max_output_tokens"), ("model_context_window_exceeded", "max_output_tokens"),
+    ("refusal", "content_filter"), ("a_reason_from_next_year", None),
+])
+def test_an_answer_cut_short_is_incomplete_whole_and_streamed(stop_reason: str, incomplete: str | None) -> None:
+    """Claude's answer cut by the context window filling up (Sonnet 4.5 and later) is as
+    incomplete as one cut by max_tokens: ``incomplete`` (``max_output_tokens``), the only reason
+    the SDK knows that fits, never a complete-looking ``completed``."""
+    from tests.unit.test_translate_openai_to_anthropic import TEXT_MESSAGE, text_stream
+
+    assert set(INCOMPLETE_FROM_FINISH.values()) <= set(typing.get_args(IncompleteDetails.model_fields["reason"]
+                                                                      .annotation.__args__[0]))  # Optional[Literal]
+    status = "incomplete" if incomplete else "completed"
+    whole = Response.model_validate(responses_to_anthropic.response({**TEXT_MESSAGE, "stop_reason": stop_reason}))
+    assert (whole.status, whole.incomplete_details and whole.incomplete_details.reason) == (status, incomplete)
+    translator = responses_to_anthropic.StreamTranslator(model="claude-x")
+    raw = b"".join(translator.event(name, data) for name, data in text_stream(["Cut he"], stop_reason))
+    last = EVENT.validate_json(raw.rsplit(b"data: ", 1)[1])
+    assert (last.type, last.response.status) == (f"response.{status}", status)
+    assert (last.response.incomplete_details and last.response.incomplete_details.reason) == incomplete
 
 
 def test_provider_errors_reach_the_client_in_openais_format() -> None:

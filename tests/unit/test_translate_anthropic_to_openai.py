@@ -7,6 +7,7 @@ client receives, ``openai.types`` for what the provider receives), and end to en
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,16 +15,17 @@ import anthropic
 import orjson
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
-from anthropic.types import Message, RawMessageStreamEvent
+from anthropic.types import Message, RawMessageStreamEvent, StopReason
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.shared import ErrorResponse
+from openai.types.chat.chat_completion import Choice
 from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming
 from pydantic import TypeAdapter
 
 from ext_proc.core import upstream
 from ext_proc.llm.apis import MESSAGES
 from ext_proc.llm.translate.anthropic_to_openai import StreamTranslator, error, request, response
-from ext_proc.llm.translate.common import TranslationError
+from ext_proc.llm.translate.common import STOP_FROM_FINISH, TranslationError
 from ext_proc.mock.responses import azure_error, openai_error
 from ext_proc.policy.compile import compile_policy
 
@@ -666,6 +668,14 @@ def test_refusal_becomes_text_and_content_filter_a_refusal() -> None:
 )
 def test_stop_reasons(finish: str | None, stop: str) -> None:
     assert response(completion({"role": "assistant", "content": "x"}, finish))["stop_reason"] == stop
+
+
+def test_every_finish_reason_of_the_sdk_has_its_stop_reason() -> None:
+    finish_reasons = typing.get_args(Choice.model_fields["finish_reason"].annotation)
+    assert set(STOP_FROM_FINISH) == set(finish_reasons)
+    assert set(STOP_FROM_FINISH.values()) <= set(typing.get_args(StopReason))
+    for finish in finish_reasons:
+        check_message(response(completion({"role": "assistant", "content": "x"}, finish)))
 
 
 def test_model_override_usage_without_details_and_reasoning_dropped() -> None:

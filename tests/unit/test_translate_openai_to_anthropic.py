@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,12 +18,13 @@ import httpx
 import openai
 import orjson
 import pytest
-from anthropic.types import message_create_params
+from anthropic.types import StopReason, message_create_params
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat.chat_completion import Choice
 from pydantic import TypeAdapter
 
-from ext_proc.llm.translate.common import TranslationError
+from ext_proc.llm.translate.common import FINISH_FROM_STOP, TranslationError
 from ext_proc.llm.translate.openai_to_anthropic import StreamTranslator, error, request, response
 
 CLAUDE = "claude-sonnet-4-5-20250929"
@@ -788,12 +790,21 @@ def test_empty_answer_has_empty_string_content() -> None:
         ("tool_use", "tool_calls"),
         ("pause_turn", "stop"),
         ("refusal", "content_filter"),
-        ("model_context_window_exceeded", "stop"),
+        ("model_context_window_exceeded", "length"),
         (None, "stop"),
+        ("a_reason_from_next_year", "stop"),
     ],
 )
 def test_finish_reason(stop_reason: str | None, finish_reason: str) -> None:
     assert completion({**TEXT_MESSAGE, "stop_reason": stop_reason})["choices"][0]["finish_reason"] == finish_reason
+
+
+def test_every_stop_reason_of_the_sdk_has_its_finish_reason() -> None:
+    """A stop reason the anthropic SDK learns fails here until it is mapped: unknown ones finish
+    with "stop", which for an answer cut short (``model_context_window_exceeded``) would make it
+    look complete."""
+    assert set(FINISH_FROM_STOP) == set(typing.get_args(StopReason))
+    assert set(FINISH_FROM_STOP.values()) <= set(typing.get_args(Choice.model_fields["finish_reason"].annotation))
 
 
 def test_response_without_usage() -> None:
@@ -1094,6 +1105,11 @@ def test_end_is_emitted_once() -> None:
         translator.event(name, data)
     assert translator.end() == b"data: [DONE]\n\n"
     assert translator.end() == b""
+
+
+def test_a_stream_cut_by_the_context_window_finishes_with_length() -> None:
+    _, _, chunks = run(text_stream(["The answer is cut he"], "model_context_window_exceeded"))
+    assert chunks[-2:] == [chunk({}, "length"), DONE]
 
 
 def test_message_stop_without_stop_reason_still_finishes() -> None:

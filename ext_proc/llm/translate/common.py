@@ -33,17 +33,23 @@ def shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-# Anthropic stop_reason -> OpenAI finish_reason.
+# Anthropic stop_reason -> OpenAI finish_reason: every value of the anthropic SDK's ``StopReason``
+# (a test holds it). An answer cut short, by its max_tokens or by the model's context window
+# filling up (``model_context_window_exceeded``), is ``length``: it must not look complete.
 FINISH_FROM_STOP = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",
+    "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
     "pause_turn": "stop",
     "refusal": "content_filter",
 }
 
-# OpenAI finish_reason -> Anthropic stop_reason.
+# OpenAI finish_reason -> the reason a Responses answer is incomplete (any other: it completed).
+INCOMPLETE_FROM_FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+# OpenAI finish_reason -> Anthropic stop_reason: every value of the openai SDK's finish_reason.
 STOP_FROM_FINISH = {
     "stop": "end_turn",
     "length": "max_tokens",

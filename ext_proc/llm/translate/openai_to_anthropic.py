@@ -39,6 +39,9 @@ unparseable tool call arguments.
 
 Response mapping: text blocks are joined into ``content`` (``None`` when the answer is only tool
 calls), ``tool_use`` blocks become ``tool_calls``, thinking and server-tool blocks are dropped.
+``stop_reason`` becomes ``finish_reason`` by :data:`.common.FINISH_FROM_STOP` (an answer cut by
+``max_tokens`` or by the context window, ``model_context_window_exceeded``, is ``length``; an
+unknown reason is ``stop``).
 ``usage.prompt_tokens`` counts cache reads and writes (as OpenAI's does); the cache write count is
 kept as the extra field ``prompt_tokens_details.cache_write_tokens``.
 

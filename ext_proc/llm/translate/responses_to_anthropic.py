@@ -24,10 +24,12 @@ Response mapping: text blocks -> ``message`` output items (adjacent blocks share
 ``tool_use`` blocks -> ``function_call`` items (``call_id`` = the ``tool_use`` id, ``arguments``
 = compact JSON of its input); thinking and redacted thinking blocks are dropped (Tollway does
 not ask for thinking, and they carry signatures only Anthropic reads). ``stop_reason``
-``max_tokens`` -> status ``incomplete`` (``max_output_tokens``), ``refusal`` -> ``incomplete``
-(``content_filter``), anything else -> ``completed``. Usage: ``input_tokens`` counts cache reads
-and writes (``input_tokens_details.cached_tokens`` / ``cache_write_tokens``), ``output_tokens``
-as reported. The id is ``resp_`` + the message id without ``msg_``.
+``max_tokens`` and ``model_context_window_exceeded`` (an answer cut short) -> status ``incomplete``
+(``max_output_tokens``), ``refusal`` -> ``incomplete`` (``content_filter``), anything else ->
+``completed``: the status the chat client's finish_reason gives (:data:`.common.FINISH_FROM_STOP`).
+Usage: ``input_tokens`` counts cache reads and writes (``input_tokens_details.cached_tokens`` /
+``cache_write_tokens``), ``output_tokens`` as reported. The id is ``resp_`` + the message id
+without ``msg_``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from ext_proc.llm.sse import SSEEvent
 from ext_proc.llm.usage import Usage, apply_anthropic
 
 from . import openai_to_anthropic
-from .common import TranslationError
+from .common import FINISH_FROM_STOP, INCOMPLETE_FROM_FINISH, TranslationError
 from .responses_common import (
     EventWriter,
     call_item,
@@ -55,8 +57,11 @@ from .responses_common import (
 
 __all__ = ["StreamTranslator", "error", "request", "response"]
 
-# stop_reason -> the reason a response is incomplete (None: it completed).
-_INCOMPLETE = {"max_tokens": "max_output_tokens", "refusal": "content_filter"}
+
+def _incomplete(stop_reason: Any) -> str | None:
+    """Why a response stopping for ``stop_reason`` is incomplete (None: it completed); the same
+    answer as for a chat client, whose finish_reason says it (``length`` -> ``max_output_tokens``)."""
+    return INCOMPLETE_FROM_FINISH.get(FINISH_FROM_STOP.get(stop_reason, "")) if isinstance(stop_reason, str) else None
 
 
 def request(body: dict[str, Any], model: str, *, default_max_tokens: int = 4096) -> dict[str, Any]:
@@ -89,7 +94,7 @@ def response(message: dict[str, Any], *, runtime: Runtime = SYSTEM) -> dict[str,
     usage = Usage()
     raw = message.get("usage")
     apply_anthropic(usage, raw)
-    incomplete = _INCOMPLETE.get(message.get("stop_reason"))  # type: ignore[arg-type]
+    incomplete = _incomplete(message.get("stop_reason"))
     return response_object(rid, int(runtime.now()), message.get("model"), output,
                            "incomplete" if incomplete else "completed",
                            usage_object(usage) if isinstance(raw, dict) else None, incomplete)
@@ -184,8 +189,7 @@ class StreamTranslator:
             return out
         if name == "message_stop":
             self._complete = True
-            return out + writer.finish(self._usage, _INCOMPLETE.get(self._stop) if isinstance(self._stop, str)
-                                       else None)
+            return out + writer.finish(self._usage, _incomplete(self._stop))
         if name == "error":
             err = data.get("error")
             err = err if isinstance(err, dict) else {}

@@ -56,13 +56,10 @@ from ext_proc.llm.sse import SSEEvent
 from ext_proc.llm.usage import Usage, apply_openai
 
 from .anthropic_to_openai import _error_message
-from .common import TranslationError
+from .common import INCOMPLETE_FROM_FINISH, TranslationError
 from .responses_common import EventWriter, call_item, message_item, response_id, response_object, to_chat, usage_object
 
 __all__ = ["StreamTranslator", "error", "request", "response"]
-
-# finish_reason -> the reason a response is incomplete (None: it completed).
-_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
 def request(body: dict[str, Any], model: str) -> dict[str, Any]:
@@ -96,7 +93,7 @@ def response(completion: dict[str, Any], *, runtime: Runtime = SYSTEM) -> dict[s
                                 str(function.get("name") or ""), arguments if isinstance(arguments, str) else ""))
     usage = Usage()
     apply_openai(usage, completion.get("usage"))
-    incomplete = _INCOMPLETE.get(choice.get("finish_reason"))  # type: ignore[arg-type]
+    incomplete = INCOMPLETE_FROM_FINISH.get(choice.get("finish_reason"))  # type: ignore[arg-type]
     created = completion.get("created")
     return response_object(rid, created if isinstance(created, int) else int(runtime.now()), completion.get("model"),
                            output, "incomplete" if incomplete else "completed",
@@ -210,7 +207,7 @@ class StreamTranslator:
 
     def _final(self) -> bytes:
         self._complete = True
-        return self._writer.finish(self._usage, _INCOMPLETE.get(self._finish or ""))
+        return self._writer.finish(self._usage, INCOMPLETE_FROM_FINISH.get(self._finish or ""))
 
     def _text(self, text: str) -> bytes:
         if self._open >= 0:
