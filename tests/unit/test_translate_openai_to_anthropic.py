@@ -18,7 +18,8 @@ import httpx
 import openai
 import orjson
 import pytest
-from anthropic.types import StopReason, message_create_params
+from anthropic.lib.streaming._messages import accumulate_event
+from anthropic.types import RawMessageStreamEvent, StopReason, message_create_params
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.chat.chat_completion import Choice
@@ -44,6 +45,7 @@ WEATHER_TOOL: dict[str, Any] = {
 
 # -- Anthropic request validation ------------------------------------------------------------------
 
+ANTHROPIC_EVENT: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
 _NON_STREAMING = TypeAdapter(message_create_params.MessageCreateParamsNonStreaming)
 _STREAMING = TypeAdapter(message_create_params.MessageCreateParamsStreaming)
 # Sampling parameters the Messages API accepts but anthropic>=2 no longer types (some models refuse them).
@@ -1148,7 +1150,7 @@ def test_explicit_error_event() -> None:
 def test_stream_created_defaults_to_now() -> None:
     before = int(time.time())
     translator = StreamTranslator()
-    (first,) = sse_chunks(translator.event(*text_stream([])[0]))
+    first, *_ = sse_chunks(b"".join(translator.event(name, data) for name, data in text_stream([])))
     assert before <= first["created"] <= int(time.time())
 
 
@@ -1349,3 +1351,73 @@ def test_a_streamed_call_without_arguments_gets_an_empty_object() -> None:
             state.handle_chunk(ChatCompletionChunk.model_validate_json(event[6:]))
     (call,) = state.get_final_completion().choices[0].message.tool_calls or []
     assert (call.function.name, call.function.arguments) == ("now", "{}")
+
+
+def test_a_stream_that_opens_with_a_tool_call_has_null_content() -> None:
+    """As OpenAI's streams do: the role rides with the first tool call, and "content" is null,
+    not "" (which the SDK would keep, and report as a content delta)."""
+    _, _, chunks = run(NO_ARGUMENTS)
+    call = {"index": 0, "id": "toolu_1", "type": "function", "function": {"name": "now", "arguments": ""}}
+    assert chunks[:2] == [
+        chunk({"role": "assistant", "content": None, "tool_calls": [call]}, msg="msg_1"),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}, msg="msg_1"),
+    ]
+
+
+def _blank_text_then_a_tool() -> list[tuple[str, dict[str, Any]]]:
+    blank = [("content_block_start", {"type": "content_block_start", "index": 0,
+                                      "content_block": {"type": "text", "text": ""}}),
+             ("content_block_stop", {"type": "content_block_stop", "index": 0})]
+    shifted = [(name, {**data, "index": data["index"] + 1} if "index" in data else data)
+               for name, data in NO_ARGUMENTS[1:]]
+    return [NO_ARGUMENTS[0], *blank, *shifted]
+
+
+@pytest.mark.parametrize("events", [
+    pytest.param(NO_ARGUMENTS, id="a tool call alone"),
+    pytest.param(TOOL_STREAM, id="thinking, text, two tool calls"),
+    pytest.param(text_stream(["Hello", " there"]), id="text"),
+    pytest.param(text_stream([]), id="nothing"),
+    pytest.param(_blank_text_then_a_tool(), id="a blank text block, then a tool call"),
+])
+def test_the_streamed_message_the_sdk_accumulates_equals_the_whole_answer(
+        events: list[tuple[str, dict[str, Any]]]) -> None:
+    """The same Anthropic answer, streamed (accumulated by the openai SDK) and whole (the Message
+    the anthropic SDK accumulates from the same events, translated by :func:`response`)."""
+    snapshot = None
+    buffers: dict[int, bytes] = {}
+    for name, data in events:
+        if name == "ping":
+            continue
+        snapshot = accumulate_event(event=ANTHROPIC_EVENT.validate_python(data), current_snapshot=snapshot,
+                                    json_bufs=buffers)
+    assert snapshot is not None
+    whole = ChatCompletion.model_validate(response(snapshot.model_dump())).choices[0]
+    _, raw, _ = run(events)
+    state = ChatCompletionStreamState()
+    for event in raw.split(b"\n\n")[:-1]:
+        if event != b"data: [DONE]":
+            state.handle_chunk(ChatCompletionChunk.model_validate_json(event[6:]))
+    streamed = state.get_final_completion().choices[0]
+    assert streamed.finish_reason == whole.finish_reason
+    assert seen(streamed.message) == seen(whole.message)
+
+
+def seen(message: Any) -> dict[str, Any]:
+    """What a client reads of a message (streamed, the SDK's parsed type adds fields of its own;
+    arguments are compared as JSON: streamed, they are Claude's fragments as they came)."""
+    calls = [(call.id, call.function.name, orjson.loads(call.function.arguments)) for call in message.tool_calls or ()]
+    legacy = message.function_call and (message.function_call.name, orjson.loads(message.function_call.arguments))
+    return {"role": message.role, "content": message.content, "refusal": message.refusal, "tool_calls": calls,
+            "function_call": legacy}
+
+
+def test_sdk_streams_a_tool_call_alone_without_content() -> None:
+    translator = StreamTranslator(model="gpt-4o")
+    raw = b"".join(translator.event(name, data) for name, data in NO_ARGUMENTS) + translator.end()
+    client = sdk_client(lambda _: httpx.Response(200, content=raw, headers={"content-type": "text/event-stream"}))
+    with client.chat.completions.stream(model="gpt-4o", messages=[{"role": "user", "content": "Time?"}]) as stream:
+        kinds = {event.type for event in stream}
+        message = stream.get_final_completion().choices[0].message
+    assert "content.delta" not in kinds and message.content is None
+    assert [(call.function.name, call.function.arguments) for call in message.tool_calls or ()] == [("now", "{}")]

@@ -560,6 +560,11 @@ class StreamTranslator:
     :meth:`end`, which closes the client stream with ``[DONE]`` only if the provider finished
     (``message_stop``): a cut stream must not look complete. Each chunk's constant JSON (id,
     created, model, choice envelope) is encoded once; a delta costs one small ``orjson.dumps``.
+
+    The role goes out with the answer's first delta, as OpenAI's streams carry it: a chunk
+    ``{"role": "assistant", "content": ""}`` before the first text, or ``"content": null`` in the
+    chunk of the first tool call when the answer opens with one, so that the message the client's
+    SDK accumulates equals the answer given whole (``content`` null for tool calls alone).
     """
 
     __slots__ = (
@@ -572,6 +577,7 @@ class StreamTranslator:
         "_id",
         "_include_usage",
         "_model",
+        "_opened",
         "_reported",
         "_silent",
         "_tail",
@@ -591,6 +597,7 @@ class StreamTranslator:
         self._reported: Any = model  # the model name every chunk reports
         self._head = b""  # b'data: {"id":..,"choices":[{"index":0,"delta":' once the message started
         self._tail = b""  # b',"logprobs":null,"finish_reason":null}]}\n\n' (with "usage":null if asked)
+        self._opened = False  # the role went out
         self._tools: dict[int, int] = {}  # Anthropic content block index -> OpenAI tool call index
         self._silent: set[int] = set()  # tool blocks whose arguments have not begun
         self._finished = False  # the finish_reason chunk went out
@@ -603,7 +610,7 @@ class StreamTranslator:
         """Whether the provider finished the message (``message_stop`` seen)."""
         return self._complete
 
-    def _start(self, message: Any) -> bytes:
+    def _start(self, message: Any) -> None:
         message = message if isinstance(message, dict) else {}
         self._id = _chat_id(message.get("id"), self._token)
         model = self._model if self._model is not None else message.get("model")
@@ -620,17 +627,30 @@ class StreamTranslator:
         usage_null = b',"usage":null' if self._include_usage else b""
         self._tail = b',"logprobs":null,"finish_reason":null}]' + usage_null + b"}\n\n"
         apply_anthropic(self._usage, message.get("usage"))
+
+    def _role(self) -> bytes:
+        """The role chunk before text (or before the end of an empty answer); b'' once sent."""
+        if self._opened:
+            return b""
+        self._opened = True
+        if not self._head:
+            self._start(None)
         return self._head + b'{"role":"assistant","content":""}' + self._tail
 
-    def _chunk(self, delta: Any) -> bytes:
-        prefix = b"" if self._head else self._start(None)
-        return prefix + self._head + orjson.dumps(delta) + self._tail
+    def _chunk(self, delta: dict[str, Any]) -> bytes:
+        if self._opened:
+            return self._head + orjson.dumps(delta) + self._tail
+        if "content" in delta:
+            return self._role() + self._head + orjson.dumps(delta) + self._tail
+        self._opened = True  # a tool call first: the role rides with it, and no content
+        if not self._head:
+            self._start(None)
+        return self._head + orjson.dumps({"role": "assistant", "content": None, **delta}) + self._tail
 
     def _finish(self, stop_reason: Any) -> bytes:
         self._finished = True
-        prefix = b"" if self._head else self._start(None)
         reason = b',"finish_reason":' + orjson.dumps(_finish_reason(stop_reason))
-        return prefix + self._head + b"{}" + self._tail.replace(b',"finish_reason":null', reason, 1)
+        return self._role() + self._head + b"{}" + self._tail.replace(b',"finish_reason":null', reason, 1)
 
     def feed(self, event: SSEEvent) -> bytes:
         """One Anthropic SSE event as received -> zero or more OpenAI SSE events (the
@@ -687,7 +707,9 @@ class StreamTranslator:
             tool = self._tools[data.get("index", -1)]
             return self._chunk({"tool_calls": [{"index": tool, "function": {"arguments": "{}"}}]})
         if kind == "message_start":
-            return b"" if self._head else self._start(data.get("message"))
+            if not self._head:
+                self._start(data.get("message"))
+            return b""
         if kind == "message_delta":
             apply_anthropic(self._usage, data.get("usage"))
             stop_reason = (data.get("delta") or {}).get("stop_reason")
