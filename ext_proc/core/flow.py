@@ -30,6 +30,7 @@ class Flow:
         "answer_body",
         "answer_coding",
         "api",
+        "asked",
         "attempts",
         "attributes",
         "body",
@@ -100,6 +101,9 @@ class Flow:
         self.gunzip = False
         self.body = b""
         self.request: ParsedRequest | None = None
+        # The client's payload, which a translated answer may depend on (request.payload becomes the
+        # served API's when the rewrite step translates it).
+        self.asked: dict[str, Any] = {}
         self.model: str | None = None  # the name the client asked for
         self.stream = False
         # The decisions.

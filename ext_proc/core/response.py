@@ -118,7 +118,7 @@ class Translate(Stage):
                     out.append(event)
                     continue
                 try:
-                    answer = pair.response(payload, flow.runtime)
+                    answer = pair.response(payload, flow.asked, flow.runtime)
                 except Exception:  # a malformed provider answer: the client gets a clear 502
                     raise Untranslatable from None
                 body = orjson.dumps(answer)

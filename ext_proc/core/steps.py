@@ -113,6 +113,7 @@ class Recognise(Step):
             flow.body = apis.gunzip(flow.body)
             flow.replaced = True
         request = flow.request = api.parse(flow.body)
+        flow.asked = request.payload
         if not _MODEL_NAME.fullmatch(request.model) or "/../" in f"/{request.model}/" or "//" in request.model:
             raise ClientError(400, "invalid_model", "The model name may hold only letters, digits and . _ : / + - "
                               "(no spaces, control characters, '..' segments or percent-encoding), at most 256 of "

@@ -395,6 +395,45 @@ def test_an_openai_stream_reaches_an_anthropic_client_as_events() -> None:
     assert (record["outcome"], record["input_tokens"], record["output_tokens"]) == ("ok", 12, 3)
 
 
+# -- an OpenAI client's legacy functions served by Claude ---------------------------------------
+
+LEGACY_REQUEST: dict[str, Any] = {
+    "model": "claude-x", "messages": [{"role": "user", "content": "What time is it?"}],
+    "functions": [{"name": "now", "parameters": {"type": "object", "properties": {}}}],
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["claude-x", "smart"])  # translated by the session's rewrite, or by the try
+def test_a_client_of_legacy_functions_gets_the_call_as_a_function_call(model: str, stream: bool) -> None:
+    """The answer's shape depends on the client's request, which the rewrite step replaces with
+    Claude's for a single target: the translation still sees the client's."""
+    from tests.unit.test_translate_openai_to_anthropic import NO_ARGUMENTS
+
+    session = Session(POLICY, "local-dev")
+    sent(session, {**LEGACY_REQUEST, "model": model, "stream": stream})
+    chain = model == "smart"
+    if not stream:
+        assert session.handle(served(slot=1 if chain else None, attempts="2" if chain else None)) == CONTINUE
+        answer = {**ANTHROPIC_MESSAGE, "stop_reason": "tool_use",
+                  "content": [{"type": "tool_use", "id": "toolu_1", "name": "now", "input": {}}]}
+        action = session.handle(ResponseBody(orjson.dumps(answer), True, 3_000_000))
+        assert isinstance(action, Continue) and action.body is not None
+        choice = openai.types.chat.ChatCompletion.model_validate(orjson.loads(action.body)).choices[0]
+        message = choice.message
+        assert (choice.finish_reason, message.tool_calls, message.content) == ("function_call", None, None)
+        assert message.function_call is not None
+        assert (message.function_call.name, message.function_call.arguments) == ("now", "{}")
+        return
+    session.handle(served(slot=1 if chain else None, attempts="2" if chain else None,
+                          content_type="text/event-stream"))
+    chunks = openai_chunks(feed(session, [sse(name, data) for name, data in NO_ARGUMENTS]))
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[:2] == [{"role": "assistant", "content": None, "function_call": {"name": "now", "arguments": ""}},
+                          {"function_call": {"arguments": "{}"}}]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "function_call"
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 

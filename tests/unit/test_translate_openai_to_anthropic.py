@@ -25,8 +25,12 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.chat.chat_completion import Choice
 from pydantic import TypeAdapter
 
+from ext_proc.llm import runtime
+from ext_proc.llm.apis import CHAT_COMPLETIONS, MESSAGES
+from ext_proc.llm.sse import SSEEvent
+from ext_proc.llm.translate import PAIRS
 from ext_proc.llm.translate.common import FINISH_FROM_STOP, TranslationError
-from ext_proc.llm.translate.openai_to_anthropic import StreamTranslator, error, request, response
+from ext_proc.llm.translate.openai_to_anthropic import StreamTranslator, error, request, response, uses_functions
 
 CLAUDE = "claude-sonnet-4-5-20250929"
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -451,13 +455,30 @@ def test_legacy_functions_are_served_as_tools() -> None:
     assert out["tools"] == [
         {"name": "get_weather", "description": "Current weather for a city.", "input_schema": WEATHER_PARAMS}
     ]
-    assert out["tool_choice"] == {"type": "tool", "name": "get_weather"}
+    # One call at a time: the legacy answer (message.function_call) holds one.
+    assert out["tool_choice"] == {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
 
 
-@pytest.mark.parametrize(("function_call", "choice"), [("auto", {"type": "auto"}), ("none", {"type": "none"})])
-def test_legacy_function_call_modes(function_call: str, choice: dict[str, Any]) -> None:
-    out = translate(HELLO, functions=[WEATHER_TOOL["function"]], function_call=function_call)
+@pytest.mark.parametrize(("function_call", "choice"), [
+    ("auto", {"type": "auto", "disable_parallel_tool_use": True}),
+    (None, {"type": "auto", "disable_parallel_tool_use": True}),
+    ("none", {"type": "none"}),
+])
+def test_legacy_function_call_modes(function_call: str | None, choice: dict[str, Any]) -> None:
+    fields = {"function_call": function_call} if function_call else {}
+    out = translate(HELLO, functions=[WEATHER_TOOL["function"]], **fields)
     assert out["tool_choice"] == choice
+
+
+@pytest.mark.parametrize(("fields", "legacy"), [
+    ({"functions": [WEATHER_TOOL["function"]]}, True),
+    ({"functions": [WEATHER_TOOL["function"]], "tools": [WEATHER_TOOL]}, False),  # tools win, as in the request
+    ({"tools": [WEATHER_TOOL]}, False),
+    ({"functions": []}, False),
+    ({}, False),
+])
+def test_which_requests_get_the_legacy_answer(fields: dict[str, Any], legacy: bool) -> None:
+    assert uses_functions({"model": "gpt-4o", "messages": HELLO, **fields}) is legacy
 
 
 def test_function_message_without_a_call_is_refused() -> None:
@@ -809,6 +830,28 @@ def test_every_stop_reason_of_the_sdk_has_its_finish_reason() -> None:
     assert set(FINISH_FROM_STOP.values()) <= set(typing.get_args(Choice.model_fields["finish_reason"].annotation))
 
 
+def test_a_legacy_functions_request_gets_a_function_call() -> None:
+    """As OpenAI answers the deprecated ``functions``: ``message.function_call``, finish_reason
+    ``function_call``, no ``tool_calls``; should Claude call two tools anyway, the first."""
+    message = {**TOOL_MESSAGE, "content": [
+        *TOOL_MESSAGE["content"], {"type": "tool_use", "id": "toolu_02", "name": "get_time", "input": {}}]}
+    choice = completion(message, functions=True)["choices"][0]
+    assert choice == {
+        "index": 0,
+        "message": {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "function_call": {"name": "get_weather", "arguments": '{"city":"Paris","unit":"celsius"}'},
+        },
+        "logprobs": None,
+        "finish_reason": "function_call",
+    }
+    text_too = {**TOOL_MESSAGE, "content": [{"type": "text", "text": "Looking."}, *TOOL_MESSAGE["content"]]}
+    assert completion(text_too, functions=True)["choices"][0]["message"]["content"] == "Looking."
+    assert completion(TEXT_MESSAGE, functions=True)["choices"][0] == completion(TEXT_MESSAGE)["choices"][0]
+
+
 def test_response_without_usage() -> None:
     message = {k: v for k, v in TEXT_MESSAGE.items() if k != "usage"}
     assert completion(message)["usage"] is None
@@ -1088,6 +1131,31 @@ def test_tool_stream_skips_thinking_and_numbers_tool_calls_from_zero() -> None:
             },
         },
         DONE,
+    ]
+
+
+def test_a_legacy_functions_stream_sends_one_function_call() -> None:
+    """OpenAI streams a legacy call as ``delta.function_call``: the name first, then the arguments;
+    a second tool call (Claude was asked for one) is left out."""
+    _, _, chunks = run(TOOL_STREAM, model="gpt-4o", functions=True)
+    msg = "msg_01T1x1fJ34qAmk2tNTrN7Up6"
+
+    def legacy_chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**chunk(delta, finish, msg=msg), "model": "gpt-4o"}
+
+    assert chunks == [
+        legacy_chunk({"role": "assistant", "content": ""}),
+        legacy_chunk({"content": "Checking both."}),
+        legacy_chunk({"function_call": {"name": "get_weather", "arguments": ""}}),
+        legacy_chunk({"function_call": {"arguments": '{"city": "Pa'}}),
+        legacy_chunk({"function_call": {"arguments": 'ris"}'}}),
+        legacy_chunk({}, "function_call"),
+        DONE,
+    ]
+    _, _, alone = run(NO_ARGUMENTS, functions=True)
+    assert [c["choices"][0]["delta"] for c in alone[:2]] == [
+        {"role": "assistant", "content": None, "function_call": {"name": "now", "arguments": ""}},
+        {"function_call": {"arguments": "{}"}},
     ]
 
 
@@ -1380,8 +1448,9 @@ def _blank_text_then_a_tool() -> list[tuple[str, dict[str, Any]]]:
     pytest.param(text_stream([]), id="nothing"),
     pytest.param(_blank_text_then_a_tool(), id="a blank text block, then a tool call"),
 ])
+@pytest.mark.parametrize("functions", [False, True], ids=["tools", "legacy functions"])
 def test_the_streamed_message_the_sdk_accumulates_equals_the_whole_answer(
-        events: list[tuple[str, dict[str, Any]]]) -> None:
+        events: list[tuple[str, dict[str, Any]]], functions: bool) -> None:
     """The same Anthropic answer, streamed (accumulated by the openai SDK) and whole (the Message
     the anthropic SDK accumulates from the same events, translated by :func:`response`)."""
     snapshot = None
@@ -1392,8 +1461,8 @@ def test_the_streamed_message_the_sdk_accumulates_equals_the_whole_answer(
         snapshot = accumulate_event(event=ANTHROPIC_EVENT.validate_python(data), current_snapshot=snapshot,
                                     json_bufs=buffers)
     assert snapshot is not None
-    whole = ChatCompletion.model_validate(response(snapshot.model_dump())).choices[0]
-    _, raw, _ = run(events)
+    whole = ChatCompletion.model_validate(response(snapshot.model_dump(), functions=functions)).choices[0]
+    _, raw, _ = run(events, functions=functions)
     state = ChatCompletionStreamState()
     for event in raw.split(b"\n\n")[:-1]:
         if event != b"data: [DONE]":
@@ -1421,3 +1490,25 @@ def test_sdk_streams_a_tool_call_alone_without_content() -> None:
         message = stream.get_final_completion().choices[0].message
     assert "content.delta" not in kinds and message.content is None
     assert [(call.function.name, call.function.arguments) for call in message.tool_calls or ()] == [("now", "{}")]
+
+
+def test_sdk_reads_a_legacy_function_call_whole_and_streamed() -> None:
+    """What a legacy app reads (``message.function_call``), through the SDK, both ways; the pair
+    gives the legacy shape to the request that declared ``functions``."""
+    legacy = {"model": "gpt-4o", "messages": HELLO, "functions": [WEATHER_TOOL["function"]]}
+    pair = PAIRS[(CHAT_COMPLETIONS, MESSAGES)]
+    body = orjson.dumps(pair.response(TOOL_MESSAGE, legacy, runtime.fixed()))
+    client = sdk_client(lambda _: httpx.Response(200, content=body, headers={"content-type": "application/json"}))
+    whole = client.chat.completions.create(**legacy).choices[0]  # type: ignore[call-overload]
+    translator = pair.stream("gpt-4o", False, legacy, runtime.fixed())
+    raw = b"".join(translator.feed(SSEEvent(name, orjson.dumps(data), b"")) for name, data in TOOL_STREAM)
+    client = sdk_client(lambda _: httpx.Response(200, content=raw + translator.end(),
+                                                 headers={"content-type": "text/event-stream"}))
+    with client.chat.completions.stream(**legacy) as stream:  # type: ignore[arg-type]
+        streamed = stream.get_final_completion().choices[0]
+    for choice in (whole, streamed):
+        call = choice.message.function_call
+        assert call is not None and (choice.finish_reason, call.name) == ("function_call", "get_weather")
+        assert orjson.loads(call.arguments)["city"] == "Paris" and not choice.message.tool_calls
+    tools = pair.response(TOOL_MESSAGE, {**legacy, "functions": None, "tools": [WEATHER_TOOL]}, runtime.fixed())
+    assert tools["choices"][0]["finish_reason"] == "tool_calls"

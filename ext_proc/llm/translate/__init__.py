@@ -2,9 +2,11 @@
 
 A client speaks one API (its SDK); the policy may route it to a provider that speaks another.
 A :class:`Pair` turns the client's request into the served API's, and the served API's answer
-(JSON, event stream, error) back into the client's. Both directions present the same faces: the
-request/response/error functions, and a :class:`StreamTranslator` per streamed answer. The
-pairs are pure functions and small state machines over decoded JSON, with no I/O:
+(JSON, event stream, error) back into the client's, given the client's request too (the shape an
+answer takes may depend on it: legacy ``functions`` are answered with a ``function_call``). Both
+directions present the same faces: the request/response/error functions, and a
+:class:`StreamTranslator` per streamed answer. The pairs are pure functions and small state
+machines over decoded JSON, with no I/O:
 
 * :mod:`.openai_to_anthropic` serves an OpenAI chat client from Anthropic: the request goes out as
   a Messages request, the Message (or its event stream, or its error) comes back as OpenAI's.
@@ -62,10 +64,11 @@ class Pair:
     served: WireAPI
     # (client payload, the provider's model name, its output limit when the client gives none) -> served payload
     request: Callable[[dict[str, Any], str, int | None], dict[str, Any]]
-    response: Callable[[dict[str, Any], Runtime], dict[str, Any]]  # served answer -> client answer
+    # (served answer, the client's request, runtime) -> client answer
+    response: Callable[[dict[str, Any], dict[str, Any], Runtime], dict[str, Any]]
     error: Callable[[int, bytes], bytes]  # served error body (any bytes) -> client error body
-    # (the model to report, whether the client asked for a usage event, runtime) -> a translator
-    stream: Callable[[str | None, bool, Runtime], StreamTranslator]
+    # (the model to report, whether the client asked for a usage event, the client's request, runtime) -> a translator
+    stream: Callable[[str | None, bool, dict[str, Any], Runtime], StreamTranslator]
 
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
@@ -75,32 +78,35 @@ PAIRS: dict[tuple[WireAPI, WireAPI], Pair] = {
         CHAT_COMPLETIONS, MESSAGES,
         request=lambda payload, model, limit: openai_to_anthropic.request(
             payload, model, default_max_tokens=limit or DEFAULT_MAX_TOKENS),
-        response=lambda payload, runtime: openai_to_anthropic.response(payload, runtime=runtime),
+        response=lambda payload, asked, runtime: openai_to_anthropic.response(
+            payload, runtime=runtime, functions=openai_to_anthropic.uses_functions(asked)),
         error=openai_to_anthropic.error,
-        stream=lambda model, usage, runtime: openai_to_anthropic.StreamTranslator(
-            model=model, include_usage=usage, runtime=runtime),
+        stream=lambda model, usage, asked, runtime: openai_to_anthropic.StreamTranslator(
+            model=model, include_usage=usage, runtime=runtime, functions=openai_to_anthropic.uses_functions(asked)),
     ),
     (MESSAGES, CHAT_COMPLETIONS): Pair(
         MESSAGES, CHAT_COMPLETIONS,
         request=lambda payload, model, _limit: anthropic_to_openai.request(payload, model),
-        response=lambda payload, runtime: anthropic_to_openai.response(payload, runtime=runtime),
+        response=lambda payload, _asked, runtime: anthropic_to_openai.response(payload, runtime=runtime),
         error=anthropic_to_openai.error,
-        stream=lambda model, _usage, runtime: anthropic_to_openai.StreamTranslator(model=model, runtime=runtime),
+        stream=lambda model, _usage, _asked, runtime: anthropic_to_openai.StreamTranslator(model=model,
+                                                                                           runtime=runtime),
     ),
     (RESPONSES, MESSAGES): Pair(
         RESPONSES, MESSAGES,
         request=lambda payload, model, limit: responses_to_anthropic.request(
             payload, model, default_max_tokens=limit or DEFAULT_MAX_TOKENS),
-        response=lambda payload, runtime: responses_to_anthropic.response(payload, runtime=runtime),
+        response=lambda payload, _asked, runtime: responses_to_anthropic.response(payload, runtime=runtime),
         error=responses_to_anthropic.error,
-        stream=lambda model, _usage, runtime: responses_to_anthropic.StreamTranslator(model=model, runtime=runtime),
+        stream=lambda model, _usage, _asked, runtime: responses_to_anthropic.StreamTranslator(model=model,
+                                                                                              runtime=runtime),
     ),
     (RESPONSES, CHAT_COMPLETIONS): Pair(
         RESPONSES, CHAT_COMPLETIONS,
         request=lambda payload, model, _limit: responses_to_chat.request(payload, model),
-        response=lambda payload, runtime: responses_to_chat.response(payload, runtime=runtime),
+        response=lambda payload, _asked, runtime: responses_to_chat.response(payload, runtime=runtime),
         error=responses_to_chat.error,
-        stream=lambda model, _usage, runtime: responses_to_chat.StreamTranslator(model=model, runtime=runtime),
+        stream=lambda model, _usage, _asked, runtime: responses_to_chat.StreamTranslator(model=model, runtime=runtime),
     ),
 }
 

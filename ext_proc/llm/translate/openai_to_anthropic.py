@@ -17,6 +17,9 @@ Request mapping:
 * Tool call ids are passed through; characters Anthropic does not accept in an id (it allows
   ``[A-Za-z0-9_-]``) are replaced by ``_``, the same way in ``tool_use`` and ``tool_result``, so
   pairs still match. Legacy ``function_call`` turns get ids ``call_legacy_<message index>``.
+* The deprecated ``functions`` / ``function_call`` (in a request without ``tools``) become
+  ``tools`` / ``tool_choice`` with ``disable_parallel_tool_use``: the legacy answer holds one call
+  (see below).
 * ``temperature`` is clamped to Anthropic's range [0, 1]; ``max_completion_tokens`` (or
   ``max_tokens``) becomes ``max_tokens``, which Anthropic requires (``default_max_tokens`` when
   absent); ``user`` (or ``safety_identifier``) becomes ``metadata.user_id``.
@@ -39,6 +42,9 @@ unparseable tool call arguments.
 
 Response mapping: text blocks are joined into ``content`` (``None`` when the answer is only tool
 calls), ``tool_use`` blocks become ``tool_calls``, thinking and server-tool blocks are dropped.
+A request that declared ``functions`` (:func:`uses_functions`) gets the answer OpenAI gives it:
+the call as ``message.function_call`` (streamed: ``delta.function_call``) and finish_reason
+``function_call``; should Claude call several tools all the same, the first is kept.
 ``stop_reason`` becomes ``finish_reason`` by :data:`.common.FINISH_FROM_STOP` (an answer cut by
 ``max_tokens`` or by the context window, ``model_context_window_exceeded``, is ``length``; an
 unknown reason is ``stop``).
@@ -64,7 +70,7 @@ from ext_proc.llm.usage import Usage, apply_anthropic
 
 from .common import FINISH_FROM_STOP, MALFORMED, SSE_DONE, TranslationError, shown, sse_data
 
-__all__ = ["StreamTranslator", "error", "request", "response"]
+__all__ = ["StreamTranslator", "error", "request", "response", "uses_functions"]
 
 _TOOL_ID_BAD = re.compile(r"[^A-Za-z0-9_-]")
 _MODEL_WORD = re.compile(r"\bmodels?\b", re.IGNORECASE)
@@ -406,8 +412,15 @@ def _tool_definition(function: Any, where: str) -> dict[str, Any]:
     return tool
 
 
+def uses_functions(body: dict[str, Any]) -> bool:
+    """Whether a request declares its tools with the deprecated ``functions`` (and no ``tools``):
+    its answer then takes the legacy shape, one ``function_call``."""
+    return not body.get("tools") and bool(body.get("functions"))
+
+
 def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
-    """``tools``/``tool_choice``/``parallel_tool_calls`` (or legacy ``functions``/``function_call``)."""
+    """``tools``/``tool_choice``/``parallel_tool_calls`` (or legacy ``functions``/``function_call``,
+    one call at a time: the legacy answer holds one)."""
     tools = body.get("tools")
     definitions: list[dict[str, Any]] = []
     if tools:
@@ -427,7 +440,7 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
         definitions = [_tool_definition(f, f"functions[{i}]") for i, f in enumerate(functions)]
         choice = _tool_choice(body.get("function_call"), "function_call")
     out["tools"] = definitions
-    if body.get("parallel_tool_calls") is False:
+    if body.get("parallel_tool_calls") is False or not tools:
         if choice is None:
             choice = {"type": "auto"}
         if choice["type"] != "none":
@@ -499,14 +512,17 @@ def _chat_id(message_id: Any, token: Callable[[int], str]) -> str:
     return "chatcmpl-" + (message_id if isinstance(message_id, str) and message_id else token(12))
 
 
-def _finish_reason(stop_reason: Any) -> str:
-    return FINISH_FROM_STOP.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+def _finish_reason(stop_reason: Any, functions: bool) -> str:
+    finish = FINISH_FROM_STOP.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+    return "function_call" if functions and finish == "tool_calls" else finish
 
 
-def response(message: dict[str, Any], *, model: str | None = None, runtime: Runtime = SYSTEM) -> dict[str, Any]:
+def response(message: dict[str, Any], *, model: str | None = None, runtime: Runtime = SYSTEM,
+             functions: bool = False) -> dict[str, Any]:
     """Anthropic Message JSON -> OpenAI chat.completion JSON; ``model`` is the name to report.
 
-    ``runtime`` gives ``created`` (its clock) and the id when the message has none."""
+    ``runtime`` gives ``created`` (its clock) and the id when the message has none; ``functions``:
+    the request used legacy ``functions`` (:func:`uses_functions`), answer with ``function_call``."""
     texts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
     for block in message.get("content") or ():
@@ -524,7 +540,9 @@ def response(message: dict[str, Any], *, model: str | None = None, runtime: Runt
         # thinking, redacted_thinking, server tool blocks: nothing the client can read
     text = "".join(texts)
     reply: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None, "refusal": None}
-    if tool_calls:
+    if tool_calls and functions:
+        reply["function_call"] = tool_calls[0]["function"]
+    elif tool_calls:
         reply["tool_calls"] = tool_calls
     out: dict[str, Any] = {
         "id": _chat_id(message.get("id"), runtime.token),
@@ -536,7 +554,7 @@ def response(message: dict[str, Any], *, model: str | None = None, runtime: Runt
                 "index": 0,
                 "message": reply,
                 "logprobs": None,
-                "finish_reason": _finish_reason(message.get("stop_reason")),
+                "finish_reason": _finish_reason(message.get("stop_reason"), functions),
             }
         ],
     }
@@ -573,6 +591,7 @@ class StreamTranslator:
         "_ended",
         "_failed",
         "_finished",
+        "_functions",
         "_head",
         "_id",
         "_include_usage",
@@ -587,8 +606,9 @@ class StreamTranslator:
     )
 
     def __init__(self, *, model: str | None = None, include_usage: bool = False, created: int | None = None,
-                 runtime: Runtime = SYSTEM) -> None:
+                 runtime: Runtime = SYSTEM, functions: bool = False) -> None:
         self._model = model
+        self._functions = functions  # legacy functions: one call, as delta.function_call
         self._include_usage = include_usage
         self._created = created if created is not None else int(runtime.now())
         self._token = runtime.token
@@ -647,9 +667,14 @@ class StreamTranslator:
             self._start(None)
         return self._head + orjson.dumps({"role": "assistant", "content": None, **delta}) + self._tail
 
+    def _arguments(self, tool: int, fragment: str) -> bytes:
+        if self._functions:
+            return self._chunk({"function_call": {"arguments": fragment}})
+        return self._chunk({"tool_calls": [{"index": tool, "function": {"arguments": fragment}}]})
+
     def _finish(self, stop_reason: Any) -> bytes:
         self._finished = True
-        reason = b',"finish_reason":' + orjson.dumps(_finish_reason(stop_reason))
+        reason = b',"finish_reason":' + orjson.dumps(_finish_reason(stop_reason, self._functions))
         return self._role() + self._head + b"{}" + self._tail.replace(b',"finish_reason":null', reason, 1)
 
     def feed(self, event: SSEEvent) -> bytes:
@@ -677,7 +702,7 @@ class StreamTranslator:
                 if not partial or tool is None:
                     return b""
                 self._silent.discard(data.get("index", -1))
-                return self._chunk({"tool_calls": [{"index": tool, "function": {"arguments": partial}}]})
+                return self._arguments(tool, partial)
             return b""  # thinking_delta, signature_delta, citations_delta
         if kind == "content_block_start":
             block = data.get("content_block") or {}
@@ -686,12 +711,16 @@ class StreamTranslator:
                 text = block.get("text")
                 return self._chunk({"content": text}) if text else b""
             if block_type == "tool_use":
+                if self._functions and self._tools:
+                    return b""  # a second call: the legacy shape holds one (Claude was asked for one)
                 tool = len(self._tools)
                 self._tools[data.get("index", -1)] = tool
                 tool_input = block.get("input")
                 arguments = orjson.dumps(tool_input).decode() if tool_input else ""
                 if not arguments:
                     self._silent.add(data.get("index", -1))
+                if self._functions:
+                    return self._chunk({"function_call": {"name": block.get("name"), "arguments": arguments}})
                 call = {
                     "index": tool,
                     "id": block.get("id"),
@@ -704,8 +733,7 @@ class StreamTranslator:
             # A tool that takes no arguments (Claude streams an empty fragment): "{}", as OpenAI
             # sends and the client's SDK parses; "" is no JSON.
             self._silent.discard(data.get("index", -1))
-            tool = self._tools[data.get("index", -1)]
-            return self._chunk({"tool_calls": [{"index": tool, "function": {"arguments": "{}"}}]})
+            return self._arguments(self._tools[data.get("index", -1)], "{}")
         if kind == "message_start":
             if not self._head:
                 self._start(data.get("message"))
