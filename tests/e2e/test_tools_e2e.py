@@ -164,6 +164,42 @@ def test_openai_sdk_streamed_tool_call_served_by_anthropic(env: Env) -> None:
     _check_anthropic_second_turn(env.provider_got(request_id, "/v1/messages"), calls[0]["id"])
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_legacy_function_call_served_by_anthropic(env: Env, stream: bool) -> None:
+    """The deprecated ``functions``: Claude is asked for one call, and the answer is OpenAI's
+    legacy one (``function_call``, whole or in ``delta.function_call`` chunks), which the app
+    answers with a ``function`` message."""
+    client = env.openai()
+    functions: Any = [OPENAI_TOOLS[0]["function"]]
+    asked: Any = {"model": "claude-haiku", "messages": [{"role": "user", "content": ASK}], "functions": functions,
+                  "function_call": {"name": "get_weather"}}
+    if stream:
+        with client.chat.completions.with_streaming_response.create(**asked, stream=True) as response:
+            request_id = response.headers.get("x-tollway-request-id")
+            chunks = [c for c in response.parse() if c.choices]
+        name = "".join(c.choices[0].delta.function_call.name or "" for c in chunks if c.choices[0].delta.function_call)
+        arguments = "".join(c.choices[0].delta.function_call.arguments or "" for c in chunks
+                            if c.choices[0].delta.function_call)
+        assert not any(c.choices[0].delta.tool_calls for c in chunks)
+        finish = chunks[-1].choices[0].finish_reason
+    else:
+        raw = client.chat.completions.with_raw_response.create(**asked)
+        request_id = raw.headers.get("x-tollway-request-id")
+        message = raw.parse().choices[0].message
+        assert message.function_call is not None and not message.tool_calls and message.content is None
+        name, arguments = message.function_call.name, message.function_call.arguments
+        finish = raw.parse().choices[0].finish_reason
+    assert (name, json.loads(arguments), finish) == ("get_weather", {"city": "mock"}, "function_call")
+    sent = env.provider_got(request_id, "/v1/messages")
+    assert sent["tool_choice"] == {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
+
+    second = [{"role": "user", "content": ASK},
+              {"role": "assistant", "content": None, "function_call": {"name": name, "arguments": arguments}},
+              {"role": "function", "name": name, "content": RESULT}]
+    answer = client.chat.completions.create(model="claude-haiku", messages=second, functions=functions).choices[0]
+    assert (answer.finish_reason, answer.message.content, answer.message.function_call) == ("stop", REPLY, None)
+
+
 # ---------------------------------------------------------------------------------------------
 # The anthropic SDK, served by OpenAI
 
