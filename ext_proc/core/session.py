@@ -519,6 +519,8 @@ def content(flow: Flow) -> tuple[tuple[tuple[str, str], ...] | None, str | None]
     None where Tollway cannot read them (an API without a text walker, a compressed answer)."""
     prompt: tuple[tuple[str, str], ...] | None = None
     request, api = flow.request, flow.api
+    if len(flow.chain) == 1 and flow.served is not None:
+        api = flow.served  # one target: its body (translated to its API, if need be) is what went
     walker = texts.walker(api.name) if api is not None else None
     if request is not None and walker is not None:
         found, size = [], 0

@@ -134,6 +134,15 @@ def test_a_trace_never_carries_what_the_policy_guards_in_answers_nor_a_withheld_
         assert "[TOLLWAY_KEY_1]" in exported
 
 
+def test_the_prompt_of_a_translated_request_is_read_as_it_went() -> None:
+    """One target of the other API: the body went in its API (Anthropic's top-level system too)."""
+    opted = compile_policy(POLICY_TEXT + "telemetry: {trace_content: true}\n")
+    request = {"model": "claude-x", "messages": [{"role": "system", "content": "Be brief."},
+                                                 {"role": "user", "content": "Hi there"}]}
+    emitted = run(Session(opted, "local-dev", trace=True), request, ANTHROPIC_MESSAGE)
+    assert emitted.trace is not None and emitted.trace.prompt == (("system", "Be brief."), ("user", "Hi there"))
+
+
 def test_no_tracer_no_trace_data() -> None:
     session = Session(POLICY, "local-dev")
     emitted = run(session, CHAT_REQUEST, ANTHROPIC_MESSAGE, traceparent=PARENT)
