@@ -12,7 +12,8 @@ Theory of operation. After routing (the prompt is counted and the targets are kn
   and its record says the cost was unknown. A budget in tokens claims prompt + output tokens.
   The window is the day or calendar month in the budget's time zone.
 - a rate limit claims one request and the same tokens in the current calendar minute (UTC), and
-  one slot of its concurrency cap while the request is in flight.
+  one slot of its concurrency cap while the request is in flight. A free request the provider
+  answers (``count_tokens`` forwarded to Anthropic) claims only the request and the slot.
 
 It asks shared state to hold them all (ask and continue: the request waits for the answer only
 when this worker's leases do not cover it; see :mod:`ext_proc.state.limits`). A refusal is a 429
@@ -48,8 +49,12 @@ class Limits(Step):
 
     def body(self, flow: Flow) -> Ask | None:
         policy, principal = flow.policy, flow.principal
-        if policy is None or not policy.limits or principal is None or flow.api is None or not flow.api.billed:
+        if policy is None or not policy.limits or principal is None or flow.api is None:
             return None
+        # A free request that reaches the provider (count_tokens forwarded to Anthropic) spends no
+        # budget nor tokens, but is a request under the shared key: requests per minute and
+        # concurrency count it.
+        billed = flow.api.billed
         granted = flow.granted
         names = (flow.model or "",) + ((granted.name if isinstance(granted, Alias) else granted.public,)
                                        if granted is not None else ())
@@ -63,6 +68,8 @@ class Limits(Step):
         labels: list[tuple[str, str, str]] = []  # (limit name, unit, kind) per claim
         for limit, member in applying:
             if isinstance(limit, Budget):
+                if not billed:
+                    continue
                 window, resets = period_window(limit.period, limit.timezone, now)
                 if limit.usd_micros is not None and usd is not None:
                     claims.append(Claim(f"budget/{limit.name}/usd/{member}/{window}", usd, limit.usd_micros,
@@ -76,7 +83,7 @@ class Limits(Step):
                 minute = int(now // 60)
                 resets = (minute + 1) * 60.0
                 for unit, capacity, amount in (("requests", limit.requests_per_minute, 1),
-                                               ("tokens", limit.tokens_per_minute, tokens)):
+                                               ("tokens", limit.tokens_per_minute if billed else None, tokens)):
                     if capacity is not None:
                         claims.append(Claim(f"rate/{limit.name}/{unit}/{member}/{minute}", amount, capacity, resets))
                         labels.append((limit.name, unit, "rate"))

@@ -210,6 +210,24 @@ def test_n_answers_claim_n_outputs() -> None:
     assert amounts == [100, 800]
 
 
+def test_a_token_count_sent_to_the_provider_counts_as_a_request_and_spends_nothing() -> None:
+    """count_tokens forwarded to Anthropic is free (no budget, no tokens) but is a request under
+    the shared key: a team's requests per minute and concurrency count it; settled, the slot back."""
+    head = {**HEAD, ":path": "/v1/messages/count_tokens"}
+    body = {"model": "claude", "messages": [{"role": "user", "content": "hi"}]}
+    transcript = Transcript(session()) >> RequestHeaders(head, False, 1)
+    transcript.pending.clear()
+    transcript >> RequestBody(orjson.dumps(body), True, 2)
+    ask = transcript.pending.pop(0)
+    assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+    minute_ends = (MINUTE + 1) * 60.0
+    assert ask.query.claims == (Claim(f"rate/per-team/requests/search/{MINUTE}", 1, 60, minute_ends),
+                                Claim("rate/per-team/concurrent/search", 1, 2, 0.0, consumes=False))
+    transcript >> Answered(Admission(False, refused=0), 3)
+    refused = transcript.pending.pop(0)
+    assert isinstance(refused, Respond) and refused.status == 429
+
+
 def test_a_list_of_prompts_claims_an_answer_per_prompt() -> None:
     """Legacy completions answer each prompt of a list (strings or token arrays) with n (best_of)
     answers: 50 prompts at max_tokens 100 may use 5,000 output tokens, not 100."""

@@ -170,7 +170,7 @@ class CountTokensAPI(MessagesAPI):
     def __init__(self) -> None:
         super().__init__("anthropic.count_tokens", "/v1/messages/count_tokens", "anthropic",
                          required_list="messages", streams=False, output_fields=None)
-        self.billed = False  # counting is free: budgets and rate limits do not count it
+        self.billed = False  # counting is free: no budget nor tokens (rate limits count the request)
 
     def parse(self, body: bytes) -> ParsedRequest:
         request = super().parse(body)
