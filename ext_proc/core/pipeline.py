@@ -21,8 +21,8 @@ from ext_proc.llm import apis
 def request_steps(*, store_probe: bool = False) -> tuple[Step, ...]:
     """The request steps, in the order they run."""
     return (
+        steps.Identify(),  # who is calling: a Tollway key, or the workload (first: every refusal is theirs)
         steps.Recognise(),  # the client's API from the path; its body decoded and checked
-        steps.Identify(),  # who is calling: a Tollway key, or the workload
         steps.Access(),  # the model exists and the team may use it
         local.Local(),  # the endpoints Tollway answers itself: the model list, token counts
         steps.Route(),  # count the prompt; choose the target or the fallback chain

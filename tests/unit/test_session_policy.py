@@ -31,7 +31,7 @@ def test_key_holder_is_routed_with_the_providers_credential_and_model_name() -> 
     assert (
         session()
         >> head(authorization=f"Bearer {KEY}", **{"x-tollway-team": "all", "accept-encoding": "gzip"})
-        << Continue(remove_headers=("accept-encoding", "x-tollway-cluster", "x-tollway-team", "authorization"))
+        << Continue(remove_headers=("authorization", "accept-encoding", "x-tollway-cluster", "x-tollway-team"))
         >> body(payload)
         << Continue(
             set_headers=(("x-tollway-cluster", "openai"), ("content-length", str(len(rewritten)))),
@@ -60,7 +60,7 @@ def test_refusals_are_recorded_with_the_team() -> None:
     assert (
         session()
         >> head(**{"x-api-key": KEY})
-        << Continue(remove_headers=("accept-encoding", "x-tollway-cluster", "x-api-key"))
+        << Continue(remove_headers=("x-api-key", "accept-encoding", "x-tollway-cluster"))
         >> body({"model": "claude", "messages": []})
         << Responds(403, {"error": {"message": "Team 'a' may not use model 'claude'.", "type": "invalid_request_error",
                                     "param": "model", "code": "model_not_allowed"}})
@@ -73,8 +73,35 @@ def test_the_clients_other_credentials_never_go_upstream() -> None:
         session()
         >> head(**{"x-api-key": KEY, "cookie": "session=abc", "proxy-authorization": "Basic eDp5",
                    "x-goog-api-key": "AIza-not-for-openai", "openai-organization": "org-1"})
-        << Continue(remove_headers=("accept-encoding", "x-tollway-cluster", "x-api-key", "proxy-authorization",
-                                    "cookie", "x-goog-api-key"))
+        << Continue(remove_headers=("x-api-key", "proxy-authorization", "cookie", "x-goog-api-key",
+                                    "accept-encoding", "x-tollway-cluster"))
+    )
+
+
+def test_the_caller_is_known_before_its_endpoint_is_judged() -> None:
+    """Every request is identified first: a bad key is a 401 on any path, and a known caller's
+    request to an endpoint Tollway does not serve, or with a body it cannot read, is its team's."""
+    assert (
+        session()
+        >> head("/v1/files", authorization="Bearer tw-not-a-key-of-this-policy")
+        << Responds(401, {"error": {"message": "The Tollway API key is not valid.", "type": "invalid_request_error",
+                                    "param": None, "code": "invalid_api_key"}})
+        << Record(team=None, status=401, outcome="rejected", error="invalid_api_key")
+    )
+    assert (
+        session()
+        >> head("/v1/files", **{"x-api-key": KEY})
+        << Responds(404, {"error": {"message": "Tollway does not serve POST /v1/files.", "type":
+                                    "invalid_request_error", "param": None, "code": "unknown_endpoint"}})
+        << Record(team="a", key_id="a-1", status=404, outcome="rejected", error="unknown_endpoint")
+    )
+    assert (
+        session()
+        >> head(**{"x-api-key": KEY, "content-type": "multipart/form-data"})
+        << Responds(415, {"error": {"message": "The request body must be JSON (content-type: application/json), not "
+                                    "multipart/form-data.", "type": "invalid_request_error", "param": None,
+                                    "code": "unsupported_media_type"}})
+        << Record(team="a", key_id="a-1", status=415, outcome="rejected", error="unsupported_media_type")
     )
 
 
