@@ -55,6 +55,7 @@ class AdminServer:
         budgets: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
         token: str | None = None,
         before_scrape: Callable[[list[dict[str, Any]]], object] | None = None,
+        serves: Callable[[str], bool] = lambda model: False,
     ) -> None:
         self.registry = registry
         self.ready = ready
@@ -65,7 +66,8 @@ class AdminServer:
         self.before_scrape = before_scrape  # given the budget rows: refresh what the scrape reads
         self._server: asyncio.base_events.Server | None = None
         self._assets: dict[str, bytes] = {}
-        self._timeline = dashboard.Timeline()  # the log's records, read incrementally (no Redis)
+        self.serves = serves  # whether the current policy serves a model name (a model or an alias)
+        self._timeline = dashboard.Timeline(names=dashboard.ModelNames(serves))  # the log's, read incrementally
         self._follower = Follower(log_path, since=time.time() - self._timeline.keep) if log_path else None
         self._timeline_lock = threading.Lock()
 
@@ -124,14 +126,13 @@ class AdminServer:
         since = until - hours * 3600
         if self.ledger is not None:
             days = dashboard.window_days(since, until)
-            by_day = {day: {by: self.ledger.rows(by, day, day + timedelta(days=1)) for by in ("team", "model")}
-                      for day in days}
-            data = dashboard.from_rows(days, by_day)
+            cells = self.ledger.cells(days[0], days[-1] + timedelta(days=1))
+            data = dashboard.from_ledger(days, cells, self.serves)
         else:
             with self._timeline_lock:
                 if self._follower is not None:
                     for record in self._follower.new_records():
-                        self._timeline.add(record)
+                        self._timeline.add(record, until)
                 chosen = step or max(self._timeline.step, int(hours * 3600 / 96) // 300 * 300)
                 data = self._timeline.summary(since, until, chosen)
         data.update(since=since, until=until, hours=hours)

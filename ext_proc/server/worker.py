@@ -217,8 +217,12 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         gauges()
         budget_metrics.update(rows)
 
+    def serves(model: str) -> bool:  # a model (or alias) of the policy: always a dashboard row of its own
+        policy = holder.current if holder else None
+        return policy is not None and (model in policy.models or model in policy.aliases)
+
     admin = AdminServer(registry, ready, config.log_file, ledger if config.redis_url else None, budget_rows,
-                        token=config.admin_token, before_scrape=before_scrape)
+                        token=config.admin_token, before_scrape=before_scrape, serves=serves)
     publishing = loop.create_task(publisher.run())
     if admin_sock is not None:
         await admin.start(admin_sock)

@@ -2,23 +2,27 @@
 
 Each finished request adds to one bucket, keyed by (UTC day, team, model, key id, provider):
 request count, input/output/cached/reasoning tokens, cost in integer micro-dollars, counts of
-unknown usage and unknown cost, refused requests by status, guardrail triggers, and latency as a
-sum plus a fixed histogram (so averages are exact and p95 is read from the histogram, to its bucket's upper bound).
+unknown usage and unknown cost, refused requests by status, guardrail triggers, provider errors
+and cut streams, and latency as a sum plus a fixed histogram (so averages are exact and p95 is
+read from the histogram, to its bucket's upper bound). A sent request also adds 1 to
+``outcomes``: buckets written before the outcome was counted have requests without it, whose
+errors and cut streams are unknown (:attr:`~ext_proc.state.rows.Row.unknown_outcome`), not 0.
 
 :class:`MemoryLedger` keeps the buckets in this process (one sidecar, one worker); the request
 log stays the complete record either way. :class:`RedisLedger` adds the same buckets with
 ``HINCRBY`` (atomic per field, so any number of sidecars can add to one Redis), a batch in one
 script that marks it first, so a batch sent again after a timeout adds nothing twice, and
 indexes buckets per day in a set. Both answer :meth:`rows` with the report's
-:class:`~ext_proc.state.rows.Row`.
+:class:`~ext_proc.state.rows.Row`, and :meth:`cells` with a row per (day, team, model, provider)
+(the dashboard's).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ext_proc.state.rows import GROUPS, Row
 
@@ -28,6 +32,8 @@ DIMENSIONS = ("team", "model", "key_id", "provider")
 SEP = "\x1f"  # between dimension values in a bucket key (never in names the policy allows)
 
 Bucket = tuple[str, str, str, str, str]  # day, team, model, key id, provider
+Cell = tuple[str, str, str, str]  # day, team, model, provider ("(none)" for none)
+K = TypeVar("K", str, Cell)
 BATCH_TTL = 86_400  # seconds a batch's mark is kept (a batch sent again within it adds nothing)
 # A batch at most once: its mark set (if new), then for each record its day's set and counts.
 # ARGV: ttl, then per record: the day's set, the bucket's key, the number of counts, name/value pairs.
@@ -71,6 +77,9 @@ def increments(record: dict[str, Any]) -> dict[str, int]:
         "unknown_usage": int(inp is None and out is None),
         "unknown_cost": int(cost is None and (inp is not None or out is not None)),
         "fallbacks": int(record.get("fallback") is True),
+        "outcomes": 1,  # this request's errors and cut streams are counted (older buckets lack them)
+        "errors": int(record.get("outcome") == "error"),
+        "incomplete": int(record.get("outcome") == "incomplete"),
     }
     fields |= _guardrails(record)
     latency = record.get("latency_ms")
@@ -89,37 +98,51 @@ def _guardrails(record: dict[str, Any]) -> dict[str, int]:
 def _rows(buckets: Iterable[tuple[Bucket, dict[str, int]]], by: str, since: date | None, until: date | None,
           where: dict[str, str] | None) -> list[Row]:
     index = DIMENSIONS.index(GROUPS[by]) + 1
+    rows = _grouped(buckets, lambda bucket: bucket[index] or "(none)", since, until, where)
+    return sorted(rows.values(), key=lambda r: (-r.cost_usd_micros, -r.tokens, r.group))
+
+
+def _cell(bucket: Bucket) -> Cell:
+    return bucket[0], bucket[1] or "(none)", bucket[2] or "(none)", bucket[4] or "(none)"
+
+
+def _grouped(buckets: Iterable[tuple[Bucket, dict[str, int]]], key: Callable[[Bucket], K],
+                since: date | None, until: date | None, where: dict[str, str] | None) -> dict[K, Row]:
+    """The buckets in [since, until) matching ``where``, added up per ``key(bucket)``."""
     wanted = {DIMENSIONS.index(GROUPS[k]) + 1: v for k, v in (where or {}).items()}
-    rows: dict[str, Row] = {}
-    histograms: dict[str, list[int]] = {}
-    sums: dict[str, tuple[int, int]] = {}
+    rows: dict[K, Row] = {}
+    sums: dict[K, tuple[int, int, int]] = {}
     for bucket, counters in buckets:
         day = date.fromisoformat(bucket[0])
         if (since and day < since) or (until and day >= until):
             continue
         if any(bucket[i] != v for i, v in wanted.items()):
             continue
-        group = bucket[index] or "(none)"
-        row = rows.setdefault(group, Row(group))
+        group = key(bucket)
+        row = rows.get(group)
+        if row is None:
+            name = group if isinstance(group, str) else "/".join(group)
+            row = rows[group] = Row(name, histogram=[0] * (len(LATENCY_BOUNDS) + 1))
         for name in ("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
                      "cost_usd_micros", "unknown_usage", "unknown_cost", "guardrail_triggers", "fallbacks",
-                     "refused"):
+                     "refused", "errors", "incomplete"):
             setattr(row, name, getattr(row, name) + counters.get(name, 0))
         for name, value in counters.items():
             if name.startswith("guardrail:"):
                 row.guardrails[name[10:]] = row.guardrails.get(name[10:], 0) + value
             elif name.startswith("refused:"):
                 row.refused_by_status[name[8:]] = row.refused_by_status.get(name[8:], 0) + value
-        total, n = sums.get(group, (0, 0))
-        sums[group] = (total + counters.get("latency_us_sum", 0), n + counters.get("latency_n", 0))
-        hist = histograms.setdefault(group, [0] * (len(LATENCY_BOUNDS) + 1))
-        for i in range(len(hist)):
-            hist[i] += counters.get(f"latency_le:{i}", 0)
+        total, n, outcomes = sums.get(group, (0, 0, 0))
+        sums[group] = (total + counters.get("latency_us_sum", 0), n + counters.get("latency_n", 0),
+                       outcomes + counters.get("outcomes", 0))
+        for i in range(len(row.histogram)):
+            row.histogram[i] += counters.get(f"latency_le:{i}", 0)
     for group, row in rows.items():
-        total, n = sums[group]
+        total, n, outcomes = sums[group]
         row.latency_sum_ms, row.latency_count = total / 1000, n
-        row.p95_bound_ms = _p95_bound(histograms[group]) if n else None
-    return sorted(rows.values(), key=lambda r: (-r.cost_usd_micros, -r.tokens, r.group))
+        row.p95_bound_ms = _p95_bound(row.histogram) if n else None
+        row.unknown_outcome = row.requests - row.refused - outcomes
+    return rows
 
 
 def _p95_bound(histogram: list[int]) -> float:
@@ -138,6 +161,8 @@ class Ledger(Protocol):
 
     def rows(self, by: str, since: date | None = None, until: date | None = None,
              where: dict[str, str] | None = None) -> list[Row]: ...
+
+    def cells(self, since: date, until: date) -> dict[Cell, Row]: ...
 
 
 class MemoryLedger:
@@ -158,6 +183,10 @@ class MemoryLedger:
     def rows(self, by: str, since: date | None = None, until: date | None = None,
              where: dict[str, str] | None = None) -> list[Row]:
         return _rows(self.buckets.items(), by, since, until, where)
+
+    def cells(self, since: date, until: date) -> dict[Cell, Row]:
+        """A row per (day, team, model, provider) in [since, until)."""
+        return _grouped(self.buckets.items(), _cell, since, until, None)
 
 
 class RedisLedger:
@@ -203,6 +232,13 @@ class RedisLedger:
             days = sorted(k.decode().rsplit(":", 1)[1] for k in self.client.scan_iter(f"{self.prefix}:day:*"))
             since = date.fromisoformat(days[0]) if days else date.today()
         until = until or (datetime.now(UTC).date() + timedelta(days=1))
+        return _rows(self._buckets(since, until), by, since, until, where)
+
+    def cells(self, since: date, until: date) -> dict[Cell, Row]:
+        """A row per (day, team, model, provider) in [since, until)."""
+        return _grouped(self._buckets(since, until), _cell, since, until, None)
+
+    def _buckets(self, since: date, until: date) -> list[tuple[Bucket, dict[str, int]]]:
         keys: list[str] = []
         day = since
         while day < until:
@@ -215,4 +251,4 @@ class RedisLedger:
         for key, counters in zip(keys, pipe.execute(), strict=True):
             bucket = tuple(key.split(":b:", 1)[1].split(SEP))
             buckets.append((bucket, {k.decode(): int(v) for k, v in counters.items()}))
-        return _rows(buckets, by, since, until, where)  # type: ignore[arg-type]
+        return buckets  # type: ignore[return-value]

@@ -59,10 +59,14 @@ class Row:
     refused: int = 0  # requests Tollway answered itself (outcome "rejected"): nothing was sent
     refused_by_status: dict[str, int] = field(default_factory=dict)  # HTTP status -> refused requests
     guardrails: dict[str, int] = field(default_factory=dict)  # guardrail name -> requests it fired on
+    errors: int = 0  # the provider answered an error
+    incomplete: int = 0  # the stream was cut (by the provider or the client leaving)
+    unknown_outcome: int = 0  # requests sent whose outcome the aggregates do not hold (counted before they did)
     latency_sum_ms: float = 0.0
     latency_count: int = 0
     latencies: list[float] = field(default_factory=list, repr=False)  # every latency (reports from the log)
     p95_bound_ms: float | None = None  # p95 as a histogram bound (reports from aggregates)
+    histogram: list[int] = field(default_factory=list, repr=False)  # the aggregates' latency buckets' counts
 
     def add(self, record: dict[str, Any]) -> bool:
         """Count one request record in this row (a report's, the dashboard's); False for a refused
@@ -91,11 +95,25 @@ class Row:
         else:
             self.cost_usd_micros += cost
         self.fallbacks += record.get("fallback") is True
+        self.errors += record.get("outcome") == "error"
+        self.incomplete += record.get("outcome") == "incomplete"
         latency = record.get("latency_ms")
         if isinstance(latency, (int, float)):
             self.latency_sum_ms += latency
             self.latency_count += 1
         return True
+
+    def merge(self, other: Row) -> None:
+        """Add another row's totals to this one (not its latencies, nor its histogram)."""
+        for name in ("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
+                     "cost_usd_micros", "unknown_usage", "unknown_cost", "guardrail_triggers", "fallbacks",
+                     "refused", "errors", "incomplete", "unknown_outcome", "latency_count"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.latency_sum_ms += other.latency_sum_ms
+        for status, n in other.refused_by_status.items():
+            self.refused_by_status[status] = self.refused_by_status.get(status, 0) + n
+        for name, n in other.guardrails.items():
+            self.guardrails[name] = self.guardrails.get(name, 0) + n
 
     @property
     def tokens(self) -> int:
@@ -114,7 +132,7 @@ class Row:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for internal in ("latencies", "latency_sum_ms", "latency_count", "p95_bound_ms"):
+        for internal in ("latencies", "latency_sum_ms", "latency_count", "p95_bound_ms", "histogram"):
             del out[internal]
         avg, p95 = self.avg_latency_ms, self.p95_latency_ms
         out.update(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -123,3 +124,45 @@ def test_two_sidecars_add_to_one_redis_and_the_report_agrees_with_their_logs(
         for field in ("input_tokens", "output_tokens", "cost_usd_micros"):
             assert row[field] == sum(r[field] or 0 for r in mine), (team, field)
     assert admin["source"] == "redis" and {r["group"] for r in admin["rows"]} == {"demo", "platform"}
+
+
+def test_with_redis_the_dashboard_shows_errors_cut_streams_and_latency(tmp_path: Path, redis_port: int) -> None:
+    """/v1/dashboard from the shared aggregates: a provider error, a cut stream and latencies reach it
+    as they reach the log (they once read 0 errors, 0 cut, a 0.0 % error rate and no latency)."""
+    import redis
+
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    redis.Redis(port=redis_port).flushall()
+    mocked, _ = mock_plan(POLICY, {})
+    with Stack(tmp_path, policy=POLICY, mocked=mocked, serve_args=("--redis", url)) as stack:
+        with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+            assert http.post("/v1/chat/completions", json=CHAT, headers=DEMO).status_code == 200
+            slow = {**DEMO, "x-mock-latency-ms": "300"}
+            assert http.post("/v1/chat/completions", json=CHAT, headers=slow).status_code == 200
+            failing = {**DEMO, "x-mock-status": "500"}
+            assert http.post("/v1/chat/completions", json=CHAT, headers=failing).status_code == 500
+            cut = {**DEMO, "x-mock-cut-after": "2"}
+            with contextlib.suppress(httpx.HTTPError), http.stream(
+                    "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=cut) as response:
+                for _ in response.iter_raw():
+                    pass
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            data = httpx.get(f"http://127.0.0.1:{stack.service_admin_port}/v1/dashboard?hours=1").json()
+            if data["totals"]["requests"] == 4:
+                break
+            time.sleep(0.2)
+        logged = list(read_records(log_files(str(stack.record_log))))
+    assert data["source"] == "redis"
+    assert sorted(r["outcome"] for r in logged) == ["error", "incomplete", "ok", "ok"]
+    totals = data["totals"]
+    assert (totals["requests"], totals["errors"], totals["incomplete"], totals["unknown_outcome"]) == (4, 1, 1, 0)
+    assert sum(data["series"]["failed"]) == 2
+    slowest = max(r["latency_ms"] for r in logged)
+    assert totals["p50_latency_ms"] is not None and totals["p95_latency_ms"] >= slowest >= 300
+    (team,) = data["teams"]
+    assert (team["group"], team["errors"], team["incomplete"]) == ("demo", 1, 1)
+    assert team["p95_latency_ms"] == totals["p95_latency_ms"]
+    (pair,) = data["team_models"]
+    assert (pair["team"], pair["model"], pair["requests"]) == ("demo", "gpt-4o-mini", 4)
+    assert pair["avg_latency_ms"] == pytest.approx(sum(r["latency_ms"] for r in logged) / 4, abs=0.002)

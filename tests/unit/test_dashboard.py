@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import random
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ext_proc.ledger.dashboard import LATENCY_BOUNDS, Timeline, percentile
+from ext_proc.ledger.dashboard import LATENCY_BOUNDS, ModelNames, Timeline, from_ledger, percentile, window_days
 from ext_proc.ledger.log import Follower
 from ext_proc.ledger.report import aggregate
+from ext_proc.state import ledger
+from ext_proc.state.ledger import MemoryLedger
 
 NOW = 1_796_400_000.0
 
@@ -40,7 +43,7 @@ def test_the_totals_and_rows_equal_the_reports() -> None:
     found = records(400)
     timeline = Timeline()
     for record in found:
-        timeline.add(record)
+        timeline.add(record, NOW)
     data = timeline.summary(NOW - 24 * 3600, NOW + 1, step=900)
     assert len(data["slots"]) == 24 * 4 + 1
     for by, rows in (("team", data["teams"]), ("model", data["models"])):
@@ -62,26 +65,115 @@ def test_the_totals_and_rows_equal_the_reports() -> None:
 def test_a_window_leaves_out_what_is_older() -> None:
     timeline = Timeline()
     for record in records(200):
-        timeline.add(record)
+        timeline.add(record, NOW)
     recent = timeline.summary(NOW - 3600, NOW + 1)
     assert recent["totals"]["requests"] == sum(1 for r in records(200) if r["ts"] >= (NOW - 3600) // 300 * 300)
 
 
-def test_made_up_model_names_of_refused_requests_cannot_grow_the_page() -> None:
-    """400 refused requests, each naming a model of its own: 50 keep their name, the rest are one
-    "(other)" row; a model a provider served always has its own, whenever it comes."""
-    timeline = Timeline()
+def test_made_up_model_names_cannot_grow_the_page() -> None:
+    """400 requests, each naming a model of its own (refused, or answered: without a policy a
+    provider answers any name): 50 keep their name, the rest are one "(other)" row; a model the
+    policy serves always has its own, whenever it comes."""
+    timeline = Timeline(names=ModelNames(lambda model: model == "gpt-4o"))
     for i in range(400):
         timeline.add({"ts": NOW, "team": "search", "model": f"made-up-{i}", "provider": None, "outcome": "rejected",
-                      "status": 404})
+                      "status": 404}, NOW)
+        timeline.add({"ts": NOW, "team": "search", "model": f"answered-{i}", "provider": "openai", "outcome": "ok",
+                      "status": 200, "input_tokens": 5, "output_tokens": 2, "cost_usd_micros": 1}, NOW)
     timeline.add({"ts": NOW, "team": "search", "model": "gpt-4o", "provider": "openai", "outcome": "ok",
-                  "status": 200, "input_tokens": 5, "output_tokens": 2, "cost_usd_micros": 10, "latency_ms": 5.0})
+                  "status": 200, "input_tokens": 5, "output_tokens": 2, "cost_usd_micros": 10, "latency_ms": 5.0}, NOW)
     models = {cell[1] for cells in timeline.slots.values() for cell in cells}
-    assert len(models) == 52 and {"(other)", "gpt-4o", "made-up-0", "made-up-49"} <= models
+    assert len(models) == 52 and {"(other)", "gpt-4o", "made-up-0", "answered-24", "made-up-24"} <= models
     # A served model's refusal (a budget's 429) keeps its name, past the bound too.
     timeline.add({"ts": NOW, "team": "search", "model": "gpt-4o", "provider": None, "outcome": "rejected",
-                  "status": 429})
+                  "status": 429}, NOW)
     assert {cell[1] for cells in timeline.slots.values() for cell in cells} == models
+    data = timeline.summary(NOW - 3600, NOW + 1)
+    assert len(data["models"]) == len(data["series"]["cost_by_model"]) == 52
+    assert next(r for r in data["models"] if r["group"] == "(other)")["requests"] == 2 * 400 - 50
+
+
+def test_a_record_dated_after_the_present_is_left_out_not_the_present() -> None:
+    """A line dated in the year 2999 (an edited log) or 9 days ahead (a clock that jumped) once
+    emptied the timeline: every slot older than its time minus 8 days was dropped."""
+    timeline = Timeline()
+    found = records(50)
+    for record in found:
+        timeline.add(record, NOW)
+    for ts in (32_503_679_999, NOW + 9 * 86400, NOW + 3600):
+        timeline.add(dict(found[0], ts=ts), NOW)
+    timeline.add({"ts": "yesterday"}, NOW)
+    timeline.add(dict(found[0], ts=NOW + 60), NOW)  # a few seconds ahead: another worker's clock
+    data = timeline.summary(NOW - 24 * 3600, NOW + 3600)
+    assert data["totals"]["requests"] == len(found) + 1
+    assert data["skipped"] == 4
+    assert min(timeline.slots) <= NOW - 19 * 3600
+
+
+def test_the_aggregates_give_errors_cut_streams_latency_and_team_models() -> None:
+    """With --redis the dashboard reads the aggregates: the same counts as the log's timeline,
+    errors and cut streams included (they once read 0), and latency percentiles to the bounds of
+    the aggregates' buckets (they once read None)."""
+    found = records(400)
+    timeline = Timeline()
+    memory = MemoryLedger()
+    for record in found:
+        timeline.add(record, NOW)
+    memory.add(found)
+    days = window_days(NOW - 24 * 3600, NOW + 1)
+    aggregates = from_ledger(days, memory.cells(days[0], days[-1] + timedelta(days=1)))
+    log = timeline.summary(NOW - 24 * 3600, NOW + 1)
+    assert aggregates["source"] == "redis"
+    for name in ("requests", "refused", "tokens", "cost_usd_micros", "errors", "incomplete", "fallbacks",
+                 "guardrail_triggers", "unknown_usage", "unknown_cost", "avg_latency_ms"):
+        assert aggregates["totals"][name] == log["totals"][name], name
+        for by in ("teams", "models", "providers", "team_models"):
+            assert {r["group"]: r[name] for r in aggregates[by]} == {r["group"]: r[name] for r in log[by]}, (by, name)
+    assert aggregates["totals"]["errors"] == sum(r["outcome"] == "error" for r in found) > 0
+    assert sum(aggregates["series"]["failed"]) == sum(log["series"]["failed"]) > 0
+    sent = sorted(r["latency_ms"] for r in found if r["outcome"] != "rejected")
+    for p, name in ((50, "p50_latency_ms"), (95, "p95_latency_ms"), (99, "p99_latency_ms")):
+        exact = sent[-(-p * len(sent) // 100) - 1]
+        bound = aggregates["totals"][name]
+        assert bound in ledger.LATENCY_BOUNDS and exact <= bound, name
+        assert ledger.LATENCY_BOUNDS.index(bound) == 0 or ledger.LATENCY_BOUNDS[
+            ledger.LATENCY_BOUNDS.index(bound) - 1] < exact, name
+    assert all(r["p95_latency_ms"] is not None for r in aggregates["teams"] if r["requests"] > r["refused"])
+
+
+def test_aggregates_written_before_they_held_outcomes_read_unknown_not_zero() -> None:
+    old, new = records(60, seed=1), records(40, seed=2)
+    memory = MemoryLedger()
+    memory.add(old)
+    for counters in memory.buckets.values():  # what an older Tollway wrote: no outcome counters
+        for name in ("outcomes", "errors", "incomplete"):
+            counters.pop(name, None)
+    days = window_days(NOW - 24 * 3600, NOW + 1)
+    window = (days[0], days[-1] + timedelta(days=1))
+    data = from_ledger(days, memory.cells(*window))
+    sent = sum(r["outcome"] != "rejected" for r in old)
+    assert (data["totals"]["errors"], data["totals"]["incomplete"], data["totals"]["unknown_outcome"]) == \
+        (None, None, sent)
+    assert all(r["errors"] is None for r in data["teams"])
+    memory.add(new)  # then the newer Tollway's: their outcomes are known, the older ones still unknown
+    data = from_ledger(days, memory.cells(*window))
+    assert data["totals"]["errors"] == sum(r["outcome"] == "error" for r in new)
+    assert data["totals"]["incomplete"] == sum(r["outcome"] == "incomplete" for r in new)
+    assert data["totals"]["unknown_outcome"] == sent
+
+
+def test_the_aggregates_fold_made_up_model_names_too() -> None:
+    memory = MemoryLedger()
+    memory.add([{"ts": NOW - i, "team": "search", "model": f"made-up-{i}", "provider": None, "outcome": "rejected",
+                 "status": 404} for i in range(120)])
+    memory.add([{"ts": NOW, "team": "search", "model": "gpt-4o", "provider": "openai", "outcome": "ok",
+                 "input_tokens": 1, "output_tokens": 1, "cost_usd_micros": 1, "latency_ms": 10.0}])
+    days = window_days(NOW - 3600, NOW + 1)
+    data = from_ledger(days, memory.cells(days[0], days[-1] + timedelta(days=1)), lambda model: model == "gpt-4o")
+    names = [r["group"] for r in data["models"]]
+    assert len(names) == 52 and names[0] == "gpt-4o" and "(other)" in names
+    assert set(data["series"]["cost_by_model"]) == set(names)
+    assert sum(r["requests"] for r in data["models"]) == 121
 
 
 def test_percentile_is_the_bucket_bound() -> None:

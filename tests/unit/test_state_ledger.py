@@ -99,3 +99,24 @@ def test_the_writer_sends_a_batch_that_timed_out_again_under_its_id() -> None:
     first, again, new = hung.calls
     assert first == again and new not in (None, first)
     assert writer._unsure == [] and writer.failures == 1
+
+
+def test_redis_cells_match_memory_and_buckets_without_outcomes_read_unknown(redis_port: int) -> None:
+    """The dashboard's rows per (day, team, model, provider), errors and cut streams included; a
+    bucket an older Tollway wrote (no ``outcomes``) holds requests whose outcome is unknown."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    failed = [dict(RECORDS[0], outcome="error", status=500), dict(RECORDS[1], outcome="incomplete")]
+    ledger, memory = RedisLedger(client), MemoryLedger()
+    ledger.add(RECORDS + failed, batch="b-1")
+    memory.add(RECORDS + failed)
+    cells = ledger.cells(*OCTOBER)
+    assert cells == memory.cells(*OCTOBER)
+    row = cells[("2026-10-15", "search", "gpt-4o", "openai")]
+    assert (row.errors, row.incomplete, row.unknown_outcome) == (1, 1, 0)
+    assert sum(row.histogram) == row.latency_count > 0
+    old = "tollway:ledger:b:" + "\x1f".join(("2026-10-15", "search", "gpt-4o", "k9", "openai"))
+    client.sadd("tollway:ledger:day:2026-10-15", old)
+    client.hset(old, mapping={"requests": 3, "input_tokens": 30, "latency_n": 3, "latency_us_sum": 3000})
+    row = ledger.cells(*OCTOBER)[("2026-10-15", "search", "gpt-4o", "openai")]
+    assert (row.errors, row.incomplete, row.unknown_outcome) == (1, 1, 3)
