@@ -44,9 +44,18 @@ function set(id, text, value) {
   if (value !== undefined) el.dataset.value = String(value);
 }
 
-function cell(tr, text, value) {
+// A table cell; a name (a team's, a model's: a client's free text) is cut to the column's width,
+// whole in its title.
+function cell(tr, text, value, name) {
   const td = document.createElement("td");
-  td.textContent = text;
+  if (name) {
+    const span = document.createElement("span");
+    span.className = "name";
+    span.textContent = span.title = text;
+    td.appendChild(span);
+  } else {
+    td.textContent = text;
+  }
   if (value !== undefined && value !== null) td.dataset.value = String(value);
   tr.appendChild(td);
   return td;
@@ -65,7 +74,7 @@ function fillTable(id, rows, columns) {
   for (const row of rows) {
     const tr = body.insertRow();
     tr.dataset.group = row.group;
-    for (const [text, value] of columns(row)) cell(tr, text, value);
+    for (const [text, value, name] of columns(row)) cell(tr, text, value, name);
   }
 }
 
@@ -75,7 +84,8 @@ function stacked(svg, slots, series, colors) {
   const width = svg.clientWidth || 600, height = svg.clientHeight || 180, pad = 28;
   const names = Object.keys(series).sort();
   const totals = slots.map((_, i) => names.reduce((sum, name) => sum + (series[name][i] || 0), 0));
-  const top = Math.max(1, ...totals);
+  const tallest = Math.max(0, ...totals);
+  const top = Math.max(1, tallest);
   const w = (width - pad) / Math.max(1, slots.length);
   const axis = document.createElementNS(SVG, "line");
   Object.entries({x1: pad, x2: width, y1: height - 16, y2: height - 16, stroke: "#e3e7ec"}).forEach(([k, v]) => axis.setAttribute(k, v));
@@ -97,7 +107,7 @@ function stacked(svg, slots, series, colors) {
   });
   const label = document.createElementNS(SVG, "text");
   Object.entries({x: 0, y: 12, "font-size": 11, fill: "#5f6b7a"}).forEach(([k, v]) => label.setAttribute(k, v));
-  label.textContent = svg.dataset.unit === "usd" ? dollars(top) : count(top);
+  label.textContent = svg.dataset.unit === "usd" ? (tallest ? dollars(tallest) : "$0") : count(tallest);
   svg.appendChild(label);
   [[0, "start"], [slots.length - 1, "end"]].forEach(([i, anchor]) => {
     if (i < 0 || !slots.length) return;
@@ -116,14 +126,28 @@ function legend(id, names) {
     const swatch = document.createElement("i");
     swatch.style.background = COLORS[j % COLORS.length];
     span.append(swatch, name);
+    span.title = name;
     el.appendChild(span);
   });
+}
+
+// Errors or cut streams: "–" when unknown (aggregates written before they counted them), "+" when
+// some requests' outcome is unknown (at least this many).
+function failures(n, r) { return n === null ? "–" : count(n) + (r.unknown_outcome ? "+" : ""); }
+
+// Guardrail triggers: requests, then by guardrail ("3 · pii 2, secrets 1").
+function fired(r) {
+  const names = Object.entries(r.guardrails).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+  return count(r.guardrail_triggers) + (names.length ? " · " + names.map(([name, n]) => `${name} ${n}`).join(", ") : "");
 }
 
 function draw(data) {
   const t = data.totals;
   const reached = t.requests - t.refused;
+  const known = reached - t.unknown_outcome;  // requests whose outcome is counted
   set("source", data.source === "redis" ? "shared aggregates (Redis)" : "request log");
+  set("skipped", data.skipped ? ` · ${count(data.skipped)} log lines left out (not a record, or dated ahead)` : "",
+      data.skipped || 0);
   set("total-cost", dollars(t.cost_usd_micros) + (t.unknown_cost ? "+" : ""), t.cost_usd_micros);
   set("total-unpriced", t.unknown_cost ? `${t.unknown_cost} without a known price` : "");
   set("total-requests", count(t.requests), t.requests);
@@ -133,36 +157,45 @@ function draw(data) {
   set("total-output", count(t.output_tokens), t.output_tokens);
   set("total-cached", count(t.cached_tokens), t.cached_tokens);
   set("total-reasoning", count(t.reasoning_tokens), t.reasoning_tokens);
-  set("total-errors", count(t.errors), t.errors);
-  set("total-incomplete", count(t.incomplete), t.incomplete);
-  set("error-rate", percent(t.errors + t.incomplete, reached), reached ? (t.errors + t.incomplete) / reached : "");
+  set("total-errors", failures(t.errors, t), t.errors ?? "");
+  set("total-incomplete", failures(t.incomplete, t), t.incomplete ?? "");
+  set("total-unknown-outcome", t.unknown_outcome ? ` · ${count(t.unknown_outcome)} unknown` : "", t.unknown_outcome);
+  const failed = t.errors === null ? null : t.errors + t.incomplete;
+  set("error-rate", failed === null ? "–" : percent(failed, known), failed !== null && known ? failed / known : "");
   set("total-fallbacks", count(t.fallbacks), t.fallbacks);
   set("fallback-rate", percent(t.fallbacks, reached), reached ? t.fallbacks / reached : "");
   set("latency", `${ms(t.p50_latency_ms)} / ${ms(t.p95_latency_ms)} / ${ms(t.p99_latency_ms)}`,
       [t.p50_latency_ms, t.p95_latency_ms, t.p99_latency_ms].join(","));
   set("total-guardrails", count(t.guardrail_triggers), t.guardrail_triggers);
 
-  const teams = Object.keys(data.series.cost_by_team).sort();
-  const models = Object.keys(data.series.cost_by_model).sort();
+  // Only what cost something in the window is drawn (and named in the legend): refused names cost nothing.
+  const spent = series => Object.fromEntries(Object.entries(series).filter(([, values]) => values.some(Boolean)));
+  const byTeam = spent(data.series.cost_by_team), byModel = spent(data.series.cost_by_model);
   $("chart-team").dataset.unit = $("chart-model").dataset.unit = "usd";
-  stacked($("chart-team"), data.slots, data.series.cost_by_team, COLORS);
-  legend("legend-team", teams);
-  stacked($("chart-model"), data.slots, data.series.cost_by_model, COLORS);
-  legend("legend-model", models);
+  stacked($("chart-team"), data.slots, byTeam, COLORS);
+  legend("legend-team", Object.keys(byTeam).sort());
+  stacked($("chart-model"), data.slots, byModel, COLORS);
+  legend("legend-model", Object.keys(byModel).sort());
   stacked($("chart-tokens"), data.slots, {tokens: data.series.tokens}, ["#12a594"]);
   stacked($("chart-requests"), data.slots,  // stacked in name order: "failed" (red) under "ok" (blue)
           {ok: data.series.requests.map((n, i) => n - data.series.failed[i]), failed: data.series.failed}, ["#b42318", "#2f6fde"]);
 
+  const cost = r => [dollars(r.cost_usd_micros) + (r.unknown_cost ? "+" : ""), r.cost_usd_micros];
   fillTable("teams", data.teams, r => [
-    [r.group], [count(r.requests), r.requests], [count(r.refused), r.refused], [count(r.input_tokens), r.input_tokens],
-    [count(r.output_tokens), r.output_tokens], [dollars(r.cost_usd_micros) + (r.unknown_cost ? "+" : ""), r.cost_usd_micros],
-    [count(r.errors), r.errors], [count(r.fallbacks), r.fallbacks], [count(r.guardrail_triggers), r.guardrail_triggers],
-    [ms(r.p95_latency_ms), r.p95_latency_ms]]);
+    [r.group, undefined, true], [count(r.requests), r.requests], [count(r.refused), r.refused],
+    [count(r.input_tokens), r.input_tokens], [count(r.output_tokens), r.output_tokens], cost(r),
+    [failures(r.errors, r), r.errors], [failures(r.incomplete, r), r.incomplete], [count(r.fallbacks), r.fallbacks],
+    [fired(r), r.guardrail_triggers], [ms(r.p95_latency_ms), r.p95_latency_ms]]);
   fillTable("models", data.models, r => [
-    [r.group], [count(r.requests), r.requests], [count(r.refused), r.refused], [count(r.input_tokens), r.input_tokens],
-    [count(r.output_tokens), r.output_tokens], [dollars(r.cost_usd_micros) + (r.unknown_cost ? "+" : ""), r.cost_usd_micros],
-    [count(r.errors), r.errors], [count(r.fallbacks), r.fallbacks], [ms(r.p50_latency_ms), r.p50_latency_ms],
-    [ms(r.p95_latency_ms), r.p95_latency_ms], [ms(r.p99_latency_ms), r.p99_latency_ms]]);
+    [r.group, undefined, true], [count(r.requests), r.requests], [count(r.refused), r.refused],
+    [count(r.input_tokens), r.input_tokens], [count(r.output_tokens), r.output_tokens], cost(r),
+    [failures(r.errors, r), r.errors], [failures(r.incomplete, r), r.incomplete], [count(r.fallbacks), r.fallbacks],
+    [ms(r.p50_latency_ms), r.p50_latency_ms], [ms(r.p95_latency_ms), r.p95_latency_ms],
+    [ms(r.p99_latency_ms), r.p99_latency_ms]]);
+  fillTable("team-models", data.team_models, r => [
+    [r.team, undefined, true], [r.model, undefined, true], [count(r.requests), r.requests],
+    [count(r.refused), r.refused], [count(r.tokens), r.tokens], cost(r), [ms(r.avg_latency_ms), r.avg_latency_ms],
+    [ms(r.p95_latency_ms), r.p95_latency_ms], [fired(r), r.guardrail_triggers]]);
   fillTable("guardrails", Object.entries(data.guardrails).map(([group, n]) => ({group, n})),
             r => [[r.group], [count(r.n), r.n]]);
 }
