@@ -78,10 +78,12 @@ def _static(name: str, port: int) -> dict[str, Any]:
             "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
 
 
-def _route(path: str, cluster: str, rewrite: str | None = None) -> dict[str, Any]:
+def _route(path: str, cluster: str, rewrite: str | None = None, host: str | None = None) -> dict[str, Any]:
     route: dict[str, Any] = {"cluster": cluster, "timeout": "5s"}
     if rewrite:
         route["prefix_rewrite"] = rewrite
+    if host:
+        route["host_rewrite_literal"] = host
     return {"match": {"path": path}, "route": route}
 
 
@@ -89,8 +91,10 @@ def _pod_listener(layout: Layout) -> dict[str, Any]:
     routes = [
         _route("/ready", "tollway_envoy_admin"),
         _route("/stats/prometheus", "tollway_envoy_admin"),
-        _route("/tollway/readyz", "tollway_admin", "/readyz"),
-        _route("/tollway/metrics", "tollway_admin", "/metrics"),
+        # kubelet and Prometheus name the pod's address; Tollway's admin, on loopback without a token,
+        # answers only requests that name a loopback host (DNS rebinding: ext_proc.server.admin).
+        _route("/tollway/readyz", "tollway_admin", "/readyz", host="127.0.0.1"),
+        _route("/tollway/metrics", "tollway_admin", "/metrics", host="127.0.0.1"),
         {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
     ]
     return {

@@ -9,7 +9,10 @@ parent published and reads the same request log, so any of them answers for the 
 Bound to loopback by default. Exposed beyond loopback (``--admin-host``), it needs a bearer token
 (``--admin-token-file``): ``/metrics``, ``/v1/report`` and ``/v1/budgets`` then answer 401 without
 it, ``/healthz`` stays open and ``/readyz`` answers probes with its status and ``{"ready": ...}``
-only; the details (store, policy, limits) need the token too.
+only; the details (store, policy, limits) need the token too. Without a token, every path answers
+only requests whose ``Host`` names loopback (``localhost``, ``127.0.0.1``, ``[::1]``, any port):
+loopback binding alone does not keep a browser out, since a page that resolves its own name to
+127.0.0.1 (DNS rebinding) is same-origin with the port; its requests still name its host (403).
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ ASSETS = {"/dashboard": ("dashboard.html", "text/html; charset=utf-8"),
           "/dashboard/": ("dashboard.html", "text/html; charset=utf-8"),
           "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
           "/dashboard/icon.svg": ("icon.svg", "image/svg+xml")}
+LOOPBACK = (b"localhost", b"127.0.0.1", b"[::1]")  # the hosts a request may name without a token
+_NOT_LOCAL = orjson.dumps(
+    {"error": {"message": "without an admin token this endpoint answers only requests for localhost, 127.0.0.1 "
+                          "or [::1] (Host)", "type": "permission_error"}}
+)
 _UNAUTHORIZED = orjson.dumps(
     {"error": {"message": "this admin endpoint needs the admin token (Authorization: Bearer ...)",
                "type": "authentication_error"}}
@@ -62,7 +70,7 @@ class AdminServer:
         self.log_path = log_path
         self.ledger = ledger  # shared aggregates (Redis); without them the report reads the log
         self.budgets = budgets  # the rows of `tollway budgets` (ext_proc.ledger.budgets)
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._expected = token.encode() if token else None
         self.before_scrape = before_scrape  # given the budget rows: refresh what the scrape reads
         self._server: asyncio.base_events.Server | None = None
         self._assets: dict[str, bytes] = {}
@@ -72,14 +80,25 @@ class AdminServer:
         self._timeline_lock = threading.Lock()
 
     def allowed(self, head: bytes) -> bool:
-        """Whether the request head carries the admin token (always, when none is configured)."""
+        """Whether the request head carries the admin token (always, when none is configured). The
+        scheme is any case (RFC 9110: ``bearer`` is ``Bearer``)."""
         if self._expected is None:
             return True
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"authorization":
-                return hmac.compare_digest(value.strip(), self._expected)
-        return False
+        value = _header(head, b"authorization")
+        if value is None:
+            return False
+        scheme, _, credentials = value.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._expected)
+
+    def local(self, head: bytes) -> bool:
+        """Whether the request may be answered: a token is configured (it decides), or the request's
+        ``Host`` names loopback (see the module docstring)."""
+        if self._expected is not None:
+            return True
+        host = (_header(head, b"host") or b"").lower()
+        name = host.rpartition(b"]")[0] + b"]" if host.startswith(b"[") else host.partition(b":")[0]
+        port = host[len(name):]
+        return name in LOOPBACK and (not port or (port[:1] == b":" and port[1:].isdigit()))
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on a listening socket (bound once by the parent, shared by the workers)."""
@@ -172,6 +191,8 @@ class AdminServer:
             allowed = self.allowed(head)
             if method not in ("GET", "HEAD"):
                 status, content_type, body = 405, "text/plain", b""
+            elif not self.local(head):
+                status, content_type, body = 403, "application/json", _NOT_LOCAL
             elif not allowed and path not in ("/healthz", "/readyz") and path not in ASSETS:
                 status, content_type, body = 401, "application/json", _UNAUTHORIZED
             elif path == "/v1/report":  # reads the log: off the event loop
@@ -192,7 +213,7 @@ class AdminServer:
                 body = orjson.dumps({"budgets": await self.budgets()})
             else:
                 status, content_type, body = self.route(path, allowed)
-            reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
                       405: "Method Not Allowed", 503: "Service Unavailable"}[status]
             challenge = 'www-authenticate: Bearer realm="tollway-admin"\r\n' if status == 401 else ""
             writer.write(
@@ -205,3 +226,12 @@ class AdminServer:
             )
             await writer.drain()
         writer.close()
+
+
+def _header(head: bytes, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case) in a request head, stripped."""
+    for line in head.split(b"\r\n")[1:]:
+        found, _, value = line.partition(b":")
+        if found.strip().lower() == name:
+            return value.strip()
+    return None

@@ -25,9 +25,10 @@ from ext_proc.server.listen import ListenError
 TOKEN = "s3cret-admin-token-0123456789"
 
 
-async def _get(port: int, path: str, authorization: str | None = None) -> tuple[int, dict[str, str], bytes]:
+async def _get(port: int, path: str, authorization: str | None = None,
+               host: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = f"GET {path} HTTP/1.1\r\nhost: x\r\n"
+    head = f"GET {path} HTTP/1.1\r\nhost: {host}\r\n"
     if authorization is not None:
         head += f"authorization: {authorization}\r\n"
     writer.write((head + "\r\n").encode())
@@ -71,6 +72,10 @@ def test_with_a_token_only_the_probes_answer_without_it() -> None:
                     assert orjson.loads(body)["error"]["type"] == "authentication_error"
                     assert b"payments" not in body and TOKEN.encode() not in body
             good = f"Bearer {TOKEN}"
+            for scheme in ("bearer", "BEARER", "bEaReR"):  # RFC 9110: the scheme is any case
+                assert (await _get(port, "/metrics", f"{scheme} {TOKEN}"))[0] == 200, scheme
+            # With a token, it decides: any host (the exposed port's name) is answered.
+            assert (await _get(port, "/metrics", good, host="tollway.monitoring.svc:9902"))[0] == 200
             status, _, body = await _get(port, "/metrics", good)
             assert status == 200 and b'tollway_team_spend_usd_total{team="payments"} 3.0' in body
             status, _, body = await _get(port, "/v1/budgets", good)
@@ -84,7 +89,7 @@ def test_with_a_token_only_the_probes_answer_without_it() -> None:
     asyncio.run(scenario())
 
 
-def test_without_a_token_loopback_serves_everything() -> None:
+def test_without_a_token_loopback_serves_everything_to_loopback_hosts_only() -> None:
     async def scenario() -> None:
         server, sock = _serve(None)
         await server.start(sock)
@@ -93,6 +98,15 @@ def test_without_a_token_loopback_serves_everything() -> None:
             assert (await _get(port, "/metrics"))[0] == 200
             _, _, body = await _get(port, "/readyz")
             assert orjson.loads(body)["policy"] == {"generation": 4}
+            for host in ("localhost", "LocalHost:9902", "127.0.0.1", f"127.0.0.1:{port}", "[::1]", "[::1]:9902"):
+                assert (await _get(port, "/v1/budgets", host=host))[0] == 200, host
+            # A page whose name resolves to 127.0.0.1 (DNS rebinding) names its own host: refused.
+            for host in ("attacker.example", "attacker.example:9902", "127.0.0.1.attacker.example", "10.0.0.7",
+                         "localhost:9902@attacker.example", "[::1]x", ""):
+                for path in ("/v1/budgets", "/v1/report?by=key", "/v1/dashboard", "/metrics", "/dashboard"):
+                    status, _, body = await _get(port, path, host=host)
+                    assert status == 403 and b"payments" not in body, (host, path)
+                    assert orjson.loads(body)["error"]["type"] == "permission_error"
         finally:
             await server.close()
 
