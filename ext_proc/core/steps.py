@@ -77,6 +77,8 @@ class Recognise(Step):
         path = flow.path = headers.get(":path", "")
         method = headers.get(":method", "?")
         api = apis.match(path) if method == "POST" else apis.catalogue(path, headers) if method == "GET" else None
+        if "upgrade" in headers:  # a websocket (the Realtime API): nothing Tollway serves may be upgraded
+            api = None
         if api is None:
             shown = path.partition("?")[0][:200]
             raise ClientError(404, "unknown_endpoint", f"Tollway does not serve {method} {shown}.")

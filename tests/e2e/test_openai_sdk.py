@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+
 import httpx
 import openai
 import pytest
@@ -185,6 +188,28 @@ def test_unknown_endpoint_is_a_json_404(gateway: Gateway) -> None:
     response = httpx.get(gateway.base_url + "/v1/files")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "unknown_endpoint"
+
+
+def test_a_websocket_upgrade_is_a_json_404_with_its_record(gateway: Gateway) -> None:
+    """The Realtime API's websocket: refused by Tollway in the client's format and recorded (Envoy
+    alone answered a bare 403 Tollway never saw, its record without a request id)."""
+    with socket.create_connection(("127.0.0.1", gateway.stack.listen_port), timeout=10) as sock:
+        sock.sendall(b"GET /v1/realtime?model=gpt-4o-realtime-preview HTTP/1.1\r\nHost: x\r\n"
+                     b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        answer = b""
+        while b"}}" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404")
+    assert json.loads(body)["error"]["code"] == "unknown_endpoint"
+    request_id = next(line.split(b": ", 1)[1].decode() for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"x-tollway-request-id:"))
+    record = gateway.record(request_id)
+    assert (record["status"], record["outcome"], record["error"]) == (404, "rejected", "unknown_endpoint")
 
 
 def test_large_prompt_passes(gateway: Gateway, client: openai.OpenAI) -> None:
