@@ -412,10 +412,7 @@ def _limits(spec: PolicySpec) -> Limits:
 
 
 def _netloc(url: str | None) -> str | None:
-    try:
-        return urllib.parse.urlsplit(url).netloc or None if url else None
-    except ValueError:  # e.g. an unbalanced "[" (an IPv6 literal gone wrong): no Host to set
-        return None
+    return urllib.parse.urlsplit(url).netloc or None if url else None  # the schema parsed it whole
 
 
 def _price(spec: PriceSpec | None) -> Price | None:

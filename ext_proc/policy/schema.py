@@ -13,9 +13,12 @@ logs, metrics labels, headers and the paths of error messages.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import urllib.parse
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .compiled import PROVIDER_KINDS
@@ -47,7 +50,51 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
 EnvName = Annotated[str, StringConstraints(pattern=ENV_PATTERN)]
 Text = Annotated[str, StringConstraints(pattern=TEXT_PATTERN)]
-Url = Annotated[str, StringConstraints(pattern=URL_PATTERN)]
+_DNS_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_DNS_LABEL}(?:\.{_DNS_LABEL})*$")
+
+
+def _reachable(url: str) -> str:
+    """An http(s) URL parsed whole, as Envoy's cluster (its host, its port) and the Host header take
+    it: an error here, with its place in the file, rather than a reload failing on it later."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # an unbalanced bracket, or not an IP address inside the brackets
+        raise PydanticCustomError(
+            "url_host", "has a malformed host (an IPv6 address goes in brackets: http://[::1]:8000)") from None
+    host, netloc = parts.hostname or "", parts.netloc
+    if parts.username is not None or parts.password is not None:
+        raise PydanticCustomError("url_user", "must not hold a user name or password (a provider's key goes "
+                                              "in 'credential')")
+    if not host:
+        raise PydanticCustomError("url_host", "has no host (http://HOST or http://HOST:PORT)")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or netloc.endswith(":"):
+        raise PydanticCustomError("url_port", "has port '{port}': a port is a number from 1 to 65535",
+                                  {"port": netloc.rsplit("]", 1)[-1].rpartition(":")[2]})
+    if netloc.startswith("["):
+        valid = _is_address(host, ipaddress.IPv6Address)
+    else:  # a name's last label is never all digits: 300.1.1.1 is a mistyped address, not a name
+        valid = _is_address(host, ipaddress.IPv4Address) or (
+            _DNS_NAME.match(host) is not None and not host.rpartition(".")[2].isdigit())
+    if not valid:
+        raise PydanticCustomError("url_host", "has a malformed host '{host}' (a DNS name, an IPv4 address, or an "
+                                              "IPv6 address in brackets)", {"host": host})
+    return url
+
+
+def _is_address(host: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    try:
+        kind(host)
+    except ValueError:
+        return False
+    return True
+
+
+Url = Annotated[str, StringConstraints(pattern=URL_PATTERN), AfterValidator(_reachable)]
 Version = Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
 ModelRef = Annotated[str, StringConstraints(pattern=MODEL_REF_PATTERN)]
 # A price as an exact decimal string (USD per million tokens): "2.50", not 2.5 (a float).

@@ -441,6 +441,40 @@ providers:
     ]
 
 
+def test_an_endpoint_is_parsed_whole() -> None:
+    """What Envoy's cluster and the Host header take from an endpoint (its host, its port) is
+    checked here, with its place: such a file used to pass, then fail every reload unseen."""
+    lines = [
+        "http://127.0.0.1:99999", "http://vllm:80O0", "http://[::1", "http://:8080/v1", "http://vllm:0",
+        "http://vllm:", "http://[v1.x]:8000", "http://300.1.1.1", "http://user:pass@vllm", "http://exa%41mple",
+    ]
+    found = issues("apiVersion: tollway/v1\nproviders:\n" + "".join(
+        f'  p{index}: {{kind: openai-compatible, endpoint: "{url}"}}\n' for index, url in enumerate(lines)))
+    port = "a port is a number from 1 to 65535"
+    assert found == [
+        f"p.yaml:3:43: providers.p0.endpoint: has port '99999': {port}",
+        f"p.yaml:4:43: providers.p1.endpoint: has port '80O0': {port}",
+        "p.yaml:5:43: providers.p2.endpoint: has a malformed host (an IPv6 address goes in brackets: "
+        "http://[::1]:8000)",
+        "p.yaml:6:43: providers.p3.endpoint: has no host (http://HOST or http://HOST:PORT)",
+        f"p.yaml:7:43: providers.p4.endpoint: has port '0': {port}",
+        f"p.yaml:8:43: providers.p5.endpoint: has port '': {port}",
+        "p.yaml:9:43: providers.p6.endpoint: has a malformed host 'v1.x' (a DNS name, an IPv4 address, or an "
+        "IPv6 address in brackets)",
+        "p.yaml:10:43: providers.p7.endpoint: has a malformed host '300.1.1.1' (a DNS name, an IPv4 address, "
+        "or an IPv6 address in brackets)",
+        "p.yaml:11:43: providers.p8.endpoint: must not hold a user name or password (a provider's key goes in "
+        "'credential')",
+        "p.yaml:12:43: providers.p9.endpoint: has a malformed host 'exa%41mple' (a DNS name, an IPv4 address, "
+        "or an IPv6 address in brackets)",
+    ]
+    good = ["http://[::1]:8000", "https://llm.example.com:8443/v1", "http://10.0.0.5:8000", "http://vllm_1.local"]
+    policy = compiles("apiVersion: tollway/v1\nproviders:\n" + "".join(
+        f'  p{index}: {{kind: openai-compatible, endpoint: "{url}"}}\n' for index, url in enumerate(good)))
+    assert [p.host for p in policy.providers.values()] == [
+        "[::1]:8000", "llm.example.com:8443", "10.0.0.5:8000", "vllm_1.local"]
+
+
 # -- everything at once -------------------------------------------------------------------------
 
 
