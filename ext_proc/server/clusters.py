@@ -25,10 +25,12 @@ A policy must never route to a cluster Envoy lacks (the request would get a 503)
 must not go while requests routed by an older policy may still use it. So a reload runs in this
 order (:meth:`ClusterSync.prepare`, called by :class:`~ext_proc.server.reload.PolicyController`):
 
-1. write the clusters of the new policy *plus* those of the policies before it;
+1. write the clusters of the new policy *plus* those of the policies before it (of the clusters
+   Envoy last accepted, never of a write it rejected);
 2. wait until Envoy's admin reports that version accepted and every cluster of the new policy
    active (warmed), at most ``timeout`` seconds; a rejected or late update fails the reload,
-   which keeps the running policy;
+   which keeps the running policy, and the file goes back to what Envoy accepted last (an
+   Envoy restarting meanwhile finds a file it can load), so the next reload starts from that;
 3. the caller swaps the policy;
 4. clusters no policy has needed for ``retire_after`` seconds (5 minutes: longer than any try's
    first-byte timeout) are dropped by a later write (:meth:`ClusterSync.prune`).
@@ -308,6 +310,10 @@ class EnvoyNotReady(Exception):
     """Envoy did not load the clusters a policy needs (rejected, or not in time)."""
 
 
+class EnvoyRejected(EnvoyNotReady):
+    """Envoy refused the clusters file (Envoy's log has its reason)."""
+
+
 def fetch(url: str, timeout: float = 1.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return bytes(response.read())
@@ -336,7 +342,8 @@ class ClusterSync:
         self._clock, self._sleep, self._get = clock, sleep, get
         self.written: dict[str, dict[str, Any]] = {}  # what the file holds, by cluster name
         self.version: str | None = None
-        self._retired: dict[str, float] = {}  # clusters the current policy does not need: since when
+        self.accepted: dict[str, dict[str, Any]] = {}  # what Envoy accepted last: what the next write keeps
+        self._retired: dict[str, float] = {}  # accepted clusters the running policy does not need: since when
 
     def clusters(self, policy: CompiledPolicy | None) -> dict[str, dict[str, Any]]:
         """The clusters ``policy`` needs (a ``ClusterError`` when one cannot be built)."""
@@ -350,17 +357,20 @@ class ClusterSync:
         """
         needed = self.clusters(policy)
         now = self._clock()
-        for name in self.written:
-            if name not in needed:
-                self._retired.setdefault(name, now)
-        for name in needed:
-            self._retired.pop(name, None)
-        content = {**{name: self.written[name] for name in self._retired}, **needed}
+        retired = {name: self._retired.get(name, now) for name in self.accepted if name not in needed}
+        content = {**{name: self.accepted[name] for name in retired}, **needed}
         rejected_before = self._rejected()
         self._write(content)
-        if rejected_before is None and starting:
-            return
-        self._wait(set(needed), rejected_before)
+        try:
+            if not (rejected_before is None and starting):
+                self._wait(set(needed), rejected_before, self._changes(content, policy))
+        except EnvoyNotReady as exc:
+            if starting and not isinstance(exc, EnvoyRejected):
+                self.accepted = content  # late at its start: Envoy loads this file when it comes
+            elif not starting:
+                self._write(self.accepted)
+            raise
+        self.accepted, self._retired = content, retired
 
     def prune(self) -> list[str]:
         """Step 4: drop the clusters unused for ``retire_after`` seconds; their names."""
@@ -369,7 +379,8 @@ class ClusterSync:
         if gone:
             for name in gone:
                 del self._retired[name]
-            self._write({name: cluster for name, cluster in self.written.items() if name not in gone})
+            self.accepted = {name: cluster for name, cluster in self.accepted.items() if name not in gone}
+            self._write(self.accepted)
             log.info("removed Envoy clusters no policy uses any more: %s", ", ".join(gone))
         return gone
 
@@ -415,7 +426,16 @@ class ClusterSync:
         body = self._get(f"{self.envoy_admin}/config_dump?resource=dynamic_active_clusters")
         return {entry["cluster"]["name"] for entry in orjson.loads(body).get("configs", ())}
 
-    def _wait(self, needed: set[str], rejected_before: int | None) -> None:
+    def _changes(self, content: dict[str, dict[str, Any]], policy: CompiledPolicy | None) -> str:
+        """The clusters a write adds or changes, with the providers' endpoints: what a rejection names."""
+        endpoints: dict[str, list[str]] = {}
+        for p in policy.providers.values() if policy is not None else ():
+            url = self.stand_ins.get(p.name) or p.endpoint or DEFAULT_ENDPOINTS.get(p.kind)
+            endpoints.setdefault(p.cluster, []).append(f"provider '{p.name}'" + (f" at {url}" if url else ""))
+        changed = [name for name in sorted(content) if self.accepted.get(name) != content[name]]
+        return ", ".join(f"{name} ({'; '.join(endpoints[name])})" if name in endpoints else name for name in changed)
+
+    def _wait(self, needed: set[str], rejected_before: int | None, changes: str = "") -> None:
         deadline = self._clock() + self.timeout
         if rejected_before is None:  # no admin to ask: Envoy loads a moved file within milliseconds
             self._sleep(self.unconfirmed_wait)
@@ -428,7 +448,9 @@ class ClusterSync:
                 self._sleep(self.unconfirmed_wait)
                 return
             if int(stats.get("cluster_manager.cds.update_rejected", 0)) > rejected_before:
-                raise EnvoyNotReady(f"Envoy rejected the clusters file {self.path} (see Envoy's log)")
+                raise EnvoyRejected(
+                    f"Envoy rejected the clusters file {self.path}, which added or changed the clusters "
+                    f"{changes or '(none)'}; Envoy's log says why")
             if stats.get("cluster_manager.cds.version_text") == self.version:
                 try:
                     missing = needed - self._active()

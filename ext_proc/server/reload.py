@@ -9,7 +9,10 @@ field, go to the log, to ``/readyz`` (``policy.state: "stale"``, ``policy.last_r
 and to the metrics (``tollway_policy_reloads_total{result="error"}``, ``tollway_policy_stale``).
 A good file first gets its Envoy clusters (:mod:`ext_proc.server.clusters`: written, and
 confirmed by Envoy's admin) and only then is *published*, so no request is routed to a cluster
-Envoy does not have yet.
+Envoy does not have yet. A file refused for what it says is loaded again once it changes; one
+refused for a reason outside it (Envoy rejected or did not load its clusters, or any fault of
+Tollway's own, which is never left to the watcher to swallow) is loaded again unchanged, after
+1, 2, 4 ... at most 60 seconds, and is stale until then.
 
 Publishing (:class:`Publication`) writes the controller's state (the accepted policy text, its
 version, the reload counts and the last error) to a file in a private directory, then increments
@@ -38,6 +41,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +58,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("tollway.policy")
+
+RETRY_MAX = 60.0  # seconds: the longest wait before a file refused for a reason outside it is loaded again
 
 
 @dataclass
@@ -111,13 +117,17 @@ class Publication:
 class PolicyController:
     """Watches one policy file, prepares Envoy's clusters, publishes (see the module docstring)."""
 
-    def __init__(self, path: str | None, publication: Publication, clusters: ClusterSync | None = None) -> None:
+    def __init__(self, path: str | None, publication: Publication, clusters: ClusterSync | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self.publication = publication
         self.clusters = clusters
         self.state = PolicyState(source=path, envoy_clusters=clusters.path if clusters else None)
         self.current: CompiledPolicy | None = None
-        self._signature: tuple[str, int, int, int] | None = None
+        self._clock = clock
+        self._signature: tuple[str, int, int, int] | None = None  # the file as last loaded
+        self._failures = 0  # loads of it in a row that failed for a reason outside the file
+        self._retry_at: float | None = None  # when to load it again although unchanged
         self._rendered: frozenset[str] | None = None  # without a clusters file: the chains Envoy started with
 
     def _stat(self) -> tuple[str, int, int, int] | None:
@@ -142,28 +152,40 @@ class PolicyController:
         return self.load(starting=True)
 
     def load(self, starting: bool = False) -> bool:
-        """(Re)load the file now; True when a new policy was published."""
+        """(Re)load the file now; True when a new policy was published.
+
+        A file refused for what it says (it does not compile, a chain cannot be built) is loaded
+        again once it changes. One refused for a reason outside it (Envoy rejected or did not
+        load its clusters, or anything unexpected) is loaded again by a later :meth:`check`
+        too, after 1, 2, 4 ... at most 60 seconds, until it is in place.
+        """
         assert self.path is not None
-        self._signature = self._stat()
+        self._signature = self._stat()  # before the read: a write after it is seen by the next check
+        self._retry_at = None
         try:
             with open(self.path, encoding="utf-8") as handle:
                 text = handle.read()
+        except OSError as exc:
+            return self._reject(f"{self.path}: {exc.strerror or exc}")
+        except UnicodeDecodeError as exc:
+            return self._reject(f"{self.path}: {exc}")
+        try:
             policy = compile_policy(text, self.path)
             give_back()  # the compile's temporaries (Hyperscan's above all)
             if self.clusters is not None:
                 self.clusters.prepare(policy, starting=starting)
-        except (OSError, UnicodeDecodeError, PolicyError, ClusterError, EnvoyNotReady) as exc:
-            if isinstance(exc, OSError):
-                message = f"{self.path}: {exc.strerror}"
-            elif isinstance(exc, (ClusterError, EnvoyNotReady)):
-                message = f"{self.path}: {exc}"
-            else:
-                message = str(exc)
-            if starting and isinstance(exc, EnvoyNotReady):
-                log.warning("%s", exc)  # Envoy may be the one starting late: serve, and say so
-            else:
-                self._reject(message)
-                return False
+        except PolicyError as exc:
+            return self._reject(str(exc))
+        except ClusterError as exc:
+            return self._reject(f"{self.path}: {exc}")
+        except EnvoyNotReady as exc:
+            if not starting:
+                return self._reject(f"{self.path}: {exc}", again=True)
+            log.warning("%s", exc)  # Envoy may be the one starting late: serve, and say so
+        except Exception as exc:  # a fault of Tollway's own: never a silent, stuck watcher
+            log.exception("policy %s: loading it failed", self.path)
+            return self._reject(f"{self.path}: cannot load it: {type(exc).__name__}: {exc}", again=not starting)
+        self._failures = 0
         self.current = policy
         state = self.state
         state.text, state.version, state.loaded_at = text, policy.version, time.time()
@@ -180,13 +202,22 @@ class PolicyController:
             )
         return True
 
-    def _reject(self, message: str) -> None:
+    def _reject(self, message: str, again: bool = False) -> bool:
+        """Keep the running policy and say why (``again``: load the same file later); False."""
         state = self.state
         state.last_error, state.error_at = message, time.time()
         state.reloads_error += 1
         kept = f"keeping version {state.version}" if state.version else "no policy loaded"
+        if again:
+            delay = min(2.0 ** self._failures, RETRY_MAX)
+            self._failures += 1
+            self._retry_at = self._clock() + delay
+            kept += f"; trying again in {delay:.0f}s"
+        else:
+            self._failures = 0
         log.error("policy %s rejected (%s):\n%s", self.path, kept, message)
         self.publication.publish(state)
+        return False
 
     def _missing(self, policy: CompiledPolicy) -> list[str]:
         if self.clusters is not None:
@@ -200,7 +231,9 @@ class PolicyController:
         """Reload if the file changed since the last look; True when a new policy was published."""
         if self.clusters is not None:
             self.clusters.prune()
-        if self.path is None or self._stat() == self._signature:
+        if self.path is None:
+            return False
+        if self._stat() == self._signature and (self._retry_at is None or self._clock() < self._retry_at):
             return False
         return self.load()
 

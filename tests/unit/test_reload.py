@@ -153,6 +153,7 @@ class FakeEnvoy:
 
     def __init__(self, path: Path, reject: bool = False, deaf: bool = False) -> None:
         self.path, self.reject, self.deaf = path, reject, deaf
+        self.refuse: set[str] = set()  # clusters it rejects any file holding (a host it cannot take)
         self.version = "none"
         self.active: set[str] = set()
         self.rejected = 0
@@ -160,7 +161,7 @@ class FakeEnvoy:
     def get(self, url: str) -> bytes:
         document = yaml.safe_load(self.path.read_text()) if self.path.exists() else None
         if document and not self.deaf and document["version_info"] != self.version:
-            if self.reject:
+            if self.reject or self.refuse & {r["name"] for r in document["resources"]}:
                 self.rejected += 1
             else:
                 self.version = document["version_info"]
@@ -231,6 +232,109 @@ def test_a_policy_whose_clusters_envoy_rejects_or_cannot_build_is_refused(
     error = str(holder.details()["last_reload_error"])
     assert "falls back through provider 'anthropic', which has no endpoint" in error
     assert holder.current is first
+
+
+def resources(clusters_file: Path) -> set[str]:
+    return {r["name"] for r in yaml.safe_load(clusters_file.read_text())["resources"]}
+
+
+LOCAL = GOOD.replace("models:\n", """  local: {kind: openai-compatible, endpoint: "http://10.0.0.9:8000"}
+models:
+  llama: {provider: local}
+""", 1)
+REVOKED = GOOD.replace("workloads: [w1]", "workloads: [w2]")
+
+
+def test_a_rejected_update_is_not_the_next_ones_baseline(tmp_path: Path, publication: Publication) -> None:
+    """The clusters Envoy accepted last are what a reload keeps: one file Envoy rejects must not
+    make it reject the next ones (which used to carry the rejected clusters along for 5 minutes)."""
+    path, clusters_file = tmp_path / "policy.yaml", tmp_path / "clusters.yaml"
+    path.write_text(GOOD)
+    envoy, clock = FakeEnvoy(clusters_file), Clock()
+    sync = ClusterSync(str(clusters_file), "http://envoy", clock=clock, sleep=clock.sleep, get=envoy.get)
+    controller = PolicyController(str(path), publication, sync, clock=clock)
+    holder = PolicyHolder(publication)
+    assert controller.start()
+    envoy.refuse = {"local"}  # as Envoy refuses a host it cannot take
+    path.write_text(LOCAL)
+    assert controller.check() is False
+    error = str(holder.details()["last_reload_error"])
+    assert "Envoy rejected the clusters file" in error
+    assert "the clusters local (provider 'local' at http://10.0.0.9:8000);" in error  # not "see Envoy's log"
+    assert resources(clusters_file) == {"openai"}  # back to what Envoy holds: an Envoy restarting can load it
+    path.write_text(REVOKED)  # the fix (a workload revoked): at once, not 5 minutes later
+    assert controller.check() is True and holder.details()["state"] == "current"
+    assert holder.current is not None and "w1" not in holder.current.workloads
+    assert resources(clusters_file) == {"openai"} and envoy.active == {"openai"}
+
+
+def test_a_rejected_reload_retires_no_cluster_of_the_running_policy(tmp_path: Path, publication: Publication) -> None:
+    path, clusters_file = tmp_path / "policy.yaml", tmp_path / "clusters.yaml"
+    path.write_text(CHAINED)
+    envoy, clock = FakeEnvoy(clusters_file), Clock()
+    sync = ClusterSync(str(clusters_file), "http://envoy", clock=clock, sleep=clock.sleep, get=envoy.get)
+    controller = PolicyController(str(path), publication, sync, clock=clock)
+    assert controller.start()
+    envoy.reject = True
+    path.write_text(LOCAL)  # would drop anthropic and the chain: but it is refused, CHAINED still runs
+    assert controller.check() is False
+    clock.now += 400
+    controller.check()
+    assert resources(clusters_file) == {"openai", "anthropic", "openai+anthropic"}
+    assert envoy.active == {"openai", "anthropic", "openai+anthropic"}
+
+
+def test_a_file_refused_for_a_reason_outside_it_is_loaded_again_untouched(
+    tmp_path: Path, publication: Publication
+) -> None:
+    """Envoy rejecting or late, or any fault of Tollway's own: stale with the error, and the same
+    file is loaded again by a later check (after 1, 2, 4 ... 60 s), with no need to touch it."""
+    path, clusters_file = tmp_path / "policy.yaml", tmp_path / "clusters.yaml"
+    path.write_text(GOOD)
+    envoy, clock = FakeEnvoy(clusters_file), Clock()
+    sync = ClusterSync(str(clusters_file), "http://envoy", clock=clock, sleep=clock.sleep, get=envoy.get)
+    registry = CollectorRegistry()
+    controller = PolicyController(str(path), publication, sync, clock=clock)
+    holder = PolicyHolder(publication, registry)
+    assert controller.start()
+    envoy.reject = True
+    path.write_text(CHAINED)
+    assert controller.check() is False and holder.details()["state"] == "stale"
+    envoy.reject = False
+    assert controller.check() is False  # not yet: a second later
+    clock.now += 1
+    assert controller.check() is True and holder.details()["state"] == "current"
+    assert holder.current is not None and holder.current.alias("smart") is not None
+
+    def broken(policy: object) -> dict[str, Any]:
+        raise ValueError("Port out of range 0-65535")  # what an unparsed endpoint used to raise here
+
+    sync.clusters = broken  # type: ignore[method-assign]
+    path.write_text(GOOD)
+    assert controller.check() is False  # not raised into the watcher, where it vanished
+    details = holder.details()
+    assert details["state"] == "stale"
+    assert details["last_reload_error"] == f"{path}: cannot load it: ValueError: Port out of range 0-65535"
+    metrics = generate_latest(registry).decode()
+    assert "tollway_policy_stale 1.0" in metrics and 'tollway_policy_reloads_total{result="error"} 2.0' in metrics
+    clock.now += 1
+    assert controller.check() is False  # tried again: 1 s, then 2 s, then 4 s
+    clock.now += 1
+    assert controller.check() is False and controller._retry_at == clock.now + 1
+    del sync.clusters  # the fault is gone
+    clock.now += 1
+    assert controller.check() is True and holder.details()["state"] == "current"
+    assert holder.current is not None and holder.current.alias("smart") is None
+
+    # At the start: refused with the error (tollway serve exits 2), not a traceback out of it.
+    starting = Publication()
+    try:
+        other = ClusterSync(str(tmp_path / "other.yaml"))
+        other.clusters = broken  # type: ignore[method-assign]
+        assert PolicyController(str(path), starting, other).start() is False
+        assert "ValueError: Port out of range" in str(starting.read().last_error)
+    finally:
+        starting.close()
 
 
 def test_without_envoys_admin_the_write_is_given_a_moment(tmp_path: Path) -> None:
