@@ -18,16 +18,17 @@ answer itself goes back through the router-level session, which reads which endp
 kept between the two streams: both may reach different worker processes.
 
 Each try uses the policy the request started with (its version travels in the metadata; a
-worker keeps the policy before its last reload for the requests still in flight), so a reload
-changes no try of a request already routed. A request this attempt cannot send (a chain naming a
-provider the policy no longer has, after two reloads; a body the target's API cannot express) is
-answered here in the target's own error format, so the router-level session translates it like
-any provider error.
+worker keeps the policies its reloads replaced for the requests still in flight, see
+:class:`~ext_proc.server.reload.PolicyHolder`), so a reload changes no try of a request already
+routed. A request this attempt cannot send (a chain naming a provider the policy no longer has,
+once its own policy is no longer kept; a body the target's API cannot express) is answered here
+in the target's own error format, so the router-level session translates it like any provider
+error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -46,9 +47,10 @@ class Attempt:
     __slots__ = ("_api", "_attributes", "_earlier", "_host", "_path", "_policy", "_target",
                  "effects", "request_id")
 
-    def __init__(self, policy: CompiledPolicy | None, earlier: CompiledPolicy | None = None) -> None:
+    def __init__(self, policy: CompiledPolicy | None,
+                 earlier: Callable[[str], CompiledPolicy | None] | None = None) -> None:
         self._policy = policy
-        self._earlier = earlier  # the policy before the last reload: a request that started with it keeps it
+        self._earlier = earlier  # an earlier policy by its version: a request that started with it keeps it
         self._api: apis.WireAPI | None = None
         self._path = ""
         self._target: Target | None = None
@@ -77,10 +79,8 @@ class Attempt:
         position = event.upstream.slot
         self._host = event.upstream.host
         started = attributes.get("tollway." + upstream.POLICY)
-        earlier = self._earlier
-        if earlier is not None and started == earlier.version and (self._policy is None or
-                                                                    self._policy.version != started):
-            self._policy = earlier  # a reload came while the request was in flight: its own policy
+        if started and self._earlier is not None and (self._policy is None or self._policy.version != started):
+            self._policy = self._earlier(started) or self._policy  # a reload came while the request was in flight
         if self._api is None or position is None or position >= len(chain) or self._policy is None:
             return self._fail(ClientError(500, "chain_mismatch", "Tollway could not match this try to its route."))
         provider_name, model = chain[position]

@@ -51,7 +51,7 @@ from ext_proc.guardrails import injection
 from ext_proc.policy.compile import PolicyError, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.policy.decide import chains, cluster_name
-from ext_proc.server.clusters import ClusterError, ClusterSync, EnvoyNotReady
+from ext_proc.server.clusters import RETIRE_AFTER, ClusterError, ClusterSync, EnvoyNotReady
 from ext_proc.server.memory import give_back
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tollway.policy")
 
 RETRY_MAX = 60.0  # seconds: the longest wait before a file refused for a reason outside it is loaded again
+KEEP_FOR = RETIRE_AFTER  # seconds a replaced policy (but the last) serves the tries of requests that started with it
+KEEP_MAX = 8  # replaced policies a worker keeps at most
 
 
 @dataclass
@@ -247,14 +249,25 @@ class PolicyController:
 
 
 class PolicyHolder:
-    """A worker's view of the published policy: ``current`` is what every new request reads."""
+    """A worker's view of the published policy: ``current`` is what every new request reads.
 
-    def __init__(self, publication: Publication, registry: CollectorRegistry | None = None) -> None:
+    The policies its reloads replaced are kept for the requests that started with them: a
+    fallback chain's later try may come to any worker (:mod:`ext_proc.core.attempt`), after any
+    number of reloads, and finds its request's policy by version (:meth:`started`). No worker
+    knows which requests of the others are still in flight, so the last policy replaced is kept
+    until the next reload, and the ones before it for ``KEEP_FOR`` seconds after they were
+    replaced (as long as Envoy keeps the clusters they routed to), the last ``KEEP_MAX`` at most:
+    that bounds the memory a series of quick edits holds.
+    """
+
+    def __init__(self, publication: Publication, registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.publication = publication
         self._shared = publication.generation
         self._seen = -1
         self._policy: CompiledPolicy | None = None
-        self.previous: CompiledPolicy | None = None  # the one before: requests routed with it keep it
+        self._replaced: dict[str, tuple[CompiledPolicy, float]] = {}  # version -> (policy, replaced at), oldest first
+        self._clock = clock
         self.state = PolicyState()
         if registry is not None:
             from ext_proc.server.collectors import PolicyMetrics  # prometheus_client: workers only
@@ -276,21 +289,45 @@ class PolicyHolder:
             log.exception("cannot read the published policy state; keeping the running policy")
             return
         if state.text is not None and (self._policy is None or self._policy.version != state.version):
-            self.previous = self._policy
             preloaded = self.publication.preloaded
+            kept = self._replaced.pop(state.version, None) if state.version else None
             if preloaded is not None and preloaded.version == state.version:
-                self._policy = preloaded  # compiled by the supervisor, inherited at the fork
+                policy = preloaded  # compiled by the supervisor, inherited at the fork
+            elif kept is not None:
+                policy = kept[0]  # a version back again (an edit undone)
             else:
                 try:
-                    self._policy = compile_policy(state.text, state.source or "<policy>")
+                    policy = compile_policy(state.text, state.source or "<policy>")
                 except PolicyError:  # the controller compiled the same text: cannot happen, but never crash
                     log.exception("the published policy did not compile in this worker")
                     return
                 give_back()  # the compile's temporaries (Hyperscan's above all)
-            if self._policy.guardrails is not None and self._policy.guardrails.scores_injection:
+            if self._policy is not None:
+                self._replaced[self._policy.version] = (self._policy, self._clock())
+            self._policy = policy
+            if policy.guardrails is not None and policy.guardrails.scores_injection:
                 injection.warm()  # now, not in the first request (a no-op when the zygote did it)
         self.state = state
         self._seen = max(generation, state.generation)
+        self._forget()
+
+    def started(self, version: str) -> CompiledPolicy | None:
+        """The policy of ``version``, for a request that started with it; None once it is not kept."""
+        if self._policy is not None and self._policy.version == version:
+            return self._policy
+        kept = self._replaced.get(version)
+        return kept[0] if kept is not None else None
+
+    def _forget(self) -> None:
+        """Drop the replaced policies no request can still be using (see the class docstring)."""
+        if len(self._replaced) < 2:
+            return
+        now = self._clock()
+        *older, _last = self._replaced
+        stale = [version for version in older if now - self._replaced[version][1] >= KEEP_FOR]
+        stale += older[:max(0, len(older) + 1 - KEEP_MAX)]
+        for version in stale:
+            self._replaced.pop(version, None)
 
     async def follow(self, interval: float = 0.05) -> None:
         """Load new publications off the request path."""
@@ -299,6 +336,7 @@ class PolicyHolder:
             try:
                 if self._shared.value != self._seen:
                     self.sync()
+                self._forget()
             except Exception:
                 log.exception("policy follower failed")
 

@@ -118,7 +118,7 @@ class Service:
         """A new upstream attempt's session (the per-attempt filter of a fallback cluster)."""
         if self.policy is None:
             return Attempt(None)
-        return Attempt(self.policy.current, self.policy.previous)
+        return Attempt(self.policy.current, self.policy.started)
 
 
 def _closed(session: Session | Attempt) -> bool:

@@ -31,6 +31,7 @@ from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.server import codec
 from ext_proc.server.credentials import CredentialStore, credential_headers
 from ext_proc.server.records import RecordWriter
+from ext_proc.server.reload import PolicyController, PolicyHolder, Publication
 from ext_proc.server.servicer import FILTER_METADATA, ExtProcCall, Processor, Service
 
 POLICY_TEXT = textwrap.dedent("""\
@@ -382,12 +383,41 @@ def test_a_try_uses_the_policy_its_request_started_with_across_a_reload() -> Non
     assert "anthropic" not in after.providers and after.version != POLICY.version
     head = try_head(1)
     head.attributes["tollway." + upstream.POLICY] = POLICY.version  # routed before the reload
-    attempt = Attempt(after, POLICY)
+    attempt = Attempt(after, {POLICY.version: POLICY}.get)
     assert attempt.handle(head) == CONTINUE
     sent = check_sized(attempt.handle(body_event(OPENAI_REQUEST)))
     assert sent["max_tokens"] == 1000 and sent["model"] == "claude-x"
-    status, _ = responds(Attempt(after, None).handle(try_head(1)))  # two reloads later: gone
+    status, _ = responds(Attempt(after, {}.get).handle(head))  # its policy no longer kept: gone
     assert status == 503
+
+
+def test_a_try_keeps_its_policy_across_several_reloads(tmp_path: Any) -> None:
+    """Two edits while the first try is upstream (the alias goes, then Anthropic itself): the
+    worker the second try reaches still holds the policy the request started with (it used to
+    keep only the one before its last reload: 503 provider_not_configured)."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY_TEXT)
+    publication = Publication()
+    try:
+        controller = PolicyController(str(path), publication)
+        holder = PolicyHolder(publication)
+        assert controller.start() and holder.current is not None
+        started = holder.current.version
+        without_alias = POLICY_TEXT.split("routing:")[0]
+        path.write_text(without_alias)
+        assert controller.check() and holder.current is not None and holder.current.alias("smart") is None
+        path.write_text(without_alias.replace("  anthropic:\n    kind: anthropic\n"
+                                              "    credential: {env: ANTHROPIC_API_KEY}\n", "").replace(
+            '  claude-x:\n    provider: anthropic\n    price: {input: "1", output: "1"}\n', ""))
+        assert controller.check() and holder.current is not None and "anthropic" not in holder.current.providers
+        head = try_head(1)
+        head.attributes["tollway." + upstream.POLICY] = started
+        attempt = Service(RecordWriter(str(tmp_path / "r.jsonl")), policy=holder).attempt()
+        assert attempt.handle(head) == CONTINUE
+        sent = check_sized(attempt.handle(body_event(OPENAI_REQUEST)))
+        assert sent["max_tokens"] == 1000 and sent["model"] == "claude-x"
+    finally:
+        publication.close()
 
 
 def test_a_provider_missing_from_the_policy_is_a_503() -> None:
@@ -461,7 +491,7 @@ def test_response_events_and_the_close_are_passed() -> None:
 def service(tmp_path: Any) -> Service:
     return Service(
         RecordWriter(str(tmp_path / "records.jsonl")),
-        policy=SimpleNamespace(current=POLICY, previous=None),  # type: ignore[arg-type]
+        policy=SimpleNamespace(current=POLICY, started=lambda version: None),  # type: ignore[arg-type]
         credentials=CredentialStore(environ=ENV),
     )
 

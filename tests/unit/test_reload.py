@@ -14,7 +14,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ext_proc.server.clusters import ClusterSync, EnvoyNotReady
-from ext_proc.server.reload import PolicyController, PolicyHolder, Publication
+from ext_proc.server.reload import KEEP_FOR, KEEP_MAX, PolicyController, PolicyHolder, Publication
 
 GOOD = """apiVersion: tollway/v1
 providers:
@@ -369,3 +369,24 @@ def test_a_worker_serves_the_supervisors_compile_of_the_same_version(tmp_path: P
     assert controller.check() is True
     assert holder.current is not publication.preloaded and holder.current is not None
     assert holder.current.teams["search"].all_models
+
+
+def test_a_worker_keeps_the_policies_it_replaced_for_a_while(tmp_path: Path, publication: Publication) -> None:
+    """The tries of a request find its policy by version after any number of reloads: the last
+    replaced one until the next reload, the ones before for KEEP_FOR seconds, KEEP_MAX at most."""
+    path, clock = tmp_path / "policy.yaml", Clock()
+    controller = PolicyController(str(path), publication)
+    holder = PolicyHolder(publication, clock=clock)
+    versions = []
+    for count in range(KEEP_MAX + 3):
+        path.write_text(GOOD + f"# edit {count}\n")
+        assert controller.load()
+        assert holder.current is not None
+        versions.append(holder.current)
+    assert [holder.started(p.version) for p in versions] == [None] * 2 + versions[2:]  # the current and 8 replaced
+    clock.now += KEEP_FOR
+    holder._forget()  # the worker's follower does it
+    assert [holder.started(p.version) for p in versions] == [None] * (KEEP_MAX + 1) + versions[-2:]
+    path.write_text(GOOD + "# edit 9\n")  # a version back again: the same object, not compiled again
+    assert controller.load() and holder.current is versions[-2]
+    assert holder.started(versions[-1].version) is versions[-1]
