@@ -42,7 +42,19 @@ from pydantic_core import ErrorDetails
 from ext_proc.llm.prices import Price
 
 from . import guardrails
-from .compiled import Alias, Budget, CompiledPolicy, CredentialSource, Limits, Plan, Provider, RateLimit, Target, Team
+from .compiled import (
+    EXT_PROC_CLUSTER,
+    Alias,
+    Budget,
+    CompiledPolicy,
+    CredentialSource,
+    Limits,
+    Plan,
+    Provider,
+    RateLimit,
+    Target,
+    Team,
+)
 from .guardrails import named
 from .issues import (
     SECTION_NOUNS,
@@ -184,6 +196,10 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
             problems.append(Problem("only for kind azure-openai", where=(*here, "api_version"), at_key=True))
         if provider.kind != "anthropic" and provider.anthropic_version is not None:
             problems.append(Problem("only for kind anthropic", where=(*here, "anthropic_version"), at_key=True))
+        if (provider.cluster or name) == EXT_PROC_CLUSTER:  # Envoy keeps its own: the reload would wait in vain
+            named_at: Loc = (*here, "cluster") if provider.cluster else here
+            problems.append(Problem(f"'{EXT_PROC_CLUSTER}' is Envoy's cluster that reaches Tollway: give the "
+                                    "provider's cluster another name", where=named_at, at_key=not provider.cluster))
         if provider.kind not in ("openai", "azure-openai") and provider.stored_responses:
             problems.append(Problem("only for kinds openai and azure-openai (the others store no responses)",
                                     where=(*here, "stored_responses"), at_key=True))

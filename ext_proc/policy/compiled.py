@@ -23,6 +23,7 @@ from ext_proc.values import value
 
 PROVIDER_KINDS = tuple(providers.KINDS)
 KEY_PREFIX = "tw-"  # every Tollway virtual key starts with it; other bearer values are not Tollway keys
+EXT_PROC_CLUSTER = "tollway_ext_proc"  # Envoy's cluster that reaches Tollway (its bootstrap's): no provider's
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,11 +62,10 @@ import orjson
 import yaml
 
 from ext_proc.policy import decide
-from ext_proc.policy.compiled import CompiledPolicy
+from ext_proc.policy.compiled import EXT_PROC_CLUSTER, CompiledPolicy
 
 log = logging.getLogger("tollway.clusters")
 
-EXT_PROC_CLUSTER = "tollway_ext_proc"
 UPSTREAM_FILTER_METADATA = ("x-tollway-filter", "upstream")  # tells Tollway a stream is a try
 _MATCH_KEY = "tollway_provider"
 _RAW_BUFFER = {

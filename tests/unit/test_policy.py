@@ -475,6 +475,21 @@ def test_an_endpoint_is_parsed_whole() -> None:
         "[::1]:8000", "llm.example.com:8443", "10.0.0.5:8000", "vllm_1.local"]
 
 
+def test_no_provider_takes_the_cluster_that_reaches_tollway() -> None:
+    """Envoy keeps its bootstrap's cluster: such a file used to pass, then time every reload out."""
+    assert issues("""\
+apiVersion: tollway/v1
+providers:
+  local: {kind: openai-compatible, cluster: tollway_ext_proc, endpoint: "http://10.0.0.5:8000"}
+  tollway_ext_proc: {kind: openai-compatible, endpoint: "http://10.0.0.6:8000"}
+""") == [
+        "p.yaml:3:45: providers.local.cluster: 'tollway_ext_proc' is Envoy's cluster that reaches Tollway: give "
+        "the provider's cluster another name",
+        "p.yaml:4:3: providers.tollway_ext_proc: 'tollway_ext_proc' is Envoy's cluster that reaches Tollway: give "
+        "the provider's cluster another name",
+    ]
+
+
 # -- everything at once -------------------------------------------------------------------------
 
 
