@@ -202,7 +202,9 @@ def settlement(flow: Flow, record: dict[str, Any]) -> Settle | None:
     if admission is None or not admission.admitted:
         return None
     outcome = record.get("outcome")
-    reached = outcome in ("ok", "incomplete") or (outcome == "error" and record.get("input_tokens") is not None)
+    # "blocked": the provider answered (and billed it) before a guardrail withheld the answer.
+    reached = outcome in ("ok", "incomplete", "blocked") or (outcome == "error" and record.get("input_tokens")
+                                                              is not None)
     tokens = None
     if record.get("input_tokens") is not None or record.get("output_tokens") is not None:
         tokens = (record.get("input_tokens") or 0) + (record.get("output_tokens") or 0)

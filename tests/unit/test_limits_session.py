@@ -21,7 +21,7 @@ from tests.unit.transcript import Record, Transcript
 
 NOW = 1_796_000_000.0  # 2026-11-30T01:33:20Z (02:33 in Berlin, 15:33 in Kiritimati, the 29th in Los Angeles)
 MINUTE = int(NOW // 60)
-POLICY = compile_policy("""
+POLICY_TEXT = """
 apiVersion: tollway/v1
 providers:
   openai: {kind: openai, credential: {env: OPENAI_API_KEY}}
@@ -38,15 +38,17 @@ budgets:
   search-monthly: {team: search, usd: "1.00", tokens: 50000, period: month, timezone: Europe/Berlin}
 rate_limits:
   per-team: {team: "*", requests_per_minute: 60, tokens_per_minute: 10000, concurrent: 2}
-""")
+"""
+POLICY = compile_policy(POLICY_TEXT)
+BLOCKING = compile_policy(POLICY_TEXT + "guardrails: {rules: [{name: secrets, detectors: [credentials], action: block}]}\n")
 ACCOUNTANT = ServiceAccountant()
 HEAD = {":method": "POST", ":path": "/v1/chat/completions", "x-request-id": "r1"}
 BODY = {"model": "gpt-4o-mini", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
 HEAD_SENT = Continue(remove_headers=("accept-encoding", "x-tollway-cluster"))
 
 
-def session(workload: str = "search-app") -> Session:
-    return Session(POLICY, workload, ACCOUNTANT, runtime=runtime.fixed(now=NOW))
+def session(workload: str = "search-app", policy: Any = POLICY) -> Session:
+    return Session(policy, workload, ACCOUNTANT, runtime=runtime.fixed(now=NOW))
 
 
 def prompt_tokens(body: dict[str, Any] = BODY, model: str = "gpt-4o-mini") -> int:
@@ -242,9 +244,10 @@ def test_a_list_of_prompts_claims_an_answer_per_prompt() -> None:
 @pytest.mark.parametrize(("ending", "used"), [
     ("provider error", (0, 0, 1, 0, 0)),  # a provider's error is not billed
     ("client left", None),  # a stream cut by the client: its estimated usage
+    ("answer blocked", None),  # a guardrail withheld the answer the provider billed: what it used
 ])
 def test_failures_settle_what_was_used_and_give_the_rest_back(ending: str, used: tuple[int, ...] | None) -> None:
-    s = session()
+    s = session(policy=BLOCKING if ending == "answer blocked" else POLICY)
     s.handle(RequestHeaders(HEAD, False, 1))
     ask = s.handle(RequestBody(orjson.dumps({**BODY, "stream": ending == "client left"}), True, 2))
     assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
@@ -252,6 +255,16 @@ def test_failures_settle_what_was_used_and_give_the_rest_back(ending: str, used:
     if ending == "provider error":
         s.handle(ResponseHeaders({":status": "500", "content-type": "application/json"}, False, 4))
         s.handle(ResponseBody(b'{"error": {"message": "boom", "type": "server_error"}}', True, 5))
+    elif ending == "answer blocked":
+        s.handle(ResponseHeaders({":status": "200", "content-type": "application/json"}, False, 4))
+        s.handle(ResponseBody(orjson.dumps({"model": "gpt-4o-mini", "choices": [{"index": 0, "message": {
+            "role": "assistant", "content": "Use AKIAZ7QW3ERTY5UIOP2A"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 8, "completion_tokens": 12, "total_tokens": 20}}), True, 5))
+        record = next(e.record for e in s.effects if isinstance(e, EmitRecord))
+        assert record["outcome"] == "blocked"
+        (settle,) = [e for e in s.effects if isinstance(e, Settle)]
+        assert settle.used[1:] == (20, 1, 20, 0) and settle.used[0] == record["cost_usd_micros"] > 0
+        return
     else:
         s.handle(ResponseHeaders({":status": "200", "content-type": "text/event-stream"}, False, 4))
         chunk = b'data: {"model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": "one two"}}]}\n\n'
