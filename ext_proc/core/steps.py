@@ -21,6 +21,7 @@ is in its flow, so one step object serves every request.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -201,12 +202,10 @@ class Route(Step):
         counted_as = (granted.plan_for(principal.team).targets[0] if isinstance(granted, Alias) else granted)
         flow.meter.before_send(api.name, request.payload, counted_as.upstream_model)
         estimate = flow.meter.estimate
-        chain = decide.plan(
-            principal, api, granted, request.model, estimate.tokens if estimate else None, flow.runtime.random
+        chain = flow.chain = decide.plan(
+            principal, api, granted, request.model, estimate.tokens if estimate else None, flow.runtime.random,
+            functools.partial(upstream.expresses, api, request.payload),
         )
-        if len(chain) > 1:
-            chain = upstream.expressible(api, request.payload, chain)
-        flow.chain = chain
         first = flow.target = chain[0]
         flow.provider = first.provider.name
         flow.cluster = decide.cluster_name(chain)

@@ -14,7 +14,8 @@ completions and embeddings only reach OpenAI-style providers (400 otherwise).
 
 Routing. A routing alias yields a *chain*: the targets in the order Envoy tries them. Targets
 that cannot serve the client's API, or whose context window is smaller than the counted prompt,
-are left out before anything is sent (none left: a 400). Strategy "priority" keeps the plan's
+are left out before anything is sent (none left: a 400), then those whose API cannot express the
+request (unless none can). Strategy "priority" keeps the plan's
 order; "weighted" draws the first target by weight and keeps the others, in priority order, as
 fallbacks. Envoy reaches a chain of two or more through one cluster per chain, whose endpoints
 are the chain's providers at increasing priorities; :func:`chains` lists every chain a policy can
@@ -142,18 +143,20 @@ def route(
 
 
 def plan(principal: Principal, api: WireAPI, granted: Target | Alias, model: str, prompt_tokens: int | None,
-         draw: Draw = random.random) -> tuple[Target, ...]:
-    """The targets to try for what :func:`access` granted, in order, or a 400 :class:`ClientError`."""
+         draw: Draw = random.random, expresses: Callable[[Target], bool] | None = None) -> tuple[Target, ...]:
+    """The targets to try for what :func:`access` granted, in order, or a 400 :class:`ClientError`.
+    ``expresses``: whether a target's API can express the request (the others are left out of a
+    chain, before a weighted draw, unless none can)."""
     shown = model[:200]
     if isinstance(granted, Alias):
-        return chain(granted.plan_for(principal.team), api, prompt_tokens, shown, draw)
+        return chain(granted.plan_for(principal.team), api, prompt_tokens, shown, draw, expresses)
     if not can_serve(api, granted.provider.kind):
         raise _mismatch(api, shown)
     return (granted,)
 
 
-def chain(plan: Plan, api: WireAPI, prompt_tokens: int | None, shown: str, draw: Draw = random.random
-          ) -> tuple[Target, ...]:
+def chain(plan: Plan, api: WireAPI, prompt_tokens: int | None, shown: str, draw: Draw = random.random,
+          expresses: Callable[[Target], bool] | None = None) -> tuple[Target, ...]:
     """The order to try ``plan``'s targets in for one request (see the module docstring)."""
     usable = [i for i, t in enumerate(plan.targets) if can_serve(api, t.provider.kind)]
     if not usable:
@@ -168,6 +171,9 @@ def chain(plan: Plan, api: WireAPI, prompt_tokens: int | None, shown: str, draw:
             f"(the largest context window is {largest:,} tokens).",
             _PROMPT_FIELD.get(api.name, "messages"),
         )
+    if expresses is not None and len(fits) > 1:
+        able = [i for i in fits if expresses(plan.targets[i])]
+        fits = able or fits  # none can: the first says why
     drawable = _drawable(plan, fits)
     if drawable:
         total = sum(plan.weights[i] for i in drawable)
@@ -228,7 +234,7 @@ def chains(policy: CompiledPolicy) -> frozenset[tuple[Target, ...]]:
 def _translatable_left_out(api: WireAPI, order: tuple[Target, ...]) -> list[tuple[Target, ...]]:
     """``order``, and ``order`` without the targets of each set of translations: a request one
     translation cannot express leaves out every target served through it
-    (:func:`ext_proc.core.upstream.expressible`)."""
+    (:func:`ext_proc.core.upstream.expresses`)."""
     served = [providers.kind(target.provider.kind).serves(api) for target in order]
     names = [answer.name if answer is not None and answer is not api else "" for answer in served]
     translated = sorted(set(names) - {""})

@@ -40,7 +40,8 @@ rate_limits:
   per-team: {team: "*", requests_per_minute: 60, tokens_per_minute: 10000, concurrent: 2}
 """
 POLICY = compile_policy(POLICY_TEXT)
-BLOCKING = compile_policy(POLICY_TEXT + "guardrails: {rules: [{name: secrets, detectors: [credentials], action: block}]}\n")
+BLOCKING = compile_policy(POLICY_TEXT + "guardrails: {rules: [{name: secrets, detectors: [credentials], "
+                                        "action: block}]}\n")
 ACCOUNTANT = ServiceAccountant()
 HEAD = {":method": "POST", ":path": "/v1/chat/completions", "x-request-id": "r1"}
 BODY = {"model": "gpt-4o-mini", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import textwrap
 from decimal import Decimal
@@ -601,7 +602,7 @@ UNEXPRESSIBLE = {
 
 def test_chains_cover_targets_left_out_for_what_their_api_cannot_express() -> None:
     """Every chain a request leaves after the targets unable to express it go (the router-level
-    session's :func:`upstream.expressible`) has its Envoy cluster."""
+    session's :func:`upstream.expresses`) has its Envoy cluster."""
     policy = compiles(PROVIDERS + """\
 routing:
   aliases:
@@ -620,12 +621,34 @@ teams:
     for api, requests in UNEXPRESSIBLE.items():
         for request in requests:
             for i in range(100):
-                chain = decide.route(policy, Principal("app"), api, "mixed", None, lambda i=i: i / 100)
-                left = upstream.expressible(api, {**request, "model": "mixed"}, chain)
+                left = decide.plan(Principal("app"), api, policy.aliases["mixed"], "mixed", None, lambda i=i: i / 100,
+                                   functools.partial(upstream.expresses, api, {**request, "model": "mixed"}))
                 if len(left) > 1:
                     produced.add(decide.cluster_name(left))
     assert produced <= listed, produced - listed
     assert {"openai+azure-eu", "local+openai+azure-eu", "azure-eu+openai+local"} <= produced  # some left out
+
+
+def test_a_weighted_draw_is_among_the_targets_that_can_express_the_request() -> None:
+    """Leaving out a target before the draw keeps the others' shares in proportion (drawn first and
+    then left out, its share would all go to the next target in priority order)."""
+    policy = compiles(PROVIDERS + """\
+routing:
+  aliases:
+    split:
+      strategy: weighted
+      targets:
+        - {provider: anthropic, model: claude, weight: 50}
+        - {provider: openai, model: big, weight: 25}
+        - {provider: openai, model: small, weight: 25}
+teams:
+  app: {models: [split]}
+""")
+    request = {"model": "split", "messages": [{"role": "user", "content": "Hi"}], "n": 2}
+    expresses = functools.partial(upstream.expresses, apis.CHAT_COMPLETIONS, request)
+    firsts = [decide.plan(Principal("app"), apis.CHAT_COMPLETIONS, policy.aliases["split"], "split", None,
+                          lambda i=i: i / 100, expresses)[0].upstream_model for i in range(100)]
+    assert (firsts.count("big"), firsts.count("small"), firsts.count("claude")) == (50, 50, 0)
 
 
 def test_chains_cover_weighted_first_targets_after_filtering() -> None:

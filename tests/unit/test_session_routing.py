@@ -24,6 +24,7 @@ from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, Resp
 from ext_proc.core.session import Session
 from ext_proc.llm import apis
 from ext_proc.llm.sse import SSEDecoder
+from ext_proc.policy import decide
 from ext_proc.server import codec
 from ext_proc.server.accounting import ServiceAccountant
 from tests.unit.test_attempt import ANTHROPIC, OPENAI, POLICY, SMART, host_metadata, try_head
@@ -222,15 +223,15 @@ def test_a_target_whose_api_cannot_express_the_request_is_left_out_of_the_chain(
     claude = sent(Session(POLICY, "local-dev"), searching, MESSAGES)
     assert ("x-tollway-cluster", "anthropic") in claude.set_headers and claude.credential is ANTHROPIC
     # No target can: the chain stays whole, and its first try says why (in the target's format).
-    none_can = {**CHAT_REQUEST, "n": 2, "model": "smart"}
-    chain = (POLICY.aliases["smart"].plan.targets[1],) * 2
-    assert upstream.expressible(apis.CHAT_COMPLETIONS, none_can, chain) == chain
+    plan = POLICY.aliases["smart"].plan
+    assert decide.chain(plan, apis.CHAT_COMPLETIONS, None, "smart", expresses=lambda target: False) == plan.targets
 
 
 def test_leaving_out_a_target_never_changes_the_request() -> None:
     request = {**CHAT_REQUEST, "n": 2, "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}
     before = orjson.dumps(request)
-    upstream.expressible(apis.CHAT_COMPLETIONS, request, POLICY.aliases["smart"].plan.targets)
+    assert [upstream.expresses(apis.CHAT_COMPLETIONS, request, target)
+            for target in POLICY.aliases["smart"].plan.targets] == [True, False]
     assert orjson.dumps(request) == before
 
 
