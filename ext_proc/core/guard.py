@@ -32,7 +32,7 @@ from ext_proc.guardrails.scanner import Unscannable
 from ext_proc.llm import encodings
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
-from ext_proc.policy.compiled import Alias
+from ext_proc.policy.compiled import Alias, Target
 
 BLOCKED = "guardrail_blocked"
 UNSCANNABLE = "guardrail_limit"  # more candidates than the scanner may check (see ext_proc.guardrails.scanner)
@@ -110,14 +110,15 @@ class TokenPrompts:
                       if isinstance(item, list) and item and all(_is_token(t) for t in item)]
         if not places:
             return None
-        names = {encodings.encoding_name_for_model(target.upstream_model) for target in flow.chain
-                 if target.provider.kind in _TIKTOKEN_KINDS}
-        if len(names) != 1 or any(target.provider.kind not in _TIKTOKEN_KINDS for target in flow.chain):
+        names = {_encoding(target) for target in flow.chain}
+        if len(names) != 1 or None in names:
             model = flow.target.upstream_model if flow.target is not None else "?"
             raise ClientError(400, "guardrails_unsupported",
                               f"Guardrails apply to this request, but its '{field}' is token ids for a model whose "
                               f"tokenizer Tollway does not have ('{model[:200]}'): send the text instead.", field)
-        encoding = encodings.get_encoding(names.pop())
+        name = names.pop()
+        assert name is not None
+        encoding = encodings.get_encoding(name)
         decoded = []
         for container, key in places:
             ids = container[key]
@@ -136,7 +137,15 @@ class TokenPrompts:
             container[key] = ids if now == text else self._encoding.encode(now, disallowed_special=())
 
 
-_TIKTOKEN_KINDS = frozenset({"openai", "azure-openai"})  # whose models' token ids tiktoken decodes
+def _encoding(target: Target) -> str | None:
+    """The tokenizer of ``target``'s model, when it is one of OpenAI's (tiktoken): by its name at
+    OpenAI, and at Azure by the public name the policy gives it (a deployment's name is anyone's)."""
+    kind = target.provider.kind
+    if kind == "openai":
+        return encodings.known_encoding(target.upstream_model)
+    if kind == "azure-openai":
+        return encodings.known_encoding(target.public)
+    return None
 
 
 def _is_token(value: Any) -> bool:

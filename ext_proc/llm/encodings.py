@@ -47,6 +47,7 @@ __all__ = [
     "encoding_for_model",
     "encoding_name_for_model",
     "get_encoding",
+    "known_encoding",
     "load_encoding",
     "load_times_ms",
 ]
@@ -193,6 +194,12 @@ def encoding_name_for_model(model: str) -> str:
         if name.startswith(prefix):
             return encoding
     return O200K
+
+
+def known_encoding(model: str) -> str | None:
+    """The encoding of a model :data:`MODEL_ENCODINGS` names (None: not one of OpenAI's models)."""
+    name = base_model(model)
+    return next((encoding for prefix, encoding in MODEL_ENCODINGS if name.startswith(prefix)), None)
 
 
 def encoding_for_model(model: str) -> tiktoken.Encoding:

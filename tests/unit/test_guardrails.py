@@ -733,6 +733,19 @@ def test_token_ids_are_read_with_the_models_tokenizer_or_refused() -> None:
         + GUARDRAILS)
     _, _, refused = post("/v1/completions", {"model": "llama", "prompt": [1, 2, 3]}, policy=local)
     assert refused.status == 400 and b"guardrails_unsupported" in refused.body and b"'llama'" in refused.body
+    # Azure: a deployment's name says nothing; the public name does (gpt-35-*: cl100k's ids).
+    azure = compile_policy(HEAD.replace("  claude-x: {provider: anthropic}\n", "  claude-x: {provider: anthropic}\n"
+                                        "  gpt-35-instruct: {provider: azure, model: instruct-prod}\n"
+                                        "  house-model: {provider: azure, model: gpt-4o-prod}\n"
+                                        "  custom: {provider: openai, model: my-own-model}\n").replace(
+        "providers:\n", "providers:\n  azure: {kind: azure-openai, endpoint: 'https://x.openai.azure.com', "
+                        "api_version: '2024-10-21'}\n") + GUARDRAILS)
+    key = encodings.get_encoding("cl100k_base").encode("deploy with AKIA" + "Z7QW3ERTY5UIOP2A")
+    _, _, blocked = post("/v1/completions", {"model": "gpt-35-instruct", "prompt": key}, policy=azure)
+    assert blocked.status == 400 and b"guardrail_blocked" in blocked.body
+    for unknown in ("house-model", "custom"):  # no tokenizer known by the name OpenAI or the policy gives
+        _, _, refused = post("/v1/completions", {"model": unknown, "prompt": key}, policy=azure)
+        assert refused.status == 400 and b"guardrails_unsupported" in refused.body, unknown
     _, _, unknown = post("/v1/embeddings", {"model": "gpt-4o", "input": [10**9]})
     assert unknown.status == 400 and b"token id the model does not have" in unknown.body
 
