@@ -161,10 +161,22 @@ def check_github(text: str, _before: str) -> bool:
 
 
 def check_tollway_key(text: str, _before: str) -> bool:
-    """A Tollway key (``tw-`` and a random token, ``tollway keys create``: 43 URL-safe characters)
-    mixes cases and digits; a hyphenated slug after "tw-" does not."""
+    """A Tollway key (``tw-`` and a random token: ``tollway keys create`` makes 43 URL-safe
+    characters, and only keys this check finds) is long, mixes cases and digits, uses many
+    characters and few words. A slug or an identifier after "tw-" is mostly words
+    (``tw-Implement-Retry-Logic-For-Payment-Service-Webhooks-V2``: runs of four or more lower-case
+    letters are two thirds of it; of a random token, under 0.4 but once in 700) or reuses their
+    letters (``tw-Add-OAuth2-Login-Flow-For-Mobile-Clients``: 22 distinct characters; a random
+    token about 31)."""
     token = text[3:]
-    return any(c.isdigit() for c in token) and any(c.isupper() for c in token) and any(c.islower() for c in token)
+    if len(token) < 40 or len(set(token)) < 24:
+        return False
+    if not (any(c.isdigit() for c in token) and any(c.isupper() for c in token) and any(c.islower() for c in token)):
+        return False
+    return sum(len(run) for run in _WORDS.findall(token)) < 0.4 * len(token)
+
+
+_WORDS = re.compile(r"[a-z]{4,}")
 
 
 def check_ipv4(text: str, before: str) -> bool:
@@ -228,7 +240,7 @@ BUILTIN: tuple[Detector, ...] = (
               _B + r"github_pat_[A-Za-z0-9_]{48}[A-Za-z0-9_]*" + _B),
              check_github, width=256),
     # Tollway's own virtual keys: one pasted into a prompt reaches the provider, a trace, a log.
-    Detector("tollway_key", "TOLLWAY_KEY", "credential", (_B + r"tw-[A-Za-z0-9_-]{32}[A-Za-z0-9_-]*",),
+    Detector("tollway_key", "TOLLWAY_KEY", "credential", (_B + r"tw-[A-Za-z0-9_-]{40}[A-Za-z0-9_-]*",),
              check_tollway_key, width=256),
     Detector("slack_token", "SLACK_TOKEN", "credential", (_B + r"xox[abposr]-[A-Za-z0-9-]{10}[A-Za-z0-9-]*",),
              width=256),

@@ -16,6 +16,8 @@ import time
 
 import yaml
 
+from ext_proc.guardrails.detectors import check_tollway_key
+
 from .compiled import KEY_PREFIX, key_digest
 from .schema import NAME_PATTERN, PATTERN_MEANINGS
 
@@ -61,8 +63,12 @@ def _yaml_string(text: str) -> str:
 
 
 def new_key() -> str:
-    """A new random virtual key: ``tw-`` and 43 URL-safe characters (32 random bytes)."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
+    """A new random virtual key: ``tw-`` and 43 URL-safe characters (32 random bytes), one the
+    guardrails' ``tollway_key`` detector finds (about 1 in 250 random tokens is drawn again)."""
+    while True:
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        if check_tollway_key(key, ""):
+            return key
 
 
 def default_key_id(team: str) -> str:

@@ -103,7 +103,11 @@ FOUND = [
 ]
 
 NOT_FOUND = [
-    "see tw-how-to-configure-the-gateway-for-production-use",  # a slug after "tw-", not a key
+    "see tw-how-to-configure-the-gateway-for-production-use",  # slugs and identifiers after "tw-", not keys
+    "wiki/tw-Q3-2024-Revenue-Report-Final-Draft",
+    "branch feature/tw-Add-OAuth2-Login-Flow-For-Mobile-Clients",
+    "tw-Implement-Retry-Logic-For-Payment-Service-Webhooks-V2",
+    "tw-feature_AddSupportForStreamingResponsesInTheClientSDK2",
     "card 4111 1111 1111 1112",  # fails Luhn
     "card 4111-1111 1111 1111",  # mixed separators
     "SSN 666-12-3456",  # area 666 is never issued

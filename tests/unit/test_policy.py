@@ -16,6 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ext_proc.cli import main
+from ext_proc.guardrails.scanner import builtin
+from ext_proc.policy.cli_keys import new_key
 from ext_proc.policy.compile import PolicyError, PolicyIssue, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy, Principal, key_digest
 
@@ -587,6 +589,8 @@ def test_keys_create_prints_the_key_once_and_its_digest(capsys: pytest.CaptureFi
     out, key, line = _created_key(capsys, "--team", "dev", "--id", "dev-laptop")
     assert re.fullmatch(r"tw-[A-Za-z0-9_-]{43}", key)
     assert line == f"- {{id: dev-laptop, sha256: {key_digest(key)}}}"
+    # Every key made is one the guardrails' tollway_key detector finds (in a prompt, a trace).
+    assert all(builtin().find(f"key {new_key()}.", ["tollway_key"]) for _ in range(2_000))
     assert "only time the key is shown" in out and "teams.dev.keys" in out
     assert out.count(key) == 1
 
