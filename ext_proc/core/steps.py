@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from ext_proc.core import upstream
@@ -77,13 +78,10 @@ class Recognise(Step):
         headers = flow.headers
         path = flow.path = headers.get(":path", "")
         method = headers.get(":method", "?")
-        api = apis.match(path) if method == "POST" else apis.catalogue(path, headers) if method == "GET" else None
-        if "upgrade" in headers:  # a websocket (the Realtime API): nothing Tollway serves may be upgraded
-            api = None
+        api = flow.api = endpoint(headers)
         if api is None:
             shown = path.partition("?")[0][:200]
             raise ClientError(404, "unknown_endpoint", f"Tollway does not serve {method} {shown}.")
-        flow.api = api
         for name, value in headers.items():
             if _CONTROL.search(value):  # a bare CR, a NUL...: a value a client should never send
                 raise ClientError(400, "invalid_header", f"The header {name[:100]!r} holds a control character.")
@@ -152,6 +150,14 @@ def _credential(name: str) -> bool:
 _PLAIN_NAMES: set[str] = set()
 
 
+def endpoint(headers: Mapping[str, str]) -> apis.WireAPI | None:
+    """The API a request's method and path name (None: not one Tollway serves)."""
+    if "upgrade" in headers:  # a websocket (the Realtime API): nothing Tollway serves may be upgraded
+        return None
+    method, path = headers.get(":method"), headers.get(":path", "")
+    return apis.match(path) if method == "POST" else apis.catalogue(path, headers) if method == "GET" else None
+
+
 class Identify(Step):
     """Who is calling: a Tollway key, else the workload (see :func:`ext_proc.policy.decide.identify`).
     The client's credential headers never go upstream."""
@@ -162,6 +168,7 @@ class Identify(Step):
     def head(self, flow: Flow) -> Ask | Respond | None:
         if flow.policy is None:
             return None
+        flow.api = endpoint(flow.headers)  # a refusal's record names it (the recognise step judges it)
         flow.principal = decide.identify(flow.policy, flow.headers, flow.attributes, flow.workload)
         flow.remove_headers += [h for h in decide.CREDENTIAL_HEADERS if h in flow.headers]
         return None

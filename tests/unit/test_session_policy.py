@@ -86,7 +86,14 @@ def test_the_caller_is_known_before_its_endpoint_is_judged() -> None:
         >> head("/v1/files", authorization="Bearer tw-not-a-key-of-this-policy")
         << Responds(401, {"error": {"message": "The Tollway API key is not valid.", "type": "invalid_request_error",
                                     "param": None, "code": "invalid_api_key"}})
-        << Record(team=None, status=401, outcome="rejected", error="invalid_api_key")
+        << Record(team=None, api=None, status=401, outcome="rejected", error="invalid_api_key")
+    )
+    assert (  # a known endpoint: the record names its API
+        session()
+        >> head(authorization="Bearer tw-not-a-key-of-this-policy")
+        << Responds(401, {"error": {"message": "The Tollway API key is not valid.", "type": "invalid_request_error",
+                                    "param": None, "code": "invalid_api_key"}})
+        << Record(team=None, api="openai.chat.completions", status=401, outcome="rejected", error="invalid_api_key")
     )
     assert (
         session()
