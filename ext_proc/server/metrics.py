@@ -173,7 +173,9 @@ class Names:
             return "none"
         if policy is None:
             policy = self.policy()
-        return name if policy is not None and name in policy.model_names else "other"
+        if policy is None:  # open mode: no names known; the first ones seen, bounded as served models are
+            return self.served_model(name, None)
+        return name if name in policy.model_names else "other"
 
     def served_model(self, name: str | None, policy: Any = None) -> str:
         """The label of the model that served (the provider's name for it)."""

@@ -125,6 +125,14 @@ def test_labels_are_bounded() -> None:
     assert Names(lambda: POLICY).provider_kind("eu") == "azure.ai.openai"
 
 
+def test_without_a_policy_the_first_model_names_seen_are_labels() -> None:
+    """Open mode knows no names: the first ones seen are labels, then "other" (bounded all the same)."""
+    tally = Tally(Names(lambda: None, cap=2))
+    for model in ("gpt-4o-mini", "gpt-4o", "made-up"):
+        tally.record({**REFUSED, "model": model, "error": "model_not_found", "status": 404})
+    assert {key[3] for key in tally.counters if key[0] == "tollway_requests"} == {"gpt-4o-mini", "gpt-4o", "other"}
+
+
 def served_labels(tally: Tally) -> set[str]:
     return {key[4] for key in tally.counters if key[0] == "gen_ai_client_inference_usage_input_tokens"}
 
