@@ -53,11 +53,20 @@ def served(target: Target, api: WireAPI) -> WireAPI:
 
 
 def prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) -> tuple[dict[str, Any], str | None]:
-    """The body to send ``target`` and its path when it differs from the client's.
+    """The body to send ``target`` and its path when it differs from the client's (behind the
+    provider's endpoint path, if it has one).
 
     ``payload`` is the client's decoded request (changed in place when no translation is needed).
     A request the target's API cannot express is a 400 :class:`ClientError`.
     """
+    body, upstream_path = _prepare(api, payload, target, path)
+    base = target.provider.base_path
+    if base:
+        return body, base + (upstream_path if upstream_path is not None else path)
+    return body, upstream_path
+
+
+def _prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) -> tuple[dict[str, Any], str | None]:
     provider = target.provider
     kind = providers.kind(provider.kind)
     model = target.upstream_model

@@ -356,6 +356,7 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
             api_version=p.api_version,
             host=_netloc(p.endpoint),
             endpoint=p.endpoint,
+            base_path=_base_path(p.endpoint, p.kind),
             stored_responses=p.stored_responses,
         )
         for name, p in spec.providers.items()
@@ -425,6 +426,13 @@ def _limits(spec: PolicySpec) -> Limits:
     )
     state = spec.shared_state
     return Limits(budgets, rate_limits, state.on_unavailable, state.default_output_tokens)
+
+
+def _base_path(url: str | None, kind: str) -> str:
+    """What goes before a request's path at ``url``: its path, without the part the API's own
+    paths begin with (``/v1``; ``/openai`` at Azure), as the SDKs' base URLs are written."""
+    path = urllib.parse.urlsplit(url).path.rstrip("/") if url else ""
+    return path.removesuffix("/openai" if kind == "azure-openai" else "/v1")
 
 
 def _netloc(url: str | None) -> str | None:

@@ -25,7 +25,7 @@ from ext_proc.core import upstream
 from ext_proc.core.actions import CONTINUE, Continue, Respond
 from ext_proc.core.attempt import Attempt
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
-from ext_proc.llm import translate
+from ext_proc.llm import apis, translate
 from ext_proc.policy.compile import compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.server import codec
@@ -466,6 +466,38 @@ def test_an_azure_target_gets_its_deployment_path_and_keeps_the_model() -> None:
     assert header(second, ":authority") == "contoso.openai.azure.com"
     assert second.credential == AZURE
     assert set(second.remove_headers) == KEY_HEADERS
+
+
+@pytest.mark.parametrize(("kind", "endpoint", "path"), [
+    ("openai-compatible", "http://vllm.local:8000/v1", "/v1/chat/completions"),  # the SDKs' base URL
+    ("openai-compatible", "http://vllm.local:8000", "/v1/chat/completions"),
+    ("openai-compatible", "https://llm-gw.corp/vllm/v1", "/vllm/v1/chat/completions"),  # a proxy's prefix
+    ("openai", "https://llm-gw.corp/openai/", "/openai/v1/chat/completions"),
+    ("anthropic", "https://llm-gw.corp/claude", "/claude/v1/messages"),  # translated, behind its prefix
+    ("azure-openai", "https://apim.corp/az/openai",
+     "/az/openai/deployments/m/chat/completions?api-version=2024-10-21"),
+])
+def test_a_providers_endpoint_path_goes_before_every_request_path(kind: str, endpoint: str, path: str) -> None:
+    """An endpoint under a path (an API gateway, a company proxy) gets every request under it: the
+    path was dropped, the proxy asked at its root."""
+    extra = "anthropic_version: '2023-06-01'" if kind == "anthropic" else "api_version: '2024-10-21'" \
+        if kind == "azure-openai" else ""
+    policy = compile_policy(textwrap.dedent(f"""\
+        apiVersion: tollway/v1
+        providers:
+          p: {{kind: {kind}, endpoint: "{endpoint}"{", " + extra if extra else ""}}}
+        models:
+          m: {{provider: p}}
+        teams:
+          all: {{workloads: [local-dev], models: ["*"]}}
+        """))
+    target = policy.models["m"]
+    _, sent = upstream.prepare(apis.CHAT_COMPLETIONS, {**OPENAI_REQUEST, "model": "m"}, target, CHAT)
+    assert (sent or CHAT) == path
+    _, queried = upstream.prepare(apis.CHAT_COMPLETIONS, {**OPENAI_REQUEST, "model": "m"}, target, CHAT + "?x=1")
+    assert (queried or CHAT + "?x=1").startswith(path.partition("?")[0])  # the client's query kept
+    if kind in ("openai", "openai-compatible"):  # served in the client's own API
+        assert (queried or CHAT + "?x=1").endswith("?x=1")
 
 
 def test_an_anthropic_client_reaches_azure_translated() -> None:
