@@ -36,8 +36,12 @@ from ext_proc.policy.compiled import KEY_PREFIX, Alias, CompiledPolicy, Plan, Pr
 SPIFFE_ATTRIBUTE = "connection.uri_san_peer_certificate"
 # Request headers that carry a client's credential: removed before anything goes upstream (the
 # provider's key is the server's to add). Besides the providers' key headers: a proxy's credential,
-# the client's cookies (a browser calling the gateway sends the gateway's), another vendor's key.
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization", "cookie", "x-goog-api-key")
+# the client's cookies (a browser calling the gateway sends the gateway's), another vendor's key,
+# and the OpenAI organization and project a request bills (the shared key's account is the
+# platform team's to choose, not a caller's; the openai SDK sends them from OPENAI_ORG_ID and
+# OPENAI_PROJECT_ID).
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization", "cookie", "x-goog-api-key",
+                      "openai-organization", "openai-project")
 
 
 def can_serve(api: WireAPI, kind: str) -> bool:

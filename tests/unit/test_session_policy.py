@@ -72,9 +72,11 @@ def test_the_clients_other_credentials_never_go_upstream() -> None:
     assert (
         session()
         >> head(**{"x-api-key": KEY, "cookie": "session=abc", "proxy-authorization": "Basic eDp5",
-                   "x-goog-api-key": "AIza-not-for-openai", "openai-organization": "org-1"})
+                   "x-goog-api-key": "AIza-not-for-openai", "openai-organization": "org-1",
+                   "openai-project": "proj_1", "openai-beta": "assistants=v2"})
+        # The organization and project the shared key bills are the platform's choice, not a caller's.
         << Continue(remove_headers=("x-api-key", "proxy-authorization", "cookie", "x-goog-api-key",
-                                    "accept-encoding", "x-tollway-cluster"))
+                                    "openai-organization", "openai-project", "accept-encoding", "x-tollway-cluster"))
     )
 
 
