@@ -60,9 +60,12 @@ def prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) ->
     A request the target's API cannot express is a 400 :class:`ClientError`.
     """
     body, upstream_path = _prepare(api, payload, target, path)
-    base = target.provider.base_path
-    if base:
-        return body, base + (upstream_path if upstream_path is not None else path)
+    rebase = target.provider.rebase
+    if rebase is not None:
+        sent = upstream_path if upstream_path is not None else path
+        old, new = rebase
+        if sent.startswith(old):
+            return body, new + sent[len(old):]
     return body, upstream_path
 
 

@@ -14,8 +14,9 @@ the count is the ``input_tokens`` the same request would report),
 ``api-version`` query parameter is Azure's 404), ``POST /openai/v1/responses`` (Azure's v1
 Responses API: the deployment is the body's ``model``, no ``api-version``), ``GET /healthz``,
 ``GET|DELETE /_mock/requests`` (the log of received requests, exactly as received, newest last,
-each with the Unix time it arrived).
-Unknown paths get an OpenAI-style 404 (Azure-style under ``/openai/``).
+each with the Unix time it arrived). Each API route is served under any base path too
+(``/vllm/v1/chat/completions``, ``/gw/openai/deployments/...``): it stands in for providers whose
+policy endpoint has one. Unknown paths get an OpenAI-style 404 (Azure-style under ``/openai/``).
 
 Like the real APIs, ``/v1/messages`` without an ``anthropic-version`` header is a 400. With
 ``--api-key`` (repeatable), every request but ``/healthz`` and ``/_mock/*`` must carry one of the
@@ -143,6 +144,22 @@ _AZURE_OPERATIONS = {  # what follows /openai/deployments/{deployment}/ -> the O
     "completions": "/v1/completions",
     "embeddings": "/v1/embeddings",
 }
+# The routes by their end, longest first: a provider behind a base path (a policy endpoint
+# "https://gw/vllm/v1", or "…/v1beta/openai" as an SDK base URL) is served under any prefix.
+_ENDINGS = sorted(((route.removeprefix("/v1"), route) for route in _STYLE), key=lambda pair: -len(pair[0]))
+
+
+def _routed(path: str) -> str:
+    """The route ``path`` asks for, whatever base path comes before it."""
+    if path in _STYLE or path.startswith((_AZURE_DEPLOYMENTS, _AZURE_RESPONSES)):
+        return path
+    for start in (_AZURE_DEPLOYMENTS, _AZURE_RESPONSES):
+        cut = path.find(start)
+        if cut > 0:
+            return path[cut:]
+    return next((route for ending, route in _ENDINGS if path.endswith(ending)), path)
+
+
 _API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
 _REASONING = re.compile(r"(o\d|gpt-5)(\b|-)")  # OpenAI models that take max_completion_tokens only
 
@@ -211,6 +228,7 @@ class MockProvider:
             return self._log_endpoint(req)
         if self.requests is not None:
             self.requests.append(req)
+        path = _routed(path)
         style = _STYLE.get(path) or ("azure" if path.startswith(_AZURE) else "openai")
         if self._keys and not path.startswith("/_mock/"):
             denied = self._check_key(style, req.headers)
@@ -254,7 +272,7 @@ class MockProvider:
                 return self._error(
                     "openai", 404, knobs, message=f"Invalid URL ({req.method} {path})", code="unknown_url"
                 )
-            deployment, target = _azure_route(req)
+            deployment, target = _azure_route(path, req.query)
             if target is None:
                 return self._error(style, 404, knobs)
             route = self._routes[target]
@@ -550,13 +568,13 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return (token.strip() or None) if scheme.lower() == b"bearer" else None
 
 
-def _azure_route(req: Request) -> tuple[str | None, str | None]:
+def _azure_route(path: str, query: str) -> tuple[str | None, str | None]:
     """``(deployment, OpenAI path)`` of an Azure OpenAI request; no path: unknown path or api-version."""
-    if not req.path.startswith(_AZURE_DEPLOYMENTS):
+    if not path.startswith(_AZURE_DEPLOYMENTS):
         return None, None
-    deployment, _, operation = req.path[len(_AZURE_DEPLOYMENTS) :].partition("/")
+    deployment, _, operation = path[len(_AZURE_DEPLOYMENTS) :].partition("/")
     target = _AZURE_OPERATIONS.get(operation)
-    version = urllib.parse.parse_qs(req.query).get("api-version", ())
+    version = urllib.parse.parse_qs(query).get("api-version", ())
     if not deployment or target is None or len(version) != 1 or not _API_VERSION.fullmatch(version[0]):
         return None, None
     return urllib.parse.unquote(deployment), target

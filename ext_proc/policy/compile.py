@@ -356,7 +356,7 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
             api_version=p.api_version,
             host=_netloc(p.endpoint),
             endpoint=p.endpoint,
-            base_path=_base_path(p.endpoint, p.kind),
+            rebase=_rebase(p.endpoint, p.kind),
             stored_responses=p.stored_responses,
         )
         for name, p in spec.providers.items()
@@ -428,15 +428,29 @@ def _limits(spec: PolicySpec) -> Limits:
     return Limits(budgets, rate_limits, state.on_unavailable, state.default_output_tokens)
 
 
-def _base_path(url: str | None, kind: str) -> str:
-    """What goes before a request's path at ``url``: its path, without the part the API's own
-    paths begin with (``/v1``; ``/openai`` at Azure), as the SDKs' base URLs are written."""
+def _rebase(url: str | None, kind: str) -> tuple[str, str] | None:
+    """Where ``url``'s path puts the API's paths, read as the SDKs read a base URL: OpenAI's ends
+    where ``/v1`` would (``http://vllm:8000/v1``; ``…/v1beta/openai`` for an API without it; a bare
+    host: ``/v1``), Anthropic's and Azure's before the API's own ``/v1`` and ``/openai``."""
     path = urllib.parse.urlsplit(url).path.rstrip("/") if url else ""
-    return path.removesuffix("/openai" if kind == "azure-openai" else "/v1")
+    if kind == "azure-openai":
+        base = path.partition("/openai")[0]
+        return ("/openai", base + "/openai") if base else None
+    if kind == "anthropic":
+        base = path.removesuffix("/v1")
+        return ("/v1", base + "/v1") if base else None
+    return ("/v1", path) if path not in ("", "/v1") else None
 
 
 def _netloc(url: str | None) -> str | None:
-    return urllib.parse.urlsplit(url).netloc or None if url else None  # the schema parsed it whole
+    """The Host header for ``url`` (the schema parsed it whole): an absolute name without its dot."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if host.endswith("."):
+        return host.rstrip(".") + (f":{parts.port}" if parts.port else "")
+    return parts.netloc or None
 
 
 def _price(spec: PriceSpec | None) -> Price | None:

@@ -46,9 +46,9 @@ class Provider:
     api_version: str | None = None  # azure-openai: the api-version query parameter
     host: str | None = None  # the Host header it expects (from its endpoint URL), when known
     endpoint: str | None = None  # its base URL, when the policy gives one
-    # The path of its endpoint, put before every request path (a proxy that serves the API under
-    # /openai: "https://llm-gw.corp/openai/v1"); "" for an endpoint at the host's root.
-    base_path: str = ""
+    # Its endpoint's path, as the SDKs' base URLs are written: (what its API paths start with, what
+    # goes there instead). "https://llm-gw.corp/openai/v1": ("/v1", "/openai/v1"); None: unchanged.
+    rebase: tuple[str, str] | None = None
     stored_responses: bool = False  # Responses clients may refer to responses it stores (one team's key)
 
 

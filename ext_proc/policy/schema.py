@@ -51,7 +51,8 @@ Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
 EnvName = Annotated[str, StringConstraints(pattern=ENV_PATTERN)]
 Text = Annotated[str, StringConstraints(pattern=TEXT_PATTERN)]
 _DNS_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_DNS_LABEL}(?:\.{_DNS_LABEL})*$")
+# A trailing dot (an absolute name: Kubernetes' way around ndots search domains) is allowed.
+_DNS_NAME = re.compile(rf"^(?=.{{1,254}}$){_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?$")
 
 
 def _reachable(url: str) -> str:
@@ -75,11 +76,11 @@ def _reachable(url: str) -> str:
     if port == 0 or netloc.endswith(":"):
         raise PydanticCustomError("url_port", "has port '{port}': a port is a number from 1 to 65535",
                                   {"port": netloc.rsplit("]", 1)[-1].rpartition(":")[2]})
-    if netloc.startswith("["):
-        valid = _is_address(host, ipaddress.IPv6Address)
+    if netloc.startswith("["):  # no zone id (fe80::1%eth0): Envoy takes none in a cluster's address
+        valid = "%" not in host and _is_address(host, ipaddress.IPv6Address)
     else:  # a name's last label is never all digits: 300.1.1.1 is a mistyped address, not a name
         valid = _is_address(host, ipaddress.IPv4Address) or (
-            _DNS_NAME.match(host) is not None and not host.rpartition(".")[2].isdigit())
+            _DNS_NAME.match(host) is not None and not host.rstrip(".").rpartition(".")[2].isdigit())
     if not valid:
         raise PydanticCustomError("url_host", "has a malformed host '{host}' (a DNS name, an IPv4 address, or an "
                                               "IPv6 address in brackets)", {"host": host})

@@ -210,10 +210,12 @@ def provider_cluster(name: str, endpoint: str) -> dict[str, Any]:
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": host,
+                # An absolute name's trailing dot is resolved with it, but is neither the server's
+                # name nor its certificate's (RFC 6066: SNI has none).
+                "sni": host.rstrip("."),
                 "common_tls_context": {"validation_context": {
                     "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"},
-                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}],
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host.rstrip(".")}}],
                 }},
             },
         }

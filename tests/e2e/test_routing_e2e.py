@@ -35,7 +35,10 @@ apiVersion: tollway/v1
 providers:
   openai: {{kind: openai, credential: {{env: R_OPENAI_KEY}}}}
   anthropic: {{kind: anthropic, credential: {{env: R_ANTHROPIC_KEY}}}}
+  # A company proxy serving an OpenAI-compatible API under a path (the fake provider stands in).
+  gateway: {{kind: openai-compatible, endpoint: "https://llm-gw.corp/vllm/v1", credential: {{env: R_OPENAI_KEY}}}}
 models:
+  llama: {{provider: gateway, model: meta-llama/Llama-3.1-8B-Instruct}}
   gpt-4o-mini: {{provider: openai}}
   gpt-5-nano: {{provider: openai}}
   claude-haiku: {{provider: anthropic, model: claude-3-5-haiku-20241022}}
@@ -64,7 +67,7 @@ routing:
 teams:
   app:
     keys: [{{id: app-ci, sha256: {key_digest(KEY)}}}]
-    models: [gpt-4o, split, claude-first, long, gpt-4o-mini, gpt-5-nano, claude-haiku]
+    models: [llama, gpt-4o, split, claude-first, long, gpt-4o-mini, gpt-5-nano, claude-haiku]
 """
 
 
@@ -87,7 +90,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     # workers=2: a request's two ext_proc streams (router level, per try) may reach different
     # processes; first_byte_timeouts: a stalled provider fails over after 1 s.
     stack = Providers.stack(tmp_path_factory.mktemp("routing"), POLICY, PROVIDER_KEYS, workers=2,
-                            first_byte_timeouts=("1s", "1s"))
+                            first_byte_timeouts=("1s", "1s"), mocked=frozenset({"openai", "anthropic", "gateway"}))
     with stack:
         yield Env(stack, KEY)
 
@@ -175,6 +178,15 @@ def test_every_provider_failing_gives_the_last_error_in_the_clients_format(env: 
     assert caught.value.response.headers["x-tollway-attempts"] == "2"
     record = env.record(request_id)
     assert record["status"] == 500 and record["outcome"] == "error" and record["provider"] == "anthropic"
+
+
+def test_a_provider_behind_a_base_path_is_asked_under_it(env: Env) -> None:
+    """An endpoint's path is where the API lives (a proxy's prefix): the path was dropped, the proxy
+    asked at its root."""
+    raw = env.openai().chat.completions.with_raw_response.create(model="llama", messages=HI)
+    assert raw.parse().choices[0].message.content == REPLY
+    (seen,) = env.provider_saw(raw.headers.get("x-tollway-request-id"))
+    assert seen["path"] == "/vllm/v1/chat/completions"
 
 
 def test_a_target_that_cannot_express_the_request_is_left_out_of_the_chain(env: Env) -> None:

@@ -472,10 +472,15 @@ def test_an_azure_target_gets_its_deployment_path_and_keeps_the_model() -> None:
     ("openai-compatible", "http://vllm.local:8000/v1", "/v1/chat/completions"),  # the SDKs' base URL
     ("openai-compatible", "http://vllm.local:8000", "/v1/chat/completions"),
     ("openai-compatible", "https://llm-gw.corp/vllm/v1", "/vllm/v1/chat/completions"),  # a proxy's prefix
-    ("openai", "https://llm-gw.corp/openai/", "/openai/v1/chat/completions"),
+    ("openai", "https://llm-gw.corp/openai/", "/openai/chat/completions"),  # as the SDK takes that base URL
     ("anthropic", "https://llm-gw.corp/claude", "/claude/v1/messages"),  # translated, behind its prefix
+    ("openai-compatible", "https://generativelanguage.googleapis.com/v1beta/openai/",
+     "/v1beta/openai/chat/completions"),  # a base URL without /v1: as the openai SDK reads it
+    ("anthropic", "https://llm-gw.corp/claude/v1", "/claude/v1/messages"),
     ("azure-openai", "https://apim.corp/az/openai",
      "/az/openai/deployments/m/chat/completions?api-version=2024-10-21"),
+    ("azure-openai", "https://contoso.openai.azure.com/openai/v1/",  # Azure's v1 base URL
+     "/openai/deployments/m/chat/completions?api-version=2024-10-21"),
 ])
 def test_a_providers_endpoint_path_goes_before_every_request_path(kind: str, endpoint: str, path: str) -> None:
     """An endpoint under a path (an API gateway, a company proxy) gets every request under it: the

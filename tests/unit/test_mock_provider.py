@@ -579,13 +579,22 @@ def test_azure_unknown_path_or_api_version_is_azure_404(srv):
         f"/openai/deployments//chat/completions?api-version={API_VERSION}",
         f"/openai/deployments/d/messages?api-version={API_VERSION}",
         f"/openai/deployments/d/chat/completions/extra?api-version={API_VERSION}",
-        f"/openai/v1/chat/completions?api-version={API_VERSION}",
     ):
         resp, _ = raw_exchange(srv.port, post(target, CHAT), 1)
         assert (resp.done[0]["status"], orjson.loads(resp.done[0]["body"])) == (404, not_found), target
     preview = f"/openai/deployments/d%2Dx/embeddings?foo=1&api-version={API_VERSION}-preview"
     resp, _ = raw_exchange(srv.port, post(preview, b'{"input": "x"}'), 1)
     assert resp.done[0]["status"] == 200 and orjson.loads(resp.done[0]["body"])["model"] == "d-x"
+
+
+def test_a_route_is_served_under_any_base_path(srv):
+    """A provider behind a proxy's prefix (a policy endpoint with a path, stood in for by the fake)."""
+    for target in ("/vllm/v1/chat/completions", "/v1beta/openai/chat/completions",
+                   f"/gw/openai/deployments/d/chat/completions?api-version={API_VERSION}"):
+        resp, _ = raw_exchange(srv.port, post(target, CHAT), 1)
+        assert resp.done[0]["status"] == 200, target
+    resp, _ = raw_exchange(srv.port, post("/vllm/v1/no-such-thing", CHAT), 1)
+    assert resp.done[0]["status"] == 404
 
 
 def test_azure_errors_gateway_statuses_in_azure_format(srv):

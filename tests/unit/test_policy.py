@@ -449,6 +449,7 @@ def test_an_endpoint_is_parsed_whole() -> None:
     lines = [
         "http://127.0.0.1:99999", "http://vllm:80O0", "http://[::1", "http://:8080/v1", "http://vllm:0",
         "http://vllm:", "http://[v1.x]:8000", "http://300.1.1.1", "http://user:pass@vllm", "http://exa%41mple",
+        "http://[fe80::1%25eth0]:8000",
     ]
     found = issues("apiVersion: tollway/v1\nproviders:\n" + "".join(
         f'  p{index}: {{kind: openai-compatible, endpoint: "{url}"}}\n' for index, url in enumerate(lines)))
@@ -469,12 +470,16 @@ def test_an_endpoint_is_parsed_whole() -> None:
         "'credential')",
         "p.yaml:12:43: providers.p9.endpoint: has a malformed host 'exa%41mple' (a DNS name, an IPv4 address, "
         "or an IPv6 address in brackets)",
+        "p.yaml:13:44: providers.p10.endpoint: has a malformed host 'fe80::1%25eth0' (a DNS name, an IPv4 "
+        "address, or an IPv6 address in brackets)",  # a zone id Envoy takes in no cluster address
     ]
-    good = ["http://[::1]:8000", "https://llm.example.com:8443/v1", "http://10.0.0.5:8000", "http://vllm_1.local"]
+    good = ["http://[::1]:8000", "https://llm.example.com:8443/v1", "http://10.0.0.5:8000", "http://vllm_1.local",
+            "http://vllm.llm-serving.svc.cluster.local.:8000/v1"]  # absolute: no search domains tried
     policy = compiles("apiVersion: tollway/v1\nproviders:\n" + "".join(
         f'  p{index}: {{kind: openai-compatible, endpoint: "{url}"}}\n' for index, url in enumerate(good)))
     assert [p.host for p in policy.providers.values()] == [
-        "[::1]:8000", "llm.example.com:8443", "10.0.0.5:8000", "vllm_1.local"]
+        "[::1]:8000", "llm.example.com:8443", "10.0.0.5:8000", "vllm_1.local",
+        "vllm.llm-serving.svc.cluster.local:8000"]  # the Host header: without the absolute name's dot
 
 
 def test_no_provider_takes_the_cluster_that_reaches_tollway() -> None:
