@@ -413,7 +413,8 @@ class MockProvider:
             tool=None if tool is None else r.ToolCall.build(f"call_mock{n:016x}", *tool),
             reply=knobs.reply,
         )
-        headers = b"x-request-id: req_mock%016x\r\n" % n
+        # The account the key belongs to, as OpenAI names it on every answer.
+        headers = b"x-request-id: req_mock%016x\r\nopenai-organization: user-mock\r\nopenai-project: proj_mock\r\n" % n
         if body.get("stream") is True:
             return self._stream_or_json(knobs, headers, None, r.openai_chat_events(gen, _include_usage(body)))
         return self._stream_or_json(knobs, headers, r.openai_chat_json(gen), None)

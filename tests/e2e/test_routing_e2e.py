@@ -180,6 +180,18 @@ def test_every_provider_failing_gives_the_last_error_in_the_clients_format(env: 
     assert record["status"] == 500 and record["outcome"] == "error" and record["provider"] == "anthropic"
 
 
+def test_which_openai_account_pays_is_the_platforms_and_its_ids_are_not_shown(env: Env) -> None:
+    """The organization and project the shared key bills are the platform's (its project key), not a
+    caller's (the openai SDK sends OPENAI_ORG_ID and OPENAI_PROJECT_ID); the account the provider
+    names on its answers is not the teams' to see."""
+    client = env.openai().with_options(organization="org-SOMEONE-ELSES", project="proj_SOMEONE_ELSES")
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)
+    assert "openai-organization" not in raw.headers and "openai-project" not in raw.headers
+    (seen,) = env.provider_saw(raw.headers.get("x-tollway-request-id"))
+    assert "openai-organization" not in seen["headers"] and "openai-project" not in seen["headers"]
+    assert seen["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
+
+
 def test_a_provider_behind_a_base_path_is_asked_under_it(env: Env) -> None:
     """An endpoint's path is where the API lives (a proxy's prefix): the path was dropped, the proxy
     asked at its root."""
