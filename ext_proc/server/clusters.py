@@ -365,10 +365,10 @@ class ClusterSync:
         try:
             if not (rejected_before is None and starting):
                 self._wait(set(needed), rejected_before, self._changes(content, policy))
-        except EnvoyNotReady as exc:
-            if starting and not isinstance(exc, EnvoyRejected):
-                self.accepted = content  # late at its start: Envoy loads this file when it comes
-            elif not starting:
+        except EnvoyNotReady:
+            if starting:  # nothing older to go back to: Envoy loads this file when it comes (if late),
+                self.accepted = content  # or holds what it could take of it (if it refused some)
+            else:
                 self._write(self.accepted)
             raise
         self.accepted, self._retired = content, retired

@@ -51,7 +51,7 @@ from ext_proc.guardrails import injection
 from ext_proc.policy.compile import PolicyError, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.policy.decide import chains, cluster_name
-from ext_proc.server.clusters import RETIRE_AFTER, ClusterError, ClusterSync, EnvoyNotReady
+from ext_proc.server.clusters import RETIRE_AFTER, ClusterError, ClusterSync, EnvoyNotReady, EnvoyRejected
 from ext_proc.server.memory import give_back
 
 if TYPE_CHECKING:
@@ -171,6 +171,7 @@ class PolicyController:
             return self._reject(f"{self.path}: {exc.strerror or exc}")
         except UnicodeDecodeError as exc:
             return self._reject(f"{self.path}: {exc}")
+        refused: EnvoyRejected | None = None
         try:
             policy = compile_policy(text, self.path)
             give_back()  # the compile's temporaries (Hyperscan's above all)
@@ -184,6 +185,7 @@ class PolicyController:
             if not starting:
                 return self._reject(f"{self.path}: {exc}", again=True)
             log.warning("%s", exc)  # Envoy may be the one starting late: serve, and say so
+            refused = exc if isinstance(exc, EnvoyRejected) else None
         except Exception as exc:  # a fault of Tollway's own: never a silent, stuck watcher
             log.exception("policy %s: loading it failed", self.path)
             return self._reject(f"{self.path}: cannot load it: {type(exc).__name__}: {exc}", again=not starting)
@@ -196,6 +198,9 @@ class PolicyController:
         state.envoy_clusters_missing = self._missing(policy)
         self.publication.publish(state)
         log.info("policy %s loaded: version %s", self.path, policy.version)
+        if refused is not None:  # served (there is nothing older), but stale, and tried again
+            self._reject(f"{self.path}: {refused}", again=True)
+            return True
         if state.envoy_clusters_missing:
             log.warning(
                 "policy %s needs Envoy clusters this sidecar was not started with: %s; render the Envoy "

@@ -268,6 +268,29 @@ def test_a_rejected_update_is_not_the_next_ones_baseline(tmp_path: Path, publica
     assert resources(clusters_file) == {"openai"} and envoy.active == {"openai"}
 
 
+def test_a_start_envoy_rejects_serves_but_is_stale_and_tried_again(tmp_path: Path, publication: Publication) -> None:
+    """Tollway restarted beside a running Envoy that refuses some of the policy's clusters: it
+    serves (there is nothing older to keep) but says so, and tries again, as a reload does (it
+    said 'current', and nothing ever tried again)."""
+    path, clusters_file = tmp_path / "policy.yaml", tmp_path / "clusters.yaml"
+    path.write_text(LOCAL)
+    envoy, clock = FakeEnvoy(clusters_file), Clock()
+    envoy.version = "running"  # its admin answers: Envoy is up
+    envoy.refuse = {"local"}
+    sync = ClusterSync(str(clusters_file), "http://envoy", clock=clock, sleep=clock.sleep, get=envoy.get)
+    controller = PolicyController(str(path), publication, sync, clock=clock)
+    holder = PolicyHolder(publication)
+    assert controller.start()
+    assert holder.current is not None and holder.details()["state"] == "stale"
+    assert "Envoy rejected the clusters file" in str(holder.details()["last_reload_error"])
+    clock.now += 1.5
+    assert controller.check() is False and envoy.rejected >= 2  # tried again, still refused
+    assert resources(clusters_file) == {"openai", "local"}  # never emptied: what Envoy could take stays
+    envoy.refuse = set()
+    clock.now += 5
+    assert controller.check() is True and holder.details()["state"] == "current"
+
+
 def test_a_rejected_reload_retires_no_cluster_of_the_running_policy(tmp_path: Path, publication: Publication) -> None:
     path, clusters_file = tmp_path / "policy.yaml", tmp_path / "clusters.yaml"
     path.write_text(CHAINED)
