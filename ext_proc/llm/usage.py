@@ -3,7 +3,8 @@
 Normalisation: ``input_tokens`` is every prompt token the provider processed, including cache
 reads and cache writes (OpenAI's ``prompt_tokens`` already counts cached tokens; Anthropic's
 ``input_tokens`` does not, so its cache fields are added). ``cached_tokens`` are cache reads,
-``cache_write_tokens`` cache creation (Anthropic), ``reasoning_tokens`` are part of
+``cache_write_tokens`` cache creation (Anthropic's ``cache_creation_input_tokens``, OpenAI's
+``cache_write_tokens`` in the prompt or input details), ``reasoning_tokens`` are part of
 ``output_tokens`` (OpenAI's ``completion_tokens_details.reasoning_tokens``). Three subsets have
 rates of their own and change only the cost: Anthropic's 1-hour cache writes
 (``cache_creation.ephemeral_1h_input_tokens``), OpenAI's audio tokens in and out
@@ -59,6 +60,7 @@ def apply_openai(usage: Usage, raw: Any) -> None:
         completion = 0 if "total_tokens" in raw else None
     usage.output_tokens = completion
     usage.cached_tokens = _int(_get(raw, "prompt_tokens_details", "cached_tokens"))
+    usage.cache_write_tokens = _int(_get(raw, "prompt_tokens_details", "cache_write_tokens"))
     usage.reasoning_tokens = _int(_get(raw, "completion_tokens_details", "reasoning_tokens"))
     usage.input_audio_tokens = _int(_get(raw, "prompt_tokens_details", "audio_tokens"))
     usage.output_audio_tokens = _int(_get(raw, "completion_tokens_details", "audio_tokens"))

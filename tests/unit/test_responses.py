@@ -366,3 +366,24 @@ def test_a_translated_stream_without_usage_says_null_not_zero() -> None:
     raw += translator.feed(SSEEvent("", b"[DONE]", b"")) + translator.end()
     events = [EVENT.validate_json(block.split(b"data: ", 1)[1]) for block in raw.split(b"\n\n") if b"data: " in block]
     assert events[-1].type == "response.completed" and events[-1].response.usage is None
+
+
+def test_cache_writes_a_chat_server_reports_reach_the_responses_client() -> None:
+    """OpenAI's chat usage counts cache writes in ``prompt_tokens_details.cache_write_tokens``:
+    the translated response says them in ``input_tokens_details``, whole and streamed."""
+    usage = {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105,
+             "prompt_tokens_details": {"cached_tokens": 20, "cache_write_tokens": 30}}
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-x", "usage": usage,
+              "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}]}
+    whole = responses_to_chat.response(answer, runtime=runtime.fixed())
+    translator = responses_to_chat.StreamTranslator(model="gpt-x")
+    head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-x"}
+    chunks = [{**head, "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]},
+              {**head, "choices": [], "usage": usage}]
+    raw = b"".join(translator.feed(SSEEvent("", orjson.dumps(c), b"")) for c in chunks)
+    raw += translator.feed(SSEEvent("", b"[DONE]", b"")) + translator.end()
+    streamed = [orjson.loads(block.split(b"data: ", 1)[1]) for block in raw.split(b"\n\n") if b"data: " in block][-1]
+    assert streamed["type"] == "response.completed"
+    for got in (whole["usage"], streamed["response"]["usage"]):
+        assert got["input_tokens_details"] == {"cached_tokens": 20, "cache_write_tokens": 30}
+        assert got["input_tokens"] == 100

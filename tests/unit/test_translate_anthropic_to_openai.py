@@ -805,11 +805,13 @@ def message_start(model: str = MODEL) -> dict[str, Any]:
     }
 
 
-def message_delta(stop: str, input_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, Any]:
+def message_delta(stop: str, input_tokens: int, output_tokens: int, cached: int = 0,
+                  written: int = 0) -> dict[str, Any]:
     return {
         "type": "message_delta",
         "delta": {"stop_reason": stop, "stop_sequence": None},
-        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_read_input_tokens": cached},
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_read_input_tokens": cached,
+                  "cache_creation_input_tokens": written},
     }
 
 
@@ -997,6 +999,20 @@ def test_usage_in_the_finish_chunk_ends_the_message_at_once() -> None:
     usage = {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}
     out = translator.chunk(chunk(finish="length", usage=usage))
     assert [data for _, data in parse(out)] == [block_stop(0), message_delta("max_tokens", 12, 2), MESSAGE_STOP]
+
+
+def test_cache_writes_the_chat_server_reports_reach_the_anthropic_client() -> None:
+    """OpenAI counts cache writes in ``prompt_tokens``, Anthropic apart from ``input_tokens``."""
+    usage = {"prompt_tokens": 100, "completion_tokens": 2, "total_tokens": 102,
+             "prompt_tokens_details": {"cached_tokens": 20, "cache_write_tokens": 30}}
+    whole = response(completion({"role": "assistant", "content": "Hi"}, **usage))
+    assert whole["usage"] == {"input_tokens": 50, "cache_creation_input_tokens": 30, "cache_read_input_tokens": 20,
+                              "output_tokens": 2}
+    translator = StreamTranslator()
+    translator.chunk(TEXT_STREAM[0])
+    translator.chunk(TEXT_STREAM[1])
+    out = translator.chunk(chunk(finish="stop", usage=usage))
+    assert [data for _, data in parse(out)][1] == message_delta("end_turn", 50, 2, cached=20, written=30)
 
 
 def test_a_truncated_stream_is_not_completed() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ext_proc.llm.usage import Usage, apply_anthropic, apply_openai
+from ext_proc.llm.usage import Usage, apply_anthropic, apply_openai, apply_responses
 
 UNKNOWN = Usage()
 CACHED_START = {
@@ -42,6 +42,17 @@ def test_openai_chat_usage_with_details() -> None:
                                 input_audio_tokens=0, output_audio_tokens=0)
     raw["prompt_tokens_details"]["audio_tokens"], raw["completion_tokens_details"]["audio_tokens"] = 12, 9
     assert (openai(raw).input_audio_tokens, openai(raw).output_audio_tokens) == (12, 9)
+
+
+def test_openai_chat_cache_writes_are_read_as_responses_ones_are() -> None:
+    raw = {"prompt_tokens": 100_000, "completion_tokens": 1_000, "total_tokens": 101_000,
+           "prompt_tokens_details": {"cached_tokens": 20_000, "cache_write_tokens": 30_000}}
+    assert openai(raw) == Usage(input_tokens=100_000, output_tokens=1_000, cached_tokens=20_000,
+                                cache_write_tokens=30_000)
+    responses = Usage()
+    apply_responses(responses, {"input_tokens": 100_000, "output_tokens": 1_000, "input_tokens_details": {
+        "cached_tokens": 20_000, "cache_write_tokens": 30_000}})
+    assert responses == openai(raw)
 
 
 def test_openai_completions_usage_without_details_leaves_them_unknown() -> None:

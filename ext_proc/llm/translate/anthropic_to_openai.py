@@ -59,8 +59,9 @@ stopped on a stop sequence reports ``end_turn`` and ``stop_sequence: null`` (Ope
 which sequence matched). When tool calls are present and the provider reports ``stop`` (some
 OpenAI-compatible servers do), ``stop_reason`` is ``tool_use`` so the client runs the tools.
 ``reasoning_content`` (DeepSeek, vLLM) is dropped: Anthropic thinking blocks need a signature.
-Usage: ``input_tokens`` = ``prompt_tokens`` - cached tokens, ``cache_read_input_tokens`` = cached
-tokens (``prompt_tokens_details.cached_tokens``), ``cache_creation_input_tokens`` = 0,
+Usage: ``input_tokens`` = ``prompt_tokens`` - cache reads - cache writes, ``cache_read_input_tokens``
+= cache reads (``prompt_tokens_details.cached_tokens``), ``cache_creation_input_tokens`` = cache
+writes (``prompt_tokens_details.cache_write_tokens``, 0 when not reported),
 ``output_tokens`` = ``completion_tokens``. A completion without choices gives an empty ``end_turn``
 message.
 
@@ -437,15 +438,18 @@ def _tokens(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def _usage(raw: Any) -> tuple[int, int, int]:
-    """(input tokens without cache reads, cache reads, output tokens) of an OpenAI ``usage``."""
+def _usage(raw: Any) -> tuple[int, int, int, int]:
+    """(input tokens without cache reads and writes, cache reads, cache writes, output tokens) of an
+    OpenAI ``usage``."""
     if not isinstance(raw, dict):
-        return 0, 0, 0
+        return 0, 0, 0, 0
     prompt = _tokens(raw.get("prompt_tokens"))
     details = raw.get("prompt_tokens_details")
     cached = _tokens(details.get("cached_tokens")) if isinstance(details, dict) else 0
     cached = min(cached, prompt)
-    return prompt - cached, cached, _tokens(raw.get("completion_tokens"))
+    written = _tokens(details.get("cache_write_tokens")) if isinstance(details, dict) else 0
+    written = min(written, prompt - cached)
+    return prompt - cached - written, cached, written, _tokens(raw.get("completion_tokens"))
 
 
 def _stop_reason(finish: Any, tools: bool) -> str:
@@ -524,7 +528,7 @@ def response(completion: dict[str, Any], *, model: str | None = None, runtime: R
             }
         )
         tools = True
-    input_tokens, cached, output_tokens = _usage(completion.get("usage"))
+    input_tokens, cached, written, output_tokens = _usage(completion.get("usage"))
     reported = model if model is not None else completion.get("model")
     return {
         "id": message_id,
@@ -536,7 +540,7 @@ def response(completion: dict[str, Any], *, model: str | None = None, runtime: R
         "stop_sequence": None,
         "usage": {
             "input_tokens": input_tokens,
-            "cache_creation_input_tokens": 0,
+            "cache_creation_input_tokens": written,
             "cache_read_input_tokens": cached,
             "output_tokens": output_tokens,
         },
@@ -616,7 +620,7 @@ class StreamTranslator:
         self._pending: dict[int, _Call] = {}
         self._tools = False  # any tool call seen
         self._stop: str | None = None
-        self._usage: tuple[int, int, int] = (0, 0, 0)
+        self._usage: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._complete = False
         self._failed = False
 
@@ -795,11 +799,12 @@ class StreamTranslator:
 
     def _final(self) -> bytes:
         self._complete = True
-        input_tokens, cached, output_tokens = self._usage
+        input_tokens, cached, written, output_tokens = self._usage
         delta = {
             "type": "message_delta",
             "delta": {"stop_reason": self._stop, "stop_sequence": None},
-            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_read_input_tokens": cached},
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_read_input_tokens": cached,
+                      "cache_creation_input_tokens": written},
         }
         return sse_event("message_delta", delta) + _MESSAGE_STOP
 
