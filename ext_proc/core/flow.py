@@ -174,6 +174,7 @@ class Flow:
             "cached_tokens": usage.cached_tokens,
             "cache_write_tokens": usage.cache_write_tokens,
             "reasoning_tokens": usage.reasoning_tokens,
+            "service_tier": usage.service_tier,  # as the answer says it was served (it selects the price)
             "attempts": self.attempts,
             "fallback": self.fallback,
             "guardrails": self.guard.fired() if self.guard else [],  # the guardrails that fired

@@ -41,8 +41,10 @@ What genai-prices has and a :class:`Price` keeps:
   writes included, exceeds the threshold. A price carries its tiers (:class:`Tier`) and
   :func:`cost_micros` picks the tier the same way, so the cost equals genai-prices' own
   ``calc_price`` for the same usage.
-* Service tiers: OpenAI's ``flex``/``priority`` rates apply when ``service_tier`` (as the response
-  reports it) is passed; batch rates are not selected (Tollway proxies synchronous calls).
+* Request variants: OpenAI's ``flex``/``priority`` rates apply when ``service_tier`` (as the
+  response reports it) is passed, Anthropic's fast mode when ``speed`` ``fast`` is; a value
+  genai-prices has no variant for gets the standard rates. Batch rates are not selected (Tollway
+  proxies synchronous calls).
 * Rates of subsets the usage counts: Anthropic's 1-hour cache writes, OpenAI's audio tokens in
   and out, each billed at its own rate (the rest of the whole at the whole's), as genai-prices
   bills them. Rates a price leaves out are named in :attr:`Price.omitted` (genai-prices' price
@@ -51,7 +53,7 @@ What genai-prices has and a :class:`Price` keeps:
   input or output rate is 0, as genai-prices computes it (embeddings have no output rate); a
   model priced only per hour or per character (whisper, tts) has no token price and gets ``None``.
 
-Lookups go through an LRU per (kind, model, UTC day, service tier), so a repeated lookup costs
+Lookups go through an LRU per (kind, model, UTC day, service tier, speed), so a repeated lookup costs
 about a microsecond. Policy prices (:meth:`PriceTable.with_overrides`) are keyed by model name
 and win over the package data.
 """
@@ -177,7 +179,10 @@ class Tier:
 
 
 def cost_micros(price: Price, usage: Usage) -> int | None:
-    """Exact cost in micro-dollars (rounded half-up once), or ``None`` when the usage is unknown or inconsistent."""
+    """Exact cost in micro-dollars (rounded half-up once), or ``None`` when the usage is unknown or inconsistent.
+
+    The usage's ``service_tier`` and ``speed`` are the caller's, when it looks up ``price``.
+    """
     prompt, output = usage.input_tokens, usage.output_tokens
     if prompt is None or output is None:
         return None
@@ -244,25 +249,28 @@ class _PackagePrices:
         info = provider.find_model(model, all_providers=self.providers)
         return None if info is None else (provider, info)
 
-    def _lookup(self, provider_id: str, model: str, day: int, service_tier: str | None) -> Price | _Resolve | None:
+    def _lookup(self, provider_id: str, model: str, day: int, service_tier: str | None,
+                speed: str | None) -> Price | _Resolve | None:
         found = self._match(provider_id, model)
         if found is None:
             return None
         if _depends_on_time_of_day(found[1]):
             return _Resolve.PER_CALL
-        return self._price_at(found, datetime.fromtimestamp(day * _DAY, UTC), service_tier)
+        return self._price_at(found, datetime.fromtimestamp(day * _DAY, UTC), service_tier, speed)
 
-    def price_at(self, provider_id: str, model: str, at: datetime, service_tier: str | None) -> Price | None:
+    def price_at(self, provider_id: str, model: str, at: datetime, service_tier: str | None,
+                 speed: str | None) -> Price | None:
         found = self._match(provider_id, model)
-        return None if found is None else self._price_at(found, at, service_tier)
+        return None if found is None else self._price_at(found, at, service_tier, speed)
 
-    def _price_at(self, found: tuple[Provider, ModelInfo], at: datetime, service_tier: str | None) -> Price | None:
+    def _price_at(self, found: tuple[Provider, ModelInfo], at: datetime, service_tier: str | None,
+                  speed: str | None) -> Price | None:
         provider, info = found
         # Like genai-prices' calc_price: request variants apply to the provider's own models only,
         # not to those it borrows from another provider (azure -> openai).
         own = any(model is info for model in provider.models)
-        context = {"service_tier": service_tier} if service_tier and own else None
-        return _from_package(info.get_prices(at, context), self.version)
+        context = {key: value for key, value in (("service_tier", service_tier), ("speed", speed)) if value}
+        return _from_package(info.get_prices(at, context if own else None), self.version)
 
 
 def _depends_on_time_of_day(info: ModelInfo) -> bool:
@@ -360,6 +368,7 @@ class PriceTable:
         *,
         aliases: Sequence[str] = (),
         service_tier: str | None = None,
+        speed: str | None = None,
     ) -> Price | None:
         """The price of ``model`` (the served model) at ``at`` (default now), or None when unknown.
 
@@ -367,6 +376,9 @@ class PriceTable:
         then the public name). An override for ``model`` or any alias wins; otherwise the first of
         them that genai-prices prices under the kind's provider: OpenAI's legacy completions report
         ``babbage:2023-07-21-v2`` for ``babbage-002``, which only the requested name finds.
+        ``service_tier`` and ``speed`` (as the answer reports them) select genai-prices' price
+        variants of the provider's own models (OpenAI's ``flex`` / ``priority``, Anthropic's fast
+        mode); a value it has no variant for prices at the standard rates, as genai-prices does.
         """
         if self._overrides:
             for name in (model, *aliases):
@@ -381,9 +393,9 @@ class PriceTable:
             at = at.replace(tzinfo=UTC)  # naive means UTC, as in genai-prices
         day = int(time.time() if at is None else at.timestamp()) // _DAY
         for name in (model, *aliases):
-            found = package.lookup(provider_id, name, day, service_tier)
+            found = package.lookup(provider_id, name, day, service_tier, speed)
             if found is _Resolve.PER_CALL:
-                return package.price_at(provider_id, name, at or datetime.now(UTC), service_tier)
+                return package.price_at(provider_id, name, at or datetime.now(UTC), service_tier, speed)
             if found is not None:
                 return found
         return None

@@ -9,6 +9,10 @@ reads and cache writes (OpenAI's ``prompt_tokens`` already counts cached tokens;
 rates of their own and change only the cost: Anthropic's 1-hour cache writes
 (``cache_creation.ephemeral_1h_input_tokens``), OpenAI's audio tokens in and out
 (``prompt_tokens_details`` / ``completion_tokens_details.audio_tokens``).
+
+How the provider served the request selects its rates: ``service_tier`` as the answer reports it
+(OpenAI's top-level ``service_tier``: ``default``, ``flex``, ``priority``...; Anthropic's
+``usage.service_tier``) and ``speed`` (Anthropic's ``usage.speed``: ``fast`` for fast mode).
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ class Usage:
     cache_write_1h_tokens: int | None = None  # of cache_write_tokens: Anthropic's 1-hour cache writes
     input_audio_tokens: int | None = None  # of input_tokens (uncached): OpenAI's audio input
     output_audio_tokens: int | None = None  # of output_tokens: OpenAI's audio output
+    # How it was served, as the answer says (None: not said): selects the price's variant
+    service_tier: str | None = None
+    speed: str | None = None
 
-    def as_dict(self) -> dict[str, int | None]:
+    def as_dict(self) -> dict[str, int | str | None]:
         return asdict(self)
 
 
@@ -90,6 +97,11 @@ def apply_anthropic(usage: Usage, raw: Any) -> None:
     out = _int(raw.get("output_tokens"))
     if out is not None:
         usage.output_tokens = out
+    tier, speed = raw.get("service_tier"), raw.get("speed")
+    if isinstance(tier, str):
+        usage.service_tier = tier
+    if isinstance(speed, str):
+        usage.speed = speed
 
 
 def apply_responses(usage: Usage, raw: Any) -> None:
@@ -104,6 +116,13 @@ def apply_responses(usage: Usage, raw: Any) -> None:
     if written is not None:
         usage.cache_write_tokens = written
     usage.reasoning_tokens = _int(_get(raw, "output_tokens_details", "reasoning_tokens"))
+
+
+def apply_service_tier(usage: Usage, answer: dict[str, Any]) -> None:
+    """Note the ``service_tier`` an OpenAI answer (a completion, a chunk, a response) says it was served in."""
+    tier = answer.get("service_tier")
+    if isinstance(tier, str):
+        usage.service_tier = tier
 
 
 @value

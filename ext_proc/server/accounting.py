@@ -36,7 +36,9 @@ class ServiceAccountant:
     def cost(
         self, provider_kind: str, model: str, aliases: tuple[str, ...], usage: Usage, override: prices.Price | None
     ) -> tuple[int | None, str | None]:
-        price = override if override is not None else self.table.price(provider_kind, model, aliases=aliases)
+        # The tier and speed the answer reports select the price's variant (flex, priority, fast mode).
+        price = override if override is not None else self.table.price(
+            provider_kind, model, aliases=aliases, service_tier=usage.service_tier, speed=usage.speed)
         if price is None:
             return None, None
         return prices.cost_micros(price, usage), price.source

@@ -83,6 +83,17 @@ def test_reported_usage_wins_and_nothing_is_marked_estimated() -> None:
     assert record["estimated_input_tokens"] == 4
 
 
+def test_the_record_says_which_service_tier_the_answer_was_served_in() -> None:
+    reply = orjson.dumps({"model": "gpt-x", "service_tier": "flex", "usage": {"prompt_tokens": 10,
+                                                                            "completion_tokens": 5}})
+    record = run(Session(accountant=FakeAccountant()), [
+        head(), body(False),
+        ResponseHeaders({":status": "200", "content-type": "application/json"}, False, 2),
+        ResponseBody(reply, True, 3),
+    ])
+    assert (record["service_tier"], record["cost_usd_micros"]) == ("flex", 15)
+
+
 def test_without_an_accountant_unknown_stays_unknown() -> None:
     record = run(Session(), [
         head(), body(True),

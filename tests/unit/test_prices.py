@@ -60,7 +60,8 @@ def usage(
     )
 
 
-def genai_micros(kind: str, model: str, used: Usage, at: datetime = AT, service_tier: str | None = None) -> int:
+def genai_micros(kind: str, model: str, used: Usage, at: datetime = AT, service_tier: str | None = None,
+                 speed: str | None = None) -> int:
     """The same usage through genai-prices' own calc_price, converted to micro-dollars (half-up)."""
     calc = genai_prices.calc_price(
         genai_prices.Usage(
@@ -75,7 +76,7 @@ def genai_micros(kind: str, model: str, used: Usage, at: datetime = AT, service_
         model,
         provider_id=KIND_PROVIDERS[kind],
         genai_request_timestamp=at,
-        price_context={"service_tier": service_tier} if service_tier else None,
+        price_context={key: value for key, value in (("service_tier", service_tier), ("speed", speed)) if value},
     )
     assert isinstance(calc.total_price, Decimal)  # genai-prices computes in Decimal, in USD
     with localcontext() as ctx:
@@ -266,6 +267,18 @@ def test_service_tier_selects_openai_priority_and_flex_rates() -> None:
         rates = table.price("openai", "o3", AT, service_tier=tier)
         assert rates is not None and rates != standard
         assert cost_micros(rates, USAGES[1]) == genai_micros("openai", "o3", USAGES[1], service_tier=tier)
+    # A tier genai-prices has no rates for (Scale Tier is a commitment) is priced at the standard rates.
+    assert table.price("openai", "o3", AT, service_tier="scale") == standard
+
+
+def test_speed_selects_anthropic_fast_mode_rates() -> None:
+    table, used = default_table(), usage(50_000, 2_000, cached=20_000, written=10_000, hour=4_000)
+    standard = table.price("anthropic", "claude-opus-4-8", AT)
+    fast = table.price("anthropic", "claude-opus-4-8", AT, speed="fast")
+    assert standard is not None and fast is not None and fast.input > standard.input
+    assert table.price("anthropic", "claude-opus-4-8", AT, service_tier="standard", speed="standard") == standard
+    assert cost_micros(fast, used) == genai_micros("anthropic", "claude-opus-4-8", used, speed="fast")
+    assert cost_micros(fast, used) == genai_micros("anthropic", "claude-opus-4-8", used, AT, "standard", "fast")
 
 
 def test_time_of_day_prices_are_resolved_per_call() -> None:

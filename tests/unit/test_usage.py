@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ext_proc.llm.usage import Usage, apply_anthropic, apply_openai, apply_responses
+from ext_proc.llm.usage import Usage, apply_anthropic, apply_openai, apply_responses, apply_service_tier
 
 UNKNOWN = Usage()
 CACHED_START = {
@@ -53,6 +53,14 @@ def test_openai_chat_cache_writes_are_read_as_responses_ones_are() -> None:
     apply_responses(responses, {"input_tokens": 100_000, "output_tokens": 1_000, "input_tokens_details": {
         "cached_tokens": 20_000, "cache_write_tokens": 30_000}})
     assert responses == openai(raw)
+
+
+def test_the_served_service_tier_is_noted_from_any_openai_answer() -> None:
+    used = Usage()
+    apply_service_tier(used, {"service_tier": "flex", "usage": None})
+    assert used.service_tier == "flex"
+    apply_service_tier(used, {"service_tier": None})  # a chunk without it keeps what an earlier one said
+    assert used.service_tier == "flex"
 
 
 def test_openai_completions_usage_without_details_leaves_them_unknown() -> None:
@@ -115,6 +123,14 @@ def test_anthropic_one_hour_cache_writes_are_counted_among_the_writes() -> None:
     assert (used.input_tokens, used.cache_write_tokens, used.cache_write_1h_tokens) == (6100, 1000, 600)
 
 
+def test_anthropic_tier_and_speed() -> None:
+    start = {"input_tokens": 20, "output_tokens": 1, "service_tier": "standard", "speed": "fast"}
+    delta = {"output_tokens": 30}
+    assert anthropic(start, delta) == Usage(input_tokens=20, output_tokens=30, service_tier="standard", speed="fast")
+    assert anthropic({"input_tokens": 20, "output_tokens": 3, "speed": None}) == Usage(input_tokens=20,
+                                                                                         output_tokens=3)
+
+
 def test_anthropic_without_cache_fields() -> None:
     assert anthropic({"input_tokens": 25, "output_tokens": 7}) == Usage(input_tokens=25, output_tokens=7)
 
@@ -175,4 +191,6 @@ def test_as_dict_names_every_field() -> None:
         "cache_write_1h_tokens": None,
         "input_audio_tokens": None,
         "output_audio_tokens": None,
+        "service_tier": None,
+        "speed": None,
     }

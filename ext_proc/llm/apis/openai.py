@@ -17,7 +17,7 @@ import orjson
 
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
-from ext_proc.llm.usage import apply_openai
+from ext_proc.llm.usage import apply_openai, apply_service_tier
 
 from .base import ParsedRequest, RateWindow, Reader, WireAPI, error_code
 
@@ -39,12 +39,14 @@ def error_type(status: int) -> str:
 
 
 class OpenAIReader(Reader):
-    """Usage from the JSON answer's ``usage``, or the stream's usage chunk; ``[DONE]`` completes."""
+    """Usage from the JSON answer's ``usage``, or the stream's usage chunk; ``[DONE]`` completes.
+    The ``service_tier`` the answer (or a decoded chunk: each carries it) says it was served in."""
 
     __slots__ = ()
 
     def _body(self, payload: dict[str, Any]) -> None:
         apply_openai(self.usage, payload.get("usage"))
+        apply_service_tier(self.usage, payload)
         self._finished(payload)
 
     def _finished(self, payload: dict[str, Any]) -> None:
@@ -70,6 +72,7 @@ class OpenAIReader(Reader):
         if chunk is None:
             return
         self._finished(chunk)
+        apply_service_tier(self.usage, chunk)
         if first and isinstance(chunk.get("model"), str):
             self.model = chunk["model"]
         if "error" in chunk:

@@ -26,7 +26,7 @@ import orjson
 
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
-from ext_proc.llm.usage import apply_responses
+from ext_proc.llm.usage import apply_responses, apply_service_tier
 
 from .base import ParsedRequest, Reader
 from .openai import OpenAIAPI
@@ -54,6 +54,7 @@ class ResponsesReader(Reader):
 
     def _body(self, payload: dict[str, Any]) -> None:
         apply_responses(self.usage, payload.get("usage"))
+        apply_service_tier(self.usage, payload)
         self._finished(payload)
         if payload.get("status") == "failed":
             self.error = _failure_code(payload.get("error"))
@@ -86,6 +87,7 @@ class ResponsesReader(Reader):
             if name == "response.created":
                 return
             apply_responses(self.usage, response.get("usage"))
+            apply_service_tier(self.usage, response)  # the tier served (response.created's may be "auto")
             self._finished(response)
             if name in _TERMINAL:
                 self.complete = True
