@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 A :class:`Price` is rates in USD per million tokens (uncached input, output, cache reads,
-cache writes; 1-hour cache writes and audio in and out where they differ) plus the ``source``
-that produced them, the version stamped on each request record.
+cache writes; 1-hour cache writes and audio in and out where they differ), a web search fee
+per 1,000 searches, and the ``source`` that produced them, the version stamped on each request record.
 :func:`cost_micros` turns a price and a :class:`~ext_proc.llm.usage.Usage` into integer
 micro-dollars. Because a rate is USD per 10^6 tokens, ``tokens x rate`` already *is* micro-dollars:
 the sum is computed in ``Decimal`` with unbounded precision (exact for any token count) and rounded
@@ -47,9 +47,11 @@ What genai-prices has and a :class:`Price` keeps:
   proxies synchronous calls).
 * Rates of subsets the usage counts: Anthropic's 1-hour cache writes, OpenAI's audio tokens in
   and out, each billed at its own rate (the rest of the whole at the whole's), as genai-prices
-  bills them. Rates a price leaves out are named in :attr:`Price.omitted` (genai-prices' price
-  keys): per-call tool fees (``web_searches_kcount``), image token rates, cached audio. Tollway's
-  usage has no counts for them, so a cost from such a price covers the tokens only. A missing
+  bills them; web searches at ``web_search`` per 1,000 (``web_searches_kcount``), which only
+  Anthropic's usage counts (OpenAI's has no count: its searches go unbilled, as in genai-prices).
+  Rates a price leaves out are named in :attr:`Price.omitted` (genai-prices' price keys): other
+  per-call fees (``storage_searches_kcount``), image token rates, cached audio. Tollway's usage
+  has no counts for them, so a cost from such a price covers the rest only. A missing
   input or output rate is 0, as genai-prices computes it (embeddings have no output rate); a
   model priced only per hour or per character (whisper, tts) has no token price and gets ``None``.
 
@@ -91,6 +93,7 @@ KIND_PROVIDERS: Final[Mapping[str, str | None]] = MappingProxyType(
 )
 
 _RATES = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "input_audio", "output_audio")
+_FEES = ("web_search",)  # USD per 1,000 calls, from genai-prices only (a policy price has none)
 # genai-prices price keys behind the rates; any other key it prices is listed in Price.omitted.
 _PACKAGE_KEYS = {
     "input_mtok": "input",
@@ -100,8 +103,9 @@ _PACKAGE_KEYS = {
     "cache_write_1h_mtok": "cache_write_1h",
     "input_audio_mtok": "input_audio",
     "output_audio_mtok": "output_audio",
+    "web_searches_kcount": "web_search",
 }
-_OPTIONAL = frozenset(_RATES) - {"input", "output"}  # None: those tokens cost the rate they are a part of
+_OPTIONAL = frozenset(_RATES + _FEES) - {"input", "output"}  # None: those tokens cost the rate they are a part of
 _EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, rounding=ROUND_HALF_UP)
 _ONE = Decimal(1)
 _ZERO = Decimal(0)
@@ -123,9 +127,10 @@ class Price:
     cache_write_1h: Decimal | None = None  # Anthropic's 1-hour cache writes (None: the cache_write rate)
     input_audio: Decimal | None = None  # OpenAI's audio input tokens (None: the input rate)
     output_audio: Decimal | None = None  # audio output tokens (None: the output rate)
+    web_search: Decimal | None = None  # USD per 1,000 web searches (None: not billed)
 
     def __post_init__(self) -> None:
-        for name in _RATES:
+        for name in _RATES + _FEES:
             value = getattr(self, name)
             if value is None and name in _OPTIONAL:
                 continue
@@ -181,7 +186,8 @@ class Tier:
 def cost_micros(price: Price, usage: Usage) -> int | None:
     """Exact cost in micro-dollars (rounded half-up once), or ``None`` when the usage is unknown or inconsistent.
 
-    The usage's ``service_tier`` and ``speed`` are the caller's, when it looks up ``price``.
+    ``usage.web_searches`` cost ``web_search`` per 1,000 (USD per 1,000 searches x searches x 1,000
+    is micro-dollars); its ``service_tier`` and ``speed`` are the caller's, when it looks up ``price``.
     """
     prompt, output = usage.input_tokens, usage.output_tokens
     if prompt is None or output is None:
@@ -225,6 +231,8 @@ def cost_micros(price: Price, usage: Usage) -> int | None:
         if hour:
             total = _EXACT.add(total, _EXACT.multiply(rate if price.cache_write_1h is None else price.cache_write_1h,
                                                       hour))
+    if usage.web_searches and price.web_search is not None:
+        total = _EXACT.add(total, _EXACT.multiply(price.web_search, usage.web_searches * 1000))
     return int(_EXACT.quantize(total, _ONE))
 
 
@@ -297,7 +305,7 @@ def _from_package(model_price: ModelPrice, source: str) -> Price | None:
     def flat(level: int) -> dict[str, Decimal | None]:
         # The rate for a prompt above `level` tokens: the highest tier starting at or below it.
         out: dict[str, Decimal | None] = {}
-        for name in _RATES:
+        for name in _RATES + _FEES:
             value = rates.get(name)
             if isinstance(value, TieredPrices):
                 applicable = [tier.price for tier in value.tiers if tier.start <= level]
@@ -318,6 +326,7 @@ def _from_package(model_price: ModelPrice, source: str) -> Price | None:
             cache_write_1h=r["cache_write_1h"],
             input_audio=r["input_audio"],
             output_audio=r["output_audio"],
+            web_search=r["web_search"],
         )
 
     return make(-1, tuple(Tier(above, make(above)) for above in thresholds))

@@ -8,7 +8,8 @@ reads and cache writes (OpenAI's ``prompt_tokens`` already counts cached tokens;
 ``output_tokens`` (OpenAI's ``completion_tokens_details.reasoning_tokens``). Three subsets have
 rates of their own and change only the cost: Anthropic's 1-hour cache writes
 (``cache_creation.ephemeral_1h_input_tokens``), OpenAI's audio tokens in and out
-(``prompt_tokens_details`` / ``completion_tokens_details.audio_tokens``).
+(``prompt_tokens_details`` / ``completion_tokens_details.audio_tokens``); so do Anthropic's web
+searches (``server_tool_use.web_search_requests``), billed per search.
 
 How the provider served the request selects its rates: ``service_tier`` as the answer reports it
 (OpenAI's top-level ``service_tier``: ``default``, ``flex``, ``priority``...; Anthropic's
@@ -36,6 +37,7 @@ class Usage:
     cache_write_1h_tokens: int | None = None  # of cache_write_tokens: Anthropic's 1-hour cache writes
     input_audio_tokens: int | None = None  # of input_tokens (uncached): OpenAI's audio input
     output_audio_tokens: int | None = None  # of output_tokens: OpenAI's audio output
+    web_searches: int | None = None  # Anthropic's server-side web searches, billed per search
     # How it was served, as the answer says (None: not said): selects the price's variant
     service_tier: str | None = None
     speed: str | None = None
@@ -97,6 +99,9 @@ def apply_anthropic(usage: Usage, raw: Any) -> None:
     out = _int(raw.get("output_tokens"))
     if out is not None:
         usage.output_tokens = out
+    searches = _int(_get(raw, "server_tool_use", "web_search_requests"))
+    if searches is not None:
+        usage.web_searches = searches
     tier, speed = raw.get("service_tier"), raw.get("speed")
     if isinstance(tier, str):
         usage.service_tier = tier

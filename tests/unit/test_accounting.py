@@ -49,6 +49,8 @@ def message(model: str, usage: dict[str, Any]) -> dict[str, Any]:
                       **usage}}
 
 
+WEB_SEARCH = {"input_tokens": 12_000, "output_tokens": 600, "server_tool_use": {"web_search_requests": 5,
+                                                                                 "web_fetch_requests": 0}}
 FAST = {"input_tokens": 20_000, "output_tokens": 2_000, "cache_read_input_tokens": 3_000, "speed": "fast"}
 
 # (name, provider kind, api flavor in genai-prices, the answer)
@@ -60,7 +62,9 @@ ANSWERS = [
     ("openai-cache-write", "openai", "chat", chat("gpt-6-sol", "default", 100_000, 1_000, written=100_000)),
     ("openai-cache-write-flex", "openai", "chat", chat("gpt-6-sol", "flex", 100_000, 1_000, 20_000, 30_000)),
     ("responses-priority", "openai", "responses", response("gpt-6-sol", "priority", 100_000, 1_000, 20_000, 30_000)),
+    ("anthropic-web-search", "anthropic", "default", message("claude-sonnet-4-5-20250929", WEB_SEARCH)),
     ("anthropic-fast", "anthropic", "default", message("claude-opus-4-8", FAST)),
+    ("anthropic-fast-searching", "anthropic", "default", message("claude-opus-4-8", {**FAST, **WEB_SEARCH})),
 ]
 READERS = {"chat": apis.CHAT_COMPLETIONS, "responses": apis.RESPONSES, "default": apis.MESSAGES}
 
@@ -91,6 +95,7 @@ def stream(flavor: str, answer: dict[str, Any]) -> bytes:
                 + sse("response.completed", {"type": "response.completed", "response": answer}))
     usage = answer["usage"]
     start = {**answer, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    start["usage"].pop("server_tool_use", None)  # the searches are counted at the end
     return (sse("message_start", {"type": "message_start", "message": start})
             + sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
                                     "usage": {key: value for key, value in usage.items() if key != "service_tier"}})
@@ -114,8 +119,8 @@ def test_the_cost_of_an_answer_is_genai_prices_own(name: str, kind: str, flavor:
 
 
 def test_what_the_answer_says_changes_the_cost() -> None:
-    """Not a tautology: flex is half the default, priority dearer, fast mode dearer; a tier
-    genai-prices has no rates for costs the default's."""
+    """Not a tautology: flex is half the default, priority dearer, fast mode dearer, searches extra;
+    a tier genai-prices has no rates for costs the default's."""
     cost = {name: genai_micros(kind, flavor, answer) for name, kind, flavor, answer in ANSWERS}
     base = genai_micros("openai", "chat", chat("gpt-5-2025-08-07", None, 20_000, 4_000, reasoning=3_000))
     assert cost["openai-flex"] * 2 == base == cost["openai-unknown-tier"] < cost["openai-priority"]
@@ -123,3 +128,6 @@ def test_what_the_answer_says_changes_the_cost() -> None:
     assert cost["openai-cache-write"] > genai_micros("openai", "chat", written)
     standard = genai_micros("anthropic", "default", message("claude-opus-4-8", {**FAST, "speed": "standard"}))
     assert cost["anthropic-fast"] > standard
+    searchless = {**WEB_SEARCH, "server_tool_use": {"web_search_requests": 0}}
+    assert cost["anthropic-web-search"] == genai_micros(
+        "anthropic", "default", message("claude-sonnet-4-5-20250929", searchless)) + 50_000  # $10 / 1,000 searches

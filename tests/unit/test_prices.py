@@ -47,6 +47,7 @@ def usage(
     reasoning: int | None = None,
     hour: int | None = None,
     audio: tuple[int, int] | None = None,
+    searches: int | None = None,
 ) -> Usage:
     return Usage(
         input_tokens=prompt,
@@ -57,6 +58,7 @@ def usage(
         cache_write_1h_tokens=hour,
         input_audio_tokens=audio[0] if audio else None,
         output_audio_tokens=audio[1] if audio else None,
+        web_searches=searches,
     )
 
 
@@ -72,6 +74,7 @@ def genai_micros(kind: str, model: str, used: Usage, at: datetime = AT, service_
             cache_write_1h_tokens=used.cache_write_1h_tokens,
             input_audio_tokens=used.input_audio_tokens,
             output_audio_tokens=used.output_audio_tokens,
+            web_searches=used.web_searches,
         ),
         model,
         provider_id=KIND_PROVIDERS[kind],
@@ -201,6 +204,7 @@ USAGES = [
     usage(5_100, 50, cached=100, written=1_000, hour=600),  # 1-hour cache writes: their own rate
     usage(1_000, 1_000, audio=(900, 900)),  # audio in and out: theirs
     usage(10_000, 100, cached=8_000, audio=(7_000, 0)),  # audio read from the cache, too (OpenAI counts it)
+    usage(12_000, 600, searches=5),  # web searches: per 1,000 (only Anthropic's usage counts them)
 ]
 
 
@@ -272,13 +276,22 @@ def test_service_tier_selects_openai_priority_and_flex_rates() -> None:
 
 
 def test_speed_selects_anthropic_fast_mode_rates() -> None:
-    table, used = default_table(), usage(50_000, 2_000, cached=20_000, written=10_000, hour=4_000)
+    table, used = default_table(), usage(50_000, 2_000, cached=20_000, written=10_000, hour=4_000, searches=2)
     standard = table.price("anthropic", "claude-opus-4-8", AT)
     fast = table.price("anthropic", "claude-opus-4-8", AT, speed="fast")
     assert standard is not None and fast is not None and fast.input > standard.input
     assert table.price("anthropic", "claude-opus-4-8", AT, service_tier="standard", speed="standard") == standard
     assert cost_micros(fast, used) == genai_micros("anthropic", "claude-opus-4-8", used, speed="fast")
     assert cost_micros(fast, used) == genai_micros("anthropic", "claude-opus-4-8", used, AT, "standard", "fast")
+
+
+def test_web_searches_cost_their_fee_per_thousand() -> None:
+    sonnet = default_table().price("anthropic", "claude-sonnet-4-5", AT)
+    assert sonnet is not None and sonnet.web_search == D(10)  # $10 per 1,000 searches
+    assert cost_micros(sonnet, usage(0, 0, searches=5)) == 50_000
+    assert cost_micros(sonnet, usage(0, 0, searches=5)) == genai_micros("anthropic", "claude-sonnet-4-5",
+                                                                        usage(0, 0, searches=5))
+    assert cost_micros(price("3", "15"), usage(0, 0, searches=5)) == 0  # a policy price has no fee
 
 
 def test_time_of_day_prices_are_resolved_per_call() -> None:
@@ -307,7 +320,9 @@ def test_rates_the_price_cannot_bill_are_named() -> None:
     sonnet = table.price("anthropic", "claude-sonnet-4-5", AT)
     gpt4o = table.price("openai", "gpt-4o", AT)
     assert sonnet is not None and gpt4o is not None
-    assert "web_searches_kcount" in gpt4o.omitted
+    # OpenAI's web search fee is on the price, but its usage has no count for it (nor does genai-prices read one)
+    assert gpt4o.web_search == D(10) and "web_searches_kcount" not in gpt4o.omitted
+    assert "storage_searches_kcount" in gpt4o.omitted
     # Billed now: 1-hour cache writes and audio tokens have counts in the usage.
     assert sonnet.cache_write_1h == 2 * sonnet.input and "cache_write_1h_mtok" not in sonnet.omitted
     audio = table.price("openai", "gpt-audio", AT)

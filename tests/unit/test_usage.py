@@ -123,10 +123,11 @@ def test_anthropic_one_hour_cache_writes_are_counted_among_the_writes() -> None:
     assert (used.input_tokens, used.cache_write_tokens, used.cache_write_1h_tokens) == (6100, 1000, 600)
 
 
-def test_anthropic_tier_and_speed() -> None:
+def test_anthropic_web_searches_tier_and_speed() -> None:
     start = {"input_tokens": 20, "output_tokens": 1, "service_tier": "standard", "speed": "fast"}
-    delta = {"output_tokens": 30}
-    assert anthropic(start, delta) == Usage(input_tokens=20, output_tokens=30, service_tier="standard", speed="fast")
+    delta = {"output_tokens": 30, "server_tool_use": {"web_search_requests": 3, "web_fetch_requests": 1}}
+    assert anthropic(start, delta) == Usage(input_tokens=20, output_tokens=30, web_searches=3,
+                                            service_tier="standard", speed="fast")
     assert anthropic({"input_tokens": 20, "output_tokens": 3, "speed": None}) == Usage(input_tokens=20,
                                                                                          output_tokens=3)
 
@@ -191,6 +192,7 @@ def test_as_dict_names_every_field() -> None:
         "cache_write_1h_tokens": None,
         "input_audio_tokens": None,
         "output_audio_tokens": None,
+        "web_searches": None,
         "service_tier": None,
         "speed": None,
     }
