@@ -37,6 +37,7 @@ from ext_proc.core.flow import Flow
 from ext_proc.core.steps import Step
 from ext_proc.llm.apis import RateWindow
 from ext_proc.llm.errors import ClientError
+from ext_proc.llm.prices import dollars
 from ext_proc.policy.compiled import Alias, Budget, period_window
 from ext_proc.state.queries import Admission, Admit, Claim, StoreUnavailable
 
@@ -121,11 +122,15 @@ def _usd(flow: Flow, tokens: int) -> int | None:
     estimate = flow.meter.estimate
     prompt = estimate.tokens if estimate is not None else len(flow.body) // 4
     output = max(0, tokens - prompt)
+    payload = flow.request.payload if flow.request is not None else {}
+    # A dearer tier asked for is claimed at its rates (flex, cheaper, is claimed at the standard ones).
+    tier = "priority" if payload.get("service_tier") == "priority" else None
+    speed = "fast" if payload.get("speed") == "fast" else None
     most = None
     for target in flow.chain:
         try:
             cost = accountant.estimate_cost(target.provider.kind, target.upstream_model, (target.public,),
-                                            target.price, prompt, output)
+                                            target.price, prompt, output, tier, speed)
         except Exception:
             cost = None
         if cost and (most is None or cost > most):
@@ -153,12 +158,18 @@ def _admitted(flow: Flow, now: float, answer: Any) -> Ask | None:
     flow.limit_refused = name
     if kind == "budget":
         resets = datetime.datetime.fromtimestamp(claim.resets, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        amount = f"${claim.capacity / 1e6:,.2f}" if unit == "usd" else f"{claim.capacity:,} tokens"
-        raise ClientError(
-            429, "budget_exceeded",
-            f"The budget '{name}' ({amount}) is spent; it resets at {resets}.",
-            headers=(("x-should-retry", "false"), *flow.rate_headers),
-        )
+
+        def amount(value: int) -> str:
+            return dollars(value) if unit == "usd" else f"{value:,} tokens"
+
+        if claim.amount > claim.capacity:  # the request alone: no spending can make room for it
+            message = (f"This request may use up to {amount(claim.amount)} (its prompt and the most output it "
+                       f"allows), more than the budget '{name}' ({amount(claim.capacity)}) holds in all: ask for "
+                       f"less output (max_tokens) or a shorter prompt.")
+        else:
+            message = (f"The budget '{name}' ({amount(claim.capacity)}) is spent, or what is left of it cannot "
+                       f"cover this request (up to {amount(claim.amount)}); it resets at {resets}.")
+        raise ClientError(429, "budget_exceeded", message, headers=(("x-should-retry", "false"), *flow.rate_headers))
     wait = max(1, int(claim.resets - now + 0.999)) if claim.resets else 1
     what = {"requests": f"{claim.capacity:,} requests per minute", "tokens": f"{claim.capacity:,} tokens per minute",
             "concurrent": f"{claim.capacity:,} requests at once"}[unit]

@@ -36,8 +36,10 @@ class Accountant(Protocol):
         ...
 
     def estimate_cost(self, provider_kind: str, model: str, aliases: tuple[str, ...], override: Price | None,
-                      input_tokens: int, output_tokens: int) -> int | None:
-        """Micro-dollars a request of these tokens may cost, rounded up (None: no price)."""
+                      input_tokens: int, output_tokens: int, service_tier: str | None = None,
+                      speed: str | None = None) -> int | None:
+        """Micro-dollars a request of these tokens may cost, rounded up (None: no price), at the
+        rates of the tier and speed it asks for."""
         ...
 
 

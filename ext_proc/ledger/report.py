@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from ext_proc.llm.prices import dollars
 from ext_proc.state.rows import GROUPS, Row, usable, usd
 
 __all__ = ["GROUPS", "Row", "aggregate", "dollars", "human_count", "month_window", "parse_day", "sentence",
@@ -80,16 +80,6 @@ def human_count(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f}".rstrip("0").rstrip(".") + suffix
     return str(n)
-
-
-def dollars(micros: int) -> str:
-    """``$84.00``; below a cent, two significant digits (``$0.0008``), so a small cost never reads ``$0.00``."""
-    if 0 < micros < 10_000:
-        exact = Decimal(micros) / 1_000_000
-        shown = exact.quantize(Decimal(1).scaleb(exact.adjusted() - 1), rounding=ROUND_HALF_UP)
-        return f"${shown.normalize():f}"
-    cents = (micros + 5_000) // 10_000  # round half up to the cent
-    return f"${cents // 100:,}.{cents % 100:02d}"
 
 
 def refusals(row: Row) -> str:

@@ -85,6 +85,7 @@ __all__ = [
     "Tier",
     "cost_micros",
     "default_table",
+    "dollars",
 ]
 
 # Tollway provider kind -> genai-prices provider id (None: no package prices, policy prices only).
@@ -437,3 +438,13 @@ def default_table() -> PriceTable:
             if _default is None:
                 _default = PriceTable.load()
     return _default
+
+
+def dollars(micros: int) -> str:
+    """``$84.00``; below a cent, two significant digits (``$0.0008``), so a small cost never reads ``$0.00``."""
+    if 0 < micros < 10_000:
+        exact = Decimal(micros) / 1_000_000
+        shown = exact.quantize(Decimal(1).scaleb(exact.adjusted() - 1), rounding=ROUND_HALF_UP)
+        return f"${shown.normalize():f}"
+    cents = (micros + 5_000) // 10_000  # round half up to the cent
+    return f"${cents // 100:,}.{cents % 100:02d}"

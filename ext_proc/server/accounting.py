@@ -45,13 +45,16 @@ class ServiceAccountant:
 
 
     def estimate_cost(self, provider_kind: str, model: str, aliases: tuple[str, ...], override: prices.Price | None,
-                      input_tokens: int, output_tokens: int) -> int | None:
+                      input_tokens: int, output_tokens: int, service_tier: str | None = None,
+                      speed: str | None = None) -> int | None:
         """An estimate of what ``input_tokens`` in and ``output_tokens`` out cost, in micro-dollars,
-        rounded up (a budget claim, not a bill: float rates, the prompt's price tier)."""
-        key = (provider_kind, model, aliases, override)
+        rounded up (a budget claim, not a bill: float rates, the prompt's price tier), at the rates
+        of the service tier and speed the request asks for (priority, fast mode)."""
+        key = (provider_kind, model, aliases, override, service_tier, speed)
         price = self._prices.get(key, _UNKNOWN)
         if price is _UNKNOWN:
-            price = override if override is not None else self.table.price(provider_kind, model, aliases=aliases)
+            price = override if override is not None else self.table.price(
+                provider_kind, model, aliases=aliases, service_tier=service_tier, speed=speed)
             if len(self._prices) < 4096:
                 self._prices[key] = price
         if price is None:

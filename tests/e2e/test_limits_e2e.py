@@ -68,7 +68,8 @@ def test_a_spent_budget_refuses_that_team_only_and_the_sdk_does_not_retry(env: P
     assert 3 <= admitted <= 5  # $0.20 at ~$0.04 a request
     error = refused.value
     assert error.status_code == 429 and error.code == "budget_exceeded"
-    assert "The budget 'alpha-daily' ($0.20) is spent; it resets at " in error.message
+    assert "The budget 'alpha-daily' ($0.20) is spent, or what is left of it cannot cover this request" \
+        in error.message and "it resets at " in error.message
     assert error.response.headers["x-should-retry"] == "false"
     request_id = error.response.headers.get("x-tollway-request-id")
     assert env.provider_saw(request_id) == []  # refused before any provider, and not retried

@@ -146,9 +146,44 @@ def test_a_spent_budget_is_a_429_naming_it_that_the_sdks_do_not_retry() -> None:
     headers = dict(refusal.headers)
     assert headers["x-should-retry"] == "false" and "retry-after" not in headers
     error = orjson.loads(refusal.body)["error"]
-    assert error == {"message": "The budget 'search-monthly' ($1.00) is spent; it resets at 2026-11-30T23:00:00Z.",
+    assert error == {"message": "The budget 'search-monthly' ($1.00) is spent, or what is left of it cannot cover "
+                                "this request (up to $0.00021); it resets at 2026-11-30T23:00:00Z.",
                      "type": "rate_limit_exceeded", "param": None, "code": "budget_exceeded"}
     assert transcript << Record(outcome="rejected", status=429, error="budget_exceeded", limit="search-monthly")
+
+
+def test_a_dearer_tier_asked_for_is_claimed_at_its_rates() -> None:
+    """OpenAI's priority tier costs twice the standard rates, Anthropic's fast mode more: the claim
+    is at them (claimed at standard rates, a priority request overshot its budget twice)."""
+    policy = compile_policy(POLICY_TEXT.replace("  llama: {provider: local}\n", "  llama: {provider: local}\n"
+                                                "  gpt-5: {provider: openai}\n"))
+    usd = {}
+    for tier in (None, "priority", "flex"):
+        body = {"model": "gpt-5", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}],
+                **({"service_tier": tier} if tier else {})}
+        s = Session(policy, "search-app", ACCOUNTANT, runtime=runtime.fixed(now=NOW))
+        s.handle(RequestHeaders(HEAD, False, 1))
+        ask = s.handle(RequestBody(orjson.dumps(body), True, 2))
+        assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+        usd[tier] = next(c.amount for c in ask.query.claims if c.counter.startswith("budget/search-monthly/usd"))
+    assert usd["priority"] >= 1.9 * usd[None] and usd["flex"] == usd[None]
+
+
+def test_a_request_larger_than_its_budget_is_told_so_not_that_the_budget_is_spent() -> None:
+    """max_tokens 100,000 on a 50,000-token budget: no spending makes room for it, so the refusal
+    says what to change, with amounts a small budget does not round to $0.00."""
+    body = {**BODY, "max_tokens": 100_000}
+    transcript = Transcript(session()) >> RequestHeaders(HEAD, False, 1) << HEAD_SENT >> RequestBody(
+        orjson.dumps(body), True, 2)
+    ask = transcript.pending.pop(0)
+    assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+    index = next(i for i, c in enumerate(ask.query.claims) if c.counter.startswith("budget/search-monthly/tokens"))
+    transcript >> Answered(Admission(False, refused=index), 3)
+    refusal = transcript.pending.pop(0)
+    assert isinstance(refusal, Respond) and refusal.status == 429
+    message = orjson.loads(refusal.body)["error"]["message"]
+    assert message.startswith(f"This request may use up to {prompt_tokens(body) + 100_000:,} tokens") and \
+        "more than the budget 'search-monthly' (50,000 tokens) holds in all: ask for less output" in message
 
 
 def test_a_rate_limit_is_a_429_with_retry_after_in_the_anthropic_sdks_names() -> None:
