@@ -359,7 +359,10 @@ def port_owner(port: int) -> str | None:
                 if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
                     inodes.add(fields[9])
     if not inodes:
-        with socket.socket() as probe:  # no /proc: try to bind
+        with socket.socket() as probe:  # no listener in /proc (or no /proc): try to bind
+            # as the servers bind (SO_REUSEADDR): the closed connections of a stopped instance,
+            # waiting out TIME_WAIT for a minute, hold the port for no one.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError as exc:
@@ -553,7 +556,7 @@ def run(args: argparse.Namespace) -> int:
         _check_ports(ports)
     except InUse as exc:
         print(f"tollway up: {exc}. Is Tollway already running (make run)? Stop it, or choose other ports "
-              "and --workdir.", file=sys.stderr)
+              "and --workdir (.venv/bin/tollway up --help).", file=sys.stderr)
         return 1
     stack = Stack(
         workdir, listen_port=args.port, admin_port=args.admin_port,

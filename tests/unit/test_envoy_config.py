@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import yaml
 from ext_proc import envoy_config
 from ext_proc.envoy_config import ClusterError, chain_cluster, policy_clusters, provider_cluster
 from ext_proc.policy.compile import compile_policy
-from ext_proc.stack import ENVOY_CONFIG, ROOT, envoy_binary, render_envoy
+from ext_proc.stack import ENVOY_CONFIG, ROOT, envoy_binary, port_owner, render_envoy
 
 TEMPLATE: dict[str, Any] = yaml.safe_load(ENVOY_CONFIG.read_text())
 SHIPPED = {name: provider_cluster(name, envoy_config.DEFAULT_ENDPOINTS[name]) for name in ("openai", "anthropic")}
@@ -326,3 +327,29 @@ def test_the_ext_proc_cluster_resolves_a_service_name_and_takes_an_address_as_is
     envoy_config.set_ext_proc(cfg, "tcp://tollway.tollway-system.svc:50051")
     cfg.pop("dynamic_resources")  # the clusters file is not there
     validate(cfg, tmp_path / "envoy.yaml")
+
+
+def test_a_port_a_stopped_instance_left_in_time_wait_is_free() -> None:
+    """`make run` again right after Ctrl-C: the closed connections of the last run wait out TIME_WAIT
+    for a minute, listened on by no one; the servers bind with SO_REUSEADDR, and so does the check
+    (it said "in use by another process" for that minute)."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server closes first (as the admin's HTTP/1.0 answers do): its side waits
+    client.recv(1)
+    client.close()
+    server.close()
+    assert port_owner(port) is None
+    held = socket.socket()  # a real listener on it is another story
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(("127.0.0.1", port))
+    held.listen()
+    try:
+        assert port_owner(port) is not None
+    finally:
+        held.close()
