@@ -269,8 +269,17 @@ def _yaml_problem(exc: yaml.YAMLError, text: str) -> Problem:
                 odd, spaces, expected = found
                 return Problem(f"invalid YAML: this line is indented by {spaces} spaces where the lines around it "
                                f"use {expected} (the parser: {words})", line=odd, column=spaces + 1)
+        opened = exc.context_mark
+        if exc.context in _FLOW_OPENERS and opened is not None and exc.problem_mark is not None \
+                and opened.line < exc.problem_mark.line:
+            # An unclosed [ or {: where it was opened, not the later line where the parser gave up.
+            return Problem(f"invalid YAML: this '{_FLOW_OPENERS[exc.context]}' is not closed (the parser, at line "
+                           f"{line}: {words})", line=opened.line + 1, column=opened.column + 1)
         return Problem(f"invalid YAML: {words or exc}", line=line, column=column)
     return Problem(f"invalid YAML: {exc}", line=1, column=1)
+
+
+_FLOW_OPENERS = {"while parsing a flow sequence": "[", "while parsing a flow mapping": "{"}
 
 
 # What PyYAML says when a line is indented one way and its neighbours another.

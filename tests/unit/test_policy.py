@@ -163,7 +163,8 @@ def test_yaml_syntax_error_at_its_mark() -> None:
         providers:
           openai: {kind: openai
         models: {}
-        """) == ["p.yaml:4:7: invalid YAML: while parsing a flow mapping, expected ',' or '}', but got ':'"]
+        """) == ["p.yaml:3:11: invalid YAML: this '{' is not closed (the parser, at line 4: while parsing a flow "
+              "mapping, expected ',' or '}', but got ':')"]  # where it was opened, not where the parser gave up
 
 
 def test_bad_indentation_is_a_syntax_error() -> None:
