@@ -183,7 +183,8 @@ def main() -> int:
         return 0
     pii_file = args.data / "pii" / "presidio_synth_dataset_v2.json"
     if not pii_file.exists():
-        print(f"make eval: {pii_file} is missing", file=sys.stderr)
+        print(f"make eval: {pii_file} is missing: the evaluation sets are not in the repository (they are "
+              f"for measuring, never for tuning); put them in {args.data} or pass --data DIR", file=sys.stderr)
         return 2
     pii(json.loads(pii_file.read_text()), pii_file.name)
     injection_figures(args.data / "injection", [0.4, 0.5, 0.6, 0.7])
