@@ -52,7 +52,8 @@ def shown(url: str) -> dict[str, Any]:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
                                              args=["--headless", "--no-sandbox", "--disable-gpu"])
         try:
-            view = browser.new_page(viewport={"width": 900, "height": 900})  # a narrow window: tables scroll in their cards
+            # a narrow window: a wide table scrolls in its card
+            view = browser.new_page(viewport={"width": 900, "height": 900})
             view.goto(url + "/dashboard")
             view.wait_for_selector("body[data-loaded]", timeout=10_000)
             found: dict[str, Any] = view.evaluate("""() => {
