@@ -47,7 +47,12 @@ class Usage:
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """A count the provider reports; None when it is not one (a string, a negative number, or more
+    than any request can hold: a broken upstream's 10**18 would overflow the record's integers)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MOST else None
+
+
+_MOST = 10**12  # a count above this is no request's (a million times the largest context window)
 
 
 def _get(obj: Any, *keys: str) -> Any:

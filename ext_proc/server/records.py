@@ -119,9 +119,15 @@ class RecordWriter:
 
     def emit(self, record: dict[str, Any]) -> None:
         record["ts"] = time.time()
+        try:
+            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # a value JSON cannot hold (an integer past 64 bits): the record, never a crash
+            log.error("request %s: a record field JSON cannot hold was left out", record.get("request_id"))
+            record = {key: None if isinstance(value, int) and not -(2**63) <= value < 2**64 else value
+                      for key, value in record.items()}
+            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         if self._ledger is not None:
             self._pending.append(record)
-        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         self._lines.append(line)
         self._ids.append(record.get("request_id"))
         self._size += len(line)

@@ -148,6 +148,17 @@ def test_the_noted_position_is_reused_briefly_and_never_past_the_log(tmp_path: P
     assert writer.position() == (os.stat(path).st_ino, os.path.getsize(path))
 
 
+def test_a_record_with_a_value_json_cannot_hold_is_written_without_it(tmp_path: Path) -> None:
+    """An integer past 64 bits (a broken provider's count, priced) raised into the request path and
+    lost the record: the field is left out (null), the record written."""
+    path = str(tmp_path / "requests.jsonl")
+    writer = RecordWriter(path, immediate=True)
+    writer.emit({**record("r-1", "ok"), "cost_usd_micros": 2**70})
+    (line,) = Path(path).read_bytes().splitlines()
+    written = orjson.loads(line)
+    assert written["request_id"] == "r-1" and written["cost_usd_micros"] is None
+
+
 # -- recovery -----------------------------------------------------------------------------------
 
 

@@ -86,7 +86,7 @@ def test_openai_missing_usage_is_unknown_not_zero(raw: Any) -> None:
     assert openai(raw) == UNKNOWN
 
 
-@pytest.mark.parametrize("bad", [True, False, -1, 1.5, "12", None, [3]])
+@pytest.mark.parametrize("bad", [True, False, -1, 1.5, "12", None, [3], 10**18])  # 10**18: no request's count
 def test_openai_bools_negatives_and_non_integers_are_unknown(bad: Any) -> None:
     raw = {
         "prompt_tokens": bad,
@@ -170,11 +170,17 @@ def test_anthropic_missing_usage_is_unknown_not_zero(raw: Any) -> None:
     assert anthropic(raw) == UNKNOWN
 
 
-@pytest.mark.parametrize("bad", [True, False, -3, 2.0, "9"])
+@pytest.mark.parametrize("bad", [True, False, -3, 2.0, "9", 10**18])
 def test_anthropic_bools_negatives_and_non_integers_are_unknown(bad: Any) -> None:
     fields = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
     raw = dict.fromkeys(fields, bad)
     assert anthropic(raw) == UNKNOWN
+
+
+def test_an_implausible_search_count_is_unknown_never_a_cost_past_64_bits() -> None:
+    """A broken upstream's 10**16 web searches made a cost JSON cannot hold: the record was lost."""
+    raw = {"input_tokens": 10, "output_tokens": 2, "server_tool_use": {"web_search_requests": 10**16}}
+    assert anthropic(raw).web_searches is None
 
 
 def test_anthropic_bad_cache_field_does_not_spoil_the_input() -> None:
