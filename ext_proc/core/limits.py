@@ -124,7 +124,8 @@ def _usd(flow: Flow, tokens: int) -> int | None:
     output = max(0, tokens - prompt)
     payload = flow.request.payload if flow.request is not None else {}
     # A dearer tier asked for is claimed at its rates (flex, cheaper, is claimed at the standard ones).
-    tier = "priority" if payload.get("service_tier") == "priority" else None
+    asked = payload.get("service_tier")
+    tier = asked if asked in _DEARER_TIERS else None
     speed = "fast" if payload.get("speed") == "fast" else None
     most = None
     for target in flow.chain:
@@ -136,6 +137,11 @@ def _usd(flow: Flow, tokens: int) -> int | None:
         if cost and (most is None or cost > most):
             most = cost
     return most
+
+
+# The tiers OpenAI bills above its standard rates ("fast" is priority's newer name), as genai-prices
+# lists them: a request asking for one is claimed at its rates.
+_DEARER_TIERS = frozenset({"priority", "fast", "ultrafast"})
 
 
 def _admitted(flow: Flow, now: float, answer: Any) -> Ask | None:

@@ -153,20 +153,21 @@ def test_a_spent_budget_is_a_429_naming_it_that_the_sdks_do_not_retry() -> None:
 
 
 def test_a_dearer_tier_asked_for_is_claimed_at_its_rates() -> None:
-    """OpenAI's priority tier costs twice the standard rates, Anthropic's fast mode more: the claim
-    is at them (claimed at standard rates, a priority request overshot its budget twice)."""
+    """OpenAI's fast tier (priority's newer name) costs twice the standard rates, ultrafast three
+    times: the claim is at them (claimed at standard rates, such a request overshot its budget)."""
     policy = compile_policy(POLICY_TEXT.replace("  llama: {provider: local}\n", "  llama: {provider: local}\n"
-                                                "  gpt-5: {provider: openai}\n"))
+                                                "  astra: {provider: openai, model: gpt-6.2-astra}\n"))
     usd = {}
-    for tier in (None, "priority", "flex"):
-        body = {"model": "gpt-5", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}],
+    for tier in (None, "priority", "fast", "ultrafast", "flex"):
+        body = {"model": "astra", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}],
                 **({"service_tier": tier} if tier else {})}
         s = Session(policy, "search-app", ACCOUNTANT, runtime=runtime.fixed(now=NOW))
         s.handle(RequestHeaders(HEAD, False, 1))
         ask = s.handle(RequestBody(orjson.dumps(body), True, 2))
         assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
         usd[tier] = next(c.amount for c in ask.query.claims if c.counter.startswith("budget/search-monthly/usd"))
-    assert usd["priority"] >= 1.9 * usd[None] and usd["flex"] == usd[None]
+    assert usd["priority"] == usd["fast"] and 1.99 * usd[None] <= usd["fast"] <= 2.01 * usd[None]
+    assert 2.99 * usd[None] <= usd["ultrafast"] <= 3.01 * usd[None] and usd["flex"] == usd[None]
 
 
 def test_a_request_larger_than_its_budget_is_told_so_not_that_the_budget_is_spent() -> None:
