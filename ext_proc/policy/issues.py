@@ -271,7 +271,7 @@ def _yaml_problem(exc: yaml.YAMLError, text: str) -> Problem:
                                f"use {expected} (the parser: {words})", line=odd, column=spaces + 1)
         opened = exc.context_mark
         if exc.context in _FLOW_OPENERS and opened is not None and exc.problem_mark is not None \
-                and opened.line < exc.problem_mark.line:
+                and opened.line < exc.problem_mark.line and _unclosed(text, opened.line, exc.problem_mark.line):
             # An unclosed [ or {: where it was opened, not the later line where the parser gave up.
             return Problem(f"invalid YAML: this '{_FLOW_OPENERS[exc.context]}' is not closed (the parser, at line "
                            f"{line}: {words})", line=opened.line + 1, column=opened.column + 1)
@@ -280,6 +280,20 @@ def _yaml_problem(exc: yaml.YAMLError, text: str) -> Problem:
 
 
 _FLOW_OPENERS = {"while parsing a flow sequence": "[", "while parsing a flow mapping": "{"}
+
+
+def _unclosed(text: str, opened: int, stopped: int) -> bool:
+    """Whether the parser stopped on a line that starts a new entry of the block around the flow
+    opened on line ``opened`` (indented no deeper than that line: the bracket was never closed),
+    rather than on a mistake inside the flow (indented deeper)."""
+    lines = text.split("\n")
+    if stopped >= len(lines):
+        return True
+
+    def indent(line: str) -> int:
+        return len(line) - len(line.lstrip(" "))
+
+    return indent(lines[stopped]) <= indent(lines[opened])
 
 
 # What PyYAML says when a line is indented one way and its neighbours another.

@@ -165,6 +165,15 @@ def test_yaml_syntax_error_at_its_mark() -> None:
         models: {}
         """) == ["p.yaml:3:11: invalid YAML: this '{' is not closed (the parser, at line 4: while parsing a flow "
               "mapping, expected ',' or '}', but got ':')"]  # where it was opened, not where the parser gave up
+    # A mistake inside a flow closed later: the mistake's own place.
+    assert issues("""\
+        apiVersion: tollway/v1
+        providers:
+          openai: {
+            kind: openai,
+            credential: env: OPENAI_API_KEY,
+          }
+        """) == ["p.yaml:5:20: invalid YAML: while parsing a flow mapping, expected ',' or '}', but got ':'"]
 
 
 def test_bad_indentation_is_a_syntax_error() -> None:
