@@ -6,6 +6,11 @@ The keeper reports each counter's total spend after every exchange with the stor
 (the store's ``once``: Redis ``SET NX``), as a warning in the log, ``tollway_budget_alerts_total``
 and, when the budget has a ``webhook``, a JSON POST retried with backoff on a task of its own:
 nothing here ever waits in a request's path, and a webhook that is down costs only log lines.
+Each try has a deadline of its own (``DEADLINE``, the whole exchange, however slowly a receiver
+trickles its answer) and runs on the event loop (httpx), holding no thread a shutdown would wait
+for; a redirect is a failure, never followed (a receiver that moved says so in the log). A hard
+budget's spend never passes its limit (its requests are refused first): its 100 % fires at the
+first request it refuses that an empty budget would have taken, with ``refused: true``.
 """
 
 from __future__ import annotations
@@ -15,11 +20,10 @@ import contextlib
 import datetime
 import inspect
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import httpx
 import orjson
 
 from ext_proc.policy.compiled import Budget, CompiledPolicy
@@ -44,7 +48,8 @@ class Alerts:
         self.tally = tally if tally is not None else Tally()  # tollway_budget_alerts_total, summed over workers
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def __call__(self, claim: Claim, spent: int) -> None:
+    def __call__(self, claim: Claim, spent: int, refused: bool = False) -> None:
+        """``spent`` of ``claim``'s budget reported; ``refused``: the budget refused this claim."""
         if not claim.counter.startswith("budget/") or claim.capacity <= 0:
             return
         _, name, unit, member, window = claim.counter.split("/", 4)
@@ -55,13 +60,14 @@ class Alerts:
         percent = spent * 100 / claim.capacity
         for threshold in budget.alerts:
             key = f"{claim.counter}@{threshold}"
-            if percent < threshold or key in self.fired:
+            # A refusal raises 100 % (the lower thresholds follow the spend, as it is reported).
+            if (percent < threshold and not (refused and threshold >= 100)) or key in self.fired:
                 continue
             self.fired.add(key)
             event = {"type": "budget.threshold", "budget": name, "unit": unit, "member": member, "window": window,
                      "threshold_percent": threshold, "spent": spent, "limit": claim.capacity,
                      "resets_at": datetime.datetime.fromtimestamp(claim.resets, datetime.UTC).isoformat(),
-                     "enforce": "hard" if budget.hard else "soft"}
+                     "enforce": "hard" if budget.hard else "soft", **({"refused": True} if refused else {})}
             self._spawn(self._fire(key, claim.resets, budget, event))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -88,21 +94,37 @@ class Alerts:
             await self._deliver(budget.webhook, orjson.dumps(event))
 
     async def _deliver(self, url: str, body: bytes) -> None:
-        loop = asyncio.get_running_loop()
         for attempt, wait in enumerate((0.0, *RETRIES)):
             if wait:
                 await asyncio.sleep(wait)
             try:
-                await loop.run_in_executor(None, self.post, url, body)
+                sent = self.post(url, body)
+                if inspect.isawaitable(sent):
+                    await asyncio.wait_for(sent, DEADLINE)
                 return
             except Exception as exc:
-                log.warning("budget alert webhook failed (try %d): %s", attempt + 1, type(exc).__name__)
+                log.warning("budget alert webhook failed (try %d): %s", attempt + 1, _why(exc))
         log.error("budget alert webhook gave up after %d tries", len(RETRIES) + 1)
 
 
-def _post(url: str, body: bytes) -> None:
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"content-type": "application/json", "user-agent": "tollway"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        if response.status >= 300:
-            raise urllib.error.HTTPError(url, response.status, "webhook refused", response.headers, None)
+DEADLINE = 10.0  # seconds for one try, connection to the end of the answer
+
+
+async def _post(url: str, body: bytes) -> None:
+    async with httpx.AsyncClient(timeout=5.0, follow_redirects=False) as client:
+        response = await client.post(url, content=body, headers={"content-type": "application/json",
+                                                                  "user-agent": "tollway"})
+    if response.status_code >= 300:
+        raise WebhookRefused(response.status_code, response.headers.get("location"))
+
+
+class WebhookRefused(Exception):
+    """The receiver answered other than 2xx (a redirect is not followed)."""
+
+    def __init__(self, status: int, location: str | None) -> None:
+        moved = f" (it moved: {location[:200]})" if location and 300 <= status < 400 else ""
+        super().__init__(f"answered {status}{moved}")
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if isinstance(exc, WebhookRefused) else type(exc).__name__

@@ -135,7 +135,8 @@ class Keeper:
     degraded_since: float | None = None
     lease_share: float = LEASE_SHARE
     ttl: float = HOLD_TTL  # seconds this worker's grants survive it in the store
-    alerts: Callable[[Claim, int], None] | None = None  # called with each report's totals (soft alerts)
+    # Called with each report's totals (alerts), and with a budget's claim it refuses (refused=True).
+    alerts: Callable[..., None] | None = None
     _flush: asyncio.Task[None] | None = None
     _growing: dict[str, asyncio.Future[list[Grant]]] = field(default_factory=dict)  # counter -> its grow in flight
     _turn: asyncio.Lock | None = None  # one store exchange at a time (see _in_turn)
@@ -236,6 +237,9 @@ class Keeper:
         """Admit on the leases as the store last answered, or refuse the first claim they cannot hold."""
         for index, (claim, lease) in enumerate(zip(claims, leases, strict=True)):
             if claim.enforced and (lease.free < claim.amount or _beyond(claim, lease)):
+                if self.alerts is not None and claim.consumes and claim.amount <= claim.capacity:
+                    # A budget that refuses what an empty one would take is exhausted: its 100 % alert.
+                    self.alerts(claim, lease.spent + lease.used, True)  # as reported, and this worker's since
                 return Admission(False, refused=index, remaining=tuple(lease.remaining() for lease in leases))
         return self._hold(claims, leases, self.clock(), degraded=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import threading
 import time
@@ -108,3 +109,88 @@ budgets:
     asyncio.run(scenario())
     counts = [a.tally.counters.get(("tollway_budget_alerts", "b", "50"), 0) for a in (one, two)]
     assert sorted(counts) == [0, 1]
+
+
+class Slow(http.server.BaseHTTPRequestHandler):
+    """A receiver that trickles its answer (a byte every 0.2 s, for ever), or redirects."""
+
+    moved: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        if self.path == "/moved":
+            self.send_response(302)
+            self.send_header("location", "/elsewhere")
+            self.end_headers()
+            return
+        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        with contextlib.suppress(OSError):
+            for _ in range(200):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+
+    def do_GET(self) -> None:
+        Slow.moved.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_slow_or_moved_receiver_costs_a_try_each_never_a_thread_or_a_redirect(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A receiver trickling its answer held a thread of the worker's pool for ever (the timeout was
+    per read), which a shutdown waited for; a 302 was followed, as a GET, and taken for delivered."""
+    monkeypatch.setattr(alerts, "RETRIES", (0.05,))
+    monkeypatch.setattr(alerts, "DEADLINE", 0.5)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    Slow.moved = []
+    try:
+        async def deliver() -> float:
+            fired = Alerts(lambda: None, MemoryBackend().once, Tally())
+            started = time.monotonic()
+            await asyncio.gather(fired._deliver(base + "/slow", b"{}"), fired._deliver(base + "/moved", b"{}"))
+            return time.monotonic() - started
+
+        took = asyncio.run(deliver())
+    finally:
+        server.shutdown()
+    assert took < 2.0  # two tries of at most 0.5 s each, and a pause
+    assert Slow.moved == []  # the redirect was not followed
+    assert "answered 302 (it moved: /elsewhere)" in caplog.text and "gave up after 2 tries" in caplog.text
+
+
+def test_a_refused_request_raises_a_hard_budgets_last_threshold(hook: str) -> None:
+    policy = compile_policy(f"""
+apiVersion: tollway/v1
+providers: {{openai: {{kind: openai}}}}
+models: {{gpt-4o-mini: {{provider: openai}}}}
+teams: {{search: {{workloads: [w], models: ["*"]}}}}
+budgets:
+  search-daily: {{team: search, usd: "10", period: day, alerts: [80, 100], webhook: "{hook}"}}
+""")
+    fired = Alerts(lambda: policy, MemoryBackend().once, Tally())
+    claim = Claim("budget/search-daily/usd/search/2026-12-04", 1, 10_000_000, time.time() + 3600)
+
+    async def scenario() -> None:
+        fired(claim, 9_250_000)  # 92.5 %: 80
+        fired(claim, 9_250_000, refused=True)  # a request it cannot take: 100
+        await asyncio.sleep(0.3)
+
+    asyncio.run(scenario())
+    last = next(e for e in Hook.received if e["threshold_percent"] == 100)
+    assert last["refused"] is True and last["spent"] == 9_250_000 and last["enforce"] == "hard"
+    early = Alerts(lambda: policy, MemoryBackend().once, Tally())  # refused before any spend was reported
+    Hook.received.clear()
+
+    async def refused_first() -> None:
+        early(claim, 1_000_000, refused=True)
+        await asyncio.sleep(0.3)
+
+    asyncio.run(refused_first())
+    assert [e["threshold_percent"] for e in Hook.received] == [100]  # 80 waits for the spend to say so

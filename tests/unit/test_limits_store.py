@@ -320,3 +320,18 @@ def test_redis_down_is_unavailable_within_the_deadline() -> None:
         assert time.monotonic() - started < 1.0
 
     asyncio.run(scenario())
+
+
+def test_a_budget_that_refuses_what_an_empty_one_would_take_raises_its_last_alert() -> None:
+    """A hard budget's settled spend never reaches its limit (its requests are refused first): the
+    keeper tells the alerts of a refusal, not of one the request alone causes (larger than the budget)."""
+    told: list[tuple[int, bool]] = []
+    keeper = Keeper(MemoryBackend(), holder="w1", clock=Clock(), lease_share=0.2)
+    keeper.alerts = lambda claim, spent, refused=False: refused and told.append((claim.counter, spent))
+    c = claim(amount=30, capacity=100)
+    admitted = [keeper.admit((c,)) for _ in range(4)]
+    assert [isinstance(a, Admission) and a.admitted for a in admitted] == [True, True, True, False]
+    assert told == [(c.counter, 0)]  # the fourth: 90 held, 30 more does not fit (spend not yet reported)
+    alone = keeper.admit((claim(amount=500, capacity=100, counter="budget/other/usd/t/2026-12"),))
+    assert isinstance(alone, Admission) and not alone.admitted
+    assert told == [(c.counter, 0)]  # larger than the budget itself: the request's doing, no alert
