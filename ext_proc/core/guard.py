@@ -32,6 +32,7 @@ from ext_proc.guardrails.scanner import Unscannable
 from ext_proc.llm import encodings
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
+from ext_proc.llm.tokens import is_token
 from ext_proc.policy.compiled import Alias, Target
 
 BLOCKED = "guardrail_blocked"
@@ -103,11 +104,11 @@ class TokenPrompts:
         value = payload.get(field) if field is not None else None
         if not isinstance(value, list) or not value:
             return None
-        if all(_is_token(item) for item in value):
+        if all(is_token(item) for item in value):
             places: list[tuple[Any, Any]] = [(payload, field)]
         else:
             places = [(value, i) for i, item in enumerate(value)
-                      if isinstance(item, list) and item and all(_is_token(t) for t in item)]
+                      if isinstance(item, list) and item and all(is_token(t) for t in item)]
         if not places:
             return None
         names = {_encoding(target) for target in flow.chain}
@@ -146,10 +147,6 @@ def _encoding(target: Target) -> str | None:
     if kind == "azure-openai":
         return encodings.known_encoding(target.public)
     return None
-
-
-def _is_token(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _classified(flow: Flow, answer: Any) -> Ask | None:

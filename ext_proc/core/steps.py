@@ -78,7 +78,7 @@ class Recognise(Step):
         headers = flow.headers
         path = flow.path = headers.get(":path", "")
         method = headers.get(":method", "?")
-        api = flow.api = endpoint(headers)
+        api = flow.api = flow.api or endpoint(headers)  # (the identify step's, with a policy)
         if api is None:
             shown = path.partition("?")[0][:200]
             raise ClientError(404, "unknown_endpoint", f"Tollway does not serve {method} {shown}.")

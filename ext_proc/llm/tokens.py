@@ -105,6 +105,7 @@ __all__ = [
     "image_patches",
     "image_size",
     "image_tiles",
+    "is_token",
     "load_encoding",
     "load_times_ms",
     "render_functions",
@@ -402,11 +403,11 @@ def _prompt_like(tally: _Tally, value: Any) -> None:
     """A string, a list of strings, a token array, or a list of token arrays."""
     if isinstance(value, str):
         tally.text(value)
-    elif isinstance(value, list) and value and all(_is_token(item) for item in value):
+    elif isinstance(value, list) and value and all(is_token(item) for item in value):
         tally.fixed += len(value)
     elif isinstance(value, list):
         for item in value:
-            if isinstance(item, list) and all(_is_token(token) for token in item):
+            if isinstance(item, list) and all(is_token(token) for token in item):
                 tally.fixed += len(item)
             else:
                 tally.text(item)
@@ -414,7 +415,8 @@ def _prompt_like(tally: _Tally, value: Any) -> None:
         tally.opaque(value)
 
 
-def _is_token(value: Any) -> bool:
+def is_token(value: Any) -> bool:
+    """A token id in a prompt given as token arrays (an int, not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ext_proc.policy.compile import compile_policy
+from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.server import alerts
 from ext_proc.server.alerts import Alerts
 from ext_proc.server.collectors import TallyCollector
@@ -51,17 +52,22 @@ def hook() -> Iterator[str]:
     server.shutdown()
 
 
-def test_each_threshold_fires_once_and_a_failing_webhook_is_retried(hook: str, monkeypatch: pytest.MonkeyPatch,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(alerts, "RETRIES", (0.05, 0.05))
-    policy = compile_policy(f"""
+def daily_budget(hook: str, settings: str) -> CompiledPolicy:
+    """A policy with team search's $10 daily budget, its ``settings`` and ``hook`` as its webhook."""
+    return compile_policy(f"""
 apiVersion: tollway/v1
 providers: {{openai: {{kind: openai}}}}
 models: {{gpt-4o-mini: {{provider: openai}}}}
 teams: {{search: {{workloads: [w], models: ["*"]}}}}
 budgets:
-  search-daily: {{team: search, usd: "10", period: day, enforce: soft, alerts: [50, 80, 100], webhook: "{hook}"}}
+  search-daily: {{team: search, usd: "10", period: day, {settings}, webhook: "{hook}"}}
 """)
+
+
+def test_each_threshold_fires_once_and_a_failing_webhook_is_retried(hook: str, monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(alerts, "RETRIES", (0.05, 0.05))
+    policy = daily_budget(hook, "enforce: soft, alerts: [50, 80, 100]")
     tally = Tally()
     registry = CollectorRegistry()
     registry.register(TallyCollector(Exchange(tally, None).totals))
@@ -166,14 +172,7 @@ def test_a_slow_or_moved_receiver_costs_a_try_each_never_a_thread_or_a_redirect(
 
 
 def test_a_refused_request_raises_a_hard_budgets_last_threshold(hook: str) -> None:
-    policy = compile_policy(f"""
-apiVersion: tollway/v1
-providers: {{openai: {{kind: openai}}}}
-models: {{gpt-4o-mini: {{provider: openai}}}}
-teams: {{search: {{workloads: [w], models: ["*"]}}}}
-budgets:
-  search-daily: {{team: search, usd: "10", period: day, alerts: [80, 100], webhook: "{hook}"}}
-""")
+    policy = daily_budget(hook, "alerts: [80, 100]")
     fired = Alerts(lambda: policy, MemoryBackend().once, Tally())
     claim = Claim("budget/search-daily/usd/search/2026-12-04", 1, 10_000_000, time.time() + 3600)
 
