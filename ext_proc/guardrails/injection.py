@@ -61,6 +61,15 @@ from .instructions import warm as instructions_warm
 # A signal's pattern is one regular expression, or several (one Hyperscan expression each, all
 # reporting the signal's id): an expression has a length limit, and the other languages' overrides
 # together pass it.
+_HIDDEN_NAMED = (r"\b(?:system|initial|original|hidden|secret|internal|confidential|pre-?)\s*(?:prompt|"
+                 r"instructions?|message|directives?|configuration)\b")
+_HIDDEN_GIVEN = (r"(?:instructions|rules|guidelines|directives)\s+(?:you were|you've been|that you were|given to you|"
+                 r"above)\b")
+_HIDDEN_THE_GIVEN = r"\b(?:your|the)\s+" + _HIDDEN_GIVEN
+_HIDDEN_TOLD = r"\b(?:what|everything) (?:you were|you have been|you've been) (?:told|instructed|given|asked)\b"
+_SPLIT_PART = r"\b(?:[a-z]|str|part|var|x|y|z)\s*[0-9]?\s*=\s*['\"][^'\"\n]+['\"][^=]*"
+_PAYLOAD_SPLIT = _SPLIT_PART + _SPLIT_PART + r"(?:\+|concatenat|combine|join|together)"
+_BASE64 = r"\b[A-Za-z0-9+/]{32,}={0,2}(?:\s|$)"
 SIGNALS: tuple[tuple[str, float, str, str | tuple[str, ...]], ...] = (
     # Overriding what came before.
     ("ignore_instructions", 0.9, "override",
@@ -113,10 +122,7 @@ SIGNALS: tuple[tuple[str, float, str, str | tuple[str, ...]], ...] = (
      r"command|authori[sz]ation|clearance|code)\b|\bauthori[sz]ed (?:by|to (?:access|see|know|view|override))\b"),
     # What injections go after: the hidden prompt, secrets.
     ("hidden_prompt", 0.55, "target",
-     r"\b(?:system|initial|original|hidden|secret|internal|confidential|pre-?)\s*(?:prompt|instructions?|"
-     r"message|directives?|configuration)\b|\b(?:your|the)\s+(?:instructions|rules|guidelines|directives)\s+"
-     r"(?:you were|you've been|that you were|given to you|above)\b|\b(?:what|everything) (?:you were|you have been|"
-     r"you've been) (?:told|instructed|given|asked)\b"),
+     (_HIDDEN_NAMED, _HIDDEN_THE_GIVEN, _HIDDEN_TOLD)),
     ("secret", 0.3, "target",
      r"\b(?:the|your|a|this|that)\s+(?:secret|hidden|confidential|private|protected|special|magic)?\s*"
      r"(?:password|passphrase|passcode|secret(?: key| word| code| number)?|api key|access code|key|pin|token|"
@@ -137,13 +143,11 @@ SIGNALS: tuple[tuple[str, float, str, str | tuple[str, ...]], ...] = (
     ("decode_payload", 0.6, "override",
      r"\b(?:decode|decrypt|deobfuscate|translate|convert)\s+(?:this|the following|it)\b[^\n]{0,60}?"
      r"(?:and\s+(?:then\s+)?(?:follow|execute|do|obey|run|answer)|then\s+(?:follow|execute|do|obey))"),
-    ("base64_blob", 0.3, "manipulation", r"\b[A-Za-z0-9+/]{32,}={0,2}(?:\s|$)"),
+    ("base64_blob", 0.3, "manipulation", _BASE64),
     ("reversed_payload", 0.5, "override",
      r"\b(?:backwards?|reversed|in reverse|right to left)\b[^\n]{0,30}?\b(?:and\s+)?(?:obey|follow|execute|do it|"
      r"carry (?:it )?out|act on)\b|\b(?:erongi|snoitcurtsni|drowssap|tpmorp|terces|suoiverp|dragersid|laever)\b"),
-    ("payload_split", 0.55, "override",
-     r"\b(?:[a-z]|str|part|var|x|y|z)\s*[0-9]?\s*=\s*['\"][^'\"\n]+['\"][^=]*\b(?:[a-z]|str|part|var|x|y|z)\s*"
-     r"[0-9]?\s*=\s*['\"][^'\"\n]+['\"][^=]*(?:\+|concatenat|combine|join|together)"),
+    ("payload_split", 0.55, "override", _PAYLOAD_SPLIT),
     # Framing around the request: role play, hypotheticals, urgency.
     ("pretend", 0.35, "manipulation",
      r"\b(?:pretend|imagine|suppose|hypothetically|let'?s play a game|role-?play|roleplay|act as|acting as|"
@@ -214,12 +218,21 @@ REPEATED = 0.5  # one short token repeated many times (a repeated-token attack)
 
 
 _FLAGS = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_UTF8
-# Cheap necessary conditions for the signals Hyperscan scans slowly (a character class repeated,
-# no literal to start from): the scanning database holds the condition instead, and a text that
-# meets it is scanned for the signal itself (a database of that one pattern, the same flags)
-# before the signal counts, so what is found is exactly what the signal's pattern finds.
-# base64_blob took 44 µs on 4.8 KB of prose, 70 % of all the signals; its condition 1 µs.
-PREFILTERS = {"base64_blob": r"[A-Za-z0-9+/]{32}"}
+# Cheap necessary conditions for the patterns Hyperscan scans slowly (a character class repeated,
+# no literal to start from; a literal to start from that prose is full of): the scanning database
+# holds the condition instead of the pattern (with flags of its own, under the id CONDITION plus
+# the signal's), and a text that meets it, where the signal's other patterns found nothing, is
+# scanned for the pattern itself (a database of that one pattern, the signal's flags) before the
+# signal counts, so what is found is exactly what the signal's patterns find. base64_blob took 44
+# µs on 4.8 KB of prose, 70 % of all the signals then, its condition 1 µs; on 20 KB of prose,
+# hidden_prompt's "the rules you were given" 41 µs (Hyperscan starts from "the"), its condition
+# without the first word 5 µs, and payload_split 23 µs against 3 µs for its "= '…' … = '".
+PREFILTERS: dict[str, tuple[int, str, str]] = {  # signal: (the condition's flags, condition, pattern)
+    "base64_blob": (hyperscan.HS_FLAG_SINGLEMATCH, r"[A-Za-z0-9+/]{32}", _BASE64),  # caseless with UTF-8: 39 µs
+    "hidden_prompt": (_FLAGS, _HIDDEN_GIVEN, _HIDDEN_THE_GIVEN),
+    "payload_split": (_FLAGS, r"=\s*['\"][^'\"\n]+['\"][^=]*=\s*['\"]", _PAYLOAD_SPLIT),
+}
+CONDITION = 1 << 24  # a condition's id: this plus its signal's (above every pattern id of the model)
 _CHECKED = tuple(i for i, (name, _, _, _) in enumerate(SIGNALS) if name in PREFILTERS)
 
 
@@ -260,10 +273,16 @@ def _signal_expressions() -> tuple[list[bytes], list[int], list[int]]:
     for index, (name, _, _, _) in enumerate(SIGNALS):
         if name in _BYTEWISE:
             continue
-        for pattern in (PREFILTERS[name],) if name in PREFILTERS else patterns(index):
-            expressions.append(pattern.encode())
-            ids.append(index)
-            flags.append(hyperscan.HS_FLAG_SINGLEMATCH if name in PREFILTERS else _FLAGS)
+        prefilter = PREFILTERS.get(name)
+        for pattern in patterns(index):
+            if prefilter is not None and pattern == prefilter[2]:
+                expressions.append(prefilter[1].encode())
+                ids.append(CONDITION + index)
+                flags.append(prefilter[0])
+            else:
+                expressions.append(pattern.encode())
+                ids.append(index)
+                flags.append(_FLAGS)
     return expressions, ids, flags
 
 
@@ -287,23 +306,22 @@ def _bytewise() -> hyperscan.Database:
 
 @functools.cache
 def _exact(signal: int) -> hyperscan.Database:
-    """A database of the one signal's own patterns (for a text that met its prefilter)."""
+    """A database of the signal's prefiltered pattern (for a text that met its condition)."""
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    own = patterns(signal)
-    db.compile(expressions=[p.encode() for p in own], ids=[signal] * len(own), elements=len(own),
-               flags=[_FLAGS] * len(own))
+    db.compile(expressions=[PREFILTERS[SIGNALS[signal][0]][2].encode()], ids=[signal], elements=1, flags=[_FLAGS])
     return db
 
 
 def _scan(database: hyperscan.Database, text: str) -> set[int]:
-    """The ids ``database`` matches in ``text``, a prefiltered signal only when its pattern matches too."""
+    """The ids ``database`` matches in ``text``, a prefiltered pattern's only when it matches too."""
     found: set[int] = set()
     data = text.encode("utf-8", "surrogatepass")
     database.scan(data, match_event_handler=_seen, context=found)
     for signal in _CHECKED:
-        if signal in found:
-            found.discard(signal)
-            _exact(signal).scan(data, match_event_handler=_seen, context=found)
+        if CONDITION + signal in found:
+            found.discard(CONDITION + signal)
+            if signal not in found:
+                _exact(signal).scan(data, match_event_handler=_seen, context=found)
     folded = data if len(data) == len(text) else text.lower().encode("utf-8", "surrogatepass")
     _bytewise().scan(folded, match_event_handler=_seen, context=found)
     return found
