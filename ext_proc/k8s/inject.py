@@ -20,8 +20,9 @@ server admitted: ``spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT``. Pods
 serve safely are refused with a reason: host-network pods (the init container would rewrite
 the node's iptables), containers running as Envoy's user (their traffic would bypass the
 interception), and containers of the application that mount Tollway's volumes (the socket
-directory and the provider keys are for the sidecar only). See :mod:`ext_proc.k8s` for what
-the three containers do.
+directory and the provider keys are for the sidecar only). The application's containers and its
+own init containers (which start after Tollway's, intercepted too) get the trust bundle. See
+:mod:`ext_proc.k8s` for what the three containers do.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def _strip(pod: dict[str, Any]) -> None:
     if "volumes" in spec:
         spec["volumes"] = [v for v in spec["volumes"] if v.get("name") not in VOLUMES]
     bundle = f"{TRUST_DIR}/ca-bundle.pem"
-    for container in spec.get("containers", []):
+    for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
         if "volumeMounts" in container:
             container["volumeMounts"] = [m for m in container["volumeMounts"] if m.get("name") != "tollway-trust"]
         if "env" in container:
@@ -260,11 +261,12 @@ def mutate(pod: Mapping[str, Any], namespace: str, settings: Settings) -> dict[s
     intercept = _flag(meta, INTERCEPT, True)
     trust = intercept and _flag(meta, TRUST, True)
     workload = workload_id(settings, namespace, out)
+    apps = [*spec.get("initContainers", []), *spec.get("containers", [])]  # its init containers are intercepted too
     spec["initContainers"] = [*sidecar_containers(settings, workload, intercept), *spec.get("initContainers", [])]
     spec["volumes"] = [*spec.get("volumes", []), *sidecar_volumes(settings, intercept, trust)]
     bundle = f"{TRUST_DIR}/ca-bundle.pem"
     trusted = []
-    for container in spec.get("containers", []):
+    for container in apps:
         if not trust:
             break
         env = container.setdefault("env", [])

@@ -113,6 +113,14 @@ def test_the_webhook_patches_a_pod_into_a_valid_injected_pod(webhook: tuple[str,
     assert {e["name"] for e in app["env"]} >= {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"}
     assert {"name": "SSL_CERT_FILE", "value": "/etc/mine.pem"} in worker["env"]  # the app's own choice stays
     assert [e["value"] for e in worker["env"] if e["name"] == "SSL_CERT_FILE"] == ["/etc/mine.pem"]
+    # The app's own init containers start after tollway-init, so they are intercepted too: they trust the bundle.
+    migrate = spec["initContainers"][3]
+    assert [m["name"] for m in migrate["volumeMounts"]] == ["tollway-trust"]
+    assert {e["name"]: e["value"] for e in migrate["env"]} == {name: "/etc/tollway/trust/ca-bundle.pem"
+                                                                for name in inject.TRUST_ENV}
+    for own in spec["initContainers"][:3]:  # Tollway's own containers are left as they are
+        assert "tollway-trust" not in [m["name"] for m in own["volumeMounts"]]
+        assert not {e["name"] for e in own.get("env", [])} & set(inject.TRUST_ENV)
     assert pod["metadata"]["labels"][inject.INJECTED_LABEL] == "true"
     # Secrets are referenced, never copied into the pod: the Redis URL (it has a password) too.
     (redis,) = [e for e in tollway["env"] if e["name"] == "TOLLWAY_REDIS_URL"]
@@ -139,6 +147,10 @@ def test_a_pod_cannot_bring_its_own_tollway(webhook: tuple[str, ssl.SSLContext])
     (lambda p: p["spec"]["containers"][0].update(volumeMounts=[{"name": "tollway-provider-keys", "mountPath": "/k"}]),
      "only the Tollway sidecar"),
     (lambda p: p["spec"]["containers"][0].update(ports=[{"containerPort": 10000}]), "port 10000"),
+    # The app's init containers are checked as its containers are.
+    (lambda p: p["spec"]["initContainers"][0].update(securityContext={"runAsUser": inject.ENVOY_UID}), "bypass"),
+    (lambda p: p["spec"]["initContainers"][0].update(volumeMounts=[{"name": "tollway-provider-keys",
+                                                                     "mountPath": "/k"}]), "only the Tollway sidecar"),
 ])
 def test_pods_tollway_cannot_serve_are_refused(webhook: tuple[str, ssl.SSLContext], change: Any, reason: str) -> None:
     pod = copy.deepcopy(POD)
