@@ -18,11 +18,13 @@ Tollway's names, then adds them afresh, so injecting twice changes nothing and a
 bring its own "Tollway" with another identity. The identity is computed here from what the API
 server admitted: ``spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT``. Pods Tollway cannot
 serve safely are refused with a reason: host-network pods (the init container would rewrite
-the node's iptables), containers running as Envoy's user (their traffic would bypass the
-interception), and containers of the application that mount Tollway's volumes (the socket
-directory and the provider keys are for the sidecar only). The application's containers and its
-own init containers (which start after Tollway's, intercepted too) get the trust bundle. See
-:mod:`ext_proc.k8s` for what the three containers do.
+the node's iptables), pods sharing a process namespace (their processes could read the provider
+keys through ``/proc``), containers running as Envoy's user (their traffic would bypass the
+interception) or as Tollway's (theirs could read Tollway's files and memory), and containers of
+the application that mount Tollway's volumes (the socket directory and the provider keys are
+for the sidecar only). The application's containers and its own init containers (which start
+after Tollway's, intercepted too) get the trust bundle. See :mod:`ext_proc.k8s` for what the
+three containers do.
 """
 
 from __future__ import annotations
@@ -235,12 +237,23 @@ def _check(pod: Mapping[str, Any]) -> None:
     if spec.get("hostNetwork"):
         raise Refused("a hostNetwork pod shares the node's network: Tollway's init container would rewrite the "
                       "node's iptables. Label it tollway.dev/inject=false")
+    for field in ("shareProcessNamespace", "hostPID"):
+        if spec.get(field):
+            raise Refused(f"{field}: true puts the pod's processes in one process namespace with Tollway's: any of "
+                          "them running as root or with CAP_SYS_PTRACE could read the provider keys through /proc. "
+                          f"Remove {field}, or label the pod tollway.dev/inject=false")
     pod_uid = (spec.get("securityContext") or {}).get("runAsUser")
     for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
         uid = (container.get("securityContext") or {}).get("runAsUser", pod_uid)
         if uid == ENVOY_UID:
             raise Refused(f"container {container.get('name')!r} runs as uid {ENVOY_UID}, the Tollway sidecar's Envoy: "
                           "its connections would bypass the interception. Run it as another user")
+        # Tollway's group alone opens nothing: its files are on volumes the app may not mount, and reading
+        # another process's memory or /proc needs its user too.
+        if uid == TOLLWAY_UID:
+            raise Refused(f"container {container.get('name')!r} runs as uid {TOLLWAY_UID}, the Tollway sidecar's: a "
+                          "process of the same user may read Tollway's memory and files (the provider keys) wherever "
+                          "it sees its processes. Run it as another user")
         for mount in container.get("volumeMounts", []):
             if mount.get("name") in SIDECAR_VOLUMES:
                 raise Refused(f"container {container.get('name')!r} mounts {mount.get('name')!r}, which only the "

@@ -151,6 +151,13 @@ def test_a_pod_cannot_bring_its_own_tollway(webhook: tuple[str, ssl.SSLContext])
     (lambda p: p["spec"]["initContainers"][0].update(securityContext={"runAsUser": inject.ENVOY_UID}), "bypass"),
     (lambda p: p["spec"]["initContainers"][0].update(volumeMounts=[{"name": "tollway-provider-keys",
                                                                      "mountPath": "/k"}]), "only the Tollway sidecar"),
+    # Tollway's user, or one process namespace with Tollway: the keys could be read through /proc.
+    (lambda p: p["spec"]["containers"][1].update(securityContext={"runAsUser": inject.TOLLWAY_UID}), "uid 10001"),
+    (lambda p: p["spec"]["initContainers"][0].update(securityContext={"runAsUser": inject.TOLLWAY_UID}),
+     "'migrate' runs as uid 10001"),
+    (lambda p: p["spec"].update(securityContext={"runAsUser": inject.TOLLWAY_UID}), "uid 10001"),
+    (lambda p: p["spec"].update(shareProcessNamespace=True), "shareProcessNamespace: true"),
+    (lambda p: p["spec"].update(hostPID=True), "hostPID: true"),
 ])
 def test_pods_tollway_cannot_serve_are_refused(webhook: tuple[str, ssl.SSLContext], change: Any, reason: str) -> None:
     pod = copy.deepcopy(POD)
