@@ -3,7 +3,9 @@
 Theory of operation. After routing (the prompt is counted and the targets are known) the
 :class:`Limits` step finds every budget and rate limit of the policy that counts this request
 (its team, its key, the model or alias it asked for) and turns each into claims on counters
-(:class:`~ext_proc.state.queries.Claim`), one per unit and window:
+(:class:`~ext_proc.state.queries.Claim`), one per unit and window. A counter is named after the
+limit, the unit, the *member* and the window: a key counts as its id with its team (a key id is
+unique only within a team):
 
 - a budget in USD claims the request's estimated cost: the counted prompt plus the output it
   allows (``max_tokens`` and kin, else the target's ``max_output_tokens``, else the policy's

@@ -54,6 +54,7 @@ from .compiled import (
     RateLimit,
     Target,
     Team,
+    key_member,
 )
 from .guardrails import named
 from .issues import (
@@ -275,8 +276,7 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
 def _check_limits(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped: _Skipped) -> list[Problem]:
     """Budgets and rate limits name a team, key or model that exists; budgets a real time zone."""
     problems: list[Problem] = []
-    key_ids = {key.id for team in spec.teams.values() for key in team.keys}
-    shown_ids = [i for i in key_ids if not named(i).startswith("(")]  # a suggestion never shows a key either
+    key_teams = _key_teams(spec)
     models = [*owners, *spec.routing.aliases]
     for section, entries in (("budgets", spec.budgets), ("rate_limits", spec.rate_limits)):
         for name, limit in entries.items():
@@ -286,9 +286,8 @@ def _check_limits(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped
                 problems.append(Problem(f"unknown team {named(limit.team)}"
                                         + suggest(limit.team, skipped.known("teams", spec.teams)),
                                         where=(*here, "team")))
-            if limit.key is not None and limit.key != "*" and limit.key not in key_ids and "teams" not in skipped.whole:
-                problems.append(Problem(f"unknown key id {named(limit.key)}" + suggest(limit.key, shown_ids),
-                                        where=(*here, "key")))
+            if limit.key is not None and limit.key != "*" and "teams" not in skipped.whole:
+                problems += _check_key(limit.key, limit.team, key_teams, spec, (*here, "key"))
             if limit.model is not None and limit.model != "*" and limit.model not in models \
                     and ("models", limit.model) not in skipped and ("aliases", limit.model) not in skipped:
                 problems.append(Problem(f"unknown model {named(limit.model)}" + suggest(limit.model, models),
@@ -303,6 +302,32 @@ def _check_limits(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped
             problems.append(Problem("a webhook needs 'alerts' (the percentages that call it)",
                                     where=("budgets", name, "webhook"), at_key=True))
     return problems
+
+
+def _key_teams(spec: PolicySpec) -> dict[str, list[str]]:
+    """Each key id and the teams that have a key with it (an id is unique only within its team)."""
+    found: dict[str, list[str]] = {}
+    for team_name, team in spec.teams.items():
+        for key in team.keys:
+            if team_name not in found.setdefault(key.id, []):
+                found[key.id].append(team_name)
+    return found
+
+
+def _check_key(key: str, team: str | None, key_teams: dict[str, list[str]], spec: PolicySpec,
+               where: Loc) -> list[Problem]:
+    """A limit's key id names one key: of its ``team`` if it names one, else of the only team with that id."""
+    teams = key_teams.get(key, [])
+    if team is None and len(teams) > 1:
+        listed = " and ".join(f"'{t}'" for t in teams)
+        return [Problem(f"key id {named(key)} is ambiguous: teams {listed} each have a key with it; name the "
+                        f"team too (team: {teams[0]})", where=where)]
+    if (teams and (team is None or team in teams)) or (team is not None and team not in spec.teams):
+        return []  # (an unknown team is reported at its own place)
+    ids = [k.id for k in spec.teams[team].keys] if team is not None else list(key_teams)
+    shown = [i for i in ids if not named(i).startswith("(")]  # a suggestion never shows a key either
+    return [Problem(f"unknown key id {named(key)}" + (f" in team '{team}'" if team is not None else "")
+                    + suggest(key, shown), where=where)]
 
 
 def _check_aliases(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped: _Skipped) -> list[Problem]:
@@ -401,18 +426,24 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
     )
 
 
-def _scope(limit: ScopeSpec) -> tuple[str, str]:
-    for scope in ("team", "key", "model"):
-        member = getattr(limit, scope)
-        if member is not None:
-            return scope, member
-    raise AssertionError("the schema ensures one scope")
+def _scope(limit: ScopeSpec, spec: PolicySpec) -> tuple[str, str]:
+    """A limit's scope and the member it counts, named as requests name their counters: a key with its
+    team (:func:`key_member`)."""
+    if limit.key is not None:
+        if limit.key == "*":
+            return "key", "*"
+        team = limit.team or next(name for name, t in spec.teams.items() if any(k.id == limit.key for k in t.keys))
+        return "key", key_member(team, limit.key)
+    if limit.model is not None:
+        return "model", limit.model
+    assert limit.team is not None, "the schema ensures one scope"
+    return "team", limit.team
 
 
 def _limits(spec: PolicySpec) -> Limits:
     budgets = tuple(
         Budget(
-            name, *_scope(b),
+            name, *_scope(b, spec),
             usd_micros=int(Decimal(b.usd) * 1_000_000) if b.usd is not None else None,
             tokens=b.tokens, period=b.period, timezone=b.timezone, hard=b.enforce == "hard",
             alerts=tuple(sorted(set(b.alerts))), webhook=b.webhook,
@@ -420,7 +451,7 @@ def _limits(spec: PolicySpec) -> Limits:
         for name, b in spec.budgets.items()
     )
     rate_limits = tuple(
-        RateLimit(name, *_scope(r), requests_per_minute=r.requests_per_minute,
+        RateLimit(name, *_scope(r, spec), requests_per_minute=r.requests_per_minute,
                   tokens_per_minute=r.tokens_per_minute, concurrent=r.concurrent)
         for name, r in spec.rate_limits.items()
     )

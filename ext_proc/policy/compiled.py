@@ -135,9 +135,16 @@ def _window(period: str, timezone: str, now: float) -> tuple[str, float, float]:
     return start.strftime("%Y-%m"), start.timestamp(), start.replace(year=year, month=month).timestamp()
 
 
+def key_member(team: str, key_id: str) -> str:
+    """The member a virtual key counts as: its id and its team (``ci@search``), since a key id is
+    unique only within its team ('@' is in no name, so no two keys share one)."""
+    return f"{key_id}@{team}"
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
-    """A spending limit per period; ``scope`` is "team", "key" or "model", ``member`` a name or "*"."""
+    """A spending limit per period; ``scope`` is "team", "key" or "model", ``member`` what it counts:
+    a team, a key as :func:`key_member`, a model name, or "*" (each its own counter)."""
 
     name: str
     scope: str
@@ -204,7 +211,8 @@ class Limits:
                   ) -> tuple[tuple[Budget | RateLimit, str], ...]:
         index = self._index
         out: list[tuple[Budget | RateLimit, str]] = []
-        members = [("team", team)] + ([("key", key_id)] if key_id else []) + [("model", m) for m in models]
+        members = [("team", team)] + ([("key", key_member(team, key_id))] if key_id else []) + [
+            ("model", m) for m in models]
         for scope, member in members:
             for name in (member, "*"):
                 for limit in index.get((scope, name), ()):

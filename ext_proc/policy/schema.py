@@ -211,20 +211,27 @@ TimeZone = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_+/-]{0
 
 
 class ScopeSpec(Strict):
-    """Whose requests a limit counts: exactly one of ``team``, ``key`` or ``model``.
+    """Whose requests a limit counts: exactly one of ``team``, ``key`` or ``model``, or ``team``
+    with ``key`` (that team's key).
 
-    A name counts that team, virtual key (its id) or model (a public name or an alias); ``"*"``
-    gives every team, key or model its own counter with the same limit.
+    A name counts that team, virtual key (its id; with ``team`` when teams share the id) or model
+    (a public name or an alias); ``"*"`` gives every team, key or model its own counter with the
+    same limit.
     """
 
     team: ModelRef | None = Field(None, description='a team name, or "*" for each team')
-    key: ModelRef | None = Field(None, description='a virtual key id, or "*" for each key')
+    key: ModelRef | None = Field(None, description='a virtual key id (of the team, if named), or "*" for each key')
     model: ModelRef | None = Field(None, description='a public model name or alias, or "*" for each model')
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ScopeSpec:
-        if sum(value is not None for value in (self.team, self.key, self.model)) != 1:
-            raise PydanticCustomError("scope", "needs exactly one of 'team', 'key' or 'model'")
+        if self.team is not None and self.key is not None and self.model is None:
+            if "*" in (self.team, self.key):
+                raise PydanticCustomError("scope", "'team' with 'key' names one key of one team: neither can be "
+                                                   "\"*\" (key: \"*\" alone gives each key its own counter)")
+        elif sum(value is not None for value in (self.team, self.key, self.model)) != 1:
+            raise PydanticCustomError("scope", "needs exactly one of 'team', 'key' or 'model' (or 'team' with "
+                                               "'key': that team's key)")
         return self
 
 

@@ -52,11 +52,12 @@ class Alerts:
         """``spent`` of ``claim``'s budget reported; ``refused``: the budget refused this claim."""
         if not claim.counter.startswith("budget/") or claim.capacity <= 0:
             return
-        _, name, unit, member, window = claim.counter.split("/", 4)
         policy = self.policy()
-        budget = next((b for b in policy.limits.budgets if b.name == name), None) if policy else None
-        if budget is None or not budget.alerts:
+        found = _budget_of(policy, claim.counter) if policy else None
+        if found is None or not found[0].alerts:
             return
+        budget, unit, member, window = found
+        name = budget.name
         percent = spent * 100 / claim.capacity
         for threshold in budget.alerts:
             key = f"{claim.counter}@{threshold}"
@@ -105,6 +106,18 @@ class Alerts:
             except Exception as exc:
                 log.warning("budget alert webhook failed (try %d): %s", attempt + 1, _why(exc))
         log.error("budget alert webhook gave up after %d tries", len(RETRIES) + 1)
+
+
+def _budget_of(policy: CompiledPolicy, counter: str) -> tuple[Budget, str, str, str] | None:
+    """The budget, unit, member and window of a budget's counter (``budget/NAME/UNIT/MEMBER/WINDOW``;
+    names and members may hold '/', so the policy's budget names say where each part ends)."""
+    for budget in policy.limits.budgets:
+        for unit in ("usd", "tokens"):
+            prefix = f"budget/{budget.name}/{unit}/"
+            if counter.startswith(prefix):
+                member, _, window = counter[len(prefix):].rpartition("/")
+                return budget, unit, member, window
+    return None
 
 
 DEADLINE = 10.0  # seconds for one try, connection to the end of the answer

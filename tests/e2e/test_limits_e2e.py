@@ -129,3 +129,56 @@ def test_tollway_budgets_shows_spend_against_the_budget(env: Providers) -> None:
     assert "alpha-daily" in shown and "$0.2" in shown
     log = (env.stack.workdir / "tollway.log").read_text()
     assert "budget alpha-daily reached 50% of its usd limit for alpha" in log
+
+
+# Two teams each with a key of id "ci" (ids are unique only within a team), and a model with an alias.
+SEARCH_CI, ADS_CI = "tw-search-ci-key-0123456789abcdefghijklmnopqrst", "tw-ads-ci-key-0123456789abcdefghijklmnopqrstuvw"
+ML = "tw-ml-key-0123456789abcdefghijklmnopqrstuvwxyzabcd"
+NAMES_POLICY = f"""
+apiVersion: tollway/v1
+providers:
+  openai: {{kind: openai, credential: {{env: L_OPENAI_KEY}}}}
+models:
+  gpt-4o-mini: {{provider: openai}}
+  gpt-4o: {{provider: openai, model: gpt-4o-2024-08-06, aliases: [gpt-4o-latest]}}
+teams:
+  search: {{keys: [{{id: ci, sha256: "{key_digest(SEARCH_CI)}"}}], models: ["*"]}}
+  ads: {{keys: [{{id: ci, sha256: "{key_digest(ADS_CI)}"}}], models: ["*"]}}
+  ml: {{keys: [{{id: ml-ci, sha256: "{key_digest(ML)}"}}], models: [gpt-4o-latest]}}
+budgets:
+  each-key-daily: {{key: "*", tokens: 10000000, period: day}}
+rate_limits:
+  each-key: {{key: "*", requests_per_minute: 3}}
+  each-model: {{model: "*", requests_per_minute: 100}}
+  latest-rpm: {{model: gpt-4o-latest, requests_per_minute: 2}}
+"""
+
+
+@pytest.fixture(scope="module")
+def names(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
+    with Providers.stack(tmp_path_factory.mktemp("limit-names"), NAMES_POLICY, {"L_OPENAI_KEY": OPENAI_KEY}) as stack:
+        yield Providers(stack, SEARCH_CI)
+
+
+def test_two_teams_keys_of_one_id_count_on_their_own(names: Providers) -> None:
+    one_minute()
+    search = client(names, SEARCH_CI)
+    for _ in range(3):
+        search.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    with pytest.raises(openai.RateLimitError) as refused:
+        search.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    assert "Rate limit 'each-key' reached" in refused.value.message
+    # ads' key "ci" is another key: search's use never refuses it.
+    raw = client(names, ADS_CI).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)
+    assert raw.headers["x-ratelimit-remaining-requests"] == "2"
+    # Each key its own row, named with its team.
+    admin = f"http://127.0.0.1:{names.stack.service_admin_port}"
+    deadline = time.monotonic() + 5
+    while True:  # spend reaches the counters in the background, every 0.2 s
+        rows = httpx.get(admin + "/v1/budgets").json()["budgets"]
+        if len(rows) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert sorted((row["budget"], row["member"]) for row in rows) == [
+        ("each-key-daily", "ci@ads"), ("each-key-daily", "ci@search")]
+

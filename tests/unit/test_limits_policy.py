@@ -50,11 +50,11 @@ def test_budgets_and_rate_limits_compile_to_exact_amounts() -> None:
     assert limits.budgets[0] == Budget("search-monthly", "team", "search", 500_250_000, 2_000_000, "month",
                                        "Europe/Berlin", True, (50, 80, 100), "https://hooks.example/tollway")
     assert limits.budgets[1] == Budget("per-team-daily", "team", "*", 10_000_000, None, "day", "UTC", False)
-    assert limits.rate_limits[0] == RateLimit("ci-key", "key", "search-ci", 60, 100_000, 4)
+    assert limits.rate_limits[0] == RateLimit("ci-key", "key", "search-ci@search", 60, 100_000, 4)
     assert (limits.on_unavailable, limits.default_output_tokens) == ("open", 1024)
     # The lookup: what counts a request of team search, key search-ci, for the alias chat.
     found = [(limit.name, member) for limit, member in limits.applying("search", "search-ci", ("chat",))]
-    assert found == [("search-monthly", "search"), ("per-team-daily", "search"), ("ci-key", "search-ci"),
+    assert found == [("search-monthly", "search"), ("per-team-daily", "search"), ("ci-key", "search-ci@search"),
                      ("chat", "chat")]
     # Another team: only the "*" budget, counting that team on its own.
     assert [(limit.name, member) for limit, member in limits.applying("support", None, ("gpt-4o-mini",))] == [
@@ -80,7 +80,13 @@ def test_no_limits_is_falsy_and_costs_nothing() -> None:
     ("budgets:\n  b: {team: search, period: day}\n",
      "p.yaml:14:3: budgets.b: needs 'usd', 'tokens' or both"),
     ("budgets:\n  b: {team: search, model: gpt-4o, usd: \"1\", period: day}\n",
-     "p.yaml:14:3: budgets.b: needs exactly one of 'team', 'key' or 'model'"),
+     "p.yaml:14:3: budgets.b: needs exactly one of 'team', 'key' or 'model' (or 'team' with 'key': that team's "
+     "key)"),
+    ("rate_limits:\n  r: {team: search, key: \"*\", concurrent: 1}\n",
+     "p.yaml:14:3: rate_limits.r: 'team' with 'key' names one key of one team: neither can be \"*\" (key: \"*\" "
+     "alone gives each key its own counter)"),
+    ("rate_limits:\n  r: {team: support, key: search-ci, concurrent: 1}\n",
+     "p.yaml:14:27: rate_limits.r.key: unknown key id 'search-ci' in team 'support'"),
     ("budgets:\n  b: {team: search, usd: \"1\", period: week}\n",
      "p.yaml:14:39: budgets.b.period: must be one of day, month (not 'week')"),
     ("rate_limits:\n  r: {team: search}\n",
@@ -101,3 +107,31 @@ def test_one_broken_budget_does_not_hide_another() -> None:
           b: {team: nobody, usd: "1", period: day}
         """)
     assert [issue.split(": ")[1] for issue in found] == ["budgets.a.usd", "budgets.b.team"]
+
+
+SHARED_ID = HEAD.replace('  support: {models: [gpt-4o-mini]}',
+                         '  support: {keys: [{id: search-ci, sha256: "%s"}], models: [gpt-4o-mini]}' % ("b" * 64))
+
+
+def test_a_key_counts_with_its_team_as_key_ids_are_unique_only_within_a_team() -> None:
+    policy = compile_policy(SHARED_ID + textwrap.dedent("""\
+        rate_limits:
+          each-key: {key: "*", requests_per_minute: 3}
+          search-ci: {team: search, key: search-ci, concurrent: 1}
+        """), "p.yaml")
+    limits = policy.limits
+    assert limits.rate_limits[1] == RateLimit("search-ci", "key", "search-ci@search", concurrent=1)
+    # Two teams' keys of one id: each its own counter under "*"; the named one counts only search's.
+    assert [(limit.name, member) for limit, member in limits.applying("search", "search-ci", ())] == [
+        ("search-ci", "search-ci@search"), ("each-key", "search-ci@search")]
+    assert [(limit.name, member) for limit, member in limits.applying("support", "search-ci", ())] == [
+        ("each-key", "search-ci@support")]
+
+
+def test_a_key_id_two_teams_use_needs_its_team() -> None:
+    with pytest.raises(PolicyError) as caught:
+        compile_policy(SHARED_ID + "budgets:\n  b: {key: search-ci, usd: \"1\", period: day}\n", "p.yaml")
+    assert [str(issue) for issue in caught.value.errors] == [
+        "p.yaml:14:12: budgets.b.key: key id 'search-ci' is ambiguous: teams 'search' and 'support' each have a "
+        "key with it; name the team too (team: search)"]
+

@@ -14,7 +14,7 @@ from ext_proc.llm import apis, runtime
 from ext_proc.llm.apis.openai import duration
 from ext_proc.llm.usage import Usage
 from ext_proc.policy.compile import compile_policy
-from ext_proc.policy.compiled import period_window
+from ext_proc.policy.compiled import key_digest, period_window
 from ext_proc.server.accounting import ServiceAccountant
 from ext_proc.state.queries import Admission, Admit, Claim, StoreUnavailable
 from tests.unit.transcript import Record, Transcript
@@ -349,3 +349,32 @@ def test_openai_reset_headers_tell_the_wait_to_the_millisecond_never_earlier(sec
     # Go's duration form, as OpenAI writes x-ratelimit-reset-*; a 1.4 s wait rounded to "1s" told
     # the client to come back before retry-after (which rounds up) said.
     assert duration(seconds) == told
+
+
+NAMES = compile_policy(f"""
+apiVersion: tollway/v1
+providers: {{openai: {{kind: openai}}}}
+models: {{gpt-4o: {{provider: openai, aliases: [gpt-4o-latest]}}}}
+teams:
+  search: {{keys: [{{id: ci, sha256: "{key_digest('tw-search-ci')}"}}], models: [gpt-4o-latest]}}
+  ads: {{keys: [{{id: ci, sha256: "{key_digest('tw-ads-ci')}"}}], models: ["*"]}}
+rate_limits:
+  each-key: {{key: "*", requests_per_minute: 3}}
+  each-model: {{model: "*", requests_per_minute: 10}}
+  latest: {{model: gpt-4o-latest, requests_per_minute: 2}}
+""")
+
+
+def counters(key: str, model: str) -> list[str]:
+    """The counters a request of ``key`` for ``model`` claims."""
+    s = Session(NAMES, None, ACCOUNTANT, runtime=runtime.fixed(now=NOW))
+    s.handle(RequestHeaders({**HEAD, "authorization": f"Bearer {key}"}, False, 1))
+    ask = s.handle(RequestBody(orjson.dumps({**BODY, "model": model}), True, 2))
+    assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+    return [claim.counter for claim in ask.query.claims]
+
+
+def test_a_key_counts_with_its_team() -> None:
+    assert counters("tw-search-ci", "gpt-4o")[0] == f"rate/each-key/requests/ci@search/{MINUTE}"
+    # Another team's key of the same id: a counter of its own.
+    assert counters("tw-ads-ci", "gpt-4o")[0] == f"rate/each-key/requests/ci@ads/{MINUTE}"
