@@ -2,10 +2,11 @@
 
 Theory of operation. After routing (the prompt is counted and the targets are known) the
 :class:`Limits` step finds every budget and rate limit of the policy that counts this request
-(its team, its key, the model or alias it asked for) and turns each into claims on counters
+(its team, its key, the model it asked for) and turns each into claims on counters
 (:class:`~ext_proc.state.queries.Claim`), one per unit and window. A counter is named after the
 limit, the unit, the *member* and the window: a key counts as its id with its team (a key id is
-unique only within a team):
+unique only within a team), a model under its public name whichever of its names was asked for
+(a routing alias under its own name):
 
 - a budget in USD claims the request's estimated cost: the counted prompt plus the output it
   allows (``max_tokens`` and kin, else the target's ``max_output_tokens``, else the policy's
@@ -59,9 +60,8 @@ class Limits(Step):
         # concurrency count it.
         billed = flow.api.billed
         granted = flow.granted
-        names = (flow.model or "",) + ((granted.name if isinstance(granted, Alias) else granted.public,)
-                                       if granted is not None else ())
-        applying = policy.limits.applying(principal.team, principal.key_id, tuple(dict.fromkeys(names)))
+        model = (granted.name if isinstance(granted, Alias) else granted.public) if granted is not None else None
+        applying = policy.limits.applying(principal.team, principal.key_id, model)
         if not applying:
             return None
         now = flow.runtime.now()

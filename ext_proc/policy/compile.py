@@ -428,14 +428,15 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
 
 def _scope(limit: ScopeSpec, spec: PolicySpec) -> tuple[str, str]:
     """A limit's scope and the member it counts, named as requests name their counters: a key with its
-    team (:func:`key_member`)."""
+    team (:func:`key_member`), a model by its public name, whichever of its names the limit used."""
     if limit.key is not None:
         if limit.key == "*":
             return "key", "*"
         team = limit.team or next(name for name, t in spec.teams.items() if any(k.id == limit.key for k in t.keys))
         return "key", key_member(team, limit.key)
     if limit.model is not None:
-        return "model", limit.model
+        public = next((name for name, m in spec.models.items() if limit.model in m.aliases), limit.model)
+        return "model", public
     assert limit.team is not None, "the schema ensures one scope"
     return "team", limit.team
 

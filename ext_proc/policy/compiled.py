@@ -144,7 +144,8 @@ def key_member(team: str, key_id: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Budget:
     """A spending limit per period; ``scope`` is "team", "key" or "model", ``member`` what it counts:
-    a team, a key as :func:`key_member`, a model name, or "*" (each its own counter)."""
+    a team, a key as :func:`key_member`, a model by its public name (a limit on an alias of it
+    counts the model), a routing alias, or "*" (each its own counter)."""
 
     name: str
     scope: str
@@ -179,7 +180,7 @@ class Limits:
     on_unavailable: str = "closed"  # "closed" | "open": when the shared store does not answer
     default_output_tokens: int = 4096
     _index: Mapping[tuple[str, str], tuple[Budget | RateLimit, ...]] = field(default_factory=dict, repr=False)
-    _found: dict[tuple[str, str | None, tuple[str, ...]], tuple[tuple[Budget | RateLimit, str], ...]] = field(
+    _found: dict[tuple[str, str | None, str | None], tuple[tuple[Budget | RateLimit, str], ...]] = field(
         default_factory=dict, repr=False, compare=False)  # applying()'s answers (the policy never changes)
 
     def __post_init__(self) -> None:
@@ -192,32 +193,31 @@ class Limits:
     def __bool__(self) -> bool:
         return bool(self.budgets or self.rate_limits)
 
-    def applying(self, team: str, key_id: str | None, models: tuple[str, ...]
+    def applying(self, team: str, key_id: str | None, model: str | None
                  ) -> tuple[tuple[Budget | RateLimit, str], ...]:
         """The limits counting a request, each with the member it counts for (a "*" scope gives
-        every team, key or model its own counter)."""
+        every team, key or model its own counter). ``model`` is the public name of the model asked
+        for under any of its names, or the routing alias asked for: one model, one member."""
         index = self._index
         if not index:
             return ()
-        key = (team, key_id, models)
+        key = (team, key_id, model)
         found = self._found.get(key)
         if found is None:
-            found = self._applying(team, key_id, models)
+            found = self._applying(team, key_id, model)
             if len(self._found) < 4096:
                 self._found[key] = found
         return found
 
-    def _applying(self, team: str, key_id: str | None, models: tuple[str, ...]
+    def _applying(self, team: str, key_id: str | None, model: str | None
                   ) -> tuple[tuple[Budget | RateLimit, str], ...]:
         index = self._index
         out: list[tuple[Budget | RateLimit, str]] = []
-        members = [("team", team)] + ([("key", key_member(team, key_id))] if key_id else []) + [
-            ("model", m) for m in models]
+        members = [("team", team)] + ([("key", key_member(team, key_id))] if key_id else []) + (
+            [("model", model)] if model else [])
         for scope, member in members:
-            for name in (member, "*"):
-                for limit in index.get((scope, name), ()):
-                    if (limit, member) not in out:
-                        out.append((limit, member))
+            for name in dict.fromkeys((member, "*")):
+                out += [(limit, member) for limit in index.get((scope, name), ())]
         return tuple(out)
 
 

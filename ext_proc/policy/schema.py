@@ -215,8 +215,8 @@ class ScopeSpec(Strict):
     with ``key`` (that team's key).
 
     A name counts that team, virtual key (its id; with ``team`` when teams share the id) or model
-    (a public name or an alias); ``"*"`` gives every team, key or model its own counter with the
-    same limit.
+    (a public name or an alias: any name of the model counts); ``"*"`` gives every team, key or
+    model its own counter with the same limit.
     """
 
     team: ModelRef | None = Field(None, description='a team name, or "*" for each team')

@@ -182,3 +182,16 @@ def test_two_teams_keys_of_one_id_count_on_their_own(names: Providers) -> None:
     assert sorted((row["budget"], row["member"]) for row in rows) == [
         ("each-key-daily", "ci@ads"), ("each-key-daily", "ci@search")]
 
+
+def test_a_limit_on_a_models_alias_counts_it_under_every_name_in_one_counter(names: Providers) -> None:
+    one_minute()
+    ml = client(names, ML)
+    first = ml.chat.completions.with_raw_response.create(model="gpt-4o-latest", messages=HI)
+    ml.chat.completions.create(model="gpt-4o", messages=HI)  # type: ignore[arg-type]
+    with pytest.raises(openai.RateLimitError) as refused:  # the public name is the same model: no way round
+        ml.chat.completions.create(model="gpt-4o", messages=HI)  # type: ignore[arg-type]
+    assert "Rate limit 'latest-rpm' reached (2 requests per minute)" in refused.value.message
+    # Asked by its alias, the model is counted once by a "*" limit, not once per name.
+    record = names.record(first.headers["x-tollway-request-id"])
+    assert [entry["limit"] for entry in record["limits"]] == ["each-key-daily", "each-key", "latest-rpm",
+                                                             "each-model"]

@@ -53,17 +53,17 @@ def test_budgets_and_rate_limits_compile_to_exact_amounts() -> None:
     assert limits.rate_limits[0] == RateLimit("ci-key", "key", "search-ci@search", 60, 100_000, 4)
     assert (limits.on_unavailable, limits.default_output_tokens) == ("open", 1024)
     # The lookup: what counts a request of team search, key search-ci, for the alias chat.
-    found = [(limit.name, member) for limit, member in limits.applying("search", "search-ci", ("chat",))]
+    found = [(limit.name, member) for limit, member in limits.applying("search", "search-ci", "chat")]
     assert found == [("search-monthly", "search"), ("per-team-daily", "search"), ("ci-key", "search-ci@search"),
                      ("chat", "chat")]
     # Another team: only the "*" budget, counting that team on its own.
-    assert [(limit.name, member) for limit, member in limits.applying("support", None, ("gpt-4o-mini",))] == [
+    assert [(limit.name, member) for limit, member in limits.applying("support", None, "gpt-4o-mini")] == [
         ("per-team-daily", "support")]
 
 
 def test_no_limits_is_falsy_and_costs_nothing() -> None:
     policy = compiles("")
-    assert not policy.limits and policy.limits.applying("search", None, ("gpt-4o",)) == ()
+    assert not policy.limits and policy.limits.applying("search", None, "gpt-4o") == ()
 
 
 @pytest.mark.parametrize(("snippet", "expected"), [
@@ -122,9 +122,9 @@ def test_a_key_counts_with_its_team_as_key_ids_are_unique_only_within_a_team() -
     limits = policy.limits
     assert limits.rate_limits[1] == RateLimit("search-ci", "key", "search-ci@search", concurrent=1)
     # Two teams' keys of one id: each its own counter under "*"; the named one counts only search's.
-    assert [(limit.name, member) for limit, member in limits.applying("search", "search-ci", ())] == [
+    assert [(limit.name, member) for limit, member in limits.applying("search", "search-ci", None)] == [
         ("search-ci", "search-ci@search"), ("each-key", "search-ci@search")]
-    assert [(limit.name, member) for limit, member in limits.applying("support", "search-ci", ())] == [
+    assert [(limit.name, member) for limit, member in limits.applying("support", "search-ci", None)] == [
         ("each-key", "search-ci@support")]
 
 
@@ -135,3 +135,20 @@ def test_a_key_id_two_teams_use_needs_its_team() -> None:
         "p.yaml:14:12: budgets.b.key: key id 'search-ci' is ambiguous: teams 'search' and 'support' each have a "
         "key with it; name the team too (team: search)"]
 
+
+def test_a_limit_on_any_name_of_a_model_counts_the_model_under_its_public_name() -> None:
+    policy = compiles("""\
+        budgets:
+          latest: {model: gpt-4o-latest, tokens: 100, period: day}
+        rate_limits:
+          each-model: {model: "*", requests_per_minute: 5}
+          chat: {model: chat, concurrent: 2}
+        """)
+    limits = policy.limits
+    assert limits.budgets[0].member == "gpt-4o"
+    # The step asks with the public name, whichever name the request used: one claim per limit.
+    assert [(limit.name, member) for limit, member in limits.applying("search", None, "gpt-4o")] == [
+        ("latest", "gpt-4o"), ("each-model", "gpt-4o")]
+    # A routing alias is a model name of its own: its limits, its own counter under "*".
+    assert [(limit.name, member) for limit, member in limits.applying("search", None, "chat")] == [
+        ("chat", "chat"), ("each-model", "chat")]
