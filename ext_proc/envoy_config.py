@@ -28,11 +28,10 @@ from typing import Any
 import yaml
 
 from ext_proc.policy.compile import PolicyError, compile_policy
-from ext_proc.policy.compiled import EXT_PROC_CLUSTER, CompiledPolicy
+from ext_proc.policy.compiled import DEFAULT_ENDPOINTS, EXT_PROC_CLUSTER, CompiledPolicy  # noqa: F401 - re-exported
 from ext_proc.server import listen
 from ext_proc.server.clusters import (  # noqa: F401 - re-exported: the cluster shapes live with their writer
     CLUSTER_TYPE,
-    DEFAULT_ENDPOINTS,
     OPEN_PROVIDERS,
     UPSTREAM_FILTER_METADATA,
     ClusterError,

@@ -12,7 +12,8 @@ problem it finds instead of stopping at the first:
    pydantic). Each error's ``loc`` (a path of keys and indexes) is looked up in the node tree for
    its line and column, and pydantic's wording is replaced by the policy's own.
 4. **References.** What needs several entries to decide: a model's provider exists, a team's
-   models exist, aliases, keys and workloads are not claimed twice, kind-specific provider fields.
+   models exist, aliases, keys and workloads are not claimed twice, kind-specific provider fields,
+   providers sharing an Envoy cluster reach one endpoint.
    Entries that failed the schema are left out of this pass, and references to them are not
    reported a second time, so a typo in one provider does not hide a wrong key in a team.
 5. **Build.** Only a policy without problems becomes a :class:`CompiledPolicy`.
@@ -43,6 +44,7 @@ from ext_proc.llm.prices import Price
 
 from . import guardrails
 from .compiled import (
+    DEFAULT_ENDPOINTS,
     EXT_PROC_CLUSTER,
     Alias,
     Budget,
@@ -204,6 +206,7 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
         if provider.kind not in ("openai", "azure-openai") and provider.stored_responses:
             problems.append(Problem("only for kinds openai and azure-openai (the others store no responses)",
                                     where=(*here, "stored_responses"), at_key=True))
+    problems += _check_clusters(spec)
 
     owners: dict[str, tuple[str, bool]] = {name: (name, False) for name in spec.models}  # name -> (model, alias?)
     for name, model in spec.models.items():
@@ -271,6 +274,40 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
     problems += _check_limits(spec, owners, skipped)
     problems += guardrails.problems(spec, owners, skipped)
     return problems
+
+
+def _check_clusters(spec: PolicySpec) -> list[Problem]:
+    """Providers sharing an Envoy cluster reach the same endpoint (scheme, host and port: what the
+    cluster is built from), else one's requests, with its key, would go to the other's server.
+    Sharing is for several providers on one endpoint (other keys, other kinds, other base paths);
+    a provider with neither an endpoint nor a kind's public API goes wherever its cluster does."""
+    problems: list[Problem] = []
+    first: dict[str, tuple[str, str]] = {}  # cluster -> (its first provider with an endpoint, that endpoint)
+    for name, provider in spec.providers.items():
+        url, cluster = provider.endpoint or DEFAULT_ENDPOINTS.get(provider.kind), provider.cluster or name
+        if url is None or cluster == EXT_PROC_CLUSTER:  # (the latter is refused already)
+            continue
+        other, other_url = first.setdefault(cluster, (name, url))
+        if _origin(url) != _origin(other_url):
+            problems.append(Problem(
+                f"shares cluster '{cluster}' with provider '{other}', which reaches {_reaches(spec, other)}, but "
+                f"reaches {_reaches(spec, name)}: a cluster has one endpoint, and this provider's requests (with "
+                "its key) would go to the other's (give it a cluster of its own)",
+                where=("providers", name, "cluster") if provider.cluster else ("providers", name),
+                at_key=not provider.cluster))
+    return problems
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _reaches(spec: PolicySpec, name: str) -> str:
+    provider = spec.providers[name]
+    if provider.endpoint:
+        return provider.endpoint
+    return f"{DEFAULT_ENDPOINTS[provider.kind]} (kind {provider.kind}'s public API)"
 
 
 def _check_limits(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped: _Skipped) -> list[Problem]:

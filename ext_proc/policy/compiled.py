@@ -24,6 +24,8 @@ from ext_proc.values import value
 PROVIDER_KINDS = tuple(providers.KINDS)
 KEY_PREFIX = "tw-"  # every Tollway virtual key starts with it; other bearer values are not Tollway keys
 EXT_PROC_CLUSTER = "tollway_ext_proc"  # Envoy's cluster that reaches Tollway (its bootstrap's): no provider's
+# The public APIs of the kinds that have one: a provider of these kinds needs no endpoint.
+DEFAULT_ENDPOINTS = {name: f"https://{kind.host}" for name, kind in providers.KINDS.items() if kind.host}
 
 
 @dataclass(frozen=True, slots=True)

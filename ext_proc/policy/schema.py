@@ -142,7 +142,8 @@ class ProviderSpec(Strict):
     kind: ProviderKind = Field(description="the wire format and credential header")
     cluster: Annotated[str, StringConstraints(pattern=CLUSTER_PATTERN)] | None = Field(
         None, description="the Envoy cluster that reaches it (default: the provider's name; in Istio mode the "
-                          "cluster of its ServiceEntry, e.g. outbound|80||api.openai.com)")
+                          "cluster of its ServiceEntry, e.g. outbound|80||api.openai.com); providers sharing one "
+                          "reach the same endpoint")
     endpoint: Url | None = Field(
         None, description="the base URL the provider's Envoy cluster reaches (default for openai and anthropic: "
                           "their public API; azure-openai and openai-compatible providers need one to be in a "

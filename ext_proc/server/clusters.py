@@ -62,7 +62,7 @@ import orjson
 import yaml
 
 from ext_proc.policy import decide
-from ext_proc.policy.compiled import EXT_PROC_CLUSTER, CompiledPolicy
+from ext_proc.policy.compiled import DEFAULT_ENDPOINTS, EXT_PROC_CLUSTER, CompiledPolicy
 
 log = logging.getLogger("tollway.clusters")
 
@@ -222,8 +222,6 @@ def provider_cluster(name: str, endpoint: str) -> dict[str, Any]:
     return cluster
 
 
-# The public APIs of the kinds that have one: a provider of these kinds needs no endpoint.
-DEFAULT_ENDPOINTS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
 # Without a policy (open mode) Tollway routes by path to these providers (name = cluster = kind).
 OPEN_PROVIDERS = ("openai", "anthropic")
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -242,7 +240,8 @@ def provider_clusters(
 
     A provider with none of the three (an ``azure-openai`` or ``openai-compatible`` provider
     without an ``endpoint``) gets no cluster here: ``base`` (the template's static clusters) may
-    define it. The first provider of a shared cluster decides its endpoint.
+    define it. Providers sharing a cluster reach one endpoint (the compiler refuses two different
+    ones), so the first of them decides it.
     """
     stand_ins = stand_ins or {}
     wanted: list[tuple[str, str, str | None]]  # provider, its cluster, the URL the cluster reaches

@@ -507,6 +507,47 @@ providers:
     ]
 
 
+def test_providers_sharing_a_cluster_reach_one_endpoint() -> None:
+    """Envoy builds a shared cluster from one provider's endpoint: another provider's requests, with
+    its key, went to that server (`policy check` said OK)."""
+    assert issues("""\
+apiVersion: tollway/v1
+providers:
+  vllm-a: {kind: openai-compatible, endpoint: "http://10.0.0.5:8000", credential: {env: KEY_A}}
+  vllm-b: {kind: openai-compatible, endpoint: "http://10.0.0.6:8000", credential: {env: KEY_B}, cluster: vllm-a}
+  vllm-tls: {kind: openai-compatible, endpoint: "https://10.0.0.5:8000", cluster: vllm-a}
+  openai-b: {kind: openai, cluster: vllm-a}
+  openai: {kind: openai-compatible, endpoint: "http://10.0.0.5:8000"}
+  openai-a: {kind: openai, cluster: openai}
+""") == [
+        "p.yaml:4:106: providers.vllm-b.cluster: shares cluster 'vllm-a' with provider 'vllm-a', which reaches "
+        "http://10.0.0.5:8000, but reaches http://10.0.0.6:8000: a cluster has one endpoint, and this provider's "
+        "requests (with its key) would go to the other's (give it a cluster of its own)",
+        "p.yaml:5:83: providers.vllm-tls.cluster: shares cluster 'vllm-a' with provider 'vllm-a', which reaches "
+        "http://10.0.0.5:8000, but reaches https://10.0.0.5:8000: a cluster has one endpoint, and this provider's "
+        "requests (with its key) would go to the other's (give it a cluster of its own)",
+        "p.yaml:6:37: providers.openai-b.cluster: shares cluster 'vllm-a' with provider 'vllm-a', which reaches "
+        "http://10.0.0.5:8000, but reaches https://api.openai.com (kind openai's public API): a cluster has one "
+        "endpoint, and this provider's requests (with its key) would go to the other's (give it a cluster of its own)",
+        "p.yaml:8:37: providers.openai-a.cluster: shares cluster 'openai' with provider 'openai', which reaches "
+        "http://10.0.0.5:8000, but reaches https://api.openai.com (kind openai's public API): a cluster has one "
+        "endpoint, and this provider's requests (with its key) would go to the other's (give it a cluster of its own)",
+    ]
+    # What sharing is for: several providers on one endpoint (other keys, kinds or base paths), and a
+    # provider without an endpoint, which goes wherever its cluster does.
+    policy = compiles("""\
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: KEY_A}}
+  openai-b: {kind: openai, cluster: openai, credential: {env: KEY_B}}
+  openai-proxy: {kind: openai-compatible, cluster: openai, endpoint: "https://api.openai.com:443/v1"}
+  gw-openai: {kind: openai-compatible, cluster: gw, endpoint: "https://llm-gw.corp/openai/v1"}
+  gw-claude: {kind: anthropic, cluster: gw, endpoint: "https://llm-gw.corp/claude"}
+  gw-local: {kind: openai-compatible, cluster: gw}
+""")
+    assert [p.cluster for p in policy.providers.values()] == ["openai", "openai", "openai", "gw", "gw", "gw"]
+
+
 # -- everything at once -------------------------------------------------------------------------
 
 
