@@ -378,6 +378,8 @@ def describe(error: ErrorDetails, tree: Tree | None) -> Problem:
         return Problem(_unknown_field(loc), where=loc, path=loc[:-1], at_key=True)
     if kind == "literal_error":
         return Problem(_one_of(ctx, value), where=loc)
+    if kind == "too_short" and ctx.get("min_length") == 1:
+        return Problem(_empty(loc), where=loc)
     return Problem(_message(kind, ctx, value, node, error["msg"]), where=loc)
 
 
@@ -395,9 +397,22 @@ def _message(kind: str, ctx: dict[str, Any], value: object, node: Node | None, m
     if kind in _BOUNDS and _BOUNDS[kind][1] in ctx:
         words, bound = _BOUNDS[kind]
         return f"must be {words} {ctx[bound]:,}" if isinstance(ctx[bound], int) else f"must be {words} {ctx[bound]}"
+    if kind in ("too_short", "too_long") and "actual_length" in ctx:
+        if kind == "too_short":
+            return f"must have at least {ctx.get('min_length')} entries, not {ctx['actual_length']}"
+        return f"must have at most {ctx.get('max_length')} entries, not {ctx['actual_length']}"
     if kind == "recursion_loop":
         return "refers to itself (a YAML alias inside its own anchor)"
     return msg[:1].lower() + msg[1:]
+
+
+def _empty(loc: Loc) -> str:
+    """An empty list where at least one entry is needed: what the list is for, when it matters."""
+    if len(loc) == 4 and loc[:2] == ("guardrails", "rules") and loc[3] in ("teams", "models"):
+        noun = "team" if loc[3] == "teams" else "model"
+        return (f"must not be empty: the rule would apply to no {noun} (list them, or leave '{loc[3]}' out "
+                f"for every {noun})")
+    return "must not be empty (give at least one)"
 
 
 def _yaml_hint(value: object, node: Node | None) -> str:

@@ -345,8 +345,10 @@ class GuardrailRuleSpec(Strict):
     action: GuardrailAction = Field(description="redact ([EMAIL_1]), mask, pseudonymise (the answer gets the values "
                                     "back), block (4xx, the provider never asked), log")
     direction: Literal["request", "response", "both"] = Field(default="both", description="prompts, answers, or both")
-    teams: list[ModelRef] = Field(default_factory=lambda: ["*"], description='team names, or ["*"]')
-    models: list[ModelRef] = Field(default_factory=lambda: ["*"], description='public model names or aliases, or ["*"]')
+    # An empty list would apply the rule to nobody: refused, like an empty list of detectors.
+    teams: list[ModelRef] = Field(default_factory=lambda: ["*"], min_length=1, description='team names, or ["*"]')
+    models: list[ModelRef] = Field(default_factory=lambda: ["*"], min_length=1,
+                                   description='public model names or aliases, or ["*"]')
 
 
 class GuardrailsSpec(Strict):

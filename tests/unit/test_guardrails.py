@@ -671,6 +671,25 @@ def test_guardrail_mistakes_are_located() -> None:
         "(not 'shred')"]
 
 
+def test_a_rule_for_no_team_or_model_is_refused() -> None:
+    """`teams: []` or `models: []` compiled to a rule for nobody: a block rule that never blocked."""
+    with pytest.raises(PolicyError) as caught:
+        compile_policy(HEAD + textwrap.dedent("""\
+            guardrails:
+              rules:
+                - {name: secrets, detectors: [credentials], action: block, teams: []}
+                - {name: pii, detectors: [email], action: block, models: []}
+                - {name: none, detectors: [], action: block}
+        """), "p.yaml")
+    assert [str(issue) for issue in caught.value.errors] == [
+        "p.yaml:13:64: guardrails.rules[0].teams: must not be empty: the rule would apply to no team (list them, "
+        "or leave 'teams' out for every team)",
+        "p.yaml:14:54: guardrails.rules[1].models: must not be empty: the rule would apply to no model (list them, "
+        "or leave 'models' out for every model)",
+        "p.yaml:15:20: guardrails.rules[2].detectors: must not be empty (give at least one)",
+    ]
+
+
 def test_the_first_rule_for_a_team_model_and_direction_decides() -> None:
     policy = compile_policy(HEAD + textwrap.dedent("""\
         guardrails:

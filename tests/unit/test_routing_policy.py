@@ -282,7 +282,7 @@ def test_a_team_plan_must_name_a_known_team() -> None:
 
 def test_a_plan_needs_targets() -> None:
     assert issues(ERR_HEAD + "    chat:\n      targets: []\n") == [
-        "p.yaml:14:7: routing.aliases.chat.targets: list should have at least 1 item after validation, not 0"
+        "p.yaml:14:7: routing.aliases.chat.targets: must not be empty (give at least one)"
     ]
     assert issues(ERR_HEAD + "    chat: {strategy: priority}\n") == [
         "p.yaml:13:5: routing.aliases.chat.targets: required field missing"
@@ -334,7 +334,7 @@ def test_a_schema_error_in_one_alias_hides_nothing_else() -> None:
       targets: [{provider: opnai, model: a}]
 """
     ) == [
-        "p.yaml:14:7: routing.aliases.empty.targets: list should have at least 1 item after validation, not 0",
+        "p.yaml:14:7: routing.aliases.empty.targets: must not be empty (give at least one)",
         "p.yaml:16:28: routing.aliases.chat.targets[0].provider: unknown provider 'opnai' (did you mean 'openai'?)",
     ]
 
