@@ -68,6 +68,7 @@ from .issues import (
     Tree,
     describe,
     format_path,
+    loc_part,
     parse,
     suggest,
     to_issues,
@@ -147,14 +148,14 @@ def _validate_pruned(data: dict[Any, Any], errors: list[ErrorDetails]) -> tuple[
             routing = dict(pruned["routing"])
             entries = routing.get("aliases")
             if isinstance(entries, dict):
-                routing["aliases"] = {name: value for name, value in entries.items() if name != loc[2]}
+                routing["aliases"] = {name: value for name, value in entries.items() if loc_part(name) != loc[2]}
                 pruned["routing"] = routing
             names["aliases"].add(str(loc[2]))
         elif isinstance(section, str) and section in SECTION_NOUNS:
             entries = pruned.get(section)
             if len(loc) >= 2 and isinstance(entries, dict):
-                entry = entries.get(loc[1])
-                pruned[section] = {name: value for name, value in entries.items() if name != loc[1]}
+                entry = next((value for name, value in entries.items() if loc_part(name) == loc[1]), None)
+                pruned[section] = {name: value for name, value in entries.items() if loc_part(name) != loc[1]}
                 names[section].add(str(loc[1]))
                 if section == "models" and isinstance(entry, dict) and isinstance(entry.get("aliases"), list):
                     names[section].update(str(alias) for alias in entry["aliases"])

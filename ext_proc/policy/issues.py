@@ -111,6 +111,12 @@ _Loader.yaml_implicit_resolvers = {
 _NOT_FOUND = object()
 
 
+def loc_part(key: object) -> object:
+    """A mapping key as pydantic's error locations spell it: a string or an integer as it is (a
+    boolean as the integer it equals), anything else as its ``str`` (``~`` is ``'None'``)."""
+    return key if isinstance(key, str | int) else str(key)
+
+
 class Tree:
     """The composed YAML document: keys compared as YAML does, and the node a ``loc`` names."""
 
@@ -138,7 +144,8 @@ class Tree:
         for part in loc:
             node = steps[-1][1]
             if isinstance(node, MappingNode):
-                found = [pair for pair in node.value if self.key_value(pair[0]) == part]
+                found = [pair for pair in node.value if self.key_value(pair[0]) == part] or [
+                    pair for pair in node.value if loc_part(self.key_value(pair[0])) == part]  # ~: 'None'
                 if not found:
                     break
                 steps.append(found[-1])  # PyYAML keeps the last of duplicate keys
@@ -418,6 +425,8 @@ def _empty(loc: Loc) -> str:
 def _yaml_hint(value: object, node: Node | None) -> str:
     if isinstance(value, bool | int | float) or value is None:
         written = node.value if isinstance(node, ScalarNode) else value
+        if value is None:  # "~" in quotes would be no better
+            return f" (YAML reads {written or 'nothing'} as empty)"
         return f" (YAML reads {written} as {_what(value)}; put it in quotes)"
     return f", not {_what(value)}"
 

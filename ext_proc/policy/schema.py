@@ -33,6 +33,10 @@ URL_PATTERN = r"^https?://\S+$"
 VERSION_PATTERN = r"^\S+$"
 MODEL_REF_PATTERN = r"^(\*|[A-Za-z0-9][A-Za-z0-9._:/-]{0,127})$"  # a name or "*"
 CLUSTER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/|-]{0,127}$"  # a name, or Istio's outbound|80||api.openai.com
+# A price or an amount as an exact decimal string (USD): "2.50", not 2.5 (a float).
+DECIMAL_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,9})?$"
+TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+/-]{0,63}$"  # an IANA name's characters (compile.py checks the name)
+LABEL_PATTERN = r"^[A-Z][A-Z0-9_]{0,30}$"  # a placeholder's label: [LABEL_1]
 
 # What each pattern means, in the words an error message uses (compile.py reads this).
 PATTERN_MEANINGS = {
@@ -44,6 +48,10 @@ PATTERN_MEANINGS = {
     VERSION_PATTERN: "must be a non-empty version string without spaces",
     MODEL_REF_PATTERN: 'must be a model name, an alias, or "*"',
     CLUSTER_PATTERN: "must be 1-128 letters, digits or '.-_:/|', starting with a letter or digit",
+    DECIMAL_PATTERN: 'must be an amount in USD like "2.50": up to 9 digits, then a point and up to 9 more; no '
+                     "sign, thousands separator or currency symbol",
+    TIMEZONE_PATTERN: "must be an IANA time zone name, e.g. Europe/Berlin or UTC (no spaces)",
+    LABEL_PATTERN: "must be 1-31 capital letters, digits or '_', starting with a letter (e.g. TICKET)",
 }
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -98,8 +106,6 @@ def _is_address(host: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Addr
 Url = Annotated[str, StringConstraints(pattern=URL_PATTERN), AfterValidator(_reachable)]
 Version = Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
 ModelRef = Annotated[str, StringConstraints(pattern=MODEL_REF_PATTERN)]
-# A price as an exact decimal string (USD per million tokens): "2.50", not 2.5 (a float).
-DECIMAL_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,9})?$"
 Dec = Annotated[str, StringConstraints(pattern=DECIMAL_PATTERN)]
 Count = Annotated[int, Field(ge=1, le=100_000_000)]
 ProviderKind = Literal["openai", "anthropic", "azure-openai", "openai-compatible"]
@@ -208,7 +214,7 @@ class TeamSpec(Strict):
 Period = Literal["day", "month"]
 Enforce = Literal["hard", "soft"]
 Percent = Annotated[int, Field(ge=1, le=1000)]
-TimeZone = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_+/-]{0,63}$")]
+TimeZone = Annotated[str, StringConstraints(pattern=TIMEZONE_PATTERN)]
 
 
 class ScopeSpec(Strict):
@@ -295,7 +301,7 @@ class CustomDetectorSpec(Strict):
     caseless: bool = Field(default=False, description="pattern only: match in any case")
     max_length: Annotated[int, Field(ge=1, le=8192)] | None = Field(
         default=None, description="the longest match, when the pattern has unbounded repetition (+, *)")
-    label: Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,30}$")] | None = Field(
+    label: Annotated[str, StringConstraints(pattern=LABEL_PATTERN)] | None = Field(
         default=None, description="the placeholder's label, e.g. TICKET for [TICKET_1] (default: the name in capitals)")
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ from ext_proc.guardrails.scanner import builtin
 from ext_proc.policy.cli_keys import new_key
 from ext_proc.policy.compile import PolicyError, PolicyIssue, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy, Principal, key_digest
+from ext_proc.policy.schema import PATTERN_MEANINGS, json_schema
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 EXAMPLE = (POLICIES / "example.yaml").read_text()
@@ -323,6 +324,61 @@ def test_yaml_booleans_and_numbers_are_not_strings() -> None:
     ) == [
         "p.yaml:3:30: providers.a.cluster: must be a string (YAML reads 443 as a number; put it in quotes)",
         "p.yaml:5:3: teams: team name 'no': must be a string (YAML reads no as a boolean; put it in quotes)",
+    ]
+
+
+def test_an_empty_key_is_named_where_it_is_written() -> None:
+    """A `~` team name was reported as "team name 'teams'" at the `teams:` line, and the other teams'
+    problems were lost (the entry that failed the schema was not left out of the reference checks)."""
+    assert issues("apiVersion: tollway/v1\nteams:\n  a: {models: [gpt-4o]}\n  ~: {models: []}\n") == [
+        "p.yaml:3:16: teams.a.models[0]: unknown model 'gpt-4o'",
+        "p.yaml:4:3: teams: team name '~': must be a string (YAML reads ~ as empty)",
+    ]
+
+
+def test_every_pattern_has_its_meaning_in_words() -> None:
+    """A value that does not match its pattern is told what is expected, never the raw expression."""
+    assert issues(HEAD.replace("gpt-4o-mini: {provider: openai}", "gpt-4o-mini: {provider: openai, price: "
+                               "{input: '$2.50', output: '10'}}") + """\
+teams:
+  search: {workloads: [w], models: ["*"]}
+budgets:
+  a: {team: search, usd: '-5', period: day}
+  b: {team: search, usd: '1,000', period: day, timezone: 'Europe Berlin'}
+guardrails:
+  custom:
+    tck: {pattern: 'TCK-[0-9]{6}', label: Ticket}
+""") == [
+        'p.yaml:6:50: models.gpt-4o-mini.price.input: must be an amount in USD like "2.50": up to 9 digits, then a '
+        "point and up to 9 more; no sign, thousands separator or currency symbol",
+        'p.yaml:10:26: budgets.a.usd: must be an amount in USD like "2.50": up to 9 digits, then a point and up to '
+        "9 more; no sign, thousands separator or currency symbol",
+        'p.yaml:11:26: budgets.b.usd: must be an amount in USD like "2.50": up to 9 digits, then a point and up to '
+        "9 more; no sign, thousands separator or currency symbol",
+        "p.yaml:11:58: budgets.b.timezone: must be an IANA time zone name, e.g. Europe/Berlin or UTC (no spaces)",
+        "p.yaml:14:43: guardrails.custom.tck.label: must be 1-31 capital letters, digits or '_', starting with a "
+        "letter (e.g. TICKET)",
+    ]
+    patterns: set[str] = set()
+
+    def collect(node: object) -> None:
+        if isinstance(node, dict):
+            patterns.update(value for key, value in node.items() if key == "pattern" and isinstance(value, str))
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for item in node:
+                collect(item)
+
+    collect(json_schema())
+    assert patterns and patterns <= set(PATTERN_MEANINGS)
+
+
+def test_a_list_too_short_or_too_long_is_said_in_the_policys_words() -> None:
+    targets = ", ".join(f"{{provider: openai, model: m{index}}}" for index in range(9))
+    assert issues(HEAD + f"routing:\n  aliases:\n    a: {{targets: [{targets}]}}\n    b: {{targets: []}}\n") == [
+        "p.yaml:9:9: routing.aliases.a.targets: must have at most 8 entries, not 9",
+        "p.yaml:10:9: routing.aliases.b.targets: must not be empty (give at least one)",
     ]
 
 
