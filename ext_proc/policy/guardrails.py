@@ -2,9 +2,9 @@
 
 Pass 4 of :func:`~ext_proc.policy.compile.compile_policy` calls :func:`problems` (detector names,
 teams and models a rule names, actions a detector cannot take, custom patterns Hyperscan or
-Python cannot use or whose length is unbounded); pass 5 calls :func:`build`, which compiles every
-detector the policy can use into one scanner (:mod:`ext_proc.guardrails.scanner`) and the rules
-into :class:`~ext_proc.guardrails.plan.Guardrails`.
+Python cannot use or whose length is unbounded, a pattern's settings given to a word list); pass
+5 calls :func:`build`, which compiles every detector the policy can use into one scanner
+(:mod:`ext_proc.guardrails.scanner`) and the rules into :class:`~ext_proc.guardrails.plan.Guardrails`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: obj
             _custom_detector(name, entry)
         except PatternError as exc:
             out.append(Problem(f"cannot be used: {exc}", where=(*at, "pattern" if entry.pattern else "words")))
+        if entry.words is not None:  # a word list matches whole words in any case, its length known
+            out += [Problem(f"only with 'pattern': {why}", where=(*at, field), at_key=True)
+                    for field, why in (("caseless", "words always match in any case"),
+                                       ("max_length", "the longest match of a word list is known"))
+                    if field in entry.model_fields_set]
     known = [*GROUPS, INJECTION, KEPT, *BUILTIN_NAMES, *section.custom]
     teams = list(spec.teams)
     public = [*models, *spec.routing.aliases]

@@ -671,6 +671,24 @@ def test_guardrail_mistakes_are_located() -> None:
         "(not 'shred')"]
 
 
+def test_a_word_list_takes_no_pattern_settings() -> None:
+    """`caseless: false` on a word list was accepted and ignored: words still matched in any case."""
+    with pytest.raises(PolicyError) as caught:
+        compile_policy(HEAD + textwrap.dedent("""\
+            guardrails:
+              custom:
+                codename: {words: [bluebird], caseless: false}
+                project: {words: [red falcon], max_length: 20, caseless: true}
+                ticket: {pattern: "TCK-[0-9]+", max_length: 10, caseless: true}
+        """), "p.yaml")
+    assert [str(issue) for issue in caught.value.errors] == [
+        "p.yaml:13:35: guardrails.custom.codename.caseless: only with 'pattern': words always match in any case",
+        "p.yaml:14:36: guardrails.custom.project.max_length: only with 'pattern': the longest match of a word list "
+        "is known",
+        "p.yaml:14:52: guardrails.custom.project.caseless: only with 'pattern': words always match in any case",
+    ]
+
+
 def test_a_rule_for_no_team_or_model_is_refused() -> None:
     """`teams: []` or `models: []` compiled to a rule for nobody: a block rule that never blocked."""
     with pytest.raises(PolicyError) as caught:
