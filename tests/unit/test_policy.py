@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,7 @@ from ext_proc.policy.compiled import CompiledPolicy, Principal, key_digest
 from ext_proc.policy.schema import PATTERN_MEANINGS, json_schema
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 EXAMPLE = (POLICIES / "example.yaml").read_text()
 MINIMAL = (POLICIES / "minimal.yaml").read_text()
 DEMO_KEY = "tw-local-demo-key-not-secret"
@@ -259,6 +261,24 @@ def test_wrong_api_version() -> None:
 
 def test_missing_api_version() -> None:
     assert issues("teams: {}\n") == ["p.yaml:1:1: apiVersion: required field missing"]
+
+
+def test_the_readmes_policy_blocks_compile() -> None:
+    """The README's policy example is a whole file that compiles (it named a provider and a team it
+    did not define), and each of its other policy blocks compiles with it, its sections merged in."""
+    blocks = [(README[:match.start()].count("\n") + 2, match.group(1).replace('sha256: "…"', f'sha256: "{SHA_A}"'))
+              for match in re.finditer(r"^```yaml\n(.*?)^```$", README, re.M | re.S)]  # (a key's placeholder)
+    whole = [(line, text) for line, text in blocks if text.startswith("apiVersion: tollway/v1\n")]
+    assert len(whole) == 1 and len(blocks) >= 4, "the README's policy blocks moved: update this test"
+    line, text = whole[0]
+    base = yaml.safe_load(text)
+    policy = compile_policy(text, f"README.md (the block at line {line})")
+    assert set(policy.providers) >= {"openai", "anthropic"} and set(policy.teams) >= {"search", "support"}
+    for line, block in blocks:
+        merged = dict(base)
+        for section, value in yaml.safe_load(block).items():
+            merged[section] = {**base[section], **value} if isinstance(base.get(section), dict) else value
+        compile_policy(yaml.safe_dump(merged, sort_keys=False), f"README.md (the block at line {line}, merged)")
 
 
 # -- schema errors, in the policy's words --------------------------------------------------------
