@@ -21,7 +21,8 @@ DEFAULT_LOG = os.environ.get("TOLLWAY_LOG", ".tollway/requests.jsonl")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", help=f"request log (its rotated copies are read too); default {DEFAULT_LOG}, "
                                       "unless TOLLWAY_REDIS_URL is set (then those aggregates)")
-    parser.add_argument("--by", choices=sorted(GROUPS), default="team", help="group by (default team)")
+    parser.add_argument("--by", choices=sorted(GROUPS), default="team",
+                        help="group by (default team); a key is named with its team, ci@search")
     parser.add_argument("--since", type=_day, help="first day, YYYY-MM-DD (UTC)")
     parser.add_argument("--until", type=_day, help="last day included, YYYY-MM-DD (UTC)")
     parser.add_argument("--month", type=_month, help="YYYY-MM: the whole month (instead of --since/--until)")

@@ -1,7 +1,8 @@
 """Aggregate request records into spend reports. Pure: records in, rows and sentences out.
 
 A record is one line of the request log (see README, "The request record"). Grouping is by
-``team``, ``model`` (the public name asked for), ``key`` (the virtual key id) or ``provider``.
+``team``, ``model`` (the public name asked for), ``key`` (the virtual key: its id with its team,
+``ci@search``, since an id is unique only within its team) or ``provider``.
 Tokens are input + output; cost is the sum of ``cost_usd_micros`` (integer micro-dollars), and
 records whose usage or price is unknown are *counted* as such rather than added as zero, so a
 report can say "at least". Requests Tollway refused itself (outcome ``rejected``: a 401, 403, 404
@@ -16,7 +17,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from ext_proc.llm.prices import dollars
-from ext_proc.state.rows import GROUPS, Row, usable, usd
+from ext_proc.state.rows import GROUPS, Row, group_of, usable, usd
 
 __all__ = ["GROUPS", "Row", "aggregate", "dollars", "human_count", "month_window", "parse_day", "sentence",
            "usd"]
@@ -51,7 +52,6 @@ def aggregate(
     """Totals per group for records in [since, until) matching ``where``; most expensive first.
     A record without the types a report counts (an edited log) is left out (its id added to
     ``skipped``)."""
-    field_name = GROUPS[by]
     rows: dict[str, Row] = {}
     for record in records:
         if not usable(record):
@@ -61,9 +61,9 @@ def aggregate(
         day = record_day(record)
         if day is None or (since and day < since) or (until and day >= until):
             continue
-        if where and any(record.get(GROUPS.get(k, k)) != v for k, v in where.items()):
+        if where and any(group_of(k, record) != v for k, v in where.items()):
             continue
-        key = str(record.get(field_name) or "(none)")
+        key = group_of(by, record)
         row = rows.get(key)
         if row is None:
             row = rows[key] = Row(key)

@@ -7,6 +7,9 @@ and cut streams, and latency as a sum plus a fixed histogram (so averages are ex
 read from the histogram, to its bucket's upper bound). A sent request also adds 1 to
 ``outcomes``: buckets written before the outcome was counted have requests without it, whose
 errors and cut streams are unknown (:attr:`~ext_proc.state.rows.Row.unknown_outcome`), not 0.
+A bucket keeps the team and the key id apart, and a report by key names a key with its team
+(``ci@search``, :func:`~ext_proc.state.rows.group_of`): buckets written before reports did so
+read that way too, nothing to migrate.
 
 :class:`MemoryLedger` keeps the buckets in this process (one sidecar, one worker); the request
 log stays the complete record either way. :class:`RedisLedger` adds the same buckets with
@@ -24,7 +27,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from ext_proc.state.rows import GROUPS, Row
+from ext_proc.state.rows import Row, group_of
 
 # Latency histogram upper bounds in ms (the last bucket is open-ended).
 LATENCY_BOUNDS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000)
@@ -97,9 +100,12 @@ def _guardrails(record: dict[str, Any]) -> dict[str, int]:
 
 def _rows(buckets: Iterable[tuple[Bucket, dict[str, int]]], by: str, since: date | None, until: date | None,
           where: dict[str, str] | None) -> list[Row]:
-    index = DIMENSIONS.index(GROUPS[by]) + 1
-    rows = _grouped(buckets, lambda bucket: bucket[index] or "(none)", since, until, where)
+    rows = _grouped(buckets, lambda bucket: group_of(by, _dimensions(bucket)), since, until, where)
     return sorted(rows.values(), key=lambda r: (-r.cost_usd_micros, -r.tokens, r.group))
+
+
+def _dimensions(bucket: Bucket) -> dict[str, str]:
+    return dict(zip(DIMENSIONS, bucket[1:], strict=True))
 
 
 def _cell(bucket: Bucket) -> Cell:
@@ -108,15 +114,15 @@ def _cell(bucket: Bucket) -> Cell:
 
 def _grouped(buckets: Iterable[tuple[Bucket, dict[str, int]]], key: Callable[[Bucket], K],
                 since: date | None, until: date | None, where: dict[str, str] | None) -> dict[K, Row]:
-    """The buckets in [since, until) matching ``where``, added up per ``key(bucket)``."""
-    wanted = {DIMENSIONS.index(GROUPS[k]) + 1: v for k, v in (where or {}).items()}
+    """The buckets in [since, until) matching ``where`` (what :func:`group_of` names them), added up
+    per ``key(bucket)``."""
     rows: dict[K, Row] = {}
     sums: dict[K, tuple[int, int, int]] = {}
     for bucket, counters in buckets:
         day = date.fromisoformat(bucket[0])
         if (since and day < since) or (until and day >= until):
             continue
-        if any(bucket[i] != v for i, v in wanted.items()):
+        if where and any(group_of(k, _dimensions(bucket)) != v for k, v in where.items()):
             continue
         group = key(bucket)
         row = rows.get(group)

@@ -1,17 +1,33 @@
 """A spend row: the totals of one group (team, model, key or provider) over a window.
 
 The one shape every report is made of, whether it was aggregated from the request log
-(:mod:`ext_proc.ledger.report`) or read from the shared counters (:mod:`ext_proc.state.ledger`).
+(:mod:`ext_proc.ledger.report`) or read from the shared counters (:mod:`ext_proc.state.ledger`),
+and :func:`group_of` the one rule both follow for which row a request counts in.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from ext_proc.policy.compiled import key_member
+
 GROUPS = {"team": "team", "model": "model", "key": "key_id", "provider": "provider"}
+
+
+def group_of(by: str, record: Mapping[str, Any]) -> str:
+    """The row a request (a record, or a bucket's dimensions) counts in when grouped ``by`` a name
+    of :data:`GROUPS`: its team, model or provider, or its key with its team as limits count it
+    (:func:`~ext_proc.policy.compiled.key_member`, ``ci@search``: a key id is unique only within
+    its team, so the keys ``ci`` of two teams are two rows); ``(none)`` when it has none."""
+    value = record.get(GROUPS[by])
+    if not value:
+        return "(none)"
+    team = record.get("team")
+    return key_member(str(team), str(value)) if by == "key" and team else str(value)
 
 
 def usd(micros: int) -> Decimal:

@@ -269,3 +269,47 @@ def test_a_report_leaves_out_lines_of_an_edited_log_and_says_so(tmp_path: Path, 
         err = capsys.readouterr().err
         assert "hun" not in err and "pw@" not in err and "Traceback" not in err and err.count("\n") == 1, err
 
+
+
+# A key id is unique only within its team: teams search and ads each have a key "ci".
+TWO_CIS = [
+    rec(team="search", key_id="ci", cost_usd_micros=3_000_000),
+    rec(team="search", key_id="ci", cost_usd_micros=1_000_000, guardrails=["pii"]),
+    rec(team="ads", key_id="ci", cost_usd_micros=500_000),
+    rec(team="ads", key_id=None, cost_usd_micros=7),  # a workload's request: no key
+]
+
+
+def test_a_report_by_key_names_each_key_with_its_team(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       redis_port: int) -> None:
+    """The keys ``ci`` of two teams are two rows (``ci@search``, as limits count them), each with its own
+    spend: from the log, from the aggregates in Redis (whose buckets always held the team), in
+    ``tollway report``'s JSON, CSV and table and in ``/v1/report``; ``--team`` keeps one team's keys."""
+    import redis
+    from prometheus_client import CollectorRegistry
+
+    from ext_proc.server.admin import AdminServer
+    from ext_proc.state.ledger import RedisLedger
+
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    RedisLedger(client).add(TWO_CIS)
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in TWO_CIS))
+    expected = [("ci@search", 2, 4_000_000, 1), ("ci@ads", 1, 500_000, 0), ("(none)", 1, 7, 0)]
+    for source in (["--log", str(path)], ["--redis", f"redis://127.0.0.1:{redis_port}/0"]):
+        assert main(["report", *source, "--by", "key", "--month", "2026-10", "--format", "json"]) == 0
+        rows = orjson.loads(capsys.readouterr().out)
+        assert [(r["group"], r["requests"], r["cost_usd_micros"], r["guardrail_triggers"]) for r in rows] == expected
+        assert main(["report", *source, "--by", "key", "--team", "ads", "--month", "2026-10", "--format", "csv"]) == 0
+        assert [line.split(",")[:2] for line in capsys.readouterr().out.splitlines()[1:]] == [
+            ["ci@ads", "1"], ["(none)", "1"]]
+        assert main(["report", *source, "--by", "key", "--month", "2026-10"]) == 0
+        table = capsys.readouterr().out.splitlines()
+        assert table[0].startswith("key ") and table[1].startswith("ci@search ") and "$4.00" in table[1]
+    for admin in (AdminServer(CollectorRegistry(), lambda: (True, {}), log_path=str(path)),
+                  AdminServer(CollectorRegistry(), lambda: (True, {}), ledger=RedisLedger(client))):
+        status, _, body = admin.report("by=key&month=2026-10")
+        assert status == 200
+        assert [(r["group"], r["requests"], r["cost_usd_micros"], r["guardrail_triggers"])
+                for r in orjson.loads(body)["rows"]] == expected
