@@ -155,9 +155,9 @@ def _merge(into: dict[str, Any], value: dict[str, Any]) -> None:
 
 
 def apply_envoy_filter(config: dict[str, Any], envoy_filter: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with the filter's patches applied (CLUSTER ADD, LISTENER MERGE, HTTP_FILTER
-    INSERT_BEFORE, VIRTUAL_HOST MERGE, HTTP_ROUTE INSERT_FIRST; listeners matched by name
-    ``0.0.0.0_PORT``)."""
+    """``config`` with the filter's patches applied (CLUSTER ADD, LISTENER MERGE, NETWORK_FILTER
+    MERGE, HTTP_FILTER INSERT_BEFORE, VIRTUAL_HOST MERGE, HTTP_ROUTE INSERT_FIRST; listeners matched
+    by name ``0.0.0.0_PORT``)."""
     config = copy.deepcopy(config)
     resources = config["static_resources"]
     for patch in envoy_filter["spec"]["configPatches"]:
@@ -173,6 +173,14 @@ def apply_envoy_filter(config: dict[str, Any], envoy_filter: dict[str, Any]) -> 
             for listener in resources["listeners"]:
                 if listener["name"] == f"0.0.0.0_{match['listener']['portNumber']}":
                     _merge(listener, value)
+            continue
+        if target == "NETWORK_FILTER":
+            assert change["operation"] == "MERGE"
+            for listener in resources["listeners"]:
+                if listener["name"] == f"0.0.0.0_{match['listener']['portNumber']}":
+                    for network_filter in listener["filter_chains"][0]["filters"]:
+                        if network_filter["name"] == match["listener"]["filterChain"]["filter"]["name"]:
+                            _merge(network_filter, value)
             continue
         if target == "HTTP_FILTER":
             port = match["listener"]["portNumber"]

@@ -13,7 +13,8 @@ Shown: a sidecar whose certificate carries the SPIFFE ID of ``search/search-api`
 request identified as that workload and recorded under its team; a Claude model asked at
 api.openai.com goes to Anthropic's cluster (Tollway's label route); another host is untouched;
 a sidecar whose certificate (same CA) has no SPIFFE ID gets no stream: its request is refused
-and never reaches a provider.
+and never reaches a provider; the provider's account headers never reach the application; with
+Tollway down the application gets the JSON error its SDK reads.
 """
 
 from __future__ import annotations
@@ -208,3 +209,38 @@ def test_a_sidecar_without_a_spiffe_id_is_refused(mesh: Mesh) -> None:
     assert response.status_code == 500  # Tollway refused the channel; the filter fails closed
     assert mesh.provider_saw() == []
     assert "none of the accepted names" in (mesh.work / "tollway.log").read_text()
+
+
+def test_the_providers_account_headers_never_reach_the_application(mesh: Mesh) -> None:
+    port = mesh.sidecar("search-api", mesh.ca.issue("search-api", uris=(WORKLOAD,), server=False))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    direct = httpx.post(f"http://127.0.0.1:{mesh.mock_port}/v1/chat/completions", json=body,
+                        headers={"authorization": f"Bearer {PROVIDER_KEY}"})
+    assert {"openai-organization", "openai-project"} <= set(direct.headers)  # what the provider names
+    answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
+                        headers={"host": "api.openai.com", "authorization": "Bearer sk-the-apps-own-key"})
+    assert answer.status_code == 200
+    assert answer.headers.get("x-tollway-request-id")
+    assert not {"openai-organization", "openai-project", "anthropic-organization-id"} & set(answer.headers)
+
+
+def test_with_tollway_down_the_application_gets_its_sdks_json_error(mesh: Mesh) -> None:
+    port = mesh.sidecar("search-api", mesh.ca.issue("search-api", uris=(WORKLOAD,), server=False))
+    tollway = mesh.procs[1]
+    tollway.terminate()
+    tollway.wait(30)
+    body = {"model": "gpt-4o-mini", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    openai_answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
+                               headers={"host": "api.openai.com"})
+    assert openai_answer.status_code == 500
+    assert openai_answer.json()["error"]["message"].startswith("Tollway gateway error (ext_proc_error")
+    anthropic_answer = httpx.post(f"http://127.0.0.1:{port}/v1/messages", json=body,
+                                  headers={"host": "api.anthropic.com"})
+    assert anthropic_answer.status_code == 500
+    assert anthropic_answer.json()["type"] == "error"
+    assert anthropic_answer.json()["error"]["type"] == "api_error"
+    # Another host's errors are not Tollway's to dress: the provider hosts' format only.
+    other = httpx.post(f"http://127.0.0.1:{port}/nowhere", headers={"host": "nowhere.example"})
+    assert other.status_code == 404
+    assert other.text == ""
+    assert mesh.provider_saw() == []

@@ -156,6 +156,36 @@ def test_the_envoy_filter_adds_the_sidecars_own_ext_proc_filter(rendered: dict[s
     assert added["disabled"] is True  # and only where a provider host's virtual host enables it
 
 
+def _without_host(node: dict[str, Any]) -> dict[str, Any]:
+    """A local-reply filter without its provider-host condition (the Istio filter's only addition)."""
+    filters = [f for f in node.get("and_filter", {}).get("filters", [node])
+               if f.get("header_filter", {}).get("header", {}).get("name") != ":authority"]
+    return filters[0] if len(filters) == 1 else {"and_filter": {"filters": filters}}
+
+
+def test_the_envoy_filter_answers_and_hides_as_tollways_own_envoy(rendered: dict[str, Any]) -> None:
+    """The provider hosts' answers lose the same account headers, and the sidecar's own errors get the
+    same JSON bodies, as in envoy/tollway.yaml: the two cannot drift apart."""
+    patches = _find(rendered["overlays/istio"], "EnvoyFilter")["spec"]["configPatches"]
+    template = yaml.safe_load(TEMPLATE.read_text())
+    hcm = template["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    vhosts = [p for p in patches if p["applyTo"] == "VIRTUAL_HOST"]
+    names = {p["match"]["routeConfiguration"]["vhost"]["name"] for p in vhosts}
+    assert names == {f"{host}:80" for host in sidecar.PROVIDER_HOSTS}
+    for patch in vhosts:
+        removed = patch["patch"]["value"]["response_headers_to_remove"]
+        assert removed == hcm["route_config"]["response_headers_to_remove"]
+    (merged,) = [p["patch"]["value"] for p in patches if p["applyTo"] == "NETWORK_FILTER"]
+    mappers = merged["typed_config"]["local_reply_config"]["mappers"]
+    ours = hcm["local_reply_config"]["mappers"]
+    assert [m["body_format_override"] for m in mappers] == [m["body_format_override"] for m in ours]
+    assert [_without_host(m["filter"]) for m in mappers] == [m["filter"] for m in ours]
+    for mapper in mappers:  # and only on the provider hosts: the listener carries all of the app's HTTP
+        (host,) = [f for f in mapper["filter"]["and_filter"]["filters"] if "header_filter" in f]
+        assert host["header_filter"]["header"]["string_match"]["safe_regex"]["regex"] == \
+            r"^(api\.openai\.com|api\.anthropic\.com)(:80)?$"
+
+
 def test_the_envoy_filter_patches_validate_on_a_sidecar(rendered: dict[str, Any], tmp_path: Path) -> None:
     envoy_filter = _find(rendered["overlays/istio"], "EnvoyFilter")
     clusters = [{"name": f"outbound|80||{host}", "type": "STRICT_DNS", "connect_timeout": "1s",
