@@ -62,8 +62,7 @@ POLICY_DIR = "/etc/tollway/policy"
 PROVIDER_KEYS_DIR = "/var/run/secrets/tollway/providers"
 TRUST_DIR = "/etc/tollway/trust"
 TRUST_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
-RESERVED_PORTS = frozenset({sidecar.ENVOY_ADMIN_PORT, sidecar.TOLLWAY_ADMIN_PORT, 10000, sidecar.INTERCEPT_PORT,
-                            sidecar.POD_PORT})
+RESERVED_PORTS = frozenset({sidecar.TOLLWAY_ADMIN_PORT, 10000, sidecar.INTERCEPT_PORT, sidecar.POD_PORT})
 PYTHON = "/opt/tollway/bin/python"
 
 
@@ -152,7 +151,8 @@ def sidecar_containers(settings: Settings, workload: str, intercept: bool) -> li
         "imagePullPolicy": settings.pull_policy,
         "restartPolicy": "Always",  # a native sidecar: started before, stopped after the application
         "args": ["serve", "--policy", f"{POLICY_DIR}/{settings.policy_key}",
-                 "--envoy-clusters", "/run/tollway/clusters.yaml", "--workers", str(settings.workers)],
+                 "--envoy-clusters", "/run/tollway/clusters.yaml", "--envoy-admin", f"unix:{sidecar.ENVOY_ADMIN}",
+                 "--workers", str(settings.workers)],
         "env": [
             {"name": "TOLLWAY_WORKLOAD", "value": workload},
             {"name": "TOLLWAY_REDIS_URL", "valueFrom": {"secretKeyRef": {

@@ -17,8 +17,14 @@ clusters file Tollway writes) and adds two listeners:
 ``tollway_pod`` (``0.0.0.0:10021``): the only port of the sidecar on the pod's address. It
     answers kubelet's probes and Prometheus, and nothing else: Envoy's ``/ready`` and
     ``/stats/prometheus``, Tollway's ``/readyz`` and ``/metrics`` (as ``/tollway/readyz`` and
-    ``/tollway/metrics``). Both admin endpoints stay on loopback (Envoy's admin can stop Envoy;
-    Tollway's serves spend reports).
+    ``/tollway/metrics``). Neither admin endpoint is on the pod's address.
+
+Envoy's admin is a Unix socket (``/run/envoy-admin.sock``, mode 0660: Envoy's user and Tollway's
+group), never a loopback port: the pod's network namespace is the application's too, and the admin
+can stop Envoy or raise its log level, after which its debug log prints each request's upstream
+headers, the provider key among them. The socket is on the ``/run`` volume only Tollway's and
+Envoy's containers mount; Tollway asks it whether Envoy loaded the clusters (``--envoy-admin
+unix:/run/envoy-admin.sock``) and the pod port's ``tollway_envoy_admin`` cluster reaches it.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from ext_proc.envoy_config import set_ext_proc
 PROVIDER_HOSTS = ("api.openai.com", "api.anthropic.com")
 INTERCEPT_PORT = 10443
 POD_PORT = 10021
-ENVOY_ADMIN_PORT = 9901
+ENVOY_ADMIN = "/run/envoy-admin.sock"  # Envoy's admin: a Unix socket on the volume of Tollway and Envoy only
+ENVOY_ADMIN_MODE = 0o660  # Envoy's user (owner) and Tollway's (group: Envoy runs in Tollway's group)
 TOLLWAY_ADMIN_PORT = 9902
 INTERCEPT_CERT_DIR = "/etc/tollway/intercept"  # the cert-manager Secret (tls.crt, tls.key)
 INTERCEPT_SDS = "/etc/tollway/envoy/intercept-sds.yaml"  # in the image: k8s/image/intercept-sds.yaml
@@ -52,7 +59,7 @@ class Layout:
     intercept_port: int = INTERCEPT_PORT
     pod_port: int = POD_PORT
     pod_address: str = "0.0.0.0"
-    envoy_admin_port: int = ENVOY_ADMIN_PORT
+    envoy_admin: str = ENVOY_ADMIN  # the admin's socket
     tollway_admin_port: int = TOLLWAY_ADMIN_PORT
     intercept_sds: str = INTERCEPT_SDS
     ext_proc: str | None = None  # Tollway's address; None: the template's (unix:/run/tollway/ext_proc.sock)
@@ -72,10 +79,12 @@ def intercept_sds(cert_dir: str = INTERCEPT_CERT_DIR) -> dict[str, Any]:
     }]}
 
 
-def _static(name: str, port: int) -> dict[str, Any]:
+def _static(name: str, port: int | str) -> dict[str, Any]:
+    """A cluster of one endpoint: a loopback port, or a Unix socket's path."""
+    address = {"pipe": {"path": port}} if isinstance(port, str) else \
+        {"socket_address": {"address": "127.0.0.1", "port_value": port}}
     return {"name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
-        "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-            "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+        "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]}}
 
 
 def _route(path: str, cluster: str, rewrite: str | None = None, host: str | None = None) -> dict[str, Any]:
@@ -151,13 +160,13 @@ def _intercept_listener(hcm_filter: dict[str, Any], layout: Layout) -> dict[str,
 def bootstrap(template: dict[str, Any], layout: Layout = Layout()) -> dict[str, Any]:
     """The sidecar's bootstrap from Tollway's (``template``, read from the clusters file Tollway writes)."""
     config = copy.deepcopy(template)
-    config["admin"]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": layout.envoy_admin_port}
+    config["admin"]["address"] = {"pipe": {"path": layout.envoy_admin, "mode": ENVOY_ADMIN_MODE}}
     if layout.ext_proc is not None:
         set_ext_proc(config, layout.ext_proc)
     resources = config["static_resources"]
     (base,) = resources["listeners"]
     listeners = [base, _pod_listener(layout)]
-    clusters = [_static("tollway_envoy_admin", layout.envoy_admin_port),
+    clusters = [_static("tollway_envoy_admin", layout.envoy_admin),
                 _static("tollway_admin", layout.tollway_admin_port)]
     if layout.intercept:
         (hcm,) = base["filter_chains"][0]["filters"]

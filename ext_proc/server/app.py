@@ -136,8 +136,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cds_config reads, e.g. /run/tollway/clusters.yaml; env TOLLWAY_ENVOY_CLUSTERS)")
     parser.add_argument("--envoy-admin", metavar="URL", default=os.environ.get("TOLLWAY_ENVOY_ADMIN",
                                                                            "http://127.0.0.1:9901"),
-                        help="Envoy's admin, asked whether it loaded the clusters (default %(default)s; "
-                             "env TOLLWAY_ENVOY_ADMIN)")
+                        help="Envoy's admin, asked whether it loaded the clusters: http://HOST:PORT, or "
+                             "unix:PATH for a Unix socket (default %(default)s; env TOLLWAY_ENVOY_ADMIN)")
     parser.add_argument("--otlp-endpoint", metavar="URL", default=os.environ.get("TOLLWAY_OTLP_ENDPOINT") or None,
                         help="send one OpenTelemetry span per request to this OTLP/HTTP collector (e.g. "
                              "http://otel-collector:4318; env TOLLWAY_OTLP_ENDPOINT, or OpenTelemetry's own "

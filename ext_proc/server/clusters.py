@@ -35,6 +35,8 @@ order (:meth:`ClusterSync.prepare`, called by :class:`~ext_proc.server.reload.Po
 4. clusters no policy has needed for ``retire_after`` seconds (5 minutes: longer than any try's
    first-byte timeout) are dropped by a later write (:meth:`ClusterSync.prune`).
 
+Envoy's admin is a URL (``http://127.0.0.1:9901``) or a Unix socket (``unix:/run/envoy-admin.sock``,
+the injected sidecar's: a loopback port would be the whole pod's, see :mod:`ext_proc.k8s.sidecar`).
 Without an admin address, or while Envoy's admin does not answer (Envoy not started yet, or
 restarting), step 2 waits a fixed ``unconfirmed_wait`` instead: Envoy loads a moved file within
 milliseconds of the move.
@@ -46,10 +48,12 @@ import argparse
 import contextlib
 import copy
 import hashlib
+import http.client
 import ipaddress
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
 import urllib.error
@@ -314,9 +318,34 @@ class EnvoyRejected(EnvoyNotReady):
     """Envoy refused the clusters file (Envoy's log has its reason)."""
 
 
-def fetch(url: str, timeout: float = 1.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return bytes(response.read())
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def fetch(admin: str, path: str, timeout: float = 1.0) -> bytes:
+    """GET ``path`` of Envoy's admin (``http://HOST:PORT`` or ``unix:SOCKET``); an OSError unless 200."""
+    if not admin.startswith("unix:"):
+        with urllib.request.urlopen(admin + path, timeout=timeout) as response:
+            return bytes(response.read())
+    connection = _UnixConnection(admin.removeprefix("unix:"), timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+    except http.client.HTTPException as exc:
+        raise OSError(f"Envoy's admin at {admin}: {exc!r}") from exc
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise OSError(f"Envoy's admin at {admin} answered {response.status} to {path}")
+    return body
 
 
 class ClusterSync:
@@ -333,7 +362,7 @@ class ClusterSync:
         unconfirmed_wait: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        get: Callable[[str], bytes] = fetch,
+        get: Callable[[str, str], bytes] = fetch,
     ) -> None:
         self.path = path
         self.envoy_admin = envoy_admin.rstrip("/") if envoy_admin else None
@@ -408,7 +437,7 @@ class ClusterSync:
         if not self.envoy_admin:
             return None
         try:
-            body = self._get(f"{self.envoy_admin}/stats?filter=%5Ecluster_manager%5C.cds%5C.")
+            body = self._get(self.envoy_admin, "/stats?filter=%5Ecluster_manager%5C.cds%5C.")
         except (OSError, urllib.error.URLError):
             return None
         stats = {}
@@ -423,7 +452,7 @@ class ClusterSync:
 
     def _active(self) -> set[str]:
         assert self.envoy_admin
-        body = self._get(f"{self.envoy_admin}/config_dump?resource=dynamic_active_clusters")
+        body = self._get(self.envoy_admin, "/config_dump?resource=dynamic_active_clusters")
         return {entry["cluster"]["name"] for entry in orjson.loads(body).get("configs", ())}
 
     def _changes(self, content: dict[str, dict[str, Any]], policy: CompiledPolicy | None) -> str:

@@ -45,9 +45,40 @@ def wait_ok(url: str, proc: subprocess.Popen[bytes], name: str, log: Path, timeo
 
 
 def stat(name: str) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:9901/stats?filter=^{name}$", timeout=2) as response:
-        text = response.read().decode()
+    from ext_proc.k8s.sidecar import ENVOY_ADMIN
+    from ext_proc.server.clusters import fetch
+
+    text = fetch(f"unix:{ENVOY_ADMIN}", f"/stats?filter=^{name}$", timeout=2).decode()
     return int(text.split(":")[1]) if ":" in text else 0
+
+
+# What a process of the application can do to Envoy's admin: its loopback port (the pod's network
+# namespace is the app's), or its socket (here /run is everyone's; in the pod, Tollway's and Envoy's).
+ADMIN_PROBE = """
+import json, socket, sys
+from ext_proc.server.clusters import fetch
+out = {}
+try:
+    with socket.create_connection(("127.0.0.1", 9901), timeout=2) as s:
+        s.sendall(b"POST /logging?level=debug HTTP/1.1\\r\\nhost: 127.0.0.1\\r\\ncontent-length: 0\\r\\n\\r\\n")
+        out["tcp"] = s.recv(100).decode(errors="replace").split("\\r\\n")[0]
+except OSError as exc:
+    out["tcp"] = type(exc).__name__
+try:
+    out["socket"] = fetch("unix:" + sys.argv[1], "/ready", timeout=2).decode().strip()
+except OSError as exc:
+    out["socket"] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def admin_probe(uid: int, gid: int) -> dict[str, str]:
+    from ext_proc.k8s.sidecar import ENVOY_ADMIN
+
+    proc = subprocess.run([sys.executable, "-c", ADMIN_PROBE, ENVOY_ADMIN], capture_output=True, text=True,
+                          user=uid, group=gid, extra_groups=[], timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout))
 
 
 def tls_server(address: str, cert: str, key: str, body: bytes) -> tuple[socket.socket, list[str]]:
@@ -170,6 +201,11 @@ def main(spec_path: str) -> int:
         result["intercepted"] = [intercepted_before, intercepted_after_sdk, intercepted_after_other]
         with urllib.request.urlopen(f"http://127.0.0.1:{MOCK_PORT}/_mock/requests", timeout=2) as response:
             result["provider_saw"] = json.loads(response.read())
+        # Envoy's admin: not on loopback; its socket answers Tollway's user, not the application's,
+        # whose next request's upstream headers (the provider key) must not reach Envoy's log.
+        result["admin/app"] = admin_probe(65534, 65534)
+        result["admin/tollway"] = admin_probe(10001, 10001)
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "And again"}])
         direct.close()
         shared.close()
         # The record: written in batches; wait for it.

@@ -33,12 +33,12 @@ def _wait(url: str, proc: subprocess.Popen[bytes], headers: dict[str, str] | Non
 
 
 def test_the_pod_port_reaches_a_loopback_admin_that_refuses_other_hosts(tmp_path: Path) -> None:
-    admin, pod, envoy_admin = free_port(), free_port(), free_port()
+    admin, pod, envoy_admin = free_port(), free_port(), str(tmp_path / "envoy-admin.sock")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
-    layout = sidecar.Layout(intercept=False, pod_address="127.0.0.1", pod_port=pod, envoy_admin_port=envoy_admin,
+    layout = sidecar.Layout(intercept=False, pod_address="127.0.0.1", pod_port=pod, envoy_admin=envoy_admin,
                             tollway_admin_port=admin)
     config = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": envoy_admin}}},
+        "admin": {"address": {"pipe": {"path": envoy_admin}}},
         "static_resources": {
             "listeners": [sidecar._pod_listener(layout)],
             "clusters": [sidecar._static("tollway_envoy_admin", envoy_admin), sidecar._static("tollway_admin", admin)],

@@ -167,6 +167,12 @@ def _run(netns: str, work: Path) -> None:
     # Another site on the provider's address is redirected, then passed through untouched.
     assert (result["shared"], result["shared_seen"]) == ("shared address", ["shared.example"])
     assert result["passthrough_cx"] >= 1
+    # Envoy's admin is no loopback port: the application (another user) can neither raise its log
+    # level nor stop it, and so never gets the provider key printed in Envoy's log; Tollway's user
+    # reaches the socket (it confirms there that Envoy loaded the clusters).
+    assert result["admin/app"] == {"tcp": "ConnectionRefusedError", "socket": "PermissionError"}
+    assert result["admin/tollway"] == {"tcp": "ConnectionRefusedError", "socket": "LIVE"}
+    assert PROVIDER_KEY not in (work / "envoy.log").read_text(errors="replace")
     # kubelet's probes and Prometheus reach the pod port.
     assert {k: v for k, v in result.items() if k.startswith("pod/")} == {
         "pod/tollway/readyz": 200, "pod/tollway/metrics": 200, "pod/stats/prometheus": 200}

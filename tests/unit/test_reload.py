@@ -3,7 +3,10 @@ ConfigMap symlink swaps, one published version for every worker, Envoy's cluster
 
 from __future__ import annotations
 
+import http.server
 import os
+import socketserver
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ext_proc.server.clusters import ClusterSync, EnvoyNotReady
+from ext_proc.server.clusters import ClusterSync, EnvoyNotReady, fetch
 from ext_proc.server.reload import KEEP_FOR, KEEP_MAX, PolicyController, PolicyHolder, Publication
 
 GOOD = """apiVersion: tollway/v1
@@ -158,7 +161,7 @@ class FakeEnvoy:
         self.active: set[str] = set()
         self.rejected = 0
 
-    def get(self, url: str) -> bytes:
+    def get(self, admin: str, url: str) -> bytes:
         document = yaml.safe_load(self.path.read_text()) if self.path.exists() else None
         if document and not self.deaf and document["version_info"] != self.version:
             if self.reject or self.refuse & {r["name"] for r in document["resources"]}:
@@ -363,8 +366,8 @@ def test_a_file_refused_for_a_reason_outside_it_is_loaded_again_untouched(
 def test_without_envoys_admin_the_write_is_given_a_moment(tmp_path: Path) -> None:
     clock = Clock()
 
-    def refused(url: str) -> bytes:
-        raise ConnectionRefusedError(url)
+    def refused(admin: str, url: str) -> bytes:
+        raise ConnectionRefusedError(admin + url)
 
     sync = ClusterSync(str(tmp_path / "c.yaml"), "http://127.0.0.1:1", clock=clock, sleep=clock.sleep, get=refused)
     sync.prepare(None, starting=True)
@@ -376,6 +379,47 @@ def test_without_envoys_admin_the_write_is_given_a_moment(tmp_path: Path) -> Non
     with pytest.raises(EnvoyNotReady):
         ClusterSync(str(tmp_path / "d.yaml"), "http://envoy", clock=clock, sleep=clock.sleep,
                     get=FakeEnvoy(tmp_path / "d.yaml", deaf=True).get).prepare(None)
+
+
+def test_envoys_admin_on_a_unix_socket_confirms_the_clusters(tmp_path: Path) -> None:
+    """The injected sidecar's Envoy has its admin on a Unix socket (``--envoy-admin unix:PATH``):
+    the same questions, over it; an answer other than 200 is no confirmation."""
+    clusters_file = tmp_path / "clusters.yaml"
+    envoy = FakeEnvoy(clusters_file)
+
+    class Admin(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = (200, envoy.get("", self.path)) if self.path.startswith(("/stats?", "/config_dump?")) \
+                else (404, b"")
+            self.send_response(status)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self) -> tuple[Any, Any]:
+            request, _ = super().get_request()
+            return request, ("local", 0)  # BaseHTTPRequestHandler wants a (host, port)
+
+    socket_path = str(tmp_path / "envoy-admin.sock")
+    with Server(socket_path, Admin) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            sync = ClusterSync(str(clusters_file), f"unix:{socket_path}", timeout=5.0)
+            sync.prepare(None)
+            assert envoy.active == {"openai", "anthropic"} and envoy.version == sync.version
+            assert sync._rejected() == 0
+            with pytest.raises(OSError, match="404"):
+                fetch(f"unix:{socket_path}", "/nowhere")
+        finally:
+            server.shutdown()
+    with pytest.raises(OSError):
+        fetch(f"unix:{tmp_path / 'none.sock'}", "/ready")
 
 
 def test_a_worker_serves_the_supervisors_compile_of_the_same_version(tmp_path: Path, publication: Publication) -> None:
