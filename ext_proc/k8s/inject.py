@@ -20,11 +20,11 @@ server admitted: ``spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT``. Pods
 serve safely are refused with a reason: host-network pods (the init container would rewrite
 the node's iptables), pods sharing a process namespace (their processes could read the provider
 keys through ``/proc``), containers running as Envoy's user (their traffic would bypass the
-interception) or as Tollway's (theirs could read Tollway's files and memory), and containers of
+interception) or as Tollway's (theirs could read Tollway's files and memory), containers of
 the application that mount Tollway's volumes (the socket directory and the provider keys are
-for the sidecar only). The application's containers and its own init containers (which start
-after Tollway's, intercepted too) get the trust bundle. See :mod:`ext_proc.k8s` for what the
-three containers do.
+for the sidecar only), and memory-limit annotations that are no quantity. The application's
+containers and its own init containers (which start after Tollway's, intercepted too) get the
+trust bundle. See :mod:`ext_proc.k8s` for what the three containers do.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import copy
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -53,6 +54,14 @@ STATUS = "tollway.dev/status"  # set on injected pods: what was injected
 INJECTED_LABEL = "tollway.dev/injected"  # "true" on injected pods (NetworkPolicies select on it)
 INTERCEPT = "tollway.dev/intercept"  # pod annotation: "false" keeps base-URL mode only
 TRUST = "tollway.dev/trust"  # pod annotation: "false" leaves the application's CA settings alone
+# Pod annotations: the sidecar containers' memory limits. The defaults hold two requests of the
+# largest body Tollway reads (64 MiB) at once: measured, Envoy peaks at 285 MiB and Tollway at 664 MiB
+# (tests/e2e/test_sidecar_memory_e2e.py); each further such request in flight takes about 110 MiB
+# of Envoy's and 260 MiB of Tollway's. Past its limit the kernel kills the container, and every
+# request it holds fails.
+TOLLWAY_MEMORY, ENVOY_MEMORY = "tollway.dev/tollway-memory", "tollway.dev/envoy-memory"
+MEMORY_LIMITS = {TOLLWAY_MEMORY: "1Gi", ENVOY_MEMORY: "384Mi"}
+_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?")
 TOLLWAY_UID, ENVOY_UID, TOLLWAY_GID = 10001, 10002, 10001
 CONTAINERS = ("tollway-init", "tollway", "tollway-envoy")
 VOLUMES = ("tollway-run", "tollway-tmp", "tollway-policy", "tollway-provider-keys", "tollway-intercept-tls",
@@ -119,7 +128,20 @@ def _hardened(uid: int, gid: int) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def sidecar_containers(settings: Settings, workload: str, intercept: bool) -> list[dict[str, Any]]:
+def memory_limits(meta: Mapping[str, Any]) -> dict[str, str]:
+    """The sidecar containers' memory limits: the pod's annotations, else the defaults."""
+    annotations = meta.get("annotations") or {}
+    limits = {}
+    for name, default in MEMORY_LIMITS.items():
+        value = str(annotations.get(name) or default).strip()
+        if not _QUANTITY.fullmatch(value):
+            raise Refused(f"annotation {name}: {value!r} is not a memory quantity (e.g. 1Gi, 512Mi)")
+        limits[name] = value
+    return limits
+
+
+def sidecar_containers(settings: Settings, workload: str, intercept: bool,
+                       memory: Mapping[str, str] = MEMORY_LIMITS) -> list[dict[str, Any]]:
     """The init container (when intercepting) and the two native sidecars, in start order."""
     out: list[dict[str, Any]] = []
     if intercept:
@@ -170,7 +192,7 @@ def sidecar_containers(settings: Settings, workload: str, intercept: bool) -> li
         "startupProbe": _probe("/readyz", 1, 120),
         "livenessProbe": _probe("/healthz", 20, 3),
         "readinessProbe": {"httpGet": {"path": "/tollway/readyz", "port": sidecar.POD_PORT}, "periodSeconds": 10},
-        "resources": {"requests": {"cpu": "50m", "memory": "192Mi"}, "limits": {"memory": "512Mi"}},
+        "resources": {"requests": {"cpu": "50m", "memory": "192Mi"}, "limits": {"memory": memory[TOLLWAY_MEMORY]}},
     })
     bootstrap = json.dumps(settings.bootstrap(intercept), separators=(",", ":"), sort_keys=True)
     envoy_mounts: list[dict[str, Any]] = [{"name": "tollway-run", "mountPath": "/run"}]
@@ -191,7 +213,7 @@ def sidecar_containers(settings: Settings, workload: str, intercept: bool) -> li
         "startupProbe": {"httpGet": {"path": "/ready", "port": sidecar.POD_PORT}, "periodSeconds": 1,
                          "failureThreshold": 60},
         "readinessProbe": {"httpGet": {"path": "/ready", "port": sidecar.POD_PORT}, "periodSeconds": 10},
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": memory[ENVOY_MEMORY]}},
     })
     return out
 
@@ -275,7 +297,8 @@ def mutate(pod: Mapping[str, Any], namespace: str, settings: Settings) -> dict[s
     trust = intercept and _flag(meta, TRUST, True)
     workload = workload_id(settings, namespace, out)
     apps = [*spec.get("initContainers", []), *spec.get("containers", [])]  # its init containers are intercepted too
-    spec["initContainers"] = [*sidecar_containers(settings, workload, intercept), *spec.get("initContainers", [])]
+    containers = sidecar_containers(settings, workload, intercept, memory_limits(meta))
+    spec["initContainers"] = [*containers, *spec.get("initContainers", [])]
     spec["volumes"] = [*spec.get("volumes", []), *sidecar_volumes(settings, intercept, trust)]
     bundle = f"{TRUST_DIR}/ca-bundle.pem"
     trusted = []

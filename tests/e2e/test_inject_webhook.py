@@ -158,6 +158,7 @@ def test_a_pod_cannot_bring_its_own_tollway(webhook: tuple[str, ssl.SSLContext])
     (lambda p: p["spec"].update(securityContext={"runAsUser": inject.TOLLWAY_UID}), "uid 10001"),
     (lambda p: p["spec"].update(shareProcessNamespace=True), "shareProcessNamespace: true"),
     (lambda p: p["spec"].update(hostPID=True), "hostPID: true"),
+    (lambda p: p["metadata"].update(annotations={inject.ENVOY_MEMORY: "lots"}), "not a memory quantity"),
 ])
 def test_pods_tollway_cannot_serve_are_refused(webhook: tuple[str, ssl.SSLContext], change: Any, reason: str) -> None:
     pod = copy.deepcopy(POD)
@@ -272,3 +273,17 @@ def test_the_webhook_listens_on_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.fail("this machine's Python has no IPv6")
     with _webhook("::1") as port:
         assert httpx.get(f"http://[::1]:{port}/healthz", timeout=5).status_code == 200
+
+
+def test_the_sidecars_memory_limits_follow_the_pods_annotations() -> None:
+    """Defaults that hold two 64 MiB requests at once (tests/e2e/test_sidecar_memory_e2e.py), more for a
+    pod that sends more at once."""
+    def limits(pod: dict[str, Any]) -> dict[str, str]:
+        injected = inject.mutate(pod, "search", inject.Settings())
+        return {c["name"]: c["resources"]["limits"]["memory"] for c in injected["spec"]["initContainers"]
+                if c["name"] in ("tollway", "tollway-envoy")}
+
+    assert limits(POD) == {"tollway": "1Gi", "tollway-envoy": "384Mi"}
+    big = copy.deepcopy(POD)
+    big["metadata"]["annotations"] = {inject.TOLLWAY_MEMORY: "2Gi", inject.ENVOY_MEMORY: "768Mi"}
+    assert limits(big) == {"tollway": "2Gi", "tollway-envoy": "768Mi"}
