@@ -6,7 +6,8 @@ Theory of operation. After routing (the prompt is counted and the targets are kn
 (:class:`~ext_proc.state.queries.Claim`), one per unit and window. A counter is named after the
 limit, the unit, the *member* and the window: a key counts as its id with its team (a key id is
 unique only within a team), a model under its public name whichever of its names was asked for
-(a routing alias under its own name):
+(a routing alias under its own name), except in a limit written on one of the model's aliases,
+whose counter keeps the alias's name while every name of the model counts into it:
 
 - a budget in USD claims the request's estimated cost: the counted prompt plus the output it
   allows (``max_tokens`` and kin, else the target's ``max_output_tokens``, else the policy's

@@ -466,17 +466,23 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
 
 def _scope(limit: ScopeSpec, spec: PolicySpec) -> tuple[str, str]:
     """A limit's scope and the member it counts, named as requests name their counters: a key with its
-    team (:func:`key_member`), a model by its public name, whichever of its names the limit used."""
+    team (:func:`key_member`), a model by the name the limit was written with (see :func:`_public`)."""
     if limit.key is not None:
         if limit.key == "*":
             return "key", "*"
         team = limit.team or next(name for name, t in spec.teams.items() if any(k.id == limit.key for k in t.keys))
         return "key", key_member(team, limit.key)
     if limit.model is not None:
-        public = next((name for name, m in spec.models.items() if limit.model in m.aliases), limit.model)
-        return "model", public
+        return "model", limit.model
     assert limit.team is not None, "the schema ensures one scope"
     return "team", limit.team
+
+
+def _public(limit: ScopeSpec, spec: PolicySpec) -> str | None:
+    """The public name of the model whose alias a limit names: requests for the model under any of its
+    names count into the limit's counter, which keeps the alias's name (the spend of the current window
+    is in it)."""
+    return next((name for name, m in spec.models.items() if limit.model in m.aliases), None)
 
 
 def _limits(spec: PolicySpec) -> Limits:
@@ -485,13 +491,13 @@ def _limits(spec: PolicySpec) -> Limits:
             name, *_scope(b, spec),
             usd_micros=int(Decimal(b.usd) * 1_000_000) if b.usd is not None else None,
             tokens=b.tokens, period=b.period, timezone=b.timezone, hard=b.enforce == "hard",
-            alerts=tuple(sorted(set(b.alerts))), webhook=b.webhook,
+            alerts=tuple(sorted(set(b.alerts))), webhook=b.webhook, public=_public(b, spec),
         )
         for name, b in spec.budgets.items()
     )
     rate_limits = tuple(
         RateLimit(name, *_scope(r, spec), requests_per_minute=r.requests_per_minute,
-                  tokens_per_minute=r.tokens_per_minute, concurrent=r.concurrent)
+                  tokens_per_minute=r.tokens_per_minute, concurrent=r.concurrent, public=_public(r, spec))
         for name, r in spec.rate_limits.items()
     )
     state = spec.shared_state

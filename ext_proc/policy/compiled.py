@@ -145,9 +145,10 @@ def key_member(team: str, key_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    """A spending limit per period; ``scope`` is "team", "key" or "model", ``member`` what it counts:
-    a team, a key as :func:`key_member`, a model by its public name (a limit on an alias of it
-    counts the model), a routing alias, or "*" (each its own counter)."""
+    """A spending limit per period; ``scope`` is "team", "key" or "model", ``member`` what it counts
+    (its counter's member): a team, a key as :func:`key_member`, a model by the name the limit was
+    written with (``public``: a limit on an alias counts the model under any of its names), a
+    routing alias, or "*" (each its own counter; a model under its public name)."""
 
     name: str
     scope: str
@@ -159,6 +160,7 @@ class Budget:
     hard: bool  # refuse past the budget (else alerts only)
     alerts: tuple[int, ...] = ()  # percentages
     webhook: str | None = None
+    public: str | None = None  # on a model's alias: the model's public name, which requests are found by
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,7 @@ class RateLimit:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     concurrent: int | None = None
+    public: str | None = None  # on a model's alias: the model's public name, which requests are found by
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,7 @@ class Limits:
         index: dict[tuple[str, str], list[Budget | RateLimit]] = {}
         every: list[Budget | RateLimit] = [*self.budgets, *self.rate_limits]
         for limit in every:
-            index.setdefault((limit.scope, limit.member), []).append(limit)
+            index.setdefault((limit.scope, limit.public or limit.member), []).append(limit)
         object.__setattr__(self, "_index", {key: tuple(value) for key, value in index.items()})
 
     def __bool__(self) -> bool:
@@ -199,7 +202,8 @@ class Limits:
                  ) -> tuple[tuple[Budget | RateLimit, str], ...]:
         """The limits counting a request, each with the member it counts for (a "*" scope gives
         every team, key or model its own counter). ``model`` is the public name of the model asked
-        for under any of its names, or the routing alias asked for: one model, one member."""
+        for under any of its names, or the routing alias asked for: one model, one claim per limit
+        (a limit written on one of the model's aliases counts it under that alias)."""
         index = self._index
         if not index:
             return ()
@@ -219,7 +223,8 @@ class Limits:
             [("model", model)] if model else [])
         for scope, member in members:
             for name in dict.fromkeys((member, "*")):
-                out += [(limit, member) for limit in index.get((scope, name), ())]
+                found = index.get((scope, name), ())
+                out += [(limit, member if name == "*" else limit.member) for limit in found]  # an alias's: its own
         return tuple(out)
 
 

@@ -136,7 +136,7 @@ def test_a_key_id_two_teams_use_needs_its_team() -> None:
         "key with it; name the team too (team: search)"]
 
 
-def test_a_limit_on_any_name_of_a_model_counts_the_model_under_its_public_name() -> None:
+def test_a_limit_on_any_name_of_a_model_counts_the_model_in_the_counter_it_was_written_with() -> None:
     policy = compiles("""\
         budgets:
           latest: {model: gpt-4o-latest, tokens: 100, period: day}
@@ -145,10 +145,12 @@ def test_a_limit_on_any_name_of_a_model_counts_the_model_under_its_public_name()
           chat: {model: chat, concurrent: 2}
         """)
     limits = policy.limits
-    assert limits.budgets[0].member == "gpt-4o"
+    # The counter keeps the alias's name (a policy that upgrades keeps its spend); the model is found by its
+    # public name.
+    assert (limits.budgets[0].member, limits.budgets[0].public) == ("gpt-4o-latest", "gpt-4o")
     # The step asks with the public name, whichever name the request used: one claim per limit.
     assert [(limit.name, member) for limit, member in limits.applying("search", None, "gpt-4o")] == [
-        ("latest", "gpt-4o"), ("each-model", "gpt-4o")]
+        ("latest", "gpt-4o-latest"), ("each-model", "gpt-4o")]
     # A routing alias is a model name of its own: its limits, its own counter under "*".
     assert [(limit.name, member) for limit, member in limits.applying("search", None, "chat")] == [
         ("chat", "chat"), ("each-model", "chat")]
