@@ -42,7 +42,7 @@ from ext_proc.core.steps import Step
 from ext_proc.llm.apis import RateWindow
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.prices import dollars
-from ext_proc.policy.compiled import Alias, Budget, period_window
+from ext_proc.policy.compiled import Alias, Budget, budget_counter, period_window
 from ext_proc.state.queries import Admission, Admit, Claim, StoreUnavailable
 
 
@@ -76,11 +76,11 @@ class Limits(Step):
                     continue
                 window, resets = period_window(limit.period, limit.timezone, now)
                 if limit.usd_micros is not None and usd is not None:
-                    claims.append(Claim(f"budget/{limit.name}/usd/{member}/{window}", usd, limit.usd_micros,
+                    claims.append(Claim(budget_counter(limit.name, "usd", member, window), usd, limit.usd_micros,
                                         resets, True, limit.hard))
                     labels.append((limit.name, "usd", "budget"))
                 if limit.tokens is not None:
-                    claims.append(Claim(f"budget/{limit.name}/tokens/{member}/{window}", tokens, limit.tokens,
+                    claims.append(Claim(budget_counter(limit.name, "tokens", member, window), tokens, limit.tokens,
                                         resets, True, limit.hard))
                     labels.append((limit.name, "tokens", "budget"))
             else:

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from ext_proc.policy.compiled import CompiledPolicy, period_window
+from ext_proc.policy.compiled import CompiledPolicy, budget_counter, budget_parts, period_window
 
 
 def rows(
@@ -28,19 +28,22 @@ def rows(
 ) -> list[dict[str, Any]]:
     """One row per budget, unit and member in the current window (see the module docstring)."""
     now = time.time() if now is None else now
+    used: dict[tuple[str, str, str], set[str]] = {}  # (budget, unit, window) -> members with a counter
+    for counter in counters:
+        parts = budget_parts(counter)
+        if parts is not None:
+            used.setdefault((parts[0], parts[1], parts[3]), set()).add(parts[2])
     out = []
     for budget in policy.limits.budgets:
         window, resets = period_window(budget.period, budget.timezone, now)
         for unit, limit in (("usd", budget.usd_micros), ("tokens", budget.tokens)):
             if limit is None:
                 continue
-            prefix = f"budget/{budget.name}/{unit}/"
-            members = {name[len(prefix):].rsplit("/", 1)[0] for name in counters
-                       if name.startswith(prefix) and name.endswith("/" + window)}
+            members = set(used.get((budget.name, unit, window), ()))
             if budget.member != "*":
                 members.add(budget.member)
             for member in sorted(members):
-                spent, held = counters.get(f"{prefix}{member}/{window}", (0, 0))
+                spent, held = counters.get(budget_counter(budget.name, unit, member, window), (0, 0))
                 row: dict[str, Any] = {
                     "budget": budget.name, "scope": budget.scope, "member": member, "unit": unit, "window": window,
                     "limit": limit, "spent": spent, "held": held, "remaining": max(0, limit - spent - held),

@@ -143,6 +143,23 @@ def key_member(team: str, key_id: str) -> str:
     return f"{key_id}@{team}"
 
 
+def budget_counter(name: str, unit: str, member: str, window: str) -> str:
+    """A budget's counter: ``budget/NAME/UNIT/MEMBER/WINDOW``. Neither a budget's name (the schema
+    refuses it) nor a window holds a '/', so :func:`budget_parts` reads it back; a member may."""
+    return f"budget/{name}/{unit}/{member}/{window}"
+
+
+def budget_parts(counter: str) -> tuple[str, str, str, str] | None:
+    """A budget counter's name, unit, member and window (None: not a budget's counter)."""
+    kind, _, rest = counter.partition("/")
+    name, _, rest = rest.partition("/")
+    unit, _, rest = rest.partition("/")
+    member, _, window = rest.rpartition("/")
+    if kind != "budget" or not (name and unit and member and window):
+        return None
+    return name, unit, member, window
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
     """A spending limit per period; ``scope`` is "team", "key" or "model", ``member`` what it counts

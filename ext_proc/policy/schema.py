@@ -26,6 +26,9 @@ from .compiled import PROVIDER_KINDS
 API_VERSION = "tollway/v1"
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+# A budget's or rate limit's name: a name without '/', which separates the parts of its counters'
+# names (budget/NAME/UNIT/MEMBER/WINDOW: budget 'a' of member 'usd/m' and budget 'a/usd' of 'm' were one).
+LIMIT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 TEXT_PATTERN = r"^\S(.*\S)?$"  # non-empty, no surrounding whitespace
@@ -41,6 +44,8 @@ LABEL_PATTERN = r"^[A-Z][A-Z0-9_]{0,30}$"  # a placeholder's label: [LABEL_1]
 # What each pattern means, in the words an error message uses (compile.py reads this).
 PATTERN_MEANINGS = {
     NAME_PATTERN: "must be 1-128 letters, digits or '.-_:/', starting with a letter or digit",
+    LIMIT_NAME_PATTERN: "must be 1-128 letters, digits or '.-_:', starting with a letter or digit (no '/': it "
+                        "separates the parts of the limit's counter names)",
     SHA256_PATTERN: "must be 64 lowercase hex characters (the sha256 of the key; see 'tollway keys create')",
     ENV_PATTERN: "must be an environment variable name (letters, digits, '_'; not starting with a digit)",
     TEXT_PATTERN: "must not be empty or start or end with whitespace",
@@ -55,6 +60,7 @@ PATTERN_MEANINGS = {
 }
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+LimitName = Annotated[str, StringConstraints(pattern=LIMIT_NAME_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
 EnvName = Annotated[str, StringConstraints(pattern=ENV_PATTERN)]
 Text = Annotated[str, StringConstraints(pattern=TEXT_PATTERN)]
@@ -431,8 +437,8 @@ class PolicySpec(Strict):
     providers: dict[Name, ProviderSpec] = Field(default_factory=dict, description="name -> upstream")
     models: dict[Name, ModelSpec] = Field(default_factory=dict, description="public model name -> model")
     teams: dict[Name, TeamSpec] = Field(default_factory=dict, description="team name -> team")
-    budgets: dict[Name, BudgetSpec] = Field(default_factory=dict, description="name -> spending limit")
-    rate_limits: dict[Name, RateLimitSpec] = Field(default_factory=dict, description="name -> rate limit")
+    budgets: dict[LimitName, BudgetSpec] = Field(default_factory=dict, description="name -> spending limit")
+    rate_limits: dict[LimitName, RateLimitSpec] = Field(default_factory=dict, description="name -> rate limit")
     shared_state: SharedStateSpec = Field(
         default_factory=lambda: SharedStateSpec.model_validate({}),
         description="budgets and rate limits when the shared store is down",

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import orjson
 
-from ext_proc.policy.compiled import Budget, CompiledPolicy
+from ext_proc.policy.compiled import Budget, CompiledPolicy, budget_parts
 from ext_proc.server.metrics import Tally
 from ext_proc.state.queries import Claim
 
@@ -109,15 +109,13 @@ class Alerts:
 
 
 def _budget_of(policy: CompiledPolicy, counter: str) -> tuple[Budget, str, str, str] | None:
-    """The budget, unit, member and window of a budget's counter (``budget/NAME/UNIT/MEMBER/WINDOW``;
-    names and members may hold '/', so the policy's budget names say where each part ends)."""
-    for budget in policy.limits.budgets:
-        for unit in ("usd", "tokens"):
-            prefix = f"budget/{budget.name}/{unit}/"
-            if counter.startswith(prefix):
-                member, _, window = counter[len(prefix):].rpartition("/")
-                return budget, unit, member, window
-    return None
+    """The budget, unit, member and window of a budget's counter (see :func:`budget_parts`)."""
+    parts = budget_parts(counter)
+    if parts is None:
+        return None
+    name, unit, member, window = parts
+    budget = next((b for b in policy.limits.budgets if b.name == name), None)
+    return (budget, unit, member, window) if budget is not None else None
 
 
 DEADLINE = 10.0  # seconds for one try, connection to the end of the answer

@@ -195,20 +195,21 @@ def test_a_refused_request_raises_a_hard_budgets_last_threshold(hook: str) -> No
     assert [e["threshold_percent"] for e in Hook.received] == [100]  # 80 waits for the spend to say so
 
 
-def test_an_alert_names_the_member_whatever_its_names_hold() -> None:
-    """Budget, team and key names may hold '/': the counter is read by the policy's budget names, and
-    a key is its id with its team."""
+def test_an_alert_names_its_own_budget_and_the_member_whatever_its_names_hold() -> None:
+    """Team and key names may hold '/' (a budget's name may not): the counter is read as
+    budget/NAME/UNIT/MEMBER/WINDOW, and a key is its id with its team."""
     policy = compile_policy("""
 apiVersion: tollway/v1
 providers: {openai: {kind: openai}}
 models: {gpt-4o-mini: {provider: openai}}
 teams: {ml/search: {keys: [{id: ci/nightly, sha256: "%s"}], models: ["*"]}}
 budgets:
-  keys/daily: {key: "*", usd: "10", period: day, alerts: [50], webhook: "https://hooks.example/tollway"}
+  search: {team: "*", tokens: 1000000, period: day, alerts: [90], webhook: "https://hooks.example/search"}
+  search-tokens: {key: "*", tokens: 100, period: day, alerts: [50], webhook: "https://hooks.example/tokens"}
 """ % ("a" * 64))
-    posted: list[dict[str, object]] = []
-    fired = Alerts(lambda: policy, MemoryBackend().once, post=lambda url, body: posted.append(orjson.loads(body)))
-    fired(Claim("budget/keys/daily/usd/ci/nightly@ml/search/2026-12-04", 1, 10_000_000, time.time() + 3600),
-          6_000_000)
-    assert [(e["budget"], e["unit"], e["member"], e["window"]) for e in posted] == [
-        ("keys/daily", "usd", "ci/nightly@ml/search", "2026-12-04")]
+    posted: list[tuple[str, dict[str, object]]] = []
+    fired = Alerts(lambda: policy, MemoryBackend().once,
+                   post=lambda url, body: posted.append((url, orjson.loads(body))))
+    fired(Claim("budget/search-tokens/tokens/ci/nightly@ml/search/2026-12-04", 1, 100, time.time() + 3600), 95)
+    assert [(url, e["budget"], e["unit"], e["member"], e["window"]) for url, e in posted] == [
+        ("https://hooks.example/tokens", "search-tokens", "tokens", "ci/nightly@ml/search", "2026-12-04")]

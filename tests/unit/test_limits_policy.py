@@ -100,6 +100,24 @@ def test_every_mistake_is_located(snippet: str, expected: str) -> None:
     assert issues(snippet) == [expected]
 
 
+def test_a_limits_name_holds_no_slash_as_its_counters_would_be_read_as_anothers() -> None:
+    # budget/a/usd/usd/m/2026-12: budget 'a' of member 'usd/m', or budget 'a/usd' of member 'm'; and
+    # 'search/tokens' read as budget 'search' (its alerts went to the other budget's webhook).
+    found = issues("""\
+        budgets:
+          a: {model: "*", usd: "1", period: month}
+          a/usd: {model: "*", usd: "1", period: month}
+          search/tokens: {team: search, tokens: 100, period: day}
+        rate_limits:
+          r/requests: {team: search, concurrent: 1}
+        """)
+    why = "must be 1-128 letters, digits or '.-_:', starting with a letter or digit (no '/': it separates the " \
+          "parts of the limit's counter names)"
+    assert found == [f"p.yaml:15:3: budgets: budget name 'a/usd': {why}",
+                     f"p.yaml:16:3: budgets: budget name 'search/tokens': {why}",
+                     f"p.yaml:18:3: rate_limits: rate limit name 'r/requests': {why}"]
+
+
 def test_one_broken_budget_does_not_hide_another() -> None:
     found = issues("""\
         budgets:
