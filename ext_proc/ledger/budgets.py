@@ -4,7 +4,10 @@ The policy says which budgets exist and their limits; the counters (in Redis, in
 parent, or in a single worker's memory: see :mod:`ext_proc.state.limits`) say what was spent and
 what is held right now by requests in flight and by workers' leases. :func:`rows` joins the two
 for the current window of every budget (a ``team: "*"`` budget has one row per team that used it);
-the admin endpoint ``/v1/budgets`` serves the same rows as JSON.
+the admin endpoint ``/v1/budgets`` serves the same rows as JSON, the dashboard shows them and the
+budget gauges sum them. A budget lists only the counters named as requests name them now: its own
+member, or a "*" budget's members (see :func:`_named_now`); counters of an older naming (a key
+before it counted with its team) are neither shown nor summed, until their window ends.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from ext_proc.policy.compiled import CompiledPolicy, budget_counter, budget_parts, period_window
+from ext_proc.policy.compiled import Budget, CompiledPolicy, budget_counter, budget_parts, period_window
 
 
 def rows(
@@ -39,9 +42,8 @@ def rows(
         for unit, limit in (("usd", budget.usd_micros), ("tokens", budget.tokens)):
             if limit is None:
                 continue
-            members = set(used.get((budget.name, unit, window), ()))
-            if budget.member != "*":
-                members.add(budget.member)
+            members = {budget.member} if budget.member != "*" else {
+                member for member in used.get((budget.name, unit, window), ()) if _named_now(policy, budget, member)}
             for member in sorted(members):
                 spent, held = counters.get(budget_counter(budget.name, unit, member, window), (0, 0))
                 row: dict[str, Any] = {
@@ -56,6 +58,16 @@ def rows(
                                 for name in ("limit", "spent", "held", "remaining")})
                 out.append(row)
     return out
+
+
+def _named_now(policy: CompiledPolicy, budget: Budget, member: str) -> bool:
+    """Whether a member of a "*" budget is named as requests name it now: a key as its id with its
+    team (a bare id is an older naming), a model by its public name (its aliases counted on their
+    own before) or a routing alias; a model no longer in the policy keeps its row."""
+    if budget.scope == "key":
+        return "@" in member
+    target = policy.models.get(member) if budget.scope == "model" else None
+    return target is None or target.public == member
 
 
 def _amount(row: dict[str, Any], name: str) -> str:

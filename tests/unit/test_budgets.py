@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import datetime
 
+from prometheus_client import CollectorRegistry
+
 from ext_proc.ledger.budgets import rows
 from ext_proc.policy.compile import compile_policy
 from ext_proc.policy.compiled import budget_counter, budget_parts
+from ext_proc.server.collectors import BudgetCollector
 
 NOW = datetime.datetime(2026, 12, 4, 12, tzinfo=datetime.UTC).timestamp()
 SEARCH, ADS = "a" * 64, "b" * 64
@@ -44,3 +47,36 @@ budgets:
                            "budget/search/tokens/ads/2026-12-04": (7, 0),
                            "budget/search/tokens/ads/2026-12-03": (500, 0)}) == [  # yesterday: gone
         ("search", "ads", "tokens", 7), ("search-tokens", "ml/search", "tokens", 95)]
+
+
+def test_counters_of_an_older_naming_are_neither_shown_nor_summed() -> None:
+    # Before a key counted with its team it counted by its bare id, and model: "*" counted a request by
+    # an alias under the alias too: those counters stay in the store until their window ends, but no
+    # request counts into them any more.
+    budgets = """
+budgets:
+  ads-ci: {team: ads, key: ci, usd: "100", period: month}
+  each-key: {key: "*", usd: "100", period: month}
+  each-model: {model: "*", tokens: 1000, period: month}
+  latest: {model: gpt-4o-latest, tokens: 1000, period: month}
+"""
+    counters = {"budget/ads-ci/usd/ci/2026-12": (90_000_000, 0), "budget/ads-ci/usd/ci@ads/2026-12": (1_000_000, 0),
+                "budget/each-key/usd/ci/2026-12": (90_000_000, 0),
+                "budget/each-key/usd/ci@ads/2026-12": (2_000_000, 0),
+                "budget/each-key/usd/ci@ml/search/2026-12": (3_000_000, 0),
+                "budget/each-model/tokens/gpt-4o-latest/2026-12": (900, 0),
+                "budget/each-model/tokens/gpt-4o/2026-12": (40, 0),
+                "budget/each-model/tokens/gpt-3.5/2026-12": (5, 0),  # a model since removed: its spend stays
+                "budget/latest/tokens/gpt-4o-latest/2026-12": (600, 0)}  # an alias's limit: its own counter
+    assert shown(budgets, counters) == [
+        ("ads-ci", "ci@ads", "usd", 1_000_000),
+        ("each-key", "ci@ads", "usd", 2_000_000), ("each-key", "ci@ml/search", "usd", 3_000_000),
+        ("each-model", "gpt-3.5", "tokens", 5), ("each-model", "gpt-4o", "tokens", 40),
+        ("latest", "gpt-4o-latest", "tokens", 600)]
+    # The gauge of a per-key budget sums its members: one limit, not one per naming.
+    collector = BudgetCollector()
+    collector.update(rows(compile_policy(HEAD + budgets), counters, NOW))
+    registry = CollectorRegistry()
+    registry.register(collector)
+    assert registry.get_sample_value("tollway_budget_limit_usd", {"budget": "each-key", "member": "*"}) == 200
+    assert registry.get_sample_value("tollway_budget_spent_usd", {"budget": "each-key", "member": "*"}) == 5
