@@ -405,7 +405,8 @@ def dump_stacks_on_signal() -> None:
 
 def _worker(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
             publication: Publication, parent: int | None = None, dealt: socket.socket | None = None) -> None:
-    """Run a worker (:mod:`ext_proc.server.worker`, imported only here: the supervisor never holds it)."""
+    """Run a worker (:mod:`ext_proc.server.worker`, imported only here: the supervisor loads it only
+    to share its pages with the workers, right before it forks their zygote)."""
     from ext_proc.server import worker
 
     worker.run(config, sock, admin_sock, publication, parent, dealt)
@@ -417,8 +418,9 @@ MAX_QUICK_DEATHS = 5
 
 def _zygote(policy: CompiledPolicy | None, sock: socket.socket | None, admin_sock: socket.socket | None,
             publication: Publication, closing: tuple[socket.socket, ...]) -> Zygote:
-    """The workers' zygote (ext_proc.server.zygote): it loads once what every worker uses (the
-    service, the tokenizers, the injection scorer's databases when the policy scores prompts)."""
+    """The workers' zygote (ext_proc.server.zygote), forked once this process has loaded what every
+    worker uses (the service, the tokenizers, the injection scorer's databases when the policy
+    scores prompts)."""
     scores = policy is not None and policy.guardrails is not None and policy.guardrails.scores_injection
     return Zygote(["ext_proc.guardrails.warm"] * scores + ["ext_proc.server.preload"], _worker,
                   (sock, admin_sock, publication), closing)

@@ -9,15 +9,19 @@ with a fresh interpreter, which shares nothing with the supervisor: its own copy
 plus a resource tracker process, measured at 43 MB of PSS more than forking from the supervisor
 (README "Performance").
 
-So the supervisor forks this one process at its start, before it starts any thread: the zygote
-inherits everything the supervisor has loaded (the policy compiled, pydantic, the guardrails'
-modules: shared pages), loads what only workers use (:mod:`ext_proc.server.preload`), and stays
-single-threaded, forking a worker whenever the supervisor asks. The supervisor talks to it over a
-socket pair: ``start`` (a worker's index, the serve config, the worker's dealt connection channel
-passed as a file descriptor) answered by the worker's pid, and ``exited`` messages with each
-worker's exit code. The listening and admin sockets and the shared policy state are inherited at
-the zygote's fork. The zygote holds SIGINT and SIGTERM blocked (the supervisor stops the workers)
-and exits, stopping its workers, when the supervisor's end of the socket closes.
+So the supervisor, at its start and before it starts any thread, loads what the workers use
+(:mod:`ext_proc.server.preload`: the service, the tokenizers) and forks this one process, which
+inherits all of it (with the policy compiled, pydantic, the guardrails' modules: shared pages)
+and stays single-threaded, forking a worker whenever the supervisor asks. The preload is loaded
+in the supervisor, not in the zygote after its fork: loading allocates into the supervisor's
+partly used pages (the allocators' free slots) and writes to its objects, and each page it
+touched in the zygote was copied, held twice from then on (11 MB of PSS with the example policy,
+README "Performance"). The supervisor talks to it over a socket pair: ``start`` (a worker's
+index, the serve config, the worker's dealt connection channel passed as a file descriptor)
+answered by the worker's pid, and ``exited`` messages with each worker's exit code. The listening
+and admin sockets and the shared policy state are inherited at the zygote's fork. The zygote
+holds SIGINT and SIGTERM blocked (the supervisor stops the workers) and exits, stopping its
+workers, when the supervisor's end of the socket closes.
 """
 
 from __future__ import annotations
@@ -58,20 +62,23 @@ class Zygote:
 
     def __init__(self, preload: list[str], target: Callable[..., None], inherited: tuple[Any, ...],
                  closing: tuple[socket.socket, ...] = ()) -> None:
-        """Fork the zygote now (call before starting any thread). ``target(config, *inherited,
-        supervisor, dealt)`` runs each worker; ``inherited``: what the workers get from this process
-        as it is now (the sockets, the shared policy state); ``closing``: sockets of this process the
-        zygote closes (the listening socket, when the supervisor deals its connections)."""
+        """Import the ``preload`` modules here, then fork the zygote (call before starting any
+        thread). ``target(config, *inherited, supervisor, dealt)`` runs each worker; ``inherited``:
+        what the workers get from this process as it is now (the sockets, the shared policy state);
+        ``closing``: sockets of this process the zygote closes (the listening socket, when the
+        supervisor deals its connections)."""
         others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
         if others:  # a fork now could copy a lock another thread holds into the zygote, and hang it
             raise RuntimeError(f"the zygote must be forked before any thread starts; running: {', '.join(others)}")
+        for name in preload:
+            importlib.import_module(name)
         self._conn, theirs = multiprocessing.Pipe(duplex=True)
         # Everything loaded so far out of the collector's reach, in both processes: a collection
         # would write every object's header and copy the pages the two (and the workers) share.
         gc.collect()
         gc.freeze()
         context = multiprocessing.get_context("fork")
-        self.process = context.Process(target=_main, args=(theirs, (self._conn, *closing), preload, target, inherited,
+        self.process = context.Process(target=_main, args=(theirs, (self._conn, *closing), target, inherited,
                                                            os.getpid()), name="tollway-zygote", daemon=False)
         self.process.start()
         theirs.close()
@@ -118,7 +125,7 @@ class Zygote:
             self.process.join(1.0)
 
 
-def _main(conn: multiprocessing.connection.Connection, closing: tuple[Any, ...], preload: list[str],
+def _main(conn: multiprocessing.connection.Connection, closing: tuple[Any, ...],
           target: Callable[..., None], inherited: tuple[Any, ...], supervisor: int) -> None:
     for theirs in closing:  # the supervisor's end of the socket pair, its listening socket: not ours
         theirs.close()
@@ -128,8 +135,6 @@ def _main(conn: multiprocessing.connection.Connection, closing: tuple[Any, ...],
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
-    for name in preload:
-        importlib.import_module(name)
     context = multiprocessing.get_context("fork")
     children: dict[int, multiprocessing.process.BaseProcess] = {}
     try:

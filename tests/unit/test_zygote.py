@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 
 import pytest
@@ -46,6 +47,25 @@ def test_it_forks_workers_with_their_channel_and_reports_their_exit() -> None:
     finally:
         zygote.close()
     assert zygote.process.exitcode == 0
+
+
+def test_the_preload_is_loaded_by_the_supervisor_before_the_fork(tmp_path, monkeypatch) -> None:
+    """The supervisor imports the preload, once, before it forks: the zygote and the workers share
+    those pages (loaded in the zygote, they copied the supervisor's pages they touched)."""
+    loads = tmp_path / "loads"
+    (tmp_path / "zygote_preload_probe.py").write_text(
+        f"import os\nwith open({str(loads)!r}, 'a') as out:\n    out.write(f'{{os.getpid()}}\\n')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "zygote_preload_probe", raising=False)
+    zygote = Zygote(["zygote_preload_probe"], _target, ("x",))
+    try:
+        assert "zygote_preload_probe" in sys.modules
+        worker = zygote.start(0, {"code": 0, "sleep": 0}, None)
+        assert _exited(zygote, worker) == 0
+        assert loads.read_text().split() == [str(os.getpid())]  # here, and not again after the fork
+    finally:
+        zygote.close()
+        sys.modules.pop("zygote_preload_probe", None)
 
 
 def test_a_worker_the_supervisor_signals_reports_the_signal() -> None:
