@@ -2,8 +2,11 @@
 
 Everything a worker runs and the supervisor does not: the HTTP/2 (or grpcio) server, the
 service and its state backends, the admin server, metrics and telemetry. The supervisor
-(:mod:`ext_proc.server.app`) never imports this module, so its process holds none of it; the
-workers' zygote imports it once (:mod:`ext_proc.server.preload`) for every worker.
+(:mod:`ext_proc.server.app`) imports this module only right before it forks the workers' zygote
+(:mod:`ext_proc.server.preload`), so every worker shares its pages. What a worker runs is
+imported here, at the top, not when the worker starts: a module imported after the fork is
+loaded once per worker, and the import itself writes into pages the workers share and copies
+them (uvloop cost each worker 3 MB that way).
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
+    uvloop = None  # type: ignore[assignment]
 
 from ext_proc import memo
 from ext_proc.core import pipeline
@@ -46,6 +54,7 @@ from ext_proc.server.servicer import (
     Processor,
     Service,
 )
+from ext_proc.server.telemetry import TelemetryConfig
 from ext_proc.state.limits import Backend, Keeper, MemoryBackend, RedisBackend
 from ext_proc.state.store import MemoryStore, RedisStore, Store
 
@@ -106,12 +115,8 @@ def run(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.sock
     if parent is not None:
         _die_with_parent(parent)
     memo.configure(config.text_memory)
-    try:
-        import uvloop
-
+    if uvloop is not None:
         uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
-        pass
     asyncio.run(_serve(config, sock, admin_sock, publication, dealt))
 
 
@@ -271,8 +276,6 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
 
 def _telemetry(config: ServeConfig, service: Service, names: Names) -> list[Any]:
     """OpenTelemetry traces and record logs, when a collector is configured (else nothing runs)."""
-    from ext_proc.server.telemetry import TelemetryConfig
-
     found = TelemetryConfig.from_environment(config.otlp_endpoint, config.otlp_logs, config.trace_ratio)
     if found is None:
         return []

@@ -38,9 +38,20 @@ def test_freed_memory_is_returned_to_the_system() -> None:
 
 
 def test_the_supervisor_holds_none_of_the_workers_modules() -> None:
-    """``tollway serve``'s parent imports app.py only: the service, its servers and prometheus_client
-    live in the workers (and their zygote), not in a process that serves nothing."""
+    """Importing app.py (``tollway serve``'s parent, and the commands that reach it) loads none of the
+    service, its servers or prometheus_client: ``tollway serve --workers N`` loads them only right
+    before it forks the workers' zygote, to share their pages with the workers."""
     code = ("import sys, ext_proc.server.app; print(' '.join(sorted(m for m in sys.modules if m in "
             "('ext_proc.server.worker', 'ext_proc.server.servicer', 'ext_proc.server.h2', 'ext_proc.core.session', "
             "'prometheus_client', 'uvloop', 'ext_proc.server.admin'))))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == ""
+
+
+def test_what_a_worker_starts_with_is_loaded_with_the_worker_module() -> None:
+    """uvloop and the telemetry module come with worker.py, which the supervisor loads before the
+    fork: imported by each worker as it started, they were loaded once per worker, and the imports
+    copied 3 MB of the pages each worker shares with the others."""
+    code = ("import sys, ext_proc.server.worker; "
+            "print('uvloop' in sys.modules, 'ext_proc.server.telemetry' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]
