@@ -14,7 +14,8 @@ whose counter keeps the alias's name while every name of the model counts into i
   ``shared_state.default_output_tokens``), priced at the dearest target it may be served by. A
   model with no price (or a zero one) makes no USD claim: it is never blocked by a USD budget,
   and its record says the cost was unknown. A budget in tokens claims prompt + output tokens.
-  The window is the day or calendar month in the budget's time zone.
+  The window is the day or calendar month in the budget's time zone; the store keeps a finished
+  period's counter 40 days (last month's spend), a finished minute's a few minutes.
 - a rate limit claims one request and the same tokens in the current calendar minute (UTC), and
   one slot of its concurrency cap while the request is in flight. A free request the provider
   answers (``count_tokens`` forwarded to Anthropic) claims only the request and the slot.
@@ -44,6 +45,8 @@ from ext_proc.llm.errors import ClientError
 from ext_proc.llm.prices import dollars
 from ext_proc.policy.compiled import Alias, Budget, budget_counter, period_window
 from ext_proc.state.queries import Admission, Admit, Claim, StoreUnavailable
+
+BUDGET_KEPT = 40 * 86400  # seconds a budget's finished period stays in the store (last month's spend)
 
 
 class Limits(Step):
@@ -77,11 +80,11 @@ class Limits(Step):
                 window, resets = period_window(limit.period, limit.timezone, now)
                 if limit.usd_micros is not None and usd is not None:
                     claims.append(Claim(budget_counter(limit.name, "usd", member, window), usd, limit.usd_micros,
-                                        resets, True, limit.hard))
+                                        resets, True, limit.hard, BUDGET_KEPT))
                     labels.append((limit.name, "usd", "budget"))
                 if limit.tokens is not None:
                     claims.append(Claim(budget_counter(limit.name, "tokens", member, window), tokens, limit.tokens,
-                                        resets, True, limit.hard))
+                                        resets, True, limit.hard, BUDGET_KEPT))
                     labels.append((limit.name, "tokens", "budget"))
             else:
                 minute = int(now // 60)

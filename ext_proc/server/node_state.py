@@ -28,12 +28,12 @@ DEADLINE = 1.0
 
 
 def _claims(items: list[list[Any]]) -> list[tuple[Claim, int, int]]:
-    return [(Claim(counter, 0, capacity, resets, consumes, enforced), a, b)
-            for counter, capacity, resets, consumes, enforced, a, b in items]
+    return [(Claim(counter, 0, capacity, resets, consumes, enforced, kept), a, b)
+            for counter, capacity, resets, consumes, enforced, kept, a, b in items]
 
 
 def _items(pairs: list[tuple[Claim, int, int]]) -> list[list[Any]]:
-    return [[c.counter, c.capacity, c.resets, c.consumes, c.enforced, a, b] for c, a, b in pairs]
+    return [[c.counter, c.capacity, c.resets, c.consumes, c.enforced, c.kept, a, b] for c, a, b in pairs]
 
 
 class NodeStateServer:

@@ -10,6 +10,8 @@ The store (Redis shared by every sidecar, or this node's memory) keeps, per coun
 ``spent`` and what each holder ``held``, with an expiry per holder. One invariant is enforced
 atomically there (a Lua script in Redis): ``spent + held <= capacity`` whenever something is
 granted. A holder that dies stops refreshing its expiry, and what it held comes back on its own.
+A counter with a window leaves the store :data:`ENDED` seconds after its window ends, or later when
+its claim keeps it (``Claim.kept``: a budget's last period); one without a window stays.
 
 A worker process (one :class:`Keeper`) does not ask the store for every request. It holds a
 *lease* per counter, a slice of the capacity granted to it in the store, and admits requests
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import inspect
 import logging
 import time
@@ -56,6 +59,7 @@ LEASE_SHARE = 0.02  # a lease is this share of the capacity ...
 LEASE_CLAIMS = 4  # ... or this many claims, whichever is larger
 RETRY = 1.0  # seconds without asking a store that did not answer
 SLICED_CAP = 50  # concurrency caps from this size are leased in slices too
+ENDED = 300.0  # seconds a finished window stays in the store at least (late reports, skewed clocks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,19 +409,39 @@ class Counter:
         return sum(amount for amount, _ in self.held.values())
 
 
+def _gone_at(claim: Claim) -> float:
+    """When the store may drop the claim's counter (Unix seconds; 0: never)."""
+    return claim.resets + max(ENDED, claim.kept) if claim.resets else 0.0
+
+
 class MemoryBackend:
     """Counters in this process (the embedded default, and the reference of the Redis scripts)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        self.wall = wall  # windows end in Unix time
         self.counters: dict[str, Counter] = {}
         self.marks: dict[str, float] = {}  # once(): key -> until
+        self._gone: list[tuple[float, str]] = []  # a heap: (when a counter goes, its name), one per counter
+
+    def _counter(self, claim: Claim) -> Counter:
+        """The claim's counter, made on first use; those whose time is up go first (as Redis expires
+        them): a sweep that costs what it drops, never a walk of every counter."""
+        gone, wall = self._gone, self.wall()
+        while gone and gone[0][0] <= wall:
+            self.counters.pop(heapq.heappop(gone)[1], None)
+        counter = self.counters.get(claim.counter)
+        if counter is None:
+            counter = self.counters[claim.counter] = Counter()
+            if claim.resets:
+                heapq.heappush(gone, (_gone_at(claim), claim.counter))
+        return counter
 
     def grow(self, holder: str, asks: list[tuple[Claim, int, int]], ttl: float) -> list[Grant]:
         now = self.clock()
         out = []
         for claim, need, want in asks:
-            counter = self.counters.setdefault(claim.counter, Counter())
+            counter = self._counter(claim)
             held = counter.total(now)
             free = claim.capacity - counter.spent - held
             if need > free:
@@ -435,7 +459,7 @@ class MemoryBackend:
         now = self.clock()
         out = []
         for claim, spent, released in reports:
-            counter = self.counters.setdefault(claim.counter, Counter())
+            counter = self._counter(claim)
             counter.total(now)  # drop expired holders first
             counter.spent += spent
             mine = counter.held.get(holder)
@@ -535,7 +559,6 @@ return {lost, spent, tonumber(redis.call('HGET', KEYS[2], '_total') or '0'), lef
 TOTALS = _PRUNE + """
 return {tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('HGET', KEYS[2], '_total') or '0')}
 """
-KEEP_AFTER = 40 * 86400  # seconds a finished window's counters stay readable (last month's spend)
 DEADLINE = 1.0  # seconds a round trip may take before the store counts as unavailable
 
 
@@ -545,7 +568,7 @@ def keys(prefix: str, counter: str) -> list[str]:
 
 
 def _expire_at(claim: Claim) -> int:
-    return int((claim.resets + KEEP_AFTER) * 1000) if claim.resets else 0
+    return int(_gone_at(claim) * 1000)
 
 
 class RedisBackend:

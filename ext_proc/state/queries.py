@@ -31,7 +31,8 @@ class Claim:
     tokens, one request, one slot) out of ``capacity``; ``resets`` is when the window ends (Unix
     seconds; 0: never). ``consumes``: the amount is spent (budgets, per-minute limits) rather than
     only held while in flight (concurrency). ``enforced``: refuse past capacity (else counted and
-    alerted on only: a soft budget).
+    alerted on only: a soft budget). ``kept``: seconds the store keeps the counter after ``resets``
+    (a budget's last period stays readable; a minute's window goes a few minutes after it ends).
     """
 
     counter: str
@@ -40,6 +41,7 @@ class Claim:
     resets: float
     consumes: bool = True
     enforced: bool = True
+    kept: float = 0.0
 
 
 @value

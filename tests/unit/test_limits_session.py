@@ -9,6 +9,7 @@ import pytest
 
 from ext_proc.core.actions import Ask, Continue, EmitRecord, Respond, Settle
 from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
+from ext_proc.core.limits import BUDGET_KEPT
 from ext_proc.core.session import Session
 from ext_proc.llm import apis, runtime
 from ext_proc.llm.apis.openai import duration
@@ -64,8 +65,8 @@ def expected_claims(tokens: int, usd: int | None, team: str = "search") -> tuple
     claims = []
     if team == "search":
         if usd is not None:
-            claims.append(Claim(f"budget/search-monthly/usd/search/{month}", usd, 1_000_000, resets))
-        claims.append(Claim(f"budget/search-monthly/tokens/search/{month}", tokens, 50_000, resets))
+            claims.append(Claim(f"budget/search-monthly/usd/search/{month}", usd, 1_000_000, resets, kept=BUDGET_KEPT))
+        claims.append(Claim(f"budget/search-monthly/tokens/search/{month}", tokens, 50_000, resets, kept=BUDGET_KEPT))
     claims += [
         Claim(f"rate/per-team/requests/{team}/{MINUTE}", 1, 60, minute_ends),
         Claim(f"rate/per-team/tokens/{team}/{MINUTE}", tokens, 10_000, minute_ends),

@@ -17,7 +17,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from ext_proc.state.limits import Grant, Keeper, MemoryBackend, RedisBackend
+from ext_proc.core.limits import BUDGET_KEPT
+from ext_proc.state.limits import ENDED, Grant, Keeper, MemoryBackend, RedisBackend
 from ext_proc.state.queries import Admission, Claim, StoreUnavailable
 
 
@@ -60,6 +61,37 @@ def test_a_dead_holders_grant_comes_back_after_its_ttl() -> None:
     assert backend.grow("alive", [(c, 50, 50)], 30) == [Grant(50, 0, 50, 50)]
     # The dead holder reporting late: its spend counts, it holds nothing any more.
     assert backend.report("dead", [(c, 5, 0)], 30) == [Grant(-1, 5, 50, 0)]
+
+
+def minute_claims(minute: int) -> tuple[Claim, ...]:
+    """What a request under a rate limit claims in one calendar minute, as core/limits.py builds it."""
+    resets = (minute + 1) * 60.0
+    return (Claim(f"rate/r/requests/t/{minute}", 1, 600, resets), Claim(f"rate/r/tokens/t/{minute}", 100, 9000, resets),
+            Claim("rate/r/concurrent/t", 1, 20, 0.0, consumes=False))
+
+
+def test_a_finished_window_leaves_the_store_and_a_budget_period_stays_40_days() -> None:
+    """One request a minute for a day: the store keeps the last few minutes' windows, not 2,880."""
+    clock, wall = Clock(), Clock()
+    backend = MemoryBackend(clock, wall)
+    keeper = Keeper(backend, clock=clock)
+    wall.now = 1_800_000_000.0
+    budget = Claim("budget/b/usd/t/2027-01", 5, 10**9, wall.now + 60, kept=BUDGET_KEPT)
+    for _ in range(1440):
+        claims = (*minute_claims(int(wall.now // 60)), budget)
+        assert keeper.admit(claims).admitted  # type: ignore[union-attr]
+        keeper.settle(claims, (1, 100, 0, 5))
+        clock.now += 60
+        wall.now += 60
+        keeper.flush()
+    rate = [name for name in backend.counters if name.startswith("rate/")]
+    assert "rate/r/concurrent/t" in rate  # no window: it stays
+    assert len(rate) <= 1 + 2 * (ENDED // 60 + 2)  # the minutes of the last ENDED seconds
+    assert budget.counter in backend.counters  # a day after its period: still readable
+    wall.now = budget.resets + BUDGET_KEPT + 1
+    backend.grow("w", [(minute_claims(int(wall.now // 60))[0], 1, 1)], 30)
+    assert budget.counter not in backend.counters
+    assert backend.counters.keys() == {f"rate/r/requests/t/{int(wall.now // 60)}", "rate/r/concurrent/t"}
 
 
 # -- the keeper -----------------------------------------------------------------------------------
@@ -257,6 +289,28 @@ def test_a_report_of_nothing_refreshes_a_lease_in_redis(redis_url: str) -> None:
         assert await backend.grow("a", [(c, 10, 10)], 30) == [Grant(10, 0, 10, 10)]
         assert await backend.report("a", [(c, 0, 0)], 30) == [Grant(0, 0, 10, 10)]
         assert await backend.report("a", [(c, 0, 10)], 30) == [Grant(0, 0, 0, 0)]
+        await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_redis_expires_a_minute_window_minutes_after_it_ends_and_a_budget_period_40_days_after(
+        redis_url: str) -> None:
+    async def scenario() -> None:
+        backend = RedisBackend.from_url(redis_url)
+        requests, tokens, concurrent = minute_claims(int(time.time() // 60))
+        budget = Claim("budget/b/usd/t/2027-01", 5, 10**9, time.time() + 86400, kept=BUDGET_KEPT)
+        asks = [(c, c.amount, c.amount) for c in (requests, tokens, concurrent, budget)]
+        await backend.grow("a", asks, 30)
+        await backend.report("a", [(c, c.amount, 0) for c, _, _ in asks], 30)
+        client = redis.asyncio.Redis(port=int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+        for c in (requests, tokens):
+            for key in (f"tollway:limits:{{{c.counter}}}:spent", f"tollway:limits:{{{c.counter}}}:held"):
+                assert 0 < await client.pttl(key) <= (c.resets + ENDED - time.time()) * 1000 + 1000
+        assert await client.pttl(f"tollway:limits:{{{concurrent.counter}}}:held") == -1  # no window: it stays
+        left = await client.pttl(f"tollway:limits:{{{budget.counter}}}:spent") / 1000
+        assert abs(left - (budget.resets + BUDGET_KEPT - time.time())) < 5
+        await client.aclose()
         await backend.close()
 
     asyncio.run(scenario())
