@@ -24,7 +24,8 @@ It asks shared state to hold them all (ask and continue: the request waits for t
 when this worker's leases do not cover it; see :mod:`ext_proc.state.limits`). A refusal is a 429
 in the client's format: over a rate limit with ``retry-after`` and the rate-limit headers; a
 spent budget names the budget and when it resets, with ``x-should-retry: false`` so the SDKs do
-not retry it in a loop. A store that does not answer is a 503 unless the policy fails open.
+not retry it in a loop, as is a request larger than a whole budget or a whole minute's tokens
+(no waiting lets it through). A store that does not answer is a 503 unless the policy fails open.
 
 When the request ends, :func:`settlement` says what it really used (the record's cost and
 tokens; nothing for a provider error; the claim itself when usage stayed unknown), as a
@@ -182,6 +183,13 @@ def _admitted(flow: Flow, now: float, answer: Any) -> Ask | None:
             message = (f"The budget '{name}' ({amount(claim.capacity)}) is spent, or what is left of it cannot "
                        f"cover this request (up to {amount(claim.amount)}); it resets at {resets}.")
         raise ClientError(429, "budget_exceeded", message, headers=(("x-should-retry", "false"), *flow.rate_headers))
+    if unit == "tokens" and claim.amount > claim.capacity:  # no minute can hold it: as OpenAI says it
+        raise ClientError(
+            429, "rate_limit_exceeded",
+            f"Request too large for the rate limit '{name}' on tokens per minute: Limit {claim.capacity:,}, "
+            f"Requested {claim.amount:,} (its prompt and the most output it allows). Reduce max_tokens or the "
+            f"prompt: waiting does not make room for it.",
+            headers=(("x-should-retry", "false"), *flow.rate_headers))
     wait = max(1, int(claim.resets - now + 0.999)) if claim.resets else 1
     what = {"requests": f"{claim.capacity:,} requests per minute", "tokens": f"{claim.capacity:,} tokens per minute",
             "concurrent": f"{claim.capacity:,} requests at once"}[unit]

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
@@ -23,6 +24,7 @@ from tests.e2e.conftest import Providers, one_minute
 pytestmark = pytest.mark.e2e
 
 ALPHA, BETA = "tw-alpha-budget-key-0123456789abcdefghijklmnopq", "tw-beta-rate-key-0123456789abcdefghijklmnopqrs"
+GAMMA = "tw-gamma-tpm-key-0123456789abcdefghijklmnopqrstuv"
 OPENAI_KEY, ANTHROPIC_KEY = "sk-openai-limits-01", "sk-ant-limits-02"
 POLICY = f"""
 apiVersion: tollway/v1
@@ -36,10 +38,12 @@ models:
 teams:
   alpha: {{keys: [{{id: alpha-ci, sha256: "{key_digest(ALPHA)}"}}], models: ["*"]}}
   beta: {{keys: [{{id: beta-ci, sha256: "{key_digest(BETA)}"}}], models: ["*"]}}
+  gamma: {{keys: [{{id: gamma-ci, sha256: "{key_digest(GAMMA)}"}}], models: ["*"]}}
 budgets:
   alpha-daily: {{team: alpha, usd: "0.20", period: day, alerts: [50, 100]}}
 rate_limits:
   beta-rpm: {{team: beta, requests_per_minute: 4, tokens_per_minute: 100000}}
+  gamma-tpm: {{team: gamma, tokens_per_minute: 2000}}
 """
 HI = [{"role": "user", "content": "hi"}]
 
@@ -110,6 +114,38 @@ def test_a_rate_limit_is_a_429_with_its_headers_in_each_sdks_names(env: Provider
     assert caught.value.response.headers["anthropic-ratelimit-requests-limit"] == "4"
     assert caught.value.response.headers["anthropic-ratelimit-requests-remaining"] == "0"
     assert caught.value.response.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+
+
+def test_a_request_larger_than_a_minutes_tokens_is_told_so_and_the_sdks_do_not_retry(env: Providers) -> None:
+    """Without max_tokens a request claims its prompt and 4,096 output tokens, more than gamma's
+    2,000 tokens per minute: no minute ever holds it, so waiting and retrying is in vain."""
+    sent: list[str] = []
+    hooks: dict[str, list[Any]] = {"request": [lambda request: sent.append(request.url.path)]}
+    gamma = openai.OpenAI(base_url=env.base_url + "/v1", api_key=GAMMA, max_retries=2, timeout=10,
+                          http_client=openai.DefaultHttpxClient(event_hooks=hooks))
+    assert gamma.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=100)  # type: ignore[arg-type]
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError) as refused:
+        gamma.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 5 and len(sent) == 2  # one try: no retry, no wait
+    error = refused.value
+    assert error.code == "rate_limit_exceeded"
+    assert "Request too large for the rate limit 'gamma-tpm' on tokens per minute: Limit 2,000, Requested 4," \
+        in error.message and "Reduce max_tokens or the prompt" in error.message
+    headers = error.response.headers
+    assert headers["x-should-retry"] == "false" and "retry-after" not in headers
+    request_id = headers.get("x-tollway-request-id")
+    assert env.provider_saw(request_id) == []
+    assert env.record(request_id)["limit"] == "gamma-tpm"
+    # The Anthropic SDK: its own error type, and no retry either.
+    sent.clear()
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        anthropic.Anthropic(base_url=env.base_url, api_key=GAMMA, max_retries=2,
+                            http_client=anthropic.DefaultHttpxClient(event_hooks=hooks)).messages.create(
+            model="claude", max_tokens=5000, messages=HI)  # type: ignore[arg-type]
+    assert len(sent) == 1 and caught.value.response.headers["x-should-retry"] == "false"
+    assert caught.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert "Request too large for the rate limit 'gamma-tpm'" in caught.value.message
 
 
 def test_tollway_budgets_shows_spend_against_the_budget(env: Providers) -> None:
