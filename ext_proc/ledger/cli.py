@@ -7,13 +7,13 @@ import csv
 import io
 import os
 import sys
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
 
 from ext_proc.ledger.log import log_files, read_records
-from ext_proc.ledger.report import GROUPS, Row, aggregate, dollars, month_window, parse_day, sentence, usd
+from ext_proc.ledger.report import GROUPS, Row, aggregate, day_after, dollars, month_window, parse_day, sentence, usd
 
 DEFAULT_LOG = os.environ.get("TOLLWAY_LOG", ".tollway/requests.jsonl")
 
@@ -63,7 +63,7 @@ def _redacted(url: str) -> str:
 
 
 def _rows(args: argparse.Namespace, by: str) -> list[Row]:
-    since, until = args.since, (args.until + timedelta(days=1)) if args.until else None
+    since, until = args.since, day_after(args.until) if args.until else None
     if args.month:
         since, until = month_window(args.month)
     where = {"team": args.team} if args.team else None

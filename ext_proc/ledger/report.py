@@ -13,7 +13,7 @@ tokens, cost nothing, and their (tiny) latency is left out of the averages.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from ext_proc.llm.prices import dollars
@@ -26,6 +26,11 @@ __all__ = ["GROUPS", "Row", "aggregate", "dollars", "human_count", "month_window
 def parse_day(text: str) -> date:
     """``YYYY-MM-DD``, as given on the command line."""
     return date.fromisoformat(text)
+
+
+def day_after(day: date) -> date | None:
+    """The exclusive end of a report whose last day is ``day`` (None, no end, after the calendar's last)."""
+    return day + timedelta(days=1) if day < date.max else None
 
 
 def month_window(month: str) -> tuple[date, date]:

@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from ext_proc.ledger import dashboard
 from ext_proc.ledger.log import Follower, log_files, read_records
-from ext_proc.ledger.report import GROUPS, aggregate, month_window, parse_day
+from ext_proc.ledger.report import GROUPS, aggregate, day_after, month_window, parse_day
 from ext_proc.state.ledger import Ledger
 
 # The dashboard's files (path -> packaged file, content type): served without the token.
@@ -117,7 +117,7 @@ class AdminServer:
             if by not in GROUPS:
                 raise ValueError(f"by must be one of {', '.join(sorted(GROUPS))}")
             since = parse_day(params["since"]) if "since" in params else None
-            until = parse_day(params["until"]) + timedelta(days=1) if "until" in params else None
+            until = day_after(parse_day(params["until"])) if "until" in params else None
             if "month" in params:
                 since, until = month_window(params["month"])
         except (ValueError, KeyError) as exc:

@@ -237,7 +237,9 @@ class RedisLedger:
         if since is None:
             days = sorted(k.decode().rsplit(":", 1)[1] for k in self.client.scan_iter(f"{self.prefix}:day:*"))
             since = date.fromisoformat(days[0]) if days else date.today()
-        until = until or (datetime.now(UTC).date() + timedelta(days=1))
+        # A day at a time, up to tomorrow at most: no record is filed later (``--until 9999-12-30``
+        # would be millions of round trips for nothing).
+        until = min(until or date.max, datetime.now(UTC).date() + timedelta(days=1))
         return _rows(self._buckets(since, until), by, since, until, where)
 
     def cells(self, since: date, until: date) -> dict[Cell, Row]:

@@ -313,3 +313,38 @@ def test_a_report_by_key_names_each_key_with_its_team(tmp_path: Path, capsys: py
         assert status == 200
         assert [(r["group"], r["requests"], r["cost_usd_micros"], r["guardrail_triggers"])
                 for r in orjson.loads(body)["rows"]] == expected
+
+
+def test_a_far_future_until_is_no_end(tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_port: int) -> None:
+    """``--until 9999-12-31`` (the calendar's last day: its end is past what a date holds) reports
+    everything, from the log, from Redis (asking only the days up to tomorrow) and in ``/v1/report``."""
+    import redis
+    from prometheus_client import CollectorRegistry
+
+    from ext_proc.server.admin import AdminServer
+    from ext_proc.state.ledger import RedisLedger
+
+    class Counting(redis.Redis):  # type: ignore[type-arg]
+        asked = 0
+
+        def smembers(self, name: Any) -> Any:
+            Counting.asked += 1
+            assert Counting.asked < 10_000, "asking Redis day after day to the year 9999"
+            return super().smembers(name)
+
+    client = Counting(port=redis_port)
+    client.flushall()
+    RedisLedger(client).add(RECORDS)
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in RECORDS))
+    for admin in (AdminServer(CollectorRegistry(), lambda: (True, {}), log_path=str(path)),
+                  AdminServer(CollectorRegistry(), lambda: (True, {}), ledger=RedisLedger(client))):
+        for until in ("9999-12-31", "9999-12-30"):
+            status, _, body = admin.report(f"by=team&since=2026-10-01&until={until}")
+            assert status == 200 and sum(row["requests"] for row in orjson.loads(body)["rows"]) == len(RECORDS)
+    days = (datetime.now(UTC).date() - date(2026, 10, 1)).days + 2
+    assert Counting.asked <= 2 * days  # a day at a time up to tomorrow, not to the year 9999
+    for source in (["--log", str(path)], ["--redis", f"redis://127.0.0.1:{redis_port}/0"]):
+        for until in ("9999-12-31", "9999-12-30"):
+            assert main(["report", *source, "--since", "2026-10-01", "--until", until, "--format", "json"]) == 0
+            assert sum(row["requests"] for row in orjson.loads(capsys.readouterr().out)) == len(RECORDS)
