@@ -12,12 +12,14 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 import redis.asyncio
 
 from ext_proc.core.limits import BUDGET_KEPT
+from ext_proc.server.node_state import NodeBackend, NodeStateServer
 from ext_proc.state.limits import ENDED, Grant, Keeper, MemoryBackend, RedisBackend
 from ext_proc.state.queries import Admission, Claim, StoreUnavailable
 
@@ -92,6 +94,27 @@ def test_a_finished_window_leaves_the_store_and_a_budget_period_stays_40_days() 
     backend.grow("w", [(minute_claims(int(wall.now // 60))[0], 1, 1)], 30)
     assert budget.counter not in backend.counters
     assert backend.counters.keys() == {f"rate/r/requests/t/{int(wall.now // 60)}", "rate/r/concurrent/t"}
+
+
+def test_the_node_parents_store_drops_finished_windows_and_keeps_budget_periods(tmp_path: Path) -> None:
+    """Workers without Redis share the supervisor's counters: the claim's ``kept`` crosses the socket."""
+    server = NodeStateServer(str(tmp_path / "state.sock"))
+    server.start()
+
+    async def scenario() -> None:
+        client = NodeBackend(server.path)
+        ended = time.time() - ENDED - 60
+        minute = Claim("rate/r/requests/t/1", 1, 600, ended)
+        budget = Claim("budget/b/usd/t/2026-11", 5, 10**9, ended, kept=BUDGET_KEPT)
+        await client.grow("w", [(minute, 1, 1), (budget, 5, 5)], 30)
+        await client.grow("w", [(Claim("rate/r/requests/t/2", 1, 600, time.time() + 60), 1, 1)], 30)
+        assert set(server.backend.counters) == {budget.counter, "rate/r/requests/t/2"}
+        await client.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
 
 
 # -- the keeper -----------------------------------------------------------------------------------
