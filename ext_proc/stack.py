@@ -8,7 +8,10 @@ it start Envoy, with ``envoy/tollway.yaml`` rendered for its ports and that clus
 request ever meets a gateway whose service is not serving yet. It stops them all in reverse
 order. A provider whose API key is not in the environment is a *stand-in* served by the fake
 provider (``tollway serve --stand-in NAME=URL``), so the stack works offline with no
-configuration.
+configuration. A stand-in gets the placeholder key ``tollway-stand-in-key``, never the
+provider's own (the fake provider shows what it received to any local process): ``tollway up``
+stands in for an Azure resource or a remote host even when its key is set. Tests whose fake
+provider checks the keys it gets (``--api-key``) ask for the real ones (``stand_ins_get_keys``).
 """
 
 from __future__ import annotations
@@ -179,6 +182,7 @@ class Stack:
     message_timeout: str | None = None  # Envoy's wait for each answer of Tollway (default: the file's 5s)
     bodies_together: bool = True  # each body right behind its headers (False: tollway envoy --bodies buffered)
     mocked: frozenset[str] = frozenset(PROVIDER_KEYS)  # providers served by the fake provider (stand-ins)
+    stand_ins_get_keys: bool = False  # the stand-ins get the providers' own keys (a fake provider that checks them)
     quiet: bool = True
     die_with_parent: bool = False  # the children get SIGTERM when the thread that started them dies (tollway up)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -233,6 +237,8 @@ class Stack:
         ]
         for name, url in self.stand_ins.items():
             argv += ["--stand-in", f"{name}={url}"]
+        if self.stand_ins_get_keys:
+            argv.append("--stand-ins-get-keys")
         if self.policy is not None:
             argv += ["--policy", str(self.policy)]
         if self.workload is not None:

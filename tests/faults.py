@@ -87,7 +87,7 @@ def gateway(work: Path, *, redis_url: str | None = None, on_unavailable: str = "
     keys = tuple(arg for key in PROVIDER_KEYS.values() for arg in ("--api-key", key))
     options.setdefault("workers", 2)
     return Stack(work / "stack", policy=path, service_env=PROVIDER_KEYS, mocked=frozenset({"openai", "anthropic"}),
-                 mock_args=(*keys, "--record-requests", "1000000"), serve_args=args, **options)
+                 mock_args=(*keys, "--record-requests", "1000000"), stand_ins_get_keys=True, serve_args=args, **options)
 
 
 # -- one call ------------------------------------------------------------------------------------

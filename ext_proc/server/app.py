@@ -74,6 +74,7 @@ class ServeConfig:
     envoy_clusters: str | None = None  # Envoy's clusters file, kept up to date with the policy
     envoy_admin: str | None = None  # Envoy's admin, to confirm it loaded the clusters
     stand_ins: dict[str, str] = field(default_factory=dict)  # provider -> URL that stands in for it
+    stand_ins_get_keys: bool = False  # stand-ins get their providers' own keys, not the placeholder
     admin_token: str | None = field(default=None, repr=False)  # bearer token the admin endpoint asks for
     metrics_dir: str | None = None  # where the workers exchange their metric tallies (several workers)
     otlp_endpoint: str | None = None  # OpenTelemetry: traces (and records as logs) over OTLP/HTTP
@@ -149,8 +150,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--otlp-logs", action="store_true",
                         help="also send every request record to the collector as an OpenTelemetry log record")
     parser.add_argument("--stand-in", type=stand_in, action="append", default=[], metavar="PROVIDER=URL",
-                        help="serve PROVIDER from URL (e.g. the fake provider) instead of its endpoint; a placeholder "
-                             "key is sent when its own is not set; repeatable")
+                        help="serve PROVIDER from URL (e.g. the fake provider) instead of its endpoint; it gets the "
+                             "placeholder key tollway-stand-in-key, never the provider's own; repeatable")
+    parser.add_argument("--stand-ins-get-keys", action="store_true",
+                        help="send each stand-in its provider's own key when that is set (the placeholder otherwise): "
+                             "for a stand-in that checks keys, as the tests' fake provider does with --api-key; never "
+                             "for one that shows what it received to others (the fake provider's /_mock/requests)")
 
 
 def _entries(value: str) -> int:
@@ -181,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
             args.policy, args.workload, args.admin_port, args.reload_interval, args.redis_url, args.usage_headers,
             args.admin_host, _tls_files(args, address), args.store_probe, hold_ttl=args.hold_ttl,
             envoy_clusters=args.envoy_clusters, envoy_admin=args.envoy_admin or None,
-            stand_ins=dict(args.stand_in), otlp_endpoint=args.otlp_endpoint, otlp_logs=args.otlp_logs,
+            stand_ins=dict(args.stand_in), stand_ins_get_keys=args.stand_ins_get_keys,
+            otlp_endpoint=args.otlp_endpoint, otlp_logs=args.otlp_logs,
             trace_ratio=min(1.0, max(0.0, args.trace_sample_ratio)), text_memory=args.text_memory,
         )
         config = dataclasses.replace(

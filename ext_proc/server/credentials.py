@@ -8,8 +8,11 @@ in the outgoing request's headers, in the form the provider expects; they are ne
 a missing key is reported by its *source* (variable or path), never by value.
 
 A provider served by a *stand-in* (``tollway serve --stand-in``, e.g. the fake provider under
-``tollway up``) gets :data:`STAND_IN_KEY` when its own key is not set, so key injection still
-happens and shows; ``/readyz`` counts it as served.
+``tollway up``) gets :data:`STAND_IN_KEY`, never its own key, even when that is set: a stand-in is
+not the provider, and the fake provider shows what it received (``GET /_mock/requests``) to any
+local process. Key injection still happens and shows, and ``/readyz`` counts the provider as
+served. Only ``stand_ins_get_keys`` (``--stand-ins-get-keys``) sends a stand-in the provider's own
+key when it is set: for a stand-in that checks keys, as the tests' fake provider does.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ext_proc.policy.compiled import CredentialSource, Provider
 log = logging.getLogger("tollway.credentials")
 
 Headers = tuple[tuple[str, str], ...]
-STAND_IN_KEY = "tollway-stand-in-key"  # not a secret: what a stand-in provider receives without a real key
+STAND_IN_KEY = "tollway-stand-in-key"  # not a secret: the key a stand-in provider receives
 
 
 def credential_headers(provider: Provider, key: str) -> Headers:
@@ -42,8 +45,10 @@ class CredentialStore:
         clock: Callable[[], float] = time.monotonic,
         recheck: float = 1.0,
         stand_ins: frozenset[str] = frozenset(),
+        stand_ins_get_keys: bool = False,
     ) -> None:
         self._stand_ins = stand_ins
+        self._stand_ins_get_keys = stand_ins_get_keys
         self._environ = environ
         self._clock = clock
         self._recheck = recheck
@@ -85,8 +90,9 @@ class CredentialStore:
         source = provider.credential
         if source is None:
             return ()
-        key = self.key(source)
-        if key is None and provider.name in self._stand_ins:
+        stood_in = provider.name in self._stand_ins
+        key = self.key(source) if self._stand_ins_get_keys or not stood_in else None
+        if key is None and stood_in:
             key = STAND_IN_KEY
         if key is None:
             where = f"environment variable {source.env}" if source.env else f"file {source.file}"

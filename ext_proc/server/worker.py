@@ -143,7 +143,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
     exchange = Exchange(tally, config.metrics_dir)
     registry.register(TallyCollector(exchange.totals))
     keeper.alerts = Alerts(lambda: holder.current if holder else None, backend.once, tally)
-    credentials = CredentialStore(stand_ins=frozenset(config.stand_ins))
+    credentials = CredentialStore(stand_ins=frozenset(config.stand_ins), stand_ins_get_keys=config.stand_ins_get_keys)
     service = Service(records, holder, config.workload, credentials=credentials, accountant=warm_up(),
                       usage_headers=config.usage_headers, store=store, keeper=keeper,
                       steps=pipeline.Pipeline.of(pipeline.request_steps(store_probe=config.store_probe)))

@@ -76,7 +76,8 @@ class Providers(Gateway):
         policy.write_text(policy_text)
         keys = tuple(arg for key in provider_keys.values() for arg in ("--api-key", key))
         options.setdefault("mocked", frozenset({"openai", "anthropic"}))
-        return Stack(work / "stack", policy=policy, service_env=provider_keys, mock_args=keys, **options)
+        return Stack(work / "stack", policy=policy, service_env=provider_keys, mock_args=keys, stand_ins_get_keys=True,
+                     **options)
 
     def openai(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url + "/v1", api_key=self.key, max_retries=0, timeout=10)

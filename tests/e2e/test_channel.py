@@ -51,7 +51,8 @@ def _stack(work: Path, **options: object) -> Stack:
     policy = work / "policy.yaml"
     policy.write_text(POLICY)
     return Stack(work / "stack", policy=policy, workload="local-dev", service_env={"CHANNEL_OPENAI_KEY": PROVIDER_KEY},
-                 mocked=frozenset({"openai"}), mock_args=("--api-key", PROVIDER_KEY), **options)  # type: ignore[arg-type]
+                 mocked=frozenset({"openai"}), mock_args=("--api-key", PROVIDER_KEY), stand_ins_get_keys=True,
+                 **options)  # type: ignore[arg-type]
 
 
 def _ask_for_headers(channel: grpc.Channel) -> str:

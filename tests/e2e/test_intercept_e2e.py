@@ -128,7 +128,8 @@ def _run(netns: str, work: Path) -> None:
     assert "-m owner --uid-owner 10002 -j RETURN" in proc.stderr
 
     args = [a.replace(f"{inject.POLICY_DIR}/policy.yaml", str(policy)) for a in tollway["args"]]
-    args += ["--stand-in", "openai=http://127.0.0.1:18080"]  # the fake provider plays api.openai.com
+    # the fake provider plays api.openai.com, checking it gets the provider's key
+    args += ["--stand-in", "openai=http://127.0.0.1:18080", "--stand-ins-get-keys"]
     tollway_env = {e["name"]: e["value"] for e in tollway["env"] if "value" in e}
     assert tollway_env["TOLLWAY_WORKLOAD"] == WORKLOAD
     tollway_env.update(TMPDIR=str(tmp), OPENAI_API_KEY=PROVIDER_KEY, TOLLWAY_REDIS_URL="")

@@ -226,7 +226,7 @@ def test_a_sidecar_killed_holding_leases_gives_them_back_within_the_ttl(
     env, server = shared
     other = Stack(tmp_path / "other", policy=env.stack.policy, mocked=frozenset({"openai", "anthropic"}),
                   service_env={"R_OPENAI_KEY": OPENAI_KEY, "R_ANTHROPIC_KEY": ANTHROPIC_KEY},
-                  mock=False, mock_port=env.stack.mock_port,
+                  mock=False, mock_port=env.stack.mock_port, stand_ins_get_keys=True,
                   serve_args=("--redis", server.url, "--hold-ttl", "2"))
     store = redis.Redis(port=server.port)
     totals = store.register_script(TOTALS)

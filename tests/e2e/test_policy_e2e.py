@@ -107,6 +107,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     stack = Stack(
         work / "stack", workers=2, policy=policy, workload=SIDECAR_WORKLOAD, service_env=PROVIDER_KEYS,
         mocked=frozenset({"openai", "anthropic", "azure", "rotating"}), mock_args=tuple(mock_keys),
+        stand_ins_get_keys=True,
     )
     with stack:
         yield Env(stack, policy, key_file)

@@ -356,6 +356,51 @@ def test_tollway_up_with_your_own_providers_uses_their_endpoints(tmp_path: Path)
         upstream.wait(10)
 
 
+STOOD_IN = """apiVersion: tollway/v1
+providers:
+  azure-eu:                     # an Azure resource: tollway up stands in for it, its key set or not
+    kind: azure-openai
+    endpoint: https://contoso-eu.openai.azure.com
+    credential: {env: UP_AZURE_KEY}
+    api_version: "2024-10-21"
+  remote:                       # an OpenAI-compatible service on another host: stood in too
+    kind: openai-compatible
+    endpoint: https://llm.internal.example.com/v1
+    credential: {env: UP_REMOTE_KEY}
+models:
+  gpt-4o-eu: {provider: azure-eu, model: gpt-4o-prod}
+  llama: {provider: remote, model: llama-3.1-70b}
+teams:
+  platform: {workloads: [local-dev], models: ["*"]}
+"""
+REAL_KEYS = {"UP_AZURE_KEY": "azure-REAL-SECRET-0123456789abcdef", "UP_REMOTE_KEY": "sk-remote-REAL-SECRET-0123"}
+
+
+def test_a_provider_the_fake_provider_stands_in_for_never_gets_your_key(tmp_path: Path) -> None:
+    """The fake provider lists what it received to any local process (GET /_mock/requests): a provider
+    it stands in for gets the placeholder key, even when its real key is set."""
+    policy = tmp_path / "stood-in.yaml"
+    policy.write_text(STOOD_IN)
+    running = Up(tmp_path / "state", policy, env={**NO_KEYS, **REAL_KEYS})
+    try:
+        running.until(r"^Ctrl-C stops everything")
+        banner = "".join(running.console)
+        assert "azure-eu           azure-openai       -> fake provider" in banner
+        assert "remote             openai-compatible  -> fake provider" in banner
+        with httpx.Client(base_url=running.url, timeout=10) as http:
+            for model in ("gpt-4o-eu", "llama"):
+                response = http.post("/v1/chat/completions",
+                                     json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+                assert response.status_code == 200, (model, response.text)
+        seen = httpx.get(f"http://127.0.0.1:{running.ports['mock']}/_mock/requests").json()
+        keys = [{k.lower(): v for k, v in request["headers"]} for request in seen]
+        assert [(h.get("api-key"), h.get("authorization")) for h in keys] == [
+            ("tollway-stand-in-key", None), (None, "Bearer tollway-stand-in-key")]
+        assert not any(key in str(seen) for key in REAL_KEYS.values())
+    finally:
+        assert running.stop() == 0
+
+
 def wait_until(check: Callable[[], bool], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while True:

@@ -19,7 +19,7 @@ from ext_proc.policy.compiled import (
     Team,
     key_digest,
 )
-from ext_proc.server.credentials import CredentialStore, credential_headers
+from ext_proc.server.credentials import STAND_IN_KEY, CredentialStore, credential_headers
 
 OPENAI = Provider("openai", "openai", "openai", CredentialSource(env="OPENAI_KEY"))
 ANTHROPIC = Provider("anthropic", "anthropic", "anthropic", CredentialSource(env="ANT_KEY"))
@@ -144,6 +144,21 @@ def test_store_reads_env_and_rereads_changed_files(tmp_path: Path) -> None:
     path.unlink()
     now[0] = 4.0
     assert store.key(source) is None
+
+
+def test_a_stand_in_gets_the_placeholder_never_the_providers_own_key() -> None:
+    """tollway up stands in for an Azure resource whose key is set: the fake provider, which shows what it got to
+    any local process, must not receive that key."""
+    environ = {"AZ_KEY": "azure-REAL-key", "OPENAI_KEY": "sk-REAL-key"}
+    store = CredentialStore(environ=environ, stand_ins=frozenset({"azure"}))
+    assert store.headers(AZURE) == (("api-key", STAND_IN_KEY),)
+    assert store.headers(OPENAI) == (("authorization", "Bearer sk-REAL-key"),)  # not stood in: its own key
+    assert CredentialStore(environ={}, stand_ins=frozenset({"azure"})).headers(AZURE) == (("api-key", STAND_IN_KEY),)
+    # A stand-in that checks keys (the tests' fake provider with --api-key) asks for the real ones.
+    checking = CredentialStore(environ=environ, stand_ins=frozenset({"azure"}), stand_ins_get_keys=True)
+    assert checking.headers(AZURE) == (("api-key", "azure-REAL-key"),)
+    assert CredentialStore(environ={}, stand_ins=frozenset({"azure"}), stand_ins_get_keys=True).headers(AZURE) \
+        == (("api-key", STAND_IN_KEY),)
 
 
 def test_store_missing_key_injects_nothing_and_reports_the_source_only(caplog: pytest.LogCaptureFixture) -> None:
