@@ -20,15 +20,15 @@ needs_root = pytest.mark.skipif(
 )
 
 
-def as_other_user(fn: Callable[[], Any], uid: int = NOBODY) -> Any:
-    """Fork, drop to ``uid`` (and its group, no supplementary groups), run ``fn``; its JSON result."""
+def as_other_user(fn: Callable[[], Any], uid: int = NOBODY, groups: tuple[int, ...] = ()) -> Any:
+    """Fork, drop to ``uid`` (and its group, with the supplementary ``groups``), run ``fn``; its JSON result."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         code = 0
         try:
             os.close(read)
-            os.setgroups([])
+            os.setgroups(list(groups))
             os.setgid(uid)
             os.setuid(uid)
             result = json.dumps(fn()).encode()

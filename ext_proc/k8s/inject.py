@@ -172,7 +172,8 @@ def sidecar_containers(settings: Settings, workload: str, intercept: bool,
         "image": settings.image,
         "imagePullPolicy": settings.pull_policy,
         "restartPolicy": "Always",  # a native sidecar: started before, stopped after the application
-        "args": ["serve", "--policy", f"{POLICY_DIR}/{settings.policy_key}",
+        # --socket-group: Envoy runs as another user of Tollway's group, which the socket must admit.
+        "args": ["serve", "--policy", f"{POLICY_DIR}/{settings.policy_key}", "--socket-group",
                  "--envoy-clusters", "/run/tollway/clusters.yaml", "--envoy-admin", f"unix:{sidecar.ENVOY_ADMIN}",
                  "--workers", str(settings.workers)],
         "env": [
@@ -220,7 +221,8 @@ def sidecar_containers(settings: Settings, workload: str, intercept: bool,
 
 def sidecar_volumes(settings: Settings, intercept: bool, trust: bool) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
-        # /run of Tollway and Envoy only: Tollway creates /run/tollway (0750) for the socket and clusters file.
+        # /run of Tollway and Envoy only: Tollway creates /run/tollway (0750: --socket-group) for the socket and
+        # the clusters file.
         {"name": "tollway-run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
         {"name": "tollway-tmp", "emptyDir": {"sizeLimit": "256Mi"}},
         # A directory mount (never subPath): the kubelet's ..data swap is how edits reach Tollway.

@@ -69,6 +69,7 @@ class ServeConfig:
     admin_host: str = "127.0.0.1"
     tls: TLSFiles | None = None
     store_probe: bool = False
+    socket_group: bool = False  # Envoy is another user of Tollway's group: the socket is the group's too
     node_state: str | None = None  # the parent's counters (several workers, no Redis): its socket
     hold_ttl: float = 30.0  # seconds a dead worker's leases and reservations survive in the store
     envoy_clusters: str | None = None  # Envoy's clusters file, kept up to date with the policy
@@ -97,6 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "must carry; a trailing * accepts every name it begins (spiffe://cluster.local/ns/*); "
                              "repeatable (default: any certificate the CA signed). The certificate's SPIFFE ID "
                              "identifies the calling workload")
+    parser.add_argument("--socket-group", action="store_true",
+                        help="unix: only: Envoy runs as another user of Tollway's group (the pod's sidecar), so the "
+                             "socket is 0660 in a 0750 directory; default: Tollway's user only (0600, 0700)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
     parser.add_argument("--text-memory", type=_entries, default=memo.DEFAULT_ENTRIES, metavar="ENTRIES",
                         help="answers (findings, injection scores, token counts) each worker remembers by text "
@@ -185,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
             str(address), max(1, args.workers), args.log_file, args.grace, args.server,
             args.policy, args.workload, args.admin_port, args.reload_interval, args.redis_url, args.usage_headers,
             args.admin_host, _tls_files(args, address), args.store_probe, hold_ttl=args.hold_ttl,
+            socket_group=args.socket_group,
             envoy_clusters=args.envoy_clusters, envoy_admin=args.envoy_admin or None,
             stand_ins=dict(args.stand_in), stand_ins_get_keys=args.stand_ins_get_keys,
             otlp_endpoint=args.otlp_endpoint, otlp_logs=args.otlp_logs,
@@ -196,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             listen.TLSContext(config.tls)  # refuse unreadable certificates before spawning workers
         if config.envoy_clusters:
             # The clusters file decides where requests (and provider keys) go: a private directory.
-            listen.check_directory(os.path.dirname(os.path.abspath(config.envoy_clusters)))
+            listen.check_directory(os.path.dirname(os.path.abspath(config.envoy_clusters)), config.socket_group)
     except listen.ListenError as exc:
         print(f"tollway serve: {exc}", file=sys.stderr)
         return 2
@@ -236,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
             os.environ[ENCODINGS_ENV] = ",".join(sorted(controller.current.encodings()))
         if config.server != "grpcio":
             try:
-                listener = listen.bind(address)
+                listener = listen.bind(address, group=config.socket_group)
             except listen.ListenError as exc:
                 print(f"tollway serve: {exc}", file=sys.stderr)
                 return 2

@@ -7,12 +7,15 @@ therefore be reachable by Envoy and by nothing else:
 
 ``unix:/run/tollway/ext_proc.sock`` (the default)
     A Unix domain socket in a directory that only Envoy and Tollway share. Connecting needs
-    search permission on the directory and write permission on the socket, so the directory's
-    mode decides who gets in. At start Tollway creates the directory (mode 0750) when it is
-    missing and refuses to listen when it is a symlink, is not owned by Tollway's user, or lets
-    other users in (any "other" bit) or lets its group write (group members could swap the
-    socket). The socket itself is mode 0660: Envoy may be another user of the directory's group
-    (in a pod: the volume's ``fsGroup``). A socket file left behind by a dead server is
+    search permission on the directory and write permission on the socket, so their modes
+    decide who gets in. By default Envoy runs as Tollway's user (``tollway up``): Tollway
+    creates the directory with mode 0700 when it is missing and the socket is mode 0600, so no
+    other user connects, not even one of Tollway's group (on macOS every user is in ``staff``).
+    With ``group=True`` (``tollway serve --socket-group``, what the injected sidecar runs) Envoy
+    is another user of Tollway's group (in a pod: the containers' ``runAsGroup``), and they are
+    0750 and 0660. Either way Tollway refuses to listen when the directory is a symlink, is not
+    owned by Tollway's user, or lets other users in (any "other" bit) or lets its group write
+    (group members could swap the socket). A socket file left behind by a dead server is
     replaced; one a live server still answers on is an error, never shared. In a pod the
     directory is a volume mounted into the Envoy and Tollway containers only.
 ``tls://HOST:PORT`` with ``--tls-cert``, ``--tls-key`` and ``--tls-client-ca``
@@ -45,8 +48,8 @@ from typing import Any
 log = logging.getLogger("tollway.listen")
 
 DEFAULT = "unix:/run/tollway/ext_proc.sock"
-SOCKET_MODE = 0o660
-DIRECTORY_MODE = 0o750
+SOCKET_MODE = {False: 0o600, True: 0o660}  # by whether Envoy is another user of Tollway's group
+DIRECTORY_MODE = {False: 0o700, True: 0o750}
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 
 
@@ -96,15 +99,16 @@ def parse(text: str) -> Address:
     raise ListenError(f"expected unix:PATH, tcp://HOST:PORT or tls://HOST:PORT, got {text!r}")
 
 
-def check_directory(directory: str) -> None:
-    """Create the socket's directory if missing (mode 0750); refuse one other users can reach."""
+def check_directory(directory: str, group: bool = False) -> None:
+    """Create the socket's directory if missing (mode 0700, or 0750 for ``group``); refuse one other users
+    can reach."""
     try:
         info = os.lstat(directory)
     except FileNotFoundError:
         try:
             os.makedirs(os.path.dirname(directory) or "/", exist_ok=True)
-            os.mkdir(directory, DIRECTORY_MODE)
-            os.chmod(directory, DIRECTORY_MODE)  # mkdir's mode is masked by the umask
+            os.mkdir(directory, DIRECTORY_MODE[group])
+            os.chmod(directory, DIRECTORY_MODE[group])  # mkdir's mode is masked by the umask
         except OSError as exc:
             raise ListenError(f"cannot create the socket directory {directory}: {exc.strerror}") from None
         info = os.lstat(directory)
@@ -118,7 +122,8 @@ def check_directory(directory: str) -> None:
     mode = stat.S_IMODE(info.st_mode)
     if mode & 0o027:
         raise ListenError(f"the socket directory {directory} has mode {mode:04o}: other users (or group "
-                          f"members, by writing) could reach the provider keys; chmod 0750 or 0700")
+                          f"members, by writing) could reach the provider keys; chmod 0700 (0750 for Envoy "
+                          f"in Tollway's group)")
 
 
 def _live(path: str) -> bool:
@@ -148,12 +153,13 @@ class Listener:
                     os.unlink(self.address.path)
 
 
-def bind(address: Address, backlog: int = 1024) -> Listener:
-    """A listening, non-blocking socket for ``address``, after the checks above."""
+def bind(address: Address, backlog: int = 1024, group: bool = False) -> Listener:
+    """A listening, non-blocking socket for ``address``, after the checks above; a Unix socket is for Tollway's
+    user only, or also for its group (``group``: Envoy is another user of that group)."""
     inode = 0
     if address.kind == "unix":
         path = address.path
-        check_directory(os.path.dirname(path))
+        check_directory(os.path.dirname(path), group)
         with contextlib.suppress(FileNotFoundError):
             info = os.lstat(path)
             if not stat.S_ISSOCK(info.st_mode):
@@ -164,7 +170,7 @@ def bind(address: Address, backlog: int = 1024) -> Listener:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
-            os.chmod(path, SOCKET_MODE)
+            os.chmod(path, SOCKET_MODE[group])
             inode = os.lstat(path).st_ino
             sock.listen(backlog)
         except OSError as exc:

@@ -315,7 +315,7 @@ async def _serve_grpcio(config: ServeConfig, service: Service, address: str, sto
 
     parsed = listen.parse(address)
     if parsed.kind == "unix":
-        listen.check_directory(os.path.dirname(parsed.path))
+        listen.check_directory(os.path.dirname(parsed.path), config.socket_group)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(parsed.path)
         address = f"unix:{parsed.path}"

@@ -32,12 +32,18 @@ def test_bad_addresses_are_one_clear_line(text: str) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_the_socket_directory_is_created_private_and_the_socket_group_only(tmp_path: Path) -> None:
-    listener = listen.bind(listen.parse(f"unix:{tmp_path}/run/ext_proc.sock"))
+@pytest.mark.parametrize(("group", "modes"), [(False, (0o700, 0o600)), (True, (0o750, 0o660))])
+def test_the_socket_directory_is_created_private_and_the_socket_the_users_or_its_groups(
+        tmp_path: Path, group: bool, modes: tuple[int, int]) -> None:
+    old = os.umask(0o022)  # modes are set, not left to the umask
+    try:
+        listener = listen.bind(listen.parse(f"unix:{tmp_path}/run/ext_proc.sock"), group=group)
+    finally:
+        os.umask(old)
     try:
         directory = os.lstat(tmp_path / "run")
-        assert stat.S_IMODE(directory.st_mode) == 0o750 and directory.st_uid == os.geteuid()
-        assert stat.S_IMODE(os.lstat(tmp_path / "run" / "ext_proc.sock").st_mode) == 0o660
+        assert stat.S_IMODE(directory.st_mode) == modes[0] and directory.st_uid == os.geteuid()
+        assert stat.S_IMODE(os.lstat(tmp_path / "run" / "ext_proc.sock").st_mode) == modes[1]
         with socket.socket(socket.AF_UNIX) as client:
             client.connect(str(tmp_path / "run" / "ext_proc.sock"))
     finally:
@@ -108,6 +114,32 @@ def test_a_tcp_listener_cannot_be_joined_by_another_socket() -> None:
 def test_another_user_can_neither_connect_nor_replace_the_socket() -> None:
     with open_directory() as parent:  # the way to the directory is open: only its own mode keeps others out
         _attack_the_socket(parent / "run" / "ext_proc.sock")
+
+
+@needs_root
+def test_a_member_of_tollways_group_connects_only_when_envoy_needs_the_group() -> None:
+    """tollway up runs Envoy as Tollway's user: another user who shares its group (macOS: everyone is in
+    staff) must not get a stream, and the provider keys with it. In a pod (--socket-group) Envoy is that
+    group member."""
+
+    def connect() -> int:
+        with socket.socket(socket.AF_UNIX) as client:
+            try:
+                client.connect(str(path))
+            except OSError as exc:
+                return exc.errno or -1
+        return 0
+
+    member = (os.getegid(),)
+    for group, expected in ((False, errno.EACCES), (True, 0)):
+        with open_directory() as parent:
+            path = parent / "run" / "ext_proc.sock"
+            listener = listen.bind(listen.parse(f"unix:{path}"), group=group)
+            try:
+                assert as_other_user(connect) == errno.EACCES  # not in the group: never
+                assert as_other_user(connect, groups=member) == expected, group
+            finally:
+                listener.close()
 
 
 def _attack_the_socket(path: Path) -> None:
