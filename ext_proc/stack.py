@@ -12,6 +12,10 @@ configuration. A stand-in gets the placeholder key ``tollway-stand-in-key``, nev
 provider's own (the fake provider shows what it received to any local process): ``tollway up``
 stands in for an Azure resource or a remote host even when its key is set. Tests whose fake
 provider checks the keys it gets (``--api-key``) ask for the real ones (``stand_ins_get_keys``).
+
+What the stack writes is its user's alone, whatever the umask: the workdir is created 0700 and
+the logs (Envoy's at debug level holds keys and prompts) and Envoy's config are 0600; the service
+makes its socket directory 0700 and its request log 0640 (see ``ext_proc.server.listen``).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIG = TEMPLATE  # envoy/tollway.yaml
 PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 DEMO_KEY = "tw-local-demo-key-not-secret"  # the example policy's public demo key (team demo)
+PRIVATE_DIRECTORY, PRIVATE_FILE = 0o700, 0o600
 
 
 def envoy_binary() -> str:
@@ -219,14 +224,16 @@ class Stack:
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         out: Any = subprocess.DEVNULL if self.quiet else None
-        err = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        err = open_private(self.workdir / f"{name}.log", os.O_APPEND)  # owned by the child
         environ = {**os.environ, **env} if env else None
         self._commands[name] = (argv, env)
-        self.procs[name] = subprocess.Popen(
-            argv, stdout=out, stderr=err, cwd=ROOT, env=environ, start_new_session=True,
-            preexec_fn=_die_with_parent if self.die_with_parent else None,
-        )
-        err.close()
+        try:
+            self.procs[name] = subprocess.Popen(
+                argv, stdout=out, stderr=err, cwd=ROOT, env=environ, start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
+            )
+        finally:
+            os.close(err)
 
     def serve_argv(self) -> list[str]:
         argv = [
@@ -246,7 +253,7 @@ class Stack:
         return [*argv, *self.serve_args]
 
     def start(self) -> Stack:
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        private_directory(self.workdir)
         tollway = [sys.executable, "-m", "ext_proc.cli"]
         try:
             if self.mock:
@@ -266,7 +273,8 @@ class Stack:
                 bodies_together=self.bodies_together,
             )
             path = self.workdir / "envoy.yaml"
-            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            with open(open_private(path, os.O_TRUNC), "w", encoding="utf-8") as handle:
+                handle.write(yaml.safe_dump(config, sort_keys=False))
             self._spawn("envoy", [
                 envoy_binary(), "-c", str(path), "--concurrency", str(self.envoy_concurrency),
                 "--disable-hot-restart", "--log-level", "warn",
@@ -345,6 +353,26 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def private_directory(path: Path) -> None:
+    """Create ``path`` (and its missing parents) for this user only: 0700, whatever the umask. An existing
+    directory keeps its mode (``--workdir`` may name one of yours)."""
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(PRIVATE_DIRECTORY)
+    except FileExistsError:
+        return
+    os.chmod(path, PRIVATE_DIRECTORY)  # mkdir's mode is masked by the umask
+
+
+def open_private(path: Path, flags: int = 0) -> int:
+    """A descriptor writing to ``path``, which is this user's only (0600, an existing file's mode too)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)
+    return fd
 
 
 def _http_ok(url: str) -> bool:
@@ -451,7 +479,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="Tollway worker processes (default 2)")
     parser.add_argument("--envoy-concurrency", type=int, default=_cores(),
                         help="Envoy worker threads (default: this machine's cores, %(default)s)")
-    parser.add_argument("--workdir", default=".tollway", help="configs, logs and the request log (default .tollway)")
+    parser.add_argument("--workdir", default=".tollway",
+                        help="configs, logs and the request log; created for your user only, 0700 (default .tollway)")
 
 
 def _cores() -> int:
@@ -506,8 +535,8 @@ class InUse(Exception):
 
 def _lock_workdir(workdir: Path) -> IO[str]:
     """Hold WORKDIR/up.lock for as long as this ``tollway up`` runs: one instance per workdir."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    handle = open(workdir / "up.lock", "a+")  # noqa: SIM115 - held until exit
+    private_directory(workdir)
+    handle = open(os.open(workdir / "up.lock", os.O_RDWR | os.O_CREAT, PRIVATE_FILE), "r+")  # noqa: SIM115 - held
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

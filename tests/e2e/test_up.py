@@ -8,6 +8,7 @@ import queue
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -39,8 +40,9 @@ class Up:
                 "--service-admin-port", str(self.ports["service"]), "--workdir", str(workdir)]
         if policy is not None:
             argv += ["--policy", str(policy)]
+        # umask 022, a shell's usual: the modes of what it writes are Tollway's own, not the umask's.
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=env or NO_KEYS, start_new_session=True, cwd=ROOT)
+                                     env=env or NO_KEYS, start_new_session=True, cwd=ROOT, umask=0o022)
         self.lines: queue.Queue[str] = queue.Queue()
         self.console: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -138,6 +140,21 @@ def test_the_banner_says_the_demo_key_the_logs_and_how_to_run_tollway(up: Up) ->
     proc = subprocess.run([str(ROOT / command.group(1)), "--help"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and "usage: tollway" in proc.stdout
     assert "source .venv/bin/activate" in banner
+
+
+def test_what_tollway_up_writes_only_its_user_reads(up: Up) -> None:
+    """Logs hold request metadata (Envoy's, at debug level, keys and prompts): nothing under the workdir is
+    open to other users, and the logs and Envoy's config not to the user's group either."""
+    response = httpx.post(up.url + "/v1/chat/completions",
+                          json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]})
+    assert response.status_code == 200
+    wait_until(lambda: (up.workdir / "requests.jsonl").exists())
+    modes = {str(path.relative_to(up.workdir)): stat.S_IMODE(path.lstat().st_mode) for path in up.workdir.rglob("*")}
+    assert stat.S_IMODE(up.workdir.stat().st_mode) == 0o700
+    for name in ("envoy.log", "tollway.log", "mock.log", "envoy.yaml", "up.lock", "run/ext_proc.sock"):
+        assert modes[name] == 0o600, (name, oct(modes[name]))
+    assert modes["run"] == 0o700 and modes["requests.jsonl"] == 0o640  # the request log: see the README
+    assert all(mode & 0o007 == 0 for mode in modes.values()), {name: oct(mode) for name, mode in modes.items()}
 
 
 def test_readyz_counts_providers_the_fake_provider_serves_as_served(up: Up) -> None:
