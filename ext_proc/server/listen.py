@@ -124,6 +124,10 @@ def check_directory(directory: str, group: bool = False) -> None:
         raise ListenError(f"the socket directory {directory} has mode {mode:04o}: other users (or group "
                           f"members, by writing) could reach the provider keys; chmod 0700 (0750 for Envoy "
                           f"in Tollway's group)")
+    if mode & 0o050 and not group:  # set up for Envoy in Tollway's group, as before --socket-group
+        log.warning("the socket directory %s lets its group in (mode %04o), but the socket is for Tollway's "
+                    "user only (0600): an Envoy running as another user of the group cannot connect. Give "
+                    "--socket-group if it does, else chmod 0700 %s", directory, mode, directory)
 
 
 def _live(path: str) -> bool:

@@ -195,6 +195,9 @@ class MemoryLedger:
         return _grouped(self.buckets.items(), _cell, since, until, None)
 
 
+FIRST_DAY_SCAN = 400  # days: a longer report range starts at the ledger's first day (found by a scan)
+
+
 class RedisLedger:
     """Buckets in Redis (``redis.Redis``, synchronous: call it off the event loop)."""
 
@@ -234,13 +237,17 @@ class RedisLedger:
 
     def rows(self, by: str, since: date | None = None, until: date | None = None,
              where: dict[str, str] | None = None) -> list[Row]:
-        if since is None:
-            days = sorted(k.decode().rsplit(":", 1)[1] for k in self.client.scan_iter(f"{self.prefix}:day:*"))
-            since = date.fromisoformat(days[0]) if days else date.today()
-        # A day at a time, up to tomorrow at most: no record is filed later (``--until 9999-12-30``
-        # would be millions of round trips for nothing).
+        # A day at a time, from the ledger's first day at the earliest and up to tomorrow at most:
+        # no record is filed earlier or later (``--since 0001-01-01`` or ``--until 9999-12-30`` would
+        # be a round trip for each of millions of days). Finding the first day is a scan of the days'
+        # keys, so only for a range longer than the scan's cost in round trips.
         until = min(until or date.max, datetime.now(UTC).date() + timedelta(days=1))
-        return _rows(self._buckets(since, until), by, since, until, where)
+        start = since or until
+        if since is None or until - since > timedelta(days=FIRST_DAY_SCAN):
+            days = sorted(k.decode().rsplit(":", 1)[1] for k in self.client.scan_iter(f"{self.prefix}:day:*"))
+            first = date.fromisoformat(days[0]) if days else min(until, date.today())
+            start = first if since is None else max(since, first)
+        return _rows(self._buckets(start, until), by, since or start, until, where)
 
     def cells(self, since: date, until: date) -> dict[Cell, Row]:
         """A row per (day, team, model, provider) in [since, until)."""

@@ -498,7 +498,10 @@ class MemoryBackend:
 
 # Both scripts first drop holders whose expiry passed (a dead sidecar's grants come back), and
 # keep every key of one counter in one hash slot ({counter}), so they run on Redis Cluster too.
-# Times are the server's (TIME), so sidecars with skewed clocks agree.
+# Times are the server's (TIME), so sidecars with skewed clocks agree: a counter's keys expire at
+# the claim's time (the sidecar's clock: its window's end plus what it keeps) but never sooner than
+# ENDED after the server's now (a sidecar minutes behind would otherwise have each key deleted as
+# soon as it was written, every request granted anew).
 _PRUNE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -511,10 +514,11 @@ for _, h in ipairs(dead) do
 end
 local function keep(expire_at)
   if expire_at > 0 then
+    expire_at = math.max(expire_at, now + ENDED_MS)
     for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], expire_at) end
   end
 end
-"""
+""".replace("ENDED_MS", str(int(ENDED * 1000)))
 GROW = _PRUNE + """
 local holder, need, want, capacity = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local ttl, expire_at, unit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])

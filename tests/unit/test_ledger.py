@@ -344,6 +344,13 @@ def test_a_far_future_until_is_no_end(tmp_path: Path, capsys: pytest.CaptureFixt
             assert status == 200 and sum(row["requests"] for row in orjson.loads(body)["rows"]) == len(RECORDS)
     days = (datetime.now(UTC).date() - date(2026, 10, 1)).days + 2
     assert Counting.asked <= 2 * days  # a day at a time up to tomorrow, not to the year 9999
+    # and from the ledger's first day, not from the year 1
+    Counting.asked = 0
+    for since in ("0001-01-01", "1900-01-01"):
+        status, _, body = admin.report(f"by=team&since={since}")
+        assert status == 200 and sum(row["requests"] for row in orjson.loads(body)["rows"]) == len(RECORDS)
+    first = min(datetime.fromtimestamp(r["ts"], UTC).date() for r in RECORDS)
+    assert Counting.asked <= 2 * ((datetime.now(UTC).date() - first).days + 2)
     for source in (["--log", str(path)], ["--redis", f"redis://127.0.0.1:{redis_port}/0"]):
         for until in ("9999-12-31", "9999-12-30"):
             assert main(["report", *source, "--since", "2026-10-01", "--until", until, "--format", "json"]) == 0

@@ -339,6 +339,22 @@ def test_redis_expires_a_minute_window_minutes_after_it_ends_and_a_budget_period
     asyncio.run(scenario())
 
 
+def test_a_sidecar_whose_clock_is_minutes_behind_redis_is_still_limited(redis_url: str) -> None:
+    # Its minute window ended, by Redis's clock, ten minutes ago: the keys must outlive the write.
+    async def scenario() -> None:
+        backend = RedisBackend.from_url(redis_url)
+        behind = Claim("rate/r/requests/t/1", 1, 3, time.time() - 600)
+        granted = 0
+        for _ in range(10):
+            [grant] = await backend.grow("a", [(behind, 1, 1)], 30)
+            granted += grant.granted
+            await backend.report("a", [(behind, 1, 0)], 30)
+        assert granted == 3
+        await backend.close()
+
+    asyncio.run(scenario())
+
+
 def test_concurrent_holders_never_take_more_than_the_capacity(redis_url: str) -> None:
     async def scenario() -> None:
         backends = [RedisBackend.from_url(redis_url) for _ in range(4)]

@@ -61,6 +61,20 @@ def test_a_directory_other_users_can_reach_is_refused(tmp_path: Path, mode: int)
     assert not (directory / "ext_proc.sock").exists()
 
 
+def test_a_directory_set_up_for_envoy_in_the_group_without_socket_group_is_warned_of(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # An install from before --socket-group: the directory 0750 for an Envoy in Tollway's group,
+    # whose connections the 0600 socket now refuses. Said in the log, not found by a failing request.
+    directory = tmp_path / "run"
+    directory.mkdir()
+    directory.chmod(0o750)
+    for group, warned in ((True, False), (False, True)):
+        caplog.clear()
+        listener = listen.bind(listen.parse(f"unix:{directory}/ext_proc.sock"), group=group)
+        listener.close()
+        assert ("--socket-group" in caplog.text) is warned, caplog.text
+
+
 def test_a_symlinked_directory_is_refused(tmp_path: Path) -> None:
     real = tmp_path / "real"
     real.mkdir(mode=0o700)
