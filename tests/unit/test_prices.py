@@ -463,21 +463,23 @@ def test_repeated_lookups_and_costs_are_fast() -> None:
     ]
     for kind, model in names:
         table.price(kind, model)  # warm-up
-    started = time.perf_counter()
+    started = time.process_time()
     for i in range(10_000):
         kind, model = names[i % 4]
         table.price(kind, model, aliases=("public-name",))
-    lookups = time.perf_counter() - started
+    lookups = time.process_time() - started
     rates = table.price("anthropic", "claude-sonnet-4-5-20250929")
     assert rates is not None
     used = usage(12_345, 678, cached=1_000, written=500)
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(10_000):
         cost_micros(rates, used)
-    costs = time.perf_counter() - started
+    costs = time.process_time() - started
     print(f"\n10k lookups {lookups * 1e3:.1f} ms, 10k costs {costs * 1e3:.1f} ms")
-    assert lookups < 0.05
-    assert costs < 0.05
+    # An order of magnitude over what they take (about 2 µs each), in CPU time: a busy machine's
+    # waits are not counted, a lookup or a cost gone slow (a scan, a parse per call) is.
+    assert lookups < 0.1
+    assert costs < 0.1
 
 
 def test_loading_the_data_takes_well_under_a_second() -> None:
