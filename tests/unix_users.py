@@ -1,4 +1,5 @@
-"""Run a function as another Unix user (``nobody``), to test what other local processes can reach."""
+"""Run a function as another Unix user (``nobody``), to test what other local processes can reach;
+the TCP ports a process tree listens on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ext_proc.stack import process_tree
 
 NOBODY = 65534
 
@@ -54,3 +57,24 @@ def open_directory() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def tcp_listeners(root_pid: int) -> set[int]:
+    """Ports of TCP sockets in LISTEN state held by ``root_pid`` and its children."""
+    pids = list(process_tree(root_pid))
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports

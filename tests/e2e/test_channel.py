@@ -27,9 +27,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_proc.envoy_config import ClientTLS
 from ext_proc.server import listen
-from ext_proc.stack import Stack, free_port, process_tree
+from ext_proc.stack import Stack, free_port
 from tests.certs import CA
-from tests.unix_users import as_other_user, needs_root, open_directory
+from tests.unix_users import as_other_user, needs_root, open_directory, tcp_listeners
 
 pytestmark = pytest.mark.e2e
 
@@ -83,7 +83,7 @@ def test_the_default_channel_is_a_unix_socket_in_a_private_directory(sidecar: St
     client = openai.OpenAI(base_url=sidecar.base_url + "/v1", api_key="x", max_retries=0)
     assert client.chat.completions.create(**BODY).choices[0].message.content  # Envoy reaches it
     # The service opens no TCP listener but its loopback admin port.
-    assert _tcp_listeners(sidecar.procs["tollway"].pid) == {sidecar.service_admin_port}
+    assert tcp_listeners(sidecar.procs["tollway"].pid) == {sidecar.service_admin_port}
 
 
 def test_the_socket_is_what_protects_the_keys(sidecar: Stack) -> None:
@@ -193,24 +193,3 @@ def test_mutual_tls_lets_only_envoys_certificate_in(tmp_path: Path) -> None:
             _ask_for_headers(plain)
         log = (stack.workdir / "tollway.log").read_text()
         assert "none of the accepted names" in log and PROVIDER_KEY not in log
-
-
-def _tcp_listeners(root_pid: int) -> set[int]:
-    """Ports of TCP sockets in LISTEN state held by ``root_pid`` and its children."""
-    pids = list(process_tree(root_pid))
-    inodes = set()
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
