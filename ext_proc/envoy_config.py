@@ -32,6 +32,7 @@ from ext_proc.policy.compiled import DEFAULT_ENDPOINTS, EXT_PROC_CLUSTER, Compil
 from ext_proc.server import listen
 from ext_proc.server.clusters import (  # noqa: F401 - re-exported: the cluster shapes live with their writer
     CLUSTER_TYPE,
+    ENVOY_ADMIN,
     OPEN_PROVIDERS,
     UPSTREAM_FILTER_METADATA,
     ClusterError,
@@ -46,6 +47,8 @@ from ext_proc.server.clusters import (  # noqa: F401 - re-exported: the cluster 
 
 # envoy/tollway.yaml, shipped inside the package (a symlink in the source tree) so installed copies have it too.
 TEMPLATE = Path(__file__).resolve().parent / "data" / "envoy-bootstrap.yaml"
+ADMIN_SOCKET = ENVOY_ADMIN.removeprefix("unix:")  # the template's admin: next to Tollway's socket, never a port
+ADMIN_MODE = 0o600  # Envoy's user only (the injected sidecar's is 0660: Tollway, another user, asks it too)
 
 
 def render(
@@ -80,6 +83,16 @@ def set_clusters_file(config: dict[str, Any], path: str) -> None:
         "resource_api_version": "V3",
         "path_config_source": {"path": path, "watched_directory": {"path": directory}},
     }}
+
+
+def set_admin(config: dict[str, Any], path: str, mode: int = ADMIN_MODE) -> None:
+    """Put Envoy's admin on the Unix socket ``path`` (``mode``), in a directory only Envoy and Tollway reach.
+
+    The admin is not authenticated, and a raised log level has Envoy's debug log print each
+    request's upstream headers, the provider key among them: a loopback port would be every local
+    process's.
+    """
+    config["admin"]["address"] = {"pipe": {"path": path, "mode": mode}}
 
 
 @dataclass(frozen=True)
@@ -236,6 +249,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ext-proc", metavar="ADDRESS",
                         help="where Envoy reaches Tollway: the `tollway serve --listen` address "
                              "(default: the template's, unix:/run/tollway/ext_proc.sock)")
+    parser.add_argument("--admin-socket", metavar="PATH",
+                        help=f"Envoy's admin: a Unix socket, mode 0600, in a directory only Envoy and Tollway reach "
+                             f"(default: the template's, {ADMIN_SOCKET}); `tollway serve --envoy-admin unix:PATH`")
     parser.add_argument("--ext-proc-tls", metavar="CERT,KEY,CA,NAME",
                         help="tls:// only: Envoy's client certificate and key, the CA of Tollway's certificate, "
                              "and the name that certificate carries")
@@ -278,6 +294,8 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, listen.ListenError) as exc:
             print(f"tollway envoy: {exc}", file=sys.stderr)
             return 1
+    if getattr(args, "admin_socket", None):
+        set_admin(template, args.admin_socket)
     clusters_file = getattr(args, "clusters_file", None)
     try:
         config, clusters = render(template, policy, stand_ins=dict(getattr(args, "stand_in", None) or ()),

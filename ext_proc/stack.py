@@ -16,6 +16,13 @@ provider checks the keys it gets (``--api-key``) ask for the real ones (``stand_
 What the stack writes is its user's alone, whatever the umask: the workdir is created 0700 and
 the logs (Envoy's at debug level holds keys and prompts) and Envoy's config are 0600; the service
 makes its socket directory 0700 and its request log 0640 (see ``ext_proc.server.listen``).
+
+Envoy's admin is a Unix socket (mode 0600) in that run directory, next to the service's socket
+and the clusters file, never a loopback port: the admin is not authenticated, and whoever
+reaches it can stop Envoy or raise its log level, after which Envoy's debug log prints each
+request's upstream headers, the provider key among them. The stack asks it whether Envoy is
+ready, ``tollway serve --envoy-admin unix:PATH`` whether it loaded the clusters, and the tests
+and the benchmark read its stats through :meth:`Stack.envoy_admin`.
 """
 
 from __future__ import annotations
@@ -35,11 +42,12 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
 import orjson
 import yaml
 
@@ -48,6 +56,7 @@ from ext_proc.envoy_config import (
     ClientTLS,
     ext_proc_filters,
     render,
+    set_admin,
     set_bodies_buffered,
     set_bodies_together,
     set_ext_proc,
@@ -117,7 +126,7 @@ def render_envoy(
     template: dict[str, Any],
     *,
     listen_port: int,
-    admin_port: int,
+    admin_socket: str,
     ext_proc_address: str,
     stand_ins: Mapping[str, str] | None = None,
     clusters_file: str | None = None,
@@ -128,7 +137,8 @@ def render_envoy(
     message_timeout: str | None = None,
     bodies_together: bool = True,
 ) -> dict[str, Any]:
-    """The bootstrap with these ports, reading its clusters from ``clusters_file`` or listing them.
+    """The bootstrap with this listener port and admin socket, reading its clusters from ``clusters_file``
+    or listing them.
 
     Without a clusters file, the clusters of ``policy`` (or of open mode) are listed, with the
     ``stand_ins`` providers (name -> URL) reaching their stand-in. ``ext_proc=False`` removes the
@@ -140,7 +150,7 @@ def render_envoy(
     message by message (see ``tollway envoy --bodies``).
     """
     config, _ = render(template, policy if ext_proc else None, stand_ins=stand_ins, clusters_file=clusters_file)
-    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    set_admin(config, admin_socket)
     resources = config["static_resources"]
     (listener,) = resources["listeners"]
     listener["address"]["socket_address"]["port_value"] = listen_port
@@ -168,7 +178,6 @@ class Stack:
 
     workdir: Path
     listen_port: int = field(default_factory=free_port)
-    admin_port: int = field(default_factory=free_port)
     ext_proc_address: str | None = None  # tollway serve --listen (default: a socket under the workdir)
     ext_proc_tls: ClientTLS | None = None  # Envoy's client side of a tls:// address
     mock_port: int = field(default_factory=free_port)
@@ -192,6 +201,7 @@ class Stack:
     die_with_parent: bool = False  # the children get SIGTERM when the thread that started them dies (tollway up)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _commands: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict, repr=False)
+    _run_dir: Path | None = field(default=None, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -202,21 +212,39 @@ class Stack:
         return self.workdir / "requests.jsonl"
 
     @property
+    def run_dir(self) -> Path:
+        """The private directory (0700) only Envoy and Tollway use: the service's socket, Envoy's clusters
+        file and admin socket. WORKDIR/run, or the directory of a ``unix:`` ``ext_proc_address``."""
+        if self.ext_proc_address is not None and self.ext_proc_address.startswith("unix:"):
+            return Path(self.ext_proc_address[5:]).parent
+        if self._run_dir is None:
+            path = self.workdir / "run"
+            if len(str(path / "envoy-admin.sock")) > 100:  # Unix socket paths are short: a private temp dir
+                path = Path(tempfile.mkdtemp(prefix="tollway-")) / "run"
+            self._run_dir = path
+        return self._run_dir
+
+    @property
     def ext_proc(self) -> str:
-        """Where the service listens: by default a Unix socket in a private directory of the workdir."""
+        """Where the service listens: by default a Unix socket in the run directory."""
         if self.ext_proc_address is None:
-            path = self.workdir / "run" / "ext_proc.sock"
-            if len(str(path)) > 100:  # Unix socket paths are short; a deep workdir gets a private temp dir
-                path = Path(tempfile.mkdtemp(prefix="tollway-")) / "run" / "ext_proc.sock"
-            self.ext_proc_address = f"unix:{path}"
+            self.ext_proc_address = f"unix:{self.run_dir / 'ext_proc.sock'}"
         return self.ext_proc_address
 
     @property
     def clusters_file(self) -> Path:
-        """Envoy's clusters file: next to the socket, in the directory only Envoy and Tollway share."""
-        if self.ext_proc.startswith("unix:"):
-            return Path(self.ext_proc[5:]).parent / "clusters.yaml"
-        return self.workdir / "run" / "clusters.yaml"
+        """Envoy's clusters file: in the run directory, since it decides where requests (and keys) go."""
+        return self.run_dir / "clusters.yaml"
+
+    @property
+    def admin_socket(self) -> Path:
+        """Envoy's admin: a Unix socket (0600) in the run directory."""
+        return self.run_dir / "envoy-admin.sock"
+
+    def envoy_admin(self, path: str, *, method: str = "GET", params: Mapping[str, str] | None = None,
+                    timeout: float = 5.0) -> httpx.Response:
+        """Envoy's admin's answer to ``method path`` (e.g. ``/stats``, ``/config_dump``), over its socket."""
+        return ask_envoy_admin(self.admin_socket, path, method=method, params=params, timeout=timeout)
 
     @property
     def stand_ins(self) -> dict[str, str]:
@@ -240,7 +268,7 @@ class Stack:
             sys.executable, "-m", "ext_proc.cli", "serve", "--listen", self.ext_proc,
             "--workers", str(self.workers), "--log-file", str(self.record_log), "--server", self.server,
             "--admin-port", str(self.service_admin_port),
-            "--envoy-clusters", str(self.clusters_file), "--envoy-admin", f"http://127.0.0.1:{self.admin_port}",
+            "--envoy-clusters", str(self.clusters_file), "--envoy-admin", f"unix:{self.admin_socket}",
         ]
         for name, url in self.stand_ins.items():
             argv += ["--stand-in", f"{name}={url}"]
@@ -254,6 +282,7 @@ class Stack:
 
     def start(self) -> Stack:
         private_directory(self.workdir)
+        private_directory(self.run_dir)  # Envoy's admin socket goes there, with or without the service
         tollway = [sys.executable, "-m", "ext_proc.cli"]
         try:
             if self.mock:
@@ -265,7 +294,7 @@ class Stack:
             self._wait_ready(["mock", "tollway"])
             template = yaml.safe_load(ENVOY_CONFIG.read_text())
             config = render_envoy(
-                template, listen_port=self.listen_port, admin_port=self.admin_port,
+                template, listen_port=self.listen_port, admin_socket=str(self.admin_socket),
                 ext_proc_address=self.ext_proc, stand_ins=self.stand_ins,
                 clusters_file=str(self.clusters_file) if self.ext_proc_enabled else None,
                 ext_proc=self.ext_proc_enabled, first_byte_timeouts=self.first_byte_timeouts,
@@ -302,15 +331,15 @@ class Stack:
 
     def _wait_ready(self, names: Iterable[str], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        urls = {
-            "mock": f"http://127.0.0.1:{self.mock_port}/healthz",
-            "tollway": f"http://127.0.0.1:{self.service_admin_port}/readyz",
-            "envoy": f"http://127.0.0.1:{self.admin_port}/ready",
+        ready: dict[str, Callable[[], bool]] = {
+            "mock": lambda: _http_ok(f"http://127.0.0.1:{self.mock_port}/healthz"),
+            "tollway": lambda: _http_ok(f"http://127.0.0.1:{self.service_admin_port}/readyz"),
+            "envoy": self._envoy_ready,
         }
         for name in names:
             if name not in self.procs:
                 continue
-            while not _http_ok(urls[name]):
+            while not ready[name]():
                 proc = self.procs[name]
                 if proc.poll() is not None:
                     log = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
@@ -318,6 +347,12 @@ class Stack:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} not ready after {timeout:.0f}s:\n{self._stuck(name)}")
                 time.sleep(0.05)
+
+    def _envoy_ready(self) -> bool:
+        try:
+            return self.envoy_admin("/ready", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def _stuck(self, name: str, tail: int = 6000) -> str:
         """The end of a process's log (``tail`` characters); for the service, after each of its
@@ -353,6 +388,13 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def ask_envoy_admin(socket_path: Path | str, path: str, *, method: str = "GET",
+                    params: Mapping[str, str] | None = None, timeout: float = 5.0) -> httpx.Response:
+    """The answer of the Envoy admin listening on the Unix socket ``socket_path`` to ``method path``."""
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), timeout=timeout) as client:
+        return client.request(method, f"http://localhost{path}", params=params)
 
 
 def private_directory(path: Path) -> None:
@@ -469,10 +511,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", default="local-dev",
                         help="this sidecar's workload identity, for calls without a key (default local-dev)")
     parser.add_argument("--port", type=int, default=10000, help="gateway listener (default 10000)")
-    parser.add_argument("--admin-port", type=int, default=9901, help="Envoy admin (default 9901)")
     parser.add_argument("--ext-proc", metavar="ADDRESS",
                         help="where Envoy reaches Tollway (tollway serve --listen; default: a Unix socket in "
-                             "WORKDIR/run, a directory only Envoy and Tollway use)")
+                             "WORKDIR/run, a directory only Envoy and Tollway use, with Envoy's admin socket and "
+                             "clusters file)")
     parser.add_argument("--service-admin-port", type=int, default=9902,
                         help="Tollway /readyz and /metrics (default 9902)")
     parser.add_argument("--mock-port", type=int, default=18080, help="fake provider (default 18080)")
@@ -579,8 +621,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tollway up: {args.policy}: {exc.strerror}", file=sys.stderr)
         return 1
     workdir = Path(args.workdir).resolve()
-    ports = {"gateway listener, --port": args.port, "Envoy admin, --admin-port": args.admin_port,
-             "Tollway admin, --service-admin-port": args.service_admin_port}
+    ports = {"gateway listener, --port": args.port, "Tollway admin, --service-admin-port": args.service_admin_port}
     if mocked:
         ports["fake provider, --mock-port"] = args.mock_port
     try:
@@ -594,8 +635,8 @@ def run(args: argparse.Namespace) -> int:
               "and --workdir (.venv/bin/tollway up --help).", file=sys.stderr)
         return 1
     stack = Stack(
-        workdir, listen_port=args.port, admin_port=args.admin_port,
-        ext_proc_address=args.ext_proc, mock_port=args.mock_port, service_admin_port=args.service_admin_port,
+        workdir, listen_port=args.port, ext_proc_address=args.ext_proc,
+        mock_port=args.mock_port, service_admin_port=args.service_admin_port,
         workers=args.workers, policy=policy, workload=args.workload, envoy_concurrency=args.envoy_concurrency,
         mock=bool(mocked), mocked=mocked, quiet=True, die_with_parent=True,
     )
@@ -668,7 +709,8 @@ def banner(stack: Stack, policy: Path, workload: str, plan: list[str], mocked: f
   OpenAI-compatible:    {stack.base_url}/v1
   Anthropic-compatible: {stack.base_url}
   Demo key (team demo): {DEMO_KEY}   (public: delete the demo team in real deployments)
-  Envoy admin:          http://127.0.0.1:{stack.admin_port}
+  Envoy admin:          {stack.admin_socket} (a Unix socket only your user reaches; stats:
+                        curl -s --unix-socket {stack.admin_socket} http://localhost/stats)
   Tollway /readyz, /metrics: http://127.0.0.1:{stack.service_admin_port}
   Dashboard:            http://127.0.0.1:{stack.service_admin_port}/dashboard
   Request log:          {stack.record_log}

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ext_proc.envoy_config import set_ext_proc
+from ext_proc.envoy_config import set_admin, set_ext_proc
 
 PROVIDER_HOSTS = ("api.openai.com", "api.anthropic.com")
 INTERCEPT_PORT = 10443
@@ -160,7 +160,7 @@ def _intercept_listener(hcm_filter: dict[str, Any], layout: Layout) -> dict[str,
 def bootstrap(template: dict[str, Any], layout: Layout = Layout()) -> dict[str, Any]:
     """The sidecar's bootstrap from Tollway's (``template``, read from the clusters file Tollway writes)."""
     config = copy.deepcopy(template)
-    config["admin"]["address"] = {"pipe": {"path": layout.envoy_admin, "mode": ENVOY_ADMIN_MODE}}
+    set_admin(config, layout.envoy_admin, ENVOY_ADMIN_MODE)
     if layout.ext_proc is not None:
         set_ext_proc(config, layout.ext_proc)
     resources = config["static_resources"]

@@ -41,7 +41,7 @@ from ext_proc import memo
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.server import journal, listen
 from ext_proc.server.accounting import ENCODINGS_ENV
-from ext_proc.server.clusters import ClusterSync, stand_in
+from ext_proc.server.clusters import ENVOY_ADMIN, ClusterSync, stand_in
 from ext_proc.server.dealer import Dealer
 from ext_proc.server.listen import TLSFiles
 from ext_proc.server.metrics import Exchange, Names, Tally
@@ -139,10 +139,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write Envoy's provider and fallback clusters for the policy to PATH, and rewrite it "
                              "on every policy change, before the policy takes effect (the file the bootstrap's "
                              "cds_config reads, e.g. /run/tollway/clusters.yaml; env TOLLWAY_ENVOY_CLUSTERS)")
-    parser.add_argument("--envoy-admin", metavar="URL", default=os.environ.get("TOLLWAY_ENVOY_ADMIN",
-                                                                           "http://127.0.0.1:9901"),
-                        help="Envoy's admin, asked whether it loaded the clusters: http://HOST:PORT, or "
-                             "unix:PATH for a Unix socket (default %(default)s; env TOLLWAY_ENVOY_ADMIN)")
+    parser.add_argument("--envoy-admin", metavar="URL", default=os.environ.get("TOLLWAY_ENVOY_ADMIN", ENVOY_ADMIN),
+                        help="Envoy's admin, asked whether it loaded the clusters: unix:PATH for a Unix socket (the "
+                             "shipped bootstrap's), or http://HOST:PORT (default %(default)s; env TOLLWAY_ENVOY_ADMIN)")
     parser.add_argument("--otlp-endpoint", metavar="URL", default=os.environ.get("TOLLWAY_OTLP_ENDPOINT") or None,
                         help="send one OpenTelemetry span per request to this OTLP/HTTP collector (e.g. "
                              "http://otel-collector:4318; env TOLLWAY_OTLP_ENDPOINT, or OpenTelemetry's own "

@@ -35,8 +35,10 @@ order (:meth:`ClusterSync.prepare`, called by :class:`~ext_proc.server.reload.Po
 4. clusters no policy has needed for ``retire_after`` seconds (5 minutes: longer than any try's
    first-byte timeout) are dropped by a later write (:meth:`ClusterSync.prune`).
 
-Envoy's admin is a URL (``http://127.0.0.1:9901``) or a Unix socket (``unix:/run/envoy-admin.sock``,
-the injected sidecar's: a loopback port would be the whole pod's, see :mod:`ext_proc.k8s.sidecar`).
+Envoy's admin is a Unix socket (:data:`ENVOY_ADMIN`, the shipped bootstrap's; the injected sidecar's
+``unix:/run/envoy-admin.sock``) or a URL (``http://127.0.0.1:9901``). The bootstraps Tollway ships
+and renders never put it on a port: it is not authenticated, and a loopback port would be every
+local process's (the whole pod's in a sidecar), see :func:`ext_proc.envoy_config.set_admin`.
 Without an admin address, or while Envoy's admin does not answer (Envoy not started yet, or
 restarting), step 2 waits a fixed ``unconfirmed_wait`` instead: Envoy loads a moved file within
 milliseconds of the move.
@@ -70,6 +72,7 @@ from ext_proc.policy.compiled import DEFAULT_ENDPOINTS, EXT_PROC_CLUSTER, Compil
 
 log = logging.getLogger("tollway.clusters")
 
+ENVOY_ADMIN = "unix:/run/tollway/envoy-admin.sock"  # the shipped bootstrap's admin, next to Tollway's socket
 UPSTREAM_FILTER_METADATA = ("x-tollway-filter", "upstream")  # tells Tollway a stream is a try
 _MATCH_KEY = "tollway_provider"
 _RAW_BUFFER = {

@@ -50,7 +50,7 @@ def buffered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
 
 def messages_sent(env: Providers) -> int:
     """Envoy's count of the ext_proc messages it sent Tollway."""
-    stats = httpx.get(f"http://127.0.0.1:{env.stack.admin_port}/stats?filter=ext_proc.stream_msgs_sent").text
+    stats = env.stack.envoy_admin("/stats?filter=ext_proc.stream_msgs_sent").text
     return int(dict(line.split(": ") for line in stats.splitlines())["http.tollway.ext_proc.stream_msgs_sent"])
 
 

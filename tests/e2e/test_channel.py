@@ -82,8 +82,12 @@ def test_the_default_channel_is_a_unix_socket_in_a_private_directory(sidecar: St
     assert directory.st_uid == os.geteuid() and directory.st_mode & 0o027 == 0
     client = openai.OpenAI(base_url=sidecar.base_url + "/v1", api_key="x", max_retries=0)
     assert client.chat.completions.create(**BODY).choices[0].message.content  # Envoy reaches it
-    # The service opens no TCP listener but its loopback admin port.
+    # The service opens no TCP listener but its loopback admin port, Envoy none but the gateway's (its
+    # admin is a socket next to the service's).
     assert tcp_listeners(sidecar.procs["tollway"].pid) == {sidecar.service_admin_port}
+    assert tcp_listeners(sidecar.procs["envoy"].pid) == {sidecar.listen_port}
+    assert sidecar.admin_socket.parent == Path(address.path).parent
+    assert sidecar.envoy_admin("/ready").text == "LIVE\n"
 
 
 def test_the_socket_is_what_protects_the_keys(sidecar: Stack) -> None:

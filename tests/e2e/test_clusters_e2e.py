@@ -64,8 +64,7 @@ def ask(http: httpx.Client, stack: Stack, model: str, headers: dict[str, str] | 
 
 
 def active_clusters(stack: Stack) -> set[str]:
-    dump = httpx.get(f"http://127.0.0.1:{stack.admin_port}/config_dump",
-                     params={"resource": "dynamic_active_clusters"}).json()
+    dump = stack.envoy_admin("/config_dump", params={"resource": "dynamic_active_clusters"}).json()
     return {entry["cluster"]["name"] for entry in dump["configs"]}
 
 

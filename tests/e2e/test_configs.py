@@ -21,6 +21,7 @@ from ext_proc.stack import ENVOY_CONFIG, ROOT, envoy_binary, render_envoy
 
 SHIPPED = sorted((ROOT / "envoy").glob("*.yaml"))
 SOCK = "unix:/run/tollway/ext_proc.sock"
+ADMIN = "/run/tollway/envoy-admin.sock"
 EXAMPLE = compile_policy((ROOT / "policies" / "example.yaml").read_text())
 
 
@@ -64,7 +65,7 @@ def test_rendered_config_validates(tmp_path: Path, ext_proc: bool, clusters_file
     if clusters_file:
         path = tmp_path / "clusters.yaml"
         path.write_text("resources: []\n")
-    config = render_envoy(yaml.safe_load(ENVOY_CONFIG.read_text()), listen_port=1, admin_port=2,
+    config = render_envoy(yaml.safe_load(ENVOY_CONFIG.read_text()), listen_port=1, admin_socket=ADMIN,
                           ext_proc_address=SOCK, stand_ins={"openai": "http://127.0.0.1:4"}, ext_proc=ext_proc,
                           clusters_file=str(path) if path else None)
     validate(config, tmp_path / "envoy.yaml")

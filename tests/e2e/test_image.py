@@ -22,7 +22,8 @@ import pytest
 from dockerfile_parse import DockerfileParser
 
 from ext_proc.k8s import inject, sidecar
-from ext_proc.stack import ROOT, _http_ok, free_port
+from ext_proc.server.clusters import fetch
+from ext_proc.stack import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -34,6 +35,15 @@ models:
 teams:
   dev: {workloads: [spiffe://cluster.local/ns/dev/sa/app], models: [gpt-4o-mini]}
 """
+
+
+def _ok(address: str, path: str) -> bool:
+    """Whether the server at ``address`` (``http://HOST:PORT`` or an admin's ``unix:PATH``) answers 200 to ``path``."""
+    try:
+        fetch(address, path)
+    except OSError:
+        return False
+    return True
 
 
 def _bin(name: str) -> str:
@@ -94,37 +104,38 @@ def test_the_install_step_in_a_clean_virtualenv_gives_a_working_gateway(tmp_path
 
     run = tmp_path / "run"
     (tmp_path / "policy.yaml").write_text(POLICY)
-    mock_port, admin, service_admin, port = free_port(), free_port(), free_port(), free_port()
+    mock_port, service_admin, port = free_port(), free_port(), free_port()
+    admin = f"unix:{run / 'envoy-admin.sock'}"
     bootstrap = subprocess.run([str(tollway), "envoy", "--clusters-file", str(run / "clusters.yaml"),
-                                "--ext-proc", f"unix:{run / 'ext_proc.sock'}"], capture_output=True, text=True)
+                                "--ext-proc", f"unix:{run / 'ext_proc.sock'}", "--admin-socket", admin[5:]],
+                               capture_output=True, text=True)
     assert bootstrap.returncode == 0, bootstrap.stderr
-    config = bootstrap.stdout.replace("port_value: 10000", f"port_value: {port}").replace(
-        "port_value: 9901", f"port_value: {admin}")
+    config = bootstrap.stdout.replace("port_value: 10000", f"port_value: {port}")
     (tmp_path / "envoy.yaml").write_text(config)
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(name: str, argv: list[str], ready: str, env: dict[str, str] | None = None) -> None:
+    def start(name: str, argv: list[str], ready: tuple[str, str], env: dict[str, str] | None = None) -> None:
         log = open(tmp_path / f"{name}.log", "ab")  # noqa: SIM115 - the child's
         procs[name] = subprocess.Popen(argv, stdout=log, stderr=log, cwd=tmp_path, env=env)
         deadline = time.monotonic() + 40
-        while not _http_ok(ready):
+        while not _ok(*ready):
             assert procs[name].poll() is None and time.monotonic() < deadline, \
                 (tmp_path / f"{name}.log").read_text()[-3000:]
             time.sleep(0.05)
 
     try:
         start("mock", [str(tollway), "mock-provider", "--port", str(mock_port)],
-              f"http://127.0.0.1:{mock_port}/healthz")
+              (f"http://127.0.0.1:{mock_port}", "/healthz"))
         start("tollway", [str(tollway), "serve", "--listen", f"unix:{run / 'ext_proc.sock'}",
                           "--policy", str(tmp_path / "policy.yaml"), "--workers", "2",
-                          "--envoy-clusters", str(run / "clusters.yaml"), "--envoy-admin", f"http://127.0.0.1:{admin}",
+                          "--envoy-clusters", str(run / "clusters.yaml"), "--envoy-admin", admin,
                           "--admin-port", str(service_admin), "--stand-in", f"openai=http://127.0.0.1:{mock_port}",
                           "--log-file", str(tmp_path / "requests.jsonl")],
-              f"http://127.0.0.1:{service_admin}/readyz",
+              (f"http://127.0.0.1:{service_admin}", "/readyz"),
               env={"PATH": "/usr/bin:/bin", "TOLLWAY_WORKLOAD": "spiffe://cluster.local/ns/dev/sa/app",
                    "IMAGE_TEST_OPENAI_KEY": "sk-image-test", "TMPDIR": str(tmp_path)})
         start("envoy", [str(envoy), "-c", str(tmp_path / "envoy.yaml"), "--disable-hot-restart",
-                        "--concurrency", "1", "--log-level", "warn"], f"http://127.0.0.1:{admin}/ready")
+                        "--concurrency", "1", "--log-level", "warn"], (admin, "/ready"))
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=20, json={
             "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello from the image"}]})
         assert answer.status_code == 200, answer.text

@@ -169,10 +169,10 @@ def test_every_worker_gets_connections_and_a_replaced_one_gets_its_share_back(tm
 def test_tollway_up_serves_the_sdk_and_stops_everything_on_ctrl_c(tmp_path: Path, stop: signal.Signals) -> None:
     """Ctrl-C, a closed terminal (SIGHUP: the children are in sessions of their own and get none)
     or `tollway up` killed outright (its children get SIGTERM from the kernel): nothing is left."""
-    ports = {name: free_port() for name in ("port", "admin", "mock", "service")}
+    ports = {name: free_port() for name in ("port", "mock", "service")}
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ext_proc.cli", "up", "--port", str(ports["port"]), "--admin-port", str(ports["admin"]),
+        [sys.executable, "-m", "ext_proc.cli", "up", "--port", str(ports["port"]),
          "--mock-port", str(ports["mock"]),
          "--service-admin-port", str(ports["service"]), "--workdir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,

@@ -73,8 +73,7 @@ teams:
 
 class Env(Providers):
     def envoy_stat(self, name: str) -> int:
-        url = f"http://127.0.0.1:{self.stack.admin_port}/stats"
-        text = httpx.get(url, params={"filter": "^" + re.escape(name) + "$"}).text
+        text = self.stack.envoy_admin("/stats", params={"filter": "^" + re.escape(name) + "$"}).text
         for line in text.splitlines():
             key, _, value = line.partition(": ")
             if key == name:
@@ -380,8 +379,7 @@ def test_a_stream_reset_after_its_first_byte_is_never_a_clean_end(env: Env) -> N
 def test_envoy_has_the_chain_clusters_from_the_clusters_file(env: Env) -> None:
     assert "openai+anthropic" not in Path(env.stack.workdir / "envoy.yaml").read_text()  # not in the bootstrap
     assert "name: openai+anthropic\n" in env.stack.clusters_file.read_text()
-    dump = httpx.get(f"http://127.0.0.1:{env.stack.admin_port}/config_dump",
-                     params={"resource": "dynamic_active_clusters"}).json()
+    dump = env.stack.envoy_admin("/config_dump", params={"resource": "dynamic_active_clusters"}).json()
     active = {entry["cluster"]["name"] for entry in dump["configs"]}
     assert {"openai", "anthropic", "openai+anthropic", "anthropic+openai"} <= active
 
@@ -400,9 +398,8 @@ def test_outlier_detection_takes_a_failing_provider_out_of_first_attempts(tmp_pa
         assert raw.parse().choices[0].message.content == REPLY
         # OpenAI is healthy again but still ejected: Envoy's first (and only) try is Anthropic.
         assert raw.headers["x-tollway-provider"] == "anthropic" and raw.headers["x-tollway-attempts"] == "1"
-        admin = f"http://127.0.0.1:{stack.admin_port}/stats"
         ejected = r"^cluster\.openai\+anthropic\.outlier_detection\.ejections_enforced_total$"
-        stats = httpx.get(admin, params={"filter": ejected})
+        stats = stack.envoy_admin("/stats", params={"filter": ejected})
         assert stats.text.strip().endswith(": 1"), stats.text
         # Anthropic fails 5 times in a row too: the chain keeps its last provider (at most all
         # but one of its endpoints ejected), so the alias answers once a provider does again,
@@ -413,7 +410,7 @@ def test_outlier_detection_takes_a_failing_provider_out_of_first_attempts(tmp_pa
                     "x-mock-anthropic-status": "500", "x-mock-openai-status": "500"})
         answer = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
         assert answer.parse().choices[0].message.content == REPLY
-        assert httpx.get(admin, params={"filter": ejected}).text.strip().endswith(": 1")
+        assert stack.envoy_admin("/stats", params={"filter": ejected}).text.strip().endswith(": 1")
 
 
 @pytest.mark.parametrize("client", ["anthropic", "openai"])

@@ -114,7 +114,6 @@ def test_no_key_anywhere_after_every_feature_was_used(env: Providers) -> None:
     assert any('"budget_exceeded"' in a for a in answers) and any('"rate_limit_exceeded"' in a for a in answers)
     assert any("guardrail" in a for a in answers)
     admin = f"http://127.0.0.1:{env.stack.service_admin_port}"
-    envoy = f"http://127.0.0.1:{env.stack.admin_port}"
     places: dict[str, str] = {f"answer {i}": text for i, text in enumerate(answers)}
     for path in ("/metrics", "/readyz", "/v1/report?by=team", "/v1/budgets"):
         places[f"admin {path}"] = httpx.get(admin + path, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).text
@@ -122,7 +121,7 @@ def test_no_key_anywhere_after_every_feature_was_used(env: Providers) -> None:
         assert refused.status_code == 401 or refused.json() == {"ready": True}, path
         places[f"admin {path} without the token"] = refused.text
     for path in ("/config_dump", "/stats", "/clusters", "/stats/prometheus"):
-        places[f"envoy {path}"] = httpx.get(envoy + path).text
+        places[f"envoy {path}"] = env.stack.envoy_admin(path).text
     workdir: Path = env.stack.workdir
     for file in workdir.parent.rglob("*"):
         if file.name == "admin-token":

@@ -3,11 +3,13 @@ the start banner, policy errors on the console, a second instance, the first sec
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -20,7 +22,8 @@ import httpx
 import pytest
 import yaml
 
-from ext_proc.stack import ROOT, Stack, _cores, free_port
+from ext_proc.stack import ROOT, Stack, _cores, ask_envoy_admin, free_port
+from tests.unix_users import as_other_user, needs_root, open_directory, tcp_listeners
 
 pytestmark = pytest.mark.e2e
 
@@ -34,10 +37,10 @@ class Up:
     def __init__(self, workdir: Path, policy: Path | None = None, env: dict[str, str] | None = None,
                  ports: dict[str, int] | None = None) -> None:
         self.workdir = workdir
-        self.ports = ports or {name: free_port() for name in ("port", "admin", "mock", "service")}
+        self.ports = ports or {name: free_port() for name in ("port", "mock", "service")}
         argv = [sys.executable, "-m", "ext_proc.cli", "up", "--port", str(self.ports["port"]),
-                "--admin-port", str(self.ports["admin"]), "--mock-port", str(self.ports["mock"]),
-                "--service-admin-port", str(self.ports["service"]), "--workdir", str(workdir)]
+                "--mock-port", str(self.ports["mock"]), "--service-admin-port", str(self.ports["service"]),
+                "--workdir", str(workdir)]
         if policy is not None:
             argv += ["--policy", str(policy)]
         # umask 022, a shell's usual: the modes of what it writes are Tollway's own, not the umask's.
@@ -67,6 +70,13 @@ class Up:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.ports['port']}"
+
+    @property
+    def admin_socket(self) -> Path:
+        """Envoy's admin socket, as the banner names it."""
+        found = re.search(r"Envoy admin:\s+(\S+)", "".join(self.console))
+        assert found is not None, "".join(self.console)
+        return Path(found.group(1))
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -151,10 +161,56 @@ def test_what_tollway_up_writes_only_its_user_reads(up: Up) -> None:
     wait_until(lambda: (up.workdir / "requests.jsonl").exists())
     modes = {str(path.relative_to(up.workdir)): stat.S_IMODE(path.lstat().st_mode) for path in up.workdir.rglob("*")}
     assert stat.S_IMODE(up.workdir.stat().st_mode) == 0o700
-    for name in ("envoy.log", "tollway.log", "mock.log", "envoy.yaml", "up.lock", "run/ext_proc.sock"):
+    for name in ("envoy.log", "tollway.log", "mock.log", "envoy.yaml", "up.lock", "run/ext_proc.sock",
+                 "run/envoy-admin.sock"):
         assert modes[name] == 0o600, (name, oct(modes[name]))
     assert modes["run"] == 0o700 and modes["requests.jsonl"] == 0o640  # the request log: see the README
     assert all(mode & 0o007 == 0 for mode in modes.values()), {name: oct(mode) for name, mode in modes.items()}
+
+
+@needs_root
+def test_another_user_can_reach_envoys_admin_neither_on_a_port_nor_on_its_socket() -> None:
+    """The audit's attack: any local user POSTed /logging?level=debug to Envoy's admin on 127.0.0.1:9901,
+    after which Envoy's debug log printed the provider key (or /quitquitquit stopped Envoy). `tollway up`
+    listens on TCP only for the gateway, Tollway's admin and the fake provider; Envoy's admin is a 0600
+    socket in a 0700 directory, which its user reaches (the banner's curl) and no other user does."""
+    with open_directory() as parent:  # the way to the workdir is open: only the modes of what tollway up makes count
+        running = Up(parent / "state")
+        try:
+            running.until(r"^Ctrl-C stops everything")
+            assert tcp_listeners(running.proc.pid) == {running.ports[name] for name in ("port", "service", "mock")}
+            admin = running.admin_socket
+            assert admin == parent / "state" / "run" / "envoy-admin.sock"
+            assert admin.lstat().st_uid == os.geteuid() and stat.S_IMODE(admin.lstat().st_mode) == 0o600
+            assert stat.S_IMODE(admin.parent.lstat().st_mode) == 0o700
+            banner = "".join(running.console)
+            curl = re.search(r"^\s+(curl -s --unix-socket \S+ http://localhost/stats)\)$", banner, re.MULTILINE)
+            assert curl is not None, banner
+            stats = subprocess.run(["bash", "-c", curl.group(1)], capture_output=True, text=True, timeout=30)
+            assert "server.live: 1" in stats.stdout.splitlines(), stats.stdout[-2000:] + stats.stderr
+
+            def attack() -> dict[str, str]:
+                outcome = {}
+                for path in ("/logging?level=debug", "/quitquitquit"):
+                    try:
+                        with socket.socket(socket.AF_UNIX) as sock:
+                            sock.connect(str(admin))
+                            sock.sendall(f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\n\r\n"
+                                         .encode())
+                            outcome[path] = sock.recv(100).decode(errors="replace").split("\r\n")[0]
+                    except OSError as exc:
+                        outcome[path] = errno.errorcode.get(exc.errno or 0, repr(exc))
+                return outcome
+
+            refused = {"/logging?level=debug": "EACCES", "/quitquitquit": "EACCES"}
+            assert as_other_user(attack) == refused
+            assert as_other_user(attack, groups=(os.getegid(),)) == refused  # nor a member of the user's group
+            logging = ask_envoy_admin(admin, "/logging", method="POST").text  # Envoy is up, at its own level
+            assert "router: warning" in logging and ": debug" not in logging, logging
+            assert httpx.post(running.url + "/v1/chat/completions", json={
+                "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}).status_code == 200
+        finally:
+            assert running.stop() == 0
 
 
 def test_readyz_counts_providers_the_fake_provider_serves_as_served(up: Up) -> None:
@@ -228,9 +284,9 @@ def test_a_second_make_run_says_who_holds_the_ports_and_joins_nothing(up: Up, tm
     before = log.read_text()
     # Same ports, another workdir: refused, naming the processes.
     second = subprocess.run(
-        [sys.executable, "-m", "ext_proc.cli", "up", "--port", str(up.ports["port"]), "--admin-port",
-         str(up.ports["admin"]), "--mock-port", str(up.ports["mock"]), "--service-admin-port",
-         str(up.ports["service"]), "--workdir", str(tmp_path / "second")],
+        [sys.executable, "-m", "ext_proc.cli", "up", "--port", str(up.ports["port"]), "--mock-port",
+         str(up.ports["mock"]), "--service-admin-port", str(up.ports["service"]),
+         "--workdir", str(tmp_path / "second")],
         capture_output=True, text=True, env=NO_KEYS, timeout=60, cwd=ROOT)
     assert second.returncode == 1
     assert second.stderr.count("\n") == 1, second.stderr
@@ -240,15 +296,14 @@ def test_a_second_make_run_says_who_holds_the_ports_and_joins_nothing(up: Up, tm
     assert not (tmp_path / "second" / "tollway.log").exists()
     # Same workdir, other ports: refused too, so the logs are never shared.
     third = subprocess.run([sys.executable, "-m", "ext_proc.cli", "up", "--workdir", str(up.workdir),
-                            *[arg for name in ("--port", "--admin-port", "--mock-port", "--service-admin-port")
+                            *[arg for name in ("--port", "--mock-port", "--service-admin-port")
                               for arg in (name, str(free_port()))]],
                            capture_output=True, text=True, env=NO_KEYS, timeout=60, cwd=ROOT)
     assert third.returncode == 1 and "is in use by another tollway up (pid" in third.stderr
     # Same workdir and the same ports (a second make run in the same checkout): both said.
     fourth = subprocess.run(
-        [sys.executable, "-m", "ext_proc.cli", "up", "--port", str(up.ports["port"]), "--admin-port",
-         str(up.ports["admin"]), "--mock-port", str(up.ports["mock"]), "--service-admin-port",
-         str(up.ports["service"]), "--workdir", str(up.workdir)],
+        [sys.executable, "-m", "ext_proc.cli", "up", "--port", str(up.ports["port"]), "--mock-port",
+         str(up.ports["mock"]), "--service-admin-port", str(up.ports["service"]), "--workdir", str(up.workdir)],
         capture_output=True, text=True, env=NO_KEYS, timeout=60, cwd=ROOT)
     assert fourth.returncode == 1 and "is in use by another tollway up (pid" in fourth.stderr
     assert f"port {up.ports['port']} (gateway listener, --port) is in use by envoy (pid " in fourth.stderr
@@ -274,13 +329,13 @@ def test_nothing_can_join_the_service_admin_port(up: Up, tmp_path: Path) -> None
 
 
 def test_envoy_uses_the_machines_cores(up: Up) -> None:
-    info = httpx.get(f"http://127.0.0.1:{up.ports['admin']}/server_info").json()
+    info = ask_envoy_admin(up.admin_socket, "/server_info").json()
     assert info["command_line_options"]["concurrency"] == _cores()
 
 
 def test_no_request_fails_while_the_gateway_starts(tmp_path: Path) -> None:
     """Requests sent from the first moment: refused connections until Envoy listens, then answers; never a 500."""
-    ports = {name: free_port() for name in ("port", "admin", "mock", "service")}
+    ports = {name: free_port() for name in ("port", "mock", "service")}
     statuses: list[int] = []
     stop = threading.Event()
 
@@ -362,8 +417,8 @@ def test_tollway_up_with_your_own_providers_uses_their_endpoints(tmp_path: Path)
                  "--stand-in", f"anthropic=http://127.0.0.1:{running.ports['mock']}"],
                 capture_output=True, text=True, check=True, env={**NO_KEYS, "OWN_OPENAI_KEY": "x"}).stdout
             rendered = {c["name"] for c in yaml.safe_load(static)["static_resources"]["clusters"]}
-            dump = httpx.get(f"http://127.0.0.1:{running.ports['admin']}/config_dump",
-                             params={"resource": "dynamic_active_clusters"}).json()
+            dump = ask_envoy_admin(running.admin_socket, "/config_dump",
+                                   params={"resource": "dynamic_active_clusters"}).json()
             active = {entry["cluster"]["name"] for entry in dump["configs"]}
             assert active == rendered - {"tollway_ext_proc"} == {"openai", "anthropic", "my-llm", "my-llm+anthropic"}
         finally:

@@ -15,12 +15,14 @@ import yaml
 from ext_proc import envoy_config
 from ext_proc.envoy_config import ClusterError, chain_cluster, policy_clusters, provider_cluster
 from ext_proc.policy.compile import compile_policy
+from ext_proc.server import app
 from ext_proc.stack import ENVOY_CONFIG, ROOT, envoy_binary, port_owner, render_envoy
 
 TEMPLATE: dict[str, Any] = yaml.safe_load(ENVOY_CONFIG.read_text())
 SHIPPED = {name: provider_cluster(name, envoy_config.DEFAULT_ENDPOINTS[name]) for name in ("openai", "anthropic")}
 STAND_INS = {name: "http://127.0.0.1:4" for name in ("openai", "claude", "azure-eu", "local")}
 SOCK = "unix:/run/tollway/ext_proc.sock"
+ADMIN = "/run/tollway/envoy-admin.sock"
 
 POLICY = """\
 apiVersion: tollway/v1
@@ -133,7 +135,7 @@ def test_a_chain_cluster_runs_the_upstream_filter_per_try() -> None:
 
 def test_a_mocked_chain_is_static_and_plain_text() -> None:
     policy = compile_policy(POLICY)
-    rendered = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, stand_ins=STAND_INS,
+    rendered = render_envoy(config(), listen_port=1, admin_socket=ADMIN, ext_proc_address=SOCK, stand_ins=STAND_INS,
                             policy=policy)
     cluster = clusters(rendered)["openai+anthropic"]
     assert cluster["type"] == "STATIC"
@@ -144,7 +146,7 @@ def test_a_mocked_chain_is_static_and_plain_text() -> None:
         (endpoint,) = level["lb_endpoints"]
         assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 4}
     assert not any("+" in name for name in clusters(render_envoy(
-        config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, stand_ins=STAND_INS, policy=policy,
+        config(), listen_port=1, admin_socket=ADMIN, ext_proc_address=SOCK, stand_ins=STAND_INS, policy=policy,
         ext_proc=False)))
 
 
@@ -224,11 +226,11 @@ def test_tollway_envoy_renders_a_config_envoy_accepts(tmp_path: Path, capsys: py
 
 def test_rendered_stack_config_with_first_byte_timeouts_is_accepted(tmp_path: Path) -> None:
     policy = compile_policy(POLICY)
-    plain = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, stand_ins=STAND_INS,
+    plain = render_envoy(config(), listen_port=1, admin_socket=ADMIN, ext_proc_address=SOCK, stand_ins=STAND_INS,
                          policy=policy)
     assert sorted(r["route"]["retry_policy"]["per_try_idle_timeout"] for r in labelled_routes(plain)) == [
         "300s", "30s"]
-    rendered = render_envoy(config(), listen_port=1, admin_port=2, ext_proc_address=SOCK, stand_ins=STAND_INS,
+    rendered = render_envoy(config(), listen_port=1, admin_socket=ADMIN, ext_proc_address=SOCK, stand_ins=STAND_INS,
                             policy=policy, first_byte_timeouts=("1s", "2s"))
     assert set(clusters(rendered)) >= CHAINS
     timeouts = {}
@@ -309,6 +311,26 @@ def test_tollway_envoy_sends_bodies_together_or_buffered(tmp_path: Path, capsys:
     filters[:] = [f for f in filters if f["name"] != "envoy.filters.http.ext_proc"]
     envoy_config.set_bodies_together(cfg)
     assert [f["name"] for f in filters] == ["envoy.filters.http.router"]
+
+
+def test_envoys_admin_is_a_private_unix_socket_never_a_port(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Envoy's admin is unauthenticated (a raised log level prints the provider key): the shipped
+    bootstrap, what `tollway envoy` and `tollway up` render all put it on a 0600 socket next to
+    Tollway's, and `tollway serve` asks that socket by default."""
+    assert config()["admin"] == {"address": {"pipe": {"path": "/run/tollway/envoy-admin.sock", "mode": 0o600}}}
+    monkeypatch.delenv("TOLLWAY_ENVOY_ADMIN", raising=False)
+    parser = argparse.ArgumentParser()
+    app.add_arguments(parser)
+    assert parser.parse_args([]).envoy_admin == "unix:/run/tollway/envoy-admin.sock"
+    parser = argparse.ArgumentParser()
+    envoy_config.add_arguments(parser)
+    for flags, path in ([], "/run/tollway/envoy-admin.sock"), (["--admin-socket", "/t/a.sock"], "/t/a.sock"):
+        assert envoy_config.run(parser.parse_args(flags)) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["admin"] == {"address": {"pipe": {"path": path, "mode": 0o600}}}
+    rendered = render_envoy(config(), listen_port=1, admin_socket="/w/run/envoy-admin.sock", ext_proc_address=SOCK)
+    assert rendered["admin"] == {"address": {"pipe": {"path": "/w/run/envoy-admin.sock", "mode": 0o600}}}
 
 
 def test_the_ext_proc_cluster_resolves_a_service_name_and_takes_an_address_as_is(tmp_path: Path) -> None:
