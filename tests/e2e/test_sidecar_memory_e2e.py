@@ -97,7 +97,8 @@ def test_the_sidecar_holds_two_of_the_largest_requests_at_once(tmp_path: Path) -
             .replace("/run/tollway/clusters.yaml", str(run / "clusters.yaml"))
             .replace(f"unix:{sidecar.ENVOY_ADMIN}", f"unix:{layout.envoy_admin}") for a in tollway["args"]]
     args += ["--listen", f"unix:{run}/ext_proc.sock", "--admin-port", str(admin),
-             "--log-file", str(tmp_path / "requests.jsonl"), "--stand-in", f"openai=http://127.0.0.1:{mock}"]
+             "--log-file", str(tmp_path / "requests.jsonl"), "--stand-in", f"openai=http://127.0.0.1:{mock}",
+             "--stand-ins-get-keys"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TOLLWAY_", "OTEL_"))}
     env.update({e["name"]: e["value"] for e in tollway["env"] if "value" in e})
     env.update(TMPDIR=str(tmp_path), OPENAI_API_KEY="sk-test-memory")
