@@ -90,7 +90,8 @@ class Attempt:
             if provider is None:
                 message = f"Provider '{provider_name}' is not in the current policy."
                 return self._fail(ClientError(503, "provider_not_configured", message))
-            target = Target(public=model, provider=provider, upstream_model=model)
+            target = Target(public=model, provider=provider, upstream_model=model,
+                            output_tokens=self._policy.limits.default_output_tokens)
         self._target = target
         return CONTINUE
 

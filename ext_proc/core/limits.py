@@ -10,8 +10,10 @@ unique only within a team), a model under its public name whichever of its names
 whose counter keeps the alias's name while every name of the model counts into it:
 
 - a budget in USD claims the request's estimated cost: the counted prompt plus the output it
-  allows (``max_tokens`` and kin, else the target's ``max_output_tokens``, else the policy's
-  ``shared_state.default_output_tokens``), priced at the dearest target it may be served by. A
+  allows (``max_tokens`` and kin, else the most a target of its chain allows, the target's
+  ``output_tokens``: its ``max_output_tokens``, else the policy's
+  ``shared_state.default_output_tokens``, the number a translation to Anthropic sends as its
+  required ``max_tokens``), priced at the dearest target it may be served by. A
   model with no price (or a zero one) makes no USD claim: it is never blocked by a USD budget,
   and its record says the cost was unknown. A budget in tokens claims prompt + output tokens.
   The window is the day or calendar month in the budget's time zone; the store keeps a finished
@@ -115,9 +117,8 @@ def _tokens(flow: Flow, default_output: int) -> int:
     estimate = flow.meter.estimate
     prompt = estimate.tokens if estimate is not None else len(flow.body) // 4
     output = api.output_limit(request.payload)
-    if output is None:
-        limits = [t.max_output_tokens for t in flow.chain if t.max_output_tokens]
-        output = max(limits) if limits else default_output
+    if output is None:  # the most any target may produce (what a translation to Anthropic sends as max_tokens)
+        output = max((target.output_tokens for target in flow.chain), default=default_output)
     return prompt + output * api.answers(request.payload)  # n answers: n outputs billed
 
 

@@ -92,7 +92,7 @@ def _prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) -
                           "model")
     try:
         fields.check(api.name, payload)  # what the translation reads, of the types the client's API allows
-        body = pair.request(payload, model, target.max_output_tokens)
+        body = pair.request(payload, model, target.output_tokens)
     except TranslationError as exc:
         served_by = f" (the model is served by {kind.name})" if exc.code == "unsupported_for_provider" else ""
         raise ClientError(400, exc.code, exc.message + served_by, exc.param) from None
@@ -113,7 +113,7 @@ def expresses(api: WireAPI, payload: dict[str, Any], target: Target) -> bool:
         return True  # served natively (or not at all, which the try answers itself)
     try:
         fields.check(api.name, payload)
-        pair.request(payload, target.upstream_model, target.max_output_tokens)  # reads, never changes, payload
+        pair.request(payload, target.upstream_model, target.output_tokens)  # reads, never changes, payload
     except TranslationError as exc:
         return exc.code != "unsupported_for_provider"
     return True

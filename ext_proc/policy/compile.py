@@ -429,6 +429,7 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
         target = Target(
             public=name, provider=providers[m.provider], upstream_model=m.model or name, price=_price(m.price),
             context_window=m.context_window, max_output_tokens=m.max_output_tokens,
+            output_tokens=m.max_output_tokens or spec.shared_state.default_output_tokens,
         )
         models.update(dict.fromkeys([name, *m.aliases], target))
     teams = {}
@@ -555,13 +556,15 @@ def _plan(public: str, plan: PlanSpec, providers: dict[str, Provider], spec: Pol
     targets, weights = [], []
     for _, t in ordered:
         entry = entries.get((t.provider, t.model))
+        limit = t.max_output_tokens or (entry.max_output_tokens if entry else None)
         targets.append(Target(
             public=public,
             provider=providers[t.provider],
             upstream_model=t.model,
             price=_price(t.price) or (_price(entry.price) if entry else None),
             context_window=t.context_window or (entry.context_window if entry else None),
-            max_output_tokens=t.max_output_tokens or (entry.max_output_tokens if entry else None),
+            max_output_tokens=limit,
+            output_tokens=limit or spec.shared_state.default_output_tokens,
         ))
         weights.append(t.weight or 0)
     return Plan(plan.strategy, tuple(targets), tuple(weights) if plan.strategy == "weighted" else ())

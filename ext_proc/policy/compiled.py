@@ -63,7 +63,11 @@ class Target:
     upstream_model: str  # the provider's model name; for azure-openai, the deployment name
     price: Price | None = None  # the policy's price for this model, overriding the price table
     context_window: int | None = None  # prompt tokens it accepts (None: unknown, never skipped)
-    max_output_tokens: int | None = None  # max_tokens sent to Anthropic when an OpenAI client gives none
+    max_output_tokens: int | None = None  # the model's output limit, as the policy gives it (None: unknown)
+    # The output a request that sets no limit may produce here: max_output_tokens, else the policy's
+    # shared_state.default_output_tokens. The one number for both: the limits step claims it, and a
+    # translation to an API that requires a limit (Anthropic's max_tokens) sends it.
+    output_tokens: int = 4096
 
 
 @dataclass(frozen=True, slots=True)

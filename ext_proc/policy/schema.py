@@ -196,7 +196,9 @@ class ModelSpec(Strict):
         None, description="prompt tokens the model accepts (unknown: never skipped for size)"
     )
     max_output_tokens: Count | None = Field(
-        None, description="max_tokens sent to Anthropic when an OpenAI client gives none (default 4096)"
+        None, description="the model's output limit: what a request that sets none is claimed for, and the "
+                          "max_tokens sent to Anthropic when an OpenAI client gives none "
+                          "(default shared_state.default_output_tokens)"
     )
 
 
@@ -293,7 +295,8 @@ class SharedStateSpec(Strict):
         "closed", description="closed: refuse with a 503; open: enforce on this process's own counters"
     )
     default_output_tokens: Count = Field(
-        4096, description="output tokens reserved for a request that sets no limit and whose model has none"
+        4096, description="output tokens reserved for a request that sets no limit and whose model has none, "
+                          "and the max_tokens sent to Anthropic for it"
     )
 
 
@@ -395,7 +398,8 @@ class TargetSpec(Strict):
     context_window: Count | None = Field(
         None, description="prompt tokens it accepts (default: the 'models' entry for the same provider and model)"
     )
-    max_output_tokens: Count | None = Field(None, description="max_tokens for Anthropic when the client gives none")
+    max_output_tokens: Count | None = Field(None, description="the output limit: claimed, and max_tokens for "
+                                                              "Anthropic, when the client gives none")
     price: PriceSpec | None = Field(None, description="overrides the price table for this target")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import anthropic
 import httpx
 import openai
+import orjson
 import pytest
 
 from ext_proc.policy.compiled import key_digest
@@ -231,3 +232,49 @@ def test_a_limit_on_a_models_alias_counts_it_under_every_name_in_one_counter(nam
     record = names.record(first.headers["x-tollway-request-id"])
     assert [entry["limit"] for entry in record["limits"]] == ["each-key-daily", "each-key", "latest-rpm",
                                                              "each-model"]
+
+
+# The policy's default output is small, and Claude's target gives none: a request without
+# max_tokens is claimed for 100 output tokens.
+DEFAULT_OUTPUT_POLICY = f"""
+apiVersion: tollway/v1
+providers:
+  openai: {{kind: openai, credential: {{env: L_OPENAI_KEY}}}}
+  anthropic: {{kind: anthropic, credential: {{env: L_ANTHROPIC_KEY}}}}
+models:
+  gpt-5-nano: {{provider: openai, price: {{input: "1000", output: "1000"}}}}
+  claude: {{provider: anthropic, model: claude-x, price: {{input: "1000", output: "1000"}}}}
+teams:
+  alpha: {{keys: [{{id: alpha-ci, sha256: "{key_digest(ALPHA)}"}}], models: ["*"]}}
+budgets:
+  alpha-daily: {{team: alpha, usd: "5.00", period: day}}
+shared_state: {{default_output_tokens: 100}}
+"""
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
+    stack = Providers.stack(tmp_path_factory.mktemp("default-output"), DEFAULT_OUTPUT_POLICY,
+                            {"L_OPENAI_KEY": OPENAI_KEY, "L_ANTHROPIC_KEY": ANTHROPIC_KEY})
+    with stack:
+        yield Providers(stack, ALPHA)
+
+
+def test_a_request_translated_to_claude_without_max_tokens_spends_no_more_than_its_claim(small: Providers) -> None:
+    """Anthropic requires max_tokens: an OpenAI client that sets none is sent what its claim counts
+    (default_output_tokens), so a long answer cannot spend past the claim, and a hard budget holds."""
+    alpha = small.openai()
+    long = {"x-mock-chunks": "600"}  # the fake provider writes 600 words unless max_tokens is smaller
+    calls = [
+        lambda: alpha.chat.completions.with_raw_response.create(model="claude", messages=HI, extra_headers=long),
+        lambda: alpha.responses.with_raw_response.create(model="claude", input="hi", extra_headers=long),
+    ]
+    for call in calls:
+        request_id = call().headers["x-tollway-request-id"]
+        (sent,) = small.provider_saw(request_id)
+        assert orjson.loads(sent["body"])["max_tokens"] == 100
+        record = small.record(request_id)
+        assert record["output_tokens"] <= 100
+        (usd,) = [entry for entry in record["limits"] if entry["unit"] == "usd"]
+        assert usd["used"] <= usd["claimed"]
+

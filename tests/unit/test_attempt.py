@@ -25,7 +25,7 @@ from ext_proc.core import upstream
 from ext_proc.core.actions import CONTINUE, Continue, Respond
 from ext_proc.core.attempt import Attempt
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
-from ext_proc.llm import apis, translate
+from ext_proc.llm import apis
 from ext_proc.policy.compile import compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.server import codec
@@ -214,7 +214,18 @@ def test_anthropic_max_tokens_defaults_to_4096_without_a_target_limit() -> None:
     _, _, second = run(1, {**OPENAI_REQUEST, "model": "plain"}, targets="openai gpt-4o-mini, anthropic claude-y",
                        alias="plain")
     assert isinstance(second, Continue)
-    assert check_sized(second)["max_tokens"] == translate.DEFAULT_MAX_TOKENS == 4096
+    assert check_sized(second)["max_tokens"] == 4096  # shared_state.default_output_tokens when the policy sets none
+
+
+@pytest.mark.parametrize("alias", ["plain", "gone"])  # gone: a reload removed the alias under the request
+def test_anthropic_max_tokens_is_the_policys_default_output_the_claim_counts(alias: str) -> None:
+    """A request that sets no limit is claimed for default_output_tokens (core/limits.py): the try
+    sends Anthropic that many, never more than the claim."""
+    policy = compile_policy(POLICY_TEXT + "shared_state: {default_output_tokens: 300}\n")
+    attempt = Attempt(policy)
+    attempt.handle(try_head(1, targets="openai gpt-4o-mini, anthropic claude-y", alias=alias))
+    second = attempt.handle(body_event({**OPENAI_REQUEST, "model": "plain"}))
+    assert isinstance(second, Continue) and check_sized(second)["max_tokens"] == 300
 
 
 def test_the_teams_own_plan_gives_the_target_settings() -> None:

@@ -235,6 +235,51 @@ def test_without_max_tokens_the_claim_uses_the_models_limit_or_the_default() -> 
         assert tokens.amount == prompt_tokens(body, model if model != "claude" else "claude-x") + output
 
 
+# default_output_tokens set, and a Claude target without max_output_tokens (alone, and after one with a limit).
+DEFAULT_OUTPUT = compile_policy(POLICY_TEXT.replace(
+    "  llama: {provider: local}", "  llama: {provider: local}\n  sonnet: {provider: anthropic, model: claude-s}",
+) + "shared_state: {default_output_tokens: 300}\n"
+    "routing: {aliases: {both: {targets: [{provider: anthropic, model: claude-x, max_output_tokens: 100},"
+    " {provider: anthropic, model: claude-s}]}}}\n")
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", {"model": "sonnet", "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/responses", {"model": "sonnet", "input": "hi"}),
+])
+def test_a_request_translated_to_anthropic_is_sent_the_output_it_was_claimed_for(path: str,
+                                                                                  body: dict[str, Any]) -> None:
+    """Anthropic requires max_tokens: an OpenAI client that sets none is sent the policy's
+    default_output_tokens, the output its claim counts, so it cannot spend past the claim."""
+    transcript = Transcript(session(policy=DEFAULT_OUTPUT)) >> RequestHeaders({**HEAD, ":path": path}, False, 1)
+    transcript.pending.clear()
+    transcript >> RequestBody(orjson.dumps(body), True, 2)
+    ask = transcript.pending.pop(0)
+    assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+    tokens = next(c for c in ask.query.claims if c.counter.startswith("budget/search-monthly/tokens"))
+    estimate = transcript.session.meter.estimate
+    assert estimate is not None and tokens.amount == estimate.tokens + 300
+    transcript >> Answered(Admission(True, remaining=(900_000, 49_000, 59, 9_000, 1)), 3)
+    sent = transcript.pending.pop(0)
+    assert isinstance(sent, Continue) and sent.body is not None
+    assert orjson.loads(sent.body)["max_tokens"] == 300
+
+
+def test_a_chain_claims_the_most_output_any_of_its_targets_may_be_sent() -> None:
+    """The first target's max_output_tokens is 100, the second has none (the policy's 300): a
+    fallback to the second is sent max_tokens 300, so the claim holds 300."""
+    body = {"model": "both", "messages": [{"role": "user", "content": "hi"}]}
+    transcript = Transcript(session(policy=DEFAULT_OUTPUT)) >> RequestHeaders(HEAD, False, 1)
+    transcript.pending.clear()
+    transcript >> RequestBody(orjson.dumps(body), True, 2)
+    ask = transcript.pending.pop(0)
+    assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+    tokens = next(c for c in ask.query.claims if c.counter.startswith("budget/search-monthly/tokens"))
+    estimate = transcript.session.meter.estimate
+    assert estimate is not None and tokens.amount == estimate.tokens + 300
+    assert [t.output_tokens for t in DEFAULT_OUTPUT.aliases["both"].plan.targets] == [100, 300]
+
+
 def test_n_answers_claim_n_outputs() -> None:
     """OpenAI bills every one of the n answers (and the completions API's best_of): the claim holds
     n times the output the request allows, so a budget is not overshot n-fold."""
@@ -384,3 +429,4 @@ def test_a_key_counts_with_its_team_and_a_model_in_one_counter_whatever_it_was_c
     assert counters("tw-search-ci", "gpt-4o-latest") == counters("tw-search-ci", "gpt-4o") == expected
     # Another team's key of the same id: a counter of its own.
     assert counters("tw-ads-ci", "gpt-4o")[0] == f"rate/each-key/requests/ci@ads/{MINUTE}"
+

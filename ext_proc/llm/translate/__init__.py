@@ -62,8 +62,9 @@ class Pair:
 
     client: WireAPI
     served: WireAPI
-    # (client payload, the provider's model name, its output limit when the client gives none) -> served payload
-    request: Callable[[dict[str, Any], str, int | None], dict[str, Any]]
+    # (client payload, the provider's model name, the output it may produce when the client sets no limit:
+    # the target's output_tokens, which the limits step claims) -> served payload
+    request: Callable[[dict[str, Any], str, int], dict[str, Any]]
     # (served answer, the client's request, runtime) -> client answer
     response: Callable[[dict[str, Any], dict[str, Any], Runtime], dict[str, Any]]
     error: Callable[[int, bytes], bytes]  # served error body (any bytes) -> client error body
@@ -71,13 +72,10 @@ class Pair:
     stream: Callable[[str | None, bool, dict[str, Any], Runtime], StreamTranslator]
 
 
-DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
-
 PAIRS: dict[tuple[WireAPI, WireAPI], Pair] = {
     (CHAT_COMPLETIONS, MESSAGES): Pair(
         CHAT_COMPLETIONS, MESSAGES,
-        request=lambda payload, model, limit: openai_to_anthropic.request(
-            payload, model, default_max_tokens=limit or DEFAULT_MAX_TOKENS),
+        request=lambda payload, model, limit: openai_to_anthropic.request(payload, model, default_max_tokens=limit),
         response=lambda payload, asked, runtime: openai_to_anthropic.response(
             payload, runtime=runtime, functions=openai_to_anthropic.uses_functions(asked)),
         error=openai_to_anthropic.error,
@@ -94,8 +92,7 @@ PAIRS: dict[tuple[WireAPI, WireAPI], Pair] = {
     ),
     (RESPONSES, MESSAGES): Pair(
         RESPONSES, MESSAGES,
-        request=lambda payload, model, limit: responses_to_anthropic.request(
-            payload, model, default_max_tokens=limit or DEFAULT_MAX_TOKENS),
+        request=lambda payload, model, limit: responses_to_anthropic.request(payload, model, default_max_tokens=limit),
         response=lambda payload, _asked, runtime: responses_to_anthropic.response(payload, runtime=runtime),
         error=responses_to_anthropic.error,
         stream=lambda model, _usage, _asked, runtime: responses_to_anthropic.StreamTranslator(model=model,

@@ -22,7 +22,8 @@ Request mapping:
   (see below).
 * ``temperature`` is clamped to Anthropic's range [0, 1]; ``max_completion_tokens`` (or
   ``max_tokens``) becomes ``max_tokens``, which Anthropic requires (``default_max_tokens`` when
-  absent); ``user`` (or ``safety_identifier``) becomes ``metadata.user_id``.
+  absent: the target's ``output_tokens``, what the limits step claims); ``user`` (or
+  ``safety_identifier``) becomes ``metadata.user_id``.
 * ``response_format`` is best effort: ``json_object`` and ``json_schema`` add an instruction to the
   system prompt (with the schema as JSON); nothing enforces the answer's shape.
 * Images: ``data:`` URLs become base64 sources, ``http(s)`` URLs URL sources; ``detail`` is

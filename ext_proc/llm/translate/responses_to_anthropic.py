@@ -5,9 +5,9 @@
   :mod:`.responses_to_chat`), then through :func:`.openai_to_anthropic.request`, so system
   prompts, merged turns, tool calls and results, images and inline PDFs reach Claude exactly as
   an OpenAI chat client's do (``instructions`` and ``system``/``developer`` messages -> ``system``,
-  ``max_output_tokens`` -> ``max_tokens``, default the target's ``max_output_tokens`` or 4096,
-  ``temperature`` clamped to 0-1, ``text.format`` JSON -> an instruction in the system prompt,
-  ``parallel_tool_calls: false`` -> ``disable_parallel_tool_use``). Errors that the second step
+  ``max_output_tokens`` -> ``max_tokens``, default the target's ``output_tokens`` (what the
+  limits step claims), ``temperature`` clamped to 0-1, ``text.format`` JSON -> an instruction in
+  the system prompt, ``parallel_tool_calls: false`` -> ``disable_parallel_tool_use``). Errors that the second step
   raises about a chat message are reported on the Responses item it came from (``input[3]``).
 * :func:`response` turns a Message into a ``response`` object.
 * :class:`StreamTranslator` turns Anthropic's event stream into Responses events.
