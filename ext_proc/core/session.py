@@ -19,7 +19,8 @@ trip: Envoy would then choose the route before Tollway has read the body.)
                      message stays unanswered until the :class:`~ext_proc.core.events.Answered`
                      event arrives, then the steps go on. If the client leaves meanwhile the
                      request ends there, and a late answer is ignored.
-``RESPONSE_HEADERS`` note the status and which target served; switch the body to STREAMED only
+``RESPONSE_HEADERS`` note the status and which target served; the provider's rate-limit headers
+                     (its account's) give way to Tollway's; switch the body to STREAMED only
                      for a successful SSE response, so errors stay buffered and readable.
 ``RESPONSE_BODY``    the answer through the response stages (:mod:`ext_proc.core.response`):
                      usage read, the extra usage event hidden, translation, a cut stream ended
@@ -89,7 +90,8 @@ class Session:
     """
 
     __slots__ = (
-        "_hooks", "_next", "_pipeline", "_response", "_then", "_told", "_usage_headers", "effects", "flow", "phase",
+        "_hidden", "_hooks", "_next", "_pipeline", "_response", "_then", "_told", "_usage_headers", "effects", "flow",
+        "phase",
     )
 
     def __init__(
@@ -115,6 +117,7 @@ class Session:
         self._then: Any = None  # the asking step's continuation
         self._response: Stream | None = None
         self._told: Headers = ()  # provider/model/attempts headers for a buffered answer
+        self._hidden: tuple[str, ...] = ()  # the provider's rate-limit headers, removed from a buffered answer
 
     @property
     def request_id(self) -> str | None:
@@ -280,6 +283,7 @@ class Session:
         except ValueError:
             flow.status = None
         told = self._served(event.upstream, headers) + flow.rate_headers
+        hidden = _provider_rate_limits(headers, told)
         if flow.trace is not None:
             flow.note("tollway.response", event.at, **{"http.response.status_code": flow.status or 0,
                                                       "tollway.provider": flow.provider or "",
@@ -289,7 +293,7 @@ class Session:
                                                           "tollway.attempts": flow.attempts or 0})
         if event.end_of_stream:
             self._finish(event.at, "ok" if flow.status and flow.status < 400 else "error")
-            return Continue(set_headers=told) if told else CONTINUE
+            return Continue(set_headers=told, remove_headers=hidden) if told or hidden else CONTINUE
         self.phase = Phase.RESPONSE_BODY
         status = flow.status
         coding = headers.get("content-encoding")
@@ -303,9 +307,9 @@ class Session:
             and headers.get("content-type", "").lower().startswith("text/event-stream")
         ):
             self._response = Stream(flow, pipeline.stages_for(flow, stream=True))
-            return Continue(set_headers=told, stream_response=True)
+            return Continue(set_headers=told, remove_headers=hidden, stream_response=True)
         # Buffered: the head is held until the body is read; the answer to the body tells it all.
-        self._told = told
+        self._told, self._hidden = told, hidden
         return CONTINUE
 
     def _note_decisions(self, at: int) -> None:
@@ -383,10 +387,10 @@ class Session:
                         for name in ("input_tokens", "output_tokens") if record[name] is not None]
             if cost is not None:
                 headers.append(("x-tollway-cost-usd", f"{cost // 1_000_000}.{cost % 1_000_000:06d}"))
-        if not headers and not self._told:
+        if not headers and not self._told and not self._hidden:
             return action
         return Continue(set_headers=self._told + action.set_headers + tuple(headers),
-                        remove_headers=action.remove_headers, body=action.body)
+                        remove_headers=self._hidden + action.remove_headers, body=action.body)
 
     def _read_buffered(self, body: bytes) -> Continue:
         flow = self.flow
@@ -549,3 +553,13 @@ def content(flow: Flow) -> tuple[tuple[tuple[str, str], ...] | None, str | None]
     elif answer and flow.guard is not None:
         answer = flow.guard.shown(answer)  # the provider's text: what the policy guards in answers goes
     return prompt, answer
+
+
+def _provider_rate_limits(headers: Mapping[str, str], told: Headers) -> tuple[str, ...]:
+    """The provider's own rate-limit headers on its answer, which go: they tell the shared key's
+    account (its organisation's limits, moved by every team's traffic), not the caller's. A
+    client learns its limits from Tollway's own (``told``, kept). ``retry-after`` stays: on a
+    provider's 429 passed through it says when to try again."""
+    mine = {name for name, _ in told}
+    return tuple(name for name in headers
+                 if ("ratelimit" in name or name.startswith("anthropic-priority-")) and name not in mine)

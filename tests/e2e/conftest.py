@@ -71,13 +71,14 @@ class Providers(Gateway):
         self.mock = f"http://127.0.0.1:{stack.mock_port}"
 
     @classmethod
-    def stack(cls, work: Path, policy_text: str, provider_keys: dict[str, str], **options: Any) -> Stack:
+    def stack(cls, work: Path, policy_text: str, provider_keys: dict[str, str], mock_args: tuple[str, ...] = (),
+              **options: Any) -> Stack:
         policy = work / "policy.yaml"
         policy.write_text(policy_text)
         keys = tuple(arg for key in provider_keys.values() for arg in ("--api-key", key))
         options.setdefault("mocked", frozenset({"openai", "anthropic"}))
-        return Stack(work / "stack", policy=policy, service_env=provider_keys, mock_args=keys, stand_ins_get_keys=True,
-                     **options)
+        return Stack(work / "stack", policy=policy, service_env=provider_keys, mock_args=keys + mock_args,
+                     stand_ins_get_keys=True, **options)
 
     def openai(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url + "/v1", api_key=self.key, max_retries=0, timeout=10)

@@ -21,6 +21,7 @@ import pytest
 
 from ext_proc.policy.compiled import key_digest
 from tests.e2e.conftest import Providers, one_minute
+from tests.fixtures import CASSETTES
 
 pytestmark = pytest.mark.e2e
 
@@ -235,7 +236,8 @@ def test_a_limit_on_a_models_alias_counts_it_under_every_name_in_one_counter(nam
 
 
 # The policy's default output is small, and Claude's target gives none: a request without
-# max_tokens is claimed for 100 output tokens.
+# max_tokens is claimed for 100 output tokens. Team "paced" is under a requests-per-minute limit only.
+PACED = "tw-paced-rpm-key-0123456789abcdefghijklmnopqrstuv"
 DEFAULT_OUTPUT_POLICY = f"""
 apiVersion: tollway/v1
 providers:
@@ -246,8 +248,11 @@ models:
   claude: {{provider: anthropic, model: claude-x, price: {{input: "1000", output: "1000"}}}}
 teams:
   alpha: {{keys: [{{id: alpha-ci, sha256: "{key_digest(ALPHA)}"}}], models: ["*"]}}
+  paced: {{keys: [{{id: paced-ci, sha256: "{key_digest(PACED)}"}}], models: ["*"]}}
 budgets:
   alpha-daily: {{team: alpha, usd: "5.00", period: day}}
+rate_limits:
+  paced-rpm: {{team: paced, requests_per_minute: 100}}
 shared_state: {{default_output_tokens: 100}}
 """
 
@@ -255,7 +260,8 @@ shared_state: {{default_output_tokens: 100}}
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
     stack = Providers.stack(tmp_path_factory.mktemp("default-output"), DEFAULT_OUTPUT_POLICY,
-                            {"L_OPENAI_KEY": OPENAI_KEY, "L_ANTHROPIC_KEY": ANTHROPIC_KEY})
+                            {"L_OPENAI_KEY": OPENAI_KEY, "L_ANTHROPIC_KEY": ANTHROPIC_KEY},
+                            mock_args=("--cassettes", str(CASSETTES)))
     with stack:
         yield Providers(stack, ALPHA)
 
@@ -278,3 +284,17 @@ def test_a_request_translated_to_claude_without_max_tokens_spends_no_more_than_i
         (usd,) = [entry for entry in record["limits"] if entry["unit"] == "usd"]
         assert usd["used"] <= usd["claimed"]
 
+
+def test_the_providers_rate_limit_headers_never_reach_the_client(small: Providers) -> None:
+    """The recorded answer carries OpenAI's x-ratelimit-* for the shared key's organisation: they
+    go. A caller under a rate limit sees Tollway's own (its requests per minute), one under none
+    sees none."""
+    recorded = {"x-mock-cassette": "chat-basic"}
+    paced = client(small, PACED).chat.completions.with_raw_response.create(
+        model="gpt-5-nano", messages=HI, extra_headers=recorded)
+    assert {name for name in paced.headers if "ratelimit" in name} == {
+        "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"}
+    assert paced.headers["x-ratelimit-limit-requests"] == "100"  # Tollway's, not OpenAI's 500
+    unlimited = small.openai().chat.completions.with_raw_response.create(
+        model="gpt-5-nano", messages=HI, extra_headers=recorded)
+    assert unlimited.status_code == 200 and [name for name in unlimited.headers if "ratelimit" in name] == []

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ext_proc.core.actions import Ask, Continue, EmitRecord, Respond, Settle
+from ext_proc.core.actions import Action, Ask, Continue, EmitRecord, Respond, Settle
 from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
 from ext_proc.core.limits import BUDGET_KEPT
 from ext_proc.core.session import Session
@@ -430,3 +430,68 @@ def test_a_key_counts_with_its_team_and_a_model_in_one_counter_whatever_it_was_c
     # Another team's key of the same id: a counter of its own.
     assert counters("tw-ads-ci", "gpt-4o")[0] == f"rate/each-key/requests/ci@ads/{MINUTE}"
 
+
+# What OpenAI sends on every answer: the limits of the organisation the shared key belongs to.
+OPENAI_LIMITS = {
+    "x-ratelimit-limit-requests": "3000", "x-ratelimit-limit-tokens": "250000",
+    "x-ratelimit-remaining-requests": "2999", "x-ratelimit-remaining-tokens": "249977",
+    "x-ratelimit-reset-requests": "20ms", "x-ratelimit-reset-tokens": "5ms",
+    "x-ratelimit-limit-project-tokens": "250000", "x-ratelimit-remaining-project-tokens": "249977",
+}
+ANTHROPIC_LIMITS = {
+    "anthropic-ratelimit-requests-limit": "4000", "anthropic-ratelimit-input-tokens-remaining": "399000",
+    "anthropic-ratelimit-unified-status": "allowed", "anthropic-priority-input-tokens-limit": "10000",
+}
+
+
+def answered(policy: Any, workload: str, body: dict[str, Any], head: dict[str, str], stream: bool = False) -> Action:
+    """The answer to a 200's head (its body's, for a buffered answer) carrying the providers' rate-limit headers."""
+    s = Session(policy, workload, ACCOUNTANT, runtime=runtime.fixed(now=NOW))
+    s.handle(RequestHeaders(HEAD, False, 1))
+    action = s.handle(RequestBody(orjson.dumps(body), True, 2))
+    if isinstance(action, Ask):
+        assert isinstance(action.query, Admit)
+        s.handle(Answered(Admission(True, remaining=(900_000, 49_000, 59, 9_000, 1)[-len(action.query.claims):]), 3))
+    kind = "text/event-stream" if stream else "application/json"
+    action = s.handle(ResponseHeaders({**head, ":status": head.get(":status", "200"), "content-type": kind}, False, 4))
+    if stream:
+        return action
+    assert action == Continue()  # buffered: the head waits for the body
+    status = int(head.get(":status", "200"))
+    answer = {"choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": 12, "total_tokens": 20}} \
+        if status == 200 else {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit"}}
+    return s.handle(ResponseBody(orjson.dumps(answer), True, 5))
+
+
+def test_the_providers_rate_limit_headers_give_way_to_tollways_own() -> None:
+    """The provider's x-ratelimit-* tell the shared key's organisation (every team's traffic): they go;
+    the caller's own limits, under the same names, are Tollway's and stay."""
+    action = answered(POLICY, "search-app", BODY, {**OPENAI_LIMITS, **ANTHROPIC_LIMITS})
+    assert isinstance(action, Continue)
+    told = dict(action.set_headers)
+    assert (told["x-ratelimit-limit-requests"], told["x-ratelimit-remaining-requests"]) == ("60", "59")
+    assert (told["x-ratelimit-limit-tokens"], told["x-ratelimit-remaining-tokens"]) == ("10000", "9000")
+    ours = {name for name in told if "ratelimit" in name}
+    assert len(ours) == 6 and not ours & set(action.remove_headers)  # Tollway's own are never removed
+    assert set(action.remove_headers) == set(OPENAI_LIMITS) - ours | set(ANTHROPIC_LIMITS)
+
+
+def test_a_caller_under_no_rate_limit_sees_none_of_the_providers() -> None:
+    policy = compile_policy("""
+apiVersion: tollway/v1
+providers: {openai: {kind: openai}}
+models: {gpt-4o-mini: {provider: openai}}
+teams: {t: {workloads: [w], models: ["*"]}}
+""")
+    for stream in (False, True):
+        action = answered(policy, "w", {**BODY, "stream": stream}, OPENAI_LIMITS, stream=stream)
+        assert isinstance(action, Continue) and set(action.remove_headers) == set(OPENAI_LIMITS)
+        assert not [name for name, _ in action.set_headers if "ratelimit" in name]
+
+
+def test_a_providers_429_passed_through_keeps_its_retry_after() -> None:
+    action = answered(POLICY, "support-app", BODY, {":status": "429", "retry-after": "20", **OPENAI_LIMITS})
+    assert isinstance(action, Continue)
+    assert "retry-after" not in action.remove_headers and "retry-after" not in dict(action.set_headers)
+    assert set(action.remove_headers) == {name for name in OPENAI_LIMITS if "project" in name}
+    assert dict(action.set_headers)["x-ratelimit-limit-requests"] == "60"  # Tollway's own
