@@ -243,6 +243,20 @@ DEFAULT_OUTPUT = compile_policy(POLICY_TEXT.replace(
     " {provider: anthropic, model: claude-s}]}}}\n")
 
 
+def _output_claimed(head: dict[str, str], body: dict[str, Any], output: int) -> Transcript:
+    """The request through DEFAULT_OUTPUT's policy up to its admission, whose tokens budget claims
+    the counted prompt and ``output`` tokens; the transcript waits for the answer."""
+    transcript = Transcript(session(policy=DEFAULT_OUTPUT)) >> RequestHeaders(head, False, 1)
+    transcript.pending.clear()
+    transcript >> RequestBody(orjson.dumps(body), True, 2)
+    ask = transcript.pending.pop(0)
+    assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+    tokens = next(c for c in ask.query.claims if c.counter.startswith("budget/search-monthly/tokens"))
+    estimate = transcript.session.meter.estimate
+    assert estimate is not None and tokens.amount == estimate.tokens + output
+    return transcript
+
+
 @pytest.mark.parametrize(("path", "body"), [
     ("/v1/chat/completions", {"model": "sonnet", "messages": [{"role": "user", "content": "hi"}]}),
     ("/v1/responses", {"model": "sonnet", "input": "hi"}),
@@ -251,14 +265,7 @@ def test_a_request_translated_to_anthropic_is_sent_the_output_it_was_claimed_for
                                                                                   body: dict[str, Any]) -> None:
     """Anthropic requires max_tokens: an OpenAI client that sets none is sent the policy's
     default_output_tokens, the output its claim counts, so it cannot spend past the claim."""
-    transcript = Transcript(session(policy=DEFAULT_OUTPUT)) >> RequestHeaders({**HEAD, ":path": path}, False, 1)
-    transcript.pending.clear()
-    transcript >> RequestBody(orjson.dumps(body), True, 2)
-    ask = transcript.pending.pop(0)
-    assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
-    tokens = next(c for c in ask.query.claims if c.counter.startswith("budget/search-monthly/tokens"))
-    estimate = transcript.session.meter.estimate
-    assert estimate is not None and tokens.amount == estimate.tokens + 300
+    transcript = _output_claimed({**HEAD, ":path": path}, body, 300)
     transcript >> Answered(Admission(True, remaining=(900_000, 49_000, 59, 9_000, 1)), 3)
     sent = transcript.pending.pop(0)
     assert isinstance(sent, Continue) and sent.body is not None
@@ -269,14 +276,7 @@ def test_a_chain_claims_the_most_output_any_of_its_targets_may_be_sent() -> None
     """The first target's max_output_tokens is 100, the second has none (the policy's 300): a
     fallback to the second is sent max_tokens 300, so the claim holds 300."""
     body = {"model": "both", "messages": [{"role": "user", "content": "hi"}]}
-    transcript = Transcript(session(policy=DEFAULT_OUTPUT)) >> RequestHeaders(HEAD, False, 1)
-    transcript.pending.clear()
-    transcript >> RequestBody(orjson.dumps(body), True, 2)
-    ask = transcript.pending.pop(0)
-    assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
-    tokens = next(c for c in ask.query.claims if c.counter.startswith("budget/search-monthly/tokens"))
-    estimate = transcript.session.meter.estimate
-    assert estimate is not None and tokens.amount == estimate.tokens + 300
+    _output_claimed(HEAD, body, 300)
     assert [t.output_tokens for t in DEFAULT_OUTPUT.aliases["both"].plan.targets] == [100, 300]
 
 
