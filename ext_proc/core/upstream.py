@@ -43,6 +43,8 @@ POLICY = "policy"  # the version of the policy the request started with: its tri
 # (a translation, a chain): Envoy's own error replies pick the client's format by it, not by the path.
 CLIENT = "client"
 RETRIES_HEADER = "x-envoy-max-retries"
+UNKNOWN_LIMIT = 4096  # the most max_tokens a translation sends where the policy gives no model limit: every
+# Claude model takes 4,096 (a larger shared_state.default_output_tokens is claimed, not sent)
 
 
 def served(target: Target, api: WireAPI) -> WireAPI:
@@ -92,7 +94,9 @@ def _prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) -
                           "model")
     try:
         fields.check(api.name, payload)  # what the translation reads, of the types the client's API allows
-        body = pair.request(payload, model, target.output_tokens)
+        # The model's limit where the policy gives it; else the claimed default, but never more than
+        # every Claude model takes (a larger default is claimed, not sent: the API would refuse it).
+        body = pair.request(payload, model, target.max_output_tokens or min(target.output_tokens, UNKNOWN_LIMIT))
     except TranslationError as exc:
         served_by = f" (the model is served by {kind.name})" if exc.code == "unsupported_for_provider" else ""
         raise ClientError(400, exc.code, exc.message + served_by, exc.param) from None

@@ -15,7 +15,7 @@ from ext_proc.llm import apis, runtime
 from ext_proc.llm.apis.openai import duration
 from ext_proc.llm.usage import Usage
 from ext_proc.policy.compile import compile_policy
-from ext_proc.policy.compiled import key_digest, period_window
+from ext_proc.policy.compiled import CompiledPolicy, key_digest, period_window
 from ext_proc.server.accounting import ServiceAccountant
 from ext_proc.state.queries import Admission, Admit, Claim, StoreUnavailable
 from tests.unit.transcript import Record, Transcript
@@ -236,17 +236,19 @@ def test_without_max_tokens_the_claim_uses_the_models_limit_or_the_default() -> 
 
 
 # default_output_tokens set, and a Claude target without max_output_tokens (alone, and after one with a limit).
-DEFAULT_OUTPUT = compile_policy(POLICY_TEXT.replace(
+DEFAULT_OUTPUT_TEXT = POLICY_TEXT.replace(
     "  llama: {provider: local}", "  llama: {provider: local}\n  sonnet: {provider: anthropic, model: claude-s}",
-) + "shared_state: {default_output_tokens: 300}\n"
-    "routing: {aliases: {both: {targets: [{provider: anthropic, model: claude-x, max_output_tokens: 100},"
-    " {provider: anthropic, model: claude-s}]}}}\n")
+) + "shared_state: {default_output_tokens: 300}\n" \
+    "routing: {aliases: {both: {targets: [{provider: anthropic, model: claude-x, max_output_tokens: 100}," \
+    " {provider: anthropic, model: claude-s}]}}}\n"
+DEFAULT_OUTPUT = compile_policy(DEFAULT_OUTPUT_TEXT)
 
 
-def _output_claimed(head: dict[str, str], body: dict[str, Any], output: int) -> Transcript:
-    """The request through DEFAULT_OUTPUT's policy up to its admission, whose tokens budget claims
-    the counted prompt and ``output`` tokens; the transcript waits for the answer."""
-    transcript = Transcript(session(policy=DEFAULT_OUTPUT)) >> RequestHeaders(head, False, 1)
+def _output_claimed(head: dict[str, str], body: dict[str, Any], output: int,
+                    policy: CompiledPolicy = DEFAULT_OUTPUT) -> Transcript:
+    """The request through ``policy`` up to its admission, whose tokens budget claims the counted
+    prompt and ``output`` tokens; the transcript waits for the answer."""
+    transcript = Transcript(session(policy=policy)) >> RequestHeaders(head, False, 1)
     transcript.pending.clear()
     transcript >> RequestBody(orjson.dumps(body), True, 2)
     ask = transcript.pending.pop(0)
@@ -270,6 +272,19 @@ def test_a_request_translated_to_anthropic_is_sent_the_output_it_was_claimed_for
     sent = transcript.pending.pop(0)
     assert isinstance(sent, Continue) and sent.body is not None
     assert orjson.loads(sent.body)["max_tokens"] == 300
+
+
+def test_a_default_larger_than_every_claude_takes_is_claimed_but_not_sent() -> None:
+    """default_output_tokens 16,384 and a Claude model whose limit the policy does not give: the
+    claim counts 16,384, the request is sent 4,096 (which every Claude model takes; more, and the
+    API refuses the request), so it still cannot spend past its claim."""
+    policy = compile_policy(DEFAULT_OUTPUT_TEXT.replace("default_output_tokens: 300", "default_output_tokens: 16384"))
+    body = {"model": "sonnet", "messages": [{"role": "user", "content": "hi"}]}
+    transcript = _output_claimed(HEAD, body, 16384, policy)
+    transcript >> Answered(Admission(True, remaining=(900_000, 49_000, 59, 9_000, 1)), 3)
+    sent = transcript.pending.pop(0)
+    assert isinstance(sent, Continue) and sent.body is not None
+    assert orjson.loads(sent.body)["max_tokens"] == 4096
 
 
 def test_a_chain_claims_the_most_output_any_of_its_targets_may_be_sent() -> None:
