@@ -49,6 +49,7 @@ from ext_proc.server.clusters import (  # noqa: F401 - re-exported: the cluster 
 TEMPLATE = Path(__file__).resolve().parent / "data" / "envoy-bootstrap.yaml"
 ADMIN_SOCKET = ENVOY_ADMIN.removeprefix("unix:")  # the template's admin: next to Tollway's socket, never a port
 ADMIN_MODE = 0o600  # Envoy's user only (the injected sidecar's is 0660: Tollway, another user, asks it too)
+GROUP_ADMIN_MODE = 0o660  # Envoy's user and Tollway's group (Envoy another user of it: Tollway asks it too)
 
 
 def render(
@@ -252,6 +253,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-socket", metavar="PATH",
                         help=f"Envoy's admin: a Unix socket, mode 0600, in a directory only Envoy and Tollway reach "
                              f"(default: the template's, {ADMIN_SOCKET}); `tollway serve --envoy-admin unix:PATH`")
+    parser.add_argument("--socket-group", action="store_true",
+                        help="Envoy runs as another user of Tollway's group (as `tollway serve --socket-group`): its "
+                             "admin socket is 0660, so Tollway's group reaches it; give --admin-socket a directory "
+                             "Envoy can write (Tollway's socket directory is 0750: the group may not create in it)")
     parser.add_argument("--ext-proc-tls", metavar="CERT,KEY,CA,NAME",
                         help="tls:// only: Envoy's client certificate and key, the CA of Tollway's certificate, "
                              "and the name that certificate carries")
@@ -294,8 +299,10 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, listen.ListenError) as exc:
             print(f"tollway envoy: {exc}", file=sys.stderr)
             return 1
-    if getattr(args, "admin_socket", None):
-        set_admin(template, args.admin_socket)
+    group = getattr(args, "socket_group", False)
+    if getattr(args, "admin_socket", None) or group:
+        set_admin(template, getattr(args, "admin_socket", None) or template["admin"]["address"]["pipe"]["path"],
+                  GROUP_ADMIN_MODE if group else ADMIN_MODE)
     clusters_file = getattr(args, "clusters_file", None)
     try:
         config, clusters = render(template, policy, stand_ins=dict(getattr(args, "stand_in", None) or ()),

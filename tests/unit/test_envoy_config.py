@@ -326,9 +326,13 @@ def test_envoys_admin_is_a_private_unix_socket_never_a_port(
     assert parser.parse_args([]).envoy_admin == "unix:/run/tollway/envoy-admin.sock"
     parser = argparse.ArgumentParser()
     envoy_config.add_arguments(parser)
-    for flags, path in ([], "/run/tollway/envoy-admin.sock"), (["--admin-socket", "/t/a.sock"], "/t/a.sock"):
+    for flags, path, mode in (([], "/run/tollway/envoy-admin.sock", 0o600),
+                              (["--admin-socket", "/t/a.sock"], "/t/a.sock", 0o600),
+                              # Envoy another user of Tollway's group: its socket where it may create one,
+                              # and open to the group, so Tollway confirms the clusters Envoy loaded
+                              (["--admin-socket", "/run/envoy/a.sock", "--socket-group"], "/run/envoy/a.sock", 0o660)):
         assert envoy_config.run(parser.parse_args(flags)) == 0
-        assert yaml.safe_load(capsys.readouterr().out)["admin"] == {"address": {"pipe": {"path": path, "mode": 0o600}}}
+        assert yaml.safe_load(capsys.readouterr().out)["admin"] == {"address": {"pipe": {"path": path, "mode": mode}}}
     rendered = render_envoy(config(), listen_port=1, admin_socket="/w/run/envoy-admin.sock", ext_proc_address=SOCK)
     assert rendered["admin"] == {"address": {"pipe": {"path": "/w/run/envoy-admin.sock", "mode": 0o600}}}
 
