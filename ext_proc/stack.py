@@ -34,6 +34,7 @@ import fcntl
 import ipaddress
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -202,6 +203,7 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _commands: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict, repr=False)
     _run_dir: Path | None = field(default=None, repr=False)
+    _temporary: Path | None = field(default=None, repr=False)  # the private temp dir run_dir is in, if one
 
     @property
     def base_url(self) -> str:
@@ -214,13 +216,16 @@ class Stack:
     @property
     def run_dir(self) -> Path:
         """The private directory (0700) only Envoy and Tollway use: the service's socket, Envoy's clusters
-        file and admin socket. WORKDIR/run, or the directory of a ``unix:`` ``ext_proc_address``."""
+        file and admin socket. WORKDIR/run, or the directory of a ``unix:`` ``ext_proc_address``; where
+        WORKDIR/run would make socket paths longer than Unix allows, a temporary directory's, removed
+        when the stack stops."""
         if self.ext_proc_address is not None and self.ext_proc_address.startswith("unix:"):
             return Path(self.ext_proc_address[5:]).parent
         if self._run_dir is None:
             path = self.workdir / "run"
             if len(str(path / "envoy-admin.sock")) > 100:  # Unix socket paths are short: a private temp dir
-                path = Path(tempfile.mkdtemp(prefix="tollway-")) / "run"
+                self._temporary = Path(tempfile.mkdtemp(prefix="tollway-"))
+                path = self._temporary / "run"
             self._run_dir = path
         return self._run_dir
 
@@ -381,6 +386,8 @@ class Stack:
                     os.killpg(proc.pid, signal.SIGKILL)  # its session: workers and helpers too
                 codes[name] = proc.wait()
         self.procs.clear()
+        if self._temporary is not None:  # (a start after this makes it again)
+            shutil.rmtree(self._temporary, ignore_errors=True)
         return codes
 
     def __enter__(self) -> Stack:

@@ -16,7 +16,7 @@ from ext_proc import envoy_config
 from ext_proc.envoy_config import ClusterError, chain_cluster, policy_clusters, provider_cluster
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server import app
-from ext_proc.stack import ENVOY_CONFIG, ROOT, envoy_binary, port_owner, render_envoy
+from ext_proc.stack import ENVOY_CONFIG, ROOT, Stack, envoy_binary, port_owner, private_directory, render_envoy
 
 TEMPLATE: dict[str, Any] = yaml.safe_load(ENVOY_CONFIG.read_text())
 SHIPPED = {name: provider_cluster(name, envoy_config.DEFAULT_ENDPOINTS[name]) for name in ("openai", "anthropic")}
@@ -379,3 +379,20 @@ def test_a_port_a_stopped_instance_left_in_time_wait_is_free() -> None:
         assert port_owner(port) is not None
     finally:
         held.close()
+
+
+def test_a_long_workdirs_run_directory_is_a_private_temporary_one_gone_when_the_stack_stops(tmp_path: Path) -> None:
+    """Unix socket paths are short: under a deep workdir the run directory (Envoy's admin socket,
+    Tollway's, the clusters file) is a temporary one, removed at stop (each `make run` left one)."""
+    stack = Stack(tmp_path / ("deep" * 25))
+    run = stack.run_dir
+    assert not run.is_relative_to(stack.workdir) and len(str(stack.admin_socket)) <= 100
+    private_directory(run)
+    (run / "clusters.yaml").write_text("resources: []\n")
+    stack.stop()
+    assert not run.exists() and not run.parent.exists()
+    short = Stack(tmp_path / "w")
+    assert short.run_dir == tmp_path / "w" / "run"
+    private_directory(short.run_dir)
+    short.stop()
+    assert short.run_dir.is_dir()  # the workdir's own: kept
