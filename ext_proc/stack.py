@@ -64,6 +64,7 @@ from ext_proc.envoy_config import (
     set_first_byte_timeouts,
 )
 from ext_proc.policy.compiled import CompiledPolicy
+from ext_proc.server import clusters
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIG = TEMPLATE  # envoy/tollway.yaml
@@ -400,8 +401,7 @@ class Stack:
 def ask_envoy_admin(socket_path: Path | str, path: str, *, method: str = "GET",
                     params: Mapping[str, str] | None = None, timeout: float = 5.0) -> httpx.Response:
     """The answer of the Envoy admin listening on the Unix socket ``socket_path`` to ``method path``."""
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), timeout=timeout) as client:
-        return client.request(method, f"http://localhost{path}", params=params)
+    return clusters.ask_envoy_admin(f"unix:{socket_path}", path, method=method, params=params, timeout=timeout)
 
 
 def private_directory(path: Path) -> None:

@@ -50,20 +50,17 @@ import argparse
 import contextlib
 import copy
 import hashlib
-import http.client
 import ipaddress
 import logging
 import math
 import os
-import socket
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import httpx
 import orjson
 import yaml
 
@@ -321,34 +318,27 @@ class EnvoyRejected(EnvoyNotReady):
     """Envoy refused the clusters file (Envoy's log has its reason)."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
+def ask_envoy_admin(admin: str, path: str, *, method: str = "GET", params: Mapping[str, str] | None = None,
+                    timeout: float = 1.0) -> httpx.Response:
+    """The answer of Envoy's admin (``http://HOST:PORT`` or ``unix:SOCKET``) to ``method path``
+    (no proxy from the environment: it is this machine's, or this pod's)."""
+    uds = admin.removeprefix("unix:") if admin.startswith("unix:") else None
+    with httpx.Client(transport=httpx.HTTPTransport(uds=uds), timeout=timeout, trust_env=False) as client:
+        return client.request(method, ("http://localhost" if uds else admin) + path, params=params)
 
 
 def fetch(admin: str, path: str, timeout: float = 1.0) -> bytes:
-    """GET ``path`` of Envoy's admin (``http://HOST:PORT`` or ``unix:SOCKET``); an OSError unless 200."""
-    if not admin.startswith("unix:"):
-        with urllib.request.urlopen(admin + path, timeout=timeout) as response:
-            return bytes(response.read())
-    connection = _UnixConnection(admin.removeprefix("unix:"), timeout)
+    """GET ``path`` of Envoy's admin (see :func:`ask_envoy_admin`); an OSError unless 200."""
     try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        body = response.read()
-    except http.client.HTTPException as exc:
-        raise OSError(f"Envoy's admin at {admin}: {exc!r}") from exc
-    finally:
-        connection.close()
-    if response.status != 200:
-        raise OSError(f"Envoy's admin at {admin} answered {response.status} to {path}")
-    return body
+        response = ask_envoy_admin(admin, path, timeout=timeout)
+    except httpx.HTTPError as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, OSError):  # the socket's own error (refused, no access)
+            cause = cause.__context__
+        raise (cause if cause is not None else OSError(f"Envoy's admin at {admin}: {type(exc).__name__}")) from exc
+    if response.status_code != 200:
+        raise OSError(f"Envoy's admin at {admin} answered {response.status_code} to {path}")
+    return response.content
 
 
 class ClusterSync:
@@ -441,7 +431,7 @@ class ClusterSync:
             return None
         try:
             body = self._get(self.envoy_admin, "/stats?filter=%5Ecluster_manager%5C.cds%5C.")
-        except (OSError, urllib.error.URLError):
+        except OSError:
             return None
         stats = {}
         for line in body.decode("utf-8", "replace").splitlines():
