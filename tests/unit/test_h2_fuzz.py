@@ -229,6 +229,16 @@ def connection_bytes(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     return bytes(data), sorted({0, *cuts, len(data)})
 
 
+def _goaway_first(data: bytes) -> bool:
+    """A well-formed GOAWAY is the client's first frame after its SETTINGS and PINGs, before any stream."""
+    for kind, _, sid, payload in parse_frames(data[len(h2.PREFACE) :]):
+        if kind == h2.GOAWAY:
+            return sid == 0 and len(payload) >= 8
+        if kind not in (h2.SETTINGS, h2.PING):
+            return False
+    return False
+
+
 @settings(max_examples=EXAMPLES or 1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(connection_bytes(), st.lists(st.booleans(), max_size=8))
 def test_arbitrary_frames_keep_the_invariants(case: tuple[bytes, list[int]], later: list[bool]) -> None:
@@ -606,6 +616,13 @@ KNOWN_DIFFERENCES += [
         and type(c.reference.error).__name__ in ("StreamIDTooLowError", "StreamClosedError"),
     ),
     (
+        "RFC 9113 §6.8: the client's GOAWAY before any stream: Tollway's server closes the connection then"
+        " (nothing can come that it must answer) and never reads what follows; h2 reads on, and may find an"
+        " error there",
+        lambda c: c.mine.connection_error is None and not c.mine.streams and c.theirs.connection_error is not None
+        and _goaway_first(c.data),
+    ),
+    (
         "RFC 9113 §8.4: a client cannot push, a PUSH_PROMISE from one is PROTOCOL_ERROR; h2's server ignores it",
         lambda c: c.mine.connection_error == h2.PROTOCOL_ERROR and c.reference.error is None
         and any(kind == h2.PUSH_PROMISE for kind, *_ in parse_frames(c.data[len(h2.PREFACE) :])),
@@ -657,6 +674,16 @@ def run_both(actions: list[tuple[str, tuple[object, ...]]], pieces: int) -> Case
     return Case(data, mutated, ours, reference, outcome(ours.out), outcome(bytes(reference.out)))
 
 
+def _goaway_first(data: bytes) -> bool:
+    """A well-formed GOAWAY is the client's first frame after its SETTINGS and PINGs, before any stream."""
+    for kind, _, sid, payload in parse_frames(data[len(h2.PREFACE) :]):
+        if kind == h2.GOAWAY:
+            return sid == 0 and len(payload) >= 8
+        if kind not in (h2.SETTINGS, h2.PING):
+            return False
+    return False
+
+
 @settings(max_examples=EXAMPLES or 1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(client_actions(), st.integers(1, 4))
 # Found by this test: the client's SETTINGS corrupted into an initial window size past 2**31 - 1,
@@ -669,6 +696,10 @@ def run_both(actions: list[tuple[str, tuple[object, ...]]], pieces: int) -> Case
           ("raw", (b"\x00\x00s\t\x00\x00\x00\x00\x01\x00\x07:method\x04POST\x00\x07:scheme\x04http\x00\x05:path"
                    b"\x0f/test.Echo/Echo\x00\n:authority\x07tollway\x00\x0ccontent-type\x10application/grpc\x00\x02te"
                    b"\x08trailers",))], 1)
+# And: the client's GOAWAY first, then a frame corrupted into DATA on stream 0 (see _goaway_first).
+@example([("raw", (b"\x00\x00\x0c\x07" + b"\x00" * 17,)), ("ping", (b"\x00" * 8,)), ("settings", (0,)),
+          ("end", (1,)), ("open", (1, PATH, False)), ("open", (1, PATH, False)), ("corrupt", (699, 0)),
+          ("end", (1,)), ("open", (1, PATH, False)), ("open", (1, PATH, False)), ("open", (1, PATH, False))], 4)
 def test_same_bytes_same_outcome_as_h2(actions: list[tuple[str, tuple[object, ...]]], pieces: int) -> None:
     case = run_both(actions, pieces)
     mine, theirs, error = case.mine, case.theirs, case.reference.error
