@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -244,6 +245,14 @@ def test_a_rotated_key_file_is_picked_up(env: Env) -> None:
         time.sleep(0.2)
 
 
+def _edit(path: Path, text: str) -> None:
+    """Replace the policy file whole (a new file moved over it, as an editor or a ConfigMap does):
+    written in place, a reload may read it truncated, and say so, before the edit."""
+    new = path.with_name(path.name + ".new")
+    new.write_text(text)
+    os.replace(new, path)
+
+
 def wait_for(condition: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -275,7 +284,7 @@ def test_reload_under_load_fails_no_request_and_a_broken_edit_keeps_the_old_poli
     try:
         first = env.ready()["policy"]["version"]
         # A good edit: a new alias appears without a restart.
-        env.policy.write_text(policy_text(env.key_file, extra_alias="gpt-4o-new"))
+        _edit(env.policy, policy_text(env.key_file, extra_alias="gpt-4o-new"))
         wait_for(lambda: env.ready()["policy"]["version"] != first)
         second = env.ready()["policy"]["version"]
         # Published once for both workers: from now on every request and every /readyz knows it.
@@ -287,7 +296,7 @@ def test_reload_under_load_fails_no_request_and_a_broken_edit_keeps_the_old_poli
                 assert response.status_code == 200, response.text
         assert {env.ready()["policy"]["version"] for _ in range(10)} == {second}
         # A broken edit: the running policy stays, the error is visible with its location.
-        env.policy.write_text(policy_text(env.key_file).replace("kind: anthropic", "kind: anthropik"))
+        _edit(env.policy, policy_text(env.key_file).replace("kind: anthropic", "kind: anthropik"))
         wait_for(lambda: env.ready()["policy"]["last_reload_error"] is not None)
         for _ in range(10):  # every worker says so
             ready = env.ready()
@@ -299,7 +308,7 @@ def test_reload_under_load_fails_no_request_and_a_broken_edit_keeps_the_old_poli
         metrics = httpx.get(env.admin + "/metrics").text
         assert 'tollway_policy_reloads_total{result="error"} 1.0' in metrics and "tollway_policy_stale 1.0" in metrics
         # Fixed again.
-        env.policy.write_text(policy_text(env.key_file))
+        _edit(env.policy, policy_text(env.key_file))
         wait_for(lambda: env.ready()["policy"]["last_reload_error"] is None)
         time.sleep(0.5)
     finally:
