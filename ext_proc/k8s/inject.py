@@ -58,10 +58,15 @@ TRUST = "tollway.dev/trust"  # pod annotation: "false" leaves the application's 
 # largest body Tollway reads (64 MiB) at once: measured, Envoy peaks at 285 MiB and Tollway at 664 MiB
 # (tests/e2e/test_sidecar_memory_e2e.py); each further such request in flight takes about 110 MiB
 # of Envoy's and 260 MiB of Tollway's. Past its limit the kernel kills the container, and every
-# request it holds fails.
+# request it holds fails: so Tollway gets a --body-memory the limits hold (body_memory), and refuses
+# a body past it with a 503 the SDKs retry.
 TOLLWAY_MEMORY, ENVOY_MEMORY = "tollway.dev/tollway-memory", "tollway.dev/envoy-memory"
 MEMORY_LIMITS = {TOLLWAY_MEMORY: "1Gi", ENVOY_MEMORY: "384Mi"}
-_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?")
+_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?")
+_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+# MiB at rest, and MiB per largest body (64 MiB) in flight, measured as above.
+_TOLLWAY_BASE, _TOLLWAY_PER_BODY, _ENVOY_BASE, _ENVOY_PER_BODY = 140, 260, 70, 110
 TOLLWAY_UID, ENVOY_UID, TOLLWAY_GID = 10001, 10002, 10001
 CONTAINERS = ("tollway-init", "tollway", "tollway-envoy")
 VOLUMES = ("tollway-run", "tollway-tmp", "tollway-policy", "tollway-provider-keys", "tollway-intercept-tls",
@@ -140,6 +145,21 @@ def memory_limits(meta: Mapping[str, Any]) -> dict[str, str]:
     return limits
 
 
+def _mib(quantity: str) -> float:
+    match = _QUANTITY.fullmatch(quantity)
+    assert match is not None  # memory_limits checked it
+    return float(match.group(1)) * _UNITS[match.group(2)] / 2**20
+
+
+def body_memory(memory: Mapping[str, str], workers: int) -> int:
+    """Tollway's ``--body-memory`` (MiB per worker) for these containers' memory limits: as many of the
+    largest bodies (64 MiB) at once as both containers hold (at least one), shared by the workers.
+    The defaults hold two: 128 MiB."""
+    bodies = min((_mib(memory[TOLLWAY_MEMORY]) - _TOLLWAY_BASE) // _TOLLWAY_PER_BODY,
+                 (_mib(memory[ENVOY_MEMORY]) - _ENVOY_BASE) // _ENVOY_PER_BODY)
+    return max(1, int(max(1, bodies)) * 64 // max(1, workers))
+
+
 def sidecar_containers(settings: Settings, workload: str, intercept: bool,
                        memory: Mapping[str, str] = MEMORY_LIMITS) -> list[dict[str, Any]]:
     """The init container (when intercepting) and the two native sidecars, in start order."""
@@ -175,7 +195,7 @@ def sidecar_containers(settings: Settings, workload: str, intercept: bool,
         # --socket-group: Envoy runs as another user of Tollway's group, which the socket must admit.
         "args": ["serve", "--policy", f"{POLICY_DIR}/{settings.policy_key}", "--socket-group",
                  "--envoy-clusters", "/run/tollway/clusters.yaml", "--envoy-admin", f"unix:{sidecar.ENVOY_ADMIN}",
-                 "--workers", str(settings.workers)],
+                 "--workers", str(settings.workers), "--body-memory", str(body_memory(memory, settings.workers))],
         "env": [
             {"name": "TOLLWAY_WORKLOAD", "value": workload},
             {"name": "TOLLWAY_REDIS_URL", "valueFrom": {"secretKeyRef": {

@@ -39,7 +39,7 @@ from typing import Any
 
 from ext_proc import memo
 from ext_proc.policy.compiled import CompiledPolicy
-from ext_proc.server import journal, listen
+from ext_proc.server import bodies, journal, listen
 from ext_proc.server.accounting import ENCODINGS_ENV
 from ext_proc.server.clusters import ENVOY_ADMIN, ClusterSync, stand_in
 from ext_proc.server.dealer import Dealer
@@ -82,6 +82,7 @@ class ServeConfig:
     otlp_logs: bool = False  # the request records as OpenTelemetry logs too
     trace_ratio: float = 0.05  # requests traced when the caller sent no traceparent
     text_memory: int = memo.DEFAULT_ENTRIES  # answers each worker remembers per text (ext_proc.memo); 0: none
+    body_memory: int = bodies.DEFAULT_MIB  # MiB of request bodies each worker holds at once (ext_proc.server.bodies)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="answers (findings, injection scores, token counts) each worker remembers by text "
                              "digest, so a conversation's earlier turns are not scanned again; about 110 bytes "
                              f"each; 0: none (default {memo.DEFAULT_ENTRIES})")
+    parser.add_argument("--body-memory", type=_entries, default=bodies.DEFAULT_MIB, metavar="MIB",
+                        help="MiB of request bodies each worker holds at once: a request whose body would take a "
+                             "worker past it while others hold theirs gets 503 overloaded with retry-after (one "
+                             f"request alone is always read, up to 64 MiB); 0: no limit (default {bodies.DEFAULT_MIB})")
     parser.add_argument("--log-file", default=None, help="request log, JSON lines (default: stdout)")
     parser.add_argument("--grace", type=float, default=20.0, help="seconds in-flight streams get on shutdown")
     parser.add_argument("--server", choices=("h2", "grpcio"), default="h2",
@@ -193,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
             stand_ins=dict(args.stand_in), stand_ins_get_keys=args.stand_ins_get_keys,
             otlp_endpoint=args.otlp_endpoint, otlp_logs=args.otlp_logs,
             trace_ratio=min(1.0, max(0.0, args.trace_sample_ratio)), text_memory=args.text_memory,
+            body_memory=args.body_memory,
         )
         config = dataclasses.replace(
             config, admin_token=admin_token(args.admin_token_file, args.admin_host if args.admin_port else None))

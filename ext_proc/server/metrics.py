@@ -139,6 +139,8 @@ METRICS = {m.name: m for m in (
            "Answers about prompt texts (findings, injection scores, token counts): remembered or computed",
            ("source",)),
     Metric("tollway_text_memory_entries", "gauge", "Answers the workers' memories of texts hold", ()),
+    Metric("tollway_request_body_bytes_held", "gauge",
+           "Bytes of request bodies the workers' requests in flight hold (each worker's limit: --body-memory)", ()),
 )}
 
 Key = tuple[str, ...]  # (metric name, label values...)

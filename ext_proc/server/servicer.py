@@ -50,6 +50,7 @@ from ext_proc.guardrails.queries import Classify
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.server import coalesce, codec
+from ext_proc.server.bodies import OVERLOADED, BodyBudget
 from ext_proc.server.classifier import Classifier
 from ext_proc.server.coalesce import Coalescer
 from ext_proc.server.credentials import CredentialStore
@@ -90,6 +91,7 @@ class Service:
     # Each finished record with its span's data (OpenTelemetry); None: sessions collect no trace data.
     on_trace: Callable[[dict[str, Any], Trace], None] | None = None
     classifier: Classifier = field(default_factory=Classifier)  # external prompt-injection classifiers
+    bodies: BodyBudget = field(default_factory=BodyBudget)  # request bodies this worker holds (see bodies)
 
     def session(self, peer: str | None = None) -> Session:
         """A new request's session, bound to the policy current at this moment.
@@ -184,13 +186,29 @@ class Responder(Protocol):
     def loop(self) -> asyncio.AbstractEventLoop | None: ...
 
 
+def _body_held(service: Service, session: Session | Attempt, event: Event, held: int) -> int | None:
+    """The bytes of body a request holds once its body's chunk ``event`` is counted against the
+    worker's :class:`~ext_proc.server.bodies.BodyBudget` (``held`` before it), or None: the worker
+    holds as many bodies as it may, and the request is refused (``OVERLOADED``): its bytes are no
+    longer counted. Only a request still reading its body counts (not an upstream attempt's, nor
+    the rest of a refused body)."""
+    size = len(event.body)  # type: ignore[union-attr]
+    if not size or not isinstance(session, Session) or session.phase is not Phase.REQUEST_BODY:
+        return held
+    if service.bodies.take(held, size):
+        return held + size
+    service.bodies.give_back(held)  # what it held so far is dropped with it
+    return None
+
+
 LONG_HOLD_NS = 5_000_000_000  # a headers answer held this long for its body is logged when its stream ends
 
 
 class ExtProcCall:
     """One ext_proc stream on :mod:`ext_proc.server.h2`: serialized messages in and out."""
 
-    __slots__ = ("_ended", "_merge", "_overdue", "_queue", "_task", "_waiting", "responder", "service", "session")
+    __slots__ = ("_ended", "_held", "_merge", "_overdue", "_queue", "_task", "_waiting", "responder", "service",
+                 "session")
 
     def __init__(
         self, service: Service, upstream: bool = False, responder: Responder | None = None, peer: str | None = None
@@ -204,6 +222,7 @@ class ExtProcCall:
         self._task: asyncio.Future[object] | None = None
         self._merge: Coalescer | None = None  # Envoy sends bodies behind their headers (see coalesce)
         self._overdue: coalesce.Overdue | None = None  # extends a held headers answer's timer (h2 server)
+        self._held = 0  # bytes of request body counted against the worker's BodyBudget
 
     def message(self, data: bytes) -> list[bytes]:
         if self._waiting is not None:
@@ -212,6 +231,11 @@ class ExtProcCall:
         request = pb.ProcessingRequest.FromString(data)
         kind, event = codec.decode(request, time.monotonic_ns())
         session = self.session
+        if kind == "request_body":
+            held = _body_held(self.service, session, event, self._held)
+            self._held = held or 0
+            if held is None:  # a held headers answer is dropped with the refusal (the coalescer's outgoing)
+                return self._reply(kind, session.refuse(OVERLOADED, event.at))  # type: ignore[union-attr]
         if self._merge is not None or (isinstance(session, Session) and coalesce.wanted(request)):
             return self._coalesced(kind, event)
         result = session.handle(event)
@@ -335,6 +359,9 @@ class ExtProcCall:
         return 0, ""
 
     def reset(self) -> None:
+        if self._held:
+            self.service.bodies.give_back(self._held)
+            self._held = 0
         session = self.session
         merge = self._merge
         if merge is not None and merge.holding and time.monotonic_ns() - merge.held_since > LONG_HOLD_NS:
@@ -387,9 +414,20 @@ class Processor:
         clock = time.monotonic_ns
         decode, encode, handle = codec.decode, codec.encode, session.handle
         merge: Coalescer | None = None
+        held = 0  # bytes of request body counted against the worker's BodyBudget
         try:
             async for request in requests:
                 kind, event = decode(request, clock())
+                if kind == "request_body":
+                    taken = _body_held(self.service, session, event, held)
+                    held = taken or 0
+                    if taken is None:
+                        refusal = session.refuse(OVERLOADED, event.at)  # type: ignore[union-attr]
+                        for reply in (merge.outgoing(kind, refusal, credentials) if merge is not None
+                                      else [codec.encode_bytes(kind, refusal)]):
+                            yield pb.ProcessingResponse.FromString(reply)
+                        _run_effects(session, self.service)
+                        continue
                 if merge is None and isinstance(session, Session) and coalesce.wanted(request):
                     merge = Coalescer()
                 if merge is not None:
@@ -430,6 +468,7 @@ class Processor:
 
             await context.abort(grpc.StatusCode.INTERNAL, "tollway: internal error")
         finally:
+            self.service.bodies.give_back(held)
             if not _closed(session):
                 session.handle(StreamClosed(clock()))
                 _run_effects(session, self.service)

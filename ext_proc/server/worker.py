@@ -38,6 +38,7 @@ from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
 from ext_proc.server.alerts import Alerts
 from ext_proc.server.app import ServeConfig, configure_logging, open_ledger
+from ext_proc.server.bodies import BodyBudget
 from ext_proc.server.collectors import BudgetCollector, TallyCollector
 from ext_proc.server.credentials import CredentialStore
 from ext_proc.server.metrics import Exchange, Names, Publisher, Tally, alive
@@ -146,7 +147,8 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
     credentials = CredentialStore(stand_ins=frozenset(config.stand_ins), stand_ins_get_keys=config.stand_ins_get_keys)
     service = Service(records, holder, config.workload, credentials=credentials, accountant=warm_up(),
                       usage_headers=config.usage_headers, store=store, keeper=keeper,
-                      steps=pipeline.Pipeline.of(pipeline.request_steps(store_probe=config.store_probe)))
+                      steps=pipeline.Pipeline.of(pipeline.request_steps(store_probe=config.store_probe)),
+                      bodies=BodyBudget(config.body_memory * 1024 * 1024))
     limits_store = "redis" if config.redis_url else "node" if config.node_state else "memory"
     refusals = Refusals()
 
@@ -177,6 +179,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
                 tally.counters[answers] = memo.stats[stat]
                 tally.changed = True
         tally.set(("tollway_text_memory_entries",), memo.size())
+        tally.set(("tollway_request_body_bytes_held",), service.bodies.held)
 
     publisher = Publisher(exchange, before=gauges)
     stop = asyncio.Event()

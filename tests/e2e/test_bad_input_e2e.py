@@ -4,6 +4,7 @@ client's format, and the service keeps serving."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -223,3 +224,47 @@ def test_bodies_together_are_two_exchanges_and_buffered_ones_four(env: Providers
             assert int(answer.headers["content-length"]) == len(answer.content)
         else:
             assert answer.headers["transfer-encoding"] == "chunked"
+
+
+def test_bodies_past_a_workers_memory_are_a_503_the_sdk_retries(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A worker holds at most ``--body-memory`` MiB of request bodies at once (ext_proc/server/bodies.py):
+    while a slow upload holds 0.9 MiB of a 1 MiB limit, another request's body is refused with 503
+    ``overloaded`` and retry-after, in the client's format, never sent on; the SDK's retry is served
+    once the upload is done, and the refusal is on the request log."""
+    stack = Providers.stack(tmp_path_factory.mktemp("body-memory"), POLICY, {"B_OPENAI_KEY": OPENAI_KEY},
+                            workload="local-dev", workers=1, serve_args=("--body-memory", "1"))
+    text = "a" * (900 << 10)
+    slow = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(slow)}\r\n\r\n").encode()
+    small = [{"role": "user", "content": "b" * (200 << 10)}]
+    with stack, socket.create_connection(("127.0.0.1", stack.listen_port), timeout=10) as sock:
+        env = Providers(stack, "x")
+        sock.sendall(head + slow[:-10])  # all but its last bytes: the worker holds them
+        time.sleep(0.5)
+        client = env.openai()
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.chat.completions.create(model="gpt-4o-mini", messages=small)  # type: ignore[arg-type]
+        assert refused.value.status_code == 503
+        assert refused.value.response.headers["retry-after"] == "1"
+        assert refused.value.body["code"] == "overloaded"  # type: ignore[index]
+        refused_id = refused.value.response.headers["x-tollway-request-id"]
+        assert env.provider_saw(refused_id) == []
+
+        def finish() -> None:
+            time.sleep(0.3)
+            sock.sendall(slow[-10:])
+
+        finisher = threading.Thread(target=finish)
+        finisher.start()
+        retrying = openai.OpenAI(base_url=env.base_url + "/v1", api_key="x", max_retries=5, timeout=10)
+        answer = retrying.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=small)  # type: ignore[arg-type]
+        assert answer.parse().choices[0].message.content
+        finisher.join()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        assert data.split(b" ", 2)[1] == b"200", data[:300]
+    records = [orjson.loads(line) for line in stack.record_log.read_text().splitlines()]
+    (record,) = [r for r in records if r.get("request_id") == refused_id]
+    assert (record["outcome"], record["status"], record["error"]) == ("rejected", 503, "overloaded")

@@ -287,3 +287,21 @@ def test_the_sidecars_memory_limits_follow_the_pods_annotations() -> None:
     big = copy.deepcopy(POD)
     big["metadata"]["annotations"] = {inject.TOLLWAY_MEMORY: "2Gi", inject.ENVOY_MEMORY: "768Mi"}
     assert limits(big) == {"tollway": "2Gi", "tollway-envoy": "768Mi"}
+
+
+def test_tollway_refuses_bodies_before_the_limits_would_kill_a_container() -> None:
+    """``--body-memory`` follows the limits: as many 64 MiB bodies at once as both containers hold
+    (about 140 + 260 MiB each for Tollway, 70 + 110 MiB for Envoy), shared by the workers."""
+    def body_memory(annotations: dict[str, str], **settings: Any) -> int:
+        pod = copy.deepcopy(POD)
+        pod["metadata"]["annotations"] = annotations
+        injected = inject.mutate(pod, "search", inject.Settings(**settings))
+        (tollway,) = [c for c in injected["spec"]["initContainers"] if c["name"] == "tollway"]
+        return int(tollway["args"][tollway["args"].index("--body-memory") + 1])
+
+    assert body_memory({}) == 128  # two at once, as tests/e2e/test_sidecar_memory_e2e.py measures
+    assert body_memory({inject.TOLLWAY_MEMORY: "2Gi", inject.ENVOY_MEMORY: "768Mi"}) == 384  # six
+    assert body_memory({inject.TOLLWAY_MEMORY: "4Gi"}) == 128  # Envoy's 384Mi still holds two
+    assert body_memory({inject.TOLLWAY_MEMORY: "2147483648", inject.ENVOY_MEMORY: "0.75Gi"}) == 384
+    assert body_memory({inject.TOLLWAY_MEMORY: "300Mi"}) == 64  # one at a time (a body alone is always read)
+    assert body_memory({}, workers=2) == 64  # the workers share it

@@ -1,8 +1,9 @@
 """The injected sidecar's memory limits hold what the README promises a pod: two requests of the
-largest body Tollway reads (64 MiB) at once.
+largest body Tollway reads (64 MiB) at once, and a third at the same time is refused (503,
+``--body-memory``), not the container killed.
 
 The injector's own bootstrap (ports moved, no interception) and the tollway container's injected
-arguments, with the fake provider standing in for OpenAI; two 64 MiB chat requests at once. The
+arguments, with the fake provider standing in for OpenAI; three 64 MiB chat requests at once. The
 peak resident memory of Envoy and of Tollway's processes (summed: an upper bound of what the
 container's cgroup counts) must stay below the limits the injector gives their containers, or
 the kernel would kill the container and every request in it.
@@ -123,18 +124,20 @@ def test_the_sidecar_holds_two_of_the_largest_requests_at_once(tmp_path: Path) -
         prefix = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"'
         suffix = b'"}]}'
         body = prefix + b"a " * ((MAX_BODY - len(prefix) - len(suffix)) // 2) + suffix
-        statuses: list[int] = []
+        answers: list[httpx.Response] = []
 
         def send() -> None:
-            statuses.append(httpx.post(f"http://127.0.0.1:{listener}/v1/chat/completions", content=body, timeout=120,
-                                       headers={"content-type": "application/json"}).status_code)
+            answers.append(httpx.post(f"http://127.0.0.1:{listener}/v1/chat/completions", content=body, timeout=120,
+                                      headers={"content-type": "application/json"}))
 
-        threads = [threading.Thread(target=send) for _ in range(2)]
+        threads = [threading.Thread(target=send) for _ in range(3)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        assert statuses == [200, 200]
+        assert sorted(answer.status_code for answer in answers) == [200, 200, 503]
+        (refused,) = [answer for answer in answers if answer.status_code == 503]
+        assert refused.json()["error"]["code"] == "overloaded"
         limits = {name: _bytes(c["resources"]["limits"]["memory"]) for name, c in containers.items()}
         assert _peak(proxy.pid) < limits["tollway-envoy"]
         assert _peak(service.pid) < limits["tollway"]
