@@ -102,6 +102,7 @@ class Lease:
     held: int = 0  # granted to this worker in the store
     reserved: int = 0  # claimed by requests in flight
     used: int = 0  # spent, not yet reported to the store
+    releasing: int = 0  # given back in a report still on its way to the store: no request may take it
     spent: int = 0  # the store's totals at the last exchange ...
     others: int = 0  # ... and what other holders held then
     last: float = 0.0  # monotonic time of the last admission
@@ -109,7 +110,7 @@ class Lease:
 
     @property
     def free(self) -> int:
-        return self.held - self.reserved - self.used
+        return self.held - self.reserved - self.used - self.releasing
 
     def left(self, capacity: int) -> int:
         """What ``capacity`` leaves as this worker knows it (below 0: it is spent beyond)."""
@@ -162,7 +163,7 @@ class Keeper:
             if lease is None:
                 lease = known[claim.counter] = Lease(claim)
             leases.append(lease)
-            if claim.enforced and (lease.held - lease.reserved - lease.used < claim.amount
+            if claim.enforced and (lease.free < claim.amount
                                    or (lease.held and now > lease.fresh_until)
                                    or _beyond(claim, lease)):
                 short.append(index)
@@ -350,7 +351,7 @@ class Keeper:
         reports: list[tuple[Claim, int, int]] = []
         for lease in self.leases.values():
             idle = now - lease.last > IDLE or (not lease.claim.consumes and lease.claim.capacity < SLICED_CAP)
-            release = max(0, lease.held - lease.reserved - lease.used) if idle else 0
+            release = max(0, lease.free) if idle else 0
             if lease.used or release or lease.held:
                 reports.append((lease.claim, lease.used, release))
         if not reports:
@@ -358,21 +359,39 @@ class Keeper:
             return None
         if now < self.down_until:
             return None  # keep counting; report when the store is back
-        answer = self.backend.report(self.holder, reports, self.ttl)
+        # What goes back is no longer this worker's to admit on from now, not from the store's
+        # answer: a request admitted on it meanwhile would be in flight on a slot (a slice of a
+        # budget) the store has already handed to another holder.
+        self._releasing(reports, 1)
+        try:
+            answer = self.backend.report(self.holder, reports, self.ttl)
+        except BaseException:
+            self._releasing(reports, -1)
+            raise
         if inspect.isawaitable(answer):
             return self._reported_later(reports, self._in_turn(answer))
         self._reported(reports, answer)
         return None
 
+    def _releasing(self, reports: list[tuple[Claim, int, int]], sign: int) -> None:
+        for claim, _spent, released in reports:
+            self.leases[claim.counter].releasing += sign * released
+
     async def _reported_later(self, reports: list[tuple[Claim, int, int]], answer: Awaitable[list[Grant]]) -> None:
-        self._reported(reports, await answer)
+        try:
+            grants = await answer
+        except BaseException:  # not given back after all: the lease holds it still
+            self._releasing(reports, -1)
+            raise
+        self._reported(reports, grants)
 
     def _reported(self, reports: list[tuple[Claim, int, int]], grants: list[Grant]) -> None:
         self._recovered()
         fresh = self.clock() + self.ttl * 0.8
-        for (claim, spent, _released), grant in zip(reports, grants, strict=True):
+        for (claim, spent, released), grant in zip(reports, grants, strict=True):
             lease = self.leases[claim.counter]
             lease.used -= spent
+            lease.releasing -= released
             lease.held = grant.mine  # the store's view (0 if it had dropped this holder)
             lease.fresh_until = fresh
             lease.spent, lease.others = grant.spent, max(0, grant.held - lease.held)

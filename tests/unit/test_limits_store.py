@@ -9,6 +9,7 @@ than the capacity.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import time
 from collections.abc import Iterator
@@ -428,3 +429,29 @@ def test_a_budget_that_refuses_what_an_empty_one_would_take_raises_its_last_aler
     alone = keeper.admit((claim(amount=500, capacity=100, counter="budget/other/usd/t/2026-12"),))
     assert isinstance(alone, Admission) and not alone.admitted
     assert told == [(c.counter, 0)]  # larger than the budget itself: the request's doing, no alert
+
+
+def test_a_slot_given_back_is_not_admitted_on_while_the_report_is_on_its_way(redis_url: str) -> None:
+    # A flush gives a finished request's slot back; a request arriving before the store's answer
+    # must not take it locally: the store hands it to another worker as soon as the report runs.
+    async def scenario() -> None:
+        slot = claim(amount=1, capacity=3, counter="rate/r/concurrent/t", consumes=False)
+        one, two = (Keeper(RedisBackend.from_url(redis_url), holder=name) for name in ("w1", "w2"))
+        for keeper in (one, two):
+            keeper._flush = asyncio.get_running_loop().create_future()  # flushes by hand, below
+        assert (await one.admit((slot,))).admitted  # type: ignore[misc]
+        one.settle((slot,), (0,))
+        reporting = asyncio.ensure_future(one.flush())  # type: ignore[arg-type]
+        answer = one.admit((slot,))  # arrives before the store answered the report
+        admitted = [(await answer) if inspect.isawaitable(answer) else answer]
+        await reporting
+        for _ in range(3):
+            answer = two.admit((slot,))
+            admitted.append((await answer) if inspect.isawaitable(answer) else answer)
+        assert sum(a.admitted for a in admitted) == 3  # type: ignore[union-attr]
+        lease = one.leases[slot.counter]
+        assert lease.held >= lease.reserved  # what is in flight here is held in the store
+        _spent, held = await RedisBackend.from_url(redis_url).totals(slot.counter)
+        assert held == 3
+
+    asyncio.run(scenario())
