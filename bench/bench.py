@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,7 @@ def first_byte_ms(stack: Stack, n: int = 300) -> float:
     return _median_ms(stack, n, 20, lambda response: response.read1(1))
 
 
+IDLE_SECONDS = 5.0  # the idle measurement, before any load
 PACED_EVENT_MS = 2  # the paced first byte: events 2 ms apart, as a provider streams them
 
 
@@ -324,6 +326,12 @@ def main() -> int:
         if isinstance(traced, Stack):
             targets["traced"] = (traced, {"envoy": _descendants(traced.procs["envoy"].pid),
                                           "tollway": _descendants(traced.procs["tollway"].pid), "mock": mock_pids})
+        # Idle: what the processes spend with no request at all (a sidecar's usual state).
+        idle_before = {target: cpu_ns([pid for pids in groups.values() for pid in pids if pid not in mock_pids])
+                       for target, (_, groups) in targets.items()}
+        time.sleep(IDLE_SECONDS)
+        idle = {target: (cpu_ns([pid for pids in groups.values() for pid in pids if pid not in mock_pids])
+                         - idle_before[target]) / 1e6 / IDLE_SECONDS for target, (_, groups) in targets.items()}
         for case in args.cases.split(","):
             script = work / f"{case}.lua"
             script.write_text(lua(case))
@@ -393,6 +401,9 @@ def main() -> int:
         print(f"  {what:52} {got:>14}   goal {goal:18} {'met' if met else 'MISSED'}")
     print("  where the memory is (PSS, MB): " + ", ".join(
         f"{name} {mb:.0f}" for name, mb in sorted(shares.values(), key=lambda item: -item[1])))
+    what = f"CPU while idle, {IDLE_SECONDS:.0f} s without a request"
+    print(f"  {what:52} {idle['gateway']:8.1f} ms/s   (not a goal: Envoy + Tollway; plain Envoy "
+          f"{idle['plain']:.1f} ms/s)")
     if stream:
         what = f"added time to the first byte, events {PACED_EVENT_MS} ms apart"
         print(f"  {what:52} {stream['paced_ms']:11.2f} ms"

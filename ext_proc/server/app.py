@@ -482,7 +482,9 @@ def _supervise(config: ServeConfig, zygote: Zygote, dealer: Dealer | None = None
         if dealer is not None:
             dealer.start()
         while True:
-            zygote.poll(0.2)
+            # Woken by the zygote's report of a worker's exit (a stop signal's handler stops the
+            # workers, whose exits wake it too); at least once a second regardless.
+            zygote.poll(1.0)
             for i, proc in enumerate(procs):
                 if proc.exitcode is not None and not stopping:
                     quick = time.monotonic() - started[i] < QUICK_DEATH

@@ -94,6 +94,7 @@ class RecordWriter:
         self._max_backlog = max_backlog
         self._immediate = immediate
         self._task: asyncio.Task[None] | None = None
+        self._work = asyncio.Event()  # set by emit: the periodic flush has something to follow up
         self.failures = 0  # batches the aggregates' store refused (tollway_ledger_write_failures_total)
         # Write failures (a full disk): the records wait in memory, the state is shown (status()).
         self.failing_since: float | None = None
@@ -136,6 +137,7 @@ class RecordWriter:
                 self._write()
         elif self._size > self._max_backlog:
             self._drop_oldest()
+        self._work.set()
 
     def started(self, record: dict[str, Any]) -> None:
         """A request goes upstream: note the record it gets if this process dies first (the journal)."""
@@ -304,8 +306,15 @@ class RecordWriter:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        """Every ``interval`` while records come (write or follow up, mark the journal, add to the
+        ledger), and not at all while none do: an idle worker is not woken 20 times a second to
+        find nothing to do. (A rotation another worker made while this one was idle is followed
+        after its next record, which lands in the rotated file: nothing is lost, see the module.)"""
+        work = self._work
         while True:
+            await work.wait()
             await asyncio.sleep(self._interval)
+            work.clear()  # a record emitted from here on asks for another round
             try:
                 if self.failing_since is None or time.monotonic() >= self._retry_at:
                     self.flush()
@@ -314,6 +323,8 @@ class RecordWriter:
                 await self._add_to_ledger()
             except Exception:  # never let the writer stop: every later record would be lost
                 log.exception("request log writer")
+            if self._lines or self._pending or self._unsure:  # unwritten, or the ledger refused: again
+                work.set()
 
     async def _add_to_ledger(self) -> None:
         if self._ledger is None or not (self._pending or self._unsure):

@@ -139,7 +139,10 @@ def _main(conn: multiprocessing.connection.Connection, closing: tuple[Any, ...],
     children: dict[int, multiprocessing.process.BaseProcess] = {}
     try:
         while True:
-            if conn.poll(0.2):
+            # Asleep until the supervisor asks for a worker or a worker exits (its sentinel): an
+            # idle zygote is never woken to find nothing to do.
+            ready = multiprocessing.connection.wait([conn, *(child.sentinel for child in children.values())])
+            if conn in ready:
                 try:
                     message = conn.recv()
                 except (EOFError, OSError):

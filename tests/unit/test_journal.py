@@ -382,6 +382,44 @@ def test_the_periodic_writer_retries_and_survives(tmp_path: Path, monkeypatch: p
     assert [r["request_id"] for r in read_records([str(real)])] == ["r1"]
 
 
+def test_an_idle_writer_sleeps_and_wakes_for_the_next_record(tmp_path: Path) -> None:
+    """The periodic flush follows records up (the journal's marks, a rotation), then waits for
+    the next record instead of waking every ``interval`` (an idle sidecar's CPU)."""
+    import asyncio
+
+    path = tmp_path / "requests.jsonl"
+
+    async def run() -> tuple[int, int, list[str]]:
+        writer = RecordWriter(str(path), interval=0.005, journal=True, immediate=True)
+        rounds = 0
+        flush = writer.flush
+
+        def counted() -> None:
+            nonlocal rounds
+            rounds += 1
+            flush()
+
+        writer.flush = counted  # type: ignore[method-assign]
+        writer.start()
+        writer.started(record("r1", "ok"))
+        writer.emit(record("r1", "ok"))
+        await asyncio.sleep(0.2)  # 40 intervals
+        after_one = rounds
+        assert writer.journal is not None
+        marks = [line for line in Path(writer.journal.path).read_text().splitlines()
+                 if "done" in line]
+        writer.emit(record("r2", "ok"))
+        await asyncio.sleep(0.05)
+        after_two = rounds
+        await writer.close()
+        return after_one, after_two, marks
+
+    after_one, after_two, marks = asyncio.run(run())
+    assert after_one == 1 and marks  # one round: the journal marked r1 done, then nothing until r2
+    assert after_two == 2
+    assert [r["request_id"] for r in read_records([str(path)])] == ["r1", "r2"]
+
+
 def test_session_transcript_still_sees_the_record_after_the_note() -> None:
     transcript = Transcript()
     transcript >> head()
