@@ -48,7 +48,7 @@ from ext_proc.server.metrics import Exchange, Names, Tally
 from ext_proc.server.node_state import NodeStateServer
 from ext_proc.server.reload import PolicyController, Publication
 from ext_proc.server.zygote import Worker, Zygote, ZygoteGone
-from ext_proc.state.ledger import Ledger, MemoryLedger, RedisLedger
+from ext_proc.state.ledger import Ledger, RedisLedger
 
 log = logging.getLogger("tollway.serve")
 
@@ -369,10 +369,12 @@ def bind_admin(host: str, port: int) -> socket.socket:
     return sock
 
 
-def open_ledger(redis_url: str | None) -> Ledger:
-    """Spend aggregates: in Redis when a URL is given (shared by every sidecar), else in-process."""
+def open_ledger(redis_url: str | None) -> Ledger | None:
+    """Spend aggregates in Redis when a URL is given (shared by every sidecar), else none: without
+    Redis nothing reads aggregates (``tollway report``, ``/v1/report`` and the dashboard read the
+    request log), and a worker's own would only grow (a bucket per made-up model name, for good)."""
     if not redis_url:
-        return MemoryLedger()
+        return None
     import redis
 
     return RedisLedger(redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2))
@@ -385,8 +387,9 @@ def recover_records(config: ServeConfig, counted: Exchange | None = None) -> Non
     if not config.log_file:
         return
     sinks: list[Callable[[list[dict[str, Any]]], None]] = []
-    if config.redis_url:
-        sinks.append(open_ledger(config.redis_url).add)
+    ledger = open_ledger(config.redis_url)
+    if ledger is not None:
+        sinks.append(ledger.add)
     if counted is not None:
         tally = counted.tally
 

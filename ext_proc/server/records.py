@@ -20,8 +20,9 @@ partial write is finished first, so the line it began is completed. :meth:`Recor
 ``/readyz`` (``request_log``) and the ``tollway_request_log_*`` metrics; the log says it once,
 then every 10 s.
 
-Aggregates: each batch is also added to a :class:`~ext_proc.state.ledger.Ledger` (in-process,
-or Redis through a worker thread so the event loop never waits on the network). A batch Redis
+Aggregates: with ``--redis`` each batch is also added to a :class:`~ext_proc.state.ledger.Ledger`
+(through a worker thread, so the event loop never waits on the network); without it there are
+none (nothing would read them: reports read the log). A batch Redis
 refused, or did not answer in time, is kept with its id and sent again at the next flush (up to
 ``MAX_PENDING`` records): the id makes Redis add it once, even if it had carried out the first
 send after all; the log file holds every record either way.
@@ -45,7 +46,7 @@ import orjson
 
 from ext_proc.ledger.log import log_files
 from ext_proc.server.journal import Journal, directory_for
-from ext_proc.state.ledger import Ledger, MemoryLedger
+from ext_proc.state.ledger import Ledger
 
 log = logging.getLogger("tollway.records")
 MAX_PENDING = 100_000
@@ -328,10 +329,6 @@ class RecordWriter:
 
     async def _add_to_ledger(self) -> None:
         if self._ledger is None or not (self._pending or self._unsure):
-            return
-        if isinstance(self._ledger, MemoryLedger):
-            batch, self._pending = self._pending, []
-            self._ledger.add(batch)
             return
         # A batch keeps its id until Redis has answered it: one that timed out may have been carried
         # out (Redis hung, then ran it), and its id makes the next try of it add nothing twice.

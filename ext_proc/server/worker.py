@@ -124,7 +124,7 @@ def run(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.sock
 async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
                  publication: Publication, dealt: socket.socket | None = None) -> None:
     registry = CollectorRegistry()
-    ledger = open_ledger(config.redis_url)
+    ledger = open_ledger(config.redis_url)  # None without Redis: reports read the log
     records = RecordWriter(config.log_file, ledger=ledger, journal=True, immediate=True)
     records.start()
     holder = PolicyHolder(publication, registry) if config.policy else None
@@ -229,7 +229,7 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         policy = holder.current if holder else None
         return policy is not None and (model in policy.models or model in policy.aliases)
 
-    admin = AdminServer(registry, ready, config.log_file, ledger if config.redis_url else None, budget_rows,
+    admin = AdminServer(registry, ready, config.log_file, ledger, budget_rows,
                         token=config.admin_token, before_scrape=before_scrape, serves=serves)
     publishing = loop.create_task(publisher.run())
     if admin_sock is not None:

@@ -1,4 +1,4 @@
-"""Spend aggregates per day, team, model, key and provider: in-process or in Redis.
+"""Spend aggregates per day, team, model, key and provider, in Redis (or in-process, for tests).
 
 Each finished request adds to one bucket, keyed by (UTC day, team, model, key id, provider):
 request count, input/output/cached/reasoning tokens, cost in integer micro-dollars, counts of
@@ -11,13 +11,15 @@ A bucket keeps the team and the key id apart, and a report by key names a key wi
 (``ci@search``, :func:`~ext_proc.state.rows.group_of`): buckets written before reports did so
 read that way too, nothing to migrate.
 
-:class:`MemoryLedger` keeps the buckets in this process (one sidecar, one worker); the request
-log stays the complete record either way. :class:`RedisLedger` adds the same buckets with
+:class:`RedisLedger` keeps the buckets in Redis, where every sidecar adds to them with
 ``HINCRBY`` (atomic per field, so any number of sidecars can add to one Redis), a batch in one
 script that marks it first, so a batch sent again after a timeout adds nothing twice, and
-indexes buckets per day in a set. Both answer :meth:`rows` with the report's
-:class:`~ext_proc.state.rows.Row`, and :meth:`cells` with a row per (day, team, model, provider)
-(the dashboard's).
+indexes buckets per day in a set. The service keeps aggregates only there (``--redis``):
+without Redis, reports and the dashboard read the request log, which stays the complete record
+either way. :class:`MemoryLedger` keeps the same buckets in a dictionary, never pruned: the
+reference the Redis buckets are tested against, not for a process that lives long. Both answer
+:meth:`rows` with the report's :class:`~ext_proc.state.rows.Row`, and :meth:`cells` with a row
+per (day, team, model, provider) (the dashboard's).
 """
 
 from __future__ import annotations
@@ -172,7 +174,7 @@ class Ledger(Protocol):
 
 
 class MemoryLedger:
-    """Buckets in this process."""
+    """Buckets in this process, never pruned (the tests' reference; the service keeps none)."""
 
     def __init__(self) -> None:
         self.buckets: dict[Bucket, dict[str, int]] = {}

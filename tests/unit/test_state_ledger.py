@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from ext_proc.ledger.report import aggregate, month_window
+from ext_proc.server.app import open_ledger
 from ext_proc.server.records import RecordWriter
 from ext_proc.state.ledger import MemoryLedger, RedisLedger
 from tests.unit.test_ledger import RECORDS
@@ -120,3 +123,31 @@ def test_redis_cells_match_memory_and_buckets_without_outcomes_read_unknown(redi
     client.hset(old, mapping={"requests": 3, "input_tokens": 30, "latency_n": 3, "latency_us_sum": 3000})
     row = ledger.cells(*OCTOBER)[("2026-10-15", "search", "gpt-4o", "openai")]
     assert (row.errors, row.incomplete, row.unknown_outcome) == (1, 1, 3)
+
+
+def test_without_redis_a_worker_keeps_no_aggregates(tmp_path: Path) -> None:
+    """Without --redis nothing reads spend aggregates (reports, /v1/report and the dashboard read
+    the request log), so a worker keeps none. It once added every record to an in-process ledger
+    that was never pruned: each model name a caller made up (a 404 from any valid key) a bucket
+    kept for good, about 550 bytes, 55 MB per worker for 100,000 names."""
+    ledger = open_ledger(None)
+    assert ledger is None
+    writer = RecordWriter(str(tmp_path / "requests.jsonl"), ledger=ledger, immediate=True)  # as the worker's
+
+    async def refused(n: int) -> None:
+        for i in range(n):
+            writer.emit({"request_id": f"r{i}", "team": "search", "key_id": "ci", "api": "openai.chat.completions",
+                         "model": f"made-up-{i}", "provider": None, "outcome": "rejected", "status": 404,
+                         "error": "model_not_found", "input_tokens": None, "output_tokens": None,
+                         "cost_usd_micros": None})
+        await writer._add_to_ledger()  # what the writer's periodic flush does
+
+    asyncio.run(refused(100))  # warm: the writer's own buffers
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        asyncio.run(refused(10_000))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 200_000, grown  # kept: nothing per name (an in-process ledger kept 5.5 MB)
