@@ -268,16 +268,19 @@ class Tally:
                 elif code == "rate_limit_exceeded":
                     add(("tollway_rate_limit_refusals", limit))
             return
-        if provider == "none":
-            return  # answered by Tollway itself (model list, local token count)
-        if record.get("fallback"):
-            add(("tollway_fallbacks", model, provider))
-        attempts = record.get("attempts")  # every API's: requests that reached a provider minus these are retries
-        if attempts:
-            add(("tollway_provider_attempts", model), attempts)
+        if provider != "none":
+            if record.get("fallback"):
+                add(("tollway_fallbacks", model, provider))
+            attempts = record.get("attempts")  # every API's: requests that reached a provider minus these are retries
+            if attempts:
+                add(("tollway_provider_attempts", model), attempts)
         operation = OPERATIONS.get(api)
         if operation is None:
-            return  # not inference (Anthropic's token count): no usage, cost or duration
+            return  # not inference (the model list, a token count): no usage, cost or duration
+        # Inference naming no provider still counts, under provider "none", as the report counts it:
+        # Tollway answers no inference API itself, so which provider is unknown, not that none was
+        # asked (a chain's request recovered from a dead worker's journal went upstream to the
+        # target Envoy picked; a chain Envoy answered itself, with no endpoint to try).
         kind = names.provider_kind(provider, policy)
         inp, out = record.get("input_tokens"), record.get("output_tokens")
         if inp is None and out is None:

@@ -173,6 +173,33 @@ def test_every_try_at_a_provider_is_counted_whatever_the_api() -> None:
     assert merged.value("tollway_provider_attempts") - reached == 0
 
 
+def test_a_chains_request_recovered_from_a_dead_workers_journal_counts_as_the_report_counts_it() -> None:
+    """The record a dead worker's journal yields for an alias of two targets names no provider
+    (Envoy picks the target: the first, unless outlier detection took it out), yet the request went
+    upstream: the report counts its estimated input and one request of unknown cost, and so does
+    /metrics (it once stopped at the missing provider and counted neither)."""
+    from ext_proc.ledger.report import aggregate
+
+    recovered = {**OK, "model": "chat", "served_model": None, "provider": None, "status": None,
+                 "outcome": "incomplete", "error": "service_interrupted", "input_tokens": 812, "output_tokens": None,
+                 "cached_tokens": None, "reasoning_tokens": None, "cost_usd_micros": None, "latency_ms": None,
+                 "ttft_ms": None, "attempts": None, "fallback": False, "guardrails": [], "guardrail_triggers": [],
+                 "injection_score": None, "recovered": True, "ts": 1_795_463_922.5}
+    row = aggregate([recovered], "team")[0]
+    tally = Tally(Names(lambda: POLICY))
+    tally.record(recovered)
+    got = scrape(tally)
+    tokens = (("gen_ai_operation_name", "chat"), ("gen_ai_provider_name", "none"), ("gen_ai_request_model", "chat"),
+              ("gen_ai_response_model", "none"), ("gen_ai_token_modality", "unknown"), ("provider", "none"),
+              ("team", "search"))
+    assert got[("gen_ai_client_inference_usage_input_tokens_total", tokens)] == row.input_tokens == 812
+    unpriced = (("model", "chat"), ("provider", "none"), ("team", "search"))
+    assert got[("tollway_requests_unpriced_total", unpriced)] == row.unknown_cost == 1
+    # Not a try Envoy is known to have made: the retries (attempts minus requests that reached a
+    # provider, provider!="none") stay as they were.
+    assert not any(name.startswith(("tollway_provider_attempts", "tollway_fallbacks")) for name, _ in got)
+
+
 def test_workers_files_are_summed_and_a_dead_workers_counts_stay(tmp_path: Path) -> None:
     # Another worker, in its own process, counts two requests and writes its file; then it is gone.
     code = ("import sys; from ext_proc.server.metrics import Exchange, Tally; t = Tally(); "
