@@ -80,11 +80,15 @@ def aggregate(
 
 
 def human_count(n: int) -> str:
-    """4200000 → "4.2M", 12345 → "12.3K", 950 → "950"."""
-    for size, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
-        if n >= size:
-            return f"{n / size:.1f}".rstrip("0").rstrip(".") + suffix
-    return str(n)
+    """4200000 → "4.2M", 12345 → "12.3K", 950 → "950"; 999999 → "1M" (rounded up to the next
+    unit, never "1000K")."""
+    if n < 1_000:
+        return str(n)
+    for size, suffix in ((1_000, "K"), (1_000_000, "M"), (1_000_000_000, "B")):
+        text = f"{n / size:.1f}"
+        if float(text) < 1_000 or suffix == "B":
+            return text.rstrip("0").rstrip(".") + suffix
+    raise AssertionError("unreachable")
 
 
 def refusals(row: Row) -> str:

@@ -81,6 +81,9 @@ def test_requests_a_guardrail_blocked_count_as_triggers() -> None:
 
 def test_formatting() -> None:
     assert [human_count(n) for n in (950, 12_345, 4_200_000, 3_000_000_000)] == ["950", "12.3K", "4.2M", "3B"]
+    # Rounded up to the next unit, never "1000K": 999,999 tokens read 1M
+    assert [human_count(n) for n in (999, 1_000, 999_949, 999_950, 999_999, 999_999_999, 10**13)] == [
+        "999", "1K", "999.9K", "1M", "1M", "1B", "10000B"]
     assert [dollars(m) for m in (0, 800, 38, 1, 4_999, 10_000, 14_999, 84_000_000, 1_234_567_890)] == [
         "$0.00", "$0.0008", "$0.000038", "$0.000001", "$0.005", "$0.01", "$0.01", "$84.00", "$1,234.57"]
 
