@@ -139,7 +139,7 @@ class Flow:
         self.refused: ClientError | None = None  # a guardrail blocked the streamed answer: the client gets this
         self.served_model: str | None = None
         self.attempts: int | None = None
-        self.fallback = False
+        self.fallback = False  # a later target than the chain's first served the request (not: failed there too)
         self.status: int | None = None
         self.ttft: int | None = None
         self.outcome: str | None = None

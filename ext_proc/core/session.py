@@ -288,7 +288,7 @@ class Session:
             flow.note("tollway.response", event.at, **{"http.response.status_code": flow.status or 0,
                                                       "tollway.provider": flow.provider or "",
                                                       "tollway.attempts": flow.attempts or 0})
-            if flow.fallback:
+            if flow.fallback and flow.status is not None and flow.status < 400:  # served by a later target
                 flow.note("tollway.fallback", event.at, **{"tollway.provider": flow.provider or "",
                                                           "tollway.attempts": flow.attempts or 0})
         if event.end_of_stream:
@@ -468,6 +468,8 @@ class Session:
         flow = self.flow
         self.phase = Phase.DONE
         flow.outcome = outcome
+        # A fallback is a request a later target of its chain served: not one that failed there too.
+        flow.fallback = flow.fallback and outcome != "error"
         reader = flow.meter.reader
         if reader is not None:
             if reader.model is not None:
