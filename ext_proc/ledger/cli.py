@@ -100,8 +100,11 @@ def report_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [row.as_dict() for row in _rows(args, args.by)]
 
 
-COLUMNS = ("group", "requests", "refused", "tokens", "input_tokens", "output_tokens", "cost_usd", "avg_latency_ms",
-           "p95_latency_ms", "guardrail_triggers", "fallbacks", "unknown_usage", "unknown_cost")
+COLUMNS = ("group", "requests", "refused", "lookups", "tokens", "input_tokens", "output_tokens", "cost_usd",
+           "avg_latency_ms", "p95_latency_ms", "guardrail_triggers", "fallbacks", "unknown_usage", "unknown_cost")
+# CSV: a column added later comes last, so a reader by position finds the others where they were.
+CSV_COLUMNS = (*(c for c in COLUMNS if c != "lookups"), "cached_tokens", "reasoning_tokens", "cost_usd_micros",
+               "lookups")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,18 +123,22 @@ def _run(args: argparse.Namespace) -> int:
         elif not window:
             window = f"{args.since or 'the beginning'} to {args.until or 'today'}"
         per_model = _rows(args, "model")
+        told = [line for line in (sentence(args.team, row) for row in per_model) if line is not None]
         if not per_model:
             print(f"Team {args.team} sent no requests in {window}.")
-        for row in per_model:
-            print(sentence(args.team, row))
+        elif not told:  # model lists and token counts alone
+            lookups = sum(row.lookups for row in per_model)
+            print(f"Team {args.team} called no model in {window}: its {lookups} request{'s' if lookups != 1 else ''} "
+                  f"listed models or counted tokens.")
+        for line in told:
+            print(line)
         return 0
     rows = report_rows(args)
     if args.format == "json":
         sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
     elif args.format == "csv":
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=[*COLUMNS, "cached_tokens", "reasoning_tokens", "cost_usd_micros"],
-                                extrasaction="ignore")
+        writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for found in rows:  # plain decimals, never 8e-06
             writer.writerow({**found, "cost_usd": f"{usd(found['cost_usd_micros']):f}"})

@@ -4,10 +4,12 @@ Theory of operation. :class:`Timeline` is fed request records one by one (the ad
 feeds it the request log incrementally: each refresh reads only the lines written since the
 last one) and keeps, per time slot (5 minutes by default) and per (team, model, provider), the
 same totals as a spend report's row (:class:`~ext_proc.state.rows.Row`: requests, refused,
-tokens, cost in integer micro-dollars, unknown usage and price, fallbacks, guardrail triggers,
-errors and cut streams) plus a latency histogram. Slots older than ``keep`` are dropped; a line
-that is not a record, or dated after the present (an edited line, a clock that jumped ahead:
-kept, it would push the present out of the window), is left out and counted (``skipped``).
+tokens, cost in integer micro-dollars, unknown usage and price, lookups, fallbacks, guardrail
+triggers, errors and cut streams) plus a histogram of the latencies of the model calls a provider
+answered (:func:`~ext_proc.state.rows.served_latency`, as the reports' average). Slots older than
+``keep`` are dropped; a line that is not a record, or dated after the present (an edited line,
+a clock that jumped ahead: kept, it would push the present out of the window), is left out and
+counted (``skipped``).
 :class:`ModelNames` gives a row of its own to every model name the policy serves and to the
 first ``UNSERVED_MODELS`` others (a client's free text); the rest are ``(other)``, so memory and
 the page are bounded by slots × teams × models, not by traffic. :meth:`Timeline.summary` adds
@@ -77,10 +79,8 @@ class Totals:
             self.latency = [0] * (len(self.bounds) + 1)
 
     def add(self, record: dict[str, Any]) -> None:
-        if not self.row.add(record):
-            return
-        latency = record.get("latency_ms")
-        if isinstance(latency, (int, float)):
+        latency = self.row.add(record)  # a model call's a provider answered, else None
+        if latency is not None:
             self.latency[bisect.bisect_left(self.bounds, latency)] += 1
 
     def merge(self, other: Totals) -> None:

@@ -7,7 +7,10 @@ Tokens are input + output; cost is the sum of ``cost_usd_micros`` (integer micro
 records whose usage or price is unknown are *counted* as such rather than added as zero, so a
 report can say "at least". Requests Tollway refused itself (outcome ``rejected``: a 401, 403, 404
 or 400 answered before any provider was asked) are counted as *refused*, by status: they sent no
-tokens, cost nothing, and their (tiny) latency is left out of the averages.
+tokens, cost nothing, and their (tiny) latency is left out of the averages. Model lists and token
+counts are *lookups* (:func:`~ext_proc.state.rows.lookup`): no model call, so no tokens, no cost
+and no latency either; the average and p95 latency are those of the model calls a provider
+answered (:func:`~ext_proc.state.rows.served_latency`), not of its errors or of cut streams.
 """
 
 from __future__ import annotations
@@ -72,10 +75,9 @@ def aggregate(
         row = rows.get(key)
         if row is None:
             row = rows[key] = Row(key)
-        if row.add(record):
-            latency = record.get("latency_ms")
-            if isinstance(latency, (int, float)):
-                row.latencies.append(float(latency))
+        latency = row.add(record)
+        if latency is not None:
+            row.latencies.append(latency)
     return sorted(rows.values(), key=lambda r: (-r.cost_usd_micros, -r.tokens, r.group))
 
 
@@ -98,34 +100,51 @@ def refusals(row: Row) -> str:
     return f"{row.refused} request{'s' if row.refused != 1 else ''}" + (f" ({detail})" if detail else "")
 
 
-def sentence(team: str, row: Row) -> str:
-    """One plain-English line per (team, model) row, in the form the platform team asked for."""
-    if row.requests == row.refused:
+def sentence(team: str, row: Row) -> str | None:
+    """One plain-English line per (team, model) row, in the form the platform team asked for;
+    None for a row of lookups alone (model lists, token counts: no model was called, nothing to
+    say in tokens, cost or latency)."""
+    calls = row.requests - row.refused - row.lookups  # model calls that went to a provider
+    if calls <= 0:
+        if not row.refused:
+            return None
         return f"Team {team} sent nothing to {row.group}: Tollway refused its {refusals(row)} before asking a provider."
-    refused = f" Tollway also refused {refusals(row)}." if row.refused else ""
+    tail = f" Tollway also refused {refusals(row)}." if row.refused else ""
+    guard = _guardrails(row)
+    if row.errors and not (row.latency_count or row.tokens or row.unknown_usage or row.incomplete):
+        # every call got an error answer (none served, none cut): no work done, nothing charged
+        each = "it with an error" if calls == 1 else "each with an error"
+        fired = f", and {guard}" if row.guardrails else ""
+        return (f"Team {team} sent {_requests(calls)} to {row.group} and the provider answered {each} "
+                f"(no tokens, nothing charged){fired}.{tail}")
     cost = dollars(row.cost_usd_micros)
     if row.unknown_cost:
         # No price for the model, or usage reported in part (a request recovered after a crash)
         n = row.unknown_cost
         cost = f"at least {cost} ({n} request's cost is unknown)" if n == 1 else \
             f"at least {cost} ({n} requests' costs are unknown)"
-    if row.unknown_usage:  # provider errors, cut streams: counted, never taken for zero tokens
+    if row.errors:  # an error answer did no work and costs nothing
+        tail = f" {_requests(row.errors)} got an error answer from the provider (nothing charged).{tail}"
+    if row.unknown_usage:  # cut streams, answers without usage: counted, never taken for zero tokens
         their = "its" if row.unknown_usage == 1 else "their"
-        refused = f" {_requests(row.unknown_usage)} got no usage report ({their} tokens are unknown).{refused}"
+        tail = f" {_requests(row.unknown_usage)} got no usage report ({their} tokens are unknown).{tail}"
     avg = row.avg_latency_ms
     latency = f"{avg:.0f}ms" if avg is not None else "unknown"
-    if not row.guardrails:
-        guard = "no request triggered a guardrail"
-    else:
-        parts = [
-            f"{count} request{'s' if count != 1 else ''} triggered the {_guardrail_name(name)} guardrail"
-            for name, count in sorted(row.guardrails.items(), key=lambda item: (-item[1], item[0]))
-        ]
-        guard = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
     return (
         f"Team {team} sent {human_count(row.tokens)} tokens to {row.group} at a cost of {cost}, "
-        f"with an average latency of {latency}, and {guard}.{refused}"
+        f"with an average latency of {latency}, and {guard}.{tail}"
     )
+
+
+def _guardrails(row: Row) -> str:
+    """``3 requests triggered the PII guardrail``, most triggered first."""
+    if not row.guardrails:
+        return "no request triggered a guardrail"
+    parts = [
+        f"{count} request{'s' if count != 1 else ''} triggered the {_guardrail_name(name)} guardrail"
+        for name, count in sorted(row.guardrails.items(), key=lambda item: (-item[1], item[0]))
+    ]
+    return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
 
 
 def _requests(n: int) -> str:

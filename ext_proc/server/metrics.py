@@ -46,6 +46,8 @@ from typing import Any
 
 import orjson
 
+from ext_proc.state.rows import fell_back
+
 log = logging.getLogger("tollway.metrics")
 
 MODEL_CAP = 50  # distinct served-model names beyond the policy's that get a label of their own
@@ -101,8 +103,8 @@ METRICS = {m.name: m for m in (
            ("team", "model", "provider")),
     Metric("tollway_requests_unpriced", "counter", "Requests with usage but no known price (cost not counted)",
            ("team", "model", "provider")),
-    Metric("tollway_requests_usage_unknown", "counter", "Requests that reached a provider but whose usage is unknown",
-           ("team", "model", "provider")),
+    Metric("tollway_requests_usage_unknown", "counter",
+           "Requests a provider answered (not with an error) whose usage is unknown", ("team", "model", "provider")),
     Metric("gen_ai_client_inference_duration_seconds", "histogram",
            "From the request reaching Tollway to the end of the answer", (*GEN_AI, "error_type", "provider"),
            DURATION_BUCKETS),
@@ -269,7 +271,7 @@ class Tally:
                     add(("tollway_rate_limit_refusals", limit))
             return
         if provider != "none":
-            if record.get("fallback"):
+            if fell_back(record):
                 add(("tollway_fallbacks", model, provider))
             attempts = record.get("attempts")  # every API's: requests that reached a provider minus these are retries
             if attempts:
@@ -284,7 +286,8 @@ class Tally:
         kind = names.provider_kind(provider, policy)
         inp, out = record.get("input_tokens"), record.get("output_tokens")
         if inp is None and out is None:
-            add(("tollway_requests_usage_unknown", team, model, provider))
+            if outcome != "error":  # an error answer did no work: no usage to miss
+                add(("tollway_requests_usage_unknown", team, model, provider))
         else:
             served = names.served_model(record.get("served_model"), policy)
             tokens = (operation, kind, model, served, "unknown", team, provider)

@@ -1,10 +1,14 @@
 """Spend aggregates per day, team, model, key and provider, in Redis (or in-process, for tests).
 
 Each finished request adds to one bucket, keyed by (UTC day, team, model, key id, provider):
-request count, input/output/cached/reasoning tokens, cost in integer micro-dollars, counts of
-unknown usage and unknown cost, refused requests by status, guardrail triggers, provider errors
-and cut streams, and latency as a sum plus a fixed histogram (so averages are exact and p95 is
-read from the histogram, to its bucket's upper bound). A sent request also adds 1 to
+request count, lookups (model lists, token counts), input/output/cached/reasoning tokens, cost in
+integer micro-dollars, counts of unknown usage and unknown cost, refused requests by status,
+guardrail triggers, fallbacks, provider errors and cut streams, and the latency of the model calls
+a provider answered (:func:`~ext_proc.state.rows.served_latency`) as a sum plus a fixed histogram
+(``served_*``: so averages are exact and p95 is read from the histogram, to its bucket's upper
+bound). Buckets an older Tollway wrote hold instead ``latency_*``, the latencies of every request
+it did not refuse, read as they are (a bucket with ``served_*`` fields reads only those: on the
+day of an upgrade, the requests after it). A sent request also adds 1 to
 ``outcomes``: buckets written before the outcome was counted have requests without it, whose
 errors and cut streams are unknown (:attr:`~ext_proc.state.rows.Row.unknown_outcome`), not 0.
 A bucket keeps the team and the key id apart, and a report by key names a key with its team
@@ -29,7 +33,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from ext_proc.state.rows import Row, group_of
+from ext_proc.state.rows import Row, fell_back, group_of, lookup, served_latency
 
 # Latency histogram upper bounds in ms (the last bucket is open-ended).
 LATENCY_BOUNDS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000)
@@ -72,26 +76,28 @@ def increments(record: dict[str, Any]) -> dict[str, int]:
         return refused | _guardrails(record)
     inp, out = record.get("input_tokens"), record.get("output_tokens")
     cost = record.get("cost_usd_micros")
+    outcome = record.get("outcome")
     fields = {
         "requests": 1,
+        "lookups": int(lookup(record)),
         "input_tokens": inp or 0,
         "output_tokens": out or 0,
         "cached_tokens": record.get("cached_tokens") or 0,
         "reasoning_tokens": record.get("reasoning_tokens") or 0,
         "cost_usd_micros": cost or 0,
-        "unknown_usage": int(inp is None and out is None),
+        "unknown_usage": int(inp is None and out is None and outcome != "error"),
         "unknown_cost": int(cost is None and (inp is not None or out is not None)),
-        "fallbacks": int(record.get("fallback") is True),
+        "fallbacks": int(fell_back(record)),
         "outcomes": 1,  # this request's errors and cut streams are counted (older buckets lack them)
-        "errors": int(record.get("outcome") == "error"),
-        "incomplete": int(record.get("outcome") == "incomplete"),
+        "errors": int(outcome == "error"),
+        "incomplete": int(outcome == "incomplete"),
     }
     fields |= _guardrails(record)
-    latency = record.get("latency_ms")
-    if isinstance(latency, (int, float)):
-        fields["latency_us_sum"] = round(latency * 1000)
-        fields["latency_n"] = 1
-        fields[f"latency_le:{bisect.bisect_left(LATENCY_BOUNDS, latency)}"] = 1
+    latency = served_latency(record)  # model calls a provider answered (older buckets: latency_*, every request)
+    if latency is not None:
+        fields["served_us_sum"] = round(latency * 1000)
+        fields["served_n"] = 1
+        fields[f"served_le:{bisect.bisect_left(LATENCY_BOUNDS, latency)}"] = 1
     return {k: v for k, v in fields.items() if v}
 
 
@@ -133,18 +139,21 @@ def _grouped(buckets: Iterable[tuple[Bucket, dict[str, int]]], key: Callable[[Bu
             row = rows[group] = Row(name, histogram=[0] * (len(LATENCY_BOUNDS) + 1))
         for name in ("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
                      "cost_usd_micros", "unknown_usage", "unknown_cost", "guardrail_triggers", "fallbacks",
-                     "refused", "errors", "incomplete"):
+                     "refused", "lookups", "errors", "incomplete"):
             setattr(row, name, getattr(row, name) + counters.get(name, 0))
         for name, value in counters.items():
             if name.startswith("guardrail:"):
                 row.guardrails[name[10:]] = row.guardrails.get(name[10:], 0) + value
             elif name.startswith("refused:"):
                 row.refused_by_status[name[8:]] = row.refused_by_status.get(name[8:], 0) + value
+        # The latencies of the model calls a provider answered; a bucket only an older Tollway wrote
+        # has those of every request it did not refuse (lookups, errors and cut streams too).
+        latency = "served" if "served_n" in counters else "latency"
         total, n, outcomes = sums.get(group, (0, 0, 0))
-        sums[group] = (total + counters.get("latency_us_sum", 0), n + counters.get("latency_n", 0),
+        sums[group] = (total + counters.get(f"{latency}_us_sum", 0), n + counters.get(f"{latency}_n", 0),
                        outcomes + counters.get("outcomes", 0))
         for i in range(len(row.histogram)):
-            row.histogram[i] += counters.get(f"latency_le:{i}", 0)
+            row.histogram[i] += counters.get(f"{latency}_le:{i}", 0)
     for group, row in rows.items():
         total, n, outcomes = sums[group]
         row.latency_sum_ms, row.latency_count = total / 1000, n

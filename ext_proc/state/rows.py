@@ -2,7 +2,9 @@
 
 The one shape every report is made of, whether it was aggregated from the request log
 (:mod:`ext_proc.ledger.report`) or read from the shared counters (:mod:`ext_proc.state.ledger`),
-and :func:`group_of` the one rule both follow for which row a request counts in.
+and the rules every report, the dashboard and the metrics follow: :func:`group_of` for which row
+a request counts in, :func:`served_latency` for which requests the latencies are of,
+:func:`fell_back` for what a fallback is.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from ext_proc.llm.apis import ANTHROPIC_MODELS, COUNT_TOKENS, OPENAI_MODELS
 from ext_proc.policy.compiled import key_member
 
 GROUPS = {"team": "team", "model": "model", "key": "key_id", "provider": "provider"}
@@ -28,6 +31,39 @@ def group_of(by: str, record: Mapping[str, Any]) -> str:
         return "(none)"
     team = record.get("team")
     return key_member(str(team), str(value)) if by == "key" and team else str(value)
+
+
+# The APIs that call no model (a record's ``api``): the model lists and Anthropic's token count,
+# whether Tollway answered them itself or forwarded them. A report counts them as ``lookups``:
+# no tokens, no cost, and not in the latencies, which are those of model calls.
+LOOKUP_APIS = frozenset(api.name for api in (OPENAI_MODELS, ANTHROPIC_MODELS, COUNT_TOKENS))
+SERVED = ("ok", "blocked")  # outcomes of a request a provider answered (blocked: answered, withheld by a guardrail)
+
+
+def lookup(record: Mapping[str, Any]) -> bool:
+    """Whether a request called no model (a model list, a token count): see :data:`LOOKUP_APIS`."""
+    return record.get("api") in LOOKUP_APIS
+
+
+def served_latency(record: Mapping[str, Any]) -> float | None:
+    """The latency a request adds to a report's average and percentiles, None for none: those
+    are the latencies of model calls a provider answered (outcome ``ok``, or ``blocked``: answered
+    and billed, the answer withheld by a guardrail), what ``gen_ai_client_inference_duration_seconds``
+    counts with an empty ``error_type``. Refused requests, lookups (model lists, token counts),
+    provider errors (often a fast 503) and cut streams (a client that left) are left out."""
+    if record.get("outcome") not in SERVED or not record.get("provider") or lookup(record):
+        return None
+    latency = record.get("latency_ms")
+    if isinstance(latency, bool) or not isinstance(latency, (int, float)):
+        return None
+    return float(latency)
+
+
+def fell_back(record: Mapping[str, Any]) -> bool:
+    """Whether a later target than its chain's first served the request. Tollway records
+    ``fallback: true`` only then; older Tollways also did for a chain that failed at every target
+    (outcome ``error``), which this leaves out too."""
+    return record.get("fallback") is True and record.get("outcome") != "error"
 
 
 def usd(micros: int) -> Decimal:
@@ -68,38 +104,42 @@ class Row:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cost_usd_micros: int = 0
-    unknown_usage: int = 0  # requests whose provider reported no usage
+    unknown_usage: int = 0  # requests a provider answered (not with an error) without reporting usage
     unknown_cost: int = 0  # requests with usage but no known price
     guardrail_triggers: int = 0  # requests on which at least one guardrail fired
     fallbacks: int = 0  # requests served by a fallback target (not the first of their chain)
     refused: int = 0  # requests Tollway answered itself (outcome "rejected"): nothing was sent
+    lookups: int = 0  # model lists and token counts (not refused): no model call, no tokens, no latency
     refused_by_status: dict[str, int] = field(default_factory=dict)  # HTTP status -> refused requests
     guardrails: dict[str, int] = field(default_factory=dict)  # guardrail name -> requests it fired on
     errors: int = 0  # the provider answered an error
     incomplete: int = 0  # the stream was cut (by the provider or the client leaving)
     unknown_outcome: int = 0  # requests sent whose outcome the aggregates do not hold (counted before they did)
-    latency_sum_ms: float = 0.0
+    latency_sum_ms: float = 0.0  # of the model calls a provider answered (served_latency)
     latency_count: int = 0
-    latencies: list[float] = field(default_factory=list, repr=False)  # every latency (reports from the log)
+    latencies: list[float] = field(default_factory=list, repr=False)  # those latencies (reports from the log)
     p95_bound_ms: float | None = None  # p95 as a histogram bound (reports from aggregates)
     histogram: list[int] = field(default_factory=list, repr=False)  # the aggregates' latency buckets' counts
 
-    def add(self, record: dict[str, Any]) -> bool:
-        """Count one request record in this row (a report's, the dashboard's); False for a refused
-        one (nothing was sent: only ``refused``, its status and the guardrails that fired are counted)."""
+    def add(self, record: dict[str, Any]) -> float | None:
+        """Count one request record in this row (a report's, the dashboard's). A refused one (nothing
+        was sent) counts only in ``refused``, by status, and in the guardrails that fired. Returns the
+        latency added to the average (:func:`served_latency`), None when none was."""
         self.requests += 1
         fired = record.get("guardrails")  # a guardrail that blocked the request fired too
         if fired:
             self.guardrail_triggers += 1
             for name in set(fired):
                 self.guardrails[name] = self.guardrails.get(name, 0) + 1
-        if record.get("outcome") == "rejected":
+        outcome = record.get("outcome")
+        if outcome == "rejected":
             self.refused += 1
             status = str(record.get("status") or "?")
             self.refused_by_status[status] = self.refused_by_status.get(status, 0) + 1
-            return False
+            return None
+        self.lookups += lookup(record)
         inp, out = record.get("input_tokens"), record.get("output_tokens")
-        if inp is None and out is None:
+        if inp is None and out is None and outcome != "error":  # an error answer did no work: no usage to miss
             self.unknown_usage += 1
         self.input_tokens += inp or 0
         self.output_tokens += out or 0
@@ -110,20 +150,20 @@ class Row:
             self.unknown_cost += inp is not None or out is not None
         else:
             self.cost_usd_micros += cost
-        self.fallbacks += record.get("fallback") is True
-        self.errors += record.get("outcome") == "error"
-        self.incomplete += record.get("outcome") == "incomplete"
-        latency = record.get("latency_ms")
-        if isinstance(latency, (int, float)):
+        self.fallbacks += fell_back(record)
+        self.errors += outcome == "error"
+        self.incomplete += outcome == "incomplete"
+        latency = served_latency(record)
+        if latency is not None:
             self.latency_sum_ms += latency
             self.latency_count += 1
-        return True
+        return latency
 
     def merge(self, other: Row) -> None:
         """Add another row's totals to this one (not its latencies, nor its histogram)."""
         for name in ("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
                      "cost_usd_micros", "unknown_usage", "unknown_cost", "guardrail_triggers", "fallbacks",
-                     "refused", "errors", "incomplete", "unknown_outcome", "latency_count"):
+                     "refused", "lookups", "errors", "incomplete", "unknown_outcome", "latency_count"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.latency_sum_ms += other.latency_sum_ms
         for status, n in other.refused_by_status.items():

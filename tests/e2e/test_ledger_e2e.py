@@ -16,7 +16,9 @@ import pytest
 
 from ext_proc.cli import main
 from ext_proc.ledger.log import log_files, read_records
+from ext_proc.policy.compiled import key_digest
 from ext_proc.stack import ROOT, Stack, mock_plan
+from tests.e2e.conftest import Providers
 
 pytestmark = pytest.mark.e2e
 
@@ -165,4 +167,144 @@ def test_with_redis_the_dashboard_shows_errors_cut_streams_and_latency(tmp_path:
     assert team["p95_latency_ms"] == totals["p95_latency_ms"]
     (pair,) = data["team_models"]
     assert (pair["team"], pair["model"], pair["requests"]) == ("demo", "gpt-4o-mini", 4)
-    assert pair["avg_latency_ms"] == pytest.approx(sum(r["latency_ms"] for r in logged) / 4, abs=0.002)
+    # the average of the model calls the provider answered (not of its error, nor of the cut stream)
+    served = [r["latency_ms"] for r in logged if r["outcome"] == "ok"]
+    assert pair["avg_latency_ms"] == pytest.approx(sum(served) / 2, abs=0.002)
+
+
+MIX_SEARCH = "tw-search-mix-key-0123456789abcdefghijklmnopq"
+MIX_POLICY = f"""
+apiVersion: tollway/v1
+providers:
+  openai: {{kind: openai, credential: {{env: MIX_OPENAI_KEY}}}}
+  anthropic: {{kind: anthropic, credential: {{env: MIX_ANTHROPIC_KEY}}}}
+models:
+  gpt-4o: {{provider: openai}}
+  claude-haiku: {{provider: anthropic, model: claude-3-5-haiku-20241022}}
+teams:
+  search: {{keys: [{{id: ci, sha256: "{key_digest(MIX_SEARCH)}"}}], models: ["*"]}}
+guardrails:
+  rules:
+    - {{name: cards, detectors: [credit_card], action: block}}
+routing:
+  aliases:
+    smart:
+      targets:
+        - {{provider: openai, model: gpt-4o}}
+        - {{provider: anthropic, model: claude-3-5-haiku-20241022}}
+"""
+SLOW = {"x-mock-latency-ms": "150"}  # a model call takes a while; token counts, lists and errors do not
+
+
+def mixed(base_url: str) -> int:
+    """Model calls (served, fallen back, failed at every target, cut, abandoned), a refusal, token
+    counts (forwarded to Anthropic, and counted by Tollway for an OpenAI model) and a model list."""
+    hi = [{"role": "user", "content": "hi"}]
+    auth = {"authorization": f"Bearer {MIX_SEARCH}"}
+    sent = 0
+    with httpx.Client(base_url=base_url, timeout=30, headers=auth) as http:
+        for _ in range(2):
+            assert http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": hi},
+                             headers=SLOW).status_code == 200
+        served = http.post("/v1/chat/completions", json={"model": "smart", "messages": hi},
+                           headers={**SLOW, "x-mock-openai-status": "503"})
+        assert served.status_code == 200 and served.headers["x-tollway-provider"] == "anthropic"
+        failed = http.post("/v1/chat/completions", json={"model": "smart", "messages": hi},
+                           headers={"x-mock-status": "503"})
+        assert failed.status_code == 503
+        assert http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": hi},
+                         headers={"x-mock-status": "429"}).status_code == 429
+        with contextlib.suppress(httpx.HTTPError), http.stream(
+                "POST", "/v1/chat/completions", json={"model": "gpt-4o", "messages": hi, "stream": True},
+                headers={"x-mock-cut-after": "3"}) as response:
+            for _ in response.iter_raw():
+                pass
+        with http.stream("POST", "/v1/chat/completions", json={"model": "gpt-4o", "messages": hi, "stream": True},
+                         headers={"x-mock-inter-chunk-ms": "40", "x-mock-chunks": "20"}) as response:
+            for _ in response.iter_raw():
+                break  # the client walks away mid-stream
+        card = [{"role": "user", "content": "card 4111 1111 1111 1111"}]
+        assert http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": card}).status_code == 400
+        sent += 8
+        for model in ("claude-haiku", "gpt-4o"):
+            counted = http.post("/v1/messages/count_tokens", json={"model": model, "messages": hi},
+                                headers={"x-api-key": MIX_SEARCH, "anthropic-version": "2023-06-01"})
+            assert counted.status_code == 200, counted.text
+        assert http.get("/v1/models").status_code == 200
+        sent += 3
+    return sent
+
+
+def test_a_mix_reads_alike_in_the_log_redis_metrics_and_the_dashboard(
+    tmp_path: Path, redis_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report from the log and from Redis, /metrics and /v1/dashboard agree on a mix with token
+    counts, a model list, fast provider errors and cut streams: the average latency is that of the
+    model calls a provider answered (the duration histogram's with no error_type), a chain that
+    failed at every target is no fallback, an error answer is no unknown usage, and the team's
+    sentences never say "sent 0 tokens"."""
+    import redis
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    redis.Redis(port=redis_port).flushall()
+    keys = {"MIX_OPENAI_KEY": "sk-openai-mix-01", "MIX_ANTHROPIC_KEY": "sk-ant-mix-02"}
+    stack = Providers.stack(tmp_path, MIX_POLICY, keys, workers=2, serve_args=("--redis", url))
+    with stack:
+        sent = mixed(stack.base_url)
+        log = str(stack.record_log)
+        admin = f"http://127.0.0.1:{stack.service_admin_port}"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            records = list(read_records(log_files(log)))
+            dashboard = httpx.get(admin + "/v1/dashboard?hours=1").json()
+            if len(records) == sent and dashboard["totals"]["requests"] == sent:
+                break
+            time.sleep(0.2)
+        time.sleep(1)  # each worker publishes its metrics twice a second
+        scraped: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(httpx.get(admin + "/metrics").text):
+            for sample in family.samples:
+                scraped.setdefault(sample.name, []).append((sample.labels, sample.value))
+    assert len(records) == sent and dashboard["source"] == "redis"
+    failed = next(r for r in records if r["model"] == "smart" and r["outcome"] == "error")
+    assert (failed["fallback"], failed["attempts"], failed["input_tokens"]) == (False, 2, None)
+
+    def metric(name: str, **labels: str) -> float:
+        return sum(v for got, v in scraped.get(name, []) if all(got.get(k) == x for k, x in labels.items()))
+
+    fields = ("requests", "refused", "lookups", "input_tokens", "output_tokens", "cost_usd_micros",
+              "guardrail_triggers", "fallbacks", "errors", "incomplete", "unknown_usage", "unknown_cost")
+    for by in ("team", "model", "provider"):
+        assert main(["report", "--log", log, "--by", by, "--format", "json"]) == 0
+        from_log = {r["group"]: r for r in orjson.loads(capsys.readouterr().out)}
+        assert main(["report", "--redis", url, "--by", by, "--format", "json"]) == 0
+        from_redis = {r["group"]: r for r in orjson.loads(capsys.readouterr().out)}
+        assert {g: [r[f] for f in fields] for g, r in from_log.items()} == \
+            {g: [r[f] for f in fields] for g, r in from_redis.items()}, by
+        for group, row in from_log.items():
+            assert row["avg_latency_ms"] == pytest.approx(from_redis[group]["avg_latency_ms"], abs=0.002), group
+    rows = {r["group"]: r for r in orjson.loads(
+        (main(["report", "--log", log, "--by", "model", "--format", "json"]), capsys.readouterr().out)[1])}
+    for model in ("gpt-4o", "smart"):
+        served = [r["latency_ms"] for r in records if r["model"] == model and r["outcome"] == "ok"
+                  and r["api"] == "openai.chat.completions"]
+        assert rows[model]["avg_latency_ms"] == pytest.approx(sum(served) / len(served), abs=0.002), model
+        assert rows[model]["avg_latency_ms"] >= 150  # the model calls', not the token counts' or the errors'
+        duration = {"gen_ai_request_model": model, "error_type": ""}
+        assert metric("gen_ai_client_inference_duration_seconds_count", **duration) == len(served)
+        assert metric("gen_ai_client_inference_duration_seconds_sum", **duration) * 1000 == pytest.approx(
+            sum(served), abs=0.01)
+    assert (rows["gpt-4o"]["requests"], rows["gpt-4o"]["lookups"], rows["gpt-4o"]["refused"]) == (7, 1, 1)
+    assert (rows["gpt-4o"]["errors"], rows["gpt-4o"]["incomplete"], rows["gpt-4o"]["unknown_usage"]) == (1, 2, 0)
+    assert (rows["smart"]["fallbacks"], rows["smart"]["errors"], rows["smart"]["unknown_usage"]) == (1, 1, 0)
+    assert (rows["claude-haiku"]["lookups"], rows["(none)"]["lookups"]) == (1, 1)
+    assert metric("tollway_fallbacks_total") == 1 and metric("tollway_requests_usage_unknown_total") == 0
+    totals = dashboard["totals"]
+    for name in fields:
+        assert totals[name] == sum(r[name] for r in rows.values()), name
+    for source in (["--log", log], ["--redis", url]):
+        assert main(["report", *source, "--team", "search"]) == 0
+        told = capsys.readouterr().out
+        assert "sent 0 tokens" not in told and "(none)" not in told and "unknown" not in told, told
+        assert told.count("Team search") == 2 and "1 request got an error answer" in told, told

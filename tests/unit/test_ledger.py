@@ -13,6 +13,7 @@ import pytest
 from ext_proc.cli import main
 from ext_proc.ledger.log import log_files, read_records
 from ext_proc.ledger.report import aggregate, dollars, human_count, month_window, sentence
+from ext_proc.server.metrics import Tally
 from ext_proc.server.records import RecordWriter
 from ext_proc.state.ledger import MemoryLedger
 
@@ -22,8 +23,9 @@ NOV = datetime(2026, 11, 2, tzinfo=UTC).timestamp()
 
 def rec(**fields: Any) -> dict[str, Any]:
     base = {"ts": OCT, "team": "search", "model": "gpt-4o", "key_id": "k1", "provider": "openai",
-            "input_tokens": 1000, "output_tokens": 200, "cached_tokens": 0, "reasoning_tokens": 0,
-            "cost_usd_micros": 4500, "latency_ms": 300.0, "guardrails": []}
+            "api": "openai.chat.completions", "outcome": "ok", "status": 200, "input_tokens": 1000,
+            "output_tokens": 200, "cached_tokens": 0, "reasoning_tokens": 0, "cost_usd_micros": 4500,
+            "latency_ms": 300.0, "guardrails": []}
     return {**base, **fields}
 
 
@@ -62,6 +64,121 @@ def test_the_platform_teams_sentence() -> None:
         "Team A sent 4.2M tokens to gpt-4o at a cost of $84.00, with an average latency of 340ms, "
         "and 3 requests triggered the PII guardrail."
     )
+
+
+# Claude Code style traffic: each generation preceded by a token count (forwarded to Anthropic, or
+# answered by Tollway for a target of another kind), and the SDK's model list.
+COUNTED = rec(api="anthropic.count_tokens", input_tokens=0, output_tokens=0, cost_usd_micros=0, latency_ms=0.3,
+              provider=None)
+FORWARDED_COUNT = rec(api="anthropic.count_tokens", model="claude", provider="anthropic", input_tokens=0,
+                      output_tokens=0, cost_usd_micros=0, latency_ms=90.0)
+MODEL_LIST = rec(api="openai.models", model=None, provider=None, input_tokens=0, output_tokens=0, cost_usd_micros=0,
+                 latency_ms=0.0)
+FAST_ERROR = rec(outcome="error", status=503, input_tokens=None, output_tokens=None, cost_usd_micros=None,
+                 latency_ms=4.0)
+ABANDONED = rec(outcome="incomplete", input_tokens=50, output_tokens=3, cost_usd_micros=40, latency_ms=30.0)
+WITHHELD = rec(outcome="blocked", status=200, error="guardrail_blocked", latency_ms=2400.0)  # answered, billed
+MIX = [rec(latency_ms=2000.0), rec(latency_ms=1600.0), WITHHELD, COUNTED, COUNTED, FORWARDED_COUNT, MODEL_LIST,
+       FAST_ERROR, ABANDONED]
+
+
+def duration_ms(tally: Tally, model: str) -> float:
+    """The average of gen_ai_client_inference_duration_seconds for a model, with no error_type."""
+    found = [v for k, v in tally.histograms.items()
+             if k[0] == "gen_ai_client_inference_duration_seconds" and k[3] == model and k[4] == ""]
+    return sum(h[-1] for h in found) / sum(sum(h[:-1]) for h in found) * 1000
+
+
+def test_the_average_latency_is_that_of_the_model_calls_a_provider_answered(redis_port: int) -> None:
+    """Not of token counts (Tollway's own, or Anthropic's), model lists, fast provider errors or
+    cut streams: a 2 s model reads 2 s, as in /metrics' duration without an error_type. Those
+    requests are still counted: token counts and model lists as lookups, errors and cut streams
+    as such; the Redis aggregates read the same."""
+    import redis
+
+    from ext_proc.state.ledger import RedisLedger
+
+    rows = {r.group: r for r in aggregate(MIX, "model")}
+    row = rows["gpt-4o"]
+    assert row.avg_latency_ms == 2000.0 and row.p95_latency_ms == 2400.0  # 2000, 1600, 2400
+    assert (row.requests, row.lookups, row.errors, row.incomplete, row.refused) == (7, 2, 1, 1, 0)
+    assert (rows["claude"].lookups, rows["claude"].avg_latency_ms) == (1, None)
+    assert (rows["(none)"].lookups, rows["(none)"].avg_latency_ms) == (1, None)
+    tally = Tally()
+    for record in MIX:
+        tally.record(record)
+    assert row.avg_latency_ms == pytest.approx(duration_ms(tally, "gpt-4o"))
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    memory, shared = MemoryLedger(), RedisLedger(client, prefix="tollway:test-latency")
+    for ledger in (memory, shared):
+        ledger.add(MIX)
+        stored = {r.group: r for r in ledger.rows("model")}
+        assert (stored["gpt-4o"].requests, stored["gpt-4o"].lookups) == (7, 2)
+        assert stored["gpt-4o"].avg_latency_ms == pytest.approx(2000.0)
+        assert stored["gpt-4o"].p95_bound_ms == 3000.0  # the aggregates' bucket holding 2400 ms
+        assert stored["claude"].avg_latency_ms is None and stored["(none)"].lookups == 1
+
+
+def test_sentences_leave_out_model_lists_and_token_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A row of lookups alone (the model list's "(none)", a model only asked for token counts) is no
+    "sent 0 tokens to (none) at a cost of $0.00, with an average latency of 0ms"."""
+    rows = {r.group: r for r in aggregate([rec(), COUNTED, MODEL_LIST, FORWARDED_COUNT], "model")}
+    assert sentence("search", rows["(none)"]) is None and sentence("search", rows["claude"]) is None
+    assert sentence("search", rows["gpt-4o"]) == (
+        "Team search sent 1.2K tokens to gpt-4o at a cost of $0.0045, with an average latency of 300ms, and no "
+        "request triggered a guardrail.")
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in [rec(), COUNTED, MODEL_LIST, FORWARDED_COUNT]))
+    assert main(["report", "--log", str(path), "--team", "search", "--month", "2026-10"]) == 0
+    out = capsys.readouterr().out
+    assert "sent 0 tokens" not in out and len(out.splitlines()) == 1, out
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in [COUNTED, MODEL_LIST]))
+    assert main(["report", "--log", str(path), "--team", "search", "--month", "2026-10"]) == 0
+    assert capsys.readouterr().out == (
+        "Team search called no model in 2026-10: its 2 requests listed models or counted tokens.\n")
+
+
+def test_provider_errors_are_errors_not_unknown_usage() -> None:
+    """An error answer (a 503, a 429, with no usage) did no work and cost nothing: not "got no usage
+    report (its tokens are unknown)", in the report, the aggregates or /metrics; a cut stream
+    without a usage report still is."""
+    cut = rec(outcome="incomplete", input_tokens=None, output_tokens=None, cost_usd_micros=None)
+    records = [rec(model="smart"), {**FAST_ERROR, "model": "smart"}, cut]
+    rows = {r.group: r for r in aggregate(records, "model")}
+    assert (rows["smart"].errors, rows["smart"].unknown_usage, rows["gpt-4o"].unknown_usage) == (1, 0, 1)
+    told = sentence("search", rows["smart"])
+    assert told is not None and "unknown" not in told and "1 request got an error answer" in told
+    memory = MemoryLedger()
+    memory.add(records)
+    assert {r.group: r.unknown_usage for r in memory.rows("model")} == {"smart": 0, "gpt-4o": 1}
+    tally = Tally()
+    for record in records:
+        tally.record(record)
+    unknown = {k[2]: v for k, v in tally.counters.items() if k[0] == "tollway_requests_usage_unknown"}
+    assert unknown == {"gpt-4o": 1}
+    # Every call of a row answered with an error: said so, never "sent 0 tokens".
+    (failed,) = aggregate([FAST_ERROR, FAST_ERROR], "model")
+    assert sentence("search", failed) == (
+        "Team search sent 2 requests to gpt-4o and the provider answered each with an error (no tokens, nothing "
+        "charged).")
+
+
+def test_a_chain_that_failed_at_every_target_is_no_fallback() -> None:
+    """A fallback is a request a later target served: a record an older Tollway wrote with
+    ``fallback: true`` for a chain whose every target failed counts in no report, aggregate or metric."""
+    failed = rec(model="smart", provider="anthropic", outcome="error", status=503, input_tokens=None,
+                 output_tokens=None, cost_usd_micros=None, fallback=True, attempts=2)
+    served = rec(model="smart", provider="anthropic", fallback=True, attempts=2)
+    (row,) = aggregate([failed, served], "model")
+    assert row.fallbacks == 1
+    memory = MemoryLedger()
+    memory.add([failed, served])
+    assert memory.rows("model")[0].fallbacks == 1
+    tally = Tally()
+    tally.record(failed)
+    tally.record(served)
+    assert sum(v for k, v in tally.counters.items() if k[0] == "tollway_fallbacks") == 1
 
 
 def test_requests_a_guardrail_blocked_count_as_triggers() -> None:
@@ -131,6 +248,7 @@ def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["report", *log, "--format", "csv", "--month", "2026-10"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("group,requests,refused,tokens") and len(lines) == 3
+    assert lines[0].split(",")[-4:] == ["cached_tokens", "reasoning_tokens", "cost_usd_micros", "lookups"]
     assert main(["report", *log, "--month", "2026-10"]) == 0
     table = capsys.readouterr().out
     assert "search" in table and "$1.01+" in table  # "+": some requests' cost is unknown
@@ -163,11 +281,13 @@ def test_refused_requests_are_counted_as_refused_not_as_zero_tokens() -> None:
     assert sentence("demo", refused) == (
         "Team demo sent nothing to gpt-4o: Tollway refused its 2 requests (403) before asking a provider.")
     served = rows["gpt-4o-mini"]
-    assert (served.requests, served.refused, served.unknown_usage, served.avg_latency_ms) == (3, 1, 1, 15.0)
+    # The provider's 500 did no work: an error, not unknown usage; its latency is not a model call's.
+    assert (served.requests, served.refused, served.errors, served.unknown_usage, served.avg_latency_ms) == (
+        3, 1, 1, 0, 20.0)
     assert sentence("demo", served) == (
-        "Team demo sent 21 tokens to gpt-4o-mini at a cost of $0.000008, with an average latency of 15ms, and no "
-        "request triggered a guardrail. 1 request got no usage report (its tokens are unknown). Tollway also "
-        "refused 1 request (400).")
+        "Team demo sent 21 tokens to gpt-4o-mini at a cost of $0.000008, with an average latency of 20ms, and no "
+        "request triggered a guardrail. 1 request got an error answer from the provider (nothing charged). Tollway "
+        "also refused 1 request (400).")
 
 
 def test_redis_aggregates_count_refusals_like_the_log(redis_port: int) -> None:

@@ -11,9 +11,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ext_proc.llm.apis import ANTHROPIC_MODELS, APIS, OPENAI_MODELS
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server.collectors import BudgetCollector, TallyCollector
-from ext_proc.server.metrics import Exchange, Names, Tally
+from ext_proc.server.metrics import OPERATIONS, Exchange, Names, Tally
+from ext_proc.state.rows import LOOKUP_APIS
 
 POLICY = compile_policy("""
 apiVersion: tollway/v1
@@ -105,6 +107,13 @@ def test_a_record_adds_to_every_metric_it_concerns() -> None:
     ttft = tuple(sorted((*common, ("provider", "openai"))))
     assert got[("gen_ai_client_inference_time_to_first_chunk_seconds_sum", ttft)] == 0.2
     assert got[("tollway_time_per_output_token_seconds_sum", ttft)] == 0.1  # (1.2 s - 0.2 s) / (11 - 1)
+
+
+def test_every_api_is_inference_or_a_lookup_alike_for_metrics_and_reports() -> None:
+    """The gen_ai metrics count the APIs of OPERATIONS; reports count the rest as lookups (no model
+    call: the reports' latencies leave them out, as the duration histogram does)."""
+    names = {api.name for api in (*APIS, OPENAI_MODELS, ANTHROPIC_MODELS)}
+    assert set(OPERATIONS) | LOOKUP_APIS == names and not set(OPERATIONS) & LOOKUP_APIS
 
 
 def test_labels_are_bounded() -> None:

@@ -151,3 +151,31 @@ def test_without_redis_a_worker_keeps_no_aggregates(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert grown < 200_000, grown  # kept: nothing per name (an in-process ledger kept 5.5 MB)
+
+
+def test_buckets_an_older_tollway_wrote_keep_their_latencies(redis_port: int) -> None:
+    """Latencies are now those of the model calls a provider answered (``served_*``); a bucket an
+    older Tollway wrote holds those of every request it did not refuse (``latency_*``, lookups and
+    errors among them): read as they are, without failing, and a bucket with both (the day of the
+    upgrade) reads only the new ones."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger = RedisLedger(client)
+    day = "tollway:ledger:day:2026-10-15"
+
+    def bucket(key: str, **counters: int) -> None:
+        name = "tollway:ledger:b:" + "\x1f".join(("2026-10-15", "search", "gpt-4o", key, "openai"))
+        client.sadd(day, name)
+        client.hset(name, mapping=counters)
+
+    bucket("old", requests=4, outcomes=4, errors=1, unknown_usage=1, latency_n=4, latency_us_sum=4_000_000,
+           **{"latency_le:8": 4})
+    (row,) = ledger.rows("key", *OCTOBER)
+    assert (row.requests, row.lookups, row.avg_latency_ms, row.p95_latency_ms) == (4, 0, 1000.0, 1000.0)
+    bucket("mixed", requests=3, outcomes=3, lookups=1, latency_n=2, latency_us_sum=100_000, served_n=1,
+           served_us_sum=2_000_000, **{"latency_le:0": 2, "served_le:10": 1})
+    rows = {r.group: r for r in ledger.rows("key", *OCTOBER)}
+    assert (rows["mixed@search"].avg_latency_ms, rows["mixed@search"].p95_latency_ms) == (2000.0, 2000.0)
+    (both,) = ledger.rows("team", *OCTOBER)
+    assert (both.requests, both.lookups, both.latency_count, both.avg_latency_ms) == (7, 1, 5, 1200.0)
+    assert sum(both.histogram) == 5

@@ -152,6 +152,8 @@ function draw(data) {
   set("total-unpriced", t.unknown_cost ? `${t.unknown_cost} without a known price` : "");
   set("total-requests", count(t.requests), t.requests);
   set("total-refused", count(t.refused), t.refused);
+  // Model lists and token counts: no model call (no tokens, no cost, not in the latencies)
+  set("total-lookups", t.lookups ? ` · ${count(t.lookups)} lookups` : "", t.lookups);
   set("total-tokens", count(t.tokens), t.tokens);
   set("total-input", count(t.input_tokens), t.input_tokens);
   set("total-output", count(t.output_tokens), t.output_tokens);
