@@ -13,7 +13,18 @@ from typing import Any
 import orjson
 
 from ext_proc.ledger.log import log_files, read_records
-from ext_proc.ledger.report import GROUPS, Row, aggregate, day_after, dollars, month_window, parse_day, sentence, usd
+from ext_proc.ledger.report import (
+    FILTERS,
+    GROUPS,
+    Row,
+    aggregate,
+    day_after,
+    dollars,
+    month_window,
+    parse_day,
+    sentence,
+    usd,
+)
 
 DEFAULT_LOG = os.environ.get("TOLLWAY_LOG", ".tollway/requests.jsonl")
 
@@ -28,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--month", type=_month, help="YYYY-MM: the whole month (instead of --since/--until)")
     parser.add_argument("--team", help="only this team: one sentence per model (this month, unless --month, "
                                        "--since or --until say otherwise)")
+    for name, example in (("key", "ci@search (a key with its team)"), ("model", "gpt-4o (the name asked for)"),
+                          ("provider", "anthropic")):
+        parser.add_argument(f"--{name}", help=f"only this {name}: {example}; with --team and the others, "
+                                             "all must match")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
     parser.add_argument("--redis", help="read the aggregates every sidecar adds to Redis instead of a local log "
                                         "(default TOLLWAY_REDIS_URL, unless --log is given)")
@@ -66,7 +81,10 @@ def _rows(args: argparse.Namespace, by: str) -> list[Row]:
     since, until = args.since, day_after(args.until) if args.until else None
     if args.month:
         since, until = month_window(args.month)
-    where = {"team": args.team} if args.team else None
+    where = {name: getattr(args, name) for name in FILTERS if getattr(args, name)} or None
+    if args.key and "@" not in args.key and args.key != "(none)":
+        raise ReportError(f"--key {args.key}: name a key with its team, {args.key}@TEAM (a key id is unique only "
+                          "within its team)")
     redis_url = args.redis or (None if args.log else os.environ.get("TOLLWAY_REDIS_URL"))
     if redis_url:
         import redis

@@ -20,9 +20,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from ext_proc.llm.prices import dollars
-from ext_proc.state.rows import GROUPS, Row, group_of, usable, usd
+from ext_proc.state.rows import FILTERS, GROUPS, Row, group_of, usable, usd
 
-__all__ = ["GROUPS", "Row", "aggregate", "dollars", "human_count", "month_window", "parse_day", "sentence",
+__all__ = ["FILTERS", "GROUPS", "Row", "aggregate", "dollars", "human_count", "month_window", "parse_day", "sentence",
            "usd"]
 
 

@@ -19,6 +19,7 @@ from ext_proc.llm.apis import ANTHROPIC_MODELS, COUNT_TOKENS, OPENAI_MODELS
 from ext_proc.policy.compiled import key_member
 
 GROUPS = {"team": "team", "model": "model", "key": "key_id", "provider": "provider"}
+FILTERS = ("team", "key", "model", "provider")  # a report's filters: each a group's name, matched as group_of names it
 
 
 def group_of(by: str, record: Mapping[str, Any]) -> str:

@@ -438,6 +438,45 @@ def test_a_report_by_key_names_each_key_with_its_team(tmp_path: Path, capsys: py
                 for r in orjson.loads(body)["rows"]] == expected
 
 
+def test_a_report_keeps_one_key_model_or_provider(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  redis_port: int) -> None:
+    """``--key ci@search`` (and ``--model``, ``--provider``, with ``--team``: all must match) keeps what
+    matches, from the log, from Redis and in ``/v1/report``; a key without its team is refused (it
+    would match nothing: a key id is unique only within its team)."""
+    import redis
+    from prometheus_client import CollectorRegistry
+
+    from ext_proc.server.admin import AdminServer
+    from ext_proc.state.ledger import RedisLedger
+
+    records = [*TWO_CIS, rec(team="search", key_id="ci", model="claude-sonnet", provider="anthropic",
+                            cost_usd_micros=30)]
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    RedisLedger(client).add(records)
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    for source in (["--log", str(path)], ["--redis", f"redis://127.0.0.1:{redis_port}/0"]):
+        def rows(*filters: str, source: list[str] = source) -> list[tuple[str, int, int]]:
+            assert main(["report", *source, "--by", "model", "--month", "2026-10", "--format", "json",
+                         *filters]) == 0
+            return [(r["group"], r["requests"], r["cost_usd_micros"]) for r in orjson.loads(capsys.readouterr().out)]
+
+        assert rows("--key", "ci@search") == [("gpt-4o", 2, 4_000_000), ("claude-sonnet", 1, 30)]
+        assert rows("--key", "ci@ads") == [("gpt-4o", 1, 500_000)]
+        assert rows("--key", "ci@search", "--provider", "anthropic") == [("claude-sonnet", 1, 30)]
+        assert rows("--model", "gpt-4o", "--team", "ads") == [("gpt-4o", 2, 500_007)]
+        assert rows("--key", "(none)") == [("gpt-4o", 1, 7)]
+        assert main(["report", *source, "--key", "ci"]) == 1
+        assert "ci@TEAM" in capsys.readouterr().err
+    for admin in (AdminServer(CollectorRegistry(), lambda: (True, {}), log_path=str(path)),
+                  AdminServer(CollectorRegistry(), lambda: (True, {}), ledger=RedisLedger(client))):
+        status, _, body = admin.report("by=provider&month=2026-10&key=ci%40search")
+        assert status == 200
+        assert [(r["group"], r["requests"]) for r in orjson.loads(body)["rows"]] == [("openai", 2), ("anthropic", 1)]
+        assert admin.report("key=ci")[0] == 400
+
+
 def test_a_far_future_until_is_no_end(tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_port: int) -> None:
     """``--until 9999-12-31`` (the calendar's last day: its end is past what a date holds) reports
     everything, from the log, from Redis (asking only the days up to tomorrow) and in ``/v1/report``."""
