@@ -135,7 +135,16 @@ class RecordWriter:
         self._size += len(line)
         if self.failing_since is None:
             if self._immediate or self._size >= self._max_buffer:
-                self._write()
+                if not self._work.is_set() and self._owns_fd:
+                    # The first record since the writer's last round (it sleeps while none come):
+                    # follow a rotation another worker made meanwhile, or this record would land in
+                    # the renamed file, which later rotations may have pruned.
+                    try:
+                        self._follow_rotation()
+                    except OSError as exc:
+                        self._failed(exc)
+                if self.failing_since is None:
+                    self._write()
         elif self._size > self._max_backlog:
             self._drop_oldest()
         self._work.set()
@@ -310,7 +319,7 @@ class RecordWriter:
         """Every ``interval`` while records come (write or follow up, mark the journal, add to the
         ledger), and not at all while none do: an idle worker is not woken 20 times a second to
         find nothing to do. (A rotation another worker made while this one was idle is followed
-        after its next record, which lands in the rotated file: nothing is lost, see the module.)"""
+        by the next record's :meth:`emit`, before it is written.)"""
         work = self._work
         while True:
             await work.wait()

@@ -146,14 +146,16 @@ def _grouped(buckets: Iterable[tuple[Bucket, dict[str, int]]], key: Callable[[Bu
                 row.guardrails[name[10:]] = row.guardrails.get(name[10:], 0) + value
             elif name.startswith("refused:"):
                 row.refused_by_status[name[8:]] = row.refused_by_status.get(name[8:], 0) + value
-        # The latencies of the model calls a provider answered; a bucket only an older Tollway wrote
-        # has those of every request it did not refuse (lookups, errors and cut streams too).
-        latency = "served" if "served_n" in counters else "latency"
+        # The latencies of the model calls a provider answered (served_*), and those an older
+        # Tollway wrote (latency_*: every request it did not refuse, lookups, errors and cut
+        # streams too). Both add up: sidecars of both versions write to one bucket until every
+        # pod has restarted, and this version never writes latency_*.
         total, n, outcomes = sums.get(group, (0, 0, 0))
-        sums[group] = (total + counters.get(f"{latency}_us_sum", 0), n + counters.get(f"{latency}_n", 0),
+        sums[group] = (total + counters.get("served_us_sum", 0) + counters.get("latency_us_sum", 0),
+                       n + counters.get("served_n", 0) + counters.get("latency_n", 0),
                        outcomes + counters.get("outcomes", 0))
         for i in range(len(row.histogram)):
-            row.histogram[i] += counters.get(f"{latency}_le:{i}", 0)
+            row.histogram[i] += counters.get(f"served_le:{i}", 0) + counters.get(f"latency_le:{i}", 0)
     for group, row in rows.items():
         total, n, outcomes = sums[group]
         row.latency_sum_ms, row.latency_count = total / 1000, n

@@ -420,6 +420,34 @@ def test_an_idle_writer_sleeps_and_wakes_for_the_next_record(tmp_path: Path) -> 
     assert [r["request_id"] for r in read_records([str(path)])] == ["r1", "r2"]
 
 
+def test_an_idle_workers_next_record_follows_rotations_another_made(tmp_path: Path) -> None:
+    """Worker A is idle (its writer asleep) while worker B's records rotate the log past ``keep``:
+    A's next record goes to the current file, not to the one it had open, which is gone."""
+    import asyncio
+
+    from ext_proc.ledger.log import log_files
+
+    path = str(tmp_path / "requests.jsonl")
+
+    async def run() -> None:
+        a = RecordWriter(path, interval=0.01, max_bytes=2_000, keep=1, immediate=True, journal=True)
+        b = RecordWriter(path, interval=0.01, max_bytes=2_000, keep=1, immediate=True, journal=True)
+        a.start()
+        b.start()
+        a.emit(record("a-first", "ok"))
+        await asyncio.sleep(0.05)  # then A is idle
+        for i in range(60):  # B serves: the file passes max_bytes several times, only the newest is kept
+            b.emit({**record(f"b{i}", "ok"), "pad": "x" * 200})
+            await asyncio.sleep(0.02)
+        a.emit(record("a-after-idle", "ok"))
+        await asyncio.sleep(0.05)
+        await a.close()
+        await b.close()
+
+    asyncio.run(run())
+    assert "a-after-idle" in {r["request_id"] for r in read_records(log_files(path))}
+
+
 def test_session_transcript_still_sees_the_record_after_the_note() -> None:
     transcript = Transcript()
     transcript >> head()
