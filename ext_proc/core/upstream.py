@@ -30,6 +30,7 @@ from typing import Any
 
 from ext_proc.llm import providers, translate
 from ext_proc.llm.apis import CHAT_COMPLETIONS, RESPONSES, WireAPI
+from ext_proc.llm.apis.responses import stored_state
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.translate import TranslationError, fields
 from ext_proc.policy.compiled import Provider, Target
@@ -137,16 +138,8 @@ def _stateless(payload: dict[str, Any], provider: Provider) -> None:
                           "send the request without 'background'.", "background")
     if provider.stored_responses:
         return
-    named = [name for name in ("previous_response_id", "conversation") if payload.get(name) is not None]
-    given = payload.get("input")
-    for index, item in enumerate(given if isinstance(given, list) else ()):
-        # A stored item by its id: its type is optional ({"id": "msg_1"}), and it carries nothing else.
-        if isinstance(item, dict) and item.get("type") in (None, "item_reference") and "id" in item \
-                and "content" not in item and "role" not in item:
-            named.append(f"input[{index}]")
-            break
-    if named:
-        name = named[0]
+    name = stored_state(payload)
+    if name is not None:
         raise ClientError(400, "unsupported_parameter", f"'{name}' refers to what the provider stores for the key "
                           f"every team here shares: send the whole conversation in 'input' instead (the policy may "
                           f"allow it for a provider whose key serves one team: stored_responses).", name)

@@ -8,7 +8,9 @@ request through the API's :class:`~.texts.Walker`, finds values with the plan's 
   the same placeholder);
 - ``mask``: every letter and digit but the last four becomes ``*``;
 - ``pseudonymise``: a placeholder the provider sees, remembered so the answer gets the original
-  value back (request direction only);
+  value back (request direction only); in a request that continues a conversation the provider
+  stores (Responses' ``previous_response_id``), ``redact``: the stored turns hold placeholders
+  another request numbered, which this one's must never be restored for;
 - ``block``: :class:`Blocked` (the request is refused, the provider never asked);
 - ``log``: nothing changes; the trigger is recorded.
 
@@ -34,11 +36,12 @@ block) is decided per request, from the remembered spans.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -115,6 +118,21 @@ def _score(context: Instructions | None, text: str, key: bytes | None) -> float:
     """``text``'s injection score against ``context``, asked of the worker's memory first."""
     space = SCORE + (context.serial if context is not None else b"-")
     return remembered(space, text, functools.partial(injection.score, context=context), key)
+
+
+def _redacting(rules: Mapping[str, Rule]) -> Mapping[str, Rule]:
+    """``rules`` with each ``pseudonymise`` rule acting as ``redact`` (and recorded so): for a request
+    continuing a conversation the provider stores, whose earlier turns hold placeholders other
+    requests numbered, so that a placeholder the model answers with is never restored to whatever
+    value this request gave the same name."""
+    if not any(rule.action == "pseudonymise" for rule in rules.values()):
+        return rules
+    return {name: _redacts(rule) if rule.action == "pseudonymise" else rule for name, rule in rules.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _redacts(rule: Rule) -> Rule:
+    return dataclasses.replace(rule, action="redact")
 
 
 class Blocked(Exception):
@@ -268,7 +286,10 @@ class Guard:
         texts for an external classifier. Raises :class:`Blocked` or
         :class:`~.scanner.Unscannable`."""
         plan = self.plan
-        rules = plan.request
+        rules, system_rules = plan.request, plan.system
+        if walker.continues_stored(payload):  # placeholders another request numbered: none is restored
+            rules = _redacting(rules)
+            system_rules = _redacting(system_rules) if system_rules is not None else None
         scanner = plan.scanner
         changed = False
         scored: list[str] = []
@@ -285,9 +306,9 @@ class Guard:
         for ref in refs if rules else ():
             text = ref.get()
             key = digest(text)
-            if ref.role == "system" and plan.system is not None:
+            if ref.role == "system" and system_rules is not None:
                 findings = remembered(FIND_SYSTEM + plan.serial, text,
-                                      functools.partial(_find, scanner, plan.system, budget), key)
+                                      functools.partial(_find, scanner, system_rules, budget), key)
             else:
                 findings = remembered(FIND + plan.serial, text, functools.partial(_find, scanner, rules, budget), key)
             found.append(findings)
@@ -302,7 +323,7 @@ class Guard:
             if rules:
                 key, findings = keys[index], found[index]
                 if secrets:  # a password given in one message and repeated in another
-                    names = plan.system if ref.role == "system" and plan.system is not None else rules
+                    names = system_rules if ref.role == "system" and system_rules is not None else rules
                     values = {value: d for value, d in secrets.items() if d.name in names}
                     if values:
                         findings = repeated(text, findings, values)

@@ -62,7 +62,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
     policy = f"""
 apiVersion: tollway/v1
 providers:
-  openai: {{kind: openai, credential: {{env: G_OPENAI_KEY}}}}
+  openai: {{kind: openai, credential: {{env: G_OPENAI_KEY}}, stored_responses: true}}
   anthropic: {{kind: anthropic, credential: {{env: G_ANTHROPIC_KEY}}}}
 models:
   gpt-4o-mini: {{provider: openai}}
@@ -322,6 +322,25 @@ def test_a_value_the_system_prompt_keeps_never_reaches_the_client_in_the_answer(
     plain = env.openai().chat.completions.create(
         model="gpt-4o-mini", messages=asked[1:], extra_headers={"x-mock-reply": LEAKED})
     assert plain.choices[0].message.content == LEAKED.replace("|", "")
+
+
+def test_a_placeholder_is_never_restored_to_another_value_across_a_stored_conversation(env: Providers) -> None:
+    """Placeholders are numbered per request; the provider's stored turns hold the earlier ones
+    (alice is [EMAIL_1] there). A request continuing them redacts what it would pseudonymise, so
+    the model's [EMAIL_1] (alice) never comes back as this request's [EMAIL_1] (bob)."""
+    client = env.openai()
+    first = client.responses.with_raw_response.create(model="gpt-4o-mini", input="Remember alice@example.com as CFO.",
+                                                      extra_headers={"x-mock-reply": "Noted: [EMAIL_1]."})
+    assert "[EMAIL_1]" in env.provider_saw(first.headers.get("x-tollway-request-id"))[0]["body"]
+    assert first.parse().output_text == "Noted: alice@example.com."
+    second = client.responses.with_raw_response.create(
+        model="gpt-4o-mini", previous_response_id=first.parse().id, input="Also cc bob@example.com. Who is the CFO?",
+        extra_headers={"x-mock-reply": "The CFO is [EMAIL_1]."})
+    (sent,) = env.provider_saw(second.headers.get("x-tollway-request-id"))
+    assert "bob@example.com" not in sent["body"] and "[EMAIL_1]" in sent["body"]
+    assert second.parse().output_text == "The CFO is [EMAIL_1]."
+    assert env.record(second.headers.get("x-tollway-request-id"))["guardrail_triggers"] == [
+        {"guardrail": "pii", "detector": "email", "action": "redact", "direction": "request", "count": 1}]
 
 
 def test_the_report_counts_the_requests_that_triggered_each_guardrail(

@@ -41,7 +41,7 @@ from tests.unit.test_session_stream_splits import (
     whole_events,
 )
 
-POLICY = compile_policy(textwrap.dedent("""\
+POLICY_TEXT = textwrap.dedent("""\
     apiVersion: tollway/v1
     providers:
       openai: {kind: openai, credential: {env: OPENAI_API_KEY}}
@@ -63,7 +63,9 @@ POLICY = compile_policy(textwrap.dedent("""\
         - {name: pii, detectors: [pii], action: redact}
         - {name: secrets, detectors: [credentials], action: redact}
         - {name: leak, detectors: [kept_secret], action: redact, direction: response}
-"""))
+""")
+POLICY = compile_policy(POLICY_TEXT)
+STORED = compile_policy(POLICY_TEXT.replace("{env: OPENAI_API_KEY}}", "{env: OPENAI_API_KEY}, stored_responses: true}"))
 CREATED = 1_755_000_000
 T0 = 5_000_000_000_000
 SERVED = {"openai": "gpt-4o", "anthropic": "claude-x", "chat": "llama"}
@@ -73,8 +75,8 @@ BEFORE = ["Your value is ", "See: ", "", "x "]
 AFTER = [" and that is all.", ".", "", " ok"]
 
 
-def send(body: dict[str, Any], workload: str = "local-dev") -> tuple[Session, Any]:
-    session = Session(POLICY, workload, runtime=runtime.fixed(now=CREATED))
+def send(body: dict[str, Any], workload: str = "local-dev", policy: Any = POLICY) -> tuple[Session, Any]:
+    session = Session(policy, workload, runtime=runtime.fixed(now=CREATED))
     head = {":method": "POST", ":path": "/v1/responses", "x-request-id": "req-1", "content-type": "application/json"}
     assert isinstance(session.handle(RequestHeaders(head, False, T0)), Continue)
     return session, session.handle(RequestBody(orjson.dumps(body), True, T0 + 1_000_000))
@@ -386,3 +388,40 @@ def test_what_the_instructions_keep_never_reaches_a_responses_client(provider: s
     out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
     assert_everywhere(client_events(out), "Fine: the code is [KEPT_SECRET_1], spelled [KEPT_SECRET_2].")
     assert b"7731" not in out and b"7-7-3" not in out
+
+
+# -- what a response object echoes of the request ------------------------------------------------------
+
+
+def echo_of(received: dict[str, Any], text: str = "Done.", status: str = "completed") -> dict[str, Any]:
+    """OpenAI's ``response`` object for ``received`` (the request as the provider got it)."""
+    gen = mock.Generation(id="resp_Ab1", created=1_755_000_001, model="gpt-4o", prompt_tokens=12,
+                          pieces=tuple(text.split("|")))
+    return {**orjson.loads(mock.responses_json(gen, received)), "status": status}
+
+
+# -- a conversation the provider stores ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("refers", [{"previous_response_id": "resp_1"}, {"conversation": "conv_1"},
+                                    {"input": [{"type": "item_reference", "id": "msg_1"}]}],
+                         ids=["previous_response_id", "conversation", "item_reference"])
+def test_a_request_continuing_a_stored_conversation_redacts_what_it_would_pseudonymise(refers: dict[str, Any]
+                                                                                        ) -> None:
+    """Placeholders are numbered per request: the stored turns hold [EMAIL_1] for another value
+    (alice), so a placeholder the model answers with is never restored (to bob, who is [EMAIL_1]
+    here): the value is redacted, and recorded so."""
+    turn = {"role": "user", "content": "Also cc bob@example.com. Who is the CFO?"}
+    given = [*refers.get("input", []), turn]
+    session, sent = send({"model": "gpt-4o", **refers, "input": given}, "private-app", STORED)
+    assert isinstance(sent, Continue) and sent.body is not None
+    assert orjson.loads(sent.body)["input"][-1]["content"] == "Also cc [EMAIL_1]. Who is the CFO?"
+    answer = answered(session, echo_of(orjson.loads(sent.body), "The CFO is [EMAIL_1]."))
+    assert answer.body is None  # unchanged: "The CFO is [EMAIL_1]." (never bob's address)
+    (record,) = records(session)
+    assert record["guardrail_triggers"] == [
+        {"guardrail": "pii", "detector": "email", "action": "redact", "direction": "request", "count": 1}]
+    # The first turn of such a conversation carries all of it: its pseudonyms come back.
+    session, sent = send({"model": "gpt-4o", "input": [turn]}, "private-app", STORED)
+    answer = answered(session, echo_of(orjson.loads(sent.body), "The CFO is [EMAIL_1]."))
+    assert orjson.loads(answer.body)["output"][0]["content"][0]["text"] == "The CFO is bob@example.com."

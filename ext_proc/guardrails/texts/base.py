@@ -109,6 +109,11 @@ class Walker:
     def stream(self) -> StreamTexts:
         raise NotImplementedError
 
+    def continues_stored(self, payload: dict[str, Any]) -> bool:
+        """Whether the request continues a conversation the provider stores (its earlier turns,
+        with the placeholders another request gave them, are not in the request)."""
+        return False
+
 
 def _event(data: dict[str, Any], name: str = "", like: SSEEvent | None = None) -> SSEEvent:
     body = orjson.dumps(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from ext_proc.llm.apis.responses import stored_state
 from ext_proc.llm.sse import SSEEvent
 
 from .base import FlushFn, Ref, StreamTexts, TextFn, Walker, _event
@@ -45,6 +46,9 @@ class ResponsesWalker(Walker):
 
     def stream(self) -> StreamTexts:
         return ResponsesStream()
+
+    def continues_stored(self, payload: dict[str, Any]) -> bool:
+        return stored_state(payload) is not None
 
 
 def _input_items(items: list[Any], role: str) -> Iterator[Ref]:

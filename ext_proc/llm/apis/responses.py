@@ -39,6 +39,22 @@ _DELTAS = frozenset({
 })
 
 
+def stored_state(payload: dict[str, Any]) -> str | None:
+    """The field by which a Responses request refers to what the provider stores (its earlier
+    turns): ``previous_response_id``, ``conversation`` or an item given by its id alone
+    (``input[3]``); None when the request carries its whole conversation."""
+    for name in ("previous_response_id", "conversation"):
+        if payload.get(name) is not None:
+            return name
+    given = payload.get("input")
+    for index, item in enumerate(given if isinstance(given, list) else ()):
+        # A stored item by its id: its type is optional ({"id": "msg_1"}), and it carries nothing else.
+        if isinstance(item, dict) and item.get("type") in (None, "item_reference") and "id" in item \
+                and "content" not in item and "role" not in item:
+            return f"input[{index}]"
+    return None
+
+
 class ResponsesReader(Reader):
     """Usage and completion from the terminal event (or the whole ``response`` object).
 
