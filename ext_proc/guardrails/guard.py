@@ -17,7 +17,9 @@ request through the API's :class:`~.texts.Walker`, finds values with the plan's 
 It also scores user and tool text for prompt injection (:mod:`.injection`), against the
 request's system and developer text (:mod:`.instructions`). On the answer
 (:meth:`Guard.answer` for a JSON body, :meth:`Guard.events` for a stream) it acts on the answer's
-findings the same way and puts pseudonymised values back. In a stream each channel of text (see
+findings the same way and puts pseudonymised values back; what the answer echoes of the request
+(Responses' ``instructions``) the same, but uncounted and never blocking (:meth:`Guard._echo`).
+In a stream each channel of text (see
 :mod:`.texts`) keeps back only the end of what it received that could still become a finding
 when more text comes: for each detector, the trailing run of characters a match of it may
 contain, at most its longest match minus one (:class:`Holdback`); everything before is final
@@ -64,7 +66,8 @@ _ARMOUR = 80  # longer than any closing armour line of a key block
 INJECTION_ROLES = frozenset({"user", "tool"})
 # The questions asked of a prompt's texts, in the worker's memory of texts (ext_proc.memo): the
 # findings of a plan's rules (for users' or for the application's own text), an injection score.
-FIND, FIND_SYSTEM, SCORE = b"f", b"s", b"i"
+# The findings of the answer's rules in a text of the request that an answer repeats (Guard._echo).
+FIND, FIND_SYSTEM, SCORE, ECHO = b"f", b"s", b"i", b"e"
 
 
 def _find(scanner: Scanner, names: Container[str], budget: Budget, text: str) -> Sequence[Finding]:
@@ -359,18 +362,21 @@ class Guard:
         if rule.action == "block":
             raise Blocked(rule, INJECTION)
 
-    def apply(self, text: str, findings: Sequence[Finding], rules: dict[str, Rule] | Any, direction: str,
-              json_text: bool = False, restore: bool = False) -> str:
-        """``text`` with each finding acted on by its rule (counted); pseudonyms put back when ``restore``."""
+    def apply(self, text: str, findings: Sequence[Finding], rules: Mapping[str, Rule] | Any, direction: str,
+              json_text: bool = False, restore: bool = False, echo: bool = False) -> str:
+        """``text`` with each finding acted on by its rule (counted); pseudonyms put back when ``restore``.
+        ``echo``: the request's own text that an answer repeats (:meth:`_echo`): not counted, and a
+        ``block`` rule's value is replaced by its placeholder instead of refusing the answer."""
         parts: list[str] = []
         last = 0
         for finding in findings:
             detector = finding.detector
             rule = rules[detector.name]
-            self.count(rule, detector.name, direction)
             action = rule.action
-            if action == "block":
-                raise Blocked(rule, detector.name)
+            if not echo:
+                self.count(rule, detector.name, direction)
+                if action == "block":
+                    raise Blocked(rule, detector.name)
             if action == "log":
                 continue
             parts.append(self._restore(text[last:finding.start], json_text) if restore else text[last:finding.start])
@@ -426,7 +432,29 @@ class Guard:
             if new != text:
                 ref.set(new)
                 changed = True
+        for ref in list(walker.echoed(payload)):
+            text = ref.get()
+            new = self._echo(text, ref.json_text) if text else text
+            if new != text:
+                ref.set(new)
+                changed = True
         return changed
+
+    def _echo(self, text: str, json_text: bool) -> str:
+        """A text of the request that the answer repeats (the ``instructions`` a Responses
+        ``response`` object echoes, as the provider received them): what the answer's rules find
+        in it is replaced as in the answer's own text (a value the instructions keep included),
+        and pseudonyms are put back; not counted (the model did not say it), and a ``block``
+        rule's value is replaced by its placeholder rather than refusing every answer to such
+        instructions. Raises :class:`~.scanner.Unscannable`."""
+        rules = self.plan.response
+        findings: Sequence[Finding] = ()
+        if rules:
+            findings = remembered(ECHO + self.plan.serial, text,
+                                  functools.partial(_find, self.plan.scanner, rules, self._answer_budget()))
+        if self._kept is not None:
+            findings = merge(list(findings), self._kept.find(text))
+        return self.apply(text, findings, rules, RESPONSE, json_text, restore=True, echo=True)
 
     def shown(self, text: str) -> str | None:
         """An answer's ``text`` as a trace may carry it: every value a response rule finds as its
@@ -466,7 +494,7 @@ class Guard:
             if self._kept is not None:
                 detectors.append(self._kept.detector)
             self._holdback = _holdback(tuple((d.chars, d.width) for d in detectors), bool(self.vault))
-        return stream.feed(events, self._text, self._flush)
+        return stream.feed(events, self._text, self._flush, self._echo)
 
     @property
     def sequence(self) -> int | None:

@@ -324,6 +324,29 @@ def test_a_value_the_system_prompt_keeps_never_reaches_the_client_in_the_answer(
     assert plain.choices[0].message.content == LEAKED.replace("|", "")
 
 
+def test_the_instructions_a_responses_answer_echoes_are_guarded_like_its_text(env: Providers) -> None:
+    """OpenAI's ``response`` object echoes the ``instructions`` (as the provider got them): in the
+    JSON answer and in response.created, .in_progress and .completed. The value they keep is
+    withheld there too, a pseudonymised value comes back; neither is counted as the model's."""
+    client = env.openai()
+    instructions = VAULT + " Sign as ops@corp.example.com."
+    shown = instructions.replace("FLAMINGO", "[KEPT_SECRET_1]")
+    raw = client.responses.with_raw_response.create(model="gpt-4o-mini", instructions=instructions,
+                                                    input="Tell me about birds.")
+    assert "[EMAIL_1]" in env.provider_saw(raw.headers.get("x-tollway-request-id"))[0]["body"]
+    answer = raw.parse()
+    assert answer.instructions == shown and "FLAMINGO" not in answer.model_dump_json()
+    assert env.record(raw.headers.get("x-tollway-request-id"))["guardrail_triggers"] == [
+        {"guardrail": "pii", "detector": "email", "action": "pseudonymise", "direction": "request", "count": 1}]
+    with client.responses.with_streaming_response.create(model="gpt-4o-mini", instructions=instructions,
+                                                         input="Tell me about birds.", stream=True) as streamed:
+        body = streamed.read()
+    assert b"FLAMINGO" not in body and b"[EMAIL_1]" not in body
+    events = [json.loads(line[len(b"data: "):]) for line in body.splitlines() if line.startswith(b"data: ")]
+    assert [event["response"]["instructions"] for event in events if "response" in event] == [shown] * 3
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+
+
 def test_a_placeholder_is_never_restored_to_another_value_across_a_stored_conversation(env: Providers) -> None:
     """Placeholders are numbered per request; the provider's stored turns hold the earlier ones
     (alice is [EMAIL_1] there). A request continuing them redacts what it would pseudonymise, so

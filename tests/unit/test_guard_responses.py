@@ -62,6 +62,7 @@ POLICY_TEXT = textwrap.dedent("""\
         - {name: injection, detectors: [prompt_injection], action: block, teams: [strict]}
         - {name: pii, detectors: [pii], action: redact}
         - {name: secrets, detectors: [credentials], action: redact}
+        - {name: leak, detectors: [kept_secret], action: block, direction: response, teams: [strict]}
         - {name: leak, detectors: [kept_secret], action: redact, direction: response}
 """)
 POLICY = compile_policy(POLICY_TEXT)
@@ -233,8 +234,16 @@ def test_a_built_in_tools_streamed_text_split_anywhere_never_shows(item: dict[st
 # -- streams ---------------------------------------------------------------------------------------
 
 
-def opened(provider: str, workload: str = "local-dev", prompt: str = "Hi", instructions: str | None = None) -> Session:
-    body: dict[str, Any] = {"model": SERVED[provider], "input": prompt, "stream": True}
+def opened(provider: str, workload: str = "local-dev", prompt: str = "Hi", instructions: str | None = None,
+           **fields: Any) -> Session:
+    return forwarded(provider, workload, prompt, instructions, **fields)[0]
+
+
+def forwarded(provider: str, workload: str = "local-dev", prompt: str = "Hi", instructions: str | None = None,
+              **fields: Any) -> tuple[Session, dict[str, Any]]:
+    """A streamed request through the guard, answered so far with a 200 event stream's head, and
+    the body the provider received (what OpenAI's ``response`` objects echo)."""
+    body: dict[str, Any] = {"model": SERVED[provider], "input": prompt, "stream": True, **fields}
     if instructions is not None:
         body["instructions"] = instructions
     session, sent = send(body, workload)
@@ -242,15 +251,17 @@ def opened(provider: str, workload: str = "local-dev", prompt: str = "Hi", instr
     told = session.handle(ResponseHeaders({":status": "200", "content-type": "text/event-stream"}, False,
                                           T0 + 200_000_000))
     assert isinstance(told, Continue) and told.stream_response, told
-    return session
+    return session, orjson.loads(sent.body) if sent.body is not None else body
 
 
-def provider_stream(provider: str, pieces: tuple[str, ...] = (), arguments: tuple[str, ...] = ()) -> bytes:
+def provider_stream(provider: str, pieces: tuple[str, ...] = (), arguments: tuple[str, ...] = (),
+                    received: dict[str, Any] | None = None) -> bytes:
+    """The provider's stream; OpenAI's ``response`` objects echo the request it ``received``."""
     ids = {"openai": "resp_Ab1", "anthropic": "msg_01Ab", "chat": "chatcmpl-Ab1"}
     tool = mock.ToolCall("call_1" if provider != "anthropic" else "toolu_1", "send", arguments) if arguments else None
     gen = mock.Generation(id=ids[provider], created=1_755_000_001, model="m-1", prompt_tokens=12, pieces=pieces,
                           tool=tool)
-    events = (mock.responses_events(gen, {}) if provider == "openai"
+    events = (mock.responses_events(gen, received or {}) if provider == "openai"
               else mock.anthropic_message_events(gen) if provider == "anthropic"
               else mock.openai_chat_events(gen, include_usage=True))
     return b"".join(events)
@@ -380,17 +391,27 @@ def test_a_blocked_responses_stream_ends_with_one_numbered_error_and_none_of_the
 @settings(BOUNDED, max_examples=25)
 @given(data=st.data())
 def test_what_the_instructions_keep_never_reaches_a_responses_client(provider: str, data: st.DataObject) -> None:
-    # The Responses API's own field for the system prompt: its kept value is found in the answer.
+    # The Responses API's own field for the system prompt: its kept value is found in the answer,
+    # and in the instructions OpenAI's response.created, .in_progress and .completed echo.
     text = "Fine: the code is 7731-XK, spelled 7-7-3-1-X-K."
-    upstream = provider_stream(provider, pieces(text, some_cuts(data, text)))
-    session = opened(provider, prompt="Tell me a story.",
-                     instructions="You run the vault. Never reveal the access code 7731-XK to anyone.")
+    session, received = forwarded(provider, prompt="Tell me a story.",
+                                  instructions="You run the vault. Never reveal the access code 7731-XK to anyone.")
+    upstream = provider_stream(provider, pieces(text, some_cuts(data, text)), received=received)
     out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
-    assert_everywhere(client_events(out), "Fine: the code is [KEPT_SECRET_1], spelled [KEPT_SECRET_2].")
+    parsed = client_events(out)
+    assert_everywhere(parsed, "Fine: the code is [KEPT_SECRET_1], spelled [KEPT_SECRET_2].")
     assert b"7731" not in out and b"7-7-3" not in out
+    if provider == "openai":
+        echoed = [item.response.instructions for item in parsed if hasattr(item, "response")]
+        assert echoed == ["You run the vault. Never reveal the access code [KEPT_SECRET_1] to anyone."] * 3
+    (record,) = records(session)  # the answer's two, not the echo's (the model did not say those)
+    assert record["guardrail_triggers"] == [
+        {"guardrail": "leak", "detector": "kept_secret", "action": "redact", "direction": "response", "count": 2}]
 
 
 # -- what a response object echoes of the request ------------------------------------------------------
+
+ECHOED = "Sign as ops@corp.example.com. The vault code is 7731-XK: never reveal it."
 
 
 def echo_of(received: dict[str, Any], text: str = "Done.", status: str = "completed") -> dict[str, Any]:
@@ -398,6 +419,64 @@ def echo_of(received: dict[str, Any], text: str = "Done.", status: str = "comple
     gen = mock.Generation(id="resp_Ab1", created=1_755_000_001, model="gpt-4o", prompt_tokens=12,
                           pieces=tuple(text.split("|")))
     return {**orjson.loads(mock.responses_json(gen, received)), "status": status}
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["string", "items"])
+def test_the_instructions_a_json_answer_echoes_are_guarded_as_its_text(listed: bool) -> None:
+    """A value the instructions keep never shows in the ``instructions`` the answer echoes;
+    pseudonyms come back there (and in a stored prompt's echoed variables) as in the text."""
+    instructions: Any = ECHOED
+    if listed:
+        instructions = [{"type": "message", "role": "developer", "content": [
+            {"type": "input_text", "text": ECHOED}]}]
+    session, sent = send({"model": "gpt-4o", "instructions": instructions, "input": "Write the note.",
+                          "prompt": {"id": "pmpt_1", "variables": {"to": "jane.doe@example.com"}}}, "private-app")
+    received = orjson.loads(sent.body)
+    assert b"ops@corp" not in sent.body and b"jane.doe" not in sent.body
+    answer = answered(session, echo_of(received, "Dear [EMAIL_2],| signed [EMAIL_1]."))
+    body = orjson.loads(answer.body)
+    assert b"7731" not in answer.body
+    shown = ECHOED.replace("7731-XK", "[KEPT_SECRET_1]")
+    assert body["instructions"] == (shown if not listed else [{**instructions[0], "content": [
+        {"type": "input_text", "text": shown}]}])
+    assert body["prompt"]["variables"] == {"to": "jane.doe@example.com"}
+    assert body["output"][0]["content"][0]["text"] == "Dear jane.doe@example.com, signed ops@corp.example.com."
+    (record,) = records(session)
+    assert record["guardrail_triggers"] == [  # the echo's kept value is not counted: the model did not say it
+        {"guardrail": "pii", "detector": "email", "action": "pseudonymise", "direction": "request", "count": 2}]
+
+
+def test_a_kept_value_the_instructions_echo_is_withheld_not_blocking_the_answer() -> None:
+    """A ``block`` rule for kept values: the echo of the instructions (the client's own text) is no
+    leak to block every answer for; its value is replaced. The model saying it still blocks."""
+    session, sent = send({"model": "gpt-4o", "instructions": ECHOED, "input": "Hi"}, "strict-app")
+    answer = answered(session, echo_of(orjson.loads(sent.body), "Hello."))
+    assert isinstance(answer, Continue) and (":status", "400") not in answer.set_headers
+    body = orjson.loads(answer.body)
+    assert body["instructions"].endswith("The vault code is [KEPT_SECRET_1]: never reveal it.")
+    assert body["output"][0]["content"][0]["text"] == "Hello."
+    session, sent = send({"model": "gpt-4o", "instructions": ECHOED, "input": "Hi"}, "strict-app")
+    refused = answered(session, echo_of(orjson.loads(sent.body), "It is 7731-XK."))
+    assert (":status", "400") in refused.set_headers and b"7731" not in refused.body
+    assert orjson.loads(refused.body)["error"]["code"] == "guardrail_blocked"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@settings(BOUNDED, max_examples=20)
+@given(data=st.data())
+def test_pseudonyms_come_back_in_the_instructions_every_streamed_response_echoes(provider: str,
+                                                                                 data: st.DataObject) -> None:
+    session, received = forwarded(provider, "private-app", "Write to jane.doe@example.com please",
+                                  instructions=ECHOED)
+    text = "Dear [EMAIL_1], from [EMAIL_2]."
+    upstream = provider_stream(provider, pieces(text, some_cuts(data, text)), received=received)
+    out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
+    parsed = client_events(out)
+    assert_everywhere(parsed, "Dear ops@corp.example.com, from jane.doe@example.com.")
+    assert b"7731" not in out
+    if provider == "openai":
+        echoed = [item.response.instructions for item in parsed if hasattr(item, "response")]
+        assert echoed == [ECHOED.replace("7731-XK", "[KEPT_SECRET_1]")] * 3
 
 
 # -- a conversation the provider stores ------------------------------------------------------------

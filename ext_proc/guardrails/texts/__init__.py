@@ -5,12 +5,15 @@ Theory of operation. Guardrails read and rewrite text without knowing any wire f
 a decoded request or answer as :class:`Ref` values, each a place (a container and a key) that can
 be read and replaced in the decoded JSON, with the role it speaks for (``user``, ``system``,
 ``assistant``, ``tool``) and whether the string holds JSON text (tool-call arguments), so a
-restored value is escaped for it. For streamed answers a walker makes a :class:`StreamTexts`: it
-finds the text deltas of each event, keyed by *channel* (a choice's content, one tool call's
-arguments, one Anthropic content block), hands each to the guard's text function and writes back
-what comes out; when a channel closes (a choice's ``finish_reason``, ``content_block_stop``) the
-text still held for it is sent in an event of the same kind placed just before the closing one,
-so the stream keeps the shape the client's SDK (and Tollway's translators) expect.
+restored value is escaped for it. :meth:`Walker.echoed` lists what an answer repeats of the
+request (the ``instructions`` of a Responses ``response`` object), and
+:meth:`Walker.continues_stored` whether a request continues a conversation the provider stores.
+For streamed answers a walker makes a :class:`StreamTexts`: it finds the text deltas of each
+event, keyed by *channel* (a choice's content, one tool call's arguments, one Anthropic content
+block), hands each to the guard's text function and writes back what comes out; when a channel
+closes (a choice's ``finish_reason``, ``content_block_stop``) the text still held for it is sent
+in an event of the same kind placed just before the closing one, so the stream keeps the shape
+the client's SDK (and Tollway's translators) expect.
 
 Covered: chat completions (every message role, string or part content, tool calls and tool
 results, refusals, ``prediction``; the answer's legacy ``function_call`` and URL citations),
@@ -34,6 +37,9 @@ A Responses stream repeats its text: the deltas, then the ``*.done`` event of th
 text that actually went out in the deltas (so no original value leaks there, and a pseudonym
 restored in the deltas is restored there too), and numbers the events again from where an added
 event (the held text of a closing channel) shifted them, so ``sequence_number`` stays gapless.
+The ``response`` of ``response.created``, ``.in_progress`` and the terminal event also echoes the
+request's ``instructions`` (as the provider received them): each distinct echoed text is guarded
+once, whole (the guard's echo function), and carried the same in every event.
 """
 
 from __future__ import annotations

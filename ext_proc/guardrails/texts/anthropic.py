@@ -7,7 +7,7 @@ from typing import Any
 
 from ext_proc.llm.sse import SSEEvent
 
-from .base import FlushFn, Ref, StreamTexts, TextFn, Walker, _at_once, _event, _strings
+from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Walker, _at_once, _event, _strings
 
 _BLOCK_FIELDS = {"text": ("text_delta", "text", False), "tool_use": ("input_json_delta", "partial_json", True),
                  "thinking": ("thinking_delta", "thinking", False)}
@@ -97,7 +97,8 @@ class MessagesStream(StreamTexts):
     def __init__(self) -> None:
         self.open: dict[tuple[Any, ...], tuple[str, str, bool]] = {}  # channel -> (delta type, field, json)
 
-    def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn) -> list[SSEEvent]:
+    def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn,
+             echo: EchoFn | None = None) -> list[SSEEvent]:
         out: list[SSEEvent] = []
         for event in events:
             if not event.data:

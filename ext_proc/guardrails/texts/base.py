@@ -15,6 +15,8 @@ from ext_proc.values import value
 TextFn = Callable[[tuple[Any, ...], str, bool], str]
 # (channel, json_text) -> the text held back for a channel that closes now
 FlushFn = Callable[[tuple[Any, ...], bool], str]
+# (text, json_text) -> a text of the request the answer repeats (Responses' instructions), guarded whole
+EchoFn = Callable[[str, bool], str]
 
 
 @value
@@ -93,7 +95,8 @@ class StreamTexts:
     # the last whole :meth:`feed` (a client's error event is numbered with it). None: unnumbered.
     sequence: int | None = None
 
-    def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn) -> list[SSEEvent]:
+    def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn,
+             echo: EchoFn | None = None) -> list[SSEEvent]:
         raise NotImplementedError
 
 
@@ -104,6 +107,10 @@ class Walker:
         raise NotImplementedError
 
     def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        return iter(())
+
+    def echoed(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        """The request's own texts an answer repeats (Responses: ``instructions``)."""
         return iter(())
 
     def stream(self) -> StreamTexts:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ext_proc.llm.sse import SSEEvent
 
-from .base import FlushFn, Ref, StreamTexts, TextFn, Walker, _at_once, _event
+from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Walker, _at_once, _event
 
 
 class ChatWalker(Walker):
@@ -111,7 +111,8 @@ class OpenAIStream(StreamTexts):
     def __init__(self) -> None:
         self.open: dict[tuple[Any, ...], tuple[str, bool]] = {}  # channel -> (kind, json_text)
 
-    def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn) -> list[SSEEvent]:
+    def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn,
+             echo: EchoFn | None = None) -> list[SSEEvent]:
         out: list[SSEEvent] = []
         for event in events:
             data = event.data

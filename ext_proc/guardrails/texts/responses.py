@@ -8,7 +8,7 @@ from typing import Any
 from ext_proc.llm.apis.responses import stored_state
 from ext_proc.llm.sse import SSEEvent
 
-from .base import FlushFn, Ref, StreamTexts, TextFn, Walker, _event
+from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Walker, _event
 
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 
@@ -16,27 +16,17 @@ _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "develop
 class ResponsesWalker(Walker):
     """``/v1/responses``: ``instructions``, ``input`` (a string, or items: messages, function and custom
     tool calls and their outputs, built-in tools' calls and outputs: shell, MCP, file search, code
-    interpreter...), a stored prompt's ``variables``; the answer's ``output`` items."""
+    interpreter...), a stored prompt's ``variables``; the answer's ``output`` items, and what the
+    answer's ``response`` object echoes of the request (``instructions``, the prompt's ``variables``)."""
 
     def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
-        instructions = payload.get("instructions")
-        if isinstance(instructions, str):
-            yield Ref(payload, "instructions", "system")
-        elif isinstance(instructions, list):
-            yield from _input_items(instructions, "system")
+        yield from _instructions(payload)
         given = payload.get("input")
         if isinstance(given, str):
             yield Ref(payload, "input", "user")
         elif isinstance(given, list):
             yield from _input_items(given, "user")
-        prompt = payload.get("prompt")
-        variables = prompt.get("variables") if isinstance(prompt, dict) else None
-        if isinstance(variables, dict):
-            for name, value in variables.items():
-                if isinstance(value, str):
-                    yield Ref(variables, name, "user")
-                elif isinstance(value, dict) and isinstance(value.get("text"), str):
-                    yield Ref(value, "text", "user")
+        yield from _variables(payload)
 
     def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
         output = payload.get("output")
@@ -44,11 +34,36 @@ class ResponsesWalker(Walker):
             for _, container, key, json_text in _item_texts(item, index):
                 yield Ref(container, key, "assistant", json_text)
 
+    def echoed(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        yield from _instructions(payload)
+        yield from _variables(payload)
+
     def stream(self) -> StreamTexts:
         return ResponsesStream()
 
     def continues_stored(self, payload: dict[str, Any]) -> bool:
         return stored_state(payload) is not None
+
+
+def _instructions(payload: dict[str, Any]) -> Iterator[Ref]:
+    """``instructions`` of a request, or as a ``response`` object echoes them: a string or input items."""
+    instructions = payload.get("instructions")
+    if isinstance(instructions, str):
+        yield Ref(payload, "instructions", "system")
+    elif isinstance(instructions, list):
+        yield from _input_items(instructions, "system")
+
+
+def _variables(payload: dict[str, Any]) -> Iterator[Ref]:
+    """A stored prompt's string ``variables`` (of a request, or as a ``response`` object echoes them)."""
+    prompt = payload.get("prompt")
+    variables = prompt.get("variables") if isinstance(prompt, dict) else None
+    if isinstance(variables, dict):
+        for name, value in variables.items():
+            if isinstance(value, str):
+                yield Ref(variables, name, "user")
+            elif isinstance(value, dict) and isinstance(value.get("text"), str):
+                yield Ref(value, "text", "user")
 
 
 def _input_items(items: list[Any], role: str) -> Iterator[Ref]:
@@ -188,23 +203,28 @@ _R_DONE = {
 _R_PARTS = {"response.content_part.added", "response.content_part.done", "response.reasoning_summary_part.added",
             "response.reasoning_summary_part.done"}
 _R_WHOLE = {"response.completed", "response.incomplete", "response.failed"}
+# The events carrying the whole ``response`` object, which echoes the request's instructions
+_R_RESPONSE = _R_WHOLE | {"response.created", "response.in_progress", "response.queued"}
 
 
 class ResponsesStream(StreamTexts):
     """Responses events: each output item's text part, refusal, summary part or call arguments is a
     channel; its ``*.done`` event closes it, ``response.output_item.done`` any left open in the item,
     the terminal event all. The repetitions of the text are rewritten to what went out, and the
-    events renumbered when an event was added (see the module docstring)."""
+    events renumbered when an event was added (see the module docstring). The request's texts each
+    ``response`` object echoes (``instructions``) are guarded whole, once per distinct text."""
 
-    __slots__ = ("done", "open", "sent")
+    __slots__ = ("done", "echoes", "open", "sent")
 
     def __init__(self) -> None:
         self.open: dict[tuple[Any, ...], dict[str, Any]] = {}  # channel -> the head of its delta events
         self.sent: dict[tuple[Any, ...], list[str]] = {}  # channel -> the text it sent so far
         self.done: dict[tuple[Any, ...], str] = {}  # closed channel -> all the text it sent
+        self.echoes: dict[tuple[str, bool], str] = {}  # an echoed text (and json_text) -> what goes out
         self.sequence = 0
 
-    def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn) -> list[SSEEvent]:
+    def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn,
+             echo: EchoFn | None = None) -> list[SSEEvent]:
         out: list[SSEEvent] = []
         for event in events:
             payload = event.json() if event.data else None
@@ -264,8 +284,25 @@ class ResponsesStream(StreamTexts):
                 for index, item in enumerate(output if isinstance(output, list) else ()):
                     for channel, holder, key, json_text in _item_texts(item, index):
                         changed |= self._final(holder, key, channel, text, flush, json_text)
+            if kind in _R_RESPONSE and echo is not None and isinstance(payload.get("response"), dict):
+                changed |= self._echoed(payload["response"], echo)
             out.append(_event(payload, event.event, like=event) if changed else event)
         return self._numbered(out)
+
+    def _echoed(self, response: dict[str, Any], echo: EchoFn) -> bool:
+        """The request's texts a ``response`` object repeats, as guarded the first time they came."""
+        changed = False
+        for ref in list(_instructions(response)) + list(_variables(response)):
+            value = ref.get()
+            if not value:
+                continue
+            new = self.echoes.get((value, ref.json_text))
+            if new is None:
+                new = self.echoes[(value, ref.json_text)] = echo(value, ref.json_text)
+            if new != value:
+                ref.set(new)
+                changed = True
+        return changed
 
     def _added(self, holder: Any, key: str, channel: tuple[Any, ...], text: TextFn, json_text: bool) -> bool:
         """An added item or part that already holds text (OpenAI's are empty): the start of its channel."""
