@@ -19,7 +19,9 @@ request's system and developer text (:mod:`.instructions`). On the answer
 (:meth:`Guard.answer` for a JSON body, :meth:`Guard.events` for a stream) it acts on the answer's
 findings the same way and puts pseudonymised values back; what the answer echoes of the request
 (Responses' ``instructions``) the same, but uncounted and never blocking (:meth:`Guard._echo`).
-In a stream each channel of text (see
+In JSON text (tool call arguments; the answer's text when the request asked for JSON) a value
+replaced outside a string becomes a string (:func:`json_state` follows the strings, across a
+stream's deltas too), so the text stays JSON. In a stream each channel of text (see
 :mod:`.texts`) keeps back only the end of what it received that could still become a finding
 when more text comes: for each detector, the trailing run of characters a match of it may
 contain, at most its longest match minus one (:class:`Holdback`); everything before is final
@@ -68,6 +70,36 @@ INJECTION_ROLES = frozenset({"user", "tool"})
 # findings of a plan's rules (for users' or for the application's own text), an injection score.
 # The findings of the answer's rules in a text of the request that an answer repeats (Guard._echo).
 FIND, FIND_SYSTEM, SCORE, ECHO = b"f", b"s", b"i", b"e"
+
+
+# Where JSON text is, at a point: outside any string, inside one, inside one right after a backslash.
+OUTSIDE, STRING, ESCAPED = 0, 1, 2
+_STRING_RUN = re.compile(r'(?:[^"\\]|\\.)*', re.S)  # a string's characters and escapes, up to its end
+
+
+def json_state(text: str, state: int = OUTSIDE, start: int = 0, end: int | None = None) -> int:
+    """Where JSON text is after ``text[start:end]``, having been at ``state`` before it: a value
+    found outside a string (a card number as a JSON number) is replaced by a string, so the text
+    stays JSON (see :meth:`Guard.apply`)."""
+    end = len(text) if end is None else end
+    at = start
+    if state == ESCAPED and at < end:
+        at, state = at + 1, STRING
+    while at < end:
+        if state == OUTSIDE:
+            at = text.find('"', at, end)
+            if at < 0:
+                return OUTSIDE
+            at, state = at + 1, STRING
+        else:
+            at = _STRING_RUN.match(text, at, end).end()  # type: ignore[union-attr]
+            if at >= end:
+                return STRING
+            if text[at] == '"':
+                at, state = at + 1, OUTSIDE
+            else:  # a backslash at the end: the next text starts with what it escapes
+                return ESCAPED
+    return state
 
 
 def _find(scanner: Scanner, names: Container[str], budget: Budget, text: str) -> Sequence[Finding]:
@@ -241,18 +273,19 @@ def _holdback(shapes: tuple[tuple[str, int], ...], placeholders: bool) -> Holdba
 
 
 class _Channel:
-    __slots__ = ("before", "held", "swallow")
+    __slots__ = ("before", "held", "json", "swallow")
 
     def __init__(self) -> None:
         self.held = ""  # received, not yet sent
         self.before = ""  # the last characters sent (as received), for word boundaries and context words
         self.swallow: re.Pattern[str] | None = None  # inside a private key block: its closing armour
+        self.json = OUTSIDE  # JSON text: where the text sent so far (as received) ends (json_state)
 
 
 class Guard:
     """One request's guardrails (see the module docstring)."""
 
-    __slots__ = ("_answered", "_channels", "_counts", "_holdback", "_kept", "_numbers", "_placeholders",
+    __slots__ = ("_answered", "_channels", "_counts", "_holdback", "_json", "_kept", "_numbers", "_placeholders",
                  "_stream", "plan", "score", "vault")
 
     def __init__(self, plan: Plan) -> None:
@@ -267,6 +300,7 @@ class Guard:
         self._stream: StreamTexts | None = None
         self._kept: Kept | None = None  # the values the request's instructions keep (.kept), when a rule looks
         self._answered: Budget | None = None  # the scanner's work left for the answer (made when first used)
+        self._json = False  # the request asks for JSON output: the answer's text is JSON text
 
     # -- records ----------------------------------------------------------------------------
 
@@ -293,6 +327,7 @@ class Guard:
         if walker.continues_stored(payload):  # placeholders another request numbered: none is restored
             rules = _redacting(rules)
             system_rules = _redacting(system_rules) if system_rules is not None else None
+        self._json = walker.asks_json(payload)
         scanner = plan.scanner
         changed = False
         scored: list[str] = []
@@ -363,12 +398,15 @@ class Guard:
             raise Blocked(rule, INJECTION)
 
     def apply(self, text: str, findings: Sequence[Finding], rules: Mapping[str, Rule] | Any, direction: str,
-              json_text: bool = False, restore: bool = False, echo: bool = False) -> str:
+              json_text: bool = False, restore: bool = False, state: int = OUTSIDE, echo: bool = False) -> str:
         """``text`` with each finding acted on by its rule (counted); pseudonyms put back when ``restore``.
-        ``echo``: the request's own text that an answer repeats (:meth:`_echo`): not counted, and a
-        ``block`` rule's value is replaced by its placeholder instead of refusing the answer."""
+        ``json_text``: ``text`` is JSON text, starting where ``state`` says (:func:`json_state`); a
+        value replaced outside a string (a card or phone number given as a JSON number) becomes a
+        string (``"[PHONE_1]"``), so the text stays JSON. ``echo``: the request's own text that an
+        answer repeats (:meth:`_echo`): not counted, and a ``block`` rule's value is replaced by its
+        placeholder instead of refusing the answer."""
         parts: list[str] = []
-        last = 0
+        last = at = 0
         for finding in findings:
             detector = finding.detector
             rule = rules[detector.name]
@@ -382,9 +420,14 @@ class Guard:
             parts.append(self._restore(text[last:finding.start], json_text) if restore else text[last:finding.start])
             value = text[finding.start:finding.end]
             if action == "mask":
-                parts.append(_mask(value, 0 if detector.kind in ("kept", "credential") else MASK_SHOWN))
+                new = _mask(value, 0 if detector.kind in ("kept", "credential") else MASK_SHOWN)
             else:
-                parts.append(self._placeholder(detector, value, action == "pseudonymise"))
+                new = self._placeholder(detector, value, action == "pseudonymise")
+            if json_text:
+                state, at = json_state(text, state, at, finding.start), finding.start
+                if state == OUTSIDE:
+                    new = f'"{new}"'
+            parts.append(new)
             last = finding.end
         if not parts:
             return self._restore(text, json_text) if restore else text
@@ -421,7 +464,7 @@ class Guard:
         or :class:`~.scanner.Unscannable`."""
         rules = self.plan.response
         changed = False
-        for ref in list(walker.answer(payload)):
+        for ref in list(walker.answer(payload, self._json)):
             text = ref.get()
             if not text:
                 continue
@@ -488,7 +531,7 @@ class Guard:
         :class:`Blocked` or :class:`~.scanner.Unscannable`."""
         stream = self._stream
         if stream is None:
-            stream = self._stream = walker.stream()
+            stream = self._stream = walker.stream(self._json)
             rules = self.plan.response
             detectors = [d for d in self.plan.scanner.detectors if d.name in rules]
             if self._kept is not None:
@@ -527,6 +570,7 @@ class Guard:
         rules = self.plan.response
         assert self._holdback is not None
         cut = len(buf) if final else len(buf) - self._holdback.keep(buf)
+        sure = -1  # JSON text: where an opened key block starts (what follows, swallowed, holds no quote)
         context = channel.before
         findings: list[Finding] = []
         if rules and buf:
@@ -544,7 +588,7 @@ class Guard:
                 if end > cut or (finding.open and not final):
                     if finding.open and start < cut:  # an opened key block: replace it, swallow the rest
                         findings.append(Finding(finding.detector, start, len(buf), open=True))
-                        cut = len(buf)
+                        cut, sure = len(buf), start
                         until = finding.detector.until
                         assert until is not None
                         channel.swallow = re.compile(until)
@@ -556,7 +600,10 @@ class Guard:
         # Inside a key block the held text is only the tail a split closing armour may start in.
         channel.held = buf[cut:] if channel.swallow is None else buf[-_ARMOUR:]
         channel.before = (context + sent)[-CONTEXT - 1:]
-        return self.apply(sent, findings, rules, RESPONSE, json_text, restore=True)
+        state = channel.json
+        if json_text:
+            channel.json = json_state(sent, state, 0, sure if sure >= 0 else len(sent))
+        return self.apply(sent, findings, rules, RESPONSE, json_text, restore=True, state=state)
 
 
 MASK_SHOWN = 4  # the letters and digits a masked value shows at its end (a card's last four) ...

@@ -15,6 +15,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import anthropic
 import openai
@@ -345,6 +346,32 @@ def test_the_instructions_a_responses_answer_echoes_are_guarded_like_its_text(en
     events = [json.loads(line[len(b"data: "):]) for line in body.splitlines() if line.startswith(b"data: ")]
     assert [event["response"]["instructions"] for event in events if "response" in event] == [shown] * 3
     assert [event["sequence_number"] for event in events] == list(range(len(events)))
+
+
+STRUCTURED = '{"phone":41555|50100,"card":4111111|111111111,"to":"jane.doe@exa|mple.com"}'  # | : the deltas
+REDACTED = {"phone": "[PHONE_1]", "card": "[CREDIT_CARD_1]", "to": "[EMAIL_1]"}
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku"], ids=["passed-through", "translated"])
+def test_a_json_answer_the_client_asked_for_stays_json_when_redacted(env: Providers, model: str) -> None:
+    """Structured outputs (Responses ``text.format``, chat ``response_format``, Messages
+    ``output_config``): a number replaced outside a JSON string becomes a string, so the SDK's
+    ``json.loads`` (or ``parse``) of the answer works; JSON and streamed."""
+    reply = {"x-mock-reply": STRUCTURED}
+    fmt: Any = {"format": {"type": "json_schema", "name": "contact", "strict": False, "schema": {"type": "object"}}}
+    client = env.openai()
+    answer = client.responses.create(model=model, input="Extract it.", text=fmt, extra_headers=reply)
+    assert json.loads(answer.output_text) == REDACTED
+    with client.responses.stream(model=model, input="Extract it.", text=fmt, extra_headers=reply) as events:
+        deltas = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+        assert json.loads(deltas) == json.loads(events.get_final_response().output_text) == REDACTED
+    chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Extract it."}],
+                                          response_format={"type": "json_object"}, extra_headers=reply)
+    assert json.loads(chat.choices[0].message.content or "") == REDACTED
+    with env.anthropic().messages.stream(
+            model=model, max_tokens=50, messages=[{"role": "user", "content": "Extract it."}], extra_headers=reply,
+            extra_body={"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}) as out:
+        assert json.loads(out.get_final_text()) == REDACTED
 
 
 def test_a_placeholder_is_never_restored_to_another_value_across_a_stored_conversation(env: Providers) -> None:

@@ -479,6 +479,52 @@ def test_pseudonyms_come_back_in_the_instructions_every_streamed_response_echoes
         assert echoed == [ECHOED.replace("7731-XK", "[KEPT_SECRET_1]")] * 3
 
 
+# -- structured output -----------------------------------------------------------------------------
+
+STRUCTURED = '{"phone":4155550100,"card":4111111111111111,"note":"mail jane.doe@example.com"}'
+STRUCTURED_REDACTED = {"phone": "[PHONE_1]", "card": "[CREDIT_CARD_1]", "note": "mail [EMAIL_1]"}
+FORMATS = [pytest.param({"type": "json_schema", "name": "contact", "schema": {"type": "object"}}, id="json_schema"),
+           pytest.param({"type": "json_object"}, id="json_object")]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_json_answer_the_request_asked_for_stays_json_when_redacted(fmt: dict[str, Any]) -> None:
+    """``text.format`` JSON: the output text is JSON text; a number replaced becomes a string."""
+    session, _ = send({"model": "gpt-4o", "input": "Extract it.", "text": {"format": fmt}})
+    answer = answered(session, {"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-4o",
+                                "output": [{"type": "message", "id": "msg_1", "role": "assistant", "content": [
+                                    {"type": "output_text", "text": STRUCTURED, "annotations": []}]}]})
+    assert orjson.loads(orjson.loads(answer.body)["output"][0]["content"][0]["text"]) == STRUCTURED_REDACTED
+
+
+def test_function_call_arguments_stay_json_when_a_number_is_redacted() -> None:
+    session, sent = send({"model": "gpt-4o", "input": [
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": '{"card": 4111111111111111}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "ok"}]})
+    assert orjson.loads(orjson.loads(sent.body)["input"][0]["arguments"]) == {"card": "[CREDIT_CARD_1]"}
+    answer = answered(session, {"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-4o",
+                                "output": [{"type": "function_call", "id": "fc_1", "call_id": "c2", "name": "f",
+                                            "arguments": '{"to": [4155550100, "a\\"b 4155550100"]}'}]})
+    arguments = orjson.loads(answer.body)["output"][0]["arguments"]
+    assert orjson.loads(arguments) == {"to": ["[PHONE_1]", 'a"b [PHONE_1]']}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@settings(BOUNDED, max_examples=30)
+@given(data=st.data())
+def test_a_streamed_json_answer_split_anywhere_stays_json_when_redacted(provider: str, data: st.DataObject) -> None:
+    """The same answer streamed, natively or translated (to ``response_format`` for a chat server, a
+    system prompt instruction for Claude): every repetition of the text reads as JSON."""
+    fmt = {"type": "json_schema", "name": "contact", "schema": {"type": "object"}}
+    upstream = provider_stream(provider, pieces(STRUCTURED, some_cuts(data, STRUCTURED)))
+    session = opened(provider, prompt="Extract it.", text={"format": fmt})
+    out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
+    seen = texts_seen(client_events(out))
+    for text in [seen["deltas"], *seen["done"], seen["completed"]]:
+        assert orjson.loads(text) == STRUCTURED_REDACTED
+    assert b"4111" not in out and b"jane.doe" not in out
+
+
 # -- a conversation the provider stores ------------------------------------------------------------
 
 

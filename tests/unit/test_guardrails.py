@@ -20,7 +20,7 @@ from ext_proc.core.session import Session
 from ext_proc.guardrails import forms, injection, scope
 from ext_proc.guardrails import scanner as scanner_module
 from ext_proc.guardrails.detectors import GROUPS, PASTED
-from ext_proc.guardrails.guard import Holdback
+from ext_proc.guardrails.guard import ESCAPED, OUTSIDE, STRING, Holdback, json_state
 from ext_proc.guardrails.instructions import WEIGHTS, instructions
 from ext_proc.guardrails.queries import ClassifierUnavailable, Classify
 from ext_proc.guardrails.scanner import CONTEXT, Budget, PatternError, Unscannable, builtin, context, shape
@@ -862,6 +862,56 @@ def test_a_translated_json_answer_is_redacted_before_translation() -> None:
                                "content": [{"type": "text", "text": "Call (415) 555-2671."}],
                                "stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 4}})
     assert orjson.loads(answer.body)["choices"][0]["message"]["content"] == "Call [PHONE_1]."
+
+
+STRUCTURED = '{"phone":4155550100,"card":4111111111111111}'
+
+
+@pytest.mark.parametrize(("path", "model", "asked"), [
+    ("/v1/chat/completions", "gpt-4o", {"response_format": {"type": "json_object"}}),
+    ("/v1/chat/completions", "claude-x", {"response_format": {"type": "json_object"}}),  # an instruction to Claude
+    ("/v1/messages", "claude-x", {"output_config": {"format": {"type": "json_schema", "schema": {}}}}),
+    ("/v1/messages", "gpt-4o", {"output_format": {"type": "json_schema", "schema": {}}}),  # response_format
+])
+def test_a_json_answer_the_client_asked_for_stays_json_when_redacted(path: str, model: str,
+                                                                     asked: dict[str, Any]) -> None:
+    """Structured outputs: the answer's text is JSON, a number replaced outside a string becomes one."""
+    body: dict[str, Any] = {"model": model, "max_tokens": 50, "messages": [{"role": "user", "content": "Extract."}],
+                            **asked}
+    session, _, _ = post(path, body)
+    if model == "gpt-4o":
+        answer = _answer(session, {"model": "gpt-4o", "choices": [{"index": 0, "message": {
+            "role": "assistant", "content": STRUCTURED}, "finish_reason": "stop"}]})
+    else:
+        answer = _answer(session, {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                                   "content": [{"type": "text", "text": STRUCTURED}], "stop_reason": "end_turn",
+                                   "usage": {"input_tokens": 3, "output_tokens": 4}})
+    out = orjson.loads(answer.body)
+    text = out["choices"][0]["message"]["content"] if path == "/v1/chat/completions" else out["content"][0]["text"]
+    assert orjson.loads(text) == {"phone": "[PHONE_1]", "card": "[CREDIT_CARD_1]"}
+
+
+def _json_state_by_character(text: str, state: int) -> int:
+    for char in text:
+        if state == OUTSIDE:
+            state = STRING if char == '"' else OUTSIDE
+        elif state == STRING:
+            state = OUTSIDE if char == '"' else ESCAPED if char == "\\" else STRING
+        else:
+            state = STRING
+    return state
+
+
+@settings(max_examples=400)
+@given(text=st.text(alphabet='"\\a:1 ', max_size=24), state=st.sampled_from([OUTSIDE, STRING, ESCAPED]),
+       data=st.data())
+def test_json_state_follows_strings_and_escapes_from_any_point(text: str, state: int, data: st.DataObject) -> None:
+    """Where JSON text is (outside a string, inside, after a backslash) after any piece of it, as
+    a stream's deltas give it: the same as reading it character by character."""
+    start = data.draw(st.integers(0, len(text)), label="start")
+    end = data.draw(st.integers(start, len(text)), label="end")
+    assert json_state(text, state, start, end) == _json_state_by_character(text[start:end], state)
+    assert json_state(text, json_state(text, state, 0, start), start) == json_state(text, state)
 
 
 def test_an_answer_an_injection_rule_does_not_cover_passes_untouched() -> None:

@@ -4,9 +4,11 @@ Theory of operation. Guardrails read and rewrite text without knowing any wire f
 :class:`Walker` per wire API (registered in :data:`WALKERS` by the API's name) lists the text of
 a decoded request or answer as :class:`Ref` values, each a place (a container and a key) that can
 be read and replaced in the decoded JSON, with the role it speaks for (``user``, ``system``,
-``assistant``, ``tool``) and whether the string holds JSON text (tool-call arguments), so a
-restored value is escaped for it. :meth:`Walker.echoed` lists what an answer repeats of the
-request (the ``instructions`` of a Responses ``response`` object), and
+``assistant``, ``tool``) and whether the string holds JSON text (tool-call arguments, and the
+answer's text when the request asks for JSON: :meth:`Walker.asks_json`, read on the client's
+request and given to the served API's walker as ``json_output``), so a value replaced outside a
+string becomes a string and a restored value is escaped for it. :meth:`Walker.echoed` lists what an
+answer repeats of the request (the ``instructions`` of a Responses ``response`` object), and
 :meth:`Walker.continues_stored` whether a request continues a conversation the provider stores.
 For streamed answers a walker makes a :class:`StreamTexts`: it finds the text deltas of each
 event, keyed by *channel* (a choice's content, one tool call's arguments, one Anthropic content

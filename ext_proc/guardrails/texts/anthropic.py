@@ -35,24 +35,33 @@ class MessagesWalker(Walker):
             elif isinstance(content, list):
                 yield from _blocks(content, role)
 
-    def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
+    def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         content = payload.get("content")
         if isinstance(content, list):
-            yield from _blocks(content, "assistant", answer=True)
+            yield from _blocks(content, "assistant", answer=True, json_output=json_output)
 
-    def stream(self) -> StreamTexts:
-        return MessagesStream()
+    def stream(self, json_output: bool = False) -> StreamTexts:
+        return MessagesStream(json_output)
+
+    def asks_json(self, payload: dict[str, Any]) -> bool:
+        """Structured outputs: ``output_config.format`` (or the older ``output_format``) ``json_schema``."""
+        config = payload.get("output_config")
+        fmt = config.get("format") if isinstance(config, dict) else None
+        if fmt is None:
+            fmt = payload.get("output_format")
+        return isinstance(fmt, dict) and fmt.get("type") == "json_schema"
 
 
-def _blocks(blocks: list[Any], role: str, answer: bool = False) -> Iterator[Ref]:
+def _blocks(blocks: list[Any], role: str, answer: bool = False, json_output: bool = False) -> Iterator[Ref]:
     """The text of Messages content blocks. A thinking block is read in an answer (what the client
-    is shown) and not in a request, where the provider checks its signature and refuses it changed."""
+    is shown) and not in a request, where the provider checks its signature and refuses it changed.
+    ``json_output``: an answer's text blocks are JSON text."""
     for block in blocks:
         if not isinstance(block, dict):
             continue
         kind = block.get("type")
         if kind == "text" and isinstance(block.get("text"), str):
-            yield Ref(block, "text", role)
+            yield Ref(block, "text", role, json_output)
             yield from _citations(block.get("citations"), role)
         elif kind == "tool_use":
             yield from _strings(block.get("input"), role)
@@ -90,12 +99,14 @@ def _citations(citations: Any, role: str) -> Iterator[Ref]:
 
 class MessagesStream(StreamTexts):
     """Anthropic events: each content block is a channel (text deltas, tool input JSON deltas);
-    ``content_block_stop`` closes it, ``message_stop`` any left open."""
+    ``content_block_stop`` closes it, ``message_stop`` any left open. ``json_output``: text blocks
+    are JSON text."""
 
-    __slots__ = ("open",)
+    __slots__ = ("json", "open")
 
-    def __init__(self) -> None:
+    def __init__(self, json_output: bool = False) -> None:
         self.open: dict[tuple[Any, ...], tuple[str, str, bool]] = {}  # channel -> (delta type, field, json)
+        self.json = json_output
 
     def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn,
              echo: EchoFn | None = None) -> list[SSEEvent]:
@@ -122,11 +133,13 @@ class MessagesStream(StreamTexts):
                 block = payload.get("content_block")
                 shape = _BLOCK_FIELDS.get(str(block.get("type"))) if isinstance(block, dict) else None
                 if shape is not None:
+                    if shape[0] == "text_delta" and self.json:
+                        shape = (shape[0], shape[1], True)
                     self.open[channel] = shape
                     assert isinstance(block, dict)
                     field = shape[1] if shape[1] != "partial_json" else ""
                     if field and isinstance(block.get(field), str) and block[field]:
-                        new = text(channel, block[field], False)
+                        new = text(channel, block[field], shape[2])
                         changed = new != block[field]
                         block[field] = new
                     elif not field and block.get("input"):  # a tool's input given whole at its start
@@ -136,6 +149,7 @@ class MessagesStream(StreamTexts):
                 shape2 = _DELTA_FIELDS.get(str(delta.get("type"))) if isinstance(delta, dict) else None
                 if shape2 is not None and isinstance(delta, dict) and isinstance(delta.get(shape2[0]), str):
                     field, json_text = shape2
+                    json_text = json_text or (self.json and delta["type"] == "text_delta")
                     self.open.setdefault(channel, (delta["type"], field, json_text))
                     value = delta[field]
                     new = text(channel, value, json_text)

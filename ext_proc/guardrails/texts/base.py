@@ -101,20 +101,25 @@ class StreamTexts:
 
 
 class Walker:
-    """Where one wire API keeps its text."""
+    """Where one wire API keeps its text. ``json_output``: the request asked for JSON
+    (:meth:`asks_json`), so the answer's text is JSON text (see the package docstring)."""
 
     def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
         raise NotImplementedError
 
-    def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
+    def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         return iter(())
 
     def echoed(self, payload: dict[str, Any]) -> Iterator[Ref]:
         """The request's own texts an answer repeats (Responses: ``instructions``)."""
         return iter(())
 
-    def stream(self) -> StreamTexts:
+    def stream(self, json_output: bool = False) -> StreamTexts:
         raise NotImplementedError
+
+    def asks_json(self, payload: dict[str, Any]) -> bool:
+        """Whether the request asks for JSON output (structured outputs, JSON mode)."""
+        return False
 
     def continues_stored(self, payload: dict[str, Any]) -> bool:
         """Whether the request continues a conversation the provider stores (its earlier turns,

@@ -26,24 +26,33 @@ class ChatWalker(Walker):
         if isinstance(prediction, dict):
             yield from _message(prediction, "assistant")
 
-    def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
+    def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         for choice in payload.get("choices") or ():
             if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
-                yield from _message(choice["message"], "assistant", choice)
+                yield from _message(choice["message"], "assistant", choice, json_output)
                 yield from _annotations(choice["message"].get("annotations"))
 
-    def stream(self) -> StreamTexts:
-        return OpenAIStream()
+    def stream(self, json_output: bool = False) -> StreamTexts:
+        return OpenAIStream(json_output)
+
+    def asks_json(self, payload: dict[str, Any]) -> bool:
+        return _json_format(payload.get("response_format"))
 
 
-def _message(message: dict[str, Any], role: str, scrub: dict[str, Any] | None = None) -> Iterator[Ref]:
+def _json_format(fmt: Any) -> bool:
+    """Whether a ``response_format`` (chat) or ``text.format`` (Responses) asks for JSON."""
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object")
+
+
+def _message(message: dict[str, Any], role: str, scrub: dict[str, Any] | None = None,
+             json_output: bool = False) -> Iterator[Ref]:
     content = message.get("content")
     if isinstance(content, str):
-        yield Ref(message, "content", role, scrub=scrub)
+        yield Ref(message, "content", role, json_output, scrub)
     elif isinstance(content, list):
         for part in content:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
-                yield Ref(part, "text", role, scrub=scrub)
+                yield Ref(part, "text", role, json_output, scrub)
             elif isinstance(part, dict) and isinstance(part.get("refusal"), str):
                 yield Ref(part, "refusal", role, scrub=scrub)
     if isinstance(message.get("refusal"), str):
@@ -75,12 +84,12 @@ class CompletionsWalker(Walker):
         if isinstance(payload.get("suffix"), str):
             yield Ref(payload, "suffix", "user")
 
-    def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
+    def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         for choice in payload.get("choices") or ():
             if isinstance(choice, dict) and isinstance(choice.get("text"), str):
                 yield Ref(choice, "text", "assistant", scrub=choice)
 
-    def stream(self) -> StreamTexts:
+    def stream(self, json_output: bool = False) -> StreamTexts:
         return OpenAIStream()
 
 
@@ -104,12 +113,13 @@ def _inputs(payload: dict[str, Any], key: str) -> Iterator[Ref]:
 class OpenAIStream(StreamTexts):
     """Chat and completion chunks: ``delta.content``, ``delta.refusal``, each tool call's
     ``arguments`` (chat) or ``text`` (completions), per choice; a choice's ``finish_reason`` closes
-    its channels, and ``[DONE]`` any left open."""
+    its channels, and ``[DONE]`` any left open. ``json_output``: the content is JSON text."""
 
-    __slots__ = ("open",)
+    __slots__ = ("json", "open")
 
-    def __init__(self) -> None:
+    def __init__(self, json_output: bool = False) -> None:
         self.open: dict[tuple[Any, ...], tuple[str, bool]] = {}  # channel -> (kind, json_text)
+        self.json = json_output
 
     def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn,
              echo: EchoFn | None = None) -> list[SSEEvent]:
@@ -140,8 +150,9 @@ class OpenAIStream(StreamTexts):
                         value = delta.get(field)
                         if isinstance(value, str) and value:
                             channel = (index, field)
-                            self.open[channel] = (field, False)
-                            own[channel] = new = text(channel, value, False)
+                            json_text = self.json and field == "content"
+                            self.open[channel] = (field, json_text)
+                            own[channel] = new = text(channel, value, json_text)
                             if new != value:
                                 delta[field] = new
                                 altered = True

@@ -9,6 +9,7 @@ from ext_proc.llm.apis.responses import stored_state
 from ext_proc.llm.sse import SSEEvent
 
 from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Walker, _event
+from .openai import _json_format
 
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 
@@ -28,18 +29,22 @@ class ResponsesWalker(Walker):
             yield from _input_items(given, "user")
         yield from _variables(payload)
 
-    def answer(self, payload: dict[str, Any]) -> Iterator[Ref]:
+    def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         output = payload.get("output")
         for index, item in enumerate(output if isinstance(output, list) else ()):
-            for _, container, key, json_text in _item_texts(item, index):
+            for _, container, key, json_text in _item_texts(item, index, json_output):
                 yield Ref(container, key, "assistant", json_text)
 
     def echoed(self, payload: dict[str, Any]) -> Iterator[Ref]:
         yield from _instructions(payload)
         yield from _variables(payload)
 
-    def stream(self) -> StreamTexts:
-        return ResponsesStream()
+    def stream(self, json_output: bool = False) -> StreamTexts:
+        return ResponsesStream(json_output)
+
+    def asks_json(self, payload: dict[str, Any]) -> bool:
+        text = payload.get("text")
+        return isinstance(text, dict) and _json_format(text.get("format"))
 
     def continues_stored(self, payload: dict[str, Any]) -> bool:
         return stored_state(payload) is not None
@@ -107,8 +112,9 @@ _PART_KINDS = {"output_text": ("text", "text"), "refusal": ("refusal", "refusal"
                "reasoning_text": ("reasoning", "text")}
 
 
-def _item_texts(item: Any, index: Any) -> Iterator[tuple[tuple[Any, ...], Any, str, bool]]:
-    """(channel, container, key, json_text) of each text of an output item."""
+def _item_texts(item: Any, index: Any, json_output: bool = False) -> Iterator[tuple[tuple[Any, ...], Any, str, bool]]:
+    """(channel, container, key, json_text) of each text of an output item (``json_output``: its
+    output text is JSON text)."""
     if not isinstance(item, dict):
         return
     kind = item.get("type")
@@ -116,7 +122,7 @@ def _item_texts(item: Any, index: Any) -> Iterator[tuple[tuple[Any, ...], Any, s
         for number, part in enumerate(item.get("content") or ()):
             shape = _PART_KINDS.get(str(part.get("type"))) if isinstance(part, dict) else None
             if shape is not None and isinstance(part.get(shape[1]), str):
-                yield (index, shape[0], number), part, shape[1], False
+                yield (index, shape[0], number), part, shape[1], json_output and shape[0] == "text"
             annotations = part.get("annotations") if shape is not None else None
             for which, annotation in enumerate(annotations if isinstance(annotations, list) else ()):
                 yield from _annotation(annotation, index, number, which)
@@ -212,16 +218,22 @@ class ResponsesStream(StreamTexts):
     channel; its ``*.done`` event closes it, ``response.output_item.done`` any left open in the item,
     the terminal event all. The repetitions of the text are rewritten to what went out, and the
     events renumbered when an event was added (see the module docstring). The request's texts each
-    ``response`` object echoes (``instructions``) are guarded whole, once per distinct text."""
+    ``response`` object echoes (``instructions``) are guarded whole, once per distinct text.
+    ``json_output``: output text is JSON text."""
 
-    __slots__ = ("done", "echoes", "open", "sent")
+    __slots__ = ("done", "echoes", "json", "open", "sent")
 
-    def __init__(self) -> None:
+    def __init__(self, json_output: bool = False) -> None:
         self.open: dict[tuple[Any, ...], dict[str, Any]] = {}  # channel -> the head of its delta events
         self.sent: dict[tuple[Any, ...], list[str]] = {}  # channel -> the text it sent so far
         self.done: dict[tuple[Any, ...], str] = {}  # closed channel -> all the text it sent
         self.echoes: dict[tuple[str, bool], str] = {}  # an echoed text (and json_text) -> what goes out
+        self.json = json_output
         self.sequence = 0
+
+    def _json(self, kind: str) -> bool:
+        """Whether a channel of this kind holds JSON text."""
+        return kind == "arguments" or (self.json and kind == "text")
 
     def feed(self, events: list[SSEEvent], text: TextFn, flush: FlushFn,
              echo: EchoFn | None = None) -> list[SSEEvent]:
@@ -237,6 +249,7 @@ class ResponsesStream(StreamTexts):
             done = _R_DONE.get(kind)
             if delta is not None and isinstance(payload.get("delta"), str):
                 channel_kind, part, json_text = delta
+                json_text = json_text or self._json(channel_kind)
                 channel = _channel(payload, channel_kind, part)
                 value = payload["delta"]
                 if channel not in self.open:  # what an added delta of this channel repeats
@@ -254,7 +267,7 @@ class ResponsesStream(StreamTexts):
                 channel_kind, part, field = done
                 channel = _channel(payload, channel_kind, part)
                 out += self._close([channel], flush)
-                changed = self._final(payload, field, channel, text, flush, channel_kind == "arguments")
+                changed = self._final(payload, field, channel, text, flush, self._json(channel_kind))
             elif kind in _R_PARTS or kind.startswith("response.output_item."):
                 closing = kind.endswith(".done")
                 container = payload.get("part") if kind in _R_PARTS else payload.get("item")
@@ -262,9 +275,9 @@ class ResponsesStream(StreamTexts):
                 if kind in _R_PARTS:  # one part: as an item holding only it, at its place
                     number = payload.get("summary_index" if "summary" in kind else "content_index")
                     texts = [((index, channel[1], number, *channel[3:]), c, k, j)
-                             for channel, c, k, j in _item_texts(_as_item(kind, container), index)]
+                             for channel, c, k, j in _item_texts(_as_item(kind, container), index, self.json)]
                 else:
-                    texts = list(_item_texts(container, index))
+                    texts = list(_item_texts(container, index, self.json))
                 if closing:  # an item closes all its channels, a part its own
                     out += self._close([c for c in self.open if c[0] == index] if kind not in _R_PARTS
                                        else [t[0] for t in texts], flush)
@@ -282,7 +295,7 @@ class ResponsesStream(StreamTexts):
                 response = payload.get("response")
                 output = response.get("output") if isinstance(response, dict) else None
                 for index, item in enumerate(output if isinstance(output, list) else ()):
-                    for channel, holder, key, json_text in _item_texts(item, index):
+                    for channel, holder, key, json_text in _item_texts(item, index, self.json):
                         changed |= self._final(holder, key, channel, text, flush, json_text)
             if kind in _R_RESPONSE and echo is not None and isinstance(payload.get("response"), dict):
                 changed |= self._echoed(payload["response"], echo)
@@ -338,7 +351,7 @@ class ResponsesStream(StreamTexts):
             head = self.open.pop(channel, None)
             if head is None:
                 continue
-            json_text = channel[1] == "arguments"
+            json_text = self._json(channel[1])
             rest = flush(channel, json_text)
             sent = self.sent.pop(channel, [])
             self.done[channel] = "".join(sent) + rest
