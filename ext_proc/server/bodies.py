@@ -14,10 +14,18 @@ format with ``retry-after: 1`` (the OpenAI and Anthropic SDKs retry it), recorde
 the provider never asked. A request alone in the worker is always read (up to ``MAX_BODY``), so
 the limit decides how many large bodies share a worker, never whether a large one can pass.
 Answers are not counted: a provider's answer is usually small, and ``MAX_BODY`` bounds it.
+
+A gzip body (``content-encoding: gzip``) is inflated by the session (up to 200 times its size, at
+most :data:`~ext_proc.llm.apis.base.MAX_DECODED_BODY`) and kept inflated: its compressed chunks
+count as they come, then, before the session inflates it, the size its gzip trailer announces
+(:func:`inflated`) is charged too (refused past the limit as any body), and once inflated the
+request holds the inflated body's real size (counted even past the limit: it is in memory
+already; later requests see it).
 """
 
 from __future__ import annotations
 
+from ext_proc.llm.apis.base import MAX_DECODED_BODY, MAX_RATIO
 from ext_proc.llm.errors import ClientError
 
 DEFAULT_MIB = 128  # two of the largest bodies at once: the injected sidecar's memory limit holds that
@@ -49,6 +57,23 @@ class BodyBudget:
         self.held = held
         return True
 
+    def true_up(self, mine: int, size: int) -> int:
+        """A request counted as holding ``mine`` bytes holds ``size`` (its body inflated): counted
+        whatever the limit (the bytes are in memory already); returns ``size``."""
+        self.held = max(0, self.held + size - mine)
+        return size
+
     def give_back(self, size: int) -> None:
         """A request's stream ended: the ``size`` bytes it held are no longer counted."""
         self.held = max(0, self.held - size)
+
+
+def inflated(body: bytes) -> int:
+    """The bytes a gzip ``body`` inflates to, read before inflating it: its last member's ``ISIZE``
+    (the trailer's last 4 bytes, little-endian; zlib checks it when inflating), capped at what the
+    session inflates at most (``apis.gunzip`` refuses a body past that). An estimate: a body of
+    several members announces only its last one's size (the true-up after inflating counts it)."""
+    if len(body) < 18:  # shorter than a gzip header and trailer: the session refuses it as corrupt
+        return 0
+    cap = min(MAX_DECODED_BODY, max(1 << 20, len(body) * MAX_RATIO))
+    return min(int.from_bytes(body[-4:], "little"), cap)

@@ -50,7 +50,7 @@ from ext_proc.guardrails.queries import Classify
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.server import coalesce, codec
-from ext_proc.server.bodies import OVERLOADED, BodyBudget
+from ext_proc.server.bodies import OVERLOADED, BodyBudget, inflated
 from ext_proc.server.classifier import Classifier
 from ext_proc.server.coalesce import Coalescer
 from ext_proc.server.credentials import CredentialStore
@@ -201,6 +201,25 @@ def _body_held(service: Service, session: Session | Attempt, event: Event, held:
     return None
 
 
+def _inflating(service: Service, session: Session, body: bytes, held: int) -> int | None:
+    """The bytes a request holds once its whole gzip ``body``'s inflated size (read from its
+    trailer: :func:`~ext_proc.server.bodies.inflated`) is counted too, before the session inflates
+    it; or None: refused as :func:`_body_held` refuses (its bytes no longer counted). ``held`` as
+    it is when the request is no gzip body still to read."""
+    if session.phase is not Phase.REQUEST_BODY or not session.flow.gunzip:
+        return held
+    size = inflated(body)
+    if service.bodies.take(held, size):
+        return held + size
+    service.bodies.give_back(held)
+    return None
+
+
+def _inflated(service: Service, session: Session, held: int) -> int:
+    """The bytes a request holds once the session read its gzip body: the inflated body's."""
+    return service.bodies.true_up(held, len(session.flow.body))
+
+
 LONG_HOLD_NS = 5_000_000_000  # a headers answer held this long for its body is logged when its stream ends
 
 
@@ -238,6 +257,8 @@ class ExtProcCall:
                 return self._reply(kind, session.refuse(OVERLOADED, event.at))  # type: ignore[union-attr]
         if self._merge is not None or (isinstance(session, Session) and coalesce.wanted(request)):
             return self._coalesced(kind, event)
+        if self._held and kind == "request_body" and session.flow.gunzip:  # type: ignore[union-attr]
+            return self._gzip(kind, event)
         result = session.handle(event)
         if type(result) is Ask:
             return self._handle(kind, event, result)
@@ -263,7 +284,21 @@ class ExtProcCall:
         early = merge.early()
         if whole is None:
             return early
+        if self._held and kind == "request_body" and self.session.flow.gunzip:  # type: ignore[union-attr]
+            return early + self._gzip(kind, whole)
         return early + self._handle(kind, whole) if early else self._handle(kind, whole)
+
+    def _gzip(self, kind: str, event: Event) -> list[bytes]:
+        """Handle a whole gzip request body: its inflated size counted before the session inflates
+        it (refused past the worker's limit), its real size after."""
+        session: Session = self.session  # type: ignore[assignment]
+        held = _inflating(self.service, session, event.body, self._held)  # type: ignore[union-attr]
+        if held is None:
+            self._held = 0
+            return self._reply(kind, session.refuse(OVERLOADED, event.at))
+        result = session.handle(event)
+        self._held = _inflated(self.service, session, held)
+        return self._handle(kind, event, result)
 
     def _reply(self, kind: str, action: Action) -> list[bytes]:
         """The replies carrying ``action`` (none while a coalesced body is held); then the effects."""
@@ -443,7 +478,20 @@ class Processor:
                     if whole is None:
                         continue
                     event = whole
-                action = handle(event)
+                if held and kind == "request_body" and session.flow.gunzip:  # type: ignore[union-attr]
+                    taken = _inflating(self.service, session, event.body, held)  # type: ignore[arg-type, union-attr]
+                    if taken is None:
+                        held = 0
+                        refusal = session.refuse(OVERLOADED, event.at)  # type: ignore[union-attr]
+                        for reply in (merge.outgoing(kind, refusal, credentials) if merge is not None
+                                      else [codec.encode_bytes(kind, refusal)]):
+                            yield pb.ProcessingResponse.FromString(reply)
+                        _run_effects(session, self.service)
+                        continue
+                    action = handle(event)
+                    held = _inflated(self.service, session, taken)  # type: ignore[arg-type]
+                else:
+                    action = handle(event)
                 while isinstance(action, Ask):
                     answer = self.service.ask(action.query)
                     if inspect.isawaitable(answer):

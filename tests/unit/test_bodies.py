@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import random
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,7 @@ import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ext_proc.server.bodies import BodyBudget
+from ext_proc.server.bodies import BodyBudget, inflated
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.servicer import ExtProcCall, Processor, Service
 from tests.unit.test_coalesce import BODY, chunk, parsed, request_head
@@ -120,4 +123,103 @@ def test_grpcio_refuses_the_same_and_gives_the_bytes_back(tmp_path: Path) -> Non
     service.bodies.give_back(90)
     replies = asyncio.run(run(messages))
     assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body", "request_body"]
+    assert service.bodies.held == 0
+
+
+def _gzipped(size: int) -> tuple[bytes, bytes]:
+    """A chat body of about ``size`` bytes, and its gzip (compressing about 100 times: less than the
+    200 times past which the session refuses a gzip body)."""
+    text = "a" * size + base64.b64encode(random.Random(size).randbytes(size // 200)).decode()
+    raw = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
+    return raw, gzip.compress(raw)
+
+
+def test_a_gzip_bodys_trailer_tells_its_inflated_size() -> None:
+    raw, packed = _gzipped(5 << 20)
+    assert inflated(packed) == len(raw)
+    most = (2**32 - 1).to_bytes(4, "little")  # capped at what the session inflates at most:
+    assert inflated(packed[:-4] + most) == 200 * len(packed)  # 200 times its size,
+    assert inflated(bytes(400_000) + most) == 64 << 20  # 64 MiB
+    bomb = gzip.compress(b"x" * (10 << 20))  # 1000 times: the session refuses it past 200 times its size
+    assert inflated(bomb) == 200 * len(bomb)
+    assert inflated(b"\x1f\x8b") == 0  # too short to be gzip: the session refuses it as corrupt
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["bodies-together", "buffered"])
+def test_a_gzip_body_counts_inflated_and_past_the_limit_is_refused_before_it_is_inflated(
+        tmp_path: Path, together: bool) -> None:
+    raw, packed = _gzipped(5 << 20)
+    service = _service(tmp_path, len(raw) + (1 << 20))  # room for 1 MiB more
+    config = {} if together else {"config": None}
+    assert len(packed) < 100_000
+    first = ExtProcCall(service)
+    first.message(request_head(**config, **{"content-encoding": "gzip"}))  # type: ignore[arg-type]
+    replies = parsed(first.message(chunk("request_body", packed, end=True)))
+    assert not any(r.HasField("immediate_response") for r in replies)  # alone in the worker: read
+    assert first.session.flow.body == raw  # type: ignore[union-attr]
+    assert service.bodies.held == len(raw)  # what the worker holds: the inflated body
+
+    second = ExtProcCall(service)
+    second.message(request_head(**config, **{"content-encoding": "gzip"}))  # type: ignore[arg-type]
+    _, more = _gzipped(2 << 20)  # its compressed bytes fit, not the 2 MiB it inflates to
+    (refused,) = parsed(second.message(chunk("request_body", more, end=True)))
+    assert _refusal(refused)["code"] == "overloaded" and second.session.outcome == "rejected"
+    assert not second.session.flow.body  # type: ignore[union-attr]  # refused before the session read it
+    assert service.bodies.held == len(raw) and service.bodies.refused == 1
+    second.reset()
+    first.reset()
+    assert service.bodies.held == 0
+
+    # a body of several members announces only its last one's size: counted once inflated
+    lying = gzip.compress(raw) + gzip.compress(b" ")
+    third = ExtProcCall(service)
+    third.message(request_head(**config, **{"content-encoding": "gzip"}))  # type: ignore[arg-type]
+    replies = parsed(third.message(chunk("request_body", lying, end=True)))
+    assert not any(r.HasField("immediate_response") for r in replies)
+    assert service.bodies.held == len(raw) + 1
+    assert third.end() == (0, "")
+    assert service.bodies.held == 0
+
+
+def test_grpcio_counts_a_gzip_body_inflated(tmp_path: Path) -> None:
+    raw, packed = _gzipped(5 << 20)
+    _, more = _gzipped(2 << 20)
+    service = _service(tmp_path, len(raw) + (1 << 20))
+    processor = Processor(service)
+    head = request_head(**{"content-encoding": "gzip"})
+
+    class Context:
+        def invocation_metadata(self) -> tuple[()]:
+            return ()
+
+    async def run() -> tuple[list[Any], list[Any], int]:
+        async def requests(body: bytes, hold: asyncio.Event | None = None) -> Any:
+            for data in (head, chunk("request_body", body), chunk("request_body", b"", end=True)):
+                yield pb.ProcessingRequest.FromString(data)
+            if hold is not None:
+                await hold.wait()  # the first stream stays open: its body held
+
+        hold = asyncio.Event()
+        first: list[Any] = []
+
+        async def read_first() -> None:
+            async for reply in processor.process(requests(packed, hold), Context()):  # type: ignore[arg-type]
+                first.append(reply)
+
+        task = asyncio.ensure_future(read_first())
+        for _ in range(1000):
+            if len(first) == 3:
+                break
+            await asyncio.sleep(0)
+        during = service.bodies.held
+        second = [r async for r in processor.process(requests(more), Context())]  # type: ignore[arg-type]
+        hold.set()
+        await task
+        return first, second, during
+
+    first, second, during = asyncio.run(run())
+    assert len(first) == 3 and not any(r.HasField("immediate_response") for r in first)
+    assert during == len(raw)
+    (refused,) = second
+    assert _refusal(refused)["code"] == "overloaded"
     assert service.bodies.held == 0
