@@ -59,7 +59,9 @@ TRUST = "tollway.dev/trust"  # pod annotation: "false" leaves the application's 
 # (tests/e2e/test_sidecar_memory_e2e.py); each further such request in flight takes about 110 MiB
 # of Envoy's and 260 MiB of Tollway's. Past its limit the kernel kills the container, and every
 # request it holds fails: so Tollway gets a --body-memory the limits hold (body_memory), and refuses
-# a body past it with a 503 the SDKs retry.
+# a body past it with a 503 the SDKs retry. Each worker always reads one body alone, whatever its
+# share of --body-memory: with more workers than the defaults hold bodies, the defaults grow to one
+# body per worker (default_memory_limits); limits a pod's annotations set are kept, said if smaller.
 TOLLWAY_MEMORY, ENVOY_MEMORY = "tollway.dev/tollway-memory", "tollway.dev/envoy-memory"
 MEMORY_LIMITS = {TOLLWAY_MEMORY: "1Gi", ENVOY_MEMORY: "384Mi"}
 _QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?")
@@ -133,11 +135,23 @@ def _hardened(uid: int, gid: int) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def memory_limits(meta: Mapping[str, Any]) -> dict[str, str]:
-    """The sidecar containers' memory limits: the pod's annotations, else the defaults."""
+def default_memory_limits(workers: int) -> dict[str, str]:
+    """The sidecar containers' default memory limits for Tollway's ``workers``: :data:`MEMORY_LIMITS`
+    (two 64 MiB bodies at once), grown to hold one body per worker (each worker always reads one
+    body alone, whatever its share of ``--body-memory``)."""
+    workers = max(1, workers)
+    tollway = _TOLLWAY_BASE + _TOLLWAY_PER_BODY * workers
+    envoy = _ENVOY_BASE + _ENVOY_PER_BODY * workers
+    return {TOLLWAY_MEMORY: MEMORY_LIMITS[TOLLWAY_MEMORY] if tollway <= _mib(MEMORY_LIMITS[TOLLWAY_MEMORY])
+            else f"{tollway}Mi",
+            ENVOY_MEMORY: MEMORY_LIMITS[ENVOY_MEMORY] if envoy <= _mib(MEMORY_LIMITS[ENVOY_MEMORY]) else f"{envoy}Mi"}
+
+
+def memory_limits(meta: Mapping[str, Any], workers: int = 1) -> dict[str, str]:
+    """The sidecar containers' memory limits: the pod's annotations, else the defaults for ``workers``."""
     annotations = meta.get("annotations") or {}
     limits = {}
-    for name, default in MEMORY_LIMITS.items():
+    for name, default in default_memory_limits(workers).items():
         value = str(annotations.get(name) or default).strip()
         if not _QUANTITY.fullmatch(value):
             raise Refused(f"annotation {name}: {value!r} is not a memory quantity (e.g. 1Gi, 512Mi)")
@@ -151,18 +165,37 @@ def _mib(quantity: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)] / 2**20
 
 
-def body_memory(memory: Mapping[str, str], workers: int) -> int:
-    """Tollway's ``--body-memory`` (MiB per worker) for these containers' memory limits: as many of the
-    largest bodies (64 MiB) at once as both containers hold (at least one), shared by the workers.
-    The defaults hold two: 128 MiB."""
+def bodies_held(memory: Mapping[str, str]) -> int:
+    """How many of the largest bodies (64 MiB) both containers hold at once (at least one)."""
     bodies = min((_mib(memory[TOLLWAY_MEMORY]) - _TOLLWAY_BASE) // _TOLLWAY_PER_BODY,
                  (_mib(memory[ENVOY_MEMORY]) - _ENVOY_BASE) // _ENVOY_PER_BODY)
-    return max(1, int(max(1, bodies)) * 64 // max(1, workers))
+    return int(max(1, bodies))
+
+
+def body_memory(memory: Mapping[str, str], workers: int) -> int:
+    """Tollway's ``--body-memory`` (MiB per worker) for these containers' memory limits: as many of the
+    largest bodies (64 MiB) at once as both containers hold, shared by the workers, at least one body
+    each (a worker always reads one alone). The defaults hold two: 128 MiB."""
+    return max(64, bodies_held(memory) * 64 // max(1, workers))
+
+
+def memory_warning(memory: Mapping[str, str], workers: int) -> str | None:
+    """What to tell about limits (a pod's annotations) that hold fewer 64 MiB bodies than Tollway
+    has workers, each of which always reads one alone; None when they hold one per worker."""
+    held = bodies_held(memory)
+    if held >= workers:
+        return None
+    return (f"memory limits {memory[TOLLWAY_MEMORY]}/{memory[ENVOY_MEMORY]} (tollway/envoy) hold {held} of the "
+            f"largest bodies (64 MiB) at once, not one per worker ({workers}): a container may be killed; set at "
+            f"least {_TOLLWAY_BASE + _TOLLWAY_PER_BODY * workers}Mi/{_ENVOY_BASE + _ENVOY_PER_BODY * workers}Mi")
 
 
 def sidecar_containers(settings: Settings, workload: str, intercept: bool,
-                       memory: Mapping[str, str] = MEMORY_LIMITS) -> list[dict[str, Any]]:
-    """The init container (when intercepting) and the two native sidecars, in start order."""
+                       memory: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The init container (when intercepting) and the two native sidecars, in start order (``memory``:
+    their limits, the defaults for the settings' workers unless given)."""
+    if memory is None:
+        memory = default_memory_limits(settings.workers)
     out: list[dict[str, Any]] = []
     if intercept:
         out.append({
@@ -319,7 +352,8 @@ def mutate(pod: Mapping[str, Any], namespace: str, settings: Settings) -> dict[s
     trust = intercept and _flag(meta, TRUST, True)
     workload = workload_id(settings, namespace, out)
     apps = [*spec.get("initContainers", []), *spec.get("containers", [])]  # its init containers are intercepted too
-    containers = sidecar_containers(settings, workload, intercept, memory_limits(meta))
+    memory = memory_limits(meta, settings.workers)
+    containers = sidecar_containers(settings, workload, intercept, memory)
     spec["initContainers"] = [*containers, *spec.get("initContainers", [])]
     spec["volumes"] = [*spec.get("volumes", []), *sidecar_volumes(settings, intercept, trust)]
     bundle = f"{TRUST_DIR}/ca-bundle.pem"
@@ -334,9 +368,13 @@ def mutate(pod: Mapping[str, Any], namespace: str, settings: Settings) -> dict[s
                                                          "readOnly": True})
         trusted.append(container.get("name"))
     meta.setdefault("labels", {})[INJECTED_LABEL] = "true"
-    meta.setdefault("annotations", {})[STATUS] = json.dumps({
-        "workload": workload, "intercept": intercept, "trusting": trusted,
-        "containers": [c["name"] for c in spec["initContainers"] if c["name"] in CONTAINERS]}, sort_keys=True)
+    status = {"workload": workload, "intercept": intercept, "trusting": trusted,
+              "containers": [c["name"] for c in spec["initContainers"] if c["name"] in CONTAINERS]}
+    warning = memory_warning(memory, settings.workers)
+    if warning is not None:  # the pod's annotations chose them: kept, and said
+        status["warning"] = warning
+        log.warning("pod %s: %s", meta.get("name") or meta.get("generateName"), warning)
+    meta.setdefault("annotations", {})[STATUS] = json.dumps(status, sort_keys=True)
     return out
 
 
@@ -360,6 +398,9 @@ def review(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
                 response = {"uid": uid, "allowed": False, "status": {"code": 403, "message": f"tollway: {exc}"}}
             else:
                 patch = jsonpatch.make_patch(pod, mutated).patch
+                warning = json.loads(mutated["metadata"]["annotations"][STATUS]).get("warning")
+                if warning is not None:  # kubectl shows it to whoever applied the pod
+                    response["warnings"] = [f"tollway: {warning}"]
                 if patch:
                     response["patchType"] = "JSONPatch"
                     response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()

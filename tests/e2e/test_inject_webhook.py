@@ -305,3 +305,47 @@ def test_tollway_refuses_bodies_before_the_limits_would_kill_a_container() -> No
     assert body_memory({inject.TOLLWAY_MEMORY: "2147483648", inject.ENVOY_MEMORY: "0.75Gi"}) == 384
     assert body_memory({inject.TOLLWAY_MEMORY: "300Mi"}) == 64  # one at a time (a body alone is always read)
     assert body_memory({}, workers=2) == 64  # the workers share it
+    assert body_memory({inject.TOLLWAY_MEMORY: "2Gi", inject.ENVOY_MEMORY: "768Mi"}, workers=4) == 96
+
+
+def test_each_worker_reads_one_body_alone_so_the_default_limits_hold_one_per_worker(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A worker always reads one body alone (up to 64 MiB) whatever its share of ``--body-memory``:
+    the default limits grow to hold one per worker, ``--body-memory`` stays at least one body; limits
+    a pod's annotations set smaller are kept, and the injector says so (its log, the pod's status,
+    the admission's warnings kubectl shows)."""
+    def injected(annotations: dict[str, str], workers: int) -> tuple[dict[str, str], int, dict[str, Any]]:
+        pod = copy.deepcopy(POD)
+        pod["metadata"]["annotations"] = annotations
+        out = inject.mutate(pod, "search", inject.Settings(workers=workers))
+        sidecars = {c["name"]: c for c in out["spec"]["initContainers"]}
+        args = sidecars["tollway"]["args"]
+        return ({name: sidecars[name]["resources"]["limits"]["memory"] for name in ("tollway", "tollway-envoy")},
+                int(args[args.index("--body-memory") + 1]),
+                json.loads(out["metadata"]["annotations"][inject.STATUS]))
+
+    def bodies(limits: dict[str, str]) -> int:  # what the containers hold: about 140 + 260 and 70 + 110 MiB each
+        mib = inject._mib
+        return int(min((mib(limits["tollway"]) - 140) // 260, (mib(limits["tollway-envoy"]) - 70) // 110))
+
+    assert injected({}, 2)[:2] == ({"tollway": "1Gi", "tollway-envoy": "384Mi"}, 64)  # the defaults hold two
+    assert injected({}, 3)[0] == {"tollway": "1Gi", "tollway-envoy": "400Mi"}
+    limits, share, status = injected({}, 4)
+    assert limits == {"tollway": "1180Mi", "tollway-envoy": "510Mi"} and bodies(limits) == 4 and share == 64
+    assert "warning" not in status
+    limits, share, status = injected({inject.TOLLWAY_MEMORY: "3Gi"}, 4)  # Envoy's default still grows
+    assert limits == {"tollway": "3Gi", "tollway-envoy": "510Mi"} and "warning" not in status
+
+    small = {inject.TOLLWAY_MEMORY: "512Mi", inject.ENVOY_MEMORY: "256Mi"}  # one body at once
+    with caplog.at_level("WARNING", logger="tollway.inject"):
+        limits, share, status = injected(small, 2)
+    assert limits == {"tollway": "512Mi", "tollway-envoy": "256Mi"} and share == 64  # the pod's choice, kept
+    assert "hold 1 of the largest bodies (64 MiB) at once, not one per worker (2)" in status["warning"]
+    assert "set at least 660Mi/290Mi" in status["warning"] and status["warning"] in caplog.text
+    pod = copy.deepcopy(POD)
+    pod["metadata"]["annotations"] = small
+    answer = inject.review(review(pod), inject.Settings(workers=2))["response"]
+    assert answer["allowed"] and answer["warnings"] == [f"tollway: {status['warning']}"]
+    assert len(answer["warnings"][0]) < 256  # the API server may cut a longer warning
+    assert "warnings" not in inject.review(review(POD), inject.Settings(workers=2))["response"]
+    assert "warning" not in injected(small, 1)[2]
