@@ -46,7 +46,7 @@ from typing import Any
 
 import orjson
 
-from ext_proc.state.rows import fell_back
+from ext_proc.state.rows import fell_back, went_upstream
 
 log = logging.getLogger("tollway.metrics")
 
@@ -285,8 +285,9 @@ class Tally:
         # target Envoy picked; a chain Envoy answered itself, with no endpoint to try).
         kind = names.provider_kind(provider, policy)
         inp, out = record.get("input_tokens"), record.get("output_tokens")
+        upstream = went_upstream(record)  # (rows: the report's rule)
         if inp is None and out is None:
-            if outcome != "error":  # an error answer did no work: no usage to miss
+            if outcome != "error" and upstream:  # an error answer did no work, a request never sent none
                 add(("tollway_requests_usage_unknown", team, model, provider))
         else:
             served = names.served_model(record.get("served_model"), policy)
@@ -307,7 +308,7 @@ class Tally:
             elif cost:
                 add(("tollway_cost_usd", team, model, provider), cost)  # micro-dollars: exact; shown in USD
         latency = record.get("latency_ms")
-        if latency is not None:
+        if latency is not None and upstream:  # no model call, no inference duration
             error = str(record.get("status")) if outcome == "error" else "incomplete" if outcome == "incomplete" else ""
             self.observe(("gen_ai_client_inference_duration_seconds", operation, kind, model, error, provider),
                          latency / 1000)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from ext_proc.state.rows import Row, fell_back, group_of, lookup, served_latency
+from ext_proc.state.rows import Row, fell_back, group_of, lookup, served_latency, went_upstream
 
 # Latency histogram upper bounds in ms (the last bucket is open-ended).
 LATENCY_BOUNDS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000)
@@ -85,7 +85,7 @@ def increments(record: dict[str, Any]) -> dict[str, int]:
         "cached_tokens": record.get("cached_tokens") or 0,
         "reasoning_tokens": record.get("reasoning_tokens") or 0,
         "cost_usd_micros": cost or 0,
-        "unknown_usage": int(inp is None and out is None and outcome != "error"),
+        "unknown_usage": int(inp is None and out is None and outcome != "error" and went_upstream(record)),
         "unknown_cost": int(cost is None and (inp is not None or out is not None)),
         "fallbacks": int(fell_back(record)),
         "outcomes": 1,  # this request's errors and cut streams are counted (older buckets lack them)

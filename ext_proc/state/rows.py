@@ -60,6 +60,15 @@ def served_latency(record: Mapping[str, Any]) -> float | None:
     return float(latency)
 
 
+def went_upstream(record: Mapping[str, Any]) -> bool:
+    """Whether a request reached a provider, or may have: a provider named, a record recovered from a
+    dead worker's journal (sent upstream to the target Envoy picked, which is unknown), or model calls
+    counted (``attempts``). A request that never did (a client that left mid-upload) has no usage to
+    miss and no model call's duration: reports' unknown usage and the metrics' unknown usage and
+    inference durations leave it out."""
+    return bool(record.get("provider")) or record.get("recovered") is True or bool(record.get("attempts"))
+
+
 def fell_back(record: Mapping[str, Any]) -> bool:
     """Whether a later target than its chain's first served the request. Tollway records
     ``fallback: true`` only then; older Tollways also did for a chain that failed at every target
@@ -140,8 +149,8 @@ class Row:
             return None
         self.lookups += lookup(record)
         inp, out = record.get("input_tokens"), record.get("output_tokens")
-        if inp is None and out is None and outcome != "error":  # an error answer did no work: no usage to miss
-            self.unknown_usage += 1
+        if inp is None and out is None and outcome != "error" and went_upstream(record):
+            self.unknown_usage += 1  # (an error answer did no work, a request never sent none: no usage to miss)
         self.input_tokens += inp or 0
         self.output_tokens += out or 0
         self.cached_tokens += record.get("cached_tokens") or 0

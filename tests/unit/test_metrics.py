@@ -209,6 +209,39 @@ def test_a_chains_request_recovered_from_a_dead_workers_journal_counts_as_the_re
     assert not any(name.startswith(("tollway_provider_attempts", "tollway_fallbacks")) for name, _ in got)
 
 
+def test_a_request_that_never_reached_a_provider_is_no_unknown_usage_nor_a_model_calls_duration() -> None:
+    """A client that left mid-upload: incomplete, no provider, no attempts, not recovered. Nothing
+    was asked of a provider, so no usage is missing and no model call lasted (both counted once,
+    under provider="none", since inference records naming no provider count there); the request
+    itself still counts. A recovered record, or one with attempts, went upstream: counted."""
+    from ext_proc.ledger.report import aggregate
+    from ext_proc.state.rows import went_upstream
+
+    left = {**OK, "provider": None, "served_model": None, "status": None, "outcome": "incomplete", "error": None,
+            "input_tokens": None, "output_tokens": None, "cached_tokens": None, "reasoning_tokens": None,
+            "cost_usd_micros": None, "latency_ms": 0.1, "ttft_ms": None, "attempts": None, "fallback": False,
+            "guardrails": [], "guardrail_triggers": [], "injection_score": None, "ts": 1_795_463_922.5}
+    assert not went_upstream(left)
+    row = aggregate([left], "team")[0]
+    assert row.requests == row.incomplete == 1 and row.unknown_usage == 0
+    tally = Tally(Names(lambda: POLICY))
+    tally.record(left)
+    got = scrape(tally)
+    assert got[("tollway_requests_total", (("api", "openai.chat.completions"), ("model", "gpt-4o-mini"),
+                                           ("outcome", "incomplete"), ("provider", "none"), ("status", "none"),
+                                           ("team", "search")))] == 1
+    assert not any(name.startswith(("tollway_requests_usage_unknown", "gen_ai_client_inference_duration"))
+                   for name, _ in got)
+    for upstream in ({"recovered": True}, {"attempts": 1}, {"provider": "openai"}):
+        record = {**left, **upstream}
+        assert went_upstream(record)
+        assert aggregate([record], "team")[0].unknown_usage == 1
+        tally = Tally(Names(lambda: POLICY))
+        tally.record(record)
+        assert sum(v for k, v in tally.counters.items() if k[0] == "tollway_requests_usage_unknown") == 1
+        assert any(k[0] == "gen_ai_client_inference_duration_seconds" for k in tally.histograms)
+
+
 def test_workers_files_are_summed_and_a_dead_workers_counts_stay(tmp_path: Path) -> None:
     # Another worker, in its own process, counts two requests and writes its file; then it is gone.
     code = ("import sys; from ext_proc.server.metrics import Exchange, Tally; t = Tally(); "

@@ -37,6 +37,24 @@ def test_memory_ledger_matches_the_log_report(by: str) -> None:
         assert row.p95_latency_ms is not None and exact is not None and row.p95_latency_ms >= exact
 
 
+def test_a_request_that_never_reached_a_provider_is_no_unknown_usage_in_the_aggregates() -> None:
+    """A client that left mid-upload (incomplete, no provider, no attempts) asked nothing of a
+    provider: no usage is missing, in the aggregates as in the log's report; a record recovered
+    from a dead worker's journal went upstream: its usage is unknown."""
+    from tests.unit.test_ledger import rec
+
+    left = rec(provider=None, outcome="incomplete", input_tokens=None, output_tokens=None, cost_usd_micros=None,
+               attempts=None)
+    recovered = {**left, "recovered": True, "team": "support"}
+    ledger = MemoryLedger()
+    ledger.add([left, recovered])
+    rows = {r.group: r for r in ledger.rows("team", *OCTOBER)}
+    assert (rows["search"].requests, rows["search"].unknown_usage) == (1, 0)
+    assert (rows["support"].requests, rows["support"].unknown_usage) == (1, 1)
+    log = {r.group: (r.requests, r.unknown_usage, r.incomplete) for r in aggregate([left, recovered], "team", *OCTOBER)}
+    assert {group: (r.requests, r.unknown_usage, r.incomplete) for group, r in rows.items()} == log
+
+
 def test_filters_and_windows() -> None:
     ledger = MemoryLedger()
     ledger.add(RECORDS)
