@@ -73,7 +73,7 @@ class NodeStateServer:
                 else:
                     holder, ttl, pairs = request["holder"], request["ttl"], _claims(request["items"])
                     grants = (self.backend.grow(holder, pairs, ttl) if op == "grow"
-                              else self.backend.report(holder, pairs, ttl))
+                              else self.backend.report(holder, pairs, ttl, request.get("seq", 0)))
                     answer = [[g.granted, g.spent, g.held, g.mine] for g in grants]
                 writer.write(orjson.dumps(answer) + b"\n")
                 await writer.drain()
@@ -106,8 +106,10 @@ class NodeBackend:
     def grow(self, holder: str, asks: list[tuple[Claim, int, int]], ttl: float) -> Any:
         return self._call("grow", holder, asks, ttl)
 
-    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float) -> Any:
-        return self._call("report", holder, reports, ttl)
+    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float, seq: int = 0) -> Any:
+        # Numbered: a report whose deadline passed may still be read and run by the parent (it
+        # was written to the socket), and the keeper sends it again; the parent takes it once.
+        return self._call("report", holder, reports, ttl, seq)
 
     async def once(self, key: str, until: float) -> bool:
         try:
@@ -119,8 +121,9 @@ class NodeBackend:
         found = await self._request({"op": "scan", "prefix": prefix})
         return {name: (int(spent), int(held)) for name, (spent, held) in found.items()}
 
-    async def _call(self, op: str, holder: str, pairs: list[tuple[Claim, int, int]], ttl: float) -> list[Grant]:
-        rows = await self._request({"op": op, "holder": holder, "ttl": ttl, "items": _items(pairs)})
+    async def _call(self, op: str, holder: str, pairs: list[tuple[Claim, int, int]], ttl: float,
+                    seq: int = 0) -> list[Grant]:
+        rows = await self._request({"op": op, "holder": holder, "ttl": ttl, "items": _items(pairs), "seq": seq})
         return [Grant(*row) for row in rows]
 
     async def _request(self, request: dict[str, Any]) -> Any:

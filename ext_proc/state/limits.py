@@ -33,6 +33,11 @@ When the store does not answer (down, slower than its deadline), the keeper stop
 ``retry`` seconds and answers from its own view: the policy decides between refusing (closed)
 and admitting on this process's own counters, starting from the totals it last saw (open). What
 is spent meanwhile is kept and reported when the store is back.
+
+A report is counted once. One that did not answer in time may still have reached the store and
+run there (a Redis that hangs past the deadline, then resumes): it carries an id (this holder and
+a rising number), and the worker sends it again unchanged, before any new spend, until it is
+answered; the store applies each id once and answers a repeat with the grants as they are.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ LEASE_CLAIMS = 4  # ... or this many claims, whichever is larger
 RETRY = 1.0  # seconds without asking a store that did not answer
 SLICED_CAP = 50  # concurrency caps from this size are leased in slices too
 ENDED = 300.0  # seconds a finished window stays in the store at least (late reports, skewed clocks)
+REPORTED = 600.0  # seconds the store remembers a holder's last report number (a repeat within it: once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +89,14 @@ class Backend(Protocol):
         even ``need`` does not fit."""
         ...
 
-    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float
+    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float, seq: int = 0
                ) -> list[Grant] | Awaitable[list[Grant]]:
         """For each (claim, spent, released): add ``spent`` to the counter's spend, take
-        ``spent + released`` off this holder's grant, refresh its expiry."""
+        ``spent + released`` off this holder's grant, refresh its expiry.
+
+        ``seq``: the report's number (rising per holder). A counter that already took a report of
+        this holder numbered ``seq`` or later (one sent again because its answer did not come in
+        time) changes nothing and answers its grants as they are. 0: no number, always applied."""
         ...
 
     def once(self, key: str, until: float) -> bool | Awaitable[bool]:
@@ -145,6 +155,9 @@ class Keeper:
     _flush: asyncio.Task[None] | None = None
     _growing: dict[str, asyncio.Future[list[Grant]]] = field(default_factory=dict)  # counter -> its grow in flight
     _turn: asyncio.Lock | None = None  # one store exchange at a time (see _in_turn)
+    _seq: int = 0  # the number of the last report made (its id: this holder and the number)
+    # The report sent and not answered yet (on its way, failed or timed out): sent again, unchanged.
+    _outgoing: tuple[int, list[tuple[Claim, int, int]]] | None = None
 
     # -- admission --------------------------------------------------------------------------
 
@@ -340,7 +353,8 @@ class Keeper:
                         await result
                 except StoreUnavailable as exc:
                     self._down(exc)
-                if not any(lease.used or lease.held or lease.reserved for lease in self.leases.values()):
+                if self._outgoing is None and not any(
+                        lease.used or lease.held or lease.reserved for lease in self.leases.values()):
                     return
         finally:
             self._flush = None
@@ -349,47 +363,73 @@ class Keeper:
         """Report spend, give back idle leases, refresh expiries, drop finished windows."""
         now = self.clock()
         reports: list[tuple[Claim, int, int]] = []
+        if self._outgoing is None:
+            reports = self._due(now)
+            if not reports:
+                self._forget(now)
+                return None
+        if now < self.down_until:
+            return None  # keep counting; report when the store is back
+        if self._outgoing is not None:
+            # A report that did not answer (or is still on its way): the store may have run it
+            # all the same (a Redis that hung past the deadline runs it when it resumes). It goes
+            # again unchanged, with its id, so the store counts it once; new spend goes after it.
+            answer = self._send(self._outgoing)
+            if answer is None:
+                return self.flush()
+            return self._flush_after(answer)
+        # What goes back is no longer this worker's to admit on from now, not from the store's
+        # answer: a request admitted on it meanwhile would be in flight on a slot (a slice of a
+        # budget) the store has already handed to another holder. It stays so until the report
+        # is answered, however many times it is sent.
+        self._releasing(reports)
+        self._seq += 1
+        return self._send((self._seq, reports))
+
+    def _due(self, now: float) -> list[tuple[Claim, int, int]]:
+        """What to report: each lease's spend, what it gives back (idle), or a refresh of it."""
+        reports: list[tuple[Claim, int, int]] = []
         for lease in self.leases.values():
             idle = now - lease.last > IDLE or (not lease.claim.consumes and lease.claim.capacity < SLICED_CAP)
             release = max(0, lease.free) if idle else 0
             if lease.used or release or lease.held:
                 reports.append((lease.claim, lease.used, release))
-        if not reports:
-            self._forget(now)
-            return None
-        if now < self.down_until:
-            return None  # keep counting; report when the store is back
-        # What goes back is no longer this worker's to admit on from now, not from the store's
-        # answer: a request admitted on it meanwhile would be in flight on a slot (a slice of a
-        # budget) the store has already handed to another holder.
-        self._releasing(reports, 1)
-        try:
-            answer = self.backend.report(self.holder, reports, self.ttl)
-        except BaseException:
-            self._releasing(reports, -1)
-            raise
+        return reports
+
+    def _send(self, outgoing: tuple[int, list[tuple[Claim, int, int]]]) -> Awaitable[None] | None:
+        """Send a report; until its answer it stays ``_outgoing`` (an error leaves it there)."""
+        self._outgoing = outgoing
+        seq, reports = outgoing
+        answer = self.backend.report(self.holder, reports, self.ttl, seq)
         if inspect.isawaitable(answer):
-            return self._reported_later(reports, self._in_turn(answer))
-        self._reported(reports, answer)
+            return self._reported_later(outgoing, self._in_turn(answer))
+        self._reported(outgoing, answer)
         return None
 
-    def _releasing(self, reports: list[tuple[Claim, int, int]], sign: int) -> None:
+    async def _flush_after(self, answer: Awaitable[None]) -> None:
+        await answer
+        result = self.flush()  # the spend made since, in a report of its own
+        if inspect.isawaitable(result):
+            await result
+
+    def _releasing(self, reports: list[tuple[Claim, int, int]]) -> None:
         for claim, _spent, released in reports:
-            self.leases[claim.counter].releasing += sign * released
+            self.leases[claim.counter].releasing += released
 
-    async def _reported_later(self, reports: list[tuple[Claim, int, int]], answer: Awaitable[list[Grant]]) -> None:
-        try:
-            grants = await answer
-        except BaseException:  # not given back after all: the lease holds it still
-            self._releasing(reports, -1)
-            raise
-        self._reported(reports, grants)
+    async def _reported_later(self, outgoing: tuple[int, list[tuple[Claim, int, int]]],
+                              answer: Awaitable[list[Grant]]) -> None:
+        self._reported(outgoing, await answer)  # an error: it stays outgoing (the store may have run it)
 
-    def _reported(self, reports: list[tuple[Claim, int, int]], grants: list[Grant]) -> None:
+    def _reported(self, outgoing: tuple[int, list[tuple[Claim, int, int]]], grants: list[Grant]) -> None:
+        if self._outgoing is not outgoing:
+            return  # sent twice (a flush at shutdown while one was on its way), answered already
+        self._outgoing = None
         self._recovered()
         fresh = self.clock() + self.ttl * 0.8
-        for (claim, spent, released), grant in zip(reports, grants, strict=True):
-            lease = self.leases[claim.counter]
+        for (claim, spent, released), grant in zip(outgoing[1], grants, strict=True):
+            lease = self.leases.get(claim.counter)
+            if lease is None:  # forgotten meanwhile (the store had dropped it, its window ended)
+                continue
             lease.used -= spent
             lease.releasing -= released
             lease.held = grant.mine  # the store's view (0 if it had dropped this holder)
@@ -403,7 +443,7 @@ class Keeper:
         wall = time.time()
         for counter, lease in list(self.leases.items()):
             ended = lease.claim.resets and wall > lease.claim.resets
-            if ended and not (lease.held or lease.reserved or lease.used):
+            if ended and not (lease.held or lease.reserved or lease.used or lease.releasing):
                 del self.leases[counter]
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
@@ -420,6 +460,7 @@ class Keeper:
 class Counter:
     spent: int = 0
     held: dict[str, tuple[int, float]] = field(default_factory=dict)  # holder -> (amount, expiry)
+    reported: dict[str, tuple[int, float]] = field(default_factory=dict)  # holder -> (last report's number, expiry)
 
     def total(self, now: float) -> int:
         for holder, (_, expiry) in list(self.held.items()):
@@ -474,12 +515,24 @@ class MemoryBackend:
             out.append(Grant(grant, counter.spent, held + grant, mine + grant))
         return out
 
-    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float) -> list[Grant]:
+    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float, seq: int = 0) -> list[Grant]:
+        # In this process a report is never applied after its caller gave up on it; but behind the
+        # node's socket (NodeBackend) a worker's deadline can pass before the parent runs it.
         now = self.clock()
         out = []
         for claim, spent, released in reports:
             counter = self._counter(claim)
             counter.total(now)  # drop expired holders first
+            if seq:
+                for old in [h for h, (_, expiry) in counter.reported.items() if expiry <= now]:
+                    del counter.reported[old]
+                last, _ = counter.reported.get(holder, (0, 0.0))
+                if seq <= last:  # taken already: its grants as they are
+                    mine = counter.held.get(holder)
+                    out.append(Grant(-1 if mine is None else 0, counter.spent, counter.total(now),
+                                     mine[0] if mine else 0))
+                    continue
+                counter.reported[holder] = (seq, now + REPORTED)
             counter.spent += spent
             mine = counter.held.get(holder)
             lost = mine is None
@@ -553,10 +606,20 @@ redis.call('ZADD', KEYS[3], now + ttl, holder)
 keep(expire_at)
 return {grant, spent, total + grant, mine}
 """
+# A numbered report (ARGV[6] > 0) is applied once per counter: KEYS[4] (in the counter's slot) keeps
+# the holder's last number taken, and a report numbered no higher (sent again after its answer was
+# lost) answers the grants as they are.
 REPORT = _PRUNE + """
 local holder, used, released = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local ttl, expire_at = tonumber(ARGV[4]), tonumber(ARGV[5])
+local ttl, expire_at, seq = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+if seq > 0 then
+  if seq <= tonumber(redis.call('GET', KEYS[4]) or '0') then
+    local mine = redis.call('HGET', KEYS[2], holder)
+    return {mine and 0 or -1, spent, tonumber(redis.call('HGET', KEYS[2], '_total') or '0'), tonumber(mine or '0')}
+  end
+  redis.call('SET', KEYS[4], seq, 'EX', REPORTED_S)
+end
 if used > 0 then spent = redis.call('INCRBY', KEYS[1], used) end
 local lost, left = 0, 0
 local mine = redis.call('HGET', KEYS[2], holder)
@@ -578,7 +641,7 @@ else
 end
 keep(expire_at)
 return {lost, spent, tonumber(redis.call('HGET', KEYS[2], '_total') or '0'), left}
-"""
+""".replace("REPORTED_S", str(int(REPORTED)))
 TOTALS = _PRUNE + """
 return {tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('HGET', KEYS[2], '_total') or '0')}
 """
@@ -621,11 +684,16 @@ class RedisBackend:
                  for claim, need, want in asks]
         return self._run(calls)
 
-    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float) -> Awaitable[list[Grant]]:
-        calls = [(self._report, keys(self.prefix, claim.counter),
-                  [holder, spent, released, int(ttl * 1000), _expire_at(claim)])
+    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float, seq: int = 0
+               ) -> Awaitable[list[Grant]]:
+        calls = [(self._report, [*keys(self.prefix, claim.counter), self._reported(claim.counter, holder)],
+                  [holder, spent, released, int(ttl * 1000), _expire_at(claim), seq])
                  for claim, spent, released in reports]
         return self._run(calls)
+
+    def _reported(self, counter: str, holder: str) -> str:
+        """The key of the holder's last report number a counter took (in the counter's slot)."""
+        return f"{self.prefix}:{{{counter}}}:reported:{holder}"
 
     async def _run(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Grant]:
         # The deadline is the client's own (socket and pool timeouts): cancelling a command from

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import random
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +120,40 @@ def test_the_node_parents_store_drops_finished_windows_and_keeps_budget_periods(
         server.stop()
 
 
+def test_a_report_the_node_parent_ran_after_the_workers_deadline_is_not_counted_again(tmp_path: Path) -> None:
+    """The parent was busy past the worker's deadline, then read the report off the socket and ran
+    it: the worker, which sends the report again, must not have its spend counted twice."""
+    server = NodeStateServer(str(tmp_path / "state.sock"))
+    server.start()
+
+    async def scenario() -> None:
+        backend = NodeBackend(server.path, deadline=0.3)
+        keeper = Keeper(backend, holder="w1")
+        keeper._flush = asyncio.get_running_loop().create_future()  # flushes by hand, below
+        c = claim(amount=100, capacity=1_000_000)
+        assert (await keeper.admit((c,))).admitted  # type: ignore[misc]
+        for _ in range(3):  # three requests claim 100, use 40 each (within the lease)
+            keeper.settle((c,), (40,))
+            admission = keeper.admit((c,))
+            assert isinstance(admission, Admission) and admission.admitted
+        keeper.settle((c,), (0,))
+        server._loop.call_soon_threadsafe(time.sleep, 0.6)  # the parent is busy
+        with pytest.raises(StoreUnavailable):
+            await keeper.flush()  # type: ignore[misc]
+        await asyncio.sleep(0.5)  # it reads the report and runs it
+        keeper.down_until = 0.0
+        await keeper.flush()  # type: ignore[misc]
+        assert server.backend.totals(c.counter) == (120, keeper.leases[c.counter].held)
+        assert keeper.leases[c.counter].used == 0
+        await backend.close()
+        await asyncio.sleep(0.1)  # the parent sees the connection end (else its handler is left pending)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
 # -- the keeper -----------------------------------------------------------------------------------
 
 
@@ -195,6 +231,39 @@ def test_a_concurrency_slot_is_held_while_in_flight_then_given_back() -> None:
     one.flush()  # the slot goes back to the store
     assert two.admit((slot,)).admitted  # type: ignore[union-attr]
     assert backend.totals(slot.counter) == (0, 2)
+
+
+def test_a_slot_given_back_in_a_report_without_an_answer_stays_given_back_until_it_is_answered() -> None:
+    """The store ran the report (the slot is another worker's now), but its answer was lost: the
+    worker must not admit on the slot meanwhile, and the report sent again frees nothing twice."""
+    clock = Clock()
+    memory = MemoryBackend(clock)
+
+    class Late:
+        lose = False  # run the report, then lose its answer (a timeout)
+
+        def grow(self, *args: object) -> list[Grant]:
+            return memory.grow(*args)  # type: ignore[arg-type]
+
+        def report(self, *args: object) -> list[Grant]:
+            grants = memory.report(*args)  # type: ignore[arg-type]
+            if self.lose:
+                raise StoreUnavailable("timed out")
+            return grants
+
+    late = Late()
+    slot = claim(amount=1, capacity=3, counter="rate/r/concurrent/t", consumes=False)
+    one, two = Keeper(late, holder="w1", clock=clock), Keeper(memory, holder="w2", clock=clock)
+    assert one.admit((slot,)).admitted  # type: ignore[union-attr]
+    late.lose = True
+    one.settle((slot,), (0,))  # reported at once (no event loop): the slot goes back, no answer
+    assert one.leases[slot.counter].releasing == 1 and memory.totals(slot.counter) == (0, 0)
+    assert [two.admit((slot,)).admitted for _ in range(3)] == [True] * 3  # type: ignore[union-attr]
+    assert not one.admit((slot,)).admitted  # type: ignore[union-attr]  # 3 in flight: the cap
+    late.lose = False
+    assert one.flush() is None  # the report again: taken already, nothing changes
+    assert one.leases[slot.counter].releasing == 0 and one._outgoing is None
+    assert memory.totals(slot.counter) == (0, 3)
 
 
 def test_without_the_store_the_policy_decides() -> None:
@@ -287,6 +356,7 @@ def test_redis_and_memory_give_the_same_grants_and_totals(redis_url: str) -> Non
         rng = random.Random(7)
         memory, remote = MemoryBackend(), RedisBackend.from_url(redis_url)
         counters = [claim(capacity=capacity, counter=f"c{i}") for i, capacity in enumerate((100, 1000, 7))]
+        numbers = {"a": 0, "b": 0, "c": 0}  # each holder's last report number (0: some go unnumbered)
         for _ in range(300):
             holder = rng.choice(["a", "b", "c"])
             c = rng.choice(counters)
@@ -296,7 +366,12 @@ def test_redis_and_memory_give_the_same_grants_and_totals(redis_url: str) -> Non
                 expected, actual = memory.grow(holder, ask, 60), await remote.grow(holder, ask, 60)
             else:
                 report = [(c, rng.randint(0, c.capacity // 5), rng.randint(0, c.capacity // 5))]
-                expected, actual = memory.report(holder, report, 60), await remote.report(holder, report, 60)
+                roll = rng.random()
+                if roll < 0.6:
+                    numbers[holder] += rng.randint(1, 3)  # a new report (numbers skip a counter's)
+                seq = numbers[holder] if roll < 0.9 else 0  # else: the last one again, or unnumbered
+                expected = memory.report(holder, report, 60, seq)
+                actual = await remote.report(holder, report, 60, seq)
             assert actual == expected
         for c in counters:
             assert await remote.totals(c.counter) == memory.totals(c.counter)
@@ -453,5 +528,38 @@ def test_a_slot_given_back_is_not_admitted_on_while_the_report_is_on_its_way(red
         assert lease.held >= lease.reserved  # what is in flight here is held in the store
         _spent, held = await RedisBackend.from_url(redis_url).totals(slot.counter)
         assert held == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_report_redis_ran_after_its_deadline_is_not_counted_again(redis_url: str) -> None:
+    """Redis paused past the client's deadline: the report times out on the worker, yet Redis
+    runs it when it resumes. The worker sends that report again (it cannot know): counted once."""
+    async def scenario() -> None:
+        backend = RedisBackend.from_url(redis_url, deadline=0.3)
+        keeper = Keeper(backend, holder="w1")
+        keeper._flush = asyncio.get_running_loop().create_future()  # flushes by hand, below
+        c = claim(amount=100, capacity=1_000_000)
+        assert (await keeper.admit((c,))).admitted  # type: ignore[misc]
+        keeper.settle((c,), (0,))
+        await keeper.flush()  # type: ignore[misc]  # Redis knows the report script
+        for _ in range(3):  # three requests claim 100, use 40 each (within the lease: no round trip)
+            admission = keeper.admit((c,))
+            assert isinstance(admission, Admission) and admission.admitted
+            keeper.settle((c,), (40,))
+        with redis.Redis.from_url(redis_url) as client:
+            pid = int(client.info()["process_id"])
+        os.kill(pid, signal.SIGSTOP)  # hung (CLIENT PAUSE would not do: it drops a closed client's command)
+        try:
+            with pytest.raises(StoreUnavailable):
+                await keeper.flush()  # type: ignore[misc]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await asyncio.sleep(0.3)  # Redis resumes and runs the report
+        keeper.down_until = 0.0  # (the keeper would ask again a second later)
+        await keeper.flush()  # type: ignore[misc]
+        assert await backend.totals(c.counter) == (120, keeper.leases[c.counter].held)
+        assert keeper.leases[c.counter].used == 0
+        await backend.close()
 
     asyncio.run(scenario())
