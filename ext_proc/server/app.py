@@ -33,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +45,7 @@ from ext_proc.server.dealer import Dealer
 from ext_proc.server.listen import TLSFiles
 from ext_proc.server.metrics import Exchange, Names, Tally
 from ext_proc.server.node_state import NodeStateServer
+from ext_proc.server.records import LedgerSender
 from ext_proc.server.reload import PolicyController, Publication
 from ext_proc.server.zygote import Worker, Zygote, ZygoteGone
 from ext_proc.state.ledger import Ledger, RedisLedger
@@ -234,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
     listener = None
     zygote: Zygote | None = None
     recovered: Exchange | None = None  # the supervisor's count of the records it recovers
+    sender: LedgerSender | None = None  # the records it recovers, on their way to the aggregates (Redis)
     node: NodeStateServer | None = None
     try:
         if not config.policy:
@@ -272,7 +273,9 @@ def run(args: argparse.Namespace) -> int:
         watcher = threading.Thread(target=controller.watch, args=(config.reload_interval, stop),
                                    name="tollway-policy", daemon=True)
         watcher.start()
-        recover_records(config, recovered)  # requests in flight when a previous run died
+        ledger = open_ledger(config.redis_url) if config.log_file else None
+        sender = LedgerSender(ledger) if ledger is not None else None  # its thread starts with a first batch
+        recover_records(config, recovered, sender)  # requests in flight when a previous run died
         try:
             sock = listener.sock if listener else None
             if config.workers == 1:
@@ -283,10 +286,12 @@ def run(args: argparse.Namespace) -> int:
                 # The supervisor deals Envoy's connections to the workers (ext_proc.server.dealer).
                 dealer = Dealer(listener.sock, config.workers)
             assert zygote is not None
-            return _supervise(config, zygote, dealer, recovered)
+            return _supervise(config, zygote, dealer, recovered, sender)
         finally:
             stop.set()
     finally:
+        if sender is not None:
+            sender.close()
         if zygote is not None:
             zygote.close()
         if listener is not None:
@@ -380,35 +385,39 @@ def open_ledger(redis_url: str | None) -> Ledger | None:
     return RedisLedger(redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2))
 
 
-def recover_records(config: ServeConfig, counted: Exchange | None = None) -> None:
+def recover_records(config: ServeConfig, counted: Exchange | None = None,
+                    ledger: LedgerSender | None = None) -> None:
     """Write the records of requests a dead worker had sent upstream (:mod:`ext_proc.server.journal`),
-    add them to the spend aggregates (Redis) and count them in ``counted``'s tally, published
-    beside the workers' (so ``/metrics`` agrees with the ledger after a crash too)."""
+    count them in ``counted``'s tally, published beside the workers' (so ``/metrics`` agrees with
+    the log after a crash too), and hand them to ``ledger`` for the spend aggregates (Redis), which
+    sends them until Redis takes them: the journal is gone once they are in the log, and neither a
+    Redis that is down nor anything else keeps them from the count."""
     if not config.log_file:
         return
-    sinks: list[Callable[[list[dict[str, Any]]], None]] = []
-    ledger = open_ledger(config.redis_url)
-    if ledger is not None:
-        sinks.append(ledger.add)
-    if counted is not None:
-        tally = counted.tally
-
-        def count(records: list[dict[str, Any]]) -> None:
-            for record in records:
-                tally.record(record)
-
-        sinks.append(count)
 
     def add(records: list[dict[str, Any]]) -> None:
-        for sink in sinks:
-            sink(records)
+        # Each on its own: one failing never keeps the records from the other.
+        if ledger is not None:
+            try:
+                ledger.add(records)  # queued: never waits on Redis
+            except Exception:
+                log.exception("queueing %d recovered record(s) for the spend aggregates", len(records))
+        if counted is not None:
+            try:
+                for record in records:
+                    counted.tally.record(record)
+            except Exception:
+                log.exception("counting %d recovered record(s) in /metrics", len(records))
 
     try:
-        journal.recover(config.log_file, add if sinks else None)
-        if counted is not None:
-            counted.write()
+        journal.recover(config.log_file, add if counted is not None or ledger is not None else None)
     except Exception:  # never keep the service from starting or a worker from restarting
         log.exception("recovering the journals of %s", config.log_file)
+    if counted is not None:
+        try:
+            counted.write()
+        except Exception:
+            log.exception("publishing the count of the recovered records")
 
 
 def configure_logging() -> None:
@@ -446,7 +455,7 @@ def _zygote(policy: CompiledPolicy | None, sock: socket.socket | None, admin_soc
 
 
 def _supervise(config: ServeConfig, zygote: Zygote, dealer: Dealer | None = None,
-               recovered: Exchange | None = None) -> int:
+               recovered: Exchange | None = None, sender: LedgerSender | None = None) -> int:
     stopping = False
     procs: list[Worker] = []
 
@@ -501,7 +510,7 @@ def _supervise(config: ServeConfig, zygote: Zygote, dealer: Dealer | None = None
                         wait_all(config.grace + 1)
                         return 1
                     log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
-                    recover_records(config, recovered)
+                    recover_records(config, recovered, sender)
                     time.sleep(0.5)
                     procs[i], started[i] = start(i), time.monotonic()
             if stopping and all(p.exitcode is not None for p in procs):

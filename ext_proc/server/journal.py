@@ -186,8 +186,9 @@ class Recovered:
 def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = None) -> Recovered:
     """Take over the journals of dead workers writing ``log_path`` (see the module docstring).
 
-    ``add`` also gets the records written (the spend aggregates). Safe to run while live
-    workers write: their journals are locked and left alone.
+    ``add`` also gets the records written (the metrics, and the spend aggregates, which retry on
+    their own: the journal is deleted once the log has its records, whatever ``add`` does). Safe
+    to run while live workers write: their journals are locked and left alone.
     """
     result = Recovered()
     directory = directory_for(log_path)
@@ -227,8 +228,8 @@ def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = 
                     try:
                         add(records)
                     except Exception as exc:
-                        log.warning("the spend aggregates refused %d recovered record(s): %s",
-                                    len(records), type(exc).__name__)
+                        log.warning("handing on %d recovered record(s) failed: %s", len(records),
+                                    type(exc).__name__)
             os.unlink(path)
         finally:
             os.close(fd)

@@ -25,7 +25,9 @@ Aggregates: with ``--redis`` each batch is also added to a :class:`~ext_proc.sta
 none (nothing would read them: reports read the log). A batch Redis
 refused, or did not answer in time, is kept with its id and sent again at the next flush (up to
 ``MAX_PENDING`` records): the id makes Redis add it once, even if it had carried out the first
-send after all; the log file holds every record either way.
+send after all; the log file holds every record either way. The records the supervisor recovers
+from a dead worker's journal go to the aggregates the same way, from a thread of its own
+(:class:`LedgerSender`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import os
 import secrets
 import stat
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -378,6 +381,97 @@ class RecordWriter:
             self.journal.close()
         if self._owns_fd and self._fd is not None:
             os.close(self._fd)
+
+
+class LedgerSender:
+    """Records for the spend aggregates from the supervisor (those it recovers from dead workers'
+    journals, already in the log), sent from a thread of its own so the supervisor never waits on
+    Redis. As a worker's :class:`RecordWriter` does: each batch keeps its id until Redis has taken
+    it (refused, or no answer in time: sent again every ``retry`` seconds, and its id makes Redis
+    add it once), at most ``max_pending`` records wait (the oldest batches go first, counted in
+    ``dropped``), and those still waiting when the service stops are given up, said in the log."""
+
+    def __init__(self, ledger: Ledger, retry: float = RETRY, max_pending: int = MAX_PENDING) -> None:
+        self._ledger = ledger
+        self._retry = retry
+        self._max_pending = max_pending
+        self._batches: list[tuple[str, list[dict[str, Any]]]] = []  # (id, records), oldest first
+        self._lock = threading.Lock()  # the list, shared with the thread
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread: threading.Thread | None = None  # started with the first batch
+        self.failures = 0  # sends Redis refused or did not answer
+        self.dropped = 0  # records given up (past the bound, or waiting at close)
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        """Queue the records (never raises, never waits on the network)."""
+        if not records:
+            return
+        with self._lock:
+            self._batches.append((secrets.token_hex(8), records))
+            waiting = sum(len(batch) for _, batch in self._batches)
+            while waiting > self._max_pending and len(self._batches) > 1:
+                dropped = len(self._batches.pop(0)[1])
+                waiting -= dropped
+                self.dropped += dropped
+                log.error("%d record(s) waiting for the spend aggregates dropped (more than %d wait)", dropped,
+                          self._max_pending)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tollway-ledger", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    @property
+    def waiting(self) -> int:
+        """Records not taken by the aggregates yet."""
+        with self._lock:
+            return sum(len(batch) for _, batch in self._batches)
+
+    def send(self) -> bool:
+        """Send the waiting batches, oldest first, until one fails; True when none is left."""
+        while True:
+            with self._lock:
+                if not self._batches:
+                    return True
+                batch_id, batch = self._batches[0]
+            try:
+                self._ledger.add(batch, batch_id)
+            except Exception as exc:
+                self.failures += 1
+                if self.failures == 1 or self.failures % 20 == 0:
+                    log.warning("the spend aggregates refused %d recovered record(s) (%s); will retry", len(batch),
+                                type(exc).__name__)
+                return False
+            with self._lock:
+                if self._batches and self._batches[0][0] == batch_id:  # not dropped meanwhile
+                    self._batches.pop(0)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                done = self.send()
+            except Exception:  # never let the thread stop: later batches would wait forever
+                log.exception("sending recovered records to the spend aggregates")
+                done = False
+            if self._closing:
+                return
+            if not done:
+                time.sleep(self._retry)
+                self._wake.set()
+
+    def close(self, timeout: float = 3.0) -> None:
+        """One last try (for up to ``timeout`` seconds), then give up what still waits, loudly."""
+        self._closing = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        waiting = self.waiting
+        if waiting:
+            self.dropped += waiting
+            log.error("%d recovered record(s) never reached the spend aggregates (Redis did not take them "
+                      "before exit); the request log has them", waiting)
 
 
 def _regular_or_absent(path: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,10 @@ from ext_proc.ledger.log import log_files, read_records
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server import journal as journal_module
 from ext_proc.server.accounting import ServiceAccountant
+from ext_proc.server.app import ServeConfig, recover_records
 from ext_proc.server.journal import COMPACT_AT, Journal, directory_for, recover
-from ext_proc.server.records import RecordWriter
+from ext_proc.server.metrics import Exchange, Names, Tally
+from ext_proc.server.records import LedgerSender, RecordWriter
 from ext_proc.server.servicer import ExtProcCall, Service
 from tests.unit.transcript import Record, Transcript
 
@@ -251,6 +254,72 @@ def test_a_journal_that_cannot_be_written_out_is_kept_for_the_next_try(tmp_path:
     path.rmdir()
     assert recover(str(path)).written == 1
     assert [r["request_id"] for r in read_records([str(path)])] == ["open"]
+
+
+class RedisDown:
+    """A ledger that refuses (Redis down) until ``up``, then adds each batch id once (as Redis's script)."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.tries: list[str | None] = []
+        self.added: dict[str, list[dict[str, Any]]] = {}
+
+    def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
+        self.tries.append(batch)
+        if not self.up:
+            raise ConnectionError("Connection refused")
+        assert batch is not None, "a retried batch needs its id, or a timed-out one may count twice"
+        self.added.setdefault(batch, records)
+
+
+def requests_counted(tally: Tally) -> float:
+    return sum(value for key, value in tally.counters.items() if key[0] == "tollway_requests")
+
+
+def test_records_recovered_while_redis_is_down_are_counted_and_reach_the_aggregates_when_it_is_back(
+        tmp_path: Path) -> None:
+    """The supervisor's sinks are apart: /metrics counts the recovered records at once, and the
+    aggregates get them once Redis takes them (each batch under one id), though the journal is gone."""
+    path = str(tmp_path / "requests.jsonl")
+    writer = RecordWriter(path, journal=True)
+    assert writer.journal is not None
+    for request_id in ("a", "b"):
+        writer.started(record(request_id))
+    _die(writer.journal)
+    ledger = RedisDown()
+    sender = LedgerSender(ledger, retry=0.01)
+    counted = Exchange(Tally(Names(lambda: None)), None)
+    try:
+        recover_records(ServeConfig("unix:/x", 2, path, 1.0), counted, sender)
+        assert requests_counted(counted.tally) == 2  # counted though Redis refuses
+        assert sorted(r["request_id"] for r in read_records([path])) == ["a", "b"]
+        assert not os.listdir(directory_for(path))  # the log has them: the journal is gone
+        deadline = time.monotonic() + 5
+        while len(ledger.tries) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(ledger.tries) >= 3 and len(set(ledger.tries)) == 1  # retried, under one id
+        assert sender.waiting == 2 and not ledger.added
+        ledger.up = True
+        while sender.waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sender.waiting == 0
+        assert [sorted(r["request_id"] for r in batch) for batch in ledger.added.values()] == [["a", "b"]]
+        assert all(r["recovered"] for batch in ledger.added.values() for r in batch)
+    finally:
+        sender.close(1)
+    assert sender.dropped == 0
+
+
+def test_records_waiting_for_the_aggregates_are_bounded_and_given_up_at_exit_loudly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    ledger = RedisDown()
+    sender = LedgerSender(ledger, retry=0.01, max_pending=3)
+    for request_id in ("a", "b", "c", "d"):
+        sender.add([record(request_id)])
+    assert sender.waiting == 3 and sender.dropped == 1  # the oldest batch went first
+    sender.close(1)
+    assert sender.dropped == 4
+    assert "3 recovered record(s) never reached the spend aggregates" in caplog.text
 
 
 def test_journals_live_in_a_hidden_directory_the_log_readers_never_read(tmp_path: Path) -> None:
