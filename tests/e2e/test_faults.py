@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from ext_proc.stack import Stack
+from ext_proc.state.ledger import RedisLedger
 from tests.faults import (
     Call,
     Driver,
@@ -44,6 +46,9 @@ from tests.faults import (
     records_for,
     seen_ids,
     wait_for,
+)
+from tests.faults import (
+    records as all_records,
 )
 
 pytestmark = pytest.mark.e2e
@@ -184,6 +189,46 @@ def test_workers_killed_under_load_are_restarted_and_lose_no_record(env: Env) ->
     # them along (at this rate, ten requests per worker); the ledger loses none.
     missing = (log_after - log_before) - (metrics_after - metrics_before)
     assert 0 <= missing <= 20, missing
+
+
+def test_records_recovered_while_redis_is_down_reach_the_aggregates_and_metrics(env: Env) -> None:
+    """Workers killed while Redis is down: the supervisor writes their requests in flight to the log
+    from the journal, /metrics counts them at once, and the spend aggregates get them when Redis is
+    back (the journal is gone by then: the supervisor keeps them and retries)."""
+    stack, server = env.stack, env.redis
+    before = seen_ids(stack)
+    time.sleep(1.2)  # no traffic: every worker has published its counts
+    _, recovered_before, _ = counted(stack)
+    driver = env.load(10, SLOW)
+    time.sleep(1.5)
+    down_wall = time.time()
+    server.stop(signal.SIGKILL)  # gone, with every aggregate it held: what follows starts from zero
+    try:
+        # At once: the requests upstream stay in flight (0.7 s and more) while new ones past the
+        # leases are refused (on_unavailable: closed) and never go upstream.
+        killed = kill_workers(stack)
+        wait_for(lambda: len(set(stack.service_pids()[1:]) - set(killed)) == 2, 15, "both workers restarted")
+        time.sleep(1.0)  # recovered meanwhile, Redis still down
+    finally:
+        server.start()
+    time.sleep(1.0)
+    calls = driver.stop()
+    _agree(calls, _exact(env, before), 15)
+    log = all_records(stack)
+    recovered = [r for r in log if r.get("recovered") and r["ts"] >= down_wall]
+    assert recovered, "no request was in flight at the kill"
+    # /metrics: counted by the supervisor, though Redis refused them.
+    wait_for(lambda: counted(stack)[1] - recovered_before == len(recovered), 5, "/metrics counts the recovered")
+    # The aggregates (empty since the restart): the recovered records, with the incomplete ones
+    # the live workers wrote meanwhile and sent again; never more than the log has since then.
+    since = sum(1 for r in log if r.get("outcome") == "incomplete" and r["ts"] >= down_wall)
+
+    def in_redis() -> int:
+        return sum(row.incomplete for row in RedisLedger(redis.Redis(port=server.port)).rows("team"))
+
+    wait_for(lambda: in_redis() >= len(recovered), 10, "the recovered records reach the aggregates")
+    assert in_redis() <= since
+    wait_for(lambda: open_reservations(stack, server.port) == 0, 8, "the dead workers' reservations expire")
 
 
 def test_a_service_stalled_past_envoys_message_timeout_is_a_504_and_resumes(env: Env) -> None:
