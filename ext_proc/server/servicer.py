@@ -450,6 +450,16 @@ class Processor:
         decode, encode, handle = codec.decode, codec.encode, session.handle
         merge: Coalescer | None = None
         held = 0  # bytes of request body counted against the worker's BodyBudget
+
+        def refusing(kind: str, merge: Coalescer | None, error: ClientError, at: int) -> list[pb.ProcessingResponse]:
+            """The request refused before its body was read whole; its effects run before the
+            replies go out (Envoy may close the stream right after an answer)."""
+            action = session.refuse(error, at)  # type: ignore[union-attr]
+            replies = (merge.outgoing(kind, action, credentials) if merge is not None
+                       else [codec.encode_bytes(kind, action)])
+            _run_effects(session, self.service)
+            return [pb.ProcessingResponse.FromString(reply) for reply in replies]
+
         try:
             async for request in requests:
                 kind, event = decode(request, clock())
@@ -457,11 +467,8 @@ class Processor:
                     taken = _body_held(self.service, session, event, held)
                     held = taken or 0
                     if taken is None:
-                        refusal = session.refuse(OVERLOADED, event.at)  # type: ignore[union-attr]
-                        for reply in (merge.outgoing(kind, refusal, credentials) if merge is not None
-                                      else [codec.encode_bytes(kind, refusal)]):
-                            yield pb.ProcessingResponse.FromString(reply)
-                        _run_effects(session, self.service)
+                        for reply in refusing(kind, merge, OVERLOADED, event.at):
+                            yield reply
                         continue
                 if merge is None and isinstance(session, Session) and coalesce.wanted(request):
                     merge = Coalescer()
@@ -469,9 +476,8 @@ class Processor:
                     try:
                         whole = merge.incoming(kind, event)
                     except ClientError as error:  # a request body longer than Tollway reads
-                        for reply in merge.outgoing(kind, session.refuse(error, event.at), credentials):  # type: ignore[union-attr]
-                            yield pb.ProcessingResponse.FromString(reply)
-                        _run_effects(session, self.service)
+                        for reply in refusing(kind, merge, error, event.at):
+                            yield reply
                         continue
                     for early in merge.early():
                         yield pb.ProcessingResponse.FromString(early)
@@ -482,11 +488,8 @@ class Processor:
                     taken = _inflating(self.service, session, event.body, held)  # type: ignore[arg-type, union-attr]
                     if taken is None:
                         held = 0
-                        refusal = session.refuse(OVERLOADED, event.at)  # type: ignore[union-attr]
-                        for reply in (merge.outgoing(kind, refusal, credentials) if merge is not None
-                                      else [codec.encode_bytes(kind, refusal)]):
-                            yield pb.ProcessingResponse.FromString(reply)
-                        _run_effects(session, self.service)
+                        for reply in refusing(kind, merge, OVERLOADED, event.at):
+                            yield reply
                         continue
                     action = handle(event)
                     held = _inflated(self.service, session, taken)  # type: ignore[arg-type]
