@@ -74,6 +74,7 @@ FIND, FIND_SYSTEM, SCORE, ECHO = b"f", b"s", b"i", b"e"
 
 # Where JSON text is, at a point: outside any string, inside one, inside one right after a backslash.
 OUTSIDE, STRING, ESCAPED = 0, 1, 2
+_NUMBER_TAIL = re.compile(r"(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")  # what may follow a JSON number's digits
 _STRING_RUN = re.compile(r'(?:[^"\\]|\\.)*', re.S)  # a string's characters and escapes, up to its end
 
 
@@ -423,12 +424,16 @@ class Guard:
                 new = _mask(value, 0 if detector.kind in ("kept", "credential") else MASK_SHOWN)
             else:
                 new = self._placeholder(detector, value, action == "pseudonymise")
+            end = finding.end
             if json_text:
                 state, at = json_state(text, state, at, finding.start), finding.start
-                if state == OUTSIDE:
-                    new = f'"{new}"'
+                if state == OUTSIDE:  # a bare number: the whole of it becomes the string, sign,
+                    new = f'"{new}"'  # fraction and exponent too ({"v":-"[PHONE_1]".5} is no JSON)
+                    if finding.start > last and text[finding.start - 1] == "-":
+                        parts[-1] = parts[-1][:-1]
+                    end = _NUMBER_TAIL.match(text, end).end()  # type: ignore[union-attr]
             parts.append(new)
-            last = finding.end
+            last = end
         if not parts:
             return self._restore(text, json_text) if restore else text
         parts.append(self._restore(text[last:], json_text) if restore else text[last:])

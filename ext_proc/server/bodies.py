@@ -73,7 +73,7 @@ def inflated(body: bytes) -> int:
     (the trailer's last 4 bytes, little-endian; zlib checks it when inflating), capped at what the
     session inflates at most (``apis.gunzip`` refuses a body past that). An estimate: a body of
     several members announces only its last one's size (the true-up after inflating counts it)."""
-    if len(body) < 18:  # shorter than a gzip header and trailer: the session refuses it as corrupt
+    if len(body) < 18 or body[:2] != b"\x1f\x8b":  # no gzip header and trailer: the session refuses it (400)
         return 0
     cap = min(MAX_DECODED_BODY, max(1 << 20, len(body) * MAX_RATIO))
     return min(int.from_bytes(body[-4:], "little"), cap)

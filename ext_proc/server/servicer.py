@@ -293,8 +293,8 @@ class ExtProcCall:
         it (refused past the worker's limit), its real size after."""
         session: Session = self.session  # type: ignore[assignment]
         held = _inflating(self.service, session, event.body, self._held)  # type: ignore[union-attr]
+        self._held = held or 0  # before the session runs: a fault in it still gives all of it back
         if held is None:
-            self._held = 0
             return self._reply(kind, session.refuse(OVERLOADED, event.at))
         result = session.handle(event)
         self._held = _inflated(self.service, session, held)
@@ -486,8 +486,8 @@ class Processor:
                     event = whole
                 if held and kind == "request_body" and session.flow.gunzip:  # type: ignore[union-attr]
                     taken = _inflating(self.service, session, event.body, held)  # type: ignore[arg-type, union-attr]
+                    held = taken or 0  # before the session runs: a fault in it still gives all of it back
                     if taken is None:
-                        held = 0
                         for reply in refusing(kind, merge, OVERLOADED, event.at):
                             yield reply
                         continue

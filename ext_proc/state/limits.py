@@ -618,7 +618,11 @@ if seq > 0 then
     local mine = redis.call('HGET', KEYS[2], holder)
     return {mine and 0 or -1, spent, tonumber(redis.call('HGET', KEYS[2], '_total') or '0'), tonumber(mine or '0')}
   end
-  redis.call('SET', KEYS[4], seq, 'EX', REPORTED_S)
+  redis.call('SET', KEYS[4], seq, 'PX', REPORTED_MS)
+  if expire_at > 0 then  -- never outliving the counter (a minute's rate counter ends long before)
+    local ends = math.max(expire_at, now + ENDED_MS)
+    if ends < now + REPORTED_MS then redis.call('PEXPIREAT', KEYS[4], ends) end
+  end
 end
 if used > 0 then spent = redis.call('INCRBY', KEYS[1], used) end
 local lost, left = 0, 0
@@ -641,7 +645,7 @@ else
 end
 keep(expire_at)
 return {lost, spent, tonumber(redis.call('HGET', KEYS[2], '_total') or '0'), left}
-""".replace("REPORTED_S", str(int(REPORTED)))
+""".replace("REPORTED_MS", str(int(REPORTED * 1000))).replace("ENDED_MS", str(int(ENDED * 1000)))
 TOTALS = _PRUNE + """
 return {tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('HGET', KEYS[2], '_total') or '0')}
 """

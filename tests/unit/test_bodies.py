@@ -139,7 +139,8 @@ def test_a_gzip_bodys_trailer_tells_its_inflated_size() -> None:
     assert inflated(packed) == len(raw)
     most = (2**32 - 1).to_bytes(4, "little")  # capped at what the session inflates at most:
     assert inflated(packed[:-4] + most) == 200 * len(packed)  # 200 times its size,
-    assert inflated(bytes(400_000) + most) == 64 << 20  # 64 MiB
+    assert inflated(packed[:2] + bytes(400_000) + most) == 64 << 20  # 64 MiB
+    assert inflated(bytes(400_000) + most) == 0  # no gzip header: the session refuses it as corrupt
     bomb = gzip.compress(b"x" * (10 << 20))  # 1000 times: the session refuses it past 200 times its size
     assert inflated(bomb) == 200 * len(bomb)
     assert inflated(b"\x1f\x8b") == 0  # too short to be gzip: the session refuses it as corrupt
@@ -223,3 +224,36 @@ def test_grpcio_counts_a_gzip_body_inflated(tmp_path: Path) -> None:
     (refused,) = second
     assert _refusal(refused)["code"] == "overloaded"
     assert service.bodies.held == 0
+
+
+def test_a_fault_handling_a_gzip_body_gives_back_all_it_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inflated size is charged before the session inflates the body: a fault in the session
+    (the transport then resets the stream) still gives back all of it, not only the compressed bytes."""
+    import gzip
+
+    from ext_proc.core.session import Session
+
+    service = _service(tmp_path, 128 << 20)
+    call = ExtProcCall(service)
+    call.message(request_head(config=None, **{"content-encoding": "gzip"}))
+
+    def fault(self: Session, event: object) -> None:
+        raise RuntimeError("a fault in the session")
+
+    monkeypatch.setattr(Session, "handle", fault)
+    with pytest.raises(RuntimeError):
+        call.message(chunk("request_body", gzip.compress(orjson.dumps(BODY) + b" " * 100_000), end=True))
+    monkeypatch.undo()
+    call.reset()
+    assert service.bodies.held == 0
+
+
+def test_a_body_that_is_no_gzip_is_charged_as_it_is_and_refused_as_corrupt(tmp_path: Path) -> None:
+    """Its last four bytes are no gzip trailer: nothing more is charged, and the client gets the
+    400 it can do something about, not a 503 it would retry."""
+    service = _service(tmp_path, 1000)
+    service.bodies.take(0, 900)  # another request holds 900 bytes
+    call = ExtProcCall(service)
+    call.message(request_head(config=None, **{"content-encoding": "gzip"}))
+    (answer,) = parsed(call.message(chunk("request_body", b"not gzip at all \xff\xff\xff\x7f", end=True)))
+    assert answer.immediate_response.status.code == 400

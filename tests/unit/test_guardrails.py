@@ -1288,3 +1288,18 @@ def test_a_masked_value_shows_at_most_the_end_of_a_long_one(value: str, shown: i
 
     assert _mask(value, shown) == masked
 
+
+
+@pytest.mark.parametrize("structured", ['{"v":-4155550100}', '{"amount":4111111111111111.5}',
+                                        '{"x":[4111111111111111.0],"y":[-4155550100]}'])
+def test_a_bare_number_replaced_in_a_json_answer_takes_its_sign_fraction_and_exponent_along(structured: str) -> None:
+    """Only the digits match a detector; the string a bare number becomes holds the whole number,
+    or the answer is no JSON ({"v":-"[PHONE_1]"})."""
+    body: dict[str, Any] = {"model": "gpt-4o", "max_tokens": 50, "messages": [{"role": "user", "content": "x"}],
+                            "response_format": {"type": "json_object"}}
+    session, _, _ = post("/v1/chat/completions", body)
+    answer = _answer(session, {"model": "gpt-4o", "choices": [{"index": 0, "message": {
+        "role": "assistant", "content": structured}, "finish_reason": "stop"}]})
+    text = orjson.loads(answer.body)["choices"][0]["message"]["content"]
+    values = [v[0] if isinstance(v, list) else v for v in orjson.loads(text).values()]
+    assert all(isinstance(v, str) and v.startswith("[") and v.endswith("]") for v in values), text

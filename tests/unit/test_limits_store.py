@@ -563,3 +563,26 @@ def test_a_report_redis_ran_after_its_deadline_is_not_counted_again(redis_url: s
         await backend.close()
 
     asyncio.run(scenario())
+
+
+def test_a_holders_report_number_never_outlives_its_counter(redis_url: str) -> None:
+    """A minute's rate counter ends minutes after its window: the key remembering a holder's last
+    report number there ends with it, not 10 minutes later (a key per holder and counter)."""
+    async def scenario() -> None:
+        backend = RedisBackend.from_url(redis_url)
+        keeper = Keeper(backend, holder="w-ttl")
+        keeper._flush = asyncio.get_running_loop().create_future()  # flushes by hand, below
+        minute = Claim("rate/r/tokens/t/202612061200", 10, 1000, time.time() + 30, True, True)
+        month = claim(amount=10, capacity=1000, counter="budget/b/usd/t/2026-12-ttl")
+        for c in (minute, month):
+            assert (await keeper.admit((c,))).admitted  # type: ignore[misc]
+            keeper.settle((c,), (5,))
+        await keeper.flush()  # type: ignore[misc]
+        with redis.Redis.from_url(redis_url) as client:
+            def ttl(counter: str, key: str) -> int:
+                return int(client.pttl(f"{backend.prefix}:{{{counter}}}:{key}"))
+            assert 0 < ttl(minute.counter, "reported:w-ttl") <= ttl(minute.counter, "spent")
+            assert 0 < ttl(month.counter, "reported:w-ttl") <= 600_000 < ttl(month.counter, "spent")
+        await backend.close()
+
+    asyncio.run(scenario())
