@@ -572,6 +572,10 @@ class Guard:
                 return ""
             channel.swallow = None
             buf = buf[closing.end():]
+            # The context before is the block's opening armour: scanned again with what follows,
+            # it would open a block over it (the findings of one scan do not overlap) and hide a
+            # value right after the block. What follows a block starts afresh.
+            channel.before = ""
         rules = self.plan.response
         assert self._holdback is not None
         cut = len(buf) if final else len(buf) - self._holdback.keep(buf)

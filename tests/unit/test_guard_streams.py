@@ -262,3 +262,18 @@ def test_a_guarded_stream_holds_back_only_the_word_in_progress(route: Route) -> 
     # "Hello" waits for what follows it; "there," is whole at its comma; each later word waits for
     # the next event, the space before it already shown.
     assert texts[:4] == ["Hello there,", "Hello there, ", "Hello there, how ", "Hello there, how are "], texts
+
+
+AFTER_KEY_BLOCK = ("Key:\n-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7" + "a" * 40
+                   + "\n-----END PRIVATE KEY-----\nthen call phone 4155550100 or mail jane.doe@example.com today.")
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=str)
+@pytest.mark.parametrize("step", [1, 3, 7, 11, len(AFTER_KEY_BLOCK)])
+def test_a_value_right_after_a_swallowed_key_block_is_found(route: Route, step: int) -> None:
+    """Once a split key block is swallowed up to its closing armour, what follows is scanned without
+    the block's opening armour as its context (scanned again, it opened a block over the phone)."""
+    parts = tuple(AFTER_KEY_BLOCK[i:i + step] for i in range(0, len(AFTER_KEY_BLOCK), step))
+    got, _ = client_text(route, play(opened(route, prompt="x"), [provider_stream(route, parts)]))
+    assert "4155550100" not in got and "jane.doe" not in got and "MIIEv" not in got, got
+    assert "[PRIVATE_KEY_1]" in got and "then call phone" in got, got
