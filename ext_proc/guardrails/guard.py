@@ -20,7 +20,7 @@ request's system and developer text (:mod:`.instructions`). On the answer
 findings the same way and puts pseudonymised values back; what the answer echoes of the request
 (Responses' ``instructions``) the same, but uncounted and never blocking (:meth:`Guard._echo`).
 In JSON text (tool call arguments; the answer's text when the request asked for JSON) a value
-replaced outside a string becomes a string (:func:`json_state` follows the strings, across a
+replaced outside a string becomes a string (:mod:`.jsontext` follows the strings, across a
 stream's deltas too), so the text stays JSON. In a stream each channel of text (see
 :mod:`.texts`) keeps back only the end of what it received that could still become a finding
 when more text comes: for each detector, the trailing run of characters a match of it may
@@ -56,6 +56,7 @@ from ext_proc.memo import digest, remembered
 from . import injection
 from .detectors import INJECTION, Detector
 from .instructions import MAX_CHARS, Instructions, instructions
+from .jsontext import OUTSIDE, bare_number, json_state
 from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable
@@ -70,37 +71,6 @@ INJECTION_ROLES = frozenset({"user", "tool"})
 # findings of a plan's rules (for users' or for the application's own text), an injection score.
 # The findings of the answer's rules in a text of the request that an answer repeats (Guard._echo).
 FIND, FIND_SYSTEM, SCORE, ECHO = b"f", b"s", b"i", b"e"
-
-
-# Where JSON text is, at a point: outside any string, inside one, inside one right after a backslash.
-OUTSIDE, STRING, ESCAPED = 0, 1, 2
-_NUMBER_TAIL = re.compile(r"(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")  # what may follow a JSON number's digits
-_STRING_RUN = re.compile(r'(?:[^"\\]|\\.)*', re.S)  # a string's characters and escapes, up to its end
-
-
-def json_state(text: str, state: int = OUTSIDE, start: int = 0, end: int | None = None) -> int:
-    """Where JSON text is after ``text[start:end]``, having been at ``state`` before it: a value
-    found outside a string (a card number as a JSON number) is replaced by a string, so the text
-    stays JSON (see :meth:`Guard.apply`)."""
-    end = len(text) if end is None else end
-    at = start
-    if state == ESCAPED and at < end:
-        at, state = at + 1, STRING
-    while at < end:
-        if state == OUTSIDE:
-            at = text.find('"', at, end)
-            if at < 0:
-                return OUTSIDE
-            at, state = at + 1, STRING
-        else:
-            at = _STRING_RUN.match(text, at, end).end()  # type: ignore[union-attr]
-            if at >= end:
-                return STRING
-            if text[at] == '"':
-                at, state = at + 1, OUTSIDE
-            else:  # a backslash at the end: the next text starts with what it escapes
-                return ESCAPED
-    return state
 
 
 def _find(scanner: Scanner, names: Container[str], budget: Budget, text: str) -> Sequence[Finding]:
@@ -427,11 +397,11 @@ class Guard:
             end = finding.end
             if json_text:
                 state, at = json_state(text, state, at, finding.start), finding.start
-                if state == OUTSIDE:  # a bare number: the whole of it becomes the string, sign,
-                    new = f'"{new}"'  # fraction and exponent too ({"v":-"[PHONE_1]".5} is no JSON)
-                    if finding.start > last and text[finding.start - 1] == "-":
+                if state == OUTSIDE:  # a bare number: the whole of it becomes the string (jsontext)
+                    new = f'"{new}"'
+                    sign, end = bare_number(text, finding.start, end, last)
+                    if sign < finding.start:
                         parts[-1] = parts[-1][:-1]
-                    end = _NUMBER_TAIL.match(text, end).end()  # type: ignore[union-attr]
             parts.append(new)
             last = end
         if not parts:

@@ -35,7 +35,6 @@ import copy
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -46,6 +45,14 @@ import yaml
 
 from ext_proc.envoy_config import TEMPLATE
 from ext_proc.k8s import sidecar
+from ext_proc.k8s.memory import (
+    ENVOY_MEMORY,
+    TOLLWAY_MEMORY,
+    body_memory,
+    default_memory_limits,
+    memory_warning,
+    mib,
+)
 
 log = logging.getLogger("tollway.inject")
 
@@ -54,21 +61,6 @@ STATUS = "tollway.dev/status"  # set on injected pods: what was injected
 INJECTED_LABEL = "tollway.dev/injected"  # "true" on injected pods (NetworkPolicies select on it)
 INTERCEPT = "tollway.dev/intercept"  # pod annotation: "false" keeps base-URL mode only
 TRUST = "tollway.dev/trust"  # pod annotation: "false" leaves the application's CA settings alone
-# Pod annotations: the sidecar containers' memory limits. The defaults hold two requests of the
-# largest body Tollway reads (64 MiB) at once: measured, Envoy peaks at 285 MiB and Tollway at 664 MiB
-# (tests/e2e/test_sidecar_memory_e2e.py); each further such request in flight takes about 110 MiB
-# of Envoy's and 260 MiB of Tollway's. Past its limit the kernel kills the container, and every
-# request it holds fails: so Tollway gets a --body-memory the limits hold (body_memory), and refuses
-# a body past it with a 503 the SDKs retry. Each worker always reads one body alone, whatever its
-# share of --body-memory: with more workers than the defaults hold bodies, the defaults grow to one
-# body per worker (default_memory_limits); limits a pod's annotations set are kept, said if smaller.
-TOLLWAY_MEMORY, ENVOY_MEMORY = "tollway.dev/tollway-memory", "tollway.dev/envoy-memory"
-MEMORY_LIMITS = {TOLLWAY_MEMORY: "1Gi", ENVOY_MEMORY: "384Mi"}
-_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?")
-_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
-# MiB at rest, and MiB per largest body (64 MiB) in flight, measured as above.
-_TOLLWAY_BASE, _TOLLWAY_PER_BODY, _ENVOY_BASE, _ENVOY_PER_BODY = 140, 260, 70, 110
 TOLLWAY_UID, ENVOY_UID, TOLLWAY_GID = 10001, 10002, 10001
 CONTAINERS = ("tollway-init", "tollway", "tollway-envoy")
 VOLUMES = ("tollway-run", "tollway-tmp", "tollway-policy", "tollway-provider-keys", "tollway-intercept-tls",
@@ -135,59 +127,16 @@ def _hardened(uid: int, gid: int) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def default_memory_limits(workers: int) -> dict[str, str]:
-    """The sidecar containers' default memory limits for Tollway's ``workers``: :data:`MEMORY_LIMITS`
-    (two 64 MiB bodies at once), grown to hold one body per worker (each worker always reads one
-    body alone, whatever its share of ``--body-memory``)."""
-    workers = max(1, workers)
-    tollway = _TOLLWAY_BASE + _TOLLWAY_PER_BODY * workers
-    envoy = _ENVOY_BASE + _ENVOY_PER_BODY * workers
-    return {TOLLWAY_MEMORY: MEMORY_LIMITS[TOLLWAY_MEMORY] if tollway <= _mib(MEMORY_LIMITS[TOLLWAY_MEMORY])
-            else f"{tollway}Mi",
-            ENVOY_MEMORY: MEMORY_LIMITS[ENVOY_MEMORY] if envoy <= _mib(MEMORY_LIMITS[ENVOY_MEMORY]) else f"{envoy}Mi"}
-
-
 def memory_limits(meta: Mapping[str, Any], workers: int = 1) -> dict[str, str]:
     """The sidecar containers' memory limits: the pod's annotations, else the defaults for ``workers``."""
     annotations = meta.get("annotations") or {}
     limits = {}
     for name, default in default_memory_limits(workers).items():
         value = str(annotations.get(name) or default).strip()
-        if not _QUANTITY.fullmatch(value):
+        if mib(value) is None:
             raise Refused(f"annotation {name}: {value!r} is not a memory quantity (e.g. 1Gi, 512Mi)")
         limits[name] = value
     return limits
-
-
-def _mib(quantity: str) -> float:
-    match = _QUANTITY.fullmatch(quantity)
-    assert match is not None  # memory_limits checked it
-    return float(match.group(1)) * _UNITS[match.group(2)] / 2**20
-
-
-def bodies_held(memory: Mapping[str, str]) -> int:
-    """How many of the largest bodies (64 MiB) both containers hold at once (at least one)."""
-    bodies = min((_mib(memory[TOLLWAY_MEMORY]) - _TOLLWAY_BASE) // _TOLLWAY_PER_BODY,
-                 (_mib(memory[ENVOY_MEMORY]) - _ENVOY_BASE) // _ENVOY_PER_BODY)
-    return int(max(1, bodies))
-
-
-def body_memory(memory: Mapping[str, str], workers: int) -> int:
-    """Tollway's ``--body-memory`` (MiB per worker) for these containers' memory limits: as many of the
-    largest bodies (64 MiB) at once as both containers hold, shared by the workers, at least one body
-    each (a worker always reads one alone). The defaults hold two: 128 MiB."""
-    return max(64, bodies_held(memory) * 64 // max(1, workers))
-
-
-def memory_warning(memory: Mapping[str, str], workers: int) -> str | None:
-    """What to tell about limits (a pod's annotations) that hold fewer 64 MiB bodies than Tollway
-    has workers, each of which always reads one alone; None when they hold one per worker."""
-    held = bodies_held(memory)
-    if held >= workers:
-        return None
-    return (f"memory limits {memory[TOLLWAY_MEMORY]}/{memory[ENVOY_MEMORY]} (tollway/envoy) hold {held} of the "
-            f"largest bodies (64 MiB) at once, not one per worker ({workers}): a container may be killed; set at "
-            f"least {_TOLLWAY_BASE + _TOLLWAY_PER_BODY * workers}Mi/{_ENVOY_BASE + _ENVOY_PER_BODY * workers}Mi")
 
 
 def sidecar_containers(settings: Settings, workload: str, intercept: bool,

@@ -14,12 +14,12 @@ import orjson
 
 from ext_proc.ledger.log import log_files, read_records
 from ext_proc.ledger.report import (
-    FILTERS,
     GROUPS,
     Row,
     aggregate,
     day_after,
     dollars,
+    filters,
     month_window,
     parse_day,
     sentence,
@@ -81,10 +81,10 @@ def _rows(args: argparse.Namespace, by: str) -> list[Row]:
     since, until = args.since, day_after(args.until) if args.until else None
     if args.month:
         since, until = month_window(args.month)
-    where = {name: getattr(args, name) for name in FILTERS if getattr(args, name)} or None
-    if args.key and "@" not in args.key and args.key != "(none)":
-        raise ReportError(f"--key {args.key}: name a key with its team, {args.key}@TEAM (a key id is unique only "
-                          "within its team)")
+    try:
+        where = filters(vars(args))
+    except ValueError as exc:
+        raise ReportError(f"--{exc}") from None
     redis_url = args.redis or (None if args.log else os.environ.get("TOLLWAY_REDIS_URL"))
     if redis_url:
         import redis

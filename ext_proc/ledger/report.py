@@ -15,15 +15,26 @@ answered (:func:`~ext_proc.state.rows.served_latency`), not of its errors or of 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from ext_proc.llm.prices import dollars
 from ext_proc.state.rows import FILTERS, GROUPS, Row, group_of, usable, usd
 
-__all__ = ["FILTERS", "GROUPS", "Row", "aggregate", "dollars", "human_count", "month_window", "parse_day", "sentence",
-           "usd"]
+__all__ = [
+    "FILTERS",
+    "GROUPS",
+    "Row",
+    "aggregate",
+    "dollars",
+    "filters",
+    "human_count",
+    "month_window",
+    "parse_day",
+    "sentence",
+    "usd",
+]
 
 
 def parse_day(text: str) -> date:
@@ -34,6 +45,17 @@ def parse_day(text: str) -> date:
 def day_after(day: date) -> date | None:
     """The exclusive end of a report whose last day is ``day`` (None, no end, after the calendar's last)."""
     return day + timedelta(days=1) if day < date.max else None
+
+
+def filters(given: Mapping[str, str | None]) -> dict[str, str] | None:
+    """A report's ``where`` from its filters (:data:`FILTERS`; those not given are left out), or
+    None for none. Raises ValueError for a key without its team: a key id is unique only within its
+    team (``ci@search``), so a bare one would match nothing."""
+    where = {name: value for name in FILTERS if (value := given.get(name))}
+    key = where.get("key")
+    if key and "@" not in key and key != "(none)":
+        raise ValueError(f"key {key}: name a key with its team, {key}@TEAM (a key id is unique only within its team)")
+    return where or None
 
 
 def month_window(month: str) -> tuple[date, date]:

@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from ext_proc.ledger import dashboard
 from ext_proc.ledger.log import Follower, log_files, read_records
-from ext_proc.ledger.report import FILTERS, GROUPS, aggregate, day_after, month_window, parse_day
+from ext_proc.ledger.report import GROUPS, aggregate, day_after, filters, month_window, parse_day
 from ext_proc.state.ledger import Ledger
 
 # The dashboard's files (path -> packaged file, content type): served without the token.
@@ -121,12 +121,9 @@ class AdminServer:
             until = day_after(parse_day(params["until"])) if "until" in params else None
             if "month" in params:
                 since, until = month_window(params["month"])
-            key = params.get("key")
-            if key and "@" not in key and key != "(none)":
-                raise ValueError(f"key {key}: name a key with its team, {key}@TEAM")
+            where = filters(params)
         except (ValueError, KeyError) as exc:
             return 400, "application/json", orjson.dumps({"error": {"message": str(exc), "type": "invalid_request"}})
-        where = {name: params[name] for name in FILTERS if params.get(name)} or None
         if self.ledger is not None:
             found = self.ledger.rows(by, since, until, where)
             source = "redis"

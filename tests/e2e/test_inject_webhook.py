@@ -26,7 +26,7 @@ import jsonpatch
 import pytest
 import yaml
 
-from ext_proc.k8s import inject
+from ext_proc.k8s import inject, memory
 from ext_proc.k8s import webhook as server
 from ext_proc.stack import ROOT, free_port
 from tests.certs import CA
@@ -325,7 +325,7 @@ def test_each_worker_reads_one_body_alone_so_the_default_limits_hold_one_per_wor
                 json.loads(out["metadata"]["annotations"][inject.STATUS]))
 
     def bodies(limits: dict[str, str]) -> int:  # what the containers hold: about 140 + 260 and 70 + 110 MiB each
-        mib = inject._mib
+        mib = memory._mib
         return int(min((mib(limits["tollway"]) - 140) // 260, (mib(limits["tollway-envoy"]) - 70) // 110))
 
     assert injected({}, 2)[:2] == ({"tollway": "1Gi", "tollway-envoy": "384Mi"}, 64)  # the defaults hold two

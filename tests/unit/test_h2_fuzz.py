@@ -674,16 +674,6 @@ def run_both(actions: list[tuple[str, tuple[object, ...]]], pieces: int) -> Case
     return Case(data, mutated, ours, reference, outcome(ours.out), outcome(bytes(reference.out)))
 
 
-def _goaway_first(data: bytes) -> bool:
-    """A well-formed GOAWAY is the client's first frame after its SETTINGS and PINGs, before any stream."""
-    for kind, _, sid, payload in parse_frames(data[len(h2.PREFACE) :]):
-        if kind == h2.GOAWAY:
-            return sid == 0 and len(payload) >= 8
-        if kind not in (h2.SETTINGS, h2.PING):
-            return False
-    return False
-
-
 @settings(max_examples=EXAMPLES or 1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(client_actions(), st.integers(1, 4))
 # Found by this test: the client's SETTINGS corrupted into an initial window size past 2**31 - 1,
