@@ -8,8 +8,13 @@ memory limit; the kernel then kills it, and every request it was serving fails, 
 too.
 
 :class:`BodyBudget` counts the bytes of request bodies the worker's requests in flight hold, from
-a body's first chunk until its request's stream ends. A chunk that would take the total past the
-limit while *other* requests hold bodies refuses its request: 503 ``overloaded`` in the client's
+a body's first chunk until its request's stream ends. A body whose length its request declares
+(``content-length``, as the SDKs send it; at most ``MAX_BODY``) counts whole from its first chunk
+(:meth:`BodyBudget.read`): a request that would not fit is refused as soon as its body starts, not
+once Envoy and the worker have read most of it (Envoy holds a streamed body twice while the worker
+reads it: its queue, and its copy on the way; three 64 MiB uploads at once took the sidecar's
+Envoy to 453 MiB when the refusal waited for the third body's bytes). A chunk that would take the
+total past the limit while *other* requests hold bodies refuses its request: 503 ``overloaded`` in the client's
 format with ``retry-after: 1`` (the OpenAI and Anthropic SDKs retry it), recorded as rejected,
 the provider never asked. A request alone in the worker is always read (up to ``MAX_BODY``), so
 the limit decides how many large bodies share a worker, never whether a large one can pass.
@@ -25,8 +30,11 @@ already; later requests see it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ext_proc.llm.apis.base import MAX_DECODED_BODY, MAX_RATIO
 from ext_proc.llm.errors import ClientError
+from ext_proc.server.coalesce import MAX_BODY
 
 DEFAULT_MIB = 128  # two of the largest bodies at once: the injected sidecar's memory limit holds that
 
@@ -57,6 +65,23 @@ class BodyBudget:
         self.held = held
         return True
 
+    def read(self, held: int, ahead: int, size: int) -> tuple[int, int] | None:
+        """A request reads ``size`` more bytes of its body: the bytes it holds and how many of them
+        it has not read yet, once counted; or None: refused as :meth:`take` refuses. ``held`` and
+        ``ahead`` are what it holds and has not read (before its first chunk: 0, and the length its
+        request declared): its first chunk counts the declared length whole, a later chunk counts
+        only what it reads past that."""
+        if held:
+            if size <= ahead:
+                return held, ahead - size
+            more, ahead = size - ahead, 0
+        else:
+            more = max(size, ahead)
+            ahead = more - size
+        if self.take(held, more):
+            return held + more, ahead
+        return None
+
     def true_up(self, mine: int, size: int) -> int:
         """A request counted as holding ``mine`` bytes holds ``size`` (its body inflated): counted
         whatever the limit (the bytes are in memory already); returns ``size``."""
@@ -66,6 +91,15 @@ class BodyBudget:
     def give_back(self, size: int) -> None:
         """A request's stream ended: the ``size`` bytes it held are no longer counted."""
         self.held = max(0, self.held - size)
+
+
+def declared(headers: Mapping[str, str]) -> int:
+    """The length of body a request's ``headers`` declare (``content-length``), at most ``MAX_BODY``
+    (the coalescer refuses a longer body: 413); 0 when they declare none or no number."""
+    length = headers.get("content-length")
+    if length is None or not (length.isascii() and length.isdigit()):
+        return 0
+    return MAX_BODY if len(length) > 12 else min(int(length), MAX_BODY)
 
 
 def inflated(body: bytes) -> int:

@@ -50,7 +50,7 @@ from ext_proc.guardrails.queries import Classify
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.server import coalesce, codec
-from ext_proc.server.bodies import OVERLOADED, BodyBudget, inflated
+from ext_proc.server.bodies import OVERLOADED, BodyBudget, declared, inflated
 from ext_proc.server.classifier import Classifier
 from ext_proc.server.coalesce import Coalescer
 from ext_proc.server.credentials import CredentialStore
@@ -186,19 +186,30 @@ class Responder(Protocol):
     def loop(self) -> asyncio.AbstractEventLoop | None: ...
 
 
-def _body_held(service: Service, session: Session | Attempt, event: Event, held: int) -> int | None:
-    """The bytes of body a request holds once its body's chunk ``event`` is counted against the
-    worker's :class:`~ext_proc.server.bodies.BodyBudget` (``held`` before it), or None: the worker
-    holds as many bodies as it may, and the request is refused (``OVERLOADED``): its bytes are no
-    longer counted. Only a request still reading its body counts (not an upstream attempt's, nor
-    the rest of a refused body)."""
+def _body_held(service: Service, session: Session | Attempt, event: Event, held: int,
+               ahead: int) -> tuple[int, int] | None:
+    """The bytes of body a request holds, and how many of them it has not read yet, once its body's
+    chunk ``event`` is counted against the worker's :class:`~ext_proc.server.bodies.BodyBudget`
+    (``held`` and ``ahead`` before it: see :meth:`~ext_proc.server.bodies.BodyBudget.read`; its
+    first chunk counts the length its request declared whole), or None: the worker holds as many
+    bodies as it may, and the request is refused (``OVERLOADED``): its bytes are no longer counted.
+    Only a request still reading its body counts (not an upstream attempt's, nor the rest of a
+    refused body)."""
     size = len(event.body)  # type: ignore[union-attr]
     if not size or not isinstance(session, Session) or session.phase is not Phase.REQUEST_BODY:
-        return held
-    if service.bodies.take(held, size):
-        return held + size
-    service.bodies.give_back(held)  # what it held so far is dropped with it
-    return None
+        return held, ahead
+    counted = service.bodies.read(held, ahead, size)
+    if counted is None:
+        service.bodies.give_back(held)  # what it held so far is dropped with it
+    return counted
+
+
+def _declared(session: Session | Attempt, event: Event) -> int:
+    """The body length a request's headers ``event`` declare, counted from its first chunk (0 for
+    an upstream attempt's, or a request without a body)."""
+    if not isinstance(session, Session) or event.end_of_stream:  # type: ignore[union-attr]
+        return 0
+    return declared(event.headers)  # type: ignore[union-attr]
 
 
 def _inflating(service: Service, session: Session, body: bytes, held: int) -> int | None:
@@ -226,7 +237,7 @@ LONG_HOLD_NS = 5_000_000_000  # a headers answer held this long for its body is 
 class ExtProcCall:
     """One ext_proc stream on :mod:`ext_proc.server.h2`: serialized messages in and out."""
 
-    __slots__ = ("_ended", "_held", "_merge", "_overdue", "_queue", "_task", "_waiting", "responder", "service",
+    __slots__ = ("_ahead", "_ended", "_held", "_merge", "_overdue", "_queue", "_task", "_waiting", "responder", "service",
                  "session")
 
     def __init__(
@@ -242,6 +253,7 @@ class ExtProcCall:
         self._merge: Coalescer | None = None  # Envoy sends bodies behind their headers (see coalesce)
         self._overdue: coalesce.Overdue | None = None  # extends a held headers answer's timer (h2 server)
         self._held = 0  # bytes of request body counted against the worker's BodyBudget
+        self._ahead = 0  # of those, not read yet (before the first chunk: the length declared)
 
     def message(self, data: bytes) -> list[bytes]:
         if self._waiting is not None:
@@ -251,10 +263,13 @@ class ExtProcCall:
         kind, event = codec.decode(request, time.monotonic_ns())
         session = self.session
         if kind == "request_body":
-            held = _body_held(self.service, session, event, self._held)
-            self._held = held or 0
-            if held is None:  # a held headers answer is dropped with the refusal (the coalescer's outgoing)
+            counted = _body_held(self.service, session, event, self._held, self._ahead)
+            if counted is None:  # a held headers answer is dropped with the refusal (the coalescer's outgoing)
+                self._held = self._ahead = 0
                 return self._reply(kind, session.refuse(OVERLOADED, event.at))  # type: ignore[union-attr]
+            self._held, self._ahead = counted
+        elif kind == "request_headers":
+            self._ahead = _declared(session, event)
         if self._merge is not None or (isinstance(session, Session) and coalesce.wanted(request)):
             return self._coalesced(kind, event)
         if self._held and kind == "request_body" and session.flow.gunzip:  # type: ignore[union-attr]
@@ -449,7 +464,7 @@ class Processor:
         clock = time.monotonic_ns
         decode, encode, handle = codec.decode, codec.encode, session.handle
         merge: Coalescer | None = None
-        held = 0  # bytes of request body counted against the worker's BodyBudget
+        held = ahead = 0  # bytes of request body counted against the worker's BodyBudget, and not read yet
 
         def refusing(kind: str, merge: Coalescer | None, error: ClientError, at: int) -> list[pb.ProcessingResponse]:
             """The request refused before its body was read whole; its effects run before the
@@ -464,12 +479,15 @@ class Processor:
             async for request in requests:
                 kind, event = decode(request, clock())
                 if kind == "request_body":
-                    taken = _body_held(self.service, session, event, held)
-                    held = taken or 0
-                    if taken is None:
+                    counted = _body_held(self.service, session, event, held, ahead)
+                    if counted is None:
+                        held = ahead = 0
                         for reply in refusing(kind, merge, OVERLOADED, event.at):
                             yield reply
                         continue
+                    held, ahead = counted
+                elif kind == "request_headers":
+                    ahead = _declared(session, event)
                 if merge is None and isinstance(session, Session) and coalesce.wanted(request):
                     merge = Coalescer()
                 if merge is not None:

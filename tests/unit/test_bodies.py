@@ -13,7 +13,8 @@ import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ext_proc.server.bodies import BodyBudget, inflated
+from ext_proc.server.bodies import BodyBudget, declared, inflated
+from ext_proc.server.coalesce import MAX_BODY
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.servicer import ExtProcCall, Processor, Service
 from tests.unit.test_coalesce import BODY, chunk, parsed, request_head
@@ -89,6 +90,43 @@ def test_a_body_past_the_workers_limit_is_a_503_and_the_budget_comes_back_at_the
     assert service.bodies.held == 0
 
 
+def test_a_declared_body_counts_whole_from_its_first_chunk() -> None:
+    budget = BodyBudget(100)
+    assert budget.read(0, 60, 10) == (60, 50)  # content-length 60: counted whole at the first chunk
+    assert budget.read(60, 50, 30) == (60, 20) and budget.held == 60  # read within what it declared
+    assert budget.read(60, 20, 30) == (70, 0)  # 10 past what it declared (a longer body than told)
+    assert budget.read(0, 40, 1) is None and budget.refused == 1  # another, declaring 40: 110 > 100
+    assert budget.read(0, 0, 30) == (30, 0) and budget.held == 100  # undeclared: its chunks as they come
+    assert declared({"content-length": "1234"}) == 1234 and declared({}) == 0
+    assert declared({"content-length": "\u00b2"}) == 0 and declared({"content-length": "-1"}) == 0
+    assert declared({"content-length": "9" * 5000}) == MAX_BODY == declared({"content-length": str(MAX_BODY + 1)})
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["bodies-together", "buffered"])
+def test_a_request_declaring_a_body_past_the_limit_is_refused_at_its_first_chunk(
+        tmp_path: Path, together: bool) -> None:
+    """Refused as its body starts, not once Envoy and the worker have read most of it."""
+    service = _service(tmp_path, 100)
+    config = {} if together else {"config": None}
+    first = ExtProcCall(service)
+    first.message(request_head(**config, **{"content-length": "60"}))  # type: ignore[arg-type]
+    first.message(chunk("request_body", b"x" * 8))
+    assert service.bodies.held == 60
+    second = ExtProcCall(service)
+    second.message(request_head(**config, **{"content-length": "50"}))  # type: ignore[arg-type]
+    (refused,) = parsed(second.message(chunk("request_body", b"y" * 8)))
+    assert _refusal(refused)["code"] == "overloaded" and service.bodies.held == 60
+    first.reset()
+    assert service.bodies.held == 0
+    if together:  # a body arriving in chunks: counted whole from the first, the rest within it
+        third = ExtProcCall(service)
+        third.message(request_head(**{"content-length": "40"}))
+        assert third.message(chunk("request_body", b"{" * 8)) == []
+        assert third.message(chunk("request_body", b"{" * 8)) == [] and service.bodies.held == 40
+        third.reset()
+        assert service.bodies.held == 0
+
+
 def test_a_refused_request_at_its_headers_counts_no_body(tmp_path: Path) -> None:
     from tests.unit.test_attempt import service  # a policy: a request without a key is refused
 
@@ -120,6 +158,10 @@ def test_grpcio_refuses_the_same_and_gives_the_bytes_back(tmp_path: Path) -> Non
     (refused,) = asyncio.run(run(messages))
     assert _refusal(refused)["code"] == "overloaded"
     assert service.bodies.held == 90
+    declaring = [request_head(**{"content-length": "20"}), chunk("request_body", b"{"),
+                 chunk("request_body", b"}", end=True)]
+    (refused,) = asyncio.run(run(declaring))  # its first byte: 90 + the 20 it declares > 100
+    assert _refusal(refused)["code"] == "overloaded" and service.bodies.held == 90
     service.bodies.give_back(90)
     replies = asyncio.run(run(messages))
     assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body", "request_body"]
