@@ -1,13 +1,18 @@
 """The injected sidecar's memory: its containers' limits and the request bodies Tollway may hold.
 
 The sidecar containers' memory limits (pod annotations). The defaults hold two requests of the
-largest body Tollway reads (64 MiB) at once: measured, Envoy peaks at 285 MiB and Tollway at 664 MiB
-(tests/e2e/test_sidecar_memory_e2e.py); each further such request in flight takes about 110 MiB
-of Envoy's and 260 MiB of Tollway's. Past its limit the kernel kills the container, and every
-request it holds fails: so Tollway gets a --body-memory the limits hold (body_memory), and refuses
-a body past it with a 503 the SDKs retry. Each worker always reads one body alone, whatever its
-share of --body-memory: with more workers than the defaults hold bodies, the defaults grow to one
-body per worker (default_memory_limits); limits a pod's annotations set are kept, said if smaller.
+largest body Tollway reads (64 MiB) at once, and a third refused meanwhile: measured with three
+(tests/e2e/test_sidecar_memory_e2e.py), Tollway peaks at 590-664 MiB and Envoy at 280-315 MiB,
+453 MiB once on a loaded machine. Each such request in flight takes about 260 MiB of Tollway's and
+up to 130 MiB of Envoy's: Envoy holds a streamed body twice while Tollway reads it (its queue of
+chunks awaiting Tollway's answer, and their copy on the way to Tollway), and it reads one more body
+than Tollway keeps: the one Tollway refuses, read before Tollway can refuse it when Tollway's
+workers are slow (453 MiB: three bodies held twice). Past its limit the kernel kills the
+container, and every request it holds fails: so Tollway gets a --body-memory the limits hold
+(body_memory), and refuses a body past it with a 503 the SDKs retry. Each worker always reads one
+body alone, whatever its share of --body-memory: with more workers than the defaults hold bodies,
+the defaults grow to one body per worker (default_memory_limits); limits a pod's annotations set
+are kept, said if smaller.
 """
 
 from __future__ import annotations
@@ -16,21 +21,29 @@ import re
 from collections.abc import Mapping
 
 TOLLWAY_MEMORY, ENVOY_MEMORY = "tollway.dev/tollway-memory", "tollway.dev/envoy-memory"
-MEMORY_LIMITS = {TOLLWAY_MEMORY: "1Gi", ENVOY_MEMORY: "384Mi"}
+MEMORY_LIMITS = {TOLLWAY_MEMORY: "1Gi", ENVOY_MEMORY: "512Mi"}
 _QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?")
 _UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
-# MiB at rest, and MiB per largest body (64 MiB) in flight, measured as above.
-_TOLLWAY_BASE, _TOLLWAY_PER_BODY, _ENVOY_BASE, _ENVOY_PER_BODY = 140, 260, 70, 110
+# MiB at rest, and MiB per largest body (64 MiB) in flight, measured as above; Envoy holds one body
+# more than Tollway keeps (the one being refused).
+_TOLLWAY_BASE, _TOLLWAY_PER_BODY, _ENVOY_BASE, _ENVOY_PER_BODY = 140, 260, 70, 130
+
+
+def _tollway_needs(bodies: int) -> int:
+    return _TOLLWAY_BASE + _TOLLWAY_PER_BODY * bodies
+
+
+def _envoy_needs(bodies: int) -> int:
+    return _ENVOY_BASE + _ENVOY_PER_BODY * (bodies + 1)
 
 
 def default_memory_limits(workers: int) -> dict[str, str]:
     """The sidecar containers' default memory limits for Tollway's ``workers``: :data:`MEMORY_LIMITS`
-    (two 64 MiB bodies at once), grown to hold one body per worker (each worker always reads one
-    body alone, whatever its share of ``--body-memory``)."""
+    (two 64 MiB bodies at once, Envoy a third being refused), grown to hold one body per worker
+    (each worker always reads one body alone, whatever its share of ``--body-memory``)."""
     workers = max(1, workers)
-    tollway = _TOLLWAY_BASE + _TOLLWAY_PER_BODY * workers
-    envoy = _ENVOY_BASE + _ENVOY_PER_BODY * workers
+    tollway, envoy = _tollway_needs(workers), _envoy_needs(workers)
     return {TOLLWAY_MEMORY: MEMORY_LIMITS[TOLLWAY_MEMORY] if tollway <= _mib(MEMORY_LIMITS[TOLLWAY_MEMORY])
             else f"{tollway}Mi",
             ENVOY_MEMORY: MEMORY_LIMITS[ENVOY_MEMORY] if envoy <= _mib(MEMORY_LIMITS[ENVOY_MEMORY]) else f"{envoy}Mi"}
@@ -49,9 +62,10 @@ def _mib(quantity: str) -> float:
 
 
 def bodies_held(memory: Mapping[str, str]) -> int:
-    """How many of the largest bodies (64 MiB) both containers hold at once (at least one)."""
+    """How many of the largest bodies (64 MiB) both containers hold at once (at least one), Envoy
+    one more (the body being refused)."""
     bodies = min((_mib(memory[TOLLWAY_MEMORY]) - _TOLLWAY_BASE) // _TOLLWAY_PER_BODY,
-                 (_mib(memory[ENVOY_MEMORY]) - _ENVOY_BASE) // _ENVOY_PER_BODY)
+                 (_mib(memory[ENVOY_MEMORY]) - _ENVOY_BASE) // _ENVOY_PER_BODY - 1)
     return int(max(1, bodies))
 
 
@@ -70,4 +84,4 @@ def memory_warning(memory: Mapping[str, str], workers: int) -> str | None:
         return None
     return (f"memory limits {memory[TOLLWAY_MEMORY]}/{memory[ENVOY_MEMORY]} (tollway/envoy) hold {held} of the "
             f"largest bodies (64 MiB) at once, not one per worker ({workers}): a container may be killed; set at "
-            f"least {_TOLLWAY_BASE + _TOLLWAY_PER_BODY * workers}Mi/{_ENVOY_BASE + _ENVOY_PER_BODY * workers}Mi")
+            f"least {_tollway_needs(workers)}Mi/{_envoy_needs(workers)}Mi")

@@ -237,8 +237,8 @@ LONG_HOLD_NS = 5_000_000_000  # a headers answer held this long for its body is 
 class ExtProcCall:
     """One ext_proc stream on :mod:`ext_proc.server.h2`: serialized messages in and out."""
 
-    __slots__ = ("_ahead", "_ended", "_held", "_merge", "_overdue", "_queue", "_task", "_waiting", "responder", "service",
-                 "session")
+    __slots__ = ("_ahead", "_ended", "_held", "_merge", "_overdue", "_queue", "_task", "_waiting", "responder",
+                 "service", "session")
 
     def __init__(
         self, service: Service, upstream: bool = False, responder: Responder | None = None, peer: str | None = None

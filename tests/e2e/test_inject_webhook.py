@@ -283,7 +283,7 @@ def test_the_sidecars_memory_limits_follow_the_pods_annotations() -> None:
         return {c["name"]: c["resources"]["limits"]["memory"] for c in injected["spec"]["initContainers"]
                 if c["name"] in ("tollway", "tollway-envoy")}
 
-    assert limits(POD) == {"tollway": "1Gi", "tollway-envoy": "384Mi"}
+    assert limits(POD) == {"tollway": "1Gi", "tollway-envoy": "512Mi"}
     big = copy.deepcopy(POD)
     big["metadata"]["annotations"] = {inject.TOLLWAY_MEMORY: "2Gi", inject.ENVOY_MEMORY: "768Mi"}
     assert limits(big) == {"tollway": "2Gi", "tollway-envoy": "768Mi"}
@@ -291,7 +291,8 @@ def test_the_sidecars_memory_limits_follow_the_pods_annotations() -> None:
 
 def test_tollway_refuses_bodies_before_the_limits_would_kill_a_container() -> None:
     """``--body-memory`` follows the limits: as many 64 MiB bodies at once as both containers hold
-    (about 140 + 260 MiB each for Tollway, 70 + 110 MiB for Envoy), shared by the workers."""
+    (about 140 + 260 MiB each for Tollway, 70 + 130 MiB for Envoy, which also reads the body being
+    refused), shared by the workers."""
     def body_memory(annotations: dict[str, str], **settings: Any) -> int:
         pod = copy.deepcopy(POD)
         pod["metadata"]["annotations"] = annotations
@@ -300,12 +301,13 @@ def test_tollway_refuses_bodies_before_the_limits_would_kill_a_container() -> No
         return int(tollway["args"][tollway["args"].index("--body-memory") + 1])
 
     assert body_memory({}) == 128  # two at once, as tests/e2e/test_sidecar_memory_e2e.py measures
-    assert body_memory({inject.TOLLWAY_MEMORY: "2Gi", inject.ENVOY_MEMORY: "768Mi"}) == 384  # six
-    assert body_memory({inject.TOLLWAY_MEMORY: "4Gi"}) == 128  # Envoy's 384Mi still holds two
-    assert body_memory({inject.TOLLWAY_MEMORY: "2147483648", inject.ENVOY_MEMORY: "0.75Gi"}) == 384
+    assert body_memory({inject.TOLLWAY_MEMORY: "2Gi", inject.ENVOY_MEMORY: "768Mi"}) == 256  # four (Envoy's)
+    assert body_memory({inject.TOLLWAY_MEMORY: "4Gi"}) == 128  # Envoy's 512Mi still holds two
+    assert body_memory({inject.TOLLWAY_MEMORY: "2147483648", inject.ENVOY_MEMORY: "0.75Gi"}) == 256
+    assert body_memory({inject.ENVOY_MEMORY: "384Mi"}) == 64  # two bodies, one of them being refused
     assert body_memory({inject.TOLLWAY_MEMORY: "300Mi"}) == 64  # one at a time (a body alone is always read)
     assert body_memory({}, workers=2) == 64  # the workers share it
-    assert body_memory({inject.TOLLWAY_MEMORY: "2Gi", inject.ENVOY_MEMORY: "768Mi"}, workers=4) == 96
+    assert body_memory({inject.TOLLWAY_MEMORY: "2Gi", inject.ENVOY_MEMORY: "1Gi"}, workers=4) == 96
 
 
 def test_each_worker_reads_one_body_alone_so_the_default_limits_hold_one_per_worker(
@@ -324,24 +326,24 @@ def test_each_worker_reads_one_body_alone_so_the_default_limits_hold_one_per_wor
                 int(args[args.index("--body-memory") + 1]),
                 json.loads(out["metadata"]["annotations"][inject.STATUS]))
 
-    def bodies(limits: dict[str, str]) -> int:  # what the containers hold: about 140 + 260 and 70 + 110 MiB each
-        mib = memory._mib
-        return int(min((mib(limits["tollway"]) - 140) // 260, (mib(limits["tollway-envoy"]) - 70) // 110))
+    def bodies(limits: dict[str, str]) -> int:  # what the containers hold: about 140 + 260 and 70 + 130 MiB each
+        mib = memory._mib  # Envoy's one more: the body being refused
+        return int(min((mib(limits["tollway"]) - 140) // 260, (mib(limits["tollway-envoy"]) - 70) // 130 - 1))
 
-    assert injected({}, 2)[:2] == ({"tollway": "1Gi", "tollway-envoy": "384Mi"}, 64)  # the defaults hold two
-    assert injected({}, 3)[0] == {"tollway": "1Gi", "tollway-envoy": "400Mi"}
+    assert injected({}, 2)[:2] == ({"tollway": "1Gi", "tollway-envoy": "512Mi"}, 64)  # the defaults hold two
+    assert injected({}, 3)[0] == {"tollway": "1Gi", "tollway-envoy": "590Mi"}
     limits, share, status = injected({}, 4)
-    assert limits == {"tollway": "1180Mi", "tollway-envoy": "510Mi"} and bodies(limits) == 4 and share == 64
+    assert limits == {"tollway": "1180Mi", "tollway-envoy": "720Mi"} and bodies(limits) == 4 and share == 64
     assert "warning" not in status
     limits, share, status = injected({inject.TOLLWAY_MEMORY: "3Gi"}, 4)  # Envoy's default still grows
-    assert limits == {"tollway": "3Gi", "tollway-envoy": "510Mi"} and "warning" not in status
+    assert limits == {"tollway": "3Gi", "tollway-envoy": "720Mi"} and "warning" not in status
 
     small = {inject.TOLLWAY_MEMORY: "512Mi", inject.ENVOY_MEMORY: "256Mi"}  # one body at once
     with caplog.at_level("WARNING", logger="tollway.inject"):
         limits, share, status = injected(small, 2)
     assert limits == {"tollway": "512Mi", "tollway-envoy": "256Mi"} and share == 64  # the pod's choice, kept
     assert "hold 1 of the largest bodies (64 MiB) at once, not one per worker (2)" in status["warning"]
-    assert "set at least 660Mi/290Mi" in status["warning"] and status["warning"] in caplog.text
+    assert "set at least 660Mi/460Mi" in status["warning"] and status["warning"] in caplog.text
     pod = copy.deepcopy(POD)
     pod["metadata"]["annotations"] = small
     answer = inject.review(review(pod), inject.Settings(workers=2))["response"]
