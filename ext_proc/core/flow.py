@@ -122,7 +122,7 @@ class Flow:
         self.guard: Guard | None = None  # the guardrails acting on this request (None: none apply)
         # What goes upstream (the answer to Envoy's request messages).
         self.set_headers: list[tuple[str, str]] = []
-        self.remove_headers: list[str] = []
+        self.remove_headers: list[str] = []  # not yet sent (the head's answer sends and clears them)
         self.metadata: tuple[tuple[str, str], ...] = ()
         self.credential: Provider | None = None
         self.cluster: str | None = None

@@ -226,11 +226,12 @@ class Session:
             principal = flow.principal
             flow.note("tollway.identified", at, **{"tollway.team": principal.team,
                                                    "tollway.identity": "key" if principal.key_id else "workload"})
+        removes = tuple(flow.remove_headers)
+        flow.remove_headers.clear()  # sent: the body's answer carries only what its steps add
         if flow.set_headers:  # a request without a body, routed at its head (open mode's model list)
             self._forwarded(flow.started)
-            return Continue(set_headers=tuple(flow.set_headers), remove_headers=tuple(flow.remove_headers),
-                            clear_route_cache=True)
-        return Continue(remove_headers=tuple(flow.remove_headers))
+            return Continue(set_headers=tuple(flow.set_headers), remove_headers=removes, clear_route_cache=True)
+        return Continue(remove_headers=removes)
 
     def _answer_body(self, at: int) -> Action:
         flow = self.flow
@@ -240,14 +241,14 @@ class Session:
         self._forwarded(flow.started)
         if flow.trace is not None:
             self._note_decisions(at)
-        headers = tuple(flow.set_headers)
+        headers, removes = tuple(flow.set_headers), tuple(flow.remove_headers)
         if not flow.replaced:
-            return Continue(set_headers=headers, clear_route_cache=True, credential=flow.credential,
-                            metadata=flow.metadata)
+            return Continue(set_headers=headers, remove_headers=removes, clear_route_cache=True,
+                            credential=flow.credential, metadata=flow.metadata)
         body = orjson.dumps(request.payload) if flow.reencode else flow.body
         return Continue(
             set_headers=(*headers, ("content-length", str(len(body)))),
-            remove_headers=("content-encoding",) if flow.gunzip else (),
+            remove_headers=(*removes, "content-encoding") if flow.gunzip else removes,
             body=body, clear_route_cache=True, credential=flow.credential, metadata=flow.metadata,
         )
 

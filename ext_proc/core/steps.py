@@ -264,6 +264,7 @@ class Rewrite(Step):
             assert flow.api is not None
             flow.credential = first.provider
             payload, path = upstream.prepare(flow.api, request.payload, first, flow.path)
+            flow.remove_headers += [h for h in upstream.foreign(flow.api, first) if h in flow.headers]
             if path is not None:
                 headers.append((":path", path))
                 if upstream.served(first, flow.api) is not flow.api:  # another family's path

@@ -48,6 +48,22 @@ UNKNOWN_LIMIT = 4096  # the most max_tokens a translation sends where the policy
 # Claude model takes 4,096 (a larger shared_state.default_output_tokens is claimed, not sent)
 
 
+# A client family's own request headers (beside its key), which another family's provider must not
+# get: they describe the client's API, and an SDK sends them whoever serves the request. A fallback
+# chain's tries keep them: Envoy keeps one try's header changes for the next, so a try removing
+# them would take them from a later try of the client's own family.
+FAMILY_HEADERS = {
+    "anthropic": ("anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"),
+    "openai": ("openai-organization", "openai-project", "openai-beta"),
+}
+
+
+def foreign(api: WireAPI, target: Target) -> tuple[str, ...]:
+    """The headers of the client's ``api`` family that ``target`` must not get: those of its family
+    when another family's API serves it (a translation), else none."""
+    return FAMILY_HEADERS.get(api.home, ()) if served(target, api).home != api.home else ()
+
+
 def served(target: Target, api: WireAPI) -> WireAPI:
     """The API ``target``'s provider answers a client of ``api`` in (its first API when it cannot,
     which only a policy changed under a running request can cause)."""

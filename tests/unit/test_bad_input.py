@@ -19,6 +19,7 @@ import pytest
 from ext_proc.core.actions import Continue, Respond
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
+from ext_proc.llm import apis
 from ext_proc.llm.apis.base import MAX_DEPTH, decode_json
 from ext_proc.llm.errors import ClientError
 
@@ -177,3 +178,21 @@ def test_a_credential_sent_as_the_model_is_refused_and_never_recorded(model: str
 def test_a_long_model_name_is_no_credential() -> None:
     action = _session_body(request(model="claude-3-5-haiku-20241022"))
     assert isinstance(action, Continue)
+
+
+@pytest.mark.parametrize(("max_tokens", "fragment"), [
+    (None, "max_tokens: Field required"), ("100", "valid integer"), (True, "valid integer"), (1.5, "valid integer"),
+    (0, "greater than or equal to 1"), (-5, "greater than or equal to 1"),
+])
+def test_a_messages_request_must_set_max_tokens_as_anthropic_requires(max_tokens: object, fragment: str) -> None:
+    """Refused in Anthropic's words whoever serves it: a request an OpenAI model serves (translated)
+    works the same once Claude serves it."""
+    payload: dict[str, object] = {"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "hi"}]}
+    if max_tokens is not None:
+        payload["max_tokens"] = max_tokens
+    with pytest.raises(ClientError) as caught:
+        apis.MESSAGES.parse(orjson.dumps(payload))
+    assert caught.value.status == 400 and fragment in caught.value.message and caught.value.param == "max_tokens"
+    assert apis.MESSAGES.parse(orjson.dumps({**payload, "max_tokens": 1})).payload["max_tokens"] == 1
+    payload.pop("max_tokens", None)
+    assert apis.COUNT_TOKENS.parse(orjson.dumps(payload)).model == "claude-sonnet-4"  # counting asks for no output

@@ -350,12 +350,29 @@ def test_an_anthropic_request_for_an_openai_model_is_translated() -> None:
             {"model": "gpt-4o", "max_completion_tokens": 100,
              "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
             set_headers=(("x-tollway-cluster", "openai"), (":path", CHAT)),
+            remove_headers=("anthropic-version",),  # the client's own API's header: not OpenAI's
             clear_route_cache=True,
         )
     )
     action = transcript.actions[-1]
     assert isinstance(action, Continue) and action.credential == OPENAI
     assert action.metadata == ((upstream.CLIENT, "anthropic"),)  # the client's family, for Envoy's own errors
+
+
+def test_a_translated_request_leaves_the_clients_family_headers_behind() -> None:
+    """The SDK's headers of its own API (its version, its betas, its organisation) describe the
+    client's API, not the provider's: a provider of another family never gets them."""
+    session = Session(POLICY, "local-dev")
+    anthropic = {"x-api-key": "sk-ant-client", "anthropic-version": "2023-06-01", "anthropic-beta": "tools-2024"}
+    session.handle(head(MESSAGES, **anthropic))
+    action = session.handle(body(ANTHROPIC_REQUEST))
+    assert isinstance(action, Continue) and {"anthropic-version", "anthropic-beta"} <= set(action.remove_headers)
+    session = Session(POLICY, "local-dev")
+    openai = {"authorization": "Bearer sk-client", "openai-organization": "org-1", "openai-beta": "assistants=v2"}
+    session.handle(head(CHAT, **openai))
+    action = session.handle(body({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}))
+    assert isinstance(action, Continue)  # served by OpenAI itself: its own headers stay
+    assert not {"openai-organization", "openai-beta"} & set(action.remove_headers)
 
 
 def test_an_openai_answer_reaches_an_anthropic_client_as_a_message(accountant: ServiceAccountant) -> None:

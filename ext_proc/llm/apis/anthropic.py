@@ -18,7 +18,7 @@ from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
 from ext_proc.llm.usage import apply_anthropic
 
-from .base import RateWindow, Reader, WireAPI, error_code
+from .base import ParsedRequest, RateWindow, Reader, WireAPI, error_code
 
 _TYPES = {
     400: "invalid_request_error",
@@ -100,6 +100,22 @@ class MessagesAPI(WireAPI):
                     (f"anthropic-ratelimit-{window.kind}-remaining", str(window.remaining)),
                     (f"anthropic-ratelimit-{window.kind}-reset", reset)]
         return tuple(out)
+
+    def parse(self, body: bytes) -> ParsedRequest:
+        """A Messages request must set ``max_tokens`` (a positive integer), as Anthropic's API checks:
+        refused here in Anthropic's words, so a request another family's model serves (translated)
+        works the same once Claude serves it. Counting tokens asks for no output: no check."""
+        request = super().parse(body)
+        if self.output_fields is not None:
+            value = request.payload.get("max_tokens")
+            if value is None:
+                raise ClientError(400, "invalid_request", "max_tokens: Field required", "max_tokens")
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ClientError(400, "invalid_type", "max_tokens: Input should be a valid integer", "max_tokens")
+            if value < 1:
+                raise ClientError(400, "invalid_value", "max_tokens: Input should be greater than or equal to 1",
+                                  "max_tokens")
+        return request
 
     def error_body(self, error: ClientError) -> bytes:
         return orjson.dumps({"type": "error", "error": {"type": error_type(error.status), "message": error.message}})
