@@ -1,9 +1,11 @@
 """The injected sidecar's memory limits hold what the README promises a pod: two requests of the
-largest body Tollway reads (64 MiB) at once, and a third at the same time is refused (503,
+largest body Tollway reads (64 MiB) at once, and more at the same time are refused (503,
 ``--body-memory``), not the container killed.
 
 The injector's own bootstrap (ports moved, no interception) and the tollway container's injected
-arguments, with the fake provider standing in for OpenAI; three 64 MiB chat requests at once. The
+arguments, with the fake provider standing in for OpenAI; six 64 MiB chat requests at once (each
+declaring its length, as the SDKs do: the ones refused are refused as their bodies start, so
+neither Envoy nor Tollway holds them; measured, Envoy's peak is the same with 24 at once). The
 peak resident memory of Envoy and of Tollway's processes (summed: an upper bound of what the
 container's cgroup counts) must stay below the limits the injector gives their containers, or
 the kernel would kill the container and every request in it.
@@ -130,14 +132,16 @@ def test_the_sidecar_holds_two_of_the_largest_requests_at_once(tmp_path: Path) -
             answers.append(httpx.post(f"http://127.0.0.1:{listener}/v1/chat/completions", content=body, timeout=120,
                                       headers={"content-type": "application/json"}))
 
-        threads = [threading.Thread(target=send) for _ in range(3)]
+        threads = [threading.Thread(target=send) for _ in range(6)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        assert sorted(answer.status_code for answer in answers) == [200, 200, 503]
-        (refused,) = [answer for answer in answers if answer.status_code == 503]
-        assert refused.json()["error"]["code"] == "overloaded"
+        served = [answer for answer in answers if answer.status_code == 200]
+        refused = [answer for answer in answers if answer.status_code != 200]
+        assert len(served) + len(refused) == 6 and len(served) >= 2  # (a third, if one ended before it came)
+        assert len(refused) >= 3 and {answer.status_code for answer in refused} == {503}
+        assert {answer.json()["error"]["code"] for answer in refused} == {"overloaded"}
         limits = {name: _bytes(c["resources"]["limits"]["memory"]) for name, c in containers.items()}
         assert _peak(proxy.pid) < limits["tollway-envoy"]
         assert _peak(service.pid) < limits["tollway"]
