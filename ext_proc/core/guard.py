@@ -55,32 +55,45 @@ class GuardPrompt(Step):
     name = "guard"
 
     def body(self, flow: Flow) -> Ask | None:
-        policy = flow.policy
-        if policy is None or policy.guardrails is None:
+        scored = screen(flow)
+        guard = flow.guard
+        if not scored or guard is None:
             return None
-        granted, principal, api, request = flow.granted, flow.principal, flow.api, flow.request
-        assert granted is not None and principal is not None and api is not None and request is not None
-        plan = policy.guardrails.plan(principal.team, granted.name if isinstance(granted, Alias) else granted.public)
-        if plan is None:
-            return None
-        walker = texts.walker(api.name)
-        if walker is None:  # fail closed: a guarded request Tollway cannot read does not go out
-            raise ClientError(400, "guardrails_unsupported",
-                              f"Guardrails apply to this request, but Tollway cannot read {api.name} requests yet.")
-        guard = flow.guard = Guard(plan)
-        tokens = TokenPrompts.decoded(flow, api.name, request.payload)
-        try:
-            changed, scored = guard.prompt(walker, request.payload)
-        except (Blocked, Unscannable) as blocked:
-            raise refusal(blocked, "request") from None
-        if tokens is not None:
-            tokens.encode_back()
-        if changed:
-            flow.replaced = flow.reencode = True
+        plan = guard.plan
         classifier = plan.classifier
-        if classifier is None or not scored or (guard.score is not None and guard.score >= plan.threshold):
+        if classifier is None or (guard.score is not None and guard.score >= plan.threshold):
             return None
         return Ask(Classify(classifier.url, tuple(scored), classifier.timeout), then=partial(_classified, flow))
+
+
+def screen(flow: Flow) -> list[Any]:
+    """The prompt through the policy's guardrails that apply to the caller's team and model (none:
+    nothing done): a block raises its refusal, redactions change the payload in place; the texts
+    the external classifier should score. :class:`GuardPrompt` asks it; a step that answers the
+    request itself (a local token count) screens the prompt as it would go out."""
+    policy = flow.policy
+    if policy is None or policy.guardrails is None:
+        return []
+    granted, principal, api, request = flow.granted, flow.principal, flow.api, flow.request
+    assert granted is not None and principal is not None and api is not None and request is not None
+    plan = policy.guardrails.plan(principal.team, granted.name if isinstance(granted, Alias) else granted.public)
+    if plan is None:
+        return []
+    walker = texts.walker(api.name)
+    if walker is None:  # fail closed: a guarded request Tollway cannot read does not go out
+        raise ClientError(400, "guardrails_unsupported",
+                          f"Guardrails apply to this request, but Tollway cannot read {api.name} requests yet.")
+    guard = flow.guard = Guard(plan)
+    tokens = TokenPrompts.decoded(flow, api.name, request.payload)
+    try:
+        changed, scored = guard.prompt(walker, request.payload)
+    except (Blocked, Unscannable) as blocked:
+        raise refusal(blocked, "request") from None
+    if tokens is not None:
+        tokens.encode_back()
+    if changed:
+        flow.replaced = flow.reencode = True
+    return list(scored)
 
 
 class TokenPrompts:

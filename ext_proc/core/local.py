@@ -20,15 +20,18 @@ knows which endpoints are answered locally: only this step does.
   would send that target: the request translated to the API the target speaks, counted with
   that API's rules for the target's model (:func:`ext_proc.llm.tokens.count_request`), and
   answers ``{"input_tokens": N}`` with the method in ``x-tollway-token-count`` (``exact`` or
-  ``estimate``, and the rule). A request ``/v1/messages`` would refuse for that model (malformed,
-  or what its API cannot express) gets the same 400: there is nothing to count of what cannot be sent.
+  ``estimate``, and the rule). The prompt goes through the team's guardrails first, as the
+  forwarded request's would (:func:`ext_proc.core.guard.screen`): a block is the same refusal, and
+  what is counted is the prompt as it would go out, redacted. A request ``/v1/messages`` would
+  refuse for that model (malformed, or what its API cannot express) gets the same 400: there is
+  nothing to count of what cannot be sent.
 """
 
 from __future__ import annotations
 
 import orjson
 
-from ext_proc.core import upstream
+from ext_proc.core import guard, upstream
 from ext_proc.core.actions import Ask, Respond
 from ext_proc.core.flow import Flow
 from ext_proc.core.steps import ROUTE_HEADER, Step
@@ -77,7 +80,9 @@ class Local(Step):
         kind = providers.kind(target.provider.kind)
         if kind.serves(apis.COUNT_TOKENS) is apis.COUNT_TOKENS:
             return None  # Anthropic counts its own: the request is routed and forwarded
-        # What would be sent: a request /v1/messages would refuse for this model is refused here too.
+        # What would be sent: the prompt through the guardrails (blocked, redacted) as the
+        # request's own would go, and a request /v1/messages would refuse for this model refused.
+        guard.screen(flow)
         payload, _ = upstream.prepare(apis.MESSAGES, request.payload, target, flow.path)
         flow.meter.before_send(upstream.served(target, apis.MESSAGES).name, payload, target.upstream_model)
         estimate = flow.meter.estimate

@@ -16,9 +16,12 @@ from typing import Any
 import orjson
 import pytest
 
-from ext_proc.core.actions import Continue
+from ext_proc.core.actions import Continue, Respond
+from ext_proc.core.events import RequestBody, RequestHeaders
+from ext_proc.core.session import Session
+from ext_proc.server.accounting import ServiceAccountant
 from tests.unit.test_guard_streams import SECRETS, opened
-from tests.unit.test_guardrails import _answer, chat, post
+from tests.unit.test_guardrails import POLICY, _answer, chat, post
 from tests.unit.test_session_stream_splits import ROUTES, Route, play, records, sdk_events, whole_events
 
 EMAIL = "jane.doe@example.com"
@@ -96,6 +99,23 @@ def test_count_tokens_forwarded_to_anthropic_is_guarded() -> None:
     assert sent["messages"][0]["content"][0]["text"] == "Count [EMAIL_1]"
     _, _, plain = post("/v1/messages/count_tokens", _messages({"type": "text", "text": "hello"}))
     assert isinstance(plain, Continue) and plain.body is None  # nothing to act on: forwarded as it is
+
+
+def test_count_tokens_tollway_answers_itself_is_guarded_too() -> None:
+    """For a model Anthropic does not serve Tollway counts the request itself: the same guardrails
+    first, as the request would go out (a block is the same refusal; the count is the redacted one)."""
+    def counted(text: str) -> Any:
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}
+        session = Session(POLICY, "search-app", ServiceAccountant())
+        session.handle(RequestHeaders({":method": "POST", ":path": "/v1/messages/count_tokens"}, False, 1))
+        return session.handle(RequestBody(orjson.dumps(body), True, 2))
+
+    key = "AKIA" + "IOSFODNN7EXAMPLE"
+    blocked = counted(f"creds: {key}")
+    assert isinstance(blocked, Respond) and blocked.status == 400 and b"'secrets' guardrail" in blocked.body
+    with_email, redacted = counted(f"Count {EMAIL} please"), counted("Count [EMAIL_1] please")
+    assert isinstance(with_email, Respond) and with_email.status == 200
+    assert orjson.loads(with_email.body) == orjson.loads(redacted.body)  # the prompt as it would go out
 
 
 # -- JSON answers ----------------------------------------------------------------------------------
