@@ -32,6 +32,7 @@ from tests.unit.test_session_stream_splits import (
     CHAT,
     CREATED,
     MESSAGES,
+    OPENAI_SERVED,
     ROUTES,
     T0,
     Route,
@@ -277,3 +278,73 @@ def test_a_value_right_after_a_swallowed_key_block_is_found(route: Route, step: 
     got, _ = client_text(route, play(opened(route, prompt="x"), [provider_stream(route, parts)]))
     assert "4155550100" not in got and "jane.doe" not in got and "MIIEv" not in got, got
     assert "[PRIVATE_KEY_1]" in got and "then call phone" in got, got
+
+
+def _openai_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    data = {"id": "chatcmpl-Ab1", "object": "chat.completion.chunk", "created": 1_755_000_001,
+            "model": "gpt-4o-2024-08-06", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _call(index: int, arguments: str, name: str | None = None) -> dict[str, Any]:
+    call: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+    if name is not None:
+        call.update(id=f"call_{index}", type="function")
+        call["function"]["name"] = name
+    return {"tool_calls": [call]}
+
+
+def said_in_order(route: Route, stream: bytes) -> list[tuple[str, str]]:
+    """What the client's SDK reads, in the order it arrives: ("text", ...) and ("tool N", arguments)
+    for each stretch of deltas of one kind (an Anthropic client: each content block)."""
+    said: list[tuple[str, str]] = []
+
+    def add(kind: str, value: str) -> None:
+        if said and said[-1][0] == kind:
+            said[-1] = (kind, said[-1][1] + value)
+        else:
+            said.append((kind, value))
+
+    events = whole_events(stream)
+    if route.client == "openai":
+        for chunk in sdk_events("openai", [e for e in events if e.data != b"[DONE]"]):
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    add("text", choice.delta.content)
+                for call in choice.delta.tool_calls or ():
+                    add(f"tool {call.index}", call.function.arguments or "" if call.function else "")
+        return said
+    blocks: dict[int, str] = {}
+    for item in sdk_events("anthropic", events):
+        if item.type == "content_block_start":
+            calls = sum(kind != "text" for kind in blocks.values())
+            kind = "text" if item.content_block.type == "text" else f"tool {calls}"
+            blocks[item.index] = kind
+            said.append((kind, ""))  # a block of its own, even next to one of the same kind
+        elif item.type == "content_block_delta":
+            assert said[-1][0] == blocks[item.index], (item, said)  # deltas go to the block last started
+            add(blocks[item.index], item.delta.text if item.delta.type == "text_delta" else item.delta.partial_json)
+    return said
+
+
+@pytest.mark.parametrize("route", OPENAI_SERVED)
+def test_text_held_back_goes_out_before_the_tool_call_that_follows_it(route: Route) -> None:
+    """The word in progress of an answer's text (or a tool call's arguments) goes out before the next
+    tool call starts, not at the end of the answer: the text before the call, whole, and each call's
+    arguments before the next call (an Anthropic client reads no text block after the tool calls)."""
+    text, arguments = "Mailing jane.doe@example.com", orjson.dumps({"to": "jane.doe@example.com"}).decode()
+    for cut in range(1, min(len(text), len(arguments))):
+        stream = (_openai_chunk({"role": "assistant", "content": text[:cut]}) + _openai_chunk({"content": text[cut:]})
+                  + _openai_chunk(_call(0, "", "send")) + _openai_chunk(_call(0, arguments[:cut]))
+                  + _openai_chunk(_call(0, arguments[cut:])) + _openai_chunk(_call(1, '{"city": "Paris"}', "weather"))
+                  + _openai_chunk({}, "tool_calls") + b"data: [DONE]\n\n")
+        out = play(opened(route), [stream])
+        assert said_in_order(route, out) == [("text", "Mailing [EMAIL_1]"), ("tool 0", '{"to":"[EMAIL_1]"}'),
+                                             ("tool 1", '{"city": "Paris"}')], (cut, out)
+        assert b"jane.doe" not in out
+    # The audit's case: no value at all, the last word held back as it could go on.
+    stream = (_openai_chunk({"role": "assistant", "content": "Let me check the"})
+              + _openai_chunk({"content": " weather"}) + _openai_chunk(_call(0, '{"city": "Paris"}', "weather"))
+              + _openai_chunk({}, "tool_calls") + b"data: [DONE]\n\n")
+    assert said_in_order(route, play(opened(route), [stream])) == [("text", "Let me check the weather"),
+                                                                    ("tool 0", '{"city": "Paris"}')]

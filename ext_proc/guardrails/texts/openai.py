@@ -146,6 +146,11 @@ class OpenAIStream(StreamTexts):
                 delta = choice.get("delta")
                 altered = False  # this choice's text: its logprobs spell out what was there
                 if isinstance(delta, dict):
+                    carried = _carried(index, delta)
+                    if carried - self.open.keys():
+                        # Another channel of the choice starts (a tool call after the text, the next
+                        # tool call): the ones it leaves are done, what they hold goes out first.
+                        before += self._close(index, event, chunk, flush, keep=carried)
                     for field in ("content", "refusal"):
                         value = delta.get(field)
                         if isinstance(value, str) and value:
@@ -204,10 +209,12 @@ class OpenAIStream(StreamTexts):
         return out
 
     def _close(self, index: Any, event: SSEEvent, chunk: dict[str, Any] | None, flush: FlushFn,
-               own: dict[tuple[Any, ...], str] | None = None) -> list[SSEEvent]:
-        """Chunks carrying what the closing channels of choice ``index`` (None: all) still hold."""
+               own: dict[tuple[Any, ...], str] | None = None,
+               keep: set[tuple[Any, ...]] | frozenset[tuple[Any, ...]] = frozenset()) -> list[SSEEvent]:
+        """Chunks carrying what the closing channels of choice ``index`` (None: all; but those in
+        ``keep``) still hold."""
         out = []
-        for channel in [key for key in self.open if index is None or key[0] == index]:
+        for channel in [key for key in self.open if (index is None or key[0] == index) and key not in keep]:
             kind, json_text = self.open.pop(channel)
             rest = (own or {}).get(channel, "") + flush(channel, json_text)
             if not rest:
@@ -224,6 +231,19 @@ class OpenAIStream(StreamTexts):
             head = {key: value for key, value in (chunk or {}).items() if key not in ("choices", "usage")}
             out.append(_event({**head, "choices": [choice]}))
         return out
+
+
+def _carried(index: Any, delta: dict[str, Any]) -> set[tuple[Any, ...]]:
+    """The channels of choice ``index`` a chunk's delta speaks in: its text, its refusal, each tool
+    call it names (its first chunk, with the call's name, carries no arguments yet), the legacy call."""
+    carried: set[tuple[Any, ...]] = {(index, field) for field in ("content", "refusal")
+                                     if isinstance(delta.get(field), str) and delta[field]}
+    for call in delta.get("tool_calls") or ():
+        if isinstance(call, dict):
+            carried.add((index, "tool", call.get("index", 0)))
+    if isinstance(delta.get("function_call"), dict):
+        carried.add((index, "function"))
+    return carried
 
 
 def _clear(choice: dict[str, Any], own: dict[tuple[Any, ...], str]) -> None:
