@@ -17,8 +17,10 @@ request through the API's :class:`~.texts.Walker`, finds values with the plan's 
 It also scores user and tool text for prompt injection (:mod:`.injection`), against the
 request's system and developer text (:mod:`.instructions`). On the answer
 (:meth:`Guard.answer` for a JSON body, :meth:`Guard.events` for a stream) it acts on the answer's
-findings the same way and puts pseudonymised values back; what the answer echoes of the request
-(Responses' ``instructions``) the same, but uncounted and never blocking (:meth:`Guard._echo`).
+findings the same way and puts pseudonymised values back (not in Anthropic thinking, which the
+client gives back signed and the request walker leaves alone: there placeholders stay,
+:attr:`.texts.Ref.restore`); what the answer echoes of the request (Responses'
+``instructions``) the same, but uncounted and never blocking (:meth:`Guard._echo`).
 In JSON text (tool call arguments; the answer's text when the request asked for JSON) a value
 replaced outside a string becomes a string (:mod:`.jsontext` follows the strings, across a
 stream's deltas too), so the text stays JSON. In a stream each channel of text (see
@@ -244,9 +246,10 @@ def _holdback(shapes: tuple[tuple[str, int], ...], placeholders: bool) -> Holdba
 
 
 class _Channel:
-    __slots__ = ("before", "held", "json", "swallow")
+    __slots__ = ("before", "held", "json", "restore", "swallow")
 
-    def __init__(self) -> None:
+    def __init__(self, restore: bool = True) -> None:
+        self.restore = restore  # pseudonyms are put back (not in a signed thinking block)
         self.held = ""  # received, not yet sent
         self.before = ""  # the last characters sent (as received), for word boundaries and context words
         self.swallow: re.Pattern[str] | None = None  # inside a private key block: its closing armour
@@ -446,7 +449,7 @@ class Guard:
             findings = self.plan.scanner.find(text, rules, self._answer_budget()) if rules else []
             if self._kept is not None:
                 findings = merge(findings, self._kept.find(text))
-            new = self.apply(text, findings, rules, RESPONSE, ref.json_text, restore=True)
+            new = self.apply(text, findings, rules, RESPONSE, ref.json_text, restore=ref.restore)
             if new != text:
                 ref.set(new)
                 changed = True
@@ -520,10 +523,10 @@ class Guard:
         when the answer is not such a stream (see :attr:`.texts.StreamTexts.sequence`)."""
         return self._stream.sequence if self._stream is not None else None
 
-    def _text(self, key: tuple[Any, ...], text: str, json_text: bool) -> str:
+    def _text(self, key: tuple[Any, ...], text: str, json_text: bool, restore: bool = True) -> str:
         channel = self._channels.get(key)
         if channel is None:
-            channel = self._channels[key] = _Channel()
+            channel = self._channels[key] = _Channel(restore)
         return self._release(channel, channel.held + text, json_text, final=False, old=len(channel.held))
 
     def _flush(self, key: tuple[Any, ...], json_text: bool) -> str:
@@ -582,7 +585,7 @@ class Guard:
         state = channel.json
         if json_text:
             channel.json = json_state(sent, state, 0, sure if sure >= 0 else len(sent))
-        return self.apply(sent, findings, rules, RESPONSE, json_text, restore=True, state=state)
+        return self.apply(sent, findings, rules, RESPONSE, json_text, restore=channel.restore, state=state)
 
 
 MASK_SHOWN = 4  # the letters and digits a masked value shows at its end (a card's last four) ...

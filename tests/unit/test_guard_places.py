@@ -180,6 +180,30 @@ def test_thinking_and_citations_of_an_anthropic_answer_are_redacted() -> None:
         {"guardrail": "pii", "detector": "email", "action": "redact", "direction": "response", "count": 1}]
 
 
+
+def test_a_pseudonym_in_an_anthropic_answers_thinking_stays_a_placeholder() -> None:
+    """Signed thinking is given back as it is in a tool-use loop and the request's walker leaves it
+    alone: restored, the value would reach the provider in clear (and break the signature)."""
+    ask = {"role": "user", "content": f"Email {EMAIL} the plan."}
+    body = {"model": "claude-x", "max_tokens": 10, "messages": [ask]}
+    session, _, _ = post("/v1/messages", body, workload="support-app")
+    thinking = {"type": "thinking", "thinking": "The user wants mail to [EMAIL_1].", "signature": "c2ln"}
+    answer = _answer(session, {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "stop_reason": "tool_use",
+        "usage": {"input_tokens": 3, "output_tokens": 9},
+        "content": [thinking, {"type": "text", "text": "Mailing [EMAIL_1]."},
+                    {"type": "tool_use", "id": "t1", "name": "send_mail", "input": {"to": "[EMAIL_1]"}}]})
+    content = orjson.loads(answer.body)["content"]
+    assert content == [thinking, {"type": "text", "text": f"Mailing {EMAIL}."},
+                       {"type": "tool_use", "id": "t1", "name": "send_mail", "input": {"to": EMAIL}}]
+    # The next turn gives the blocks back: the thinking goes upstream exactly as it was signed.
+    body["messages"] += [{"role": "assistant", "content": content}, {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t1", "content": "sent"}]}]
+    _, _, sent = post("/v1/messages", body, workload="support-app")
+    assert isinstance(sent, Continue) and sent.body is not None and EMAIL.encode() not in sent.body, sent.body
+    assert orjson.loads(sent.body)["messages"][1]["content"][0] == thinking
+
+
 # -- streamed answers ------------------------------------------------------------------------------
 
 OPENAI_CLIENT_SERVED_BY_OPENAI = next(r.values[0] for r in ROUTES if r.values[0] == Route("openai", "openai"))
@@ -262,6 +286,32 @@ def test_thinking_split_anywhere_is_redacted(name: str) -> None:
         seen = "".join(e.delta.thinking for e in parsed if e.type == "content_block_delta"
                        and e.delta.type == "thinking_delta")
         assert seen == f"The value is {placeholder}." and secret.encode() not in out, (cut, out)
+
+
+
+def test_a_pseudonym_in_streamed_thinking_stays_a_placeholder_split_anywhere() -> None:
+    thought, said = "Mail [EMAIL_1] now.", "Mailing [EMAIL_1]."
+    for cut in range(1, len(thought)):
+        session = opened(ANTHROPIC_NATIVE, workload="private-app", prompt=f"Email {EMAIL} the plan.")
+        out = play(session, [_anthropic([
+            _event("content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": thought[:2],
+                                                                         "signature": ""}}),
+            _event("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta",
+                                                                 "thinking": thought[2:cut + 2]}}),
+            _event("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta",
+                                                                 "thinking": thought[cut + 2:]}}),
+            _event("content_block_delta", {"index": 0, "delta": {"type": "signature_delta", "signature": "c2ln"}}),
+            _event("content_block_stop", {"index": 0}),
+            _event("content_block_start", {"index": 1, "content_block": {"type": "text", "text": ""}}),
+            _event("content_block_delta", {"index": 1, "delta": {"type": "text_delta", "text": said[:cut]}}),
+            _event("content_block_delta", {"index": 1, "delta": {"type": "text_delta", "text": said[cut:]}}),
+            _event("content_block_stop", {"index": 1})])])
+        parsed = sdk_events("anthropic", whole_events(out))
+        started = "".join(e.content_block.thinking for e in parsed if e.type == "content_block_start"
+                          and e.content_block.type == "thinking")
+        deltas = {kind: "".join(getattr(e.delta, kind) for e in parsed if e.type == "content_block_delta"
+                                and e.delta.type == f"{kind}_delta") for kind in ("thinking", "text")}
+        assert (started + deltas["thinking"], deltas["text"]) == (thought, f"Mailing {EMAIL}."), (cut, out)
 
 
 def test_a_streamed_citation_and_a_tool_input_given_whole_are_redacted() -> None:

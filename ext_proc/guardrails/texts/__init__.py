@@ -21,7 +21,8 @@ Covered: chat completions (every message role, string or part content, tool call
 results, refusals, ``prediction``; the answer's legacy ``function_call`` and URL citations),
 completions (``prompt``, ``suffix``), embeddings (``input``), Messages and ``count_tokens``
 (``system``, every content block: text and its citations, ``tool_use`` input, ``tool_result``
-content, documents' text, title and context, search results; an answer's thinking), the Responses
+content, documents' text, title and context, search results; an answer's thinking, where
+pseudonyms are not put back: :attr:`Ref.restore`), the Responses
 API (``instructions``, ``input`` items: messages and their text parts, function and custom tool
 calls and their outputs; a stored prompt's string ``variables``; the answer's ``output`` items:
 message text, its citations and refusals, call arguments, reasoning summaries). A tool input's

@@ -13,6 +13,7 @@ _BLOCK_FIELDS = {"text": ("text_delta", "text", False), "tool_use": ("input_json
                  "thinking": ("thinking_delta", "thinking", False)}
 _DELTA_FIELDS = {"text_delta": ("text", False), "input_json_delta": ("partial_json", True),
                  "thinking_delta": ("thinking", False)}
+SIGNED = frozenset({"thinking_delta"})  # deltas of a signed block: pseudonyms are not put back there
 
 
 class MessagesWalker(Walker):
@@ -54,7 +55,9 @@ class MessagesWalker(Walker):
 
 def _blocks(blocks: list[Any], role: str, answer: bool = False, json_output: bool = False) -> Iterator[Ref]:
     """The text of Messages content blocks. A thinking block is read in an answer (what the client
-    is shown) and not in a request, where the provider checks its signature and refuses it changed.
+    is shown) and not in a request, where the provider checks its signature and refuses it changed;
+    so an answer's thinking keeps its placeholders (:data:`SIGNED`): restored, the client would give
+    the value back in clear with the block, and the block would no longer match its signature.
     ``json_output``: an answer's text blocks are JSON text."""
     for block in blocks:
         if not isinstance(block, dict):
@@ -83,7 +86,7 @@ def _blocks(blocks: list[Any], role: str, answer: bool = False, json_output: boo
             elif isinstance(block.get("content"), list):  # a search result's text blocks
                 yield from _blocks(block["content"], role)
         elif kind == "thinking" and answer and isinstance(block.get("thinking"), str):
-            yield Ref(block, "thinking", role)
+            yield Ref(block, "thinking", role, restore=False)  # given back as signed: placeholders stay
 
 
 _CITED = ("cited_text", "document_title", "title")  # what a citation quotes and names
@@ -98,9 +101,9 @@ def _citations(citations: Any, role: str) -> Iterator[Ref]:
 
 
 class MessagesStream(StreamTexts):
-    """Anthropic events: each content block is a channel (text deltas, tool input JSON deltas);
-    ``content_block_stop`` closes it, ``message_stop`` any left open. ``json_output``: text blocks
-    are JSON text."""
+    """Anthropic events: each content block is a channel (text deltas, tool input JSON deltas,
+    thinking deltas, whose pseudonyms stay placeholders); ``content_block_stop`` closes it,
+    ``message_stop`` any left open. ``json_output``: text blocks are JSON text."""
 
     __slots__ = ("json", "open")
 
@@ -139,7 +142,7 @@ class MessagesStream(StreamTexts):
                     assert isinstance(block, dict)
                     field = shape[1] if shape[1] != "partial_json" else ""
                     if field and isinstance(block.get(field), str) and block[field]:
-                        new = text(channel, block[field], shape[2])
+                        new = text(channel, block[field], shape[2], shape[0] not in SIGNED)
                         changed = new != block[field]
                         block[field] = new
                     elif not field and block.get("input"):  # a tool's input given whole at its start
@@ -152,7 +155,7 @@ class MessagesStream(StreamTexts):
                     json_text = json_text or (self.json and delta["type"] == "text_delta")
                     self.open.setdefault(channel, (delta["type"], field, json_text))
                     value = delta[field]
-                    new = text(channel, value, json_text)
+                    new = text(channel, value, json_text, delta["type"] not in SIGNED)
                     if new != value:
                         delta[field] = new
                         changed = True

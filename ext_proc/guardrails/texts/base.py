@@ -4,16 +4,22 @@ stream faces, and the pieces every stream uses (see the package docstring)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from ext_proc.llm.sse import SSEEvent
 from ext_proc.values import value
 
-# (channel, text, json_text) -> the text to send now (the guard may hold some back)
-TextFn = Callable[[tuple[Any, ...], str, bool], str]
-# (channel, json_text) -> the text held back for a channel that closes now
+
+class TextFn(Protocol):
+    """(channel, text, json_text) -> the text to send now (the guard may hold some back);
+    ``restore=False``: the channel's pseudonyms stay placeholders (a signed thinking block)."""
+
+    def __call__(self, key: tuple[Any, ...], text: str, json_text: bool, restore: bool = True) -> str: ...
+
+
+# (channel, json_text) -> the text held back for a channel that closes now (restored as its text was)
 FlushFn = Callable[[tuple[Any, ...], bool], str]
 # (text, json_text) -> a text of the request the answer repeats (Responses' instructions), guarded whole
 EchoFn = Callable[[str, bool], str]
@@ -22,13 +28,16 @@ EchoFn = Callable[[str, bool], str]
 @value
 class Ref:
     """One string in decoded JSON: ``container[key]``, spoken by ``role``; ``scrub``: the object
-    whose ``logprobs`` spell this text out token by token, dropped (``null``) when the text changes."""
+    whose ``logprobs`` spell this text out token by token, dropped (``null``) when the text changes;
+    ``restore``: whether pseudonyms are put back in it (an answer's text; not a signed thinking
+    block, which the client gives back as it is and the request walker leaves alone)."""
 
     container: Any
     key: Any
     role: str
     json_text: bool = False
     scrub: Any = None
+    restore: bool = True
 
     def get(self) -> str:
         return self.container[self.key]  # type: ignore[no-any-return]
