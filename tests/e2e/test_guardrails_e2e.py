@@ -3,7 +3,9 @@
 A blocked prompt is a 400 in the SDK's own error format and never reaches the provider (its
 request log shows nothing); a redacted prompt reaches it redacted; a pseudonymised value comes
 back in the answer; a card number the provider streams split across two events never reaches
-the client, passed through or translated, chat, Messages or Responses; the external classifier's
+the client, passed through or translated, chat, Messages or Responses; text held back before a
+streamed tool call goes out before it; Claude's signed thinking keeps its placeholders, so given
+back it goes upstream as signed, the value hidden; the external classifier's
 verdict blocks; the records carry the triggers and ``tollway report --team`` counts them.
 """
 
@@ -18,13 +20,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
+import yaml
 
 from ext_proc.cli import main
 from ext_proc.llm import encodings
 from ext_proc.policy.compiled import key_digest
 from tests.e2e.conftest import Providers
+from tests.unit.test_guard_streams import said_in_order
+from tests.unit.test_session_stream_splits import Route
 
 pytestmark = pytest.mark.e2e
 
@@ -52,6 +58,26 @@ class Classifier(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *_: object) -> None:
         pass
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"id": "chatcmpl-g1", "object": "chat.completion.chunk", "created": 1_755_000_001,
+            "model": "gpt-4o-mini-2024-07-18", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+# Recorded answers (x-mock-cassette): OpenAI streaming text, then a tool call; Claude thinking (signed)
+# about the placeholder it was given, then calling a tool with it.
+CASSETTES: dict[str, tuple[str, Any]] = {
+    "text-then-tool-stream": ("https://api.openai.com/v1/chat/completions", [
+        _chunk({"role": "assistant", "content": "Let me check the"}), _chunk({"content": " weather"}),
+        _chunk({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris"}'}}]}), _chunk({}, "tool_calls")]),
+    "thinking-then-tool": ("https://api.anthropic.com/v1/messages", {
+        "id": "msg_01g", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
+        "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 20, "output_tokens": 30},
+        "content": [{"type": "thinking", "thinking": "The user wants mail to [EMAIL_1].", "signature": "c2ln"},
+                    {"type": "tool_use", "id": "toolu_01g", "name": "send_mail", "input": {"to": "[EMAIL_1]"}}]}),
+}
 
 
 @pytest.fixture(scope="module", params=["h2", "grpcio"])
@@ -83,8 +109,16 @@ guardrails:
     - {{name: injection, detectors: [prompt_injection], action: block}}
     - {{name: leak, detectors: [kept_secret], action: redact, direction: response}}
 """
+    cassettes = tmp_path_factory.mktemp("guardrail-cassettes")
+    for name, (url, body) in CASSETTES.items():
+        stream = isinstance(body, list)
+        (cassettes / f"{name}.yaml").write_text(yaml.safe_dump({"version": 2, "interactions": [{"id": 0, "request": {
+            "url": url, "method": "POST", "body": "{}", "headers": {}}, "response": {
+                "code": 200, "headers": {"Content-Type": ["text/event-stream" if stream else "application/json"]},
+                "body": "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in body) + "data: [DONE]\n\n"
+                if stream else json.dumps(body)}}]}))
     stack = Providers.stack(tmp_path_factory.mktemp("guardrails"), policy, PROVIDER_KEYS, workers=1,
-                            server=request.param)
+                            server=request.param, mock_args=("--cassettes", str(cassettes)))
     with stack:
         yield Providers(stack, KEY)
     classifier.shutdown()
@@ -406,3 +440,37 @@ def test_the_report_counts_the_requests_that_triggered_each_guardrail(
     assert main(["report", "--log", str(env.stack.record_log), "--team", "app", "--month", month]) == 0
     out = capsys.readouterr().out
     assert f"{pii} requests triggered the PII guardrail" in out, out
+
+
+def test_text_before_a_streamed_tool_call_stays_before_it_for_an_anthropic_client(env: Providers) -> None:
+    """The word the stream guard holds back goes out when the tool call starts, not after it: the
+    Anthropic SDK reads one text block, then the tool_use (of an OpenAI model, translated)."""
+    tools: Any = [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    with env.anthropic().messages.stream(
+            model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "Weather?"}], tools=tools,
+            extra_headers={"x-mock-cassette": "text-then-tool-stream"}) as stream:
+        final = stream.get_final_message()
+    assert [(block.type, getattr(block, "text", None) or getattr(block, "input", None)) for block in final.content] == [
+        ("text", "Let me check the weather"), ("tool_use", {"city": "Paris"})]
+    raw = httpx.post(env.base_url + "/v1/chat/completions", headers={
+        "authorization": f"Bearer {env.key}", "x-mock-cassette": "text-then-tool-stream"}, json={
+        "model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "Weather?"}]})
+    assert said_in_order(Route("openai", "openai"), raw.content) == [
+        ("text", "Let me check the weather"), ("tool 0", '{"city": "Paris"}')]
+
+
+def test_thinking_keeps_its_placeholder_and_goes_back_as_signed(env: Providers) -> None:
+    """A pseudonym is not restored in Claude's signed thinking: given back in the tool-use loop, the
+    block is the one the provider signed, and the value never reaches the provider."""
+    client, tools = env.anthropic(), [{"name": "send_mail", "input_schema": {"type": "object"}}]
+    ask: Any = [{"role": "user", "content": "Email jane.doe@example.com the plan."}]
+    answer = client.messages.create(model="claude-haiku", max_tokens=50, messages=ask, tools=tools,
+                                    extra_headers={"x-mock-cassette": "thinking-then-tool"})
+    content = [block.model_dump(exclude_none=True) for block in answer.content]
+    assert content[0] == CASSETTES["thinking-then-tool"][1]["content"][0]  # as signed
+    assert content[1]["input"] == {"to": "jane.doe@example.com"}  # the tool call gets the value back
+    again = client.messages.with_raw_response.create(
+        model="claude-haiku", max_tokens=50, tools=tools, messages=[*ask, {"role": "assistant", "content": content}, {
+            "role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01g", "content": "sent"}]}])
+    (seen,) = env.provider_saw(again.headers.get("x-tollway-request-id"))
+    assert "jane.doe" not in seen["body"] and "The user wants mail to [EMAIL_1]." in seen["body"], seen["body"]
