@@ -17,10 +17,11 @@ request through the API's :class:`~.texts.Walker`, finds values with the plan's 
 It also scores user and tool text for prompt injection (:mod:`.injection`), against the
 request's system and developer text (:mod:`.instructions`). On the answer
 (:meth:`Guard.answer` for a JSON body, :meth:`Guard.events` for a stream) it acts on the answer's
-findings the same way and puts pseudonymised values back (not in Anthropic thinking, which the
-client gives back signed and the request walker leaves alone: there placeholders stay,
-:attr:`.texts.Ref.restore`); what the answer echoes of the request (Responses'
-``instructions``) the same, but uncounted and never blocking (:meth:`Guard._echo`).
+findings the same way and puts pseudonymised values back (not in Anthropic thinking nor in a
+Responses reasoning item, which the client gives back signed or encrypted and the request walker
+leaves alone: there placeholders stay, :attr:`.texts.Ref.restore`); what the answer echoes of
+the request (Responses' ``instructions``) the same, but uncounted and never blocking
+(:meth:`Guard._echo`).
 In JSON text (tool call arguments; the answer's text when the request asked for JSON) a value
 replaced outside a string becomes a string (:mod:`.jsontext` follows the strings, across a
 stream's deltas too), so the text stays JSON. In a stream each channel of text (see
@@ -249,7 +250,7 @@ class _Channel:
     __slots__ = ("before", "held", "json", "restore", "swallow")
 
     def __init__(self, restore: bool = True) -> None:
-        self.restore = restore  # pseudonyms are put back (not in a signed thinking block)
+        self.restore = restore  # pseudonyms are put back (not in signed thinking, nor a reasoning item)
         self.held = ""  # received, not yet sent
         self.before = ""  # the last characters sent (as received), for word boundaries and context words
         self.swallow: re.Pattern[str] | None = None  # inside a private key block: its closing armour

@@ -170,7 +170,7 @@ def test_a_native_json_answer_is_redacted_and_pseudonyms_restored() -> None:
         {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f", "arguments": '{"to": "[EMAIL_1]"}'},
     ], "usage": {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}})
     out = orjson.loads(answer.body)["output"]
-    assert out[0]["summary"][0]["text"] == "Mail jane.doe@example.com."
+    assert out[0]["summary"][0]["text"] == "Mail [EMAIL_1]."  # a reasoning item keeps its placeholders
     assert out[1]["content"][0]["text"] == "Wrote to jane.doe@example.com; call [PHONE_1]."
     assert orjson.loads(out[2]["arguments"]) == {"to": "jane.doe@example.com"}
     (record,) = records(session)
@@ -550,3 +550,97 @@ def test_a_request_continuing_a_stored_conversation_redacts_what_it_would_pseudo
     session, sent = send({"model": "gpt-4o", "input": [turn]}, "private-app", STORED)
     answer = answered(session, echo_of(orjson.loads(sent.body), "The CFO is [EMAIL_1]."))
     assert orjson.loads(answer.body)["output"][0]["content"][0]["text"] == "The CFO is bob@example.com."
+
+
+# -- reasoning items: given back as they came ------------------------------------------------------
+
+ENCRYPTED = "gAAAAABo" + "x" * 40  # what OpenAI returns for include: ["reasoning.encrypted_content"], made up
+
+
+def test_a_pseudonym_in_a_reasoning_item_stays_a_placeholder_and_never_goes_back_in_clear() -> None:
+    """A stateless client (``store: false``, the reasoning's ``encrypted_content`` included) gives the
+    answer's reasoning items back in the next request's ``input``, and the request's walker leaves
+    them alone: a value restored in their summary (or reasoning text) would reach OpenAI in clear."""
+    asked = {"role": "user", "content": "Write to jane.doe@example.com"}
+    body = {"model": "gpt-4o", "store": False, "include": ["reasoning.encrypted_content"], "input": [asked]}
+    session, _ = send(body, "private-app")
+    reasoning = {"type": "reasoning", "id": "rs_1", "encrypted_content": ENCRYPTED,
+                 "summary": [{"type": "summary_text", "text": "**Mailing**\n\nThe user wants mail to [EMAIL_1]."},
+                             {"type": "summary_text", "text": "Send it to [EMAIL_1] now."}],
+                 "content": [{"type": "reasoning_text", "text": "Mail [EMAIL_1]."}]}
+    answer = answered(session, {"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-4o",
+                                "output": [reasoning, {"type": "function_call", "id": "fc_1", "call_id": "c1",
+                                                       "name": "send_mail", "arguments": '{"to": "[EMAIL_1]"}'}],
+                                "usage": {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}})
+    output = orjson.loads(answer.body)["output"]
+    assert output[0] == reasoning  # as OpenAI sent it: the placeholders stay
+    assert orjson.loads(output[1]["arguments"]) == {"to": "jane.doe@example.com"}  # the call's are restored
+    # The next turn gives the items back: the reasoning goes upstream as it came, the value hidden.
+    body["input"] = [asked, *output, {"type": "function_call_output", "call_id": "c1", "output": "sent"}]
+    _, sent = send(body, "private-app")
+    assert isinstance(sent, Continue) and sent.body is not None and b"jane.doe" not in sent.body, sent.body
+    given = orjson.loads(sent.body)["input"]
+    assert given[1] == reasoning and orjson.loads(given[2]["arguments"]) == {"to": "[EMAIL_1]"}
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["deltas", "whole"])
+def test_a_pseudonym_in_a_streamed_reasoning_summary_stays_a_placeholder_split_anywhere(streamed: bool) -> None:
+    """Every event that repeats the summary (its deltas, ``.done``, the part's and the item's
+    ``.done``, ``response.completed``) keeps the placeholder; the answer's text gets the value back.
+    ``whole``: a summary OpenAI gives only in the finished item (no deltas)."""
+    thought, said = "Mail [EMAIL_1] now.", "Mailing [EMAIL_1]."
+    for cut in range(1, len(thought)):
+        session, received = forwarded("openai", "private-app", "Write to jane.doe@example.com please")
+        numbers = iter(range(100))
+
+        def event(data: dict[str, Any], number: Any = numbers) -> bytes:
+            return b"event: %s\ndata: %s\n\n" % (data["type"].encode(), orjson.dumps(
+                {**data, "sequence_number": next(number)}))
+
+        summary = {"type": "summary_text", "text": thought}
+        reasoning = {"type": "reasoning", "id": "rs_1", "summary": [summary], "encrypted_content": ENCRYPTED}
+        message = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                   "content": [{"type": "output_text", "text": said, "annotations": []}]}
+        response = {**echo_of(received, said), "output": [reasoning, message]}
+        at, text_at = {"item_id": "rs_1", "output_index": 0}, {"item_id": "msg_1", "output_index": 1,
+                                                             "content_index": 0}
+        summary_events = [
+            event({"type": "response.reasoning_summary_part.added", **at, "summary_index": 0,
+                   "part": {"type": "summary_text", "text": ""}}),
+            event({"type": "response.reasoning_summary_text.delta", **at, "summary_index": 0,
+                   "delta": thought[:cut]}),
+            event({"type": "response.reasoning_summary_text.delta", **at, "summary_index": 0,
+                   "delta": thought[cut:]}),
+            event({"type": "response.reasoning_summary_text.done", **at, "summary_index": 0, "text": thought}),
+            event({"type": "response.reasoning_summary_part.done", **at, "summary_index": 0, "part": summary}),
+        ] if streamed else []
+        upstream = b"".join([
+            event({"type": "response.created", "response": {**response, "status": "in_progress", "output": []}}),
+            event({"type": "response.output_item.added", "output_index": 0,
+                   "item": {"type": "reasoning", "id": "rs_1", "summary": []}}),
+            *summary_events,
+            event({"type": "response.output_item.done", "output_index": 0, "item": reasoning}),
+            event({"type": "response.output_item.added", "output_index": 1,
+                   "item": {**message, "status": "in_progress", "content": []}}),
+            event({"type": "response.content_part.added", **text_at,
+                   "part": {"type": "output_text", "text": "", "annotations": []}}),
+            event({"type": "response.output_text.delta", **text_at, "delta": said[:cut], "logprobs": []}),
+            event({"type": "response.output_text.delta", **text_at, "delta": said[cut:], "logprobs": []}),
+            event({"type": "response.output_text.done", **text_at, "text": said, "logprobs": []}),
+            event({"type": "response.content_part.done", **text_at, "part": message["content"][0]}),
+            event({"type": "response.output_item.done", "output_index": 1, "item": message}),
+            event({"type": "response.completed", "response": response}),
+        ])
+        out = play(session, [upstream])
+        parsed = client_events(out)
+        assert all(b"jane.doe" not in e.data for e in whole_events(out)
+                   if b'"rs_1"' in e.data and b'"response.completed"' not in e.data), (cut, out)
+        deltas = "".join(e.delta for e in parsed if e.type == "response.reasoning_summary_text.delta")
+        repeated = [e.text for e in parsed if e.type == "response.reasoning_summary_text.done"]
+        repeated += [e.part.text for e in parsed if e.type == "response.reasoning_summary_part.done"]
+        repeated += [e.item.summary[0].text for e in parsed if e.type == "response.output_item.done"
+                     and e.item.type == "reasoning"]
+        repeated.append(parsed[-1].response.output[0].summary[0].text)
+        assert (deltas, repeated) == ((thought, [thought] * 4) if streamed else ("", [thought] * 2)), (cut, out)
+        shown = "".join(e.delta for e in parsed if e.type == "response.output_text.delta")
+        assert shown == "Mailing jane.doe@example.com." == parsed[-1].response.output[1].content[0].text, (cut, out)

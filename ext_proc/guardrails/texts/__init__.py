@@ -25,7 +25,8 @@ content, documents' text, title and context, search results; an answer's thinkin
 pseudonyms are not put back: :attr:`Ref.restore`), the Responses
 API (``instructions``, ``input`` items: messages and their text parts, function and custom tool
 calls and their outputs; a stored prompt's string ``variables``; the answer's ``output`` items:
-message text, its citations and refusals, call arguments, reasoning summaries). A tool input's
+message text, its citations and refusals, call arguments, reasoning summaries and text, where
+pseudonyms are not put back either: :attr:`Ref.restore`). A tool input's
 JSON is read in its strings, long integers and keys that are not plain names. Thinking blocks and
 reasoning items given back in a request are left alone: the provider signs or encrypts them and
 refuses them changed. A text with token log probabilities names the object that holds them

@@ -14,7 +14,8 @@ from ext_proc.values import value
 
 class TextFn(Protocol):
     """(channel, text, json_text) -> the text to send now (the guard may hold some back);
-    ``restore=False``: the channel's pseudonyms stay placeholders (a signed thinking block)."""
+    ``restore=False``: the channel's pseudonyms stay placeholders (a signed thinking block, a
+    Responses reasoning item's summary or text)."""
 
     def __call__(self, key: tuple[Any, ...], text: str, json_text: bool, restore: bool = True) -> str: ...
 
@@ -30,7 +31,8 @@ class Ref:
     """One string in decoded JSON: ``container[key]``, spoken by ``role``; ``scrub``: the object
     whose ``logprobs`` spell this text out token by token, dropped (``null``) when the text changes;
     ``restore``: whether pseudonyms are put back in it (an answer's text; not a signed thinking
-    block, which the client gives back as it is and the request walker leaves alone)."""
+    block nor a reasoning item, which the client gives back as it is and the request walker leaves
+    alone)."""
 
     container: Any
     key: Any

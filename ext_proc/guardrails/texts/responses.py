@@ -32,8 +32,8 @@ class ResponsesWalker(Walker):
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         output = payload.get("output")
         for index, item in enumerate(output if isinstance(output, list) else ()):
-            for _, container, key, json_text in _item_texts(item, index, json_output):
-                yield Ref(container, key, "assistant", json_text)
+            for channel, container, key, json_text in _item_texts(item, index, json_output):
+                yield Ref(container, key, "assistant", json_text, restore=_restores(channel))
 
     def echoed(self, payload: dict[str, Any]) -> Iterator[Ref]:
         yield from _instructions(payload)
@@ -110,6 +110,17 @@ def _parts(parts: list[Any], role: str) -> Iterator[Ref]:
 # Where an output item keeps its text, by channel: (output index, kind[, part index]).
 _PART_KINDS = {"output_text": ("text", "text"), "refusal": ("refusal", "refusal"),
                "reasoning_text": ("reasoning", "text")}
+# The channels of a reasoning item (its summary, its reasoning text): the client gives the item back
+# in ``input`` as it came (stateless, with its ``encrypted_content``), and the request's walker
+# leaves reasoning items alone; so their pseudonyms are not put back, or the value would go back to
+# the provider in clear. (OpenAI does not feed a summary given back to the model: it reads the
+# encrypted reasoning, or the stored item.)
+_GIVEN_BACK = frozenset({"summary", "reasoning"})
+
+
+def _restores(channel: tuple[Any, ...]) -> bool:
+    """Whether the pseudonyms of a channel's text are put back (not in a reasoning item's)."""
+    return channel[1] not in _GIVEN_BACK
 
 
 def _item_texts(item: Any, index: Any, json_output: bool = False) -> Iterator[tuple[tuple[Any, ...], Any, str, bool]]:
@@ -215,10 +226,11 @@ _R_RESPONSE = _R_WHOLE | {"response.created", "response.in_progress", "response.
 
 class ResponsesStream(StreamTexts):
     """Responses events: each output item's text part, refusal, summary part or call arguments is a
-    channel; its ``*.done`` event closes it, ``response.output_item.done`` any left open in the item,
-    the terminal event all. The repetitions of the text are rewritten to what went out, and the
-    events renumbered when an event was added (see the module docstring). The request's texts each
-    ``response`` object echoes (``instructions``) are guarded whole, once per distinct text.
+    channel (a reasoning item's keep their placeholders: :func:`_restores`); its ``*.done`` event
+    closes it, ``response.output_item.done`` any left open in the item, the terminal event all. The
+    repetitions of the text are rewritten to what went out, and the events renumbered when an event
+    was added (see the module docstring). The request's texts each ``response`` object echoes
+    (``instructions``) are guarded whole, once per distinct text.
     ``json_output``: output text is JSON text."""
 
     __slots__ = ("done", "echoes", "json", "open", "sent")
@@ -257,7 +269,7 @@ class ResponsesStream(StreamTexts):
                                                  if key not in ("delta", "sequence_number", "logprobs", "obfuscation")}
                     if "sequence_number" in payload:
                         head["sequence_number"] = -1  # numbered on the way out
-                new = text(channel, value, json_text)
+                new = text(channel, value, json_text, _restores(channel))
                 self.sent.setdefault(channel, []).append(new)
                 if new != value:
                     payload["delta"] = new
@@ -323,7 +335,7 @@ class ResponsesStream(StreamTexts):
         if not value:
             return False
         self.open.setdefault(channel, {})
-        new = text(channel, value, json_text)
+        new = text(channel, value, json_text, _restores(channel))
         self.sent.setdefault(channel, []).append(new)
         holder[key] = new
         return bool(new != value)
@@ -337,7 +349,7 @@ class ResponsesStream(StreamTexts):
             return False
         final = self.done.get(channel)
         if final is None:
-            final = self.done[channel] = text(channel, value, json_text) + flush(channel, json_text)
+            final = self.done[channel] = text(channel, value, json_text, _restores(channel)) + flush(channel, json_text)
         if final == value:
             return False
         holder[key] = final
