@@ -42,6 +42,15 @@ UNTRANSLATABLE = ClientError(502, "untranslatable_response", "The provider's ans
 MAX_EVENT = 8 * 1024 * 1024  # bytes of one streamed event: a provider sending more is cut off
 OVERSIZED = ClientError(502, "provider_event_too_large",
                         f"The provider sent a stream event larger than {MAX_EVENT // (1024 * 1024)} MiB.")
+INVALID_ANSWER = "invalid_provider_answer"  # a 2xx answer that is not one: Tollway's 502 instead
+
+
+def invalid_answer(flow: Flow, what: str) -> ClientError:
+    """The 502 a client gets instead of a provider's successful status with no answer behind it
+    (``what``: what came instead, never the provider's bytes: an HTML page may hold anything)."""
+    provider = f"The provider '{flow.provider}'" if flow.provider else "The provider"
+    return ClientError(502, INVALID_ANSWER, f"{provider} answered {flow.status} with {what}, not an answer; "
+                       "Tollway withheld it.")
 
 
 class Refused(Exception):
@@ -216,11 +225,16 @@ def whole(flow: Flow, stages: tuple[Stage, ...], body: bytes) -> bytes | None:
     Raises :class:`Refused` (:class:`Untranslatable` among them) when the client must get an error instead.
     """
     data = body
+    # A successful status must come with a JSON object (what every API Tollway serves answers): an
+    # HTML page from a proxy, an empty or cut body is no answer, and the client gets a 502 rather
+    # than a 200 its SDK cannot parse. Judged on the JSON the meter decodes anyway; a body Tollway
+    # cannot decode (an encoding other than gzip, a gzip it cannot inflate) passes as before.
+    judged = flow.api is not None and 200 <= (flow.status or 0) < 300 and flow.answer_coding in (None, "gzip")
     if body[:2] == b"\x1f\x8b":
         try:
             data = gunzip(body, ratio=None)
         except ClientError:
-            data = b""
+            data, judged = b"", False
     if stages is READ_ONLY:  # nothing but the meter: read, pass through
         reader = flow.meter.reader
         assert reader is not None
@@ -228,15 +242,28 @@ def whole(flow: Flow, stages: tuple[Stage, ...], body: bytes) -> bytes | None:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
             payload = None
-        reader.whole(payload if isinstance(payload, dict) else None)
+        if not isinstance(payload, dict):
+            if judged:
+                raise Refused(invalid_answer(flow, _not_json(data)))
+            payload = None
+        reader.whole(payload)
         return None
     events = [SSEEvent("", data, body, whole=True)]
+    if judged and events[0].json() is None:  # (decoded once: the stages read the same)
+        raise Refused(invalid_answer(flow, _not_json(data)))
     for stage in stages:
         events = stage.feed(flow, events)
     if len(events) == 1:
         raw = events[0].raw
         return None if raw is body else raw
     return b"".join([event.raw for event in events])
+
+
+def _not_json(data: bytes) -> str:
+    """What a body that is not a JSON object is, in words: never its content."""
+    if not data.strip():
+        return "an empty body"
+    return f"a body of {len(data)} bytes that is not a JSON object (an HTML page, a cut answer)"
 
 
 class Stream:

@@ -54,7 +54,7 @@ from ext_proc.core.events import (
 from ext_proc.core.flow import Flow
 from ext_proc.core.meter import Accountant
 from ext_proc.core.pipeline import Hook, Pipeline
-from ext_proc.core.response import Refused, Stream, complete, error_answer, whole
+from ext_proc.core.response import Refused, Stream, complete, error_answer, invalid_answer, whole
 from ext_proc.core.steps import ROUTE_HEADER, STREAM_HEADER
 from ext_proc.guardrails import texts
 from ext_proc.llm import apis, translate
@@ -292,21 +292,27 @@ class Session:
             if flow.fallback and flow.status is not None and flow.status < 400:  # served by a later target
                 flow.note("tollway.fallback", event.at, **{"tollway.provider": flow.provider or "",
                                                           "tollway.attempts": flow.attempts or 0})
+        status = flow.status
+        if flow.api is not None and status is not None and 200 <= status < 300:
+            # A successful status with no answer behind it: no body at all, or a stream request
+            # answered with anything but an event stream (its SDK would read zero events and
+            # return an empty answer, raising nothing). The client gets a 502 instead.
+            media = headers.get("content-type", "")
+            if event.end_of_stream:
+                return self._not_an_answer(invalid_answer(flow, "no body"), told, event.at)
+            if flow.stream and not media.lower().startswith("text/event-stream"):
+                shown = media.partition(";")[0].strip()[:60] or "none"
+                return self._not_an_answer(invalid_answer(
+                    flow, f"content-type {shown!r} to a stream request (not text/event-stream)"), told, event.at)
         if event.end_of_stream:
             self._finish(event.at, "ok" if flow.status and flow.status < 400 else "error")
             return Continue(set_headers=told, remove_headers=hidden) if told or hidden else CONTINUE
         self.phase = Phase.RESPONSE_BODY
-        status = flow.status
         coding = headers.get("content-encoding")
         if coding is not None and coding.strip().lower() not in ("", "identity"):
             # Asked for identity, answered otherwise: read whole (see _read_buffered), never as a stream.
             flow.answer_coding = coding.strip().lower()
-        elif (
-            flow.stream
-            and status is not None
-            and 200 <= status < 300
-            and headers.get("content-type", "").lower().startswith("text/event-stream")
-        ):
+        elif flow.stream and status is not None and 200 <= status < 300:  # (an event stream: see above)
             self._response = Stream(flow, pipeline.stages_for(flow, stream=True))
             return Continue(set_headers=told, remove_headers=hidden, stream_response=True)
         # Buffered: the head is held until the body is read; the answer to the body tells it all.
@@ -430,6 +436,15 @@ class Session:
             remove_headers=("content-encoding",) if compressed else (),
             body=new,
         )
+
+    def _not_an_answer(self, error: ClientError, told: Headers, at: int) -> Respond:
+        """The client's 502 instead of a successful status with no answer behind it, decided at the
+        answer's head (its body, if any, is never read); recorded as the provider's error."""
+        flow = self.flow
+        flow.status, flow.error = error.status, error.code
+        self._finish(at, "error")
+        assert flow.api is not None
+        return Respond(error.status, flow.api.error_body(error), (("content-type", "application/json"), *told))
 
     def _instead(self, error: ClientError, compressed: bool) -> Continue:
         """The client's error instead of a buffered answer (its status, format and headers)."""

@@ -19,7 +19,7 @@ import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ext_proc.core.actions import CONTINUE, Continue, EmitRecord
+from ext_proc.core.actions import CONTINUE, Continue, EmitRecord, Respond
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
 from ext_proc.core.session import Phase, ProtocolError, Session
 from ext_proc.llm import apis
@@ -466,20 +466,96 @@ def test_anthropic_stream_error_event_is_recorded() -> None:
         (CHAT, {"model": "m", "messages": [], "stream": True}, 429, "application/json", CONTINUE),
         (CHAT, {"model": "m", "messages": [], "stream": True}, 500, "text/event-stream", CONTINUE),
         (MESSAGES, {**ANTHROPIC_REQUEST, "stream": True}, 529, "application/json", CONTINUE),
-        (CHAT, {"model": "m", "messages": [], "stream": True}, 200, "application/json", CONTINUE),
         (CHAT, {"model": "m", "messages": []}, 200, "text/event-stream", CONTINUE),
         (CHAT, {"model": "m", "messages": [], "stream": False}, 200, "text/event-stream", CONTINUE),
         (MESSAGES, ANTHROPIC_REQUEST, 200, "text/event-stream", CONTINUE),
     ],
     ids=[
         "openai-sse-200", "anthropic-sse-200", "stream-429", "stream-500-sse", "anthropic-529",
-        "stream-but-json", "no-stream-field", "stream-false", "anthropic-no-stream",
+        "no-stream-field", "stream-false", "anthropic-no-stream",
     ],
 )
 def test_streamed_only_for_successful_sse_answers_to_stream_requests(
     path: str, body: dict[str, Any], status: int, content_type: str, answer: Continue
 ) -> None:
     assert Transcript() >> post(path) << HEADERS_OK >> request(body) << ANY >> response(status, content_type) << answer
+
+
+# ---------------------------------------------------------------------------------------------
+# A successful status with no answer behind it: the client's 502, never a 200 its SDK cannot read
+
+INVALID = "invalid_provider_answer"
+HTML = b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>cloudflare</body></html>"
+CUT_JSON = b'{"id":"chatcmpl-x","object":"chat.completion","choices":[{"index":0,"message":{"content":"Hel'
+
+
+def _withheld(action: object, family: str) -> dict[str, Any]:
+    """The 502 the client got instead (a replaced buffered body, or an answer at the head): its error."""
+    if isinstance(action, Continue):
+        assert action.body is not None and (":status", "502") in action.set_headers, action
+        body = orjson.loads(action.body)
+    else:
+        assert isinstance(action, Respond) and action.status == 502, action
+        body = orjson.loads(action.body)
+    if family == "anthropic":
+        assert body["type"] == "error" and body["error"]["type"] == "api_error", body
+        return body["error"]  # type: ignore[no-any-return]
+    assert body["error"]["code"] == INVALID, body
+    return body["error"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("content_type", "answer"), [
+    ("text/html", HTML), ("application/json", b""), ("application/json", CUT_JSON),
+    ("application/json", b"[]"), ("application/json", b'"ok"'),
+], ids=["html-page", "empty-body", "cut-json", "json-array", "json-string"])
+@pytest.mark.parametrize(("path", "body", "family"), [
+    (CHAT, {"model": "m", "messages": []}, "openai"), (MESSAGES, ANTHROPIC_REQUEST, "anthropic"),
+])
+def test_a_buffered_2xx_that_is_not_a_json_object_is_a_502_in_the_clients_format(
+    path: str, body: dict[str, Any], family: str, content_type: str, answer: bytes
+) -> None:
+    transcript = (Transcript() >> post(path) << HEADERS_OK >> request(body) << ANY
+                  >> response(200, content_type) << CONTINUE >> chunk(answer) << ANY)
+    error = _withheld(transcript.actions[-1], family)
+    assert "not an answer" in error["message"] and "Bad Gateway" not in error["message"]  # never the page
+    assert transcript << Record(status=502, outcome="error", error=INVALID, provider=family)
+
+
+def test_a_buffered_2xx_answer_tollway_cannot_decode_passes_as_before() -> None:
+    # An encoding Tollway does not read (it asked for identity) is no proof of a bad answer.
+    brotli = ResponseHeaders({":status": "200", "content-type": "application/json", "content-encoding": "br"},
+                             False, ms(200))
+    assert (
+        Transcript() >> post(CHAT) << HEADERS_OK >> request({"model": "m", "messages": []}) << ANY
+        >> brotli << CONTINUE >> chunk(b"\x8b\x02\x80{}\x03") << CONTINUE
+        << Record(status=200, outcome="ok", error=None)
+    )
+
+
+@pytest.mark.parametrize(("path", "body", "family"), [
+    (CHAT, {"model": "m", "messages": [], "stream": True}, "openai"),
+    (MESSAGES, {**ANTHROPIC_REQUEST, "stream": True}, "anthropic"),
+])
+@pytest.mark.parametrize("content_type", ["text/html", "application/json", ""])
+def test_a_stream_request_answered_2xx_without_an_event_stream_is_a_502_at_the_head(
+    path: str, body: dict[str, Any], family: str, content_type: str
+) -> None:
+    # (its SDK would iterate zero events and return an empty answer, raising nothing)
+    head = ResponseHeaders({":status": "200", **({"content-type": content_type} if content_type else {})},
+                           False, ms(200))
+    transcript = Transcript() >> post(path) << HEADERS_OK >> request(body) << ANY >> head << ANY
+    error = _withheld(transcript.actions[-1], family)
+    assert "text/event-stream" in error["message"]
+    assert transcript << Record(status=502, outcome="error", error=INVALID, provider=family, stream=True)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_2xx_head_that_ends_the_answer_is_a_502(stream: bool) -> None:
+    head = response(200, "text/event-stream" if stream else "application/json", end_of_stream=True)
+    transcript = (Transcript() >> post(CHAT) << HEADERS_OK >> request({"model": "m", "messages": [], "stream": stream})
+                  << ANY >> head << ANY)
+    assert "no body" in _withheld(transcript.actions[-1], "openai")["message"]
+    assert transcript << Record(status=502, outcome="error", error=INVALID)
 
 
 # ---------------------------------------------------------------------------------------------
