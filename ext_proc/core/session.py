@@ -66,6 +66,8 @@ __all__ = ["ROUTE_HEADER", "STREAM_HEADER", "Phase", "ProtocolError", "Session"]
 
 Headers = tuple[tuple[str, str], ...]
 
+PROVIDER_RESET = "provider_reset"  # a buffered answer the provider cut after its head: the client got Envoy's 502
+
 
 class Phase(enum.Enum):
     REQUEST_HEADERS = "request_headers"
@@ -155,13 +157,23 @@ class Session:
             if phase is not Phase.DONE:
                 # A client may close as soon as the stream told it the end (the openai SDK does,
                 # at [DONE]), before the provider's end of body: an answer complete is no cut.
-                whole = self._response is not None and complete(self.flow) and not self.flow.stream_failed
-                if not whole and phase is Phase.RESPONSE_BODY and self._response is None:
-                    # A buffered answer cut after its head (the client got Envoy's 502): say so, as a
-                    # cut stream's record does.
-                    self.flow.error = self.flow.error or INTERRUPTED.code
+                flow = self.flow
+                whole = self._response is not None and complete(flow) and not flow.stream_failed
+                if not whole and phase is Phase.RESPONSE_BODY:
+                    if self._response is None:
+                        # A buffered answer cut after its head, which Tollway held: the client got
+                        # Envoy's 502 (upstream_reset_after_response_started), and the record says so
+                        # (an answer too long to read failed the stream itself: Envoy's 500, noted).
+                        if flow.error is None:
+                            flow.status, flow.error = 502, PROVIDER_RESET
+                    elif flow.refused is None:
+                        # A stream cut before its end (the provider reset it, or the client left: Envoy
+                        # tells Tollway the same): stream_interrupted, as for a stream the provider
+                        # ended early, unless the provider said why first (its error event).
+                        reader = flow.meter.reader
+                        flow.error = flow.error or (reader.error if reader is not None else None) or INTERRUPTED.code
                 # A stream a guardrail ended: blocked, even if the client left before its end.
-                self._finish(event.at, "ok" if whole else "blocked" if self.flow.refused is not None else "incomplete")
+                self._finish(event.at, "ok" if whole else "blocked" if flow.refused is not None else "incomplete")
             return None
         if isinstance(event, Answered) and phase is Phase.DONE:  # the client left while the question was out
             late = limits.released(self.flow, event.value)

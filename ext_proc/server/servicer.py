@@ -212,6 +212,13 @@ def _declared(session: Session | Attempt, event: Event) -> int:
     return declared(event.headers)  # type: ignore[union-attr]
 
 
+def _too_large(session: Session | Attempt) -> None:
+    """An answer longer than the coalescer reads fails its stream (Envoy answers the client 500):
+    the record the stream's close writes says so, not that the provider cut it."""
+    if isinstance(session, Session):
+        session.flow.status, session.flow.error = 500, "answer_too_large"
+
+
 def _inflating(service: Service, session: Session, body: bytes, held: int) -> int | None:
     """The bytes a request holds once its whole gzip ``body``'s inflated size (read from its
     trailer: :func:`~ext_proc.server.bodies.inflated`) is counted too, before the session inflates
@@ -296,6 +303,9 @@ class ExtProcCall:
             whole = merge.incoming(kind, event)
         except ClientError as error:  # a request body longer than Tollway reads
             return self._reply(kind, self.session.refuse(error, event.at))  # type: ignore[union-attr]
+        except coalesce.AnswerTooLarge:
+            _too_large(self.session)
+            raise
         early = merge.early()
         if whole is None:
             return early
@@ -497,6 +507,9 @@ class Processor:
                         for reply in refusing(kind, merge, error, event.at):
                             yield reply
                         continue
+                    except coalesce.AnswerTooLarge:
+                        _too_large(session)
+                        raise
                     for early in merge.early():
                         yield pb.ProcessingResponse.FromString(early)
                     if whole is None:

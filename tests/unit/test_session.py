@@ -558,6 +558,16 @@ def test_a_2xx_head_that_ends_the_answer_is_a_502(stream: bool) -> None:
     assert transcript << Record(status=502, outcome="error", error=INVALID)
 
 
+def test_a_buffered_answer_cut_after_its_head_records_the_502_the_client_got() -> None:
+    # Tollway held the head for the body: Envoy answers the client 502 (upstream reset after the
+    # response started); the record says so, not a 200 "stream_interrupted" of a request that never streamed.
+    assert (
+        Transcript() >> post(CHAT) << HEADERS_OK >> request({"model": "m", "messages": []}) << ANY
+        >> response(200) << CONTINUE >> StreamClosed(ms(400))
+        << Record(status=502, outcome="incomplete", error="provider_reset", latency_ms=400.0)
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad requests are answered at once, in the client's error format
 
@@ -968,9 +978,11 @@ def test_stream_closed_midway_records_usage_seen_so_far_once() -> None:
         >> StreamClosed(ms(400))
         # The input count message_start reported stays; its output_tokens (1) is a placeholder, not
         # the count (no accountant here to count the text: unknown).
+        # Cut before its end (reset by the provider, or the client gone): stream_interrupted, as a
+        # stream the provider ended early is.
         << Record(
-            outcome="incomplete", status=200, input_tokens=2112, output_tokens=None, cached_tokens=2000,
-            cache_write_tokens=100, latency_ms=400.0, ttft_ms=300.0,
+            outcome="incomplete", status=200, error="stream_interrupted", input_tokens=2112, output_tokens=None,
+            cached_tokens=2000, cache_write_tokens=100, latency_ms=400.0, ttft_ms=300.0,
         )
         >> StreamClosed(ms(401))  # nothing more: exactly one record
     )
@@ -994,7 +1006,18 @@ def test_openai_stream_closed_before_usage_records_unknown_usage() -> None:
         >> chunk(STREAM_EVENTS[0] + STREAM_EVENTS[1][:10], at=250, end_of_stream=False)
         << Continue(body=STREAM_EVENTS[0])  # the unfinished event waits for its end
         >> StreamClosed(ms(260))
-        << Record(outcome="incomplete", **NO_USAGE)
+        << Record(outcome="incomplete", error="stream_interrupted", **NO_USAGE)
+    )
+
+
+def test_a_stream_closed_after_the_providers_error_event_keeps_the_providers_error() -> None:
+    session = stream_started({**ANTHROPIC_REQUEST, "stream": True}, MESSAGES)
+    overloaded = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
+    assert (
+        Transcript(session)
+        >> chunk(ANTHROPIC_STREAM_EVENTS[0] + overloaded, at=300, end_of_stream=False) << CONTINUE
+        >> StreamClosed(ms(400))
+        << Record(outcome="incomplete", status=200, error="overloaded_error")
     )
 
 

@@ -514,6 +514,8 @@ def test_a_stream_closed_at_any_point_emits_one_incomplete_record(
     (record,) = records(session)
     outcome = "ok" if whole else "incomplete"
     assert (record["outcome"], record["stream"], record["status"]) == (outcome, True, 200)
+    # cut before its end (the provider reset it, or the client left): said as for a stream ended early
+    assert record["error"] == (None if whole else "stream_interrupted")
     # what the session had read: the events completed so far (an unfinished one waits for its end)
     known = seen(up, provider_events(b"".join(chunks[:count]), ended=False))
     assert {key: record[key] for key in known} == known
