@@ -38,6 +38,7 @@ import redis
 from ext_proc.ledger.log import log_files, read_records
 from ext_proc.policy.compiled import key_digest
 from ext_proc.stack import Stack, free_port
+from tests.fixtures import FAULT_CASSETTES
 
 KEY = "tw-faults-0123456789abcdefghijklmnopqrstuvwxyzABCD"
 PROVIDER_KEYS = {"F_OPENAI_KEY": "sk-openai-faults-0001", "F_ANTHROPIC_KEY": "sk-ant-faults-0002"}
@@ -87,7 +88,8 @@ def gateway(work: Path, *, redis_url: str | None = None, on_unavailable: str = "
     keys = tuple(arg for key in PROVIDER_KEYS.values() for arg in ("--api-key", key))
     options.setdefault("workers", 2)
     return Stack(work / "stack", policy=path, service_env=PROVIDER_KEYS, mocked=frozenset({"openai", "anthropic"}),
-                 mock_args=(*keys, "--record-requests", "1000000"), stand_ins_get_keys=True, serve_args=args, **options)
+                 mock_args=(*keys, "--record-requests", "1000000", "--cassettes", str(FAULT_CASSETTES)),
+                 stand_ins_get_keys=True, serve_args=args, **options)
 
 
 # -- one call ------------------------------------------------------------------------------------
@@ -125,10 +127,21 @@ class Call:
         return "cut" if self.status else "no answer"
 
 
-def _sdk_format(sdk: str, response: httpx.Response) -> bool:
+def _error_body(exc: openai.APIStatusError | anthropic.APIStatusError) -> object:
+    """An error answer's JSON body; for an error event in a 2xx stream, the event's (the anthropic
+    SDK raises APIStatusError on one, with the stream's response, whose body it never read: its
+    ``json()`` raises ResponseNotRead)."""
+    if exc.response.status_code < 400:
+        return exc.body
     try:
-        body = response.json()
+        return exc.response.json()
     except ValueError:
+        return None
+
+
+def _sdk_format(sdk: str, body: object) -> bool:
+    """Whether an error's JSON body is in that SDK's error format."""
+    if not isinstance(body, dict):
         return False
     if sdk == "anthropic":
         return (body.get("type") == "error" and isinstance(body.get("error"), dict)
@@ -172,8 +185,9 @@ def call(base_url: str, sdk: str, stream: bool, *, model: str | None = None, hea
                 result.clean = bool(raw_message.parse().content)
     except (openai.APIStatusError, anthropic.APIStatusError) as exc:
         result.status, result.request_id = exc.status_code, _id(exc.response)
-        result.format_ok = _sdk_format(sdk, exc.response)
-        result.error = f"{type(exc).__name__}: {_code(exc.response)}"
+        body = _error_body(exc)
+        result.format_ok = _sdk_format(sdk, body)
+        result.error = f"{type(exc).__name__}: {_code(body)}"
         result.detail = str(exc.message)
     except Exception as exc:  # connection refused or reset, a stream cut, an error event in a stream
         result.error = type(exc).__name__
@@ -185,9 +199,9 @@ def _id(response: httpx.Response) -> str | None:
     return response.headers.get("x-tollway-request-id")
 
 
-def _code(response: httpx.Response) -> str:
-    with contextlib.suppress(ValueError, AttributeError):
-        error = response.json().get("error") or {}
+def _code(body: object) -> str:
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
         return str(error.get("code") or error.get("type"))
     return "?"
 

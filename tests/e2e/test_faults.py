@@ -338,6 +338,7 @@ def test_a_provider_down_slow_or_failing_mid_stream(env: Env) -> None:
     for c in cut:  # the provider's status was 200: the stream is billed on estimates (it did the work)
         record = records[c.request_id or ""]
         assert record["outcome"] == "incomplete" and record["status"] == 200
+        assert record["error"] == "stream_interrupted", record  # as for a stream the provider ended early
         assert record["input_tokens"] is not None and record["output_tokens"] is not None
     # The provider down (its process killed): a 503 in the SDK's format at once, recorded.
     mock = stack.procs["mock"]
@@ -351,6 +352,42 @@ def test_a_provider_down_slow_or_failing_mid_stream(env: Env) -> None:
                    for c in down)
     finally:
         stack.respawn("mock")
+    assert env.ok().clean
+
+
+def test_a_provider_answering_2xx_without_an_answer_or_cutting_one_is_a_502_recorded_as_such(env: Env) -> None:
+    """A 2xx that is no answer (a proxy's HTML page, no body, a stream request answered with
+    anything but an event stream): the client's 502 ``invalid_provider_answer`` in its SDK's format,
+    never a 200 its SDK chokes on or an empty stream it takes for an answer. A buffered answer the
+    provider cuts after its head: Envoy's 502, and the record says 502 too."""
+    stack = env.stack
+    before = seen_ids(stack)
+    base = stack.base_url
+    invalid = [call(base, sdk, stream, model=model, headers={"x-mock-cassette": name})
+               for name in ("html-200", "empty-200")
+               for sdk, model in (("openai", "gpt-4o-mini"), ("anthropic", "claude-haiku"))
+               for stream in (False, True)]
+    # translated: an OpenAI client served by Claude
+    invalid += [call(base, "openai", stream, model="claude-haiku", headers={"x-mock-cassette": "html-200"})
+                for stream in (False, True)]
+    for c in invalid:
+        assert c.status == 502 and c.format_ok and not c.clean, c
+        code = "invalid_provider_answer" if c.sdk == "openai" else "api_error"  # (Anthropic's format has no code)
+        assert (c.error or "").endswith(f": {code}"), c
+    cut = call(base, "openai", False, model="gpt-4o-mini", headers={"x-mock-cut-after": "1"})  # half the body, closed
+    assert cut.status == 502 and cut.format_ok, cut
+    # An error event mid-stream: the SDK raises APIStatusError on a response it never read.
+    failed = call(base, "anthropic", True, headers={"x-mock-cassette": "anthropic-error-event"})
+    assert failed.status == 200 and failed.format_ok and failed.error == "APIStatusError: overloaded_error", failed
+    records = _exact(env, before)
+    for c in invalid:
+        record = records[c.request_id or ""]
+        assert (record["status"], record["outcome"], record["error"]) == (502, "error", "invalid_provider_answer"), c
+        assert record["provider"] == ("openai" if c.model == "gpt-4o-mini" else "anthropic"), record
+    record = records[cut.request_id or ""]
+    assert (record["status"], record["outcome"], record["error"]) == (502, "incomplete", "provider_reset"), record
+    record = records[failed.request_id or ""]
+    assert (record["status"], record["outcome"], record["error"]) == (200, "incomplete", "overloaded_error"), record
     assert env.ok().clean
 
 
