@@ -40,6 +40,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from ext_proc.llm import apis
 from ext_proc.llm.prices import Price
 
 from . import guardrails
@@ -207,6 +208,9 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
         if provider.kind not in ("openai", "azure-openai") and provider.stored_responses:
             problems.append(Problem("only for kinds openai and azure-openai (the others store no responses)",
                                     where=(*here, "stored_responses"), at_key=True))
+        if provider.endpoint is not None:
+            problems += [Problem(message, where=(*here, "endpoint"))
+                         for message in _endpoint_problems(provider.endpoint, provider.kind)]
     problems += _check_clusters(spec)
 
     owners: dict[str, tuple[str, bool]] = {name: (name, False) for name in spec.models}  # name -> (model, alias?)
@@ -517,6 +521,50 @@ def _rebase(url: str | None, kind: str) -> tuple[str, str] | None:
         base = path.removesuffix("/v1")
         return ("/v1", base + "/v1") if base else None
     return ("/v1", path) if path not in ("", "/v1") else None
+
+
+# The API paths behind a base URL (less the /v1 they share): an endpoint ending with one is the URL
+# of a call, and every request's own path would be added after it.
+_API_TAILS = sorted({api.path.removeprefix("/v1") for api in apis.APIS} | {"/models"}, key=len, reverse=True)
+# A request of each kind, to show where it would go.
+_EXAMPLE_PATHS = {"anthropic": ("a Messages request", "/v1/messages"),
+                  "azure-openai": ("a chat request", "/openai/deployments/DEPLOYMENT/chat/completions")}
+
+
+def _endpoint_problems(url: str, kind: str) -> list[str]:
+    """Why ``url`` is not a base URL the API's paths can go behind (see :func:`_rebase`), each
+    with the base URL to write: a query string or fragment (never sent), or an API's path in it
+    (every request would go to a doubled path, or, under Azure's ``/openai``, lose it)."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.rstrip("/")
+    base = path
+    before, openai, after = path.partition("/openai")
+    if kind == "azure-openai" and openai and after not in ("", "/v1"):
+        base = before  # Tollway builds /openai/deployments/<model>/... itself
+    else:
+        tail = next((tail for tail in _API_TAILS if path.endswith(tail)), None)
+        if tail is not None:
+            base = path.removesuffix(tail)
+            base = base.removesuffix("/v1") if kind in ("anthropic", "azure-openai") else base
+    write = f'write "{urllib.parse.urlunsplit((parts.scheme, parts.netloc, base, "", ""))}"'
+    problems = []
+    if "?" in url or "#" in url:
+        what = "a query string" if "?" in url else "a fragment"
+        shown = url[url.index("?" if "?" in url else "#"):]
+        version = " (the api-version goes in 'api_version')" if kind == "azure-openai" else ""
+        problems.append(f"has {what} ('{shown}'): an endpoint is a base URL, and nothing after its path is "
+                        f"sent{version}; {write}")
+    if base != path:
+        request, example = _EXAMPLE_PATHS.get(kind, ("a chat request", "/v1/chat/completions"))
+        rebase = _rebase(url, kind)
+        if kind == "azure-openai":
+            effect = ("Tollway builds each request's path behind the base URL (the deployment is a model's or "
+                      "target's 'model')")
+        else:
+            sent = rebase[1] + example[len(rebase[0]):] if rebase and example.startswith(rebase[0]) else example
+            effect = f"each request's own path goes after the base URL ({request} would go to {sent})"
+        problems.append(f"has the API path '{path[len(base):]}' in it: {effect}; {write}")
+    return problems
 
 
 def _netloc(url: str | None) -> str | None:

@@ -157,7 +157,8 @@ class ProviderSpec(Strict):
                           "cluster of its ServiceEntry, e.g. outbound|80||api.openai.com); providers sharing one "
                           "reach the same endpoint")
     endpoint: Url | None = Field(
-        None, description="the base URL the provider's Envoy cluster reaches (default for openai and anthropic: "
+        None, description="the base URL the provider's Envoy cluster reaches, as the SDKs take it: no API path "
+                          "(/chat/completions), query string or fragment (default for openai and anthropic: "
                           "their public API; azure-openai and openai-compatible providers need one to be in a "
                           "fallback chain)")
     credential: CredentialSpec | None = Field(None, description="omit when no key is injected (a local server)")

@@ -568,6 +568,53 @@ def test_an_endpoint_is_parsed_whole() -> None:
         "vllm.llm-serving.svc.cluster.local:8000"]  # the Host header: without the absolute name's dot
 
 
+def test_an_endpoint_is_a_base_url() -> None:
+    """An endpoint holding an API's path (the URL of a call) was accepted, and every request went to
+    a doubled path (a 404); a query string or fragment was accepted and dropped. Each is refused
+    with the base URL to write."""
+    lines = [
+        ("openai-compatible", "https://llm-gw.corp/v1/chat/completions"),
+        ("anthropic", "https://api.anthropic.com/v1/messages"),
+        ("openai", "https://llm-gw.corp/openai/v1/responses/"),
+        ("azure-openai", "https://contoso.openai.azure.com/openai/deployments/gpt4o/chat/completions"),
+        ("azure-openai", "https://apim.corp/az/openai/deployments/gpt4o"),
+        ("azure-openai", "https://contoso.openai.azure.com/openai/v1?api-version=2024-10-21"),
+        ("openai-compatible", "http://vllm:8000/v1#models"),
+    ]
+    found = issues("apiVersion: tollway/v1\nproviders:\n" + "".join(
+        f'  p{index}: {{kind: {kind}, endpoint: "{url}"{", api_version: v1" if kind == "azure-openai" else ""}}}\n'
+        for index, (kind, url) in enumerate(lines)))
+    assert found == [
+        "p.yaml:3:43: providers.p0.endpoint: has the API path '/chat/completions' in it: each request's own path "
+        "goes after the base URL (a chat request would go to /v1/chat/completions/chat/completions); write "
+        '"https://llm-gw.corp/v1"',
+        "p.yaml:4:35: providers.p1.endpoint: has the API path '/v1/messages' in it: each request's own path goes "
+        "after the base URL (a Messages request would go to /v1/messages/v1/messages); write "
+        '"https://api.anthropic.com"',
+        "p.yaml:5:32: providers.p2.endpoint: has the API path '/responses' in it: each request's own path goes "
+        "after the base URL (a chat request would go to /openai/v1/responses/chat/completions); write "
+        '"https://llm-gw.corp/openai/v1"',
+        "p.yaml:6:38: providers.p3.endpoint: has the API path '/openai/deployments/gpt4o/chat/completions' in it: "
+        "Tollway builds each request's path behind the base URL (the deployment is a model's or target's "
+        "'model'); write \"https://contoso.openai.azure.com\"",
+        "p.yaml:7:38: providers.p4.endpoint: has the API path '/openai/deployments/gpt4o' in it: Tollway builds "
+        "each request's path behind the base URL (the deployment is a model's or target's 'model'); write "
+        '"https://apim.corp/az"',
+        "p.yaml:8:38: providers.p5.endpoint: has a query string ('?api-version=2024-10-21'): an endpoint is a base "
+        "URL, and nothing after its path is sent (the api-version goes in 'api_version'); write "
+        '"https://contoso.openai.azure.com/openai/v1"',
+        "p.yaml:9:43: providers.p6.endpoint: has a fragment ('#models'): an endpoint is a base URL, and nothing "
+        'after its path is sent; write "http://vllm:8000/v1"',
+    ]
+    # What to write instead: base URLs, as the SDKs take them.
+    good = [("openai-compatible", "https://llm-gw.corp/v1"), ("anthropic", "https://api.anthropic.com"),
+            ("anthropic", "https://llm-gw.corp/claude/v1/"), ("openai", "https://llm-gw.corp/openai/v1"),
+            ("azure-openai", "https://contoso.openai.azure.com/openai/v1/"), ("azure-openai", "https://apim.corp/az")]
+    compiles("apiVersion: tollway/v1\nproviders:\n" + "".join(
+        f'  p{index}: {{kind: {kind}, endpoint: "{url}"{", api_version: v1" if kind == "azure-openai" else ""}}}\n'
+        for index, (kind, url) in enumerate(good)))
+
+
 def test_no_provider_takes_the_cluster_that_reaches_tollway() -> None:
     """Envoy keeps its bootstrap's cluster: such a file used to pass, then time every reload out."""
     assert issues("""\
