@@ -14,12 +14,13 @@ completions and embeddings only reach OpenAI-style providers (400 otherwise).
 
 Routing. A routing alias yields a *chain*: the targets in the order Envoy tries them. Targets
 that cannot serve the client's API, or whose context window is smaller than the counted prompt,
-are left out before anything is sent (none left: a 400), then those whose API cannot express the
-request (unless none can). Strategy "priority" keeps the plan's
-order; "weighted" draws the first target by weight and keeps the others, in priority order, as
-fallbacks. Envoy reaches a chain of two or more through one cluster per chain, whose endpoints
-are the chain's providers at increasing priorities; :func:`chains` lists every chain a policy can
-produce, so that the Envoy config can have them all.
+are left out before anything is sent (none left: a 400; a model named directly is refused the
+same way), then those whose API cannot express the request (unless none can). Strategy
+"priority" keeps the plan's order; "weighted" draws the first target by weight and keeps the
+others, in priority order, as fallbacks. Envoy reaches a chain of two or more through one
+cluster per chain, whose endpoints are the chain's providers at increasing priorities;
+:func:`chains` lists every chain a policy can produce, so that the Envoy config can have them
+all.
 """
 
 from __future__ import annotations
@@ -156,6 +157,9 @@ def plan(principal: Principal, api: WireAPI, granted: Target | Alias, model: str
         return chain(granted.plan_for(principal.team), api, prompt_tokens, shown, draw, expresses)
     if not can_serve(api, granted.provider.kind):
         raise _mismatch(api, shown)
+    if not _fits(granted, prompt_tokens):
+        raise _too_long(api, prompt_tokens, f"model '{shown}' can take (its context window is "
+                                            f"{granted.context_window:,} tokens)")
     return (granted,)
 
 
@@ -168,13 +172,8 @@ def chain(plan: Plan, api: WireAPI, prompt_tokens: int | None, shown: str, draw:
     fits = [i for i in usable if _fits(plan.targets[i], prompt_tokens)]
     if not fits:
         largest = max((plan.targets[i].context_window or 0) for i in usable)
-        raise ClientError(
-            400,
-            "context_length_exceeded",
-            f"The prompt has about {prompt_tokens:,} tokens, more than any model behind '{shown}' can take "
-            f"(the largest context window is {largest:,} tokens).",
-            _PROMPT_FIELD.get(api.name, "messages"),
-        )
+        raise _too_long(api, prompt_tokens, f"any model behind '{shown}' can take (the largest context window is "
+                                            f"{largest:,} tokens)")
     if expresses is not None and len(fits) > 1:
         able = [i for i in fits if expresses(plan.targets[i])]
         fits = able or fits  # none can: the first says why
@@ -189,6 +188,12 @@ def chain(plan: Plan, api: WireAPI, prompt_tokens: int | None, shown: str, draw:
                 fits.insert(0, i)
                 break
     return tuple(plan.targets[i] for i in fits)
+
+
+def _too_long(api: WireAPI, prompt_tokens: int | None, than: str) -> ClientError:
+    """The 400 for a counted prompt larger than ``than`` (what could have taken it) can take."""
+    return ClientError(400, "context_length_exceeded", f"The prompt has about {prompt_tokens:,} tokens, more than "
+                       f"{than}.", _PROMPT_FIELD.get(api.name, "messages"))
 
 
 # The field that holds a request's prompt, named by a context_length_exceeded refusal.

@@ -346,6 +346,7 @@ ROUTED = compiles(
     + """\
 models:
   gpt-4o-mini: {provider: openai}
+  turbo: {provider: openai, model: gpt-3.5-turbo, context_window: 4000}
 routing:
   aliases:
     chat:
@@ -379,7 +380,7 @@ routing:
         - {provider: openai, model: a, weight: 80}
         - {provider: anthropic, model: b, weight: 20}
 teams:
-  app: {models: [gpt-4o-mini, chat, claude-only, sized, split, eighty]}
+  app: {models: [gpt-4o-mini, turbo, chat, claude-only, sized, split, eighty]}
   vip: {models: [chat]}
   other: {models: [gpt-4o-mini]}
 """
@@ -453,6 +454,17 @@ def test_no_target_large_enough_is_a_400() -> None:
         "window is 8,000 tokens)."
     )
     assert refusal("sized", apis.RESPONSES, tokens=9000).param == "input"  # the field the client's API has
+
+
+def test_a_model_named_directly_too_small_for_the_prompt_is_a_400() -> None:
+    """A model's context_window used to filter alias chains only: a model named directly got any prompt."""
+    assert route("turbo", tokens=4000) == [("openai", "gpt-3.5-turbo")]
+    assert route("turbo", tokens=None) == [("openai", "gpt-3.5-turbo")]  # not counted: never refused for size
+    assert route("gpt-4o-mini", tokens=10_000_000) == [("openai", "gpt-4o-mini")]  # no known window
+    error = refusal("turbo", apis.RESPONSES, tokens=4001)
+    assert (error.status, error.code, error.param) == (400, "context_length_exceeded", "input")
+    assert error.message == ("The prompt has about 4,001 tokens, more than model 'turbo' can take (its context "
+                             "window is 4,000 tokens).")
 
 
 @pytest.mark.parametrize(

@@ -18,16 +18,17 @@ import pydantic
 import pytest
 
 from ext_proc.core import upstream
-from ext_proc.core.actions import CONTINUE, Continue, EmitRecord
+from ext_proc.core.actions import CONTINUE, Continue, EmitRecord, Respond
 from ext_proc.core.attempt import Attempt
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
 from ext_proc.llm import apis
 from ext_proc.llm.sse import SSEDecoder
 from ext_proc.policy import decide
+from ext_proc.policy.compile import compile_policy
 from ext_proc.server import codec
 from ext_proc.server.accounting import ServiceAccountant
-from tests.unit.test_attempt import ANTHROPIC, OPENAI, POLICY, SMART, host_metadata, try_head
+from tests.unit.test_attempt import ANTHROPIC, OPENAI, POLICY, POLICY_TEXT, SMART, host_metadata, try_head
 from tests.unit.transcript import Record, Replaces, Transcript
 
 CHAT = "/v1/chat/completions"
@@ -679,6 +680,30 @@ def test_a_short_prompt_keeps_the_chain(accountant: ServiceAccountant) -> None:
     action = sent(Session(POLICY, "local-dev", accountant), {**LONG, "messages": [{"role": "user", "content": "hi"}]})
     assert action.set_headers == (("x-tollway-cluster", "openai+anthropic"), (upstream.RETRIES_HEADER, "1"))
     assert dict(action.metadata)[upstream.TARGETS] == "openai gpt-4o-small, anthropic claude-z"
+
+
+def test_a_model_named_directly_refuses_a_prompt_longer_than_its_window(accountant: ServiceAccountant) -> None:
+    """A model's context_window applied to alias chains only: a prompt too long for a model named
+    directly went to its provider. It is a 400 in the client's format, and no provider is asked."""
+    sized = compile_policy(POLICY_TEXT.replace("  gpt-4o:\n    provider: openai\n",
+                                               "  gpt-4o:\n    provider: openai\n    context_window: 100\n"))
+    assert sized.models["gpt-4o"].context_window == 100
+    session = Session(sized, "local-dev", accountant)
+    assert isinstance(session.handle(head()), Continue)
+    refused = session.handle(body({**LONG, "model": "gpt-4o"}))
+    assert isinstance(refused, Respond) and refused.status == 400
+    error = orjson.loads(refused.body)["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "messages")
+    assert error["message"].endswith("tokens, more than model 'gpt-4o' can take (its context window is 100 tokens).")
+    session = Session(sized, "local-dev", accountant)  # the Anthropic SDK's request: its own error format
+    assert isinstance(session.handle(head(MESSAGES)), Continue)
+    refused = session.handle(body({**LONG, "model": "gpt-4o", "max_tokens": 10}))
+    assert isinstance(refused, Respond) and refused.status == 400
+    assert orjson.loads(refused.body)["error"]["type"] == "invalid_request_error"
+    # A short prompt goes; without a count (no accountant) nothing is refused for size.
+    assert sent(Session(sized, "local-dev", accountant), {**LONG, "model": "gpt-4o",
+                                                          "messages": [{"role": "user", "content": "hi"}]})
+    assert sent(Session(sized, "local-dev"), {**LONG, "model": "gpt-4o"})
 
 
 def test_without_a_count_nothing_is_skipped_for_size() -> None:
