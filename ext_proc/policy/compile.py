@@ -28,6 +28,7 @@ names its ``source``.
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import types
 import urllib.parse
@@ -335,6 +336,8 @@ def _check_limits(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped
                 problems.append(Problem(f"unknown model {named(limit.model)}" + suggest(limit.model, models),
                                         where=(*here, "model")))
     for name, budget in spec.budgets.items():
+        if budget.usd is not None:
+            problems += [Problem(message, where=("budgets", name, "usd")) for message in _usd_problems(budget.usd)]
         try:
             zoneinfo.ZoneInfo(budget.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -344,6 +347,23 @@ def _check_limits(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped
             problems.append(Problem("a webhook needs 'alerts' (the percentages that call it)",
                                     where=("budgets", name, "webhook"), at_key=True))
     return problems
+
+
+def _usd_problems(usd: str) -> list[str]:
+    """A budget counts whole micro-dollars: an amount between them would be cut to one (to $0: a hard
+    budget refusing every request), and $0 refuses every request (hard) or alerts on the first (soft)."""
+    amount = Decimal(usd)
+    micros = amount.scaleb(6)
+    if micros != micros.to_integral_value():
+        cut, rounded = (micros.to_integral_value(rounding=way).scaleb(-6).normalize()
+                        for way in (decimal.ROUND_DOWN, decimal.ROUND_HALF_UP))
+        instead = f'"{rounded:f}"' if rounded else '"0.000001" or more'
+        return [f"'{usd}' has more than 6 decimals: budgets count whole micro-dollars ($0.000001), and this amount "
+                f"would be cut to ${cut:f}; write {instead}"]
+    if not amount:
+        return ["is $0: a hard budget of $0 refuses every request, a soft one alerts on the first; give an amount "
+                "above 0 (to take models from a team, change its 'models')"]
+    return []
 
 
 def _key_teams(spec: PolicySpec) -> dict[str, list[str]]:

@@ -254,7 +254,7 @@ class ScopeSpec(Strict):
 class BudgetSpec(ScopeSpec):
     """Spending allowed per day or calendar month: in USD, in tokens, or both."""
 
-    usd: Dec | None = Field(None, description='USD per period, quoted: "500.00"')
+    usd: Dec | None = Field(None, description='USD per period, quoted: "500.00" (above 0, whole micro-dollars)')
     tokens: Annotated[int, Field(ge=1, le=10**15)] | None = Field(None, description="input + output tokens per period")
     period: Period = Field(description="day | month (calendar, in 'timezone')")
     timezone: TimeZone = Field("UTC", description="IANA time zone the period turns over in (default UTC)")

@@ -100,6 +100,30 @@ def test_every_mistake_is_located(snippet: str, expected: str) -> None:
     assert issues(snippet) == [expected]
 
 
+def test_a_usd_amount_is_whole_micro_dollars_above_zero() -> None:
+    """"0.0000009" compiled to a $0 hard budget (every request refused), "1.0000004" to $1: budgets
+    count whole micro-dollars, so a finer amount is refused with the one to write, and $0 too."""
+    assert issues("""\
+        budgets:
+          tiny: {team: search, usd: "0.0000009", period: day}
+          under: {team: search, usd: "0.0000004", period: day}
+          cut: {team: search, usd: "2.5000007", period: day}
+          zero: {team: search, usd: "0.000", period: day}
+        """) == [
+        "p.yaml:14:29: budgets.tiny.usd: '0.0000009' has more than 6 decimals: budgets count whole micro-dollars "
+        '($0.000001), and this amount would be cut to $0; write "0.000001"',
+        "p.yaml:15:30: budgets.under.usd: '0.0000004' has more than 6 decimals: budgets count whole micro-dollars "
+        '($0.000001), and this amount would be cut to $0; write "0.000001" or more',
+        "p.yaml:16:28: budgets.cut.usd: '2.5000007' has more than 6 decimals: budgets count whole micro-dollars "
+        '($0.000001), and this amount would be cut to $2.5; write "2.500001"',
+        "p.yaml:17:29: budgets.zero.usd: is $0: a hard budget of $0 refuses every request, a soft one alerts on "
+        "the first; give an amount above 0 (to take models from a team, change its 'models')",
+    ]
+    policy = compiles('budgets:\n  b: {team: search, usd: "0.000001", period: day}\n'
+                      '  c: {team: search, usd: "7.250000000", period: day}\n')
+    assert [b.usd_micros for b in policy.limits.budgets] == [1, 7_250_000]
+
+
 def test_a_limits_name_holds_no_slash_as_its_counters_would_be_read_as_anothers() -> None:
     # budget/a/usd/usd/m/2026-12: budget 'a' of member 'usd/m', or budget 'a/usd' of member 'm'; and
     # 'search/tokens' read as budget 'search' (its alerts went to the other budget's webhook).
