@@ -1,7 +1,8 @@
 """The ``guardrails:`` section: its reference checks and its compiled form.
 
 Pass 4 of :func:`~ext_proc.policy.compile.compile_policy` calls :func:`problems` (detector names,
-teams and models a rule names, actions a detector cannot take, custom patterns Hyperscan or
+teams and models a rule names, actions a detector cannot take, settings no rule uses (a custom
+detector, prompt-injection scoring without a rule for it), custom patterns Hyperscan or
 Python cannot use or whose length is unbounded, a pattern's settings given to a word list); pass
 5 calls :func:`build`, which compiles every detector the policy can use into one scanner
 (:mod:`ext_proc.guardrails.scanner`) and the rules into :class:`~ext_proc.guardrails.plan.Guardrails`.
@@ -36,11 +37,13 @@ def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: obj
     section = spec.guardrails
     out: list[Problem] = []
     here: Loc = ("guardrails",)
+    used = {detector for rule in section.rules for detector in rule.detectors}
     for name, entry in section.custom.items():
         at: Loc = (*here, "custom", name)
         if name in BUILTIN_NAMES or name in GROUPS or name in (INJECTION, KEPT):
             out.append(Problem(f"'{name}' is a built-in detector's name: choose another", where=at, at_key=True))
             continue
+        found = len(out)
         try:
             _custom_detector(name, entry)
         except PatternError as exc:
@@ -50,6 +53,14 @@ def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: obj
                     for field, why in (("caseless", "words always match in any case"),
                                        ("max_length", "the longest match of a word list is known"))
                     if field in entry.model_fields_set]
+        if name not in used and len(out) == found:  # (a detector with a mistake of its own: that is reported)
+            out.append(Problem(f"no rule uses detector '{name}', so it finds nothing; add it to a rule's detectors, "
+                               "or remove it", where=at, at_key=True))
+    if INJECTION not in used:
+        out += [Problem("no rule uses prompt_injection, so this is never used (nothing is scored); add a rule with "
+                        "detectors: [prompt_injection] and action block or log, or remove it",
+                        where=(*here, "injection", field), at_key=True)
+                for field in sorted(section.injection.model_fields_set)]
     known = [*GROUPS, INJECTION, KEPT, *BUILTIN_NAMES, *section.custom]
     teams = list(spec.teams)
     public = [*models, *spec.routing.aliases]

@@ -681,6 +681,8 @@ def test_a_word_list_takes_no_pattern_settings() -> None:
                 codename: {words: [bluebird], caseless: false}
                 project: {words: [red falcon], max_length: 20, caseless: true}
                 ticket: {pattern: "TCK-[0-9]+", max_length: 10, caseless: true}
+              rules:
+                - {name: x, detectors: [codename, project, ticket], action: redact}
         """), "p.yaml")
     assert [str(issue) for issue in caught.value.errors] == [
         "p.yaml:13:35: guardrails.custom.codename.caseless: only with 'pattern': words always match in any case",
@@ -688,6 +690,44 @@ def test_a_word_list_takes_no_pattern_settings() -> None:
         "is known",
         "p.yaml:14:52: guardrails.custom.project.caseless: only with 'pattern': words always match in any case",
     ]
+
+
+def test_settings_no_rule_uses_are_reported() -> None:
+    """An injection classifier (fail: closed), a threshold or a custom detector no rule used was
+    accepted and never used: `policy check` said OK to a policy that scored nothing."""
+    with pytest.raises(PolicyError) as caught:
+        compile_policy(HEAD + textwrap.dedent("""\
+            guardrails:
+              custom:
+                ticket: {pattern: "TCK-[0-9]{6}"}
+                codename: {words: [bluebird]}
+              injection:
+                threshold: 0.7
+                classifier: {url: "http://classifier:8080/score", fail: closed}
+              rules:
+                - {name: pii, detectors: [email, codename], action: redact}
+        """), "p.yaml")
+    unused = ("no rule uses prompt_injection, so this is never used (nothing is scored); add a rule with detectors: "
+              "[prompt_injection] and action block or log, or remove it")
+    assert [str(issue) for issue in caught.value.errors] == [
+        "p.yaml:13:5: guardrails.custom.ticket: no rule uses detector 'ticket', so it finds nothing; add it to a "
+        "rule's detectors, or remove it",
+        f"p.yaml:16:5: guardrails.injection.threshold: {unused}",
+        f"p.yaml:17:5: guardrails.injection.classifier: {unused}",
+    ]
+    used = HEAD + textwrap.dedent("""\
+        guardrails:
+          custom:
+            ticket: {pattern: "TCK-[0-9]{6}"}
+          injection:
+            threshold: 0.7
+            classifier: {url: "http://classifier:8080/score", fail: closed}
+          rules:
+            - {name: pii, detectors: [ticket], action: redact}
+            - {name: injection, detectors: [prompt_injection], action: block, teams: [support]}
+    """)
+    guardrails = compile_policy(used).guardrails
+    assert guardrails is not None and guardrails.scores_injection and guardrails.classifier is not None
 
 
 def test_a_rule_for_no_team_or_model_is_refused() -> None:
