@@ -75,7 +75,7 @@ from .issues import (
     suggest,
     to_issues,
 )
-from .schema import API_VERSION, RESERVED_SECTIONS, PlanSpec, PolicySpec, PriceSpec, ScopeSpec
+from .schema import API_VERSION, RESERVED_SECTIONS, PlanSpec, PolicySpec, PriceSpec, ScopeSpec, TargetSpec
 
 __all__ = ["PolicyError", "PolicyIssue", "compile_policy"]
 
@@ -394,6 +394,9 @@ def _check_key(key: str, team: str | None, key_teams: dict[str, list[str]], spec
 
 def _check_aliases(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped: _Skipped) -> list[Problem]:
     problems: list[Problem] = []
+    entries: dict[tuple[str, str], list[str]] = {}  # (provider, its model name) -> the models entries
+    for public, model in spec.models.items():
+        entries.setdefault((model.provider, model.model or public), []).append(public)
     for name, alias in spec.routing.aliases.items():
         here: Loc = ("routing", "aliases", name)
         if name in owners:
@@ -407,6 +410,12 @@ def _check_aliases(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skippe
                 known = skipped.known("teams", spec.teams)
                 problems.append(Problem(f"unknown team {named(team)}" + suggest(team, known),
                                         where=(*here, "teams", team), at_key=True))
+            elif team in spec.teams and spec.teams[team].models != ["*"] and name not in spec.teams[team].models:
+                problems.append(Problem(
+                    f"team '{team}' may not use '{name}' (its 'models' lists neither '{name}' nor \"*\"): this plan "
+                    f"would never apply, the team's requests for it are refused (403); add '{name}' to "
+                    f"{format_path(('teams', team, 'models'))}, or remove this plan", where=(*here, "teams", team),
+                    at_key=True))
         for where, plan in plans:
             seen: dict[tuple[str, str], int] = {}
             for index, target in enumerate(plan.targets):
@@ -423,10 +432,52 @@ def _check_aliases(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skippe
                 if plan.strategy == "weighted" and target.weight is None:
                     problems.append(Problem("strategy weighted needs a weight on every target", where=at))
                 if plan.strategy == "priority" and target.weight is not None:
-                    problems.append(Problem("only for strategy weighted", where=(*at, "weight"), at_key=True))
+                    inherits = (where != here and alias.strategy == "weighted"
+                                and "strategy" not in plan.model_fields_set)
+                    problems.append(Problem(
+                        "only for strategy weighted" + (": a team's plan does not inherit the alias's strategy "
+                                                        "(this one is priority, the default); add 'strategy: "
+                                                        "weighted' to it" if inherits else ""),
+                        where=(*at, "weight"), at_key=True))
+                problems += _check_target_model(spec, owners, entries, target, at)
             if plan.strategy == "weighted" and all(t.weight == 0 for t in plan.targets):
                 problems.append(Problem("at least one target needs a weight above 0", where=(*where, "targets")))
     return problems
+
+
+_INHERITED = ("context_window", "max_output_tokens", "price")  # what a target takes from its models entry
+
+
+def _check_target_model(spec: PolicySpec, owners: dict[str, tuple[str, bool]],
+                        entries: dict[tuple[str, str], list[str]], target: TargetSpec, at: Loc) -> list[Problem]:
+    """A target names the provider's model (not a public name of it), and the ``models`` entry it
+    inherits from (see :func:`_plan`) is one."""
+    found = entries.get((target.provider, target.model), [])
+    owner = owners.get(target.model)
+    if not found and owner is not None:
+        entry = spec.models[owner[0]]
+        upstream = entry.model or owner[0]
+        if entry.provider == target.provider and upstream != target.model:
+            return [Problem(
+                f"'{target.model}' is a public name ({format_path(('models', owner[0]))}), not the name provider "
+                f"'{target.provider}' knows the model by: it would be sent upstream as it is, and the target "
+                f"would not get the entry's price, context window or output limit; did you mean '{upstream}'?",
+                where=(*at, "model"))]
+    if len(found) > 1:
+        models = [spec.models[public] for public in found]
+        differ = [field for field in _INHERITED if field not in target.model_fields_set
+                  and len({repr(getattr(model, field)) for model in models}) > 1]
+        if differ:
+            listed, fields = _and([f"'{public}'" for public in found]), _and(differ)
+            return [Problem(
+                f"models {listed} name model '{target.model}' of provider '{target.provider}', with different "
+                f"{fields}: the target would inherit the last one's; set {fields} on the target", where=at)]
+    return []
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return ", ".join(items[:-1]) + f" and {items[-1]}" if len(items) > 1 else "".join(items)
 
 
 # -- pass 5: the compiled policy ----------------------------------------------------------------

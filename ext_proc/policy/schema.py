@@ -389,7 +389,7 @@ class TargetSpec(Strict):
     """One provider model an alias may be served by."""
 
     provider: Name = Field(description="a key of 'providers'")
-    model: Text = Field(description="the provider's model name (azure-openai: the deployment)")
+    model: Text = Field(description="the provider's model name, not a public one (azure-openai: the deployment)")
     priority: Annotated[int, Field(ge=0, le=1000)] | None = Field(
         None, description="lower is tried first (default: the position in the list)"
     )
@@ -421,7 +421,8 @@ class PlanSpec(Strict):
 class AliasSpec(PlanSpec):
     """A public model name served by one or more provider models, with fallback."""
 
-    teams: dict[Name, PlanSpec] = Field(default_factory=dict, description="team name -> this team's own plan")
+    teams: dict[Name, PlanSpec] = Field(default_factory=dict, description="team name -> this team's own plan (its "
+                                        "own strategy: the alias's is not inherited; the team must list the alias)")
 
 
 class RoutingSpec(Strict):

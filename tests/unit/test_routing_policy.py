@@ -280,6 +280,94 @@ def test_a_team_plan_must_name_a_known_team() -> None:
     ]
 
 
+def test_a_team_plan_is_for_a_team_that_may_use_the_alias() -> None:
+    """A team's own plan under an alias its 'models' does not list was accepted and never applied:
+    the team's requests for the alias were refused (403)."""
+    assert issues(
+        ERR_HEAD.replace('ops: {models: ["*"]}', 'ops: {models: ["*"]}\n  support: {models: [gpt-4o]}')
+        + """\
+    chat:
+      targets: [{provider: openai, model: a}]
+      teams:
+        ops: {targets: [{provider: openai, model: b}]}
+        support: {targets: [{provider: anthropic, model: b}]}
+"""
+    ) == [
+        "p.yaml:18:9: routing.aliases.chat.teams.support: team 'support' may not use 'chat' (its 'models' lists "
+        "neither 'chat' nor \"*\"): this plan would never apply, the team's requests for it are refused (403); add "
+        "'chat' to teams.support.models, or remove this plan",
+    ]
+
+
+def test_a_team_plan_does_not_inherit_the_aliases_strategy() -> None:
+    """Weights in a weighted alias's team plan were refused as 'only for strategy weighted', though
+    the alias is weighted: the message says the plan has its own strategy."""
+    assert issues(
+        ERR_HEAD
+        + """\
+    split:
+      strategy: weighted
+      targets:
+        - {provider: openai, model: a, weight: 80}
+        - {provider: anthropic, model: b, weight: 20}
+      teams:
+        ops:
+          targets:
+            - {provider: openai, model: a, weight: 50}
+            - {provider: anthropic, model: b, weight: 50}
+"""
+    ) == [
+        "p.yaml:21:44: routing.aliases.split.teams.ops.targets[0].weight: only for strategy weighted: a team's "
+        "plan does not inherit the alias's strategy (this one is priority, the default); add 'strategy: weighted' "
+        "to it",
+        "p.yaml:22:47: routing.aliases.split.teams.ops.targets[1].weight: only for strategy weighted: a team's "
+        "plan does not inherit the alias's strategy (this one is priority, the default); add 'strategy: weighted' "
+        "to it",
+    ]
+
+
+def test_a_target_names_the_providers_model_not_a_public_name() -> None:
+    """A target naming a public model name whose provider knows the model by another name was
+    accepted: the public name went upstream (a 404), without the entry's price or window."""
+    text = (
+        PROVIDERS
+        + """\
+models:
+  claude-haiku: {provider: anthropic, model: claude-3-5-haiku-20241022, context_window: 200000}
+  haiku: {provider: anthropic, model: claude-3-5-haiku-20241022, context_window: 100000}
+  gpt-4o: {provider: openai, aliases: [gpt-4o-latest]}
+teams:
+  ops: {models: [chat]}
+routing:
+  aliases:
+    chat:
+      targets:
+        - {provider: anthropic, model: claude-haiku}
+        - {provider: openai, model: gpt-4o-latest}
+        - {provider: anthropic, model: claude-3-5-haiku-20241022}
+        - {provider: openai, model: gpt-4o}
+        - {provider: local, model: claude-haiku}
+"""
+    )
+    assert issues(text) == [
+        "p.yaml:17:40: routing.aliases.chat.targets[0].model: 'claude-haiku' is a public name (models.claude-haiku), "
+        "not the name provider 'anthropic' knows the model by: it would be sent upstream as it is, and the target "
+        "would not get the entry's price, context window or output limit; did you mean 'claude-3-5-haiku-20241022'?",
+        "p.yaml:18:37: routing.aliases.chat.targets[1].model: 'gpt-4o-latest' is a public name (models.gpt-4o), not "
+        "the name provider 'openai' knows the model by: it would be sent upstream as it is, and the target would "
+        "not get the entry's price, context window or output limit; did you mean 'gpt-4o'?",
+        # Two entries for the provider's one model, with different windows: which one it inherits is said.
+        "p.yaml:19:11: routing.aliases.chat.targets[2]: models 'claude-haiku' and 'haiku' name model "
+        "'claude-3-5-haiku-20241022' of provider 'anthropic', with different context_window: the target would "
+        "inherit the last one's; set context_window on the target",
+    ]  # (a public name that is also the provider's name, or another provider's model of the same name: fine)
+    fixed = text.replace("        - {provider: anthropic, model: claude-haiku}\n", "").replace(
+        "        - {provider: openai, model: gpt-4o-latest}\n", "").replace(
+        "model: claude-3-5-haiku-20241022}", "model: claude-3-5-haiku-20241022, context_window: 1000}")
+    first = compiles(fixed).aliases["chat"].plan.targets[0]
+    assert (first.upstream_model, first.context_window) == ("claude-3-5-haiku-20241022", 1000)
+
+
 def test_a_plan_needs_targets() -> None:
     assert issues(ERR_HEAD + "    chat:\n      targets: []\n") == [
         "p.yaml:14:7: routing.aliases.chat.targets: must not be empty (give at least one)"
