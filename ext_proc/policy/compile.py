@@ -13,7 +13,9 @@ problem it finds instead of stopping at the first:
    its line and column, and pydantic's wording is replaced by the policy's own.
 4. **References.** What needs several entries to decide: a model's provider exists, a team's
    models exist, aliases, keys and workloads are not claimed twice, kind-specific provider fields,
-   providers sharing an Envoy cluster reach one endpoint.
+   an endpoint is a base URL, providers sharing an Envoy cluster reach one endpoint, a provider
+   keeping stored responses is reached by one team, alias targets name provider models and team
+   plans teams that may use the alias, budgets are whole micro-dollars.
    Entries that failed the schema are left out of this pass, and references to them are not
    reported a second time, so a typo in one provider does not hide a wrong key in a team.
 5. **Build.** Only a policy without problems becomes a :class:`CompiledPolicy`.
@@ -277,9 +279,43 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
                 suggestion = suggest(ref, [*skipped.known("models", owners), *spec.routing.aliases])
                 problems.append(Problem(f"unknown model {named(ref)}" + suggestion, where=where))
     problems += _check_aliases(spec, owners, skipped)
+    problems += _check_stored(spec, owners)
     problems += _check_limits(spec, owners, skipped)
     problems += guardrails.problems(spec, owners, skipped)
     return problems
+
+
+def _check_stored(spec: PolicySpec, owners: dict[str, tuple[str, bool]]) -> list[Problem]:
+    """``stored_responses`` only on a provider one team reaches: anyone holding its key reads what it
+    stored, so another team could continue this one's conversations by ``previous_response_id``."""
+    problems: list[Problem] = []
+    for name, provider in spec.providers.items():
+        if not provider.stored_responses:
+            continue
+        teams = [team for team in spec.teams if name in _reached(spec, owners, team)]
+        if len(teams) > 1:
+            listed = _and([f"'{team}'" for team in teams])
+            problems.append(Problem(
+                f"teams {listed} reach this provider (through their 'models'): anyone holding its key reads "
+                "the responses it stored, so each could use another's by previous_response_id; stored_responses "
+                "is only for a provider whose key serves one team (give each team a provider with a key of its "
+                "own, or remove stored_responses)", where=("providers", name, "stored_responses"), at_key=True))
+    return problems
+
+
+def _reached(spec: PolicySpec, owners: dict[str, tuple[str, bool]], team: str) -> set[str]:
+    """The providers ``team``'s models reach: directly, or as targets of the plan an alias has for it."""
+    refs = spec.teams[team].models
+    if refs == ["*"]:
+        refs = [*spec.models, *spec.routing.aliases]
+    reached: set[str] = set()
+    for ref in refs:
+        if ref in spec.routing.aliases:
+            alias = spec.routing.aliases[ref]
+            reached.update(target.provider for target in alias.teams.get(team, alias).targets)
+        elif ref in owners:
+            reached.add(spec.models[owners[ref][0]].provider)
+    return reached
 
 
 def _check_clusters(spec: PolicySpec) -> list[Problem]:

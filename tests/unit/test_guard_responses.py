@@ -66,7 +66,10 @@ POLICY_TEXT = textwrap.dedent("""\
         - {name: leak, detectors: [kept_secret], action: redact, direction: response}
 """)
 POLICY = compile_policy(POLICY_TEXT)
-STORED = compile_policy(POLICY_TEXT.replace("{env: OPENAI_API_KEY}}", "{env: OPENAI_API_KEY}, stored_responses: true}"))
+# The key of a provider that stores responses serves one team: the others reach other providers.
+STORED = compile_policy(POLICY_TEXT.replace("{env: OPENAI_API_KEY}}", "{env: OPENAI_API_KEY}, stored_responses: true}")
+                        .replace('[local-dev], models: ["*"]', "[local-dev], models: [claude-x, llama]")
+                        .replace('[strict-app], models: ["*"]', "[strict-app], models: [claude-x, llama]"))
 CREATED = 1_755_000_000
 T0 = 5_000_000_000_000
 SERVED = {"openai": "gpt-4o", "anthropic": "claude-x", "chat": "llama"}

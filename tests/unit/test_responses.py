@@ -99,6 +99,43 @@ teams:
 """)
 
 
+def test_stored_responses_is_for_a_provider_one_team_reaches() -> None:
+    """`stored_responses: true` on a provider two teams reach was accepted: under the shared key, one
+    team's requests reached the other's stored responses by previous_response_id. It is refused,
+    naming the teams that reach it: through "*", a model, or an alias's plan for the team."""
+    text = """\
+apiVersion: tollway/v1
+providers:
+  o: {kind: openai, stored_responses: true}
+  o2: {kind: openai, cluster: o}
+models:
+  gpt: {provider: o, aliases: [gpt-latest]}
+  other: {provider: o2}
+teams:
+  search: {workloads: [w1], models: ["*"]}
+  support: {workloads: [w2], models: [gpt-latest]}
+  ops: {workloads: [w3], models: [chat]}
+  ads: {workloads: [w4], models: [other, chat]}
+routing:
+  aliases:
+    chat:
+      targets: [{provider: o, model: gpt}]
+      teams:
+        ads: {targets: [{provider: o2, model: other}]}
+"""
+    with pytest.raises(PolicyError) as refused:
+        compile_policy(text, "p.yaml")
+    assert str(refused.value) == (
+        "p.yaml:3:21: providers.o.stored_responses: teams 'search', 'support' and 'ops' reach this provider "
+        "(through their 'models'): anyone holding its key reads the responses it stored, so each could use "
+        "another's by previous_response_id; stored_responses is only for a provider whose key serves one team "
+        "(give each team a provider with a key of its own, or remove stored_responses)")
+    # One team reaches it (ads, through its own plan for the alias, reaches another provider).
+    one = text.replace('search: {workloads: [w1], models: ["*"]}', "search: {workloads: [w1], models: [other]}")
+    one = one.replace("models: [gpt-latest]", "models: [other]")
+    assert compile_policy(one).providers["o"].stored_responses
+
+
 # -- the reader ------------------------------------------------------------------------------------
 
 
