@@ -42,6 +42,7 @@ class Flow:
         "credential",
         "error",
         "fallback",
+        "forwarded",
         "granted",
         "guard",
         "gunzip",
@@ -125,6 +126,7 @@ class Flow:
         self.remove_headers: list[str] = []  # not yet sent (the head's answer sends and clears them)
         self.metadata: tuple[tuple[str, str], ...] = ()
         self.credential: Provider | None = None
+        self.forwarded = False  # the request went upstream (its prompt, as sent, may go in a span)
         self.cluster: str | None = None
         self.replaced = False  # the body changed (decoded, re-encoded or rewritten)
         self.reencode = False  # the decoded payload changed: encode it again

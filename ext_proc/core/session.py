@@ -268,6 +268,7 @@ class Session:
         """The request goes upstream now: the record it gets if Tollway dies before it ends (outcome
         ``incomplete``, error ``service_interrupted``; the input estimated, the output unknown)."""
         flow = self.flow
+        flow.forwarded = True
         if flow.request_id is None:
             return
         record = flow.record(started)
@@ -550,9 +551,11 @@ MAX_CONTENT = 64 * 1024  # characters of prompt or answer a span may carry
 
 def content(flow: Flow) -> tuple[tuple[tuple[str, str], ...] | None, str | None]:
     """The prompt's texts as they went upstream (after the guardrails) and the answer's text, bounded;
-    None where Tollway cannot read them (an API without a text walker, a compressed answer)."""
+    None where Tollway cannot read them (an API without a text walker, a compressed answer). A request
+    refused before it went upstream (a guardrail's block, a limit, a model not allowed) has no prompt:
+    the guardrails may not have run on it, or found what they block."""
     prompt: tuple[tuple[str, str], ...] | None = None
-    request, api = flow.request, flow.api
+    request, api = flow.request if flow.forwarded else None, flow.api
     if len(flow.chain) == 1 and flow.served is not None:
         api = flow.served  # one target: its body (translated to its API, if need be) is what went
     walker = texts.walker(api.name) if api is not None else None

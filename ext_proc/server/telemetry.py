@@ -30,8 +30,9 @@ CPU budget: about 8 µs per request on average at the default (README, "Performa
 Content: prompts and answers are never in spans, unless the policy says
 ``telemetry: {trace_content: true}``; then ``gen_ai.input.messages`` and
 ``gen_ai.output.messages`` carry them (after the policy's guardrails, bounded to 64 KiB each),
-redacted again here by every built-in detector of :mod:`ext_proc.guardrails` (typed placeholders,
-``[EMAIL_1]``), so no value a detector knows leaves in a trace.
+redacted again here by every built-in detector of :mod:`ext_proc.guardrails` and the policy's own
+(``guardrails.custom``; typed placeholders, ``[EMAIL_1]``), so no value a detector knows leaves in a
+trace. A request refused before it went upstream has no prompt in its span.
 
 Records as logs (:class:`RecordExporter`): each request record, the request log's line, can also
 go out as an OpenTelemetry log record (event name ``tollway.request``, the record as its body,
@@ -217,19 +218,22 @@ class Tracer:
         return out
 
     def _redact(self, text: str) -> str:
-        """``text`` with every value a built-in detector finds replaced by its typed placeholder."""
-        if self._redactor is None:
-            from ext_proc.guardrails.plan import REQUEST, Plan, Rule
-            from ext_proc.guardrails.scanner import builtin
+        """``text`` with every value a built-in detector, or one of the policy's own (``guardrails.custom``),
+        finds replaced by its typed placeholder."""
+        from ext_proc.guardrails.guard import Guard
+        from ext_proc.guardrails.plan import REQUEST, Plan, Rule
+        from ext_proc.guardrails.scanner import builtin
 
-            scanner = builtin()
+        guardrails = getattr(self.names.policy(), "guardrails", None)
+        # The policy's scanner holds the built-in detectors and its custom ones (one object per distinct
+        # set of custom detectors: a reload that keeps them keeps this plan); without rules, the built-in.
+        policy_scanner = guardrails.scanner if guardrails is not None else None
+        if self._redactor is None or self._redactor[0] is not policy_scanner:
+            scanner = policy_scanner if policy_scanner is not None else builtin()
             names = frozenset(d.name for d in scanner.detectors if d.name != "prompt_injection")
             rule = Rule("trace", names, "redact", frozenset({REQUEST}))
-            self._redactor = (scanner, Plan(scanner, {name: rule for name in names}, {}), names)
-        from ext_proc.guardrails.guard import Guard
-        from ext_proc.guardrails.plan import REQUEST
-
-        scanner, plan, names = self._redactor
+            self._redactor = (policy_scanner, scanner, Plan(scanner, {name: rule for name in names}, {}), names)
+        _, scanner, plan, names = self._redactor
         guard = Guard(plan)
         return str(guard.apply(text, scanner.find(text, names), plan.request, REQUEST))
 

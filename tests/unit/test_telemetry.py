@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from typing import Any
 
@@ -36,6 +37,12 @@ def run(session: Session, request: dict[str, Any], answer: dict[str, Any], **hea
     emitted = [e for e in session.effects if isinstance(e, EmitRecord)]
     assert len(emitted) == 1
     return emitted[0]
+
+
+def exporter_provider(exporter: InMemorySpanExporter) -> TracerProvider:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
 
 
 @pytest.fixture
@@ -132,6 +139,38 @@ def test_a_trace_never_carries_what_the_policy_guards_in_answers_nor_a_withheld_
         exported = str(exporter.get_finished_spans()[-1].to_json())
         assert "bluebird" not in exported and "TCK-123456" not in exported and TOLLWAY_KEY not in exported
         assert "[TOLLWAY_KEY_1]" in exported
+
+
+def test_a_request_refused_before_it_went_upstream_has_no_prompt_in_its_span(
+        spans: tuple[Tracer, InMemorySpanExporter]) -> None:
+    """A guardrail's block (or a limit, a model not allowed) refuses the request before it goes: its
+    prompt never went anywhere, and is not the prompt "after the guardrails" a span may carry."""
+    tracer, exporter = spans
+    policy = compile_policy(GUARDED_TEXT.replace("action: redact, direction: both", "action: block"))
+    session = Session(policy, "local-dev", trace=True)
+    session.handle(RequestHeaders({":method": "POST", ":path": "/v1/chat/completions", "x-request-id": "r1"},
+                                  False, 0))
+    session.handle(RequestBody(orjson.dumps({"model": "smart", "messages": [
+        {"role": "user", "content": "project bluebird ships friday"}]}), True, 1000))
+    (emitted,) = [e for e in session.effects if isinstance(e, EmitRecord)]
+    assert emitted.record["outcome"] == "rejected" and emitted.record["error"] == "guardrail_blocked"
+    assert emitted.trace is not None and emitted.trace.prompt is None
+    tracer.finish(emitted.record, emitted.trace)
+    assert "bluebird" not in str(exporter.get_finished_spans()[-1].to_json())
+
+
+def test_the_tracer_redacts_the_policys_custom_detectors_too(spans: tuple[Tracer, InMemorySpanExporter]) -> None:
+    """The tracer's own redaction, behind the guardrails, knows the policy's custom detectors."""
+    _, exporter = spans
+    policy = compile_policy(GUARDED_TEXT)
+    provider = exporter_provider(exporter)
+    tracer = Tracer(provider, Names(lambda: policy))
+    emitted = run(Session(POLICY, "local-dev", trace=True), CHAT_REQUEST, ANTHROPIC_MESSAGE)
+    assert emitted.trace is not None
+    trace = dataclasses.replace(emitted.trace, prompt=(("user", "bluebird, TCK-123456, jane@example.com"),))
+    tracer.finish(emitted.record, trace)
+    prompt = orjson.loads(str(dict(exporter.get_finished_spans()[-1].attributes or {})["gen_ai.input.messages"]))
+    assert prompt[0]["parts"][0]["content"] == "[CODENAME_1], [TICKET_1], [EMAIL_1]"
 
 
 def test_the_prompt_of_a_translated_request_is_read_as_it_went() -> None:
