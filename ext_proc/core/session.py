@@ -131,6 +131,7 @@ class Session:
     provider = property(lambda self: self.flow.provider)
     outcome = property(lambda self: self.flow.outcome)
     error = property(lambda self: self.flow.error)
+    streaming = property(lambda self: self._response is not None)  # the answer goes chunk by chunk (SSE)
 
     # -- dispatch ---------------------------------------------------------------------------
 

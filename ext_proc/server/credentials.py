@@ -13,15 +13,25 @@ not the provider, and the fake provider shows what it received (``GET /_mock/req
 local process. Key injection still happens and shows, and ``/readyz`` counts the provider as
 served. Only ``stand_ins_get_keys`` (``--stand-ins-get-keys``) sends a stand-in the provider's own
 key when it is set: for a stand-in that checks keys, as the tests' fake provider does.
+
+A provider may send the key back: an error quoting the ``Authorization`` header it got, a debugging
+header reflecting it (self-hosted servers and proxies do). :class:`Scrub` takes the exact key of
+each provider a request may have been sent to out of the answer's header values and bodies before
+the session (and so the client, the record, the span and the logs) sees them, replacing it with
+:data:`MARKER`: each header value and each body is checked with one ``in`` per key, and only an
+answer that holds a key is changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
+from ext_proc.core.actions import Action, Continue
+from ext_proc.core.events import Event, ResponseBody, ResponseHeaders
 from ext_proc.llm import providers
 from ext_proc.policy.compiled import CredentialSource, Provider
 
@@ -29,6 +39,8 @@ log = logging.getLogger("tollway.credentials")
 
 Headers = tuple[tuple[str, str], ...]
 STAND_IN_KEY = "tollway-stand-in-key"  # not a secret: the key a stand-in provider receives
+MARKER = "[provider key removed by Tollway]"  # what replaces a provider's key its answer sent back
+MIN_SCRUBBED = 8  # characters: a shorter "key" is not looked for in answers (it would mangle them)
 
 
 def credential_headers(provider: Provider, key: str) -> Headers:
@@ -103,7 +115,79 @@ class CredentialStore:
             return ()
         return credential_headers(provider, key)
 
+    def sent(self, named: Iterable[Provider]) -> tuple[str, ...]:
+        """The keys :meth:`headers` gives these providers (a stand-in's own placeholder aside): the
+        values a :class:`Scrub` looks for in their answers."""
+        keys = []
+        for provider in named:
+            source = provider.credential
+            if source is None or (provider.name in self._stand_ins and not self._stand_ins_get_keys):
+                continue
+            key = self.key(source)
+            if key is not None and len(key) >= MIN_SCRUBBED and key not in keys:
+                keys.append(key)
+        return tuple(keys)
+
     def status(self, providers: Mapping[str, Provider]) -> dict[str, bool]:
         """Which providers can be served: a usable credential or a stand-in (for /readyz); never a value."""
         return {name: (p.credential is None or name in self._stand_ins or self.key(p.credential) is not None)
                 for name, p in providers.items()}
+
+
+class Scrub:
+    """The provider keys one request's answer must not carry back (see the module docstring).
+
+    :meth:`event` gives the session the answer's headers or body without them; :meth:`action` then
+    makes the session's answer to that message carry the change to Envoy, which otherwise passes on
+    what the provider sent (a header the session did not set, a body it did not replace).
+    """
+
+    __slots__ = ("_fix", "_keys", "_raw")
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self._keys = keys
+        self._raw = tuple(key.encode() for key in keys)
+        self._fix: tuple[tuple[str, str], ...] | bytes | None = None  # the last event's change, for its answer
+
+    def event(self, event: Event) -> Event:
+        """``event`` (a response's headers or body chunk) without the keys; notes the change."""
+        self._fix = None
+        if type(event) is ResponseBody:
+            body = event.body
+            for raw in self._raw:
+                # One chunk at a time: a key split across two chunks of a streamed answer is not
+                # found (a buffered answer, or one the coalescer holds, is one body: found).
+                if raw in body:
+                    for each in self._raw:
+                        body = body.replace(each, MARKER.encode())
+                    self._fix = body
+                    return ResponseBody(body, event.end_of_stream, event.at)
+            return event
+        if type(event) is ResponseHeaders:
+            changed = []
+            for name, header in event.headers.items():
+                for key in self._keys:
+                    if key in header:
+                        for other in self._keys:
+                            header = header.replace(other, MARKER)
+                        changed.append((name, header))
+                        break
+            if changed:
+                self._fix = tuple(changed)
+                return dataclasses.replace(event, headers={**event.headers, **dict(changed)})
+        return event
+
+    def action(self, action: Action, length: bool) -> Action:
+        """The session's answer to the last event, carrying its change to Envoy. ``length``: the body
+        is the whole answer (buffered), whose ``content-length`` follows a new body."""
+        fix, self._fix = self._fix, None
+        if fix is None or type(action) is not Continue:  # (an immediate response sends nothing of the provider's)
+            return action
+        if isinstance(fix, bytes):
+            if action.body is not None:  # the session's own body, made from the cleaned one
+                return action
+            sets = (*action.set_headers, ("content-length", str(len(fix)))) if length else action.set_headers
+            return dataclasses.replace(action, body=fix, set_headers=sets)
+        owned = {name for name, _ in action.set_headers} | set(action.remove_headers)
+        sets = tuple((name, header) for name, header in fix if name not in owned)
+        return dataclasses.replace(action, set_headers=action.set_headers + sets) if sets else action

@@ -53,7 +53,7 @@ from ext_proc.server import coalesce, codec
 from ext_proc.server.bodies import OVERLOADED, BodyBudget, declared, inflated
 from ext_proc.server.classifier import Classifier
 from ext_proc.server.coalesce import Coalescer
-from ext_proc.server.credentials import CredentialStore
+from ext_proc.server.credentials import CredentialStore, Scrub
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.reload import PolicyHolder
 from ext_proc.state.limits import Keeper, MemoryBackend
@@ -121,6 +121,28 @@ class Service:
         if self.policy is None:
             return Attempt(None)
         return Attempt(self.policy.current, self.policy.started)
+
+
+def _scrub(service: Service, session: Session | Attempt) -> Scrub | None:
+    """What takes the keys of the providers a request may have gone to out of their answer (None:
+    no key was sent); made when the answer's head arrives."""
+    if not isinstance(session, Session):
+        return None
+    flow = session.flow
+    named = [target.provider for target in flow.chain]
+    if flow.credential is not None:
+        named.append(flow.credential)
+    keys = service.credentials.sent(named) if named else ()
+    return Scrub(keys) if keys else None
+
+
+def _scrubbed(scrub: Scrub, session: Session | Attempt, event: Event) -> Action | Ask | None:
+    """The session's answer to a response's ``event``, with the keys its provider sent back taken
+    out of what the session reads and of what Envoy passes on."""
+    result = session.handle(scrub.event(event))
+    if result is None or type(result) is Ask:
+        return result
+    return scrub.action(result, not session.streaming)  # type: ignore[arg-type, union-attr]
 
 
 def _closed(session: Session | Attempt) -> bool:
@@ -244,8 +266,8 @@ LONG_HOLD_NS = 5_000_000_000  # a headers answer held this long for its body is 
 class ExtProcCall:
     """One ext_proc stream on :mod:`ext_proc.server.h2`: serialized messages in and out."""
 
-    __slots__ = ("_ahead", "_ended", "_held", "_merge", "_overdue", "_queue", "_task", "_waiting", "responder",
-                 "service", "session")
+    __slots__ = ("_ahead", "_ended", "_held", "_merge", "_overdue", "_queue", "_scrub", "_task", "_waiting",
+                 "responder", "service", "session")
 
     def __init__(
         self, service: Service, upstream: bool = False, responder: Responder | None = None, peer: str | None = None
@@ -261,6 +283,7 @@ class ExtProcCall:
         self._overdue: coalesce.Overdue | None = None  # extends a held headers answer's timer (h2 server)
         self._held = 0  # bytes of request body counted against the worker's BodyBudget
         self._ahead = 0  # of those, not read yet (before the first chunk: the length declared)
+        self._scrub: Scrub | None = None  # the provider keys taken out of the answer (see credentials.Scrub)
 
     def message(self, data: bytes) -> list[bytes]:
         if self._waiting is not None:
@@ -277,11 +300,13 @@ class ExtProcCall:
             self._held, self._ahead = counted
         elif kind == "request_headers":
             self._ahead = _declared(session, event)
+        elif kind == "response_headers":
+            self._scrub = _scrub(self.service, session)
         if self._merge is not None or (isinstance(session, Session) and coalesce.wanted(request)):
             return self._coalesced(kind, event)
         if self._held and kind == "request_body" and session.flow.gunzip:  # type: ignore[union-attr]
             return self._gzip(kind, event)
-        result = session.handle(event)
+        result = session.handle(event) if self._scrub is None else _scrubbed(self._scrub, session, event)
         if type(result) is Ask:
             return self._handle(kind, event, result)
         reply = codec.encode_bytes(kind, result, self.service.credentials.headers)  # type: ignore[arg-type]
@@ -357,7 +382,7 @@ class ExtProcCall:
         has an answer for Envoy; [] when it must wait for the store."""
         session = self.session
         if result is None:
-            result = session.handle(event)
+            result = session.handle(event) if self._scrub is None else _scrubbed(self._scrub, session, event)
         while type(result) is Ask:
             answer = self.service.ask(result.query)
             if inspect.isawaitable(answer):
@@ -474,6 +499,7 @@ class Processor:
         clock = time.monotonic_ns
         decode, encode, handle = codec.decode, codec.encode, session.handle
         merge: Coalescer | None = None
+        scrub: Scrub | None = None  # the provider keys taken out of the answer (see credentials.Scrub)
         held = ahead = 0  # bytes of request body counted against the worker's BodyBudget, and not read yet
 
         def refusing(kind: str, merge: Coalescer | None, error: ClientError, at: int) -> list[pb.ProcessingResponse]:
@@ -498,6 +524,8 @@ class Processor:
                     held, ahead = counted
                 elif kind == "request_headers":
                     ahead = _declared(session, event)
+                elif kind == "response_headers":
+                    scrub = _scrub(self.service, session)
                 if merge is None and isinstance(session, Session) and coalesce.wanted(request):
                     merge = Coalescer()
                 if merge is not None:
@@ -524,6 +552,8 @@ class Processor:
                         continue
                     action = handle(event)
                     held = _inflated(self.service, session, taken)  # type: ignore[arg-type]
+                elif scrub is not None:
+                    action = _scrubbed(scrub, session, event)
                 else:
                     action = handle(event)
                 while isinstance(action, Ask):

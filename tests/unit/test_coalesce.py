@@ -256,3 +256,93 @@ def test_grpcio_serves_the_same_answers(tmp_path: Path) -> None:
     replies = asyncio.run(run())
     assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body", "request_body"]
     assert "x-tollway-cluster" in sets(replies[0], "request_headers")
+
+
+# -- a provider key the answer sends back ------------------------------------------------------
+
+ECHOED = "sk-openai-test"  # the policy's OpenAI key (tests.unit.test_attempt.ENV)
+
+
+def keyed_call(tmp_path: Path) -> ExtProcCall:
+    from tests.unit.test_attempt import service
+
+    served = service(tmp_path)
+    served.workload = "local-dev"
+    return ExtProcCall(served)
+
+
+def echoing_head(status: str = "403", content_type: str = "application/json") -> bytes:
+    return pb.ProcessingRequest(response_headers=_headers([
+        (":status", status), ("content-type", content_type), ("x-debug-authorization", f"Bearer {ECHOED}"),
+        ("x-request-id", "fine")])).SerializeToString()
+
+
+def sent_to_gpt_4o(call: ExtProcCall, config: pb.ProtocolConfiguration | None = COALESCING,
+                   **extra: Any) -> list[bytes]:
+    replies = call.message(request_head(config))
+    return replies + call.message(chunk("request_body", orjson.dumps({**BODY, "model": "gpt-4o", **extra}), end=True))
+
+
+def test_a_key_the_provider_echoes_in_an_error_and_a_header_never_reaches_the_client(tmp_path: Path) -> None:
+    """An upstream quoting the Authorization header it got (in its error body and a debugging header):
+    the key is taken out of both before the session reads them and of what Envoy passes on."""
+    from ext_proc.server.credentials import MARKER
+
+    call = keyed_call(tmp_path)
+    (head, _) = parsed(sent_to_gpt_4o(call))
+    assert sets(head, "request_headers")["authorization"] == f"Bearer {ECHOED}"  # the key went
+    error = {"error": {"message": f"Key Bearer {ECHOED} may not use this model", "type": "permission_error",
+                       "code": "forbidden"}}
+    assert call.message(echoing_head()) == []
+    assert call.message(chunk("response_body", orjson.dumps(error)[:20])) == []  # the key split across chunks
+    head, first, last = parsed(call.message(chunk("response_body", orjson.dumps(error)[20:], end=True)))
+    told = sets(head, "response_headers")
+    assert told["x-debug-authorization"] == f"Bearer {MARKER}" and "x-request-id" not in told
+    assert first.response_body.response.body_mutation.body == b""  # the held chunk's bytes are dropped
+    body = last.response_body.response.body_mutation.body
+    assert ECHOED.encode() not in body and orjson.loads(body)["error"]["message"] == f"Key Bearer {MARKER} may not " \
+        "use this model"
+    assert told["content-length"] == str(len(body))
+    assert call.session.outcome == "error" and call.session.error == "forbidden"
+
+
+def test_a_key_in_a_streamed_chunk_is_taken_out_of_that_chunk(tmp_path: Path) -> None:
+    call = keyed_call(tmp_path)
+    sent_to_gpt_4o(call, config=None, stream=True)
+    (head,) = parsed(call.message(echoing_head("200", "text/event-stream")))
+    assert ECHOED not in str(sets(head, "response_headers"))
+    event = (b'data: {"id":"x","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,'
+             b'"delta":{"content":"your key is ' + ECHOED.encode() + b'"}}]}\n\n')
+    (answer,) = parsed(call.message(chunk("response_body", event)))
+    out = answer.response_body.response.body_mutation.body
+    assert out and ECHOED.encode() not in out and b"your key is [provider key" in out
+    (clean,) = parsed(call.message(chunk("response_body", b"data: [DONE]\n\n", end=True)))
+    assert not clean.response_body.response.HasField("body_mutation")  # nothing to take out: passed as it is
+
+
+def test_grpcio_takes_an_echoed_key_out_too(tmp_path: Path) -> None:
+    from ext_proc.server.credentials import MARKER
+    from tests.unit.test_attempt import service
+
+    served = service(tmp_path)
+    served.workload = "local-dev"
+    processor = Processor(served)
+    messages = [request_head(None), chunk("request_body", orjson.dumps({**BODY, "model": "gpt-4o"}), end=True),
+                echoing_head("403", "text/plain"), chunk("response_body", f"Forbidden: Bearer {ECHOED}".encode(),
+                                                         end=True)]
+
+    class Context:
+        def invocation_metadata(self) -> tuple[()]:
+            return ()
+
+    async def run() -> list[Any]:
+        async def requests() -> Any:
+            for data in messages:
+                yield pb.ProcessingRequest.FromString(data)
+        return [reply async for reply in processor.process(requests(), Context())]  # type: ignore[arg-type]
+
+    replies = asyncio.run(run())
+    head, body = replies[2:]
+    assert sets(head, "response_headers")["x-debug-authorization"] == f"Bearer {MARKER}"
+    error = orjson.loads(body.response_body.response.body_mutation.body)["error"]  # Envoy's plain text: JSON
+    assert error["code"] == "gateway_error" and error["message"].endswith(f"Forbidden: Bearer {MARKER}")

@@ -916,6 +916,11 @@ def test_provider_json_error_passes_unchanged_with_its_code(name: str, path: str
         (MESSAGES, 529, anthropic_error("Overloaded", type="overloaded_error"), "overloaded_error"),
         (CHAT, 500, {"error": "something broke"}, "provider_error"),
         (CHAT, 429, {"error": {"message": "slow down", "type": "requests", "code": None}}, "requests"),
+        # A code that is no code (free text quoting the key the provider got, or unbounded) is not
+        # copied into the record, span and logs: its type when that is a code, else provider_error.
+        (CHAT, 400, {"error": {"message": "bad", "type": "x", "code": "bad key Bearer sk-live-0123456789"}}, "x"),
+        (CHAT, 400, {"error": {"message": "bad", "type": "Bearer sk-1", "code": "k" * 65}}, "provider_error"),
+        (CHAT, 400, {"error": {"message": "bad", "type": "", "code": "model.not_found:v1"}}, "model.not_found:v1"),
     ],
 )
 def test_provider_error_code_read_from_its_json(path: str, status: int, body: Any, code: str) -> None:

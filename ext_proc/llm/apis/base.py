@@ -276,14 +276,25 @@ class WireAPI:
         raise NotImplementedError
 
 
-def error_code(payload: dict[str, Any]) -> str:
-    """The stable code of a provider's error object (``error.code``, else ``error.type``)."""
-    error = payload.get("error")
+_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def safe_code(error: Any) -> str:
+    """The stable code of a provider's error object: its ``code``, else its ``type``, taken only when
+    it looks like a code (``^[A-Za-z0-9_.:-]{1,64}$``), else ``provider_error``. The code goes into
+    the request's record, its span and logs: a provider's free text there (one quoting the key it
+    was sent, say) would leave with them."""
     if isinstance(error, dict):
         for key in ("code", "type"):
-            if isinstance(error.get(key), str):
-                return str(error[key])
+            value = error.get(key)
+            if isinstance(value, str) and _CODE.fullmatch(value):
+                return value
     return "provider_error"
+
+
+def error_code(payload: dict[str, Any]) -> str:
+    """The stable code of a provider's error answer (``error.code``, else ``error.type``: see :func:`safe_code`)."""
+    return safe_code(payload.get("error"))
 
 
 MAX_RATIO = 200  # a gzip body may decompress to this many times its size (beyond 1 MiB): more is a bomb

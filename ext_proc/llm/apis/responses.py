@@ -28,7 +28,7 @@ from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
 from ext_proc.llm.usage import apply_responses, apply_service_tier
 
-from .base import ParsedRequest, Reader
+from .base import ParsedRequest, Reader, safe_code
 from .openai import OpenAIAPI
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete"})
@@ -126,12 +126,8 @@ class ResponsesReader(Reader):
 
 
 def _failure_code(error: Any) -> str:
-    """The code of a ``response.failed`` response's error, or of an ``error`` event."""
-    if isinstance(error, dict):
-        for key in ("code", "type"):
-            if isinstance(error.get(key), str) and error[key]:
-                return str(error[key])
-    return "provider_error"
+    """The code of a ``response.failed`` response's error, or of an ``error`` event (see :func:`safe_code`)."""
+    return safe_code(error)
 
 
 class ResponsesAPI(OpenAIAPI):
