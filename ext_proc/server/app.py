@@ -423,6 +423,10 @@ def recover_records(config: ServeConfig, counted: Exchange | None = None,
 def configure_logging() -> None:
     """Log lines to stderr, and stack dumps on ``kill -USR1`` (the supervisor and every worker)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # httpx logs every request's full URL at INFO ("HTTP Request: POST ..."): the injection
+    # classifier's, whose query string may hold its token, on every classified prompt.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     dump_stacks_on_signal()
 
 
