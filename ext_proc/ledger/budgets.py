@@ -92,8 +92,9 @@ def table(found: list[dict[str, Any]]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", required=True, help="the policy whose budgets to show")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--redis", help="the Redis every sidecar shares (redis://host:6379/0)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--redis", help="the Redis every sidecar shares (redis://host:6379/0; default "
+                                        "TOLLWAY_REDIS_URL, which keeps a password off the command line)")
     source.add_argument("--admin", help="a running service's admin address (http://127.0.0.1:9902)")
     parser.add_argument("--admin-token-file", default=os.environ.get("TOLLWAY_ADMIN_TOKEN_FILE"),
                         help="with --admin: the admin token's file, when the service asks for one "
@@ -115,13 +116,17 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, PolicyError, UnicodeDecodeError) as exc:
         print(f"tollway budgets: {_unreadable(exc)}", file=sys.stderr)
         return 1
+    redis_url = args.redis or (None if args.admin else os.environ.get("TOLLWAY_REDIS_URL"))
+    if not redis_url and not args.admin:
+        print("tollway budgets: give --redis URL (or TOLLWAY_REDIS_URL) or --admin ADDRESS", file=sys.stderr)
+        return 2
     try:
-        if args.redis:
-            found = asyncio.run(_from_redis(args.redis, policy))
+        if redis_url:
+            found = asyncio.run(_from_redis(redis_url, policy))
         else:
             found = _from_admin(args.admin, args.admin_token_file)
     except Exception as exc:  # one line for a person, never a traceback
-        where = "Redis" if args.redis else args.admin
+        where = "Redis" if redis_url else args.admin
         why = type(exc).__name__
         if getattr(exc, "code", None) == 401:
             why = "it needs the admin token (--admin-token-file or TOLLWAY_ADMIN_TOKEN)"

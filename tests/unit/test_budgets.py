@@ -4,7 +4,9 @@ counters in the current window."""
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from ext_proc.ledger.budgets import rows
@@ -80,3 +82,25 @@ budgets:
     registry.register(collector)
     assert registry.get_sample_value("tollway_budget_limit_usd", {"budget": "each-key", "member": "*"}) == 200
     assert registry.get_sample_value("tollway_budget_spent_usd", {"budget": "each-key", "member": "*"}) == 5
+
+
+def test_the_cli_reads_the_redis_url_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``TOLLWAY_REDIS_URL`` instead of ``--redis``: a Redis password on the command line is readable by
+    every local user (``/proc/PID/cmdline``); in the environment it is the caller's only."""
+    import argparse
+
+    from ext_proc.ledger import budgets
+    from ext_proc.stack import free_port
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(HEAD)
+    parser = argparse.ArgumentParser()
+    budgets.add_arguments(parser)
+    monkeypatch.delenv("TOLLWAY_REDIS_URL", raising=False)
+    assert budgets.run(parser.parse_args(["--policy", str(policy)])) == 2
+    assert "TOLLWAY_REDIS_URL" in capsys.readouterr().err
+    monkeypatch.setenv("TOLLWAY_REDIS_URL", f"redis://:pw-not-shown@127.0.0.1:{free_port()}/0")  # nothing listens
+    assert budgets.run(parser.parse_args(["--policy", str(policy)])) == 1
+    err = capsys.readouterr().err
+    assert "cannot read the counters from Redis" in err and "pw-not-shown" not in err
