@@ -256,10 +256,36 @@ class Stack:
     def stand_ins(self) -> dict[str, str]:
         return {name: f"http://127.0.0.1:{self.mock_port}" for name in sorted(self.mocked)}
 
+    def key_variables(self) -> frozenset[str]:
+        """The environment variables that may hold a provider key: :data:`PROVIDER_KEYS`' and those
+        the policy's credentials name (read from its YAML as it is: a policy the service refuses
+        still names them)."""
+        names = set(PROVIDER_KEYS.values())
+        try:
+            spec = yaml.safe_load(self.policy.read_text()) if self.policy is not None else None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            spec = None
+        found = spec.get("providers") if isinstance(spec, dict) else None
+        for provider in found.values() if isinstance(found, dict) else ():
+            credential = provider.get("credential") if isinstance(provider, dict) else None
+            if isinstance(credential, dict) and isinstance(credential.get("env"), str):
+                names.add(credential["env"])
+        return frozenset(names)
+
+    def environment(self, name: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment process ``name`` starts with: this one's with ``env`` over it; only Tollway
+        keeps the provider keys (Envoy and the fake provider never need them, and whoever may read a
+        process's environment, or a core dump of it, would find them there)."""
+        environ = {**os.environ, **(env or {})}
+        if name == "tollway":
+            return environ
+        dropped = self.key_variables()
+        return {key: value for key, value in environ.items() if key not in dropped}
+
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         out: Any = subprocess.DEVNULL if self.quiet else None
         err = open_private(self.workdir / f"{name}.log", os.O_APPEND)  # owned by the child
-        environ = {**os.environ, **env} if env else None
+        environ = self.environment(name, env)
         self._commands[name] = (argv, env)
         try:
             self.procs[name] = subprocess.Popen(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,25 @@ def test_a_port_in_use_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.setattr(stack.random, "Random", Drawn)
         port = stack.free_port()
     assert port != busy
+
+
+def test_only_tollway_starts_with_the_provider_keys_in_its_environment(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Envoy and the fake provider never need a provider key: they start without the variables that
+    hold one (the usual two and every one the policy's credentials name)."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("apiVersion: tollway/v1\nproviders:\n  eu: {kind: azure-openai, credential: {env: EU_KEY}}\n"
+                      "  other: {kind: openai-compatible, credential: {file: /run/key}}\n")
+    for name, value in (("OPENAI_API_KEY", "sk-1"), ("ANTHROPIC_API_KEY", "sk-2"), ("EU_KEY", "az-3"),
+                        ("UNRELATED", "kept")):
+        monkeypatch.setenv(name, value)
+    running = stack.Stack(tmp_path / "work", policy=policy)
+    served = running.environment("tollway", {"SERVICE_ONLY": "x"})
+    assert served["EU_KEY"] == "az-3" and served["OPENAI_API_KEY"] == "sk-1" and served["SERVICE_ONLY"] == "x"
+    for name in ("envoy", "mock"):
+        environ = running.environment(name)
+        assert not {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "EU_KEY"} & set(environ), name
+        assert environ["UNRELATED"] == "kept"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("providers: [")
+    assert "OPENAI_API_KEY" not in stack.Stack(tmp_path / "w2", policy=broken).environment("envoy")
