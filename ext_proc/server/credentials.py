@@ -43,6 +43,14 @@ MARKER = "[provider key removed by Tollway]"  # what replaces a provider's key i
 MIN_SCRUBBED = 8  # characters: a shorter "key" is not looked for in answers (it would mangle them)
 
 
+def usable(key: str) -> bool:
+    """Whether ``key`` can go in a request header as it is: visible ASCII only. A key with a line
+    break, a space, a control or a non-ASCII character inside it (a file of two lines, a pasted
+    zero-width space) would make every request to its provider fail (an invalid header, or one that
+    cannot be encoded), while the provider looked served."""
+    return key.isascii() and key.isprintable() and " " not in key
+
+
 def credential_headers(provider: Provider, key: str) -> Headers:
     """The headers that carry ``key`` to ``provider`` (its kind's form: see :mod:`ext_proc.llm.providers`)."""
     return providers.kind(provider.kind).key_headers(key, provider)
@@ -70,9 +78,20 @@ class CredentialStore:
     def key(self, source: CredentialSource) -> str | None:
         if source.env is not None:
             value = self._environ.get(source.env, "").strip()
+            if value and not usable(value):
+                self._unusable(source.env, f"environment variable {source.env}")
+                return None
             return value or None
         assert source.file is not None
         return self._file(source.file)
+
+    def _unusable(self, name: str, where: str) -> None:
+        """Warn (at most once a minute per source) of a key no request can carry; never its value."""
+        now = self._clock()
+        if now - self._warned.get(where, -1e9) > 60:
+            self._warned[where] = now
+            log.warning("the provider key in %s is unusable (whitespace, control or non-ASCII characters inside "
+                        "it: two lines? a stray character?): treated as missing", where)
 
     def _file(self, path: str) -> str | None:
         now = self._clock()
@@ -90,9 +109,14 @@ class CredentialStore:
         value: str | None = None
         if signature is not None:
             try:
-                with open(path, encoding="utf-8") as handle:
+                # utf-8-sig: a byte-order mark (an editor's) is no part of the key; the whitespace
+                # around it (a final newline, CRLF's too) neither.
+                with open(path, encoding="utf-8-sig") as handle:
                     value = handle.read().strip() or None
-            except OSError:
+            except (OSError, UnicodeDecodeError):
+                value = None
+            if value is not None and not usable(value):
+                self._unusable(path, f"file {path}")
                 value = None
         self._files[path] = (now, signature, value)
         return value
@@ -111,7 +135,7 @@ class CredentialStore:
             now = self._clock()
             if now - self._warned.get(provider.name, -1e9) > 60:
                 self._warned[provider.name] = now
-                log.warning("no credential for provider %s: %s is unset or empty", provider.name, where)
+                log.warning("no credential for provider %s: %s is unset, empty or unusable", provider.name, where)
             return ()
         return credential_headers(provider, key)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,37 @@ def test_store_missing_key_injects_nothing_and_reports_the_source_only(caplog: p
     assert store.headers(ANTHROPIC) == ()
     assert "ANT_KEY" in caplog.text
     assert store.status({"openai": OPENAI}) == {"openai": False}
+
+
+@pytest.mark.parametrize(("written", "key"), [
+    ("\ufeffsk-file-key\n", "sk-file-key"),  # an editor's byte-order mark
+    ("sk-file-key\r\n", "sk-file-key"),  # CRLF
+    ("  sk-file-key\n\n", "sk-file-key"),
+    ("sk-file-key\nsk-second-line\n", None),  # two lines: never one header
+    ("sk-file\tkey\n", None),
+    ("sk-file\x00key", None),
+    ("sk-file\u200bkey", None),  # a pasted zero-width space
+    ("sk-file key", None),
+])
+def test_a_key_file_that_cannot_be_a_header_is_a_missing_key(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                              written: str, key: str | None) -> None:
+    """A key no header can carry made every request to its provider fail (a 500) while /readyz said
+    it was served: it is treated as missing, with a warning naming the file, never the content."""
+    path = tmp_path / "key"
+    path.write_bytes(written.encode())
+    provider = dataclasses.replace(OPENAI, credential=CredentialSource(file=str(path)))
+    store = CredentialStore(environ={})
+    assert store.key(provider.credential) == key  # type: ignore[arg-type]
+    assert store.status({"openai": provider}) == {"openai": key is not None}
+    if key is None:
+        assert store.headers(provider) == ()
+        assert str(path) in caplog.text and "unusable" in caplog.text
+        assert "sk-file" not in caplog.text and "second" not in caplog.text
+    else:
+        assert store.headers(provider) == (("authorization", f"Bearer {key}"),)
+
+
+def test_a_key_variable_that_cannot_be_a_header_is_a_missing_key(caplog: pytest.LogCaptureFixture) -> None:
+    store = CredentialStore(environ={"OPENAI_KEY": "sk-one\nsk-two"})
+    assert store.headers(OPENAI) == () and store.status({"openai": OPENAI}) == {"openai": False}
+    assert "OPENAI_KEY" in caplog.text and "sk-one" not in caplog.text
