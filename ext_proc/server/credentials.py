@@ -19,7 +19,8 @@ header reflecting it (self-hosted servers and proxies do). :class:`Scrub` takes 
 each provider a request may have been sent to out of the answer's header values and bodies before
 the session (and so the client, the record, the span and the logs) sees them, replacing it with
 :data:`MARKER`: each header value and each body is checked with one ``in`` per key, and only an
-answer that holds a key is changed.
+answer that holds a key is changed. What it cannot see: a key split across two chunks of a streamed
+answer, and a compressed body (Tollway asks providers for identity encoding).
 """
 
 from __future__ import annotations
