@@ -66,7 +66,9 @@ __all__ = ["ROUTE_HEADER", "STREAM_HEADER", "Phase", "ProtocolError", "Session"]
 
 Headers = tuple[tuple[str, str], ...]
 
-PROVIDER_RESET = "provider_reset"  # a buffered answer the provider cut after its head: the client got Envoy's 502
+# A buffered answer cut after its head: the provider reset it (the client got Envoy's 502) or the
+# client left; Envoy tells Tollway the same, so the record keeps the provider's status and blames neither.
+ANSWER_INTERRUPTED = "answer_interrupted"
 
 
 class Phase(enum.Enum):
@@ -162,11 +164,11 @@ class Session:
                 whole = self._response is not None and complete(flow) and not flow.stream_failed
                 if not whole and phase is Phase.RESPONSE_BODY:
                     if self._response is None:
-                        # A buffered answer cut after its head, which Tollway held: the client got
-                        # Envoy's 502 (upstream_reset_after_response_started), and the record says so
-                        # (an answer too long to read failed the stream itself: Envoy's 500, noted).
-                        if flow.error is None:
-                            flow.status, flow.error = 502, PROVIDER_RESET
+                        # A buffered answer cut after its head, which Tollway held: the provider reset
+                        # it (the client got Envoy's 502, upstream_reset_after_response_started) or the
+                        # client left (an answer too long to read failed the stream itself: Envoy's
+                        # 500, noted already).
+                        flow.error = flow.error or ANSWER_INTERRUPTED
                     elif flow.refused is None:
                         # A stream cut before its end (the provider reset it, or the client left: Envoy
                         # tells Tollway the same): stream_interrupted, as for a stream the provider

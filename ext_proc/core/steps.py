@@ -211,7 +211,7 @@ class Route(Step):
         estimate = flow.meter.estimate
         chain = flow.chain = decide.plan(
             principal, api, granted, request.model, estimate.tokens if estimate else None, flow.runtime.random,
-            functools.partial(upstream.expresses, api, request.payload),
+            functools.partial(upstream.expresses, api, request.payload), estimate.exact if estimate else False,
         )
         first = flow.target = chain[0]
         flow.provider = first.provider.name

@@ -148,16 +148,20 @@ def route(
 
 
 def plan(principal: Principal, api: WireAPI, granted: Target | Alias, model: str, prompt_tokens: int | None,
-         draw: Draw = random.random, expresses: Callable[[Target], bool] | None = None) -> tuple[Target, ...]:
+         draw: Draw = random.random, expresses: Callable[[Target], bool] | None = None,
+         exact: bool = True) -> tuple[Target, ...]:
     """The targets to try for what :func:`access` granted, in order, or a 400 :class:`ClientError`.
     ``expresses``: whether a target's API can express the request (the others are left out of a
-    chain, before a weighted draw, unless none can)."""
+    chain, before a weighted draw, unless none can). ``exact``: whether ``prompt_tokens`` is an exact
+    count; a model named directly refuses only a prompt counted exactly as too long (an estimate,
+    such as a PDF's pages, may be far off, and there is no other target to go to: the provider
+    decides), while a chain skips targets on an estimate too."""
     shown = model[:200]
     if isinstance(granted, Alias):
         return chain(granted.plan_for(principal.team), api, prompt_tokens, shown, draw, expresses)
     if not can_serve(api, granted.provider.kind):
         raise _mismatch(api, shown)
-    if not _fits(granted, prompt_tokens):
+    if exact and not _fits(granted, prompt_tokens):
         raise _too_long(api, prompt_tokens, f"model '{shown}' can take (its context window is "
                                             f"{granted.context_window:,} tokens)")
     return (granted,)

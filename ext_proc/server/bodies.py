@@ -8,13 +8,14 @@ memory limit; the kernel then kills it, and every request it was serving fails, 
 too.
 
 :class:`BodyBudget` counts the bytes of request bodies the worker's requests in flight hold, from
-a body's first chunk until its request's stream ends. A body whose length its request declares
-(``content-length``, as the SDKs send it; at most ``MAX_BODY``) counts whole from its first chunk
-(:meth:`BodyBudget.read`): a request that would not fit is refused as soon as its body starts, not
-once Envoy and the worker have read most of it (Envoy holds a streamed body twice while the worker
-reads it: its queue, and its copy on the way; three 64 MiB uploads at once took the sidecar's
-Envoy to 453 MiB when the refusal waited for the third body's bytes). A chunk that would take the
-total past the limit while *other* requests hold bodies refuses its request: 503 ``overloaded`` in the client's
+a body's first chunk until its request's stream ends. A large body whose length its request
+declares (``content-length``, as the SDKs send it; at most ``MAX_BODY``) reserves it whole at its
+first chunk (:meth:`BodyBudget.read`): one that would not fit beside the bodies held and reserved
+is refused as soon as it starts, not once Envoy and the worker have read most of it (Envoy holds a
+streamed body twice while the worker reads it: its queue, and its copy on the way; three 64 MiB
+uploads at once took the sidecar's Envoy to 453 MiB when the refusal waited for the third body's
+bytes). A chunk that would take the total held past the limit while *other* requests hold bodies
+refuses its request: 503 ``overloaded`` in the client's
 format with ``retry-after: 1`` (the OpenAI and Anthropic SDKs retry it), recorded as rejected,
 the provider never asked. A request alone in the worker is always read (up to ``MAX_BODY``), so
 the limit decides how many large bodies share a worker, never whether a large one can pass.
@@ -37,6 +38,7 @@ from ext_proc.llm.errors import ClientError
 from ext_proc.server.coalesce import MAX_BODY
 
 DEFAULT_MIB = 128  # two of the largest bodies at once: the injected sidecar's memory limit holds that
+LARGE = 1024 * 1024  # bytes: a body declaring this much or more reserves it whole at its first chunk
 
 OVERLOADED = ClientError(
     503, "overloaded", "The gateway is holding as many request bodies as it can right now; retry in a moment.",
@@ -44,15 +46,18 @@ OVERLOADED = ClientError(
 
 
 class BodyBudget:
-    """One worker's request bodies held, in bytes, against its limit (0: no limit)."""
+    """One worker's request bodies held, in bytes, against its limit (0: no limit); and the bytes
+    large bodies declared but have not sent yet (:meth:`read`)."""
 
-    __slots__ = ("held", "limit", "refused")
+    __slots__ = ("held", "large", "limit", "refused", "reserved")
 
-    def __init__(self, limit: int = DEFAULT_MIB * 1024 * 1024) -> None:
+    def __init__(self, limit: int = DEFAULT_MIB * 1024 * 1024, large: int = LARGE) -> None:
         if limit < 0:
             raise ValueError("a body budget is 0 (no limit) or more bytes")
         self.limit = limit
+        self.large = large  # bytes: a body declaring this much or more reserves it (read)
         self.held = 0  # bytes held by every request in flight
+        self.reserved = 0  # bytes large bodies in flight declared and have not sent yet
         self.refused = 0  # requests refused since the worker started
 
     def take(self, mine: int, size: int) -> bool:
@@ -66,21 +71,34 @@ class BodyBudget:
         return True
 
     def read(self, held: int, ahead: int, size: int) -> tuple[int, int] | None:
-        """A request reads ``size`` more bytes of its body: the bytes it holds and how many of them
-        it has not read yet, once counted; or None: refused as :meth:`take` refuses. ``held`` and
-        ``ahead`` are what it holds and has not read (before its first chunk: 0, and the length its
-        request declared): its first chunk counts the declared length whole, a later chunk counts
-        only what it reads past that."""
-        if held:
-            if size <= ahead:
-                return held, ahead - size
-            more, ahead = size - ahead, 0
-        else:
-            more = max(size, ahead)
-            ahead = more - size
-        if self.take(held, more):
-            return held + more, ahead
-        return None
+        """A request reads ``size`` more bytes of its body: the bytes it then holds and the bytes it
+        still reserves, once counted; or None: refused (what it held and reserved is no longer
+        counted once the caller gives it back). ``held``: the bytes it holds; ``ahead``: the bytes
+        it reserves, or, before its first chunk (``held`` 0), the length its request declared.
+
+        Every chunk counts as :meth:`take` counts it. A large body (:attr:`large`, declared) also
+        reserves the rest of its declared length at its first chunk, and is refused there when what
+        the worker holds and has reserved leaves no room for it while others hold or reserve bodies:
+        as soon as it starts, not once Envoy and the worker have read most of it. Only large bodies
+        look at reservations: a stalled client declaring large bodies and sending nothing delays
+        other large bodies (until Envoy's message timeout ends its streams), never the small ones."""
+        if not held:  # its first chunk
+            reserve = ahead - size if ahead >= self.large else 0
+            if reserve > 0 and self.limit:
+                others = self.held + self.reserved
+                if others and others + size + reserve > self.limit:
+                    self.refused += 1
+                    return None
+            if not self.take(0, size):
+                return None
+            reserve = max(0, reserve)
+            self.reserved += reserve
+            return size, reserve
+        used = min(size, ahead)
+        self.reserved -= used
+        if not self.take(held, size):
+            return None
+        return held + size, ahead - used
 
     def true_up(self, mine: int, size: int) -> int:
         """A request counted as holding ``mine`` bytes holds ``size`` (its body inflated): counted
@@ -88,8 +106,12 @@ class BodyBudget:
         self.held = max(0, self.held + size - mine)
         return size
 
-    def give_back(self, size: int) -> None:
-        """A request's stream ended: the ``size`` bytes it held are no longer counted."""
+    def give_back(self, size: int, ahead: int = 0) -> None:
+        """A request's stream ended (or it was refused): the ``size`` bytes it held, and the ``ahead``
+        it reserved (once it read a chunk: before that, ``ahead`` is only what it declared), are no
+        longer counted."""
+        if size and ahead:
+            self.reserved = max(0, self.reserved - ahead)
         self.held = max(0, self.held - size)
 
 

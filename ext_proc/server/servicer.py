@@ -218,12 +218,18 @@ def _body_held(service: Service, session: Session | Attempt, event: Event, held:
     Only a request still reading its body counts (not an upstream attempt's, nor the rest of a
     refused body)."""
     size = len(event.body)  # type: ignore[union-attr]
-    if not size or not isinstance(session, Session) or session.phase is not Phase.REQUEST_BODY:
+    if not isinstance(session, Session) or session.phase is not Phase.REQUEST_BODY:
         return held, ahead
-    counted = service.bodies.read(held, ahead, size)
-    if counted is None:
-        service.bodies.give_back(held)  # what it held so far is dropped with it
-    return counted
+    if size:
+        counted = service.bodies.read(held, ahead, size)
+        if counted is None:
+            service.bodies.give_back(held, ahead)  # what it held and reserved so far is dropped with it
+            return None
+        held, ahead = counted
+    if held and ahead and event.end_of_stream:  # type: ignore[union-attr]
+        service.bodies.reserved -= ahead  # shorter than it declared: nothing more will come
+        ahead = 0
+    return held, ahead
 
 
 def _declared(session: Session | Attempt, event: Event) -> int:
@@ -445,8 +451,8 @@ class ExtProcCall:
 
     def reset(self) -> None:
         if self._held:
-            self.service.bodies.give_back(self._held)
-            self._held = 0
+            self.service.bodies.give_back(self._held, self._ahead)
+            self._held = self._ahead = 0
         session = self.session
         merge = self._merge
         if merge is not None and merge.holding and time.monotonic_ns() - merge.held_since > LONG_HOLD_NS:
@@ -580,7 +586,7 @@ class Processor:
 
             await context.abort(grpc.StatusCode.INTERNAL, "tollway: internal error")
         finally:
-            self.service.bodies.give_back(held)
+            self.service.bodies.give_back(held, ahead)
             if not _closed(session):
                 session.handle(StreamClosed(clock()))
                 _run_effects(session, self.service)

@@ -20,8 +20,8 @@ from ext_proc.server.servicer import ExtProcCall, Processor, Service
 from tests.unit.test_coalesce import BODY, chunk, parsed, request_head
 
 
-def _service(tmp_path: Path, limit: int) -> Service:
-    return Service(RecordWriter(str(tmp_path / "requests.jsonl"), immediate=True), bodies=BodyBudget(limit))
+def _service(tmp_path: Path, limit: int, large: int = 1) -> Service:
+    return Service(RecordWriter(str(tmp_path / "requests.jsonl"), immediate=True), bodies=BodyBudget(limit, large))
 
 
 def _refusal(reply: pb.ProcessingResponse) -> dict[str, Any]:
@@ -90,16 +90,32 @@ def test_a_body_past_the_workers_limit_is_a_503_and_the_budget_comes_back_at_the
     assert service.bodies.held == 0
 
 
-def test_a_declared_body_counts_whole_from_its_first_chunk() -> None:
-    budget = BodyBudget(100)
-    assert budget.read(0, 60, 10) == (60, 50)  # content-length 60: counted whole at the first chunk
-    assert budget.read(60, 50, 30) == (60, 20) and budget.held == 60  # read within what it declared
-    assert budget.read(60, 20, 30) == (70, 0)  # 10 past what it declared (a longer body than told)
-    assert budget.read(0, 40, 1) is None and budget.refused == 1  # another, declaring 40: 110 > 100
-    assert budget.read(0, 0, 30) == (30, 0) and budget.held == 100  # undeclared: its chunks as they come
+def test_a_large_declared_body_reserves_its_length_from_its_first_chunk() -> None:
+    budget = BodyBudget(100, large=20)
+    assert budget.read(0, 60, 10) == (10, 50) and budget.reserved == 50  # content-length 60: the rest reserved
+    assert budget.read(10, 50, 30) == (40, 20) and (budget.held, budget.reserved) == (40, 20)
+    assert budget.read(40, 20, 30) == (70, 0) and (budget.held, budget.reserved) == (70, 0)  # 10 past what it said
+    assert budget.read(0, 40, 1) is None and budget.refused == 1  # another, declaring 40: 70 + 40 > 100
+    assert budget.read(0, 10, 5) == (5, 0) and budget.reserved == 0  # a small one: its chunks as they come
+    assert budget.read(0, 0, 20) == (20, 0) and budget.held == 95  # undeclared: its chunks as they come
     assert declared({"content-length": "1234"}) == 1234 and declared({}) == 0
     assert declared({"content-length": "\u00b2"}) == 0 and declared({"content-length": "-1"}) == 0
     assert declared({"content-length": "9" * 5000}) == MAX_BODY == declared({"content-length": str(MAX_BODY + 1)})
+
+
+def test_stalled_large_uploads_never_keep_small_bodies_out() -> None:
+    """Two clients declaring large bodies and sending a byte each (a stalled upload, or an attack)
+    reserve what they declared: another large body is refused, a small one never is."""
+    budget = BodyBudget(100, large=20)
+    assert budget.read(0, 45, 1) == (1, 44) and budget.read(0, 45, 1) == (1, 44)
+    assert (budget.held, budget.reserved) == (2, 88)
+    assert budget.read(0, 30, 1) is None  # large: 90 held or reserved, no room for 30
+    assert budget.read(0, 15, 15) == (15, 0) and budget.read(0, 0, 15) == (15, 0)  # small, and undeclared
+    budget.give_back(1, 44)
+    budget.give_back(1, 44)
+    assert (budget.held, budget.reserved) == (30, 0)
+    budget.give_back(0, 30)  # a request that read nothing reserved nothing (30 was only what it declared)
+    assert budget.reserved == 0
 
 
 @pytest.mark.parametrize("together", [True, False], ids=["bodies-together", "buffered"])
@@ -107,24 +123,27 @@ def test_a_request_declaring_a_body_past_the_limit_is_refused_at_its_first_chunk
         tmp_path: Path, together: bool) -> None:
     """Refused as its body starts, not once Envoy and the worker have read most of it."""
     service = _service(tmp_path, 100)
+    bodies = service.bodies
     config = {} if together else {"config": None}
     first = ExtProcCall(service)
     first.message(request_head(**config, **{"content-length": "60"}))  # type: ignore[arg-type]
     first.message(chunk("request_body", b"x" * 8))
-    assert service.bodies.held == 60
+    assert (bodies.held, bodies.reserved) == (8, 52)
     second = ExtProcCall(service)
     second.message(request_head(**config, **{"content-length": "50"}))  # type: ignore[arg-type]
     (refused,) = parsed(second.message(chunk("request_body", b"y" * 8)))
-    assert _refusal(refused)["code"] == "overloaded" and service.bodies.held == 60
+    assert _refusal(refused)["code"] == "overloaded" and (bodies.held, bodies.reserved) == (8, 52)
     first.reset()
-    assert service.bodies.held == 0
-    if together:  # a body arriving in chunks: counted whole from the first, the rest within it
+    assert (bodies.held, bodies.reserved) == (0, 0)
+    if together:  # a body arriving in chunks: the rest reserved from the first, taken from it as it comes
         third = ExtProcCall(service)
         third.message(request_head(**{"content-length": "40"}))
         assert third.message(chunk("request_body", b"{" * 8)) == []
-        assert third.message(chunk("request_body", b"{" * 8)) == [] and service.bodies.held == 40
+        assert third.message(chunk("request_body", b"{" * 8)) == [] and (bodies.held, bodies.reserved) == (16, 24)
+        third.message(chunk("request_body", b"", end=True))  # shorter than it said: its reservation ends
+        assert (bodies.held, bodies.reserved) == (16, 0)
         third.reset()
-        assert service.bodies.held == 0
+        assert (bodies.held, bodies.reserved) == (0, 0)
 
 
 def test_a_refused_request_at_its_headers_counts_no_body(tmp_path: Path) -> None:

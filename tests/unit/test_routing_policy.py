@@ -553,6 +553,11 @@ def test_a_model_named_directly_too_small_for_the_prompt_is_a_400() -> None:
     assert (error.status, error.code, error.param) == (400, "context_length_exceeded", "input")
     assert error.message == ("The prompt has about 4,001 tokens, more than model 'turbo' can take (its context "
                              "window is 4,000 tokens).")
+    # An estimate (a PDF's pages, a model without its own tokenizer) may be far off, and a model named
+    # directly has no other target: the provider decides, as before the check.
+    granted = decide.access(ROUTED, APP, "turbo")
+    assert served_by(decide.plan(APP, apis.CHAT_COMPLETIONS, granted, "turbo", 4001, exact=False)) == [
+        ("openai", "gpt-3.5-turbo")]
 
 
 @pytest.mark.parametrize(

@@ -558,13 +558,14 @@ def test_a_2xx_head_that_ends_the_answer_is_a_502(stream: bool) -> None:
     assert transcript << Record(status=502, outcome="error", error=INVALID)
 
 
-def test_a_buffered_answer_cut_after_its_head_records_the_502_the_client_got() -> None:
-    # Tollway held the head for the body: Envoy answers the client 502 (upstream reset after the
-    # response started); the record says so, not a 200 "stream_interrupted" of a request that never streamed.
+def test_a_buffered_answer_cut_after_its_head_is_recorded_answer_interrupted() -> None:
+    # Tollway held the head for the body: the provider reset it (Envoy answers the client 502) or the
+    # client left, which Envoy tells Tollway the same way: the provider's status, blaming neither, and
+    # not "stream_interrupted" for a request that never streamed.
     assert (
         Transcript() >> post(CHAT) << HEADERS_OK >> request({"model": "m", "messages": []}) << ANY
         >> response(200) << CONTINUE >> StreamClosed(ms(400))
-        << Record(status=502, outcome="incomplete", error="provider_reset", latency_ms=400.0)
+        << Record(status=200, outcome="incomplete", error="answer_interrupted", latency_ms=400.0)
     )
 
 
