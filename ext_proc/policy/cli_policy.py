@@ -1,8 +1,9 @@
 """``tollway policy check FILE...`` and ``tollway policy schema``: the policy file's tooling.
 
-``check`` compiles each file as the server would and prints either a one-line summary or every
-issue (``file:line:column: path: message``); the exit status is 0 only when every file is good,
-so it fits a pre-commit hook or a CI step. ``schema`` prints the JSON Schema of the file for
+``check`` compiles each file as the server would and prints either a one-line summary (after the
+file's notes, if it has any: remarks that do not fail it) or every issue (``file:line:column:
+path: message``); the exit status is 0 only when every file is good, so it fits a pre-commit hook
+or a CI step. ``schema`` prints the JSON Schema of the file for
 editors (yaml-language-server).
 """
 
@@ -57,11 +58,14 @@ def check_file(name: str) -> bool:
         count = len(exc.errors)
         print(f"{source}: FAILED ({count} error{'s' if count != 1 else ''})")
         return False
+    for note in policy.notes:  # not mistakes: the file is good
+        print(note)
     canonical = len({target.public for target in policy.models.values()})
     print(
         f"{source}: OK (version {policy.version}; {_count(len(policy.providers), 'provider')}, "
         f"{_count(canonical, 'model')}, {_count(len(policy.teams), 'team')}"
         + (f", {len(policy.aliases)} alias{'' if len(policy.aliases) == 1 else 'es'}" if policy.aliases else "")
+        + (f"; {_count(len(policy.notes), 'note')}" if policy.notes else "")
         + ")"
     )
     return True

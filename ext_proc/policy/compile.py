@@ -14,11 +14,13 @@ problem it finds instead of stopping at the first:
 4. **References.** What needs several entries to decide: a model's provider exists, a team's
    models exist, aliases, keys and workloads are not claimed twice, kind-specific provider fields,
    an endpoint is a base URL, providers sharing an Envoy cluster reach one endpoint, a provider
-   keeping stored responses is reached by one team, alias targets name provider models and team
-   plans teams that may use the alias, budgets are whole micro-dollars.
+   keeping stored responses is reached by one team, budgets are whole micro-dollars. Some
+   findings are *notes*, not mistakes (a $0 budget, settings no rule uses, a team plan for a team
+   that may not use the alias, an alias target spelled like a public name): they do not stop the
+   compile, and :attr:`CompiledPolicy.notes` keeps them for ``policy check`` to print.
    Entries that failed the schema are left out of this pass, and references to them are not
    reported a second time, so a typo in one provider does not hide a wrong key in a team.
-5. **Build.** Only a policy without problems becomes a :class:`CompiledPolicy`.
+5. **Build.** Only a policy without problems (notes aside) becomes a :class:`CompiledPolicy`.
 
 This module owns the compilation: running the passes, the reference checks and the build.
 Passes 1 and 2, the wording of pass 3's errors and the placing of every problem in the YAML are
@@ -36,7 +38,7 @@ import types
 import urllib.parse
 import zoneinfo
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -89,10 +91,12 @@ def compile_policy(text: str, source: str = "<memory>") -> CompiledPolicy:
     if data is not None:
         more, spec = _check(data, tree)
         problems += more
-    if problems:
-        raise PolicyError(to_issues(problems, source, tree))
+    errors = [problem for problem in problems if not problem.note]
+    if errors:
+        raise PolicyError(to_issues(errors, source, tree))
     assert spec is not None
-    return _build(spec, text, source)
+    notes = tuple(str(issue) for issue in to_issues([p for p in problems if p.note], source, tree))
+    return replace(_build(spec, text, source), notes=notes)
 
 
 # -- passes 3 and 4: the schema, then the references -------------------------------------------
@@ -373,7 +377,7 @@ def _check_limits(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped
                                         where=(*here, "model")))
     for name, budget in spec.budgets.items():
         if budget.usd is not None:
-            problems += [Problem(message, where=("budgets", name, "usd")) for message in _usd_problems(budget.usd)]
+            problems += _usd_problems(budget.usd, ("budgets", name, "usd"))
         try:
             zoneinfo.ZoneInfo(budget.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -385,20 +389,21 @@ def _check_limits(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped
     return problems
 
 
-def _usd_problems(usd: str) -> list[str]:
+def _usd_problems(usd: str, where: Loc) -> list[Problem]:
     """A budget counts whole micro-dollars: an amount between them would be cut to one (to $0: a hard
-    budget refusing every request), and $0 refuses every request (hard) or alerts on the first (soft)."""
+    budget refusing every request). $0 itself is a deliberate setting (a hard budget freezes its
+    scope, a soft one alerts on any spend): a note."""
     amount = Decimal(usd)
     micros = amount.scaleb(6)
     if micros != micros.to_integral_value():
         cut, rounded = (micros.to_integral_value(rounding=way).scaleb(-6).normalize()
                         for way in (decimal.ROUND_DOWN, decimal.ROUND_HALF_UP))
         instead = f'"{rounded:f}"' if rounded else '"0.000001" or more'
-        return [f"'{usd}' has more than 6 decimals: budgets count whole micro-dollars ($0.000001), and this amount "
-                f"would be cut to ${cut:f}; write {instead}"]
+        return [Problem(f"'{usd}' has more than 6 decimals: budgets count whole micro-dollars ($0.000001), and this "
+                        f"amount would be cut to ${cut:f}; write {instead}", where=where)]
     if not amount:
-        return ["is $0: a hard budget of $0 refuses every request, a soft one alerts on the first; give an amount "
-                "above 0 (to take models from a team, change its 'models')"]
+        return [Problem("note: $0: a hard budget refuses every request in its scope, a soft one alerts on the first "
+                        "one that spends", where=where, note=True)]
     return []
 
 
@@ -448,10 +453,9 @@ def _check_aliases(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skippe
                                         where=(*here, "teams", team), at_key=True))
             elif team in spec.teams and spec.teams[team].models != ["*"] and name not in spec.teams[team].models:
                 problems.append(Problem(
-                    f"team '{team}' may not use '{name}' (its 'models' lists neither '{name}' nor \"*\"): this plan "
-                    f"would never apply, the team's requests for it are refused (403); add '{name}' to "
-                    f"{format_path(('teams', team, 'models'))}, or remove this plan", where=(*here, "teams", team),
-                    at_key=True))
+                    f"note: team '{team}' may not use '{name}' yet (its 'models' lists neither '{name}' nor \"*\"): "
+                    f"this plan applies once {format_path(('teams', team, 'models'))} lists '{name}'",
+                    where=(*here, "teams", team), at_key=True, note=True))
         for where, plan in plans:
             seen: dict[tuple[str, str], int] = {}
             for index, target in enumerate(plan.targets):
@@ -486,8 +490,9 @@ _INHERITED = ("context_window", "max_output_tokens", "price")  # what a target t
 
 def _check_target_model(spec: PolicySpec, owners: dict[str, tuple[str, bool]],
                         entries: dict[tuple[str, str], list[str]], target: TargetSpec, at: Loc) -> list[Problem]:
-    """A target names the provider's model (not a public name of it), and the ``models`` entry it
-    inherits from (see :func:`_plan`) is one."""
+    """Notes on the ``models`` entry a target inherits from (see :func:`_plan`): none though its
+    model is also a public name of its provider's (a floating name such as OpenAI's ``gpt-4o``,
+    or an Azure deployment named like a model, is a valid target), or several that differ."""
     found = entries.get((target.provider, target.model), [])
     owner = owners.get(target.model)
     if not found and owner is not None:
@@ -495,10 +500,10 @@ def _check_target_model(spec: PolicySpec, owners: dict[str, tuple[str, bool]],
         upstream = entry.model or owner[0]
         if entry.provider == target.provider and upstream != target.model:
             return [Problem(
-                f"'{target.model}' is a public name ({format_path(('models', owner[0]))}), not the name provider "
-                f"'{target.provider}' knows the model by: it would be sent upstream as it is, and the target "
-                f"would not get the entry's price, context window or output limit; did you mean '{upstream}'?",
-                where=(*at, "model"))]
+                f"note: '{target.model}' is sent to provider '{target.provider}' as it is; it is also the public "
+                f"name {format_path(('models', owner[0]))}, which this provider serves as '{upstream}': the target "
+                f"does not take that entry's price, context window or output limit (write '{upstream}' if it is "
+                "that model you mean)", where=(*at, "model"), note=True)]
     if len(found) > 1:
         models = [spec.models[public] for public in found]
         differ = [field for field in _INHERITED if field not in target.model_fields_set
@@ -506,8 +511,9 @@ def _check_target_model(spec: PolicySpec, owners: dict[str, tuple[str, bool]],
         if differ:
             listed, fields = _and([f"'{public}'" for public in found]), _and(differ)
             return [Problem(
-                f"models {listed} name model '{target.model}' of provider '{target.provider}', with different "
-                f"{fields}: the target would inherit the last one's; set {fields} on the target", where=at)]
+                f"note: models {listed} name model '{target.model}' of provider '{target.provider}', with different "
+                f"{fields}: the target inherits the last one's (set {fields} on the target to choose)", where=at,
+                note=True)]
     return []
 
 

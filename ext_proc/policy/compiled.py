@@ -273,6 +273,7 @@ class CompiledPolicy:
     limits: Limits = NO_LIMITS  # budgets and rate limits
     guardrails: Guardrails | None = None  # the guardrails section compiled (None: no rule)
     trace_content: bool = False  # telemetry.trace_content: prompts and answers (redacted) in spans
+    notes: tuple[str, ...] = ()  # remarks that are no mistake ("p.yaml:3:5: path: message"), by position
 
     @functools.cached_property
     def model_names(self) -> frozenset[str]:

@@ -1,8 +1,8 @@
 """The ``guardrails:`` section: its reference checks and its compiled form.
 
 Pass 4 of :func:`~ext_proc.policy.compile.compile_policy` calls :func:`problems` (detector names,
-teams and models a rule names, actions a detector cannot take, settings no rule uses (a custom
-detector, prompt-injection scoring without a rule for it), custom patterns Hyperscan or
+teams and models a rule names, actions a detector cannot take, notes on settings no rule uses
+(a custom detector, prompt-injection scoring without a rule for it), custom patterns Hyperscan or
 Python cannot use or whose length is unbounded, a pattern's settings given to a word list); pass
 5 calls :func:`build`, which compiles every detector the policy can use into one scanner
 (:mod:`ext_proc.guardrails.scanner`) and the rules into :class:`~ext_proc.guardrails.plan.Guardrails`.
@@ -54,12 +54,12 @@ def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: obj
                                        ("max_length", "the longest match of a word list is known"))
                     if field in entry.model_fields_set]
         if name not in used and len(out) == found:  # (a detector with a mistake of its own: that is reported)
-            out.append(Problem(f"no rule uses detector '{name}', so it finds nothing; add it to a rule's detectors, "
-                               "or remove it", where=at, at_key=True))
+            out.append(Problem(f"note: no rule uses detector '{name}' yet, so it finds nothing until one lists it "
+                               "in its detectors", where=at, at_key=True, note=True))
     if INJECTION not in used:
-        out += [Problem("no rule uses prompt_injection, so this is never used (nothing is scored); add a rule with "
-                        "detectors: [prompt_injection] and action block or log, or remove it",
-                        where=(*here, "injection", field), at_key=True)
+        out += [Problem("note: no rule uses prompt_injection yet, so this is not used (nothing is scored) until a "
+                        "rule lists prompt_injection in its detectors", where=(*here, "injection", field),
+                        at_key=True, note=True)
                 for field in sorted(section.injection.model_fields_set)]
     known = [*GROUPS, INJECTION, KEPT, *BUILTIN_NAMES, *section.custom]
     teams = list(spec.teams)

@@ -69,6 +69,7 @@ class Problem:
     at_key: bool = False  # point at the key rather than the value
     line: int = 0  # a known position (YAML syntax errors), 1-based; 0: look ``where`` up
     column: int = 0
+    note: bool = False  # not a mistake: something to look at, which ``policy check`` prints without failing
 
 
 def to_issues(problems: list[Problem], source: str, tree: Tree | None) -> list[PolicyIssue]:

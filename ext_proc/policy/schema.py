@@ -254,7 +254,8 @@ class ScopeSpec(Strict):
 class BudgetSpec(ScopeSpec):
     """Spending allowed per day or calendar month: in USD, in tokens, or both."""
 
-    usd: Dec | None = Field(None, description='USD per period, quoted: "500.00" (above 0, whole micro-dollars)')
+    usd: Dec | None = Field(None, description='USD per period, quoted: "500.00" (at most 6 decimals; "0": a hard '
+                                        'budget refuses every request, a soft one alerts on any spend)')
     tokens: Annotated[int, Field(ge=1, le=10**15)] | None = Field(None, description="input + output tokens per period")
     period: Period = Field(description="day | month (calendar, in 'timezone')")
     timezone: TimeZone = Field("UTC", description="IANA time zone the period turns over in (default UTC)")
@@ -389,7 +390,7 @@ class TargetSpec(Strict):
     """One provider model an alias may be served by."""
 
     provider: Name = Field(description="a key of 'providers'")
-    model: Text = Field(description="the provider's model name, not a public one (azure-openai: the deployment)")
+    model: Text = Field(description="the provider's model name, sent as written (azure-openai: the deployment)")
     priority: Annotated[int, Field(ge=0, le=1000)] | None = Field(
         None, description="lower is tried first (default: the position in the list)"
     )
@@ -422,7 +423,8 @@ class AliasSpec(PlanSpec):
     """A public model name served by one or more provider models, with fallback."""
 
     teams: dict[Name, PlanSpec] = Field(default_factory=dict, description="team name -> this team's own plan (its "
-                                        "own strategy: the alias's is not inherited; the team must list the alias)")
+                                        "own strategy: the alias's is not inherited; it applies once the team lists "
+                                        "the alias)")
 
 
 class RoutingSpec(Strict):

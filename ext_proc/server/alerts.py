@@ -50,7 +50,7 @@ class Alerts:
 
     def __call__(self, claim: Claim, spent: int, refused: bool = False) -> None:
         """``spent`` of ``claim``'s budget reported; ``refused``: the budget refused this claim."""
-        if not claim.counter.startswith("budget/") or claim.capacity <= 0:
+        if not claim.counter.startswith("budget/") or claim.capacity < 0 or (not claim.capacity and not spent):
             return
         policy = self.policy()
         found = _budget_of(policy, claim.counter) if policy else None
@@ -58,7 +58,8 @@ class Alerts:
             return
         budget, unit, member, window = found
         name = budget.name
-        percent = spent * 100 / claim.capacity
+        # A $0 (soft) budget: any spend is past every threshold.
+        percent = spent * 100 / claim.capacity if claim.capacity else float("inf")
         for threshold in budget.alerts:
             key = f"{claim.counter}@{threshold}"
             # A refusal raises 100 % (the lower thresholds follow the spend, as it is reported).

@@ -198,6 +198,8 @@ class PolicyController:
         state.envoy_clusters_missing = self._missing(policy)
         self.publication.publish(state)
         log.info("policy %s loaded: version %s", self.path, policy.version)
+        for note in policy.notes:  # not mistakes (they do not stop a load): what `policy check` prints
+            log.info("policy note: %s", note)
         if refused is not None:  # served (there is nothing older), but stale, and tried again
             self._reject(f"{self.path}: {refused}", again=True)
             return True

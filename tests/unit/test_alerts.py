@@ -94,6 +94,32 @@ def test_each_threshold_fires_once_and_a_failing_webhook_is_retried(hook: str, m
     assert "budget search-daily reached 80% of its usd limit for search" in caplog.text
 
 
+def test_a_zero_soft_budget_alerts_at_its_first_spend(hook: str) -> None:
+    """usd "0" with enforce: soft (alert on any spend): its claims have capacity 0, which the alerts
+    skipped, so it never alerted. Every threshold fires at the first spend, none before."""
+    policy = compile_policy(f"""
+apiVersion: tollway/v1
+providers: {{openai: {{kind: openai}}}}
+models: {{gpt-4o-mini: {{provider: openai}}}}
+teams: {{search: {{workloads: [w], models: ["*"]}}}}
+budgets:
+  watch: {{team: search, usd: "0", period: day, enforce: soft, alerts: [50, 100], webhook: "{hook}"}}
+""")
+    fired = Alerts(lambda: policy, MemoryBackend().once, Tally())
+    claim = Claim("budget/watch/usd/search/2026-12-04", 1, 0, time.time() + 3600)
+
+    async def scenario() -> None:
+        fired(claim, 0)  # nothing spent: nothing
+        await asyncio.sleep(0.2)
+        assert Hook.received == []
+        fired(claim, 1)
+        await asyncio.sleep(0.3)
+
+    asyncio.run(scenario())
+    assert sorted(event["threshold_percent"] for event in Hook.received) == [50, 100]
+    assert {event["limit"] for event in Hook.received} == {0}
+
+
 def test_a_second_worker_does_not_repeat_an_alert() -> None:
     policy = compile_policy("""
 apiVersion: tollway/v1

@@ -100,9 +100,9 @@ def test_every_mistake_is_located(snippet: str, expected: str) -> None:
     assert issues(snippet) == [expected]
 
 
-def test_a_usd_amount_is_whole_micro_dollars_above_zero() -> None:
+def test_a_usd_amount_is_whole_micro_dollars() -> None:
     """"0.0000009" compiled to a $0 hard budget (every request refused), "1.0000004" to $1: budgets
-    count whole micro-dollars, so a finer amount is refused with the one to write, and $0 too."""
+    count whole micro-dollars, so a finer amount is refused with the one to write."""
     assert issues("""\
         budgets:
           tiny: {team: search, usd: "0.0000009", period: day}
@@ -116,12 +116,24 @@ def test_a_usd_amount_is_whole_micro_dollars_above_zero() -> None:
         '($0.000001), and this amount would be cut to $0; write "0.000001" or more',
         "p.yaml:16:28: budgets.cut.usd: '2.5000007' has more than 6 decimals: budgets count whole micro-dollars "
         '($0.000001), and this amount would be cut to $2.5; write "2.500001"',
-        "p.yaml:17:29: budgets.zero.usd: is $0: a hard budget of $0 refuses every request, a soft one alerts on "
-        "the first; give an amount above 0 (to take models from a team, change its 'models')",
-    ]
+    ]  # ("0.000" is no mistake: see below)
     policy = compiles('budgets:\n  b: {team: search, usd: "0.000001", period: day}\n'
                       '  c: {team: search, usd: "7.250000000", period: day}\n')
     assert [b.usd_micros for b in policy.limits.budgets] == [1, 7_250_000]
+
+
+def test_a_zero_usd_budget_compiles_with_a_note() -> None:
+    """usd "0" was refused, and `tollway serve` exited 2 on such a policy (a sidecar's crash loop):
+    a hard $0 budget freezes a team, a soft one alerts on any spend, both deliberate. It compiles,
+    and `policy check` prints a note."""
+    policy = compiles("""\
+        budgets:
+          freeze: {team: search, usd: "0", period: month}
+          watch: {team: search, usd: "0.000", period: day, enforce: soft}
+        """)
+    assert [b.usd_micros for b in policy.limits.budgets] == [0, 0]
+    note = "note: $0: a hard budget refuses every request in its scope, a soft one alerts on the first one that spends"
+    assert policy.notes == (f"p.yaml:14:31: budgets.freeze.usd: {note}", f"p.yaml:15:30: budgets.watch.usd: {note}")
 
 
 def test_a_limits_name_holds_no_slash_as_its_counters_would_be_read_as_anothers() -> None:

@@ -735,6 +735,21 @@ def test_policy_check_reports_every_issue(tmp_path: Path, capsys: pytest.Capture
     ]
 
 
+def test_policy_check_prints_notes_and_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A note (here a $0 budget, refused before: `tollway serve` exited 2 on it) is printed before
+    the file's OK, and the exit status stays 0."""
+    noted = tmp_path / "zero.yaml"
+    text = (HEAD + "teams:\n  b: {models: [gpt-4o], keys: [{id: b, sha256: " + SHA_A + "}]}\n"
+            "budgets:\n  freeze-b: {team: b, usd: \"0\", period: month}\n")
+    noted.write_text(text)
+    assert main(["policy", "check", str(noted)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{noted}:10:28: budgets.freeze-b.usd: note: $0: a hard budget refuses every request in its scope, a soft "
+        "one alerts on the first one that spends",
+        f"{noted}: OK (version {compile_policy(text).version}; 1 provider, 2 models, 1 team; 1 note)",
+    ]
+
+
 def test_policy_check_needs_a_file(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["policy", "check"])

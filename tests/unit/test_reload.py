@@ -107,6 +107,18 @@ def test_configmap_style_symlink_swap(tmp_path: Path, publication: Publication) 
     assert holder.current is not None and holder.current.teams["search"].all_models
 
 
+def test_a_policy_with_notes_loads_and_logs_them(tmp_path: Path, caplog: Any, publication: Publication) -> None:
+    """A $0 budget was refused, so `tollway serve` exited 2 at start (a sidecar's crash loop): it is
+    a note now, which the load logs."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(GOOD + "budgets:\n  freeze: {team: search, usd: \"0\", period: month}\n")
+    controller = PolicyController(str(path), publication)
+    with caplog.at_level("INFO", logger="tollway.policy"):
+        assert controller.start()
+    assert PolicyHolder(publication).current is not None
+    assert f"policy note: {path}:9:31: budgets.freeze.usd: note: $0: a hard budget" in caplog.text
+
+
 def test_missing_file_is_an_error_not_a_crash(tmp_path: Path, publication: Publication) -> None:
     controller = PolicyController(str(tmp_path / "absent.yaml"), publication)
     assert controller.start() is False

@@ -280,10 +280,10 @@ def test_a_team_plan_must_name_a_known_team() -> None:
     ]
 
 
-def test_a_team_plan_is_for_a_team_that_may_use_the_alias() -> None:
-    """A team's own plan under an alias its 'models' does not list was accepted and never applied:
-    the team's requests for the alias were refused (403)."""
-    assert issues(
+def test_a_team_plan_for_a_team_not_listing_the_alias_compiles_with_a_note() -> None:
+    """A team's own plan under an alias its 'models' does not list is unused until the team lists
+    it: harmless, so it compiles (it was refused, and `tollway serve` exited on it), with a note."""
+    policy = compiles(
         ERR_HEAD.replace('ops: {models: ["*"]}', 'ops: {models: ["*"]}\n  support: {models: [gpt-4o]}')
         + """\
     chat:
@@ -292,11 +292,12 @@ def test_a_team_plan_is_for_a_team_that_may_use_the_alias() -> None:
         ops: {targets: [{provider: openai, model: b}]}
         support: {targets: [{provider: anthropic, model: b}]}
 """
-    ) == [
-        "p.yaml:18:9: routing.aliases.chat.teams.support: team 'support' may not use 'chat' (its 'models' lists "
-        "neither 'chat' nor \"*\"): this plan would never apply, the team's requests for it are refused (403); add "
-        "'chat' to teams.support.models, or remove this plan",
-    ]
+    )
+    assert policy.notes == (
+        "p.yaml:18:9: routing.aliases.chat.teams.support: note: team 'support' may not use 'chat' yet (its 'models' "
+        "lists neither 'chat' nor \"*\"): this plan applies once teams.support.models lists 'chat'",
+    )
+    assert served_by(policy.aliases["chat"].teams["support"].targets) == [("anthropic", "b")]
 
 
 def test_a_team_plan_does_not_inherit_the_aliases_strategy() -> None:
@@ -326,16 +327,19 @@ def test_a_team_plan_does_not_inherit_the_aliases_strategy() -> None:
     ]
 
 
-def test_a_target_names_the_providers_model_not_a_public_name() -> None:
-    """A target naming a public model name whose provider knows the model by another name was
-    accepted: the public name went upstream (a 404), without the entry's price or window."""
+def test_a_target_spelled_like_a_public_name_compiles_with_a_note() -> None:
+    """A target whose model is also a public name its provider serves as another model was refused,
+    though such a target is often meant: OpenAI's floating gpt-4o while a models entry pins a
+    snapshot, an Azure deployment named like a model. It compiles and is sent as written; a note
+    says it does not take that entry's price and window (nor, with two entries that differ, which
+    one it inherits from)."""
     text = (
         PROVIDERS
         + """\
 models:
   claude-haiku: {provider: anthropic, model: claude-3-5-haiku-20241022, context_window: 200000}
   haiku: {provider: anthropic, model: claude-3-5-haiku-20241022, context_window: 100000}
-  gpt-4o: {provider: openai, aliases: [gpt-4o-latest]}
+  gpt-4o: {provider: openai, model: gpt-4o-2024-08-06}
 teams:
   ops: {models: [chat]}
 routing:
@@ -343,29 +347,38 @@ routing:
     chat:
       targets:
         - {provider: anthropic, model: claude-haiku}
-        - {provider: openai, model: gpt-4o-latest}
-        - {provider: anthropic, model: claude-3-5-haiku-20241022}
         - {provider: openai, model: gpt-4o}
+        - {provider: anthropic, model: claude-3-5-haiku-20241022}
+        - {provider: openai, model: gpt-4o-2024-08-06}
         - {provider: local, model: claude-haiku}
 """
     )
-    assert issues(text) == [
-        "p.yaml:17:40: routing.aliases.chat.targets[0].model: 'claude-haiku' is a public name (models.claude-haiku), "
-        "not the name provider 'anthropic' knows the model by: it would be sent upstream as it is, and the target "
-        "would not get the entry's price, context window or output limit; did you mean 'claude-3-5-haiku-20241022'?",
-        "p.yaml:18:37: routing.aliases.chat.targets[1].model: 'gpt-4o-latest' is a public name (models.gpt-4o), not "
-        "the name provider 'openai' knows the model by: it would be sent upstream as it is, and the target would "
-        "not get the entry's price, context window or output limit; did you mean 'gpt-4o'?",
+    policy = compiles(text)
+    assert served_by(policy.aliases["chat"].plan.targets) == [
+        ("anthropic", "claude-haiku"), ("openai", "gpt-4o"), ("anthropic", "claude-3-5-haiku-20241022"),
+        ("openai", "gpt-4o-2024-08-06"), ("local", "claude-haiku")]
+    assert policy.notes == (
+        "p.yaml:17:40: routing.aliases.chat.targets[0].model: note: 'claude-haiku' is sent to provider 'anthropic' "
+        "as it is; it is also the public name models.claude-haiku, which this provider serves as "
+        "'claude-3-5-haiku-20241022': the target does not take that entry's price, context window or output limit "
+        "(write 'claude-3-5-haiku-20241022' if it is that model you mean)",
+        "p.yaml:18:37: routing.aliases.chat.targets[1].model: note: 'gpt-4o' is sent to provider 'openai' as it is; "
+        "it is also the public name models.gpt-4o, which this provider serves as 'gpt-4o-2024-08-06': the target "
+        "does not take that entry's price, context window or output limit (write 'gpt-4o-2024-08-06' if it is "
+        "that model you mean)",
         # Two entries for the provider's one model, with different windows: which one it inherits is said.
-        "p.yaml:19:11: routing.aliases.chat.targets[2]: models 'claude-haiku' and 'haiku' name model "
-        "'claude-3-5-haiku-20241022' of provider 'anthropic', with different context_window: the target would "
-        "inherit the last one's; set context_window on the target",
-    ]  # (a public name that is also the provider's name, or another provider's model of the same name: fine)
+        "p.yaml:19:11: routing.aliases.chat.targets[2]: note: models 'claude-haiku' and 'haiku' name model "
+        "'claude-3-5-haiku-20241022' of provider 'anthropic', with different context_window: the target inherits "
+        "the last one's (set context_window on the target to choose)",
+    )  # (a public name that is also the provider's name, or another provider's model of the same name: no note)
+    assert policy.aliases["chat"].plan.targets[2].context_window == 100000
     fixed = text.replace("        - {provider: anthropic, model: claude-haiku}\n", "").replace(
-        "        - {provider: openai, model: gpt-4o-latest}\n", "").replace(
+        "        - {provider: openai, model: gpt-4o}\n", "").replace(
         "model: claude-3-5-haiku-20241022}", "model: claude-3-5-haiku-20241022, context_window: 1000}")
-    first = compiles(fixed).aliases["chat"].plan.targets[0]
+    policy = compiles(fixed)
+    first = policy.aliases["chat"].plan.targets[0]
     assert (first.upstream_model, first.context_window) == ("claude-3-5-haiku-20241022", 1000)
+    assert policy.notes == ()
 
 
 def test_a_plan_needs_targets() -> None:
