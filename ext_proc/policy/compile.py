@@ -628,7 +628,7 @@ def _rebase(url: str | None, kind: str) -> tuple[str, str] | None:
     host: ``/v1``), Anthropic's and Azure's before the API's own ``/v1`` and ``/openai``."""
     path = urllib.parse.urlsplit(url).path.rstrip("/") if url else ""
     if kind == "azure-openai":
-        base = path.partition("/openai")[0]
+        base = _split_openai(path)[0]  # a whole segment: /openai-gw is a prefix of the gateway's
         return ("/openai", base + "/openai") if base else None
     if kind == "anthropic":
         base = path.removesuffix("/v1")
@@ -636,9 +636,21 @@ def _rebase(url: str | None, kind: str) -> tuple[str, str] | None:
     return ("/v1", path) if path not in ("", "/v1") else None
 
 
+def _split_openai(path: str) -> tuple[str, str | None]:
+    """``path`` (no trailing ``/``) before its first segment ``openai``, and what follows that
+    segment (None: no such segment; ``/openai-gw`` or ``/my-openai`` is not one)."""
+    segments = path.split("/")
+    if "openai" not in segments:
+        return path, None
+    at = segments.index("openai")
+    return "/".join(segments[:at]), "".join("/" + segment for segment in segments[at + 1:])
+
+
 # The API paths behind a base URL (less the /v1 they share): an endpoint ending with one is the URL
-# of a call, and every request's own path would be added after it.
-_API_TAILS = sorted({api.path.removeprefix("/v1") for api in apis.APIS} | {"/models"}, key=len, reverse=True)
+# of a call, and every request's own path would be added after it. Each starts with "/", so it
+# matches whole segments. Not /models: Azure AI Foundry's inference base URL ends with it
+# (https://<resource>.services.ai.azure.com/models), and Tollway sends no /models request.
+_API_TAILS = sorted({api.path.removeprefix("/v1") for api in apis.APIS}, key=len, reverse=True)
 # A request of each kind, to show where it would go.
 _EXAMPLE_PATHS = {"anthropic": ("a Messages request", "/v1/messages"),
                   "azure-openai": ("a chat request", "/openai/deployments/DEPLOYMENT/chat/completions")}
@@ -651,8 +663,8 @@ def _endpoint_problems(url: str, kind: str) -> list[str]:
     parts = urllib.parse.urlsplit(url)
     path = parts.path.rstrip("/")
     base = path
-    before, openai, after = path.partition("/openai")
-    if kind == "azure-openai" and openai and after not in ("", "/v1"):
+    before, after = _split_openai(path)
+    if kind == "azure-openai" and after not in (None, "", "/v1"):
         base = before  # Tollway builds /openai/deployments/<model>/... itself
     else:
         tail = next((tail for tail in _API_TAILS if path.endswith(tail)), None)

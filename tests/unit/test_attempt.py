@@ -492,6 +492,12 @@ def test_an_azure_target_gets_its_deployment_path_and_keeps_the_model() -> None:
      "/az/openai/deployments/m/chat/completions?api-version=2024-10-21"),
     ("azure-openai", "https://contoso.openai.azure.com/openai/v1/",  # Azure's v1 base URL
      "/openai/deployments/m/chat/completions?api-version=2024-10-21"),
+    # An APIM prefix whose name starts with "openai" is the gateway's, kept whole (the request lost it)
+    ("azure-openai", "https://apim.corp.net/openai-gw",
+     "/openai-gw/openai/deployments/m/chat/completions?api-version=2024-10-21"),
+    ("azure-openai", "https://apim.corp.net/openai-gw/openai",
+     "/openai-gw/openai/deployments/m/chat/completions?api-version=2024-10-21"),
+    ("openai-compatible", "https://res.services.ai.azure.com/models", "/models/chat/completions"),  # AI Foundry
 ])
 def test_a_providers_endpoint_path_goes_before_every_request_path(kind: str, endpoint: str, path: str) -> None:
     """An endpoint under a path (an API gateway, a company proxy) gets every request under it: the

@@ -580,6 +580,8 @@ def test_an_endpoint_is_a_base_url() -> None:
         ("azure-openai", "https://apim.corp/az/openai/deployments/gpt4o"),
         ("azure-openai", "https://contoso.openai.azure.com/openai/v1?api-version=2024-10-21"),
         ("openai-compatible", "http://vllm:8000/v1#models"),
+        ("azure-openai", "https://apim.corp/openai-gw/openai/deployments/gpt4o"),
+        ("openai-compatible", "https://res.services.ai.azure.com/models/chat/completions"),
     ]
     found = issues("apiVersion: tollway/v1\nproviders:\n" + "".join(
         f'  p{index}: {{kind: {kind}, endpoint: "{url}"{", api_version: v1" if kind == "azure-openai" else ""}}}\n'
@@ -605,11 +607,23 @@ def test_an_endpoint_is_a_base_url() -> None:
         '"https://contoso.openai.azure.com/openai/v1"',
         "p.yaml:9:43: providers.p6.endpoint: has a fragment ('#models'): an endpoint is a base URL, and nothing "
         'after its path is sent; write "http://vllm:8000/v1"',
+        "p.yaml:10:38: providers.p7.endpoint: has the API path '/openai/deployments/gpt4o' in it: Tollway builds "
+        "each request's path behind the base URL (the deployment is a model's or target's 'model'); write "
+        '"https://apim.corp/openai-gw"',
+        "p.yaml:11:43: providers.p8.endpoint: has the API path '/chat/completions' in it: each request's own path "
+        "goes after the base URL (a chat request would go to /models/chat/completions/chat/completions); write "
+        '"https://res.services.ai.azure.com/models"',
     ]
     # What to write instead: base URLs, as the SDKs take them.
     good = [("openai-compatible", "https://llm-gw.corp/v1"), ("anthropic", "https://api.anthropic.com"),
             ("anthropic", "https://llm-gw.corp/claude/v1/"), ("openai", "https://llm-gw.corp/openai/v1"),
-            ("azure-openai", "https://contoso.openai.azure.com/openai/v1/"), ("azure-openai", "https://apim.corp/az")]
+            ("azure-openai", "https://contoso.openai.azure.com/openai/v1/"), ("azure-openai", "https://apim.corp/az"),
+            # Whole path segments: an API gateway's prefix named like an API part is no API path (both
+            # were refused, and `tollway serve` exited on them), nor is Azure AI Foundry's documented
+            # inference base URL, which ends with /models.
+            ("azure-openai", "https://apim.corp.net/openai-gw"), ("azure-openai", "https://apim.corp.net/openai-gw/openai"),
+            ("openai-compatible", "https://res.services.ai.azure.com/models"),
+            ("openai-compatible", "https://llm-gw.corp/v1/my-completions")]
     compiles("apiVersion: tollway/v1\nproviders:\n" + "".join(
         f'  p{index}: {{kind: {kind}, endpoint: "{url}"{", api_version: v1" if kind == "azure-openai" else ""}}}\n'
         for index, (kind, url) in enumerate(good)))
