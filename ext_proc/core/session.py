@@ -330,7 +330,10 @@ class Session:
             flow.answer_coding = coding.strip().lower()
         elif flow.stream and status is not None and 200 <= status < 300:  # (an event stream: see above)
             self._response = Stream(flow, pipeline.stages_for(flow, stream=True))
-            return Continue(set_headers=told, remove_headers=hidden, stream_response=True)
+            # A stream's length (a buffering proxy's) goes: its events may change on the way (a key
+            # or a value taken out, a translation), and Envoy refuses a body longer or shorter than it.
+            drop = (*hidden, "content-length") if "content-length" in headers else hidden
+            return Continue(set_headers=told, remove_headers=drop, stream_response=True)
         # Buffered: the head is held until the body is read; the answer to the body tells it all.
         self._told, self._hidden = told, hidden
         return CONTINUE

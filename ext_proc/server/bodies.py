@@ -95,10 +95,14 @@ class BodyBudget:
             self.reserved += reserve
             return size, reserve
         used = min(size, ahead)
-        self.reserved -= used
         if not self.take(held, size):
-            return None
+            return None  # (its reservation, ``ahead``, goes with what it held: give_back)
+        self.reserved = max(0, self.reserved - used)
         return held + size, ahead - used
+
+    def release(self, ahead: int) -> None:
+        """A request's body ended short of what it declared: the ``ahead`` it still reserved goes."""
+        self.reserved = max(0, self.reserved - ahead)
 
     def true_up(self, mine: int, size: int) -> int:
         """A request counted as holding ``mine`` bytes holds ``size`` (its body inflated): counted

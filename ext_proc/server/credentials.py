@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from ext_proc.core.actions import Action, Continue
+from ext_proc.core.actions import Action, Continue, Respond
 from ext_proc.core.events import Event, ResponseBody, ResponseHeaders
 from ext_proc.llm import providers
 from ext_proc.policy.compiled import CredentialSource, Provider
@@ -170,6 +170,8 @@ class Scrub:
     __slots__ = ("_fix", "_keys", "_raw")
 
     def __init__(self, keys: tuple[str, ...]) -> None:
+        # Each key as sent, and as a JSON encoder may write it back (``/`` escaped as ``\/``).
+        keys = (*keys, *(key.replace("/", "\\/") for key in keys if "/" in key))
         self._keys = keys
         self._raw = tuple(key.encode() for key in keys)
         self._fix: tuple[tuple[str, str], ...] | bytes | None = None  # the last event's change, for its answer
@@ -204,12 +206,25 @@ class Scrub:
 
     def action(self, action: Action, length: bool) -> Action:
         """The session's answer to the last event, carrying its change to Envoy. ``length``: the body
-        is the whole answer (buffered), whose ``content-length`` follows a new body."""
+        is the whole answer (buffered), whose ``content-length`` follows a new body. A body the
+        session wrote itself is checked too: it may hold what the session read where this could not
+        (an error it inflated from gzip, quoted in its own words)."""
         fix, self._fix = self._fix, None
+        own = action.body
+        if own:
+            clean = own
+            for raw in self._raw:
+                if raw in clean:
+                    clean = clean.replace(raw, MARKER.encode())
+            if clean is not own:
+                if isinstance(action, Respond):
+                    return dataclasses.replace(action, body=clean)  # an immediate answer: Envoy sizes it
+                sized = tuple((n, str(len(clean)) if n == "content-length" else v) for n, v in action.set_headers)
+                action = dataclasses.replace(action, body=clean, set_headers=sized)
         if fix is None or type(action) is not Continue:  # (an immediate response sends nothing of the provider's)
             return action
         if isinstance(fix, bytes):
-            if action.body is not None:  # the session's own body, made from the cleaned one
+            if own is not None:  # the session's own body, made from the cleaned one
                 return action
             sets = (*action.set_headers, ("content-length", str(len(fix)))) if length else action.set_headers
             return dataclasses.replace(action, body=fix, set_headers=sets)

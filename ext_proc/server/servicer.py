@@ -227,7 +227,7 @@ def _body_held(service: Service, session: Session | Attempt, event: Event, held:
             return None
         held, ahead = counted
     if held and ahead and event.end_of_stream:  # type: ignore[union-attr]
-        service.bodies.reserved -= ahead  # shorter than it declared: nothing more will come
+        service.bodies.release(ahead)  # shorter than it declared: nothing more will come
         ahead = 0
     return held, ahead
 

@@ -118,6 +118,20 @@ def test_stalled_large_uploads_never_keep_small_bodies_out() -> None:
     assert budget.reserved == 0
 
 
+def test_a_large_body_refused_midway_gives_back_its_reservation_once() -> None:
+    budget = BodyBudget(100, large=20)
+    first, second = budget.read(0, 30, 1), budget.read(0, 30, 1)  # two large bodies: 1 read, 29 reserved each
+    assert first == second == (1, 29) and budget.read(0, 0, 70) == (70, 0)  # and an undeclared 70
+    assert budget.read(1, 29, 29) is None  # the first's rest: 72 + 29 read > 100
+    budget.give_back(1, 29)  # as the servicer does on a refusal
+    assert (budget.held, budget.reserved) == (71, 29)  # the second's reservation stands
+    assert budget.read(1, 29, 10) == (11, 19) and budget.reserved == 19
+    budget.release(19)  # the second ends short of what it declared
+    budget.give_back(11)
+    budget.give_back(70)
+    assert (budget.held, budget.reserved) == (0, 0)
+
+
 @pytest.mark.parametrize("together", [True, False], ids=["bodies-together", "buffered"])
 def test_a_request_declaring_a_body_past_the_limit_is_refused_at_its_first_chunk(
         tmp_path: Path, together: bool) -> None:

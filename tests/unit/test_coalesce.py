@@ -8,6 +8,7 @@ first, and an HTTP/1 body as its data then an empty last chunk.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from pathlib import Path
 from typing import Any
@@ -346,3 +347,26 @@ def test_grpcio_takes_an_echoed_key_out_too(tmp_path: Path) -> None:
     assert sets(head, "response_headers")["x-debug-authorization"] == f"Bearer {MARKER}"
     error = orjson.loads(body.response_body.response.body_mutation.body)["error"]  # Envoy's plain text: JSON
     assert error["code"] == "gateway_error" and error["message"].endswith(f"Forbidden: Bearer {MARKER}")
+
+
+def test_a_gzip_error_quoting_the_key_is_taken_out_of_the_error_tollway_writes(tmp_path: Path) -> None:
+    """The key is not in the compressed bytes; the session inflates a plain-text error and quotes it
+    in the client's JSON error: the body the session writes is checked too."""
+    call = keyed_call(tmp_path)
+    sent_to_gpt_4o(call, config=None)  # message by message (buffered)
+    head = pb.ProcessingRequest(response_headers=_headers([(":status", "403"), ("content-type", "text/plain"),
+                                                          ("content-encoding", "gzip")])).SerializeToString()
+    call.message(head)
+    replies = parsed(call.message(chunk("response_body", gzip.compress(f"Forbidden: Bearer {ECHOED}".encode()),
+                                        end=True)))
+    sent = b"".join(r.response_body.response.body_mutation.body for r in replies if r.HasField("response_body"))
+    assert sent and ECHOED.encode() not in sent and b"Forbidden" in sent
+
+
+def test_a_key_the_providers_json_escapes_is_found_too() -> None:
+    from ext_proc.core.events import ResponseBody
+    from ext_proc.server.credentials import MARKER, Scrub
+
+    scrub = Scrub(("abc/def+ghi=jkl",))
+    out = scrub.event(ResponseBody(b'{"error":{"message":"bad key abc\\/def+ghi=jkl"}}', True, 0))
+    assert isinstance(out, ResponseBody) and b"abc" not in out.body and MARKER.encode() in out.body
