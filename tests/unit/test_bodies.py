@@ -17,7 +17,7 @@ from ext_proc.server.bodies import BodyBudget, declared, inflated
 from ext_proc.server.coalesce import MAX_BODY
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.servicer import ExtProcCall, Processor, Service
-from tests.unit.test_coalesce import BODY, chunk, parsed, request_head
+from tests.unit.test_coalesce import BODY, chunk, grpcio_replies, parsed, request_head
 
 
 def _service(tmp_path: Path, limit: int, large: int = 1) -> Service:
@@ -178,25 +178,15 @@ def test_grpcio_refuses_the_same_and_gives_the_bytes_back(tmp_path: Path) -> Non
     processor = Processor(service)
     messages = [request_head(), chunk("request_body", orjson.dumps(BODY)), chunk("request_body", b"", end=True)]
 
-    class Context:
-        def invocation_metadata(self) -> tuple[()]:
-            return ()
-
-    async def run(messages: list[bytes]) -> list[Any]:
-        async def requests() -> Any:
-            for data in messages:
-                yield pb.ProcessingRequest.FromString(data)
-        return [reply async for reply in processor.process(requests(), Context())]  # type: ignore[arg-type]
-
-    (refused,) = asyncio.run(run(messages))
+    (refused,) = grpcio_replies(processor, messages)
     assert _refusal(refused)["code"] == "overloaded"
     assert service.bodies.held == 90
     declaring = [request_head(**{"content-length": "20"}), chunk("request_body", b"{"),
                  chunk("request_body", b"}", end=True)]
-    (refused,) = asyncio.run(run(declaring))  # its first byte: 90 + the 20 it declares > 100
+    (refused,) = grpcio_replies(processor, declaring)  # its first byte: 90 + the 20 it declares > 100
     assert _refusal(refused)["code"] == "overloaded" and service.bodies.held == 90
     service.bodies.give_back(90)
-    replies = asyncio.run(run(messages))
+    replies = grpcio_replies(processor, messages)
     assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body", "request_body"]
     assert service.bodies.held == 0
 

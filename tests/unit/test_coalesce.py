@@ -240,10 +240,8 @@ def test_without_the_protocol_config_every_message_is_answered_on_its_own(call: 
     assert "x-tollway-cluster" in sets(body, "request_body")
 
 
-def test_grpcio_serves_the_same_answers(tmp_path: Path) -> None:
-    processor = Processor(Service(RecordWriter(str(tmp_path / "requests.jsonl"), immediate=True)))
-    messages = [request_head(), chunk("request_body", orjson.dumps(BODY)), chunk("request_body", b"", end=True)]
-
+def grpcio_replies(processor: Processor, messages: list[bytes]) -> list[Any]:
+    """What the grpcio transport answers one ext_proc stream of ``messages``."""
     class Context:
         def invocation_metadata(self) -> tuple[()]:
             return ()
@@ -254,7 +252,13 @@ def test_grpcio_serves_the_same_answers(tmp_path: Path) -> None:
                 yield pb.ProcessingRequest.FromString(data)
         return [reply async for reply in processor.process(requests(), Context())]  # type: ignore[arg-type]
 
-    replies = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_grpcio_serves_the_same_answers(tmp_path: Path) -> None:
+    processor = Processor(Service(RecordWriter(str(tmp_path / "requests.jsonl"), immediate=True)))
+    messages = [request_head(), chunk("request_body", orjson.dumps(BODY)), chunk("request_body", b"", end=True)]
+    replies = grpcio_replies(processor, messages)
     assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body", "request_body"]
     assert "x-tollway-cluster" in sets(replies[0], "request_headers")
 
@@ -331,18 +335,7 @@ def test_grpcio_takes_an_echoed_key_out_too(tmp_path: Path) -> None:
     messages = [request_head(None), chunk("request_body", orjson.dumps({**BODY, "model": "gpt-4o"}), end=True),
                 echoing_head("403", "text/plain"), chunk("response_body", f"Forbidden: Bearer {ECHOED}".encode(),
                                                          end=True)]
-
-    class Context:
-        def invocation_metadata(self) -> tuple[()]:
-            return ()
-
-    async def run() -> list[Any]:
-        async def requests() -> Any:
-            for data in messages:
-                yield pb.ProcessingRequest.FromString(data)
-        return [reply async for reply in processor.process(requests(), Context())]  # type: ignore[arg-type]
-
-    replies = asyncio.run(run())
+    replies = grpcio_replies(processor, messages)
     head, body = replies[2:]
     assert sets(head, "response_headers")["x-debug-authorization"] == f"Bearer {MARKER}"
     error = orjson.loads(body.response_body.response.body_mutation.body)["error"]  # Envoy's plain text: JSON
