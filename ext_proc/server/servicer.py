@@ -212,8 +212,8 @@ def _body_held(service: Service, session: Session | Attempt, event: Event, held:
                ahead: int) -> tuple[int, int] | None:
     """The bytes of body a request holds, and how many of them it has not read yet, once its body's
     chunk ``event`` is counted against the worker's :class:`~ext_proc.server.bodies.BodyBudget`
-    (``held`` and ``ahead`` before it: see :meth:`~ext_proc.server.bodies.BodyBudget.read`; its
-    first chunk counts the length its request declared whole), or None: the worker holds as many
+    (``held`` and ``ahead`` before it: see :meth:`~ext_proc.server.bodies.BodyBudget.read`; a large
+    body's first chunk reserves the rest of the length its request declared), or None: the worker holds as many
     bodies as it may, and the request is refused (``OVERLOADED``): its bytes are no longer counted.
     Only a request still reading its body counts (not an upstream attempt's, nor the rest of a
     refused body)."""
@@ -233,8 +233,8 @@ def _body_held(service: Service, session: Session | Attempt, event: Event, held:
 
 
 def _declared(session: Session | Attempt, event: Event) -> int:
-    """The body length a request's headers ``event`` declare, counted from its first chunk (0 for
-    an upstream attempt's, or a request without a body)."""
+    """The body length a request's headers ``event`` declare, reserved at its first chunk when large
+    (0 for an upstream attempt's, or a request without a body)."""
     if not isinstance(session, Session) or event.end_of_stream:  # type: ignore[union-attr]
         return 0
     return declared(event.headers)  # type: ignore[union-attr]
@@ -288,7 +288,7 @@ class ExtProcCall:
         self._merge: Coalescer | None = None  # Envoy sends bodies behind their headers (see coalesce)
         self._overdue: coalesce.Overdue | None = None  # extends a held headers answer's timer (h2 server)
         self._held = 0  # bytes of request body counted against the worker's BodyBudget
-        self._ahead = 0  # of those, not read yet (before the first chunk: the length declared)
+        self._ahead = 0  # bytes it reserves and has not read yet (before the first chunk: the length declared)
         self._scrub: Scrub | None = None  # the provider keys taken out of the answer (see credentials.Scrub)
 
     def message(self, data: bytes) -> list[bytes]:
