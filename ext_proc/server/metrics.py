@@ -51,8 +51,10 @@ from ext_proc.state.rows import fell_back, went_upstream
 log = logging.getLogger("tollway.metrics")
 
 MODEL_CAP = 50  # distinct served-model names beyond the policy's that get a label of their own
-# The semantic conventions' bucket boundaries for GenAI durations (seconds).
-DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+# The semantic conventions' bucket boundaries for GenAI durations (seconds), doubled twice more: a
+# reasoning model's answer or a long stream takes minutes (Envoy waits up to 300 s for a first byte).
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+                    163.84, 327.68)
 # gen_ai.server.time_per_output_token's boundaries (seconds).
 PER_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 # The prompt-injection score's (0 to 1; the default threshold is 0.5).
@@ -106,21 +108,22 @@ METRICS = {m.name: m for m in (
     Metric("tollway_requests_usage_unknown", "counter",
            "Requests a provider answered (not with an error) whose usage is unknown", ("team", "model", "provider")),
     Metric("gen_ai_client_inference_duration_seconds", "histogram",
-           "From the request reaching Tollway to the end of the answer", (*GEN_AI, "error_type", "provider"),
+           "From the request reaching Tollway to the end of the answer", (*GEN_AI, "error_type", "team", "provider"),
            DURATION_BUCKETS),
     Metric("gen_ai_client_inference_time_to_first_chunk_seconds", "histogram",
-           "From the request reaching Tollway to the first byte of a streamed answer", (*GEN_AI, "provider"),
+           "From the request reaching Tollway to the first byte of a streamed answer", (*GEN_AI, "team", "provider"),
            DURATION_BUCKETS),
     Metric("tollway_time_per_output_token_seconds", "histogram",
-           "Time per output token after the first, per successful stream", (*GEN_AI, "provider"),
+           "Time per output token after the first, per successful stream", (*GEN_AI, "team", "provider"),
            PER_TOKEN_BUCKETS),
     Metric("tollway_fallbacks", "counter", "Requests served by a later target of their fallback chain",
            ("model", "provider")),
     Metric("tollway_provider_attempts", "counter", "Tries Envoy made at providers (retries and fallbacks included)",
            ("model",)),
-    Metric("tollway_guardrail_requests", "counter", "Requests on which a guardrail fired", ("guardrail",)),
+    Metric("tollway_guardrail_requests", "counter", "Requests on which a guardrail fired",
+           ("guardrail", "team", "model")),
     Metric("tollway_guardrail_triggers", "counter", "Values guardrails found, by detector, action and direction",
-           ("guardrail", "detector", "action", "direction")),
+           ("guardrail", "detector", "action", "direction", "team")),
     Metric("tollway_injection_score", "histogram",
            "The built-in prompt-injection score of each scored request (where to put the threshold)", ("team",),
            SCORE_BUCKETS),
@@ -256,10 +259,10 @@ class Tally:
         fired = record.get("guardrails")  # also on a request a guardrail blocked
         if fired:
             for name in set(fired):
-                add(("tollway_guardrail_requests", name))
+                add(("tollway_guardrail_requests", name, team, model))
             for trigger in record.get("guardrail_triggers") or ():
                 add(("tollway_guardrail_triggers", trigger["guardrail"], trigger["detector"], trigger["action"],
-                     trigger["direction"]), trigger.get("count") or 1)
+                     trigger["direction"], team), trigger.get("count") or 1)
         if outcome == "rejected":
             code = record.get("error") or "unknown"
             add(("tollway_requests_refused", api, code))
@@ -310,14 +313,15 @@ class Tally:
         latency = record.get("latency_ms")
         if latency is not None and upstream:  # no model call, no inference duration
             error = str(record.get("status")) if outcome == "error" else "incomplete" if outcome == "incomplete" else ""
-            self.observe(("gen_ai_client_inference_duration_seconds", operation, kind, model, error, provider),
+            self.observe(("gen_ai_client_inference_duration_seconds", operation, kind, model, error, team, provider),
                          latency / 1000)
         ttft = record.get("ttft_ms")
         if ttft is not None:
-            self.observe(("gen_ai_client_inference_time_to_first_chunk_seconds", operation, kind, model, provider),
+            self.observe(("gen_ai_client_inference_time_to_first_chunk_seconds", operation, kind, model, team,
+                          provider),
                          ttft / 1000)
             if outcome == "ok" and out and out > 1 and latency is not None and latency > ttft:
-                self.observe(("tollway_time_per_output_token_seconds", operation, kind, model, provider),
+                self.observe(("tollway_time_per_output_token_seconds", operation, kind, model, team, provider),
                              (latency - ttft) / 1000 / (out - 1))
 
     def snapshot(self) -> dict[str, Any]:

@@ -35,8 +35,11 @@ from typing import Any, Protocol, TypeVar
 
 from ext_proc.state.rows import Row, fell_back, group_of, lookup, served_latency, went_upstream
 
-# Latency histogram upper bounds in ms (the last bucket is open-ended).
-LATENCY_BOUNDS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000)
+# Latency histogram upper bounds in ms (the last bucket is open-ended). Minutes too: a reasoning
+# model's answer or a long stream takes them. (The three past 60 s came later: a bucket an older
+# Tollway wrote as "over 60 s" reads as 60-120 s.)
+LATENCY_BOUNDS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000,
+                  120000, 300000, 600000)
 DIMENSIONS = ("team", "model", "key_id", "provider")
 SEP = "\x1f"  # between dimension values in a bucket key (never in names the policy allows)
 
@@ -165,7 +168,8 @@ def _grouped(buckets: Iterable[tuple[Bucket, dict[str, int]]], key: Callable[[Bu
 
 
 def _p95_bound(histogram: list[int]) -> float:
-    """The upper bound of the histogram bucket holding the 95th percentile (open last bucket: its floor)."""
+    """The upper bound of the histogram bucket holding the 95th percentile (open last bucket, over
+    ten minutes: its floor)."""
     target = -(-95 * sum(histogram) // 100)
     seen = 0
     for i, count in enumerate(histogram):

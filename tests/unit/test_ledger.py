@@ -517,3 +517,15 @@ def test_a_far_future_until_is_no_end(tmp_path: Path, capsys: pytest.CaptureFixt
         for until in ("9999-12-31", "9999-12-30"):
             assert main(["report", *source, "--since", "2026-10-01", "--until", until, "--format", "json"]) == 0
             assert sum(row["requests"] for row in orjson.loads(capsys.readouterr().out)) == len(RECORDS)
+
+
+def test_p95_from_the_aggregates_reads_minutes_not_60_seconds() -> None:
+    """Calls of three minutes (a reasoning model, a long stream) read as their bucket's upper bound
+    (5 minutes), not the 60 s the open bucket's floor once gave: never below the log's p95."""
+    records = [rec(latency_ms=180_000.0) for _ in range(20)]
+    memory = MemoryLedger()
+    memory.add(records)
+    (from_aggregates,) = memory.rows("model")
+    (from_log,) = aggregate(records, "model")
+    assert from_log.p95_latency_ms == 180_000.0
+    assert from_aggregates.p95_latency_ms == 300_000.0

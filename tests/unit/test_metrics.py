@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -59,9 +60,11 @@ def test_a_request_a_guardrail_blocked_counts_as_a_trigger() -> None:
                                        "direction": "request", "count": 1}]}
     tally.record(blocked)
     got = scrape(tally)
-    assert got[("tollway_guardrail_requests_total", (("guardrail", "pii"),))] == 1
+    assert got[("tollway_guardrail_requests_total", (("guardrail", "pii"), ("model", "gpt-4o-mini"),
+                                                     ("team", "search")))] == 1
     assert got[("tollway_guardrail_triggers_total", (("action", "block"), ("detector", "email"),
-                                                     ("direction", "request"), ("guardrail", "pii")))] == 1
+                                                     ("direction", "request"), ("guardrail", "pii"),
+                                                     ("team", "search")))] == 1
     assert got[("tollway_requests_refused_total", (("api", "openai.chat.completions"),
                                                    ("code", "guardrail_blocked")))] == 1
 
@@ -84,9 +87,11 @@ def test_a_record_adds_to_every_metric_it_concerns() -> None:
     assert got[("tollway_cost_usd_total", cost)] == 0.001234
     assert got[("tollway_fallbacks_total", (("model", "gpt-4o-mini"), ("provider", "openai")))] == 1
     assert got[("tollway_provider_attempts_total", (("model", "gpt-4o-mini"),))] == 2
-    assert got[("tollway_guardrail_requests_total", (("guardrail", "pii"),))] == 1
+    assert got[("tollway_guardrail_requests_total", (("guardrail", "pii"), ("model", "gpt-4o-mini"),
+                                                     ("team", "search")))] == 1
     assert got[("tollway_guardrail_triggers_total", (("action", "redact"), ("detector", "email"),
-                                                     ("direction", "request"), ("guardrail", "pii")))] == 2
+                                                     ("direction", "request"), ("guardrail", "pii"),
+                                                     ("team", "search")))] == 2
     assert got[("tollway_budget_refusals_total", (("budget", "search-daily"),))] == 1
     # Every scored request's injection score, refused ones too: where a team's traffic sits.
     assert got[("tollway_injection_score_count", (("team", "search"),))] == 2
@@ -99,12 +104,12 @@ def test_a_record_adds_to_every_metric_it_concerns() -> None:
           ("status", "200"), ("team", "search"))
     assert got[("tollway_requests_total", ok)] == 1
     # Durations in seconds, in the conventions' buckets; a refused request has no latency sample.
-    duration = tuple(sorted((*common, ("error_type", ""), ("provider", "openai"))))
+    duration = tuple(sorted((*common, ("error_type", ""), ("team", "search"), ("provider", "openai"))))
     assert got[("gen_ai_client_inference_duration_seconds_count", duration)] == 1
     assert got[("gen_ai_client_inference_duration_seconds_sum", duration)] == 1.2
     assert got[("gen_ai_client_inference_duration_seconds_bucket", tuple(sorted((*duration, ("le", "1.28")))))] == 1
     assert got[("gen_ai_client_inference_duration_seconds_bucket", tuple(sorted((*duration, ("le", "0.64")))))] == 0
-    ttft = tuple(sorted((*common, ("provider", "openai"))))
+    ttft = tuple(sorted((*common, ("team", "search"), ("provider", "openai"))))
     assert got[("gen_ai_client_inference_time_to_first_chunk_seconds_sum", ttft)] == 0.2
     assert got[("tollway_time_per_output_token_seconds_sum", ttft)] == 0.1  # (1.2 s - 0.2 s) / (11 - 1)
 
@@ -350,3 +355,53 @@ def test_the_grafana_dashboards_rates_count_only_requests_that_reached_a_provide
                 assert 'outcome!="rejected"' in selector or 'outcome=~"error|incomplete"' in selector, selector
                 checked += 1
     assert checked == 4  # error rate (both sides), fallback rate, retries
+
+
+def test_the_grafana_dashboards_latencies_are_those_of_served_calls_and_follow_the_team() -> None:
+    # The reports' and the dashboard's latencies are those of the model calls a provider answered
+    # (error_type=""): a provider failing fast must not look faster. Every panel of durations follows
+    # the dashboard's $team.
+    import json
+
+    board = json.loads((Path(__file__).parents[2] / "k8s" / "grafana" / "tollway-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+    durations = [e for e in exprs if "gen_ai_client_inference_duration_seconds" in e]
+    assert len(durations) == 4 and all('error_type=""' in e and 'team=~"$team"' in e for e in durations), durations
+    for e in exprs:
+        if "_seconds_bucket" in e or "tollway_guardrail_triggers_total" in e:
+            assert 'team=~"$team"' in e, e
+
+
+def test_a_teams_average_latency_and_guardrail_requests_read_from_metrics_as_the_report_reads_them() -> None:
+    """"Team A ... an average latency of 340ms, and 3 requests triggered the PII guardrail", from
+    /metrics: two teams on one model keep their own averages (the duration has a team label) and
+    their own guardrail counts."""
+    from ext_proc.ledger.report import aggregate
+
+    records = ([{**OK, "request_id": f"s{i}", "latency_ms": 300.0 + i, "ttft_ms": None, "ts": 1.8e9} for i in range(3)]
+               + [{**OK, "request_id": f"a{i}", "team": "ads", "latency_ms": 20.0, "guardrails": [],
+                   "guardrail_triggers": [], "ttft_ms": None, "ts": 1.8e9} for i in range(2)])
+    tally = Tally(Names(lambda: POLICY))
+    for record in records:
+        tally.record(record)
+    got = scrape(tally)
+    report = {row.group: row for row in aggregate(records, "team")}
+    for team in ("search", "ads"):
+        labels = (("error_type", ""), ("gen_ai_operation_name", "chat"), ("gen_ai_provider_name", "openai"),
+                  ("gen_ai_request_model", "gpt-4o-mini"), ("provider", "openai"), ("team", team))
+        average = (got[("gen_ai_client_inference_duration_seconds_sum", labels)]
+                   / got[("gen_ai_client_inference_duration_seconds_count", labels)] * 1000)
+        assert average == pytest.approx(report[team].avg_latency_ms)
+    assert report["search"].guardrail_triggers == 3
+    assert got[("tollway_guardrail_requests_total", (("guardrail", "pii"), ("model", "gpt-4o-mini"),
+                                                     ("team", "search")))] == 3
+    assert not any(k[0] == "tollway_guardrail_requests_total" and ("team", "ads") in k[1] for k in got)
+
+
+def test_durations_of_minutes_have_buckets_of_their_own() -> None:
+    """A reasoning model's answer or a long stream takes minutes: past 81.92 s two more buckets."""
+    tally = Tally(Names(lambda: POLICY))
+    tally.record({**OK, "latency_ms": 150_000.0, "ttft_ms": None})
+    got = scrape(tally)
+    les = {dict(k[1])["le"]: v for k, v in got.items() if k[0] == "gen_ai_client_inference_duration_seconds_bucket"}
+    assert (les["81.92"], les["163.84"], les["327.68"], les["+Inf"]) == (0, 1, 1, 1)
