@@ -31,5 +31,8 @@ EXPOSE 9902 10021 50051
 HEALTHCHECK --interval=20s --timeout=3s \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9902/healthz', timeout=2)"]
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["tini", "--"]
-CMD ["tollway", "serve"]
+# Kubernetes `args` replace CMD and keep ENTRYPOINT: the manifests give `args: [serve, ...]` or
+# `[inject, ...]`, so the program is in ENTRYPOINT (containers running another, such as Envoy or
+# the init script, set `command`).
+ENTRYPOINT ["tini", "--", "tollway"]
+CMD ["serve"]

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -70,8 +71,8 @@ def test_the_image_is_what_the_pods_expect() -> None:
     runtime = final[last_from:]
     by = {line["instruction"]: line["value"] for line in runtime}
     assert by["USER"] == f"{inject.TOLLWAY_UID}:{inject.TOLLWAY_GID}"
-    assert json.loads(by["ENTRYPOINT"]) == ["tini", "--"]
-    assert json.loads(by["CMD"]) == ["tollway", "serve"]
+    assert json.loads(by["ENTRYPOINT"]) == ["tini", "--", "tollway"]
+    assert json.loads(by["CMD"]) == ["serve"]
     assert "HEALTHCHECK" in by and by["STOPSIGNAL"] == "SIGTERM"
     copies = [line["value"].split() for line in runtime if line["instruction"] == "COPY"]
     assert ["k8s/image/tollway-intercept", "/usr/local/bin/tollway-intercept"] in copies
@@ -83,6 +84,49 @@ def test_the_image_is_what_the_pods_expect() -> None:
     assert any(line["instruction"] == "RUN" and line["value"].startswith("tollway-install /opt/tollway")
                for line in build)
     assert inject.PYTHON == "/opt/tollway/bin/python"
+
+
+def _tollway_containers() -> list[tuple[str, dict[str, Any]]]:
+    """Every container that runs the Tollway image: the injected sidecar's and the Deployments'."""
+    import yaml
+
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"},
+           "spec": {"containers": [{"name": "app", "image": "app"}]}}
+    found = [("injected", c) for c in inject.mutate(pod, "ns", inject.Settings())["spec"]["initContainers"]]
+    for name in ("k8s/overlays/sidecar/injector.yaml", "k8s/overlays/istio/tollway.yaml"):
+        for doc in yaml.safe_load_all((ROOT / name).read_text()):
+            if doc and doc["kind"] == "Deployment":
+                found += [(name, c) for c in doc["spec"]["template"]["spec"]["containers"] if c["image"] == "tollway"]
+    return found
+
+
+def test_every_container_of_the_image_runs_a_program_it_has_with_arguments_it_takes() -> None:
+    """Kubernetes' rules: `command` replaces the image's ENTRYPOINT (and its CMD), `args` alone
+    replace CMD and keep ENTRYPOINT. Each container's program is one the image installs, and
+    `tollway`'s arguments parse (the sidecar once ran `tini -- serve`: no such program)."""
+    import argparse
+    import importlib
+
+    from ext_proc.cli import COMMANDS
+
+    parser = DockerfileParser(str(ROOT / "Dockerfile"))
+    final = [i for i in parser.structure if i["instruction"] != "COMMENT"]
+    last_from = max(i for i, line in enumerate(final) if line["instruction"] == "FROM")
+    by = {line["instruction"]: line["value"] for line in final[last_from:]}
+    entrypoint, cmd = json.loads(by["ENTRYPOINT"]), json.loads(by["CMD"])
+    containers = _tollway_containers()
+    assert {c["name"] for _, c in containers} >= {"tollway-init", "tollway", "tollway-envoy", "injector"}
+    for where, container in containers:
+        argv = [*container["command"], *container.get("args", ())] if "command" in container \
+            else [*entrypoint, *container.get("args", cmd)]
+        if argv[:2] == ["tini", "--"]:
+            argv = argv[2:]
+        assert argv[0] in ("tollway", "envoy", "tollway-intercept"), (where, container["name"], argv)
+        if argv[0] == "tollway":
+            assert argv[1] in COMMANDS, (where, container["name"], argv)
+            command = argparse.ArgumentParser(prog=f"tollway {argv[1]}", exit_on_error=False)
+            importlib.import_module(COMMANDS[argv[1]][0]).add_arguments(command)
+            command.parse_args(argv[2:])  # raises on an argument it does not take
 
 
 def test_the_install_step_in_a_clean_virtualenv_gives_a_working_gateway(tmp_path: Path) -> None:
