@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,7 +274,8 @@ def run(args: argparse.Namespace) -> int:
         watcher = threading.Thread(target=controller.watch, args=(config.reload_interval, stop),
                                    name="tollway-policy", daemon=True)
         watcher.start()
-        ledger = open_ledger(config.redis_url) if config.log_file else None
+        ledger = open_ledger(config.redis_url, lambda model: knows(controller.current, model)) if config.log_file \
+            else None
         sender = LedgerSender(ledger) if ledger is not None else None  # its thread starts with a first batch
         recover_records(config, recovered, sender)  # requests in flight when a previous run died
         try:
@@ -374,15 +376,23 @@ def bind_admin(host: str, port: int) -> socket.socket:
     return sock
 
 
-def open_ledger(redis_url: str | None) -> Ledger | None:
+def open_ledger(redis_url: str | None, known: Callable[[str], bool] | None = None) -> Ledger | None:
     """Spend aggregates in Redis when a URL is given (shared by every sidecar), else none: without
     Redis nothing reads aggregates (``tollway report``, ``/v1/report`` and the dashboard read the
-    request log), and a worker's own would only grow (a bucket per made-up model name, for good)."""
+    request log), and a worker's own would only grow (a bucket per made-up model name, for good).
+    ``known`` tells the model names the policy knows (none without one): a refused request's
+    other names are counted under ``(other)`` (:func:`~ext_proc.state.ledger.bucket_of`)."""
     if not redis_url:
         return None
     import redis
 
-    return RedisLedger(redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2))
+    return RedisLedger(redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2),
+                       known=known or (lambda _model: False))
+
+
+def knows(policy: CompiledPolicy | None, model: str) -> bool:
+    """Whether ``model`` is a name the policy knows (a model, an alias, a provider's model name)."""
+    return policy is not None and model in policy.model_names
 
 
 def recover_records(config: ServeConfig, counted: Exchange | None = None,

@@ -37,7 +37,7 @@ from ext_proc.server import h2, listen
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
 from ext_proc.server.alerts import Alerts
-from ext_proc.server.app import ServeConfig, configure_logging, open_ledger
+from ext_proc.server.app import ServeConfig, configure_logging, knows, open_ledger
 from ext_proc.server.bodies import BodyBudget
 from ext_proc.server.collectors import BudgetCollector, TallyCollector
 from ext_proc.server.credentials import CredentialStore
@@ -124,7 +124,9 @@ def run(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.sock
 async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: socket.socket | None,
                  publication: Publication, dealt: socket.socket | None = None) -> None:
     registry = CollectorRegistry()
-    ledger = open_ledger(config.redis_url)  # None without Redis: reports read the log
+    # None without Redis (reports read the log). A refused request's model name the policy does not
+    # know is counted under "(other)": the policy now, the holder's (made just below).
+    ledger = open_ledger(config.redis_url, lambda model: knows(holder.current if holder else None, model))
     records = RecordWriter(config.log_file, ledger=ledger, journal=True, immediate=True)
     records.start()
     holder = PolicyHolder(publication, registry) if config.policy else None

@@ -18,7 +18,9 @@ read that way too, nothing to migrate.
 :class:`RedisLedger` keeps the buckets in Redis, where every sidecar adds to them with
 ``HINCRBY`` (atomic per field, so any number of sidecars can add to one Redis), a batch in one
 script that marks it first, so a batch sent again after a timeout adds nothing twice, and
-indexes buckets per day in a set. The service keeps aggregates only there (``--redis``):
+indexes buckets per day in a set. Buckets are bounded: a refused request's model name the
+policy does not know (``known``) is counted as :data:`OTHER` (:func:`bucket_of`), and a day's
+buckets and its set expire :data:`RETENTION_DAYS` after the day. The service keeps aggregates only there (``--redis``):
 without Redis, reports and the dashboard read the request log, which stays the complete record
 either way. :class:`MemoryLedger` keeps the same buckets in a dictionary, never pruned: the
 reference the Redis buckets are tested against, not for a process that lives long. Both answer
@@ -42,32 +44,49 @@ LATENCY_BOUNDS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 
                   120000, 300000, 600000)
 DIMENSIONS = ("team", "model", "key_id", "provider")
 SEP = "\x1f"  # between dimension values in a bucket key (never in names the policy allows)
+OTHER = "(other)"  # the model of a refused request whose name the policy does not know (the caller's free text)
+RETENTION_DAYS = 731  # a day's buckets (and its index) expire this many days after the day ends: two years
 
 Bucket = tuple[str, str, str, str, str]  # day, team, model, key id, provider
 Cell = tuple[str, str, str, str]  # day, team, model, provider ("(none)" for none)
 K = TypeVar("K", str, Cell)
 BATCH_TTL = 86_400  # seconds a batch's mark is kept (a batch sent again within it adds nothing)
-# A batch at most once: its mark set (if new), then for each record its day's set and counts.
-# ARGV: ttl, then per record: the day's set, the bucket's key, the number of counts, name/value pairs.
+# A batch at most once: its mark set (if new), then for each bucket its day's set, its counts and
+# their expiry (the same instant for a day's set and buckets: they go together).
+# ARGV: ttl, then per bucket: the day's set, the bucket's key, when it expires (Unix seconds, 0:
+# never), the number of counts, name/value pairs.
 _ONCE = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
 local i = 2
 while i <= #ARGV do
-  local day, key, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local day, key, at, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
   redis.call('SADD', day, key)
-  for j = 0, n - 1 do redis.call('HINCRBY', key, ARGV[i + 3 + 2 * j], ARGV[i + 4 + 2 * j]) end
-  i = i + 3 + 2 * n
+  for j = 0, n - 1 do redis.call('HINCRBY', key, ARGV[i + 4 + 2 * j], ARGV[i + 5 + 2 * j]) end
+  if at > 0 then
+    redis.call('EXPIREAT', key, at)
+    redis.call('EXPIREAT', day, at)
+  end
+  i = i + 4 + 2 * n
 end
 return 1
 """
 
 
-def bucket_of(record: dict[str, Any]) -> Bucket | None:
+def bucket_of(record: dict[str, Any], known: Callable[[str], bool] | None = None) -> Bucket | None:
+    """The record's bucket. A refused request's model the policy does not know is :data:`OTHER`:
+    its name is whatever the caller sent, and a bucket per made-up name would grow Redis by one
+    hash per name and day. An unknown model's 404 (``model_not_found``) says so itself; ``known``
+    (the policy's model names) tells the others (an unknown key's 401, a malformed body's 400).
+    A request that went upstream names a model the policy has (or, without a policy, one a
+    provider was asked for), as it is."""
     ts = record.get("ts")
     if not isinstance(ts, (int, float)):
         return None
     day = datetime.fromtimestamp(ts, UTC).date().isoformat()
     team, model, key, provider = (str(record.get(d) or "") for d in DIMENSIONS)
+    if model and record.get("outcome") == "rejected" and (
+            record.get("error") == "model_not_found" or (known is not None and not known(model))):
+        model = OTHER
     return day, team, model, key, provider
 
 
@@ -102,6 +121,19 @@ def increments(record: dict[str, Any]) -> dict[str, int]:
         fields["served_n"] = 1
         fields[f"served_le:{bisect.bisect_left(LATENCY_BOUNDS, latency)}"] = 1
     return {k: v for k, v in fields.items() if v}
+
+
+def _by_bucket(records: Iterable[dict[str, Any]], known: Callable[[str], bool] | None) -> dict[Bucket, dict[str, int]]:
+    """The records' counts added up per bucket (a batch's records often share a few)."""
+    buckets: dict[Bucket, dict[str, int]] = {}
+    for record in records:
+        bucket = bucket_of(record, known)
+        if bucket is None:
+            continue
+        counters = buckets.setdefault(bucket, {})
+        for name, value in increments(record).items():
+            counters[name] = counters.get(name, 0) + value
+    return buckets
 
 
 def _guardrails(record: dict[str, Any]) -> dict[str, int]:
@@ -189,18 +221,17 @@ class Ledger(Protocol):
 
 
 class MemoryLedger:
-    """Buckets in this process, never pruned (the tests' reference; the service keeps none)."""
+    """Buckets in this process, never pruned (the tests' reference; the service keeps none).
+    ``known``: see :func:`bucket_of`."""
 
-    def __init__(self) -> None:
+    def __init__(self, known: Callable[[str], bool] | None = None) -> None:
         self.buckets: dict[Bucket, dict[str, int]] = {}
+        self.known = known
 
     def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
-        for record in records:
-            bucket = bucket_of(record)
-            if bucket is None:
-                continue
+        for bucket, counts in _by_bucket(records, self.known).items():
             counters = self.buckets.setdefault(bucket, {})
-            for name, value in increments(record).items():
+            for name, value in counts.items():
                 counters[name] = counters.get(name, 0) + value
 
     def rows(self, by: str, since: date | None = None, until: date | None = None,
@@ -216,38 +247,48 @@ FIRST_DAY_SCAN = 400  # days: a longer report range starts at the ledger's first
 
 
 class RedisLedger:
-    """Buckets in Redis (``redis.Redis``, synchronous: call it off the event loop)."""
+    """Buckets in Redis (``redis.Redis``, synchronous: call it off the event loop). ``known``: see
+    :func:`bucket_of`. A day's buckets and its index expire ``retention_days`` after the day ends
+    (None: never)."""
 
-    def __init__(self, client: Any, prefix: str = "tollway:ledger") -> None:
+    def __init__(self, client: Any, prefix: str = "tollway:ledger", known: Callable[[str], bool] | None = None,
+                 retention_days: int | None = RETENTION_DAYS) -> None:
         self.client = client
         self.prefix = prefix
+        self.known = known
+        self.retention_days = retention_days
 
     def _key(self, bucket: Bucket) -> str:
         return f"{self.prefix}:b:{SEP.join(bucket)}"
 
+    def _expires(self, day: str) -> int:
+        """When a day's buckets expire (Unix seconds; 0: never)."""
+        if self.retention_days is None:
+            return 0
+        end = datetime.combine(date.fromisoformat(day), datetime.min.time(), UTC) + timedelta(days=1)
+        return int((end + timedelta(days=self.retention_days)).timestamp())
+
     def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
-        """Add the records' counts. With a ``batch`` id, at most once: a batch whose answer did not
-        come in time (Redis hung, then carried it out) and is sent again adds nothing the second
-        time (one script: the batch's mark and its counts together)."""
+        """Add the records' counts (a bucket's in one ``HINCRBY`` per count, its expiry set). With
+        a ``batch`` id, at most once: a batch whose answer did not come in time (Redis hung, then
+        carried it out) and is sent again adds nothing the second time (one script: the batch's
+        mark and its counts together)."""
+        buckets = _by_bucket(records, self.known)
         if batch is None:
             pipe = self.client.pipeline(transaction=False)
-            for record in records:
-                bucket = bucket_of(record)
-                if bucket is None:
-                    continue
-                key = self._key(bucket)
-                pipe.sadd(f"{self.prefix}:day:{bucket[0]}", key)
-                for name, value in increments(record).items():
+            for bucket, counts in buckets.items():
+                key, day, at = self._key(bucket), f"{self.prefix}:day:{bucket[0]}", self._expires(bucket[0])
+                pipe.sadd(day, key)
+                for name, value in counts.items():
                     pipe.hincrby(key, name, value)
+                if at:
+                    pipe.expireat(key, at)
+                    pipe.expireat(day, at)
             pipe.execute()
             return
         args: list[Any] = [BATCH_TTL]
-        for record in records:
-            bucket = bucket_of(record)
-            if bucket is None:
-                continue
-            counts = increments(record)
-            args += [f"{self.prefix}:day:{bucket[0]}", self._key(bucket), len(counts)]
+        for bucket, counts in buckets.items():
+            args += [f"{self.prefix}:day:{bucket[0]}", self._key(bucket), self._expires(bucket[0]), len(counts)]
             for name, value in counts.items():
                 args += [name, value]
         self.client.eval(_ONCE, 1, f"{self.prefix}:batch:{batch}", *args)

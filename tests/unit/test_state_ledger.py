@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import tracemalloc
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import redis
 from ext_proc.ledger.report import aggregate, month_window
 from ext_proc.server.app import open_ledger
 from ext_proc.server.records import RecordWriter
-from ext_proc.state.ledger import MemoryLedger, RedisLedger
+from ext_proc.state.ledger import OTHER, RETENTION_DAYS, MemoryLedger, RedisLedger
 from tests.unit.test_ledger import RECORDS
 
 OCTOBER = month_window("2026-10")
@@ -199,3 +201,40 @@ def test_buckets_an_older_tollway_wrote_keep_their_latencies(redis_port: int) ->
     assert (both.requests, both.lookups, both.latency_count) == (7, 1, 7)
     assert both.avg_latency_ms == pytest.approx(6_100 / 7, abs=0.1)
     assert sum(both.histogram) == 7
+
+
+def test_made_up_model_names_share_one_bucket_and_buckets_expire(redis_port: int) -> None:
+    """A key holder sending made-up model names (each refused 404) once made a Redis hash per name
+    and day, kept for good. A refused request's name the policy does not know is counted under
+    "(other)" (as /metrics and the dashboard bound them); a name the policy knows keeps its row
+    (a team refused a model it may not use), and every bucket expires RETENTION_DAYS after its day."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger = open_ledger(f"redis://127.0.0.1:{redis_port}/0", lambda model: model == "gpt-4o")
+    assert isinstance(ledger, RedisLedger)
+    now = time.time()
+    made_up = [{**RECORDS[0], "ts": now, "model": f"made-up-{i}-{'x' * 200}", "outcome": "rejected", "status": 404,
+                "error": "model_not_found", "provider": None} for i in range(1000)]
+    forbidden = {**RECORDS[0], "ts": now, "outcome": "rejected", "status": 403, "provider": None}
+    served = {**RECORDS[0], "ts": now}
+    ledger.add([*made_up, forbidden], batch="b1")
+    ledger.add([served])  # without a batch id (a direct add): the same expiry
+    keys = list(client.scan_iter("tollway:ledger:b:*"))
+    assert len(keys) == 3, keys  # (other) refused, gpt-4o refused, gpt-4o served
+    rows = {r.group: r for r in ledger.rows("model", date.today() - timedelta(days=1))}
+    assert (rows[OTHER].requests, rows[OTHER].refused_by_status) == (1000, {"404": 1000})
+    assert (rows["gpt-4o"].requests, rows["gpt-4o"].refused_by_status) == (2, {"403": 1})
+    day_end = datetime.combine(datetime.fromtimestamp(now, UTC).date(), datetime.min.time(), UTC) + timedelta(days=1)
+    expires = (day_end + timedelta(days=RETENTION_DAYS)).timestamp()
+    for key in [*keys, *client.scan_iter("tollway:ledger:day:*")]:
+        assert abs(now + client.ttl(key) - expires) <= 2, key
+    assert RETENTION_DAYS > 13 * 31  # a month's report a year later still reads whole
+
+
+def test_without_the_policys_names_an_unknown_models_404_is_still_other() -> None:
+    """Without ``known`` (the reference ledger), a 404 model_not_found still names no model the
+    policy has; other refusals keep their name (a team refused a model it may not use)."""
+    ledger = MemoryLedger()
+    ledger.add([{**RECORDS[0], "model": "made-up", "outcome": "rejected", "status": 404, "error": "model_not_found"},
+                {**RECORDS[0], "model": "gpt-5", "outcome": "rejected", "status": 403, "error": "model_not_allowed"}])
+    assert sorted(r.group for r in ledger.rows("model", *OCTOBER)) == [OTHER, "gpt-5"]
