@@ -475,8 +475,10 @@ def _response(gen: Generation, body: dict[str, Any], status: str) -> dict[str, A
         "top_p": body.get("top_p", 1.0),
         "truncation": "disabled",
         "usage": responses_usage(gen) if done else None,
-        "user": None,
-        "metadata": {},
+        "user": body.get("user"),
+        "safety_identifier": body.get("safety_identifier"),
+        "prompt_cache_key": body.get("prompt_cache_key"),
+        "metadata": body.get("metadata") or {},
     }
 
 

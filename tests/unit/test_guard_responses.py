@@ -482,6 +482,34 @@ def test_pseudonyms_come_back_in_the_instructions_every_streamed_response_echoes
         assert echoed == [ECHOED.replace("7731-XK", "[KEPT_SECRET_1]")] * 3
 
 
+IDENTIFIED = {"user": "jane.doe@example.com", "safety_identifier": "jane.doe@example.com",
+              "metadata": {"customer": "jane.doe@example.com", "card": "4111 1111 1111 1111"}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_the_identifiers_and_metadata_a_response_echoes_are_put_back_as_the_instructions(stream: bool) -> None:
+    """The provider gets placeholders in ``user``, ``safety_identifier`` and ``metadata``; the
+    ``response`` objects echoing them give the pseudonymised value back, and keep redacted ones redacted."""
+    if stream:
+        session, received = forwarded("openai", "private-app", **IDENTIFIED)
+        out = play(session, [provider_stream("openai", ("Done.",), received=received)])
+        echoed = [item.response for item in client_events(out) if hasattr(item, "response")]
+        assert len(echoed) == 3
+        shown = [(r.user, r.safety_identifier, r.metadata) for r in echoed]
+    else:
+        session, sent = send({"model": "gpt-4o", "input": "Hi", **IDENTIFIED}, "private-app")
+        received = orjson.loads(sent.body)
+        out = answered(session, echo_of(received)).body
+        body = orjson.loads(out)
+        shown = [(body["user"], body["safety_identifier"], body["metadata"])]
+    assert b"jane.doe" not in orjson.dumps(received) and b"4111" not in orjson.dumps(received)
+    assert (received["user"], received["metadata"]) == ("[EMAIL_1]", {"customer": "[EMAIL_1]",
+                                                                      "card": "[CREDIT_CARD_1]"})
+    assert set(map(repr, shown)) == {repr(("jane.doe@example.com", "jane.doe@example.com",
+                                           {"customer": "jane.doe@example.com", "card": "[CREDIT_CARD_1]"}))}
+    assert b"4111" not in out
+
+
 # -- structured output -----------------------------------------------------------------------------
 
 STRUCTURED = '{"phone":4155550100,"card":4111111111111111,"note":"mail jane.doe@example.com"}'

@@ -26,7 +26,11 @@ pseudonyms are not put back: :attr:`Ref.restore`), the Responses
 API (``instructions``, ``input`` items: messages and their text parts, function and custom tool
 calls and their outputs; a stored prompt's string ``variables``; the answer's ``output`` items:
 message text, its citations and refusals, call arguments, reasoning summaries and text, where
-pseudonyms are not put back either: :attr:`Ref.restore`). A tool input's
+pseudonyms are not put back either: :attr:`Ref.restore`); and in OpenAI's APIs the
+request's identifiers (``user``, ``safety_identifier``, ``prompt_cache_key``) and ``metadata``'s
+values (Messages: ``metadata.user_id``), no text for the model but sent to the provider: spoken
+by :data:`METADATA`, guarded as users' text, not scored for injection (a Responses ``response``
+object echoes them, put back as ``instructions`` are). A tool input's
 JSON is read in its strings, long integers and keys that are not plain names. Thinking blocks and
 reasoning items given back in a request are left alone: the provider signs or encrypts them and
 refuses them changed. A text with token log probabilities names the object that holds them
@@ -49,11 +53,11 @@ once, whole (the guard's echo function), and carried the same in every event.
 from __future__ import annotations
 
 from .anthropic import MessagesStream, MessagesWalker
-from .base import FlushFn, Ref, StreamTexts, TextFn, Walker
+from .base import METADATA, FlushFn, Ref, StreamTexts, TextFn, Walker
 from .openai import ChatWalker, CompletionsWalker, EmbeddingsWalker, OpenAIStream
 from .responses import ResponsesStream, ResponsesWalker
 
-__all__ = ["WALKERS", "ChatWalker", "CompletionsWalker", "EmbeddingsWalker", "FlushFn", "MessagesStream",
+__all__ = ["METADATA", "WALKERS", "ChatWalker", "CompletionsWalker", "EmbeddingsWalker", "FlushFn", "MessagesStream",
            "MessagesWalker", "OpenAIStream", "Ref", "ResponsesStream", "ResponsesWalker", "StreamTexts",
            "TextFn", "Walker", "walker"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ext_proc.llm.sse import SSEEvent
 
-from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Walker, _at_once, _event, _strings
+from .base import METADATA, EchoFn, FlushFn, Ref, StreamTexts, TextFn, Walker, _at_once, _event, _strings
 
 _BLOCK_FIELDS = {"text": ("text_delta", "text", False), "tool_use": ("input_json_delta", "partial_json", True),
                  "thinking": ("thinking_delta", "thinking", False)}
@@ -18,7 +18,7 @@ SIGNED = frozenset({"thinking_delta"})  # deltas of a signed block: pseudonyms a
 
 class MessagesWalker(Walker):
     """``/v1/messages``: ``system``, every block of every turn (text, tool_use input, tool_result
-    content, text documents); thinking blocks are signed and left alone."""
+    content, text documents), ``metadata.user_id``; thinking blocks are signed and left alone."""
 
     def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
         system = payload.get("system")
@@ -35,6 +35,9 @@ class MessagesWalker(Walker):
                 yield Ref(message, "content", role)
             elif isinstance(content, list):
                 yield from _blocks(content, role)
+        metadata = payload.get("metadata")
+        if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
+            yield Ref(metadata, "user_id", METADATA)
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         content = payload.get("content")

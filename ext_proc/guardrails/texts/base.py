@@ -79,6 +79,26 @@ class _Key(Ref):
         self.container.update((name if key == self.key else key, item) for key, item in items)
 
 
+# The role of a request's identifiers and metadata (``user``, ``safety_identifier``,
+# ``prompt_cache_key``, ``metadata``'s values; Anthropic's ``metadata.user_id``): no text for the
+# model, but it reaches the provider (and its logs, its stored responses): guarded by the rules of
+# users' text, never scored for prompt injection nor shown as a message in a trace.
+METADATA = "metadata"
+IDENTIFIERS = ("user", "safety_identifier", "prompt_cache_key")
+
+
+def _identifiers(payload: dict[str, Any]) -> Iterator[Ref]:
+    """An OpenAI request's (or a Responses ``response`` object's) identifiers and ``metadata`` values."""
+    for field in IDENTIFIERS:
+        if isinstance(payload.get(field), str):
+            yield Ref(payload, field, METADATA)
+    metadata = payload.get("metadata")
+    if isinstance(metadata, dict):
+        for key, item in metadata.items():
+            if isinstance(item, str):
+                yield Ref(metadata, key, METADATA)
+
+
 _DIGITS = 100_000  # integers from here on are read as text: shorter ones are no identifier's digits
 
 

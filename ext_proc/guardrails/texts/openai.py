@@ -7,7 +7,7 @@ from typing import Any
 
 from ext_proc.llm.sse import SSEEvent
 
-from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Walker, _at_once, _event
+from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Walker, _at_once, _event, _identifiers
 
 
 class ChatWalker(Walker):
@@ -25,6 +25,7 @@ class ChatWalker(Walker):
         prediction = payload.get("prediction")  # the answer expected (Predicted Outputs): text that goes out
         if isinstance(prediction, dict):
             yield from _message(prediction, "assistant")
+        yield from _identifiers(payload)
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         for choice in payload.get("choices") or ():
@@ -83,6 +84,7 @@ class CompletionsWalker(Walker):
         yield from _inputs(payload, "prompt")
         if isinstance(payload.get("suffix"), str):
             yield Ref(payload, "suffix", "user")
+        yield from _identifiers(payload)
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         for choice in payload.get("choices") or ():
@@ -98,6 +100,7 @@ class EmbeddingsWalker(Walker):
 
     def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
         yield from _inputs(payload, "input")
+        yield from _identifiers(payload)
 
 
 def _inputs(payload: dict[str, Any], key: str) -> Iterator[Ref]:

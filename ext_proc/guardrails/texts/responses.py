@@ -8,7 +8,7 @@ from typing import Any
 from ext_proc.llm.apis.responses import stored_state
 from ext_proc.llm.sse import SSEEvent
 
-from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Walker, _event
+from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Walker, _event, _identifiers
 from .openai import _json_format
 
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
@@ -17,8 +17,9 @@ _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "develop
 class ResponsesWalker(Walker):
     """``/v1/responses``: ``instructions``, ``input`` (a string, or items: messages, function and custom
     tool calls and their outputs, built-in tools' calls and outputs: shell, MCP, file search, code
-    interpreter...), a stored prompt's ``variables``; the answer's ``output`` items, and what the
-    answer's ``response`` object echoes of the request (``instructions``, the prompt's ``variables``)."""
+    interpreter...), a stored prompt's ``variables``, the identifiers and ``metadata``; the answer's
+    ``output`` items, and what the answer's ``response`` object echoes of the request
+    (``instructions``, the prompt's ``variables``, the identifiers and ``metadata``)."""
 
     def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
         yield from _instructions(payload)
@@ -28,6 +29,7 @@ class ResponsesWalker(Walker):
         elif isinstance(given, list):
             yield from _input_items(given, "user")
         yield from _variables(payload)
+        yield from _identifiers(payload)
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         output = payload.get("output")
@@ -36,8 +38,7 @@ class ResponsesWalker(Walker):
                 yield Ref(container, key, "assistant", json_text, restore=_restores(channel))
 
     def echoed(self, payload: dict[str, Any]) -> Iterator[Ref]:
-        yield from _instructions(payload)
-        yield from _variables(payload)
+        yield from _echoes(payload)
 
     def stream(self, json_output: bool = False) -> StreamTexts:
         return ResponsesStream(json_output)
@@ -57,6 +58,14 @@ def _instructions(payload: dict[str, Any]) -> Iterator[Ref]:
         yield Ref(payload, "instructions", "system")
     elif isinstance(instructions, list):
         yield from _input_items(instructions, "system")
+
+
+def _echoes(response: dict[str, Any]) -> Iterator[Ref]:
+    """What a ``response`` object repeats of its request: ``instructions``, the prompt's
+    ``variables``, the identifiers and ``metadata``."""
+    yield from _instructions(response)
+    yield from _variables(response)
+    yield from _identifiers(response)
 
 
 def _variables(payload: dict[str, Any]) -> Iterator[Ref]:
@@ -230,7 +239,7 @@ class ResponsesStream(StreamTexts):
     closes it, ``response.output_item.done`` any left open in the item, the terminal event all. The
     repetitions of the text are rewritten to what went out, and the events renumbered when an event
     was added (see the module docstring). The request's texts each ``response`` object echoes
-    (``instructions``) are guarded whole, once per distinct text.
+    (``instructions``, ``metadata``...: :func:`_echoes`) are guarded whole, once per distinct text.
     ``json_output``: output text is JSON text."""
 
     __slots__ = ("done", "echoes", "json", "open", "sent")
@@ -317,7 +326,7 @@ class ResponsesStream(StreamTexts):
     def _echoed(self, response: dict[str, Any], echo: EchoFn) -> bool:
         """The request's texts a ``response`` object repeats, as guarded the first time they came."""
         changed = False
-        for ref in list(_instructions(response)) + list(_variables(response)):
+        for ref in list(_echoes(response)):
             value = ref.get()
             if not value:
                 continue
