@@ -89,6 +89,8 @@ def screen(flow: Flow) -> list[Any]:
         changed, scored = guard.prompt(walker, request.payload)
     except (Blocked, Unscannable) as blocked:
         raise refusal(blocked, "request") from None
+    except texts.Unreadable as unread:  # fail closed: a text of a shape the guard does not read
+        raise ClientError(400, "invalid_type", unread.message, unread.param) from None
     if tokens is not None:
         tokens.encode_back()
     if changed:

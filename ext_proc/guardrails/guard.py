@@ -63,7 +63,7 @@ from .jsontext import OUTSIDE, bare_number, json_state
 from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable
-from .texts import StreamTexts, Walker
+from .texts import StreamTexts, Unread, Unreadable, Walker
 
 PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
 _PLACEHOLDER_CHARS = r"[\[\]A-Z0-9_]"
@@ -295,8 +295,9 @@ class Guard:
 
     def prompt(self, walker: Walker, payload: dict[str, Any]) -> tuple[bool, list[str]]:
         """Act on the request's text (in place). Returns whether it changed, and the user and tool
-        texts for an external classifier. Raises :class:`Blocked` or
-        :class:`~.scanner.Unscannable`."""
+        texts for an external classifier. Raises :class:`Blocked`, :class:`~.scanner.Unscannable`
+        or :class:`~.texts.Unreadable` (a field read as text holds another JSON type: nothing
+        changed yet)."""
         plan = self.plan
         rules, system_rules = plan.request, plan.system
         if walker.continues_stored(payload):  # placeholders another request numbered: none is restored
@@ -312,7 +313,12 @@ class Guard:
         known: list[bytes | None] = []  # the scored texts' digests, where the findings' question had it
         tools: list[bool] = []  # whether each scored text is a tool's result
         budget = Budget()  # the scanner's work the prompt may make
-        refs = [ref for ref in walker.request(payload) if ref.get()]
+        refs = []
+        for ref in walker.request(payload):
+            if isinstance(ref, Unread):  # a text Tollway cannot read never goes out unread
+                raise Unreadable(ref)
+            if ref.get():
+                refs.append(ref)
         found: list[Sequence[Finding]] = []  # each text's findings (the worker's memory of texts first)
         keys: list[bytes | None] = []
         secrets: dict[str, Detector] = {}  # credentials only their context showed, in any text of the request

@@ -196,3 +196,25 @@ def test_a_messages_request_must_set_max_tokens_as_anthropic_requires(max_tokens
     assert apis.MESSAGES.parse(orjson.dumps({**payload, "max_tokens": 1})).payload["max_tokens"] == 1
     payload.pop("max_tokens", None)
     assert apis.COUNT_TOKENS.parse(orjson.dumps(payload)).model == "claude-sonnet-4"  # counting asks for no output
+
+
+@pytest.mark.parametrize(("api", "field", "value"), [
+    (apis.COMPLETIONS, "prompt", {"text": "card 4111 1111 1111 1111"}),
+    (apis.COMPLETIONS, "prompt", [{"text": "hi"}]),
+    (apis.COMPLETIONS, "prompt", ["hi", 5]),  # strings and a bare id mixed
+    (apis.COMPLETIONS, "prompt", [[1, 2], ["x"]]),
+    (apis.COMPLETIONS, "prompt", True),
+    (apis.COMPLETIONS, "suffix", {"text": "x"}),
+    (apis.EMBEDDINGS, "input", {"text": "hi"}),
+    (apis.EMBEDDINGS, "input", [{"text": "hi"}]),
+    (apis.EMBEDDINGS, "input", 42),
+])
+def test_a_prompt_or_input_of_a_shape_no_api_takes_is_refused(api: apis.WireAPI, field: str, value: object) -> None:
+    """Tollway meters (and guards) a completions prompt and an embeddings input: a shape it does not
+    read is a 400 naming the field, before any provider sees it."""
+    base = {"model": "m", "prompt" if api is apis.COMPLETIONS else "input": "hi"}
+    with pytest.raises(ClientError) as caught:
+        api.parse(orjson.dumps({**base, field: value}))
+    assert (caught.value.status, caught.value.code, caught.value.param) == (400, "invalid_type", field)
+    for fine in ("hi", ["a", "b"], [1, 2, 3], [[1, 2], [3]], ["a", [1, 2]], [], None):
+        api.parse(orjson.dumps({**base, "prompt" if api is apis.COMPLETIONS else "input": fine}))

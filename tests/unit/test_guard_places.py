@@ -124,6 +124,61 @@ def test_a_credential_in_metadata_blocks_and_metadata_is_not_scored_for_injectio
     assert isinstance(sent, Continue)  # ... in what the model reads: metadata is not
 
 
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/responses", {"model": "gpt-4o", "input": [
+        {"type": "function_call", "call_id": "c", "name": "pay", "arguments": {"card": CARD}},
+        {"type": "function_call_output", "call_id": "c", "output": "ok"}]}, "input[0].arguments"),
+    ("/v1/responses", {"model": "gpt-4o", "input": [
+        {"type": "function_call_output", "call_id": "c", "output": {"card": CARD}}]}, "input[0].output"),
+    ("/v1/responses", {"model": "gpt-4o", "input": [{"role": "user", "content": {"text": CARD}}]},
+     "input[0].content"),
+    ("/v1/responses", {"model": "gpt-4o", "input": [{"role": "user", "content": [CARD]}]}, "input[0].content[0]"),
+    ("/v1/responses", {"model": "gpt-4o", "input": [f"card {CARD}"]}, "input[0]"),
+    ("/v1/responses", {"model": "gpt-4o", "input": "hi", "instructions": [
+        {"role": "developer", "content": [{"type": "input_text", "text": {"v": CARD}}]}]},
+     "instructions[0].content[0].text"),
+    ("/v1/responses", {"model": "gpt-4o", "input": "hi", "prompt": {"id": "p", "variables": {"n": int(CARD)}}},
+     "prompt.variables.n"),
+    ("/v1/responses", {"model": "gpt-4o", "input": "hi", "metadata": {"card": int(CARD)}}, "metadata.card"),
+    ("/v1/responses", {"model": "gpt-4o", "input": "hi", "user": int(CARD)}, "user"),
+    ("/v1/chat/completions", chat("hi", metadata=[CARD]), "metadata"),
+    ("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": {"text": CARD}}]},
+     "messages[0].content"),
+    ("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": ["card", CARD]}]}]}, "messages[0].content[0].text"),
+    ("/v1/chat/completions", {"model": "gpt-4o", "messages": [f"card {CARD}"]}, "messages[0]"),
+    ("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "pay", "arguments": {"card": CARD}}}]}]},
+     "messages[0].tool_calls[0].function.arguments"),
+    ("/v1/messages", {**_messages({"type": "text", "text": {"v": CARD}})}, "messages.0.content.0.text"),
+    ("/v1/messages", {**_messages({"type": "tool_result", "tool_use_id": "t", "content": {"v": CARD}})},
+     "messages.0.content.0.content"),
+    ("/v1/messages", {**_messages({"type": "text", "text": "hi"}), "metadata": {"user_id": int(CARD)}},
+     "metadata.user_id"),
+])
+def test_a_text_of_a_shape_the_guard_does_not_read_is_refused_not_sent_unread(path: str, body: dict[str, Any],
+                                                                             param: str) -> None:
+    session, _, refused = post(path, body)
+    assert isinstance(refused, Respond) and refused.status == 400, refused
+    error = orjson.loads(refused.body)["error"]
+    if path == "/v1/messages":
+        assert error["type"] == "invalid_request_error" and f"'{param}' must be" in error["message"], error
+    else:
+        assert (error["code"], error["param"]) == ("invalid_type", param), error
+    assert records(session)[0]["error"] == "invalid_type"
+
+
+def test_a_function_call_outputs_content_items_go_upstream_redacted() -> None:
+    """``output`` may be an array of content items (input_text, input_image, input_file): each text read."""
+    body = {"model": "gpt-4o", "input": [
+        {"type": "function_call", "call_id": "c", "name": "lookup", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c", "output": [
+            {"type": "input_text", "text": f"card {CARD}"}, {"type": "input_image", "image_url": "https://x/y.png"}]}]}
+    output = _sent("/v1/responses", body)["input"][1]["output"]
+    assert output == [{"type": "input_text", "text": "card [CREDIT_CARD_1]"},
+                      {"type": "input_image", "image_url": "https://x/y.png"}]
+
+
 def test_count_tokens_forwarded_to_anthropic_is_guarded() -> None:
     sent = _sent("/v1/messages/count_tokens", _messages({"type": "text", "text": f"Count {EMAIL}"}))
     assert sent["messages"][0]["content"][0]["text"] == "Count [EMAIL_1]"

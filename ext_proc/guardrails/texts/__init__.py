@@ -37,7 +37,10 @@ refuses them changed. A text with token log probabilities names the object that 
 (:attr:`Ref.scrub`): they spell the text out, and are dropped where it changed. Adding a wire
 API is one more walker class (a module per API family: :mod:`.openai`, :mod:`.anthropic`,
 :mod:`.responses`; what they share in :mod:`.base`) and one line in :data:`WALKERS`; a request
-whose API has no walker is refused while guardrails apply to it.
+whose API has no walker is refused while guardrails apply to it, and so is a request holding, where
+a walker reads text, a JSON type it does not read (an object for a call's ``arguments``, a number in
+``metadata``): the walker yields an :class:`Unread` place there, and the guard refuses the request
+(:class:`Unreadable`: a 400 ``invalid_type`` naming the field) rather than send it on unread.
 
 A Responses stream repeats its text: the deltas, then the ``*.done`` event of the channel, the
 ``response.content_part.done`` and ``response.output_item.done`` events, and the whole
@@ -53,13 +56,13 @@ once, whole (the guard's echo function), and carried the same in every event.
 from __future__ import annotations
 
 from .anthropic import MessagesStream, MessagesWalker
-from .base import METADATA, FlushFn, Ref, StreamTexts, TextFn, Walker
+from .base import METADATA, FlushFn, Ref, StreamTexts, TextFn, Unread, Unreadable, Walker
 from .openai import ChatWalker, CompletionsWalker, EmbeddingsWalker, OpenAIStream
 from .responses import ResponsesStream, ResponsesWalker
 
 __all__ = ["METADATA", "WALKERS", "ChatWalker", "CompletionsWalker", "EmbeddingsWalker", "FlushFn", "MessagesStream",
            "MessagesWalker", "OpenAIStream", "Ref", "ResponsesStream", "ResponsesWalker", "StreamTexts",
-           "TextFn", "Walker", "walker"]
+           "TextFn", "Unread", "Unreadable", "Walker", "walker"]
 
 WALKERS: dict[str, Walker] = {
     "openai.chat.completions": ChatWalker(),

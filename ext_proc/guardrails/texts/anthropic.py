@@ -7,7 +7,20 @@ from typing import Any
 
 from ext_proc.llm.sse import SSEEvent
 
-from .base import METADATA, EchoFn, FlushFn, Ref, StreamTexts, TextFn, Walker, _at_once, _event, _strings
+from .base import (
+    METADATA,
+    EchoFn,
+    FlushFn,
+    Ref,
+    StreamTexts,
+    TextFn,
+    Unread,
+    Walker,
+    _at_once,
+    _event,
+    _field,
+    _strings,
+)
 
 _BLOCK_FIELDS = {"text": ("text_delta", "text", False), "tool_use": ("input_json_delta", "partial_json", True),
                  "thinking": ("thinking_delta", "thinking", False)}
@@ -22,22 +35,27 @@ class MessagesWalker(Walker):
 
     def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
         system = payload.get("system")
-        if isinstance(system, str):
-            yield Ref(payload, "system", "system")
-        elif isinstance(system, list):
-            yield from _blocks(system, "system")
-        for message in payload.get("messages") or ():
+        if isinstance(system, list):
+            yield from _blocks(system, "system", where="system")
+        else:
+            yield from _field(payload, "system", "system", "system", "a string or an array of text blocks")
+        messages = payload.get("messages")
+        for number, message in enumerate(messages if isinstance(messages, list) else ()):
+            here = f"messages.{number}"
             if not isinstance(message, dict):
+                yield Unread(messages, number, "user", param=here, must="an object")
                 continue
             role = "assistant" if message.get("role") == "assistant" else "user"
             content = message.get("content")
-            if isinstance(content, str):
-                yield Ref(message, "content", role)
-            elif isinstance(content, list):
-                yield from _blocks(content, role)
+            if isinstance(content, list):
+                yield from _blocks(content, role, where=f"{here}.content")
+            else:
+                yield from _field(message, "content", role, f"{here}.content", "a string or an array of blocks")
         metadata = payload.get("metadata")
-        if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
-            yield Ref(metadata, "user_id", METADATA)
+        if isinstance(metadata, dict):
+            yield from _field(metadata, "user_id", METADATA, "metadata.user_id")
+        elif metadata is not None:
+            yield Unread(payload, "metadata", METADATA, param="metadata", must="an object")
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         content = payload.get("content")
@@ -56,27 +74,31 @@ class MessagesWalker(Walker):
         return isinstance(fmt, dict) and fmt.get("type") == "json_schema"
 
 
-def _blocks(blocks: list[Any], role: str, answer: bool = False, json_output: bool = False) -> Iterator[Ref]:
+def _blocks(blocks: list[Any], role: str, answer: bool = False, json_output: bool = False,
+            where: str = "content") -> Iterator[Ref]:
     """The text of Messages content blocks. A thinking block is read in an answer (what the client
     is shown) and not in a request, where the provider checks its signature and refuses it changed;
     so an answer's thinking keeps its placeholders (:data:`SIGNED`): restored, the client would give
     the value back in clear with the block, and the block would no longer match its signature.
-    ``json_output``: an answer's text blocks are JSON text."""
-    for block in blocks:
+    ``json_output``: an answer's text blocks are JSON text. A text of a type no block has is
+    :class:`Unread` (``where``: the blocks' place, for the error)."""
+    for number, block in enumerate(blocks):
+        here = f"{where}.{number}"
         if not isinstance(block, dict):
+            yield Unread(blocks, number, role, param=here, must="an object (a content block)")
             continue
         kind = block.get("type")
-        if kind == "text" and isinstance(block.get("text"), str):
-            yield Ref(block, "text", role, json_output)
+        if kind == "text":
+            yield from _field(block, "text", role, f"{here}.text", json_text=json_output)
             yield from _citations(block.get("citations"), role)
         elif kind == "tool_use":
             yield from _strings(block.get("input"), role)
         elif kind == "tool_result":
             content = block.get("content")
-            if isinstance(content, str):
-                yield Ref(block, "content", "tool")
-            elif isinstance(content, list):
-                yield from _blocks(content, "tool")
+            if isinstance(content, list):
+                yield from _blocks(content, "tool", where=f"{here}.content")
+            else:
+                yield from _field(block, "content", "tool", f"{here}.content", "a string or an array of blocks")
         elif kind == "document" or kind == "search_result":
             for field in ("title", "context", "source") if kind == "search_result" else ("title", "context"):
                 if isinstance(block.get(field), str):

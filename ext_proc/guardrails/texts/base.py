@@ -50,6 +50,42 @@ class Ref:
             self.scrub["logprobs"] = None
 
 
+@value
+class Unread(Ref):
+    """A place the walker reads as text holding a JSON type it does not read (an object where a
+    string belongs): a request with one is refused (:class:`Unreadable`: ``param`` must be
+    ``must``), never sent on unread. Its text is empty, so whatever else walks the request (or an
+    answer, whose shapes are the provider's) passes over it."""
+
+    param: str = ""
+    must: str = ""
+
+    def get(self) -> str:
+        return ""
+
+    def set(self, value: str) -> None:
+        raise TypeError("an unread place is never written")
+
+
+class Unreadable(Exception):
+    """A request holds a field the guard reads as text, of a type it does not read (:class:`Unread`)."""
+
+    def __init__(self, place: Unread) -> None:
+        super().__init__(f"'{place.param}' must be {place.must}.")
+        self.param = place.param
+        self.message = str(self)
+
+
+def _field(container: Any, key: Any, role: str, param: str, must: str = "a string",
+           json_text: bool = False) -> Iterator[Ref]:
+    """``container[key]`` as text: a string, nothing (absent or null), or :class:`Unread`."""
+    item = container.get(key) if isinstance(container, dict) else container[key]
+    if isinstance(item, str):
+        yield Ref(container, key, role, json_text)
+    elif item is not None:
+        yield Unread(container, key, role, param=param, must=must)
+
+
 class _Number(Ref):
     """An integer of a JSON value (a card or phone number sent as a number), read as its digits;
     replaced, it becomes a string (the placeholder or the masked digits)."""
@@ -90,13 +126,13 @@ IDENTIFIERS = ("user", "safety_identifier", "prompt_cache_key")
 def _identifiers(payload: dict[str, Any]) -> Iterator[Ref]:
     """An OpenAI request's (or a Responses ``response`` object's) identifiers and ``metadata`` values."""
     for field in IDENTIFIERS:
-        if isinstance(payload.get(field), str):
-            yield Ref(payload, field, METADATA)
+        yield from _field(payload, field, METADATA, field)
     metadata = payload.get("metadata")
     if isinstance(metadata, dict):
-        for key, item in metadata.items():
-            if isinstance(item, str):
-                yield Ref(metadata, key, METADATA)
+        for key in metadata:
+            yield from _field(metadata, key, METADATA, f"metadata.{key}"[:100])
+    elif metadata is not None:
+        yield Unread(payload, "metadata", METADATA, param="metadata", must="an object of strings")
 
 
 _DIGITS = 100_000  # integers from here on are read as text: shorter ones are no identifier's digits

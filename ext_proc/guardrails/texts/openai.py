@@ -7,7 +7,7 @@ from typing import Any
 
 from ext_proc.llm.sse import SSEEvent
 
-from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Walker, _at_once, _event, _identifiers
+from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Unread, Walker, _at_once, _event, _field, _identifiers
 
 
 class ChatWalker(Walker):
@@ -15,16 +15,17 @@ class ChatWalker(Walker):
 
     def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
         messages = payload.get("messages")
-        for message in messages if isinstance(messages, list) else ():
+        for number, message in enumerate(messages if isinstance(messages, list) else ()):
             if not isinstance(message, dict):
+                yield Unread(messages, number, "user", param=f"messages[{number}]", must="an object")
                 continue
             role = message.get("role")
             role = role if role in ("system", "developer", "user", "assistant", "tool") else "user"
             role = "system" if role == "developer" else role
-            yield from _message(message, role)
+            yield from _message(message, role, where=f"messages[{number}]")
         prediction = payload.get("prediction")  # the answer expected (Predicted Outputs): text that goes out
         if isinstance(prediction, dict):
-            yield from _message(prediction, "assistant")
+            yield from _message(prediction, "assistant", where="prediction")
         yield from _identifiers(payload)
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
@@ -46,25 +47,39 @@ def _json_format(fmt: Any) -> bool:
 
 
 def _message(message: dict[str, Any], role: str, scrub: dict[str, Any] | None = None,
-             json_output: bool = False) -> Iterator[Ref]:
+             json_output: bool = False, where: str = "message") -> Iterator[Ref]:
+    """A chat message's texts; a field of a type no message has is :class:`Unread` (``where``: the
+    message's place, for the error)."""
     content = message.get("content")
     if isinstance(content, str):
         yield Ref(message, "content", role, json_output, scrub)
     elif isinstance(content, list):
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                yield Ref(part, "text", role, json_output, scrub)
-            elif isinstance(part, dict) and isinstance(part.get("refusal"), str):
-                yield Ref(part, "refusal", role, scrub=scrub)
+        for number, part in enumerate(content):
+            here = f"{where}.content[{number}]"
+            if not isinstance(part, dict):
+                yield Unread(content, number, role, param=here, must="an object (a content part)")
+            elif part.get("text") is not None:
+                if isinstance(part["text"], str):
+                    yield Ref(part, "text", role, json_output, scrub)
+                else:
+                    yield Unread(part, "text", role, param=f"{here}.text", must="a string")
+            else:
+                yield from _field(part, "refusal", role, f"{here}.refusal")
+    elif content is not None:
+        yield Unread(message, "content", role, param=f"{where}.content",
+                     must="a string or an array of content parts")
     if isinstance(message.get("refusal"), str):
         yield Ref(message, "refusal", role, scrub=scrub)
-    for call in message.get("tool_calls") or ():
+    calls = message.get("tool_calls")
+    for number, call in enumerate(calls if isinstance(calls, list) else ()):
         function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-            yield Ref(function, "arguments", role, json_text=True)
+        if isinstance(function, dict):
+            yield from _field(function, "arguments", role, f"{where}.tool_calls[{number}].function.arguments",
+                              "a string (of JSON)", json_text=True)
     legacy = message.get("function_call")
-    if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
-        yield Ref(legacy, "arguments", role, json_text=True)
+    if isinstance(legacy, dict):
+        yield from _field(legacy, "arguments", role, f"{where}.function_call.arguments", "a string (of JSON)",
+                          json_text=True)
 
 
 def _annotations(annotations: Any) -> Iterator[Ref]:
@@ -82,8 +97,7 @@ class CompletionsWalker(Walker):
 
     def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
         yield from _inputs(payload, "prompt")
-        if isinstance(payload.get("suffix"), str):
-            yield Ref(payload, "suffix", "user")
+        yield from _field(payload, "suffix", "user", "suffix")
         yield from _identifiers(payload)
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
@@ -104,13 +118,13 @@ class EmbeddingsWalker(Walker):
 
 
 def _inputs(payload: dict[str, Any], key: str) -> Iterator[Ref]:
+    """A prompt or input: a string or strings (token ids are text by now, where the guard reads them)."""
     value = payload.get(key)
-    if isinstance(value, str):
-        yield Ref(payload, key, "user")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            if isinstance(item, str):
-                yield Ref(value, index, "user")
+    if isinstance(value, list):
+        for index in range(len(value)):
+            yield from _field(value, index, "user", f"{key}[{index}]")
+    else:
+        yield from _field(payload, key, "user", key, "a string or an array of strings")
 
 
 class OpenAIStream(StreamTexts):

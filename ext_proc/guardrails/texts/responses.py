@@ -8,7 +8,7 @@ from typing import Any
 from ext_proc.llm.apis.responses import stored_state
 from ext_proc.llm.sse import SSEEvent
 
-from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Walker, _event, _identifiers
+from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Unread, Walker, _event, _field, _identifiers
 from .openai import _json_format
 
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
@@ -57,7 +57,7 @@ def _instructions(payload: dict[str, Any]) -> Iterator[Ref]:
     if isinstance(instructions, str):
         yield Ref(payload, "instructions", "system")
     elif isinstance(instructions, list):
-        yield from _input_items(instructions, "system")
+        yield from _input_items(instructions, "system", "instructions")
 
 
 def _echoes(response: dict[str, Any]) -> Iterator[Ref]:
@@ -74,46 +74,53 @@ def _variables(payload: dict[str, Any]) -> Iterator[Ref]:
     variables = prompt.get("variables") if isinstance(prompt, dict) else None
     if isinstance(variables, dict):
         for name, value in variables.items():
-            if isinstance(value, str):
-                yield Ref(variables, name, "user")
-            elif isinstance(value, dict) and isinstance(value.get("text"), str):
-                yield Ref(value, "text", "user")
+            here = f"prompt.variables.{name}"[:100]
+            if isinstance(value, dict):  # an input item: text, an image, a file
+                yield from _field(value, "text", "user", f"{here}.text")
+            else:
+                yield from _field(variables, name, "user", here, "a string or an input content item")
 
 
-def _input_items(items: list[Any], role: str) -> Iterator[Ref]:
-    for item in items:
+def _input_items(items: list[Any], role: str, where: str = "input") -> Iterator[Ref]:
+    """The texts of input items (``where``: the field holding them, for the error of an
+    :class:`Unread` place: a call's ``arguments`` that are not a string, an item that is no object)."""
+    for number, item in enumerate(items):
+        here = f"{where}[{number}]"
         if not isinstance(item, dict):
+            yield Unread(items, number, role, param=here, must="an object (an input item)")
             continue
         kind = item.get("type", "message")
         if kind == "message":
             speaker = _ROLES.get(str(item.get("role")), role)
             content = item.get("content")
-            if isinstance(content, str):
-                yield Ref(item, "content", speaker)
-            elif isinstance(content, list):
-                yield from _parts(content, speaker)
-        elif kind == "function_call" and isinstance(item.get("arguments"), str):
-            yield Ref(item, "arguments", "assistant", json_text=True)
-        elif kind == "custom_tool_call" and isinstance(item.get("input"), str):
-            yield Ref(item, "input", "assistant")
+            if isinstance(content, list):
+                yield from _parts(content, speaker, f"{here}.content")
+            else:
+                yield from _field(item, "content", speaker, f"{here}.content", "a string or an array of content parts")
+        elif kind == "function_call":
+            yield from _field(item, "arguments", "assistant", f"{here}.arguments", "a string (of JSON)", json_text=True)
+        elif kind == "custom_tool_call":
+            yield from _field(item, "input", "assistant", f"{here}.input")
         elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output")
-            if isinstance(output, str):
-                yield Ref(item, "output", "tool")
-            elif isinstance(output, list):
-                yield from _parts(output, "tool")
+            if isinstance(output, list):  # input_text, input_image, input_file items
+                yield from _parts(output, "tool", f"{here}.output")
+            else:
+                yield from _field(item, "output", "tool", f"{here}.output", "a string or an array of content items")
         elif kind not in _NO_TEXT:  # a built-in tool's call or output (shell, MCP, file search, code...)
             for path, container, key, json_text in _leaves(item, ()):
                 yield Ref(container, key, "tool" if _from_tool(kind, path[0]) else "assistant", json_text)
 
 
-def _parts(parts: list[Any], role: str) -> Iterator[Ref]:
-    for part in parts:
-        if isinstance(part, dict):
-            if isinstance(part.get("text"), str):
-                yield Ref(part, "text", role)
-            elif isinstance(part.get("refusal"), str):
-                yield Ref(part, "refusal", role)
+def _parts(parts: list[Any], role: str, where: str) -> Iterator[Ref]:
+    for number, part in enumerate(parts):
+        here = f"{where}[{number}]"
+        if not isinstance(part, dict):
+            yield Unread(parts, number, role, param=here, must="an object (a content part)")
+        elif part.get("text") is not None:
+            yield from _field(part, "text", role, f"{here}.text")
+        else:
+            yield from _field(part, "refusal", role, f"{here}.refusal")
 
 
 # Where an output item keeps its text, by channel: (output index, kind[, part index]).

@@ -158,10 +158,49 @@ def duration(seconds: float) -> str:
 CHAT_COMPLETIONS = OpenAIAPI("openai.chat.completions", "/v1/chat/completions", required_list="messages",
                              stream_usage=True, output_fields=("max_completion_tokens", "max_tokens"),
                              answer_fields=("n",))
-class CompletionsAPI(OpenAIAPI):
-    """Legacy completions: a list of prompts is answered prompt by prompt."""
+def _token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_prompt(payload: dict[str, Any], field: str) -> None:
+    """A completions ``prompt`` or an embeddings ``input`` is a string, an array of strings, an array
+    of token ids or an array of token-id arrays (or left out): another shape (an object, an array
+    of objects) is a 400 ``invalid_type``, as Tollway meters (and guards) these and reads nothing else."""
+    value = payload.get(field)
+    if value is None or isinstance(value, str):
+        return
+    ids = [_token(item) for item in value] if isinstance(value, list) else []
+    if isinstance(value, list) and (all(ids) or (not any(ids) and all(
+            isinstance(item, str) or (isinstance(item, list) and all(_token(t) for t in item)) for item in value))):
+        return
+    raise ClientError(400, "invalid_type", f"'{field}' must be a string, an array of strings, an array of token "
+                                           "ids or an array of token-id arrays.", field)
+
+
+class EmbeddingsAPI(OpenAIAPI):
+    """Embeddings: ``input`` is checked (:func:`check_prompt`); no output, no stream."""
 
     __slots__ = ()
+
+    def parse(self, body: bytes) -> ParsedRequest:
+        request = super().parse(body)
+        check_prompt(request.payload, "input")
+        return request
+
+
+class CompletionsAPI(OpenAIAPI):
+    """Legacy completions: a list of prompts is answered prompt by prompt; ``prompt`` is checked
+    (:func:`check_prompt`), and ``suffix`` is a string."""
+
+    __slots__ = ()
+
+    def parse(self, body: bytes) -> ParsedRequest:
+        request = super().parse(body)
+        check_prompt(request.payload, "prompt")
+        suffix = request.payload.get("suffix")
+        if suffix is not None and not isinstance(suffix, str):
+            raise ClientError(400, "invalid_type", "'suffix' must be a string.", "suffix")
+        return request
 
     def answers(self, payload: dict[str, Any]) -> int:
         """Each prompt of a list (of strings, or of token arrays) gets its own answers."""
@@ -173,4 +212,4 @@ class CompletionsAPI(OpenAIAPI):
 # best_of: that many answers generated (and billed) server-side, the best n returned
 COMPLETIONS = CompletionsAPI("openai.completions", "/v1/completions", stream_usage=True,
                              answer_fields=("n", "best_of"))
-EMBEDDINGS = OpenAIAPI("openai.embeddings", "/v1/embeddings", streams=False, output_fields=None)
+EMBEDDINGS = EmbeddingsAPI("openai.embeddings", "/v1/embeddings", streams=False, output_fields=None)
