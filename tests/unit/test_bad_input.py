@@ -218,3 +218,19 @@ def test_a_prompt_or_input_of_a_shape_no_api_takes_is_refused(api: apis.WireAPI,
     assert (caught.value.status, caught.value.code, caught.value.param) == (400, "invalid_type", field)
     for fine in ("hi", ["a", "b"], [1, 2, 3], [[1, 2], [3]], ["a", [1, 2]], [], None):
         api.parse(orjson.dumps({**base, "prompt" if api is apis.COMPLETIONS else "input": fine}))
+
+
+def test_a_stream_asked_of_an_api_that_never_streams_is_refused_before_the_provider() -> None:
+    """Embeddings answer in one JSON body: ``stream: true`` sent on would be billed and fail (a 502 the
+    SDK retries); it is a 400 naming ``stream``. count_tokens takes a Messages body and ignores it."""
+    session = Session()
+    session.handle(RequestHeaders({":method": "POST", ":path": "/v1/embeddings", "content-type": "application/json"},
+                                  False, 1))
+    refused = session.handle(RequestBody(orjson.dumps({"model": "text-embedding-3-small", "input": "hi",
+                                                       "stream": True}), True, 2))
+    _refused(refused, 400, "invalid_request", "'stream' must be false")
+    assert orjson.loads(refused.body)["error"]["param"] == "stream"
+    for quiet in (False, None):
+        assert apis.EMBEDDINGS.parse(orjson.dumps({"model": "m", "input": "hi", "stream": quiet})).stream is False
+    counted = apis.COUNT_TOKENS.parse(orjson.dumps({"model": "m", "messages": [], "stream": True}))
+    assert counted.stream is False

@@ -185,6 +185,10 @@ class WireAPI:
 
     __slots__ = ("answer_fields", "billed", "home", "name", "output_fields", "path", "required_list", "streams")
 
+    # A request asking an API that does not stream (``streams``) for a stream is refused (a 400,
+    # the provider never asked: it would bill the request and fail it, and the SDK retry); False:
+    # the API ignores it (count_tokens, whose body is a Messages request's).
+    refuses_stream = True
     # Where the family's SDK reads the provider's request id (``_request_id``): a translated answer
     # carries the provider's id under the client's name.
     request_id_header = "x-request-id"
@@ -223,6 +227,9 @@ class WireAPI:
             stream = False
         if not isinstance(stream, bool):
             raise ClientError(400, "invalid_type", "'stream' must be a boolean.", "stream")
+        if stream and not self.streams and self.refuses_stream:
+            raise ClientError(400, "invalid_request", f"'stream' must be false or left out: {self.path} answers in "
+                                                      "one JSON body, never as an event stream.", "stream")
         field = self.required_list
         if field is not None and field in payload and not isinstance(payload[field], list):
             raise ClientError(400, "invalid_type", f"'{field}' must be an array of messages.", field)

@@ -166,6 +166,7 @@ class CountTokensAPI(MessagesAPI):
     """``POST /v1/messages/count_tokens``: a Messages request body, answered ``{"input_tokens": N}``."""
 
     __slots__ = ()
+    refuses_stream = False  # a Messages body's ``stream`` is ignored: counting never streams
 
     def __init__(self) -> None:
         super().__init__("anthropic.count_tokens", "/v1/messages/count_tokens", "anthropic",
