@@ -101,7 +101,8 @@ def screen(flow: Flow) -> list[Any]:
 class TokenPrompts:
     """A completions ``prompt`` or an embeddings ``input`` given as token ids, the same text to the
     model as the words: decoded for the guard (in place), then put back, as the same ids where the
-    guard left the text alone and as the new text's ids where it changed it. Only with the
+    guard left the text alone and as the new text's ids where it changed it, special tokens kept
+    (:func:`encode_back`). Only with the
     tokenizer of every target: OpenAI's models (tiktoken); another model's ids are refused (fail
     closed), never passed unread."""
 
@@ -150,7 +151,46 @@ class TokenPrompts:
     def encode_back(self) -> None:
         for container, key, ids, text in self._decoded:
             now = container[key]
-            container[key] = ids if now == text else self._encoding.encode(now, disallowed_special=())
+            container[key] = ids if now == text else encode_back(self._encoding, ids, now)
+
+
+def encode_back(encoding: Any, ids: list[int], now: str) -> list[int]:
+    """The ids of ``now``, the guarded text of token ``ids``: a special token (``<|endoftext|>``
+    between documents) stays its id, never the ordinary tokens of its spelling; each stretch
+    between special tokens keeps its own ids where the guard left it alone, and is encoded anew
+    where it changed. When the special tokens are no longer where they were (a finding spanned
+    one), the whole text is encoded with the special tokens the ids held allowed."""
+    specials = {encoding.encode_single_token(name): name for name in encoding.special_tokens_set}
+    runs: list[list[int]] = [[]]  # the ordinary ids between special tokens
+    marks: list[int] = []  # the special tokens, in order
+    for token in ids:
+        if token in specials:
+            marks.append(token)
+            runs.append([])
+        else:
+            runs[-1].append(token)
+    out: list[int] = []
+    at = 0
+    for number, run in enumerate(runs):
+        was = encoding.decode(run)
+        if number < len(marks):
+            name = specials[marks[number]]
+            kept = now.startswith(was, at)  # past the stretch as it was; else past its own spellings
+            end = now.find(name, at + len(was) if kept else at)
+            for _ in range(0 if kept else was.count(name)):
+                end = now.find(name, end + len(name)) if end >= 0 else end
+            if end < 0:
+                whole: list[int] = encoding.encode(now, allowed_special={specials[mark] for mark in marks},
+                                                   disallowed_special=())
+                return whole
+        else:
+            end = len(now)
+        piece = now[at:end]
+        out += run if piece == was else encoding.encode(piece, disallowed_special=())
+        if number < len(marks):
+            out.append(marks[number])
+            at = end + len(specials[marks[number]])
+    return out
 
 
 def _encoding(target: Target) -> str | None:

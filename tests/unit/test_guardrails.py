@@ -872,6 +872,24 @@ def test_token_ids_are_read_with_the_models_tokenizer_or_refused() -> None:
     assert unknown.status == 400 and b"token id the model does not have" in unknown.body
 
 
+def test_a_redacted_token_prompt_keeps_its_special_tokens_and_unchanged_ids() -> None:
+    """``<|endoftext|>`` between documents stays its id (not the ordinary tokens of its spelling);
+    the stretches the guard left alone keep the client's own ids, and a literal spelling sent as
+    ordinary tokens stays ordinary."""
+    encoding = encodings.encoding_for_model("gpt-4o")
+    end, fim = encoding.encode_single_token("<|endoftext|>"), encoding.encode_single_token("<|endofprompt|>")
+    untouched = encoding.encode("next document as in <|endoftext|> docs", disallowed_special=())
+    for ids in ([*encoding.encode("card 4111 1111 1111 1111"), end, *untouched, fim],
+                [[*encoding.encode("mail x@example.com"), end, *untouched]]):
+        _, _, sent = post("/v1/completions", {"model": "gpt-4o", "prompt": ids})
+        assert isinstance(sent, Continue) and sent.body is not None
+        prompt = orjson.loads(sent.body)["prompt"]
+        prompt = prompt[0] if isinstance(prompt[0], list) else prompt
+        head, rest = prompt[:prompt.index(end)], prompt[prompt.index(end) + 1:]
+        assert encoding.decode(head) in ("card [CREDIT_CARD_1]", "mail [EMAIL_1]")
+        assert rest[:len(untouched)] == untouched and rest[len(untouched):] in ([fim], [])
+
+
 def test_custom_words_block_in_any_case() -> None:
     _, _, answer = post("/v1/chat/completions", chat("Status of project Red  Falcon?"))
     assert answer.status == 400 and b"codename" in answer.body
