@@ -470,7 +470,8 @@ class Guard:
 
     def _echo(self, text: str, json_text: bool) -> str:
         """A text of the request that the answer repeats (the ``instructions`` a Responses
-        ``response`` object echoes, as the provider received them): what the answer's rules find
+        ``response`` object echoes, as the provider received them; also a provider's error
+        message inside a stream, which may quote the answer): what the answer's rules find
         in it is replaced as in the answer's own text (a value the instructions keep included),
         and pseudonyms are put back; not counted (the model did not say it), and a ``block``
         rule's value is replaced by its placeholder rather than refusing every answer to such

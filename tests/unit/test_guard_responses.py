@@ -510,6 +510,28 @@ def test_the_identifiers_and_metadata_a_response_echoes_are_put_back_as_the_inst
     assert b"4111" not in out
 
 
+@pytest.mark.parametrize("failure", ["error", "response.failed"])
+def test_a_providers_error_in_a_responses_stream_never_carries_a_value_the_answer_may_not(failure: str) -> None:
+    """The ``error`` event's message and a failed response's ``error.message`` may quote what the
+    model wrote: guarded as the answer's text, the events still valid and numbered."""
+    session, received = forwarded("openai")
+    events = whole_events(provider_stream("openai", ("Card 4111 1111 ", "1111 1111"), received=received))
+    message = "The model produced invalid content: Card 4111 1111 1111 1111"
+    head = b"".join(event.raw for event in events[:5])
+    if failure == "error":
+        last: dict[str, Any] = {"type": "error", "sequence_number": 5, "code": "server_error", "message": message,
+                                "param": None}
+    else:
+        response = orjson.loads(events[-1].data)["response"]
+        last = {"type": "response.failed", "sequence_number": 5, "response": {
+            **response, "status": "failed", "error": {"code": "server_error", "message": message}}}
+    out = play(session, [head + f"event: {failure}\n".encode() + b"data: " + orjson.dumps(last) + b"\n\n"])
+    parsed = client_events(out)
+    assert b"4111 1111 1111 1111" not in out  # (the start of it held back, then sent: no card on its own)
+    error = parsed[-1] if failure == "error" else parsed[-1].response.error
+    assert error.message == "The model produced invalid content: Card [CREDIT_CARD_1]"
+
+
 # -- structured output -----------------------------------------------------------------------------
 
 STRUCTURED = '{"phone":4155550100,"card":4111111111111111,"note":"mail jane.doe@example.com"}'

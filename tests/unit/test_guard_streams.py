@@ -348,3 +348,22 @@ def test_text_held_back_goes_out_before_the_tool_call_that_follows_it(route: Rou
               + _openai_chunk({}, "tool_calls") + b"data: [DONE]\n\n")
     assert said_in_order(route, play(opened(route), [stream])) == [("text", "Let me check the weather"),
                                                                     ("tool 0", '{"city": "Paris"}')]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_providers_error_in_the_stream_never_carries_a_value_the_answer_may_not(route: Route) -> None:
+    """A provider's error event may quote what the model wrote: its message is guarded as the
+    answer's text (redacted here; a pseudonym comes back), passed through or translated."""
+    secret, placeholder = SECRETS["card"]
+    message = f"The model produced invalid content: Card {secret} for jane.doe@example.com [EMAIL_1]"
+    session = opened(route, "private-app", prompt="Write to jane.doe@example.com")
+    if route.provider == "openai":
+        upstream = (_openai_chunk({"role": "assistant", "content": "Card "}) + b"data: " + orjson.dumps(
+            {"error": {"message": message, "type": "server_error", "param": None, "code": "server_error"}}) + b"\n\n")
+    else:
+        full = provider_stream(route, ("Card ",))
+        upstream = full[:full.index(b"event: content_block_stop")] + b"event: error\ndata: " + orjson.dumps(
+            {"type": "error", "error": {"type": "api_error", "message": message}}) + b"\n\n"
+    out = play(session, [upstream])
+    assert secret.encode() not in out and placeholder.encode() in out, out
+    assert b"for [EMAIL_1] jane.doe@example.com" in out  # the value found is the answer's; a pseudonym comes back

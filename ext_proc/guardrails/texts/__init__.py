@@ -50,7 +50,9 @@ restored in the deltas is restored there too), and numbers the events again from
 event (the held text of a closing channel) shifted them, so ``sequence_number`` stays gapless.
 The ``response`` of ``response.created``, ``.in_progress`` and the terminal event also echoes the
 request's ``instructions`` (as the provider received them): each distinct echoed text is guarded
-once, whole (the guard's echo function), and carried the same in every event.
+once, whole (the guard's echo function), and carried the same in every event. A provider's error
+inside any stream (chat's ``error`` chunk, Anthropic's and Responses' ``error`` events, a failed
+response's ``error``) may quote the answer: its ``message`` goes through the echo function too.
 """
 
 from __future__ import annotations

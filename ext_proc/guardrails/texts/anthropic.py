@@ -17,6 +17,7 @@ from .base import (
     Unread,
     Walker,
     _at_once,
+    _error_message,
     _event,
     _field,
     _strings,
@@ -147,6 +148,9 @@ class MessagesStream(StreamTexts):
             payload = event.json()
             if not name and payload is not None:
                 name = str(payload.get("type", ""))
+            if name == "error" and payload is not None and _error_message(payload.get("error"), echo):
+                out.append(_event(payload, event.event, like=event))  # its message may quote the answer
+                continue
             if payload is None or name not in ("content_block_start", "content_block_delta", "content_block_stop",
                                                "message_stop"):
                 out.append(event)

@@ -204,6 +204,21 @@ def _event(data: dict[str, Any], name: str = "", like: SSEEvent | None = None) -
     return event
 
 
+def _error_message(error: Any, echo: EchoFn | None) -> bool:
+    """A provider's error inside a stream (an ``error`` event, a failed response's ``error``): its
+    ``message`` may quote what the model wrote, so it is guarded as an echo is (the answer's rules,
+    uncounted, a ``block`` rule's value replaced); whether it changed."""
+    message = error.get("message") if isinstance(error, dict) else None
+    if echo is None or not isinstance(message, str) or not message:
+        return False
+    assert isinstance(error, dict)
+    new = echo(message, False)
+    if new == message:
+        return False
+    error["message"] = new
+    return True
+
+
 def _at_once(refs: Iterator[Ref], channel: tuple[Any, ...], text: TextFn, flush: FlushFn) -> bool:
     """Guard texts a stream gives whole in one event (a citation, a tool input at its block's start),
     each as a channel of its own that closes at once; whether any changed."""

@@ -7,7 +7,20 @@ from typing import Any
 
 from ext_proc.llm.sse import SSEEvent
 
-from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Unread, Walker, _at_once, _event, _field, _identifiers
+from .base import (
+    EchoFn,
+    FlushFn,
+    Ref,
+    StreamTexts,
+    TextFn,
+    Unread,
+    Walker,
+    _at_once,
+    _error_message,
+    _event,
+    _field,
+    _identifiers,
+)
 
 
 class ChatWalker(Walker):
@@ -143,6 +156,10 @@ class OpenAIStream(StreamTexts):
         out: list[SSEEvent] = []
         for event in events:
             data = event.data
+            if data and b'"error"' in data and b'"choices"' not in data:  # the provider's error in the stream
+                failure = event.json()
+                if failure is not None and _error_message(failure.get("error"), echo):
+                    event = _event(failure, event.event, like=event)
             if not data or data == b"[DONE]" or b'"choices"' not in data:
                 if data == b"[DONE]" and self.open:
                     out += self._close(None, event, None, flush)

@@ -8,7 +8,19 @@ from typing import Any
 from ext_proc.llm.apis.responses import stored_state
 from ext_proc.llm.sse import SSEEvent
 
-from .base import EchoFn, FlushFn, Ref, StreamTexts, TextFn, Unread, Walker, _event, _field, _identifiers
+from .base import (
+    EchoFn,
+    FlushFn,
+    Ref,
+    StreamTexts,
+    TextFn,
+    Unread,
+    Walker,
+    _error_message,
+    _event,
+    _field,
+    _identifiers,
+)
 from .openai import _json_format
 
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
@@ -325,6 +337,10 @@ class ResponsesStream(StreamTexts):
                 for index, item in enumerate(output if isinstance(output, list) else ()):
                     for channel, holder, key, json_text in _item_texts(item, index, self.json):
                         changed |= self._final(holder, key, channel, text, flush, json_text)
+                if isinstance(response, dict):  # response.failed: its error may quote the answer
+                    changed |= _error_message(response.get("error"), echo)
+            elif kind == "error":  # the provider's error event (its message, or an error object's)
+                changed = _error_message(payload, echo) | _error_message(payload.get("error"), echo)
             if kind in _R_RESPONSE and echo is not None and isinstance(payload.get("response"), dict):
                 changed |= self._echoed(payload["response"], echo)
             out.append(_event(payload, event.event, like=event) if changed else event)
