@@ -127,9 +127,12 @@ def target_for(policy: CompiledPolicy, principal: Principal, api: WireAPI, model
 
 
 def _mismatch(api: WireAPI, shown: str) -> ClientError:
-    return ClientError(
-        400, "api_mismatch", f"Model '{shown}' cannot serve {api.name} requests; use a chat API with it.", "model"
-    )
+    """What to use instead: an embeddings model for embeddings (no chat API makes vectors), else a chat API."""
+    if api is apis.EMBEDDINGS:
+        advice = "its provider makes no embeddings; use an embeddings model"
+    else:
+        advice = "use a chat API with it (chat completions, Messages or Responses)"
+    return ClientError(400, "api_mismatch", f"Model '{shown}' cannot serve {api.name} requests: {advice}.", "model")
 
 
 Draw = Callable[[], float]

@@ -533,7 +533,11 @@ def test_targets_that_cannot_serve_the_clients_api_are_skipped() -> None:
     assert route("chat", apis.EMBEDDINGS, principal=VIP) == [("openai", "gpt-4o")]
     error = refusal("claude-only", apis.EMBEDDINGS)
     assert (error.status, error.code, error.param) == (400, "api_mismatch", "model")
-    assert error.message == "Model 'claude-only' cannot serve openai.embeddings requests; use a chat API with it."
+    assert error.message == ("Model 'claude-only' cannot serve openai.embeddings requests: its provider makes no "
+                             "embeddings; use an embeddings model.")
+    error = refusal("claude-only", apis.COMPLETIONS)
+    assert error.message == ("Model 'claude-only' cannot serve openai.completions requests: use a chat API with it "
+                             "(chat completions, Messages or Responses).")
 
 
 def test_targets_with_too_small_a_context_window_are_skipped() -> None:
