@@ -39,7 +39,7 @@ from typing import Any
 
 from ext_proc import memo
 from ext_proc.policy.compiled import CompiledPolicy
-from ext_proc.server import bodies, journal, listen, spool
+from ext_proc.server import bodies, journal, listen
 from ext_proc.server.accounting import ENCODINGS_ENV
 from ext_proc.server.clusters import ENVOY_ADMIN, ClusterSync, stand_in
 from ext_proc.server.dealer import Dealer
@@ -276,8 +276,7 @@ def run(args: argparse.Namespace) -> int:
         watcher.start()
         ledger = open_ledger(config.redis_url, lambda model: knows(controller.current, model)) if config.log_file \
             else None
-        # Its thread starts with a first batch; its spool lives next to the log (when that is a file).
-        sender = LedgerSender(ledger, directory=spool_directory(config.log_file)) if ledger is not None else None
+        sender = LedgerSender(ledger) if ledger is not None else None  # its thread starts with a first batch
         recover_records(config, recovered, sender)  # requests in flight when a previous run died
         try:
             sock = listener.sock if listener else None
@@ -396,29 +395,15 @@ def knows(policy: CompiledPolicy | None, model: str) -> bool:
     return policy is not None and model in policy.model_names
 
 
-def spool_directory(log_file: str | None) -> str | None:
-    """Where the spend aggregates' spools live: next to the journals (None: the log is no regular file)."""
-    if not log_file or (os.path.exists(log_file) and not os.path.isfile(log_file)):
-        return None
-    return journal.directory_for(log_file)
-
-
 def recover_records(config: ServeConfig, counted: Exchange | None = None,
                     ledger: LedgerSender | None = None) -> None:
     """Write the records of requests a dead worker had sent upstream (:mod:`ext_proc.server.journal`),
     count them in ``counted``'s tally, published beside the workers' (so ``/metrics`` agrees with
     the log after a crash too), and hand them to ``ledger`` for the spend aggregates (Redis), which
     sends them until Redis takes them: the journal is gone once they are in the log, and neither a
-    Redis that is down nor anything else keeps them from the count. Then hand ``ledger`` the
-    batches stopped processes left in their spools (:mod:`ext_proc.server.spool`: those Redis had
-    not taken when they stopped), under their ids."""
+    Redis that is down nor anything else keeps them from the count."""
     if not config.log_file:
         return
-    if ledger is not None:
-        try:
-            spool.recover(config.log_file, ledger.add)
-        except Exception:  # never keep the service from starting or a worker from restarting
-            log.exception("recovering the spend aggregates' spools next to %s", config.log_file)
 
     def add(records: list[dict[str, Any]]) -> None:
         # Each on its own: one failing never keeps the records from the other.
@@ -440,8 +425,6 @@ def recover_records(config: ServeConfig, counted: Exchange | None = None,
         log.exception("recovering the journals of %s", config.log_file)
     if counted is not None:
         try:
-            if ledger is not None and ledger.dropped:
-                counted.tally.counters[("tollway_ledger_dropped",)] = ledger.dropped
             counted.write()
         except Exception:
             log.exception("publishing the count of the recovered records")

@@ -46,7 +46,6 @@ log = logging.getLogger("tollway.journal")
 
 COMPACT_AT = 1 << 20  # bytes: rewrite the journal with its open entries only
 SUFFIX = ".journal"
-COMPACTING = SUFFIX + ".compact"  # a journal being rewritten (see Journal._compact)
 Position = tuple[int, int] | None  # (inode, size) of the request log when an entry was written
 
 
@@ -62,7 +61,7 @@ class Journal:
     def __init__(self, directory: str, position: Callable[[], Position]) -> None:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.path = os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}")
-        self._fd = create_locked(self.path)
+        self._fd = _create_locked(self.path)
         self._position = position
         self._open: dict[str, list[bytes]] = {}  # request id -> its open entries (usually one)
         self._closed: list[str] = []  # closed since the last sync(): their done line is not written yet
@@ -137,7 +136,7 @@ class Journal:
         """Rewrite the journal with only its open entries (atomically: a new file renamed over it)."""
         temporary = self.path + ".compact"
         try:
-            fd = create_locked(temporary, exclusive=False)
+            fd = _create_locked(temporary, exclusive=False)
         except OSError as exc:
             self.errors += 1
             log.error("cannot compact the journal %s: %s", self.path, exc.strerror)
@@ -157,7 +156,7 @@ class Journal:
         self._fd, self._size = fd, len(data)
 
 
-def create_locked(path: str, exclusive: bool = True) -> int:
+def _create_locked(path: str, exclusive: bool = True) -> int:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = os.open(path, flags, 0o600)
     try:
@@ -198,14 +197,12 @@ def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = 
     except FileNotFoundError:
         return result
     for name in names:
-        if not name.endswith((SUFFIX, COMPACTING)):  # not a journal (the aggregates' spools: ext_proc.server.spool)
-            continue
         path = os.path.join(directory, name)
-        fd = take(path)
+        fd = _take(path)
         if fd is None:
             continue
         try:
-            if name.endswith(COMPACTING):  # a compaction that never finished: its journal is whole
+            if not name.endswith(SUFFIX):  # a compaction that never finished: its journal is whole
                 os.unlink(path)
                 continue
             result.journals += 1
@@ -239,7 +236,7 @@ def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = 
     return result
 
 
-def take(path: str) -> int | None:
+def _take(path: str) -> int | None:
     """The journal's descriptor, locked, if its owner is gone (None: alive, or replaced meanwhile)."""
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -22,13 +22,12 @@ then every 10 s.
 
 Aggregates: with ``--redis`` each batch is also added to a :class:`~ext_proc.state.ledger.Ledger`
 (through a worker thread, so the event loop never waits on the network); without it there are
-none (nothing would read them: reports read the log). Each batch goes through an
-:class:`~ext_proc.server.spool.Outbox`: spooled next to the log first, then sent, under an id
-that makes Redis add it once; a batch Redis refused, or did not answer in time, is sent again
-until Redis takes it, and one still waiting when the worker stops (or dies) stays in the spool
-for the supervisor to send when it starts again or restarts the worker. The records the
-supervisor recovers from a dead worker's journal, and the spools of stopped processes, go to the
-aggregates the same way, from a thread of its own (:class:`LedgerSender`).
+none (nothing would read them: reports read the log). A batch Redis
+refused, or did not answer in time, is kept with its id and sent again at the next flush (up to
+``MAX_PENDING`` records): the id makes Redis add it once, even if it had carried out the first
+send after all; the log file holds every record either way. The records the supervisor recovers
+from a dead worker's journal go to the aggregates the same way, from a thread of its own
+(:class:`LedgerSender`).
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import stat
 import sys
 import threading
@@ -49,11 +49,12 @@ import orjson
 
 from ext_proc.ledger.log import log_files
 from ext_proc.server.journal import Journal, directory_for
-from ext_proc.server.spool import MAX_PENDING, RETRY, Outbox
 from ext_proc.state.ledger import Ledger
 
 log = logging.getLogger("tollway.records")
+MAX_PENDING = 100_000
 MAX_BACKLOG = 16 * 1024 * 1024  # bytes of records kept in memory while the log cannot be written
+RETRY = 0.5  # seconds between write attempts while it cannot
 POSITION_AGE = 0.25  # seconds a noted log position is reused (see RecordWriter.position)
 
 
@@ -80,12 +81,9 @@ class RecordWriter:
         immediate: bool = False,
     ) -> None:
         self._path = path
-        self._pending: list[dict[str, Any]] = []  # records not yet given to the ledger's outbox
-        self._pending_lines: list[bytes] = []  # and their JSON lines (what the outbox spools)
-        # The batches on their way to the aggregates, spooled next to a log that is a regular file.
-        self.outbox = None if ledger is None else Outbox(
-            ledger, directory_for(path) if path is not None and _regular_or_absent(path) else None)
-        self._sending: asyncio.Future[bool] | None = None  # the outbox's send, in a worker thread
+        self._ledger = ledger
+        self._pending: list[dict[str, Any]] = []  # records not yet given to the ledger
+        self._unsure: list[tuple[str, list[dict[str, Any]]]] = []  # batches refused or timed out, with their ids
         self._owns_fd = path is not None
         self._position: tuple[int, int] | None = None  # the log's (inode, size) lately seen
         self._position_until = 0.0
@@ -101,6 +99,7 @@ class RecordWriter:
         self._immediate = immediate
         self._task: asyncio.Task[None] | None = None
         self._work = asyncio.Event()  # set by emit: the periodic flush has something to follow up
+        self.failures = 0  # batches the aggregates' store refused (tollway_ledger_write_failures_total)
         # Write failures (a full disk): the records wait in memory, the state is shown (status()).
         self.failing_since: float | None = None
         self.last_error: str | None = None
@@ -132,9 +131,8 @@ class RecordWriter:
             record = {key: None if isinstance(value, int) and not -(2**63) <= value < 2**64 else value
                       for key, value in record.items()}
             line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        if self.outbox is not None:
+        if self._ledger is not None:
             self._pending.append(record)
-            self._pending_lines.append(line)
         self._lines.append(line)
         self._ids.append(record.get("request_id"))
         self._size += len(line)
@@ -335,39 +333,37 @@ class RecordWriter:
                     self.flush()
                 if self.journal is not None:
                     self.journal.sync()
-                await self._add_to_ledger(wait=False)
+                await self._add_to_ledger()
             except Exception:  # never let the writer stop: every later record would be lost
                 log.exception("request log writer")
-            # Unwritten, or records on their way to the aggregates (a send in flight, or Redis refused): again.
-            if self._lines or self._pending or (self.outbox is not None and self.outbox.waiting):
+            if self._lines or self._pending or self._unsure:  # unwritten, or the ledger refused: again
                 work.set()
 
-    @property
-    def failures(self) -> int:
-        """Sends the aggregates' store refused or did not answer (tollway_ledger_write_failures_total)."""
-        return self.outbox.failures if self.outbox is not None else 0
-
-    async def _add_to_ledger(self, wait: bool = True) -> None:
-        """Hand the records emitted since the last round to the outbox (spooled at once, on this
-        thread: a worker killed while Redis hangs loses none of them), and send what waits from a
-        worker thread, unless a send is in flight (``wait``: until it is done; else not before the
-        retry time after a refusal)."""
-        outbox = self.outbox
-        if outbox is None:
+    async def _add_to_ledger(self) -> None:
+        if self._ledger is None or not (self._pending or self._unsure):
             return
+        # A batch keeps its id until Redis has answered it: one that timed out may have been carried
+        # out (Redis hung, then ran it), and its id makes the next try of it add nothing twice.
         if self._pending:
-            outbox.add(self._pending, self._pending_lines)
-            self._pending, self._pending_lines = [], []
-        sending = self._sending
-        if sending is None or sending.done():
-            if not outbox.waiting or (not wait and time.monotonic() < outbox.retry_at):
-                return
-            sending = self._sending = asyncio.get_running_loop().run_in_executor(None, outbox.send)
-        if wait:
+            self._unsure.append((secrets.token_hex(8), self._pending))
+            self._pending = []
+        loop = asyncio.get_running_loop()
+        while self._unsure:
+            batch_id, batch = self._unsure[0]
             try:
-                await sending
-            except Exception:
-                log.exception("sending records to the spend aggregates")
+                await loop.run_in_executor(None, self._ledger.add, batch, batch_id)
+            except Exception as exc:  # Redis down: keep the batches (bounded) and retry next time
+                self.failures += 1
+                log.warning("ledger store refused %d records (%s); will retry", len(batch), type(exc).__name__)
+                self._bound()
+                return
+            self._unsure.pop(0)
+
+    def _bound(self) -> None:
+        """At most ``MAX_PENDING`` records waiting for the ledger: the oldest batches go first."""
+        waiting = sum(len(batch) for _, batch in self._unsure)
+        while waiting > MAX_PENDING and len(self._unsure) > 1:
+            waiting -= len(self._unsure.pop(0)[1])
 
     async def close(self) -> None:
         if self._task is not None:
@@ -375,12 +371,7 @@ class RecordWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.flush()
-        if self.outbox is not None:
-            if self._sending is not None and not self._sending.done():
-                with contextlib.suppress(Exception):
-                    await self._sending  # the send in flight
-            await self._add_to_ledger()  # one last try of what waits
-            self.outbox.close()  # what still waits stays in the spool, for the next start
+        await self._add_to_ledger()
         if self._lines:
             self.dropped += len(self._lines)
             log.error("%d record(s) could not be written to %s (%s) before exit", len(self._lines), self._path,
@@ -394,54 +385,66 @@ class RecordWriter:
 
 class LedgerSender:
     """Records for the spend aggregates from the supervisor (those it recovers from dead workers'
-    journals, already in the log, and the batches of stopped processes' spools, under their ids),
-    sent from a thread of its own so the supervisor never waits on Redis. As a worker's
-    :class:`RecordWriter` does, through an :class:`~ext_proc.server.spool.Outbox`: each batch is
-    spooled in ``directory`` (next to the log) and kept until Redis has taken it (refused, or no
-    answer in time: sent again every ``retry`` seconds, and its id makes Redis add it once); at most
-    ``max_pending`` records wait in memory (the oldest batches then wait in the spool only); those
-    still waiting when the service stops stay in the spool for its next start. Without a spool,
-    what is given up is counted in ``dropped`` and said at ERROR."""
+    journals, already in the log), sent from a thread of its own so the supervisor never waits on
+    Redis. As a worker's :class:`RecordWriter` does: each batch keeps its id until Redis has taken
+    it (refused, or no answer in time: sent again every ``retry`` seconds, and its id makes Redis
+    add it once), at most ``max_pending`` records wait (the oldest batches go first, counted in
+    ``dropped``), and those still waiting when the service stops are given up, said in the log."""
 
-    def __init__(self, ledger: Ledger, retry: float = RETRY, max_pending: int = MAX_PENDING,
-                 directory: str | None = None) -> None:
-        self.outbox = Outbox(ledger, directory, max_pending, "recovered record(s)")
+    def __init__(self, ledger: Ledger, retry: float = RETRY, max_pending: int = MAX_PENDING) -> None:
+        self._ledger = ledger
         self._retry = retry
-        self._lock = threading.Lock()  # the thread's start
+        self._max_pending = max_pending
+        self._batches: list[tuple[str, list[dict[str, Any]]]] = []  # (id, records), oldest first
+        self._lock = threading.Lock()  # the list, shared with the thread
         self._wake = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None  # started with the first batch
+        self.failures = 0  # sends Redis refused or did not answer
+        self.dropped = 0  # records given up (past the bound, or waiting at close)
 
-    @property
-    def failures(self) -> int:
-        """Sends Redis refused or did not answer."""
-        return self.outbox.failures
-
-    @property
-    def dropped(self) -> int:
-        """Records given up (none while the spool can be written)."""
-        return self.outbox.dropped
-
-    def add(self, records: list[dict[str, Any]], batch_id: str | None = None) -> bool:
-        """Queue the records (never raises, never waits on the network); True once they are spooled."""
+    def add(self, records: list[dict[str, Any]]) -> None:
+        """Queue the records (never raises, never waits on the network)."""
         if not records:
-            return True
-        durable = self.outbox.add(records, batch_id=batch_id)
+            return
         with self._lock:
+            self._batches.append((secrets.token_hex(8), records))
+            waiting = sum(len(batch) for _, batch in self._batches)
+            while waiting > self._max_pending and len(self._batches) > 1:
+                dropped = len(self._batches.pop(0)[1])
+                waiting -= dropped
+                self.dropped += dropped
+                log.error("%d record(s) waiting for the spend aggregates dropped (more than %d wait)", dropped,
+                          self._max_pending)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="tollway-ledger", daemon=True)
                 self._thread.start()
         self._wake.set()
-        return durable
 
     @property
     def waiting(self) -> int:
         """Records not taken by the aggregates yet."""
-        return self.outbox.waiting
+        with self._lock:
+            return sum(len(batch) for _, batch in self._batches)
 
     def send(self) -> bool:
         """Send the waiting batches, oldest first, until one fails; True when none is left."""
-        return self.outbox.send()
+        while True:
+            with self._lock:
+                if not self._batches:
+                    return True
+                batch_id, batch = self._batches[0]
+            try:
+                self._ledger.add(batch, batch_id)
+            except Exception as exc:
+                self.failures += 1
+                if self.failures == 1 or self.failures % 20 == 0:
+                    log.warning("the spend aggregates refused %d recovered record(s) (%s); will retry", len(batch),
+                                type(exc).__name__)
+                return False
+            with self._lock:
+                if self._batches and self._batches[0][0] == batch_id:  # not dropped meanwhile
+                    self._batches.pop(0)
 
     def _run(self) -> None:
         while True:
@@ -459,13 +462,16 @@ class LedgerSender:
                 self._wake.set()
 
     def close(self, timeout: float = 3.0) -> None:
-        """One last try (for up to ``timeout`` seconds), then leave what still waits in the spool
-        (given up, counted and said at ERROR, when there is none)."""
+        """One last try (for up to ``timeout`` seconds), then give up what still waits, loudly."""
         self._closing = True
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self.outbox.close()
+        waiting = self.waiting
+        if waiting:
+            self.dropped += waiting
+            log.error("%d recovered record(s) never reached the spend aggregates (Redis did not take them "
+                      "before exit); the request log has them", waiting)
 
 
 def _regular_or_absent(path: str) -> bool:

@@ -163,13 +163,9 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
 
     def gauges() -> None:  # what this worker knows that no record says, before each publication
         tally.set(("tollway_shared_state_degraded", limits_store), 1 if keeper.degraded_since is not None else 0)
-        if records.outbox is not None:
-            for name, value in (("tollway_ledger_write_failures", records.outbox.failures),
-                                ("tollway_ledger_dropped", records.outbox.dropped)):
-                if value and tally.counters.get((name,)) != value:
-                    tally.counters[(name,)] = value
-                    tally.changed = True
-            tally.set(("tollway_ledger_waiting",), records.outbox.waiting)
+        if records.failures:
+            tally.counters[("tollway_ledger_write_failures",)] = records.failures
+            tally.changed = True
         log_status = records.status()
         tally.set(("tollway_request_log_failing",), 0 if log_status["ok"] else 1)
         tally.set(("tollway_request_log_waiting",), log_status["waiting"])

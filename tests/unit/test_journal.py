@@ -9,7 +9,6 @@ ENOSPC), keeps the records in memory up to a bound and writes them, in order, wh
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import time
@@ -26,14 +25,12 @@ from ext_proc.core.session import Session
 from ext_proc.ledger.log import log_files, read_records
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server import journal as journal_module
-from ext_proc.server import spool as spool_module
 from ext_proc.server.accounting import ServiceAccountant
 from ext_proc.server.app import ServeConfig, recover_records
 from ext_proc.server.journal import COMPACT_AT, Journal, directory_for, recover
 from ext_proc.server.metrics import Exchange, Names, Tally
 from ext_proc.server.records import LedgerSender, RecordWriter
 from ext_proc.server.servicer import ExtProcCall, Service
-from ext_proc.state.ledger import RedisLedger
 from tests.unit.transcript import Record, Transcript
 
 CHAT = "/v1/chat/completions"
@@ -323,147 +320,6 @@ def test_records_waiting_for_the_aggregates_are_bounded_and_given_up_at_exit_lou
     sender.close(1)
     assert sender.dropped == 4
     assert "3 recovered record(s) never reached the spend aggregates" in caplog.text
-
-
-# -- the spend aggregates' spool: what Redis has not taken when a worker stops ----------------------
-
-
-def spend(request_id: str) -> dict[str, Any]:
-    return {"request_id": request_id, "team": "search", "key_id": "ci", "model": "gpt-4o", "provider": "openai",
-            "api": "openai.chat.completions", "outcome": "ok", "status": 200, "input_tokens": 10,
-            "output_tokens": 2, "cost_usd_micros": 7, "latency_ms": 100.0}
-
-
-def spools(path: str) -> list[str]:
-    return sorted(name for name in os.listdir(directory_for(path)) if name.endswith(spool_module.SUFFIX))
-
-
-def test_records_redis_has_not_taken_when_a_worker_stops_reach_the_aggregates_at_the_next_start(
-        tmp_path: Path, redis_port: int, caplog: pytest.LogCaptureFixture) -> None:
-    """A rollout while Redis does not answer: the worker's last batches stay in its spool, and the
-    supervisor sends them, under their ids, when the service starts again. The first batch Redis
-    carried out but answered too late (a hang) is added once, not twice."""
-    import redis
-
-    client = redis.Redis(port=redis_port)
-    client.flushall()
-    shared = RedisLedger(client)
-
-    class Hanging:
-        """Carries the first batch out, then answers too late; refuses everything after (down)."""
-
-        def __init__(self) -> None:
-            self.calls = 0
-
-        def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
-            self.calls += 1
-            if self.calls == 1:
-                shared.add(records, batch)
-            raise TimeoutError("redis did not answer")
-
-    path = str(tmp_path / "requests.jsonl")
-
-    async def serve_then_stop() -> RecordWriter:
-        writer = RecordWriter(path, ledger=Hanging(), journal=True, immediate=True)  # type: ignore[arg-type]
-        writer.start()
-        for i in range(3):
-            writer.emit(spend(f"a{i}"))
-        await asyncio.sleep(0.2)
-        for i in range(2):
-            writer.emit(spend(f"b{i}"))
-        await writer.close()  # SIGTERM while Redis does not answer
-        return writer
-
-    writer = asyncio.run(serve_then_stop())
-    assert len(list(read_records([path]))) == 5
-    assert writer.outbox is not None and writer.outbox.dropped == 0
-    assert len(spools(path)) == 1 and "kept in" in caplog.text
-    assert sum(r.requests for r in shared.rows("team")) == 3  # the hung batch, carried out
-
-    sender = LedgerSender(shared, retry=0.01, directory=directory_for(path))  # the next start
-    try:
-        recover_records(ServeConfig("unix:/x", 2, path, 1.0), None, sender)
-        deadline = time.monotonic() + 5
-        while sender.waiting and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert sender.waiting == 0
-    finally:
-        sender.close(1)
-    assert sum(r.requests for r in shared.rows("team")) == 5  # each once: the log's count
-    assert spools(path) == [] and sender.dropped == 0
-
-
-def test_a_worker_killed_while_redis_is_down_leaves_its_batches_in_its_spool(tmp_path: Path) -> None:
-    """No close at all (SIGKILL): each batch was spooled before it was sent."""
-    path = str(tmp_path / "requests.jsonl")
-    down = RedisDown()
-    writer = RecordWriter(path, ledger=down, journal=True, immediate=True)  # type: ignore[arg-type]
-
-    async def two_rounds() -> None:
-        writer.emit(spend("a"))
-        await writer._add_to_ledger()
-        writer.emit(spend("b"))
-        await writer._add_to_ledger(wait=False)  # handed over; its send not even started (retry time)
-
-    asyncio.run(two_rounds())
-    assert writer.outbox is not None and writer.outbox.spool is not None
-    os.close(writer.outbox.spool._fd)  # killed: its lock goes with it
-    with open(writer.outbox.spool.path, "rb") as handle:
-        spooled = [batch_id for batch_id, _ in spool_module.read(handle)]
-    assert len(spooled) == 2 and spooled[0] in down.tries
-    later = RedisDown()
-    later.up = True
-    sender = LedgerSender(later, retry=0.01, directory=directory_for(path))
-    recover_records(ServeConfig("unix:/x", 2, path, 1.0), None, sender)
-    assert sender.send()
-    sender.close(1)
-    assert sorted(r["request_id"] for batch in later.added.values() for r in batch) == ["a", "b"]
-    assert list(later.added) == spooled  # under the ids the worker gave them
-    assert spools(path) == []
-
-
-def test_past_the_bound_batches_wait_in_the_spool_and_are_read_back(tmp_path: Path) -> None:
-    path = str(tmp_path / "requests.jsonl")
-    down = RedisDown()
-    outbox = spool_module.Outbox(down, directory_for(path), max_pending=3)  # type: ignore[arg-type]
-    for request_id in "abcde":
-        assert outbox.add([spend(request_id)])
-    assert (outbox.spilled, outbox.waiting, outbox.dropped) == (2, 5, 0)
-    assert not outbox.send()
-    down.up = True
-    assert outbox.send()
-    assert sorted(r["request_id"] for batch in down.added.values() for r in batch) == list("abcde")
-    assert outbox.waiting == 0 and outbox.spool is not None and os.path.getsize(outbox.spool.path) == 0
-    outbox.close()
-    assert spools(path) == []  # nothing waits: no spool left behind
-
-
-def test_without_a_spool_what_is_given_up_is_counted_and_said_at_error(
-        caplog: pytest.LogCaptureFixture) -> None:
-    """The log is stdout (no directory to keep a spool in): at exit the waiting records are lost
-    to the aggregates, counted (tollway_ledger_dropped_total) and said at ERROR."""
-
-    async def run() -> RecordWriter:
-        writer = RecordWriter(None, ledger=RedisDown(), immediate=True)  # type: ignore[arg-type]
-        for i in range(4):
-            writer.emit(spend(f"r{i}"))
-        await writer.close()
-        return writer
-
-    writer = asyncio.run(run())
-    assert writer.outbox is not None and writer.outbox.dropped == 4
-    assert any(r.levelname == "ERROR" and "4 record(s) never reached the spend aggregates" in r.getMessage()
-               for r in caplog.records)
-
-
-def test_a_journal_recovery_leaves_the_spools_alone(tmp_path: Path) -> None:
-    path = str(tmp_path / "requests.jsonl")
-    outbox = spool_module.Outbox(RedisDown(), directory_for(path))  # type: ignore[arg-type]
-    outbox.add([spend("a")])
-    assert outbox.spool is not None
-    os.close(outbox.spool._fd)  # its process is gone
-    recover(path)
-    assert len(spools(path)) == 1
 
 
 def test_journals_live_in_a_hidden_directory_the_log_readers_never_read(tmp_path: Path) -> None:
