@@ -131,6 +131,8 @@ METRICS = {m.name: m for m in (
     Metric("tollway_rate_limit_refusals", "counter", "Requests refused by a rate limit", ("limit",)),
     Metric("tollway_budget_alerts", "counter", "Budget alert thresholds crossed", ("budget", "threshold")),
     Metric("tollway_ledger_write_failures", "counter", "Record batches the spend aggregates' store refused", ()),
+    Metric("tollway_ledger_dropped", "counter",
+           "Records given up before the spend aggregates took them (the request log has them)", ()),
     Metric("tollway_shared_state_degraded", "gauge",
            "1 while a worker cannot reach the budget and rate-limit store", ("store",), merge="max"),
     Metric("tollway_request_log_failing", "gauge",

@@ -100,6 +100,9 @@ class RecordWriter:
         self._task: asyncio.Task[None] | None = None
         self._work = asyncio.Event()  # set by emit: the periodic flush has something to follow up
         self.failures = 0  # batches the aggregates' store refused (tollway_ledger_write_failures_total)
+        # Records given up before the aggregates took them (tollway_ledger_dropped_total): past the
+        # bound while Redis is down, or still waiting at exit; the request log has them.
+        self.ledger_dropped = 0
         # Write failures (a full disk): the records wait in memory, the state is shown (status()).
         self.failing_since: float | None = None
         self.last_error: str | None = None
@@ -360,10 +363,15 @@ class RecordWriter:
             self._unsure.pop(0)
 
     def _bound(self) -> None:
-        """At most ``MAX_PENDING`` records waiting for the ledger: the oldest batches go first."""
+        """At most ``MAX_PENDING`` records waiting for the ledger: the oldest batches go first
+        (counted, said at ERROR)."""
         waiting = sum(len(batch) for _, batch in self._unsure)
         while waiting > MAX_PENDING and len(self._unsure) > 1:
-            waiting -= len(self._unsure.pop(0)[1])
+            dropped = len(self._unsure.pop(0)[1])
+            waiting -= dropped
+            self.ledger_dropped += dropped
+            log.error("%d record(s) waiting for the spend aggregates dropped (more than %d wait); the request log "
+                      "has them", dropped, MAX_PENDING)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -372,6 +380,12 @@ class RecordWriter:
                 await self._task
         self.flush()
         await self._add_to_ledger()
+        left = sum(len(batch) for _, batch in self._unsure) + len(self._pending)
+        if left:
+            self.ledger_dropped += left
+            log.error("%d record(s) never reached the spend aggregates (Redis did not take them before exit); "
+                      "the request log has them", left)
+            self._unsure, self._pending = [], []
         if self._lines:
             self.dropped += len(self._lines)
             log.error("%d record(s) could not be written to %s (%s) before exit", len(self._lines), self._path,

@@ -166,6 +166,9 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         if records.failures:
             tally.counters[("tollway_ledger_write_failures",)] = records.failures
             tally.changed = True
+        if records.ledger_dropped:
+            tally.counters[("tollway_ledger_dropped",)] = records.ledger_dropped
+            tally.changed = True
         log_status = records.status()
         tally.set(("tollway_request_log_failing",), 0 if log_status["ok"] else 1)
         tally.set(("tollway_request_log_waiting",), log_status["waiting"])

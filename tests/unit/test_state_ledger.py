@@ -238,3 +238,22 @@ def test_without_the_policys_names_an_unknown_models_404_is_still_other() -> Non
     ledger.add([{**RECORDS[0], "model": "made-up", "outcome": "rejected", "status": 404, "error": "model_not_found"},
                 {**RECORDS[0], "model": "gpt-5", "outcome": "rejected", "status": 403, "error": "model_not_allowed"}])
     assert sorted(r.group for r in ledger.rows("model", *OCTOBER)) == [OTHER, "gpt-5"]
+
+
+def test_records_redis_never_took_are_counted_and_said_when_the_worker_stops(caplog: pytest.LogCaptureFixture) -> None:
+    """A worker stopping while Redis does not answer gives up what waits for the aggregates: never
+    silently (the request log has those records; tollway_ledger_dropped_total counts them)."""
+    import asyncio
+    import logging
+
+    class Down:
+        def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
+            raise ConnectionError
+
+    writer = RecordWriter(None, ledger=Down())  # type: ignore[arg-type]
+    for record in RECORDS[:3]:
+        writer.emit(dict(record))
+    with caplog.at_level(logging.ERROR, logger="tollway.records"):
+        asyncio.run(writer.close())
+    assert writer.ledger_dropped == 3 and writer.failures >= 1
+    assert any("3 record(s) never reached the spend aggregates" in r.getMessage() for r in caplog.records)
