@@ -63,7 +63,7 @@ from .jsontext import OUTSIDE, bare_number, json_state
 from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable
-from .texts import StreamTexts, Unread, Unreadable, Walker
+from .texts import METADATA, StreamTexts, Unread, Unreadable, Walker
 
 PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
 _PLACEHOLDER_CHARS = r"[\[\]A-Z0-9_]"
@@ -127,6 +127,19 @@ def _score(context: Instructions | None, text: str, key: bytes | None) -> float:
     """``text``'s injection score against ``context``, asked of the worker's memory first."""
     space = SCORE + (context.serial if context is not None else b"-")
     return remembered(space, text, functools.partial(injection.score, context=context), key)
+
+
+# An identifier that looks opaque (a UUID, a hash, "user_<hex>_session_<uuid>": no spaces, no @):
+# its runs of digits are no phone or card number unless one is the whole value. A stable id
+# matched by a number detector would have its user's every request changed or blocked.
+_OPAQUE = re.compile(r"[A-Za-z0-9_.:-]+")
+_NUMBERS = frozenset({"phone", "credit_card", "iban", "us_ssn", "ip_address"})
+
+
+def _whole_numbers(text: str, findings: Sequence[Finding]) -> Sequence[Finding]:
+    """An opaque identifier's findings: a number detector's only when it is the whole value."""
+    kept = [f for f in findings if f.detector.name not in _NUMBERS or (f.start == 0 and f.end == len(text))]
+    return findings if len(kept) == len(findings) else kept
 
 
 def _redacting(rules: Mapping[str, Rule]) -> Mapping[str, Rule]:
@@ -346,6 +359,8 @@ class Guard:
                     values = {value: d for value, d in secrets.items() if d.name in names}
                     if values:
                         findings = repeated(text, findings, values)
+                if findings and ref.role == METADATA and _OPAQUE.fullmatch(text):
+                    findings = _whole_numbers(text, findings)
                 if findings:
                     new = self.apply(text, findings, rules, REQUEST, ref.json_text)
                     if new is not text:

@@ -492,3 +492,16 @@ def test_a_password_given_in_one_message_is_redacted_where_another_repeats_it() 
     messages = orjson.loads(sent.body)["messages"]
     assert messages[0]["content"].endswith("=[SECRET_1]") and "[SECRET_1]" in messages[2]["content"][0]["text"]
 
+
+
+def test_an_opaque_identifier_is_not_taken_for_a_number() -> None:
+    """A UUID or a hash holds runs of digits a card or phone detector could take: such an id is
+    stable, so its user's every request would be changed (or, under block, refused). In an
+    identifier without spaces a number counts only when it is the whole value."""
+    uuid = "40936093-7735-2800-1334-16d45f1e820d"  # 4093 6093 7735 2800 passes Luhn
+    session = "user_9f2c_account_5d698c8b-7735-2800-1334-16d45f1e820d_session_0c1d"
+    body = chat("hi", user=uuid, safety_identifier=uuid, metadata={"session": session})
+    _, _, sent = post("/v1/chat/completions", body)
+    assert isinstance(sent, Continue) and sent.body is None, sent  # nothing changed
+    sent = _sent("/v1/chat/completions", chat("hi", metadata={"card": CARD, "owner": "jane.doe@example.com"}))
+    assert sent["metadata"] == {"card": "[CREDIT_CARD_1]", "owner": "[EMAIL_1]"}
