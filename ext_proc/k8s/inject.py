@@ -91,7 +91,9 @@ class Settings:
     policy_configmap: str = "tollway-policy"
     policy_key: str = "policy.yaml"
     provider_secret: str = "tollway-provider-keys"
-    redis_secret: str = "tollway-redis"  # key "url"; optional: without it the node's own counters
+    # key "url", required: a pod whose Secret is missing does not start (its budgets would silently be the
+    # pod's own, reset on every restart). None: no Redis on purpose, each pod keeps its own counters.
+    redis_secret: str | None = "tollway-redis"
     intercept_secret: str = "tollway-intercept-tls"
     trust_configmap: str = "tollway-trust"
     trust_key: str = "ca-bundle.pem"
@@ -180,8 +182,10 @@ def sidecar_containers(settings: Settings, workload: str, intercept: bool,
                  "--workers", str(settings.workers), "--body-memory", str(body_memory(memory, settings.workers))],
         "env": [
             {"name": "TOLLWAY_WORKLOAD", "value": workload},
-            {"name": "TOLLWAY_REDIS_URL", "valueFrom": {"secretKeyRef": {
-                "name": settings.redis_secret, "key": "url", "optional": True}}},
+            # Not optional: without the Secret the pod waits (CreateContainerConfigError) instead of
+            # serving budgets each pod counts alone.
+            *([{"name": "TOLLWAY_REDIS_URL", "valueFrom": {"secretKeyRef": {
+                "name": settings.redis_secret, "key": "url"}}}] if settings.redis_secret else []),
             {"name": "TMPDIR", "value": "/tmp"},
         ],
         "securityContext": _hardened(TOLLWAY_UID, TOLLWAY_GID),
@@ -421,7 +425,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="intercept every destination's port 443 (other hosts pass through Envoy untouched)")
     parser.add_argument("--policy-configmap", default=_env("TOLLWAY_POLICY_CONFIGMAP", Settings.policy_configmap))
     parser.add_argument("--provider-secret", default=_env("TOLLWAY_PROVIDER_SECRET", Settings.provider_secret))
-    parser.add_argument("--redis-secret", default=_env("TOLLWAY_REDIS_SECRET", Settings.redis_secret))
+    parser.add_argument("--redis-secret", default=_env("TOLLWAY_REDIS_SECRET", str(Settings.redis_secret)),
+                        help="the Secret (key url) with the Redis URL budgets and rate limits share (env "
+                             "TOLLWAY_REDIS_SECRET; default %(default)s); a pod waits until it exists. 'none': no "
+                             "Redis on purpose, each pod counts its own budgets and rate limits (reset when it "
+                             "restarts)")
     parser.add_argument("--workers", type=int, default=int(_env("TOLLWAY_SIDECAR_WORKERS", "1")))
 
 
@@ -429,7 +437,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(image=args.image, trust_domain=args.trust_domain, hosts=sidecar.hosts(args.hosts),
                     intercept_cidrs=args.intercept_cidrs, intercept_all=args.intercept_all,
                     policy_configmap=args.policy_configmap, provider_secret=args.provider_secret,
-                    redis_secret=args.redis_secret, workers=args.workers)
+                    redis_secret=None if args.redis_secret.strip().lower() in ("", "none") else args.redis_secret,
+                    workers=args.workers)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -244,6 +244,9 @@ def run(args: argparse.Namespace) -> int:
         if not controller.start():
             return 2
         publication.preloaded = controller.current  # the workers serve this compile (ext_proc.server.reload)
+        shared = local_limits_warning(controller.current, config.redis_url)
+        if shared is not None:  # once, here; /readyz says it too
+            log.warning("%s", shared)
         if controller.current is not None:  # the zygote and the workers load these encodings up front
             os.environ[ENCODINGS_ENV] = ",".join(sorted(controller.current.encodings()))
         if config.server != "grpcio":
@@ -305,6 +308,18 @@ def run(args: argparse.Namespace) -> int:
         publication.close()
         if config.metrics_dir:
             shutil.rmtree(config.metrics_dir, ignore_errors=True)
+
+
+def local_limits_warning(policy: CompiledPolicy | None, redis_url: str | None) -> str | None:
+    """What to say when the policy's budgets and rate limits are counted in this process (no
+    Redis) where several replicas are likely: in Kubernetes (``KUBERNETES_SERVICE_HOST``, set in
+    every pod), each pod would admit the whole budget and forget it when it restarts. None
+    elsewhere (``tollway up``, one machine) or with Redis."""
+    if redis_url or policy is None or not policy.limits or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return None
+    return ("budgets and rate limits are counted in this pod only (no --redis / TOLLWAY_REDIS_URL): every replica "
+            "admits the whole of each, and its counts reset when it restarts; give the sidecar Redis (the Secret "
+            "tollway-redis, key url) unless per-pod limits are meant")
 
 
 def _unusable(config: ServeConfig) -> str | None:

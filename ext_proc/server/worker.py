@@ -37,7 +37,7 @@ from ext_proc.server import h2, listen
 from ext_proc.server.accounting import warm_up
 from ext_proc.server.admin import AdminServer
 from ext_proc.server.alerts import Alerts
-from ext_proc.server.app import ServeConfig, configure_logging, knows, open_ledger
+from ext_proc.server.app import ServeConfig, configure_logging, knows, local_limits_warning, open_ledger
 from ext_proc.server.bodies import BodyBudget
 from ext_proc.server.collectors import BudgetCollector, TallyCollector
 from ext_proc.server.credentials import CredentialStore
@@ -202,9 +202,15 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         since = keeper.degraded_since
         # Degraded is shown, not failed: a sidecar that cannot reach Redis still serves (the policy's
         # shared_state.on_unavailable decides how), and failing readiness would take it out of service.
-        details["limits"] = {"store": limits_store, "degraded": since is not None,
-                             "degraded_for_s": round(time.monotonic() - since, 1) if since is not None else None,
-                             "counters": len(keeper.leases)}
+        limits: dict[str, object] = {
+            "store": limits_store, "degraded": since is not None,
+            "degraded_for_s": round(time.monotonic() - since, 1) if since is not None else None,
+            "counters": len(keeper.leases)}
+        # Shown, never failed: per-pod counters still govern, and may be meant (the injector's --redis-secret none).
+        shared = local_limits_warning(holder.current if holder else None, config.redis_url)
+        if shared is not None:
+            limits["warning"] = shared
+        details["limits"] = limits
         if holder is not None:
             details["policy"] = holder.details()
             if holder.current is not None:

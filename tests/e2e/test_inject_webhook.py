@@ -124,8 +124,9 @@ def test_the_webhook_patches_a_pod_into_a_valid_injected_pod(webhook: tuple[str,
     assert pod["metadata"]["labels"][inject.INJECTED_LABEL] == "true"
     # Secrets are referenced, never copied into the pod: the Redis URL (it has a password) too.
     (redis,) = [e for e in tollway["env"] if e["name"] == "TOLLWAY_REDIS_URL"]
+    # Required: a missing Secret keeps the pod waiting rather than counting budgets in it alone.
     assert redis == {"name": "TOLLWAY_REDIS_URL", "valueFrom": {"secretKeyRef": {
-        "name": "tollway-redis", "key": "url", "optional": True}}}
+        "name": "tollway-redis", "key": "url"}}}
 
 
 def test_injecting_twice_changes_nothing(webhook: tuple[str, ssl.SSLContext]) -> None:
@@ -196,6 +197,22 @@ def test_offline_injection_renders_the_same_pods(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", "inject", "-f", "-"], input=bad,
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "bypass" in proc.stderr
+
+
+def test_without_redis_only_on_purpose(tmp_path: Path) -> None:
+    """The Redis Secret is required unless the injector is told there is none (``--redis-secret none``):
+    then the sidecar gets no Redis URL and counts its budgets and rate limits alone, as chosen."""
+    def redis_env(*flags: str) -> list[dict[str, Any]]:
+        proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", "inject", "-f", "-", "--namespace", "search",
+                               *flags], input=yaml.safe_dump(POD), capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        (tollway,) = [c for c in yaml.safe_load(proc.stdout)["spec"]["initContainers"] if c["name"] == "tollway"]
+        return [e for e in tollway["env"] if e["name"] == "TOLLWAY_REDIS_URL"]
+
+    assert redis_env() == [{"name": "TOLLWAY_REDIS_URL", "valueFrom": {"secretKeyRef": {
+        "name": "tollway-redis", "key": "url"}}}]
+    assert redis_env("--redis-secret", "shared-redis")[0]["valueFrom"]["secretKeyRef"]["name"] == "shared-redis"
+    assert redis_env("--redis-secret", "none") == []
 
 
 @pytest.fixture()

@@ -252,3 +252,55 @@ def test_what_would_stop_every_worker_is_refused_once_at_start(tmp_path: Path, f
          "--admin-port", "0", flag, value], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"tollway serve: {said}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+LIMITED_POLICY = """
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: LIFECYCLE_OPENAI_KEY}}
+models:
+  gpt-4o-mini: {provider: openai}
+teams:
+  dev: {workloads: [spiffe://cluster.local/ns/dev/sa/app], models: [gpt-4o-mini]}
+budgets:
+  dev-daily: {team: dev, usd: "5", period: day}
+"""
+
+
+@pytest.mark.parametrize("kubernetes", [True, False])
+def test_budgets_counted_in_one_pod_are_said_in_kubernetes(tmp_path: Path, kubernetes: bool) -> None:
+    """Without Redis each replica counts its own budgets (and forgets them when it restarts): in a
+    pod (KUBERNETES_SERVICE_HOST) serve says so once at start and in /readyz, staying ready; on one
+    machine (tollway up, make run) it says nothing."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    (tmp_path / "policy.yaml").write_text(LIMITED_POLICY)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_") and k != "KUBERNETES_SERVICE_HOST"}
+    if kubernetes:
+        env["KUBERNETES_SERVICE_HOST"] = "10.96.0.1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ext_proc.cli", "serve", "--listen", f"unix:{run}/ext_proc.sock", "--workers", "2",
+         "--admin-port", str(port), "--policy", str(tmp_path / "policy.yaml"),
+         "--workload", "spiffe://cluster.local/ns/dev/sa/app"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                if answer.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        limits = answer.json()["limits"]
+        assert limits["store"] == "node"
+        assert ("warning" in limits) is kubernetes
+        if kubernetes:
+            assert "counted in this pod only" in limits["warning"]
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert stderr.count("counted in this pod only") == (1 if kubernetes else 0), stderr
