@@ -22,7 +22,10 @@ the node's iptables), pods sharing a process namespace (their processes could re
 keys through ``/proc``), containers running as Envoy's user (their traffic would bypass the
 interception) or as Tollway's (theirs could read Tollway's files and memory), containers of
 the application that mount Tollway's volumes (the socket directory and the provider keys are
-for the sidecar only), and memory-limit annotations that are no quantity. The application's
+for the sidecar only), and memory- or CPU-limit annotations that are no quantity. Every injected
+container limits CPU and memory (a namespace whose ResourceQuota or LimitRange asks for limits
+admits the pod), and in a Guaranteed pod (every container of the application requests the CPU
+and memory it limits) the sidecars request what they limit, so the pod stays Guaranteed. The application's
 containers and its own init containers (which start after Tollway's, intercepted too) get the
 trust bundle. See :mod:`ext_proc.k8s` for what the three containers do.
 """
@@ -35,6 +38,7 @@ import copy
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -61,6 +65,8 @@ STATUS = "tollway.dev/status"  # set on injected pods: what was injected
 INJECTED_LABEL = "tollway.dev/injected"  # "true" on injected pods (NetworkPolicies select on it)
 INTERCEPT = "tollway.dev/intercept"  # pod annotation: "false" keeps base-URL mode only
 TRUST = "tollway.dev/trust"  # pod annotation: "false" leaves the application's CA settings alone
+TOLLWAY_CPU, ENVOY_CPU = "tollway.dev/tollway-cpu", "tollway.dev/envoy-cpu"  # pod annotations: CPU limits
+INIT_CPU = "100m"  # tollway-init's CPU limit (a few iptables commands)
 TOLLWAY_UID, ENVOY_UID, TOLLWAY_GID = 10001, 10002, 10001
 CONTAINERS = ("tollway-init", "tollway", "tollway-envoy")
 VOLUMES = ("tollway-run", "tollway-tmp", "tollway-policy", "tollway-provider-keys", "tollway-intercept-tls",
@@ -99,6 +105,10 @@ class Settings:
     trust_key: str = "ca-bundle.pem"
     workers: int = 1
     envoy_concurrency: int = 2
+    # The sidecar containers' CPU limits, unless a pod's annotations say: "" the defaults (one CPU per
+    # Tollway worker, one for Envoy); "none" no limit (unless the pod is Guaranteed).
+    tollway_cpu: str = ""
+    envoy_cpu: str = ""
     template: Path = TEMPLATE
 
     def bootstrap(self, intercept: bool) -> dict[str, Any]:
@@ -141,12 +151,74 @@ def memory_limits(meta: Mapping[str, Any], workers: int = 1) -> dict[str, str]:
     return limits
 
 
+_CPU = re.compile(r"([0-9]+(?:\.[0-9]+)?)(m)?")
+
+
+def cores(quantity: str) -> float | None:
+    """A Kubernetes CPU quantity (``500m``, ``1``, ``1.5``) in cores; None if it is none."""
+    match = _CPU.fullmatch(quantity)
+    return None if match is None else float(match.group(1)) / (1000 if match.group(2) else 1)
+
+
+def default_cpu_limits(settings: Settings) -> dict[str, str]:
+    """One CPU per Tollway worker (each runs one thread of Python at a time), one for Envoy (which spends
+    a small share of Tollway's per request)."""
+    return {TOLLWAY_CPU: str(max(1, settings.workers)), ENVOY_CPU: "1"}
+
+
+def cpu_limits(meta: Mapping[str, Any], settings: Settings, guaranteed: bool = False) -> dict[str, str | None]:
+    """The sidecar containers' CPU limits: the pod's annotations, else the injector's settings, else
+    :func:`default_cpu_limits`; None ("none": no limit) only when the pod is not ``guaranteed``."""
+    annotations = meta.get("annotations") or {}
+    limits: dict[str, str | None] = {}
+    for name, default in default_cpu_limits(settings).items():
+        configured = settings.tollway_cpu if name == TOLLWAY_CPU else settings.envoy_cpu
+        value = str(annotations.get(name) or configured or default).strip()
+        if value.lower() == "none":
+            limits[name] = default if guaranteed else None  # a Guaranteed pod needs every container's limits
+            continue
+        if not cores(value):
+            raise Refused(f"annotation {name}: {value!r} is not a CPU quantity (e.g. 500m, 2), nor none")
+        limits[name] = value
+    return limits
+
+
+def _same(a: Any, b: Any, parse: Any) -> bool:
+    x, y = parse(str(a)), parse(str(b))
+    return x is not None and x == y
+
+
+def guaranteed(containers: list[Mapping[str, Any]]) -> bool:
+    """Whether these (the application's) containers make a Guaranteed pod: every one limits CPU and
+    memory, and requests what it limits (a request left out defaults to the limit)."""
+    if not containers:
+        return False
+    for container in containers:
+        resources = container.get("resources") or {}
+        limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
+        for name, parse in (("cpu", cores), ("memory", mib)):
+            if name not in limits or not _same(requests.get(name, limits[name]), limits[name], parse):
+                return False
+    return True
+
+
+def _resources(requests: Mapping[str, str], limits: Mapping[str, str | None], equal: bool) -> dict[str, Any]:
+    """A container's resources: ``limits`` (None: none) over ``requests``; requests == limits when ``equal``
+    (so that a Guaranteed pod stays Guaranteed)."""
+    given = {name: value for name, value in limits.items() if value is not None}
+    return {"requests": dict(given) if equal else dict(requests), "limits": given}
+
+
 def sidecar_containers(settings: Settings, workload: str, intercept: bool,
-                       memory: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """The init container (when intercepting) and the two native sidecars, in start order (``memory``:
-    their limits, the defaults for the settings' workers unless given)."""
+                       memory: Mapping[str, str] | None = None, cpu: Mapping[str, str | None] | None = None,
+                       equal: bool = False) -> list[dict[str, Any]]:
+    """The init container (when intercepting) and the two native sidecars, in start order (``memory``,
+    ``cpu``: their limits, the defaults for the settings unless given; ``equal``: requests == limits,
+    for a Guaranteed pod)."""
     if memory is None:
         memory = default_memory_limits(settings.workers)
+    if cpu is None:
+        cpu = cpu_limits({}, settings, equal)
     out: list[dict[str, Any]] = []
     if intercept:
         out.append({
@@ -169,7 +241,7 @@ def sidecar_containers(settings: Settings, workload: str, intercept: bool,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             "volumeMounts": [{"name": "tollway-tmp", "mountPath": "/tmp"}],
-            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+            "resources": _resources({"cpu": "10m", "memory": "16Mi"}, {"cpu": INIT_CPU, "memory": "64Mi"}, equal),
         })
     out.append({
         "name": "tollway",
@@ -199,7 +271,8 @@ def sidecar_containers(settings: Settings, workload: str, intercept: bool,
         "startupProbe": _probe("/readyz", 1, 120),
         "livenessProbe": _probe("/healthz", 20, 3),
         "readinessProbe": {"httpGet": {"path": "/tollway/readyz", "port": sidecar.POD_PORT}, "periodSeconds": 10},
-        "resources": {"requests": {"cpu": "50m", "memory": "192Mi"}, "limits": {"memory": memory[TOLLWAY_MEMORY]}},
+        "resources": _resources({"cpu": "50m", "memory": "192Mi"},
+                                {"cpu": cpu[TOLLWAY_CPU], "memory": memory[TOLLWAY_MEMORY]}, equal),
     })
     bootstrap = json.dumps(settings.bootstrap(intercept), separators=(",", ":"), sort_keys=True)
     envoy_mounts: list[dict[str, Any]] = [{"name": "tollway-run", "mountPath": "/run"}]
@@ -220,7 +293,8 @@ def sidecar_containers(settings: Settings, workload: str, intercept: bool,
         "startupProbe": {"httpGet": {"path": "/ready", "port": sidecar.POD_PORT}, "periodSeconds": 1,
                          "failureThreshold": 60},
         "readinessProbe": {"httpGet": {"path": "/ready", "port": sidecar.POD_PORT}, "periodSeconds": 10},
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": memory[ENVOY_MEMORY]}},
+        "resources": _resources({"cpu": "50m", "memory": "64Mi"},
+                                {"cpu": cpu[ENVOY_CPU], "memory": memory[ENVOY_MEMORY]}, equal),
     })
     return out
 
@@ -306,7 +380,9 @@ def mutate(pod: Mapping[str, Any], namespace: str, settings: Settings) -> dict[s
     workload = workload_id(settings, namespace, out)
     apps = [*spec.get("initContainers", []), *spec.get("containers", [])]  # its init containers are intercepted too
     memory = memory_limits(meta, settings.workers)
-    containers = sidecar_containers(settings, workload, intercept, memory)
+    equal = guaranteed(apps)  # a Guaranteed pod stays Guaranteed: the sidecars request what they limit
+    cpu = cpu_limits(meta, settings, equal)
+    containers = sidecar_containers(settings, workload, intercept, memory, cpu, equal)
     spec["initContainers"] = [*containers, *spec.get("initContainers", [])]
     spec["volumes"] = [*spec.get("volumes", []), *sidecar_volumes(settings, intercept, trust)]
     bundle = f"{TRUST_DIR}/ca-bundle.pem"
@@ -431,6 +507,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "Redis on purpose, each pod counts its own budgets and rate limits (reset when it "
                              "restarts)")
     parser.add_argument("--workers", type=int, default=int(_env("TOLLWAY_SIDECAR_WORKERS", "1")))
+    parser.add_argument("--tollway-cpu", default=_env("TOLLWAY_SIDECAR_CPU", ""),
+                        help="the tollway container's CPU limit unless a pod's tollway.dev/tollway-cpu says (env "
+                             "TOLLWAY_SIDECAR_CPU; default: one CPU per worker; none: no limit)")
+    parser.add_argument("--envoy-cpu", default=_env("TOLLWAY_ENVOY_CPU", ""),
+                        help="the tollway-envoy container's CPU limit unless a pod's tollway.dev/envoy-cpu says "
+                             "(env TOLLWAY_ENVOY_CPU; default: 1; none: no limit)")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -438,7 +520,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     intercept_cidrs=args.intercept_cidrs, intercept_all=args.intercept_all,
                     policy_configmap=args.policy_configmap, provider_secret=args.provider_secret,
                     redis_secret=None if args.redis_secret.strip().lower() in ("", "none") else args.redis_secret,
-                    workers=args.workers)
+                    workers=args.workers, tollway_cpu=args.tollway_cpu, envoy_cpu=args.envoy_cpu)
 
 
 def run(args: argparse.Namespace) -> int:

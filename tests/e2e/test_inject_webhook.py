@@ -160,6 +160,8 @@ def test_a_pod_cannot_bring_its_own_tollway(webhook: tuple[str, ssl.SSLContext])
     (lambda p: p["spec"].update(shareProcessNamespace=True), "shareProcessNamespace: true"),
     (lambda p: p["spec"].update(hostPID=True), "hostPID: true"),
     (lambda p: p["metadata"].update(annotations={inject.ENVOY_MEMORY: "lots"}), "not a memory quantity"),
+    (lambda p: p["metadata"].update(annotations={inject.TOLLWAY_CPU: "2 cores"}), "not a CPU quantity"),
+    (lambda p: p["metadata"].update(annotations={inject.ENVOY_CPU: "0"}), "not a CPU quantity"),
 ])
 def test_pods_tollway_cannot_serve_are_refused(webhook: tuple[str, ssl.SSLContext], change: Any, reason: str) -> None:
     pod = copy.deepcopy(POD)
@@ -304,6 +306,56 @@ def test_the_sidecars_memory_limits_follow_the_pods_annotations() -> None:
     big = copy.deepcopy(POD)
     big["metadata"]["annotations"] = {inject.TOLLWAY_MEMORY: "2Gi", inject.ENVOY_MEMORY: "768Mi"}
     assert limits(big) == {"tollway": "2Gi", "tollway-envoy": "768Mi"}
+
+
+def _qos(spec: dict[str, Any]) -> str:
+    """The pod's QoS class, as the kubelet computes it (requests left out default to the limits)."""
+    containers = [*spec.get("initContainers", []), *spec["containers"]]
+    resources = [c.get("resources") or {} for c in containers]
+    parse = {"cpu": inject.cores, "memory": memory.mib}
+    if all(name in r.get("limits", {}) and
+           parse[name](str(r.get("requests", {}).get(name, r["limits"][name]))) == parse[name](str(r["limits"][name]))
+           for r in resources for name in ("cpu", "memory")):
+        return "Guaranteed"
+    return "Burstable" if any(r.get("requests") or r.get("limits") for r in resources) else "BestEffort"
+
+
+def test_every_sidecar_container_limits_cpu_and_a_guaranteed_pod_stays_guaranteed() -> None:
+    """A namespace whose ResourceQuota counts limits.cpu (or whose LimitRange has a max) refuses a pod
+    with a container that limits no CPU: each of Tollway's has a limit (annotations, else the injector's
+    settings, else one CPU per worker and one for Envoy). A pod whose containers request what they
+    limit is Guaranteed; the sidecars then request what they limit too (as Istio's do)."""
+    def sidecars(pod: dict[str, Any], **settings: Any) -> tuple[dict[str, dict[str, Any]], str]:
+        out = inject.mutate(pod, "search", inject.Settings(**settings))
+        validate({**out, "metadata": {**out["metadata"], "name": "x"}})
+        return ({c["name"]: c["resources"] for c in out["spec"]["initContainers"] if c["name"] in inject.CONTAINERS},
+                _qos(out["spec"]))
+
+    resources, qos = sidecars(POD)
+    assert {name: r["limits"]["cpu"] for name, r in resources.items()} == {
+        "tollway-init": "100m", "tollway": "1", "tollway-envoy": "1"}
+    assert resources["tollway"]["requests"] == {"cpu": "50m", "memory": "192Mi"} and qos == "Burstable"
+    assert sidecars(POD, workers=3)[0]["tollway"]["limits"]["cpu"] == "3"
+    assert sidecars(POD, tollway_cpu="500m", envoy_cpu="none")[0]["tollway-envoy"]["limits"] == {"memory": "512Mi"}
+    annotated = copy.deepcopy(POD)
+    annotated["metadata"]["annotations"] = {inject.TOLLWAY_CPU: "1500m", inject.ENVOY_CPU: "0.5"}
+    resources, _ = sidecars(annotated, tollway_cpu="500m")
+    assert (resources["tollway"]["limits"]["cpu"], resources["tollway-envoy"]["limits"]["cpu"]) == ("1500m", "0.5")
+
+    fixed = copy.deepcopy(POD)
+    for container in [*fixed["spec"]["containers"], *fixed["spec"]["initContainers"]]:
+        container["resources"] = {"limits": {"cpu": "500m", "memory": "256Mi"},
+                                  "requests": {"cpu": "0.5", "memory": "256Mi"}}
+    assert _qos(fixed["spec"]) == "Guaranteed"
+    resources, qos = sidecars(fixed, envoy_cpu="none")  # no limit cannot be kept: the defaults
+    assert qos == "Guaranteed"
+    assert resources["tollway"] == {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    assert resources["tollway-envoy"]["limits"] == {"cpu": "1", "memory": "512Mi"}
+    del fixed["spec"]["containers"][1]["resources"]["requests"]  # left out: the limits (the API server's default)
+    assert sidecars(fixed)[1] == "Guaranteed"
+    fixed["spec"]["containers"][1]["resources"]["requests"] = {"cpu": "100m", "memory": "256Mi"}
+    resources, qos = sidecars(fixed)  # one container requests less: Burstable, the sidecars' usual requests
+    assert qos == "Burstable" and resources["tollway"]["requests"] == {"cpu": "50m", "memory": "192Mi"}
 
 
 def test_tollway_refuses_bodies_before_the_limits_would_kill_a_container() -> None:
