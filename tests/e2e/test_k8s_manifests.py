@@ -122,7 +122,17 @@ def test_the_webhook_configuration_reaches_the_injector(rendered: dict[str, Any]
     service = _find(docs, "Service", "tollway-injector")
     deployment = _find(docs, "Deployment", "tollway-injector")
     certificate = _find(docs, "Certificate", "tollway-injector")
-    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "tollway-system/tollway-injector"
+    # caBundle is a root CA that outlives the serving certificate's renewals (self-signed root -> CA Issuer
+    # -> serving certificate): a self-signed serving certificate would swap caBundle at each renewal,
+    # before the injector serves the new one, and the API server would refuse pods meanwhile.
+    namespace, name = config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].split("/")
+    root = _find(docs, "Certificate", name)
+    assert namespace == root["metadata"]["namespace"] == "tollway-system" and name != certificate["metadata"]["name"]
+    assert root["spec"]["isCA"] is True and root["spec"]["privateKey"]["rotationPolicy"] == "Never"
+    assert _find(docs, "Issuer", root["spec"]["issuerRef"]["name"])["spec"] == {"selfSigned": {}}
+    issuer = _find(docs, "Issuer", certificate["spec"]["issuerRef"]["name"])
+    assert issuer["spec"] == {"ca": {"secretName": root["spec"]["secretName"]}}
+    assert not certificate["spec"].get("isCA")
     for webhook in config["webhooks"]:
         ref = webhook["clientConfig"]["service"]
         assert (ref["name"], ref["namespace"], ref["path"], ref["port"]) == \
