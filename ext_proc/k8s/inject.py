@@ -22,7 +22,8 @@ the node's iptables), pods sharing a process namespace (their processes could re
 keys through ``/proc``), containers running as Envoy's user (their traffic would bypass the
 interception) or as Tollway's (theirs could read Tollway's files and memory), containers of
 the application that mount Tollway's volumes (the socket directory and the provider keys are
-for the sidecar only), and memory- or CPU-limit annotations that are no quantity. Every injected
+for the sidecar only) or read its Secrets by another route (an env secretKeyRef, envFrom, a
+volume of the same Secret), and memory- or CPU-limit annotations that are no quantity. Every injected
 container limits CPU and memory (a namespace whose ResourceQuota or LimitRange asks for limits
 admits the pod), and in a Guaranteed pod (every container of the application requests the CPU
 and memory it limits) the sidecars request what they limit, so the pod stays Guaranteed. The application's
@@ -336,8 +337,30 @@ def _strip(pod: dict[str, Any]) -> None:
     (meta.get("annotations") or {}).pop(STATUS, None)
 
 
-def _check(pod: Mapping[str, Any]) -> None:
+def _secrets_read(container: Mapping[str, Any], volumes: Mapping[str, Mapping[str, Any]]) -> Iterator[str]:
+    """The Secrets a container reads: env secretKeyRef, envFrom secretRef, mounted secret and projected volumes."""
+    for env in container.get("env") or []:
+        ref = ((env or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+        if ref.get("name"):
+            yield str(ref["name"])
+    for source in container.get("envFrom") or []:
+        ref = (source or {}).get("secretRef") or {}
+        if ref.get("name"):
+            yield str(ref["name"])
+    for mount in container.get("volumeMounts") or []:
+        volume = volumes.get((mount or {}).get("name", "")) or {}
+        if (volume.get("secret") or {}).get("secretName"):
+            yield str(volume["secret"]["secretName"])
+        for projected in (volume.get("projected") or {}).get("sources") or []:
+            if ((projected or {}).get("secret") or {}).get("name"):
+                yield str(projected["secret"]["name"])
+
+
+def _check(pod: Mapping[str, Any], settings: Settings) -> None:
     spec = pod.get("spec", {})
+    volumes = {v.get("name", ""): v for v in spec.get("volumes") or [] if isinstance(v, dict)}
+    sidecar_secrets = {name for name in (settings.provider_secret, settings.redis_secret, settings.intercept_secret)
+                       if name}
     if spec.get("hostNetwork"):
         raise Refused("a hostNetwork pod shares the node's network: Tollway's init container would rewrite the "
                       "node's iptables. Label it tollway.dev/inject=false")
@@ -362,6 +385,11 @@ def _check(pod: Mapping[str, Any]) -> None:
             if mount.get("name") in SIDECAR_VOLUMES:
                 raise Refused(f"container {container.get('name')!r} mounts {mount.get('name')!r}, which only the "
                               "Tollway sidecar may mount (it holds the provider keys or the socket)")
+        # The same Secrets under other names: the provider keys, the Redis password (every team's spend).
+        for secret in _secrets_read(container, volumes):
+            if secret in sidecar_secrets:
+                raise Refused(f"container {container.get('name')!r} reads the Secret {secret!r}, which only the "
+                              "Tollway sidecar may read (provider keys, the Redis password or the interception key)")
         for port in container.get("ports", []):
             if port.get("containerPort") in RESERVED_PORTS:
                 raise Refused(f"container {container.get('name')!r} uses port {port.get('containerPort')}, which the "
@@ -372,7 +400,7 @@ def mutate(pod: Mapping[str, Any], namespace: str, settings: Settings) -> dict[s
     """The pod with Tollway injected (see the module docstring); :class:`Refused` when it cannot be."""
     out = copy.deepcopy(dict(pod))
     _strip(out)
-    _check(out)
+    _check(out, settings)
     meta = out["metadata"]
     spec = out["spec"]
     intercept = _flag(meta, INTERCEPT, True)

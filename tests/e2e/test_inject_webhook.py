@@ -160,6 +160,19 @@ def test_a_pod_cannot_bring_its_own_tollway(webhook: tuple[str, ssl.SSLContext])
     (lambda p: p["spec"].update(shareProcessNamespace=True), "shareProcessNamespace: true"),
     (lambda p: p["spec"].update(hostPID=True), "hostPID: true"),
     (lambda p: p["metadata"].update(annotations={inject.ENVOY_MEMORY: "lots"}), "not a memory quantity"),
+    # The sidecar's Secrets by any other route: an env reference, envFrom, a volume of another name.
+    (lambda p: p["spec"]["containers"][0]["env"].append(
+        {"name": "R", "valueFrom": {"secretKeyRef": {"name": "tollway-redis", "key": "url"}}}),
+     "reads the Secret 'tollway-redis'"),
+    (lambda p: p["spec"]["initContainers"][0].update(envFrom=[{"secretRef": {"name": "tollway-provider-keys"}}]),
+     "'migrate' reads the Secret 'tollway-provider-keys'"),
+    (lambda p: (p["spec"].update(volumes=[{"name": "keys", "secret": {"secretName": "tollway-provider-keys"}}]),
+                p["spec"]["containers"][1].update(volumeMounts=[{"name": "keys", "mountPath": "/k"}])),
+     "'worker' reads the Secret 'tollway-provider-keys'"),
+    (lambda p: (p["spec"].update(volumes=[{"name": "all", "projected": {"sources": [
+        {"configMap": {"name": "x"}}, {"secret": {"name": "tollway-intercept-tls"}}]}}]),
+                p["spec"]["containers"][0].update(volumeMounts=[{"name": "all", "mountPath": "/a"}])),
+     "reads the Secret 'tollway-intercept-tls'"),
     (lambda p: p["metadata"].update(annotations={inject.TOLLWAY_CPU: "2 cores"}), "not a CPU quantity"),
     (lambda p: p["metadata"].update(annotations={inject.ENVOY_CPU: "0"}), "not a CPU quantity"),
 ])
@@ -168,6 +181,17 @@ def test_pods_tollway_cannot_serve_are_refused(webhook: tuple[str, ssl.SSLContex
     change(pod)
     response = call(webhook, pod)
     assert response["allowed"] is False and reason in response["status"]["message"]
+
+
+def test_other_secrets_and_unmounted_volumes_are_the_apps_own() -> None:
+    pod = copy.deepcopy(POD)
+    pod["spec"]["volumes"] = [{"name": "unused", "secret": {"secretName": "tollway-redis"}},
+                              {"name": "mine", "secret": {"secretName": "search-db"}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "mine", "mountPath": "/db"}]
+    pod["spec"]["containers"][0]["envFrom"] = [{"secretRef": {"name": "search-api-env"}}]
+    inject.mutate(pod, "search", inject.Settings())  # not refused
+    with pytest.raises(inject.Refused, match="reads the Secret 'search-db'"):
+        inject.mutate(pod, "search", inject.Settings(provider_secret="search-db"))
 
 
 def test_a_pod_that_opts_out_is_left_alone(webhook: tuple[str, ssl.SSLContext]) -> None:

@@ -587,3 +587,72 @@ def test_a_holders_report_number_never_outlives_its_counter(redis_url: str) -> N
         await backend.close()
 
     asyncio.run(scenario())
+
+
+def test_tollway_works_as_the_manifests_redis_user_which_cannot_wipe_redis(tmp_path: Path) -> None:
+    """k8s/base/redis.yaml gives Tollway an ACL user: its keys (tollway:*) and no administrative or
+    dangerous command. Redis started with the manifest's own arguments: every counter and ledger
+    operation Tollway makes passes as that user; FLUSHALL, KEYS, CONFIG, other keys do not."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from ext_proc.stack import ROOT, free_port
+    from ext_proc.state.ledger import RedisLedger
+    from ext_proc.state.queries import Ping
+    from ext_proc.state.store import RedisStore
+
+    (statefulset,) = [d for d in yaml.safe_load_all((ROOT / "k8s/base/redis.yaml").read_text())
+                      if d and d["kind"] == "StatefulSet"]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    args = [a.replace("$(REDIS_PASSWORD)", "tollway-pw").replace("$(REDIS_ADMIN_PASSWORD)", "admin-pw")
+            .replace("/data", str(tmp_path)) for a in container["args"]]
+    assert {"REDIS_PASSWORD", "REDIS_ADMIN_PASSWORD"} <= {e["name"] for e in container["env"]}
+    port = free_port()
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed"
+    proc = subprocess.Popen([binary, *args, "--port", str(port), "--bind", "127.0.0.1", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL)
+    url = f"redis://tollway:tollway-pw@127.0.0.1:{port}/0"
+    try:
+        admin = redis.Redis(port=port, password="admin-pw")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                admin.ping()
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+        async def counters() -> None:
+            backend = RedisBackend.from_url(url)
+            c = claim(amount=10, capacity=100)
+            assert await backend.grow("a", [(c, 10, 10)], 30) == [Grant(10, 0, 10, 10)]
+            assert await backend.report("a", [(c, 10, 0)], 30, 1) == [Grant(0, 10, 0, 0)]
+            assert await backend.totals(c.counter) == (10, 0)
+            assert c.counter in await backend.scan("budget/")
+            assert await backend.once("alert/x", time.time() + 60) is True
+            store = RedisStore(url)
+            assert await store.answer(Ping()) == "redis"
+            await store.client.aclose()
+            await backend.close()
+
+        asyncio.run(counters())
+        ledger = RedisLedger(redis.Redis.from_url(url))
+        record = {"ts": time.time(), "team": "search", "model": "gpt-4o", "key_id": "k1", "provider": "openai",
+                  "api": "openai.chat.completions", "outcome": "ok", "status": 200, "input_tokens": 1000,
+                  "output_tokens": 200, "cost_usd_micros": 4500, "latency_ms": 300.0, "guardrails": []}
+        ledger.add([record], batch="b1")
+        ledger.add([record], batch="b1")  # the same batch again: counted once
+        assert [(r.group, r.requests) for r in ledger.rows("team")] == [("search", 1)]
+        tollway = redis.Redis.from_url(url)
+        for command in (("FLUSHALL",), ("FLUSHDB",), ("KEYS", "*"), ("CONFIG", "GET", "requirepass"),
+                        ("ACL", "LIST"), ("SAVE",), ("SHUTDOWN",), ("SET", "other:key", "1")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                tollway.execute_command(*command)
+        assert admin.dbsize() > 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
