@@ -64,6 +64,32 @@ def test_the_image_scripts_pass_shellcheck() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("intercept_all", ["false", "true"])
+def test_the_init_script_skips_ipv6_where_ip6tables_has_no_nat_table(tmp_path: Path, intercept_all: str) -> None:
+    """A node with IPv6 disabled has no ip6tables nat table: tollway-init says so and sets the IPv4
+    rules, instead of failing (and the pod crash-looping) because a provider has IPv6 addresses."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "iptables.log"
+    scripts = {
+        "getent": "#!/bin/sh\nprintf '162.159.140.245 STREAM api.openai.com\\n2606:4700::6812:7b5 STREAM\\n'\n",
+        "iptables": f"#!/bin/sh\necho \"$*\" >> {log}\ncase \"$*\" in *' -C '*) exit 1 ;; esac\nexit 0\n",
+        "ip6tables": "#!/bin/sh\necho 'ip6tables v1.8.9 (nf_tables): Could not fetch rule set generation id: "
+                     "Address family not supported by protocol' >&2\nexit 1\n",
+    }
+    for name, text in scripts.items():
+        (fake / name).write_text(text)
+        (fake / name).chmod(0o755)
+    proc = subprocess.run(["sh", str(ROOT / "k8s" / "image" / "tollway-intercept")], capture_output=True, text=True,
+                          env={"PATH": f"{fake}:/usr/bin:/bin", "TOLLWAY_INTERCEPT_HOSTS": "api.openai.com",
+                               "TOLLWAY_INTERCEPT_ALL": intercept_all}, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "no usable ip6tables nat table" in proc.stderr
+    rules = log.read_text()
+    expected = "--dport 443 -j REDIRECT" if intercept_all == "true" else "-d 162.159.140.245 --dport 443 -j REDIRECT"
+    assert expected in rules and "2606:" not in rules
+
+
 def test_the_image_is_what_the_pods_expect() -> None:
     parser = DockerfileParser(str(ROOT / "Dockerfile"))
     final = [i for i in parser.structure if i["instruction"] != "COMMENT"]
