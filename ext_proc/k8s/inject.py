@@ -510,7 +510,8 @@ def _env(name: str, default: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filename", action="append", default=[], metavar="FILE",
                         help="inject the pod templates of these manifests (- for stdin) and print them (offline)")
-    parser.add_argument("--namespace", help="-f: the namespace of objects that name none (default: default)")
+    parser.add_argument("--namespace", help="-f: the namespace of objects that name none, in their identity "
+                                            "(default: default, with a warning)")
     parser.add_argument("--webhook", action="store_true", help="serve the mutating admission webhook (POST /inject)")
     parser.add_argument("--listen", default=_env("TOLLWAY_INJECT_LISTEN", "0.0.0.0:8443"),
                         help="--webhook: HOST:PORT (default %(default)s)")
@@ -579,6 +580,14 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, yaml.YAMLError) as exc:
             print(f"tollway inject: {name}: {exc}", file=sys.stderr)
             return 1
+    if args.namespace is None:
+        unnamed = [f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name', '?')}" for doc in docs
+                   if isinstance(doc, dict) and not (doc.get("metadata") or {}).get("namespace")
+                   and any(True for _ in pod_templates(copy.deepcopy(doc)))]
+        if unnamed:  # the identity names the namespace: applied elsewhere, the pod is billed to the wrong one
+            print(f"tollway inject: warning: {', '.join(unnamed)} name{'s' if len(unnamed) == 1 else ''} no "
+                  f"namespace: {'its' if len(unnamed) == 1 else 'their'} identity says "
+                  f"spiffe://{settings.trust_domain}/ns/default/...; give --namespace NS", file=sys.stderr)
     try:
         out = inject_documents(docs, settings, args.namespace)
     except Refused as exc:

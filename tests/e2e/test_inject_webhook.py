@@ -241,6 +241,26 @@ def test_without_redis_only_on_purpose(tmp_path: Path) -> None:
     assert redis_env("--redis-secret", "none") == []
 
 
+def test_offline_injection_says_when_the_namespace_is_a_guess() -> None:
+    """The identity names the namespace: a manifest without one gets ``default`` in it, said on stderr
+    unless --namespace gives it."""
+    manifest = (ROOT / "k8s" / "examples" / "search-api.yaml").read_text().replace("  namespace: search\n", "")
+
+    def inject_(*flags: str) -> tuple[str, str]:
+        proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", "inject", "-f", "-", *flags], input=manifest,
+                              capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        (deployment,) = [d for d in yaml.safe_load_all(proc.stdout) if d["kind"] == "Deployment"]
+        (tollway,) = [c for c in deployment["spec"]["template"]["spec"]["initContainers"] if c["name"] == "tollway"]
+        return next(e["value"] for e in tollway["env"] if e["name"] == "TOLLWAY_WORKLOAD"), proc.stderr
+
+    workload, stderr = inject_()
+    assert workload == "spiffe://cluster.local/ns/default/sa/search-api"
+    assert stderr.count("\n") == 1 and "Deployment/search-api names no namespace: its identity" in stderr
+    assert "ServiceAccount" not in stderr  # no pod in it
+    assert inject_("--namespace", "search") == ("spiffe://cluster.local/ns/search/sa/search-api", "")
+
+
 @pytest.fixture()
 def bounded(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     """The webhook in this process, plain HTTP, with small bounds: 0.5 s to send a request, 3
