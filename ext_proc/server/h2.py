@@ -58,14 +58,21 @@ follow the servers that were fixed for each attack (nghttp2, Go's ``net/http2``,
 ``MAX_CONCURRENT_STREAMS`` = 100
     Advertised in SETTINGS and enforced: a stream beyond it is refused with
     RST_STREAM(REFUSED_STREAM), which tells the client it may retry. 100 is RFC 9113's
-    recommended minimum and python-hyper's default (Go: 250, nginx: 128); Envoy opens 8. With
-    ``MAX_MESSAGE`` it bounds what one connection can hold in partial messages.
+    recommended minimum and python-hyper's default (Go: 250, nginx: 128); Envoy opens 8.
 ``STREAM_WINDOW`` = 16 MiB, ``CONNECTION_WINDOW`` = 64 MiB
     The receive windows we advertise (before: 2 GiB each, i.e. none); the same sizes Envoy
     grants us on this channel. They are replenished when half is used, as bytes arrive (a
     64 MiB message must fit in one stream, so a stream's window cannot wait for its message),
     and never while the stream's answers wait for the peer's window: a peer that does not read
     our answers cannot keep feeding us requests. DATA beyond a window is FLOW_CONTROL_ERROR.
+``MAX_UNFINISHED`` = 128 MiB (``Server.max_unfinished``; a worker: at least its ``--body-memory``)
+    Bytes of unfinished messages (the streams' inboxes) one connection holds before its window
+    stops being given back: the peer, out of window, waits until messages complete
+    (back-pressure; Envoy honours flow control). Should it run out of window with none of them
+    able to complete, the streams missing the most bytes are refused with RESOURCE_EXHAUSTED (as
+    gRPC refuses a message over its limit) until the rest can complete inside the bound; the
+    others go on. A connection so holds at most ``MAX_UNFINISHED`` + ``CONNECTION_WINDOW`` of
+    requests (before: 100 streams x 64 MiB); two 64 MiB messages at once always pass.
 ``MAX_MESSAGE`` = 64 MiB
     A gRPC message whose length prefix says more ends its stream (INTERNAL), before any of it is
     buffered: it bounds a stream's inbox.
@@ -141,7 +148,7 @@ NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x
 SETTINGS_TIMEOUT, STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0x4, 0x5, 0x6, 0x7, 0x8
 COMPRESSION_ERROR, CONNECT_ERROR, ENHANCE_YOUR_CALM, INADEQUATE_SECURITY, HTTP_1_1_REQUIRED = 0x9, 0xA, 0xB, 0xC, 0xD
 
-GRPC_OK, GRPC_INTERNAL, GRPC_UNIMPLEMENTED, GRPC_UNAVAILABLE = 0, 13, 12, 14
+GRPC_OK, GRPC_RESOURCE_EXHAUSTED, GRPC_INTERNAL, GRPC_UNIMPLEMENTED, GRPC_UNAVAILABLE = 0, 8, 13, 12, 14
 
 MAX_WINDOW = 2**31 - 1
 OUR_MAX_FRAME = 1 << 20
@@ -149,6 +156,8 @@ MAX_MESSAGE = 64 * 1024 * 1024
 MAX_CONCURRENT_STREAMS = 100
 STREAM_WINDOW = 16 * 1024 * 1024
 CONNECTION_WINDOW = 64 * 1024 * 1024
+HALF_CONNECTION_WINDOW = CONNECTION_WINDOW // 2
+MAX_UNFINISHED = 2 * MAX_MESSAGE  # bytes of unfinished messages a connection holds before back-pressure
 MAX_HEADER_BLOCK = 64 * 1024
 DECODED_BLOCKS = 16  # header blocks a connection keeps decoded (see Connection._decode) ...
 DECODED_BLOCK_BYTES = 1024  # ... each at most this long
@@ -615,16 +624,13 @@ class Connection(asyncio.Protocol):
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
         # Receive windows: ``unacked`` counts what the peer sent since we last gave its window back,
         # so going beyond the window is ``unacked`` beyond its size; half used is given back.
+        # The connection's window is given back in _flush, after the read's frames (see _replenish).
         size = len(payload)
         if size:
             self.empty_frames = 0
-            unacked = self.unacked + size
-            if unacked >= CONNECTION_WINDOW // 2:
-                if unacked > CONNECTION_WINDOW:
-                    raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
-                self.out.append(_frame(WINDOW_UPDATE, 0, 0, _u32.pack(unacked)))
-                unacked = 0
-            self.unacked = unacked
+            self.unacked += size
+            if self.unacked > CONNECTION_WINDOW:
+                raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         elif not flags & END_STREAM:
             self._empty_frame()
         stream = self.streams.get(sid)
@@ -667,7 +673,11 @@ class Connection(asyncio.Protocol):
                 return
             if len(inbox) < 5 + size:
                 break
-            message = bytes(inbox[5 : 5 + size])
+            if size < 65536:
+                message = bytes(inbox[5 : 5 + size])
+            else:  # one copy, not two (the slice, then bytes): a body may be 64 MiB
+                with memoryview(inbox) as view:
+                    message = bytes(view[5 : 5 + size])
             del inbox[: 5 + size]
             try:
                 call = stream.call
@@ -913,12 +923,65 @@ class Connection(asyncio.Protocol):
             self._flush()
 
     def _flush(self) -> None:
+        if self.unacked >= HALF_CONNECTION_WINDOW:
+            self._replenish()
         if self.out and self.transport is not None and not self.closed:
             data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
             self.out.clear()
             self.transport.write(data)
         if not self.write_paused:
             self.control_queued = 0
+
+    def _replenish(self) -> None:
+        """Give the connection's receive window back (half of it is used), unless the unfinished
+        messages the streams hold (their inboxes) already reach ``server.max_unfinished``: then the
+        peer, out of window, waits until messages complete (back-pressure: Envoy honours flow
+        control). Should its window run out with those messages still unfinished, none of them can
+        complete: the streams missing the most bytes are refused (RESOURCE_EXHAUSTED, as gRPC
+        refuses a message over its limit) until the rest fit under the bound, and the window goes
+        back. A connection so holds at most ``max_unfinished`` plus one connection window."""
+        limit = self.server.max_unfinished
+        held = 0
+        for stream in self.streams.values():
+            held += len(stream.inbox)
+        if held >= limit:
+            if self.unacked < CONNECTION_WINDOW or self.closed:
+                return  # the peer still has window: messages may yet complete
+            held = self._refuse_unfinished(held, limit)
+            if held >= limit or not self.unacked:  # (not: a stream's end flushed it meanwhile)
+                return  # what remains waits for the peer to read our answers (see _deliver)
+        self.out.append(_frame(WINDOW_UPDATE, 0, 0, _u32.pack(self.unacked)))
+        self.unacked = 0
+
+    def _refuse_unfinished(self, held: int, limit: int) -> int:
+        """Keep the unfinished messages closest to completion (the oldest streams on a tie) while
+        what they still miss fits in the window we are about to give back and what they hold stays
+        under ``limit``: those can all complete. Refuse the others; returns what is then held."""
+        missing: list[tuple[int, int, _Stream]] = []
+        for sid, stream in self.streams.items():
+            inbox = stream.inbox
+            if stream.done:
+                held -= len(inbox)  # answered: its input is never read
+                inbox.clear()
+            elif inbox and not stream.outbox:  # (one waiting for our answers to go out is not stuck)
+                need = 5 + _u32.unpack_from(inbox, 1)[0] - len(inbox) if len(inbox) >= 5 else MAX_MESSAGE
+                missing.append((need, sid, stream))
+                held -= len(inbox)
+        missing.sort(key=lambda item: (item[0], item[1]))
+        window = CONNECTION_WINDOW
+        for need, sid, stream in missing:
+            size = len(stream.inbox)
+            if need <= window and held + size < limit:
+                window -= need
+                held += size
+                continue
+            log.warning("refused HTTP/2 stream %d: the connection's unfinished messages reached the bound", sid)
+            stream.inbox.clear()
+            call = stream.call
+            self._finish(sid, stream, GRPC_RESOURCE_EXHAUSTED, "tollway: too many unfinished messages")
+            if call is not None:
+                _reset(call)
+        return held
 
     def goaway(self, code: int) -> None:
         self.going_away = True
@@ -946,8 +1009,10 @@ class Server:
     def __init__(
         self, routes: dict[str, CallFactory], peer_check: Callable[[asyncio.BaseTransport], bool] | None = None,
         peer_identity: Callable[[asyncio.BaseTransport], str | None] | None = None,
+        max_unfinished: int = MAX_UNFINISHED,
     ) -> None:
         self.routes = routes
+        self.max_unfinished = max_unfinished  # bytes of unfinished messages per connection (Connection._replenish)
         self.peer_check = peer_check  # e.g. the client certificate's SAN on a mutual-TLS listener
         self.peer_identity = peer_identity  # e.g. that certificate's SPIFFE ID: each stream's Responder.peer
         self.connections: set[Connection] = set()

@@ -256,7 +256,10 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
             HEALTH_PATH: lambda _headers, _responder: HealthCall(lambda: not server.draining),
         }, peer_check=(lambda transport: tls.peer_allowed(transport.get_extra_info("peercert"))) if tls else None,
             # On mutual TLS the client certificate's SPIFFE ID names the workload whose Envoy called.
-            peer_identity=(lambda transport: listen.spiffe_id(transport.get_extra_info("peercert"))) if tls else None)
+            peer_identity=(lambda transport: listen.spiffe_id(transport.get_extra_info("peercert"))) if tls else None,
+            # Unfinished messages (whole bodies, with --bodies buffered) a connection may hold: at
+            # least what the body budget lets a worker hold.
+            max_unfinished=max(h2.MAX_UNFINISHED, config.body_memory * 1024 * 1024))
         if dealt is not None:
             server.take(dealt)  # connections the supervisor accepted for this worker
         else:

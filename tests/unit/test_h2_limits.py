@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset
+from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset, TrailersReceived
 from hpack import Encoder
 
 from ext_proc.server import h2
@@ -149,6 +149,97 @@ def test_held_requests_are_answered_in_order_once_the_client_reads() -> None:
     assert data == b"".join(grpc_message(b"%d" % i) for i in range(5))
     assert log.of(1) == ["created"] + ["message"] * 5 + ["end"]
     assert 1 not in peer.connection.streams
+
+
+def test_unfinished_messages_are_bounded_per_connection_by_back_pressure_then_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Scaled down (a 4 MiB connection window and bound instead of 64 and 128 MiB): six uploads of
+    # 1.5 MiB messages (9 MiB), interleaved, by a client that honours flow control as Envoy does.
+    monkeypatch.setattr(h2, "CONNECTION_WINDOW", 4 << 20)
+    monkeypatch.setattr(h2, "HALF_CONNECTION_WINDOW", 2 << 20)
+    sizes: list[int] = []
+    log = Log()
+    peer = Peer(echo_routes(log, lambda m: sizes.append(len(m)) or [b"ok"]))
+    peer.server.max_unfinished = 4 << 20
+    payload = grpc_message(b"x" * (3 << 19))
+    sent = dict.fromkeys(range(1, 13, 2), 0)
+    for sid in sent:
+        peer.client.send_headers(sid, REQUEST)
+    peer.pump()
+    held = stalled = 0
+    while sent:
+        moved = False
+        for sid in list(sent):
+            if peer.client.streams[sid].closed or any(isinstance(e, ResponseReceived) and e.stream_id == sid
+                                                      for e in peer.events):
+                del sent[sid]  # answered (refused) or reset: stop sending
+                continue
+            window = min(peer.client.local_flow_control_window(sid), 256 << 10, len(payload) - sent[sid])
+            if window > 0:
+                end = sent[sid] + window == len(payload)
+                peer.client.send_data(sid, payload[sent[sid] : sent[sid] + window], end_stream=end)
+                sent[sid] += window
+                moved = True
+                if end:
+                    del sent[sid]
+            peer.pump()
+            held = max(held, sum(len(s.inbox) for s in peer.connection.streams.values()))
+        if not moved:
+            stalled += 1
+            assert stalled < 3, "no stream can move: the connection is stuck"
+    # The connection never held more than its bound plus one connection window.
+    assert held <= (4 << 20) + (4 << 20)
+    statuses = {e.stream_id: dict(e.headers).get(b"grpc-status") for e in peer.events
+                if isinstance(e, ResponseReceived | TrailersReceived)}
+    refused = sorted(sid for sid, status in statuses.items() if status == b"8")
+    # The window stopped at 4 MiB held; out of window at 6 MiB, none of the six messages could
+    # complete: those closest to completion (the oldest on a tie) were kept while they fit under
+    # the bound, the others refused as gRPC refuses a message over its limit.
+    assert refused == [7, 9, 11]
+    assert sizes == [3 << 19] * 3 and all(statuses[sid] == b"0" for sid in (1, 3, 5))
+    assert peer.goaway() is None and not peer.connection.streams
+    assert h2.MAX_UNFINISHED == 2 * h2.MAX_MESSAGE  # two of the largest messages at once, as --body-memory's default
+
+
+def test_the_connection_window_waits_while_unfinished_messages_fill_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(h2, "CONNECTION_WINDOW", 4 << 20)
+    monkeypatch.setattr(h2, "HALF_CONNECTION_WINDOW", 2 << 20)
+    sizes: list[int] = []
+    peer = Peer(echo_routes(Log(), lambda m: sizes.append(len(m)) or [b"ok"]))
+    peer.server.max_unfinished = 1 << 20
+    payload = grpc_message(b"x" * ((7 << 19) - 5))  # 3.5 MiB on the wire
+    peer.send(frame(h2.HEADERS, h2.END_HEADERS, 1, literal_block()))
+    for offset in range(0, 3 << 20, 1 << 19):
+        peer.send(frame(h2.DATA, 0, 1, payload[offset : offset + (1 << 19)]))
+
+    def window_updates() -> list[int]:
+        return [int.from_bytes(p, "big") for kind, _, sid, p in peer.frames() if kind == h2.WINDOW_UPDATE and not sid]
+
+    assert window_updates() == [(4 << 20) - 65535]  # only connection_made's: 3 MiB held, over the bound
+    peer.send(frame(h2.DATA, h2.END_STREAM, 1, payload[3 << 20 :]))
+    assert sizes == [len(payload) - 5]  # the message completed: the window goes back, nobody refused
+    assert window_updates() == [(4 << 20) - 65535, 7 << 19]
+    assert peer.goaway() is None
+
+
+def test_a_client_past_its_window_while_messages_are_unfinished_is_a_flow_control_error() -> None:
+    # The audit's peer: six 64 MiB uploads that ignore our window (it is not given back while
+    # unfinished messages fill the bound), interleaved in 1 MiB frames.
+    peer = Peer(echo_routes(Log()))
+    for sid in range(1, 13, 2):
+        peer.send(frame(h2.HEADERS, h2.END_HEADERS, sid, literal_block())
+                  + frame(h2.DATA, 0, sid, b"\0" + struct.pack(">I", h2.MAX_MESSAGE)))
+    chunk = b"x" * (1024 * 1024 - 16)
+    held = 0
+    for _ in range(48):
+        for sid in range(1, 13, 2):
+            peer.send(frame(h2.DATA, 0, sid, chunk))
+        peer.transport.data.clear()
+        held = max(held, sum(len(s.inbox) for s in peer.connection.streams.values()))
+        if peer.connection.closed:
+            break
+    assert peer.connection.closed and held <= h2.MAX_UNFINISHED + h2.CONNECTION_WINDOW
 
 
 # -- header blocks and CONTINUATION --------------------------------------------------------------
