@@ -122,6 +122,17 @@ Write backpressure: ``WRITE_HIGH_WATER`` = 1 MiB, ``WRITE_LOW_WATER`` = 256 KiB
     read cannot make us buffer answers, acknowledgements or anything else without bound.
 ``OUR_MAX_FRAME`` = 1 MiB
     The largest frame we accept (advertised MAX_FRAME_SIZE): fewer frames for multi-MB bodies.
+``HANDSHAKE_TIMEOUT`` = 20 s
+    For the client preface and its SETTINGS (grpc core: 120 s); Envoy sends both at once.
+    Otherwise GOAWAY(PROTOCOL_ERROR) and the connection is aborted.
+Keepalive: ``KEEPALIVE_TIME`` = 60 s, ``KEEPALIVE_TIMEOUT`` = 20 s (TCP and TLS)
+    A peer that sent no complete frame for a minute (to 2 minutes: one timer per connection,
+    checked once a minute) gets a PING; no acknowledgement within 20 s aborts the connection,
+    and its calls are reset (their body-budget reservations go back): a dead or stuck Envoy, a
+    frame left half sent. grpcio pings after 2 h with the same 20 s timeout; a dead Envoy's
+    streams hold calls and bodies here, and a PING a minute costs nothing. Unix sockets are not
+    pinged: the kernel tells us when their peer goes. Listening TCP sockets also set
+    SO_KEEPALIVE (``listen.bind``).
 """
 
 from __future__ import annotations
@@ -171,6 +182,10 @@ WINDOW_UPDATE_ALLOWANCE = 100
 RAPID_RESET_MIN_STREAMS = 100
 PREMATURE_RESET = 1.0
 WRITE_HIGH_WATER = 1 << 20
+HANDSHAKE_TIMEOUT = 20.0  # seconds for the client preface and its SETTINGS
+KEEPALIVE_TIME = 60.0  # seconds without a complete frame from the peer before a PING (TCP and TLS)
+KEEPALIVE_TIMEOUT = 20.0  # seconds for its acknowledgement
+KEEPALIVE_PING = b"tollway!"  # our PING's payload
 WRITE_LOW_WATER = 256 * 1024
 
 _frame_header = struct.Struct(">I B I")  # 24-bit length packed in the first 4 bytes with the type
@@ -360,6 +375,10 @@ class Connection(asyncio.Protocol):
         self.going_away = False
         self.closed = False
         self.peer: str | None = None  # the client's identity (server.peer_identity), for every stream
+        self.timer: asyncio.TimerHandle | None = None  # the handshake deadline, then the keepalive (_tick)
+        self.heard = False  # a complete frame arrived since the last _tick
+        self.pinged = False  # our keepalive PING awaits its acknowledgement
+        self.keepalive = False  # TCP or TLS: PING an idle peer (a Unix socket's peer cannot vanish unseen)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -382,6 +401,36 @@ class Connection(asyncio.Protocol):
         if self.server.draining:
             self.goaway(NO_ERROR)
         self._flush()
+        if self.loop is not None:
+            sock = transport.get_extra_info("socket")
+            self.keepalive = sock is not None and sock.family != socket.AF_UNIX
+            self.timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_expired)
+
+    def _handshake_expired(self) -> None:
+        self.timer = None
+        if self.on_frame == self._first_frame and not self.closed:
+            log.warning("closed an HTTP/2 connection: no client preface and SETTINGS within %g s", HANDSHAKE_TIMEOUT)
+            self._fail(PROTOCOL_ERROR, abort=True)
+
+    def _tick(self) -> None:
+        """The keepalive timer (one per connection, from the client's SETTINGS on): a PING to a peer
+        silent for ``KEEPALIVE_TIME``; no acknowledgement ``KEEPALIVE_TIMEOUT`` later closes the
+        connection, and its calls are reset (a dead or stuck peer, a frame left half sent)."""
+        self.timer = None
+        if self.closed or self.loop is None:
+            return
+        if self.pinged:
+            log.warning("closed an HTTP/2 connection: no answer to a keepalive PING within %g s", KEEPALIVE_TIMEOUT)
+            self._fail(NO_ERROR, abort=True)
+            return
+        if self.heard:
+            self.heard = False
+            self.timer = self.loop.call_later(KEEPALIVE_TIME, self._tick)
+            return
+        self.pinged = True
+        self.out.append(_frame(PING, 0, 0, KEEPALIVE_PING))
+        self._flush()
+        self.timer = self.loop.call_later(KEEPALIVE_TIMEOUT, self._tick)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -397,6 +446,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self in self.server.connections:
             self.server.connections.discard(self)
             self.server.report_closed()
@@ -446,12 +498,19 @@ class Connection(asyncio.Protocol):
                 pos += 9 + length
                 self.on_frame(kind, flags, stream_id & 0x7FFFFFFF, payload)
         finally:
-            del buf[:pos]
+            if pos:
+                self.heard = True
+                del buf[:pos]
 
     def _first_frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
         if kind != SETTINGS or flags & ACK:
             raise _ConnectionError(PROTOCOL_ERROR, "the client preface must end with SETTINGS")
         self.on_frame = self._frame
+        if self.timer is not None:  # the handshake deadline
+            self.timer.cancel()
+            self.timer = None
+        if self.keepalive and self.loop is not None:
+            self.timer = self.loop.call_later(KEEPALIVE_TIME, self._tick)
         self._frame(kind, flags, sid, payload)
 
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
@@ -474,6 +533,8 @@ class Connection(asyncio.Protocol):
                 raise _ConnectionError(FRAME_SIZE_ERROR, "PING payload must be 8 bytes")
             if not flags & ACK:
                 self._control(_frame(PING, ACK, 0, payload))
+            elif payload == KEEPALIVE_PING:
+                self.pinged = False
         elif kind == RST_STREAM:
             self._rst_stream(sid, payload)
         elif kind == PRIORITY:
@@ -987,17 +1048,21 @@ class Connection(asyncio.Protocol):
         self.going_away = True
         self.out.append(_frame(GOAWAY, 0, 0, _u32.pack(self.last_stream) + _u32.pack(code)))
 
-    def _fail(self, code: int) -> None:
-        """A connection error: GOAWAY with its code, then close (open calls are reset in connection_lost)."""
+    def _fail(self, code: int, abort: bool = False) -> None:
+        """A connection error: GOAWAY with its code, then close (open calls are reset in
+        connection_lost); ``abort``: without waiting for what the peer has not read."""
         self.header_block = None
         self.goaway(code)
         self._flush()
-        self._close()
+        self._close(abort)
 
-    def _close(self) -> None:
+    def _close(self, abort: bool = False) -> None:
         if self.transport is not None and not self.closed:
             self.closed = True
-            self.transport.close()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
 
 SHED = b"s"  # the dealer asks a worker to send one of its connections away

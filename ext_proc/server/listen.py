@@ -187,6 +187,9 @@ def bind(address: Address, backlog: int = 1024, group: bool = False) -> Listener
             # SO_REUSEADDR only lets us rebind over TIME_WAIT; it never lets another socket share a
             # listening address on Linux (that is SO_REUSEPORT, deliberately not set).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Accepted connections inherit it: the kernel probes a peer silent for two hours (the
+            # h2 server's keepalive PING finds a dead Envoy sooner; this covers grpcio's server too).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             sock.bind((address.host, address.port))
             sock.listen(backlog)
         except OSError as exc:

@@ -7,12 +7,16 @@ the values and why.
 
 from __future__ import annotations
 
+import socket
 import struct
+import time
 from pathlib import Path
 
+import grpc
 import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset, TrailersReceived
 from hpack import Encoder
 
@@ -31,7 +35,7 @@ from tests.unit.h2_peer import (
     parse_frames,
     settings,
 )
-from tests.unit.test_h2_server import CHAT, REPLY, exchange
+from tests.unit.test_h2_server import CHAT, REPLY, Running, exchange
 from tests.unit.test_h2_server import headers as http_headers
 
 
@@ -240,6 +244,48 @@ def test_a_client_past_its_window_while_messages_are_unfinished_is_a_flow_contro
         if peer.connection.closed:
             break
     assert peer.connection.closed and held <= h2.MAX_UNFINISHED + h2.CONNECTION_WINDOW
+
+
+# -- silent, stalled and dead peers ---------------------------------------------------------------
+
+
+def test_silent_and_stalled_connections_are_closed_and_live_idle_ones_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(h2, "HANDSHAKE_TIMEOUT", 0.5)
+    monkeypatch.setattr(h2, "KEEPALIVE_TIME", 0.3)
+    monkeypatch.setattr(h2, "KEEPALIVE_TIMEOUT", 0.3)
+    running = Running(tmp_path / "records.jsonl")
+    log = Log()
+    running.server.routes.update(echo_routes(log, lambda m: []))  # its calls answer later: the stream stays open
+    socks = []
+    try:
+        for _ in range(5):  # half a preface, then nothing
+            socks.append(socket.create_connection(("127.0.0.1", running.port)))
+            socks[-1].sendall(h2.PREFACE[:10])
+        partial = socket.create_connection(("127.0.0.1", running.port))  # a 1 MiB DATA frame, one byte short
+        partial.sendall(START + (1 << 20).to_bytes(3, "big") + b"\0\0\0\0\0\0" + b"y" * ((1 << 20) - 1))
+        dead = socket.create_connection(("127.0.0.1", running.port))  # a stream with a call, then silence
+        dead.sendall(START + frame(h2.HEADERS, h2.END_HEADERS, 1, literal_block())
+                     + frame(h2.DATA, 0, 1, grpc_message(b"hi")))
+        socks += [partial, dead]
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:  # answers our PINGs
+            check = health_pb2_grpc.HealthStub(ch).Check
+            check(health_pb2.HealthCheckRequest())
+            deadline = time.monotonic() + 5
+            while len(running.server.connections) > 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.0)  # a few more keepalive rounds
+            (kept,) = running.server.connections
+            sock = kept.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)  # inherited from the listener
+            assert check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+            assert running.server.connections == {kept}
+        assert log.of(1) == ["created", "message", "reset"]  # the dead peer's call was reset
+    finally:
+        for s in socks:
+            s.close()
+        running.stop()
 
 
 # -- header blocks and CONTINUATION --------------------------------------------------------------
