@@ -122,6 +122,13 @@ Write backpressure: ``WRITE_HIGH_WATER`` = 1 MiB, ``WRITE_LOW_WATER`` = 256 KiB
     read cannot make us buffer answers, acknowledgements or anything else without bound.
 ``OUR_MAX_FRAME`` = 1 MiB
     The largest frame we accept (advertised MAX_FRAME_SIZE): fewer frames for multi-MB bodies.
+Malformed requests (RFC 9113 §8.2, §8.3)
+    Uppercase or invalid field names, NUL/CR/LF or surrounding whitespace in values,
+    connection-specific fields (``connection``, ``keep-alive``, ``proxy-connection``,
+    ``transfer-encoding``, ``upgrade``, ``te`` other than ``trailers``), unknown, repeated or
+    misplaced pseudo-headers, no ``:method``/``:scheme``/``:path``, pseudo-headers in trailers:
+    RST_STREAM(PROTOCOL_ERROR), counted as a premature reset (a stream error, §8.1.1; the h2 library
+    ends the connection). Checked once per distinct block: a block kept decoded was well formed.
 ``HANDSHAKE_TIMEOUT`` = 20 s
     For the client preface and its SETTINGS (grpc core: 120 s); Envoy sends both at once.
     Otherwise GOAWAY(PROTOCOL_ERROR) and the connection is aborted.
@@ -140,6 +147,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import struct
 import time
@@ -280,6 +288,53 @@ class _ConnectionError(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
+
+
+class _Malformed(Exception):
+    """A header block that decodes but is not a well-formed request (RFC 9113 §8.2, §8.3)."""
+
+    def __init__(self, reason: str, headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(reason)
+        self.headers = headers
+
+
+# RFC 9113 §8.2.1: a field name is visible ASCII, no uppercase, no colon (pseudo-headers are known
+# names, checked apart); a value has no NUL, CR or LF, and no whitespace at either end.
+_FIELD_NAME = re.compile(rb"[!-9;-@\[-~]+")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+_REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
+_CONNECTION_SPECIFIC = frozenset((b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"))
+
+
+def _malformed(headers: list[tuple[bytes, bytes]], trailers: bool = False) -> str | None:
+    """Why ``headers`` are not a well-formed request header list (or trailers), or None: RFC 9113
+    §8.2 (field names and values, connection-specific fields, TE) and §8.3 (pseudo-headers: only
+    the request's, each once, before the others, :method, :scheme and a non-empty :path present
+    (CONNECT: :authority instead); none in trailers). :authority is not required (§8.3.1)."""
+    pseudo: dict[bytes, bytes] = {}
+    regular = False
+    for name, value in headers:
+        if value and _BAD_VALUE.search(value):
+            return f"bad value for {name!r}"
+        if name[:1] == b":":
+            if trailers or regular or name not in _REQUEST_PSEUDO or name in pseudo:
+                return f"pseudo-header {name!r} unknown, repeated, after a regular field or in trailers"
+            pseudo[name] = value
+        else:
+            regular = True
+            if _FIELD_NAME.fullmatch(name) is None:
+                return f"bad field name {name!r}"
+            if name in _CONNECTION_SPECIFIC or (name == b"te" and value.lower() != b"trailers"):
+                return f"connection-specific field {name!r}"
+    if trailers:
+        return None
+    method = pseudo.get(b":method")
+    if method == b"CONNECT":
+        if b":scheme" in pseudo or b":path" in pseudo or b":authority" not in pseudo:
+            return "a CONNECT request needs :authority and neither :scheme nor :path"
+    elif method is None or b":scheme" not in pseudo or not pseudo.get(b":path"):
+        return "missing :method, :scheme or :path"
+    return None
 
 
 class _Stream:
@@ -615,8 +670,11 @@ class Connection(asyncio.Protocol):
     def _header_block(self, sid: int, flags: int, block: bytes) -> None:
         if len(block) > MAX_HEADER_BLOCK:
             raise _ConnectionError(ENHANCE_YOUR_CALM, "header block too large")
+        malformed = None
         try:
             headers = self._decode(block)
+        except _Malformed as exc:  # (decoded all the same: the HPACK state moved on)
+            headers, malformed = exc.headers, str(exc)
         except OversizedHeaderListError:
             raise _ConnectionError(ENHANCE_YOUR_CALM, "header list too large") from None
         except HPACKError as exc:
@@ -628,6 +686,9 @@ class Connection(asyncio.Protocol):
                 return
             if not flags & END_STREAM:
                 raise _ConnectionError(PROTOCOL_ERROR, "trailers without END_STREAM")
+            if _malformed(headers, trailers=True) is not None:  # RFC 9113 §8.1.1: a stream error
+                self._stream_closed(sid, stream, PROTOCOL_ERROR)
+                return
             stream.remote_closed = True
             self._deliver(sid, stream)
             return
@@ -641,6 +702,11 @@ class Connection(asyncio.Protocol):
         self.opened_streams += 1
         if self.going_away or self.server.draining:
             self._control(_frame(RST_STREAM, 0, sid, _u32.pack(REFUSED_STREAM)))
+            return
+        if malformed is not None:  # RFC 9113 §8.1.1: a stream error; it costs as a refused stream does
+            log.debug("malformed request on HTTP/2 stream %d: %s", sid, malformed)
+            self._control(_frame(RST_STREAM, 0, sid, _u32.pack(PROTOCOL_ERROR)))
+            self._premature_reset()
             return
         if len(self.streams) >= MAX_CONCURRENT_STREAMS:
             self._control(_frame(RST_STREAM, 0, sid, _u32.pack(REFUSED_STREAM)))
@@ -662,7 +728,9 @@ class Connection(asyncio.Protocol):
         so a block whose decoding left the table as it was (no entry added, none evicted, the same
         size limit: compared by the newest entry's identity, the count and the limit) decodes the
         same way until the table changes: such blocks are kept (at most :data:`DECODED_BLOCKS` of
-        :data:`DECODED_BLOCK_BYTES`) and forgotten whenever a decoding changes the table."""
+        :data:`DECODED_BLOCK_BYTES`) and forgotten whenever a decoding changes the table. A block is
+        checked as a request (:func:`_malformed`) once, when decoded: only well-formed ones are kept;
+        a malformed one raises :class:`_Malformed`, which carries its header list (trailers)."""
         decoded = self.decoded.get(block)
         if decoded is not None:
             return list(decoded)
@@ -675,11 +743,14 @@ class Connection(asyncio.Protocol):
         except Exception:  # it may have changed the table before it failed: nothing kept holds
             self.decoded.clear()
             raise
+        malformed = _malformed(headers)
         if (entries[0] if entries else None) is newest and len(entries) == count and table.maxsize == limit:
-            if len(self.decoded) < DECODED_BLOCKS and len(block) <= DECODED_BLOCK_BYTES:
+            if malformed is None and len(self.decoded) < DECODED_BLOCKS and len(block) <= DECODED_BLOCK_BYTES:
                 self.decoded[block] = tuple(headers)
         elif self.decoded:
             self.decoded.clear()
+        if malformed is not None:
+            raise _Malformed(malformed, headers)
         return headers
 
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
@@ -782,12 +853,12 @@ class Connection(asyncio.Protocol):
         if not done and stream.call is not None:
             _reset(stream.call)
 
-    def _stream_closed(self, sid: int, stream: _Stream) -> None:
-        """A frame on a stream the client already ended: a stream error (STREAM_CLOSED), not the
-        connection's; its call is told, the connection and its other streams go on."""
+    def _stream_closed(self, sid: int, stream: _Stream, code: int = STREAM_CLOSED) -> None:
+        """A frame on a stream the client already ended (or malformed trailers: PROTOCOL_ERROR): a
+        stream error, not the connection's; its call is told, the connection and its other streams go on."""
         del self.streams[sid]
         self._reset_call(stream)
-        self._control(_frame(RST_STREAM, 0, sid, _u32.pack(STREAM_CLOSED)))
+        self._control(_frame(RST_STREAM, 0, sid, _u32.pack(code)))
 
     def _rst_stream(self, sid: int, payload: bytes) -> None:
         if sid == 0:

@@ -288,9 +288,8 @@ class Reference:
     """
 
     def __init__(self) -> None:
-        # No HTTP semantics checks (header names, TE, pseudo-headers): Tollway's server routes on
-        # :path and hands the headers to the call as they came; it is a gRPC channel, not a proxy.
-        config = H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False)
+        # With h2's checks of request headers (RFC 9113 §8.2, §8.3), as Tollway's server makes them.
+        config = H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
         self.conn = H2Connection(config)
         self.conn.local_settings.max_concurrent_streams = h2.MAX_CONCURRENT_STREAMS
         self.conn.initiate_connection()
@@ -653,7 +652,23 @@ KNOWN_DIFFERENCES += [
         "h2 checks a request's content-length against its DATA; gRPC does not use content-length",
         lambda c: "content-length" in str(c.reference.error),
     ),
+    (
+        "RFC 9113 §8.1.1: a malformed request (or trailers) is a stream error, RST_STREAM(PROTOCOL_ERROR), as"
+        " Tollway's server answers it; h2 ends the connection. (h2 also requires :authority, §8.3.1 does not)",
+        lambda c: c.mine.connection_error is None and _header_check(c.reference.error)
+        and (f"reset:{h2.PROTOCOL_ERROR}" in c.mine.streams.values() or "authority" in str(c.reference.error)),
+    ),
 ]
+
+
+def _header_check(error: H2Error | None) -> bool:
+    """Whether ``error`` is h2's refusal of a header list (its checks live in h2/utilities.py)."""
+    traceback = error.__traceback__ if error is not None else None
+    while traceback is not None:
+        if traceback.tb_frame.f_code.co_filename.endswith(os.path.join("h2", "utilities.py")):
+            return True
+        traceback = traceback.tb_next
+    return False
 
 
 def explained(case: Case) -> str | None:

@@ -26,7 +26,7 @@ from ext_proc.server import h2, listen
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.servicer import HEALTH_PATH, PROCESS_PATH, ExtProcCall, HealthCall, Service
 from tests.fakes import FakeTransport
-from tests.unit.h2_peer import PATH, Log, Peer, echo_routes, frame, grpc_message, literal_block
+from tests.unit.h2_peer import PATH, REQUEST, Log, Peer, echo_routes, frame, grpc_message, literal_block
 
 
 class Running:
@@ -605,7 +605,10 @@ def test_a_header_block_kept_decoded_is_what_decoding_it_again_gives(
                 with pytest.raises(type(exc)):
                     connection._decode(again)
                 continue
-            assert connection._decode(again) == expected
+            try:
+                assert connection._decode(again) == expected
+            except h2._Malformed as exc:  # decoded all the same, and never kept
+                assert exc.headers == expected and again not in connection.decoded
     assert len(connection.decoded) <= h2.DECODED_BLOCKS
 
 
@@ -619,3 +622,69 @@ def test_envoys_block_for_every_ext_proc_stream_is_decoded_once() -> None:
     assert connection.decoded == {block: tuple(first)}
     second = connection._decode(block)
     assert second == first and second is not first  # a copy: the stream may keep it
+
+
+# -- malformed requests (RFC 9113 §8.2, §8.3) ------------------------------------------------------
+
+MALFORMED = {
+    "uppercase name": [*REQUEST, (b"X-Upper", b"1")],
+    "space in a name": [*REQUEST, (b"x upper", b"1")],
+    "colon in a name": [*REQUEST, (b"x:y", b"1")],
+    "empty name": [*REQUEST, (b"", b"1")],
+    "NUL in a value": [*REQUEST, (b"x-a", b"a\0b")],
+    "whitespace around a value": [*REQUEST, (b"x-a", b" a")],
+    "unknown pseudo-header": [*REQUEST, (b":foo", b"1")],
+    ":status in a request": [(b":status", b"200"), *REQUEST],
+    "pseudo-header after a regular one": [(b"content-type", b"application/grpc"),
+                                          *(h for h in REQUEST if h[0] != b"content-type")],
+    "no :method or :scheme": [h for h in REQUEST if h[0] not in (b":method", b":scheme")],
+    "empty :path": [(k, v if k != b":path" else b"") for k, v in REQUEST],
+    "connection": [*REQUEST, (b"connection", b"keep-alive")],
+    "keep-alive": [*REQUEST, (b"keep-alive", b"5")],
+    "transfer-encoding": [*REQUEST, (b"transfer-encoding", b"chunked")],
+    "upgrade": [*REQUEST, (b"upgrade", b"h2c")],
+    "te other than trailers": [(k, v if k != b"te" else b"gzip") for k, v in REQUEST],
+    "two :path": [*REQUEST[:4], (b":path", b"/other"), *REQUEST[4:]],
+}
+
+
+@pytest.mark.parametrize("block", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_request_is_a_stream_error_and_the_connection_serves_on(block: list[tuple[bytes, bytes]]) -> None:
+    log = Log()
+    peer = Peer(echo_routes(log))
+    peer.send(frame(h2.HEADERS, h2.END_HEADERS, 1, literal_block(block))
+              + frame(h2.DATA, h2.END_STREAM, 1, grpc_message(b"hi")))
+    assert log.of(1) == [] and peer.resets() == {1: h2.PROTOCOL_ERROR}
+    peer.send(frame(h2.HEADERS, h2.END_HEADERS, 3, literal_block())
+              + frame(h2.DATA, h2.END_STREAM, 3, grpc_message(b"hi")))
+    assert log.of(3) == ["created", "message", "end"] and peer.goaway() is None
+
+
+def test_well_formed_variants_are_served() -> None:
+    log = Log()
+    peer = Peer(echo_routes(log))
+    no_authority = [h for h in REQUEST if h[0] != b":authority"]  # RFC 9113 §8.3.1 allows it
+    for sid, block in enumerate((no_authority, [*REQUEST, (b"x-empty", b""), (b"te", b"Trailers")]), start=0):
+        peer.send(frame(h2.HEADERS, h2.END_HEADERS, 2 * sid + 1, literal_block(block))
+                  + frame(h2.DATA, h2.END_STREAM, 2 * sid + 1, grpc_message(b"hi")))
+    assert log.of(1) == log.of(3) == ["created", "message", "end"] and not peer.resets()
+
+
+def test_trailers_with_a_pseudo_header_reset_the_stream() -> None:
+    log = Log()
+    peer = Peer(echo_routes(log, lambda m: []))
+    peer.send(frame(h2.HEADERS, h2.END_HEADERS, 1, literal_block()) + frame(h2.DATA, 0, 1, grpc_message(b"hi"))
+              + frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, literal_block([(b":path", b"/x")])))
+    assert log.of(1) == ["created", "message", "reset"] and peer.resets() == {1: h2.PROTOCOL_ERROR}
+
+
+def test_a_block_kept_decoded_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[int] = []
+    check = h2._malformed
+    monkeypatch.setattr(h2, "_malformed", lambda headers, trailers=False: checked.append(1) or check(headers, trailers))
+    log = Log()
+    peer = Peer(echo_routes(log))
+    for sid in range(1, 21, 2):
+        peer.send(frame(h2.HEADERS, h2.END_HEADERS, sid, literal_block())
+                  + frame(h2.DATA, h2.END_STREAM, sid, grpc_message(b"hi")))
+    assert len(log.events) == 30 and len(checked) == 1
