@@ -129,6 +129,10 @@ Malformed requests (RFC 9113 §8.2, §8.3)
     misplaced pseudo-headers, no ``:method``/``:scheme``/``:path``, pseudo-headers in trailers:
     RST_STREAM(PROTOCOL_ERROR), counted as a premature reset (a stream error, §8.1.1; the h2 library
     ends the connection). Checked once per distinct block: a block kept decoded was well formed.
+Graceful GOAWAY: ``GOAWAY_TIMEOUT`` = 1 s
+    Shutdown and ``Server.shed`` send GOAWAY(2^31-1) and a PING, then GOAWAY with the real last
+    stream id once the PING is acknowledged, or after 1 s without (grpc core's two phases, RFC
+    9113 §6.8): a stream Envoy opened while the first GOAWAY was on its way is served, not refused.
 ``HANDSHAKE_TIMEOUT`` = 20 s
     For the client preface and its SETTINGS (grpc core: 120 s); Envoy sends both at once.
     Otherwise GOAWAY(PROTOCOL_ERROR) and the connection is aborted.
@@ -194,6 +198,8 @@ HANDSHAKE_TIMEOUT = 20.0  # seconds for the client preface and its SETTINGS
 KEEPALIVE_TIME = 60.0  # seconds without a complete frame from the peer before a PING (TCP and TLS)
 KEEPALIVE_TIMEOUT = 20.0  # seconds for its acknowledgement
 KEEPALIVE_PING = b"tollway!"  # our PING's payload
+GOAWAY_PING = b"goaway!!"  # the PING after the first GOAWAY of a graceful close (Connection.graceful_goaway)
+GOAWAY_TIMEOUT = 1.0  # seconds to wait for its acknowledgement before the final GOAWAY
 WRITE_LOW_WATER = 256 * 1024
 
 _frame_header = struct.Struct(">I B I")  # 24-bit length packed in the first 4 bytes with the type
@@ -427,7 +433,8 @@ class Connection(asyncio.Protocol):
         self.priority_frames = 0
         self.window_updates = 0
         self.data_frames_sent = 0
-        self.going_away = False
+        self.going_away = False  # no new streams (our final GOAWAY sent, or the client's received)
+        self.goaway_pending = False  # our first GOAWAY (2^31-1) is out, the final one waits for its PING's ack
         self.closed = False
         self.peer: str | None = None  # the client's identity (server.peer_identity), for every stream
         self.timer: asyncio.TimerHandle | None = None  # the handshake deadline, then the keepalive (_tick)
@@ -590,6 +597,8 @@ class Connection(asyncio.Protocol):
                 self._control(_frame(PING, ACK, 0, payload))
             elif payload == KEEPALIVE_PING:
                 self.pinged = False
+            elif payload == GOAWAY_PING and self.goaway_pending:
+                self._final_goaway()
         elif kind == RST_STREAM:
             self._rst_stream(sid, payload)
         elif kind == PRIORITY:
@@ -700,7 +709,7 @@ class Connection(asyncio.Protocol):
             raise _ConnectionError(PROTOCOL_ERROR, f"stream id {sid} reused")
         self.last_stream = sid
         self.opened_streams += 1
-        if self.going_away or self.server.draining:
+        if self.going_away or (self.server.draining and not self.goaway_pending):
             self._control(_frame(RST_STREAM, 0, sid, _u32.pack(REFUSED_STREAM)))
             return
         if malformed is not None:  # RFC 9113 §8.1.1: a stream error; it costs as a refused stream does
@@ -1117,7 +1126,31 @@ class Connection(asyncio.Protocol):
 
     def goaway(self, code: int) -> None:
         self.going_away = True
+        self.goaway_pending = False
         self.out.append(_frame(GOAWAY, 0, 0, _u32.pack(self.last_stream) + _u32.pack(code)))
+
+    def graceful_goaway(self) -> None:
+        """Send the connection away without losing a stream the client opens meanwhile (RFC 9113
+        §6.8, as grpc core does): GOAWAY(2^31-1) and a PING; once the PING is acknowledged (every
+        stream the client opened before is then known), or ``GOAWAY_TIMEOUT`` later, GOAWAY with
+        the last stream id; the connection closes once its streams are done."""
+        if self.going_away or self.goaway_pending or self.closed:
+            return
+        self.goaway_pending = True
+        self.out.append(_frame(GOAWAY, 0, 0, _u32.pack(MAX_WINDOW) + _u32.pack(NO_ERROR)))
+        self.out.append(_frame(PING, 0, 0, GOAWAY_PING))
+        self._flush()
+        if self.loop is not None:
+            self.loop.call_later(GOAWAY_TIMEOUT, self._final_goaway)
+
+    def _final_goaway(self) -> None:
+        if not self.goaway_pending or self.closed:
+            return
+        self.goaway(NO_ERROR)
+        self._flush()
+        if not self.streams:
+            self._close()
+        self.server.check_drained()
 
     def _fail(self, code: int, abort: bool = False) -> None:
         """A connection error: GOAWAY with its code, then close (open calls are reset in
@@ -1208,14 +1241,10 @@ class Server:
     def shed(self) -> None:
         """Send one connection away (GOAWAY: its open streams finish, Envoy opens a new one, which
         the dealer gives a less busy worker): after a worker restart, the load spreads again."""
-        staying = [c for c in self.connections if not c.going_away and not c.closed]
+        staying = [c for c in self.connections if not c.going_away and not c.goaway_pending and not c.closed]
         if not staying:
             return
-        connection = min(staying, key=lambda c: len(c.streams))
-        connection.goaway(NO_ERROR)
-        connection._flush()
-        if not connection.streams:
-            connection._close()
+        min(staying, key=lambda c: len(c.streams)).graceful_goaway()
 
     def report_closed(self) -> None:
         """Tell the dealer a connection it gave this worker closed."""
@@ -1224,7 +1253,7 @@ class Server:
                 self._channel.send(b"-")
 
     def check_drained(self) -> None:
-        if self.draining and not any(c.streams for c in self.connections):
+        if self.draining and not any(c.streams or c.goaway_pending for c in self.connections):
             self._drained.set()
 
     async def shutdown(self, grace: float) -> None:
@@ -1236,10 +1265,7 @@ class Server:
             with contextlib.suppress(ValueError, RuntimeError):
                 asyncio.get_running_loop().remove_reader(self._channel.fileno())
         for connection in list(self.connections):
-            connection.goaway(NO_ERROR)
-            connection._flush()
-            if not connection.streams:
-                connection._close()
+            connection.graceful_goaway()
         self.check_drained()
         deadline = time.monotonic() + grace
         with contextlib.suppress(asyncio.TimeoutError):

@@ -688,3 +688,47 @@ def test_a_block_kept_decoded_is_checked_once(monkeypatch: pytest.MonkeyPatch) -
         peer.send(frame(h2.HEADERS, h2.END_HEADERS, sid, literal_block())
                   + frame(h2.DATA, h2.END_STREAM, sid, grpc_message(b"hi")))
     assert len(log.events) == 30 and len(checked) == 1
+
+
+# -- graceful GOAWAY in two phases -------------------------------------------------------------------
+
+
+def goaways(peer: Peer) -> list[tuple[int, int]]:
+    """The server's GOAWAY frames: (last stream id, error code)."""
+    return [(int.from_bytes(p[:4], "big"), int.from_bytes(p[4:8], "big")) for kind, _, _, p in peer.frames()
+            if kind == h2.GOAWAY]
+
+
+def test_a_stream_crossing_a_graceful_goaway_is_served() -> None:
+    log = Log()
+    peer = Peer(echo_routes(log, lambda m: []))  # stream 1's call answers later: it stays open
+    peer.send(frame(h2.HEADERS, h2.END_HEADERS, 1, literal_block()) + frame(h2.DATA, 0, 1, grpc_message(b"a")))
+    peer.server.connections.add(peer.connection)
+    peer.server.shed()  # the dealer rebalancing after a worker restart (shutdown sends the same)
+    assert goaways(peer) == [(2**31 - 1, h2.NO_ERROR)]
+    assert (h2.PING, 0, 0, h2.GOAWAY_PING) in peer.frames()
+    # Envoy sent stream 3 before it read that GOAWAY: served, not refused.
+    peer.send(frame(h2.HEADERS, h2.END_HEADERS, 3, literal_block())
+              + frame(h2.DATA, h2.END_STREAM, 3, grpc_message(b"b")))
+    assert log.of(3) == ["created", "message", "end"] and not peer.resets()
+    peer.send(frame(h2.PING, h2.ACK, 0, h2.GOAWAY_PING))  # every stream it opened before the ack is known
+    assert goaways(peer) == [(2**31 - 1, h2.NO_ERROR), (3, h2.NO_ERROR)]
+    peer.send(frame(h2.HEADERS, h2.END_HEADERS, 5, literal_block()))
+    assert peer.resets() == {5: h2.REFUSED_STREAM}
+    assert not peer.transport.closed  # stream 1 is still open
+    log.responders[1].finish()
+    assert peer.transport.closed
+
+
+def test_the_final_goaway_goes_after_a_timeout_without_the_pings_ack(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(h2, "GOAWAY_TIMEOUT", 0.05)
+
+    async def scenario() -> None:
+        peer = Peer(echo_routes(Log()))
+        peer.server.connections.add(peer.connection)
+        start = time.monotonic()
+        await peer.server.shutdown(5)
+        assert 0.05 <= time.monotonic() - start < 1
+        assert goaways(peer) == [(2**31 - 1, h2.NO_ERROR), (0, h2.NO_ERROR)] and peer.transport.closed
+
+    asyncio.run(scenario())
