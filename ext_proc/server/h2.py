@@ -1021,8 +1021,16 @@ class Connection(asyncio.Protocol):
                 self._deliver(sid, stream)
                 if stream.outbox or self.streams.get(sid) is not stream:
                     return
-        if stream.trailers is not None:
-            self.out.append(_frame(HEADERS, END_HEADERS | END_STREAM, sid, stream.trailers))
+        block = stream.trailers
+        if block is not None:
+            if len(block) <= self.peer_max_frame:
+                self.out.append(_frame(HEADERS, END_HEADERS | END_STREAM, sid, block))
+            else:  # a long grpc-message (an unknown method's path): CONTINUATION frames (RFC 9113 §4.2)
+                size = self.peer_max_frame
+                self.out.append(_frame(HEADERS, END_STREAM, sid, block[:size]))
+                for start in range(size, len(block), size):
+                    last = start + size >= len(block)
+                    self.out.append(_frame(CONTINUATION, END_HEADERS if last else 0, sid, block[start : start + size]))
             stream.trailers = None
             if not stream.remote_closed:
                 # The answer is complete before the request (RFC 9113 §8.1): ask the client to stop.

@@ -732,3 +732,22 @@ def test_the_final_goaway_goes_after_a_timeout_without_the_pings_ack(monkeypatch
         assert goaways(peer) == [(2**31 - 1, h2.NO_ERROR), (0, h2.NO_ERROR)] and peer.transport.closed
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("max_frame", [16384, 20000])
+def test_trailers_longer_than_the_peers_max_frame_size_go_in_continuation_frames(max_frame: int) -> None:
+    log = Log()
+    peer = Peer(echo_routes(log), client_settings={5: max_frame})  # MAX_FRAME_SIZE
+    long = [h if h[0] != b":path" else (b":path", b"/" + b"a" * 40000) for h in REQUEST]
+    peer.client.send_headers(1, long, end_stream=True)
+    events = peer.pump()
+    out = [(kind, flags, p) for kind, flags, sid, p in peer.frames() if sid == 1]
+    assert [kind for kind, _, _ in out] == [h2.HEADERS, h2.CONTINUATION, h2.CONTINUATION]
+    assert max(len(p) for _, _, p in out) <= max_frame
+    assert out[0][1] == h2.END_STREAM and out[-1][1] == h2.END_HEADERS and not out[1][1]
+    trailers = dict(Decoder().decode(b"".join(p for _, _, p in out), raw=True))
+    assert trailers[b"grpc-status"] == b"12" and trailers[b"grpc-message"].endswith(b"a" * 40000)
+    # The h2 client reassembles them: the stream ended with its trailers, the connection is fine.
+    assert [type(e).__name__ for e in events if getattr(e, "stream_id", None) == 1] == [
+        "ResponseReceived", "StreamEnded"]
+    assert peer.goaway() is None
