@@ -75,7 +75,8 @@ follow the servers that were fixed for each attack (nghttp2, Go's ``net/http2``,
     requests (before: 100 streams x 64 MiB); two 64 MiB messages at once always pass.
 ``MAX_MESSAGE`` = 64 MiB
     A gRPC message whose length prefix says more ends its stream (INTERNAL), before any of it is
-    buffered: it bounds a stream's inbox.
+    buffered: it bounds a stream's inbox. A stream half-closed inside a message ends INTERNAL too
+    (its call is reset, as gRPC answers a message cut short).
 ``MAX_HEADER_BLOCK`` = 64 KiB, ``MAX_CONTINUATIONS`` = 8
     A request's compressed header block (HEADERS plus CONTINUATION fragments) and its decoded
     header list (``hpack``'s ``max_header_list_size``, advertised as MAX_HEADER_LIST_SIZE) are
@@ -832,7 +833,10 @@ class Connection(asyncio.Protocol):
             if replies:
                 self._send(sid, stream, *replies)
         if stream.remote_closed and not stream.ended and not stream.done and not stream.outbox:
-            self._end(sid, stream)
+            if inbox:  # half-closed inside a message: gRPC's INTERNAL, not the call's end
+                self._fail_call(sid, stream, "incomplete message at the end of the stream")
+            else:
+                self._end(sid, stream)
 
     def _end(self, sid: int, stream: _Stream) -> None:
         stream.ended = True

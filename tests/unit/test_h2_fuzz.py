@@ -344,8 +344,8 @@ class Reference:
                     self.pending[event.stream_id] = bytearray()
                 self.pending[event.stream_id] += grpc_message(message)
         elif isinstance(event, StreamEnded) and event.stream_id in self.inbox:
-            if event.stream_id not in self.pending:  # no request message: as Tollway's server, INTERNAL
-                self._fail(event.stream_id)
+            if event.stream_id not in self.pending or self.inbox[event.stream_id]:
+                self._fail(event.stream_id)  # no request message, or half of one: as Tollway's server, INTERNAL
                 return
             self.ending.add(event.stream_id)
             del self.inbox[event.stream_id]

@@ -751,3 +751,17 @@ def test_trailers_longer_than_the_peers_max_frame_size_go_in_continuation_frames
     assert [type(e).__name__ for e in events if getattr(e, "stream_id", None) == 1] == [
         "ResponseReceived", "StreamEnded"]
     assert peer.goaway() is None
+
+
+@pytest.mark.parametrize("tail", [b"\0\0\0", grpc_message(b"cut short")[:-3]],
+                         ids=["a partial prefix", "a partial message"])
+def test_a_half_close_inside_a_message_is_internal_and_resets_the_call(tail: bytes) -> None:
+    log = Log()
+    peer = Peer(echo_routes(log))
+    peer.send(frame(h2.HEADERS, h2.END_HEADERS, 1, literal_block())
+              + frame(h2.DATA, h2.END_STREAM, 1, grpc_message(b"hi") + tail))
+    trailers = [dict(Decoder().decode(p, raw=True)) for kind, flags, _, p in peer.frames()
+                if kind == h2.HEADERS and flags & h2.END_STREAM]
+    assert trailers[-1][b"grpc-status"] == b"13"
+    assert log.of(1) == ["created", "message", "reset"]  # the call does not end as if all had come
+    assert 1 not in peer.connection.streams and peer.goaway() is None
