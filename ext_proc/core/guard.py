@@ -159,7 +159,8 @@ def encode_back(encoding: Any, ids: list[int], now: str) -> list[int]:
     between documents) stays its id, never the ordinary tokens of its spelling; each stretch
     between special tokens keeps its own ids where the guard left it alone, and is encoded anew
     where it changed. When the special tokens are no longer where they were (a finding spanned
-    one), the whole text is encoded with the special tokens the ids held allowed."""
+    one, and the replaced text took it), the whole text is encoded as ordinary text: a spelling
+    of a special token the client sent as ordinary tokens stays ordinary, never the special one."""
     specials = {encoding.encode_single_token(name): name for name in encoding.special_tokens_set}
     runs: list[list[int]] = [[]]  # the ordinary ids between special tokens
     marks: list[int] = []  # the special tokens, in order
@@ -179,9 +180,8 @@ def encode_back(encoding: Any, ids: list[int], now: str) -> list[int]:
             end = now.find(name, at + len(was) if kept else at)
             for _ in range(0 if kept else was.count(name)):
                 end = now.find(name, end + len(name)) if end >= 0 else end
-            if end < 0:
-                whole: list[int] = encoding.encode(now, allowed_special={specials[mark] for mark in marks},
-                                                   disallowed_special=())
+            if end < 0:  # a finding swallowed a special token: it went with the text replaced
+                whole: list[int] = encoding.encode(now, disallowed_special=())
                 return whole
         else:
             end = len(now)

@@ -890,6 +890,23 @@ def test_a_redacted_token_prompt_keeps_its_special_tokens_and_unchanged_ids() ->
         assert rest[:len(untouched)] == untouched and rest[len(untouched):] in ([fim], [])
 
 
+def test_a_finding_across_a_special_token_never_makes_a_literal_spelling_special() -> None:
+    """A key block holding ``<|endoftext|>`` is replaced with it (the special token goes with the
+    value); a literal ``<|endoftext|>`` the client sent as ordinary tokens elsewhere stays ordinary."""
+    redacting = compile_policy(HEAD + "guardrails:\n  rules:\n    - {name: keys, detectors: [private_key], "
+                                      "action: redact}\n")
+    encoding = encodings.encoding_for_model("gpt-4o")
+    end = encoding.encode_single_token("<|endoftext|>")
+    ids = [*encoding.encode("literal <|endoftext|> here -----BEGIN RSA PRIVATE KEY-----\nMIIE",
+                            disallowed_special=()), end,
+           *encoding.encode("ow\n-----END RSA PRIVATE KEY----- end")]
+    _, _, sent = post("/v1/completions", {"model": "gpt-4o", "prompt": ids}, policy=redacting)
+    assert isinstance(sent, Continue) and sent.body is not None
+    prompt = orjson.loads(sent.body)["prompt"]
+    assert end not in prompt
+    assert encoding.decode(prompt) == "literal <|endoftext|> here [PRIVATE_KEY_1] end"
+
+
 def test_custom_words_block_in_any_case() -> None:
     _, _, answer = post("/v1/chat/completions", chat("Status of project Red  Falcon?"))
     assert answer.status == 400 and b"codename" in answer.body
