@@ -106,13 +106,15 @@ class TokenPrompts:
     tokenizer of every target: OpenAI's models (tiktoken); another model's ids are refused (fail
     closed), never passed unread."""
 
-    __slots__ = ("_decoded", "_encoding")
+    __slots__ = ("_decoded", "_empty", "_encoding")
 
     _FIELDS: ClassVar[dict[str, str]] = {"openai.completions": "prompt", "openai.embeddings": "input"}
 
-    def __init__(self, encoding: Any, decoded: list[tuple[Any, Any, list[int], str]]) -> None:
+    def __init__(self, encoding: Any, decoded: list[tuple[Any, Any, list[int], str]],
+                 empty: list[tuple[Any, Any]] | None = None) -> None:
         self._encoding = encoding
         self._decoded = decoded
+        self._empty = empty or []  # empty token arrays: an empty text for the guard, [] again going out
 
     @classmethod
     def decoded(cls, flow: Flow, api: str, payload: dict[str, Any]) -> TokenPrompts | None:
@@ -124,9 +126,13 @@ class TokenPrompts:
             places: list[tuple[Any, Any]] = [(payload, field)]
         else:
             places = [(value, i) for i, item in enumerate(value)
-                      if isinstance(item, list) and item and all(is_token(t) for t in item)]
+                      if isinstance(item, list) and all(is_token(t) for t in item)]
+        empty = [(container, key) for container, key in places if not container[key]]
+        for container, key in empty:  # an empty token array is an empty text: no tokenizer needed
+            container[key] = ""
+        places = [(container, key) for container, key in places if container[key] != ""]
         if not places:
-            return None
+            return cls(None, [], empty) if empty else None
         names = {_encoding(target) for target in flow.chain}
         if len(names) != 1 or None in names:
             model = flow.target.upstream_model if flow.target is not None else "?"
@@ -146,12 +152,14 @@ class TokenPrompts:
                                   field) from None
             container[key] = text
             decoded.append((container, key, ids, text))
-        return cls(encoding, decoded)
+        return cls(encoding, decoded, empty)
 
     def encode_back(self) -> None:
         for container, key, ids, text in self._decoded:
             now = container[key]
             container[key] = ids if now == text else encode_back(self._encoding, ids, now)
+        for container, key in self._empty:
+            container[key] = []
 
 
 def encode_back(encoding: Any, ids: list[int], now: str) -> list[int]:

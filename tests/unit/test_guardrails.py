@@ -890,6 +890,29 @@ def test_a_redacted_token_prompt_keeps_its_special_tokens_and_unchanged_ids() ->
         assert rest[:len(untouched)] == untouched and rest[len(untouched):] in ([fim], [])
 
 
+@pytest.mark.parametrize(("path", "field", "value"), [
+    ("/v1/completions", "prompt", [[]]),
+    ("/v1/completions", "prompt", [[], "MAIL"]),
+    ("/v1/embeddings", "input", [[], "MAIL", []]),
+])
+def test_an_empty_token_array_is_an_empty_text(path: str, field: str, value: list[Any]) -> None:
+    """``[[]]`` (no tokenizer needed) or ``[[1, 2], []]`` is read, the empty array as an empty text,
+    and goes out as ``[]`` again, not refused as an unread place."""
+    encoding = encodings.encoding_for_model("gpt-4o")
+    mail = encoding.encode("mail x@example.com")
+    value = [mail if item == "MAIL" else item for item in value]
+    for model in ("gpt-4o", "llama") if value == [[]] else ("gpt-4o",):
+        local = compile_policy(HEAD.replace("  claude-x: {provider: anthropic}\n", "  claude-x: {provider: anthropic}\n"
+                                            "  llama: {provider: vllm}\n").replace(
+            "providers:\n", "providers:\n  vllm: {kind: openai-compatible, endpoint: 'http://vllm.local:8000'}\n")
+            + GUARDRAILS)
+        _, _, sent = post(path, {"model": model, field: value}, policy=local)
+        assert isinstance(sent, Continue), sent
+        out = orjson.loads(sent.body)[field] if sent.body is not None else value
+        assert [item if item == [] else encoding.decode(item) for item in out] == [
+            [] if item == [] else "mail [EMAIL_1]" for item in value]
+
+
 def test_a_finding_across_a_special_token_never_makes_a_literal_spelling_special() -> None:
     """A key block holding ``<|endoftext|>`` is replaced with it (the special token goes with the
     value); a literal ``<|endoftext|>`` the client sent as ordinary tokens elsewhere stays ordinary."""
