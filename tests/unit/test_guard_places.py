@@ -168,6 +168,27 @@ def test_a_text_of_a_shape_the_guard_does_not_read_is_refused_not_sent_unread(pa
     assert records(session)[0]["error"] == "invalid_type"
 
 
+def test_a_custom_tool_calls_input_goes_upstream_redacted_and_comes_back_redacted() -> None:
+    """A chat custom tool's call (``tool_calls[].custom.input``, free text) is read like a function
+    call's arguments, in the request and in the JSON answer; an input of another type is refused."""
+    body = chat("hi")
+    body["messages"] += [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "custom", "custom": {"name": "mail", "input": f"to {EMAIL} card {CARD}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+    call = _sent("/v1/chat/completions", body)["messages"][2]["tool_calls"][0]
+    assert call["custom"] == {"name": "mail", "input": "to [EMAIL_1] card [CREDIT_CARD_1]"}
+    session, _, _ = post("/v1/chat/completions", chat("hi"))
+    answer = _answer(session, {"model": "gpt-4o", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None, "tool_calls": [
+            {"id": "c2", "type": "custom", "custom": {"name": "mail", "input": f"to {EMAIL}"}}]}}]})
+    call = orjson.loads(answer.body)["choices"][0]["message"]["tool_calls"][0]
+    assert call["custom"]["input"] == "to [EMAIL_1]"
+    body["messages"][2]["tool_calls"][0]["custom"]["input"] = {"to": EMAIL}
+    _, _, refused = post("/v1/chat/completions", body)
+    assert refused.status == 400 and orjson.loads(refused.body)["error"]["param"] == (
+        "messages[2].tool_calls[0].custom.input")
+
+
 def test_a_function_call_outputs_content_items_go_upstream_redacted() -> None:
     """``output`` may be an array of content items (input_text, input_image, input_file): each text read."""
     body = {"model": "gpt-4o", "input": [
@@ -320,6 +341,26 @@ def test_legacy_function_call_arguments_split_anywhere_are_redacted(name: str) -
         sent = "".join(c.choices[0].delta.function_call.arguments for c in chunks
                        if c.choices and c.choices[0].delta.function_call)
         assert orjson.loads(sent) == {"to": placeholder} and secret.encode() not in out, (cut, out)
+
+
+@pytest.mark.parametrize("name", ["email", "card"])
+def test_a_streamed_custom_tool_calls_input_split_anywhere_is_redacted(name: str) -> None:
+    """``delta.tool_calls[].custom.input`` (a custom tool's free text) is a channel of its own, the
+    rest of a value held back to the call's end sent in a chunk of the same shape."""
+    secret, placeholder = SECRETS[name]
+    given = f"send to {secret}"
+    for cut in range(1, len(given)):
+        session = opened(OPENAI_CLIENT_SERVED_BY_OPENAI)
+        call = {"index": 0, "id": "c1", "type": "custom", "custom": {"name": "send", "input": ""}}
+        stream = (_chunk({"role": "assistant", "tool_calls": [call]})
+                  + _chunk({"tool_calls": [{"index": 0, "custom": {"input": given[:cut]}}]})
+                  + _chunk({"tool_calls": [{"index": 0, "custom": {"input": given[cut:]}}]})
+                  + _chunk({}, "tool_calls") + b"data: [DONE]\n\n")
+        out = play(session, [stream])
+        chunks = [orjson.loads(e.data) for e in whole_events(out) if e.data != b"[DONE]"]
+        sent = "".join(call["custom"]["input"] for chunk in chunks for choice in chunk["choices"]
+                       for call in choice["delta"].get("tool_calls") or ())
+        assert sent == f"send to {placeholder}" and secret.encode() not in out, (cut, out)
 
 
 def test_a_streamed_chunks_logprobs_are_dropped_where_its_text_changed() -> None:

@@ -17,8 +17,8 @@ closes (a choice's ``finish_reason``, ``content_block_stop``) the text still hel
 in an event of the same kind placed just before the closing one, so the stream keeps the shape
 the client's SDK (and Tollway's translators) expect.
 
-Covered: chat completions (every message role, string or part content, tool calls and tool
-results, refusals, ``prediction``; the answer's legacy ``function_call`` and URL citations),
+Covered: chat completions (every message role, string or part content, tool calls (a
+function's arguments, a custom tool's input) and tool results, refusals, ``prediction``; the answer's legacy ``function_call`` and URL citations),
 completions (``prompt``, ``suffix``), embeddings (``input``), Messages and ``count_tokens``
 (``system``, every content block: text and its citations, ``tool_use`` input, ``tool_result``
 content, documents' text, title and context, search results; an answer's thinking, where

@@ -89,6 +89,9 @@ def _message(message: dict[str, Any], role: str, scrub: dict[str, Any] | None = 
         if isinstance(function, dict):
             yield from _field(function, "arguments", role, f"{where}.tool_calls[{number}].function.arguments",
                               "a string (of JSON)", json_text=True)
+        custom = call.get("custom") if isinstance(call, dict) else None
+        if isinstance(custom, dict):  # a custom tool's call: its input is free text (a grammar's, or none)
+            yield from _field(custom, "input", role, f"{where}.tool_calls[{number}].custom.input")
     legacy = message.get("function_call")
     if isinstance(legacy, dict):
         yield from _field(legacy, "arguments", role, f"{where}.function_call.arguments", "a string (of JSON)",
@@ -196,15 +199,18 @@ class OpenAIStream(StreamTexts):
                                 delta[field] = new
                                 altered = True
                     for call in delta.get("tool_calls") or ():
-                        function = call.get("function") if isinstance(call, dict) else None
-                        value = function.get("arguments") if isinstance(function, dict) else None
+                        # A function's arguments (JSON text), or a custom tool's input (free text).
+                        kind, field = ("custom", "input") if _custom(call) else ("tool", "arguments")
+                        function = call.get("custom" if kind == "custom" else "function") \
+                            if isinstance(call, dict) else None
+                        value = function.get(field) if isinstance(function, dict) else None
                         if isinstance(value, str) and value:
                             assert isinstance(call, dict) and isinstance(function, dict)
-                            tool = (index, "tool", call.get("index", 0))
-                            self.open[tool] = ("tool", True)
-                            own[tool] = new = text(tool, value, True)
+                            tool = (index, kind, call.get("index", 0))
+                            self.open[tool] = (kind, kind == "tool")
+                            own[tool] = new = text(tool, value, kind == "tool")
                             if new != value:
-                                function["arguments"] = new
+                                function[field] = new
                                 altered = True
                     legacy = delta.get("function_call")  # the deprecated single call
                     value = legacy.get("arguments") if isinstance(legacy, dict) else None
@@ -256,6 +262,9 @@ class OpenAIStream(StreamTexts):
             if kind == "tool":
                 delta: dict[str, Any] = {"tool_calls": [{"index": channel[2], "function": {"arguments": rest}}]}
                 choice: dict[str, Any] = {"index": channel[0], "delta": delta, "finish_reason": None}
+            elif kind == "custom":
+                delta = {"tool_calls": [{"index": channel[2], "custom": {"input": rest}}]}
+                choice = {"index": channel[0], "delta": delta, "finish_reason": None}
             elif kind == "function":
                 choice = {"index": channel[0], "delta": {"function_call": {"arguments": rest}}, "finish_reason": None}
             elif kind == "text":
@@ -274,10 +283,15 @@ def _carried(index: Any, delta: dict[str, Any]) -> set[tuple[Any, ...]]:
                                      if isinstance(delta.get(field), str) and delta[field]}
     for call in delta.get("tool_calls") or ():
         if isinstance(call, dict):
-            carried.add((index, "tool", call.get("index", 0)))
+            carried.add((index, "custom" if _custom(call) else "tool", call.get("index", 0)))
     if isinstance(delta.get("function_call"), dict):
         carried.add((index, "function"))
     return carried
+
+
+def _custom(call: Any) -> bool:
+    """Whether a streamed tool call is a custom tool's (``custom.input``, free text), not a function's."""
+    return isinstance(call, dict) and isinstance(call.get("custom"), dict)
 
 
 def _clear(choice: dict[str, Any], own: dict[tuple[Any, ...], str]) -> None:
@@ -287,10 +301,13 @@ def _clear(choice: dict[str, Any], own: dict[tuple[Any, ...], str]) -> None:
             choice["text"] = ""
             continue
         delta = choice["delta"]
-        if channel[1] == "tool":
+        if channel[1] in ("tool", "custom"):
             for call in delta.get("tool_calls") or ():
                 if isinstance(call, dict) and call.get("index", 0) == channel[2]:
-                    call["function"]["arguments"] = ""
+                    if channel[1] == "custom":
+                        call["custom"]["input"] = ""
+                    else:
+                        call["function"]["arguments"] = ""
         elif channel[1] == "function":
             delta["function_call"]["arguments"] = ""
         else:
