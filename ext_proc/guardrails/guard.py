@@ -328,8 +328,10 @@ class Guard:
         budget = Budget()  # the scanner's work the prompt may make
         refs = []
         for ref in walker.request(payload):
-            if isinstance(ref, Unread):  # a text Tollway cannot read never goes out unread
-                raise Unreadable(ref)
+            if isinstance(ref, Unread):  # a text the plan would read never goes out unread
+                if self._reads(ref.role, rules, system_rules):
+                    raise Unreadable(ref)
+                continue
             if ref.get():
                 refs.append(ref)
         found: list[Sequence[Finding]] = []  # each text's findings (the worker's memory of texts first)
@@ -384,6 +386,17 @@ class Guard:
             if self.score >= plan.threshold:
                 self.injection_found()
         return changed, scored
+
+    def _reads(self, role: str, rules: Mapping[str, Rule], system_rules: Mapping[str, Rule] | None) -> bool:
+        """Whether the prompt's guard reads a text of ``role``: a rule finds values in it, the
+        injection scorer scores it (users' and tools' text) or reads it as the context of the
+        scores, or the answer's guard looks for what it keeps (the application's instructions).
+        A place of a shape the guard does not read is refused only where it would be read."""
+        plan = self.plan
+        if role == "system":
+            return bool(rules if system_rules is None else system_rules) or KEPT in plan.response or (
+                plan.injection is not None and plan.instructions)
+        return bool(rules) or (plan.injection is not None and role in INJECTION_ROLES)
 
     def injection_found(self) -> None:
         """Prompt injection was found (by the built-in scorer or the classifier): count; block if so ruled."""

@@ -21,7 +21,8 @@ from ext_proc.core.events import RequestBody, RequestHeaders
 from ext_proc.core.session import Session
 from ext_proc.server.accounting import ServiceAccountant
 from tests.unit.test_guard_streams import SECRETS, opened
-from tests.unit.test_guardrails import POLICY, _answer, chat, post
+from ext_proc.policy.compile import compile_policy
+from tests.unit.test_guardrails import HEAD, POLICY, _answer, chat, post
 from tests.unit.test_session_stream_splits import ROUTES, Route, play, records, sdk_events, whole_events
 
 EMAIL = "jane.doe@example.com"
@@ -139,7 +140,6 @@ def test_a_credential_in_metadata_blocks_and_metadata_is_not_scored_for_injectio
      "instructions[0].content[0].text"),
     ("/v1/responses", {"model": "gpt-4o", "input": "hi", "prompt": {"id": "p", "variables": {"n": int(CARD)}}},
      "prompt.variables.n"),
-    ("/v1/responses", {"model": "gpt-4o", "input": "hi", "metadata": {"card": int(CARD)}}, "metadata.card"),
     ("/v1/responses", {"model": "gpt-4o", "input": "hi", "user": int(CARD)}, "user"),
     ("/v1/chat/completions", chat("hi", metadata=[CARD]), "metadata"),
     ("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": {"text": CARD}}]},
@@ -166,6 +166,51 @@ def test_a_text_of_a_shape_the_guard_does_not_read_is_refused_not_sent_unread(pa
     else:
         assert (error["code"], error["param"]) == ("invalid_type", param), error
     assert records(session)[0]["error"] == "invalid_type"
+
+
+RESPONSE_ONLY = compile_policy(HEAD + "guardrails:\n  rules:\n    - {name: pii, detectors: [pii], action: redact, "
+                                      "direction: response}\n")
+LOG_ONLY = compile_policy(HEAD + "guardrails:\n  rules:\n    - {name: pii, detectors: [pii], action: log}\n")
+INJECTION_ONLY = compile_policy(HEAD + "guardrails:\n  rules:\n    - {name: inj, detectors: [prompt_injection], "
+                                       "action: block}\n")
+
+
+def test_metadata_values_of_any_json_type_are_read_in_their_strings() -> None:
+    """LiteLLM's and Langfuse's ``metadata`` (``tags`` lists, trace objects, numbers) goes out, its
+    strings, long integers and keys guarded as a tool input's are."""
+    for model in ("gpt-4o", "claude-x"):
+        _, _, sent = post("/v1/chat/completions", chat("hi", model=model, metadata={
+            "tags": ["a", "b"], "trace": {"id": "x", "n": 1}, "n": 1, "ok": True, "none": None}))
+        assert isinstance(sent, Continue), sent
+    sent_body = _sent("/v1/chat/completions", chat("hi", metadata={
+        "tags": ["a", EMAIL], "trace": {"owner": EMAIL, "card": int(CARD)}, EMAIL: "x", "n": 1}))
+    assert sent_body["metadata"] == {"tags": ["a", "[EMAIL_1]"], "trace": {"owner": "[EMAIL_1]",
+                                     "card": "[CREDIT_CARD_1]"}, "[EMAIL_1]": "x", "n": 1}
+    sent_body = _sent("/v1/responses", {"model": "gpt-4o", "input": "hi", "metadata": {"card": int(CARD)}})
+    assert sent_body["metadata"] == {"card": "[CREDIT_CARD_1]"}
+
+
+@pytest.mark.parametrize("body", [
+    chat("hi", metadata=[CARD]),
+    {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "pay", "arguments": {"card": CARD}}}]}]},
+])
+def test_a_place_of_an_unread_shape_is_refused_only_where_the_plan_reads_it(body: dict[str, Any]) -> None:
+    """A policy whose request side reads nothing there (a response-only rule, an injection rule for
+    metadata or the model's own calls) sends it on; one whose rules would read it refuses it."""
+    _, _, refused = post("/v1/chat/completions", body)
+    assert isinstance(refused, Respond) and b"invalid_type" in refused.body
+    _, _, logged = post("/v1/chat/completions", body, policy=LOG_ONLY)  # a log rule reads it, too
+    assert isinstance(logged, Respond) and b"invalid_type" in logged.body
+    for policy in (RESPONSE_ONLY, INJECTION_ONLY):
+        _, _, sent = post("/v1/chat/completions", body, policy=policy)
+        assert isinstance(sent, Continue), (policy, sent)
+    # Users' text is scored for injection: an unread shape there is refused under an injection rule.
+    unread = {"model": "gpt-4o", "messages": [{"role": "user", "content": {"text": "hi"}}]}
+    _, _, refused = post("/v1/chat/completions", unread, policy=INJECTION_ONLY)
+    assert isinstance(refused, Respond) and b"invalid_type" in refused.body
+    _, _, sent = post("/v1/chat/completions", unread, policy=RESPONSE_ONLY)
+    assert isinstance(sent, Continue)
 
 
 def test_a_custom_tool_calls_input_goes_upstream_redacted_and_comes_back_redacted() -> None:

@@ -39,8 +39,10 @@ API is one more walker class (a module per API family: :mod:`.openai`, :mod:`.an
 :mod:`.responses`; what they share in :mod:`.base`) and one line in :data:`WALKERS`; a request
 whose API has no walker is refused while guardrails apply to it, and so is a request holding, where
 a walker reads text, a JSON type it does not read (an object for a call's ``arguments``, a number in
-``metadata``): the walker yields an :class:`Unread` place there, and the guard refuses the request
-(:class:`Unreadable`: a 400 ``invalid_type`` naming the field) rather than send it on unread.
+``user``): the walker yields an :class:`Unread` place there, and the guard refuses the request
+(:class:`Unreadable`: a 400 ``invalid_type`` naming the field) rather than send it on unread, when
+its plan reads that place (:meth:`~ext_proc.guardrails.guard.Guard.prompt`). ``metadata``'s values
+are read in their strings whatever their type.
 
 A Responses stream repeats its text: the deltas, then the ``*.done`` event of the channel, the
 ``response.content_part.done`` and ``response.output_item.done`` events, and the whole

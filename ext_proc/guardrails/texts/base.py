@@ -124,15 +124,16 @@ IDENTIFIERS = ("user", "safety_identifier", "prompt_cache_key")
 
 
 def _identifiers(payload: dict[str, Any]) -> Iterator[Ref]:
-    """An OpenAI request's (or a Responses ``response`` object's) identifiers and ``metadata`` values."""
+    """An OpenAI request's (or a Responses ``response`` object's) identifiers and ``metadata`` values:
+    a value that is no string (LiteLLM's and Langfuse's ``tags`` list, a trace object, a number) is
+    read in its strings, long integers and keys, as a tool input is (:func:`_strings`)."""
     for field in IDENTIFIERS:
         yield from _field(payload, field, METADATA, field)
     metadata = payload.get("metadata")
     if isinstance(metadata, dict):
-        for key in metadata:
-            yield from _field(metadata, key, METADATA, f"metadata.{key}"[:100])
+        yield from _strings(metadata, METADATA)
     elif metadata is not None:
-        yield Unread(payload, "metadata", METADATA, param="metadata", must="an object of strings")
+        yield Unread(payload, "metadata", METADATA, param="metadata", must="an object")
 
 
 _DIGITS = 100_000  # integers from here on are read as text: shorter ones are no identifier's digits
