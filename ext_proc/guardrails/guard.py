@@ -142,6 +142,11 @@ def _whole_numbers(text: str, findings: Sequence[Finding]) -> Sequence[Finding]:
     return findings if len(kept) == len(findings) else kept
 
 
+def _acting(rules: Mapping[str, Rule]) -> bool:
+    """Whether any of ``rules`` changes or blocks what it finds (not only ``log``)."""
+    return any(rule.action != "log" for rule in rules.values())
+
+
 def _redacting(rules: Mapping[str, Rule]) -> Mapping[str, Rule]:
     """``rules`` with each ``pseudonymise`` rule acting as ``redact`` (and recorded so): for a request
     continuing a conversation the provider stores, whose earlier turns hold placeholders other
@@ -388,15 +393,18 @@ class Guard:
         return changed, scored
 
     def _reads(self, role: str, rules: Mapping[str, Rule], system_rules: Mapping[str, Rule] | None) -> bool:
-        """Whether the prompt's guard reads a text of ``role``: a rule finds values in it, the
-        injection scorer scores it (users' and tools' text) or reads it as the context of the
-        scores, or the answer's guard looks for what it keeps (the application's instructions).
-        A place of a shape the guard does not read is refused only where it would be read."""
+        """Whether the prompt's guard would act on a text of ``role``: a rule that changes or
+        blocks what it finds there, an injection rule that blocks (users' and tools' text, and the
+        instructions as the context of their scores), or a rule for answers that looks for what
+        the instructions keep. A place of a shape the guard does not read is refused only then: a
+        ``log`` rule would not have changed it (only its count is missed)."""
         plan = self.plan
+        injection = plan.injection is not None and plan.injection.action != "log"
         if role == "system":
-            return bool(rules if system_rules is None else system_rules) or KEPT in plan.response or (
-                plan.injection is not None and plan.instructions)
-        return bool(rules) or (plan.injection is not None and role in INJECTION_ROLES)
+            kept_rule = plan.response.get(KEPT)
+            return (_acting(rules if system_rules is None else system_rules)
+                    or (kept_rule is not None and kept_rule.action != "log") or (injection and plan.instructions))
+        return _acting(rules) or (injection and role in INJECTION_ROLES)
 
     def injection_found(self) -> None:
         """Prompt injection was found (by the built-in scorer or the classifier): count; block if so ruled."""

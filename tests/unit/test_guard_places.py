@@ -196,13 +196,11 @@ def test_metadata_values_of_any_json_type_are_read_in_their_strings() -> None:
         {"id": "c", "type": "function", "function": {"name": "pay", "arguments": {"card": CARD}}}]}]},
 ])
 def test_a_place_of_an_unread_shape_is_refused_only_where_the_plan_reads_it(body: dict[str, Any]) -> None:
-    """A policy whose request side reads nothing there (a response-only rule, an injection rule for
-    metadata or the model's own calls) sends it on; one whose rules would read it refuses it."""
+    """A policy whose request side would not act there (a response-only rule, a log-only rule, an
+    injection rule for metadata or the model's own calls) sends it on; one whose rules would, refuses it."""
     _, _, refused = post("/v1/chat/completions", body)
     assert isinstance(refused, Respond) and b"invalid_type" in refused.body
-    _, _, logged = post("/v1/chat/completions", body, policy=LOG_ONLY)  # a log rule reads it, too
-    assert isinstance(logged, Respond) and b"invalid_type" in logged.body
-    for policy in (RESPONSE_ONLY, INJECTION_ONLY):
+    for policy in (RESPONSE_ONLY, INJECTION_ONLY, LOG_ONLY):  # a log rule would not change it either
         _, _, sent = post("/v1/chat/completions", body, policy=policy)
         assert isinstance(sent, Continue), (policy, sent)
     # Users' text is scored for injection: an unread shape there is refused under an injection rule.
