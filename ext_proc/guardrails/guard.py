@@ -45,6 +45,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import hmac
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -63,7 +66,7 @@ from .jsontext import OUTSIDE, bare_number, json_state
 from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable
-from .texts import METADATA, StreamTexts, Unread, Unreadable, Walker
+from .texts import METADATA, Identifier, StreamTexts, Unread, Unreadable, Walker
 
 PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
 _PLACEHOLDER_CHARS = r"[\[\]A-Z0-9_]"
@@ -145,6 +148,21 @@ def _whole_numbers(text: str, findings: Sequence[Finding]) -> Sequence[Finding]:
 def _acting(rules: Mapping[str, Rule]) -> bool:
     """Whether any of ``rules`` changes or blocks what it finds (not only ``log``)."""
     return any(rule.action != "log" for rule in rules.values())
+
+
+# The key of the identifiers' digests (Guard._identifier): drawn when this module is imported, in
+# the workers' zygote, so every worker of one Tollway process gives a value the same digest; another
+# process (a replica, a sidecar, a restart) draws its own. Never leaves the process: the provider
+# cannot turn a digest back into the address it stands for by hashing guesses.
+_IDENTIFIER_KEY = os.urandom(32)
+IDENTIFIER_PREFIX = "tollway-"
+
+
+def identifier_digest(value: str) -> str:
+    """What the provider gets for an identifier the rules would change: ``tollway-`` and 16 hex digits
+    of the value's HMAC-SHA256 under this process's key (one per value, so users stay apart)."""
+    mac = hmac.new(_IDENTIFIER_KEY, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return IDENTIFIER_PREFIX + mac.hexdigest()[:16]
 
 
 def _redacting(rules: Mapping[str, Rule]) -> Mapping[str, Rule]:
@@ -278,8 +296,8 @@ class _Channel:
 class Guard:
     """One request's guardrails (see the module docstring)."""
 
-    __slots__ = ("_answered", "_channels", "_counts", "_holdback", "_json", "_kept", "_numbers", "_placeholders",
-                 "_stream", "plan", "score", "vault")
+    __slots__ = ("_answered", "_channels", "_counts", "_holdback", "_identities", "_json", "_kept", "_numbers",
+                 "_placeholders", "_stream", "plan", "score", "vault")
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -287,6 +305,7 @@ class Guard:
         self._placeholders: dict[tuple[str, str], str] = {}
         self._numbers: Counter[str] = Counter()
         self.vault: dict[str, str] = {}  # placeholder -> the pseudonymised value
+        self._identities: dict[str, str] = {}  # an identifier's digest -> the pseudonymised identifier
         self.score: float | None = None  # the prompt's injection score (built-in)
         self._channels: dict[tuple[Any, ...], _Channel] = {}
         self._holdback: Holdback | None = None
@@ -371,6 +390,8 @@ class Guard:
                 if findings:
                     new = self.apply(text, findings, rules, REQUEST, ref.json_text)
                     if new is not text:
+                        if isinstance(ref, Identifier):  # one digest per value: users stay apart
+                            new = self._identifier(text, findings, rules)
                         ref.set(new)
                         changed = True
                         text, key = new, None
@@ -405,6 +426,18 @@ class Guard:
             return (_acting(rules if system_rules is None else system_rules)
                     or (kept_rule is not None and kept_rule.action != "log") or (injection and plan.instructions))
         return _acting(rules) or (injection and role in INJECTION_ROLES)
+
+    def _identifier(self, value: str, findings: Sequence[Finding], rules: Mapping[str, Rule]) -> str:
+        """An identifier the rules change (``user``, ``safety_identifier``, ``prompt_cache_key``,
+        Messages' ``metadata.user_id``), as the provider gets it: its keyed digest, whole. A
+        placeholder would be the same ``[EMAIL_1]`` for every user of the organisation (numbered
+        per request): the provider's per-user abuse enforcement would see one user, and its
+        prompt-cache routing one key. Pseudonymised (every rule that changes it pseudonymises), it
+        comes back in what the answer echoes of the request (:meth:`_echo`)."""
+        digest = identifier_digest(value)
+        if all(rules[f.detector.name].action in ("pseudonymise", "log") for f in findings):
+            self._identities[digest] = value
+        return digest
 
     def injection_found(self) -> None:
         """Prompt injection was found (by the built-in scorer or the classifier): count; block if so ruled."""
@@ -512,6 +545,9 @@ class Guard:
         and pseudonyms are put back; not counted (the model did not say it), and a ``block``
         rule's value is replaced by its placeholder rather than refusing every answer to such
         instructions. Raises :class:`~.scanner.Unscannable`."""
+        original = self._identities.get(text)  # a pseudonymised identifier, echoed as its digest
+        if original is not None:
+            return orjson.dumps(original).decode()[1:-1] if json_text else original
         rules = self.plan.response
         findings: Sequence[Finding] = ()
         if rules:

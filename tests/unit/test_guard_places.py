@@ -19,9 +19,10 @@ import pytest
 from ext_proc.core.actions import Continue, Respond
 from ext_proc.core.events import RequestBody, RequestHeaders
 from ext_proc.core.session import Session
+from ext_proc.guardrails.guard import identifier_digest
+from ext_proc.policy.compile import compile_policy
 from ext_proc.server.accounting import ServiceAccountant
 from tests.unit.test_guard_streams import SECRETS, opened
-from ext_proc.policy.compile import compile_policy
 from tests.unit.test_guardrails import HEAD, POLICY, _answer, chat, post
 from tests.unit.test_session_stream_splits import ROUTES, Route, play, records, sdk_events, whole_events
 
@@ -108,8 +109,38 @@ def test_identifiers_and_metadata_go_upstream_redacted(path: str, body: dict[str
     """No text for the model, but the provider gets (and logs, and stores) them: the users' rules apply."""
     sent = _sent(path, body)
     for field in ("user", "safety_identifier", "prompt_cache_key"):
-        assert sent.get(field) in (None, "[EMAIL_1]"), sent
-    assert set((sent.get("metadata") or {}).values()) <= {"[EMAIL_1]", "card [CREDIT_CARD_1]", "[CREDIT_CARD_1]"}
+        assert sent.get(field) in (None, identifier_digest(EMAIL)), sent
+    metadata = sent.get("metadata") or {}
+    if path == "/v1/messages":
+        assert metadata == {"user_id": identifier_digest(EMAIL)}
+    else:
+        assert set(metadata.values()) <= {"[EMAIL_1]", "card [CREDIT_CARD_1]", "[CREDIT_CARD_1]"}
+
+
+def test_each_users_identifier_goes_upstream_as_its_own_digest() -> None:
+    """An identifier the rules change is replaced whole by a keyed digest, one per value and the same
+    in every request, not by ``[EMAIL_1]``: the provider's per-user abuse enforcement and its
+    prompt-cache routing still tell users apart. A block rule still blocks."""
+    seen = {}
+    for user in ("jane.doe@example.com", "bob@example.org", "jane.doe@example.com"):
+        for path, body in (("/v1/chat/completions", chat("hi", user=user, safety_identifier=user,
+                                                          prompt_cache_key=f"tenant-1/{user}")),
+                           ("/v1/messages", {**_messages({"type": "text", "text": "hi"}),
+                                             "metadata": {"user_id": f"user {user}"}})):
+            _, _, sent = post(path, body)
+            assert isinstance(sent, Continue) and sent.body is not None
+            out = orjson.loads(sent.body)
+            got = (out["user"], out["safety_identifier"], out["prompt_cache_key"]) if "user" in out else (
+                out["metadata"]["user_id"],)
+            assert all(value.startswith("tollway-") and len(value) == 24 for value in got), got
+            assert seen.setdefault((path, user), got) == got  # the same user: the same digest
+            assert user.encode() not in sent.body
+    assert len({seen[key] for key in seen}) == 4  # two users, two APIs: four distinct sets of digests
+    _, _, kept = post("/v1/chat/completions", chat("hi", user="team-7"))
+    assert isinstance(kept, Continue) and kept.body is None  # nothing found: the value goes as it was
+    key = "AKIA" + "IOSFODNN7EXAMPLE"
+    _, _, blocked = post("/v1/chat/completions", chat("hi", user=key))
+    assert blocked.status == 400 and b"'secrets' guardrail (aws_access_key)" in blocked.body
 
 
 def test_a_credential_in_metadata_blocks_and_metadata_is_not_scored_for_injection() -> None:

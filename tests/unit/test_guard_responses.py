@@ -26,6 +26,7 @@ from openai.types.responses import ResponseStreamEvent
 from ext_proc.core.actions import Continue
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
+from ext_proc.guardrails.guard import identifier_digest
 from ext_proc.llm import runtime
 from ext_proc.mock import responses as mock
 from ext_proc.policy.compile import compile_policy
@@ -488,8 +489,9 @@ IDENTIFIED = {"user": "jane.doe@example.com", "safety_identifier": "jane.doe@exa
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_the_identifiers_and_metadata_a_response_echoes_are_put_back_as_the_instructions(stream: bool) -> None:
-    """The provider gets placeholders in ``user``, ``safety_identifier`` and ``metadata``; the
-    ``response`` objects echoing them give the pseudonymised value back, and keep redacted ones redacted."""
+    """The provider gets a keyed digest in ``user`` and ``safety_identifier``, placeholders in
+    ``metadata``; the ``response`` objects echoing them give the pseudonymised value back, and keep
+    redacted ones redacted."""
     if stream:
         session, received = forwarded("openai", "private-app", **IDENTIFIED)
         out = play(session, [provider_stream("openai", ("Done.",), received=received)])
@@ -503,8 +505,9 @@ def test_the_identifiers_and_metadata_a_response_echoes_are_put_back_as_the_inst
         body = orjson.loads(out)
         shown = [(body["user"], body["safety_identifier"], body["metadata"])]
     assert b"jane.doe" not in orjson.dumps(received) and b"4111" not in orjson.dumps(received)
-    assert (received["user"], received["metadata"]) == ("[EMAIL_1]", {"customer": "[EMAIL_1]",
-                                                                      "card": "[CREDIT_CARD_1]"})
+    digest = identifier_digest("jane.doe@example.com")
+    assert (received["user"], received["safety_identifier"], received["metadata"]) == (
+        digest, digest, {"customer": "[EMAIL_1]", "card": "[CREDIT_CARD_1]"})
     assert set(map(repr, shown)) == {repr(("jane.doe@example.com", "jane.doe@example.com",
                                            {"customer": "jane.doe@example.com", "card": "[CREDIT_CARD_1]"}))}
     assert b"4111" not in out

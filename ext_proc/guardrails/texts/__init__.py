@@ -18,8 +18,9 @@ in an event of the same kind placed just before the closing one, so the stream k
 the client's SDK (and Tollway's translators) expect.
 
 Covered: chat completions (every message role, string or part content, tool calls (a
-function's arguments, a custom tool's input) and tool results, refusals, ``prediction``; the answer's legacy ``function_call`` and URL citations),
-completions (``prompt``, ``suffix``), embeddings (``input``), Messages and ``count_tokens``
+function's arguments, a custom tool's input) and tool results, refusals, ``prediction``; the
+answer's legacy ``function_call`` and URL citations), completions (``prompt``, ``suffix``),
+embeddings (``input``), Messages and ``count_tokens``
 (``system``, every content block: text and its citations, ``tool_use`` input, ``tool_result``
 content, documents' text, title and context, search results; an answer's thinking, where
 pseudonyms are not put back: :attr:`Ref.restore`), the Responses
@@ -29,7 +30,8 @@ message text, its citations and refusals, call arguments, reasoning summaries an
 pseudonyms are not put back either: :attr:`Ref.restore`); and in OpenAI's APIs the
 request's identifiers (``user``, ``safety_identifier``, ``prompt_cache_key``) and ``metadata``'s
 values (Messages: ``metadata.user_id``), no text for the model but sent to the provider: spoken
-by :data:`METADATA`, guarded as users' text, not scored for injection (a Responses ``response``
+by :data:`METADATA`, guarded as users' text (the identifiers proper as :class:`Identifier`: one
+changed goes out as its keyed digest, whole), not scored for injection (a Responses ``response``
 object echoes them, put back as ``instructions`` are). A tool input's
 JSON is read in its strings, long integers and keys that are not plain names. Thinking blocks and
 reasoning items given back in a request are left alone: the provider signs or encrypts them and
@@ -60,11 +62,12 @@ response's ``error``) may quote the answer: its ``message`` goes through the ech
 from __future__ import annotations
 
 from .anthropic import MessagesStream, MessagesWalker
-from .base import METADATA, FlushFn, Ref, StreamTexts, TextFn, Unread, Unreadable, Walker
+from .base import METADATA, FlushFn, Identifier, Ref, StreamTexts, TextFn, Unread, Unreadable, Walker
 from .openai import ChatWalker, CompletionsWalker, EmbeddingsWalker, OpenAIStream
 from .responses import ResponsesStream, ResponsesWalker
 
-__all__ = ["METADATA", "WALKERS", "ChatWalker", "CompletionsWalker", "EmbeddingsWalker", "FlushFn", "MessagesStream",
+__all__ = ["METADATA", "WALKERS", "ChatWalker", "CompletionsWalker", "EmbeddingsWalker", "FlushFn", "Identifier",
+           "MessagesStream",
            "MessagesWalker", "OpenAIStream", "Ref", "ResponsesStream", "ResponsesWalker", "StreamTexts",
            "TextFn", "Unread", "Unreadable", "Walker", "walker"]
 

@@ -20,6 +20,7 @@ from .base import (
     _error_message,
     _event,
     _field,
+    _identifier,
     _strings,
 )
 
@@ -54,7 +55,7 @@ class MessagesWalker(Walker):
                 yield from _field(message, "content", role, f"{here}.content", "a string or an array of blocks")
         metadata = payload.get("metadata")
         if isinstance(metadata, dict):
-            yield from _field(metadata, "user_id", METADATA, "metadata.user_id")
+            yield from _identifier(metadata, "user_id", "metadata.user_id")
         elif metadata is not None:
             yield Unread(payload, "metadata", METADATA, param="metadata", must="an object")
 

@@ -123,12 +123,31 @@ METADATA = "metadata"
 IDENTIFIERS = ("user", "safety_identifier", "prompt_cache_key")
 
 
+class Identifier(Ref):
+    """A request's identifier of its end user or its cache entry (``user``, ``safety_identifier``,
+    ``prompt_cache_key``; Messages' ``metadata.user_id``): the provider tells users (and cache
+    routes) apart by it, so a value the rules would change is replaced whole by its keyed digest
+    (:meth:`ext_proc.guardrails.guard.Guard.prompt`), one per value, not by a placeholder that
+    every user's value would share."""
+
+    __slots__ = ()
+
+
+def _identifier(container: dict[str, Any], key: str, param: str) -> Iterator[Ref]:
+    """``container[key]`` as an :class:`Identifier`: a string, nothing (absent or null), or :class:`Unread`."""
+    item = container.get(key)
+    if isinstance(item, str):
+        yield Identifier(container, key, METADATA)
+    elif item is not None:
+        yield Unread(container, key, METADATA, param=param, must="a string")
+
+
 def _identifiers(payload: dict[str, Any]) -> Iterator[Ref]:
     """An OpenAI request's (or a Responses ``response`` object's) identifiers and ``metadata`` values:
     a value that is no string (LiteLLM's and Langfuse's ``tags`` list, a trace object, a number) is
     read in its strings, long integers and keys, as a tool input is (:func:`_strings`)."""
     for field in IDENTIFIERS:
-        yield from _field(payload, field, METADATA, field)
+        yield from _identifier(payload, field, field)
     metadata = payload.get("metadata")
     if isinstance(metadata, dict):
         yield from _strings(metadata, METADATA)
