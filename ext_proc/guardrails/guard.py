@@ -150,11 +150,15 @@ def _acting(rules: Mapping[str, Rule]) -> bool:
     return any(rule.action != "log" for rule in rules.values())
 
 
-# The key of the identifiers' digests (Guard._identifier): drawn when this module is imported, in
-# the workers' zygote, so every worker of one Tollway process gives a value the same digest; another
-# process (a replica, a sidecar, a restart) draws its own. Never leaves the process: the provider
-# cannot turn a digest back into the address it stands for by hashing guesses.
-_IDENTIFIER_KEY = os.urandom(32)
+# The key of the identifiers' digests (Guard._identifier): TOLLWAY_IDENTIFIER_KEY (a secret every
+# replica and sidecar of a deployment shares: then a user's digest is the same everywhere and across
+# restarts), else drawn when this module is imported, in the workers' zygote, so every worker of one
+# Tollway process gives a value the same digest and another process (a replica, a sidecar, a
+# restart) draws its own. Never leaves the process: the provider cannot turn a digest back into the
+# address it stands for by hashing guesses.
+IDENTIFIER_KEY_ENV = "TOLLWAY_IDENTIFIER_KEY"
+_IDENTIFIER_KEY = (hashlib.sha256(os.environ[IDENTIFIER_KEY_ENV].encode()).digest()
+                   if os.environ.get(IDENTIFIER_KEY_ENV) else os.urandom(32))
 IDENTIFIER_PREFIX = "tollway-"
 
 

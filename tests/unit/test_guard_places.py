@@ -620,3 +620,23 @@ def test_an_opaque_identifier_is_not_taken_for_a_number() -> None:
     assert isinstance(sent, Continue) and sent.body is None, sent  # nothing changed
     sent = _sent("/v1/chat/completions", chat("hi", metadata={"card": CARD, "owner": "jane.doe@example.com"}))
     assert sent["metadata"] == {"card": "[CREDIT_CARD_1]", "owner": "[EMAIL_1]"}
+
+
+def test_identifier_digests_share_a_key_the_deployment_sets() -> None:
+    """TOLLWAY_IDENTIFIER_KEY: every replica and sidecar gives a user the same digest (and across
+    restarts); without it each process draws its own key."""
+    import subprocess
+    import sys
+
+    code = "from ext_proc.guardrails.guard import identifier_digest; print(identifier_digest('jane@example.com'))"
+
+    def digest(env: dict[str, str]) -> str:
+        import os
+
+        return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    shared = {"TOLLWAY_IDENTIFIER_KEY": "a-secret-of-the-deployment"}
+    assert digest(shared) == digest(shared) != digest({"TOLLWAY_IDENTIFIER_KEY": "another"})
+    assert digest({"TOLLWAY_IDENTIFIER_KEY": ""}) != digest({"TOLLWAY_IDENTIFIER_KEY": ""})
+    assert digest(shared).startswith("tollway-") and len(digest(shared)) == len("tollway-") + 16
