@@ -1186,7 +1186,16 @@ class Connection(asyncio.Protocol):
             if abort:
                 self.transport.abort()
             else:
-                self.transport.close()
+                self.transport.close()  # once what is queued is written: a peer that stopped reading
+                transport = self.transport  # never lets it, so it is aborted after a while
+                if self.loop is not None and transport.get_write_buffer_size():
+                    self.loop.call_later(KEEPALIVE_TIMEOUT, _abort_if_open, transport)
+
+
+def _abort_if_open(transport: asyncio.Transport) -> None:
+    """A closed connection whose peer has not read what was queued for it (KEEPALIVE_TIMEOUT after the close)."""
+    if transport.get_write_buffer_size():
+        transport.abort()
 
 
 SHED = b"s"  # the dealer asks a worker to send one of its connections away

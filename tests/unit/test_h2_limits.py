@@ -288,6 +288,39 @@ def test_silent_and_stalled_connections_are_closed_and_live_idle_ones_kept(
         running.stop()
 
 
+def test_a_closed_connection_whose_peer_stopped_reading_is_aborted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A graceful close waits for what is queued to be written: a peer that never reads again would
+    # keep the connection and its buffered answer for good (the keepalive stops at the close).
+    monkeypatch.setattr(h2, "KEEPALIVE_TIME", 0.3)
+    monkeypatch.setattr(h2, "KEEPALIVE_TIMEOUT", 0.3)
+    running = Running(tmp_path / "records.jsonl")
+    running.server.routes.update(echo_routes(Log()))
+    sock = socket.create_connection(("127.0.0.1", running.port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        big = grpc_message(b"y" * (8 << 20))
+        sock.sendall(h2.PREFACE + settings((4, 2**31 - 1))
+                     + frame(h2.WINDOW_UPDATE, 0, 0, (2**31 - 1 - 65535).to_bytes(4, "big"))
+                     + frame(h2.HEADERS, h2.END_HEADERS, 1, literal_block()))
+        for at in range(0, len(big), 1 << 20):
+            sock.sendall(frame(h2.DATA, h2.END_STREAM if at + (1 << 20) >= len(big) else 0, 1,
+                               big[at:at + (1 << 20)]))
+        sock.sendall(frame(h2.GOAWAY, 0, 0, bytes(8)))  # then never reads again
+        deadline = time.monotonic() + 5
+        while not running.server.connections and time.monotonic() < deadline:
+            time.sleep(0.05)  # (accepted)
+        time.sleep(1)  # answered and closed, the answer stuck in the buffer
+        while running.server.connections and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running.server.connections, [(c.closed, c.transport.get_write_buffer_size())
+                                                for c in running.server.connections]
+    finally:
+        sock.close()
+        running.stop()
+
+
 # -- header blocks and CONTINUATION --------------------------------------------------------------
 
 
