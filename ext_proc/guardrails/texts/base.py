@@ -147,7 +147,8 @@ def _identifiers(payload: dict[str, Any]) -> Iterator[Ref]:
     a value that is no string (LiteLLM's and Langfuse's ``tags`` list, a trace object, a number) is
     read in its strings, long integers and keys, as a tool input is (:func:`_strings`)."""
     for field in IDENTIFIERS:
-        yield from _identifier(payload, field, field)
+        if payload.get(field) is not None:  # (most requests carry none: no generator for them)
+            yield from _identifier(payload, field, field)
     metadata = payload.get("metadata")
     if isinstance(metadata, dict):
         yield from _strings(metadata, METADATA)

@@ -35,7 +35,7 @@ class ChatWalker(Walker):
             role = message.get("role")
             role = role if role in ("system", "developer", "user", "assistant", "tool") else "user"
             role = "system" if role == "developer" else role
-            yield from _message(message, role, where=f"messages[{number}]")
+            yield from _message(message, role, at=number)
         prediction = payload.get("prediction")  # the answer expected (Predicted Outputs): text that goes out
         if isinstance(prediction, dict):
             yield from _message(prediction, "assistant", where="prediction")
@@ -60,24 +60,27 @@ def _json_format(fmt: Any) -> bool:
 
 
 def _message(message: dict[str, Any], role: str, scrub: dict[str, Any] | None = None,
-             json_output: bool = False, where: str = "message") -> Iterator[Ref]:
+             json_output: bool = False, where: str = "message", at: int | None = None) -> Iterator[Ref]:
     """A chat message's texts; a field of a type no message has is :class:`Unread` (``where``: the
-    message's place, for the error)."""
+    message's place, for the error; ``at``: its index in ``messages`` instead, the place then made
+    only for an error: most messages have none)."""
+    if at is not None:
+        where = f"messages[{at}]" if _odd(message) else "messages"
     content = message.get("content")
     if isinstance(content, str):
         yield Ref(message, "content", role, json_output, scrub)
     elif isinstance(content, list):
         for number, part in enumerate(content):
-            here = f"{where}.content[{number}]"
             if not isinstance(part, dict):
-                yield Unread(content, number, role, param=here, must="an object (a content part)")
+                yield Unread(content, number, role, param=f"{where}.content[{number}]",
+                             must="an object (a content part)")
             elif part.get("text") is not None:
                 if isinstance(part["text"], str):
                     yield Ref(part, "text", role, json_output, scrub)
                 else:
-                    yield Unread(part, "text", role, param=f"{here}.text", must="a string")
-            else:
-                yield from _field(part, "refusal", role, f"{here}.refusal")
+                    yield Unread(part, "text", role, param=f"{where}.content[{number}].text", must="a string")
+            elif part.get("refusal") is not None:
+                yield from _field(part, "refusal", role, f"{where}.content[{number}].refusal")
     elif content is not None:
         yield Unread(message, "content", role, param=f"{where}.content",
                      must="a string or an array of content parts")
@@ -96,6 +99,13 @@ def _message(message: dict[str, Any], role: str, scrub: dict[str, Any] | None = 
     if isinstance(legacy, dict):
         yield from _field(legacy, "arguments", role, f"{where}.function_call.arguments", "a string (of JSON)",
                           json_text=True)
+
+
+def _odd(message: dict[str, Any]) -> bool:
+    """Whether a message may hold a place the guard does not read (so its errors need its index):
+    anything but a string or absent content without calls."""
+    content = message.get("content")
+    return not (content is None or isinstance(content, str)) or "tool_calls" in message or "function_call" in message
 
 
 def _annotations(annotations: Any) -> Iterator[Ref]:

@@ -96,27 +96,31 @@ def _variables(payload: dict[str, Any]) -> Iterator[Ref]:
 def _input_items(items: list[Any], role: str, where: str = "input") -> Iterator[Ref]:
     """The texts of input items (``where``: the field holding them, for the error of an
     :class:`Unread` place: a call's ``arguments`` that are not a string, an item that is no object)."""
-    for number, item in enumerate(items):
-        here = f"{where}[{number}]"
+    for number, item in enumerate(items):  # (an error's place is spelled out only for the error)
         if not isinstance(item, dict):
-            yield Unread(items, number, role, param=here, must="an object (an input item)")
+            yield Unread(items, number, role, param=f"{where}[{number}]", must="an object (an input item)")
             continue
         kind = item.get("type", "message")
         if kind == "message":
             speaker = _ROLES.get(str(item.get("role")), role)
             content = item.get("content")
-            if isinstance(content, list):
-                yield from _parts(content, speaker, f"{here}.content")
-            else:
-                yield from _field(item, "content", speaker, f"{here}.content", "a string or an array of content parts")
-        elif kind == "function_call":
+            if isinstance(content, str):
+                yield Ref(item, "content", speaker)
+            elif isinstance(content, list):
+                yield from _parts(content, speaker, where, number, "content")
+            elif content is not None:
+                yield Unread(item, "content", speaker, param=f"{where}[{number}].content",
+                             must="a string or an array of content parts")
+            continue
+        here = f"{where}[{number}]"
+        if kind == "function_call":
             yield from _field(item, "arguments", "assistant", f"{here}.arguments", "a string (of JSON)", json_text=True)
         elif kind == "custom_tool_call":
             yield from _field(item, "input", "assistant", f"{here}.input")
         elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output")
             if isinstance(output, list):  # input_text, input_image, input_file items
-                yield from _parts(output, "tool", f"{here}.output")
+                yield from _parts(output, "tool", where, number, "output")
             else:
                 yield from _field(item, "output", "tool", f"{here}.output", "a string or an array of content items")
         elif kind not in _NO_TEXT:  # a built-in tool's call or output (shell, MCP, file search, code...)
@@ -124,15 +128,20 @@ def _input_items(items: list[Any], role: str, where: str = "input") -> Iterator[
                 yield Ref(container, key, "tool" if _from_tool(kind, path[0]) else "assistant", json_text)
 
 
-def _parts(parts: list[Any], role: str, where: str) -> Iterator[Ref]:
+def _parts(parts: list[Any], role: str, where: str, item: int, field: str) -> Iterator[Ref]:
+    """The texts of an input item's content parts (``where[item].field``: their place, for an error)."""
     for number, part in enumerate(parts):
-        here = f"{where}[{number}]"
         if not isinstance(part, dict):
-            yield Unread(parts, number, role, param=here, must="an object (a content part)")
-        elif part.get("text") is not None:
-            yield from _field(part, "text", role, f"{here}.text")
-        else:
-            yield from _field(part, "refusal", role, f"{here}.refusal")
+            yield Unread(parts, number, role, param=f"{where}[{item}].{field}[{number}]",
+                         must="an object (a content part)")
+            continue
+        text = part.get("text")
+        if isinstance(text, str):
+            yield Ref(part, "text", role)
+        elif text is not None:
+            yield Unread(part, "text", role, param=f"{where}[{item}].{field}[{number}].text", must="a string")
+        elif part.get("refusal") is not None:
+            yield from _field(part, "refusal", role, f"{where}[{item}].{field}[{number}].refusal")
 
 
 # Where an output item keeps its text, by channel: (output index, kind[, part index]).
