@@ -39,7 +39,6 @@ import copy
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from ext_proc.k8s.memory import (
     memory_warning,
     mib,
 )
+from ext_proc.k8s.quantity import quantity
 
 log = logging.getLogger("tollway.inject")
 
@@ -146,19 +146,17 @@ def memory_limits(meta: Mapping[str, Any], workers: int = 1) -> dict[str, str]:
     limits = {}
     for name, default in default_memory_limits(workers).items():
         value = str(annotations.get(name) or default).strip()
-        if mib(value) is None:
+        if not (mib(value) or 0) > 0:
             raise Refused(f"annotation {name}: {value!r} is not a memory quantity (e.g. 1Gi, 512Mi)")
         limits[name] = value
     return limits
 
 
-_CPU = re.compile(r"([0-9]+(?:\.[0-9]+)?)(m)?")
-
-
-def cores(quantity: str) -> float | None:
-    """A Kubernetes CPU quantity (``500m``, ``1``, ``1.5``) in cores; None if it is none."""
-    match = _CPU.fullmatch(quantity)
-    return None if match is None else float(match.group(1)) / (1000 if match.group(2) else 1)
+def cores(text: str) -> float | None:
+    """A Kubernetes CPU quantity (``500m``, ``1``, ``1.5``, ``.5``) in cores; None if it is none
+    (:func:`~ext_proc.k8s.quantity.quantity`)."""
+    value = quantity(text)
+    return None if value is None else float(value)
 
 
 def default_cpu_limits(settings: Settings) -> dict[str, str]:
@@ -178,14 +176,14 @@ def cpu_limits(meta: Mapping[str, Any], settings: Settings, guaranteed: bool = F
         if value.lower() == "none":
             limits[name] = default if guaranteed else None  # a Guaranteed pod needs every container's limits
             continue
-        if not cores(value):
+        if not (cores(value) or 0) > 0:
             raise Refused(f"annotation {name}: {value!r} is not a CPU quantity (e.g. 500m, 2), nor none")
         limits[name] = value
     return limits
 
 
-def _same(a: Any, b: Any, parse: Any) -> bool:
-    x, y = parse(str(a)), parse(str(b))
+def _same(a: Any, b: Any) -> bool:
+    x, y = quantity(str(a)), quantity(str(b))
     return x is not None and x == y
 
 
@@ -197,8 +195,8 @@ def guaranteed(containers: list[Mapping[str, Any]]) -> bool:
     for container in containers:
         resources = container.get("resources") or {}
         limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
-        for name, parse in (("cpu", cores), ("memory", mib)):
-            if name not in limits or not _same(requests.get(name, limits[name]), limits[name], parse):
+        for name in ("cpu", "memory"):
+            if name not in limits or not _same(requests.get(name, limits[name]), limits[name]):
                 return False
     return True
 

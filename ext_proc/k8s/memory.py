@@ -17,14 +17,12 @@ are kept, said if smaller.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
+
+from ext_proc.k8s.quantity import quantity
 
 TOLLWAY_MEMORY, ENVOY_MEMORY = "tollway.dev/tollway-memory", "tollway.dev/envoy-memory"
 MEMORY_LIMITS = {TOLLWAY_MEMORY: "1Gi", ENVOY_MEMORY: "512Mi"}
-_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?")
-_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 # MiB at rest, and MiB per largest body (64 MiB) in flight, measured as above; Envoy holds one body
 # more than Tollway keeps (the one being refused).
 _TOLLWAY_BASE, _TOLLWAY_PER_BODY, _ENVOY_BASE, _ENVOY_PER_BODY = 140, 260, 70, 130
@@ -49,10 +47,11 @@ def default_memory_limits(workers: int) -> dict[str, str]:
             ENVOY_MEMORY: MEMORY_LIMITS[ENVOY_MEMORY] if envoy <= _mib(MEMORY_LIMITS[ENVOY_MEMORY]) else f"{envoy}Mi"}
 
 
-def mib(quantity: str) -> float | None:
-    """A Kubernetes memory quantity (``1Gi``, ``512Mi``, ``2147483648``, ``0.75Gi``) in MiB; None if it is none."""
-    match = _QUANTITY.fullmatch(quantity)
-    return None if match is None else float(match.group(1)) * _UNITS[match.group(2)] / 2**20
+def mib(text: str) -> float | None:
+    """A Kubernetes memory quantity (``1Gi``, ``512Mi``, ``2147483648``, ``0.75Gi``, ``1e9``) in MiB; None if it
+    is none (:func:`~ext_proc.k8s.quantity.quantity`)."""
+    value = quantity(text)
+    return None if value is None else float(value / 2**20)
 
 
 def _mib(quantity: str) -> float:

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import jsonpatch
 import pytest
 import yaml
 
-from ext_proc.k8s import inject, memory
+from ext_proc.k8s import inject, memory, quantity
 from ext_proc.k8s import webhook as server
 from ext_proc.stack import ROOT, free_port
 from tests.certs import CA
@@ -400,6 +401,34 @@ def test_every_sidecar_container_limits_cpu_and_a_guaranteed_pod_stays_guarantee
     fixed["spec"]["containers"][1]["resources"]["requests"] = {"cpu": "100m", "memory": "256Mi"}
     resources, qos = sidecars(fixed)  # one container requests less: Burstable, the sidecars' usual requests
     assert qos == "Burstable" and resources["tollway"]["requests"] == {"cpu": "50m", "memory": "192Mi"}
+
+
+@pytest.mark.parametrize(("cpu", "same_cpu", "mem", "same_mem"), [
+    (".5", "500m", "1e9", "1G"), ("2", "2000m", "1Ei", "1024Pi"), ("1.", "1e0", "1P", "1e15"),
+    ("0.1", "100m", "1Gi", "1073741824"), ("1", "1000000u", "129e6", "129M"), ("1", "1000000000n", "1.5Gi", "1536Mi"),
+])
+def test_a_guaranteed_pod_is_recognised_in_every_quantity_kubernetes_accepts(cpu: str, same_cpu: str, mem: str,
+                                                                              same_mem: str) -> None:
+    """Kubernetes' quantities (decimal n u m k M G T P E, binary Ki .. Ei, exponents, ``.5`` and ``5.``):
+    a pod whose containers request what they limit, however written, is Guaranteed and stays so."""
+    pod = copy.deepcopy(POD)
+    for container in [*pod["spec"]["containers"], *pod["spec"]["initContainers"]]:
+        container["resources"] = {"limits": {"cpu": cpu, "memory": mem}, "requests": {"cpu": same_cpu,
+                                                                                      "memory": same_mem}}
+    out = inject.mutate(pod, "search", inject.Settings())
+    assert _qos(out["spec"]) == "Guaranteed"
+    (tollway,) = [c for c in out["spec"]["initContainers"] if c["name"] == "tollway"]
+    assert tollway["resources"]["requests"] == tollway["resources"]["limits"]
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    (".5", Fraction(1, 2)), ("5.", 5), ("1e9", 10**9), ("1E3", 1000), ("1E", 10**18), ("2Ei", 2**61), ("1Pi", 2**50),
+    ("1P", 10**15), ("3n", Fraction(3, 10**9)), ("7u", Fraction(7, 10**6)), ("1e-3", Fraction(1, 1000)),
+    ("+1.5k", 1500), ("-1", -1), ("1e3m", None), ("2 cores", None), ("", None), (".", None), ("Mi", None),
+    ("1.5.2", None), ("0x10", None), ("1e999999999", None), ("1" * 100, None),
+])
+def test_one_quantity_parser_follows_kubernetes_grammar(text: str, value: Any) -> None:
+    assert quantity.quantity(text) == value
 
 
 def test_tollway_refuses_bodies_before_the_limits_would_kill_a_container() -> None:
