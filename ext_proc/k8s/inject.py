@@ -203,9 +203,19 @@ def guaranteed(containers: list[Mapping[str, Any]]) -> bool:
 
 def _resources(requests: Mapping[str, str], limits: Mapping[str, str | None], equal: bool) -> dict[str, Any]:
     """A container's resources: ``limits`` (None: none) over ``requests``; requests == limits when ``equal``
-    (so that a Guaranteed pod stays Guaranteed)."""
+    (so that a Guaranteed pod stays Guaranteed), else each request at most its limit (an annotation below
+    the default request: the API server refuses a container that requests more than it limits)."""
     given = {name: value for name, value in limits.items() if value is not None}
-    return {"requests": dict(given) if equal else dict(requests), "limits": given}
+    if equal:
+        return {"requests": dict(given), "limits": given}
+    asked = {name: given[name] if name in given and _below(given[name], value) else value
+             for name, value in requests.items()}
+    return {"requests": asked, "limits": given}
+
+
+def _below(a: str, b: str) -> bool:
+    x, y = quantity(a), quantity(b)
+    return x is not None and y is not None and x < y
 
 
 def sidecar_containers(settings: Settings, workload: str, intercept: bool,

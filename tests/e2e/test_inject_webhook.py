@@ -403,6 +403,32 @@ def test_every_sidecar_container_limits_cpu_and_a_guaranteed_pod_stays_guarantee
     assert qos == "Burstable" and resources["tollway"]["requests"] == {"cpu": "50m", "memory": "192Mi"}
 
 
+def test_a_limit_below_the_default_request_is_requested_too() -> None:
+    """An annotation limiting a sidecar below what it requests by default (50m CPU, 192Mi memory): the
+    request follows the limit down (the API server refuses a container requesting more than it limits,
+    after the webhook admitted the pod)."""
+    pod = copy.deepcopy(POD)
+    pod["metadata"]["annotations"] = {inject.TOLLWAY_CPU: "20m", inject.ENVOY_CPU: "0.025",
+                                      inject.TOLLWAY_MEMORY: "0.1Gi", inject.ENVOY_MEMORY: "32Mi"}
+    out = inject.mutate(pod, "search", inject.Settings())
+    validate({**out, "metadata": {**out["metadata"], "name": "x"}})
+    resources = {c["name"]: c["resources"] for c in out["spec"]["initContainers"] if c["name"] in inject.CONTAINERS}
+    assert resources["tollway"] == {"requests": {"cpu": "20m", "memory": "0.1Gi"},
+                                    "limits": {"cpu": "20m", "memory": "0.1Gi"}}
+    assert resources["tollway-envoy"] == {"requests": {"cpu": "0.025", "memory": "32Mi"},
+                                          "limits": {"cpu": "0.025", "memory": "32Mi"}}
+    for r in resources.values():
+        for name, request in r["requests"].items():
+            assert name not in r["limits"] or quantity.quantity(request) <= quantity.quantity(r["limits"][name])
+    # Above the default requests, the requests stay the defaults (Burstable).
+    pod["metadata"]["annotations"] = {inject.TOLLWAY_CPU: "300m", inject.ENVOY_CPU: "none"}
+    out = inject.mutate(pod, "search", inject.Settings())
+    (tollway, envoy) = [c["resources"] for c in out["spec"]["initContainers"] if c["name"] in ("tollway",
+                                                                                                 "tollway-envoy")]
+    assert tollway["requests"] == {"cpu": "50m", "memory": "192Mi"}
+    assert envoy["requests"] == {"cpu": "50m", "memory": "64Mi"} and "cpu" not in envoy["limits"]
+
+
 @pytest.mark.parametrize(("cpu", "same_cpu", "mem", "same_mem"), [
     (".5", "500m", "1e9", "1G"), ("2", "2000m", "1Ei", "1024Pi"), ("1.", "1e0", "1P", "1e15"),
     ("0.1", "100m", "1Gi", "1073741824"), ("1", "1000000u", "129e6", "129M"), ("1", "1000000000n", "1.5Gi", "1536Mi"),
