@@ -165,6 +165,14 @@ def default_cpu_limits(settings: Settings) -> dict[str, str]:
     return {TOLLWAY_CPU: str(max(1, settings.workers)), ENVOY_CPU: "1"}
 
 
+def cpu_problem(value: str) -> str | None:
+    """What is wrong with a CPU limit (a quantity above 0, or ``none``); None if nothing."""
+    value = value.strip()
+    if value.lower() == "none" or (cores(value) or 0) > 0:
+        return None
+    return f"{value!r} is not a CPU quantity (e.g. 500m, 2), nor none"
+
+
 def cpu_limits(meta: Mapping[str, Any], settings: Settings, guaranteed: bool = False) -> dict[str, str | None]:
     """The sidecar containers' CPU limits: the pod's annotations, else the injector's settings, else
     :func:`default_cpu_limits`; None ("none": no limit) only when the pod is not ``guaranteed``."""
@@ -173,11 +181,13 @@ def cpu_limits(meta: Mapping[str, Any], settings: Settings, guaranteed: bool = F
     for name, default in default_cpu_limits(settings).items():
         configured = settings.tollway_cpu if name == TOLLWAY_CPU else settings.envoy_cpu
         value = str(annotations.get(name) or configured or default).strip()
+        problem = cpu_problem(value)
+        if problem is not None:
+            source = f"annotation {name}" if annotations.get(name) else f"--{name.split('/')[1]}"
+            raise Refused(f"{source}: {problem}")
         if value.lower() == "none":
             limits[name] = default if guaranteed else None  # a Guaranteed pod needs every container's limits
             continue
-        if not (cores(value) or 0) > 0:
-            raise Refused(f"annotation {name}: {value!r} is not a CPU quantity (e.g. 500m, 2), nor none")
         limits[name] = value
     return limits
 
@@ -552,18 +562,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(env TOLLWAY_ENVOY_CPU; default: 1; none: no limit)")
 
 
+class BadFlag(ValueError):
+    """A flag (or its environment variable) the injector cannot start with; the message names it."""
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
+    """The settings of these flags; :class:`BadFlag` when one is wrong (checked now, not at each pod)."""
+    for flag, env, value in (("--tollway-cpu", "TOLLWAY_SIDECAR_CPU", args.tollway_cpu),
+                             ("--envoy-cpu", "TOLLWAY_ENVOY_CPU", args.envoy_cpu)):
+        problem = cpu_problem(value) if value.strip() else None
+        if problem is not None:
+            raise BadFlag(f"{flag} (env {env}): {problem}")
     return Settings(image=args.image, trust_domain=args.trust_domain, hosts=sidecar.hosts(args.hosts),
                     intercept_cidrs=args.intercept_cidrs, intercept_all=args.intercept_all,
                     policy_configmap=args.policy_configmap, provider_secret=args.provider_secret,
                     redis_secret=None if args.redis_secret.strip().lower() in ("", "none") else args.redis_secret,
-                    workers=args.workers, tollway_cpu=args.tollway_cpu, envoy_cpu=args.envoy_cpu)
+                    workers=args.workers, tollway_cpu=args.tollway_cpu.strip(), envoy_cpu=args.envoy_cpu.strip())
 
 
 def run(args: argparse.Namespace) -> int:
     from ext_proc.k8s.webhook import ReloadingContext, serve  # the server: only for --webhook
 
-    settings = settings_from(args)
+    try:
+        settings = settings_from(args)
+    except BadFlag as exc:
+        print(f"tollway inject: {exc}", file=sys.stderr)
+        return 2
     if args.webhook:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         host, _, port = args.listen.rpartition(":")

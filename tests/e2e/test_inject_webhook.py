@@ -11,6 +11,7 @@ import base64
 import contextlib
 import copy
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -240,6 +241,28 @@ def test_without_redis_only_on_purpose(tmp_path: Path) -> None:
         "name": "tollway-redis", "key": "url"}}}]
     assert redis_env("--redis-secret", "shared-redis")[0]["valueFrom"]["secretKeyRef"]["name"] == "shared-redis"
     assert redis_env("--redis-secret", "none") == []
+
+
+@pytest.mark.parametrize(("flags", "env", "named"), [
+    (["--tollway-cpu", "2 cores"], {}, "--tollway-cpu (env TOLLWAY_SIDECAR_CPU): '2 cores' is not a CPU quantity"),
+    (["--envoy-cpu", "0"], {}, "--envoy-cpu (env TOLLWAY_ENVOY_CPU): '0' is not a CPU quantity"),
+    ([], {"TOLLWAY_SIDECAR_CPU": "lots"}, "--tollway-cpu (env TOLLWAY_SIDECAR_CPU): 'lots'"),
+    ([], {"TOLLWAY_ENVOY_CPU": "-1"}, "--envoy-cpu (env TOLLWAY_ENVOY_CPU): '-1'"),
+])
+def test_a_bad_cpu_flag_stops_the_injector_at_start(flags: list[str], env: dict[str, str], named: str) -> None:
+    """A CPU limit flag (or its environment variable) is checked when the injector starts: exit 2 and
+    one line naming it, the webhook never serving (it would refuse every pod, each naming an annotation
+    the pod does not have)."""
+    for mode in (["-f", "-"], ["--webhook", "--listen", f"127.0.0.1:{free_port()}"]):
+        proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", "inject", *mode, *flags],
+                              input=yaml.safe_dump(POD), capture_output=True, text=True, cwd=ROOT, timeout=30,
+                              env={**os.environ, **env})
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and named in proc.stderr, proc.stderr
+    # A pod's bad annotation names the annotation; good flags are kept as given.
+    pod = copy.deepcopy(POD)
+    pod["metadata"]["annotations"] = {inject.ENVOY_CPU: "fast"}
+    with pytest.raises(inject.Refused, match=r"annotation tollway\.dev/envoy-cpu: 'fast'"):
+        inject.mutate(pod, "search", inject.Settings(envoy_cpu="500m"))
 
 
 def test_offline_injection_says_when_the_namespace_is_a_guess() -> None:
