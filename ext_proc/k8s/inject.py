@@ -407,7 +407,9 @@ def _check(pod: Mapping[str, Any], settings: Settings) -> None:
         for secret in _secrets_read(container, volumes):
             if secret in sidecar_secrets:
                 raise Refused(f"container {container.get('name')!r} reads the Secret {secret!r}, which only the "
-                              "Tollway sidecar may read (provider keys, the Redis password or the interception key)")
+                              "Tollway sidecar may read (provider keys, the Redis password or the interception key). "
+                              "An operator's job (such as tollway budgets --redis) that needs it: label its pod "
+                              "tollway.dev/inject=false")
         for port in container.get("ports", []):
             if port.get("containerPort") in RESERVED_PORTS:
                 raise Refused(f"container {container.get('name')!r} uses port {port.get('containerPort')}, which the "

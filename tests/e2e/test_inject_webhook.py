@@ -185,6 +185,17 @@ def test_pods_tollway_cannot_serve_are_refused(webhook: tuple[str, ssl.SSLContex
     assert response["allowed"] is False and reason in response["status"]["message"]
 
 
+def test_a_pod_reading_the_sidecars_secret_is_told_how_an_operators_job_opts_out() -> None:
+    pod = copy.deepcopy(POD)
+    pod["spec"]["containers"][0]["env"].append(
+        {"name": "TOLLWAY_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "tollway-redis", "key": "url"}}})
+    with pytest.raises(inject.Refused, match=r"tollway budgets --redis.*label its pod tollway\.dev/inject=false"):
+        inject.mutate(pod, "search", inject.Settings())
+    pod["metadata"]["labels"][inject.LABEL] = "false"  # as the hint says: left alone
+    assert inject.review(review(pod), inject.Settings())["response"] == {
+        "uid": review(pod)["request"]["uid"], "allowed": True}
+
+
 def test_other_secrets_and_unmounted_volumes_are_the_apps_own() -> None:
     pod = copy.deepcopy(POD)
     pod["spec"]["volumes"] = [{"name": "unused", "secret": {"secretName": "tollway-redis"}},
