@@ -105,9 +105,9 @@ class Settings:
     trust_configmap: str = "tollway-trust"
     trust_key: str = "ca-bundle.pem"
     workers: int = 1
-    envoy_concurrency: int = 2
+    envoy_concurrency: int = 2  # Envoy's worker threads (--concurrency)
     # The sidecar containers' CPU limits, unless a pod's annotations say: "" the defaults (one CPU per
-    # Tollway worker, one for Envoy); "none" no limit (unless the pod is Guaranteed).
+    # Tollway worker, one per Envoy worker thread); "none" no limit (unless the pod is Guaranteed).
     tollway_cpu: str = ""
     envoy_cpu: str = ""
     template: Path = TEMPLATE
@@ -160,9 +160,10 @@ def cores(text: str) -> float | None:
 
 
 def default_cpu_limits(settings: Settings) -> dict[str, str]:
-    """One CPU per Tollway worker (each runs one thread of Python at a time), one for Envoy (which spends
-    a small share of Tollway's per request)."""
-    return {TOLLWAY_CPU: str(max(1, settings.workers)), ENVOY_CPU: "1"}
+    """One CPU per Tollway worker (each runs one thread of Python at a time), one per Envoy worker thread
+    (``--concurrency``): a lower limit lets the threads, busy together, spend the CFS quota early in each
+    100 ms period and wait out the rest of it, throttled (a latency spike for every request in flight)."""
+    return {TOLLWAY_CPU: str(max(1, settings.workers)), ENVOY_CPU: str(max(1, settings.envoy_concurrency))}
 
 
 def cpu_problem(value: str) -> str | None:
@@ -561,7 +562,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "TOLLWAY_SIDECAR_CPU; default: one CPU per worker; none: no limit)")
     parser.add_argument("--envoy-cpu", default=_env("TOLLWAY_ENVOY_CPU", ""),
                         help="the tollway-envoy container's CPU limit unless a pod's tollway.dev/envoy-cpu says "
-                             "(env TOLLWAY_ENVOY_CPU; default: 1; none: no limit)")
+                             "(env TOLLWAY_ENVOY_CPU; default: one CPU per Envoy worker thread, 2; none: no limit)")
 
 
 class BadFlag(ValueError):

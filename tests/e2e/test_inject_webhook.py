@@ -402,7 +402,8 @@ def _qos(spec: dict[str, Any]) -> str:
 def test_every_sidecar_container_limits_cpu_and_a_guaranteed_pod_stays_guaranteed() -> None:
     """A namespace whose ResourceQuota counts limits.cpu (or whose LimitRange has a max) refuses a pod
     with a container that limits no CPU: each of Tollway's has a limit (annotations, else the injector's
-    settings, else one CPU per worker and one for Envoy). A pod whose containers request what they
+    settings, else one CPU per worker and one per Envoy worker thread: ``--concurrency``, 2, so that its
+    threads busy together are not throttled). A pod whose containers request what they
     limit is Guaranteed; the sidecars then request what they limit too (as Istio's do)."""
     def sidecars(pod: dict[str, Any], **settings: Any) -> tuple[dict[str, dict[str, Any]], str]:
         out = inject.mutate(pod, "search", inject.Settings(**settings))
@@ -412,7 +413,11 @@ def test_every_sidecar_container_limits_cpu_and_a_guaranteed_pod_stays_guarantee
 
     resources, qos = sidecars(POD)
     assert {name: r["limits"]["cpu"] for name, r in resources.items()} == {
-        "tollway-init": "100m", "tollway": "1", "tollway-envoy": "1"}
+        "tollway-init": "100m", "tollway": "1", "tollway-envoy": "2"}
+    (envoy,) = [c for c in inject.mutate(POD, "search", inject.Settings())["spec"]["initContainers"]
+                if c["name"] == "tollway-envoy"]
+    assert envoy["args"][envoy["args"].index("--concurrency") + 1] == envoy["resources"]["limits"]["cpu"]
+    assert sidecars(POD, envoy_concurrency=4)[0]["tollway-envoy"]["limits"]["cpu"] == "4"
     assert resources["tollway"]["requests"] == {"cpu": "50m", "memory": "192Mi"} and qos == "Burstable"
     assert sidecars(POD, workers=3)[0]["tollway"]["limits"]["cpu"] == "3"
     assert sidecars(POD, tollway_cpu="500m", envoy_cpu="none")[0]["tollway-envoy"]["limits"] == {"memory": "512Mi"}
@@ -429,7 +434,7 @@ def test_every_sidecar_container_limits_cpu_and_a_guaranteed_pod_stays_guarantee
     resources, qos = sidecars(fixed, envoy_cpu="none")  # no limit cannot be kept: the defaults
     assert qos == "Guaranteed"
     assert resources["tollway"] == {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
-    assert resources["tollway-envoy"]["limits"] == {"cpu": "1", "memory": "512Mi"}
+    assert resources["tollway-envoy"]["limits"] == {"cpu": "2", "memory": "512Mi"}
     del fixed["spec"]["containers"][1]["resources"]["requests"]  # left out: the limits (the API server's default)
     assert sidecars(fixed)[1] == "Guaranteed"
     fixed["spec"]["containers"][1]["resources"]["requests"] = {"cpu": "100m", "memory": "256Mi"}
