@@ -64,10 +64,21 @@ def test_the_image_scripts_pass_shellcheck() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+LOOPBACK_ONLY = "00000000000000000000000000000001 01 80 10 80       lo\n"
+LINK_LOCAL = LOOPBACK_ONLY + "fe8000000000000000fc00fffe000001 04 40 20 80     eth0\n"
+GLOBAL = LINK_LOCAL + "20010db8000000000000000000000002 04 40 00 00     eth0\n"
+ULA = LINK_LOCAL + "FD000000000000000000000000000002 04 40 00 82     eth0\n"
+
+
 @pytest.mark.parametrize("intercept_all", ["false", "true"])
-def test_the_init_script_skips_ipv6_where_ip6tables_has_no_nat_table(tmp_path: Path, intercept_all: str) -> None:
+@pytest.mark.parametrize(("if_inet6", "refused"), [
+    (None, False), ("", False), (LOOPBACK_ONLY, False), (LINK_LOCAL, False), (GLOBAL, True), (ULA, True)])
+def test_the_init_script_skips_ipv6_where_ip6tables_has_no_nat_table(tmp_path: Path, intercept_all: str,
+                                                                      if_inet6: str | None, refused: bool) -> None:
     """A node with IPv6 disabled has no ip6tables nat table: tollway-init says so and sets the IPv4
-    rules, instead of failing (and the pod crash-looping) because a provider has IPv6 addresses."""
+    rules, instead of failing (and the pod crash-looping) because a provider has IPv6 addresses. A
+    pod with an IPv6 address beyond the node (not ::1, not link-local fe80::/10) would reach the
+    providers' IPv6 addresses uninterceptedly: then it fails, saying why."""
     fake = tmp_path / "bin"
     fake.mkdir()
     log = tmp_path / "iptables.log"
@@ -80,11 +91,22 @@ def test_the_init_script_skips_ipv6_where_ip6tables_has_no_nat_table(tmp_path: P
     for name, text in scripts.items():
         (fake / name).write_text(text)
         (fake / name).chmod(0o755)
+    addresses = tmp_path / "if_inet6"  # None: no such file (IPv6 disabled in the kernel)
+    if if_inet6 is not None:
+        addresses.write_text(if_inet6)
     proc = subprocess.run(["sh", str(ROOT / "k8s" / "image" / "tollway-intercept")], capture_output=True, text=True,
                           env={"PATH": f"{fake}:/usr/bin:/bin", "TOLLWAY_INTERCEPT_HOSTS": "api.openai.com",
-                               "TOLLWAY_INTERCEPT_ALL": intercept_all}, timeout=30)
+                               "TOLLWAY_INTERCEPT_ALL": intercept_all, "TOLLWAY_IF_INET6": str(addresses)},
+                          timeout=30)
+    if refused:
+        assert proc.returncode == 1, proc.stderr
+        (last,) = proc.stderr.splitlines()[-1:]
+        prefix = "2001:0db8:" if if_inet6 == GLOBAL else "fd00:"
+        assert last.startswith(f"tollway-intercept: no usable ip6tables nat table, but this pod has the IPv6 address "
+                               f"{prefix}") and "would NOT be intercepted" in last
+        return
     assert proc.returncode == 0, proc.stderr
-    assert "no usable ip6tables nat table" in proc.stderr
+    assert "no usable ip6tables nat table" in proc.stderr and "WARNING" not in proc.stderr
     rules = log.read_text()
     expected = "--dport 443 -j REDIRECT" if intercept_all == "true" else "-d 162.159.140.245 --dport 443 -j REDIRECT"
     assert expected in rules and "2606:" not in rules
