@@ -9,6 +9,7 @@ than the capacity.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import random
@@ -589,34 +590,32 @@ def test_a_holders_report_number_never_outlives_its_counter(redis_url: str) -> N
     asyncio.run(scenario())
 
 
-def test_tollway_works_as_the_manifests_redis_user_which_cannot_wipe_redis(tmp_path: Path) -> None:
-    """k8s/base/redis.yaml gives Tollway an ACL user: its keys (tollway:*) and no administrative or
-    dangerous command. Redis started with the manifest's own arguments: every counter and ledger
-    operation Tollway makes passes as that user; FLUSHALL, KEYS, CONFIG, other keys do not."""
+@contextlib.contextmanager
+def manifest_redis(tmp_path: Path, password: str, admin_password: str) -> Iterator[int]:
+    """redis-server started with k8s/base/redis.yaml's own arguments (its passwords substituted as the
+    kubelet substitutes ``$(VAR)``); its port."""
     import shutil
     import subprocess
 
     import yaml
 
     from ext_proc.stack import ROOT, free_port
-    from ext_proc.state.ledger import RedisLedger
-    from ext_proc.state.queries import Ping
-    from ext_proc.state.store import RedisStore
 
     (statefulset,) = [d for d in yaml.safe_load_all((ROOT / "k8s/base/redis.yaml").read_text())
                       if d and d["kind"] == "StatefulSet"]
     (container,) = statefulset["spec"]["template"]["spec"]["containers"]
-    args = [a.replace("$(REDIS_PASSWORD)", "tollway-pw").replace("$(REDIS_ADMIN_PASSWORD)", "admin-pw")
-            .replace("/data", str(tmp_path)) for a in container["args"]]
     assert {"REDIS_PASSWORD", "REDIS_ADMIN_PASSWORD"} <= {e["name"] for e in container["env"]}
+    data = tmp_path / f"redis-{password}-{admin_password}"
+    data.mkdir()
+    args = [a.replace("$(REDIS_PASSWORD)", password).replace("$(REDIS_ADMIN_PASSWORD)", admin_password)
+            .replace("/data", str(data)) for a in container["args"]]
     port = free_port()
     binary = shutil.which("redis-server")
     assert binary, "redis-server is not installed"
     proc = subprocess.Popen([binary, *args, "--port", str(port), "--bind", "127.0.0.1", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL)
-    url = f"redis://tollway:tollway-pw@127.0.0.1:{port}/0"
     try:
-        admin = redis.Redis(port=port, password="admin-pw")
+        admin = redis.Redis(port=port, password=admin_password)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -625,6 +624,30 @@ def test_tollway_works_as_the_manifests_redis_user_which_cannot_wipe_redis(tmp_p
             except redis.ConnectionError:
                 assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
                 time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_tollway_works_as_the_manifests_redis_user_which_cannot_wipe_redis(tmp_path: Path) -> None:
+    """k8s/base/redis.yaml gives Tollway an ACL user: its keys (tollway:*) and no administrative or
+    dangerous command. Redis started with the manifest's own arguments: every counter and ledger
+    operation Tollway makes passes as that user (pipelined scripts, loaded again after Redis lost
+    them, the ledger's batches and reports, ``tollway report --redis``, ``tollway budgets``);
+    FLUSHALL, KEYS, CONFIG, other keys do not."""
+    import subprocess
+    import sys
+    from datetime import date, timedelta
+
+    from ext_proc.stack import ROOT
+    from ext_proc.state.ledger import RedisLedger
+    from ext_proc.state.queries import Ping
+    from ext_proc.state.store import RedisStore
+
+    with manifest_redis(tmp_path, "tollway-pw", "admin-pw") as port:
+        admin = redis.Redis(port=port, password="admin-pw")
+        url = f"redis://tollway:tollway-pw@127.0.0.1:{port}/0"
 
         async def counters() -> None:
             backend = RedisBackend.from_url(url)
@@ -634,12 +657,23 @@ def test_tollway_works_as_the_manifests_redis_user_which_cannot_wipe_redis(tmp_p
             assert await backend.totals(c.counter) == (10, 0)
             assert c.counter in await backend.scan("budget/")
             assert await backend.once("alert/x", time.time() + 60) is True
+            several = [claim(counter=f"budget/b{i}/usd/t/2026-12") for i in range(3)]  # one pipeline
+            assert await backend.grow("a", [(x, 10, 10) for x in several], 30) == [Grant(10, 0, 10, 10)] * 3
+            assert await backend.report("a", [(x, 10, 0) for x in several], 30, 2) == [Grant(0, 10, 0, 0)] * 3
             store = RedisStore(url)
             assert await store.answer(Ping()) == "redis"
             await store.client.aclose()
             await backend.close()
 
+        async def after_flush() -> None:  # a restarted Redis has no scripts: loaded again, as the user
+            backend = RedisBackend.from_url(url)
+            rates = [claim(amount=1, counter=f"rate/r{i}/requests/t/m") for i in range(2)]
+            assert await backend.grow("b", [(x, 1, 1) for x in rates], 30) == [Grant(1, 0, 1, 1)] * 2
+            await backend.close()
+
         asyncio.run(counters())
+        admin.script_flush()
+        asyncio.run(after_flush())
         ledger = RedisLedger(redis.Redis.from_url(url))
         record = {"ts": time.time(), "team": "search", "model": "gpt-4o", "key_id": "k1", "provider": "openai",
                   "api": "openai.chat.completions", "outcome": "ok", "status": 200, "input_tokens": 1000,
@@ -647,12 +681,34 @@ def test_tollway_works_as_the_manifests_redis_user_which_cannot_wipe_redis(tmp_p
         ledger.add([record], batch="b1")
         ledger.add([record], batch="b1")  # the same batch again: counted once
         assert [(r.group, r.requests) for r in ledger.rows("team")] == [("search", 1)]
+        ledger.add([record])  # no batch
+        assert [(r.group, r.requests) for r in ledger.rows("model", since=date(2000, 1, 1))] == [("gpt-4o", 2)]
+        assert len(ledger.cells(date.today() - timedelta(days=1), date.today() + timedelta(days=1))) == 1
+        env = {**os.environ, "TOLLWAY_REDIS_URL": url}
+        for command in (["report", "--by", "team", "--format", "json"],
+                        ["budgets", "--policy", str(ROOT / "k8s/policy/policy.yaml"), "--format", "json"]):
+            proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", *command], env=env, capture_output=True,
+                                  text=True, cwd=ROOT, timeout=60)
+            assert proc.returncode == 0 and "search" in proc.stdout, proc.stderr
+        assert admin.execute_command("ACL", "LOG") == []  # nothing Tollway did above was refused
         tollway = redis.Redis.from_url(url)
         for command in (("FLUSHALL",), ("FLUSHDB",), ("KEYS", "*"), ("CONFIG", "GET", "requirepass"),
                         ("ACL", "LIST"), ("SAVE",), ("SHUTDOWN",), ("SET", "other:key", "1")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 tollway.execute_command(*command)
         assert admin.dbsize() > 0
-    finally:
-        proc.terminate()
-        proc.wait(10)
+
+
+def test_upgrading_to_the_acl_user_keeps_running_sidecars_in_while_admin_password_is_the_old_one(
+        tmp_path: Path) -> None:
+    """Sidecars started before the ACL user log in as Redis's default user (``redis://:PASSWORD@``),
+    whose password is ``admin-password`` once Redis restarts with the new manifest: the upgrade order
+    k8s/README.md gives sets admin-password to the old password first, so they stay in until they
+    restart with a ``tollway:`` URL; only then is admin-password changed."""
+    with manifest_redis(tmp_path, "old-pw", "old-pw") as port:  # steps 1-3: both URLs work
+        assert redis.Redis.from_url(f"redis://:old-pw@127.0.0.1:{port}/0").ping()
+        assert redis.Redis.from_url(f"redis://tollway:old-pw@127.0.0.1:{port}/0").ping()
+    with manifest_redis(tmp_path, "old-pw", "new-admin-pw") as port:  # step 4, or admin-password new at once
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis.from_url(f"redis://:old-pw@127.0.0.1:{port}/0").ping()
+        assert redis.Redis.from_url(f"redis://tollway:old-pw@127.0.0.1:{port}/0").ping()
