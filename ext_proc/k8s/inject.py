@@ -24,8 +24,9 @@ interception) or as Tollway's (theirs could read Tollway's files and memory), co
 the application that mount Tollway's volumes (the socket directory and the provider keys are
 for the sidecar only) or read its Secrets by another route (an env secretKeyRef, envFrom, a
 volume of the same Secret), and memory- or CPU-limit annotations that are no quantity. Every injected
-container limits CPU and memory (a namespace whose ResourceQuota or LimitRange asks for limits
-admits the pod), and in a Guaranteed pod (every container of the application requests the CPU
+container limits CPU and memory (a namespace whose ResourceQuota asks for limits admits the pod;
+a LimitRange, within its max and maxLimitRequestRatio), each request at most its limit, and in
+a Guaranteed pod (every container of the application requests the CPU
 and memory it limits) the sidecars request what they limit, so the pod stays Guaranteed. The application's
 containers and its own init containers (which start after Tollway's, intercepted too) get the
 trust bundle. See :mod:`ext_proc.k8s` for what the three containers do.
