@@ -16,9 +16,10 @@ A bucket keeps the team and the key id apart, and a report by key names a key wi
 read that way too, nothing to migrate.
 
 :class:`RedisLedger` keeps the buckets in Redis, where every sidecar adds to them with
-``HINCRBY`` (atomic per field, so any number of sidecars can add to one Redis), a batch in one
-script that marks it first, so a batch sent again after a timeout adds nothing twice, and
-indexes buckets per day in a set. Buckets are bounded: a refused request's model name the
+``HINCRBY`` (atomic per field, so any number of sidecars can add to one Redis), batches in one
+script that marks each first (several per call: a sender's backlog goes in one round trip), so a
+batch sent again after a timeout, in whatever grouping, adds nothing twice, and indexes buckets
+per day in a set. Buckets are bounded: a refused request's model name the
 policy does not know (``known``) is counted as :data:`OTHER` (:func:`bucket_of`), and a day's
 buckets and its set expire :data:`RETENTION_DAYS` after the day. The service keeps aggregates only there (``--redis``):
 without Redis, reports and the dashboard read the request log, which stays the complete record
@@ -31,7 +32,7 @@ per (day, team, model, provider) (the dashboard's).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -51,25 +52,37 @@ Bucket = tuple[str, str, str, str, str]  # day, team, model, key id, provider
 Cell = tuple[str, str, str, str]  # day, team, model, provider ("(none)" for none)
 K = TypeVar("K", str, Cell)
 BATCH_TTL = 86_400  # seconds a batch's mark is kept (a batch sent again within it adds nothing)
-# A batch at most once: its mark set (if new), then for each bucket its day's set, its counts and
-# their expiry (the same instant for a day's set and buckets: they go together).
-# ARGV: ttl, then per bucket: the day's set, the bucket's key, when it expires (Unix seconds, 0:
-# never), the number of counts, name/value pairs.
+# Batches at most once each, any number in one call (atomic): for each batch (KEYS[k], its mark)
+# whose mark is new, its mark set, then for each of its buckets its day's set, its counts and
+# their expiry (the same instant for a day's set and buckets: they go together); a batch whose
+# mark is there already (sent before, in this grouping or another) is skipped. Returns how many
+# batches were added. ARGV: ttl, then per batch: its number of buckets, then per bucket: the
+# day's set, the bucket's key, when it expires (Unix seconds, 0: never), the number of counts,
+# name/value pairs.
 _ONCE = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
 local i = 2
-while i <= #ARGV do
-  local day, key, at, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  redis.call('SADD', day, key)
-  for j = 0, n - 1 do redis.call('HINCRBY', key, ARGV[i + 4 + 2 * j], ARGV[i + 5 + 2 * j]) end
-  if at > 0 then
-    redis.call('EXPIREAT', key, at)
-    redis.call('EXPIREAT', day, at)
+local added = 0
+for k = 1, #KEYS do
+  local m = tonumber(ARGV[i])
+  i = i + 1
+  local new = redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[1])
+  if new then added = added + 1 end
+  for _ = 1, m do
+    local day, key, at, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+    if new then
+      redis.call('SADD', day, key)
+      for j = 0, n - 1 do redis.call('HINCRBY', key, ARGV[i + 4 + 2 * j], ARGV[i + 5 + 2 * j]) end
+      if at > 0 then
+        redis.call('EXPIREAT', key, at)
+        redis.call('EXPIREAT', day, at)
+      end
+    end
+    i = i + 4 + 2 * n
   end
-  i = i + 4 + 2 * n
 end
-return 1
+return added
 """
+Summed = dict[Bucket, dict[str, int]]  # a batch's counts, added up per bucket (:func:`summed`)
 
 
 def bucket_of(record: dict[str, Any], known: Callable[[str], bool] | None = None) -> Bucket | None:
@@ -123,7 +136,7 @@ def increments(record: dict[str, Any]) -> dict[str, int]:
     return {k: v for k, v in fields.items() if v}
 
 
-def _by_bucket(records: Iterable[dict[str, Any]], known: Callable[[str], bool] | None) -> dict[Bucket, dict[str, int]]:
+def summed(records: Iterable[dict[str, Any]], known: Callable[[str], bool] | None = None) -> Summed:
     """The records' counts added up per bucket (a batch's records often share a few)."""
     buckets: dict[Bucket, dict[str, int]] = {}
     for record in records:
@@ -214,6 +227,10 @@ def _p95_bound(histogram: list[int]) -> float:
 class Ledger(Protocol):
     def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None: ...
 
+    def summed(self, records: Iterable[dict[str, Any]]) -> Summed: ...
+
+    def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int: ...
+
     def rows(self, by: str, since: date | None = None, until: date | None = None,
              where: dict[str, str] | None = None) -> list[Row]: ...
 
@@ -227,9 +244,29 @@ class MemoryLedger:
     def __init__(self, known: Callable[[str], bool] | None = None) -> None:
         self.buckets: dict[Bucket, dict[str, int]] = {}
         self.known = known
+        self.marks: set[str] = set()  # the batch ids added (never expire here)
 
     def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
-        for bucket, counts in _by_bucket(records, self.known).items():
+        if batch is not None:
+            self.add_summed([(batch, self.summed(records))])
+            return
+        self._add(self.summed(records))
+
+    def summed(self, records: Iterable[dict[str, Any]]) -> Summed:
+        return summed(records, self.known)
+
+    def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int:
+        """Add each batch whose id was never added (see :meth:`RedisLedger.add_summed`)."""
+        added = 0
+        for batch, counts in batches:
+            if batch not in self.marks:
+                self.marks.add(batch)
+                self._add(counts)
+                added += 1
+        return added
+
+    def _add(self, buckets: Summed) -> None:
+        for bucket, counts in buckets.items():
             counters = self.buckets.setdefault(bucket, {})
             for name, value in counts.items():
                 counters[name] = counters.get(name, 0) + value
@@ -270,28 +307,43 @@ class RedisLedger:
 
     def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
         """Add the records' counts (a bucket's in one ``HINCRBY`` per count, its expiry set). With
-        a ``batch`` id, at most once: a batch whose answer did not come in time (Redis hung, then
-        carried it out) and is sent again adds nothing the second time (one script: the batch's
-        mark and its counts together)."""
-        buckets = _by_bucket(records, self.known)
-        if batch is None:
-            pipe = self.client.pipeline(transaction=False)
-            for bucket, counts in buckets.items():
-                key, day, at = self._key(bucket), f"{self.prefix}:day:{bucket[0]}", self._expires(bucket[0])
-                pipe.sadd(day, key)
-                for name, value in counts.items():
-                    pipe.hincrby(key, name, value)
-                if at:
-                    pipe.expireat(key, at)
-                    pipe.expireat(day, at)
-            pipe.execute()
+        a ``batch`` id, at most once (:meth:`add_summed`)."""
+        if batch is not None:
+            self.add_summed([(batch, self.summed(records))])
             return
-        args: list[Any] = [BATCH_TTL]
-        for bucket, counts in buckets.items():
-            args += [f"{self.prefix}:day:{bucket[0]}", self._key(bucket), self._expires(bucket[0]), len(counts)]
+        pipe = self.client.pipeline(transaction=False)
+        for bucket, counts in self.summed(records).items():
+            key, day, at = self._key(bucket), f"{self.prefix}:day:{bucket[0]}", self._expires(bucket[0])
+            pipe.sadd(day, key)
             for name, value in counts.items():
-                args += [name, value]
-        self.client.eval(_ONCE, 1, f"{self.prefix}:batch:{batch}", *args)
+                pipe.hincrby(key, name, value)
+            if at:
+                pipe.expireat(key, at)
+                pipe.expireat(day, at)
+        pipe.execute()
+
+    def summed(self, records: Iterable[dict[str, Any]]) -> Summed:
+        """The records' counts per bucket, as :meth:`add_summed` takes them."""
+        return summed(records, self.known)
+
+    def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int:
+        """Add batches (each its id and its counts per bucket) in one call to Redis, each at most
+        once: one script marks each batch whose mark is new and adds its counts, and skips those
+        marked already (within :data:`BATCH_TTL`). So batches whose answer did not come in time
+        (Redis hung, then carried them out) can be sent again in any grouping, alone or with
+        others, and each adds once. Returns how many were added (the others had been)."""
+        if not batches:
+            return 0
+        keys: list[str] = []
+        args: list[Any] = [BATCH_TTL]
+        for batch, buckets in batches:
+            keys.append(f"{self.prefix}:batch:{batch}")
+            args.append(len(buckets))
+            for bucket, counts in buckets.items():
+                args += [f"{self.prefix}:day:{bucket[0]}", self._key(bucket), self._expires(bucket[0]), len(counts)]
+                for name, value in counts.items():
+                    args += [name, value]
+        return int(self.client.eval(_ONCE, len(keys), *keys, *args))
 
     def rows(self, by: str, since: date | None = None, until: date | None = None,
              where: dict[str, str] | None = None) -> list[Row]:

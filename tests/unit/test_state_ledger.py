@@ -93,6 +93,28 @@ def test_a_batch_sent_again_after_a_timeout_is_added_once(redis_port: int) -> No
     assert sum(r.requests for r in ledger.rows("team")) == len(RECORDS) + 1
 
 
+def test_batches_sent_again_in_any_grouping_add_once_each(redis_port: int) -> None:
+    """A group whose answer did not come in time (Redis may have carried it out) is sent again with
+    what came since, or split: each batch in it adds once, whichever call carries it."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger = RedisLedger(client)
+    batches = [(f"b-{i}", ledger.summed(RECORDS[i::4])) for i in range(4)]
+    assert ledger.add_summed(batches[:2]) == 2
+    assert ledger.add_summed(batches[1:3]) == 1  # b-1 again, with b-2
+    assert ledger.add_summed(batches[::-1]) == 1  # all of them, another order: only b-3 is new
+    assert ledger.add_summed(batches[3:]) == 0
+    memory = MemoryLedger()
+    memory.add(RECORDS)
+    for by in ("team", "model", "key"):
+        assert comparable(ledger.rows(by, *OCTOBER)) == comparable(memory.rows(by, *OCTOBER))
+    assert ledger.cells(*OCTOBER) == memory.cells(*OCTOBER)
+    # The reference ledger does the same.
+    again = MemoryLedger()
+    assert [again.add_summed(group) for group in (batches[:2], batches[1:3], batches[::-1])] == [2, 1, 1]
+    assert comparable(again.rows("team", *OCTOBER)) == comparable(memory.rows("team", *OCTOBER))
+
+
 def test_the_writer_sends_a_batch_that_timed_out_again_under_its_id() -> None:
     class Hung:
         """Carries a batch out, then answers too late (the first time), as a hung Redis does."""
