@@ -279,7 +279,9 @@ def run(args: argparse.Namespace) -> int:
         watcher.start()
         ledger = open_ledger(config.redis_url, lambda model: knows(controller.current, model)) if config.log_file \
             else None
-        sender = LedgerSender(ledger) if ledger is not None else None  # its thread starts with a first batch
+        if ledger is not None:  # its thread starts with a first batch (or spool to take over)
+            sender = LedgerSender(ledger, directory=spool_directory(config.log_file),
+                                  on_waiting=lambda waiting: publish_sender(recovered, sender))
         recover_records(config, recovered, sender)  # requests in flight when a previous run died
         try:
             sock = listener.sock if listener else None
@@ -410,13 +412,41 @@ def knows(policy: CompiledPolicy | None, model: str) -> bool:
     return policy is not None and model in policy.model_names
 
 
+def spool_directory(log_file: str | None) -> str | None:
+    """Where the spend aggregates' spools live: next to the journals (None: the log is no regular file)."""
+    if not log_file or (os.path.exists(log_file) and not os.path.isfile(log_file)):
+        return None
+    return journal.directory_for(log_file)
+
+
+_TALLY = threading.Lock()  # the supervisor's tally: its main thread (recovery) and its sender's thread
+
+
+def publish_sender(counted: Exchange | None, sender: LedgerSender | None) -> None:
+    """Publish the supervisor's sender's state beside the workers' (tollway_ledger_waiting, its
+    failures and what it gave up)."""
+    if counted is None or sender is None:
+        return
+    with _TALLY:
+        tally = counted.tally
+        tally.set(("tollway_ledger_waiting",), sender.waiting)
+        for name, value in (("tollway_ledger_write_failures", sender.failures),
+                            ("tollway_ledger_dropped", sender.dropped)):
+            if value and tally.counters.get((name,)) != value:
+                tally.counters[(name,)] = value
+                tally.changed = True
+        counted.write()
+
+
 def recover_records(config: ServeConfig, counted: Exchange | None = None,
                     ledger: LedgerSender | None = None) -> None:
     """Write the records of requests a dead worker had sent upstream (:mod:`ext_proc.server.journal`),
     count them in ``counted``'s tally, published beside the workers' (so ``/metrics`` agrees with
     the log after a crash too), and hand them to ``ledger`` for the spend aggregates (Redis), which
     sends them until Redis takes them: the journal is gone once they are in the log, and neither a
-    Redis that is down nor anything else keeps them from the count."""
+    Redis that is down nor anything else keeps them from the count. Then have ``ledger`` take over
+    the spools stopped processes left (:mod:`ext_proc.server.spool`: batches Redis had not taken),
+    in its own thread: nothing here waits on reading them."""
     if not config.log_file:
         return
 
@@ -429,8 +459,9 @@ def recover_records(config: ServeConfig, counted: Exchange | None = None,
                 log.exception("queueing %d recovered record(s) for the spend aggregates", len(records))
         if counted is not None:
             try:
-                for record in records:
-                    counted.tally.record(record)
+                with _TALLY:
+                    for record in records:
+                        counted.tally.record(record)
             except Exception:
                 log.exception("counting %d recovered record(s) in /metrics", len(records))
 
@@ -438,9 +469,14 @@ def recover_records(config: ServeConfig, counted: Exchange | None = None,
         journal.recover(config.log_file, add if counted is not None or ledger is not None else None)
     except Exception:  # never keep the service from starting or a worker from restarting
         log.exception("recovering the journals of %s", config.log_file)
+    if ledger is not None:
+        ledger.adopt()
     if counted is not None:
         try:
-            counted.write()
+            if ledger is not None:
+                publish_sender(counted, ledger)
+            with _TALLY:
+                counted.write()
         except Exception:
             log.exception("publishing the count of the recovered records")
 

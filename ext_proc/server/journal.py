@@ -197,6 +197,8 @@ def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = 
     except FileNotFoundError:
         return result
     for name in names:
+        if not name.endswith((SUFFIX, SUFFIX + ".compact")):  # not a journal (ext_proc.server.spool's spools)
+            continue
         path = os.path.join(directory, name)
         fd = _take(path)
         if fd is None:

@@ -133,6 +133,9 @@ METRICS = {m.name: m for m in (
     Metric("tollway_ledger_write_failures", "counter", "Record batches the spend aggregates' store refused", ()),
     Metric("tollway_ledger_dropped", "counter",
            "Records given up before the spend aggregates took them (the request log has them)", ()),
+    Metric("tollway_ledger_waiting", "gauge",
+           "Records the spend aggregates (Redis) have not taken yet: in memory and in the spools, the workers' "
+           "and the supervisor's", ()),
     Metric("tollway_shared_state_degraded", "gauge",
            "1 while a worker cannot reach the budget and rate-limit store", ("store",), merge="max"),
     Metric("tollway_request_log_failing", "gauge",

@@ -20,14 +20,14 @@ partial write is finished first, so the line it began is completed. :meth:`Recor
 ``/readyz`` (``request_log``) and the ``tollway_request_log_*`` metrics; the log says it once,
 then every 10 s.
 
-Aggregates: with ``--redis`` each batch is also added to a :class:`~ext_proc.state.ledger.Ledger`
-(through a worker thread, so the event loop never waits on the network); without it there are
-none (nothing would read them: reports read the log). A batch Redis
-refused, or did not answer in time, is kept with its id and sent again at the next flush (up to
-``MAX_PENDING`` records): the id makes Redis add it once, even if it had carried out the first
-send after all; the log file holds every record either way. The records the supervisor recovers
-from a dead worker's journal go to the aggregates the same way, from a thread of its own
-(:class:`LedgerSender`).
+Aggregates: with ``--redis`` each round's records are handed to an
+:class:`~ext_proc.server.spool.Outbox` (counted per bucket and spooled next to the log at once,
+then sent by a thread of its own, so the event loop never waits on the network); without it
+there are none (nothing would read them: reports read the log). The outbox sends everything
+waiting in one Redis call per round trip, each batch under an id that makes Redis add it once;
+what Redis has not taken when the worker stops (or dies) stays in its spool, and the supervisor
+sends it (:class:`LedgerSender`, which also sends the records it recovers from dead workers'
+journals). The log file holds every record either way.
 """
 
 from __future__ import annotations
@@ -37,11 +37,10 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
 import stat
 import sys
-import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,10 +48,10 @@ import orjson
 
 from ext_proc.ledger.log import log_files
 from ext_proc.server.journal import Journal, directory_for
+from ext_proc.server.spool import MAX_PENDING, Outbox
 from ext_proc.state.ledger import Ledger
 
 log = logging.getLogger("tollway.records")
-MAX_PENDING = 100_000
 MAX_BACKLOG = 16 * 1024 * 1024  # bytes of records kept in memory while the log cannot be written
 RETRY = 0.5  # seconds between write attempts while it cannot
 POSITION_AGE = 0.25  # seconds a noted log position is reused (see RecordWriter.position)
@@ -81,9 +80,10 @@ class RecordWriter:
         immediate: bool = False,
     ) -> None:
         self._path = path
-        self._ledger = ledger
-        self._pending: list[dict[str, Any]] = []  # records not yet given to the ledger
-        self._unsure: list[tuple[str, list[dict[str, Any]]]] = []  # batches refused or timed out, with their ids
+        self._pending: list[dict[str, Any]] = []  # records not yet handed to the outbox
+        # The spend aggregates' outbox (Redis), its spool next to a log that is a regular file.
+        self.outbox = None if ledger is None else Outbox(
+            ledger, directory_for(path) if path is not None and _regular_or_absent(path) else None)
         self._owns_fd = path is not None
         self._position: tuple[int, int] | None = None  # the log's (inode, size) lately seen
         self._position_until = 0.0
@@ -99,10 +99,6 @@ class RecordWriter:
         self._immediate = immediate
         self._task: asyncio.Task[None] | None = None
         self._work = asyncio.Event()  # set by emit: the periodic flush has something to follow up
-        self.failures = 0  # batches the aggregates' store refused (tollway_ledger_write_failures_total)
-        # Records given up before the aggregates took them (tollway_ledger_dropped_total): past the
-        # bound while Redis is down, or still waiting at exit; the request log has them.
-        self.ledger_dropped = 0
         # Write failures (a full disk): the records wait in memory, the state is shown (status()).
         self.failing_since: float | None = None
         self.last_error: str | None = None
@@ -134,7 +130,7 @@ class RecordWriter:
             record = {key: None if isinstance(value, int) and not -(2**63) <= value < 2**64 else value
                       for key, value in record.items()}
             line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        if self._ledger is not None:
+        if self.outbox is not None:
             self._pending.append(record)
         self._lines.append(line)
         self._ids.append(record.get("request_id"))
@@ -336,56 +332,41 @@ class RecordWriter:
                     self.flush()
                 if self.journal is not None:
                     self.journal.sync()
-                await self._add_to_ledger()
+                self._to_ledger()
             except Exception:  # never let the writer stop: every later record would be lost
                 log.exception("request log writer")
-            if self._lines or self._pending or self._unsure:  # unwritten, or the ledger refused: again
+            if self._lines or self._pending:  # unwritten: again (the outbox retries on its own)
                 work.set()
 
-    async def _add_to_ledger(self) -> None:
-        if self._ledger is None or not (self._pending or self._unsure):
-            return
-        # A batch keeps its id until Redis has answered it: one that timed out may have been carried
-        # out (Redis hung, then ran it), and its id makes the next try of it add nothing twice.
-        if self._pending:
-            self._unsure.append((secrets.token_hex(8), self._pending))
-            self._pending = []
-        loop = asyncio.get_running_loop()
-        while self._unsure:
-            batch_id, batch = self._unsure[0]
-            try:
-                await loop.run_in_executor(None, self._ledger.add, batch, batch_id)
-            except Exception as exc:  # Redis down: keep the batches (bounded) and retry next time
-                self.failures += 1
-                log.warning("ledger store refused %d records (%s); will retry", len(batch), type(exc).__name__)
-                self._bound()
-                return
-            self._unsure.pop(0)
+    def _to_ledger(self) -> None:
+        """Hand the round's records to the outbox: one batch, spooled at once (a worker killed
+        while Redis hangs loses none of them), sent by the outbox's thread."""
+        if self.outbox is not None and self._pending:
+            pending, self._pending = self._pending, []
+            self.outbox.add(pending)
 
-    def _bound(self) -> None:
-        """At most ``MAX_PENDING`` records waiting for the ledger: the oldest batches go first
-        (counted, said at ERROR)."""
-        waiting = sum(len(batch) for _, batch in self._unsure)
-        while waiting > MAX_PENDING and len(self._unsure) > 1:
-            dropped = len(self._unsure.pop(0)[1])
-            waiting -= dropped
-            self.ledger_dropped += dropped
-            log.error("%d record(s) waiting for the spend aggregates dropped (more than %d wait); the request log "
-                      "has them", dropped, MAX_PENDING)
+    @property
+    def failures(self) -> int:
+        """Sends the aggregates' store refused or did not answer (tollway_ledger_write_failures_total)."""
+        return self.outbox.failures if self.outbox is not None else 0
 
-    async def close(self) -> None:
+    @property
+    def ledger_dropped(self) -> int:
+        """Records given up before the aggregates took them (tollway_ledger_dropped_total): they
+        could not be spooled and waited in memory past its bound, or at exit; the log has them."""
+        return self.outbox.dropped if self.outbox is not None else 0
+
+    async def close(self, ledger_timeout: float = 3.0) -> None:
+        """Stop: write what waits; give the outbox up to ``ledger_timeout`` seconds for a last
+        send (what Redis has not taken then stays in the spool, for the supervisor)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.flush()
-        await self._add_to_ledger()
-        left = sum(len(batch) for _, batch in self._unsure) + len(self._pending)
-        if left:
-            self.ledger_dropped += left
-            log.error("%d record(s) never reached the spend aggregates (Redis did not take them before exit); "
-                      "the request log has them", left)
-            self._unsure, self._pending = [], []
+        if self.outbox is not None:
+            self._to_ledger()
+            await asyncio.get_running_loop().run_in_executor(None, self.outbox.close, ledger_timeout)
         if self._lines:
             self.dropped += len(self._lines)
             log.error("%d record(s) could not be written to %s (%s) before exit", len(self._lines), self._path,
@@ -397,95 +378,17 @@ class RecordWriter:
             os.close(self._fd)
 
 
-class LedgerSender:
-    """Records for the spend aggregates from the supervisor (those it recovers from dead workers'
-    journals, already in the log), sent from a thread of its own so the supervisor never waits on
-    Redis. As a worker's :class:`RecordWriter` does: each batch keeps its id until Redis has taken
-    it (refused, or no answer in time: sent again every ``retry`` seconds, and its id makes Redis
-    add it once), at most ``max_pending`` records wait (the oldest batches go first, counted in
-    ``dropped``), and those still waiting when the service stops are given up, said in the log."""
+class LedgerSender(Outbox):
+    """The supervisor's outbox (:class:`~ext_proc.server.spool.Outbox`): the records it recovers
+    from dead workers' journals (already in the log), spooled in ``directory`` (next to the log)
+    and sent from a thread of its own, so the supervisor never waits on Redis; and, at
+    :meth:`~ext_proc.server.spool.Outbox.adopt`, the spools stopped processes left (batches Redis
+    had not taken), taken over and sent from where they are. ``on_waiting``: see the outbox."""
 
-    def __init__(self, ledger: Ledger, retry: float = RETRY, max_pending: int = MAX_PENDING) -> None:
-        self._ledger = ledger
-        self._retry = retry
-        self._max_pending = max_pending
-        self._batches: list[tuple[str, list[dict[str, Any]]]] = []  # (id, records), oldest first
-        self._lock = threading.Lock()  # the list, shared with the thread
-        self._wake = threading.Event()
-        self._closing = False
-        self._thread: threading.Thread | None = None  # started with the first batch
-        self.failures = 0  # sends Redis refused or did not answer
-        self.dropped = 0  # records given up (past the bound, or waiting at close)
-
-    def add(self, records: list[dict[str, Any]]) -> None:
-        """Queue the records (never raises, never waits on the network)."""
-        if not records:
-            return
-        with self._lock:
-            self._batches.append((secrets.token_hex(8), records))
-            waiting = sum(len(batch) for _, batch in self._batches)
-            while waiting > self._max_pending and len(self._batches) > 1:
-                dropped = len(self._batches.pop(0)[1])
-                waiting -= dropped
-                self.dropped += dropped
-                log.error("%d record(s) waiting for the spend aggregates dropped (more than %d wait)", dropped,
-                          self._max_pending)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="tollway-ledger", daemon=True)
-                self._thread.start()
-        self._wake.set()
-
-    @property
-    def waiting(self) -> int:
-        """Records not taken by the aggregates yet."""
-        with self._lock:
-            return sum(len(batch) for _, batch in self._batches)
-
-    def send(self) -> bool:
-        """Send the waiting batches, oldest first, until one fails; True when none is left."""
-        while True:
-            with self._lock:
-                if not self._batches:
-                    return True
-                batch_id, batch = self._batches[0]
-            try:
-                self._ledger.add(batch, batch_id)
-            except Exception as exc:
-                self.failures += 1
-                if self.failures == 1 or self.failures % 20 == 0:
-                    log.warning("the spend aggregates refused %d recovered record(s) (%s); will retry", len(batch),
-                                type(exc).__name__)
-                return False
-            with self._lock:
-                if self._batches and self._batches[0][0] == batch_id:  # not dropped meanwhile
-                    self._batches.pop(0)
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            try:
-                done = self.send()
-            except Exception:  # never let the thread stop: later batches would wait forever
-                log.exception("sending recovered records to the spend aggregates")
-                done = False
-            if self._closing:
-                return
-            if not done:
-                time.sleep(self._retry)
-                self._wake.set()
-
-    def close(self, timeout: float = 3.0) -> None:
-        """One last try (for up to ``timeout`` seconds), then give up what still waits, loudly."""
-        self._closing = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        waiting = self.waiting
-        if waiting:
-            self.dropped += waiting
-            log.error("%d recovered record(s) never reached the spend aggregates (Redis did not take them "
-                      "before exit); the request log has them", waiting)
+    def __init__(self, ledger: Ledger, retry: float = RETRY, max_pending: int = MAX_PENDING,
+                 directory: str | None = None, on_waiting: Callable[[int], None] | None = None) -> None:
+        super().__init__(ledger, directory, retry=retry, max_pending=max_pending, what="recovered record(s)",
+                         on_waiting=on_waiting)
 
 
 def _regular_or_absent(path: str) -> bool:

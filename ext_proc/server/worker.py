@@ -169,6 +169,8 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         if records.ledger_dropped:
             tally.counters[("tollway_ledger_dropped",)] = records.ledger_dropped
             tally.changed = True
+        if records.outbox is not None:
+            tally.set(("tollway_ledger_waiting",), records.outbox.waiting)
         log_status = records.status()
         tally.set(("tollway_request_log_failing",), 0 if log_status["ok"] else 1)
         tally.set(("tollway_request_log_waiting",), log_status["waiting"])

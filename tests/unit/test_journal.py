@@ -9,9 +9,13 @@ ENOSPC), keeps the records in memory up to a bound and writes them, in order, wh
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+import threading
 import time
+import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +29,15 @@ from ext_proc.core.session import Session
 from ext_proc.ledger.log import log_files, read_records
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server import journal as journal_module
+from ext_proc.server import spool as spool_module
 from ext_proc.server.accounting import ServiceAccountant
-from ext_proc.server.app import ServeConfig, recover_records
+from ext_proc.server.app import ServeConfig, publish_sender, recover_records
 from ext_proc.server.journal import COMPACT_AT, Journal, directory_for, recover
 from ext_proc.server.metrics import Exchange, Names, Tally
 from ext_proc.server.records import LedgerSender, RecordWriter
 from ext_proc.server.servicer import ExtProcCall, Service
+from ext_proc.server.spool import Outbox
+from ext_proc.state.ledger import MemoryLedger, Summed
 from tests.unit.transcript import Record, Transcript
 
 CHAT = "/v1/chat/completions"
@@ -256,20 +263,19 @@ def test_a_journal_that_cannot_be_written_out_is_kept_for_the_next_try(tmp_path:
     assert [r["request_id"] for r in read_records([str(path)])] == ["open"]
 
 
-class RedisDown:
+class RedisDown(MemoryLedger):
     """A ledger that refuses (Redis down) until ``up``, then adds each batch id once (as Redis's script)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.up = False
-        self.tries: list[str | None] = []
-        self.added: dict[str, list[dict[str, Any]]] = {}
+        self.tries: list[tuple[str, ...]] = []
 
-    def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
-        self.tries.append(batch)
+    def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int:
+        self.tries.append(tuple(batch for batch, _ in batches))
         if not self.up:
             raise ConnectionError("Connection refused")
-        assert batch is not None, "a retried batch needs its id, or a timed-out one may count twice"
-        self.added.setdefault(batch, records)
+        return super().add_summed(batches)
 
 
 def requests_counted(tally: Tally) -> float:
@@ -298,13 +304,13 @@ def test_records_recovered_while_redis_is_down_are_counted_and_reach_the_aggrega
         while len(ledger.tries) < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert len(ledger.tries) >= 3 and len(set(ledger.tries)) == 1  # retried, under one id
-        assert sender.waiting == 2 and not ledger.added
+        assert sender.waiting == 2 and not ledger.buckets
         ledger.up = True
         while sender.waiting and time.monotonic() < deadline:
             time.sleep(0.01)
         assert sender.waiting == 0
-        assert [sorted(r["request_id"] for r in batch) for batch in ledger.added.values()] == [["a", "b"]]
-        assert all(r["recovered"] for batch in ledger.added.values() for r in batch)
+        (row,) = ledger.rows("team")
+        assert (row.requests, row.unknown_usage, row.incomplete) == (2, 2, 2)  # in flight: their usage unknown
     finally:
         sender.close(1)
     assert sender.dropped == 0
@@ -327,6 +333,249 @@ def test_journals_live_in_a_hidden_directory_the_log_readers_never_read(tmp_path
     writer = RecordWriter(path, journal=True)
     assert writer.journal is not None and os.path.dirname(writer.journal.path) == directory_for(path)
     assert log_files(path) == [path]
+
+
+# -- the spend aggregates' spool -------------------------------------------------------------------
+
+
+def served(i: int, **fields: Any) -> dict[str, Any]:
+    return {"request_id": f"r{i}", "ts": time.time(), "team": "search", "key_id": "ci", "model": "gpt-4o",
+            "provider": "openai", "outcome": "ok", "status": 200, "input_tokens": 10, "output_tokens": 2,
+            "cost_usd_micros": 70, **fields}
+
+
+def spools(path: str) -> list[str]:
+    return sorted(name for name in os.listdir(directory_for(path)) if ".aggregates" in name)
+
+
+def until(condition: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def requests_in(ledger: MemoryLedger) -> int:
+    return sum(row.requests for row in ledger.rows("team"))
+
+
+def test_a_stop_while_redis_is_down_keeps_the_batches_and_the_supervisor_takes_them_over_once(
+        tmp_path: Path) -> None:
+    """A worker stops (a rollout) while Redis does not answer: what Redis has not taken stays in its
+    spool, journal recovery leaves it alone, and the supervisor's sender takes it over (locked: a
+    second recovery meanwhile finds nothing to send), sends it under the batches' ids and deletes
+    it; nothing is given up."""
+    path = str(tmp_path / "requests.jsonl")
+    ledger = RedisDown()
+    writer = RecordWriter(path, ledger=ledger, journal=True, immediate=True)
+    for i in range(5):
+        writer.emit(served(i))
+    writer._to_ledger()
+    asyncio.run(writer.close(ledger_timeout=0.2))
+    assert writer.ledger_dropped == 0
+    (left,) = spools(path)
+    tried = {batch for call in ledger.tries for batch in call}
+    abandoned = os.path.join(directory_for(path), "123-abcd.aggregates.compact")  # a compaction cut by a death
+    Path(abandoned).write_bytes(b"partial")
+    recover(path)
+    assert spools(path) == sorted([left, os.path.basename(abandoned)])  # journals' recovery leaves them alone
+
+    sender = LedgerSender(ledger, retry=0.01, directory=directory_for(path))
+    other = LedgerSender(ledger, retry=0.01, directory=directory_for(path))
+    try:
+        started = time.monotonic()
+        recover_records(ServeConfig("unix:/x", 2, path, 1.0), None, sender)  # a worker died: on the main thread
+        assert time.monotonic() - started < 0.1
+        until(lambda: sender.waiting == 5)
+        assert sender.waiting == 5 and spools(path) == [left]  # taken over; the dead compaction removed
+        other.adopt()  # another recovery meanwhile (a second worker died): the spool is held
+        time.sleep(0.1)
+        assert other.waiting == 0
+        ledger.up = True
+        until(lambda: not spools(path))
+        assert spools(path) == [] and requests_in(ledger) == 5
+        assert set(ledger.marks) == tried  # under the ids the worker had sent them with
+    finally:
+        sender.close(1)
+        other.close(1)
+    assert sender.dropped == other.dropped == 0
+
+
+def test_the_spool_is_bounded_past_it_batches_wait_in_memory_and_what_is_given_up_is_counted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = str(tmp_path / "requests.jsonl")
+    ledger = RedisDown()
+    outbox = Outbox(ledger, directory_for(path), cap=1_000, max_pending=3, retry=60)
+    for i in range(12):  # a batch line is about 200 bytes: a few fit
+        outbox.add([served(i, team=f"team-{i}")])
+    spool = outbox.spool_path
+    assert spool is not None and os.path.getsize(spool) <= 1_000
+    assert outbox._spool is not None
+    spooled = outbox._spool.records
+    assert 2 <= spooled <= 6
+    assert outbox.waiting == spooled + 3 and outbox.dropped == 12 - spooled - 3  # 3 in memory; the oldest others go
+    assert "is at its bound (1000 bytes): new batches wait in memory (up to 3 records" in caplog.text
+    assert "waiting for the spend aggregates dropped (more than 3 wait in memory)" in caplog.text
+    outbox.close(0.1)
+    assert outbox.dropped == 12 - spooled  # and those in memory at exit: counted, said at ERROR
+    assert "3 record(s) never reached the spend aggregates" in caplog.text
+    ledger.up = True
+    sender = LedgerSender(ledger, retry=0.01, directory=directory_for(path))
+    try:
+        sender.adopt()
+        until(lambda: not spools(path))
+        assert requests_in(ledger) == spooled and requests_in(ledger) + outbox.dropped == 12  # none unaccounted for
+    finally:
+        sender.close(1)
+
+
+def test_a_dead_spool_is_read_back_streamed_in_bounded_memory_off_the_main_thread(tmp_path: Path) -> None:
+    """A long outage's spool (about 7 MB: 50,000 records, each in a bucket of its own) is sent a
+    bounded group at a time: the sender holds a few MB at most, and the supervisor's recovery
+    (start, a worker's death) only hands it over."""
+    path = str(tmp_path / "requests.jsonl")
+    dead = Outbox(RedisDown(), directory_for(path), retry=60)
+    for start in range(0, 50_000, 20):
+        dead.add([served(i, key_id=f"k{i}") for i in range(start, start + 20)])
+    _die_outbox(dead)
+    (name,) = spools(path)
+    assert os.path.getsize(os.path.join(directory_for(path), name)) > 6_000_000
+    class Counting(MemoryLedger):  # keeps no buckets: its memory is not the sender's
+        requests = 0
+
+        def _add(self, buckets: Summed) -> None:
+            self.requests += sum(counts["requests"] for counts in buckets.values())
+
+    ledger = Counting()
+    sender = LedgerSender(ledger, retry=0.01, directory=directory_for(path))
+    tracemalloc.start()
+    try:
+        started = time.monotonic()
+        recover_records(ServeConfig("unix:/x", 2, path, 1.0), None, sender)
+        assert time.monotonic() - started < 0.1
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        deadline = time.monotonic() + 60
+        peak = 0
+        while (spools(path) or sender.waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            peak = max(peak, tracemalloc.get_traced_memory()[1] - before)
+            tracemalloc.reset_peak()
+        assert not spools(path)
+        assert peak < 10_000_000, peak  # a group (20,000 counters) at most: the whole file parsed is about 70 MB
+    finally:
+        tracemalloc.stop()
+        sender.close(1)
+    assert ledger.requests == sender.sent == 50_000 and sender.dropped == 0
+
+
+def _die_outbox(outbox: Outbox) -> None:
+    """The process dies: its outbox's thread stops, its spool's lock goes (the file stays)."""
+    with outbox._lock:
+        outbox._closed = True
+        assert outbox._spool is not None
+        os.close(outbox._spool.fd)
+    outbox._wake.set()
+
+
+def test_a_spool_write_that_fails_is_undone_and_the_next_batch_reads_back(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk cuts a batch's write short and its undoing fails too: the batch waits in memory,
+    and the next one (written where the last whole line ends) is read back whole."""
+    path = str(tmp_path / "requests.jsonl")
+    outbox = Outbox(RedisDown(), directory_for(path), retry=60)
+    outbox.add([served(0, team="a")])
+    assert outbox._spool is not None
+    fd, real_pwrite, real_truncate = outbox._spool.fd, os.pwrite, os.ftruncate
+    full = {"on": True, "first": True}
+
+    def pwrite(target: int, data: Any, offset: int) -> int:
+        if target == fd and full["on"]:
+            if full["first"]:
+                full["first"] = False
+                return real_pwrite(target, bytes(data[:10]), offset)  # part of it fits
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(target, data, offset)
+
+    def ftruncate(target: int, size: int) -> None:
+        if target == fd and full["on"]:
+            raise OSError(errno.EIO, "Input/output error")
+        real_truncate(target, size)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    outbox.add([served(1, team="b")])
+    assert outbox._memory_records == 1
+    full["on"] = False
+    outbox.add([served(2, team="c")])
+    assert outbox._spool.records == 2
+    monkeypatch.undo()
+    _die_outbox(outbox)
+    ledger = MemoryLedger()
+    sender = LedgerSender(ledger, retry=0.01, directory=directory_for(path))
+    try:
+        sender.adopt()
+        until(lambda: not spools(path))
+        assert sorted(row.group for row in ledger.rows("team")) == ["a", "c"]  # b died in memory with its process
+    finally:
+        sender.close(1)
+
+
+def test_a_spool_mostly_taken_is_compacted_then_emptied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis slower than the batches come: the spool never empties between sends, so once what is
+    taken outweighs what is not it is rewritten with the open batches only; emptied once all is taken."""
+    monkeypatch.setattr(spool_module, "COMPACT_AT", 1)
+    path = str(tmp_path / "requests.jsonl")
+    gates = [threading.Event(), threading.Event()]
+    called = [threading.Event(), threading.Event()]
+
+    class Gated(MemoryLedger):
+        def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int:
+            call = 1 if self.marks else 0
+            called[call].set()
+            gates[call].wait(5)
+            return super().add_summed(batches)
+
+    ledger = Gated()
+    outbox = Outbox(ledger, directory_for(path))
+    outbox.add([served(i, key_id=f"k{i}") for i in range(50)])  # a big batch, in flight
+    assert called[0].wait(5) and outbox._spool is not None
+    first = os.stat(outbox._spool.path).st_ino
+    for i in range(3):
+        outbox.add([served(100 + i)])  # small ones, meanwhile
+    gates[0].set()
+    assert called[1].wait(5)  # the small ones in flight: the big one was taken
+    assert os.stat(outbox._spool.path).st_ino != first  # rewritten
+    with open(outbox._spool.path, "rb") as handle:
+        lines = handle.read().splitlines()
+    assert len(lines) == 4 and all(line.startswith(b'{"n":1,') for line in lines[1:])  # header, the small ones
+    gates[1].set()
+    until(lambda: outbox.waiting == 0)
+    assert os.path.getsize(outbox._spool.path) == spool_module.HEADER_SIZE and requests_in(ledger) == 53
+    outbox.close()
+    assert spools(path) == []
+
+
+def test_the_supervisors_sender_publishes_what_waits(tmp_path: Path) -> None:
+    """tollway_ledger_waiting counts the supervisor's sender too (a spool it took over)."""
+    path = str(tmp_path / "requests.jsonl")
+    dead = Outbox(RedisDown(), directory_for(path), retry=60)
+    dead.add([served(i) for i in range(4)])
+    _die_outbox(dead)
+    ledger = RedisDown()
+    counted = Exchange(Tally(Names(lambda: None)), None)
+    sender: LedgerSender | None = None
+    sender = LedgerSender(ledger, retry=0.01, directory=directory_for(path),
+                          on_waiting=lambda _waiting: publish_sender(counted, sender))
+    try:
+        recover_records(ServeConfig("unix:/x", 2, path, 1.0), counted, sender)
+        until(lambda: counted.tally.gauges.get(("tollway_ledger_waiting",)) == 4)
+        assert counted.tally.gauges.get(("tollway_ledger_waiting",)) == 4
+        ledger.up = True
+        until(lambda: counted.tally.gauges.get(("tollway_ledger_waiting",)) == 0)
+        assert counted.tally.gauges[("tollway_ledger_waiting",)] == 0
+        assert counted.tally.counters[("tollway_ledger_write_failures",)] >= 1
+    finally:
+        sender.close(1)
 
 
 # -- the log cannot be written ---------------------------------------------------------------------

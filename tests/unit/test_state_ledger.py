@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import tracemalloc
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import redis
 from ext_proc.ledger.report import aggregate, month_window
 from ext_proc.server.app import open_ledger
 from ext_proc.server.records import RecordWriter
-from ext_proc.state.ledger import OTHER, RETENTION_DAYS, MemoryLedger, RedisLedger
+from ext_proc.server.spool import Outbox
+from ext_proc.state.ledger import OTHER, RETENTION_DAYS, MemoryLedger, RedisLedger, Summed
 from tests.unit.test_ledger import RECORDS
 
 OCTOBER = month_window("2026-10")
@@ -115,35 +117,79 @@ def test_batches_sent_again_in_any_grouping_add_once_each(redis_port: int) -> No
     assert comparable(again.rows("team", *OCTOBER)) == comparable(memory.rows("team", *OCTOBER))
 
 
-def test_the_writer_sends_a_batch_that_timed_out_again_under_its_id() -> None:
-    class Hung:
-        """Carries a batch out, then answers too late (the first time), as a hung Redis does."""
+class Slow(MemoryLedger):
+    """Redis with a round trip of ``delay`` (down while not ``up``); counts its calls."""
 
-        def __init__(self) -> None:
-            self.seen: dict[str, int] = {}
-            self.calls: list[str | None] = []
+    def __init__(self, delay: float = 0.0, up: bool = True) -> None:
+        super().__init__()
+        self.delay, self.up = delay, up
+        self.calls: list[list[str]] = []
 
-        def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
-            self.calls.append(batch)
-            if not self.seen:  # the first batch: carried out, answered too late
-                self.seen[batch or ""] = len(records)
+    def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int:
+        time.sleep(self.delay)
+        self.calls.append([batch for batch, _ in batches])
+        if not self.up:
+            raise ConnectionError("Connection refused")
+        return super().add_summed(batches)
+
+    @property
+    def taken(self) -> int:
+        return sum(counts.get("requests", 0) for counts in self.buckets.values())
+
+
+def fresh(i: int) -> dict[str, Any]:
+    return {**RECORDS[i % len(RECORDS)], "ts": time.time(), "request_id": f"r{i}"}
+
+
+def test_each_round_trip_sends_everything_waiting_in_one_call_and_a_slow_redis_keeps_up(tmp_path: Path) -> None:
+    """A Redis 80 ms away (or busy) and a worker at 1,000 requests/s: each call carries every batch
+    that came during the last one, so the worker never falls behind (one batch per call fell
+    behind by 350 records a second, for good)."""
+    slow = Slow(delay=0.08)
+    writer = RecordWriter(str(tmp_path / "requests.jsonl"), ledger=slow, immediate=True)  # type: ignore[arg-type]
+
+    async def load() -> int:
+        writer.start()
+        sent, start = 0, time.monotonic()
+        while time.monotonic() - start < 3:
+            for _ in range(10):
+                writer.emit(fresh(sent))
+                sent += 1
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # the last round trip or two
+        return sent
+
+    sent = asyncio.run(load())
+    assert slow.taken >= sent - 150, (slow.taken, sent)  # what came in the last round trip at most
+    assert len(slow.calls) <= 3.3 / 0.08 + 2  # one call per round trip
+    assert max(len(call) for call in slow.calls) >= 2  # rounds that came during a call went in the next
+    asyncio.run(writer.close())
+    assert slow.taken == sent and writer.ledger_dropped == 0
+
+
+def test_a_group_that_timed_out_is_sent_again_with_what_came_since_and_adds_once() -> None:
+    class Hung(Slow):
+        """Carries the first call out, then answers too late (a hung Redis)."""
+
+        def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int:
+            added = super().add_summed(batches)
+            if len(self.calls) == 1:
                 raise TimeoutError
-            self.seen.setdefault(batch or "", len(records))
+            return added
 
     hung = Hung()
-    writer = RecordWriter(None, ledger=hung)  # type: ignore[arg-type]
-    for record in RECORDS[:2]:
-        writer.emit(dict(record))
-
-    async def twice() -> None:
-        await writer._add_to_ledger()  # times out (carried out meanwhile)
-        writer.emit(dict(RECORDS[2]))
-        await writer._add_to_ledger()  # the same batch again, same id; then the new one
-
-    asyncio.run(twice())
-    first, again, new = hung.calls
-    assert first == again and new not in (None, first)
-    assert writer._unsure == [] and writer.failures == 1
+    outbox = Outbox(hung, None, retry=0.05)  # type: ignore[arg-type]
+    outbox.add([fresh(0), fresh(1)])
+    deadline = time.monotonic() + 5
+    while len(hung.calls) < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    outbox.add([fresh(2)])
+    while outbox.waiting and time.monotonic() < deadline:
+        time.sleep(0.005)
+    first, *later = hung.calls
+    assert first[0] in later[0] and len(set(later[0])) == len(later[0])  # the same id again, in a new group
+    assert hung.taken == 3 and outbox.failures == 1
+    outbox.close()
 
 
 def test_redis_cells_match_memory_and_buckets_without_outcomes_read_unknown(redis_port: int) -> None:
@@ -182,7 +228,7 @@ def test_without_redis_a_worker_keeps_no_aggregates(tmp_path: Path) -> None:
                          "model": f"made-up-{i}", "provider": None, "outcome": "rejected", "status": 404,
                          "error": "model_not_found", "input_tokens": None, "output_tokens": None,
                          "cost_usd_micros": None})
-        await writer._add_to_ledger()  # what the writer's periodic flush does
+        writer._to_ledger()  # what the writer's periodic flush does
 
     asyncio.run(refused(100))  # warm: the writer's own buffers
     tracemalloc.start()
@@ -268,11 +314,7 @@ def test_records_redis_never_took_are_counted_and_said_when_the_worker_stops(cap
     import asyncio
     import logging
 
-    class Down:
-        def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
-            raise ConnectionError
-
-    writer = RecordWriter(None, ledger=Down())  # type: ignore[arg-type]
+    writer = RecordWriter(None, ledger=Slow(up=False))  # the log is stdout: no spool
     for record in RECORDS[:3]:
         writer.emit(dict(record))
     with caplog.at_level(logging.ERROR, logger="tollway.records"):
