@@ -19,6 +19,7 @@ from ext_proc.ledger.log import log_files, read_records
 from ext_proc.policy.compiled import key_digest
 from ext_proc.stack import ROOT, Stack, mock_plan
 from tests.e2e.conftest import Providers
+from tests.faults import metric
 
 pytestmark = pytest.mark.e2e
 
@@ -310,3 +311,52 @@ def test_a_mix_reads_alike_in_the_log_redis_metrics_and_the_dashboard(
         told = capsys.readouterr().out
         assert "sent 0 tokens" not in told and "(none)" not in told and "unknown" not in told, told
         assert told.count("Team search") == 2 and "1 request got an error answer" in told, told
+
+
+def test_a_rollout_while_redis_does_not_answer_loses_nothing_from_the_aggregates(
+    tmp_path: Path, redis_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Redis stops taking writes (a failover, a hang: ``CLIENT PAUSE``) and the service is stopped
+    meanwhile (a rollout): the workers' last batches stay in their spools (none given up), and
+    once the service starts again (Redis back) its supervisor sends them: ``tollway report
+    --redis`` counts every record of the log, none twice, and the spools are gone."""
+    import redis
+
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    mocked, _ = mock_plan(POLICY, {})
+    stack = Stack(tmp_path, workers=2, policy=POLICY, mocked=mocked, serve_args=("--redis", url))
+
+    def from_redis() -> int:
+        assert main(["report", "--redis", url, "--by", "team", "--format", "json"]) == 0
+        return sum(r["requests"] for r in orjson.loads(capsys.readouterr().out))
+
+    try:
+        with stack, httpx.Client(base_url=stack.base_url, timeout=30) as http:
+            for _ in range(3):
+                assert http.post("/v1/chat/completions", json=CHAT, headers=DEMO).status_code == 200
+            time.sleep(0.5)  # those reach Redis
+            client.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
+            for i in range(6):  # served (or refused: the limits' store does not answer either), all logged
+                http.post("/v1/chat/completions", json={**CHAT, "stream": bool(i % 2)}, headers=DEMO)
+            time.sleep(0.5)
+        # stopped while Redis still does not answer
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
+    logged = list(read_records(log_files(str(stack.record_log))))
+    assert len(logged) == 9
+    assert from_redis() < len(logged)  # what the workers could not add before they stopped
+    spools = [p for p in (tmp_path / ".requests.jsonl.inflight").iterdir() if p.suffix == ".aggregates"]
+    assert spools, "the records Redis has not taken are kept next to the log"
+    with stack:  # the next start sends them
+        deadline = time.monotonic() + 15
+        while from_redis() != len(logged) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert from_redis() == len(logged)
+        time.sleep(0.5)
+        metrics = httpx.get(f"http://127.0.0.1:{stack.service_admin_port}/metrics").text
+        assert not metric(metrics, "tollway_ledger_dropped_total")  # nothing given up
+        assert metric(metrics, "tollway_ledger_waiting") == 0
+    assert from_redis() == len(logged)  # and never twice
+    assert not [p for p in (tmp_path / ".requests.jsonl.inflight").iterdir() if ".aggregates" in p.name]
