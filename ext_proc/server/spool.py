@@ -467,7 +467,8 @@ class Outbox:
             if not group:
                 if self._closing:
                     return
-                self._wake.wait(PUBLISH_EVERY if self._on_waiting is not None else None)
+                stale = self._on_waiting is not None and self._published != self.waiting
+                self._wake.wait(PUBLISH_EVERY if stale else None)  # (a change not published yet: soon)
                 self._wake.clear()
 
     def _publish(self) -> None:
@@ -614,9 +615,9 @@ class Outbox:
                     raise OSError(0, "closed meanwhile")
                 at = _copy(spool.fd, stop, spool.size, fd, at)
                 os.rename(temporary, spool.path)
-                os.close(spool.fd)
-                spool.fd, spool.size, spool.taken = fd, at, HEADER_SIZE
+                old, spool.fd, spool.size, spool.taken = spool.fd, fd, at, HEADER_SIZE
                 spool.full = False
+            os.close(old)  # (the old file's pages are freed here: not under the lock)
         except OSError as exc:
             if exc.errno:
                 log.error("cannot compact the spend aggregates' spool %s: %s", spool.path, exc.strerror)
