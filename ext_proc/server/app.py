@@ -444,7 +444,9 @@ def recover_records(config: ServeConfig, counted: Exchange | None = None,
     count them in ``counted``'s tally, published beside the workers' (so ``/metrics`` agrees with
     the log after a crash too), and hand them to ``ledger`` for the spend aggregates (Redis), which
     sends them until Redis takes them: the journal is gone once they are in the log, and neither a
-    Redis that is down nor anything else keeps them from the count. Then have ``ledger`` take over
+    Redis that is down nor anything else keeps them from the count. The records a dead worker
+    had written to the log but not yet to its spool (its last round's) go to ``ledger`` only
+    (a worker counts a record in its metrics as it writes it). Then have ``ledger`` take over
     the spools stopped processes left (:mod:`ext_proc.server.spool`: batches Redis had not taken),
     in its own thread: nothing here waits on reading them."""
     if not config.log_file:
@@ -466,7 +468,8 @@ def recover_records(config: ServeConfig, counted: Exchange | None = None,
                 log.exception("counting %d recovered record(s) in /metrics", len(records))
 
     try:
-        journal.recover(config.log_file, add if counted is not None or ledger is not None else None)
+        journal.recover(config.log_file, add if counted is not None or ledger is not None else None,
+                        logged=ledger.add if ledger is not None else None)
     except Exception:  # never keep the service from starting or a worker from restarting
         log.exception("recovering the journals of %s", config.log_file)
     if ledger is not None:

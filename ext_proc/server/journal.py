@@ -16,7 +16,8 @@ nobody holds belongs to a dead process. :func:`recover` (run by the supervising 
 starts and whenever a worker dies) takes every such journal, and appends to the log the
 entries not marked done, except those whose record is in the log after all (the worker died
 between writing a record and marking it: the log is searched from where it stood when the entry
-was written), each marked ``"recovered": true``; then it deletes the journal. So every request
+was written; those records go to the spend aggregates, which the worker had not handed them
+to yet), each marked ``"recovered": true``; then it deletes the journal. So every request
 that reached a provider is in the log exactly once, whichever process died when.
 
 A journal is rewritten with only its open entries once it passes ``COMPACT_AT`` bytes, and
@@ -183,12 +184,17 @@ class Recovered:
     failed: int = 0  # journals kept for the next time (the log could not be written)
 
 
-def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = None) -> Recovered:
+def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = None,
+            logged: Callable[[list[dict[str, Any]]], None] | None = None) -> Recovered:
     """Take over the journals of dead workers writing ``log_path`` (see the module docstring).
 
     ``add`` also gets the records written (the metrics, and the spend aggregates, which retry on
-    their own: the journal is deleted once the log has its records, whatever ``add`` does). Safe
-    to run while live workers write: their journals are locked and left alone.
+    their own: the journal is deleted once the log has its records, whatever ``add`` does).
+    ``logged`` gets the records found in the log whose entries were not marked done (as the log
+    has them; they are not written again): the worker died within a round of writing them, before
+    handing them to the spend aggregates' spool, which it does before it marks them (a death in
+    the microseconds between the two has them counted twice in the aggregates). Safe to run
+    while live workers write: their journals are locked and left alone.
     """
     result = Recovered()
     directory = directory_for(log_path)
@@ -210,11 +216,12 @@ def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = 
             result.journals += 1
             entries = _open_entries(fd)
             found = _in_log(log_path, entries)
-            records = []
+            records, in_log = [], []
             for request_id, waiting in entries.items():
-                logged = min(found.get(request_id, 0), len(waiting))  # the oldest are the ones logged
-                result.logged_anyway += logged
-                records += [{**record, "recovered": True, "ts": time.time()} for record, _ in waiting[logged:]]
+                there = found.get(request_id, [])[:len(waiting)]  # the oldest entries are the ones logged
+                result.logged_anyway += len(there)
+                in_log += there
+                records += [{**record, "recovered": True, "ts": time.time()} for record, _ in waiting[len(there):]]
             if records:
                 try:
                     _append(log_path, records)
@@ -227,15 +234,20 @@ def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = 
                 log.warning("recovered %d record(s) of requests in flight when a worker died (%s)",
                             len(records), name)
                 if add is not None:
-                    try:
-                        add(records)
-                    except Exception as exc:
-                        log.warning("handing on %d recovered record(s) failed: %s", len(records),
-                                    type(exc).__name__)
+                    _hand_on(add, records)
+            if in_log and logged is not None:
+                _hand_on(logged, in_log)
             os.unlink(path)
         finally:
             os.close(fd)
     return result
+
+
+def _hand_on(to: Callable[[list[dict[str, Any]]], None], records: list[dict[str, Any]]) -> None:
+    try:
+        to(records)
+    except Exception as exc:
+        log.warning("handing on %d recovered record(s) failed: %s", len(records), type(exc).__name__)
 
 
 def _take(path: str) -> int | None:
@@ -280,9 +292,10 @@ def _open_entries(fd: int) -> dict[str, list[tuple[dict[str, Any], Position]]]:
     return {request_id: waiting for request_id, waiting in entries.items() if waiting}
 
 
-def _in_log(log_path: str, entries: dict[str, list[tuple[dict[str, Any], Position]]]) -> dict[str, int]:
-    """How many records each of these requests' ids has in the log after where it stood when the
-    first of its open entries started (the whole log when a position is unknown)."""
+def _in_log(log_path: str,
+            entries: dict[str, list[tuple[dict[str, Any], Position]]]) -> dict[str, list[dict[str, Any]]]:
+    """The records each of these requests' ids has in the log after where it stood when the
+    first of its open entries started (the whole log when a position is unknown), oldest first."""
     if not entries:
         return {}
     files = log_files(log_path)
@@ -297,7 +310,7 @@ def _in_log(log_path: str, entries: dict[str, list[tuple[dict[str, Any], Positio
             else (0, 0)
     start = min(since.values())
     wanted = {request_id.encode(): request_id for request_id in entries}
-    found: dict[str, int] = {}
+    found: dict[str, list[dict[str, Any]]] = {}
     for index in range(start[0], len(files)):
         try:
             with open(files[index], "rb") as handle:
@@ -309,8 +322,9 @@ def _in_log(log_path: str, entries: dict[str, list[tuple[dict[str, Any], Positio
                     for needle, request_id in wanted.items():
                         if needle in line and at >= since[request_id]:
                             with contextlib.suppress(orjson.JSONDecodeError):
-                                if orjson.loads(line).get("request_id") == request_id:
-                                    found[request_id] = found.get(request_id, 0) + 1
+                                item = orjson.loads(line)
+                                if isinstance(item, dict) and item.get("request_id") == request_id:
+                                    found.setdefault(request_id, []).append(item)
         except OSError:
             continue
     return found

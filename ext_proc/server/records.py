@@ -318,8 +318,8 @@ class RecordWriter:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        """Every ``interval`` while records come (write or follow up, mark the journal, add to the
-        ledger), and not at all while none do: an idle worker is not woken 20 times a second to
+        """Every ``interval`` while records come (write or follow up, spool for the aggregates,
+        mark the journal), and not at all while none do: an idle worker is not woken 20 times a second to
         find nothing to do. (A rotation another worker made while this one was idle is followed
         by the next record's :meth:`emit`, before it is written.)"""
         work = self._work
@@ -330,9 +330,12 @@ class RecordWriter:
             try:
                 if self.failing_since is None or time.monotonic() >= self._retry_at:
                     self.flush()
+                # Spooled before their entries are marked done: a journal entry marked done is
+                # a record the spool has (recovery hands the aggregates the others it finds in
+                # the log, journal.recover's ``logged``).
+                self._to_ledger()
                 if self.journal is not None:
                     self.journal.sync()
-                self._to_ledger()
             except Exception:  # never let the writer stop: every later record would be lost
                 log.exception("request log writer")
             if self._lines or self._pending:  # unwritten: again (the outbox retries on its own)

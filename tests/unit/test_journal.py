@@ -10,6 +10,7 @@ ENOSPC), keeps the records in memory up to a bound and writes them, in order, wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import threading
@@ -314,6 +315,81 @@ def test_records_recovered_while_redis_is_down_are_counted_and_reach_the_aggrega
     finally:
         sender.close(1)
     assert sender.dropped == 0
+
+
+def test_records_a_worker_logged_in_its_last_round_before_it_was_killed_reach_the_aggregates(
+        tmp_path: Path) -> None:
+    """A worker writes each record to the log at once but spools it at its next round (50 ms):
+    killed in between, the log has them and its spool does not. Recovery finds them in the log
+    (their entries not marked done), leaves the log as it is and hands the aggregates the
+    records as logged; the records of earlier rounds (spooled, marked done) are not sent again."""
+    path = str(tmp_path / "requests.jsonl")
+    dead_ledger = RedisDown()
+    writer = RecordWriter(path, ledger=dead_ledger, journal=True, immediate=True)
+    assert writer.journal is not None and writer.outbox is not None
+
+    async def rounds() -> None:
+        writer._interval = 0.001
+        writer.start()
+        for i in range(3):  # an earlier round: spooled, then marked done
+            writer.started(served(i))
+            writer.emit(served(i))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not writer._pending and writer.journal is not None and not writer.journal._closed:
+                break
+        assert writer._task is not None
+        writer._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer._task
+
+    asyncio.run(rounds())
+    for i in range(3, 7):  # the last burst: logged, then SIGKILL before the round
+        writer.started(served(i, output_tokens=5))
+        writer.emit(served(i, output_tokens=5))
+    _die(writer.journal)
+    _die_outbox(writer.outbox)
+    ledger = MemoryLedger()
+    sender = LedgerSender(ledger, retry=0.01, directory=directory_for(path))
+    try:
+        recover_records(ServeConfig("unix:/x", 2, path, 1.0), None, sender)
+        until(lambda: not spools(path) and sender.waiting == 0)
+        assert [r["request_id"] for r in read_records([path])] == [f"r{i}" for i in range(7)]  # nothing rewritten
+        (row,) = ledger.rows("team")
+        assert row.requests == 7 and row.output_tokens == 3 * 2 + 4 * 5  # each once, as logged
+    finally:
+        sender.close(1)
+
+
+def test_a_round_spools_its_records_before_it_marks_their_entries_done(tmp_path: Path) -> None:
+    """A journal entry marked done is a record the spool has: a worker killed between the two
+    steps leaves entries recovery finds in the log (and hands the aggregates), never marked
+    entries whose records the spool lacks."""
+    path = str(tmp_path / "requests.jsonl")
+    writer = RecordWriter(path, ledger=RedisDown(), journal=True, immediate=True, interval=0.001)
+    assert writer.journal is not None and writer.outbox is not None
+    journal_path = writer.journal.path
+    marked_when_spooled: list[bool] = []
+    add = writer.outbox.add
+
+    def spool(records: list[dict[str, Any]]) -> None:
+        marked_when_spooled.append("done" in Path(journal_path).read_text())
+        add(records)
+
+    writer.outbox.add = spool  # type: ignore[method-assign]
+
+    async def run() -> None:
+        writer.start()
+        writer.started(served(0))
+        writer.emit(served(0))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if marked_when_spooled and "done" in Path(journal_path).read_text():
+                break
+        await writer.close(ledger_timeout=0.1)
+
+    asyncio.run(run())
+    assert marked_when_spooled and marked_when_spooled[0] is False
 
 
 def test_records_waiting_for_the_aggregates_are_bounded_and_given_up_at_exit_loudly(
