@@ -39,7 +39,7 @@ from typing import Any
 
 from ext_proc import memo
 from ext_proc.policy.compiled import CompiledPolicy
-from ext_proc.server import bodies, journal, listen
+from ext_proc.server import bodies, journal, listen, spool
 from ext_proc.server.accounting import ENCODINGS_ENV
 from ext_proc.server.clusters import ENVOY_ADMIN, ClusterSync, stand_in
 from ext_proc.server.dealer import Dealer
@@ -413,10 +413,11 @@ def knows(policy: CompiledPolicy | None, model: str) -> bool:
 
 
 def spool_directory(log_file: str | None) -> str | None:
-    """Where the spend aggregates' spools live: next to the journals (None: the log is no regular file)."""
+    """Where the spend aggregates' spools live: next to the log, in ``.<log name>.aggregates/``
+    (None: the log is no regular file)."""
     if not log_file or (os.path.exists(log_file) and not os.path.isfile(log_file)):
         return None
-    return journal.directory_for(log_file)
+    return spool.directory_for(log_file)
 
 
 _TALLY = threading.Lock()  # the supervisor's tally: its main thread (recovery) and its sender's thread

@@ -22,7 +22,8 @@ then every 10 s.
 
 Aggregates: with ``--redis`` each round's records are handed to an
 :class:`~ext_proc.server.spool.Outbox` (counted per bucket and spooled next to the log at once,
-then sent by a thread of its own, so the event loop never waits on the network); without it
+in ``.<log name>.aggregates/``, then sent by a thread of its own, so the event loop never waits
+on the network); without it
 there are none (nothing would read them: reports read the log). The outbox sends everything
 waiting in one Redis call per round trip, each batch under an id that makes Redis add it once;
 what Redis has not taken when the worker stops (or dies) stays in its spool, and the supervisor
@@ -49,6 +50,7 @@ import orjson
 from ext_proc.ledger.log import log_files
 from ext_proc.server.journal import Journal, directory_for
 from ext_proc.server.spool import MAX_PENDING, Outbox
+from ext_proc.server.spool import directory_for as spool_directory
 from ext_proc.state.ledger import Ledger
 
 log = logging.getLogger("tollway.records")
@@ -83,7 +85,7 @@ class RecordWriter:
         self._pending: list[dict[str, Any]] = []  # records not yet handed to the outbox
         # The spend aggregates' outbox (Redis), its spool next to a log that is a regular file.
         self.outbox = None if ledger is None else Outbox(
-            ledger, directory_for(path) if path is not None and _regular_or_absent(path) else None)
+            ledger, spool_directory(path) if path is not None and _regular_or_absent(path) else None)
         self._owns_fd = path is not None
         self._position: tuple[int, int] | None = None  # the log's (inode, size) lately seen
         self._position_until = 0.0

@@ -15,15 +15,16 @@ did not come (a timeout: Redis may have carried it out) is sent again, in whatev
 each batch added once (within the mark's :data:`~ext_proc.state.ledger.BATCH_TTL`, a day).
 Refused: sent again every :data:`RETRY` seconds.
 
-The spool (``.<log name>.inflight/<pid>-<hex>.aggregates``, next to the journals, ``flock``-held
-by its process as they are) is a fixed header, then one line per batch, in order. Batches are
-sent oldest first, so what Redis has taken is always a prefix: the header says where it ends
-(``taken``, rewritten in place). When everything is taken the file is truncated to its header;
-when much is taken (:data:`COMPACT_AT`) and it is more than half the file, the open part is
-copied to a new file renamed over it. A write that fails is undone (``ftruncate`` to the last
-whole line) and its batch waits in memory; so do batches past :data:`MAX_SPOOL` bytes (a Redis
-outage of hours). What waits in memory is bounded (:data:`MAX_PENDING` records: past it the
-oldest batches are given up) and given up at exit: counted (:attr:`Outbox.dropped`,
+The spool (``.<log name>.aggregates/<pid>-<hex>.aggregates``, next to the log, in a directory of
+its own, not the journals': the previous release's journal recovery deletes every file it does not
+know in theirs; ``flock``-held by its process as journals are) is a fixed header, then one line per
+batch, in order. Batches are sent oldest first, so what Redis has taken is always a prefix: the
+header says where it ends (``taken``, rewritten in place). When everything is taken the file is
+truncated to its header; when much is taken (:data:`COMPACT_AT`) and it is more than half the file,
+the open part is copied to a new file renamed over it. A write that fails is undone (``ftruncate``
+to the last whole line) and its batch waits in memory; so do batches past :data:`MAX_SPOOL` bytes
+(a Redis outage of hours). What waits in memory is bounded (:data:`MAX_PENDING` records: past it
+the oldest batches are given up) and given up at exit: counted (:attr:`Outbox.dropped`,
 ``tollway_ledger_dropped_total``) and said at ERROR; the request log holds those records.
 
 Reading the spool back is streamed (:data:`READ_CHUNK` at a time, a group at most in memory),
@@ -70,6 +71,13 @@ PUBLISH_EVERY = 1.0  # seconds between reports of the waiting count (on_waiting)
 _HEADER = b'{"tollway_spool":1,"taken":%016d}\n'
 HEADER_SIZE = len(_HEADER % 0)
 _TAKEN_AT = _HEADER.index(b"%")  # where the taken offset's digits start
+
+
+def directory_for(log_path: str) -> str:
+    """Where the spools of the processes writing ``log_path`` live (never matched by its rotation
+    glob, nor read by any release's journal recovery)."""
+    head, tail = os.path.split(os.path.abspath(log_path))
+    return os.path.join(head, f".{tail}{SUFFIX}")
 
 
 @dataclass(slots=True)

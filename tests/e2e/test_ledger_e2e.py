@@ -347,7 +347,7 @@ def test_a_rollout_while_redis_does_not_answer_loses_nothing_from_the_aggregates
     logged = list(read_records(log_files(str(stack.record_log))))
     assert len(logged) == 9
     assert from_redis() < len(logged)  # what the workers could not add before they stopped
-    spools = [p for p in (tmp_path / ".requests.jsonl.inflight").iterdir() if p.suffix == ".aggregates"]
+    spools = [p for p in (tmp_path / ".requests.jsonl.aggregates").iterdir() if p.suffix == ".aggregates"]
     assert spools, "the records Redis has not taken are kept next to the log"
     with stack:  # the next start sends them
         deadline = time.monotonic() + 15
@@ -359,4 +359,4 @@ def test_a_rollout_while_redis_does_not_answer_loses_nothing_from_the_aggregates
         assert not metric(metrics, "tollway_ledger_dropped_total")  # nothing given up
         assert metric(metrics, "tollway_ledger_waiting") == 0
     assert from_redis() == len(logged)  # and never twice
-    assert not [p for p in (tmp_path / ".requests.jsonl.inflight").iterdir() if ".aggregates" in p.name]
+    assert not [p for p in (tmp_path / ".requests.jsonl.aggregates").iterdir() if ".aggregates" in p.name]

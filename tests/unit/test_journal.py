@@ -38,6 +38,7 @@ from ext_proc.server.metrics import Exchange, Names, Tally
 from ext_proc.server.records import LedgerSender, RecordWriter
 from ext_proc.server.servicer import ExtProcCall, Service
 from ext_proc.server.spool import Outbox
+from ext_proc.server.spool import directory_for as spool_directory
 from ext_proc.state.ledger import MemoryLedger, Summed
 from tests.unit.transcript import Record, Transcript
 
@@ -350,7 +351,7 @@ def test_records_a_worker_logged_in_its_last_round_before_it_was_killed_reach_th
     _die(writer.journal)
     _die_outbox(writer.outbox)
     ledger = MemoryLedger()
-    sender = LedgerSender(ledger, retry=0.01, directory=directory_for(path))
+    sender = LedgerSender(ledger, retry=0.01, directory=spool_directory(path))
     try:
         recover_records(ServeConfig("unix:/x", 2, path, 1.0), None, sender)
         until(lambda: not spools(path) and sender.waiting == 0)
@@ -421,7 +422,10 @@ def served(i: int, **fields: Any) -> dict[str, Any]:
 
 
 def spools(path: str) -> list[str]:
-    return sorted(name for name in os.listdir(directory_for(path)) if ".aggregates" in name)
+    try:
+        return sorted(name for name in os.listdir(spool_directory(path)) if ".aggregates" in name)
+    except FileNotFoundError:
+        return []
 
 
 def until(condition: Any, seconds: float = 5.0) -> None:
@@ -450,13 +454,13 @@ def test_a_stop_while_redis_is_down_keeps_the_batches_and_the_supervisor_takes_t
     assert writer.ledger_dropped == 0
     (left,) = spools(path)
     tried = {batch for call in ledger.tries for batch in call}
-    abandoned = os.path.join(directory_for(path), "123-abcd.aggregates.compact")  # a compaction cut by a death
+    abandoned = os.path.join(spool_directory(path), "123-abcd.aggregates.compact")  # a compaction cut by a death
     Path(abandoned).write_bytes(b"partial")
     recover(path)
     assert spools(path) == sorted([left, os.path.basename(abandoned)])  # journals' recovery leaves them alone
 
-    sender = LedgerSender(ledger, retry=0.01, directory=directory_for(path))
-    other = LedgerSender(ledger, retry=0.01, directory=directory_for(path))
+    sender = LedgerSender(ledger, retry=0.01, directory=spool_directory(path))
+    other = LedgerSender(ledger, retry=0.01, directory=spool_directory(path))
     try:
         started = time.monotonic()
         recover_records(ServeConfig("unix:/x", 2, path, 1.0), None, sender)  # a worker died: on the main thread
@@ -476,11 +480,44 @@ def test_a_stop_while_redis_is_down_keeps_the_batches_and_the_supervisor_takes_t
     assert sender.dropped == other.dropped == 0
 
 
+def test_a_rollback_to_the_previous_release_leaves_the_spools_unread_and_whole(tmp_path: Path) -> None:
+    """The previous release's journal recovery deletes every unlocked file in ``.<log>.inflight/``
+    that is not a journal: the spools live in a directory of their own, which it never lists, and
+    are sent once a release that reads them starts again."""
+    path = str(tmp_path / "requests.jsonl")
+    ledger = RedisDown()
+    writer = RecordWriter(path, ledger=ledger, journal=True, immediate=True)
+    writer.started(record("open"))
+    for i in range(3):
+        writer.emit(served(i))
+    writer._to_ledger()
+    asyncio.run(writer.close(ledger_timeout=0.1))
+    (left,) = spools(path)
+    inflight = directory_for(path)
+    assert spool_directory(path) != inflight and os.path.basename(spool_directory(path)) == ".requests.jsonl.aggregates"
+    assert oct(os.stat(spool_directory(path)).st_mode & 0o777) == oct(os.stat(inflight).st_mode & 0o777)
+    for name in os.listdir(inflight):  # the previous release's recover(): every unlocked non-journal file goes
+        taken = journal_module._take(os.path.join(inflight, name))
+        if taken is not None:
+            if not name.endswith(".journal"):
+                os.unlink(os.path.join(inflight, name))
+            os.close(taken)
+    assert spools(path) == [left]
+    ledger.up = True
+    sender = LedgerSender(ledger, retry=0.01, directory=spool_directory(path))
+    try:
+        sender.adopt()
+        until(lambda: not spools(path))
+        assert requests_in(ledger) == 3
+    finally:
+        sender.close(1)
+
+
 def test_the_spool_is_bounded_past_it_batches_wait_in_memory_and_what_is_given_up_is_counted(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = str(tmp_path / "requests.jsonl")
     ledger = RedisDown()
-    outbox = Outbox(ledger, directory_for(path), cap=1_000, max_pending=3, retry=60)
+    outbox = Outbox(ledger, spool_directory(path), cap=1_000, max_pending=3, retry=60)
     for i in range(12):  # a batch line is about 200 bytes: a few fit
         outbox.add([served(i, team=f"team-{i}")])
     spool = outbox.spool_path
@@ -495,7 +532,7 @@ def test_the_spool_is_bounded_past_it_batches_wait_in_memory_and_what_is_given_u
     assert outbox.dropped == 12 - spooled  # and those in memory at exit: counted, said at ERROR
     assert "3 record(s) never reached the spend aggregates" in caplog.text
     ledger.up = True
-    sender = LedgerSender(ledger, retry=0.01, directory=directory_for(path))
+    sender = LedgerSender(ledger, retry=0.01, directory=spool_directory(path))
     try:
         sender.adopt()
         until(lambda: not spools(path))
@@ -509,12 +546,12 @@ def test_a_dead_spool_is_read_back_streamed_in_bounded_memory_off_the_main_threa
     bounded group at a time: the sender holds a few MB at most, and the supervisor's recovery
     (start, a worker's death) only hands it over."""
     path = str(tmp_path / "requests.jsonl")
-    dead = Outbox(RedisDown(), directory_for(path), retry=60)
+    dead = Outbox(RedisDown(), spool_directory(path), retry=60)
     for start in range(0, 50_000, 20):
         dead.add([served(i, key_id=f"k{i}") for i in range(start, start + 20)])
     _die_outbox(dead)
     (name,) = spools(path)
-    assert os.path.getsize(os.path.join(directory_for(path), name)) > 6_000_000
+    assert os.path.getsize(os.path.join(spool_directory(path), name)) > 6_000_000
     class Counting(MemoryLedger):  # keeps no buckets: its memory is not the sender's
         requests = 0
 
@@ -522,7 +559,7 @@ def test_a_dead_spool_is_read_back_streamed_in_bounded_memory_off_the_main_threa
             self.requests += sum(counts["requests"] for counts in buckets.values())
 
     ledger = Counting()
-    sender = LedgerSender(ledger, retry=0.01, directory=directory_for(path))
+    sender = LedgerSender(ledger, retry=0.01, directory=spool_directory(path))
     tracemalloc.start()
     try:
         started = time.monotonic()
@@ -558,7 +595,7 @@ def test_a_spool_write_that_fails_is_undone_and_the_next_batch_reads_back(tmp_pa
     """A full disk cuts a batch's write short and its undoing fails too: the batch waits in memory,
     and the next one (written where the last whole line ends) is read back whole."""
     path = str(tmp_path / "requests.jsonl")
-    outbox = Outbox(RedisDown(), directory_for(path), retry=60)
+    outbox = Outbox(RedisDown(), spool_directory(path), retry=60)
     outbox.add([served(0, team="a")])
     assert outbox._spool is not None
     fd, real_pwrite, real_truncate = outbox._spool.fd, os.pwrite, os.ftruncate
@@ -587,7 +624,7 @@ def test_a_spool_write_that_fails_is_undone_and_the_next_batch_reads_back(tmp_pa
     monkeypatch.undo()
     _die_outbox(outbox)
     ledger = MemoryLedger()
-    sender = LedgerSender(ledger, retry=0.01, directory=directory_for(path))
+    sender = LedgerSender(ledger, retry=0.01, directory=spool_directory(path))
     try:
         sender.adopt()
         until(lambda: not spools(path))
@@ -612,7 +649,7 @@ def test_a_spool_mostly_taken_is_compacted_then_emptied(tmp_path: Path, monkeypa
             return super().add_summed(batches)
 
     ledger = Gated()
-    outbox = Outbox(ledger, directory_for(path))
+    outbox = Outbox(ledger, spool_directory(path))
     outbox.add([served(i, key_id=f"k{i}") for i in range(50)])  # a big batch, in flight
     assert called[0].wait(5) and outbox._spool is not None
     first = os.stat(outbox._spool.path).st_ino
@@ -634,13 +671,13 @@ def test_a_spool_mostly_taken_is_compacted_then_emptied(tmp_path: Path, monkeypa
 def test_the_supervisors_sender_publishes_what_waits(tmp_path: Path) -> None:
     """tollway_ledger_waiting counts the supervisor's sender too (a spool it took over)."""
     path = str(tmp_path / "requests.jsonl")
-    dead = Outbox(RedisDown(), directory_for(path), retry=60)
+    dead = Outbox(RedisDown(), spool_directory(path), retry=60)
     dead.add([served(i) for i in range(4)])
     _die_outbox(dead)
     ledger = RedisDown()
     counted = Exchange(Tally(Names(lambda: None)), None)
     sender: LedgerSender | None = None
-    sender = LedgerSender(ledger, retry=0.01, directory=directory_for(path),
+    sender = LedgerSender(ledger, retry=0.01, directory=spool_directory(path),
                           on_waiting=lambda _waiting: publish_sender(counted, sender))
     try:
         recover_records(ServeConfig("unix:/x", 2, path, 1.0), counted, sender)
