@@ -49,7 +49,7 @@ import orjson
 
 from ext_proc.ledger.log import log_files
 from ext_proc.server.journal import Journal, directory_for
-from ext_proc.server.spool import MAX_PENDING, Outbox
+from ext_proc.server.spool import MAX_PENDING, RESCAN, Outbox
 from ext_proc.server.spool import directory_for as spool_directory
 from ext_proc.state.ledger import Ledger
 
@@ -387,13 +387,15 @@ class LedgerSender(Outbox):
     """The supervisor's outbox (:class:`~ext_proc.server.spool.Outbox`): the records it recovers
     from dead workers' journals (already in the log), spooled in ``directory`` (next to the log)
     and sent from a thread of its own, so the supervisor never waits on Redis; and, at
-    :meth:`~ext_proc.server.spool.Outbox.adopt`, the spools stopped processes left (batches Redis
-    had not taken), taken over and sent from where they are. ``on_waiting``: see the outbox."""
+    :meth:`~ext_proc.server.spool.Outbox.adopt` and every ``rescan`` seconds after, the spools
+    stopped processes left (batches Redis had not taken), taken over and sent from where they
+    are. ``on_waiting``: see the outbox."""
 
     def __init__(self, ledger: Ledger, retry: float = RETRY, max_pending: int = MAX_PENDING,
-                 directory: str | None = None, on_waiting: Callable[[int], None] | None = None) -> None:
+                 directory: str | None = None, on_waiting: Callable[[int], None] | None = None,
+                 rescan: float = RESCAN) -> None:
         super().__init__(ledger, directory, retry=retry, max_pending=max_pending, what="recovered record(s)",
-                         on_waiting=on_waiting)
+                         on_waiting=on_waiting, rescan=rescan)
 
 
 def _regular_or_absent(path: str) -> bool:

@@ -31,7 +31,8 @@ Reading the spool back is streamed (:data:`READ_CHUNK` at a time, a group at mos
 from the sender thread only, under no lock the owner's :meth:`Outbox.add` takes.
 
 A process that stops with batches Redis has not taken leaves its spool; one that dies leaves it
-too. The supervisor, when it starts and whenever a worker dies (:meth:`Outbox.adopt`), has its
+too. The supervisor, when it starts and whenever a worker dies (:meth:`Outbox.adopt`), and every
+:data:`RESCAN` seconds (a process of the previous generation may stop after its look), has its
 sender's thread take such spools over: it locks each (a live process holds its own), sends its
 batches from the file under their ids, notes its progress in its header and deletes it once
 every batch is taken; a later recovery finds it locked and leaves it alone, so it is never sent
@@ -68,6 +69,7 @@ SEND_FIELDS = 20_000  # counters per Redis call at most (about 1.5 us of Redis t
 RETRY = 0.5  # seconds between sends while Redis refuses
 READ_CHUNK = 256 << 10  # bytes read from a spool at a time
 PUBLISH_EVERY = 1.0  # seconds between reports of the waiting count (on_waiting)
+RESCAN = 60.0  # seconds between the supervisor's sender's looks for spools stopped processes left
 _HEADER = b'{"tollway_spool":1,"taken":%016d}\n'
 HEADER_SIZE = len(_HEADER % 0)
 _TAKEN_AT = _HEADER.index(b"%")  # where the taken offset's digits start
@@ -254,11 +256,13 @@ class Outbox:
 
     ``directory``: where the spool lives (None: none, batches wait in memory only);
     ``on_waiting``: told the records waiting, from the sender thread, when it changes (at most
-    every :data:`PUBLISH_EVERY` seconds)."""
+    every :data:`PUBLISH_EVERY` seconds); ``rescan``: once :meth:`adopt` was called, look for
+    spools stopped processes left again every ``rescan`` seconds (one ``listdir``; None: only
+    when :meth:`adopt` is called)."""
 
     def __init__(self, ledger: Ledger, directory: str | None, *, retry: float = RETRY,
                  max_pending: int = MAX_PENDING, cap: int = MAX_SPOOL, what: str = "record(s)",
-                 on_waiting: Callable[[int], None] | None = None) -> None:
+                 on_waiting: Callable[[int], None] | None = None, rescan: float | None = None) -> None:
         self._ledger = ledger
         self._directory = directory
         self._retry = retry
@@ -275,6 +279,8 @@ class Outbox:
         self._flying: set[str] = set()  # ids of in-memory batches in the send in flight
         self._adopted: list[Adopted] = []
         self._adopt = False  # look for stopped processes' spools at the next round
+        self._rescan = rescan
+        self._next_scan: float | None = None  # when to look again (None: not adopting)
         self._thread: threading.Thread | None = None
         self._closing = False
         self._closed = False
@@ -429,8 +435,10 @@ class Outbox:
         failing_since: float | None = None
         while True:
             try:
-                if self._adopt:
+                if self._adopt or (self._next_scan is not None and time.monotonic() >= self._next_scan):
                     self._adopt = False
+                    if self._rescan is not None:
+                        self._next_scan = time.monotonic() + self._rescan
                     self._take_over()
                 group, plan = self._group()
             except Exception:  # never let the thread stop: later batches would wait forever
@@ -476,7 +484,11 @@ class Outbox:
                 if self._closing:
                     return
                 stale = self._on_waiting is not None and self._published != self.waiting
-                self._wake.wait(PUBLISH_EVERY if stale else None)  # (a change not published yet: soon)
+                timeout = PUBLISH_EVERY if stale else None  # (a change not published yet: soon)
+                if self._next_scan is not None:  # (and the next look for stopped processes' spools)
+                    scan = max(self._next_scan - time.monotonic(), 0.0)
+                    timeout = scan if timeout is None else min(timeout, scan)
+                self._wake.wait(timeout)
                 self._wake.clear()
 
     def _publish(self) -> None:

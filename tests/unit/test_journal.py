@@ -513,6 +513,30 @@ def test_a_rollback_to_the_previous_release_leaves_the_spools_unread_and_whole(t
         sender.close(1)
 
 
+def test_a_spool_left_after_the_supervisors_scan_is_taken_over_at_its_next_look(tmp_path: Path) -> None:
+    """A previous generation's worker still draining when the new supervisor looked (its spool
+    locked then) stops later, while Redis fails over: its spool is taken over at the sender's next
+    look at the directory (every ``rescan`` seconds), counted as waiting, and sent."""
+    path = str(tmp_path / "requests.jsonl")
+    ledger = RedisDown()
+    old_worker = Outbox(ledger, spool_directory(path), retry=0.05)
+    old_worker.add([served(i) for i in range(5)])
+    sender = LedgerSender(ledger, retry=0.05, directory=spool_directory(path), rescan=0.2)
+    try:
+        sender.adopt()
+        time.sleep(0.1)
+        assert sender.waiting == 0  # held by its process at the supervisor's scan
+        old_worker.close(0.05)
+        assert spools(path)
+        until(lambda: sender.waiting == 5)
+        assert sender.waiting == 5  # taken over: counted in tollway_ledger_waiting
+        ledger.up = True
+        until(lambda: not spools(path))
+        assert requests_in(ledger) == 5 and sender.waiting == 0
+    finally:
+        sender.close(1)
+
+
 def test_the_spool_is_bounded_past_it_batches_wait_in_memory_and_what_is_given_up_is_counted(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = str(tmp_path / "requests.jsonl")
