@@ -69,6 +69,7 @@ SEND_FIELDS = 20_000  # counters per Redis call at most (about 1.5 us of Redis t
 RETRY = 0.5  # seconds between sends while Redis refuses
 READ_CHUNK = 256 << 10  # bytes read from a spool at a time
 PUBLISH_EVERY = 1.0  # seconds between reports of the waiting count (on_waiting)
+COMPACT_RETRY = 60.0  # seconds before a compaction that failed (or lacked the room) is tried again
 RESCAN = 60.0  # seconds between the supervisor's sender's looks for spools stopped processes left
 _HEADER = b'{"tollway_spool":1,"taken":%016d}\n'
 HEADER_SIZE = len(_HEADER % 0)
@@ -285,6 +286,7 @@ class Outbox:
         self._closing = False
         self._closed = False
         self._write_logged = 0.0
+        self._compact_after = 0.0  # (monotonic) no compaction before: one failed or lacked the room
         self._published, self._published_at = -1, 0.0
         self.failures = 0  # sends Redis refused or did not answer in time
         self.dropped = 0  # records given up: never in the aggregates (the request log has them)
@@ -588,7 +590,8 @@ class Outbox:
                     except OSError as exc:
                         log.error("cannot mark batches taken in the spend aggregates' spool %s (%s): if this process "
                                   "stops now, they are sent again (and added once)", spool.path, exc.strerror)
-                    if spool.taken >= COMPACT_AT and spool.taken - HEADER_SIZE > spool.size - spool.taken:
+                    if spool.taken >= COMPACT_AT and spool.taken - HEADER_SIZE > spool.size - spool.taken \
+                            and time.monotonic() >= self._compact_after:
                         compact = spool
         self._finish_adopted(plan.adopted)
         if compact is not None:
@@ -618,12 +621,26 @@ class Outbox:
 
     def _compact(self, spool: Spool) -> None:
         """Rewrite the spool with its open batches only (a new file renamed over it): the bulk
-        copied without the lock, what came meanwhile under it."""
+        copied without the lock, what came meanwhile under it. Not begun without the room for
+        the copy (and a chunk more) on the file system; failed or not begun, not tried again for
+        :data:`COMPACT_RETRY` seconds (a full disk: not after every send)."""
+        self._compact_after = time.monotonic() + COMPACT_RETRY  # (moved back to 0 once it succeeds)
         temporary = spool.path[: -len(SUFFIX)] + COMPACTING
+        needed = spool.size - spool.taken + HEADER_SIZE + READ_CHUNK
+        try:
+            stat = os.statvfs(os.path.dirname(spool.path))
+            free = stat.f_bavail * stat.f_frsize
+        except OSError:
+            free = needed
+        if free < needed:
+            log.warning("the spend aggregates' spool %s is not compacted: %d bytes free, the copy needs %d (no room; "
+                        "tried again in %.0f s)", spool.path, free, needed, COMPACT_RETRY)
+            return
         try:
             fd = _create_locked(temporary, exclusive=False)
         except OSError as exc:
-            log.error("cannot compact the spend aggregates' spool %s: %s", spool.path, exc.strerror)
+            log.error("cannot compact the spend aggregates' spool %s (%s): tried again in %.0f s", spool.path,
+                      exc.strerror, COMPACT_RETRY)
             return
         try:
             _pwrite_all(fd, _HEADER % HEADER_SIZE, 0)
@@ -638,9 +655,11 @@ class Outbox:
                 old, spool.fd, spool.size, spool.taken = spool.fd, fd, at, HEADER_SIZE
                 spool.full = False
             os.close(old)  # (the old file's pages are freed here: not under the lock)
+            self._compact_after = 0.0
         except OSError as exc:
             if exc.errno:
-                log.error("cannot compact the spend aggregates' spool %s: %s", spool.path, exc.strerror)
+                log.error("cannot compact the spend aggregates' spool %s (%s): tried again in %.0f s", spool.path,
+                          exc.strerror, COMPACT_RETRY)
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             os.close(fd)

@@ -692,6 +692,53 @@ def test_a_spool_mostly_taken_is_compacted_then_emptied(tmp_path: Path, monkeypa
     assert spools(path) == []
 
 
+def test_a_compaction_that_fails_or_lacks_the_room_is_not_tried_again_for_a_minute(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk while an outage's backlog drains: the compaction is tried once, fails, and is
+    not tried (nor logged at ERROR) again after every send; with too little free space for the
+    copy (statvfs) it is not even begun."""
+    monkeypatch.setattr(spool_module, "COMPACT_AT", 1)
+    monkeypatch.setattr(spool_module, "SEND_RECORDS", 10)
+    path = str(tmp_path / "requests.jsonl")
+    tries: list[str] = []
+    real = spool_module._create_locked
+
+    def full(target: str, exclusive: bool = True) -> int:
+        if target.endswith(spool_module.COMPACTING):
+            tries.append(target)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(target, exclusive)
+
+    monkeypatch.setattr(spool_module, "_create_locked", full)
+    statvfs = os.statvfs
+
+    def no_room(target: Any) -> Any:
+        real_stat = statvfs(target)
+        return os.statvfs_result((real_stat.f_bsize, real_stat.f_frsize, real_stat.f_blocks, 0, 0, *real_stat[5:10]))
+
+    for room in ("none", "plenty"):
+        tries.clear()
+        caplog.clear()
+        ledger = RedisDown()
+        outbox = Outbox(ledger, spool_directory(path) + "-" + room, retry=0.01)
+        for i in range(100):
+            outbox.add([served(i, team=f"t{i % 7}")])
+        if room == "none":
+            monkeypatch.setattr(os, "statvfs", no_room)
+        ledger.up = True
+        outbox._wake.set()
+        until(lambda box=outbox: box.waiting == 0)  # ten sends, each leaving most of the spool taken
+        assert outbox.waiting == 0 and requests_in(ledger) == 100
+        outbox.close(1)
+        compaction_errors = [r for r in caplog.records if "compact" in r.getMessage() and r.levelname == "ERROR"]
+        if room == "none":
+            monkeypatch.setattr(os, "statvfs", statvfs)
+            assert tries == [] and not compaction_errors  # not begun: no room for the copy
+            assert len([r for r in caplog.records if "room" in r.getMessage()]) == 1  # said once
+        else:
+            assert len(tries) == 1 and len(compaction_errors) == 1
+
+
 def test_the_supervisors_sender_publishes_what_waits(tmp_path: Path) -> None:
     """tollway_ledger_waiting counts the supervisor's sender too (a spool it took over)."""
     path = str(tmp_path / "requests.jsonl")
