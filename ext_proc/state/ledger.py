@@ -17,9 +17,10 @@ read that way too, nothing to migrate.
 
 :class:`RedisLedger` keeps the buckets in Redis, where every sidecar adds to them with
 ``HINCRBY`` (atomic per field, so any number of sidecars can add to one Redis), batches in one
-script that marks each first (several per call: a sender's backlog goes in one round trip), so a
-batch sent again after a timeout, in whatever grouping, adds nothing twice, and indexes buckets
-per day in a set. Buckets are bounded: a refused request's model name the
+script (several per call: a sender's backlog goes in one round trip) that adds a batch only if
+its seq is above its source's high-water mark (one key per source: its batches come in order),
+so a batch sent again after a timeout, in whatever grouping, adds nothing twice, and indexes
+buckets per day in a set. Buckets are bounded: a refused request's model name the
 policy does not know (``known``) is counted as :data:`OTHER` (:func:`bucket_of`), and a day's
 buckets and its set expire :data:`RETENTION_DAYS` after the day. The service keeps aggregates only there (``--redis``):
 without Redis, reports and the dashboard read the request log, which stays the complete record
@@ -51,21 +52,35 @@ RETENTION_DAYS = 731  # a day's buckets (and its index) expire this many days af
 Bucket = tuple[str, str, str, str, str]  # day, team, model, key id, provider
 Cell = tuple[str, str, str, str]  # day, team, model, provider ("(none)" for none)
 K = TypeVar("K", str, Cell)
-BATCH_TTL = 86_400  # seconds a batch's mark is kept (a batch sent again within it adds nothing)
-# Batches at most once each, any number in one call (atomic): for each batch (KEYS[k], its mark)
-# whose mark is new, its mark set, then for each of its buckets its day's set, its counts and
-# their expiry (the same instant for a day's set and buckets: they go together); a batch whose
-# mark is there already (sent before, in this grouping or another) is skipped. Returns how many
-# batches were added. ARGV: ttl, then per batch: its number of buckets, then per bucket: the
-# day's set, the bucket's key, when it expires (Unix seconds, 0: never), the number of counts,
-# name/value pairs.
+BATCH_TTL = 86_400  # seconds a batch id's mark is kept (a batch sent again within it adds nothing)
+SOURCE_TTL = 30 * 86_400  # seconds a source's high-water mark is kept after its last batch was added
+# A batch's key: an id (marked once, for BATCH_TTL: the per-batch marks an older Tollway sends) or
+# (source, seq): the batch numbered ``seq`` of an outbox that sends its batches in order, added if
+# above the source's high-water mark (:meth:`RedisLedger.add_summed`).
+BatchKey = str | tuple[str, int]
+# Batches at most once each, any number in one call (atomic), in order: for each batch (KEYS[k],
+# its mark key) either (its seq empty) a mark by id, set if new (SET NX EX ARGV[1]), or (its seq a
+# number) its source's high-water mark, raised to seq (SET EX ARGV[2]: refreshed) if below it;
+# a batch whose mark was new, or whose seq was above the mark, then adds, for each of its
+# buckets, the day's set, its counts and their expiry (the same instant for a day's set and
+# buckets: they go together); the others (sent before, in this grouping or another) are skipped.
+# Returns how many batches were added. ARGV: the id marks' ttl, the high-water marks' ttl, then
+# per batch: its seq ('' for an id), its number of buckets, then per bucket: the day's set, the
+# bucket's key, when it expires (Unix seconds, 0: never), the number of counts, name/value pairs.
+# (An older Tollway's script, the id marks only, keeps working beside it: its keys are its own.)
 _ONCE = """
-local i = 2
+local i = 3
 local added = 0
 for k = 1, #KEYS do
-  local m = tonumber(ARGV[i])
-  i = i + 1
-  local new = redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[1])
+  local seq, m = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
+  local new
+  if seq == '' then
+    new = redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[1])
+  else
+    new = tonumber(seq) > tonumber(redis.call('GET', KEYS[k]) or '0')
+    if new then redis.call('SET', KEYS[k], seq, 'EX', ARGV[2]) end
+  end
   if new then added = added + 1 end
   for _ = 1, m do
     local day, key, at, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
@@ -229,7 +244,7 @@ class Ledger(Protocol):
 
     def summed(self, records: Iterable[dict[str, Any]]) -> Summed: ...
 
-    def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int: ...
+    def add_summed(self, batches: Sequence[tuple[BatchKey, Summed]]) -> int: ...
 
     def rows(self, by: str, since: date | None = None, until: date | None = None,
              where: dict[str, str] | None = None) -> list[Row]: ...
@@ -245,6 +260,7 @@ class MemoryLedger:
         self.buckets: dict[Bucket, dict[str, int]] = {}
         self.known = known
         self.marks: set[str] = set()  # the batch ids added (never expire here)
+        self.high: dict[str, int] = {}  # each source's high-water mark (never expires here)
 
     def add(self, records: list[dict[str, Any]], batch: str | None = None) -> None:
         if batch is not None:
@@ -255,14 +271,22 @@ class MemoryLedger:
     def summed(self, records: Iterable[dict[str, Any]]) -> Summed:
         return summed(records, self.known)
 
-    def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int:
-        """Add each batch whose id was never added (see :meth:`RedisLedger.add_summed`)."""
+    def add_summed(self, batches: Sequence[tuple[BatchKey, Summed]]) -> int:
+        """Add, in order, each batch whose id was never added or whose seq is above its source's
+        high-water mark (see :meth:`RedisLedger.add_summed`)."""
         added = 0
         for batch, counts in batches:
-            if batch not in self.marks:
+            if isinstance(batch, str):
+                if batch in self.marks:
+                    continue
                 self.marks.add(batch)
-                self._add(counts)
-                added += 1
+            else:
+                source, seq = batch
+                if seq <= self.high.get(source, 0):
+                    continue
+                self.high[source] = seq
+            self._add(counts)
+            added += 1
         return added
 
     def _add(self, buckets: Summed) -> None:
@@ -326,18 +350,33 @@ class RedisLedger:
         """The records' counts per bucket, as :meth:`add_summed` takes them."""
         return summed(records, self.known)
 
-    def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int:
-        """Add batches (each its id and its counts per bucket) in one call to Redis, each at most
-        once: one script marks each batch whose mark is new and adds its counts, and skips those
-        marked already (within :data:`BATCH_TTL`). So batches whose answer did not come in time
-        (Redis hung, then carried them out) can be sent again in any grouping, alone or with
-        others, and each adds once. Returns how many were added (the others had been)."""
+    def add_summed(self, batches: Sequence[tuple[BatchKey, Summed]]) -> int:
+        """Add batches (each its key and its counts per bucket) in one call to Redis, in order,
+        each at most once, so batches whose answer did not come in time (Redis hung, then carried
+        them out) can be sent again, alone or with others, and each adds once. Returns how many
+        were added (the others had been).
+
+        A batch keyed ``(source, seq)``: its source (an outbox, :mod:`ext_proc.server.spool`)
+        numbers its batches and sends them oldest first, so what Redis has of it is always the
+        batches up to some seq: one key per source (``<prefix>:source:<id>``) holds that
+        high-water mark, and a batch adds only if its seq is above it (then raises it). The mark
+        is kept :data:`SOURCE_TTL` (30 days) after the source's last batch added: a batch sent
+        again later (its spool left unsent that long) would add again. A caller must never send
+        a source's batch after a later one of it was taken (it would be skipped: lost).
+
+        A batch keyed by an id (an older Tollway's, or a spool it left): marked
+        (``<prefix>:batch:<id>``, kept :data:`BATCH_TTL`, a day) and added if the mark is new."""
         if not batches:
             return 0
         keys: list[str] = []
-        args: list[Any] = [BATCH_TTL]
+        args: list[Any] = [BATCH_TTL, SOURCE_TTL]
         for batch, buckets in batches:
-            keys.append(f"{self.prefix}:batch:{batch}")
+            if isinstance(batch, str):
+                keys.append(f"{self.prefix}:batch:{batch}")
+                args.append("")
+            else:
+                keys.append(f"{self.prefix}:source:{batch[0]}")
+                args.append(batch[1])
             args.append(len(buckets))
             for bucket, counts in buckets.items():
                 args += [f"{self.prefix}:day:{bucket[0]}", self._key(bucket), self._expires(bucket[0]), len(counts)]

@@ -17,7 +17,7 @@ from ext_proc.ledger.report import aggregate, month_window
 from ext_proc.server.app import open_ledger
 from ext_proc.server.records import RecordWriter
 from ext_proc.server.spool import Outbox
-from ext_proc.state.ledger import OTHER, RETENTION_DAYS, MemoryLedger, RedisLedger, Summed
+from ext_proc.state.ledger import OTHER, RETENTION_DAYS, SOURCE_TTL, BatchKey, MemoryLedger, RedisLedger, Summed
 from tests.unit.test_ledger import RECORDS
 
 OCTOBER = month_window("2026-10")
@@ -115,6 +115,71 @@ def test_batches_sent_again_in_any_grouping_add_once_each(redis_port: int) -> No
     again = MemoryLedger()
     assert [again.add_summed(group) for group in (batches[:2], batches[1:3], batches[::-1])] == [2, 1, 1]
     assert comparable(again.rows("team", *OCTOBER)) == comparable(memory.rows("team", *OCTOBER))
+
+
+def test_a_sources_batches_sent_again_in_any_grouping_add_once_each(redis_port: int) -> None:
+    """Batches keyed (source, seq), each source's sent oldest first: a group sent again after a
+    timeout, alone, with what came since or split, adds each batch once; two sources (a worker's
+    and a spool taken over) interleave in one call; an id-keyed batch (an older Tollway's) in the
+    same call keeps its per-batch mark."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger, memory = RedisLedger(client), MemoryLedger()
+    one = [(("s1", i + 1), ledger.summed(RECORDS[i::4])) for i in range(4)]
+    two = [(("s2", i + 1), ledger.summed(RECORDS[i::2])) for i in range(2)]
+    legacy: list[tuple[BatchKey, Summed]] = [("old-1", ledger.summed(RECORDS[:1]))]
+    calls = [one[:2], one[1:3], [*one, two[0]], [two[0], one[3], *legacy], [*two, *legacy], one]
+    assert [ledger.add_summed(call) for call in calls] == [2, 1, 2, 1, 1, 0]
+    assert [memory.add_summed(call) for call in calls] == [2, 1, 2, 1, 1, 0]  # the reference does the same
+    expected = MemoryLedger()
+    expected.add(RECORDS + RECORDS + RECORDS[:1])  # s1's (all), s2's (all), old-1's
+    for by in ("team", "model", "key"):
+        assert comparable(ledger.rows(by, *OCTOBER)) == comparable(expected.rows(by, *OCTOBER))
+        assert comparable(memory.rows(by, *OCTOBER)) == comparable(expected.rows(by, *OCTOBER))
+    assert ledger.cells(*OCTOBER) == expected.cells(*OCTOBER)
+    assert sorted(k.decode() for k in client.scan_iter("tollway:ledger:[sb][oa]*")) == [
+        "tollway:ledger:batch:old-1", "tollway:ledger:source:s1", "tollway:ledger:source:s2"]
+    assert client.get("tollway:ledger:source:s1") == b"4"
+    assert SOURCE_TTL - 5 <= client.ttl("tollway:ledger:source:s1") <= SOURCE_TTL
+
+
+def _a_day_passes(client: redis.Redis) -> None:
+    """What Redis expires in a day: every key whose time to live is a day or less."""
+    for key in list(client.scan_iter("*")):
+        if 0 <= client.ttl(key) <= 86_400:
+            client.delete(key)
+
+
+def test_a_batch_sent_again_more_than_a_day_later_adds_once(redis_port: int) -> None:
+    """A spool left unsent (the service stopped while Redis failed over) is taken over more than a
+    day later: the batches Redis took just before its process stopped add nothing again. (A
+    per-batch mark, kept a day, had expired: they were counted twice.) Its source's mark is
+    refreshed with each batch added."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger = RedisLedger(client)
+    batches: list[tuple[BatchKey, Summed]] = [(("dead", i + 1), ledger.summed(RECORDS[i::3])) for i in range(3)]
+    assert ledger.add_summed(batches[:2]) == 2  # taken, but the answer came too late: not marked in the spool
+    _a_day_passes(client)
+    assert ledger.add_summed(batches) == 1  # the spool, taken over: only the third adds
+    memory = MemoryLedger()
+    memory.add(RECORDS)
+    assert comparable(ledger.rows("team", *OCTOBER)) == comparable(memory.rows("team", *OCTOBER))
+    assert client.ttl("tollway:ledger:source:dead") > 29 * 86_400
+
+
+def test_dedupe_keys_stay_one_per_source_however_many_batches(redis_port: int) -> None:
+    """A busy worker sends a batch every 50 ms round (about 1.7 million a day): each kept a mark of
+    its own for a day (133 bytes each: 220 MiB of Redis per worker). A source keeps one key."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger = RedisLedger(client)
+    summed_ = ledger.summed(RECORDS[:1])
+    for start in range(1, 10_001, 100):
+        ledger.add_summed([((f"w{start % 3}", start + i), summed_) for i in range(100)])
+    dedupe = [k.decode() for k in client.scan_iter("tollway:ledger:*") if b":b:" not in k and b":day:" not in k]
+    assert sorted(dedupe) == ["tollway:ledger:source:w0", "tollway:ledger:source:w1", "tollway:ledger:source:w2"]
+    assert sum(r.requests for r in ledger.rows("team")) == 10_000
 
 
 class Slow(MemoryLedger):
