@@ -25,7 +25,8 @@ Aggregates: with ``--redis`` each round's records are handed to an
 in ``.<log name>.aggregates/``, then sent by a thread of its own, so the event loop never waits
 on the network); without it
 there are none (nothing would read them: reports read the log). The outbox sends everything
-waiting in one Redis call per round trip, each batch under an id that makes Redis add it once;
+waiting in one Redis call per round trip, oldest first, each batch numbered in its outbox's
+sequence so that Redis adds it once (a high-water mark per outbox);
 what Redis has not taken when the worker stops (or dies) stays in its spool, and the supervisor
 sends it (:class:`LedgerSender`, which also sends the records it recovers from dead workers'
 journals). The log file holds every record either way.

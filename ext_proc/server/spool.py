@@ -2,27 +2,42 @@
 
 Theory of operation. With ``--redis`` each process (a worker, and the supervisor for the records
 it recovers) has an :class:`Outbox`. Its owner hands it each round's records (:meth:`Outbox.add`,
-off the request path: a worker's log writer does every 50 ms); they become a *batch*: an id and
-the records' counts added up per bucket (:func:`~ext_proc.state.ledger.summed`, a few hundred
-bytes however many records share a bucket). The batch is appended to the process's *spool* at
-once, one ``pwrite`` of one line, then a thread of the outbox's own sends it.
+off the request path: a worker's log writer does every 50 ms); they become a *batch*: a number
+(``seq``, 1, 2, 3... in the order the batches come) and the records' counts added up per bucket
+(:func:`~ext_proc.state.ledger.summed`, a few hundred bytes however many records share a bucket).
+The batch is appended to the process's *spool* at once, one ``pwrite`` of one line, then a thread
+of the outbox's own sends it. Each outbox is a *source* of batches, a random id
+(:attr:`Outbox.source`) written in its spool's header.
 
 Sending coalesces: each round sends everything waiting (up to :data:`SEND_RECORDS` records and
 :data:`SEND_FIELDS` counters) in one Redis call (:meth:`~ext_proc.state.ledger.RedisLedger.add_summed`),
-whose script adds each batch whose id is new and skips the others. So what came during a slow
-round trip goes in the next one (an 80 ms Redis keeps up with any rate), and a group whose answer
-did not come (a timeout: Redis may have carried it out) is sent again, in whatever grouping, with
-each batch added once (within the mark's :data:`~ext_proc.state.ledger.BATCH_TTL`, a day).
-Refused: sent again every :data:`RETRY` seconds.
+whose script adds each batch whose seq is above its source's high-water mark (one Redis key per
+source), raises the mark and skips the others. So what came during a slow round trip goes in the
+next one (an 80 ms Redis keeps up with any rate), and a group whose answer did not come (a
+timeout: Redis may have carried it out) is sent again, in whatever grouping, with each batch
+added once (within the mark's :data:`~ext_proc.state.ledger.SOURCE_TTL`, 30 days after the
+source's last batch). Refused: sent again every :data:`RETRY` seconds.
+
+The invariant the mark rests on: a source's batches are sent oldest first, so what Redis has of
+a source is always the batches up to some seq, and no batch is ever sent after a later one of
+its source was taken (it would be skipped: lost). Every path keeps it: a group is the oldest
+batches not taken, in seq order, sent again from the same start after a failure; the batches
+kept in memory (the spool full, a write that failed, no spool) are numbered as they come, under
+the lock that spools them, and merged with the spooled ones in seq order (:meth:`Outbox._group`);
+a batch given up (memory past its bound, at exit) leaves a gap, never a batch sent out of order;
+a spool taken over is sent under its own source, from its taken offset on, by one sender only
+(its lock); the supervisor's records (recovered from journals, or found in the log) are batches
+of its own outbox, its own source.
 
 The spool (``.<log name>.aggregates/<pid>-<hex>.aggregates``, next to the log, in a directory of
 its own, not the journals': the previous release's journal recovery deletes every file it does not
 know in theirs; ``flock``-held by its process as journals are) is a fixed header, then one line per
 batch, in order. Batches are sent oldest first, so what Redis has taken is always a prefix: the
-header says where it ends (``taken``, rewritten in place). When everything is taken the file is
-truncated to its header; when much is taken (:data:`COMPACT_AT`) and it is more than half the file,
-the open part is copied to a new file renamed over it. A write that fails is undone (``ftruncate``
-to the last whole line) and its batch waits in memory; so do batches past :data:`MAX_SPOOL` bytes
+header says where it ends (``taken``, rewritten in place) and whose batches they are (the
+source). When everything is taken the file is truncated to its header; when much is taken
+(:data:`COMPACT_AT`) and it is more than half the file, the open part is copied to a new file
+renamed over it (with the same source). A write that fails is undone (``ftruncate`` to the last
+whole line) and its batch waits in memory; so do batches past :data:`MAX_SPOOL` bytes
 (a Redis outage of hours). What waits in memory is bounded (:data:`MAX_PENDING` records: past it
 the oldest batches are given up) and given up at exit: counted (:attr:`Outbox.dropped`,
 ``tollway_ledger_dropped_total``) and said at ERROR; the request log holds those records.
@@ -34,7 +49,8 @@ A process that stops with batches Redis has not taken leaves its spool; one that
 too. The supervisor, when it starts and whenever a worker dies (:meth:`Outbox.adopt`), and every
 :data:`RESCAN` seconds (a process of the previous generation may stop after its look), has its
 sender's thread take such spools over: it locks each (a live process holds its own), sends its
-batches from the file under their ids, notes its progress in its header and deletes it once
+batches from the file under their source (read from its header; a spool of the release before
+sources, whose batches carry ids, under their ids), notes its progress in its header and deletes it once
 every batch is taken; a later recovery finds it locked and leaves it alone, so it is never sent
 from twice.
 """
@@ -55,7 +71,7 @@ from typing import Any
 
 import orjson
 
-from ext_proc.state.ledger import Ledger, Summed
+from ext_proc.state.ledger import BatchKey, Ledger, Summed
 
 log = logging.getLogger("tollway.spool")
 
@@ -71,9 +87,14 @@ READ_CHUNK = 256 << 10  # bytes read from a spool at a time
 PUBLISH_EVERY = 1.0  # seconds between reports of the waiting count (on_waiting)
 COMPACT_RETRY = 60.0  # seconds before a compaction that failed (or lacked the room) is tried again
 RESCAN = 60.0  # seconds between the supervisor's sender's looks for spools stopped processes left
-_HEADER = b'{"tollway_spool":1,"taken":%016d}\n'
-HEADER_SIZE = len(_HEADER % 0)
+SOURCE_CHARS = 32  # a source id: 16 random bytes in hex
+_HEADER = b'{"tollway_spool":2,"taken":%016d,"source":"%s"}\n'
+HEADER_SIZE = len(_HEADER % (0, b"0" * SOURCE_CHARS))
 _TAKEN_AT = _HEADER.index(b"%")  # where the taken offset's digits start
+_SOURCE_AT = HEADER_SIZE - SOURCE_CHARS - 3  # where the source id starts
+# A spool of the release before sources (its batches keyed by id): read, sent under their ids.
+_V1 = b'{"tollway_spool":1,"taken":'
+V1_HEADER_SIZE = len(_V1) + 16 + 2
 
 
 def directory_for(log_path: str) -> str:
@@ -85,24 +106,32 @@ def directory_for(log_path: str) -> str:
 
 @dataclass(slots=True)
 class Batch:
-    """Records' counts on their way to the aggregates: an id, how many records, their counts per bucket."""
+    """Records' counts on their way to the aggregates: its key ((source, seq); an id in a spool of
+    the release before sources), how many records, their counts per bucket."""
 
-    id: str
+    key: BatchKey
     records: int
     buckets: Summed
     fields: int
     end: int = 0  # a spooled batch: the offset just past its line
 
-    def line(self) -> bytes:
-        body = [[*bucket, counts] for bucket, counts in self.buckets.items()]
-        return orjson.dumps({"n": self.records, "id": self.id, "b": body}, option=orjson.OPT_APPEND_NEWLINE)
+    @property
+    def seq(self) -> int:
+        return self.key[1] if isinstance(self.key, tuple) else 0
 
 
-def _parse(line: bytes, end: int) -> Batch | None:
+def _line(records: int, seq: int, body: bytes) -> bytes:
+    """A batch's line: its record count first (:func:`_count`), its seq, its buckets (``body``)."""
+    return b'{"n":%d,"s":%d,"b":%b}\n' % (records, seq, body)
+
+
+def _parse(line: bytes, end: int, source: str | None) -> Batch | None:
+    """The batch of a line of ``source``'s spool (None: the release before sources, keyed by id)."""
     try:
         item = orjson.loads(line)
         buckets = {tuple(row[:5]): row[5] for row in item["b"]}
-        return Batch(str(item["id"]), int(item["n"]), buckets, sum(len(c) for c in buckets.values()), end)
+        key: BatchKey = (source, int(item["s"])) if source is not None else str(item["id"])
+        return Batch(key, int(item["n"]), buckets, sum(len(c) for c in buckets.values()), end)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
         return None
 
@@ -130,15 +159,32 @@ def _lines(fd: int, start: int, stop: int | None) -> Iterator[tuple[bytes, int]]
         rest = data[begin:]
 
 
-def _taken(fd: int) -> int:
-    """The header's taken offset (HEADER_SIZE when it cannot be read: everything is sent again,
-    each batch once)."""
+def _header(fd: int) -> tuple[int, str | None] | None:
+    """The header's taken offset and source (None: a spool of the release before sources, its
+    batches keyed by id). A taken offset that cannot be read is the header's end: everything is
+    sent again, each batch once (the source's high-water mark). None: no source can be read (no
+    batch could be sent once)."""
     head = os.pread(fd, HEADER_SIZE, 0)
+    if head.startswith(_V1):
+        size = V1_HEADER_SIZE
+        source = None
+    elif head.startswith(_HEADER[:_TAKEN_AT]) and len(head) == HEADER_SIZE and head.endswith(b'"}\n'):
+        size = HEADER_SIZE
+        try:
+            source = head[_SOURCE_AT:_SOURCE_AT + SOURCE_CHARS].decode("ascii")
+            int(source, 16)
+        except ValueError:
+            return None
+    else:
+        return None
     try:
-        return max(int(head[_TAKEN_AT:_TAKEN_AT + 16]), HEADER_SIZE) if head.startswith(_HEADER[:_TAKEN_AT]) \
-            else HEADER_SIZE
+        return max(int(head[_TAKEN_AT:_TAKEN_AT + 16]), size), source
     except ValueError:
-        return HEADER_SIZE
+        return size, source
+
+
+def _header_line(taken: int, source: str) -> bytes:
+    return _HEADER % (taken, source.encode("ascii"))
 
 
 def _mark(fd: int, taken: int) -> None:
@@ -186,13 +232,14 @@ class Spool:
     """A process's own spool file (see the module docstring). Its writes are made under the
     outbox's lock; reads need none (the sender thread reads what is written already)."""
 
-    def __init__(self, directory: str, cap: int = MAX_SPOOL) -> None:
+    def __init__(self, directory: str, source: str, cap: int = MAX_SPOOL) -> None:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.path = os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}")
         self.fd = _create_locked(self.path)
         self.cap = cap
+        self.source = source  # its outbox's (in its header: a spool taken over is sent under it)
         try:
-            _pwrite_all(self.fd, _HEADER % HEADER_SIZE, 0)
+            _pwrite_all(self.fd, _header_line(HEADER_SIZE, source), 0)
         except OSError:
             self.close(unlink=True)
             raise
@@ -233,10 +280,10 @@ class Spool:
 
 @dataclass
 class Plan:
-    """What a group takes once Redis has it: the first ``memory`` batches in memory, this spool
-    up to an offset, each spool taken over up to an offset (and whether that is its end)."""
+    """What a group takes once Redis has it: these batches in memory, this spool up to an
+    offset, each spool taken over up to an offset (and whether that is its end)."""
 
-    memory: int
+    memory: set[BatchKey] = field(default_factory=set)
     spool: tuple[Spool, int, int] | None = None  # (spool, end, records)
     adopted: list[tuple[Adopted, int, int, bool]] = field(default_factory=list)  # (spool, end, records, whole)
 
@@ -249,6 +296,7 @@ class Adopted:
     fd: int
     taken: int
     records: int
+    source: str | None  # None: the release before sources (its batches keyed by id)
 
 
 class Outbox:
@@ -277,11 +325,14 @@ class Outbox:
         self._spool_retry = 0.0  # when to try making it again after it could not be
         self._memory: deque[Batch] = deque()  # batches not spooled, oldest first
         self._memory_records = 0
-        self._flying: set[str] = set()  # ids of in-memory batches in the send in flight
+        self._flying: set[BatchKey] = set()  # keys of in-memory batches in the send in flight
+        self.source = secrets.token_hex(SOURCE_CHARS // 2)  # its batches' source (in its spool's header)
+        self._seq = 0  # the last batch's number (in the order they are spooled or kept in memory)
         self._adopted: list[Adopted] = []
         self._adopt = False  # look for stopped processes' spools at the next round
         self._rescan = rescan
         self._next_scan: float | None = None  # when to look again (None: not adopting)
+        self._unreadable: set[str] = set()  # spools whose header could not be read (said once)
         self._thread: threading.Thread | None = None
         self._closing = False
         self._closed = False
@@ -308,14 +359,18 @@ class Outbox:
                 log.exception("counting %d %s for the spend aggregates", len(chunk), self._what)
                 self.dropped += len(chunk)
                 continue
-            batch = Batch(secrets.token_hex(8), len(chunk), buckets, sum(len(c) for c in buckets.values()))
-            line = batch.line()
+            body = orjson.dumps([[*bucket, counts] for bucket, counts in buckets.items()])
             with self._lock:
                 if self._closed:
-                    self.dropped += batch.records
+                    self.dropped += len(chunk)
                     log.error("%d %s came after the spend aggregates' sender stopped; the request log has them",
-                              batch.records, self._what)
+                              len(chunk), self._what)
                     continue
+                # Numbered under the lock: the spool's lines and the batches in memory are in seq
+                # order, and sent in it (the high-water mark skips a batch sent after a later one).
+                self._seq += 1
+                batch = Batch((self.source, self._seq), len(chunk), buckets, sum(len(c) for c in buckets.values()))
+                line = _line(batch.records, self._seq, body)
                 if not self._spooled(batch, line):
                     self._memory.append(batch)
                     self._memory_records += batch.records
@@ -381,7 +436,7 @@ class Outbox:
         spool = self._spool
         if spool is None and self._directory is not None and time.monotonic() >= self._spool_retry:
             try:
-                spool = self._spool = Spool(self._directory, self._cap)
+                spool = self._spool = Spool(self._directory, self.source, self._cap)
             except OSError as exc:
                 self._spool_retry = time.monotonic() + 10
                 log.error("cannot keep a spool for the spend aggregates in %s (%s): records Redis has not taken "
@@ -412,7 +467,7 @@ class Outbox:
             return
         kept: deque[Batch] = deque()
         for batch in self._memory:
-            if self._memory_records > self._max_pending and batch.id not in self._flying:
+            if self._memory_records > self._max_pending and batch.key not in self._flying:
                 self._memory_records -= batch.records
                 self.dropped += batch.records
                 log.error("%d %s waiting for the spend aggregates dropped (more than %d wait in memory); the "
@@ -448,7 +503,7 @@ class Outbox:
                 group, plan = [], None
             if group:
                 try:
-                    self._ledger.add_summed([(batch.id, batch.buckets) for batch in group])
+                    self._ledger.add_summed([(batch.key, batch.buckets) for batch in group])
                 except Exception as exc:
                     self.failures += 1
                     if failing_since is None:
@@ -507,59 +562,74 @@ class Outbox:
                 log.exception("publishing the records waiting for the spend aggregates")
 
     def _group(self) -> tuple[list[Batch], Plan | None]:
-        """What to send this round: in-memory batches, then this spool's, then those taken over,
-        oldest first, up to the call's bounds (one batch at least); and the plan of what to mark
-        taken once Redis has them (None: nothing to do)."""
+        """What to send this round: this process's batches (in memory and in its spool, merged in
+        seq order: a batch kept in memory while the spool was full or failed comes between
+        spooled ones), then those of the spools taken over (each in its order), oldest first, up
+        to the call's bounds (one batch at least); and the plan of what to mark taken once Redis
+        has them (None: nothing to do). A source's batches in a group are always the oldest it
+        has not had taken, in order: the high-water mark never skips one that was not added."""
         group: list[Batch] = []
         records = fields = 0
         full = False
+        plan = Plan()
 
         def room(batch: Batch) -> bool:
             return not group or (records + batch.records <= SEND_RECORDS and fields + batch.fields <= SEND_FIELDS)
 
-        def read(fd: int, start: int, stop: int | None, path: str) -> tuple[int, int]:
-            """Add the batches of a spool from ``start`` to the group while there is room; where
-            the reading stopped, and the records added."""
+        def add(batch: Batch) -> bool:
             nonlocal records, fields, full
+            if not room(batch):
+                full = True
+                return False
+            group.append(batch)
+            records, fields = records + batch.records, fields + batch.fields
+            return True
+
+        def from_memory(before: int | None) -> None:
+            """The batches in memory numbered below ``before`` (None: all), while there is room."""
+            while memory and (before is None or memory[0].seq < before) and add(memory[0]):
+                plan.memory.add(memory.popleft().key)
+
+        def read(fd: int, start: int, stop: int | None, path: str, source: str | None,
+                 own: bool = False) -> tuple[int, int]:
+            """Add the batches of a spool from ``start`` to the group while there is room (its
+            own: the batches in memory numbered before each first); where the reading stopped,
+            and the records added."""
             end, count = start, 0
             for line, at in _lines(fd, start, stop):
-                batch = _parse(line, at)
+                batch = _parse(line, at, source)
                 if batch is None:  # (a write is undone when it fails: never expected)
                     log.error("an unreadable line in the spend aggregates' spool %s skipped", path)
                     end = at
                     continue
-                if not room(batch):
-                    full = True
+                if own:
+                    from_memory(batch.seq)
+                if full or not add(batch):
                     break
-                group.append(batch)
-                records, fields = records + batch.records, fields + batch.fields
                 end, count = at, count + batch.records
             return end, count
 
         with self._lock:
             if self._closed:
                 return [], None
-            memory = 0
-            for batch in self._memory:
-                if not room(batch):
-                    full = True
-                    break
-                group.append(batch)
-                records, fields, memory = records + batch.records, fields + batch.fields, memory + 1
-            self._flying = {batch.id for batch in group}
+            memory = deque(self._memory)
+            self._flying = {batch.key for batch in memory}  # (not given up meanwhile: narrowed below)
             spool = self._spool
             own = (spool, spool.fd, spool.taken, spool.size) if spool is not None else None
             adopted = list(self._adopted)
-        plan = Plan(memory)
-        if own is not None and own[2] < own[3] and not full:
+        if own is not None and own[2] < own[3]:
             spool, fd, start, stop = own
-            end, count = read(fd, start, stop, spool.path)
+            end, count = read(fd, start, stop, spool.path, spool.source, own=True)
             if end > start:
                 plan.spool = (spool, end, count)
+        if not full:
+            from_memory(None)  # (newer than every batch the spool had at the look)
+        with self._lock:
+            self._flying = set(plan.memory)
         for item in adopted:
             if full:
                 break
-            end, count = read(item.fd, item.taken, None, item.path)
+            end, count = read(item.fd, item.taken, None, item.path, item.source)
             plan.adopted.append((item, end, count, not full))  # not full: read to its end
         if not group and plan.spool is None and not plan.adopted:
             return [], None
@@ -572,11 +642,11 @@ class Outbox:
         with self._lock:
             if self._closed:
                 return
-            sent = {batch.id for batch in group[:plan.memory]}
+            sent = plan.memory
             if sent:
                 kept: deque[Batch] = deque()
                 for batch in self._memory:
-                    if batch.id in sent:
+                    if batch.key in sent:
                         self._memory_records -= batch.records
                     else:
                         kept.append(batch)
@@ -643,7 +713,7 @@ class Outbox:
                       exc.strerror, COMPACT_RETRY)
             return
         try:
-            _pwrite_all(fd, _HEADER % HEADER_SIZE, 0)
+            _pwrite_all(fd, _header_line(HEADER_SIZE, spool.source), 0)
             start, stop = spool.taken, spool.size
             at = HEADER_SIZE
             at = _copy(spool.fd, start, stop, fd, at)
@@ -689,7 +759,15 @@ class Outbox:
                 os.close(fd)
                 continue
             try:
-                taken = _taken(fd)
+                header = _header(fd)
+                if header is None:
+                    if path not in self._unreadable:
+                        self._unreadable.add(path)
+                        log.error("the spend aggregates' spool %s has no readable header (its source): left as it "
+                                  "is, not sent (its batches could not be added once each)", path)
+                    os.close(fd)
+                    continue
+                taken, source = header
                 records = 0
                 for line, _ in _lines(fd, taken, None):
                     records += _count(line)
@@ -708,7 +786,7 @@ class Outbox:
                 if self._closed:
                     os.close(fd)
                     return
-                self._adopted.append(Adopted(path, fd, taken, records))
+                self._adopted.append(Adopted(path, fd, taken, records, source))
 
 
 def _count(line: bytes) -> int:

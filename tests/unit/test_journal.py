@@ -39,7 +39,7 @@ from ext_proc.server.records import LedgerSender, RecordWriter
 from ext_proc.server.servicer import ExtProcCall, Service
 from ext_proc.server.spool import Outbox
 from ext_proc.server.spool import directory_for as spool_directory
-from ext_proc.state.ledger import MemoryLedger, Summed
+from ext_proc.state.ledger import BatchKey, MemoryLedger, Summed
 from tests.unit.transcript import Record, Transcript
 
 CHAT = "/v1/chat/completions"
@@ -271,9 +271,9 @@ class RedisDown(MemoryLedger):
     def __init__(self) -> None:
         super().__init__()
         self.up = False
-        self.tries: list[tuple[str, ...]] = []
+        self.tries: list[tuple[BatchKey, ...]] = []
 
-    def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int:
+    def add_summed(self, batches: Sequence[tuple[BatchKey, Summed]]) -> int:
         self.tries.append(tuple(batch for batch, _ in batches))
         if not self.up:
             raise ConnectionError("Connection refused")
@@ -473,7 +473,8 @@ def test_a_stop_while_redis_is_down_keeps_the_batches_and_the_supervisor_takes_t
         ledger.up = True
         until(lambda: not spools(path))
         assert spools(path) == [] and requests_in(ledger) == 5
-        assert set(ledger.marks) == tried  # under the ids the worker had sent them with
+        assert writer.outbox is not None and {source for source, _ in tried} == {writer.outbox.source}
+        assert ledger.high == {writer.outbox.source: max(seq for _, seq in tried)}  # under the worker's source
     finally:
         sender.close(1)
         other.close(1)
@@ -511,6 +512,33 @@ def test_a_rollback_to_the_previous_release_leaves_the_spools_unread_and_whole(t
         assert requests_in(ledger) == 3
     finally:
         sender.close(1)
+
+
+def test_a_spool_of_the_release_before_sources_is_sent_under_its_batches_ids(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A spool whose header has no source (written before batches were numbered) is sent as it
+    was meant to be: each batch under its id (Redis's per-batch marks), from its taken offset on.
+    One whose header cannot be read at all is left as it is, said once (its batches could not be
+    added once each)."""
+    path = str(tmp_path / "requests.jsonl")
+    directory = spool_directory(path)
+    os.makedirs(directory)
+    ledger = MemoryLedger()
+    body = [[*bucket, counts] for bucket, counts in ledger.summed([served(0)]).items()]
+    header = b'{"tollway_spool":1,"taken":%016d}\n'
+    lines = [orjson.dumps({"n": 1, "id": f"old-{i}", "b": body}, option=orjson.OPT_APPEND_NEWLINE) for i in range(3)]
+    Path(directory, "123-abcd.aggregates").write_bytes(header % (len(header % 0) + len(lines[0])) + b"".join(lines))
+    Path(directory, "456-abcd.aggregates").write_bytes(b"garbage\n" + lines[0])
+    sender = LedgerSender(ledger, retry=0.01, directory=directory, rescan=0.05)
+    try:
+        sender.adopt()
+        until(lambda: spools(path) == ["456-abcd.aggregates"])
+        time.sleep(0.2)  # a few looks again
+    finally:
+        sender.close(1)
+    assert ledger.marks == {"old-1", "old-2"} and requests_in(ledger) == 2  # old-0 was taken
+    assert spools(path) == ["456-abcd.aggregates"]
+    assert caplog.text.count("456-abcd.aggregates has no readable header") == 1
 
 
 def test_a_spool_left_after_the_supervisors_scan_is_taken_over_at_its_next_look(tmp_path: Path) -> None:
@@ -666,8 +694,8 @@ def test_a_spool_mostly_taken_is_compacted_then_emptied(tmp_path: Path, monkeypa
     called = [threading.Event(), threading.Event()]
 
     class Gated(MemoryLedger):
-        def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int:
-            call = 1 if self.marks else 0
+        def add_summed(self, batches: Sequence[tuple[BatchKey, Summed]]) -> int:
+            call = 1 if self.high else 0
             called[call].set()
             gates[call].wait(5)
             return super().add_summed(batches)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import tracemalloc
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ import redis
 
 from ext_proc.ledger.report import aggregate, month_window
 from ext_proc.server.app import open_ledger
-from ext_proc.server.records import RecordWriter
+from ext_proc.server.records import LedgerSender, RecordWriter
 from ext_proc.server.spool import Outbox
 from ext_proc.state.ledger import OTHER, RETENTION_DAYS, SOURCE_TTL, BatchKey, MemoryLedger, RedisLedger, Summed
 from tests.unit.test_ledger import RECORDS
@@ -188,9 +189,9 @@ class Slow(MemoryLedger):
     def __init__(self, delay: float = 0.0, up: bool = True) -> None:
         super().__init__()
         self.delay, self.up = delay, up
-        self.calls: list[list[str]] = []
+        self.calls: list[list[BatchKey]] = []
 
-    def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int:
+    def add_summed(self, batches: Sequence[tuple[BatchKey, Summed]]) -> int:
         time.sleep(self.delay)
         self.calls.append([batch for batch, _ in batches])
         if not self.up:
@@ -236,7 +237,7 @@ def test_a_group_that_timed_out_is_sent_again_with_what_came_since_and_adds_once
     class Hung(Slow):
         """Carries the first call out, then answers too late (a hung Redis)."""
 
-        def add_summed(self, batches: Sequence[tuple[str, Summed]]) -> int:
+        def add_summed(self, batches: Sequence[tuple[BatchKey, Summed]]) -> int:
             added = super().add_summed(batches)
             if len(self.calls) == 1:
                 raise TimeoutError
@@ -255,6 +256,145 @@ def test_a_group_that_timed_out_is_sent_again_with_what_came_since_and_adds_once
     assert first[0] in later[0] and len(set(later[0])) == len(later[0])  # the same id again, in a new group
     assert hung.taken == 3 and outbox.failures == 1
     outbox.close()
+
+
+class Calls(RedisLedger):
+    """A real Redis that notes each call's keys, refuses while not ``up`` and, ``hang`` times,
+    carries a call out but answers too late (a hung Redis)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client)
+        self.up, self.hang = True, 0
+        self.calls: list[list[BatchKey]] = []
+
+    def add_summed(self, batches: Sequence[tuple[BatchKey, Summed]]) -> int:
+        self.calls.append([batch for batch, _ in batches])
+        if not self.up:
+            raise ConnectionError("Connection refused")
+        added = super().add_summed(batches)
+        if self.hang:
+            self.hang -= 1
+            raise TimeoutError
+        return added
+
+
+def _dedupe_keys(client: redis.Redis) -> list[str]:
+    return sorted(k.decode() for k in client.scan_iter("tollway:ledger:*") if b":b:" not in k and b":day:" not in k)
+
+
+def _requests(ledger: RedisLedger) -> int:
+    return sum(r.requests for r in ledger.rows("team", date.today() - timedelta(days=1)))
+
+
+def test_an_outboxs_thousands_of_batches_keep_one_key_in_redis(redis_port: int, tmp_path: Path) -> None:
+    """10,000 batches of one worker (a busy worker's 8 minutes), sent in whatever grouping the
+    round trips make: Redis keeps one dedupe key for them (it kept one per batch, for a day)."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger = Calls(client)
+    outbox = Outbox(ledger, str(tmp_path / "spool"))
+    for i in range(10_000):
+        outbox.add([fresh(i)])
+    deadline = time.monotonic() + 30
+    while outbox.waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    outbox.close()
+    assert _requests(ledger) == 10_000 and outbox.dropped == 0
+    assert _dedupe_keys(client) == [f"tollway:ledger:source:{outbox.source}"]
+    assert client.get(f"tollway:ledger:source:{outbox.source}") == b"10000"
+
+
+def _in_order(calls: list[list[BatchKey]]) -> None:
+    """Each source's batches are sent oldest first: within a call, and no call starts a source
+    past one the previous calls did not reach (a group sent again repeats a prefix)."""
+    reached: dict[str, int] = {}
+    for call in calls:
+        last: dict[str, int] = {}
+        for key in call:
+            assert isinstance(key, tuple)
+            source, seq = key
+            assert seq > last.get(source, 0), call
+            if source not in last:
+                assert seq <= reached.get(source, 0) + 1, (call, reached)
+            last[source] = seq
+        for source, seq in last.items():
+            reached[source] = max(reached.get(source, 0), seq)
+
+
+def test_batches_kept_in_memory_go_in_order_with_the_spooled_ones(redis_port: int, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool at its bound (or a write that failed) keeps batches in memory between spooled ones:
+    they are sent merged in their order, a bounded group at a time, so the high-water mark never
+    skips an older spooled batch after a newer one from memory was added (they were sent first,
+    and the spooled ones, below the mark then, were lost)."""
+    from ext_proc.server import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "SEND_RECORDS", 2)  # groups of two batches: cut anywhere
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger = Calls(client)
+    ledger.up = False
+    outbox = Outbox(ledger, str(tmp_path / "spool"), retry=0.02)
+    where = []
+    for i in range(9):
+        spooled = i % 3 != 1  # every third batch finds the spool full (or its write failing)
+        if outbox._spool is not None:
+            outbox._spool.cap = spool_module.MAX_SPOOL if spooled else 0
+        outbox.add([fresh(i)])
+        where.append("spool" if outbox._memory_records == where.count("memory") else "memory")
+    assert where == ["spool", "memory", "spool"] * 3
+    ledger.hang = 1  # the first group is carried out, its answer lost: sent again
+    ledger.up = True
+    outbox._wake.set()
+    deadline = time.monotonic() + 10
+    while outbox.waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    outbox.close()
+    _in_order(ledger.calls)
+    assert _requests(ledger) == 9 and outbox.dropped == 0
+    assert client.get(f"tollway:ledger:source:{outbox.source}") == b"9"
+
+
+def test_a_dead_spool_taken_over_continues_its_sources_sequence(redis_port: int, tmp_path: Path) -> None:
+    """A worker's group is carried out but its answer comes too late, then the worker is killed
+    (its spool not marked): the supervisor takes the spool over and sends it under the worker's
+    source (read from its header), from where it was marked: the batches Redis had add nothing
+    again, the others once; the supervisor's own records go under its own source."""
+    from tests.unit.test_journal import _die_outbox
+
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger = Calls(client)
+    directory = str(tmp_path / "spool")
+    worker = Outbox(ledger, directory, retry=60)
+    worker.add([fresh(0)])
+    deadline = time.monotonic() + 5
+    while worker.waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ledger.hang = 1
+    for i in range(1, 4):
+        worker.add([fresh(i)])
+    while len(ledger.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert worker.failures == 1 and worker.waiting == 3  # Redis has them: the worker does not know
+    _die_outbox(worker)
+    worker.add([fresh(4)])  # (dies: never spooled)
+    assert client.get(f"tollway:ledger:source:{worker.source}") == b"4"
+    sender = LedgerSender(ledger, retry=0.01, directory=directory)
+    try:
+        sender.add([fresh(5)])
+        sender.adopt()
+        while (os.listdir(directory) != [os.path.basename(sender.spool_path or "")] or sender.waiting) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        sender.close(1)
+    assert _requests(ledger) == 5  # 0-3 once each (4 died with its process), 5 the supervisor's
+    adopted = [key for call in ledger.calls[2:] for key in call if key[0] == worker.source]
+    assert [seq for _, seq in adopted] == [2, 3, 4]  # the worker's batches, under its source, in order
+    assert _dedupe_keys(client) == sorted([f"tollway:ledger:source:{worker.source}",
+                                           f"tollway:ledger:source:{sender.source}"])
 
 
 def test_redis_cells_match_memory_and_buckets_without_outcomes_read_unknown(redis_port: int) -> None:
