@@ -366,21 +366,25 @@ def test_a_dead_spool_taken_over_continues_its_sources_sequence(redis_port: int,
     client.flushall()
     ledger = Calls(client)
     directory = str(tmp_path / "spool")
-    worker = Outbox(ledger, directory, retry=60)
+    worker = Outbox(ledger, directory, retry=1)
     worker.add([fresh(0)])
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while worker.waiting and time.monotonic() < deadline:
         time.sleep(0.01)
-    ledger.hang = 1
+    ledger.up = False  # (the batches meanwhile wait: the next call carries the three)
     for i in range(1, 4):
         worker.add([fresh(i)])
-    while len(ledger.calls) < 2 and time.monotonic() < deadline:
+    while not worker.failures and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.05)
-    assert worker.failures == 1 and worker.waiting == 3  # Redis has them: the worker does not know
+    ledger.hang, ledger.up = 1, True
+    while worker.failures < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ledger.calls[-1] == [(worker.source, seq) for seq in (2, 3, 4)]
+    assert worker.waiting == 3  # Redis has them: the worker does not know
     _die_outbox(worker)
     worker.add([fresh(4)])  # (dies: never spooled)
     assert client.get(f"tollway:ledger:source:{worker.source}") == b"4"
+    calls = len(ledger.calls)
     sender = LedgerSender(ledger, retry=0.01, directory=directory)
     try:
         sender.add([fresh(5)])
@@ -391,7 +395,7 @@ def test_a_dead_spool_taken_over_continues_its_sources_sequence(redis_port: int,
     finally:
         sender.close(1)
     assert _requests(ledger) == 5  # 0-3 once each (4 died with its process), 5 the supervisor's
-    adopted = [key for call in ledger.calls[2:] for key in call if key[0] == worker.source]
+    adopted = [key for call in ledger.calls[calls:] for key in call if key[0] == worker.source]
     assert [seq for _, seq in adopted] == [2, 3, 4]  # the worker's batches, under its source, in order
     assert _dedupe_keys(client) == sorted([f"tollway:ledger:source:{worker.source}",
                                            f"tollway:ledger:source:{sender.source}"])
