@@ -517,10 +517,10 @@ class Outbox:
                     with self._lock:
                         self._flying = set()
                     self._publish()
-                    if self._closing:
+                    if self._closing or self._closed:
                         return
                     deadline = time.monotonic() + self._retry
-                    while not self._closing and (left := deadline - time.monotonic()) > 0:
+                    while not (self._closing or self._closed) and (left := deadline - time.monotonic()) > 0:
                         self._wake.wait(left)
                         self._wake.clear()
                     continue
@@ -760,6 +760,12 @@ class Outbox:
                 continue
             try:
                 header = _header(fd)
+                if header is None and os.fstat(fd).st_size < HEADER_SIZE:
+                    # Cut while its first header was written (a crash at its start): it holds no batch.
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                    os.close(fd)
+                    continue
                 if header is None:
                     if path not in self._unreadable:
                         self._unreadable.add(path)

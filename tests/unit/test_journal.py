@@ -519,7 +519,7 @@ def test_a_spool_of_the_release_before_sources_is_sent_under_its_batches_ids(
     """A spool whose header has no source (written before batches were numbered) is sent as it
     was meant to be: each batch under its id (Redis's per-batch marks), from its taken offset on.
     One whose header cannot be read at all is left as it is, said once (its batches could not be
-    added once each)."""
+    added once each); one cut while its first header was written (no batch yet) is deleted."""
     path = str(tmp_path / "requests.jsonl")
     directory = spool_directory(path)
     os.makedirs(directory)
@@ -529,6 +529,7 @@ def test_a_spool_of_the_release_before_sources_is_sent_under_its_batches_ids(
     lines = [orjson.dumps({"n": 1, "id": f"old-{i}", "b": body}, option=orjson.OPT_APPEND_NEWLINE) for i in range(3)]
     Path(directory, "123-abcd.aggregates").write_bytes(header % (len(header % 0) + len(lines[0])) + b"".join(lines))
     Path(directory, "456-abcd.aggregates").write_bytes(b"garbage\n" + lines[0])
+    Path(directory, "789-abcd.aggregates").write_bytes(b'{"tollway_spool":2,"taken":00000')  # cut at its start
     sender = LedgerSender(ledger, retry=0.01, directory=directory, rescan=0.05)
     try:
         sender.adopt()
