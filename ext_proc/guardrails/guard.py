@@ -45,9 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import hmac
-import os
 import re
 import unicodedata
 from collections import Counter
@@ -61,6 +58,7 @@ from ext_proc.memo import digest, remembered
 
 from . import injection
 from .detectors import INJECTION, Detector
+from .identifiers import identifier_digest, opaque, whole_numbers
 from .instructions import MAX_CHARS, Instructions, instructions
 from .jsontext import OUTSIDE, bare_number, json_state
 from .kept import KEPT, Kept, kept, merge
@@ -132,41 +130,9 @@ def _score(context: Instructions | None, text: str, key: bytes | None) -> float:
     return remembered(space, text, functools.partial(injection.score, context=context), key)
 
 
-# An identifier that looks opaque (a UUID, a hash, "user_<hex>_session_<uuid>": no spaces, no @):
-# its runs of digits are no phone or card number unless one is the whole value. A stable id
-# matched by a number detector would have its user's every request changed or blocked.
-_OPAQUE = re.compile(r"[A-Za-z0-9_.:-]+")
-_NUMBERS = frozenset({"phone", "credit_card", "iban", "us_ssn", "ip_address"})
-
-
-def _whole_numbers(text: str, findings: Sequence[Finding]) -> Sequence[Finding]:
-    """An opaque identifier's findings: a number detector's only when it is the whole value."""
-    kept = [f for f in findings if f.detector.name not in _NUMBERS or (f.start == 0 and f.end == len(text))]
-    return findings if len(kept) == len(findings) else kept
-
-
 def _acting(rules: Mapping[str, Rule]) -> bool:
     """Whether any of ``rules`` changes or blocks what it finds (not only ``log``)."""
     return any(rule.action != "log" for rule in rules.values())
-
-
-# The key of the identifiers' digests (Guard._identifier): TOLLWAY_IDENTIFIER_KEY (a secret every
-# replica and sidecar of a deployment shares: then a user's digest is the same everywhere and across
-# restarts), else drawn when this module is imported, in the workers' zygote, so every worker of one
-# Tollway process gives a value the same digest and another process (a replica, a sidecar, a
-# restart) draws its own. Never leaves the process: the provider cannot turn a digest back into the
-# address it stands for by hashing guesses.
-IDENTIFIER_KEY_ENV = "TOLLWAY_IDENTIFIER_KEY"
-_IDENTIFIER_KEY = (hashlib.sha256(os.environ[IDENTIFIER_KEY_ENV].encode()).digest()
-                   if os.environ.get(IDENTIFIER_KEY_ENV) else os.urandom(32))
-IDENTIFIER_PREFIX = "tollway-"
-
-
-def identifier_digest(value: str) -> str:
-    """What the provider gets for an identifier the rules would change: ``tollway-`` and 16 hex digits
-    of the value's HMAC-SHA256 under this process's key (one per value, so users stay apart)."""
-    mac = hmac.new(_IDENTIFIER_KEY, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
-    return IDENTIFIER_PREFIX + mac.hexdigest()[:16]
 
 
 def _redacting(rules: Mapping[str, Rule]) -> Mapping[str, Rule]:
@@ -389,8 +355,8 @@ class Guard:
                     values = {value: d for value, d in secrets.items() if d.name in names}
                     if values:
                         findings = repeated(text, findings, values)
-                if findings and ref.role == METADATA and _OPAQUE.fullmatch(text):
-                    findings = _whole_numbers(text, findings)
+                if findings and ref.role == METADATA and opaque(text):
+                    findings = whole_numbers(text, findings)
                 if findings:
                     new = self.apply(text, findings, rules, REQUEST, ref.json_text)
                     if new is not text:

@@ -157,15 +157,20 @@ class Journal:
         self._fd, self._size = fd, len(data)
 
 
-def _create_locked(path: str, exclusive: bool = True) -> int:
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
+def create_locked(path: str, mode: int, exclusive: bool = True) -> int:
+    """A new file (``mode``: its access flags), 0600, locked for as long as this process holds it:
+    a file nobody holds belongs to a process that is gone (journals, and the aggregates' spools)."""
+    fd = os.open(path, mode | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC), 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         raise
     return fd
+
+
+def _create_locked(path: str, exclusive: bool = True) -> int:
+    return create_locked(path, os.O_WRONLY | os.O_APPEND, exclusive)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -252,9 +257,15 @@ def _hand_on(to: Callable[[list[dict[str, Any]]], None], records: list[dict[str,
 
 def _take(path: str) -> int | None:
     """The journal's descriptor, locked, if its owner is gone (None: alive, or replaced meanwhile)."""
+    return take_locked(path, os.O_RDONLY)
+
+
+def take_locked(path: str, mode: int) -> int | None:
+    """A file of :func:`create_locked`, opened with ``mode`` and locked, if the process that held it
+    is gone (None: alive, taken already, or replaced meanwhile by a rewrite renamed over it)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = os.open(path, mode)
+    except OSError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

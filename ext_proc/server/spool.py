@@ -58,7 +58,6 @@ from twice.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
@@ -71,6 +70,7 @@ from typing import Any
 
 import orjson
 
+from ext_proc.server.journal import create_locked, take_locked
 from ext_proc.state.ledger import BatchKey, Ledger, Summed
 
 log = logging.getLogger("tollway.spool")
@@ -201,31 +201,13 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 
 def _create_locked(path: str, exclusive: bool = True) -> int:
-    flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
+    return create_locked(path, os.O_RDWR, exclusive)
 
 
 def take(path: str) -> int | None:
     """The spool's descriptor (read and write), locked, if its process is gone (None: alive,
     taken over already, or replaced meanwhile)."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.fstat(fd).st_ino != os.stat(path).st_ino:  # compacted (renamed over) meanwhile
-            raise BlockingIOError
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
+    return take_locked(path, os.O_RDWR)
 
 
 class Spool:

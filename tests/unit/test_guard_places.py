@@ -19,7 +19,7 @@ import pytest
 from ext_proc.core.actions import Continue, Respond
 from ext_proc.core.events import RequestBody, RequestHeaders
 from ext_proc.core.session import Session
-from ext_proc.guardrails.guard import identifier_digest
+from ext_proc.guardrails.identifiers import identifier_digest
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server.accounting import ServiceAccountant
 from tests.unit.test_guard_streams import SECRETS, opened
@@ -628,7 +628,7 @@ def test_identifier_digests_share_a_key_the_deployment_sets() -> None:
     import subprocess
     import sys
 
-    code = "from ext_proc.guardrails.guard import identifier_digest; print(identifier_digest('jane@example.com'))"
+    code = "from ext_proc.guardrails.identifiers import identifier_digest; print(identifier_digest('jane@example.com'))"
 
     def digest(env: dict[str, str]) -> str:
         import os

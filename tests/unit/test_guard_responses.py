@@ -26,7 +26,7 @@ from openai.types.responses import ResponseStreamEvent
 from ext_proc.core.actions import Continue
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
-from ext_proc.guardrails.guard import identifier_digest
+from ext_proc.guardrails.identifiers import identifier_digest
 from ext_proc.llm import runtime
 from ext_proc.mock import responses as mock
 from ext_proc.policy.compile import compile_policy
