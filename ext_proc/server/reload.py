@@ -3,10 +3,20 @@
 Theory of operation. :class:`PolicyController` is the only reader of the policy file. It runs in
 the ``tollway serve`` parent (or in the one process of ``--workers 1``), polls the file (once a
 second by default) by its resolved path and ``stat`` signature, which also catches Kubernetes
-ConfigMap updates (an atomic ``..data`` symlink swap), and compiles a changed file. A file that
-does not compile leaves the running policy in place: the errors, with file, line, column and
-field, go to the log, to ``/readyz`` (``policy.state: "stale"``, ``policy.last_reload_error``)
-and to the metrics (``tollway_policy_reloads_total{result="error"}``, ``tollway_policy_stale``).
+ConfigMap updates (an atomic ``..data`` symlink swap), and compiles a changed file once it is
+*still*: a file written in place (``curl > policy.yaml``, ``cp``, ``envsubst > policy.yaml``) can
+be read half-written, and a prefix of a policy may well compile (without its guardrails, say). So
+a changed file is read only once it has not changed for ``SETTLE`` seconds (its mtime that old, or
+the same ``stat`` signature seen that long ago), and only if its signature is the same after the
+read as before it; until then it is neither accepted nor rejected, and the watcher looks again as
+soon as it can be still, not a whole interval later. A writer that pauses longer than ``SETTLE``
+between two writes can still be read between them: the file should be replaced by rename. A file
+moved over the old one (an editor's save) waits for ``SETTLE`` at most; the file behind a swapped
+``..data`` link (a path that now resolves to another file) was complete before the swap, and is
+read at once. A file that does not compile leaves the running policy in place: the errors, with
+file, line, column and field, go to the log, to ``/readyz`` (``policy.state: "stale"``,
+``policy.last_reload_error``) and to the metrics (``tollway_policy_reloads_total{result="error"}``,
+``tollway_policy_stale``).
 A good file first gets its Envoy clusters (:mod:`ext_proc.server.clusters`: written, and
 confirmed by Envoy's admin) and only then is *published*, so no request is routed to a cluster
 Envoy does not have yet. A file refused for what it says is loaded again once it changes; one
@@ -62,6 +72,10 @@ log = logging.getLogger("tollway.policy")
 RETRY_MAX = 60.0  # seconds: the longest wait before a file refused for a reason outside it is loaded again
 KEEP_FOR = RETIRE_AFTER  # seconds a replaced policy (but the last) serves the tries of requests that started with it
 KEEP_MAX = 8  # replaced policies a worker keeps at most
+SETTLE = 0.2  # seconds a changed file must have been still before it is read (see the module docstring)
+START_WAIT = 10.0  # seconds the first load waits at most for a file still being written
+
+Signature = tuple[str, int, int, int]  # resolved path, inode, mtime (ns), size
 
 
 @dataclass
@@ -120,19 +134,24 @@ class PolicyController:
     """Watches one policy file, prepares Envoy's clusters, publishes (see the module docstring)."""
 
     def __init__(self, path: str | None, publication: Publication, clusters: ClusterSync | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 settle: float | None = None) -> None:
         self.path = path
         self.publication = publication
         self.clusters = clusters
         self.state = PolicyState(source=path, envoy_clusters=clusters.path if clusters else None)
         self.current: CompiledPolicy | None = None
         self._clock = clock
-        self._signature: tuple[str, int, int, int] | None = None  # the file as last loaded
+        self._wall = wall  # the clock a file's mtime is compared with
+        self.settle = float(SETTLE if settle is None else settle)
+        self._signature: Signature | None = None  # the file as last loaded
+        self._pending: tuple[Signature, float] | None = None  # a changed file not yet still, and since when seen
+        self.next_look: float | None = None  # when the watcher should check again, before its interval
         self._failures = 0  # loads of it in a row that failed for a reason outside the file
         self._retry_at: float | None = None  # when to load it again although unchanged
         self._rendered: frozenset[str] | None = None  # without a clusters file: the chains Envoy started with
 
-    def _stat(self) -> tuple[str, int, int, int] | None:
+    def _stat(self) -> Signature | None:
         assert self.path is not None
         try:
             real = os.path.realpath(self.path)
@@ -140,6 +159,47 @@ class PolicyController:
         except OSError:
             return None
         return (real, st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _unsettled(self, signature: Signature | None) -> float:
+        """Seconds until the file of ``signature`` has been still for ``settle``: 0 once it has.
+
+        Still: its mtime is ``settle`` old, or (an mtime from a clock ahead of ours, a network
+        file system's) the same signature was seen ``settle`` ago. A file the path resolves to
+        anew (a ConfigMap's ``..data`` swap) was written before the link was swapped to it: it
+        is read at once."""
+        if signature is None or self.settle <= 0:
+            return 0.0
+        if self._signature is not None and signature[0] != self._signature[0]:
+            return 0.0
+        now = self._clock()
+        if self._pending is None or self._pending[0] != signature:
+            self._pending = (signature, now)
+        wait = self.settle - (now - self._pending[1])
+        age = self._wall() - signature[2] / 1e9
+        if age >= 0:
+            wait = min(wait, self.settle - age)
+        return max(wait, 0.0)
+
+    def _read(self, wait: bool = True) -> float | tuple[Signature | None, str | None, str | None]:
+        """The file once it was still and did not change while read: its signature (from before
+        the read), its text, and why it could not be read (None when it was). Else the seconds to
+        wait before looking again. ``wait=False``: read it as it is now."""
+        assert self.path is not None
+        before = self._stat()
+        unsettled = self._unsettled(before) if wait else 0.0
+        if unsettled > 0:
+            return unsettled
+        text = error = None
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            error = f"{self.path}: {exc.strerror or exc}"
+        except UnicodeDecodeError as exc:
+            error = f"{self.path}: {exc}"
+        if wait and self._stat() != before:  # written while it was read: what was read may be torn
+            return self.settle
+        return before, text, error
 
     def start(self) -> bool:
         """The first load: False (after saying why) when the service must not start."""
@@ -156,21 +216,29 @@ class PolicyController:
     def load(self, starting: bool = False) -> bool:
         """(Re)load the file now; True when a new policy was published.
 
+        A file that is not still (see the module docstring) is neither accepted nor rejected: False,
+        and :attr:`next_look` says when to look again (the first load waits for it, ``START_WAIT``
+        seconds at most, then reads it as it is).
         A file refused for what it says (it does not compile, a chain cannot be built) is loaded
         again once it changes. One refused for a reason outside it (Envoy rejected or did not
         load its clusters, or anything unexpected) is loaded again by a later :meth:`check`
         too, after 1, 2, 4 ... at most 60 seconds, until it is in place.
         """
         assert self.path is not None
-        self._signature = self._stat()  # before the read: a write after it is seen by the next check
-        self._retry_at = None
-        try:
-            with open(self.path, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            return self._reject(f"{self.path}: {exc.strerror or exc}")
-        except UnicodeDecodeError as exc:
-            return self._reject(f"{self.path}: {exc}")
+        deadline = time.monotonic() + START_WAIT
+        while True:
+            # At the start, a file never still for START_WAIT is loaded as it is rather than not at all.
+            read = self._read(wait=not starting or time.monotonic() < deadline)
+            if not isinstance(read, float):
+                break
+            if not starting:  # still being written: neither accepted nor rejected; look again soon
+                self.next_look = self._clock() + read
+                return False
+            time.sleep(read)  # at the start there is nothing to serve meanwhile: wait for it
+        # The signature from before the read: a write after it is seen by the next check.
+        (self._signature, text, error), self._pending, self._retry_at = read, None, None
+        if text is None:
+            return self._reject(str(error))
         refused: EnvoyRejected | None = None
         try:
             policy = compile_policy(text, self.path)
@@ -238,6 +306,7 @@ class PolicyController:
 
     def check(self) -> bool:
         """Reload if the file changed since the last look; True when a new policy was published."""
+        self.next_look = None
         if self.clusters is not None:
             self.clusters.prune()
         if self.path is None:
@@ -247,8 +316,10 @@ class PolicyController:
         return self.load()
 
     def watch(self, interval: float, stop: threading.Event) -> None:
-        """Check every ``interval`` seconds until ``stop`` is set (run in a thread)."""
-        while not stop.wait(interval):
+        """Check every ``interval`` seconds until ``stop`` is set (run in a thread); sooner when a
+        changed file can be still before then."""
+        while not stop.wait(interval if self.next_look is None
+                            else min(interval, max(self.next_look - self._clock(), 0.0))):
             try:
                 self.check()
             except Exception:  # the watcher must survive anything a broken file can cause

@@ -1,8 +1,10 @@
-"""Policy end to end: one Tollway key across providers, access control, credentials, hot reload."""
+"""Policy end to end: one Tollway key across providers, access control, credentials, hot reload
+(a file written in place never served half-written)."""
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from ext_proc.policy.compile import compile_policy
 from ext_proc.policy.compiled import key_digest
 from ext_proc.stack import Stack
 
@@ -317,6 +320,55 @@ def test_reload_under_load_fails_no_request_and_a_broken_edit_keeps_the_old_poli
             thread.join(15)
     assert done > 30, f"the load loop barely ran ({done} requests)"
     assert failures == []
+
+
+def test_a_policy_written_in_place_is_never_served_half_written(tmp_path: Path) -> None:
+    """`envsubst < template > policy.yaml`, `curl > policy.yaml`, `cp`: the file is written in place,
+    in parts. The watcher read it between two parts, and the first part, which compiles to a policy
+    without the guardrails, was served (the provider received the e-mail address) until the next
+    check. A changed file is read only once it has been still for 200 ms."""
+
+    def text(tag: str) -> str:
+        return f"""# {tag}
+apiVersion: tollway/v1
+providers:
+  openai: {{kind: openai, credential: {{env: TEST_OPENAI_KEY}}}}
+models:
+  gpt-4o: {{provider: openai, model: gpt-4o-2024-08-06}}
+teams:
+  alpha: {{keys: [{{id: alpha-ci, sha256: {key_digest(ALPHA_KEY)}}}], models: [gpt-4o]}}
+guardrails:
+  rules:
+    - {{name: pii, detectors: [email], action: redact, direction: both}}
+"""
+
+    texts = [text("A"), text("B")]
+    good = {compile_policy(t, "policy.yaml").version for t in texts}
+    cut = texts[0].index("guardrails:")
+    assert compile_policy(texts[0][:cut], "policy.yaml").guardrails is None  # the first part alone is a policy
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(texts[0])
+    stack = Stack(tmp_path / "stack", workers=1, policy=policy, service_env=PROVIDER_KEYS,
+                  mocked=frozenset({"openai"}), mock_args=("--api-key", PROVIDER_KEYS["TEST_OPENAI_KEY"]),
+                  stand_ins_get_keys=True, serve_args=("--reload-interval", "0.02"))
+    with stack:
+        env = Env(stack, policy, tmp_path)
+        for round_ in range(1, 9):
+            full = texts[round_ % 2]
+            with open(policy, "w") as handle:
+                handle.write(full[:cut])
+                handle.flush()
+                time.sleep(0.1)  # the writer pauses: the watcher looks five times meanwhile
+                handle.write(full[cut:])
+            version = compile_policy(full, "policy.yaml").version
+            wait_for(lambda: env.ready()["policy"]["version"] == version, 5)  # noqa: B023
+        env.openai().chat.completions.create(model="gpt-4o",
+                                             messages=[{"role": "user", "content": "mail jane.doe@example.com"}])
+        assert "jane.doe@example.com" not in env.last_seen()["body"]
+        log = (stack.workdir / "tollway.log").read_text()
+    loaded = re.findall(r"loaded: version (\w+)", log)
+    assert set(loaded) <= good and len(loaded) == 9, loaded  # the start and each round's whole file, nothing else
+    assert "rejected" not in log  # nor the empty file the writer's open left
 
 
 def test_no_key_appears_in_any_log(env: Env) -> None:

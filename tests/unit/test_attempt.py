@@ -410,7 +410,7 @@ def test_a_try_keeps_its_policy_across_several_reloads(tmp_path: Any) -> None:
     path.write_text(POLICY_TEXT)
     publication = Publication()
     try:
-        controller = PolicyController(str(path), publication)
+        controller = PolicyController(str(path), publication, settle=0)  # written in place, read at once
         holder = PolicyHolder(publication)
         assert controller.start() and holder.current is not None
         started = holder.current.version

@@ -1,5 +1,6 @@
 """The policy controller and the workers' view: atomic swaps, broken edits keep the running policy,
-ConfigMap symlink swaps, one published version for every worker, Envoy's clusters before the policy."""
+ConfigMap symlink swaps, one published version for every worker, Envoy's clusters before the policy,
+a file written in place read only once it is still."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import http.server
 import os
 import socketserver
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
+from ext_proc.policy.compile import compile_policy
+from ext_proc.server import reload
 from ext_proc.server.clusters import ClusterSync, EnvoyNotReady, fetch
-from ext_proc.server.reload import KEEP_FOR, KEEP_MAX, PolicyController, PolicyHolder, Publication
+from ext_proc.server.reload import KEEP_FOR, KEEP_MAX, SETTLE, PolicyController, PolicyHolder, Publication
 
 GOOD = """apiVersion: tollway/v1
 providers:
@@ -34,6 +38,13 @@ def publication() -> Iterator[Publication]:
     pub = Publication()
     yield pub
     pub.close()
+
+
+@pytest.fixture(autouse=True)
+def read_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most tests here write the file in place and check it at once: they are about what a load
+    does, not when a file is still (the tests at the end, which give ``settle`` themselves)."""
+    monkeypatch.setattr(reload, "SETTLE", 0.0)
 
 
 def test_load_change_and_broken_edit(tmp_path: Path, publication: Publication) -> None:
@@ -469,3 +480,114 @@ def test_a_worker_keeps_the_policies_it_replaced_for_a_while(tmp_path: Path, pub
     path.write_text(GOOD + "# edit 9\n")  # a version back again: the same object, not compiled again
     assert controller.load() and holder.current is versions[-2]
     assert holder.started(versions[-1].version) is versions[-1]
+
+
+# -- a file written in place: read once it is still ------------------------------------------------
+
+GUARDED = GOOD + """guardrails:
+  rules:
+    - {name: pii, detectors: [email], action: redact, direction: both}
+"""
+
+
+def test_a_file_written_in_place_is_read_only_once_it_is_still(tmp_path: Path, publication: Publication) -> None:
+    """`curl > policy.yaml`, `cp`, `envsubst > policy.yaml`: a writer that pauses between two writes
+    had its first part read, and the prefix compiled (a policy without its guardrails), served until
+    the next check. A changed file is neither accepted nor rejected until it has been still for
+    SETTLE seconds, and the watcher looks again as soon as it can be."""
+    path, clock, wall = tmp_path / "policy.yaml", Clock(), Clock()
+    path.write_text(GOOD)
+    wall.now = time.time() + 60  # written long ago
+    controller = PolicyController(str(path), publication, clock=clock, wall=wall, settle=SETTLE)
+    holder = PolicyHolder(publication)
+    assert controller.start()
+    first = controller.state.version
+    cut = GUARDED.index("guardrails:")
+    assert compile_policy(GUARDED[:cut], "x").guardrails is None  # the prefix is a policy: no guardrails
+    with open(path, "w") as handle:
+        handle.write(GUARDED[:cut])
+        handle.flush()
+        wall.now = os.stat(path).st_mtime_ns / 1e9 + 0.05  # the writer paused 50 ms ago
+        assert controller.check() is False
+        assert controller.next_look == pytest.approx(clock.now + SETTLE - 0.05)  # looks again when it can be still
+        clock.now += 0.1
+        wall.now += 0.1
+        assert controller.check() is False
+        handle.write(GUARDED[cut:])
+    mtime = os.stat(path).st_mtime_ns / 1e9
+    wall.now = mtime + 0.01
+    assert controller.check() is False and controller.next_look == pytest.approx(clock.now + SETTLE - 0.01)
+    details = holder.details()  # neither accepted nor rejected meanwhile
+    assert details["version"] == first and details["state"] == "current" and details["last_reload_error"] is None
+    assert (controller.state.reloads_ok, controller.state.reloads_error) == (1, 0)
+    wall.now = mtime + SETTLE
+    assert controller.check() is True
+    assert holder.current is not None and holder.current.guardrails is not None
+    assert controller.next_look is None and controller.check() is False
+
+
+def test_an_mtime_ahead_of_this_clock_is_still_once_seen_unchanged_for_the_settle_time(
+    tmp_path: Path, publication: Publication
+) -> None:
+    """A network file system's clock ahead of this one: its mtime looks young for ever; the file is
+    still once the same signature was seen SETTLE seconds ago."""
+    path, clock, wall = tmp_path / "policy.yaml", Clock(), Clock()
+    path.write_text(GOOD)
+    controller = PolicyController(str(path), publication, clock=clock, wall=wall, settle=SETTLE)
+    start = threading.Thread(target=controller.start)  # at the start, waits for it (START_WAIT at most)
+    start.start()
+    time.sleep(0.05)
+    clock.now += SETTLE
+    start.join(5)
+    assert not start.is_alive() and controller.state.version is not None
+    path.write_text(GUARDED)
+    assert controller.check() is False
+    clock.now += SETTLE / 2
+    assert controller.check() is False
+    clock.now += SETTLE / 2
+    assert controller.check() is True and PolicyHolder(publication).current.guardrails is not None  # type: ignore[union-attr]
+
+
+def test_a_file_written_while_it_is_read_is_not_published(
+    tmp_path: Path, publication: Publication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, wall = tmp_path / "policy.yaml", Clock()
+    path.write_text(GOOD)
+    wall.now = time.time() + 60
+    controller = PolicyController(str(path), publication, clock=Clock(), wall=wall, settle=SETTLE)
+    assert controller.start()
+    first = controller.state.version
+    cut = GUARDED.index("guardrails:")
+    path.write_text(GUARDED[:cut])
+    read = open
+
+    def torn(name: Any, *args: Any, **kwargs: Any) -> Any:
+        handle = read(name, *args, **kwargs)
+        if name == str(path):  # the writer's next chunk lands while the file is read
+            with read(path, "a") as writer:
+                writer.write(GUARDED[cut:])
+        return handle
+
+    with monkeypatch.context() as patched:
+        patched.setattr("builtins.open", torn)
+        assert controller.check() is False
+    assert controller.state.version == first and controller.state.last_error is None
+    assert controller.check() is True and PolicyHolder(publication).current.guardrails is not None  # type: ignore[union-attr]
+
+
+def test_a_configmap_swap_is_read_at_once(tmp_path: Path, publication: Publication) -> None:
+    """The file behind a swapped ``..data`` link was written before the swap: no settle time."""
+    (tmp_path / "..v1").mkdir()
+    (tmp_path / "..v1" / "policy.yaml").write_text(GOOD)
+    os.symlink("..v1", tmp_path / "..data")
+    os.symlink("..data/policy.yaml", tmp_path / "policy.yaml")
+    wall = Clock()
+    wall.now = time.time() + 60
+    controller = PolicyController(str(tmp_path / "policy.yaml"), publication, clock=Clock(), wall=wall, settle=SETTLE)
+    assert controller.start()
+    (tmp_path / "..v2").mkdir()
+    (tmp_path / "..v2" / "policy.yaml").write_text(GUARDED)
+    os.symlink("..v2", tmp_path / "..tmp")
+    os.replace(tmp_path / "..tmp", tmp_path / "..data")
+    wall.now = time.time()  # the new file is a few microseconds old
+    assert controller.check() is True and PolicyHolder(publication).current.guardrails is not None  # type: ignore[union-attr]
