@@ -149,9 +149,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Envoy's admin, asked whether it loaded the clusters: unix:PATH for a Unix socket (the "
                              "shipped bootstrap's), or http://HOST:PORT (default %(default)s; env TOLLWAY_ENVOY_ADMIN)")
     parser.add_argument("--otlp-endpoint", metavar="URL", default=os.environ.get("TOLLWAY_OTLP_ENDPOINT") or None,
-                        help="send one OpenTelemetry span per request to this OTLP/HTTP collector (e.g. "
-                             "http://otel-collector:4318; env TOLLWAY_OTLP_ENDPOINT, or OpenTelemetry's own "
-                             "OTEL_EXPORTER_OTLP_ENDPOINT; default: no tracing)")
+                        help="send one OpenTelemetry span per request to this OTLP/HTTP collector (a base URL, "
+                             "e.g. http://otel-collector:4318, /v1/traces added; env TOLLWAY_OTLP_ENDPOINT; it wins "
+                             "over OpenTelemetry's own OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then "
+                             "OTEL_EXPORTER_OTLP_ENDPOINT, read without it; default: no tracing)")
     parser.add_argument("--trace-sample-ratio", type=float,
                         default=float(os.environ.get("TOLLWAY_TRACE_SAMPLE_RATIO", "0.05")),
                         help="share of requests traced when the caller sent no traceparent (a caller's "

@@ -38,10 +38,12 @@ Records as logs (:class:`RecordExporter`): each request record, the request log'
 go out as an OpenTelemetry log record (event name ``tollway.request``, the record as its body,
 linked to the request's span when there is one) through the SDK's ``BatchLogRecordProcessor``.
 
-Configuration follows OpenTelemetry's: ``--otlp-endpoint`` (or ``OTEL_EXPORTER_OTLP_ENDPOINT`` /
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), ``OTEL_EXPORTER_OTLP_HEADERS`` for credentials (never
-logged), ``OTEL_SERVICE_NAME``, ``OTEL_TRACES_SAMPLER`` (the SDK's default: parent-based, always
-on).
+Configuration follows OpenTelemetry's. ``--otlp-endpoint`` (``TOLLWAY_OTLP_ENDPOINT``), a base
+URL to which ``/v1/traces`` and ``/v1/logs`` are added, is Tollway's own and wins over every
+variable; without it the SDK's exporters read OpenTelemetry's variables themselves, so a signal's
+own (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, ``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT``: full URLs, used
+as they are) wins over ``OTEL_EXPORTER_OTLP_ENDPOINT``; any of them turns its signal on.
+``OTEL_EXPORTER_OTLP_HEADERS`` for credentials (never logged), ``OTEL_SERVICE_NAME``.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ log = logging.getLogger("tollway.telemetry")
 class TelemetryConfig:
     """Where telemetry goes: None/False leaves that signal off."""
 
-    endpoint: str | None = None  # OTLP/HTTP base URL (…:4318); /v1/traces and /v1/logs are added
+    endpoint: str | None = None  # OTLP/HTTP base URL (…:4318); /v1/traces and /v1/logs are added; None: the SDK's
     traces: bool = True
     logs: bool = False  # the request records as OpenTelemetry logs
     service_name: str = "tollway"
@@ -73,10 +75,12 @@ class TelemetryConfig:
 
     @classmethod
     def from_environment(cls, endpoint: str | None, logs: bool, ratio: float = 0.05) -> TelemetryConfig | None:
-        """The flags, else OpenTelemetry's own variables; None when nothing is configured."""
-        endpoint = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
-        traces = bool(endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-        logs = logs and bool(endpoint or os.environ.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"))
+        """The flag, else OpenTelemetry's own variables (read by the SDK's exporters, so a signal's
+        own endpoint wins over the generic one); None when nothing is configured."""
+        endpoint = endpoint or None
+        generic = bool(endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        traces = generic or bool(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        logs = logs and (generic or bool(os.environ.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")))
         if not traces and not logs:
             return None
         return cls(endpoint, traces, logs, os.environ.get("OTEL_SERVICE_NAME", "tollway"), ratio)
@@ -89,7 +93,8 @@ def _resource(config: TelemetryConfig) -> Any:
 
 
 def _url(config: TelemetryConfig, signal: str) -> str | None:
-    return f"{config.endpoint.rstrip('/')}/v1/{signal}" if config.endpoint else None  # else the SDK's variables
+    """The flag's base URL with the signal's path, else None: the SDK reads the variables."""
+    return f"{config.endpoint.rstrip('/')}/v1/{signal}" if config.endpoint else None
 
 
 class Tracer:

@@ -1,4 +1,5 @@
-"""Request spans and record logs: built from the session's record and decisions, parented on traceparent."""
+"""Request spans and record logs: built from the session's record and decisions, parented on traceparent;
+where they go (the flag, else OpenTelemetry's variables)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody
 from ext_proc.core.session import Session
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server.metrics import Names
-from ext_proc.server.telemetry import RecordExporter, Tracer
+from ext_proc.server.telemetry import RecordExporter, TelemetryConfig, Tracer
 from tests.unit.test_attempt import POLICY, POLICY_TEXT
 from tests.unit.test_session_routing import ANTHROPIC_MESSAGE, CHAT_REQUEST, served
 
@@ -272,3 +273,56 @@ def test_a_request_that_is_not_inference_has_no_gen_ai_operation(spans: tuple[Tr
         attributes = dict(span.attributes or {})
         assert "gen_ai.operation.name" not in attributes
         assert attributes["tollway.api"] in ("anthropic.count_tokens", "openai.models")
+
+
+OTEL_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                  "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
+                  "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS")
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in OTEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def endpoints(config: TelemetryConfig) -> tuple[str, str]:
+    """Where the exporters Tollway builds for ``config`` send spans and logs."""
+    tracer, records = Tracer.exporting(config), RecordExporter.exporting(config)
+    try:
+        (spans,) = tracer.provider._active_span_processor._span_processors
+        (logs,) = records.provider._multi_log_record_processor._log_record_processors
+        return (spans._batch_processor._exporter._endpoint, logs._batch_processor._exporter._endpoint)
+    finally:
+        tracer.close()
+        records.close()
+
+
+def test_a_signals_own_endpoint_variable_wins_over_the_generic_one(environment: pytest.MonkeyPatch) -> None:
+    """OpenTelemetry's rule: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (a full URL) over OTEL_EXPORTER_OTLP_ENDPOINT
+    (a base URL). The generic one was copied into an explicit URL, which overrode the signal's own."""
+    assert TelemetryConfig.from_environment(None, True) is None  # nothing configured: no tracer at all
+    environment.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318")
+    config = TelemetryConfig.from_environment(None, True)
+    assert config is not None and config.traces and config.logs
+    assert endpoints(config) == ("http://generic:4318/v1/traces", "http://generic:4318/v1/logs")
+    environment.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://tempo:4318/v1/traces")
+    environment.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://loki:3100/otlp/v1/logs")
+    config = TelemetryConfig.from_environment(None, True)
+    assert config is not None and endpoints(config) == ("http://tempo:4318/v1/traces", "http://loki:3100/otlp/v1/logs")
+    # Tollway's own flag (--otlp-endpoint, TOLLWAY_OTLP_ENDPOINT) wins over every variable.
+    config = TelemetryConfig.from_environment("http://collector:4318/", True)
+    assert config is not None and endpoints(config) == ("http://collector:4318/v1/traces",
+                                                        "http://collector:4318/v1/logs")
+    # A signal's own variable alone turns that signal on, and only that one.
+    environment.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    environment.delenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+    config = TelemetryConfig.from_environment(None, True)
+    assert config is not None and (config.traces, config.logs) == (True, False)
+    environment.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    environment.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://loki:3100/otlp/v1/logs")
+    config = TelemetryConfig.from_environment(None, True)
+    assert config is not None and (config.traces, config.logs) == (False, True)
+    assert TelemetryConfig.from_environment(None, False) is None  # logs not asked for
+
