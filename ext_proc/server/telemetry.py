@@ -43,7 +43,9 @@ URL to which ``/v1/traces`` and ``/v1/logs`` are added, is Tollway's own and win
 variable; without it the SDK's exporters read OpenTelemetry's variables themselves, so a signal's
 own (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, ``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT``: full URLs, used
 as they are) wins over ``OTEL_EXPORTER_OTLP_ENDPOINT``; any of them turns its signal on.
-``OTEL_EXPORTER_OTLP_HEADERS`` for credentials (never logged), ``OTEL_SERVICE_NAME``.
+``OTEL_EXPORTER_OTLP_HEADERS`` for credentials (never logged). The service's name is the
+environment's (``OTEL_SERVICE_NAME``, else a ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``, as
+the OpenTelemetry operator sets it), else ``tollway``.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class TelemetryConfig:
     endpoint: str | None = None  # OTLP/HTTP base URL (…:4318); /v1/traces and /v1/logs are added; None: the SDK's
     traces: bool = True
     logs: bool = False  # the request records as OpenTelemetry logs
-    service_name: str = "tollway"
+    service_name: str = "tollway"  # when the environment names no service
     ratio: float = 0.05  # requests traced when their caller did not decide (no traceparent)
 
     @classmethod
@@ -83,13 +85,19 @@ class TelemetryConfig:
         logs = logs and (generic or bool(os.environ.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")))
         if not traces and not logs:
             return None
-        return cls(endpoint, traces, logs, os.environ.get("OTEL_SERVICE_NAME", "tollway"), ratio)
+        return cls(endpoint, traces, logs, ratio=ratio)
 
 
 def _resource(config: TelemetryConfig) -> Any:
-    from opentelemetry.sdk.resources import Resource
+    """The SDK's resource (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, its detectors), named
+    ``config.service_name`` only when none of them names the service."""
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
-    return Resource.create({"service.name": config.service_name})
+    resource = Resource.create()
+    # Unnamed, the SDK calls it "unknown_service:<executable>" (the specification's default).
+    if str(resource.attributes.get(SERVICE_NAME, "unknown_service")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: config.service_name}))
+    return resource
 
 
 def _url(config: TelemetryConfig, signal: str) -> str | None:

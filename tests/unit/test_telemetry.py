@@ -1,5 +1,5 @@
 """Request spans and record logs: built from the session's record and decisions, parented on traceparent;
-where they go (the flag, else OpenTelemetry's variables)."""
+where they go and under which service name (the flag, else OpenTelemetry's variables)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody
 from ext_proc.core.session import Session
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server.metrics import Names
-from ext_proc.server.telemetry import RecordExporter, TelemetryConfig, Tracer
+from ext_proc.server.telemetry import RecordExporter, TelemetryConfig, Tracer, _resource
 from tests.unit.test_attempt import POLICY, POLICY_TEXT
 from tests.unit.test_session_routing import ANTHROPIC_MESSAGE, CHAT_REQUEST, served
 
@@ -326,3 +326,17 @@ def test_a_signals_own_endpoint_variable_wins_over_the_generic_one(environment: 
     assert config is not None and (config.traces, config.logs) == (False, True)
     assert TelemetryConfig.from_environment(None, False) is None  # logs not asked for
 
+
+def test_the_service_is_named_by_the_environment_else_tollway(environment: pytest.MonkeyPatch) -> None:
+    """OTEL_RESOURCE_ATTRIBUTES' service.name (the OpenTelemetry operator sets it) was overridden by
+    Tollway's default."""
+    config = TelemetryConfig("http://collector:4318")
+    assert _resource(config).attributes["service.name"] == "tollway"
+    environment.setenv("OTEL_RESOURCE_ATTRIBUTES", "k8s.pod.name=p1,k8s.namespace.name=ai")
+    attributes = _resource(config).attributes
+    assert attributes["service.name"] == "tollway" and attributes["k8s.pod.name"] == "p1"
+    environment.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=payments-gateway,k8s.pod.name=p1")
+    attributes = _resource(config).attributes
+    assert attributes["service.name"] == "payments-gateway" and attributes["k8s.pod.name"] == "p1"
+    environment.setenv("OTEL_SERVICE_NAME", "gateway")  # wins over OTEL_RESOURCE_ATTRIBUTES, as the SDK has it
+    assert _resource(config).attributes["service.name"] == "gateway"
