@@ -204,10 +204,15 @@ def _sequence(flow: Flow) -> int:
 
 
 def complete(flow: Flow) -> bool:
-    """The provider's answer completed: its reader saw the end, or its translator did."""
-    reader = flow.meter.reader
+    """The provider's answer completed. A translated stream is complete when its translator says
+    so, whatever the served API's reader saw: a chat stream's ``[DONE]`` ends it for a chat
+    client, but one without a finish reason left an Anthropic or Responses client no end to give
+    (no ``message_stop``, no ``response.completed``), so it is cut. Otherwise the reader judges."""
     translator = flow.translator
-    return bool((reader is not None and reader.complete) or (translator is not None and translator.complete))
+    if translator is not None:
+        return translator.complete
+    reader = flow.meter.reader
+    return bool(reader is not None and reader.complete)
 
 
 def _bytes(raw: bytes) -> SSEEvent:

@@ -23,6 +23,7 @@ import pytest
 
 from ext_proc.policy.compiled import key_digest
 from tests.e2e.conftest import Providers
+from tests.fixtures import FAULT_CASSETTES
 
 pytestmark = pytest.mark.e2e
 
@@ -89,7 +90,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     # workers=2: a request's two ext_proc streams (router level, per try) may reach different
     # processes; first_byte_timeouts: a stalled provider fails over after 1 s.
     stack = Providers.stack(tmp_path_factory.mktemp("routing"), POLICY, PROVIDER_KEYS, workers=2,
-                            first_byte_timeouts=("1s", "1s"), mocked=frozenset({"openai", "anthropic", "gateway"}))
+                            first_byte_timeouts=("1s", "1s"), mocked=frozenset({"openai", "anthropic", "gateway"}),
+                            mock_args=("--cassettes", str(FAULT_CASSETTES)))
     with stack:
         yield Env(stack, KEY)
 
@@ -355,6 +357,36 @@ def test_a_translated_stream_cut_after_its_first_byte_ends_with_an_error_event(e
         ) as stream:
             for _ in stream.text_stream:
                 pass
+
+
+DONE_WITHOUT_FINISH = {"x-mock-cassette": "openai-done-without-finish"}  # text, no finish reason, [DONE]
+
+
+def test_a_chat_stream_done_without_a_finish_reason_is_an_error_for_a_translated_client(env: Env) -> None:
+    """A chat stream that ends with [DONE] but no finish reason was cut: an Anthropic client of
+    that model gets an error event (its stream just stopped: get_final_message said stop_reason
+    None, usage 0/0), so does a Responses client (its stream ended on a text delta), and the
+    record says incomplete (it said ok). A chat client reads the same stream as sent."""
+    with pytest.raises(anthropic.APIStatusError, match="ended before the response was complete"):  # noqa: SIM117
+        with env.anthropic().messages.stream(model="gpt-4o-mini", max_tokens=50, extra_headers=DONE_WITHOUT_FINISH,
+                                             messages=[{"role": "user", "content": "Say hi"}]) as stream:
+            cut = [stream.response.headers.get("x-tollway-request-id")]
+            stream.get_final_message()
+    raw = env.openai().responses.with_raw_response.create(model="llama", input="Say hi", stream=True,
+                                                          extra_headers=DONE_WITHOUT_FINISH)
+    kinds = [event.type for event in raw.parse()]
+    assert kinds[-1] == "error" and "response.output_text.delta" in kinds, kinds
+    assert not {"response.completed", "response.incomplete"} & set(kinds)
+    cut.append(raw.headers.get("x-tollway-request-id"))
+    for request_id in cut:
+        record = env.record(request_id)
+        assert (record["outcome"], record["error"]) == ("incomplete", "stream_interrupted"), record
+    chat = env.openai().chat.completions.with_raw_response.create(model="llama", messages=HI, stream=True,
+                                                                  extra_headers=DONE_WITHOUT_FINISH)
+    chunks = list(chat.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "The answer is"
+    assert all(c.choices[0].finish_reason is None for c in chunks if c.choices)
+    assert env.record(chat.headers.get("x-tollway-request-id"))["outcome"] == "ok"
 
 
 def test_a_stream_reset_after_its_first_byte_is_never_a_clean_end(env: Env) -> None:

@@ -212,6 +212,23 @@ def test_a_stream_cut_inside_its_terminal_event_is_incomplete(provider: str) -> 
         check_cut(up, min(end + 5, up.complete_at - 1), [])
 
 
+def test_a_chat_stream_ended_by_done_without_a_finish_reason_ends_with_an_error_event() -> None:
+    """A chat server sends text, no finish reason, then ``[DONE]``: its stream ended cleanly, but
+    the answer was cut (a chat client sees no finish_reason). The Responses client gets its error
+    event, never a stream that just stops after a text delta; the record says ``incomplete``."""
+    events = mock.openai_chat_events(mock.Generation(id="chatcmpl-Ab1", created=1_755_000_001, model="llama-3.1-8b",
+                                                     prompt_tokens=7, pieces=("Hel", "lo")), include_usage=True)
+    finish = next(i for i, event in enumerate(events) if b'"finish_reason":"' in event)
+    session = opened("chat")
+    out = play(session, [b"".join(events[:finish]) + b"data: [DONE]\n\n"])
+    parsed = sdk_events(out)
+    assert parsed[-1].type == "error" and parsed[-1].code == "stream_interrupted", [item.type for item in parsed]
+    assert "".join(item.delta for item in parsed if item.type == "response.output_text.delta") == "Hello"
+    assert not complete(session.flow)
+    (record,) = records(session)
+    assert (record["outcome"], record["error"]) == ("incomplete", "stream_interrupted")
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 @settings(BOUNDED, max_examples=40)
 @given(reply=replies, data=st.data())

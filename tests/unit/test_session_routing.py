@@ -608,6 +608,26 @@ def test_a_cut_openai_stream_ends_with_an_anthropic_error_event(accountant: Serv
     assert record["input_tokens"] == record["estimated_input_tokens"] and record["output_tokens"] >= 1
 
 
+def test_an_openai_stream_done_without_a_finish_reason_is_cut_for_an_anthropic_client() -> None:
+    """Text, no finish reason, then ``[DONE]``: the chat stream ended, its answer did not. The
+    Anthropic client has no stop reason, usage nor ``message_stop`` to get (its stream just
+    stopped, and the record said ``ok``): it gets the error event, the record says incomplete.
+    A chat client gets the provider's stream as it is, ``[DONE]`` its end (no error appended)."""
+    cut = b"".join(OPENAI_CHUNKS[:3]) + b"data: [DONE]\n\n"
+    session = Session(POLICY, "local-dev")
+    sent(session, {**ANTHROPIC_REQUEST, "stream": True}, MESSAGES)
+    session.handle(served(slot=None, attempts=None, content_type="text/event-stream"))
+    found = events(feed(session, split(cut, 6)))
+    assert found[-1] == ("error", orjson.dumps(ANTHROPIC_INTERRUPTED))
+    assert not {"message_delta", "message_stop"} & {name for name, _ in found}
+    assert (the_record(session)["outcome"], the_record(session)["error"]) == ("incomplete", "stream_interrupted")
+    chat = Session(POLICY, "local-dev")
+    sent(chat, {**CHAT_REQUEST, "stream": True, "stream_options": {"include_usage": True}})
+    chat.handle(served(slot=0, attempts="1", content_type="text/event-stream"))
+    assert feed(chat, split(cut, 6)) == cut
+    assert (the_record(chat)["outcome"], the_record(chat)["error"]) == ("ok", None)
+
+
 @pytest.mark.parametrize(
     ("path", "request_body", "upstream_bytes", "expected"),
     [
