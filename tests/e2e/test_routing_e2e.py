@@ -389,6 +389,27 @@ def test_a_chat_stream_done_without_a_finish_reason_is_an_error_for_a_translated
     assert env.record(chat.headers.get("x-tollway-request-id"))["outcome"] == "ok"
 
 
+def test_images_a_function_returned_reach_a_chat_model_after_its_tool_messages(env: Env) -> None:
+    """A Responses client's function output with an image, for a chat-completions model: the
+    `tool` message holds text only (Chat Completions takes no image there), the image follows in
+    a user message."""
+    image = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9a"
+             "wAAAABJRU5ErkJggg==")
+    raw = env.openai().responses.with_raw_response.create(model="llama", input=[
+        {"role": "user", "content": "Take a screenshot"},
+        {"type": "function_call", "call_id": "call_1", "name": "shot", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1",
+         "output": [{"type": "input_text", "text": "here"}, {"type": "input_image", "image_url": image}]},
+    ])
+    assert raw.parse().status == "completed"
+    (sent,) = env.provider_saw(raw.headers.get("x-tollway-request-id"))
+    messages = orjson.loads(sent["body"])["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "user"]
+    assert [part["type"] for part in messages[2]["content"]] == ["text", "text"]
+    assert messages[3]["content"] == [{"type": "text", "text": "Images returned by tool call call_1:"},
+                                      {"type": "image_url", "image_url": {"url": image}}]
+
+
 def test_a_stream_reset_after_its_first_byte_is_never_a_clean_end(env: Env) -> None:
     # The provider closes the connection mid-stream. Envoy resets the client's stream, or answers
     # a JSON 502 when nothing was forwarded yet: either way the SDK raises, and no chunk of a

@@ -245,6 +245,40 @@ def test_what_cannot_be_translated_is_refused_naming_the_field(change: dict[str,
             responses_to_chat.request(body, "llama")
 
 
+IMAGE = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
+         "AAAABJRU5ErkJggg==")
+SHOT: list[Any] = [
+    {"role": "user", "content": "Screenshots please"},
+    {"type": "function_call", "call_id": "call_1", "name": "shot", "arguments": "{}"},
+    {"type": "function_call", "call_id": "call_2", "name": "shot", "arguments": "{}"},
+    {"type": "function_call_output", "call_id": "call_1",
+     "output": [{"type": "input_text", "text": "here"}, {"type": "input_image", "image_url": IMAGE}]},
+    {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_image", "image_url": IMAGE}]},
+    {"role": "user", "content": "Which is brighter?"},
+]
+
+
+def test_images_a_function_returned_reach_a_chat_server_in_a_user_message_after_the_tool_messages() -> None:
+    """Chat Completions takes text only in a ``tool`` message (an ``image_url`` part there was
+    sent, and refused): the images follow the run of tool messages in a user message, each call's
+    after a text naming it, and each tool message says so. Claude takes them in the tool_result."""
+    sent = responses_to_chat.request({"model": "m", "input": SHOT}, "llama")["messages"]
+    image = {"type": "image_url", "image_url": {"url": IMAGE}}
+    assert sent[2:] == [
+        {"role": "tool", "tool_call_id": "call_1", "content": [
+            {"type": "text", "text": "here"},
+            {"type": "text", "text": "[1 image(s) attached in the following user message]"}]},
+        {"role": "tool", "tool_call_id": "call_2", "content": [
+            {"type": "text", "text": "[1 image(s) attached in the following user message]"}]},
+        {"role": "user", "content": [{"type": "text", "text": "Images returned by tool call call_1:"}, image,
+                                     {"type": "text", "text": "Images returned by tool call call_2:"}, image]},
+        {"role": "user", "content": "Which is brighter?"},
+    ]
+    claude = responses_to_anthropic.request({"model": "m", "input": SHOT}, "claude-x")["messages"]
+    result = claude[2]["content"][0]
+    assert result["type"] == "tool_result" and [b["type"] for b in result["content"]] == ["text", "image"]
+
+
 # -- answers translated ------------------------------------------------------------------------------
 
 

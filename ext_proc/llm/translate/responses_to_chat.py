@@ -14,7 +14,11 @@ Request mapping (:func:`~.responses_common.to_chat`, shared with :mod:`.response
   -> ``image_url`` parts, ``input_file`` with inline ``file_data`` -> ``file`` parts);
   ``function_call`` items -> ``tool_calls`` of an assistant message (consecutive calls, and the
   assistant text before them, share one message); ``function_call_output`` -> a ``tool``
-  message (its output a string, or text and image parts).
+  message (its output a string, or text parts). A ``tool`` message holds text only: the images
+  (and inline files) of an output go in a user message after the run of tool messages, after a
+  text part ``"Images returned by tool call {call_id}:"``, and the tool message says
+  ``"[N image(s) attached in the following user message]"`` (the Messages pair keeps them in
+  the ``tool_result``, where Claude takes them).
 * ``tools`` of type ``function`` -> chat ``function`` tools (``name``, ``description``,
   ``parameters``, ``strict``); ``tool_choice`` ``auto``/``none``/``required`` as they are, a
   named function -> ``{"type": "function", "function": {"name"}}``; ``parallel_tool_calls``.
@@ -65,11 +69,42 @@ __all__ = ["StreamTranslator", "error", "request", "response"]
 def request(body: dict[str, Any], model: str) -> dict[str, Any]:
     """A Responses request body -> a Chat Completions request body for ``model``."""
     out, _origins = to_chat(body, model)
+    out["messages"] = _tool_attachments(out["messages"])
     limit = out.pop("max_completion_tokens", None)
     if limit is not None:
         out["max_tokens"] = limit
     if out.get("stream"):
         out["stream_options"] = {"include_usage": True}
+    return out
+
+
+def _tool_attachments(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A chat ``tool`` message holds text only: the images (and inline files) of a function call's
+    output go in a user message after the run of tool messages, each call's after a text part
+    naming it, and the tool message says so (as :mod:`.anthropic_to_openai` does for Claude's tool
+    results)."""
+    if not any(m["role"] == "tool" and isinstance(m["content"], list) for m in messages):
+        return messages
+    out: list[dict[str, Any]] = []
+    attached: list[dict[str, Any]] = []
+    for message in messages:
+        if message["role"] != "tool" and attached:
+            out.append({"role": "user", "content": attached})
+            attached = []
+        content = message["content"]
+        if message["role"] == "tool" and isinstance(content, list):
+            others = [part for part in content if part["type"] != "text"]
+            if others:
+                noun = "image(s)" if all(part["type"] == "image_url" for part in others) else "attachment(s)"
+                texts = [part for part in content if part["type"] == "text"]
+                note = {"type": "text", "text": f"[{len(others)} {noun} attached in the following user message]"}
+                message = {**message, "content": [*texts, note]}
+                what = "Images" if noun == "image(s)" else "Attachments"
+                attached += [{"type": "text", "text": f"{what} returned by tool call {message['tool_call_id']}:"},
+                             *others]
+        out.append(message)
+    if attached:
+        out.append({"role": "user", "content": attached})
     return out
 
 
