@@ -217,6 +217,23 @@ def test_a_target_that_cannot_express_the_request_is_left_out_of_the_chain(env: 
     assert failed["status"] == 429 and failed["attempts"] == 1 and failed["provider"] == "openai"
 
 
+def test_a_malformed_responses_request_for_claude_is_the_clients_400_and_keeps_claude_in_the_chain(env: Env) -> None:
+    """An image whose data URL is not base64 is no request any API takes: `invalid_request`, as
+    for a chat client, not `unsupported_for_provider` blaming the model; and an alias whose first
+    target is Claude answers that 400 (its try's, in Anthropic's format translated: no code)
+    rather than leaving Claude out and sending the request to its fallback."""
+    bad = [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png,not-base64"}]}]
+    for model in ("claude-haiku", "claude-first"):
+        with pytest.raises(openai.BadRequestError, match="must be a base64 data URL") as refused:
+            env.openai().responses.create(model=model, input=bad)  # type: ignore[arg-type]
+        assert "served by" not in refused.value.message
+        if model == "claude-haiku":
+            assert refused.value.body["code"] == "invalid_request", refused.value.body  # type: ignore[index]
+        request_id = refused.value.response.headers.get("x-tollway-request-id")
+        assert env.provider_saw(request_id) == [], model  # refused by Tollway, no provider asked
+        assert env.record(request_id)["status"] == 400
+
+
 def test_a_provider_refusing_the_gateways_key_is_the_gateways_502_and_a_chain_falls_back(env: Env) -> None:
     """The provider's 401 means the key Tollway holds for it is bad: not the client's to fix (its
     SDK would say its own key is wrong), and its message may show a piece of that key. A chain

@@ -4,6 +4,7 @@ counting, the model catalogue and the step that answers it."""
 
 from __future__ import annotations
 
+import functools
 import typing
 from typing import Any
 
@@ -22,7 +23,7 @@ from ext_proc.llm.translate.common import INCOMPLETE_FROM_FINISH
 from ext_proc.mock import responses as mock
 from ext_proc.mock.http import Request
 from ext_proc.mock.provider import MockProvider
-from ext_proc.policy import catalogue
+from ext_proc.policy import catalogue, decide
 from ext_proc.policy.compile import PolicyError, compile_policy
 
 EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ResponseStreamEvent)
@@ -277,6 +278,43 @@ def test_images_a_function_returned_reach_a_chat_server_in_a_user_message_after_
     claude = responses_to_anthropic.request({"model": "m", "input": SHOT}, "claude-x")["messages"]
     result = claude[2]["content"][0]
     assert result["type"] == "tool_result" and [b["type"] for b in result["content"]] == ["text", "image"]
+
+
+def test_malformed_input_for_claude_is_the_clients_error_and_keeps_claude_in_the_chain() -> None:
+    """An image whose data URL is not base64 is input no API takes: ``invalid_request``, as for a
+    chat client (it was reported as ``unsupported_for_provider``, "served by anthropic"), and an
+    alias keeps its Claude target, whose try answers that 400, instead of leaving it out as one
+    that cannot express the request and sending the request on to the next target."""
+    policy = compile_policy("""
+apiVersion: tollway/v1
+providers:
+  o: {kind: openai}
+  a: {kind: anthropic}
+models:
+  gpt: {provider: o}
+routing:
+  aliases:
+    vision:
+      targets: [{provider: a, model: claude-x}, {provider: o, model: gpt}]
+teams:
+  t: {workloads: [w], models: ["*"]}
+""")
+    body = {"model": "vision", "input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": "data:image/png,not-base64"}]}]}
+    with pytest.raises(TranslationError) as translated:
+        responses_to_anthropic.request(body, "claude-x")
+    assert translated.value.code == "invalid_request"
+    plan = policy.aliases["vision"].plan
+    with pytest.raises(ClientError) as refused:
+        upstream.prepare(apis.RESPONSES, dict(body), plan.targets[0], "/v1/responses")
+    assert (refused.value.status, refused.value.code, refused.value.param) == (400, "invalid_request", "input[0]")
+    assert "served by" not in refused.value.message
+    assert decide.chain(plan, apis.RESPONSES, None, "vision",
+                        expresses=functools.partial(upstream.expresses, apis.RESPONSES, body)) == plan.targets
+    # What Claude has no counterpart for still leaves it out: the OpenAI target serves it.
+    searching = {**body, "input": "News?", "tools": [{"type": "web_search"}]}
+    assert decide.chain(plan, apis.RESPONSES, None, "vision",
+                        expresses=functools.partial(upstream.expresses, apis.RESPONSES, searching)) == plan.targets[1:]
 
 
 # -- answers translated ------------------------------------------------------------------------------

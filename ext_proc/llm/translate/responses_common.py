@@ -103,7 +103,8 @@ def to_chat(body: dict[str, Any], model: str) -> tuple[dict[str, Any], list[str]
 
 def map_param(error: TranslationError, origins: list[str]) -> TranslationError:
     """A chat translation's error about ``messages[k]...`` as one about the Responses field it
-    came from."""
+    came from (its code kept: input no API would take stays ``invalid_request``, not a missing
+    feature of the model's provider)."""
     def replace(match: re.Match[str]) -> str:
         index = int(match.group(1))
         return origins[index] if index < len(origins) else "input"
@@ -111,7 +112,7 @@ def map_param(error: TranslationError, origins: list[str]) -> TranslationError:
     param = _CHAT_PARAM.sub(replace, error.param) if error.param else error.param
     if param == "response_format":
         param = "text.format"
-    return TranslationError(_CHAT_PARAM.sub(replace, error.message), param)
+    return TranslationError(_CHAT_PARAM.sub(replace, error.message), param, error.code)
 
 
 def _items(items: list[Any], where: str, messages: list[dict[str, Any]], origins: list[str]) -> None:
