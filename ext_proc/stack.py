@@ -192,6 +192,9 @@ class Stack:
     workload: str | None = None  # tollway serve --workload (the sidecar's identity)
     service_env: dict[str, str] = field(default_factory=dict)  # e.g. provider keys for the service
     serve_args: tuple[str, ...] = ()  # more `tollway serve` flags (e.g. --redis URL)
+    # No --log-file: the service writes its records to its stdout, as the Kubernetes sidecar does;
+    # here that stdout is the file record_log (appended), so the readers of the log read it still.
+    log_to_stdout: bool = False
     mock: bool = True
     mock_args: tuple[str, ...] = ()
     first_byte_timeouts: tuple[str, str] | None = None  # per-try idle timeouts (streaming, buffered)
@@ -285,6 +288,8 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         out: Any = subprocess.DEVNULL if self.quiet else None
         err = open_private(self.workdir / f"{name}.log", os.O_APPEND)  # owned by the child
+        if name == "tollway" and self.log_to_stdout:
+            out = open_private(self.record_log, os.O_APPEND)
         environ = self.environment(name, env)
         self._commands[name] = (argv, env)
         try:
@@ -294,11 +299,14 @@ class Stack:
             )
         finally:
             os.close(err)
+            if isinstance(out, int) and out >= 0:
+                os.close(out)
 
     def serve_argv(self) -> list[str]:
         argv = [
             sys.executable, "-m", "ext_proc.cli", "serve", "--listen", self.ext_proc,
-            "--workers", str(self.workers), "--log-file", str(self.record_log), "--server", self.server,
+            "--workers", str(self.workers), *(() if self.log_to_stdout else ("--log-file", str(self.record_log))),
+            "--server", self.server,
             "--admin-port", str(self.service_admin_port),
             "--envoy-clusters", str(self.clusters_file), "--envoy-admin", f"unix:{self.admin_socket}",
         ]

@@ -39,7 +39,7 @@ from typing import Any
 
 from ext_proc import memo
 from ext_proc.policy.compiled import CompiledPolicy
-from ext_proc.server import bodies, journal, listen, spool
+from ext_proc.server import bodies, journal, listen, state_dir
 from ext_proc.server.accounting import ENCODINGS_ENV
 from ext_proc.server.clusters import ENVOY_ADMIN, ClusterSync, stand_in
 from ext_proc.server.dealer import Dealer
@@ -84,6 +84,8 @@ class ServeConfig:
     trace_ratio: float = 0.05  # requests traced when the caller sent no traceparent
     text_memory: int = memo.DEFAULT_ENTRIES  # answers each worker remembers per text (ext_proc.memo); 0: none
     body_memory: int = bodies.DEFAULT_MIB  # MiB of request bodies each worker holds at once (ext_proc.server.bodies)
+    state_dir: str | None = None  # the journals' and spools' directory (ext_proc.server.state_dir); None: by the log
+    spool_max: int | None = None  # bytes the spools' directory may hold, every process's together (None: per process)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +115,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "worker past it while others hold theirs gets 503 overloaded with retry-after (one "
                              f"request alone is always read, up to 64 MiB); 0: no limit (default {bodies.DEFAULT_MIB})")
     parser.add_argument("--log-file", default=None, help="request log, JSON lines (default: stdout)")
+    parser.add_argument("--state-dir", metavar="DIR", default=os.environ.get("TOLLWAY_STATE_DIR") or None,
+                        help="keep the workers' in-flight journals and the spend aggregates' spools in DIR/inflight "
+                             "and DIR/aggregates (0700), for any request log, stdout included: a worker killed "
+                             "mid-request still gets its records written, and batches Redis has not taken survive "
+                             "a restart (env TOLLWAY_STATE_DIR; default: next to a --log-file that is a regular "
+                             "file, none for stdout)")
+    parser.add_argument("--spool-max", type=_positive, default=None, metavar="MIB",
+                        help="MiB the spend aggregates' spools may hold, every process's together (those dead "
+                             "processes left included; each grows 1 MiB at most past it between looks): past it "
+                             "batches wait in memory (default: 256 MiB per process, no total)")
     parser.add_argument("--grace", type=float, default=20.0, help="seconds in-flight streams get on shutdown")
     parser.add_argument("--server", choices=("h2", "grpcio"), default="h2",
                         help="gRPC server implementation (default h2: Tollway's own, ~5x less CPU)")
@@ -168,6 +180,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "for one that shows what it received to others (the fake provider's /_mock/requests)")
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
+
+
 def _entries(value: str) -> int:
     number = int(value)
     if number < 0:
@@ -200,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
             stand_ins=dict(args.stand_in), stand_ins_get_keys=args.stand_ins_get_keys,
             otlp_endpoint=args.otlp_endpoint, otlp_logs=args.otlp_logs,
             trace_ratio=min(1.0, max(0.0, args.trace_sample_ratio)), text_memory=args.text_memory,
-            body_memory=args.body_memory,
+            body_memory=args.body_memory, state_dir=args.state_dir,
+            spool_max=args.spool_max << 20 if args.spool_max else None,
         )
         config = dataclasses.replace(
             config, admin_token=admin_token(args.admin_token_file, args.admin_host if args.admin_port else None))
@@ -267,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
             node = NodeStateServer(os.path.join(directory, "state.sock"))
             node.start()
             config = dataclasses.replace(config, node_state=node.path)
-        if config.workers > 1 or config.log_file:
+        if config.workers > 1 or config.log_file or config.state_dir:
             # Each worker writes its metric tallies here; the one answering a scrape sums them
             # (with the supervisor's, which counts the records it recovers from dead workers).
             metrics_dir = tempfile.mkdtemp(prefix="tollway-metrics-")
@@ -278,11 +298,12 @@ def run(args: argparse.Namespace) -> int:
         watcher = threading.Thread(target=controller.watch, args=(config.reload_interval, stop),
                                    name="tollway-policy", daemon=True)
         watcher.start()
-        ledger = open_ledger(config.redis_url, lambda model: knows(controller.current, model)) if config.log_file \
-            else None
+        ledger = open_ledger(config.redis_url, lambda model: knows(controller.current, model)) \
+            if config.log_file or config.state_dir else None
         if ledger is not None:  # its thread starts with a first batch (or spool to take over)
-            sender = LedgerSender(ledger, directory=spool_directory(config.log_file),
-                                  on_waiting=lambda waiting: publish_sender(recovered, sender))
+            sender = LedgerSender(ledger, directory=state_dir.places(config.log_file, config.state_dir).spools,
+                                  on_waiting=lambda waiting: publish_sender(recovered, sender),
+                                  budget=config.spool_max)
         recover_records(config, recovered, sender)  # requests in flight when a previous run died
         try:
             sock = listener.sock if listener else None
@@ -327,7 +348,8 @@ def local_limits_warning(policy: CompiledPolicy | None, redis_url: str | None) -
 
 def _unusable(config: ServeConfig) -> str | None:
     """What would stop every worker at its start: a Redis URL that does not parse, a request log
-    that cannot be written."""
+    that cannot be written; or keep them from their journals and spools: a state directory that
+    cannot be made or written (made here, with its two, when it can)."""
     if config.redis_url:
         from redis.connection import parse_url
 
@@ -335,6 +357,10 @@ def _unusable(config: ServeConfig) -> str | None:
             parse_url(config.redis_url)  # type: ignore[no-untyped-call]
         except ValueError as exc:
             return f"--redis: {exc}"
+    if config.state_dir:
+        problem = state_dir.prepare(config.state_dir)
+        if problem is not None:
+            return problem
     if config.log_file:
         path = os.path.abspath(config.log_file)
         if os.path.exists(path) and not os.path.isfile(path):  # a device (/dev/stdout): written as it is
@@ -413,14 +439,6 @@ def knows(policy: CompiledPolicy | None, model: str) -> bool:
     return policy is not None and model in policy.model_names
 
 
-def spool_directory(log_file: str | None) -> str | None:
-    """Where the spend aggregates' spools live: next to the log, in ``.<log name>.aggregates/``
-    (None: the log is no regular file)."""
-    if not log_file or (os.path.exists(log_file) and not os.path.isfile(log_file)):
-        return None
-    return spool.directory_for(log_file)
-
-
 _TALLY = threading.Lock()  # the supervisor's tally: its main thread (recovery) and its sender's thread
 
 
@@ -450,8 +468,14 @@ def recover_records(config: ServeConfig, counted: Exchange | None = None,
     had written to the log but not yet to its spool (its last round's) go to ``ledger`` only
     (a worker counts a record in its metrics as it writes it). Then have ``ledger`` take over
     the spools stopped processes left (:mod:`ext_proc.server.spool`: batches Redis had not taken),
-    in its own thread: nothing here waits on reading them."""
-    if not config.log_file:
+    in its own thread: nothing here waits on reading them.
+
+    The journals and spools are in ``--state-dir`` when given (:mod:`ext_proc.server.state_dir`),
+    else next to a log that is a regular file (none otherwise: nothing to do). A log that is no
+    regular file (stdout, a device) is not searched for records a dead worker wrote in its last
+    round: each open entry is written to it (``journal.recover``), at least once."""
+    where = state_dir.places(config.log_file, config.state_dir)
+    if where.journals is None and where.spools is None:
         return
 
     def add(records: list[dict[str, Any]]) -> None:
@@ -471,9 +495,9 @@ def recover_records(config: ServeConfig, counted: Exchange | None = None,
 
     try:
         journal.recover(config.log_file, add if counted is not None or ledger is not None else None,
-                        logged=ledger.add if ledger is not None else None)
+                        logged=ledger.add if ledger is not None else None, directory=where.journals)
     except Exception:  # never keep the service from starting or a worker from restarting
-        log.exception("recovering the journals of %s", config.log_file)
+        log.exception("recovering the journals in %s", where.journals)
     if ledger is not None:
         ledger.adopt()
     if counted is not None:

@@ -18,13 +18,19 @@ entries not marked done, except those whose record is in the log after all (the 
 between writing a record and marking it: the log is searched from where it stood when the entry
 was written; those records go to the spend aggregates, which the worker had not handed them
 to yet), each marked ``"recovered": true``; then it deletes the journal. So every request
-that reached a provider is in the log exactly once, whichever process died when.
+that reached a provider is in the log exactly once (a log that is a regular file), whichever
+process died when.
 
 A journal is rewritten with only its open entries once it passes ``COMPACT_AT`` bytes, and
 deleted when its worker stops with nothing open. Journals live next to the log, in a hidden
-directory (``.<log name>.inflight/``). A journal that cannot be written (the disk is full) is
-counted and logged, and the request goes on: the journal guards against a crash, it must not
-become one.
+directory (``.<log name>.inflight/``), or in ``DIR/inflight/`` with ``--state-dir DIR``
+(:mod:`ext_proc.server.state_dir`), the only place they have when the log is no regular file
+(stdout, a device). Such a log cannot be searched: :func:`recover` writes every open entry
+(a worker killed after writing a record and before its round marked the entry done, within a
+round of 50 ms, has that request twice in the log: its own record, then one with
+``"recovered": true`` and the same ``request_id``; at least once, never missing). A journal that
+cannot be written (the disk is full) is counted and logged, and the request goes on: the
+journal guards against a crash, it must not become one.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import fcntl
 import logging
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -56,11 +63,23 @@ def directory_for(log_path: str) -> str:
     return os.path.join(head, f".{tail}.inflight")
 
 
+def private_directory(path: str) -> None:
+    """Make ``path`` (and its parents) if missing, 0700: journals and spools hold what requests
+    were made, by whom; one that exists wider (made by hand, a volume's root) is narrowed."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    mode = os.stat(path).st_mode
+    if mode & 0o077:
+        try:
+            os.chmod(path, 0o700)
+        except OSError as exc:  # another user's: used as it is, and said
+            log.warning("cannot narrow %s (mode %o) to 0700: %s", path, mode & 0o777, exc.strerror)
+
+
 class Journal:
     """One worker's journal (see the module docstring); ``position`` tells where the log stands."""
 
     def __init__(self, directory: str, position: Callable[[], Position]) -> None:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        private_directory(directory)
         self.path = os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}")
         self._fd = _create_locked(self.path)
         self._position = position
@@ -189,9 +208,14 @@ class Recovered:
     failed: int = 0  # journals kept for the next time (the log could not be written)
 
 
-def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = None,
-            logged: Callable[[list[dict[str, Any]]], None] | None = None) -> Recovered:
+def recover(log_path: str | None, add: Callable[[list[dict[str, Any]]], None] | None = None,
+            logged: Callable[[list[dict[str, Any]]], None] | None = None,
+            directory: str | None = None) -> Recovered:
     """Take over the journals of dead workers writing ``log_path`` (see the module docstring).
+
+    ``log_path`` None: the log is this process's stdout. ``directory``: where the journals are
+    (``--state-dir``; default: next to the log). A log that is no regular file (stdout, a device)
+    is not searched: every open entry is written to it (at least once, never missing).
 
     ``add`` also gets the records written (the metrics, and the spend aggregates, which retry on
     their own: the journal is deleted once the log has its records, whatever ``add`` does).
@@ -202,7 +226,11 @@ def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = 
     while live workers write: their journals are locked and left alone.
     """
     result = Recovered()
-    directory = directory_for(log_path)
+    if directory is None:
+        if log_path is None:
+            return result
+        directory = directory_for(log_path)
+    searchable = log_path is not None and _regular_or_absent(log_path)
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
@@ -220,7 +248,7 @@ def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = 
                 continue
             result.journals += 1
             entries = _open_entries(fd)
-            found = _in_log(log_path, entries)
+            found = _in_log(log_path, entries) if searchable and log_path is not None else {}
             records, in_log = [], []
             for request_id, waiting in entries.items():
                 there = found.get(request_id, [])[:len(waiting)]  # the oldest entries are the ones logged
@@ -233,7 +261,7 @@ def recover(log_path: str, add: Callable[[list[dict[str, Any]]], None] | None = 
                 except OSError as exc:
                     result.failed += 1
                     log.error("cannot write %d recovered record(s) to %s (%s); kept for the next try",
-                              len(records), log_path, exc.strerror)
+                              len(records), log_path or "stdout", exc.strerror)
                     continue
                 result.written += len(records)
                 log.warning("recovered %d record(s) of requests in flight when a worker died (%s)",
@@ -341,10 +369,29 @@ def _in_log(log_path: str,
     return found
 
 
-def _append(log_path: str, records: list[dict[str, Any]]) -> None:
-    data = b"".join(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE) for record in records)
+def _append(log_path: str | None, records: list[dict[str, Any]]) -> None:
+    """Append the records to the log (None: stdout). A regular file gets them in one write; a
+    pipe or device (stdout, which the workers write too) one line per write, so that none is
+    interleaved with a worker's (a pipe keeps writes of up to PIPE_BUF bytes whole)."""
+    lines = [orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE) for record in records]
+    if log_path is None:
+        for line in lines:
+            _write_all(1, line)
+        return
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     try:
-        _write_all(fd, data)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            _write_all(fd, b"".join(lines))
+        else:
+            for line in lines:
+                _write_all(fd, line)
     finally:
         os.close(fd)
+
+
+def _regular_or_absent(path: str) -> bool:
+    """A log recovery can search: a regular file, or none (yet, or any more)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True

@@ -21,9 +21,9 @@ partial write is finished first, so the line it began is completed. :meth:`Recor
 then every 10 s.
 
 Aggregates: with ``--redis`` each round's records are handed to an
-:class:`~ext_proc.server.spool.Outbox` (counted per bucket and spooled next to the log at once,
-in ``.<log name>.aggregates/``, then sent by a thread of its own, so the event loop never waits
-on the network); without it
+:class:`~ext_proc.server.spool.Outbox` (counted per bucket and spooled at once,
+next to the log in ``.<log name>.aggregates/`` or in ``--state-dir``'s ``aggregates/``, then sent
+by a thread of its own, so the event loop never waits on the network); without it
 there are none (nothing would read them: reports read the log). The outbox sends everything
 waiting in one Redis call per round trip, oldest first, each batch numbered in its outbox's
 sequence so that Redis adds it once (a high-water mark per outbox);
@@ -39,7 +39,6 @@ import contextlib
 import errno
 import logging
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -49,9 +48,9 @@ from typing import Any
 import orjson
 
 from ext_proc.ledger.log import log_files
-from ext_proc.server.journal import Journal, directory_for
-from ext_proc.server.spool import MAX_PENDING, RESCAN, Outbox
-from ext_proc.server.spool import directory_for as spool_directory
+from ext_proc.server.journal import Journal
+from ext_proc.server.spool import MAX_PENDING, MAX_SPOOL, RESCAN, Outbox
+from ext_proc.server.state_dir import places
 from ext_proc.state.ledger import Ledger
 
 log = logging.getLogger("tollway.records")
@@ -81,12 +80,17 @@ class RecordWriter:
         max_backlog: int = MAX_BACKLOG,
         journal: bool = False,
         immediate: bool = False,
+        state_dir: str | None = None,
+        spool_max: int | None = None,
     ) -> None:
         self._path = path
         self._pending: list[dict[str, Any]] = []  # records not yet handed to the outbox
-        # The spend aggregates' outbox (Redis), its spool next to a log that is a regular file.
+        # The journal's and the spool's directories: in --state-dir, else next to a log that is a
+        # regular file (ext_proc.server.state_dir).
+        where = places(path, state_dir)
+        # The spend aggregates' outbox (Redis); --spool-max bounds its spool's directory.
         self.outbox = None if ledger is None else Outbox(
-            ledger, spool_directory(path) if path is not None and _regular_or_absent(path) else None)
+            ledger, where.spools, cap=min(MAX_SPOOL, spool_max or MAX_SPOOL), budget=spool_max)
         self._owns_fd = path is not None
         self._position: tuple[int, int] | None = None  # the log's (inode, size) lately seen
         self._position_until = 0.0
@@ -115,14 +119,15 @@ class RecordWriter:
                 self._fd = self._open()
             except OSError as exc:  # unwritable at start: serve anyway, keep trying (see flush)
                 self._failed(exc)
-        if path is not None and journal and not _regular_or_absent(path):
-            log.info("the request log %s is not a regular file: no in-flight journal is kept next to it", path)
-        elif path is not None and journal:
+        if journal and where.journals is None:
+            log.info("the request log %s is not a regular file: no in-flight journal is kept (give --state-dir "
+                     "for one)", path or "(stdout)")
+        elif journal and where.journals is not None:
             try:
-                self.journal = Journal(directory_for(path), self.position)
+                self.journal = Journal(where.journals, self.position)
             except OSError as exc:
-                log.error("cannot keep a journal next to %s (%s): a worker that dies loses the records of "
-                          "its requests in flight", path, exc.strerror)
+                log.error("cannot keep a journal in %s (%s): a worker that dies loses the records of "
+                          "its requests in flight", where.journals, exc.strerror)
 
     def emit(self, record: dict[str, Any]) -> None:
         record["ts"] = time.time()
@@ -394,15 +399,7 @@ class LedgerSender(Outbox):
 
     def __init__(self, ledger: Ledger, retry: float = RETRY, max_pending: int = MAX_PENDING,
                  directory: str | None = None, on_waiting: Callable[[int], None] | None = None,
-                 rescan: float = RESCAN) -> None:
+                 rescan: float = RESCAN, budget: int | None = None) -> None:
         super().__init__(ledger, directory, retry=retry, max_pending=max_pending, what="recovered record(s)",
-                         on_waiting=on_waiting, rescan=rescan)
-
-
-def _regular_or_absent(path: str) -> bool:
-    """A path a journal can live next to: a regular file, or none yet (not a device such as
-    ``/dev/stdout`` or ``/dev/full``, whose directory is no place for one)."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return True
+                         on_waiting=on_waiting, rescan=rescan, cap=min(MAX_SPOOL, budget or MAX_SPOOL),
+                         budget=budget)

@@ -29,18 +29,24 @@ a spool taken over is sent under its own source, from its taken offset on, by on
 (its lock); the supervisor's records (recovered from journals, or found in the log) are batches
 of its own outbox, its own source.
 
-The spool (``.<log name>.aggregates/<pid>-<hex>.aggregates``, next to the log, in a directory of
-its own, not the journals': the previous release's journal recovery deletes every file it does not
-know in theirs; ``flock``-held by its process as journals are) is a fixed header, then one line per
-batch, in order. Batches are sent oldest first, so what Redis has taken is always a prefix: the
-header says where it ends (``taken``, rewritten in place) and whose batches they are (the
-source). When everything is taken the file is truncated to its header; when much is taken
-(:data:`COMPACT_AT`) and it is more than half the file, the open part is copied to a new file
-renamed over it (with the same source). A write that fails is undone (``ftruncate`` to the last
-whole line) and its batch waits in memory; so do batches past :data:`MAX_SPOOL` bytes
-(a Redis outage of hours). What waits in memory is bounded (:data:`MAX_PENDING` records: past it
-the oldest batches are given up) and given up at exit: counted (:attr:`Outbox.dropped`,
-``tollway_ledger_dropped_total``) and said at ERROR; the request log holds those records.
+The spool (``.<log name>.aggregates/<pid>-<hex>.aggregates``, next to the log, or in
+``DIR/aggregates/`` with ``--state-dir DIR``, in a directory of its own, not the journals': the
+previous release's journal recovery deletes every file it does not know in theirs; ``flock``-held by
+its process as journals are) is a fixed header, then one line per batch, in order. Batches are sent
+oldest first, so what Redis has taken is always a prefix: the header says where it ends (``taken``,
+rewritten in place) and whose batches they are (the source). When everything is taken the file is
+truncated to its header; when much is taken (:data:`COMPACT_AT`) and it is more than half the file,
+the open part is copied to a new file renamed over it (with the same source). A write that fails is
+undone (``ftruncate`` to the last whole line) and its batch waits in memory; so do batches past
+:data:`MAX_SPOOL` bytes (a Redis outage of hours), and with a *budget* (``tollway serve
+--spool-max``) past the budget of the whole directory: every spool in it, live and left by dead
+processes, and compactions' copies. Each process looks at the directory's total (one ``listdir``)
+whenever its spool would grow past what its last look allowed, and a look allows :data:`STEP` more
+at most, so all the processes together pass the budget by a step (or one batch) each at most: a
+bound a volume's size limit can be set above (:func:`directory_bytes`). What waits in memory is
+bounded (:data:`MAX_PENDING` records: past it the oldest batches are given up) and given up at exit:
+counted (:attr:`Outbox.dropped`, ``tollway_ledger_dropped_total``) and said at ERROR; the request
+log holds those records.
 
 Reading the spool back is streamed (:data:`READ_CHUNK` at a time, a group at most in memory),
 from the sender thread only, under no lock the owner's :meth:`Outbox.add` takes.
@@ -70,7 +76,7 @@ from typing import Any
 
 import orjson
 
-from ext_proc.server.journal import create_locked, take_locked
+from ext_proc.server.journal import create_locked, private_directory, take_locked
 from ext_proc.state.ledger import BatchKey, Ledger, Summed
 
 log = logging.getLogger("tollway.spool")
@@ -78,6 +84,8 @@ log = logging.getLogger("tollway.spool")
 SUFFIX = ".aggregates"
 COMPACTING = SUFFIX + ".compact"  # a spool being rewritten (its original is whole until the rename)
 MAX_SPOOL = 256 << 20  # bytes a process's spool may hold: past it new batches wait in memory only
+STEP = 1 << 20  # with a budget (--spool-max): bytes a spool grows by between looks at its directory's total
+LOOK_AGAIN = 1.0  # seconds: a spool refused by its directory's budget looks again no sooner
 COMPACT_AT = 1 << 20  # bytes taken before the spool is rewritten with its open batches (once they are the lesser part)
 MAX_PENDING = 100_000  # records waiting in memory (batches not spooled); past it the oldest are given up
 SEND_RECORDS = 10_000  # records per Redis call at most (a batch is never larger)
@@ -214,11 +222,14 @@ class Spool:
     """A process's own spool file (see the module docstring). Its writes are made under the
     outbox's lock; reads need none (the sender thread reads what is written already)."""
 
-    def __init__(self, directory: str, source: str, cap: int = MAX_SPOOL) -> None:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+    def __init__(self, directory: str, source: str, cap: int = MAX_SPOOL, budget: int | None = None) -> None:
+        private_directory(directory)
         self.path = os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}")
         self.fd = _create_locked(self.path)
         self.cap = cap
+        self.budget = budget  # bytes the whole directory may hold (None: no budget, only the cap)
+        self.allowed = cap if budget is None else 0  # it may grow to here without a look at the directory
+        self._look_after = 0.0
         self.source = source  # its outbox's (in its header: a spool taken over is sent under it)
         try:
             _pwrite_all(self.fd, _header_line(HEADER_SIZE, source), 0)
@@ -230,8 +241,10 @@ class Spool:
         self.full = False  # past the cap (said once per time)
 
     def append(self, line: bytes, records: int) -> bool:
-        """Append a batch's line (False: past the cap, or the write failed and was undone)."""
-        if self.size + len(line) > self.cap:
+        """Append a batch's line (False: past the cap or the directory's budget, or the write
+        failed and was undone)."""
+        end = self.size + len(line)
+        if end > self.cap or (end > self.allowed and not self._room(end)):
             return False
         try:
             _pwrite_all(self.fd, line, self.size)
@@ -243,13 +256,36 @@ class Spool:
         self.records += records
         return True
 
+    def _room(self, end: int) -> bool:
+        """With a budget: whether the directory has room for the spool to grow to ``end`` (then
+        it may grow a :data:`STEP` past it before it looks again); not asked again for
+        :data:`LOOK_AGAIN` seconds after a no."""
+        if self.budget is None:
+            return False
+        now = time.monotonic()
+        if now < self._look_after:
+            return False
+        others = directory_bytes(os.path.dirname(self.path)) - self.size
+        allowed = min(self.cap, self.budget - others, max(self.size + STEP, end))
+        if end > allowed:
+            self._look_after = now + LOOK_AGAIN
+            return False
+        self.allowed = allowed
+        return True
+
+    def shrunk(self) -> None:
+        """The file is smaller (emptied, compacted): the room it gave up may be another's now."""
+        self.allowed = min(self.allowed, self.size) if self.budget is not None else self.cap
+        self._look_after = 0.0
+        self.full = False
+
     def taken_to(self, end: int, records: int) -> None:
         """Redis took the batches up to ``end``: note it (the file emptied when nothing is left)."""
         self.taken, self.records = end, self.records - records
         if self.taken >= self.size:
             os.ftruncate(self.fd, HEADER_SIZE)  # first: a death before the header's update leaves nothing open
             self.size = self.taken = HEADER_SIZE
-            self.full = False
+            self.shrunk()
         _mark(self.fd, self.taken)
 
     def close(self, unlink: bool) -> None:
@@ -293,12 +329,14 @@ class Outbox:
 
     def __init__(self, ledger: Ledger, directory: str | None, *, retry: float = RETRY,
                  max_pending: int = MAX_PENDING, cap: int = MAX_SPOOL, what: str = "record(s)",
-                 on_waiting: Callable[[int], None] | None = None, rescan: float | None = None) -> None:
+                 on_waiting: Callable[[int], None] | None = None, rescan: float | None = None,
+                 budget: int | None = None) -> None:
         self._ledger = ledger
         self._directory = directory
         self._retry = retry
         self._max_pending = max_pending
         self._cap = cap
+        self._budget = budget
         self._what = what
         self._on_waiting = on_waiting
         self._lock = threading.Lock()  # the spool's writes and the in-memory batches
@@ -418,7 +456,7 @@ class Outbox:
         spool = self._spool
         if spool is None and self._directory is not None and time.monotonic() >= self._spool_retry:
             try:
-                spool = self._spool = Spool(self._directory, self.source, self._cap)
+                spool = self._spool = Spool(self._directory, self.source, self._cap, self._budget)
             except OSError as exc:
                 self._spool_retry = time.monotonic() + 10
                 log.error("cannot keep a spool for the spend aggregates in %s (%s): records Redis has not taken "
@@ -430,9 +468,11 @@ class Outbox:
                 return True
             if not spool.full:
                 spool.full = True
-                log.error("the spend aggregates' spool %s is at its bound (%d bytes): new batches wait in memory "
+                bound = (f"{spool.cap} bytes" if spool.budget is None else
+                         f"{spool.cap} bytes, or its directory's {spool.budget} (--spool-max)")
+                log.error("the spend aggregates' spool %s is at its bound (%s): new batches wait in memory "
                           "(up to %d records; past that the oldest are given up, counted in "
-                          "tollway_ledger_dropped_total; the request log has them)", spool.path, spool.cap,
+                          "tollway_ledger_dropped_total; the request log has them)", spool.path, bound,
                           self._max_pending)
             return False
         except OSError as exc:
@@ -682,6 +722,8 @@ class Outbox:
         try:
             stat = os.statvfs(os.path.dirname(spool.path))
             free = stat.f_bavail * stat.f_frsize
+            if spool.budget is not None:  # (a volume's size limit is not the file system's free space)
+                free = min(free, spool.budget - directory_bytes(os.path.dirname(spool.path)))
         except OSError:
             free = needed
         if free < needed:
@@ -705,7 +747,7 @@ class Outbox:
                 at = _copy(spool.fd, stop, spool.size, fd, at)
                 os.rename(temporary, spool.path)
                 old, spool.fd, spool.size, spool.taken = spool.fd, fd, at, HEADER_SIZE
-                spool.full = False
+                spool.shrunk()
             os.close(old)  # (the old file's pages are freed here: not under the lock)
             self._compact_after = 0.0
         except OSError as exc:
@@ -775,6 +817,19 @@ class Outbox:
                     os.close(fd)
                     return
                 self._adopted.append(Adopted(path, fd, taken, records, source))
+
+
+def directory_bytes(directory: str) -> int:
+    """The bytes of the files in ``directory`` (what a volume's size limit counts of it)."""
+    total = 0
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    total += entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        pass
+    return total
 
 
 def _count(line: bytes) -> int:

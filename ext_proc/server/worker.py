@@ -127,7 +127,8 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
     # None without Redis (reports read the log). A refused request's model name the policy does not
     # know is counted under "(other)": the policy now, the holder's (made just below).
     ledger = open_ledger(config.redis_url, lambda model: knows(holder.current if holder else None, model))
-    records = RecordWriter(config.log_file, ledger=ledger, journal=True, immediate=True)
+    records = RecordWriter(config.log_file, ledger=ledger, journal=True, immediate=True, state_dir=config.state_dir,
+                           spool_max=config.spool_max)
     records.start()
     holder = PolicyHolder(publication, registry) if config.policy else None
     if holder is not None and holder.current is None:

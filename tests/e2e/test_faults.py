@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 import pytest
 import redis
 
+from ext_proc.server import spool as spool_module
 from ext_proc.stack import Stack
 from ext_proc.state.ledger import RedisLedger
 from tests.faults import (
@@ -43,6 +46,7 @@ from tests.faults import (
     mixed,
     open_reservations,
     policy,
+    provider_requests,
     records_for,
     seen_ids,
     wait_for,
@@ -504,3 +508,84 @@ def test_a_service_started_on_a_log_it_can_never_write_serves_and_says_so(tmp_pa
         wait_for(metrics_say_so, 5, "the metrics show the unwritable log and the 4 records waiting")
     assert not stack.record_log.exists()  # nothing went anywhere else
     assert not Path("/dev/.full.inflight").exists()  # no journal next to a device
+
+
+# -- the request log on stdout (the Kubernetes sidecar's), the crash-safety files in --state-dir --------
+
+
+def _in_redis(port: int) -> tuple[int, int]:
+    """(requests, of which incomplete) in the spend aggregates."""
+    rows = RedisLedger(redis.Redis(port=port)).rows("team")
+    return sum(row.requests for row in rows), sum(row.incomplete for row in rows)
+
+
+def test_a_worker_killed_mid_request_with_the_log_on_stdout_gets_its_record_from_the_state_dir(
+        tmp_path: Path) -> None:
+    """No --log-file (records on stdout, as the injected sidecar logs them) and --state-dir: a
+    worker SIGKILLed (an OOM kill) while its request is at the provider has that request's record
+    written to the supervisor's stdout from its journal in DIR/inflight, once, marked recovered,
+    and added to the spend aggregates (Redis)."""
+    server = RedisServer(tmp_path / "redis").start()
+    state = tmp_path / "state"
+    stack = gateway(tmp_path, redis_url=server.url, log_to_stdout=True, serve_args=("--state-dir", str(state)))
+    try:
+        with stack:
+            assert "--log-file" not in stack.serve_argv()
+            for name in ("inflight", "aggregates"):  # made by the supervisor, this user's only
+                assert stat.S_IMODE(os.stat(state / name).st_mode) == 0o700, name
+            assert call(stack.base_url, "openai", False).clean  # the log is stdout: records land there
+            before = seen_ids(stack)
+            slow: list[Call] = []
+            thread = threading.Thread(target=lambda: slow.append(call(
+                stack.base_url, "openai", False, headers={"x-mock-latency-ms": "4000"})))
+            thread.start()
+            wait_for(lambda: bool(set(provider_requests(stack)) - before), 10, "the request reaches the provider")
+            (request_id,) = set(provider_requests(stack)) - before
+            killed = kill_workers(stack)
+            thread.join(30)
+            assert slow and not slow[0].clean, slow
+            wait_for(lambda: len(set(stack.service_pids()[1:]) - set(killed)) == 2, 15, "both workers restarted")
+            found = records_for(stack, [request_id], wait=10)
+            assert found, "the request in flight has no record on stdout"
+            record = found[request_id]
+            assert record["recovered"] is True and record["outcome"] == "incomplete"
+            assert record["error"] == "service_interrupted" and record["output_tokens"] is None
+            check = ledger_check(stack, since=before - {request_id})
+            assert not check.lost and not check.doubled, check
+            wait_for(lambda: _in_redis(server.port)[1] >= 1, 10, "the recovered record reaches the aggregates")
+            assert not list((state / "inflight").glob(f"{killed[0]}-*.journal"))  # taken over and deleted
+    finally:
+        server.stop()
+
+
+def test_batches_redis_has_not_taken_survive_a_restart_of_the_service_with_the_log_on_stdout(
+        tmp_path: Path) -> None:
+    """Records on stdout, --state-dir: Redis is down while requests are served (on_unavailable:
+    open), the whole service is killed (a container restart), Redis comes back: the service
+    started again sends the batches its dead processes spooled in DIR/aggregates, each once."""
+    server = RedisServer(tmp_path / "redis").start()
+    state = tmp_path / "state"
+    stack = gateway(tmp_path, redis_url=server.url, on_unavailable="open", log_to_stdout=True,
+                    serve_args=("--state-dir", str(state), "--spool-max", "8"))
+    try:
+        with stack:
+            server.stop(signal.SIGKILL)
+            calls = [call(stack.base_url, sdk, stream) for sdk, stream in
+                     (("openai", False), ("openai", True), ("anthropic", False), ("anthropic", True)) * 2]
+            assert all(c.clean for c in calls), calls
+            assert len(records_for(stack, [c.request_id for c in calls])) == len(calls)  # on stdout
+
+            def spooled() -> int:
+                return sum(spool_module._count(line) for path in (state / "aggregates").glob("*.aggregates")
+                           for line in path.read_bytes().splitlines(keepends=True)[1:])
+
+            wait_for(lambda: spooled() == len(calls), 5, "the workers spool the batches Redis does not take")
+            kill_service(stack)
+            server.start()  # empty: no persistence
+            stack.respawn("tollway")
+            wait_for(lambda: _in_redis(server.port)[0] >= len(calls), 15, "the spooled batches reach Redis")
+            time.sleep(1.0)
+            assert _in_redis(server.port)[0] == len(calls)  # each batch once
+            wait_for(lambda: spooled() == 0, 5, "the spools taken over are deleted")
+    finally:
+        server.stop()

@@ -799,7 +799,7 @@ def full_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Pat
 
     It stands for a regular file on a full disk, so the writer keeps a journal next to it (it
     keeps none next to a device: see the test below)."""
-    monkeypatch.setattr("ext_proc.server.records._regular_or_absent", lambda _path: True)
+    monkeypatch.setattr("ext_proc.server.state_dir.regular_or_absent", lambda _path: True)
     path, real = tmp_path / "requests.jsonl", tmp_path / "disk" / "requests.jsonl"
     real.parent.mkdir()
     os.symlink("/dev/full", path)
@@ -1007,3 +1007,107 @@ def test_a_device_as_the_log_is_not_refused_at_start_for_its_directory(tmp_path:
     assert said(str(tmp_path / "missing" / "requests.jsonl")) == f"--log-file: the directory {tmp_path / 'missing'} " \
         "does not exist"
     assert said(str(tmp_path / "requests.jsonl")) is None
+
+
+# -- --state-dir: journals and spools for any log, stdout included -------------------------------------
+
+
+def test_with_a_state_dir_the_log_on_stdout_gets_a_journal_and_a_spool_there_0700(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "aggregates").mkdir(parents=True, mode=0o755)  # made wider by someone: narrowed
+    os.chmod(state / "aggregates", 0o755)
+    writer = RecordWriter(None, ledger=RedisDown(), journal=True, immediate=True, state_dir=str(state))
+    try:
+        assert writer.journal is not None and os.path.dirname(writer.journal.path) == str(state / "inflight")
+        assert writer.outbox is not None
+        writer.outbox.add([served(1)])
+        assert writer.outbox.spool_path is not None
+        assert os.path.dirname(writer.outbox.spool_path) == str(state / "aggregates")
+        for name in ("inflight", "aggregates"):
+            assert oct(os.stat(state / name).st_mode & 0o777) == oct(0o700), name
+    finally:
+        writer.outbox.close(0.1)
+        writer.journal.close()
+    # Without one, as before: a log on stdout (or a device) keeps neither.
+    bare = RecordWriter(None, ledger=RedisDown(), journal=True, immediate=True)
+    assert bare.journal is None and bare.outbox is not None and bare.outbox._directory is None
+
+
+def test_recovery_into_a_log_it_cannot_search_writes_every_open_entry_at_least_once(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A log on stdout cannot be searched for the records a worker wrote in its last round (before
+    its journal marked them): every open entry is written to stdout, marked recovered, the one the
+    log had included (twice in the log, never missing), and handed to the aggregates."""
+    state = tmp_path / "state"
+    writer = RecordWriter(None, journal=True, immediate=True, state_dir=str(state))
+    journal = writer.journal
+    assert journal is not None
+    for request_id in ("done", "open", "logged-but-not-marked"):
+        writer.started(record(request_id))
+    writer.emit(record("done", "ok"))
+    journal.sync()  # "done" is marked
+    writer.emit(record("logged-but-not-marked", "ok"))  # on stdout; the worker dies before the mark
+    _die(journal)
+    capfd.readouterr()
+    added: list[dict[str, Any]] = []
+    logged: list[dict[str, Any]] = []
+    result = recover(None, added.extend, logged.extend, directory=str(state / "inflight"))
+    assert (result.journals, result.written, result.logged_anyway) == (1, 2, 0)
+    out = [orjson.loads(line) for line in capfd.readouterr().out.splitlines()]
+    assert sorted(r["request_id"] for r in out) == ["logged-but-not-marked", "open"]
+    assert all(r["recovered"] is True and r["outcome"] == "incomplete" for r in out)
+    assert sorted(r["request_id"] for r in added) == ["logged-but-not-marked", "open"] and not logged
+    assert not os.path.exists(journal.path)
+    # The supervisor does it with --state-dir and no --log-file (it did nothing without a log file).
+    again = RecordWriter(None, journal=True, immediate=True, state_dir=str(state))
+    assert again.journal is not None
+    again.started(record("open-3"))
+    _die(again.journal)
+    recover_records(ServeConfig("unix:/x", 2, None, 1.0, state_dir=str(state)))
+    assert [orjson.loads(line)["request_id"] for line in capfd.readouterr().out.splitlines()] == ["open-3"]
+
+
+def test_a_state_dir_that_cannot_be_used_is_refused_at_start_in_one_line(tmp_path: Path) -> None:
+    from ext_proc.server.app import _unusable
+
+    def said(state: Path) -> str | None:
+        return _unusable(ServeConfig("unix:/x", 2, None, 1.0, state_dir=str(state)))
+
+    (tmp_path / "file").write_text("")
+    assert said(tmp_path / "file") == f"--state-dir: {tmp_path / 'file'} is not a directory"
+    problem = said(tmp_path / "file" / "state")
+    assert problem is not None and problem.startswith("--state-dir: cannot create ") and "\n" not in problem
+    assert said(tmp_path / "new" / "state") is None  # made, with its two directories
+    assert sorted(os.listdir(tmp_path / "new" / "state")) == ["aggregates", "inflight"]
+
+
+def test_a_spool_budget_bounds_the_whole_directory_dead_processes_spools_included(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--spool-max: the spools of every process sharing the directory, and those dead ones left,
+    hold the budget and a step each at most; past it batches wait in memory; once Redis takes
+    everything the room is another's again."""
+    monkeypatch.setattr(spool_module, "STEP", 4_000)
+    monkeypatch.setattr(spool_module, "LOOK_AGAIN", 0.0)
+    directory = str(tmp_path / "aggregates")
+    budget = 20_000
+    dead = Outbox(RedisDown(), directory, retry=60, budget=budget, cap=budget)
+    for i in range(40):
+        dead.add([served(i, team=f"t{i}")])
+    _die_outbox(dead)
+    left = spool_module.directory_bytes(directory)
+    assert 0 < left <= budget + 4_000
+    ledger = RedisDown()
+    live = [Outbox(ledger, directory, retry=0.05, budget=budget, cap=budget) for _ in range(2)]
+    try:
+        for i in range(200):
+            live[i % 2].add([served(i, team=f"u{i}")])
+        assert spool_module.directory_bytes(directory) <= budget + 2 * 4_000
+        assert all(o.waiting > 0 for o in live) and sum(o._memory_records for o in live) > 0  # past it: memory
+        ledger.up = True  # Redis takes everything: the spools empty, the room is theirs again
+        until(lambda: all(o.waiting == 0 for o in live))
+        assert all(o.waiting == 0 for o in live)
+        live[0].add([served(1_000 + i, team=f"v{i}") for i in range(1)])
+        assert live[0]._memory_records == 0  # spooled: its room was given back
+    finally:
+        for outbox in live:
+            outbox.close(0.5)
