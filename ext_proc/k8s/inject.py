@@ -59,6 +59,7 @@ from ext_proc.k8s.memory import (
     mib,
 )
 from ext_proc.k8s.quantity import quantity
+from ext_proc.server import spool
 
 log = logging.getLogger("tollway.inject")
 
@@ -71,12 +72,15 @@ TOLLWAY_CPU, ENVOY_CPU = "tollway.dev/tollway-cpu", "tollway.dev/envoy-cpu"  # p
 INIT_CPU = "100m"  # tollway-init's CPU limit (a few iptables commands)
 TOLLWAY_UID, ENVOY_UID, TOLLWAY_GID = 10001, 10002, 10001
 CONTAINERS = ("tollway-init", "tollway", "tollway-envoy")
-VOLUMES = ("tollway-run", "tollway-tmp", "tollway-policy", "tollway-provider-keys", "tollway-intercept-tls",
-           "tollway-trust")
+VOLUMES = ("tollway-run", "tollway-tmp", "tollway-state", "tollway-policy", "tollway-provider-keys",
+           "tollway-intercept-tls", "tollway-trust")
 SIDECAR_VOLUMES = frozenset(VOLUMES) - {"tollway-trust"}  # never mounted by the application's containers
 POLICY_DIR = "/etc/tollway/policy"
 PROVIDER_KEYS_DIR = "/var/run/secrets/tollway/providers"
 TRUST_DIR = "/etc/tollway/trust"
+STATE_DIR = "/var/lib/tollway"  # tollway serve --state-dir: the in-flight journals and the aggregates' spools
+SPOOL_MAX = 64  # MiB: tollway serve --spool-max, every process's spools together (hours of a Redis outage)
+JOURNAL_MIB = 16  # MiB of the state volume per worker for its journal (rewritten past 1 MiB to its open entries)
 TRUST_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
 RESERVED_PORTS = frozenset({sidecar.TOLLWAY_ADMIN_PORT, 10000, sidecar.INTERCEPT_PORT, sidecar.POD_PORT})
 PYTHON = "/opt/tollway/bin/python"
@@ -111,11 +115,23 @@ class Settings:
     # Tollway worker, one per Envoy worker thread); "none" no limit (unless the pod is Guaranteed).
     tollway_cpu: str = ""
     envoy_cpu: str = ""
+    spool_max: int = SPOOL_MAX  # MiB the spend aggregates' spools may hold (tollway serve --spool-max)
     template: Path = TEMPLATE
 
     def bootstrap(self, intercept: bool) -> dict[str, Any]:
         layout = sidecar.Layout(hosts=self.hosts, intercept=intercept)
         return sidecar.bootstrap(yaml.safe_load(self.template.read_text(encoding="utf-8")), layout)
+
+
+def state_volume_mib(settings: Settings) -> int:
+    """The ``tollway-state`` emptyDir's size limit (MiB), which the kubelet evicts the pod past:
+    above what the sidecar can write there. The spools hold ``--spool-max`` together (those dead
+    workers left included), each process (the workers and the supervisor) passing it by one 1 MiB
+    step at most (:data:`ext_proc.server.spool.STEP`); each worker's journal is rewritten with its
+    open entries once past 1 MiB (:data:`JOURNAL_MIB` holds that, the rewrite's copy and a few
+    thousand requests in flight); and 16 MiB to spare."""
+    steps = (settings.workers + 1) * -(-spool.STEP // (1 << 20))
+    return settings.spool_max + steps + settings.workers * JOURNAL_MIB + 16
 
 
 def workload_id(settings: Settings, namespace: str, pod: Mapping[str, Any]) -> str:
@@ -272,7 +288,10 @@ def sidecar_containers(settings: Settings, workload: str, intercept: bool,
         # --socket-group: Envoy runs as another user of Tollway's group, which the socket must admit.
         "args": ["serve", "--policy", f"{POLICY_DIR}/{settings.policy_key}", "--socket-group",
                  "--envoy-clusters", "/run/tollway/clusters.yaml", "--envoy-admin", f"unix:{sidecar.ENVOY_ADMIN}",
-                 "--workers", str(settings.workers), "--body-memory", str(body_memory(memory, settings.workers))],
+                 "--workers", str(settings.workers), "--body-memory", str(body_memory(memory, settings.workers)),
+                 # A worker killed mid-request (out of memory) still gets its requests' records, and
+                 # batches Redis has not taken survive a restart: the log is stdout (kubectl logs).
+                 "--state-dir", STATE_DIR, "--spool-max", str(settings.spool_max)],
         "env": [
             {"name": "TOLLWAY_WORKLOAD", "value": workload},
             # Not optional: without the Secret the pod waits (CreateContainerConfigError) instead of
@@ -285,6 +304,7 @@ def sidecar_containers(settings: Settings, workload: str, intercept: bool,
         "volumeMounts": [
             {"name": "tollway-run", "mountPath": "/run"},
             {"name": "tollway-tmp", "mountPath": "/tmp"},
+            {"name": "tollway-state", "mountPath": STATE_DIR},
             {"name": "tollway-policy", "mountPath": POLICY_DIR, "readOnly": True},
             {"name": "tollway-provider-keys", "mountPath": PROVIDER_KEYS_DIR, "readOnly": True},
         ],
@@ -326,6 +346,9 @@ def sidecar_volumes(settings: Settings, intercept: bool, trust: bool) -> list[di
         # the clusters file.
         {"name": "tollway-run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
         {"name": "tollway-tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+        # Tollway's journals and spools (--state-dir): on disk, so they outlive a container's restart (not
+        # the pod's deletion); sized above what --spool-max and the journals can hold (past it: eviction).
+        {"name": "tollway-state", "emptyDir": {"sizeLimit": f"{state_volume_mib(settings)}Mi"}},
         # A directory mount (never subPath): the kubelet's ..data swap is how edits reach Tollway.
         {"name": "tollway-policy", "configMap": {"name": settings.policy_configmap}},
         {"name": "tollway-provider-keys", "secret": {"secretName": settings.provider_secret}},
@@ -558,6 +581,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "Redis on purpose, each pod counts its own budgets and rate limits (reset when it "
                              "restarts)")
     parser.add_argument("--workers", type=int, default=int(_env("TOLLWAY_SIDECAR_WORKERS", "1")))
+    parser.add_argument("--spool-max", type=int, default=int(_env("TOLLWAY_SIDECAR_SPOOL_MAX", str(SPOOL_MAX))),
+                        metavar="MIB",
+                        help="MiB the sidecar's spend-aggregate spools may hold while Redis does not take them "
+                             "(tollway serve --spool-max; the state volume's size limit follows; env "
+                             "TOLLWAY_SIDECAR_SPOOL_MAX; default %(default)s)")
     parser.add_argument("--tollway-cpu", default=_env("TOLLWAY_SIDECAR_CPU", ""),
                         help="the tollway container's CPU limit unless a pod's tollway.dev/tollway-cpu says (env "
                              "TOLLWAY_SIDECAR_CPU; default: one CPU per worker; none: no limit)")
@@ -577,11 +605,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         problem = cpu_problem(value) if value.strip() else None
         if problem is not None:
             raise BadFlag(f"{flag} (env {env}): {problem}")
+    if args.spool_max < 1:
+        raise BadFlag("--spool-max (env TOLLWAY_SIDECAR_SPOOL_MAX): must be 1 MiB or more")
     return Settings(image=args.image, trust_domain=args.trust_domain, hosts=sidecar.hosts(args.hosts),
                     intercept_cidrs=args.intercept_cidrs, intercept_all=args.intercept_all,
                     policy_configmap=args.policy_configmap, provider_secret=args.provider_secret,
                     redis_secret=None if args.redis_secret.strip().lower() in ("", "none") else args.redis_secret,
-                    workers=args.workers, tollway_cpu=args.tollway_cpu.strip(), envoy_cpu=args.envoy_cpu.strip())
+                    workers=args.workers, tollway_cpu=args.tollway_cpu.strip(), envoy_cpu=args.envoy_cpu.strip(),
+                    spool_max=args.spool_max)
 
 
 def run(args: argparse.Namespace) -> int:

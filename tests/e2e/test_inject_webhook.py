@@ -175,6 +175,8 @@ def test_a_pod_cannot_bring_its_own_tollway(webhook: tuple[str, ssl.SSLContext])
         {"configMap": {"name": "x"}}, {"secret": {"name": "tollway-intercept-tls"}}]}}]),
                 p["spec"]["containers"][0].update(volumeMounts=[{"name": "all", "mountPath": "/a"}])),
      "reads the Secret 'tollway-intercept-tls'"),
+    (lambda p: p["spec"]["containers"][1].update(volumeMounts=[{"name": "tollway-state", "mountPath": "/s"}]),
+     "'tollway-state', which only the Tollway sidecar"),
     (lambda p: p["metadata"].update(annotations={inject.TOLLWAY_CPU: "2 cores"}), "not a CPU quantity"),
     (lambda p: p["metadata"].update(annotations={inject.ENVOY_CPU: "0"}), "not a CPU quantity"),
 ])
@@ -252,6 +254,44 @@ def test_without_redis_only_on_purpose(tmp_path: Path) -> None:
         "name": "tollway-redis", "key": "url"}}}]
     assert redis_env("--redis-secret", "shared-redis")[0]["valueFrom"]["secretKeyRef"]["name"] == "shared-redis"
     assert redis_env("--redis-secret", "none") == []
+
+
+def test_the_sidecar_keeps_its_journals_and_spools_on_a_disk_volume_sized_above_what_they_hold() -> None:
+    """The log is stdout (kubectl logs): ``--state-dir`` on the ``tollway-state`` emptyDir (on disk,
+    so it outlives a container's restart) keeps a worker killed mid-request from losing its records
+    and the batches Redis has not taken across a restart; ``--spool-max`` bounds the spools together,
+    and the volume's size limit (the pod is evicted past it) is above that, a step per process and
+    the journals."""
+    def sidecar(*flags: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", "inject", "-f", "-", "--namespace", "search",
+                               *flags], input=yaml.safe_dump(POD), capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        spec = yaml.safe_load(proc.stdout)["spec"]
+        (tollway,) = [c for c in spec["initContainers"] if c["name"] == "tollway"]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == "tollway-state"]
+        return tollway, volume
+
+    tollway, volume = sidecar()
+    args = tollway["args"]
+    assert "--log-file" not in args  # records on stdout
+    assert args[args.index("--state-dir") + 1] == inject.STATE_DIR == "/var/lib/tollway"
+    assert args[args.index("--spool-max") + 1] == "64"
+    assert {"name": "tollway-state", "mountPath": inject.STATE_DIR} in tollway["volumeMounts"]
+    assert volume == {"name": "tollway-state", "emptyDir": {"sizeLimit": "98Mi"}}  # no medium: the node's disk
+    assert "tollway-state" in inject.SIDECAR_VOLUMES
+    for flags, spools, workers in ((("--spool-max", "16"), 16, 1), (("--workers", "4"), 64, 4)):
+        tollway, volume = sidecar(*flags)
+        args = tollway["args"]
+        assert args[args.index("--spool-max") + 1] == str(spools)
+        size = int(volume["emptyDir"]["sizeLimit"].removesuffix("Mi"))
+        # The spools' budget, a 1 MiB step per process past it (the workers and the supervisor), the journals.
+        assert size >= spools + (workers + 1) * 1 + workers * 8 + 8, (flags, size)
+    proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", "inject", "-f", "-", "--spool-max", "0"],
+                          input=yaml.safe_dump(POD), capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert proc.returncode == 2 and "--spool-max" in proc.stderr and proc.stderr.count("\n") == 1
+    # An older injection (no state volume) injected again gets it; injecting twice changes nothing.
+    once = inject.mutate(POD, "search", inject.Settings())
+    assert inject.mutate(once, "search", inject.Settings()) == once
 
 
 @pytest.mark.parametrize(("flags", "env", "named"), [

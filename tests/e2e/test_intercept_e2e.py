@@ -127,7 +127,11 @@ def _run(netns: str, work: Path) -> None:
     assert "-d 127.0.0.4/32 -p tcp -m tcp --dport 443 -j REDIRECT --to-ports 10443" in proc.stderr
     assert "-m owner --uid-owner 10002 -j RETURN" in proc.stderr
 
-    args = [a.replace(f"{inject.POLICY_DIR}/policy.yaml", str(policy)) for a in tollway["args"]]
+    # The tollway-state emptyDir: a directory anyone may write to (the kubelet's 0777), Tollway's 0700 ones in it.
+    (work / "state").mkdir()
+    (work / "state").chmod(0o777)
+    args = [a.replace(f"{inject.POLICY_DIR}/policy.yaml", str(policy)).replace(inject.STATE_DIR, str(work / "state"))
+            for a in tollway["args"]]
     # the fake provider plays api.openai.com, checking it gets the provider's key
     args += ["--stand-in", "openai=http://127.0.0.1:18080", "--stand-ins-get-keys"]
     tollway_env = {e["name"]: e["value"] for e in tollway["env"] if "value" in e}
@@ -155,6 +159,10 @@ def _run(netns: str, work: Path) -> None:
     assert (record["team"], record["workload"], record["provider"], record["status"], record["outcome"]) == \
         ("search", WORKLOAD, "openai", 200, "ok")
     assert record["input_tokens"] > 0
+    # Its journals and spools (--state-dir) in the state volume, in directories of its user's only.
+    for name in ("inflight", "aggregates"):
+        made = (work / "state" / name).stat()
+        assert (made.st_uid, made.st_mode & 0o777) == (inject.TOLLWAY_UID, 0o700), name
     # The provider saw Tollway's key for it, never the application's own.
     (seen,) = [r for r in result["provider_saw"] if r["path"].endswith("/chat/completions")]
     headers = {k.lower(): v for k, v in seen["headers"]}

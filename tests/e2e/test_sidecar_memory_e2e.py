@@ -98,7 +98,8 @@ def test_the_sidecar_holds_two_of_the_largest_requests_at_once(tmp_path: Path) -
     (tmp_path / "policy.yaml").write_text(POLICY)
     args = [a.replace(f"{inject.POLICY_DIR}/policy.yaml", str(tmp_path / "policy.yaml"))
             .replace("/run/tollway/clusters.yaml", str(run / "clusters.yaml"))
-            .replace(f"unix:{sidecar.ENVOY_ADMIN}", f"unix:{layout.envoy_admin}") for a in tollway["args"]]
+            .replace(f"unix:{sidecar.ENVOY_ADMIN}", f"unix:{layout.envoy_admin}")
+            .replace(inject.STATE_DIR, str(tmp_path / "state")) for a in tollway["args"]]
     args += ["--listen", f"unix:{run}/ext_proc.sock", "--admin-port", str(admin),
              "--log-file", str(tmp_path / "requests.jsonl"), "--stand-in", f"openai=http://127.0.0.1:{mock}",
              "--stand-ins-get-keys"]
