@@ -64,4 +64,10 @@ def prepare(state_dir: str) -> str | None:
         path = os.path.join(root, name)
         if not os.access(path, os.W_OK | os.X_OK):
             return f"--state-dir: cannot write in {path}"
+        info = os.stat(path)
+        # Another user's directory others may write in: anyone could plant a journal or a spool
+        # there, whose records this service would write to its log and add to the aggregates.
+        if info.st_uid != os.geteuid() and info.st_mode & 0o022:
+            return (f"--state-dir: {path} belongs to another user and others may write in it (mode "
+                    f"{info.st_mode & 0o777:o}): remove it, or give a directory of this user")
     return None

@@ -1081,6 +1081,33 @@ def test_a_state_dir_that_cannot_be_used_is_refused_at_start_in_one_line(tmp_pat
     assert sorted(os.listdir(tmp_path / "new" / "state")) == ["aggregates", "inflight"]
 
 
+def test_a_state_dir_of_another_user_that_others_may_write_in_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Journals and spools planted there would be written to the log and added to the aggregates:
+    a directory this user cannot narrow (another's), open to others, is refused at start."""
+    from ext_proc.server import journal as journal_module
+    from ext_proc.server.app import _unusable
+
+    state = tmp_path / "state"
+    for name in ("inflight", "aggregates"):
+        (state / name).mkdir(parents=True)
+        os.chmod(state / name, 0o777)
+
+    chmod = os.chmod
+
+    def refuse(path: str, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted", path)
+
+    monkeypatch.setattr(journal_module.os, "chmod", refuse)
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(state).st_uid + 1)  # not the directories' owner
+    problem = _unusable(ServeConfig("unix:/x", 2, None, 1.0, state_dir=str(state)))
+    assert problem is not None and "belongs to another user and others may write in it" in problem
+    assert "\n" not in problem
+    chmod(state / "inflight", 0o755)
+    chmod(state / "aggregates", 0o755)  # another's but closed to others: usable (if writable)
+    assert _unusable(ServeConfig("unix:/x", 2, None, 1.0, state_dir=str(state))) is None
+
+
 def test_a_spool_budget_bounds_the_whole_directory_dead_processes_spools_included(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--spool-max: the spools of every process sharing the directory, and those dead ones left,
