@@ -292,6 +292,16 @@ def test_the_sidecar_keeps_its_journals_and_spools_on_a_disk_volume_sized_above_
     # An older injection (no state volume) injected again gets it; injecting twice changes nothing.
     once = inject.mutate(POD, "search", inject.Settings())
     assert inject.mutate(once, "search", inject.Settings()) == once
+    older = copy.deepcopy(once)  # as the release before the state volume injected it
+    older["spec"]["volumes"] = [v for v in older["spec"]["volumes"] if v["name"] != "tollway-state"]
+    for container in older["spec"]["initContainers"]:
+        container["volumeMounts"] = [m for m in container.get("volumeMounts", []) if m["name"] != "tollway-state"]
+        args = container.get("args", [])
+        for flag in ("--state-dir", "--spool-max"):
+            if flag in args:
+                del args[args.index(flag):args.index(flag) + 2]
+    assert older != once
+    assert inject.mutate(older, "search", inject.Settings()) == once
 
 
 @pytest.mark.parametrize(("flags", "env", "named"), [
