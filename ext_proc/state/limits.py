@@ -49,7 +49,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -116,6 +116,7 @@ class Lease:
     spent: int = 0  # the store's totals at the last exchange ...
     others: int = 0  # ... and what other holders held then
     last: float = 0.0  # monotonic time of the last admission
+    waiting: int = 0  # requests waiting on the store to admit on it: what it holds is theirs, not idle
     fresh_until: float = 0.0  # monotonic time after which the store may have dropped it (no refresh)
 
     @property
@@ -186,7 +187,7 @@ class Keeper:
             return self._without_store(claims, leases, now, fail_open)
         pending = {id(f): f for i in short if (f := self._growing.get(claims[i].counter)) is not None}
         if pending:  # another request is growing these leases: wait for it, then look again
-            return self._after(list(pending.values()), claims, fail_open)
+            return self._waiting(claims, leases, self._after(list(pending.values()), claims, fail_open))
         for i in short:
             if now > leases[i].fresh_until:
                 # Not refreshed within its TTL: the store may have dropped it (and what requests in
@@ -203,9 +204,30 @@ class Keeper:
             for counter in counters:
                 self._growing[counter] = growing
             growing.add_done_callback(lambda done: self._grown(done, counters, [leases[i] for i in short]))
-            return self._admit_later(claims, leases, growing, fail_open)
+            return self._waiting(claims, leases, self._admit_later(claims, leases, growing, fail_open))
         self._apply([leases[i] for i in short], answer)
         return self._granted(claims, leases)
+
+    def _waiting(self, claims: tuple[Claim, ...], leases: list[Lease],
+                 admission: Coroutine[Any, Any, Admission]) -> asyncio.Future[Admission]:
+        """The request's admission once the store answers; until it is decided, none of the request's
+        leases is given back as idle by the flush. A lease being grown is new (never admitted on) or
+        may have been idle for long: a flush between the store's answer and the request's turn would
+        otherwise hand the grant straight back, and the request, finding nothing free, be refused as
+        if the limit were reached (a false 100 % alert with it). Its other leases likewise."""
+        held = [lease for claim, lease in zip(claims, leases, strict=True) if claim.enforced]
+        for lease in held:
+            lease.waiting += 1
+        # A task, not the bare coroutine: its end (admitted, refused, failed, or cancelled before it
+        # ever ran) always takes the mark off.
+        task = asyncio.ensure_future(admission)
+        task.add_done_callback(lambda _done: self._waited(held))
+        return task
+
+    @staticmethod
+    def _waited(leases: list[Lease]) -> None:
+        for lease in leases:
+            lease.waiting -= 1
 
     def _grown(self, growing: asyncio.Future[list[Grant]], counters: list[str], leases: list[Lease]) -> None:
         """A store exchange growing leases ended: its leases take the store's answer, whether or
@@ -390,7 +412,8 @@ class Keeper:
         """What to report: each lease's spend, what it gives back (idle), or a refresh of it."""
         reports: list[tuple[Claim, int, int]] = []
         for lease in self.leases.values():
-            idle = now - lease.last > IDLE or (not lease.claim.consumes and lease.claim.capacity < SLICED_CAP)
+            idle = not lease.waiting and (
+                now - lease.last > IDLE or (not lease.claim.consumes and lease.claim.capacity < SLICED_CAP))
             release = max(0, lease.free) if idle else 0
             if lease.used or release or lease.held:
                 reports.append((lease.claim, lease.used, release))
@@ -443,7 +466,7 @@ class Keeper:
         wall = time.time()
         for counter, lease in list(self.leases.items()):
             ended = lease.claim.resets and wall > lease.claim.resets
-            if ended and not (lease.held or lease.reserved or lease.used or lease.releasing):
+            if ended and not (lease.held or lease.reserved or lease.used or lease.releasing or lease.waiting):
                 del self.leases[counter]
 
     def snapshot(self) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -318,6 +318,120 @@ def test_a_request_that_leaves_while_its_lease_grows_does_not_cancel_the_exchang
     asyncio.run(scenario())
 
 
+class Delayed:
+    """The store behind a round trip (as Redis is): each answer comes ``delay()`` seconds later."""
+
+    def __init__(self, memory: MemoryBackend, delay: Callable[[], float] = lambda: 0.01) -> None:
+        self.memory, self.delay = memory, delay
+
+    def grow(self, *args: object) -> asyncio.Future[list[Grant]]:
+        return asyncio.ensure_future(asyncio.sleep(self.delay(), self.memory.grow(*args)))  # type: ignore[arg-type]
+
+    def report(self, *args: object) -> asyncio.Future[list[Grant]]:
+        return asyncio.ensure_future(asyncio.sleep(self.delay(), self.memory.report(*args)))  # type: ignore[arg-type]
+
+
+BUDGET = claim(amount=59_000, capacity=100_000_000_000, counter="budget/big/usd/t/2026-12")  # $100,000
+MINUTE = claim(amount=1, capacity=30, counter="rate/r/requests/t/29000000")  # 30 requests a minute
+SLOT = claim(amount=1, capacity=2, counter="rate/r/concurrent/t", consumes=False)  # 2 in flight
+
+
+@pytest.mark.parametrize(("before", "claims"), [
+    ((), (BUDGET,)),  # a new lease (a new member of a "*" budget, a new period)
+    ((BUDGET,), (BUDGET,)),  # a lease given back after a second idle, grown again
+    ((), (MINUTE,)),  # a new minute's rate counter
+    ((), (SLOT,)),  # a concurrency slot (a small cap: its free slots always go back)
+    ((BUDGET,), (BUDGET, MINUTE)),  # the budget's lease has room, but sat idle; the minute grows
+], ids=["new-lease", "lease-given-back", "new-minute", "concurrency-slot", "idle-lease-beside-a-growing-one"])
+def test_a_flush_between_the_stores_answer_and_the_waiting_request_gives_nothing_of_it_away(
+        before: tuple[Claim, ...], claims: tuple[Claim, ...]) -> None:
+    """A request whose lease must grow waits for the store. Its answer is applied to the lease at
+    once; the background flush (every 0.2 s) may run before the request resumes. It saw the lease
+    idle (never admitted on, or not for a second) and handed it all back, and the request, finding
+    nothing free, was refused as budget_exceeded / rate_limit_exceeded with plenty left, and a
+    budget's 100 % alert fired (refused). A lease a request waits on is never idle."""
+    clock = Clock()
+    memory = MemoryBackend(clock)
+    alerts: list[tuple[object, ...]] = []
+
+    async def scenario() -> None:
+        keeper = Keeper(Delayed(memory), holder="w1", clock=clock,
+                        alerts=lambda *told: alerts.append(told))  # type: ignore[arg-type]
+        keeper._flush = asyncio.get_running_loop().create_future()  # flushes by hand, below
+        for c in before:  # admitted and ended a while ago: the lease sits idle ...
+            assert (await keeper.admit((c,))).admitted  # type: ignore[misc]
+            keeper.settle((c,), (0,))
+        clock.now += 5
+        if before and MINUTE not in claims:  # ... and is given back (else it has room still)
+            await keeper.flush()  # type: ignore[misc]
+            assert keeper.leases[BUDGET.counter].held == 0
+        flushes = []
+        answer = keeper.admit(claims)
+        assert inspect.isawaitable(answer)
+        growing = next(iter(keeper._growing.values()))
+        # The flush's tick lands after the answer is applied (_grown), before the request's turn.
+        growing.add_done_callback(lambda _done: flushes.append(asyncio.ensure_future(keeper.flush())))  # type: ignore[arg-type]
+        admission = await answer
+        assert admission.admitted, (admission, keeper.snapshot())
+        await asyncio.gather(*flushes)
+        assert not [told for told in alerts if told[2:] == (True,)]  # no false "budget spent" alert
+        for c in claims:
+            lease = keeper.leases[c.counter]
+            assert lease.waiting == 0 and lease.reserved == c.amount <= lease.held
+        keeper.settle(claims, (0,) * len(claims))
+        clock.now += 5
+        result = keeper.flush()  # idle now: given back
+        if inspect.isawaitable(result):
+            await result
+        assert all(memory.totals(c.counter) == (0, 0) for c in claims)
+
+    asyncio.run(scenario())
+
+
+def test_a_busy_worker_admits_every_request_of_new_counters_with_room_to_spare() -> None:
+    """The same race left to the event loop: a busy worker (its flush running every 0.2 s, each
+    loop turn taking a while) admits requests of counters it holds no lease of yet (a new member of
+    a "*" budget, a new minute) while the store answers within a few ms. Each counter has room for
+    a thousand such requests: none may be refused."""
+    memory = MemoryBackend()
+    rng = random.Random(7)
+
+    async def scenario() -> tuple[int, int]:
+        keeper = Keeper(Delayed(memory, lambda: rng.uniform(0, 0.004)), holder="w1")
+
+        async def other_work() -> None:  # the worker's other requests: each loop turn takes ~1 ms
+            while True:
+                end = time.perf_counter() + 0.001
+                while time.perf_counter() < end:
+                    pass
+                await asyncio.sleep(0)
+
+        async def client(number: int, until: float) -> tuple[int, int]:
+            admitted = refused = 0
+            n = 0
+            while time.monotonic() < until:
+                n += 1
+                c = claim(amount=1_000, capacity=1_000_000, counter=f"budget/star/usd/m{number}-{n}/2026-12")
+                answer = keeper.admit((c,))
+                result = await answer if inspect.isawaitable(answer) else answer
+                if result.admitted:
+                    admitted += 1
+                    await asyncio.sleep(rng.uniform(0, 0.003))
+                    keeper.settle((c,), (500,))
+                else:
+                    refused += 1
+            return admitted, refused
+
+        noise = asyncio.ensure_future(other_work())
+        until = time.monotonic() + 1.5  # seven flushes
+        counts = await asyncio.gather(*(client(number, until) for number in range(20)))
+        noise.cancel()
+        return sum(a for a, _ in counts), sum(r for _, r in counts)
+
+    admitted, refused = asyncio.run(scenario())
+    assert admitted > 100 and refused == 0, f"{refused} of {admitted + refused} refused"
+
+
 def test_a_lease_not_refreshed_within_its_ttl_is_not_used() -> None:
     """The store drops a holder it has not heard from: its lease cannot be trusted after that."""
     clock = Clock()
@@ -441,7 +555,7 @@ def test_concurrent_holders_never_take_more_than_the_capacity(redis_url: str) ->
 
         async def one(keeper: Keeper) -> bool:
             answer = keeper.admit((c,))
-            result = await answer if asyncio.iscoroutine(answer) else answer
+            result = await answer if inspect.isawaitable(answer) else answer
             assert isinstance(result, Admission)
             return result.admitted
 
