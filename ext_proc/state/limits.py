@@ -308,6 +308,8 @@ class Keeper:
             self.degraded_since = now
             log.error("shared state unavailable (%s): budgets and rate limits follow the policy's "
                       "shared_state.on_unavailable until it answers again", exc)
+        if self._flush is None:
+            self._schedule()  # the flush asks again when nothing else does (see flush)
 
     def _without_store(self, claims: tuple[Claim, ...], leases: list[Lease], now: float,
                        fail_open: bool) -> Admission:
@@ -375,7 +377,7 @@ class Keeper:
                         await result
                 except StoreUnavailable as exc:
                     self._down(exc)
-                if self._outgoing is None and not any(
+                if self._outgoing is None and self.degraded_since is None and not any(
                         lease.used or lease.held or lease.reserved for lease in self.leases.values()):
                     return
         finally:
@@ -389,7 +391,12 @@ class Keeper:
             reports = self._due(now)
             if not reports:
                 self._forget(now)
-                return None
+                if self.degraded_since is None or now < self.down_until:
+                    return None
+                # Degraded with nothing to report: ask whether the store answers again (an empty
+                # report), else this worker would stay degraded (in /readyz, in the metrics) until its
+                # next request, however long ago the store came back.
+                reports = []
         if now < self.down_until:
             return None  # keep counting; report when the store is back
         if self._outgoing is not None:
@@ -737,6 +744,9 @@ class RedisBackend:
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from None
 
     async def _pipeline(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Grant]:
+        if not calls:  # an empty report: whether Redis answers (a degraded worker asks, see Keeper.flush)
+            await self.client.ping()
+            return []
         if len(calls) == 1:
             script, script_keys, args = calls[0]
             results = [await script(keys=script_keys, args=args)]

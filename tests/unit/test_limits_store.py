@@ -24,6 +24,7 @@ import redis.asyncio
 
 from ext_proc.core.limits import BUDGET_KEPT
 from ext_proc.server.node_state import NodeBackend, NodeStateServer
+from ext_proc.stack import free_port
 from ext_proc.state.limits import ENDED, Grant, Keeper, MemoryBackend, RedisBackend
 from ext_proc.state.queries import Admission, Claim, StoreUnavailable
 
@@ -602,6 +603,56 @@ def test_redis_down_is_unavailable_within_the_deadline() -> None:
         with pytest.raises(StoreUnavailable):
             await backend.grow("a", [(claim(), 10, 10)], 30)
         assert time.monotonic() - started < 1.0
+
+    asyncio.run(scenario())
+
+
+def test_a_degraded_worker_with_nothing_to_report_learns_the_store_is_back_on_its_own() -> None:
+    """A request found the store down (closed: refused) and no other came to this worker: it used
+    to stay degraded (in /readyz, in the metrics) until its next request, however long ago the
+    store came back. Now it asks the store again every second while degraded."""
+    memory = MemoryBackend()
+
+    class Flaky:
+        down = True
+
+        def grow(self, *args: object) -> asyncio.Future[list[Grant]]:
+            return asyncio.ensure_future(self._answer(memory.grow, args))
+
+        def report(self, *args: object) -> asyncio.Future[list[Grant]]:
+            return asyncio.ensure_future(self._answer(memory.report, args))
+
+        async def _answer(self, method: Callable[..., list[Grant]], args: tuple[object, ...]) -> list[Grant]:
+            await asyncio.sleep(0.001)
+            if self.down:
+                raise StoreUnavailable("down")
+            return method(*args)
+
+    async def scenario() -> None:
+        store = Flaky()
+        keeper = Keeper(store, holder="w1")  # type: ignore[arg-type]
+        with pytest.raises(StoreUnavailable):
+            await keeper.admit((claim(),))  # type: ignore[misc]
+        assert keeper.degraded_since is not None
+        await asyncio.sleep(1.5)  # still down: still degraded
+        assert keeper.degraded_since is not None
+        store.down = False
+        deadline = time.monotonic() + 3
+        while keeper.degraded_since is not None:
+            assert time.monotonic() < deadline, "still degraded with the store back"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert keeper._flush is None  # nothing held, nothing to ask: the flush stopped
+
+    asyncio.run(scenario())
+
+
+def test_an_empty_report_asks_redis_whether_it_answers(redis_url: str) -> None:
+    async def scenario() -> None:
+        assert await RedisBackend.from_url(redis_url).report("w1", [], 30) == []  # type: ignore[misc]
+        down = RedisBackend.from_url(f"redis://127.0.0.1:{free_port()}/0", deadline=0.5)
+        with pytest.raises(StoreUnavailable):
+            await down.report("w1", [], 30)  # type: ignore[misc]
 
     asyncio.run(scenario())
 
