@@ -138,6 +138,9 @@ METRICS = {m.name: m for m in (
            "and the supervisor's", ()),
     Metric("tollway_shared_state_degraded", "gauge",
            "1 while a worker cannot reach the budget and rate-limit store", ("store",), merge="max"),
+    Metric("tollway_shared_state_degraded_seconds", "gauge",
+           "How long the worker degraded the longest has not reached the budget and rate-limit store (0: none)",
+           ("store",), merge="max"),
     Metric("tollway_request_log_failing", "gauge",
            "Workers that cannot write the request log (a full disk): their records wait in memory", ()),
     Metric("tollway_request_log_waiting", "gauge", "Records waiting in memory to be written to the request log", ()),
@@ -379,6 +382,21 @@ class Exchange:
             merged.add(data, live=alive(int(data.get("pid", 0))))
         self.tally.names.adopt(merged.labels("gen_ai_response_model"))
         return merged
+
+    def published(self, *names: str) -> dict[str, list[float]]:
+        """The gauges ``names`` (every label value) as each other live worker last published them:
+        a state of every worker (``/readyz``) without summing every file's counters. At most a
+        publication (0.5 s) old."""
+        found: dict[str, list[float]] = {name: [] for name in names}
+        if self.directory is None:
+            return found
+        for data in self.others():
+            if not alive(int(data.get("pid", 0))):
+                continue
+            for *key, value in data.get("gauges", ()):
+                if key[0] in found:
+                    found[key[0]].append(value)
+        return found
 
     def others(self) -> Iterator[dict[str, Any]]:
         """The files of the other workers (and the supervisor), live or dead."""

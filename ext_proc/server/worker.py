@@ -163,7 +163,10 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
     telemetry = _telemetry(config, service, names)
 
     def gauges() -> None:  # what this worker knows that no record says, before each publication
-        tally.set(("tollway_shared_state_degraded", limits_store), 1 if keeper.degraded_since is not None else 0)
+        since = keeper.degraded_since
+        tally.set(("tollway_shared_state_degraded", limits_store), 1 if since is not None else 0)
+        tally.set(("tollway_shared_state_degraded_seconds", limits_store),
+                  round(time.monotonic() - since, 1) if since is not None else 0)
         if records.failures:
             tally.counters[("tollway_ledger_write_failures",)] = records.failures
             tally.changed = True
@@ -202,12 +205,17 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
         # A log that cannot be written is shown, not failed: requests are still governed (budgets and
         # limits do not depend on it) and their records wait in memory until it can be written.
         details["request_log"] = records.status()
-        since = keeper.degraded_since
         # Degraded is shown, not failed: a sidecar that cannot reach Redis still serves (the policy's
         # shared_state.on_unavailable decides how), and failing readiness would take it out of service.
+        # Every worker's state, not only this one's (any worker may answer): degraded when any is,
+        # for as long as the longest; this worker's live, the others' as they last published it.
+        since = keeper.degraded_since
+        others = exchange.published("tollway_shared_state_degraded", "tollway_shared_state_degraded_seconds")
+        degraded = since is not None or any(others["tollway_shared_state_degraded"])
+        mine = round(time.monotonic() - since, 1) if since is not None else 0.0
+        longest = max([mine, *others["tollway_shared_state_degraded_seconds"]])
         limits: dict[str, object] = {
-            "store": limits_store, "degraded": since is not None,
-            "degraded_for_s": round(time.monotonic() - since, 1) if since is not None else None,
+            "store": limits_store, "degraded": degraded, "degraded_for_s": longest if degraded else None,
             "counters": len(keeper.leases)}
         # Shown, never failed: per-pod counters still govern, and may be meant (the injector's --redis-secret none).
         shared = local_limits_warning(holder.current if holder else None, config.redis_url)

@@ -32,7 +32,7 @@ from ext_proc.stack import Stack
 from ext_proc.state.limits import TOTALS
 from ext_proc.state.limits import keys as limit_keys
 from tests.e2e.conftest import Providers, one_minute
-from tests.faults import RedisServer
+from tests.faults import RedisServer, admin, metric
 
 pytestmark = pytest.mark.e2e
 
@@ -241,3 +241,31 @@ def test_a_sidecar_killed_holding_leases_gives_them_back_within_the_ttl(
     assert int(totals(keys=limit_keys("tollway:limits", counter))[1]) > 0
     time.sleep(2.5)  # the TTL: whoever reads or grants next drops the dead holder
     assert int(totals(keys=limit_keys("tollway:limits", counter))[1]) == 0
+
+
+def test_readyz_shows_the_store_degraded_whichever_worker_answers(tmp_path: Path) -> None:
+    """Redis unreachable, closed: the worker a request reaches refuses it (503 state_unavailable)
+    and is degraded. /readyz, answered by whichever worker accepts the admin connection, showed
+    that worker's state only: half the polls said all was well. It is every worker's now, and
+    clears once the store answers again, though no request comes to the degraded worker."""
+    server = RedisServer(tmp_path / "redis")  # not started: unreachable
+    stack = Providers.stack(tmp_path, policy("closed"), {"R_OPENAI_KEY": OPENAI_KEY, "R_ANTHROPIC_KEY": ANTHROPIC_KEY},
+                            workers=2, serve_args=("--redis", server.url, "--hold-ttl", "3"))
+    try:
+        with stack:
+            env = Providers(stack, KEYS["delta"])
+            status, _, _ = call(env, "delta", 0)
+            assert status == 503
+            time.sleep(0.7)  # the other worker's publication (every 0.5 s)
+            polls = [admin(stack, "/readyz")["limits"] for _ in range(12)]
+            assert [p["degraded"] for p in polls] == [True] * 12, polls
+            assert all(p["degraded_for_s"] is not None and p["degraded_for_s"] >= 0.5 for p in polls), polls
+            assert metric(admin(stack, "/metrics"), "tollway_shared_state_degraded_seconds") >= 0.5  # type: ignore[operator]
+            server.start()
+            deadline = time.monotonic() + 5  # the degraded worker asks again every second on its own
+            while any(admin(stack, "/readyz")["limits"]["degraded"] for _ in range(6)):
+                assert time.monotonic() < deadline, "/readyz still degraded with Redis back"
+                time.sleep(0.2)
+            assert call(env, "delta", 0)[0] == 200
+    finally:
+        server.stop()

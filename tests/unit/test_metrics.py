@@ -269,6 +269,29 @@ def test_workers_files_are_summed_and_a_dead_workers_counts_stay(tmp_path: Path)
     assert exchange.totals().value("tollway_requests") == 4
 
 
+def test_a_gauge_as_every_other_live_worker_published_it(tmp_path: Path) -> None:
+    """/readyz's state of the shared store is every worker's, whichever worker answers: the others'
+    gauges as they last published them, a dead worker's left out."""
+    import orjson
+
+    def published(name: str, pid: int, degraded: float, seconds: float) -> None:
+        (tmp_path / name).write_bytes(orjson.dumps({"pid": pid, "counters": [], "histograms": [], "gauges": [
+            ["tollway_shared_state_degraded", "redis", degraded],
+            ["tollway_shared_state_degraded_seconds", "redis", seconds]]}))
+
+    published("worker-1.json", os.getppid(), 1, 12.5)  # live, degraded
+    published("worker-2.json", os.getppid(), 0, 0)  # live, not degraded
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    published("worker-3.json", int(dead.stdout), 1, 99)  # gone
+    mine = Tally()
+    mine.set(("tollway_shared_state_degraded", "redis"), 0)
+    found = Exchange(mine, str(tmp_path)).published(
+        "tollway_shared_state_degraded", "tollway_shared_state_degraded_seconds")
+    assert sorted(found["tollway_shared_state_degraded"]) == [0, 1]
+    assert sorted(found["tollway_shared_state_degraded_seconds"]) == [0, 12.5]
+    assert Exchange(mine, None).published("tollway_shared_state_degraded") == {"tollway_shared_state_degraded": []}
+
+
 def test_a_scrape_by_another_worker_never_goes_backwards(tmp_path: Path) -> None:
     # Worker A counted a request and answered a scrape (live); worker B answers the next one
     # before A's periodic publication: B must still see A's request.
