@@ -259,8 +259,9 @@ def test_readyz_shows_the_store_degraded_whichever_worker_answers(tmp_path: Path
             time.sleep(0.7)  # the other worker's publication (every 0.5 s)
             polls = [admin(stack, "/readyz")["limits"] for _ in range(12)]
             assert [p["degraded"] for p in polls] == [True] * 12, polls
-            assert all(p["degraded_for_s"] is not None and p["degraded_for_s"] >= 0.5 for p in polls), polls
-            assert metric(admin(stack, "/metrics"), "tollway_shared_state_degraded_seconds") >= 0.5  # type: ignore[operator]
+            # For how long: live from the degraded worker, as last published (up to 0.5 s before) from the other.
+            assert all(p["degraded_for_s"] is not None and p["degraded_for_s"] >= 0.1 for p in polls), polls
+            assert metric(admin(stack, "/metrics"), "tollway_shared_state_degraded_seconds") > 0  # type: ignore[operator]
             server.start()
             deadline = time.monotonic() + 5  # the degraded worker asks again every second on its own
             while any(admin(stack, "/readyz")["limits"]["degraded"] for _ in range(6)):
