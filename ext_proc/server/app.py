@@ -298,6 +298,9 @@ def run(args: argparse.Namespace) -> int:
         watcher = threading.Thread(target=controller.watch, args=(config.reload_interval, stop),
                                    name="tollway-policy", daemon=True)
         watcher.start()
+        if config.redis_url:  # asked from a thread (after the zygote's fork): a slow Redis delays nothing
+            threading.Thread(target=warn_unpersisted, args=(config.redis_url,), name="tollway-redis-check",
+                             daemon=True).start()
         ledger = open_ledger(config.redis_url, lambda model: knows(controller.current, model)) \
             if config.log_file or config.state_dir else None
         if ledger is not None:  # its thread starts with a first batch (or spool to take over)
@@ -344,6 +347,35 @@ def local_limits_warning(policy: CompiledPolicy | None, redis_url: str | None) -
     return ("budgets and rate limits are counted in this pod only (no --redis / TOLLWAY_REDIS_URL): every replica "
             "admits the whole of each, and its counts reset when it restarts; give the sidecar Redis (the Secret "
             "tollway-redis, key url) unless per-pod limits are meant")
+
+
+def redis_persistence_warning(url: str) -> str | None:
+    """What to say when the Redis at ``url`` keeps nothing on disk (no AOF, no RDB snapshots): its
+    restart resets every budget and rate-limit window and frees the slots of requests in flight.
+    None when it persists, or when it cannot be told: CONFIG refused (an ACL user without it, as
+    k8s/base/redis.yaml's), renamed away, or Redis not answering (the store's own errors say so)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+        try:
+            aof = client.config_get("appendonly").get("appendonly")
+            save = client.config_get("save").get("save")
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return None
+    if aof != "no" or save != "":
+        return None
+    return ("the Redis behind --redis keeps nothing on disk (appendonly no, save \"\"): a restart of it resets every "
+            "budget and rate-limit window, frees the concurrency slots of requests in flight and loses the spend "
+            "aggregates; turn on AOF (appendonly yes, as k8s/base/redis.yaml does)")
+
+
+def warn_unpersisted(url: str) -> None:
+    warning = redis_persistence_warning(url)
+    if warning is not None:
+        log.warning("%s", warning)
 
 
 def _unusable(config: ServeConfig) -> str | None:

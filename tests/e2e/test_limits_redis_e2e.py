@@ -243,6 +243,15 @@ def test_a_sidecar_killed_holding_leases_gives_them_back_within_the_ttl(
     assert int(totals(keys=limit_keys("tollway:limits", counter))[1]) == 0
 
 
+def test_serve_warns_once_at_start_that_its_redis_keeps_nothing_on_disk(shared: tuple[Providers, RedisServer]) -> None:
+    env, _ = shared  # RedisServer: --save "" --appendonly no
+    deadline = time.monotonic() + 5
+    while "keeps nothing on disk" not in (log := (env.stack.workdir / "tollway.log").read_text(errors="replace")):
+        assert time.monotonic() < deadline, "no warning of a Redis without persistence"
+        time.sleep(0.1)
+    assert log.count("keeps nothing on disk") == 1  # the supervisor's, not each worker's
+
+
 def test_readyz_shows_the_store_degraded_whichever_worker_answers(tmp_path: Path) -> None:
     """Redis unreachable, closed: the worker a request reaches refuses it (503 state_unavailable)
     and is degraded. /readyz, answered by whichever worker accepts the admin connection, showed

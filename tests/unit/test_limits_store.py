@@ -877,3 +877,23 @@ def test_upgrading_to_the_acl_user_keeps_running_sidecars_in_while_admin_passwor
         with pytest.raises(redis.exceptions.AuthenticationError):
             redis.Redis.from_url(f"redis://:old-pw@127.0.0.1:{port}/0").ping()
         assert redis.Redis.from_url(f"redis://tollway:old-pw@127.0.0.1:{port}/0").ping()
+
+
+def test_serve_warns_of_a_redis_that_keeps_nothing_on_disk_when_it_can_tell(redis_url: str, tmp_path: Path) -> None:
+    """A Redis restarted without AOF or RDB resets every budget and rate-limit window and frees
+    the slots of requests in flight: `tollway serve` says so at start. It says nothing when it
+    cannot tell (CONFIG refused to the manifest's ACL user, Redis not answering) or Redis persists."""
+    from ext_proc.server.app import redis_persistence_warning
+
+    warning = redis_persistence_warning(redis_url)  # the tests' redis-server: --save "" --appendonly no
+    assert warning is not None and "resets every budget and rate-limit window" in warning
+    plain = redis.Redis.from_url(redis_url)
+    plain.config_set("save", "3600 1")  # RDB snapshots: it persists (up to their interval)
+    try:
+        assert redis_persistence_warning(redis_url) is None
+    finally:
+        plain.config_set("save", "")
+    assert redis_persistence_warning(f"redis://127.0.0.1:{free_port()}/0") is None
+    with manifest_redis(tmp_path, "tollway-pw", "admin-pw") as port:
+        redis.Redis(port=port, password="admin-pw").config_set("save", "")  # nothing on disk, but ...
+        assert redis_persistence_warning(f"redis://tollway:tollway-pw@127.0.0.1:{port}/0") is None  # ... NOPERM
