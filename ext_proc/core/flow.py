@@ -54,6 +54,7 @@ class Flow:
         "metadata",
         "meter",
         "model",
+        "mtls",
         "outcome",
         "pair",
         "path",
@@ -84,9 +85,10 @@ class Flow:
     )
 
     def __init__(self, policy: CompiledPolicy | None, workload: str | None, accountant: Accountant | None,
-                 runtime: Runtime) -> None:
+                 runtime: Runtime, mtls: bool = False) -> None:
         self.policy = policy  # None: open mode, no identity or access control
-        self.workload = workload  # the sidecar's own workload identity
+        self.workload = workload  # the sidecar's own workload identity, or the mTLS peer's SPIFFE ID
+        self.mtls = mtls  # a mutual-TLS channel: its certificate names the workload, not the message
         self.accountant = accountant
         self.runtime = runtime
         self.meter = Meter(accountant)

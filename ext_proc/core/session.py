@@ -108,8 +108,9 @@ class Session:
         runtime: Runtime = SYSTEM,
         steps: Pipeline = pipeline.DEFAULT,
         trace: bool = False,
+        mtls: bool = False,
     ) -> None:
-        self.flow = Flow(policy, workload, accountant, runtime)
+        self.flow = Flow(policy, workload, accountant, runtime, mtls)
         if trace:  # the server traces requests: note the decisions as span events
             self.flow.trace = []
         self._usage_headers = usage_headers  # add x-tollway-*-tokens / -cost-usd to buffered answers

@@ -169,7 +169,12 @@ class Identify(Step):
         if flow.policy is None:
             return None
         flow.api = endpoint(flow.headers)  # a refusal's record names it (the recognise step judges it)
-        flow.principal = decide.identify(flow.policy, flow.headers, flow.attributes, flow.workload)
+        try:
+            flow.principal = decide.identify(flow.policy, flow.headers, flow.attributes, flow.workload, mtls=flow.mtls)
+        except ClientError as error:
+            if error.code == "workload_mismatch" and flow.workload:  # the record names the real caller
+                flow.principal = flow.policy.workload(flow.workload)
+            raise
         flow.remove_headers += [h for h in decide.CREDENTIAL_HEADERS if h in flow.headers]
         return None
 

@@ -5,7 +5,10 @@ Identity. A virtual key is read from ``Authorization: Bearer`` (the OpenAI SDK) 
 is refused (401). Any other value (the dummy key an SDK insists on, or a real provider key sent
 by an application whose egress is intercepted) is ignored, never forwarded, and the caller is
 identified as a workload instead: by the SPIFFE ID of its client certificate (mTLS), or by the
-sidecar's own configured workload. No identity at all is a 401.
+sidecar's own configured workload. No identity at all is a 401. On a mutual-TLS ext_proc channel
+(a shared ``tls://`` Tollway) the stream's own verified certificate names the workload: the
+message's ``connection.uri_san_peer_certificate`` attribute is only what the caller writes (any
+workload of the mesh may open a stream), so one that names another workload is a 403.
 
 Access. The requested model (a public name, a model alias or a routing alias) must exist (404, as
 OpenAI answers unknown models) and the caller's team must be allowed to use it (403). Chat clients
@@ -76,16 +79,29 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 
 def identify(
-    policy: CompiledPolicy, headers: Mapping[str, str], attributes: Mapping[str, str], sidecar_workload: str | None
+    policy: CompiledPolicy, headers: Mapping[str, str], attributes: Mapping[str, str], sidecar_workload: str | None,
+    *, mtls: bool = False,
 ) -> Principal:
-    """The caller, or a 401 :class:`ClientError` that names nothing secret."""
+    """The caller, or a 401 (403) :class:`ClientError` that names nothing secret.
+
+    ``sidecar_workload``: the workload the channel names (the sidecar's configured one, or on a
+    mutual-TLS listener the SPIFFE ID of the stream's verified client certificate). ``mtls``: the
+    channel is such a listener, reached by any workload the client CA and SANs admit, so the
+    message's SPIFFE attribute (which the caller writes) may only agree with the channel's
+    workload: another one, or one where the certificate names none, is a 403 ``workload_mismatch``.
+    On the private channels (the Unix socket only Envoy reaches) it is Envoy's word, and wins.
+    """
     key = presented_key(headers)
     if key is not None and key.startswith(KEY_PREFIX):
         principal = policy.authenticate(key)
         if principal is None:
             raise ClientError(401, "invalid_api_key", "The Tollway API key is not valid.")
         return principal
-    for workload in (attributes.get(SPIFFE_ATTRIBUTE), sidecar_workload):
+    claimed = attributes.get(SPIFFE_ATTRIBUTE) or None
+    if mtls and claimed is not None and claimed != sidecar_workload:
+        raise ClientError(403, "workload_mismatch", f"The request names a workload ({SPIFFE_ATTRIBUTE}) that is not "
+                                                    "the one of this connection's client certificate, which decides.")
+    for workload in (claimed, sidecar_workload):
         if workload:
             principal = policy.workload(workload)
             if principal is not None:

@@ -80,6 +80,7 @@ class Service:
     records: RecordWriter
     policy: PolicyHolder | None = None  # None: open mode (no identity, access control or key injection)
     workload: str | None = None  # the sidecar's own workload identity
+    mtls: bool = False  # a tls:// listener: each stream's verified certificate names its workload
     credentials: CredentialStore = field(default_factory=CredentialStore)
     accountant: Accountant | None = None  # token counts and prices (None: usage only, no cost)
     usage_headers: bool = True  # tell clients their tokens and cost in response headers
@@ -98,10 +99,13 @@ class Service:
 
         ``peer``: the identity of the Envoy that opened the stream (the SPIFFE ID of its client
         certificate on a mutual-TLS listener). A shared Tollway (no ``workload`` of its own) names
-        the calling workload by it; a sidecar configured with its own workload keeps that one.
+        the calling workload by it; a sidecar configured with its own workload keeps that one. On
+        such a listener (``mtls``) the message's SPIFFE attribute must agree with that workload
+        (any workload of the mesh may open a stream and write it): see ``decide.identify``.
         """
         return Session(self.policy.current if self.policy else None, self.workload or peer, self.accountant,
-                       self.usage_headers, runtime=self.runtime, steps=self.steps, trace=self.on_trace is not None)
+                       self.usage_headers, runtime=self.runtime, steps=self.steps, trace=self.on_trace is not None,
+                       mtls=self.mtls)
 
     def ask(self, query: object) -> object | Awaitable[object]:
         """The answer to ``query`` (or an awaitable of it) from the store, or from an external

@@ -78,6 +78,11 @@ class Refusals:
         now = time.monotonic()
         if now - self.logged.get(code, -2.0) >= 1.0:
             self.logged[code] = now
+            if code == "workload_mismatch":  # a workload claiming another's identity (a warning)
+                log.warning("refused workload_mismatch: a stream of %s named another workload in its message's "
+                            "connection.uri_san_peer_certificate attribute (request %s)",
+                            record.get("workload") or "a workload the policy does not name", record.get("request_id"))
+                return
             log.info("refused %s (status %s, request %s)", code, record.get("status"), record.get("request_id"))
 
 
@@ -148,7 +153,8 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
     registry.register(TallyCollector(exchange.totals))
     keeper.alerts = Alerts(lambda: holder.current if holder else None, backend.once, tally)
     credentials = CredentialStore(stand_ins=frozenset(config.stand_ins), stand_ins_get_keys=config.stand_ins_get_keys)
-    service = Service(records, holder, config.workload, credentials=credentials, accountant=warm_up(),
+    service = Service(records, holder, config.workload, mtls=config.tls is not None, credentials=credentials,
+                      accountant=warm_up(),
                       usage_headers=config.usage_headers, store=store, keeper=keeper,
                       steps=pipeline.Pipeline.of(pipeline.request_steps(store_probe=config.store_probe)),
                       bodies=BodyBudget(config.body_memory * 1024 * 1024))

@@ -13,13 +13,16 @@ Shown: a sidecar whose certificate carries the SPIFFE ID of ``search/search-api`
 request identified as that workload and recorded under its team; a Claude model asked at
 api.openai.com goes to Anthropic's cluster (Tollway's label route); another host is untouched;
 a sidecar whose certificate (same CA) has no SPIFFE ID gets no stream: its request is refused
-and never reaches a provider; the provider's account headers never reach the application; with
-Tollway down the application gets the JSON error its SDK reads.
+and never reaches a provider; a pod that opens its own ext_proc stream with its mesh certificate
+cannot claim another workload's SPIFFE ID in the message's attribute; the provider's account
+headers never reach the application; with Tollway down the application gets the JSON error its
+SDK reads.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import time
@@ -27,11 +30,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import orjson
 import pytest
 import yaml
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from google.protobuf import struct_pb2
 
 from ext_proc.stack import ROOT, _http_ok, envoy_binary, free_port
 from tests.certs import CA, Issued
@@ -209,6 +217,69 @@ def test_a_sidecar_without_a_spiffe_id_is_refused(mesh: Mesh) -> None:
     assert response.status_code == 500  # Tollway refused the channel; the filter fails closed
     assert mesh.provider_saw() == []
     assert "none of the accepted names" in (mesh.work / "tollway.log").read_text()
+
+
+def _own_stream(mesh: Mesh, identity: Issued, claim: str | None, request_id: str) -> list[pb.ProcessingResponse]:
+    """What a pod can do with its own mesh certificate: open an ext_proc stream to the shared Tollway
+    itself (SECURITY.md) and write the message's attributes, ``connection.uri_san_peer_certificate``
+    naming ``claim``; a chat request for gpt-4o-mini, sent as the Istio sidecar's filter does
+    (buffered: the body only after the headers' answer lets it go on)."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=mesh.ca.cert.read_bytes(),
+                                               private_key=identity.key.read_bytes(),
+                                               certificate_chain=identity.cert.read_bytes())
+    attributes = {}
+    if claim is not None:
+        claimed = struct_pb2.Struct()
+        claimed.update({"connection.uri_san_peer_certificate": claim})
+        attributes["envoy.filters.http.ext_proc"] = claimed
+    headers = [(":method", "POST"), (":path", "/v1/chat/completions"), (":authority", "api.openai.com"),
+               ("content-type", "application/json"), ("x-request-id", request_id)]
+    head = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers])), attributes=attributes)
+    body = pb.ProcessingRequest(request_body=pb.HttpBody(
+        body=b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}', end_of_stream=True))
+    options = [("grpc.ssl_target_name_override", "tollway.tollway-system.svc.cluster.local")]
+    outbox: queue.Queue[pb.ProcessingRequest | None] = queue.Queue()
+    outbox.put(head)
+    answers = []
+    with grpc.secure_channel(f"127.0.0.1:{mesh.tollway_port}", credentials, options) as channel:
+        for answer in pb_grpc.ExternalProcessorStub(channel).Process(iter(outbox.get, None), timeout=5):
+            answers.append(answer)
+            done = answer.HasField("immediate_response") or answer.HasField("request_body")
+            outbox.put(None if done else body)
+    return answers
+
+
+def test_a_pods_own_stream_cannot_claim_another_workloads_identity(mesh: Mesh) -> None:
+    """The stream's certificate names the caller: a SPIFFE ID the message claims is the caller's
+    word, and one that is not the certificate's is a 403 in the client's format, recorded under
+    the certificate's own workload (when the policy knows it) and logged, never served."""
+    rogue_id = "spiffe://cluster.local/ns/rogue/sa/app"  # any workload of the mesh: --tls-client-san admits it
+    rogue = mesh.ca.issue("rogue", uris=(rogue_id,), server=False)
+    search = mesh.ca.issue("search-api", uris=(WORKLOAD,), server=False)
+    # Controls: as itself the rogue pod is nobody (401); search-api's own ID, claimed or not, is search.
+    (alone,) = _own_stream(mesh, rogue, None, "rogue-alone")
+    assert alone.immediate_response.status.code == 401
+    for claim in (None, WORKLOAD):
+        answers = _own_stream(mesh, search, claim, f"search-{claim is not None}")
+        assert not answers[-1].HasField("immediate_response"), answers
+        assert answers[-1].request_body.response.header_mutation.set_headers  # served: labelled, key added
+    # The attack: the rogue pod claims search-api's identity; search-api claims another workload.
+    for identity, claim, request_id in ((rogue, WORKLOAD, "rogue-as-search"),
+                                        (search, rogue_id, "search-as-rogue")):
+        refused = _own_stream(mesh, identity, claim, request_id)[-1]
+        assert refused.HasField("immediate_response"), f"{request_id}: served as the workload it claimed"
+        assert refused.immediate_response.status.code == 403, refused
+        error = orjson.loads(refused.immediate_response.body)["error"]  # OpenAI's format, as the client asked
+        assert error["code"] == "workload_mismatch" and "certificate" in error["message"]
+    assert (mesh.record("rogue-as-search")["team"], mesh.record("rogue-as-search")["status"]) == (None, 403)
+    record = mesh.record("search-as-rogue")  # the record names who called, not whom it claimed
+    assert (record["team"], record["workload"], record["error"]) == ("search", WORKLOAD, "workload_mismatch")
+    assert not [r for r in mesh.records() if r["request_id"] in ("rogue-as-search", "search-as-rogue")
+                and r["outcome"] != "rejected"]
+    assert mesh.provider_saw() == []
+    log = (mesh.work / "tollway.log").read_text()
+    assert "refused workload_mismatch" in log and PROVIDER_KEY not in log
 
 
 def test_the_providers_account_headers_never_reach_the_application(mesh: Mesh) -> None:

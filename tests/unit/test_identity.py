@@ -86,6 +86,20 @@ def test_the_peer_certificate_spiffe_id_wins_over_the_sidecar_default() -> None:
     assert decide.identify(POLICY, {}, attributes, "local-dev").team == "all"
 
 
+def test_on_mutual_tls_the_connections_certificate_decides_not_the_message() -> None:
+    """A shared tls:// Tollway: any workload of the mesh may open a stream and write the attribute."""
+    own, other = "spiffe://x/ns/all/sa/app", "spiffe://x/ns/other/sa/app"
+    assert decide.identify(POLICY, {}, {}, own, mtls=True).team == "all"  # Istio's sidecars send no attribute
+    assert decide.identify(POLICY, {}, {decide.SPIFFE_ATTRIBUTE: own}, own, mtls=True).team == "all"  # agreeing
+    for peer in (other, None):  # another workload's certificate, or one without a SPIFFE ID, claiming "all"
+        with pytest.raises(ClientError) as caught:
+            decide.identify(POLICY, {}, {decide.SPIFFE_ATTRIBUTE: own}, peer, mtls=True)
+        assert (caught.value.status, caught.value.code) == (403, "workload_mismatch")
+        assert "spiffe://" not in caught.value.message
+    # A Tollway key still decides (the attribute is not read).
+    assert decide.identify(POLICY, {"x-api-key": KEY}, {decide.SPIFFE_ATTRIBUTE: own}, other, mtls=True).team == "a"
+
+
 @pytest.mark.parametrize(("headers", "code", "says"), [
     ({}, "missing_api_key", "No Tollway API key was provided"),
     ({"x-api-key": "sk-1"}, "invalid_api_key", "not a provider key"),
