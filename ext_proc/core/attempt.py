@@ -73,7 +73,8 @@ class Attempt:
         headers = event.headers
         self.request_id = headers.get("x-request-id")
         attributes = self._attributes = event.attributes
-        self._path = attributes.get("tollway." + upstream.CLIENT_PATH) or headers.get(":path", "")
+        self._path = attributes.get("tollway." + upstream.CLIENT_PATH) or upstream.without_credentials(
+            headers.get(":path", ""))
         self._api = apis.match(self._path)
         chain = upstream.decode_chain(attributes.get("tollway." + upstream.TARGETS, ""))
         position = event.upstream.slot

@@ -58,6 +58,8 @@ class Local(Step):
             flow.provider = flow.cluster = api.home
             flow.served = api
             flow.set_headers.append((ROUTE_HEADER, api.home))
+            if flow.path != flow.headers.get(":path", ""):
+                flow.set_headers.append((":path", flow.path))  # without the credentials its query held
             return None
         assert flow.principal is not None
         team = flow.principal.team

@@ -76,7 +76,7 @@ class Recognise(Step):
 
     def head(self, flow: Flow) -> Ask | Respond | None:
         headers = flow.headers
-        path = flow.path = headers.get(":path", "")
+        path = flow.path = upstream.without_credentials(headers.get(":path", ""))  # what goes upstream (see Rewrite)
         method = headers.get(":method", "?")
         api = flow.api = flow.api or endpoint(headers)  # (the identify step's, with a policy)
         if api is None:
@@ -149,7 +149,6 @@ def _credential(name: str) -> bool:
 
 _PLAIN_NAMES: set[str] = set()
 
-
 def endpoint(headers: Mapping[str, str]) -> apis.WireAPI | None:
     """The API a request's method and path name (None: not one Tollway serves)."""
     if "upgrade" in headers:  # a websocket (the Realtime API): nothing Tollway serves may be upgraded
@@ -174,6 +173,11 @@ class Identify(Step):
         except ClientError as error:
             if error.code == "workload_mismatch" and flow.workload:  # the record names the real caller
                 flow.principal = flow.policy.workload(flow.workload)
+            path = flow.headers.get(":path", "")
+            if error.code == "missing_api_key" and upstream.without_credentials(path) != path:
+                raise ClientError(401, "missing_api_key", "No Tollway API key was provided: a key in the URL's query "
+                                  "string is not read (nor sent on); send it as 'Authorization: Bearer <key>' or "
+                                  "'x-api-key'.") from None
             raise
         flow.remove_headers += [h for h in decide.CREDENTIAL_HEADERS if h in flow.headers]
         return None
@@ -269,6 +273,8 @@ class Rewrite(Step):
             assert flow.api is not None
             flow.credential = first.provider
             payload, path = upstream.prepare(flow.api, request.payload, first, flow.path)
+            if path is None and flow.path != flow.headers.get(":path", ""):
+                path = flow.path  # the client's, without the credentials its query held
             flow.remove_headers += [h for h in upstream.foreign(flow.api, first) if h in flow.headers]
             if path is not None:
                 headers.append((":path", path))
@@ -285,6 +291,8 @@ class Rewrite(Step):
                 (upstream.CLIENT, flow.api.home), (upstream.POLICY, flow.policy.version if flow.policy else ""),
             )
             headers.append((upstream.RETRIES_HEADER, str(len(chain) - 1)))
+        elif flow.path != flow.headers.get(":path", ""):  # open mode: the client's path, its credentials taken out
+            headers.append((":path", flow.path))
         if request.stream:
             headers.append((STREAM_HEADER, "1"))
         return None

@@ -27,13 +27,16 @@ served and after how many attempts through its response attributes; the codec de
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote_plus
 
+from ext_proc.guardrails.detectors import GROUPS
+from ext_proc.guardrails.scanner import builtin
 from ext_proc.llm import providers, translate
 from ext_proc.llm.apis import CHAT_COMPLETIONS, RESPONSES, WireAPI
 from ext_proc.llm.apis.responses import stored_state
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.translate import TranslationError, fields
-from ext_proc.policy.compiled import Provider, Target
+from ext_proc.policy.compiled import KEY_PREFIX, Provider, Target
 
 TARGETS = "targets"  # metadata keys (namespace "tollway"); attempts read them as "tollway.<key>"
 CLIENT_PATH = "path"
@@ -185,3 +188,35 @@ def decode_chain(value: str) -> list[tuple[str, str]]:
         if provider and model:
             out.append((provider, model))
     return out
+
+
+_SHORTEST_KEY = 20  # characters: the shortest credential the built-in detectors know (AKIA + 16)
+# Query parameters that carry a credential (compared in lower case, "-" as "_"). A key in a URL
+# reaches the provider's and every proxy's access logs: such a parameter never goes upstream, nor
+# does any whose value is a Tollway key or a key the secrets detector knows; none is ever read
+# as the caller's key (that is the Authorization and x-api-key headers' job).
+QUERY_CREDENTIALS = frozenset({"key", "api_key", "apikey", "x_api_key", "api_token", "access_token", "auth_token",
+                               "token"})
+
+
+def without_credentials(path: str) -> str:
+    """``path`` without the query parameters that carry a credential (``path`` itself when none
+    does); the others are kept as the client wrote them (Azure's ``api-version``, ``beta=true``,
+    ``limit``, ``after``)."""
+    base, mark, query = path.partition("?")
+    if not mark:
+        return path
+    parts = query.split("&")
+    kept = [part for part in parts if not _carries_credential(part)]
+    if len(kept) == len(parts):
+        return path
+    return f"{base}?{'&'.join(kept)}" if kept else base
+
+
+def _carries_credential(part: str) -> bool:
+    name, _, value = part.partition("=")
+    if unquote_plus(name).strip().lower().replace("-", "_") in QUERY_CREDENTIALS:
+        return True
+    value = unquote_plus(value).strip()
+    return value.startswith(KEY_PREFIX) or (
+        len(value) >= _SHORTEST_KEY and bool(builtin().find(value, GROUPS["credentials"])))

@@ -161,6 +161,32 @@ def test_the_tollway_key_never_reaches_a_provider(env: Env) -> None:
         assert ALPHA_KEY not in text and BETA_KEY not in text and "tw-" not in text
 
 
+def test_keys_in_the_query_string_never_reach_a_provider(env: Env) -> None:
+    """A key in the URL would land in the provider's and every proxy's access logs: the parameters
+    that carry one never go upstream (by name, or a Tollway or provider key under any name); the
+    others arrive as written. A Tollway key there does not authenticate: the header's does."""
+    provider_key = "sk-proj-" + "aB3dE5fG7h" * 5
+    query = (f"key={BETA_KEY}&api-key={provider_key}&limit=5&x={ALPHA_KEY}&access_token=t0k&beta=true"
+             f"&k={provider_key}")
+    anthropic_headers = {"x-api-key": ALPHA_KEY, "anthropic-version": "2023-06-01"}
+    for path, model, headers in (("/v1/chat/completions", "gpt-4o", {"authorization": f"Bearer {ALPHA_KEY}"}),
+                                 ("/v1/messages", "claude", anthropic_headers)):
+        answer = httpx.post(f"{env.stack.base_url}{path}?{query}", headers=headers, json={
+            "model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status_code == 200, answer.text
+        record = env.record(answer.headers.get("x-tollway-request-id"))
+        assert (record["team"], record["key_id"]) == ("alpha", "alpha-ci")  # the header's key, not the query's beta
+        seen = env.last_seen()
+        assert (seen["path"], seen["query"]) == (path, "limit=5&beta=true")
+        for secret in (ALPHA_KEY, BETA_KEY, provider_key, "t0k"):
+            assert secret not in repr(seen)
+    # Only in the query: not read (the sidecar's workload is the caller), and not sent on either.
+    answer = httpx.post(f"{env.stack.base_url}/v1/chat/completions?key={ALPHA_KEY}", json={
+        "model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert env.record(answer.headers.get("x-tollway-request-id"))["team"] == "gamma"
+    assert ALPHA_KEY not in repr(env.last_seen()) and ALPHA_KEY not in answer.text
+
+
 def test_identity_headers_sent_by_a_client_are_dropped(env: Env) -> None:
     raw = env.openai().chat.completions.with_raw_response.create(
         model="gpt-4o", messages=[{"role": "user", "content": "hi"}],

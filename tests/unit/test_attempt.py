@@ -305,6 +305,15 @@ def test_the_path_header_is_used_without_the_metadata() -> None:
     assert isinstance(action, Continue) and header(action, ":path") == MESSAGES
 
 
+def test_without_the_metadata_the_path_header_loses_the_credentials_its_query_held() -> None:
+    attempt = Attempt(POLICY)
+    event = try_head(0, path=CHAT + "?api_key=tw-in-the-url-0123456789abcdef&trace=1")
+    attributes = {k: v for k, v in event.attributes.items() if k != "tollway.path"}
+    assert attempt.handle(RequestHeaders(event.headers, False, 0, attributes, event.upstream)) == CONTINUE
+    action = attempt.handle(body_event(OPENAI_REQUEST))
+    assert isinstance(action, Continue) and header(action, ":path") == CHAT + "?trace=1"
+
+
 def test_the_slot_is_found_in_envoys_multi_line_text_too() -> None:
     metadata = base_pb2.Metadata()
     fields = struct_pb2.Struct()

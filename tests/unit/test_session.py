@@ -1219,3 +1219,16 @@ def test_envoy_answer_before_any_request_message() -> None:
 def test_a_body_before_the_headers_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="unexpected RequestBody in phase request_headers"):
         Session().handle(request({"model": "m", "messages": []}))
+
+
+def test_open_mode_sends_no_credential_from_the_query_string() -> None:
+    """No policy: the caller's own key goes on in its header, never one from the URL's query."""
+    key = "tw-open-0123456789abcdefghijklmnopqrstuv"
+    head = RequestHeaders({":method": "GET", ":path": f"/v1/models?api_key={key}&limit=2"}, True, 0)
+    action = Session().handle(head)
+    assert isinstance(action, Continue) and dict(action.set_headers)[":path"] == "/v1/models?limit=2"
+    session = Session()
+    assert isinstance(session.handle(RequestHeaders({":method": "POST", ":path": f"{CHAT}?key={key}"}, False, 0)),
+                      Continue)
+    sent = session.handle(RequestBody(orjson.dumps({"model": "m", "messages": []}), True, 1))
+    assert isinstance(sent, Continue) and dict(sent.set_headers)[":path"] == CHAT and key not in repr(sent)

@@ -122,3 +122,17 @@ def test_no_identity_is_answered_before_the_body() -> None:
                           "No Tollway API key was provided and this workload is not known."}})
         << Record(team=None, status=401, outcome="rejected", error="missing_api_key")
     )
+
+
+def test_a_key_in_the_query_string_does_not_authenticate_and_is_not_echoed() -> None:
+    """The key belongs in a header: one in the URL is not read (nor sent on), and the 401 says where it goes."""
+    for name in ("key", "api_key", "token"):
+        assert (
+            session()
+            >> head(f"{CHAT}?{name}={KEY}")
+            << Responds(401, {"error": {"message": "No Tollway API key was provided: a key in the URL's query string "
+                                        "is not read (nor sent on); send it as 'Authorization: Bearer <key>' or "
+                                        "'x-api-key'.", "type": "invalid_request_error", "param": None,
+                                        "code": "missing_api_key"}})
+            << Record(team=None, status=401, outcome="rejected", error="missing_api_key")
+        )

@@ -728,6 +728,9 @@ def test_a_model_named_directly_refuses_a_prompt_longer_than_its_window(accounta
     assert sent(Session(sized, "local-dev"), {**LONG, "model": "gpt-4o"})
 
 
+HI = [{"role": "user", "content": "Hi"}]
+
+
 def test_without_a_count_nothing_is_skipped_for_size() -> None:
     action = sent(Session(POLICY, "local-dev"), LONG)
     assert action.set_headers == (("x-tollway-cluster", "openai+anthropic"), (upstream.RETRIES_HEADER, "1"))
@@ -744,6 +747,37 @@ def test_a_trailing_slash_is_not_sent_to_the_provider(path: str, model: str, ups
     request: dict[str, Any] = {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
     action = sent(Session(POLICY, "local-dev"), request, path)
     assert dict(action.set_headers).get(":path") == upstream_path
+
+
+TOLLWAY_KEY = "tw-query-0123456789abcdefghijklmnopqrstuv"
+PROVIDER_LIKE = "sk-proj-" + "aB3dE5fG7h" * 5  # an OpenAI project key's shape
+
+
+@pytest.mark.parametrize(("query", "kept"), [
+    (f"key={TOLLWAY_KEY}", None),
+    (f"api-key={PROVIDER_LIKE}&api_key=x&apikey=x&access_token=x&token=x&X-Api-Key=x&api%5Fkey=x", None),
+    (f"limit=5&key={TOLLWAY_KEY}&after=msg_01", "limit=5&after=msg_01"),  # the others kept, as written
+    (f"trace=1&q={TOLLWAY_KEY}", "trace=1"),  # a Tollway key under any name
+    ("trace=1&q=" + PROVIDER_LIKE.replace("-", "%2D"), "trace=1"),  # a provider key (the secrets detector's)
+    ("trace=1&anthropic=sk-ant-api03-" + "x" * 40, "trace=1"),
+    ("api-version=2024-10-21&beta=true&trace=", "api-version=2024-10-21&beta=true&trace="),  # nothing to take
+])
+def test_credentials_in_the_query_never_go_upstream(query: str, kept: str | None) -> None:
+    """A key in a URL lands in the provider's and every proxy's access logs: the parameters that
+    carry one are taken out of the path sent on, for one target and for a chain's tries."""
+    expected = CHAT + (f"?{kept}" if kept else "")
+    changed = expected != f"{CHAT}?{query}"
+    for model in ("gpt-4o", "smart"):  # one target; a fallback chain (each try's filter sets the path)
+        action = sent(Session(POLICY, "local-dev"), {"model": model, "messages": HI}, f"{CHAT}?{query}")
+        if model == "gpt-4o":
+            assert dict(action.set_headers).get(":path") == (expected if changed else None)
+        else:
+            assert dict(action.metadata)[upstream.CLIENT_PATH] == expected
+        assert TOLLWAY_KEY not in repr(action) and PROVIDER_LIKE not in repr(action)
+    # Another family's provider gets its own path (no client query at all).
+    action = sent(Session(POLICY, "local-dev"), {"model": "claude-x", "max_tokens": 10, "messages": HI},
+                  f"{CHAT}?{query}")
+    assert dict(action.set_headers)[":path"] == MESSAGES
 
 
 @pytest.mark.parametrize("messages", [[5], [{}], [{"role": "nobody", "content": "Hi"}],
@@ -766,9 +800,6 @@ def test_count_tokens_counts_what_would_be_sent(accountant: ServiceAccountant) -
     assert isinstance(session.handle(head("/v1/messages/count_tokens")), Continue)
     counted = session.handle(body({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi there"}]}))
     assert counted.status == 200 and orjson.loads(counted.body)["input_tokens"] > 0  # type: ignore[union-attr]
-
-
-HI = [{"role": "user", "content": "Hi"}]
 
 
 @pytest.mark.parametrize(("path", "request_body", "param", "message"), [
