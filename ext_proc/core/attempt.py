@@ -17,6 +17,13 @@ answer itself goes back through the router-level session, which reads which endp
 (and after how many tries), translates the answer for the client and records it. No state is
 kept between the two streams: both may reach different worker processes.
 
+A try Envoy abandoned at the first-byte timeout (``per_try_idle_timeout``: no byte of an answer
+yet) was sent: the provider may be generating, and bills, an answer no one reads. Envoy marks the
+try after it (``x-envoy-is-timeout-retry: true``), which adds the abandoned target (the chain's
+previous position: each retry moves to the next priority) to the ``tollway.abandoned`` metadata;
+the router-level session reads it with the answer's head and records the abandoned tries. A
+request whose first try answers pays nothing for this: Envoy sets the header on retries only.
+
 Each try uses the policy the request started with (its version travels in the metadata; a
 worker keeps the policies its reloads replaced for the requests still in flight, see
 :class:`~ext_proc.server.reload.PolicyHolder`), so a reload changes no try of a request already
@@ -94,7 +101,18 @@ class Attempt:
             target = Target(public=model, provider=provider, upstream_model=model,
                             output_tokens=self._policy.limits.default_output_tokens)
         self._target = target
-        return CONTINUE
+        retry = headers.get(upstream.TIMEOUT_RETRY_HEADER)
+        if retry is None:  # a first try
+            return CONTINUE
+        # Envoy's mark goes (it sets it again on each retry; it is nothing for the provider). "true":
+        # the try before this one, the chain's previous position, was abandoned at its timeout.
+        if retry != "true" or not position:
+            return Continue(remove_headers=(upstream.TIMEOUT_RETRY_HEADER,))
+        before = chain[position - 1]
+        abandoned = attributes.get("tollway." + upstream.ABANDONED)
+        entry = f"{before[0]} {before[1]}"
+        return Continue(remove_headers=(upstream.TIMEOUT_RETRY_HEADER,),
+                        metadata=((upstream.ABANDONED, f"{abandoned}, {entry}" if abandoned else entry),))
 
     def _body(self, event: RequestBody) -> Action:
         api, target = self._api, self._target

@@ -18,11 +18,14 @@ from ext_proc.values import value
 @value
 class Upstream:
     """The endpoint Envoy picked for a try: its position in a fallback chain (``tollway.slot``
-    metadata) and the Host it was rendered with; and, with the answer, how many tries it took."""
+    metadata) and the Host it was rendered with; and, with the answer, how many tries it took and
+    the tries abandoned at the first-byte timeout before it (``tollway.abandoned``, the chain's
+    ``provider model`` pairs, see :mod:`ext_proc.core.attempt`; None: none)."""
 
     slot: int | None = None
     host: str | None = None
     attempts: int | None = None
+    abandoned: str | None = None
 
 
 NO_UPSTREAM = Upstream()

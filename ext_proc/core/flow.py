@@ -25,6 +25,7 @@ class Flow:
     """One request; see the module docstring. Fields are filled in the order of the steps."""
 
     __slots__ = (
+        "abandoned",
         "accountant",
         "admission",
         "answer_body",
@@ -143,6 +144,7 @@ class Flow:
         self.refused: ClientError | None = None  # a guardrail blocked the streamed answer: the client gets this
         self.served_model: str | None = None
         self.attempts: int | None = None
+        self.abandoned: str | None = None  # the tries abandoned at the first-byte timeout (tollway.abandoned)
         self.fallback = False  # a later target than the chain's first served the request (not: failed there too)
         self.status: int | None = None
         self.ttft: int | None = None

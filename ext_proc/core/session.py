@@ -366,6 +366,8 @@ class Session:
         chain = flow.chain
         if seen.attempts is not None:
             flow.attempts = seen.attempts
+        if seen.abandoned is not None:
+            flow.abandoned = seen.abandoned
         if len(chain) > 1:
             position = seen.slot
             if position is not None and position < len(chain):
@@ -529,6 +531,8 @@ class Session:
         else:  # refused before anything went upstream: no provider answered, even one already chosen
             record.update(provider=None, estimated_input_tokens=None, input_estimated=False, output_estimated=False,
                           cost_usd_micros=None, price_version=None)
+        if flow.abandoned is not None or flow.error == TRY_TIMED_OUT:
+            _abandoned(flow, record)
         if flow.claims:
             settle = limits.settlement(flow, record)
             if settle is not None:
@@ -551,6 +555,31 @@ class Session:
         """The request's log record as of monotonic time ``at`` (nanoseconds)."""
         return self.flow.record(at)
 
+
+
+TRY_TIMED_OUT = "upstream_per_try_idle_timeout"  # Envoy's reason for the 504 of a try with no byte in time
+
+
+def _abandoned(flow: Flow, record: dict[str, Any]) -> None:
+    """Record the tries Envoy abandoned at the first-byte timeout: sent, with no answer head yet,
+    so the provider may have started (and bill) a generation no one read. The earlier tries of a
+    chain come from the per-try filter (``tollway.abandoned``); the last one is the request's own
+    504 (``upstream_per_try_idle_timeout``). Their usage is unknown: each has the request's input
+    estimate (``input_tokens``, as the prompt was counted before sending) and no cost."""
+    tries = upstream.decode_chain(flow.abandoned) if flow.abandoned else []
+    if flow.error == TRY_TIMED_OUT:
+        target = flow.target
+        if target is None and flow.chain:
+            target = flow.chain[min(max(flow.attempts or 1, 1), len(flow.chain)) - 1]
+        if target is not None:
+            tries.append((target.provider.name, target.upstream_model))
+    if not tries:
+        return
+    estimate = flow.meter.estimate
+    tokens = estimate.tokens if estimate is not None else None
+    record["abandoned_tries"] = len(tries)
+    record["abandoned"] = [{"provider": provider, "model": model, "input_tokens": tokens}
+                           for provider, model in tries]
 
 
 MAX_CONTENT = 64 * 1024  # characters of prompt or answer a span may carry

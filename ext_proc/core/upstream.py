@@ -16,6 +16,10 @@ could neither remove them nor leave them for the provider to see):
 ``tollway.path``     the client's path (an earlier attempt may have rewritten ``:path``)
 ``tollway.alias``, ``tollway.team``  the alias and team whose plan the chain came from, so the
                      attempt finds the target's own settings (output limit, price)
+``tollway.abandoned`` written by the tries themselves: the targets of the tries Envoy abandoned at
+                     the first-byte timeout (sent, no answer head yet: the provider may have
+                     started, and bill, a generation), as ``tollway.targets`` is; the router-level
+                     filter reads it with the answer's head (:mod:`ext_proc.core.attempt`)
 
 and the ``x-envoy-max-retries`` header (one retry per further target), which Envoy consumes.
 Envoy tells each attempt which target it is for through the metadata of the endpoint it picked
@@ -46,7 +50,11 @@ POLICY = "policy"  # the version of the policy the request started with: its tri
 # The client's API family ("openai", "anthropic") when the path upstream may be another family's
 # (a translation, a chain): Envoy's own error replies pick the client's format by it, not by the path.
 CLIENT = "client"
+ABANDONED = "abandoned"
 RETRIES_HEADER = "x-envoy-max-retries"
+# Envoy's mark on a retry (``include_is_timeout_retry_header`` on the virtual host): "true" when
+# the try before it was abandoned at its timeout, "false" after an error answer or a reset.
+TIMEOUT_RETRY_HEADER = "x-envoy-is-timeout-retry"
 UNKNOWN_LIMIT = 4096  # the most max_tokens a translation sends where the policy gives no model limit: every
 # Claude model takes 4,096 (a larger shared_state.default_output_tokens is claimed, not sent)
 

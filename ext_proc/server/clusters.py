@@ -92,10 +92,13 @@ def upstream_filter(timeout: str = "5s") -> dict[str, Any]:
             },
             "failure_mode_allow": False,
             "message_timeout": timeout,
-            "mutation_rules": {"allow_all_routing": True},
+            # (allow_envoy: a try takes off Envoy's x-envoy-is-timeout-retry, see ext_proc.core.attempt)
+            "mutation_rules": {"allow_all_routing": True, "allow_envoy": True},
             "request_attributes": ["xds.upstream_host_metadata"],
-            # The chain the router-level filter chose (see ext_proc.core.upstream).
-            "metadata_options": {"forwarding_namespaces": {"untyped": ["tollway"]}},
+            # The chain the router-level filter chose (see ext_proc.core.upstream), and the tries
+            # abandoned at the first-byte timeout, which a try adds to (tollway.abandoned).
+            "metadata_options": {"forwarding_namespaces": {"untyped": ["tollway"]},
+                                 "receiving_namespaces": {"untyped": ["tollway"]}},
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED",

@@ -64,6 +64,10 @@ def _attributes(request: pb.ProcessingRequest) -> dict[str, str]:
 METADATA_NAMESPACE = "tollway"  # dynamic metadata Tollway sets and reads (attributes "tollway.<key>")
 HOST_METADATA = "xds.upstream_host_metadata"  # the picked endpoint's metadata, as protobuf text
 ATTEMPTS_ATTRIBUTE = "upstream.request_attempt_count"
+# The tries a fallback chain abandoned at the first-byte timeout, which the per-try filter writes
+# as dynamic metadata (ext_proc.core.attempt): a CEL expression, absent (not evaluated to anything)
+# on every request without such a try, so the usual response head carries nothing more.
+ABANDONED_ATTRIBUTE = "metadata.filter_metadata['tollway']['abandoned']"
 
 # Envoy renders the host metadata attribute as protobuf text; slot and host are string fields of
 # the "tollway" filter metadata (see ext_proc.envoy_config.chain_cluster).
@@ -75,7 +79,8 @@ def upstream_of(attributes: dict[str, str]) -> Upstream:
     """What Envoy's attributes say about the endpoint it picked; removes those attributes."""
     text = attributes.pop(HOST_METADATA, None)
     count = attributes.pop(ATTEMPTS_ATTRIBUTE, None)
-    if text is None and count is None:
+    abandoned = attributes.pop(ABANDONED_ATTRIBUTE, None) or None
+    if text is None and count is None and abandoned is None:
         return NO_UPSTREAM
     slot = host = None
     if text:
@@ -84,7 +89,7 @@ def upstream_of(attributes: dict[str, str]) -> Upstream:
         named = _HOST.search(text)
         host = named.group(1) if named else None
     attempts = int(count) if count is not None and count.isdigit() else None
-    return Upstream(slot, host, attempts)
+    return Upstream(slot, host, attempts, abandoned)
 
 
 def _metadata(request: pb.ProcessingRequest, into: dict[str, str]) -> dict[str, str]:

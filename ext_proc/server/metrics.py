@@ -107,6 +107,9 @@ METRICS = {m.name: m for m in (
            ("team", "model", "provider")),
     Metric("tollway_requests_usage_unknown", "counter",
            "Requests a provider answered (not with an error) whose usage is unknown", ("team", "model", "provider")),
+    Metric("tollway_abandoned_tries", "counter",
+           "Tries sent to a provider and abandoned at the first-byte timeout (it may bill them: cost unknown), "
+           "by the provider and the model asked for", ("team", "model", "provider")),
     Metric("gen_ai_client_inference_duration_seconds", "histogram",
            "From the request reaching Tollway to the end of the answer", (*GEN_AI, "error_type", "team", "provider"),
            DURATION_BUCKETS),
@@ -281,6 +284,10 @@ class Tally:
                 elif code == "rate_limit_exceeded":
                     add(("tollway_rate_limit_refusals", limit))
             return
+        abandoned = record.get("abandoned")
+        if abandoned:  # tries sent and given up at the first-byte timeout: cost unknown
+            for tried in abandoned:
+                add(("tollway_abandoned_tries", team, model, str(tried.get("provider") or "none")))
         if provider != "none":
             if fell_back(record):
                 add(("tollway_fallbacks", model, provider))

@@ -104,8 +104,9 @@ FAILURES = {
 HI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}]
 
 
-def _check_fallback(env: Env, request_id: str | None, stream: bool) -> dict[str, Any]:
-    """The provider saw one OpenAI try then one Anthropic try, each with its own key and format."""
+def _check_fallback(env: Env, request_id: str | None, stream: bool, failure: str) -> dict[str, Any]:
+    """The provider saw one OpenAI try then one Anthropic try, each with its own key and format; a
+    first try abandoned at the first-byte timeout (the provider may bill it) is in the record."""
     assert request_id
     tries = env.provider_saw(request_id)
     assert [t["path"] for t in tries] == ["/v1/chat/completions", "/v1/messages"]
@@ -121,7 +122,14 @@ def _check_fallback(env: Env, request_id: str | None, stream: bool) -> dict[str,
     for t in tries:
         assert KEY not in str(t["headers"]) and not any(k.startswith("x-tollway") for k in t["headers"])
         assert t["headers"]["accept-encoding"] == "identity"  # plain answers, whatever the client accepts
+        assert "x-envoy-is-timeout-retry" not in t["headers"]  # Envoy's mark for the per-try filter
     record = env.record(request_id)
+    if failure == "stall":  # sent, no head within the timeout: counted, its input estimated, its cost unknown
+        assert record["abandoned_tries"] == 1 and record["estimated_input_tokens"]
+        assert record["abandoned"] == [{"provider": "openai", "model": "gpt-4o-2024-08-06",
+                                        "input_tokens": record["estimated_input_tokens"]}]
+    else:  # an error answer: no work done, nothing abandoned
+        assert "abandoned_tries" not in record and "abandoned" not in record
     assert record["model"] == "gpt-4o" and record["provider"] == "anthropic" and record["fallback"] is True
     assert record["attempts"] == 2 and record["outcome"] == "ok" and record["status"] == 200
     assert record["input_tokens"] and record["output_tokens"] == 8
@@ -141,7 +149,7 @@ def test_openai_sdk_alias_falls_back_to_anthropic(env: Env, failure: str) -> Non
     assert completion.usage is not None and completion.usage.completion_tokens == 8
     assert raw.headers["x-tollway-provider"] == "anthropic" and raw.headers["x-tollway-attempts"] == "2"
     assert raw.headers["x-tollway-model"] == "claude-sonnet-4-5"
-    _check_fallback(env, raw.headers.get("x-tollway-request-id"), stream=False)
+    _check_fallback(env, raw.headers.get("x-tollway-request-id"), stream=False, failure=failure)
 
 
 @pytest.mark.parametrize("failure", sorted(FAILURES))
@@ -157,7 +165,7 @@ def test_openai_sdk_alias_stream_falls_back_to_anthropic(env: Env, failure: str)
     assert text == REPLY
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
-    _check_fallback(env, request_id, stream=True)
+    _check_fallback(env, request_id, stream=True, failure=failure)
 
 
 def test_no_fallback_when_the_first_provider_answers(env: Env) -> None:
@@ -166,6 +174,7 @@ def test_no_fallback_when_the_first_provider_answers(env: Env) -> None:
     assert raw.headers["x-tollway-provider"] == "openai" and raw.headers["x-tollway-attempts"] == "1"
     record = env.record(raw.headers.get("x-tollway-request-id"))
     assert record["provider"] == "openai" and record["fallback"] is False and record["attempts"] == 1
+    assert "abandoned_tries" not in record
 
 
 def test_every_provider_failing_gives_the_last_error_in_the_clients_format(env: Env) -> None:
@@ -500,6 +509,9 @@ def test_the_record_names_envoys_own_reason_whichever_family_met_it(env: Env, cl
     assert response.status_code == 504
     record = env.record(response.headers.get("x-tollway-request-id"))
     assert record["error"] == "upstream_per_try_idle_timeout", record["error"]
+    # The provider got the request and may bill it: an abandoned try, not an error that cost nothing.
+    model = "claude-3-5-haiku-20241022" if client == "anthropic" else "gpt-4o-mini"
+    assert record["abandoned_tries"] == 1 and record["abandoned"][0]["model"] == model
 
 
 @pytest.mark.parametrize(("client", "model"), [("anthropic", "gpt-4o-mini"), ("openai", "claude-haiku")])

@@ -694,3 +694,47 @@ def test_a_provider_without_endpoint_gets_the_host_its_chain_endpoint_was_render
     attempt.handle(envoy_head(head.headers, {**head.attributes, codec.HOST_METADATA: text}))
     action = attempt.handle(body_event(OPENAI_REQUEST))
     assert isinstance(action, Continue) and header(action, ":authority") == "vllm.local:8000"
+
+
+# -- tries abandoned at the first-byte timeout -------------------------------------------------
+
+
+THREE = "openai gpt-4o, anthropic claude-x, local llama"
+
+
+def timeout_retry(slot: int, mark: str | None, abandoned: str | None = None) -> Any:
+    """The answer to a try's head, Envoy marking it (``x-envoy-is-timeout-retry``) as it does a retry."""
+    head = try_head(slot, targets=THREE)
+    headers = dict(head.headers)
+    if mark is not None:
+        headers[upstream.TIMEOUT_RETRY_HEADER] = mark
+    attributes = {**head.attributes, codec.HOST_METADATA: host_metadata(slot)}
+    if abandoned is not None:
+        attributes["tollway." + upstream.ABANDONED] = abandoned
+    return Attempt(POLICY).handle(envoy_head(headers, attributes))
+
+
+def test_a_try_after_one_abandoned_at_its_timeout_names_that_target_in_the_metadata() -> None:
+    answer = timeout_retry(1, "true")
+    assert answer == Continue(remove_headers=(upstream.TIMEOUT_RETRY_HEADER,),
+                              metadata=((upstream.ABANDONED, "openai gpt-4o"),))
+
+
+def test_a_third_try_adds_its_abandoned_predecessor_to_the_earlier_ones() -> None:
+    answer = timeout_retry(2, "true", abandoned="openai gpt-4o")
+    assert isinstance(answer, Continue)
+    assert answer.metadata == ((upstream.ABANDONED, "openai gpt-4o, anthropic claude-x"),)
+    assert upstream.decode_chain(answer.metadata[0][1]) == [("openai", "gpt-4o"), ("anthropic", "claude-x")]
+
+
+def test_a_retry_after_an_error_answer_abandons_nothing_and_the_mark_never_reaches_the_provider() -> None:
+    assert timeout_retry(1, "false") == Continue(remove_headers=(upstream.TIMEOUT_RETRY_HEADER,))
+    assert timeout_retry(0, None) == CONTINUE  # a first try: nothing to do, nothing sent more
+
+
+def test_the_router_level_reads_the_abandoned_tries_with_the_answers_head() -> None:
+    attributes = {codec.HOST_METADATA: host_metadata(2), codec.ATTEMPTS_ATTRIBUTE: "3",
+                  codec.ABANDONED_ATTRIBUTE: "openai gpt-4o, anthropic claude-x"}
+    assert codec.upstream_of(attributes).abandoned == "openai gpt-4o, anthropic claude-x"
+    assert attributes == {}
+    assert codec.upstream_of({codec.ATTEMPTS_ATTRIBUTE: "1"}).abandoned is None

@@ -123,7 +123,9 @@ def test_a_chain_cluster_runs_the_upstream_filter_per_try() -> None:
     grpc = ext_proc["typed_config"]["grpc_service"]
     assert grpc["envoy_grpc"] == {"cluster_name": "tollway_ext_proc"}
     assert grpc["initial_metadata"] == [{"key": "x-tollway-filter", "value": "upstream"}]
-    assert ext_proc["typed_config"]["metadata_options"] == {"forwarding_namespaces": {"untyped": ["tollway"]}}
+    # the chain comes in; a try abandoned at its first-byte timeout goes out (tollway.abandoned)
+    assert ext_proc["typed_config"]["metadata_options"] == {"forwarding_namespaces": {"untyped": ["tollway"]},
+                                                            "receiving_namespaces": {"untyped": ["tollway"]}}
     assert ext_proc["typed_config"]["failure_mode_allow"] is False
     assert ext_proc["typed_config"]["processing_mode"]["request_body_mode"] == "BUFFERED"
     # retries are the fallback: Envoy's default of 3 concurrent retries per cluster is far too few

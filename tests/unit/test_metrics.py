@@ -428,3 +428,14 @@ def test_durations_of_minutes_have_buckets_of_their_own() -> None:
     got = scrape(tally)
     les = {dict(k[1])["le"]: v for k, v in got.items() if k[0] == "gen_ai_client_inference_duration_seconds_bucket"}
     assert (les["81.92"], les["163.84"], les["327.68"], les["+Inf"]) == (0, 1, 1, 1)
+
+
+def test_a_try_abandoned_at_the_first_byte_timeout_is_counted_by_its_provider() -> None:
+    """The chain's first try, sent and given up: the provider may bill it, its cost is unknown."""
+    tally = Tally(Names(lambda: POLICY))
+    tally.record({**OK, "model": "chat", "provider": "claude", "abandoned_tries": 1,
+                  "abandoned": [{"provider": "openai", "model": "gpt-4o-mini", "input_tokens": 20}]})
+    tally.record(OK)
+    got = scrape(tally)
+    assert got[("tollway_abandoned_tries_total", (("model", "chat"), ("provider", "openai"), ("team", "search")))] == 1
+    assert sum(v for (name, _), v in got.items() if name == "tollway_abandoned_tries_total") == 1
