@@ -119,10 +119,11 @@ def report_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 COLUMNS = ("group", "requests", "refused", "lookups", "tokens", "input_tokens", "output_tokens", "cost_usd",
-           "avg_latency_ms", "p95_latency_ms", "guardrail_triggers", "fallbacks", "unknown_usage", "unknown_cost")
+           "avg_latency_ms", "p95_latency_ms", "guardrail_triggers", "fallbacks", "unknown_usage", "unknown_cost",
+           "abandoned_tries")
 # CSV: a column added later comes last, so a reader by position finds the others where they were.
-CSV_COLUMNS = (*(c for c in COLUMNS if c != "lookups"), "cached_tokens", "reasoning_tokens", "cost_usd_micros",
-               "lookups")
+CSV_COLUMNS = (*(c for c in COLUMNS if c not in ("lookups", "abandoned_tries")), "cached_tokens", "reasoning_tokens",
+               "cost_usd_micros", "lookups", "abandoned_tries", "estimated", "cost_partial")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,7 +172,7 @@ def _table(rows: list[dict[str, Any]], by: str) -> str:
         value = row[col]
         if col == "cost_usd":
             text = dollars(row["cost_usd_micros"])
-            return text + ("+" if row["unknown_cost"] else "")
+            return text + ("+" if row["cost_partial"] else "")  # at least: some usage, price or try unknown
         if value is None:
             return "-"
         return f"{value:.1f}" if isinstance(value, float) else str(value)

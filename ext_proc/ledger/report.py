@@ -131,31 +131,52 @@ def sentence(team: str, row: Row) -> str | None:
         if not row.refused:
             return None
         return f"Team {team} sent nothing to {row.group}: Tollway refused its {refusals(row)} before asking a provider."
-    tail = f" Tollway also refused {refusals(row)}." if row.refused else ""
+    refused = f" Tollway also refused {refusals(row)}." if row.refused else ""
     guard = _guardrails(row)
-    if row.errors and not (row.latency_count or row.tokens or row.unknown_usage or row.incomplete):
-        # every call got an error answer (none served, none cut): no work done, nothing charged
+    if row.errors and not (row.latency_count or row.tokens or row.unknown_usage or row.incomplete
+                           or row.abandoned_tries):
+        # every call got an error answer (none served, none cut, none abandoned): no work done, nothing charged
         each = "it with an error" if calls == 1 else "each with an error"
         fired = f", and {guard}" if row.guardrails else ""
         return (f"Team {team} sent {_requests(calls)} to {row.group} and the provider answered {each} "
-                f"(no tokens, nothing charged){fired}.{tail}")
+                f"(no tokens, nothing charged){fired}.{refused}")
     cost = dollars(row.cost_usd_micros)
     if row.unknown_cost:
         # No price for the model, or usage reported in part (a request recovered after a crash)
         n = row.unknown_cost
         cost = f"at least {cost} ({n} request's cost is unknown)" if n == 1 else \
             f"at least {cost} ({n} requests' costs are unknown)"
-    if row.errors:  # an error answer did no work and costs nothing
-        tail = f" {_requests(row.errors)} got an error answer from the provider (nothing charged).{tail}"
-    if row.unknown_usage:  # cut streams, answers without usage: counted, never taken for zero tokens
+    elif row.cost_partial:  # usage unknown, or tries abandoned: what they cost is not in the figure
+        cost = f"at least {cost}"
+    notes = []
+    if row.estimated:  # cut streams: their tokens are in the figures, estimated
+        n = row.estimated
+        notes.append(f"{n} stream{' was' if n == 1 else 's were'} cut: {'its' if n == 1 else 'their'} tokens "
+                     f"are estimated.")
+    if row.unknown_usage:  # answers without usage: counted, never taken for zero tokens
         their = "its" if row.unknown_usage == 1 else "their"
-        tail = f" {_requests(row.unknown_usage)} got no usage report ({their} tokens are unknown).{tail}"
+        notes.append(f"{_requests(row.unknown_usage)} got no usage report ({their} tokens are unknown).")
+    if row.abandoned_tries:  # sent, given up at the first-byte timeout: the provider may bill them
+        n = row.abandoned_tries
+        notes.append(f"{n} {'try was' if n == 1 else 'tries were'} abandoned after the provider may have "
+                     f"started: cost unknown.")
+    if row.errors:  # an error answer did no work and costs nothing
+        notes.append(f"{_requests(row.errors)} got an error answer from the provider (nothing charged).")
+    tail = "".join(" " + note for note in notes) + refused
     avg = row.avg_latency_ms
     latency = f"{avg:.0f}ms" if avg is not None else "unknown"
     return (
-        f"Team {team} sent {human_count(row.tokens)} tokens to {row.group} at a cost of {cost}, "
+        f"Team {team} used {human_count(row.tokens)} tokens on {row.group} ({_tokens(row)}) at a cost of {cost}, "
         f"with an average latency of {latency}, and {guard}.{tail}"
     )
+
+
+def _tokens(row: Row) -> str:
+    """``50.3K in, 30K of them cached; 2.7K out`` (input counts cache reads), ``1K in, 200 out``."""
+    given = f"{human_count(row.input_tokens)} in"
+    if row.cached_tokens:
+        return f"{given}, {human_count(row.cached_tokens)} of them cached; {human_count(row.output_tokens)} out"
+    return f"{given}, {human_count(row.output_tokens)} out"
 
 
 def _guardrails(row: Row) -> str:

@@ -37,7 +37,16 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from ext_proc.state.rows import Row, fell_back, group_of, lookup, served_latency, went_upstream
+from ext_proc.state.rows import (
+    Row,
+    abandoned_tries,
+    estimated,
+    fell_back,
+    group_of,
+    lookup,
+    served_latency,
+    went_upstream,
+)
 
 # Latency histogram upper bounds in ms (the last bucket is open-ended). Minutes too: a reasoning
 # model's answer or a long stream takes them. (The three past 60 s came later: a bucket an older
@@ -138,6 +147,8 @@ def increments(record: dict[str, Any]) -> dict[str, int]:
         "unknown_usage": int(inp is None and out is None and outcome != "error" and went_upstream(record)),
         "unknown_cost": int(cost is None and (inp is not None or out is not None)),
         "fallbacks": int(fell_back(record)),
+        "abandoned_tries": abandoned_tries(record),
+        "estimated": int(estimated(record)),
         "outcomes": 1,  # this request's errors and cut streams are counted (older buckets lack them)
         "errors": int(outcome == "error"),
         "incomplete": int(outcome == "incomplete"),
@@ -202,7 +213,7 @@ def _grouped(buckets: Iterable[tuple[Bucket, dict[str, int]]], key: Callable[[Bu
             row = rows[group] = Row(name, histogram=[0] * (len(LATENCY_BOUNDS) + 1))
         for name in ("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
                      "cost_usd_micros", "unknown_usage", "unknown_cost", "guardrail_triggers", "fallbacks",
-                     "refused", "lookups", "errors", "incomplete"):
+                     "refused", "lookups", "errors", "incomplete", "abandoned_tries", "estimated"):
             setattr(row, name, getattr(row, name) + counters.get(name, 0))
         for name, value in counters.items():
             if name.startswith("guardrail:"):

@@ -76,6 +76,20 @@ def fell_back(record: Mapping[str, Any]) -> bool:
     return record.get("fallback") is True and record.get("outcome") != "error"
 
 
+def abandoned_tries(record: Mapping[str, Any]) -> int:
+    """The tries of a request Envoy sent and abandoned at the first-byte timeout (``abandoned_tries``):
+    the provider may have started, and bill, a generation; its usage and cost are unknown."""
+    n = record.get("abandoned_tries")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
+
+
+def estimated(record: Mapping[str, Any]) -> bool:
+    """Whether a request's tokens are estimated in part or whole: a stream cut before the provider
+    reported its usage (its input from the count before sending, its output from the text streamed)."""
+    return record.get("outcome") == "incomplete" and (record.get("input_estimated") is True
+                                                       or record.get("output_estimated") is True)
+
+
 def usd(micros: int) -> Decimal:
     """Micro-dollars as an exact decimal amount of dollars (``800`` → ``Decimal("0.0008")``)."""
     return (Decimal(micros) / 1_000_000).normalize() if micros else Decimal(0)
@@ -116,6 +130,8 @@ class Row:
     cost_usd_micros: int = 0
     unknown_usage: int = 0  # requests a provider answered (not with an error) without reporting usage
     unknown_cost: int = 0  # requests with usage but no known price
+    abandoned_tries: int = 0  # tries sent, then abandoned at the first-byte timeout: billed maybe, cost unknown
+    estimated: int = 0  # cut streams (outcome incomplete) whose tokens are estimated, in part or whole
     guardrail_triggers: int = 0  # requests on which at least one guardrail fired
     fallbacks: int = 0  # requests served by a fallback target (not the first of their chain)
     refused: int = 0  # requests Tollway answered itself (outcome "rejected"): nothing was sent
@@ -161,6 +177,8 @@ class Row:
         else:
             self.cost_usd_micros += cost
         self.fallbacks += fell_back(record)
+        self.abandoned_tries += abandoned_tries(record)
+        self.estimated += estimated(record)
         self.errors += outcome == "error"
         self.incomplete += outcome == "incomplete"
         latency = served_latency(record)
@@ -173,7 +191,8 @@ class Row:
         """Add another row's totals to this one (not its latencies, nor its histogram)."""
         for name in ("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
                      "cost_usd_micros", "unknown_usage", "unknown_cost", "guardrail_triggers", "fallbacks",
-                     "refused", "lookups", "errors", "incomplete", "unknown_outcome", "latency_count"):
+                     "refused", "lookups", "errors", "incomplete", "unknown_outcome", "latency_count",
+                     "abandoned_tries", "estimated"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.latency_sum_ms += other.latency_sum_ms
         for status, n in other.refused_by_status.items():
@@ -184,6 +203,12 @@ class Row:
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    @property
+    def cost_partial(self) -> bool:
+        """Whether the cost is a floor ("at least"): some requests' usage or price is unknown, or some
+        tries were abandoned after the provider may have started (their cost is unknown)."""
+        return bool(self.unknown_cost or self.unknown_usage or self.abandoned_tries)
 
     @property
     def avg_latency_ms(self) -> float | None:
@@ -203,6 +228,7 @@ class Row:
         avg, p95 = self.avg_latency_ms, self.p95_latency_ms
         out.update(
             tokens=self.tokens,
+            cost_partial=self.cost_partial,
             cost_usd=float(usd(self.cost_usd_micros)),
             avg_latency_ms=round(avg, 3) if avg is not None else None,
             p95_latency_ms=round(p95, 3) if p95 is not None else None,

@@ -61,7 +61,7 @@ def test_the_platform_teams_sentence() -> None:
     rows = aggregate([big, small, small, rec(input_tokens=0, output_tokens=0, cost_usd_micros=0, latency_ms=340.0)],
                      "model")
     assert sentence("A", rows[0]) == (
-        "Team A sent 4.2M tokens to gpt-4o at a cost of $84.00, with an average latency of 340ms, "
+        "Team A used 4.2M tokens on gpt-4o (4M in, 200K out) at a cost of $84.00, with an average latency of 340ms, "
         "and 3 requests triggered the PII guardrail."
     )
 
@@ -122,17 +122,17 @@ def test_the_average_latency_is_that_of_the_model_calls_a_provider_answered(redi
 
 def test_sentences_leave_out_model_lists_and_token_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A row of lookups alone (the model list's "(none)", a model only asked for token counts) is no
-    "sent 0 tokens to (none) at a cost of $0.00, with an average latency of 0ms"."""
+    "used 0 tokens on (none) (0 in, 0 out) at a cost of $0.00, with an average latency of 0ms"."""
     rows = {r.group: r for r in aggregate([rec(), COUNTED, MODEL_LIST, FORWARDED_COUNT], "model")}
     assert sentence("search", rows["(none)"]) is None and sentence("search", rows["claude"]) is None
     assert sentence("search", rows["gpt-4o"]) == (
-        "Team search sent 1.2K tokens to gpt-4o at a cost of $0.0045, with an average latency of 300ms, and no "
-        "request triggered a guardrail.")
+        "Team search used 1.2K tokens on gpt-4o (1K in, 200 out) at a cost of $0.0045, with an average latency of "
+        "300ms, and no request triggered a guardrail.")
     path = tmp_path / "requests.jsonl"
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in [rec(), COUNTED, MODEL_LIST, FORWARDED_COUNT]))
     assert main(["report", "--log", str(path), "--team", "search", "--month", "2026-10"]) == 0
     out = capsys.readouterr().out
-    assert "sent 0 tokens" not in out and len(out.splitlines()) == 1, out
+    assert "used 0 tokens" not in out and len(out.splitlines()) == 1, out
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in [COUNTED, MODEL_LIST]))
     assert main(["report", "--log", str(path), "--team", "search", "--month", "2026-10"]) == 0
     assert capsys.readouterr().out == (
@@ -248,13 +248,14 @@ def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["report", *log, "--format", "csv", "--month", "2026-10"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("group,requests,refused,tokens") and len(lines) == 3
-    assert lines[0].split(",")[-4:] == ["cached_tokens", "reasoning_tokens", "cost_usd_micros", "lookups"]
+    assert lines[0].split(",")[-7:] == ["cached_tokens", "reasoning_tokens", "cost_usd_micros", "lookups",
+                                        "abandoned_tries", "estimated", "cost_partial"]
     assert main(["report", *log, "--month", "2026-10"]) == 0
     table = capsys.readouterr().out
     assert "search" in table and "$1.01+" in table  # "+": some requests' cost is unknown
     assert main(["report", *log, "--team", "search", "--month", "2026-10"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("Team search sent 15 tokens to claude at a cost of $1.00,")
+    assert out[0].startswith("Team search used 15 tokens on claude (10 in, 5 out) at a cost of $1.00,")
     assert "at least $0.009 (1 request's cost is unknown)" in out[1]
     assert os.path.exists(path)
 
@@ -285,9 +286,9 @@ def test_refused_requests_are_counted_as_refused_not_as_zero_tokens() -> None:
     assert (served.requests, served.refused, served.errors, served.unknown_usage, served.avg_latency_ms) == (
         3, 1, 1, 0, 20.0)
     assert sentence("demo", served) == (
-        "Team demo sent 21 tokens to gpt-4o-mini at a cost of $0.000008, with an average latency of 20ms, and no "
-        "request triggered a guardrail. 1 request got an error answer from the provider (nothing charged). Tollway "
-        "also refused 1 request (400).")
+        "Team demo used 21 tokens on gpt-4o-mini (9 in, 12 out) at a cost of $0.000008, with an average latency of "
+        "20ms, and no request triggered a guardrail. 1 request got an error answer from the provider (nothing "
+        "charged). Tollway also refused 1 request (400).")
 
 
 def test_redis_aggregates_count_refusals_like_the_log(redis_port: int) -> None:
@@ -327,8 +328,8 @@ def test_report_team_alone_is_this_months_sentence(tmp_path: Path, capsys: pytes
                      + orjson.dumps(rec(team="demo")) + b"\n")  # October: not this month
     assert main(["report", "--log", str(path), "--team", "demo"]) == 0
     assert capsys.readouterr().out == (
-        "Team demo sent 1.2K tokens to gpt-4o-mini at a cost of $0.0045, with an average latency of 300ms, and no "
-        "request triggered a guardrail.\n")
+        "Team demo used 1.2K tokens on gpt-4o-mini (1K in, 200 out) at a cost of $0.0045, with an average latency of "
+        "300ms, and no request triggered a guardrail.\n")
     assert main(["report", "--log", str(path), "--team", "nobody"]) == 0
     assert capsys.readouterr().out == f"Team nobody sent no requests in {datetime.now(UTC):%Y-%m}.\n"
 
@@ -529,3 +530,77 @@ def test_p95_from_the_aggregates_reads_minutes_not_60_seconds() -> None:
     (from_log,) = aggregate(records, "model")
     assert from_log.p95_latency_ms == 180_000.0
     assert from_aggregates.p95_latency_ms == 300_000.0
+
+
+# A fallback chain's first try abandoned at the first-byte timeout (the provider may bill it), a
+# stream cut before its usage (tokens estimated), an answer without usage, one with cache reads.
+ABANDONED = rec(input_tokens=12, output_tokens=8, cost_usd_micros=100, attempts=2, fallback=True,
+                provider="anthropic", abandoned_tries=1,
+                abandoned=[{"provider": "openai", "model": "gpt-4o-mini", "input_tokens": 12}])
+CUT = rec(outcome="incomplete", input_tokens=50_000, output_tokens=2_000, input_estimated=True,
+          output_estimated=True, cost_usd_micros=2_000)
+CACHED = rec(input_tokens=300, output_tokens=700, cached_tokens=30_000 - 0, cost_usd_micros=300)
+NO_USAGE = rec(input_tokens=None, output_tokens=None, cost_usd_micros=None)
+
+
+def test_a_try_abandoned_at_the_first_byte_timeout_makes_the_cost_a_floor_in_every_report(
+        redis_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its usage and cost are unknown (the provider got the request and may have generated): the
+    sentence says so and "at least", the table's cost has its "+", json and csv count it, and the
+    Redis aggregates read as the log does."""
+    import redis
+
+    from ext_proc.state.ledger import RedisLedger
+
+    row = aggregate([ABANDONED, ABANDONED], "model")[0]
+    assert (row.abandoned_tries, row.unknown_usage, row.unknown_cost, row.cost_partial) == (2, 0, 0, True)
+    assert sentence("alpha", row) == (
+        "Team alpha used 40 tokens on gpt-4o (24 in, 16 out) at a cost of at least $0.0002, with an average latency "
+        "of 300ms, and no request triggered a guardrail. 2 tries were abandoned after the provider may have "
+        "started: cost unknown.")
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    for ledger in (MemoryLedger(), RedisLedger(client, prefix="tollway:test-abandoned")):
+        ledger.add([ABANDONED, rec()])
+        (stored,) = ledger.rows("model")
+        assert (stored.abandoned_tries, stored.cost_partial) == (1, True)
+    # A chain that timed out at its last target too: no answer, but not "nothing charged".
+    timed_out = rec(outcome="error", status=504, error="upstream_per_try_idle_timeout", input_tokens=None,
+                    output_tokens=None, cost_usd_micros=None, abandoned_tries=1,
+                    abandoned=[{"provider": "openai", "model": "gpt-4o", "input_tokens": 9}])
+    told = sentence("alpha", aggregate([timed_out], "model")[0])
+    assert told is not None and "answered it with an error" not in told and "at least $0.00" in told
+    assert "1 try was abandoned after the provider may have started: cost unknown." in told
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in (ABANDONED, rec())))
+    log = ["report", "--log", str(path), "--by", "model", "--month", "2026-10"]
+    assert main([*log, "--format", "json"]) == 0
+    (shown,) = orjson.loads(capsys.readouterr().out)
+    assert (shown["abandoned_tries"], shown["cost_partial"]) == (1, True)
+    assert main([*log, "--format", "csv"]) == 0
+    header, line = capsys.readouterr().out.splitlines()
+    assert dict(zip(header.split(","), line.split(","), strict=True))["abandoned_tries"] == "1"
+    assert main(log) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[-1] == "abandoned_tries" and "$0.0046+" in table[1] and table[1].split()[-1] == "1"
+
+
+def test_unknown_usage_makes_the_cost_at_least_in_the_sentence_and_the_table(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An answer without usage has a cost no one knows: the total is a floor, as an unpriced one's."""
+    row = aggregate([rec(), NO_USAGE], "model")[0]
+    told = sentence("alpha", row)
+    assert told is not None and "at a cost of at least $0.0045," in told
+    assert "1 request got no usage report (its tokens are unknown)." in told
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in (rec(), NO_USAGE)))
+    assert main(["report", "--log", str(path), "--by", "model", "--month", "2026-10"]) == 0
+    assert "$0.0045+" in capsys.readouterr().out
+
+
+def test_the_sentence_splits_tokens_in_and_out_with_cache_reads_and_names_cut_streams() -> None:
+    row = aggregate([CUT, CACHED, rec(cost_usd_micros=0, input_tokens=0, output_tokens=0)], "model")[0]
+    assert sentence("alpha", row) == (
+        "Team alpha used 53K tokens on gpt-4o (50.3K in, 30K of them cached; 2.7K out) at a cost of $0.0023, with "
+        "an average latency of 300ms, and no request triggered a guardrail. 1 stream was cut: its tokens are "
+        "estimated.")

@@ -148,8 +148,13 @@ function draw(data) {
   set("source", data.source === "redis" ? "shared aggregates (Redis)" : "request log");
   set("skipped", data.skipped ? ` · ${count(data.skipped)} log lines left out (not a record, or dated ahead)` : "",
       data.skipped || 0);
-  set("total-cost", dollars(t.cost_usd_micros) + (t.unknown_cost ? "+" : ""), t.cost_usd_micros);
-  set("total-unpriced", t.unknown_cost ? `${t.unknown_cost} without a known price` : "");
+  // "+": at least this much (some requests' usage or price unknown, or tries abandoned after the
+  // provider may have started).
+  set("total-cost", dollars(t.cost_usd_micros) + (t.cost_partial ? "+" : ""), t.cost_usd_micros);
+  set("total-unpriced", [t.unknown_cost && `${count(t.unknown_cost)} without a known price`,
+                         t.unknown_usage && `${count(t.unknown_usage)} without usage`,
+                         t.abandoned_tries && `${count(t.abandoned_tries)} ${t.abandoned_tries === 1 ? "try" : "tries"} abandoned: cost unknown`]
+                        .filter(Boolean).join(" · "));
   set("total-requests", count(t.requests), t.requests);
   set("total-refused", count(t.refused), t.refused);
   // Model lists and token counts: no model call (no tokens, no cost, not in the latencies)
@@ -182,7 +187,7 @@ function draw(data) {
   stacked($("chart-requests"), data.slots,  // stacked in name order: "failed" (red) under "ok" (blue)
           {ok: data.series.requests.map((n, i) => n - data.series.failed[i]), failed: data.series.failed}, ["#b42318", "#2f6fde"]);
 
-  const cost = r => [dollars(r.cost_usd_micros) + (r.unknown_cost ? "+" : ""), r.cost_usd_micros];
+  const cost = r => [dollars(r.cost_usd_micros) + (r.cost_partial ? "+" : ""), r.cost_usd_micros];
   fillTable("teams", data.teams, r => [
     [r.group, undefined, true], [count(r.requests), r.requests], [count(r.refused), r.refused],
     [count(r.input_tokens), r.input_tokens], [count(r.output_tokens), r.output_tokens], cost(r),
