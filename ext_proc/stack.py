@@ -8,7 +8,9 @@ it start Envoy, with ``envoy/tollway.yaml`` rendered for its ports and that clus
 request ever meets a gateway whose service is not serving yet. It stops them all in reverse
 order. A provider whose API key is not in the environment is a *stand-in* served by the fake
 provider (``tollway serve --stand-in NAME=URL``), so the stack works offline with no
-configuration. A stand-in gets the placeholder key ``tollway-stand-in-key``, never the
+configuration; ``tollway up`` also passes ``--stand-in-missing URL``, so a provider a policy edit
+adds without its key is served by the fake provider too (the console names it), never sent to its
+real endpoint without a key. A stand-in gets the placeholder key ``tollway-stand-in-key``, never the
 provider's own (the fake provider shows what it received to any local process): ``tollway up``
 stands in for an Azure resource or a remote host even when its key is set. Tests whose fake
 provider checks the keys it gets (``--api-key``) ask for the real ones (``stand_ins_get_keys``).
@@ -31,7 +33,6 @@ import argparse
 import contextlib
 import errno
 import fcntl
-import ipaddress
 import os
 import random
 import shutil
@@ -41,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +65,7 @@ from ext_proc.envoy_config import (
 )
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.server import clusters
+from ext_proc.server.credentials import CredentialStore, reached_for_real
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIG = TEMPLATE  # envoy/tollway.yaml
@@ -202,6 +203,9 @@ class Stack:
     bodies_together: bool = True  # each body right behind its headers (False: tollway envoy --bodies buffered)
     mocked: frozenset[str] = frozenset(PROVIDER_KEYS)  # providers served by the fake provider (stand-ins)
     stand_ins_get_keys: bool = False  # the stand-ins get the providers' own keys (a fake provider that checks them)
+    # The fake provider also stands in for every provider a policy version has without a usable key,
+    # those a reload adds included (tollway serve --stand-in-missing; tollway up)
+    stand_in_missing: bool = False
     quiet: bool = True
     die_with_parent: bool = False  # the children get SIGTERM when the thread that started them dies (tollway up)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -312,6 +316,8 @@ class Stack:
         ]
         for name, url in self.stand_ins.items():
             argv += ["--stand-in", f"{name}={url}"]
+        if self.stand_in_missing:
+            argv += ["--stand-in-missing", f"http://127.0.0.1:{self.mock_port}"]
         if self.stand_ins_get_keys:
             argv.append("--stand-ins-get-keys")
         if self.policy is not None:
@@ -584,32 +590,16 @@ def mock_plan(policy_path: Path, environ: Mapping[str, str]) -> tuple[frozenset[
     from ext_proc.policy.compile import compile_policy
 
     policy = compile_policy(policy_path.read_text(), str(policy_path))
+    store = CredentialStore(environ)
     mocked: set[str] = set()
     lines = []
     for provider in policy.providers.values():
-        source = provider.credential
-        available = source is None or (
-            bool(environ.get(source.env)) if source.env else Path(source.file or "").is_file()
-        )
-        host = urllib.parse.urlsplit(provider.endpoint).hostname if provider.endpoint else None
-        real = available and (provider.kind in ("openai", "anthropic") or _local(host))
+        real = reached_for_real(provider, store)  # what tollway serve --stand-in-missing decides at each reload
         if not real:
             mocked.add(provider.name)
         where = f"{provider.endpoint or 'the public API'}" if real else "fake provider"
         lines.append(f"    {provider.name:<18} {provider.kind:<18} -> {where}")
     return frozenset(mocked), lines
-
-
-def _local(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 class InUse(Exception):
@@ -662,9 +652,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"tollway up: {args.policy}: {exc.strerror}", file=sys.stderr)
         return 1
     workdir = Path(args.workdir).resolve()
-    ports = {"gateway listener, --port": args.port, "Tollway admin, --service-admin-port": args.service_admin_port}
-    if mocked:
-        ports["fake provider, --mock-port"] = args.mock_port
+    # The fake provider runs even when every provider has its key: it serves any provider an edit
+    # of the policy adds without one.
+    ports = {"gateway listener, --port": args.port, "Tollway admin, --service-admin-port": args.service_admin_port,
+             "fake provider, --mock-port": args.mock_port}
     try:
         try:
             lock = _lock_workdir(workdir)
@@ -679,7 +670,7 @@ def run(args: argparse.Namespace) -> int:
         workdir, listen_port=args.port, ext_proc_address=args.ext_proc,
         mock_port=args.mock_port, service_admin_port=args.service_admin_port,
         workers=args.workers, policy=policy, workload=args.workload, envoy_concurrency=args.envoy_concurrency,
-        mock=bool(mocked), mocked=mocked, quiet=True, die_with_parent=True,
+        mock=True, mocked=mocked, stand_in_missing=True, quiet=True, die_with_parent=True,
     )
     stopping = False
     started = False
@@ -774,6 +765,7 @@ class PolicyConsole:
         self.readyz, self.out, self.interval = readyz, out, interval
         self._next = 0.0
         self._seen: tuple[object, object] | None = None
+        self._stood_in: frozenset[str] = frozenset()  # the providers the fake provider serves
 
     def poll(self) -> None:
         now = time.monotonic()
@@ -782,15 +774,24 @@ class PolicyConsole:
         self._next = now + self.interval
         try:
             with urllib.request.urlopen(self.readyz, timeout=1) as response:
-                policy = orjson.loads(response.read()).get("policy") or {}
+                ready = orjson.loads(response.read())
         except (OSError, ValueError):
             return
+        policy = ready.get("policy") or {}
         state = (policy.get("version"), policy.get("last_reload_error"))
-        if self._seen is not None and state != self._seen:
+        if state == self._seen:  # (the stand-ins of a version being loaded are published before it)
+            return
+        stood_in = frozenset(ready.get("stand_ins") or ())
+        if self._seen is not None:
             out = self.out or sys.stdout
             if state[1]:
                 print(f"policy {policy.get('source')} REJECTED, still serving version {state[0]}:\n{state[1]}",
                       file=out, flush=True)
             else:
                 print(f"policy {policy.get('source')} reloaded: version {state[0]}", file=out, flush=True)
-        self._seen = state
+            for name in sorted(stood_in - self._stood_in):
+                print(f"    provider {name} -> fake provider (no usable key, or an endpoint elsewhere than this "
+                      "machine: tollway up never sends it your prompts without its key)", file=out, flush=True)
+            for name in sorted((self._stood_in - stood_in) & set(ready.get("credentials") or ())):
+                print(f"    provider {name} -> its endpoint", file=out, flush=True)
+        self._seen, self._stood_in = state, stood_in

@@ -41,7 +41,7 @@ from ext_proc import memo
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.server import bodies, journal, listen, state_dir
 from ext_proc.server.accounting import ENCODINGS_ENV
-from ext_proc.server.clusters import ENVOY_ADMIN, ClusterSync, stand_in
+from ext_proc.server.clusters import ENVOY_ADMIN, ClusterSync, stand_in, stand_in_url
 from ext_proc.server.dealer import Dealer
 from ext_proc.server.listen import TLSFiles
 from ext_proc.server.metrics import Exchange, Names, Tally
@@ -77,6 +77,7 @@ class ServeConfig:
     envoy_admin: str | None = None  # Envoy's admin, to confirm it loaded the clusters
     stand_ins: dict[str, str] = field(default_factory=dict)  # provider -> URL that stands in for it
     stand_ins_get_keys: bool = False  # stand-ins get their providers' own keys, not the placeholder
+    stand_in_missing: str | None = None  # URL standing in for each provider without a usable key (tollway up)
     admin_token: str | None = field(default=None, repr=False)  # bearer token the admin endpoint asks for
     metrics_dir: str | None = None  # where the workers exchange their metric tallies (several workers)
     otlp_endpoint: str | None = None  # OpenTelemetry: traces (and records as logs) over OTLP/HTTP
@@ -174,6 +175,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stand-in", type=stand_in, action="append", default=[], metavar="PROVIDER=URL",
                         help="serve PROVIDER from URL (e.g. the fake provider) instead of its endpoint; it gets the "
                              "placeholder key tollway-stand-in-key, never the provider's own; repeatable")
+    parser.add_argument("--stand-in-missing", type=stand_in_url, metavar="URL",
+                        help="serve from URL every provider of the policy that has no usable key (or whose endpoint "
+                             "is not on this machine nor an IP address, an openai/anthropic provider's aside), "
+                             "decided again at each policy reload, so a provider an edit adds without a key never "
+                             "goes to its real endpoint: what tollway up passes for its fake provider; needs "
+                             "--envoy-clusters")
     parser.add_argument("--stand-ins-get-keys", action="store_true",
                         help="send each stand-in its provider's own key when that is set (the placeholder otherwise): "
                              "for a stand-in that checks keys, as the tests' fake provider does with --api-key; never "
@@ -217,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
             socket_group=args.socket_group,
             envoy_clusters=args.envoy_clusters, envoy_admin=args.envoy_admin or None,
             stand_ins=dict(args.stand_in), stand_ins_get_keys=args.stand_ins_get_keys,
+            stand_in_missing=args.stand_in_missing,
             otlp_endpoint=args.otlp_endpoint, otlp_logs=args.otlp_logs,
             trace_ratio=min(1.0, max(0.0, args.trace_sample_ratio)), text_memory=args.text_memory,
             body_memory=args.body_memory, state_dir=args.state_dir,
@@ -231,6 +239,10 @@ def run(args: argparse.Namespace) -> int:
             listen.check_directory(os.path.dirname(os.path.abspath(config.envoy_clusters)), config.socket_group)
     except listen.ListenError as exc:
         print(f"tollway serve: {exc}", file=sys.stderr)
+        return 2
+    if config.stand_in_missing and not config.envoy_clusters:
+        print("tollway serve: --stand-in-missing needs --envoy-clusters (the stand-ins follow each policy "
+              "version through Envoy's clusters file)", file=sys.stderr)
         return 2
     problem = _unusable(config)
     if problem:  # said once here, not by every worker as it dies
@@ -250,8 +262,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{exc.strerror}", file=sys.stderr)
             return 2
     publication = Publication()
-    clusters = ClusterSync(config.envoy_clusters, config.envoy_admin, config.stand_ins) if config.envoy_clusters \
-        else None
+    clusters = ClusterSync(config.envoy_clusters, config.envoy_admin, config.stand_ins,
+                           stand_in_missing=config.stand_in_missing) if config.envoy_clusters else None
     controller = PolicyController(config.policy or None, publication, clusters)
     listener = None
     zygote: Zygote | None = None

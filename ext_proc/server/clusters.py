@@ -6,6 +6,8 @@ besides its bootstrap's:
 - one cluster per provider, reaching its ``endpoint`` (TLS with SNI and a certificate check for
   https), or for ``openai`` and ``anthropic`` without one, their public API. A *stand-in*
   (``PROVIDER=URL``, e.g. the fake provider under ``tollway up``) replaces a provider's endpoint;
+  with ``--stand-in-missing URL`` (``tollway up``) each policy version's providers without a usable
+  key get that stand-in too (:meth:`ClusterSync.stand_ins_of`);
 - one cluster per fallback *chain* (the providers an alias tries, in order; see
   :func:`ext_proc.policy.decide.chains`), with one priority level per position, each holding the
   endpoints of that provider's own cluster, tagged with their position (``tollway.slot``) and with
@@ -66,6 +68,7 @@ import yaml
 
 from ext_proc.policy import decide
 from ext_proc.policy.compiled import DEFAULT_ENDPOINTS, EXT_PROC_CLUSTER, CompiledPolicy
+from ext_proc.server.credentials import CredentialStore, reached_for_real
 
 log = logging.getLogger("tollway.clusters")
 
@@ -301,14 +304,30 @@ def cds_document(clusters: list[dict[str, Any]], version: str) -> dict[str, Any]
 def stand_in(text: str) -> tuple[str, str]:
     """``PROVIDER=URL`` (an argparse type): serve PROVIDER from URL, e.g. the fake provider."""
     name, _, url = text.partition("=")
-    parts = urllib.parse.urlsplit(url)
-    if not name or parts.scheme not in ("http", "https") or not parts.hostname:
+    if not name or not _http_url(url):
         raise argparse.ArgumentTypeError(f"expected PROVIDER=http(s)://HOST:PORT, got {text!r}")
+    _port(text, url)
+    return name, url
+
+
+def stand_in_url(text: str) -> str:
+    """``URL`` (an argparse type): the stand-in of every provider without a usable key."""
+    if not _http_url(text):
+        raise argparse.ArgumentTypeError(f"expected http(s)://HOST:PORT, got {text!r}")
+    _port(text, text)
+    return text
+
+
+def _http_url(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _port(text: str, url: str) -> None:
     try:
-        parts.port  # noqa: B018 - raises on a bad port
+        urllib.parse.urlsplit(url).port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-    return name, url
 
 RETIRE_AFTER = 300.0
 
@@ -353,6 +372,8 @@ class ClusterSync:
         envoy_admin: str | None = None,
         stand_ins: Mapping[str, str] | None = None,
         *,
+        stand_in_missing: str | None = None,
+        credentials: CredentialStore | None = None,
         timeout: float = 10.0,
         retire_after: float = RETIRE_AFTER,
         unconfirmed_wait: float = 1.0,
@@ -363,6 +384,9 @@ class ClusterSync:
         self.path = path
         self.envoy_admin = envoy_admin.rstrip("/") if envoy_admin else None
         self.stand_ins = dict(stand_ins or {})
+        # tollway up's fake provider: stands in for each provider of a policy it does not reach for real
+        self.stand_in_missing = stand_in_missing
+        self._credentials = credentials if credentials is not None else CredentialStore()
         self.timeout, self.retire_after, self.unconfirmed_wait = timeout, retire_after, unconfirmed_wait
         self._clock, self._sleep, self._get = clock, sleep, get
         self.written: dict[str, dict[str, Any]] = {}  # what the file holds, by cluster name
@@ -370,17 +394,35 @@ class ClusterSync:
         self.accepted: dict[str, dict[str, Any]] = {}  # what Envoy accepted last: what the next write keeps
         self._retired: dict[str, float] = {}  # accepted clusters the running policy does not need: since when
 
-    def clusters(self, policy: CompiledPolicy | None) -> dict[str, dict[str, Any]]:
-        """The clusters ``policy`` needs (a ``ClusterError`` when one cannot be built)."""
-        return {cluster["name"]: cluster for cluster in policy_clusters(policy, self.stand_ins)}
+    def stand_ins_of(self, policy: CompiledPolicy | None) -> dict[str, str]:
+        """The providers of ``policy`` a stand-in serves, with its URL: the given ones (``--stand-in``)
+        and, with ``stand_in_missing`` (``--stand-in-missing URL``, what ``tollway up`` passes), every
+        provider it would not reach for real now (no usable key, or an endpoint elsewhere than this
+        machine: :func:`~ext_proc.server.credentials.reached_for_real`)."""
+        out = dict(self.stand_ins)
+        if self.stand_in_missing and policy is not None:
+            for provider in policy.providers.values():
+                if provider.name not in out and not reached_for_real(provider, self._credentials):
+                    out[provider.name] = self.stand_in_missing
+        return out
 
-    def prepare(self, policy: CompiledPolicy | None, *, starting: bool = False) -> None:
+    def clusters(self, policy: CompiledPolicy | None, stand_ins: Mapping[str, str] | None = None
+                 ) -> dict[str, dict[str, Any]]:
+        """The clusters ``policy`` needs (a ``ClusterError`` when one cannot be built), its providers
+        reaching ``stand_ins`` (default: :meth:`stand_ins_of` it)."""
+        stand_ins = self.stand_ins_of(policy) if stand_ins is None else stand_ins
+        return {cluster["name"]: cluster for cluster in policy_clusters(policy, stand_ins)}
+
+    def prepare(self, policy: CompiledPolicy | None, *, starting: bool = False,
+                stand_ins: Mapping[str, str] | None = None) -> None:
         """Steps 1 and 2: have Envoy hold every cluster of ``policy`` (and keep the older ones for now).
 
         ``starting``: the service's first write, before Envoy may run (Envoy needs the file to
-        start): wait for Envoy only if its admin already answers.
+        start): wait for Envoy only if its admin already answers. ``stand_ins``: the providers a
+        stand-in serves (default: :meth:`stand_ins_of` the policy).
         """
-        needed = self.clusters(policy)
+        stand_ins = self.stand_ins_of(policy) if stand_ins is None else stand_ins
+        needed = self.clusters(policy, stand_ins)
         now = self._clock()
         retired = {name: self._retired.get(name, now) for name in self.accepted if name not in needed}
         content = {**{name: self.accepted[name] for name in retired}, **needed}
@@ -388,7 +430,7 @@ class ClusterSync:
         self._write(content)
         try:
             if not (rejected_before is None and starting):
-                self._wait(set(needed), rejected_before, self._changes(content, policy))
+                self._wait(set(needed), rejected_before, self._changes(content, policy, stand_ins))
         except EnvoyNotReady:
             if starting:  # nothing older to go back to: Envoy loads this file when it comes (if late),
                 self.accepted = content  # or holds what it could take of it (if it refused some)
@@ -451,11 +493,12 @@ class ClusterSync:
         body = self._get(self.envoy_admin, "/config_dump?resource=dynamic_active_clusters")
         return {entry["cluster"]["name"] for entry in orjson.loads(body).get("configs", ())}
 
-    def _changes(self, content: dict[str, dict[str, Any]], policy: CompiledPolicy | None) -> str:
+    def _changes(self, content: dict[str, dict[str, Any]], policy: CompiledPolicy | None,
+                 stand_ins: Mapping[str, str]) -> str:
         """The clusters a write adds or changes, with the providers' endpoints: what a rejection names."""
         endpoints: dict[str, list[str]] = {}
         for p in policy.providers.values() if policy is not None else ():
-            url = self.stand_ins.get(p.name) or p.endpoint or DEFAULT_ENDPOINTS.get(p.kind)
+            url = stand_ins.get(p.name) or p.endpoint or DEFAULT_ENDPOINTS.get(p.kind)
             endpoints.setdefault(p.cluster, []).append(f"provider '{p.name}'" + (f" at {url}" if url else ""))
         changed = [name for name in sorted(content) if self.accepted.get(name) != content[name]]
         return ", ".join(f"{name} ({'; '.join(endpoints[name])})" if name in endpoints else name for name in changed)

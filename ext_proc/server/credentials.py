@@ -14,6 +14,12 @@ local process. Key injection still happens and shows, and ``/readyz`` counts the
 served. Only ``stand_ins_get_keys`` (``--stand-ins-get-keys``) sends a stand-in the provider's own
 key when it is set: for a stand-in that checks keys, as the tests' fake provider does.
 
+Under ``tollway up`` (``tollway serve --stand-in-missing URL``) which providers are stand-ins is
+decided again for each policy version (:func:`reached_for_real`, evaluated by the ``tollway serve``
+parent, which publishes the answer with the policy): a provider added by a reload without a usable
+key is served by the fake provider too, never sent to its real endpoint without a key. The store
+then also asks ``more`` (the published set) whether a provider is a stand-in.
+
 A provider may send the key back: an error quoting the ``Authorization`` header it got, a debugging
 header reflecting it (self-hosted servers and proxies do). :class:`Scrub` takes the exact key of
 each provider a request may have been sent to out of the answer's header values and bodies before
@@ -26,10 +32,12 @@ answer, and a compressed body (Tollway asks providers for identity encoding).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+import urllib.parse
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from ext_proc.core.actions import Action, Continue, Respond
 from ext_proc.core.events import Event, ResponseBody, ResponseHeaders
@@ -67,14 +75,20 @@ class CredentialStore:
         recheck: float = 1.0,
         stand_ins: frozenset[str] = frozenset(),
         stand_ins_get_keys: bool = False,
+        more: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self._stand_ins = stand_ins
+        self._more = more  # the stand-ins decided for the running policy (tollway serve --stand-in-missing)
         self._stand_ins_get_keys = stand_ins_get_keys
         self._environ = environ
         self._clock = clock
         self._recheck = recheck
         self._files: dict[str, tuple[float, tuple[int, int, int] | None, str | None]] = {}
         self._warned: dict[str, float] = {}
+
+    def stood_in(self, name: str) -> bool:
+        """Whether provider ``name`` is served by a stand-in (given, or decided for the running policy)."""
+        return name in self._stand_ins or (self._more is not None and name in self._more())
 
     def key(self, source: CredentialSource) -> str | None:
         if source.env is not None:
@@ -127,7 +141,7 @@ class CredentialStore:
         source = provider.credential
         if source is None:
             return ()
-        stood_in = provider.name in self._stand_ins
+        stood_in = self.stood_in(provider.name)
         key = self.key(source) if self._stand_ins_get_keys or not stood_in else None
         if key is None and stood_in:
             key = STAND_IN_KEY
@@ -146,7 +160,7 @@ class CredentialStore:
         keys = []
         for provider in named:
             source = provider.credential
-            if source is None or (provider.name in self._stand_ins and not self._stand_ins_get_keys):
+            if source is None or (not self._stand_ins_get_keys and self.stood_in(provider.name)):
                 continue
             key = self.key(source)
             if key is not None and len(key) >= MIN_SCRUBBED and key not in keys:
@@ -155,8 +169,35 @@ class CredentialStore:
 
     def status(self, providers: Mapping[str, Provider]) -> dict[str, bool]:
         """Which providers can be served: a usable credential or a stand-in (for /readyz); never a value."""
-        return {name: (p.credential is None or name in self._stand_ins or self.key(p.credential) is not None)
+        return {name: (p.credential is None or self.stood_in(name) or self.key(p.credential) is not None)
                 for name, p in providers.items()}
+
+
+def reached_for_real(provider: Provider, store: CredentialStore) -> bool:
+    """Whether ``tollway up`` reaches ``provider`` at its endpoint rather than the fake provider.
+
+    Only when its key is usable (or it needs none) and either it is an ``openai`` or ``anthropic``
+    provider, or its ``endpoint`` is on this machine or an IP address (a model you run yourself, a
+    local proxy). Anything else (no key, an Azure resource, a cluster-internal or remote host) is
+    served by the fake provider, which gets the placeholder key, never the provider's own.
+    """
+    source = provider.credential
+    if source is not None and store.key(source) is None:
+        return False
+    host = urllib.parse.urlsplit(provider.endpoint).hostname if provider.endpoint else None
+    return provider.kind in ("openai", "anthropic") or _local(host)
+
+
+def _local(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class Scrub:

@@ -34,6 +34,14 @@ a version, every request on every worker, and every ``/readyz`` answer, sees it:
 disagree about which policy runs. A request keeps the policy it started with, so a reload fails
 no request.
 
+With a clusters file, which providers a stand-in serves (``--stand-in``, and under ``tollway up``
+``--stand-in-missing``: every provider without a usable key) is decided for each version too,
+and published with it (``PolicyState.stand_ins``): the workers give those providers the
+placeholder key. Providers a new version adds to them are published *before* its clusters are
+written, so a worker never sends a provider's own key to the stand-in; one a version takes off
+them gets its key once that version is published (the real endpoint meanwhile gets the
+placeholder, never the fake provider the key).
+
 Without a clusters file (``--envoy-clusters``), Envoy's clusters come from a static config
 (``tollway envoy``): the chains of the policy the service started with are taken as the ones
 Envoy has, and a reload whose aliases need others is applied but names them (log and
@@ -93,6 +101,7 @@ class PolicyState:
     reloads_error: int = 0
     envoy_clusters_missing: list[str] = field(default_factory=list)
     envoy_clusters: str | None = None  # the clusters file, when Tollway writes one
+    stand_ins: dict[str, str] = field(default_factory=dict)  # providers a stand-in serves (with the clusters file)
 
 
 class Publication:
@@ -205,6 +214,7 @@ class PolicyController:
         """The first load: False (after saying why) when the service must not start."""
         if self.path is None:  # open mode: only the default providers' clusters
             if self.clusters is not None:
+                self.state.stand_ins = self.clusters.stand_ins_of(None)
                 try:
                     self.clusters.prepare(None, starting=True)
                 except EnvoyNotReady as exc:
@@ -240,26 +250,35 @@ class PolicyController:
         if text is None:
             return self._reject(str(error))
         refused: EnvoyRejected | None = None
+        serving = self.state.stand_ins  # the stand-ins of the running policy
+        stand_ins = serving
         try:
             policy = compile_policy(text, self.path)
             give_back()  # the compile's temporaries (Hyperscan's above all)
             if self.clusters is not None:
-                self.clusters.prepare(policy, starting=starting)
+                stand_ins = self.clusters.stand_ins_of(policy)
+                self._hold_keys(serving, stand_ins)
+                self.clusters.prepare(policy, starting=starting, stand_ins=stand_ins)
         except PolicyError as exc:
-            return self._reject(str(exc))
+            return self._reject(str(exc), stand_ins=serving)
         except ClusterError as exc:
-            return self._reject(f"{self.path}: {exc}")
+            return self._reject(f"{self.path}: {exc}", stand_ins=serving)
         except EnvoyNotReady as exc:
             if not starting:
-                return self._reject(f"{self.path}: {exc}", again=True)
+                return self._reject(f"{self.path}: {exc}", again=True, stand_ins=serving)
             log.warning("%s", exc)  # Envoy may be the one starting late: serve, and say so
             refused = exc if isinstance(exc, EnvoyRejected) else None
         except Exception as exc:  # a fault of Tollway's own: never a silent, stuck watcher
             log.exception("policy %s: loading it failed", self.path)
-            return self._reject(f"{self.path}: cannot load it: {type(exc).__name__}: {exc}", again=not starting)
+            return self._reject(f"{self.path}: cannot load it: {type(exc).__name__}: {exc}", again=not starting,
+                                stand_ins=serving)
         self._failures = 0
         self.current = policy
         state = self.state
+        for name in sorted(stand_ins.keys() - serving.keys()):
+            log.log(logging.INFO if starting else logging.WARNING, "provider %s is served by the stand-in at %s",
+                    name, stand_ins[name])
+        state.stand_ins = stand_ins
         state.text, state.version, state.loaded_at = text, policy.version, time.time()
         state.last_error = state.error_at = None
         state.reloads_ok += 1
@@ -279,9 +298,19 @@ class PolicyController:
             )
         return True
 
-    def _reject(self, message: str, again: bool = False) -> bool:
-        """Keep the running policy and say why (``again``: load the same file later); False."""
+    def _hold_keys(self, serving: dict[str, str], stand_ins: dict[str, str]) -> None:
+        """Before Envoy's clusters send a provider to a stand-in, have the workers give it the
+        placeholder key instead of its own: publish the new stand-ins with the running policy."""
+        if any(serving.get(name) != url for name, url in stand_ins.items()):
+            self.state.stand_ins = {**serving, **stand_ins}
+            self.publication.publish(self.state)
+
+    def _reject(self, message: str, again: bool = False, stand_ins: dict[str, str] | None = None) -> bool:
+        """Keep the running policy and say why (``again``: load the same file later); False.
+        ``stand_ins``: the running policy's (what :meth:`_hold_keys` may have added is taken back)."""
         state = self.state
+        if stand_ins is not None:
+            state.stand_ins = stand_ins
         state.last_error, state.error_at = message, time.time()
         state.reloads_error += 1
         kept = f"keeping version {state.version}" if state.version else "no policy loaded"

@@ -152,7 +152,16 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
     exchange = Exchange(tally, config.metrics_dir)
     registry.register(TallyCollector(exchange.totals))
     keeper.alerts = Alerts(lambda: holder.current if holder else None, backend.once, tally)
-    credentials = CredentialStore(stand_ins=frozenset(config.stand_ins), stand_ins_get_keys=config.stand_ins_get_keys)
+
+    def published_stand_ins() -> dict[str, str]:
+        """The stand-ins decided for the running policy (tollway serve --stand-in-missing), as published."""
+        if holder is None:
+            return {}
+        holder.current  # noqa: B018 - serve the latest publication
+        return holder.state.stand_ins
+
+    credentials = CredentialStore(stand_ins=frozenset(config.stand_ins), stand_ins_get_keys=config.stand_ins_get_keys,
+                                  more=published_stand_ins if config.stand_in_missing else None)
     service = Service(records, holder, config.workload, mtls=config.tls is not None, credentials=credentials,
                       accountant=warm_up(),
                       usage_headers=config.usage_headers, store=store, keeper=keeper,
@@ -232,8 +241,9 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
             details["policy"] = holder.details()
             if holder.current is not None:
                 details["credentials"] = service.credentials.status(holder.current.providers)
-        if config.stand_ins:
-            details["stand_ins"] = config.stand_ins  # served by a stand-in (the fake provider), not the real API
+        stand_ins = {**config.stand_ins, **(holder.state.stand_ins if holder is not None else {})}
+        if stand_ins:
+            details["stand_ins"] = stand_ins  # served by a stand-in (the fake provider), not the real API
         # A stale policy (the last edit was rejected) keeps the sidecar ready: it still serves the
         # last good policy, and taking it out of rotation would fail every request instead.
         return (not draining and (holder is None or holder.current is not None)), details

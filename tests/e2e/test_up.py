@@ -473,6 +473,48 @@ def test_a_provider_the_fake_provider_stands_in_for_never_gets_your_key(tmp_path
         assert running.stop() == 0
 
 
+ADDED = """  mistral: {kind: openai-compatible, endpoint: https://api.mistral.ai, credential: {env: UP_MISTRAL_KEY}}
+  remote-keyed: {kind: openai-compatible, endpoint: https://llm.example.com/v1, credential: {env: UP_REMOTE_KEY}}
+"""
+
+
+def test_a_provider_an_edit_adds_without_a_key_is_served_by_the_fake_provider(tmp_path: Path) -> None:
+    """The fake provider is decided per policy version: a provider added while `make run` runs, without its
+    key (or elsewhere than this machine, its key set), is served by the fake provider with the placeholder key,
+    never sent to its real endpoint (a 503 offline, the prompt without a key online), and the console says so."""
+    policy = tmp_path / "policy.yaml"
+    original = (ROOT / "policies" / "example.yaml").read_text()
+    policy.write_text(original)
+    running = Up(tmp_path / "state", policy, env={**NO_KEYS, "UP_REMOTE_KEY": REAL_KEYS["UP_REMOTE_KEY"]})
+    try:
+        running.until(r"^Ctrl-C stops everything")
+        edited = original.replace("providers:\n", "providers:\n" + ADDED, 1).replace(
+            "models:\n", "models:\n  mistral-small: {provider: mistral}\n  remote-llama: {provider: remote-keyed}\n", 1)
+        new = tmp_path / "policy.yaml.new"
+        new.write_text(edited)
+        new.rename(policy)  # an editor's save
+        running.until(r"reloaded: version", timeout=15)
+        assert "mistral -> fake provider" in running.until(r"provider mistral ", timeout=5)
+        assert "remote-keyed -> fake provider" in running.until(r"provider remote-keyed ", timeout=5)
+        with httpx.Client(base_url=running.url, timeout=10) as http:
+            for model, provider in (("mistral-small", "mistral"), ("remote-llama", "remote-keyed")):
+                response = http.post("/v1/chat/completions",
+                                     json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+                assert response.status_code == 200, (model, response.text)
+                assert response.headers["x-tollway-provider"] == provider
+        seen = httpx.get(f"http://127.0.0.1:{running.ports['mock']}/_mock/requests").json()
+        bodies = [yaml.safe_load(request["body"])["model"] for request in seen]
+        assert bodies == ["mistral-small", "remote-llama"]
+        keys = [{k.lower(): v for k, v in request["headers"]}.get("authorization") for request in seen]
+        assert keys == ["Bearer tollway-stand-in-key"] * 2
+        assert REAL_KEYS["UP_REMOTE_KEY"] not in str(seen)
+        ready = httpx.get(f"http://127.0.0.1:{running.ports['service']}/readyz").json()
+        assert {"mistral", "remote-keyed"} <= set(ready["stand_ins"])
+        assert ready["credentials"]["mistral"] is True
+    finally:
+        assert running.stop() == 0
+
+
 def wait_until(check: Callable[[], bool], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while True:

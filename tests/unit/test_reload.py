@@ -355,7 +355,7 @@ def test_a_file_refused_for_a_reason_outside_it_is_loaded_again_untouched(
     assert controller.check() is True and holder.details()["state"] == "current"
     assert holder.current is not None and holder.current.alias("smart") is not None
 
-    def broken(policy: object) -> dict[str, Any]:
+    def broken(policy: object, stand_ins: object = None) -> dict[str, Any]:
         raise ValueError("Port out of range 0-65535")  # what an unparsed endpoint used to raise here
 
     sync.clusters = broken  # type: ignore[method-assign]
@@ -591,3 +591,80 @@ def test_a_configmap_swap_is_read_at_once(tmp_path: Path, publication: Publicati
     os.replace(tmp_path / "..tmp", tmp_path / "..data")
     wall.now = time.time()  # the new file is a few microseconds old
     assert controller.check() is True and PolicyHolder(publication).current.guardrails is not None  # type: ignore[union-attr]
+
+
+OWN = GOOD.replace("models:\n", "  own: {kind: openai-compatible, endpoint: http://127.0.0.1:8000, "
+                                "credential: {env: OWN_KEY}}\nmodels:\n  llama: {provider: own}\n")
+ADDS_MISTRAL = OWN.replace("models:\n", "  mistral: {kind: openai-compatible, endpoint: https://api.mistral.ai, "
+                                        "credential: {env: MISTRAL_API_KEY}}\nmodels:\n  mistral-small: "
+                                        "{provider: mistral}\n")
+FAKE = "http://127.0.0.1:18080"
+
+
+def test_a_provider_a_reload_adds_without_its_key_gets_the_stand_in_before_its_cluster_does(
+    tmp_path: Path, publication: Publication
+) -> None:
+    """tollway serve --stand-in-missing (tollway up): decided for each policy version. A provider without its
+    key gets the stand-in; one whose endpoint moves off this machine too, and the workers give it the
+    placeholder key before Envoy's cluster sends it there (never its own key to the fake provider); a
+    rejected version takes them back."""
+    from ext_proc.server.credentials import STAND_IN_KEY, CredentialStore
+
+    path, clusters_file = tmp_path / "policy.yaml", tmp_path / "clusters.yaml"
+    path.write_text(OWN)
+    envoy, clock = FakeEnvoy(clusters_file), Clock()
+    environ = {"OPENAI_API_KEY": "sk-openai-real-0001", "OWN_KEY": "sk-own-real-0002", "MISTRAL_API_KEY": ""}
+    holder = PolicyHolder(publication)
+
+    def published() -> dict[str, str]:  # as a worker reads them (ext_proc.server.worker)
+        holder.current  # noqa: B018 - the latest publication
+        return holder.state.stand_ins
+
+    worker = CredentialStore(environ, more=published)
+    seen: list[str] = []  # the key a worker gives provider own while its cluster reaches the fake provider
+
+    def address(cluster: dict[str, Any]) -> dict[str, Any]:
+        return dict(cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"])
+
+    def get(admin: str, url: str) -> bytes:
+        document = yaml.safe_load(clusters_file.read_text()) if clusters_file.exists() else None
+        for cluster in document["resources"] if document else ():
+            if cluster["name"] == "own" and address(cluster)["socket_address"]["port_value"] == 18080:
+                running = holder.current
+                assert running is not None
+                seen.append(dict(worker.headers(running.providers["own"]))["authorization"])
+        return envoy.get(admin, url)
+
+    sync = ClusterSync(str(clusters_file), "http://envoy", stand_in_missing=FAKE,
+                       credentials=CredentialStore(environ), clock=clock, sleep=clock.sleep, get=get)
+    controller = PolicyController(str(path), publication, sync, clock=clock)
+    assert controller.start()
+    assert published() == {}  # openai and own have their keys, own is on this machine
+    edited = ADDS_MISTRAL.replace("http://127.0.0.1:8000", "https://llm.example.com")
+    envoy.reject = True
+    path.write_text(edited)
+    assert controller.check() is False
+    assert published() == {}  # the running policy's again
+    envoy.reject = False
+    clock.now += 1
+    assert controller.check() is True
+    assert published() == {"mistral": FAKE, "own": FAKE}
+    policy = holder.current
+    assert policy is not None and "mistral" in policy.providers
+    clusters = {c["name"]: c for c in yaml.safe_load(clusters_file.read_text())["resources"]}
+    for name in ("mistral", "own"):
+        assert address(clusters[name]) == {"socket_address": {"address": "127.0.0.1", "port_value": 18080}}
+        assert dict(worker.headers(policy.providers[name])) == {"authorization": f"Bearer {STAND_IN_KEY}"}
+    assert dict(worker.headers(policy.providers["openai"])) == {"authorization": "Bearer sk-openai-real-0001"}
+    assert seen and set(seen) == {f"Bearer {STAND_IN_KEY}"}, seen
+
+
+def test_without_stand_in_missing_a_provider_without_its_key_keeps_its_endpoint(tmp_path: Path) -> None:
+    """tollway serve's own behaviour (production): a provider without its key is not redirected anywhere."""
+    from ext_proc.server.credentials import CredentialStore
+
+    sync = ClusterSync(str(tmp_path / "clusters.yaml"), credentials=CredentialStore({}))
+    policy = compile_policy(ADDS_MISTRAL, "p.yaml")
+    assert sync.stand_ins_of(policy) == {}
+    address = sync.clusters(policy)["mistral"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert address["address"]["socket_address"] == {"address": "api.mistral.ai", "port_value": 443}
