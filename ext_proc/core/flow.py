@@ -8,7 +8,7 @@ holds no logic beyond small derived views.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ext_proc.core.meter import Accountant, Meter
@@ -73,6 +73,8 @@ class Flow:
         "served",
         "served_model",
         "set_headers",
+        "stand_in_missing",
+        "stand_ins",
         "started",
         "status",
         "stream",
@@ -152,6 +154,11 @@ class Flow:
         self.error: str | None = None
         self.answer_body: bytes | None = None  # a buffered answer, kept only for a span's content
         self.answer_coding: str | None = None  # the answer's content-encoding, when not identity
+        # Where providers are reached instead of their endpoints (tollway serve --stand-in, --stand-in-missing),
+        # asked only to explain an unreachable one; stand_in_missing: tollway up's fake provider serves
+        # any provider without its key.
+        self.stand_ins: Callable[[], Mapping[str, str]] | None = None
+        self.stand_in_missing = False
 
     def note(self, name: str, at: int, **attributes: Any) -> None:
         """A decision, as a span event (only when the server traces requests)."""

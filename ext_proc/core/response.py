@@ -22,11 +22,17 @@ of an answer that needs no translation.
 
 Error answers (HTTP status 400 and up) are not streamed; :func:`error_answer` gives them the
 client's format (Envoy's own plain-text replies included) and notes the provider's error code.
+Envoy's own reply for a provider it could not reach (``no healthy upstream``, a refused or failed
+connection, a timeout: written by the bootstrap's ``local_reply_config``) is explained instead
+(:func:`unreachable`): which provider, at which host (or stand-in), what failed and what to check.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import urllib.parse
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -37,6 +43,7 @@ from ext_proc.llm.apis import error_code, gunzip
 from ext_proc.llm.errors import INTERRUPTED, ClientError, plain_error
 from ext_proc.llm.sse import SSEDecoder, SSEEvent
 from ext_proc.llm.translate import StreamTranslator
+from ext_proc.policy.compiled import DEFAULT_ENDPOINTS, Provider
 
 UNTRANSLATABLE = ClientError(502, "untranslatable_response", "The provider's answer could not be translated.")
 MAX_EVENT = 8 * 1024 * 1024  # bytes of one streamed event: a provider sending more is cut off
@@ -337,6 +344,108 @@ def error_answer(flow: Flow, status: int, body: bytes) -> bytes | None:
         flow.error = error.code
         return api.error_body(error)
     flow.error = error_code(payload)
+    envoys = _envoys_reply(payload) if status >= 500 else None
+    if envoys is not None:
+        explained = unreachable(flow, status, *envoys)
+        if explained is not None:
+            return api.error_body(explained)
     if flow.pair is not None:
         return flow.pair.error(status, body)
     return None
+
+
+ENVOY_REPLY = "Tollway gateway error ("  # how envoy/tollway.yaml's local_reply_config begins Envoy's own errors
+
+
+def _envoys_reply(payload: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(code, Envoy's response code details, its text) of an error Envoy made itself, as the
+    bootstrap's ``local_reply_config`` writes it (either family's format); None: a provider's."""
+    error = payload.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str) or not message.startswith(ENVOY_REPLY):
+        return None
+    details, _, text = message[len(ENVOY_REPLY):].partition("): ")
+    code = error.get("code") if isinstance(error, dict) else None
+    return (code if isinstance(code, str) and code else "provider_unavailable"), details, text
+
+
+def unreachable(flow: Flow, status: int, code: str, details: str, text: str) -> ClientError | None:
+    """The client's error for Envoy's own reply to a request it could not get answered by the
+    provider (or any provider of the chain): which provider, where Envoy reaches it, what failed and
+    what to check. ``code`` and ``status`` stay Envoy's. None when no provider was chosen."""
+    targets = flow.chain or ((flow.target,) if flow.target is not None else ())
+    providers: list[Provider] = list(dict.fromkeys(target.provider for target in targets))
+    if not providers:
+        return None
+    stand_ins = dict(flow.stand_ins()) if flow.stand_ins is not None else {}
+    places = [_place(provider, stand_ins.get(provider.name)) for provider in providers]
+    who = places[0] if len(providers) == 1 else f"any provider of '{flow.model}' ({', '.join(places)})"
+    return ClientError(status, code, f"Tollway could not reach {who}: {_reason(details, text)}. "
+                                     f"{_check(providers, stand_ins, flow.stand_in_missing)}")
+
+
+def _place(provider: Provider, stand_in: str | None) -> str:
+    if stand_in is not None:
+        return f"provider '{provider.name}' (its stand-in, {_netloc(stand_in)})"
+    url = provider.endpoint or DEFAULT_ENDPOINTS.get(provider.kind)
+    return f"provider '{provider.name}' at {_netloc(url)}" if url else f"provider '{provider.name}'"
+
+
+def _netloc(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return parts.netloc
+    return f"{parts.hostname}:{port}"
+
+
+def _reason(details: str, text: str) -> str:
+    """What Envoy's response code details say, in words."""
+    said = details.lower()
+    if "no_healthy_upstream" in said:
+        return ("no healthy upstream: its host name did not resolve (yet), or no connection to it succeeded "
+                "(Envoy's no_healthy_upstream)")
+    if "refused" in said:
+        return "the connection was refused (nothing listens there)"
+    if "tls" in said or "ssl" in said or "certificate" in said:
+        return f"the TLS handshake failed (its certificate, or not TLS at all?) ({details})"
+    if "timeout" in said or "timed_out" in said:
+        return f"it did not answer in time ({details})"
+    if "connect" in said or "connection_failure" in said:
+        return f"the connection failed ({details})"
+    if "reset" in said or "termination" in said:
+        return f"the connection closed before it answered ({details})"
+    return text or details or "no answer"
+
+
+def _check(providers: Sequence[Provider], stand_ins: dict[str, str], stand_in_missing: bool) -> str:
+    """What to check, for the providers the request could go to."""
+    checks = []
+    if any(provider.name in stand_ins for provider in providers):
+        checks.append("Is the stand-in running (under tollway up, the fake provider: see mock.log in its workdir)?")
+    real = [provider for provider in providers if provider.name not in stand_ins]
+    if any(_on_this_machine(provider) for provider in real):
+        checks.append("Is the server at that address running and listening?")
+    if any(not _on_this_machine(provider) for provider in real):
+        checks.append("Check this machine's network, DNS and proxy: Envoy connects to the provider directly "
+                      "(it does not use HTTP_PROXY or HTTPS_PROXY).")
+    keys = [provider.credential.env for provider in real
+            if provider.credential is not None and provider.credential.env and not _on_this_machine(provider)]
+    if stand_in_missing and keys:
+        checks.append(f"To use tollway up's fake provider instead, unset {' and '.join(dict.fromkeys(keys))} "
+                      "and start make run again.")
+    return " ".join(checks)
+
+
+def _on_this_machine(provider: Provider) -> bool:
+    host = urllib.parse.urlsplit(provider.endpoint).hostname if provider.endpoint else None
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private

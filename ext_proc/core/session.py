@@ -34,7 +34,7 @@ An event that cannot happen in the current phase raises :class:`ProtocolError`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -109,8 +109,11 @@ class Session:
         steps: Pipeline = pipeline.DEFAULT,
         trace: bool = False,
         mtls: bool = False,
+        stand_ins: Callable[[], Mapping[str, str]] | None = None,
+        stand_in_missing: bool = False,
     ) -> None:
         self.flow = Flow(policy, workload, accountant, runtime, mtls)
+        self.flow.stand_ins, self.flow.stand_in_missing = stand_ins, stand_in_missing
         if trace:  # the server traces requests: note the decisions as span events
             self.flow.trace = []
         self._usage_headers = usage_headers  # add x-tollway-*-tokens / -cost-usd to buffered answers

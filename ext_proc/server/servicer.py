@@ -33,7 +33,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -93,6 +93,10 @@ class Service:
     on_trace: Callable[[dict[str, Any], Trace], None] | None = None
     classifier: Classifier = field(default_factory=Classifier)  # external prompt-injection classifiers
     bodies: BodyBudget = field(default_factory=BodyBudget)  # request bodies this worker holds (see bodies)
+    # The providers stand-ins serve (name -> URL), to name them when unreachable; stand_in_missing:
+    # tollway up's fake provider serves every provider without its key (tollway serve --stand-in-missing).
+    stand_ins: Callable[[], Mapping[str, str]] | None = None
+    stand_in_missing: bool = False
 
     def session(self, peer: str | None = None) -> Session:
         """A new request's session, bound to the policy current at this moment.
@@ -105,7 +109,7 @@ class Service:
         """
         return Session(self.policy.current if self.policy else None, self.workload or peer, self.accountant,
                        self.usage_headers, runtime=self.runtime, steps=self.steps, trace=self.on_trace is not None,
-                       mtls=self.mtls)
+                       mtls=self.mtls, stand_ins=self.stand_ins, stand_in_missing=self.stand_in_missing)
 
     def ask(self, query: object) -> object | Awaitable[object]:
         """The answer to ``query`` (or an awaitable of it) from the store, or from an external

@@ -162,8 +162,12 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
 
     credentials = CredentialStore(stand_ins=frozenset(config.stand_ins), stand_ins_get_keys=config.stand_ins_get_keys,
                                   more=published_stand_ins if config.stand_in_missing else None)
+
+    def stand_ins() -> dict[str, str]:
+        return {**config.stand_ins, **published_stand_ins()}
+
     service = Service(records, holder, config.workload, mtls=config.tls is not None, credentials=credentials,
-                      accountant=warm_up(),
+                      accountant=warm_up(), stand_ins=stand_ins, stand_in_missing=bool(config.stand_in_missing),
                       usage_headers=config.usage_headers, store=store, keeper=keeper,
                       steps=pipeline.Pipeline.of(pipeline.request_steps(store_probe=config.store_probe)),
                       bodies=BodyBudget(config.body_memory * 1024 * 1024))

@@ -351,6 +351,11 @@ def test_a_provider_down_slow_or_failing_mid_stream(env: Env) -> None:
     try:
         down = [call(base, sdk, stream) for sdk, stream in (("openai", False), ("anthropic", True))]
         assert all(c.status == 503 and c.format_ok and c.seconds < SLACK for c in down), down
+        # Named, with where Envoy reaches it and what to check (not Envoy's bare "no healthy upstream").
+        for c, provider in zip(down, ("openai", "anthropic"), strict=True):
+            assert "Tollway could not reach " in c.detail and "connection was refused" in c.detail, c.detail
+            assert f"provider '{provider}' (its stand-in, 127.0.0.1:{stack.mock_port})" in c.detail, c.detail
+            assert "Is the stand-in running" in c.detail, c.detail
         found = records_for(stack, [c.request_id for c in down])
         assert all(found[c.request_id or ""]["outcome"] == "error" and found[c.request_id or ""]["status"] == 503
                    for c in down)

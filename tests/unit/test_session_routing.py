@@ -506,6 +506,70 @@ def test_envoys_plain_text_503_becomes_the_clients_json_error(path: str, request
         503, "error", "provider_unavailable", 2)
 
 
+ENVOY_503 = {"error": {"code": "no_healthy_upstream", "param": None, "type": "server_error",
+                       "message": "Tollway gateway error (no_healthy_upstream): no healthy upstream"}}
+ENVOY_503_ANTHROPIC = {"type": "error", "error": {"type": "api_error", "code": "no_healthy_upstream",
+                                                  "message": "Tollway gateway error (no_healthy_upstream): no healthy "
+                                                             "upstream"}}
+NOT_REACHED = ("Tollway could not reach provider 'openai' at api.openai.com:443: no healthy upstream: its host name "
+               "did not resolve (yet), or no connection to it succeeded (Envoy's no_healthy_upstream). Check this "
+               "machine's network, DNS and proxy: Envoy connects to the provider directly (it does not use HTTP_PROXY "
+               "or HTTPS_PROXY).")
+
+
+@pytest.mark.parametrize(("path", "request_body", "envoys", "expected"), [
+    (CHAT, {**CHAT_REQUEST, "model": "gpt-4o"}, ENVOY_503,
+     {"error": {"message": NOT_REACHED, "type": "server_error", "param": None, "code": "no_healthy_upstream"}}),
+    (MESSAGES, ANTHROPIC_REQUEST, ENVOY_503_ANTHROPIC, {"type": "error", "error": {"type": "api_error",
+                                                                                   "message": NOT_REACHED}}),
+], ids=["openai", "anthropic-client"])
+def test_envoys_own_503_names_the_provider_where_it_is_reached_and_what_to_check(
+    path: str, request_body: Any, envoys: Any, expected: Any
+) -> None:
+    """Envoy's bare "no healthy upstream" (as the bootstrap's local_reply_config writes it) is explained in
+    the client's format, its status and code kept."""
+    session = Session(POLICY, "local-dev")
+    sent(session, request_body, path)
+    session.handle(served(503, slot=None, attempts="1"))
+    action = session.handle(ResponseBody(orjson.dumps(envoys), True, 3_000_000))
+    assert isinstance(action, Continue) and orjson.loads(action.body or b"") == expected
+    record = the_record(session)
+    assert (record["status"], record["error"], record["provider"]) == (503, "no_healthy_upstream", "openai")
+
+
+def test_envoys_own_503_under_tollway_up_names_the_stand_in_or_how_to_use_it() -> None:
+    refused = {"error": {"code": "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_"
+                                 "error:_Connection_refused}", "param": None, "type": "server_error",
+                         "message": "Tollway gateway error (upstream_reset_before_response_started{remote_connection_"
+                                    "failure|delayed_connect_error:_Connection_refused}): upstream connect error or "
+                                    "disconnect/reset before headers. reset reason: remote connection failure"}}
+    for stand_ins, words in (
+        ({}, "provider 'openai' at api.openai.com:443: the connection was refused (nothing listens there). Check "
+             "this machine's network, DNS and proxy: Envoy connects to the provider directly (it does not use "
+             "HTTP_PROXY or HTTPS_PROXY). To use tollway up's fake provider instead, unset OPENAI_API_KEY and start "
+             "make run again."),
+        ({"openai": "http://127.0.0.1:18080"},
+         "provider 'openai' (its stand-in, 127.0.0.1:18080): the connection was refused (nothing listens there). Is "
+         "the stand-in running (under tollway up, the fake provider: see mock.log in its workdir)?"),
+    ):
+        session = Session(POLICY, "local-dev", stand_ins=lambda stand_ins=stand_ins: stand_ins, stand_in_missing=True)
+        sent(session, {**CHAT_REQUEST, "model": "gpt-4o"})
+        session.handle(served(503, slot=None, attempts="1"))
+        action = session.handle(ResponseBody(orjson.dumps(refused), True, 3_000_000))
+        assert isinstance(action, Continue)
+        assert orjson.loads(action.body or b"")["error"]["message"] == f"Tollway could not reach {words}"
+
+
+def test_a_providers_own_503_is_passed_on_as_it_said_it() -> None:
+    session = Session(POLICY, "local-dev")
+    sent(session, {**CHAT_REQUEST, "model": "gpt-4o"})
+    session.handle(served(503, slot=None, attempts="1"))
+    own = {"error": {"message": "The engine is currently overloaded.", "type": "server_error", "param": None,
+                     "code": None}}
+    action = session.handle(ResponseBody(orjson.dumps(own), True, 3_000_000))
+    assert action is CONTINUE or (isinstance(action, Continue) and action.body is None)
+
+
 def test_an_attempts_own_refusal_is_translated_like_a_provider_error() -> None:
     """The attempt answers a request the translation refuses in Anthropic's format (a field of a
     type OpenAI's API does not allow, which OpenAI, tried first, would judge itself); the client
@@ -870,3 +934,12 @@ def test_a_streamed_requests_error_answer_is_charged_nothing(accountant: Service
     assert (record["status"], record["outcome"]) == (status, "error")
     assert (record["input_tokens"], record["output_tokens"], record["cost_usd_micros"]) == (None, None, None)
     assert record["estimated_input_tokens"] > 200  # the pre-send estimate is kept, as information
+
+
+@pytest.mark.parametrize("config", ["envoy/tollway.yaml", "k8s/overlays/istio/istio.yaml"])
+def test_the_envoy_configs_write_their_own_errors_as_the_session_recognises_them(config: str) -> None:
+    from ext_proc.core.response import ENVOY_REPLY
+    from ext_proc.stack import ROOT
+
+    text = (ROOT / config).read_text()
+    assert text.count(f'"{ENVOY_REPLY}%RESPONSE_CODE_DETAILS%): %LOCAL_REPLY_BODY%"') >= 2
