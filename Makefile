@@ -48,8 +48,8 @@ tools: ## install redis-server, wrk, chromium, iproute2, iptables if missing (ap
 	$(if $(MISSING),$(if $(CAN_APT),,$(error the tests need $(MISSING): install them (Debian/Ubuntu: sudo apt-get install $(MISSING); macOS: brew install redis wrk chromium) and run make again)))
 	$(if $(MISSING),@echo "installing $(MISSING) with apt-get" && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MISSING) >/dev/null,@true)
 
-run: $(STAMP) ## install, then run Envoy + Tollway (+ the fake provider when no provider key is set)
-	$(VENV)/bin/tollway up
+run: $(STAMP) ## install, then run Envoy + Tollway + the fake provider (tollway up; its options: UP_ARGS="--port 10001 ...")
+	$(VENV)/bin/tollway up $(UP_ARGS)
 
 test: $(STAMP) tools ## install what is missing, then run the whole suite (unit + end-to-end with real Envoy, Redis, SDKs)
 	$(PY) -m pytest

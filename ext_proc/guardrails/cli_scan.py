@@ -25,7 +25,8 @@ from .texts import WALKERS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lines", action="store_true", help="score each line of stdin on its own")
-    parser.add_argument("--threshold", type=float, default=0.5, help="the score that counts as an injection")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="the score that counts as an injection (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="one JSON object per text")
     parser.add_argument("--request", metavar="FILE", help="a request body (JSON): score its user and tool texts "
                         "against its system prompt, as the gateway does")

@@ -90,15 +90,20 @@ def table(found: list[dict[str, Any]]) -> str:
                      for line in lines)
 
 
+DEFAULT_ADMIN = "http://127.0.0.1:9902"  # tollway up's (make run's) admin, and tollway serve's default
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", required=True, help="the policy whose budgets to show")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--redis", help="the Redis every sidecar shares (redis://host:6379/0; default "
                                         "TOLLWAY_REDIS_URL, which keeps a password off the command line)")
-    source.add_argument("--admin", help="a running service's admin address (http://127.0.0.1:9902)")
-    parser.add_argument("--admin-token-file", default=os.environ.get("TOLLWAY_ADMIN_TOKEN_FILE"),
-                        help="with --admin: the admin token's file, when the service asks for one "
-                             "(env TOLLWAY_ADMIN_TOKEN_FILE, or the token in TOLLWAY_ADMIN_TOKEN)")
+    source.add_argument("--admin", help="a running service's admin address (default, without --redis or "
+                                        f"TOLLWAY_REDIS_URL: {DEFAULT_ADMIN}, the one make run starts)")
+    parser.add_argument("--admin-token-file", default=None,
+                        help="the admin token's file, when the service asks for one (with --admin also env "
+                             "TOLLWAY_ADMIN_TOKEN_FILE, or the token in TOLLWAY_ADMIN_TOKEN; the default admin "
+                             "address gets no token from the environment)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
 
 
@@ -117,19 +122,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"tollway budgets: {_unreadable(exc)}", file=sys.stderr)
         return 1
     redis_url = args.redis or (None if args.admin else os.environ.get("TOLLWAY_REDIS_URL"))
-    if not redis_url and not args.admin:
-        print("tollway budgets: give --redis URL (or TOLLWAY_REDIS_URL) or --admin ADDRESS", file=sys.stderr)
-        return 2
+    # Neither: the local service's admin (make run's). A token from the environment goes only to an
+    # address given: whatever listens on the default port when Tollway does not would get it.
+    admin = args.admin or DEFAULT_ADMIN
+    token_file = args.admin_token_file or (os.environ.get("TOLLWAY_ADMIN_TOKEN_FILE") if args.admin else None)
     try:
         if redis_url:
             found = asyncio.run(_from_redis(redis_url, policy))
         else:
-            found = _from_admin(args.admin, args.admin_token_file)
+            found = _from_admin(admin, token_file, environ=bool(args.admin))
     except Exception as exc:  # one line for a person, never a traceback
-        where = "Redis" if redis_url else args.admin
+        where = "Redis" if redis_url else admin
         why = type(exc).__name__
+        reason = getattr(exc, "reason", None)
         if getattr(exc, "code", None) == 401:
-            why = "it needs the admin token (--admin-token-file or TOLLWAY_ADMIN_TOKEN)"
+            given = " or TOLLWAY_ADMIN_TOKEN" if args.admin else f"; or --admin {admin} to use TOLLWAY_ADMIN_TOKEN"
+            why = f"it needs the admin token (--admin-token-file{given})"
+        elif isinstance(reason, OSError):
+            why = reason.strerror or type(reason).__name__
+            if not redis_url and not args.admin:
+                why += ("; the default is the admin of make run (tollway serve) on this machine: is it running? "
+                        "Else give --redis URL (or TOLLWAY_REDIS_URL) or --admin ADDRESS")
         print(f"tollway budgets: cannot read the counters from {where}: {why}", file=sys.stderr)
         return 1
     if args.format == "json":
@@ -149,10 +162,10 @@ async def _from_redis(url: str, policy: CompiledPolicy) -> list[dict[str, Any]]:
         await backend.close()
 
 
-def _from_admin(url: str, token_file: str | None = None) -> list[dict[str, Any]]:
+def _from_admin(url: str, token_file: str | None = None, environ: bool = True) -> list[dict[str, Any]]:
     import urllib.request
 
-    token = os.environ.get("TOLLWAY_ADMIN_TOKEN")
+    token = os.environ.get("TOLLWAY_ADMIN_TOKEN") if environ else None
     if token_file:
         token = Path(token_file).read_text(encoding="utf-8").strip()
     request = urllib.request.Request(url.rstrip("/") + "/v1/budgets")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -98,9 +99,55 @@ def test_the_cli_reads_the_redis_url_from_the_environment(tmp_path: Path, monkey
     parser = argparse.ArgumentParser()
     budgets.add_arguments(parser)
     monkeypatch.delenv("TOLLWAY_REDIS_URL", raising=False)
-    assert budgets.run(parser.parse_args(["--policy", str(policy)])) == 2
+    monkeypatch.setattr(budgets, "DEFAULT_ADMIN", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    assert budgets.run(parser.parse_args(["--policy", str(policy)])) == 1
     assert "TOLLWAY_REDIS_URL" in capsys.readouterr().err
     monkeypatch.setenv("TOLLWAY_REDIS_URL", f"redis://:pw-not-shown@127.0.0.1:{free_port()}/0")  # nothing listens
     assert budgets.run(parser.parse_args(["--policy", str(policy)])) == 1
     err = capsys.readouterr().err
     assert "cannot read the counters from Redis" in err and "pw-not-shown" not in err
+
+
+def test_the_cli_reads_make_runs_admin_by_default_and_sends_it_no_token_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --redis, TOLLWAY_REDIS_URL or --admin: the admin of make run on this machine (as the README's
+    example), never with a token from the environment (whatever listens on that port would get it)."""
+    import argparse
+    import http.server
+    import threading
+
+    from ext_proc.ledger import budgets
+
+    asked: list[str | None] = []
+
+    class Admin(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.headers.get("Authorization"))
+            body = orjson.dumps({"budgets": []}) if self.path == "/v1/budgets" else b"{}"
+            self.send_response(200 if self.path == "/v1/budgets" else 404)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Admin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(HEAD)
+        parser = argparse.ArgumentParser()
+        budgets.add_arguments(parser)
+        monkeypatch.delenv("TOLLWAY_REDIS_URL", raising=False)
+        monkeypatch.setenv("TOLLWAY_ADMIN_TOKEN", "admin-token-not-for-the-default")
+        address = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setattr(budgets, "DEFAULT_ADMIN", address)
+        assert budgets.run(parser.parse_args(["--policy", str(policy), "--format", "json"])) == 0
+        assert orjson.loads(capsys.readouterr().out) == []
+        assert budgets.run(parser.parse_args(["--policy", str(policy), "--format", "json", "--admin", address])) == 0
+        assert asked == [None, "Bearer admin-token-not-for-the-default"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -99,3 +99,11 @@ def test_a_repetition_never_cuts_another_finding_in_two(monkeypatch: pytest.Monk
     status, out, _ = redact(monkeypatch, capsys, text=text)
     assert status == 0 and "1111" not in out and "xK9" not in out, out
 
+
+
+def test_scan_help_shows_the_default_threshold(capsys: pytest.CaptureFixture[str]) -> None:
+    from ext_proc.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["scan", "--help"])
+    assert "the score that counts as an injection (default 0.5)" in " ".join(capsys.readouterr().out.split())

@@ -10,6 +10,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -90,3 +91,15 @@ def test_the_proto_modules_xds_protos_also_ships_are_their_owners_copies() -> No
                 f"{record} is not {owner}'s copy: run make install again")
             checked += 1
     assert checked > 50
+
+
+def test_make_run_passes_up_args_to_tollway_up() -> None:
+    """`make run UP_ARGS="--port 10001 ..."`: tollway up's options (other ports, another workdir) through make."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "run", "UP_ARGS=--port 10001 --workdir .tw2"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert ".venv/bin/tollway up --port 10001 --workdir .tw2" in dry, dry
