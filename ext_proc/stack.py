@@ -35,12 +35,14 @@ import errno
 import fcntl
 import os
 import random
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -686,6 +688,7 @@ def run(args: argparse.Namespace) -> int:
     # process is killed outright they get SIGTERM from the kernel (die_with_parent).
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, on_signal)
+    watch_terminal()
     try:
         stack.start()
         started = True
@@ -701,15 +704,66 @@ def run(args: argparse.Namespace) -> int:
         while not stopping:
             for name, proc in stack.procs.items():
                 if proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}; stopping (see {stack.workdir}/{name}.log)")
+                    say(f"{name} exited with {proc.returncode}; stopping (see {stack.workdir}/{name}.log)")
                     stopping = True
             watcher.poll()
             time.sleep(0.2)
     finally:
         stack.stop()
         lock.close()
-    print("Tollway stopped.")
+    say("Tollway stopped.")
     return 0
+
+
+def say(text: str, out: IO[str] | None = None) -> None:
+    """A line on the console; nothing when it is gone (a terminal hung up, a closed pipe)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=out or sys.stdout, flush=True)
+
+
+def watch_terminal(poll_timeout: int | None = None) -> threading.Thread | None:
+    """Stop as on SIGHUP when this process's terminal hangs up (None: it has none).
+
+    The kernel tells of a hangup (a terminal window closed, an ssh connection or a tmux session
+    gone) only the terminal's session leader, and sends SIGHUP to the foreground process group
+    only once that leader exits: under ``make run`` (``ssh -t host make run``, a tmux pane's
+    ``make run``, ``bash -c 'make run'``) the leader is make, which catches SIGHUP and waits for
+    its child, so ``tollway up`` would run on, holding its ports. A hung-up terminal's descriptors
+    report POLLHUP: a thread waits for that on the first of stdin, stdout and stderr that is a
+    terminal, then points all three at /dev/null (writes to a hung-up terminal fail) and sends
+    this process SIGHUP.
+    """
+    fd = next((fd for fd in (0, 1, 2) if _isatty(fd)), None)
+    if fd is None:
+        return None
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLHUP)  # (POLLERR and POLLNVAL come anyway; typing wakes nothing)
+        while True:
+            try:
+                events = poller.poll(poll_timeout)
+            except InterruptedError:
+                continue
+            if any(mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, mask in events):
+                break
+        null = os.open(os.devnull, os.O_WRONLY)
+        for each in (0, 1, 2):
+            with contextlib.suppress(OSError):
+                os.dup2(null, each)
+        os.close(null)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    thread = threading.Thread(target=watch, name="tollway-terminal", daemon=True)
+    thread.start()
+    return thread
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
 
 
 class _Interrupted(Exception):
@@ -783,15 +837,14 @@ class PolicyConsole:
             return
         stood_in = frozenset(ready.get("stand_ins") or ())
         if self._seen is not None:
-            out = self.out or sys.stdout
+            out = self.out
             if state[1]:
-                print(f"policy {policy.get('source')} REJECTED, still serving version {state[0]}:\n{state[1]}",
-                      file=out, flush=True)
+                say(f"policy {policy.get('source')} REJECTED, still serving version {state[0]}:\n{state[1]}", out)
             else:
-                print(f"policy {policy.get('source')} reloaded: version {state[0]}", file=out, flush=True)
+                say(f"policy {policy.get('source')} reloaded: version {state[0]}", out)
             for name in sorted(stood_in - self._stood_in):
-                print(f"    provider {name} -> fake provider (no usable key, or an endpoint elsewhere than this "
-                      "machine: tollway up never sends it your prompts without its key)", file=out, flush=True)
+                say(f"    provider {name} -> fake provider (no usable key, or an endpoint elsewhere than this "
+                    "machine)", out)
             for name in sorted((self._stood_in - stood_in) & set(ready.get("credentials") or ())):
-                print(f"    provider {name} -> its endpoint", file=out, flush=True)
+                say(f"    provider {name} -> its endpoint", out)
         self._seen, self._stood_in = state, stood_in

@@ -3,10 +3,12 @@ the start banner, policy errors on the console, a second instance, the first sec
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import queue
 import re
+import select
 import shutil
 import signal
 import socket
@@ -22,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from ext_proc.stack import ROOT, Stack, _cores, ask_envoy_admin, free_port
+from ext_proc.stack import ROOT, Stack, _cores, ask_envoy_admin, free_port, port_owner, process_tree
 from tests.unix_users import as_other_user, needs_root, open_directory, tcp_listeners
 
 pytestmark = pytest.mark.e2e
@@ -513,6 +515,56 @@ def test_a_provider_an_edit_adds_without_a_key_is_served_by_the_fake_provider(tm
         assert ready["credentials"]["mistral"] is True
     finally:
         assert running.stop() == 0
+
+
+# make, the first process of the terminal (`ssh -t host make run`, a tmux pane's `make run`): the
+# session leader the kernel tells of the hangup, which catches SIGHUP and waits for its child.
+LIKE_MAKE = ("import signal, subprocess, sys; signal.signal(signal.SIGHUP, lambda *_: None); "
+             "sys.exit(subprocess.call(sys.argv[1:]))")
+
+
+def test_closing_its_terminal_stops_it_when_make_holds_the_terminal(tmp_path: Path) -> None:
+    """The kernel sends SIGHUP on a hangup to the terminal's session leader only (make), and make waits for
+    its child: `tollway up` must see the hangup itself (its terminal's POLLHUP) and stop everything."""
+    ports = {name: free_port() for name in ("port", "mock", "service")}
+    up = [sys.executable, "-m", "ext_proc.cli", "up", "--port", str(ports["port"]), "--mock-port", str(ports["mock"]),
+          "--service-admin-port", str(ports["service"]), "--workdir", str(tmp_path / "state")]
+    pid, master = os.forkpty()
+    if pid == 0:  # the child: on the new terminal, as its first process
+        try:
+            os.chdir(ROOT)
+            os.execve(sys.executable, [sys.executable, "-c", LIKE_MAKE, *up], NO_KEYS)
+        finally:
+            os._exit(127)
+    tree: dict[int, int] = {}
+    reaped = False
+    try:
+        console = b""
+        deadline = time.monotonic() + 60
+        while b"Ctrl-C stops everything" not in console:
+            assert time.monotonic() < deadline, console.decode(errors="replace")
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                console += os.read(master, 65536)
+        tree = process_tree(pid)
+        assert len(tree) >= 5, tree  # make, tollway up, the fake provider, tollway serve, Envoy
+        os.close(master)  # the terminal closes (its window, the ssh connection, the tmux session)
+        master = -1
+        deadline = time.monotonic() + 10
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            assert time.monotonic() < deadline, f"still running 10 s after its terminal closed: {process_tree(pid)}"
+            time.sleep(0.1)
+        reaped = True
+        assert all(port_owner(port) is None for port in ports.values()), {p: port_owner(p) for p in ports.values()}
+        assert not [p for p in tree if Path(f"/proc/{p}").exists() and p != pid], tree
+    finally:
+        if master >= 0:
+            os.close(master)
+        if not reaped:  # (what this test started, while make's pid is still ours)
+            for leftover in {**process_tree(pid), **tree}:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(leftover, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 20) -> None:
