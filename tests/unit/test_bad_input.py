@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -20,7 +21,8 @@ from ext_proc.core.actions import Continue, Respond
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
 from ext_proc.llm import apis
-from ext_proc.llm.apis.base import MAX_DEPTH, decode_json
+from ext_proc.llm.apis import base
+from ext_proc.llm.apis.base import MAX_CONTAINERS, MAX_DEPTH, MAX_ITEMS, decode_json
 from ext_proc.llm.errors import ClientError
 
 SUITE = Path(__file__).resolve().parents[1] / "fixtures" / "json" / "test_parsing"
@@ -99,6 +101,68 @@ def test_deep_nesting_up_to_the_limit_is_fine() -> None:
     assert isinstance(_session_body(body), Continue)
     brackets_in_strings = request(messages=[{"role": "user", "content": "[" * 500}])
     assert isinstance(_session_body(brackets_in_strings), Continue)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_a_body_of_too_many_arrays_and_objects_is_refused_before_it_is_parsed(
+        path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsed, 10 MB of small arrays is 800 MB of Python lists and seconds of the worker's loop:
+    counted first, at C speed, and refused in the client's format without being parsed."""
+    body = b'{"model": "m", "max_tokens": 1, "messages": [], "metadata": {"x": [' + b"[]," * MAX_CONTAINERS + b"[]]}}"
+    parsed = []
+    monkeypatch.setattr(base, "orjson", SimpleNamespace(loads=parsed.append, JSONDecodeError=ValueError))
+    action = _session_body(body, **{":path": path})
+    assert not parsed
+    assert isinstance(action, Respond) and action.status == 413
+    error = orjson.loads(action.body)["error"]
+    assert error["type" if path == "/v1/messages" else "code"] == "request_too_large"
+    assert "more than 500,000 arrays and objects" in error["message"]
+
+
+def test_brackets_inside_strings_are_not_arrays_or_objects() -> None:
+    code = 'f(a[i]) {"k": [1]} \\" [ \\\\'
+    body = request(messages=[{"role": "user", "content": code * (MAX_CONTAINERS // 3)}], x=[[]] * 100)
+    assert body.count(b"[") + body.count(b"{") > MAX_CONTAINERS
+    assert isinstance(_session_body(body), Continue)
+    at_the_limit = request(messages=[], x=[[]] * (MAX_CONTAINERS - 3))  # the body, messages, x, its arrays
+    assert isinstance(_session_body(at_the_limit), Continue)
+    _refused(_session_body(request(messages=[], x=[[]] * (MAX_CONTAINERS - 2))), 413, "request_too_large", "500,000")
+
+
+@pytest.mark.parametrize(("path", "field", "item"), [
+    ("/v1/chat/completions", "messages", {"role": "user", "content": "x"}),
+    ("/v1/messages", "messages", {"role": "user", "content": "x"}),
+    ("/v1/embeddings", "input", "x"), ("/v1/completions", "prompt", "x"), ("/v1/responses", "input", "x"),
+])
+def test_more_messages_or_inputs_than_anthropic_takes_are_refused_before_the_guardrails(
+        path: str, field: str, item: object) -> None:
+    """Each message or input is guarded and counted one at a time on the worker's loop: 500,000
+    of them stalled every other request for seconds."""
+    def body(n: int) -> bytes:
+        return orjson.dumps({"model": "m", "max_tokens": 1, field: [item] * n})
+    action = _session_body(body(MAX_ITEMS + 1), **{":path": path})
+    assert isinstance(action, Respond) and action.status == 413, action
+    error = orjson.loads(action.body)["error"]
+    assert error["type" if path == "/v1/messages" else "code"] == "request_too_large"
+    assert f"'{field}' lists 100,001 items" in error["message"]
+    assert not isinstance(_session_body(body(MAX_ITEMS), **{":path": path}), Respond)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "m", "a": 1, "\\u0061": 2}',  # the same key, written two ways
+    b'{"model": "m", "k": "\\u003a", "x": {"a": 1, "a": 1}}',  # a colon escaped elsewhere
+    b'{"model": "m", "x": [{"a": {"b": {}}, "a": {"b": {}}}]}',
+    b'{"model": "m", "x": "\\\\", "y": "\\":", "y": 1}',
+])
+def test_a_key_given_twice_is_found_however_it_is_written(body: bytes) -> None:
+    with pytest.raises(ClientError, match="twice"):
+        decode_json(body)
+
+
+@pytest.mark.parametrize("body", [b'{"model": "m", "k\\u003a": "a:b\\u003A"}', b'{"a": {"a": {"a": [":", {}]}}}',
+                                  b'{"a": "\\":", "b": {"\\u0061": 1, "a\\\\": 2}}'])
+def test_keys_given_once_pass(body: bytes) -> None:
+    assert isinstance(decode_json(body), dict)
 
 
 @pytest.mark.parametrize("model", ["../admin", "a/../../b", "gpt-4o%2Fx", "gpt#frag", "user@host", "gpt 4o",

@@ -34,7 +34,19 @@ from ext_proc.values import value
 MAX_DECODED_BODY = 64 * 1024 * 1024
 MAX_STREAM_TEXT = 4 * 1024 * 1024  # bytes of stream events kept for estimating a cut stream
 MAX_DEPTH = 128  # nested arrays and objects a request body may have (tool schemas need a few dozen)
-_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped) and brackets
+# Arrays and objects a request body may hold, all told. Parsed, each costs the worker's event loop
+# time and memory that --body-memory (bytes) does not see: 10 MB of ``[[]]`` is 800 MB of Python
+# lists. The largest real requests hold a few tens of thousands (README "Bad input").
+MAX_CONTAINERS = 500_000
+# Messages, input items or prompts a request may list: Anthropic's documented limit (100,000
+# messages), far above OpenAI's (2,048 messages, 2,048 embeddings inputs). Each is guarded and
+# counted one by one on the worker's loop; an array of strings holds no array or object to count.
+MAX_ITEMS = 100_000
+_LISTS = ("messages", "input", "prompt")
+_KEEP = {b"[{": bytes(c for c in range(256) if c not in b'"[{'),
+         b"[]{}": bytes(c for c in range(256) if c not in b'"[]{}')}
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_CHUNK = 1 << 20
 
 
 def decode_json(body: bytes) -> Any:
@@ -44,8 +56,13 @@ def decode_json(body: bytes) -> Any:
     UTF-8, lone surrogates, a byte-order mark, and numbers out of a double's range (NaN,
     ``1e999``). On top of that: objects with a key given twice (readers keep the first or the
     last: Tollway could route on one ``model`` and the provider read another) and nesting deeper
-    than :data:`MAX_DEPTH`. A refusal is a 400 :class:`ClientError` naming the problem.
+    than :data:`MAX_DEPTH`. A refusal is a 400 :class:`ClientError` naming the problem; a body
+    holding more than :data:`MAX_CONTAINERS` arrays and objects is a 413, refused before it is parsed.
     """
+    brackets = body.count(b"[") + body.count(b"{")  # an upper bound, at C speed
+    if brackets > MAX_CONTAINERS and len(_structure(body, b"[{")) > MAX_CONTAINERS:
+        raise ClientError(413, "request_too_large", f"The request body holds more than {MAX_CONTAINERS:,} "
+                          "arrays and objects.")
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -55,15 +72,34 @@ def decode_json(body: bytes) -> Any:
             raise ClientError(400, "invalid_json", f"The request body is not valid UTF-8 (byte {bad.start}: "
                               f"{bad.reason}).") from None
         raise ClientError(400, "invalid_json", f"The request body is not valid JSON: {exc}.") from None
-    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(body) > MAX_DEPTH:
+    if brackets > MAX_DEPTH and _depth(body) > MAX_DEPTH:
         raise ClientError(400, "invalid_json", f"The request body nests arrays and objects more than {MAX_DEPTH} deep.")
-    if b"{" in body:
+    if b"{" in body and not _surely_unique(body, value):
         try:
             json.loads(body, object_pairs_hook=_unique)
         except _Duplicate as exc:
             raise ClientError(400, "invalid_json", f"The request body gives the key {exc.key!r} twice in one object; "
                               "readers disagree on which one counts.") from None
     return value
+
+
+def _surely_unique(body: bytes, value: Any) -> bool:
+    """True when no object of ``body`` (valid JSON, read as ``value``) gives a key twice, at C speed.
+
+    Every ``:`` of a JSON text either ends an object's key or is a character of a string, so
+    counting the characters ``:`` of the text and of ``value`` written again by orjson (which
+    escapes no ``:``) compares the two: a key given twice is one pair the decoded objects lost,
+    with its ``:`` and whatever its value held, so the copy has fewer. A ``:`` the text writes as
+    ``\\u003a`` would count only in the copy: a text with any ``\\u003`` is not decided here.
+    False only means "not shown unique": the stdlib reader then looks for the key.
+    """
+    if b"\\u003" in body:
+        return False
+    try:
+        copy = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return copy.count(b":") == body.count(b":")
 
 
 class _Duplicate(ValueError):
@@ -83,17 +119,40 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
+def _structure(body: bytes, keep: bytes) -> bytes:
+    """The characters ``keep`` (brackets) of a JSON text that stand outside its strings, in order,
+    at C speed whatever the text holds (exact for valid JSON, a guess for the rest).
+
+    Escaped backslashes, then escaped quotes, are taken out, so every ``"`` left opens or closes a
+    string; then all but quotes and ``keep``, then pairs of adjacent quotes (an empty string, or
+    the end of one string and the start of the next: either way, what lies between the rest does
+    not change sides). What is outside is then every other piece between quotes, taken a chunk at
+    a time so the pieces never make one long list.
+    """
+    text = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _KEEP[keep]).replace(b'""', b"")
+    if b'"' not in text:
+        return text
+    outside: list[bytes] = []
+    inside = False
+    for start in range(0, len(text), _CHUNK):
+        pieces = text[start:start + _CHUNK].split(b'"')
+        outside.append(b"".join(pieces[1::2] if inside else pieces[::2]))
+        if len(pieces) % 2 == 0:
+            inside = not inside
+    return b"".join(outside)
+
+
 def _depth(body: bytes) -> int:
-    depth = deepest = 0
-    for match in _TOKENS.finditer(body):
-        token = match.group()
-        if token in (b"[", b"{"):
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-        elif token in (b"]", b"}"):
-            depth -= 1
-    return deepest
+    """How deep the arrays and objects of valid JSON ``body`` nest, up to ``MAX_DEPTH + 1``.
+
+    Each round takes out the innermost ones (``[]`` with nothing left between, one level), at C speed.
+    """
+    brackets = _structure(body, b"[]{}").translate(_SQUARE)
+    depth = 0
+    while brackets and depth <= MAX_DEPTH:
+        brackets = brackets.replace(b"[]", b"")
+        depth += 1
+    return depth
 
 
 @dataclass(slots=True)
@@ -219,6 +278,11 @@ class WireAPI:
         payload = decode_json(body)
         if not isinstance(payload, dict):
             raise ClientError(400, "invalid_body", "The request body must be a JSON object.")
+        for name in _LISTS:
+            items = payload.get(name)
+            if type(items) is list and len(items) > MAX_ITEMS:
+                raise ClientError(413, "request_too_large", f"'{name}' lists {len(items):,} items; Tollway takes "
+                                  f"at most {MAX_ITEMS:,} in one request.", name)
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             raise ClientError(400, "missing_model", "The request must name a model (a string).", "model")
