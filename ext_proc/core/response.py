@@ -294,15 +294,23 @@ class Stream:
         flow = self.flow
         if flow.stream_failed and flow.error == OVERSIZED.code:
             return b""  # the stream was ended: nothing more reaches the client
+        held = len(decoder.pending) + len(body)
         events = decoder.feed(body)
-        if len(decoder.pending) > MAX_EVENT:
-            # A provider event this large without its end is not an answer: end the client's stream
-            # with an error rather than hold an unbounded buffer.
+        if held > MAX_EVENT and (len(decoder.pending) > MAX_EVENT or any(len(e.raw) > MAX_EVENT for e in events)):
+            # A provider event this large, whole in one chunk or without its end yet, is not an
+            # answer: end the client's stream with an error rather than pass it on or hold it.
             decoder.flush()
             flow.stream_failed = True
             flow.error = OVERSIZED.code
             assert flow.api is not None
-            return b"".join([event.raw for event in events if not event.last] + [flow.api.stream_error(OVERSIZED)])
+            kept = []
+            for event in events:
+                if len(event.raw) > MAX_EVENT:
+                    break
+                kept.append(event)
+            for stage in self.stages:
+                kept = stage.feed(flow, kept)
+            return b"".join([event.raw for event in kept if not event.last] + [flow.api.stream_error(OVERSIZED)])
         if end:
             events += _whole(decoder.flush())
         for stage in self.stages:

@@ -225,6 +225,24 @@ def test_an_oversized_event_from_a_provider_ends_the_stream_with_an_error() -> N
     assert (effect.record["outcome"], effect.record["error"]) == ("error", "provider_event_too_large")
 
 
+def test_an_oversized_event_that_arrives_whole_in_one_chunk_ends_the_stream_with_an_error() -> None:
+    """Envoy may hand over a whole 50 MB event in one piece: its size, not only a pending
+    half-event's, is what is bounded."""
+    session = Session()
+    session.handle(RequestHeaders({":method": "POST", ":path": "/v1/chat/completions"}, False, 1))
+    session.handle(RequestBody(request(stream=True), True, 2))
+    session.handle(ResponseHeaders({":status": "200", "content-type": "text/event-stream"}, False, 3))
+    first = b'data: {"model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+    big = first.replace(b"hi", b"y" * (9 << 20))
+    action = session.handle(ResponseBody(first + big + first, False, 4))
+    assert isinstance(action, Continue) and action.body is not None
+    assert action.body.startswith(first) and len(action.body) < 1000 and b"provider_event_too_large" in action.body
+    after = session.handle(ResponseBody(b"data: [DONE]\n\n", True, 5))
+    assert isinstance(after, Continue) and after.body == b""
+    (effect,) = session.effects
+    assert (effect.record["outcome"], effect.record["error"]) == ("error", "provider_event_too_large")
+
+
 @pytest.mark.parametrize("model", ["sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7cDe0f", "AKIA" + "IOSFODNN7EXAMPLE",
                                    "tw-search-" + "k1-0123456789abcdef0123"])
 def test_a_credential_sent_as_the_model_is_refused_and_never_recorded(model: str) -> None:
