@@ -148,6 +148,20 @@ def test_more_messages_or_inputs_than_anthropic_takes_are_refused_before_the_gua
     assert not isinstance(_session_body(body(MAX_ITEMS), **{":path": path}), Respond)
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
+def test_more_content_parts_than_messages_may_hold_are_refused(path: str) -> None:
+    field = "input" if path == "/v1/responses" else "messages"
+    def body(n: int) -> bytes:
+        parts = [{"type": "text", "text": "x"}] * (n // 2)
+        message = {"role": "user", "content": parts}
+        second = {**message, "content": parts + parts[:n % 2]}
+        return orjson.dumps({"model": "m", "max_tokens": 1, field: [message, second]})
+    action = _session_body(body(MAX_ITEMS + 1), **{":path": path})
+    assert isinstance(action, Respond) and action.status == 413, action
+    assert "100,001 content parts" in orjson.loads(action.body)["error"]["message"]
+    assert not isinstance(_session_body(body(MAX_ITEMS), **{":path": path}), Respond)
+
+
 @pytest.mark.parametrize("body", [
     b'{"model": "m", "a": 1, "\\u0061": 2}',  # the same key, written two ways
     b'{"model": "m", "k": "\\u003a", "x": {"a": 1, "a": 1}}',  # a colon escaped elsewhere
