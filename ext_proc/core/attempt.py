@@ -24,6 +24,14 @@ previous position: each retry moves to the next priority) to the ``tollway.aband
 the router-level session reads it with the answer's head and records the abandoned tries. A
 request whose first try answers pays nothing for this: Envoy sets the header on retries only.
 
+On a ``tls://`` listener any workload the client CA admits (in Istio mode any pod of the mesh) may
+open a stream marked as a try and write its metadata (the chain, slot, alias and team) itself:
+there nothing of it is the router-level session's word. A try is then served only for the
+workload its verified client certificate names (``workload``, which the policy must know), for a
+target of the alias's plan of that workload's own team, which must be allowed the alias; any
+other is a 403 ``attempt_refused``, logged as a warning, and no target is ever built for a
+provider outside such a plan (the provider key goes with the try's header mutations).
+
 Each try uses the policy the request started with (its version travels in the metadata; a
 worker keeps the policies its reloads replaced for the requests still in flight, see
 :class:`~ext_proc.server.reload.PolicyHolder`), so a reload changes no try of a request already
@@ -35,6 +43,7 @@ error.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -47,16 +56,21 @@ from ext_proc.llm import apis, providers
 from ext_proc.llm.errors import ClientError
 from ext_proc.policy.compiled import CompiledPolicy, Target
 
+log = logging.getLogger("tollway.attempt")
+
 
 class Attempt:
     """One try of a chained request; see the module docstring."""
 
-    __slots__ = ("_api", "_attributes", "_earlier", "_host", "_path", "_policy", "_target",
-                 "effects", "request_id")
+    __slots__ = ("_api", "_attributes", "_earlier", "_host", "_mtls", "_path", "_policy", "_target",
+                 "_workload", "effects", "request_id")
 
     def __init__(self, policy: CompiledPolicy | None,
-                 earlier: Callable[[str], CompiledPolicy | None] | None = None) -> None:
+                 earlier: Callable[[str], CompiledPolicy | None] | None = None,
+                 *, workload: str | None = None, mtls: bool = False) -> None:
         self._policy = policy
+        self._workload = workload  # on a tls:// listener: the workload the stream's certificate names
+        self._mtls = mtls  # a tls:// listener: the try's metadata is the caller's word, not Envoy's
         self._earlier = earlier  # an earlier policy by its version: a request that started with it keeps it
         self._api: apis.WireAPI | None = None
         self._path = ""
@@ -92,7 +106,13 @@ class Attempt:
         if self._api is None or position is None or position >= len(chain) or self._policy is None:
             return self._fail(ClientError(500, "chain_mismatch", "Tollway could not match this try to its route."))
         provider_name, model = chain[position]
-        target = _planned(self._policy, attributes, provider_name, model)
+        if self._mtls:
+            target = self._granted(self._policy, attributes, provider_name, model)
+            if target is None:
+                return self._fail(ClientError(403, "attempt_refused", "This connection's workload may not send "
+                                                                      "this try."))
+        else:
+            target = _planned(self._policy, attributes, provider_name, model)
         if target is None:
             provider = self._policy.providers.get(provider_name)
             if provider is None:
@@ -143,6 +163,23 @@ class Attempt:
             body=body,
             credential=provider,
         )
+
+    def _granted(self, policy: CompiledPolicy, attributes: Mapping[str, str], provider: str,
+                 model: str) -> Target | None:
+        """On a tls:// listener: the target of (provider, model) in the alias's plan of the team of
+        the workload the certificate names, when that team may use the alias; else None (logged)."""
+        principal = policy.workload(self._workload) if self._workload else None
+        alias_name = attributes.get("tollway." + upstream.ALIAS, "")
+        alias = policy.alias(alias_name)
+        target = None
+        if principal is not None and alias is not None and policy.may_use(principal.team, alias.name):
+            target = _planned(policy, {"tollway." + upstream.ALIAS: alias.name,
+                                       "tollway." + upstream.TEAM: principal.team}, provider, model)
+        if target is None:
+            log.warning("refused attempt_refused: a fallback try for %r (%s %s) from workload %s, which the "
+                        "policy does not let it send (request %s)", alias_name[:200], provider[:100], model[:200],
+                        self._workload or "(no SPIFFE ID)", (self.request_id or "-")[:100])
+        return target
 
     def _fail(self, error: ClientError) -> Respond:
         api = self._api or apis.CHAT_COMPLETIONS

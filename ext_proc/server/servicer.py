@@ -124,11 +124,15 @@ class Service:
         except Exception as exc:  # the asking step decides what a failed question means
             return exc
 
-    def attempt(self) -> Attempt:
-        """A new upstream attempt's session (the per-attempt filter of a fallback cluster)."""
+    def attempt(self, peer: str | None = None) -> Attempt:
+        """A new upstream attempt's session (the per-attempt filter of a fallback cluster).
+
+        On a mutual-TLS listener (``mtls``) the try's metadata is the caller's word: the try is
+        served only within the plan of the team of the workload ``peer`` (or ``workload``) names.
+        """
         if self.policy is None:
             return Attempt(None)
-        return Attempt(self.policy.current, self.policy.started)
+        return Attempt(self.policy.current, self.policy.started, workload=self.workload or peer, mtls=self.mtls)
 
 
 def _scrub(service: Service, session: Session | Attempt) -> Scrub | None:
@@ -287,7 +291,7 @@ class ExtProcCall:
         self, service: Service, upstream: bool = False, responder: Responder | None = None, peer: str | None = None
     ) -> None:
         self.service = service
-        self.session: Session | Attempt = service.attempt() if upstream else service.session(peer)
+        self.session: Session | Attempt = service.attempt(peer) if upstream else service.session(peer)
         self.responder = responder
         self._waiting: str | None = None  # the kind of message whose answer waits for the store
         self._queue: list[bytes] = []  # messages that arrived while waiting (Envoy sends none)

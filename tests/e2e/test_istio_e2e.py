@@ -282,6 +282,48 @@ def test_a_pods_own_stream_cannot_claim_another_workloads_identity(mesh: Mesh) -
     assert "refused workload_mismatch" in log and PROVIDER_KEY not in log
 
 
+def _own_try(mesh: Mesh, identity: Issued, targets: str, request_id: str) -> list[pb.ProcessingResponse]:
+    """A pod's own stream marked as a fallback try (the per-try filter's ``x-tollway-filter: upstream``),
+    with the chain, slot and path it writes itself."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=mesh.ca.cert.read_bytes(),
+                                               private_key=identity.key.read_bytes(),
+                                               certificate_chain=identity.cert.read_bytes())
+    host = struct_pb2.Struct()
+    host.update({"xds.upstream_host_metadata":
+                 'filter_metadata { key: "tollway" value { fields { key: "slot" value { string_value: "0" } } } }'})
+    metadata = base_pb2.Metadata()
+    metadata.filter_metadata["tollway"].update({"targets": targets, "path": "/v1/chat/completions",
+                                                "alias": "gpt-4o-mini", "team": "search"})
+    headers = [(":method", "POST"), (":path", "/v1/chat/completions"), (":authority", "api.openai.com"),
+               ("content-type", "application/json"), ("x-request-id", request_id)]
+    head = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers])),
+        attributes={"envoy.filters.http.ext_proc": host}, metadata_context=metadata)
+    body = pb.ProcessingRequest(request_body=pb.HttpBody(
+        body=b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}', end_of_stream=True))
+    options = [("grpc.ssl_target_name_override", "tollway.tollway-system.svc.cluster.local")]
+    with grpc.secure_channel(f"127.0.0.1:{mesh.tollway_port}", credentials, options) as channel:
+        return list(pb_grpc.ExternalProcessorStub(channel).Process(
+            iter([head, body]), timeout=5, metadata=(("x-tollway-filter", "upstream"),)))
+
+
+def test_a_pods_own_try_stream_gets_no_provider_key(mesh: Mesh) -> None:
+    """A stream marked as a fallback try carries metadata its opener wrote: on the shared tls://
+    Tollway it is served only within the plan of the certificate's own workload (Istio mode has no
+    fallback aliases, so never), never with a target built for whatever provider it names."""
+    rogue = mesh.ca.issue("rogue", uris=("spiffe://cluster.local/ns/rogue/sa/app",), server=False)
+    search = mesh.ca.issue("search-api", uris=(WORKLOAD,), server=False)
+    for identity, targets in ((rogue, "openai gpt-4o-mini"), (rogue, "anthropic claude-3-5-haiku-20241022"),
+                              (search, "openai gpt-4o"), (search, "openai gpt-4o-mini")):
+        answers = _own_try(mesh, identity, targets, "own-try")
+        assert PROVIDER_KEY not in repr(answers), f"{identity.cert.name} {targets}: the provider key handed out"
+        (refused,) = [a.immediate_response for a in answers if a.HasField("immediate_response")]
+        assert refused.status.code == 403 and orjson.loads(refused.body)["error"]["code"] == "attempt_refused"
+    assert mesh.provider_saw() == []
+    log = (mesh.work / "tollway.log").read_text()
+    assert "refused attempt_refused" in log and "ns/rogue/sa/app" in log and PROVIDER_KEY not in log
+
+
 def test_the_providers_account_headers_never_reach_the_application(mesh: Mesh) -> None:
     port = mesh.sidecar("search-api", mesh.ca.issue("search-api", uris=(WORKLOAD,), server=False))
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

@@ -738,3 +738,68 @@ def test_the_router_level_reads_the_abandoned_tries_with_the_answers_head() -> N
     assert codec.upstream_of(attributes).abandoned == "openai gpt-4o, anthropic claude-x"
     assert attributes == {}
     assert codec.upstream_of({codec.ATTEMPTS_ATTRIBUTE: "1"}).abandoned is None
+
+
+# -- a tls:// listener: the try's metadata is the caller's word ---------------------------------
+
+
+def mesh_try(workload: str | None, slot: int, payload: Any = OPENAI_REQUEST, **head: Any) -> tuple[Any, Any]:
+    """A try on a tls:// listener, from the workload the stream's certificate names."""
+    attempt = Attempt(POLICY, workload=workload, mtls=True)
+    first = attempt.handle(try_head(slot, **head))
+    if isinstance(first, Respond):
+        return first, None
+    return first, attempt.handle(body_event(payload))
+
+
+def refused(answer: Any) -> bool:
+    return (isinstance(answer, Respond) and answer.status == 403
+            and orjson.loads(answer.body)["error"]["code"] == "attempt_refused")
+
+
+@pytest.mark.parametrize("workload", [None, "spiffe://cluster.local/ns/rogue/sa/app"])
+def test_on_tls_a_try_from_a_workload_the_policy_does_not_know_is_refused(workload: str | None) -> None:
+    """Any pod of the mesh may open a stream marked as a try and write its chain: without a
+    workload of the policy no provider key is handed out, for any provider, alias or team."""
+    for slot, targets, alias in ((0, SMART, "smart"), (1, SMART, "smart"), (0, "openai gpt-4o", None),
+                                 (0, "azure prod-deploy", None), (1, "openai gpt-4o-mini, local llama-3", "onprem")):
+        first, second = mesh_try(workload, slot, targets=targets, alias=alias)
+        assert refused(first) and second is None, (slot, targets, alias)
+
+
+def test_on_tls_a_try_is_served_only_within_its_workloads_own_plan() -> None:
+    # b-app's team b: the alias's plan of team b (its own limit), whatever team the metadata names.
+    first, second = mesh_try("b-app", 1, team="all")
+    assert first == CONTINUE and isinstance(second, Continue)
+    assert second.credential == ANTHROPIC and check_sized(second)["max_tokens"] == 2000
+    # A provider/model outside the plan, or no alias (a bare provider target), is refused.
+    for targets, alias in (("openai gpt-4o, azure prod-deploy", "smart"), ("openai gpt-4o, anthropic claude-y",
+                                                                            "smart"),
+                           ("openai gpt-4o, anthropic claude-x", None), ("openai gpt-4o, anthropic claude-x", "nope")):
+        first, _ = mesh_try("b-app", 1, targets=targets, alias=alias)
+        assert refused(first), (targets, alias)
+
+
+def test_on_tls_a_try_needs_its_team_to_be_allowed_the_alias() -> None:
+    team_b = '  b:\n    workloads: [b-app]\n    models: '
+    text = POLICY_TEXT.replace(team_b + '["*"]', team_b + "[gpt-4o]")
+    assert text != POLICY_TEXT
+    policy = compile_policy(text)
+    attempt = Attempt(policy, workload="b-app", mtls=True)
+    assert refused(attempt.handle(try_head(0)))
+
+
+def test_on_tls_an_upstream_stream_gets_no_key_for_an_unknown_certificate(tmp_path: Any,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    on_tls = service(tmp_path)
+    on_tls.mtls = True
+    call = ExtProcCall(on_tls, upstream=True, peer="spiffe://cluster.local/ns/rogue/sa/app")
+    [reply] = call.message(headers_message(0))
+    answer = pb.ProcessingResponse.FromString(reply)
+    assert answer.immediate_response.status.code == 403
+    assert b"sk-openai-test" not in reply and b"sk-ant-test" not in reply
+    assert "refused attempt_refused" in caplog.text and "ns/rogue/sa/app" in caplog.text
+    known = ExtProcCall(on_tls, upstream=True, peer="local-dev")  # a workload of the policy: served
+    known.message(headers_message(0))
+    [reply] = known.message(body_message(OPENAI_REQUEST))
+    assert mutation(pb.ProcessingResponse.FromString(reply))[0]["authorization"] == "Bearer sk-openai-test"
