@@ -30,6 +30,7 @@ served and after how many attempts through its response attributes; the codec de
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -201,30 +202,49 @@ def decode_chain(value: str) -> list[tuple[str, str]]:
 _SHORTEST_KEY = 20  # characters: the shortest credential the built-in detectors know (AKIA + 16)
 # Query parameters that carry a credential (compared in lower case, "-" as "_"). A key in a URL
 # reaches the provider's and every proxy's access logs: such a parameter never goes upstream, nor
-# does any whose value is a Tollway key or a key the secrets detector knows; none is ever read
-# as the caller's key (that is the Authorization and x-api-key headers' job).
+# does any holding a Tollway key or a key the secrets detector knows anywhere in its decoded name
+# or value; none is ever read as the caller's key (that is the Authorization and x-api-key headers' job).
 QUERY_CREDENTIALS = frozenset({"key", "api_key", "apikey", "x_api_key", "api_token", "access_token", "auth_token",
-                               "token"})
+                               "token", "authorization", "x_goog_api_key"})
+# A Tollway key anywhere in a parameter's decoded text: the prefix, not inside a word, and a key character.
+_TOLLWAY_KEY = re.compile(r"(?<![A-Za-z0-9])" + re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]")
+# Where a parameter ends: "&", and what a server may read as one too (";", a "?" after the first).
+_QUERY_SEPARATORS = re.compile(r"([&;?])")
+_DECODINGS = 3  # a value percent-encoded twice or three times is still read (a provider may decode it again)
 
 
 def without_credentials(path: str) -> str:
     """``path`` without the query parameters that carry a credential (``path`` itself when none
     does); the others are kept as the client wrote them (Azure's ``api-version``, ``beta=true``,
-    ``limit``, ``after``)."""
+    ``limit``, ``after``), each with the separator before it."""
     base, mark, query = path.partition("?")
     if not mark:
         return path
-    parts = query.split("&")
-    kept = [part for part in parts if not _carries_credential(part)]
-    if len(kept) == len(parts):
+    pieces = _QUERY_SEPARATORS.split(query)  # part, separator, part, ...
+    parts = pieces[0::2]
+    carrying = [_carries_credential(part) for part in parts]
+    if not any(carrying):
         return path
-    return f"{base}?{'&'.join(kept)}" if kept else base
+    kept = [(pieces[2 * index - 1] if index else "", part) for index, part in enumerate(parts) if not carrying[index]]
+    return f"{base}?{kept[0][1]}{''.join(sep + part for sep, part in kept[1:])}" if kept else base
+
+
+def _decoded(text: str) -> str:
+    for _ in range(_DECODINGS):
+        if "%" not in text and "+" not in text:
+            break
+        text = unquote_plus(text)
+    return text
 
 
 def _carries_credential(part: str) -> bool:
-    name, _, value = part.partition("=")
-    if unquote_plus(name).strip().lower().replace("-", "_") in QUERY_CREDENTIALS:
+    """Whether a query parameter carries a credential: by its name, or a key anywhere in its
+    decoded text (a parameter without ``=`` is a value)."""
+    name, equals, value = part.partition("=")
+    if equals and _decoded(name).strip().lower().replace("-", "_") in QUERY_CREDENTIALS:
         return True
-    value = unquote_plus(value).strip()
-    return value.startswith(KEY_PREFIX) or (
-        len(value) >= _SHORTEST_KEY and bool(builtin().find(value, GROUPS["credentials"])))
+    text = _decoded(part)
+    if _TOLLWAY_KEY.search(text) is not None:
+        return True
+    value = _decoded(value) if equals else text
+    return len(value) >= _SHORTEST_KEY and bool(builtin().find(value, GROUPS["credentials"]))

@@ -180,6 +180,19 @@ def test_keys_in_the_query_string_never_reach_a_provider(env: Env) -> None:
         assert (seen["path"], seen["query"]) == (path, "limit=5&beta=true")
         for secret in (ALPHA_KEY, BETA_KEY, provider_key, "t0k"):
             assert secret not in repr(seen)
+    # What Envoy sends on as written and a server may read as a parameter: ";", a later "?", encoded
+    # separators, a bare key, a quoted one, one after "Bearer ", a credential parameter's other spellings.
+    for odd, kept in ((f"limit=5;key={BETA_KEY}", "limit=5"), (f"limit=5?key={BETA_KEY}", "limit=5"),
+                      (f"limit=5%26key%3D{BETA_KEY}&beta=true", "beta=true"), (f"x=Bearer%20{BETA_KEY}", None),
+                      (BETA_KEY, None), (f"x=%22{BETA_KEY}%22&limit=5", "limit=5"), (f"KEY={BETA_KEY}", None),
+                      (f"api%2Dkey={BETA_KEY}", None), ("authorization=Bearer%20abc123&beta=true", "beta=true")):
+        answer = httpx.post(f"{env.stack.base_url}/v1/chat/completions?{odd}", headers={
+            "authorization": f"Bearer {ALPHA_KEY}"}, json={"model": "gpt-4o", "messages": [{"role": "user",
+                                                                                          "content": "hi"}]})
+        assert answer.status_code == 200, (odd, answer.text)
+        seen = env.last_seen()
+        assert (seen["path"], seen.get("query") or None) == ("/v1/chat/completions", kept), odd
+        assert BETA_KEY not in repr(seen) and "abc123" not in repr(seen), odd
     # Only in the query: not read (the sidecar's workload is the caller), and not sent on either.
     answer = httpx.post(f"{env.stack.base_url}/v1/chat/completions?key={ALPHA_KEY}", json={
         "model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})

@@ -825,6 +825,21 @@ PROVIDER_LIKE = "sk-proj-" + "aB3dE5fG7h" * 5  # an OpenAI project key's shape
     ("trace=1&q=" + PROVIDER_LIKE.replace("-", "%2D"), "trace=1"),  # a provider key (the secrets detector's)
     ("trace=1&anthropic=sk-ant-api03-" + "x" * 40, "trace=1"),
     ("api-version=2024-10-21&beta=true&trace=", "api-version=2024-10-21&beta=true&trace="),  # nothing to take
+    # What a server may read as a separate parameter: ";" and a later "?" (each kept where it stays).
+    (f"limit=5;key={TOLLWAY_KEY}", "limit=5"),
+    (f"limit=5?key={TOLLWAY_KEY}&after=msg_01", "limit=5&after=msg_01"),
+    (f"key={TOLLWAY_KEY};limit=5?after=msg_01", "limit=5?after=msg_01"),
+    # A key anywhere in a parameter's decoded text, encoded separators, a bare value, quotes, "Bearer ".
+    (f"limit=5%26key%3D{TOLLWAY_KEY}&beta=true", "beta=true"),
+    (f"x=Bearer%20{TOLLWAY_KEY}", None),
+    (f"x=Bearer+{TOLLWAY_KEY}&beta=true", "beta=true"),
+    (TOLLWAY_KEY, None),
+    (f"beta=true&{TOLLWAY_KEY}", "beta=true"),
+    (f"x=%22{TOLLWAY_KEY}%22", None),
+    ("x=%2522" + TOLLWAY_KEY.replace("-", "%252D") + "%2522&beta=true", "beta=true"),  # encoded twice
+    ("authorization=Bearer%20abc123&X-Goog-Api-Key=AIza-x&beta=true", "beta=true"),  # by name
+    ("q=outw-x&after=msg_01", "q=outw-x&after=msg_01"),  # "tw-" inside a word: no key
+    (f"q=msg_{TOLLWAY_KEY}&after=msg_01", "after=msg_01"),  # after "_" or "-": a key's start all the same
 ])
 def test_credentials_in_the_query_never_go_upstream(query: str, kept: str | None) -> None:
     """A key in a URL lands in the provider's and every proxy's access logs: the parameters that
@@ -842,6 +857,18 @@ def test_credentials_in_the_query_never_go_upstream(query: str, kept: str | None
     action = sent(Session(POLICY, "local-dev"), {"model": "claude-x", "max_tokens": 10, "messages": HI},
                   f"{CHAT}?{query}")
     assert dict(action.set_headers)[":path"] == MESSAGES
+
+
+@pytest.mark.parametrize("path", [
+    "/openai/deployments/d/chat/completions?api-version=2024-10-21&b=1&a=%2f&c=d+e;f=g?h",
+    CHAT + "?", CHAT + "?&&;", CHAT + "?after=msg_01&limit=5", CHAT,
+])
+def test_a_query_without_a_credential_is_kept_byte_for_byte(path: str) -> None:
+    assert upstream.without_credentials(path) is path  # the same string: nothing rebuilt
+    if "?" in path and not path.endswith("?"):  # the same parameters, a key's taken out around them
+        assert upstream.without_credentials(path + f"&key={TOLLWAY_KEY}") == path
+        base, _, query = path.partition("?")
+        assert upstream.without_credentials(f"{base}?{TOLLWAY_KEY}&{query}") == path
 
 
 @pytest.mark.parametrize("messages", [[5], [{}], [{"role": "nobody", "content": "Hi"}],
