@@ -40,9 +40,13 @@ from ext_proc.state.queries import Ping, StoreUnavailable
 ROUTE_HEADER = "x-tollway-cluster"  # Envoy routes to the cluster this header names
 STREAM_HEADER = "x-tollway-stream"  # Envoy picks the streaming route (its first-byte timeout)
 # Headers only Tollway may set on the way to the provider; a client's copy is dropped, as is
-# any other x-tollway-* header the client sent (identity is Tollway's to establish).
+# any other x-tollway-* header the client sent (identity is Tollway's to establish), and every
+# x-envoy-* one: Envoy's router reads a client's retry and timeout headers (x-envoy-retry-on,
+# x-envoy-max-retries, x-envoy-upstream-rq-timeout-ms...: a retry sends the request, and bills
+# it, again), the per-try filter Envoy's x-envoy-is-timeout-retry (Envoy's own is set on the try,
+# after this), and none is the provider's to see. Tollway sets x-envoy-max-retries itself.
 _UNTRUSTED = ("accept-encoding", ROUTE_HEADER)
-_RETRIES = upstream.RETRIES_HEADER
+_ENVOY = "x-envoy-"
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 # Model names a client may ask for: a name never steers an upstream path, host or fragment.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+-]{0,255}")
@@ -87,7 +91,8 @@ class Recognise(Step):
                 raise ClientError(400, "invalid_header", f"The header {name[:100]!r} holds a control character.")
         if method == "GET":
             flow.remove_headers += _UNTRUSTED
-            flow.remove_headers += [h for h in headers if h.startswith("x-tollway-") and h != ROUTE_HEADER]
+            flow.remove_headers += [h for h in headers if (h.startswith("x-tollway-") and h != ROUTE_HEADER)
+                                    or h.startswith(_ENVOY)]
             return None
         if flow.headers_only:
             raise ClientError(400, "invalid_body", "The request body is empty; expected a JSON object.")
@@ -103,7 +108,7 @@ class Recognise(Step):
             raise ClientError(415, "unsupported_encoding", f"Unsupported content-encoding {encoding!r}.")
         flow.remove_headers += _UNTRUSTED
         flow.remove_headers += [
-            h for h in headers if (h.startswith("x-tollway-") and h != ROUTE_HEADER) or h == _RETRIES
+            h for h in headers if (h.startswith("x-tollway-") and h != ROUTE_HEADER) or h.startswith(_ENVOY)
         ]
         return None
 

@@ -158,6 +158,17 @@ def test_forged_identity_headers_change_nothing(env: Providers) -> None:
     assert (record["team"], record["workload"], record["attempts"]) == ("sidecar", "local-dev", 1)
     (seen,) = env.provider_saw(raw_answer.headers.get("x-tollway-request-id"))
     assert not any(name.startswith("x-tollway") or name == "x-forwarded-client-cert" for name in seen["headers"])
+    # Envoy's own headers from a client: its retry mark (the per-try filter's) never reaches the
+    # provider, its retry policy is not Envoy's (a 500 is answered once, not sent and billed twice).
+    envoys = {"x-envoy-is-timeout-retry": "true", "x-envoy-retry-on": "5xx", "x-envoy-upstream-rq-timeout-ms": "90000"}
+    raw_answer = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI,
+                                                                   extra_headers=envoys)  # type: ignore[arg-type]
+    (seen,) = env.provider_saw(raw_answer.headers.get("x-tollway-request-id"))
+    assert not set(envoys) & set(seen["headers"])
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI,  # type: ignore[arg-type]
+                                       extra_headers={**envoys, "x-mock-status": "500"})
+    assert len(env.provider_saw(failed.value.response.headers.get("x-tollway-request-id"))) == 1
 
 
 def test_wrong_content_type_and_invalid_json_are_refused_in_the_clients_format(env: Providers) -> None:

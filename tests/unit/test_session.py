@@ -1232,3 +1232,13 @@ def test_open_mode_sends_no_credential_from_the_query_string() -> None:
                       Continue)
     sent = session.handle(RequestBody(orjson.dumps({"model": "m", "messages": []}), True, 1))
     assert isinstance(sent, Continue) and dict(sent.set_headers)[":path"] == CHAT and key not in repr(sent)
+
+
+def test_a_clients_envoy_headers_never_go_upstream() -> None:
+    """Envoy's router reads a client's x-envoy-retry-on and timeouts, the per-try filter its
+    x-envoy-is-timeout-retry: every x-envoy-* header a client sends is removed, GET and POST."""
+    forged = {"x-envoy-is-timeout-retry": "true", "x-envoy-retry-on": "5xx", "x-envoy-upstream-rq-timeout-ms": "1"}
+    action = Session().handle(RequestHeaders({":method": "GET", ":path": "/v1/models", **forged}, True, 0))
+    assert isinstance(action, Continue) and set(forged) <= set(action.remove_headers)
+    action = Session().handle(RequestHeaders({":method": "POST", ":path": CHAT, **forged}, False, 0))
+    assert isinstance(action, Continue) and set(forged) <= set(action.remove_headers)

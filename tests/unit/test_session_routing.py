@@ -174,8 +174,10 @@ OPENAI_STREAM = b"".join(OPENAI_CHUNKS) + b"data: [DONE]\n\n"
 def test_an_alias_with_fallback_leaves_with_its_chain() -> None:
     assert (
         Transcript(Session(POLICY, "local-dev"))
-        >> head(**{"x-envoy-max-retries": "5", "authorization": "Bearer sk-client"})
-        << Continue(remove_headers=("authorization", "accept-encoding", "x-tollway-cluster", "x-envoy-max-retries"))
+        >> head(**{"x-envoy-max-retries": "5", "authorization": "Bearer sk-client", "x-envoy-is-timeout-retry": "true",
+                   "x-envoy-retry-on": "5xx", "x-envoy-upstream-rq-timeout-ms": "1"})
+        << Continue(remove_headers=("authorization", "accept-encoding", "x-tollway-cluster", "x-envoy-max-retries",
+                                    "x-envoy-is-timeout-retry", "x-envoy-retry-on", "x-envoy-upstream-rq-timeout-ms"))
         >> body(CHAT_REQUEST)
         << Continue(set_headers=CHAIN_HEADERS, clear_route_cache=True, metadata=CHAIN_METADATA)  # no credential
     )
