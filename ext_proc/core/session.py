@@ -61,6 +61,7 @@ from ext_proc.llm import apis, translate
 from ext_proc.llm.errors import INTERRUPTED, ClientError
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.policy.compiled import CompiledPolicy
+from ext_proc.state.rows import TRY_TIMED_OUT  # Envoy's reason for the 504 of a try with no byte in time
 
 __all__ = ["ROUTE_HEADER", "STREAM_HEADER", "Phase", "ProtocolError", "Session"]
 
@@ -560,7 +561,6 @@ class Session:
 
 
 
-TRY_TIMED_OUT = "upstream_per_try_idle_timeout"  # Envoy's reason for the 504 of a try with no byte in time
 
 
 def _abandoned(flow: Flow, record: dict[str, Any]) -> None:

@@ -40,6 +40,7 @@ from typing import Any, Protocol, TypeVar
 from ext_proc.state.rows import (
     Row,
     abandoned_tries,
+    error_answer,
     estimated,
     fell_back,
     group_of,
@@ -150,7 +151,7 @@ def increments(record: dict[str, Any]) -> dict[str, int]:
         "abandoned_tries": abandoned_tries(record),
         "estimated": int(estimated(record)),
         "outcomes": 1,  # this request's errors and cut streams are counted (older buckets lack them)
-        "errors": int(outcome == "error"),
+        "errors": int(error_answer(record)),
         "incomplete": int(outcome == "incomplete"),
     }
     fields |= _guardrails(record)

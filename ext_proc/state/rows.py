@@ -69,6 +69,16 @@ def went_upstream(record: Mapping[str, Any]) -> bool:
     return bool(record.get("provider")) or record.get("recovered") is True or bool(record.get("attempts"))
 
 
+TRY_TIMED_OUT = "upstream_per_try_idle_timeout"  # Envoy's 504: the last try got no byte in time
+
+
+def error_answer(record: Mapping[str, Any]) -> bool:
+    """Whether the provider answered the request with an error (nothing charged). Envoy's 504 for
+    a last try abandoned at the first-byte timeout is no answer: the provider may have started,
+    and bill, a generation, counted as an abandoned try (:func:`abandoned_tries`), not as an error."""
+    return record.get("outcome") == "error" and record.get("error") != TRY_TIMED_OUT
+
+
 def fell_back(record: Mapping[str, Any]) -> bool:
     """Whether a later target than its chain's first served the request. Tollway records
     ``fallback: true`` only then; older Tollways also did for a chain that failed at every target
@@ -138,7 +148,7 @@ class Row:
     lookups: int = 0  # model lists and token counts (not refused): no model call, no tokens, no latency
     refused_by_status: dict[str, int] = field(default_factory=dict)  # HTTP status -> refused requests
     guardrails: dict[str, int] = field(default_factory=dict)  # guardrail name -> requests it fired on
-    errors: int = 0  # the provider answered an error
+    errors: int = 0  # the provider answered an error (not Envoy's 504 of an abandoned try: error_answer)
     incomplete: int = 0  # the stream was cut (by the provider or the client leaving)
     unknown_outcome: int = 0  # requests sent whose outcome the aggregates do not hold (counted before they did)
     latency_sum_ms: float = 0.0  # of the model calls a provider answered (served_latency)
@@ -179,7 +189,7 @@ class Row:
         self.fallbacks += fell_back(record)
         self.abandoned_tries += abandoned_tries(record)
         self.estimated += estimated(record)
-        self.errors += outcome == "error"
+        self.errors += error_answer(record)
         self.incomplete += outcome == "incomplete"
         latency = served_latency(record)
         if latency is not None:

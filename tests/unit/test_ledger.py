@@ -571,6 +571,17 @@ def test_a_try_abandoned_at_the_first_byte_timeout_makes_the_cost_a_floor_in_eve
     told = sentence("alpha", aggregate([timed_out], "model")[0])
     assert told is not None and "answered it with an error" not in told and "at least $0.00" in told
     assert "1 try was abandoned after the provider may have started: cost unknown." in told
+    # Envoy's 504 is no error answer of the provider's: the try is counted once, as abandoned, in
+    # the log's reports and in the Redis aggregates; a provider's own 500 still is one.
+    provider_500 = rec(outcome="error", status=500, error="server_error", input_tokens=None, output_tokens=None,
+                       cost_usd_micros=None)
+    assert "got an error answer" not in told
+    for ledger in (MemoryLedger(), RedisLedger(client, prefix="tollway:test-timed-out")):
+        ledger.add([timed_out, provider_500])
+        (stored,) = ledger.rows("model")
+        assert (stored.errors, stored.abandoned_tries) == (1, 1)
+        told = sentence("alpha", stored)
+        assert told is not None and "1 request got an error answer from the provider" in told
     path = tmp_path / "requests.jsonl"
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in (ABANDONED, rec())))
     log = ["report", "--log", str(path), "--by", "model", "--month", "2026-10"]
