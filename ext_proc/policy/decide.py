@@ -89,7 +89,8 @@ def identify(
     channel is such a listener, reached by any workload the client CA and SANs admit, so the
     message's SPIFFE attribute (which the caller writes) may only agree with the channel's
     workload: another one, or one where the certificate names none, is a 403 ``workload_mismatch``.
-    On the private channels (the Unix socket only Envoy reaches) it is Envoy's word, and wins.
+    Elsewhere it is Envoy's word, and wins: on the Unix socket only Envoy reaches, and on a plain
+    ``tcp://`` listener (no certificate to check it against; whoever reaches it can read keys anyway).
     """
     key = presented_key(headers)
     if key is not None and key.startswith(KEY_PREFIX):
