@@ -318,5 +318,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"# Rendered by `tollway envoy{source}`: {len(clusters) - chains} provider cluster(s) and "
               f"{chains} fallback cluster(s).")
+    if ext_proc_tls and listen.parse(ext_proc_address or listen.DEFAULT).kind == "tls":
+        print(relay_hint(ext_proc_tls.split(",")[0]))
     print(yaml.safe_dump(config, sort_keys=False, width=120))
     return 0
+
+
+def relay_hint(cert: str) -> str:
+    """The comment telling the operator of a tls:// Envoy what Tollway must be told (--tls-relay-san)."""
+    names = listen.certificate_names(cert)
+    name = names[0] if names else "NAME"
+    return (f"# Tollway side: when this Envoy's callers use Tollway keys (a central gateway the platform team runs), "
+            f"start Tollway with `tollway serve --tls-relay-san {name}` (a name of {cert}, which --tls-client-san "
+            f"must accept), or their fallback aliases get 403 attempt_refused. Never for an Envoy a workload runs: "
+            f"a relay's streams are believed as the Unix socket's Envoy is (see README, The ext_proc channel).")

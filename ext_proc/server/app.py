@@ -103,6 +103,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "must carry; a trailing * accepts every name it begins (spiffe://cluster.local/ns/*); "
                              "repeatable (default: any certificate the CA signed). The certificate's SPIFFE ID "
                              "identifies the calling workload")
+    parser.add_argument("--tls-relay-san", action="append", default=[],
+                        help="tls:// only: a SAN (same syntax as --tls-client-san, which must accept it) of a trusted "
+                             "relay's certificate: an Envoy the platform team runs itself, e.g. a central gateway "
+                             "whose callers use Tollway keys (tollway envoy --ext-proc tls://...). Its streams are "
+                             "believed as the Unix socket's Envoy is: the message's SPIFFE attribute and a fallback "
+                             "try's metadata are its word. Repeatable (default: none, every certificate may only be "
+                             "the workload its SPIFFE ID names, and fallback tries are served only within that "
+                             "workload's plan)")
     parser.add_argument("--socket-group", action="store_true",
                         help="unix: only: Envoy runs as another user of Tollway's group (the pod's sidecar), so the "
                              "socket is 0660 in a 0750 directory; default: Tollway's user only (0600, 0700)")
@@ -204,13 +212,16 @@ def _entries(value: str) -> int:
 def _tls_files(args: argparse.Namespace, address: listen.Address) -> listen.TLSFiles | None:
     given = [name for name in ("tls_cert", "tls_key", "tls_client_ca") if getattr(args, name)]
     if address.kind != "tls":
-        if given or args.tls_client_san:
+        if given or args.tls_client_san or args.tls_relay_san:
             raise listen.ListenError("--tls-* options need a tls://HOST:PORT --listen address")
         return None
     missing = [f"--{name.replace('_', '-')}" for name in ("tls_cert", "tls_key", "tls_client_ca") if name not in given]
     if missing:
         raise listen.ListenError(f"tls:// needs {', '.join(missing)}")
-    return listen.TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca, tuple(args.tls_client_san))
+    files = listen.TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca, tuple(args.tls_client_san),
+                            tuple(args.tls_relay_san))
+    files.check()
+    return files
 
 
 def run(args: argparse.Namespace) -> int:

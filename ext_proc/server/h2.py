@@ -265,7 +265,7 @@ class Responder(Protocol):
         """False once the stream ended, was reset, or the connection was lost."""
 
     @property
-    def peer(self) -> str | None:
+    def peer(self) -> object:
         """Who is at the other end of the connection, as the server's ``peer_identity`` named it (e.g. the
         SPIFFE ID of a mutual-TLS client's certificate); None when unknown."""
 
@@ -389,7 +389,7 @@ class _Stream:
         return not self.done and not self.conn.closed and self.conn.streams.get(self.sid) is self
 
     @property
-    def peer(self) -> str | None:
+    def peer(self) -> object:
         return self.conn.peer
 
     @property
@@ -447,7 +447,7 @@ class Connection(asyncio.Protocol):
         self.going_away = False  # no new streams (our final GOAWAY sent, or the client's received)
         self.goaway_pending = False  # our first GOAWAY (2^31-1) is out, the final one waits for its PING's ack
         self.closed = False
-        self.peer: str | None = None  # the client's identity (server.peer_identity), for every stream
+        self.peer: object = None  # the client's identity (server.peer_identity), for every stream
         self.timer: asyncio.TimerHandle | None = None  # the handshake deadline, then the keepalive (_tick)
         self.pinged = False  # our keepalive PING awaits its acknowledgement
         self.keepalive = False  # TCP or TLS: PING an idle peer (a Unix socket's peer cannot vanish unseen)
@@ -1206,7 +1206,7 @@ class Server:
 
     def __init__(
         self, routes: dict[str, CallFactory], peer_check: Callable[[asyncio.BaseTransport], bool] | None = None,
-        peer_identity: Callable[[asyncio.BaseTransport], str | None] | None = None,
+        peer_identity: Callable[[asyncio.BaseTransport], object] | None = None,
         max_unfinished: int = MAX_UNFINISHED,
     ) -> None:
         self.routes = routes

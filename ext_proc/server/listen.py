@@ -23,8 +23,11 @@ therefore be reachable by Envoy and by nothing else:
     network: a client must present a certificate signed by the client CA (optionally with one of
     the ``--tls-client-san`` names), TLS 1.2 or newer, ALPN ``h2``. The certificate's SPIFFE ID
     (:func:`spiffe_id`) is the identity of the workload whose Envoy called: in a mesh each
-    sidecar presents its own workload's certificate. The certificate and key are
-    re-read when their files change (cert-manager rotation needs no restart).
+    sidecar presents its own workload's certificate. A certificate with one of the
+    ``--tls-relay-san`` names is a trusted relay instead (:class:`Peer`): an Envoy the platform
+    team runs itself, a central gateway whose callers use Tollway keys, believed as the Unix
+    socket's Envoy is. The certificate and key are re-read when their files change (cert-manager
+    rotation needs no restart).
 ``tcp://HOST:PORT``
     Plain TCP, only when asked for: any process that can reach the port can read provider keys.
 
@@ -208,6 +211,29 @@ class TLSFiles:
     key: str
     client_ca: str
     client_sans: tuple[str, ...] = ()  # accepted SANs of the client certificate (any when empty)
+    relay_sans: tuple[str, ...] = ()  # SANs of trusted relays' certificates (see Peer); none by default
+
+    def check(self) -> None:
+        """A ListenError (one line) when a relay name is one the client names do not all accept."""
+        for relay in self.relay_sans:
+            if not accepted(relay, self.client_sans):
+                raise ListenError(f"--tls-relay-san {relay} is not accepted by --tls-client-san "
+                                  f"{' '.join(self.client_sans)}: a relay must be a client Tollway admits")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who opened a connection on a mutual-TLS listener, from its verified client certificate.
+
+    ``spiffe_id``: the certificate's SPIFFE ID (:func:`spiffe_id`), the workload whose Envoy called.
+    ``relay``: the certificate has a ``--tls-relay-san`` name, an Envoy the platform team runs
+    itself (a central gateway whose callers use Tollway keys): its streams are believed as the Unix
+    socket's Envoy is (the message's SPIFFE attribute and a fallback try's metadata are its word).
+    Any other certificate may only be the workload it names.
+    """
+
+    spiffe_id: str | None
+    relay: bool = False
 
 
 class TLSContext:
@@ -253,14 +279,42 @@ class TLSContext:
         """Whether a verified client certificate (``getpeercert()``) carries an accepted SAN (any, when none
         are set). An accepted name ending in ``*`` accepts every name it begins (``spiffe://cluster.local/ns/*``:
         any workload of the trust domain)."""
-        if not self.files.client_sans:
-            return True
-        if not isinstance(peer, dict):
-            return False
-        names = {value for kind, value in peer.get("subjectAltName", ()) if kind in ("DNS", "URI")}
-        exact = {san for san in self.files.client_sans if not san.endswith("*")}
-        prefixes = tuple(san[:-1] for san in self.files.client_sans if san.endswith("*"))
-        return bool(names & exact) or any(name.startswith(prefixes) for name in names if prefixes)
+        return not self.files.client_sans or _carries(peer, self.files.client_sans)
+
+    def identify(self, peer: Any) -> Peer:
+        """The :class:`Peer` a verified client certificate (``getpeercert()``) names."""
+        return Peer(spiffe_id(peer), bool(self.files.relay_sans) and _carries(peer, self.files.relay_sans))
+
+
+def _carries(peer: Any, sans: tuple[str, ...]) -> bool:
+    """Whether a certificate (``getpeercert()``) has a DNS or URI SAN that one of ``sans`` names (``*``: prefix)."""
+    if not isinstance(peer, dict):
+        return False
+    names = {value for kind, value in peer.get("subjectAltName", ()) if kind in ("DNS", "URI")}
+    exact = {san for san in sans if not san.endswith("*")}
+    prefixes = tuple(san[:-1] for san in sans if san.endswith("*"))
+    return bool(names & exact) or any(name.startswith(prefixes) for name in names if prefixes)
+
+
+def accepted(name: str, sans: tuple[str, ...]) -> bool:
+    """Whether every SAN the pattern ``name`` matches (a name, or a prefix ending in ``*``) is one of
+    ``sans`` accepts (all are when ``sans`` is empty)."""
+    if not sans or name in sans:
+        return True
+    stem = name[:-1] if name.endswith("*") else name
+    return any(san.endswith("*") and stem.startswith(san[:-1]) for san in sans)
+
+
+def certificate_names(path: str) -> list[str]:
+    """The DNS and URI SANs of the PEM certificate at ``path``, its SPIFFE ID first; [] when it cannot
+    be read (a hint only: the ``ssl`` module's decoder, which CPython's own tests use)."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    try:
+        decoded = decode(path) if decode is not None else {}
+    except (OSError, ValueError, ssl.SSLError):
+        return []
+    names = [value for kind, value in decoded.get("subjectAltName", ()) if kind in ("DNS", "URI")]
+    return sorted(names, key=lambda name: not name.startswith("spiffe://"))
 
 
 def spiffe_id(peer: Any) -> str | None:

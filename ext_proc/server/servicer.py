@@ -98,7 +98,7 @@ class Service:
     stand_ins: Callable[[], Mapping[str, str]] | None = None
     stand_in_missing: bool = False
 
-    def session(self, peer: str | None = None) -> Session:
+    def session(self, peer: str | None = None, relay: bool = False) -> Session:
         """A new request's session, bound to the policy current at this moment.
 
         ``peer``: the identity of the Envoy that opened the stream (the SPIFFE ID of its client
@@ -106,10 +106,12 @@ class Service:
         the calling workload by it; a sidecar configured with its own workload keeps that one. On
         such a listener (``mtls``) the message's SPIFFE attribute must agree with that workload
         (any workload of the mesh may open a stream and write it): see ``decide.identify``.
+        ``relay``: the certificate is a trusted relay's (``--tls-relay-san``, see
+        :class:`~ext_proc.server.listen.Peer`), believed as the Unix socket's Envoy is.
         """
         return Session(self.policy.current if self.policy else None, self.workload or peer, self.accountant,
                        self.usage_headers, runtime=self.runtime, steps=self.steps, trace=self.on_trace is not None,
-                       mtls=self.mtls, stand_ins=self.stand_ins, stand_in_missing=self.stand_in_missing)
+                       mtls=self.mtls and not relay, stand_ins=self.stand_ins, stand_in_missing=self.stand_in_missing)
 
     def ask(self, query: object) -> object | Awaitable[object]:
         """The answer to ``query`` (or an awaitable of it) from the store, or from an external
@@ -124,15 +126,18 @@ class Service:
         except Exception as exc:  # the asking step decides what a failed question means
             return exc
 
-    def attempt(self, peer: str | None = None) -> Attempt:
+    def attempt(self, peer: str | None = None, relay: bool = False) -> Attempt:
         """A new upstream attempt's session (the per-attempt filter of a fallback cluster).
 
         On a mutual-TLS listener (``mtls``) the try's metadata is the caller's word: the try is
-        served only within the plan of the team of the workload ``peer`` (or ``workload``) names.
+        served only within the plan of the team of the workload ``peer`` (or ``workload``) names,
+        unless the certificate is a trusted ``relay``'s, whose metadata is believed as the Unix
+        socket's Envoy's is (the router-level session of its own request wrote it).
         """
         if self.policy is None:
             return Attempt(None)
-        return Attempt(self.policy.current, self.policy.started, workload=self.workload or peer, mtls=self.mtls)
+        return Attempt(self.policy.current, self.policy.started, workload=self.workload or peer,
+                       mtls=self.mtls and not relay)
 
 
 def _scrub(service: Service, session: Session | Attempt) -> Scrub | None:
@@ -288,10 +293,11 @@ class ExtProcCall:
                  "responder", "service", "session")
 
     def __init__(
-        self, service: Service, upstream: bool = False, responder: Responder | None = None, peer: str | None = None
+        self, service: Service, upstream: bool = False, responder: Responder | None = None, peer: str | None = None,
+        relay: bool = False,
     ) -> None:
         self.service = service
-        self.session: Session | Attempt = service.attempt(peer) if upstream else service.session(peer)
+        self.session: Session | Attempt = service.attempt(peer, relay) if upstream else service.session(peer, relay)
         self.responder = responder
         self._waiting: str | None = None  # the kind of message whose answer waits for the store
         self._queue: list[bytes] = []  # messages that arrived while waiting (Envoy sends none)

@@ -281,13 +281,19 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
     if config.server == "h2":
         assert sock is not None or dealt is not None
         tls = listen.TLSContext(config.tls) if config.tls is not None else None
+        def process(headers: list[tuple[bytes, bytes]], responder: h2.Responder) -> ExtProcCall:
+            peer = responder.peer  # a listen.Peer on tls://, else None
+            assert peer is None or isinstance(peer, listen.Peer)
+            return ExtProcCall(service, (FILTER_METADATA, b"upstream") in headers, responder,
+                               peer.spiffe_id if peer else None, relay=peer is not None and peer.relay)
+
         server = h2.Server({
-            PROCESS_PATH: lambda headers, responder: ExtProcCall(
-                service, (FILTER_METADATA, b"upstream") in headers, responder, responder.peer),
+            PROCESS_PATH: process,
             HEALTH_PATH: lambda _headers, _responder: HealthCall(lambda: not server.draining),
         }, peer_check=(lambda transport: tls.peer_allowed(transport.get_extra_info("peercert"))) if tls else None,
-            # On mutual TLS the client certificate's SPIFFE ID names the workload whose Envoy called.
-            peer_identity=(lambda transport: listen.spiffe_id(transport.get_extra_info("peercert"))) if tls else None,
+            # On mutual TLS the client certificate's SPIFFE ID names the workload whose Envoy called,
+            # unless it is a trusted relay's (--tls-relay-san): see listen.Peer.
+            peer_identity=(lambda transport: tls.identify(transport.get_extra_info("peercert"))) if tls else None,
             # Unfinished messages (whole bodies, with --bodies buffered) a connection may hold: at
             # least what the body budget lets a worker hold.
             max_unfinished=max(h2.MAX_UNFINISHED, config.body_memory * 1024 * 1024))

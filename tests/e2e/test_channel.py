@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import openai
 import pytest
 from envoy.config.core.v3 import base_pb2
@@ -26,6 +27,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_proc.envoy_config import ClientTLS
+from ext_proc.policy.compiled import key_digest
 from ext_proc.server import listen
 from ext_proc.stack import Stack, free_port
 from tests.certs import CA
@@ -197,3 +199,71 @@ def test_mutual_tls_lets_only_envoys_certificate_in(tmp_path: Path) -> None:
             _ask_for_headers(plain)
         log = (stack.workdir / "tollway.log").read_text()
         assert "none of the accepted names" in log and PROVIDER_KEY not in log
+
+
+GATEWAY_KEY = "tw-gateway-0123456789abcdefghijklmnopqrstuvwxyzABCD"
+GATEWAY_POLICY = f"""
+apiVersion: tollway/v1
+providers:
+  openai: {{kind: openai, credential: {{env: CHANNEL_OPENAI_KEY}}}}
+  anthropic: {{kind: anthropic, credential: {{env: CHANNEL_ANTHROPIC_KEY}}}}
+routing:
+  aliases:
+    smart:
+      targets:
+        - {{provider: openai, model: gpt-4o-mini}}
+        - {{provider: anthropic, model: claude-3-5-haiku-20241022}}
+teams:
+  app: {{keys: [{{id: app-ci, sha256: {key_digest(GATEWAY_KEY)}}}], models: [smart]}}
+"""
+ANTHROPIC_KEY = "sk-ant-channel-test-0002"
+GATEWAY_SPIFFE = "spiffe://cluster.local/ns/platform/sa/gateway"
+
+
+@pytest.mark.parametrize("relay", [True, False], ids=["relay", "strict"])
+def test_a_central_gateways_key_callers_fall_back_only_when_its_certificate_is_a_relay(
+        tmp_path: Path, relay: bool) -> None:
+    """The central-gateway deployment: one Envoy the platform team runs (its certificate names no
+    workload of the policy) reaches a shared tls:// Tollway for callers with Tollway keys. A fallback
+    alias whose first target fails is served by the second with --tls-relay-san naming that
+    certificate; without it the try is a 403 attempt_refused and no provider is asked."""
+    ca = CA(tmp_path, "platform")
+    server = ca.issue("tollway", dns=("tollway.tollway-system.svc",), server=True)
+    envoy = ca.issue("gateway", uris=(GATEWAY_SPIFFE,), server=False)
+    port = free_port()
+    serve_args = ("--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-client-ca", str(ca.cert),
+                  "--tls-client-san", "spiffe://cluster.local/*",
+                  *(("--tls-relay-san", GATEWAY_SPIFFE) if relay else ()))
+    tls = ClientTLS(str(envoy.cert), str(envoy.key), str(ca.cert), "tollway.tollway-system.svc")
+    work = tmp_path / "gateway"
+    work.mkdir()
+    policy = work / "policy.yaml"
+    policy.write_text(GATEWAY_POLICY)
+    keys = {"CHANNEL_OPENAI_KEY": PROVIDER_KEY, "CHANNEL_ANTHROPIC_KEY": ANTHROPIC_KEY}
+    with Stack(work / "stack", policy=policy, service_env=keys, mocked=frozenset({"openai", "anthropic"}),
+               mock_args=("--api-key", PROVIDER_KEY, "--api-key", ANTHROPIC_KEY), stand_ins_get_keys=True,
+               ext_proc_address=f"tls://127.0.0.1:{port}", ext_proc_tls=tls, serve_args=serve_args,
+               workers=2) as stack:
+        client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key=GATEWAY_KEY, max_retries=0, timeout=10)
+        mock = f"http://127.0.0.1:{stack.mock_port}"
+        failing = {"x-mock-openai-status": "500"}  # the first target fails
+        if relay:
+            raw = client.chat.completions.with_raw_response.create(
+                model="smart", messages=[{"role": "user", "content": "hi"}], extra_headers=failing)
+            assert raw.parse().choices[0].message.content
+            assert raw.headers["x-tollway-provider"] == "anthropic" and raw.headers["x-tollway-attempts"] == "2"
+            request_id = raw.headers["x-tollway-request-id"]
+            saw = [r for r in httpx.get(mock + "/_mock/requests").json()
+                   if dict((k.lower(), v) for k, v in r["headers"]).get("x-request-id") == request_id]
+            assert [r["path"] for r in saw] == ["/v1/chat/completions", "/v1/messages"]
+        else:
+            with pytest.raises(openai.PermissionDeniedError) as caught:
+                client.chat.completions.create(model="smart", messages=[{"role": "user", "content": "hi"}],
+                                               extra_headers=failing)
+            assert caught.value.status_code == 403
+            assert caught.value.body["code"] == "attempt_refused"  # type: ignore[index]
+            assert PROVIDER_KEY not in str(caught.value.response.headers)
+            assert httpx.get(mock + "/_mock/requests").json() == []  # no provider was asked
+        log = (stack.workdir / "tollway.log").read_text()
+        assert ("refused attempt_refused" in log) is not relay
+        assert PROVIDER_KEY not in log and ANTHROPIC_KEY not in log

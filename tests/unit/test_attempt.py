@@ -803,3 +803,28 @@ def test_on_tls_an_upstream_stream_gets_no_key_for_an_unknown_certificate(tmp_pa
     known.message(headers_message(0))
     [reply] = known.message(body_message(OPENAI_REQUEST))
     assert mutation(pb.ProcessingResponse.FromString(reply))[0]["authorization"] == "Bearer sk-openai-test"
+
+
+def test_on_tls_a_trusted_relays_try_is_believed_as_the_unix_sockets_is(tmp_path: Any,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """tollway serve --tls-relay-san: a central gateway's Envoy (its callers use Tollway keys) names
+    no workload; its tries are its own router-level session's, served as on the Unix socket. The same
+    certificate without the relay flag is refused."""
+    on_tls = service(tmp_path)
+    on_tls.mtls = True
+    gateway = "spiffe://cluster.local/ns/platform/sa/gateway"  # names no workload of the policy
+    for slot, key in ((0, "Bearer sk-openai-test"), (1, None)):
+        relayed = ExtProcCall(on_tls, upstream=True, peer=gateway, relay=True)
+        [first] = relayed.message(headers_message(slot))
+        assert not pb.ProcessingResponse.FromString(first).HasField("immediate_response")
+        [reply] = relayed.message(body_message(OPENAI_REQUEST))
+        headers = mutation(pb.ProcessingResponse.FromString(reply))[0]
+        if key:
+            assert headers["authorization"] == key
+        else:
+            assert headers["x-api-key"] == "sk-ant-test"
+    assert "attempt_refused" not in caplog.text
+    strict = ExtProcCall(on_tls, upstream=True, peer=gateway)  # not a relay: the certificate's workload decides
+    [reply] = strict.message(headers_message(0))
+    assert pb.ProcessingResponse.FromString(reply).immediate_response.status.code == 403
+    assert b"sk-openai-test" not in reply and "refused attempt_refused" in caplog.text

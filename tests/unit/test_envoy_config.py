@@ -398,3 +398,28 @@ def test_a_long_workdirs_run_directory_is_a_private_temporary_one_gone_when_the_
     private_directory(short.run_dir)
     short.stop()
     assert short.run_dir.is_dir()  # the workdir's own: kept
+
+
+def test_a_tls_ext_proc_config_tells_the_operator_to_name_its_certificate_a_relay(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A central gateway's Envoy (its callers use Tollway keys) names no workload: Tollway serves its
+    fallback tries only when told its certificate is a relay's (tollway serve --tls-relay-san)."""
+    from tests.certs import CA
+
+    ca = CA(tmp_path, "platform")
+    envoy = ca.issue("gateway", dns=("gateway.platform.svc",), uris=("spiffe://cluster.local/ns/platform/sa/gw",),
+                     server=False)
+    parser = argparse.ArgumentParser()
+    envoy_config.add_arguments(parser)
+    args = ["--ext-proc", "tls://tollway.tollway-system.svc:50051",
+            "--ext-proc-tls", f"{envoy.cert},{envoy.key},{ca.cert},tollway.tollway-system.svc"]
+    assert envoy_config.run(parser.parse_args(args)) == 0
+    out = capsys.readouterr().out
+    hint = out.splitlines()[1]
+    assert hint.startswith("# Tollway side:")
+    assert "`tollway serve --tls-relay-san spiffe://cluster.local/ns/platform/sa/gw`" in hint
+    assert "attempt_refused" in hint
+    assert clusters(yaml.safe_load(out))["tollway_ext_proc"]["transport_socket"]  # still the config
+    assert envoy_config.run(parser.parse_args(args[:1] + ["unix:/run/tollway/ext_proc.sock"])) == 0
+    assert "--tls-relay-san" not in capsys.readouterr().out  # only for tls://
+    assert "--tls-relay-san NAME" in envoy_config.relay_hint(str(tmp_path / "missing.pem"))

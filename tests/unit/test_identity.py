@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
+import orjson
 import pytest
 
 from ext_proc.core import upstream
+from ext_proc.core.actions import Respond
+from ext_proc.core.events import RequestBody, RequestHeaders
 from ext_proc.llm import apis
 from ext_proc.llm.errors import ClientError
 from ext_proc.policy import decide
+from ext_proc.policy.compile import compile_policy
 from ext_proc.policy.compiled import (
     CompiledPolicy,
     CredentialSource,
@@ -21,6 +26,8 @@ from ext_proc.policy.compiled import (
     key_digest,
 )
 from ext_proc.server.credentials import STAND_IN_KEY, CredentialStore, credential_headers
+from ext_proc.server.records import RecordWriter
+from ext_proc.server.servicer import Service
 
 OPENAI = Provider("openai", "openai", "openai", CredentialSource(env="OPENAI_KEY"))
 ANTHROPIC = Provider("anthropic", "anthropic", "anthropic", CredentialSource(env="ANT_KEY"))
@@ -215,3 +222,37 @@ def test_a_key_variable_that_cannot_be_a_header_is_a_missing_key(caplog: pytest.
     store = CredentialStore(environ={"OPENAI_KEY": "sk-one\nsk-two"})
     assert store.headers(OPENAI) == () and store.status({"openai": OPENAI}) == {"openai": False}
     assert "OPENAI_KEY" in caplog.text and "sk-one" not in caplog.text
+
+
+def test_on_mutual_tls_a_trusted_relays_attribute_is_its_word(tmp_path: Path) -> None:
+    """tollway serve --tls-relay-san: a relay's stream (an Envoy the platform team runs) is believed
+    as the Unix socket's Envoy is; the same certificate without it may only be its own workload."""
+    policy = compile_policy("""
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: OPENAI_API_KEY}}
+models:
+  gpt-4o-mini: {provider: openai}
+teams:
+  search: {workloads: ["spiffe://cluster.local/ns/search/sa/app"], models: ["*"]}
+""")
+    holder = SimpleNamespace(current=policy)
+    on_tls = Service(RecordWriter(str(tmp_path / "records.jsonl")), policy=holder, mtls=True)  # type: ignore[arg-type]
+    gateway = "spiffe://cluster.local/ns/platform/sa/gateway"
+    head = RequestHeaders({":method": "POST", ":path": "/v1/chat/completions"}, False, 1,
+                          {decide.SPIFFE_ATTRIBUTE: "spiffe://cluster.local/ns/search/sa/app"})
+    body = RequestBody(orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+                       True, 2)
+
+    def answer(relay: bool) -> tuple[object, object, object]:
+        session = on_tls.session(gateway, relay=relay)
+        first = session.handle(head)
+        return first, (session.handle(body) if not isinstance(first, Respond) else None), session.flow.principal
+
+    first, second, principal = answer(relay=True)
+    assert not isinstance(first, Respond) and not isinstance(second, Respond)
+    assert principal == Principal("search", workload="spiffe://cluster.local/ns/search/sa/app")
+    first, second, _ = answer(relay=False)
+    refusal = first if isinstance(first, Respond) else second
+    assert isinstance(refusal, Respond) and refusal.status == 403
+    assert orjson.loads(refusal.body)["error"]["code"] == "workload_mismatch"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import socket
+import ssl
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from ext_proc.server import listen
+from ext_proc.server import app, listen
 from tests.unix_users import as_other_user, needs_root, open_directory
 
 
@@ -188,3 +192,73 @@ def _attack_the_socket(path: Path) -> None:
         assert as_other_user(attack) == {"connect": 0, "bind": 0, "unlink": 0}
     finally:
         listener.close()
+
+
+# -- trusted relays (--tls-relay-san) -------------------------------------------------------------
+
+
+def test_a_relay_certificate_is_told_from_a_workloads(tmp_path: Path) -> None:
+    from tests.certs import CA
+
+    ca = CA(tmp_path, "mesh")
+    server = ca.issue("tollway", dns=("tollway.svc",), server=True)
+    gateway = ca.issue("gateway", dns=("gateway.platform.svc",), uris=("spiffe://cluster.local/ns/platform/sa/gw",),
+                       server=False)
+    pod = ca.issue("pod", uris=("spiffe://cluster.local/ns/app/sa/app",), server=False)
+
+    def identify(cert: Path, *relays: str) -> listen.Peer:
+        files = listen.TLSFiles(str(server.cert), str(server.key), str(ca.cert), ("spiffe://cluster.local/*",), relays)
+        return listen.TLSContext(files).identify(ssl._ssl._test_decode_cert(str(cert)))  # type: ignore[attr-defined]
+
+    # Default: no relay; every certificate is only the workload it names.
+    assert identify(gateway.cert) == listen.Peer("spiffe://cluster.local/ns/platform/sa/gw", relay=False)
+    for relay in ("spiffe://cluster.local/ns/platform/sa/gw", "spiffe://cluster.local/ns/platform/*",
+                  "gateway.platform.svc"):
+        assert identify(gateway.cert, relay).relay, relay
+        assert identify(pod.cert, relay) == listen.Peer("spiffe://cluster.local/ns/app/sa/app", relay=False), relay
+    assert not identify(gateway.cert, "spiffe://cluster.local/ns/platform/sa/g").relay  # exact, not a prefix
+    assert listen.certificate_names(str(gateway.cert)) == ["spiffe://cluster.local/ns/platform/sa/gw",
+                                                           "gateway.platform.svc"]
+    assert listen.certificate_names(str(tmp_path / "missing.pem")) == []
+
+
+@pytest.mark.parametrize(("relay", "clients", "ok"), [
+    ("spiffe://td/ns/gw/sa/envoy", (), True),  # every certificate the CA signed is a client
+    ("spiffe://td/ns/gw/sa/envoy", ("spiffe://td/ns/gw/sa/envoy",), True),
+    ("spiffe://td/ns/gw/sa/envoy", ("spiffe://td/*",), True),
+    ("spiffe://td/ns/gw/*", ("spiffe://td/ns/*",), True),
+    ("spiffe://td/ns/gw/*", ("spiffe://td/ns/gw/*",), True),
+    ("spiffe://td/ns/gw/sa/envoy", ("spiffe://td/ns/app/*",), False),
+    ("spiffe://td/ns/gw/*", ("spiffe://td/ns/gw/sa/envoy",), False),  # the pattern names more than is admitted
+    ("gateway.svc", ("spiffe://td/*",), False),
+])
+def test_a_relay_name_the_client_names_do_not_accept_is_an_error_at_start(
+        relay: str, clients: tuple[str, ...], ok: bool) -> None:
+    files = listen.TLSFiles("c.pem", "k.pem", "ca.pem", clients, (relay,))
+    if ok:
+        files.check()
+        return
+    with pytest.raises(listen.ListenError) as caught:
+        files.check()
+    assert "\n" not in str(caught.value) and "--tls-relay-san " + relay in str(caught.value)
+    # tollway serve reads the flags into the same check (and any --tls-* without tls:// is refused).
+    parser = argparse.ArgumentParser()
+    app.add_arguments(parser)
+    flags = ["--listen", "tls://127.0.0.1:1", "--tls-cert", "c", "--tls-key", "k", "--tls-client-ca", "ca",
+             "--tls-relay-san", relay, *(f"--tls-client-san={san}" for san in clients)]
+    args = parser.parse_args(flags)
+    with pytest.raises(listen.ListenError, match="--tls-relay-san"):
+        app._tls_files(args, listen.parse(args.listen))
+    args = parser.parse_args(["--listen", "tcp://127.0.0.1:1", "--tls-relay-san", relay])
+    with pytest.raises(listen.ListenError, match="need a tls://"):
+        app._tls_files(args, listen.parse(args.listen))
+
+
+def test_tollway_serve_refuses_a_relay_its_client_names_do_not_admit_in_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ext_proc.cli", "serve", "--listen", "tls://127.0.0.1:1", "--tls-cert", "c",
+         "--tls-key", "k", "--tls-client-ca", "ca", "--tls-client-san", "spiffe://td/ns/app/*",
+         "--tls-relay-san", "spiffe://td/ns/gw/sa/envoy"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == ("tollway serve: --tls-relay-san spiffe://td/ns/gw/sa/envoy is not accepted by "
+                           "--tls-client-san spiffe://td/ns/app/*: a relay must be a client Tollway admits\n")
