@@ -420,6 +420,6 @@ def test_a_tls_ext_proc_config_tells_the_operator_to_name_its_certificate_a_rela
     assert "`tollway serve --tls-relay-san spiffe://cluster.local/ns/platform/sa/gw`" in hint
     assert "attempt_refused" in hint
     assert clusters(yaml.safe_load(out))["tollway_ext_proc"]["transport_socket"]  # still the config
-    assert envoy_config.run(parser.parse_args(args[:1] + ["unix:/run/tollway/ext_proc.sock"])) == 0
+    assert envoy_config.run(parser.parse_args(["--ext-proc", "unix:/run/tollway/ext_proc.sock"])) == 0
     assert "--tls-relay-san" not in capsys.readouterr().out  # only for tls://
     assert "--tls-relay-san NAME" in envoy_config.relay_hint(str(tmp_path / "missing.pem"))
