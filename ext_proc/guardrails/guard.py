@@ -150,6 +150,13 @@ def _redacts(rule: Rule) -> Rule:
     return dataclasses.replace(rule, action="redact")
 
 
+
+# Texts (message contents, parts, metadata and tool-input strings) one request's guard reads at
+# most: each costs the worker's loop a few µs whatever its length (250,000: about 0.9 s), and a
+# request holding more (a metadata list of a million one-letter strings) fails closed, as past
+# the scanner's Budget. Anthropic's 100,000 messages, each a text, stay under it.
+MAX_TEXTS = 250_000
+
 class Blocked(Exception):
     """A rule with action ``block`` fired: its guardrail and detector (never the value)."""
 
@@ -328,6 +335,8 @@ class Guard:
                 continue
             if ref.get():
                 refs.append(ref)
+                if len(refs) > MAX_TEXTS:  # (metadata of a million strings: seconds of the worker's loop)
+                    raise Unscannable(f"more than {MAX_TEXTS:,} texts")
         found: list[Sequence[Finding]] = []  # each text's findings (the worker's memory of texts first)
         keys: list[bytes | None] = []
         secrets: dict[str, Detector] = {}  # credentials only their context showed, in any text of the request

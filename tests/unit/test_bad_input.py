@@ -22,7 +22,7 @@ from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, Resp
 from ext_proc.core.session import Session
 from ext_proc.llm import apis
 from ext_proc.llm.apis import base
-from ext_proc.llm.apis.base import MAX_CONTAINERS, MAX_DEPTH, MAX_ITEMS, decode_json
+from ext_proc.llm.apis.base import MAX_CONTAINERS, MAX_DEPTH, MAX_ITEMS, MAX_STRINGS, decode_json
 from ext_proc.llm.errors import ClientError
 
 SUITE = Path(__file__).resolve().parents[1] / "fixtures" / "json" / "test_parsing"
@@ -127,6 +127,25 @@ def test_brackets_inside_strings_are_not_arrays_or_objects() -> None:
     at_the_limit = request(messages=[], x=[[]] * (MAX_CONTAINERS - 3))  # the body, messages, x, its arrays
     assert isinstance(_session_body(at_the_limit), Continue)
     _refused(_session_body(request(messages=[], x=[[]] * (MAX_CONTAINERS - 2))), 413, "request_too_large", "500,000")
+
+
+def test_a_body_of_too_many_strings_is_refused_before_it_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five million one-letter strings are 1.3 s of the worker's loop and 1 GB parsed: counted first
+    (escaped quotes are no string's ends), refused in the client's format without being parsed."""
+    strings = MAX_STRINGS - 9  # the body's keys and the model's name make up the rest
+    at_the_limit = b'{"model": "m", "max_tokens": 1, "messages": [], "stop": [' + b'"a",' * (strings - 1) + b'"a"]}'
+    assert base._strings(at_the_limit) == MAX_STRINGS - 4
+    assert isinstance(_session_body(at_the_limit), Continue)
+    quoted = request(messages=[{"role": "user", "content": 'say \\"hi\\" ' * MAX_STRINGS}])
+    assert quoted.count(b'"') > 2 * MAX_STRINGS and base._strings(quoted) < 20
+    assert isinstance(_session_body(quoted), Continue)  # escaped quotes inside one string
+    over = b'{"model": "m", "max_tokens": 1, "messages": [], "stop": [' + b'"a",' * MAX_STRINGS + b'"a"]}'
+    parsed = []
+    monkeypatch.setattr(base, "orjson", SimpleNamespace(loads=parsed.append, JSONDecodeError=ValueError))
+    action = _session_body(over)
+    assert not parsed
+    assert isinstance(action, Respond) and action.status == 413
+    assert "more than 2,000,000 strings" in orjson.loads(action.body)["error"]["message"]
 
 
 @pytest.mark.parametrize(("path", "field", "item"), [

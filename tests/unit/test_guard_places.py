@@ -640,3 +640,20 @@ def test_identifier_digests_share_a_key_the_deployment_sets() -> None:
     assert digest(shared) == digest(shared) != digest({"TOLLWAY_IDENTIFIER_KEY": "another"})
     assert digest({"TOLLWAY_IDENTIFIER_KEY": ""}) != digest({"TOLLWAY_IDENTIFIER_KEY": ""})
     assert digest(shared).startswith("tollway-") and len(digest(shared)) == len("tollway-") + 16
+
+
+def test_a_prompt_of_more_texts_than_the_guard_reads_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each text costs the worker's loop a few µs whatever its length: a metadata list of a million
+    one-letter strings held it for seconds. Past MAX_TEXTS the prompt is refused as past the
+    scanner's bound (400 guardrail_limit, the provider never asked); at it, served."""
+    from ext_proc.guardrails import guard
+
+    monkeypatch.setattr(guard, "MAX_TEXTS", 50)
+    # The system prompt and the user's message are two texts: 48 metadata strings make 50.
+    _, _, served = post("/v1/chat/completions", chat("Hi", metadata={"tags": ["a"] * 48}))
+    assert isinstance(served, Continue)
+    session, _, refused = post("/v1/chat/completions", chat("Hi", metadata={"tags": ["a"] * 49}))
+    assert isinstance(refused, Respond) and refused.status == 400
+    error = orjson.loads(refused.body)["error"]
+    assert error["code"] == "guardrail_limit" and "more than 50 texts" in error["message"]
+    assert records(session)[0]["error"] == "guardrail_limit"
