@@ -70,6 +70,9 @@ PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
 _PLACEHOLDER_CHARS = r"[\[\]A-Z0-9_]"
 _PLACEHOLDER_WIDTH = 50
 _ARMOUR = 80  # longer than any closing armour line of a key block
+# A channel holding more than this (scanned) waits to be scanned again until a quarter as much more
+# has come (see Guard._release): a run longer than a detector's longest match goes out in steps.
+_RESCAN = 64
 INJECTION_ROLES = frozenset({"user", "tool"})
 # The questions asked of a prompt's texts, in the worker's memory of texts (ext_proc.memo): the
 # findings of a plan's rules (for users' or for the application's own text), an injection score.
@@ -175,10 +178,11 @@ class Holdback:
     case is made cheap: the characters of the last :data:`FAST` are looked up in a table of which
     classes hold them (filled as characters are met, at most :data:`MAX_TABLE` of them), and a run
     is over at the first character its class lacks, usually within a word. Only classes whose run
-    is still going after those characters are measured with their regular expression.
+    is still going after those characters are measured with their regular expression. A stream's
+    channel asks :meth:`extend` instead, with the runs it kept: the cost of the new text only.
     """
 
-    __slots__ = ("_caps", "_classes", "_most", "_runs", "_table", "longest")
+    __slots__ = ("_caps", "_classes", "_most", "_runs", "_table", "longest", "none")
 
     FAST = 24  # characters looked up one by one before the regular expressions take over
     MAX_TABLE = 1024  # characters whose classes are remembered (and sets of classes whose largest cap is)
@@ -195,6 +199,49 @@ class Holdback:
         self._table: dict[str, int] = {}  # a character -> the classes holding it, one bit each
         self._most: dict[int, int] = {}  # classes (bits) -> the largest of their caps
         self.longest = max(caps.values(), default=0)
+        self.none: tuple[int, ...] = (0,) * len(self._caps)  # the runs at the end of no text
+
+    def extend(self, runs: tuple[int, ...], text: str) -> tuple[int, ...]:
+        """Each class's run (at most its cap) at the end of some text whose runs were ``runs``, once
+        ``text`` is added to it: what :meth:`keep` measures, the most of them, but at a cost of
+        ``text``'s length (at most the longest cap), not of the text before it. A stream's channel
+        keeps its runs, so an event adding a character to a long held run costs one character."""
+        if not self.longest or not text:
+            return runs
+        caps = self._caps
+        size = len(text)
+        out = list(runs)
+        if size <= self.FAST:
+            table = self._table
+            going = (1 << len(caps)) - 1
+            for run, char in enumerate(reversed(text)):
+                held = table.get(char)
+                if held is None:
+                    held = self._held(char)
+                ended = going & ~held
+                while ended:  # these classes' runs are ``run`` long
+                    low = ended & -ended
+                    bit = low.bit_length() - 1
+                    out[bit] = run if run < caps[bit] else caps[bit]
+                    ended ^= low
+                going &= held
+                if not going:
+                    return tuple(out)
+            while going:  # the whole of ``text`` is in these classes: their runs go on
+                low = going & -going
+                bit = low.bit_length() - 1
+                grown = runs[bit] + size
+                out[bit] = grown if grown < caps[bit] else caps[bit]
+                going ^= low
+            return tuple(out)
+        tail = text[-self.longest:][::-1]
+        for bit, measure in enumerate(self._runs):
+            found = measure(tail)
+            run = found.end() if found is not None else 0
+            if run == size:
+                run += runs[bit]
+            out[bit] = run if run < caps[bit] else caps[bit]
+        return tuple(out)
 
     def keep(self, text: str) -> int:
         """The number of characters at the end of ``text`` that could start a value not yet complete."""
@@ -260,11 +307,13 @@ def _holdback(shapes: tuple[tuple[str, int], ...], placeholders: bool) -> Holdba
 
 
 class _Channel:
-    __slots__ = ("before", "held", "json", "restore", "swallow")
+    __slots__ = ("before", "held", "json", "restore", "runs", "scanned", "swallow")
 
     def __init__(self, restore: bool = True) -> None:
         self.restore = restore  # pseudonyms are put back (not in signed thinking, nor a reasoning item)
         self.held = ""  # received, not yet sent
+        self.runs: tuple[int, ...] | None = None  # Holdback.extend's runs at the end of ``held`` (None: measure)
+        self.scanned = 0  # the characters at the start of ``held`` the scanner has read (the rest waits)
         self.before = ""  # the last characters sent (as received), for word boundaries and context words
         self.swallow: re.Pattern[str] | None = None  # inside a private key block: its closing armour
         self.json = OUTSIDE  # JSON text: where the text sent so far (as received) ends (json_state)
@@ -586,31 +635,50 @@ class Guard:
         channel = self._channels.get(key)
         if channel is None:
             channel = self._channels[key] = _Channel(restore)
-        return self._release(channel, channel.held + text, json_text, final=False, old=len(channel.held))
+        return self._release(channel, channel.held + text, json_text, final=False, new=len(text))
 
     def _flush(self, key: tuple[Any, ...], json_text: bool) -> str:
         channel = self._channels.pop(key, None)
         if channel is None or not channel.held:
             return ""
-        return self._release(channel, channel.held, json_text, final=True, old=len(channel.held))
+        return self._release(channel, channel.held, json_text, final=True)
 
-    def _release(self, channel: _Channel, buf: str, json_text: bool, final: bool, old: int = 0) -> str:
-        """What of ``buf`` (held text and new text) goes out now; the rest stays held. (``old``: the
-        characters of ``buf`` scanned before, held; their candidates were counted then.)"""
+    def _release(self, channel: _Channel, buf: str, json_text: bool, final: bool, new: int = 0) -> str:
+        """What of ``buf`` (held text, then ``new`` characters received now) goes out now; the rest
+        stays held. (The characters of ``buf`` scanned before, ``channel.scanned``, had their
+        candidates counted then.)"""
+        old = channel.scanned
         if channel.swallow is not None:  # inside a private key block: drop it, up to its closing armour
             closing = channel.swallow.search(buf)
             if closing is None:
                 channel.held = "" if final else buf[-_ARMOUR:]
+                channel.scanned = len(channel.held)
                 return ""
             channel.swallow = None
             buf = buf[closing.end():]
+            old, channel.runs = 0, None  # what follows is measured and scanned afresh
             # The context before is the block's opening armour: scanned again with what follows,
             # it would open a block over it (the findings of one scan do not overlap) and hide a
             # value right after the block. What follows a block starts afresh.
             channel.before = ""
         rules = self.plan.response
-        assert self._holdback is not None
-        cut = len(buf) if final else len(buf) - self._holdback.keep(buf)
+        holdback = self._holdback
+        assert holdback is not None
+        runs = None
+        if final:
+            cut = len(buf)
+        else:
+            runs = channel.runs if channel.runs is not None else holdback.none
+            if new or channel.runs is None:
+                runs = holdback.extend(runs, buf[len(buf) - new:] if channel.runs is not None else buf)
+            cut = len(buf) - max(runs, default=0)
+            # Nothing could go out (all of it may still become a value), or little, compared with the
+            # held text the scanner would read again (a run longer than a detector's longest match,
+            # adding a character an event): wait, the text held, for more. Each scan then reads at
+            # most a few times the text that came since the last, whatever is held back.
+            if cut <= 0 or (old > _RESCAN and 4 * (len(buf) - old) < old):
+                channel.held, channel.runs = buf, runs
+                return ""
         sure = -1  # JSON text: where an opened key block starts (what follows, swallowed, holds no quote)
         context = channel.before
         findings: list[Finding] = []
@@ -640,6 +708,9 @@ class Guard:
         sent = buf[:cut]
         # Inside a key block the held text is only the tail a split closing armour may start in.
         channel.held = buf[cut:] if channel.swallow is None else buf[-_ARMOUR:]
+        channel.scanned = len(channel.held)
+        # The runs at the end of ``buf`` are those of the held text: each is at most what was kept.
+        channel.runs = runs if channel.swallow is None else None
         channel.before = (context + sent)[-CONTEXT - 1:]
         state = channel.json
         if json_text:

@@ -265,6 +265,44 @@ def test_a_guarded_stream_holds_back_only_the_word_in_progress(route: Route) -> 
     assert texts[:4] == ["Hello there,", "Hello there, ", "Hello there, how ", "Hello there, how are "], texts
 
 
+@pytest.mark.parametrize("width", [100, 1_000, 4_000])
+def test_the_work_per_event_does_not_grow_with_the_text_held_back(width: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run of letters a detector's matches may hold is held back up to its longest match minus
+    # one; a stream of one-letter events (thousands in one TCP chunk) once had every event read the
+    # held run again (4 µs... 60 µs an event: a 62 MB answer held a worker 24 s). The scanner now
+    # reads a few characters per event, whatever the hold-back; the text is whole at the end.
+    policy = compile_policy(HEAD + textwrap.dedent(f"""\
+        guardrails:
+          custom:
+            ticket: {{pattern: "TCK-[a-z]{{1,{width}}}"}}
+          rules:
+            - {{name: tickets, detectors: [ticket], action: redact}}
+    """))
+    route = OPENAI_SERVED[0].values[0]
+    from ext_proc.guardrails.scanner import Scanner
+
+    scanned = []
+    find = Scanner.find
+
+    def counted(self: Scanner, text: str, *args: Any, **kwargs: Any) -> Any:
+        scanned.append(len(text))
+        return find(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Scanner, "find", counted)
+    n = 3 * width + 500
+    upstream = provider_stream(route, ("x",) * n)
+    events = whole_events(upstream)
+    session = opened(route, policy=policy)
+    start = len(scanned)
+    shown = play(session, [b"".join(event.raw for event in events[:n + 1])], end=False)  # the role, the letters
+    per_event = (sum(scanned[start:])) / n
+    assert per_event < 16, (per_event, len(scanned) - start)
+    text = client_text(route, shown)[0]
+    assert text == "x" * len(text) and n - width - width // 4 <= len(text) <= n - width + 4  # the run's end held
+    shown += play(session, [b"".join(event.raw for event in events[n + 1:])])
+    assert client_text(route, shown) == ("x" * n, False)
+
+
 AFTER_KEY_BLOCK = ("Key:\n-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7" + "a" * 40
                    + "\n-----END PRIVATE KEY-----\nthen call phone 4155550100 or mail jane.doe@example.com today.")
 

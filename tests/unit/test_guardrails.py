@@ -286,6 +286,25 @@ def test_the_hold_back_table_agrees_with_the_regular_expressions(text: str, plac
     assert hold.keep(text) == _runs_by_regex(shapes, placeholders, text)
     assert hold.keep(text) == _runs_by_regex(shapes, placeholders, text)  # with the table filled
 
+
+@settings(max_examples=300, deadline=None)
+@given(text=_HOLD_TEXT, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+       placeholders=st.booleans(), width=st.integers(min_value=1, max_value=60))
+def test_the_hold_back_kept_as_text_comes_agrees_with_measuring_it(text: str, cuts: list[int], placeholders: bool,
+                                                                   width: int) -> None:
+    # A stream's channel keeps each class's run as its text comes (Holdback.extend, at the cost of
+    # the new text only): after every piece, the same hold-back as measuring all the text so far.
+    shapes = [(d.chars, d.width) for d in builtin().detectors if d.name not in PASTED]
+    shapes += [(r"[a-z]", width), (r"[\s\S]", width + 30)]
+    hold = Holdback(shapes, placeholders)
+    runs = hold.none
+    ends = sorted({min(cut, len(text)) for cut in cuts} | {len(text)})
+    start = 0
+    for end in ends:
+        runs = hold.extend(runs, text[start:end])
+        start = end
+        assert max(runs, default=0) == _runs_by_regex(shapes, placeholders, text[:end])
+
 # -- prompt injection ------------------------------------------------------------------------------
 
 
