@@ -44,6 +44,10 @@ def refusal(blocked: Blocked | Unscannable, where: str) -> ClientError:
     if isinstance(blocked, Unscannable):
         return ClientError(400, UNSCANNABLE, f"The {where} holds {blocked} (a bound per request): it was not "
                                              f"scanned to its end, so it was blocked. Send less of it at once.")
+    if blocked.fixed:
+        return ClientError(400, BLOCKED, f"The {where} was blocked by the '{blocked.rule.name}' guardrail "
+                                         f"({blocked.detector}): it is in an audio answer's transcript, and "
+                                         f"the audio cannot be redacted.")
     return ClientError(400, BLOCKED, f"The {where} was blocked by the '{blocked.rule.name}' guardrail "
                                      f"({blocked.detector}).")
 

@@ -161,12 +161,14 @@ def _redacts(rule: Rule) -> Rule:
 MAX_TEXTS = 250_000
 
 class Blocked(Exception):
-    """A rule with action ``block`` fired: its guardrail and detector (never the value)."""
+    """A rule with action ``block`` fired (or one that would change a text that may not change, an
+    audio answer's transcript: ``fixed``): its guardrail and detector (never the value)."""
 
-    def __init__(self, rule: Rule, detector: str) -> None:
+    def __init__(self, rule: Rule, detector: str, fixed: bool = False) -> None:
         super().__init__(f"{rule.name}: {detector}")
         self.rule = rule
         self.detector = detector
+        self.fixed = fixed
 
 
 class Holdback:
@@ -307,10 +309,11 @@ def _holdback(shapes: tuple[tuple[str, int], ...], placeholders: bool) -> Holdba
 
 
 class _Channel:
-    __slots__ = ("before", "held", "json", "restore", "runs", "scanned", "swallow")
+    __slots__ = ("before", "fixed", "held", "json", "restore", "runs", "scanned", "swallow")
 
-    def __init__(self, restore: bool = True) -> None:
+    def __init__(self, restore: bool = True, fixed: bool = False) -> None:
         self.restore = restore  # pseudonyms are put back (not in signed thinking, nor a reasoning item)
+        self.fixed = fixed  # the text may not change (an audio answer's transcript): a change refuses
         self.held = ""  # received, not yet sent
         self.runs: tuple[int, ...] | None = None  # Holdback.extend's runs at the end of ``held`` (None: measure)
         self.scanned = 0  # the characters at the start of ``held`` the scanner has read (the rest waits)
@@ -476,7 +479,8 @@ class Guard:
             raise Blocked(rule, INJECTION)
 
     def apply(self, text: str, findings: Sequence[Finding], rules: Mapping[str, Rule] | Any, direction: str,
-              json_text: bool = False, restore: bool = False, state: int = OUTSIDE, echo: bool = False) -> str:
+              json_text: bool = False, restore: bool = False, state: int = OUTSIDE, echo: bool = False,
+              fixed: bool = False) -> str:
         """``text`` with each finding acted on by its rule (counted); pseudonyms put back when ``restore``.
         ``json_text``: ``text`` is JSON text, starting where ``state`` says (:func:`json_state`); a
         value replaced outside a string (a card or phone number given as a JSON number) becomes a
@@ -495,6 +499,8 @@ class Guard:
                     raise Blocked(rule, detector.name)
             if action == "log":
                 continue
+            if fixed:  # the audio says the value: the transcript redacted, the answer would still hold it
+                raise Blocked(rule, detector.name, fixed=True)
             parts.append(self._restore(text[last:finding.start], json_text) if restore else text[last:finding.start])
             value = text[finding.start:finding.end]
             if action == "mask":
@@ -553,7 +559,7 @@ class Guard:
             findings = self.plan.scanner.find(text, rules, self._answer_budget()) if rules else []
             if self._kept is not None:
                 findings = merge(findings, self._kept.find(text))
-            new = self.apply(text, findings, rules, RESPONSE, ref.json_text, restore=ref.restore)
+            new = self.apply(text, findings, rules, RESPONSE, ref.json_text, restore=ref.restore, fixed=ref.fixed)
             if new != text:
                 ref.set(new)
                 changed = True
@@ -631,10 +637,11 @@ class Guard:
         when the answer is not such a stream (see :attr:`.texts.StreamTexts.sequence`)."""
         return self._stream.sequence if self._stream is not None else None
 
-    def _text(self, key: tuple[Any, ...], text: str, json_text: bool, restore: bool = True) -> str:
+    def _text(self, key: tuple[Any, ...], text: str, json_text: bool, restore: bool = True,
+              fixed: bool = False) -> str:
         channel = self._channels.get(key)
         if channel is None:
-            channel = self._channels[key] = _Channel(restore)
+            channel = self._channels[key] = _Channel(restore, fixed)
         return self._release(channel, channel.held + text, json_text, final=False, new=len(text))
 
     def _flush(self, key: tuple[Any, ...], json_text: bool) -> str:
@@ -715,7 +722,8 @@ class Guard:
         state = channel.json
         if json_text:
             channel.json = json_state(sent, state, 0, sure if sure >= 0 else len(sent))
-        return self.apply(sent, findings, rules, RESPONSE, json_text, restore=channel.restore, state=state)
+        return self.apply(sent, findings, rules, RESPONSE, json_text, restore=channel.restore, state=state,
+                          fixed=channel.fixed)
 
 
 MASK_SHOWN = 4  # the letters and digits a masked value shows at its end (a card's last four) ...

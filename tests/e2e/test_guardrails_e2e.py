@@ -29,6 +29,7 @@ from ext_proc.cli import main
 from ext_proc.llm import encodings
 from ext_proc.policy.compiled import key_digest
 from tests.e2e.conftest import Providers
+from tests.fixtures import GUARD_CASSETTES
 from tests.unit.test_guard_streams import said_in_order
 from tests.unit.test_session_stream_splits import Route
 
@@ -117,6 +118,8 @@ guardrails:
                 "code": 200, "headers": {"Content-Type": ["text/event-stream" if stream else "application/json"]},
                 "body": "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in body) + "data: [DONE]\n\n"
                 if stream else json.dumps(body)}}]}))
+    for recorded in GUARD_CASSETTES.glob("*.yaml"):  # an audio answer's transcript, JSON and streamed
+        (cassettes / recorded.name).write_bytes(recorded.read_bytes())
     stack = Providers.stack(tmp_path_factory.mktemp("guardrails"), policy, PROVIDER_KEYS, workers=1,
                             server=request.param, mock_args=("--cassettes", str(cassettes)))
     with stack:
@@ -474,3 +477,37 @@ def test_thinking_keeps_its_placeholder_and_goes_back_as_signed(env: Providers) 
             "role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01g", "content": "sent"}]}])
     (seen,) = env.provider_saw(again.headers.get("x-tollway-request-id"))
     assert "jane.doe" not in seen["body"] and "The user wants mail to [EMAIL_1]." in seen["body"], seen["body"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_audio_answer_whose_transcript_a_rule_would_change_is_refused(env: Providers, stream: bool) -> None:
+    """The transcript of an audio answer is the answer's text: the email in it is found; its spoken
+    audio cannot be redacted, so the answer is refused (the SDK's error; a stream's error event),
+    the value and the audio never reach the client, and the record shows the trigger."""
+    audio: Any = {"voice": "alloy", "format": "pcm16" if stream else "wav"}
+    name = "chat-audio-transcript-stream" if stream else "chat-audio-transcript"
+    client = env.openai()
+    if stream:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "say"}], modalities=["text", "audio"],
+            audio=audio, stream=True, stream_options={"include_usage": True},
+            extra_headers={"x-mock-cassette": name})
+        request_id = raw.headers.get("x-tollway-request-id")
+        seen: list[Any] = []
+        with pytest.raises(openai.APIError) as caught:
+            for chunk in raw.parse():
+                seen.append(chunk.model_dump(exclude_none=True))
+        assert "guardrail" in str(caught.value)
+        assert "jane.doe" not in json.dumps(seen) and "UklGR" not in json.dumps(seen)
+    else:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "say hi"}], modalities=["text", "audio"],
+                audio=audio, extra_headers={"x-mock-cassette": name})
+        assert refused.value.code == "guardrail_blocked"
+        assert "audio answer's transcript" in refused.value.message
+        assert b"jane.doe" not in refused.value.response.content
+        request_id = refused.value.response.headers.get("x-tollway-request-id")
+    record = env.record(request_id)
+    assert (record["outcome"], record["guardrails"]) == ("blocked", ["pii"])
+    assert record["guardrail_triggers"][0]["detector"] == "email"

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.lib.streaming.chat import ChatCompletionStreamState
@@ -27,6 +28,7 @@ from ext_proc.llm import runtime
 from ext_proc.mock import responses as mock
 from ext_proc.policy.compile import compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
+from tests.fixtures import GUARD_CASSETTES
 from tests.unit.test_session_stream_splits import (
     BOUNDED,
     CHAT,
@@ -405,3 +407,53 @@ def test_a_providers_error_in_the_stream_never_carries_a_value_the_answer_may_no
     out = play(session, [upstream])
     assert secret.encode() not in out and placeholder.encode() in out, out
     assert b"for [EMAIL_1] jane.doe@example.com" in out  # the value found is the answer's; a pseudonym comes back
+
+
+AUDIO_POLICY = compile_policy(HEAD + textwrap.dedent("""\
+    guardrails:
+      rules:
+        - {name: pii, detectors: [email], action: pseudonymise, teams: [private]}
+        - {name: pii, detectors: [email], action: log, teams: [strict]}
+        - {name: pii, detectors: [pii], action: redact}
+"""))
+
+
+def _transcript(stream: bytes) -> str:
+    """The ``delta.audio.transcript`` of a chat stream, as the client reads it."""
+    said = ""
+    for event in whole_events(stream):
+        if event.data and event.data.startswith(b"{"):
+            for choice in orjson.loads(event.data).get("choices") or ():
+                said += ((choice.get("delta") or {}).get("audio") or {}).get("transcript") or ""
+    return said
+
+
+@pytest.mark.parametrize("cut", [None, 5, 40, 200])
+def test_an_audio_answers_streamed_transcript_a_rule_would_change_ends_the_stream(cut: int | None) -> None:
+    """``delta.audio.transcript`` is the answer's text, a channel of its own: an address split across
+    its deltas is found; its audio cannot be redacted, so the stream ends with the error event and
+    none of the value (redact, and pseudonymise, which redacts in answers); a ``log`` rule records
+    it, the transcript whole."""
+    route = Route("openai", "openai")
+    recorded = yaml.safe_load((GUARD_CASSETTES / "chat-audio-transcript-stream.yaml").read_text())
+    upstream = recorded["interactions"][0]["response"]["body"].encode()
+    chunks = [upstream] if cut is None else split(upstream, [cut, len(upstream) // 2])
+    audio = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"}}
+    for workload in ("local-dev", "private-app"):
+        session = opened(route, workload, policy=AUDIO_POLICY, **audio)
+        out = play(session, chunks)
+        assert is_error("openai", whole_events(out)[-1]), out
+        assert b"jane.doe" not in out and b"UklGR" not in out
+        assert "My email is ".startswith(_transcript(out))
+        (record,) = records(session)
+        assert (record["outcome"], record["error"]) == ("blocked", "guardrail_blocked")
+        assert record["guardrail_triggers"] == [{"guardrail": "pii", "detector": "email", "action": "redact",
+                                                 "direction": "response", "count": 1}]
+    session = opened(route, "strict-app", policy=AUDIO_POLICY, **audio)
+    out = play(session, chunks)
+    assert _transcript(out) == "My email is jane.doe@example.com ok."
+    assert b"UklGRiQAAABXQVZF" in out and out.endswith(b"data: [DONE]\n\n")
+    (record,) = records(session)
+    assert record["outcome"] == "ok"
+    assert record["guardrail_triggers"] == [{"guardrail": "pii", "detector": "email", "action": "log",
+                                             "direction": "response", "count": 1}]

@@ -11,6 +11,7 @@ from typing import Any
 import hyperscan
 import orjson
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +28,7 @@ from ext_proc.guardrails.queries import ClassifierUnavailable, Classify
 from ext_proc.guardrails.scanner import CONTEXT, Budget, PatternError, Unscannable, builtin, context, shape
 from ext_proc.llm import encodings
 from ext_proc.policy.compile import PolicyError, compile_policy
+from tests.fixtures import GUARD_CASSETTES
 from tests.unit.transcript import Record, Responds, Transcript
 
 # -- detectors ------------------------------------------------------------------------------------
@@ -1000,6 +1002,42 @@ def test_a_translated_json_answer_is_redacted_before_translation() -> None:
                                "content": [{"type": "text", "text": "Call (415) 555-2671."}],
                                "stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 4}})
     assert orjson.loads(answer.body)["choices"][0]["message"]["content"] == "Call [PHONE_1]."
+
+
+def _recorded_answer(name: str) -> Any:
+    return orjson.loads(yaml.safe_load((GUARD_CASSETTES / f"{name}.yaml").read_text())[
+        "interactions"][0]["response"]["body"])
+
+
+AUDIO = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
+LOGGED = compile_policy(HEAD + textwrap.dedent("""\
+    guardrails:
+      rules:
+        - {name: pii, detectors: [email], action: log}
+"""))
+
+
+def test_an_audio_answers_transcript_a_rule_would_change_refuses_the_answer() -> None:
+    """``message.audio.transcript`` is the answer's text: read by the answer's rules. The spoken
+    ``audio.data`` says the same and cannot be redacted, so a rule that would change the transcript
+    refuses the answer (the client's error format), the value in neither; a ``log`` rule records it."""
+    session, _, _ = post("/v1/chat/completions", chat("say hi", **AUDIO))
+    refused = _answer(session, _recorded_answer("chat-audio-transcript"))
+    assert dict(refused.set_headers)[":status"] == "400"
+    assert orjson.loads(refused.body)["error"] == {
+        "message": "The response was blocked by the 'pii' guardrail (email): it is in an audio answer's "
+                   "transcript, and the audio cannot be redacted.",
+        "type": "invalid_request_error", "param": None, "code": "guardrail_blocked"}
+    (record,) = [effect.record for effect in session.effects if isinstance(effect, EmitRecord)]
+    assert (record["outcome"], record["error"]) == ("blocked", "guardrail_blocked")
+    assert record["guardrail_triggers"] == [{"guardrail": "pii", "detector": "email", "action": "redact",
+                                             "direction": "response", "count": 1}]
+    session, _, _ = post("/v1/chat/completions", chat("say hi", **AUDIO), policy=LOGGED)
+    assert _answer(session, _recorded_answer("chat-audio-transcript")).body is None  # passed through as it is
+    (record,) = [effect.record for effect in session.effects if isinstance(effect, EmitRecord)]
+    assert record["outcome"] == "ok"
+    assert record["guardrail_triggers"] == [{"guardrail": "pii", "detector": "email", "action": "log",
+                                             "direction": "response", "count": 1}]
 
 
 STRUCTURED = '{"phone":4155550100,"card":4111111111111111}'

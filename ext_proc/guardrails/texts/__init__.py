@@ -19,7 +19,8 @@ the client's SDK (and Tollway's translators) expect.
 
 Covered: chat completions (every message role, string or part content, tool calls (a
 function's arguments, a custom tool's input) and tool results, refusals, ``prediction``; the
-answer's legacy ``function_call`` and URL citations), completions (``prompt``, ``suffix``),
+answer's legacy ``function_call``, URL citations and an audio answer's ``transcript``, which
+may not change: :attr:`Ref.fixed`), completions (``prompt``, ``suffix``),
 embeddings (``input``), Messages and ``count_tokens``
 (``system``, every content block: text and its citations, ``tool_use`` input, ``tool_result``
 content, documents' text, title and context, search results; an answer's thinking, where

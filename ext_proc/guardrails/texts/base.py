@@ -15,9 +15,11 @@ from ext_proc.values import value
 class TextFn(Protocol):
     """(channel, text, json_text) -> the text to send now (the guard may hold some back);
     ``restore=False``: the channel's pseudonyms stay placeholders (a signed thinking block, a
-    Responses reasoning item's summary or text)."""
+    Responses reasoning item's summary or text); ``fixed``: the text may not change (an audio
+    answer's transcript, :attr:`Ref.fixed`), a rule that would change it refuses the answer."""
 
-    def __call__(self, key: tuple[Any, ...], text: str, json_text: bool, restore: bool = True) -> str: ...
+    def __call__(self, key: tuple[Any, ...], text: str, json_text: bool, restore: bool = True,
+                 fixed: bool = False) -> str: ...
 
 
 # (channel, json_text) -> the text held back for a channel that closes now (restored as its text was)
@@ -32,7 +34,9 @@ class Ref:
     whose ``logprobs`` spell this text out token by token, dropped (``null``) when the text changes;
     ``restore``: whether pseudonyms are put back in it (an answer's text; not a signed thinking
     block nor a reasoning item, which the client gives back as it is and the request walker leaves
-    alone)."""
+    alone); ``fixed``: the text says what the answer also gives in a form the guard cannot rewrite
+    (an OpenAI audio answer's ``transcript``, of its spoken ``audio.data``), so a rule that would
+    change it (redact, mask, pseudonymise) refuses the answer as a ``block`` rule does."""
 
     container: Any
     key: Any
@@ -40,6 +44,7 @@ class Ref:
     json_text: bool = False
     scrub: Any = None
     restore: bool = True
+    fixed: bool = False
 
     def get(self) -> str:
         return self.container[self.key]  # type: ignore[no-any-return]

@@ -46,6 +46,7 @@ class ChatWalker(Walker):
             if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
                 yield from _message(choice["message"], "assistant", choice, json_output)
                 yield from _annotations(choice["message"].get("annotations"))
+                yield from _transcript(choice["message"].get("audio"))
 
     def stream(self, json_output: bool = False) -> StreamTexts:
         return OpenAIStream(json_output)
@@ -117,6 +118,14 @@ def _annotations(annotations: Any) -> Iterator[Ref]:
                 yield Ref(citation, field, "assistant")
 
 
+def _transcript(audio: Any) -> Iterator[Ref]:
+    """An audio answer's ``transcript`` (``modalities: ["text", "audio"]``: the answer's text, its
+    content null): read as the assistant's text, but :attr:`Ref.fixed`: the spoken ``audio.data``
+    says the same and cannot be rewritten, so a rule that would change the transcript refuses it."""
+    if isinstance(audio, dict) and isinstance(audio.get("transcript"), str):
+        yield Ref(audio, "transcript", "assistant", fixed=True)
+
+
 class CompletionsWalker(Walker):
     """``/v1/completions``: ``prompt`` (a string or a list of strings; token ids are decoded to text
     first by :class:`ext_proc.core.guard.TokenPrompts`), ``suffix``."""
@@ -154,7 +163,8 @@ def _inputs(payload: dict[str, Any], key: str) -> Iterator[Ref]:
 
 
 class OpenAIStream(StreamTexts):
-    """Chat and completion chunks: ``delta.content``, ``delta.refusal``, each tool call's
+    """Chat and completion chunks: ``delta.content``, ``delta.refusal``, ``delta.audio.transcript``
+    (an audio answer's text, which may not change: :attr:`Ref.fixed`), each tool call's
     ``arguments`` (chat) or ``text`` (completions), per choice; a choice's ``finish_reason`` closes
     its channels, and ``[DONE]`` any left open. ``json_output``: the content is JSON text."""
 
@@ -232,6 +242,16 @@ class OpenAIStream(StreamTexts):
                         if new != value:
                             legacy["arguments"] = new
                             altered = True
+                    audio = delta.get("audio")  # an audio answer's transcript: may not change (Ref.fixed)
+                    value = audio.get("transcript") if isinstance(audio, dict) else None
+                    if isinstance(value, str) and value:
+                        assert isinstance(audio, dict)
+                        channel = (index, "transcript")
+                        self.open[channel] = ("transcript", False)
+                        own[channel] = new = text(channel, value, False, fixed=True)
+                        if new != value:
+                            audio["transcript"] = new
+                            altered = True
                     if delta.get("annotations"):  # whole in one chunk: guarded at once
                         altered |= _at_once(_annotations(delta["annotations"]), (index, "annotations"), text, flush)
                 elif isinstance(choice.get("text"), str) and choice["text"]:
@@ -279,6 +299,8 @@ class OpenAIStream(StreamTexts):
                 choice = {"index": channel[0], "delta": {"function_call": {"arguments": rest}}, "finish_reason": None}
             elif kind == "text":
                 choice = {"index": channel[0], "text": rest, "logprobs": None, "finish_reason": None}
+            elif kind == "transcript":
+                choice = {"index": channel[0], "delta": {"audio": {"transcript": rest}}, "finish_reason": None}
             else:
                 choice = {"index": channel[0], "delta": {kind: rest}, "finish_reason": None}
             head = {key: value for key, value in (chunk or {}).items() if key not in ("choices", "usage")}
@@ -296,6 +318,9 @@ def _carried(index: Any, delta: dict[str, Any]) -> set[tuple[Any, ...]]:
             carried.add((index, "custom" if _custom(call) else "tool", call.get("index", 0)))
     if isinstance(delta.get("function_call"), dict):
         carried.add((index, "function"))
+    audio = delta.get("audio")
+    if isinstance(audio, dict) and isinstance(audio.get("transcript"), str) and audio["transcript"]:
+        carried.add((index, "transcript"))
     return carried
 
 
@@ -320,5 +345,7 @@ def _clear(choice: dict[str, Any], own: dict[tuple[Any, ...], str]) -> None:
                         call["function"]["arguments"] = ""
         elif channel[1] == "function":
             delta["function_call"]["arguments"] = ""
+        elif channel[1] == "transcript":
+            delta["audio"]["transcript"] = ""
         else:
             delta[channel[1]] = ""
