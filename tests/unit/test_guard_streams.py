@@ -457,3 +457,49 @@ def test_an_audio_answers_streamed_transcript_a_rule_would_change_ends_the_strea
     assert record["outcome"] == "ok"
     assert record["guardrail_triggers"] == [{"guardrail": "pii", "detector": "email", "action": "log",
                                              "direction": "response", "count": 1}]
+
+
+def _anthropic_event(data: dict[str, Any]) -> bytes:
+    return b"event: " + data["type"].encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+@pytest.mark.parametrize("mark", ["signature", "citation"])
+def test_a_blocks_signature_stays_its_last_delta_and_a_citation_after_the_text_before_it(mark: str) -> None:
+    """The word the guard holds back of a thinking block goes out before its ``signature_delta``
+    (Anthropic's contract: the signature is the block's last delta), and a text block's before a
+    ``citations_delta``: the block stays open, the text after the citation still guarded."""
+    route = Route("anthropic", "anthropic")
+    kind, field = ("thinking", "thinking_delta") if mark == "signature" else ("text", "text_delta")
+    key = "thinking" if mark == "signature" else "text"
+    marker = ({"type": "signature_delta", "signature": "EqQBCkgIARAB"} if mark == "signature" else
+              {"type": "citations_delta", "citation": {"type": "char_location", "cited_text": "toll bridges",
+                                                       "document_index": 0, "document_title": "Bridges",
+                                                       "start_char_index": 0, "end_char_index": 12}})
+    deltas = [{"type": field, key: "Let me think about "}, {"type": field, key: "famous toll bridges."}, marker]
+    if mark == "citation":
+        deltas.append({"type": field, key: " Mail jane.doe@example.com"})
+    start: dict[str, Any] = {"type": kind, kind: ""}
+    if mark == "signature":
+        start["signature"] = ""
+    upstream = b"".join([
+        _anthropic_event({"type": "message_start", "message": {
+            "id": "msg_03", "type": "message", "role": "assistant", "model": "claude-x-20250101", "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}}),
+        _anthropic_event({"type": "content_block_start", "index": 0, "content_block": start}),
+        *(_anthropic_event({"type": "content_block_delta", "index": 0, "delta": delta}) for delta in deltas),
+        _anthropic_event({"type": "content_block_stop", "index": 0}),
+        _anthropic_event({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                          "usage": {"output_tokens": 20}}),
+        _anthropic_event({"type": "message_stop"})])
+    out = play(opened(route), [upstream])
+    events = [item for item in sdk_events("anthropic", whole_events(out)) if getattr(item, "index", None) == 0]
+    kinds = [item.delta.type if item.type == "content_block_delta" else item.type for item in events]
+    said = "".join(getattr(item.delta, key) for item in events
+                   if item.type == "content_block_delta" and item.delta.type == field)
+    if mark == "signature":
+        assert kinds[-2:] == ["signature_delta", "content_block_stop"], kinds
+        assert said == "Let me think about famous toll bridges."
+    else:
+        before = [item.delta for item in events[:kinds.index("citations_delta")] if item.type == "content_block_delta"]
+        assert "".join(getattr(delta, key, "") for delta in before) == "Let me think about famous toll bridges."
+        assert said == "Let me think about famous toll bridges. Mail [EMAIL_1]"

@@ -28,6 +28,9 @@ _BLOCK_FIELDS = {"text": ("text_delta", "text", False), "tool_use": ("input_json
                  "thinking": ("thinking_delta", "thinking", False)}
 _DELTA_FIELDS = {"text_delta": ("text", False), "input_json_delta": ("partial_json", True),
                  "thinking_delta": ("thinking", False)}
+# Deltas of a block that carry no text of it: the text it holds goes out before them (a signature
+# is its block's last delta, by Anthropic's contract).
+_MARKS = frozenset({"signature_delta", "citations_delta"})
 SIGNED = frozenset({"thinking_delta"})  # deltas of a signed block: pseudonyms are not put back there
 
 
@@ -179,6 +182,10 @@ class MessagesStream(StreamTexts):
                         changed = _at_once(_strings(block["input"], "assistant"), channel, text, flush)
             elif name == "content_block_delta":
                 delta = payload.get("delta")
+                if isinstance(delta, dict) and delta.get("type") in _MARKS and channel in self.open:
+                    # A block's signature is its last delta (and a citation comes before the text it
+                    # cites): what the block's text holds goes out first, the block left open.
+                    out += self._close(channel, flush, keep=True)
                 shape2 = _DELTA_FIELDS.get(str(delta.get("type"))) if isinstance(delta, dict) else None
                 if shape2 is not None and isinstance(delta, dict) and isinstance(delta.get(shape2[0]), str):
                     field, json_text = shape2
@@ -196,10 +203,12 @@ class MessagesStream(StreamTexts):
             out.append(_event(payload, name if event.event else "", like=event) if changed else event)
         return out
 
-    def _close(self, channel: tuple[Any, ...] | None, flush: FlushFn) -> list[SSEEvent]:
+    def _close(self, channel: tuple[Any, ...] | None, flush: FlushFn, keep: bool = False) -> list[SSEEvent]:
+        """Deltas carrying what the closing channel (None: every one) still holds; ``keep``: the
+        channel stays open (a signature or citation delta of its block comes next)."""
         out = []
         for key in [k for k in self.open if channel is None or k == channel]:
-            kind, field, json_text = self.open.pop(key)
+            kind, field, json_text = self.open[key] if keep else self.open.pop(key)
             rest = flush(key, json_text)
             if rest:
                 out.append(_event({"type": "content_block_delta", "index": key[0],
