@@ -49,6 +49,10 @@ What genai-prices has and a :class:`Price` keeps:
   and out, each billed at its own rate (the rest of the whole at the whole's), as genai-prices
   bills them; web searches at ``web_search`` per 1,000 (``web_searches_kcount``), which only
   Anthropic's usage counts (OpenAI's has no count: its searches go unbilled, as in genai-prices).
+  A model genai-prices gives no audio rate (``gpt-4o-audio-preview``, ``gpt-4o-mini-audio-preview``:
+  their audio costs several times their text) has an unknown cost for usage with audio tokens
+  (``None``, so reports say "at least"), not its audio priced as text; a policy price with
+  ``input_audio`` / ``output_audio`` prices it (a policy price without them bills audio as text).
   Rates a price leaves out are named in :attr:`Price.omitted` (genai-prices' price keys): other
   per-call fees (``storage_searches_kcount``), image token rates, cached audio. Tollway's usage
   has no counts for them, so a cost from such a price covers the rest only. A missing
@@ -129,6 +133,10 @@ class Price:
     input_audio: Decimal | None = None  # OpenAI's audio input tokens (None: the input rate)
     output_audio: Decimal | None = None  # audio output tokens (None: the output rate)
     web_search: Decimal | None = None  # USD per 1,000 web searches (None: not billed)
+    # genai-prices' price: audio tokens without a rate of their own have no known price (it lists
+    # none for gpt-4o-audio-preview, whose audio costs several times its text), so a cost counting
+    # them is None, not audio priced as text. A policy price's missing audio rate is its text rate.
+    audio_unpriced: bool = False
 
     def __post_init__(self) -> None:
         for name in _RATES + _FEES:
@@ -205,6 +213,9 @@ def cost_micros(price: Price, usage: Usage) -> int | None:
             price = tier.price
             break
     audio_in = usage.input_audio_tokens or 0
+    unpriced_in = bool(audio_in) and price.input_audio is None
+    if price.audio_unpriced and (unpriced_in or (bool(audio_out) and price.output_audio is None)):
+        return None  # audio with no rate known for it: unknown, as an unknown price (not billed as text)
     if price.cache_read is None:
         # Cache reads cost the input rate: one pool with the uncached tokens, the audio (cached
         # or not: OpenAI's audio_tokens count both) carved out of it, as genai-prices bills it.
@@ -328,6 +339,7 @@ def _from_package(model_price: ModelPrice, source: str) -> Price | None:
             input_audio=r["input_audio"],
             output_audio=r["output_audio"],
             web_search=r["web_search"],
+            audio_unpriced=True,
         )
 
     return make(-1, tuple(Tier(above, make(above)) for above in thresholds))
