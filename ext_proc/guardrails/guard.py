@@ -480,13 +480,14 @@ class Guard:
 
     def apply(self, text: str, findings: Sequence[Finding], rules: Mapping[str, Rule] | Any, direction: str,
               json_text: bool = False, restore: bool = False, state: int = OUTSIDE, echo: bool = False,
-              fixed: bool = False) -> str:
+              fixed: bool = False, edits: list[tuple[int, int, int]] | None = None) -> str:
         """``text`` with each finding acted on by its rule (counted); pseudonyms put back when ``restore``.
         ``json_text``: ``text`` is JSON text, starting where ``state`` says (:func:`json_state`); a
         value replaced outside a string (a card or phone number given as a JSON number) becomes a
         string (``"[PHONE_1]"``), so the text stays JSON. ``echo``: the request's own text that an
         answer repeats (:meth:`_echo`): not counted, and a ``block`` rule's value is replaced by its
-        placeholder instead of refusing the answer."""
+        placeholder instead of refusing the answer. ``edits``: filled with each span of ``text``
+        replaced, as (start, end, length of its replacement), in order (:func:`moved`)."""
         parts: list[str] = []
         last = at = 0
         for finding in findings:
@@ -501,13 +502,14 @@ class Guard:
                 continue
             if fixed:  # the audio says the value: the transcript redacted, the answer would still hold it
                 raise Blocked(rule, detector.name, fixed=True)
-            parts.append(self._restore(text[last:finding.start], json_text) if restore else text[last:finding.start])
+            parts.append(self._restore(text[last:finding.start], json_text, edits, last)
+                         if restore else text[last:finding.start])
             value = text[finding.start:finding.end]
             if action == "mask":
                 new = _mask(value, 0 if detector.kind in ("kept", "credential") else MASK_SHOWN)
             else:
                 new = self._placeholder(detector, value, action == "pseudonymise")
-            end = finding.end
+            start, end = finding.start, finding.end
             if json_text:
                 state, at = json_state(text, state, at, finding.start), finding.start
                 if state == OUTSIDE:  # a bare number: the whole of it becomes the string (jsontext)
@@ -515,11 +517,14 @@ class Guard:
                     sign, end = bare_number(text, finding.start, end, last)
                     if sign < finding.start:
                         parts[-1] = parts[-1][:-1]
+                        start = sign
+            if edits is not None:
+                edits.append((start, end, len(new)))
             parts.append(new)
             last = end
         if not parts:
-            return self._restore(text, json_text) if restore else text
-        parts.append(self._restore(text[last:], json_text) if restore else text[last:])
+            return self._restore(text, json_text, edits) if restore else text
+        parts.append(self._restore(text[last:], json_text, edits, last) if restore else text[last:])
         return "".join(parts)
 
     def _placeholder(self, detector: Detector, value: str, keep: bool) -> str:
@@ -532,7 +537,10 @@ class Guard:
             self.vault[placeholder] = value
         return placeholder
 
-    def _restore(self, text: str, json_text: bool) -> str:
+    def _restore(self, text: str, json_text: bool, edits: list[tuple[int, int, int]] | None = None,
+                 at: int = 0) -> str:
+        """``text`` with its pseudonyms put back; ``edits`` (:meth:`apply`): filled with the spans
+        replaced, ``text`` starting at ``at`` of the whole."""
         vault = self.vault
         if not vault or "[" not in text:
             return text
@@ -541,7 +549,10 @@ class Guard:
             value = vault.get(match[0])
             if value is None:
                 return match[0]
-            return orjson.dumps(value).decode()[1:-1] if json_text else value
+            new = orjson.dumps(value).decode()[1:-1] if json_text else value
+            if edits is not None:
+                edits.append((at + match.start(), at + match.end(), len(new)))
+            return new
 
         return PLACEHOLDER.sub(back, text)
 
@@ -559,10 +570,14 @@ class Guard:
             findings = self.plan.scanner.find(text, rules, self._answer_budget()) if rules else []
             if self._kept is not None:
                 findings = merge(findings, self._kept.find(text))
-            new = self.apply(text, findings, rules, RESPONSE, ref.json_text, restore=ref.restore, fixed=ref.fixed)
+            edits: list[tuple[int, int, int]] | None = [] if ref.anchored else None
+            new = self.apply(text, findings, rules, RESPONSE, ref.json_text, restore=ref.restore, fixed=ref.fixed,
+                             edits=edits)
             if new != text:
                 ref.set(new)
                 changed = True
+                if edits:
+                    _anchor(ref.anchored, edits)
         for ref in list(walker.echoed(payload)):
             text = ref.get()
             new = self._echo(text, ref.json_text) if text else text
@@ -728,6 +743,32 @@ class Guard:
 
 MASK_SHOWN = 4  # the letters and digits a masked value shows at its end (a card's last four) ...
 MASK_HIDDEN = 8  # ... only when at least this many stay hidden before them
+
+
+def moved(index: int, edits: Sequence[tuple[int, int, int]], end: bool) -> int:
+    """Where character ``index`` of a text is once ``edits`` (ordered (start, end, length of the
+    replacement) spans, :meth:`Guard.apply`) are made. An index strictly inside a replaced span
+    goes to the replacement's start (``end`` False: a citation's start) or its end (a citation's
+    end), so a citation that covered part of a value covers the whole of its placeholder."""
+    shift = 0
+    for start, stop, length in edits:
+        if stop <= index:
+            shift += length - (stop - start)
+        elif start < index:
+            return start + shift + (length if end else 0)
+        else:
+            break
+    return index + shift
+
+
+def _anchor(anchored: Sequence[dict[str, Any]], edits: Sequence[tuple[int, int, int]]) -> None:
+    """Move the indices of the objects anchored in a text that changed (an answer's citations:
+    ``start_index``/``end_index``, a file citation's ``index``) as :func:`moved` says."""
+    for anchor in anchored:
+        for key, end in (("start_index", False), ("end_index", True), ("index", False)):
+            index = anchor.get(key)
+            if isinstance(index, int) and not isinstance(index, bool) and index >= 0:
+                anchor[key] = moved(index, edits, end)
 
 
 def _letter(char: str) -> bool:

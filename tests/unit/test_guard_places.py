@@ -343,6 +343,55 @@ def test_url_citations_of_a_responses_answer_are_redacted() -> None:
     assert (annotation["url"], annotation["title"]) == ("https://example.org/[EMAIL_1]", "About [EMAIL_1]")
 
 
+def test_url_citations_of_a_chat_answer_still_mark_their_span_once_a_value_is_replaced() -> None:
+    """The indices of a citation count characters of ``content``: moved with what the guard replaced
+    before them; one that starts or ends inside a value covers the whole of its placeholder. With
+    pseudonyms, the value put back (longer than its placeholder) moves them the other way."""
+    cited = "The Golden Gate is a toll bridge"
+    content = f"Write to {EMAIL}. {cited}."
+
+    def citation(start: int, end: int) -> dict[str, Any]:
+        return {"type": "url_citation", "url_citation": {"url": "https://example.org/gg", "title": "GG",
+                                                         "start_index": start, "end_index": end}}
+
+    session, _, _ = post("/v1/chat/completions", chat("hi"))
+    start = content.index(cited)
+    answer = _answer(session, {"model": "gpt-4o", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": content, "annotations": [
+            citation(start, start + len(cited)), citation(0, 5), citation(12, start - 2)]}}]})
+    message = orjson.loads(answer.body)["choices"][0]["message"]
+    spans = [(a["url_citation"]["start_index"], a["url_citation"]["end_index"]) for a in message["annotations"]]
+    assert message["content"] == f"Write to [EMAIL_1]. {cited}."
+    assert [message["content"][s:e] for s, e in spans] == [cited, "Write", "[EMAIL_1]"]
+    session, _, _ = post("/v1/chat/completions", chat("Reply to jane@example.com"), workload="support-app")
+    provider = f"Wrote to [EMAIL_1]. {cited}."
+    start = provider.index(cited)
+    answer = _answer(session, {"model": "gpt-4o", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": provider, "annotations": [citation(start, start + len(cited))]}}]})
+    message = orjson.loads(answer.body)["choices"][0]["message"]
+    found = message["annotations"][0]["url_citation"]
+    assert message["content"] == f"Wrote to jane@example.com. {cited}."
+    assert message["content"][found["start_index"]:found["end_index"]] == cited
+
+
+def test_citations_of_a_responses_answer_still_mark_their_place_once_a_value_is_replaced() -> None:
+    cited = "The Golden Gate is a toll bridge"
+    text = f"Write to {EMAIL}. {cited}."
+    start = text.index(cited)
+    session, _, _ = post("/v1/responses", {"model": "gpt-4o", "input": "hi"})
+    answer = _answer(session, {"id": "resp_1", "object": "response", "model": "gpt-4o", "status": "completed",
+                               "output": [{"type": "message", "id": "m1", "role": "assistant", "status": "completed",
+                                           "content": [{"type": "output_text", "text": text, "annotations": [
+                                               {"type": "url_citation", "url": "https://example.org/gg",
+                                                "title": "GG", "start_index": start, "end_index": start + len(cited)},
+                                               {"type": "file_citation", "file_id": "file-1", "filename": "gg.pdf",
+                                                "index": len(text)}]}]}]})
+    part = orjson.loads(answer.body)["output"][0]["content"][0]
+    url, file = part["annotations"]
+    assert part["text"] == f"Write to [EMAIL_1]. {cited}."
+    assert part["text"][url["start_index"]:url["end_index"]] == cited and file["index"] == len(part["text"])
+
+
 def test_thinking_and_citations_of_an_anthropic_answer_are_redacted() -> None:
     session, _, _ = post("/v1/messages", _messages({"type": "text", "text": "hi"}))
     answer = _answer(session, {

@@ -36,7 +36,9 @@ class Ref:
     block nor a reasoning item, which the client gives back as it is and the request walker leaves
     alone); ``fixed``: the text says what the answer also gives in a form the guard cannot rewrite
     (an OpenAI audio answer's ``transcript``, of its spoken ``audio.data``), so a rule that would
-    change it (redact, mask, pseudonymise) refuses the answer as a ``block`` rule does."""
+    change it (redact, mask, pseudonymise) refuses the answer as a ``block`` rule does;
+    ``anchored``: the objects whose character indices point into this text (an answer's citations:
+    ``start_index``/``end_index``, a file citation's ``index``), moved with it when it changes."""
 
     container: Any
     key: Any
@@ -45,6 +47,7 @@ class Ref:
     scrub: Any = None
     restore: bool = True
     fixed: bool = False
+    anchored: Any = None
 
     def get(self) -> str:
         return self.container[self.key]  # type: ignore[no-any-return]

@@ -44,7 +44,8 @@ class ChatWalker(Walker):
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         for choice in payload.get("choices") or ():
             if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
-                yield from _message(choice["message"], "assistant", choice, json_output)
+                yield from _message(choice["message"], "assistant", choice, json_output,
+                                    anchored=_cited(choice["message"].get("annotations")))
                 yield from _annotations(choice["message"].get("annotations"))
                 yield from _transcript(choice["message"].get("audio"))
 
@@ -61,15 +62,17 @@ def _json_format(fmt: Any) -> bool:
 
 
 def _message(message: dict[str, Any], role: str, scrub: dict[str, Any] | None = None,
-             json_output: bool = False, where: str = "message", at: int | None = None) -> Iterator[Ref]:
+             json_output: bool = False, where: str = "message", at: int | None = None,
+             anchored: list[dict[str, Any]] | None = None) -> Iterator[Ref]:
     """A chat message's texts; a field of a type no message has is :class:`Unread` (``where``: the
     message's place, for the error; ``at``: its index in ``messages`` instead, the place then made
-    only for an error: most messages have none)."""
+    only for an error: most messages have none; ``anchored``: an answer's URL citations, whose
+    indices point into its string ``content``)."""
     if at is not None:
         where = f"messages[{at}]" if _odd(message) else "messages"
     content = message.get("content")
     if isinstance(content, str):
-        yield Ref(message, "content", role, json_output, scrub)
+        yield Ref(message, "content", role, json_output, scrub, anchored=anchored)
     elif isinstance(content, list):
         for number, part in enumerate(content):
             if not isinstance(part, dict):
@@ -116,6 +119,13 @@ def _annotations(annotations: Any) -> Iterator[Ref]:
         for field in ("title", "url"):
             if isinstance(citation, dict) and isinstance(citation.get(field), str):
                 yield Ref(citation, field, "assistant")
+
+
+def _cited(annotations: Any) -> list[dict[str, Any]] | None:
+    """The URL citations of a chat answer whose ``start_index``/``end_index`` point into its content."""
+    cited = [annotation["url_citation"] for annotation in annotations if isinstance(annotation, dict)
+             and isinstance(annotation.get("url_citation"), dict)] if isinstance(annotations, list) else []
+    return cited or None
 
 
 def _transcript(audio: Any) -> Iterator[Ref]:

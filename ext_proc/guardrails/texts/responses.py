@@ -47,7 +47,8 @@ class ResponsesWalker(Walker):
         output = payload.get("output")
         for index, item in enumerate(output if isinstance(output, list) else ()):
             for channel, container, key, json_text in _item_texts(item, index, json_output):
-                yield Ref(container, key, "assistant", json_text, restore=_restores(channel))
+                yield Ref(container, key, "assistant", json_text, restore=_restores(channel),
+                          anchored=_cited(container) if channel[1] == "text" else None)
 
     def echoed(self, payload: dict[str, Any]) -> Iterator[Ref]:
         yield from _echoes(payload)
@@ -221,6 +222,15 @@ def _leaves(node: Any, path: tuple[Any, ...], depth: int = 0) -> Iterator[tuple[
                 yield (*path, key), node, key, depth == 0 and key in _JSON_TEXT
         elif isinstance(value, (dict, list)):
             yield from _leaves(value, (*path, key), depth + 1)
+
+
+def _cited(part: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """An output text part's annotations: their ``start_index``/``end_index`` (a URL or container
+    file citation) or ``index`` (a file citation, a file path) point into its text."""
+    annotations = part.get("annotations")
+    cited = [annotation for annotation in annotations if isinstance(annotation, dict)] \
+        if isinstance(annotations, list) else []
+    return cited or None
 
 
 _ANNOTATED = ("title", "url", "filename")  # what a citation of an output text names
