@@ -558,9 +558,10 @@ def recover_records(config: ServeConfig, counted: Exchange | None = None,
     if counted is not None:
         try:
             if ledger is not None:
-                publish_sender(counted, ledger)
-            with _TALLY:
-                counted.write()
+                publish_sender(counted, ledger)  # (writes the tally too)
+            else:
+                with _TALLY:
+                    counted.write()
         except Exception:
             log.exception("publishing the count of the recovered records")
 

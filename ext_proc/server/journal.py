@@ -230,7 +230,7 @@ def recover(log_path: str | None, add: Callable[[list[dict[str, Any]]], None] | 
         if log_path is None:
             return result
         directory = directory_for(log_path)
-    searchable = log_path is not None and _regular_or_absent(log_path)
+    searchable = log_path is not None and regular_or_absent(log_path)
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
@@ -389,8 +389,9 @@ def _append(log_path: str | None, records: list[dict[str, Any]]) -> None:
         os.close(fd)
 
 
-def _regular_or_absent(path: str) -> bool:
-    """A log recovery can search: a regular file, or none (yet, or any more)."""
+def regular_or_absent(path: str) -> bool:
+    """A log recovery can search, and journals and spools can live next to: a regular file, or
+    none (yet, or any more); not a device such as ``/dev/stdout`` or ``/dev/full``."""
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
     except FileNotFoundError:

@@ -49,7 +49,7 @@ import orjson
 
 from ext_proc.ledger.log import log_files
 from ext_proc.server.journal import Journal
-from ext_proc.server.spool import MAX_PENDING, MAX_SPOOL, RESCAN, Outbox
+from ext_proc.server.spool import MAX_PENDING, RESCAN, Outbox
 from ext_proc.server.state_dir import places
 from ext_proc.state.ledger import Ledger
 
@@ -90,7 +90,7 @@ class RecordWriter:
         where = places(path, state_dir)
         # The spend aggregates' outbox (Redis); --spool-max bounds its spool's directory.
         self.outbox = None if ledger is None else Outbox(
-            ledger, where.spools, cap=min(MAX_SPOOL, spool_max or MAX_SPOOL), budget=spool_max)
+            ledger, where.spools, budget=spool_max)
         self._owns_fd = path is not None
         self._position: tuple[int, int] | None = None  # the log's (inode, size) lately seen
         self._position_until = 0.0
@@ -401,5 +401,4 @@ class LedgerSender(Outbox):
                  directory: str | None = None, on_waiting: Callable[[int], None] | None = None,
                  rescan: float = RESCAN, budget: int | None = None) -> None:
         super().__init__(ledger, directory, retry=retry, max_pending=max_pending, what="recovered record(s)",
-                         on_waiting=on_waiting, rescan=rescan, cap=min(MAX_SPOOL, budget or MAX_SPOOL),
-                         budget=budget)
+                         on_waiting=on_waiting, rescan=rescan, budget=budget)

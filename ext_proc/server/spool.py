@@ -335,7 +335,7 @@ class Outbox:
         self._directory = directory
         self._retry = retry
         self._max_pending = max_pending
-        self._cap = cap
+        self._cap = min(cap, budget) if budget else cap  # a spool never holds more than the directory may
         self._budget = budget
         self._what = what
         self._on_waiting = on_waiting
@@ -362,7 +362,6 @@ class Outbox:
         self.failures = 0  # sends Redis refused or did not answer in time
         self.dropped = 0  # records given up: never in the aggregates (the request log has them)
         self.sent = 0  # records Redis took (each batch once)
-        self.calls = 0  # Redis calls that succeeded
 
     # -- the owner's side ---------------------------------------------------------------------
 
@@ -546,7 +545,6 @@ class Outbox:
                         self._wake.wait(left)
                         self._wake.clear()
                     continue
-                self.calls += 1
                 if failing_since is not None:
                     log.warning("the spend aggregates (Redis) take records again after %.1f s",
                                 time.monotonic() - failing_since)

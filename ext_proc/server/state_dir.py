@@ -13,7 +13,6 @@ directory: its supervisor takes over every journal and spool it finds there.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 
 from ext_proc.server import journal, spool
@@ -40,13 +39,7 @@ def places(log_file: str | None, state_dir: str | None) -> Places:
     return Places(journal.directory_for(log_file), spool.directory_for(log_file))
 
 
-def regular_or_absent(path: str) -> bool:
-    """A path journals and spools can live next to: a regular file, or none yet (not a device
-    such as ``/dev/stdout`` or ``/dev/full``, whose directory is no place for them)."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return True
+regular_or_absent = journal.regular_or_absent
 
 
 def prepare(state_dir: str) -> str | None:

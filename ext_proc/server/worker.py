@@ -245,9 +245,9 @@ async def _serve(config: ServeConfig, sock: socket.socket | None, admin_sock: so
             details["policy"] = holder.details()
             if holder.current is not None:
                 details["credentials"] = service.credentials.status(holder.current.providers)
-        stand_ins = {**config.stand_ins, **(holder.state.stand_ins if holder is not None else {})}
-        if stand_ins:
-            details["stand_ins"] = stand_ins  # served by a stand-in (the fake provider), not the real API
+        shown = stand_ins()
+        if shown:
+            details["stand_ins"] = shown  # served by a stand-in (the fake provider), not the real API
         # A stale policy (the last edit was rejected) keeps the sidecar ready: it still serves the
         # last good policy, and taking it out of rotation would fail every request instead.
         return (not draining and (holder is None or holder.current is not None)), details
