@@ -54,7 +54,7 @@ from ext_proc.core.actions import CONTINUE, Action, Ask, Continue, Effect, Respo
 from ext_proc.core.events import Event, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
 from ext_proc.llm import apis, providers
 from ext_proc.llm.errors import ClientError
-from ext_proc.policy.compiled import CompiledPolicy, Target
+from ext_proc.policy.compiled import CompiledPolicy, Plan, Target
 
 log = logging.getLogger("tollway.attempt")
 
@@ -173,8 +173,7 @@ class Attempt:
         alias = policy.alias(alias_name)
         target = None
         if principal is not None and alias is not None and policy.may_use(principal.team, alias.name):
-            target = _planned(policy, {"tollway." + upstream.ALIAS: alias.name,
-                                       "tollway." + upstream.TEAM: principal.team}, provider, model)
+            target = _in_plan(alias.plan_for(principal.team), provider, model)
         if target is None:
             log.warning("refused attempt_refused: a fallback try for %r (%s %s) from workload %s, which the "
                         "policy does not let it send (request %s)", alias_name[:200], provider[:100], model[:200],
@@ -192,7 +191,10 @@ def _planned(policy: CompiledPolicy, attributes: Mapping[str, str], provider: st
     alias = policy.alias(attributes.get("tollway." + upstream.ALIAS, ""))
     if alias is None:
         return None
-    plan = alias.plan_for(attributes.get("tollway." + upstream.TEAM, ""))
+    return _in_plan(alias.plan_for(attributes.get("tollway." + upstream.TEAM, "")), provider, model)
+
+
+def _in_plan(plan: Plan, provider: str, model: str) -> Target | None:
     for target in plan.targets:
         if target.provider.name == provider and target.upstream_model == model:
             return target

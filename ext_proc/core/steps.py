@@ -89,10 +89,9 @@ class Recognise(Step):
         for name, value in headers.items():
             if _CONTROL.search(value):  # a bare CR, a NUL...: a value a client should never send
                 raise ClientError(400, "invalid_header", f"The header {name[:100]!r} holds a control character.")
+        flow.remove_headers += _UNTRUSTED
+        flow.remove_headers += [h for h in headers if h.startswith(("x-tollway-", _ENVOY)) and h != ROUTE_HEADER]
         if method == "GET":
-            flow.remove_headers += _UNTRUSTED
-            flow.remove_headers += [h for h in headers if (h.startswith("x-tollway-") and h != ROUTE_HEADER)
-                                    or h.startswith(_ENVOY)]
             return None
         if flow.headers_only:
             raise ClientError(400, "invalid_body", "The request body is empty; expected a JSON object.")
@@ -106,10 +105,6 @@ class Recognise(Step):
             flow.gunzip = True
         elif encoding != "identity":
             raise ClientError(415, "unsupported_encoding", f"Unsupported content-encoding {encoding!r}.")
-        flow.remove_headers += _UNTRUSTED
-        flow.remove_headers += [
-            h for h in headers if (h.startswith("x-tollway-") and h != ROUTE_HEADER) or h.startswith(_ENVOY)
-        ]
         return None
 
     def body(self, flow: Flow) -> Ask | Respond | None:

@@ -293,17 +293,16 @@ class WireAPI:
             raise ClientError(400, "invalid_body", "The request body must be a JSON object.")
         for name in _LISTS:
             items = payload.get(name)
-            if type(items) is list and len(items) > MAX_ITEMS:
+            if type(items) is not list:
+                continue
+            if len(items) > MAX_ITEMS:
                 raise ClientError(413, "request_too_large", f"'{name}' lists {len(items):,} items; Tollway takes "
                                   f"at most {MAX_ITEMS:,} in one request.", name)
-            if type(items) is list:
-                parts = 0
-                for item in items:
-                    if type(item) is dict and type(content := item.get("content")) is list:
-                        parts += len(content)
-                if parts > MAX_ITEMS:
-                    raise ClientError(413, "request_too_large", f"'{name}' holds {parts:,} content parts; Tollway "
-                                      f"takes at most {MAX_ITEMS:,} in one request.", name)
+            parts = sum(len(content) for item in items
+                        if type(item) is dict and type(content := item.get("content")) is list)
+            if parts > MAX_ITEMS:
+                raise ClientError(413, "request_too_large", f"'{name}' holds {parts:,} content parts; Tollway "
+                                  f"takes at most {MAX_ITEMS:,} in one request.", name)
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             raise ClientError(400, "missing_model", "The request must name a model (a string).", "model")
