@@ -27,7 +27,7 @@ replaced outside a string becomes a string (:mod:`.jsontext` follows the strings
 stream's deltas too), so the text stays JSON. In a stream each channel of text (see
 :mod:`.texts`) keeps back only the end of what it received that could still become a finding
 when more text comes: for each detector, the trailing run of characters a match of it may
-contain, at most its longest match minus one (:class:`Holdback`); everything before is final
+contain, at most its longest match minus one (:class:`~.holdback.Holdback`); everything before is final
 and goes out, with its findings replaced. A private key block, once its armour opens, swallows
 what follows until the armour closes. A value split across events or TCP chunks is so never
 partly sent. When a channel closes, what it holds is checked as final text and sent.
@@ -48,7 +48,7 @@ import functools
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -58,6 +58,7 @@ from ext_proc.memo import digest, remembered
 
 from . import injection
 from .detectors import INJECTION, Detector
+from .holdback import Holdback, holdback
 from .identifiers import identifier_digest, opaque, whole_numbers
 from .instructions import MAX_CHARS, Instructions, instructions
 from .jsontext import OUTSIDE, bare_number, json_state
@@ -67,8 +68,6 @@ from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable
 from .texts import METADATA, Identifier, StreamTexts, Unread, Unreadable, Walker
 
 PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
-_PLACEHOLDER_CHARS = r"[\[\]A-Z0-9_]"
-_PLACEHOLDER_WIDTH = 50
 _ARMOUR = 80  # longer than any closing armour line of a key block
 # A channel holding more than this (scanned) waits to be scanned again until a quarter as much more
 # has come (see Guard._release): a run longer than a detector's longest match goes out in steps.
@@ -171,141 +170,6 @@ class Blocked(Exception):
         self.fixed = fixed
 
 
-class Holdback:
-    """How much of a channel's end must wait for more text (see the module docstring).
-
-    For each distinct character class of the detectors (and the placeholders', when values come
-    back): the trailing run of characters in that class, at most the class's longest match minus
-    one; the most of these is kept. Each stream event asks (one per text delta), so the usual
-    case is made cheap: the characters of the last :data:`FAST` are looked up in a table of which
-    classes hold them (filled as characters are met, at most :data:`MAX_TABLE` of them), and a run
-    is over at the first character its class lacks, usually within a word. Only classes whose run
-    is still going after those characters are measured with their regular expression. A stream's
-    channel asks :meth:`extend` instead, with the runs it kept: the cost of the new text only.
-    """
-
-    __slots__ = ("_caps", "_classes", "_most", "_runs", "_table", "longest", "none")
-
-    FAST = 24  # characters looked up one by one before the regular expressions take over
-    MAX_TABLE = 1024  # characters whose classes are remembered (and sets of classes whose largest cap is)
-
-    def __init__(self, shapes: Iterable[tuple[str, int]], placeholders: bool) -> None:
-        caps: dict[str, int] = {}
-        for chars, width in shapes:  # each detector's character class and longest match
-            caps[chars] = max(caps.get(chars, 0), width - 1)
-        if placeholders:
-            caps[_PLACEHOLDER_CHARS] = max(caps.get(_PLACEHOLDER_CHARS, 0), _PLACEHOLDER_WIDTH - 1)
-        self._caps = tuple(caps.values())
-        self._classes = tuple(re.compile(chars).fullmatch for chars in caps)
-        self._runs = tuple(re.compile(chars + "*").match for chars in caps)
-        self._table: dict[str, int] = {}  # a character -> the classes holding it, one bit each
-        self._most: dict[int, int] = {}  # classes (bits) -> the largest of their caps
-        self.longest = max(caps.values(), default=0)
-        self.none: tuple[int, ...] = (0,) * len(self._caps)  # the runs at the end of no text
-
-    def extend(self, runs: tuple[int, ...], text: str) -> tuple[int, ...]:
-        """Each class's run (at most its cap) at the end of some text whose runs were ``runs``, once
-        ``text`` is added to it: what :meth:`keep` measures, the most of them, but at a cost of
-        ``text``'s length (at most the longest cap), not of the text before it. A stream's channel
-        keeps its runs, so an event adding a character to a long held run costs one character."""
-        if not self.longest or not text:
-            return runs
-        caps = self._caps
-        size = len(text)
-        out = list(runs)
-        if size <= self.FAST:
-            table = self._table
-            going = (1 << len(caps)) - 1
-            for run, char in enumerate(reversed(text)):
-                held = table.get(char)
-                if held is None:
-                    held = self._held(char)
-                ended = going & ~held
-                while ended:  # these classes' runs are ``run`` long
-                    low = ended & -ended
-                    bit = low.bit_length() - 1
-                    out[bit] = run if run < caps[bit] else caps[bit]
-                    ended ^= low
-                going &= held
-                if not going:
-                    return tuple(out)
-            while going:  # the whole of ``text`` is in these classes: their runs go on
-                low = going & -going
-                bit = low.bit_length() - 1
-                grown = runs[bit] + size
-                out[bit] = grown if grown < caps[bit] else caps[bit]
-                going ^= low
-            return tuple(out)
-        tail = text[-self.longest:][::-1]
-        for bit, measure in enumerate(self._runs):
-            found = measure(tail)
-            run = found.end() if found is not None else 0
-            if run == size:
-                run += runs[bit]
-            out[bit] = run if run < caps[bit] else caps[bit]
-        return tuple(out)
-
-    def keep(self, text: str) -> int:
-        """The number of characters at the end of ``text`` that could start a value not yet complete."""
-        longest = self.longest
-        if not longest or not text:
-            return 0
-        table, most = self._table, self._most
-        going = (1 << len(self._caps)) - 1  # the classes whose run has not ended yet
-        kept = run = 0
-        fast = min(self.FAST, longest)
-        for char in reversed(text[-fast:]):
-            held = table.get(char)
-            if held is None:
-                held = self._held(char)
-            ended = going & ~held
-            if ended:  # these classes' runs are ``run`` long: each keeps that much, up to its cap
-                if run > kept:
-                    cap = most.get(ended)
-                    if cap is None:
-                        cap = self._most_of(ended)
-                    if cap > kept:
-                        kept = run if run < cap else cap
-                going &= held
-                if not going:
-                    return kept
-            run += 1
-        if len(text) <= fast or fast == longest:  # the runs stop at the text's (or the window's) start
-            cap = self._most_of(going)
-            return max(kept, run if run < cap else cap)
-        tail = text[-longest:][::-1]  # runs longer than FAST: measured by their regular expressions
-        caps, runs = self._caps, self._runs
-        while going:
-            low = going & -going
-            bit = low.bit_length() - 1
-            found = runs[bit](tail)
-            kept = max(kept, min(found.end() if found is not None else 0, caps[bit]))
-            going ^= low
-        return kept
-
-    def _held(self, char: str) -> int:
-        held = 0
-        for bit, holds in enumerate(self._classes):
-            if holds(char) is not None:
-                held |= 1 << bit
-        if len(self._table) < self.MAX_TABLE:
-            self._table[char] = held
-        return held
-
-    def _most_of(self, classes: int) -> int:
-        most = max((cap for bit, cap in enumerate(self._caps) if classes >> bit & 1), default=0)
-        if len(self._most) < self.MAX_TABLE:
-            self._most[classes] = most
-        return most
-
-
-@functools.lru_cache(maxsize=16)
-def _holdback(shapes: tuple[tuple[str, int], ...], placeholders: bool) -> Holdback:
-    """One :class:`Holdback` per set of detector shapes, shared by the streams using it (its table
-    of characters fills once, not per stream). At most 16 are kept (a request whose instructions
-    keep values adds a shape of its own), so the tables stay within a few MB even for text of
-    thousands of distinct characters."""
-    return Holdback(shapes, placeholders)
 
 
 class _Channel:
@@ -643,7 +507,7 @@ class Guard:
             detectors = [d for d in self.plan.scanner.detectors if d.name in rules]
             if self._kept is not None:
                 detectors.append(self._kept.detector)
-            self._holdback = _holdback(tuple((d.chars, d.width) for d in detectors), bool(self.vault))
+            self._holdback = holdback(tuple((d.chars, d.width) for d in detectors), bool(self.vault))
         return stream.feed(events, self._text, self._flush, self._echo)
 
     @property

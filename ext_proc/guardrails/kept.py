@@ -16,7 +16,7 @@ digits with up to two separators between them ("F-L-A-M-I-N-G-O", "F L A M I N G
 "f.l.a.m.i.n.g.o"), forwards or backwards ("OGNIMALF"), for values of at most :data:`SPELLED`
 characters. Every occurrence is a :class:`~.scanner.Finding`
 of a per-request :class:`~.detectors.Detector` whose width and characters bound what a stream holds
-back (see :class:`.guard.Holdback`), so a value split across events or TCP chunks is never partly
+back (see :class:`.holdback.Holdback`), so a value split across events or TCP chunks is never partly
 sent. What reads the instructions and the rule's action (redact: ``[KEPT_SECRET_1]``, mask, block,
 log) are the policy's; a rule names the detector ``kept_secret`` for the response direction.
 """

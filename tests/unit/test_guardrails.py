@@ -21,7 +21,7 @@ from ext_proc.core.session import Session
 from ext_proc.guardrails import forms, injection, scope
 from ext_proc.guardrails import scanner as scanner_module
 from ext_proc.guardrails.detectors import GROUPS, PASTED
-from ext_proc.guardrails.guard import Holdback
+from ext_proc.guardrails.holdback import Holdback
 from ext_proc.guardrails.instructions import WEIGHTS, instructions
 from ext_proc.guardrails.jsontext import ESCAPED, OUTSIDE, STRING, json_state
 from ext_proc.guardrails.queries import ClassifierUnavailable, Classify

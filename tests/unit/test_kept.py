@@ -207,7 +207,7 @@ _VALUES = st.text(min_size=4, max_size=60).filter(lambda v: v.strip() == v and a
 @given(value=_VALUES, others=st.lists(_VALUES, max_size=3), before=st.sampled_from(["", "Here: ", "x\n"]))
 def test_any_value_compiles_and_is_found_whole_where_it_stands_alone(value: str, others: list[str],
                                                                       before: str) -> None:
-    from ext_proc.guardrails.guard import Holdback
+    from ext_proc.guardrails.holdback import Holdback
 
     alone = kept((value,))
     assert alone is not None
