@@ -139,7 +139,7 @@ class Row:
     reasoning_tokens: int = 0
     cost_usd_micros: int = 0
     unknown_usage: int = 0  # requests a provider answered (not with an error) without reporting usage
-    unknown_cost: int = 0  # requests with usage but no known price
+    unknown_cost: int = 0  # requests with usage but no cost: no known price, or usage partly known
     abandoned_tries: int = 0  # tries sent, then abandoned at the first-byte timeout: billed maybe, cost unknown
     estimated: int = 0  # cut streams (outcome incomplete) whose tokens are estimated, in part or whole
     guardrail_triggers: int = 0  # requests on which at least one guardrail fired

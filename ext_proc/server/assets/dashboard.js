@@ -151,7 +151,7 @@ function draw(data) {
   // "+": at least this much (some requests' usage or price unknown, or tries abandoned after the
   // provider may have started).
   set("total-cost", dollars(t.cost_usd_micros) + (t.cost_partial ? "+" : ""), t.cost_usd_micros);
-  set("total-unpriced", [t.unknown_cost && `${count(t.unknown_cost)} without a known price`,
+  set("total-unpriced", [t.unknown_cost && `${count(t.unknown_cost)} of unknown cost`,
                          t.unknown_usage && `${count(t.unknown_usage)} without usage`,
                          t.abandoned_tries && `${count(t.abandoned_tries)} ${t.abandoned_tries === 1 ? "try" : "tries"} abandoned: cost unknown`]
                         .filter(Boolean).join(" · "));
