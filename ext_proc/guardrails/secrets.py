@@ -49,7 +49,10 @@ _UNQUOTED = r"[!#-&(-;=?-_a-~]"
 # character of the value); the value is read from there: quoted, to its closing quote on the same
 # line, or unquoted.
 ASSIGNMENT = r"(?:" + KEY_WORDS + r")" + _KEY_REST + _SEPARATOR + r"(?:[\"'`]|" + _UNQUOTED + r")"
-_VALUE = re.compile(r"\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|`[^`\n]{1,200}`|" + _UNQUOTED + r"{1,200}")
+# A quoted value may hold its quote escaped (JSON's ``"Ab\"c9!"``, a shell's ``'it\'s'``): an escape is
+# read as one character, so the value ends at its real closing quote, not inside it.
+_VALUE = re.compile(r"\"(?:[^\"\\\n]|\\.){1,200}\"|'(?:[^'\\\n]|\\.){1,200}'|`[^`\n]{1,200}`|"
+                    + _UNQUOTED + r"{1,200}")
 ASSIGNMENT_WIDTH = 256
 # scheme://user:password@ — the pattern starts at "://" (the scheme is not needed).
 URL_PASSWORD = r"://[^\s:/@?#\"'<>]*:[^\s/@?#\"'<>]+@"

@@ -21,6 +21,7 @@ from ext_proc.policy.compile import PolicyError, compile_policy
 FOUND = [
     ("DB_PASSWORD=hunter2\nDEBUG=true", "secret_assignment", "hunter2"),  # a .env file
     ('{"user": "app", "password": "S3cr3t!"}', "secret_assignment", "S3cr3t!"),  # JSON
+    ('{"password": "Ab\\"c9d123!"}', "secret_assignment", 'Ab\\"c9d123!'),  # its quote escaped: read to the end
     ("database:\n  password: Tr0ub4dor&3\n  host: db", "secret_assignment", "Tr0ub4dor&3"),  # YAML
     ("AWS_SECRET_ACCESS_KEY=kK7aPq9vR2sT4uW6xY8zB1cD3eF5gH7jL9mN0pQ2", "secret_assignment",
      "kK7aPq9vR2sT4uW6xY8zB1cD3eF5gH7jL9mN0pQ2"),
