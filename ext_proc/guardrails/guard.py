@@ -48,7 +48,7 @@ import functools
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -61,7 +61,7 @@ from .detectors import INJECTION, Detector
 from .holdback import Holdback, holdback
 from .identifiers import identifier_digest, opaque, whole_numbers
 from .instructions import MAX_CHARS, Instructions, instructions
-from .jsontext import OUTSIDE, bare_number, json_state
+from .jsontext import OUTSIDE, bare_number, decoded, escape_at, json_state, unescape
 from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable
@@ -76,11 +76,31 @@ INJECTION_ROLES = frozenset({"user", "tool"})
 # The questions asked of a prompt's texts, in the worker's memory of texts (ext_proc.memo): the
 # findings of a plan's rules (for users' or for the application's own text), an injection score.
 # The findings of the answer's rules in a text of the request that an answer repeats (Guard._echo).
-FIND, FIND_SYSTEM, SCORE, ECHO = b"f", b"s", b"i", b"e"
+# JSON text holding escapes is scanned as what its strings mean (FIND_JSON, ECHO_JSON).
+FIND, FIND_SYSTEM, FIND_JSON, SCORE, ECHO, ECHO_JSON = b"f", b"s", b"j", b"i", b"e", b"k"
 
 
 def _find(scanner: Scanner, names: Container[str], budget: Budget, text: str) -> Sequence[Finding]:
     return scanner.find(text, names, budget) or ()  # (repetitions: over the whole request, in prompt())
+
+
+def _find_json(scanner: Scanner, names: Container[str], budget: Budget, text: str) -> Sequence[Finding]:
+    """The findings of JSON text, read as what its strings mean (:func:`_meant`)."""
+    return _meant(text, functools.partial(_find, scanner, names, budget))
+
+
+def _meant(text: str, find: Callable[[str], Sequence[Finding]]) -> list[Finding]:
+    """``find``'s findings in JSON ``text`` read as what its strings mean (``\\n`` a line break,
+    ``\\u00e9`` ``é``: a value right after an escape is found without the escape's letter, a
+    word written with escapes is found), as spans of ``text`` holding whole escapes."""
+    meaning = decoded(text)
+    if meaning is None:
+        return list(find(text))
+    out = []
+    for finding in find(meaning.text):
+        start, end = meaning.span(finding.start, finding.end)
+        out.append(Finding(finding.detector, start, end, finding.open))
+    return out
 
 
 REPEATED_MIN = 6  # characters: a credential this long found once is replaced wherever the text repeats it
@@ -262,6 +282,9 @@ class Guard:
             if ref.role == "system" and system_rules is not None:
                 findings = remembered(FIND_SYSTEM + plan.serial, text,
                                       functools.partial(_find, scanner, system_rules, budget), key)
+            elif ref.json_text and "\\" in text:
+                findings = remembered(FIND_JSON + plan.serial, text,
+                                      functools.partial(_find_json, scanner, rules, budget), key)
             else:
                 findings = remembered(FIND + plan.serial, text, functools.partial(_find, scanner, rules, budget), key)
             found.append(findings)
@@ -354,7 +377,13 @@ class Guard:
         replaced, as (start, end, length of its replacement), in order (:func:`moved`)."""
         parts: list[str] = []
         last = at = 0
+        escapes = json_text and "\\" in text
         for finding in findings:
+            start, end = finding.start, finding.end
+            if escapes:  # (a stream's text, scanned as written) never a piece of an escape
+                start, end = _whole_escapes(text, max(start, last), end)
+                if start >= end:
+                    continue
             detector = finding.detector
             rule = rules[detector.name]
             action = rule.action
@@ -366,20 +395,24 @@ class Guard:
                 continue
             if fixed:  # the audio says the value: the transcript redacted, the answer would still hold it
                 raise Blocked(rule, detector.name, fixed=True)
-            parts.append(self._restore(text[last:finding.start], json_text, edits, last)
-                         if restore else text[last:finding.start])
-            value = text[finding.start:finding.end]
+            parts.append(self._restore(text[last:start], json_text, edits, last)
+                         if restore else text[last:start])
+            value = text[start:end]
+            # JSON text: the value as it is meant (a key's line breaks, not ``\\n``), in the vault
+            # and for its placeholder's number too (the same value in plain text: the same placeholder)
+            meant = unescape(value) if escapes else value
             if action == "mask":
-                new = _mask(value, 0 if detector.kind in ("kept", "credential") else MASK_SHOWN)
+                new = _mask(meant, 0 if detector.kind in ("kept", "credential") else MASK_SHOWN)
+                if meant is not value:
+                    new = orjson.dumps(new).decode()[1:-1]
             else:
-                new = self._placeholder(detector, value, action == "pseudonymise")
-            start, end = finding.start, finding.end
+                new = self._placeholder(detector, meant, action == "pseudonymise")
             if json_text:
-                state, at = json_state(text, state, at, finding.start), finding.start
+                state, at = json_state(text, state, at, start), start
                 if state == OUTSIDE:  # a bare number: the whole of it becomes the string (jsontext)
                     new = f'"{new}"'
-                    sign, end = bare_number(text, finding.start, end, last)
-                    if sign < finding.start:
+                    sign, end = bare_number(text, start, end, last)
+                    if sign < start:
                         parts[-1] = parts[-1][:-1]
                         start = sign
             if edits is not None:
@@ -431,9 +464,7 @@ class Guard:
             text = ref.get()
             if not text:
                 continue
-            findings = self.plan.scanner.find(text, rules, self._answer_budget()) if rules else []
-            if self._kept is not None:
-                findings = merge(findings, self._kept.find(text))
+            findings = self._found(text, ref.json_text)
             edits: list[tuple[int, int, int]] | None = [] if ref.anchored else None
             new = self.apply(text, findings, rules, RESPONSE, ref.json_text, restore=ref.restore, fixed=ref.fixed,
                              edits=edits)
@@ -450,6 +481,18 @@ class Guard:
                 changed = True
         return changed
 
+    def _found(self, text: str, json_text: bool) -> list[Finding]:
+        """The findings of the answer's rules in ``text`` (JSON text: read as what it means), the
+        values the instructions keep among them."""
+        rules = self.plan.response
+        kept = self._kept
+
+        def find(text: str) -> list[Finding]:
+            findings = self.plan.scanner.find(text, rules, self._answer_budget()) if rules else []
+            return merge(findings, kept.find(text)) if kept is not None else findings
+
+        return _meant(text, find) if json_text else find(text)
+
     def _echo(self, text: str, json_text: bool) -> str:
         """A text of the request that the answer repeats (the ``instructions`` a Responses
         ``response`` object echoes, as the provider received them; also a provider's error
@@ -464,10 +507,12 @@ class Guard:
         rules = self.plan.response
         findings: Sequence[Finding] = ()
         if rules:
-            findings = remembered(ECHO + self.plan.serial, text,
-                                  functools.partial(_find, self.plan.scanner, rules, self._answer_budget()))
+            escaped = json_text and "\\" in text
+            findings = remembered((ECHO_JSON if escaped else ECHO) + self.plan.serial, text,
+                                  functools.partial(_find_json if escaped else _find, self.plan.scanner, rules,
+                                                    self._answer_budget()))
         if self._kept is not None:
-            findings = merge(list(findings), self._kept.find(text))
+            findings = merge(list(findings), _meant(text, self._kept.find) if json_text else self._kept.find(text))
         return self.apply(text, findings, rules, RESPONSE, json_text, restore=True, echo=True)
 
     def shown(self, text: str) -> str | None:
@@ -558,6 +603,10 @@ class Guard:
             if new or channel.runs is None:
                 runs = holdback.extend(runs, buf[len(buf) - new:] if channel.runs is not None else buf)
             cut = len(buf) - max(runs, default=0)
+            if json_text and cut > 0:  # never between an escape's backslash and its letters
+                split = escape_at(buf, cut)
+                if split is not None:
+                    cut = split[0]
             # Nothing could go out (all of it may still become a value), or little, compared with the
             # held text the scanner would read again (a run longer than a detector's longest match,
             # adding a character an event): wait, the text held, for more. Each scan then reads at
@@ -603,6 +652,18 @@ class Guard:
             channel.json = json_state(sent, state, 0, sure if sure >= 0 else len(sent))
         return self.apply(sent, findings, rules, RESPONSE, json_text, restore=channel.restore, state=state,
                           fixed=channel.fixed)
+
+
+def _whole_escapes(text: str, start: int, end: int) -> tuple[int, int]:
+    """A finding's span in JSON text moved off the escapes it splits: its start past an escape it
+    starts inside (the ``n`` of ``\\n``), its end past the rest of one it ends inside."""
+    split = escape_at(text, start)
+    if split is not None:
+        start = split[1]
+    split = escape_at(text, end)
+    if split is not None:
+        end = split[1] if split[1] <= len(text) else split[0]
+    return start, end
 
 
 MASK_SHOWN = 4  # the letters and digits a masked value shows at its end (a card's last four) ...

@@ -10,6 +10,8 @@ pieces (a stream's chunks), :func:`bare_number` widens a finding outside a strin
 
 from __future__ import annotations
 
+import bisect
+import json
 import re
 
 # Where JSON text is, at a point: outside any string, inside one, inside one right after a backslash.
@@ -49,3 +51,96 @@ def bare_number(text: str, start: int, end: int, floor: int) -> tuple[int, int]:
     if start > floor and text[start - 1] == "-":
         start -= 1
     return start, _NUMBER_TAIL.match(text, end).end()  # type: ignore[union-attr]
+
+
+# A JSON string's escapes: ``\uXXXX``, or a backslash and one character (valid JSON has no backslash
+# outside a string, so read left to right from outside any escape they are found exactly).
+_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|.)", re.S)
+_SHORT = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", '"': '"', "\\": "\\", "/": "/"}
+
+
+class Decoded:
+    """JSON text as what its strings mean (each escape the character it stands for: ``\\n`` a line
+    break, ``\\u00e9`` ``é``), for the scanner; :meth:`span` maps a span of it back to the text,
+    whole escapes always (a replacement never splits one)."""
+
+    __slots__ = ("_at", "_decoded", "raw", "text")
+
+    def __init__(self, raw: str, text: str, decoded: list[int], at: list[int]) -> None:
+        self.raw = raw
+        self.text = text
+        self._decoded = decoded  # where each escape's character is in ``text`` ...
+        self._at = at  # ... and where the escape starts in ``raw``
+
+    def index(self, index: int) -> int:
+        """Where character ``index`` of :attr:`text` starts in the JSON text (its end, at the end)."""
+        decoded = self._decoded
+        i = bisect.bisect_right(decoded, index) - 1
+        if i < 0:
+            return index
+        if decoded[i] == index:
+            return self._at[i]
+        # past escape i: its raw end, then plain characters one for one
+        at = self._at[i]
+        end = _ESCAPE.match(self.raw, at).end()  # type: ignore[union-attr]
+        return end + (index - decoded[i] - 1)
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        return self.index(start), self.index(end)
+
+
+def decoded(text: str) -> Decoded | None:
+    """``text`` (JSON text, starting outside any escape) with its strings' escapes decoded; None
+    when it has none (the text is what it means)."""
+    if "\\" not in text:
+        return None
+    parts: list[str] = []
+    positions: list[int] = []
+    at: list[int] = []
+    last = 0
+    length = 0
+    for match in _ESCAPE.finditer(text):
+        start = match.start()
+        if start > last:
+            parts.append(text[last:start])
+            length += start - last
+        escape = match[0]
+        char = chr(int(escape[2:], 16)) if len(escape) == 6 else _SHORT.get(escape[1])
+        if char is None:  # not an escape JSON knows: left as it is
+            parts.append(escape)
+            length += len(escape)
+        else:
+            parts.append(char)
+            positions.append(length)
+            at.append(start)
+            length += 1
+        last = match.end()
+    parts.append(text[last:])
+    return Decoded(text, "".join(parts), positions, at)
+
+
+def unescape(value: str) -> str:
+    """A piece of a JSON string (whole escapes) as what it means; itself when it is no such piece."""
+    if "\\" not in value:
+        return value
+    try:
+        out = json.loads('"' + value + '"')
+    except ValueError:
+        return value
+    return out if isinstance(out, str) else value
+
+
+def escape_at(text: str, index: int) -> tuple[int, int] | None:
+    """The span of the escape of JSON text that ``index`` falls strictly inside (after its
+    backslash: a finding starting there, or a stream cut there, would split it), or None."""
+    for at in range(index - 1, max(-1, index - 6), -1):
+        if text[at] != "\\":
+            continue
+        run = at
+        while run > 0 and text[run - 1] == "\\":
+            run -= 1
+        if (at - run) % 2:  # the second backslash of ``\\``: that escape ends at ``at + 1``
+            return None
+        end = at + (6 if at + 1 < len(text) and text[at + 1] == "u" else 2)
+        return (at, end) if index < end else None
+    return None

@@ -247,6 +247,23 @@ def test_a_json_answer_the_client_asked_for_stays_json_when_redacted(route: Rout
     assert b"4111" not in out and b"4155550100" not in out
 
 
+# A value right after an escape (the line break of "\n"): the escape stays whole, the value is found without
+# its letter, the stream split anywhere (between the backslash and its letter too).
+ESCAPED = '{"who":"x\\njane.doe@example.com","note":"Call:\\n+1 415 555 0100\\tok \\u00e9"}'
+ESCAPED_REDACTED = {"who": "x\n[EMAIL_1]", "note": "Call:\n[PHONE_1]\tok \u00e9"}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@settings(BOUNDED, max_examples=30)
+@given(data=st.data())
+def test_a_json_answer_keeps_its_escapes_whole_around_a_value(route: Route, data: st.DataObject) -> None:
+    upstream = provider_stream(route, pieces(ESCAPED, some_cuts(data, ESCAPED)))
+    session = opened(route, prompt="Extract the contact.", **asks_json(route))
+    out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
+    text, errored = client_text(route, out)
+    assert not errored and orjson.loads(text) == ESCAPED_REDACTED
+
+
 @pytest.mark.parametrize("route", ROUTES)
 def test_a_guarded_stream_holds_back_only_the_word_in_progress(route: Route) -> None:
     # Each of the provider's events in its own TCP chunk, the stream not ended: what the client has

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 import textwrap
 from pathlib import Path
@@ -21,11 +22,13 @@ from ext_proc.core.session import Session
 from ext_proc.guardrails import forms, injection, scope
 from ext_proc.guardrails import scanner as scanner_module
 from ext_proc.guardrails.detectors import GROUPS, PASTED
+from ext_proc.guardrails.guard import Guard
 from ext_proc.guardrails.holdback import Holdback
 from ext_proc.guardrails.instructions import WEIGHTS, instructions
 from ext_proc.guardrails.jsontext import ESCAPED, OUTSIDE, STRING, json_state
 from ext_proc.guardrails.queries import ClassifierUnavailable, Classify
 from ext_proc.guardrails.scanner import CONTEXT, Budget, PatternError, Unscannable, builtin, context, shape
+from ext_proc.guardrails.texts import WALKERS
 from ext_proc.llm import encodings
 from ext_proc.policy.compile import PolicyError, compile_policy
 from tests.fixtures import GUARD_CASSETTES
@@ -1479,3 +1482,82 @@ def test_a_bare_number_replaced_in_a_json_answer_takes_its_sign_fraction_and_exp
     text = orjson.loads(answer.body)["choices"][0]["message"]["content"]
     values = [v[0] if isinstance(v, list) else v for v in orjson.loads(text).values()]
     assert all(isinstance(v, str) and v.startswith("[") and v.endswith("]") for v in values), text
+
+
+# -- pseudonyms: JSON text, what the instructions keep, placeholders the client wrote ------------------
+
+PSEUDONYMS = compile_policy(HEAD + textwrap.dedent("""\
+    guardrails:
+      custom:
+        ticket: {pattern: "TCK-[0-9]{6}"}
+        codename: {words: [Zoë Project]}
+      rules:
+        - {name: pii, detectors: [email, private_key, ticket, codename], action: pseudonymise}
+        - {name: pii, detectors: [pii], action: redact}
+        - {name: leak, detectors: [kept_secret], action: redact, direction: response}
+"""))
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA1234567890abcdef\n-----END RSA PRIVATE KEY-----"
+
+
+def _pseudonymised(messages: list[dict[str, Any]], **extra: Any) -> tuple[Guard, dict[str, Any]]:
+    """A chat request's guard (the PSEUDONYMS policy) and the request as it goes upstream."""
+    plan = PSEUDONYMS.guardrails.plan("search", "gpt-4o") if PSEUDONYMS.guardrails else None
+    assert plan is not None
+    guard = Guard(plan)
+    body = {"model": "gpt-4o", "messages": messages, **extra}
+    guard.prompt(WALKERS["openai.chat.completions"], body)
+    return guard, body
+
+
+def _called(arguments: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": "send it"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "send", "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sent"}]
+
+
+def _answered(guard: Guard, content: str | None, arguments: str | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if arguments is not None:
+        message["tool_calls"] = [{"id": "c2", "type": "function", "function": {"name": "send", "arguments": arguments}}]
+    answer = {"id": "a", "object": "chat.completion", "choices": [{"index": 0, "message": message,
+                                                                   "finish_reason": "stop"}]}
+    guard.answer(WALKERS["openai.chat.completions"], answer)
+    out: dict[str, Any] = answer["choices"][0]["message"]
+    return out
+
+
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_a_value_right_after_an_escape_in_json_text_is_found_as_written_and_the_text_stays_json(
+        ascii_only: bool) -> None:
+    """JSON text is read as what its strings mean: the ``n`` of ``\\n`` is no part of the address
+    after it (the text stays JSON, the address comes back as it was), and a word written with
+    ``\\u`` escapes is found."""
+    arguments = json.dumps({"body": "Hi,\njane@example.com asked.\n\tZoë Project\n+1 415 555 0100"},
+                           ensure_ascii=ascii_only)
+    guard, body = _pseudonymised(_called(arguments))
+    sent = body["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    assert json.loads(sent) == {"body": "Hi,\n[EMAIL_1] asked.\n\t[CODENAME_1]\n[PHONE_1]"}
+    assert guard.vault == {"[EMAIL_1]": "jane@example.com", "[CODENAME_1]": "Zoë Project"}
+    assert _answered(guard, "Wrote to [EMAIL_1] about [CODENAME_1].")["content"] == (
+        "Wrote to jane@example.com about Zoë Project.")
+
+
+def test_a_json_answer_keeps_its_escapes_whole_around_a_value() -> None:
+    guard, _ = _pseudonymised([{"role": "user", "content": "extract"}], response_format={"type": "json_object"})
+    answer = '{"note": "Call me:\\n+1 415 555 0100", "who": "x\\njoe@example.org \\u00e9"}'
+    content = _answered(guard, answer)["content"]
+    assert json.loads(content) == {"note": "Call me:\n[PHONE_1]", "who": "x\n[EMAIL_1] é"}
+
+
+def test_a_value_found_in_json_text_is_kept_and_restored_as_it_is_meant() -> None:
+    """A key's line breaks are line breaks in the vault: in text it comes back with them, in a tool
+    call's arguments escaped once; the same address in plain text and JSON text is one pseudonym."""
+    guard, body = _pseudonymised([{"role": "user", "content": "mail bob@example.com"},
+                                  *_called(json.dumps({"content": PEM, "to": "bob@example.com"}))[1:]])
+    assert json.loads(body["messages"][1]["tool_calls"][0]["function"]["arguments"]) == {
+        "content": "[PRIVATE_KEY_1]", "to": "[EMAIL_1]"}
+    assert guard.vault == {"[EMAIL_1]": "bob@example.com", "[PRIVATE_KEY_1]": PEM}
+    message = _answered(guard, "Key: [PRIVATE_KEY_1]", '{"c": "[PRIVATE_KEY_1]", "to": "[EMAIL_1]"}')
+    assert message["content"] == "Key: " + PEM
+    assert json.loads(message["tool_calls"][0]["function"]["arguments"]) == {"c": PEM, "to": "bob@example.com"}
