@@ -395,7 +395,7 @@ class Guard:
                 continue
             if fixed:  # the audio says the value: the transcript redacted, the answer would still hold it
                 raise Blocked(rule, detector.name, fixed=True)
-            parts.append(self._restore(text[last:start], json_text, edits, last)
+            parts.append(self._restore(text[last:start], json_text, edits, last, echo)
                          if restore else text[last:start])
             value = text[start:end]
             # JSON text: the value as it is meant (a key's line breaks, not ``\\n``), in the vault
@@ -420,8 +420,8 @@ class Guard:
             parts.append(new)
             last = end
         if not parts:
-            return self._restore(text, json_text, edits) if restore else text
-        parts.append(self._restore(text[last:], json_text, edits, last) if restore else text[last:])
+            return self._restore(text, json_text, edits, 0, echo) if restore else text
+        parts.append(self._restore(text[last:], json_text, edits, last, echo) if restore else text[last:])
         return "".join(parts)
 
     def _placeholder(self, detector: Detector, value: str, keep: bool) -> str:
@@ -435,23 +435,46 @@ class Guard:
         return placeholder
 
     def _restore(self, text: str, json_text: bool, edits: list[tuple[int, int, int]] | None = None,
-                 at: int = 0) -> str:
+                 at: int = 0, echo: bool = False) -> str:
         """``text`` with its pseudonyms put back; ``edits`` (:meth:`apply`): filled with the spans
-        replaced, ``text`` starting at ``at`` of the whole."""
+        replaced, ``text`` starting at ``at`` of the whole. A value the request's instructions keep
+        is withheld as the ``kept_secret`` rule withholds it (:meth:`_withheld`), not put back."""
         vault = self.vault
         if not vault or "[" not in text:
             return text
+        kept = self._kept
 
         def back(match: re.Match[str]) -> str:
             value = vault.get(match[0])
             if value is None:
                 return match[0]
-            new = orjson.dumps(value).decode()[1:-1] if json_text else value
+            new = None
+            if kept is not None and kept.find(value):
+                new = self._withheld(kept, value, echo)
+            if new is None:
+                new = value
+            if json_text:
+                new = orjson.dumps(new).decode()[1:-1]
             if edits is not None:
                 edits.append((at + match.start(), at + match.end(), len(new)))
             return new
 
         return PLACEHOLDER.sub(back, text)
+
+    def _withheld(self, kept: Kept, value: str, echo: bool) -> str | None:
+        """What a pseudonymised ``value`` holding what the instructions keep becomes in the answer
+        instead of itself, as the ``kept_secret`` rule acts (counted, unless ``echo``); None:
+        the rule only logs, the value is put back."""
+        rule = self.plan.response[KEPT]
+        if not echo:
+            self.count(rule, KEPT, RESPONSE)
+            if rule.action == "block":
+                raise Blocked(rule, KEPT)
+        if rule.action == "log":
+            return None
+        if rule.action == "mask":
+            return _mask(value, 0)
+        return self._placeholder(kept.detector, value, False)
 
     # -- the answer ---------------------------------------------------------------------------
 
