@@ -152,6 +152,10 @@ def _score(context: Instructions | None, text: str, key: bytes | None) -> float:
     return remembered(space, text, functools.partial(injection.score, context=context), key)
 
 
+def _pseudonymising(rules: Mapping[str, Rule]) -> bool:
+    return any(rule.action == "pseudonymise" for rule in rules.values())
+
+
 def _acting(rules: Mapping[str, Rule]) -> bool:
     """Whether any of ``rules`` changes or blocks what it finds (not only ``log``)."""
     return any(rule.action != "log" for rule in rules.values())
@@ -210,7 +214,7 @@ class Guard:
     """One request's guardrails (see the module docstring)."""
 
     __slots__ = ("_answered", "_channels", "_counts", "_holdback", "_identities", "_json", "_kept", "_numbers",
-                 "_placeholders", "_stream", "plan", "score", "vault")
+                 "_placeholders", "_stream", "_taken", "plan", "score", "vault")
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -226,6 +230,7 @@ class Guard:
         self._kept: Kept | None = None  # the values the request's instructions keep (.kept), when a rule looks
         self._answered: Budget | None = None  # the scanner's work left for the answer (made when first used)
         self._json = False  # the request asks for JSON output: the answer's text is JSON text
+        self._taken: frozenset[str] = frozenset()  # placeholders the request's own texts hold (pseudonymising)
 
     # -- records ----------------------------------------------------------------------------
 
@@ -273,6 +278,11 @@ class Guard:
                 refs.append(ref)
                 if len(refs) > MAX_TEXTS:  # (metadata of a million strings: seconds of the worker's loop)
                     raise Unscannable(f"more than {MAX_TEXTS:,} texts")
+        if _pseudonymising(rules) or (system_rules is not None and _pseudonymising(system_rules)):
+            # a placeholder the client wrote ("Dear [EMAIL_1]") is never one numbered here, which an
+            # answer would get a value back for
+            self._taken = frozenset(match for ref in refs if "[" in (text := ref.get())
+                                    for match in PLACEHOLDER.findall(text))
         found: list[Sequence[Finding]] = []  # each text's findings (the worker's memory of texts first)
         keys: list[bytes | None] = []
         secrets: dict[str, Detector] = {}  # credentials only their context showed, in any text of the request
@@ -428,8 +438,13 @@ class Guard:
         key = (detector.label, value)
         placeholder = self._placeholders.get(key)
         if placeholder is None:
-            self._numbers[detector.label] += 1
-            placeholder = self._placeholders[key] = f"[{detector.label}_{self._numbers[detector.label]}]"
+            label, numbers = detector.label, self._numbers
+            numbers[label] += 1
+            placeholder = f"[{label}_{numbers[label]}]"
+            while placeholder in self._taken:  # (empty unless a rule pseudonymises)
+                numbers[label] += 1
+                placeholder = f"[{label}_{numbers[label]}]"
+            self._placeholders[key] = placeholder
         if keep:
             self.vault[placeholder] = value
         return placeholder

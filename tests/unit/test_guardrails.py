@@ -1574,3 +1574,17 @@ def test_a_pseudonym_of_what_the_instructions_keep_is_withheld_not_restored() ->
     assert json.loads(message["tool_calls"][0]["function"]["arguments"]) == {"code": "[KEPT_SECRET_1]"}
     assert {"guardrail": "leak", "detector": "kept_secret", "action": "redact", "direction": "response",
             "count": 2} in guard.triggers()
+
+
+def test_a_placeholder_the_client_wrote_is_never_numbered_for_another_value() -> None:
+    """Numbering skips the placeholders the request's texts hold: the model repeating the client's
+    own "[EMAIL_1]" gets it back as it is, not as another value of the request."""
+    template = "My template says 'Dear [EMAIL_1]'. Mine: bob@example.com"
+    guard, body = _pseudonymised([{"role": "user", "content": template},
+                                  {"role": "assistant", "content": "Noted [EMAIL_2]."},
+                                  {"role": "user", "content": "and carol@example.com"}])
+    assert body["messages"][0]["content"] == "My template says 'Dear [EMAIL_1]'. Mine: [EMAIL_3]"
+    assert body["messages"][2]["content"] == "and [EMAIL_4]"
+    assert _answered(guard, "Dear [EMAIL_1], [EMAIL_2], [EMAIL_3]")["content"] == (
+        "Dear [EMAIL_1], [EMAIL_2], bob@example.com")
+
