@@ -255,7 +255,8 @@ class Guard:
         changed yet)."""
         plan = self.plan
         rules, system_rules = plan.request, plan.system
-        if walker.continues_stored(payload):  # placeholders another request numbered: none is restored
+        # placeholders another request numbered (none is restored), or an answer with no text (embeddings)
+        if not walker.restores or walker.continues_stored(payload):
             rules = _redacting(rules)
             system_rules = _redacting(system_rules) if system_rules is not None else None
         self._json = walker.asks_json(payload)

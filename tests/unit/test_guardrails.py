@@ -1588,3 +1588,15 @@ def test_a_placeholder_the_client_wrote_is_never_numbered_for_another_value() ->
     assert _answered(guard, "Dear [EMAIL_1], [EMAIL_2], [EMAIL_3]")["content"] == (
         "Dear [EMAIL_1], [EMAIL_2], bob@example.com")
 
+
+def test_embeddings_input_a_rule_would_pseudonymise_is_redacted_and_recorded_so() -> None:
+    """An embeddings answer is vectors: no value comes back, the rule acts (and is counted) as ``redact``."""
+    plan = PSEUDONYMS.guardrails.plan("search", "gpt-4o") if PSEUDONYMS.guardrails else None
+    assert plan is not None
+    guard = Guard(plan)
+    body = {"model": "gpt-4o", "input": ["mail bob@example.com", "bob@example.com"]}
+    guard.prompt(WALKERS["openai.embeddings"], body)
+    assert body["input"] == ["mail [EMAIL_1]", "[EMAIL_1]"]
+    assert guard.vault == {}
+    assert guard.triggers() == [
+        {"guardrail": "pii", "detector": "email", "action": "redact", "direction": "request", "count": 2}]

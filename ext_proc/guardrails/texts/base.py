@@ -198,7 +198,10 @@ class StreamTexts:
 
 class Walker:
     """Where one wire API keeps its text. ``json_output``: the request asked for JSON
-    (:meth:`asks_json`), so the answer's text is JSON text (see the package docstring)."""
+    (:meth:`asks_json`), so the answer's text is JSON text (see the package docstring).
+    ``restores``: the answer has text a pseudonym could come back in (not embeddings' vectors)."""
+
+    restores = True
 
     def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
         raise NotImplementedError

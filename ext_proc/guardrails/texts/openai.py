@@ -157,6 +157,8 @@ class CompletionsWalker(Walker):
 class EmbeddingsWalker(Walker):
     """``/v1/embeddings``: ``input`` (a string or a list of strings). Answers are vectors."""
 
+    restores = False  # a pseudonymise rule acts as redact (and is recorded so): nothing comes back
+
     def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
         yield from _inputs(payload, "input")
         yield from _identifiers(payload)
