@@ -78,6 +78,14 @@ CASSETTES: dict[str, tuple[str, Any]] = {
         "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 20, "output_tokens": 30},
         "content": [{"type": "thinking", "thinking": "The user wants mail to [EMAIL_1].", "signature": "c2ln"},
                     {"type": "tool_use", "id": "toolu_01g", "name": "send_mail", "input": {"to": "[EMAIL_1]"}}]}),
+    # the model calls a tool with the placeholders of a key and an address it was given
+    "tool-args-placeholders": ("https://api.openai.com/v1/chat/completions", {
+        "id": "chatcmpl-g2", "object": "chat.completion", "created": 1_755_000_001, "model": "gpt-4o-mini",
+        "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": "Key: [PRIVATE_KEY_1]", "tool_calls": [{
+                "id": "call_k", "type": "function", "function": {
+                    "name": "write_file", "arguments": '{"content": "[PRIVATE_KEY_1]", "to": "[EMAIL_1]"}'}}]}}]}),
 }
 
 
@@ -104,6 +112,7 @@ guardrails:
     classifier: {{url: "http://127.0.0.1:{classifier.server_port}/score", timeout_ms: {CLASSIFIER_TIMEOUT * 1000:.0f},
                   fail: closed}}
   rules:
+    - {{name: keys, detectors: [private_key], action: pseudonymise}}
     - {{name: secrets, detectors: [credentials], action: block}}
     - {{name: pii, detectors: [email], action: pseudonymise}}
     - {{name: pii, detectors: [pii], action: redact}}
@@ -244,6 +253,54 @@ def test_pseudonyms_go_out_as_placeholders_and_come_back(env: Providers) -> None
     (seen,) = env.provider_saw(raw.headers.get("x-tollway-request-id"))
     assert "[EMAIL_1]" in seen["body"] and "jane.doe" not in seen["body"]
     assert raw.parse().choices[0].message.content == "I will email jane.doe@example.com now."
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku"], ids=["passed-through", "translated"])
+def test_a_value_right_after_an_escape_in_tool_call_arguments_goes_up_as_json_and_comes_back(
+        env: Providers, model: str) -> None:
+    """The address after "\\n" in a tool call's arguments is replaced whole, not with the escape's
+    letter: the provider gets JSON arguments (translated for Anthropic: its tool input, no 400), and
+    the placeholder comes back as the address; a JSON answer with a value after "\\n" stays JSON."""
+    arguments = json.dumps({"to": "team", "body": "Hi,\njane@example.com asked for it"})
+    raw = env.openai().chat.completions.with_raw_response.create(model=model, messages=[
+        {"role": "user", "content": "send it"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "send", "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sent"}],
+        extra_headers={"x-mock-reply": "Done, I wrote to [EMAIL_1]."})
+    (seen,) = env.provider_saw(raw.headers.get("x-tollway-request-id"))
+    sent = json.loads(seen["body"])["messages"][1]
+    given = (json.loads(sent["tool_calls"][0]["function"]["arguments"]) if model == "gpt-4o-mini"
+             else next(block["input"] for block in sent["content"] if block["type"] == "tool_use"))
+    assert given == {"to": "team", "body": "Hi,\n[EMAIL_1] asked for it"}
+    assert raw.parse().choices[0].message.content == "Done, I wrote to jane@example.com."
+    reply = {"x-mock-reply": '{"note": "Call me:\\n+1 415 555 0100", "who": "x\\njoe@example.org"}'}
+    client = env.openai()
+    asked: Any = {"model": model, "messages": [{"role": "user", "content": "Extract it."}],
+                  "response_format": {"type": "json_object"}, "extra_headers": reply}
+    redacted = {"note": "Call me:\n[PHONE_1]", "who": "x\n[EMAIL_1]"}
+    assert json.loads(client.chat.completions.create(**asked).choices[0].message.content or "") == redacted
+    deltas = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+        **asked, stream=True) if chunk.choices)
+    assert json.loads(deltas) == redacted
+
+
+def test_a_key_pseudonymised_in_tool_call_arguments_comes_back_as_it_was(env: Providers) -> None:
+    """A private key found in JSON text is kept with its line breaks: the model's text gets it
+    verbatim, its tool call's arguments escaped once (the application's tool writes the real key)."""
+    pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA1234567890abcdef\n-----END RSA PRIVATE KEY-----"
+    raw = env.openai().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[
+        {"role": "user", "content": "copy the key again, mail bob@example.com"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "write_file", "arguments": json.dumps({"path": "id_rsa", "content": pem})}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "written"}],
+        extra_headers={"x-mock-cassette": "tool-args-placeholders"})
+    (seen,) = env.provider_saw(raw.headers.get("x-tollway-request-id"))
+    assert "[PRIVATE_KEY_1]" in seen["body"] and "MIIE" not in seen["body"]
+    message = raw.parse().choices[0].message
+    assert message.content == "Key: " + pem
+    assert message.tool_calls is not None
+    assert json.loads(message.tool_calls[0].function.arguments) == {"content": pem, "to": "bob@example.com"}
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku"], ids=["passed-through", "translated"])
