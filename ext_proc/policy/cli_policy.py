@@ -2,7 +2,9 @@
 
 ``check`` compiles each file as the server would and prints either a one-line summary (after the
 file's notes, if it has any: remarks that do not fail it) or every issue (``file:line:column:
-path: message``); the exit status is 0 only when every file is good, so it fits a pre-commit hook
+path: message``); a provider with ``stored_responses`` whose key (where this machine has it:
+environment variables, files) is the same as that of a provider another team reaches fails it
+too, as it fails the server's load; the exit status is 0 only when every file is good, so it fits a pre-commit hook
 or a CI step. ``schema`` prints the JSON Schema of the file for
 editors (yaml-language-server).
 """
@@ -11,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .compile import PolicyError, compile_policy
+from .compiled import CredentialSource
 from .schema import json_schema
 
 
@@ -58,6 +62,12 @@ def check_file(name: str) -> bool:
         count = len(exc.errors)
         print(f"{source}: FAILED ({count} error{'s' if count != 1 else ''})")
         return False
+    clashes = policy.shared_stored_keys(_key)
+    if clashes:  # the keys this machine has: the server refuses the policy with them too
+        for clash in clashes:
+            print(clash)
+        print(f"{source}: FAILED ({len(clashes)} error{'s' if len(clashes) != 1 else ''})")
+        return False
     for note in policy.notes:  # not mistakes: the file is good
         print(note)
     canonical = len({target.public for target in policy.models.values()})
@@ -69,6 +79,18 @@ def check_file(name: str) -> bool:
         + ")"
     )
     return True
+
+
+def _key(source: CredentialSource) -> str | None:
+    """A provider's key where this machine has it (compared by digest only, never printed)."""
+    if source.env is not None:
+        return os.environ.get(source.env, "").strip() or None
+    assert source.file is not None
+    try:
+        with open(source.file, encoding="utf-8-sig") as handle:
+            return handle.read().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _count(n: int, noun: str) -> str:

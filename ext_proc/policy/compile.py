@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import decimal
 import hashlib
+import posixpath
 import types
 import urllib.parse
 import zoneinfo
@@ -291,12 +292,16 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
 
 def _check_stored(spec: PolicySpec, owners: dict[str, tuple[str, bool]]) -> list[Problem]:
     """``stored_responses`` only on a provider one team reaches: anyone holding its key reads what it
-    stored, so another team could continue this one's conversations by ``previous_response_id``."""
+    stored, so another team could continue this one's conversations by ``previous_response_id``.
+    The key, not the provider entry, is what stores: another entry with the same credential (the
+    same environment variable or file) reached by another team stores that team's responses (OpenAI
+    stores them by default) where this one's can be read, so that is refused too."""
     problems: list[Problem] = []
+    reach = {team: _reached(spec, owners, team) for team in spec.teams}
     for name, provider in spec.providers.items():
         if not provider.stored_responses:
             continue
-        teams = [team for team in spec.teams if name in _reached(spec, owners, team)]
+        teams = [team for team in spec.teams if name in reach[team]]
         if len(teams) > 1:
             listed = _and([f"'{team}'" for team in teams])
             problems.append(Problem(
@@ -304,7 +309,33 @@ def _check_stored(spec: PolicySpec, owners: dict[str, tuple[str, bool]]) -> list
                 "the responses it stored, so each could use another's by previous_response_id; stored_responses "
                 "is only for a provider whose key serves one team (give each team a provider with a key of its "
                 "own, or remove stored_responses)", where=("providers", name, "stored_responses"), at_key=True))
+        source = _credential(provider)
+        for other_name, other in spec.providers.items():
+            if other_name == name or source is None or _credential(other) != source:
+                continue
+            others = [team for team in spec.teams if other_name in reach[team] and team not in teams]
+            if others:
+                problems.append(Problem(
+                    f"uses the same key ({source}) as provider '{other_name}', which {_team_s(others)} "
+                    f"reach{'es' if len(others) == 1 else ''}: the responses stored for that key are readable "
+                    f"through this provider by previous_response_id, so {_team_s(teams) or 'its teams'} could "
+                    "continue theirs; give this provider a key of its own (another OpenAI project), or remove "
+                    "stored_responses", where=("providers", name, "stored_responses"), at_key=True))
     return problems
+
+
+def _credential(provider: Any) -> str | None:
+    """Where ``provider``'s key comes from, as one comparable phrase (None: it has none)."""
+    credential = provider.credential
+    if credential is None:
+        return None
+    if credential.env is not None:
+        return f"environment variable {credential.env}"
+    return f"file {posixpath.normpath(credential.file)}"
+
+
+def _team_s(teams: list[str]) -> str:
+    return ("team " if len(teams) == 1 else "teams ") + _and([f"'{team}'" for team in teams]) if teams else ""
 
 
 def _reached(spec: PolicySpec, owners: dict[str, tuple[str, bool]], team: str) -> set[str]:

@@ -12,7 +12,7 @@ import datetime
 import functools
 import hashlib
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ext_proc.guardrails.plan import Guardrails
@@ -252,6 +252,13 @@ class Limits:
 NO_LIMITS = Limits()
 
 
+def _where(provider: Provider) -> str:
+    """Where ``provider``'s key comes from, for a message (never the key)."""
+    assert provider.credential is not None
+    credential = provider.credential
+    return f"environment variable {credential.env}" if credential.env is not None else f"file {credential.file}"
+
+
 def key_digest(secret: str) -> str:
     """The sha256 hex digest under which a virtual key is stored in the policy."""
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
@@ -294,6 +301,56 @@ class CompiledPolicy:
             for plan in (alias.plan, *alias.teams.values()):
                 names.update(target.upstream_model for target in plan.targets)
         return frozenset(names)
+
+    def reached(self, team: str) -> frozenset[str]:
+        """The providers ``team``'s models reach: directly, or as targets of an alias's plan for it."""
+        found = self.teams[team]
+        names = found.models | (self.aliases.keys() if found.all_models else frozenset())
+        out: set[str] = set()
+        for name in names:
+            alias = self.aliases.get(name)
+            if alias is not None:
+                out.update(target.provider.name for target in alias.plan_for(team).targets)
+            elif name in self.models:
+                out.add(self.models[name].provider.name)
+        return frozenset(out)
+
+    def shared_stored_keys(self, key: Callable[[CredentialSource], str | None]) -> list[str]:
+        """Why this policy must not be served with the provider keys ``key`` reads: a provider with
+        ``stored_responses`` whose key is the same value as that of a provider another team reaches
+        (from another variable or file: the same source is refused by the compile already). Keys are
+        compared by their sha256 digest and never named; a key ``key`` cannot read is no clash."""
+        stored = [p for p in self.providers.values() if p.stored_responses and p.credential is not None]
+        if not stored:
+            return []
+        reach = {team: self.reached(team) for team in self.teams}
+        digests: dict[str, bytes | None] = {}
+
+        def digest(provider: Provider) -> bytes | None:
+            if provider.name not in digests:
+                value = key(provider.credential) if provider.credential is not None else None
+                digests[provider.name] = hashlib.sha256(value.encode()).digest() if value else None
+            return digests[provider.name]
+
+        problems = []
+        for provider in stored:
+            mine = digest(provider)
+            if mine is None:
+                continue
+            teams = {team for team, reached in reach.items() if provider.name in reached}
+            for other in self.providers.values():
+                if other.name == provider.name or other.credential is None or digest(other) != mine:
+                    continue
+                others = sorted(team for team, reached in reach.items() if other.name in reached and team not in teams)
+                if others:
+                    problems.append(
+                        f"{self.source}: providers.{provider.name}.stored_responses: its key ({_where(provider)}) is "
+                        f"the same as provider '{other.name}''s ({_where(other)}), which "
+                        f"{'team' if len(others) == 1 else 'teams'} {', '.join(repr(t) for t in others)} "
+                        f"reach{'es' if len(others) == 1 else ''}: the responses stored for that key are readable "
+                        "through this provider by previous_response_id; give this provider a key of its own "
+                        "(another OpenAI project), or remove stored_responses")
+        return problems
 
     def alias(self, model: str) -> Alias | None:
         """The routing alias named ``model``, if it is one."""

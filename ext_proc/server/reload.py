@@ -70,6 +70,7 @@ from ext_proc.policy.compile import PolicyError, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.policy.decide import chains, cluster_name
 from ext_proc.server.clusters import RETIRE_AFTER, ClusterError, ClusterSync, EnvoyNotReady, EnvoyRejected
+from ext_proc.server.credentials import CredentialStore
 from ext_proc.server.memory import give_back
 
 if TYPE_CHECKING:
@@ -144,8 +145,9 @@ class PolicyController:
 
     def __init__(self, path: str | None, publication: Publication, clusters: ClusterSync | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 settle: float | None = None) -> None:
+                 settle: float | None = None, credentials: CredentialStore | None = None) -> None:
         self.path = path
+        self.credentials = credentials if credentials is not None else CredentialStore()  # read at each load
         self.publication = publication
         self.clusters = clusters
         self.state = PolicyState(source=path, envoy_clusters=clusters.path if clusters else None)
@@ -255,6 +257,9 @@ class PolicyController:
         try:
             policy = compile_policy(text, self.path)
             give_back()  # the compile's temporaries (Hyperscan's above all)
+            clashes = policy.shared_stored_keys(self.credentials.key)
+            if clashes:  # one key for two teams' providers, one of which reads what it stores
+                return self._reject("\n".join(clashes), stand_ins=serving)
             if self.clusters is not None:
                 stand_ins = self.clusters.stand_ins_of(policy)
                 self._hold_keys(serving, stand_ins)

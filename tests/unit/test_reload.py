@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server import reload
 from ext_proc.server.clusters import ClusterSync, EnvoyNotReady, fetch
+from ext_proc.server.credentials import CredentialStore
 from ext_proc.server.reload import KEEP_FOR, KEEP_MAX, SETTLE, PolicyController, PolicyHolder, Publication
 
 GOOD = """apiVersion: tollway/v1
@@ -668,3 +669,27 @@ def test_without_stand_in_missing_a_provider_without_its_key_keeps_its_endpoint(
     assert sync.stand_ins_of(policy) == {}
     address = sync.clusters(policy)["mistral"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert address["address"]["socket_address"] == {"address": "api.mistral.ai", "port_value": 443}
+
+
+def test_a_stored_responses_provider_with_another_teams_key_is_not_loaded(
+    tmp_path: Path, publication: Publication
+) -> None:
+    """Two variables holding one key: the provider with stored_responses would read what the other
+    team's provider stored under it. The load compares the keys (by digest) and keeps the running
+    policy, saying which entries share it, never the key."""
+    shared = GOOD.replace("models:\n", "  app: {kind: openai, credential: {env: APP_KEY}, stored_responses: true}\n"
+                          "models:\n  gpt-app: {provider: app, model: gpt-4o}\n") + \
+        "  app: {workloads: [w2], models: [gpt-app]}\n"
+    path = tmp_path / "policy.yaml"
+    path.write_text(GOOD)
+    keys = {"OPENAI_API_KEY": "sk-one-key-for-both", "APP_KEY": "sk-one-key-for-both"}
+    controller = PolicyController(str(path), publication, credentials=CredentialStore(environ=keys))
+    assert controller.start()
+    path.write_text(shared)
+    assert controller.check() is False
+    error = controller.state.last_error
+    assert error is not None and "providers.app.stored_responses" in error and "OPENAI_API_KEY" in error
+    assert "sk-one-key" not in error
+    keys["APP_KEY"] = "sk-a-key-of-its-own"
+    path.write_text(shared + "\n")
+    assert controller.check() is True

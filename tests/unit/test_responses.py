@@ -5,6 +5,7 @@ counting, the model catalogue and the step that answers it."""
 from __future__ import annotations
 
 import functools
+import re
 import typing
 from typing import Any
 
@@ -135,6 +136,60 @@ routing:
     one = text.replace('search: {workloads: [w1], models: ["*"]}', "search: {workloads: [w1], models: [other]}")
     one = one.replace("models: [gpt-latest]", "models: [other]")
     assert compile_policy(one).providers["o"].stored_responses
+
+
+SHARED_KEY = """\
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: OPENAI_KEY}}
+  openai_app: {kind: openai, credential: {env: OPENAI_KEY}, stored_responses: true}
+models:
+  gpt-4o-mini: {provider: openai}
+  gpt-app: {provider: openai_app, model: gpt-4o}
+teams:
+  app: {workloads: [w1], models: [gpt-app]}
+  other: {workloads: [w2], models: [gpt-4o-mini]}
+"""
+
+
+def test_stored_responses_on_a_key_another_teams_provider_uses_is_refused() -> None:
+    """`stored_responses: true` on a provider only 'app' reaches was accepted although another entry
+    with the same credential served 'other': OpenAI stores 'other''s responses under that key (by
+    default), and 'app' continued them by previous_response_id through its provider. The key stores,
+    not the entry: the same variable (or file) for a provider another team reaches is refused."""
+    with pytest.raises(PolicyError) as refused:
+        compile_policy(SHARED_KEY, "p.yaml")
+    assert str(refused.value) == (
+        "p.yaml:4:61: providers.openai_app.stored_responses: uses the same key (environment variable OPENAI_KEY) "
+        "as provider 'openai', which team 'other' reaches: the responses stored for that key are readable "
+        "through this provider by previous_response_id, so team 'app' could continue theirs; give this "
+        "provider a key of its own (another OpenAI project), or remove stored_responses")
+    as_file = SHARED_KEY.replace("{env: OPENAI_KEY}}", "{file: /run/keys/openai}}").replace(
+        "{env: OPENAI_KEY}, stored", "{file: /run/keys/../keys/openai}, stored")
+    with pytest.raises(PolicyError, match=re.escape("uses the same key (file /run/keys/openai)")):
+        compile_policy(as_file)
+    # A key of its own, or the shared key's other provider reached by 'app' only, is fine.
+    assert compile_policy(SHARED_KEY.replace("{env: OPENAI_KEY}, stored", "{env: APP_KEY}, stored"))
+    own = SHARED_KEY.replace("models: [gpt-app]", "models: [gpt-app, gpt-4o-mini]").replace(
+        "models: [gpt-4o-mini]", "models: [o3]").replace("models:\n", "models:\n  o3: {provider: third}\n")
+    assert compile_policy(own.replace("providers:\n", "providers:\n  third: {kind: openai, credential: {env: K3}}\n"))
+
+
+def test_stored_responses_on_the_same_key_value_is_refused_where_keys_are_read() -> None:
+    """Two variables holding the same key are one key: compared by digest where the keys are read
+    (the server's load, `policy check`), named by where they come from, never by value."""
+    policy = compile_policy(SHARED_KEY.replace("{env: OPENAI_KEY}, stored", "{env: APP_KEY}, stored"), "p.yaml")
+    keys = {"OPENAI_KEY": "sk-the-same-key-0001", "APP_KEY": "sk-the-same-key-0001"}
+    clashes = policy.shared_stored_keys(lambda source: keys.get(source.env or ""))
+    assert clashes == [
+        "p.yaml: providers.openai_app.stored_responses: its key (environment variable APP_KEY) is the same as "
+        "provider 'openai''s (environment variable OPENAI_KEY), which team 'other' reaches: the responses stored "
+        "for that key are readable through this provider by previous_response_id; give this provider a key of "
+        "its own (another OpenAI project), or remove stored_responses"]
+    assert "sk-the-same" not in clashes[0]
+    keys["APP_KEY"] = "sk-another-key-0002"
+    assert policy.shared_stored_keys(lambda source: keys.get(source.env or "")) == []
+    assert policy.shared_stored_keys(lambda source: None) == []  # keys not here: nothing to compare
 
 
 # -- the reader ------------------------------------------------------------------------------------
