@@ -38,7 +38,7 @@ from ext_proc.guardrails.detectors import GROUPS
 from ext_proc.guardrails.scanner import builtin
 from ext_proc.llm import providers, translate
 from ext_proc.llm.apis import CHAT_COMPLETIONS, RESPONSES, WireAPI
-from ext_proc.llm.apis.responses import stored_state
+from ext_proc.llm.apis.responses import stored_reasoning, stored_state
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.translate import TranslationError, fields
 from ext_proc.policy.compiled import KEY_PREFIX, Provider, Target
@@ -167,6 +167,12 @@ def _stateless(payload: dict[str, Any], provider: Provider) -> None:
     if provider.stored_responses:
         return
     name = stored_state(payload)
+    if name is not None and stored_reasoning(payload, name):
+        raise ClientError(400, "unsupported_parameter", f"'{name}' is a reasoning item given by its id without its "
+                          "'encrypted_content': it refers to reasoning the provider stores for the key every team "
+                          "here shares. Send the request with \"store\": false and \"include\": "
+                          "[\"reasoning.encrypted_content\"], and give the reasoning items back as they come "
+                          "(with their encrypted_content), or leave them out.", name)
     if name is not None:
         raise ClientError(400, "unsupported_parameter", f"'{name}' refers to what the provider stores for the key "
                           f"every team here shares: send the whole conversation in 'input' instead (the policy may "

@@ -74,7 +74,12 @@ teams:
     for field, value, param in (("previous_response_id", "resp_1", "previous_response_id"),
                                 ("conversation", {"id": "conv_1"}, "conversation"),
                                 ("input", reference, "input[1]"),  # a stored item, by its id
-                                ("input", [{"id": "msg_1"}], "input[0]")):  # its type is optional
+                                ("input", [{"id": "msg_1"}], "input[0]"),  # its type is optional
+                                # A reference is one whatever else it carries (a stray role).
+                                ("input", [{"type": "item_reference", "id": "msg_1", "role": "user"}], "input[0]"),
+                                # Stored reasoning, by its id: the Agents SDK gives them back so.
+                                ("input", [{"type": "reasoning", "id": "rs_1", "summary": []}, *reference[:1]],
+                                 "input[0]")):
         body = {"model": "gpt", "input": "hi", field: value}
         if stored:
             assert upstream.prepare(apis.RESPONSES, body, target, "/v1/responses")[0][field] == value
@@ -82,6 +87,13 @@ teams:
             with pytest.raises(ClientError) as refused:
                 upstream.prepare(apis.RESPONSES, body, target, "/v1/responses")
             assert (refused.value.status, refused.value.param) == (400, param)
+    # Reasoning given back with its encrypted_content (store: false, include) carries itself.
+    given = [{"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAA"}, *reference[:1]]
+    assert upstream.prepare(apis.RESPONSES, {"model": "gpt", "input": given}, target, "/v1/responses")
+    if not stored:  # the message says how to give reasoning back without the provider storing it
+        with pytest.raises(ClientError, match=r'"store": false and "include": \["reasoning.encrypted_content"\]'):
+            upstream.prepare(apis.RESPONSES, {"model": "gpt", "input": [{"type": "reasoning", "id": "rs_1"}]}, target,
+                             "/v1/responses")
     with pytest.raises(ClientError, match="Background responses"):  # never: their results are not served
         upstream.prepare(apis.RESPONSES, {"model": "gpt", "input": "hi", "background": True}, target, "/v1/responses")
     assert upstream.prepare(apis.RESPONSES, {"model": "gpt", "input": "hi", "background": False}, target,

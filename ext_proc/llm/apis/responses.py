@@ -41,18 +41,32 @@ _DELTAS = frozenset({
 
 def stored_state(payload: dict[str, Any]) -> str | None:
     """The field by which a Responses request refers to what the provider stores (its earlier
-    turns): ``previous_response_id``, ``conversation`` or an item given by its id alone
-    (``input[3]``); None when the request carries its whole conversation."""
+    turns): ``previous_response_id``, ``conversation`` or an item given by its id (``input[3]``):
+    any ``item_reference`` (whatever else it carries), an item of no type with only its id
+    (``{"id": "msg_1"}``), or a ``reasoning`` item with its id but without its
+    ``encrypted_content`` (the provider reads the reasoning it stored under that id); None when
+    the request carries its whole conversation."""
     for name in ("previous_response_id", "conversation"):
         if payload.get(name) is not None:
             return name
     given = payload.get("input")
     for index, item in enumerate(given if isinstance(given, list) else ()):
-        # A stored item by its id: its type is optional ({"id": "msg_1"}), and it carries nothing else.
-        if isinstance(item, dict) and item.get("type") in (None, "item_reference") and "id" in item \
-                and "content" not in item and "role" not in item:
+        if not isinstance(item, dict) or item.get("id") is None:
+            continue
+        kind = item.get("type")
+        if kind == "item_reference" or (kind is None and "content" not in item and "role" not in item) \
+                or (kind == "reasoning" and not item.get("encrypted_content")):
             return f"input[{index}]"
     return None
+
+
+def stored_reasoning(payload: dict[str, Any], name: str) -> bool:
+    """Whether ``name`` (what :func:`stored_state` found) is a ``reasoning`` item given by its id."""
+    given = payload.get("input")
+    if not name.startswith("input[") or not isinstance(given, list):
+        return False
+    item = given[int(name[6:-1])]
+    return isinstance(item, dict) and item.get("type") == "reasoning"
 
 
 class ResponsesReader(Reader):
