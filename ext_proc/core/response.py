@@ -43,6 +43,7 @@ from ext_proc.llm.apis import error_code, gunzip
 from ext_proc.llm.errors import INTERRUPTED, ClientError, plain_error
 from ext_proc.llm.sse import SSEDecoder, SSEEvent
 from ext_proc.llm.translate import StreamTranslator
+from ext_proc.llm.translate.responses_common import EventWriter, response_id
 from ext_proc.policy.compiled import DEFAULT_ENDPOINTS, Provider
 
 UNTRANSLATABLE = ClientError(502, "untranslatable_response", "The provider's answer could not be translated.")
@@ -176,7 +177,7 @@ class Finish(Stage):
                 return []
             flow.stream_failed = True  # nothing more goes to the client (nor is translated)
             assert flow.api is not None
-            return [_bytes(flow.api.stream_error(refused, _sequence(flow)))]
+            return [_bytes(_stream_error(flow, refused))]
         # The stream's last event, received whole but for its blank line, goes on only if the
         # stream completed (a translated stream has already passed it through the translator).
         if events and events[-1].last and flow.translator is None and not complete(flow):
@@ -195,7 +196,23 @@ class Finish(Stage):
             return []
         flow.error = flow.error or (reader.error if reader is not None else None) or INTERRUPTED.code
         assert flow.api is not None
-        return [_bytes(flow.api.stream_error(INTERRUPTED, _sequence(flow)))]
+        return [_bytes(_stream_error(flow, INTERRUPTED))]
+
+
+def _stream_error(flow: Flow, error: ClientError) -> bytes:
+    """``error`` as the client's API ends a stream with it, numbered after what the client got. A
+    Responses stream that gave the client nothing yet (a guardrail held back everything, the
+    provider's stream ended early) opens first with ``response.created`` and
+    ``response.in_progress`` of an empty response (its id, the model asked for, no output): the
+    ``openai`` SDK's ``responses.stream()`` refuses any event before ``response.created`` with a
+    bare RuntimeError, losing the error's code and message."""
+    assert flow.api is not None
+    sequence = _sequence(flow)
+    if sequence or flow.api is not apis.RESPONSES:
+        return flow.api.stream_error(error, sequence)
+    writer = EventWriter(int(flow.runtime.now()))
+    head = writer.start(response_id(None, "", flow.runtime.token), flow.model or "")
+    return head + flow.api.stream_error(error, writer.sequence)
 
 
 def _sequence(flow: Flow) -> int:
@@ -310,7 +327,7 @@ class Stream:
                 kept.append(event)
             for stage in self.stages:
                 kept = stage.feed(flow, kept)
-            return b"".join([event.raw for event in kept if not event.last] + [flow.api.stream_error(OVERSIZED)])
+            return b"".join([event.raw for event in kept if not event.last] + [_stream_error(flow, OVERSIZED)])
         if end:
             events += _whole(decoder.flush())
         for stage in self.stages:

@@ -61,7 +61,11 @@ teams:
   other:
     keys: [{{id: other-responses, sha256: {key_digest(OTHER_KEY)}}}]
     models: [hidden]
+guardrails:
+  rules:
+    - {{name: secrets, detectors: [credentials], action: block}}
 """
+TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"  # a GitHub token, in two pieces of the answer
 PRICES = {"gpt-4o-mini": (2, 8), "claude-haiku": (1, 5), "smart": (3, 15)}  # the policy's: $ per M = µ$ per token
 PATHS = {"gpt-4o-mini": ["/v1/responses"], "claude-haiku": ["/v1/messages"],
          "smart": ["/v1/responses", "/v1/messages"]}
@@ -211,6 +215,28 @@ def test_a_stream_cut_by_the_provider_ends_with_an_error_event(env: Providers, m
     assert [e.sequence_number for e in events] == list(range(len(events)))
     record = env.record(request_id)
     assert (record["outcome"], record["error"]) == ("incomplete", "stream_interrupted")
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku"])
+def test_a_stream_blocked_before_the_client_got_anything_reaches_the_sdk_as_its_error(
+        env: Providers, model: str) -> None:
+    """A guardrail blocking a stream while all of it was held back sent a lone ``error`` event: the
+    SDK's ``responses.stream()`` raised a bare RuntimeError ("Expected to have received
+    `response.created` before `error`") without the guardrail's code or message. The stream opens
+    first (an empty response), and both SDK paths hand the client the error event."""
+    blocked = {"x-mock-reply": f"Here is |the token |{TOKEN[:10]}|{TOKEN[10:]}| use it"}
+    client = env.openai()
+    events = list(client.responses.create(model=model, input="hi", stream=True, extra_headers=blocked))
+    assert [e.type for e in events] == ["response.created", "response.in_progress", "error"]
+    assert [e.sequence_number for e in events] == [0, 1, 2]
+    with client.responses.stream(model=model, input="hi", extra_headers=blocked) as stream:
+        seen = list(stream)
+        with pytest.raises(RuntimeError, match=r"response\.completed"):  # as for a stream blocked later
+            stream.get_final_response()
+    error = seen[-1]
+    assert error.type == "error" and error.code == "guardrail_blocked"  # type: ignore[union-attr]
+    assert error.message == "The response was blocked by the 'secrets' guardrail (github_token)."  # type: ignore[union-attr]
+    assert TOKEN[:10] not in repr(seen) and "Here is" not in repr(seen)
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku"])

@@ -21,6 +21,8 @@ import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openai import omit
+from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import ResponseStreamEvent
 
 from ext_proc.core.actions import Continue
@@ -387,6 +389,29 @@ def test_a_blocked_responses_stream_ends_with_one_numbered_error_and_none_of_the
     shown = "".join(item.delta for item in parsed if item.type == "response.output_text.delta")
     assert "Sure. The card is ".startswith(shown)
     assert b"4111" not in out and b"1111" not in out
+    (record,) = records(session)
+    assert (record["outcome"], record["error"]) == ("blocked", "guardrail_blocked")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_responses_stream_blocked_before_the_client_got_anything_opens_before_its_error(provider: str) -> None:
+    """A stream blocked while everything was still held back was a lone ``error`` event numbered 0:
+    the ``openai`` SDK's ``responses.stream()`` raised a bare RuntimeError ("Expected to have
+    received `response.created` before `error`") and the guardrail's code and message were lost.
+    It opens with an empty response's ``response.created`` and ``.in_progress`` now (the model
+    asked for, no output), and the SDK yields the error as for a stream blocked later."""
+    upstream = provider_stream(provider, ("Card " + SECRETS["card"][0],))
+    session = opened(provider, "strict-app")
+    out = play(session, [upstream])
+    parsed = client_events(out)
+    assert [item.type for item in parsed] == ["response.created", "response.in_progress", "error"]
+    asked = {"openai": "gpt-4o", "anthropic": "claude-x", "chat": "llama"}[provider]
+    assert parsed[0].response.model == asked and parsed[0].response.output == []
+    assert (parsed[-1].code, parsed[-1].message) == (
+        "guardrail_blocked", "The response was blocked by the 'secrets' guardrail (credit_card).")
+    assert b"4111" not in out and b"Card" not in out
+    state: ResponseStreamState[None] = ResponseStreamState(input_tools=omit, text_format=omit)
+    assert [event.type for item in parsed for event in state.handle_event(item)][-1] == "error"
     (record,) = records(session)
     assert (record["outcome"], record["error"]) == ("blocked", "guardrail_blocked")
 

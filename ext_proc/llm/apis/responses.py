@@ -15,8 +15,10 @@ its data), each with a ``sequence_number`` counting from 0: ``response.created``
 stream reports usage, nothing needs asking. ``response.failed`` and ``error`` are the provider
 failing: the reader notes their code and the stream is not complete. An error Tollway adds to a
 client's stream is an ``error`` event, numbered after the events the client already received
-(the ``openai`` SDK yields it as a ``ResponseErrorEvent``; the Agents SDK raises on it).
-"""
+(the ``openai`` SDK yields it as a ``ResponseErrorEvent``; the Agents SDK raises on it), after
+an empty response's ``response.created`` and ``.in_progress`` when the client got nothing yet
+(``ext_proc.core.response``: the SDK's ``responses.stream()`` takes no event before
+``response.created``)."""
 
 from __future__ import annotations
 
