@@ -601,7 +601,7 @@ def content(flow: Flow) -> tuple[tuple[tuple[str, str], ...] | None, str | None]
     if request is not None and walker is not None:
         found, size = [], 0
         for ref in walker.request(request.payload):
-            if ref.role == texts.METADATA or isinstance(ref, texts.Unread):  # no message of the prompt
+            if ref.role in (texts.METADATA, texts.DEFINITION) or isinstance(ref, texts.Unread):  # no message
                 continue
             text = ref.get()[: MAX_CONTENT - size]
             found.append((ref.role, text))

@@ -33,7 +33,11 @@ request's identifiers (``user``, ``safety_identifier``, ``prompt_cache_key``) an
 values (Messages: ``metadata.user_id``), no text for the model but sent to the provider: spoken
 by :data:`METADATA`, guarded as users' text (the identifiers proper as :class:`Identifier`: one
 changed goes out as its keyed digest, whole), not scored for injection (a Responses ``response``
-object echoes them, put back as ``instructions`` are). A tool input's
+object echoes them, put back as ``instructions`` are); and the definitions the model reads, spoken
+by :data:`DEFINITION` (guarded as users' text, not scored for injection): tools' descriptions and
+parameter schemas (chat ``tools`` and ``functions``, Messages ``tools``, Responses function and
+custom ``tools``) and structured outputs' schemas (chat ``response_format.json_schema``, Responses
+``text.format``, Messages ``output_config.format``), a schema read in its string values only. A tool input's
 JSON is read in its strings, long integers and keys that are not plain names. Thinking blocks and
 reasoning items given back in a request are left alone: the provider signs or encrypts them and
 refuses them changed. A text with token log probabilities names the object that holds them
@@ -63,12 +67,12 @@ response's ``error``) may quote the answer: its ``message`` goes through the ech
 from __future__ import annotations
 
 from .anthropic import MessagesStream, MessagesWalker
-from .base import METADATA, FlushFn, Identifier, Ref, StreamTexts, TextFn, Unread, Unreadable, Walker
+from .base import DEFINITION, METADATA, FlushFn, Identifier, Ref, StreamTexts, TextFn, Unread, Unreadable, Walker
 from .openai import ChatWalker, CompletionsWalker, EmbeddingsWalker, OpenAIStream
 from .responses import ResponsesStream, ResponsesWalker
 
-__all__ = ["METADATA", "WALKERS", "ChatWalker", "CompletionsWalker", "EmbeddingsWalker", "FlushFn", "Identifier",
-           "MessagesStream",
+__all__ = ["DEFINITION", "METADATA", "WALKERS", "ChatWalker", "CompletionsWalker", "EmbeddingsWalker", "FlushFn",
+           "Identifier", "MessagesStream",
            "MessagesWalker", "OpenAIStream", "Ref", "ResponsesStream", "ResponsesWalker", "StreamTexts",
            "TextFn", "Unread", "Unreadable", "Walker", "walker"]
 

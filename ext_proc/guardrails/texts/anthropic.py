@@ -17,6 +17,7 @@ from .base import (
     Unread,
     Walker,
     _at_once,
+    _definition,
     _error_message,
     _event,
     _field,
@@ -61,6 +62,12 @@ class MessagesWalker(Walker):
             yield from _identifier(metadata, "user_id", "metadata.user_id")
         elif metadata is not None:
             yield Unread(payload, "metadata", METADATA, param="metadata", must="an object")
+        tools = payload.get("tools")  # the developer's definitions the model reads (.base.DEFINITION)
+        for tool in tools if isinstance(tools, list) else ():
+            yield from _definition(tool, ("description", "input_schema"))
+        config = payload.get("output_config")
+        yield from _definition(config.get("format") if isinstance(config, dict) else None, ("schema",))
+        yield from _definition(payload.get("output_format"), ("schema",))
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         content = payload.get("content")

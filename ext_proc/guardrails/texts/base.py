@@ -164,6 +164,37 @@ def _identifiers(payload: dict[str, Any]) -> Iterator[Ref]:
         yield Unread(payload, "metadata", METADATA, param="metadata", must="an object")
 
 
+# The role of a request's definitions for the model (tools' descriptions and parameter schemas, a
+# structured output's schema): the developer's text, which reaches the provider and the model, guarded
+# by the rules of users' text; not scored for prompt injection (no user wrote it) nor shown as a
+# message in a trace.
+DEFINITION = "definition"
+
+
+def _definition(container: Any, fields: tuple[str, ...]) -> Iterator[Ref]:
+    """The given fields of a tool's or a format's definition (``description``, a JSON schema, a
+    grammar): a string, or the string values of a JSON value, never its keys nor its numbers, so a
+    replaced value leaves the schema a schema (:data:`DEFINITION`)."""
+    if not isinstance(container, dict):
+        return
+    for field in fields:
+        item = container.get(field)
+        if isinstance(item, str):
+            yield Ref(container, field, DEFINITION)
+        elif isinstance(item, (dict, list)):
+            yield from _values(item)
+
+
+def _values(node: Any) -> Iterator[Ref]:
+    """Every string value of a JSON value, at any depth (keys and numbers left alone)."""
+    pairs = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, item in pairs:
+        if isinstance(item, str):
+            yield Ref(node, key, DEFINITION)
+        elif isinstance(item, (dict, list)):
+            yield from _values(item)
+
+
 _DIGITS = 100_000  # integers from here on are read as text: shorter ones are no identifier's digits
 
 

@@ -16,6 +16,7 @@ from .base import (
     Unread,
     Walker,
     _at_once,
+    _definition,
     _error_message,
     _event,
     _field,
@@ -40,6 +41,7 @@ class ChatWalker(Walker):
         if isinstance(prediction, dict):
             yield from _message(prediction, "assistant", where="prediction")
         yield from _identifiers(payload)
+        yield from _definitions(payload)
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         for choice in payload.get("choices") or ():
@@ -54,6 +56,21 @@ class ChatWalker(Walker):
 
     def asks_json(self, payload: dict[str, Any]) -> bool:
         return _json_format(payload.get("response_format"))
+
+
+def _definitions(payload: dict[str, Any]) -> Iterator[Ref]:
+    """A chat request's tools (a function's ``description`` and ``parameters``, a custom tool's
+    ``description`` and ``format``), legacy ``functions`` and a ``response_format``'s JSON schema
+    (``description``, ``schema``): the developer's text the model reads (:data:`.base.DEFINITION`)."""
+    tools, functions, fmt = payload.get("tools"), payload.get("functions"), payload.get("response_format")
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict):
+            yield from _definition(tool.get("function"), ("description", "parameters"))
+            yield from _definition(tool.get("custom"), ("description", "format"))
+    for function in functions if isinstance(functions, list) else ():
+        yield from _definition(function, ("description", "parameters"))
+    if isinstance(fmt, dict):
+        yield from _definition(fmt.get("json_schema"), ("description", "schema"))
 
 
 def _json_format(fmt: Any) -> bool:

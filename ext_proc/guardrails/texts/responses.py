@@ -16,6 +16,7 @@ from .base import (
     TextFn,
     Unread,
     Walker,
+    _definition,
     _error_message,
     _event,
     _field,
@@ -42,6 +43,12 @@ class ResponsesWalker(Walker):
             yield from _input_items(given, "user")
         yield from _variables(payload)
         yield from _identifiers(payload)
+        tools = payload.get("tools")  # the developer's definitions the model reads (.base.DEFINITION)
+        for tool in tools if isinstance(tools, list) else ():
+            if isinstance(tool, dict) and tool.get("type") in ("function", "custom"):  # not an MCP server's headers
+                yield from _definition(tool, ("description", "parameters", "format"))
+        text = payload.get("text")
+        yield from _definition(text.get("format") if isinstance(text, dict) else None, ("description", "schema"))
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         output = payload.get("output")
