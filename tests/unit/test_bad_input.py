@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import orjson
 import pytest
@@ -331,8 +332,33 @@ def test_a_prompt_or_input_of_a_shape_no_api_takes_is_refused(api: apis.WireAPI,
     with pytest.raises(ClientError) as caught:
         api.parse(orjson.dumps({**base, field: value}))
     assert (caught.value.status, caught.value.code, caught.value.param) == (400, "invalid_type", field)
-    for fine in ("hi", ["a", "b"], [1, 2, 3], [[1, 2], [3]], ["a", [1, 2]], [], None):
+    for fine in ("hi", ["a", "b"], [1, 2, 3], [[1, 2], [3]], ["a", [1, 2]], []):
         api.parse(orjson.dumps({**base, "prompt" if api is apis.COMPLETIONS else "input": fine}))
+
+
+@pytest.mark.parametrize(("api", "field", "body"), [
+    (apis.CHAT_COMPLETIONS, "messages", {"input": "hi"}),
+    (apis.CHAT_COMPLETIONS, "messages", {"messages": None}),
+    (apis.MESSAGES, "messages", {"max_tokens": 5, "prompt": "hi"}),
+    (apis.COUNT_TOKENS, "messages", {}),
+    (apis.EMBEDDINGS, "input", {"text": "hi"}),
+    (apis.COMPLETIONS, "prompt", {"suffix": "hi"}),
+    (apis.RESPONSES, "input", {"text_input": "hi"}),
+])
+def test_a_request_without_the_field_of_its_text_is_refused(api: apis.WireAPI, field: str,
+                                                            body: dict[str, Any]) -> None:
+    """Its text, wherever the client put it, is in no field the guardrails read: refused as the
+    provider would refuse it (a 400 naming the field), never sent on unread."""
+    with pytest.raises(ClientError) as caught:
+        api.parse(orjson.dumps({"model": "m", **body}))
+    assert (caught.value.status, caught.value.code, caught.value.param) == (400, "missing_required_parameter", field)
+
+
+@pytest.mark.parametrize("given", [{"prompt": {"id": "pmpt_1"}}, {"previous_response_id": "resp_1"},
+                                   {"conversation": "conv_1"}, {"instructions": "Be brief."}])
+def test_a_responses_request_may_give_its_input_elsewhere(given: dict[str, Any]) -> None:
+    """A stored prompt, a stored conversation or the instructions alone: no ``input`` needed."""
+    assert apis.RESPONSES.parse(orjson.dumps({"model": "m", **given})).model == "m"
 
 
 def test_a_stream_asked_of_an_api_that_never_streams_is_refused_before_the_provider() -> None:

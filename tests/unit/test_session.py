@@ -651,9 +651,21 @@ def test_completions_and_embeddings_need_no_messages_field() -> None:
         assert Transcript() >> post(path) << HEADERS_OK >> request(body) << routed("openai")
 
 
-def test_missing_messages_is_left_to_the_provider() -> None:
-    """Only fields Tollway reads are checked; the provider answers the rest (cassette chat-no-messages)."""
-    assert Transcript() >> post(CHAT) << HEADERS_OK >> request({"model": "gpt-5-nano"}) << routed("openai")
+def test_missing_messages_is_refused_in_the_clients_format() -> None:
+    """A body without the field that holds its text would go out with its text (``input`` sent to
+    chat) unread by the guardrails: refused in the provider's own words, the provider never asked."""
+    body = {"model": "gpt-5-nano", "input": "AKIA" + "IOSFODNN7EXAMPLE"}
+    assert (
+        Transcript() >> post(CHAT) << HEADERS_OK >> request(body)
+        << Responds(400, openai_error("Missing required parameter: 'messages'.", "missing_required_parameter",
+                                      param="messages"), headers=CONTENT_TYPE_JSON)
+        << Record(outcome="rejected", status=400, error="missing_required_parameter", provider=None)
+    )
+    assert (
+        Transcript() >> post(MESSAGES) << HEADERS_OK >> request({**body, "max_tokens": 5})
+        << Responds(400, anthropic_error("messages: Field required"), headers=CONTENT_TYPE_JSON)
+        << Record(outcome="rejected", status=400, error="missing_required_parameter", provider=None)
+    )
 
 
 @pytest.mark.parametrize(

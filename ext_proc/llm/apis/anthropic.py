@@ -117,6 +117,9 @@ class MessagesAPI(WireAPI):
                                   "max_tokens")
         return request
 
+    def missing(self, field: str) -> ClientError:
+        return ClientError(400, "missing_required_parameter", f"{field}: Field required", field)
+
     def error_body(self, error: ClientError) -> bytes:
         return orjson.dumps({"type": "error", "error": {"type": error_type(error.status), "message": error.message}})
 

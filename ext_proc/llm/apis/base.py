@@ -271,7 +271,7 @@ class WireAPI:
         self.name = name  # in records and metrics: "openai.chat.completions"
         self.path = path  # the request path: "/v1/chat/completions"
         self.home = home  # the provider kind that speaks it natively (the route without a policy)
-        self.required_list = required_list  # a field that must be a JSON array when present
+        self.required_list = required_list  # a field that must be there, a JSON array (chat's ``messages``)
         self.streams = streams  # whether a request may ask for an event stream
         # The request fields that cap the answer's tokens, first found wins (None: no output at all).
         self.output_fields = output_fields
@@ -315,9 +315,17 @@ class WireAPI:
             raise ClientError(400, "invalid_request", f"'stream' must be false or left out: {self.path} answers in "
                                                       "one JSON body, never as an event stream.", "stream")
         field = self.required_list
-        if field is not None and field in payload and not isinstance(payload[field], list):
+        if field is not None and not isinstance(payload.get(field), list):
+            if payload.get(field) is None:
+                raise self.missing(field)
             raise ClientError(400, "invalid_type", f"'{field}' must be an array of messages.", field)
         return ParsedRequest(payload, model, stream)
+
+    def missing(self, field: str) -> ClientError:
+        """The 400 for a request without the field that holds its text (chat's ``messages``,
+        embeddings' ``input``), in the API's words: the provider would refuse it too, and a body
+        whose text is under another name (``input`` to chat) would go out unguarded."""
+        return ClientError(400, "missing_required_parameter", f"Missing required parameter: '{field}'.", field)
 
     def ask_for_usage(self, request: ParsedRequest) -> bool:
         """Make a streamed request report its usage; True when the request was changed for it.

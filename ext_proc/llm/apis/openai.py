@@ -178,24 +178,28 @@ def check_prompt(payload: dict[str, Any], field: str) -> None:
 
 
 class EmbeddingsAPI(OpenAIAPI):
-    """Embeddings: ``input`` is checked (:func:`check_prompt`); no output, no stream."""
+    """Embeddings: ``input`` is required and checked (:func:`check_prompt`); no output, no stream."""
 
     __slots__ = ()
 
     def parse(self, body: bytes) -> ParsedRequest:
         request = super().parse(body)
+        if request.payload.get("input") is None:
+            raise self.missing("input")
         check_prompt(request.payload, "input")
         return request
 
 
 class CompletionsAPI(OpenAIAPI):
-    """Legacy completions: a list of prompts is answered prompt by prompt; ``prompt`` is checked
-    (:func:`check_prompt`), and ``suffix`` is a string."""
+    """Legacy completions: a list of prompts is answered prompt by prompt; ``prompt`` is required and
+    checked (:func:`check_prompt`), and ``suffix`` is a string."""
 
     __slots__ = ()
 
     def parse(self, body: bytes) -> ParsedRequest:
         request = super().parse(body)
+        if request.payload.get("prompt") is None:
+            raise self.missing("prompt")
         check_prompt(request.payload, "prompt")
         suffix = request.payload.get("suffix")
         if suffix is not None and not isinstance(suffix, str):

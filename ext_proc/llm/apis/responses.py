@@ -146,6 +146,11 @@ def _failure_code(error: Any) -> str:
     return safe_code(error)
 
 
+# What a Responses request may give instead of ``input``: a stored prompt, the conversation the
+# provider stores, the instructions alone.
+_INPUT_ELSEWHERE = ("prompt", "previous_response_id", "conversation", "instructions")
+
+
 class ResponsesAPI(OpenAIAPI):
     """``/v1/responses``: OpenAI's error format; its own stream error event and reader."""
 
@@ -158,6 +163,8 @@ class ResponsesAPI(OpenAIAPI):
         request = super().parse(body)
         payload = request.payload
         given = payload.get("input")
+        if given is None and not any(payload.get(name) is not None for name in _INPUT_ELSEWHERE):
+            raise self.missing("input")
         if given is not None and not isinstance(given, (str, list)):
             raise ClientError(400, "invalid_type", "'input' must be a string or an array of input items.", "input")
         instructions = payload.get("instructions")
