@@ -365,7 +365,7 @@ def error_answer(flow: Flow, status: int, body: bytes) -> bytes | None:
     if not isinstance(payload, dict):
         # Envoy's own plain-text reply (no healthy upstream, connect failure, timeout, 413):
         # the client's SDK format, keeping the status.
-        error = plain_error(status, body)
+        error = plain_error(status, body, sent=flow.forwarded or flow.target is not None)
         flow.error = error.code
         return api.error_body(error)
     flow.error = error_code(payload)

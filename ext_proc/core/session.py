@@ -326,7 +326,7 @@ class Session:
                 return self._not_an_answer(invalid_answer(
                     flow, f"content-type {shown!r} to a stream request (not text/event-stream)"), told, event.at)
         if event.end_of_stream:
-            self._finish(event.at, "ok" if flow.status and flow.status < 400 else "error")
+            self._finish(event.at, "ok" if flow.status and flow.status < 400 else self._failed())
             return Continue(set_headers=told, remove_headers=hidden) if told or hidden else CONTINUE
         self.phase = Phase.RESPONSE_BODY
         coding = headers.get("content-encoding")
@@ -410,7 +410,7 @@ class Session:
         # Buffered: the whole body in one message.
         action = self._read_buffered(event.body)
         ok = bool(flow.status and flow.status < 400)
-        self._finish(event.at, "ok" if ok else "blocked" if flow.refused is not None else "error")
+        self._finish(event.at, "ok" if ok else "blocked" if flow.refused is not None else self._failed())
         headers: list[tuple[str, str]] = []
         if self._usage_headers and ok:
             # The response head is still held (buffered body): tell the client its usage and cost.
@@ -424,6 +424,16 @@ class Session:
             return action
         return Continue(set_headers=self._told + action.set_headers + tuple(headers),
                         remove_headers=self._hidden + action.remove_headers, body=action.body)
+
+    def _failed(self) -> str:
+        """The outcome of an error answer: ``rejected`` when Envoy refused the request itself before
+        anything went upstream, for the client's fault (its HTTP/1 codec: the body's framing, a method
+        in lower case, headers past its limits: a 4xx or 501), so it counts as no provider's error."""
+        flow = self.flow
+        status = flow.status or 0
+        if not flow.forwarded and flow.target is None and (status < 500 or status == 501):
+            return "rejected"
+        return "error"
 
     def _read_buffered(self, body: bytes) -> Continue:
         flow = self.flow

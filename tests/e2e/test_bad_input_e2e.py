@@ -300,3 +300,37 @@ def test_bodies_past_a_workers_memory_are_a_503_the_sdk_retries(tmp_path_factory
     records = [orjson.loads(line) for line in stack.record_log.read_text().splitlines()]
     (record,) = [r for r in records if r.get("request_id") == refused_id]
     assert (record["outcome"], record["status"], record["error"]) == ("rejected", 503, "overloaded")
+
+
+_FRAMING_BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": HI})
+_CHUNKED = hex(len(_FRAMING_BODY))[2:].encode() + b"\r\n" + _FRAMING_BODY + b"\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    b"transfer-encoding: gzip, chunked\r\n\r\n" + _CHUNKED,
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 5\r\n"
+    b"transfer-encoding: chunked\r\n\r\n" + _CHUNKED,
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    b"transfer-encoding: chunked\r\n\r\nzz\r\n" + _FRAMING_BODY + b"\r\n0\r\n\r\n",
+    b"post /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: "
+    + str(len(_FRAMING_BODY)).encode() + b"\r\n\r\n" + _FRAMING_BODY,
+], ids=["te-gzip-chunked", "cl-and-te", "bad-chunk-size", "lowercase-method"])
+def test_a_framing_error_envoy_refuses_is_the_clients_not_a_providers(env: Providers, request_bytes: bytes) -> None:
+    """Envoy's HTTP/1 codec refuses the request's framing (a 400, or a 501 whose reply is lost:
+    envoy#29440), before any provider is asked: the record says the client's request was refused
+    (``rejected``, ``bad_request_framing``), not that the provider failed (``provider_unavailable``)."""
+    before = len(env.records())
+    for _ in range(2):  # (a 501 as a fresh Envoy's first request reaches no ext_proc stream: no record)
+        with socket.create_connection(("127.0.0.1", env.stack.listen_port), timeout=10) as sock:
+            sock.sendall(request_bytes)
+            while sock.recv(65536):
+                pass
+        assert served(env)
+    deadline = time.monotonic() + 10
+    refused: list[dict[str, object]] = []
+    while not refused and time.monotonic() < deadline:
+        time.sleep(0.1)
+        refused = [record for record in env.records()[before:] if record["status"] != 200]
+    assert refused and all(record["outcome"] == "rejected" and record["error"] == "bad_request_framing"
+                           and record["provider"] is None for record in refused), refused

@@ -976,8 +976,28 @@ def test_envoy_answer_before_the_request_body_was_processed() -> None:
             openai_error("The request is too large for the gateway: Payload Too Large", "request_too_large"),
             set_headers=CONTENT_TYPE_JSON,
         )
-        << Record(api="openai.chat.completions", model=None, provider=None, status=413, outcome="error", latency_ms=3.0)
+        << Record(api="openai.chat.completions", model=None, provider=None, status=413, outcome="rejected",
+                  latency_ms=3.0)
     )
+
+
+def test_envoys_codec_refusing_the_framing_is_the_clients_error_not_the_providers() -> None:
+    """Envoy's HTTP/1 codec refuses a request's framing (``transfer-encoding: gzip, chunked``: 501; a
+    bad chunk size: 400) before any provider is asked: a refusal, never ``provider_unavailable``."""
+    for status, text in ((501, b"Not Implemented"), (400, b"Bad Request")):
+        assert (
+            Transcript()
+            >> post(CHAT)
+            << HEADERS_OK
+            >> response(status, "text/plain", at=2)
+            << CONTINUE
+            >> chunk(text, at=3)
+            << Replaces(openai_error(f"The gateway could not read the request's HTTP framing: {text.decode()}. "
+                                     "Nothing was sent to a provider.", "bad_request_framing",
+                                     type="server_error" if status >= 500 else "invalid_request_error"),
+                        set_headers=CONTENT_TYPE_JSON)
+            << Record(provider=None, status=status, outcome="rejected", error="bad_request_framing")
+        )
 
 
 def test_headers_only_answer_ends_the_request() -> None:
@@ -1224,7 +1244,7 @@ def test_envoy_answer_before_any_request_message() -> None:
             openai_error("The request is too large for the gateway: Payload Too Large", "request_too_large"),
             set_headers=CONTENT_TYPE_JSON,
         )
-        << Record(api=None, request_id=None, status=413, outcome="error", latency_ms=1.0)
+        << Record(api=None, request_id=None, status=413, outcome="rejected", latency_ms=1.0)
     )
 
 
