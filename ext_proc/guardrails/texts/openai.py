@@ -41,7 +41,8 @@ class ChatWalker(Walker):
         if isinstance(prediction, dict):
             yield from _message(prediction, "assistant", where="prediction")
         yield from _identifiers(payload)
-        yield from _definitions(payload)
+        if "tools" in payload or "response_format" in payload or "functions" in payload:  # (most have none)
+            yield from _definitions(payload)
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         for choice in payload.get("choices") or ():
