@@ -13,7 +13,9 @@ clusters file Tollway writes) and adds two listeners:
     identifies, routes, meters and records the request and Envoy originates TLS to the real
     provider. Any other SNI, or none, is forwarded byte for byte to its original destination
     (``tollway_passthrough``, an ``ORIGINAL_DST`` cluster): CDNs serve many sites on a provider's
-    addresses, and those connections are not ours to open.
+    addresses, and those connections are not ours to open. A connection made to ``127.0.0.1:10443``
+    itself (not redirected: its original destination is the listener) is closed
+    (``tollway_blackhole``, a cluster without endpoints); forwarded, Envoy would connect to itself.
 ``tollway_pod`` (``0.0.0.0:10021``): the only port of the sidecar on the pod's address. It
     answers kubelet's probes and Prometheus, and nothing else: Envoy's ``/ready`` and
     ``/stats/prometheus``, Tollway's ``/readyz`` and ``/metrics`` (as ``/tollway/readyz`` and
@@ -137,6 +139,14 @@ def _intercept_listener(hcm_filter: dict[str, Any], layout: Layout) -> dict[str,
                 "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}},
         ],
         "filter_chains": [{
+            # Not redirected: a connection made to this port itself, whose original destination is this
+            # listener. Forwarded there, Envoy would connect to itself, again and again, up to the
+            # cluster's limits. Closed instead (the port outranks the SNI in Envoy's chain matching).
+            "filter_chain_match": {"destination_port": layout.intercept_port},
+            "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "tollway_blackhole", "cluster": "tollway_blackhole"}}],
+        }, {
             "filter_chain_match": {"server_names": list(layout.hosts), "transport_protocol": "tls"},
             "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
                 "@type": _TLS,
@@ -173,6 +183,9 @@ def bootstrap(template: dict[str, Any], layout: Layout = Layout()) -> dict[str, 
         listeners.append(_intercept_listener(hcm, layout))
         clusters.append({"name": "tollway_passthrough", "type": "ORIGINAL_DST", "connect_timeout": "5s",
                          "lb_policy": "CLUSTER_PROVIDED"})
+        # No endpoints: a connection sent here is closed (the listener's own port, above).
+        clusters.append({"name": "tollway_blackhole", "type": "STATIC", "connect_timeout": "1s",
+                         "load_assignment": {"cluster_name": "tollway_blackhole", "endpoints": []}})
     resources["listeners"] = listeners
     resources["clusters"] = [*resources["clusters"], *clusters]
     return config

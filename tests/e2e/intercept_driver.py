@@ -122,6 +122,25 @@ def https_get(url_host: str, address: str, sni: str, ca: str) -> str:
     return data.split(b"\r\n\r\n", 1)[1].decode()
 
 
+def direct_to_intercept() -> dict[str, Any]:
+    """A connection straight to the interception listener (not redirected, no provider SNI): its original
+    destination is the listener itself, so it must be closed, never forwarded (Envoy to itself, a loop)."""
+    before = stat("cluster.tollway_passthrough.upstream_cx_total")
+    started = time.monotonic()
+    out: dict[str, Any] = {}
+    with socket.create_connection(("127.0.0.1", 10443), timeout=5) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        try:
+            out["read"] = conn.recv(100).decode(errors="replace")
+        except OSError as exc:
+            out["read"] = type(exc).__name__
+    out["closed_within_2s"] = time.monotonic() - started < 2
+    time.sleep(0.5)
+    out["passthrough_cx"] = stat("cluster.tollway_passthrough.upstream_cx_total") - before
+    out["overflow"] = stat("cluster.tollway_passthrough.upstream_cx_overflow")
+    return out
+
+
 def reachable_python(work: Path) -> None:
     """Let the sidecar's users run this Python: in this private mount namespace, a directory on the
     interpreter's path that only root may enter (e.g. /root, for a pyenv build) becomes a tmpfs that
@@ -198,6 +217,7 @@ def main(spec_path: str) -> int:
         result["shared"] = https_get("shared.example", "127.0.0.2", "shared.example", spec["trust_bundle"])
         result["shared_seen"] = shared_seen
         result["passthrough_cx"] = stat("cluster.tollway_passthrough.upstream_cx_total")
+        result["direct"] = direct_to_intercept()
         result["intercepted"] = [intercepted_before, intercepted_after_sdk, intercepted_after_other]
         with urllib.request.urlopen(f"http://127.0.0.1:{MOCK_PORT}/_mock/requests", timeout=2) as response:
             result["provider_saw"] = json.loads(response.read())

@@ -176,6 +176,11 @@ def _run(netns: str, work: Path) -> None:
     # Another site on the provider's address is redirected, then passed through untouched.
     assert (result["shared"], result["shared_seen"]) == ("shared address", ["shared.example"])
     assert result["passthrough_cx"] >= 1
+    # A connection straight to the interception listener's own port is closed, not passed through to
+    # its "original destination" (the listener itself: Envoy connecting to itself until its limits).
+    direct = result["direct"]
+    assert (direct["closed_within_2s"], direct["passthrough_cx"], direct["overflow"]) == (True, 0, 0), direct
+    assert direct["read"] in ("", "ConnectionResetError"), direct
     # Envoy's admin is no loopback port: the application (another user) can neither raise its log
     # level nor stop it, and so never gets the provider key printed in Envoy's log; Tollway's user
     # reaches the socket (it confirms there that Envoy loaded the clusters).
