@@ -65,7 +65,7 @@ def test_the_examples_validate() -> None:
 
 
 def test_the_checks_catch_mistakes(rendered: dict[str, Any]) -> None:
-    docs = rendered["overlays/istio"]
+    docs = rendered["overlays/istio"] + rendered["overlays/sidecar"]
     mistakes = {
         ("Deployment", "tollway"): lambda d: d["spec"]["template"]["spec"]["containers"][0].update(imagePulPolicy="x"),
         ("Certificate", "tollway-intercept-ca"): lambda d: d["spec"].update(dnsName=["x"]),
@@ -79,6 +79,17 @@ def test_the_checks_catch_mistakes(rendered: dict[str, Any]) -> None:
         mistake(doc)
         with pytest.raises(Exception):  # noqa: B017 - a schema error of whichever checker owns the kind
             validate(doc)
+
+
+def test_only_sidecar_mode_installs_the_interception_ca(rendered: dict[str, Any]) -> None:
+    """Istio mode intercepts nothing: no CA, trust bundle or issuer (nor cert-manager, trust-manager)."""
+    managed = {"cert-manager.io/v1", "trust.cert-manager.io/v1alpha1"}
+    assert [d["kind"] for d in rendered["overlays/istio"] if d["apiVersion"] in managed] == []
+    assert [d["kind"] for d in rendered["base"] if d["apiVersion"] in managed] == []
+    sidecar_mode = rendered["overlays/sidecar"]
+    assert _find(sidecar_mode, "Certificate", "tollway-intercept-ca")["spec"]["isCA"] is True
+    assert _find(sidecar_mode, "ClusterIssuer", "tollway-intercept-ca")
+    assert _find(sidecar_mode, "Bundle", "tollway-trust")
 
 
 def test_the_policies_compile(rendered: dict[str, Any]) -> None:
