@@ -97,7 +97,7 @@ def _run(netns: str, work: Path) -> None:
     pod = inject.mutate(_pod(), "search", inject.Settings())
     init, tollway, envoy = (_container(pod, n) for n in ("tollway-init", "tollway", "tollway-envoy"))
 
-    # The cluster CA may sign the provider hosts only (name constraints), as k8s/base's does.
+    # The cluster CA may sign the provider hosts only (name constraints), as k8s/overlays/sidecar's does.
     ca = CA(work, "intercept", permitted_dns=sidecar.PROVIDER_HOSTS)
     other_ca = CA(work, "public")
     issued = ca.issue("providers", dns=sidecar.PROVIDER_HOSTS, server=True)
