@@ -361,6 +361,27 @@ def sidecar_volumes(settings: Settings, intercept: bool, trust: bool) -> list[di
     return volumes
 
 
+_POD_LISTS = ("initContainers", "containers", "volumes")
+_CONTAINER_LISTS = ("env", "envFrom", "volumeMounts", "ports")
+
+
+def _no_nulls(pod: dict[str, Any]) -> None:
+    """Fields left empty (``env:``, ``volumes:``, ``annotations:``: null, as Helm renders them) as if absent."""
+    for key in ("metadata", "spec"):
+        if not isinstance(pod.get(key), dict):
+            pod[key] = {}
+    meta, spec = pod["metadata"], pod["spec"]
+    for mapping, keys in ((meta, ("labels", "annotations")), (spec, _POD_LISTS)):
+        for key in keys:
+            if key in mapping and mapping[key] is None:
+                del mapping[key]
+    for key in ("initContainers", "containers"):
+        for container in spec.get(key, []):
+            for field in _CONTAINER_LISTS:
+                if isinstance(container, dict) and field in container and container[field] is None:
+                    del container[field]
+
+
 def _strip(pod: dict[str, Any]) -> None:
     """Remove everything under Tollway's names (an earlier injection, or a pod imitating one)."""
     spec = pod.setdefault("spec", {})
@@ -444,6 +465,7 @@ def _check(pod: Mapping[str, Any], settings: Settings) -> None:
 def mutate(pod: Mapping[str, Any], namespace: str, settings: Settings) -> dict[str, Any]:
     """The pod with Tollway injected (see the module docstring); :class:`Refused` when it cannot be."""
     out = copy.deepcopy(dict(pod))
+    _no_nulls(out)
     _strip(out)
     _check(out, settings)
     meta = out["metadata"]
@@ -517,15 +539,22 @@ def review(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
 def pod_templates(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The pod (or pod templates) inside one manifest object, to mutate in place."""
     kind = doc.get("kind")
+    def child(parent: dict[str, Any], key: str) -> dict[str, Any]:  # absent or null (an empty field): {}
+        value = parent.get(key)
+        if not isinstance(value, dict):
+            value = parent[key] = {}
+        return value
+
     if kind == "Pod":
         yield doc
     elif kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "ReplicationController"):
-        yield doc.setdefault("spec", {}).setdefault("template", {})
+        yield child(child(doc, "spec"), "template")
     elif kind == "CronJob":
-        yield doc.setdefault("spec", {}).setdefault("jobTemplate", {}).setdefault("spec", {}).setdefault("template", {})
+        yield child(child(child(child(doc, "spec"), "jobTemplate"), "spec"), "template")
     elif kind == "List":
-        for item in doc.get("items", []):
-            yield from pod_templates(item)
+        for item in doc.get("items") or []:
+            if isinstance(item, dict):
+                yield from pod_templates(item)
 
 
 def inject_documents(docs: list[Any], settings: Settings, namespace: str | None) -> list[Any]:

@@ -137,6 +137,76 @@ def test_injecting_twice_changes_nothing(webhook: tuple[str, ssl.SSLContext]) ->
     assert "patch" not in again and again["allowed"] is True
 
 
+def _set(pod: dict[str, Any], where: str, field: str, value: Any) -> None:
+    target = pod["spec"]["containers"][0] if where == "container" else pod[where]
+    if value is None:
+        target[field] = None
+    else:
+        target.pop(field, None)
+
+
+@pytest.mark.parametrize(("where", "field"), [
+    ("metadata", "labels"), ("metadata", "annotations"), ("spec", "initContainers"), ("spec", "volumes"),
+    ("spec", "containers"), ("container", "env"), ("container", "envFrom"), ("container", "volumeMounts"),
+    ("container", "ports")])
+def test_a_field_left_empty_is_as_if_absent(where: str, field: str) -> None:
+    # Helm renders `env:` with nothing under it (null): a valid manifest, injected like one without the field.
+    empty, absent = copy.deepcopy(POD), copy.deepcopy(POD)
+    _set(empty, where, field, None)
+    _set(absent, where, field, "absent")
+    injected = inject.mutate(empty, "search", inject.Settings())
+    assert injected == inject.mutate(absent, "search", inject.Settings())
+    if field != "containers":  # a pod needs containers; the rest validates
+        validate({**injected, "metadata": {**injected["metadata"], "name": "search-api-0"}})
+
+
+def test_inject_f_takes_a_manifest_with_empty_fields(tmp_path: Path) -> None:
+    manifest = tmp_path / "helmish.yaml"
+    manifest.write_text("""apiVersion: apps/v1
+kind: Deployment
+metadata: {name: helmish, namespace: search}
+spec:
+  selector: {matchLabels: {app: h}}
+  template:
+    metadata:
+      labels: {app: h}
+      annotations:
+    spec:
+      initContainers:
+      volumes:
+      containers:
+      - name: app
+        image: python:3.12
+        env:
+        envFrom:
+        volumeMounts:
+        ports:
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly, namespace: search}
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        metadata:
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: job, image: python:3.12}]
+""")
+    proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", "inject", "-f", str(manifest)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    deployment, cronjob = yaml.safe_load_all(proc.stdout)
+    for doc in (deployment, cronjob):
+        validate(doc)
+    app = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"] for e in app["env"]} == set(inject.TRUST_ENV)
+    job = cronjob["spec"]["jobTemplate"]["spec"]["template"]
+    assert job["metadata"]["labels"][inject.INJECTED_LABEL] == "true"
+
+
 def test_a_pod_cannot_bring_its_own_tollway(webhook: tuple[str, ssl.SSLContext]) -> None:
     forged = inject.mutate(POD, "other-team", inject.Settings())  # an identity of another namespace
     pod = patched(forged, call(webhook, forged))
