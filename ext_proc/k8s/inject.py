@@ -14,8 +14,10 @@ namespace) to the pod with Tollway's containers; everything else carries pods to
   StatefulSet, DaemonSet, ReplicaSet, Job, CronJob) for those who render offline (GitOps).
 
 :func:`mutate` first removes whatever an earlier injection (or the pod's author) put under
-Tollway's names, then adds them afresh, so injecting twice changes nothing and a pod cannot
-bring its own "Tollway" with another identity. The identity is computed here from what the API
+Tollway's names in a pod carrying the ``tollway.dev/status`` annotation, then adds them afresh,
+so injecting twice changes nothing and a pod cannot bring its own "Tollway" with another
+identity. A pod without it that uses one of those names for its own container or volume is
+refused (removing them would drop the application's). The identity is computed here from what the API
 server admitted: ``spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT``. Pods Tollway cannot
 serve safely are refused with a reason: host-network pods (the init container would rewrite
 the node's iptables), pods sharing a process namespace (their processes could read the provider
@@ -382,8 +384,29 @@ def _no_nulls(pod: dict[str, Any]) -> None:
                     del container[field]
 
 
+def _clashes(pod: Mapping[str, Any]) -> None:
+    """:class:`Refused` when a pod never injected uses one of Tollway's names (injecting would drop its own)."""
+    spec = pod.get("spec") or {}
+    for key in ("initContainers", "containers"):
+        for container in spec.get(key, []):
+            if container.get("name") in CONTAINERS:
+                raise Refused(f"the pod has a container named {container.get('name')!r}, a name of the Tollway "
+                              f"sidecar's ({', '.join(CONTAINERS)}): rename it, or label the pod "
+                              "tollway.dev/inject=false")
+            for mount in container.get("volumeMounts", []):  # the others: refused by _check, for what they hold
+                if mount.get("name") == "tollway-trust":
+                    raise Refused(f"container {container.get('name')!r} mounts 'tollway-trust', the name of the "
+                                  "Tollway sidecar's trust bundle volume, which it mounts in the application's "
+                                  "containers: rename the volume, or label the pod tollway.dev/inject=false")
+    for volume in spec.get("volumes", []):
+        if volume.get("name") in VOLUMES:
+            raise Refused(f"the pod has a volume named {volume.get('name')!r}, a name of the Tollway sidecar's "
+                          f"({', '.join(VOLUMES)}): rename it, or label the pod tollway.dev/inject=false")
+
+
 def _strip(pod: dict[str, Any]) -> None:
-    """Remove everything under Tollway's names (an earlier injection, or a pod imitating one)."""
+    """Remove everything under Tollway's names from a pod injected before (by the status annotation: an
+    earlier injection, or a pod imitating one)."""
     spec = pod.setdefault("spec", {})
     for key in ("initContainers", "containers"):
         if key in spec:
@@ -466,7 +489,10 @@ def mutate(pod: Mapping[str, Any], namespace: str, settings: Settings) -> dict[s
     """The pod with Tollway injected (see the module docstring); :class:`Refused` when it cannot be."""
     out = copy.deepcopy(dict(pod))
     _no_nulls(out)
-    _strip(out)
+    if STATUS in out["metadata"].get("annotations", {}):  # injected before: injected afresh
+        _strip(out)
+    else:  # the pod's own, never Tollway's: a clash with Tollway's names is refused, not removed
+        _clashes(out)
     _check(out, settings)
     meta = out["metadata"]
     spec = out["spec"]

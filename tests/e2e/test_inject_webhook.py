@@ -249,12 +249,36 @@ def test_a_pod_cannot_bring_its_own_tollway(webhook: tuple[str, ssl.SSLContext])
      "'tollway-state', which only the Tollway sidecar"),
     (lambda p: p["metadata"].update(annotations={inject.TOLLWAY_CPU: "2 cores"}), "not a CPU quantity"),
     (lambda p: p["metadata"].update(annotations={inject.ENVOY_CPU: "0"}), "not a CPU quantity"),
+    # A pod never injected (no tollway.dev/status) using Tollway's names for its own: refused, not stripped.
+    (lambda p: p["spec"]["containers"][1].update(name="tollway"), "a container named 'tollway'"),
+    (lambda p: p["spec"]["initContainers"][0].update(name="tollway-init"), "a container named 'tollway-init'"),
+    (lambda p: (p["spec"].update(volumes=[{"name": "tollway-trust", "configMap": {"name": "my-cas"}}]),
+                p["spec"]["containers"][0].update(volumeMounts=[{"name": "tollway-trust", "mountPath": "/c"}])),
+     "mounts 'tollway-trust'"),
+    (lambda p: p["spec"].update(volumes=[{"name": "tollway-trust", "configMap": {"name": "my-cas"}}]),
+     "a volume named 'tollway-trust'"),
 ])
 def test_pods_tollway_cannot_serve_are_refused(webhook: tuple[str, ssl.SSLContext], change: Any, reason: str) -> None:
     pod = copy.deepcopy(POD)
     change(pod)
     response = call(webhook, pod)
     assert response["allowed"] is False and reason in response["status"]["message"]
+
+
+def test_only_an_injected_pod_has_tollways_names_removed() -> None:
+    own = copy.deepcopy(POD)  # the application's own container and volume, under Tollway's names
+    own["spec"]["containers"][1]["name"] = "tollway"
+    own["spec"]["volumes"] = [{"name": "tollway-trust", "configMap": {"name": "my-cas"}}]
+    with pytest.raises(inject.Refused, match=r"container named 'tollway'.*rename it"):
+        inject.mutate(own, "search", inject.Settings())
+    # Injected before (the status annotation): Tollway's names are its own, removed and injected afresh.
+    once = inject.mutate(POD, "search", inject.Settings())
+    assert inject.mutate(once, "search", inject.Settings()) == once
+    # The same pod without the annotation (copied from an injected one, say): refused, never duplicated.
+    unmarked = copy.deepcopy(once)
+    del unmarked["metadata"]["annotations"][inject.STATUS]
+    with pytest.raises(inject.Refused, match="a container named 'tollway-init'"):
+        inject.mutate(unmarked, "search", inject.Settings())
 
 
 def test_a_pod_reading_the_sidecars_secret_is_told_how_an_operators_job_opts_out() -> None:
