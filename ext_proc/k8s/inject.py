@@ -39,9 +39,11 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
+import ipaddress
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -625,7 +627,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hosts", default=_env("TOLLWAY_INTERCEPT_HOSTS", " ".join(Settings.hosts)),
                         help="provider hosts to intercept (default %(default)r)")
     parser.add_argument("--intercept-cidrs", default=_env("TOLLWAY_INTERCEPT_CIDRS", ""),
-                        help="more destinations to intercept, CIDRs (e.g. a provider's published ranges)")
+                        help="more destinations to intercept, IPv4 or IPv6 CIDRs, comma- or space-separated "
+                             "(e.g. a provider's published ranges)")
     parser.add_argument("--intercept-all", action="store_true", default=_env("TOLLWAY_INTERCEPT_ALL", "") == "true",
                         help="intercept every destination's port 443 (other hosts pass through Envoy untouched)")
     parser.add_argument("--policy-configmap", default=_env("TOLLWAY_POLICY_CONFIGMAP", Settings.policy_configmap))
@@ -653,6 +656,43 @@ class BadFlag(ValueError):
     """A flag (or its environment variable) the injector cannot start with; the message names it."""
 
 
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def intercept_cidrs(text: str) -> str:
+    """``--intercept-cidrs`` (comma- or space-separated) as the init container takes it, space-separated;
+    :class:`BadFlag` for one that is no IPv4 or IPv6 network (iptables would fail in every injected pod)."""
+    out: list[str] = []
+    for item in text.replace(",", " ").split():
+        try:
+            network = str(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise BadFlag(f"--intercept-cidrs (env TOLLWAY_INTERCEPT_CIDRS): {item!r} is no IPv4 or IPv6 CIDR "
+                          "(such as 162.159.140.0/24)") from None
+        if network not in out:
+            out.append(network)
+    return " ".join(out)
+
+
+def intercept_hosts(text: str) -> tuple[str, ...]:
+    """``--hosts`` as host names; :class:`BadFlag` for none, or one that is no DNS name (an address, a wildcard:
+    the init container resolves each and Envoy intercepts by TLS server name)."""
+    hosts = sidecar.hosts(text)
+    if not hosts:
+        raise BadFlag("--hosts (env TOLLWAY_INTERCEPT_HOSTS): no host given")
+    for host in hosts:
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            pass
+        else:
+            raise BadFlag(f"--hosts (env TOLLWAY_INTERCEPT_HOSTS): {host!r} is an address, not a host name "
+                          "(TLS names the host): give addresses with --intercept-cidrs")
+        if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in host.split(".")):
+            raise BadFlag(f"--hosts (env TOLLWAY_INTERCEPT_HOSTS): {host!r} is not a host name")
+    return hosts
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     """The settings of these flags; :class:`BadFlag` when one is wrong (checked now, not at each pod)."""
     for flag, env, value in (("--tollway-cpu", "TOLLWAY_SIDECAR_CPU", args.tollway_cpu),
@@ -662,8 +702,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
             raise BadFlag(f"{flag} (env {env}): {problem}")
     if args.spool_max < 1:
         raise BadFlag("--spool-max (env TOLLWAY_SIDECAR_SPOOL_MAX): must be 1 MiB or more")
-    return Settings(image=args.image, trust_domain=args.trust_domain, hosts=sidecar.hosts(args.hosts),
-                    intercept_cidrs=args.intercept_cidrs, intercept_all=args.intercept_all,
+    return Settings(image=args.image, trust_domain=args.trust_domain, hosts=intercept_hosts(args.hosts),
+                    intercept_cidrs=intercept_cidrs(args.intercept_cidrs), intercept_all=args.intercept_all,
                     policy_configmap=args.policy_configmap, provider_secret=args.provider_secret,
                     redis_secret=None if args.redis_secret.strip().lower() in ("", "none") else args.redis_secret,
                     workers=args.workers, tollway_cpu=args.tollway_cpu.strip(), envoy_cpu=args.envoy_cpu.strip(),

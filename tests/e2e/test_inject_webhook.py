@@ -399,6 +399,37 @@ def test_the_sidecar_keeps_its_journals_and_spools_on_a_disk_volume_sized_above_
 
 
 @pytest.mark.parametrize(("flags", "env", "named"), [
+    (["--intercept-cidrs", "10.0.0.0/33"], {}, "--intercept-cidrs (env TOLLWAY_INTERCEPT_CIDRS): '10.0.0.0/33'"),
+    (["--intercept-cidrs", "10.0.0.0/8 api.openai.com"], {}, "'api.openai.com' is no IPv4 or IPv6 CIDR"),
+    ([], {"TOLLWAY_INTERCEPT_CIDRS": "2001:db8::/129"}, "TOLLWAY_INTERCEPT_CIDRS): '2001:db8::/129'"),
+    (["--hosts", "api.openai.com 162.159.140.245"], {}, "'162.159.140.245' is an address"),
+    (["--hosts", "*.openai.com"], {}, "--hosts (env TOLLWAY_INTERCEPT_HOSTS): '*.openai.com' is not a host name"),
+    (["--hosts", "api.openai.com/v1"], {}, "'api.openai.com/v1' is not a host name"),
+    (["--hosts", " , "], {}, "--hosts (env TOLLWAY_INTERCEPT_HOSTS): no host given"),
+])
+def test_a_bad_interception_flag_stops_the_injector_at_start(flags: list[str], env: dict[str, str],
+                                                              named: str) -> None:
+    """Checked at start, not in each injected pod's init container (whose iptables would fail, the pod with it)."""
+    for mode in (["-f", "-"], ["--webhook", "--listen", f"127.0.0.1:{free_port()}"]):
+        proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", "inject", *mode, *flags],
+                              input=yaml.safe_dump(POD), capture_output=True, text=True, cwd=ROOT, timeout=30,
+                              env={**os.environ, **env})
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and named in proc.stderr, proc.stderr
+
+
+def test_good_interception_flags_reach_the_init_container() -> None:
+    proc = subprocess.run([sys.executable, "-m", "ext_proc.cli", "inject", "-f", "-", "--intercept-cidrs",
+                           "162.159.140.0/24,2606:4700::1/32 10.1.2.3", "--hosts", "API.OpenAI.com."],
+                          input=yaml.safe_dump(POD), capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    (pod,) = yaml.safe_load_all(proc.stdout)
+    (init,) = [c for c in pod["spec"]["initContainers"] if c["name"] == "tollway-init"]
+    env = {e["name"]: e["value"] for e in init["env"]}
+    assert env["TOLLWAY_INTERCEPT_CIDRS"] == "162.159.140.0/24 2606:4700::/32 10.1.2.3/32"
+    assert env["TOLLWAY_INTERCEPT_HOSTS"] == "api.openai.com"
+
+
+@pytest.mark.parametrize(("flags", "env", "named"), [
     (["--tollway-cpu", "2 cores"], {}, "--tollway-cpu (env TOLLWAY_SIDECAR_CPU): '2 cores' is not a CPU quantity"),
     (["--envoy-cpu", "0"], {}, "--envoy-cpu (env TOLLWAY_ENVOY_CPU): '0' is not a CPU quantity"),
     ([], {"TOLLWAY_SIDECAR_CPU": "lots"}, "--tollway-cpu (env TOLLWAY_SIDECAR_CPU): 'lots'"),
