@@ -710,6 +710,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     spool_max=args.spool_max)
 
 
+def listen_address(text: str) -> tuple[str, int]:
+    """``--listen``'s host and port: ``HOST:PORT``, ``[IPV6]:PORT`` (``[::]``: dual-stack), ``:PORT`` (0.0.0.0)."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
 def run(args: argparse.Namespace) -> int:
     from ext_proc.k8s.webhook import ReloadingContext, serve  # the server: only for --webhook
 
@@ -720,7 +726,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.webhook:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        host, _, port = args.listen.rpartition(":")
+        host, port = listen_address(args.listen)
         tls = None
         if args.tls_cert or args.tls_key:
             if not (args.tls_cert and args.tls_key):
@@ -729,7 +735,7 @@ def run(args: argparse.Namespace) -> int:
             tls = ReloadingContext(args.tls_cert, args.tls_key)
         else:
             log.warning("serving plain HTTP: the API server only calls webhooks over HTTPS")
-        serve(settings, host.strip("[]") or "0.0.0.0", int(port), tls)
+        serve(settings, host, port, tls)
         return 0
     if not args.filename:
         print("tollway inject: give -f FILE (offline) or --webhook", file=sys.stderr)

@@ -5,7 +5,8 @@ closed (``failurePolicy: Fail``), so connections that send nothing, or a request
 not take every thread and the memory with them. A request has :data:`READ_TIMEOUT` in all (the
 TLS handshake and the wait for it included, not per read), a body :data:`MAX_REVIEW` at most,
 and :data:`MAX_CONNECTIONS` are open at once. The serving certificate is re-read when
-cert-manager renews it (:class:`ReloadingContext`). IPv6 when the host is.
+cert-manager renews it (:class:`ReloadingContext`). IPv6 when the host is; ``[::]`` is dual-stack
+(IPv4 too), or IPv4 alone on a host without IPv6.
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ READ_TIMEOUT = 10.0  # seconds a connection may take to send a request (the API 
 MAX_CONNECTIONS = 64  # open at once; past them a new connection is closed at once
 
 
+def ipv6_available() -> bool:
+    """Whether an IPv6 socket can be made (not on a kernel booted with ipv6.disable=1)."""
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError:
+        return False
+    return True
+
+
 class _Server(http.server.ThreadingHTTPServer):
     """A thread per connection, at most :data:`MAX_CONNECTIONS` of them, IPv6 when the host is.
     The webhook fails closed (``failurePolicy: Fail``): connections that send nothing, or a body
@@ -72,9 +82,20 @@ class _Server(http.server.ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler]) -> None:
         if ":" in address[0]:
-            self.address_family = socket.AF_INET6
+            if address[0] == "::" and not ipv6_available():
+                # [::] (the manifest's): every address, so IPv4's on a node booted without IPv6.
+                log.warning("no IPv6 on this host: listening on 0.0.0.0 (IPv4) instead of [::]")
+                address = ("0.0.0.0", address[1])
+            else:
+                self.address_family = socket.AF_INET6
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
+            # [::] is dual-stack: IPv4 too (as ::ffff:a.b.c.d), whatever net.ipv6.bindv6only says.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):

@@ -131,6 +131,39 @@ def test_the_webhook_patches_a_pod_into_a_valid_injected_pod(webhook: tuple[str,
         "name": "tollway-redis", "key": "url"}}}
 
 
+def test_the_injectors_listen_address_answers_ipv4_and_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = yaml.safe_load_all((ROOT / "k8s" / "overlays" / "sidecar" / "injector.yaml").read_text())
+    (deployment,) = [d for d in docs if d and d["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    host, port = inject.listen_address(args[args.index("--listen") + 1])
+    assert (host, port) == ("::", 8443)
+
+    def answers(host: str) -> dict[str, Any]:
+        ports: list[int] = []
+        stop = threading.Event()
+        thread = threading.Thread(target=server.serve, args=(inject.Settings(), host, 0, None),
+                                  kwargs={"started": ports.append, "stop": stop}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not ports and time.monotonic() < deadline:
+            time.sleep(0.02)
+        out: dict[str, Any] = {}
+        for address in ("127.0.0.1", "[::1]"):
+            try:
+                out[address] = httpx.get(f"http://{address}:{ports[0]}/healthz", timeout=2).status_code
+            except httpx.HTTPError as exc:
+                out[address] = type(exc).__name__
+        stop.set()
+        thread.join(5)
+        return out
+
+    # [::]: dual-stack, IPv4 and IPv6 (the README's "listens on IPv6 too"), whatever bindv6only says.
+    assert answers(host) == {"127.0.0.1": 200, "[::1]": 200}
+    # A node booted without IPv6: IPv4 still, not an injector that cannot start (the webhook fails closed).
+    monkeypatch.setattr(server, "ipv6_available", lambda: False)
+    assert answers(host) == {"127.0.0.1": 200, "[::1]": "ConnectError"}
+
+
 def test_injecting_twice_changes_nothing(webhook: tuple[str, ssl.SSLContext]) -> None:
     once = patched(POD, call(webhook, POD))
     again = call(webhook, once)
