@@ -92,6 +92,15 @@ def test_only_sidecar_mode_installs_the_interception_ca(rendered: dict[str, Any]
     assert _find(sidecar_mode, "Bundle", "tollway-trust")
 
 
+def test_the_interception_ca_lasts_what_the_readme_says(rendered: dict[str, Any]) -> None:
+    """10 years, renewed 30 days before the end (cert-manager's default: at 2/3, after 6.7 years)."""
+    ca = _find(rendered["overlays/sidecar"], "Certificate", "tollway-intercept-ca")["spec"]
+    hours = {key: int(ca[key].removesuffix("h")) for key in ("duration", "renewBefore")}
+    assert hours == {"duration": 87600, "renewBefore": 720}
+    readme = (K8S / "README.md").read_text()
+    assert "valid 10 years; cert-manager renews it 30 days before it\n  expires (`renewBefore: 720h`" in readme
+
+
 def test_the_policies_compile(rendered: dict[str, Any]) -> None:
     for name in ("namespace", "overlays/istio"):  # sidecar mode: each namespace has its own
         policy = _find(rendered[name], "ConfigMap", "tollway-policy")["data"]["policy.yaml"]
