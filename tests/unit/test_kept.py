@@ -13,7 +13,7 @@ import textwrap
 
 import orjson
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from ext_proc.core.actions import Continue
@@ -209,6 +209,7 @@ def test_any_value_compiles_and_is_found_whole_where_it_stands_alone(value: str,
                                                                       before: str) -> None:
     from ext_proc.guardrails.holdback import Holdback
 
+    assume(value.lower() not in before.lower())  # kept values are found in any case: "Here" is "HERE"
     alone = kept((value,))
     assert alone is not None
     text = before + value + " ."
