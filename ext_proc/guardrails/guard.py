@@ -25,11 +25,11 @@ the request (Responses' ``instructions``) the same, but uncounted and never bloc
 In JSON text (tool call arguments; the answer's text when the request asked for JSON) a value
 replaced outside a string becomes a string (:mod:`.jsontext` follows the strings, across a
 stream's deltas too), so the text stays JSON; JSON text holding escapes is scanned as what its
-strings mean (:class:`.jsontext.Decoded`: a value right after ``\\n`` is found without the ``n``),
-a stream's as written but never replaced nor cut inside an escape, and a value found there is kept
-decoded (the vault, the placeholder's number). A pseudonym whose value holds what the
-instructions keep is not put back: the ``kept_secret`` rule acts on it (:meth:`Guard._withheld`).
-In a stream each channel of text (see
+strings mean (:class:`.jsontext.Decoded`: a value right after ``\\n`` is found without the ``n``)
+and as written (what decoding cuts short: :func:`_meant`), a stream's as written but never
+replaced nor cut inside an escape, and a value found there is kept decoded (the vault, the
+placeholder's number). A pseudonym whose value holds what the instructions keep is not put back:
+the ``kept_secret`` rule acts on it (:meth:`Guard._withheld`). In a stream each channel of text (see
 :mod:`.texts`) keeps back only the end of what it received that could still become a finding
 when more text comes: for each detector, the trailing run of characters a match of it may
 contain, at most its longest match minus one (:class:`~.holdback.Holdback`); everything before is final
@@ -66,7 +66,7 @@ from .detectors import INJECTION, Detector
 from .holdback import Holdback, holdback
 from .identifiers import identifier_digest, opaque, whole_numbers
 from .instructions import MAX_CHARS, Instructions, instructions
-from .jsontext import OUTSIDE, bare_number, decoded, escape_at, json_state, unescape
+from .jsontext import OUTSIDE, bare_number, blanked, decoded, escape_at, json_state, unescape
 from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable
@@ -97,14 +97,54 @@ def _find_json(scanner: Scanner, names: Container[str], budget: Budget, text: st
 def _meant(text: str, find: Callable[[str], Sequence[Finding]]) -> list[Finding]:
     """``find``'s findings in JSON ``text`` read as what its strings mean (``\\n`` a line break,
     ``\\u00e9`` ``é``: a value right after an escape is found without the escape's letter, a
-    word written with escapes is found), as spans of ``text`` holding whole escapes."""
+    word written with escapes is found), as spans of ``text`` holding whole escapes; and those of
+    ``text`` as written (its control escapes' letters blanked, :func:`.jsontext.blanked`), which
+    decoding may cut short or hide (a quote written ``\\"`` inside a quoted password ends it
+    there): see :func:`_union`."""
     meaning = decoded(text)
     if meaning is None:
         return list(find(text))
-    out = []
-    for finding in find(meaning.text):
-        start, end = meaning.span(finding.start, finding.end)
-        out.append(Finding(finding.detector, start, end, finding.open))
+    out = [Finding(f.detector, *meaning.span(f.start, f.end), f.open) for f in find(meaning.text)]
+    return _union(text, out, find(blanked(text)))
+
+
+def _union(text: str, meant: Sequence[Finding], written: Sequence[Finding]) -> list[Finding]:
+    """The findings of JSON ``text`` read as it means (``meant``) and as written (``written``, each
+    moved inwards off the escapes it splits), as one list, left to right, without overlaps: a
+    finding of one reading alone stays; findings of both that overlap, all of one detector, become
+    one spanning them (neither reading's value shows); of several detectors, the meaning's stay."""
+    spans: list[tuple[int, int, int, Finding]] = [(f.start, f.end, 0, f) for f in meant]
+    for f in written:
+        start, end = f.start, f.end
+        split = escape_at(text, start)
+        if split is not None:
+            start = split[1]
+        split = escape_at(text, end)
+        if split is not None:
+            end = split[0]
+        if start < end:
+            spans.append((start, end, 1, f))
+    if len(spans) == len(meant):
+        return list(meant)
+    spans.sort(key=lambda span: (span[0], -span[1]))
+    out: list[Finding] = []
+    cluster: list[tuple[int, int, int, Finding]] = []
+    reach = -1
+    for span in [*spans, (len(text) + 1, len(text) + 1, 0, None)]:
+        if cluster and span[0] >= reach:  # the cluster of overlapping findings before is whole
+            if len(cluster) == 1:
+                start, end, _, f = cluster[0]
+                out.append(Finding(f.detector, start, end, f.open))
+            elif len({f.detector.name for _, _, _, f in cluster}) == 1:
+                first = cluster[0][3]
+                out.append(Finding(first.detector, cluster[0][0], reach, any(f.open for *_, f in cluster)))
+            else:
+                out.extend(f for _, _, side, f in cluster if side == 0)
+            cluster = []
+        if span[3] is None:
+            break
+        cluster.append(span)  # type: ignore[arg-type]
+        reach = max(reach, span[1]) if len(cluster) > 1 else span[1]
     return out
 
 

@@ -54,23 +54,28 @@ def bare_number(text: str, start: int, end: int, floor: int) -> tuple[int, int]:
 
 
 # A JSON string's escapes: ``\uXXXX``, or a backslash and one character (valid JSON has no backslash
-# outside a string, so read left to right from outside any escape they are found exactly).
-_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|.)", re.S)
+# outside a string, so read left to right from outside any escape they are found exactly). A UTF-16
+# surrogate pair (``\ud83d\ude00``) is one escape of one character.
+_ESCAPE = re.compile(r"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)", re.S)
 _SHORT = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", '"': '"', "\\": "\\", "/": "/"}
+# The letter of a control escape (``\n``, ``\t``, ...; after an odd run of backslashes).
+_CONTROL = re.compile(r"(?<!\\)((?:\\\\)*\\)[ntrbf]")
 
 
 class Decoded:
     """JSON text as what its strings mean (each escape the character it stands for: ``\\n`` a line
-    break, ``\\u00e9`` ``é``), for the scanner; :meth:`span` maps a span of it back to the text,
-    whole escapes always (a replacement never splits one)."""
+    break, ``\\u00e9`` ``é``, a surrogate pair its one character; a lone surrogate's escape stays as
+    written), for the scanner; :meth:`span` maps a span of it back to the text, whole escapes always
+    (a replacement never splits one)."""
 
-    __slots__ = ("_at", "_decoded", "raw", "text")
+    __slots__ = ("_decoded", "_ends", "_starts", "raw", "text")
 
-    def __init__(self, raw: str, text: str, decoded: list[int], at: list[int]) -> None:
+    def __init__(self, raw: str, text: str, decoded: list[int], starts: list[int], ends: list[int]) -> None:
         self.raw = raw
         self.text = text
         self._decoded = decoded  # where each escape's character is in ``text`` ...
-        self._at = at  # ... and where the escape starts in ``raw``
+        self._starts = starts  # ... where the escape starts in ``raw`` ...
+        self._ends = ends  # ... and where it ends
 
     def index(self, index: int) -> int:
         """Where character ``index`` of :attr:`text` starts in the JSON text (its end, at the end)."""
@@ -79,11 +84,8 @@ class Decoded:
         if i < 0:
             return index
         if decoded[i] == index:
-            return self._at[i]
-        # past escape i: its raw end, then plain characters one for one
-        at = self._at[i]
-        end = _ESCAPE.match(self.raw, at).end()  # type: ignore[union-attr]
-        return end + (index - decoded[i] - 1)
+            return self._starts[i]
+        return self._ends[i] + (index - decoded[i] - 1)  # past escape i: plain characters one for one
 
     def span(self, start: int, end: int) -> tuple[int, int]:
         return self.index(start), self.index(end)
@@ -96,7 +98,8 @@ def decoded(text: str) -> Decoded | None:
         return None
     parts: list[str] = []
     positions: list[int] = []
-    at: list[int] = []
+    starts: list[int] = []
+    ends: list[int] = []
     last = 0
     length = 0
     for match in _ESCAPE.finditer(text):
@@ -105,18 +108,37 @@ def decoded(text: str) -> Decoded | None:
             parts.append(text[last:start])
             length += start - last
         escape = match[0]
-        char = chr(int(escape[2:], 16)) if len(escape) == 6 else _SHORT.get(escape[1])
-        if char is None:  # not an escape JSON knows: left as it is
+        size = len(escape)
+        if size == 12:  # a surrogate pair: one character
+            high, low = int(escape[2:6], 16), int(escape[8:], 16)
+            char: str | None = chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+        elif size == 6:
+            code = int(escape[2:], 16)
+            char = None if 0xD800 <= code <= 0xDFFF else chr(code)  # a lone surrogate: as written
+        else:
+            char = _SHORT.get(escape[1])
+        if char is None:  # not an escape of a character: left as it is
             parts.append(escape)
-            length += len(escape)
+            length += size
         else:
             parts.append(char)
             positions.append(length)
-            at.append(start)
+            starts.append(start)
+            ends.append(match.end())
             length += 1
         last = match.end()
     parts.append(text[last:])
-    return Decoded(text, "".join(parts), positions, at)
+    return Decoded(text, "".join(parts), positions, starts, ends)
+
+
+def blanked(text: str) -> str:
+    """JSON text with the letter of each control escape (``\\n``, ``\\t``, ``\\r``, ``\\b``, ``\\f``) a
+    space: the same length, so a span of it is one of ``text``, and a value right after ``\\n`` is
+    read without the ``n`` (``\\t4111 1111 1111 1111`` is no ``t4111...``); ``text`` when it has no
+    backslash."""
+    if "\\" not in text:
+        return text
+    return _CONTROL.sub(r"\1 ", text)
 
 
 def unescape(value: str) -> str:
@@ -127,7 +149,14 @@ def unescape(value: str) -> str:
         out = json.loads('"' + value + '"')
     except ValueError:
         return value
-    return out if isinstance(out, str) else value
+    if not isinstance(out, str):
+        return value
+    if not out.isascii():
+        try:
+            out.encode()
+        except UnicodeEncodeError:  # a lone surrogate (half a pair): no text to keep, nor to write back
+            return value
+    return out
 
 
 def escape_at(text: str, index: int) -> tuple[int, int] | None:

@@ -322,7 +322,10 @@ class Scanner:
             ends.setdefault((owner[pattern], start), []).append(end)
         if len(data) != len(text):  # not ASCII: byte offsets to character offsets
             chars = _char_offsets(data, {o for (_, s), es in ends.items() for o in (s, *es)})
-            ends = {(d, chars[s]): [chars[e] for e in es] for (d, s), es in ends.items()}
+            # (a match of a pattern that reads any byte, ``[^ ]``, may start or end inside a
+            # character: it then holds the whole of it)
+            ends = {(d, chars[s] - (s < len(data) and 0x80 <= data[s] < 0xC0)): [chars[e] for e in es]
+                    for (d, s), es in ends.items()}
         detectors = self.detectors
         for key in [key for key in ends if detectors[key[0]].left is not None]:
             index, start = key
@@ -395,13 +398,17 @@ class Scanner:
         return out
 
 
+_CONTINUATION = bytes(range(0x80, 0xC0))  # the bytes of UTF-8 that do not start a character
+
+
 def _char_offsets(data: bytes, offsets: set[int]) -> dict[int, int]:
-    """Byte offsets of ``data`` (each on a character boundary) as character offsets, in one pass."""
+    """Byte offsets of ``data`` as character offsets (the characters that start before each: one
+    inside a character counts it), in one pass."""
     out: dict[int, int] = {}
     chars = 0
     previous = 0
     for offset in sorted(offsets):
-        chars += len(data[previous:offset].decode("utf-8", "surrogatepass"))
+        chars += len(data[previous:offset].translate(None, _CONTINUATION))
         out[offset] = chars
         previous = offset
     return out

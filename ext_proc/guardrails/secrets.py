@@ -51,8 +51,10 @@ _UNQUOTED = r"[!#-&(-;=?-_a-~]"
 ASSIGNMENT = r"(?:" + KEY_WORDS + r")" + _KEY_REST + _SEPARATOR + r"(?:[\"'`]|" + _UNQUOTED + r")"
 # A quoted value may hold its quote escaped (JSON's ``"Ab\"c9!"``, a shell's ``'it\'s'``): an escape is
 # read as one character, so the value ends at its real closing quote, not inside it.
+# An unquoted value goes on through characters past ASCII but spaces (``P\u00e4sswort2024!``,
+# read here in Python, not by Hyperscan: its first character is the pattern's).
 _VALUE = re.compile(r"\"(?:[^\"\\\n]|\\.){1,200}\"|'(?:[^'\\\n]|\\.){1,200}'|`[^`\n]{1,200}`|"
-                    + _UNQUOTED + r"{1,200}")
+                    + _UNQUOTED + r"(?:" + _UNQUOTED + r"|[^\x00-\x7f\s]){0,199}")
 ASSIGNMENT_WIDTH = 256
 # scheme://user:password@ — the pattern starts at "://" (the scheme is not needed).
 URL_PASSWORD = r"://[^\s:/@?#\"'<>]*:[^\s/@?#\"'<>]+@"

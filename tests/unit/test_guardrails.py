@@ -1600,3 +1600,96 @@ def test_embeddings_input_a_rule_would_pseudonymise_is_redacted_and_recorded_so(
     assert guard.vault == {}
     assert guard.triggers() == [
         {"guardrail": "pii", "detector": "email", "action": "redact", "direction": "request", "count": 2}]
+
+
+# -- JSON text read both as it means and as written ----------------------------------------------------------
+
+ESCAPES = compile_policy(HEAD + textwrap.dedent("""\
+    guardrails:
+      custom:
+        token: {pattern: "tok_[^ \\"]{12}"}
+      rules:
+        - {name: cred, detectors: [credentials, token], action: redact}
+        - {name: pii, detectors: [pii], action: redact}
+"""))
+
+
+def _sent_arguments(arguments: str, policy: Any = ESCAPES) -> str:
+    """A tool call's ``arguments`` as a chat request carrying them goes upstream."""
+    plan = policy.guardrails.plan("search", "gpt-4o") if policy.guardrails else None
+    assert plan is not None
+    body = {"model": "gpt-4o", "messages": _called(arguments)}
+    Guard(plan).prompt(WALKERS["openai.chat.completions"], body)
+    sent: str = body["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    return sent
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    ('{"env": "DB_PASSWORD=P\\u00e4sswort2024!x"}', {"env": "DB_PASSWORD=[SECRET_1]"}),
+    ('{"env": "DB_PASSWORD=Pässwort2024!x"}', {"env": "DB_PASSWORD=[SECRET_1]"}),
+    ('{"env": "password=\\u00e9clair2024!xyz"}', {"env": "password=[SECRET_1]"}),
+    ('{"b": "password=\\ud83d\\ude00Abc12345xyz"}', {"b": "password=[SECRET_1]"}),
+    ('{"password": "Ab\\u0022c9d123!"}', {"password": "[SECRET_1]"}),
+    ('{"password": "Ab\\"c9d123!"}', {"password": "[SECRET_1]"}),  # its quote escaped: read to its end
+    ('{"password": "\\"Abc9d123!xyz"}', {"password": "[SECRET_1]"}),
+    ('{"env": "X=1\\nDB_PASSWORD=hunter2secret9\\nY=2"}', {"env": "X=1\nDB_PASSWORD=[SECRET_1]\nY=2"}),
+    ('{"u": "https:\\/\\/user:s3cretpass@db.example.com\\/x"}', {"u": "https://user:[URL_PASSWORD_1]@db.example.com/x"}),
+])
+def test_a_secret_in_json_text_is_found_as_it_means_and_as_written(arguments: str, expected: Any) -> None:
+    """Decoding may cut a secret short (an ``ä`` or an emoji ends an unquoted value's ASCII, an
+    escaped quote a quoted one): what the text as written shows is found too, and the text stays
+    JSON; where both readings find overlapping values of several detectors, the meaning's stay."""
+    sent = _sent_arguments(arguments)
+    assert json.loads(sent) == expected
+
+
+@pytest.mark.parametrize("arguments", [
+    '{"note": "tok_abcdefghij\\ud83d\\ude00 done"}',
+    '{"note": "tok_abcdefghijk\\u00e4 done"}',
+    '{"note": "tok_abcdefghijkä done"}',
+    '{"note": "tok_abcdefghi\\ud83d done"}',
+])
+def test_a_match_ending_inside_a_character_is_found_whole_not_a_crash(arguments: str) -> None:
+    """A pattern that reads any byte (``[^ "]``) may end inside a character (Hyperscan reads UTF-8
+    bytes): the finding holds the whole character; a surrogate pair's escapes are one character."""
+    assert json.loads(_sent_arguments(arguments)) == {"note": "[TOKEN_1] done"}
+
+
+_JSON_PIECES = st.lists(st.one_of(
+    st.text(max_size=6), st.sampled_from(["\\", "\\\\", '\\"', '"', "\\n", "\\t", "\\u00e4", "\\ud83d", "\\ude00",
+                                          "\\ud83d\\ude00", "\\u0022", "\\uD83D\\uDE00", "password=", "tok_",
+                                          "jane@example.com", "4111 1111 1111 1111", "\\u", "\\x", "ä", "😀"])),
+    max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=_JSON_PIECES, json_answer=st.booleans())
+def test_any_json_text_with_escapes_goes_through_the_guard_as_json(pieces: list[str], json_answer: bool) -> None:
+    """Whatever a JSON string holds (escapes, surrogate pairs, lone surrogates, stray backslashes),
+    the guard reads a tool call's arguments and a JSON answer without raising, and valid JSON stays
+    valid JSON."""
+    inner = "".join(pieces)
+    arguments = '{"a": "' + inner + '"}'
+    try:
+        json.loads(arguments)
+        valid = True
+    except ValueError:
+        valid = False
+    plan = ESCAPES.guardrails.plan("search", "gpt-4o") if ESCAPES.guardrails else None
+    assert plan is not None
+    guard = Guard(plan)
+    body = {"model": "gpt-4o", "messages": _called(arguments),
+            "response_format": {"type": "json_object"}}
+    guard.prompt(WALKERS["openai.chat.completions"], body)
+    sent = body["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    answer = {"id": "a", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": arguments if json_answer else "ok",
+        "tool_calls": [{"id": "c2", "type": "function", "function": {"name": "send", "arguments": arguments}}]}}]}
+    guard.answer(WALKERS["openai.chat.completions"], answer)
+    message = answer["choices"][0]["message"]
+    if valid:
+        json.loads(sent)
+        json.loads(message["tool_calls"][0]["function"]["arguments"])
+        json.loads(message["content"]) if json_answer else None
+    orjson.dumps(body)
+    orjson.dumps(answer)

@@ -35,6 +35,8 @@ FOUND = [
     ("token => 'x9-y8-z7-w6'", "secret_assignment", "x9-y8-z7-w6"),
     ("DATABASE_URL=postgres://admin:S3cr3tPass@db.internal:5432/app", "url_password", "S3cr3tPass"),
     ("redis://:s3cr3tpw@cache:6379/0", "url_password", "s3cr3tpw"),  # no user name
+    ("DB_PASSWORD=Pässwort2024!x rest", "secret_assignment", "Pässwort2024!x"),  # unquoted, past ASCII
+    ("password=Abc1😀xyz99 and", "secret_assignment", "Abc1😀xyz99"),
 ]
 
 NOT_FOUND = [
@@ -140,10 +142,11 @@ guardrails:
 
 
 def test_a_value_beside_other_scripts_is_read_whole_characters() -> None:
-    # Hyperscan reads bytes: no match may end inside a character (a crash once, with "é" after a value).
+    # Hyperscan reads bytes: no match may end inside a character (a crash once, with "é" after a value);
+    # an unquoted value runs on through characters past ASCII, read in Python.
     text = "password=abc123é und Ωmega, token: 'ключ-1234' then api_key=Zz9é"
     assert [(f.detector.name, text[f.start:f.end]) for f in builtin().find(text)] == [
-        ("secret_assignment", "abc123"), ("secret_assignment", "ключ-1234")]
+        ("secret_assignment", "abc123é"), ("secret_assignment", "ключ-1234"), ("secret_assignment", "Zz9é")]
 
 
 @settings(max_examples=300, deadline=None)
