@@ -26,10 +26,11 @@ In JSON text (tool call arguments; the answer's text when the request asked for 
 replaced outside a string becomes a string (:mod:`.jsontext` follows the strings, across a
 stream's deltas too), so the text stays JSON; JSON text holding escapes is scanned as what its
 strings mean (:class:`.jsontext.Decoded`: a value right after ``\\n`` is found without the ``n``)
-and as written (what decoding cuts short: :func:`_meant`), a stream's as written but never
-replaced nor cut inside an escape, and a value found there is kept decoded (the vault, the
-placeholder's number). A pseudonym whose value holds what the instructions keep is not put back:
-the ``kept_secret`` rule acts on it (:meth:`Guard._withheld`). In a stream each channel of text (see
+and as written (what decoding cuts short: :func:`_meant`), a stream's as written (its control
+escapes' letters read as spaces, :func:`.jsontext.blanked`) but never replaced nor cut inside an
+escape, and a value found there is kept decoded (the vault, the placeholder's number). A pseudonym
+whose value holds what the instructions keep is not put back: the ``kept_secret`` rule acts on it
+(:meth:`Guard._withheld`). In a stream each channel of text (see
 :mod:`.texts`) keeps back only the end of what it received that could still become a finding
 when more text comes: for each detector, the trailing run of characters a match of it may
 contain, at most its longest match minus one (:class:`~.holdback.Holdback`); everything before is final
@@ -704,6 +705,8 @@ class Guard:
         if rules and buf:
             shift = len(context)
             seen = context + buf
+            if json_text:  # (as written, but a value right after ``\\n`` read without the ``n``)
+                seen = blanked(seen)
             found = self.plan.scanner.find(seen, rules, self._answer_budget(), shift + old)
             if self._kept is not None:
                 found = merge(found, self._kept.find(seen))

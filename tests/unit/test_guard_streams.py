@@ -520,3 +520,21 @@ def test_a_blocks_signature_stays_its_last_delta_and_a_citation_after_the_text_b
         before = [item.delta for item in events[:kinds.index("citations_delta")] if item.type == "content_block_delta"]
         assert "".join(getattr(delta, key, "") for delta in before) == "Let me think about famous toll bridges."
         assert said == "Let me think about famous toll bridges. Mail [EMAIL_1]"
+
+
+# A value right after a control escape ("\t", "\n") in a streamed JSON answer (scanned as written): found
+# without the escape's letter, the stream split anywhere.
+CONTROLLED = '{"a":"\\u00e9+1 415 555 0100\\t4111 1111 1111 1111\\njane.doe@example.com\\r\\n"}'
+CONTROLLED_REDACTED = {"a": "\u00e9[PHONE_1]\t[CREDIT_CARD_1]\n[EMAIL_1]\r\n"}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@settings(BOUNDED, max_examples=30)
+@given(data=st.data())
+def test_a_value_right_after_a_control_escape_in_a_streamed_json_answer_is_found(route: Route,
+                                                                                 data: st.DataObject) -> None:
+    upstream = provider_stream(route, pieces(CONTROLLED, some_cuts(data, CONTROLLED)))
+    session = opened(route, prompt="Extract the contact.", **asks_json(route))
+    out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
+    text, errored = client_text(route, out)
+    assert not errored and orjson.loads(text) == CONTROLLED_REDACTED
