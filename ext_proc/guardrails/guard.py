@@ -30,7 +30,9 @@ and as written (what decoding cuts short: :func:`_meant`), a stream's as written
 escapes' letters read as spaces, :func:`.jsontext.blanked`) but never replaced nor cut inside an
 escape, and a value found there is kept decoded (the vault, the placeholder's number). A pseudonym
 whose value holds what the instructions keep is not put back: the ``kept_secret`` rule acts on it
-(:meth:`Guard._withheld`). In a stream each channel of text (see
+(:meth:`Guard._withheld`). A value split by invisible characters (a zero-width space, a soft
+hyphen, a NUL) is found whole (:mod:`.visible`, in the scanner).
+In a stream each channel of text (see
 :mod:`.texts`) keeps back only the end of what it received that could still become a finding
 when more text comes: for each detector, the trailing run of characters a match of it may
 contain, at most its longest match minus one (:class:`~.holdback.Holdback`); everything before is final
@@ -72,6 +74,7 @@ from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable
 from .texts import METADATA, Identifier, StreamTexts, Unread, Unreadable, Walker
+from .visible import strip
 
 PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
 _ARMOUR = 80  # longer than any closing armour line of a key block
@@ -462,8 +465,8 @@ class Guard:
                 new = _mask(meant, 0 if detector.kind in ("kept", "credential") else MASK_SHOWN)
                 if meant is not value:
                     new = orjson.dumps(new).decode()[1:-1]
-            else:
-                new = self._placeholder(detector, meant, action == "pseudonymise")
+            else:  # (a value split by invisible characters: the same value, the same placeholder)
+                new = self._placeholder(detector, strip(meant), action == "pseudonymise")
             if json_text:
                 state, at = json_state(text, state, at, start), start
                 if state == OUTSIDE:  # a bare number: the whole of it becomes the string (jsontext)

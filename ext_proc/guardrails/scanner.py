@@ -51,6 +51,7 @@ from typing import Any, cast
 import hyperscan
 
 from .detectors import BUILTIN, Detector
+from .visible import Visible, invisible
 
 HITS = 200_000  # candidates a request may make the scanner collect, per direction (about 0.6 µs each)
 CHECK_SECONDS = 1.0  # the time it may spend checking them, per direction, beyond ...
@@ -287,8 +288,19 @@ class Scanner:
         """The confirmed findings in ``text``, left to right, not overlapping (``names``: only these
         detectors). With a ``budget``, spends it (the candidates from character ``fresh`` on: a
         stream scans again the end of what it scanned before), and raises :class:`Unscannable`
-        past it."""
+        past it. A text holding invisible characters (:mod:`.visible`) is read without them too."""
         data = text.encode("utf-8", "surrogatepass")
+        found = self._find(text, data, names, budget, fresh)
+        if not invisible(data):
+            return found
+        seen = Visible(text)
+        clean = seen.text
+        more = [Finding(f.detector, seen.start(f.start), len(text) if f.open else seen.end(f.end), f.open)
+                for f in self._find(clean, clean.encode("utf-8", "surrogatepass"), names, budget, seen.within(fresh))]
+        return united(found, more)
+
+    def _find(self, text: str, data: bytes, names: Container[str] | None, budget: Budget | None,
+              fresh: int) -> list[Finding]:
         hits: list[tuple[int, int, int]]
         if budget is None:
             hits = []
@@ -396,6 +408,27 @@ class Scanner:
             out.insert(at, Finding(detector, *span))
             starts.insert(at, span[0])
         return out
+
+
+def united(found: list[Finding], more: list[Finding]) -> list[Finding]:
+    """Two scans' findings of one text as one list, left to right: findings that overlap become one
+    spanning them all, so no part of either shows (its detector the longest's; open when one is)."""
+    if not more:
+        return found
+    out: list[Finding] = []
+    longest = 0
+    for finding in sorted(found + more, key=lambda f: (f.start, -f.end)):
+        size = finding.end - finding.start
+        last = out[-1] if out else None
+        if last is None or finding.start >= last.end:
+            out.append(finding)
+            longest = size
+            continue
+        detector = last.detector
+        if size > longest:
+            detector, longest = finding.detector, size
+        out[-1] = Finding(detector, last.start, max(last.end, finding.end), last.open or finding.open)
+    return out
 
 
 _CONTINUATION = bytes(range(0x80, 0xC0))  # the bytes of UTF-8 that do not start a character

@@ -6,6 +6,7 @@ import functools
 import json
 import re
 import textwrap
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,17 @@ from hypothesis import strategies as st
 from ext_proc.core.actions import Ask, Continue, EmitRecord
 from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
-from ext_proc.guardrails import forms, injection, scope
+from ext_proc.guardrails import forms, injection, scope, visible
 from ext_proc.guardrails import scanner as scanner_module
 from ext_proc.guardrails.detectors import GROUPS, PASTED
-from ext_proc.guardrails.guard import Guard
+from ext_proc.guardrails.guard import Blocked, Guard
 from ext_proc.guardrails.holdback import Holdback
 from ext_proc.guardrails.instructions import WEIGHTS, instructions
 from ext_proc.guardrails.jsontext import ESCAPED, OUTSIDE, STRING, json_state
 from ext_proc.guardrails.queries import ClassifierUnavailable, Classify
 from ext_proc.guardrails.scanner import CONTEXT, Budget, PatternError, Unscannable, builtin, context, shape
 from ext_proc.guardrails.texts import WALKERS
+from ext_proc.guardrails.visible import Visible
 from ext_proc.llm import encodings
 from ext_proc.policy.compile import PolicyError, compile_policy
 from tests.fixtures import GUARD_CASSETTES
@@ -1693,3 +1695,82 @@ def test_any_json_text_with_escapes_goes_through_the_guard_as_json(pieces: list[
         json.loads(message["content"]) if json_answer else None
     orjson.dumps(body)
     orjson.dumps(answer)
+# -- invisible characters inside a value ---------------------------------------------------------------
+
+AWS_KEY = "AKIA" + "Z7QW3ERTY5UIOP2A"
+SEPARATORS = {"NUL": "\x00", "ZWSP": "\u200b", "soft hyphen": "\u00ad", "word joiner": "\u2060", "BOM": "\ufeff",
+              "tag": "\U000e0041", "C1": "\x85", "two": "\u200b\u200c"}
+
+
+@pytest.mark.parametrize("sep", SEPARATORS.values(), ids=SEPARATORS.keys())
+@pytest.mark.parametrize("value,detector", [(AWS_KEY[:4] + "{}" + AWS_KEY[4:], "aws_access_key"),
+                                            ("bob{}@example.com", "email"),
+                                            ("4111 1111{} 1111 1111", "credit_card")])
+def test_a_value_split_by_an_invisible_character_is_found_whole(value: str, detector: str, sep: str) -> None:
+    written = value.format(sep)
+    text = f"deploy {written} now"
+    findings = builtin().find(text)
+    assert [(f.detector.name, text[f.start:f.end]) for f in findings] == [(detector, written)]
+
+
+def test_an_invisible_character_after_a_value_does_not_hide_it() -> None:
+    # Read without the character, the key runs on into the word after it: the text as written finds it.
+    text = f"{AWS_KEY}\u200bMORE and {AWS_KEY[:4]}\u200b{AWS_KEY[4:]}"
+    assert [text[f.start:f.end] for f in builtin().find(text)] == [AWS_KEY, f"{AWS_KEY[:4]}\u200b{AWS_KEY[4:]}"]
+
+
+def test_a_text_without_invisible_characters_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    scanner = builtin()
+    calls: list[str] = []
+    find = scanner_module.Scanner._find
+
+    def counted(self: scanner_module.Scanner, text: str, *args: Any) -> list[scanner_module.Finding]:
+        calls.append(text)
+        return find(self, text, *args)
+
+    monkeypatch.setattr(scanner_module.Scanner, "_find", counted)
+    scanner.find("mail bob@example.com\n\tok\r\n é 🦜")
+    assert len(calls) == 1
+    scanner.find("mail bob\u200b@example.com")
+    assert calls[1:] == ["mail bob\u200b@example.com", "mail bob@example.com"]
+
+
+def test_a_redacted_value_split_by_invisible_characters_leaves_no_fragment() -> None:
+    """The placeholder replaces the value with its invisible characters (none of it stays), in text
+    and in JSON text whose escapes write them (``\\u0000``, ``\\u200b``); the vault keeps the value
+    without them (the same value written plainly: the same placeholder)."""
+    arguments = json.dumps({"to": "jane\u200b@exa\x00mple.com", "cc": "jane@example.com"})
+    assert "\\u0000" in arguments and "\\u200b" in arguments
+    guard, body = _pseudonymised([{"role": "user", "content": "mail bob\u00ad@example.\u2060com or bob@example.com"},
+                                  *_called(arguments)[1:]])
+    assert body["messages"][0]["content"] == "mail [EMAIL_1] or [EMAIL_1]"
+    sent = body["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    assert json.loads(sent) == {"to": "[EMAIL_2]", "cc": "[EMAIL_2]"}
+    assert guard.vault == {"[EMAIL_1]": "bob@example.com", "[EMAIL_2]": "jane@example.com"}
+
+
+@pytest.mark.parametrize("sep", ["\x00", "\u200b", "\u00ad"], ids=["NUL", "ZWSP", "soft hyphen"])
+def test_a_credential_split_by_an_invisible_character_is_blocked(sep: str) -> None:
+    plan = POLICY.guardrails.plan("search", "gpt-4o") if POLICY.guardrails else None
+    assert plan is not None
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": f"deploy {AWS_KEY[:4]}{sep}{AWS_KEY[4:]}"}]}
+    with pytest.raises(Blocked):
+        Guard(plan).prompt(WALKERS["openai.chat.completions"], body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a", "é", "🦜", "\n", "\x00", "\u200b", "\u00ad", "\U000e0041", "\ufe0f"]),
+                max_size=30))
+def test_the_visible_text_maps_back_to_the_original_characters(chars: list[str]) -> None:
+    original = "".join(chars)
+    seen = Visible(original)
+    assert seen.text == "".join(c for c in chars if c in "aé🦜\n")
+    assert [original[seen.start(i)] for i in range(len(seen.text))] == list(seen.text)
+    for index in range(len(original) + 1):  # where an original position falls in the visible text
+        assert seen.text[:seen.within(index)] == "".join(c for c in original[:index] if c in "aé🦜\n")
+
+
+def test_the_format_characters_listed_are_those_python_knows() -> None:
+    listed = {c for first, last in visible.FORMAT for c in range(first, last + 1)}
+    known = {c for r in (range(0x30000), range(0xE0000, 0xE1000)) for c in r if unicodedata.category(chr(c)) == "Cf"}
+    assert listed == known
