@@ -31,7 +31,8 @@ escapes' letters read as spaces, :func:`.jsontext.blanked`) but never replaced n
 escape, and a value found there is kept decoded (the vault, the placeholder's number). A pseudonym
 whose value holds what the instructions keep is not put back: the ``kept_secret`` rule acts on it
 (:meth:`Guard._withheld`). A value split by invisible characters (a zero-width space, a soft
-hyphen, a NUL) is found whole (:mod:`.visible`, in the scanner).
+hyphen, a NUL) is found whole (:mod:`.visible`, in the scanner); a stream's hold-back measures its runs without
+them (:func:`_visible_cut`), so such a value split across events is never partly sent.
 In a stream each channel of text (see
 :mod:`.texts`) keeps back only the end of what it received that could still become a finding
 when more text comes: for each detector, the trailing run of characters a match of it may
@@ -74,7 +75,7 @@ from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable
 from .texts import METADATA, Identifier, StreamTexts, Unread, Unreadable, Walker
-from .visible import strip
+from .visible import INVISIBLE, Visible, strip
 
 PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
 _ARMOUR = 80  # longer than any closing armour line of a key block
@@ -691,6 +692,8 @@ class Guard:
             if new or channel.runs is None:
                 runs = holdback.extend(runs, buf[len(buf) - new:] if channel.runs is not None else buf)
             cut = len(buf) - max(runs, default=0)
+            if cut > 0 and INVISIBLE.match(buf, cut - 1):  # a run stopped at an invisible character
+                cut = _visible_cut(buf, cut, holdback)
             if json_text and cut > 0:  # never between an escape's backslash and its letters
                 split = escape_at(buf, cut)
                 if split is not None:
@@ -742,6 +745,15 @@ class Guard:
             channel.json = json_state(sent, state, 0, sure if sure >= 0 else len(sent))
         return self.apply(sent, findings, rules, RESPONSE, json_text, restore=channel.restore, state=state,
                           fixed=channel.fixed)
+
+
+def _visible_cut(buf: str, cut: int, holdback: Holdback) -> int:
+    """Where what goes out of ``buf`` ends when the runs the hold-back measured stop at an invisible
+    character (``AKIA<U+200B>Z7``): the runs measured on the text without such characters (a value
+    they split is found whole, :mod:`.visible`), the cut mapped back to ``buf``."""
+    seen = Visible(buf)
+    keep = holdback.keep(seen.text)
+    return min(cut, seen.start(len(seen.text) - keep)) if keep else cut
 
 
 def _whole_escapes(text: str, start: int, end: int) -> tuple[int, int]:

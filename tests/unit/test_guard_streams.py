@@ -538,3 +538,27 @@ def test_a_value_right_after_a_control_escape_in_a_streamed_json_answer_is_found
     out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
     text, errored = client_text(route, out)
     assert not errored and orjson.loads(text) == CONTROLLED_REDACTED
+
+
+# An invisible character inside a value (a zero-width space, a soft hyphen, a NUL): the value is found
+# whole, its invisible characters replaced with it, however the stream is split (at the character too).
+INVISIBLE = {
+    "key": ("sk-proj-Ab3dEf6hIj9kLm2n\u200bOp5qRs8tUv1wXy4zAb7cDe0fGh3iJk6l", "[OPENAI_KEY_1]", "sk-proj-Ab3d"),
+    "email": ("jane.doe\u00ad@example.com", "[EMAIL_1]", "jane.doe"),
+    "card": ("4111 1111\u0000 1111 1111", "[CREDIT_CARD_1]", "4111"),
+}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("name", sorted(INVISIBLE))
+@settings(BOUNDED, max_examples=20)
+@given(data=st.data())
+def test_a_value_split_by_an_invisible_character_never_reaches_the_client(route: Route, name: str,
+                                                                           data: st.DataObject) -> None:
+    secret, placeholder, start = INVISIBLE[name]
+    text = "Your value is " + secret + " and that is all."
+    upstream = provider_stream(route, pieces(text, some_cuts(data, text)))
+    session = opened(route)
+    out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
+    assert client_text(route, out) == ("Your value is " + placeholder + " and that is all.", False)
+    assert start.encode() not in out
