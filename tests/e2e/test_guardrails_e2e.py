@@ -228,6 +228,22 @@ def test_a_redacted_prompt_reaches_the_provider_redacted(env: Providers) -> None
     assert "[CREDIT_CARD_1]" in seen["body"] and "4111" not in seen["body"]
 
 
+@pytest.mark.parametrize("sep", ["\u0000", "\u200b", "\u00ad"], ids=["NUL", "ZWSP", "soft-hyphen"])
+def test_an_invisible_character_inside_a_value_does_not_hide_it(env: Providers, sep: str) -> None:
+    """A NUL (``\\u0000`` in the JSON body), a zero-width space or a soft hyphen inside a key or a
+    card: the key is blocked, the card reaches the provider as its placeholder, no piece of it."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        env.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"deploy {AWS_KEY[:4]}{sep}{AWS_KEY[4:]}"}])
+    assert caught.value.code == "guardrail_blocked"
+    assert env.provider_saw(caught.value.response.headers.get("x-tollway-request-id")) == []
+    raw = env.openai().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": f"Charge 4111 11{sep}11 1111 1111 now."}])
+    (seen,) = env.provider_saw(raw.headers.get("x-tollway-request-id"))
+    content = json.loads(seen["body"])["messages"][0]["content"]
+    assert content == "Charge [CREDIT_CARD_1] now."
+
+
 def test_a_prompt_given_as_token_ids_is_guarded_like_its_text(env: Providers) -> None:
     """Token ids are the same text to the model: a key in them is blocked, a card in them reaches
     the provider as the ids of its placeholder, and ids left alone go out as they came."""
