@@ -23,8 +23,9 @@ answer's legacy ``function_call``, URL citations and an audio answer's ``transcr
 may not change: :attr:`Ref.fixed`), completions (``prompt``, ``suffix``),
 embeddings (``input``), Messages and ``count_tokens``
 (``system``, every content block: text and its citations, ``tool_use`` input, ``tool_result``
-content, documents' text, title and context, search results; an answer's thinking, where
-pseudonyms are not put back: :attr:`Ref.restore`), the Responses
+content, documents' text, title and context, search results, server and MCP tools' inputs and
+results, a block of a type not known read in its strings; an answer's thinking and compaction
+summary, where pseudonyms are not put back: :attr:`Ref.restore`), the Responses
 API (``instructions``, ``input`` items: messages and their text parts, function and custom tool
 calls and their outputs; a stored prompt's string ``variables``; the answer's ``output`` items:
 message text, its citations and refusals, call arguments, reasoning summaries and text, where

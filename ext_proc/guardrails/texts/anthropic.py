@@ -25,8 +25,9 @@ from .base import (
     _strings,
 )
 
-_BLOCK_FIELDS = {"text": ("text_delta", "text", False), "tool_use": ("input_json_delta", "partial_json", True),
-                 "thinking": ("thinking_delta", "thinking", False)}
+_TOOL_INPUT = ("input_json_delta", "partial_json", True)
+_BLOCK_FIELDS = {"text": ("text_delta", "text", False), "tool_use": _TOOL_INPUT, "server_tool_use": _TOOL_INPUT,
+                 "mcp_tool_use": _TOOL_INPUT, "thinking": ("thinking_delta", "thinking", False)}
 _DELTA_FIELDS = {"text_delta": ("text", False), "input_json_delta": ("partial_json", True),
                  "thinking_delta": ("thinking", False)}
 # Deltas of a block that carry no text of it: the text it holds goes out before them (a signature
@@ -91,7 +92,11 @@ def _blocks(blocks: list[Any], role: str, answer: bool = False, json_output: boo
     """The text of Messages content blocks. A thinking block is read in an answer (what the client
     is shown) and not in a request, where the provider checks its signature and refuses it changed;
     so an answer's thinking keeps its placeholders (:data:`SIGNED`): restored, the client would give
-    the value back in clear with the block, and the block would no longer match its signature.
+    the value back in clear with the block, and the block would no longer match its signature (a
+    compaction block's summary alike). A server or MCP tool's input is read as a tool input is, its
+    result (:data:`_RESULTS`: what a web search or fetch found, what code printed, an MCP server's
+    answer) as a tool result is; a block of a type not known here is read in every string but its
+    ids, names and opaque payloads (:func:`_unknown`), never passed on unread.
     ``json_output``: an answer's text blocks are JSON text. A text of a type no block has is
     :class:`Unread` (``where``: the blocks' place, for the error)."""
     for number, block in enumerate(blocks):
@@ -103,14 +108,18 @@ def _blocks(blocks: list[Any], role: str, answer: bool = False, json_output: boo
         if kind == "text":
             yield from _field(block, "text", role, f"{here}.text", json_text=json_output)
             yield from _citations(block.get("citations"), role)
-        elif kind == "tool_use":
+        elif kind in _TOOL_USES:
             yield from _strings(block.get("input"), role)
-        elif kind == "tool_result":
+        elif kind == "tool_result" or kind == "mcp_tool_result":
             content = block.get("content")
             if isinstance(content, list):
                 yield from _blocks(content, "tool", where=f"{here}.content")
             else:
                 yield from _field(block, "content", "tool", f"{here}.content", "a string or an array of blocks")
+        elif kind in _RESULTS:
+            content = block.get("content")
+            for result in content if isinstance(content, list) else (content,):
+                yield from _result(result)
         elif kind == "document" or kind == "search_result":
             for field in ("title", "context", "source") if kind == "search_result" else ("title", "context"):
                 if isinstance(block.get(field), str):
@@ -122,8 +131,75 @@ def _blocks(blocks: list[Any], role: str, answer: bool = False, json_output: boo
                 yield from _blocks(source["content"], role)
             elif isinstance(block.get("content"), list):  # a search result's text blocks
                 yield from _blocks(block["content"], role)
-        elif kind == "thinking" and answer and isinstance(block.get("thinking"), str):
-            yield Ref(block, "thinking", role, restore=False)  # given back as signed: placeholders stay
+        elif kind in _SIGNED_BLOCKS:
+            field = _SIGNED_BLOCKS[kind]
+            if answer and isinstance(block.get(field), str):
+                yield Ref(block, field, role, restore=False)  # given back as signed: placeholders stay
+        elif kind not in _NO_TEXT:
+            yield from _unknown(block, "tool" if str(kind).endswith("_result") else role)
+
+
+_TOOL_USES = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})  # an ``input`` object each
+# Server tools' results: their ``content`` is a result object, its error, or a list of results.
+_RESULTS = frozenset({"web_search_tool_result", "web_fetch_tool_result", "code_execution_tool_result",
+                      "bash_code_execution_tool_result", "text_editor_code_execution_tool_result",
+                      "tool_search_tool_result", "advisor_tool_result"})
+# The text fields of each result object (a string or an array of strings); an error's is its message.
+_RESULT_FIELDS = {"web_search_result": ("title", "url"), "web_fetch_result": ("url",),
+                  "code_execution_result": ("stdout", "stderr"), "bash_code_execution_result": ("stdout", "stderr"),
+                  "encrypted_code_execution_result": ("stderr",), "advisor_result": ("text",),
+                  "text_editor_code_execution_view_result": ("content",),
+                  "text_editor_code_execution_str_replace_result": ("lines",),
+                  "text_editor_code_execution_create_result": (), "tool_search_tool_search_result": (),
+                  "advisor_redacted_result": ()}
+# Blocks the provider signs: read in an answer (their field), left alone in a request.
+_SIGNED_BLOCKS = {"thinking": "thinking", "compaction": "content"}
+# Blocks with no text: an image, encrypted thinking, a file, a tool named, a model switched.
+_NO_TEXT = frozenset({"image", "redacted_thinking", "container_upload", "tool_reference", "fallback",
+                      "tool_removal"})
+# What a block of a type not known here holds that is no text: ids, names, states, opaque payloads.
+_OPAQUE = frozenset({"type", "id", "tool_use_id", "signature", "encrypted_content", "encrypted_index",
+                     "encrypted_stdout", "file_id", "media_type", "cache_control", "caller", "name", "server_name",
+                     "mcp_server_name", "tool_name", "error_code", "stop_reason", "page_age", "retrieved_at",
+                     "file_type", "model"})
+_DEPTH = 16
+
+
+def _result(result: Any) -> Iterator[Ref]:
+    """The texts of a server tool's result object (:data:`_RESULT_FIELDS`; a fetched page's document)."""
+    if not isinstance(result, dict):
+        return
+    kind = str(result.get("type"))
+    fields = _RESULT_FIELDS.get(kind, ("error_message",) if kind.endswith("_error") else None)
+    if fields is None:
+        yield from _unknown(result, "tool")
+        return
+    for field in fields:
+        value = result.get(field)
+        if isinstance(value, str):
+            yield Ref(result, field, "tool")
+        elif isinstance(value, list):
+            yield from (Ref(value, number, "tool") for number, line in enumerate(value) if isinstance(line, str))
+    document = result.get("content") if kind == "web_fetch_result" else None
+    if isinstance(document, dict):
+        yield from _blocks([document], "tool")
+
+
+def _unknown(node: Any, role: str, depth: int = 0) -> Iterator[Ref]:
+    """Every string of a block of a type not known here, but :data:`_OPAQUE` fields, a base64
+    source's data and data URLs (as a Responses built-in tool's item is read)."""
+    if depth > _DEPTH:
+        return
+    pairs = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    base64 = isinstance(node, dict) and node.get("type") == "base64"
+    for key, item in pairs:
+        if isinstance(key, str) and (key in _OPAQUE or (base64 and key == "data")):
+            continue
+        if isinstance(item, str):
+            if item and not item.startswith("data:"):
+                yield Ref(node, key, role)
+        elif isinstance(item, (dict, list)):
+            yield from _unknown(item, role, depth + 1)
 
 
 _CITED = ("cited_text", "document_title", "title")  # what a citation quotes and names
@@ -187,6 +263,8 @@ class MessagesStream(StreamTexts):
                         block[field] = new
                     elif not field and block.get("input"):  # a tool's input given whole at its start
                         changed = _at_once(_strings(block["input"], "assistant"), channel, text, flush)
+                elif isinstance(block, dict):  # a block given whole: a server tool's result, an MCP result
+                    changed = _at_once(_blocks([block], "assistant", answer=True), channel, text, flush)
             elif name == "content_block_delta":
                 delta = payload.get("delta")
                 if isinstance(delta, dict) and delta.get("type") in _MARKS and channel in self.open:
@@ -205,6 +283,10 @@ class MessagesStream(StreamTexts):
                         changed = True
                 elif isinstance(delta, dict) and delta.get("type") == "citations_delta":  # whole in one event
                     changed = _at_once(_citations([delta.get("citation")], "assistant"), channel, text, flush)
+                elif isinstance(delta, dict) and delta.get("type") == "compaction_delta":  # whole, signed
+                    summary = [Ref(delta, "content", "assistant", restore=False)] \
+                        if isinstance(delta.get("content"), str) else []
+                    changed = _at_once(iter(summary), channel, text, flush)
             else:  # content_block_stop
                 out += self._close(channel, flush)
             out.append(_event(payload, name if event.event else "", like=event) if changed else event)

@@ -284,12 +284,13 @@ def _error_message(error: Any, echo: EchoFn | None) -> bool:
 
 def _at_once(refs: Iterator[Ref], channel: tuple[Any, ...], text: TextFn, flush: FlushFn) -> bool:
     """Guard texts a stream gives whole in one event (a citation, a tool input at its block's start),
-    each as a channel of its own that closes at once; whether any changed."""
+    each as a channel of its own that closes at once (its pseudonyms put back as :attr:`Ref.restore`
+    says); whether any changed."""
     changed = False
     key = (*channel, "whole")
     for ref in refs:
         value = ref.get()
-        new = text(key, value, ref.json_text) + flush(key, ref.json_text)
+        new = text(key, value, ref.json_text, ref.restore) + flush(key, ref.json_text)
         if new != value:
             ref.set(new)
             changed = True
