@@ -2,11 +2,12 @@
 and an answer carries none of it.
 
 Requests: Anthropic documents' title and context, search results (on their own and inside a tool
-result), citations given back, Predicted Outputs' ``prediction``, a tool input's integers and keys,
-``count_tokens``. Answers: token log probabilities (which spell out the text they came with),
-legacy ``function_call`` arguments in a chat stream, URL citations (chat and Responses), Anthropic
-thinking and citations, a tool input given whole at its block's start. A streamed value is cut at
-every position.
+result), server tools' and MCP blocks (and a block of a type not known), citations given back,
+Predicted Outputs' ``prediction``, a tool input's integers and keys, ``count_tokens``. Answers:
+token log probabilities (which spell out the text they came with), legacy ``function_call``
+arguments in a chat stream, URL citations (chat and Responses), Anthropic thinking and citations,
+server tools' and MCP blocks, a compaction summary, a tool input given whole at its block's start.
+A streamed value is cut at every position.
 """
 
 from __future__ import annotations
