@@ -29,9 +29,11 @@ import yaml
 
 from ext_proc.policy.compile import PolicyError, compile_policy
 from ext_proc.policy.compiled import DEFAULT_ENDPOINTS, EXT_PROC_CLUSTER, CompiledPolicy  # noqa: F401 - re-exported
+from ext_proc.policy.schema import MAX_TARGETS
 from ext_proc.server import listen
 from ext_proc.server.clusters import (  # noqa: F401 - re-exported: the cluster shapes live with their writer
     CLUSTER_TYPE,
+    CONNECT_TIMEOUT_S,
     ENVOY_ADMIN,
     OPEN_PROVIDERS,
     UPSTREAM_FILTER_METADATA,
@@ -153,17 +155,40 @@ def set_ext_proc(config: dict[str, Any], address: str, tls: ClientTLS | None = N
 
 
 def set_first_byte_timeouts(config: dict[str, Any], streaming: str, buffered: str) -> None:
-    """Set the per-try idle timeout of the labelled routes: for streams, and for buffered answers.
+    """Set the per-try idle timeout of the labelled routes: for streams, and for buffered answers,
+    and each route's idle timeout to let a whole chain of such tries run (:func:`chain_idle_timeout`).
 
     Only the first byte of an answer can trigger a fallback; a buffered answer arrives whole, so
     its timeout must cover the whole generation.
     """
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    floor = hcm.get("stream_idle_timeout", "300s")
     for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
         if "cluster_header" not in route["route"]:
             continue
         stream_route = any(h["name"] == "x-tollway-stream" for h in route["match"].get("headers", ()))
-        route["route"]["retry_policy"]["per_try_idle_timeout"] = streaming if stream_route else buffered
+        per_try = streaming if stream_route else buffered
+        route["route"]["retry_policy"]["per_try_idle_timeout"] = per_try
+        route["route"]["idle_timeout"] = chain_idle_timeout(per_try, floor)
+
+
+def chain_idle_timeout(per_try: str, floor: str = "300s") -> str:
+    """The idle timeout of a labelled route whose tries have the first-byte timeout ``per_try``.
+
+    Envoy starts a route's idle timer when the request arrives and no try resets it: a timer no
+    longer than a try's would end the request with a 504 (``stream_idle_timeout``) before the
+    try's own timeout could move it to the next target. So the route lets the longest chain run,
+    each of its tries connecting (``connect_timeout``) and waiting for its first byte, and no less
+    than the connection manager's ``stream_idle_timeout`` (``floor``), which covers a client that
+    stops sending its request. Once an answer streams, each try's own idle timeout (the same
+    first-byte timeout: Envoy keeps it running) ends a provider that stalls mid-answer.
+    """
+    seconds = max(_seconds(floor), MAX_TARGETS * (_seconds(per_try) + CONNECT_TIMEOUT_S) + 10)
+    return f"{seconds:g}s"
+
+
+def _seconds(duration: str) -> float:
+    return float(duration.strip().removesuffix("s"))
 
 
 # Envoy's buffer filter behind the ext_proc filter when bodies go together: it holds the request

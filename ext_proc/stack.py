@@ -141,6 +141,7 @@ def render_envoy(
     ext_proc_tls: ClientTLS | None = None,
     message_timeout: str | None = None,
     bodies_together: bool = True,
+    stream_idle_timeout: str | None = None,
 ) -> dict[str, Any]:
     """The bootstrap with this listener port and admin socket, reading its clusters from ``clusters_file``
     or listing them.
@@ -152,7 +153,9 @@ def render_envoy(
     and buffered routes (e.g. ``("1s", "2s")`` in tests of stalled providers); ``message_timeout``
     how long Envoy waits for each of Tollway's answers (a short one in tests of a stalled service);
     ``bodies_together`` (the template's) sends each body right behind its headers; False answers
-    message by message (see ``tollway envoy --bodies``).
+    message by message (see ``tollway envoy --bodies``); ``stream_idle_timeout`` replaces the
+    template's idle timeouts, the connection manager's and every route's (scaled down in tests),
+    before the first-byte timeouts set the labelled routes' own.
     """
     config, _ = render(template, policy if ext_proc else None, stand_ins=stand_ins, clusters_file=clusters_file)
     set_admin(config, admin_socket)
@@ -165,6 +168,10 @@ def render_envoy(
         routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
         routes[:] = [r for r in routes if "cluster_header" not in r.get("route", {})]
     set_ext_proc(config, ext_proc_address, ext_proc_tls)
+    if stream_idle_timeout is not None:
+        hcm["stream_idle_timeout"] = stream_idle_timeout
+        for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+            route["route"]["idle_timeout"] = stream_idle_timeout
     if first_byte_timeouts is not None:
         set_first_byte_timeouts(config, *first_byte_timeouts)
     if bodies_together:
@@ -201,6 +208,7 @@ class Stack:
     mock: bool = True
     mock_args: tuple[str, ...] = ()
     first_byte_timeouts: tuple[str, str] | None = None  # per-try idle timeouts (streaming, buffered)
+    stream_idle_timeout: str | None = None  # Envoy's stream and route idle timeouts (default: the file's 300s)
     message_timeout: str | None = None  # Envoy's wait for each answer of Tollway (default: the file's 5s)
     bodies_together: bool = True  # each body right behind its headers (False: tollway envoy --bodies buffered)
     mocked: frozenset[str] = frozenset(PROVIDER_KEYS)  # providers served by the fake provider (stand-ins)
@@ -347,7 +355,7 @@ class Stack:
                 clusters_file=str(self.clusters_file) if self.ext_proc_enabled else None,
                 ext_proc=self.ext_proc_enabled, first_byte_timeouts=self.first_byte_timeouts,
                 ext_proc_tls=self.ext_proc_tls, message_timeout=self.message_timeout,
-                bodies_together=self.bodies_together,
+                bodies_together=self.bodies_together, stream_idle_timeout=self.stream_idle_timeout,
             )
             path = self.workdir / "envoy.yaml"
             with open(open_private(path, os.O_TRUNC), "w", encoding="utf-8") as handle:

@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 from .compiled import PROVIDER_KINDS
 
 API_VERSION = "tollway/v1"
+MAX_TARGETS = 8  # the targets of an alias at most: a fallback chain is at most this many tries
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 # A budget's or rate limit's name: a name without '/', which separates the parts of its counters'
@@ -416,7 +417,7 @@ class PlanSpec(Strict):
         description="priority: always the first target, the others on failure; "
         "weighted: the first attempt split by weight, the others by priority on failure",
     )
-    targets: list[TargetSpec] = Field(min_length=1, max_length=8, description="the provider models, in order")
+    targets: list[TargetSpec] = Field(min_length=1, max_length=MAX_TARGETS, description="the provider models, in order")
 
 
 class AliasSpec(PlanSpec):

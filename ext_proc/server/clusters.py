@@ -74,6 +74,7 @@ log = logging.getLogger("tollway.clusters")
 
 ENVOY_ADMIN = "unix:/run/tollway/envoy-admin.sock"  # the shipped bootstrap's admin, next to Tollway's socket
 UPSTREAM_FILTER_METADATA = ("x-tollway-filter", "upstream")  # tells Tollway a stream is a try
+CONNECT_TIMEOUT_S = 5  # a provider cluster's connect timeout: a try may spend it before its first-byte timeout starts
 _MATCH_KEY = "tollway_provider"
 _RAW_BUFFER = {
     "name": "envoy.transport_sockets.raw_buffer",
@@ -146,7 +147,7 @@ def chain_cluster(name: str, providers: list[tuple[str, dict[str, Any]]]) -> dic
         "name": name,
         "type": "STRICT_DNS" if resolve else "STATIC",
         "dns_lookup_family": "V4_PREFERRED",
-        "connect_timeout": "5s",
+        "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
         "per_connection_buffer_limit_bytes": 67108864,
         "load_assignment": {"cluster_name": name, "endpoints": levels},
         "transport_socket_matches": [
@@ -210,7 +211,7 @@ def provider_cluster(name: str, endpoint: str) -> dict[str, Any]:
         "name": name,
         "type": "STATIC" if _is_ip(host) else "LOGICAL_DNS",
         "dns_lookup_family": "V4_PREFERRED",
-        "connect_timeout": "5s",
+        "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
         "per_connection_buffer_limit_bytes": 67108864,
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
             "socket_address": {"address": host, "port_value": url.port or (443 if tls else 80)}}}}]}]},

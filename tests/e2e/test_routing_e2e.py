@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -490,6 +491,26 @@ def test_outlier_detection_takes_a_failing_provider_out_of_first_attempts(tmp_pa
         answer = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
         assert answer.parse().choices[0].message.content == REPLY
         assert stack.envoy_admin("/stats", params={"filter": ejected}).text.strip().endswith(": 1")
+
+
+def test_a_stalled_first_target_falls_back_when_its_first_byte_timeout_equals_the_idle_timeout(
+        tmp_path: Path) -> None:
+    """The shipped timeouts scaled down: Envoy's idle timeouts (300 s) equal to the buffered first-byte
+    timeout (300 s), here 2 s. The route's idle timer runs from the request on, across all its tries:
+    the labelled routes' own is long enough for a whole chain, so a stalled first target falls back
+    (before, the client got a 504 stream_idle_timeout and the second target was never asked)."""
+    stack = Providers.stack(tmp_path, POLICY, PROVIDER_KEYS, workers=1, first_byte_timeouts=("2s", "2s"),
+                            stream_idle_timeout="2s")
+    with stack:
+        env = Env(stack, KEY)
+        started = time.monotonic()
+        raw = env.openai().chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HI, extra_headers={"x-mock-openai-latency-ms": "5000"})
+        assert raw.parse().choices[0].message.content == REPLY
+        assert raw.headers["x-tollway-provider"] == "anthropic" and raw.headers["x-tollway-attempts"] == "2"
+        assert time.monotonic() - started < 4.5  # the first try's 2 s, not the stalled provider's 5 s
+        record = env.record(raw.headers.get("x-tollway-request-id"))
+        assert record["abandoned_tries"] == 1 and record["fallback"] is True
 
 
 @pytest.mark.parametrize("client", ["anthropic", "openai"])

@@ -15,7 +15,9 @@ import yaml
 from ext_proc import envoy_config
 from ext_proc.envoy_config import ClusterError, chain_cluster, policy_clusters, provider_cluster
 from ext_proc.policy.compile import compile_policy
+from ext_proc.policy.schema import MAX_TARGETS
 from ext_proc.server import app
+from ext_proc.server.clusters import CONNECT_TIMEOUT_S
 from ext_proc.stack import ENVOY_CONFIG, ROOT, Stack, envoy_binary, port_owner, private_directory, render_envoy
 
 TEMPLATE: dict[str, Any] = yaml.safe_load(ENVOY_CONFIG.read_text())
@@ -241,6 +243,32 @@ def test_rendered_stack_config_with_first_byte_timeouts_is_accepted(tmp_path: Pa
         timeouts["stream" if "x-tollway-stream" in headers else "buffered"] = (
             route["route"]["retry_policy"]["per_try_idle_timeout"])
     assert timeouts == {"stream": "1s", "buffered": "2s"}
+    validate(rendered, tmp_path / "envoy.yaml")
+
+
+def test_a_labelled_routes_idle_timeout_lets_its_longest_chain_fall_back(tmp_path: Path) -> None:
+    """Envoy's route idle timer runs from the request across all its tries: one no longer than the
+    tries' first-byte timeouts would end a stalled first try with a 504 stream_idle_timeout, the
+    next target never asked. The template's and any --first-byte-timeouts' allow 8 whole tries."""
+    def seconds(duration: str) -> float:
+        return float(duration.removesuffix("s"))
+
+    def check(cfg: dict[str, Any]) -> dict[str, str]:
+        found = {}
+        for route in labelled_routes(cfg):
+            per_try = seconds(route["route"]["retry_policy"]["per_try_idle_timeout"])
+            idle = seconds(route["route"]["idle_timeout"])
+            assert idle >= MAX_TARGETS * (per_try + CONNECT_TIMEOUT_S) + 10, route
+            found[route["route"]["retry_policy"]["per_try_idle_timeout"]] = route["route"]["idle_timeout"]
+        return found
+
+    assert check(config()) == {"30s": "300s", "300s": "2450s"}  # never below the stream idle timeout (300 s)
+    rendered = render_envoy(config(), listen_port=1, admin_socket=ADMIN, ext_proc_address=SOCK, stand_ins=STAND_INS,
+                            policy=compile_policy(POLICY), first_byte_timeouts=("60s", "600s"))
+    assert check(rendered) == {"60s": "530s", "600s": "4850s"}
+    scaled = render_envoy(config(), listen_port=1, admin_socket=ADMIN, ext_proc_address=SOCK, stand_ins=STAND_INS,
+                          first_byte_timeouts=("2s", "2s"), stream_idle_timeout="2s")
+    assert check(scaled) == {"2s": "66s"}
     validate(rendered, tmp_path / "envoy.yaml")
 
 
