@@ -397,14 +397,24 @@ def _envoys_reply(payload: dict[str, Any]) -> tuple[str, str, str] | None:
 def unreachable(flow: Flow, status: int, code: str, details: str, text: str) -> ClientError | None:
     """The client's error for Envoy's own reply to a request it could not get answered by the
     provider (or any provider of the chain): which provider, where Envoy reaches it, what failed and
-    what to check. ``code`` and ``status`` stay Envoy's. None when no provider was chosen."""
-    targets = flow.chain or ((flow.target,) if flow.target is not None else ())
+    what to check. ``code`` and ``status`` stay Envoy's. None when no provider was chosen. Of a
+    chain, the targets Envoy tried when it says (the one it tried last, or how many it tried)."""
+    chain = flow.chain
+    targets = chain or ((flow.target,) if flow.target is not None else ())
+    if len(chain) > 1:
+        last = next((i for i, target in enumerate(chain) if target is flow.target), None)
+        tried = last + 1 if last is not None else flow.attempts
+        if tried:
+            targets = chain[:tried]
     providers: list[Provider] = list(dict.fromkeys(target.provider for target in targets))
     if not providers:
         return None
     stand_ins = dict(flow.stand_ins()) if flow.stand_ins is not None else {}
     places = [_place(provider, stand_ins.get(provider.name)) for provider in providers]
-    who = places[0] if len(providers) == 1 else f"any provider of '{flow.model}' ({', '.join(places)})"
+    if len(targets) < len(chain):
+        who = f"{', '.join(places)} (tried {len(targets)} of the {len(chain)} targets of '{flow.model}')"
+    else:
+        who = places[0] if len(providers) == 1 else f"any provider of '{flow.model}' ({', '.join(places)})"
     return ClientError(status, code, f"Tollway could not reach {who}: {_reason(details, text)}. "
                                      f"{_check(providers, stand_ins, flow.stand_in_missing)}")
 

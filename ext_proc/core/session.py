@@ -61,7 +61,7 @@ from ext_proc.llm import apis, translate
 from ext_proc.llm.errors import INTERRUPTED, ClientError
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.policy.compiled import CompiledPolicy
-from ext_proc.state.rows import TRY_TIMED_OUT  # Envoy's reason for the 504 of a try with no byte in time
+from ext_proc.state.rows import IDLE_TIMED_OUT, TRY_TIMED_OUT  # Envoy's reasons for a 504 with no answer
 
 __all__ = ["ROUTE_HEADER", "STREAM_HEADER", "Phase", "ProtocolError", "Session"]
 
@@ -545,7 +545,7 @@ class Session:
         else:  # refused before anything went upstream: no provider answered, even one already chosen
             record.update(provider=None, estimated_input_tokens=None, input_estimated=False, output_estimated=False,
                           cost_usd_micros=None, price_version=None)
-        if flow.abandoned is not None or flow.error == TRY_TIMED_OUT:
+        if flow.abandoned is not None or flow.error in (TRY_TIMED_OUT, IDLE_TIMED_OUT):
             _abandoned(flow, record)
         if flow.claims:
             settle = limits.settlement(flow, record)
@@ -577,10 +577,11 @@ def _abandoned(flow: Flow, record: dict[str, Any]) -> None:
     """Record the tries Envoy abandoned at the first-byte timeout: sent, with no answer head yet,
     so the provider may have started (and bill) a generation no one read. The earlier tries of a
     chain come from the per-try filter (``tollway.abandoned``); the last one is the request's own
-    504 (``upstream_per_try_idle_timeout``). Their usage is unknown: each has the request's input
-    estimate (``input_tokens``, as the prompt was counted before sending) and no cost."""
+    504 (``upstream_per_try_idle_timeout``), or Envoy's 504 for a request idle too long
+    (``stream_idle_timeout``) with a try in flight (Envoy counted one). Their usage is unknown: each has
+    the request's input estimate (``input_tokens``, as the prompt was counted before sending) and no cost."""
     tries = upstream.decode_chain(flow.abandoned) if flow.abandoned else []
-    if flow.error == TRY_TIMED_OUT:
+    if flow.error == TRY_TIMED_OUT or (flow.error == IDLE_TIMED_OUT and flow.attempts and flow.forwarded):
         target = flow.target
         if target is None and flow.chain:
             target = flow.chain[min(max(flow.attempts or 1, 1), len(flow.chain)) - 1]

@@ -70,13 +70,17 @@ def went_upstream(record: Mapping[str, Any]) -> bool:
 
 
 TRY_TIMED_OUT = "upstream_per_try_idle_timeout"  # Envoy's 504: the last try got no byte in time
+IDLE_TIMED_OUT = "stream_idle_timeout"  # Envoy's 504: the request idle too long (a try in flight, or its upload)
 
 
 def error_answer(record: Mapping[str, Any]) -> bool:
     """Whether the provider answered the request with an error (nothing charged). Envoy's 504 for
     a last try abandoned at the first-byte timeout is no answer: the provider may have started,
-    and bill, a generation, counted as an abandoned try (:func:`abandoned_tries`), not as an error."""
-    return record.get("outcome") == "error" and record.get("error") != TRY_TIMED_OUT
+    and bill, a generation, counted as an abandoned try (:func:`abandoned_tries`), not as an error;
+    so is its 504 for a request idle too long with a try in flight (recorded as abandoned)."""
+    error = record.get("error")
+    return record.get("outcome") == "error" and error != TRY_TIMED_OUT and not (
+        error == IDLE_TIMED_OUT and record.get("abandoned_tries"))
 
 
 def fell_back(record: Mapping[str, Any]) -> bool:

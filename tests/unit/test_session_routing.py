@@ -28,6 +28,7 @@ from ext_proc.policy import decide
 from ext_proc.policy.compile import compile_policy
 from ext_proc.server import codec
 from ext_proc.server.accounting import ServiceAccountant
+from ext_proc.state import rows
 from tests.unit.test_attempt import ANTHROPIC, OPENAI, POLICY, POLICY_TEXT, SMART, host_metadata, try_head
 from tests.unit.transcript import Record, Replaces, Transcript
 
@@ -560,6 +561,27 @@ def test_envoys_own_503_under_tollway_up_names_the_stand_in_or_how_to_use_it() -
         action = session.handle(ResponseBody(orjson.dumps(refused), True, 3_000_000))
         assert isinstance(action, Continue)
         assert orjson.loads(action.body or b"")["error"]["message"] == f"Tollway could not reach {words}"
+
+
+def test_a_chain_idle_too_long_with_a_try_in_flight_names_the_tried_target_and_counts_it_abandoned() -> None:
+    """Envoy's 504 stream_idle_timeout after its first try of a chain (it never asked the second):
+    the message names only the provider it tried, and that try, sent with no answer, is abandoned
+    (the provider may bill it), as a try ended at its first-byte timeout is; not a provider's error."""
+    idle = {"error": {"code": "stream_idle_timeout", "param": None, "type": "server_error",
+                      "message": "Tollway gateway error (stream_idle_timeout): stream timeout"}}
+    session = Session(POLICY, "local-dev")
+    sent(session, CHAT_REQUEST)
+    session.handle(served(504, slot=0, attempts="1"))
+    action = session.handle(ResponseBody(orjson.dumps(idle), True, 3_000_000))
+    assert isinstance(action, Continue)
+    message = orjson.loads(action.body or b"")["error"]["message"]
+    assert message.startswith("Tollway could not reach provider 'openai' at api.openai.com:443 (tried 1 of the 2 "
+                              "targets of 'smart'): it did not answer in time (stream_idle_timeout)."), message
+    assert "anthropic" not in message
+    record = the_record(session)
+    assert (record["status"], record["error"], record["attempts"]) == (504, "stream_idle_timeout", 1)
+    assert record["abandoned_tries"] == 1 and [t["provider"] for t in record["abandoned"]] == ["openai"]
+    assert not rows.error_answer(record)
 
 
 def test_a_providers_own_503_is_passed_on_as_it_said_it() -> None:
