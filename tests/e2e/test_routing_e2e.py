@@ -98,6 +98,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 FAILURES = {
+    "403": {"x-mock-openai-status": "403"},  # the gateway's account refused (a region, a project's permission)
+    "408": {"x-mock-openai-status": "408"},
     "429": {"x-mock-openai-status": "429"},
     "500": {"x-mock-openai-status": "500"},
     "stall": {"x-mock-openai-latency-ms": "4000"},  # no byte at all for 4 s: the 1 s first-byte timeout fires
@@ -189,6 +191,14 @@ def test_every_provider_failing_gives_the_last_error_in_the_clients_format(env: 
     assert caught.value.response.headers["x-tollway-attempts"] == "2"
     record = env.record(request_id)
     assert record["status"] == 500 and record["outcome"] == "error" and record["provider"] == "anthropic"
+    # Every provider refusing the gateway's accounts (403): the last one's refusal, in the client's
+    # format, its status kept (the client's own key is fine: Tollway's 403s are its own, never retried).
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        env.openai().chat.completions.create(model="gpt-4o", messages=HI, extra_headers={"x-mock-status": "403"})
+    assert refused.value.response.headers["x-tollway-attempts"] == "2"
+    assert refused.value.response.headers["x-tollway-provider"] == "anthropic"
+    record = env.record(refused.value.response.headers.get("x-tollway-request-id"))
+    assert (record["status"], record["outcome"], record["error"]) == (403, "error", "permission_error")
 
 
 def test_which_openai_account_pays_is_the_platforms_and_its_ids_are_not_shown(env: Env) -> None:

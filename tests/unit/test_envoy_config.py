@@ -272,6 +272,14 @@ def test_a_labelled_routes_idle_timeout_lets_its_longest_chain_fall_back(tmp_pat
     validate(rendered, tmp_path / "envoy.yaml")
 
 
+def test_a_chain_falls_back_on_a_providers_refusal_of_the_gateways_account_or_its_timeout() -> None:
+    """401 (the gateway's key), 403 (its account: a region, a project's permission), 408 and 429
+    are the provider refusing the gateway, not the request: the next target, with its own account."""
+    for route in labelled_routes(config()):
+        assert route["route"]["retry_policy"]["retriable_status_codes"] == [401, 403, 408, 429]
+        assert "retriable-status-codes" in route["route"]["retry_policy"]["retry_on"]
+
+
 def test_tollway_envoy_refuses_a_broken_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(POLICY.replace("{provider: claude, model: claude", "{provider: cluade, model: claude"))
