@@ -511,6 +511,7 @@ def _check_aliases(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skippe
                                                         "weighted' to it" if inherits else ""),
                         where=(*at, "weight"), at_key=True))
                 problems += _check_target_model(spec, owners, entries, target, at)
+            problems += _check_windows(spec, entries, plan, where)
             if plan.strategy == "weighted" and all(t.weight == 0 for t in plan.targets):
                 problems.append(Problem("at least one target needs a weight above 0", where=(*where, "targets")))
     return problems
@@ -546,6 +547,26 @@ def _check_target_model(spec: PolicySpec, owners: dict[str, tuple[str, bool]],
                 f"{fields}: the target inherits the last one's (set {fields} on the target to choose)", where=at,
                 note=True)]
     return []
+
+
+def _check_windows(spec: PolicySpec, entries: dict[tuple[str, str], list[str]], plan: PlanSpec,
+                   where: Loc) -> list[Problem]:
+    """Notes on the targets of a chain with no known context window beside ones with: Tollway never
+    leaves such a target out for a long prompt, and its provider's 400 (``context_length_exceeded``)
+    ends the request, as any 400 does (the request's own fault: no fallback)."""
+    if len(plan.targets) < 2:
+        return []
+    known = [target.context_window is not None or any(
+        spec.models[public].context_window is not None for public in entries.get((target.provider, target.model), ()))
+        for target in plan.targets]
+    if all(known) or not any(known):
+        return []
+    return [Problem(
+        f"note: no context window is known for '{target.model}' of provider '{target.provider}' (set "
+        "context_window on the target or its models entry): a prompt too long for it is never sent elsewhere "
+        "instead, and its provider's 400 context_length_exceeded ends the request (a 400 does not fall back)",
+        where=(*where, "targets", index), note=True)
+        for index, target in enumerate(plan.targets) if not known[index]]
 
 
 def _and(items: list[str]) -> str:

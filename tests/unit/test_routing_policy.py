@@ -357,7 +357,7 @@ routing:
     assert served_by(policy.aliases["chat"].plan.targets) == [
         ("anthropic", "claude-haiku"), ("openai", "gpt-4o"), ("anthropic", "claude-3-5-haiku-20241022"),
         ("openai", "gpt-4o-2024-08-06"), ("local", "claude-haiku")]
-    assert policy.notes == (
+    assert _without_windows(policy.notes) == (
         "p.yaml:17:40: routing.aliases.chat.targets[0].model: note: 'claude-haiku' is sent to provider 'anthropic' "
         "as it is; it is also the public name models.claude-haiku, which this provider serves as "
         "'claude-3-5-haiku-20241022': the target does not take that entry's price, context window or output limit "
@@ -378,7 +378,43 @@ routing:
     policy = compiles(fixed)
     first = policy.aliases["chat"].plan.targets[0]
     assert (first.upstream_model, first.context_window) == ("claude-3-5-haiku-20241022", 1000)
-    assert policy.notes == ()
+    assert _without_windows(policy.notes) == ()
+
+
+def _without_windows(notes: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(note for note in notes if "no context window is known" not in note)
+
+
+def test_a_chain_mixing_targets_with_and_without_a_context_window_compiles_with_a_note() -> None:
+    """A prompt too long for a target without a known window goes to it all the same, and its
+    provider's 400 context_length_exceeded ends the request (a 400 does not fall back): said where a
+    chain has windows for some targets (a chain with none is left alone)."""
+    text = PROVIDERS + """\
+models:
+  gpt-4o: {provider: openai, model: gpt-4o-2024-08-06, context_window: 128000}
+teams:
+  ops: {models: [chat, plain]}
+routing:
+  aliases:
+    chat:
+      targets:
+        - {provider: anthropic, model: claude-3-5-haiku-20241022}
+        - {provider: openai, model: gpt-4o-2024-08-06}
+    plain:
+      targets:
+        - {provider: anthropic, model: claude-3-5-haiku-20241022}
+        - {provider: openai, model: gpt-4o-mini}
+"""
+    policy = compiles(text)
+    assert policy.notes == (
+        "p.yaml:15:11: routing.aliases.chat.targets[0]: note: no context window is known for "
+        "'claude-3-5-haiku-20241022' of provider 'anthropic' (set context_window on the target or its models entry): "
+        "a prompt too long for it is never sent elsewhere instead, and its provider's 400 context_length_exceeded "
+        "ends the request (a 400 does not fall back)",
+    )
+    fixed = compiles(text.replace("model: claude-3-5-haiku-20241022}", "model: claude-3-5-haiku-20241022, "
+                                                                     "context_window: 200000}", 1))
+    assert fixed.notes == ()
 
 
 def test_a_plan_needs_targets() -> None:
