@@ -82,6 +82,7 @@ class Flow:
         "target",
         "trace",
         "translator",
+        "tries_unknown",
         "ttft",
         "withheld",
         "workload",
@@ -132,6 +133,7 @@ class Flow:
         self.metadata: tuple[tuple[str, str], ...] = ()
         self.credential: Provider | None = None
         self.forwarded = False  # the request went upstream (its prompt, as sent, may go in a span)
+        self.tries_unknown = False  # the client left before the answer head of a chain: the tries are unknown
         self.cluster: str | None = None
         self.replaced = False  # the body changed (decoded, re-encoded or rewritten)
         self.reencode = False  # the decoded payload changed: encode it again

@@ -180,6 +180,11 @@ class Session:
                         # ended early, unless the provider said why first (its error event).
                         reader = flow.meter.reader
                         flow.error = flow.error or (reader.error if reader is not None else None) or INTERRUPTED.code
+                elif phase is Phase.RESPONSE_HEADERS and flow.forwarded and len(flow.chain) > 1:
+                    # The client left while Envoy was trying the chain's targets: which one it was
+                    # trying, and after how many tries, only the answer's head says (Envoy tells
+                    # nothing when it closes), so the record names no provider rather than the first.
+                    flow.target, flow.provider, flow.tries_unknown = None, None, True
                 # A stream a guardrail ended: blocked, even if the client left before its end.
                 self._finish(event.at, "ok" if whole else "blocked" if flow.refused is not None else "incomplete")
             return None
@@ -547,6 +552,8 @@ class Session:
                           cost_usd_micros=None, price_version=None)
         if flow.abandoned is not None or flow.error in (TRY_TIMED_OUT, IDLE_TIMED_OUT):
             _abandoned(flow, record)
+        if flow.tries_unknown:  # which targets Envoy tried, and whether a later one was in flight: unknown
+            record.update(fallback=None, tries_unknown=True)
         if flow.claims:
             settle = limits.settlement(flow, record)
             if settle is not None:

@@ -63,10 +63,12 @@ def served_latency(record: Mapping[str, Any]) -> float | None:
 def went_upstream(record: Mapping[str, Any]) -> bool:
     """Whether a request reached a provider, or may have: a provider named, a record recovered from a
     dead worker's journal (sent upstream to the target Envoy picked, which is unknown), or model calls
-    counted (``attempts``). A request that never did (a client that left mid-upload) has no usage to
-    miss and no model call's duration: reports' unknown usage and the metrics' unknown usage and
-    inference durations leave it out."""
-    return bool(record.get("provider")) or record.get("recovered") is True or bool(record.get("attempts"))
+    counted (``attempts``), or a chain's request the client left before its answer's head
+    (``tries_unknown``: which targets Envoy tried is unknown). A request that never did (a client
+    that left mid-upload) has no usage to miss and no model call's duration: reports' unknown usage
+    and the metrics' unknown usage and inference durations leave it out."""
+    return (bool(record.get("provider")) or record.get("recovered") is True or bool(record.get("attempts"))
+            or record.get("tries_unknown") is True)
 
 
 TRY_TIMED_OUT = "upstream_per_try_idle_timeout"  # Envoy's 504: the last try got no byte in time

@@ -20,7 +20,7 @@ import pytest
 from ext_proc.core import upstream
 from ext_proc.core.actions import CONTINUE, Continue, EmitRecord, Respond
 from ext_proc.core.attempt import Attempt
-from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
+from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
 from ext_proc.core.session import Session
 from ext_proc.llm import apis
 from ext_proc.llm.sse import SSEDecoder
@@ -582,6 +582,27 @@ def test_a_chain_idle_too_long_with_a_try_in_flight_names_the_tried_target_and_c
     assert (record["status"], record["error"], record["attempts"]) == (504, "stream_idle_timeout", 1)
     assert record["abandoned_tries"] == 1 and [t["provider"] for t in record["abandoned"]] == ["openai"]
     assert not rows.error_answer(record)
+
+
+def test_a_client_leaving_a_chain_before_its_answers_head_names_no_provider() -> None:
+    """Envoy says which target it tried, and how many times, only with the answer's head; the client
+    left before it (its first target abandoned, perhaps, and its second in flight): the record does
+    not name the first target as the one that served, nor say there was no fallback, but that the
+    tries are unknown (still a request that went upstream, whose usage is unknown)."""
+    session = Session(POLICY, "local-dev")
+    sent(session, CHAT_REQUEST)
+    assert session.handle(StreamClosed(5_000_000)) is None
+    record = the_record(session)
+    assert (record["provider"], record["attempts"], record["fallback"], record["outcome"], record["status"]) == (
+        None, None, None, "incomplete", None)
+    assert record["tries_unknown"] is True and "abandoned_tries" not in record
+    assert rows.went_upstream(record)
+    # One target: Envoy can only have tried it.
+    single = Session(POLICY, "local-dev")
+    sent(single, {**CHAT_REQUEST, "model": "gpt-4o"})
+    single.handle(StreamClosed(5_000_000))
+    record = the_record(single)
+    assert record["provider"] == "openai" and "tries_unknown" not in record
 
 
 def test_a_providers_own_503_is_passed_on_as_it_said_it() -> None:
