@@ -265,7 +265,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reach PROVIDER at URL instead of its endpoint (e.g. a local fake provider); repeatable")
     parser.add_argument(
         "--first-byte-timeouts", type=_timeouts, metavar="STREAMING,BUFFERED",
-        help="per-try time to the first byte before Envoy falls back (default: the template's, 30s,300s)",
+        help="per-try time to the first byte before Envoy falls back (default: the template's, 30s,300s); "
+             "the labelled routes' idle timeouts follow, long enough for a chain of 8 such tries",
     )
     parser.add_argument("--bodies", choices=("buffered", "together"), default="together",
                         help="together (the template's): each body goes right behind its headers and both are "
