@@ -13,7 +13,8 @@ whose counter keeps the alias's name while every name of the model counts into i
   allows (``max_tokens`` and kin, else the most a target of its chain allows, the target's
   ``output_tokens``: its ``max_output_tokens``, else the policy's
   ``shared_state.default_output_tokens``, the number a translation to Anthropic sends as its
-  required ``max_tokens``), priced at the dearest target it may be served by. A
+  required ``max_tokens``), priced at the dearest target it may be served by, at the dearest
+  rates what it asks for may be billed at (:func:`_premiums`: cache writes, audio, web searches). A
   model with no price (or a zero one) makes no USD claim: it is never blocked by a USD budget,
   and its record says the cost was unknown. A budget in tokens claims prompt + output tokens.
   The window is the day or calendar month in the budget's time zone; the store keeps a finished
@@ -45,7 +46,7 @@ from ext_proc.core.flow import Flow
 from ext_proc.core.steps import Step
 from ext_proc.llm.apis import RateWindow
 from ext_proc.llm.errors import ClientError
-from ext_proc.llm.prices import dollars
+from ext_proc.llm.prices import Premiums, dollars
 from ext_proc.policy.compiled import Alias, Budget, budget_counter, period_window
 from ext_proc.state.queries import Admission, Admit, Claim, StoreUnavailable
 
@@ -135,16 +136,54 @@ def _usd(flow: Flow, tokens: int) -> int | None:
     asked = payload.get("service_tier")
     tier = asked if asked in _DEARER_TIERS else None
     speed = "fast" if payload.get("speed") == "fast" else None
+    premiums = _premiums(flow, payload)
     most = None
     for target in flow.chain:
         try:
             cost = accountant.estimate_cost(target.provider.kind, target.upstream_model, (target.public,),
-                                            target.price, prompt, output, tier, speed)
+                                            target.price, prompt, output, tier, speed, premiums)
         except Exception:
             cost = None
         if cost and (most is None or cost > most):
             most = cost
     return most
+
+
+# The web searches claimed for a web search tool that sets no ``max_uses`` (Anthropic documents no
+# default: the server-side loop searches as often as the model asks, until it pauses the turn).
+DEFAULT_WEB_SEARCHES = 10
+
+
+def _premiums(flow: Flow, payload: dict[str, Any]) -> Premiums | None:
+    """What the request asks for that may be billed above its tokens at the input and output rates
+    (None, the common request: nothing). Anthropic's ``cache_control`` (top level or on any block)
+    may write the prompt to the cache, at the 1-hour write rate if any asks ``ttl: "1h"``; its web
+    search tools may each search ``max_uses`` times (:data:`DEFAULT_WEB_SEARCHES` without it); OpenAI's
+    ``modalities`` with ``audio`` is billed at the audio output rate, an ``input_audio`` part at the
+    audio input rate. The prompt's marks and audio parts are what counting the prompt saw (no walk
+    of its own; a prompt that could not be counted gets none: it is claimed by its size)."""
+    assert flow.api is not None
+    name, estimate = flow.api.name, flow.meter.estimate
+    cache_write = None
+    searches = 0
+    input_audio = output_audio = False
+    if name == "anthropic.messages":
+        tools = payload.get("tools")
+        if type(tools) is list and tools:
+            for tool in tools:
+                if type(tool) is dict and type(kind := tool.get("type")) is str and kind.startswith("web_search_"):
+                    uses = tool.get("max_uses")
+                    searches += uses if type(uses) is int and uses >= 0 else DEFAULT_WEB_SEARCHES
+        cache_write = estimate.cache_write if estimate is not None else None
+    elif name == "openai.chat.completions":
+        modalities = payload.get("modalities")
+        output_audio = type(modalities) is list and "audio" in modalities
+        input_audio = estimate is not None and estimate.audio > 0
+    else:
+        return None
+    if cache_write is None and not searches and not input_audio and not output_audio:
+        return None
+    return Premiums(cache_write, input_audio, output_audio, searches)
 
 
 # The tiers OpenAI bills above its standard rates ("fast" is priority's newer name), as genai-prices

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ext_proc.llm.apis import Reader
-from ext_proc.llm.prices import Price
+from ext_proc.llm.prices import Premiums, Price
 from ext_proc.llm.usage import TokenEstimate, Usage
 
 
@@ -37,9 +37,9 @@ class Accountant(Protocol):
 
     def estimate_cost(self, provider_kind: str, model: str, aliases: tuple[str, ...], override: Price | None,
                       input_tokens: int, output_tokens: int, service_tier: str | None = None,
-                      speed: str | None = None) -> int | None:
+                      speed: str | None = None, premiums: Premiums | None = None) -> int | None:
         """Micro-dollars a request of these tokens may cost, rounded up (None: no price), at the
-        rates of the tier and speed it asks for."""
+        rates of the tier and speed it asks for, with the premiums it may be billed."""
         ...
 
 

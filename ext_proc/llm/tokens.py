@@ -134,6 +134,15 @@ class _Tally:
     texts: list[str] = field(default_factory=list)
     fixed: int = 0
     exact: bool = True
+    audio: int = 0  # input_audio parts' tokens (in fixed too)
+    cache_write: str | None = None  # the dearest cache write a cache_control asks for: "5m", "1h"
+
+    def cache(self, mark: Any) -> None:
+        """A ``cache_control`` mark (not None): a write of the TTL it asks for ("1h", else 5 minutes)."""
+        if type(mark) is dict and mark.get("ttl") == "1h":
+            self.cache_write = "1h"
+        elif self.cache_write is None:
+            self.cache_write = "5m"
 
     def text(self, value: Any) -> None:
         if isinstance(value, str):
@@ -161,12 +170,13 @@ def count_request(api_name: str, payload: dict[str, Any], model: str) -> TokenEs
     tally = counter(payload, model)
     texts = tally.texts
     if not texts:  # e.g. token arrays: nothing to tokenize, no encoding to load
-        return TokenEstimate(tally.fixed, tally.exact, tally.method)
+        return TokenEstimate(tally.fixed, tally.exact, tally.method, tally.audio, tally.cache_write)
     # A character is at most 4 bytes of UTF-8: measure the bytes only when that bound is too high.
     if sum(map(len, texts)) * 4 > MAX_TOKENIZED_BYTES:
         size = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
         if size > MAX_TOKENIZED_BYTES:
-            return TokenEstimate(math.ceil(size / BYTES_PER_TOKEN) + tally.fixed, False, "bytes-estimate")
+            return TokenEstimate(math.ceil(size / BYTES_PER_TOKEN) + tally.fixed, False, "bytes-estimate",
+                                 tally.audio, tally.cache_write)
     name = O200K if api_name in _ANTHROPIC else encoding_name_for_model(model)
     encoding = get_encoding(name)
     short = _SHORT_COUNTS.setdefault(name, {})
@@ -181,7 +191,7 @@ def count_request(api_name: str, payload: dict[str, Any], model: str) -> TokenEs
             tokens += count
         else:  # a conversation re-sends its earlier turns: each distinct text is tokenized once
             tokens += remembered(_space(name), text, functools.partial(_length, encoding))
-    return TokenEstimate(tokens + tally.fixed, tally.exact, tally.method)
+    return TokenEstimate(tokens + tally.fixed, tally.exact, tally.method, tally.audio, tally.cache_write)
 
 
 @functools.cache
@@ -289,7 +299,9 @@ def _chat_content(tally: _Tally, content: Any, model: str) -> None:
         elif kind == "input_audio" and isinstance(part, dict):
             tally.exact = False
             audio = part.get("input_audio")
-            tally.fixed += audio_tokens(audio if isinstance(audio, dict) else {})
+            tokens = audio_tokens(audio if isinstance(audio, dict) else {})
+            tally.fixed += tokens
+            tally.audio += tokens
         elif kind == "file" and isinstance(part, dict) and isinstance(part.get("file"), dict) \
                 and isinstance(part["file"].get("file_data"), str):
             tally.exact = False
@@ -427,6 +439,8 @@ _ANTHROPIC_TOOL_PROMPT = {"auto": 346, "none": 346, "any": 313, "tool": 313}
 
 def _count_messages(payload: dict[str, Any], model: str) -> _Tally:
     tally = _Tally("anthropic-estimate", exact=False)
+    if (mark := payload.get("cache_control")) is not None:  # automatic caching
+        tally.cache(mark)
     system = payload.get("system")
     if system is not None:
         tally.fixed += _PER_MESSAGE
@@ -447,6 +461,8 @@ def _count_messages(payload: dict[str, Any], model: str) -> _Tally:
         tally.fixed += _ANTHROPIC_TOOL_PROMPT.get(kind if isinstance(kind, str) else "auto", 346)
         for tool in tools:
             tally.texts.append(_json(tool))
+            if type(tool) is dict and (mark := tool.get("cache_control")) is not None:
+                tally.cache(mark)
     return tally
 
 
@@ -458,7 +474,10 @@ def _anthropic_content(tally: _Tally, content: Any) -> None:
         kind = block.get("type") if isinstance(block, dict) else None
         if not isinstance(block, dict):
             tally.opaque(block)
-        elif kind == "text":
+            continue
+        if (mark := block.get("cache_control")) is not None:
+            tally.cache(mark)
+        if kind == "text":
             tally.text(block.get("text"))
         elif kind == "thinking":
             tally.text(block.get("thinking"))

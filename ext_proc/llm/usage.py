@@ -142,3 +142,7 @@ class TokenEstimate:
     tokens: int
     exact: bool
     method: str
+    # What may be billed above the input rate, seen while counting: the input_audio parts' tokens
+    # (OpenAI chat) and the dearest cache write a ``cache_control`` asks for (Anthropic: "5m", "1h").
+    audio: int = 0
+    cache_write: str | None = None

@@ -46,10 +46,11 @@ class ServiceAccountant:
 
     def estimate_cost(self, provider_kind: str, model: str, aliases: tuple[str, ...], override: prices.Price | None,
                       input_tokens: int, output_tokens: int, service_tier: str | None = None,
-                      speed: str | None = None) -> int | None:
+                      speed: str | None = None, premiums: prices.Premiums | None = None) -> int | None:
         """An estimate of what ``input_tokens`` in and ``output_tokens`` out cost, in micro-dollars,
         rounded up (a budget claim, not a bill: float rates, the prompt's price tier), at the rates
-        of the service tier and speed the request asks for (priority, fast mode)."""
+        of the service tier and speed the request asks for (priority, fast mode), and with the
+        ``premiums`` it may be billed (cache writes, audio, web searches: :func:`prices.claim_micros`)."""
         key = (provider_kind, model, aliases, override, service_tier, speed)
         price = self._prices.get(key, _UNKNOWN)
         if price is _UNKNOWN:
@@ -64,6 +65,8 @@ class ServiceAccountant:
             if input_tokens > tier.above:
                 price = tier.price
                 break
+        if premiums is not None:
+            return math.ceil(prices.claim_micros(price, input_tokens, output_tokens, premiums))
         rates = self._rates.get(price)
         if rates is None:
             rates = self._rates[price] = (float(price.input), float(price.output))

@@ -510,3 +510,91 @@ def test_a_providers_429_passed_through_keeps_its_retry_after() -> None:
     assert "retry-after" not in action.remove_headers and "retry-after" not in dict(action.set_headers)
     assert set(action.remove_headers) == {name for name in OPENAI_LIMITS if "project" in name}
     assert dict(action.set_headers)["x-ratelimit-limit-requests"] == "60"  # Tollway's own
+
+
+PREMIUM_POLICY = compile_policy(POLICY_TEXT.replace("  llama: {provider: local}\n", "  llama: {provider: local}\n"
+                                                    "  sonnet45: {provider: anthropic, model: claude-sonnet-4-5}\n"
+                                                    "  gpt-audio: {provider: openai}\n"))
+MESSAGES_HEAD = {**HEAD, ":path": "/v1/messages"}
+BIG = "lorem " * 3000
+
+
+def _usd_claimed(head: dict[str, str], body: dict[str, Any]) -> int:
+    s = Session(PREMIUM_POLICY, "search-app", ACCOUNTANT, runtime=runtime.fixed(now=NOW))
+    s.handle(RequestHeaders(head, False, 1))
+    ask = s.handle(RequestBody(orjson.dumps(body), True, 2))
+    assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+    return next(c.amount for c in ask.query.claims if c.counter.startswith("budget/search-monthly/usd"))
+
+
+def _billed(kind: str, model: str, api: str, body: dict[str, Any], output: int, **usage: int) -> int:
+    """What settlement charges for the request's counted prompt, ``output`` tokens and ``usage``."""
+    estimate = ACCOUNTANT.count_request(api, body, model)
+    assert estimate is not None
+    prompt = estimate.tokens
+    fields = {key: prompt if value == -1 else value for key, value in usage.items()}
+    cost = ACCOUNTANT.cost(kind, model, (), Usage(input_tokens=prompt, output_tokens=output, **fields), None)[0]
+    assert cost is not None
+    return cost
+
+
+@pytest.mark.parametrize(("ttl", "rate"), [(None, 1.25), ({"ttl": "5m"}, 1.25), ({"ttl": "1h"}, 2.0)])
+def test_a_prompt_asking_for_the_cache_is_claimed_at_the_write_rate_it_may_be_billed(
+        ttl: dict[str, str] | None, rate: float) -> None:
+    """A cache_control block may write the whole prompt to the cache, billed at 1.25 times the input
+    rate (5 minutes) or twice it (1 hour): the claim holds that (claimed at the input rate, a 1-hour
+    write of a long system prompt overshot its hard budget nearly twofold)."""
+    plain = {"model": "sonnet45", "max_tokens": 16, "system": [{"type": "text", "text": BIG}],
+             "messages": [{"role": "user", "content": "hi"}]}
+    cached = {**plain, "system": [{"type": "text", "text": BIG, "cache_control": {"type": "ephemeral", **(ttl or {})}}]}
+    hour = -1 if ttl == {"ttl": "1h"} else 0
+    billed = _billed("anthropic", "claude-sonnet-4-5", "anthropic.messages", cached, 16, cache_write_tokens=-1,
+                     cache_write_1h_tokens=hour)
+    claimed, before = _usd_claimed(MESSAGES_HEAD, cached), _usd_claimed(MESSAGES_HEAD, plain)
+    assert claimed >= billed and claimed > 1.2 * before
+    assert (claimed - 16 * 15) == pytest.approx((before - 16 * 15) * rate, rel=0.001)
+    # The top-level (automatic) cache_control and a mark on a message block count the same way.
+    for body in ({**plain, "cache_control": {"type": "ephemeral", **(ttl or {})}},
+                 {**plain, "messages": [{"role": "user", "content": [
+                     {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral", **(ttl or {})}}]}]}):
+        assert _usd_claimed(MESSAGES_HEAD, body) == pytest.approx(claimed, rel=0.001)
+
+
+def test_web_search_tools_claim_the_fee_of_every_search_they_allow() -> None:
+    """Anthropic bills $10 per 1,000 web searches: a web search tool claims max_uses searches, or
+    DEFAULT_WEB_SEARCHES without it (claimed at its tokens alone, 10 searches overshot a budget 75-fold)."""
+    from ext_proc.core.limits import DEFAULT_WEB_SEARCHES
+
+    plain = {"model": "sonnet45", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    before = _usd_claimed(MESSAGES_HEAD, plain)
+    search = {"type": "web_search_20250305", "name": "web_search"}
+    fetch = {"type": "web_fetch_20250910", "name": "web_fetch"}  # billed as tokens only
+    function = {"name": "f", "input_schema": {"type": "object"}}
+    for tools, searches in (([{**search, "max_uses": 3}], 3), ([search, function, fetch], DEFAULT_WEB_SEARCHES),
+                            ([{**search, "max_uses": 0}], 0), ([function], 0)):
+        body = {**plain, "tools": tools}
+        with_tools = _usd_claimed(MESSAGES_HEAD, {**body, "tools": [t for t in tools if t is not search and
+                                                                    t.get("type") != "web_search_20250305"]})
+        claimed = _usd_claimed(MESSAGES_HEAD, body)
+        billed = _billed("anthropic", "claude-sonnet-4-5", "anthropic.messages", body, 16, web_searches=searches)
+        assert claimed >= billed
+        assert claimed - with_tools >= searches * 10_000 and claimed - with_tools < searches * 10_000 + 2_000
+    assert before == _usd_claimed(MESSAGES_HEAD, {**plain, "tools": []})
+
+
+def test_an_audio_answer_is_claimed_at_the_audio_output_rate_and_audio_in_at_its_own() -> None:
+    """gpt-audio bills audio out at $64 per million tokens, text at $10: a request asking for audio
+    claims its output at the audio rate (claimed at the text rate, it overshot six-fold), one with
+    an input_audio part its prompt at the audio input rate."""
+    plain = {"model": "gpt-audio", "max_completion_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}
+    audio = {**plain, "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
+    billed = _billed("openai", "gpt-audio", "openai.chat.completions", audio, 1000, output_audio_tokens=1000)
+    claimed, before = _usd_claimed(HEAD, audio), _usd_claimed(HEAD, plain)
+    assert claimed >= billed and claimed > 6 * before
+    assert _usd_claimed(HEAD, {**plain, "modalities": ["text"]}) == before
+    heard = {**plain, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": BIG}, {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}]}]}
+    text = {**plain, "messages": [{"role": "user", "content": [{"type": "text", "text": BIG}]}]}
+    billed = _billed("openai", "gpt-audio", "openai.chat.completions", heard, 1000, input_audio_tokens=-1)
+    claimed = _usd_claimed(HEAD, heard)
+    assert claimed >= billed and claimed - 10_000 > 10 * (_usd_claimed(HEAD, text) - 10_000)  # $32 / $2.50 in
