@@ -18,6 +18,7 @@ import httpx
 import openai
 import orjson
 import pytest
+import yaml
 
 from ext_proc.policy.compiled import key_digest
 from tests.e2e.conftest import Providers, one_minute
@@ -298,3 +299,55 @@ def test_the_providers_rate_limit_headers_never_reach_the_client(small: Provider
     unlimited = small.openai().chat.completions.with_raw_response.create(
         model="gpt-5-nano", messages=HI, extra_headers=recorded)
     assert unlimited.status_code == 200 and [name for name in unlimited.headers if "ratelimit" in name] == []
+
+
+# Answers billed above their tokens at the input and output rates: 10 web searches ($0.10), a
+# 1-hour cache write of the whole prompt (twice the input rate).
+MESSAGE = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+           "stop_sequence": None, "stop_reason": "end_turn", "content": [{"type": "text", "text": "Found."}]}
+PREMIUM_ANSWERS = {
+    "searched": {**MESSAGE, "usage": {"input_tokens": 8, "output_tokens": 16,
+                                      "server_tool_use": {"web_search_requests": 10}}},
+    "cached-1h": {**MESSAGE, "usage": {"input_tokens": 10, "output_tokens": 16, "cache_creation_input_tokens": 9000,
+                                       "cache_creation": {"ephemeral_5m_input_tokens": 0,
+                                                          "ephemeral_1h_input_tokens": 9000}}},
+}
+PREMIUM_POLICY = f"""
+apiVersion: tollway/v1
+providers:
+  anthropic: {{kind: anthropic, credential: {{env: L_ANTHROPIC_KEY}}}}
+models:
+  sonnet: {{provider: anthropic, model: claude-sonnet-4-5}}
+teams:
+  alpha: {{keys: [{{id: alpha-ci, sha256: "{key_digest(ALPHA)}"}}], models: ["*"]}}
+budgets:
+  alpha-daily: {{team: alpha, usd: "1.00", period: day}}
+"""
+
+
+def test_searches_and_cache_writes_are_claimed_so_a_hard_budget_holds(tmp_path: Path) -> None:
+    """A hard budget's claim is what the request may be billed: its web searches (max_uses of them)
+    and a 1-hour cache write of its prompt, not only its tokens at the input and output rates."""
+    cassettes = tmp_path / "cassettes"
+    cassettes.mkdir()
+    for name, answer in PREMIUM_ANSWERS.items():
+        (cassettes / f"{name}.yaml").write_text(yaml.safe_dump({"version": 2, "interactions": [{"id": 0, "request": {
+            "url": "https://api.anthropic.com/v1/messages", "method": "POST", "body": "{}", "headers": {}},
+            "response": {"code": 200, "headers": {"Content-Type": ["application/json"]},
+                         "body": orjson.dumps(answer).decode()}}]}))
+    stack = Providers.stack(tmp_path, PREMIUM_POLICY, {"L_ANTHROPIC_KEY": ANTHROPIC_KEY},
+                            mock_args=("--cassettes", str(cassettes)))
+    with stack:
+        env = Providers(stack, ALPHA)
+        claude = env.anthropic()
+        searched = claude.messages.with_raw_response.create(
+            model="sonnet", max_tokens=16, messages=HI, extra_headers={"x-mock-cassette": "searched"},
+            tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 10}])
+        cached = claude.messages.with_raw_response.create(
+            model="sonnet", max_tokens=16, messages=HI, extra_headers={"x-mock-cassette": "cached-1h"},
+            system=[{"type": "text", "text": "lorem " * 9000, "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
+        for raw, least in ((searched, 100_000), (cached, 9000 * 6)):
+            record = env.record(raw.headers["x-tollway-request-id"])
+            (usd,) = record["limits"]
+            assert usd["used"] == record["cost_usd_micros"] >= least
+            assert usd["used"] <= usd["claimed"]
