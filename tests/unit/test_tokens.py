@@ -504,6 +504,30 @@ def test_anthropic_tools_blocks_and_images() -> None:
     assert forced.tokens == expected - 346 + 313
 
 
+def test_the_count_notes_the_dearest_cache_write_and_the_audio_a_prompt_asks_for() -> None:
+    """What budgets claim above the input rate: a cache_control mark anywhere (top level, system,
+    a message block, a tool result's own block, a tool), the 1-hour one over the 5-minute one;
+    input_audio parts' tokens."""
+    mark, hour = {"type": "ephemeral"}, {"type": "ephemeral", "ttl": "1h"}
+    result = {"type": "tool_result", "tool_use_id": "t1",
+              "content": [{"type": "text", "text": "20C", "cache_control": hour}]}
+    tool = {"name": "f", "input_schema": {"type": "object"}}
+    base = {"model": "claude-haiku", "max_tokens": 10, "messages": [user("hi")]}
+    for body, ttl in (
+        (base, None),
+        ({**base, "cache_control": mark}, "5m"),
+        ({**base, "system": [{"type": "text", "text": "s", "cache_control": mark}]}, "5m"),
+        ({**base, "tools": [{**tool, "cache_control": hour}]}, "1h"),
+        ({**base, "system": [{"type": "text", "text": "s", "cache_control": mark}],
+          "messages": [user([result])]}, "1h"),
+    ):
+        assert count_request(MESSAGE, body, "claude-haiku").cache_write == ttl
+    audio = {"type": "input_audio", "input_audio": {"data": b64(b"RIFF" + bytes(4000)), "format": "wav"}}
+    heard = chat("gpt-4o-audio-preview", [user([{"type": "text", "text": "hi"}, audio])])
+    assert heard.audio > 0 and heard.tokens > heard.audio
+    assert chat("gpt-4o-audio-preview", [user("hi")]).audio == 0
+
+
 # -- The size guard --------------------------------------------------------------------------
 
 
