@@ -39,7 +39,6 @@ class Flow:
         "claim_labels",
         "claims",
         "cluster",
-        "cost_unknown",
         "credential",
         "error",
         "fallback",
@@ -124,7 +123,6 @@ class Flow:
         self.admission: Admission | None = None  # the store's answer
         self.rate_headers: tuple[tuple[str, str], ...] = ()  # x-ratelimit-* for the answer
         self.limit_refused: str | None = None  # the limit that refused the request
-        self.cost_unknown = False  # a USD budget applies but no target has a price
         self.local = False  # a step answered the request itself (no provider, nothing spent)
         self.guard: Guard | None = None  # the guardrails acting on this request (None: none apply)
         # What goes upstream (the answer to Envoy's request messages).

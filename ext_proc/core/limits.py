@@ -105,8 +105,6 @@ class Limits(Step):
         if not claims:
             return None
         flow.claims, flow.claim_labels = tuple(claims), tuple(labels)
-        flow.cost_unknown = usd is None and any(isinstance(limit, Budget) and limit.usd_micros is not None
-                                                for limit, _ in applying)
         fail_open = policy.limits.on_unavailable == "open"
         return Ask(Admit(flow.claims, fail_open), then=functools.partial(_admitted, flow, now))
 
