@@ -73,7 +73,7 @@ from .instructions import MAX_CHARS, Instructions, instructions
 from .jsontext import OUTSIDE, bare_number, blanked, decoded, escape_at, json_state, unescape
 from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
-from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable
+from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable, united
 from .texts import METADATA, Identifier, StreamTexts, Unread, Unreadable, Walker
 from .visible import INVISIBLE, Visible, strip
 
@@ -96,30 +96,23 @@ def _find(scanner: Scanner, names: Container[str], budget: Budget, text: str) ->
 
 def _find_json(scanner: Scanner, names: Container[str], budget: Budget, text: str) -> Sequence[Finding]:
     """The findings of JSON text, read as what its strings mean (:func:`_meant`)."""
-    return _meant(text, functools.partial(_find, scanner, names, budget))
+    return _meant(text, functools.partial(_find, scanner, names, budget), names)
 
 
-def _meant(text: str, find: Callable[[str], Sequence[Finding]]) -> list[Finding]:
+def _meant(text: str, find: Callable[[str], Sequence[Finding]], names: object) -> list[Finding]:
     """``find``'s findings in JSON ``text`` read as what its strings mean (``\\n`` a line break,
     ``\\u00e9`` ``é``: a value right after an escape is found without the escape's letter, a
     word written with escapes is found), as spans of ``text`` holding whole escapes; and those of
     ``text`` as written (its control escapes' letters blanked, :func:`.jsontext.blanked`), which
     decoding may cut short or hide (a quote written ``\\"`` inside a quoted password ends it
-    there): see :func:`_union`."""
+    there), each moved inwards off the escapes it splits. Findings of the two readings that
+    overlap become one spanning them, its detector the one ``names`` (the rules) acts on most
+    strictly (:func:`.scanner.united`)."""
     meaning = decoded(text)
     if meaning is None:
         return list(find(text))
     out = [Finding(f.detector, *meaning.span(f.start, f.end), f.open) for f in find(meaning.text)]
-    return _union(text, out, find(blanked(text)))
-
-
-def _union(text: str, meant: Sequence[Finding], written: Sequence[Finding]) -> list[Finding]:
-    """The findings of JSON ``text`` read as it means (``meant``) and as written (``written``, each
-    moved inwards off the escapes it splits), as one list, left to right, without overlaps: a
-    finding of one reading alone stays; findings of both that overlap, all of one detector, become
-    one spanning them (neither reading's value shows); of several detectors, the meaning's stay."""
-    spans: list[tuple[int, int, int, Finding]] = [(f.start, f.end, 0, f) for f in meant]
-    for f in written:
+    for f in find(blanked(text)):
         start, end = f.start, f.end
         split = escape_at(text, start)
         if split is not None:
@@ -128,29 +121,8 @@ def _union(text: str, meant: Sequence[Finding], written: Sequence[Finding]) -> l
         if split is not None:
             end = split[0]
         if start < end:
-            spans.append((start, end, 1, f))
-    if len(spans) == len(meant):
-        return list(meant)
-    spans.sort(key=lambda span: (span[0], -span[1]))
-    out: list[Finding] = []
-    cluster: list[tuple[int, int, int, Finding]] = []
-    reach = -1
-    for span in [*spans, (len(text) + 1, len(text) + 1, 0, None)]:
-        if cluster and span[0] >= reach:  # the cluster of overlapping findings before is whole
-            if len(cluster) == 1:
-                start, end, _, f = cluster[0]
-                out.append(Finding(f.detector, start, end, f.open))
-            elif len({f.detector.name for _, _, _, f in cluster}) == 1:
-                first = cluster[0][3]
-                out.append(Finding(first.detector, cluster[0][0], reach, any(f.open for *_, f in cluster)))
-            else:
-                out.extend(f for _, _, side, f in cluster if side == 0)
-            cluster = []
-        if span[3] is None:
-            break
-        cluster.append(span)  # type: ignore[arg-type]
-        reach = max(reach, span[1]) if len(cluster) > 1 else span[1]
-    return out
+            out.append(Finding(f.detector, start, end, f.open))
+    return united(out, names)
 
 
 REPEATED_MIN = 6  # characters: a credential this long found once is replaced wherever the text repeats it
@@ -580,7 +552,7 @@ class Guard:
             findings = self.plan.scanner.find(text, rules, self._answer_budget()) if rules else []
             return merge(findings, kept.find(text)) if kept is not None else findings
 
-        return _meant(text, find) if json_text else find(text)
+        return _meant(text, find, rules) if json_text else find(text)
 
     def _echo(self, text: str, json_text: bool) -> str:
         """A text of the request that the answer repeats (the ``instructions`` a Responses
@@ -601,7 +573,8 @@ class Guard:
                                   functools.partial(_find_json if escaped else _find, self.plan.scanner, rules,
                                                     self._answer_budget()))
         if self._kept is not None:
-            findings = merge(list(findings), _meant(text, self._kept.find) if json_text else self._kept.find(text))
+            findings = merge(list(findings), _meant(text, self._kept.find, rules) if json_text
+                                                         else self._kept.find(text))
         return self.apply(text, findings, rules, RESPONSE, json_text, restore=True, echo=True)
 
     def shown(self, text: str) -> str | None:

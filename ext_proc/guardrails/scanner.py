@@ -44,7 +44,7 @@ import re
 import re._constants as _sre_constants  # the parse tree of a pattern: its width, its characters
 import re._parser as _sre_parse
 import time
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -297,7 +297,7 @@ class Scanner:
         clean = seen.text
         more = [Finding(f.detector, seen.start(f.start), len(text) if f.open else seen.end(f.end), f.open)
                 for f in self._find(clean, clean.encode("utf-8", "surrogatepass"), names, budget, seen.within(fresh))]
-        return united(found, more)
+        return united(found + more, names) if more else found
 
     def _find(self, text: str, data: bytes, names: Container[str] | None, budget: Budget | None,
               fresh: int) -> list[Finding]:
@@ -354,9 +354,11 @@ class Scanner:
         done = 0  # the end of the last finding
         deferred: list[tuple[int, int]] = []  # candidates of the detectors with a value span: after the others
         for index, start in order:
-            if start < done:
-                continue
             detector = detectors[index]
+            # A candidate inside the last finding: checked only when the rules act on its detector
+            # more strictly (a key inside what reads as an email's local part): the two become one.
+            if start < done and strictness(names, detector) <= strictness(names, out[-1].detector):
+                continue
             if names is not None and detector.name not in names:
                 continue
             if detector.value is not None:
@@ -375,21 +377,28 @@ class Scanner:
                 if check is None or check(text[start:end], context(text, start)):
                     until = self._until.get(index)
                     if until is None:
-                        out.append(Finding(detector, start, end))
-                        done = end
+                        finding = Finding(detector, start, end)
                     else:
                         closing = until.search(text, end)
-                        done = closing.end() if closing else len(text)
-                        out.append(Finding(detector, start, done, open=closing is None))
+                        finding = Finding(detector, start, closing.end() if closing else len(text),
+                                          open=closing is None)
+                    if start < done:  # the stricter of two overlapping: one finding spanning both
+                        last = out[-1]
+                        finding = Finding(detector, last.start, max(last.end, finding.end), last.open or finding.open)
+                        out[-1] = finding
+                    else:
+                        out.append(finding)
+                    done = finding.end
                     break
         if deferred:
-            out = self._yielded(text, deferred, ends, out)
+            out = self._yielded(text, deferred, ends, out, names)
         return out
 
     def _yielded(self, text: str, deferred: list[tuple[int, int]], ends: dict[tuple[int, int], list[int]],
-                 out: list[Finding]) -> list[Finding]:
+                 out: list[Finding], names: Container[str] | None) -> list[Finding]:
         """``out`` with the findings of the detectors whose ``value`` says where in the text a
-        match's finding is, where no other finding is."""
+        match's finding is, where no other finding is (or where the others' actions are all less
+        strict: then one finding spanning them, :func:`united`)."""
         starts = [f.start for f in out]  # sorted, the findings do not overlap
         for index, start in deferred:
             detector = self.detectors[index]
@@ -403,30 +412,56 @@ class Scanner:
             if span is None:
                 continue
             at = bisect.bisect_left(starts, span[0])
-            if (at and out[at - 1].end > span[0]) or (at < len(out) and out[at].start < span[1]):
-                continue  # another finding is there
+            first = at - 1 if at and out[at - 1].end > span[0] else at
+            last = at
+            while last < len(out) and out[last].start < span[1]:
+                last += 1
+            if first < last:  # another finding is there
+                rank = strictness(names, detector)
+                if any(strictness(names, f.detector) >= rank for f in out[first:last]):
+                    continue
+                out[first:last] = united([*out[first:last], Finding(detector, *span)], names)
+                starts[first:last] = [out[first].start]
+                continue
             out.insert(at, Finding(detector, *span))
             starts.insert(at, span[0])
         return out
 
 
-def united(found: list[Finding], more: list[Finding]) -> list[Finding]:
-    """Two scans' findings of one text as one list, left to right: findings that overlap become one
-    spanning them all, so no part of either shows (its detector the longest's; open when one is)."""
-    if not more:
-        return found
+# How strict a rule's action is. Findings of several detectors that overlap become one, spanning
+# them all, whose detector is that of the strictest action the request's rules give them: a key
+# joined to an email (``AKIA…<U+200B>ops@acme.io``) is blocked when keys are, even if emails are
+# only logged. (Between actions that rewrite, the longest finding's detector.)
+STRICTNESS = {"log": 0, "redact": 1, "pseudonymise": 1, "mask": 1, "block": 2}
+
+
+def strictness(names: object, detector: Detector) -> int:
+    """How strict the action ``names`` (a request's rules: detector name -> rule, or only names)
+    gives ``detector`` is (:data:`STRICTNESS`); 0 when ``names`` gives no actions."""
+    if not isinstance(names, Mapping):
+        return 0
+    return STRICTNESS.get(getattr(names.get(detector.name), "action", ""), 0)
+
+
+def united(findings: Iterable[Finding], names: object = None) -> list[Finding]:
+    """Findings of one text (of several scans or readings of it) as one list, left to right,
+    without overlaps: findings that overlap become one spanning them all, so no part of any shows
+    (open when one is); its detector the one whose action ``names`` (the request's rules) makes
+    strictest (:data:`STRICTNESS`), of those the longest finding's."""
     out: list[Finding] = []
-    longest = 0
-    for finding in sorted(found + more, key=lambda f: (f.start, -f.end)):
-        size = finding.end - finding.start
+    best = (0, 0)
+    for finding in sorted(findings, key=lambda f: (f.start, -f.end)):
         last = out[-1] if out else None
         if last is None or finding.start >= last.end:
             out.append(finding)
-            longest = size
+            best = (-1, finding.end - finding.start)  # (ranked only when another overlaps it)
             continue
+        if best[0] < 0:
+            best = (strictness(names, last.detector), best[1])
         detector = last.detector
-        if size > longest:
-            detector, longest = finding.detector, size
+        rank = (strictness(names, finding.detector), finding.end - finding.start)
+        if rank > best:
+            detector, best = finding.detector, rank
         out[-1] = Finding(detector, last.start, max(last.end, finding.end), last.open or finding.open)
     return out
 

@@ -1635,12 +1635,14 @@ def _sent_arguments(arguments: str, policy: Any = ESCAPES) -> str:
     ('{"password": "Ab\\"c9d123!"}', {"password": "[SECRET_1]"}),  # its quote escaped: read to its end
     ('{"password": "\\"Abc9d123!xyz"}', {"password": "[SECRET_1]"}),
     ('{"env": "X=1\\nDB_PASSWORD=hunter2secret9\\nY=2"}', {"env": "X=1\nDB_PASSWORD=[SECRET_1]\nY=2"}),
-    ('{"u": "https:\\/\\/user:s3cretpass@db.example.com\\/x"}', {"u": "https://user:[URL_PASSWORD_1]@db.example.com/x"}),
+    # (read as written, ``s3cretpass@db.example.com`` is an email: one finding spans both)
+    ('{"u": "https:\\/\\/user:s3cretpass@db.example.com\\/x"}', {"u": "https://user:[EMAIL_1]/x"}),
 ])
 def test_a_secret_in_json_text_is_found_as_it_means_and_as_written(arguments: str, expected: Any) -> None:
     """Decoding may cut a secret short (an ``ä`` or an emoji ends an unquoted value's ASCII, an
     escaped quote a quoted one): what the text as written shows is found too, and the text stays
-    JSON; where both readings find overlapping values of several detectors, the meaning's stay."""
+    JSON; where both readings find overlapping values of several detectors, one finding spans them
+    (the strictest rule's detector, of equally strict ones the longest finding's)."""
     sent = _sent_arguments(arguments)
     assert json.loads(sent) == expected
 
@@ -1756,6 +1758,48 @@ def test_a_credential_split_by_an_invisible_character_is_blocked(sep: str) -> No
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": f"deploy {AWS_KEY[:4]}{sep}{AWS_KEY[4:]}"}]}
     with pytest.raises(Blocked):
         Guard(plan).prompt(WALKERS["openai.chat.completions"], body)
+
+
+LOGGED_EMAILS = compile_policy(HEAD + textwrap.dedent("""\
+    guardrails:
+      rules:
+        - {name: pii, detectors: [email], action: log, teams: [support]}
+        - {name: pii, detectors: [email], action: redact}
+        - {name: secrets, detectors: [credentials], action: block}
+"""))
+
+
+@pytest.mark.parametrize("team", ["support", "search"])
+@pytest.mark.parametrize("joined", [f"{AWS_KEY}\u200bops@acme.io", f"{AWS_KEY}.ops@acme.io",
+                                    f"{AWS_KEY}\u200bjane@example.com", "DB_PASSWORD=hunter2x9@corp.com"],
+                         ids=["ZWSP", "dot", "ZWSP-longer", "assigned"])
+@pytest.mark.parametrize("json_text", [False, True], ids=["text", "JSON"])
+def test_overlapping_findings_take_the_strictest_rules_action(team: str, joined: str, json_text: bool) -> None:
+    """A key joined to an email (by an invisible character, or as the email's local part) reads as
+    both: the two findings become one, acted on as the strictest of their rules says (the key's
+    ``block``), whether the email is logged or redacted, and whichever is longer; the same in
+    tool-call arguments that write the character as an escape (``\\u200b``)."""
+    plan = LOGGED_EMAILS.guardrails.plan(team, "gpt-4o") if LOGGED_EMAILS.guardrails else None
+    assert plan is not None
+    messages: list[dict[str, Any]] = [{"role": "user", "content": f"creds {joined}"}]
+    if json_text:
+        messages = _called(json.dumps({"note": f"creds {joined}"}))
+        assert "\\u200b" in messages[1]["tool_calls"][0]["function"]["arguments"] or "\u200b" not in joined
+    with pytest.raises(Blocked) as caught:
+        Guard(plan).prompt(WALKERS["openai.chat.completions"], {"model": "gpt-4o", "messages": messages})
+    assert caught.value.rule.name == "secrets"
+
+
+def test_overlapping_findings_become_one_spanning_both() -> None:
+    """The scanner's findings, for rules of several actions: one finding over the key and the email,
+    the key's (the stricter rule's); without rules (or rules equally strict), the longer one's."""
+    text = f"creds {AWS_KEY}\u200bops@acme.io and {AWS_KEY}.ops@acme.io"
+    plan = LOGGED_EMAILS.guardrails.plan("support", "gpt-4o") if LOGGED_EMAILS.guardrails else None
+    assert plan is not None
+    found = [(f.detector.name, text[f.start:f.end]) for f in builtin().find(text, plan.request)]
+    assert found == [("aws_access_key", f"{AWS_KEY}\u200bops@acme.io"), ("aws_access_key", f"{AWS_KEY}.ops@acme.io")]
+    found = [(f.detector.name, text[f.start:f.end]) for f in builtin().find(text)]
+    assert found == [("email", f"{AWS_KEY}\u200bops@acme.io"), ("email", f"{AWS_KEY}.ops@acme.io")]
 
 
 @settings(max_examples=200, deadline=None)
