@@ -48,8 +48,9 @@ def refusal(blocked: Blocked | Unscannable, where: str) -> ClientError:
         return ClientError(400, BLOCKED, f"The {where} was blocked by the '{blocked.rule.name}' guardrail "
                                          f"({blocked.detector}): it is in an audio answer's transcript, and "
                                          f"the audio cannot be redacted.")
+    at = f" in '{blocked.param}'" if blocked.param else ""  # (a tool's schema: a place hard to guess)
     return ClientError(400, BLOCKED, f"The {where} was blocked by the '{blocked.rule.name}' guardrail "
-                                     f"({blocked.detector}).")
+                                     f"({blocked.detector}){at}.", blocked.param)
 
 
 class GuardPrompt(Step):

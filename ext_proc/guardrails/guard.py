@@ -52,6 +52,7 @@ block) is decided per request, from the remembered spans.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import re
@@ -74,7 +75,8 @@ from .jsontext import OUTSIDE, bare_number, blanked, decoded, escape_at, json_st
 from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable, united
-from .texts import METADATA, Identifier, StreamTexts, Unread, Unreadable, Walker
+from .texts import DEFINITION, METADATA, Identifier, Ref, StreamTexts, Unread, Unreadable, Walker
+from .texts.base import place
 from .visible import INVISIBLE, Visible, strip
 
 PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
@@ -87,7 +89,8 @@ INJECTION_ROLES = frozenset({"user", "tool"})
 # findings of a plan's rules (for users' or for the application's own text), an injection score.
 # The findings of the answer's rules in a text of the request that an answer repeats (Guard._echo).
 # JSON text holding escapes is scanned as what its strings mean (FIND_JSON, ECHO_JSON).
-FIND, FIND_SYSTEM, FIND_JSON, SCORE, ECHO, ECHO_JSON = b"f", b"s", b"j", b"i", b"e", b"k"
+# A request's definitions are one text (FIND_DEFINED, the instructions' rules: _definitions).
+FIND, FIND_SYSTEM, FIND_JSON, SCORE, ECHO, ECHO_JSON, FIND_DEFINED = b"f", b"s", b"j", b"i", b"e", b"k", b"d"
 
 
 def _find(scanner: Scanner, names: Container[str], budget: Budget, text: str) -> Sequence[Finding]:
@@ -123,6 +126,45 @@ def _meant(text: str, find: Callable[[str], Sequence[Finding]], names: object) -
         if start < end:
             out.append(Finding(f.detector, start, end, f.open))
     return united(out, names)
+
+
+# Between two definitions in the one text they are scanned as: more whitespace than a check reads
+# before a value (scanner.CONTEXT), which no built-in detector's match crosses.
+SEPARATOR = "\n" * (CONTEXT + 1)
+_DEVELOPERS = frozenset({"system", DEFINITION})  # the roles of the application's own text
+
+
+def _defined(defined: Sequence[Ref], scanner: Scanner, names: Container[str], budget: Budget) -> Sequence[Finding]:
+    """The findings of a request's definitions read as one text, :data:`SEPARATOR` between them."""
+    return _find(scanner, names, budget, SEPARATOR.join(ref.get() for ref in defined))
+
+
+def _touched(defined: Sequence[Ref], findings: Sequence[Finding], values: Sequence[str]) -> list[Ref]:
+    """The definitions that ``findings`` (of their one text, :func:`_defined`) touch, and those
+    holding one of ``values`` (credentials found elsewhere in the request)."""
+    starts = []
+    at = 0
+    for ref in defined:
+        starts.append(at)
+        at += len(ref.get()) + len(SEPARATOR)
+    flagged = set()
+    for finding in findings:
+        index = bisect.bisect_right(starts, finding.start) - 1
+        while index < len(defined) and starts[index] < finding.end:
+            flagged.add(index)
+            index += 1
+    if values:
+        flagged.update(index for index, ref in enumerate(defined) if any(value in ref.get() for value in values))
+    return [defined[index] for index in sorted(flagged)]
+
+
+def _blob(roots: list[Any]) -> str | None:
+    """The JSON of a request's definitions (their key in the worker's memory); None when orjson
+    cannot write it (an integer past 64 bits)."""
+    try:
+        return orjson.dumps(roots).decode()
+    except orjson.JSONEncodeError:
+        return None
 
 
 REPEATED_MIN = 6  # characters: a credential this long found once is replaced wherever the text repeats it
@@ -214,6 +256,7 @@ class Blocked(Exception):
         self.rule = rule
         self.detector = detector
         self.fixed = fixed
+        self.param: str | None = None  # where in the request, when its place is not obvious (a tool's schema)
 
 
 
@@ -291,8 +334,8 @@ class Guard:
         known: list[bytes | None] = []  # the scored texts' digests, where the findings' question had it
         tools: list[bool] = []  # whether each scored text is a tool's result
         budget = Budget()  # the scanner's work the prompt may make
-        refs = []
-        for ref in walker.request(payload):
+        refs: list[Ref] = []
+        for ref in walker.request(payload, definitions=False):  # (the definitions: _definitions)
             if isinstance(ref, Unread):  # a text the plan would read never goes out unread
                 if self._reads(ref.role, rules, system_rules):
                     raise Unreadable(ref)
@@ -301,11 +344,13 @@ class Guard:
                 refs.append(ref)
                 if len(refs) > MAX_TEXTS:  # (metadata of a million strings: seconds of the worker's loop)
                     raise Unscannable(f"more than {MAX_TEXTS:,} texts")
+        roots = walker.defined(payload) if rules else []
+        blob = _blob(roots) if roots else None
         if _pseudonymising(rules) or (system_rules is not None and _pseudonymising(system_rules)):
             # a placeholder the client wrote ("Dear [EMAIL_1]") is never one numbered here, which an
-            # answer would get a value back for
-            self._taken = frozenset(match for ref in refs if "[" in (text := ref.get())
-                                    for match in PLACEHOLDER.findall(text))
+            # answer would get a value back for (in a definition: its JSON, keys too, names it)
+            self._taken = frozenset(match for text in ([ref.get() for ref in refs] + ([blob] if blob else []))
+                                    if "[" in text for match in PLACEHOLDER.findall(text))
         found: list[Sequence[Finding]] = []  # each text's findings (the worker's memory of texts first)
         keys: list[bytes | None] = []
         secrets: dict[str, Detector] = {}  # credentials only their context showed, in any text of the request
@@ -323,6 +368,13 @@ class Guard:
             found.append(findings)
             keys.append(key)
             _secrets(text, findings, secrets)
+        if roots:  # the developer's text, as the instructions are: the instructions' rules
+            names = system_rules if system_rules is not None else rules
+            space = (FIND_SYSTEM if system_rules is not None else FIND) + plan.serial
+            for ref in self._definitions(walker, payload, blob, scanner, names, budget, secrets):
+                refs.append(ref)
+                found.append(remembered(space, ref.get(), functools.partial(_find, scanner, names, budget)))
+                keys.append(None)
         for index, ref in enumerate(refs):
             text = ref.get()
             if ref.role == "system" and room > 0:
@@ -332,14 +384,19 @@ class Guard:
             if rules:
                 key, findings = keys[index], found[index]
                 if secrets:  # a password given in one message and repeated in another
-                    names = system_rules if ref.role == "system" and system_rules is not None else rules
+                    names = system_rules if ref.role in _DEVELOPERS and system_rules is not None else rules
                     values = {value: d for value, d in secrets.items() if d.name in names}
                     if values:
                         findings = repeated(text, findings, values)
                 if findings and ref.role == METADATA and opaque(text):
                     findings = whole_numbers(text, findings)
                 if findings:
-                    new = self.apply(text, findings, rules, REQUEST, ref.json_text)
+                    try:
+                        new = self.apply(text, findings, rules, REQUEST, ref.json_text)
+                    except Blocked as blocked:
+                        if ref.role == DEFINITION:  # (the messages' places are numbered, the tools' deep)
+                            blocked.param = place(payload, ref.container, ref.key, walker.dotted)
+                        raise
                     if new is not text:
                         if isinstance(ref, Identifier):  # one digest per value: users stay apart
                             new = self._identifier(text, findings, rules)
@@ -363,6 +420,36 @@ class Guard:
             if self.score >= plan.threshold:
                 self.injection_found()
         return changed, scored
+
+    def _definitions(self, walker: Walker, payload: dict[str, Any], blob: str | None, scanner: Scanner,
+                     names: Mapping[str, Rule], budget: Budget, secrets: Mapping[str, Detector]) -> list[Ref]:
+        """The request's definitions (tools' descriptions and schemas, output schemas: hundreds of
+        short strings, which an agent sends the same with every request) that hold a finding of
+        ``names``, each then read on its own as the other texts are. They are read as one text
+        (:func:`_defined`), its findings asked of the worker's memory by the definitions' JSON
+        (``blob``) first: the same tools cost one memo hit and no walk. A definition one of those
+        findings touches (one crossing a separator, a custom pattern's, included) is read again on
+        its own, as is one repeating a credential found elsewhere in the request (:func:`repeated`)."""
+        values = [value for value, detector in secrets.items() if detector.name in names]
+        defined: list[Ref] = []
+
+        def walked() -> list[Ref]:  # (once)
+            if not defined:
+                for ref in walker.definitions(payload):
+                    if ref.get():
+                        defined.append(ref)
+                        if len(defined) > MAX_TEXTS:
+                            raise Unscannable(f"more than {MAX_TEXTS:,} texts")
+            return defined
+
+        if blob is None:  # (JSON orjson cannot write again: read, not remembered)
+            findings = _defined(walked(), scanner, names, budget)
+        else:
+            space = FIND_DEFINED + type(walker).__name__.encode() + b":" + self.plan.serial
+            findings = remembered(space, blob, lambda _: _defined(walked(), scanner, names, budget))
+            if not findings and not any(orjson.dumps(value)[1:-1].decode() in blob for value in values):
+                return []
+        return _touched(walked(), findings, values)
 
     def _reads(self, role: str, rules: Mapping[str, Rule], system_rules: Mapping[str, Rule] | None) -> bool:
         """Whether the prompt's guard would act on a text of ``role``: a rule that changes or

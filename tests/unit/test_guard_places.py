@@ -905,3 +905,78 @@ def test_tool_definitions_are_not_scored_for_injection_nor_read_when_absent() ->
         {"type": "mcp", "server_label": "x", "server_url": "https://mcp.example.com",
          "headers": {"authorization": f"Bearer {_KEY}"}}]})
     assert isinstance(sent, Continue), sent
+
+
+_TOOLS = [{"type": "function", "function": {
+    "name": f"tool_{n}", "description": f"Tool number {n}: does one thing well.",
+    "parameters": {"type": "object", "properties": {
+        "password": {"type": "string", "description": "Password: 8-64 characters, at least 1 digit"},
+        "dsn": {"type": "string", "description": "Connection string like postgresql://admin:s3cret@db.internal/prod"},
+        "count": {"type": "integer", "description": "How many."}}}}} for n in range(12)]
+
+
+def test_tool_definitions_are_read_as_the_instructions_are() -> None:
+    """A tool's definitions are the developer's text, as the system prompt is: the detectors of what
+    users paste (a password's assignment, a URL's password) do not read them, so a schema saying
+    ``Password: 8-64 characters`` or showing an example DSN goes out as written; a credential there
+    still blocks (as in the system prompt), and the refusal names the place."""
+    _, _, sent = post("/v1/chat/completions", chat("hi", tools=_TOOLS))
+    assert isinstance(sent, Continue) and sent.body is None, sent
+    system = chat("hi")
+    system["messages"][0]["content"] = "Password: 8-64 characters. e.g. postgresql://admin:s3cret@db.internal/prod"
+    _, _, sent = post("/v1/chat/completions", system)
+    assert isinstance(sent, Continue) and sent.body is None, sent
+    tools = orjson.loads(orjson.dumps(_TOOLS))
+    tools[3]["function"]["parameters"]["properties"]["count"]["description"] = f"How many, key {_KEY}"
+    _, _, refused = post("/v1/chat/completions", chat("hi", tools=tools))
+    assert isinstance(refused, Respond) and refused.status == 400
+    error = orjson.loads(refused.body)["error"]
+    assert error["code"] == "guardrail_blocked"
+    assert error["param"] == "tools[3].function.parameters.properties.count.description", error
+    messages = {**_messages({"type": "text", "text": "hi"}), "tools": [
+        {"name": "a", "description": "Password: 8-64 characters", "input_schema": {"type": "object"}},
+        {"name": "b", "description": f"key {_KEY}", "input_schema": {"type": "object"}}]}
+    _, _, refused = post("/v1/messages", messages)
+    assert isinstance(refused, Respond) and refused.status == 400
+    assert orjson.loads(refused.body)["error"]["message"].startswith("The request was blocked by the 'secrets'")
+    assert "guardrail (aws_access_key) in 'tools.1.description'." in refused.body.decode(), refused.body
+
+
+def test_tool_definitions_are_one_text_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent sends the same tools with every request: their hundreds of strings are scanned as
+    one text, remembered by the tools' JSON, so a request repeating them neither walks nor scans
+    them again (one entry of the worker's memory, not one per string); a change scans them again."""
+    from ext_proc.guardrails.texts import ChatWalker
+    walks = []
+    definitions = ChatWalker.definitions
+    monkeypatch.setattr(ChatWalker, "definitions", lambda self, payload: walks.append(1) or definitions(self, payload))
+    tools = orjson.loads(orjson.dumps(_TOOLS))
+    tools[0]["function"]["description"] = "One tool among many, named for what it does."  # (this test's own)
+    for _ in range(3):
+        _, _, sent = post("/v1/chat/completions", chat("hi", tools=orjson.loads(orjson.dumps(tools))))
+        assert isinstance(sent, Continue) and sent.body is None, sent
+    assert len(walks) == 1
+    tools[5]["function"]["description"] = f"Mail {EMAIL}"
+    _, _, sent = post("/v1/chat/completions", chat("hi", tools=tools))
+    assert isinstance(sent, Continue) and sent.body is not None
+    out = orjson.loads(sent.body)["tools"]
+    assert out[5]["function"]["description"] == "Mail [EMAIL_1]" and out[:5] == tools[:5] and out[6:] == tools[6:]
+    assert len(walks) == 2
+
+
+def test_a_finding_of_the_definitions_one_text_is_read_again_in_its_definition() -> None:
+    """A match of the one text that crosses from one definition into what separates it from the
+    next (a custom pattern matching line breaks) is no finding of either: each is read again on its own."""
+    policy = compile_policy(HEAD + """\
+guardrails:
+  custom:
+    token: {pattern: "tok_[^ ]{12}"}
+  rules:
+    - {name: t, detectors: [token], action: redact}
+""")
+    tools = [{"type": "function", "function": {"name": "a", "description": "ends with tok_",
+                                               "parameters": {"type": "object", "description": "tok_abcdefghijkl"}}}]
+    _, _, sent = post("/v1/chat/completions", chat("hi", tools=tools), policy=policy)
+    assert isinstance(sent, Continue) and sent.body is not None
+    out = orjson.loads(sent.body)["tools"][0]["function"]
+    assert out["description"] == "ends with tok_" and out["parameters"]["description"] == "[TOKEN_1]"

@@ -40,7 +40,9 @@ class MessagesWalker(Walker):
     """``/v1/messages``: ``system``, every block of every turn (text, tool_use input, tool_result
     content, text documents), ``metadata.user_id``; thinking blocks are signed and left alone."""
 
-    def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
+    dotted = True
+
+    def request(self, payload: dict[str, Any], definitions: bool = True) -> Iterator[Ref]:
         system = payload.get("system")
         if isinstance(system, list):
             yield from _blocks(system, "system", where="system")
@@ -63,12 +65,21 @@ class MessagesWalker(Walker):
             yield from _identifier(metadata, "user_id", "metadata.user_id")
         elif metadata is not None:
             yield Unread(payload, "metadata", METADATA, param="metadata", must="an object")
+        if definitions:
+            yield from self.definitions(payload)
+
+    def definitions(self, payload: dict[str, Any]) -> Iterator[Ref]:
         tools = payload.get("tools")  # the developer's definitions the model reads (.base.DEFINITION)
         for tool in tools if isinstance(tools, list) else ():
             yield from _definition(tool, ("description", "input_schema"))
         config = payload.get("output_config")
         yield from _definition(config.get("format") if isinstance(config, dict) else None, ("schema",))
         yield from _definition(payload.get("output_format"), ("schema",))
+
+    def defined(self, payload: dict[str, Any]) -> list[Any]:
+        if "tools" in payload or "output_config" in payload or "output_format" in payload:
+            return [payload.get("tools"), payload.get("output_config"), payload.get("output_format")]
+        return []
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         content = payload.get("content")

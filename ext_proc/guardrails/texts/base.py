@@ -195,6 +195,24 @@ def _values(node: Any) -> Iterator[Ref]:
             yield from _values(item)
 
 
+def place(payload: Any, container: Any, key: Any, dotted: bool = False) -> str | None:
+    """Where ``container[key]`` is in ``payload``, as an error's ``param`` names it
+    (``tools[2].function.description``; ``dotted``: ``tools.2.description``, as Messages errors
+    do), ``container`` found by identity; None when it is not there. Only for an error: a walk of
+    the whole payload."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(payload, ())]
+    while stack:
+        node, path = stack.pop()
+        if node is container:
+            steps = (*path, key)
+            if dotted:
+                return ".".join(str(step) for step in steps)
+            return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in steps).lstrip(".")
+        pairs = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        stack.extend((item, (*path, step)) for step, item in pairs if isinstance(item, (dict, list)))
+    return None
+
+
 _DIGITS = 100_000  # integers from here on are read as text: shorter ones are no identifier's digits
 
 
@@ -230,12 +248,24 @@ class StreamTexts:
 class Walker:
     """Where one wire API keeps its text. ``json_output``: the request asked for JSON
     (:meth:`asks_json`), so the answer's text is JSON text (see the package docstring).
-    ``restores``: the answer has text a pseudonym could come back in (not embeddings' vectors)."""
+    ``restores``: the answer has text a pseudonym could come back in (not embeddings' vectors);
+    ``dotted``: the API's errors name a place ``tools.2.description`` (:func:`place`)."""
 
     restores = True
+    dotted = False
 
-    def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
+    def request(self, payload: dict[str, Any], definitions: bool = True) -> Iterator[Ref]:
+        """The request's texts; its :meth:`definitions` last (``definitions`` False: not those)."""
         raise NotImplementedError
+
+    def definitions(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        """The request's definitions the model reads (:data:`DEFINITION`): tools, output schemas."""
+        return iter(())
+
+    def defined(self, payload: dict[str, Any]) -> list[Any]:
+        """The JSON values of the request that :meth:`definitions` reads from (the same values: the
+        same definitions); empty when it has none."""
+        return []
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         return iter(())

@@ -27,7 +27,7 @@ from .base import (
 class ChatWalker(Walker):
     """``/v1/chat/completions``: messages of every role, their parts, tool calls and results."""
 
-    def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
+    def request(self, payload: dict[str, Any], definitions: bool = True) -> Iterator[Ref]:
         messages = payload.get("messages")
         for number, message in enumerate(messages if isinstance(messages, list) else ()):
             if not isinstance(message, dict):
@@ -41,8 +41,16 @@ class ChatWalker(Walker):
         if isinstance(prediction, dict):
             yield from _message(prediction, "assistant", where="prediction")
         yield from _identifiers(payload)
-        if "tools" in payload or "response_format" in payload or "functions" in payload:  # (most have none)
-            yield from _definitions(payload)
+        if definitions and ("tools" in payload or "response_format" in payload or "functions" in payload):
+            yield from _definitions(payload)  # (most requests have none)
+
+    def definitions(self, payload: dict[str, Any]) -> Iterator[Ref]:
+        return _definitions(payload)
+
+    def defined(self, payload: dict[str, Any]) -> list[Any]:
+        if "tools" in payload or "response_format" in payload or "functions" in payload:
+            return [payload.get("tools"), payload.get("functions"), payload.get("response_format")]
+        return []
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         for choice in payload.get("choices") or ():
@@ -158,7 +166,7 @@ class CompletionsWalker(Walker):
     """``/v1/completions``: ``prompt`` (a string or a list of strings; token ids are decoded to text
     first by :class:`ext_proc.core.guard.TokenPrompts`), ``suffix``."""
 
-    def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
+    def request(self, payload: dict[str, Any], definitions: bool = True) -> Iterator[Ref]:
         yield from _inputs(payload, "prompt")
         yield from _field(payload, "suffix", "user", "suffix")
         yield from _identifiers(payload)
@@ -177,7 +185,7 @@ class EmbeddingsWalker(Walker):
 
     restores = False  # a pseudonymise rule acts as redact (and is recorded so): nothing comes back
 
-    def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
+    def request(self, payload: dict[str, Any], definitions: bool = True) -> Iterator[Ref]:
         yield from _inputs(payload, "input")
         yield from _identifiers(payload)
 

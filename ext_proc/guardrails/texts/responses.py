@@ -34,7 +34,7 @@ class ResponsesWalker(Walker):
     ``output`` items, and what the answer's ``response`` object echoes of the request
     (``instructions``, the prompt's ``variables``, the identifiers and ``metadata``)."""
 
-    def request(self, payload: dict[str, Any]) -> Iterator[Ref]:
+    def request(self, payload: dict[str, Any], definitions: bool = True) -> Iterator[Ref]:
         yield from _instructions(payload)
         given = payload.get("input")
         if isinstance(given, str):
@@ -43,12 +43,21 @@ class ResponsesWalker(Walker):
             yield from _input_items(given, "user")
         yield from _variables(payload)
         yield from _identifiers(payload)
+        if definitions:
+            yield from self.definitions(payload)
+
+    def definitions(self, payload: dict[str, Any]) -> Iterator[Ref]:
         tools = payload.get("tools")  # the developer's definitions the model reads (.base.DEFINITION)
         for tool in tools if isinstance(tools, list) else ():
             if isinstance(tool, dict) and tool.get("type") in ("function", "custom"):  # not an MCP server's headers
                 yield from _definition(tool, ("description", "parameters", "format"))
         text = payload.get("text")
         yield from _definition(text.get("format") if isinstance(text, dict) else None, ("description", "schema"))
+
+    def defined(self, payload: dict[str, Any]) -> list[Any]:
+        text = payload.get("text")
+        fmt = text.get("format") if isinstance(text, dict) else None
+        return [payload.get("tools"), fmt] if "tools" in payload or fmt is not None else []
 
     def answer(self, payload: dict[str, Any], json_output: bool = False) -> Iterator[Ref]:
         output = payload.get("output")
