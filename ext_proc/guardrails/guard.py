@@ -76,7 +76,7 @@ from .kept import KEPT, Kept, kept, merge
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable, united
 from .texts import DEFINITION, METADATA, Identifier, Ref, StreamTexts, Unread, Unreadable, Walker
-from .texts.base import place
+from .texts.base import Verbatim, place
 from .visible import INVISIBLE, Visible, strip
 
 PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}\]")
@@ -390,7 +390,9 @@ class Guard:
                         findings = repeated(text, findings, values)
                 if findings and ref.role == METADATA and opaque(text):
                     findings = whole_numbers(text, findings)
-                if findings:
+                if findings and isinstance(ref, Verbatim):  # a schema's own value: checked, not rewritten
+                    self._checked(findings, rules, walker, payload, ref)
+                elif findings:
                     try:
                         new = self.apply(text, findings, rules, REQUEST, ref.json_text)
                     except Blocked as blocked:
@@ -450,6 +452,19 @@ class Guard:
             if not findings and not any(orjson.dumps(value)[1:-1].decode() in blob for value in values):
                 return []
         return _touched(walked(), findings, values)
+
+    def _checked(self, findings: Sequence[Finding], rules: Mapping[str, Rule], walker: Walker,
+                 payload: dict[str, Any], ref: Ref) -> None:
+        """A definition's :class:`~.texts.Verbatim` value (an ``enum`` member, a ``default``, a
+        ``pattern``): each finding counted as its rule's trigger, a ``block`` rule refusing the
+        request (naming the place), no other rule changing it."""
+        for finding in findings:
+            rule = rules[finding.detector.name]
+            self.count(rule, finding.detector.name, REQUEST)
+            if rule.action == "block":
+                blocked = Blocked(rule, finding.detector.name)
+                blocked.param = place(payload, ref.container, ref.key, walker.dotted)
+                raise blocked
 
     def _reads(self, role: str, rules: Mapping[str, Rule], system_rules: Mapping[str, Rule] | None) -> bool:
         """Whether the prompt's guard would act on a text of ``role``: a rule that changes or

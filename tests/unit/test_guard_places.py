@@ -858,7 +858,7 @@ def test_a_prompt_of_more_texts_than_the_guard_reads_fails_closed(monkeypatch: p
 
 
 _SCHEMA = {"type": "object", "properties": {"to": {"type": "string", "description": f"e.g. {EMAIL}",
-                                                   "enum": [EMAIL, "other"]}, "n": {"type": "integer"}}}
+                                                   "enum": ["first", "other"]}, "n": {"type": "integer"}}}
 _KEY = "AKIA" + "IOSFODNN7EXAMPLE"
 
 
@@ -980,3 +980,30 @@ guardrails:
     assert isinstance(sent, Continue) and sent.body is not None
     out = orjson.loads(sent.body)["tools"][0]["function"]
     assert out["description"] == "ends with tok_" and out["parameters"]["description"] == "[TOKEN_1]"
+
+
+def test_a_schemas_own_values_are_checked_never_rewritten() -> None:
+    """The values of a schema's ``enum``, ``const``, ``default``, ``examples``, ``pattern``,
+    ``required`` and ``format`` are the schema's (the model answers with an ``enum`` member, the
+    application compares it): a rule that rewrites records its trigger but leaves them; a ``block``
+    rule still refuses the request, naming the place. A property *named* ``default`` is no keyword:
+    its description is text as any other."""
+    schema = {"type": "object", "required": ["from"], "properties": {
+        "from": {"type": "string", "enum": ["sales@acme.com", EMAIL], "default": EMAIL,
+                 "examples": [[EMAIL]], "pattern": "^[a-z.]+@acme\\.com$", "format": "email"},
+        "default": {"type": "string", "description": f"e.g. {EMAIL}", "const": EMAIL}}}
+    tools = [{"type": "function", "function": {"name": "send", "strict": True, "parameters": schema}}]
+    session, _, sent = post("/v1/chat/completions", chat("hi", tools=tools))
+    assert isinstance(sent, Continue) and sent.body is not None
+    out = orjson.loads(sent.body)["tools"][0]["function"]["parameters"]
+    want = orjson.loads(orjson.dumps(schema))
+    want["properties"]["default"]["description"] = "e.g. [EMAIL_1]"
+    assert out == want
+    # a redact rule's triggers: the description's address, and the five schema values holding one
+    guard = session.flow.guard
+    assert guard is not None and guard.triggers() == [
+        {"guardrail": "pii", "detector": "email", "action": "redact", "direction": "request", "count": 6}]
+    tools[0]["function"]["parameters"]["properties"]["from"]["enum"][1] = f"key {_KEY}"
+    _, _, refused = post("/v1/chat/completions", chat("hi", tools=tools))
+    assert isinstance(refused, Respond) and refused.status == 400
+    assert orjson.loads(refused.body)["error"]["param"] == "tools[0].function.parameters.properties.from.enum[1]"

@@ -171,10 +171,27 @@ def _identifiers(payload: dict[str, Any]) -> Iterator[Ref]:
 DEFINITION = "definition"
 
 
+# The keywords of a JSON schema whose values are the schema's own, not text for the model to read:
+# a value the model must answer with (``enum``, ``const``, ``default``, ``examples``), a regex, the
+# names of required properties, a format's name. Checked, never rewritten (:class:`Verbatim`).
+VERBATIM = frozenset({"enum", "const", "default", "examples", "example", "pattern", "required", "format"})
+# The keywords whose objects are keyed by names (a property called ``default`` is no keyword).
+_NAMED = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+class Verbatim(Ref):
+    """A value a definition's schema holds under a :data:`VERBATIM` keyword: the rules check it (a
+    ``block`` rule still refuses the request, a trigger is counted) but never rewrite it, so the
+    value the model must answer with stays the value the application reads."""
+
+    __slots__ = ()
+
+
 def _definition(container: Any, fields: tuple[str, ...]) -> Iterator[Ref]:
     """The given fields of a tool's or a format's definition (``description``, a JSON schema, a
     grammar): a string, or the string values of a JSON value, never its keys nor its numbers, so a
-    replaced value leaves the schema a schema (:data:`DEFINITION`)."""
+    replaced value leaves the schema a schema (:data:`DEFINITION`); the values of its
+    :data:`VERBATIM` keywords are never replaced (:class:`Verbatim`)."""
     if not isinstance(container, dict):
         return
     for field in fields:
@@ -185,14 +202,24 @@ def _definition(container: Any, fields: tuple[str, ...]) -> Iterator[Ref]:
             yield from _values(item)
 
 
-def _values(node: Any) -> Iterator[Ref]:
-    """Every string value of a JSON value, at any depth (keys and numbers left alone)."""
-    pairs = node.items() if isinstance(node, dict) else enumerate(node)
-    for key, item in pairs:
-        if isinstance(item, str):
-            yield Ref(node, key, DEFINITION)
-        elif isinstance(item, (dict, list)):
-            yield from _values(item)
+def _values(node: Any, verbatim: bool = False, named: bool = False) -> Iterator[Ref]:
+    """Every string value of a JSON value, at any depth (keys and numbers left alone); under a
+    :data:`VERBATIM` keyword (``verbatim``) as :class:`Verbatim`. ``named``: ``node`` is keyed by
+    names (a schema's ``properties``), not keywords."""
+    if isinstance(node, dict):
+        keywords = not verbatim and not named
+        for key, item in node.items():
+            here = verbatim or (keywords and key in VERBATIM)
+            if isinstance(item, str):
+                yield Verbatim(node, key, DEFINITION) if here else Ref(node, key, DEFINITION)
+            elif isinstance(item, (dict, list)):
+                yield from _values(item, here, keywords and key in _NAMED)
+    else:
+        for key, item in enumerate(node):
+            if isinstance(item, str):
+                yield Verbatim(node, key, DEFINITION) if verbatim else Ref(node, key, DEFINITION)
+            elif isinstance(item, (dict, list)):
+                yield from _values(item, verbatim)
 
 
 def place(payload: Any, container: Any, key: Any, dotted: bool = False) -> str | None:
