@@ -72,7 +72,7 @@ from .holdback import Holdback, holdback
 from .identifiers import identifier_digest, opaque, whole_numbers
 from .instructions import MAX_CHARS, Instructions, instructions
 from .jsontext import OUTSIDE, bare_number, blanked, decoded, escape_at, json_state, unescape
-from .kept import KEPT, Kept, kept, merge
+from .kept import KEPT, Kept, kept
 from .plan import REQUEST, RESPONSE, Plan, Rule
 from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable, united
 from .texts import DEFINITION, METADATA, Identifier, Ref, StreamTexts, Unread, Unreadable, Walker
@@ -652,7 +652,7 @@ class Guard:
 
         def find(text: str) -> list[Finding]:
             findings = self.plan.scanner.find(text, rules, self._answer_budget()) if rules else []
-            return merge(findings, kept.find(text)) if kept is not None else findings
+            return united([*findings, *kept.find(text)], rules) if kept is not None else findings
 
         return _meant(text, find, rules) if json_text else find(text)
 
@@ -675,8 +675,8 @@ class Guard:
                                   functools.partial(_find_json if escaped else _find, self.plan.scanner, rules,
                                                     self._answer_budget()))
         if self._kept is not None:
-            findings = merge(list(findings), _meant(text, self._kept.find, rules) if json_text
-                                                         else self._kept.find(text))
+            more = _meant(text, self._kept.find, rules) if json_text else self._kept.find(text)
+            findings = united([*findings, *more], rules)
         return self.apply(text, findings, rules, RESPONSE, json_text, restore=True, echo=True)
 
     def shown(self, text: str) -> str | None:
@@ -689,7 +689,7 @@ class Guard:
         except Unscannable:
             return None
         if self._kept is not None:
-            findings = merge(findings, self._kept.find(text))
+            findings = united([*findings, *self._kept.find(text)], rules)
         if not findings:
             return text
         parts, last = [], 0
@@ -790,7 +790,7 @@ class Guard:
                 seen = blanked(seen)
             found = self.plan.scanner.find(seen, rules, self._answer_budget(), shift + old)
             if self._kept is not None:
-                found = merge(found, self._kept.find(seen))
+                found = united([*found, *self._kept.find(seen)], rules)
             for finding in found:
                 if finding.start < shift:
                     continue

@@ -77,18 +77,3 @@ def kept(values: tuple[str, ...]) -> Kept | None:
     """The compiled finder of ``values`` (cached: an application sends the same instructions with
     every request); None when there are none."""
     return Kept(values) if values else None
-
-
-def merge(found: list[Finding], more: list[Finding]) -> list[Finding]:
-    """Two lists of findings as one, left to right, without overlaps (the one starting first stays)."""
-    if not more:
-        return found
-    if not found:
-        return more
-    out: list[Finding] = []
-    done = 0
-    for finding in sorted(found + more, key=lambda f: (f.start, -f.end)):
-        if finding.start >= done:
-            out.append(finding)
-            done = finding.end
-    return out

@@ -18,9 +18,9 @@ import orjson
 from ext_proc.guardrails.detectors import GROUPS
 from ext_proc.guardrails.guard import Guard, repeated
 from ext_proc.guardrails.instructions import instructions
-from ext_proc.guardrails.kept import KEPT, kept, merge
+from ext_proc.guardrails.kept import KEPT, kept
 from ext_proc.guardrails.plan import REQUEST, Plan, Rule
-from ext_proc.guardrails.scanner import Scanner, Unscannable, builtin
+from ext_proc.guardrails.scanner import Scanner, Unscannable, builtin, united
 from ext_proc.policy.compile import PolicyError, compile_policy
 
 
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tollway redact: the input holds {exc}: not redacted", file=sys.stderr)
         return 2
     if finder is not None:
-        findings = merge(findings, finder.find(text))
+        findings = united([*findings, *finder.find(text)])
     redacted = guard.apply(text, findings, guard.plan.request, REQUEST)
     if args.json:
         sys.stdout.write(orjson.dumps({

@@ -19,9 +19,11 @@ from hypothesis import strategies as st
 from ext_proc.core.actions import Continue
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
+from ext_proc.guardrails.guard import Blocked, Guard
 from ext_proc.guardrails.instructions import instructions
-from ext_proc.guardrails.kept import kept, merge
-from ext_proc.guardrails.scanner import builtin
+from ext_proc.guardrails.kept import kept
+from ext_proc.guardrails.scanner import builtin, united
+from ext_proc.guardrails.texts import WALKERS
 from ext_proc.llm import runtime
 from ext_proc.policy.compile import PolicyError, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
@@ -104,9 +106,31 @@ def test_findings_merge_left_to_right_without_overlaps() -> None:
     finder = kept(("jane.doe",))
     assert finder is not None
     text = "write to jane.doe@example.com or jane.doe"
-    merged = merge(scanner.find(text), finder.find(text))
+    merged = united([*scanner.find(text), *finder.find(text)])
     assert [(f.detector.name, text[f.start:f.end]) for f in merged] == [
         ("email", "jane.doe@example.com"), ("kept_secret", "jane.doe")]
+
+
+def test_a_kept_value_inside_another_finding_takes_the_stricter_rule() -> None:
+    """A value the instructions keep, inside an address the model writes: one finding over both,
+    the kept value's where its rule blocks (the answer is refused), the longer one's where both
+    redact (the address's placeholder)."""
+    assert POLICY.guardrails is not None
+    walker = WALKERS["openai.chat.completions"]
+    for team in ("strict", "search"):
+        plan = POLICY.guardrails.plan(team, "gpt-4o")
+        assert plan is not None
+        guard = Guard(plan)
+        guard.prompt(walker, {"model": "gpt-4o", "messages": [{"role": "system", "content": SYSTEM},
+                                                              {"role": "user", "content": "Mail?"}]})
+        message = {"role": "assistant", "content": "write to flamingo@example.com"}
+        answer = {"choices": [{"index": 0, "message": message}]}
+        if team == "strict":
+            with pytest.raises(Blocked):
+                guard.answer(walker, answer)
+        else:
+            assert guard.answer(walker, answer)
+            assert message["content"] == "write to [EMAIL_1]"
 
 
 def opened(route: Route, workload: str = "local-dev", system: str = SYSTEM) -> Session:
