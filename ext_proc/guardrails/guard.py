@@ -216,10 +216,6 @@ def _score(context: Instructions | None, text: str, key: bytes | None) -> float:
     return remembered(space, text, functools.partial(injection.score, context=context), key)
 
 
-def _pseudonymising(rules: Mapping[str, Rule]) -> bool:
-    return any(rule.action == "pseudonymise" for rule in rules.values())
-
-
 def _acting(rules: Mapping[str, Rule]) -> bool:
     """Whether any of ``rules`` changes or blocks what it finds (not only ``log``)."""
     return any(rule.action != "log" for rule in rules.values())
@@ -320,10 +316,12 @@ class Guard:
         changed yet)."""
         plan = self.plan
         rules, system_rules = plan.request, plan.system
+        pseudonymising = plan.pseudonymises
         # placeholders another request numbered (none is restored), or an answer with no text (embeddings)
-        if not walker.restores or walker.continues_stored(payload):
+        if pseudonymising and (not walker.restores or walker.continues_stored(payload)):
             rules = _redacting(rules)
             system_rules = _redacting(system_rules) if system_rules is not None else None
+            pseudonymising = False
         self._json = walker.asks_json(payload)
         scanner = plan.scanner
         changed = False
@@ -346,7 +344,7 @@ class Guard:
                     raise Unscannable(f"more than {MAX_TEXTS:,} texts")
         roots = walker.defined(payload) if rules else []
         blob = _blob(roots) if roots else None
-        if _pseudonymising(rules) or (system_rules is not None and _pseudonymising(system_rules)):
+        if pseudonymising:
             # a placeholder the client wrote ("Dear [EMAIL_1]") is never one numbered here, which an
             # answer would get a value back for (in a definition: its JSON, keys too, names it)
             self._taken = frozenset(match for text in ([ref.get() for ref in refs] + ([blob] if blob else []))

@@ -63,11 +63,15 @@ class Plan:
     # This plan among every plan the process made (never reused): the space of its findings in
     # the worker's memory of texts (ext_proc.memo), so a new policy's plans never read an old one's.
     serial: bytes = field(default_factory=memo.tag, compare=False)
+    # Whether a request rule pseudonymises (the instructions' rules are some of the request's).
+    pseudonymises: bool = field(init=False, compare=False)
+    # Whether answers go through the guard (a response rule, or pseudonyms to restore).
+    answers: bool = field(init=False, compare=False)
 
-    @property
-    def answers(self) -> bool:
-        """Whether answers go through the guard (a response rule, or pseudonyms to restore)."""
-        return bool(self.response) or any(rule.action == "pseudonymise" for rule in self.request.values())
+    def __post_init__(self) -> None:
+        pseudonymises = any(rule.action == "pseudonymise" for rule in self.request.values())
+        object.__setattr__(self, "pseudonymises", pseudonymises)
+        object.__setattr__(self, "answers", bool(self.response) or pseudonymises)
 
 
 @dataclass
