@@ -17,7 +17,9 @@ request through the API's :class:`~.texts.Walker`, finds values with the plan's 
 It also scores user and tool text for prompt injection (:mod:`.injection`), against the
 request's system and developer text (:mod:`.instructions`). On the answer
 (:meth:`Guard.answer` for a JSON body, :meth:`Guard.events` for a stream) it acts on the answer's
-findings the same way and puts pseudonymised values back (not in Anthropic thinking nor in a
+findings the same way (but a finding that is exactly one of the request's schema values holding a
+finding, an ``enum`` member the model answers with, is only counted: :meth:`Guard._checked`) and
+puts pseudonymised values back (not in Anthropic thinking nor in a
 Responses reasoning item, which the client gives back signed or encrypted and the request walker
 leaves alone: there placeholders stay, :attr:`.texts.Ref.restore`); what the answer echoes of
 the request (Responses' ``instructions``) the same, but uncounted and never blocking
@@ -275,7 +277,7 @@ class Guard:
     """One request's guardrails (see the module docstring)."""
 
     __slots__ = ("_answered", "_channels", "_counts", "_holdback", "_identities", "_json", "_kept", "_numbers",
-                 "_placeholders", "_stream", "_taken", "plan", "score", "vault")
+                 "_placeholders", "_schema", "_stream", "_taken", "plan", "score", "vault")
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -292,6 +294,9 @@ class Guard:
         self._answered: Budget | None = None  # the scanner's work left for the answer (made when first used)
         self._json = False  # the request asks for JSON output: the answer's text is JSON text
         self._taken: frozenset[str] = frozenset()  # placeholders the request's own texts hold (pseudonymising)
+        # the request's schema values (Verbatim: an enum member, a default) that hold a finding: one the
+        # answer gives exactly is left as it is there too (the model answers from the enum; Guard.apply)
+        self._schema: set[str] = set()
 
     # -- records ----------------------------------------------------------------------------
 
@@ -455,7 +460,9 @@ class Guard:
                  payload: dict[str, Any], ref: Ref) -> None:
         """A definition's :class:`~.texts.Verbatim` value (an ``enum`` member, a ``default``, a
         ``pattern``): each finding counted as its rule's trigger, a ``block`` rule refusing the
-        request (naming the place), no other rule changing it."""
+        request (naming the place), no other rule changing it; the value is remembered, so that
+        the answer may give it back as it is (:meth:`apply`)."""
+        self._schema.add(ref.get())
         for finding in findings:
             rule = rules[finding.detector.name]
             self.count(rule, finding.detector.name, REQUEST)
@@ -526,14 +533,16 @@ class Guard:
                     raise Blocked(rule, detector.name)
             if action == "log":
                 continue
-            if fixed:  # the audio says the value: the transcript redacted, the answer would still hold it
-                raise Blocked(rule, detector.name, fixed=True)
-            parts.append(self._restore(text[last:start], json_text, edits, last, echo)
-                         if restore else text[last:start])
             value = text[start:end]
             # JSON text: the value as it is meant (a key's line breaks, not ``\\n``), in the vault
             # and for its placeholder's number too (the same value in plain text: the same placeholder)
             meant = unescape(value) if escapes else value
+            if direction == RESPONSE and meant in self._schema and detector.kind != "kept":
+                continue  # exactly a value of the request's schema (an enum member): counted, left as it is
+            if fixed:  # the audio says the value: the transcript redacted, the answer would still hold it
+                raise Blocked(rule, detector.name, fixed=True)
+            parts.append(self._restore(text[last:start], json_text, edits, last, echo)
+                         if restore else text[last:start])
             if action == "mask":
                 new = _mask(meant, 0 if detector.kind in ("kept", "credential") else MASK_SHOWN)
                 if meant is not value:

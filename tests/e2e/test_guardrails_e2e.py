@@ -129,6 +129,8 @@ providers:
 models:
   gpt-4o-mini: {{provider: openai}}
   claude-haiku: {{provider: anthropic, model: claude-3-5-haiku-20241022}}
+  agent-gpt: {{provider: openai, model: gpt-4o-mini}}  # (addresses redacted, not pseudonymised)
+  agent-claude: {{provider: anthropic, model: claude-3-5-haiku-20241022}}
 teams:
   app:
     keys: [{{id: app-ci, sha256: {key_digest(KEY)}}}]
@@ -140,6 +142,7 @@ guardrails:
   rules:
     - {{name: keys, detectors: [private_key], action: pseudonymise}}
     - {{name: secrets, detectors: [credentials], action: block}}
+    - {{name: pii, detectors: [email], action: redact, models: [agent-gpt, agent-claude]}}
     - {{name: pii, detectors: [email], action: pseudonymise}}
     - {{name: pii, detectors: [pii], action: redact}}
     - {{name: injection, detectors: [prompt_injection], action: block}}
@@ -344,6 +347,28 @@ def test_a_key_pseudonymised_in_tool_call_arguments_comes_back_as_it_was(env: Pr
     assert message.content == "Key: " + pem
     assert message.tool_calls is not None
     assert json.loads(message.tool_calls[0].function.arguments) == {"content": pem, "to": "bob@example.com"}
+
+
+@pytest.mark.parametrize("model", ["agent-gpt", "agent-claude"], ids=["passed-through", "translated"])
+def test_a_tool_call_giving_an_enum_member_keeps_it_where_addresses_are_redacted(env: Providers, model: str) -> None:
+    """A strict tool's ``enum`` of addresses goes upstream as written, and the model's call giving one
+    of them comes back with it (a placeholder is no member: the SDK's parse of a strict tool fails),
+    JSON and streamed."""
+    enum = ["security@acme.io", "oncall@acme.io"]  # the fake provider answers with the first member
+    tools: Any = [{"type": "function", "function": {"name": "page_team", "strict": True, "parameters": {
+        "type": "object", "properties": {"team": {"type": "string", "enum": enum}}, "required": ["team"],
+        "additionalProperties": False}}}]
+    asked: Any = {"model": model, "messages": [{"role": "user", "content": "Page security, cc jane.doe@example.com"}],
+                  "tools": tools, "tool_choice": "required"}
+    client = env.openai()
+    raw = client.chat.completions.with_raw_response.create(**asked)
+    (seen,) = env.provider_saw(raw.headers.get("x-tollway-request-id"))
+    assert "jane.doe" not in seen["body"] and all(member in seen["body"] for member in enum)
+    calls = raw.parse().choices[0].message.tool_calls
+    assert calls is not None and json.loads(calls[0].function.arguments) == {"team": "security@acme.io"}
+    arguments = "".join(call.function.arguments or "" for chunk in client.chat.completions.create(**asked, stream=True)
+                        for choice in chunk.choices for call in choice.delta.tool_calls or () if call.function)
+    assert json.loads(arguments) == {"team": "security@acme.io"}
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku"], ids=["passed-through", "translated"])

@@ -1007,3 +1007,54 @@ def test_a_schemas_own_values_are_checked_never_rewritten() -> None:
     _, _, refused = post("/v1/chat/completions", chat("hi", tools=tools))
     assert isinstance(refused, Respond) and refused.status == 400
     assert orjson.loads(refused.body)["error"]["param"] == "tools[0].function.parameters.properties.from.enum[1]"
+
+
+_ENUM = {"type": "object", "properties": {"team": {"type": "string", "enum": ["oncall@acme.io", "security@acme.io"]},
+                                          "note": {"type": "string"}}}
+_GIVEN = {"team": "security@acme.io", "note": f"cc {EMAIL}, not security@acme.io.example.net"}
+
+
+def _chat_tool(arguments: str) -> dict[str, Any]:
+    return {"id": "a", "object": "chat.completion", "model": "gpt-4o", "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "page", "arguments": arguments}}]}}]}
+
+
+@pytest.mark.parametrize("place", ["chat tool", "chat response_format", "messages tool_use", "responses"])
+def test_an_answer_giving_a_schema_value_exactly_keeps_it(place: str) -> None:
+    """The model answers from a schema's ``enum`` (which went upstream as written): an answer giving
+    exactly one of its values that a rule found keeps it (a placeholder is no member: a strict
+    tool's or an SDK's ``parse()`` fails); its trigger is counted. Another address is redacted, and
+    so is a longer one holding the value."""
+    arguments = orjson.dumps(_GIVEN).decode()
+    if place == "chat tool":
+        tools = [{"type": "function", "function": {"name": "page", "strict": True, "parameters": _ENUM}}]
+        session, _, _ = post("/v1/chat/completions", chat("page security", tools=tools))
+        answer = _answer(session, _chat_tool(arguments))
+        got = orjson.loads(answer.body)["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    elif place == "chat response_format":
+        schema = {"type": "json_schema", "json_schema": {"name": "page", "strict": True, "schema": _ENUM}}
+        session, _, _ = post("/v1/chat/completions", chat("page security", response_format=schema))
+        answer = _answer(session, {"id": "a", "object": "chat.completion", "model": "gpt-4o", "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": arguments}}]})
+        got = orjson.loads(answer.body)["choices"][0]["message"]["content"]
+    elif place == "messages tool_use":
+        body = _messages({"type": "text", "text": "page security"})
+        body["tools"] = [{"name": "page", "input_schema": _ENUM}]
+        session, _, _ = post("/v1/messages", body)
+        answer = _answer(session, {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                                   "content": [{"type": "tool_use", "id": "t1", "name": "page", "input": _GIVEN}],
+                                   "stop_reason": "tool_use", "usage": {"input_tokens": 3, "output_tokens": 4}})
+        got = orjson.dumps(orjson.loads(answer.body)["content"][0]["input"]).decode()
+    else:
+        body = {"model": "gpt-4o", "input": "page security",
+                "tools": [{"type": "function", "name": "page", "strict": True, "parameters": _ENUM}]}
+        session, _, _ = post("/v1/responses", body)
+        answer = _answer(session, {"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-4o",
+                                   "output": [{"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "page",
+                                               "arguments": arguments, "status": "completed"}]})
+        got = orjson.loads(answer.body)["output"][0]["arguments"]
+    assert orjson.loads(got) == {"team": "security@acme.io", "note": "cc [EMAIL_1], not [EMAIL_2]"}
+    guard = session.flow.guard
+    assert guard is not None and {"guardrail": "pii", "detector": "email", "action": "redact",
+                                  "direction": "response", "count": 3} in guard.triggers()

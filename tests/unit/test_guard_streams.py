@@ -264,6 +264,38 @@ def test_a_json_answer_keeps_its_escapes_whole_around_a_value(route: Route, data
     assert not errored and orjson.loads(text) == ESCAPED_REDACTED
 
 
+# A value of the request's schema (an enum member) the answer gives exactly stays as it is; another
+# address, or a longer one holding it, does not. (The model answers from the enum: a placeholder there
+# is no member, a strict client's parse fails.)
+ENUM_ANSWER = '{"team":"security@acme.io","cc":"jane.doe@example.com","other":"security@acme.io.example.net"}'
+ENUM_ANSWERED = {"team": "security@acme.io", "cc": "[EMAIL_1]", "other": "[EMAIL_2]"}
+
+
+def asks_enum(route: Route) -> dict[str, Any]:
+    """A request asking for JSON whose schema's ``enum`` holds addresses."""
+    schema = {"type": "object", "properties": {"team": {"type": "string", "enum": ["oncall@acme.io",
+                                                                                  "security@acme.io"]}}}
+    if route.client == "openai":
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}}
+    return {"output_config": {"format": {"type": "json_schema", "schema": schema}}}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@settings(BOUNDED, max_examples=30)
+@given(data=st.data())
+def test_a_schema_value_the_answer_gives_exactly_stays_as_it_is_in_a_stream_split_anywhere(
+        route: Route, data: st.DataObject) -> None:
+    cuts = [data.draw(st.integers(10, 24), label="cut in the enum value"), *some_cuts(data, ENUM_ANSWER)]
+    upstream = provider_stream(route, pieces(ENUM_ANSWER, cuts))
+    session = opened(route, prompt="Route: my account was hacked.", **asks_enum(route))
+    out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
+    text, errored = client_text(route, out)
+    assert not errored and orjson.loads(text) == ENUM_ANSWERED
+    (record,) = records(session)
+    assert {"guardrail": "pii", "detector": "email", "action": "redact", "direction": "response",
+            "count": 3} in record["guardrail_triggers"]
+
+
 @pytest.mark.parametrize("route", ROUTES)
 def test_a_guarded_stream_holds_back_only_the_word_in_progress(route: Route) -> None:
     # Each of the provider's events in its own TCP chunk, the stream not ended: what the client has
