@@ -189,8 +189,10 @@ def check_ipv4(text: str, before: str) -> bool:
     return True
 
 
-# "scheme://user:" right before: the password of a URL's user information, not an address's local part.
-_URL_USER = re.compile(r"://[^\s/@:]*:$")
+# "scheme://user:" right before: the password of a URL's user information, not an address's local part;
+# "scheme://" right before: the user of a URL's user information without a password
+# (postgresql://readonly@db.internal:5432), no address.
+_URL_USER = re.compile(r"://(?:[^\s/@:]*:)?$")
 
 
 def check_email(_text: str, before: str) -> bool:

@@ -40,6 +40,7 @@ from tests.unit.transcript import Record, Responds, Transcript
 
 FOUND = [
     ("email", "write to jane.doe+news@mail.example.co.uk today", "jane.doe+news@mail.example.co.uk"),
+    ("email", "<a href=\"mailto:jane@example.com\">", "jane@example.com"),  # a scheme, no "//": an address
     ("tollway_key", "Bearer tw-Qd8NTWKtkNOmWFBsVD0xHEZZEPZvJ1mZ4EPbEuT1GAx.",
      "tw-Qd8NTWKtkNOmWFBsVD0xHEZZEPZvJ1mZ4EPbEuT1GAx"),
     ("credit_card", "card 4111 1111 1111 1111 exp", "4111 1111 1111 1111"),
@@ -111,6 +112,8 @@ FOUND = [
 ]
 
 NOT_FOUND = [
+    "postgresql://readonly@db.internal:5432/app",  # a URL's user, no password: no address
+    "clone ssh://git@github.com:22/acme/app.git",
     "see tw-how-to-configure-the-gateway-for-production-use",  # slugs and identifiers after "tw-", not keys
     "wiki/tw-Q3-2024-Revenue-Report-Final-Draft",
     "branch feature/tw-Add-OAuth2-Login-Flow-For-Mobile-Clients",
