@@ -91,7 +91,8 @@ INJECTION_ROLES = frozenset({"user", "tool"})
 # findings of a plan's rules (for users' or for the application's own text), an injection score.
 # The findings of the answer's rules in a text of the request that an answer repeats (Guard._echo).
 # JSON text holding escapes is scanned as what its strings mean (FIND_JSON, ECHO_JSON).
-# A request's definitions are one text (FIND_DEFINED, the instructions' rules: _definitions).
+# A request's definitions are one text (FIND_DEFINED, the instructions' rules: _definitions), unless
+# a custom pattern is anchored to a text's edges.
 FIND, FIND_SYSTEM, FIND_JSON, SCORE, ECHO, ECHO_JSON, FIND_DEFINED = b"f", b"s", b"j", b"i", b"e", b"k", b"d"
 
 
@@ -434,7 +435,9 @@ class Guard:
         (:func:`_defined`), its findings asked of the worker's memory by the definitions' JSON
         (``blob``) first: the same tools cost one memo hit and no walk. A definition one of those
         findings touches (one crossing a separator, a custom pattern's, included) is read again on
-        its own, as is one repeating a credential found elsewhere in the request (:func:`repeated`)."""
+        its own, as is one repeating a credential found elsewhere in the request (:func:`repeated`).
+        A plan with a custom pattern anchored to a text's start or end (``^E[0-9]{6}$``, which the
+        one text would move) reads every definition on its own (:attr:`.scanner.Scanner.anchored`)."""
         values = [value for value, detector in secrets.items() if detector.name in names]
         defined: list[Ref] = []
 
@@ -447,6 +450,8 @@ class Guard:
                             raise Unscannable(f"more than {MAX_TEXTS:,} texts")
             return defined
 
+        if scanner.anchored:
+            return walked()
         if blob is None:  # (JSON orjson cannot write again: read, not remembered)
             findings = _defined(walked(), scanner, names, budget)
         else:

@@ -210,6 +210,32 @@ def _chars(tree: Any, found: set[int], caseless: bool) -> object:
     return None
 
 
+# Where a pattern may be anchored to its text's start or end (``^``, ``$``, ``\\A``, ``\\Z``; ``\\b``
+# is not: a line break reads as a boundary as any text's edge does).
+_EDGES = frozenset({_sre_constants.AT_BEGINNING, _sre_constants.AT_BEGINNING_STRING, _sre_constants.AT_END,
+                    _sre_constants.AT_END_STRING})
+
+
+def anchored(pattern: str, caseless: bool = False) -> bool:
+    """Whether ``pattern`` holds an anchor to its text's start or end (a text joined to others,
+    the definitions' one text, moves them). When in doubt (a pattern Python cannot parse): yes."""
+    try:
+        tree = _sre_parse.parse(pattern, re.IGNORECASE if caseless else 0)
+    except re.error:
+        return True
+    return _edges(tree)
+
+
+def _edges(node: Any) -> bool:
+    if isinstance(node, _sre_parse.SubPattern):
+        node = node.data
+    if isinstance(node, (list, tuple)):
+        if len(node) == 2 and node[0] is _sre_constants.AT:
+            return node[1] in _EDGES
+        return any(_edges(item) for item in node)
+    return False
+
+
 def _char_class(points: set[int]) -> str:
     """A regex class of exactly ``points`` (non-ASCII ones too: the phone patterns' no-break spaces
     and dashes must not make their class "any character", or a stream would hold back the last
@@ -255,11 +281,14 @@ def _collect_capped(pattern: int, start: int, end: int, _flags: int, context: ob
 class Scanner:
     """The detectors of one policy (or of the built-in set), compiled into one Hyperscan database."""
 
-    __slots__ = ("_after", "_db", "_left", "_owner", "_until", "by_name", "detectors")
+    __slots__ = ("_after", "_db", "_left", "_owner", "_until", "anchored", "by_name", "detectors")
 
     def __init__(self, detectors: Iterable[Detector]) -> None:
         self.detectors = tuple(d if d.chars else prepared(d) for d in detectors)
         self.by_name = {d.name: d for d in self.detectors}
+        # A custom pattern anchored to its text's start or end (``^E[0-9]{6}$``): texts are scanned
+        # on their own, never joined (the guard's definitions, read as one text otherwise).
+        self.anchored = any(anchored(p, d.caseless) for d in self.detectors if d.kind == "custom" for p in d.patterns)
         expressions: list[bytes] = []
         owner: list[int] = []
         flags: list[int] = []

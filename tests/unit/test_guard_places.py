@@ -982,6 +982,31 @@ guardrails:
     assert out["description"] == "ends with tok_" and out["parameters"]["description"] == "[TOKEN_1]"
 
 
+def test_a_custom_pattern_anchored_to_its_texts_edges_reads_each_definition_on_its_own() -> None:
+    """``^E[0-9]{6}$`` matches a description that is an employee id, which the definitions' one
+    text (a line break run between them) would have in its middle: a plan with such a pattern reads
+    each definition on its own (the one text let the middle one of three through a block rule)."""
+    from ext_proc.guardrails.scanner import anchored
+
+    assert anchored("^E[0-9]{6}$") and anchored(r"\Atok") and anchored(r"tok\Z") and anchored("a(?:b|$)")
+    assert not anchored("[^`]{1,9}x") and not anchored(r"\bE[0-9]{6}\b") and not anchored("[$^]")
+    policy = compile_policy(HEAD + """\
+guardrails:
+  custom:
+    empid: {pattern: "^E[0-9]{6}$"}
+  rules:
+    - {name: ids, detectors: [empid], action: block}
+""")
+    tools = [{"type": "function", "function": {"name": f"f{i}", "description": text, "parameters": {"type": "object"}}}
+             for i, text in enumerate(("Look up a person.", "E123456", "Send a mail."))]
+    _, _, refused = post("/v1/chat/completions", chat("hi", tools=tools), policy=policy)
+    assert isinstance(refused, Respond) and refused.status == 400, refused
+    assert "'ids' guardrail (empid) in 'tools[1].function.description'" in refused.body.decode(), refused.body
+    tools[1]["function"]["description"] = "Employee E123456."  # (not the whole text: no match)
+    _, _, sent = post("/v1/chat/completions", chat("hi", tools=tools), policy=policy)
+    assert isinstance(sent, Continue) and sent.body is None, sent
+
+
 def test_a_schemas_own_values_are_checked_never_rewritten() -> None:
     """The values of a schema's ``enum``, ``const``, ``default``, ``examples``, ``pattern``,
     ``required`` and ``format`` are the schema's (the model answers with an ``enum`` member, the
