@@ -76,7 +76,7 @@ from .instructions import MAX_CHARS, Instructions, instructions
 from .jsontext import OUTSIDE, bare_number, blanked, decoded, escape_at, json_state, unescape
 from .kept import KEPT, Kept, kept
 from .plan import REQUEST, RESPONSE, Plan, Rule
-from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable, united
+from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable, logged, united
 from .texts import DEFINITION, METADATA, Identifier, Ref, StreamTexts, Unread, Unreadable, Walker
 from .texts.base import Verbatim, place
 from .visible import INVISIBLE, Visible, strip
@@ -175,11 +175,13 @@ REPEATED_MAX = 16  # distinct such values searched for in one text (each a pass 
 REPEATED_LIMIT = 1_000  # repetitions of them replaced in one text; more: fail closed
 
 
-def repeated(text: str, findings: Sequence[Finding], values: dict[str, Detector] | None = None) -> list[Finding]:
+def repeated(text: str, findings: Sequence[Finding], values: dict[str, Detector] | None = None,
+             names: object = None) -> list[Finding]:
     """``findings`` plus every other place ``text`` repeats a credential that only its context
     made a finding (a password where it is assigned, ``DB_PASSWORD=hunter2x9``, then quoted again
     further on); values found by their own shape (keys, tokens) are found wherever they are. A
-    repetition that overlaps other findings becomes one finding with them (none of either shows).
+    repetition that overlaps other findings becomes one finding with them (none of either shows),
+    but for those ``names`` (the rules) only log (:func:`.scanner.logged`), which stay as they are.
     More than :data:`REPEATED_LIMIT` repetitions: :class:`~.scanner.Unscannable` (fail closed)."""
     secrets = _secrets(text, findings) if values is None else values
     if not secrets:
@@ -190,7 +192,7 @@ def repeated(text: str, findings: Sequence[Finding], values: dict[str, Detector]
         at = text.find(value)
         while at >= 0:
             end = at + len(value)
-            overlapping = [f for f in out if f.start < end and at < f.end]
+            overlapping = [f for f in out if f.start < end and at < f.end and not logged(names, f.detector)]
             if not any(f.start == at and f.end == end for f in overlapping):
                 found += 1
                 if found > REPEATED_LIMIT:
@@ -391,7 +393,7 @@ class Guard:
                     names = system_rules if ref.role in _DEVELOPERS and system_rules is not None else rules
                     values = {value: d for value, d in secrets.items() if d.name in names}
                     if values:
-                        findings = repeated(text, findings, values)
+                        findings = repeated(text, findings, values, names)
                 if findings and ref.role == METADATA and opaque(text):
                     findings = whole_numbers(text, findings)
                 if findings and isinstance(ref, Verbatim):  # a schema's own value: checked, not rewritten
@@ -704,6 +706,7 @@ class Guard:
             findings = united([*findings, *self._kept.find(text)], rules)
         if not findings:
             return text
+        findings = united(findings)  # (every value hidden: those only logged too, overlapping others)
         parts, last = [], 0
         for finding in findings:
             parts += [text[last:finding.start], self._placeholder(finding.detector, text[finding.start:finding.end],

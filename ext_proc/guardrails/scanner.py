@@ -314,10 +314,11 @@ class Scanner:
 
     def find(self, text: str, names: Container[str] | None = None, budget: Budget | None = None,
              fresh: int = 0) -> list[Finding]:
-        """The confirmed findings in ``text``, left to right, not overlapping (``names``: only these
-        detectors). With a ``budget``, spends it (the candidates from character ``fresh`` on: a
-        stream scans again the end of what it scanned before), and raises :class:`Unscannable`
-        past it. A text holding invisible characters (:mod:`.visible`) is read without them too."""
+        """The confirmed findings in ``text``, left to right, not overlapping (but those ``names``
+        only logs, :func:`logged`) (``names``: only these detectors). With a ``budget``, spends it
+        (the candidates from character ``fresh`` on: a stream scans again the end of what it
+        scanned before), and raises :class:`Unscannable` past it. A text holding invisible
+        characters (:mod:`.visible`) is read without them too."""
         data = text.encode("utf-8", "surrogatepass")
         found = self._find(text, data, names, budget, fresh)
         if not invisible(data):
@@ -381,14 +382,22 @@ class Scanner:
         order = sorted(ends, key=lambda key: (key[1], -max(ends[key]), key[0]))
         out: list[Finding] = []
         done = 0  # the end of the last finding
+        # The findings of detectors the rules only log: aside, hiding nothing (a logged code block
+        # holds an email the rules redact: the email is its own finding), each counted.
+        aside: list[Finding] = []
+        aside_done = 0
         deferred: list[tuple[int, int]] = []  # candidates of the detectors with a value span: after the others
         for index, start in order:
             detector = detectors[index]
+            if names is not None and detector.name not in names:
+                continue
+            log = logged(names, detector)
+            if log:
+                if start < done or start < aside_done:  # (inside another finding: not counted again)
+                    continue
             # A candidate inside the last finding: checked only when the rules act on its detector
             # more strictly (a key inside what reads as an email's local part): the two become one.
-            if start < done and strictness(names, detector) <= strictness(names, out[-1].detector):
-                continue
-            if names is not None and detector.name not in names:
+            elif start < done and strictness(names, detector) <= strictness(names, out[-1].detector):
                 continue
             if detector.value is not None:
                 deferred.append((index, start))
@@ -411,6 +420,10 @@ class Scanner:
                         closing = until.search(text, end)
                         finding = Finding(detector, start, closing.end() if closing else len(text),
                                           open=closing is None)
+                    if log:
+                        aside.append(finding)
+                        aside_done = finding.end
+                        break
                     if start < done:  # the stricter of two overlapping: one finding spanning both
                         last = out[-1]
                         finding = Finding(detector, last.start, max(last.end, finding.end), last.open or finding.open)
@@ -420,14 +433,17 @@ class Scanner:
                     done = finding.end
                     break
         if deferred:
-            out = self._yielded(text, deferred, ends, out, names)
+            out = self._yielded(text, deferred, ends, out, names, aside)
+        if aside:
+            out = sorted(out + aside, key=lambda f: f.start)
         return out
 
     def _yielded(self, text: str, deferred: list[tuple[int, int]], ends: dict[tuple[int, int], list[int]],
-                 out: list[Finding], names: Container[str] | None) -> list[Finding]:
+                 out: list[Finding], names: Container[str] | None, aside: list[Finding]) -> list[Finding]:
         """``out`` with the findings of the detectors whose ``value`` says where in the text a
         match's finding is, where no other finding is (or where the others' actions are all less
-        strict: then one finding spanning them, :func:`united`)."""
+        strict: then one finding spanning them, :func:`united`); those the rules only log go
+        ``aside`` (where no finding of ``out`` is)."""
         starts = [f.start for f in out]  # sorted, the findings do not overlap
         for index, start in deferred:
             detector = self.detectors[index]
@@ -445,6 +461,10 @@ class Scanner:
             last = at
             while last < len(out) and out[last].start < span[1]:
                 last += 1
+            if logged(names, detector):
+                if first == last:
+                    aside.append(Finding(detector, *span))
+                continue
             if first < last:  # another finding is there
                 rank = strictness(names, detector)
                 if any(strictness(names, f.detector) >= rank for f in out[first:last]):
@@ -472,11 +492,29 @@ def strictness(names: object, detector: Detector) -> int:
     return STRICTNESS.get(getattr(names.get(detector.name), "action", ""), 0)
 
 
+def logged(names: object, detector: Detector) -> bool:
+    """Whether ``names`` (a request's rules) only log ``detector``'s findings: they hide nothing,
+    and are never made one with another finding (a logged code block around an email the rules
+    redact: the email alone is replaced, both are counted)."""
+    return isinstance(names, Mapping) and getattr(names.get(detector.name), "action", "") == "log"
+
+
 def united(findings: Iterable[Finding], names: object = None) -> list[Finding]:
-    """Findings of one text (of several scans or readings of it) as one list, left to right,
-    without overlaps: findings that overlap become one spanning them all, so no part of any shows
-    (open when one is); its detector the one whose action ``names`` (the request's rules) makes
-    strictest (:data:`STRICTNESS`), of those the longest finding's."""
+    """Findings of one text (of several scans or readings of it) as one list, left to right:
+    findings that overlap become one spanning them all, so no part of any shows (open when one
+    is); its detector the one whose action ``names`` (the request's rules) makes strictest
+    (:data:`STRICTNESS`), of those the longest finding's. Findings ``names`` only log
+    (:func:`logged`) are made one only with each other, and may overlap the others."""
+    if isinstance(names, Mapping):
+        findings = list(findings)
+        aside = [f for f in findings if logged(names, f.detector)]
+        if aside:
+            rest = [f for f in findings if not logged(names, f.detector)]
+            return sorted(_united(rest, names) + _united(aside, names), key=lambda f: f.start)
+    return _united(findings, names)
+
+
+def _united(findings: Iterable[Finding], names: object) -> list[Finding]:
     out: list[Finding] = []
     best = (0, 0)
     for finding in sorted(findings, key=lambda f: (f.start, -f.end)):

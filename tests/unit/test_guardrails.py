@@ -1795,14 +1795,59 @@ def test_overlapping_findings_take_the_strictest_rules_action(team: str, joined:
 
 def test_overlapping_findings_become_one_spanning_both() -> None:
     """The scanner's findings, for rules of several actions: one finding over the key and the email,
-    the key's (the stricter rule's); without rules (or rules equally strict), the longer one's."""
+    the key's (the stricter rule's); an email the rules only log hides nothing: the key is its own
+    finding, the email one beside it; without rules (or rules equally strict), the longer one's."""
     text = f"creds {AWS_KEY}\u200bops@acme.io and {AWS_KEY}.ops@acme.io"
-    plan = LOGGED_EMAILS.guardrails.plan("support", "gpt-4o") if LOGGED_EMAILS.guardrails else None
+    plan = LOGGED_EMAILS.guardrails.plan("search", "gpt-4o") if LOGGED_EMAILS.guardrails else None
     assert plan is not None
     found = [(f.detector.name, text[f.start:f.end]) for f in builtin().find(text, plan.request)]
     assert found == [("aws_access_key", f"{AWS_KEY}\u200bops@acme.io"), ("aws_access_key", f"{AWS_KEY}.ops@acme.io")]
+    plan = LOGGED_EMAILS.guardrails.plan("support", "gpt-4o") if LOGGED_EMAILS.guardrails else None
+    assert plan is not None
+    found = [(f.detector.name, text[f.start:f.end]) for f in builtin().find(text, plan.request)]
+    assert found == [("aws_access_key", AWS_KEY), ("email", f"{AWS_KEY}\u200bops@acme.io"),
+                     ("aws_access_key", AWS_KEY), ("email", f"{AWS_KEY}.ops@acme.io")]
     found = [(f.detector.name, text[f.start:f.end]) for f in builtin().find(text)]
     assert found == [("email", f"{AWS_KEY}\u200bops@acme.io"), ("email", f"{AWS_KEY}.ops@acme.io")]
+
+
+LOGGED_CODE = compile_policy(HEAD + textwrap.dedent("""\
+    guardrails:
+      custom:
+        code: {pattern: "```[^`]*```", max_length: 8192}
+        ref: {pattern: "ref:[a-z0-9@._ -]{5,60}"}
+      rules:
+        - {name: audit, detectors: [code, ref], action: log}
+        - {name: pii, detectors: [email], action: redact}
+        - {name: secrets, detectors: [credentials], action: block}
+"""))
+
+
+@pytest.mark.parametrize("json_text", [False, True], ids=["text", "JSON"])
+def test_a_logged_finding_hides_nothing_it_holds(json_text: bool) -> None:
+    """A finding the rules only log (a code block, a reference) around values they redact or block
+    hides nothing: the values alone are replaced (the whole block was, as the email), both rules
+    are counted, and a key inside is still refused; the same in tool-call arguments (JSON text)."""
+    plan = LOGGED_CODE.guardrails.plan("search", "gpt-4o") if LOGGED_CODE.guardrails else None
+    assert plan is not None
+    code = "```\ndef send():\n    to = 'jane.doe@example.com'\n```"
+    text = f"Please fix this:\n{code}\nthanks, ref: bob@example.org ok"
+    messages: list[dict[str, Any]] = [{"role": "user", "content": text}]
+    if json_text:
+        messages = _called(json.dumps({"note": text}))
+    guard = Guard(plan)
+    guard.prompt(WALKERS["openai.chat.completions"], {"model": "gpt-4o", "messages": messages})
+    sent = json.loads(messages[1]["tool_calls"][0]["function"]["arguments"])["note"] if json_text else (
+        messages[0]["content"])
+    assert sent == text.replace("jane.doe@example.com", "[EMAIL_1]").replace("bob@example.org", "[EMAIL_2]")
+    assert sorted((t["detector"], t["action"], t["count"]) for t in guard.triggers()) == [
+        ("code", "log", 1), ("email", "redact", 2), ("ref", "log", 1)]
+    found = [(f.detector.name, text[f.start:f.end]) for f in plan.scanner.find(text, plan.request)]
+    assert found == [("code", code), ("email", "jane.doe@example.com"), ("ref", "ref: bob@example.org ok"),
+                     ("email", "bob@example.org")]
+    with pytest.raises(Blocked):
+        Guard(plan).prompt(WALKERS["openai.chat.completions"], {"model": "gpt-4o", "messages": [
+            {"role": "user", "content": text.replace("jane.doe@example.com", AWS_KEY)}]})
 
 
 @settings(max_examples=200, deadline=None)
