@@ -157,14 +157,15 @@ def _premiums(flow: Flow, payload: dict[str, Any]) -> Premiums | None:
     (None, the common request: nothing). Anthropic's ``cache_control`` (top level or on any block)
     may write the prompt to the cache, at the 1-hour write rate if any asks ``ttl: "1h"``; its web
     search tools may each search ``max_uses`` times (:data:`DEFAULT_WEB_SEARCHES` without it); OpenAI's
-    ``modalities`` with ``audio`` is billed at the audio output rate, an ``input_audio`` part at the
-    audio input rate. The prompt's marks and audio parts are what counting the prompt saw (no walk
+    ``modalities`` with ``audio`` is billed at the audio output rate, an ``input_audio`` part's tokens
+    at the audio input rate. The prompt's marks and audio parts are what counting the prompt saw (no walk
     of its own; a prompt that could not be counted gets none: it is claimed by its size)."""
     assert flow.api is not None
     name, estimate = flow.api.name, flow.meter.estimate
     cache_write = None
     searches = 0
-    input_audio = output_audio = False
+    input_audio = 0
+    output_audio = False
     if name == "anthropic.messages":
         tools = payload.get("tools")
         if type(tools) is list and tools:
@@ -176,7 +177,7 @@ def _premiums(flow: Flow, payload: dict[str, Any]) -> Premiums | None:
     elif name == "openai.chat.completions":
         modalities = payload.get("modalities")
         output_audio = type(modalities) is list and "audio" in modalities
-        input_audio = estimate is not None and estimate.audio > 0
+        input_audio = estimate.audio if estimate is not None else 0
     else:
         return None
     if cache_write is None and not searches and not input_audio and not output_audio:

@@ -255,12 +255,13 @@ class Premiums:
     the part of a budget claim (:func:`claim_micros`) the rates alone leave out.
 
     ``cache_write``: the dearest cache write its ``cache_control`` may make (``"5m"``, ``"1h"``);
-    ``input_audio`` / ``output_audio``: audio in its prompt, audio asked for in its answer;
+    ``input_audio``: the prompt's audio tokens (its ``input_audio`` parts, as counted);
+    ``output_audio``: audio asked for in its answer;
     ``web_searches``: the most server-side web searches its tools allow.
     """
 
     cache_write: str | None = None
-    input_audio: bool = False
+    input_audio: int = 0
     output_audio: bool = False
     web_searches: int = 0
 
@@ -268,21 +269,24 @@ class Premiums:
 def claim_micros(price: Price, input_tokens: int, output_tokens: int, premiums: Premiums) -> float:
     """The most a request of ``input_tokens`` in and ``output_tokens`` out may cost at ``price`` (its
     prompt tier already chosen), in micro-dollars, given what it asks for: the whole prompt at the
-    dearest rate any of its tokens may be billed at (a cache write of the TTL asked for, audio), the
-    whole output at the audio rate when audio is asked for, and every search its tools allow at the
-    search fee. An upper bound for a budget claim: settlement charges what was really used."""
+    dearest rate any of its tokens may be billed at (a cache write of the TTL asked for), its audio
+    tokens at the audio input rate, the whole output at the audio rate when audio is asked for,
+    and every search its tools allow at the search fee. An upper bound for a budget claim:
+    settlement charges what was really used."""
     prompt = price.input
     if premiums.cache_write is not None:
         write = price.input if price.cache_write is None else price.cache_write
         if premiums.cache_write == "1h" and price.cache_write_1h is not None:
             write = price.cache_write_1h
         prompt = max(prompt, write)
-    if premiums.input_audio and price.input_audio is not None:
-        prompt = max(prompt, price.input_audio)
+    audio = min(premiums.input_audio, input_tokens) if price.input_audio is not None else 0
     output = price.output
     if premiums.output_audio and price.output_audio is not None:
         output = max(output, price.output_audio)
-    total = input_tokens * float(prompt) + output_tokens * float(output)
+    total = (input_tokens - audio) * float(prompt) + output_tokens * float(output)
+    if audio:
+        assert price.input_audio is not None
+        total += audio * float(max(prompt, price.input_audio))
     if premiums.web_searches and price.web_search is not None:
         total += premiums.web_searches * 1000 * float(price.web_search)
     return total

@@ -585,7 +585,9 @@ def test_web_search_tools_claim_the_fee_of_every_search_they_allow() -> None:
 def test_an_audio_answer_is_claimed_at_the_audio_output_rate_and_audio_in_at_its_own() -> None:
     """gpt-audio bills audio out at $64 per million tokens, text at $10: a request asking for audio
     claims its output at the audio rate (claimed at the text rate, it overshot six-fold), one with
-    an input_audio part its prompt at the audio input rate."""
+    an input_audio part that part's tokens at the audio input rate ($32 against $2.50), the rest of
+    its prompt at the input rate (the whole prompt at the audio rate claimed a long conversation
+    with a second of audio twelve times what it could cost)."""
     plain = {"model": "gpt-audio", "max_completion_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}
     audio = {**plain, "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
     billed = _billed("openai", "gpt-audio", "openai.chat.completions", audio, 1000, output_audio_tokens=1000)
@@ -595,6 +597,10 @@ def test_an_audio_answer_is_claimed_at_the_audio_output_rate_and_audio_in_at_its
     heard = {**plain, "messages": [{"role": "user", "content": [
         {"type": "text", "text": BIG}, {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}]}]}
     text = {**plain, "messages": [{"role": "user", "content": [{"type": "text", "text": BIG}]}]}
-    billed = _billed("openai", "gpt-audio", "openai.chat.completions", heard, 1000, input_audio_tokens=-1)
+    estimate = ACCOUNTANT.count_request("openai.chat.completions", heard, "gpt-audio")
+    assert estimate is not None and 0 < estimate.audio < estimate.tokens // 100
+    billed = _billed("openai", "gpt-audio", "openai.chat.completions", heard, 1000, input_audio_tokens=estimate.audio)
     claimed = _usd_claimed(HEAD, heard)
-    assert claimed >= billed and claimed - 10_000 > 10 * (_usd_claimed(HEAD, text) - 10_000)  # $32 / $2.50 in
+    exact = (estimate.tokens - estimate.audio) * 2.5 + estimate.audio * 32 + 1000 * 10  # micro-dollars
+    assert claimed >= billed and claimed == pytest.approx(exact, abs=1)
+    assert claimed < 1.05 * _usd_claimed(HEAD, text)
