@@ -35,7 +35,8 @@ values (Messages: ``metadata.user_id``), no text for the model but sent to the p
 by :data:`METADATA`, guarded as users' text (the identifiers proper as :class:`Identifier`: one
 changed goes out as its keyed digest, whole), not scored for injection (a Responses ``response``
 object echoes them, put back as ``instructions`` are); and the definitions the model reads, spoken
-by :data:`DEFINITION` (guarded as users' text, not scored for injection): tools' descriptions and
+by :data:`DEFINITION` (the developer's text: read under the instructions' rules, not scored for
+injection): tools' descriptions and
 parameter schemas (chat ``tools`` and ``functions``, Messages ``tools``, Responses function and
 custom ``tools``) and structured outputs' schemas (chat ``response_format.json_schema``, Responses
 ``text.format``, Messages ``output_config.format``), a schema read in its string values only. A tool input's
