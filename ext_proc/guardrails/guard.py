@@ -14,6 +14,11 @@ request through the API's :class:`~.texts.Walker`, finds values with the plan's 
 - ``block``: :class:`Blocked` (the request is refused, the provider never asked);
 - ``log``: nothing changes; the trigger is recorded.
 
+The request's definitions (tools' descriptions and schemas) are read under the instructions' rules
+as one text, and only those holding a finding on their own (:mod:`.definitions`); a credential
+only its context showed (``DB_PASSWORD=hunter2x9``) is looked for again wherever the request
+repeats it (:mod:`.repeats`).
+
 It also scores user and tool text for prompt injection (:mod:`.injection`), against the
 request's system and developer text (:mod:`.instructions`). On the answer
 (:meth:`Guard.answer` for a JSON body, :meth:`Guard.events` for a stream) it acts on the answer's
@@ -54,7 +59,6 @@ block) is decided per request, from the remembered spans.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import functools
 import re
@@ -69,6 +73,8 @@ from ext_proc.llm.sse import SSEEvent
 from ext_proc.memo import digest, remembered
 
 from . import injection
+from .definitions import blob as definitions_blob
+from .definitions import flagged
 from .detectors import INJECTION, Detector
 from .holdback import Holdback, holdback
 from .identifiers import identifier_digest, opaque, whole_numbers
@@ -76,7 +82,9 @@ from .instructions import MAX_CHARS, Instructions, instructions
 from .jsontext import OUTSIDE, bare_number, blanked, decoded, escape_at, json_state, unescape
 from .kept import KEPT, Kept, kept
 from .plan import REQUEST, RESPONSE, Plan, Rule
-from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable, logged, united
+from .repeats import repeated
+from .repeats import secrets as found_secrets
+from .scanner import CONTEXT, Budget, Finding, Scanner, Unscannable, united
 from .texts import DEFINITION, METADATA, Identifier, Ref, StreamTexts, Unread, Unreadable, Walker
 from .texts.base import Verbatim, place
 from .visible import INVISIBLE, Visible, strip
@@ -87,13 +95,13 @@ _ARMOUR = 80  # longer than any closing armour line of a key block
 # has come (see Guard._release): a run longer than a detector's longest match goes out in steps.
 _RESCAN = 64
 INJECTION_ROLES = frozenset({"user", "tool"})
+_DEVELOPERS = frozenset({"system", DEFINITION})  # the roles of the application's own text
 # The questions asked of a prompt's texts, in the worker's memory of texts (ext_proc.memo): the
 # findings of a plan's rules (for users' or for the application's own text), an injection score.
 # The findings of the answer's rules in a text of the request that an answer repeats (Guard._echo).
 # JSON text holding escapes is scanned as what its strings mean (FIND_JSON, ECHO_JSON).
-# A request's definitions are one text (FIND_DEFINED, the instructions' rules: _definitions), unless
-# a custom pattern is anchored to a text's edges.
-FIND, FIND_SYSTEM, FIND_JSON, SCORE, ECHO, ECHO_JSON, FIND_DEFINED = b"f", b"s", b"j", b"i", b"e", b"k", b"d"
+# A request's definitions are one text (.definitions.FIND_DEFINED, the instructions' rules).
+FIND, FIND_SYSTEM, FIND_JSON, SCORE, ECHO, ECHO_JSON = b"f", b"s", b"j", b"i", b"e", b"k"
 
 
 def _find(scanner: Scanner, names: Container[str], budget: Budget, text: str) -> Sequence[Finding]:
@@ -129,90 +137,6 @@ def _meant(text: str, find: Callable[[str], Sequence[Finding]], names: object) -
         if start < end:
             out.append(Finding(f.detector, start, end, f.open))
     return united(out, names)
-
-
-# Between two definitions in the one text they are scanned as: more whitespace than a check reads
-# before a value (scanner.CONTEXT), which no built-in detector's match crosses.
-SEPARATOR = "\n" * (CONTEXT + 1)
-_DEVELOPERS = frozenset({"system", DEFINITION})  # the roles of the application's own text
-
-
-def _defined(defined: Sequence[Ref], scanner: Scanner, names: Container[str], budget: Budget) -> Sequence[Finding]:
-    """The findings of a request's definitions read as one text, :data:`SEPARATOR` between them."""
-    return _find(scanner, names, budget, SEPARATOR.join(ref.get() for ref in defined))
-
-
-def _touched(defined: Sequence[Ref], findings: Sequence[Finding], values: Sequence[str]) -> list[Ref]:
-    """The definitions that ``findings`` (of their one text, :func:`_defined`) touch, and those
-    holding one of ``values`` (credentials found elsewhere in the request)."""
-    starts = []
-    at = 0
-    for ref in defined:
-        starts.append(at)
-        at += len(ref.get()) + len(SEPARATOR)
-    flagged = set()
-    for finding in findings:
-        index = bisect.bisect_right(starts, finding.start) - 1
-        while index < len(defined) and starts[index] < finding.end:
-            flagged.add(index)
-            index += 1
-    if values:
-        flagged.update(index for index, ref in enumerate(defined) if any(value in ref.get() for value in values))
-    return [defined[index] for index in sorted(flagged)]
-
-
-def _blob(roots: list[Any]) -> str | None:
-    """The JSON of a request's definitions (their key in the worker's memory); None when orjson
-    cannot write it (an integer past 64 bits)."""
-    try:
-        return orjson.dumps(roots).decode()
-    except orjson.JSONEncodeError:
-        return None
-
-
-REPEATED_MIN = 6  # characters: a credential this long found once is replaced wherever the text repeats it
-REPEATED_MAX = 16  # distinct such values searched for in one text (each a pass over it)
-REPEATED_LIMIT = 1_000  # repetitions of them replaced in one text; more: fail closed
-
-
-def repeated(text: str, findings: Sequence[Finding], values: dict[str, Detector] | None = None,
-             names: object = None) -> list[Finding]:
-    """``findings`` plus every other place ``text`` repeats a credential that only its context
-    made a finding (a password where it is assigned, ``DB_PASSWORD=hunter2x9``, then quoted again
-    further on); values found by their own shape (keys, tokens) are found wherever they are. A
-    repetition that overlaps other findings becomes one finding with them (none of either shows),
-    but for those ``names`` (the rules) only log (:func:`.scanner.logged`), which stay as they are.
-    More than :data:`REPEATED_LIMIT` repetitions: :class:`~.scanner.Unscannable` (fail closed)."""
-    secrets = _secrets(text, findings) if values is None else values
-    if not secrets:
-        return list(findings)
-    out = list(findings)
-    found = 0
-    for value, detector in secrets.items():
-        at = text.find(value)
-        while at >= 0:
-            end = at + len(value)
-            overlapping = [f for f in out if f.start < end and at < f.end and not logged(names, f.detector)]
-            if not any(f.start == at and f.end == end for f in overlapping):
-                found += 1
-                if found > REPEATED_LIMIT:
-                    raise Unscannable(f"more than {REPEATED_LIMIT:,} repetitions of a credential")
-                start = min([at, *(f.start for f in overlapping)])
-                stop = max([end, *(f.end for f in overlapping)])
-                out = [f for f in out if f not in overlapping]
-                out.append(Finding(detector, start, stop))
-            at = text.find(value, end)
-    return sorted(out, key=lambda f: f.start)
-
-
-def _secrets(text: str, findings: Sequence[Finding], into: dict[str, Detector] | None = None) -> dict[str, Detector]:
-    """The credentials among ``findings`` that only their context showed (at most
-    :data:`REPEATED_MAX`, ``into`` included): what :func:`repeated` looks for again."""
-    out: dict[str, Detector] = {} if into is None else into
-    for f in findings:
-        if f.detector.value is not None and f.end - f.start >= REPEATED_MIN and len(out) < REPEATED_MAX:
-            out.setdefault(text[f.start:f.end], f.detector)
-    return out
 
 
 def _score(context: Instructions | None, text: str, key: bytes | None) -> float:
@@ -341,7 +265,7 @@ class Guard:
         tools: list[bool] = []  # whether each scored text is a tool's result
         budget = Budget()  # the scanner's work the prompt may make
         refs: list[Ref] = []
-        for ref in walker.request(payload, definitions=False):  # (the definitions: _definitions)
+        for ref in walker.request(payload, definitions=False):  # (the definitions: .definitions.flagged)
             if isinstance(ref, Unread):  # a text the plan would read never goes out unread
                 if self._reads(ref.role, rules, system_rules):
                     raise Unreadable(ref)
@@ -351,7 +275,7 @@ class Guard:
                 if len(refs) > MAX_TEXTS:  # (metadata of a million strings: seconds of the worker's loop)
                     raise Unscannable(f"more than {MAX_TEXTS:,} texts")
         roots = walker.defined(payload) if rules else []
-        blob = _blob(roots) if roots else None
+        blob = definitions_blob(roots) if roots else None
         if pseudonymising:
             # a placeholder the client wrote ("Dear [EMAIL_1]") is never one numbered here, which an
             # answer would get a value back for (in a definition: its JSON, keys too, names it)
@@ -373,11 +297,12 @@ class Guard:
                 findings = remembered(FIND + plan.serial, text, functools.partial(_find, scanner, rules, budget), key)
             found.append(findings)
             keys.append(key)
-            _secrets(text, findings, secrets)
+            found_secrets(text, findings, secrets)
         if roots:  # the developer's text, as the instructions are: the instructions' rules
             names = system_rules if system_rules is not None else rules
             space = (FIND_SYSTEM if system_rules is not None else FIND) + plan.serial
-            for ref in self._definitions(walker, payload, blob, scanner, names, budget, secrets):
+            wanted = [value for value, detector in secrets.items() if detector.name in names]
+            for ref in flagged(walker, payload, blob, scanner, names, budget, wanted, plan.serial, MAX_TEXTS):
                 refs.append(ref)
                 found.append(remembered(space, ref.get(), functools.partial(_find, scanner, names, budget)))
                 keys.append(None)
@@ -428,40 +353,6 @@ class Guard:
             if self.score >= plan.threshold:
                 self.injection_found()
         return changed, scored
-
-    def _definitions(self, walker: Walker, payload: dict[str, Any], blob: str | None, scanner: Scanner,
-                     names: Mapping[str, Rule], budget: Budget, secrets: Mapping[str, Detector]) -> list[Ref]:
-        """The request's definitions (tools' descriptions and schemas, output schemas: hundreds of
-        short strings, which an agent sends the same with every request) that hold a finding of
-        ``names``, each then read on its own as the other texts are. They are read as one text
-        (:func:`_defined`), its findings asked of the worker's memory by the definitions' JSON
-        (``blob``) first: the same tools cost one memo hit and no walk. A definition one of those
-        findings touches (one crossing a separator, a custom pattern's, included) is read again on
-        its own, as is one repeating a credential found elsewhere in the request (:func:`repeated`).
-        A plan with a custom pattern anchored to a text's start or end (``^E[0-9]{6}$``, which the
-        one text would move) reads every definition on its own (:attr:`.scanner.Scanner.anchored`)."""
-        values = [value for value, detector in secrets.items() if detector.name in names]
-        defined: list[Ref] = []
-
-        def walked() -> list[Ref]:  # (once)
-            if not defined:
-                for ref in walker.definitions(payload):
-                    if ref.get():
-                        defined.append(ref)
-                        if len(defined) > MAX_TEXTS:
-                            raise Unscannable(f"more than {MAX_TEXTS:,} texts")
-            return defined
-
-        if scanner.anchored:
-            return walked()
-        if blob is None:  # (JSON orjson cannot write again: read, not remembered)
-            findings = _defined(walked(), scanner, names, budget)
-        else:
-            space = FIND_DEFINED + type(walker).__name__.encode() + b":" + self.plan.serial
-            findings = remembered(space, blob, lambda _: _defined(walked(), scanner, names, budget))
-            if not findings and not any(orjson.dumps(value)[1:-1].decode() in blob for value in values):
-                return []
-        return _touched(walked(), findings, values)
 
     def _checked(self, findings: Sequence[Finding], rules: Mapping[str, Rule], walker: Walker,
                  payload: dict[str, Any], ref: Ref) -> None:

@@ -16,10 +16,11 @@ from pathlib import Path
 import orjson
 
 from ext_proc.guardrails.detectors import GROUPS
-from ext_proc.guardrails.guard import Guard, repeated
+from ext_proc.guardrails.guard import Guard
 from ext_proc.guardrails.instructions import instructions
 from ext_proc.guardrails.kept import KEPT, kept
 from ext_proc.guardrails.plan import REQUEST, Plan, Rule
+from ext_proc.guardrails.repeats import repeated
 from ext_proc.guardrails.scanner import Scanner, Unscannable, builtin, united
 from ext_proc.policy.compile import PolicyError, compile_policy
 
