@@ -8,6 +8,8 @@ import functools
 import re
 from collections.abc import Iterable
 
+from .visible import fold, fold_char
+
 # The placeholders' characters and longest width: when values come back (pseudonyms), a
 # placeholder split across events is held back like a value.
 _PLACEHOLDER_CHARS = r"[\[\]A-Z0-9_]"
@@ -24,7 +26,9 @@ class Holdback:
     short one (at most :data:`FAST`) are looked up in a table of which classes hold them (filled as
     characters are met, at most :data:`MAX_TABLE` of them), and a run is over at the first
     character its class lacks; a longer one is measured with each class's regular expression.
-    :meth:`keep` measures a whole text the same way.
+    :meth:`keep` measures a whole text the same way. A compatibility form is measured as the
+    character it is read as (:func:`.visible.fold`: a fullwidth digit as a digit), as the scanner
+    reads it.
     """
 
     __slots__ = ("_caps", "_classes", "_runs", "_table", "longest", "none")
@@ -78,7 +82,7 @@ class Holdback:
                 out[bit] = grown if grown < caps[bit] else caps[bit]
                 going ^= low
             return tuple(out)
-        tail = text[-self.longest:][::-1]
+        tail = fold(text[-self.longest:][::-1])  # (a fullwidth digit is held as a digit)
         for bit, measure in enumerate(self._runs):
             found = measure(tail)
             run = found.end() if found is not None else 0
@@ -93,8 +97,9 @@ class Holdback:
 
     def _held(self, char: str) -> int:
         held = 0
+        folded = fold_char(char)
         for bit, holds in enumerate(self._classes):
-            if holds(char) is not None:
+            if holds(folded) is not None:
                 held |= 1 << bit
         if len(self._table) < self.MAX_TABLE:
             self._table[char] = held

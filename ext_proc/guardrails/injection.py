@@ -55,6 +55,7 @@ import hyperscan
 from . import languages
 from .instructions import Instructions
 from .instructions import warm as instructions_warm
+from .visible import disguised, fold
 
 # (signal, weight, group, pattern). Groups: "override" and "marker" stand alone; "target" and
 # "manipulation" are weak alone and strong together (see PAIRING).
@@ -334,6 +335,8 @@ def _seen(signal: int, _start: int, _end: int, _flags: int, found: object) -> No
 def signals(text: str, context: Instructions | None = None) -> list[str]:
     """The names of the signals found in ``text``, with those of the instructions it meets (for
     ``tollway scan``)."""
+    if not text.isascii() and disguised(text.encode("utf-8", "surrogatepass")):
+        text = fold(text)
     names = [SIGNALS[i][0] for i in sorted(_scan(_database(), text))]
     if _repeated(_word_list(text)):
         names.append("repeated_token")
@@ -348,7 +351,11 @@ def _found(text: str) -> set[int]:
 
 def score(text: str, context: Instructions | None = None) -> float:
     """The injection score of one user or tool text, in [0, 1]; ``context``: the request's
-    instructions, whose signals (:mod:`.instructions`) add to the model's total."""
+    instructions, whose signals (:mod:`.instructions`) add to the model's total. Compatibility
+    forms are read as the ASCII they fold to (:func:`.visible.fold`: fullwidth ``ｉｇｎｏｒｅ`` as
+    ``ignore``)."""
+    if not text.isascii() and disguised(text.encode("utf-8", "surrogatepass")):
+        text = fold(text)
     model = _model()
     if model is None:
         base = _noisy_or(text, _found(text))

@@ -51,7 +51,7 @@ from typing import Any, cast
 import hyperscan
 
 from .detectors import BUILTIN, Detector
-from .visible import Visible, invisible
+from .visible import Visible, disguised
 
 HITS = 200_000  # candidates a request may make the scanner collect, per direction (about 0.6 µs each)
 CHECK_SECONDS = 1.0  # the time it may spend checking them, per direction, beyond ...
@@ -318,10 +318,11 @@ class Scanner:
         only logs, :func:`logged`) (``names``: only these detectors). With a ``budget``, spends it
         (the candidates from character ``fresh`` on: a stream scans again the end of what it
         scanned before), and raises :class:`Unscannable` past it. A text holding invisible
-        characters (:mod:`.visible`) is read without them too."""
+        characters or compatibility forms (:mod:`.visible`) is read without the first and with
+        the second folded too."""
         data = text.encode("utf-8", "surrogatepass")
         found = self._find(text, data, names, budget, fresh)
-        if not invisible(data):
+        if not disguised(data):
             return found
         seen = Visible(text)
         clean = seen.text

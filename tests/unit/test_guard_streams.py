@@ -574,10 +574,15 @@ def test_a_value_right_after_a_control_escape_in_a_streamed_json_answer_is_found
 
 # An invisible character inside a value (a zero-width space, a soft hyphen, a NUL): the value is found
 # whole, its invisible characters replaced with it, however the stream is split (at the character too).
+# The same for a value written in compatibility forms (fullwidth, another script's digits): held back
+# as the characters it is read as.
 INVISIBLE = {
     "key": ("sk-proj-Ab3dEf6hIj9kLm2n\u200bOp5qRs8tUv1wXy4zAb7cDe0fGh3iJk6l", "[OPENAI_KEY_1]", "sk-proj-Ab3d"),
     "email": ("jane.doe\u00ad@example.com", "[EMAIL_1]", "jane.doe"),
     "card": ("4111 1111\u0000 1111 1111", "[CREDIT_CARD_1]", "4111"),
+    "fullwidth card": ("４１１１ １１１１ １１１１ １１１１", "[CREDIT_CARD_1]", "４１１１"),
+    "fullwidth email": ("ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ", "[EMAIL_1]", "ｊａｎｅ"),
+    "Arabic-Indic card": ("٤١١١ ١١١١ ١١١١ ١١١١", "[CREDIT_CARD_1]", "٤١١١"),
 }
 
 
@@ -593,4 +598,4 @@ def test_a_value_split_by_an_invisible_character_never_reaches_the_client(route:
     session = opened(route)
     out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
     assert client_text(route, out) == ("Your value is " + placeholder + " and that is all.", False)
-    assert start.encode() not in out
+    assert start.encode() not in out and start.encode("unicode-escape") not in out
