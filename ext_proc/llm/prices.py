@@ -303,6 +303,9 @@ class _PackagePrices:
         self.providers = list(providers)
         self.version = version
         self._by_id = {provider.id: provider for provider in self.providers}
+        # Every model's own id, exactly (some 2,000): names that are models, a bounded set (matching
+        # is wider: "claude-sonnet-4-5-<anything>" finds claude-sonnet-4-5's prices).
+        self.ids = frozenset(model.id for provider in self.providers for model in provider.models)
         self.lookup = functools.lru_cache(maxsize=_CACHE_SIZE)(self._lookup)
         self._match = functools.lru_cache(maxsize=_CACHE_SIZE)(self._find)
 
@@ -414,6 +417,12 @@ class PriceTable:
     @property
     def overrides(self) -> Mapping[str, Price]:
         return MappingProxyType(self._overrides)
+
+    def lists(self, model: str) -> bool:
+        """Whether ``model`` is, exactly, a name the table lists: an override's, or the id of a model
+        genai-prices has. A bounded set of names, unlike those :meth:`price` matches (a family's
+        prefix and anything after it, any case)."""
+        return model in self._overrides or (self._package is not None and model in self._package.ids)
 
     def with_overrides(self, overrides: Mapping[str, Price], *, source: str = "policy") -> PriceTable:
         """This table plus ``overrides`` (model name -> price, stamped ``source``); they win over package data.

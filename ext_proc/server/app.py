@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ext_proc import memo
+from ext_proc.llm.prices import default_table
 from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.server import bodies, journal, listen, state_dir
 from ext_proc.server.accounting import ENCODINGS_ENV
@@ -490,8 +491,10 @@ def open_ledger(redis_url: str | None, known: Callable[[str], bool] | None = Non
 
 
 def knows(policy: CompiledPolicy | None, model: str) -> bool:
-    """Whether ``model`` is a name the policy knows (a model, an alias, a provider's model name)."""
-    return policy is not None and model in policy.model_names
+    """Whether ``model`` names a model: one the policy knows (a model, an alias, a provider's model
+    name) or one the price data lists by that exact name (a bounded set: the Redis aggregates give
+    such a name a bucket of its own, :func:`~ext_proc.state.ledger.bucket_of`)."""
+    return (policy is not None and model in policy.model_names) or default_table().lists(model)
 
 
 _TALLY = threading.Lock()  # the supervisor's tally: its main thread (recovery) and its sender's thread

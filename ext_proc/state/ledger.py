@@ -20,8 +20,9 @@ read that way too, nothing to migrate.
 script (several per call: a sender's backlog goes in one round trip) that adds a batch only if
 its seq is above its source's high-water mark (one key per source: its batches come in order),
 so a batch sent again after a timeout, in whatever grouping, adds nothing twice, and indexes
-buckets per day in a set. Buckets are bounded: a refused request's model name the
-policy does not know (``known``) is counted as :data:`OTHER` (:func:`bucket_of`), and a day's
+buckets per day in a set. Buckets are bounded: a model name that the policy does not know
+(``known``) and that no provider served (a refused request's, or a provider's error answer's
+in open mode) is counted as :data:`OTHER` (:func:`bucket_of`), and a day's
 buckets and its set expire :data:`RETENTION_DAYS` after the day. The service keeps aggregates only there (``--redis``):
 without Redis, reports and the dashboard read the request log, which stays the complete record
 either way. :class:`MemoryLedger` keeps the same buckets in a dictionary, never pruned: the
@@ -56,7 +57,7 @@ LATENCY_BOUNDS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 
                   120000, 300000, 600000)
 DIMENSIONS = ("team", "model", "key_id", "provider")
 SEP = "\x1f"  # between dimension values in a bucket key (never in names the policy allows)
-OTHER = "(other)"  # the model of a refused request whose name the policy does not know (the caller's free text)
+OTHER = "(other)"  # a model name the policy does not know and no provider served (the caller's free text)
 RETENTION_DAYS = 731  # a day's buckets (and its index) expire this many days after the day ends: two years
 
 Bucket = tuple[str, str, str, str, str]  # day, team, model, key id, provider
@@ -111,21 +112,37 @@ Summed = dict[Bucket, dict[str, int]]  # a batch's counts, added up per bucket (
 
 
 def bucket_of(record: dict[str, Any], known: Callable[[str], bool] | None = None) -> Bucket | None:
-    """The record's bucket. A refused request's model the policy does not know is :data:`OTHER`:
-    its name is whatever the caller sent, and a bucket per made-up name would grow Redis by one
-    hash per name and day. An unknown model's 404 (``model_not_found``) says so itself; ``known``
-    (the policy's model names) tells the others (an unknown key's 401, a malformed body's 400).
-    A request that went upstream names a model the policy has (or, without a policy, one a
-    provider was asked for), as it is."""
+    """The record's bucket. A model name is its own only when it names a model: one the policy
+    knows (``known``: the policy's model names, none in open mode) or one a provider served
+    (:func:`provider_served`). Any other name is whatever the caller sent, counted as :data:`OTHER`: a
+    bucket per made-up name would grow Redis by one hash per name and day, kept two years. That
+    is a refused request's name the policy does not know (an unknown key's 401, a malformed
+    body's 400) and, in open mode (no policy, the caller's own key), a name the provider answered
+    with an error (a junk key's 401, an unknown model's 404): the record keeps the name. Without
+    ``known`` (the reference ledger) every name is kept but an unknown model's 404
+    (``model_not_found``), which says itself that the name is none."""
     ts = record.get("ts")
     if not isinstance(ts, (int, float)):
         return None
     day = datetime.fromtimestamp(ts, UTC).date().isoformat()
     team, model, key, provider = (str(record.get(d) or "") for d in DIMENSIONS)
-    if model and record.get("outcome") == "rejected" and (
-            record.get("error") == "model_not_found" or (known is not None and not known(model))):
+    named = known(model) if known is not None else record.get("error") != "model_not_found"
+    if model and not named and not provider_served(record):
         model = OTHER
     return day, team, model, key, provider
+
+
+def provider_served(record: dict[str, Any]) -> bool:
+    """Whether a provider served the request's model: it went upstream and the answer named the
+    model that served (``served_model``) or reported usage (not tokens Tollway estimated for a
+    stream cut before any, nor a local answer's zeros). A provider's error answer does neither:
+    the name may be anything the caller made up."""
+    if record.get("outcome") == "rejected" or not went_upstream(record):
+        return False
+    if record.get("served_model"):
+        return True
+    reported = record.get("input_tokens") is not None or record.get("output_tokens") is not None
+    return reported and record.get("input_estimated") is not True and record.get("output_estimated") is not True
 
 
 def increments(record: dict[str, Any]) -> dict[str, int]:

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from ext_proc.ledger.report import aggregate, month_window
-from ext_proc.server.app import open_ledger
+from ext_proc.server.app import knows, open_ledger
 from ext_proc.server.records import LedgerSender, RecordWriter
 from ext_proc.server.spool import Outbox
 from ext_proc.state.ledger import OTHER, RETENTION_DAYS, SOURCE_TTL, BatchKey, MemoryLedger, RedisLedger, Summed
@@ -515,6 +515,65 @@ def test_without_the_policys_names_an_unknown_models_404_is_still_other() -> Non
     ledger.add([{**RECORDS[0], "model": "made-up", "outcome": "rejected", "status": 404, "error": "model_not_found"},
                 {**RECORDS[0], "model": "gpt-5", "outcome": "rejected", "status": 403, "error": "model_not_allowed"}])
     assert sorted(r.group for r in ledger.rows("model", *OCTOBER)) == [OTHER, "gpt-5"]
+
+
+def open_mode_records(now: float, n: int) -> list[dict[str, Any]]:
+    """Open mode (no policy, the caller's key forwarded): made-up names the provider refused with
+    its own 401 / 404 (``outcome: error``, no usage), a stream cut before any answer (its input
+    estimated), and models a provider served (usage, or the answer's model without usage)."""
+    base = {**RECORDS[0], "ts": now, "team": None, "key_id": None, "served_model": None}
+    junk = [{**base, "model": f"junk-{i}-{'x' * 100}", "outcome": "error", "status": 401 if i % 2 else 404,
+             "error": "invalid_api_key" if i % 2 else "model_not_found", "input_tokens": None,
+             "output_tokens": None, "cost_usd_micros": None} for i in range(n)]
+    cut = {**base, "model": "junk-cut", "outcome": "incomplete", "status": 200, "error": "stream_interrupted",
+           "input_tokens": 12, "output_tokens": 0, "input_estimated": True, "output_estimated": True,
+           "cost_usd_micros": None}
+    served = {**base, "model": "gpt-4o-mini", "served_model": "gpt-4o-mini-2024-07-18"}
+    no_usage = {**base, "model": "my-vllm-model", "served_model": "my-vllm-model", "input_tokens": None,
+                "output_tokens": None, "cost_usd_micros": None}
+    usage_only = {**base, "model": "local-llama", "input_tokens": 5, "output_tokens": 1, "cost_usd_micros": None}
+    failed = {**base, "model": "gpt-4o-mini", "outcome": "error", "status": 429, "error": "rate_limit_exceeded",
+              "input_tokens": None, "output_tokens": None, "cost_usd_micros": None}
+    priced = {**failed, "model": "gpt-4o"}  # a name the price data lists: a real model, its 429 its own
+    near = {**failed, "model": "gpt-4o-junk"}  # priced as gpt-4o by prefix, but no name the data lists
+    return [*junk, cut, served, no_usage, usage_only, failed, priced, near]
+
+
+def test_open_modes_provider_errors_for_made_up_names_share_one_bucket() -> None:
+    """In open mode every name went upstream, and a made-up one forwarded with a junk key got the
+    provider's 401 or 404 (``outcome: error``): each name made its own bucket, kept two years.
+    A name is its own bucket only when the policy knows it or a provider served it (its answer
+    named the model, or reported usage); the rest, a cut stream's estimated input too, is (other)."""
+    ledger = MemoryLedger(known=lambda model: knows(None, model))  # open mode: the price data's names
+    now = datetime(2026, 10, 15, 12, tzinfo=UTC).timestamp()
+    ledger.add(open_mode_records(now, 200))
+    rows = {r.group: r for r in ledger.rows("model", *OCTOBER)}
+    assert sorted(rows) == sorted([OTHER, "gpt-4o-mini", "gpt-4o", "my-vllm-model", "local-llama"])
+    assert (rows[OTHER].requests, rows[OTHER].errors, rows[OTHER].incomplete) == (202, 201, 1)
+    assert (rows["gpt-4o-mini"].requests, rows["gpt-4o-mini"].errors) == (2, 1)  # a real model's errors stay its own
+    assert (rows["gpt-4o"].requests, rows["gpt-4o"].errors) == (1, 1)
+    assert len(ledger.buckets) == 5
+    # A name the policy knows keeps its row however the provider answered (a deployment gone: its 404).
+    policy = MemoryLedger(known=lambda model: model == "gpt-4o")
+    policy.add([{**RECORDS[0], "outcome": "error", "status": 404, "error": "model_not_found", "input_tokens": None,
+                 "output_tokens": None, "cost_usd_micros": None}])
+    assert [r.group for r in policy.rows("model", *OCTOBER)] == ["gpt-4o"]
+
+
+def test_open_modes_made_up_names_do_not_grow_redis(redis_port: int) -> None:
+    """The audit's flood: 200 made-up names forwarded with a junk key took Redis from 0 keys to
+    202 (a bucket each and the day's index). Now one (other) bucket holds them."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger = open_ledger(f"redis://127.0.0.1:{redis_port}/0", lambda model: knows(None, model))  # as the worker's
+    assert isinstance(ledger, RedisLedger)
+    now = time.time()
+    ledger.add(open_mode_records(now, 200), batch="b1")
+    keys = sorted(k.decode().rsplit("\x1f", 3)[1] for k in client.scan_iter("tollway:ledger:b:*"))
+    assert keys == sorted([OTHER, "gpt-4o-mini", "gpt-4o", "my-vllm-model", "local-llama"])
+    assert client.dbsize() == 5 + 2  # the buckets, the day's index and the batch's mark
+    rows = {r.group: r for r in ledger.rows("model", date.today() - timedelta(days=1))}
+    assert (rows[OTHER].requests, rows[OTHER].errors) == (202, 201)
 
 
 def test_records_redis_never_took_are_counted_and_said_when_the_worker_stops(caplog: pytest.LogCaptureFixture) -> None:
