@@ -194,6 +194,8 @@ class Access(Step):
             return None
         assert flow.principal is not None and flow.model is not None
         flow.granted = decide.access(flow.policy, flow.principal, flow.model)
+        if flow.request is not None and flow.api is not None:  # models its tools call (an image model)
+            decide.tool_access(flow.policy, flow.principal, flow.api, flow.request.payload)
         return None
 
 

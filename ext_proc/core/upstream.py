@@ -38,7 +38,8 @@ from ext_proc.guardrails.detectors import GROUPS
 from ext_proc.guardrails.scanner import builtin
 from ext_proc.llm import providers, translate
 from ext_proc.llm.apis import CHAT_COMPLETIONS, RESPONSES, WireAPI
-from ext_proc.llm.apis.responses import stored_reasoning, stored_state
+from ext_proc.llm.apis.openai import stored_files
+from ext_proc.llm.apis.responses import stored_objects, stored_reasoning, stored_state
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.translate import TranslationError, fields
 from ext_proc.policy.compiled import KEY_PREFIX, Provider, Target
@@ -108,6 +109,8 @@ def _prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) -
     if answer_in is api:
         if api is RESPONSES:
             _stateless(payload, provider)
+        elif api is CHAT_COMPLETIONS and not provider.stored_responses:
+            _unshared(stored_files(payload))
         upstream_path = kind.path(api, model, provider)
         if kind.model_in_body(api) and payload.get("model") != model:
             payload["model"] = model
@@ -176,6 +179,17 @@ def _stateless(payload: dict[str, Any], provider: Provider) -> None:
     if name is not None:
         raise ClientError(400, "unsupported_parameter", f"'{name}' refers to what the provider stores for the key "
                           f"every team here shares: send the whole conversation in 'input' instead (the policy may "
+                          f"allow it for a provider whose key serves one team: stored_responses).", name)
+    _unshared(stored_objects(payload))
+
+
+def _unshared(name: str | None) -> None:
+    """Refuse a request naming, at ``name``, an object the provider stores for the key every team
+    shares (a file, a vector store, a container: anyone's who used that key)."""
+    if name is not None:
+        raise ClientError(400, "unsupported_parameter", f"'{name}' refers to what the provider stores for the key "
+                          f"every team here shares (files, vector stores and containers any team made with it): "
+                          f"send the content itself instead (a file as file_data or a data URL) (the policy may "
                           f"allow it for a provider whose key serves one team: stored_responses).", name)
 
 

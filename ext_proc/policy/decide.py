@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from ext_proc.llm import apis, providers
 from ext_proc.llm.apis import WireAPI
@@ -131,6 +132,35 @@ def access(policy: CompiledPolicy, principal: Principal, model: str) -> Target |
         message = f"Team '{principal.team}' may not use model '{shown}'."
         raise ClientError(403, "model_not_allowed", message, "model")
     return target
+
+
+IMAGE_TOOL_MODEL = "gpt-image-1"  # the model a Responses image_generation tool calls when it names none
+
+
+def tool_access(policy: CompiledPolicy, principal: Principal, api: WireAPI, payload: Mapping[str, Any]) -> None:
+    """Models a request's tools call besides its own model must be ones the caller may use: a
+    Responses ``image_generation`` tool calls an image model (its ``model``, else
+    :data:`IMAGE_TOOL_MODEL`) with the provider's key, which the policy must list and let the team
+    use (the 404/403 of :func:`access`, naming ``tools[i].model``); an alias is refused (400: the
+    provider is sent the name as it is)."""
+    if api is not apis.RESPONSES:
+        return
+    tools = payload.get("tools")
+    for index, tool in enumerate(tools if isinstance(tools, list) else ()):
+        if not isinstance(tool, dict) or tool.get("type") != "image_generation":
+            continue
+        where = f"tools[{index}].model"
+        model = tool.get("model", IMAGE_TOOL_MODEL)
+        if not isinstance(model, str):
+            raise ClientError(400, "invalid_type", f"'{where}' must be a string.", where)
+        about = f"The image_generation tool calls model '{model[:200]}'"
+        try:
+            granted = access(policy, principal, model)
+        except ClientError as exc:
+            raise ClientError(exc.status, exc.code, f"{about} ({where}; {IMAGE_TOOL_MODEL} when it names none): "
+                              f"{exc.message}", where) from None
+        if isinstance(granted, Alias):
+            raise ClientError(400, "invalid_value", f"{about}, a routing alias: name the image model itself.", where)
 
 
 def target_for(policy: CompiledPolicy, principal: Principal, api: WireAPI, model: str) -> Target:

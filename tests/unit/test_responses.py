@@ -16,6 +16,9 @@ from openai.types.responses import Response, ResponseStreamEvent
 from openai.types.responses.response import IncompleteDetails
 
 from ext_proc.core import upstream
+from ext_proc.core.actions import Continue, Respond
+from ext_proc.core.events import RequestBody, RequestHeaders
+from ext_proc.core.session import Session
 from ext_proc.llm import apis, providers, runtime, tokens
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEDecoder, SSEEvent
@@ -98,6 +101,123 @@ teams:
         upstream.prepare(apis.RESPONSES, {"model": "gpt", "input": "hi", "background": True}, target, "/v1/responses")
     assert upstream.prepare(apis.RESPONSES, {"model": "gpt", "input": "hi", "background": False}, target,
                             "/v1/responses")
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_stored_files_vector_stores_and_containers_are_reached_only_where_the_key_is_one_teams(stored: bool) -> None:
+    """Files, vector stores and containers are what the provider stores for its key, whoever made
+    them with it: on a key every team shares, one team could read another's by their id. A native
+    request naming one is refused as stored responses are (400, param naming the place), unless the
+    provider's key serves one team (stored_responses); a chat file part by its file_id too."""
+    policy = compile_policy(f"""
+apiVersion: tollway/v1
+providers:
+  o: {{kind: openai, stored_responses: {str(stored).lower()}}}
+models:
+  gpt: {{provider: o}}
+teams:
+  t: {{workloads: [w], models: ["*"]}}
+""")
+    target = policy.models["gpt"]
+    said = [{"type": "input_text", "text": "look"}]
+    file = {"type": "input_file", "file_id": "file-1"}
+    image = {"type": "input_image", "file_id": "file-2"}
+    cases = [
+        ({"input": [{"role": "user", "content": [*said, file]}]}, "input[0].content[1].file_id"),
+        ({"input": [{"type": "message", "role": "user", "content": [image]}]}, "input[0].content[0].file_id"),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": [file]}]},
+         "input[0].output[0].file_id"),
+        ({"input": "hi", "prompt": {"id": "pmpt_1", "variables": {"doc": file}}}, "prompt.variables.doc.file_id"),
+        ({"input": "hi", "tools": [TOOL, {"type": "file_search", "vector_store_ids": ["vs_1"]}]},
+         "tools[1].vector_store_ids"),
+        ({"input": "hi", "tools": [{"type": "code_interpreter", "container": "cntr_1"}]}, "tools[0].container"),
+        ({"input": "hi", "tools": [{"type": "code_interpreter",
+                                    "container": {"type": "auto", "file_ids": ["file-1"]}}]},
+         "tools[0].container.file_ids"),
+        ({"input": "hi", "tools": [{"type": "image_generation", "model": "gpt-image-1",
+                                    "input_image_mask": {"file_id": "file-3"}}]}, "tools[0].input_image_mask.file_id"),
+    ]
+    for fields, param in cases:
+        body = {"model": "gpt", **fields}
+        if stored:
+            assert upstream.prepare(apis.RESPONSES, body, target, "/v1/responses")[0] == body
+            continue
+        with pytest.raises(ClientError) as refused:
+            upstream.prepare(apis.RESPONSES, body, target, "/v1/responses")
+        assert (refused.value.status, refused.value.code, refused.value.param) == (400, "unsupported_parameter", param)
+        assert "every team here shares" in refused.value.message
+    chat = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": [
+        {"type": "text", "text": "read"}, {"type": "file", "file": {"file_id": "file-1"}}]}]}
+    if stored:
+        assert upstream.prepare(apis.CHAT_COMPLETIONS, chat, target, "/v1/chat/completions")[0] == chat
+    else:
+        with pytest.raises(ClientError) as refused:
+            upstream.prepare(apis.CHAT_COMPLETIONS, chat, target, "/v1/chat/completions")
+        assert (refused.value.status, refused.value.param) == (400, "messages[1].content[1].file.file_id")
+    # What carries itself passes: inline files and images, a new container, a tool's own settings.
+    inline = {"model": "gpt", "input": [{"role": "user", "content": [
+        {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,AAAA"},
+        {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}],
+        "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}, {"type": "web_search"},
+                  {"type": "file_search", "vector_store_ids": []}]}
+    assert upstream.prepare(apis.RESPONSES, inline, target, "/v1/responses")[0] == inline
+    data = {"model": "gpt", "messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,AAAA"}}]}]}
+    assert upstream.prepare(apis.CHAT_COMPLETIONS, data, target, "/v1/chat/completions")[0] == data
+
+
+def test_an_image_generation_tool_calls_only_an_image_model_the_team_may_use() -> None:
+    """A Responses image_generation tool calls an image model (gpt-image-1 unless it names one)
+    with the provider's key: one the policy never listed, for any team, was reached. It must be a
+    model the team may use (access's 404 / 403, naming tools[i].model), not an alias."""
+    policy = compile_policy("""
+apiVersion: tollway/v1
+providers:
+  o: {kind: openai}
+models:
+  gpt: {provider: o}
+  gpt-image-1: {provider: o}
+  gpt-image-1-mini: {provider: o}
+routing:
+  aliases:
+    drawing: {targets: [{provider: o, model: gpt-image-1}]}
+teams:
+  art: {workloads: [a], models: [gpt, gpt-image-1, drawing]}
+  text: {workloads: [t], models: [gpt]}
+""")
+    art = decide.identify(policy, {}, {}, "a")
+    text = decide.identify(policy, {}, {}, "t")
+
+    def refused(principal: Any, tool: dict[str, Any]) -> tuple[int, str, str | None] | None:
+        body = {"model": "gpt", "input": "draw", "tools": [TOOL, tool]}
+        try:
+            decide.tool_access(policy, principal, apis.RESPONSES, body)
+        except ClientError as exc:
+            return exc.status, exc.code, exc.param
+        return None
+
+    image = {"type": "image_generation"}
+    assert refused(art, image) is None  # gpt-image-1, the default, which the team may use
+    assert refused(art, {**image, "model": "gpt-image-1"}) is None
+    assert refused(text, image) == (403, "model_not_allowed", "tools[1].model")
+    assert refused(art, {**image, "model": "gpt-image-1-mini"}) == (403, "model_not_allowed", "tools[1].model")
+    assert refused(art, {**image, "model": "dall-e-3"}) == (404, "model_not_found", "tools[1].model")
+    assert refused(art, {**image, "model": "drawing"}) == (400, "invalid_value", "tools[1].model")
+    assert refused(art, {**image, "model": 3}) == (400, "invalid_type", "tools[1].model")
+    # Other APIs' tools are not Responses' built-in tools.
+    decide.tool_access(policy, text, apis.CHAT_COMPLETIONS, {"model": "gpt", "tools": [image]})
+    # The access step asks it: the request is refused before anything goes upstream.
+    for workload, status in (("t", 403), ("a", None)):
+        session = Session(policy, workload, runtime=runtime.fixed(now=1_755_000_000))
+        head = {":method": "POST", ":path": "/v1/responses", "x-request-id": "r", "content-type": "application/json"}
+        assert isinstance(session.handle(RequestHeaders(head, False, 1)), Continue)
+        body = orjson.dumps({"model": "gpt", "input": "draw a cat", "tools": [image]})
+        answer = session.handle(RequestBody(body, True, 2))
+        if status is None:
+            assert isinstance(answer, Continue)
+        else:
+            assert isinstance(answer, Respond) and answer.status == status
+            assert orjson.loads(answer.body)["error"]["param"] == "tools[0].model"
 
 
 def test_stored_responses_is_for_the_kinds_that_store_them() -> None:

@@ -38,6 +38,20 @@ def error_type(status: int) -> str:
     return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
+def stored_files(payload: dict[str, Any]) -> str | None:
+    """The first chat message content part that names a file the provider stores for its key (a
+    ``file`` part's ``file.file_id``: whoever uploaded it with that key), as its place; None when
+    there is none."""
+    messages = payload.get("messages")
+    for index, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for at, part in enumerate(content if isinstance(content, list) else ()):
+            file = part.get("file") if isinstance(part, dict) else None
+            if isinstance(file, dict) and file.get("file_id") is not None:
+                return f"messages[{index}].content[{at}].file.file_id"
+    return None
+
+
 class OpenAIReader(Reader):
     """Usage from the JSON answer's ``usage``, or the stream's usage chunk; ``[DONE]`` completes.
     The ``service_tier`` the answer (or a decoded chunk: each carries it) says it was served in."""

@@ -62,6 +62,56 @@ def stored_state(payload: dict[str, Any]) -> str | None:
     return None
 
 
+def stored_objects(payload: dict[str, Any]) -> str | None:
+    """The first place where a Responses request names, by id, an object the provider stores for
+    its key (whoever uploaded or made it with that key): a file (``input_file`` / ``input_image``
+    ``file_id`` in an input item's content or a function call's output, in the prompt's
+    ``variables``, an image_generation tool's ``input_image_mask``), a vector store
+    (``file_search``'s ``vector_store_ids``) or a container (``code_interpreter``'s ``container``
+    given by its id, or files put in an ``auto`` one: its ``file_ids``). None when it names none."""
+    given = payload.get("input")
+    for index, item in enumerate(given if isinstance(given, list) else ()):
+        if not isinstance(item, dict):
+            continue
+        for field in ("content", "output"):
+            found = _file_part(item.get(field), f"input[{index}].{field}")
+            if found is not None:
+                return found
+    prompt = payload.get("prompt")
+    variables = prompt.get("variables") if isinstance(prompt, dict) else None
+    for name, value in variables.items() if isinstance(variables, dict) else ():
+        if _file_ref(value):
+            return f"prompt.variables.{name}.file_id"
+    tools = payload.get("tools")
+    for index, tool in enumerate(tools if isinstance(tools, list) else ()):
+        if not isinstance(tool, dict):
+            continue
+        kind, at = tool.get("type"), f"tools[{index}]"
+        if kind == "file_search" and tool.get("vector_store_ids"):
+            return f"{at}.vector_store_ids"
+        container = tool.get("container")
+        if kind == "code_interpreter" and isinstance(container, str):
+            return f"{at}.container"
+        if kind == "code_interpreter" and isinstance(container, dict) and container.get("file_ids"):
+            return f"{at}.container.file_ids"
+        mask = tool.get("input_image_mask")
+        if kind == "image_generation" and isinstance(mask, dict) and mask.get("file_id") is not None:
+            return f"{at}.input_image_mask.file_id"
+    return None
+
+
+def _file_part(parts: Any, at: str) -> str | None:
+    """The first content part of ``parts`` (a list) that names a stored file by its ``file_id``."""
+    for index, part in enumerate(parts if isinstance(parts, list) else ()):
+        if _file_ref(part):
+            return f"{at}[{index}].file_id"
+    return None
+
+
+def _file_ref(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("file_id") is not None
+
+
 def stored_reasoning(payload: dict[str, Any], name: str) -> bool:
     """Whether ``name`` (what :func:`stored_state` found) is a ``reasoning`` item given by its id."""
     given = payload.get("input")
