@@ -37,7 +37,8 @@ from urllib.parse import unquote_plus
 from ext_proc.guardrails.detectors import GROUPS
 from ext_proc.guardrails.scanner import builtin
 from ext_proc.llm import providers, translate
-from ext_proc.llm.apis import CHAT_COMPLETIONS, RESPONSES, WireAPI
+from ext_proc.llm.apis import CHAT_COMPLETIONS, COUNT_TOKENS, MESSAGES, RESPONSES, WireAPI
+from ext_proc.llm.apis.anthropic import stored_files as anthropic_stored_files
 from ext_proc.llm.apis.openai import stored_files
 from ext_proc.llm.apis.responses import stored_objects, stored_reasoning, stored_state
 from ext_proc.llm.errors import ClientError
@@ -111,6 +112,8 @@ def _prepare(api: WireAPI, payload: dict[str, Any], target: Target, path: str) -
             _stateless(payload, provider)
         elif api is CHAT_COMPLETIONS and not provider.stored_responses:
             _unshared(stored_files(payload))
+        elif api in (MESSAGES, COUNT_TOKENS) and not provider.stored_responses:
+            _unshared(anthropic_stored_files(payload))
         upstream_path = kind.path(api, model, provider)
         if kind.model_in_body(api) and payload.get("model") != model:
             payload["model"] = model

@@ -213,8 +213,9 @@ def _check_references(spec: PolicySpec, skipped: _Skipped) -> list[Problem]:
             named_at: Loc = (*here, "cluster") if provider.cluster else here
             problems.append(Problem(f"'{EXT_PROC_CLUSTER}' is Envoy's cluster that reaches Tollway: give the "
                                     "provider's cluster another name", where=named_at, at_key=not provider.cluster))
-        if provider.kind not in ("openai", "azure-openai") and provider.stored_responses:
-            problems.append(Problem("only for kinds openai and azure-openai (the others store no responses)",
+        if provider.kind not in ("openai", "azure-openai", "anthropic") and provider.stored_responses:
+            problems.append(Problem("only for kinds openai, azure-openai and anthropic (the others store nothing "
+                                    "for their key that a request refers to)",
                                     where=(*here, "stored_responses"), at_key=True))
         if provider.endpoint is not None:
             problems += [Problem(message, where=(*here, "endpoint"))

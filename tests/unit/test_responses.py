@@ -225,12 +225,60 @@ def test_stored_responses_is_for_the_kinds_that_store_them() -> None:
         compile_policy("""
 apiVersion: tollway/v1
 providers:
-  a: {kind: anthropic, stored_responses: true}
+  a: {kind: openai-compatible, endpoint: "http://127.0.0.1:9/v1", stored_responses: true}
 models:
   c: {provider: a}
 teams:
   t: {workloads: [w], models: ["*"]}
 """)
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_anthropic_files_and_containers_are_reached_only_where_the_key_is_one_teams(stored: bool) -> None:
+    """Anthropic's Files API and code execution containers are the key's too: a Messages request
+    naming a file (a file source, a container upload, inside a tool result too) or a container to
+    reuse is refused on a key every team shares, unless the provider's key serves one team."""
+    policy = compile_policy(f"""
+apiVersion: tollway/v1
+providers:
+  a: {{kind: anthropic, stored_responses: {str(stored).lower()}}}
+models:
+  claude: {{provider: a}}
+teams:
+  t: {{workloads: [w], models: ["*"]}}
+""")
+    target = policy.models["claude"]
+    said = {"type": "text", "text": "look"}
+    document = {"type": "document", "source": {"type": "file", "file_id": "file_011"}}
+    image = {"type": "image", "source": {"type": "file", "file_id": "file_012"}}
+    cases = [
+        ({"messages": [{"role": "user", "content": [said, document]}]}, "messages[0].content[1].source.file_id"),
+        ({"messages": [{"role": "user", "content": [image]}]}, "messages[0].content[0].source.file_id"),
+        ({"messages": [{"role": "user", "content": [{"type": "container_upload", "file_id": "file_013"}]}]},
+         "messages[0].content[0].file_id"),
+        ({"messages": [{"role": "user", "content": "go"}, {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "f", "input": {}}]}, {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": [said, image]}]}]},
+         "messages[2].content[0].content[1].source.file_id"),
+        ({"messages": [{"role": "user", "content": "go"}], "container": "container_011"}, "container"),
+        ({"messages": [{"role": "user", "content": "go"}], "container": {"id": "container_011", "skills": []}},
+         "container.id"),
+    ]
+    for api, path in ((apis.MESSAGES, "/v1/messages"), (apis.COUNT_TOKENS, "/v1/messages/count_tokens")):
+        for fields, param in cases:
+            body = {"model": "claude", "max_tokens": 10, **fields}
+            if stored:
+                assert upstream.prepare(api, body, target, path)[0] == body
+                continue
+            with pytest.raises(ClientError) as refused:
+                upstream.prepare(api, body, target, path)
+            assert (refused.value.status, refused.value.code, refused.value.param) == (
+                400, "unsupported_parameter", param)
+    inline = {"model": "claude", "max_tokens": 10, "container": {"skills": [{"type": "anthropic", "skill_id": "x"}]},
+              "messages": [{"role": "user", "content": [
+                  {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "AAAA"}},
+                  {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}]}
+    assert upstream.prepare(apis.MESSAGES, inline, target, "/v1/messages")[0] == inline
 
 
 def test_stored_responses_is_for_a_provider_one_team_reaches() -> None:

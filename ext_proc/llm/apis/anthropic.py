@@ -34,6 +34,40 @@ _TYPES = {
 }
 
 
+def stored_files(payload: dict[str, Any]) -> str | None:
+    """The first place of a Messages request that names what Anthropic stores for the key, as
+    its place: a file of the Files API (an ``image`` or ``document`` block's ``file`` source, a
+    ``container_upload`` block, also inside a ``tool_result``'s content), or a code execution
+    container to reuse (``container``: its id, or an object with one). None when there is none."""
+    container = payload.get("container")
+    if isinstance(container, str) or (isinstance(container, dict) and container.get("id") is not None):
+        return "container" if isinstance(container, str) else "container.id"
+    messages = payload.get("messages")
+    for index, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        found = _stored_block(content, f"messages[{index}].content")
+        if found is not None:
+            return found
+    return None
+
+
+def _stored_block(content: object, where: str) -> str | None:
+    for at, block in enumerate(content if isinstance(content, list) else ()):
+        if not isinstance(block, dict):
+            continue
+        here = f"{where}[{at}]"
+        if block.get("type") == "container_upload" and block.get("file_id") is not None:
+            return f"{here}.file_id"
+        source = block.get("source")
+        if isinstance(source, dict) and source.get("type") == "file":
+            return f"{here}.source.file_id"
+        if block.get("type") == "tool_result":
+            found = _stored_block(block.get("content"), f"{here}.content")
+            if found is not None:
+                return found
+    return None
+
+
 def error_type(status: int) -> str:
     """The Anthropic error type for an HTTP status (other 5xx: ``api_error``, 4xx: invalid request)."""
     return _TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
