@@ -63,6 +63,7 @@ from .compiled import (
     RateLimit,
     Target,
     Team,
+    host_header,
     key_member,
 )
 from .guardrails import named
@@ -587,7 +588,7 @@ def _build(spec: PolicySpec, text: str, source: str) -> CompiledPolicy:
             credential=CredentialSource(env=p.credential.env, file=p.credential.file) if p.credential else None,
             anthropic_version=p.anthropic_version or "2023-06-01",
             api_version=p.api_version,
-            host=_netloc(p.endpoint),
+            host=host_header(p.endpoint) if p.endpoint else None,
             endpoint=p.endpoint,
             rebase=_rebase(p.endpoint, p.kind),
             stored_responses=p.stored_responses,
@@ -743,17 +744,6 @@ def _endpoint_problems(url: str, kind: str) -> list[str]:
             effect = f"each request's own path goes after the base URL ({request} would go to {sent})"
         problems.append(f"has the API path '{path[len(base):]}' in it: {effect}; {write}")
     return problems
-
-
-def _netloc(url: str | None) -> str | None:
-    """The Host header for ``url`` (the schema parsed it whole): an absolute name without its dot."""
-    if not url:
-        return None
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if host.endswith("."):
-        return host.rstrip(".") + (f":{parts.port}" if parts.port else "")
-    return parts.netloc or None
 
 
 def _price(spec: PriceSpec | None) -> Price | None:

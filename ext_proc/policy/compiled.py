@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
+import urllib.parse
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,20 @@ KEY_PREFIX = "tw-"  # every Tollway virtual key starts with it; other bearer val
 EXT_PROC_CLUSTER = "tollway_ext_proc"  # Envoy's cluster that reaches Tollway (its bootstrap's): no provider's
 # The public APIs of the kinds that have one: a provider of these kinds needs no endpoint.
 DEFAULT_ENDPOINTS = {name: f"https://{kind.host}" for name, kind in providers.KINDS.items() if kind.host}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def host_header(url: str) -> str:
+    """The ``Host`` a provider at ``url`` (an endpoint or a stand-in) is sent: its host, an IPv6
+    one in brackets, an absolute name without its dot (neither the server's name nor its
+    certificate's), with the port unless it is the scheme's default ("http://vllm:8000/v1":
+    "vllm:8000"; "https://api.example.com:443": "api.example.com")."""
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    return host if port is None or port == _DEFAULT_PORTS.get(parts.scheme) else f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)

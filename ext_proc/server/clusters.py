@@ -67,7 +67,7 @@ import orjson
 import yaml
 
 from ext_proc.policy import decide
-from ext_proc.policy.compiled import DEFAULT_ENDPOINTS, EXT_PROC_CLUSTER, CompiledPolicy
+from ext_proc.policy.compiled import DEFAULT_ENDPOINTS, EXT_PROC_CLUSTER, CompiledPolicy, host_header
 from ext_proc.server.credentials import CredentialStore, reached_for_real
 
 log = logging.getLogger("tollway.clusters")
@@ -132,7 +132,8 @@ def chain_cluster(name: str, providers: list[tuple[str, dict[str, Any]]]) -> dic
                 address, port = socket["address"], socket.get("port_value", 80)
                 resolve = resolve or not _is_ip(address)
                 # The Host header the try sends when the policy gives the provider no endpoint.
-                host = sni or (address if port in (80, 443) else f"{address}:{port}")
+                host = entry["endpoint"].get("hostname") or sni or (
+                    address if port in (80, 443) else f"{address}:{port}")
                 entry["metadata"] = {
                     "filter_metadata": {
                         "tollway": {"slot": str(position), "provider": provider, "host": host},
@@ -216,6 +217,10 @@ def provider_cluster(name: str, endpoint: str) -> dict[str, Any]:
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
             "socket_address": {"address": host, "port_value": url.port or (443 if tls else 80)}}}}]}]},
     }
+    # The Host the route's auto_host_rewrite sends, whatever the client's was (host[:port]). Without
+    # it an IP address's (STATIC) cluster sent the client's own Host along with the provider's key,
+    # and a DNS name's sent the name without its port.
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["hostname"] = host_header(endpoint)
     if tls:
         cluster["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",

@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 from ext_proc.policy.compiled import key_digest
+from ext_proc.stack import Stack, free_port
 from tests.e2e.conftest import Providers
 from tests.fixtures import FAULT_CASSETTES
 
@@ -39,7 +40,12 @@ providers:
   anthropic: {{kind: anthropic, credential: {{env: R_ANTHROPIC_KEY}}}}
   # A company proxy serving an OpenAI-compatible API under a path (the fake provider stands in).
   gateway: {{kind: openai-compatible, endpoint: "https://llm-gw.corp/vllm/v1", credential: {{env: R_OPENAI_KEY}}}}
+  # Reached for real (no stand-in): the fake provider's own port, as an IP address and as a name.
+  local: {{kind: openai-compatible, endpoint: "http://127.0.0.1:MOCK_PORT/v1", credential: {{env: R_OPENAI_KEY}}}}
+  named: {{kind: openai-compatible, endpoint: "http://localhost:MOCK_PORT/v1", credential: {{env: R_OPENAI_KEY}}}}
 models:
+  local-llama: {{provider: local, model: llama-local}}
+  named-llama: {{provider: named, model: llama-named}}
   llama: {{provider: gateway, model: meta-llama/Llama-3.1-8B-Instruct}}
   gpt-4o-mini: {{provider: openai}}
   gpt-5-nano: {{provider: openai}}
@@ -62,6 +68,10 @@ routing:
       targets:
         - {{provider: anthropic, model: claude-3-5-haiku-20241022}}
         - {{provider: openai, model: gpt-4o-mini}}
+    local-first:
+      targets:
+        - {{provider: named, model: llama-named}}
+        - {{provider: local, model: llama-local}}
     long:
       targets:
         - {{provider: openai, model: gpt-4o-mini, context_window: 1000}}
@@ -69,7 +79,8 @@ routing:
 teams:
   app:
     keys: [{{id: app-ci, sha256: {key_digest(KEY)}}}]
-    models: [llama, gpt-4o, split, claude-first, long, gpt-4o-mini, gpt-5-nano, claude-haiku]
+    models: [llama, gpt-4o, split, claude-first, long, gpt-4o-mini, gpt-5-nano, claude-haiku, local-llama,
+             named-llama, local-first]
 """
 
 
@@ -86,13 +97,19 @@ class Env(Providers):
 PROVIDER_KEYS = {"R_OPENAI_KEY": OPENAI_KEY, "R_ANTHROPIC_KEY": ANTHROPIC_KEY}
 
 
+def routing_stack(work: Path, **options: Any) -> Stack:
+    """The stack of POLICY, its fake provider on the port the policy's ``local`` and ``named`` reach."""
+    port = free_port()
+    options.setdefault("mocked", frozenset({"openai", "anthropic", "gateway"}))
+    return Providers.stack(work, POLICY.replace("MOCK_PORT", str(port)), PROVIDER_KEYS, mock_port=port, **options)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     # workers=2: a request's two ext_proc streams (router level, per try) may reach different
     # processes; first_byte_timeouts: a stalled provider fails over after 1 s.
-    stack = Providers.stack(tmp_path_factory.mktemp("routing"), POLICY, PROVIDER_KEYS, workers=2,
-                            first_byte_timeouts=("1s", "1s"), mocked=frozenset({"openai", "anthropic", "gateway"}),
-                            mock_args=("--cassettes", str(FAULT_CASSETTES)))
+    stack = routing_stack(tmp_path_factory.mktemp("routing"), workers=2, first_byte_timeouts=("1s", "1s"),
+                          mock_args=("--cassettes", str(FAULT_CASSETTES)))
     with stack:
         yield Env(stack, KEY)
 
@@ -220,6 +237,38 @@ def test_a_provider_behind_a_base_path_is_asked_under_it(env: Env) -> None:
     assert raw.parse().choices[0].message.content == REPLY
     (seen,) = env.provider_saw(raw.headers.get("x-tollway-request-id"))
     assert seen["path"] == "/vllm/v1/chat/completions"
+
+
+@pytest.mark.parametrize(("sdk", "model", "stream", "host"), [
+    ("openai", "local-llama", False, "127.0.0.1:{port}"),  # an IP address's (STATIC) cluster
+    ("openai", "local-llama", True, "127.0.0.1:{port}"),
+    ("anthropic", "local-llama", False, "127.0.0.1:{port}"),  # translated
+    ("anthropic", "local-llama", True, "127.0.0.1:{port}"),
+    ("openai", "named-llama", False, "localhost:{port}"),  # a DNS name's: its port too
+    ("anthropic", "named-llama", True, "localhost:{port}"),
+    ("openai", "local-first", False, "localhost:{port}"),  # a chain's first try
+    ("openai", "local-first", True, "localhost:{port}"),
+])
+def test_a_provider_is_sent_its_endpoints_host_whatever_the_client_sent(
+        env: Env, sdk: str, model: str, stream: bool, host: str) -> None:
+    """The Host a provider gets is its endpoint's (with its port when not the scheme's default):
+    a client's own Host went with the platform's provider key to an endpoint given as an IP
+    address (a virtual host of the client's choosing on a shared server), and a name's went
+    without its port."""
+    spoofed = {"host": "attacker.vhost"}
+    if sdk == "openai":
+        answer: Any = env.openai().with_options(default_headers=spoofed).chat.completions.with_raw_response.create(
+            model=model, messages=HI, stream=stream)
+    else:
+        answer = env.anthropic().with_options(default_headers=spoofed).messages.with_raw_response.create(
+            model=model, max_tokens=50, messages=HI[1:], stream=stream)
+    parsed = answer.parse()
+    assert list(parsed) if stream else parsed.id
+    request_id = answer.headers.get("x-tollway-request-id")
+    (seen,) = env.provider_saw(request_id)
+    assert seen["path"] == "/v1/chat/completions"
+    assert seen["headers"]["host"] == host.format(port=env.stack.mock_port)
+    assert seen["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
 
 
 def test_a_target_that_cannot_express_the_request_is_left_out_of_the_chain(env: Env) -> None:
@@ -476,7 +525,7 @@ def test_envoy_has_the_chain_clusters_from_the_clusters_file(env: Env) -> None:
 
 def test_outlier_detection_takes_a_failing_provider_out_of_first_attempts(tmp_path: Path) -> None:
     """After 5 failures in a row Envoy ejects OpenAI: the next request goes to Anthropic first."""
-    stack = Providers.stack(tmp_path, POLICY, PROVIDER_KEYS, workers=1)
+    stack = routing_stack(tmp_path, workers=1, mocked=frozenset({"openai", "anthropic"}))
     with stack:
         client = Env(stack, KEY).openai()
         for _ in range(5):
@@ -509,8 +558,8 @@ def test_a_stalled_first_target_falls_back_when_its_first_byte_timeout_equals_th
     timeout (300 s), here 2 s. The route's idle timer runs from the request on, across all its tries:
     the labelled routes' own is long enough for a whole chain, so a stalled first target falls back
     (before, the client got a 504 stream_idle_timeout and the second target was never asked)."""
-    stack = Providers.stack(tmp_path, POLICY, PROVIDER_KEYS, workers=1, first_byte_timeouts=("2s", "2s"),
-                            stream_idle_timeout="2s")
+    stack = routing_stack(tmp_path, workers=1, mocked=frozenset({"openai", "anthropic"}),
+                          first_byte_timeouts=("2s", "2s"), stream_idle_timeout="2s")
     with stack:
         env = Env(stack, KEY)
         started = time.monotonic()

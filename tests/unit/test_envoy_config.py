@@ -182,6 +182,28 @@ def test_a_providers_endpoint_is_its_cluster_even_under_a_default_name() -> None
     assert standin["type"] == "STATIC" and "transport_socket" not in standin
 
 
+@pytest.mark.parametrize(("url", "kind", "host"), [
+    ("http://10.0.0.5:8000/v1", "STATIC", "10.0.0.5:8000"),
+    ("http://[::1]:8000", "STATIC", "[::1]:8000"),
+    ("http://localhost:27999/v1", "LOGICAL_DNS", "localhost:27999"),
+    ("https://llm-proxy.internal:8443", "LOGICAL_DNS", "llm-proxy.internal:8443"),
+    ("https://llm-proxy.internal:443/v1", "LOGICAL_DNS", "llm-proxy.internal"),  # the scheme's default port
+    ("http://vllm.svc.cluster.local.:80", "LOGICAL_DNS", "vllm.svc.cluster.local"),
+    ("https://api.openai.com", "LOGICAL_DNS", "api.openai.com"),
+])
+def test_a_providers_cluster_names_the_host_its_requests_are_sent(url: str, kind: str, host: str) -> None:
+    """The route's auto_host_rewrite sends the endpoint's hostname: an IP address's (STATIC) cluster had
+    none, so the client's own Host went to the provider with the provider's key, and a DNS name's
+    was sent without its port."""
+    cluster = provider_cluster("p", url)
+    (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert (cluster["type"], endpoint["endpoint"]["hostname"]) == (kind, host)
+    chain = chain_cluster("p+q", [("p", cluster), ("q", provider_cluster("q", "http://127.0.0.1:9"))])
+    first, second = (level["lb_endpoints"][0] for level in chain["load_assignment"]["endpoints"])
+    assert first["endpoint"]["hostname"] == first["metadata"]["filter_metadata"]["tollway"]["host"] == host
+    assert second["endpoint"]["hostname"] == second["metadata"]["filter_metadata"]["tollway"]["host"] == "127.0.0.1:9"
+
+
 def test_a_chain_through_a_provider_without_endpoint_names_it() -> None:
     policy = compile_policy(POLICY.replace('endpoint: "http://10.0.0.5:8000"', "cluster: vllm"))
     with pytest.raises(ClusterError, match=r"^alias 'balanced' falls back through provider 'local', which has no "

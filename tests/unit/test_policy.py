@@ -560,12 +560,14 @@ def test_an_endpoint_is_parsed_whole() -> None:
         "address, or an IPv6 address in brackets)",  # a zone id Envoy takes in no cluster address
     ]
     good = ["http://[::1]:8000", "https://llm.example.com:8443/v1", "http://10.0.0.5:8000", "http://vllm_1.local",
-            "http://vllm.llm-serving.svc.cluster.local.:8000/v1"]  # absolute: no search domains tried
+            "http://vllm.llm-serving.svc.cluster.local.:8000/v1",  # absolute: no search domains tried
+            "https://llm.example.com:443/v1", "http://vllm:80", "https://vllm:80"]
     policy = compiles("apiVersion: tollway/v1\nproviders:\n" + "".join(
         f'  p{index}: {{kind: openai-compatible, endpoint: "{url}"}}\n' for index, url in enumerate(good)))
     assert [p.host for p in policy.providers.values()] == [
         "[::1]:8000", "llm.example.com:8443", "10.0.0.5:8000", "vllm_1.local",
-        "vllm.llm-serving.svc.cluster.local:8000"]  # the Host header: without the absolute name's dot
+        "vllm.llm-serving.svc.cluster.local:8000",  # the Host header: without the absolute name's dot
+        "llm.example.com", "vllm", "vllm:80"]  # nor the scheme's default port
 
 
 def test_an_endpoint_is_a_base_url() -> None:
