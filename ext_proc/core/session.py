@@ -70,6 +70,8 @@ Headers = tuple[tuple[str, str], ...]
 # A buffered answer cut after its head: the provider reset it (the client got Envoy's 502) or the
 # client left; Envoy tells Tollway the same, so the record keeps the provider's status and blames neither.
 ANSWER_INTERRUPTED = "answer_interrupted"
+# Envoy's route puts the request's id on every answer (the provider's overwritten) before Tollway reads it.
+ENVOYS_REQUEST_ID = "x-tollway-request-id"
 
 
 class Phase(enum.Enum):
@@ -427,8 +429,10 @@ class Session:
                 headers.append(("x-tollway-cost-usd", f"{cost // 1_000_000}.{cost % 1_000_000:06d}"))
         if not headers and not self._told and not self._hidden:
             return action
-        return Continue(set_headers=self._told + action.set_headers + tuple(headers),
-                        remove_headers=self._hidden + action.remove_headers, body=action.body)
+        sets = self._told + action.set_headers + tuple(headers)
+        given = {name for name, _ in sets}  # (the provider's of the same name: replaced, not removed)
+        return Continue(set_headers=sets, remove_headers=tuple(h for h in self._hidden if h not in given)
+                        + action.remove_headers, body=action.body)
 
     def _failed(self) -> str:
         """The outcome of an error answer: ``rejected`` when Envoy refused the request itself before
@@ -648,10 +652,18 @@ def content(flow: Flow) -> tuple[tuple[tuple[str, str], ...] | None, str | None]
 
 
 def _provider_rate_limits(headers: Mapping[str, str], told: Headers) -> tuple[str, ...]:
-    """The provider's own rate-limit headers on its answer, which go: they tell the shared key's
-    account (its organisation's limits, moved by every team's traffic), not the caller's. A
-    client learns its limits from Tollway's own (``told``, kept). ``retry-after`` stays: on a
-    provider's 429 passed through it says when to try again."""
+    """The provider's headers on its answer that go (``told``, Tollway's own, are kept):
+
+    - its rate-limit headers: they tell the shared key's account (its organisation's limits, moved
+      by every team's traffic), not the caller's. A client learns its limits from Tollway's own.
+      ``retry-after`` stays: on a provider's 429 passed through it says when to try again;
+    - every ``x-tollway-*`` header (but the request id Envoy itself puts on the answer): they are
+      Tollway's to say, and a provider's (or a proxy's before it) reached the client wherever
+      Tollway did not set its own, e.g. ``x-tollway-cost-usd: 0.000000`` for a model without a
+      price, or any of them on a stream or an error.
+    """
     mine = {name for name, _ in told}
     return tuple(name for name in headers
-                 if ("ratelimit" in name or name.startswith("anthropic-priority-")) and name not in mine)
+                 if ("ratelimit" in name or name.startswith("anthropic-priority-")
+                     or (name.startswith("x-tollway-") and name != ENVOYS_REQUEST_ID))
+                 and name not in mine)

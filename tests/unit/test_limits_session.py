@@ -459,9 +459,10 @@ ANTHROPIC_LIMITS = {
 }
 
 
-def answered(policy: Any, workload: str, body: dict[str, Any], head: dict[str, str], stream: bool = False) -> Action:
+def answered(policy: Any, workload: str, body: dict[str, Any], head: dict[str, str], stream: bool = False,
+             usage_headers: bool = False) -> Action:
     """The answer to a 200's head (its body's, for a buffered answer) carrying the providers' rate-limit headers."""
-    s = Session(policy, workload, ACCOUNTANT, runtime=runtime.fixed(now=NOW))
+    s = Session(policy, workload, ACCOUNTANT, usage_headers, runtime=runtime.fixed(now=NOW))
     s.handle(RequestHeaders(HEAD, False, 1))
     action = s.handle(RequestBody(orjson.dumps(body), True, 2))
     if isinstance(action, Ask):
@@ -502,6 +503,31 @@ teams: {t: {workloads: [w], models: ["*"]}}
         action = answered(policy, "w", {**BODY, "stream": stream}, OPENAI_LIMITS, stream=stream)
         assert isinstance(action, Continue) and set(action.remove_headers) == set(OPENAI_LIMITS)
         assert not [name for name, _ in action.set_headers if "ratelimit" in name]
+
+
+@pytest.mark.parametrize("usage", [False, True])
+@pytest.mark.parametrize("status", ["200", "429"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_providers_own_tollway_headers_never_reach_the_client(stream: bool, status: str, usage: bool) -> None:
+    """x-tollway-* headers are Tollway's to say: a provider's (or a proxy's before it) reached the
+    client wherever Tollway set none of its own (x-tollway-cost-usd for a model without a price, any
+    of them on a stream or an error). The request id Envoy puts on the answer stays."""
+    sent = {"x-tollway-cost-usd": "0.000000", "x-tollway-provider": "spoofed", "x-tollway-input-tokens": "0",
+            "x-tollway-output-tokens": "0", "x-tollway-whatever": "1", "x-tollway-request-id": "r1",
+            "x-other": "kept"}
+    action = answered(POLICY, "search-app", {**BODY, "stream": stream}, {":status": status, **sent},
+                      stream=stream and status == "200", usage_headers=usage)
+    assert isinstance(action, Continue)
+    told = dict(action.set_headers)
+    assert told["x-tollway-provider"] == "openai"  # Tollway's own, set over the provider's
+    assert not set(told) & set(action.remove_headers)
+    if usage and status == "200" and not stream:  # Tollway's usage and cost, over the provider's
+        assert (told["x-tollway-input-tokens"], told["x-tollway-cost-usd"]) != ("0", "0.000000")
+    else:
+        assert "x-tollway-cost-usd" not in told
+    theirs = {name for name in sent if name.startswith("x-tollway-")} - {"x-tollway-request-id"}
+    assert {name for name in action.remove_headers if name.startswith("x-tollway-")} == theirs - set(told)
+    assert "x-tollway-request-id" not in action.remove_headers and "x-other" not in action.remove_headers
 
 
 def test_a_providers_429_passed_through_keeps_its_retry_after() -> None:
