@@ -207,7 +207,11 @@ class Tracer:
                 carrier["tracestate"] = trace.tracestate
             parent = self._propagator.extract(carrier)
         named = operation or api
-        span = self.tracer.start_span(f"{named} {model}" if model else named, context=parent,
+        # The span's name takes the model's bounded label (a name the policy does not know is
+        # "other", as in the metrics): a caller sending sampled traceparents made a new span name
+        # per made-up model. The name it sent stays in gen_ai.request.model.
+        label = self.names.model(model) if model else None
+        span = self.tracer.start_span(f"{named} {label}" if label else named, context=parent,
                                       kind=self._client, attributes=attributes, start_time=wall(trace.started))
         for name, at, event in trace.events:
             span.add_event(name, event, timestamp=wall(at))

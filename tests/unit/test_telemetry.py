@@ -219,6 +219,27 @@ def test_a_refusal_is_an_event_and_an_error_type(spans: tuple[Tracer, InMemorySp
     assert span.status.status_code is StatusCode.UNSET  # the caller's mistake, not a fault
 
 
+def test_a_span_is_named_by_the_models_bounded_label(spans: tuple[Tracer, InMemorySpanExporter]) -> None:
+    """A model the policy does not know names its span "other" (as its metrics' label): a caller
+    sending sampled traceparents made one span name per made-up model. Its own name stays in
+    gen_ai.request.model; a known model names its span."""
+    tracer, exporter = spans
+    for model in ("made-up-1", "made-up-2", "smart"):
+        record = {"request_id": "r1", "api": "openai.chat.completions", "model": model, "outcome": "rejected",
+                  "status": 404, "error": "model_not_found"}
+        tracer.finish(record, Trace(started=1_000, ended=2_000, traceparent=PARENT))
+    assert [(span.name, (span.attributes or {})["gen_ai.request.model"]) for span in exporter.get_finished_spans()] \
+        == [("chat other", "made-up-1"), ("chat other", "made-up-2"), ("chat smart", "smart")]
+    # Open mode (no policy): the first names seen, bounded as the metrics' are.
+    exporter.clear()
+    open_mode = Tracer(tracer.provider, Names(lambda: None, cap=1))
+    for model in ("gpt-4o-mini", "made-up-1", "gpt-4o-mini"):
+        record = {"request_id": "r1", "api": "openai.chat.completions", "model": model, "outcome": "ok", "status": 200}
+        open_mode.finish(record, Trace(started=1_000, ended=2_000, traceparent=PARENT))
+    assert [span.name for span in exporter.get_finished_spans()] == ["chat gpt-4o-mini", "chat other",
+                                                                      "chat gpt-4o-mini"]
+
+
 def test_records_as_logs_linked_to_their_span(spans: tuple[Tracer, InMemorySpanExporter]) -> None:
     tracer, _ = spans
     logs = InMemoryLogRecordExporter()
