@@ -18,11 +18,15 @@ import datetime
 import os
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ext_proc.ledger.cli import _redacted
 from ext_proc.policy.compiled import Budget, CompiledPolicy, budget_counter, budget_parts, period_window
 
 
@@ -131,18 +135,18 @@ def run(args: argparse.Namespace) -> int:
             found = asyncio.run(_from_redis(redis_url, policy))
         else:
             found = _from_admin(admin, token_file, environ=bool(args.admin))
+    except _Refused as exc:
+        print(f"tollway budgets: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # one line for a person, never a traceback
-        where = "Redis" if redis_url else admin
-        why = type(exc).__name__
-        reason = getattr(exc, "reason", None)
+        where = f"Redis at {_redacted(redis_url)}" if redis_url else _redacted(admin)
+        why = _why(exc, redis_url or admin, redis=bool(redis_url))
         if getattr(exc, "code", None) == 401:
             given = " or TOLLWAY_ADMIN_TOKEN" if args.admin else f"; or --admin {admin} to use TOLLWAY_ADMIN_TOKEN"
             why = f"it needs the admin token (--admin-token-file{given})"
-        elif isinstance(reason, OSError):
-            why = reason.strerror or type(reason).__name__
-            if not redis_url and not args.admin:
-                why += ("; the default is the admin of make run (tollway serve) on this machine: is it running? "
-                        "Else give --redis URL (or TOLLWAY_REDIS_URL) or --admin ADDRESS")
+        elif isinstance(getattr(exc, "reason", None), OSError) and not redis_url and not args.admin:
+            why += ("; the default is the admin of make run (tollway serve) on this machine: is it running? "
+                    "Else give --redis URL (or TOLLWAY_REDIS_URL) or --admin ADDRESS")
         print(f"tollway budgets: cannot read the counters from {where}: {why}", file=sys.stderr)
         return 1
     if args.format == "json":
@@ -162,15 +166,65 @@ async def _from_redis(url: str, policy: CompiledPolicy) -> list[dict[str, Any]]:
         await backend.close()
 
 
-def _from_admin(url: str, token_file: str | None = None, environ: bool = True) -> list[dict[str, Any]]:
-    import urllib.request
+class _Refused(Exception):
+    """A mistake in what was given (an address, the token's file): one line for the user, as it is."""
 
+
+def _why(exc: Exception, url: str, redis: bool) -> str:
+    """Why reading the counters failed, in words, never the user or password in ``url``."""
+    if isinstance(exc, urllib.error.HTTPError):
+        why = f"it answered {exc.code} {exc.reason}".rstrip()
+    elif isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        why = (reason.strerror or str(reason) or type(reason).__name__) if isinstance(reason, OSError) else str(reason)
+    elif isinstance(exc, ValueError) and redis:
+        why = "not a valid Redis URL"  # its text may quote a piece of the URL (the password, taken for a port)
+    elif isinstance(exc, TimeoutError):
+        why = "no answer in time"
+    elif isinstance(exc, (KeyError, TypeError, orjson.JSONDecodeError)):
+        why = "its answer is not Tollway's budgets (is it a Tollway admin address?)"
+    else:
+        why = str(exc) or type(exc).__name__
+    secret = url.partition("://")[2].rpartition("@")[0]
+    return why.replace(secret, "***") if secret else why
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is refused, not followed: urllib would send the admin token on to wherever it points."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        moved = f" (to {_redacted(newurl)[:200]})" if newurl else ""
+        raise _Refused(f"{_redacted(req.full_url)} answered {code}{moved}; redirects are not followed (they "
+                       "would carry the admin token elsewhere): give --admin the address that answers itself")
+
+
+def _from_admin(url: str, token_file: str | None = None, environ: bool = True) -> list[dict[str, Any]]:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        shown = f" {_redacted(url)}" if "://" in url else ""
+        raise _Refused(f"--admin{shown}: not an http:// or https:// address "
+                       "(e.g. http://127.0.0.1:9902)")
+    if "@" in parts.netloc:
+        raise _Refused(f"--admin {_redacted(url)}: a user or password in the address is not sent; the admin "
+                       "takes its token from --admin-token-file (or TOLLWAY_ADMIN_TOKEN)")
     token = os.environ.get("TOLLWAY_ADMIN_TOKEN") if environ else None
     if token_file:
-        token = Path(token_file).read_text(encoding="utf-8").strip()
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            raise _Refused(f"cannot read the admin token file {token_file}: {why}") from None
+        if not token:
+            raise _Refused(f"the admin token file {token_file} is empty")
+    if token and any(ord(c) < 0x21 or ord(c) > 0x7E for c in token):  # as the service's own check; never shown
+        where = f"in the admin token file {token_file}" if token_file else "in TOLLWAY_ADMIN_TOKEN"
+        raise _Refused(f"the admin token {where} is not one line of printable ASCII without spaces "
+                       "(as the service's own token must be)")
     request = urllib.request.Request(url.rstrip("/") + "/v1/budgets")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=5) as response:  # the operator's URL
+    opener = urllib.request.build_opener(_NoRedirects)
+    with opener.open(request, timeout=5) as response:  # the operator's URL
         found: list[dict[str, Any]] = orjson.loads(response.read())["budgets"]
         return found

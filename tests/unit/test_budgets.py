@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -148,6 +149,133 @@ def test_the_cli_reads_make_runs_admin_by_default_and_sends_it_no_token_from_the
         assert orjson.loads(capsys.readouterr().out) == []
         assert budgets.run(parser.parse_args(["--policy", str(policy), "--format", "json", "--admin", address])) == 0
         assert asked == [None, "Bearer admin-token-not-for-the-default"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _admin_server(answer: Any) -> tuple[Any, list[tuple[str, str | None]]]:
+    """A local HTTP server whose GET answers ``answer(handler)``; it records (path, Authorization)."""
+    import http.server
+    import threading
+
+    asked: list[tuple[str, str | None]] = []
+
+    class Admin(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append((self.path, self.headers.get("Authorization")))
+            answer(self)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Admin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, asked
+
+
+def _budgets_cli(tmp_path: Path, *argv: str) -> int:
+    import argparse
+
+    from ext_proc.ledger import budgets
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(HEAD)
+    parser = argparse.ArgumentParser()
+    budgets.add_arguments(parser)
+    return budgets.run(parser.parse_args(["--policy", str(policy), *argv]))
+
+
+def test_the_cli_never_follows_a_redirect_with_the_admin_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """urllib follows a 302 and sends the Authorization header on to the new host: the admin token
+    would reach whatever the redirect names. A redirect is refused, in one line naming its status."""
+    def elsewhere(handler: Any) -> None:
+        handler.send_response(200)
+        handler.end_headers()
+        handler.wfile.write(b'{"budgets": []}')
+
+    thief, stolen = _admin_server(elsewhere)
+    target = f"http://127.0.0.1:{thief.server_address[1]}/steal"
+
+    def moved(handler: Any) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", target)
+        handler.send_header("content-length", "0")
+        handler.end_headers()
+
+    admin, asked = _admin_server(moved)
+    try:
+        monkeypatch.delenv("TOLLWAY_REDIS_URL", raising=False)
+        token = tmp_path / "token"
+        token.write_text("admintoken123-long-enough\n")
+        address = f"http://127.0.0.1:{admin.server_address[1]}"
+        assert _budgets_cli(tmp_path, "--admin", address, "--admin-token-file", str(token)) == 1
+        err = capsys.readouterr().err
+        assert stolen == []
+        assert asked == [("/v1/budgets", "Bearer admintoken123-long-enough")]
+        assert len(err.strip().splitlines()) == 1
+        assert "answered 302" in err and "redirects are not followed" in err and target in err
+        assert "admintoken123" not in err
+    finally:
+        for server in (admin, thief):
+            server.shutdown()
+            server.server_close()
+
+
+def test_the_cli_says_why_it_cannot_read_the_counters_never_a_password_or_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reason, not the exception's class; the token file named when it is the problem; the user and
+    password of an address never shown; a token file's content never quoted."""
+    from ext_proc.stack import free_port
+
+    monkeypatch.delenv("TOLLWAY_REDIS_URL", raising=False)
+    monkeypatch.delenv("TOLLWAY_ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("TOLLWAY_ADMIN_TOKEN_FILE", raising=False)
+    closed = free_port()
+
+    def said(*argv: str) -> str:
+        assert _budgets_cli(tmp_path, *argv) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        return err
+
+    err = said("--redis", f"redis://:S3cretPw@127.0.0.1:{closed}/0")
+    assert f"Redis at redis://***@127.0.0.1:{closed}/0" in err and "connecting to" in err
+    assert "ConnectionError" not in err and "S3cretPw" not in err
+    err = said("--redis", "redis://:S3cretPw@127.0.0.1:notaport/0")
+    assert "not a valid Redis URL" in err and "S3cretPw" not in err
+    missing = tmp_path / "no-such-token"
+    err = said("--admin", f"http://127.0.0.1:{closed}", "--admin-token-file", str(missing))
+    assert f"cannot read the admin token file {missing}: No such file or directory" in err
+    assert "FileNotFoundError" not in err
+    two_lines = tmp_path / "token"
+    two_lines.write_text("first-line-secret-1234\nsecond-line-secret-5678\n")
+    err = said("--admin", f"http://127.0.0.1:{closed}", "--admin-token-file", str(two_lines))
+    assert str(two_lines) in err and "secret" not in err.replace(str(two_lines), "")
+    err = said("--admin", f"http://user:S3cretPw@127.0.0.1:{closed}")
+    assert "S3cretPw" not in err and "http://***@127.0.0.1" in err and "--admin-token-file" in err
+    err = said("--admin", f"http://127.0.0.1:{closed}")
+    assert "Connection refused" in err
+    err = said("--admin", "127.0.0.1:9902")
+    assert "not an http:// or https:// address" in err
+
+
+def test_the_cli_names_an_answer_that_is_not_the_budgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def answer(handler: Any) -> None:
+        handler.send_response(404 if handler.path == "/v1/budgets" else 200)
+        handler.send_header("content-length", "0")
+        handler.end_headers()
+
+    server, _ = _admin_server(answer)
+    try:
+        monkeypatch.delenv("TOLLWAY_REDIS_URL", raising=False)
+        assert _budgets_cli(tmp_path, "--admin", f"http://127.0.0.1:{server.server_address[1]}") == 1
+        assert "it answered 404 Not Found" in capsys.readouterr().err
     finally:
         server.shutdown()
         server.server_close()
