@@ -17,7 +17,7 @@ from ext_proc.guardrails.kept import KEPT
 from ext_proc.guardrails.plan import REQUEST, RESPONSE, Classifier, Guardrails, Rule
 from ext_proc.guardrails.scanner import PatternError, Scanner, builtin
 
-from .issues import Loc, Problem, suggest
+from .issues import HIDDEN, Loc, Problem, looks_like_key, suggest
 from .schema import CustomDetectorSpec, GuardrailRuleSpec, PolicySpec
 
 BUILTIN_NAMES = tuple(d.name for d in BUILTIN)
@@ -27,9 +27,7 @@ def named(value: object) -> str:
     """A name from the policy as a message shows it: quoted, unless it looks like a credential (a
     key pasted where a name belongs: a message must not repeat it to the log, /readyz, a console)."""
     text = str(value)
-    if text.startswith("tw-") or builtin().find(text, GROUPS["credentials"]):
-        return "(a value that looks like a key: not shown)"
-    return f"'{text}'"
+    return HIDDEN if looks_like_key(text) else f"'{text}'"
 
 
 def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: object) -> list[Problem]:

@@ -80,18 +80,58 @@ def to_issues(problems: list[Problem], source: str, tree: Tree | None) -> list[P
         if not line:
             line, column = tree.position(problem.where, problem.at_key) if tree else (1, 1)
         path = problem.where if problem.path is None else problem.path
-        issues.append(
-            PolicyIssue(source, line, column, format_path(tree.spelled(path) if tree else path), problem.message)
-        )
+        issues.append(PolicyIssue(source, line, column, format_path(tree.spelled(path) if tree else path),
+                                  hide_keys(problem.message)))
     return sorted(issues, key=lambda issue: (issue.line, issue.column))
 
 
+# -- a key pasted where a name belongs is never repeated ------------------------------------------
+
+HIDDEN = "(a value that looks like a key: not shown)"
+HIDDEN_PART = "<a value that looks like a key: not shown>"
+_TOLLWAY_KEY = re.compile(r"(?<![A-Za-z0-9_-])tw-[A-Za-z0-9_-]{8,}")
+
+
+def looks_like_key(text: str) -> bool:
+    """Whether ``text`` (a name from the policy) looks like a credential: a Tollway key or one a
+    built-in credential detector finds in it. Issues go to CI logs, the service's log, /readyz."""
+    from ext_proc.guardrails.detectors import GROUPS
+    from ext_proc.guardrails.scanner import builtin
+
+    return text.startswith("tw-") or bool(builtin().find(text, GROUPS["credentials"]))
+
+
+def hide_keys(message: str) -> str:
+    """``message`` with every key-shaped value in it (as :func:`looks_like_key`) replaced by
+    :data:`HIDDEN`, its quotes with it."""
+    from ext_proc.guardrails.detectors import GROUPS
+    from ext_proc.guardrails.scanner import builtin
+
+    spans = [(f.start, f.end) for f in builtin().find(message, GROUPS["credentials"])]
+    spans += [m.span() for m in _TOLLWAY_KEY.finditer(message)]
+    if not spans:
+        return message
+    out, at = [], 0
+    for start, end in sorted(spans):
+        if end <= at:
+            continue
+        start = max(start, at)
+        if start > 0 and end < len(message) and message[start - 1] == message[end] and message[end] in "'\"":
+            start, end = start - 1, end + 1  # 'the key' -> the mark alone
+        out += [message[at:start], HIDDEN]
+        at = end
+    return "".join(out) + message[at:]
+
+
 def format_path(loc: Loc) -> str:
-    """``("teams", "search", "keys", 0)`` -> ``teams.search.keys[0]``; odd names in brackets."""
+    """``("teams", "search", "keys", 0)`` -> ``teams.search.keys[0]``; odd names in brackets, a
+    name that looks like a key (:func:`looks_like_key`) never shown."""
     out = ""
     for part in loc:
         if isinstance(part, int) and not isinstance(part, bool):
             out += f"[{part}]"
+        elif looks_like_key(str(part)):
+            out += f"[{HIDDEN_PART}]"
         elif re.fullmatch(r"[A-Za-z0-9_-]+", str(part)):
             out += f".{part}" if out else str(part)
         else:

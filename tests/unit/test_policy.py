@@ -921,3 +921,83 @@ budgets:
     assert key not in said and "sk-proj-" not in said and "BBBB" not in said, said
     assert "this id looks like the key itself" in said and said.count("(a value that looks like a key: not shown)") == 3
 
+
+
+AUDIT_KEY = "sk-proj-" + "Ab1" * 15 + "T3BlbkFJ" + "xY9" * 10  # the shape OpenAI's project keys have
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    (f"{HEAD}budgets: {{{AUDIT_KEY}: {{usd: '5'}}}}\n",
+     "budgets[<a value that looks like a key: not shown>].period: required field missing"),
+    (f"apiVersion: {AUDIT_KEY}\n",
+     "apiVersion: must be tollway/v1 (not (a value that looks like a key: not shown))"),
+    (f"apiVersion: tollway/v1\n{AUDIT_KEY}: 1\n",
+     "unknown field (a value that looks like a key: not shown) (expected one of: apiVersion,"),
+    (f"{HEAD}routing: {{aliases: {{{AUDIT_KEY}: {{targets: [nosuch]}}}}}}\n",
+     "routing.aliases[<a value that looks like a key: not shown>].targets[0]: must be a mapping"),
+], ids=["budget-name", "api-version", "top-level-field", "alias-name"])
+def test_a_key_in_a_problems_path_or_message_is_never_repeated(text: str, said: str) -> None:
+    """A key pasted as a budget's or an alias's name, a top-level field or the apiVersion: the issue
+    says where and what, never the key (issues reach CI logs, the service's log and /readyz)."""
+    with pytest.raises(PolicyError) as caught:
+        compile_policy(text, "p.yaml")
+    shown = str(caught.value)
+    assert said in shown and AUDIT_KEY not in shown and "T3BlbkFJ" not in shown, shown
+
+
+def _variants(data: object, put: object) -> list[object]:
+    """``data`` with ``put`` as each mapping key in turn (a key renamed, a key added) and as each scalar."""
+    import copy
+
+    out: list[object] = []
+
+    def walk(node: object, path: tuple[object, ...]) -> None:
+        if isinstance(node, dict):
+            for key in list(node):
+                for renamed in (True, False):
+                    whole = copy.deepcopy(data)
+                    here = whole
+                    for part in path:
+                        here = here[part]  # type: ignore[index]
+                    if renamed:
+                        here[put] = here.pop(key)  # type: ignore[union-attr]
+                    else:
+                        here[put] = copy.deepcopy(here[key])  # type: ignore[index]
+                    out.append(whole)
+                walk(node[key], (*path, key))
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, (*path, index))
+        else:
+            whole = copy.deepcopy(data)
+            here = whole
+            for part in path[:-1]:
+                here = here[part]  # type: ignore[index]
+            here[path[-1]] = put  # type: ignore[index]
+            out.append(whole)
+
+    walk(data, ())
+    return out
+
+
+def test_a_key_anywhere_in_a_policy_never_appears_in_policy_checks_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whatever the place (any mapping key, any value, of the example policy), a key-shaped string
+    never comes back out of `tollway policy check` (its errors, notes or verdict)."""
+    from ext_proc.policy.cli_policy import check_file
+
+    keys = [AUDIT_KEY, "sk-ant-api03-" + "Qw7_" * 23 + "AA", "ghp_" + "a1B2" * 9, "tw-" + "Zq3x9" * 8,
+            "AKIA" + "Z7Q2" * 4]
+    base = yaml.safe_load(EXAMPLE)
+    seen = 0
+    for number, variant in enumerate(_variants(base, "<KEY>")):
+        key = keys[number % len(keys)]
+        path = tmp_path / "p.yaml"
+        path.write_text(yaml.safe_dump(variant, sort_keys=False).replace("<KEY>", key))
+        check_file(str(path))
+        out = capsys.readouterr().out
+        secret = key.split("-")[-1] if key.startswith("tw-") else key[-16:]
+        assert key not in out and secret not in out, (number, out)
+        seen += 1
+    assert seen > 300
