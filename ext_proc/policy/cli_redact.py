@@ -1,60 +1,117 @@
 """``tollway redact``: the guardrails' detectors over stdin; the text with its values replaced on stdout.
 
-Every built-in detector runs (or those named with ``--detectors``: names or the groups ``pii`` and
-``credentials``), plus the custom detectors of ``--policy FILE``; with ``--system FILE``, the values
-that system prompt keeps too (``kept_secret``, as the gateway finds them in answers). ``--mask``
-masks instead of placeholders. ``--json`` prints ``{"redacted": ..., "findings": [{"type", "label", "start",
-"end"}]}`` with character spans into the input; the values themselves are never printed.
+Without ``--policy``, every built-in detector redacts (or those named with ``--detectors``: names
+or the groups ``pii`` and ``credentials``; ``--mask`` masks instead of placeholders). With
+``--policy FILE``, the text is a prompt of ``--team T`` to ``--model M`` and the policy's rules act
+on it as the gateway does on a request's user text (:meth:`Guardrails.plan`: which detectors, mask,
+redact, pseudonymise, log, block); without ``--team`` (``--model``) only the rules that name no
+teams (models) apply. ``--detectors`` then keeps those detectors only, and runs any of the
+policy's custom detectors too, a rule using it or not: a detector no rule covers for that team and
+model redacts (``--mask``: masks). With ``--system FILE``, the values that system prompt keeps too
+(``kept_secret``, as the gateway finds them in answers). ``--json`` prints ``{"redacted": ...,
+"findings": [{"type", "label", "start", "end"}]}`` with character spans into the input; the values
+themselves are never printed. A ``block`` rule's finding prints no text: one line on stderr, status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import orjson
 
 from ext_proc.guardrails.detectors import GROUPS
-from ext_proc.guardrails.guard import Guard
+from ext_proc.guardrails.guard import Blocked, Guard
 from ext_proc.guardrails.instructions import instructions
 from ext_proc.guardrails.kept import KEPT, kept
 from ext_proc.guardrails.plan import REQUEST, Plan, Rule
 from ext_proc.guardrails.repeats import repeated
 from ext_proc.guardrails.scanner import Scanner, Unscannable, builtin, united
+from ext_proc.policy import guardrails
 from ext_proc.policy.compile import PolicyError, compile_policy
+from ext_proc.policy.compiled import CompiledPolicy
+from ext_proc.policy.issues import parse, suggest
+from ext_proc.policy.schema import PolicySpec
+
+_NONE = "\x00"  # a team or model no rule names: only the rules for every team (model) apply
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the redacted text and the findings as JSON")
-    parser.add_argument("--mask", action="store_true", help="mask values (****1111) instead of placeholders")
-    parser.add_argument("--detectors", default="", help="comma-separated detectors or groups (default: all)")
-    parser.add_argument("--policy", type=Path, help="also run this policy's custom detectors")
+    parser.add_argument("--mask", action="store_true",
+                        help="mask values (****1111) instead of placeholders (with --policy: only for the "
+                             "--detectors no rule of the policy covers)")
+    parser.add_argument("--detectors", default="",
+                        help="comma-separated detectors or groups (default: all; with --policy: those the "
+                             "policy's rules use for --team and --model; a custom detector of the policy "
+                             "named here runs though no rule uses it)")
+    parser.add_argument("--policy", type=Path,
+                        help="act as this policy's guardrail rules do on a prompt of --team to --model: their "
+                             "detectors (custom ones too) and actions (redact, mask, pseudonymise, log; a block "
+                             "rule's finding: no text, status 1)")
+    parser.add_argument("--team", help="with --policy: the caller's team (default: only the rules naming no teams "
+                                       "apply)")
+    parser.add_argument("--model", help="with --policy: the model asked for, a public name or alias (default: only "
+                                        "the rules naming no models apply)")
     parser.add_argument("--system", type=Path, metavar="FILE",
                         help="also replace the values this system prompt keeps (kept_secret), as in answers")
 
 
+def _policy(path: Path) -> tuple[CompiledPolicy, Scanner]:
+    """The compiled policy and the scanner of its detectors, custom ones no rule uses included."""
+    text = path.read_text(encoding="utf-8")
+    policy = compile_policy(text, str(path))
+    data = parse(text)[2]
+    return policy, guardrails.scanner(PolicySpec.model_validate(data))
+
+
+def _plan(policy: CompiledPolicy, team: str | None, model: str | None) -> tuple[Plan | None, str]:
+    """The policy's plan for ``team`` calling ``model`` (as the gateway makes it), and an error (or "")."""
+    if team is not None and team not in policy.teams:
+        return None, f"--team: the policy has no team {team!r}" + suggest(team, policy.teams)
+    if model is not None:
+        names = {*policy.models, *policy.aliases}  # public names, their aliases, routing aliases
+        if model not in names:
+            return None, f"--model: the policy serves no model {model!r}" + suggest(model, names)
+        target = policy.models.get(model)
+        model = target.public if target is not None and model not in policy.aliases else model
+    if policy.guardrails is None:
+        return None, ""
+    return policy.guardrails.plan(_NONE if team is None else team, _NONE if model is None else model), ""
+
+
 def run(args: argparse.Namespace) -> int:
     scanner: Scanner = builtin()
+    rules: Mapping[str, Rule] | None = None  # the policy's, for --team and --model
+    plan: Plan | None = None
+    if args.policy is None and (args.team is not None or args.model is not None):
+        print("tollway redact: --team and --model go with --policy (whose rules they choose)", file=sys.stderr)
+        return 2
     if args.policy is not None:
         try:
-            policy = compile_policy(args.policy.read_text(encoding="utf-8"), str(args.policy))
+            policy, scanner = _policy(args.policy)
         except (OSError, PolicyError, UnicodeDecodeError) as exc:
             print(f"tollway redact: {exc}", file=sys.stderr)
             return 2
-        if policy.guardrails is not None:
-            scanner = policy.guardrails.scanner
-    names = {d.name for d in scanner.detectors}
+        plan, error = _plan(policy, args.team, args.model)
+        rules = plan.request if plan is not None else {}
+        if error:
+            print(f"tollway redact: {error}", file=sys.stderr)
+            return 2
+    names = {d.name for d in scanner.detectors} if rules is None else set(rules)
     if args.detectors:
+        known = {d.name for d in scanner.detectors}
         wanted: set[str] = set()
         for name in args.detectors.split(","):
             name = name.strip()
-            if name not in names and name not in GROUPS:
-                print(f"tollway redact: unknown detector {name!r} (one of: {', '.join(sorted(names))})",
+            if name not in known and name not in GROUPS:
+                print(f"tollway redact: unknown detector {name!r} (one of: {', '.join(sorted(known))})",
                       file=sys.stderr)
                 return 2
             wanted.update(GROUPS.get(name, (name,)))
-        names = wanted
+        names = wanted & known
     finder = None
     if args.system is not None:
         try:
@@ -65,8 +122,18 @@ def run(args: argparse.Namespace) -> int:
             return 2
     if finder is not None:
         names = names | {KEPT}
-    rule = Rule("redact", frozenset(names), "mask" if args.mask else "redact", frozenset({REQUEST}))
-    guard = Guard(Plan(scanner, {name: rule for name in names}, {}))
+    fallback = Rule("redact", frozenset(names), "mask" if args.mask else "redact", frozenset({REQUEST}))
+    chosen = {name: (rules or {}).get(name, fallback) for name in names}
+    if finder is not None and plan is not None:  # the policy's kept_secret rule: in answers
+        chosen[KEPT] = plan.response.get(KEPT, fallback)
+    guard = Guard(Plan(scanner, chosen, {}))
+    if args.policy is not None and not names:
+        who = (f"team {args.team!r}" if args.team is not None else "every team") + " calling " + (
+            f"model {args.model!r}" if args.model is not None else "every model")
+        hint = "" if args.team is not None and args.model is not None else (
+            " (a rule naming teams or models applies only with --team and --model)")
+        print(f"tollway redact: no guardrail rule of the policy applies to {who}{hint}: the text is unchanged",
+              file=sys.stderr)
     try:
         text = sys.stdin.buffer.read().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -79,7 +146,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if finder is not None:
         findings = united([*findings, *finder.find(text)])
-    redacted = guard.apply(text, findings, guard.plan.request, REQUEST)
+    try:
+        redacted = guard.apply(text, findings, guard.plan.request, REQUEST)
+    except Blocked as exc:
+        print(f"tollway redact: the gateway would refuse this prompt: rule {exc.rule.name!r} blocks "
+              f"{exc.detector}", file=sys.stderr)
+        return 1
     if args.json:
         sys.stdout.write(orjson.dumps({
             "redacted": redacted,

@@ -107,16 +107,22 @@ def build(spec: PolicySpec) -> Guardrails | None:
         canonical.update(dict.fromkeys([name, *model.aliases], name))
     rules = tuple(_rule(rule, canonical) for rule in section.rules)
     classifier = section.injection.classifier
-    customs = tuple((name, entry.pattern, tuple(entry.words or ()), entry.caseless, entry.label, entry.max_length or 0)
-                    for name, entry in sorted(section.custom.items()))
     return Guardrails(
-        scanner=_scanner(customs),
+        scanner=scanner(spec),
         rules=rules,
         threshold=section.injection.threshold,
         classifier=Classifier(classifier.url, classifier.timeout_ms / 1000, classifier.threshold,
                               classifier.fail == "closed") if classifier else None,
         instructions=section.injection.instructions,
     )
+
+
+def scanner(spec: PolicySpec) -> Scanner:
+    """The scanner of the built-in detectors and every custom detector of the policy (a rule uses
+    it or not: ``tollway redact --detectors`` tries one out before a rule lists it)."""
+    customs = tuple((name, entry.pattern, tuple(entry.words or ()), entry.caseless, entry.label, entry.max_length or 0)
+                    for name, entry in sorted(spec.guardrails.custom.items()))
+    return _scanner(customs)
 
 
 def _rule(rule: GuardrailRuleSpec, canonical: dict[str, str]) -> Rule:

@@ -107,3 +107,66 @@ def test_scan_help_shows_the_default_threshold(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit):
         main(["scan", "--help"])
     assert "the score that counts as an injection (default 0.5)" in " ".join(capsys.readouterr().out.split())
+
+
+POLICY_HEAD = ("apiVersion: tollway/v1\nproviders: {openai: {kind: openai, credential: {env: OPENAI_API_KEY}}}\n"
+               "models: {gpt-4o: {provider: openai, aliases: [gpt-4o-latest]}, gpt-4o-mini: {provider: openai}}\n"
+               "teams: {all: {workloads: [w], models: ['*']}, ads: {workloads: [v], models: ['*']}}\n")
+
+
+def _policy(tmp_path: Path, guardrails: str) -> str:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY_HEAD + guardrails)
+    return str(path)
+
+
+def test_with_a_policy_its_rules_act_as_the_gateways_do(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Not every built-in detector redacting: the rules' detectors and actions (one rule masking
+    cards leaves the e-mail address as it is, as the gateway does)."""
+    policy = _policy(tmp_path, "guardrails:\n  rules:\n    - {name: cards, detectors: [credit_card], action: mask}\n")
+    status, out, _ = redact(monkeypatch, capsys, "--policy", policy)
+    assert status == 0 and out.startswith("Mail jane@example.com, card **** **** **** 1111, ticket")
+
+
+def test_team_and_model_choose_the_rules_as_the_gateway_does(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             tmp_path: Path) -> None:
+    policy = _policy(tmp_path, "guardrails:\n  rules:\n"
+                               "    - {name: ads-mail, detectors: [email], action: redact, teams: [ads]}\n"
+                               "    - {name: cards, detectors: [credit_card], action: mask, models: [gpt-4o]}\n"
+                               "    - {name: mail, detectors: [email], action: mask}\n")
+    both = "Mail [EMAIL_1], card **** **** **** 1111, ticket"
+    for argv, said in (((), "Mail ****@******e.com, card 4111 1111 1111 1111, ticket"),
+                       (("--team", "ads"), "Mail [EMAIL_1], card 4111 1111 1111 1111, ticket"),
+                       (("--team", "ads", "--model", "gpt-4o"), both),
+                       (("--team", "ads", "--model", "gpt-4o-latest"), both),  # an alias: its model's rules
+                       (("--team", "all", "--model", "gpt-4o-mini"), "Mail ****@******e.com, card 4111 1111")):
+        status, out, _ = redact(monkeypatch, capsys, "--policy", policy, *argv)
+        assert status == 0 and out.startswith(said), (argv, out)
+    status, _, err = redact(monkeypatch, capsys, "--policy", policy, "--team", "alll")
+    assert status == 2 and "no team 'alll' (did you mean 'all'?)" in err
+    status, _, err = redact(monkeypatch, capsys, "--policy", policy, "--model", "gpt4o")
+    assert status == 2 and "serves no model 'gpt4o'" in err
+    status, _, err = redact(monkeypatch, capsys, "--team", "ads")
+    assert status == 2 and "--policy" in err
+
+
+def test_a_custom_detector_no_rule_uses_runs_when_named(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """To try a detector out before a rule lists it: --detectors names it (it was 'unknown detector')."""
+    policy = _policy(tmp_path, "guardrails:\n  custom: {ticket: {pattern: 'TCK-[0-9]{6}'}}\n")
+    status, out, err = redact(monkeypatch, capsys, "--policy", policy)
+    assert status == 0 and out == TEXT and "no guardrail rule of the policy applies" in err
+    status, out, _ = redact(monkeypatch, capsys, "--policy", policy, "--detectors", "ticket")
+    assert status == 0 and out == TEXT.replace("TCK-123456", "[TICKET_1]")
+    status, out, _ = redact(monkeypatch, capsys, "--policy", policy, "--detectors", "ticket,email", "--mask")
+    assert status == 0 and "Mail ****@******e.com" in out and "ticket ***-******," in out
+
+
+def test_a_block_rules_finding_prints_no_text(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    policy = _policy(tmp_path, "guardrails:\n  rules:\n"
+                               "    - {name: no-cards, detectors: [credit_card], action: block}\n")
+    status, out, err = redact(monkeypatch, capsys, "--policy", policy)
+    assert status == 1 and out == "" and "rule 'no-cards' blocks credit_card" in err and "4111" not in err
