@@ -65,7 +65,7 @@ from ext_proc.envoy_config import (
     set_ext_proc,
     set_first_byte_timeouts,
 )
-from ext_proc.policy.compiled import CompiledPolicy
+from ext_proc.policy.compiled import CompiledPolicy, key_digest
 from ext_proc.server import clusters
 from ext_proc.server.credentials import CredentialStore, reached_for_real
 
@@ -706,7 +706,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"tollway up: could not start: {exc}", file=sys.stderr)
         lock.close()
         return 1
-    print(banner(stack, policy, args.workload, plan, mocked), flush=True)
+    try:  # (as it is now: an edit since mock_plan read it shows as the banner would show it)
+        from ext_proc.policy.compile import compile_policy
+
+        compiled: CompiledPolicy | None = compile_policy(policy.read_text(), str(policy))
+    except (OSError, UnicodeDecodeError, PolicyError):
+        compiled = None
+    print(banner(stack, policy, args.workload, plan, mocked, compiled), flush=True)
     watcher = PolicyConsole(f"http://127.0.0.1:{stack.service_admin_port}/readyz")
     try:
         while not stopping:
@@ -786,24 +792,59 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def banner(stack: Stack, policy: Path, workload: str, plan: list[str], mocked: frozenset[str]) -> str:
+def _may_use(policy: CompiledPolicy, team: str) -> list[str]:
+    """The model names (public names, their aliases, routing aliases) ``team`` may ask for, sorted."""
+    served = {*policy.models, *policy.aliases}
+    found = policy.teams.get(team)
+    if found is None:
+        return []
+    return sorted(served if found.all_models else served & found.models)
+
+
+def _try(policy: CompiledPolicy | None, workload: str) -> tuple[str | None, str | None, bool, str | None]:
+    """What the banner offers to try: the team of the public demo key (None: the policy has not that
+    key), the team a call is made as, whether it sends the demo key (a call without a key is the
+    workload's, when the policy gives it a team), and the model the call asks for (None: no call)."""
+    if policy is None:
+        return None, None, False, None
+    found = policy.keys.get(key_digest(DEMO_KEY))
+    demo = found[0] if found is not None else None
+    caller, with_key = policy.workloads.get(workload), False
+    if caller is None and demo is not None:
+        caller, with_key = demo, True
+    names = _may_use(policy, caller) if caller is not None else []
+    model = "gpt-4o-mini" if "gpt-4o-mini" in names else next(iter(names), None)
+    return demo, caller, with_key, model
+
+
+def banner(stack: Stack, policy: Path, workload: str, plan: list[str], mocked: frozenset[str],
+           compiled: CompiledPolicy | None = None) -> str:
+    """What ``tollway up`` prints once started; the demo key and the calls to try only as far as
+    ``compiled`` (the policy it serves) has that key, that team and that model."""
     providers = "\n".join(plan)
+    demo, caller, with_key, model = _try(compiled, workload)
+    key_header = f" \\\n    -H 'authorization: Bearer {DEMO_KEY}'" if with_key else ""
     fallback_demo = ""
-    if {"openai", "anthropic"} <= mocked:
+    if {"openai", "anthropic"} <= mocked and compiled is not None and caller is not None \
+            and "chat" in compiled.aliases and "chat" in _may_use(compiled, caller):
         fallback_demo = f"""
   # the example alias "chat" falls back to Anthropic when (the fake) OpenAI fails:
-  curl -s -i {stack.base_url}/v1/chat/completions -H 'content-type: application/json' \\
+  curl -s -i {stack.base_url}/v1/chat/completions -H 'content-type: application/json'{key_header} \\
     -H 'x-mock-openai-status: 429' -d '{{"model": "chat", "messages": [{{"role": "user", "content": "Hi"}}]}}'"""
     tollway = Path(sys.executable).parent / "tollway"
     try:
         shown = tollway.relative_to(Path.cwd())
     except ValueError:
         shown = tollway
+    demo_line = "" if demo is None else (
+        f"  Demo key (team {demo}): {DEMO_KEY}   (public: delete the {demo} team in real deployments)\n")
+    try_call = "" if model is None else f"""
+  curl -s {stack.base_url}/v1/chat/completions -H 'content-type: application/json'{key_header} \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'{fallback_demo}"""
     return f"""Tollway is up (policy {policy}, workload {workload!r}).
   OpenAI-compatible:    {stack.base_url}/v1
   Anthropic-compatible: {stack.base_url}
-  Demo key (team demo): {DEMO_KEY}   (public: delete the demo team in real deployments)
-  Envoy admin:          {stack.admin_socket} (a Unix socket only your user reaches; stats:
+{demo_line}  Envoy admin:          {stack.admin_socket} (a Unix socket only your user reaches; stats:
                         curl -s --unix-socket {stack.admin_socket} http://localhost/stats)
   Tollway /readyz, /metrics: http://127.0.0.1:{stack.service_admin_port}
   Dashboard:            http://127.0.0.1:{stack.service_admin_port}/dashboard
@@ -812,9 +853,7 @@ def banner(stack: Stack, policy: Path, workload: str, plan: list[str], mocked: f
   The tollway command:  {shown} (or `source {shown.parent}/activate`, then `tollway --help`)
   Providers:
 {providers}
-Try:
-  curl -s {stack.base_url}/v1/chat/completions -H 'content-type: application/json' \\
-    -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello!"}}]}}'{fallback_demo}
+Try:{try_call}
   {shown} report --log {stack.record_log}
 Policy edits take effect within a second; a rejected edit is printed here, with its line.
 Ctrl-C stops everything."""

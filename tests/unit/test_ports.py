@@ -58,3 +58,37 @@ def test_only_tollway_starts_with_the_provider_keys_in_its_environment(tmp_path:
     broken = tmp_path / "broken.yaml"
     broken.write_text("providers: [")
     assert "OPENAI_API_KEY" not in stack.Stack(tmp_path / "w2", policy=broken).environment("envoy")
+
+
+def _banner(tmp_path: Path, text: str, workload: str = "local-dev") -> str:
+    from ext_proc.policy.compile import compile_policy
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(text)
+    running = stack.Stack(tmp_path / "state", listen_port=10000, service_admin_port=9902, mock_port=1, mock=True)
+    return stack.banner(running, policy, workload, ["    openai ..."], frozenset({"openai", "anthropic"}),
+                        compile_policy(text))
+
+
+OWN_POLICY = """apiVersion: tollway/v1
+providers: {openai: {kind: openai, credential: {env: OPENAI_API_KEY}}}
+models: {gpt-4o: {provider: openai}}
+teams: {all: {workloads: [w], models: ['*']}}
+"""
+
+
+def test_the_banner_offers_the_demo_key_and_a_call_only_as_the_policy_has_them(tmp_path: Path) -> None:
+    """The example policy: its demo key and team, a call as the workload's team with a model it may use,
+    the fallback demo. A policy without the demo team, the workload or gpt-4o-mini: none of that."""
+    example = (Path(__file__).resolve().parents[2] / "policies" / "example.yaml").read_text()
+    shown = _banner(tmp_path, example)
+    assert "Demo key (team demo): tw-local-demo-key-not-secret" in shown
+    assert '"model": "gpt-4o-mini"' in shown and '"model": "chat"' in shown and "authorization" not in shown
+    shown = _banner(tmp_path, example, workload="elsewhere")  # no team for it: the demo key's team's call
+    assert "-H 'authorization: Bearer tw-local-demo-key-not-secret'" in shown and '"model": "gpt-4o-mini"' in shown
+    shown = _banner(tmp_path, OWN_POLICY)
+    assert "tw-local-demo-key-not-secret" not in shown and "Demo key" not in shown
+    assert "curl -s http" not in shown and '"model"' not in shown and "report --log" in shown
+    shown = _banner(tmp_path, OWN_POLICY, workload="w")
+    assert '"model": "gpt-4o"' in shown and "gpt-4o-mini" not in shown and '"chat"' not in shown
+    assert "Demo key" not in shown
