@@ -311,9 +311,9 @@ class Stream:
         flow = self.flow
         if flow.stream_failed and flow.error == OVERSIZED.code:
             return b""  # the stream was ended: nothing more reaches the client
-        held = len(decoder.pending) + len(body)
+        held = decoder.held + len(body)
         events = decoder.feed(body)
-        if held > MAX_EVENT and (len(decoder.pending) > MAX_EVENT or any(len(e.raw) > MAX_EVENT for e in events)):
+        if held > MAX_EVENT and (decoder.held > MAX_EVENT or any(len(e.raw) > MAX_EVENT for e in events)):
             # A provider event this large, whole in one chunk or without its end yet, is not an
             # answer: end the client's stream with an error rather than pass it on or hold it.
             decoder.flush()

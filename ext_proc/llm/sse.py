@@ -19,6 +19,7 @@ import orjson
 # A blank line: two line terminators in a row. ``\r(?!\n)`` is a lone CR terminator.
 _BOUNDARY = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 _LINE = re.compile(rb"\r\n|\r|\n")
+_SPAN = 4  # bytes a boundary match reads at most: "\r\n\r\n" (a lone CR's lookahead stays within them)
 
 
 _UNPARSED: Any = object()
@@ -81,35 +82,63 @@ def parse_event(raw: bytes) -> SSEEvent:
 
 
 class SSEDecoder:
-    """Feed bytes, get complete events; see the module docstring."""
+    """Feed bytes, get complete events; see the module docstring.
 
-    __slots__ = ("_buf",)
+    An event arriving in many chunks costs time in proportion to its size: the bytes waiting
+    for their event's end are kept in one growing buffer, and each chunk's search for the
+    blank line resumes where the last one stopped (less the few bytes a line terminator pair
+    can span), rather than joining and searching everything held again.
+    """
+
+    __slots__ = ("_buf", "_searched")
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._buf = bytearray()
+        self._searched = 0  # bytes at the start of ``_buf`` already searched without finding a boundary
 
     @property
     def pending(self) -> bytes:
-        """Bytes received that do not yet form a complete event."""
-        return self._buf
+        """Bytes received that do not yet form a complete event (a copy; see :attr:`held`)."""
+        return bytes(self._buf)
+
+    @property
+    def held(self) -> int:
+        """How many bytes are waiting for their event's end (``len(pending)`` without the copy)."""
+        return len(self._buf)
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        buf = self._buf + chunk if self._buf else chunk
+        held = self._buf
+        if held:
+            held += chunk
+            buf: bytes | bytearray = held
+            # A boundary (two terminators, the second's lookahead included) spans at most
+            # _SPAN bytes: one reaching the old end may be completed by this chunk.
+            pos = max(0, self._searched - _SPAN)
+        else:
+            buf = chunk  # the common case: nothing held, search the chunk itself
+            pos = 0
         # A trailing CR may be the first half of CRLF: decide once the next byte is known.
         end = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
         events: list[SSEEvent] = []
         start = 0
         while True:
-            match = _BOUNDARY.search(buf, start, end)
+            match = _BOUNDARY.search(buf, pos, end)
             if match is None:
                 break
             stop = match.end()
-            events.append(parse_event(buf[start:stop]))
-            start = stop
-        self._buf = buf[start:]
+            events.append(parse_event(bytes(buf[start:stop])))  # bytes of bytes: no copy
+            start = pos = stop
+        if buf is held:
+            if start:
+                del held[:start]
+        elif start < len(buf):
+            self._buf = bytearray(buf[start:])
+        self._searched = end - start
         return events
 
     def flush(self) -> list[SSEEvent]:
         """End of stream: an unterminated last event is returned (a cut stream still counts)."""
-        rest, self._buf = self._buf, b""
+        rest = bytes(self._buf)
+        self._buf = bytearray()
+        self._searched = 0
         return [parse_event(rest)] if rest else []
