@@ -20,6 +20,7 @@ import orjson
 _BOUNDARY = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 _LINE = re.compile(rb"\r\n|\r|\n")
 _SPAN = 4  # bytes a boundary match reads at most: "\r\n\r\n" (a lone CR's lookahead stays within them)
+_BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark: one at the start of a stream is not part of its first field
 
 
 _UNPARSED: Any = object()
@@ -88,13 +89,17 @@ class SSEDecoder:
     for their event's end are kept in one growing buffer, and each chunk's search for the
     blank line resumes where the last one stopped (less the few bytes a line terminator pair
     can span), rather than joining and searching everything held again.
+
+    A UTF-8 byte order mark opening the stream is ignored, as the SSE specification says: the
+    first event's fields are read after it (its ``raw`` keeps it, every byte passing on as received).
     """
 
-    __slots__ = ("_buf", "_searched")
+    __slots__ = ("_buf", "_first", "_searched")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._searched = 0  # bytes at the start of ``_buf`` already searched without finding a boundary
+        self._first = True  # no event read yet: a leading BOM may still be there
 
     @property
     def pending(self) -> bytes:
@@ -128,6 +133,8 @@ class SSEDecoder:
             stop = match.end()
             events.append(parse_event(bytes(buf[start:stop])))  # bytes of bytes: no copy
             start = pos = stop
+        if self._first and events:
+            events[0] = self._unmarked(events[0])
         if buf is held:
             if start:
                 del held[:start]
@@ -141,4 +148,16 @@ class SSEDecoder:
         rest = bytes(self._buf)
         self._buf = bytearray()
         self._searched = 0
-        return [parse_event(rest)] if rest else []
+        if not rest:
+            return []
+        event = parse_event(rest)
+        return [self._unmarked(event) if self._first else event]
+
+    def _unmarked(self, event: SSEEvent) -> SSEEvent:
+        """The stream's first event, read again without a leading BOM (``raw`` keeps it)."""
+        self._first = False
+        if not event.raw.startswith(_BOM):
+            return event
+        unmarked = parse_event(event.raw[len(_BOM):])
+        unmarked.raw = event.raw
+        return unmarked

@@ -405,6 +405,28 @@ def test_a_recorded_stream_reaches_the_client_as_a_valid_stream(route: Route, na
     assert_valid_stream(route, up, usage, play(opened(route, usage), [up.data]))
 
 
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("cut", [0, 1, 3, 40], ids=lambda cut: f"cut{cut}")
+def test_a_byte_order_mark_opening_the_providers_stream_is_ignored(route: Route, cut: int) -> None:
+    """SSE ignores one leading U+FEFF. Its bytes once made the first field ``\ufeffdata`` (or
+    ``\ufeffevent``), so the first event was not read: here an OpenAI-compatible server's first
+    chunk, which carries text (no role-only chunk before it), lost to a translated client."""
+    gen = mock.Generation(id="chatcmpl-Ab1", created=1_755_000_001, model="gpt-4o-2024-08-06", prompt_tokens=42,
+                          pieces=("Hello", " world"), truncated=False)
+    events = (mock.anthropic_message_events(gen) if route.provider == "anthropic"
+              else mock.openai_chat_events(gen, include_usage=True)[1:])
+    data = b"".join(events)
+    plain_session = opened(route, True)
+    plain = play(plain_session, [data])
+    marked_session = opened(route, True)
+    marked = play(marked_session, split(b"\xef\xbb\xbf" + data, [cut]))
+    assert marked == (plain if route.translated else b"\xef\xbb\xbf" + plain)  # passed on as received
+    assert b"Hello" in plain
+    (record,) = records(marked_session)
+    assert records(plain_session) == [record]
+    assert (record["outcome"], record["input_tokens"], record["output_tokens"]) == ("ok", 42, gen.completion_tokens)
+
+
 # -- 3: a stream cut short ------------------------------------------------------------------------
 
 

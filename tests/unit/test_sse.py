@@ -236,3 +236,30 @@ def test_every_split_point_and_every_chunk_size_gives_the_same_events(data: byte
     for size in range(1, 9):
         assert decode([data[i:i + size] for i in range(0, len(data), size)]) == whole
 
+
+# -- a byte order mark ----------------------------------------------------------------------------
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("cuts", [[], [1], [2], [3], [5], [1, 2, 3]])
+def test_a_bom_opening_the_stream_is_not_part_of_the_first_field(cuts: list[int]) -> None:
+    """The SSE specification ignores one leading U+FEFF: the first event, often the one with
+    usage or ``message_start``, is read; its raw bytes keep the mark, passing on as received."""
+    data = BOM + b'event: message_start\ndata: {"usage": 1}\n\ndata: x\n\n'
+    events = decode(split(data, cuts))
+    assert [(event.event, event.data) for event in events] == [("message_start", b'{"usage": 1}'), ("", b"x")]
+    assert events[0].json() == {"usage": 1}
+    assert b"".join(event.raw for event in events) == data
+
+
+def test_a_bom_is_ignored_at_the_start_only() -> None:
+    assert [e.data for e in decode([BOM + b"data: a\n\n" + BOM + b"data: b\n\n"])] == [b"a", b""]
+    assert [e.data for e in decode([b"data: a\n\n", BOM + b"data: b\n\n"])] == [b"a", b""]
+    assert [e.data for e in decode([BOM + BOM + b"data: a\n\n"])] == [b""]  # one mark, not two
+
+
+def test_a_bom_before_an_unterminated_last_event() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(BOM + b"data: [DONE]") == []
+    assert decoder.flush() == [SSEEvent("", b"[DONE]", BOM + b"data: [DONE]")]
