@@ -124,14 +124,15 @@ def _pod_listener(layout: Layout) -> dict[str, Any]:
     }
 
 
-def _intercept_listener(hcm_filter: dict[str, Any], layout: Layout) -> dict[str, Any]:
+def _intercept_listener(hcm_filter: dict[str, Any], buffer_limit: int, layout: Layout) -> dict[str, Any]:
     hcm = copy.deepcopy(hcm_filter)
     hcm["typed_config"]["stat_prefix"] = "tollway_intercept"
     return {
         "name": "tollway_intercept",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": layout.intercept_port}},
         "enable_reuse_port": False,
-        "per_connection_buffer_limit_bytes": 67108864,
+        # The main listener's: request bodies have their own limit in the routes copied with the HCM.
+        "per_connection_buffer_limit_bytes": buffer_limit,
         "listener_filters": [
             {"name": "envoy.filters.listener.original_dst", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}},
@@ -180,7 +181,7 @@ def bootstrap(template: dict[str, Any], layout: Layout = Layout()) -> dict[str, 
                 _static("tollway_admin", layout.tollway_admin_port)]
     if layout.intercept:
         (hcm,) = base["filter_chains"][0]["filters"]
-        listeners.append(_intercept_listener(hcm, layout))
+        listeners.append(_intercept_listener(hcm, base["per_connection_buffer_limit_bytes"], layout))
         clusters.append({"name": "tollway_passthrough", "type": "ORIGINAL_DST", "connect_timeout": "5s",
                          "lb_policy": "CLUSTER_PROVIDED"})
         # No endpoints: a connection sent here is closed (the listener's own port, above).

@@ -13,6 +13,7 @@ import openai
 import orjson
 import pytest
 
+from ext_proc.stack import Stack
 from tests.e2e.conftest import Providers
 
 pytestmark = pytest.mark.e2e
@@ -234,6 +235,104 @@ def test_large_bodies_each_way_arrive_whole(bodies: str, request: pytest.Fixture
     assert len(body["choices"][0]["message"]["content"]) > 1_000_000  # the long answer, whole
     (seen,) = env.provider_saw(answer.headers["x-tollway-request-id"])
     assert orjson.loads(seen["body"])["messages"][0]["content"] == text
+
+
+class EndlessProvider:
+    """A provider whose every streamed answer never ends: 1 KiB chat chunks, 16 KiB every 4 ms
+    (4 MB/s, which Tollway keeps up with: the client is the slow one), or slower when the
+    connection does not take them. ``sent`` counts the bytes each answer got out (a blocked write
+    stops it: what Envoy took and has not passed on, plus the kernel's socket buffers)."""
+
+    EVENT = b"data: " + orjson.dumps({"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+                                      "choices": [{"index": 0, "delta": {"content": "y" * 1000},
+                                                   "finish_reason": None}]}) + b"\n\n"
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.sent: list[int] = []
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            if head.startswith(b"GET"):  # the stack's readiness check
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                return
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            index = len(self.sent)
+            self.sent.append(0)
+            chunk = b"%x\r\n" % (len(self.EVENT) * 16) + self.EVENT * 16 + b"\r\n"
+            try:
+                while not self.stop.is_set():
+                    conn.sendall(chunk)
+                    self.sent[index] += len(chunk)
+                    time.sleep(0.004)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+
+
+def test_a_client_that_stops_reading_a_stream_makes_envoy_hold_little_of_it(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Envoy stops reading the provider once about its connection buffer limit (1 MiB) waits for a
+    client that does not read: two such clients of a never-ending stream hold a few MiB in Envoy,
+    not the 64 MiB each the request bodies' limit allows (which they did when that limit was the
+    connection's: about 100 MiB of Envoy's memory per client, measured)."""
+    provider = EndlessProvider()
+    stack = Stack(tmp_path_factory.mktemp("slow-reader") / "stack", mock=False, mock_port=provider.port,
+                  mocked=frozenset({"openai"}))
+    body = orjson.dumps({"model": "gpt-4o-mini", "stream": True, "messages": HI})
+    clients = []
+    try:
+        with stack:
+            def allocated() -> int:
+                return int(orjson.loads(stack.envoy_admin("/memory").text)["allocated"])
+
+            before = allocated()
+            for _ in range(2):
+                client = socket.socket()
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                client.connect(("127.0.0.1", stack.listen_port))
+                client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                               b"content-length: %d\r\n\r\n" % len(body) + body)
+                clients.append(client)
+            # Until the provider's writes block (nothing sent for a second), at most 15 s.
+            deadline, last, still = time.monotonic() + 15, None, 0
+            while time.monotonic() < deadline and still < 4:
+                time.sleep(0.25)
+                now = list(provider.sent)
+                still, last = (still + 1 if now == last and len(now) == 2 else 0), now
+            assert last is not None and len(last) == 2, "the provider did not get both streams"
+            held = allocated() - before
+            paused = stack.envoy_admin("/stats", params={
+                "filter": "^cluster.openai.upstream_flow_control_paused_reading_total$"}).text
+            assert max(last) < 16 << 20, f"the provider sent {last} bytes: Envoy kept reading"
+            assert held < 24 << 20, f"Envoy holds {held >> 20} MiB more for two clients that do not read"
+            assert int(paused.split(": ")[1]) > 0  # Envoy paused its reading of the provider
+    finally:
+        for client in clients:
+            client.close()
+        provider.close()
 
 
 def test_bodies_together_are_two_exchanges_and_buffered_ones_four(env: Providers, buffered: Providers) -> None:

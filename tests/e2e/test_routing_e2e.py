@@ -617,3 +617,19 @@ def test_envoys_own_error_after_the_head_comes_in_the_clients_format_when_transl
     assert body["error"]["code"].startswith("upstream_reset")  # Envoy's reason, in either format
     record = env.record(response.headers.get("x-tollway-request-id"))  # Tollway saw the answer cut
     assert (record["outcome"], record["error"], record["status"]) == ("incomplete", "answer_interrupted", 200)
+
+
+
+def test_a_prompt_larger_than_envoys_connection_buffer_falls_back_whole(env: Env) -> None:
+    """Envoy buffers a client connection's 1 MiB (a client that does not read holds no more), a
+    request body up to 64 MiB (the routes' request_body_buffer_limit): a 3 MiB prompt is held
+    whole for the retry, and the next target gets all of it."""
+    content = "a" * (3 << 20)
+    answer = httpx.post(env.base_url + "/v1/chat/completions", timeout=60,
+                        headers={"authorization": f"Bearer {KEY}", **FAILURES["429"]},
+                        json={"model": "gpt-4o", "messages": [{"role": "user", "content": content}]})
+    assert answer.status_code == 200, answer.text[:300]
+    assert answer.headers["x-tollway-provider"] == "anthropic" and answer.headers["x-tollway-attempts"] == "2"
+    tries = env.provider_saw(answer.headers["x-tollway-request-id"])
+    assert [orjson.loads(t["body"])["messages"][-1]["content"] for t in tries] == [content, content]
+    assert env.envoy_stat("cluster.openai+anthropic.retry_or_shadow_abandoned") == 0
