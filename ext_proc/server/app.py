@@ -342,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
                 # The supervisor deals Envoy's connections to the workers (ext_proc.server.dealer).
                 dealer = Dealer(listener.sock, config.workers)
             assert zygote is not None
-            return _supervise(config, zygote, dealer, recovered, sender)
+            return _supervise(config, zygote, dealer, recovered, sender, node)
         finally:
             stop.set()
     finally:
@@ -608,7 +608,8 @@ def _zygote(policy: CompiledPolicy | None, sock: socket.socket | None, admin_soc
 
 
 def _supervise(config: ServeConfig, zygote: Zygote, dealer: Dealer | None = None,
-               recovered: Exchange | None = None, sender: LedgerSender | None = None) -> int:
+               recovered: Exchange | None = None, sender: LedgerSender | None = None,
+               node: NodeStateServer | None = None) -> int:
     stopping = False
     procs: list[Worker] = []
 
@@ -663,6 +664,8 @@ def _supervise(config: ServeConfig, zygote: Zygote, dealer: Dealer | None = None
                         wait_all(config.grace + 1)
                         return 1
                     log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
+                    if node is not None:  # its requests in flight are charged, its slots freed (node_state)
+                        node.reaped(proc.pid)
                     recover_records(config, recovered, sender)
                     time.sleep(0.5)
                     procs[i], started[i] = start(i), time.monotonic()

@@ -7,6 +7,14 @@ socket directory (the same directory, and permission checks, as the ext_proc soc
 worker's :class:`~ext_proc.state.limits.Keeper` talks to it through :class:`NodeBackend`
 exactly as it talks to Redis: leases, so most requests never ask. The protocol is one JSON line
 per request and per answer on a connection a worker keeps open.
+
+A worker also tells the parent, as it happens and without waiting for an answer (a ``note``
+line, none comes back), what its requests claimed and gave back and what they spent that it has
+not reported yet. A worker that dies (killed, out of memory) cannot report or give anything back:
+when the supervisor reaps it (:meth:`NodeStateServer.reaped`), the parent reads what the worker
+wrote before it died (to the end of its connections), charges what it had pledged as spent (the
+claims of its requests in flight: a provider may have served them) and frees the rest of its
+grants, concurrency slots included, at once rather than when they expire.
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ class NodeStateServer:
         self._thread = threading.Thread(target=self._run, name="tollway-node-state", daemon=True)
         self._ready = threading.Event()
         self._server: asyncio.base_events.Server | None = None
+        self._open: dict[int, int] = {}  # a worker's pid -> its connections open
+        self._holders: dict[int, set[str]] = {}  # a worker's pid -> the holders it spoke for
+        self._dead: set[int] = set()  # reaped, with a connection not read to its end yet
 
     def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -62,10 +73,19 @@ class NodeStateServer:
         self._loop.run_forever()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pid: int | None = None
         try:
             while line := await reader.readline():
                 request = orjson.loads(line)
                 op = request["op"]
+                if pid is None and "pid" in request:
+                    pid = int(request["pid"])
+                    self._open[pid] = self._open.get(pid, 0) + 1
+                if pid is not None and "holder" in request:
+                    self._holders.setdefault(pid, set()).add(request["holder"])
+                if op == "note":  # no answer
+                    self.backend.pledge(request["holder"], _claims(request["items"]))
+                    continue
                 if op == "once":
                     answer: Any = self.backend.once(request["key"], request["until"])
                 elif op == "scan":
@@ -81,6 +101,31 @@ class NodeStateServer:
             log.warning("node state connection closed: %s", type(exc).__name__)
         finally:
             writer.close()
+            if pid is not None:
+                self._open[pid] -= 1
+                if not self._open[pid]:
+                    del self._open[pid]
+                    if pid in self._dead:
+                        self._bury(pid)
+
+    def reaped(self, pid: int) -> None:
+        """The worker ``pid`` is dead (called by the supervisor, from its own thread): once all it
+        wrote is read, what it pledged is spent and the rest of what it held comes back."""
+        self._loop.call_soon_threadsafe(self._reaped, pid)
+
+    def _reaped(self, pid: int) -> None:
+        if self._open.get(pid):  # its last lines may still be unread: when its connections end
+            self._dead.add(pid)
+        else:
+            self._bury(pid)
+
+    def _bury(self, pid: int) -> None:
+        self._dead.discard(pid)
+        for holder in sorted(self._holders.pop(pid, ())):
+            charged = self.backend.bury(holder)
+            if charged:
+                log.warning("worker %d died with requests in flight: their claims are charged as spent (%s)", pid,
+                            ", ".join(f"{name}: {amount}" for name, amount in sorted(charged.items())))
 
     def stop(self) -> None:
         def close() -> None:
@@ -102,6 +147,20 @@ class NodeBackend:
         self.deadline = deadline
         self._lock: asyncio.Lock | None = None
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._pid = os.getpid()  # made in the worker: the parent charges its pledges when it dies
+        self._notes: list[bytes] = []  # notes made while no connection was open: sent first on the next
+
+    def note(self, holder: str, items: list[tuple[Claim, int, int]]) -> None:
+        """Tell the parent what this worker's requests pledged (see ``Pledge`` in ext_proc.state.limits):
+        written now, before the request goes on (a worker killed after this write is charged for
+        it: the parent reads it off the socket), never waited on."""
+        if not items:
+            return
+        line = orjson.dumps({"op": "note", "pid": self._pid, "holder": holder, "items": _items(items)}) + b"\n"
+        if self._stream is not None and not self._stream[1].is_closing():
+            self._stream[1].write(line)
+        else:
+            self._notes.append(line)
 
     def grow(self, holder: str, asks: list[tuple[Claim, int, int]], ttl: float) -> Any:
         return self._call("grow", holder, asks, ttl)
@@ -129,7 +188,7 @@ class NodeBackend:
     async def _request(self, request: dict[str, Any]) -> Any:
         if self._lock is None:
             self._lock = asyncio.Lock()
-        line = orjson.dumps(request) + b"\n"
+        line = orjson.dumps({**request, "pid": self._pid}) + b"\n"
         async with self._lock:
             try:
                 return await asyncio.wait_for(self._exchange(line), self.deadline)
@@ -146,6 +205,9 @@ class NodeBackend:
         if self._stream is None:
             self._stream = await asyncio.open_unix_connection(self.path)
         reader, writer = self._stream
+        if self._notes:
+            notes, self._notes = self._notes, []
+            writer.write(b"".join(notes))
         writer.write(line)
         await writer.drain()
         answer = await reader.readline()

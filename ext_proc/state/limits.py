@@ -104,6 +104,14 @@ class Backend(Protocol):
         ...
 
 
+Pledge = Callable[[str, list[tuple[Claim, int, int]]], None]
+"""A store that outlives the worker (the node's parent) may have a ``note(holder, items)``: told, as
+it happens, without waiting for an answer, what this worker pledged of each consuming counter: for
+each (claim, claimed, spent), ``claimed`` claimed (+) or given back (-) by requests, ``spent`` spent
+by those that ended and not reported yet. When the worker dies, what it pledged is charged as spent
+and the rest of its grants goes back at once (:meth:`MemoryBackend.bury`)."""
+
+
 @dataclass(slots=True)
 class Lease:
     """This worker's slice of one counter."""
@@ -159,6 +167,10 @@ class Keeper:
     _seq: int = 0  # the number of the last report made (its id: this holder and the number)
     # The report sent and not answered yet (on its way, failed or timed out): sent again, unchanged.
     _outgoing: tuple[int, list[tuple[Claim, int, int]]] | None = None
+    _note: Pledge | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._note = getattr(self.backend, "note", None)
 
     # -- admission --------------------------------------------------------------------------
 
@@ -292,6 +304,8 @@ class Keeper:
                 lease.reserved += claim.amount
             left = lease.left(claim.capacity)
             remaining.append(left if left > 0 else 0)
+        if self._note is not None:  # before the request may go upstream: a death after it is charged
+            self._note(self.holder, [(claim, claim.amount, 0) for claim in claims if claim.consumes])
         if self._flush is None:
             self._schedule()
         return Admission(True, remaining=tuple(remaining), degraded=degraded)
@@ -352,6 +366,9 @@ class Keeper:
                     lease.reserved = 0
             if claim.consumes:
                 lease.used += spent
+        if self._note is not None:
+            self._note(self.holder, [(claim, -claim.amount, spent)
+                                     for claim, spent in zip(claims, used, strict=True) if claim.consumes])
         if self._flush is None:
             self._schedule()
 
@@ -512,6 +529,9 @@ class MemoryBackend:
         self.wall = wall  # windows end in Unix time
         self.counters: dict[str, Counter] = {}
         self.marks: dict[str, float] = {}  # once(): key -> until
+        # note(): holder -> counter -> (its claim, what the holder's requests claimed in flight plus
+        # what they spent that it has not reported yet): what the holder's death charges (bury)
+        self.pledges: dict[str, dict[str, tuple[Claim, int]]] = {}
         self._gone: list[tuple[float, str]] = []  # a heap: (when a counter goes, its name), one per counter
 
     def _counter(self, claim: Claim) -> Counter:
@@ -564,6 +584,8 @@ class MemoryBackend:
                     continue
                 counter.reported[holder] = (seq, now + REPORTED)
             counter.spent += spent
+            if spent:
+                self._pledge(holder, claim, -spent)  # reported: spent, no longer only pledged
             mine = counter.held.get(holder)
             lost = mine is None
             left = 0
@@ -575,6 +597,42 @@ class MemoryBackend:
                     del counter.held[holder]
             out.append(Grant(-1 if lost else 0, counter.spent, counter.total(now), max(0, left)))
         return out
+
+    def pledge(self, holder: str, items: list[tuple[Claim, int, int]]) -> None:
+        """What ``holder``'s requests claimed (+) or gave back (-), and spent, not reported yet: a
+        worker's notes (see :data:`Pledge`), which the node's parent applies here. (Not ``note``: a
+        keeper in this process, which dies with it, sends none.)"""
+        for claim, claimed, spent in items:
+            self._pledge(holder, claim, claimed + spent)
+
+    def _pledge(self, holder: str, claim: Claim, amount: int) -> None:
+        pledges = self.pledges.get(holder)
+        if pledges is None:
+            if amount <= 0:  # a report of spend never noted (a holder without notes): nothing to track
+                return
+            pledges = self.pledges[holder] = {}
+        _, before = pledges.get(claim.counter, (claim, 0))
+        if before + amount:
+            pledges[claim.counter] = (claim, before + amount)
+        else:
+            pledges.pop(claim.counter, None)
+            if not pledges:
+                del self.pledges[holder]
+
+    def bury(self, holder: str) -> dict[str, int]:
+        """A holder died (a worker the supervisor reaped): what its requests in flight claimed, and
+        what it spent and had not reported, is spent (unknown is not zero: the claims are the most
+        they may have cost; a provider may have served them), and all it held comes back now, not
+        when its grants expire. Returns what was charged, per counter."""
+        charged = {}
+        for name, (claim, amount) in self.pledges.pop(holder, {}).items():
+            if amount > 0:
+                self._counter(claim).spent += amount
+                charged[name] = amount
+        for counter in self.counters.values():
+            counter.held.pop(holder, None)
+            counter.reported.pop(holder, None)
+        return charged
 
     def totals(self, counter: str) -> tuple[int, int]:
         """(spent, held) of one counter."""

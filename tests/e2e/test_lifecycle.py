@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from ext_proc.stack import Stack, free_port, process_tree, worker_pids
@@ -215,6 +216,86 @@ def test_tollway_up_serves_the_sdk_and_stops_everything_on_ctrl_c(tmp_path: Path
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             subprocess.run(["pkill", "-KILL", "-f", str(tmp_path)])
+
+
+CRASH_KEY = "tw-crash-lifecycle-key-0123456789abcdefghijklmno"
+CRASH_POLICY = """
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: LIFECYCLE_OPENAI_KEY}}
+models:
+  gpt-4o-mini: {provider: openai, price: {input: "1000", output: "1000"}}
+teams:
+  crash: {keys: [{id: crash-ci, sha256: "DIGEST"}], models: ["*"]}
+budgets:
+  crash-daily: {team: crash, usd: "1.00", period: day}
+rate_limits:
+  crash-at-once: {team: crash, concurrent: 2}
+"""
+
+
+def test_killed_workers_requests_in_flight_are_charged_and_their_slots_freed_at_once(tmp_path: Path) -> None:
+    """Both workers are killed while a provider serves two requests. Their claims are the most those
+    requests may cost, so the budget is charged them when the supervisor reaps the workers (before:
+    the claims came back when they expired, 30 s later, as if the provider had served nothing, and a
+    hard budget could be passed again and again), and the team's two concurrency slots are free at
+    once (before: every request of the team was refused for those 30 s)."""
+    from ext_proc.policy.compiled import key_digest
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(CRASH_POLICY.replace("DIGEST", key_digest(CRASH_KEY)))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30}
+    auth = {"authorization": f"Bearer {CRASH_KEY}"}
+    with Stack(tmp_path / "stack", policy=policy, workers=2, service_env={"LIFECYCLE_OPENAI_KEY": "sk-lifecycle"},
+               mock_args=("--api-key", "sk-lifecycle"), stand_ins_get_keys=True, mocked=frozenset({"openai"})) as stack:
+        admin, mock = f"http://127.0.0.1:{stack.service_admin_port}", f"http://127.0.0.1:{stack.mock_port}"
+
+        def budget() -> tuple[int, int]:
+            rows = httpx.get(admin + "/v1/budgets", timeout=5).json()["budgets"]
+            return next((row["spent"], row["held"]) for row in rows if row["member"] == "crash")
+
+        with httpx.Client(timeout=30) as http:
+            first = http.post(stack.base_url + "/v1/chat/completions", json=body, headers=auth)
+            assert first.status_code == 200, first.text
+        deadline = time.monotonic() + 5
+        while not stack.record_log.exists() or not stack.record_log.read_text().strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (limit,) = orjson.loads(stack.record_log.read_text().splitlines()[-1])["limits"][:1]
+        claimed, used = limit["claimed"], limit["used"]
+        assert limit["limit"] == "crash-daily" and used < claimed
+        seen = len(httpx.get(mock + "/_mock/requests").json())
+
+        def slow() -> None:
+            with contextlib.suppress(httpx.HTTPError), httpx.Client(timeout=30) as http:
+                http.post(stack.base_url + "/v1/chat/completions", json=body,
+                          headers={**auth, "x-mock-latency-ms": "8000"})
+
+        threads = [threading.Thread(target=slow) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(httpx.get(mock + "/_mock/requests").json()) < seen + 2:  # both with the provider
+            assert time.monotonic() < deadline, "the requests did not reach the provider"
+            time.sleep(0.05)
+        workers = worker_pids(stack.procs["tollway"].pid)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        for thread in threads:
+            thread.join(30)
+        deadline = time.monotonic() + 15
+        while budget()[1] or set(workers) & set(worker_pids(stack.procs["tollway"].pid)):
+            assert time.monotonic() < deadline, f"the dead workers still hold {budget()}"
+            time.sleep(0.1)
+        assert budget() == (used + 2 * claimed, 0)  # unknown is not zero: the claims are spent
+        # Both slots are free: the next request is served, not refused for 30 s.
+        with httpx.Client(timeout=30) as http:
+            deadline = time.monotonic() + 10
+            while (answer := http.post(stack.base_url + "/v1/chat/completions", json=body,
+                                       headers=auth)).status_code >= 500:
+                assert time.monotonic() < deadline, answer.text
+                time.sleep(0.1)
+            assert answer.status_code == 200, answer.text
 
 
 def test_a_crash_loop_of_the_workers_ends_the_service_with_a_reason(tmp_path: Path) -> None:

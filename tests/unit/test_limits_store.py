@@ -156,6 +156,69 @@ def test_a_report_the_node_parent_ran_after_the_workers_deadline_is_not_counted_
         server.stop()
 
 
+DOOMED_WORKER = """
+import asyncio, sys, time
+from ext_proc.server.node_state import NodeBackend
+from ext_proc.state.limits import Keeper
+from ext_proc.state.queries import Claim
+
+async def main():
+    keeper = Keeper(NodeBackend(sys.argv[1]), holder="doomed")
+    keeper._flush = asyncio.get_running_loop().create_future()  # reports by hand, below
+    budget = Claim("budget/b/usd/t/2026-12", 100, 10_000, time.time() + 3600)
+    slots = Claim("rate/r/concurrent/t", 1, 3, 0.0, consumes=False)
+    claims = (budget, slots)
+    assert (await keeper.admit(claims)).admitted  # a lease of 400 of the budget, one slot
+    keeper.settle(claims, (30, 0))
+    await keeper.flush()  # reported: 30 spent
+    for _ in range(3):
+        admission = keeper.admit(claims)
+        if not hasattr(admission, "admitted"):
+            admission = await admission
+        assert admission.admitted
+    keeper.settle(claims, (40, 0))  # one of them ended, its 40 not reported yet; two in flight
+    await asyncio.sleep(0.2)
+    print("ready", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_workers_requests_in_flight_are_charged_and_its_slots_freed_when_it_is_reaped(
+        tmp_path: Path) -> None:
+    """A worker killed outright reports nothing more: without the supervisor's word its claims would
+    come back when they expire (30 s later), though a provider may have served its requests, and a
+    concurrency cap stay taken until then. Reaped, it is charged what its requests in flight
+    claimed and what it spent unreported; the rest of its lease and its slots come back at once."""
+    import subprocess
+    import sys
+
+    server = NodeStateServer(str(tmp_path / "state.sock"))
+    server.start()
+    worker = subprocess.Popen([sys.executable, "-c", DOOMED_WORKER, server.path], stdout=subprocess.PIPE,
+                              cwd=Path(__file__).resolve().parents[2], text=True)
+    try:
+        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+        budget, slots = "budget/b/usd/t/2026-12", "rate/r/concurrent/t"
+        assert server.backend.totals(budget) == (30, 370)  # 30 reported; 370 leased, 240 of it pledged
+        assert server.backend.totals(slots) == (0, 3)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        server.reaped(worker.pid)
+        deadline = time.monotonic() + 5
+        while server.backend.totals(slots)[1] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.backend.totals(budget) == (30 + 40 + 2 * 100, 0)
+        assert server.backend.totals(slots) == (0, 0)
+        assert not server.backend.pledges
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+        server.stop()
+
+
 # -- the keeper -----------------------------------------------------------------------------------
 
 
