@@ -10,6 +10,9 @@ The store (Redis shared by every sidecar, or this node's memory) keeps, per coun
 ``spent`` and what each holder ``held``, with an expiry per holder. One invariant is enforced
 atomically there (a Lua script in Redis): ``spent + held <= capacity`` whenever something is
 granted. A holder that dies stops refreshing its expiry, and what it held comes back on its own.
+In the node's memory behind its parent (several workers, no Redis) a dead worker is settled at
+once instead: its notes told the parent what its requests claimed and spent unreported, which is
+charged, and the rest of what it held is freed (:data:`Pledge`, :meth:`MemoryBackend.bury`).
 A counter with a window leaves the store :data:`ENDED` seconds after its window ends, or later when
 its claim keeps it (``Claim.kept``: a budget's last period); one without a window stays.
 
