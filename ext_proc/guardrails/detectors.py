@@ -1,7 +1,8 @@
 """The detectors: what each finds, the pattern that proposes candidates, the check that confirms them.
 
 A :class:`Detector` is data. Its ``patterns`` are regular expressions in the common subset of
-Hyperscan's and Python's syntax (no look-around, no back-references), ASCII-only, with bounded
+Hyperscan's and Python's syntax (no look-around, no back-references), ASCII-only (but the email's,
+whose bytes beyond ASCII are its own ``chars``), with bounded
 repetition or a declared :attr:`Detector.width`, so a match is never longer than that many characters: that bound is
 what a stream holds back (see :mod:`ext_proc.guardrails.stream`). A pattern only proposes
 candidates; ``check`` confirms them with what a pattern cannot express:
@@ -33,7 +34,7 @@ from stdnum import iban as _iban
 from stdnum import luhn as _luhn
 from stdnum.us import ssn as _ssn
 
-from . import phones, secrets
+from . import addresses, phones, secrets
 
 Check = Callable[[str, str], bool]  # (the candidate, the text just before it) -> confirmed
 # (the text, a match's start and end) -> where in the text the value is, or None: not one
@@ -53,8 +54,10 @@ class Detector:
     caseless: bool = False
     until: str | None = None  # a block detector: the match runs on to this end marker (PEM armour)
     width: int = 0  # the longest match: computed from bounded patterns, given for unbounded ones
-    # A match may begin before where its pattern matched: up to ``left[1]`` characters of class
-    # ``left[0]`` (an email's local part, before the "@" its pattern starts at).
+    # A match may begin before where its pattern matched (an email's local part, before the "@" its
+    # pattern starts at): as far as ``left[0]`` matches the text before it read backwards (reversed),
+    # at most ``left[1]`` characters, less any but letters and digits at its start. Such a detector
+    # gives its ``chars``.
     left: tuple[str, int] | None = None
     chars: str = field(default="", compare=False)  # a regex class of every character a match may hold
     min_length: int = 0  # shorter matches are never candidates (Hyperscan drops them: fewer callbacks)
@@ -195,8 +198,8 @@ def check_ipv4(text: str, before: str) -> bool:
 _URL_USER = re.compile(r"://(?:[^\s/@:]*:)?$")
 
 
-def check_email(_text: str, before: str) -> bool:
-    return _URL_USER.search(before) is None
+def check_email(text: str, before: str) -> bool:
+    return _URL_USER.search(before) is None and (text.isascii() or addresses.domain(text))
 
 
 _HEX = re.compile(r"[0-9A-Fa-f]")
@@ -254,10 +257,11 @@ BUILTIN: tuple[Detector, ...] = (
              width=4096),
     # RFC 5321: at most 64 characters before the @ and 254 in all. The pattern starts at the "@" (a
     # pattern starting with the local part makes every letter of a text a possible start, and the
-    # scan ten times slower); the local part is taken from the text before it.
-    Detector("email", "EMAIL", "pii",
-             (r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,24}" + _B,),
-             check_email, width=254, left=("[A-Za-z0-9._%+-]", 64)),
+    # scan ten times slower); the local part is taken from the text before it. Both in any script
+    # (RFC 6531/6532, :mod:`.addresses`).
+    Detector("email", "EMAIL", "pii", (addresses.PATTERN,), check_email, width=254,
+             left=(addresses.LOCAL, addresses.LOCAL_MOST), chars=addresses.CHARS,
+             not_followed_by=addresses.NOT_FOLLOWED_BY),
     Detector("credit_card", "CREDIT_CARD", "pii", (_B + r"(?:[0-9][ -]?){11,18}[0-9]" + _B,), check_card),
     Detector("iban", "IBAN", "pii", (_B + r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}" + _B,), check_iban),
     Detector("us_ssn", "US_SSN", "pii", (_B + r"[0-9]{3}[ -]?[0-9]{2}[ -]?[0-9]{4}" + _B,), check_ssn),

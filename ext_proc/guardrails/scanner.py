@@ -250,8 +250,6 @@ def prepared(detector: Detector) -> Detector:
         width, chars = shape(pattern, detector.caseless, detector.width)
         widths.append(width)
         classes.append(chars)
-    if detector.left is not None:
-        classes.append(detector.left[0])
     merged = r"[\s\S]" if r"[\s\S]" in classes else "[" + "".join(cls[1:-1] for cls in classes) + "]"
     return dataclasses.replace(detector, width=max(widths), chars=merged)
 
@@ -302,7 +300,7 @@ class Scanner:
                             0, 0))
         self._owner = tuple(owner)
         self._until = {i: re.compile(d.until) for i, d in enumerate(self.detectors) if d.until}
-        self._left = {i: (re.compile(d.left[0] + "+").match, d.left[1]) for i, d in enumerate(self.detectors) if d.left}
+        self._left = {i: (re.compile(d.left[0]).match, d.left[1]) for i, d in enumerate(self.detectors) if d.left}
         self._after = {i: re.compile(d.not_followed_by).match
                        for i, d in enumerate(self.detectors) if d.not_followed_by}
         self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)

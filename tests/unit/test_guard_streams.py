@@ -76,6 +76,9 @@ POLICY = compile_policy(HEAD + textwrap.dedent("""\
 SECRETS = {
     "card": ("4111 1111 1111 1111", "[CREDIT_CARD_1]"),
     "email": ("jane.doe@example.com", "[EMAIL_1]"),
+    # Internationalised addresses: letters beyond ASCII and marks are held back as an address's.
+    "email beyond ascii": ("renée.mu\u0308ller@exämple.de", "[EMAIL_1]"),
+    "email in Chinese": ("李.wei@例え.中国", "[EMAIL_1]"),
     "key": ("sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7cDe0fGh3iJk6l", "[OPENAI_KEY_1]"),
     "phone": ("+1 415 555 0100", "[PHONE_1]"),
 }

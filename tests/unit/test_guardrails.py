@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from ext_proc.core.actions import Ask, Continue, EmitRecord
 from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
-from ext_proc.guardrails import forms, injection, scope, visible
+from ext_proc.guardrails import addresses, forms, injection, scope, visible
 from ext_proc.guardrails import scanner as scanner_module
 from ext_proc.guardrails.detectors import GROUPS, PASTED
 from ext_proc.guardrails.guard import Blocked, Guard
@@ -195,6 +195,50 @@ def test_a_detector_finds_its_value(detector: str, text: str, value: str) -> Non
 @pytest.mark.parametrize("text", NOT_FOUND)
 def test_a_candidate_that_fails_its_check_is_not_a_finding(text: str) -> None:
     assert builtin().find(text) == []
+
+
+# Internationalised addresses (RFC 6531/6532): the whole address is one finding, never a piece of it.
+UNICODE_EMAILS = [
+    ("write to hans.müller@example.de", "hans.müller@example.de"),
+    ("write to renée.dupont@example.fr", "renée.dupont@example.fr"),
+    ("write to 李.wei@example.cn", "李.wei@example.cn"),
+    ("josé@example.com wrote", "josé@example.com"),  # not ASCII right before the "@"
+    ("mail jane@exámple.com.", "jane@exámple.com"),  # an IDN domain
+    ("mail user@例え.jp, thanks", "user@例え.jp"),
+    ("пишите пётр@пример.рф.", "пётр@пример.рф"),  # a top-level domain of another script
+    ("ईमेल राम@उदाहरण.भारत", "राम@उदाहरण.भारत"),  # vowel signs (marks) in every part
+    ("to hans.mu\u0308ller@exa\u0308mple.de ok", "hans.mu\u0308ller@exa\u0308mple.de"),  # decomposed accents
+    ("to jane@example.co\u0308m ok", "jane@example.co\u0308m"),  # not "jane@example.co"
+    ("«renée@exämple.fr»", "renée@exämple.fr"),
+    ("a@b.vermögensberater ok", "a@b.vermögensberater"),
+    # Chinese and Japanese write no space before or after an address: the words around it stay text.
+    ("请发邮件到jane@example.com谢谢", "jane@example.com"),
+    ("我的邮箱是123456789@qq.com，谢谢。", "123456789@qq.com"),
+    ("jane@example.comまでお願いします", "jane@example.com"),
+    ("jane@example.com으로 보내세요", "jane@example.com"),
+    ("bob@example.com是我的邮箱.我们", "bob@example.com"),
+    ("see x—y@example.com", "y@example.com"),
+    ("jane@example.com’s inbox", "jane@example.com"),
+]
+
+
+@pytest.mark.parametrize(("text", "value"), UNICODE_EMAILS)
+def test_an_address_beyond_ascii_is_found_whole(text: str, value: str) -> None:
+    findings = builtin().find(text)
+    assert [(f.detector.name, text[f.start:f.end]) for f in findings] == [("email", value)]
+
+
+@pytest.mark.parametrize("text", [
+    "@用户名 你好", "Größe@ 10 cm", "x@vermögensberater", "jane@例え", "café@ün.d", "a@b.c1", "user@ex—ample.com",
+    "user@exam☃ple.com", "user@-ün.de", "jane@example.12", "postgresql://müller@db.internal.de:5432",
+])
+def test_what_only_looks_like_an_address_beyond_ascii_is_none(text: str) -> None:
+    assert [text[f.start:f.end] for f in builtin().find(text) if f.detector.name == "email"] == []
+
+
+def test_the_marks_listed_are_those_python_knows() -> None:
+    listed = {c for first, last in addresses._MARKS for c in range(first, last + 1)}
+    assert listed == {c for c in range(0x110000) if unicodedata.category(chr(c))[0] == "M"}
 
 
 def test_spans_are_characters_not_bytes() -> None:
