@@ -86,7 +86,8 @@ class Local(Step):
         # request's own would go, and a request /v1/messages would refuse for this model refused.
         guard.screen(flow)
         payload, _ = upstream.prepare(apis.MESSAGES, request.payload, target, flow.path)
-        flow.meter.before_send(upstream.served(target, apis.MESSAGES).name, payload, target.upstream_model)
+        flow.meter.before_send(upstream.served(target, apis.MESSAGES).name, payload,
+                               upstream.counted_model(target))
         estimate = flow.meter.estimate
         if estimate is None:
             raise ClientError(503, "count_unavailable", "Tollway could not count this request's tokens.")

@@ -218,7 +218,7 @@ class Route(Step):
         granted, principal = flow.granted, flow.principal
         assert granted is not None and principal is not None
         counted_as = (granted.plan_for(principal.team).targets[0] if isinstance(granted, Alias) else granted)
-        flow.meter.before_send(api.name, request.payload, counted_as.upstream_model)
+        flow.meter.before_send(api.name, request.payload, upstream.counted_model(counted_as))
         estimate = flow.meter.estimate
         chain = flow.chain = decide.plan(
             principal, api, granted, request.model, estimate.tokens if estimate else None, flow.runtime.random,

@@ -36,7 +36,7 @@ from urllib.parse import unquote_plus
 
 from ext_proc.guardrails.detectors import GROUPS
 from ext_proc.guardrails.scanner import builtin
-from ext_proc.llm import providers, translate
+from ext_proc.llm import encodings, providers, translate
 from ext_proc.llm.apis import CHAT_COMPLETIONS, COUNT_TOKENS, MESSAGES, RESPONSES, WireAPI
 from ext_proc.llm.apis.anthropic import stored_files as anthropic_stored_files
 from ext_proc.llm.apis.openai import stored_files
@@ -76,6 +76,14 @@ def foreign(api: WireAPI, target: Target) -> tuple[str, ...]:
     """The headers of the client's ``api`` family that ``target`` must not get: those of its family
     when another family's API serves it (a translation), else none."""
     return FAMILY_HEADERS.get(api.home, ()) if served(target, api).home != api.home else ()
+
+
+def counted_model(target: Target) -> str:
+    """The model name ``target``'s prompt is counted for: its name at the provider; at Azure, the
+    policy's public name when the deployment's own (``prod-chat``) names no model's tokenizer."""
+    if target.provider.kind == "azure-openai" and encodings.known_encoding(target.upstream_model) is None:
+        return target.public
+    return target.upstream_model
 
 
 def served(target: Target, api: WireAPI) -> WireAPI:

@@ -30,6 +30,10 @@ What is exact (``TokenEstimate.exact``) and what is not:
   the size is read from a ``data:`` URL's header or the detail is low, otherwise (a remote URL,
   patch-based models) the count is not exact. Audio input is never exact.
 * Completions and embeddings are exact: the prompt's tokens, or the length of token arrays.
+* Only for a model whose tokenizer is known (:func:`~ext_proc.llm.encodings.known_encoding`:
+  OpenAI's models by name). Any other model (``llama-3.1-8b``, ``mistral-large``, ``gemini-2.5-pro``)
+  is counted with ``o200k_base`` as a stand-in, and the count of its text is never exact (the
+  length of a token array is).
 * Anthropic Messages: there is no public tokenizer for Claude, so the count is an ESTIMATE (method
   ``anthropic-estimate``, never exact): o200k_base over the system prompt, message text and tool
   definitions (compact JSON), with OpenAI's framing (3 per message, 3 for the reply), Anthropic's
@@ -64,6 +68,7 @@ from .encodings import (
     encoding_for_model,
     encoding_name_for_model,
     get_encoding,
+    known_encoding,
     load_encoding,
     load_times_ms,
 )
@@ -191,7 +196,9 @@ def count_request(api_name: str, payload: dict[str, Any], model: str) -> TokenEs
             tokens += count
         else:  # a conversation re-sends its earlier turns: each distinct text is tokenized once
             tokens += remembered(_space(name), text, functools.partial(_length, encoding))
-    return TokenEstimate(tokens + tally.fixed, tally.exact, tally.method, tally.audio, tally.cache_write)
+    # A model whose tokenizer is not known here (llama-*, mistral-*): o200k_base stands in for it.
+    exact = tally.exact and known_encoding(model) is not None
+    return TokenEstimate(tokens + tally.fixed, exact, tally.method, tally.audio, tally.cache_write)
 
 
 @functools.cache

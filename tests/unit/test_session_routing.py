@@ -837,6 +837,26 @@ def test_a_model_named_directly_refuses_a_prompt_longer_than_its_window(accounta
     assert sent(Session(sized, "local-dev"), {**LONG, "model": "gpt-4o"})
 
 
+def test_a_model_without_a_known_tokenizer_is_never_refused_for_its_window(accountant: ServiceAccountant) -> None:
+    """llama-3.1-8b is counted with o200k_base as a stand-in: an estimate, so the provider decides
+    (it was refused with a 400 from that count, as if exact). An Azure deployment whose own name is
+    no model's is counted by the policy's public name, exactly."""
+    sized = compile_policy(POLICY_TEXT.replace(
+        "    models:\n  gpt-4o:\n".replace("    ", ""),
+        "models:\n  llama-3.1-8b:\n    provider: local\n    context_window: 100\n"
+        "  gpt-4o-mini:\n    provider: azure\n    model: prod-chat\n    context_window: 100\n  gpt-4o:\n"))
+    assert sized.models["llama-3.1-8b"].context_window == 100
+    session = Session(sized, "local-dev", accountant)
+    assert sent(session, {**LONG, "model": "llama-3.1-8b"})
+    estimate = session.flow.meter.estimate
+    assert estimate is not None and estimate.tokens > 100 and not estimate.exact
+    session = Session(sized, "local-dev", accountant)
+    assert isinstance(session.handle(head()), Continue)
+    refused = session.handle(body({**LONG, "model": "gpt-4o-mini"}))
+    assert isinstance(refused, Respond) and refused.status == 400
+    assert orjson.loads(refused.body)["error"]["code"] == "context_length_exceeded"
+
+
 HI = [{"role": "user", "content": "Hi"}]
 
 

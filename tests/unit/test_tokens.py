@@ -583,6 +583,24 @@ def test_cli_counts_a_chat_body(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert out.splitlines()[4].startswith("model     gpt-4o (o200k_base")
 
 
+@pytest.mark.parametrize("model", ["llama-3.1-70b", "mistral-large-latest", "gemini-2.5-pro", "my-model"])
+def test_a_model_without_a_known_tokenizer_is_counted_inexactly(model: str) -> None:
+    """o200k_base stands in for a tokenizer that is not known here: the count is an estimate."""
+    estimate = chat(model, [user("hello world")])
+    assert (estimate.tokens, estimate.exact) == (9, False)
+    assert tokens.count_request(EMBEDDINGS.name, {"model": model, "input": "hello world"}, model).exact is False
+    assert tokens.count_request(EMBEDDINGS.name, {"model": model, "input": [1, 2, 3]}, model).exact  # its own ids
+    assert chat("gpt-4o", [user("hello world")]).exact
+
+
+def test_cli_reports_a_stand_in_encoding_as_an_estimate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = {"model": "llama-3.1-70b", "messages": [user("hello world")]}
+    result = json.loads(run_cli(monkeypatch, capsys, body, "--json")[1])
+    assert (result["tokens"], result["exact"], result["encoding"]) == (9, False, "o200k_base")
+
+
 def test_cli_json_model_override_and_guessed_apis(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
