@@ -64,7 +64,7 @@ import functools
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -137,6 +137,26 @@ def _meant(text: str, find: Callable[[str], Sequence[Finding]], names: object) -
         if start < end:
             out.append(Finding(f.detector, start, end, f.open))
     return united(out, names)
+
+
+def scoring_context(context: Instructions | None, role: str) -> Instructions | None:
+    """The instructions a text of ``role`` is scored against for injection: a tool's result meets
+    them without ``breaks_rule`` (:meth:`~.instructions.Instructions.for_tools`). ``tollway scan
+    --request`` scores with this too."""
+    return context.for_tools() if role == "tool" and context is not None else context
+
+
+def instructions_read(system: Iterable[str]) -> str:
+    """The system texts as the guard reads them: joined by newlines, at most
+    :data:`~.instructions.MAX_CHARS` of them (what an application's instructions say comes first)."""
+    read: list[str] = []
+    room = MAX_CHARS
+    for text in system:
+        if room <= 0:
+            break
+        read.append(text[:room])
+        room -= len(text) + 1
+    return "\n".join(read)
 
 
 def _score(context: Instructions | None, text: str, key: bytes | None) -> float:
@@ -258,11 +278,11 @@ class Guard:
         scanner = plan.scanner
         changed = False
         scored: list[str] = []
-        system: list[str] = []  # the instructions the scored texts meet (as much as is read of them)
+        system: list[str] = []  # the instructions the scored texts meet (instructions_read: as much as is read)
         keeps = KEPT in plan.response
-        room = MAX_CHARS if plan.instructions or keeps else 0
+        reading = plan.instructions or keeps
         known: list[bytes | None] = []  # the scored texts' digests, where the findings' question had it
-        tools: list[bool] = []  # whether each scored text is a tool's result
+        roles: list[str] = []  # each scored text's role (a tool's result meets the instructions differently)
         budget = Budget()  # the scanner's work the prompt may make
         refs: list[Ref] = []
         for ref in walker.request(payload, definitions=False):  # (the definitions: .definitions.flagged)
@@ -308,9 +328,8 @@ class Guard:
                 keys.append(None)
         for index, ref in enumerate(refs):
             text = ref.get()
-            if ref.role == "system" and room > 0:
-                system.append(text[:room])
-                room -= len(text) + 1
+            if ref.role == "system" and reading:
+                system.append(text)
             key = None
             if rules:
                 key, findings = keys[index], found[index]
@@ -339,17 +358,17 @@ class Guard:
             if plan.injection is not None and ref.role in INJECTION_ROLES:
                 scored.append(text)  # as it goes upstream: redacted values stay redacted for a classifier too
                 known.append(key)
-                tools.append(ref.role == "tool")
+                roles.append(ref.role)
         scoring = plan.injection is not None and bool(scored)
         read = None
         if system and (keeps or (scoring and plan.instructions)):
-            read = instructions("\n".join(system))  # NONE when they keep nothing
+            read = instructions(instructions_read(system))  # NONE when they keep nothing
             if keeps:
                 self._kept = kept(read.secrets)
         if scoring:
             context = read if plan.instructions else None
-            self.score = max(_score(context.for_tools() if tool and context is not None else context, text, key)
-                             for text, key, tool in zip(scored, known, tools, strict=True))
+            self.score = max(_score(scoring_context(context, role), text, key)
+                             for text, key, role in zip(scored, known, roles, strict=True))
             if self.score >= plan.threshold:
                 self.injection_found()
         return changed, scored
