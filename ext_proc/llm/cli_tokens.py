@@ -3,7 +3,9 @@
 Reads one request body from stdin and prints how many prompt tokens it will cost, by which
 method, and whether the count is exact (see :mod:`ext_proc.llm.tokens`). The model defaults to
 the body's ``model``; the API to ``messages`` when the body looks like an Anthropic request, to
-``completions`` / ``embeddings`` when it has ``prompt`` / ``input``, else ``chat``.
+``completions`` when it has ``prompt``, to ``responses`` when it has ``input`` with Responses fields
+(``instructions``, ``tools``, ...) or input items, to ``embeddings`` for another ``input``, else
+``chat``. A body that API's parser refuses (as the gateway would, with a 400) is exit status 2.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 
 import orjson
 
-from .apis import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
+from .apis import CHAT_COMPLETIONS, COMPLETIONS, COUNT_TOKENS, EMBEDDINGS, MESSAGES, RESPONSES
+from .apis.base import WireAPI
+from .errors import ClientError
 from .tokens import EncodingError, count_request, encoding_name_for_model, load_times_ms
 
 APIS = {
@@ -24,6 +28,12 @@ APIS = {
     "messages": MESSAGES.name,
     "responses": RESPONSES.name,
 }
+# The parser each API's body must pass: Messages bodies as count_tokens takes them (no max_tokens needed).
+_PARSERS: dict[str, WireAPI] = {"chat": CHAT_COMPLETIONS, "completions": COMPLETIONS, "embeddings": EMBEDDINGS,
+                                "messages": COUNT_TOKENS, "responses": RESPONSES}
+# Fields of a Responses request that an embeddings request has not (both have ``input``).
+_RESPONSES_FIELDS = frozenset({"instructions", "tools", "tool_choice", "previous_response_id", "conversation",
+                               "max_output_tokens", "reasoning", "text", "store", "background", "include"})
 _ANTHROPIC_BLOCKS = {"tool_use", "tool_result", "thinking", "redacted_thinking", "document"}
 
 
@@ -46,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or body.get("model")
     if not isinstance(model, str) or not model:
         return _fail("the body names no model: pass --model")
-    api = args.api or guess_api(body)
+    api = args.api or guess_api({**body, "model": model})
+    try:  # the body as the gateway's parser for that API checks it (the model --model names, if any)
+        _PARSERS[api].parse(orjson.dumps({**body, "model": model}))
+    except ClientError as error:
+        return _fail(f"{APIS[api]} would refuse this body: {error.message}")
     try:
         estimate = count_request(APIS[api], body, model)
     except EncodingError as exc:
@@ -81,7 +95,9 @@ def guess_api(body: dict[str, Any]) -> str:
     if "prompt" in body:
         return "completions"
     if "input" in body and "messages" not in body:
-        return "embeddings"
+        given = body["input"]
+        items = isinstance(given, list) and any(isinstance(item, dict) for item in given)
+        return "responses" if items or not _RESPONSES_FIELDS.isdisjoint(body) else "embeddings"
     model = body.get("model")
     if "system" in body or (isinstance(model, str) and model.startswith("claude")):
         return "messages"

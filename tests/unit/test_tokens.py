@@ -621,6 +621,39 @@ def test_cli_json_model_override_and_guessed_apis(
     assert forced["method"] == "anthropic-estimate"
 
 
+@pytest.mark.parametrize("body", [
+    {"model": "gpt-4o", "input": "hello", "instructions": "be brief"},
+    {"model": "gpt-4o", "input": "hello", "tools": []},
+    {"model": "gpt-4o", "input": [{"role": "user", "content": "hello"}]},
+])
+def test_cli_guesses_a_responses_body(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], body: dict[str, Any]
+) -> None:
+    """A Responses body with instructions was guessed as embeddings: 1 token for its input alone."""
+    status, out, _ = run_cli(monkeypatch, capsys, body, "--json")
+    assert status == 0 and json.loads(out)["api"] == "openai.responses"
+
+
+@pytest.mark.parametrize(("body", "args", "said"), [
+    ({"model": "gpt-4o", "messages": "x"}, (), "openai.chat.completions would refuse this body: 'messages' must be"),
+    ({"model": "gpt-4o"}, (), "Missing required parameter: 'messages'"),
+    ({"model": "gpt-4o", "input": 5, "instructions": "x"}, (), "'input' must be a string or an array"),
+    ({"model": "text-embedding-3-small", "input": {"a": 1}}, (), "openai.embeddings would refuse this body"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, ("--model", "gpt-4o", "--api", "responses"),
+     "Missing required parameter: 'input'"),
+])
+def test_cli_refuses_a_body_the_gateway_would_refuse(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], body: dict[str, Any],
+    args: tuple[str, ...], said: str
+) -> None:
+    """Such bodies were counted (3 tokens, exact, exit 0): now one line and exit status 2."""
+    status, out, err = run_cli(monkeypatch, capsys, body, "--json", *args)
+    assert (status, out) == (2, "") and said in err and len(err.splitlines()) == 1
+    # --model stands in for a body without one; a Messages body needs no max_tokens to be counted
+    counted = run_cli(monkeypatch, capsys, {"messages": [user("hi")]}, "--model", "claude-x")
+    assert counted[0] == 0 and "anthropic-estimate" in counted[1]
+
+
 def test_cli_rejects_bodies_it_cannot_count(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
