@@ -299,10 +299,23 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             print(f"tollway envoy: {exc}", file=sys.stderr)
             return 1
+    template_path = getattr(args, "template", None) or TEMPLATE
     try:
-        template = yaml.safe_load(Path(getattr(args, "template", None) or TEMPLATE).read_text(encoding="utf-8"))
+        template = yaml.safe_load(Path(template_path).read_text(encoding="utf-8"))
     except OSError as exc:
         print(f"tollway envoy: {exc}", file=sys.stderr)
+        return 1
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        print(f"tollway envoy: {template_path}: not a YAML template: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    try:  # the listeners' filters, where everything below edits the template
+        if not isinstance(template, dict) or not all(isinstance(f, dict) and isinstance(f["name"], str)
+                                                     for filters in _http_filters(template) for f in filters):
+            raise TypeError("not a mapping")
+    except (KeyError, TypeError, IndexError) as exc:
+        print(f"tollway envoy: {template_path}: not an Envoy bootstrap with Tollway's listeners "
+              f"(static_resources.listeners[].filter_chains[0].filters[0].typed_config.http_filters: "
+              f"{'no ' + str(exc) if isinstance(exc, KeyError) else exc})", file=sys.stderr)
         return 1
     timeouts = getattr(args, "first_byte_timeouts", None)
     if timeouts:

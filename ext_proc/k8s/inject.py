@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -379,11 +380,33 @@ def _no_nulls(pod: dict[str, Any]) -> None:
         for key in keys:
             if key in mapping and mapping[key] is None:
                 del mapping[key]
+        for key in keys:  # a field of another shape: refused in words, not a crash further on
+            if key in mapping and not isinstance(mapping[key], list if mapping is spec else dict):
+                where = "spec" if mapping is spec else "metadata"
+                raise Refused(f"the pod's {where}.{key} must be {'a list' if mapping is spec else 'a mapping'}, "
+                              f"not {_kind(mapping[key])}")
+    for key in _POD_LISTS:
+        for index, item in enumerate(spec.get(key, [])):
+            if not isinstance(item, dict):
+                raise Refused(f"the pod's spec.{key}[{index}] must be a mapping, not {_kind(item)}")
     for key in ("initContainers", "containers"):
-        for container in spec.get(key, []):
+        for index, container in enumerate(spec.get(key, [])):
             for field in _CONTAINER_LISTS:
-                if isinstance(container, dict) and field in container and container[field] is None:
+                if field in container and container[field] is None:
                     del container[field]
+                elif field in container and not isinstance(container[field], list):
+                    raise Refused(f"the pod's spec.{key}[{index}].{field} must be a list, not "
+                                  f"{_kind(container[field])}")
+
+
+def _kind(value: Any) -> str:
+    """A YAML value's kind, for a refusal: ``a number``, ``a string``, ..."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    kinds: dict[type, str] = {str: "a string", list: "a list", dict: "a mapping"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _clashes(pod: Mapping[str, Any]) -> None:
@@ -585,6 +608,11 @@ def pod_templates(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 yield from pod_templates(item)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a mapping, else none (a field of another shape: :func:`mutate` refuses it)."""
+    return value if isinstance(value, dict) else {}
+
+
 def inject_documents(docs: list[Any], settings: Settings, namespace: str | None) -> list[Any]:
     """Every pod template of ``docs`` injected (unless labelled tollway.dev/inject: "false")."""
     out = []
@@ -593,10 +621,10 @@ def inject_documents(docs: list[Any], settings: Settings, namespace: str | None)
             out.append(doc)
             continue
         doc = copy.deepcopy(doc)
-        ns = namespace or (doc.get("metadata") or {}).get("namespace") or "default"
+        ns = namespace or _mapping(doc.get("metadata")).get("namespace") or "default"
         for template in pod_templates(doc):
-            labels = (template.get("metadata") or {}).get("labels") or {}
-            if str(labels.get(LABEL, "")).lower() == "false":
+            labels = _mapping(template.get("metadata")).get("labels")
+            if isinstance(labels, dict) and str(labels.get(LABEL, "")).lower() == "false":
                 continue
             template.update(mutate(template, ns, settings))
         out.append(doc)
@@ -711,8 +739,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def listen_address(text: str) -> tuple[str, int]:
-    """``--listen``'s host and port: ``HOST:PORT``, ``[IPV6]:PORT`` (``[::]``: dual-stack), ``:PORT`` (0.0.0.0)."""
-    host, _, port = text.rpartition(":")
+    """``--listen``'s host and port: ``HOST:PORT``, ``[IPV6]:PORT`` (``[::]``: dual-stack), ``:PORT`` (0.0.0.0);
+    :class:`BadFlag` for anything else (a port that is no number from 0 to 65535)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise BadFlag(f"--listen (env TOLLWAY_INJECT_LISTEN): {text!r} is not HOST:PORT with a port from 0 to 65535")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -721,18 +752,22 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_from(args)
+        host, port = listen_address(args.listen) if args.webhook else ("", 0)
     except BadFlag as exc:
         print(f"tollway inject: {exc}", file=sys.stderr)
         return 2
     if args.webhook:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        host, port = listen_address(args.listen)
         tls = None
         if args.tls_cert or args.tls_key:
             if not (args.tls_cert and args.tls_key):
                 print("tollway inject: --tls-cert and --tls-key go together", file=sys.stderr)
                 return 2
-            tls = ReloadingContext(args.tls_cert, args.tls_key)
+            try:
+                tls = ReloadingContext(args.tls_cert, args.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                print(f"tollway inject: cannot load --tls-cert/--tls-key: {exc}", file=sys.stderr)
+                return 2
         else:
             log.warning("serving plain HTTP: the API server only calls webhooks over HTTPS")
         serve(settings, host, port, tls)
@@ -749,8 +784,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"tollway inject: {name}: {exc}", file=sys.stderr)
             return 1
     if args.namespace is None:
-        unnamed = [f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name', '?')}" for doc in docs
-                   if isinstance(doc, dict) and not (doc.get("metadata") or {}).get("namespace")
+        unnamed = [f"{doc.get('kind')}/{_mapping(doc.get('metadata')).get('name', '?')}" for doc in docs
+                   if isinstance(doc, dict) and not _mapping(doc.get("metadata")).get("namespace")
                    and any(True for _ in pod_templates(copy.deepcopy(doc)))]
         if unnamed:  # the identity names the namespace: applied elsewhere, the pod is billed to the wrong one
             print(f"tollway inject: warning: {', '.join(unnamed)} name{'s' if len(unnamed) == 1 else ''} no "

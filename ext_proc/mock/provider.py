@@ -89,6 +89,7 @@ from ext_proc.mock.http import Connection as _Connection
 # Plumbing re-exported for the callers that import it from here.
 from ext_proc.mock.http import stop_server as stop_server
 from ext_proc.mock.http import wire as wire
+from ext_proc.server.listen import port as port_number
 
 # ---------------------------------------------------------------------------------------------
 # Plain data
@@ -741,7 +742,7 @@ def background(options: Options | None = None, **kwargs: Any) -> Iterator[Backgr
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``tollway mock-provider`` flags."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=18080, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=port_number, default=18080, help="port to listen on (default: %(default)s)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="pause before a non-streaming response")
     parser.add_argument("--ttft-ms", type=float, default=0.0, help="pause before the first SSE event")
     parser.add_argument("--inter-chunk-ms", type=float, default=0.0, help="pause between SSE events")

@@ -149,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a file holding the bearer token /metrics, /v1/report, /v1/budgets and /readyz's details "
                              "ask for (env TOLLWAY_ADMIN_TOKEN_FILE, or the token itself in TOLLWAY_ADMIN_TOKEN); "
                              "required when --admin-host is not loopback")
-    parser.add_argument("--admin-port", type=int, default=9902,
+    parser.add_argument("--admin-port", type=listen.port, default=9902,
                         help="/healthz, /readyz and /metrics (default 9902, 0: off)")
     parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between policy checks")
     parser.add_argument("--redis", dest="redis_url", default=os.environ.get("TOLLWAY_REDIS_URL"),

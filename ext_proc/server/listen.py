@@ -38,6 +38,7 @@ same user, can bind the same address and receive a share of Envoy's connections.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import logging
@@ -74,6 +75,14 @@ class Address:
             return f"unix:{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.kind}://{host}:{self.port}"
+
+
+def port(text: str) -> int:
+    """A port flag's value (an argparse type: ``--admin-port``, ``--port``): a number from 0 to 65535
+    (a larger one made a bind fail with a traceback, or silently listen elsewhere: 99999 on 34463)."""
+    if not text.strip().isascii() or not text.strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, not {text!r}")
+    return int(text)
 
 
 def parse(text: str) -> Address:

@@ -193,6 +193,43 @@ def test_a_field_left_empty_is_as_if_absent(where: str, field: str) -> None:
         validate({**injected, "metadata": {**injected["metadata"], "name": "search-api-0"}})
 
 
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda p: p["spec"].update(containers=7), "spec.containers must be a list, not a number"),
+    (lambda p: p["spec"].update(containers={"a": 1}), "spec.containers must be a list, not a mapping"),
+    (lambda p: p["spec"].update(volumes=["x"]), "spec.volumes[0] must be a mapping, not a string"),
+    (lambda p: p["spec"]["containers"][1].update(env=5), "spec.containers[1].env must be a list, not a number"),
+    (lambda p: p["metadata"].update(labels=5), "metadata.labels must be a mapping, not a number"),
+])
+def test_a_pod_of_another_shape_is_refused_in_words(change: Any, reason: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``containers: 7`` was a TypeError's traceback from ``tollway inject -f``."""
+    pod = copy.deepcopy(POD)
+    change(pod)
+    with pytest.raises(inject.Refused, match=reason.replace("[", r"\[").replace("]", r"\]")):
+        inject.mutate(pod, "search", inject.Settings())
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(yaml.safe_dump(pod))
+    from ext_proc import cli
+    assert cli.main(["inject", "-f", str(manifest)]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.strip() == f"tollway inject: the pod's {reason}"
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--listen", "bogus"], "--listen (env TOLLWAY_INJECT_LISTEN): 'bogus' is not HOST:PORT"),
+    (["--listen", "127.0.0.1:70000"], "'127.0.0.1:70000' is not HOST:PORT with a port from 0 to 65535"),
+    (["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"],
+     "cannot load --tls-cert/--tls-key: [Errno 2]"),
+])
+def test_the_webhooks_flags_are_checked_before_it_serves(flags: list[str], said: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A ValueError, an OverflowError or a FileNotFoundError's traceback before."""
+    from ext_proc import cli
+    assert cli.main(["inject", "--webhook", *flags]) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1
+
+
 def test_inject_f_takes_a_manifest_with_empty_fields(tmp_path: Path) -> None:
     manifest = tmp_path / "helmish.yaml"
     manifest.write_text("""apiVersion: apps/v1

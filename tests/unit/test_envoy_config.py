@@ -481,3 +481,23 @@ def test_a_tls_ext_proc_config_tells_the_operator_to_name_its_certificate_a_rela
     assert envoy_config.run(parser.parse_args(["--ext-proc", "unix:/run/tollway/ext_proc.sock"])) == 0
     assert "--tls-relay-san" not in capsys.readouterr().out  # only for tls://
     assert "--tls-relay-san NAME" in envoy_config.relay_hint(str(tmp_path / "missing.pem"))
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    (b"apiVersion: tollway/v1\nproviders: {}\n", "not an Envoy bootstrap with Tollway's listeners"),
+    (b"static_resources: 5\n", "not an Envoy bootstrap with Tollway's listeners"),
+    (b"static_resources: {listeners: [{filter_chains: []}]}\n", "not an Envoy bootstrap"),
+    (b"- 1\n", "not an Envoy bootstrap"),
+    (b"a: [\n", "not a YAML template"),
+    (b"\xff\xfe\n", "not a YAML template: 'utf-8' codec"),
+])
+def test_a_template_that_is_no_envoy_bootstrap_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           text: bytes, said: str) -> None:
+    """A policy file given as --template was a KeyError's traceback; invalid YAML or non-UTF-8 too."""
+    template = tmp_path / "template.yaml"
+    template.write_bytes(text)
+    parser = argparse.ArgumentParser()
+    envoy_config.add_arguments(parser)
+    assert envoy_config.run(parser.parse_args(["--template", str(template)])) == 1
+    printed = capsys.readouterr()
+    assert printed.out == "" and said in printed.err and len(printed.err.strip().splitlines()) == 1

@@ -262,3 +262,17 @@ def test_tollway_serve_refuses_a_relay_its_client_names_do_not_admit_in_one_line
     assert done.returncode == 2
     assert done.stderr == ("tollway serve: --tls-relay-san spiffe://td/ns/gw/sa/envoy is not accepted by "
                            "--tls-client-san spiffe://td/ns/app/*: a relay must be a client Tollway admits\n")
+
+
+@pytest.mark.parametrize(("command", "flag", "value"), [
+    ("serve", "--admin-port", "75537"), ("serve", "--admin-port", "-1"), ("serve", "--admin-port", "x"),
+    ("mock-provider", "--port", "99999"), ("mock-provider", "--port", "65536"),
+])
+def test_a_port_flag_takes_0_to_65535(capsys: pytest.CaptureFixture[str], command: str, flag: str,
+                                      value: str) -> None:
+    """--admin-port 75537 was an OverflowError's traceback; mock-provider --port 99999 listened on 34463."""
+    from ext_proc import cli
+    with pytest.raises(SystemExit) as failed:
+        cli.main([command, flag, value])
+    assert failed.value.code == 2 and "must be a port number from 0 to 65535" in capsys.readouterr().err
+    assert [listen.port(text) for text in ("0", "9902", "65535")] == [0, 9902, 65535]
