@@ -78,6 +78,10 @@ def _redacted(url: str) -> str:
 
 
 def _rows(args: argparse.Namespace, by: str) -> list[Row]:
+    if args.month and (args.since or args.until):
+        raise ReportError("--month is a whole month: give it or --since/--until, not both")
+    if args.since and args.until and args.since > args.until:
+        raise ReportError(f"--since {args.since} is after --until {args.until}: nothing is in between")
     since, until = args.since, day_after(args.until) if args.until else None
     if args.month:
         since, until = month_window(args.month)
@@ -104,10 +108,14 @@ def _rows(args: argparse.Namespace, by: str) -> list[Row]:
         raise ReportError(f"no request log at {log} (the gateway writes it: `make run`, or "
                           "`tollway serve --log-file`; pass --log PATH, or --redis URL)")
     skipped: list[Any] = []
+    unreadable: list[str] = []
     try:
-        rows = aggregate(read_records(files), by, since, until, where, skipped)
+        rows = aggregate(read_records(files, unreadable), by, since, until, where, skipped)
     except OSError as exc:
         raise ReportError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    if unreadable:  # (a torn last line, a crash mid-write, is no news)
+        print(f"tollway report: {len(unreadable)} line(s) of {log} left out: not JSON records (the first at "
+              f"{unreadable[0]}; a corrupted or edited log?)", file=sys.stderr)
     if skipped:
         print(f"tollway report: {len(skipped)} record(s) of {log} left out: not the types a record has "
               f"(an edited log?)", file=sys.stderr)

@@ -16,14 +16,18 @@ def log_files(path: str) -> list[str]:
     return [*rotated, path] if os.path.exists(path) else rotated
 
 
-def read_records(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """Every well-formed record in these files; a torn last line (a crash mid-write) is skipped."""
+def read_records(paths: Iterable[str], unreadable: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every well-formed record in these files. A torn last line (a crash mid-write: no newline
+    at the end of a file) is skipped silently; any other line that is no JSON record (blank lines
+    aside) is skipped too, and its place (``path:line``) appended to ``unreadable``."""
     for path in paths:
         with open(path, "rb") as handle:
-            for line in handle:
+            for number, line in enumerate(handle, 1):
                 record = _record(line)
                 if record is not None:
                     yield record
+                elif unreadable is not None and line.strip() and line.endswith(b"\n"):
+                    unreadable.append(f"{path}:{number}")
 
 
 class Follower:

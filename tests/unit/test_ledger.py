@@ -237,6 +237,25 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     assert len(list(read_records([str(path)]))) == 1
 
 
+def test_a_corrupt_line_before_the_last_is_counted_and_reported(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Only a torn last line (a crash mid-write) is skipped silently; a corrupt line elsewhere was
+    too, though the docstring said otherwise: the report now says how many and where the first is."""
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(orjson.dumps(rec()) + b"\n" + b'{"ts": 1, "te\n' + b"\n" + b"[1, 2]\n"
+                     + orjson.dumps(rec()) + b"\n" + b'{"ts": 1, "team": "x", "inp')
+    unreadable: list[str] = []
+    assert len(list(read_records([str(path)], unreadable))) == 2
+    assert unreadable == [f"{path}:2", f"{path}:4"]  # the blank line and the torn last one are no news
+    assert main(["report", "--log", str(path), "--format", "json"]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"tollway report: 2 line(s) of {path} left out: not JSON records (the first at {path}:2; "
+                   "a corrupted or edited log?)\n")
+    path.write_bytes(orjson.dumps(rec()) + b"\n" + b'{"ts": 1, "team": "x", "inp')
+    assert main(["report", "--log", str(path), "--format", "json"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "requests.jsonl"
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in RECORDS))
@@ -344,6 +363,12 @@ def test_report_team_alone_is_this_months_sentence(tmp_path: Path, capsys: pytes
     (["--redis", "redis://:sekrit-pass@127.0.0.1:1/0"], "tollway report: cannot read Redis at "
                                                           "redis://***@127.0.0.1:1/0: "),
     (["--redis", "http://127.0.0.1:1"], "tollway report: --redis http://127.0.0.1:1: "),
+    # --month won silently over --since/--until; an inverted window was an empty table, unexplained
+    (["--month", "2026-10", "--since", "2026-09-01"], "tollway report: --month is a whole month: give it or "
+                                                      "--since/--until, not both"),
+    (["--month", "2026-10", "--until", "2026-09-01", "--team", "a"], "tollway report: --month is a whole month"),
+    (["--since", "2026-10-02", "--until", "2026-10-01"], "tollway report: --since 2026-10-02 is after --until "
+                                                         "2026-10-01: nothing is in between"),
 ])
 def test_report_mistakes_are_one_line_and_a_non_zero_exit(argv: list[str], message: str) -> None:
     import subprocess
