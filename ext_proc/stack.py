@@ -66,7 +66,7 @@ from ext_proc.envoy_config import (
     set_first_byte_timeouts,
 )
 from ext_proc.policy.compiled import CompiledPolicy, key_digest
-from ext_proc.server import clusters
+from ext_proc.server import clusters, listen
 from ext_proc.server.credentials import CredentialStore, reached_for_real
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -567,14 +567,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="policy YAML (default policies/example.yaml)")
     parser.add_argument("--workload", default="local-dev",
                         help="this sidecar's workload identity, for calls without a key (default local-dev)")
-    parser.add_argument("--port", type=int, default=10000, help="gateway listener (default 10000)")
+    parser.add_argument("--port", type=listen.port, default=10000, help="gateway listener (default 10000)")
     parser.add_argument("--ext-proc", metavar="ADDRESS",
                         help="where Envoy reaches Tollway (tollway serve --listen; default: a Unix socket in "
                              "WORKDIR/run, a directory only Envoy and Tollway use, with Envoy's admin socket and "
                              "clusters file)")
-    parser.add_argument("--service-admin-port", type=int, default=9902,
+    parser.add_argument("--service-admin-port", type=listen.port, default=9902,
                         help="Tollway /readyz and /metrics (default 9902)")
-    parser.add_argument("--mock-port", type=int, default=18080, help="fake provider (default 18080)")
+    parser.add_argument("--mock-port", type=listen.port, default=18080, help="fake provider (default 18080)")
     parser.add_argument("--workers", type=int, default=2, help="Tollway worker processes (default 2)")
     parser.add_argument("--envoy-concurrency", type=int, default=_cores(),
                         help="Envoy worker threads (default: this machine's cores, %(default)s)")

@@ -267,6 +267,7 @@ def test_tollway_serve_refuses_a_relay_its_client_names_do_not_admit_in_one_line
 @pytest.mark.parametrize(("command", "flag", "value"), [
     ("serve", "--admin-port", "75537"), ("serve", "--admin-port", "-1"), ("serve", "--admin-port", "x"),
     ("mock-provider", "--port", "99999"), ("mock-provider", "--port", "65536"),
+    ("up", "--port", "99999"), ("up", "--service-admin-port", "70000"), ("up", "--mock-port", "-5"),
 ])
 def test_a_port_flag_takes_0_to_65535(capsys: pytest.CaptureFixture[str], command: str, flag: str,
                                       value: str) -> None:
