@@ -307,6 +307,8 @@ class Session:
         headers = event.headers
         if not flow.started:  # Envoy answered before Tollway saw the request (e.g. its own 413)
             flow.started = event.at
+            if flow.request_id is None:  # (the id its route put on the answer: the client's key to the record)
+                flow.request_id = headers.get(ENVOYS_REQUEST_ID)
         try:
             flow.status = int(headers.get(":status", ""))
         except ValueError:

@@ -433,3 +433,35 @@ def test_a_framing_error_envoy_refuses_is_the_clients_not_a_providers(env: Provi
         refused = [record for record in env.records()[before:] if record["status"] != 200]
     assert refused and all(record["outcome"] == "rejected" and record["error"] == "bad_request_framing"
                            and record["provider"] is None for record in refused), refused
+
+
+@pytest.mark.parametrize(("path", "upgrade"), [("/v1/chat/completions", b"foo"), ("/v1/messages", b"tls/1.3")])
+def test_an_upgrade_envoy_does_not_serve_is_a_400_in_the_clients_format_with_a_record(
+        env: Providers, path: str, upgrade: bytes) -> None:
+    """Envoy refuses an upgrade it has no config for (anything but websocket) itself, before any
+    filter runs: it was a bare 403 with no body, and a record without the request's id. Now a 400
+    in the client's format, and the record carries the id the answer names."""
+    body = orjson.dumps({"model": "gpt-4o-mini", "max_tokens": 5, "messages": HI})
+    request = (f"POST {path} HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\ncontent-type: application/json\r\n"
+               f"content-length: {len(body)}\r\n").encode() + b"upgrade: " + upgrade + b"\r\n\r\n" + body
+    before = len(env.records())
+    with socket.create_connection(("127.0.0.1", env.stack.listen_port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while not data.endswith(b"0\r\n\r\n") and (chunk := sock.recv(65536)):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400"
+    request_id = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"x-tollway-request-id:"))
+    error = orjson.loads(rest[rest.index(b"{"):rest.rindex(b"}") + 1])
+    if path == "/v1/messages":
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert "upgrade" in (error["error"]["message"]).lower()
+    deadline = time.monotonic() + 10
+    records: list[dict[str, object]] = []
+    while not records and time.monotonic() < deadline:
+        time.sleep(0.1)
+        records = [record for record in env.records()[before:] if record["request_id"] == request_id]
+    assert [(r["status"], r["outcome"], r["error"]) for r in records] == [(400, "rejected", "upgrade_failed")]
+    assert served(env)
