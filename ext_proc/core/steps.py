@@ -84,7 +84,7 @@ class Recognise(Step):
         method = headers.get(":method", "?")
         api = flow.api = flow.api or endpoint(headers)  # (the identify step's, with a policy)
         if api is None:
-            shown = path.partition("?")[0][:200]
+            shown = path.partition("?")[0][:200] or headers.get(":authority", "")[:200]  # (CONNECT: no path)
             raise ClientError(404, "unknown_endpoint", f"Tollway does not serve {method} {shown}.")
         for name, value in headers.items():
             if _CONTROL.search(value):  # a bare CR, a NUL...: a value a client should never send

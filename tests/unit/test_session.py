@@ -686,11 +686,16 @@ def test_missing_messages_is_refused_in_the_clients_format() -> None:
             "GET", "/v1/files",
             anthropic_error("Tollway does not serve GET /v1/files.", type="not_found_error"),
         ),
+        # CONNECT has no path: what it asks to reach is named (it read "Tollway does not serve CONNECT .")
+        ("CONNECT", "", openai_error("Tollway does not serve CONNECT api.openai.com:443.", "unknown_endpoint")),
     ],
-    ids=["unknown-path", "get", "query-not-echoed", "anthropic-style", "anthropic-get", "anthropic-version"],
+    ids=["unknown-path", "get", "query-not-echoed", "anthropic-style", "anthropic-get", "anthropic-version",
+         "connect"],
 )
 def test_unknown_endpoint_gets_404(method: str, path: str, expected: dict[str, Any]) -> None:
     headers = {"anthropic-version": "2023-06-01"} if path == "/v1/files" else {}
+    if method == "CONNECT":
+        headers = {":authority": "api.openai.com:443"}
     assert (
         Transcript()
         >> post(path, at=0.5, **{":method": method}, **headers)
