@@ -3,6 +3,7 @@ client's format, and the service keeps serving."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -252,7 +253,9 @@ class EndlessProvider:
         self.port = self.server.getsockname()[1]
         self.sent: list[int] = []
         self.stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.conns: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
 
     def _accept(self) -> None:
         while not self.stop.is_set():
@@ -260,7 +263,10 @@ class EndlessProvider:
                 conn, _ = self.server.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            self.conns.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
@@ -288,8 +294,16 @@ class EndlessProvider:
                 pass
 
     def close(self) -> None:
+        """Stop, its threads gone (a thread left running makes a later test's zygote refuse to fork:
+        closing a listening socket does not wake a thread blocked in its accept, shutting it does)."""
         self.stop.set()
+        for sock in (self.server, *self.conns):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self.server.close()
+        for thread in self.threads:
+            thread.join(10)
+        assert not any(thread.is_alive() for thread in self.threads)
 
 
 def test_a_client_that_stops_reading_a_stream_makes_envoy_hold_little_of_it(
