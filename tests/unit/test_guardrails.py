@@ -1995,7 +1995,9 @@ def test_the_visible_text_maps_back_to_the_original_characters(chars: list[str])
 
 
 def test_the_folded_characters_listed_are_those_python_folds() -> None:
-    """NFKC to one ASCII letter, digit, space or ``@.-+()/_``, or another script's decimal digit."""
+    """Fullwidth, small, mathematical (font) and no-break forms, spaces and canonical equivalents
+    that NFKC makes one ASCII letter, digit, space or ``@.-+()/_``; another script's decimal digit.
+    Not superscripts, subscripts, circled or squared forms, Roman numerals."""
     listed = {c for first, last in visible.FOLDED for c in range(first, last + 1)}
     known = set()
     for point in range(0x80, 0x110000):
@@ -2003,10 +2005,31 @@ def test_the_folded_characters_listed_are_those_python_folds() -> None:
             continue
         char = chr(point)
         folded = unicodedata.normalize("NFKC", char)
-        if (len(folded) == 1 and folded.isascii() and (folded.isalnum() or folded in "@.-+()/_ ")) or \
-                unicodedata.category(char) == "Nd":
+        decomposition = unicodedata.decomposition(char)
+        tag = decomposition.split()[0] if decomposition.startswith("<") else None
+        if unicodedata.category(char) == "Nd" or (
+                len(folded) == 1 and folded.isascii() and (folded.isalnum() or folded in "@.-+()/_ ")
+                and (tag in ("<font>", "<wide>", "<small>", "<noBreak>") or unicodedata.category(char) == "Zs"
+                     or (tag is None and decomposition != ""))):
             known.add(point)
     assert listed == known
+
+
+@pytest.mark.parametrize("text", [
+    "Bonjour\u00a0! Le rapport\u00a0: prêt\u00a0; merci\u00a0?",  # French typography's no-break spaces
+    "في عام ٢٠٢٤ كان عدد السكان ٣٥٠ ألفاً",  # Arabic prose's own digits: a year, a number
+    "ＩＴ部門の１２月の会議はＰＤＦで",  # Japanese: short fullwidth words and numbers
+    "Voir les notes¹²³ et x² + y²",  # superscripts: never folded
+])
+def test_ordinary_text_in_compatibility_forms_is_read_once(text: str) -> None:
+    """A compatibility form where it cannot be part of a value does not cost a second reading."""
+    assert not visible.disguised(text.encode())
+    assert builtin().find(text) == []
+
+
+def test_superscript_digits_are_no_phone_number() -> None:
+    text = "Numbers ²³⁴⁵⁶⁷⁸⁹¹⁰¹¹ and Σημ.⁴¹⁵⁵⁵⁵⁰¹⁰⁰"
+    assert builtin().find(text) == []
 
 
 # Compatibility forms: a value written fullwidth (as Japanese and Chinese text writes it), in
