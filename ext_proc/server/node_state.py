@@ -11,7 +11,7 @@ per request and per answer on a connection a worker keeps open.
 A worker also tells the parent, as it happens and without waiting for an answer, what its
 requests claimed and gave back and what they spent that it has not reported yet: a ``note`` line
 per admission and per ending, written before the request goes on, on a second socket of its own
-(``PATH.notes``) that the parent does not watch. The parent reads a worker's notes only when that
+(``notes.sock`` beside it) that the parent does not watch. The parent reads a worker's notes only when that
 worker next asks it something (its reports, every 0.2 s while it has requests) and when it dies,
 so a request costs the worker one ``send`` each way and wakes nothing: read as they came, the
 notes woke the parent's thread twice a request, 200–300 µs of the node's CPU a request at one
@@ -41,7 +41,12 @@ from ext_proc.state.queries import Claim, StoreUnavailable
 
 log = logging.getLogger("tollway.node_state")
 DEADLINE = 1.0
-NOTES = ".notes"  # the workers' notes' socket: the state socket's path and this
+NOTES = "notes.sock"  # the workers' notes' socket, beside the state socket (a name as long: the path fits as it does)
+
+
+def notes_path(path: str) -> str:
+    """The notes socket beside the state socket at ``path``."""
+    return os.path.join(os.path.dirname(path), NOTES)
 NOTES_PENDING = 8 << 20  # bytes of notes a worker keeps while it cannot send them (more: dropped)
 
 
@@ -67,11 +72,11 @@ class NodeStateServer:
         self._open: dict[int, int] = {}  # a worker's pid -> its connections open
         self._holders: dict[int, set[str]] = {}  # a worker's pid -> the holders it spoke for
         self._dead: set[int] = set()  # reaped, with a connection not read to its end yet
-        self._notes: socket.socket | None = None  # PATH.notes: the workers' notes, never watched
+        self._notes: socket.socket | None = None  # notes.sock: the workers' notes, never watched
         self._noting: dict[int, tuple[socket.socket, bytearray]] = {}  # a worker's pid -> its notes, unread
 
     def start(self) -> None:
-        for path in (self.path, self.path + NOTES):
+        for path in (self.path, notes_path(self.path)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         self._thread.start()
@@ -83,8 +88,8 @@ class NodeStateServer:
         self._server = self._loop.run_until_complete(asyncio.start_unix_server(self._serve, self.path))
         os.chmod(self.path, 0o600)
         notes = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        notes.bind(self.path + NOTES)
-        os.chmod(self.path + NOTES, 0o600)
+        notes.bind(notes_path(self.path))
+        os.chmod(notes_path(self.path), 0o600)
         notes.listen(256)
         notes.setblocking(False)
         self._notes = notes
@@ -100,6 +105,8 @@ class NodeStateServer:
                 if pid is None and "pid" in request:
                     pid = int(request["pid"])
                     self._open[pid] = self._open.get(pid, 0) + 1
+                if "holder" in request:  # a worker's keeper: it notes (its sums kept below zero too)
+                    self.backend.noting.add(request["holder"])
                 if pid is not None:
                     if "holder" in request:
                         self._holders.setdefault(pid, set()).add(request["holder"])
@@ -207,7 +214,7 @@ class NodeStateServer:
 
         self._loop.call_soon_threadsafe(close)
         self._thread.join(5)
-        for path in (self.path, self.path + NOTES):
+        for path in (self.path, notes_path(self.path)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
@@ -221,7 +228,7 @@ class NodeBackend:
         self._lock: asyncio.Lock | None = None
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._pid = os.getpid()  # made in the worker: the parent charges its pledges when it dies
-        self._noting: socket.socket | None = None  # PATH.notes, connected on the first note
+        self._noting: socket.socket | None = None  # notes.sock, connected on the first note
         self._unsent = bytearray()  # notes the socket had no room for (or no socket): sent first next time
 
     def note(self, holder: str, items: list[tuple[Claim, int, int]]) -> None:
@@ -231,15 +238,18 @@ class NodeBackend:
         reads the notes socket when this worker next asks it something, or dies."""
         if not items:
             return
+        self._unsent += orjson.dumps({"holder": holder, "items": _items(items)})
+        self._unsent += b"\n"
+        self._send_notes()
+
+    def _send_notes(self) -> None:
         unsent = self._unsent
-        unsent += orjson.dumps({"holder": holder, "items": _items(items)})
-        unsent += b"\n"
         sock = self._noting
         try:
             if sock is None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
-                    sock.connect(self.path + NOTES)
+                    sock.connect(notes_path(self.path))
                 except OSError:
                     sock.close()
                     raise
@@ -300,6 +310,8 @@ class NodeBackend:
         if self._stream is None:
             self._stream = await asyncio.open_unix_connection(self.path)
         reader, writer = self._stream
+        if self._unsent:  # notes the socket had no room for go before this (a report after them)
+            self._send_notes()
         writer.write(line)
         await writer.drain()
         answer = await reader.readline()

@@ -535,6 +535,9 @@ class MemoryBackend:
         # note(): holder -> counter -> (its claim, what the holder's requests claimed in flight plus
         # what they spent that it has not reported yet): what the holder's death charges (bury)
         self.pledges: dict[str, dict[str, tuple[Claim, int]]] = {}
+        # the holders that noted (their sums kept below zero too: a report read before the notes it
+        # reports, a worker's notes held back by a full socket, is taken off all the same)
+        self.noting: set[str] = set()
         self._gone: list[tuple[float, str]] = []  # a heap: (when a counter goes, its name), one per counter
 
     def _counter(self, claim: Claim) -> Counter:
@@ -611,8 +614,10 @@ class MemoryBackend:
     def _pledge(self, holder: str, claim: Claim, amount: int) -> None:
         pledges = self.pledges.get(holder)
         if pledges is None:
-            if amount <= 0:  # a report of spend never noted (a holder without notes): nothing to track
-                return
+            if holder not in self.noting:  # a holder that never noted (one in this process): nothing to track
+                if amount <= 0:
+                    return
+                self.noting.add(holder)
             pledges = self.pledges[holder] = {}
         _, before = pledges.get(claim.counter, (claim, 0))
         if before + amount:
@@ -628,6 +633,7 @@ class MemoryBackend:
         they may have cost; a provider may have served them), and all it held comes back now, not
         when its grants expire. Returns what was charged, per counter."""
         charged = {}
+        self.noting.discard(holder)
         for name, (claim, amount) in self.pledges.pop(holder, {}).items():
             if amount > 0:
                 self._counter(claim).spent += amount

@@ -219,6 +219,34 @@ def test_a_killed_workers_requests_in_flight_are_charged_and_its_slots_freed_whe
         server.stop()
 
 
+@pytest.mark.parametrize("order", [("admit", "end", "report"), ("report", "admit", "end"), ("admit", "report", "end")])
+def test_what_a_dead_worker_is_charged_does_not_depend_on_when_its_notes_were_read(order: tuple[str, ...]) -> None:
+    """The parent reads a worker's notes lazily (and a full socket may hold some back), so a report
+    can be applied before the notes of the spend it reports: the sums are the same in any order,
+    and a request that ended and was reported is never charged again when its worker dies."""
+    backend = MemoryBackend()
+    c = Claim("budget/t/usd/x/2099-01", 1000, 10**9, time.time() + 86400)
+    backend.grow("h", [(c, 1000, 0)], 30)
+    backend.noting.add("h")  # (the node state server marks every worker's keeper so)
+    for step in order:
+        if step == "report":
+            backend.report("h", [(c, 300, 0)], 30, seq=1)
+        elif step == "admit":
+            backend.pledge("h", [(c, 1000, 0)])
+        else:
+            backend.pledge("h", [(c, -1000, 300)])
+    assert backend.bury("h") == {}
+    assert backend.totals(c.counter) == (300, 0)
+    assert not backend.pledges
+
+
+def test_the_notes_socket_is_named_as_long_as_the_state_socket(tmp_path: Path) -> None:
+    """A state socket path at the length limit must leave room for the notes socket beside it."""
+    from ext_proc.server.node_state import notes_path
+    path = str(tmp_path / "state.sock")
+    assert len(notes_path(path)) == len(path)
+
+
 # -- the keeper -----------------------------------------------------------------------------------
 
 

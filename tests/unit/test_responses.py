@@ -136,6 +136,8 @@ teams:
          "tools[0].container.file_ids"),
         ({"input": "hi", "tools": [{"type": "image_generation", "model": "gpt-image-1",
                                     "input_image_mask": {"file_id": "file-3"}}]}, "tools[0].input_image_mask.file_id"),
+        ({"input": [{"type": "computer_call_output", "call_id": "c",  # a screenshot by its file
+                     "output": {"type": "computer_screenshot", "file_id": "file-4"}}]}, "input[0].output.file_id"),
     ]
     for fields, param in cases:
         body = {"model": "gpt", **fields}
@@ -263,6 +265,11 @@ teams:
         ({"messages": [{"role": "user", "content": "go"}], "container": "container_011"}, "container"),
         ({"messages": [{"role": "user", "content": "go"}], "container": {"id": "container_011", "skills": []}},
          "container.id"),
+        ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "content", "content": [
+            said, image]}}]}]}, "messages[0].content[0].source.content[1].source.file_id"),
+        ({"messages": [{"role": "user", "content": "go"}],  # a skill uploaded to the key's workspace
+          "container": {"skills": [{"type": "anthropic", "skill_id": "pptx"}, {"type": "custom", "skill_id": "s_1"}]}},
+         "container.skills[1]"),
     ]
     for api, path in ((apis.MESSAGES, "/v1/messages"), (apis.COUNT_TOKENS, "/v1/messages/count_tokens")):
         for fields, param in cases:

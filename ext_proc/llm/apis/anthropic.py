@@ -38,10 +38,15 @@ def stored_files(payload: dict[str, Any]) -> str | None:
     """The first place of a Messages request that names what Anthropic stores for the key, as
     its place: a file of the Files API (an ``image`` or ``document`` block's ``file`` source, a
     ``container_upload`` block, also inside a ``tool_result``'s content), or a code execution
-    container to reuse (``container``: its id, or an object with one). None when there is none."""
+    container to reuse (``container``: its id, or an object with one) or a custom skill (uploaded to
+    the key's workspace). None when there is none."""
     container = payload.get("container")
     if isinstance(container, str) or (isinstance(container, dict) and container.get("id") is not None):
         return "container" if isinstance(container, str) else "container.id"
+    skills = container.get("skills") if isinstance(container, dict) else None
+    for index, skill in enumerate(skills if isinstance(skills, list) else ()):
+        if isinstance(skill, dict) and skill.get("type") == "custom":  # uploaded to the key's workspace
+            return f"container.skills[{index}]"
     messages = payload.get("messages")
     for index, message in enumerate(messages if isinstance(messages, list) else ()):
         content = message.get("content") if isinstance(message, dict) else None
@@ -61,6 +66,10 @@ def _stored_block(content: object, where: str) -> str | None:
         source = block.get("source")
         if isinstance(source, dict) and source.get("type") == "file":
             return f"{here}.source.file_id"
+        if isinstance(source, dict) and source.get("type") == "content":  # a document of blocks
+            found = _stored_block(source.get("content"), f"{here}.source.content")
+            if found is not None:
+                return found
         if block.get("type") == "tool_result":
             found = _stored_block(block.get("content"), f"{here}.content")
             if found is not None:

@@ -101,7 +101,10 @@ def stored_objects(payload: dict[str, Any]) -> str | None:
 
 
 def _file_part(parts: Any, at: str) -> str | None:
-    """The first content part of ``parts`` (a list) that names a stored file by its ``file_id``."""
+    """The first content part of ``parts`` (a list) that names a stored file by its ``file_id``;
+    ``parts`` one such part itself (a computer call's output, its screenshot)."""
+    if isinstance(parts, dict):
+        return f"{at}.file_id" if _file_ref(parts) else None
     for index, part in enumerate(parts if isinstance(parts, list) else ()):
         if _file_ref(part):
             return f"{at}[{index}].file_id"
