@@ -257,8 +257,8 @@ BUILTIN: tuple[Detector, ...] = (
              width=4096),
     # RFC 5321: at most 64 characters before the @ and 254 in all. The pattern starts at the "@" (a
     # pattern starting with the local part makes every letter of a text a possible start, and the
-    # scan ten times slower); the local part is taken from the text before it. Both in any script
-    # (RFC 6531/6532, :mod:`.addresses`).
+    # scan ten times slower); the local part is taken from the text before it. Beyond ASCII: the
+    # local part in Latin, Greek and Cyrillic, the domain in any script (RFC 6531/6532, :mod:`.addresses`).
     Detector("email", "EMAIL", "pii", (addresses.PATTERN,), check_email, width=254,
              left=(addresses.LOCAL, addresses.LOCAL_MOST), chars=addresses.CHARS,
              not_followed_by=addresses.NOT_FOLLOWED_BY),

@@ -78,7 +78,7 @@ SECRETS = {
     "email": ("jane.doe@example.com", "[EMAIL_1]"),
     # Internationalised addresses: letters beyond ASCII and marks are held back as an address's.
     "email beyond ascii": ("renée.mu\u0308ller@exämple.de", "[EMAIL_1]"),
-    "email in Chinese": ("李.wei@例え.中国", "[EMAIL_1]"),
+    "email in Cyrillic": ("иван.петров@пример.рф", "[EMAIL_1]"),
     "key": ("sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7cDe0fGh3iJk6l", "[OPENAI_KEY_1]"),
     "phone": ("+1 415 555 0100", "[PHONE_1]"),
 }
@@ -602,3 +602,33 @@ def test_a_value_split_by_an_invisible_character_never_reaches_the_client(route:
     out = play(session, split(upstream, data.draw(cut_lists(upstream), label="chunks")))
     assert client_text(route, out) == ("Your value is " + placeholder + " and that is all.", False)
     assert start.encode() not in out and start.encode("unicode-escape") not in out
+
+
+@pytest.mark.parametrize("prose", [
+    "我们明天上午十点在会议室见面讨论这个项目的进度请大家准时参加谢谢",  # Chinese
+    "明日の会議は午前十時から第三会議室で行いますので皆さん時間通りに来てください",  # Japanese
+    "ขอบคุณมากครับสำหรับความช่วยเหลือของคุณในวันนี้นะครับผม",  # Thai
+])
+def test_prose_written_without_spaces_flows_as_it_comes(prose: str) -> None:
+    # A local part holds no Chinese, Japanese or Thai letter: such prose is not held back as a
+    # possible address (it once waited for 253 characters when the local part took any script).
+    route = OPENAI_SERVED[0].values[0]
+    events = whole_events(provider_stream(route, tuple(prose)))  # one character per event
+    session = opened(route)
+    shown = play(session, [b"".join(event.raw for event in events[:1 + 20])], end=False)  # the role, 20 characters
+    text = client_text(route, shown)[0]
+    assert prose.startswith(text) and len(text) >= 17, text
+    shown += play(session, [b"".join(event.raw for event in events[1 + 20:])])
+    assert client_text(route, shown) == (prose, False)
+
+
+@pytest.mark.parametrize("before", ["Пишите: ", "请写信给", "Schreib an "])
+def test_a_cyrillic_address_split_at_any_point_never_reaches_the_client(before: str) -> None:
+    route = OPENAI_SERVED[0].values[0]
+    secret = "иван.петров@пример.рф"
+    text = before + secret + "，谢谢。"
+    for cut in range(len(before) + 1, len(before) + len(secret)):
+        session = opened(route)
+        out = play(session, split(provider_stream(route, (text[:cut], text[cut:])), []))
+        assert client_text(route, out) == (before + "[EMAIL_1]，谢谢。", False), cut
+        assert "иван".encode() not in out, cut
