@@ -13,6 +13,7 @@ the node its ``loc`` names. A :class:`Problem` is a message before it has a line
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 import types
@@ -89,26 +90,40 @@ def to_issues(problems: list[Problem], source: str, tree: Tree | None) -> list[P
 
 HIDDEN = "(a value that looks like a key: not shown)"
 HIDDEN_PART = "<a value that looks like a key: not shown>"
-_TOLLWAY_KEY = re.compile(r"(?<![A-Za-z0-9_-])tw-[A-Za-z0-9_-]{8,}")
+
+
+@functools.cache
+def _tollway_key_shape() -> re.Pattern[str]:
+    """The ``tollway_key`` detector's own pattern (``tw-`` and at least 40 URL-safe characters),
+    without its check: that check tells a key from a slug in prose, and a key need not come from
+    ``tollway keys create`` (``tw-`` and 40 hex digits fails it); a name in a policy that long after
+    ``tw-`` is hidden. A shorter name (``tw-platform-search``) is a name."""
+    from ext_proc.guardrails.detectors import BUILTIN
+
+    [detector] = [d for d in BUILTIN if d.name == "tollway_key"]
+    return re.compile("|".join(detector.patterns))
+
+
+def _key_spans(text: str) -> list[tuple[int, int]]:
+    """Where ``text`` holds a key: the built-in credential detectors' findings (their patterns and
+    checks: provider keys, tokens, Tollway keys) and the Tollway key's shape."""
+    from ext_proc.guardrails.detectors import GROUPS
+    from ext_proc.guardrails.scanner import builtin
+
+    spans = [(f.start, f.end) for f in builtin().find(text, GROUPS["credentials"])]
+    return spans + [m.span() for m in _tollway_key_shape().finditer(text)]
 
 
 def looks_like_key(text: str) -> bool:
-    """Whether ``text`` (a name from the policy) looks like a credential: a Tollway key or one a
-    built-in credential detector finds in it. Issues go to CI logs, the service's log, /readyz."""
-    from ext_proc.guardrails.detectors import GROUPS
-    from ext_proc.guardrails.scanner import builtin
-
-    return text.startswith("tw-") or bool(builtin().find(text, GROUPS["credentials"]))
+    """Whether ``text`` (a name from the policy) holds a credential (:func:`_key_spans`), never
+    whether it merely starts with ``tw-``. Issues go to CI logs, the service's log, /readyz."""
+    return bool(_key_spans(text))
 
 
 def hide_keys(message: str) -> str:
-    """``message`` with every key-shaped value in it (as :func:`looks_like_key`) replaced by
-    :data:`HIDDEN`, its quotes with it."""
-    from ext_proc.guardrails.detectors import GROUPS
-    from ext_proc.guardrails.scanner import builtin
-
-    spans = [(f.start, f.end) for f in builtin().find(message, GROUPS["credentials"])]
-    spans += [m.span() for m in _TOLLWAY_KEY.finditer(message)]
+    """``message`` with every key in it (:func:`_key_spans`) replaced by :data:`HIDDEN`, its quotes
+    with it."""
+    spans = _key_spans(message)
     if not spans:
         return message
     out, at = [], 0

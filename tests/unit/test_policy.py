@@ -1001,3 +1001,40 @@ def test_a_key_anywhere_in_a_policy_never_appears_in_policy_checks_output(
         assert key not in out and secret not in out, (number, out)
         seen += 1
     assert seen > 300
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    (f"{HEAD}  tw-fast-model: {{provider: opnai}}\n", "models.tw-fast-model.provider: unknown provider 'opnai'"),
+    (f"{HEAD}teams:\n  tw-platform-search: {{workloads: [s], models: [gpt-4o, gpt-4o-mni]}}\n",
+     "teams.tw-platform-search.models[1]: unknown model 'gpt-4o-mni' (did you mean 'gpt-4o-mini'?)"),
+    (f"{HEAD}teams:\n  tw-platform-search: {{workloads: [s], models: [gpt-4o]}}\n"
+     "budgets:\n  daily: {team: tw-platform-serch, usd: '150', period: day}\n",
+     "budgets.daily.team: unknown team 'tw-platform-serch' (did you mean 'tw-platform-search'?)"),
+    (f"{HEAD}  'ft:gpt-4o:tw-research:eval:AbCdEfGh': {{provider: openai}}\n"
+     "teams:\n  a: {workloads: [s], models: ['ft:gpt-4o:tw-research:eval:AbCdEfGx']}\n",
+     "unknown model 'ft:gpt-4o:tw-research:eval:AbCdEfGx' (did you mean 'ft:gpt-4o:tw-research:eval:AbCdEfGh'?)"),
+    (f"{HEAD}teams:\n  a: {{workloads: [s], models: [my-tw-experimental-model]}}\n",
+     "teams.a.models[0]: unknown model 'my-tw-experimental-model'"),
+    (f"{HEAD}teams:\n  tw-search:\n    workloads: [s]\n    models: [gpt-4o]\n"
+     f"    keys: [{{id: tw-search-20261207-ab12, sha256: '{'0' * 64}'}}]\n"
+     "budgets:\n  b: {key: tw-search-20261207-ab13, usd: '5', period: month}\n",
+     "budgets.b.key: unknown key id 'tw-search-20261207-ab13'"),
+], ids=["model-name", "team-name", "suggestion", "fine-tune-name", "tw-inside", "key-id"])
+def test_a_name_starting_with_tw_is_shown_not_hidden_as_a_key(text: str, said: str) -> None:
+    """Only what the credential detectors find, or a Tollway key's shape (``tw-`` and 40 URL-safe
+    characters or more), is hidden: a team, a model, a suggestion or a key id that merely starts with
+    (or holds) ``tw-`` is shown as written."""
+    with pytest.raises(PolicyError) as caught:
+        compile_policy(text, "p.yaml")
+    shown = str(caught.value)
+    assert said in shown and "not shown" not in shown, shown
+
+
+def test_a_hand_made_tollway_key_is_hidden_though_the_prompt_detector_would_pass_it() -> None:
+    """``tw-`` and 40 hex digits (made by hand, not by ``tollway keys create``) fails the
+    ``tollway_key`` detector's check but has its shape: a policy check hides it all the same."""
+    key = "tw-" + "0123456789abcdef" * 2 + "01234567"
+    with pytest.raises(PolicyError) as caught:
+        compile_policy(f"{HEAD}teams:\n  a: {{workloads: [s], models: ['{key}']}}\n", "p.yaml")
+    shown = str(caught.value)
+    assert key not in shown and "89abcdef" not in shown and "(a value that looks like a key: not shown)" in shown
