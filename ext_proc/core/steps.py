@@ -119,7 +119,8 @@ class Recognise(Step):
             raise ClientError(400, "invalid_model", "The model name may hold only letters, digits and . _ : / + - "
                               "(no spaces, control characters, '..' segments or percent-encoding), at most 256 of "
                               "them, starting with a letter or a digit.", "model")
-        if len(request.model) >= _CREDENTIAL_MIN and _credential(request.model):
+        if len(request.model) >= _CREDENTIAL_MIN and _credential(request.model) and (
+                flow.policy is None or request.model not in flow.policy.model_names):  # (the policy's: served)
             raise ClientError(400, "invalid_model", "The model name holds a credential (an API key?): it is not "
                               "used, echoed or recorded.", "model")
         flow.model = request.model

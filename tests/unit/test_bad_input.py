@@ -25,6 +25,7 @@ from ext_proc.llm import apis
 from ext_proc.llm.apis import base
 from ext_proc.llm.apis.base import MAX_CONTAINERS, MAX_DEPTH, MAX_ITEMS, MAX_STRINGS, decode_json
 from ext_proc.llm.errors import ClientError
+from ext_proc.policy.compile import compile_policy
 
 SUITE = Path(__file__).resolve().parents[1] / "fixtures" / "json" / "test_parsing"
 CASES = sorted(SUITE.iterdir())
@@ -289,6 +290,27 @@ def test_a_credential_sent_as_the_model_is_refused_and_never_recorded(model: str
     assert model.encode() not in action.body  # type: ignore[union-attr]
     (effect,) = session.effects
     assert effect.record["model"] is None and model not in orjson.dumps(effect.record).decode()
+
+
+def test_a_model_the_policy_names_is_no_credential_even_if_it_starts_as_a_key_does() -> None:
+    """A policy's model named tw-... (a team's own naming) was refused as a Tollway key."""
+    policy = compile_policy("""
+apiVersion: tollway/v1
+providers:
+  o: {kind: openai}
+models:
+  tw-platform-fast-model: {provider: o, model: gpt-4o-mini}
+teams:
+  t: {workloads: [w], models: ["*"]}
+""")
+    session = Session(policy=policy, workload="w")
+    session.handle(RequestHeaders({":method": "POST", ":path": "/v1/chat/completions"}, False, 1))
+    action = session.handle(RequestBody(request(model="tw-platform-fast-model"), True, 2))
+    assert isinstance(action, Continue), action
+    refused = Session(policy=policy, workload="w")
+    refused.handle(RequestHeaders({":method": "POST", ":path": "/v1/chat/completions"}, False, 1))
+    _refused(refused.handle(RequestBody(request(model="tw-search-k1-0123456789abcdef0123"), True, 2)),  # type: ignore[arg-type]
+             400, "invalid_model", "holds a credential")
 
 
 def test_a_long_model_name_is_no_credential() -> None:
