@@ -33,6 +33,8 @@ import itertools
 import re
 import unicodedata
 
+from .visible import ranges
+
 # Latin beyond ASCII (Latin-1, Extended-A and -B, IPA, Extended Additional, -C, -D, -E, fullwidth):
 # a domain label may mix it with ASCII (``müller-shop``), not another script.
 LATIN = ((0x00C0, 0x024F), (0x0250, 0x02AF), (0x1E00, 0x1EFF), (0x2C60, 0x2C7F), (0xA720, 0xA7FF),
@@ -50,23 +52,13 @@ _LOCAL_BLOCKS = ((0x00A0, 0x00FF), (0x0100, 0x024F), (0x0250, 0x02AF), (0x0300, 
                  (0xA640, 0xA69F), (0xA720, 0xA7FF), (0xAB30, 0xAB6F), (0xFE20, 0xFE2F))
 
 
-def _ranges(points: list[int]) -> tuple[tuple[int, int], ...]:
-    out: list[tuple[int, int]] = []
-    for point in points:
-        if out and out[-1][1] == point - 1:
-            out[-1] = (out[-1][0], point)
-        else:
-            out.append((point, point))
-    return tuple(out)
-
-
 # Their letters and marks (a few thousand code points: looked up at import).
-LOCAL_LETTERS = _ranges([p for first, last in _LOCAL_BLOCKS for p in range(first, last + 1)
-                         if unicodedata.category(chr(p))[0] in "LM"])
+LOCAL_LETTERS = tuple(ranges([p for first, last in _LOCAL_BLOCKS for p in range(first, last + 1)
+                              if unicodedata.category(chr(p))[0] in "LM"]))
 
 
-def _class(ranges: tuple[tuple[int, int], ...]) -> str:
-    return "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in ranges)
+def _class(spans: tuple[tuple[int, int], ...]) -> str:
+    return "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in spans)
 
 
 _FULLWIDTH = "\uff10-\uff19\uff21-\uff3a\uff41-\uff5a"  # read as ASCII (:mod:`.visible` folds them)

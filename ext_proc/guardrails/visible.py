@@ -82,7 +82,8 @@ def _points() -> list[int]:
     return sorted(points)
 
 
-def _ranges(points: list[int]) -> list[tuple[int, int]]:
+def ranges(points: list[int]) -> list[tuple[int, int]]:
+    """Sorted code points as (first, last) ranges of consecutive ones."""
     out: list[tuple[int, int]] = []
     for point in points:
         if out and out[-1][1] == point - 1:
@@ -92,7 +93,7 @@ def _ranges(points: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-_RANGES = _ranges(_points())
+_RANGES = ranges(_points())
 # The same characters as a regular expression over text, and as one over UTF-8 bytes for Hyperscan
 # (each code point's bytes; the plane-14 block as its byte ranges: U+E0000..U+E0FFF is F3 A0 80 80
 # to F3 A0 BF BF). Bytes, not Hyperscan's UTF-8 mode: a text may hold lone surrogates.
