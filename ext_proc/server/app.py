@@ -307,7 +307,10 @@ def run(args: argparse.Namespace) -> int:
                              publication, (listener.sock,) if dealing and listener is not None else ())
         if config.workers > 1 and not config.redis_url:
             # Budgets and rate limits must hold across the node's workers: their counters live here.
-            directory = os.path.dirname(address.path) if address.kind == "unix" else tempfile.mkdtemp(prefix="tollway-")
+            # (beside a unix socket, unless its directory's path leaves no room for the name)
+            directory = os.path.dirname(address.path) if address.kind == "unix" else ""
+            if not directory or len(os.fsencode(os.path.join(directory, "state.sock"))) > listen.UNIX_PATH_MAX:
+                directory = tempfile.mkdtemp(prefix="tollway-")
             node = NodeStateServer(os.path.join(directory, "state.sock"))
             node.start()
             config = dataclasses.replace(config, node_state=node.path)

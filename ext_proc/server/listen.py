@@ -54,7 +54,7 @@ log = logging.getLogger("tollway.listen")
 DEFAULT = "unix:/run/tollway/ext_proc.sock"
 SOCKET_MODE = {False: 0o600, True: 0o660}  # by whether Envoy is another user of Tollway's group
 DIRECTORY_MODE = {False: 0o700, True: 0o750}
-_UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 
 
 class ListenError(Exception):
@@ -96,9 +96,9 @@ def parse(text: str) -> Address:
             raise ListenError("abstract Unix sockets have no permissions: give a path in a private directory")
         if not path.startswith("/"):
             path = os.path.abspath(path)
-        if len(path.encode()) > _UNIX_PATH_MAX:
+        if len(path.encode()) > UNIX_PATH_MAX:
             raise ListenError(f"the socket path is {len(path.encode())} bytes, more than a Unix socket allows "
-                              f"({_UNIX_PATH_MAX}): choose a shorter directory")
+                              f"({UNIX_PATH_MAX}): choose a shorter directory")
         return Address("unix", path=path)
     for kind in ("tcp", "tls"):
         if text.startswith(kind + "://"):

@@ -449,7 +449,9 @@ def test_a_framing_error_envoy_refuses_is_the_clients_not_a_providers(env: Provi
                            and record["provider"] is None for record in refused), refused
 
 
-@pytest.mark.parametrize(("path", "upgrade"), [("/v1/chat/completions", b"foo"), ("/v1/messages", b"tls/1.3")])
+@pytest.mark.parametrize(("path", "upgrade"), [("/v1/chat/completions", b"foo"), ("/v1/messages", b"tls/1.3"),
+                                              ("/v1/chat/completions", b"websocket, foo"),
+                                              ("/v1/chat/completions", b"websocketx")])
 def test_an_upgrade_envoy_does_not_serve_is_a_400_in_the_clients_format_with_a_record(
         env: Providers, path: str, upgrade: bytes) -> None:
     """Envoy refuses an upgrade it has no config for (anything but websocket) itself, before any

@@ -277,3 +277,28 @@ def test_a_port_flag_takes_0_to_65535(capsys: pytest.CaptureFixture[str], comman
         cli.main([command, flag, value])
     assert failed.value.code == 2 and "must be a port number from 0 to 65535" in capsys.readouterr().err
     assert [listen.port(text) for text in ("0", "9902", "65535")] == [0, 9902, 65535]
+
+
+def test_several_workers_serve_beside_a_socket_whose_directory_leaves_no_room_for_the_state_socket(
+        tmp_path: Path) -> None:
+    """The node's state socket went beside the ext_proc socket: with a short socket name in a deep
+    directory (the ext_proc socket's path fits, ``state.sock`` beside it does not) the service did
+    not start with several workers. It now goes to a private directory of its own."""
+    import signal
+    import time
+    directory = tmp_path / ("d" * max(1, listen.UNIX_PATH_MAX - len(str(tmp_path)) - len("/state.sock") + 3))
+    directory.mkdir(mode=0o700)
+    sock = directory / "t.sock"
+    assert len(str(sock)) <= listen.UNIX_PATH_MAX < len(str(directory / "state.sock"))
+    serve = subprocess.Popen([sys.executable, "-m", "ext_proc.cli", "serve", "--listen", f"unix:{sock}",
+                              "--workers", "2", "--admin-port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and serve.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(6)  # (the node state server starts after the socket: its failure took 5 s to say)
+        assert serve.poll() is None, serve.stderr.read() if serve.stderr else ""
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        _, err = serve.communicate(timeout=30)
+    assert "did not start" not in err and "Traceback" not in err, err
