@@ -211,7 +211,8 @@ def test_the_envoy_filter_answers_and_hides_as_tollways_own_envoy(rendered: dict
     assert [m["body_format_override"] for m in mappers] == [m["body_format_override"] for m in ours]
     assert [_without_host(m["filter"]) for m in mappers] == [m["filter"] for m in ours]
     for mapper in mappers:  # and only on the provider hosts: the listener carries all of the app's HTTP
-        (host,) = [f for f in mapper["filter"]["and_filter"]["filters"] if "header_filter" in f]
+        (host,) = [f for f in mapper["filter"]["and_filter"]["filters"]
+                   if f.get("header_filter", {}).get("header", {}).get("name") == ":authority"]
         assert host["header_filter"]["header"]["string_match"]["safe_regex"]["regex"] == \
             r"^(api\.openai\.com|api\.anthropic\.com)(:80)?$"
 
