@@ -238,6 +238,22 @@ def test_large_bodies_each_way_arrive_whole(bodies: str, request: pytest.Fixture
     assert orjson.loads(seen["body"])["messages"][0]["content"] == text
 
 
+
+@pytest.mark.parametrize("bodies", ["env", "buffered"])
+def test_a_large_prompt_over_http_2_arrives_whole(bodies: str, request: pytest.FixtureRequest) -> None:
+    """A 3 MiB prompt from an HTTP/2 client (the client's flow-control windows, not the kernel's
+    buffers, carry it to Envoy) reaches the provider whole, in both body modes: past the 1 MiB a
+    client connection's buffers hold, Envoy keeps reading the stream for the request's own limit."""
+    env: Providers = request.getfixturevalue(bodies)
+    text = "lorem ipsum dolor sit amet " * (3 * 1024 * 1024 // 27)
+    with httpx.Client(http1=False, http2=True, base_url=env.base_url, timeout=30) as client:
+        answer = client.post("/v1/chat/completions", json={"model": "gpt-4o-mini",
+                                                           "messages": [{"role": "user", "content": text}]})
+    assert answer.http_version == "HTTP/2" and answer.status_code == 200, answer.text[:300]
+    (seen,) = env.provider_saw(answer.headers["x-tollway-request-id"])
+    assert orjson.loads(seen["body"])["messages"][0]["content"] == text
+
+
 class EndlessProvider:
     """A provider whose every streamed answer never ends: 1 KiB chat chunks, 16 KiB every 4 ms
     (4 MB/s, which Tollway keeps up with: the client is the slow one), or slower when the
