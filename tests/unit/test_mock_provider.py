@@ -946,17 +946,14 @@ def test_wire_framing():
     assert close and segments[-1][1].endswith(b"9\r\ndata: b\n\n\r\n")
 
 
-def test_wire_of_a_long_stream_is_linear():
-    """A stream's segment is joined once, not grown event by event: 50,000 events (~12 MB) took
-    tens of seconds before (each += copied all so far), and a 200,000-event answer (x-mock-chunks)
-    held the server's only thread for minutes, every other request (a test's next) timing out."""
+def test_wire_of_a_long_stream_is_one_segment_of_every_event():
+    """A stream's segment is joined once, not grown event by event (each += copied all so far: a
+    200,000-event answer, x-mock-chunks, held the server's only thread for minutes, every other
+    request, a test's next, timing out)."""
     events = [b"data: " + b"x" * 240 + b"\n\n"] * 50_000
-    started = time.monotonic()
     segments, _ = wire(Reply(200, events=events), keep_alive=True)
-    assert time.monotonic() - started < 2
     assert len(segments) == 1 and segments[0][1].endswith(b"\r\n0\r\n\r\n")
     assert segments[0][1].count(b"f8\r\ndata: ") == 50_000
-
 
 
 
