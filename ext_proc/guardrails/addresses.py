@@ -33,7 +33,7 @@ import itertools
 import re
 import unicodedata
 
-from .visible import ranges
+from .visible import char_class, ranges
 
 # Latin beyond ASCII (Latin-1, Extended-A and -B, IPA, Extended Additional, -C, -D, -E, fullwidth):
 # a domain label may mix it with ASCII (``müller-shop``), not another script.
@@ -57,13 +57,9 @@ LOCAL_LETTERS = tuple(ranges([p for first, last in _LOCAL_BLOCKS for p in range(
                               if unicodedata.category(chr(p))[0] in "LM"]))
 
 
-def _class(spans: tuple[tuple[int, int], ...]) -> str:
-    return "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in spans)
-
-
 _FULLWIDTH = "\uff10-\uff19\uff21-\uff3a\uff41-\uff5a"  # read as ASCII (:mod:`.visible` folds them)
 _ASCII = "A-Za-z0-9" + _FULLWIDTH
-_LOCAL_CLASS = f"{_ASCII}._%+\\-{_class(LOCAL_LETTERS)}"
+_LOCAL_CLASS = f"{_ASCII}._%+\\-{char_class(LOCAL_LETTERS)}"
 # The local part, read backwards from the "@" (the text before it reversed): ASCII letters, digits
 # and ``._%+-``, Latin, Greek and Cyrillic letters and marks; any other character ends it.
 LOCAL = f"[{_LOCAL_CLASS}]*+"
@@ -87,7 +83,7 @@ PATTERN = (f"@(?:{_LABEL}(?:(?:[A-Za-z0-9-]|{CHAR})*{_LABEL})?\\.)+"
 # A diacritic right after a match is its last letter's: no address ends there ("co" of "co\u0308m").
 NOT_FOLLOWED_BY = "[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]"
 
-_LATIN = re.compile(f"[A-Za-z0-9{_class(LATIN)}]")
+_LATIN = re.compile(f"[A-Za-z0-9{char_class(LATIN)}]")
 
 
 def _mark(char: str) -> bool:

@@ -93,12 +93,16 @@ def ranges(points: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+def char_class(spans: Iterable[tuple[int, int]]) -> str:
+    """The inside of a regular expression's character class holding the code points of ``spans``."""
+    return "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in spans)
+
+
 _RANGES = ranges(_points())
 # The same characters as a regular expression over text, and as one over UTF-8 bytes for Hyperscan
 # (each code point's bytes; the plane-14 block as its byte ranges: U+E0000..U+E0FFF is F3 A0 80 80
 # to F3 A0 BF BF). Bytes, not Hyperscan's UTF-8 mode: a text may hold lone surrogates.
-INVISIBLE = re.compile("[" + "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "")
-                                     for a, b in _RANGES) + "]+")
+INVISIBLE = re.compile("[" + char_class(_RANGES) + "]+")
 
 
 def _folds() -> dict[int, int]:
@@ -117,8 +121,7 @@ def _folds() -> dict[int, int]:
 _FOLD = _folds()
 # The runs to fold: the BMP's compatibility forms, and any character past it (a class of the planes'
 # 27 ranges made ``re`` test each on every character: 100 µs for 2 KB of German, 15 this way).
-FOLDABLE = re.compile("[" + "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "")
-                                    for a, b in FOLDED if b < 0x10000) + "\U00010000-\U0010ffff]+")
+FOLDABLE = re.compile("[" + char_class(span for span in FOLDED if span[1] < 0x10000) + "\U00010000-\U0010ffff]+")
 
 
 def _folded(match: re.Match[str]) -> str:
