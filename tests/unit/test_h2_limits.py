@@ -120,6 +120,65 @@ def test_a_64_mib_message_passes_through_the_windows_and_one_byte_more_is_refuse
     assert peer.goaway() is None
 
 
+def test_interleaved_bodies_with_streams_ending_midway_never_leave_the_peer_without_window(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Envoy's traffic when ten clients upload at once: ten bodies on one connection, interleaved
+    # 64 KiB at a time, two of them longer than a stream window; one stream reset by the peer
+    # partway, one answered by us partway while the peer still sends it (its data in flight,
+    # dropped). Every byte gives its window back or is counted to: the peer always has window to go
+    # on, whichever stream it is (a connection window small enough to be given back many times).
+    monkeypatch.setattr(h2, "CONNECTION_WINDOW", 4 << 20)
+    monkeypatch.setattr(h2, "HALF_CONNECTION_WINDOW", 2 << 20)
+    sizes: list[int] = []
+    log = Log()
+    peer = Peer(echo_routes(log, lambda m: sizes.append(len(m)) or [b"ok"]))
+    client = peer.client
+    sids = list(range(1, 21, 2))
+    payloads = {sid: grpc_message(bytes([sid]) * (((17 << 20) if sid in (1, 3) else (1 << 20)) - 5)) for sid in sids}
+    payloads[7] = grpc_message(b"first") + payloads[7]  # a call exists once a message completes
+    sent = dict.fromkeys(sids, 0)
+    for sid in sids:
+        client.send_headers(sid, REQUEST)
+    peer.pump()
+    reset, answered = 5, 7
+    active = set(sids)
+    while active:
+        moved = 0
+        for sid in sorted(active):
+            payload = payloads[sid]
+            if sid == reset and sent[sid] >= 512 << 10:
+                client.reset_stream(sid)
+                active.discard(sid)
+                continue
+            if sid == answered and sent[sid] >= 512 << 10 and peer.connection.streams.get(sid):
+                log.responders[sid].finish()  # our answer: trailers and RST_STREAM(NO_ERROR) on their way...
+                client.send_data(sid, payload[sent[sid] : sent[sid] + (256 << 10)])  # ...as more data comes
+                sent[sid] += 256 << 10
+                moved += 1
+                continue
+            if client.streams[sid].closed:
+                active.discard(sid)
+                continue
+            size = min(64 << 10, len(payload) - sent[sid], client.local_flow_control_window(sid))
+            if size <= 0:
+                continue
+            client.send_data(sid, payload[sent[sid] : sent[sid] + size], end_stream=sent[sid] + size == len(payload))
+            sent[sid] += size
+            moved += size
+            if sent[sid] == len(payload):
+                active.discard(sid)
+        peer.pump()
+        assert moved or not active, f"the peer waits for window: {client.outbound_flow_control_window}, {sent}"
+    assert sorted(sizes) == [5] + [(1 << 20) - 5] * 6 + [(17 << 20) - 5] * 2  # not the reset one, 7: its first
+    for sid in sids:
+        if sid not in (reset, answered):
+            assert served(peer, sid) == [b"ok"]
+    assert not log.of(reset) and "reset" not in log.of(answered)  # 5 never completed a message: no call
+    assert client.outbound_flow_control_window + peer.connection.unacked == h2.CONNECTION_WINDOW
+    assert peer.connection.unacked < h2.HALF_CONNECTION_WINDOW
+    assert peer.goaway() is None and not peer.connection.streams
+
+
 def test_a_client_that_does_not_read_answers_is_held_to_its_stream_window() -> None:
     # The client grants no window for our answers, and keeps sending requests on its stream.
     log = Log()
