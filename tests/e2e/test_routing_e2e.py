@@ -633,3 +633,32 @@ def test_a_prompt_larger_than_envoys_connection_buffer_falls_back_whole(env: Env
     tries = env.provider_saw(answer.headers["x-tollway-request-id"])
     assert [orjson.loads(t["body"])["messages"][-1]["content"] for t in tries] == [content, content]
     assert env.envoy_stat("cluster.openai+anthropic.retry_or_shadow_abandoned") == 0
+
+
+def test_large_prompts_sent_at_once_to_a_fallback_alias_do_not_crash_envoy(tmp_path: Path) -> None:
+    """Eight clients sending 4 MiB prompts to an alias for a few seconds, the provider slow to
+    answer (so tries keep waiting for new connections to it): Envoy's connection to Tollway passed
+    its 1 MiB high watermark, which reached the per-try ext_proc filter of a try still waiting for
+    its provider connection, and Envoy 1.40 crashed (SIGSEGV; every client then got a connection
+    error). The ext_proc cluster's buffer limit is now far above any body (envoy/tollway.yaml)."""
+    stack = routing_stack(tmp_path, workers=1, mocked=frozenset({"openai", "anthropic"}))
+    content = "lorem " * ((4 << 20) // 6)
+    statuses: collections.Counter[object] = collections.Counter()
+
+    def client(number: int, until: float) -> None:
+        with httpx.Client(timeout=60, headers={"authorization": f"Bearer {KEY}",
+                                               "x-mock-openai-latency-ms": "200"}) as session:
+            while time.monotonic() < until:
+                try:
+                    answer = session.post(stack.base_url + "/v1/chat/completions", json={
+                        "model": "gpt-4o", "messages": [{"role": "user", "content": f"{number} {content}"}]})
+                    statuses[answer.status_code] += 1
+                except httpx.TransportError as error:
+                    statuses[type(error).__name__] += 1
+                    return
+
+    with stack, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        until = time.monotonic() + 6
+        list(pool.map(client, range(8), [until] * 8))
+        assert stack.procs["envoy"].poll() is None, ("Envoy died", statuses)
+        assert set(statuses) == {200}, statuses
