@@ -238,6 +238,7 @@ class GuardAnswer(Stage):
     """The answer through the guard: pseudonyms restored, the answer's own findings acted on."""
 
     __slots__ = ()
+    reads_all = True  # an event it cannot read ends the stream (see Stage.reads_all)
 
     def feed(self, flow: Flow, events: list[SSEEvent]) -> list[SSEEvent]:
         guard = flow.guard

@@ -33,7 +33,7 @@ import contextlib
 import ipaddress
 import urllib.parse
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -50,6 +50,10 @@ UNTRANSLATABLE = ClientError(502, "untranslatable_response", "The provider's ans
 MAX_EVENT = 8 * 1024 * 1024  # bytes of one streamed event: a provider sending more is cut off
 OVERSIZED = ClientError(502, "provider_event_too_large",
                         f"The provider sent a stream event larger than {MAX_EVENT // (1024 * 1024)} MiB.")
+UNREADABLE = ClientError(502, "provider_event_unreadable",
+                         "The provider sent a stream event that is not a JSON object; Tollway, which reads every "
+                         "event of this stream (its guardrails, its translation), ended it there.")
+CUT = (OVERSIZED.code, UNREADABLE.code)  # a stream ended for its provider's event: nothing more reaches the client
 INVALID_ANSWER = "invalid_provider_answer"  # a 2xx answer that is not one: Tollway's 502 instead
 
 
@@ -84,6 +88,10 @@ class Stage:
     """
 
     __slots__ = ()
+    # The stage reads every event's JSON (a guard scanning the answer's text, a translator): a
+    # stream event that is not a JSON object (nor ``[DONE]``) could carry anything past it, so it
+    # ends the client's stream with an error (:data:`UNREADABLE`) instead of passing on unread.
+    reads_all: ClassVar[bool] = False
 
     def feed(self, flow: Flow, events: list[SSEEvent]) -> list[SSEEvent]:
         return events
@@ -122,6 +130,7 @@ class Translate(Stage):
     (and, for a stream, its :class:`~ext_proc.llm.translate.StreamTranslator`)."""
 
     __slots__ = ()
+    reads_all = True
 
     def feed(self, flow: Flow, events: list[SSEEvent]) -> list[SSEEvent]:
         pair = flow.pair
@@ -298,19 +307,22 @@ def _not_json(data: bytes) -> str:
 class Stream:
     """One streamed answer's path: decode, the stages, encode (see the module docstring)."""
 
-    __slots__ = ("decoder", "flow", "stages")
+    __slots__ = ("decoder", "flow", "stages", "strict")
 
     def __init__(self, flow: Flow, stages: tuple[Stage, ...]) -> None:
         self.flow = flow
         self.stages = stages
         self.decoder = SSEDecoder()
+        self.strict = any(stage.reads_all for stage in stages)  # every event must be JSON (Stage.reads_all)
 
     def chunk(self, body: bytes, end: bool) -> bytes | None:
         """One chunk of the stream: the bytes to send instead, or None when they are the same."""
         decoder = self.decoder
         flow = self.flow
-        if flow.stream_failed and flow.error == OVERSIZED.code:
-            return b""  # the stream was ended: nothing more reaches the client
+        if flow.stream_failed and flow.error in CUT:  # the stream was ended: nothing more reaches the client
+            if flow.error == UNREADABLE.code:  # (the rest of the events still read: the provider's usage)
+                self._meter(decoder.feed(body) + (decoder.flush() if end else []))
+            return b""
         held = decoder.held + len(body)
         events = decoder.feed(body)
         if held > MAX_EVENT and (decoder.held > MAX_EVENT or any(len(e.raw) > MAX_EVENT for e in events)):
@@ -330,12 +342,40 @@ class Stream:
             return b"".join([event.raw for event in kept if not event.last] + [_stream_error(flow, OVERSIZED)])
         if end:
             events += _whole(decoder.flush())
+        if self.strict:
+            for at, event in enumerate(events):
+                data = event.data
+                if data and data != b"[DONE]" and event.json() is None:
+                    return self._cut(events, at)
         for stage in self.stages:
             events = stage.feed(flow, events)
             if end:
                 events += stage.end(flow)
         out = events[0].raw if len(events) == 1 else b"".join(event.raw for event in events)
         return None if out == body else out
+
+    def _cut(self, events: list[SSEEvent], at: int) -> bytes:
+        """The stream ends at its unreadable event ``events[at]``: the events before it go on, then
+        the client's error event (none if a stage ended the stream already: a guardrail's block)."""
+        flow = self.flow
+        kept = events[:at]
+        for stage in self.stages:
+            kept = stage.feed(flow, kept)
+        out = b"".join([event.raw for event in kept])
+        self._meter(events[at:])
+        if flow.stream_failed:
+            return out
+        flow.stream_failed = True
+        flow.error = UNREADABLE.code
+        assert flow.api is not None
+        return out + _stream_error(flow, UNREADABLE)
+
+    def _meter(self, events: list[SSEEvent]) -> None:
+        """Events the client does not get, read for the provider's usage all the same."""
+        reader = self.flow.meter.reader
+        if reader is not None:
+            for event in events:
+                reader.feed(event)
 
 
 def _whole(events: list[SSEEvent]) -> list[SSEEvent]:

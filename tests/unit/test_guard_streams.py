@@ -632,3 +632,59 @@ def test_a_cyrillic_address_split_at_any_point_never_reaches_the_client(before: 
         out = play(session, split(provider_stream(route, (text[:cut], text[cut:])), []))
         assert client_text(route, out) == (before + "[EMAIL_1]，谢谢。", False), cut
         assert "иван".encode() not in out, cut
+
+
+def _unreadable(route: Route, text: str) -> bytes:
+    """A provider's content event carrying ``text`` whose JSON is cut short (no closing brace)."""
+    if route.provider == "openai":
+        return (b'data: {"id": "chatcmpl-Ab1", "choices": [{"index": 0, "delta": {"content": '
+                + orjson.dumps(text) + b'}}]\n\n')
+    return (b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+            b'"delta": {"type": "text_delta", "text": ' + orjson.dumps(text) + b'}\n\n')
+
+
+def _before_second_delta(route: Route, full: bytes) -> int:
+    """Where the event after the first content delta ("Hello") starts in a provider's stream."""
+    return full.index(b"data: " if route.provider == "openai" else b"event: ", full.index(b'"Hello"'))
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("cut", [None, 7], ids=["one-chunk", "split"])
+def test_a_provider_event_that_is_not_json_ends_the_stream_and_never_reaches_the_client(
+        route: Route, cut: int | None) -> None:
+    """An event the guard cannot read may hold anything: it was passed on unread (an address in
+    it reached the client, the record said ok). The client's stream ends there with an error
+    event in its format instead; the record says ``error``, ``provider_event_unreadable``."""
+    secret = SECRETS["email"][0]
+    full = provider_stream(route, ("Hello", " there", " friend"))
+    at = _before_second_delta(route, full)
+    upstream = full[:at] + _unreadable(route, f" mail {secret}") + full[at:]
+    session = opened(route)
+    out = play(session, [upstream] if cut is None else split(upstream, [at + cut]))
+    assert secret.encode() not in out and b"jane" not in out, out
+    text, errored = client_text(route, out)
+    assert errored and "Hello".startswith(text), out
+    assert b"provider_event_unreadable" in out if route.client == "openai" else b"not a JSON object" in out
+    assert b"\" there" not in out and b"friend" not in out  # nothing after it
+    (record,) = records(session)
+    assert (record["outcome"], record["error"]) == ("error", "provider_event_unreadable"), record
+    assert record["output_tokens"] is not None
+
+
+@pytest.mark.parametrize("route", OPENAI_SERVED)
+def test_a_chunk_whose_keys_are_written_with_escapes_is_guarded(route: Route) -> None:
+    """A chunk's JSON may write ``"choices"`` as ``"cho\\u0069ces"``: the same chunk to a client's
+    parser, which the guard skipped, looking for the key's bytes."""
+    secret, placeholder = SECRETS["email"]
+    full = provider_stream(route, ("Hello", " there"))
+    at = _before_second_delta(route, full)
+    sneaky = (b'data: {"id": "chatcmpl-Ab1", "object": "chat.completion.chunk", "created": 1755000001, '
+              b'"model": "gpt-4o-2024-08-06", "cho\\u0069ces": [{"index": 0, "delta": {"content": '
+              + orjson.dumps(f" mail {secret} ok") + b'}, "finish_reason": null}]}\n\n')
+    session = opened(route)
+    out = play(session, [full[:at] + sneaky + full[at:]])
+    assert secret.encode() not in out and placeholder.encode() in out, out
+    text, errored = client_text(route, out)
+    assert not errored and text == f"Hello mail {placeholder} ok there", out
+    (record,) = records(session)
+    assert record["outcome"] == "ok", record

@@ -587,3 +587,29 @@ def test_an_anthropic_stream_cut_inside_message_stop_is_incomplete(route: Route,
     up = generated("anthropic", HI, b"\n")
     assert up.data[up.terminal:].startswith(partial)
     check_cut(route, up, True, up.terminal + len(partial), [])
+
+
+@pytest.mark.parametrize("route", [route for route in ROUTES if route.values[0].translated])
+@pytest.mark.parametrize("whole", [True, False], ids=["one-chunk", "event-by-event"])
+def test_a_provider_event_that_is_not_json_ends_a_translated_stream_with_an_error(route: Route, whole: bool) -> None:
+    """A translated stream reads every event: one that is not JSON was dropped, and the client got
+    a complete-looking answer missing its text, recorded ok. Its stream ends there with an error
+    event in its format instead; the record says ``error``, ``provider_event_unreadable``."""
+    up = generated(route.provider, Reply(("Hello", " there", " friend"), 12, False), b"\n")
+    at = up.data.index(b"data: " if route.provider == "openai" else b"event: ", up.data.index(b'"Hello"'))
+    bad = (b'data: {"id": "chatcmpl-Ab1", "choices": [{"index": 0, "delta": {"content": " lost"}}]\n\n'
+           if route.provider == "openai" else
+           b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+           b'"delta": {"type": "text_delta", "text": " lost"}\n\n')
+    data = up.data[:at] + bad + up.data[at:]
+    session = opened(route, usage=True)
+    out = play(session, [data] if whole else split(data, event_ends(data)))
+    events = whole_events(out)
+    assert is_error(route.client, events[-1]), out
+    assert (b"provider_event_unreadable" if route.client == "openai" else b"not a JSON object") in events[-1].data
+    assert not any(is_error(route.client, event) for event in events[:-1])
+    assert not any(is_terminal(route.client, event) for event in events), out
+    assert b"Hello" in out and b"lost" not in out and b"friend" not in out, out
+    (record,) = records(session)
+    assert (record["outcome"], record["error"]) == ("error", "provider_event_unreadable"), record
+    assert record["output_tokens"] == up.completion_tokens, record  # the provider's usage, read all the same

@@ -217,18 +217,19 @@ class OpenAIStream(StreamTexts):
         out: list[SSEEvent] = []
         for event in events:
             data = event.data
-            if data and b'"error"' in data and b'"choices"' not in data:  # the provider's error in the stream
-                failure = event.json()
-                if failure is not None and _error_message(failure.get("error"), echo):
-                    event = _event(failure, event.event, like=event)
-            if not data or data == b"[DONE]" or b'"choices"' not in data:
+            if not data or data == b"[DONE]":
                 if data == b"[DONE]" and self.open:
                     out += self._close(None, event, None, flush)
                 out.append(event)
                 continue
+            # Judged on the decoded chunk, never on its bytes: a key may be written with escapes
+            # ("cho\u0069ces"). (Each chunk is decoded once, for every stage; one that is not JSON
+            # never gets here: it ends the stream, response.Stage.reads_all.)
             chunk = event.json()
             choices = chunk.get("choices") if chunk is not None else None
             if not isinstance(choices, list):
+                if chunk is not None and "error" in chunk and _error_message(chunk["error"], echo):
+                    event = _event(chunk, event.event, like=event)  # the provider's error in the stream
                 out.append(event)
                 continue
             changed = False
