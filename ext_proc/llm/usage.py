@@ -18,7 +18,8 @@ How the provider served the request selects its rates: ``service_tier`` as the a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ext_proc.values import value
@@ -126,6 +127,27 @@ def apply_responses(usage: Usage, raw: Any) -> None:
     if written is not None:
         usage.cache_write_tokens = written
     usage.reasoning_tokens = _int(_get(raw, "output_tokens_details", "reasoning_tokens"))
+
+
+_COUNTS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
+           "cache_write_1h_tokens", "input_audio_tokens", "output_audio_tokens", "web_searches")
+
+
+def apply_streamed(apply: Callable[[Usage, Any], None], usage: Usage, raw: Any) -> None:
+    """A stream's usage object (``apply``: its API's ``apply_*``) over what earlier events of the
+    stream reported, no count lowered: a provider's later all-zero or partial usage object (a
+    proxy's, a second usage chunk) never undoes the real one (each API's counts in a stream only
+    grow: Anthropic's are cumulative, OpenAI's and Responses' come once)."""
+    if not isinstance(raw, dict):
+        return
+    before = replace(usage)
+    apply(usage, raw)
+    for name in _COUNTS:
+        old = getattr(before, name)
+        if old is not None:
+            new = getattr(usage, name)
+            if new is None or new < old:
+                setattr(usage, name, old)
 
 
 def apply_service_tier(usage: Usage, answer: dict[str, Any]) -> None:

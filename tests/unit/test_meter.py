@@ -123,3 +123,47 @@ def test_buffered_answers_can_tell_the_client_its_usage_and_cost() -> None:
         ("x-tollway-input-tokens", "1000000"), ("x-tollway-output-tokens", "234567"),
         ("x-tollway-cost-usd", "1.234567"),
     ))
+
+
+def test_a_later_usage_object_in_a_stream_never_lowers_the_reported_counts() -> None:
+    """A provider (or a proxy before it) sending an all-zero usage chunk after the real one: the
+    record kept the last (0 tokens, cost 0). Within one stream no count goes down, each API's."""
+    from ext_proc.llm.apis import MESSAGES, RESPONSES
+    from ext_proc.llm.sse import SSEDecoder
+
+    def usage_chunk(usage: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps({"model": "gpt-x", "choices": [], "usage": usage}) + b"\n\n"
+
+    record = run(Session(accountant=FakeAccountant()), [
+        head(), body(True),
+        ResponseHeaders({":status": "200", "content-type": "text/event-stream"}, False, 2),
+        ResponseBody(chunk("hello") + usage_chunk({"prompt_tokens": 111, "completion_tokens": 222})
+                     + usage_chunk({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+                     + usage_chunk({}) + b"data: [DONE]\n\n", True, 3),
+    ])
+    assert (record["outcome"], record["input_tokens"], record["output_tokens"]) == ("ok", 111, 222), record
+    assert record["cost_usd_micros"] == 333
+
+    def read(api: Any, stream: bytes) -> Usage:
+        reader = api.reader()
+        for event in SSEDecoder().feed(stream):
+            reader.feed(event)
+        return reader.usage  # type: ignore[no-any-return]
+
+    def delta(usage: dict[str, Any]) -> bytes:
+        return b"event: message_delta\ndata: " + orjson.dumps(
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}) + b"\n\n"
+
+    start = b"event: message_start\ndata: " + orjson.dumps({"type": "message_start", "message": {
+        "model": "claude-x", "usage": {"input_tokens": 111, "output_tokens": 1}}}) + b"\n\n"
+    usage = read(MESSAGES, start + delta({"output_tokens": 222}) + delta({"input_tokens": 0,
+                                                                                    "output_tokens": 0}))
+    assert (usage.input_tokens, usage.output_tokens) == (111, 222)
+
+    def done(kind: str, usage: dict[str, Any]) -> bytes:
+        response = {"model": "gpt-x", "status": "completed", "output": [], "usage": usage}
+        return f"event: {kind}\ndata: ".encode() + orjson.dumps({"type": kind, "response": response}) + b"\n\n"
+
+    usage = read(RESPONSES, done("response.completed", {"input_tokens": 111, "output_tokens": 222})
+                 + done("response.completed", {"input_tokens": 0, "output_tokens": 0}))
+    assert (usage.input_tokens, usage.output_tokens) == (111, 222)

@@ -17,7 +17,7 @@ import orjson
 
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
-from ext_proc.llm.usage import apply_openai, apply_service_tier
+from ext_proc.llm.usage import apply_openai, apply_service_tier, apply_streamed
 
 from .base import ParsedRequest, RateWindow, Reader, WireAPI, error_code
 
@@ -93,7 +93,7 @@ class OpenAIReader(Reader):
             self.error = error_code(chunk)
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            apply_openai(self.usage, usage)
+            apply_streamed(apply_openai, self.usage, usage)
             event.usage_only = chunk.get("choices") == []
 
     def _text(self, event: dict[str, Any], parts: list[str]) -> None:

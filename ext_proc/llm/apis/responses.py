@@ -28,7 +28,7 @@ import orjson
 
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
-from ext_proc.llm.usage import apply_responses, apply_service_tier
+from ext_proc.llm.usage import apply_responses, apply_service_tier, apply_streamed
 
 from .base import ParsedRequest, Reader, safe_code
 from .openai import OpenAIAPI
@@ -171,7 +171,7 @@ class ResponsesReader(Reader):
                 self.model = response["model"]
             if name == "response.created":
                 return
-            apply_responses(self.usage, response.get("usage"))
+            apply_streamed(apply_responses, self.usage, response.get("usage"))
             apply_service_tier(self.usage, response)  # the tier served (response.created's may be "auto")
             self._finished(response)
             if name in _TERMINAL:

@@ -666,8 +666,8 @@ class StreamTranslator:
             if finish:
                 out += self._finish(finish)
         usage = data.get("usage")
-        if usage:
-            self._usage = _usage(usage)
+        if usage:  # (a later usage object never lowers a count: a proxy's all-zero one after the real one)
+            self._usage = tuple(max(pair) for pair in zip(self._usage, _usage(usage), strict=True))  # type: ignore[assignment]
             if self._stop is not None:
                 out += self._final()
         return out

@@ -67,7 +67,7 @@ import orjson
 from ext_proc.llm.apis.anthropic import error_type as anthropic_error_type
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.llm.sse import SSEEvent
-from ext_proc.llm.usage import Usage, apply_anthropic
+from ext_proc.llm.usage import Usage, apply_anthropic, apply_streamed
 
 from .common import FINISH_FROM_STOP, MALFORMED, SSE_DONE, TranslationError, shown, sse_data
 
@@ -647,7 +647,7 @@ class StreamTranslator:
         )
         usage_null = b',"usage":null' if self._include_usage else b""
         self._tail = b',"logprobs":null,"finish_reason":null}]' + usage_null + b"}\n\n"
-        apply_anthropic(self._usage, message.get("usage"))
+        apply_streamed(apply_anthropic, self._usage, message.get("usage"))
 
     def _role(self) -> bytes:
         """The role chunk before text (or before the end of an empty answer); b'' once sent."""
@@ -740,7 +740,7 @@ class StreamTranslator:
                 self._start(data.get("message"))
             return b""
         if kind == "message_delta":
-            apply_anthropic(self._usage, data.get("usage"))
+            apply_streamed(apply_anthropic, self._usage, data.get("usage"))
             stop_reason = (data.get("delta") or {}).get("stop_reason")
             return self._finish(stop_reason) if stop_reason and not self._finished else b""
         if kind == "message_stop":

@@ -40,7 +40,7 @@ import orjson
 
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.llm.sse import SSEEvent
-from ext_proc.llm.usage import Usage, apply_anthropic
+from ext_proc.llm.usage import Usage, apply_anthropic, apply_streamed
 
 from . import openai_to_anthropic
 from .common import FINISH_FROM_STOP, INCOMPLETE_FROM_FINISH, TranslationError
@@ -150,7 +150,7 @@ class StreamTranslator:
             message = message if isinstance(message, dict) else {}
             model = self._model if self._model is not None else message.get("model")
             out = writer.start(response_id(message.get("id"), "msg_", self._token), model)
-            apply_anthropic(self._usage, message.get("usage"))
+            apply_streamed(apply_anthropic, self._usage, message.get("usage"))
         if name == "content_block_delta":
             delta = data.get("delta")
             delta = delta if isinstance(delta, dict) else {}
@@ -182,7 +182,7 @@ class StreamTranslator:
                 out += writer.close()
             return out
         if name == "message_delta":
-            apply_anthropic(self._usage, data.get("usage"))
+            apply_streamed(apply_anthropic, self._usage, data.get("usage"))
             delta = data.get("delta")
             if isinstance(delta, dict) and delta.get("stop_reason"):
                 self._stop = delta["stop_reason"]

@@ -57,7 +57,7 @@ import orjson
 from ext_proc.llm.apis.openai import error_type
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.llm.sse import SSEEvent
-from ext_proc.llm.usage import Usage, apply_openai
+from ext_proc.llm.usage import Usage, apply_openai, apply_streamed
 
 from .anthropic_to_openai import _error_message
 from .common import INCOMPLETE_FROM_FINISH, TranslationError
@@ -224,7 +224,7 @@ class StreamTranslator:
                 self._finish = str(finish)
         usage = data.get("usage")
         if isinstance(usage, dict):
-            apply_openai(self._usage, usage)
+            apply_streamed(apply_openai, self._usage, usage)
             if self._finish is not None:
                 out += self._final()
         return out
