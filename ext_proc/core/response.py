@@ -21,7 +21,8 @@ stage changed anything the message passes through untouched (no re-encoding), wh
 of an answer that needs no translation.
 
 Error answers (HTTP status 400 and up) are not streamed; :func:`error_answer` gives them the
-client's format (Envoy's own plain-text replies included) and notes the provider's error code.
+client's format (a provider's non-JSON answer, Envoy's own plain-text replies: see
+:func:`~ext_proc.llm.errors.plain_error`) and notes the provider's error code.
 Envoy's own reply for a provider it could not reach (``no healthy upstream``, a refused or failed
 connection, a timeout: written by the bootstrap's ``local_reply_config``) is explained instead
 (:func:`unreachable`): which provider, at which host (or stand-in), what failed and what to check.
@@ -403,9 +404,9 @@ def error_answer(flow: Flow, status: int, body: bytes) -> bytes | None:
     except orjson.JSONDecodeError:
         payload = None
     if not isinstance(payload, dict):
-        # Envoy's own plain-text reply (no healthy upstream, connect failure, timeout, 413):
-        # the client's SDK format, keeping the status.
-        error = plain_error(status, body, sent=flow.forwarded or flow.target is not None)
+        # A provider's answer that is no JSON (a proxy's HTML page, a plain-text 429), or Envoy's
+        # own plain text (its codec's 400, a 413): the client's SDK format, keeping the status.
+        error = plain_error(status, body, sent=flow.forwarded or flow.target is not None, provider=flow.provider)
         flow.error = error.code
         return api.error_body(error)
     flow.error = error_code(payload)

@@ -888,12 +888,64 @@ def test_compressed_plain_text_error_is_read_and_sent_uncompressed() -> None:
         << CONTINUE
         >> chunk(gzip.compress(page), at=6)
         << Replaces(
-            openai_error(f"The provider did not answer: {page.decode()}", "provider_unavailable", type="server_error"),
+            openai_error(f"The provider 'openai' answered 502 with a body that is not JSON (an HTML page of "
+                         f"{len(page)} bytes); Tollway does not pass it on.", "provider_error", type="server_error"),
             set_headers=CONTENT_TYPE_JSON,
             remove_headers=("content-encoding",),
         )
-        << Record(status=502, outcome="error", error="provider_unavailable")
+        << Record(status=502, outcome="error", error="provider_error")
     )
+
+
+_SSE_429 = b'event: error\ndata: {"error":{"message":"Rate limit","type":"requests","code":"rate_limit_exceeded"}}\n\n'
+_DENIED = b"<html><head><title>Access denied | example.com</title></head><body>no</body></html>"
+_KEYED_403 = b"<html><head><title>Denied for sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1w</title></head><body>x</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "code", "said"),
+    [
+        (429, "text/plain", b"Too Many Requests\n", "rate_limit_exceeded", "18 bytes"),
+        (429, "text/event-stream", _SSE_429, "rate_limit_exceeded", f"{len(_SSE_429)} bytes"),
+        (403, "text/html", _DENIED, "provider_error",
+         f'an HTML page of {len(_DENIED)} bytes titled "Access denied | example.com"'),
+        (403, "text/html", _KEYED_403, "provider_error", f"an HTML page of {len(_KEYED_403)} bytes"),
+        (500, "text/plain", b"Internal Server Error", "provider_error", "21 bytes"),
+        (400, "text/plain", b"", "provider_error", "an empty body"),
+    ],
+    ids=["plain-429", "sse-429", "html-403", "html-403-key-in-title", "plain-500", "empty-400"],
+)
+@pytest.mark.parametrize("client", ["openai", "anthropic"])
+def test_a_providers_non_json_error_names_the_provider_and_its_status(
+        client: str, status: int, content_type: str, body: bytes, code: str, said: str) -> None:
+    """A provider's (or its proxy's) error that is no JSON was told as the gateway's (\"The request
+    failed at the gateway\", ``gateway_error``) or as no answer at all (``provider_unavailable``):
+    Envoy's own replies are JSON (its local_reply_config), so this one is the provider's. Its body
+    is never quoted, but for an HTML page's plain title."""
+    path, payload = (CHAT, {"model": "m", "messages": []}) if client == "openai" else (MESSAGES, ANTHROPIC_REQUEST)
+    session = Session()
+    session.handle(post(path))
+    session.handle(request(payload))
+    session.handle(response(status, content_type))
+    action = session.handle(chunk(body))
+    assert isinstance(action, Continue) and action.body is not None
+    error = orjson.loads(action.body)["error"]
+    message = (f"The provider '{'openai' if client == 'openai' else 'anthropic'}' answered {status} with a body "
+               f"that is not JSON ({said}); Tollway does not pass it on.")
+    assert error["message"] == message, error
+    if client == "openai":
+        assert error["code"] == code
+    else:
+        assert error["type"] == ("rate_limit_error" if status == 429 else anthropic_type(status))
+    assert b"sk-proj" not in action.body and b"Rate limit" not in action.body
+    (record,) = [effect.record for effect in session.effects if isinstance(effect, EmitRecord)]
+    assert (record["status"], record["outcome"], record["error"]) == (status, "error", code)
+
+
+def anthropic_type(status: int) -> str:
+    from ext_proc.llm.apis.anthropic import error_type
+
+    return error_type(status)
 
 
 def test_empty_envoy_error_body_is_explained() -> None:
