@@ -65,7 +65,8 @@ def stages_for(flow: Flow, stream: bool) -> tuple[Stage, ...]:
     pair = flow.pair
     if pair is not None and stream:
         model = flow.target.upstream_model if flow.target else None
-        flow.translator = pair.stream(model, not flow.hide_usage, flow.asked, flow.runtime)
+        estimate = flow.meter.estimate.tokens if flow.meter.estimate is not None else None
+        flow.translator = pair.stream(model, not flow.hide_usage, flow.asked, flow.runtime, estimate)
     guarded = flow.guard is not None and flow.guard.plan.answers and flow.served is not None
     return _STAGES[(stream, flow.hide_usage, pair is not None, guarded)]
 

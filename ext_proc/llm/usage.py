@@ -115,6 +115,13 @@ def apply_anthropic(usage: Usage, raw: Any) -> None:
         usage.speed = speed
 
 
+def started(raw: Any) -> Any:
+    """An Anthropic ``message_start``'s usage without its ``output_tokens``: a placeholder (1) that
+    ``message_delta``'s cumulative count replaces, which may well be lower (a stream's counts are
+    otherwise never lowered: :func:`apply_streamed`)."""
+    return {key: value for key, value in raw.items() if key != "output_tokens"} if isinstance(raw, dict) else raw
+
+
 def apply_responses(usage: Usage, raw: Any) -> None:
     """Fill ``usage`` from a Responses API ``usage`` object (``input_tokens`` counts cache reads,
     ``output_tokens`` reasoning, as chat's ``prompt_tokens`` / ``completion_tokens`` do)."""

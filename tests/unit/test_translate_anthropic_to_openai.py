@@ -795,12 +795,7 @@ def message_start(model: str = MODEL) -> dict[str, Any]:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {
-                "input_tokens": 0,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "output_tokens": 0,
-            },
+            "usage": {"input_tokens": 0, "output_tokens": 0},  # (no estimate given: see the test with one)
         },
     }
 
@@ -915,7 +910,7 @@ def test_text_after_a_tool_call_opens_a_new_text_block() -> None:
         block_start(1, {"type": "text", "text": ""}),
         text_delta(1, "Done."),
         block_stop(1),
-        message_delta("tool_use", 0, 0),
+        {**message_delta("tool_use", 0, 0), "usage": {"output_tokens": 0}},  # (no usage chunk: none invented)
         MESSAGE_STOP,
     ]
 
@@ -978,12 +973,23 @@ def test_message_delta_waits_for_the_usage_chunk() -> None:
     assert translator.chunk(usage_chunk()) == b""
 
 
-def test_without_a_usage_chunk_done_emits_the_end_with_zero_usage() -> None:
-    translator = StreamTranslator()
-    for c in TEXT_STREAM[:-1]:
-        translator.chunk(c)
-    assert [data for _, data in parse(translator.done())] == [message_delta("end_turn", 0, 0), MESSAGE_STOP]
+def test_without_a_usage_chunk_done_ends_the_message_without_inventing_input_usage() -> None:
+    """No usage chunk from the provider: message_delta told input, cache reads and writes of 0, as
+    if reported. They are left out (optional in the SDK's type); output_tokens, which it needs, is 0;
+    message_start's input is the prompt's estimate Tollway made (the record's), when it has one."""
+    translator = StreamTranslator(estimate=42)
+    out = b"".join(translator.chunk(c) for c in TEXT_STREAM[:-1]) + translator.done()
+    events = parse(out)
+    assert events[0][1]["message"]["usage"] == {"input_tokens": 42, "output_tokens": 0}
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+           "usage": {"output_tokens": 0}}
+    assert [data for _, data in events[-2:]] == [end, MESSAGE_STOP]
     assert translator.complete and translator.end() == b""
+    snapshot = None  # the SDK's types take them, and its snapshot keeps the estimate
+    buffers: dict[int, bytes] = {}
+    for _, data in events:
+        snapshot = accumulate_event(event=EVENT.validate_python(data), current_snapshot=snapshot, json_bufs=buffers)
+    assert snapshot is not None and (snapshot.usage.input_tokens, snapshot.usage.output_tokens) == (42, 0)
 
 
 def test_end_after_a_finish_reason_without_done_completes() -> None:

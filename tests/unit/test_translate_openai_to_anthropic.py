@@ -1500,7 +1500,7 @@ def test_sdk_reads_a_legacy_function_call_whole_and_streamed() -> None:
     body = orjson.dumps(pair.response(TOOL_MESSAGE, legacy, runtime.fixed()))
     client = sdk_client(lambda _: httpx.Response(200, content=body, headers={"content-type": "application/json"}))
     whole = client.chat.completions.create(**legacy).choices[0]  # type: ignore[call-overload]
-    translator = pair.stream("gpt-4o", False, legacy, runtime.fixed())
+    translator = pair.stream("gpt-4o", False, legacy, runtime.fixed(), None)
     raw = b"".join(translator.feed(SSEEvent(name, orjson.dumps(data), b"")) for name, data in TOOL_STREAM)
     client = sdk_client(lambda _: httpx.Response(200, content=raw + translator.end(),
                                                  headers={"content-type": "text/event-stream"}))
@@ -1512,3 +1512,24 @@ def test_sdk_reads_a_legacy_function_call_whole_and_streamed() -> None:
         assert orjson.loads(call.arguments)["city"] == "Paris" and not choice.message.tool_calls
     tools = pair.response(TOOL_MESSAGE, {**legacy, "functions": None, "tools": [WEATHER_TOOL]}, runtime.fixed())
     assert tools["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_a_stream_whose_provider_reported_no_usage_gives_null_usage_as_the_json_answer_does() -> None:
+    """An Anthropic stream without usage (a compatible server's): the client's usage chunk said 0
+    prompt and 0 completion tokens, as if reported; the JSON answer says null, and so does it now."""
+    translator = StreamTranslator(model="claude-x", include_usage=True, runtime=runtime.fixed())
+    start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                                                  "model": "claude-x", "content": [], "stop_reason": None}}
+    out = translator.event("message_start", start)
+    out += translator.event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                    "content_block": {"type": "text", "text": ""}})
+    out += translator.event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                    "delta": {"type": "text_delta", "text": "Hi"}})
+    out += translator.event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}})
+    out += translator.event("message_stop", {"type": "message_stop"}) + translator.end()
+    chunks = [orjson.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] is None, chunks[-1]
+    openai.types.chat.ChatCompletionChunk.model_validate(chunks[-1])
+    whole = response({**start["message"], "content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn"},
+                     runtime=runtime.fixed())
+    assert whole["usage"] is None

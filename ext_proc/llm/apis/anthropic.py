@@ -16,7 +16,7 @@ import orjson
 
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.sse import SSEEvent
-from ext_proc.llm.usage import apply_anthropic, apply_streamed
+from ext_proc.llm.usage import apply_anthropic, apply_streamed, started
 
 from .base import ParsedRequest, RateWindow, Reader, WireAPI, error_code
 
@@ -112,8 +112,7 @@ class MessagesReader(Reader):
                         self.model = message["model"]
                     usage = message.get("usage")
                     if isinstance(usage, dict):  # its output_tokens (1) is a placeholder: message_delta has the count
-                        apply_streamed(apply_anthropic, self.usage,
-                                       {k: v for k, v in usage.items() if k != "output_tokens"})
+                        apply_streamed(apply_anthropic, self.usage, started(usage))
             elif name == "message_delta":
                 apply_streamed(apply_anthropic, self.usage, payload.get("usage"))
                 delta = payload.get("delta")

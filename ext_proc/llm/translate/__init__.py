@@ -68,8 +68,9 @@ class Pair:
     # (served answer, the client's request, runtime) -> client answer
     response: Callable[[dict[str, Any], dict[str, Any], Runtime], dict[str, Any]]
     error: Callable[[int, bytes], bytes]  # served error body (any bytes) -> client error body
-    # (the model to report, whether the client asked for a usage event, the client's request, runtime) -> a translator
-    stream: Callable[[str | None, bool, dict[str, Any], Runtime], StreamTranslator]
+    # (the model to report, whether the client asked for a usage event, the client's request, runtime, the prompt's
+    # tokens as Tollway estimated them: what a format that must give numbers before the provider's says) -> a translator
+    stream: Callable[[str | None, bool, dict[str, Any], Runtime, int | None], StreamTranslator]
 
 
 PAIRS: dict[tuple[WireAPI, WireAPI], Pair] = {
@@ -79,7 +80,7 @@ PAIRS: dict[tuple[WireAPI, WireAPI], Pair] = {
         response=lambda payload, asked, runtime: openai_to_anthropic.response(
             payload, runtime=runtime, functions=openai_to_anthropic.uses_functions(asked)),
         error=openai_to_anthropic.error,
-        stream=lambda model, usage, asked, runtime: openai_to_anthropic.StreamTranslator(
+        stream=lambda model, usage, asked, runtime, _estimate: openai_to_anthropic.StreamTranslator(
             model=model, include_usage=usage, runtime=runtime, functions=openai_to_anthropic.uses_functions(asked)),
     ),
     (MESSAGES, CHAT_COMPLETIONS): Pair(
@@ -87,15 +88,15 @@ PAIRS: dict[tuple[WireAPI, WireAPI], Pair] = {
         request=lambda payload, model, _limit: anthropic_to_openai.request(payload, model),
         response=lambda payload, _asked, runtime: anthropic_to_openai.response(payload, runtime=runtime),
         error=anthropic_to_openai.error,
-        stream=lambda model, _usage, _asked, runtime: anthropic_to_openai.StreamTranslator(model=model,
-                                                                                           runtime=runtime),
+        stream=lambda model, _usage, _asked, runtime, estimate: anthropic_to_openai.StreamTranslator(
+            model=model, runtime=runtime, estimate=estimate),
     ),
     (RESPONSES, MESSAGES): Pair(
         RESPONSES, MESSAGES,
         request=lambda payload, model, limit: responses_to_anthropic.request(payload, model, default_max_tokens=limit),
         response=lambda payload, _asked, runtime: responses_to_anthropic.response(payload, runtime=runtime),
         error=responses_to_anthropic.error,
-        stream=lambda model, _usage, _asked, runtime: responses_to_anthropic.StreamTranslator(model=model,
+        stream=lambda model, _usage, _asked, runtime, _estimate: responses_to_anthropic.StreamTranslator(model=model,
                                                                                               runtime=runtime),
     ),
     (RESPONSES, CHAT_COMPLETIONS): Pair(
@@ -103,7 +104,8 @@ PAIRS: dict[tuple[WireAPI, WireAPI], Pair] = {
         request=lambda payload, model, _limit: responses_to_chat.request(payload, model),
         response=lambda payload, _asked, runtime: responses_to_chat.response(payload, runtime=runtime),
         error=responses_to_chat.error,
-        stream=lambda model, _usage, _asked, runtime: responses_to_chat.StreamTranslator(model=model, runtime=runtime),
+        stream=lambda model, _usage, _asked, runtime, _estimate: responses_to_chat.StreamTranslator(
+            model=model, runtime=runtime),
     ),
 }
 

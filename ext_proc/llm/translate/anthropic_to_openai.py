@@ -591,6 +591,7 @@ class StreamTranslator:
         "_block",
         "_closed",
         "_complete",
+        "_estimate",
         "_failed",
         "_id",
         "_index",
@@ -604,10 +605,13 @@ class StreamTranslator:
         "_token",
         "_tools",
         "_usage",
+        "_usage_seen",
     )
 
-    def __init__(self, *, model: str | None = None, runtime: Runtime = SYSTEM) -> None:
+    def __init__(self, *, model: str | None = None, runtime: Runtime = SYSTEM, estimate: int | None = None) -> None:
         self._model = model
+        self._estimate = estimate  # the prompt's tokens as Tollway estimated them (message_start must give a number)
+        self._usage_seen = False  # the provider reported usage
         self._token = runtime.token
         self._started = False
         self._id = ""
@@ -666,8 +670,9 @@ class StreamTranslator:
             if finish:
                 out += self._finish(finish)
         usage = data.get("usage")
-        if usage:  # (a later usage object never lowers a count: a proxy's all-zero one after the real one)
+        if isinstance(usage, dict) and usage:  # (a later one never lowers a count: a proxy's all-zero one)
             self._usage = tuple(max(pair) for pair in zip(self._usage, _usage(usage), strict=True))  # type: ignore[assignment]
+            self._usage_seen = True
             if self._stop is not None:
                 out += self._final()
         return out
@@ -709,12 +714,10 @@ class StreamTranslator:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {
-                "input_tokens": 0,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "output_tokens": 0,
-            },
+            # OpenAI reports usage only at the end, and the SDK's type needs numbers here: the
+            # prompt's tokens as Tollway estimated them (the record's estimate), the output's 0 so
+            # far; the cache's are not known (optional: left out). message_delta has the provider's.
+            "usage": {"input_tokens": self._estimate or 0, "output_tokens": 0},
         }
         return sse_event("message_start", {"type": "message_start", "message": message})
 
@@ -800,11 +803,15 @@ class StreamTranslator:
     def _final(self) -> bytes:
         self._complete = True
         input_tokens, cached, written, output_tokens = self._usage
+        # Without the provider's usage only output_tokens, which the SDK's type needs, is given (0):
+        # the input side, optional, is left out rather than told as 0 (message_start's estimate stands).
+        usage: dict[str, int] = {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                                 "cache_read_input_tokens": cached, "cache_creation_input_tokens": written} \
+            if self._usage_seen else {"output_tokens": 0}
         delta = {
             "type": "message_delta",
             "delta": {"stop_reason": self._stop, "stop_sequence": None},
-            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_read_input_tokens": cached,
-                      "cache_creation_input_tokens": written},
+            "usage": usage,
         }
         return sse_event("message_delta", delta) + _MESSAGE_STOP
 

@@ -67,7 +67,7 @@ import orjson
 from ext_proc.llm.apis.anthropic import error_type as anthropic_error_type
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.llm.sse import SSEEvent
-from ext_proc.llm.usage import Usage, apply_anthropic, apply_streamed
+from ext_proc.llm.usage import Usage, apply_anthropic, apply_streamed, started
 
 from .common import FINISH_FROM_STOP, MALFORMED, SSE_DONE, TranslationError, shown, sse_data
 
@@ -647,7 +647,7 @@ class StreamTranslator:
         )
         usage_null = b',"usage":null' if self._include_usage else b""
         self._tail = b',"logprobs":null,"finish_reason":null}]' + usage_null + b"}\n\n"
-        apply_streamed(apply_anthropic, self._usage, message.get("usage"))
+        apply_anthropic(self._usage, started(message.get("usage")))  # (its output_tokens a placeholder)
 
     def _role(self) -> bytes:
         """The role chunk before text (or before the end of an empty answer); b'' once sent."""
@@ -768,7 +768,9 @@ class StreamTranslator:
             "created": self._created,
             "model": self._reported,
             "choices": [],
-            "usage": _openai_usage(self._usage),
+            # null, as the JSON answer's, when the provider reported no usage: never counts of 0
+            "usage": _openai_usage(self._usage) if self._usage.input_tokens is not None
+            or self._usage.output_tokens is not None else None,
         }
         return sse_data(usage_chunk) + SSE_DONE
 

@@ -40,7 +40,7 @@ import orjson
 
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.llm.sse import SSEEvent
-from ext_proc.llm.usage import Usage, apply_anthropic, apply_streamed
+from ext_proc.llm.usage import Usage, apply_anthropic, apply_streamed, started
 
 from . import openai_to_anthropic
 from .common import FINISH_FROM_STOP, INCOMPLETE_FROM_FINISH, TranslationError
@@ -150,7 +150,7 @@ class StreamTranslator:
             message = message if isinstance(message, dict) else {}
             model = self._model if self._model is not None else message.get("model")
             out = writer.start(response_id(message.get("id"), "msg_", self._token), model)
-            apply_streamed(apply_anthropic, self._usage, message.get("usage"))
+            apply_anthropic(self._usage, started(message.get("usage")))  # (its output_tokens a placeholder)
         if name == "content_block_delta":
             delta = data.get("delta")
             delta = delta if isinstance(delta, dict) else {}
