@@ -744,3 +744,28 @@ def test_a_pseudonym_in_a_streamed_reasoning_summary_stays_a_placeholder_split_a
         assert (deltas, repeated) == ((thought, [thought] * 4) if streamed else ("", [thought] * 2)), (cut, out)
         shown = "".join(e.delta for e in parsed if e.type == "response.output_text.delta")
         assert shown == "Mailing jane.doe@example.com." == parsed[-1].response.output[1].content[0].text, (cut, out)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_provider_event_that_is_not_json_ends_a_responses_stream_with_a_numbered_error(provider: str) -> None:
+    """An event the guard cannot read (JSON cut short) was passed on unread to a Responses client
+    served natively, an address in it reaching the client (translated: dropped). The stream ends
+    there with one numbered error event, ``provider_event_unreadable``; the record says ``error``."""
+    secret = SECRETS["email"][0]
+    upstream = provider_stream(provider, ("Hello", " there", " friend"))
+    at = upstream.index(b"data: " if provider == "chat" else b"event: ", upstream.index(b'"Hello"'))
+    text = orjson.dumps(f" mail {secret}")
+    bad = {"openai": b'event: response.output_text.delta\ndata: {"type": "response.output_text.delta", '
+                     b'"sequence_number": 5, "item_id": "msg_x", "output_index": 0, "content_index": 0, "delta": '
+                     + text + b"\n\n",
+           "anthropic": b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+                        b'"delta": {"type": "text_delta", "text": ' + text + b"}\n\n",
+           "chat": b'data: {"id": "chatcmpl-Ab1", "choices": [{"index": 0, "delta": {"content": ' + text
+                   + b"}}]\n\n"}[provider]
+    session = opened(provider)
+    out = play(session, [upstream[:at] + bad + upstream[at:]])
+    assert b"jane" not in out and b"friend" not in out, out
+    parsed = client_events(out)
+    assert parsed[-1].type == "error" and parsed[-1].code == "provider_event_unreadable", parsed[-1]
+    (record,) = records(session)
+    assert (record["outcome"], record["error"]) == ("error", "provider_event_unreadable"), record
