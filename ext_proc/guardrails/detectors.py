@@ -294,15 +294,42 @@ def custom(name: str, pattern: str | None = None, words: tuple[str, ...] = (), c
     """A policy's own detector: a regular expression, or a list of words and phrases (whole words,
     any case)."""
     if words:
-        patterns = (r"\b(?:" + "|".join(_word(w) for w in words) + r")\b",)
-        caseless = True
-    else:
-        assert pattern is not None
-        patterns = (pattern,)
-    return Detector(name, label or re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_") or "CUSTOM", "custom",
-                    patterns, caseless=caseless, width=width)
+        return Detector(name, label or default_label(name), "custom",
+                        (r"(?:" + "|".join(_word(w) for w in words) + r")",), _word_start, caseless=True,
+                        not_followed_by=_WORD_END)
+    assert pattern is not None
+    return Detector(name, label or default_label(name), "custom", (pattern,), caseless=caseless, width=width)
+
+
+LABEL_MOST = 41  # the longest label a placeholder read back may have (guard.PLACEHOLDER)
+
+
+def default_label(name: str) -> str:
+    """A detector's label when its policy gives none: its name in capitals, letters and digits with
+    ``_`` for the rest, ``CUSTOM_`` before one not starting with a letter, at most :data:`LABEL_MOST`
+    characters (a placeholder any other way is never read back: pseudonymised values would not come back)."""
+    label = re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
+    if not label[:1].isalpha():
+        label = "CUSTOM_" + label if label else "CUSTOM"
+    return label[:LABEL_MOST].rstrip("_")
+
+
+# A word starts and ends where a word character of Unicode's (Python's ``\w``) does not touch it.
+# Hyperscan's ``\b`` knows ASCII only (and no ``\b`` with Unicode properties): a word's edge that
+# is an ASCII word character has it in the pattern (``\bnaïve\b``), and the check refuses a
+# candidate that a word character beyond ASCII touches (``inaïve``, ``naïveté``, ``ärésumé``); an
+# edge that is no word character (``C++``, ``$falcon``, ``Project X.``) needs no boundary.
+_WORD = re.compile(r"\w")
+_WORD_END = r"(?<=\w)\w"  # (after a match: its last character and the next are both word characters)
+
+
+def _word_start(text: str, before: str) -> bool:
+    return not (before and _WORD.match(text) and _WORD.match(before[-1]))
 
 
 def _word(word: str) -> str:
-    """A word or phrase as a pattern: literal, any run of spaces between its words."""
-    return r"\s{1,4}".join(re.escape(part) for part in word.split())
+    """A word or phrase as a pattern: literal, any run of spaces between its words; ``\\b`` on an
+    edge that is an ASCII word character."""
+    edge = (r"\b" if word[:1].isascii() and _WORD.match(word[:1]) else "",
+            r"\b" if word[-1:].isascii() and _WORD.match(word[-1:]) else "")
+    return edge[0] + r"\s{1,4}".join(re.escape(part) for part in word.split()) + edge[1]

@@ -37,6 +37,7 @@ candidates is refused within about a second.
 
 from __future__ import annotations
 
+import _sre  # the simple lower case Python's re folds cases with
 import bisect
 import dataclasses
 import functools
@@ -46,6 +47,7 @@ import re._parser as _sre_parse
 import time
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
+from re._casefix import _EXTRA_CASES  # the characters Python's re folds together beyond lower case
 from typing import Any, cast
 
 import hyperscan
@@ -147,6 +149,10 @@ def shape(pattern: str, caseless: bool = False, width: int = 0) -> tuple[int, st
         tree = _sre_parse.parse(pattern, re.IGNORECASE if caseless else 0)
     except re.error as exc:
         raise PatternError(f"not a valid regular expression: {exc}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # (never a traceback)
+        raise PatternError(f"not a valid regular expression: {exc}") from None
+    # ``caseless``, or an inline ``(?i)`` at its start (scoped ``(?i:...)`` groups: :func:`_chars`)
+    caseless = bool(tree.state.flags & re.IGNORECASE)
     _, high = tree.getwidth()
     if high == 0:
         raise PatternError("it matches only empty text")
@@ -161,14 +167,52 @@ def shape(pattern: str, caseless: bool = False, width: int = 0) -> tuple[int, st
     return high, _char_class(found)
 
 
+def cases(point: int) -> frozenset[int]:
+    """The code points a caseless pattern may match for ``point``: its simple lower, upper and title
+    case forms and the characters Unicode folds together with it (``ſ`` with ``s``, the Kelvin sign
+    with ``k``, ``ẞ`` with ``ß``), closed; a mapping to several characters (``ß`` to ``SS``, ``ﬁ``
+    to ``FI``) is none of them: Hyperscan and Python's ``re`` fold one character to one."""
+    out = {point}
+    todo = [point]
+    while todo:
+        char = chr(todo.pop())
+        lower = _sre.unicode_tolower(ord(char))
+        more = {lower, *_EXTRA_CASES.get(lower, ()), *(_ASCII_UPPERS.get(lower, ()) if lower < 0x80 else _uppers().get(
+            lower, ()))}
+        more.update(ord(x) for x in (char.lower(), char.upper(), char.title()) if len(x) == 1)
+        for point in more - out:
+            out.add(point)
+            todo.append(point)
+    return frozenset(out)
+
+
+# The characters beyond ASCII whose simple lower case is an ASCII letter (the Kelvin sign's is k,
+# the dotted capital I's i): what :func:`_uppers` holds for ASCII, without building it.
+_ASCII_UPPERS = {0x69: (0x130,), 0x6B: (0x212A,)}
+_CASED = 0x1F000  # past the last code point with a case (Adlam's, U+1E943)
+
+
+@functools.cache
+def _uppers() -> dict[int, tuple[int, ...]]:
+    """Each lower case letter -> the characters whose simple lower case it is (``ß`` -> ``ẞ``, ``k``
+    -> ``K`` and the Kelvin sign): the other way from ``_sre.unicode_tolower`` (about 60 ms, once,
+    when a caseless pattern holds a letter beyond ASCII)."""
+    out: dict[int, list[int]] = {}
+    lower = _sre.unicode_tolower
+    for point in range(_CASED):
+        folded = lower(point)
+        if folded != point:
+            out.setdefault(folded, []).append(point)
+    return {key: tuple(value) for key, value in out.items()}
+
+
 def _chars(tree: Any, found: set[int], caseless: bool) -> object:
-    """Add the code points ``tree`` can match to ``found``; :data:`_ALL` when it can match any."""
+    """Add the code points ``tree`` can match to ``found``; :data:`_ALL` when it can match any.
+    ``caseless``: in any case (the pattern's flags, or a scoped ``(?i:...)`` group's)."""
     c = _sre_constants
     for op, arg in tree:
         if op is c.LITERAL:
-            found.add(arg)
-            if caseless:
-                found.update(ord(x) for x in (chr(arg).lower(), chr(arg).upper()))
+            found.update(cases(arg) if caseless else (arg,))
         elif op in (c.NOT_LITERAL, c.ANY):
             return _ALL
         elif op is c.IN:
@@ -189,9 +233,11 @@ def _chars(tree: Any, found: set[int], caseless: bool) -> object:
                 else:
                     return _ALL
             if caseless:
-                found.update({ord(x) for i in list(found) for x in (chr(i).lower(), chr(i).upper())})
-        elif op is c.SUBPATTERN:
-            if _chars(arg[-1], found, caseless) is _ALL:
+                found.update(*(cases(i) for i in list(found)))
+        elif op is c.SUBPATTERN:  # (group, flags added, flags removed, pattern): (?i:...), (?-i:...)
+            inner = (caseless or bool(arg[1] & re.IGNORECASE)) and not (
+                arg[2] & re.IGNORECASE)
+            if _chars(arg[-1], found, inner) is _ALL:
                 return _ALL
         elif op is c.BRANCH:
             for branch in arg[1]:
@@ -279,7 +325,7 @@ def _collect_capped(pattern: int, start: int, end: int, _flags: int, context: ob
 class Scanner:
     """The detectors of one policy (or of the built-in set), compiled into one Hyperscan database."""
 
-    __slots__ = ("_after", "_db", "_left", "_owner", "_until", "anchored", "by_name", "detectors")
+    __slots__ = ("_after", "_db", "_left", "_owner", "_until", "_utf8", "anchored", "by_name", "detectors")
 
     def __init__(self, detectors: Iterable[Detector]) -> None:
         self.detectors = tuple(d if d.chars else prepared(d) for d in detectors)
@@ -291,11 +337,21 @@ class Scanner:
         owner: list[int] = []
         flags: list[int] = []
         ext: list[tuple[int, int, int, int, int, int]] = []  # (flags, min/max offset, min length, distances)
+        # Custom patterns are read as UTF-8 (Hyperscan's HS_FLAG_UTF8): ``[А-Я]``, ``caf[éè]`` match
+        # characters, not bytes, and match in any case beyond ASCII too (``naïve`` in ``NAÏVE``);
+        # ``\w``, ``\d``, ``\s`` and ``\b`` stay ASCII (Hyperscan has no ``\b`` with Unicode
+        # properties). The built-in patterns read bytes (theirs are ASCII but the email's, whose
+        # bytes beyond ASCII are listed). A text is then scanned valid: lone surrogates as U+FFFD.
+        self._utf8 = any(d.kind == "custom" for d in self.detectors)
         for index, detector in enumerate(self.detectors):
             for pattern in detector.patterns:
-                expressions.append(pattern.encode())
+                try:
+                    expressions.append(pattern.encode())
+                except UnicodeEncodeError:
+                    raise PatternError("it holds a lone surrogate (not a character)") from None
                 owner.append(index)
-                flags.append(hyperscan.HS_FLAG_SOM_LEFTMOST | (hyperscan.HS_FLAG_CASELESS if detector.caseless else 0))
+                flags.append(hyperscan.HS_FLAG_SOM_LEFTMOST | (hyperscan.HS_FLAG_CASELESS if detector.caseless else 0)
+                             | (hyperscan.HS_FLAG_UTF8 if detector.kind == "custom" else 0))
                 ext.append((hyperscan.HS_EXT_FLAG_MIN_LENGTH if detector.min_length else 0, 0, 0, detector.min_length,
                             0, 0))
         self._owner = tuple(owner)
@@ -308,6 +364,8 @@ class Scanner:
             self._db.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions),
                              flags=flags, ext=ext)
         except hyperscan.error as exc:
+            raise PatternError(f"Hyperscan cannot compile it: {exc}") from None
+        except (ValueError, TypeError, OverflowError) as exc:  # (never a traceback)
             raise PatternError(f"Hyperscan cannot compile it: {exc}") from None
 
     def find(self, text: str, names: Container[str] | None = None, budget: Budget | None = None,
@@ -331,14 +389,15 @@ class Scanner:
     def _find(self, text: str, data: bytes, names: Container[str] | None, budget: Budget | None,
               fresh: int) -> list[Finding]:
         hits: list[tuple[int, int, int]]
+        scanned = _valid(data) if self._utf8 else data
         if budget is None:
             hits = []
-            self._db.scan(data, match_event_handler=_collect, context=hits)
+            self._db.scan(scanned, match_event_handler=_collect, context=hits)
         else:
             old = len(text[:fresh].encode("utf-8", "surrogatepass")) if fresh else 0
             hits = _Hits(budget.hits + 4 * old + 64)  # what the part scanned before may hold, besides
             try:
-                self._db.scan(data, match_event_handler=_collect_capped, context=hits)
+                self._db.scan(scanned, match_event_handler=_collect_capped, context=hits)
             except hyperscan.ScanTerminated:
                 raise Unscannable(f"more than {HITS:,} candidate values") from None
             budget.hits -= sum(1 for _, start, _ in hits if start >= old) if old else len(hits)
@@ -530,6 +589,16 @@ def _united(findings: Iterable[Finding], names: object) -> list[Finding]:
             detector, best = finding.detector, rank
         out[-1] = Finding(detector, last.start, max(last.end, finding.end), last.open or finding.open)
     return out
+
+
+_SURROGATE = re.compile(rb"\xed[\xa0-\xbf][\x80-\xbf]")  # a lone surrogate, as "surrogatepass" writes it
+
+
+def _valid(data: bytes) -> bytes:
+    """``data`` as valid UTF-8, for the patterns read as UTF-8 (Hyperscan's results on invalid
+    UTF-8 are undefined): each lone surrogate as U+FFFD, three bytes for three, so every offset
+    stays where it was."""
+    return _SURROGATE.sub(b"\xef\xbf\xbd", data) if b"\xed" in data else data
 
 
 _CONTINUATION = bytes(range(0x80, 0xC0))  # the bytes of UTF-8 that do not start a character

@@ -15,7 +15,7 @@ import functools
 from ext_proc.guardrails.detectors import BUILTIN, GROUPS, INJECTION, PASTED, Detector, custom
 from ext_proc.guardrails.kept import KEPT
 from ext_proc.guardrails.plan import REQUEST, RESPONSE, Classifier, Guardrails, Rule
-from ext_proc.guardrails.scanner import PatternError, Scanner, builtin
+from ext_proc.guardrails.scanner import Scanner, builtin
 
 from .issues import HIDDEN, Loc, Problem, looks_like_key, suggest
 from .schema import CustomDetectorSpec, GuardrailRuleSpec, PolicySpec
@@ -44,7 +44,7 @@ def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: obj
         found = len(out)
         try:
             _custom_detector(name, entry)
-        except PatternError as exc:
+        except Exception as exc:
             out.append(Problem(f"cannot be used: {exc}", where=(*at, "pattern" if entry.pattern else "words")))
         if entry.words is not None:  # a word list matches whole words in any case, its length known
             out += [Problem(f"only with 'pattern': {why}", where=(*at, field), at_key=True)
@@ -54,6 +54,12 @@ def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: obj
         if name not in used and len(out) == found:  # (a detector with a mistake of its own: that is reported)
             out.append(Problem(f"note: no rule uses detector '{name}' yet, so it finds nothing until one lists it "
                                "in its detectors", where=at, at_key=True, note=True))
+    if section.custom and not any(not p.note for p in out):
+        try:  # every one compiles alone: together with the built-in ones too (one database)
+            scanner(spec)
+        except Exception as exc:
+            out.append(Problem(f"the custom detectors cannot be used together: {exc}", where=(*here, "custom"),
+                               at_key=True))
     if INJECTION not in used:
         out += [Problem("note: no rule uses prompt_injection yet, so this is not used (nothing is scored) until a "
                         "rule lists prompt_injection in its detectors", where=(*here, "injection", field),

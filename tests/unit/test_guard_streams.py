@@ -688,3 +688,22 @@ def test_a_chunk_whose_keys_are_written_with_escapes_is_guarded(route: Route) ->
     assert not errored and text == f"Hello mail {placeholder} ok there", out
     (record,) = records(session)
     assert record["outcome"] == "ok", record
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("spec", ['{pattern: "(?i)tck-[0-9]{6}"}', '{pattern: "(?i:tck)-[0-9]{6}"}',
+                                  '{pattern: "tck-[0-9]{6}", caseless: true}', '{words: [café noir, naïve]}'])
+def test_a_custom_value_in_any_case_is_held_back_whole_in_a_stream(route: Route, spec: str) -> None:
+    """The characters a stream holds back were those of the pattern read case-sensitively unless
+    ``caseless`` was set: ``(?i)tck-…`` streamed as "See TC" | "K-123456 ok" went out unredacted.
+    The pattern's own flags count (inline and scoped), and letters beyond ASCII fold too."""
+    policy = compile_policy(HEAD + textwrap.dedent(f"""\
+        guardrails:
+          custom:
+            ticket: {spec}
+          rules:
+            - {{name: t, detectors: [ticket], action: redact}}
+    """))
+    value = "CAFÉ NOIR" if "words" in spec else "TCK-123456"
+    for cut in range(1, len(value)):
+        pieces = ("See " + value[:cut], value[cut:] + " ok")
+        out = play(opened(route, policy=policy), [provider_stream(route, pieces)])
+        assert client_text(route, out) == ("See [TICKET_1] ok", False), pieces

@@ -1114,6 +1114,111 @@ def test_custom_words_block_in_any_case() -> None:
     assert answer.status == 400 and b"codename" in answer.body
 
 
+def _custom_scanner(spec: str) -> Any:
+    policy = compile_policy(HEAD + textwrap.dedent(f"""\
+        guardrails:
+          custom:
+            mine: {spec}
+          rules:
+            - {{name: x, detectors: [mine], action: redact}}
+    """))
+    assert policy.guardrails is not None
+    return policy.guardrails.scanner
+
+
+def _custom_found(scanner: Any, text: str) -> list[str]:
+    return [text[f.start:f.end] for f in scanner.find(text, {"mine"})]
+
+
+def test_custom_words_beyond_ascii_or_edged_with_symbols_are_found_whole() -> None:
+    """Every word was wrapped in ``\\b…\\b`` over bytes: a word starting or ending with a symbol
+    (``C++``, ``$falcon``, ``Project X.``) or a letter beyond ASCII (``résumé``) was never found,
+    and a letter beyond ASCII did not match in another case (``NAÏVE``, ``CAFÉ NOIR``)."""
+    scanner = _custom_scanner('{words: ["café noir", "C++", "$falcon", "naïve", "résumé", "Project X.", '
+                              '"Hauptstraße"]}')
+    for text, value in [("ship Café Noir soon", "Café Noir"), ("CAFÉ NOIR now", "CAFÉ NOIR"),
+                        ("we use c++ here", "c++"), ("deploy $FALCON now", "$FALCON"), ("so NAÏVE", "NAÏVE"),
+                        ("my Résumé.", "Résumé"), ("start project x. today", "project x."),
+                        ("HAUPTSTRAẞE 5", "HAUPTSTRAẞE")]:
+        assert _custom_found(scanner, text) == [value], text
+    # whole words only, as Python's \w reads them (letters beyond ASCII are word characters)
+    for text in ["so naive", "naïveté", "inaïve", "ärésumé", "résuméé", "xC++", "cafés noir", "Hauptstraßen"]:
+        assert _custom_found(scanner, text) == [], text
+
+
+def test_custom_patterns_read_characters_not_bytes() -> None:
+    """Patterns were compiled over UTF-8 bytes: ``[А-Я]`` read as byte ranges partly redacted
+    ``АБ-1234`` and matched ``日本-1234``; ``caf[éè]`` never matched."""
+    cyrillic = _custom_scanner('{pattern: "[А-Я]{2}-[0-9]{4}"}')
+    assert _custom_found(cyrillic, "АБ-1234, 日本-1234, Größe ü-1234, аб-1234") == ["АБ-1234"]
+    assert _custom_found(cyrillic, "\ud800АБ-1234\udfff") == ["АБ-1234"]  # (lone surrogates around it)
+    cafe = _custom_scanner('{pattern: "caf[éè]-[0-9]{2}", caseless: true}')
+    assert _custom_found(cafe, "café-12 cafè-13 CAFÉ-14 cafe-15") == ["café-12", "cafè-13", "CAFÉ-14"]
+    assert _custom_found(_custom_scanner('{pattern: "[^ ]{3}-[0-9]"}'), "日本語-1") == ["日本語-1"]
+
+
+def test_shape_reads_a_patterns_own_case_flags() -> None:
+    """The characters a stream holds back came from ``caseless`` only: an inline ``(?i)`` (or a
+    scoped ``(?i:…)``) left the upper case out."""
+    assert re.fullmatch(shape("(?i)tck-[0-9]{6}")[1], "T")
+    assert re.fullmatch(shape("(?i:tck)-[0-9]{6}")[1], "K")
+    assert not re.fullmatch(shape("(?i:tck)-(?-i:x)[0-9]")[1], "X")
+    assert not re.fullmatch(shape("tck-[0-9]{6}")[1], "T")
+    for pattern, other in [("straße", "ẞ"), ("k", "\u212a"), ("ſ", "S"), ("[ßx]", "X"), ("ﬁle", "ﬁ"), ("é", "É")]:
+        assert re.fullmatch(shape(pattern, caseless=True)[1], other), pattern
+    uppers = scanner_module._uppers()
+    assert {k: v for k, v in uppers.items() if k < 0x80 and any(u >= 0x80 for u in v)} == {
+        k: (k - 32, *v) for k, v in scanner_module._ASCII_UPPERS.items()}
+    assert max(p for v in uppers.values() for p in v) < scanner_module._CASED
+
+
+@pytest.mark.parametrize("spec", ['{words: ["Hauptstraße"]}', '{words: ["İstanbul"]}',
+                                  '{pattern: "ﬁle-[0-9]{3}", caseless: true}',
+                                  '{pattern: "[ßx]-[0-9]{3}", caseless: true}'])
+def test_a_letter_whose_case_is_several_letters_compiles(spec: str) -> None:
+    """``ß`` (upper case ``SS``), ``İ`` (lower case ``i̇``), ``ﬁ``: compile_policy raised TypeError
+    (``ord()`` of two characters), a traceback from policy check, serve and reload."""
+    assert _custom_scanner(spec) is not None
+
+
+def test_a_custom_pattern_that_cannot_compile_is_a_located_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any failure compiling a custom detector is a problem of the policy at its place, never a traceback."""
+    from ext_proc.policy import guardrails as section
+
+    def broken(*_args: Any) -> Any:
+        raise TypeError("something unforeseen")
+
+    monkeypatch.setattr(section, "custom", broken)
+    section._compiled.cache_clear()
+    try:
+        with pytest.raises(PolicyError) as caught:
+            compile_policy(HEAD + "guardrails:\n  custom:\n    mine: {pattern: \"A-[0-9]\"}\n  rules:\n"
+                           "    - {name: x, detectors: [mine], action: redact}\n", "p.yaml")
+    finally:
+        section._compiled.cache_clear()
+    assert [str(issue) for issue in caught.value.errors] == [
+        "p.yaml:13:21: guardrails.custom.mine.pattern: cannot be used: something unforeseen"]
+
+
+@pytest.mark.parametrize("name", ["1ticket", "x" * 42, "customer_reference_number_of_the_billing_system"])
+def test_a_pseudonymised_custom_value_comes_back_whatever_the_detectors_name(name: str) -> None:
+    """The default label (the name in capitals) could be one the answer's placeholders are never
+    read back from: starting with a digit, or longer than 41 characters."""
+    policy = compile_policy(HEAD + textwrap.dedent(f"""\
+        guardrails:
+          custom:
+            {name}: {{pattern: "TCK-[0-9]{{6}}"}}
+          rules:
+            - {{name: t, detectors: [{name}], action: pseudonymise}}
+    """))
+    session, _, sent = post("/v1/chat/completions", chat("Look up TCK-123456 please"), policy=policy)
+    placeholder = orjson.loads(sent.body)["messages"][1]["content"].split()[2]
+    assert placeholder != "TCK-123456"
+    answer = _answer(session, {"model": "gpt-4o", "choices": [{"index": 0, "message": {
+        "role": "assistant", "content": f"Found {placeholder}."}, "finish_reason": "stop"}]})
+    assert orjson.loads(answer.body)["choices"][0]["message"]["content"] == "Found TCK-123456."
+
+
 def test_a_redacted_prompt_goes_upstream_redacted_every_role_and_tool_call() -> None:
     body = chat("Mail jane@example.com or bob@example.org, again jane@example.com", tools=[])
     body["messages"].append({"role": "assistant", "content": None, "tool_calls": [
@@ -1801,14 +1906,16 @@ def test_a_secret_in_json_text_is_found_as_it_means_and_as_written(arguments: st
 
 
 @pytest.mark.parametrize("arguments", [
-    '{"note": "tok_abcdefghij\\ud83d\\ude00 done"}',
+    '{"note": "tok_abcdefghijk\\ud83d\\ude00 done"}',
     '{"note": "tok_abcdefghijk\\u00e4 done"}',
     '{"note": "tok_abcdefghijkä done"}',
     '{"note": "tok_abcdefghi\\ud83d done"}',
+    '{"note": "tok_abcdefghijk\\ud83d done"}',
 ])
 def test_a_match_ending_inside_a_character_is_found_whole_not_a_crash(arguments: str) -> None:
-    """A pattern that reads any byte (``[^ "]``) may end inside a character (Hyperscan reads UTF-8
-    bytes): the finding holds the whole character; a surrogate pair's escapes are one character."""
+    """A custom pattern reads characters (``[^ "]{12}``: twelve of them, an emoji one), never part
+    of one; a surrogate pair's escapes are one character, a lone surrogate one too (Hyperscan
+    reads it as U+FFFD: its results on invalid UTF-8 are undefined)."""
     assert json.loads(_sent_arguments(arguments)) == {"note": "[TOKEN_1] done"}
 
 
