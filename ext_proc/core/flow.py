@@ -195,6 +195,8 @@ class Flow:
             "guardrail_triggers": self.guard.triggers() if self.guard else [],
             # the built-in prompt-injection score of the request's user and tool text (None: not scored)
             "injection_score": self.guard.score if self.guard else None,
+            # why the external injection classifier gave no score (None: it did, or it was not asked)
+            "classifier_unavailable": self.guard.unavailable if self.guard else None,
             "latency_ms": round((at - self.started) / 1e6, 3),
             "ttft_ms": round(self.ttft / 1e6, 3) if self.ttft is not None else None,
         }

@@ -18,6 +18,7 @@ and ends there.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any, ClassVar
 
@@ -221,8 +222,13 @@ def _classified(flow: Flow, answer: Any) -> Ask | None:
     guard = flow.guard
     assert guard is not None and guard.plan.classifier is not None
     classifier = guard.plan.classifier
-    if isinstance(answer, BaseException) or not isinstance(answer, (int, float)):
-        if classifier.fail_closed:
+    if isinstance(answer, BaseException) or not isinstance(answer, (int, float)) or not math.isfinite(answer):
+        # Recorded; refused only when the rule deciding prompt injection would block (a ``log``
+        # rule only records, whatever ``fail`` says: it never refuses a request).
+        guard.unavailable = (str(answer) or type(answer).__name__) if isinstance(answer, BaseException) else \
+            "an answer without a score"
+        rule = guard.plan.injection
+        if classifier.fail_closed and rule is not None and rule.action == "block":
             raise ClientError(503, "guardrail_unavailable",
                               "The prompt-injection classifier did not answer, and the policy blocks requests then.")
         return None

@@ -224,7 +224,7 @@ class Guard:
     """One request's guardrails (see the module docstring)."""
 
     __slots__ = ("_answered", "_channels", "_counts", "_holdback", "_identities", "_json", "_kept", "_numbers",
-                 "_placeholders", "_schema", "_stream", "_taken", "plan", "score", "vault")
+                 "_placeholders", "_schema", "_stream", "_taken", "plan", "score", "unavailable", "vault")
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -234,6 +234,7 @@ class Guard:
         self.vault: dict[str, str] = {}  # placeholder -> the pseudonymised value
         self._identities: dict[str, str] = {}  # an identifier's digest -> the pseudonymised identifier
         self.score: float | None = None  # the prompt's injection score (built-in)
+        self.unavailable: str | None = None  # why the injection classifier gave no score (None: it did, or none asked)
         self._channels: dict[tuple[Any, ...], _Channel] = {}
         self._holdback: Holdback | None = None
         self._stream: StreamTexts | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 from ext_proc.guardrails.queries import ClassifierUnavailable, Classify
@@ -56,8 +57,8 @@ class Classifier:
         if scores is None and isinstance(body, dict):
             scores = [body.get("score")]
         if not isinstance(scores, list) or not scores or not all(
-                isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores):
-            raise ClassifierUnavailable("an answer without scores")
+                isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores):
+            raise ClassifierUnavailable("an answer without scores")  # (NaN or infinity is none: no score)
         return float(max(scores))
 
     async def close(self) -> None:

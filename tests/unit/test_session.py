@@ -252,7 +252,8 @@ def test_record_has_exactly_the_documented_fields() -> None:
         "request_id", "team", "key_id", "workload",
         "api", "model", "served_model", "provider", "stream", "status", "outcome", "error",
         "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens", "service_tier",
-        "attempts", "fallback", "guardrails", "guardrail_triggers", "injection_score", "latency_ms", "ttft_ms",
+        "attempts", "fallback", "guardrails", "guardrail_triggers", "injection_score", "classifier_unavailable",
+        "latency_ms", "ttft_ms",
         "estimated_input_tokens", "input_estimated", "output_estimated", "cost_usd_micros", "price_version",
     ])
 
