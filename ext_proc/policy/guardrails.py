@@ -100,6 +100,29 @@ def problems(spec: PolicySpec, models: dict[str, tuple[str, bool]], skipped: obj
                         out.append(Problem('"*" (every one) must be the only entry', where=where))
                 elif ref not in names and (field, ref) not in skipped:  # type: ignore[operator]
                     out.append(Problem(f"unknown {noun} {named(ref)}" + suggest(ref, names), where=where))
+        if rule.models != ["*"]:
+            out += _alias_notes(spec, rule.models, (*at, "models"))
+    return out
+
+
+def _alias_notes(spec: PolicySpec, listed: list[str], where: Loc) -> list[Problem]:
+    """A rule's ``models`` match the name a request asks for: a routing alias serving a listed
+    model is another name, which the rule does not cover unless it lists it too (a note)."""
+    served: dict[tuple[str, str], str] = {}  # (provider, the provider's model name) -> the public name listed
+    for name in listed:
+        model = spec.models.get(name) or next((m for m in spec.models.values() if name in m.aliases), None)
+        if model is not None:
+            served.setdefault((model.provider, model.model or next(
+                (n for n, m in spec.models.items() if m is model), name)), name)
+    out = []
+    for alias, entry in spec.routing.aliases.items():
+        if alias in listed:
+            continue
+        hit = next((served[(t.provider, t.model)] for t in entry.targets if (t.provider, t.model) in served), None)
+        if hit is not None:
+            out.append(Problem(f"note: the rule applies to requests for '{hit}', not to those for the routing alias "
+                               f"'{alias}' that {hit} may serve (a rule matches the name a request asks for): list "
+                               f"'{alias}' too to cover them", where=where, at_key=True, note=True))
     return out
 
 

@@ -989,6 +989,26 @@ def test_a_rule_for_no_team_or_model_is_refused() -> None:
     ]
 
 
+def test_a_rule_for_a_model_a_routing_alias_serves_is_noted() -> None:
+    """A rule's ``models`` match the name a request asks for: a rule for gpt-4o never applied to a
+    request for the routing alias ``chat`` served by gpt-4o, and nothing said so."""
+    text = HEAD + textwrap.dedent("""\
+        routing:
+          aliases:
+            chat: {targets: [{provider: openai, model: gpt-4o}]}
+        guardrails:
+          rules:
+            - {name: pii, detectors: [email], action: block, models: [gpt-4o-latest]}
+            - {name: pii, detectors: [email], action: block, models: [chat, gpt-4o]}
+            - {name: pii, detectors: [email], action: block, models: [claude-x]}
+    """)
+    policy = compile_policy(text, "p.yaml")
+    assert policy.notes == (
+        "p.yaml:16:54: guardrails.rules[0].models: note: the rule applies to requests for 'gpt-4o-latest', not to "
+        "those for the routing alias 'chat' that gpt-4o-latest may serve (a rule matches the name a request asks "
+        "for): list 'chat' too to cover them",)
+
+
 def test_the_first_rule_for_a_team_model_and_direction_decides() -> None:
     policy = compile_policy(HEAD + textwrap.dedent("""\
         guardrails:
