@@ -411,15 +411,34 @@ def _check_limits(spec: PolicySpec, owners: dict[str, tuple[str, bool]], skipped
     for name, budget in spec.budgets.items():
         if budget.usd is not None:
             problems += _usd_problems(budget.usd, ("budgets", name, "usd"))
-        try:
-            zoneinfo.ZoneInfo(budget.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            problems.append(Problem(f"unknown time zone '{budget.timezone}' (an IANA name, e.g. Europe/Berlin)",
-                                    where=("budgets", name, "timezone")))
+        host_bound = _not_a_zone(budget.timezone)
+        if host_bound:
+            problems.append(Problem(f"'{budget.timezone}' is not an IANA time zone ({host_bound}): give one, e.g. "
+                                    "Europe/Berlin or UTC", where=("budgets", name, "timezone")))
+        else:
+            try:
+                zoneinfo.ZoneInfo(budget.timezone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                problems.append(Problem(f"unknown time zone '{budget.timezone}' (an IANA name, e.g. Europe/Berlin)",
+                                        where=("budgets", name, "timezone")))
         if budget.webhook is not None and not budget.alerts:
             problems.append(Problem("a webhook needs 'alerts' (the percentages that call it)",
                                     where=("budgets", name, "webhook"), at_key=True))
     return problems
+
+
+def _not_a_zone(name: str) -> str:
+    """Why a name the host's zone files hold is no IANA time zone a budget may count in ("": it may
+    be one): ``localtime`` and ``posixrules`` are whatever the host is set to (replicas sharing
+    Redis would count different days), ``right/…`` zones count leap seconds, ``posix/…`` are
+    copies, ``Factory`` is no place's."""
+    if name in ("localtime", "posixrules"):
+        return "it is the zone each host is set to: replicas would count different days"
+    if name.startswith(("right/", "posix/")):
+        return "a copy of the zone files for other systems' clocks: give the zone's own name"
+    if name == "Factory":
+        return "a placeholder for a host with no zone set"
+    return ""
 
 
 def _usd_problems(usd: str, where: Loc) -> list[Problem]:

@@ -75,6 +75,20 @@ def test_no_limits_is_falsy_and_costs_nothing() -> None:
      "p.yaml:14:12: rate_limits.r.key: unknown key id 'search-cj' (did you mean 'search-ci'?)"),
     ("budgets:\n  b: {team: search, usd: \"1\", period: day, timezone: Mars/Olympus}\n",
      "p.yaml:14:54: budgets.b.timezone: unknown time zone 'Mars/Olympus' (an IANA name, e.g. Europe/Berlin)"),
+    # Names the host's zone files hold that are no zone of a place: localtime follows each host's
+    # setting (replicas sharing Redis counted different days); they were accepted.
+    ("budgets:\n  b: {team: search, usd: \"1\", period: day, timezone: localtime}\n",
+     "p.yaml:14:54: budgets.b.timezone: 'localtime' is not an IANA time zone (it is the zone each host is set to: "
+     "replicas would count different days): give one, e.g. Europe/Berlin or UTC"),
+    ("budgets:\n  b: {team: search, usd: \"1\", period: day, timezone: posixrules}\n",
+     "p.yaml:14:54: budgets.b.timezone: 'posixrules' is not an IANA time zone (it is the zone each host is set to: "
+     "replicas would count different days): give one, e.g. Europe/Berlin or UTC"),
+    ("budgets:\n  b: {team: search, usd: \"1\", period: day, timezone: right/UTC}\n",
+     "p.yaml:14:54: budgets.b.timezone: 'right/UTC' is not an IANA time zone (a copy of the zone files for other "
+     "systems' clocks: give the zone's own name): give one, e.g. Europe/Berlin or UTC"),
+    ("budgets:\n  b: {team: search, usd: \"1\", period: day, timezone: Factory}\n",
+     "p.yaml:14:54: budgets.b.timezone: 'Factory' is not an IANA time zone (a placeholder for a host with no zone "
+     "set): give one, e.g. Europe/Berlin or UTC"),
     ("budgets:\n  b: {team: search, usd: 1.5, period: day}\n",
      "p.yaml:14:26: budgets.b.usd: must be a string (YAML reads 1.5 as a number; put it in quotes)"),
     ("budgets:\n  b: {team: search, period: day}\n",
