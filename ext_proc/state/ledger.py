@@ -34,7 +34,7 @@ per (day, team, model, provider) (the dashboard's).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -229,31 +229,43 @@ def _grouped(buckets: Iterable[tuple[Bucket, dict[str, int]]], key: Callable[[Bu
         if row is None:
             name = group if isinstance(group, str) else "/".join(group)
             row = rows[group] = Row(name, histogram=[0] * (len(LATENCY_BOUNDS) + 1))
-        for name in ("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
-                     "cost_usd_micros", "unknown_usage", "unknown_cost", "guardrail_triggers", "fallbacks",
-                     "refused", "lookups", "errors", "incomplete", "abandoned_tries", "estimated"):
-            setattr(row, name, getattr(row, name) + counters.get(name, 0))
-        for name, value in counters.items():
-            if name.startswith("guardrail:"):
-                row.guardrails[name[10:]] = row.guardrails.get(name[10:], 0) + value
-            elif name.startswith("refused:"):
-                row.refused_by_status[name[8:]] = row.refused_by_status.get(name[8:], 0) + value
+        # One pass over the bucket's counters (a report reads hundreds of thousands of buckets).
         # The latencies of the model calls a provider answered (served_*), and those an older
         # Tollway wrote (latency_*: every request it did not refuse, lookups, errors and cut
         # streams too). Both add up: sidecars of both versions write to one bucket until every
         # pod has restarted, and this version never writes latency_*.
         total, n, outcomes = sums.get(group, (0, 0, 0))
-        sums[group] = (total + counters.get("served_us_sum", 0) + counters.get("latency_us_sum", 0),
-                       n + counters.get("served_n", 0) + counters.get("latency_n", 0),
-                       outcomes + counters.get("outcomes", 0))
-        for i in range(len(row.histogram)):
-            row.histogram[i] += counters.get(f"served_le:{i}", 0) + counters.get(f"latency_le:{i}", 0)
+        histogram = row.histogram
+        for name, value in counters.items():
+            if name in _SUMMED:
+                setattr(row, name, getattr(row, name) + value)
+            elif name.startswith(("served_le:", "latency_le:")):
+                i = name.partition(":")[2]
+                if i.isdigit() and int(i) < len(histogram):
+                    histogram[int(i)] += value
+            elif name in ("served_us_sum", "latency_us_sum"):
+                total += value
+            elif name in ("served_n", "latency_n"):
+                n += value
+            elif name == "outcomes":
+                outcomes += value
+            elif name.startswith("guardrail:"):
+                row.guardrails[name[10:]] = row.guardrails.get(name[10:], 0) + value
+            elif name.startswith("refused:"):
+                row.refused_by_status[name[8:]] = row.refused_by_status.get(name[8:], 0) + value
+        sums[group] = (total, n, outcomes)
     for group, row in rows.items():
         total, n, outcomes = sums[group]
         row.latency_sum_ms, row.latency_count = total / 1000, n
         row.p95_bound_ms = _p95_bound(row.histogram) if n else None
         row.unknown_outcome = row.requests - row.refused - outcomes
     return rows
+
+
+# A bucket's counters a report row adds up as they are.
+_SUMMED = frozenset(("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
+                     "cost_usd_micros", "unknown_usage", "unknown_cost", "guardrail_triggers", "fallbacks",
+                     "refused", "lookups", "errors", "incomplete", "abandoned_tries", "estimated"))
 
 
 def _p95_bound(histogram: list[int]) -> float:
@@ -333,6 +345,7 @@ class MemoryLedger:
         return _grouped(self.buckets.items(), _cell, since, until, None)
 
 
+READ_CHUNK = 1_000  # buckets a report reads from Redis per round trip (RedisLedger._buckets)
 FIRST_DAY_SCAN = 400  # days: a longer report range starts at the ledger's first day (found by a scan)
 
 
@@ -431,17 +444,20 @@ class RedisLedger:
         """A row per (day, team, model, provider) in [since, until)."""
         return _grouped(self._buckets(since, until), _cell, since, until, None)
 
-    def _buckets(self, since: date, until: date) -> list[tuple[Bucket, dict[str, int]]]:
-        keys: list[str] = []
+    def _buckets(self, since: date, until: date) -> Iterator[tuple[Bucket, dict[str, int]]]:
+        """The buckets of the days in [since, until), read a day at a time and :data:`READ_CHUNK`
+        buckets per round trip, yielded as they come: a report folds them into its rows as it
+        reads, so what it holds grows with its rows, never with the window's buckets (three
+        months of a busy gateway are hundreds of thousands)."""
         day = since
         while day < until:
-            keys += [k.decode() for k in self.client.smembers(f"{self.prefix}:day:{day.isoformat()}")]
+            keys = [k.decode() for k in self.client.smembers(f"{self.prefix}:day:{day.isoformat()}")]
             day += timedelta(days=1)
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        buckets = []
-        for key, counters in zip(keys, pipe.execute(), strict=True):
-            bucket = tuple(key.split(":b:", 1)[1].split(SEP))
-            buckets.append((bucket, {k.decode(): int(v) for k, v in counters.items()}))
-        return buckets  # type: ignore[return-value]
+            for start in range(0, len(keys), READ_CHUNK):
+                chunk = keys[start:start + READ_CHUNK]
+                pipe = self.client.pipeline(transaction=False)
+                for key in chunk:
+                    pipe.hgetall(key)
+                for key, counters in zip(chunk, pipe.execute(), strict=True):
+                    bucket = tuple(key.split(":b:", 1)[1].split(SEP))
+                    yield bucket, {k.decode(): int(v) for k, v in counters.items()}

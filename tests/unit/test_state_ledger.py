@@ -589,3 +589,38 @@ def test_records_redis_never_took_are_counted_and_said_when_the_worker_stops(cap
         asyncio.run(writer.close())
     assert writer.ledger_dropped == 3 and writer.failures >= 1
     assert any("3 record(s) never reached the spend aggregates" in r.getMessage() for r in caplog.records)
+
+
+def test_a_report_over_many_buckets_holds_its_rows_not_the_buckets(redis_port: int) -> None:
+    """A report reads Redis a chunk of buckets at a time and folds each into its rows: what it holds
+    grows with the rows (5 teams), not with the window's buckets (5,000 here; three months of a busy
+    gateway are hundreds of thousands, and holding them all took 500 MB and an OOM kill of the
+    sidecar). The totals stay exact, against the in-process reference."""
+    import random
+
+    from tests.unit.test_ledger import rec
+
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger, memory = RedisLedger(client), MemoryLedger()
+    start = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
+    pick = random.Random(3)
+    records = [rec(ts=start + pick.randrange(30 * 86400), team=f"t{pick.randrange(5)}", model=f"m{pick.randrange(40)}",
+                   key_id=f"k{pick.randrange(5)}", input_tokens=pick.randrange(10**6),
+                   cost_usd_micros=pick.choice([None, pick.randrange(10**9)]), latency_ms=pick.random() * 9000,
+                   guardrails=pick.choice([[], ["pii"]])) for _ in range(6_000)]
+    for i in range(0, len(records), 2000):
+        ledger.add(records[i:i + 2000])
+        memory.add(records[i:i + 2000])
+    assert client.dbsize() > 5000  # buckets (and the days' sets)
+    ledger.rows("team", *OCTOBER)  # warm: the client's connection and buffers
+    tracemalloc.start()
+    try:
+        rows = ledger.rows("team", *OCTOBER)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, peak  # every bucket at once: 12 MB
+    expected = memory.rows("team", *OCTOBER)
+    assert rows == expected and sum(r.requests for r in rows) == len(records)
+    assert ledger.cells(*OCTOBER) == memory.cells(*OCTOBER)
