@@ -47,6 +47,14 @@ _NOT_LOCAL = orjson.dumps(
     {"error": {"message": "without an admin token this endpoint answers only requests for localhost, 127.0.0.1 "
                           "or [::1] (Host)", "type": "permission_error"}}
 )
+# A report reads every bucket (or log line) of its window: one at a time per process, so that many
+# asked at once cannot each take their share of the sidecar's memory and CPU. Another waits this
+# long for it, then is answered 429 (Retry-After) with _BUSY.
+REPORT_WAIT = 5.0
+_BUSY = orjson.dumps(
+    {"error": {"message": "another spend report is being computed in this process: retry in a few seconds",
+               "type": "rate_limit_error"}}
+)
 _UNAUTHORIZED = orjson.dumps(
     {"error": {"message": "this admin endpoint needs the admin token (Authorization: Bearer ...)",
                "type": "authentication_error"}}
@@ -78,6 +86,7 @@ class AdminServer:
         self._timeline = dashboard.Timeline(names=dashboard.ModelNames(serves))  # the log's, read incrementally
         self._follower = Follower(log_path, since=time.time() - self._timeline.keep) if log_path else None
         self._timeline_lock = threading.Lock()
+        self._report_lock = asyncio.Lock()  # one report computed at a time (REPORT_WAIT)
 
     def allowed(self, head: bytes) -> bool:
         """Whether the request head carries the admin token (always, when none is configured). The
@@ -132,6 +141,18 @@ class AdminServer:
             found, source = aggregate(records, by, since, until, where), "log"
         rows = [row.as_dict() for row in found]
         return 200, "application/json", orjson.dumps({"by": by, "source": source, "rows": rows})
+
+    async def _one_report(self, query: str) -> tuple[int, str, bytes]:
+        """:meth:`report` in a worker thread, one at a time: another report asked meanwhile waits
+        up to :data:`REPORT_WAIT` seconds for it, then is answered 429."""
+        try:
+            await asyncio.wait_for(self._report_lock.acquire(), REPORT_WAIT)
+        except TimeoutError:
+            return 429, "application/json", _BUSY
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, self.report, query)
+        finally:
+            self._report_lock.release()
 
     def dashboard_data(self, query: str) -> tuple[int, str, bytes]:
         """``/v1/dashboard?hours=24&step=300``: what the page draws, from the ledger (see
@@ -196,8 +217,8 @@ class AdminServer:
                 status, content_type, body = 403, "application/json", _NOT_LOCAL
             elif not allowed and path not in ("/healthz", "/readyz") and path not in ASSETS:
                 status, content_type, body = 401, "application/json", _UNAUTHORIZED
-            elif path == "/v1/report":  # reads the log: off the event loop
-                status, content_type, body = await asyncio.get_running_loop().run_in_executor(None, self.report, query)
+            elif path == "/v1/report":  # reads the log or Redis: one at a time, off the event loop
+                status, content_type, body = await self._one_report(query)
             elif path == "/v1/dashboard":  # reads the log's new lines (or Redis): off the event loop
                 status, content_type, body = await asyncio.get_running_loop().run_in_executor(
                     None, self.dashboard_data, query)
@@ -215,8 +236,10 @@ class AdminServer:
             else:
                 status, content_type, body = self.route(path, allowed)
             reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-                      405: "Method Not Allowed", 503: "Service Unavailable"}[status]
+                      405: "Method Not Allowed", 429: "Too Many Requests", 503: "Service Unavailable"}[status]
             challenge = 'www-authenticate: Bearer realm="tollway-admin"\r\n' if status == 401 else ""
+            if status == 429:
+                challenge = f"retry-after: {max(1, round(REPORT_WAIT))}\r\n"
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\n{challenge}content-type: {content_type}\r\ncache-control: no-store\r\n"
                 # The dashboard loads nothing from elsewhere (it works offline, and a name in the data

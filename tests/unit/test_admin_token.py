@@ -146,3 +146,46 @@ def test_serve_refuses_an_exposed_admin_port_without_a_token(tmp_path: Path) -> 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--admin-host 0.0.0.0" in lines[0] and "--admin-token-file" in lines[0]
+
+
+def test_one_report_at_a_time_the_next_waits_then_is_told_to_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report reads its whole window (every bucket in Redis, or the log): three asked at once
+    took three times the memory and an OOM kill of the sidecar. One is computed at a time, off the
+    event loop (the probes and the metrics still answer); one asked meanwhile waits for it, up to
+    REPORT_WAIT, then gets a 429 with Retry-After and a JSON error; after it, reports answer again."""
+    import threading
+
+    from ext_proc.server import admin
+
+    monkeypatch.setattr(admin, "REPORT_WAIT", 0.3, raising=False)
+    release, started = threading.Event(), threading.Event()
+
+    def slow_report(query: str) -> tuple[int, str, bytes]:
+        started.set()
+        release.wait(10)
+        return 200, "application/json", b'{"rows": []}'
+
+    async def scenario() -> None:
+        server, sock = _serve(None)
+        monkeypatch.setattr(server, "report", slow_report)
+        await server.start(sock)
+        port = sock.getsockname()[1]
+        try:
+            first = asyncio.create_task(_get(port, "/v1/report?by=team"))
+            await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+            assert (await _get(port, "/healthz"))[0] == 200  # the event loop is free meanwhile
+            assert (await _get(port, "/metrics"))[0] == 200
+            status, headers, body = await _get(port, "/v1/report?by=model")
+            assert status == 429 and headers["retry-after"] == "1"
+            assert orjson.loads(body)["error"]["type"] == "rate_limit_error"
+            waiting = asyncio.create_task(_get(port, "/v1/report?by=key"))  # released within its wait
+            await asyncio.sleep(0.05)
+            release.set()
+            assert (await first)[0] == 200
+            assert (await waiting)[0] == 200
+            assert (await _get(port, "/v1/report?by=team"))[0] == 200
+        finally:
+            release.set()
+            await server.close()
+
+    asyncio.run(scenario())
