@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+READ_CHUNK = 1 << 20  # bytes the Follower reads at a time (a line longer is read whole)
+
 
 def log_files(path: str) -> list[str]:
     """``path`` and its rotated copies (``path.<UTC timestamp>``), oldest first."""
@@ -54,10 +56,18 @@ class Follower:
                 if offset is None:
                     offset = 0 if stat.st_mtime >= self.since else stat.st_size
                 handle.seek(offset)
-                data = handle.read(max(0, stat.st_size - offset))
-                complete = data.rfind(b"\n") + 1
-                seen[stat.st_ino] = offset + complete
-                yield from read_lines(data[:complete])
+                left = max(0, stat.st_size - offset)
+                tail = b""
+                while left > 0:  # READ_CHUNK at a time: a week of log is hundreds of MB
+                    data = tail + handle.read(min(left, READ_CHUNK))
+                    left -= len(data) - len(tail)
+                    if len(data) == len(tail):
+                        break  # truncated meanwhile
+                    complete = data.rfind(b"\n") + 1
+                    tail = data[complete:]
+                    offset += complete
+                    yield from read_lines(data[:complete])
+                seen[stat.st_ino] = offset
         self.offsets = seen  # files removed since (rotated out) are forgotten
 
 
