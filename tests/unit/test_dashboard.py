@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+from ext_proc.ledger import log
 from ext_proc.ledger.dashboard import LATENCY_BOUNDS, ModelNames, Timeline, from_ledger, percentile, window_days
 from ext_proc.ledger.log import Follower
 from ext_proc.ledger.report import aggregate
@@ -186,7 +188,12 @@ def test_percentile_is_the_bucket_bound() -> None:
     assert percentile([0] * len(histogram), 50) is None
 
 
-def test_the_follower_reads_only_new_lines_across_a_rotation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [1 << 22, 7, 30])
+def test_the_follower_reads_only_new_lines_across_a_rotation(tmp_path: Path, chunk: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across a rotation, and a chunk at a time (a week of log is hundreds of MB: read at once, it
+    held them all; a line longer than a chunk is read whole)."""
+    monkeypatch.setattr(log, "READ_CHUNK", chunk, raising=False)
     path = tmp_path / "requests.jsonl"
     lines = [orjson.dumps({"request_id": f"r{i}"}) + b"\n" for i in range(5)]
     path.write_bytes(lines[0] + lines[1] + lines[2][:7])  # a line half written
@@ -198,6 +205,24 @@ def test_the_follower_reads_only_new_lines_across_a_rotation(tmp_path: Path) -> 
     path.write_bytes(lines[3] + lines[4])
     assert [r["request_id"] for r in follower.new_records()] == ["r2", "r3", "r4"]
     assert list(follower.new_records()) == []
+
+
+def test_the_follower_holds_a_chunk_of_the_log_not_all_of_it(tmp_path: Path) -> None:
+    """The dashboard's first read takes the whole week of log: read at once, it held all of it (a
+    65 MB log peaked the process at 361 MB RSS)."""
+    import tracemalloc
+
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in records(16_000)))
+    assert path.stat().st_size > 4_000_000
+    follower = Follower(str(path))
+    tracemalloc.start()
+    try:
+        n = sum(1 for _ in follower.new_records())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == 16_000 and peak < 4_000_000, peak  # at once: 9 MB (the file, then its lines)
 
 
 def test_with_an_admin_token_the_page_is_open_and_its_data_is_not() -> None:
@@ -222,3 +247,64 @@ def test_with_an_admin_token_the_page_is_open_and_its_data_is_not() -> None:
             await server.close()
 
     asyncio.run(scenario())
+
+
+def week(n: int, seed: int = 11) -> list[dict[str, Any]]:
+    """``n`` records over the last 7 days, in time order, most of them a (team, model) of their own in
+    their 5 minutes (as a gateway's dozens of teams and models spread them)."""
+    rng = random.Random(seed)
+    found = []
+    for i, record in enumerate(records(n, seed)):
+        record.update(ts=NOW - 7 * 86400 + i * (7 * 86400 / n), team=f"t{rng.randrange(60)}",
+                      model=f"m{rng.randrange(30)}")
+        found.append(record)
+    return found
+
+
+def test_a_week_of_the_log_is_kept_compact() -> None:
+    """The timeline is kept for the process' life once the dashboard is opened: each (slot, team,
+    model, provider) was a report row and a 62-bucket histogram (~1.2 KB; 100k records over a week
+    kept 121 MB). A cell is now an array of its counts and the latency buckets it holds, and slots
+    older than a day are hourly."""
+    import tracemalloc
+
+    found = week(4000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        timeline = Timeline()
+        for record in found:
+            timeline.add(record, NOW)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 2_500_000, kept  # was 5 MB
+    assert max(timeline.hourly.slots) < NOW - 24 * 3600 and min(timeline.slots) >= NOW - 26 * 3600
+
+
+def test_older_slots_are_hourly_and_the_week_adds_up_as_the_report() -> None:
+    """Fed as a running service reads its log (the present moving on), the slots past a day fold into
+    hours: the week's totals and rows are still the report's, and the 7-day window is drawn in whole
+    hours (2-hour points); the last 24 hours keep 15-minute points."""
+    found = week(3000)
+    live, once = Timeline(), Timeline()
+    for record in found:
+        live.add(record, record["ts"] + 1)  # read a second after it was written
+        once.add(record, NOW)
+    for timeline in (live, once):
+        data = timeline.summary(NOW - 168 * 3600, NOW + 1, step=6300)
+        assert data["step"] == 7200 and len(data["slots"]) == 85
+        assert all(slot % 7200 == 0 for slot in data["slots"])
+        assert sum(data["series"]["requests"]) == data["totals"]["requests"] == len(found)
+        for by, rows in (("team", data["teams"]), ("model", data["models"])):
+            report = {row.group: row.as_dict() for row in aggregate(found, by)}
+            assert {row["group"] for row in rows} == set(report)
+            for row in rows:
+                expected = report[row["group"]]
+                for name in ("requests", "refused", "input_tokens", "output_tokens", "cost_usd_micros", "unknown_cost",
+                             "errors", "incomplete", "guardrails", "refused_by_status"):
+                    assert row[name] == expected[name], (by, row["group"], name)
+                assert abs(row["avg_latency_ms"] - expected["avg_latency_ms"]) < 0.002
+        day = timeline.summary(NOW - 24 * 3600, NOW + 1, step=900)
+        assert day["step"] == 900 and day["totals"]["requests"] == sum(r["ts"] >= NOW - 24 * 3600 for r in found)
+    assert live.summary(NOW - 168 * 3600, NOW + 1, step=7200) == once.summary(NOW - 168 * 3600, NOW + 1, step=7200)
