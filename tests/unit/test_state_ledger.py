@@ -624,3 +624,10 @@ def test_a_report_over_many_buckets_holds_its_rows_not_the_buckets(redis_port: i
     expected = memory.rows("team", *OCTOBER)
     assert rows == expected and sum(r.requests for r in rows) == len(records)
     assert ledger.cells(*OCTOBER) == memory.cells(*OCTOBER)
+    # A Redis user denied scripts (ACL; or a read-only replica) reads the same with a pipeline.
+    client.acl_setuser("reader", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-eval", "-evalsha"])
+    try:
+        denied = RedisLedger(redis.Redis(port=redis_port, username="reader", password="pw"))
+        assert denied.rows("team", *OCTOBER) == expected and denied._read is False
+    finally:
+        client.acl_deluser("reader")
