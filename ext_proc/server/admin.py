@@ -1,5 +1,6 @@
 """The service's own small HTTP endpoint: ``/healthz``, ``/readyz`` (JSON details), ``/metrics``,
-``/v1/report`` (the spend report of ``tollway report``, as JSON), ``/v1/budgets``, and the
+``/v1/report`` (the spend report of ``tollway report``, as JSON; one computed at a time, the
+next waits :data:`REPORT_WAIT` then gets a 429), ``/v1/budgets``, and the
 dashboard: ``/dashboard`` (one HTML page, packaged with Tollway: no CDN, works offline) and the
 JSON it reads, ``/v1/dashboard`` (:mod:`ext_proc.ledger.dashboard`).
 
