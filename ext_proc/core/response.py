@@ -344,32 +344,51 @@ class Stream:
         if end:
             events += _whole(decoder.flush())
         if self.strict:
-            for at, event in enumerate(events):
-                data = event.data
-                if data and data != b"[DONE]" and event.json() is None:
-                    return self._cut(events, at)
+            unreadable = [at for at, event in enumerate(events)
+                          if event.data and event.data != b"[DONE]" and event.json() is None]
+            if unreadable:
+                return self._unreadable(events, unreadable, end)
+        events = self._staged(events, end)
+        out = events[0].raw if len(events) == 1 else b"".join(event.raw for event in events)
+        return None if out == body else out
+
+    def _staged(self, events: list[SSEEvent], end: bool) -> list[SSEEvent]:
+        flow = self.flow
         for stage in self.stages:
             events = stage.feed(flow, events)
             if end:
                 events += stage.end(flow)
-        out = events[0].raw if len(events) == 1 else b"".join(event.raw for event in events)
-        return None if out == body else out
+        return events
 
-    def _cut(self, events: list[SSEEvent], at: int) -> bytes:
-        """The stream ends at its unreadable event ``events[at]``: the events before it go on, then
-        the client's error event (none if a stage ended the stream already: a guardrail's block)."""
+    def _unreadable(self, events: list[SSEEvent], unreadable: list[int], end: bool) -> bytes:
+        """The stream ends at its first unreadable event that comes before the answer's end (the
+        provider's ``[DONE]``, ``message_stop``, ``response.completed``): the events before it go
+        on, then the client's error event (none if a stage ended the stream already: a
+        guardrail's block). One after the answer's end is dropped (read for usage all the same):
+        the answer the client got is whole; a ``null`` before it, which holds nothing, goes on."""
         flow = self.flow
-        kept = events[:at]
-        for stage in self.stages:
-            kept = stage.feed(flow, kept)
-        out = b"".join([event.raw for event in kept])
-        self._meter(events[at:])
-        if flow.stream_failed:
-            return out
-        flow.stream_failed = True
-        flow.error = UNREADABLE.code
-        assert flow.api is not None
-        return out + _stream_error(flow, UNREADABLE)
+        reader = flow.meter.reader
+        out: list[SSEEvent] = []
+        start = 0
+        for at in unreadable:
+            out += self._staged(events[start:at], False)
+            start = at + 1
+            if reader is not None and reader.complete:
+                self._meter([events[at]])
+                continue
+            if events[at].data.strip() == b"null":  # nothing in it: passed on, as it always was
+                out += self._staged([events[at]], False)
+                continue
+            self._meter(events[at:])
+            raw = b"".join([event.raw for event in out])
+            if flow.stream_failed:
+                return raw
+            flow.stream_failed = True
+            flow.error = UNREADABLE.code
+            assert flow.api is not None
+            return raw + _stream_error(flow, UNREADABLE)
+        out += self._staged(events[start:], end)
+        return b"".join([event.raw for event in out])
 
     def _meter(self, events: list[SSEEvent]) -> None:
         """Events the client does not get, read for the provider's usage all the same."""

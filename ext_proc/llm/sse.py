@@ -66,7 +66,7 @@ def parse_event(raw: bytes) -> SSEEvent:
         # The common shape (one ``data:`` line, LF endings) without the general loop.
         body = raw.rstrip(b"\n")
         if b"\n" not in body:
-            return SSEEvent("", body[6:], raw)
+            return SSEEvent("", _done(body[6:]), raw)
     name = ""
     data: list[bytes] = []
     for line in _LINE.split(raw):
@@ -79,7 +79,15 @@ def parse_event(raw: bytes) -> SSEEvent:
             data.append(value)
         elif field == b"event":
             name = value.decode("utf-8", "replace")
-    return SSEEvent(name, b"\n".join(data), raw)
+    return SSEEvent(name, _done(b"\n".join(data)), raw)
+
+
+def _done(data: bytes) -> bytes:
+    """``data`` as it is, but ``[DONE]`` with white space around it as ``[DONE]``: OpenAI's SDK
+    ends a stream at a data field starting with ``[DONE]``, and some servers send a space after it."""
+    if data[-1:] in (b" ", b"\t", b"\r") and data.strip() == b"[DONE]":
+        return b"[DONE]"
+    return data
 
 
 class SSEDecoder:
