@@ -1007,6 +1007,19 @@ def test_usage_in_the_finish_chunk_ends_the_message_at_once() -> None:
     assert [data for _, data in parse(out)] == [block_stop(0), message_delta("max_tokens", 12, 2), MESSAGE_STOP]
 
 
+def test_usage_on_every_chunk_splits_the_prompt_by_the_last_cache_details() -> None:
+    """A server reporting usage on every chunk, the cache's details only in its last: the largest
+    of each count the provider said (prompt 100, cache reads 80), then split (20 uncached). Taking
+    the largest of each split instead kept the early chunk's 100 uncached beside the 80 read:
+    the client was told 180 input tokens."""
+    translator = StreamTranslator()
+    translator.chunk(TEXT_STREAM[0])
+    translator.chunk(chunk({"content": "Hi"}, usage={"prompt_tokens": 100, "completion_tokens": 1}))
+    out = translator.chunk(chunk(finish="stop", usage={"prompt_tokens": 100, "completion_tokens": 2,
+                                                       "prompt_tokens_details": {"cached_tokens": 80}}))
+    assert [data for _, data in parse(out)][-2:] == [message_delta("end_turn", 20, 2, cached=80), MESSAGE_STOP]
+
+
 def test_cache_writes_the_chat_server_reports_reach_the_anthropic_client() -> None:
     """OpenAI counts cache writes in ``prompt_tokens``, Anthropic apart from ``input_tokens``."""
     usage = {"prompt_tokens": 100, "completion_tokens": 2, "total_tokens": 102,

@@ -441,15 +441,25 @@ def _tokens(value: Any) -> int:
 def _usage(raw: Any) -> tuple[int, int, int, int]:
     """(input tokens without cache reads and writes, cache reads, cache writes, output tokens) of an
     OpenAI ``usage``."""
+    return _split(_counts(raw))
+
+
+def _counts(raw: Any) -> tuple[int, int, int, int]:
+    """(prompt tokens, cache reads, cache writes, completion tokens) as an OpenAI ``usage`` says them."""
     if not isinstance(raw, dict):
         return 0, 0, 0, 0
-    prompt = _tokens(raw.get("prompt_tokens"))
     details = raw.get("prompt_tokens_details")
     cached = _tokens(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    cached = min(cached, prompt)
     written = _tokens(details.get("cache_write_tokens")) if isinstance(details, dict) else 0
+    return _tokens(raw.get("prompt_tokens")), cached, written, _tokens(raw.get("completion_tokens"))
+
+
+def _split(counts: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Anthropic's split of a prompt: what was neither read from nor written to the cache, then each."""
+    prompt, cached, written, output = counts
+    cached = min(cached, prompt)
     written = min(written, prompt - cached)
-    return prompt - cached - written, cached, written, _tokens(raw.get("completion_tokens"))
+    return prompt - cached - written, cached, written, output
 
 
 def _stop_reason(finish: Any, tools: bool) -> str:
@@ -670,8 +680,10 @@ class StreamTranslator:
             if finish:
                 out += self._finish(finish)
         usage = data.get("usage")
-        if isinstance(usage, dict) and usage:  # (a later one never lowers a count: a proxy's all-zero one)
-            self._usage = tuple(max(pair) for pair in zip(self._usage, _usage(usage), strict=True))  # type: ignore[assignment]
+        if isinstance(usage, dict) and usage:  # (a later one never lowers a count: a proxy's all-zero one;
+            # the provider's own counts, split at the end: an early chunk without the cache's details
+            # must not keep its whole prompt as uncached next to a later one's cache reads)
+            self._usage = tuple(max(pair) for pair in zip(self._usage, _counts(usage), strict=True))  # type: ignore[assignment]
             self._usage_seen = True
             if self._stop is not None:
                 out += self._final()
@@ -802,7 +814,7 @@ class StreamTranslator:
 
     def _final(self) -> bytes:
         self._complete = True
-        input_tokens, cached, written, output_tokens = self._usage
+        input_tokens, cached, written, output_tokens = _split(self._usage)
         # Without the provider's usage only output_tokens, which the SDK's type needs, is given (0):
         # the input side, optional, is left out rather than told as 0 (message_start's estimate stands).
         usage: dict[str, int] = {"input_tokens": input_tokens, "output_tokens": output_tokens,
