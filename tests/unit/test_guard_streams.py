@@ -461,6 +461,36 @@ def test_a_providers_error_in_the_stream_never_carries_a_value_the_answer_may_no
     assert b"for [EMAIL_1] jane.doe@example.com" in out  # the value found is the answer's; a pseudonym comes back
 
 
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+@pytest.mark.parametrize("route", OPENAI_SERVED)
+def test_a_streamed_reasoning_is_guarded_and_held_back_before_the_content(route: Route, field: str) -> None:
+    """``delta.reasoning_content`` / ``delta.reasoning`` (OpenAI-compatible servers' thinking) is a
+    channel of the answer: an address split anywhere across its deltas never reaches the client, a
+    pseudonym comes back, the word held back goes out before the content starts, and a ``block``
+    rule ends the stream (an Anthropic client is given no reasoning: translation drops it)."""
+    thought = "User is jane.doe@example.com, reply to [EMAIL_1] now"
+    for cut in range(1, len(thought), 3):
+        stream = (_openai_chunk({"role": "assistant", field: thought[:cut]}) + _openai_chunk({field: thought[cut:]})
+                  + _openai_chunk({"content": "Hi"}) + _openai_chunk({}, "stop") + b"data: [DONE]\n\n")
+        for workload, said in [("local-dev", "User is [EMAIL_2], reply to [EMAIL_1] now"),
+                               ("private-app", "User is [EMAIL_2], reply to jane@example.org now")]:
+            out = play(opened(route, workload, prompt="Write to jane@example.org"), [stream])
+            assert b"jane.doe" not in out, (cut, out)
+            if route.client == "anthropic":
+                assert b"reasoning" not in out and b"EMAIL" not in out and "Hi" in client_text(route, out)[0]
+                continue
+            order = [(key, value) for event in whole_events(out) if event.data.startswith(b"{")
+                     for choice in orjson.loads(event.data)["choices"]
+                     for key, value in choice["delta"].items() if key in (field, "content") and value]
+            assert "".join(value for key, value in order if key == field) == said, (cut, out)
+            assert order[-1] == ("content", "Hi"), order
+        card = thought.replace("jane.doe@example.com", "4111 1111 1111 1111")
+        stream = (_openai_chunk({"role": "assistant", field: card[:cut]}) + _openai_chunk({field: card[cut:]})
+                  + _openai_chunk({"content": "Hi"}) + _openai_chunk({}, "stop") + b"data: [DONE]\n\n")
+        out = play(opened(route, "strict-app"), [stream])
+        assert b"4111" not in out and is_error(route.client, whole_events(out)[-1]), out
+
+
 AUDIO_POLICY = compile_policy(HEAD + textwrap.dedent("""\
     guardrails:
       rules:

@@ -1364,6 +1364,45 @@ def test_an_audio_answers_transcript_a_rule_would_change_refuses_the_answer() ->
                                              "direction": "response", "count": 1}]
 
 
+BLOCKED_EMAIL = compile_policy(HEAD + textwrap.dedent("""\
+    guardrails:
+      rules:
+        - {name: pii, detectors: [email], action: block, direction: response}
+"""))
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_a_chat_messages_reasoning_is_read_in_the_request_and_the_answer(field: str) -> None:
+    """``reasoning_content`` (DeepSeek, vLLM, Groq) and ``reasoning`` (OpenRouter, Ollama) are the
+    message's text: an assistant message's goes upstream redacted (pseudonymised), an answer's is
+    redacted, has its pseudonyms put back, and a ``block`` rule refuses the answer; one of another
+    type is refused in a request, as any other text field."""
+    body = chat("hi")
+    body["messages"] += [{"role": "assistant", "content": "ok", field: "The user is jane@example.com."},
+                         {"role": "user", "content": "and?"}]
+    _, _, sent = post("/v1/chat/completions", body)
+    assert orjson.loads(sent.body)["messages"][2][field] == "The user is [EMAIL_1]."
+    session, _, sent = post("/v1/chat/completions", body, workload="support-app")
+    assert orjson.loads(sent.body)["messages"][2][field] == "The user is [EMAIL_1]."
+
+    def answer(text: str) -> dict[str, Any]:
+        return {"id": "c", "object": "chat.completion", "model": "m", "choices": [{"index": 0, "message": {
+            "role": "assistant", "content": "Done.", field: text}, "finish_reason": "stop"}]}
+
+    out = _answer(session, answer("Mail [EMAIL_1], cc bob@example.org."))
+    assert orjson.loads(out.body)["choices"][0]["message"][field] == "Mail jane@example.com, cc [EMAIL_2]."
+    session, _, _ = post("/v1/chat/completions", chat("hi"))
+    out = _answer(session, answer("Mail bob@example.org."))
+    assert orjson.loads(out.body)["choices"][0]["message"][field] == "Mail [EMAIL_1]."
+    session, _, _ = post("/v1/chat/completions", chat("hi"), policy=BLOCKED_EMAIL)
+    refused = _answer(session, answer("Mail bob@example.org."))
+    assert dict(refused.set_headers)[":status"] == "400" and b"bob@" not in refused.body
+    body["messages"][2][field] = {"text": "jane@example.com"}
+    _, _, sent = post("/v1/chat/completions", body)
+    assert sent.status == 400
+    assert orjson.loads(sent.body)["error"]["param"] == f"messages[2].{field}"
+
+
 STRUCTURED = '{"phone":4155550100,"card":4111111111111111}'
 
 

@@ -87,6 +87,14 @@ def _json_format(fmt: Any) -> bool:
     return isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object")
 
 
+# A message's (and a streamed delta's) reasoning, as OpenAI-compatible servers write it: DeepSeek's,
+# vLLM's and Groq's ``reasoning_content``, OpenRouter's, Ollama's and newer vLLM's ``reasoning``.
+# Plain text, neither signed nor encrypted: read as the message's text is, in requests (the client
+# gives it back in an assistant message) and in answers (its pseudonyms put back, held back in a
+# stream as the content is).
+REASONING = ("reasoning_content", "reasoning")
+
+
 def _message(message: dict[str, Any], role: str, scrub: dict[str, Any] | None = None,
              json_output: bool = False, where: str = "message", at: int | None = None,
              anchored: list[dict[str, Any]] | None = None) -> Iterator[Ref]:
@@ -116,6 +124,9 @@ def _message(message: dict[str, Any], role: str, scrub: dict[str, Any] | None = 
                      must="a string or an array of content parts")
     if isinstance(message.get("refusal"), str):
         yield Ref(message, "refusal", role, scrub=scrub)
+    for field in REASONING:  # what the model thought, where OpenAI-compatible servers give it
+        if field in message:  # (most messages have none)
+            yield from _field(message, field, role, f"{where}.{field}")
     calls = message.get("tool_calls")
     for number, call in enumerate(calls if isinstance(calls, list) else ()):
         function = call.get("function") if isinstance(call, dict) else None
@@ -133,9 +144,10 @@ def _message(message: dict[str, Any], role: str, scrub: dict[str, Any] | None = 
 
 def _odd(message: dict[str, Any]) -> bool:
     """Whether a message may hold a place the guard does not read (so its errors need its index):
-    anything but a string or absent content without calls."""
+    anything but a string or absent content without calls or reasoning."""
     content = message.get("content")
-    return not (content is None or isinstance(content, str)) or "tool_calls" in message or "function_call" in message
+    return (not (content is None or isinstance(content, str)) or "tool_calls" in message or "function_call" in message
+            or any(field in message for field in REASONING))
 
 
 def _annotations(annotations: Any) -> Iterator[Ref]:
@@ -201,7 +213,8 @@ def _inputs(payload: dict[str, Any], key: str) -> Iterator[Ref]:
 
 
 class OpenAIStream(StreamTexts):
-    """Chat and completion chunks: ``delta.content``, ``delta.refusal``, ``delta.audio.transcript``
+    """Chat and completion chunks: ``delta.content``, ``delta.refusal``, the reasoning
+    (``delta.reasoning_content``, ``delta.reasoning``: :data:`REASONING`), ``delta.audio.transcript``
     (an audio answer's text, which may not change: :attr:`Ref.fixed`), each tool call's
     ``arguments`` (chat) or ``text`` (completions), per choice; a choice's ``finish_reason`` closes
     its channels, and ``[DONE]`` any left open. ``json_output``: the content is JSON text."""
@@ -247,7 +260,7 @@ class OpenAIStream(StreamTexts):
                         # Another channel of the choice starts (a tool call after the text, the next
                         # tool call): the ones it leaves are done, what they hold goes out first.
                         before += self._close(index, event, chunk, flush, keep=carried)
-                    for field in ("content", "refusal"):
+                    for field in _DELTA_TEXTS:
                         value = delta.get(field)
                         if isinstance(value, str) and value:
                             channel = (index, field)
@@ -347,10 +360,14 @@ class OpenAIStream(StreamTexts):
         return out
 
 
+# A streamed delta's plain text fields, each a channel of its own: the reasoning first, as it comes.
+_DELTA_TEXTS = (*REASONING, "content", "refusal")
+
+
 def _carried(index: Any, delta: dict[str, Any]) -> set[tuple[Any, ...]]:
     """The channels of choice ``index`` a chunk's delta speaks in: its text, its refusal, each tool
     call it names (its first chunk, with the call's name, carries no arguments yet), the legacy call."""
-    carried: set[tuple[Any, ...]] = {(index, field) for field in ("content", "refusal")
+    carried: set[tuple[Any, ...]] = {(index, field) for field in _DELTA_TEXTS
                                      if isinstance(delta.get(field), str) and delta[field]}
     for call in delta.get("tool_calls") or ():
         if isinstance(call, dict):
