@@ -587,6 +587,33 @@ def test_a_blocks_signature_stays_its_last_delta_and_a_citation_after_the_text_b
         assert said == "Let me think about famous toll bridges. Mail [EMAIL_1]"
 
 
+@pytest.mark.parametrize("name", ["message_delta", "ping", "content_block_stop", ""])
+def test_an_anthropic_event_is_guarded_as_its_json_type_says_whatever_its_name(name: str) -> None:
+    """A client reads an event's JSON ``type`` (the SDK too, given a name it knows): a text delta
+    named otherwise (``event: message_delta``) is guarded as the text delta it is."""
+    route = Route("anthropic", "anthropic")
+
+    def named(data: dict[str, Any], name: str) -> bytes:
+        return (b"event: " + name.encode() + b"\n" if name else b"") + b"data: " + orjson.dumps(data) + b"\n\n"
+
+    upstream = b"".join([
+        _anthropic_event({"type": "message_start", "message": {
+            "id": "msg_03", "type": "message", "role": "assistant", "model": "claude-x-20250101", "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}}),
+        _anthropic_event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        named({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Mail jane.do"}},
+              name),
+        named({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "e@example.com"}},
+              name),
+        _anthropic_event({"type": "content_block_stop", "index": 0}),
+        _anthropic_event({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                          "usage": {"output_tokens": 20}}),
+        _anthropic_event({"type": "message_stop"})])
+    out = play(opened(route), [upstream])
+    assert b"jane.do" not in out and b"example.com" not in out, out
+    assert b"[EMAIL_1]" in out
+
+
 # A value right after a control escape ("\t", "\n") in a streamed JSON answer (scanned as written): found
 # without the escape's letter, the stream split anywhere.
 CONTROLLED = '{"a":"\\u00e9+1 415 555 0100\\t4111 1111 1111 1111\\njane.doe@example.com\\r\\n"}'

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from ext_proc.llm.apis.openai import OpenAIReader
+from ext_proc.llm.sse import SSEDecoder
 from ext_proc.llm.usage import Usage, apply_anthropic, apply_openai, apply_responses, apply_service_tier
 
 UNKNOWN = Usage()
@@ -96,6 +98,23 @@ def test_openai_bools_negatives_and_non_integers_are_unknown(bad: Any) -> None:
         "completion_tokens_details": {"reasoning_tokens": bad},
     }
     assert openai(raw) == UNKNOWN
+
+
+@pytest.mark.parametrize("usage", [
+    b'"usage":{"prompt_tokens":7,"completion_tokens":3}',
+    b'"us\\u0061ge":{"prompt_tokens":7,"completion_tokens":3}',  # a key written with an escape
+    b'"x":{"usage":null},"usage":{"prompt_tokens":7,"completion_tokens":3}',  # a null usage, and the real one
+    b'"usage" : {"prompt_tokens":7,"completion_tokens":3}',
+])
+def test_a_streamed_usage_chunk_is_read_however_its_key_is_written(usage: bytes) -> None:
+    reader = OpenAIReader()
+    head = b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"'
+    stream = (head + b'Hi"},"finish_reason":null}]}\n\n' + head + b'!"},"finish_reason":null}]}\n\n'
+              + b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[],' + usage + b'}\n\n'
+              + b"data: [DONE]\n\n")
+    for event in SSEDecoder().feed(stream):
+        reader.feed(event)
+    assert (reader.usage.input_tokens, reader.usage.output_tokens) == (7, 3)
 
 
 def test_openai_zero_is_a_real_count() -> None:

@@ -242,10 +242,12 @@ class MessagesStream(StreamTexts):
             if not event.data:
                 out.append(event)
                 continue
-            name = event.event
+            # The event's kind is its JSON ``type``, as a client reads it (the SDK, and any raw
+            # reader), not its SSE name, which a provider (or a proxy) may name otherwise
+            # (``event: message_delta`` carrying a text delta): the name only when there is no type.
             payload = event.json()
-            if not name and payload is not None:
-                name = str(payload.get("type", ""))
+            kind = payload.get("type") if payload is not None else None
+            name = kind if isinstance(kind, str) else event.event
             if name == "error" and payload is not None and _error_message(payload.get("error"), echo):
                 out.append(_event(payload, event.event, like=event))  # its message may quote the answer
                 continue

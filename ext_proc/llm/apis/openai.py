@@ -78,8 +78,10 @@ class OpenAIReader(Reader):
         self.keep(data)
         first = self.model is None
         # Most chunks are content deltas: decode only the first (the model), the last of a choice
-        # (its finish reason), usage and errors.
-        if (not first and (b'"usage"' not in data or b'"usage":null' in data) and b'"error"' not in data
+        # (its finish reason), usage and errors. A chunk with a ``\u`` escape anywhere is decoded
+        # too: a key may be written with escapes ("us\u0061ge"), which these bytes would miss.
+        if (not first and b"\\u" not in data and b'"error"' not in data
+                and (b'"usage"' not in data or data.count(b'"usage"') == data.count(b'"usage":null'))
                 and b'"finish_reason":"' not in data and b'"finish_reason": "' not in data):
             return
         chunk = event.json()
