@@ -52,7 +52,7 @@ import orjson
 from ext_proc.core import upstream
 from ext_proc.core.actions import CONTINUE, Action, Ask, Continue, Effect, Respond
 from ext_proc.core.events import Event, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
-from ext_proc.llm import apis, providers
+from ext_proc.llm import apis, exact, providers
 from ext_proc.llm.errors import ClientError
 from ext_proc.policy.compiled import CompiledPolicy, Plan, Target
 
@@ -139,7 +139,7 @@ class Attempt:
         if api is None or target is None:
             return CONTINUE  # the headers were already answered
         try:
-            payload: Any = orjson.loads(event.body)
+            payload: Any = exact.loads(event.body)
         except orjson.JSONDecodeError:
             return self._fail(ClientError(400, "invalid_json", "The request body is not valid JSON."))
         if not isinstance(payload, dict):
@@ -148,7 +148,7 @@ class Attempt:
             prepared, path = upstream.prepare(api, payload, target, self._path)
         except ClientError as error:  # (a target unable to express it was left out of the chain unless all are)
             return self._fail(error)
-        body = orjson.dumps(prepared)
+        body = exact.dumps(prepared)
         provider = target.provider
         sets = [(":path", path or self._path), ("content-length", str(len(body)))]
         host = upstream.host(provider, self._host)

@@ -284,6 +284,6 @@ class GuardAnswer(Stage):
 
 
 def _dumps(payload: dict[str, Any]) -> bytes:
-    import orjson
+    from ext_proc.llm import exact
 
-    return orjson.dumps(payload)
+    return exact.dumps(payload)

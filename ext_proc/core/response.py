@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import orjson
 
 from ext_proc.core.flow import Flow
-from ext_proc.llm import apis
+from ext_proc.llm import apis, exact
 from ext_proc.llm.apis import error_code, gunzip
 from ext_proc.llm.errors import INTERRUPTED, ClientError, plain_error
 from ext_proc.llm.sse import SSEDecoder, SSEEvent
@@ -148,7 +148,7 @@ class Translate(Stage):
                     answer = pair.response(payload, flow.asked, flow.runtime)
                 except Exception:  # a malformed provider answer: the client gets a clear 502
                     raise Untranslatable from None
-                body = orjson.dumps(answer)
+                body = exact.dumps(answer)
                 out.append(SSEEvent("", body, body, whole=True))
             return out
         if not events:

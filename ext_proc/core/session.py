@@ -57,7 +57,7 @@ from ext_proc.core.pipeline import Hook, Pipeline
 from ext_proc.core.response import Refused, Stream, complete, error_answer, invalid_answer, whole
 from ext_proc.core.steps import ROUTE_HEADER, STREAM_HEADER
 from ext_proc.guardrails import texts
-from ext_proc.llm import apis, translate
+from ext_proc.llm import apis, exact, translate
 from ext_proc.llm.errors import INTERRUPTED, ClientError
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.policy.compiled import CompiledPolicy
@@ -272,7 +272,7 @@ class Session:
         if not flow.replaced:
             return Continue(set_headers=headers, remove_headers=removes, clear_route_cache=True,
                             credential=flow.credential, metadata=flow.metadata)
-        body = orjson.dumps(request.payload) if flow.reencode else flow.body
+        body = exact.dumps(request.payload) if flow.reencode else flow.body
         return Continue(
             set_headers=(*headers, ("content-length", str(len(body)))),
             remove_headers=(*removes, "content-encoding") if flow.gunzip else removes,

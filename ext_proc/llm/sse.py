@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from ext_proc.llm.exact import exact
+
 # A blank line: two line terminators in a row. ``\r(?!\n)`` is a lone CR terminator.
 _BOUNDARY = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 _LINE = re.compile(rb"\r\n|\r|\n")
@@ -35,7 +37,8 @@ class SSEEvent:
 
     The response stages pass these along (see :mod:`ext_proc.core.response`): a buffered body
     travels as one event with ``whole`` set (``data`` and ``raw`` both the body), and
-    :meth:`json` decodes ``data`` once, for every stage that asks.
+    :meth:`json` decodes ``data`` once, for every stage that asks (a whole body's integers
+    beyond 64 bits exactly: :mod:`ext_proc.llm.exact`).
     """
 
     event: str
@@ -56,6 +59,8 @@ class SSEEvent:
                 value = None
             if not isinstance(value, dict):
                 value = None
+            elif self.whole:  # a buffered answer, which a stage may write again: its integers exact
+                value = exact(self.data, value)
             self._json = value
         return value  # type: ignore[no-any-return]
 

@@ -21,7 +21,7 @@ import pytest
 from ext_proc.core.actions import Continue, Respond
 from ext_proc.core.events import RequestBody, RequestHeaders, ResponseBody, ResponseHeaders
 from ext_proc.core.session import Session
-from ext_proc.llm import apis
+from ext_proc.llm import apis, exact
 from ext_proc.llm.apis import base
 from ext_proc.llm.apis.base import MAX_CONTAINERS, MAX_DEPTH, MAX_ITEMS, MAX_STRINGS, decode_json
 from ext_proc.llm.errors import ClientError
@@ -87,7 +87,7 @@ def request(**fields: object) -> bytes:
     (b'{"model": "gpt-4o-mini", "messages": [], "model": "gpt-4o"}', "gives the key 'model' twice"),
     (b'{"model": "m", "messages": [{"role": "user", "role": "system", "content": "x"}]}', "key 'role' twice"),
     (b'{"model": "m", "temperature": NaN}', "not valid JSON"),
-    (b'{"model": "m", "max_tokens": 1e999}', "not valid JSON"),
+    (b'{"model": "m", "max_tokens": 1e999}', "a number out of a double's range (such as 1e400)"),
     (b'{"model": "m\\ud800"}', "not valid JSON"),
     (b'{"model": "m", "x": "\xff\xfe"}', "not valid UTF-8 (byte 21: invalid start byte)"),
     (b'\xef\xbb\xbf{"model": "m"}', "not valid JSON"),
@@ -95,6 +95,78 @@ def request(**fields: object) -> bytes:
 ])
 def test_json_the_readers_could_disagree_on_is_refused(body: bytes, fragment: str) -> None:
     _refused(_session_body(body), 400, "invalid_json", fragment)
+
+
+BIG = 123456789012345678901234567890  # beyond 64 bits: orjson alone reads it as a rounded float
+
+
+def test_integers_beyond_64_bits_are_read_exactly() -> None:
+    body = (b'{"model": "m", "x": 123456789012345678901234567890, "y": [-18446744073709551617, 18446744073709551615,'
+            b' -9223372036854775808, 1e+16, 1E+17, 0.5], "s": "e+ in a string"}')
+    value = decode_json(body)
+    assert value["x"] == BIG and type(value["x"]) is int
+    assert value["y"] == [-18446744073709551617, 18446744073709551615, -9223372036854775808, 1e16, 1e17, 0.5]
+    assert exact.dumps(value) == (b'{"model":"m","x":123456789012345678901234567890,"y":[-18446744073709551617,'
+                                  b'18446744073709551615,-9223372036854775808,1e+16,1e+17,0.5],"s":"e+ in a string"}')
+    assert decode_json(b'{"model": "m", "t": 0.7, "n": 4111}') == {"model": "m", "t": 0.7, "n": 4111}
+
+
+POLICY = compile_policy("""\
+apiVersion: tollway/v1
+providers:
+  openai: {kind: openai, credential: {env: OPENAI_API_KEY}}
+  anthropic: {kind: anthropic, credential: {env: ANTHROPIC_API_KEY}}
+models:
+  gpt: {provider: openai, model: gpt-4o-2024-08-06}
+  claude: {provider: anthropic, model: claude-x}
+teams:
+  all: {workloads: [local-dev], models: ["*"]}
+""")
+
+
+@pytest.mark.parametrize(("path", "model"), [("/v1/chat/completions", "gpt"), ("/v1/chat/completions", "claude"),
+                                             ("/v1/messages", "gpt"), ("/v1/messages", "claude")])
+def test_integers_beyond_64_bits_reach_the_provider_and_the_client_as_they_were(path: str, model: str) -> None:
+    """A body written again (a model renamed, a translation) keeps an integer beyond 64 bits as it
+    came: in a call's arguments and a tool's input, both ways."""
+    arguments = '{"account": 123456789012345678901234567890}'
+    if path == "/v1/chat/completions":
+        body: dict[str, Any] = {"model": model, "messages": [
+            {"role": "user", "content": "pay"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "pay", "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "done"}], "max_tokens": 10}
+    else:
+        body = {"model": model, "max_tokens": 10, "messages": [
+            {"role": "user", "content": "pay"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "pay",
+                                               "input": {"account": BIG}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]}]}
+    raw = exact.dumps(body)
+    session = Session(POLICY, "local-dev")
+    head = {":method": "POST", ":path": path, "content-type": "application/json", "x-request-id": "r1",
+            "anthropic-version": "2023-06-01"}
+    assert isinstance(session.handle(RequestHeaders(head, False, 1)), Continue)
+    sent = session.handle(RequestBody(raw, True, 2))
+    assert isinstance(sent, Continue) and sent.body is not None, sent
+    assert b"123456789012345678901234567890" in sent.body and b"e+29" not in sent.body, sent.body
+    if model == "claude":
+        answer: dict[str, Any] = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                                  "content": [{"type": "tool_use", "id": "toolu_2", "name": "pay",
+                                               "input": {"account": BIG}}],
+                                  "stop_reason": "tool_use", "usage": {"input_tokens": 3, "output_tokens": 4}}
+    else:
+        answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-2024-08-06",
+                  "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                      "role": "assistant", "content": None, "tool_calls": [
+                          {"id": "call_2", "type": "function", "function": {"name": "pay", "arguments": arguments}}]}}],
+                  "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+    assert isinstance(session.handle(ResponseHeaders({":status": "200", "content-type": "application/json"},
+                                                     False, 3)), Continue)
+    out = session.handle(ResponseBody(exact.dumps(answer), True, 4))
+    assert isinstance(out, Continue)
+    if out.body is not None:  # (passed through untouched otherwise)
+        assert b"123456789012345678901234567890" in out.body and b"e+29" not in out.body, out.body
 
 
 def test_deep_nesting_up_to_the_limit_is_fine() -> None:

@@ -527,9 +527,15 @@ def test_a_trailing_assistant_prefill_is_sent_as_an_assistant_message() -> None:
 
 
 def test_tool_input_that_json_cannot_encode_is_rejected() -> None:
-    tool_use = {"type": "tool_use", "id": "toolu_1", "name": "count", "input": {"n": 2**70}}
+    tool_use = {"type": "tool_use", "id": "toolu_1", "name": "count", "input": {"n": object()}}
     err = rejects(body_with({"role": "user", "content": "Count."}, assistant(tool_use)))
     assert err.param == "messages.1.content.0.input"
+
+
+def test_a_tool_inputs_integer_beyond_64_bits_stays_exact_in_the_arguments() -> None:
+    tool_use = {"type": "tool_use", "id": "toolu_1", "name": "count", "input": {"n": 2**70}}
+    out = request(body_with({"role": "user", "content": "Count."}, assistant(tool_use)), MODEL)
+    assert out["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"n":1180591620717411303424}'
 
 
 def test_request_does_not_modify_its_input() -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from ext_proc.llm.errors import ClientError
+from ext_proc.llm.exact import exact
 from ext_proc.llm.sse import SSEEvent
 from ext_proc.llm.usage import Usage
 from ext_proc.values import value
@@ -78,10 +79,19 @@ def decode_json(body: bytes) -> Any:
         except UnicodeDecodeError as bad:  # orjson's own words would speak of surrogates, at char 0
             raise ClientError(400, "invalid_json", f"The request body is not valid UTF-8 (byte {bad.start}: "
                               f"{bad.reason}).") from None
+        if "infinity" in str(exc):  # valid JSON, but no reader agrees on it: an error, or inf
+            raise ClientError(400, "invalid_json", "The request body holds a number out of a double's range "
+                              f"(such as 1e400), which Tollway refuses: {exc}.") from None
         raise ClientError(400, "invalid_json", f"The request body is not valid JSON: {exc}.") from None
     if brackets > MAX_DEPTH and _depth(body) > MAX_DEPTH:
         raise ClientError(400, "invalid_json", f"The request body nests arrays and objects more than {MAX_DEPTH} deep.")
-    if b"{" in body and not _surely_unique(body, value):
+    try:
+        copy = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        copy = None
+    if copy is not None:  # an integer beyond 64 bits, which orjson reads rounded: read exactly
+        value = exact(body, value, copy)
+    if b"{" in body and not _surely_unique(body, copy):
         try:
             json.loads(body, object_pairs_hook=_unique)
         except _Duplicate as exc:
@@ -96,8 +106,9 @@ def _strings(body: bytes) -> int:
     return body.replace(b"\\\\", b"").replace(b'\\"', b"").count(b'"') // 2
 
 
-def _surely_unique(body: bytes, value: Any) -> bool:
-    """True when no object of ``body`` (valid JSON, read as ``value``) gives a key twice, at C speed.
+def _surely_unique(body: bytes, copy: bytes | None) -> bool:
+    """True when no object of ``body`` (valid JSON, read and written again by orjson as ``copy``;
+    None: it could not be) gives a key twice, at C speed.
 
     Every ``:`` of a JSON text either ends an object's key or is a character of a string, so
     counting the characters ``:`` of the text and of ``value`` written again by orjson (which
@@ -106,11 +117,7 @@ def _surely_unique(body: bytes, value: Any) -> bool:
     ``\\u003a`` would count only in the copy: a text with any ``\\u003`` is not decided here.
     False only means "not shown unique": the stdlib reader then looks for the key.
     """
-    if b"\\u003" in body:
-        return False
-    try:
-        copy = orjson.dumps(value)
-    except orjson.JSONEncodeError:
+    if b"\\u003" in body or copy is None:
         return False
     return copy.count(b":") == body.count(b":")
 

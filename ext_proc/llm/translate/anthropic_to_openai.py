@@ -76,6 +76,7 @@ from typing import Any
 
 import orjson
 
+from ext_proc.llm import exact
 from ext_proc.llm.apis.anthropic import error_type as anthropic_error_type
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.llm.sse import SSEEvent
@@ -295,8 +296,8 @@ def _assistant(content: Any, where: str, out: list[dict[str, Any]]) -> None:
             if not isinstance(call_id, str) or not isinstance(name, str):
                 raise _fail("A tool_use block needs a string `id` and `name`.", block_where)
             try:
-                arguments = orjson.dumps(args if args is not None else {}).decode()
-            except orjson.JSONEncodeError as exc:  # integers beyond 64 bits
+                arguments = exact.dumps(args if args is not None else {}).decode()
+            except orjson.JSONEncodeError as exc:  # (not JSON: a value decode_json never gives)
                 raise _fail(f"The tool_use input cannot be encoded: {exc}.", f"{block_where}.input") from None
             calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
         elif kind in ("thinking", "redacted_thinking"):
@@ -473,7 +474,7 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
     if not isinstance(arguments, str) or not arguments.strip():
         return {}
     try:
-        parsed = orjson.loads(arguments)
+        parsed = exact.loads(arguments)
     except orjson.JSONDecodeError:
         parsed = None
     return parsed if isinstance(parsed, dict) else {"_raw_arguments": arguments}

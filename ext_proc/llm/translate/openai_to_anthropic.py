@@ -64,6 +64,7 @@ from typing import Any
 
 import orjson
 
+from ext_proc.llm import exact
 from ext_proc.llm.apis.anthropic import error_type as anthropic_error_type
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.llm.sse import SSEEvent
@@ -355,7 +356,7 @@ def _tool_use(call_id: str, function: Any, where: str) -> dict[str, Any]:
         tool_input: Any = {}
     elif isinstance(arguments, str):
         try:
-            tool_input = orjson.loads(arguments)
+            tool_input = exact.loads(arguments)
         except orjson.JSONDecodeError:
             raise TranslationError(
                 f"'{where}.arguments' is not valid JSON; this model needs tool call arguments as a JSON object.",
@@ -535,7 +536,7 @@ def response(message: dict[str, Any], *, model: str | None = None, runtime: Runt
                 {
                     "id": block.get("id"),
                     "type": "function",
-                    "function": {"name": block.get("name"), "arguments": orjson.dumps(block.get("input", {})).decode()},
+                    "function": {"name": block.get("name"), "arguments": exact.dumps(block.get("input", {})).decode()},
                 }
             )
         # thinking, redacted_thinking, server tool blocks: nothing the client can read
@@ -717,7 +718,7 @@ class StreamTranslator:
                 tool = len(self._tools)
                 self._tools[data.get("index", -1)] = tool
                 tool_input = block.get("input")
-                arguments = orjson.dumps(tool_input).decode() if tool_input else ""
+                arguments = exact.dumps(tool_input).decode() if tool_input else ""
                 if not arguments:
                     self._silent.add(data.get("index", -1))
                 if self._functions:

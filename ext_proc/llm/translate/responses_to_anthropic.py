@@ -36,8 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from ext_proc.llm import exact
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.llm.sse import SSEEvent
 from ext_proc.llm.usage import Usage, apply_anthropic, apply_streamed, started
@@ -87,7 +86,7 @@ def response(message: dict[str, Any], *, runtime: Runtime = SYSTEM) -> dict[str,
             else:
                 output.append(message_item(f"msg_{rid[5:]}_{len(output)}", text))
         elif kind == "tool_use":
-            arguments = orjson.dumps(block.get("input") or {}).decode()
+            arguments = exact.dumps(block.get("input") or {}).decode()
             output.append(call_item(f"fc_{rid[5:]}_{len(output)}", str(block.get("id") or ""),
                                     str(block.get("name") or ""), arguments))
         # thinking, redacted_thinking, server tool blocks: dropped (see the module docstring)
@@ -174,7 +173,7 @@ class StreamTranslator:
                 self._block = data.get("index", -1)
                 out += writer.call(str(block.get("id") or ""), str(block.get("name") or ""))
                 given = block.get("input")
-                return out + (writer.arguments(orjson.dumps(given).decode()) if given else b"")
+                return out + (writer.arguments(exact.dumps(given).decode()) if given else b"")
             return out  # thinking, redacted_thinking, server tool blocks: dropped
         if name == "content_block_stop":
             if data.get("index") == self._block:
