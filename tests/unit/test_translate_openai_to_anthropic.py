@@ -9,6 +9,7 @@ with no key left unaccounted for.
 from __future__ import annotations
 
 import copy
+import re
 import time
 import typing
 from collections.abc import Callable, Iterator
@@ -397,8 +398,22 @@ def test_tool_call_ids_are_made_acceptable_the_same_way_on_both_sides() -> None:
             {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "sunny"},
         ]
     )
-    assert out["messages"][1]["content"][0]["id"] == "functions_get_weather_0"
-    assert out["messages"][2]["content"][0]["tool_use_id"] == "functions_get_weather_0"
+    made = out["messages"][1]["content"][0]["id"]
+    assert re.fullmatch(r"functions_get_weather_0_[0-9a-f]{8}", made)
+    assert out["messages"][2]["content"][0]["tool_use_id"] == made
+
+
+def test_two_tool_call_ids_stay_two_when_made_acceptable() -> None:
+    """``call.1`` and ``call_1`` would both become ``call_1``: Claude would pair both results with
+    one call. An id changed gets its own hash; an acceptable id stays as it is."""
+    calls = [{"id": name, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+             for name in ("call.1", "call_1", "call 1")]
+    out = translate([*HELLO, {"role": "assistant", "content": None, "tool_calls": calls},
+                     *({"role": "tool", "tool_call_id": call["id"], "content": call["id"]} for call in calls)])
+    ids = [block["id"] for block in out["messages"][1]["content"]]
+    assert ids[1] == "call_1" and len(set(ids)) == 3 and all(re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in ids)
+    results = {block["content"]: block["tool_use_id"] for block in out["messages"][2]["content"]}
+    assert [results[call["id"]] for call in calls] == ids
 
 
 @pytest.mark.parametrize(

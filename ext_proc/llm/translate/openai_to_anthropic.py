@@ -14,9 +14,11 @@ Request mapping:
   become ``tool_result`` blocks of a user turn, merged with a user message that follows.
 * Empty messages (no text, no image, no tool call) are left out, and so are empty or
   whitespace-only text parts: Anthropic rejects both, and they carry nothing for the model.
-* Tool call ids are passed through; characters Anthropic does not accept in an id (it allows
-  ``[A-Za-z0-9_-]``) are replaced by ``_``, the same way in ``tool_use`` and ``tool_result``, so
-  pairs still match. Legacy ``function_call`` turns get ids ``call_legacy_<message index>``.
+* Tool call ids are passed through; in an id holding characters Anthropic does not accept (it
+  allows ``[A-Za-z0-9_-]``) they are replaced by ``_`` and 8 hex digits of the id's SHA-256 are
+  added (``call.1`` -> ``call_1_<hash>``), the same way in ``tool_use`` and ``tool_result``, so
+  pairs still match and two ids stay two (Claude's answer gives its own new ids, never these).
+  Legacy ``function_call`` turns get ids ``call_legacy_<message index>``.
 * The deprecated ``functions`` / ``function_call`` (in a request without ``tools``) become
   ``tools`` / ``tool_choice`` with ``disable_parallel_tool_use``: the legacy answer holds one call
   (see below).
@@ -58,6 +60,7 @@ reference between the input and the output (do not mutate one expecting the othe
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -295,7 +298,14 @@ def _file(file: Any, where: str) -> dict[str, Any]:
 
 
 def _tool_id(call_id: str) -> str:
-    return _TOOL_ID_BAD.sub("_", call_id)
+    """A tool call's id as Anthropic accepts it: as it is, or, holding a character Anthropic does
+    not accept, those replaced by ``_`` and 8 hex digits of the id's SHA-256 added, so two ids that
+    differ only there (``call.1``, ``call_1``) stay two (the same id gives the same, in the
+    ``tool_use`` and its ``tool_result``)."""
+    clean = _TOOL_ID_BAD.sub("_", call_id)
+    if clean == call_id:
+        return call_id
+    return f"{clean}_{hashlib.sha256(call_id.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def _assistant_blocks(
