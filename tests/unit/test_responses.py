@@ -705,6 +705,48 @@ def test_a_streamed_call_without_arguments_gets_an_empty_object() -> None:
     assert (deltas, done["arguments"], completed["response"]["output"][0]["arguments"]) == ("{}", "{}", "{}")
 
 
+def test_parallel_calls_whose_fragments_interleave_are_items_open_side_by_side() -> None:
+    """A chat server interleaving two calls' fragments: each call is an item of its own
+    ``output_index``, its fragments go to it, and no item is done before the finish reason (done
+    with its whole arguments, in order), as the completed response says."""
+    translator = responses_to_chat.StreamTranslator(model="llama")
+    head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "llama"}
+
+    def call(index: int, arguments: str, name: str | None = None) -> dict[str, Any]:
+        function: dict[str, Any] = {"arguments": arguments}
+        if name:
+            function["name"] = name
+        return {"index": index, "id": f"call_{index}", "type": "function", "function": function} if name \
+            else {"index": index, "function": function}
+
+    deltas = [{"role": "assistant", "content": "Looking."}, {"tool_calls": [call(0, '{"q":', "lookup")]},
+              {"tool_calls": [call(1, '{"city":', "weather")]}, {"tool_calls": [call(0, '"a"}')]},
+              {"tool_calls": [call(1, '"b"}')]}]
+    chunks = [{**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]} for delta in deltas]
+    chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    raw = b"".join(translator.feed(SSEEvent("", orjson.dumps(c), b"")) for c in chunks)
+    raw += translator.feed(SSEEvent("", b"[DONE]", b"")) + translator.end()
+    events = [orjson.loads(block.split(b"data: ", 1)[1]) for block in raw.split(b"\n\n") if b"data: " in block]
+    for event in events:
+        EVENT.validate_python(event)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    args = {1: "", 2: ""}
+    done: list[int] = []
+    for event in events:
+        if event["type"] == "response.function_call_arguments.delta":
+            assert event["output_index"] not in done, event  # never a fragment to an item done
+            args[event["output_index"]] += event["delta"]
+        elif event["type"] == "response.output_item.done":
+            done.append(event["output_index"])
+            if event["item"]["type"] == "function_call":
+                assert event["item"]["arguments"] == args[event["output_index"]]
+    assert args == {1: '{"q":"a"}', 2: '{"city":"b"}'} and done == [0, 1, 2]
+    completed = events[-1]
+    assert completed["type"] == "response.completed"
+    assert [(item["type"], item.get("arguments")) for item in completed["response"]["output"]] == [
+        ("message", None), ("function_call", '{"q":"a"}'), ("function_call", '{"city":"b"}')]
+
+
 def test_a_translated_stream_without_usage_says_null_not_zero() -> None:
     """A chat server that ignores include_usage reports none: the completed response's usage is
     null, as the same answer given whole says, never 0 tokens."""

@@ -337,14 +337,18 @@ class EventWriter:
     __slots__ = (
         "_arguments",
         "_call_id",
+        "_count",
         "_created",
         "_delta_head",
         "_id",
+        "_index",
         "_item",
+        "_key",
         "_kind",
         "_model",
         "_name",
         "_output",
+        "_parked",
         "_text",
         "sequence",
         "started",
@@ -356,9 +360,15 @@ class EventWriter:
         self._model: Any = ""
         self.sequence = 0
         self.started = False
-        self._output: list[dict[str, Any]] = []  # finished output items
+        self._output: list[tuple[int, dict[str, Any]]] = []  # finished output items, by output_index
+        self._count = 0  # the output items added so far (the next one's output_index)
         self._kind = ""  # the open item: "" none, "message", "function_call"
         self._item = ""  # its id
+        self._index = 0  # its output_index
+        self._key: Any = None  # the open call's key (the caller's name for it), None: none given
+        # Function calls still open while another is (a provider interleaving parallel calls'
+        # fragments): key -> (item id, output_index, call id, name, arguments so far).
+        self._parked: dict[Any, tuple[str, int, str, str, list[str]]] = {}
         self._text: list[str] = []
         self._call_id = ""
         self._name = ""
@@ -383,9 +393,9 @@ class EventWriter:
         out = b""
         if self._kind != "message":
             out = self.close()
-            self._kind, self._item = "message", f"msg_{self._id[5:]}_{len(self._output)}"
+            index = self._added()
+            self._kind, self._item, self._index = "message", f"msg_{self._id[5:]}_{index}", index
             self._text = []
-            index = len(self._output)
             out += self._event("response.output_item.added",
                                {"output_index": index, "item": message_item(self._item, "", "in_progress")
                                 | {"content": []}})
@@ -399,45 +409,79 @@ class EventWriter:
         self.sequence += 1
         return out
 
-    def call(self, call_id: str, name: str) -> bytes:
-        """A function call item opens (its arguments follow with :meth:`arguments`)."""
-        out = self.close()
-        self._kind, self._item = "function_call", f"fc_{self._id[5:]}_{len(self._output)}"
+    def _added(self) -> int:
+        """The output_index of an item added now."""
+        self._count += 1
+        return self._count - 1
+
+    def call(self, call_id: str, name: str, key: Any = None) -> bytes:
+        """A function call item opens (its arguments follow with :meth:`arguments`). ``key``: the
+        caller's name for the call; a call opened with one while another opened with one is open
+        leaves that one open too (each item is done at :meth:`close`), its fragments given by key."""
+        if self._kind == "function_call" and key is not None and self._key is not None:
+            self._parked[self._key] = (self._item, self._index, self._call_id, self._name, self._arguments)
+            out = b""
+        else:
+            out = self.close()
+        index = self._added()
+        self._kind, self._item, self._index, self._key = "function_call", f"fc_{self._id[5:]}_{index}", index, key
         self._call_id, self._name, self._arguments = call_id, name, []
         return out + self._event("response.output_item.added", {
-            "output_index": len(self._output), "item": call_item(self._item, call_id, name, "", "in_progress")})
+            "output_index": index, "item": call_item(self._item, call_id, name, "", "in_progress")})
 
-    def arguments(self, delta: str) -> bytes:
-        """A fragment of the open function call's arguments."""
-        if self._kind != "function_call" or not delta:
+    def arguments(self, delta: str, key: Any = None) -> bytes:
+        """A fragment of the open function call's arguments (``key``: of the open call of that key)."""
+        if key is not None and key in self._parked:
+            item, index, _, _, arguments = self._parked[key]
+        elif self._kind == "function_call" and (key is None or key == self._key):
+            item, index, arguments = self._item, self._index, self._arguments
+        else:
             return b""
-        self._arguments.append(delta)
+        if not delta:
+            return b""
+        arguments.append(delta)
         return self._event("response.function_call_arguments.delta",
-                           {"item_id": self._item, "output_index": len(self._output), "delta": delta})
+                           {"item_id": item, "output_index": index, "delta": delta})
+
+    def open(self, key: Any) -> bool:
+        """Whether the call of ``key`` is open."""
+        return key is not None and (key in self._parked or (self._kind == "function_call" and key == self._key))
 
     def close(self) -> bytes:
-        """The open item, done."""
-        kind, index = self._kind, len(self._output)
+        """The open items, done (in the order they were added)."""
+        kind = self._kind
         if not kind:
             return b""
-        # A call without arguments (Claude streams an empty fragment for a tool that takes none):
-        # "{}", as OpenAI sends, which the client's SDK parses; "" is no JSON.
-        out = self.arguments("{}") if kind == "function_call" and not self._arguments else b""
         self._kind = ""
-        if kind == "message":
-            text = "".join(self._text)
-            part = {**_TEXT_PART, "text": text}
-            item = message_item(self._item, text)
-            out += self._event("response.output_text.done", {"item_id": self._item, "output_index": index,
-                                                               "content_index": 0, "text": text, "logprobs": []})
-            out += self._event("response.content_part.done", {"item_id": self._item, "output_index": index,
-                                                                "content_index": 0, "part": part})
-        else:
-            arguments = "".join(self._arguments)
-            item = call_item(self._item, self._call_id, self._name, arguments)
-            out += self._event("response.function_call_arguments.done", {
-                "item_id": self._item, "output_index": index, "name": self._name, "arguments": arguments})
-        self._output.append(item)
+        if kind == "function_call":  # (calls are parked only while a call is open)
+            calls = [*self._parked.values(), (self._item, self._index, self._call_id, self._name, self._arguments)]
+            self._parked.clear()
+            return b"".join(self._close_call(*call) for call in sorted(calls, key=lambda call: call[1]))
+        index = self._index
+        out = b""
+        text = "".join(self._text)
+        part = {**_TEXT_PART, "text": text}
+        item = message_item(self._item, text)
+        out += self._event("response.output_text.done", {"item_id": self._item, "output_index": index,
+                                                           "content_index": 0, "text": text, "logprobs": []})
+        out += self._event("response.content_part.done", {"item_id": self._item, "output_index": index,
+                                                            "content_index": 0, "part": part})
+        self._output.append((index, item))
+        return out + self._event("response.output_item.done", {"output_index": index, "item": item})
+
+    def _close_call(self, item_id: str, index: int, call_id: str, name: str, arguments: list[str]) -> bytes:
+        """A function call item, done. A call without arguments (Claude streams an empty fragment
+        for a tool that takes none): "{}", as OpenAI sends, which the client's SDK parses; "" is no JSON."""
+        out = b""
+        if not arguments:
+            arguments.append("{}")
+            out = self._event("response.function_call_arguments.delta",
+                              {"item_id": item_id, "output_index": index, "delta": "{}"})
+        text = "".join(arguments)
+        item = call_item(item_id, call_id, name, text)
+        out += self._event("response.function_call_arguments.done", {
+            "item_id": item_id, "output_index": index, "name": name, "arguments": text})
+        self._output.append((index, item))
         return out + self._event("response.output_item.done", {"output_index": index, "item": item})
 
     def finish(self, usage: Usage, incomplete: str | None = None) -> bytes:
@@ -447,7 +491,8 @@ class EventWriter:
         out = self.close()
         status = "incomplete" if incomplete else "completed"
         known = usage.input_tokens is not None or usage.output_tokens is not None  # unknown is never zero
-        response = response_object(self._id, self._created, self._model, self._output, status,
+        output = [item for _, item in sorted(self._output, key=lambda done: done[0])]
+        response = response_object(self._id, self._created, self._model, output, status,
                                    usage_object(usage) if known else None, incomplete)
         return out + self._event(f"response.{status}", {"response": response})
 

@@ -151,11 +151,13 @@ class StreamTranslator:
 
     The first chunk opens the response; content and refusal deltas go to a message item, each
     tool call to a ``function_call`` item (opened once its name has arrived). The finish reason
-    closes the open item; ``response.completed`` (or ``.incomplete``) follows with the usage
+    closes the open items; ``response.completed`` (or ``.incomplete``) follows with the usage
     chunk Tollway asked for, or at ``[DONE]`` when the server sent none. A stream without a
     finish reason is not complete: nothing is invented, and the caller ends it with
-    :meth:`error`. Fragments of a tool call whose item was already closed (parallel calls
-    interleaved) cannot be expressed and raise :class:`TranslationError`.
+    :meth:`error`. Parallel calls whose fragments the provider interleaves are items open side
+    by side (each event names its ``output_index``), all done at the finish reason; a call's
+    fragment after text that followed it (its item done) cannot be expressed and raises
+    :class:`TranslationError`.
     """
 
     __slots__ = ("_closed", "_complete", "_failed", "_finish", "_last", "_last_id", "_model", "_open", "_pending",
@@ -167,7 +169,7 @@ class StreamTranslator:
         self._writer = EventWriter(int(runtime.now()))
         self._usage = Usage()
         self._finish: str | None = None  # the finish reason, once seen
-        self._open = -1  # chat index of the open tool call
+        self._open: set[int] = set()  # chat indexes of the open tool calls
         self._last = -1  # the highest tool call index seen
         self._last_id = ""  # the last tool call id seen
         self._closed: set[int] = set()
@@ -245,9 +247,8 @@ class StreamTranslator:
         return self._writer.finish(self._usage, INCOMPLETE_FROM_FINISH.get(self._finish or ""))
 
     def _text(self, text: str) -> bytes:
-        if self._open >= 0:
-            self._closed.add(self._open)
-            self._open = -1
+        self._closed |= self._open  # the message item closes the calls' items
+        self._open.clear()
         return self._writer.text(text)
 
     def _call(self, call: dict[str, Any]) -> bytes:
@@ -264,8 +265,8 @@ class StreamTranslator:
         function: dict[str, Any] = raw if isinstance(raw, dict) else {}
         fragment = function.get("arguments")
         fragment = fragment if isinstance(fragment, str) else ""
-        if index == self._open:
-            return self._writer.arguments(fragment)
+        if index in self._open:
+            return self._writer.arguments(fragment, key=index)
         if index in self._closed:
             raise TranslationError("The provider interleaved the fragments of parallel tool calls.")
         pending = self._pending.setdefault(index, _Call())
@@ -280,11 +281,9 @@ class StreamTranslator:
         return self._start(index, self._pending.pop(index))
 
     def _start(self, index: int, call: _Call) -> bytes:
-        if self._open >= 0:
-            self._closed.add(self._open)
-        self._open = index
-        out = self._writer.call(call.id or f"call_{index}", call.name)
-        return out + self._writer.arguments(call.arguments)
+        self._open.add(index)  # (another call open stays open: its fragments may come still)
+        out = self._writer.call(call.id or f"call_{index}", call.name, key=index)
+        return out + self._writer.arguments(call.arguments, key=index)
 
 
 def error(status: int, body: bytes) -> bytes:
