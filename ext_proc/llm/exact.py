@@ -22,14 +22,17 @@ def exact(data: bytes | str, value: Any, copy: bytes | None = None) -> Any:
     the caller has it.
 
     orjson writes a float of 1e16 or more with an exponent, ``e+``, and such a rounded integer is at
-    least 2**63: the copy then holds more ``e+`` than the text (whose strings the copy repeats). A
-    text whose own float of less than 1e16 is written ``1e+5`` (the copy writes ``100000.0``) could
-    hide one such integer: no JSON writer writes that, Python's and JavaScript's only from 1e16 and
-    1e21 on. A text whose strings escape a ``+`` or an ``e`` is read again, exactly (rare: slower only)."""
+    least 2**63: the copy then holds more ``+`` than the text, whose strings the copy repeats. A
+    copy without any ``+`` (most: one ``memchr``) has none; else the ``+`` are counted (a byte
+    count: 0.3 ms a MB, against 1.3 ms for ``e+``). A text whose own float of less than 1e16 is
+    written with ``e+`` (``1e+5``, which the copy writes ``100000.0``) could hide one such integer: no
+    JSON writer writes that (Python's and JavaScript's exponents start at 1e16 and 1e21). A text
+    whose strings escape a ``+`` (``\\u002b``) is read again, exactly (rare: slower only)."""
     if copy is None:
         copy = orjson.dumps(value)
-    plus = b"e+" if isinstance(data, bytes) else "e+"
-    if copy.count(b"e+") == data.count(plus):  # type: ignore[arg-type]
+    if b"+" not in copy:
+        return value
+    if copy.count(b"+") == (data.count(b"+") if isinstance(data, bytes) else data.count("+")):
         return value
     return json.loads(data)
 
