@@ -147,7 +147,7 @@ def _odd(message: dict[str, Any]) -> bool:
     anything but a string or absent content without calls or reasoning."""
     content = message.get("content")
     return (not (content is None or isinstance(content, str)) or "tool_calls" in message or "function_call" in message
-            or any(field in message for field in REASONING))
+            or "reasoning_content" in message or "reasoning" in message)  # (REASONING, without a generator)
 
 
 def _annotations(annotations: Any) -> Iterator[Ref]:
