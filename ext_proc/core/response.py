@@ -330,17 +330,24 @@ class Stream:
             # A provider event this large, whole in one chunk or without its end yet, is not an
             # answer: end the client's stream with an error rather than pass it on or hold it.
             decoder.flush()
-            flow.stream_failed = True
-            flow.error = OVERSIZED.code
-            assert flow.api is not None
             kept = []
             for event in events:
                 if len(event.raw) > MAX_EVENT:
                     break
                 kept.append(event)
+            # The events before it go on first (translated, guarded: a stream failed already
+            # would have the translator drop them), then the client's error event, if no stage
+            # ended the stream meanwhile (a guardrail's block: its own error event).
             for stage in self.stages:
                 kept = stage.feed(flow, kept)
-            return b"".join([event.raw for event in kept if not event.last] + [_stream_error(flow, OVERSIZED)])
+            out = b"".join([event.raw for event in kept if not event.last])
+            failed = flow.stream_failed
+            flow.stream_failed = True
+            if failed:
+                return out
+            flow.error = OVERSIZED.code
+            assert flow.api is not None
+            return out + _stream_error(flow, OVERSIZED)
         if end:
             events += _whole(decoder.flush())
         if self.strict:

@@ -767,6 +767,24 @@ def test_a_null_or_a_spaced_done_inside_the_stream_is_no_unreadable_event(route:
     assert record["outcome"] == "ok", record
 
 
+@pytest.mark.parametrize("route", ROUTES)
+def test_the_events_before_an_oversized_one_reach_the_client_translated(route: Route) -> None:
+    """A provider's event over 8 MiB ends the client's stream with an error, after the events
+    that came with it in the same chunk: a translated stream dropped those (the stream was marked
+    failed before the translator saw them), so the client lost text the provider had sent."""
+    full = provider_stream(route, ("Hello", " there", " friend"))
+    at = full.index(b"data: " if route.provider == "openai" else b"event: ", full.index(b'" there"'))
+    session = opened(route)
+    closed = b"}}]}\n\n" if route.provider == "openai" else b"}}\n\n"  # (whole: only its size is wrong)
+    big = _unreadable(route, "x" * (9 << 20)).replace(b"}\n\n", closed)
+    out = play(session, [full[:at] + big + full[at:]])
+    assert len(out) < 10_000 and (b"provider_event_too_large" in out or b"8 MiB" in out), out[:500]
+    text, errored = client_text(route, out)
+    assert errored and text.startswith("Hello"), out[:2000]  # (" there" may be held back: a word in progress)
+    (record,) = records(session)
+    assert (record["outcome"], record["error"]) == ("error", "provider_event_too_large"), record
+
+
 @pytest.mark.parametrize("route", OPENAI_SERVED)
 def test_a_chunk_whose_keys_are_written_with_escapes_is_guarded(route: Route) -> None:
     """A chunk's JSON may write ``"choices"`` as ``"cho\\u0069ces"``: the same chunk to a client's
