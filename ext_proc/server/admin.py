@@ -27,8 +27,8 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
-from typing import Any
+from datetime import date, timedelta
+from typing import Any, NamedTuple
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -122,18 +122,10 @@ class AdminServer:
     def report(self, query: str) -> tuple[int, str, bytes]:
         """``/v1/report?by=team&since=YYYY-MM-DD&until=YYYY-MM-DD&team=T``: rows as JSON (also
         ``key=ci@search``, ``model=``, ``provider=``: only what matches them all)."""
-        params = dict(urllib.parse.parse_qsl(query))
-        try:
-            by = params.get("by", "team")
-            if by not in GROUPS:
-                raise ValueError(f"by must be one of {', '.join(sorted(GROUPS))}")
-            since = parse_day(params["since"]) if "since" in params else None
-            until = day_after(parse_day(params["until"])) if "until" in params else None
-            if "month" in params:
-                since, until = month_window(params["month"])
-            where = filters(params)
-        except (ValueError, KeyError) as exc:
-            return 400, "application/json", orjson.dumps({"error": {"message": str(exc), "type": "invalid_request"}})
+        asked = _report_query(query)
+        if isinstance(asked, _Bad):
+            return asked.answer
+        by, since, until, where = asked
         if self.ledger is not None:
             found = self.ledger.rows(by, since, until, where)
             source = "redis"
@@ -145,7 +137,11 @@ class AdminServer:
 
     async def _one_report(self, query: str) -> tuple[int, str, bytes]:
         """:meth:`report` in a worker thread, one at a time: another report asked meanwhile waits
-        up to :data:`REPORT_WAIT` seconds for it, then is answered 429."""
+        up to :data:`REPORT_WAIT` seconds for it, then is answered 429 (a malformed one is
+        answered 400 at once, never waiting)."""
+        asked = _report_query(query)
+        if isinstance(asked, _Bad):
+            return asked.answer
         try:
             await asyncio.wait_for(self._report_lock.acquire(), REPORT_WAIT)
         except TimeoutError:
@@ -260,3 +256,25 @@ def _header(head: bytes, name: bytes) -> bytes | None:
         if found.strip().lower() == name:
             return value.strip()
     return None
+
+
+class _Bad(NamedTuple):
+    answer: tuple[int, str, bytes]  # a malformed query's 400
+
+
+def _report_query(query: str) -> tuple[str, date | None, date | None, Any] | _Bad:
+    """A ``/v1/report`` query's (by, since, until, where), or the 400 answer to a malformed one."""
+    params = dict(urllib.parse.parse_qsl(query))
+    try:
+        by = params.get("by", "team")
+        if by not in GROUPS:
+            raise ValueError(f"by must be one of {', '.join(sorted(GROUPS))}")
+        since = parse_day(params["since"]) if "since" in params else None
+        until = day_after(parse_day(params["until"])) if "until" in params else None
+        if "month" in params:
+            since, until = month_window(params["month"])
+        where = filters(params)
+    except (ValueError, KeyError) as exc:
+        return _Bad((400, "application/json",
+                     orjson.dumps({"error": {"message": str(exc), "type": "invalid_request"}})))
+    return by, since, until, where

@@ -178,6 +178,9 @@ def test_one_report_at_a_time_the_next_waits_then_is_told_to_retry(monkeypatch: 
             status, headers, body = await _get(port, "/v1/report?by=model")
             assert status == 429 and headers["retry-after"] == "1"
             assert orjson.loads(body)["error"]["type"] == "rate_limit_error"
+            # A malformed one is told so at once, never waiting for the lock (it waited, then got a 429).
+            status, _, body = await _get(port, "/v1/report?by=nonsense")
+            assert status == 400 and "by must be one of" in orjson.loads(body)["error"]["message"]
             waiting = asyncio.create_task(_get(port, "/v1/report?by=key"))  # released within its wait
             await asyncio.sleep(0.05)
             release.set()
