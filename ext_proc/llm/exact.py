@@ -11,6 +11,7 @@ speed, and reads that one with the standard library; :func:`dumps` writes what o
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -25,16 +26,29 @@ def exact(data: bytes | str, value: Any, copy: bytes | None = None) -> Any:
     least 2**63: the copy then holds more ``+`` than the text, whose strings the copy repeats. A
     copy without any ``+`` (most: one ``memchr``) has none; else the ``+`` are counted (a byte
     count: 0.3 ms a MB, against 1.3 ms for ``e+``). A text whose own float of less than 1e16 is
-    written with ``e+`` (``1e+5``, which the copy writes ``100000.0``) could hide one such integer: no
-    JSON writer writes that (Python's and JavaScript's exponents start at 1e16 and 1e21). A text
-    whose strings escape a ``+`` (``\\u002b``) is read again, exactly (rare: slower only)."""
+    written with ``e+`` (``1e+5``, which the copy writes ``100000.0``, as PHP and cJSON write
+    1e15) could hide one such integer: such a text is read again, exactly. A ``+`` the text's strings
+    escape (``\\u002B``, as .NET writes it) counts as one. A value nested past the 255 levels
+    orjson writes (it reads 1024) is returned as orjson read it."""
     if copy is None:
-        copy = orjson.dumps(value)
+        try:
+            copy = orjson.dumps(value)
+        except orjson.JSONEncodeError:  # (nested past the 255 levels orjson writes: read as it was)
+            return value
     if b"+" not in copy:
         return value
-    if copy.count(b"+") == (data.count(b"+") if isinstance(data, bytes) else data.count("+")):
+    text = data if isinstance(data, bytes) else data.encode()
+    # A ``+`` the text writes escaped (.NET's encoder writes ``\u002B``) is one the copy writes plain.
+    plus = text.count(b"+") + (text.count(b"\\u002b") + text.count(b"\\u002B") if b"\\u002" in text else 0)
+    if copy.count(b"+") == plus and not _SMALL_EXPONENT.search(text):
         return value
     return json.loads(data)
+
+
+# A number written with an exponent and a ``+`` (``1e+5``, ``1.0e+15``: PHP's, cJSON's): the copy
+# may write it without one, and so hide a rounded integer's; looked for only in the rare text
+# whose copy has a ``+``.
+_SMALL_EXPONENT = re.compile(rb"[0-9][eE]\+")
 
 
 def loads(data: bytes | str) -> Any:

@@ -111,6 +111,25 @@ def test_integers_beyond_64_bits_are_read_exactly() -> None:
     assert decode_json(b'{"model": "m", "t": 0.7, "n": 4111}') == {"model": "m", "t": 0.7, "n": 4111}
 
 
+
+@pytest.mark.parametrize("body", [
+    b'{"x": 1E+15, "a": 123456789012345678901234567890}',  # (a small float with an exponent hid the +)
+    b'{"x": 1.0e+15, "a": 123456789012345678901234567890}',  # (PHP writes 1e15 so)
+    b'{"s": "a\\u002Bb", "a": 123456789012345678901234567890, "t": "c+d"}',  # (.NET escapes a +)
+])
+def test_integers_beyond_64_bits_stay_exact_beside_floats_and_escapes_every_writer_writes(body: bytes) -> None:
+    assert decode_json(body)["a"] == BIG
+
+
+def test_a_json_value_nested_deeper_than_orjson_writes_is_read_as_it_was() -> None:
+    """orjson reads 1024 levels and writes 255: the check for rounded integers wrote the value
+    again and raised, and a provider's deeply nested answer crashed its stream's session."""
+    from ext_proc.llm.sse import SSEEvent
+
+    deep = b'{"x": ' + b"[" * 300 + b"1" + b"]" * 300 + b"}"
+    assert SSEEvent("", deep, deep).json() is not None
+    assert exact.loads(deep)["x"][0][0][0] is not None
+
 POLICY = compile_policy("""\
 apiVersion: tollway/v1
 providers:

@@ -587,10 +587,14 @@ def test_a_blocks_signature_stays_its_last_delta_and_a_citation_after_the_text_b
         assert said == "Let me think about famous toll bridges. Mail [EMAIL_1]"
 
 
-@pytest.mark.parametrize("name", ["message_delta", "ping", "content_block_stop", ""])
-def test_an_anthropic_event_is_guarded_as_its_json_type_says_whatever_its_name(name: str) -> None:
+@pytest.mark.parametrize(("name", "kind"), [("message_delta", "content_block_delta"), ("ping", "content_block_delta"),
+                                            ("content_block_stop", "content_block_delta"), ("", "content_block_delta"),
+                                            ("content_block_delta", "ping"), ("content_block_delta", "foo")])
+def test_an_anthropic_event_is_guarded_as_its_json_type_says_whatever_its_name(name: str, kind: str) -> None:
     """A client reads an event's JSON ``type`` (the SDK too, given a name it knows): a text delta
-    named otherwise (``event: message_delta``) is guarded as the text delta it is."""
+    named otherwise (``event: message_delta``) is guarded as the text delta it is; and one a raw
+    reader going by the name reads as a text delta (``event: content_block_delta``) is guarded
+    whatever its JSON says (it passed unread, under a ``ping`` type)."""
     route = Route("anthropic", "anthropic")
 
     def named(data: dict[str, Any], name: str) -> bytes:
@@ -601,10 +605,8 @@ def test_an_anthropic_event_is_guarded_as_its_json_type_says_whatever_its_name(n
             "id": "msg_03", "type": "message", "role": "assistant", "model": "claude-x-20250101", "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}}),
         _anthropic_event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        named({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Mail jane.do"}},
-              name),
-        named({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "e@example.com"}},
-              name),
+        named({"type": kind, "index": 0, "delta": {"type": "text_delta", "text": "Mail jane.do"}}, name),
+        named({"type": kind, "index": 0, "delta": {"type": "text_delta", "text": "e@example.com"}}, name),
         _anthropic_event({"type": "content_block_stop", "index": 0}),
         _anthropic_event({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                           "usage": {"output_tokens": 20}}),

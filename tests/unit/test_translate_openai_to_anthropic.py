@@ -672,6 +672,14 @@ def test_json_object_response_format_adds_an_instruction() -> None:
     )
 
 
+def test_a_json_schema_bound_beyond_64_bits_is_written_exactly() -> None:
+    """A request read exactly holds a real integer past 64 bits, which orjson cannot write: the
+    instruction's schema raised TypeError and the session crashed."""
+    schema = {"type": "integer", "maximum": 123456789012345678901234567890}
+    out = translate(HELLO, response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}})
+    assert '{"type":"integer","maximum":123456789012345678901234567890}' in out["system"]
+
+
 def test_json_schema_response_format_includes_the_schema() -> None:
     schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
     out = translate(

@@ -248,11 +248,12 @@ class MessagesStream(StreamTexts):
             payload = event.json()
             kind = payload.get("type") if payload is not None else None
             name = kind if isinstance(kind, str) else event.event
+            if name not in _GUARDED and event.event in _GUARDED:  # a reader going by the name reads it so
+                name = event.event
             if name == "error" and payload is not None and _error_message(payload.get("error"), echo):
                 out.append(_event(payload, event.event, like=event))  # its message may quote the answer
                 continue
-            if payload is None or name not in ("content_block_start", "content_block_delta", "content_block_stop",
-                                               "message_stop"):
+            if payload is None or name not in _GUARDED:
                 out.append(event)
                 continue
             if name == "message_stop":
@@ -316,3 +317,6 @@ class MessagesStream(StreamTexts):
                 out.append(_event({"type": "content_block_delta", "index": key[0],
                                    "delta": {"type": kind, field: rest}}, "content_block_delta"))
         return out
+
+
+_GUARDED = ("content_block_start", "content_block_delta", "content_block_stop", "message_stop")  # the kinds read

@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 
+from ext_proc.llm import exact
+
 MALFORMED = "invalid_request"  # a TranslationError's code for input no API would take, not a missing feature
 
 
@@ -61,12 +63,12 @@ STOP_FROM_FINISH = {
 
 def sse_data(obj: Any) -> bytes:
     """One OpenAI-style SSE event: ``data: {json}`` and the blank line."""
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
+    return b"data: " + exact.dumps(obj) + b"\n\n"  # (a provider's integer beyond 64 bits)
 
 
 def sse_event(name: str, obj: Any) -> bytes:
     """One Anthropic-style SSE event: ``event: name``, ``data: {json}`` and the blank line."""
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+    return b"event: " + name.encode() + b"\ndata: " + exact.dumps(obj) + b"\n\n"
 
 
 SSE_DONE = b"data: [DONE]\n\n"

@@ -497,7 +497,7 @@ def _response_format_instruction(response_format: Any) -> str | None:
         name = spec.get("name") if isinstance(spec, dict) else None
         return _JSON_SCHEMA_INSTRUCTION.format(
             name=f" (named {name!r})" if isinstance(name, str) and name else "",
-            schema=orjson.dumps(schema).decode(),
+            schema=exact.dumps(schema).decode(),  # (its bounds may be integers beyond 64 bits)
         )
     raise TranslationError(f"'response_format' type {shown(kind)} cannot be expressed for this model.",
                            "response_format")

@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from ext_proc.llm import exact
 from ext_proc.llm.usage import Usage
 
 from .common import MALFORMED, TranslationError, shown
@@ -376,7 +377,7 @@ class EventWriter:
         self._delta_head = b""
 
     def _event(self, kind: str, fields: dict[str, Any]) -> bytes:
-        data = orjson.dumps({"type": kind, "sequence_number": self.sequence, **fields})
+        data = exact.dumps({"type": kind, "sequence_number": self.sequence, **fields})
         self.sequence += 1
         return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
 
