@@ -39,7 +39,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import orjson
-import redis
 
 from ext_proc.state.rows import (
     Row,
@@ -481,7 +480,7 @@ class RedisLedger:
                 found = [orjson.loads(reply) for reply in self._read(keys=keys)]
                 return [dict(zip(pairs[::2], map(int, pairs[1::2]), strict=True)) if isinstance(pairs, list) else {}
                         for pairs in found]  # an empty hash is encoded {}
-            except redis.ResponseError:
+            except _redis_error():
                 self._read = False  # scripts disabled, denied (ACL) or a read-only replica: a pipeline
             except orjson.JSONDecodeError:
                 pass  # a field name that is not UTF-8: this chunk by pipeline
@@ -489,3 +488,11 @@ class RedisLedger:
         for key in keys:
             pipe.hgetall(key)
         return [{k.decode(): int(v) for k, v in counters.items()} for counters in pipe.execute()]
+
+
+def _redis_error() -> type[Exception]:
+    """redis-py's ``ResponseError``, imported when a Redis report reads (redis-py is 8 MB of a
+    process that, without Redis, never loads it: every worker's and the supervisor's)."""
+    from redis.exceptions import ResponseError
+
+    return ResponseError
