@@ -804,6 +804,8 @@ def test_a_chunk_whose_keys_are_written_with_escapes_is_guarded(route: Route) ->
     assert not errored and text == f"Hello mail {placeholder} ok there", out
     (record,) = records(session)
     assert record["outcome"] == "ok", record
+
+
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("spec", ['{pattern: "(?i)tck-[0-9]{6}"}', '{pattern: "(?i:tck)-[0-9]{6}"}',
                                   '{pattern: "tck-[0-9]{6}", caseless: true}', '{words: [café noir, naïve]}'])
