@@ -332,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
             if config.log_file or config.state_dir else None
         if ledger is not None:  # its thread starts with a first batch (or spool to take over)
             sender = LedgerSender(ledger, directory=state_dir.places(config.log_file, config.state_dir).spools,
-                                  on_waiting=lambda waiting: publish_sender(recovered, sender),
+                                  on_waiting=lambda waiting: publish_sender(recovered, sender, waiting),
                                   budget=config.spool_max)
         recover_records(config, recovered, sender)  # requests in flight when a previous run died
         try:
@@ -503,14 +503,21 @@ def knows(policy: CompiledPolicy | None, model: str) -> bool:
 _TALLY = threading.Lock()  # the supervisor's tally: its main thread (recovery) and its sender's thread
 
 
-def publish_sender(counted: Exchange | None, sender: LedgerSender | None) -> None:
+def publish_sender(counted: Exchange | None, sender: LedgerSender | None, waiting: int | None = None) -> None:
     """Publish the supervisor's sender's state beside the workers' (tollway_ledger_waiting, its
-    failures and what it gave up)."""
+    failures and what it gave up).
+
+    ``waiting``: the records waiting as the sender's thread tells them (its ``on_waiting``), the
+    only value the gauge is given; None (recovery, on the main thread) leaves the gauge as it is.
+    The sender publishes a count only when it differs from the one it published last: a count
+    written by anyone else (a send in flight, read here) would stay for good once the sender
+    found nothing new to publish."""
     if counted is None or sender is None:
         return
     with _TALLY:
         tally = counted.tally
-        tally.set(("tollway_ledger_waiting",), sender.waiting)
+        if waiting is not None:
+            tally.set(("tollway_ledger_waiting",), waiting)
         for name, value in (("tollway_ledger_write_failures", sender.failures),
                             ("tollway_ledger_dropped", sender.dropped)):
             if value and tally.counters.get((name,)) != value:
@@ -564,7 +571,7 @@ def recover_records(config: ServeConfig, counted: Exchange | None = None,
     if counted is not None:
         try:
             if ledger is not None:
-                publish_sender(counted, ledger)  # (writes the tally too)
+                publish_sender(counted, ledger)  # (writes the tally too; the sender's thread publishes what waits)
             else:
                 with _TALLY:
                     counted.write()

@@ -323,9 +323,11 @@ class Outbox:
 
     ``directory``: where the spool lives (None: none, batches wait in memory only);
     ``on_waiting``: told the records waiting, from the sender thread, when it changes (at most
-    every :data:`PUBLISH_EVERY` seconds); ``rescan``: once :meth:`adopt` was called, look for
-    spools stopped processes left again every ``rescan`` seconds (one ``listdir``; None: only
-    when :meth:`adopt` is called)."""
+    every :data:`PUBLISH_EVERY` seconds, at once when nothing waits any more), and before a send
+    when it changed: the one publisher of that count (only a change from what it was told last is
+    told: a count published by anyone else could stay for good); ``rescan``: once :meth:`adopt`
+    was called, look for spools stopped processes left again every ``rescan`` seconds (one
+    ``listdir``; None: only when :meth:`adopt` is called)."""
 
     def __init__(self, ledger: Ledger, directory: str | None, *, retry: float = RETRY,
                  max_pending: int = MAX_PENDING, cap: int = MAX_SPOOL, what: str = "record(s)",
@@ -523,6 +525,7 @@ class Outbox:
                 log.exception("reading the batches waiting for the spend aggregates")
                 group, plan = [], None
             if group:
+                self._publish()  # (what waits, the group in flight included: a send may take a while)
                 try:
                     self._ledger.add_summed([(batch.key, batch.buckets) for batch in group])
                 except Exception as exc:

@@ -778,7 +778,7 @@ def test_the_supervisors_sender_publishes_what_waits(tmp_path: Path) -> None:
     counted = Exchange(Tally(Names(lambda: None)), None)
     sender: LedgerSender | None = None
     sender = LedgerSender(ledger, retry=0.01, directory=spool_directory(path),
-                          on_waiting=lambda _waiting: publish_sender(counted, sender))
+                          on_waiting=lambda waiting: publish_sender(counted, sender, waiting))
     try:
         recover_records(ServeConfig("unix:/x", 2, path, 1.0), counted, sender)
         until(lambda: counted.tally.gauges.get(("tollway_ledger_waiting",)) == 4)
@@ -788,6 +788,67 @@ def test_the_supervisors_sender_publishes_what_waits(tmp_path: Path) -> None:
         assert counted.tally.gauges[("tollway_ledger_waiting",)] == 0
         assert counted.tally.counters[("tollway_ledger_write_failures",)] >= 1
     finally:
+        sender.close(1)
+
+
+class HeldRedis(MemoryLedger):
+    """Redis paused (``CLIENT PAUSE ... WRITE``): each send waits until ``go`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+        self.go.set()
+        self.sending = threading.Event()
+
+    def add_summed(self, batches: Sequence[tuple[BatchKey, Summed]]) -> int:
+        self.sending.set()
+        self.go.wait(5)
+        return super().add_summed(batches)
+
+
+def test_the_waiting_gauge_comes_back_to_zero_after_a_worker_dies_with_a_send_in_flight(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker dies with 4 records in flight; the supervisor recovers them and its sender sends
+    them while Redis is paused: tollway_ledger_waiting shows them meanwhile, and 0 once Redis
+    took them (it once stayed at 4 for good: recovery wrote the 4 in the tally itself, and the
+    sender, having published 0 before, never saw a change to publish)."""
+    path = str(tmp_path / "requests.jsonl")
+    ledger = HeldRedis()
+    counted = Exchange(Tally(Names(lambda: None)), None)
+    published: list[int] = []
+    sender: LedgerSender | None = None
+
+    def on_waiting(waiting: int) -> None:
+        published.append(waiting)
+        publish_sender(counted, sender, waiting)
+
+    sender = LedgerSender(ledger, retry=0.01, directory=spool_directory(path), on_waiting=on_waiting)
+    config = ServeConfig("unix:/x", 2, path, 1.0)
+    gauge = ("tollway_ledger_waiting",)
+    monkeypatch.setattr(spool_module, "PUBLISH_EVERY", 0.05)
+    try:
+        recover_records(config, counted, sender)  # the start: nothing to recover
+        until(lambda: published == [0])
+        assert published == [0] and counted.tally.gauges.get(gauge, 0) == 0
+        writer = RecordWriter(path, journal=True)
+        assert writer.journal is not None
+        for i in range(4):
+            writer.started(record(f"r{i}"))
+        _die(writer.journal)
+        ledger.go.clear()  # CLIENT PAUSE
+        time.sleep(2 * spool_module.PUBLISH_EVERY)
+        recover_records(config, counted, sender)  # a worker died
+        assert requests_counted(counted.tally) == 4
+        assert ledger.sending.wait(5) and sender.waiting == 4  # in flight
+        until(lambda: counted.tally.gauges.get(gauge) == 4)
+        assert counted.tally.gauges.get(gauge) == 4 and published == [0, 4]  # shown while Redis holds them
+        ledger.go.set()
+        until(lambda: sender.waiting == 0)
+        assert sender.waiting == 0 and requests_in(ledger) == 4
+        until(lambda: counted.tally.gauges.get(gauge) == 0, 3 * spool_module.PUBLISH_EVERY)
+        assert counted.tally.gauges.get(gauge) == 0 and published == [0, 4, 0]
+    finally:
+        ledger.go.set()
         sender.close(1)
 
 
