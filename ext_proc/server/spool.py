@@ -322,10 +322,11 @@ class Outbox:
     spools and never waits on the network (thread safe); a thread of its own sends.
 
     ``directory``: where the spool lives (None: none, batches wait in memory only);
-    ``on_waiting``: told the records waiting, from the sender thread, when it changes (at most
-    every :data:`PUBLISH_EVERY` seconds, at once when nothing waits any more), and before a send
-    when it changed: the one publisher of that count (only a change from what it was told last is
-    told: a count published by anyone else could stay for good); ``rescan``: once :meth:`adopt`
+    ``on_waiting``: told the records waiting, from the sender thread, when it (or :attr:`failures`
+    or :attr:`dropped`) changes (at most every :data:`PUBLISH_EVERY` seconds, at once when nothing
+    waits any more), and before a send when it changed: the one publisher of that count (only a
+    change from what it was told last is told: a count published by anyone else could stay for
+    good); ``rescan``: once :meth:`adopt`
     was called, look for spools stopped processes left again every ``rescan`` seconds (one
     ``listdir``; None: only when :meth:`adopt` is called)."""
 
@@ -360,7 +361,8 @@ class Outbox:
         self._closed = False
         self._write_logged = 0.0
         self._compact_after = 0.0  # (monotonic) no compaction before: one failed or lacked the room
-        self._published, self._published_at = -1, 0.0
+        self._published: tuple[int, int, int] | None = None  # (waiting, failures, dropped) told on_waiting last
+        self._published_at = 0.0
         self.failures = 0  # sends Redis refused or did not answer in time
         self.dropped = 0  # records given up: never in the aggregates (the request log has them)
         self.sent = 0  # records Redis took (each batch once)
@@ -563,7 +565,8 @@ class Outbox:
             if not group:
                 if self._closing:
                     return
-                stale = self._on_waiting is not None and self._published != self.waiting
+                stale = self._on_waiting is not None and \
+                    self._published != (self.waiting, self.failures, self.dropped)
                 timeout = PUBLISH_EVERY if stale else None  # (a change not published yet: soon)
                 if self._next_scan is not None:  # (and the next look for stopped processes' spools)
                     scan = max(self._next_scan - time.monotonic(), 0.0)
@@ -572,13 +575,15 @@ class Outbox:
                 self._wake.clear()
 
     def _publish(self) -> None:
-        """Tell ``on_waiting`` the records waiting, when that changed (at most every second, and
-        at once when nothing waits any more)."""
+        """Tell ``on_waiting`` the records waiting, when that or the failures or the records
+        given up changed (its owner publishes those too, read then: at most every second, and at
+        once when nothing waits any more)."""
         if self._on_waiting is None or self._closed:
             return
         waiting, now = self.waiting, time.monotonic()
-        if waiting != self._published and (now - self._published_at >= PUBLISH_EVERY or not waiting):
-            self._published, self._published_at = waiting, now
+        state = (waiting, self.failures, self.dropped)
+        if state != self._published and (now - self._published_at >= PUBLISH_EVERY or not waiting):
+            self._published, self._published_at = state, now
             try:
                 self._on_waiting(waiting)
             except Exception:

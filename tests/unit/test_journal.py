@@ -852,6 +852,27 @@ def test_the_waiting_gauge_comes_back_to_zero_after_a_worker_dies_with_a_send_in
         sender.close(1)
 
 
+def test_the_supervisors_sender_publishes_its_failures_while_the_count_waiting_stays(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis down for good: tollway_ledger_write_failures_total follows the sender's failures,
+    though the records waiting stay the same (it once stayed at the first failure's count)."""
+    monkeypatch.setattr(spool_module, "PUBLISH_EVERY", 0.05)
+    ledger = RedisDown()
+    counted = Exchange(Tally(Names(lambda: None)), None)
+    sender: LedgerSender | None = None
+    sender = LedgerSender(ledger, retry=0.02, on_waiting=lambda waiting: publish_sender(counted, sender, waiting))
+    failures = ("tollway_ledger_write_failures",)
+    try:
+        sender.add([served(i) for i in range(4)])
+        until(lambda: sender.failures >= 10)
+        assert sender.failures >= 10
+        until(lambda: counted.tally.counters.get(failures, 0) >= 10)
+        assert counted.tally.counters.get(failures, 0) >= 10
+        assert counted.tally.gauges[("tollway_ledger_waiting",)] == 4
+    finally:
+        sender.close(1)
+
+
 # -- the log cannot be written ---------------------------------------------------------------------
 
 
