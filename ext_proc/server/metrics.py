@@ -368,11 +368,15 @@ class Exchange:
         if path is None or not tally.changed:
             return
         tally.changed = False
-        data = orjson.dumps(tally.snapshot())
-        temporary = f"{path}.tmp"
-        with open(temporary, "wb") as out:
-            out.write(data)
-        os.replace(temporary, path)
+        try:
+            data = orjson.dumps(tally.snapshot())
+            temporary = f"{path}.tmp"
+            with open(temporary, "wb") as out:
+                out.write(data)
+            os.replace(temporary, path)
+        except BaseException:
+            tally.changed = True  # written at the next try, though nothing changes meanwhile
+            raise
 
     def totals(self) -> Merged:
         """Every worker's values summed: the files of the others, this worker's own live tally.

@@ -587,6 +587,7 @@ class Outbox:
             try:
                 self._on_waiting(waiting)
             except Exception:
+                self._published = None  # told again at the next round
                 log.exception("publishing the records waiting for the spend aggregates")
 
     def _group(self) -> tuple[list[Batch], Plan | None]:

@@ -873,6 +873,28 @@ def test_the_supervisors_sender_publishes_its_failures_while_the_count_waiting_s
         sender.close(1)
 
 
+def test_a_count_the_owner_failed_to_publish_is_told_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``on_waiting`` raising (the metrics file could not be written) is no count told: the sender
+    tells it again, else the gauge would keep the count before it for good."""
+    monkeypatch.setattr(spool_module, "PUBLISH_EVERY", 0.05)
+    told: list[int] = []
+    published: list[int] = []
+
+    def on_waiting(waiting: int) -> None:
+        told.append(waiting)
+        if waiting == 0 and told.count(0) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        published.append(waiting)
+
+    outbox = Outbox(MemoryLedger(), None, on_waiting=on_waiting)
+    try:
+        outbox.add([served(i) for i in range(4)])
+        until(lambda: published[-1:] == [0])
+        assert outbox.waiting == 0 and told[-2:] == [0, 0] and published[-1:] == [0]
+    finally:
+        outbox.close(1)
+
+
 # -- the log cannot be written ---------------------------------------------------------------------
 
 

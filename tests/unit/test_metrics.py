@@ -292,6 +292,24 @@ def test_a_gauge_as_every_other_live_worker_published_it(tmp_path: Path) -> None
     assert Exchange(mine, None).published("tollway_shared_state_degraded") == {"tollway_shared_state_degraded": []}
 
 
+def test_a_tally_whose_write_failed_is_written_at_the_next_try(tmp_path: Path) -> None:
+    """A failed write (the metrics directory full, say) leaves the tally to write: the next try
+    writes it though nothing changed since (the supervisor writes only when its sender tells it a
+    change: a value lost to a failed write would never reach the file)."""
+    import orjson
+
+    tally = Tally()
+    exchange = Exchange(tally, str(tmp_path))
+    exchange.path = str(tmp_path / "gone" / "supervisor.json")
+    tally.set(("tollway_ledger_waiting",), 4)
+    with pytest.raises(OSError):
+        exchange.write()
+    (tmp_path / "gone").mkdir()
+    exchange.write()
+    data = orjson.loads((tmp_path / "gone" / "supervisor.json").read_bytes())
+    assert data["gauges"] == [["tollway_ledger_waiting", 4]]
+
+
 def test_a_scrape_by_another_worker_never_goes_backwards(tmp_path: Path) -> None:
     # Worker A counted a request and answered a scrape (live); worker B answers the next one
     # before A's periodic publication: B must still see A's request.
