@@ -178,6 +178,10 @@ class Flow:
             "model": self.model,
             "served_model": self.served_model,
             "provider": self.provider,
+            # the model that served as the policy names it at its provider (the target's; open mode:
+            # the name asked for, sent as it is); None where provider is
+            "upstream_model": self.target.upstream_model if self.target is not None else (
+                self.model if self.policy is None and self.provider else None),
             "stream": self.stream,
             "status": self.status,
             "outcome": self.outcome,

@@ -291,6 +291,7 @@ class Session:
         tokens = estimate.tokens if estimate is not None else None
         record.update(
             provider=flow.provider if len(flow.chain) <= 1 else None, outcome="incomplete",
+            upstream_model=record["upstream_model"] if len(flow.chain) <= 1 else None,
             error="service_interrupted", latency_ms=None, input_tokens=tokens, output_tokens=None,
             cached_tokens=None, cache_write_tokens=None, reasoning_tokens=None, estimated_input_tokens=tokens,
             input_estimated=tokens is not None, output_estimated=False, cost_usd_micros=None, price_version=None,
@@ -554,8 +555,8 @@ class Session:
             streamed = flow.stream and (flow.status or 0) < 400
             record.update(flow.meter.settle(streamed, kind, model, aliases, price))
         else:  # refused before anything went upstream: no provider answered, even one already chosen
-            record.update(provider=None, estimated_input_tokens=None, input_estimated=False, output_estimated=False,
-                          cost_usd_micros=None, price_version=None)
+            record.update(provider=None, upstream_model=None, estimated_input_tokens=None, input_estimated=False,
+                          output_estimated=False, cost_usd_micros=None, price_version=None)
         if flow.abandoned is not None or flow.error in (TRY_TIMED_OUT, IDLE_TIMED_OUT):
             _abandoned(flow, record)
         if flow.tries_unknown:  # which targets Envoy tried, and whether a later one was in flight: unknown

@@ -106,6 +106,7 @@ def test_a_chain_notes_no_provider_and_the_claims_it_holds() -> None:
     session.handle(Answered(Admission(True, remaining=(1,)), 3_000))
     (note,) = [e for e in session.effects if type(e).__name__ == "Forwarded"]
     assert ask is not None and note.record["provider"] is None  # Envoy picks the target
+    assert note.record["upstream_model"] is None
     assert note.record["limits"] == [{"limit": "daily", "unit": "usd", "claimed": note.record["limits"][0]["claimed"],
                                       "used": None}]
 

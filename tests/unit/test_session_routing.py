@@ -275,7 +275,7 @@ def test_a_fallback_answer_from_anthropic_reaches_an_openai_client_as_a_chat_com
     record = the_record(session)
     expected = {
         "provider": "anthropic", "attempts": 2, "fallback": True, "status": 200, "outcome": "ok", "error": None,
-        "model": "smart", "served_model": "claude-x-20250101",
+        "model": "smart", "served_model": "claude-x-20250101", "upstream_model": "claude-x",
         "input_tokens": 1300, "output_tokens": 50, "cached_tokens": 1000, "cache_write_tokens": 200,
         # the target's own price: 100 x 3 + 50 x 15 + 1000 x 0.30 + 200 x 3.75 micro-dollars
         "cost_usd_micros": 2100, "price_version": "policy",
@@ -292,6 +292,7 @@ def test_the_first_target_answers_unchanged(accountant: ServiceAccountant) -> No
                                          ("x-tollway-attempts", "1")))  # the body passes unchanged
     record = the_record(session)
     assert (record["provider"], record["attempts"], record["fallback"]) == ("openai", 1, False)
+    assert (record["model"], record["upstream_model"]) == ("smart", "gpt-4o")  # the target that served
     assert (record["input_tokens"], record["output_tokens"], record["cached_tokens"]) == (12, 3, 2)
     assert record["cost_usd_micros"] == 60  # gpt-4o's policy price: 12 x 2.50 + 3 x 10
 
@@ -595,6 +596,7 @@ def test_a_client_leaving_a_chain_before_its_answers_head_names_no_provider() ->
     record = the_record(session)
     assert (record["provider"], record["attempts"], record["fallback"], record["outcome"], record["status"]) == (
         None, None, None, "incomplete", None)
+    assert record["upstream_model"] is None  # no target known to have served, as no provider
     assert record["tries_unknown"] is True and "abandoned_tries" not in record
     assert rows.went_upstream(record)
     # One target: Envoy can only have tried it.
@@ -603,6 +605,7 @@ def test_a_client_leaving_a_chain_before_its_answers_head_names_no_provider() ->
     single.handle(StreamClosed(5_000_000))
     record = the_record(single)
     assert record["provider"] == "openai" and "tries_unknown" not in record
+    assert record["upstream_model"] == "gpt-4o"
 
 
 def test_a_providers_own_503_is_passed_on_as_it_said_it() -> None:
