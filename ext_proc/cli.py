@@ -18,7 +18,7 @@ COMMANDS = {
     "mock-provider": ("ext_proc.mock.provider", "run the fake OpenAI/Anthropic provider"),
     "policy": ("ext_proc.policy.cli_policy", "check policy files, print the policy's JSON Schema"),
     "keys": ("ext_proc.policy.cli_keys", "create virtual keys for the policy"),
-    "report": ("ext_proc.ledger.cli", "spend, tokens and latency by team, model, key or provider"),
+    "report": ("ext_proc.ledger.cli", "spend, tokens and latency by team, model, key, provider or upstream model"),
     "budgets": ("ext_proc.ledger.budgets", "each budget's spend, open reservations, remaining amount and reset time"),
     "envoy": ("ext_proc.envoy_config", "print the Envoy config with the fallback clusters a policy needs"),
     "inject": ("ext_proc.k8s.inject", "add the Tollway sidecar to Kubernetes pods (admission webhook, or -f)"),

@@ -1,4 +1,4 @@
-"""``tollway report``: spend, tokens, requests and latency by team, model, key or provider."""
+"""``tollway report``: spend, tokens, requests and latency by team, model, key, provider or upstream model."""
 
 from __future__ import annotations
 
@@ -33,14 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", help=f"request log (its rotated copies are read too); default {DEFAULT_LOG}, "
                                       "unless TOLLWAY_REDIS_URL is set (then those aggregates)")
     parser.add_argument("--by", choices=sorted(GROUPS), default="team",
-                        help="group by (default team); a key is named with its team, ci@search")
+                        help="group by (default team); a key is named with its team, ci@search; upstream: the "
+                             "model that served, as the policy names it at its provider")
     parser.add_argument("--since", type=_day, help="first day, YYYY-MM-DD (UTC)")
     parser.add_argument("--until", type=_day, help="last day included, YYYY-MM-DD (UTC)")
     parser.add_argument("--month", type=_month, help="YYYY-MM: the whole month (instead of --since/--until)")
     parser.add_argument("--team", help="only this team: one sentence per model (this month, unless --month, "
                                        "--since or --until say otherwise)")
     for name, example in (("key", "ci@search (a key with its team)"), ("model", "gpt-4o (the name asked for)"),
-                          ("provider", "anthropic")):
+                          ("provider", "anthropic"), ("upstream", "gpt-4o (the model that served)")):
         parser.add_argument(f"--{name}", help=f"only this {name}: {example}; with --team and the others, "
                                              "all must match")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")

@@ -2,7 +2,9 @@
 
 A record is one line of the request log (see README, "The request record"). Grouping is by
 ``team``, ``model`` (the public name asked for), ``key`` (the virtual key: its id with its team,
-``ci@search``, since an id is unique only within its team) or ``provider``.
+``ci@search``, since an id is unique only within its team), ``provider`` or ``upstream`` (the model
+that served, as the policy names it at its provider: an alias's rows split by the target that
+served them; ``(unknown)`` for a record an older Tollway wrote).
 Tokens are input + output; cost is the sum of ``cost_usd_micros`` (integer micro-dollars), and
 records whose usage or price is unknown are *counted* as such rather than added as zero, so a
 report can say "at least". Requests Tollway refused itself (outcome ``rejected``: a 401, 403, 404

@@ -121,7 +121,8 @@ class AdminServer:
 
     def report(self, query: str) -> tuple[int, str, bytes]:
         """``/v1/report?by=team&since=YYYY-MM-DD&until=YYYY-MM-DD&team=T``: rows as JSON (also
-        ``key=ci@search``, ``model=``, ``provider=``: only what matches them all)."""
+        ``key=ci@search``, ``model=``, ``provider=``, ``upstream=``: only what matches them all; ``by=upstream``:
+        the model that served, as the policy names it at its provider)."""
         asked = _report_query(query)
         if isinstance(asked, _Bad):
             return asked.answer

@@ -137,7 +137,7 @@ def _parse(line: bytes, end: int, source: str | None) -> Batch | None:
     """The batch of a line of ``source``'s spool (None: the release before sources, keyed by id)."""
     try:
         item = orjson.loads(line)
-        buckets = {tuple(row[:5]): row[5] for row in item["b"]}
+        buckets = {tuple(row[:-1]): row[-1] for row in item["b"]}  # its dimensions (an older release: five), its counts
         key: BatchKey = (source, int(item["s"])) if source is not None else str(item["id"])
         return Batch(key, int(item["n"]), buckets, sum(len(c) for c in buckets.values()), end)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):

@@ -1,6 +1,7 @@
-"""Spend aggregates per day, team, model, key and provider, in Redis (or in-process, for tests).
+"""Spend aggregates per day, team, model, key, provider and upstream model, in Redis (or in-process, for tests).
 
-Each finished request adds to one bucket, keyed by (UTC day, team, model, key id, provider):
+Each finished request adds to one bucket, keyed by (UTC day, team, model, key id, provider,
+upstream model: the model that served, as the policy names it at its provider):
 request count, lookups (model lists, token counts), input/output/cached/reasoning tokens, cost in
 integer micro-dollars, counts of unknown usage and unknown cost, refused requests by status,
 guardrail triggers, fallbacks, provider errors and cut streams, and the latency of the model calls
@@ -13,7 +14,9 @@ day of an upgrade, the requests after it). A sent request also adds 1 to
 errors and cut streams are unknown (:attr:`~ext_proc.state.rows.Row.unknown_outcome`), not 0.
 A bucket keeps the team and the key id apart, and a report by key names a key with its team
 (``ci@search``, :func:`~ext_proc.state.rows.group_of`): buckets written before reports did so
-read that way too, nothing to migrate.
+read that way too, nothing to migrate. A bucket an older Tollway wrote has no upstream model (its
+key has the first five dimensions): it reads as before, and as
+:data:`~ext_proc.state.rows.UNKNOWN` by upstream model; nothing to migrate either.
 
 :class:`RedisLedger` keeps the buckets in Redis, where every sidecar adds to them with
 ``HINCRBY`` (atomic per field, so any number of sidecars can add to one Redis), batches in one
@@ -22,7 +25,8 @@ its seq is above its source's high-water mark (one key per source: its batches c
 so a batch sent again after a timeout, in whatever grouping, adds nothing twice, and indexes
 buckets per day in a set. Buckets are bounded: a model name that the policy does not know
 (``known``) and that no provider served (a refused request's, or a provider's error answer's
-in open mode) is counted as :data:`OTHER` (:func:`bucket_of`), and a day's
+in open mode) is counted as :data:`OTHER` (:func:`bucket_of`), the upstream model alike (a
+policy's target names one it knows; open mode's is the name asked for), and a day's
 buckets and its set expire :data:`RETENTION_DAYS` after the day. The service keeps aggregates only there (``--redis``):
 without Redis, reports and the dashboard read the request log, which stays the complete record
 either way. :class:`MemoryLedger` keeps the same buckets in a dictionary, never pruned: the
@@ -57,12 +61,12 @@ from ext_proc.state.rows import (
 # Tollway wrote as "over 60 s" reads as 60-120 s.)
 LATENCY_BOUNDS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000,
                   120000, 300000, 600000)
-DIMENSIONS = ("team", "model", "key_id", "provider")
+DIMENSIONS = ("team", "model", "key_id", "provider", "upstream_model")  # an older Tollway's buckets: the first four
 SEP = "\x1f"  # between dimension values in a bucket key (never in names the policy allows)
 OTHER = "(other)"  # a model name the policy does not know and no provider served (the caller's free text)
 RETENTION_DAYS = 731  # a day's buckets (and its index) expire this many days after the day ends: two years
 
-Bucket = tuple[str, str, str, str, str]  # day, team, model, key id, provider
+Bucket = tuple[str, ...]  # day, team, model, key id, provider, upstream model (an older Tollway's: no upstream model)
 Cell = tuple[str, str, str, str]  # day, team, model, provider ("(none)" for none)
 K = TypeVar("K", str, Cell)
 BATCH_TTL = 86_400  # seconds a batch id's mark is kept (a batch sent again within it adds nothing)
@@ -130,16 +134,21 @@ def bucket_of(record: dict[str, Any], known: Callable[[str], bool] | None = None
     body's 400) and, in open mode (no policy, the caller's own key), a name the provider answered
     with an error (a junk key's 401, an unknown model's 404): the record keeps the name. Without
     ``known`` (the reference ledger) every name is kept but an unknown model's 404
-    (``model_not_found``), which says itself that the name is none."""
+    (``model_not_found``), which says itself that the name is none. The upstream model (the
+    serving target's ``upstream_model``) follows the same rule: a policy's target names a model it
+    knows; open mode sends the name asked for, counted as :data:`OTHER` when the model is."""
     ts = record.get("ts")
     if not isinstance(ts, (int, float)):
         return None
     day = datetime.fromtimestamp(ts, UTC).date().isoformat()
-    team, model, key, provider = (str(record.get(d) or "") for d in DIMENSIONS)
-    named = known(model) if known is not None else record.get("error") != "model_not_found"
-    if model and not named and not provider_served(record):
-        model = OTHER
-    return day, team, model, key, provider
+    team, model, key, provider, upstream = (str(record.get(d) or "") for d in DIMENSIONS)
+
+    def named(name: str) -> bool:
+        return not name or (known(name) if known is not None else record.get("error") != "model_not_found")
+
+    if not (named(model) and named(upstream)) and not provider_served(record):
+        model, upstream = (name if named(name) else OTHER for name in (model, upstream))
+    return day, team, model, key, provider, upstream
 
 
 def provider_served(record: dict[str, Any]) -> bool:
@@ -215,7 +224,8 @@ def _rows(buckets: Iterable[tuple[Bucket, dict[str, int]]], by: str, since: date
 
 
 def _dimensions(bucket: Bucket) -> dict[str, str]:
-    return dict(zip(DIMENSIONS, bucket[1:], strict=True))
+    """A bucket's dimensions by record field (an older Tollway's bucket: no ``upstream_model``)."""
+    return dict(zip(DIMENSIONS, bucket[1:], strict=False))
 
 
 def _cell(bucket: Bucket) -> Cell:

@@ -1,4 +1,4 @@
-"""A spend row: the totals of one group (team, model, key or provider) over a window.
+"""A spend row: the totals of one group (team, model, key, provider or upstream model) over a window.
 
 The one shape every report is made of, whether it was aggregated from the request log
 (:mod:`ext_proc.ledger.report`) or read from the shared counters (:mod:`ext_proc.state.ledger`),
@@ -18,16 +18,24 @@ from typing import Any
 from ext_proc.llm.apis import ANTHROPIC_MODELS, COUNT_TOKENS, OPENAI_MODELS
 from ext_proc.policy.compiled import key_member
 
-GROUPS = {"team": "team", "model": "model", "key": "key_id", "provider": "provider"}
-FILTERS = ("team", "key", "model", "provider")  # a report's filters: each a group's name, matched as group_of names it
+GROUPS = {"team": "team", "model": "model", "key": "key_id", "provider": "provider", "upstream": "upstream_model"}
+FILTERS = ("team", "key", "model", "provider", "upstream")  # a report's filters: each a group's name, matched
+# as group_of names it
+UNKNOWN = "(unknown)"  # the upstream model of a request an older Tollway counted (its record, its bucket: none)
 
 
 def group_of(by: str, record: Mapping[str, Any]) -> str:
     """The row a request (a record, or a bucket's dimensions) counts in when grouped ``by`` a name
     of :data:`GROUPS`: its team, model or provider, or its key with its team as limits count it
     (:func:`~ext_proc.policy.compiled.key_member`, ``ci@search``: a key id is unique only within
-    its team, so the keys ``ci`` of two teams are two rows); ``(none)`` when it has none."""
-    value = record.get(GROUPS[by])
+    its team, so the keys ``ci`` of two teams are two rows); ``(none)`` when it has none. By
+    ``upstream`` (the model that served, as the policy names it at its provider: the serving
+    target's ``upstream_model``), a record or bucket an older Tollway wrote, without the field, is
+    :data:`UNKNOWN`."""
+    field = GROUPS[by]
+    if field not in record and by == "upstream":
+        return UNKNOWN
+    value = record.get(field)
     if not value:
         return "(none)"
     team = record.get("team")

@@ -640,3 +640,52 @@ def test_the_sentence_splits_tokens_in_and_out_with_cache_reads_and_names_cut_st
         "Team alpha used 53K tokens on gpt-4o (50.3K in, 30K of them cached; 2.7K out) at a cost of $0.0023, with "
         "an average latency of 300ms, and no request triggered a guardrail. 1 stream was cut: its tokens are "
         "estimated.")
+
+
+def test_a_report_by_upstream_model_says_what_served_an_alias(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             redis_port: int) -> None:
+    """``--by upstream`` groups by the model that served (the policy's name at its provider), and
+    ``--upstream NAME`` keeps it: "team alpha sent N tokens to gpt-4o", whether it asked for gpt-4o
+    or for the alias smart; the same from the log, from Redis and in ``/v1/report``."""
+    import redis
+    from prometheus_client import CollectorRegistry
+
+    from ext_proc.server.admin import AdminServer
+    from ext_proc.state.ledger import RedisLedger
+
+    records = [
+        rec(team="alpha", model="smart", upstream_model="gpt-4o", cost_usd_micros=40),
+        rec(team="alpha", model="smart", upstream_model="gpt-4o", cost_usd_micros=40),
+        rec(team="alpha", model="smart", provider="anthropic", upstream_model="claude-sonnet-4-5", fallback=True,
+            cost_usd_micros=7),
+        rec(team="alpha", model="gpt-4o", upstream_model="gpt-4o", cost_usd_micros=4),
+        rec(team="beta", model="smart", upstream_model="gpt-4o", cost_usd_micros=1000),
+    ]
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    RedisLedger(client).add(records)
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    for source in (["--log", str(path)], ["--redis", f"redis://127.0.0.1:{redis_port}/0"]):
+        assert main(["report", *source, "--by", "upstream", "--team", "alpha", "--month", "2026-10",
+                     "--format", "json"]) == 0
+        assert [(r["group"], r["requests"], r["cost_usd_micros"], r["fallbacks"])
+                for r in orjson.loads(capsys.readouterr().out)] == [
+            ("gpt-4o", 3, 84, 0), ("claude-sonnet-4-5", 1, 7, 1)]
+        assert main(["report", *source, "--team", "alpha", "--upstream", "gpt-4o", "--month", "2026-10"]) == 0
+        told = capsys.readouterr().out
+        assert told.count("Team alpha used") == 2 and "on smart" in told and "on gpt-4o" in told, told
+        assert main(["report", *source, "--upstream", "gpt-4o", "--month", "2026-10", "--format", "csv"]) == 0
+        assert [line.split(",")[:2] for line in capsys.readouterr().out.splitlines()[1:]] == [
+            ["beta", "1"], ["alpha", "3"]]
+        assert main(["report", *source, "--by", "upstream", "--month", "2026-10"]) == 0
+        assert capsys.readouterr().out.splitlines()[0].startswith("upstream ")
+    for admin in (AdminServer(CollectorRegistry(), lambda: (True, {}), log_path=str(path)),
+                  AdminServer(CollectorRegistry(), lambda: (True, {}), ledger=RedisLedger(client))):
+        status, _, body = admin.report("by=upstream&month=2026-10&team=alpha")
+        assert status == 200
+        answer = orjson.loads(body)
+        assert answer["by"] == "upstream"
+        assert [(r["group"], r["requests"]) for r in answer["rows"]] == [("gpt-4o", 3), ("claude-sonnet-4-5", 1)]
+        status, _, body = admin.report("by=team&month=2026-10&upstream=claude-sonnet-4-5")
+        assert [(r["group"], r["requests"]) for r in orjson.loads(body)["rows"]] == [("alpha", 1)]

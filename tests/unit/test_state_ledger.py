@@ -19,14 +19,15 @@ from ext_proc.server.app import knows, open_ledger
 from ext_proc.server.records import LedgerSender, RecordWriter
 from ext_proc.server.spool import Outbox
 from ext_proc.state.ledger import OTHER, RETENTION_DAYS, SOURCE_TTL, BatchKey, MemoryLedger, RedisLedger, Summed
-from tests.unit.test_ledger import RECORDS
+from tests.unit.test_ledger import RECORDS, rec
 
 OCTOBER = month_window("2026-10")
 
 
 def comparable(rows: list) -> dict[str, tuple]:  # type: ignore[type-arg]
     return {r.group: (r.requests, r.input_tokens, r.output_tokens, r.cost_usd_micros, r.unknown_usage,
-                      r.unknown_cost, r.guardrail_triggers, dict(r.guardrails), round(r.avg_latency_ms, 6))
+                      r.unknown_cost, r.guardrail_triggers, dict(r.guardrails),
+                      None if r.avg_latency_ms is None else round(r.avg_latency_ms, 6), r.refused, r.fallbacks)
             for r in rows}
 
 
@@ -569,7 +570,7 @@ def test_open_modes_made_up_names_do_not_grow_redis(redis_port: int) -> None:
     assert isinstance(ledger, RedisLedger)
     now = time.time()
     ledger.add(open_mode_records(now, 200), batch="b1")
-    keys = sorted(k.decode().rsplit("\x1f", 3)[1] for k in client.scan_iter("tollway:ledger:b:*"))
+    keys = sorted(k.decode().split("\x1f")[2] for k in client.scan_iter("tollway:ledger:b:*"))  # day, team, model…
     assert keys == sorted([OTHER, "gpt-4o-mini", "gpt-4o", "my-vllm-model", "local-llama"])
     assert client.dbsize() == 5 + 2  # the buckets, the day's index and the batch's mark
     rows = {r.group: r for r in ledger.rows("model", date.today() - timedelta(days=1))}
@@ -631,3 +632,102 @@ def test_a_report_over_many_buckets_holds_its_rows_not_the_buckets(redis_port: i
         assert denied.rows("team", *OCTOBER) == expected and denied._read is False
     finally:
         client.acl_deluser("reader")
+
+
+def served_by(upstream: str | None, **fields: Any) -> dict[str, Any]:
+    """A request for the alias ``smart`` (gpt-4o, falling back to claude-sonnet-4-5) and what served it."""
+    provider = {"gpt-4o": "openai", "claude-sonnet-4-5": "anthropic", None: None}[upstream]
+    return rec(model="smart", provider=provider, upstream_model=upstream, **fields)
+
+
+SMART = [
+    served_by("gpt-4o"), served_by("gpt-4o", team="ads"),
+    served_by("claude-sonnet-4-5", fallback=True, cost_usd_micros=900),
+    served_by(None, outcome="rejected", status=403, input_tokens=None, output_tokens=None, cost_usd_micros=None),
+    rec(upstream_model="gpt-4o-2024-08-06"),  # the model gpt-4o named directly, sent under its dated name
+]
+
+
+def test_a_report_by_upstream_model_names_what_served_an_alias_alike_in_memory_redis_and_the_log(
+        redis_port: int) -> None:
+    """``upstream``: the model that served, as the policy names it at its provider (the serving
+    target's ``upstream_model``), a dimension of the buckets like the others; a refused request
+    has none; a filter by it keeps a team's spend on one served model, whatever name was asked for."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger, memory = RedisLedger(client), MemoryLedger()
+    ledger.add(SMART)
+    memory.add(SMART)
+    for by in ("upstream", "model", "team", "provider"):
+        expected = comparable(aggregate(SMART, by, *OCTOBER))
+        assert comparable(memory.rows(by, *OCTOBER)) == expected, by
+        assert comparable(ledger.rows(by, *OCTOBER)) == expected, by
+    for source in (ledger, memory):
+        rows = {r.group: r for r in source.rows("upstream", *OCTOBER)}
+        assert {group: r.requests for group, r in rows.items()} == {
+            "gpt-4o": 2, "claude-sonnet-4-5": 1, "(none)": 1, "gpt-4o-2024-08-06": 1}
+        assert (rows["claude-sonnet-4-5"].fallbacks, rows["claude-sonnet-4-5"].cost_usd_micros) == (1, 900)
+        assert rows["(none)"].refused == 1
+        searched = source.rows("model", *OCTOBER, where={"team": "search", "upstream": "gpt-4o"})
+        assert [(r.group, r.requests) for r in searched] == [("smart", 1)]
+    assert ledger.cells(*OCTOBER) == memory.cells(*OCTOBER)  # the dashboard's cells: as before
+
+
+def test_buckets_an_older_tollway_wrote_read_their_upstream_model_as_unknown(redis_port: int) -> None:
+    """A bucket without the upstream model (an older Tollway's key: day, team, model, key id,
+    provider) reads as before in every other report, and as ``(unknown)`` by upstream model, in
+    Redis as in memory, beside the new buckets of the same day and team: nothing to migrate. A log
+    record without the field reads the same."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger, memory = RedisLedger(client), MemoryLedger()
+    ledger.add(SMART[:1])
+    memory.add(SMART[:1])
+    old = ("2026-10-15", "search", "smart", "k1", "openai")
+    counters = {"requests": 3, "outcomes": 3, "input_tokens": 30, "cost_usd_micros": 70}
+    name = "tollway:ledger:b:" + "\x1f".join(old)
+    client.sadd("tollway:ledger:day:2026-10-15", name)
+    client.hset(name, mapping=counters)
+    memory.buckets[old] = dict(counters)  # type: ignore[index]
+    for source in (ledger, memory):
+        assert [(r.group, r.requests, r.cost_usd_micros) for r in source.rows("upstream", *OCTOBER)] == [
+            ("gpt-4o", 1, 4500), ("(unknown)", 3, 70)]
+        assert [(r.group, r.requests) for r in source.rows("model", *OCTOBER)] == [("smart", 4)]
+        assert [r.requests for r in source.rows("team", *OCTOBER, where={"upstream": "(unknown)"})] == [3]
+        cells = source.cells(*OCTOBER)
+        assert cells[("2026-10-15", "search", "smart", "openai")].requests == 4
+    older = {k: v for k, v in SMART[0].items() if k != "upstream_model"}
+    assert {r.group: r.requests for r in aggregate([older, SMART[0]], "upstream", *OCTOBER)} == {
+        "gpt-4o": 1, "(unknown)": 1}
+
+
+def test_an_upstream_model_name_no_one_knows_is_other_like_the_model() -> None:
+    """Open mode sends the name asked for as it is: a made-up one the provider answered with an
+    error is counted as ``(other)`` by upstream model too, never a bucket per name."""
+    made_up = [rec(model=f"made-up-{i}", upstream_model=f"made-up-{i}", outcome="error", status=404,
+                   error="model_not_found", input_tokens=None, output_tokens=None, cost_usd_micros=None,
+                   served_model=None) for i in range(3)]
+    ledger = MemoryLedger(known=lambda _model: False)
+    ledger.add(made_up)
+    assert list(ledger.buckets) == [("2026-10-15", "search", OTHER, "k1", "openai", OTHER)]
+    assert [(r.group, r.requests) for r in ledger.rows("upstream", *OCTOBER)] == [(OTHER, 3)]
+
+
+def test_a_spool_keeps_each_buckets_upstream_model_and_reads_an_older_releases_five_dimensions() -> None:
+    """A spooled batch's buckets come back as they were counted (six dimensions), and those a
+    release before the upstream model spooled (five) come back as five: sent under the key that
+    release would have used, read as ``(unknown)`` by upstream model."""
+    import orjson
+
+    from ext_proc.server.spool import _parse
+
+    memory = MemoryLedger()
+    counted = memory.summed(SMART[:1])
+    line = orjson.dumps({"n": 1, "s": 3, "b": [[*bucket, counts] for bucket, counts in counted.items()]})
+    batch = _parse(line, len(line), "source")
+    assert batch is not None and batch.buckets == counted and len(next(iter(counted))) == 6
+    old = ("2026-10-15", "search", "smart", "k1", "openai")
+    older = _parse(orjson.dumps({"n": 2, "s": 4, "b": [[*old, {"requests": 2}]]}), 0, "source")
+    assert older is not None and older.buckets == {old: {"requests": 2}}
+    memory.add_summed([(("source", 4), older.buckets)])
+    assert [(r.group, r.requests) for r in memory.rows("upstream", *OCTOBER)] == [("(unknown)", 2)]
