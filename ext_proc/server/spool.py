@@ -137,7 +137,7 @@ def _parse(line: bytes, end: int, source: str | None) -> Batch | None:
     """The batch of a line of ``source``'s spool (None: the release before sources, keyed by id)."""
     try:
         item = orjson.loads(line)
-        buckets = {tuple(row[:-1]): row[-1] for row in item["b"]}  # its dimensions (an older release: five), its counts
+        buckets = {(*row[:5], *row[6:]): row[5] for row in item["b"]}  # five dimensions, the counts, then the sixth
         key: BatchKey = (source, int(item["s"])) if source is not None else str(item["id"])
         return Batch(key, int(item["n"]), buckets, sum(len(c) for c in buckets.values()), end)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
@@ -382,7 +382,9 @@ class Outbox:
                 log.exception("counting %d %s for the spend aggregates", len(chunk), self._what)
                 self.dropped += len(chunk)
                 continue
-            body = orjson.dumps([[*bucket, counts] for bucket, counts in buckets.items()])
+            # A bucket's sixth dimension (the upstream model) after its counts: a release before it
+            # reads five dimensions and the counts (a rollback sends the spool under its buckets' keys)
+            body = orjson.dumps([[*bucket[:5], counts, *bucket[5:]] for bucket, counts in buckets.items()])
             with self._lock:
                 if self._closed:
                     self.dropped += len(chunk)

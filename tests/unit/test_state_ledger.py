@@ -713,17 +713,33 @@ def test_an_upstream_model_name_no_one_knows_is_other_like_the_model() -> None:
     assert [(r.group, r.requests) for r in ledger.rows("upstream", *OCTOBER)] == [(OTHER, 3)]
 
 
-def test_a_spool_keeps_each_buckets_upstream_model_and_reads_an_older_releases_five_dimensions() -> None:
+def test_a_spool_keeps_each_buckets_upstream_model_and_reads_an_older_releases_five_dimensions(
+        tmp_path: Path) -> None:
     """A spooled batch's buckets come back as they were counted (six dimensions), and those a
     release before the upstream model spooled (five) come back as five: sent under the key that
-    release would have used, read as ``(unknown)`` by upstream model."""
+    release would have used, read as ``(unknown)`` by upstream model. The sixth comes after the
+    counts, so that release, rolled back to, reads this one's spool (five dimensions, the counts)."""
     import orjson
 
     from ext_proc.server.spool import _parse
 
+    class Down(MemoryLedger):
+        def add_summed(self, batches: Sequence[tuple[BatchKey, Summed]]) -> int:
+            raise ConnectionError("Redis does not answer")
+
     memory = MemoryLedger()
     counted = memory.summed(SMART[:1])
-    line = orjson.dumps({"n": 1, "s": 3, "b": [[*bucket, counts] for bucket, counts in counted.items()]})
+    outbox = Outbox(Down(), str(tmp_path / "aggregates"), retry=60)
+    try:
+        outbox.add(SMART[:1])
+        assert outbox._spool is not None
+        with open(outbox._spool.path, "rb") as handle:
+            line = handle.read().splitlines()[1]
+    finally:
+        outbox.close(0.1)
+    ((bucket, counts),) = counted.items()
+    (row,) = orjson.loads(line)["b"]
+    assert {tuple(row[:5]): row[5]} == {bucket[:5]: counts}  # as the release before reads it (a rollback)
     batch = _parse(line, len(line), "source")
     assert batch is not None and batch.buckets == counted and len(next(iter(counted))) == 6
     old = ("2026-10-15", "search", "smart", "k1", "openai")
