@@ -278,7 +278,7 @@ def test_a_mix_reads_alike_in_the_log_redis_metrics_and_the_dashboard(
 
     fields = ("requests", "refused", "lookups", "input_tokens", "output_tokens", "cost_usd_micros",
               "guardrail_triggers", "fallbacks", "errors", "incomplete", "unknown_usage", "unknown_cost")
-    for by in ("team", "model", "provider"):
+    for by in ("team", "model", "provider", "upstream"):
         assert main(["report", "--log", log, "--by", by, "--format", "json"]) == 0
         from_log = {r["group"]: r for r in orjson.loads(capsys.readouterr().out)}
         assert main(["report", "--redis", url, "--by", by, "--format", "json"]) == 0
@@ -303,6 +303,17 @@ def test_a_mix_reads_alike_in_the_log_redis_metrics_and_the_dashboard(
     assert (rows["smart"]["fallbacks"], rows["smart"]["errors"], rows["smart"]["unknown_usage"]) == (1, 1, 0)
     assert (rows["claude-haiku"]["lookups"], rows["(none)"]["lookups"]) == (1, 1)
     assert metric("tollway_fallbacks_total") == 1 and metric("tollway_requests_usage_unknown_total") == 0
+    # By the model that served: smart's requests went to its fallback (one served, one failed there too);
+    # gpt-4o's model calls (2 served, an error, a cut stream, a client that left) are gpt-4o's, its refusal none.
+    on_gpt_4o = sum(r["upstream_model"] == "gpt-4o" for r in records)
+    assert on_gpt_4o >= 5 and all(r["upstream_model"] is None for r in records if r["outcome"] == "rejected")
+    for source in (["--log", log], ["--redis", url]):
+        assert main(["report", *source, "--by", "upstream", "--model", "smart", "--format", "json"]) == 0
+        smart = {r["group"]: (r["requests"], r["fallbacks"], r["errors"])
+                 for r in orjson.loads(capsys.readouterr().out)}
+        assert smart == {"claude-3-5-haiku-20241022": (2, 1, 1)}, smart
+        assert main(["report", *source, "--by", "upstream", "--upstream", "gpt-4o", "--format", "json"]) == 0
+        assert [r["requests"] for r in orjson.loads(capsys.readouterr().out)] == [on_gpt_4o]
     totals = dashboard["totals"]
     for name in fields:
         assert totals[name] == sum(r[name] for r in rows.values()), name
