@@ -180,6 +180,7 @@ def test_chat_completion_json() -> None:
         << Record(
             request_id="req-1", api="openai.chat.completions", model="gpt-5-nano",
             served_model="gpt-5-nano-2025-08-07", provider="openai", stream=False, status=200,
+            upstream_model="gpt-5-nano",  # open mode: the name asked for, sent as it is
             outcome="ok", error=None, input_tokens=8, output_tokens=377, cached_tokens=0,
             cache_write_tokens=None, reasoning_tokens=320, latency_ms=2601.0, ttft_ms=None,
         )
@@ -250,7 +251,7 @@ def test_record_has_exactly_the_documented_fields() -> None:
     (record,) = records(session)
     assert sorted(record) == sorted([
         "request_id", "team", "key_id", "workload",
-        "api", "model", "served_model", "provider", "stream", "status", "outcome", "error",
+        "api", "model", "served_model", "provider", "upstream_model", "stream", "status", "outcome", "error",
         "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens", "service_tier",
         "attempts", "fallback", "guardrails", "guardrail_triggers", "injection_score", "classifier_unavailable",
         "latency_ms", "ttft_ms",
