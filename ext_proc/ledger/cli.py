@@ -151,6 +151,9 @@ def _run(args: argparse.Namespace) -> int:
         elif not window:
             window = f"{args.since or 'the beginning'} to {args.until or 'today'}"
         per_model = _rows(args, "model")
+        for row in per_model:  # --upstream: what that model served of each name asked for ("gpt-4o via smart")
+            if args.upstream and row.group != args.upstream:
+                row.group = f"{args.upstream} via {row.group}"
         told = [line for line in (sentence(args.team, row) for row in per_model) if line is not None]
         if not per_model:
             print(f"Team {args.team} sent no requests in {window}.")
