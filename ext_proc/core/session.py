@@ -58,6 +58,7 @@ from ext_proc.core.response import Refused, Stream, complete, error_answer, inva
 from ext_proc.core.steps import ROUTE_HEADER, STREAM_HEADER
 from ext_proc.guardrails import texts
 from ext_proc.llm import apis, exact, translate
+from ext_proc.llm.apis.base import safe_model
 from ext_proc.llm.errors import INTERRUPTED, ClientError
 from ext_proc.llm.runtime import SYSTEM, Runtime
 from ext_proc.policy.compiled import CompiledPolicy
@@ -536,7 +537,7 @@ class Session:
         flow.fallback = flow.fallback and outcome != "error"
         reader = flow.meter.reader
         if reader is not None:
-            if reader.model is not None:
+            if reader.model is not None and safe_model(reader.model) is not None:  # not a key's piece
                 flow.served_model = reader.model
             flow.error = flow.error or reader.error
         record = flow.record(at)

@@ -20,21 +20,29 @@ parent, which publishes the answer with the policy): a provider added by a reloa
 key is served by the fake provider too, never sent to its real endpoint without a key. The store
 then also asks ``more`` (the published set) whether a provider is a stand-in.
 
-A provider may send the key back: an error quoting the ``Authorization`` header it got, a debugging
-header reflecting it (self-hosted servers and proxies do). :class:`Scrub` takes the exact key of
-each provider a request may have been sent to out of the answer's header values and bodies before
-the session (and so the client, the record, the span and the logs) sees them, replacing it with
-:data:`MARKER`: each header value and each body is checked with one ``in`` per key, and only an
-answer that holds a key is changed. What it cannot see: a key split across two chunks of a streamed
-answer, and a compressed body (Tollway asks providers for identity encoding).
+A provider may send the key back, or a piece of it: an error quoting the ``Authorization`` header it
+got, a debugging header reflecting it (self-hosted servers and proxies do), an error ``code`` or an
+answer's ``model`` made of the key's first characters. :class:`Scrub` takes the keys of each
+provider a request may have been sent to out of the answer's header values and bodies before the
+session (and so the client, the record, the span, the metrics and the logs) sees them, replacing
+them with :data:`MARKER`. Every answer is checked with one ``in`` per key (its first
+:data:`FRAGMENT` characters in each header value and a body's first :data:`HEAD` bytes, the whole
+key in the rest), as cheap as the exact key's check was; an error answer (status 400 or more), and
+an answer a check found something in, is read whole: every run of :data:`FRAGMENT` characters of a
+key, JSON escapes read (:func:`_clean`). The core sees only the marker: it takes no code or model
+holding it (``ext_proc.llm.apis.base.key_shaped``). What it cannot see: a key split across two
+chunks of a streamed answer, a piece of a key other than its start in a successful answer, and a
+compressed body (Tollway asks providers for identity encoding).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -42,14 +50,17 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from ext_proc.core.actions import Action, Continue, Respond
 from ext_proc.core.events import Event, ResponseBody, ResponseHeaders
 from ext_proc.llm import providers
+from ext_proc.llm.apis.base import KEY_MARKER
 from ext_proc.policy.compiled import CredentialSource, Provider
 
 log = logging.getLogger("tollway.credentials")
 
 Headers = tuple[tuple[str, str], ...]
 STAND_IN_KEY = "tollway-stand-in-key"  # not a secret: the key a stand-in provider receives
-MARKER = "[provider key removed by Tollway]"  # what replaces a provider's key its answer sent back
+MARKER = KEY_MARKER  # what replaces a provider's key (or a long piece of it) its answer sent back
 MIN_SCRUBBED = 8  # characters: a shorter "key" is not looked for in answers (it would mangle them)
+FRAGMENT = 12  # characters: a run of a key this long (a longer key's) is taken out of answers too
+HEAD = 1024  # bytes: a successful answer's body is checked for a key's first characters this far
 
 
 def usable(key: str) -> bool:
@@ -208,37 +219,58 @@ class Scrub:
     what the provider sent (a header the session did not set, a body it did not replace).
     """
 
-    __slots__ = ("_fix", "_keys", "_raw")
+    __slots__ = ("_error", "_fix", "_keys", "_probes", "_raw", "_whole")
 
     def __init__(self, keys: tuple[str, ...]) -> None:
-        # Each key as sent, and as a JSON encoder may write it back (``/`` escaped as ``\/``).
-        keys = (*keys, *(key.replace("/", "\\/") for key in keys if "/" in key))
         self._keys = keys
-        self._raw = tuple(key.encode() for key in keys)
+        self._probes, self._raw, self._whole = _needles(keys)
+        self._error = False  # the answer's status is 400 or more: each of its headers and bodies is read whole
         self._fix: tuple[tuple[str, str], ...] | bytes | None = None  # the last event's change, for its answer
+
+    def _body(self, body: bytes) -> bytes | None:
+        """``body`` without the keys, or ``None`` when it holds none."""
+        if not self._error and not self._holds(body):
+            return None
+        # Keys are ASCII: a body read as Latin-1 keeps its bytes, each a character.
+        clean = _clean(body.decode("latin-1"), self._keys)
+        return None if clean is None else clean.encode("latin-1")
+
+    def _holds(self, body: bytes) -> bool:
+        """Whether a successful answer's ``body`` may hold a key (see :meth:`__init__`): the cost on
+        every answer, bounded whatever its size (a short needle is slower to find than a whole key)."""
+        for probe in self._raw:
+            if body.find(probe, 0, HEAD) != -1:
+                return True
+        if len(body) > HEAD:
+            for whole in self._whole:
+                if whole in body:
+                    return True
+        return False
 
     def event(self, event: Event) -> Event:
         """``event`` (a response's headers or body chunk) without the keys; notes the change."""
         self._fix = None
         if type(event) is ResponseBody:
-            body = event.body
-            for raw in self._raw:
-                # One chunk at a time: a key split across two chunks of a streamed answer is not
-                # found (a buffered answer, or one the coalescer holds, is one body: found).
-                if raw in body:
-                    for each in self._raw:
-                        body = body.replace(each, MARKER.encode())
-                    self._fix = body
-                    return ResponseBody(body, event.end_of_stream, event.at)
-            return event
+            # One chunk at a time: a key split across two chunks of a streamed answer is not found
+            # (a buffered answer, or one the coalescer holds, is one body: found).
+            body = self._body(event.body)
+            if body is None:
+                return event
+            self._fix = body
+            return ResponseBody(body, event.end_of_stream, event.at)
         if type(event) is ResponseHeaders:
+            status = event.headers.get(":status", "")
+            self._error = len(status) == 3 and status >= "400"
             changed = []
-            for name, header in event.headers.items():
-                for key in self._keys:
-                    if key in header:
-                        for other in self._keys:
-                            header = header.replace(other, MARKER)
-                        changed.append((name, header))
+            headers = event.headers
+            if self._error and _clean("\n".join(headers.values()), self._keys) is None:
+                headers = {}  # an error's headers, read at once: none holds a piece of a key
+            for name, header in headers.items():
+                for probe in self._probes:
+                    if self._error or probe in header:
+                        clean = _clean(header, self._keys)
+                        if clean is not None:
+                            changed.append((name, clean))
                         break
             if changed:
                 self._fix = tuple(changed)
@@ -253,11 +285,8 @@ class Scrub:
         fix, self._fix = self._fix, None
         own = action.body
         if own:
-            clean = own
-            for raw in self._raw:
-                if raw in clean:
-                    clean = clean.replace(raw, MARKER.encode())
-            if clean is not own:
+            clean = self._body(own)
+            if clean is not None:
                 if isinstance(action, Respond):
                     return dataclasses.replace(action, body=clean)  # an immediate answer: Envoy sizes it
                 sized = tuple((n, str(len(clean)) if n == "content-length" else v) for n, v in action.set_headers)
@@ -272,3 +301,80 @@ class Scrub:
         owned = {name for name, _ in action.set_headers} | set(action.remove_headers)
         sets = tuple((name, header) for name, header in fix if name not in owned)
         return dataclasses.replace(action, set_headers=action.set_headers + sets) if sets else action
+
+
+@functools.lru_cache(maxsize=64)
+def _needles(keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[bytes, ...], tuple[bytes, ...]]:
+    """What an answer is checked for, one ``in`` per key and form: each key as sent and as a JSON
+    encoder may write it back (``/`` escaped as ``\\/``), whole in a body; its first
+    :data:`FRAGMENT` characters in each header value and in a body's first :data:`HEAD` bytes (a
+    short answer, most stream chunks, the head of a long answer, where its ``model`` is). Only an
+    answer that holds one, and an error answer, is read further (:func:`_clean`). Kept for the
+    keys' sets last used (a request's Scrub is made at its answer, on the hot path)."""
+    forms = (*keys, *(key.replace("/", "\\/") for key in keys if "/" in key))
+    probes = tuple(dict.fromkeys(form[:FRAGMENT] for form in forms))
+    return probes, tuple(probe.encode() for probe in probes), tuple(form.encode() for form in forms
+                                                                    if len(form) > FRAGMENT)
+
+
+_GRAM = 6  # characters: the pieces of a key looked for in an error, one every 7 (a run of 12 holds one)
+
+
+# A JSON escape (``\\`` and ``\"`` included, so that what follows an escaped backslash is not
+# taken for an escape): ``\uXXXX`` of a printable ASCII character and ``\/`` are read as the
+# character, so that a key written so is found.
+_ESCAPE = re.compile(r"\\(?:u00([2-7][0-9A-Fa-f])|(/)|.)", re.DOTALL)
+
+
+def _clean(text: str, keys: tuple[str, ...]) -> str | None:
+    """``text`` with every run of :data:`FRAGMENT` or more characters of a key (a whole key shorter
+    than that) replaced by :data:`MARKER`, JSON escapes read as their characters; ``None`` when it
+    holds none. The work of an error answer, and of one holding a key's first characters: each
+    key is looked for at each of its offsets."""
+    if "\\" in text:
+        alphabet = frozenset("".join(keys)) - {'"', "\\"}
+
+        def unescape(match: re.Match[str]) -> str:
+            if match[2]:
+                return "/"
+            if match[1]:
+                char = chr(int(match[1], 16))
+                if char in alphabet:
+                    return char
+            return match[0]
+
+        text = _ESCAPE.sub(unescape, text)
+    spans = []
+    for key in keys:
+        if len(key) < FRAGMENT:
+            grams: Iterable[int] = (0,)
+            size = len(key)
+        else:  # a run of FRAGMENT characters holds one of these, whole: each is looked for, each find checked
+            grams, size = range(0, len(key) - _GRAM + 1, FRAGMENT - _GRAM + 1), _GRAM
+        for offset in grams:
+            gram = key[offset:offset + size]
+            at = text.find(gram)
+            while at != -1:
+                start, end = at, at + size  # the run, grown both ways while it goes on as the key does
+                while start > 0 and offset - (at - start) > 0 and text[start - 1] == key[offset - (at - start) - 1]:
+                    start -= 1
+                while end < len(text) and offset + (end - at) < len(key) and text[end] == key[offset + (end - at)]:
+                    end += 1
+                if end - start >= min(FRAGMENT, len(key)):
+                    spans.append((start, end))
+                    at = text.find(gram, end)
+                else:
+                    at = text.find(gram, at + 1)
+    if not spans:
+        return None
+    spans.sort()
+    out, last = [], 0
+    for start, end in spans:
+        if start >= last:
+            out.append(text[last:start])
+            out.append(MARKER)
+            last = end
+        elif end > last:
+            last = end
+    out.append(text[last:])
+    return "".join(out)

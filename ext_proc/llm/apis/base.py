@@ -383,19 +383,42 @@ class WireAPI:
 
 
 _CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# What replaces a provider key (or a long piece of one) its answer sent back: Tollway's server takes
+# them out before the core reads the answer (ext_proc.server.credentials); the core only sees this.
+KEY_MARKER = "[provider key removed by Tollway]"
+# A value shaped like a credential: an issuer's prefix (OpenAI's and Anthropic's ``sk-``, Stripe-like
+# ``sk_``/``rk_``, AWS ``AKIA``/``ASIA``, Google ``AIza``, GitHub, GitLab, Slack, Hugging Face, Groq,
+# a JWT's ``eyJ``) then 8 characters more: a piece of a key too (its first 20 characters), which
+# the guardrails' detectors (a whole key's length) would not take for one.
+_KEY_SHAPE = re.compile(r"(?:sk-|sk_|rk_|AKIA|ASIA|AIza|gh[pousr]_|github_pat_|glpat-|xox[abposr]-|hf_|gsk_|eyJ)"
+                        r"[A-Za-z0-9_-]{8}")
+
+
+def key_shaped(value: str) -> bool:
+    """Whether ``value`` is, or starts like, a credential: an issuer's key prefix and 8 more key
+    characters (``sk-ant-api03-…``, ``sk-proj-…``, ``AKIA…``), or the marker of a key removed."""
+    return _KEY_SHAPE.match(value) is not None or KEY_MARKER in value
 
 
 def safe_code(error: Any) -> str:
     """The stable code of a provider's error object: its ``code``, else its ``type``, taken only when
-    it looks like a code (``^[A-Za-z0-9_.:-]{1,64}$``), else ``provider_error``. The code goes into
-    the request's record, its span and logs: a provider's free text there (one quoting the key it
-    was sent, say) would leave with them."""
+    it looks like a code (``^[A-Za-z0-9_.:-]{1,64}$``) and not like a key (:func:`key_shaped`),
+    else ``provider_error``. The code goes into the request's record, its span and logs: a
+    provider's free text there (one quoting the key it was sent, or a piece of it) would leave
+    with them."""
     if isinstance(error, dict):
         for key in ("code", "type"):
             value = error.get(key)
-            if isinstance(value, str) and _CODE.fullmatch(value):
+            if isinstance(value, str) and _CODE.fullmatch(value) and not key_shaped(value):
                 return value
     return "provider_error"
+
+
+def safe_model(model: str) -> str | None:
+    """The model an answer names, unless it is shaped like a key or holds :data:`KEY_MARKER` (a
+    provider that wrote its key, or a piece of it, there): then ``None``, and the request is
+    recorded, priced and labelled with the model Tollway asked for."""
+    return None if key_shaped(model) else model
 
 
 def error_code(payload: dict[str, Any]) -> str:
