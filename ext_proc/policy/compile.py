@@ -385,7 +385,7 @@ def _origin(url: str) -> tuple[str, str, int]:
 def _reaches(spec: PolicySpec, name: str) -> str:
     provider = spec.providers[name]
     if provider.endpoint:
-        return provider.endpoint
+        return shown_url(provider.endpoint)
     return f"{DEFAULT_ENDPOINTS[provider.kind]} (kind {provider.kind}'s public API)"
 
 
@@ -729,6 +729,19 @@ _EXAMPLE_PATHS = {"anthropic": ("a Messages request", "/v1/messages"),
                   "azure-openai": ("a chat request", "/openai/deployments/DEPLOYMENT/chat/completions")}
 
 
+def shown_url(url: str) -> str:
+    """``url`` as a message shows it: its query string's names without their values (``?key=…``), a
+    fragment as ``#…``: a key pasted there is never shown (in the log, /readyz, ``tollway policy
+    check``). A user name or password is refused before (see :func:`ext_proc.policy.schema._reachable`)."""
+    head, mark, rest = url.partition("?")
+    if not mark:
+        head, mark, rest = url.partition("#")
+        return f"{head}#…" if mark else url
+    query, hash_mark, _ = rest.partition("#")
+    names = "&".join(f"{part.partition('=')[0]}=…" if "=" in part else part for part in query.split("&"))
+    return f"{head}?{names}" + ("#…" if hash_mark else "")
+
+
 def _endpoint_problems(url: str, kind: str) -> list[str]:
     """Why ``url`` is not a base URL the API's paths can go behind (see :func:`_rebase`), each
     with the base URL to write: a query string or fragment (never sent), or an API's path in it
@@ -748,7 +761,8 @@ def _endpoint_problems(url: str, kind: str) -> list[str]:
     problems = []
     if "?" in url or "#" in url:
         what = "a query string" if "?" in url else "a fragment"
-        shown = url[url.index("?" if "?" in url else "#"):]
+        cut = min(at for at in (url.find("?"), url.find("#")) if at != -1)
+        shown = shown_url(url)[cut:]  # the query's names, not their values
         version = " (the api-version goes in 'api_version')" if kind == "azure-openai" else ""
         problems.append(f"has {what} ('{shown}'): an endpoint is a base URL, and nothing after its path is "
                         f"sent{version}; {write}")

@@ -26,6 +26,8 @@ from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from ext_proc.llm.apis.base import key_shaped
+
 from .schema import API_VERSION, PATTERN_MEANINGS, PolicySpec
 
 Loc = tuple[str | int, ...]
@@ -505,7 +507,8 @@ def _one_of(ctx: dict[str, Any], value: object) -> str:
     """``must be one of a, b (not 'c'; did you mean 'b'?)``."""
     choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
     wanted = f"must be {choices[0]}" if len(choices) == 1 else f"must be one of {', '.join(choices)}"
-    given = f"not '{value}'" if isinstance(value, str) else f"not {_what(value)}"
+    given = (f"not '{value}'" if isinstance(value, str) and not key_shaped(value)  # a key's piece too
+             else f"not {HIDDEN}" if isinstance(value, str) else f"not {_what(value)}")
     close = _closest(value, choices) if isinstance(value, str) and len(choices) > 1 else None
     return f"{wanted} ({given}; did you mean '{close}'?)" if close else f"{wanted} ({given})"
 

@@ -89,8 +89,11 @@ def _reachable(url: str) -> str:
     except ValueError:
         port = 0
     if port == 0 or netloc.endswith(":"):
+        written = netloc.rsplit("]", 1)[-1].rpartition(":")[2]
+        if len(written) > 8:  # a key written there (a typo such as 80O0 is shown)
+            raise PydanticCustomError("url_port", "has a port that is not a number from 1 to 65535")
         raise PydanticCustomError("url_port", "has port '{port}': a port is a number from 1 to 65535",
-                                  {"port": netloc.rsplit("]", 1)[-1].rpartition(":")[2]})
+                                  {"port": written})
     if netloc.startswith("["):  # no zone id (fe80::1%eth0): Envoy takes none in a cluster's address
         valid = "%" not in host and _is_address(host, ipaddress.IPv6Address)
     else:  # a name's last label is never all digits: 300.1.1.1 is a mistyped address, not a name

@@ -604,10 +604,10 @@ def test_an_endpoint_is_a_base_url() -> None:
         "p.yaml:7:38: providers.p4.endpoint: has the API path '/openai/deployments/gpt4o' in it: Tollway builds "
         "each request's path behind the base URL (the deployment is a model's or target's 'model'); write "
         '"https://apim.corp/az"',
-        "p.yaml:8:38: providers.p5.endpoint: has a query string ('?api-version=2024-10-21'): an endpoint is a base "
+        "p.yaml:8:38: providers.p5.endpoint: has a query string ('?api-version=…'): an endpoint is a base "
         "URL, and nothing after its path is sent (the api-version goes in 'api_version'); write "
         '"https://contoso.openai.azure.com/openai/v1"',
-        "p.yaml:9:43: providers.p6.endpoint: has a fragment ('#models'): an endpoint is a base URL, and nothing "
+        "p.yaml:9:43: providers.p6.endpoint: has a fragment ('#…'): an endpoint is a base URL, and nothing "
         'after its path is sent; write "http://vllm:8000/v1"',
         "p.yaml:10:38: providers.p7.endpoint: has the API path '/openai/deployments/gpt4o' in it: Tollway builds "
         "each request's path behind the base URL (the deployment is a model's or target's 'model'); write "
@@ -1038,3 +1038,33 @@ def test_a_hand_made_tollway_key_is_hidden_though_the_prompt_detector_would_pass
         compile_policy(f"{HEAD}teams:\n  a: {{workloads: [s], models: ['{key}']}}\n", "p.yaml")
     shown = str(caught.value)
     assert key not in shown and "89abcdef" not in shown and "(a value that looks like a key: not shown)" in shown
+
+
+def test_an_endpoints_query_values_are_never_shown() -> None:
+    """A key pasted into an endpoint's query string was refused with the whole query string in the
+    message (the log, /readyz's last_reload_error, `tollway policy check`): its names are shown."""
+    key = "sk-test-AUDDurlQ0123456789abcdef"  # fake
+    found = issues(f"""\
+apiVersion: tollway/v1
+providers:
+  a: {{kind: openai-compatible, endpoint: "http://10.0.0.5:8000/?key={key}&api-version=1#frag{key}"}}
+  b: {{kind: openai-compatible, endpoint: "http://10.0.0.6:8000/v1?token={key}", cluster: a}}
+""")
+    assert found and not any(key[:12] in issue or key[-12:] in issue for issue in found)
+    assert "('?key=…&api-version=…#…')" in found[0]
+    assert any("reaches http://10.0.0.5:8000/?key=…&api-version=…#…" in issue for issue in found)
+
+
+def test_a_key_written_as_a_port_or_a_kind_is_not_shown() -> None:
+    key = "sk-test-AUDDurlQ0123456789abcdef"  # fake: no issuer's full shape, so not hidden as a key
+    found = issues(f"""\
+apiVersion: tollway/v1
+providers:
+  a: {{kind: openai-compatible, endpoint: "http://10.0.0.5:{key}"}}
+  b: {{kind: {key}}}
+""")
+    assert len(found) == 2 and not any(key[:12] in issue for issue in found)
+    assert "has a port that is not a number from 1 to 65535" in found[0]
+    assert "(not (a value that looks like a key: not shown))" in found[1]
+    assert issues("apiVersion: tollway/v1\nproviders:\n  a: {kind: openai-compatible, endpoint: 'http://h:99999'}\n"
+                  ) == ["p.yaml:3:42: providers.a.endpoint: has port '99999': a port is a number from 1 to 65535"]
