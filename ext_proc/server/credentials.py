@@ -96,6 +96,7 @@ class CredentialStore:
         self._recheck = recheck
         self._files: dict[str, tuple[float, tuple[int, int, int] | None, str | None]] = {}
         self._warned: dict[str, float] = {}
+        self._loose: set[str] = set()  # the key files every user can read, warned of (once each)
 
     def stood_in(self, name: str) -> bool:
         """Whether provider ``name`` is served by a stand-in (given, or decided for the running policy)."""
@@ -127,6 +128,11 @@ class CredentialStore:
         try:
             st = os.stat(path)
             signature: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if st.st_mode & 0o004 and path not in self._loose:
+                self._loose.add(path)
+                log.warning("the provider key file %s is readable by every user (mode %o): give it mode 0600 or "
+                            "0400, unless only this container sees it (a Kubernetes Secret volume's default 0644)",
+                            path, st.st_mode & 0o777)
         except OSError:
             signature = None
         if cached is not None and signature == cached[1]:

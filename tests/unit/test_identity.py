@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -256,3 +257,23 @@ teams:
     refusal = first if isinstance(first, Respond) else second
     assert isinstance(refusal, Respond) and refusal.status == 403
     assert orjson.loads(refusal.body)["error"]["code"] == "workload_mismatch"
+
+
+def test_a_key_file_every_user_can_read_is_warned_of_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The admin token file warned when every user could read it; a provider's key file did not."""
+    loose, tight = tmp_path / "loose", tmp_path / "tight"
+    loose.write_text("sk-loose-key\n")
+    tight.write_text("sk-tight-key\n")
+    loose.chmod(0o644)
+    tight.chmod(0o600)
+    now = [0.0]
+    store = CredentialStore(environ={}, clock=lambda: now[0])
+    for step in range(3):  # read again (rechecked each second, a rotated file re-read): one warning
+        now[0] = step * 2.0
+        loose.write_text(f"sk-loose-key-{step}\n")
+        os.utime(loose, ns=(step * 10**9, step * 10**9))
+        assert store.key(CredentialSource(file=str(loose))) == f"sk-loose-key-{step}"
+        assert store.key(CredentialSource(file=str(tight))) == "sk-tight-key"
+    warnings = [r.getMessage() for r in caplog.records if "readable by every user" in r.getMessage()]
+    assert len(warnings) == 1 and str(loose) in warnings[0] and str(tight) not in caplog.text
+    assert "sk-loose" not in caplog.text
