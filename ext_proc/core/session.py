@@ -537,8 +537,9 @@ class Session:
         flow.fallback = flow.fallback and outcome != "error"
         reader = flow.meter.reader
         if reader is not None:
-            if reader.model is not None and safe_model(reader.model) is not None:  # not a key's piece
-                flow.served_model = reader.model
+            if reader.model is not None:  # one shaped like a key (a piece of it): the model asked for
+                target = flow.target
+                flow.served_model = safe_model(reader.model) or (target.upstream_model if target else None)
             flow.error = flow.error or reader.error
         record = flow.record(at)
         if flow.local:
