@@ -43,6 +43,7 @@ from ext_proc.policy.compiled import CompiledPolicy
 from ext_proc.server import bodies, journal, listen, state_dir
 from ext_proc.server.accounting import ENCODINGS_ENV
 from ext_proc.server.clusters import ENVOY_ADMIN, ClusterSync, stand_in, stand_in_url
+from ext_proc.server.credentials import open_to_all
 from ext_proc.server.dealer import Dealer
 from ext_proc.server.listen import TLSFiles
 from ext_proc.server.metrics import Exchange, Names, Tally
@@ -443,7 +444,7 @@ def admin_token(path: str | None, exposed_host: str | None) -> str | None:
         except (OSError, UnicodeDecodeError) as exc:
             why = getattr(exc, "strerror", None) or exc
             raise listen.ListenError(f"cannot read --admin-token-file {path}: {why}") from None
-        if os.stat(path).st_mode & 0o004:
+        if open_to_all(path, os.stat(path).st_mode):
             log.warning("the admin token file %s is readable by every user", path)
     if token is not None and (len(token) < 16 or any(ord(c) < 0x21 or ord(c) > 0x7E for c in token)):
         raise listen.ListenError("the admin token must be 16 or more printable ASCII characters, no spaces")

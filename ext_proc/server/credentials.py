@@ -60,7 +60,18 @@ STAND_IN_KEY = "tollway-stand-in-key"  # not a secret: the key a stand-in provid
 MARKER = KEY_MARKER  # what replaces a provider's key (or a long piece of it) its answer sent back
 MIN_SCRUBBED = 8  # characters: a shorter "key" is not looked for in answers (it would mangle them)
 FRAGMENT = 12  # characters: a run of a key this long (a longer key's) is taken out of answers too
+# An issuer's prefix, the same in every key it gives (``sk-``, ``sk-proj-``, ``sk-ant-api03-``,
+# ``sk-or-v1-``, ``gsk_``): no secret, and an answer may well name it (a model explaining how to set
+# a key up); a piece of a key counts from where its secret part begins (:func:`secret_start`).
+_ISSUER = re.compile(r"(?:[A-Za-z0-9]{1,8}[-_]){1,4}")
 HEAD = 1024  # bytes: a successful answer's body is checked for a key's first characters this far
+
+
+def open_to_all(path: str, mode: int) -> bool:
+    """Whether a secret's file at ``path`` (of ``mode``) is readable by every user of the machine:
+    not a file of a Kubernetes Secret volume (its directory holds the kubelet's ``..data``), whose
+    default 0644 only the containers mounting the volume see."""
+    return bool(mode & 0o004) and not os.path.lexists(os.path.join(os.path.dirname(path), "..data"))
 
 
 def usable(key: str) -> bool:
@@ -128,11 +139,10 @@ class CredentialStore:
         try:
             st = os.stat(path)
             signature: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if st.st_mode & 0o004 and path not in self._loose:
+            if path not in self._loose and open_to_all(path, st.st_mode):
                 self._loose.add(path)
-                log.warning("the provider key file %s is readable by every user (mode %o): give it mode 0600 or "
-                            "0400, unless only this container sees it (a Kubernetes Secret volume's default 0644)",
-                            path, st.st_mode & 0o777)
+                log.warning("the provider key file %s is readable by every user (mode %o): give it mode 0600 "
+                            "or 0400", path, st.st_mode & 0o777)
         except OSError:
             signature = None
         if cached is not None and signature == cached[1]:
@@ -318,7 +328,7 @@ def _needles(keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[bytes, ...],
     answer that holds one, and an error answer, is read further (:func:`_clean`). Kept for the
     keys' sets last used (a request's Scrub is made at its answer, on the hot path)."""
     forms = (*keys, *(key.replace("/", "\\/") for key in keys if "/" in key))
-    probes = tuple(dict.fromkeys(form[:FRAGMENT] for form in forms))
+    probes = tuple(dict.fromkeys(form[secret_start(form):][:FRAGMENT] for form in forms))
     return probes, tuple(probe.encode() for probe in probes), tuple(form.encode() for form in forms
                                                                     if len(form) > FRAGMENT)
 
@@ -330,6 +340,14 @@ _GRAM = 6  # characters: the pieces of a key looked for in an error, one every 7
 # taken for an escape): ``\uXXXX`` of a printable ASCII character and ``\/`` are read as the
 # character, so that a key written so is found.
 _ESCAPE = re.compile(r"\\(?:u00([2-7][0-9A-Fa-f])|(/)|.)", re.DOTALL)
+
+
+def secret_start(key: str) -> int:
+    """Where ``key``'s secret part begins: after its issuer's prefix (:data:`_ISSUER`, within its
+    first 16 characters), when FRAGMENT characters or more follow it; else 0."""
+    found = _ISSUER.match(key)
+    start = found.end() if found is not None and found.end() <= 16 else 0
+    return start if len(key) - start >= FRAGMENT else 0
 
 
 def _clean(text: str, keys: tuple[str, ...]) -> str | None:
@@ -352,11 +370,12 @@ def _clean(text: str, keys: tuple[str, ...]) -> str | None:
         text = _ESCAPE.sub(unescape, text)
     spans = []
     for key in keys:
+        secret = secret_start(key)
         if len(key) < FRAGMENT:
             grams: Iterable[int] = (0,)
             size = len(key)
         else:  # a run of FRAGMENT characters holds one of these, whole: each is looked for, each find checked
-            grams, size = range(0, len(key) - _GRAM + 1, FRAGMENT - _GRAM + 1), _GRAM
+            grams, size = range(secret, len(key) - _GRAM + 1, FRAGMENT - _GRAM + 1), _GRAM
         for offset in grams:
             gram = key[offset:offset + size]
             at = text.find(gram)
@@ -366,7 +385,8 @@ def _clean(text: str, keys: tuple[str, ...]) -> str | None:
                     start -= 1
                 while end < len(text) and offset + (end - at) < len(key) and text[end] == key[offset + (end - at)]:
                     end += 1
-                if end - start >= min(FRAGMENT, len(key)):
+                # (the run's secret characters: an issuer's prefix alone, or with a few more, is no piece)
+                if offset + (end - at) - max(offset - (at - start), secret) >= min(FRAGMENT, len(key)):
                     spans.append((start, end))
                     at = text.find(gram, end)
                 else:

@@ -277,3 +277,19 @@ def test_a_key_file_every_user_can_read_is_warned_of_once(tmp_path: Path, caplog
     warnings = [r.getMessage() for r in caplog.records if "readable by every user" in r.getMessage()]
     assert len(warnings) == 1 and str(loose) in warnings[0] and str(tight) not in caplog.text
     assert "sk-loose" not in caplog.text
+
+
+def test_a_key_file_of_a_kubernetes_secret_volume_is_not_warned_of(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The kubelet's layout (``..data`` a link to a timestamped directory, each key a link into it):
+    its default 0644 is seen only by the containers that mount the volume, nothing to warn of."""
+    volume = tmp_path / "provider-keys"
+    stamped = volume / "..2026_12_07_20_00_00.000000001"
+    stamped.mkdir(parents=True)
+    (stamped / "openai").write_text("sk-volume-key\n")
+    (stamped / "openai").chmod(0o644)
+    (volume / "..data").symlink_to(stamped.name)
+    (volume / "openai").symlink_to("..data/openai")
+    store = CredentialStore(environ={})
+    assert store.key(CredentialSource(file=str(volume / "openai"))) == "sk-volume-key"
+    assert "readable by every user" not in caplog.text

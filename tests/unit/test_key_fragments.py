@@ -11,7 +11,7 @@ import pytest
 from ext_proc.core.events import ResponseBody, ResponseHeaders
 from ext_proc.llm.apis import base
 from ext_proc.llm.apis.base import error_code, safe_code
-from ext_proc.server.credentials import MARKER, Scrub
+from ext_proc.server.credentials import MARKER, Scrub, secret_start
 from tests.unit.test_coalesce import ECHOED, chunk, keyed_call, parsed, response_head, sent_to_gpt_4o
 
 KEY = "sk-test-AUDDenvKEYzyxw9876543210abcd"  # fake
@@ -40,7 +40,7 @@ def test_an_errors_code_type_and_message_lose_every_long_piece_of_the_key(status
 
 
 def test_a_piece_from_the_middle_of_the_key_in_an_error_is_taken_out() -> None:
-    out = scrubbed(Scrub((KEY,)), orjson.dumps({"error": {"message": f"key ...{KEY[5:19]}... is wrong"}}), "401")
+    out = scrubbed(Scrub((KEY,)), orjson.dumps({"error": {"message": f"key ...{KEY[5:21]}... is wrong"}}), "401")
     assert runs(out) == [] and orjson.loads(out)["error"]["message"] == f"key ...{MARKER}... is wrong"
 
 
@@ -54,6 +54,20 @@ def test_a_key_written_in_json_unicode_escapes_is_found_in_an_error() -> None:
         body = ('{"error": {"message": "bad ' + "".join(hexes % ord(c) for c in KEY) + '", "type": "x"}}').encode()
         out = scrubbed(Scrub((KEY,)), body, "400")
         assert orjson.loads(out)["error"]["message"] == f"bad {MARKER}"
+
+
+@pytest.mark.parametrize("status", ["200", "401"])
+def test_an_issuers_prefix_is_no_piece_of_a_key(status: str) -> None:
+    """Every Anthropic key starts ``sk-ant-api03-``, every OpenAI project key ``sk-proj-``: an answer
+    naming the prefix (a model explaining how to set a key up), or it with a few characters more,
+    holds no secret and is passed as it is; twelve characters of the secret part are taken out."""
+    keys = ("sk-ant-api03-Zq8xW2vB7nK4mL9pR3tY6uI1oE5aS0dF", "sk-proj-Hj3kL5mN7pQ9rS1tU3vW5xY7zA9bC1d")
+    text = "Set ANTHROPIC_API_KEY=sk-ant-api03-... (or sk-ant-api03-Zq8x) and OPENAI_API_KEY=sk-proj-Hj3k..."
+    body = orjson.dumps({"id": "x", "object": "chat.completion", "model": "gpt-4o",
+                         "choices": [{"message": {"content": text}}]})
+    assert scrubbed(Scrub(keys), body, status) == body
+    leaked = orjson.dumps({"model": "gpt-4o", "choices": [{"message": {"content": f"key {keys[0][:25]}"}}]})
+    assert keys[0][13:25].encode() not in scrubbed(Scrub(keys), leaked, status)
 
 
 def test_an_answers_model_starting_like_the_key_is_taken_out_and_not_served() -> None:
@@ -140,8 +154,10 @@ def test_a_header_holding_a_piece_of_the_key_loses_it() -> None:
 
 
 def test_every_run_of_twelve_characters_of_a_key_is_found_in_an_error_and_no_shorter_one() -> None:
+    """Twelve characters of the key's secret part (after its issuer's prefix, ``sk-test-``)."""
     scrub = Scrub((KEY,))
-    for start in range(len(KEY) - 11):
+    assert secret_start(KEY) == len("sk-test-")
+    for start in range(len("sk-test-"), len(KEY) - 11):
         out = scrubbed(scrub, f"x {KEY[start:start + 12]} y".encode(), "500")
         assert out == f"x {MARKER} y".encode(), start
         short = f"x {KEY[start:start + 11]} y".encode()
