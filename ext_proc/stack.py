@@ -221,6 +221,7 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _commands: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict, repr=False)
     _run_dir: Path | None = field(default=None, repr=False)
+    _log_starts: dict[str, int] = field(default_factory=dict, repr=False)  # where each log's current run begins
     _temporary: Path | None = field(default=None, repr=False)  # the private temp dir run_dir is in, if one
 
     @property
@@ -302,6 +303,7 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         out: Any = subprocess.DEVNULL if self.quiet else None
         err = open_private(self.workdir / f"{name}.log", os.O_APPEND)  # owned by the child
+        self._log_starts[name] = os.fstat(err).st_size  # earlier runs' lines stay, and are not this run's
         if name == "tollway" and self.log_to_stdout:
             out = open_private(self.record_log, os.O_APPEND)
         environ = self.environment(name, env)
@@ -398,8 +400,7 @@ class Stack:
             while not ready[name]():
                 proc = self.procs[name]
                 if proc.poll() is not None:
-                    log = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"{name} exited with {proc.returncode} while starting:\n{log}")
+                    raise RuntimeError(f"{name} exited with {proc.returncode} while starting:\n{self._log(name, 3000)}")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} not ready after {timeout:.0f}s:\n{self._stuck(name)}")
                 time.sleep(0.05)
@@ -419,7 +420,13 @@ class Stack:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGUSR1)
             time.sleep(1)
-        return (self.workdir / f"{name}.log").read_text(errors="replace")[-tail:]
+        return self._log(name, tail)
+
+    def _log(self, name: str, tail: int) -> str:
+        """The end (``tail`` characters) of what the process wrote to its log since it was last started."""
+        with open(self.workdir / f"{name}.log", "rb") as handle:
+            handle.seek(self._log_starts.get(name, 0))
+            return handle.read().decode(errors="replace")[-tail:]
 
     def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
         """SIGTERM every process (Envoy first, the fake provider last); their exit codes."""
@@ -643,6 +650,18 @@ def _taken(ports: Mapping[str, int]) -> list[str]:
     return taken
 
 
+def _same_port(ports: Mapping[str, int]) -> str:
+    """"--port and --mock-port both name port N" when two of the options (keys ending in their flag)
+    name one port (the second server would fail to bind it), else ""."""
+    named: dict[int, str] = {}
+    for what, port in ports.items():
+        flag = what.rsplit(" ", 1)[-1]
+        if port in named:
+            return f"{named[port]} and {flag} both name port {port}"
+        named[port] = flag
+    return ""
+
+
 def _check_ports(ports: Mapping[str, int]) -> None:
     taken = _taken(ports)
     if taken:
@@ -666,6 +685,10 @@ def run(args: argparse.Namespace) -> int:
     # of the policy adds without one.
     ports = {"gateway listener, --port": args.port, "Tollway admin, --service-admin-port": args.service_admin_port,
              "fake provider, --mock-port": args.mock_port}
+    same = _same_port(ports)
+    if same:
+        print(f"tollway up: {same}: give each its own port", file=sys.stderr)
+        return 2
     try:
         try:
             lock = _lock_workdir(workdir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,32 @@ def test_the_banner_offers_the_demo_key_and_a_call_only_as_the_policy_has_them(t
     shown = _banner(tmp_path, OWN_POLICY, workload="w")
     assert '"model": "gpt-4o"' in shown and "gpt-4o-mini" not in shown and '"chat"' not in shown
     assert "Demo key" not in shown
+
+
+@pytest.mark.parametrize("flag", ["--service-admin-port", "--mock-port"])
+def test_tollway_up_refuses_one_port_named_twice_in_one_line(tmp_path: Path, flag: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Two of its options naming one port: said at once, before anything starts (not Envoy's
+    "Address already in use" from the second bind)."""
+    from ext_proc import cli
+
+    same, other, third = (str(stack.free_port()) for _ in range(3))
+    ports = {"--port": same, "--service-admin-port": other, "--mock-port": third, flag: same}
+    argv = ["up", *[arg for item in ports.items() for arg in item], "--workdir", str(tmp_path / "work")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"tollway up: --port and {flag} both name port {same}: give each its own port\n"
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_child_that_fails_to_start_shows_this_runs_log_only(tmp_path: Path) -> None:
+    """The logs are appended to, run after run: an earlier run's lines are not this failure's."""
+    work = tmp_path / "work"
+    running = stack.Stack(work, mock=True)
+    stack.private_directory(work)
+    (work / "mock.log").write_text("an earlier run: cannot bind, long ago\n")
+    running._spawn("mock", [sys.executable, "-c", "import sys; sys.stderr.write('this run failed\\n'); sys.exit(3)"])
+    with pytest.raises(RuntimeError) as raised:
+        running._wait_ready(["mock"], timeout=10)
+    assert str(raised.value) == "mock exited with 3 while starting:\nthis run failed\n"
+    assert "an earlier run" in (work / "mock.log").read_text()  # still appended to, not truncated
