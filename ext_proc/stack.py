@@ -864,6 +864,8 @@ def banner(stack: Stack, policy: Path, workload: str, plan: list[str], mocked: f
     try_call = "" if model is None else f"""
   curl -s {stack.base_url}/v1/chat/completions -H 'content-type: application/json'{key_header} \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'{fallback_demo}"""
+    mock = f"http://127.0.0.1:{stack.mock_port}"
+    mock_line = f"  Fake provider:        {mock} (what it received: {mock}/_mock/requests)\n" if stack.mock else ""
     return f"""Tollway is up (policy {policy}, workload {workload!r}).
   OpenAI-compatible:    {stack.base_url}/v1
   Anthropic-compatible: {stack.base_url}
@@ -871,7 +873,7 @@ def banner(stack: Stack, policy: Path, workload: str, plan: list[str], mocked: f
                         curl -s --unix-socket {stack.admin_socket} http://localhost/stats)
   Tollway /readyz, /metrics: http://127.0.0.1:{stack.service_admin_port}
   Dashboard:            http://127.0.0.1:{stack.service_admin_port}/dashboard
-  Request log:          {stack.record_log}
+{mock_line}  Request log:          {stack.record_log}
   Logs:                 {stack.workdir}/tollway.log, envoy.log{", mock.log" if stack.mock else ""}
   The tollway command:  {shown} (or `source {shown.parent}/activate`, then `tollway --help`)
   Providers:

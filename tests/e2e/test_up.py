@@ -154,6 +154,19 @@ def test_the_banner_says_the_demo_key_the_logs_and_how_to_run_tollway(up: Up) ->
     assert "source .venv/bin/activate" in banner
 
 
+def test_the_banner_says_where_the_fake_provider_shows_what_it_received(up: Up) -> None:
+    """The quick start: an email address in a prompt "reaches the provider as [EMAIL_1]"; the
+    banner's address of the fake provider shows it."""
+    found = re.search(r"Fake provider:\s+(\S+) \(what it received: (\S+)\)", "".join(up.console))
+    assert found is not None and found.group(1) == f"http://127.0.0.1:{up.ports['mock']}", "".join(up.console)
+    answer = httpx.post(up.url + "/v1/chat/completions", json={
+        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Mail jane.roe@example.com today"}]})
+    assert answer.status_code == 200, answer.text
+    received = httpx.get(found.group(2)).json()
+    prompts = [str(request) for request in received if "Mail " in str(request)]
+    assert prompts and "[EMAIL_1]" in prompts[-1] and "jane.roe" not in "".join(prompts)
+
+
 def test_what_tollway_up_writes_only_its_user_reads(up: Up) -> None:
     """Logs hold request metadata (Envoy's, at debug level, keys and prompts): nothing under the workdir is
     open to other users, and the logs and Envoy's config not to the user's group either."""

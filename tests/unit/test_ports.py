@@ -61,12 +61,12 @@ def test_only_tollway_starts_with_the_provider_keys_in_its_environment(tmp_path:
     assert "OPENAI_API_KEY" not in stack.Stack(tmp_path / "w2", policy=broken).environment("envoy")
 
 
-def _banner(tmp_path: Path, text: str, workload: str = "local-dev") -> str:
+def _banner(tmp_path: Path, text: str, workload: str = "local-dev", mock: bool = True) -> str:
     from ext_proc.policy.compile import compile_policy
 
     policy = tmp_path / "policy.yaml"
     policy.write_text(text)
-    running = stack.Stack(tmp_path / "state", listen_port=10000, service_admin_port=9902, mock_port=1, mock=True)
+    running = stack.Stack(tmp_path / "state", listen_port=10000, service_admin_port=9902, mock_port=1, mock=mock)
     return stack.banner(running, policy, workload, ["    openai ..."], frozenset({"openai", "anthropic"}),
                         compile_policy(text))
 
@@ -85,11 +85,14 @@ def test_the_banner_offers_the_demo_key_and_a_call_only_as_the_policy_has_them(t
     shown = _banner(tmp_path, example)
     assert "Demo key (team demo): tw-local-demo-key-not-secret" in shown
     assert '"model": "gpt-4o-mini"' in shown and '"model": "chat"' in shown and "authorization" not in shown
+    assert "  Fake provider:        http://127.0.0.1:1 (what it received: http://127.0.0.1:1/_mock/requests)\n" \
+        in shown
     shown = _banner(tmp_path, example, workload="elsewhere")  # no team for it: the demo key's team's call
     assert "-H 'authorization: Bearer tw-local-demo-key-not-secret'" in shown and '"model": "gpt-4o-mini"' in shown
     shown = _banner(tmp_path, OWN_POLICY)
     assert "tw-local-demo-key-not-secret" not in shown and "Demo key" not in shown
     assert "curl -s http" not in shown and '"model"' not in shown and "report --log" in shown
+    assert "Fake provider" not in _banner(tmp_path, example, mock=False)  # (a Stack without one)
     shown = _banner(tmp_path, OWN_POLICY, workload="w")
     assert '"model": "gpt-4o"' in shown and "gpt-4o-mini" not in shown and '"chat"' not in shown
     assert "Demo key" not in shown
