@@ -222,3 +222,32 @@ def test_rules_left_out_for_lack_of_team_or_model_are_named(monkeypatch: pytest.
                                    "(needs --model)\n")
     status, _, err = redact(monkeypatch, capsys, "--policy", policy, "--team", "ads", "--model", "gpt-4o")
     assert status == 0 and err == ""
+
+
+def test_the_readmes_redact_lines_name_files_and_detectors_a_fresh_clone_has() -> None:
+    """A new user runs the README's `tollway redact` lines as written: each --policy is a file the
+    repository ships, and each of --detectors is a detector or group that policy (or the built-ins) has."""
+    import re
+    import shlex
+
+    from ext_proc.guardrails.detectors import GROUPS
+    from ext_proc.guardrails.scanner import builtin
+    from ext_proc.policy import guardrails
+    from ext_proc.policy.issues import parse
+    from ext_proc.policy.schema import PolicySpec
+    from ext_proc.stack import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    lines = [line for block in re.findall(r"```sh\n(.*?)```", readme, re.S) for line in block.splitlines()
+             if "tollway redact" in line]
+    assert len(lines) >= 6
+    for line in lines:
+        words = shlex.split(line.split(" | ")[-1], comments=True)
+        scanner = builtin()
+        if "--policy" in words:
+            policy = ROOT / words[words.index("--policy") + 1]
+            assert policy.is_file(), line
+            scanner = guardrails.scanner(PolicySpec.model_validate(parse(policy.read_text())[2]))
+        if "--detectors" in words:
+            known = {d.name for d in scanner.detectors} | set(GROUPS) | {"prompt_injection"}
+            assert set(words[words.index("--detectors") + 1].split(",")) <= known, line
