@@ -8,7 +8,7 @@ FILE``: a whole request body (chat completions, Messages or Responses, told apar
 its user and tool texts scored against its own system prompt, as the gateway scores them (a tool's
 result against the instructions without their ``breaks_rule`` signal); a body the gateway would
 refuse unread, or one with no user or tool text, exits 2. ``--lines`` splits on newlines only and
-numbers each scored line (blank lines are not scored).
+numbers each scored line (blank lines are not scored). Empty or blank input exits 2 (nothing to score).
 """
 
 from __future__ import annotations
@@ -112,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
             lines = (line.removesuffix("\r") for line in data.split("\n"))
             texts = [(line, str(number)) for number, line in enumerate(lines, 1) if line.strip()]
         else:
-            texts = [(data, "user")]
+            texts = [(data, "user")] if data.strip() else []
+        if not texts:  # nothing piped in (or only blank lines): a score of nothing would read as "ok"
+            _fail("tollway scan: no text to score on stdin (pipe some in, or give --request FILE)")
         if args.system:
             try:
                 system = Path(args.system).read_text(encoding="utf-8")

@@ -866,6 +866,22 @@ def test_the_scan_command_numbers_the_lines_it_scores(monkeypatch: pytest.Monkey
     assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == ["1", "3", "4"]
 
 
+@pytest.mark.parametrize("given", ["", " \n\n", "--lines"])
+def test_the_scan_command_says_there_is_no_text_to_score(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str], given: str) -> None:
+    """`tollway scan </dev/null` printed "0.017  ok  -", exit 0, as if a text had been scored."""
+    import io
+
+    from ext_proc import cli
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\n \n" if given == "--lines" else given.encode())))
+    with pytest.raises(SystemExit) as failed:
+        cli.main(["scan", *([given] if given == "--lines" else [])])
+    printed = capsys.readouterr()
+    assert failed.value.code == 2 and printed.out == ""
+    assert printed.err == "tollway scan: no text to score on stdin (pipe some in, or give --request FILE)\n"
+
+
 # -- the policy ------------------------------------------------------------------------------------
 
 HEAD = textwrap.dedent("""\
