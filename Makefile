@@ -91,4 +91,4 @@ lint: $(STAMP) ## ruff, mypy and the import-layer contracts (pyproject.toml)
 	$(VENV)/bin/lint-imports --no-cache
 
 clean: ## remove the virtualenv and run state
-	rm -rf $(VENV) .tollway .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tollway .tollway-* .pytest_cache .mypy_cache .ruff_cache

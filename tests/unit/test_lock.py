@@ -103,3 +103,19 @@ def test_make_run_passes_up_args_to_tollway_up() -> None:
     dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "run", "UP_ARGS=--port 10001 --workdir .tw2"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert ".venv/bin/tollway up --port 10001 --workdir .tw2" in dry, dry
+
+
+def test_what_the_readme_has_you_write_is_ignored_and_cleaned() -> None:
+    """The README's second instance (`--workdir .tollway-2`) and the JSON Schema it has you write
+    next to the policies (`policies/tollway.schema.json`) never show in `git status`; `make clean`
+    removes the run state of every workdir."""
+    import subprocess
+
+    for path in (".tollway/requests.jsonl", ".tollway-2/requests.jsonl", ".tollway-3/envoy.log",
+                 "policies/tollway.schema.json"):
+        checked = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT)
+        assert checked.returncode == 0, f"{path} is not ignored"
+    kept = subprocess.run(["git", "check-ignore", "-q", "--no-index", "policies/example.yaml"], cwd=ROOT)
+    assert kept.returncode == 1
+    dry = subprocess.run(["make", "-n", "clean"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert re.search(r"rm -rf .* \.tollway \.tollway-\*( |$)", dry, re.M), dry
