@@ -8,8 +8,8 @@ from ext_proc.cli import main
 
 
 @pytest.mark.parametrize(("argv", "said"), [
-    (["keys", "create", "--team", "search", "--policy", "x"],
-     "tollway keys create: unrecognized arguments: --policy x (see `tollway keys create --help`)"),
+    (["keys", "create", "--team", "search", "--owner", "x"],
+     "tollway keys create: unrecognized arguments: --owner x (see `tollway keys create --help`)"),
     (["scan", "--bogus"], "tollway scan: unrecognized arguments: --bogus (see `tollway scan --help`)"),
     (["policy", "check", "p.yaml", "--fast"],
      "tollway policy check: unrecognized arguments: --fast (see `tollway policy check --help`)"),
