@@ -121,7 +121,14 @@ def run(args: argparse.Namespace) -> int:
     if args.policy is not None:
         try:
             policy, scanner = _policy(args.policy)
-        except (OSError, PolicyError, UnicodeDecodeError) as exc:
+        except OSError as exc:  # as `tollway policy check` says it
+            print(f"tollway redact: {args.policy}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except UnicodeDecodeError as exc:
+            print(f"tollway redact: {args.policy}: cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})",
+                  file=sys.stderr)
+            return 2
+        except PolicyError as exc:
             print(f"tollway redact: {exc}", file=sys.stderr)
             return 2
         plan, error = _plan(policy, args.team, args.model)
@@ -140,8 +147,10 @@ def run(args: argparse.Namespace) -> int:
                 wanted.add(name)
                 continue
             if name not in known and name not in GROUPS:
-                print(f"tollway redact: unknown detector {name!r} (one of: {', '.join(sorted(known))})",
-                      file=sys.stderr)
+                names_taken = sorted(known | ({INJECTION} if args.policy is not None else set()))
+                hint = suggest(name, [*names_taken, *GROUPS]).strip()[1:-1]  # "did you mean 'x'?", or ""
+                print(f"tollway redact: unknown detector {name!r} ({hint + '; ' if hint else ''}one of: "
+                      f"{', '.join(names_taken)}, or the groups {', '.join(sorted(GROUPS))})", file=sys.stderr)
                 return 2
             wanted.update(GROUPS.get(name, (name,)))
         scores = scores and INJECTION in wanted

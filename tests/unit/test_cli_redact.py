@@ -251,3 +251,22 @@ def test_the_readmes_redact_lines_name_files_and_detectors_a_fresh_clone_has() -
         if "--detectors" in words:
             known = {d.name for d in scanner.detectors} | set(GROUPS) | {"prompt_injection"}
             assert set(words[words.index("--detectors") + 1].split(",")) <= known, line
+
+
+def test_a_policy_it_cannot_read_and_an_unknown_detector_are_one_plain_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """As `tollway policy check` says it (not "[Errno 2] ..."); every name --detectors takes, the groups too."""
+    missing = tmp_path / "missing.yaml"
+    status, out, err = redact(monkeypatch, capsys, "--policy", str(missing))
+    assert (status, out, err) == (2, "", f"tollway redact: {missing}: cannot read: No such file or directory\n")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"apiVersion: tollway/v1 # caf\xe9\n")
+    status, _, err = redact(monkeypatch, capsys, "--policy", str(latin))
+    assert status == 2 and err.startswith(f"tollway redact: {latin}: cannot read: not UTF-8 text (")
+    status, _, err = redact(monkeypatch, capsys, "--detectors", "emial")
+    assert status == 2 and err.count("\n") == 1
+    assert err.startswith("tollway redact: unknown detector 'emial' (did you mean 'email'?; one of: ")
+    assert err.endswith(", or the groups credentials, pii)\n") and "credit_card, " in err
+    status, _, err = redact(monkeypatch, capsys, "--policy", _policy(tmp_path, ""), "--detectors", "ticket")
+    assert status == 2 and "unknown detector 'ticket' (one of: " in err and " prompt_injection, " in err
+    assert err.endswith(", or the groups credentials, pii)\n")
