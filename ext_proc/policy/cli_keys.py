@@ -1,8 +1,10 @@
-"""``tollway keys create --team T [--id ID]``: make a virtual key and the policy line that admits it.
+"""``tollway keys create --team T [--id ID] [--policy FILE]``: make a virtual key and the policy line that admits it.
 
 The key is random (``tw-`` and 43 URL-safe characters, 256 bits), printed once and never stored:
 the policy holds only its sha256 (:func:`~ext_proc.policy.compiled.key_digest`). Adding the
-printed line under ``teams.T.keys`` and shipping the policy is what makes the key work.
+printed line under ``teams.T.keys`` and shipping the policy is what makes the key work. With
+``--policy``, a team that policy has not is a warning on stderr (the key is still made: the team
+may be added with it); a policy that cannot be read or compiled is an error, and no key.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import re
 import secrets
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
 from ext_proc.guardrails.detectors import check_tollway_key
 
+from .compile import PolicyError, compile_policy
 from .compiled import KEY_PREFIX, key_digest
+from .issues import suggest
 from .schema import NAME_PATTERN, PATTERN_MEANINGS
 
 
@@ -30,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     create.add_argument("--team", required=True, help="the team the key belongs to (a key of 'teams')")
     create.add_argument("--id", dest="key_id", help="the key's id in logs and records (default TEAM-YYYYMMDD-XXXX)")
+    create.add_argument("--policy", type=Path, metavar="FILE",
+                        help="warn (on stderr) when this policy has no such team; the key is still made")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +46,23 @@ def run(args: argparse.Namespace) -> int:
         if not re.fullmatch(NAME_PATTERN, value):
             print(f"tollway keys create: {what} {value!r} {PATTERN_MEANINGS[NAME_PATTERN]}", file=sys.stderr)
             return 2
+    if args.policy is not None:
+        try:
+            teams = compile_policy(args.policy.read_text(encoding="utf-8"), str(args.policy)).teams
+        except OSError as exc:  # as `tollway policy check` says it
+            print(f"tollway keys create: {args.policy}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except UnicodeDecodeError as exc:
+            print(f"tollway keys create: {args.policy}: cannot read: not UTF-8 text ({exc.reason} at byte "
+                  f"{exc.start})", file=sys.stderr)
+            return 2
+        except PolicyError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        if args.team not in teams:
+            print(f"tollway keys create: warning: {args.policy} has no team {args.team!r}"
+                  f"{suggest(args.team, teams)}: add it under teams with the line below, or the key admits no one",
+                  file=sys.stderr)
     key = new_key()
     print(f"""New virtual key for team {args.team} (id {key_id}):
 

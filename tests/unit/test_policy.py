@@ -832,6 +832,30 @@ def test_keys_create_refuses_bad_names(capsys: pytest.CaptureFixture[str]) -> No
     assert "--team 'my team' must be 1-128 letters" in captured.err
 
 
+def test_keys_create_with_a_policy_warns_of_a_team_it_has_not(capsys: pytest.CaptureFixture[str],
+                                                                tmp_path: Path) -> None:
+    """A key for a team no policy has never works: --policy says so on stderr (the key is still made:
+    the team may be added with its line)."""
+    example = str(POLICIES / "example.yaml")
+    assert main(["keys", "create", "--team", "serach", "--policy", example]) == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"^    tw-\S+$", out, re.MULTILINE) and "teams.serach.keys" in out
+    assert err == (f"tollway keys create: warning: {example} has no team 'serach' (did you mean 'search'?): "
+                   "add it under teams with the line below, or the key admits no one\n")
+    assert main(["keys", "create", "--team", "search", "--policy", example]) == 0
+    assert capsys.readouterr().err == ""
+    missing = tmp_path / "missing.yaml"
+    assert main(["keys", "create", "--team", "search", "--policy", str(missing)]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err == f"tollway keys create: {missing}: cannot read: No such file or directory\n"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("apiVersion: tollway/v1\nteams: [\n")
+    assert main(["keys", "create", "--team", "search", "--policy", str(broken)]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.startswith(f"{broken}:")
+
+
 # -- robustness ---------------------------------------------------------------------------------
 
 EXAMPLE_LINES = EXAMPLE.splitlines(keepends=True)
