@@ -295,6 +295,10 @@ class Keeper:
                 if self.alerts is not None and claim.consumes and claim.amount <= claim.capacity:
                     # A budget that refuses what an empty one would take is exhausted: its 100 % alert.
                     self.alerts(claim, lease.spent + lease.used, True)  # as reported, and this worker's since
+                # The store may have granted the request's other counters (one exchange grows every
+                # short lease) and this one's lease part of a claim: refused, they go back once idle,
+                # not when they expire in the store (HOLD_TTL), keeping other holders from them.
+                self._schedule()
                 return Admission(False, refused=index, remaining=tuple(lease.remaining() for lease in leases))
         return self._hold(claims, leases, self.clock(), degraded=False)
 

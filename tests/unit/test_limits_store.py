@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -842,6 +843,123 @@ def test_a_holders_report_number_never_outlives_its_counter(redis_url: str) -> N
             assert 0 < ttl(minute.counter, "reported:w-ttl") <= ttl(minute.counter, "spent") + 100
             assert 0 < ttl(month.counter, "reported:w-ttl") <= 600_000 < ttl(month.counter, "spent")
         await backend.close()
+
+    asyncio.run(scenario())
+
+
+# -- a refused request gives back what the store granted it -------------------------------------------
+
+
+TEAM = claim(amount=10, capacity=10_000, counter="budget/every-team/usd/demo/2026-12")
+TINY = claim(amount=10, capacity=5, counter="budget/demo-tiny/usd/demo/2026-12-07")  # less than one claim
+FULL_MINUTE = claim(amount=1, capacity=1, counter="rate/r/requests/demo/29000000")  # another holder has it
+FULL_SLOT = claim(amount=1, capacity=1, counter="rate/r/concurrent/demo", consumes=False)  # likewise
+FREE_SLOT = claim(amount=1, capacity=2, counter="rate/r/concurrent/other", consumes=False)
+
+
+async def answered(result: Any) -> Any:
+    return await result if inspect.isawaitable(result) else result
+
+
+def store_of(kind: str, clock: Clock, redis_url: str | None) -> Any:
+    if kind == "redis":
+        assert redis_url is not None
+        return RedisBackend.from_url(redis_url)
+    memory = MemoryBackend(clock)
+    return memory if kind == "memory" else Delayed(memory)
+
+
+async def quiet(*keepers: Keeper) -> None:
+    """Wait for the keepers' flushes to end on their own (nothing held any more): none is left to
+    cancel when the loop closes, mid-exchange with Redis (whose client may take a cancellation for
+    its own timeout, a StoreUnavailable the flush retries)."""
+    for _ in range(30):
+        if all(keeper._flush is None for keeper in keepers):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"still flushing: {[keeper.snapshot() for keeper in keepers]}")
+
+
+async def held_in(store: Any, counter: str) -> int:
+    memory = store.memory if isinstance(store, Delayed) else store
+    return (await answered(memory.totals(counter)))[1]
+
+
+@pytest.mark.parametrize("kind", ["memory", "delayed", "redis"])
+@pytest.mark.parametrize("claims", [
+    (TEAM, TINY), (TINY, TEAM), (TEAM, FULL_MINUTE), (FULL_MINUTE, TEAM), (TEAM, FULL_SLOT), (FREE_SLOT, TINY),
+], ids=["second-budget-refuses", "first-budget-refuses", "rate-limit-refuses", "rate-limit-refuses-first",
+        "concurrency-refuses", "budget-refuses-beside-a-slot"])
+def test_a_refused_request_gives_back_the_leases_granted_for_its_other_counters_once_idle(
+        kind: str, claims: tuple[Claim, ...], request: pytest.FixtureRequest) -> None:
+    """The store grows every short lease of a request in one exchange; a counter refusing does not
+    undo the others' grants. With no flush running (the first request of a worker, or the first in
+    a while), none was scheduled on a refusal, and the grants stayed held until they expired in the
+    store (30 s), not given back after 1 s idle: a nearly spent budget refused other workers meanwhile."""
+    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    clock = Clock()
+
+    async def scenario() -> None:
+        store = store_of(kind, clock, redis_url)
+        other = Keeper(store, holder="other", clock=clock)
+        filled = {}
+        for c in (FULL_MINUTE, FULL_SLOT):
+            if c in claims:  # another worker's request in flight holds all of it
+                assert (await answered(other.admit((c,)))).admitted
+                filled[c.counter] = c.capacity
+        keeper = Keeper(store, holder="w1", clock=clock)
+        refused = await answered(keeper.admit(claims))
+        assert not refused.admitted and claims[refused.refused] not in (TEAM, FREE_SLOT)
+        for c in claims:  # nothing of the refused request is counted as in flight
+            assert keeper.leases[c.counter].reserved == 0
+        granted = [c for c in claims if await held_in(store, c.counter) > filled.get(c.counter, 0)]
+        assert granted, "the store granted the counter that had room"
+        clock.now += 1.5  # idle past IDLE
+        await asyncio.sleep(0.6)  # a few flushes
+        for c in claims:
+            assert await held_in(store, c.counter) == filled.get(c.counter, 0), (c.counter, keeper.snapshot())
+            assert keeper.leases[c.counter].held == 0
+        for c in (FULL_MINUTE, FULL_SLOT):
+            if c in claims:
+                other.settle((c,), (0,))
+        await quiet(keeper, other)
+        if kind == "redis":
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_refused_request_does_not_keep_another_worker_from_a_nearly_spent_shared_budget(
+        kind: str, request: pytest.FixtureRequest) -> None:
+    """Worker 1's request passes the team's shared budget but not its tiny one: the share of the
+    shared budget the store granted it is nobody's. Worker 2's request on the shared budget is
+    refused while worker 1 holds it, for at most a second or so, not until the grant expires."""
+    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    clock = Clock()
+    shared = claim(amount=10, capacity=100, counter="budget/every-team/usd/demo/2026-12-shared")
+
+    async def scenario() -> None:
+        store = store_of(kind, clock, redis_url)
+        spender = Keeper(store, holder="spender", clock=clock)
+        spender._flush = asyncio.get_running_loop().create_future()  # flushes by hand, below
+        for _ in range(8):  # 85 of 100 spent: 15 left, room for one claim of 10
+            assert (await answered(spender.admit((shared,)))).admitted
+        spender.settle((shared,) * 8, (10,) * 7 + (15,))
+        clock.now += 5
+        await answered(spender.flush())
+        assert await answered(store.totals(shared.counter)) == (85, 0)
+        one, two = Keeper(store, holder="w1", clock=clock), Keeper(store, holder="w2", clock=clock)
+        assert not (await answered(one.admit((shared, TINY)))).admitted  # refused by the tiny budget
+        assert not (await answered(two.admit((shared,)))).admitted  # worker 1 holds 10 of the 15 left
+        clock.now += 1.5
+        await asyncio.sleep(0.6)
+        assert (await answered(two.admit((shared,)))).admitted
+        two.settle((shared,), (0,))
+        clock.now += 1.5
+        await quiet(one, two)
+        if kind == "redis":
+            await store.close()
 
     asyncio.run(scenario())
 
