@@ -252,6 +252,9 @@ class Keeper:
                 del self._growing[counter]
         if not growing.cancelled() and growing.exception() is None:  # a failure is each waiter's to handle
             self._apply(leases, growing.result())
+            # Granted, whether or not a request is admitted on it (its client may have left): a
+            # flush gives it back once idle, else it stays held until it expires in the store.
+            self._schedule()
 
     async def _admit_later(self, claims: tuple[Claim, ...], leases: list[Lease],
                            growing: asyncio.Future[list[Grant]], fail_open: bool) -> Admission:

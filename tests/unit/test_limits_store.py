@@ -964,6 +964,28 @@ def test_a_refused_request_does_not_keep_another_worker_from_a_nearly_spent_shar
     asyncio.run(scenario())
 
 
+def test_a_lease_grown_for_a_request_whose_client_left_is_given_back_once_idle() -> None:
+    """The client left (its stream reset) while its lease grew: the exchange goes on and the lease
+    takes the store's answer, which no request holds and no flush was scheduled to give back."""
+    clock = Clock()
+    memory = MemoryBackend(clock)
+
+    async def scenario() -> None:
+        keeper = Keeper(Delayed(memory), holder="w1", clock=clock)
+        c = claim(amount=10, capacity=1000)
+        leaving = asyncio.ensure_future(keeper.admit((c,)))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        leaving.cancel()
+        await asyncio.sleep(0.05)  # the store answered
+        assert keeper.leases[c.counter].held == memory.totals(c.counter)[1] > 0
+        clock.now += 1.5
+        await asyncio.sleep(0.6)
+        assert memory.totals(c.counter) == (0, 0) and keeper.leases[c.counter].held == 0
+        await quiet(keeper)
+
+    asyncio.run(scenario())
+
+
 @contextlib.contextmanager
 def manifest_redis(tmp_path: Path, password: str, admin_password: str) -> Iterator[int]:
     """redis-server started with k8s/base/redis.yaml's own arguments (its passwords substituted as the
