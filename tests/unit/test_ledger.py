@@ -40,6 +40,22 @@ RECORDS = [
 ]
 
 
+def both_sources(records: list[dict[str, Any]], redis_port: int,
+                 tmp_path: Path) -> tuple[Path, list[list[str]], Any]:
+    """``records`` as a request log and as the Redis aggregates (flushed first): the log's path and
+    the two ``tollway report`` options that read them, and the Redis client."""
+    import redis
+
+    from ext_proc.state.ledger import RedisLedger
+
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    RedisLedger(client).add(records)
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    return path, [["--log", str(path)], ["--redis", f"redis://127.0.0.1:{redis_port}/0"]], client
+
+
 def test_aggregate_by_team_in_a_month() -> None:
     since, until = month_window("2026-10")
     assert (since, until) == (date(2026, 10, 1), date(2026, 11, 1))
@@ -434,19 +450,14 @@ def test_a_report_by_key_names_each_key_with_its_team(tmp_path: Path, capsys: py
     """The keys ``ci`` of two teams are two rows (``ci@search``, as limits count them), each with its own
     spend: from the log, from the aggregates in Redis (whose buckets always held the team), in
     ``tollway report``'s JSON, CSV and table and in ``/v1/report``; ``--team`` keeps one team's keys."""
-    import redis
     from prometheus_client import CollectorRegistry
 
     from ext_proc.server.admin import AdminServer
     from ext_proc.state.ledger import RedisLedger
 
-    client = redis.Redis(port=redis_port)
-    client.flushall()
-    RedisLedger(client).add(TWO_CIS)
-    path = tmp_path / "requests.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in TWO_CIS))
+    path, sources, client = both_sources(TWO_CIS, redis_port, tmp_path)
     expected = [("ci@search", 2, 4_000_000, 1), ("ci@ads", 1, 500_000, 0), ("(none)", 1, 7, 0)]
-    for source in (["--log", str(path)], ["--redis", f"redis://127.0.0.1:{redis_port}/0"]):
+    for source in sources:
         assert main(["report", *source, "--by", "key", "--month", "2026-10", "--format", "json"]) == 0
         rows = orjson.loads(capsys.readouterr().out)
         assert [(r["group"], r["requests"], r["cost_usd_micros"], r["guardrail_triggers"]) for r in rows] == expected
@@ -469,7 +480,6 @@ def test_a_report_keeps_one_key_model_or_provider(tmp_path: Path, capsys: pytest
     """``--key ci@search`` (and ``--model``, ``--provider``, with ``--team``: all must match) keeps what
     matches, from the log, from Redis and in ``/v1/report``; a key without its team is refused (it
     would match nothing: a key id is unique only within its team)."""
-    import redis
     from prometheus_client import CollectorRegistry
 
     from ext_proc.server.admin import AdminServer
@@ -477,12 +487,8 @@ def test_a_report_keeps_one_key_model_or_provider(tmp_path: Path, capsys: pytest
 
     records = [*TWO_CIS, rec(team="search", key_id="ci", model="claude-sonnet", provider="anthropic",
                             cost_usd_micros=30)]
-    client = redis.Redis(port=redis_port)
-    client.flushall()
-    RedisLedger(client).add(records)
-    path = tmp_path / "requests.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-    for source in (["--log", str(path)], ["--redis", f"redis://127.0.0.1:{redis_port}/0"]):
+    path, sources, client = both_sources(records, redis_port, tmp_path)
+    for source in sources:
         def rows(*filters: str, source: list[str] = source) -> list[tuple[str, int, int]]:
             assert main(["report", *source, "--by", "model", "--month", "2026-10", "--format", "json",
                          *filters]) == 0
@@ -647,7 +653,6 @@ def test_a_report_by_upstream_model_says_what_served_an_alias(tmp_path: Path, ca
     """``--by upstream`` groups by the model that served (the policy's name at its provider), and
     ``--upstream NAME`` keeps it: "team alpha sent N tokens to gpt-4o", whether it asked for gpt-4o
     or for the alias smart; the same from the log, from Redis and in ``/v1/report``."""
-    import redis
     from prometheus_client import CollectorRegistry
 
     from ext_proc.server.admin import AdminServer
@@ -661,12 +666,8 @@ def test_a_report_by_upstream_model_says_what_served_an_alias(tmp_path: Path, ca
         rec(team="alpha", model="gpt-4o", upstream_model="gpt-4o", cost_usd_micros=4),
         rec(team="beta", model="smart", upstream_model="gpt-4o", cost_usd_micros=1000),
     ]
-    client = redis.Redis(port=redis_port)
-    client.flushall()
-    RedisLedger(client).add(records)
-    path = tmp_path / "requests.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-    for source in (["--log", str(path)], ["--redis", f"redis://127.0.0.1:{redis_port}/0"]):
+    path, sources, client = both_sources(records, redis_port, tmp_path)
+    for source in sources:
         assert main(["report", *source, "--by", "upstream", "--team", "alpha", "--month", "2026-10",
                      "--format", "json"]) == 0
         assert [(r["group"], r["requests"], r["cost_usd_micros"], r["fallbacks"])
