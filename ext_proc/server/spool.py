@@ -363,6 +363,7 @@ class Outbox:
         self._compact_after = 0.0  # (monotonic) no compaction before: one failed or lacked the room
         self._published: tuple[int, int, int] | None = None  # (waiting, failures, dropped) told on_waiting last
         self._published_at = 0.0
+        self._publish_failing = 0.0  # (monotonic) when publishing last failed and was logged (0: it works)
         self.failures = 0  # sends Redis refused or did not answer in time
         self.dropped = 0  # records given up: never in the aggregates (the request log has them)
         self.sent = 0  # records Redis took (each batch once)
@@ -589,8 +590,12 @@ class Outbox:
             try:
                 self._on_waiting(waiting)
             except Exception:
-                self._published = None  # told again at the next round
-                log.exception("publishing the records waiting for the spend aggregates")
+                self._published = None  # told again at the next round (a second on)
+                if now - self._publish_failing >= 60:  # logged once a minute while it fails (a full disk)
+                    self._publish_failing = now
+                    log.exception("publishing the records waiting for the spend aggregates")
+            else:
+                self._publish_failing = 0.0
 
     def _group(self) -> tuple[list[Batch], Plan | None]:
         """What to send this round: this process's batches (in memory and in its spool, merged in

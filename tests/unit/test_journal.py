@@ -896,6 +896,26 @@ def test_a_count_the_owner_failed_to_publish_is_told_again(monkeypatch: pytest.M
         outbox.close(1)
 
 
+def test_an_owner_that_keeps_failing_is_told_again_but_logged_once_a_minute(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk under the metrics file: the count is told again each round (it may come back),
+    its traceback logged once, not every second."""
+    monkeypatch.setattr(spool_module, "PUBLISH_EVERY", 0.02)
+    told: list[int] = []
+
+    def on_waiting(waiting: int) -> None:
+        told.append(waiting)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    outbox = Outbox(MemoryLedger(), None, on_waiting=on_waiting)
+    try:
+        outbox.add([served(i) for i in range(4)])
+        until(lambda: len(told) >= 6)
+    finally:
+        outbox.close(1)
+    assert caplog.text.count("publishing the records waiting") == 1
+
+
 # -- the log cannot be written ---------------------------------------------------------------------
 
 
