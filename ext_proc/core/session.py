@@ -539,7 +539,7 @@ class Session:
         if reader is not None:
             if reader.model is not None:  # one shaped like a key (a piece of it): the model asked for
                 target = flow.target
-                flow.served_model = safe_model(reader.model) or (target.upstream_model if target else None)
+                flow.served_model = safe_model(reader.model) or (target.upstream_model if target else flow.model)
             flow.error = flow.error or reader.error
         record = flow.record(at)
         if flow.local:

@@ -733,12 +733,15 @@ def shown_url(url: str) -> str:
     """``url`` as a message shows it: its query string's names without their values (``?key=…``), a
     fragment as ``#…``: a key pasted there is never shown (in the log, /readyz, ``tollway policy
     check``). A user name or password is refused before (see :func:`ext_proc.policy.schema._reachable`)."""
-    head, mark, rest = url.partition("?")
-    if not mark:
-        head, mark, rest = url.partition("#")
-        return f"{head}#…" if mark else url
+    cut = min((at for at in (url.find("?"), url.find("#")) if at != -1), default=-1)
+    if cut == -1:
+        return url
+    head, mark, rest = url[:cut], url[cut], url[cut + 1:]
+    if mark == "#":  # a fragment (whatever follows it, a '?' too)
+        return f"{head}#…"
     query, hash_mark, _ = rest.partition("#")
-    names = "&".join(f"{part.partition('=')[0]}=…" if "=" in part else part for part in query.split("&"))
+    # a name's value never shown, nor a token without one (``?SECRET``: it may be the key itself)
+    names = "&".join(f"{part.partition('=')[0]}=…" if "=" in part else "…" for part in query.split("&") if part)
     return f"{head}?{names}" + ("#…" if hash_mark else "")
 
 
@@ -760,8 +763,8 @@ def _endpoint_problems(url: str, kind: str) -> list[str]:
     write = f'write "{urllib.parse.urlunsplit((parts.scheme, parts.netloc, base, "", ""))}"'
     problems = []
     if "?" in url or "#" in url:
-        what = "a query string" if "?" in url else "a fragment"
         cut = min(at for at in (url.find("?"), url.find("#")) if at != -1)
+        what = "a query string" if url[cut] == "?" else "a fragment"
         shown = shown_url(url)[cut:]  # the query's names, not their values
         version = " (the api-version goes in 'api_version')" if kind == "azure-openai" else ""
         problems.append(f"has {what} ('{shown}'): an endpoint is a base URL, and nothing after its path is "

@@ -329,8 +329,8 @@ def _needles(keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[bytes, ...],
     keys' sets last used (a request's Scrub is made at its answer, on the hot path)."""
     forms = (*keys, *(key.replace("/", "\\/") for key in keys if "/" in key))
     probes = tuple(dict.fromkeys(form[secret_start(form):][:FRAGMENT] for form in forms))
-    return probes, tuple(probe.encode() for probe in probes), tuple(form.encode() for form in forms
-                                                                    if len(form) > FRAGMENT)
+    # (whole past the head: a key no longer than its probe too, which the head's check alone would miss there)
+    return probes, tuple(probe.encode() for probe in probes), tuple(form.encode() for form in forms)
 
 
 _GRAM = 6  # characters: the pieces of a key looked for in an error, one every 7 (a run of 12 holds one)

@@ -162,3 +162,31 @@ def test_every_run_of_twelve_characters_of_a_key_is_found_in_an_error_and_no_sho
         assert out == f"x {MARKER} y".encode(), start
         short = f"x {KEY[start:start + 11]} y".encode()
         assert scrubbed(scrub, short, "500") == short
+
+
+@pytest.mark.parametrize("key", ["short-k3y!", "tw-local-k3y", "self-hosted-key-0123456789abcdef"])
+def test_a_key_past_the_first_kib_of_an_answer_is_taken_out_whatever_its_length(key: str) -> None:
+    """A self-hosted server's short key (8 to 12 characters: its own first characters) echoed past
+    the body's first KiB, or across it, is found there as a whole key (review: it was not)."""
+    for at in (1100, 1020):
+        body = b"x" * at + key.encode() + b" y"
+        out = scrubbed(Scrub((key,)), body)
+        assert key.encode() not in out and MARKER.encode() in out, at
+
+
+def test_open_mode_records_the_model_asked_for_when_the_answer_names_a_key() -> None:
+    """No policy, so no target: a key-shaped served model is the model the client asked for."""
+    from ext_proc.core.events import RequestBody, RequestHeaders
+    from ext_proc.core.session import Session
+
+    session = Session()
+    session.handle(RequestHeaders({":method": "POST", ":path": "/v1/chat/completions",
+                                   "authorization": "Bearer tw-fake-0123456789"}, False, 0))
+    session.handle(RequestBody(orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+                               True, 1))
+    session.handle(ResponseHeaders({":status": "200", "content-type": "application/json"}, False, 2))
+    answer = {"id": "x", "object": "chat.completion", "model": "sk-proj-FAKEFAKE0123",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+    session.handle(ResponseBody(orjson.dumps(answer), True, 3))
+    assert session.flow.record(4)["served_model"] == "gpt-4o"

@@ -1092,3 +1092,17 @@ providers:
     assert "(not (a value that looks like a key: not shown))" in found[1]
     assert issues("apiVersion: tollway/v1\nproviders:\n  a: {kind: openai-compatible, endpoint: 'http://h:99999'}\n"
                   ) == ["p.yaml:3:42: providers.a.endpoint: has port '99999': a port is a number from 1 to 65535"]
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://h/v1?key=SECRET&api-version=2024", "https://h/v1?key=…&api-version=…"),
+    ("https://h/v1?SECRETSECRET", "https://h/v1?…"),
+    ("https://h/v1#SECRET?x=1", "https://h/v1#…"),
+    ("https://h/v1?x=1#SECRET", "https://h/v1?x=…#…"),
+    ("https://h/v1", "https://h/v1"),
+])
+def test_an_endpoint_is_shown_without_what_follows_its_path(url: str, shown: str) -> None:
+    """A key pasted into an endpoint's query (a value, or a bare token) or fragment is never shown."""
+    from ext_proc.policy.compile import shown_url
+
+    assert shown_url(url) == shown
