@@ -104,6 +104,88 @@ teams:
 
 
 @pytest.mark.parametrize("stored", [False, True])
+def test_items_given_by_their_type_and_id_alone_are_stored_ones(stored: bool) -> None:
+    """An input item that carries its type and id but none of what the provider would act on (an
+    image_generation_call without its result, a message without its content, a function call
+    without its arguments...) is one the provider reads from its storage by that id (OpenAI's
+    multi-turn image editing): refused as an item_reference is. Items given back whole, with their
+    ids (as the SDKs do without store), pass; an MCP approval must answer a request in the input."""
+    policy = compile_policy(f"""
+apiVersion: tollway/v1
+providers:
+  o: {{kind: openai, stored_responses: {str(stored).lower()}}}
+models:
+  gpt: {{provider: o}}
+teams:
+  t: {{workloads: [w], models: ["*"]}}
+""")
+    target = policy.models["gpt"]
+    asked = {"role": "user", "content": "describe the image"}
+    refused_items = [
+        {"type": "image_generation_call", "id": "ig_1"},
+        {"type": "image_generation_call", "id": "ig_1", "status": "completed", "result": None},
+        {"type": "message", "id": "msg_1"},
+        {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed"},
+        {"id": "msg_1", "role": "assistant"},  # no type: a message, without its content
+        {"type": "function_call", "id": "fc_1"},
+        {"type": "function_call", "id": "fc_1", "call_id": "c"},
+        {"type": "function_call_output", "id": "fco_1"},
+        {"type": "code_interpreter_call", "id": "ci_1"},
+        {"type": "code_interpreter_call", "id": "ci_1", "code": None, "outputs": None, "status": "completed"},
+        {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+        {"type": "file_search_call", "id": "fs_1"},
+        {"type": "computer_call", "id": "cu_1"},
+        {"type": "mcp_call", "id": "mcp_1"},
+        {"type": "mcp_list_tools", "id": "mcpl_1"},
+        {"type": "mcp_approval_request", "id": "mcpr_1"},
+        {"type": "mcp_approval_response", "id": "mcpa_1"},
+        {"type": "local_shell_call", "id": "ls_1"},
+        {"type": "shell_call", "id": "sh_1"},
+        {"type": "custom_tool_call", "id": "ct_1"},
+        {"type": "compaction", "id": "cmp_1"},
+        {"type": "some_future_item", "id": "x_1", "status": "completed"},  # a type not known yet: only its id
+    ]
+    for item in refused_items:
+        body = {"model": "gpt", "input": [asked, item]}
+        if stored:
+            assert upstream.prepare(apis.RESPONSES, body, target, "/v1/responses")[0]["input"][1] == item
+            continue
+        with pytest.raises(ClientError) as refused:
+            upstream.prepare(apis.RESPONSES, body, target, "/v1/responses")
+        assert (refused.value.status, refused.value.code, refused.value.param) == \
+            (400, "unsupported_parameter", "input[1]"), item
+        assert "every team here shares" in refused.value.message
+    # An approval of a request the input does not hold: the provider's stored one, by its id.
+    approval = {"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": True}
+    if not stored:
+        with pytest.raises(ClientError) as refused:
+            upstream.prepare(apis.RESPONSES, {"model": "gpt", "input": [asked, approval]}, target, "/v1/responses")
+        assert (refused.value.status, refused.value.param) == (400, "input[1].approval_request_id")
+    # Whole items given back with their ids (store: false, multi-turn) carry themselves.
+    whole = [
+        asked,
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAA"},
+        {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+         "content": [{"type": "output_text", "text": "A cat.", "annotations": []}]},
+        {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "get_weather", "arguments": "{}",
+         "status": "completed"},
+        {"type": "function_call_output", "call_id": "c1", "output": "Sunny"},
+        {"type": "image_generation_call", "id": "ig_1", "status": "completed", "result": "iVBORw0KGgo="},
+        {"type": "code_interpreter_call", "id": "ci_1", "code": "print(1)", "outputs": None,
+         "container_id": "cntr_1", "status": "completed"},
+        {"type": "web_search_call", "id": "ws_1", "status": "completed",
+         "action": {"type": "search", "query": "weather"}},
+        {"type": "mcp_approval_request", "id": "mcpr_1", "server_label": "s", "name": "f", "arguments": "{}"},
+        {"type": "mcp_approval_response", "id": "mcpa_1", "approval_request_id": "mcpr_1", "approve": True},
+        {"type": "custom_tool_call", "id": "ct_1", "call_id": "c2", "name": "grep", "input": "x"},
+        {"type": "custom_tool_call_output", "call_id": "c2", "output": "found"},
+        {"role": "user", "content": "and now?"},
+    ]
+    body = {"model": "gpt", "input": whole, "store": False}
+    assert upstream.prepare(apis.RESPONSES, body, target, "/v1/responses")[0]["input"] == whole
+
+
+@pytest.mark.parametrize("stored", [False, True])
 def test_stored_files_vector_stores_and_containers_are_reached_only_where_the_key_is_one_teams(stored: bool) -> None:
     """Files, vector stores and containers are what the provider stores for its key, whoever made
     them with it: on a key every team shares, one team could read another's by their id. A native

@@ -41,25 +41,82 @@ _DELTAS = frozenset({
 })
 
 
+# What an output item given back must carry for the provider to act on it without reading its
+# stored copy by the item's id: each group, one of its fields (present, not null). The fields the
+# API requires of the item (a request lacking one is valid only as a lookup), or, where they may be
+# null, the ones the item's content is in (an image_generation_call's image is its ``result``).
+_CARRIES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "message": (("content",),),
+    "function_call": (("call_id",), ("name",), ("arguments",)),
+    "function_call_output": (("call_id",), ("output",)),
+    "custom_tool_call": (("call_id",), ("name",), ("input",)),
+    "custom_tool_call_output": (("call_id",), ("output",)),
+    "computer_call": (("call_id",), ("action",)),
+    "computer_call_output": (("call_id",), ("output",)),
+    "image_generation_call": (("result",),),
+    "code_interpreter_call": (("code", "outputs"),),
+    "web_search_call": (("action",),),
+    "file_search_call": (("queries",),),
+    "local_shell_call": (("call_id",), ("action",)),
+    "local_shell_call_output": (("output",),),
+    "shell_call": (("call_id",), ("action",)),
+    "shell_call_output": (("call_id",), ("output",)),
+    "apply_patch_call": (("call_id",), ("operation",)),
+    "apply_patch_call_output": (("call_id",),),
+    "mcp_list_tools": (("server_label",), ("tools",)),
+    "mcp_approval_request": (("server_label",), ("name",), ("arguments",)),
+    "mcp_approval_response": (("approval_request_id",), ("approve",)),
+    "mcp_call": (("server_label",), ("name",), ("arguments",)),
+    "compaction": (("encrypted_content",),),
+    "tool_search_call": (("arguments",),),
+    "tool_search_output": (("tools",),),
+}
+# What every item may carry beside its content: an item of no other field is only its id.
+_LABELS = frozenset({"type", "id", "status"})
+
+
 def stored_state(payload: dict[str, Any]) -> str | None:
     """The field by which a Responses request refers to what the provider stores (its earlier
     turns): ``previous_response_id``, ``conversation`` or an item given by its id (``input[3]``):
-    any ``item_reference`` (whatever else it carries), an item of no type with only its id
-    (``{"id": "msg_1"}``), or a ``reasoning`` item with its id but without its
-    ``encrypted_content`` (the provider reads the reasoning it stored under that id); None when
-    the request carries its whole conversation."""
+    any ``item_reference`` (whatever else it carries), an item with its id but without what the
+    provider would act on (:data:`_CARRIES`: a message of no ``content``, typed or not, an
+    ``image_generation_call`` of no ``result``, a ``function_call`` without its ``arguments``...;
+    an item of a type not listed there, when it carries nothing but its type, id and status), a
+    ``reasoning`` item with its id but without its ``encrypted_content`` (the provider reads the
+    reasoning it stored under that id), or an ``mcp_approval_response`` answering a request that
+    is not in the input (``input[3].approval_request_id``: the stored one); None when the request
+    carries its whole conversation."""
     for name in ("previous_response_id", "conversation"):
         if payload.get(name) is not None:
             return name
     given = payload.get("input")
-    for index, item in enumerate(given if isinstance(given, list) else ()):
-        if not isinstance(item, dict) or item.get("id") is None:
+    items = given if isinstance(given, list) else []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
             continue
         kind = item.get("type")
-        if kind == "item_reference" or (kind is None and "content" not in item and "role" not in item) \
-                or (kind == "reasoning" and not item.get("encrypted_content")):
+        if kind == "mcp_approval_response" and not _asked(items, item.get("approval_request_id")):
+            return f"input[{index}].approval_request_id"
+        if item.get("id") is None:
+            continue
+        if kind == "item_reference" or (kind == "reasoning" and not item.get("encrypted_content")) \
+                or _only_its_id(item, "message" if kind is None else kind):
             return f"input[{index}]"
     return None
+
+
+def _only_its_id(item: dict[str, Any], kind: Any) -> bool:
+    """Whether ``item`` (given with its id) lacks what the provider would act on without its stored copy."""
+    groups = _CARRIES.get(kind) if isinstance(kind, str) else None
+    if groups is None:
+        return kind != "reasoning" and item.keys() <= _LABELS
+    return not all(any(item.get(field) is not None for field in group) for group in groups)
+
+
+def _asked(items: list[Any], request: Any) -> bool:
+    """Whether ``items`` hold the ``mcp_approval_request`` of id ``request`` (None: no id, nothing to find)."""
+    return request is None or any(isinstance(item, dict) and item.get("type") == "mcp_approval_request"
+                                  and item.get("id") == request for item in items)
 
 
 def stored_objects(payload: dict[str, Any]) -> str | None:
@@ -118,7 +175,7 @@ def _file_ref(part: Any) -> bool:
 def stored_reasoning(payload: dict[str, Any], name: str) -> bool:
     """Whether ``name`` (what :func:`stored_state` found) is a ``reasoning`` item given by its id."""
     given = payload.get("input")
-    if not name.startswith("input[") or not isinstance(given, list):
+    if not name.startswith("input[") or not name.endswith("]") or not isinstance(given, list):
         return False
     item = given[int(name[6:-1])]
     return isinstance(item, dict) and item.get("type") == "reasoning"
