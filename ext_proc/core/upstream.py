@@ -196,11 +196,12 @@ def _stateless(payload: dict[str, Any], provider: Provider) -> None:
 
 def _unshared(name: str | None) -> None:
     """Refuse a request naming, at ``name``, an object the provider stores for the key every team
-    shares (a file, a vector store, a container: anyone's who used that key)."""
+    shares (a file, a vector store, a container, a skill, an MCP tunnel: anyone's who used that key)."""
     if name is not None:
         raise ClientError(400, "unsupported_parameter", f"'{name}' refers to what the provider stores for the key "
-                          f"every team here shares (files, vector stores and containers any team made with it): "
-                          f"send the content itself instead (a file as file_data or a data URL) (the policy may "
+                          f"every team here shares (files, vector stores, containers, skills and MCP tunnels any "
+                          f"team made with it): send the content itself instead (a file as file_data or a data "
+                          f"URL, a skill inline, an MCP server by its server_url) (the policy may "
                           f"allow it for a provider whose key serves one team: stored_responses).", name)
 
 

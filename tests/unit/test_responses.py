@@ -220,6 +220,25 @@ teams:
                                     "input_image_mask": {"file_id": "file-3"}}]}, "tools[0].input_image_mask.file_id"),
         ({"input": [{"type": "computer_call_output", "call_id": "c",  # a screenshot by its file
                      "output": {"type": "computer_screenshot", "file_id": "file-4"}}]}, "input[0].output.file_id"),
+        # The hosted shell tool's environment: a container by its id, files and uploaded skills in a new one.
+        ({"input": "hi", "tools": [{"type": "shell", "environment": {"type": "container_reference",
+                                                                     "container_id": "cntr_1"}}]},
+         "tools[0].environment.container_id"),
+        ({"input": "hi", "tools": [{"type": "shell", "environment": {"type": "container_auto",
+                                                                     "file_ids": ["file-1"]}}]},
+         "tools[0].environment.file_ids"),
+        ({"input": "hi", "tools": [{"type": "shell", "environment": {"type": "container_auto", "skills": [
+            {"type": "inline", "name": "s", "description": "d", "source": {}},
+            {"type": "skill_reference", "skill_id": "skill_1"}]}}]}, "tools[0].environment.skills[1].skill_id"),
+        # An MCP server reached through the organisation's Secure MCP Tunnel, by its id.
+        ({"input": "hi", "tools": [{"type": "mcp", "server_label": "s", "tunnel_id": "tun_1"}]}, "tools[0].tunnel_id"),
+        # Tools given in the input (additional_tools, a tool search's output) are tools too.
+        ({"input": [{"type": "additional_tools", "role": "developer",
+                     "tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}]},
+         "input[0].tools[0].vector_store_ids"),
+        ({"input": [{"type": "tool_search_output", "call_id": "c",
+                     "tools": [TOOL, {"type": "code_interpreter", "container": "cntr_1"}]}]},
+         "input[0].tools[1].container"),
     ]
     for fields, param in cases:
         body = {"model": "gpt", **fields}
@@ -243,7 +262,12 @@ teams:
         {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,AAAA"},
         {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}],
         "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}, {"type": "web_search"},
-                  {"type": "file_search", "vector_store_ids": []}]}
+                  {"type": "file_search", "vector_store_ids": []},
+                  {"type": "shell", "environment": {"type": "container_auto", "file_ids": [], "skills": [
+                      {"type": "inline", "name": "s", "description": "d", "source": {}}]}},
+                  {"type": "shell", "environment": {"type": "local"}},
+                  {"type": "mcp", "server_label": "s", "server_url": "https://mcp.example.com"},
+                  {"type": "mcp", "server_label": "g", "connector_id": "connector_gmail", "authorization": "tok"}]}
     assert upstream.prepare(apis.RESPONSES, inline, target, "/v1/responses")[0] == inline
     data = {"model": "gpt", "messages": [{"role": "user", "content": [
         {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,AAAA"}}]}]}

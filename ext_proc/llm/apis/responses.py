@@ -124,8 +124,12 @@ def stored_objects(payload: dict[str, Any]) -> str | None:
     its key (whoever uploaded or made it with that key): a file (``input_file`` / ``input_image``
     ``file_id`` in an input item's content or a function call's output, in the prompt's
     ``variables``, an image_generation tool's ``input_image_mask``), a vector store
-    (``file_search``'s ``vector_store_ids``) or a container (``code_interpreter``'s ``container``
-    given by its id, or files put in an ``auto`` one: its ``file_ids``). None when it names none."""
+    (``file_search``'s ``vector_store_ids``), a container (``code_interpreter``'s ``container``
+    given by its id, or files put in an ``auto`` one: its ``file_ids``; a ``shell`` tool's
+    ``environment``: a ``container_reference``'s ``container_id``, a ``container_auto``'s
+    ``file_ids`` and ``skill_reference`` skills), an ``mcp`` tool's Secure MCP Tunnel
+    (``tunnel_id``): in the request's ``tools`` or those an input item gives (``additional_tools``,
+    ``tool_search_output``). None when it names none."""
     given = payload.get("input")
     for index, item in enumerate(given if isinstance(given, list) else ()):
         if not isinstance(item, dict):
@@ -139,21 +143,54 @@ def stored_objects(payload: dict[str, Any]) -> str | None:
     for name, value in variables.items() if isinstance(variables, dict) else ():
         if _file_ref(value):
             return f"prompt.variables.{name}.file_id"
-    tools = payload.get("tools")
+    for index, item in enumerate(given if isinstance(given, list) else ()):
+        found = _stored_tools(item.get("tools") if isinstance(item, dict) else None, f"input[{index}].tools")
+        if found is not None:
+            return found
+    return _stored_tools(payload.get("tools"), "tools")
+
+
+def _stored_tools(tools: Any, at: str) -> str | None:
+    """The first place where ``tools`` (a request's, or an ``additional_tools`` or
+    ``tool_search_output`` input item's) name a stored object by its id."""
     for index, tool in enumerate(tools if isinstance(tools, list) else ()):
-        if not isinstance(tool, dict):
-            continue
-        kind, at = tool.get("type"), f"tools[{index}]"
-        if kind == "file_search" and tool.get("vector_store_ids"):
-            return f"{at}.vector_store_ids"
-        container = tool.get("container")
-        if kind == "code_interpreter" and isinstance(container, str):
-            return f"{at}.container"
-        if kind == "code_interpreter" and isinstance(container, dict) and container.get("file_ids"):
-            return f"{at}.container.file_ids"
-        mask = tool.get("input_image_mask")
-        if kind == "image_generation" and isinstance(mask, dict) and mask.get("file_id") is not None:
-            return f"{at}.input_image_mask.file_id"
+        found = _stored_tool(tool, f"{at}[{index}]") if isinstance(tool, dict) else None
+        if found is not None:
+            return found
+    return None
+
+
+def _stored_tool(tool: dict[str, Any], at: str) -> str | None:
+    kind = tool.get("type")
+    if kind == "file_search" and tool.get("vector_store_ids"):
+        return f"{at}.vector_store_ids"
+    container = tool.get("container")
+    if kind == "code_interpreter" and isinstance(container, str):
+        return f"{at}.container"
+    if kind == "code_interpreter" and isinstance(container, dict) and container.get("file_ids"):
+        return f"{at}.container.file_ids"
+    mask = tool.get("input_image_mask")
+    if kind == "image_generation" and isinstance(mask, dict) and mask.get("file_id") is not None:
+        return f"{at}.input_image_mask.file_id"
+    if kind == "mcp" and tool.get("tunnel_id") is not None:
+        return f"{at}.tunnel_id"
+    environment = tool.get("environment")
+    if kind == "shell" and isinstance(environment, dict):
+        return _stored_environment(environment, f"{at}.environment")
+    return None
+
+
+def _stored_environment(environment: dict[str, Any], at: str) -> str | None:
+    """Where a ``shell`` tool's environment names a stored object: a container by its
+    ``container_id``, files (``file_ids``) or uploaded skills (``skill_reference``) put in a new one."""
+    if environment.get("container_id") is not None:
+        return f"{at}.container_id"
+    if environment.get("file_ids"):
+        return f"{at}.file_ids"
+    skills = environment.get("skills")
+    for index, skill in enumerate(skills if isinstance(skills, list) else ()):
+        if isinstance(skill, dict) and skill.get("skill_id") is not None:
+            return f"{at}.skills[{index}].skill_id"
     return None
 
 
