@@ -257,6 +257,17 @@ teams:
         with pytest.raises(ClientError) as refused:
             upstream.prepare(apis.CHAT_COMPLETIONS, chat, target, "/v1/chat/completions")
         assert (refused.value.status, refused.value.param) == (400, "messages[1].content[1].file.file_id")
+    # An audio answer given back by its id: OpenAI replays the one it stored under that id.
+    audio = {"model": "gpt", "modalities": ["text"], "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "audio": {"id": "audio_1"}},
+        {"role": "user", "content": "say it again"}]}
+    if stored:
+        assert upstream.prepare(apis.CHAT_COMPLETIONS, audio, target, "/v1/chat/completions")[0] == audio
+    else:
+        with pytest.raises(ClientError) as refused:
+            upstream.prepare(apis.CHAT_COMPLETIONS, audio, target, "/v1/chat/completions")
+        assert (refused.value.status, refused.value.code, refused.value.param) == \
+            (400, "unsupported_parameter", "messages[1].audio.id")
     # What carries itself passes: inline files and images, a new container, a tool's own settings.
     inline = {"model": "gpt", "input": [{"role": "user", "content": [
         {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,AAAA"},

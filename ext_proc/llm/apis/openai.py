@@ -39,11 +39,15 @@ def error_type(status: int) -> str:
 
 
 def stored_files(payload: dict[str, Any]) -> str | None:
-    """The first chat message content part that names a file the provider stores for its key (a
-    ``file`` part's ``file.file_id``: whoever uploaded it with that key), as its place; None when
-    there is none."""
+    """The first place where chat messages name what the provider stores for its key (whoever
+    made it with that key): a content part's file (a ``file`` part's ``file.file_id``), an
+    assistant's audio answer given back by its id (``audio.id``: the provider replays the one it
+    stored); None when there is none."""
     messages = payload.get("messages")
     for index, message in enumerate(messages if isinstance(messages, list) else ()):
+        audio = message.get("audio") if isinstance(message, dict) else None
+        if isinstance(audio, dict) and audio.get("id") is not None:
+            return f"messages[{index}].audio.id"
         content = message.get("content") if isinstance(message, dict) else None
         for at, part in enumerate(content if isinstance(content, list) else ()):
             file = part.get("file") if isinstance(part, dict) else None
