@@ -129,15 +129,27 @@ class Batch:
 
 
 def _line(records: int, seq: int, body: bytes) -> bytes:
-    """A batch's line: its record count first (:func:`_count`), its seq, its buckets (``body``)."""
-    return b'{"n":%d,"s":%d,"b":%b}\n' % (records, seq, body)
+    """A batch's line: its record count first (:func:`_count`), its seq, its buckets (``body``,
+    :func:`_body`)."""
+    return b'{"n":%d,"s":%d,%b}\n' % (records, seq, body)
+
+
+def _body(buckets: Summed) -> bytes:
+    """A batch's buckets in its line: the five-part ones (``b``: each its five parts then its
+    counts, as the release before writes and reads them, so a rollback sends a spool this release
+    left whole), then the upstream ones (``u``: six parts then the counts; that release never
+    reads them)."""
+    five = orjson.dumps([[*bucket, counts] for bucket, counts in buckets.items() if len(bucket) == 5])
+    six = orjson.dumps([[*bucket, counts] for bucket, counts in buckets.items() if len(bucket) != 5])
+    return b'"b":%b,"u":%b' % (five, six)
 
 
 def _parse(line: bytes, end: int, source: str | None) -> Batch | None:
     """The batch of a line of ``source``'s spool (None: the release before sources, keyed by id)."""
     try:
         item = orjson.loads(line)
-        buckets = {(*row[:5], *row[6:]): row[5] for row in item["b"]}  # five dimensions, the counts, then the sixth
+        buckets = {tuple(row[:5]): row[5] for row in item["b"]}  # (a line the release before wrote: only these)
+        buckets |= {tuple(row[:6]): row[6] for row in item.get("u", ())}
         key: BatchKey = (source, int(item["s"])) if source is not None else str(item["id"])
         return Batch(key, int(item["n"]), buckets, sum(len(c) for c in buckets.values()), end)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
@@ -383,9 +395,7 @@ class Outbox:
                 log.exception("counting %d %s for the spend aggregates", len(chunk), self._what)
                 self.dropped += len(chunk)
                 continue
-            # A bucket's sixth dimension (the upstream model) after its counts: a release before it
-            # reads five dimensions and the counts (a rollback sends the spool under its buckets' keys)
-            body = orjson.dumps([[*bucket[:5], counts, *bucket[5:]] for bucket, counts in buckets.items()])
+            body = _body(buckets)
             with self._lock:
                 if self._closed:
                     self.dropped += len(chunk)

@@ -1,11 +1,12 @@
-"""Spend aggregates per day, team, model, key, provider and upstream model, in Redis (or in-process, for tests).
+"""Spend aggregates per day, team, model, key, provider (and upstream model), in Redis or in-process.
 
-Each finished request adds to one bucket, keyed by (UTC day, team, model, key id, provider,
-upstream model: the model that served, as the policy names it at its provider):
-request count, lookups (model lists, token counts), input/output/cached/reasoning tokens, cost in
-integer micro-dollars, counts of unknown usage and unknown cost, refused requests by status,
-guardrail triggers, fallbacks, provider errors and cut streams, and the latency of the model calls
-a provider answered (:func:`~ext_proc.state.rows.served_latency`) as a sum plus a fixed histogram
+Each finished request adds to one bucket, keyed by (UTC day, team, model, key id, provider), and
+to one *upstream bucket*, keyed by those and the upstream model (the model that served, as the
+policy names it at its provider): request count, lookups (model lists, token counts),
+input/output/cached/reasoning tokens, cost in integer micro-dollars, counts of unknown usage and
+unknown cost, refused requests by status, guardrail triggers, fallbacks, provider errors and cut
+streams, and the latency of the model calls a provider answered
+(:func:`~ext_proc.state.rows.served_latency`) as a sum plus a fixed histogram
 (``served_*``: so averages are exact and p95 is read from the histogram, to its bucket's upper
 bound). Buckets an older Tollway wrote hold instead ``latency_*``, the latencies of every request
 it did not refuse, read as they are (a bucket with ``served_*`` fields reads only those: on the
@@ -14,22 +15,34 @@ day of an upgrade, the requests after it). A sent request also adds 1 to
 errors and cut streams are unknown (:attr:`~ext_proc.state.rows.Row.unknown_outcome`), not 0.
 A bucket keeps the team and the key id apart, and a report by key names a key with its team
 (``ci@search``, :func:`~ext_proc.state.rows.group_of`): buckets written before reports did so
-read that way too, nothing to migrate. A bucket an older Tollway wrote has no upstream model (its
-key has the first five dimensions): it reads as before, and as
-:data:`~ext_proc.state.rows.UNKNOWN` by upstream model; nothing to migrate either.
+read that way too, nothing to migrate.
+
+The upstream buckets are aggregates of their own, beside the five-part buckets, not a sixth part
+of their keys: the release before this dimension reads the five-part buckets (its keys, its day
+index, its spool lines) and nothing else, and a bucket key with a sixth part broke its reports
+(during a rolling upgrade, after a rollback). So the five-part buckets stay exactly what that
+release writes and reads, and either release reads what the other wrote with the same totals.
+Every report reads them but one by upstream model (grouped by it, or filtered by it), which reads
+the upstream buckets, and what the five-part buckets hold beyond them as
+:data:`~ext_proc.state.rows.UNKNOWN` (:func:`_by_upstream`): requests an older Tollway counted,
+before the upgrade or on its pods during it. A :data:`Summed` holds both kinds: a five-part bucket
+(``bucket[:5]``) and a six-part one (day, the four dimensions, the upstream model) per record.
 
 :class:`RedisLedger` keeps the buckets in Redis, where every sidecar adds to them with
 ``HINCRBY`` (atomic per field, so any number of sidecars can add to one Redis), batches in one
 script (several per call: a sender's backlog goes in one round trip) that adds a batch only if
 its seq is above its source's high-water mark (one key per source: its batches come in order),
-so a batch sent again after a timeout, in whatever grouping, adds nothing twice, and indexes
-buckets per day in a set. Buckets are bounded: a model name that the policy does not know
-(``known``) and that no provider served (a refused request's, or a provider's error answer's
-in open mode) is counted as :data:`OTHER` (:func:`bucket_of`), the upstream model alike (a
-policy's target names one it knows; open mode's is the name asked for), and a day's
-buckets and its set expire :data:`RETENTION_DAYS` after the day. The service keeps aggregates only there (``--redis``):
-without Redis, reports and the dashboard read the request log, which stays the complete record
-either way. :class:`MemoryLedger` keeps the same buckets in a dictionary, never pruned: the
+so a batch sent again after a timeout, in whatever grouping, adds nothing twice (to either kind
+of bucket: a batch's five-part and upstream buckets are in the same call), and indexes buckets per
+day in a set (``<prefix>:day:<day>``; the upstream buckets, ``<prefix>:u:b:…``, in
+``<prefix>:u:day:<day>``, names the release before never reads). Buckets are bounded: a model
+name that the policy does not know (``known``) and that no provider served (a refused request's,
+or a provider's error answer's in open mode) is counted as :data:`OTHER` (:func:`bucket_of`), the
+upstream model alike (a policy's target names one it knows; open mode's is the name asked for), and
+a day's buckets and its set expire :data:`RETENTION_DAYS` after the day (both kinds alike). The
+service keeps aggregates only there (``--redis``): without Redis, reports and the dashboard read
+the request log, which stays the complete record either way. :class:`MemoryLedger` keeps the same
+buckets in a dictionary, never pruned: the
 reference the Redis buckets are tested against, not for a process that lives long. Both answer
 :meth:`rows` with the report's :class:`~ext_proc.state.rows.Row`, and :meth:`cells` with a row
 per (day, team, model, provider) (the dashboard's).
@@ -61,12 +74,12 @@ from ext_proc.state.rows import (
 # Tollway wrote as "over 60 s" reads as 60-120 s.)
 LATENCY_BOUNDS = (25, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000,
                   120000, 300000, 600000)
-DIMENSIONS = ("team", "model", "key_id", "provider", "upstream_model")  # an older Tollway's buckets: the first four
+DIMENSIONS = ("team", "model", "key_id", "provider", "upstream_model")  # a five-part bucket's: the first four
 SEP = "\x1f"  # between dimension values in a bucket key (never in names the policy allows)
 OTHER = "(other)"  # a model name the policy does not know and no provider served (the caller's free text)
 RETENTION_DAYS = 731  # a day's buckets (and its index) expire this many days after the day ends: two years
 
-Bucket = tuple[str, ...]  # day, team, model, key id, provider, upstream model (an older Tollway's: no upstream model)
+Bucket = tuple[str, ...]  # day, team, model, key id, provider (an upstream bucket: and the upstream model)
 Cell = tuple[str, str, str, str]  # day, team, model, provider ("(none)" for none)
 K = TypeVar("K", str, Cell)
 BATCH_TTL = 86_400  # seconds a batch id's mark is kept (a batch sent again within it adds nothing)
@@ -122,15 +135,17 @@ local out = {}
 for i, key in ipairs(KEYS) do out[i] = cjson.encode(redis.call('HGETALL', key)) end
 return out
 """
-Summed = dict[Bucket, dict[str, int]]  # a batch's counts, added up per bucket (:func:`summed`)
+Summed = dict[Bucket, dict[str, int]]  # a batch's counts, added up per bucket, of both kinds (:func:`summed`)
+UPSTREAM = ":u"  # after the prefix: the upstream buckets' keys and day index (the release before reads neither)
 
 
 def bucket_of(record: dict[str, Any], known: Callable[[str], bool] | None = None) -> Bucket | None:
-    """The record's bucket. A model name is its own only when it names a model: one the policy
-    knows (``known``: the policy's model names, none in open mode) or one a provider served
-    (:func:`provider_served`). Any other name is whatever the caller sent, counted as :data:`OTHER`: a
-    bucket per made-up name would grow Redis by one hash per name and day, kept two years. That
-    is a refused request's name the policy does not know (an unknown key's 401, a malformed
+    """The record's upstream bucket (its first five parts: its bucket). A model name is its own
+    only when it names a model: one the policy knows (``known``: the policy's model names, none
+    in open mode) or one a provider served (:func:`provider_served`). Any other name is
+    whatever the caller sent, counted as :data:`OTHER`: a bucket per made-up name would grow
+    Redis by one hash per name and day, kept two years. That is a refused request's name the policy
+    does not know (an unknown key's 401, a malformed
     body's 400) and, in open mode (no policy, the caller's own key), a name the provider answered
     with an error (a junk key's 401, an unknown model's 404): the record keeps the name. Without
     ``known`` (the reference ledger) every name is kept but an unknown model's 404
@@ -200,15 +215,18 @@ def increments(record: dict[str, Any]) -> dict[str, int]:
 
 
 def summed(records: Iterable[dict[str, Any]], known: Callable[[str], bool] | None = None) -> Summed:
-    """The records' counts added up per bucket (a batch's records often share a few)."""
+    """The records' counts added up per bucket (a batch's records often share a few): each record's
+    in its five-part bucket and in its upstream bucket."""
     buckets: dict[Bucket, dict[str, int]] = {}
     for record in records:
         bucket = bucket_of(record, known)
         if bucket is None:
             continue
-        counters = buckets.setdefault(bucket, {})
-        for name, value in increments(record).items():
-            counters[name] = counters.get(name, 0) + value
+        counts = increments(record).items()
+        for key in (bucket[:5], bucket):
+            counters = buckets.setdefault(key, {})
+            for name, value in counts:
+                counters[name] = counters.get(name, 0) + value
     return buckets
 
 
@@ -217,14 +235,34 @@ def _guardrails(record: dict[str, Any]) -> dict[str, int]:
     return {f"guardrail:{name}": 1 for name in fired} | ({"guardrail_triggers": 1} if fired else {})
 
 
+def by_upstream(by: str, where: dict[str, str] | None) -> bool:
+    """Whether a report reads the upstream buckets: grouped or filtered by the upstream model."""
+    return by == "upstream" or "upstream" in (where or {})
+
+
 def _rows(buckets: Iterable[tuple[Bucket, dict[str, int]]], by: str, since: date | None, until: date | None,
           where: dict[str, str] | None) -> list[Row]:
     rows = _grouped(buckets, lambda bucket: group_of(by, _dimensions(bucket)), since, until, where)
-    return sorted(rows.values(), key=lambda r: (-r.cost_usd_micros, -r.tokens, r.group))
+    return sorted((r for r in rows.values() if r.requests), key=lambda r: (-r.cost_usd_micros, -r.tokens, r.group))
+
+
+def _by_upstream(five: Iterable[tuple[Bucket, dict[str, int]]],
+                 upstream: Iterable[tuple[Bucket, dict[str, int]]]) -> Iterator[tuple[Bucket, dict[str, int]]]:
+    """What a report by upstream model adds up: the upstream buckets, and what the five-part
+    buckets hold beyond them, as buckets without an upstream model (``(unknown)`` by it,
+    :func:`~ext_proc.state.rows.group_of`): each five-part bucket, less each upstream bucket (its
+    counts negated, under its first five parts). This release adds a request to both, so only
+    the requests an older Tollway counted are left, in the rows they belong to (a day before the
+    upgrade, an older pod's during it, a rollback's); a row left with no request is none
+    (:func:`_rows`)."""
+    yield from five
+    for bucket, counters in upstream:
+        yield bucket, counters
+        yield bucket[:5], {name: -value for name, value in counters.items()}
 
 
 def _dimensions(bucket: Bucket) -> dict[str, str]:
-    """A bucket's dimensions by record field (an older Tollway's bucket: no ``upstream_model``)."""
+    """A bucket's dimensions by record field (a five-part bucket: no ``upstream_model``)."""
     return dict(zip(DIMENSIONS, bucket[1:], strict=False))
 
 
@@ -318,7 +356,8 @@ class MemoryLedger:
     ``known``: see :func:`bucket_of`."""
 
     def __init__(self, known: Callable[[str], bool] | None = None) -> None:
-        self.buckets: dict[Bucket, dict[str, int]] = {}
+        self.buckets: dict[Bucket, dict[str, int]] = {}  # the five-part buckets (the release before's)
+        self.upstream: dict[Bucket, dict[str, int]] = {}  # the upstream buckets (six parts)
         self.known = known
         self.marks: set[str] = set()  # the batch ids added (never expire here)
         self.high: dict[str, int] = {}  # each source's high-water mark (never expires here)
@@ -352,16 +391,18 @@ class MemoryLedger:
 
     def _add(self, buckets: Summed) -> None:
         for bucket, counts in buckets.items():
-            counters = self.buckets.setdefault(bucket, {})
+            counters = (self.buckets if len(bucket) == 5 else self.upstream).setdefault(bucket, {})
             for name, value in counts.items():
                 counters[name] = counters.get(name, 0) + value
 
     def rows(self, by: str, since: date | None = None, until: date | None = None,
              where: dict[str, str] | None = None) -> list[Row]:
+        if by_upstream(by, where):
+            return _rows(_by_upstream(self.buckets.items(), self.upstream.items()), by, since, until, where)
         return _rows(self.buckets.items(), by, since, until, where)
 
     def cells(self, since: date, until: date) -> dict[Cell, Row]:
-        """A row per (day, team, model, provider) in [since, until)."""
+        """A row per (day, team, model, provider) in [since, until) (the five-part buckets)."""
         return _grouped(self.buckets.items(), _cell, since, until, None)
 
 
@@ -384,8 +425,16 @@ class RedisLedger:
         self.retention_days = retention_days
         self._read: Any = None  # the _READ script, registered on first use; False: Redis refused it
 
+    def _space(self, bucket: Bucket) -> str:
+        """Where a bucket's key and its day's index are: the prefix (a five-part bucket, as the
+        release before names it) or, for an upstream bucket, the prefix and :data:`UPSTREAM`."""
+        return self.prefix if len(bucket) == 5 else self.prefix + UPSTREAM
+
     def _key(self, bucket: Bucket) -> str:
-        return f"{self.prefix}:b:{SEP.join(bucket)}"
+        return f"{self._space(bucket)}:b:{SEP.join(bucket)}"
+
+    def _day(self, bucket: Bucket) -> str:
+        return f"{self._space(bucket)}:day:{bucket[0]}"
 
     def _expires(self, day: str) -> int:
         """When a day's buckets expire (Unix seconds; 0: never)."""
@@ -402,7 +451,7 @@ class RedisLedger:
             return
         pipe = self.client.pipeline(transaction=False)
         for bucket, counts in self.summed(records).items():
-            key, day, at = self._key(bucket), f"{self.prefix}:day:{bucket[0]}", self._expires(bucket[0])
+            key, day, at = self._key(bucket), self._day(bucket), self._expires(bucket[0])
             pipe.sadd(day, key)
             for name, value in counts.items():
                 pipe.hincrby(key, name, value)
@@ -444,7 +493,7 @@ class RedisLedger:
                 args.append(batch[1])
             args.append(len(buckets))
             for bucket, counts in buckets.items():
-                args += [f"{self.prefix}:day:{bucket[0]}", self._key(bucket), self._expires(bucket[0]), len(counts)]
+                args += [self._day(bucket), self._key(bucket), self._expires(bucket[0]), len(counts)]
                 for name, value in counts.items():
                     args += [name, value]
         return int(self.client.eval(_ONCE, len(keys), *keys, *args))
@@ -461,20 +510,25 @@ class RedisLedger:
             days = sorted(k.decode().rsplit(":", 1)[1] for k in self.client.scan_iter(f"{self.prefix}:day:*"))
             first = date.fromisoformat(days[0]) if days else min(until, date.today())
             start = first if since is None else max(since, first)
+        # (The first day is the five-part buckets': the upstream buckets came later, never earlier.)
+        if by_upstream(by, where):
+            buckets = _by_upstream(self._buckets(start, until), self._buckets(start, until, UPSTREAM))
+            return _rows(buckets, by, since or start, until, where)
         return _rows(self._buckets(start, until), by, since or start, until, where)
 
     def cells(self, since: date, until: date) -> dict[Cell, Row]:
-        """A row per (day, team, model, provider) in [since, until)."""
+        """A row per (day, team, model, provider) in [since, until) (the five-part buckets)."""
         return _grouped(self._buckets(since, until), _cell, since, until, None)
 
-    def _buckets(self, since: date, until: date) -> Iterator[tuple[Bucket, dict[str, int]]]:
+    def _buckets(self, since: date, until: date, space: str = "") -> Iterator[tuple[Bucket, dict[str, int]]]:
         """The buckets of the days in [since, until), read a day at a time and :data:`READ_CHUNK`
         buckets per round trip, yielded as they come: a report folds them into its rows as it
         reads, so what it holds grows with its rows, never with the window's buckets (three
-        months of a busy gateway are hundreds of thousands)."""
+        months of a busy gateway are hundreds of thousands). The five-part buckets, or with
+        ``space`` :data:`UPSTREAM` the upstream buckets (their own day index)."""
         day = since
         while day < until:
-            keys = [k.decode() for k in self.client.smembers(f"{self.prefix}:day:{day.isoformat()}")]
+            keys = [k.decode() for k in self.client.smembers(f"{self.prefix}{space}:day:{day.isoformat()}")]
             day += timedelta(days=1)
             for start in range(0, len(keys), READ_CHUNK):
                 chunk = keys[start:start + READ_CHUNK]

@@ -30,8 +30,9 @@ def group_of(by: str, record: Mapping[str, Any]) -> str:
     (:func:`~ext_proc.policy.compiled.key_member`, ``ci@search``: a key id is unique only within
     its team, so the keys ``ci`` of two teams are two rows); ``(none)`` when it has none. By
     ``upstream`` (the model that served, as the policy names it at its provider: the serving
-    target's ``upstream_model``), a record or bucket an older Tollway wrote, without the field, is
-    :data:`UNKNOWN`."""
+    target's ``upstream_model``), a record an older Tollway wrote, without the field, is
+    :data:`UNKNOWN`, and so is a five-part bucket (the counts an older Tollway added beyond the
+    upstream buckets: :func:`~ext_proc.state.ledger._by_upstream`)."""
     field = GROUPS[by]
     if field not in record and by == "upstream":
         return UNKNOWN

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
@@ -572,7 +573,8 @@ def test_open_modes_made_up_names_do_not_grow_redis(redis_port: int) -> None:
     ledger.add(open_mode_records(now, 200), batch="b1")
     keys = sorted(k.decode().split("\x1f")[2] for k in client.scan_iter("tollway:ledger:b:*"))  # day, team, model…
     assert keys == sorted([OTHER, "gpt-4o-mini", "gpt-4o", "my-vllm-model", "local-llama"])
-    assert client.dbsize() == 5 + 2  # the buckets, the day's index and the batch's mark
+    assert len(list(client.scan_iter("tollway:ledger:u:b:*"))) == 5  # their upstream buckets: (other) too
+    assert client.dbsize() == 5 + 5 + 3  # the buckets of both kinds, their days' indexes and the batch's mark
     rows = {r.group: r for r in ledger.rows("model", date.today() - timedelta(days=1))}
     assert (rows[OTHER].requests, rows[OTHER].errors) == (202, 201)
 
@@ -673,32 +675,130 @@ def test_a_report_by_upstream_model_names_what_served_an_alias_alike_in_memory_r
     assert ledger.cells(*OCTOBER) == memory.cells(*OCTOBER)  # the dashboard's cells: as before
 
 
-def test_buckets_an_older_tollway_wrote_read_their_upstream_model_as_unknown(redis_port: int) -> None:
-    """A bucket without the upstream model (an older Tollway's key: day, team, model, key id,
-    provider) reads as before in every other report, and as ``(unknown)`` by upstream model, in
-    Redis as in memory, beside the new buckets of the same day and team: nothing to migrate. A log
-    record without the field reads the same."""
+# -- the release before the upstream model, beside this one (a rolling upgrade, a rollback) ---------
+
+OLD_DIMENSIONS = ("team", "model", "key_id", "provider")  # the release before's (64d7da3) DIMENSIONS
+
+
+def old_release_reads(client: redis.Redis, day: str) -> dict[tuple[str, ...], int]:
+    """Requests per (team, model, key id, provider) of a day as the release before reads Redis
+    (its RedisLedger._buckets and _dimensions, copied): the day's index, each bucket's hash, its
+    key's dimensions zipped strictly (a bucket with one more part raises ValueError there)."""
+    found: dict[tuple[str, ...], int] = {}
+    for name in client.smembers(f"tollway:ledger:day:{day}"):
+        bucket = tuple(name.decode().split(":b:", 1)[1].split("\x1f"))
+        dimensions = dict(zip(OLD_DIMENSIONS, bucket[1:], strict=True))
+        group = tuple(dimensions.values())
+        found[group] = found.get(group, 0) + int(client.hget(name, "requests") or 0)
+    return found
+
+
+def old_release_first_days(client: redis.Redis) -> list[str]:
+    """The days the release before's report scans for (``tollway:ledger:day:*``)."""
+    return sorted(k.decode().rsplit(":", 1)[1] for k in client.scan_iter("tollway:ledger:day:*"))
+
+
+def old_parse(line: bytes) -> Summed:
+    """The release before's spool._parse (64d7da3), its buckets."""
+    item = orjson.loads(line)
+    return {tuple(row[:5]): row[5] for row in item["b"]}
+
+
+def old_write(client: redis.Redis, bucket: tuple[str, ...], counters: dict[str, int]) -> None:
+    """What the release before adds for a bucket: HINCRBY on its five-part key, indexed by day."""
+    name = "tollway:ledger:b:" + "\x1f".join(bucket)
+    client.sadd(f"tollway:ledger:day:{bucket[0]}", name)
+    for field, value in counters.items():
+        client.hincrby(name, field, value)
+
+
+def test_the_release_before_reads_this_ones_buckets_with_the_same_totals(redis_port: int) -> None:
+    """A rolling upgrade: this release's pods write beside the release before's. The five-part
+    buckets are the release before's (same keys, same day index): it reads them without a
+    ValueError, with every request, an alias served by two models in one row as it always was;
+    the upstream model has buckets of its own (``tollway:ledger:u:b:*``, indexed in
+    ``tollway:ledger:u:day:*``) that it never sees."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger = RedisLedger(client)
+    ledger.add(SMART, batch="b1")
+    ledger.add_summed([(("s", 1), ledger.summed(SMART))])
+    expected = {(r["team"], r["model"], r["key_id"], r["provider"] or ""): 0 for r in SMART}
+    for r in SMART:
+        expected[(r["team"], r["model"], r["key_id"], r["provider"] or "")] += 2
+    assert old_release_reads(client, "2026-10-15") == expected
+    assert old_release_first_days(client) == ["2026-10-15"]
+    five = sorted(k.decode() for k in client.scan_iter("tollway:ledger:b:*"))
+    six = sorted(k.decode() for k in client.scan_iter("tollway:ledger:u:b:*"))
+    assert all(len(k.split(":b:", 1)[1].split("\x1f")) == 5 for k in five) and len(five) == len(expected)
+    assert all(len(k.split(":b:", 1)[1].split("\x1f")) == 6 for k in six) and len(six) == 5
+    assert sorted(k.decode() for k in client.smembers("tollway:ledger:u:day:2026-10-15")) == six
+    assert {client.ttl(k) > 0 for k in [*five, *six, "tollway:ledger:u:day:2026-10-15"]} == {True}
+    memory = MemoryLedger()
+    memory.add(SMART)
+    memory.add(SMART)
+    for by in ("team", "model", "provider", "key", "upstream"):
+        assert comparable(ledger.rows(by, *OCTOBER)) == comparable(memory.rows(by, *OCTOBER)), by
+    assert ledger.cells(*OCTOBER) == memory.cells(*OCTOBER)
+
+
+def test_a_batch_sent_twice_adds_nothing_twice_to_either_kind_of_bucket(redis_port: int) -> None:
+    """The five-part and the six-part buckets are written in the same script call, under the
+    same batch mark: a batch sent again adds to neither."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    ledger = RedisLedger(client)
+    counts = ledger.summed(SMART)
+    assert ledger.add_summed([(("s", 1), counts), ("old-1", counts)]) == 2
+    assert ledger.add_summed([(("s", 1), counts), ("old-1", counts), (("s", 2), counts)]) == 1
+    def hashes(pattern: str) -> dict[str, dict[bytes, bytes]]:
+        return {k.decode(): client.hgetall(k) for k in client.scan_iter(pattern)}
+    five, six = hashes("tollway:ledger:b:*"), hashes("tollway:ledger:u:b:*")
+    assert sum(int(h[b"requests"]) for h in five.values()) == 3 * len(SMART)
+    assert sum(int(h[b"requests"]) for h in six.values()) == 3 * len(SMART)
+    memory = MemoryLedger()
+    memory.add_summed([(("s", 1), counts), ("old-1", counts)])
+    memory.add_summed([(("s", 1), counts), ("old-1", counts), (("s", 2), counts)])
+    assert sum(c["requests"] for c in memory.buckets.values()) == 3 * len(SMART)
+    assert sum(c["requests"] for c in memory.upstream.values()) == 3 * len(SMART)
+
+
+def test_buckets_the_release_before_wrote_read_as_before_and_unknown_by_upstream_model(redis_port: int) -> None:
+    """This release reads what the release before wrote (a rollback, or its pods during the
+    upgrade), even into the same five-part bucket on the same day: every grouping but the
+    upstream model reads the five-part buckets, as before; by upstream model (and ``--upstream``),
+    the six-part buckets, and what the five-part ones hold beyond them (requests this release did
+    not count: a day before the upgrade, an older pod's) is ``(unknown)``, per row."""
     client = redis.Redis(port=redis_port)
     client.flushall()
     ledger, memory = RedisLedger(client), MemoryLedger()
     ledger.add(SMART[:1])
     memory.add(SMART[:1])
-    old = ("2026-10-15", "search", "smart", "k1", "openai")
-    counters = {"requests": 3, "outcomes": 3, "input_tokens": 30, "cost_usd_micros": 70}
-    name = "tollway:ledger:b:" + "\x1f".join(old)
-    client.sadd("tollway:ledger:day:2026-10-15", name)
-    client.hset(name, mapping=counters)
-    memory.buckets[old] = dict(counters)  # type: ignore[index]
+    same = ("2026-10-15", "search", "smart", "k1", "openai")  # SMART[0]'s five-part bucket
+    older = ("2026-10-14", "ads", "gpt-4o", "k2", "openai")  # a day before the upgrade
+    for bucket, counters in ((same, {"requests": 3, "outcomes": 3, "input_tokens": 30, "cost_usd_micros": 70}),
+                             (older, {"requests": 2, "outcomes": 2, "cost_usd_micros": 5, "guardrail:pii": 1})):
+        old_write(client, bucket, counters)
+        memory.add_summed([(f"old-{bucket[0]}", {bucket: counters})])  # a five-part bucket: the release before's
     for source in (ledger, memory):
         assert [(r.group, r.requests, r.cost_usd_micros) for r in source.rows("upstream", *OCTOBER)] == [
-            ("gpt-4o", 1, 4500), ("(unknown)", 3, 70)]
-        assert [(r.group, r.requests) for r in source.rows("model", *OCTOBER)] == [("smart", 4)]
-        assert [r.requests for r in source.rows("team", *OCTOBER, where={"upstream": "(unknown)"})] == [3]
+            ("gpt-4o", 1, 4500), ("(unknown)", 5, 75)], source
+        unknown = {r.group: r for r in source.rows("upstream", *OCTOBER)}["(unknown)"]
+        assert (unknown.input_tokens, unknown.guardrails, unknown.unknown_outcome) == (30, {"pii": 1}, 0)
+        assert [(r.group, r.requests) for r in source.rows("model", *OCTOBER)] == [("smart", 4), ("gpt-4o", 2)]
+        assert [(r.group, r.requests) for r in source.rows("team", *OCTOBER, where={"upstream": "(unknown)"})] == [
+            ("search", 3), ("ads", 2)]
+        assert [(r.group, r.requests) for r in source.rows("team", *OCTOBER, where={"upstream": "gpt-4o"})] == [
+            ("search", 1)]
+        assert [(r.group, r.requests) for r in source.rows("upstream", *OCTOBER, where={"team": "search"})] == [
+            ("gpt-4o", 1), ("(unknown)", 3)]
         cells = source.cells(*OCTOBER)
         assert cells[("2026-10-15", "search", "smart", "openai")].requests == 4
-    older = {k: v for k, v in SMART[0].items() if k != "upstream_model"}
-    assert {r.group: r.requests for r in aggregate([older, SMART[0]], "upstream", *OCTOBER)} == {
-        "gpt-4o": 1, "(unknown)": 1}
+        assert sum(c.requests for c in cells.values()) == 6
+    assert old_release_reads(client, "2026-10-15") == {("search", "smart", "k1", "openai"): 4}
+    only_new = MemoryLedger()
+    only_new.add(SMART)
+    assert "(unknown)" not in {r.group for r in only_new.rows("upstream", *OCTOBER)}  # nothing left: no row
 
 
 def test_an_upstream_model_name_no_one_knows_is_other_like_the_model() -> None:
@@ -709,41 +809,58 @@ def test_an_upstream_model_name_no_one_knows_is_other_like_the_model() -> None:
                    served_model=None) for i in range(3)]
     ledger = MemoryLedger(known=lambda _model: False)
     ledger.add(made_up)
-    assert list(ledger.buckets) == [("2026-10-15", "search", OTHER, "k1", "openai", OTHER)]
+    assert list(ledger.buckets) == [("2026-10-15", "search", OTHER, "k1", "openai")]
+    assert list(ledger.upstream) == [("2026-10-15", "search", OTHER, "k1", "openai", OTHER)]
     assert [(r.group, r.requests) for r in ledger.rows("upstream", *OCTOBER)] == [(OTHER, 3)]
 
 
-def test_a_spool_keeps_each_buckets_upstream_model_and_reads_an_older_releases_five_dimensions(
-        tmp_path: Path) -> None:
-    """A spooled batch's buckets come back as they were counted (six dimensions), and those a
-    release before the upstream model spooled (five) come back as five: sent under the key that
-    release would have used, read as ``(unknown)`` by upstream model. The sixth comes after the
-    counts, so that release, rolled back to, reads this one's spool (five dimensions, the counts)."""
-    import orjson
+ALIASED = [rec(model="smart", upstream_model="gpt-4o") for _ in range(3)] + [
+    rec(model="smart", upstream_model="gpt-4o-mini", cost_usd_micros=10) for _ in range(5)]  # one provider
 
-    from ext_proc.server.spool import _parse
+
+def spooled_line(records: list[dict[str, Any]], tmp_path: Path) -> bytes:
+    """The line an outbox spools for ``records`` (Redis down)."""
 
     class Down(MemoryLedger):
         def add_summed(self, batches: Sequence[tuple[BatchKey, Summed]]) -> int:
             raise ConnectionError("Redis does not answer")
 
-    memory = MemoryLedger()
-    counted = memory.summed(SMART[:1])
     outbox = Outbox(Down(), str(tmp_path / "aggregates"), retry=60)
     try:
-        outbox.add(SMART[:1])
+        outbox.add(records)
         assert outbox._spool is not None
         with open(outbox._spool.path, "rb") as handle:
-            line = handle.read().splitlines()[1]
+            return handle.read().splitlines()[1]
     finally:
         outbox.close(0.1)
-    ((bucket, counts),) = counted.items()
-    (row,) = orjson.loads(line)["b"]
-    assert {tuple(row[:5]): row[5]} == {bucket[:5]: counts}  # as the release before reads it (a rollback)
+
+
+def test_a_spool_line_is_read_whole_by_the_release_before_and_by_this_one(tmp_path: Path) -> None:
+    """A rollback sends this release's spool with the release before's parser: its ``b`` rows are
+    the five-part buckets as that release writes them (an alias served by two models at one
+    provider: one row, all 8 requests, not the last model's 5); the six-part ones are in ``u``,
+    which it never reads. This release reads both back as they were counted, and a line the
+    release before spooled (``b`` only) as five-part buckets: by upstream model, ``(unknown)``."""
+    from ext_proc.server.spool import _parse
+
+    line = spooled_line(ALIASED, tmp_path)
+    assert set(orjson.loads(line)) == {"n", "s", "b", "u"}
+    old = old_parse(line)
+    assert old == {("2026-10-15", "search", "smart", "k1", "openai"): MemoryLedger().summed(ALIASED)[
+        ("2026-10-15", "search", "smart", "k1", "openai")]}
+    assert sum(c["requests"] for c in old.values()) == 8
     batch = _parse(line, len(line), "source")
-    assert batch is not None and batch.buckets == counted and len(next(iter(counted))) == 6
-    old = ("2026-10-15", "search", "smart", "k1", "openai")
-    older = _parse(orjson.dumps({"n": 2, "s": 4, "b": [[*old, {"requests": 2}]]}), 0, "source")
-    assert older is not None and older.buckets == {old: {"requests": 2}}
+    assert batch is not None and batch.buckets == MemoryLedger().summed(ALIASED)
+    replayed, counted = MemoryLedger(), MemoryLedger()
+    replayed.add_summed([(batch.key, batch.buckets)])
+    counted.add(ALIASED)
+    for by in ("team", "upstream"):
+        assert comparable(replayed.rows(by, *OCTOBER)) == comparable(counted.rows(by, *OCTOBER))
+    before = orjson.dumps({"n": 2, "s": 4, "b": [[*old_bucket, {"requests": 2}] for old_bucket in
+                                                   [("2026-10-15", "search", "smart", "k1", "openai")]]})
+    older = _parse(before, 0, "source")
+    assert older is not None and older.buckets == {("2026-10-15", "search", "smart", "k1", "openai"): {"requests": 2}}
+    memory = MemoryLedger()
     memory.add_summed([(("source", 4), older.buckets)])
     assert [(r.group, r.requests) for r in memory.rows("upstream", *OCTOBER)] == [("(unknown)", 2)]
+    assert [(r.group, r.requests) for r in memory.rows("model", *OCTOBER)] == [("smart", 2)]
