@@ -31,7 +31,8 @@ not retry it in a loop, as is a request larger than a whole budget or a whole mi
 (no waiting lets it through). A store that does not answer is a 503 unless the policy fails open.
 
 When the request ends, :func:`settlement` says what it really used (the record's cost and
-tokens; nothing for a provider error; the claim itself when usage stayed unknown), as a
+tokens; nothing for a provider error; the claim itself when usage stayed unknown; and the claim,
+at its own target, of each try abandoned at the first-byte timeout, which the provider may bill), as a
 :class:`~ext_proc.core.actions.Settle` effect the server carries out.
 """
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from ext_proc.core.actions import Ask, Settle
@@ -47,7 +49,7 @@ from ext_proc.core.steps import Step
 from ext_proc.llm.apis import RateWindow
 from ext_proc.llm.errors import ClientError
 from ext_proc.llm.prices import Premiums, dollars
-from ext_proc.policy.compiled import Alias, Budget, budget_counter, period_window
+from ext_proc.policy.compiled import Alias, Budget, Target, budget_counter, period_window
 from ext_proc.state.queries import Admission, Admit, Claim, StoreUnavailable
 
 BUDGET_KEPT = 40 * 86400  # seconds a budget's finished period stays in the store (last month's spend)
@@ -123,28 +125,58 @@ def _tokens(flow: Flow, default_output: int) -> int:
 
 def _usd(flow: Flow, tokens: int) -> int | None:
     """The most the request can cost on any target of its chain (None: no target has a price)."""
-    accountant = flow.accountant
-    if accountant is None:
-        return None
     estimate = flow.meter.estimate
     prompt = estimate.tokens if estimate is not None else len(flow.body) // 4
     output = max(0, tokens - prompt)
+    most = None
+    for target in flow.chain:
+        cost = _cost_at(flow, target, prompt, output)
+        if cost and (most is None or cost > most):
+            most = cost
+    return most
+
+
+def _cost_at(flow: Flow, target: Target, prompt: int, output: int) -> int | None:
+    """What ``prompt`` tokens in and ``output`` out may cost at ``target`` (None: it has no price),
+    at the rates the request asks for, as it is claimed."""
+    accountant = flow.accountant
+    if accountant is None:
+        return None
     payload = flow.request.payload if flow.request is not None else {}
     # A dearer tier asked for is claimed at its rates (flex, cheaper, is claimed at the standard ones).
     asked = payload.get("service_tier")
     tier = asked if asked in _DEARER_TIERS else None
     speed = "fast" if payload.get("speed") == "fast" else None
-    premiums = _premiums(flow, payload)
-    most = None
-    for target in flow.chain:
-        try:
-            cost = accountant.estimate_cost(target.provider.kind, target.upstream_model, (target.public,),
-                                            target.price, prompt, output, tier, speed, premiums)
-        except Exception:
-            cost = None
-        if cost and (most is None or cost > most):
-            most = cost
-    return most
+    try:
+        return accountant.estimate_cost(target.provider.kind, target.upstream_model, (target.public,),
+                                        target.price, prompt, output, tier, speed, _premiums(flow, payload))
+    except Exception:
+        return None
+
+
+def _abandoned_claims(flow: Flow, record: dict[str, Any]) -> list[tuple[int | None, int | None]]:
+    """What each try of the record's ``abandoned`` (sent, given up at the first-byte timeout: the
+    provider may finish and bill it) is charged, as ``(usd, tokens)``: its claim, as a request whose
+    client left before the answer's head is charged, at its own target: the counted prompt and the
+    output the request allows there, priced at that target's rates (0 USD at a target without a
+    price, which claims none). None: the request's own claim (a try not found in the chain)."""
+    tries = record.get("abandoned")
+    if not tries or flow.api is None or flow.request is None:
+        return []
+    estimate = flow.meter.estimate
+    prompt = estimate.tokens if estimate is not None else len(flow.body) // 4
+    limit = flow.api.output_limit(flow.request.payload)
+    answers = flow.api.answers(flow.request.payload)
+    out: list[tuple[int | None, int | None]] = []
+    for tried in tries:
+        target = next((t for t in flow.chain if t.provider.name == tried.get("provider")
+                       and t.upstream_model == tried.get("model")), None)
+        if target is None:
+            out.append((None, None))
+            continue
+        output = (limit if limit is not None else target.output_tokens) * answers
+        out.append((_cost_at(flow, target, prompt, output) or 0, prompt + output))
+    return out
 
 
 # The web searches claimed for a web search tool that sets no ``max_uses`` (Anthropic documents no
@@ -278,7 +310,7 @@ def settlement(flow: Flow, record: dict[str, Any]) -> Settle | None:
     tokens = None
     if record.get("input_tokens") is not None or record.get("output_tokens") is not None:
         tokens = (record.get("input_tokens") or 0) + (record.get("output_tokens") or 0)
-    used = _used(flow, reached, tokens, record.get("cost_usd_micros"))
+    used = _used(flow, reached, tokens, record.get("cost_usd_micros"), _abandoned_claims(flow, record))
     record["limits"] = [
         {"limit": name, "unit": unit, "claimed": claim.amount, "used": spent}
         for claim, (name, unit, _), spent in zip(flow.claims, flow.claim_labels, used, strict=True)
@@ -288,18 +320,27 @@ def settlement(flow: Flow, record: dict[str, Any]) -> Settle | None:
     return Settle(flow.claims, used)
 
 
-def _used(flow: Flow, reached: bool, tokens: int | None, cost: int | None) -> tuple[int, ...]:
-    """What the request used of each claim: ``reached``, whether the provider did work for it."""
+def _used(flow: Flow, reached: bool, tokens: int | None, cost: int | None,
+          abandoned: Sequence[tuple[int | None, int | None]] = ()) -> tuple[int, ...]:
+    """What the request used of each claim: ``reached``, whether the provider did work for the try
+    that answered (or was the last); plus, for each try abandoned before it, what
+    :func:`_abandoned_claims` charges it."""
     used = []
     for claim, (_, unit, _kind) in zip(flow.claims, flow.claim_labels, strict=True):
         if not claim.consumes:
             used.append(0)
-        elif unit == "requests":
+            continue
+        if unit == "requests":
             used.append(1)
-        elif not reached:
-            used.append(0)  # refused after admission, or the provider answered an error: nothing billed
+            continue
+        if not reached:
+            spent = 0  # refused after admission, or the provider answered an error: nothing billed
         elif unit == "usd":
-            used.append(cost if cost is not None else claim.amount)  # unknown is not zero: the claim
+            spent = cost if cost is not None else claim.amount  # unknown is not zero: the claim
         else:
-            used.append(tokens if tokens is not None else claim.amount)
+            spent = tokens if tokens is not None else claim.amount
+        for usd, tried_tokens in abandoned:
+            charge = usd if unit == "usd" else tried_tokens
+            spent += charge if charge is not None else claim.amount
+        used.append(spent)
     return tuple(used)

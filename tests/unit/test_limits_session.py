@@ -8,7 +8,15 @@ import orjson
 import pytest
 
 from ext_proc.core.actions import Action, Ask, Continue, EmitRecord, Respond, Settle
-from ext_proc.core.events import Answered, RequestBody, RequestHeaders, ResponseBody, ResponseHeaders, StreamClosed
+from ext_proc.core.events import (
+    Answered,
+    RequestBody,
+    RequestHeaders,
+    ResponseBody,
+    ResponseHeaders,
+    StreamClosed,
+    Upstream,
+)
 from ext_proc.core.limits import BUDGET_KEPT
 from ext_proc.core.session import Session
 from ext_proc.llm import apis, runtime
@@ -630,3 +638,82 @@ def test_an_audio_answer_is_claimed_at_the_audio_output_rate_and_audio_in_at_its
     exact = (estimate.tokens - estimate.audio) * 2.5 + estimate.audio * 32 + 1000 * 10  # micro-dollars
     assert claimed >= billed and claimed == pytest.approx(exact, abs=1)
     assert claimed < 1.05 * _usd_claimed(HEAD, text)
+
+
+# -- tries abandoned at the first-byte timeout -----------------------------------------------------
+TIMED_OUT = orjson.dumps({"error": {"message": "Tollway gateway error (upstream_per_try_idle_timeout): upstream "
+                                               "request timeout", "type": "server_error", "param": None,
+                                    "code": "upstream_per_try_idle_timeout"}})
+CHAIN = compile_policy(POLICY_TEXT.replace(
+    "  llama: {provider: local}\n",
+    "  llama: {provider: local}\n"
+    "  cheap: {provider: anthropic, model: claude-c, price: {input: \"1\", output: \"5\"}}\n",
+) + "routing: {aliases: {pair: {targets: [{provider: anthropic, model: claude-x}, "
+    "{provider: anthropic, model: claude-c}]}}}\n")
+
+
+def _admitted(policy: Any, head: dict[str, str], body: dict[str, Any]) -> tuple[Session, tuple[Claim, ...]]:
+    s = session(policy=policy)
+    s.handle(RequestHeaders(head, False, 1))
+    ask = s.handle(RequestBody(orjson.dumps(body), True, 2))
+    assert isinstance(ask, Ask) and isinstance(ask.query, Admit)
+    s.handle(Answered(Admission(True, remaining=(1,) * len(ask.query.claims)), 3))
+    return s, ask.query.claims
+
+
+def test_a_try_abandoned_at_the_first_byte_timeout_is_charged_its_claim() -> None:
+    """Envoy gave up on the provider's first byte (a 504): the provider got the request and may
+    finish and bill it, as one whose client left before the answer's head, so it is charged its
+    whole claim, not nothing as a provider's error answer is."""
+    s, claims = _admitted(POLICY, HEAD, BODY)
+    s.handle(ResponseHeaders({":status": "504", "content-type": "application/json"}, False, 4, Upstream(attempts=1)))
+    s.handle(ResponseBody(TIMED_OUT, True, 5))
+    record = next(e.record for e in s.effects if isinstance(e, EmitRecord))
+    assert (record["error"], record["abandoned_tries"]) == ("upstream_per_try_idle_timeout", 1)
+    (settle,) = [e for e in s.effects if isinstance(e, Settle)]
+    assert settle.used == (claims[0].amount, claims[1].amount, 1, claims[3].amount, 0)
+    assert [(d["claimed"], d["used"]) for d in record["limits"]][:2] == [(c.amount,) * 2 for c in claims[:2]]
+
+
+def test_a_chain_is_charged_what_served_it_and_the_claim_of_each_try_it_abandoned() -> None:
+    """The first target (claude-x: at most 100 output tokens, $3/$15) was abandoned at its
+    first-byte timeout, the second (claude-c, $1/$5) served: the request settles the second's
+    usage plus the first's claim, priced at the first's rates."""
+    body = {"model": "pair", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    s, claims = _admitted(CHAIN, MESSAGES_HEAD, body)
+    estimate = s.flow.meter.estimate
+    assert estimate is not None
+    prompt = estimate.tokens
+    s.handle(ResponseHeaders({":status": "200", "content-type": "application/json"}, False, 4,
+                             Upstream(slot=1, attempts=2, abandoned="anthropic claude-x")))
+    s.handle(ResponseBody(orjson.dumps({"type": "message", "model": "claude-c", "role": "assistant", "content": [],
+                                        "usage": {"input_tokens": 8, "output_tokens": 12}}), True, 5))
+    record = next(e.record for e in s.effects if isinstance(e, EmitRecord))
+    assert record["abandoned"] == [{"provider": "anthropic", "model": "claude-x", "input_tokens": prompt}]
+    served = record["cost_usd_micros"]
+    first = CHAIN.aliases["pair"].plan.targets[0]
+    abandoned = ACCOUNTANT.estimate_cost("anthropic", "claude-x", ("pair",), first.price, prompt, 50, None, None, None)
+    assert served and abandoned and abandoned == claims[0].amount  # the claim: the dearest target's
+    (settle,) = [e for e in s.effects if isinstance(e, Settle)]
+    assert settle.used == (served + abandoned, 20 + prompt + 50, 1, 20 + prompt + 50, 0)
+
+
+def test_every_try_of_a_chain_abandoned_is_charged_each_at_its_targets_price() -> None:
+    """Both targets abandoned (Envoy's 504 after the second): two claims, each at its own rates,
+    more than the one claimed: what a chain's abandoned tries can pass a budget by."""
+    body = {"model": "pair", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    s, claims = _admitted(CHAIN, MESSAGES_HEAD, body)
+    estimate = s.flow.meter.estimate
+    assert estimate is not None
+    prompt = estimate.tokens
+    s.handle(ResponseHeaders({":status": "504", "content-type": "application/json"}, False, 4,
+                             Upstream(slot=1, attempts=2, abandoned="anthropic claude-x")))
+    s.handle(ResponseBody(TIMED_OUT, True, 5))
+    record = next(e.record for e in s.effects if isinstance(e, EmitRecord))
+    assert record["abandoned_tries"] == 2
+    targets = CHAIN.aliases["pair"].plan.targets
+    costs = [ACCOUNTANT.estimate_cost("anthropic", t.upstream_model, ("pair",), t.price, prompt, 50, None, None, None)
+             for t in targets]
+    (settle,) = [e for e in s.effects if isinstance(e, Settle)]
+    assert settle.used == (sum(costs), 2 * (prompt + 50), 1, 2 * (prompt + 50), 0)
+    assert settle.used[0] > claims[0].amount and record["limits"][0]["used"] == sum(costs)
