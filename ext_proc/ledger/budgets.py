@@ -173,7 +173,7 @@ class _Refused(Exception):
 def _why(exc: Exception, url: str, redis: bool) -> str:
     """Why reading the counters failed, in words, never the user or password in ``url``."""
     if isinstance(exc, urllib.error.HTTPError):
-        why = f"it answered {exc.code} {exc.reason}".rstrip()
+        why = _told(exc) or f"it answered {exc.code} {exc.reason}".rstrip()
     elif isinstance(exc, urllib.error.URLError):
         reason = exc.reason
         why = (reason.strerror or str(reason) or type(reason).__name__) if isinstance(reason, OSError) else str(reason)
@@ -187,6 +187,16 @@ def _why(exc: Exception, url: str, redis: bool) -> str:
         why = str(exc) or type(exc).__name__
     secret = url.partition("://")[2].rpartition("@")[0]
     return why.replace(secret, "***") if secret else why
+
+
+def _told(exc: urllib.error.HTTPError) -> str | None:
+    """The message of the admin's error answer (its 503 when the store does not answer), one line of
+    it; None: no such answer."""
+    try:
+        message = orjson.loads(exc.read(4096))["error"]["message"]
+    except Exception:
+        return None
+    return " ".join(message.split())[:300] if isinstance(message, str) and message.strip() else None
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

@@ -52,6 +52,13 @@ _NOT_LOCAL = orjson.dumps(
 # asked at once cannot each take their share of the sidecar's memory and CPU. Another waits this
 # long for it, then is answered 429 (Retry-After) with _BUSY.
 REPORT_WAIT = 5.0
+# /v1/budgets reads every budget counter from the shared state store: one that does not answer in
+# this long (or fails) is a 503 saying so.
+BUDGETS_WAIT = 5.0
+_STORE_SILENT = orjson.dumps({"error": {
+    "message": "Tollway cannot read the budgets right now: its shared state store (Redis, or the node's "
+               "supervisor) does not answer; try again shortly.",
+    "type": "server_error", "param": None, "code": "state_unavailable"}})
 _BUSY = orjson.dumps(
     {"error": {"message": "another spend report is being computed in this process: retry in a few seconds",
                "type": "rate_limit_error"}}
@@ -229,8 +236,12 @@ class AdminServer:
                     self.before_scrape(rows)
                 status, content_type, body = self.route(path)
             elif path == "/v1/budgets" and self.budgets is not None:
-                status, content_type = 200, "application/json"
-                body = orjson.dumps({"budgets": await self.budgets()})
+                content_type = "application/json"
+                try:  # the store's counters: Redis (or the node's supervisor) may be down or hang
+                    status, body = 200, orjson.dumps({"budgets": await asyncio.wait_for(self.budgets(),
+                                                                                        BUDGETS_WAIT)})
+                except Exception:
+                    status, body = 503, _STORE_SILENT
             else:
                 status, content_type, body = self.route(path, allowed)
             reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -238,6 +249,8 @@ class AdminServer:
             challenge = 'www-authenticate: Bearer realm="tollway-admin"\r\n' if status == 401 else ""
             if status == 429:
                 challenge = f"retry-after: {max(1, round(REPORT_WAIT))}\r\n"
+            elif status == 503 and body is _STORE_SILENT:
+                challenge = "retry-after: 1\r\n"
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\n{challenge}content-type: {content_type}\r\ncache-control: no-store\r\n"
                 # The dashboard loads nothing from elsewhere (it works offline, and a name in the data

@@ -279,3 +279,55 @@ def test_the_cli_names_an_answer_that_is_not_the_budgets(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("store", ["down", "hangs"])
+def test_a_store_that_does_not_answer_is_a_503_saying_so_which_the_cli_prints_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    """/v1/budgets with the store down (Redis refusing, or stopped: its reads time out or never
+    end) answers 503 in OpenAI's error format, not a connection closed without an answer; the CLI
+    prints its message, one line, exit 1."""
+    import asyncio
+    import socket
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from ext_proc.server import admin as admin_module
+    from ext_proc.server.admin import AdminServer
+
+    monkeypatch.setattr(admin_module, "BUDGETS_WAIT", 0.3)
+    monkeypatch.delenv("TOLLWAY_REDIS_URL", raising=False)
+
+    async def budget_rows() -> list[dict[str, Any]]:
+        if store == "down":
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        await asyncio.sleep(60)
+        return []
+
+    loop = asyncio.new_event_loop()
+    server = AdminServer(CollectorRegistry(), lambda: (True, {}), None, None, budget_rows)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    loop.run_until_complete(server.start(sock))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        address = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(address + "/v1/budgets", timeout=5)
+        assert failed.value.code == 503 and failed.value.headers["retry-after"] == "1"
+        error = orjson.loads(failed.value.read())["error"]
+        assert (error["type"], error["code"]) == ("server_error", "state_unavailable")
+        assert "does not answer" in error["message"]
+        assert _budgets_cli(tmp_path, "--admin", address) == 1
+        err = capsys.readouterr().err
+        assert err.splitlines() == [f"tollway budgets: cannot read the counters from {address}: {error['message']}"]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.run_until_complete(server.close())
+        loop.close()
