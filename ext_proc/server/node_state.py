@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from ext_proc.state.limits import Grant, MemoryBackend
+from ext_proc.state.limits import Grant, MemoryBackend, Report
 from ext_proc.state.queries import Claim, StoreUnavailable
 
 log = logging.getLogger("tollway.node_state")
@@ -117,8 +117,13 @@ class NodeStateServer:
                     answer = self.backend.scan(request["prefix"])
                 else:
                     holder, ttl, pairs = request["holder"], request["ttl"], _claims(request["items"])
-                    grants = (self.backend.grow(holder, pairs, ttl) if op == "grow"
-                              else self.backend.report(holder, pairs, ttl, request.get("seq", 0)))
+                    if op == "grow":
+                        grants = self.backend.grow(holder, pairs, ttl)
+                    else:  # (busy: what the worker's requests in flight hold, see Backend.report)
+                        busy = request.get("busy") or [0] * len(pairs)
+                        reports = [(c, spent, released, int(b))
+                                   for (c, spent, released), b in zip(pairs, busy, strict=True)]
+                        grants = self.backend.report(holder, reports, ttl, request.get("seq", 0))
                     answer = [[g.granted, g.spent, g.held, g.mine] for g in grants]
                 writer.write(orjson.dumps(answer) + b"\n")
                 await writer.drain()
@@ -270,10 +275,11 @@ class NodeBackend:
     def grow(self, holder: str, asks: list[tuple[Claim, int, int]], ttl: float) -> Any:
         return self._call("grow", holder, asks, ttl)
 
-    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float, seq: int = 0) -> Any:
+    def report(self, holder: str, reports: list[Report], ttl: float, seq: int = 0) -> Any:
         # Numbered: a report whose deadline passed may still be read and run by the parent (it
         # was written to the socket), and the keeper sends it again; the parent takes it once.
-        return self._call("report", holder, reports, ttl, seq)
+        return self._call("report", holder, [(c, spent, released) for c, spent, released, _ in reports], ttl, seq,
+                          [busy for *_, busy in reports])
 
     async def once(self, key: str, until: float) -> bool:
         try:
@@ -286,8 +292,11 @@ class NodeBackend:
         return {name: (int(spent), int(held)) for name, (spent, held) in found.items()}
 
     async def _call(self, op: str, holder: str, pairs: list[tuple[Claim, int, int]], ttl: float,
-                    seq: int = 0) -> list[Grant]:
-        rows = await self._request({"op": op, "holder": holder, "ttl": ttl, "items": _items(pairs), "seq": seq})
+                    seq: int = 0, busy: list[int] | None = None) -> list[Grant]:
+        request = {"op": op, "holder": holder, "ttl": ttl, "items": _items(pairs), "seq": seq}
+        if busy is not None:
+            request["busy"] = busy
+        rows = await self._request(request)
         return [Grant(*row) for row in rows]
 
     async def _request(self, request: dict[str, Any]) -> Any:

@@ -92,10 +92,13 @@ class Backend(Protocol):
         even ``need`` does not fit."""
         ...
 
-    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float, seq: int = 0
+    def report(self, holder: str, reports: list[Report], ttl: float, seq: int = 0
                ) -> list[Grant] | Awaitable[list[Grant]]:
-        """For each (claim, spent, released): add ``spent`` to the counter's spend, take
-        ``spent + released`` off this holder's grant, refresh its expiry.
+        """For each (claim, spent, released, busy): add ``spent`` to the counter's spend, take
+        ``spent + released`` off this holder's grant, refresh its expiry; and leave the grant no
+        smaller than ``busy``, what the holder's requests in flight still hold (it may have been
+        dropped, past its expiry, while the store did not answer: it is held again, past the
+        capacity if others took it meanwhile).
 
         ``seq``: the report's number (rising per holder). A counter that already took a report of
         this holder numbered ``seq`` or later (one sent again because its answer did not come in
@@ -106,6 +109,9 @@ class Backend(Protocol):
         """True for the first caller (of any holder) to name ``key`` before Unix time ``until``."""
         ...
 
+
+Report = tuple[Claim, int, int, int]
+"""One counter's part of a report: (claim, spent, released, busy); see :meth:`Backend.report`."""
 
 Pledge = Callable[[str, list[tuple[Claim, int, int]]], None]
 """A store that outlives the worker (the node's parent) may have a ``note(holder, items)``: told, as
@@ -169,7 +175,7 @@ class Keeper:
     _turn: asyncio.Lock | None = None  # one store exchange at a time (see _in_turn)
     _seq: int = 0  # the number of the last report made (its id: this holder and the number)
     # The report sent and not answered yet (on its way, failed or timed out): sent again, unchanged.
-    _outgoing: tuple[int, list[tuple[Claim, int, int]]] | None = None
+    _outgoing: tuple[int, list[Report]] | None = None
     _note: Pledge | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -413,7 +419,7 @@ class Keeper:
     def flush(self) -> Awaitable[None] | None:
         """Report spend, give back idle leases, refresh expiries, drop finished windows."""
         now = self.clock()
-        reports: list[tuple[Claim, int, int]] = []
+        reports: list[Report] = []
         if self._outgoing is None:
             reports = self._due(now)
             if not reports:
@@ -442,18 +448,21 @@ class Keeper:
         self._seq += 1
         return self._send((self._seq, reports))
 
-    def _due(self, now: float) -> list[tuple[Claim, int, int]]:
-        """What to report: each lease's spend, what it gives back (idle), or a refresh of it."""
-        reports: list[tuple[Claim, int, int]] = []
+    def _due(self, now: float) -> list[Report]:
+        """What to report: each lease's spend, what it gives back (idle), or a refresh of it, and
+        what its requests in flight hold (``busy``: the store holds it again if it had dropped this
+        worker, whose report could not reach it within the TTL; a lease the store answered 0 for
+        while requests are in flight on it is reported for that too)."""
+        reports: list[Report] = []
         for lease in self.leases.values():
             idle = not lease.waiting and (
                 now - lease.last > IDLE or (not lease.claim.consumes and lease.claim.capacity < SLICED_CAP))
             release = max(0, lease.free) if idle else 0
-            if lease.used or release or lease.held:
-                reports.append((lease.claim, lease.used, release))
+            if lease.used or release or lease.held or lease.reserved:
+                reports.append((lease.claim, lease.used, release, lease.reserved))
         return reports
 
-    def _send(self, outgoing: tuple[int, list[tuple[Claim, int, int]]]) -> Awaitable[None] | None:
+    def _send(self, outgoing: tuple[int, list[Report]]) -> Awaitable[None] | None:
         """Send a report; until its answer it stays ``_outgoing`` (an error leaves it there)."""
         self._outgoing = outgoing
         seq, reports = outgoing
@@ -469,27 +478,31 @@ class Keeper:
         if inspect.isawaitable(result):
             await result
 
-    def _releasing(self, reports: list[tuple[Claim, int, int]]) -> None:
-        for claim, _spent, released in reports:
+    def _releasing(self, reports: list[Report]) -> None:
+        for claim, _spent, released, _busy in reports:
             self.leases[claim.counter].releasing += released
 
-    async def _reported_later(self, outgoing: tuple[int, list[tuple[Claim, int, int]]],
+    async def _reported_later(self, outgoing: tuple[int, list[Report]],
                               answer: Awaitable[list[Grant]]) -> None:
         self._reported(outgoing, await answer)  # an error: it stays outgoing (the store may have run it)
 
-    def _reported(self, outgoing: tuple[int, list[tuple[Claim, int, int]]], grants: list[Grant]) -> None:
+    def _reported(self, outgoing: tuple[int, list[Report]], grants: list[Grant]) -> None:
         if self._outgoing is not outgoing:
             return  # sent twice (a flush at shutdown while one was on its way), answered already
         self._outgoing = None
         self._recovered()
         fresh = self.clock() + self.ttl * 0.8
-        for (claim, spent, released), grant in zip(outgoing[1], grants, strict=True):
+        for (claim, spent, released, busy), grant in zip(outgoing[1], grants, strict=True):
+            if grant.granted < 0 and busy:
+                log.warning("the shared state store had dropped this worker's lease of %s (no report reached "
+                            "it within %g s): %d held again for its requests in flight", claim.counter, self.ttl, busy)
             lease = self.leases.get(claim.counter)
             if lease is None:  # forgotten meanwhile (the store had dropped it, its window ended)
                 continue
             lease.used -= spent
             lease.releasing -= released
-            lease.held = grant.mine  # the store's view (0 if it had dropped this holder)
+            # The store's view (0 if it had dropped this holder and no request of it is in flight).
+            lease.held = grant.mine
             lease.fresh_until = fresh
             lease.spent, lease.others = grant.spent, max(0, grant.held - lease.held)
             if self.alerts is not None:
@@ -578,38 +591,41 @@ class MemoryBackend:
             out.append(Grant(grant, counter.spent, held + grant, mine + grant))
         return out
 
-    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float, seq: int = 0) -> list[Grant]:
+    def report(self, holder: str, reports: list[Report], ttl: float, seq: int = 0) -> list[Grant]:
         # In this process a report is never applied after its caller gave up on it; but behind the
         # node's socket (NodeBackend) a worker's deadline can pass before the parent runs it.
         now = self.clock()
         out = []
-        for claim, spent, released in reports:
+        for claim, spent, released, busy in reports:
             counter = self._counter(claim)
             counter.total(now)  # drop expired holders first
+            mine = counter.held.get(holder)
+            had = mine[0] if mine else 0
+            lost = -1 if mine is None else 0
             if seq:
                 for old in [h for h, (_, expiry) in counter.reported.items() if expiry <= now]:
                     del counter.reported[old]
                 last, _ = counter.reported.get(holder, (0, 0.0))
-                if seq <= last:  # taken already: its grants as they are
-                    mine = counter.held.get(holder)
-                    out.append(Grant(-1 if mine is None else 0, counter.spent, counter.total(now),
-                                     mine[0] if mine else 0))
+                if seq <= last:  # taken already: its grants as they are (held again, if dropped since)
+                    left = had if had >= busy else self._keep(counter, holder, busy, now, ttl)
+                    out.append(Grant(lost, counter.spent, counter.total(now), left))
                     continue
                 counter.reported[holder] = (seq, now + REPORTED)
             counter.spent += spent
             if spent:
                 self._pledge(holder, claim, -spent)  # reported: spent, no longer only pledged
-            mine = counter.held.get(holder)
-            lost = mine is None
-            left = 0
-            if mine is not None:
-                left = mine[0] - spent - released
-                if left > 0:
-                    counter.held[holder] = (left, now + ttl)
-                else:
-                    del counter.held[holder]
-            out.append(Grant(-1 if lost else 0, counter.spent, counter.total(now), max(0, left)))
+            left = self._keep(counter, holder, max(busy, had - min(had, spent + released)), now, ttl)
+            out.append(Grant(lost, counter.spent, counter.total(now), left))
         return out
+
+    @staticmethod
+    def _keep(counter: Counter, holder: str, amount: int, now: float, ttl: float) -> int:
+        """The holder's grant is ``amount`` now, its expiry refreshed (0: it holds nothing)."""
+        if amount > 0:
+            counter.held[holder] = (amount, now + ttl)
+        else:
+            counter.held.pop(holder, None)
+        return amount
 
     def pledge(self, holder: str, items: list[tuple[Claim, int, int]]) -> None:
         """What ``holder``'s requests claimed (+) or gave back (-), and spent, not reported yet: a
@@ -713,14 +729,36 @@ return {grant, spent, total + grant, mine}
 # A numbered report (ARGV[6] > 0) is applied once per counter: KEYS[4] (in the counter's slot) keeps
 # the holder's last number taken, and a report numbered no higher (sent again after its answer was
 # lost) answers the grants as they are.
+# ARGV[7] (busy): what the holder's requests in flight hold; its grant is left no smaller (held
+# again, past the capacity if need be, when the store had dropped it: no report within the TTL).
 REPORT = _PRUNE + """
 local holder, used, released = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local ttl, expire_at, seq = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local ttl, expire_at, seq, busy = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+local mine = redis.call('HGET', KEYS[2], holder)
+local lost = mine and 0 or -1
+local had = tonumber(mine or '0')
+local function hold(left)  -- the holder's grant goes from had to left (never below busy)
+  if left < busy then left = busy end
+  if left > 0 then
+    if left ~= had then redis.call('HSET', KEYS[2], holder, left) end
+    redis.call('ZADD', KEYS[3], now + ttl, holder)
+  elseif mine then
+    redis.call('HDEL', KEYS[2], holder)
+    redis.call('ZREM', KEYS[3], holder)
+  end
+  -- (never "-0": Redis does not read it as an integer)
+  if left ~= had then redis.call('HINCRBY', KEYS[2], '_total', left - had) end
+  return left
+end
 if seq > 0 then
   if seq <= tonumber(redis.call('GET', KEYS[4]) or '0') then
-    local mine = redis.call('HGET', KEYS[2], holder)
-    return {mine and 0 or -1, spent, tonumber(redis.call('HGET', KEYS[2], '_total') or '0'), tonumber(mine or '0')}
+    local left = had
+    if had < busy then
+      left = hold(had)
+      keep(expire_at)
+    end
+    return {lost, spent, tonumber(redis.call('HGET', KEYS[2], '_total') or '0'), left}
   end
   redis.call('SET', KEYS[4], seq, 'PX', REPORTED_MS)
   if expire_at > 0 then  -- never outliving the counter (a minute's rate counter ends long before)
@@ -729,24 +767,7 @@ if seq > 0 then
   end
 end
 if used > 0 then spent = redis.call('INCRBY', KEYS[1], used) end
-local lost, left = 0, 0
-local mine = redis.call('HGET', KEYS[2], holder)
-if not mine then
-  lost = -1
-else
-  mine = tonumber(mine)
-  local taken = math.min(mine, used + released)
-  left = mine - taken
-  if left > 0 then
-    if taken > 0 then redis.call('HINCRBY', KEYS[2], holder, 0 - taken) end
-    redis.call('ZADD', KEYS[3], now + ttl, holder)
-  else
-    redis.call('HDEL', KEYS[2], holder)
-    redis.call('ZREM', KEYS[3], holder)
-  end
-  -- (never "-0": Redis does not read it as an integer)
-  if taken > 0 then redis.call('HINCRBY', KEYS[2], '_total', 0 - taken) end
-end
+local left = hold(had - math.min(had, used + released))
 keep(expire_at)
 return {lost, spent, tonumber(redis.call('HGET', KEYS[2], '_total') or '0'), left}
 """.replace("REPORTED_MS", str(int(REPORTED * 1000))).replace("ENDED_MS", str(int(ENDED * 1000)))
@@ -792,11 +813,10 @@ class RedisBackend:
                  for claim, need, want in asks]
         return self._run(calls)
 
-    def report(self, holder: str, reports: list[tuple[Claim, int, int]], ttl: float, seq: int = 0
-               ) -> Awaitable[list[Grant]]:
+    def report(self, holder: str, reports: list[Report], ttl: float, seq: int = 0) -> Awaitable[list[Grant]]:
         calls = [(self._report, [*keys(self.prefix, claim.counter), self._reported(claim.counter, holder)],
-                  [holder, spent, released, int(ttl * 1000), _expire_at(claim), seq])
-                 for claim, spent, released in reports]
+                  [holder, spent, released, int(ttl * 1000), _expire_at(claim), seq, busy])
+                 for claim, spent, released, busy in reports]
         return self._run(calls)
 
     def _reported(self, counter: str, holder: str) -> str:

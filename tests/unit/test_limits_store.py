@@ -55,7 +55,7 @@ def test_a_grant_is_never_more_than_half_of_what_is_left_nor_less_than_what_is_n
     odd = claim(amount=7, capacity=100, counter="odd")
     assert backend.grow("a", [(odd, 7, 40)], 30) == [Grant(35, 0, 35, 35)]  # whole claims: 7 + 4 x 7, not 40
     assert backend.grow("d", [(c, 11, 40)], 30) == [Grant(0, 0, 90, 0)]  # 11 does not fit in 10: nothing
-    assert backend.report("a", [(c, 25, 15)], 30) == [Grant(0, 25, 50, 0)]  # spent 25, gave 15 back
+    assert backend.report("a", [(c, 25, 15, 0)], 30) == [Grant(0, 25, 50, 0)]  # spent 25, gave 15 back
     assert backend.totals(c.counter) == (25, 50)
 
 
@@ -68,7 +68,7 @@ def test_a_dead_holders_grant_comes_back_after_its_ttl() -> None:
     clock.now += 31
     assert backend.grow("alive", [(c, 50, 50)], 30) == [Grant(50, 0, 50, 50)]
     # The dead holder reporting late: its spend counts, it holds nothing any more.
-    assert backend.report("dead", [(c, 5, 0)], 30) == [Grant(-1, 5, 50, 0)]
+    assert backend.report("dead", [(c, 5, 0, 0)], 30) == [Grant(-1, 5, 50, 0)]
 
 
 def minute_claims(minute: int) -> tuple[Claim, ...]:
@@ -231,7 +231,7 @@ def test_what_a_dead_worker_is_charged_does_not_depend_on_when_its_notes_were_re
     backend.noting.add("h")  # (the node state server marks every worker's keeper so)
     for step in order:
         if step == "report":
-            backend.report("h", [(c, 300, 0)], 30, seq=1)
+            backend.report("h", [(c, 300, 0, 0)], 30, seq=1)
         elif step == "admit":
             backend.pledge("h", [(c, 1000, 0)])
         else:
@@ -573,7 +573,8 @@ def test_redis_and_memory_give_the_same_grants_and_totals(redis_url: str) -> Non
                 ask = [(c, need, need + rng.randint(0, c.capacity // 2))]
                 expected, actual = memory.grow(holder, ask, 60), await remote.grow(holder, ask, 60)
             else:
-                report = [(c, rng.randint(0, c.capacity // 5), rng.randint(0, c.capacity // 5))]
+                busy = rng.randint(0, c.capacity // 3) if rng.random() < 0.3 else 0  # requests in flight hold it
+                report = [(c, rng.randint(0, c.capacity // 5), rng.randint(0, c.capacity // 5), busy)]
                 roll = rng.random()
                 if roll < 0.6:
                     numbers[holder] += rng.randint(1, 3)  # a new report (numbers skip a counter's)
@@ -594,8 +595,8 @@ def test_a_report_of_nothing_refreshes_a_lease_in_redis(redis_url: str) -> None:
         backend = RedisBackend.from_url(redis_url)
         c = claim(amount=10, capacity=100)
         assert await backend.grow("a", [(c, 10, 10)], 30) == [Grant(10, 0, 10, 10)]
-        assert await backend.report("a", [(c, 0, 0)], 30) == [Grant(0, 0, 10, 10)]
-        assert await backend.report("a", [(c, 0, 10)], 30) == [Grant(0, 0, 0, 0)]
+        assert await backend.report("a", [(c, 0, 0, 0)], 30) == [Grant(0, 0, 10, 10)]
+        assert await backend.report("a", [(c, 0, 10, 0)], 30) == [Grant(0, 0, 0, 0)]
         await backend.close()
 
     asyncio.run(scenario())
@@ -609,7 +610,7 @@ def test_redis_expires_a_minute_window_minutes_after_it_ends_and_a_budget_period
         budget = Claim("budget/b/usd/t/2027-01", 5, 10**9, time.time() + 86400, kept=BUDGET_KEPT)
         asks = [(c, c.amount, c.amount) for c in (requests, tokens, concurrent, budget)]
         await backend.grow("a", asks, 30)
-        await backend.report("a", [(c, c.amount, 0) for c, _, _ in asks], 30)
+        await backend.report("a", [(c, c.amount, 0, 0) for c, _, _ in asks], 30)
         client = redis.asyncio.Redis(port=int(redis_url.rsplit(":", 1)[1].split("/")[0]))
         for c in (requests, tokens):
             for key in (f"tollway:limits:{{{c.counter}}}:spent", f"tollway:limits:{{{c.counter}}}:held"):
@@ -632,7 +633,7 @@ def test_a_sidecar_whose_clock_is_minutes_behind_redis_is_still_limited(redis_ur
         for _ in range(10):
             [grant] = await backend.grow("a", [(behind, 1, 1)], 30)
             granted += grant.granted
-            await backend.report("a", [(behind, 1, 0)], 30)
+            await backend.report("a", [(behind, 1, 0, 0)], 30)
         assert granted == 3
         await backend.close()
 
@@ -986,6 +987,106 @@ def test_a_lease_grown_for_a_request_whose_client_left_is_given_back_once_idle()
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("kind", ["memory", "node", "redis"])
+@pytest.mark.parametrize("what", ["concurrency", "budget"])
+def test_a_live_holders_grant_the_store_dropped_is_restored_at_its_next_report(
+        kind: str, what: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """The store did not answer for longer than the hold TTL (a Redis that hung, a failover): its
+    clock passed every holder's expiry and it dropped their grants, though their requests were
+    still in flight. A live holder's next report says what its requests hold, and the store holds it
+    again (past the capacity if another holder came in meanwhile): nobody else is admitted into it
+    until those requests end, and then everything goes back to zero. A dead holder (it never
+    reports again) still expires."""
+    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    clock = Clock()
+    ttl = 0.3
+    if what == "concurrency":
+        c = claim(amount=1, capacity=3, counter="rate/r/concurrent/t5", consumes=False)
+    else:  # a budget of 100, claims of 25 (a request that set max_tokens): four fill it
+        c = claim(amount=25, capacity=100, counter="budget/t1/usd/t/2026-12")
+    n = c.capacity // c.amount
+    server = None
+    if kind == "node":
+        server = NodeStateServer(str(tmp_path / "state.sock"))
+        server.start()
+
+    async def expire() -> None:
+        clock.now += 1
+        if kind != "memory":  # the store's own clock (Redis TIME, the parent's)
+            await asyncio.sleep(ttl + 0.2)
+
+    async def scenario() -> None:
+        if kind == "node":
+            assert server is not None
+            store: Any = NodeBackend(server.path)
+            memory = server.backend
+        else:
+            store = store_of(kind, clock, redis_url)
+            memory = store
+
+        async def held() -> int:
+            return (await answered(memory.totals(c.counter)))[1]
+
+        a = Keeper(store, holder="a", clock=clock, ttl=ttl)
+        a._flush = asyncio.get_running_loop().create_future()  # flushes by hand, below
+        b = Keeper(store, holder="b", clock=clock, ttl=ttl)
+        for _ in range(n):
+            assert (await answered(a.admit((c,)))).admitted
+        assert await held() == c.capacity
+        assert not (await answered(b.admit((c,)))).admitted
+        await quiet(b)
+
+        await expire()  # the store's answers stop for longer than the TTL: it drops a's grant
+        assert await held() == 0
+        await answered(a.flush())  # a is alive: its next report restores what its requests hold
+        assert await held() == c.capacity
+        assert a.leases[c.counter].held == c.capacity
+        assert not (await answered(b.admit((c,)))).admitted  # capacity still in use
+        await quiet(b)
+
+        # Once more, and another holder comes in before a's report (it cannot know): a's requests
+        # are held again past the capacity, and neither is admitted more until they end.
+        await expire()
+        assert (await answered(b.admit((c,)))).admitted
+        theirs = b.leases[c.counter]
+        await answered(a.flush())
+        assert a.leases[c.counter].held == c.capacity
+        assert await held() == c.capacity + theirs.held
+        a.settle((c,), (c.amount,))
+        await answered(a.flush())
+        assert a.leases[c.counter].held == c.capacity - c.amount
+        assert await held() == c.capacity - c.amount + theirs.held >= c.capacity
+        assert not (await answered(a.admit((c,)))).admitted
+        await asyncio.sleep(0.25)  # b's next report tells it the totals (b may admit on its lease until then)
+        assert not (await answered(b.admit((c,)))).admitted
+        b.settle((c,), (c.amount,))
+        a.settle((c,) * (n - 1), (c.amount,) * (n - 1))
+        clock.now += 1.5  # idle
+        await answered(a.flush())
+        await quiet(b)
+        assert await held() == 0
+        assert a.leases[c.counter].held == a.leases[c.counter].reserved == 0
+        spent = (await answered(memory.totals(c.counter)))[0]
+        assert spent == (0 if what == "concurrency" else c.capacity + c.amount)  # b's was admitted
+
+        # A holder that died (it never reports again) still expires.
+        assert (await answered(a.admit((c,)))).admitted or what == "budget"
+        if what == "concurrency":
+            await expire()
+            assert await held() == 0
+        a._flush.cancel()
+        a._flush = None
+        if kind != "memory":
+            await store.close()
+            await asyncio.sleep(0.1)  # the parent sees the connection end (else its handler is left pending)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        if server is not None:
+            server.stop()
+
+
 @contextlib.contextmanager
 def manifest_redis(tmp_path: Path, password: str, admin_password: str) -> Iterator[int]:
     """redis-server started with k8s/base/redis.yaml's own arguments (its passwords substituted as the
@@ -1049,13 +1150,13 @@ def test_tollway_works_as_the_manifests_redis_user_which_cannot_wipe_redis(tmp_p
             backend = RedisBackend.from_url(url)
             c = claim(amount=10, capacity=100)
             assert await backend.grow("a", [(c, 10, 10)], 30) == [Grant(10, 0, 10, 10)]
-            assert await backend.report("a", [(c, 10, 0)], 30, 1) == [Grant(0, 10, 0, 0)]
+            assert await backend.report("a", [(c, 10, 0, 0)], 30, 1) == [Grant(0, 10, 0, 0)]
             assert await backend.totals(c.counter) == (10, 0)
             assert c.counter in await backend.scan("budget/")
             assert await backend.once("alert/x", time.time() + 60) is True
             several = [claim(counter=f"budget/b{i}/usd/t/2026-12") for i in range(3)]  # one pipeline
             assert await backend.grow("a", [(x, 10, 10) for x in several], 30) == [Grant(10, 0, 10, 10)] * 3
-            assert await backend.report("a", [(x, 10, 0) for x in several], 30, 2) == [Grant(0, 10, 0, 0)] * 3
+            assert await backend.report("a", [(x, 10, 0, 0) for x in several], 30, 2) == [Grant(0, 10, 0, 0)] * 3
             store = RedisStore(url)
             assert await store.answer(Ping()) == "redis"
             await store.client.aclose()
