@@ -10,6 +10,10 @@ The store (Redis shared by every sidecar, or this node's memory) keeps, per coun
 ``spent`` and what each holder ``held``, with an expiry per holder. One invariant is enforced
 atomically there (a Lua script in Redis): ``spent + held <= capacity`` whenever something is
 granted. A holder that dies stops refreshing its expiry, and what it held comes back on its own.
+A live holder whose expiry passed all the same (the store did not answer it for that long: a Redis
+that hung, failed over) is held again: each report says what the holder's requests in flight
+hold (``busy``), and the store never leaves its grant below that, past the capacity if another
+holder took it meanwhile (nobody else is admitted into it until those requests end).
 In the node's memory behind its parent (several workers, no Redis) a dead worker is settled at
 once instead: its notes told the parent what its requests claimed and spent unreported, which is
 charged, and the rest of what it held is freed (:data:`Pledge`, :meth:`MemoryBackend.bury`).
