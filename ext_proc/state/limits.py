@@ -106,7 +106,8 @@ class Backend(Protocol):
 
         ``seq``: the report's number (rising per holder). A counter that already took a report of
         this holder numbered ``seq`` or later (one sent again because its answer did not come in
-        time) changes nothing and answers its grants as they are. 0: no number, always applied."""
+        time) changes nothing and answers its grants as they are, but for a grant below ``busy``
+        (dropped since): held again. 0: no number, always applied."""
         ...
 
     def once(self, key: str, until: float) -> bool | Awaitable[bool]:
@@ -498,8 +499,9 @@ class Keeper:
         fresh = self.clock() + self.ttl * 0.8
         for (claim, spent, released, busy), grant in zip(outgoing[1], grants, strict=True):
             if grant.granted < 0 and busy:
-                log.warning("the shared state store had dropped this worker's lease of %s (no report reached "
-                            "it within %g s): %d held again for its requests in flight", claim.counter, self.ttl, busy)
+                log.warning("the shared state store held nothing of this worker's on %s (its grant expired there, "
+                            "unrefreshed for %g s, or none was made while it did not answer): %d held again for its "
+                            "requests in flight", claim.counter, self.ttl, busy)
             lease = self.leases.get(claim.counter)
             if lease is None:  # forgotten meanwhile (the store had dropped it, its window ended)
                 continue
@@ -732,7 +734,7 @@ return {grant, spent, total + grant, mine}
 """
 # A numbered report (ARGV[6] > 0) is applied once per counter: KEYS[4] (in the counter's slot) keeps
 # the holder's last number taken, and a report numbered no higher (sent again after its answer was
-# lost) answers the grants as they are.
+# lost) answers the grants as they are (but for one below ARGV[7], dropped since: held again).
 # ARGV[7] (busy): what the holder's requests in flight hold; its grant is left no smaller (held
 # again, past the capacity if need be, when the store had dropped it: no report within the TTL).
 REPORT = _PRUNE + """

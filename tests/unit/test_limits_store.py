@@ -1087,6 +1087,41 @@ def test_a_live_holders_grant_the_store_dropped_is_restored_at_its_next_report(
             server.stop()
 
 
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_report_sent_again_holds_again_what_the_store_dropped_since_and_never_adds_to_it(
+        kind: str, request: pytest.FixtureRequest) -> None:
+    """A report whose answer was lost is sent again unchanged; if the holder's grant expired in
+    between (the store hung again), the repeat holds its requests in flight again, and a grant at
+    or above what they hold is left as it is (a floor, never added twice). A holder that stops
+    reporting still expires."""
+    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    clock = Clock()
+    ttl = 0.3
+
+    async def scenario() -> None:
+        store: Any = store_of(kind, clock, redis_url)
+
+        async def expire() -> None:
+            clock.now += 1
+            if kind == "redis":
+                await asyncio.sleep(ttl + 0.2)
+
+        c = claim(amount=10, capacity=100)
+        assert await answered(store.grow("a", [(c, 40, 40)], ttl)) == [Grant(40, 0, 40, 40)]
+        assert await answered(store.grow("dead", [(c, 10, 10)], ttl)) == [Grant(10, 0, 50, 10)]
+        assert await answered(store.report("a", [(c, 10, 0, 30)], ttl, 1)) == [Grant(0, 10, 40, 30)]
+        assert await answered(store.report("a", [(c, 10, 0, 30)], ttl, 1)) == [Grant(0, 10, 40, 30)]  # once
+        await expire()
+        assert await answered(store.totals(c.counter)) == (10, 0)  # both dropped
+        assert await answered(store.report("a", [(c, 10, 0, 30)], ttl, 1)) == [Grant(-1, 10, 30, 30)]
+        assert await answered(store.report("a", [(c, 30, 0, 0)], ttl, 2)) == [Grant(0, 40, 0, 0)]
+        assert await answered(store.totals(c.counter)) == (40, 0)  # the dead holder's 10 stays gone
+        if kind == "redis":
+            await store.close()
+
+    asyncio.run(scenario())
+
+
 @contextlib.contextmanager
 def manifest_redis(tmp_path: Path, password: str, admin_password: str) -> Iterator[int]:
     """redis-server started with k8s/base/redis.yaml's own arguments (its passwords substituted as the
