@@ -199,9 +199,10 @@ def _unshared(name: str | None) -> None:
     shares (a file, a vector store, a container, a skill, an MCP tunnel: anyone's who used that key)."""
     if name is not None:
         raise ClientError(400, "unsupported_parameter", f"'{name}' refers to what the provider stores for the key "
-                          f"every team here shares (files, vector stores, containers, skills and MCP tunnels any "
-                          f"team made with it): send the content itself instead (a file as file_data or a data "
-                          f"URL, a skill inline, an MCP server by its server_url) (the policy may "
+                          f"every team here shares (files, vector stores, containers, skills, MCP tunnels and audio "
+                          f"answers any team made with it): send the content itself instead (a file as file_data "
+                          f"or a data URL, a skill inline, an MCP server by its server_url, an audio answer's "
+                          f"transcript as the message's content) (the policy may "
                           f"allow it for a provider whose key serves one team: stored_responses).", name)
 
 

@@ -144,6 +144,8 @@ teams:
         {"type": "custom_tool_call", "id": "ct_1"},
         {"type": "compaction", "id": "cmp_1"},
         {"type": "some_future_item", "id": "x_1", "status": "completed"},  # a type not known yet: only its id
+        {"type": "program", "id": "pg_1", "call_id": "c"},
+        {"type": "program_output", "id": "pgo_1", "call_id": "c"},
     ]
     for item in refused_items:
         body = {"model": "gpt", "input": [asked, item]}
@@ -171,6 +173,14 @@ teams:
          "status": "completed"},
         {"type": "function_call_output", "call_id": "c1", "output": "Sunny"},
         {"type": "image_generation_call", "id": "ig_1", "status": "completed", "result": "iVBORw0KGgo="},
+        # (review: what the SDKs give back that carries no result, code or single action)
+        {"type": "image_generation_call", "id": "ig_2", "status": "failed", "result": None,
+         "error": {"code": "moderation_blocked", "message": "blocked"}},
+        {"type": "code_interpreter_call", "id": "ci_2", "code": None, "outputs": None, "container_id": "cntr_1",
+         "status": "incomplete"},
+        {"type": "computer_call", "id": "cu_1", "call_id": "c2", "pending_safety_checks": [], "status": "completed",
+         "actions": [{"type": "click", "button": "left", "x": 1, "y": 2}, {"type": "type", "text": "hi"}]},
+        {"type": "function_call_output", "id": "fco_2", "output": "done"},  # a program's call: no call_id
         {"type": "code_interpreter_call", "id": "ci_1", "code": "print(1)", "outputs": None,
          "container_id": "cntr_1", "status": "completed"},
         {"type": "web_search_call", "id": "ws_1", "status": "completed",

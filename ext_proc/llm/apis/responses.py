@@ -48,12 +48,12 @@ _DELTAS = frozenset({
 _CARRIES: dict[str, tuple[tuple[str, ...], ...]] = {
     "message": (("content",),),
     "function_call": (("call_id",), ("name",), ("arguments",)),
-    "function_call_output": (("call_id",), ("output",)),
+    "function_call_output": (("output",),),  # (its call_id may be absent: a program's call)
     "custom_tool_call": (("call_id",), ("name",), ("input",)),
     "custom_tool_call_output": (("call_id",), ("output",)),
-    "computer_call": (("call_id",), ("action",)),
+    "computer_call": (("call_id",), ("action", "actions")),  # (the GA tool's batched actions)
     "computer_call_output": (("call_id",), ("output",)),
-    "image_generation_call": (("result",),),
+    "image_generation_call": (("result", "error"),),  # (a failed one: its error, no image)
     "code_interpreter_call": (("code", "outputs"),),
     "web_search_call": (("action",),),
     "file_search_call": (("queries",),),
@@ -70,7 +70,13 @@ _CARRIES: dict[str, tuple[tuple[str, ...], ...]] = {
     "compaction": (("encrypted_content",),),
     "tool_search_call": (("arguments",),),
     "tool_search_output": (("tools",),),
+    "program": (("code",),),
+    "program_output": (("result",),),
 }
+# An item that ended without its content (a code interpreter call cut short): nothing stored to
+# look up, passed back as the SDK gives it.
+_ENDED = frozenset({"incomplete", "failed"})
+_ENDED_KINDS = frozenset({"code_interpreter_call", "image_generation_call"})
 # What every item may carry beside its content: an item of no other field is only its id.
 _LABELS = frozenset({"type", "id", "status"})
 
@@ -108,6 +114,8 @@ def stored_state(payload: dict[str, Any]) -> str | None:
 def _only_its_id(item: dict[str, Any], kind: Any) -> bool:
     """Whether ``item`` (given with its id) lacks what the provider would act on without its stored copy."""
     groups = _CARRIES.get(kind) if isinstance(kind, str) else None
+    if kind in _ENDED_KINDS and item.get("status") in _ENDED:
+        return False
     if groups is None:
         return kind != "reasoning" and item.keys() <= _LABELS
     return not all(any(item.get(field) is not None for field in group) for group in groups)
