@@ -145,6 +145,13 @@ teams:
         {"type": "compaction", "id": "cmp_1"},
         {"type": "some_future_item", "id": "x_1", "status": "completed"},  # a type not known yet: only its id
         {"type": "program", "id": "pg_1", "call_id": "c"},
+        # (review: a status or an empty error is no ended item: the provider would read the stored one)
+        {"type": "image_generation_call", "id": "ig_3", "status": "failed"},
+        {"type": "image_generation_call", "id": "ig_3", "status": "incomplete"},
+        {"type": "image_generation_call", "id": "ig_3", "status": "completed", "error": {}},
+        {"type": "image_generation_call", "id": "ig_3", "status": "failed", "error": False},
+        {"type": "code_interpreter_call", "id": "ci_3", "status": "incomplete"},
+        {"type": "code_interpreter_call", "id": "ci_3", "status": "failed", "code": None},
         {"type": "program_output", "id": "pgo_1", "call_id": "c"},
     ]
     for item in refused_items:

@@ -53,7 +53,7 @@ _CARRIES: dict[str, tuple[tuple[str, ...], ...]] = {
     "custom_tool_call_output": (("call_id",), ("output",)),
     "computer_call": (("call_id",), ("action", "actions")),  # (the GA tool's batched actions)
     "computer_call_output": (("call_id",), ("output",)),
-    "image_generation_call": (("result", "error"),),  # (a failed one: its error, no image)
+    "image_generation_call": (("result",),),
     "code_interpreter_call": (("code", "outputs"),),
     "web_search_call": (("action",),),
     "file_search_call": (("queries",),),
@@ -73,10 +73,10 @@ _CARRIES: dict[str, tuple[tuple[str, ...], ...]] = {
     "program": (("code",),),
     "program_output": (("result",),),
 }
-# An item that ended without its content (a code interpreter call cut short): nothing stored to
-# look up, passed back as the SDK gives it.
+# An item that ended without its content, passed back as the SDK gives it: an image generation
+# that failed with its error (``moderation_blocked``), a code interpreter call cut short in its
+# container (both fields the SDK always writes; a status alone is no such item).
 _ENDED = frozenset({"incomplete", "failed"})
-_ENDED_KINDS = frozenset({"code_interpreter_call", "image_generation_call"})
 # What every item may carry beside its content: an item of no other field is only its id.
 _LABELS = frozenset({"type", "id", "status"})
 
@@ -114,11 +114,19 @@ def stored_state(payload: dict[str, Any]) -> str | None:
 def _only_its_id(item: dict[str, Any], kind: Any) -> bool:
     """Whether ``item`` (given with its id) lacks what the provider would act on without its stored copy."""
     groups = _CARRIES.get(kind) if isinstance(kind, str) else None
-    if kind in _ENDED_KINDS and item.get("status") in _ENDED:
+    if item.get("status") in _ENDED and _ended(item, kind):
         return False
     if groups is None:
         return kind != "reasoning" and item.keys() <= _LABELS
     return not all(any(item.get(field) is not None for field in group) for group in groups)
+
+
+def _ended(item: dict[str, Any], kind: Any) -> bool:
+    """Whether ``item`` (its status ``failed`` or ``incomplete``) is one that ended as the SDK gives it back."""
+    if kind == "image_generation_call":
+        error = item.get("error")
+        return item.get("status") == "failed" and isinstance(error, dict) and bool(error.get("code"))
+    return kind == "code_interpreter_call" and isinstance(item.get("container_id"), str)
 
 
 def _asked(items: list[Any], request: Any) -> bool:
