@@ -187,7 +187,7 @@ def test_tollway_up_serves_the_sdk_and_stops_everything_on_ctrl_c(tmp_path: Path
             if line.startswith("Ctrl-C"):
                 break
         assert any("Tollway is up" in line for line in lines), "".join(lines)
-        assert time.monotonic() - started < 20
+        assert time.monotonic() - started < 60  # a hang's bound, not a figure (26 s on a machine loaded twice over)
         # No key: the local sidecar's workload identity (team platform in the example policy).
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports['port']}/v1", api_key="x", max_retries=0)
         assert client.chat.completions.create(**BODY).choices[0].message.content
