@@ -675,15 +675,21 @@ def test_a_try_abandoned_at_the_first_byte_timeout_is_charged_its_claim() -> Non
     assert [(d["claimed"], d["used"]) for d in record["limits"]][:2] == [(c.amount,) * 2 for c in claims[:2]]
 
 
-def test_a_chain_is_charged_what_served_it_and_the_claim_of_each_try_it_abandoned() -> None:
-    """The first target (claude-x: at most 100 output tokens, $3/$15) was abandoned at its
-    first-byte timeout, the second (claude-c, $1/$5) served: the request settles the second's
-    usage plus the first's claim, priced at the first's rates."""
+def _pair_admitted() -> tuple[Session, tuple[Claim, ...], int]:
+    """A request to the chain ``pair`` (at most 50 output tokens) admitted: the session, its claims
+    and its counted prompt."""
     body = {"model": "pair", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
     s, claims = _admitted(CHAIN, MESSAGES_HEAD, body)
     estimate = s.flow.meter.estimate
     assert estimate is not None
-    prompt = estimate.tokens
+    return s, claims, estimate.tokens
+
+
+def test_a_chain_is_charged_what_served_it_and_the_claim_of_each_try_it_abandoned() -> None:
+    """The first target (claude-x: at most 100 output tokens, $3/$15) was abandoned at its
+    first-byte timeout, the second (claude-c, $1/$5) served: the request settles the second's
+    usage plus the first's claim, priced at the first's rates."""
+    s, claims, prompt = _pair_admitted()
     s.handle(ResponseHeaders({":status": "200", "content-type": "application/json"}, False, 4,
                              Upstream(slot=1, attempts=2, abandoned="anthropic claude-x")))
     s.handle(ResponseBody(orjson.dumps({"type": "message", "model": "claude-c", "role": "assistant", "content": [],
@@ -701,11 +707,7 @@ def test_a_chain_is_charged_what_served_it_and_the_claim_of_each_try_it_abandone
 def test_every_try_of_a_chain_abandoned_is_charged_each_at_its_targets_price() -> None:
     """Both targets abandoned (Envoy's 504 after the second): two claims, each at its own rates,
     more than the one claimed: what a chain's abandoned tries can pass a budget by."""
-    body = {"model": "pair", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
-    s, claims = _admitted(CHAIN, MESSAGES_HEAD, body)
-    estimate = s.flow.meter.estimate
-    assert estimate is not None
-    prompt = estimate.tokens
+    s, claims, prompt = _pair_admitted()
     s.handle(ResponseHeaders({":status": "504", "content-type": "application/json"}, False, 4,
                              Upstream(slot=1, attempts=2, abandoned="anthropic claude-x")))
     s.handle(ResponseBody(TIMED_OUT, True, 5))

@@ -61,18 +61,24 @@ teams:
     assert path == "/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
 
 
-@pytest.mark.parametrize("stored", [False, True])
-def test_stored_responses_are_reached_natively_only_where_the_policy_says_the_key_is_one_teams(stored: bool) -> None:
+def shared_key_target(kind: str, stored: bool) -> Any:
+    """The one model of a policy whose provider (``kind``) has a key every team shares, unless
+    ``stored`` (``stored_responses``: the key serves one team)."""
+    name = {"openai": "gpt", "anthropic": "claude"}[kind]
     policy = compile_policy(f"""
 apiVersion: tollway/v1
 providers:
-  o: {{kind: openai, stored_responses: {str(stored).lower()}}}
+  p: {{kind: {kind}, stored_responses: {str(stored).lower()}}}
 models:
-  gpt: {{provider: o}}
+  {name}: {{provider: p}}
 teams:
   t: {{workloads: [w], models: ["*"]}}
 """)
-    target = policy.models["gpt"]
+    return policy.models[name]
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_stored_responses_are_reached_natively_only_where_the_policy_says_the_key_is_one_teams(stored: bool) -> None:
+    target = shared_key_target("openai", stored)
     reference = [{"type": "message", "role": "user", "content": "hi"}, {"type": "item_reference", "id": "msg_1"}]
     for field, value, param in (("previous_response_id", "resp_1", "previous_response_id"),
                                 ("conversation", {"id": "conv_1"}, "conversation"),
@@ -110,16 +116,7 @@ def test_items_given_by_their_type_and_id_alone_are_stored_ones(stored: bool) ->
     without its arguments...) is one the provider reads from its storage by that id (OpenAI's
     multi-turn image editing): refused as an item_reference is. Items given back whole, with their
     ids (as the SDKs do without store), pass; an MCP approval must answer a request in the input."""
-    policy = compile_policy(f"""
-apiVersion: tollway/v1
-providers:
-  o: {{kind: openai, stored_responses: {str(stored).lower()}}}
-models:
-  gpt: {{provider: o}}
-teams:
-  t: {{workloads: [w], models: ["*"]}}
-""")
-    target = policy.models["gpt"]
+    target = shared_key_target("openai", stored)
     asked = {"role": "user", "content": "describe the image"}
     refused_items = [
         {"type": "image_generation_call", "id": "ig_1"},
@@ -208,16 +205,7 @@ def test_stored_files_vector_stores_and_containers_are_reached_only_where_the_ke
     them with it: on a key every team shares, one team could read another's by their id. A native
     request naming one is refused as stored responses are (400, param naming the place), unless the
     provider's key serves one team (stored_responses); a chat file part by its file_id too."""
-    policy = compile_policy(f"""
-apiVersion: tollway/v1
-providers:
-  o: {{kind: openai, stored_responses: {str(stored).lower()}}}
-models:
-  gpt: {{provider: o}}
-teams:
-  t: {{workloads: [w], models: ["*"]}}
-""")
-    target = policy.models["gpt"]
+    target = shared_key_target("openai", stored)
     said = [{"type": "input_text", "text": "look"}]
     file = {"type": "input_file", "file_id": "file-1"}
     image = {"type": "input_image", "file_id": "file-2"}
@@ -374,16 +362,7 @@ def test_anthropic_files_and_containers_are_reached_only_where_the_key_is_one_te
     """Anthropic's Files API and code execution containers are the key's too: a Messages request
     naming a file (a file source, a container upload, inside a tool result too) or a container to
     reuse is refused on a key every team shares, unless the provider's key serves one team."""
-    policy = compile_policy(f"""
-apiVersion: tollway/v1
-providers:
-  a: {{kind: anthropic, stored_responses: {str(stored).lower()}}}
-models:
-  claude: {{provider: a}}
-teams:
-  t: {{workloads: [w], models: ["*"]}}
-""")
-    target = policy.models["claude"]
+    target = shared_key_target("anthropic", stored)
     said = {"type": "text", "text": "look"}
     document = {"type": "document", "source": {"type": "file", "file_id": "file_011"}}
     image = {"type": "image", "source": {"type": "file", "file_id": "file_012"}}
