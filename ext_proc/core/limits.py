@@ -111,12 +111,17 @@ class Limits(Step):
         return Ask(Admit(flow.claims, fail_open), then=functools.partial(_admitted, flow, now))
 
 
+def _prompt(flow: Flow) -> int:
+    """The request's prompt tokens as counted (a quarter of its body's bytes before they are)."""
+    estimate = flow.meter.estimate
+    return estimate.tokens if estimate is not None else len(flow.body) // 4
+
+
 def _tokens(flow: Flow, default_output: int) -> int:
     """Prompt tokens as counted, plus the output the request allows."""
     api, request = flow.api, flow.request
     assert api is not None and request is not None
-    estimate = flow.meter.estimate
-    prompt = estimate.tokens if estimate is not None else len(flow.body) // 4
+    prompt = _prompt(flow)
     output = api.output_limit(request.payload)
     if output is None:  # the most any target may produce (what a translation to Anthropic sends as max_tokens)
         output = max((target.output_tokens for target in flow.chain), default=default_output)
@@ -125,8 +130,7 @@ def _tokens(flow: Flow, default_output: int) -> int:
 
 def _usd(flow: Flow, tokens: int) -> int | None:
     """The most the request can cost on any target of its chain (None: no target has a price)."""
-    estimate = flow.meter.estimate
-    prompt = estimate.tokens if estimate is not None else len(flow.body) // 4
+    prompt = _prompt(flow)
     output = max(0, tokens - prompt)
     most = None
     for target in flow.chain:
@@ -163,8 +167,7 @@ def _abandoned_claims(flow: Flow, record: dict[str, Any]) -> list[tuple[int | No
     tries = record.get("abandoned")
     if not tries or flow.api is None or flow.request is None:
         return []
-    estimate = flow.meter.estimate
-    prompt = estimate.tokens if estimate is not None else len(flow.body) // 4
+    prompt = _prompt(flow)
     limit = flow.api.output_limit(flow.request.payload)
     answers = flow.api.answers(flow.request.payload)
     out: list[tuple[int | None, int | None]] = []

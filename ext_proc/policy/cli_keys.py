@@ -23,7 +23,7 @@ from ext_proc.guardrails.detectors import check_tollway_key
 
 from .compile import PolicyError, compile_policy
 from .compiled import KEY_PREFIX, key_digest
-from .issues import suggest
+from .issues import cannot_read, suggest
 from .schema import NAME_PATTERN, PATTERN_MEANINGS
 
 
@@ -49,12 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if args.policy is not None:
         try:
             teams = compile_policy(args.policy.read_text(encoding="utf-8"), str(args.policy)).teams
-        except OSError as exc:  # as `tollway policy check` says it
-            print(f"tollway keys create: {args.policy}: cannot read: {exc.strerror or exc}", file=sys.stderr)
-            return 2
-        except UnicodeDecodeError as exc:
-            print(f"tollway keys create: {args.policy}: cannot read: not UTF-8 text ({exc.reason} at byte "
-                  f"{exc.start})", file=sys.stderr)
+        except (OSError, UnicodeDecodeError) as exc:  # as `tollway policy check` says it
+            print(f"tollway keys create: {args.policy}: {cannot_read(exc)}", file=sys.stderr)
             return 2
         except PolicyError as exc:
             print(exc, file=sys.stderr)

@@ -18,6 +18,7 @@ import sys
 
 from .compile import PolicyError, compile_policy
 from .compiled import CredentialSource
+from .issues import cannot_read
 from .schema import json_schema
 
 
@@ -48,11 +49,8 @@ def check_file(name: str) -> bool:
         else:
             with open(name, encoding="utf-8") as handle:
                 text = handle.read()
-    except OSError as exc:
-        print(f"{source}: cannot read: {exc.strerror or exc}")
-        return False
-    except UnicodeDecodeError as exc:
-        print(f"{source}: cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{source}: {cannot_read(exc)}")
         return False
     try:
         policy = compile_policy(text, source)

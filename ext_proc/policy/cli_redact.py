@@ -37,7 +37,7 @@ from ext_proc.guardrails.scanner import Scanner, Unscannable, builtin, united
 from ext_proc.policy import guardrails
 from ext_proc.policy.compile import PolicyError, compile_policy
 from ext_proc.policy.compiled import CompiledPolicy
-from ext_proc.policy.issues import parse, suggest
+from ext_proc.policy.issues import cannot_read, parse, suggest
 from ext_proc.policy.schema import PolicySpec
 
 _NONE = "\x00"  # a team or model no rule names: only the rules for every team (model) apply
@@ -121,12 +121,8 @@ def run(args: argparse.Namespace) -> int:
     if args.policy is not None:
         try:
             policy, scanner = _policy(args.policy)
-        except OSError as exc:  # as `tollway policy check` says it
-            print(f"tollway redact: {args.policy}: cannot read: {exc.strerror or exc}", file=sys.stderr)
-            return 2
-        except UnicodeDecodeError as exc:
-            print(f"tollway redact: {args.policy}: cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})",
-                  file=sys.stderr)
+        except (OSError, UnicodeDecodeError) as exc:  # as `tollway policy check` says it
+            print(f"tollway redact: {args.policy}: {cannot_read(exc)}", file=sys.stderr)
             return 2
         except PolicyError as exc:
             print(f"tollway redact: {exc}", file=sys.stderr)

@@ -75,6 +75,13 @@ class Problem:
     note: bool = False  # not a mistake: something to look at, which ``policy check`` prints without failing
 
 
+def cannot_read(exc: OSError | UnicodeDecodeError) -> str:
+    """Why a policy file could not be read, as every command says it (``cannot read: ...``)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})"
+    return f"cannot read: {exc.strerror or exc}"
+
+
 def to_issues(problems: list[Problem], source: str, tree: Tree | None) -> list[PolicyIssue]:
     """``problems`` placed in ``tree`` (1:1 without one) as issues of ``source``, by position."""
     issues = []

@@ -114,7 +114,7 @@ def stored_state(payload: dict[str, Any]) -> str | None:
 def _only_its_id(item: dict[str, Any], kind: Any) -> bool:
     """Whether ``item`` (given with its id) lacks what the provider would act on without its stored copy."""
     groups = _CARRIES.get(kind) if isinstance(kind, str) else None
-    if item.get("status") in _ENDED and _ended(item, kind):
+    if _ended(item, kind):
         return False
     if groups is None:
         return kind != "reasoning" and item.keys() <= _LABELS
@@ -122,7 +122,9 @@ def _only_its_id(item: dict[str, Any], kind: Any) -> bool:
 
 
 def _ended(item: dict[str, Any], kind: Any) -> bool:
-    """Whether ``item`` (its status ``failed`` or ``incomplete``) is one that ended as the SDK gives it back."""
+    """Whether ``item`` is one that ended without its content as the SDK gives it back (see :data:`_ENDED`)."""
+    if item.get("status") not in _ENDED:
+        return False
     if kind == "image_generation_call":
         error = item.get("error")
         return item.get("status") == "failed" and isinstance(error, dict) and bool(error.get("code"))
